@@ -1,0 +1,2 @@
+//! The in-box agent (work in progress).
+fn main() {}

@@ -1,0 +1,1 @@
+//! The libkrun backend (work in progress).

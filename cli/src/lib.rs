@@ -1,0 +1,1 @@
+//! boxsock library facade (work in progress).

@@ -1,0 +1,122 @@
+//! Socket addresses as strategies hand them out.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where a box socket lives: a filesystem path, or (Linux only) an abstract name.
+///
+/// Addresses are derived at the point of use from (home, box id, socket name) and the
+/// strategy; they are never persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SocketAddress {
+    /// A filesystem path (for short-symlink, the alias through the short link).
+    Path(PathBuf),
+    /// A Linux abstract-namespace name, without the leading NUL.
+    Abstract(Vec<u8>),
+}
+
+impl SocketAddress {
+    /// The path, if this is a filesystem address.
+    pub fn as_path(&self) -> Option<&Path> {
+        match self {
+            SocketAddress::Path(p) => Some(p),
+            SocketAddress::Abstract(_) => None,
+        }
+    }
+
+    /// Bytes of the name itself (path bytes, or abstract name bytes), without any NUL.
+    pub fn byte_len(&self) -> usize {
+        match self {
+            SocketAddress::Path(p) => p.as_os_str().len(),
+            SocketAddress::Abstract(n) => n.len(),
+        }
+    }
+
+    /// A printable form: the path (lossy), or `@name` for abstract names, the notation
+    /// of `ss -x` and `/proc/net/unix`.
+    pub fn display_string(&self) -> String {
+        match self {
+            SocketAddress::Path(p) => p.to_string_lossy().into_owned(),
+            SocketAddress::Abstract(n) => format!("@{}", String::from_utf8_lossy(n)),
+        }
+    }
+
+    /// The address as a URI, the form the in-box agent takes on its command line:
+    /// `unix:///abs/path` or `abstract:name`.
+    pub fn to_uri(&self) -> String {
+        match self {
+            SocketAddress::Path(p) => format!("unix://{}", p.to_string_lossy()),
+            SocketAddress::Abstract(n) => format!("abstract:{}", String::from_utf8_lossy(n)),
+        }
+    }
+
+    /// Parse the URI form written by [`SocketAddress::to_uri`].
+    pub fn from_uri(uri: &str) -> Result<Self, String> {
+        if let Some(rest) = uri.strip_prefix("unix://") {
+            if !rest.starts_with('/') {
+                return Err(format!("{uri:?}: a unix:// address must be absolute"));
+            }
+            Ok(SocketAddress::Path(PathBuf::from(rest)))
+        } else if let Some(rest) = uri.strip_prefix("abstract:") {
+            if rest.is_empty() {
+                return Err(format!("{uri:?}: empty abstract name"));
+            }
+            Ok(SocketAddress::Abstract(rest.as_bytes().to_vec()))
+        } else {
+            Err(format!("{uri:?}: expected unix:///path or abstract:name"))
+        }
+    }
+
+    /// The std socket address, for `bind_addr` / `connect_addr`.
+    pub fn to_std(&self) -> io::Result<std::os::unix::net::SocketAddr> {
+        match self {
+            SocketAddress::Path(p) => std::os::unix::net::SocketAddr::from_pathname(p),
+            SocketAddress::Abstract(n) => abstract_addr(n),
+        }
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn abstract_addr(name: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
+    #[cfg(target_os = "android")]
+    use std::os::android::net::SocketAddrExt;
+    #[cfg(target_os = "linux")]
+    use std::os::linux::net::SocketAddrExt;
+    std::os::unix::net::SocketAddr::from_abstract_name(name)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn abstract_addr(_name: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "abstract socket addresses exist only on Linux",
+    ))
+}
+
+impl fmt::Display for SocketAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_round_trip() {
+        for a in [
+            SocketAddress::Path("/tmp/boxsock-0/abc/agent.sock".into()),
+            SocketAddress::Abstract(b"boxsock-x".to_vec()),
+        ] {
+            assert_eq!(SocketAddress::from_uri(&a.to_uri()).unwrap(), a);
+        }
+        assert!(SocketAddress::from_uri("unix://relative").is_err());
+        assert!(SocketAddress::from_uri("tcp://x").is_err());
+        assert!(SocketAddress::from_uri("abstract:").is_err());
+    }
+}

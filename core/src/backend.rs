@@ -1,0 +1,149 @@
+//! The [`Backend`] trait: how the runtime starts a box's process (a VMM shim, or the
+//! in-box agent as a host process) with every socket address already chosen by the
+//! strategy.
+//!
+//! The runtime asks the backend which sockets it needs ([`Backend::sockets`]) and
+//! whether it can take abstract addresses ([`Backend::address_needs`]); it refuses an
+//! incompatible strategy at create time, checks every address and derived name against
+//! the budget, runs `ensure`, binds its own sockets, and only then calls
+//! [`Backend::launch`]. A backend never computes a socket path itself.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::address::SocketAddress;
+use crate::binding::PolicyPath;
+use crate::catalogue::SocketSpec;
+use crate::error::BindingError;
+use crate::id::BoxId;
+use crate::layout::BoxLayout;
+
+/// Configuration every backend is built from. Backends ignore what they do not use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Directory holding the workspace's helper binaries (`boxsock-agent`, the libkrun
+    /// shim). Default: the directory of the current executable.
+    pub helper_dir: Option<PathBuf>,
+    /// Backend-specific settings (`key=value` from the CLI or the embedder).
+    pub options: BTreeMap<String, String>,
+}
+
+/// What kind of addresses a backend can hand to its VMM or process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressNeeds {
+    /// Only filesystem paths (libkrun maps vsock ports to host paths).
+    PathOnly,
+    /// Paths or Linux abstract names.
+    PathOrAbstract,
+}
+
+/// Whether the backend can run boxes on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Availability {
+    /// It can.
+    Available,
+    /// It cannot, and why (printed by `boxsock doctor`).
+    Unavailable {
+        /// A sentence a person can act on.
+        reason: String,
+    },
+}
+
+/// How much a backend isolates the box from the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// None: the box is a plain host process.
+    None,
+    /// A hardware-virtualised guest.
+    Vm,
+}
+
+/// Everything a backend needs to start one box. Addresses come from the strategy and
+/// have passed the budget; the runtime has already run `ensure`.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    /// The box.
+    pub id: BoxId,
+    /// The home's layout.
+    pub layout: BoxLayout,
+    /// Address of every socket the backend declared, by logical name.
+    pub addresses: BTreeMap<String, SocketAddress>,
+    /// The box's log file (console output goes here).
+    pub log_file: PathBuf,
+    /// Whether the box has a network.
+    pub network: bool,
+    /// Paths a sandbox around the backend's process must allow, from the strategy.
+    pub policy: Vec<PolicyPath>,
+    /// Extra environment for the in-box agent.
+    pub env: Vec<(String, String)>,
+}
+
+/// A started box process and its companions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launched {
+    /// The box's main process (the shim / the agent), a session leader.
+    pub pid: i32,
+    /// Companion processes whose lifetime is tied to the box (e.g. passt).
+    pub companions: Vec<i32>,
+}
+
+/// What went wrong in a backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The backend cannot run here.
+    #[error("backend {backend:?} is unavailable: {reason}")]
+    Unavailable {
+        /// Backend name.
+        backend: String,
+        /// Why.
+        reason: String,
+    },
+    /// A helper process could not be started.
+    #[error("backend {backend:?}: cannot start {what}: {source}")]
+    Spawn {
+        /// Backend name.
+        backend: String,
+        /// What was being started (path of the binary).
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The launch spec is unusable (a missing address, an abstract address for a
+    /// path-only consumer…).
+    #[error("backend {backend:?}: {reason}")]
+    Spec {
+        /// Backend name.
+        backend: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A socket operation failed.
+    #[error(transparent)]
+    Binding(#[from] BindingError),
+}
+
+/// A VMM backend (or the host backend). See the module documentation.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// The registered name.
+    fn name(&self) -> &str;
+
+    /// The sockets a box of this backend has, with who binds each and the names each
+    /// binder derives. `network` says whether the box has a network.
+    fn sockets(&self, network: bool) -> Vec<SocketSpec>;
+
+    /// Whether it can hand abstract addresses to its processes.
+    fn address_needs(&self) -> AddressNeeds;
+
+    /// How much it isolates.
+    fn isolation(&self) -> Isolation;
+
+    /// Whether boxes can run here, with the reason when not.
+    fn available(&self) -> Availability;
+
+    /// Start the box's process, detached (own session). Returns once it is spawned; the
+    /// runtime waits for readiness on the `ready` socket.
+    fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError>;
+}

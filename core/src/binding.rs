@@ -1,0 +1,226 @@
+//! The [`SocketBinding`] trait: how a box's sockets get short, safe addresses.
+//!
+//! A strategy turns (home, box id, socket file name) into a [`SocketAddress`] that fits
+//! `sun_path` and that only the box's owner can reach. The runtime calls
+//! [`SocketBinding::ensure`] before it binds or dials, binds and dials through the
+//! provided helpers, and calls [`SocketBinding::release`] on every removal path.
+//!
+//! ## Contract (checked by the `boxsock-conformance` kit)
+//! - `address` is pure arithmetic plus a budget check: it never touches the disk for
+//!   path strategies, and fails with [`BindingError::PathTooLong`] (naming the socket,
+//!   the address, its length and the limit) instead of returning an address that does
+//!   not fit.
+//! - `ensure` is idempotent and safe under concurrent callers, in threads and processes.
+//!   In the steady state it should cost about one syscall.
+//! - `release` removes what `ensure` made and nothing else; it is idempotent.
+//! - `sweep` removes leftovers of dead boxes of *this* home, never a live box's binding
+//!   and never another home's.
+//! - Nothing about an address is persisted: it is derived again at every use.
+
+use std::fmt;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+
+use crate::address::SocketAddress;
+use crate::budget::Platform;
+use crate::error::BindingError;
+use crate::id::BoxId;
+use crate::layout::BoxLayout;
+use crate::peer::{Listener, PeerPolicy};
+
+/// Configuration every strategy is built from. Strategies ignore what they do not use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrategyConfig {
+    /// Short base directory for binding links (default `/tmp`; deliberately not
+    /// `$TMPDIR`, which a child may not inherit and which is long on macOS).
+    pub base_dir: PathBuf,
+    /// Prefix of the per-uid directory: `<base_dir>/<prefix>-<uid>`.
+    pub prefix: String,
+    /// The owner's uid (default: the effective uid).
+    pub uid: u32,
+    /// Extra uids allowed to talk to box sockets where the strategy checks peer
+    /// credentials (the owner is always allowed). Default: none.
+    pub allowed_peer_uids: Vec<u32>,
+}
+
+impl StrategyConfig {
+    /// Default prefix of the per-uid directory.
+    pub const DEFAULT_PREFIX: &'static str = "boxsock";
+
+    /// `<base_dir>/<prefix>-<uid>`.
+    pub fn per_uid_dir(&self) -> PathBuf {
+        self.base_dir.join(format!("{}-{}", self.prefix, self.uid))
+    }
+}
+
+impl Default for StrategyConfig {
+    fn default() -> Self {
+        StrategyConfig {
+            base_dir: PathBuf::from("/tmp"),
+            prefix: Self::DEFAULT_PREFIX.to_owned(),
+            uid: nix::unistd::geteuid().as_raw(),
+            allowed_peer_uids: Vec::new(),
+        }
+    }
+}
+
+/// How other local users are kept away from a box's sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CrossUserProtection {
+    /// A 0700 directory owned by the owner on the path to every socket.
+    DirectoryMode,
+    /// Every accept and connect checks the peer's credentials (`SO_PEERCRED`).
+    PeerCredentials,
+    /// Both.
+    Both,
+}
+
+/// What a strategy can and cannot do. The conformance kit picks checks by these, and
+/// the runtime refuses a strategy/backend pair that does not fit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Addresses are filesystem paths a third party (a VMM, a proxy) can be handed.
+    pub path_addressable: bool,
+    /// Something appears on the filesystem for each socket.
+    pub filesystem_visible: bool,
+    /// Listeners and connectors check peer credentials (the filesystem does not protect
+    /// these addresses).
+    pub peer_credentials: bool,
+    /// Addresses are scoped to the network namespace (abstract sockets).
+    pub netns_scoped: bool,
+    /// Every address fits `sun_path` whatever the length of the home.
+    pub home_length_independent: bool,
+    /// How other users are kept out.
+    pub cross_user: CrossUserProtection,
+    /// Platforms the strategy works on.
+    pub platforms: &'static [Platform],
+}
+
+impl Capabilities {
+    /// Whether the strategy works on the platform this binary runs on.
+    pub fn supported_here(&self) -> bool {
+        self.platforms.contains(&Platform::current())
+    }
+}
+
+/// What kind of filesystem object a policy path is, stated by the strategy (never read
+/// back from disk: a link reaped by a /tmp cleaner must still get directory grants).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PolicyIntent {
+    /// A real directory.
+    Directory,
+    /// A symlink whose target is a directory; a sandbox keeps the leaf literal and
+    /// canonicalises only its parent.
+    SymlinkToDirectory {
+        /// The directory the link points to.
+        target: PathBuf,
+    },
+    /// A regular file.
+    File,
+}
+
+/// Access a sandboxed process needs on a policy path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PolicyAccess {
+    /// Read only (a secret, a config file).
+    Read,
+    /// Create, bind, connect and unlink sockets beneath (directory intent).
+    Sockets,
+}
+
+/// One path a sandbox must allow for the box's sockets to work.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PolicyPath {
+    /// The path as sockets are addressed through it.
+    pub path: PathBuf,
+    /// What it is.
+    pub intent: PolicyIntent,
+    /// What is needed.
+    pub access: PolicyAccess,
+}
+
+/// What a [`SocketBinding::sweep`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Leftovers removed.
+    pub removed: Vec<PathBuf>,
+    /// Entries examined and kept (live bindings, other homes', foreign files).
+    pub kept: usize,
+}
+
+/// A socket strategy. See the module documentation for the contract.
+pub trait SocketBinding: Send + Sync + fmt::Debug {
+    /// The registered name (`short-symlink`, `direct`, `abstract`…).
+    fn name(&self) -> &str;
+
+    /// What this strategy can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Make the box's sockets reachable at their addresses. Idempotent; safe under
+    /// concurrent callers in threads and processes. Requires the box's socket directory
+    /// (`<home>/boxes/<id>/sockets`) to exist where the strategy uses it.
+    fn ensure(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError>;
+
+    /// The address of socket `file_name` (e.g. `agent.sock`, or a derived name) of box
+    /// `id`. Fails with [`BindingError::PathTooLong`] if it would not fit.
+    fn address(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<SocketAddress, BindingError>;
+
+    /// Remove what `ensure` made for this box. Idempotent.
+    fn release(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError>;
+
+    /// Remove leftovers of dead boxes of this home: never a live box's binding, never
+    /// another home's.
+    fn sweep(&self, layout: &BoxLayout) -> Result<SweepReport, BindingError>;
+
+    /// What a sandbox must allow for this box's sockets, with directory intent explicit.
+    fn policy_paths(&self, layout: &BoxLayout, id: &BoxId) -> Result<Vec<PolicyPath>, BindingError>;
+
+    /// Which peers listeners and connectors accept. Strategies whose addresses are not
+    /// protected by the filesystem return a checking policy.
+    fn peer_policy(&self) -> PeerPolicy {
+        PeerPolicy::unchecked()
+    }
+
+    /// Bind a stream listener for `file_name`. A stale socket file left by a dead
+    /// listener is replaced; a live one is an error.
+    fn bind_stream(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<Listener, BindingError> {
+        let addr = self.address(layout, id, file_name)?;
+        let inner = crate::peer::bind_stream_at(&addr)?;
+        Ok(Listener::new(inner, addr, file_name.to_owned(), self.peer_policy()))
+    }
+
+    /// Connect a stream to `file_name`, checking the listener's credentials where the
+    /// strategy's peer policy says so.
+    fn connect_stream(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<UnixStream, BindingError> {
+        let addr = self.address(layout, id, file_name)?;
+        crate::peer::connect_stream_at(&addr, file_name, &self.peer_policy())
+    }
+
+    /// Bind a datagram socket at `file_name` (stale socket files are replaced as for
+    /// [`SocketBinding::bind_stream`]).
+    fn bind_datagram(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<UnixDatagram, BindingError> {
+        let addr = self.address(layout, id, file_name)?;
+        crate::peer::bind_datagram_at(&addr)
+    }
+}
+
+/// Ensure the box's real socket directory exists, as a helper for strategies:
+/// returns [`BindingError::MissingSocketDir`] when it does not.
+pub fn require_socket_dir(layout: &BoxLayout, id: &BoxId) -> Result<PathBuf, BindingError> {
+    let dir = layout.sockets_dir(id);
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => Ok(dir),
+        Ok(_) => Err(BindingError::Occupied { path: dir, found: "not a directory".into() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(BindingError::MissingSocketDir { id: id.to_string(), path: dir })
+        }
+        Err(e) => Err(BindingError::io("stat", dir, e)),
+    }
+}
+
+/// Join `file_name` (validated) onto `dir`.
+pub fn socket_path(dir: &Path, file_name: &str) -> Result<PathBuf, BindingError> {
+    crate::catalogue::validate_file_name(file_name)
+        .map_err(|reason| BindingError::Invalid { what: "socket file name".into(), reason })?;
+    Ok(dir.join(file_name))
+}

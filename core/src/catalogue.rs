@@ -1,0 +1,162 @@
+//! The socket catalogue: every socket a box has, who binds it, and which names its
+//! binder derives from it.
+//!
+//! A backend declares its sockets as a list of [`SocketSpec`]s. Every name in
+//! [`SocketSpec::all_file_names`] (the socket's own file name and every derived name)
+//! is checked against the `sun_path` budget before a box is created: the seed's outage
+//! came from a name the runtime never chose (libkrun appending `-krun.sock`).
+
+use std::fmt;
+
+/// Stream or datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SocketKind {
+    /// `SOCK_STREAM`.
+    Stream,
+    /// `SOCK_DGRAM`.
+    Datagram,
+}
+
+/// Who binds (listens on) a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Binder {
+    /// The host runtime binds it; the backend or guest connects (e.g. `ready`).
+    Runtime,
+    /// The backend / VMM binds it; the runtime connects (e.g. `agent` under libkrun).
+    Backend,
+    /// An external peer the runtime starts binds it (e.g. `net`, bound by passt).
+    External(&'static str),
+}
+
+/// A name a binder derives from a socket's address, in the same directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DerivedName {
+    /// The socket's own file name with a suffix appended: libkrun ≤ 1.18 bound
+    /// `<net path>-krun.sock` for a unixgram network backend.
+    Suffix(&'static str),
+    /// A sibling file name in the socket's directory, given at its worst-case length:
+    /// libkrun 1.19 binds `$TMPDIR/krun-net-<pid>-<n>.sock`, and the shim points
+    /// `TMPDIR` at the box's binding directory.
+    Sibling(&'static str),
+}
+
+/// One socket of a box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SocketSpec {
+    /// Logical name (`agent`, `ready`, `net`); the file name is `<name>.sock`.
+    pub name: &'static str,
+    /// Stream or datagram.
+    pub kind: SocketKind,
+    /// Who binds it.
+    pub binder: Binder,
+    /// Names the binder derives from it; each counts in every budget.
+    pub derived: &'static [DerivedName],
+}
+
+impl SocketSpec {
+    /// The socket's file name, `<name>.sock`.
+    pub fn file_name(&self) -> String {
+        format!("{}.sock", self.name)
+    }
+
+    /// The socket's file name followed by every derived name, each with a label for
+    /// error messages (`agent`, `net (derived: net.sock-krun.sock)`).
+    pub fn all_file_names(&self) -> Vec<(String, String)> {
+        let own = self.file_name();
+        let mut out = vec![(self.name.to_owned(), own.clone())];
+        for d in self.derived {
+            let file = match d {
+                DerivedName::Suffix(s) => format!("{own}{s}"),
+                DerivedName::Sibling(s) => (*s).to_owned(),
+            };
+            out.push((format!("{} (derived: {file})", self.name), file));
+        }
+        out
+    }
+}
+
+impl fmt::Display for SocketSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// The in-box agent's request socket. Under libkrun the VMM listens on the host path
+/// (vsock port mapped with `listen=true`); under the host backend the agent binds it.
+pub const AGENT: SocketSpec = SocketSpec {
+    name: "agent",
+    kind: SocketKind::Stream,
+    binder: Binder::Backend,
+    derived: &[],
+};
+
+/// The readiness socket: the runtime listens, the guest dials it once when ready.
+pub const READY: SocketSpec = SocketSpec {
+    name: "ready",
+    kind: SocketKind::Stream,
+    binder: Binder::Runtime,
+    derived: &[],
+};
+
+/// The network socket, bound by the network proxy (passt), dialled by the VMM.
+pub const NET: SocketSpec = SocketSpec {
+    name: "net",
+    kind: SocketKind::Stream,
+    binder: Binder::External("passt"),
+    derived: &[],
+};
+
+/// Longest file name a socket may have (`<name>.sock` or a derived name).
+pub const MAX_FILE_NAME_LEN: usize = 48;
+
+/// Validate a socket file name: one path component of `[A-Za-z0-9._-]`, not starting
+/// with `.`, at most [`MAX_FILE_NAME_LEN`] bytes.
+pub fn validate_file_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("socket file name is empty".into());
+    }
+    if name.len() > MAX_FILE_NAME_LEN {
+        return Err(format!(
+            "socket file name {name:?} is {} bytes; the most is {MAX_FILE_NAME_LEN}",
+            name.len()
+        ));
+    }
+    if name.starts_with('.') {
+        return Err(format!("socket file name {name:?} starts with '.'"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(format!("socket file name {name:?} contains {c:?}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_names_are_listed_after_the_own_name() {
+        const S: SocketSpec = SocketSpec {
+            name: "net",
+            kind: SocketKind::Datagram,
+            binder: Binder::External("gvproxy"),
+            derived: &[DerivedName::Suffix("-krun.sock"), DerivedName::Sibling("krun-net-4194304-4294967295.sock")],
+        };
+        let names: Vec<String> = S.all_file_names().into_iter().map(|(_, f)| f).collect();
+        assert_eq!(names, ["net.sock", "net.sock-krun.sock", "krun-net-4194304-4294967295.sock"]);
+        for n in &names {
+            validate_file_name(n).unwrap();
+        }
+    }
+
+    #[test]
+    fn file_name_validation() {
+        assert!(validate_file_name("agent.sock").is_ok());
+        for bad in ["", ".x", "a/b", "a b", "..", &"x".repeat(MAX_FILE_NAME_LEN + 1)] {
+            assert!(validate_file_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The error type of socket strategies. Its variants are part of the contract: the
+//! conformance kit asserts on them, and callers match on them.
+
+use std::io;
+use std::path::PathBuf;
+
+/// What went wrong in a [`SocketBinding`](crate::binding::SocketBinding) operation.
+///
+/// Every variant carries the facts a person needs to act: which socket, which path, how
+/// long, what limit, who owns what.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindingError {
+    /// An address does not fit in `sun_path`.
+    #[error(
+        "socket {socket:?}: address {path} is {len} bytes, over the limit: sun_path holds {limit} bytes including the terminating NUL, so at most {} bytes fit",
+        limit.saturating_sub(1)
+    )]
+    PathTooLong {
+        /// Logical socket name (with the derived name, if that is what missed).
+        socket: String,
+        /// The full address, printable.
+        path: String,
+        /// Its length in bytes, without the NUL.
+        len: usize,
+        /// `sizeof(sun_path)`, NUL included.
+        limit: usize,
+    },
+
+    /// Something on disk is not as safe as it must be (wrong owner, a symlink where a
+    /// directory must be, group/other access that could not be repaired…).
+    #[error("refusing insecure {path}: {reason}")]
+    Insecure {
+        /// The offending path.
+        path: PathBuf,
+        /// What is wrong, naming owners and modes.
+        reason: String,
+    },
+
+    /// Something that is not ours occupies a path the strategy needs (a regular file or
+    /// directory where the link belongs). It is never overwritten.
+    #[error("refusing to replace {path}: it is {found}, not a link this strategy made")]
+    Occupied {
+        /// The path.
+        path: PathBuf,
+        /// What was found there ("a regular file", "a directory"…).
+        found: String,
+    },
+
+    /// The box's real socket directory does not exist (removed box, or deleted by hand).
+    #[error("box {id}: its socket directory {path} does not exist")]
+    MissingSocketDir {
+        /// The box id.
+        id: String,
+        /// `<home>/boxes/<id>/sockets`.
+        path: PathBuf,
+    },
+
+    /// The strategy cannot do this here (platform, capability, configuration).
+    #[error("strategy {strategy:?} does not support {what}: {reason}")]
+    Unsupported {
+        /// Strategy name.
+        strategy: String,
+        /// What was asked.
+        what: String,
+        /// Why not.
+        reason: String,
+    },
+
+    /// A socket name or configuration value is invalid.
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// What was invalid ("socket file name", "base directory"…).
+        what: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// A peer's credentials are not allowed on this socket.
+    #[error(
+        "socket {socket:?} at {address}: peer pid {pid} uid {uid} is not allowed (allowed uids: {allowed:?})"
+    )]
+    PeerRejected {
+        /// Logical socket name or address.
+        socket: String,
+        /// The address, printable.
+        address: String,
+        /// Peer pid (0 if unknown).
+        pid: i32,
+        /// Peer uid.
+        uid: u32,
+        /// Allowed uids.
+        allowed: Vec<u32>,
+    },
+
+    /// A system call failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// The operation, as a verb ("bind", "connect", "create directory"…).
+        op: &'static str,
+        /// The path (or printable address) it worked on.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl BindingError {
+    /// Build an [`BindingError::Io`].
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        BindingError::Io { op, path: path.into(), source }
+    }
+
+    /// Build an [`BindingError::Io`] from a nix errno.
+    pub fn errno(op: &'static str, path: impl Into<PathBuf>, errno: nix::errno::Errno) -> Self {
+        BindingError::Io { op, path: path.into(), source: io::Error::from(errno) }
+    }
+}

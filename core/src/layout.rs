@@ -1,0 +1,102 @@
+//! Pure path arithmetic for a runtime home. No I/O happens here.
+//!
+//! ```text
+//! <home>/
+//!   boxsock.db          the SQLite store
+//!   boxsock.lock        the home lock (flock)
+//!   boxes/<id>/         one directory per box (0700)
+//!     sockets/          the real directory of the box's sockets (0700)
+//!     logs/box.log      the box's console / process log
+//!     rootfs/           a backend's guest root, when it has one
+//! ```
+//!
+//! Socket *addresses* are not computed here: they come from the chosen
+//! [`SocketBinding`](crate::binding::SocketBinding) at the point of use, and are never
+//! persisted.
+
+use std::path::{Path, PathBuf};
+
+use crate::id::BoxId;
+
+/// The layout of one runtime home.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BoxLayout {
+    home: PathBuf,
+}
+
+impl BoxLayout {
+    /// A layout rooted at `home`. The path is used as given (not canonicalised).
+    pub fn new(home: impl Into<PathBuf>) -> Self {
+        BoxLayout { home: home.into() }
+    }
+
+    /// The home directory.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// `<home>/boxsock.db`.
+    pub fn store_path(&self) -> PathBuf {
+        self.home.join("boxsock.db")
+    }
+
+    /// `<home>/boxsock.lock`.
+    pub fn lock_path(&self) -> PathBuf {
+        self.home.join("boxsock.lock")
+    }
+
+    /// `<home>/boxes`.
+    pub fn boxes_dir(&self) -> PathBuf {
+        self.home.join("boxes")
+    }
+
+    /// `<home>/boxes/<id>`.
+    pub fn box_dir(&self, id: &BoxId) -> PathBuf {
+        self.boxes_dir().join(id.as_str())
+    }
+
+    /// `<home>/boxes/<id>/sockets`: the real directory holding the box's sockets.
+    pub fn sockets_dir(&self, id: &BoxId) -> PathBuf {
+        self.box_dir(id).join("sockets")
+    }
+
+    /// `<home>/boxes/<id>/logs`.
+    pub fn logs_dir(&self, id: &BoxId) -> PathBuf {
+        self.box_dir(id).join("logs")
+    }
+
+    /// `<home>/boxes/<id>/logs/box.log`.
+    pub fn log_file(&self, id: &BoxId) -> PathBuf {
+        self.logs_dir(id).join("box.log")
+    }
+
+    /// `<home>/boxes/<id>/rootfs`.
+    pub fn rootfs_dir(&self, id: &BoxId) -> PathBuf {
+        self.box_dir(id).join("rootfs")
+    }
+
+    /// `<home>/<name>`: a home-level file owned by one strategy (for example the
+    /// `abstract` strategy's secret). `name` must be a plain file name.
+    pub fn home_file(&self, name: &str) -> PathBuf {
+        debug_assert!(!name.contains('/') && name != "." && name != "..");
+        self.home.join(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_box_path_stays_under_the_box_dir() {
+        let l = BoxLayout::new("/srv/home");
+        let id = BoxId::parse("abc").unwrap();
+        let b = l.box_dir(&id);
+        assert_eq!(b, Path::new("/srv/home/boxes/abc"));
+        for p in [l.sockets_dir(&id), l.logs_dir(&id), l.log_file(&id), l.rootfs_dir(&id)] {
+            assert!(p.starts_with(&b), "{}", p.display());
+        }
+        assert_eq!(l.sockets_dir(&id), Path::new("/srv/home/boxes/abc/sockets"));
+        assert!(l.store_path().starts_with(l.home()));
+    }
+}

@@ -1,0 +1,37 @@
+//! boxsock core: the vocabulary and the seams of the box runtime.
+//!
+//! This crate owns everything that every strategy and every backend shares:
+//!
+//! - [`id::BoxId`], the validated box identifier, and [`layout::BoxLayout`], the pure
+//!   path arithmetic of a runtime home;
+//! - [`catalogue`], the sockets a box has (who binds each, and which names the binder
+//!   *derives* from it), and [`budget`], the `sun_path` arithmetic every address must pass;
+//! - [`binding::SocketBinding`], the trait a socket strategy implements, with its
+//!   [`address::SocketAddress`], [`binding::Capabilities`] and [`error::BindingError`];
+//! - [`peer`], peer-credential checks for listeners and connectors that need them;
+//! - [`registry`], link-time (`inventory`) and explicit registries of strategies and backends;
+//! - [`backend::Backend`], the trait a VMM backend implements.
+//!
+//! The core never names a concrete strategy or backend: it holds `dyn SocketBinding` and
+//! `dyn Backend`. See `docs/ARCHITECTURE.md` for the codemap and the invariants.
+
+pub mod address;
+pub mod backend;
+pub mod binding;
+pub mod boxdir;
+pub mod budget;
+pub mod catalogue;
+pub mod error;
+pub mod id;
+pub mod layout;
+pub mod peer;
+pub mod registry;
+
+pub use address::SocketAddress;
+pub use backend::Backend;
+pub use binding::{Capabilities, PolicyAccess, PolicyPath, SocketBinding, StrategyConfig, SweepReport};
+pub use budget::Platform;
+pub use catalogue::{Binder, DerivedName, SocketKind, SocketSpec};
+pub use error::BindingError;
+pub use id::BoxId;
+pub use layout::BoxLayout;

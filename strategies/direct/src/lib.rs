@@ -1,0 +1,101 @@
+//! `direct`: the baseline strategy. Sockets bind at their real path,
+//! `<home>/boxes/<id>/sockets/<name>`, with no indirection.
+//!
+//! It exists as the floor for the benches and to prove the budget check: for a deep home
+//! [`SocketBinding::address`] fails fast with [`BindingError::PathTooLong`] naming the
+//! socket, the path, its length and the limit, instead of a truncated or silent bind.
+
+use std::sync::Arc;
+
+use boxsock_core::binding::{self, CrossUserProtection, PolicyIntent};
+use boxsock_core::registry::StrategyRegistration;
+use boxsock_core::{
+    BindingError, BoxId, BoxLayout, Capabilities, Platform, PolicyAccess, PolicyPath, SocketAddress, SocketBinding,
+    StrategyConfig, SweepReport, budget,
+};
+
+/// The registered name.
+pub const NAME: &str = "direct";
+
+/// The registration, also usable in explicit registries.
+pub const REGISTRATION: StrategyRegistration = StrategyRegistration {
+    name: NAME,
+    summary: "no indirection: sockets bind at <home>/boxes/<id>/sockets/<name>; fails fast when that is too long (baseline)",
+    build: build,
+};
+
+inventory::submit!(REGISTRATION);
+
+fn build(_config: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
+    Ok(Arc::new(Direct))
+}
+
+/// The `direct` strategy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Direct;
+
+impl SocketBinding for Direct {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            path_addressable: true,
+            filesystem_visible: true,
+            peer_credentials: false,
+            netns_scoped: false,
+            home_length_independent: false,
+            cross_user: CrossUserProtection::DirectoryMode,
+            platforms: &[Platform::Linux, Platform::MacOs],
+        }
+    }
+
+    fn ensure(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+        binding::require_socket_dir(layout, id).map(drop)
+    }
+
+    fn address(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<SocketAddress, BindingError> {
+        let addr = SocketAddress::Path(binding::socket_path(&layout.sockets_dir(id), file_name)?);
+        budget::check(file_name, &addr, Platform::current())?;
+        Ok(addr)
+    }
+
+    fn release(&self, _layout: &BoxLayout, _id: &BoxId) -> Result<(), BindingError> {
+        // Nothing was made outside the box directory, which the runtime removes.
+        Ok(())
+    }
+
+    fn sweep(&self, _layout: &BoxLayout) -> Result<SweepReport, BindingError> {
+        Ok(SweepReport::default())
+    }
+
+    fn policy_paths(&self, layout: &BoxLayout, id: &BoxId) -> Result<Vec<PolicyPath>, BindingError> {
+        Ok(vec![PolicyPath {
+            path: layout.sockets_dir(id),
+            intent: PolicyIntent::Directory,
+            access: PolicyAccess::Sockets,
+        }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deep_home_fails_fast_naming_the_socket() {
+        let layout = BoxLayout::new(format!("/{}", "h".repeat(120)));
+        let id = BoxId::parse("abc").unwrap();
+        let err = Direct.address(&layout, &id, "agent.sock").unwrap_err();
+        match err {
+            BindingError::PathTooLong { socket, path, len, limit } => {
+                assert_eq!(socket, "agent.sock");
+                assert!(path.ends_with("/boxes/abc/sockets/agent.sock"));
+                assert_eq!(len, path.len());
+                assert_eq!(limit, Platform::current().sun_len());
+            }
+            other => panic!("wrong variant: {other}"),
+        }
+    }
+}
