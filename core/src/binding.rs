@@ -175,6 +175,19 @@ pub trait SocketBinding: Send + Sync + fmt::Debug {
     /// What a sandbox must allow for this box's sockets, with directory intent explicit.
     fn policy_paths(&self, layout: &BoxLayout, id: &BoxId) -> Result<Vec<PolicyPath>, BindingError>;
 
+    /// The shared per-user directory in which `ensure` creates its entries (for
+    /// `short-symlink`, `<base>/<prefix>-<uid>`), if the strategy has one. The
+    /// conformance kit uses it to attack the strategy (squatting, wrong modes).
+    fn binding_dir(&self) -> Option<PathBuf> {
+        None
+    }
+
+    /// The filesystem entry `ensure` creates for this box (for `short-symlink`, the
+    /// link), if any. `release` removes exactly this.
+    fn binding_path(&self, _layout: &BoxLayout, _id: &BoxId) -> Option<PathBuf> {
+        None
+    }
+
     /// Which peers listeners and connectors accept. Strategies whose addresses are not
     /// protected by the filesystem return a checking policy.
     fn peer_policy(&self) -> PeerPolicy {

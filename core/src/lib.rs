@@ -25,6 +25,7 @@ pub mod error;
 pub mod id;
 pub mod layout;
 pub mod peer;
+pub mod proto;
 pub mod registry;
 
 pub use address::SocketAddress;

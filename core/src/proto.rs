@@ -1,0 +1,290 @@
+//! The agent protocol: versioned, length-prefixed frames between the runtime and the
+//! in-box agent.
+//!
+//! ```text
+//! frame  = len:u32be tag:u8 body[len-1]       (len counts tag + body; 1 ≤ len ≤ MAX_FRAME)
+//! tag 1  = control message, body is JSON (Request from the runtime, Response from the agent)
+//! tag 2  = stdout chunk (agent → runtime), raw bytes
+//! tag 3  = stderr chunk (agent → runtime), raw bytes
+//! tag 4  = stdin chunk (runtime → agent), raw bytes
+//! tag 5  = stdin end-of-file (runtime → agent), empty body
+//! ```
+//!
+//! A connection starts with `Request::Hello { version }`; the agent answers
+//! `Response::Hello` or, on a version it does not speak, `Response::Error` with
+//! [`ErrorCode::Version`]. Then one request per connection: `Ping` → `Pong`;
+//! `Exec` → any number of stdout/stderr frames, then `Exit`; `Shutdown` →
+//! `ShuttingDown`. Oversized, truncated or malformed frames are answered with an error
+//! frame and the connection is closed; decoding never panics.
+//!
+//! The readiness notification is a single control frame `Response::Ready` sent by the
+//! agent on the `ready` socket.
+
+use std::io;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Protocol version spoken by this build.
+pub const VERSION: u32 = 1;
+/// Largest frame accepted (tag + body), in bytes.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// Runtime → agent control messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// First message of every connection.
+    Hello {
+        /// The runtime's protocol version.
+        version: u32,
+    },
+    /// Liveness check.
+    Ping,
+    /// Run a command. Stdin follows as `Stdin`/`StdinEof` frames when `stdin` is true.
+    Exec {
+        /// argv; `argv[0]` is looked up on `PATH`.
+        argv: Vec<String>,
+        /// Extra environment.
+        #[serde(default)]
+        env: Vec<(String, String)>,
+        /// Whether stdin frames follow (otherwise stdin is /dev/null).
+        #[serde(default)]
+        stdin: bool,
+    },
+    /// Stop the agent (and so the box) gracefully.
+    Shutdown,
+}
+
+/// Agent → runtime control messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response {
+    /// Answer to `Hello`.
+    Hello {
+        /// The agent's protocol version.
+        version: u32,
+        /// The agent's pid (in its own pid namespace).
+        pid: u32,
+    },
+    /// Sent once on the `ready` socket when the agent serves requests.
+    Ready {
+        /// The agent's protocol version.
+        version: u32,
+        /// The agent's pid.
+        pid: u32,
+    },
+    /// Answer to `Ping`.
+    Pong,
+    /// The command ended. `code` is the exit status, or 128 + signal number.
+    Exit {
+        /// Exit code.
+        code: i32,
+    },
+    /// Answer to `Shutdown`.
+    ShuttingDown,
+    /// Something went wrong; the connection closes after this.
+    Error {
+        /// Machine-readable kind.
+        code: ErrorCode,
+        /// What happened, for a person.
+        message: String,
+    },
+}
+
+/// Kinds of protocol errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Unsupported protocol version.
+    Version,
+    /// A frame was oversized, truncated or not understood.
+    BadFrame,
+    /// The request is not valid here (e.g. an empty argv).
+    BadRequest,
+    /// The command could not be started.
+    Spawn,
+    /// Anything else.
+    Internal,
+}
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame<M> {
+    /// A control message.
+    Control(M),
+    /// Stdout bytes.
+    Stdout(Vec<u8>),
+    /// Stderr bytes.
+    Stderr(Vec<u8>),
+    /// Stdin bytes.
+    Stdin(Vec<u8>),
+    /// End of stdin.
+    StdinEof,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    /// The declared length is 0 or over [`MAX_FRAME`].
+    #[error("frame length {len} is outside 1..={MAX_FRAME}")]
+    BadLength {
+        /// Declared length.
+        len: u64,
+    },
+    /// Unknown tag byte.
+    #[error("unknown frame tag {0}")]
+    BadTag(u8),
+    /// The control body is not a valid message.
+    #[error("malformed control message: {0}")]
+    BadJson(String),
+    /// The peer closed the connection in the middle of a frame.
+    #[error("connection closed mid-frame")]
+    Truncated,
+    /// The peer closed the connection between frames.
+    #[error("connection closed")]
+    Closed,
+    /// Another I/O error.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+const TAG_CONTROL: u8 = 1;
+const TAG_STDOUT: u8 = 2;
+const TAG_STDERR: u8 = 3;
+const TAG_STDIN: u8 = 4;
+const TAG_STDIN_EOF: u8 = 5;
+
+/// Encode a frame into bytes.
+pub fn encode<M: Serialize>(frame: &Frame<M>) -> Vec<u8> {
+    let (tag, body): (u8, std::borrow::Cow<'_, [u8]>) = match frame {
+        Frame::Control(m) => (TAG_CONTROL, serde_json::to_vec(m).expect("protocol messages always serialise").into()),
+        Frame::Stdout(b) => (TAG_STDOUT, b.as_slice().into()),
+        Frame::Stderr(b) => (TAG_STDERR, b.as_slice().into()),
+        Frame::Stdin(b) => (TAG_STDIN, b.as_slice().into()),
+        Frame::StdinEof => (TAG_STDIN_EOF, (&[][..]).into()),
+    };
+    let len = (body.len() + 1) as u32;
+    let mut out = Vec::with_capacity(4 + len as usize);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.push(tag);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decode one frame from the start of `buf`. Returns the frame and the bytes it used,
+/// or `Ok(None)` when `buf` does not yet hold a whole frame.
+pub fn decode<M: for<'de> Deserialize<'de>>(buf: &[u8]) -> Result<Option<(Frame<M>, usize)>, ProtoError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(ProtoError::BadLength { len: len as u64 });
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    let frame = parse(buf[4], &buf[5..4 + len])?;
+    Ok(Some((frame, 4 + len)))
+}
+
+fn parse<M: for<'de> Deserialize<'de>>(tag: u8, body: &[u8]) -> Result<Frame<M>, ProtoError> {
+    Ok(match tag {
+        TAG_CONTROL => Frame::Control(serde_json::from_slice(body).map_err(|e| ProtoError::BadJson(e.to_string()))?),
+        TAG_STDOUT => Frame::Stdout(body.to_vec()),
+        TAG_STDERR => Frame::Stderr(body.to_vec()),
+        TAG_STDIN => Frame::Stdin(body.to_vec()),
+        TAG_STDIN_EOF if body.is_empty() => Frame::StdinEof,
+        TAG_STDIN_EOF => return Err(ProtoError::BadJson("stdin-eof frame with a body".into())),
+        t => return Err(ProtoError::BadTag(t)),
+    })
+}
+
+/// Read one frame. A clean close before the first byte is [`ProtoError::Closed`].
+pub async fn read_frame<M, R>(r: &mut R) -> Result<Frame<M>, ProtoError>
+where
+    M: for<'de> Deserialize<'de>,
+    R: AsyncRead + Unpin,
+{
+    let mut head = [0u8; 5];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut head[got..4]).await?;
+        if n == 0 {
+            return Err(if got == 0 { ProtoError::Closed } else { ProtoError::Truncated });
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(ProtoError::BadLength { len: len as u64 });
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await.map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => ProtoError::Truncated,
+        _ => ProtoError::Io(e),
+    })?;
+    parse(body[0], &body[1..])
+}
+
+/// Write one frame.
+pub async fn write_frame<M, W>(w: &mut W, frame: &Frame<M>) -> io::Result<()>
+where
+    M: Serialize,
+    W: AsyncWrite + Unpin,
+{
+    w.write_all(&encode(frame)).await?;
+    w.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_every_kind() {
+        let frames: Vec<Frame<Request>> = vec![
+            Frame::Control(Request::Hello { version: VERSION }),
+            Frame::Control(Request::Exec { argv: vec!["true".into()], env: vec![], stdin: true }),
+            Frame::Stdin(b"abc".to_vec()),
+            Frame::StdinEof,
+        ];
+        let mut buf = Vec::new();
+        for f in &frames {
+            buf.extend(encode(f));
+        }
+        let mut at = 0;
+        for f in &frames {
+            let (g, used) = decode::<Request>(&buf[at..]).unwrap().unwrap();
+            assert_eq!(&g, f);
+            at += used;
+        }
+        assert_eq!(at, buf.len());
+        assert!(decode::<Request>(&buf[..3]).unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_frames_are_errors_not_panics() {
+        assert!(matches!(decode::<Request>(&[0, 0, 0, 0]), Err(ProtoError::BadLength { len: 0 })));
+        assert!(matches!(decode::<Request>(&[0xff, 0xff, 0xff, 0xff, 1]), Err(ProtoError::BadLength { .. })));
+        assert!(matches!(decode::<Request>(&[0, 0, 0, 1, 9]), Err(ProtoError::BadTag(9))));
+        assert!(matches!(decode::<Request>(&[0, 0, 0, 3, 1, b'{', b'x']), Err(ProtoError::BadJson(_))));
+        let unknown = br#"{"type":"exec","argv":["x"],"bogus":1}"#;
+        let mut f = ((unknown.len() + 1) as u32).to_be_bytes().to_vec();
+        f.push(1);
+        f.extend_from_slice(unknown);
+        assert!(matches!(decode::<Request>(&f), Err(ProtoError::BadJson(_))));
+    }
+
+    #[tokio::test]
+    async fn async_read_reports_truncation_and_close() {
+        let mut empty: &[u8] = &[];
+        assert!(matches!(read_frame::<Request, _>(&mut empty).await, Err(ProtoError::Closed)));
+        let mut cut: &[u8] = &[0, 0, 0, 10, 1, b'{'];
+        assert!(matches!(read_frame::<Request, _>(&mut cut).await, Err(ProtoError::Truncated)));
+        let whole = encode(&Frame::<Response>::Control(Response::Pong));
+        let mut r: &[u8] = &whole;
+        assert_eq!(read_frame::<Response, _>(&mut r).await.unwrap(), Frame::Control(Response::Pong));
+    }
+}
