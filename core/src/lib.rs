@@ -25,8 +25,11 @@ pub mod error;
 pub mod id;
 pub mod layout;
 pub mod peer;
+pub mod process;
 pub mod proto;
 pub mod registry;
+pub mod state;
+pub mod store;
 
 pub use address::SocketAddress;
 pub use backend::Backend;
