@@ -10,7 +10,9 @@
 //!   [`address::SocketAddress`], [`binding::Capabilities`] and [`error::BindingError`];
 //! - [`peer`], peer-credential checks for listeners and connectors that need them;
 //! - [`registry`], link-time (`inventory`) and explicit registries of strategies and backends;
-//! - [`backend::Backend`], the trait a VMM backend implements.
+//! - [`backend::Backend`], the trait a VMM backend implements;
+//! - [`runtime::Runtime`], the box lifecycle over a home, with its [`store`], [`state`]
+//!   machine and [`process`] identity.
 //!
 //! The core never names a concrete strategy or backend: it holds `dyn SocketBinding` and
 //! `dyn Backend`. See `docs/ARCHITECTURE.md` for the codemap and the invariants.
@@ -28,6 +30,7 @@ pub mod peer;
 pub mod process;
 pub mod proto;
 pub mod registry;
+pub mod runtime;
 pub mod state;
 pub mod store;
 

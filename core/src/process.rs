@@ -160,6 +160,7 @@ pub struct ProcessHandle {
     identity: ProcessIdentity,
     pidfd: Option<OwnedFd>,
     exit: Mutex<Option<i32>>,
+    kill_group_on_exit: bool,
 }
 
 fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
@@ -189,7 +190,15 @@ impl ProcessHandle {
                 None
             }
         };
-        ProcessHandle { identity, pidfd, exit: Mutex::new(None) }
+        ProcessHandle { identity, pidfd, exit: Mutex::new(None), kill_group_on_exit: false }
+    }
+
+    /// A handle on a box's main process, a session and process-group leader: when it is
+    /// seen exited but not yet reaped (its pid cannot be reused yet), what is left of
+    /// its process group is SIGKILLed before it is reaped, so nothing of the box
+    /// outlives it.
+    pub fn open_group_leader(identity: ProcessIdentity) -> Self {
+        ProcessHandle { kill_group_on_exit: true, ..Self::open(identity) }
     }
 
     /// A handle on the live process `pid`, reading its start time now.
@@ -236,6 +245,10 @@ impl ProcessHandle {
         match read_stat(self.identity.pid) {
             Ok(Some(st)) if st.start_time == self.identity.start_time => {
                 if matches!(st.state, 'Z' | 'X') {
+                    if self.kill_group_on_exit && st.pgrp == self.identity.pid {
+                        // The unreaped zombie holds the pid, so the group is still ours.
+                        let _ = nix::sys::signal::killpg(Pid::from_raw(self.identity.pid), Signal::SIGKILL);
+                    }
                     if self.try_reap().is_some() { Liveness::Gone } else { Liveness::Zombie }
                 } else {
                     Liveness::Alive
@@ -334,6 +347,11 @@ impl ProcessHandle {
             tokio::time::sleep(step.min(deadline - now)).await;
             step = (step * 2).min(Duration::from_millis(50));
         }
+    }
+
+    /// Wait, without a deadline, until the process has exited.
+    pub async fn wait_exit(&self) {
+        while !self.wait_gone(Duration::from_secs(3600)).await {}
     }
 
     /// Whether the process has exited, checked without blocking (pidfd readable, or
