@@ -110,18 +110,28 @@ pub async fn exec(
     hello(&mut stream).await?;
     let has_stdin = io.stdin.is_some();
     proto::write_frame(&mut stream, &Frame::Control(Request::Exec { argv, env, stdin: has_stdin })).await?;
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, wr) = stream.into_split();
+    // Without stdin the write half is kept here until the answer is read (dropping it
+    // would shut the connection down for writing: the agent would take the client as
+    // gone).
+    let mut idle_wr = Some(wr);
     let pump = io.stdin.map(|mut stdin| {
+        let mut wr = idle_wr.take().expect("write half present");
         tokio::spawn(async move {
             let mut buf = vec![0u8; 64 * 1024];
             loop {
                 let n = stdin.read(&mut buf).await?;
                 if n == 0 {
                     proto::write_frame::<Request, _>(&mut wr, &Frame::StdinEof).await?;
-                    return Ok::<_, std::io::Error>(());
+                    // Keep the write half open until the answer is read: dropping it
+                    // shuts the connection down for writing, which the agent takes as
+                    // the client going away. The task is aborted after the answer.
+                    std::future::pending::<()>().await;
                 }
                 proto::write_frame::<Request, _>(&mut wr, &Frame::Stdin(buf[..n].to_vec())).await?;
             }
+            #[allow(unreachable_code)]
+            Ok::<_, std::io::Error>(())
         })
     });
     let result = loop {
@@ -137,6 +147,7 @@ pub async fn exec(
         // The command ended: whatever stdin was still pending is no longer wanted.
         p.abort();
     }
+    drop(idle_wr);
     io.stdout.flush().await?;
     io.stderr.flush().await?;
     result
