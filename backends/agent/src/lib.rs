@@ -263,26 +263,31 @@ fn is_transient(e: &io::Error) -> bool {
 /// Bind, notify readiness, and serve until shutdown, SIGTERM or SIGINT: the whole
 /// life of the `boxsock-agent` process. Must be called inside a tokio runtime.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    use tokio::signal::unix::{SignalKind, signal};
     let agent = Agent::bind(config)?;
+    // Install the handlers before notifying: from readiness on, SIGTERM is graceful.
+    let stop = agent.stop_handle();
+    let signals = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => Some(tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = int.recv() => tracing::info!("SIGINT"),
+            }
+            stop.stop();
+        })),
+        _ => {
+            tracing::warn!("cannot install signal handlers; only a Shutdown request stops the agent gracefully");
+            None
+        }
+    };
     if let Err(e) = agent.notify_ready() {
         agent.remove_own_socket();
         return Err(e);
     }
-    let stop = agent.stop_handle();
-    let signals = tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            tracing::warn!("cannot install signal handlers; only a Shutdown request stops the agent");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM"),
-            _ = int.recv() => tracing::info!("SIGINT"),
-        }
-        stop.stop();
-    });
     let r = agent.serve().await;
-    signals.abort();
+    if let Some(s) = signals {
+        s.abort();
+    }
     r
 }
 
@@ -506,14 +511,17 @@ async fn exec(
                     }
                 }
             };
+            let mut writer_done = false;
             tokio::select! {
                 _ = drain => {}
-                w = &mut writer => { w?; }
+                w = &mut writer => { w?; writer_done = true; }
             }
             // Every pump is finished or aborted, so every sender is gone: the writer
             // flushes what is queued and ends.
             pumps.shutdown().await;
-            (&mut writer).await?;
+            if !writer_done {
+                (&mut writer).await?;
+            }
             drop(writer);
             tracing::info!(pid, code, "exec ended");
             send(wr, Response::Exit { code }).await
