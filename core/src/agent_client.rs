@@ -237,3 +237,49 @@ pub async fn read_ready(stream: &mut UnixStream) -> Result<AgentInfo, ClientErro
         other => Err(ClientError::Unexpected { expected: "ready", got: format!("{other:?}") }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answer the client's hello with `answer` from the other end of a socket pair.
+    async fn client_against(answer: Response) -> (AgentClient, tokio::task::JoinHandle<Frame<Request>>) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        let mut theirs = UnixStream::from_std(theirs).unwrap();
+        let server = tokio::spawn(async move {
+            let hello = proto::read_frame::<Request, _>(&mut theirs).await.unwrap();
+            proto::write_frame(&mut theirs, &Frame::Control(answer)).await.unwrap();
+            hello
+        });
+        (AgentClient::connect(ours).unwrap(), server)
+    }
+
+    #[tokio::test]
+    async fn hello_sends_our_version_and_reads_the_agents() {
+        let (mut c, server) = client_against(Response::Hello { version: proto::VERSION, pid: 42 }).await;
+        assert_eq!(c.hello().await.unwrap(), AgentInfo { version: proto::VERSION, pid: 42 });
+        assert_eq!(server.await.unwrap(), Frame::Control(Request::Hello { version: proto::VERSION }));
+        // Cached: no second exchange.
+        assert_eq!(c.hello().await.unwrap().pid, 42);
+    }
+
+    #[tokio::test]
+    async fn version_refusals_and_other_versions_are_version_errors() {
+        let (mut c, _s) =
+            client_against(Response::Error { code: ErrorCode::Version, message: "agent speaks 9".into() }).await;
+        assert!(matches!(c.hello().await, Err(ClientError::Version { ours: proto::VERSION, theirs }) if theirs.contains('9')));
+        let (mut c, _s) = client_against(Response::Hello { version: proto::VERSION + 1, pid: 1 }).await;
+        assert!(matches!(c.hello().await, Err(ClientError::Version { .. })));
+    }
+
+    #[tokio::test]
+    async fn unexpected_answers_and_early_close_are_errors() {
+        let (c, _s) = client_against(Response::Pong).await;
+        assert!(matches!(c.ping().await, Err(ClientError::Unexpected { expected: "hello", .. })));
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(theirs);
+        let err = AgentClient::connect(ours).unwrap().ping().await.unwrap_err();
+        assert!(matches!(err, ClientError::Io(_) | ClientError::Proto(ProtoError::Closed)), "{err}");
+    }
+}
