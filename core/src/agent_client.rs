@@ -11,11 +11,8 @@
 //! ```no_run
 //! # async fn f(stream: std::os::unix::net::UnixStream) -> Result<(), boxsock_core::agent_client::ClientError> {
 //! use boxsock_core::agent_client::AgentClient;
-//! let mut out = Vec::new();
-//! let code = AgentClient::connect(stream)?
-//!     .exec(&["sh", "-c", "echo hi"], &[], None::<&[u8]>, |b| out.extend_from_slice(b), |_| {})
-//!     .await?;
-//! assert_eq!((code, &out[..]), (0, &b"hi\n"[..]));
+//! let out = AgentClient::connect(stream)?.exec_output(&["sh", "-c", "echo hi"], &[("K", "v")], None).await?;
+//! assert_eq!((out.code, &out.stdout[..]), (0, &b"hi\n"[..]));
 //! # Ok(()) }
 //! ```
 //!
@@ -76,6 +73,17 @@ pub struct AgentInfo {
     pub version: u32,
     /// Its pid.
     pub pid: u32,
+}
+
+/// What [`AgentClient::exec_output`] collected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit code, or 128 + signal number.
+    pub code: i32,
+    /// Everything the command wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// Everything the command wrote to stderr.
+    pub stderr: Vec<u8>,
 }
 
 /// One connection to the agent. See the module documentation.
@@ -146,7 +154,7 @@ impl AgentClient {
     pub async fn exec<S, O, E>(
         mut self,
         argv: &[impl AsRef<str>],
-        env: &[(impl AsRef<str>, impl AsRef<str>)],
+        env: &[(&str, &str)],
         stdin: Option<S>,
         mut on_stdout: O,
         mut on_stderr: E,
@@ -159,7 +167,7 @@ impl AgentClient {
         self.hello().await?;
         let request = Request::Exec {
             argv: argv.iter().map(|a| a.as_ref().to_owned()).collect(),
-            env: env.iter().map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned())).collect(),
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             stdin: stdin.is_some(),
         };
         proto::write_frame(&mut self.stream, &Frame::Control(request)).await?;
@@ -209,6 +217,21 @@ impl AgentClient {
                 }
             }
         }
+    }
+
+    /// [`AgentClient::exec`] with stdin from a byte slice (or `/dev/null` for
+    /// `None`) and the output collected in memory.
+    pub async fn exec_output(
+        self,
+        argv: &[impl AsRef<str>],
+        env: &[(&str, &str)],
+        stdin: Option<&[u8]>,
+    ) -> Result<ExecOutput, ClientError> {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let code = self
+            .exec(argv, env, stdin, |b| stdout.extend_from_slice(b), |b| stderr.extend_from_slice(b))
+            .await?;
+        Ok(ExecOutput { code, stdout, stderr })
     }
 
     async fn read_control(&mut self, expected: &'static str) -> Result<Response, ClientError> {

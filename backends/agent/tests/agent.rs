@@ -96,14 +96,8 @@ async fn exec_collect(
     env: &[(&str, &str)],
     stdin: Option<&[u8]>,
 ) -> Result<(i32, Vec<u8>, Vec<u8>), ClientError> {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = tokio::time::timeout(
-        LIMIT,
-        client.exec(argv, env, stdin, |b| out.extend_from_slice(b), |b| err.extend_from_slice(b)),
-    )
-    .await
-    .expect("exec hung")?;
-    Ok((code, out, err))
+    let out = tokio::time::timeout(LIMIT, client.exec_output(argv, env, stdin)).await.expect("exec hung")?;
+    Ok((out.code, out.stdout, out.stderr))
 }
 
 #[tokio::test]
@@ -347,7 +341,7 @@ async fn shutdown_kills_commands_removes_the_socket_and_exits_0() {
     let (pid_tx, pid_rx) = std::sync::mpsc::channel();
     let long = a.client();
     let running = tokio::spawn(async move {
-        long.exec(&["sh", "-c", "echo $$; exec sleep 1000"], &[] as &[(&str, &str)], None::<&[u8]>, move |b| {
+        long.exec(&["sh", "-c", "echo $$; exec sleep 1000"], &[], None::<&[u8]>, move |b| {
             let _ = pid_tx.send(String::from_utf8_lossy(b).trim().parse::<i32>().unwrap());
         }, |_| {})
         .await

@@ -109,7 +109,7 @@ async fn launch_with_direct_addresses_ready_exec_then_kill_and_gone() {
         LIMIT,
         AgentClient::connect(stream).unwrap().exec(
             &["sh", "-c", "printf '%s' \"$BOXSOCK_HOST_TEST\"; exit 5"],
-            &[] as &[(&str, &str)],
+            &[],
             None::<&[u8]>,
             |b| out.extend_from_slice(b),
             |_| {},
