@@ -15,10 +15,13 @@
 //! Input never makes it panic: a malformed frame is answered with an
 //! `Error { code: BadFrame }` frame, that connection is closed, and the others go on.
 //!
-//! Every command runs in its own process group; on shutdown (a `Shutdown` request, or
-//! SIGTERM/SIGINT through [`run`]) the agent stops accepting, kills every group it
-//! started, removes its own socket file (only if it is still the one it bound) and
-//! returns.
+//! Every command runs in its own process group. Background processes a command leaves
+//! in its group keep running after its exec ends (as under `docker exec`); on
+//! shutdown (a `Shutdown` request, or SIGTERM/SIGINT through [`run`]) the agent stops
+//! accepting, kills every group it started that still has members, removes its own
+//! socket file (only if it is still the one it bound) and returns. A process that
+//! leaves its group (`setsid`) escapes this; so does everything if the agent is
+//! SIGKILLed, which is why the runtime should ask for a shutdown first.
 
 use std::collections::HashSet;
 use std::io::{self, Write};
@@ -370,7 +373,9 @@ fn describe(f: &Frame<Request>) -> String {
     }
 }
 
-/// Removes a process group from the agent's set when its exec ends.
+/// When an exec ends, forgets its process group if nothing is left in it. Processes
+/// the command left running in the background keep the group alive; it stays in the
+/// set, so a shutdown kills them.
 struct GroupGuard<'a> {
     state: &'a State,
     pgid: i32,
@@ -378,8 +383,16 @@ struct GroupGuard<'a> {
 
 impl Drop for GroupGuard<'_> {
     fn drop(&mut self) {
-        self.state.groups.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.pgid);
+        let mut groups = self.state.groups.lock().unwrap_or_else(|p| p.into_inner());
+        groups.retain(|&g| group_alive(g));
+        if group_alive(self.pgid) {
+            tracing::debug!(pgid = self.pgid, "command left processes behind; they live until shutdown");
+        }
     }
+}
+
+fn group_alive(pgid: i32) -> bool {
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
 }
 
 /// What the connection did while a command ran.

@@ -73,7 +73,8 @@ async fn launch(agent: &SocketAddress, ready: &SocketAddress, extra: &[&str]) ->
     let mut child = Command::new(AGENT)
         .args(["--agent", &agent.to_uri(), "--ready", &ready.to_uri()])
         .args(extra)
-        .env("RUST_LOG", "debug")
+        // The agent's log goes to the test's stderr; quiet unless asked for.
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -550,4 +551,24 @@ async fn root_abstract_ready_listener_of_another_uid_is_not_notified() {
     out.read_to_string(&mut rest).unwrap();
     let _ = squatter.wait();
     assert!(rest.contains("got-bytes=0"), "the squatter received the readiness frame: {rest}");
+}
+
+#[tokio::test]
+async fn background_processes_do_not_hang_exec_and_die_at_shutdown() {
+    let mut a = Running::start(&[]).await;
+    // Detached output: the exec ends as soon as the shell does.
+    let (code, out, _) =
+        exec_collect(a.client(), &["sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $!"], &[], None).await.unwrap();
+    assert_eq!(code, 0);
+    let detached: i32 = String::from_utf8(out).unwrap().trim().parse().unwrap();
+    // Inherited stdout: the pipe stays open, the exec still ends (after the grace).
+    let (code, out, _) = exec_collect(a.client(), &["sh", "-c", "sleep 1000 & echo $!; exit 4"], &[], None).await.unwrap();
+    assert_eq!(code, 4);
+    let holding: i32 = String::from_utf8(out).unwrap().trim().parse().unwrap();
+    assert!(alive(detached) && alive(holding), "background processes outlive their exec");
+
+    a.client().shutdown().await.unwrap();
+    assert_eq!(a.wait_exit().code(), Some(0));
+    wait_gone(detached);
+    wait_gone(holding);
 }
