@@ -471,6 +471,20 @@ fn nobody_helper() {
     println!("RESULT {line}");
 }
 
+/// Why `nobody` could not execute this test binary (a directory on its path or the
+/// file itself without o+x), if so.
+fn nobody_cannot_run_me() -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().unwrap();
+    for p in exe.ancestors() {
+        let mode = std::fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
+        if mode & 0o001 == 0 {
+            return Some(format!("{} is not executable/searchable by others (mode {:o})", p.display(), mode & 0o7777));
+        }
+    }
+    None
+}
+
 fn helper_result(child: Child) -> String {
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -493,6 +507,10 @@ fn rand_u64() -> u64 {
 async fn root_abstract_with_allow_uid_refuses_a_peer_running_as_nobody() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: needs root to run a peer as uid {NOBODY}");
+        return;
+    }
+    if let Some(why) = nobody_cannot_run_me() {
+        eprintln!("skipped: uid {NOBODY} cannot run the test binary as its peer: {why}");
         return;
     }
     let me = nix::unistd::geteuid().as_raw().to_string();
@@ -518,6 +536,10 @@ async fn root_abstract_with_allow_uid_refuses_a_peer_running_as_nobody() {
 async fn root_abstract_ready_listener_of_another_uid_is_not_notified() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: needs root to run a listener as uid {NOBODY}");
+        return;
+    }
+    if let Some(why) = nobody_cannot_run_me() {
+        eprintln!("skipped: uid {NOBODY} cannot run the test binary as its listener: {why}");
         return;
     }
     let agent = unique_abstract("agent");

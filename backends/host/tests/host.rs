@@ -24,8 +24,12 @@ fn agent_dir() -> PathBuf {
         let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf(); // target/debug
         let agent = profile_dir.join("boxsock-agent");
         if !agent.exists() {
-            let st = std::process::Command::new(env!("CARGO"))
-                .args(["build", "-p", "boxsock-agent", "--bin", "boxsock-agent"])
+            let mut build = std::process::Command::new(env!("CARGO"));
+            build.args(["build", "-p", "boxsock-agent", "--bin", "boxsock-agent"]);
+            if profile_dir.ends_with("release") {
+                build.arg("--release");
+            }
+            let st = build
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .status()
                 .unwrap();
