@@ -258,8 +258,15 @@ fn stdin_reader(interactive: bool) -> Option<Box<dyn tokio::io::AsyncRead + Unpi
 }
 
 async fn exec_in(rt: &Runtime, id: &str, cmd: Vec<String>, env: Vec<(String, String)>, interactive: bool) -> Result<i32, RuntimeError> {
-    let mut out = tokio::io::stdout();
-    let mut err = tokio::io::stderr();
+    // Output is written as it arrives; a closed stdout (`| head`) is not an error of
+    // the command's.
+    let mut out = |b: &[u8]| {
+        let mut o = std::io::stdout().lock();
+        let _ = o.write_all(b).and_then(|()| o.flush());
+    };
+    let mut err = |b: &[u8]| {
+        let _ = std::io::stderr().lock().write_all(b);
+    };
     rt.exec(id, cmd, env, ExecIo { stdin: stdin_reader(interactive), stdout: &mut out, stderr: &mut err }).await
 }
 

@@ -23,8 +23,9 @@ use boxsock_short_symlink as _;
 
 async fn exec_out(rt: &Runtime, id: &str, argv: &[&str]) -> Result<(i32, String, String), RuntimeError> {
     let (mut out, mut err) = (Vec::<u8>::new(), Vec::<u8>::new());
+    let (mut on_out, mut on_err) = (|b: &[u8]| out.extend_from_slice(b), |b: &[u8]| err.extend_from_slice(b));
     let code = rt
-        .exec(id, argv.iter().map(|s| s.to_string()).collect(), vec![], ExecIo { stdin: None, stdout: &mut out, stderr: &mut err })
+        .exec(id, argv.iter().map(|s| s.to_string()).collect(), vec![], ExecIo { stdin: None, stdout: &mut on_out, stderr: &mut on_err })
         .await?;
     Ok((code, String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned()))
 }

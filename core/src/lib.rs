@@ -12,12 +12,14 @@
 //! - [`registry`], link-time (`inventory`) and explicit registries of strategies and backends;
 //! - [`backend::Backend`], the trait a VMM backend implements;
 //! - [`runtime::Runtime`], the box lifecycle over a home, with its [`store`], [`state`]
-//!   machine and [`process`] identity.
+//!   machine and [`process`] identity;
+//! - [`proto`], the agent wire protocol, and [`agent_client`], its async client.
 //!
 //! The core never names a concrete strategy or backend: it holds `dyn SocketBinding` and
 //! `dyn Backend`. See `docs/ARCHITECTURE.md` for the codemap and the invariants.
 
 pub mod address;
+pub mod agent_client;
 pub mod backend;
 pub mod binding;
 pub mod boxdir;

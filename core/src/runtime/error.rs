@@ -10,7 +10,7 @@ use crate::registry::RegistryError;
 use crate::state::BoxState;
 use crate::store::StoreError;
 
-use super::agent::AgentError;
+use crate::agent_client::ClientError;
 
 /// What went wrong in a [`Runtime`](super::Runtime) operation. Every variant names the
 /// box, socket, path or process involved.
@@ -133,7 +133,7 @@ pub enum RuntimeError {
         address: String,
         /// What failed.
         #[source]
-        source: AgentError,
+        source: ClientError,
     },
     /// The box's process survived SIGKILL for the whole bounded wait.
     #[error("box {id}: process {pid} is still alive after SIGKILL and {waited:?}")]

@@ -22,7 +22,6 @@
 //! process died into `Unhealthy`, then `Stopped`, recording the exit. The pid reported,
 //! watched and signalled is one [`ProcessIdentity`].
 
-mod agent;
 mod error;
 mod info;
 mod lock;
@@ -37,7 +36,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::task::AbortHandle;
 
-pub use agent::{AgentError, ExecIo};
+pub use crate::agent_client::ClientError;
 pub use error::RuntimeError;
 pub use info::{BackendReport, BoxInfo, DoctorReport, SocketReport, StrategyReport, doctor};
 pub use lock::{LockGuard, LockMode};
@@ -52,7 +51,7 @@ use crate::error::BindingError;
 use crate::id::BoxId;
 use crate::layout::BoxLayout;
 use crate::process::{ProcessHandle, ProcessIdentity};
-use crate::proto::{self, Frame, Response};
+use crate::agent_client::{self, AgentClient};
 use crate::registry::{BackendRegistration, BuildError, Registry, StrategyRegistration};
 use crate::state::BoxState;
 use crate::store::{BoxConfig, BoxRecord, Listing, Store};
@@ -119,6 +118,23 @@ impl CreateOptions {
     /// A box with this strategy and backend, no name, no network.
     pub fn new(strategy: impl Into<String>, backend: impl Into<String>) -> Self {
         CreateOptions { name: None, strategy: strategy.into(), backend: backend.into(), network: false, env: Vec::new() }
+    }
+}
+
+/// Where an exec's input comes from and its output goes.
+pub struct ExecIo<'a> {
+    /// Stdin to forward, if any (forwarded until EOF, then closed); otherwise the
+    /// command reads `/dev/null`.
+    pub stdin: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send + 'static>>,
+    /// Called with each stdout chunk, in order.
+    pub stdout: &'a mut (dyn FnMut(&[u8]) + Send),
+    /// Called with each stderr chunk, in order.
+    pub stderr: &'a mut (dyn FnMut(&[u8]) + Send),
+}
+
+impl std::fmt::Debug for ExecIo<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecIo").field("stdin", &self.stdin.is_some()).finish_non_exhaustive()
     }
 }
 
@@ -396,14 +412,18 @@ impl Runtime {
     /// Run `argv` in a running box, streaming its output into `io`; returns its exit
     /// code (or 128 + signal).
     pub async fn exec(&self, id_or_name: &str, argv: Vec<String>, env: Vec<(String, String)>, io: ExecIo<'_>) -> Result<i32, RuntimeError> {
-        let (rec, stream, address) = self.inner.connect_agent(id_or_name).await?;
-        agent::exec(stream, argv, env, io).await.map_err(|source| RuntimeError::Agent { id: rec.id, address, source })
+        let (rec, client, address) = self.inner.connect_agent(id_or_name).await?;
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        client
+            .exec(&argv, &env, io.stdin, io.stdout, io.stderr)
+            .await
+            .map_err(|source| RuntimeError::Agent { id: rec.id, address, source })
     }
 
     /// Check that a running box's agent answers.
     pub async fn ping(&self, id_or_name: &str) -> Result<(), RuntimeError> {
-        let (rec, stream, address) = self.inner.connect_agent(id_or_name).await?;
-        agent::ping(stream).await.map_err(|source| RuntimeError::Agent { id: rec.id, address, source })
+        let (rec, client, address) = self.inner.connect_agent(id_or_name).await?;
+        client.ping().await.map(drop).map_err(|source| RuntimeError::Agent { id: rec.id, address, source })
     }
 
     /// Stop a box: graceful, then SIGTERM, then SIGKILL, each bounded by `timeout`
@@ -704,8 +724,8 @@ impl Inner {
 
         let timeout = self.options.ready_timeout;
         let ready = async {
-            let (mut s, _) = listener.accept().await.map_err(proto::ProtoError::Io)?;
-            proto::read_frame::<Response, _>(&mut s).await
+            let (mut s, _) = listener.accept().await?;
+            agent_client::read_ready(&mut s).await
         };
         tokio::select! {
             r = tokio::time::timeout(timeout, ready) => match r {
@@ -715,16 +735,11 @@ impl Inner {
                     after: timeout,
                     log_tail: log_tail(),
                 }),
-                Ok(Ok(Frame::Control(Response::Ready { pid, version }))) => {
-                    tracing::debug!(box_id = %id, agent_pid = pid, version, "agent ready");
+                Ok(Ok(info)) => {
+                    tracing::debug!(box_id = %id, agent_pid = info.pid, version = info.version, "agent ready");
                     Ok(())
                 }
-                Ok(Ok(other)) => Err(RuntimeError::Agent {
-                    id: id.clone(),
-                    address: ready_addr,
-                    source: AgentError::Unexpected(format!("{other:?} instead of ready")),
-                }),
-                Ok(Err(e)) => Err(RuntimeError::Agent { id: id.clone(), address: ready_addr, source: e.into() }),
+                Ok(Err(e)) => Err(RuntimeError::Agent { id: id.clone(), address: ready_addr, source: e }),
             },
             _ = handle.wait_exit() => Err(RuntimeError::ExitedBeforeReady {
                 id: id.clone(),
@@ -736,21 +751,26 @@ impl Inner {
         }
     }
 
-    async fn connect_agent(&self, id_or_name: &str) -> Result<(BoxRecord, tokio::net::UnixStream, String), RuntimeError> {
+    async fn connect_agent(&self, id_or_name: &str) -> Result<(BoxRecord, AgentClient, String), RuntimeError> {
         let rec = self.record(id_or_name)?;
         if rec.state != BoxState::Running {
             return Err(RuntimeError::NotRunning { id: rec.id, state: rec.state });
         }
+        let (client, address) = self.dial_agent(&rec)?;
+        Ok((rec, client, address))
+    }
+
+    /// Dial a box's agent through its strategy, whatever its recorded state. Runs
+    /// `ensure` first: a binding removed behind our back (a /tmp cleaner) heals here.
+    fn dial_agent(&self, rec: &BoxRecord) -> Result<(AgentClient, String), RuntimeError> {
         let strategy = self.strategy(&rec.config.strategy)?;
         let file = catalogue::AGENT.file_name();
-        // Heal a binding removed behind our back (a /tmp cleaner) before dialling.
         strategy.ensure(&self.layout, &rec.id)?;
         let address = strategy.address(&self.layout, &rec.id, &file)?.display_string();
         let std = strategy.connect_stream(&self.layout, &rec.id, &file)?;
-        std.set_nonblocking(true).map_err(|e| RuntimeError::Io { op: "set non-blocking", path: address.clone().into(), source: e })?;
-        let stream = tokio::net::UnixStream::from_std(std)
-            .map_err(|e| RuntimeError::Io { op: "register agent connection", path: address.clone().into(), source: e })?;
-        Ok((rec, stream, address))
+        let client = AgentClient::connect(std)
+            .map_err(|source| RuntimeError::Agent { id: rec.id.clone(), address: address.clone(), source })?;
+        Ok((client, address))
     }
 
     async fn stop_locked(self: &Arc<Self>, rec: BoxRecord, timeout: Duration) -> Result<BoxRecord, RuntimeError> {
@@ -797,8 +817,8 @@ impl Inner {
         }
         if graceful {
             let asked = async {
-                let (_, stream, _) = self.connect_agent_any(rec)?;
-                agent::shutdown(stream).await.map_err(|e| RuntimeError::Agent { id: id.clone(), address: String::new(), source: e })
+                let (client, address) = self.dial_agent(rec)?;
+                client.shutdown().await.map_err(|source| RuntimeError::Agent { id: id.clone(), address, source })
             };
             match tokio::time::timeout(timeout, asked).await {
                 Ok(Ok(())) => {
@@ -819,18 +839,6 @@ impl Inner {
             tracing::debug!(box_id = %id, pid = h.identity().pid, signal = %sig, "still alive");
         }
         Err(RuntimeError::StopFailed { id: id.clone(), pid: h.identity().pid, waited: KILL_WAIT })
-    }
-
-    /// Connect to a box's agent whatever its recorded state (for shutdown).
-    fn connect_agent_any(&self, rec: &BoxRecord) -> Result<(BoxRecord, tokio::net::UnixStream, String), RuntimeError> {
-        let strategy = self.strategy(&rec.config.strategy)?;
-        let file = catalogue::AGENT.file_name();
-        strategy.ensure(&self.layout, &rec.id)?;
-        let std = strategy.connect_stream(&self.layout, &rec.id, &file)?;
-        std.set_nonblocking(true).map_err(|e| RuntimeError::Io { op: "set non-blocking", path: file.clone().into(), source: e })?;
-        let stream = tokio::net::UnixStream::from_std(std)
-            .map_err(|e| RuntimeError::Io { op: "register agent connection", path: file.clone().into(), source: e })?;
-        Ok((rec.clone(), stream, file))
     }
 
     /// Release the binding, delete the directory, delete the row — in that order.
