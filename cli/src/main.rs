@@ -270,8 +270,19 @@ async fn exec_in(rt: &Runtime, id: &str, cmd: Vec<String>, env: Vec<(String, Str
     rt.exec(id, cmd, env, ExecIo { stdin: stdin_reader(interactive), stdout: &mut out, stderr: &mut err }).await
 }
 
+/// The exit status of a failed `run`/`exec`: 127 when the command could not be
+/// started (as a shell does), else 125.
+fn exec_failure(e: RuntimeError) -> Failure {
+    use boxsock::boxsock_core::proto::ErrorCode;
+    let code = match &e {
+        RuntimeError::Agent { source: boxsock::ClientError::Agent { code: ErrorCode::Spawn, .. }, .. } => 127,
+        _ => 125,
+    };
+    Failure(e.to_string(), code)
+}
+
 fn exit_byte(code: i32) -> u8 {
-    u8::try_from(code).unwrap_or(if code < 0 { 255 } else { 255 })
+    u8::try_from(code).unwrap_or(255)
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<u8, Failure> {
@@ -284,7 +295,6 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     let g = &cli.global;
     match cli.verb {
         Verb::Run { rm, name, env, interactive, cmd } => {
-            let fail = |e: RuntimeError| Failure(e.to_string(), 125);
             let rt = g.open().await.map_err(|f| Failure(f.0, 125))?;
             let b = rt.create(g.create_options(name, Vec::new(), false)).await.map_err(|e| Failure(backend_hint(e, g).0, 125))?;
             let id = b.id.to_string();
@@ -298,7 +308,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     eprintln!("boxsock: removing box {id}: {e}");
                 }
             }
-            let code = result.map_err(fail)?;
+            let code = result.map_err(exec_failure)?;
             Ok(exit_byte(code))
         }
         Verb::Create { name, env, network } => {
@@ -315,7 +325,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Verb::Exec { env, interactive, id, cmd } => {
             let rt = g.open().await.map_err(|f| Failure(f.0, 125))?;
-            let code = exec_in(&rt, &id, cmd, env, interactive).await.map_err(|e| Failure(e.to_string(), 125))?;
+            let code = exec_in(&rt, &id, cmd, env, interactive).await.map_err(exec_failure)?;
             Ok(exit_byte(code))
         }
         Verb::Stop { timeout, id } => {
