@@ -249,7 +249,9 @@ impl Global {
 /// Add a hint when the default backend cannot be used.
 fn backend_hint(e: RuntimeError, g: &Global) -> Failure {
     let msg = e.to_string();
-    let hint = matches!(&e, RuntimeError::Registry(_) | RuntimeError::Backend(_)) && g.backend != "host" && msg.contains(&g.backend);
+    let hint = matches!(&e, RuntimeError::Registry(_) | RuntimeError::Backend(_) | RuntimeError::BackendUnavailable { .. })
+        && g.backend != "host"
+        && msg.contains(&g.backend);
     Failure(if hint { format!("{msg}; try --backend host (no isolation)") } else { msg }, 1)
 }
 

@@ -61,6 +61,10 @@ pub struct BoxRecord {
     pub updated_at_ms: i64,
 }
 
+/// A row found by [`Store::resolve`]: its id column (the row may be corrupt) and its
+/// decoding.
+pub type Resolved = (String, Result<BoxRecord, StoreError>);
+
 /// A row that could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BadRow {
@@ -349,7 +353,7 @@ impl Store {
 
     /// Find a box by id, else by name. Returns the id column of the row found (which may
     /// be corrupt) and its decoding.
-    pub fn resolve(&self, id_or_name: &str) -> Result<Option<(String, Result<BoxRecord, StoreError>)>, StoreError> {
+    pub fn resolve(&self, id_or_name: &str) -> Result<Option<Resolved>, StoreError> {
         let conn = self.conn();
         let raw = match Self::get_raw(&conn, id_or_name).map_err(self.sq("read box"))? {
             Some(r) => Some(r),

@@ -122,7 +122,7 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 pub fn pid_running(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => {
-            let state = s.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next()).flatten();
+            let state = s.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next());
             !matches!(state, Some('Z') | Some('X') | None)
         }
         Err(_) => false,

@@ -59,7 +59,7 @@ pub enum RuntimeError {
         reason: String,
     },
     /// The backend cannot run boxes here.
-    #[error("backend {backend:?} is unavailable: {reason}{}", if backend == "host" { String::new() } else { "; try --backend host (no isolation)".to_string() })]
+    #[error("backend {backend:?} is unavailable: {reason}")]
     BackendUnavailable {
         /// Backend name.
         backend: String,

@@ -199,7 +199,8 @@ pub struct DoctorReport {
 pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
     let layout = BoxLayout::new(home);
     let sample = BoxId::parse(&"x".repeat(BoxId::MAX_LEN)).expect("a valid id");
-    let mut backends: Vec<(String, &'static str, Result<std::sync::Arc<dyn Backend>, String>)> = Vec::new();
+    type Built = Result<std::sync::Arc<dyn Backend>, String>;
+    let mut backends: Vec<(String, &'static str, Built)> = Vec::new();
     for reg in options.backends.iter() {
         backends.push((reg.name.to_owned(), reg.summary, options.backends.build(reg.name, &options.backend_config).map_err(|e| e.to_string())));
     }
