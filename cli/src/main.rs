@@ -287,6 +287,18 @@ fn exit_byte(code: i32) -> u8 {
     u8::try_from(code).unwrap_or(255)
 }
 
+/// Resolves on SIGINT or SIGTERM, with the signal's name.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
+    }
+}
+
 fn json<T: serde::Serialize>(v: &T) -> Result<u8, Failure> {
     let s = serde_json::to_string_pretty(v).map_err(|e| Failure(format!("cannot encode JSON: {e}"), 1))?;
     println!("{s}");
@@ -300,18 +312,21 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let rt = g.open().await.map_err(|f| Failure(f.0, 125))?;
             let b = rt.create(g.create_options(name, Vec::new(), false)).await.map_err(|e| Failure(backend_hint(e, g).0, 125))?;
             let id = b.id.to_string();
-            let result = async {
+            let work = async {
                 rt.start(&id).await?;
                 exec_in(&rt, &id, cmd, env, interactive).await
-            }
-            .await;
+            };
+            // Ctrl-C or SIGTERM still cleans up a --rm box.
+            let result = tokio::select! {
+                r = work => r.map_err(exec_failure),
+                sig = interrupted() => Err(Failure(format!("interrupted by {sig}"), 130)),
+            };
             if rm {
                 if let Err(e) = rt.remove(&id, true).await {
                     eprintln!("boxsock: removing box {id}: {e}");
                 }
             }
-            let code = result.map_err(exec_failure)?;
-            Ok(exit_byte(code))
+            Ok(exit_byte(result?))
         }
         Verb::Create { name, env, network } => {
             let rt = g.open().await?;

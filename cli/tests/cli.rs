@@ -294,3 +294,37 @@ async fn the_library_sees_what_the_cli_made() -> Result<(), RuntimeError> {
     assert_nothing_left(&env);
     Ok(())
 }
+
+/// Pids of running processes whose command line is exactly `argv`.
+fn pids_running(argv: &[&str]) -> Vec<i32> {
+    let want = argv.join("\0") + "\0";
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes()) && pid_running(*pid))
+        .collect()
+}
+
+#[test]
+fn interrupting_run_rm_removes_the_box_and_its_command() {
+    let env = Env::new();
+    let marker = format!("{}.{}", std::process::id(), 4242);
+    let mut child = boxsock(&env).args(["--backend", "host", "run", "--rm", "--", "sleep", &marker]).stderr(Stdio::piped()).spawn().unwrap();
+    wait_until("the command to run in the box", || !pids_running(&["sleep", &marker]).is_empty());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "boxsock run did not exit after SIGINT");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    wait_until("the command to be gone", || pids_running(&["sleep", &marker]).is_empty());
+    assert_nothing_left(&env);
+}
