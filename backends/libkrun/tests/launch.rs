@@ -192,7 +192,7 @@ fn boots_a_box_on_a_real_kvm_host() {
         return;
     };
     std::fs::copy(agent, f.layout.rootfs_dir(&f.id).join("boxsock-agent")).unwrap();
-    let l = b.launch(&f.launch_spec(false)).unwrap();
+    let l = boxsock_core::Backend::launch(&b, &f.launch_spec(false)).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     assert!(!gone(l.pid), "the shim died: {}", std::fs::read_to_string(f.layout.log_file(&f.id)).unwrap_or_default());
     kill_and_reap(l.pid);
