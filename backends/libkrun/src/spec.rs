@@ -252,10 +252,11 @@ pub fn configure(api: &mut dyn KrunApi, spec: &ShimSpec) -> Result<KrunCtx, Krun
     Ok(ctx)
 }
 
-/// The agent's guest command line: listen on the agent port, dial the ready port.
+/// The agent's guest command line (`boxsock-agent --agent <URI> --ready <URI>`): listen on
+/// the agent vsock port, dial the ready vsock port.
 pub fn agent_args(agent_port: u32, ready_port: u32) -> Vec<String> {
     vec![
-        "--listen".into(),
+        "--agent".into(),
         format!("vsock://{agent_port}"),
         "--ready".into(),
         format!("vsock://{ready_port}"),

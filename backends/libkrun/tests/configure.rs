@@ -46,7 +46,7 @@ fn configure_makes_the_exact_calls_in_order_with_network() {
         KrunCall::SetExec {
             ctx: c,
             path: "/boxsock-agent".into(),
-            args: vec!["--listen".into(), "vsock://1024".into(), "--ready".into(), "vsock://1025".into()],
+            args: vec!["--agent".into(), "vsock://1024".into(), "--ready".into(), "vsock://1025".into()],
             env: vec![("BOXSOCK_TEST".into(), "1".into())],
         },
         KrunCall::SetConsoleOutput { ctx: c, path: f.layout.log_file(&f.id) },
