@@ -252,13 +252,15 @@ impl Libkrun {
         }
         let mut child = cmd.spawn().map_err(spawn_err)?;
         let pid = child.id() as i32;
-        let mut stdin = child.stdin.take().expect("stdin was piped");
-        if let Err(e) = stdin.write_all(json) {
+        let written = match child.stdin.take() {
+            Some(mut stdin) => stdin.write_all(json),
+            None => Err(std::io::Error::other("the shim has no stdin pipe")),
+        };
+        if let Err(e) = written {
             let _ = child.kill();
             let _ = child.wait();
             return Err(spawn_err(std::io::Error::new(e.kind(), format!("writing the spec to the shim: {e}"))));
         }
-        drop(stdin);
         Ok(pid)
     }
 }
