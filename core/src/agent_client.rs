@@ -125,9 +125,9 @@ impl AgentClient {
     /// Liveness check: `Ping` → `Pong`. Returns what the agent said in its `Hello`.
     pub async fn ping(mut self) -> Result<AgentInfo, ClientError> {
         let info = self.hello().await?;
-        proto::write_frame(&mut self.stream, &Frame::Control(Request::Ping)).await?;
+        proto::write_frame(&mut self.stream, &Frame::Control(Request::Ping {})).await?;
         match self.read_control("pong").await? {
-            Response::Pong => Ok(info),
+            Response::Pong {} => Ok(info),
             other => Err(unexpected("pong", other)),
         }
     }
@@ -136,9 +136,9 @@ impl AgentClient {
     /// spawned and exits; the caller watches the process for the end.
     pub async fn shutdown(mut self) -> Result<(), ClientError> {
         self.hello().await?;
-        proto::write_frame(&mut self.stream, &Frame::Control(Request::Shutdown)).await?;
+        proto::write_frame(&mut self.stream, &Frame::Control(Request::Shutdown {})).await?;
         match self.read_control("shutting_down").await? {
-            Response::ShuttingDown => Ok(()),
+            Response::ShuttingDown {} => Ok(()),
             other => Err(unexpected("shutting_down", other)),
         }
     }
@@ -298,7 +298,7 @@ mod tests {
 
     #[tokio::test]
     async fn unexpected_answers_and_early_close_are_errors() {
-        let (c, _s) = client_against(Response::Pong).await;
+        let (c, _s) = client_against(Response::Pong {}).await;
         assert!(matches!(c.ping().await, Err(ClientError::Unexpected { expected: "hello", .. })));
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         drop(theirs);

@@ -336,10 +336,10 @@ async fn serve_one(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, state: &Arc<
         Err(e) => return reject(wr, e).await,
     }
     match proto::read_frame::<Request, _>(rd).await {
-        Ok(Frame::Control(Request::Ping)) => send(wr, Response::Pong).await,
-        Ok(Frame::Control(Request::Shutdown)) => {
+        Ok(Frame::Control(Request::Ping {})) => send(wr, Response::Pong {}).await,
+        Ok(Frame::Control(Request::Shutdown {})) => {
             tracing::info!("shutdown requested");
-            let r = send(wr, Response::ShuttingDown).await;
+            let r = send(wr, Response::ShuttingDown {}).await;
             state.stop.send_replace(true);
             r
         }

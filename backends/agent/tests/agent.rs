@@ -233,7 +233,7 @@ async fn bad_frames_get_an_error_frame_and_the_agent_keeps_serving() {
         }
     }
     // A request frame that is not a hello, or a second hello, is a bad request.
-    let ping = proto::encode(&Frame::Control(Request::Ping));
+    let ping = proto::encode(&Frame::Control(Request::Ping {}));
     let frames = send_raw(&a, false, &ping).await;
     assert!(matches!(&frames[..], [Frame::Control(Response::Error { code: ErrorCode::BadRequest, .. })]), "{frames:?}");
     let hello = proto::encode(&Frame::Control(Request::Hello { version: proto::VERSION }));
