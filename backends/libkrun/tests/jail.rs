@@ -20,6 +20,7 @@ struct ChildJob {
     bind_at: PathBuf,
     write_inside: PathBuf,
     write_outside: PathBuf,
+    read_outside: PathBuf,
     bind_outside: PathBuf,
     abstract_name: String,
 }
@@ -43,6 +44,7 @@ fn jail_child_entry() {
     out.insert("connect".into(), attempt(UnixStream::connect(&job.bind_at).map(drop)).into());
     out.insert("write_inside".into(), attempt(std::fs::write(&job.write_inside, b"x")).into());
     out.insert("write_outside".into(), attempt(std::fs::write(&job.write_outside, b"x")).into());
+    out.insert("read_outside".into(), attempt(std::fs::read(&job.read_outside).map(drop)).into());
     out.insert("bind_outside".into(), attempt(UnixListener::bind(&job.bind_outside).map(drop)).into());
     let abs = {
         use std::os::linux::net::SocketAddrExt;
@@ -91,6 +93,9 @@ fn jailed_shim_binds_and_connects_through_the_link_and_writes_nowhere_else() {
     // The runtime runs ensure before launching the shim.
     f.ensure();
     let outside = tempfile::tempdir().unwrap();
+    // Another box's file, in the same home: not readable from this box's jail.
+    let secret = f.layout.boxes_dir().join("other-box-secret");
+    std::fs::write(&secret, b"s").unwrap();
     let abs_name = format!("boxsock-jail-test-{}", std::process::id());
     let abs = {
         use std::os::linux::net::SocketAddrExt;
@@ -101,6 +106,7 @@ fn jailed_shim_binds_and_connects_through_the_link_and_writes_nowhere_else() {
         bind_at: f.addr("agent.sock"),
         write_inside: f.layout.logs_dir(&f.id).join("inside.txt"),
         write_outside: outside.path().join("outside.txt"),
+        read_outside: secret.clone(),
         bind_outside: outside.path().join("x.sock"),
         abstract_name: abs_name,
     };
@@ -112,6 +118,7 @@ fn jailed_shim_binds_and_connects_through_the_link_and_writes_nowhere_else() {
     let eacces = format!("err:{}", libc::EACCES);
     assert_eq!(r["write_outside"], eacces.as_str(), "{r}");
     assert_eq!(r["bind_outside"], eacces.as_str(), "{r}");
+    assert_eq!(r["read_outside"], eacces.as_str(), "{r}");
     assert_eq!(r["connect_abstract"], format!("err:{}", libc::EPERM).as_str(), "abstract sockets are scoped: {r}");
     assert!(!outside.path().join("outside.txt").exists());
     // The socket really is in the box's real socket directory.
@@ -140,6 +147,7 @@ fn without_the_socket_grant_the_bind_is_denied() {
         bind_at: f.addr("agent.sock"),
         write_inside: f.layout.logs_dir(&f.id).join("inside.txt"),
         write_outside: outside.path().join("o.txt"),
+        read_outside: outside.path().join("nothing"),
         bind_outside: outside.path().join("o.sock"),
         abstract_name: format!("boxsock-jail-none-{}", std::process::id()),
     };

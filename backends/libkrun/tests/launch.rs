@@ -109,8 +109,13 @@ fn launch_starts_passt_and_the_shim_configures_real_libkrun() {
     let launched = b.launch_unchecked(&f.launch_spec(true)).unwrap();
     assert_eq!(launched.companions.len(), 1);
     let passt = launched.companions[0];
-    // passt is up at the net address the strategy chose.
+    // passt is up at the net address the strategy chose, in its own session.
     UnixStream::connect(f.addr("net.sock")).unwrap();
+    let pid = |p: i32| nix::unistd::Pid::from_raw(p);
+    assert_eq!(nix::unistd::getsid(Some(pid(passt))).unwrap(), pid(passt), "passt leads its own session");
+    if let Ok(sid) = nix::unistd::getsid(Some(pid(launched.pid))) {
+        assert_eq!(sid, pid(launched.pid), "the shim leads its own session");
+    }
     // The shim validated, jailed itself, made every libkrun call for real, and exited 0.
     let code = wait_exit(launched.pid);
     let log = std::fs::read_to_string(f.layout.log_file(&f.id)).unwrap();

@@ -1,7 +1,13 @@
-//! Test fixture: a home (optionally deep) with one box, and a short-symlink-style
-//! binding `<base>/boxsock-<uid>/<id>` -> `<home>/boxes/<id>/sockets`, made by hand
-//! until the short-symlink crate is in main.
+//! Test fixture: a home (optionally deep) with one box, bound through the
+//! `short-symlink` strategy (`<base>/boxsock-<uid>/<id>` -> `<home>/boxes/<id>/sockets`)
+//! with `StrategyConfig::base_dir` a fresh temp dir. While that strategy is not yet
+//! registered (it lands in main separately), the same shape is made by hand.
 #![allow(dead_code)]
+
+use boxsock_short_symlink as _;
+use std::sync::Arc;
+use boxsock_core::registry::{Registry, StrategyRegistration};
+use boxsock_core::{SocketBinding, StrategyConfig};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +23,8 @@ pub struct Fixture {
     pub id: BoxId,
     /// `<base>/boxsock-<uid>/<id>`: the link.
     pub link: PathBuf,
+    /// The registered short-symlink strategy, once it is linked.
+    pub strategy: Option<Arc<dyn SocketBinding>>,
 }
 
 impl Fixture {
@@ -36,23 +44,41 @@ impl Fixture {
         boxdir::create_box_dirs(&layout, &id).unwrap();
         std::fs::create_dir_all(layout.rootfs_dir(&id)).unwrap();
         let base_dir = tempfile::Builder::new().prefix("bs").tempdir_in("/tmp").unwrap();
-        let per_uid = base_dir.path().join(format!("boxsock-{}", nix::unistd::geteuid()));
-        std::fs::create_dir(&per_uid).unwrap();
-        let link = per_uid.join(id.as_str());
-        Fixture { home_dir, base_dir, layout, id, link }
+        let config = StrategyConfig { base_dir: base_dir.path().to_path_buf(), ..StrategyConfig::default() };
+        let strategy = Registry::<StrategyRegistration>::collected().build("short-symlink", &config).ok();
+        let link = match strategy.as_ref().and_then(|s| s.binding_path(&layout, &id)) {
+            Some(l) => l,
+            None => {
+                let per_uid = config.per_uid_dir();
+                std::fs::create_dir(&per_uid).unwrap();
+                per_uid.join(id.as_str())
+            }
+        };
+        Fixture { home_dir, base_dir, layout, id, link, strategy }
     }
 
     pub fn ensure(&self) {
+        if let Some(s) = &self.strategy {
+            return s.ensure(&self.layout, &self.id).unwrap();
+        }
         if std::fs::symlink_metadata(&self.link).is_err() {
             std::os::unix::fs::symlink(self.layout.sockets_dir(&self.id), &self.link).unwrap();
         }
     }
 
     pub fn addr(&self, name: &str) -> PathBuf {
+        if let Some(s) = &self.strategy {
+            if let Ok(a) = s.address(&self.layout, &self.id, name) {
+                return a.as_path().expect("short-symlink gives paths").to_path_buf();
+            }
+        }
         self.link.join(name)
     }
 
     pub fn policy(&self) -> Vec<PolicyPath> {
+        if let Some(s) = &self.strategy {
+            return s.policy_paths(&self.layout, &self.id).unwrap();
+        }
         vec![PolicyPath {
             path: self.link.clone(),
             intent: PolicyIntent::SymlinkToDirectory { target: self.layout.sockets_dir(&self.id) },
