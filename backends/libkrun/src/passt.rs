@@ -56,11 +56,22 @@ pub enum PasstError {
     },
 }
 
-/// A running passt.
+/// A running passt. Dropping it kills and reaps it, unless it was [`Passt::detach`]ed
+/// (so an error or a panic between start and hand-over leaks nothing).
 #[derive(Debug)]
 pub struct Passt {
-    child: Child,
+    child: Option<Child>,
+    pid: i32,
     socket: PathBuf,
+}
+
+impl Drop for Passt {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 impl Passt {
@@ -107,7 +118,8 @@ impl Passt {
             if let Ok(m) = std::fs::symlink_metadata(socket) {
                 if m.file_type().is_socket() && is_listening(socket) {
                     tracing::debug!(pid = child.id(), socket = %socket.display(), "passt bound");
-                    return Ok(Passt { child, socket: socket.to_path_buf() });
+                    let pid = child.id() as i32;
+                    return Ok(Passt { child: Some(child), pid, socket: socket.to_path_buf() });
                 }
             }
             let what = match child.try_wait() {
@@ -133,7 +145,7 @@ impl Passt {
 
     /// passt's pid.
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.pid
     }
 
     /// The socket it bound.
@@ -142,14 +154,14 @@ impl Passt {
     }
 
     /// Kill it and reap it.
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn kill(self) {
+        drop(self);
     }
 
     /// Give up ownership: the caller kills and reaps it by pid.
-    pub fn detach(self) -> i32 {
-        self.pid()
+    pub fn detach(mut self) -> i32 {
+        self.child = None;
+        self.pid
     }
 }
 

@@ -40,6 +40,14 @@ fn wait_exit(pid: i32) -> Option<i32> {
     }
 }
 
+/// Kills and reaps a pid when dropped, so a failing assertion leaks no process.
+struct Reap(i32);
+impl Drop for Reap {
+    fn drop(&mut self) {
+        kill_and_reap(self.0);
+    }
+}
+
 fn kill_and_reap(pid: i32) {
     let p = nix::unistd::Pid::from_raw(pid);
     let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
@@ -109,6 +117,7 @@ fn launch_starts_passt_and_the_shim_configures_real_libkrun() {
     let launched = b.launch_unchecked(&f.launch_spec(true)).unwrap();
     assert_eq!(launched.companions.len(), 1);
     let passt = launched.companions[0];
+    let guard = Reap(passt);
     // passt is up at the net address the strategy chose, in its own session.
     UnixStream::connect(f.addr("net.sock")).unwrap();
     let pid = |p: i32| nix::unistd::Pid::from_raw(p);
@@ -122,7 +131,7 @@ fn launch_starts_passt_and_the_shim_configures_real_libkrun() {
     assert_eq!(code, Some(0), "shim log: {log}");
     assert!(log.contains("configured"), "{log}");
     // The companion is the runtime's to kill; do it and check it is really gone.
-    kill_and_reap(passt);
+    drop(guard); // kills and reaps it
     assert!(gone(passt), "passt {passt} survived");
 }
 
@@ -198,7 +207,7 @@ fn boots_a_box_on_a_real_kvm_host() {
     };
     std::fs::copy(agent, f.layout.rootfs_dir(&f.id).join("boxsock-agent")).unwrap();
     let l = boxsock_core::Backend::launch(&b, &f.launch_spec(false)).unwrap();
+    let _guards: Vec<Reap> = l.companions.iter().map(|p| Reap(*p)).chain([Reap(l.pid)]).collect();
     std::thread::sleep(Duration::from_secs(2));
     assert!(!gone(l.pid), "the shim died: {}", std::fs::read_to_string(f.layout.log_file(&f.id)).unwrap_or_default());
-    kill_and_reap(l.pid);
 }
