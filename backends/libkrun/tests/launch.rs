@@ -88,7 +88,7 @@ fn passt_failures_name_the_binary_and_its_output() {
     };
     // A directory that does not exist: passt cannot bind and exits.
     let sock = f.addr("missing-dir/net.sock");
-    let err = Passt::start(&bin, &sock, &log, Duration::from_secs(5)).unwrap_err();
+    let err = Passt::start(&bin, &sock, &log, Duration::from_secs(2)).unwrap_err();
     match &err {
         PasstError::NotBound { binary, socket, output, .. } => {
             assert_eq!(binary, &bin);
