@@ -76,6 +76,14 @@ const TEMP_PREFIX: &str = ".boxsock-tmp.";
 /// How many times `ensure` re-examines the link after losing a race before giving up.
 const MAX_ATTEMPTS: usize = 32;
 
+/// The longest socket file name whose worst-case address fits every platform
+/// ([`Platform::portable_sun_len`]): default base `/tmp`, default prefix, a 10-digit uid
+/// and a [`BoxId::MAX_LEN`] id leave `104 - 1 - len("/tmp/boxsock-4294967295/<id>/")`
+/// bytes.
+pub const PORTABLE_MAX_FILE_NAME_LEN: usize = Platform::portable_sun_len()
+    - 1
+    - ("/tmp/".len() + StrategyConfig::DEFAULT_PREFIX.len() + "-4294967295/".len() + BoxId::MAX_LEN + "/".len());
+
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Identity of a filesystem object.
