@@ -31,15 +31,15 @@
 //! a link that resolves to this box's directory or dangles. `sweep` removes only dangling
 //! links.
 
-mod sys;
-
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::collections::HashSet;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use boxsock_core::binding::{self, CrossUserProtection, PolicyIntent};
 use boxsock_core::registry::StrategyRegistration;
@@ -101,13 +101,63 @@ impl FileId {
     }
 }
 
+/// How long a change to the per-user directory waits for another boxsock process's
+/// change to finish before failing (a stopped process must not hang everyone).
+const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An exclusive `flock` on the per-user directory. Every change to its links (the slow
+/// path of `ensure`, `release`, `sweep`) holds it, so check-then-act sequences of
+/// cooperating processes do not interleave; the steady-state fast path only reads and
+/// takes none.
+struct DirLock<'a> {
+    fd: BorrowedFd<'a>,
+}
+
+impl<'a> DirLock<'a> {
+    fn acquire(fd: BorrowedFd<'a>, path: &Path) -> Result<Self, BindingError> {
+        let deadline = Instant::now() + LOCK_TIMEOUT;
+        let mut pause = Duration::from_micros(50);
+        loop {
+            // SAFETY: flock on a descriptor borrowed for the call; no memory is passed.
+            let rc = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                return Ok(DirLock { fd });
+            }
+            match Errno::last() {
+                Errno::EINTR => {}
+                Errno::EWOULDBLOCK if Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(5));
+                }
+                Errno::EWOULDBLOCK => {
+                    return Err(BindingError::io(
+                        "lock (another boxsock process has held it for 5 s)",
+                        path,
+                        std::io::Error::from(std::io::ErrorKind::TimedOut),
+                    ));
+                }
+                e => return Err(BindingError::errno("lock", path, e)),
+            }
+        }
+    }
+}
+
+impl Drop for DirLock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: flock on a descriptor that outlives this guard; no memory is passed.
+        unsafe { libc::flock(self.fd.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
 /// Cached state of the steady-state fast path.
 #[derive(Debug, Default)]
 struct State {
     /// The per-user directory, opened and checked by the last slow path.
     dir: Option<Arc<OwnedFd>>,
-    /// home → id → identity of `<home>/boxes/<id>/sockets` when `ensure` last succeeded.
-    targets: HashMap<PathBuf, HashMap<BoxId, FileId>>,
+    /// id → (home, identity of `<home>/boxes/<id>/sockets`) when `ensure` last
+    /// succeeded. Keyed by the short id so the lookup hashes a few bytes; the homes of
+    /// one id (almost always one) are compared by bytes.
+    targets: HashMap<BoxId, Vec<(PathBuf, FileId)>>,
 }
 
 /// What is at a link's place in the per-user directory.
@@ -187,19 +237,21 @@ impl ShortSymlink {
     /// cached identity of the box's sockets directory.
     fn fast_path(&self, layout: &BoxLayout, id: &BoxId) -> bool {
         let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
-        let (Some(dir), Some(want)) = (st.dir.as_ref(), st.targets.get(layout.home()).and_then(|m| m.get(id))) else {
+        let home = layout.home();
+        let want = st.targets.get(id).and_then(|v| v.iter().find(|(h, _)| h == home)).map(|(_, w)| *w);
+        let (Some(dir), Some(want)) = (st.dir.as_ref(), want) else {
             return false;
         };
         matches!(nix::sys::stat::fstatat(dir.as_fd(), id.as_str(), AtFlags::empty()),
-            Ok(s) if FileId::of(&s) == *want)
+            Ok(s) if FileId::of(&s) == want)
     }
 
     fn forget(&self, layout: &BoxLayout, id: &BoxId) {
         let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(m) = st.targets.get_mut(layout.home()) {
-            m.remove(id);
-            if m.is_empty() {
-                st.targets.remove(layout.home());
+        if let Some(v) = st.targets.get_mut(id) {
+            v.retain(|(h, _)| h != layout.home());
+            if v.is_empty() {
+                st.targets.remove(id);
             }
         }
     }
@@ -309,36 +361,14 @@ impl ShortSymlink {
         Ok(())
     }
 
-    /// Remove the dangling link `name` unless a concurrent `ensure` has just made it
-    /// live: move it aside, look again, and put it back (without replacing a newer one)
-    /// if it is live after all.
-    fn remove_dangling(&self, dir: BorrowedFd<'_>, name: &str) -> Result<bool, BindingError> {
-        let aside = temp_name(name);
-        match nix::fcntl::renameat(dir, name, dir, aside.as_str()) {
-            Ok(()) => {}
-            Err(Errno::ENOENT) => return Ok(false),
-            Err(e) => return Err(BindingError::errno("move aside", self.per_uid.join(name), e)),
-        }
-        let unlink_aside = || {
-            nix::unistd::unlinkat(dir, aside.as_str(), UnlinkatFlags::NoRemoveDir)
-                .map_err(|e| BindingError::errno("unlink", self.per_uid.join(&aside), e))
-        };
-        match examine(dir, &aside) {
-            Ok(Entry::Dangling) => unlink_aside().map(|()| true),
-            Ok(Entry::Missing) => Ok(false),
-            _ => match sys::rename_noreplace(dir, &aside, name) {
-                Ok(()) => Ok(false),
-                // A newer link took the name meanwhile: ours is redundant.
-                Err(Errno::EEXIST) => unlink_aside().map(|()| false),
-                Err(e) => Err(BindingError::errno("put back", self.per_uid.join(name), e)),
-            },
-        }
-    }
-
     fn cache(&self, layout: &BoxLayout, id: &BoxId, dir: OwnedFd, want: FileId) {
         let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
         st.dir = Some(Arc::new(dir));
-        st.targets.entry(layout.home().to_owned()).or_default().insert(id.clone(), want);
+        let v = st.targets.entry(id.clone()).or_default();
+        match v.iter_mut().find(|(h, _)| h == layout.home()) {
+            Some((_, w)) => *w = want,
+            None => v.push((layout.home().to_owned(), want)),
+        }
     }
 
     fn slow_ensure(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
@@ -347,17 +377,28 @@ impl ShortSymlink {
         let dir = self.open_per_uid(true)?.ok_or_else(|| {
             BindingError::errno("open", &self.per_uid, Errno::ENOENT)
         })?;
+        {
+            let _lock = DirLock::acquire(dir.as_fd(), &self.per_uid)?;
+            self.place_link(dir.as_fd(), id, &target, want)?;
+        }
+        self.cache(layout, id, dir, want);
+        Ok(())
+    }
+
+    /// Make `name` a link resolving to `want`, under the directory lock. Other writers
+    /// (a /tmp cleaner, a process not taking the lock) are still survived: every step
+    /// is re-examined, a bounded number of times.
+    fn place_link(&self, dir: BorrowedFd<'_>, id: &BoxId, target: &Path, want: FileId) -> Result<(), BindingError> {
         let name = id.as_str();
         let link = self.per_uid.join(name);
         for _ in 0..MAX_ATTEMPTS {
-            let entry = examine(dir.as_fd(), name).map_err(|e| BindingError::errno("inspect", &link, e))?;
+            let entry = examine(dir, name).map_err(|e| BindingError::errno("inspect", &link, e))?;
             match entry {
                 Entry::LiveDir(got) if got == want => {
                     tracing::debug!(box_id = %id, path = %link.display(), target = %target.display(), "link in place");
-                    self.cache(layout, id, dir, want);
                     return Ok(());
                 }
-                Entry::Missing => match nix::unistd::symlinkat(&target, dir.as_fd(), name) {
+                Entry::Missing => match nix::unistd::symlinkat(target, dir, name) {
                     Ok(()) => {
                         tracing::debug!(box_id = %id, path = %link.display(), target = %target.display(), "created link");
                     }
@@ -366,7 +407,7 @@ impl ShortSymlink {
                     Err(e) => return Err(BindingError::errno("create symlink", &link, e)),
                 },
                 Entry::LiveDir(_) => {
-                    let to = nix::fcntl::readlinkat(dir.as_fd(), name)
+                    let to = nix::fcntl::readlinkat(dir, name)
                         .map(|t| Path::new(&t).display().to_string())
                         .unwrap_or_else(|e| format!("<unreadable: {e}>"));
                     return Err(BindingError::Occupied {
@@ -379,7 +420,7 @@ impl ShortSymlink {
                 }
                 Entry::Dangling | Entry::LiveOther => {
                     tracing::info!(box_id = %id, path = %link.display(), target = %target.display(), stale = ?entry, "replacing stale link");
-                    self.replace_link(dir.as_fd(), name, &target)?;
+                    self.replace_link(dir, name, target)?;
                 }
                 Entry::NotALink(kind) => {
                     return Err(BindingError::Occupied { path: link, found: kind.to_owned() });
@@ -439,6 +480,7 @@ impl SocketBinding for ShortSymlink {
         let Some(dir) = self.open_per_uid(false)? else {
             return Ok(());
         };
+        let _lock = DirLock::acquire(dir.as_fd(), &self.per_uid)?;
         let name = id.as_str();
         let link = self.per_uid.join(name);
         let entry = examine(dir.as_fd(), name).map_err(|e| BindingError::errno("inspect", &link, e))?;
@@ -455,7 +497,7 @@ impl SocketBinding for ShortSymlink {
             tracing::debug!(box_id = %id, path = %link.display(), found = ?entry, "not this box's link; left in place");
             return Ok(());
         }
-        match nix::unistd::unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir) {
+        match nix::unistd::unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir) {
             Ok(()) => {
                 tracing::debug!(box_id = %id, path = %link.display(), "released link");
                 Ok(())
@@ -469,54 +511,55 @@ impl SocketBinding for ShortSymlink {
     ///
     /// A link whose target no longer exists is dead whichever home it belonged to: its
     /// box directory is gone, so no runtime can use it, and `ensure` of any home would
-    /// replace it anyway. So sweep removes *every* dangling link, including one whose
-    /// target was under another home. It never removes a link that resolves (a live
-    /// box of this or any other home), a regular file, a directory or anything else
-    /// that is not a symlink. The `layout` is not needed for that decision.
+    /// replace it anyway. So sweep removes dangling links *of every home*, including one
+    /// whose target was under another home. It never removes a link that resolves (a
+    /// live box of this or any other home), a regular file, a directory, or anything
+    /// else that is not a symlink. Temporary links (`.boxsock-tmp.…`) left by a process
+    /// that died inside `ensure` are removed too: under the directory lock sweep holds,
+    /// no live process can be using one.
     ///
-    /// Leftover temporary links (`.boxsock-tmp.<pid>.…`) of processes that no longer
-    /// exist are removed too. A dangling link is moved aside and looked at again before
-    /// it is unlinked, so a concurrent `ensure` that just replaced it is not undone.
+    /// A link named after a box that exists in *this* home (`<home>/boxes/<name>`) is
+    /// kept without being looked at: that box's `ensure` owns the name and replaces the
+    /// link if it dangles. This is what keeps a sweep of a home with many boxes cheap.
     ///
-    /// Cost: one `readdir` pass; entries whose `d_type` says they are not symlinks cost
-    /// nothing more; each symlink costs one `fstatat` relative to the directory.
-    fn sweep(&self, _layout: &BoxLayout) -> Result<SweepReport, BindingError> {
+    /// Cost: one `readdir` of the per-user directory and one of `<home>/boxes`; entries
+    /// whose `d_type` says they are not symlinks cost nothing more; every other symlink
+    /// costs one `fstatat` relative to the directory descriptor, and each removal one
+    /// `unlinkat`. Concurrent `ensure`/`release`/`sweep` calls of boxsock processes are
+    /// serialised by an exclusive `flock` on the per-user directory.
+    fn sweep(&self, layout: &BoxLayout) -> Result<SweepReport, BindingError> {
         let mut report = SweepReport::default();
         let Some(dir) = self.open_per_uid(false)? else {
             return Ok(report);
         };
-        let mut listing = nix::dir::Dir::openat(&dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|e| BindingError::errno("open", &self.per_uid, e))?;
-        let mut dead = Vec::new();
+        let _lock = DirLock::acquire(dir.as_fd(), &self.per_uid)?;
+        let boxes_here = box_names(&layout.boxes_dir());
+        let mut listing =
+            nix::dir::Dir::openat(&dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(|e| BindingError::errno("open", &self.per_uid, e))?;
+        let mut dead: Vec<Vec<u8>> = Vec::new();
         for ent in listing.iter() {
             let ent = ent.map_err(|e| BindingError::errno("read directory", &self.per_uid, e))?;
             let name = ent.file_name().to_bytes();
             if name == b"." || name == b".." {
                 continue;
             }
-            match ent.file_type() {
-                Some(nix::dir::Type::Symlink) => {}
-                Some(_) => {
-                    report.kept += 1;
-                    continue;
-                }
-                None => match nix::sys::stat::fstatat(&dir, ent.file_name(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-                    Ok(s) if is_kind(&s, SFlag::S_IFLNK) => {}
-                    _ => {
-                        report.kept += 1;
-                        continue;
-                    }
-                },
-            }
-            let is_dead = if name.starts_with(TEMP_PREFIX.as_bytes()) {
-                // Only the process that made a temporary link may use it.
-                is_orphan_temp(name)
-            } else {
-                matches!(
-                    nix::sys::stat::fstatat(&dir, ent.file_name(), AtFlags::empty()),
-                    Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP)
-                )
+            let is_link = match ent.file_type() {
+                Some(t) => t == nix::dir::Type::Symlink,
+                None => matches!(nix::sys::stat::fstatat(&dir, ent.file_name(), AtFlags::AT_SYMLINK_NOFOLLOW),
+                    Ok(s) if is_kind(&s, SFlag::S_IFLNK)),
             };
+            let is_dead = is_link
+                && if name.starts_with(TEMP_PREFIX.as_bytes()) {
+                    true
+                } else if boxes_here.contains(name) {
+                    false
+                } else {
+                    matches!(
+                        nix::sys::stat::fstatat(&dir, ent.file_name(), AtFlags::empty()),
+                        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP)
+                    )
+                };
             if is_dead {
                 dead.push(name.to_vec());
             } else {
@@ -525,24 +568,15 @@ impl SocketBinding for ShortSymlink {
         }
         drop(listing);
         for name in dead {
-            let Ok(name) = std::str::from_utf8(&name) else {
-                // Not a name this strategy makes; only a plain unlink is possible.
-                let os = OsStr::from_bytes(&name);
-                if nix::unistd::unlinkat(&dir, os, UnlinkatFlags::NoRemoveDir).is_ok() {
-                    report.removed.push(self.per_uid.join(os));
+            let name = OsStr::from_bytes(&name);
+            match nix::unistd::unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir) {
+                Ok(()) => {
+                    let path = self.per_uid.join(name);
+                    tracing::debug!(path = %path.display(), "swept dangling link");
+                    report.removed.push(path);
                 }
-                continue;
-            };
-            let removed = if name.starts_with(TEMP_PREFIX) {
-                nix::unistd::unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir).is_ok()
-            } else {
-                self.remove_dangling(dir.as_fd(), name)?
-            };
-            if removed {
-                tracing::debug!(path = %self.per_uid.join(name).display(), "swept dangling link");
-                report.removed.push(self.per_uid.join(name));
-            } else {
-                report.kept += 1;
+                Err(Errno::ENOENT) => {}
+                Err(e) => return Err(BindingError::errno("unlink", self.per_uid.join(name), e)),
             }
         }
         Ok(report)
@@ -594,18 +628,19 @@ fn temp_name(name: &str) -> String {
     format!("{TEMP_PREFIX}{}.{n}.{name}", std::process::id())
 }
 
-/// A temporary link whose creating process is gone.
-fn is_orphan_temp(name: &[u8]) -> bool {
-    let Some(rest) = name.strip_prefix(TEMP_PREFIX.as_bytes()) else {
-        return false;
+/// Names of the entries of `<home>/boxes` (the boxes of a home). Unreadable is empty:
+/// then nothing is taken on trust.
+fn box_names(boxes_dir: &Path) -> HashSet<Vec<u8>> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let Ok(mut d) = nix::dir::Dir::open(boxes_dir, flags, Mode::empty()) else {
+        return HashSet::new();
     };
-    let pid = rest.split(|b| *b == b'.').next().and_then(|p| std::str::from_utf8(p).ok()?.parse::<i32>().ok());
-    match pid {
-        Some(pid) if pid > 0 => {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(Errno::ESRCH)
-        }
-        _ => false,
-    }
+    d.iter()
+        .filter_map(Result::ok)
+        .filter(|e| matches!(e.file_type(), Some(nix::dir::Type::Directory) | None))
+        .map(|e| e.file_name().to_bytes().to_vec())
+        .filter(|n| n != b"." && n != b"..")
+        .collect()
 }
 
 #[allow(clippy::unnecessary_cast)]

@@ -463,27 +463,36 @@ fn sweep_removes_only_dangling_links() {
     // Things that are not links.
     std::fs::write(dir.join("notes.txt"), b"x").unwrap();
     std::fs::create_dir(dir.join("subdir")).unwrap();
-    // A temporary link left by a process that no longer exists, and one of a live one.
+    // Temporary links left by processes that died inside ensure (the pid is informative
+    // only: under the lock sweep holds, no live process can be using one).
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead_pid = child.id();
     child.wait().unwrap();
     let orphan = format!(".boxsock-tmp.{dead_pid}.0.{}", f.id);
     symlink(f.layout.sockets_dir(&f.id), dir.join(&orphan)).unwrap();
-    let mine = format!(".boxsock-tmp.{}.999.x", std::process::id());
-    symlink(f.layout.sockets_dir(&f.id), dir.join(&mine)).unwrap();
+    let orphan2 = format!(".boxsock-tmp.{dead_pid}.1.x");
+    symlink("/nonexistent/z", dir.join(&orphan2)).unwrap();
+    // A box of this home whose directory exists (its sockets dir does not): its name is
+    // left to that box's ensure, so the dangling link is kept.
+    let half = BoxId::parse("half").unwrap();
+    std::fs::create_dir_all(f.layout.box_dir(&half)).unwrap();
+    symlink(f.layout.sockets_dir(&half), dir.join("half")).unwrap();
 
     let report = f.s.sweep(&f.layout).unwrap();
     let mut removed: Vec<PathBuf> = report.removed.clone();
     removed.sort();
-    let mut expected = vec![dir.join("dead"), dir.join("gone"), dir.join("loop"), dir.join(&orphan)];
+    let mut expected = vec![dir.join("dead"), dir.join("gone"), dir.join("loop"), dir.join(&orphan), dir.join(&orphan2)];
     expected.sort();
     assert_eq!(removed, expected);
     assert_eq!(report.kept, 5, "{report:?}");
     let mut left = extra_entries(&dir, &[]);
     left.sort();
-    let mut want = vec![f.id.to_string(), other_id.to_string(), "notes.txt".into(), "subdir".into(), mine.clone()];
+    let mut want = vec![f.id.to_string(), other_id.to_string(), "notes.txt".into(), "subdir".into(), "half".into()];
     want.sort();
     assert_eq!(left, want);
+    // The kept links still resolve where they did.
+    assert!(same_file(&dir.join(other_id.as_str()), &other.sockets_dir(&other_id)));
+    assert!(same_file(&f.link(), &f.layout.sockets_dir(&f.id)));
     // Sweeping again removes nothing; no per-user dir is not an error.
     assert!(f.s.sweep(&f.layout).unwrap().removed.is_empty());
     let g = Fixture::new();
