@@ -17,6 +17,11 @@
 //! per-user directory away (writable by others only with the sticky bit, owned by root
 //! or the uid).
 //!
+//! Every change to the links (the slow path of `ensure`, `release`, `sweep`) holds an
+//! exclusive `flock` on the per-user directory, so the check-then-act steps of boxsock
+//! processes never interleave; waiting for it is bounded (5 s, then an error naming
+//! the directory).
+//!
 //! ## Steady state
 //! After the first successful [`SocketBinding::ensure`] of (home, id), the (device, inode)
 //! of the box's sockets directory is cached, and later calls cost one `fstatat` of the
@@ -31,9 +36,8 @@
 //! a link that resolves to this box's directory or dangles. `sweep` removes only dangling
 //! links.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -68,8 +72,8 @@ fn build(config: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError
     Ok(Arc::new(ShortSymlink::new(config)?))
 }
 
-/// Prefix of the temporary link names `ensure` and `sweep` use inside the per-user
-/// directory. It starts with `.`, which no [`BoxId`] can, so it never collides with a
+/// Prefix of the temporary link names `ensure` uses inside the per-user directory
+/// (`.boxsock-tmp.<pid>.<n>.<id>`, renamed over the link). It starts with `.`, which no [`BoxId`] can, so it never collides with a
 /// box's link.
 const TEMP_PREFIX: &str = ".boxsock-tmp.";
 
@@ -236,8 +240,12 @@ impl ShortSymlink {
     /// One `fstatat` through the held per-user directory descriptor, compared with the
     /// cached identity of the box's sockets directory.
     fn fast_path(&self, layout: &BoxLayout, id: &BoxId) -> bool {
-        let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
         let home = layout.home();
+        if home.is_relative() {
+            // A relative home names another directory after a chdir: always check fully.
+            return false;
+        }
+        let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
         let want = st.targets.get(id).and_then(|v| v.iter().find(|(h, _)| h == home)).map(|(_, w)| *w);
         let (Some(dir), Some(want)) = (st.dir.as_ref(), want) else {
             return false;
