@@ -541,7 +541,7 @@ impl SocketBinding for ShortSymlink {
             return Ok(report);
         };
         let _lock = DirLock::acquire(dir.as_fd(), &self.per_uid)?;
-        let boxes_here = box_names(&layout.boxes_dir());
+        let boxes_here = box_name_hashes(&layout.boxes_dir());
         let mut listing =
             nix::dir::Dir::openat(&dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
                 .map_err(|e| BindingError::errno("open", &self.per_uid, e))?;
@@ -560,7 +560,7 @@ impl SocketBinding for ShortSymlink {
             let is_dead = is_link
                 && if name.starts_with(TEMP_PREFIX.as_bytes()) {
                     true
-                } else if boxes_here.contains(name) {
+                } else if boxes_here.contains(&name_hash(name)) {
                     false
                 } else {
                     matches!(
@@ -636,9 +636,11 @@ fn temp_name(name: &str) -> String {
     format!("{TEMP_PREFIX}{}.{n}.{name}", std::process::id())
 }
 
-/// Names of the entries of `<home>/boxes` (the boxes of a home). Unreadable is empty:
-/// then nothing is taken on trust.
-fn box_names(boxes_dir: &Path) -> HashSet<Vec<u8>> {
+/// Hashes of the names of the entries of `<home>/boxes` (the boxes of a home), without
+/// an allocation per entry. A collision can only make sweep *keep* a link it would
+/// otherwise have looked at, which is always safe. Unreadable is empty: then nothing is
+/// taken on trust.
+fn box_name_hashes(boxes_dir: &Path) -> HashSet<u64> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
     let Ok(mut d) = nix::dir::Dir::open(boxes_dir, flags, Mode::empty()) else {
         return HashSet::new();
@@ -646,9 +648,13 @@ fn box_names(boxes_dir: &Path) -> HashSet<Vec<u8>> {
     d.iter()
         .filter_map(Result::ok)
         .filter(|e| matches!(e.file_type(), Some(nix::dir::Type::Directory) | None))
-        .map(|e| e.file_name().to_bytes().to_vec())
-        .filter(|n| n != b"." && n != b"..")
+        .map(|e| name_hash(e.file_name().to_bytes()))
         .collect()
+}
+
+/// FNV-1a, 64 bits: a fixed, fast hash of a directory entry name.
+fn name_hash(name: &[u8]) -> u64 {
+    name.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[allow(clippy::unnecessary_cast)]
