@@ -131,7 +131,7 @@ impl<'a> DirLock<'a> {
                 Errno::EINTR => {}
                 Errno::EWOULDBLOCK if Instant::now() < deadline => {
                     std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(5));
+                    pause = (pause * 2).min(Duration::from_millis(1));
                 }
                 Errno::EWOULDBLOCK => {
                     return Err(BindingError::io(
