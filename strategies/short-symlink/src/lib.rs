@@ -587,6 +587,7 @@ impl SocketBinding for ShortSymlink {
                 Err(e) => return Err(BindingError::errno("unlink", self.per_uid.join(name), e)),
             }
         }
+        tracing::debug!(path = %self.per_uid.display(), removed = report.removed.len(), kept = report.kept, "swept");
         Ok(report)
     }
 

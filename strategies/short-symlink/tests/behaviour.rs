@@ -198,6 +198,18 @@ fn a_dangling_link_is_replaced() {
 }
 
 #[test]
+fn a_link_to_something_that_is_not_a_directory_is_replaced() {
+    let f = Fixture::new();
+    std::fs::create_dir(f.per_uid()).unwrap();
+    let file = f.home.path().join("not-a-dir");
+    std::fs::write(&file, b"keep me").unwrap();
+    symlink(&file, f.link()).unwrap();
+    f.s.ensure(&f.layout, &f.id).unwrap();
+    assert_eq!(std::fs::read_link(f.link()).unwrap(), f.layout.sockets_dir(&f.id));
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me", "the old target is untouched");
+}
+
+#[test]
 fn a_link_to_another_existing_directory_is_occupied_and_kept() {
     let f = Fixture::new();
     let other_home = tempfile::tempdir().unwrap();
