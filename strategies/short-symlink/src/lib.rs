@@ -160,7 +160,7 @@ struct State {
     dir: Option<Arc<OwnedFd>>,
     /// id → (home, identity of `<home>/boxes/<id>/sockets`) when `ensure` last
     /// succeeded. Keyed by the short id so the lookup hashes a few bytes; the homes of
-    /// one id (almost always one) are compared by bytes.
+    /// one id (almost always one) are compared as bytes (not component by component).
     targets: HashMap<BoxId, Vec<(PathBuf, FileId)>>,
 }
 
@@ -246,7 +246,7 @@ impl ShortSymlink {
             return false;
         }
         let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
-        let want = st.targets.get(id).and_then(|v| v.iter().find(|(h, _)| h == home)).map(|(_, w)| *w);
+        let want = st.targets.get(id).and_then(|v| v.iter().find(|(h, _)| h.as_os_str() == home.as_os_str())).map(|(_, w)| *w);
         let (Some(dir), Some(want)) = (st.dir.as_ref(), want) else {
             return false;
         };
@@ -257,7 +257,7 @@ impl ShortSymlink {
     fn forget(&self, layout: &BoxLayout, id: &BoxId) {
         let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(v) = st.targets.get_mut(id) {
-            v.retain(|(h, _)| h != layout.home());
+            v.retain(|(h, _)| h.as_os_str() != layout.home().as_os_str());
             if v.is_empty() {
                 st.targets.remove(id);
             }
@@ -373,7 +373,7 @@ impl ShortSymlink {
         let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
         st.dir = Some(Arc::new(dir));
         let v = st.targets.entry(id.clone()).or_default();
-        match v.iter_mut().find(|(h, _)| h == layout.home()) {
+        match v.iter_mut().find(|(h, _)| h.as_os_str() == layout.home().as_os_str()) {
             Some((_, w)) => *w = want,
             None => v.push((layout.home().to_owned(), want)),
         }
