@@ -70,18 +70,11 @@ fn the_longest_allowed_file_name_fits_where_the_arithmetic_allows() {
     let longest = "n".repeat(MAX_FILE_NAME_LEN);
     let addr = SocketAddress::Path(s.link_path(&id).join(&longest));
     budget::check(&longest, &addr, Platform::Linux).unwrap();
-    if MAX_FILE_NAME_LEN > portable_max {
-        // Known gap in the core constants, reported to the lead: a name of
-        // catalogue::MAX_FILE_NAME_LEN bytes fits Linux but not macOS in the worst case.
-        eprintln!(
-            "note: MAX_FILE_NAME_LEN {MAX_FILE_NAME_LEN} > {portable_max}: the worst-case address {} is {} bytes, over macOS's 104",
-            addr,
-            addr.byte_len()
-        );
-        assert!(budget::check(&longest, &addr, Platform::MacOs).is_err());
-    } else {
-        budget::check(&longest, &addr, Platform::MacOs).unwrap();
-    }
+    // The catalogue's limit is exactly what the worst case leaves on every platform.
+    assert_eq!(MAX_FILE_NAME_LEN, portable_max);
+    budget::check(&longest, &addr, Platform::MacOs).unwrap();
+    let over = SocketAddress::Path(s.link_path(&id).join("n".repeat(MAX_FILE_NAME_LEN + 1)));
+    assert!(budget::check("over", &over, Platform::MacOs).is_err());
 }
 
 #[test]
