@@ -176,6 +176,14 @@ async fn abstract_with_a_path_only_backend_is_refused_readably_and_writes_nothin
     assert!(msg.contains("\"abstract\"") && msg.contains("cannot be used with backend"), "{msg}");
     assert!(env.box_dirs().is_empty());
     assert!(rt.list().unwrap().boxes.is_empty());
+    // The real path-only backend (libkrun) is refused the same way, whether or not it
+    // can run on this machine.
+    let (rt2, _) = Runtime::open(env.root.path().join("home2"), env.options()).await.unwrap();
+    match rt2.create(CreateOptions::new("abstract", "libkrun")).await {
+        Err(RuntimeError::Incompatible { backend, .. }) => assert_eq!(backend, "libkrun"),
+        other => panic!("expected Incompatible, got {other:?}"),
+    }
+    rt2.close();
     // The same strategy with the host backend (which takes abstract names) is fine.
     let b = rt.create(CreateOptions::new("abstract", "host")).await.unwrap();
     rt.remove(b.id.as_str(), false).await.unwrap();

@@ -366,14 +366,16 @@ impl Runtime {
             }
             .into());
         }
-        if let Availability::Unavailable { reason } = backend.available() {
-            return Err(RuntimeError::BackendUnavailable { backend: opts.backend.clone(), reason });
-        }
+        // Compatibility first: it does not depend on the machine, so it is the more
+        // fundamental answer.
         compatibility(&*strategy, &*backend).map_err(|reason| RuntimeError::Incompatible {
             strategy: opts.strategy.clone(),
             backend: opts.backend.clone(),
             reason,
         })?;
+        if let Availability::Unavailable { reason } = backend.available() {
+            return Err(RuntimeError::BackendUnavailable { backend: opts.backend.clone(), reason });
+        }
         let id = BoxId::generate();
         check_addresses(&*strategy, &inner.layout, &id, &socket_specs(&*backend, opts.network))?;
         if let Some(name) = &opts.name {
