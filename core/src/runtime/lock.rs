@@ -103,3 +103,31 @@ pub fn try_exclusive(path: &Path) -> Result<Option<LockGuard>, RuntimeError> {
         Err((_, e)) => Err(RuntimeError::Io { op: "lock", path: PathBuf::from(path), source: e.into() }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn shared_holders_coexist_and_exclude_the_exclusive_one() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("boxsock.lock");
+        let a = acquire(d.path(), &p, false, None).await.unwrap();
+        let b = acquire(d.path(), &p, false, None).await.unwrap();
+        assert!(try_exclusive(&p).unwrap().is_none());
+        assert!(matches!(acquire(d.path(), &p, true, None).await, Err(RuntimeError::HomeBusy { .. })));
+        drop((a, b));
+        let x = try_exclusive(&p).unwrap().expect("free once the shared holders are gone");
+        drop(x);
+        let x = acquire(d.path(), &p, true, None).await.unwrap();
+        match acquire(d.path(), &p, false, Some(Duration::from_millis(30))).await {
+            Err(RuntimeError::HomeBusy { pid, home }) => {
+                assert_eq!(pid, Some(std::process::id() as i32));
+                assert_eq!(home, d.path());
+            }
+            other => panic!("expected HomeBusy, got {other:?}"),
+        }
+        drop(x);
+        acquire(d.path(), &p, false, Some(Duration::from_millis(30))).await.unwrap();
+    }
+}
