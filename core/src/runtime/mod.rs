@@ -99,6 +99,23 @@ impl RuntimeOptions {
     }
 }
 
+impl Clone for RuntimeOptions {
+    fn clone(&self) -> Self {
+        RuntimeOptions {
+            // `Registry` is `Clone` only for `Clone` entries; its entries are `&'static`.
+            strategies: Registry::from_entries("strategy", self.strategies.iter()),
+            backends: Registry::from_entries("backend", self.backends.iter()),
+            strategy_config: self.strategy_config.clone(),
+            backend_config: self.backend_config.clone(),
+            lock_mode: self.lock_mode,
+            lock_wait: self.lock_wait,
+            ready_timeout: self.ready_timeout,
+            stop_timeout: self.stop_timeout,
+            health_monitor: self.health_monitor,
+        }
+    }
+}
+
 /// What to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateOptions {
