@@ -241,6 +241,16 @@ impl Global {
         Ok(rt)
     }
 
+    /// Open a home that must already exist: a verb naming a box in a missing home
+    /// (a typo in `--home`) fails without creating it.
+    async fn open_existing(&self, what: &str) -> Result<Runtime, Failure> {
+        let home = self.home()?;
+        if !home.exists() {
+            return Err(Failure(format!("no box with id or name {what:?}: home {} does not exist", home.display()), 1));
+        }
+        self.open().await
+    }
+
     fn create_options(&self, name: Option<String>, env: Vec<(String, String)>, network: bool) -> CreateOptions {
         CreateOptions { name, strategy: self.strategy.clone(), backend: self.backend.clone(), network, env }
     }
@@ -335,24 +345,24 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Verb::Start { id } => {
-            let rt = g.open().await?;
+            let rt = g.open_existing(&id).await?;
             let b = rt.start(&id).await?;
             println!("{}", b.id);
             Ok(0)
         }
         Verb::Exec { env, interactive, id, cmd } => {
-            let rt = g.open().await.map_err(|f| Failure(f.0, 125))?;
+            let rt = g.open_existing(&id).await.map_err(|f| Failure(f.0, 125))?;
             let code = exec_in(&rt, &id, cmd, env, interactive).await.map_err(exec_failure)?;
             Ok(exit_byte(code))
         }
         Verb::Stop { timeout, id } => {
-            let rt = g.open().await?;
+            let rt = g.open_existing(&id).await?;
             let b = rt.stop(&id, Some(secs(timeout, "timeout")?)).await?;
             println!("{}", b.id);
             Ok(0)
         }
         Verb::Rm { force, ids } => {
-            let rt = g.open().await?;
+            let rt = g.open_existing(&ids.join(", ")).await?;
             let mut failed = Vec::new();
             for id in ids {
                 match rt.remove(&id, force).await {
@@ -366,8 +376,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
         }
         Verb::Ls { json: as_json } => {
-            let rt = g.open().await?;
-            let l = rt.list()?;
+            // Listing a home that does not exist shows nothing and creates nothing.
+            let l = if g.home()?.exists() { g.open().await?.list()? } else { boxsock::Listing::default() };
             if as_json {
                 return json(&l);
             }
@@ -389,7 +399,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Verb::Inspect { json: as_json, id } => {
-            let rt = g.open().await?;
+            let rt = g.open_existing(&id).await?;
             let i = rt.inspect(&id)?;
             if as_json {
                 return json(&i);

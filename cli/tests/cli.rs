@@ -154,6 +154,16 @@ fn errors_are_one_line_on_stderr_and_leave_nothing_behind() {
     }
     assert_nothing_left(&env);
     assert!(!env.home.join("evil").exists() && !env.root.path().join("evil").exists());
+    // A verb naming a box in a home that does not exist does not create the home.
+    let missing = env.root.path().join("typo-home");
+    for args in [&["start", "x"][..], &["inspect", "x"], &["rm", "x"], &["ls"]] {
+        let o = run(boxsock(&env).arg("--home").arg(&missing).args(args));
+        if args[0] != "ls" {
+            assert_eq!(o.status.code(), Some(1), "{args:?}");
+            assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+        }
+        assert!(!missing.exists(), "{args:?} created the home");
+    }
 }
 
 #[tokio::test]
