@@ -490,18 +490,28 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             println!("worst-case box id: {} ({} bytes)", report.sample_id, report.sample_id.len());
             for s in &report.strategies {
                 println!();
+                // Addresses that could not be derived at all (not "too long"): say why
+                // once, e.g. the abstract strategy's per-home secret in a home that does
+                // not exist yet.
+                let underivable = s.sockets.iter().all(|x| x.address.is_none()) && !s.sockets.is_empty();
                 let verdict = if s.error.is_some() {
                     "cannot be built"
                 } else if !s.supported_here {
                     "not supported on this platform"
                 } else if s.all_fit {
                     "every address fits"
+                } else if underivable {
+                    "addresses cannot be derived here"
                 } else {
                     "SOME ADDRESSES DO NOT FIT"
                 };
                 println!("strategy {}: {verdict}", s.name);
                 if let Some(e) = &s.error {
                     println!("  {e}");
+                }
+                if underivable {
+                    println!("  {}", s.sockets[0].error.as_deref().unwrap_or("?"));
+                    continue;
                 }
                 for sock in &s.sockets {
                     print_socket(sock);
