@@ -448,4 +448,44 @@ mod tests {
         assert!(dir.path().join("s.sock").exists());
         bind_stream_at(&addr).unwrap();
     }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn accept_peer_yields_a_pidfd_of_the_connector() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let addr = SocketAddress::Path(dir.path().join("s.sock"));
+        let me = nix::unistd::geteuid().as_raw();
+        let l = Listener::new(bind_stream_at(&addr).unwrap(), addr.clone(), "s".into(), PeerPolicy::allow_uids([me]));
+        let _c = connect_stream_at(&addr, "s", &PeerPolicy::unchecked()).unwrap();
+        let acc = l.accept_peer().unwrap();
+        assert_eq!(acc.cred.unwrap().pid, std::process::id() as i32);
+        let pidfd = acc.pidfd.expect("SO_PEERPIDFD (Linux >= 6.5)");
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).unwrap();
+        assert!(info.lines().any(|l| l.strip_prefix("Pid:").map(str::trim) == Some(&std::process::id().to_string())), "{info}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn recv_checked_uses_per_message_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = SocketAddress::Path(dir.path().join("d.sock"));
+        let rx = bind_datagram_at(&addr).unwrap();
+        set_pass_cred(rx.as_fd()).unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let tx = UnixDatagram::unbound().unwrap();
+        tx.send_to(b"hi", dir.path().join("d.sock")).unwrap();
+        let mut buf = [0u8; 8];
+        let (n, cred) = recv_checked(&rx, &mut buf, &PeerPolicy::allow_uids([me]), "d", &addr).unwrap();
+        assert_eq!(&buf[..n], b"hi");
+        assert_eq!(cred.unwrap().uid, me);
+        // The same sender, refused by a policy that does not list it; the datagram is consumed.
+        tx.send_to(b"no", dir.path().join("d.sock")).unwrap();
+        let other = PeerPolicy::allow_uids([me.wrapping_add(1)]);
+        let err = recv_checked(&rx, &mut buf, &other, "d", &addr).unwrap_err();
+        assert!(matches!(err, BindingError::PeerRejected { uid, .. } if uid == me), "{err}");
+        assert_eq!(other.rejected(), 1);
+        rx.set_nonblocking(true).unwrap();
+        assert!(matches!(recv_checked(&rx, &mut buf, &other, "d", &addr), Err(BindingError::Io { .. })));
+    }
 }
