@@ -13,8 +13,9 @@ use boxsock_core::{
     StrategyConfig, SweepReport, budget, catalogue,
 };
 
+use crate::name::Deriver;
 use crate::secret::{self, SECRET_FILE, Secret};
-use crate::{NAME, name};
+use crate::NAME;
 
 /// Build from a configuration (the registered constructor).
 pub fn build(config: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
@@ -28,7 +29,14 @@ pub fn build(config: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingE
 pub struct Abstract {
     uid: u32,
     policy: PeerPolicy,
-    secrets: RwLock<HashMap<PathBuf, Arc<Secret>>>,
+    secrets: RwLock<HashMap<PathBuf, Arc<Keyed>>>,
+}
+
+/// A home's secret and the name deriver keyed with it for this instance's uid.
+#[derive(Debug)]
+struct Keyed {
+    secret: Secret,
+    deriver: Deriver,
 }
 
 impl Abstract {
@@ -44,17 +52,23 @@ impl Abstract {
         layout.home_file(SECRET_FILE)
     }
 
-    fn cached(&self, home: &Path) -> Option<Arc<Secret>> {
+    fn cached(&self, home: &Path) -> Option<Arc<Keyed>> {
         self.secrets.read().unwrap_or_else(|p| p.into_inner()).get(home).cloned()
     }
 
     /// Read (or create) the home's secret from disk, validate it and cache it.
-    fn load(&self, layout: &BoxLayout) -> Result<Arc<Secret>, BindingError> {
+    fn load(&self, layout: &BoxLayout) -> Result<Arc<Keyed>, BindingError> {
         let path = Self::secret_path(layout);
-        let fresh = Arc::new(secret::load_or_create(&path, nix::unistd::geteuid().as_raw())?);
+        let secret = secret::load_or_create(&path, nix::unistd::geteuid().as_raw())?;
+        if let Some(old) = self.cached(layout.home()) {
+            if old.secret == secret {
+                return Ok(old);
+            }
+        }
+        let fresh = Arc::new(Keyed { deriver: Deriver::new(&secret.0, self.uid), secret });
         let mut map = self.secrets.write().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = map.get(layout.home()) {
-            if **old != *fresh {
+            if old.secret != fresh.secret {
                 tracing::warn!(
                     path = %path.display(),
                     "the abstract-socket secret changed on disk; sockets bound under the old one are no longer reachable by name"
@@ -65,7 +79,7 @@ impl Abstract {
         Ok(fresh)
     }
 
-    fn secret(&self, layout: &BoxLayout) -> Result<Arc<Secret>, BindingError> {
+    fn keyed(&self, layout: &BoxLayout) -> Result<Arc<Keyed>, BindingError> {
         match self.cached(layout.home()) {
             Some(s) => Ok(s),
             None => self.load(layout),
@@ -103,8 +117,8 @@ impl SocketBinding for Abstract {
     fn address(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<SocketAddress, BindingError> {
         catalogue::validate_file_name(file_name)
             .map_err(|reason| BindingError::Invalid { what: "socket file name".into(), reason })?;
-        let secret = self.secret(layout)?;
-        let addr = SocketAddress::Abstract(name::derive(&secret.0, self.uid, id.as_str(), file_name));
+        let keyed = self.keyed(layout)?;
+        let addr = SocketAddress::Abstract(keyed.deriver.derive(id.as_str(), file_name));
         budget::check(file_name, &addr, Platform::Linux)?;
         Ok(addr)
     }
