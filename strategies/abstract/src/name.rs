@@ -92,7 +92,8 @@ mod tests {
         assert_eq!(rest.len(), 32);
         assert!(rest.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_eq!(n.len(), MAX_NAME_LEN);
-        assert!(1 + MAX_NAME_LEN <= 108);
+        let addr = boxsock_core::SocketAddress::Abstract(n);
+        boxsock_core::budget::check("agent.sock", &addr, boxsock_core::Platform::Linux).unwrap();
     }
 
     #[test]

@@ -72,7 +72,7 @@ fn registered_with_the_promised_capabilities_and_policy() {
     assert!(c.supported_here());
     let p = s.peer_policy();
     assert!(p.is_checked());
-    let mut want = vec![me(), 4242];
+    let mut want = [me(), 4242];
     want.sort();
     assert_eq!(p.allowed_uids().unwrap(), &want[..]);
     assert_eq!(s.binding_dir(), None);
