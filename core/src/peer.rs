@@ -488,4 +488,23 @@ mod tests {
         rx.set_nonblocking(true).unwrap();
         assert!(matches!(recv_checked(&rx, &mut buf, &other, "d", &addr), Err(BindingError::Io { .. })));
     }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn async_accept_peer_checks_and_yields_a_pidfd() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = SocketAddress::Path(dir.path().join("a.sock"));
+        let me = nix::unistd::geteuid().as_raw();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let l = Listener::new(bind_stream_at(&addr).unwrap(), addr.clone(), "a".into(), PeerPolicy::allow_uids([me]))
+                .into_tokio()
+                .unwrap();
+            let _c = connect_stream_at(&addr, "a", &PeerPolicy::unchecked()).unwrap();
+            let acc = tokio::time::timeout(std::time::Duration::from_secs(10), l.accept_peer()).await.unwrap().unwrap();
+            assert_eq!(acc.cred.unwrap().uid, me);
+            assert!(acc.pidfd.is_some());
+            assert!(l.policy().is_checked());
+        });
+    }
 }
