@@ -30,8 +30,10 @@ impl std::fmt::Debug for Secret {
 }
 
 /// Load the secret at `path`, creating it if it does not exist. `owner` is the uid the
-/// file must belong to (the effective uid).
-pub fn load_or_create(path: &Path, owner: u32) -> Result<Secret, BindingError> {
+/// file must belong to (the effective uid). A missing file is created with `restore`
+/// if given (the secret this process already uses, so its names stay valid), else with
+/// fresh random bytes.
+pub fn load_or_create(path: &Path, owner: u32, restore: Option<&Secret>) -> Result<Secret, BindingError> {
     // Two rounds suffice: if our link loses, the winner's file exists and is complete.
     for _ in 0..3 {
         match load(path, owner) {
@@ -39,8 +41,12 @@ pub fn load_or_create(path: &Path, owner: u32) -> Result<Secret, BindingError> {
             Err(LoadError::Missing) => {}
             Err(LoadError::Other(e)) => return Err(e),
         }
-        if let Some(s) = create(path)? {
-            tracing::debug!(path = %path.display(), "created abstract-socket secret");
+        if let Some(s) = create(path, restore)? {
+            if restore.is_some() {
+                tracing::warn!(path = %path.display(), "the abstract-socket secret had been deleted; restored it from memory");
+            } else {
+                tracing::debug!(path = %path.display(), "created abstract-socket secret");
+            }
             return Ok(s);
         }
     }
@@ -96,9 +102,15 @@ fn load(path: &Path, owner: u32) -> Result<Secret, LoadError> {
 }
 
 /// Create the secret; `Ok(None)` if another process published one first.
-fn create(path: &Path) -> Result<Option<Secret>, BindingError> {
-    let mut key = [0u8; SECRET_LEN];
-    rand::rng().fill_bytes(&mut key);
+fn create(path: &Path, restore: Option<&Secret>) -> Result<Option<Secret>, BindingError> {
+    let key = match restore {
+        Some(s) => s.0,
+        None => {
+            let mut key = [0u8; SECRET_LEN];
+            rand::rng().fill_bytes(&mut key);
+            key
+        }
+    };
     let tmp = temp_name(path);
     let result = write_temp(&tmp, &key).and_then(|()| match std::fs::hard_link(&tmp, path) {
         Ok(()) => Ok(Some(Secret(key))),

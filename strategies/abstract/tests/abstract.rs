@@ -167,6 +167,14 @@ fn secret_is_created_0600_once_and_kept() {
     strategy().ensure(&layout, &id("c")).unwrap();
     assert_eq!(secret_bytes(&layout), first);
     assert_eq!(entries(h.path()), [SECRET_FILE]);
+    // Deleted behind our back (a cleaner, a careless rm): ensure writes the same one back,
+    // so running boxes keep their names.
+    let before = s.address(&layout, &id("b"), "agent.sock").unwrap();
+    std::fs::remove_file(&path).unwrap();
+    s.ensure(&layout, &id("b")).unwrap();
+    assert_eq!(secret_bytes(&layout), first);
+    assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o600);
+    assert_eq!(strategy().address(&layout, &id("b"), "agent.sock").unwrap(), before);
     // A second home gets its own secret.
     let h2 = tempfile::tempdir().unwrap();
     let l2 = BoxLayout::new(h2.path());

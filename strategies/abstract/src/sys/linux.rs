@@ -59,8 +59,9 @@ impl Abstract {
     /// Read (or create) the home's secret from disk, validate it and cache it.
     fn load(&self, layout: &BoxLayout) -> Result<Arc<Keyed>, BindingError> {
         let path = Self::secret_path(layout);
-        let secret = secret::load_or_create(&path, nix::unistd::geteuid().as_raw())?;
-        if let Some(old) = self.cached(layout.home()) {
+        let cached = self.cached(layout.home());
+        let secret = secret::load_or_create(&path, nix::unistd::geteuid().as_raw(), cached.as_ref().map(|k| &k.secret))?;
+        if let Some(old) = cached {
             if old.secret == secret {
                 return Ok(old);
             }
@@ -105,7 +106,9 @@ impl SocketBinding for Abstract {
     }
 
     /// Creates the home's secret if needed and re-validates it on disk (owner, mode,
-    /// not a symlink). Nothing else: abstract names need no filesystem entry.
+    /// not a symlink). A secret deleted while this instance uses it is written back
+    /// from memory, so running boxes keep their names. Nothing else: abstract names need
+    /// no filesystem entry.
     fn ensure(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
         self.load(layout)?;
         tracing::debug!(box_id = %id, strategy = NAME, "ensured");
