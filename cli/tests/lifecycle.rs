@@ -474,3 +474,58 @@ async fn a_future_store_schema_is_refused_naming_the_version() {
     assert!(matches!(&e, RuntimeError::Store(boxsock::boxsock_core::store::StoreError::FutureSchema { found: 42, .. })), "{e}");
     assert!(e.to_string().contains("42"), "{e}");
 }
+
+/// Worker of `eight_processes_through_the_library_share_a_home`: run only as a child
+/// process, with the home and link base in the environment.
+#[tokio::test]
+#[ignore = "worker process for eight_processes_through_the_library_share_a_home"]
+async fn shared_home_worker() {
+    let home = std::env::var_os("BOXSOCK_TEST_HOME").expect("run by the parent test");
+    let links = std::env::var_os("BOXSOCK_TEST_LINKS").expect("run by the parent test");
+    let n: usize = std::env::var("BOXSOCK_TEST_N").unwrap().parse().unwrap();
+    let mut o = boxsock::RuntimeOptions::new(boxsock::builtin_strategies(), builtin_backends());
+    o.strategy_config = boxsock::StrategyConfig { base_dir: links.into(), ..Default::default() };
+    o.lock_mode = LockMode::Shared;
+    o.lock_wait = Some(LIMIT);
+    let (rt, _) = Runtime::open(std::path::PathBuf::from(home), o).await.unwrap();
+    for i in 0..n {
+        let mut c = CreateOptions::new("short-symlink", "host");
+        c.name = Some(format!("w{}-{i}", std::process::id()));
+        let b = rt.create(c).await.unwrap();
+        assert_eq!(rt.get(b.name.as_deref().unwrap()).unwrap().id, b.id);
+        rt.remove(b.id.as_str(), false).await.unwrap();
+    }
+}
+
+#[test]
+fn eight_processes_through_the_library_share_a_home() {
+    let env = Env::new();
+    // Create the home first so every worker opens an existing store.
+    std::fs::create_dir_all(&env.home).unwrap();
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "shared_home_worker", "--ignored", "--test-threads", "1"])
+                .env("BOXSOCK_TEST_HOME", &env.home)
+                .env("BOXSOCK_TEST_LINKS", &env.link_base)
+                .env("BOXSOCK_TEST_N", "50")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for w in workers {
+        let o = w.wait_with_output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "worker failed: {out}{}", String::from_utf8_lossy(&o.stderr));
+        assert!(out.contains("1 passed"), "the worker did not run: {out}");
+    }
+    assert!(env.links().is_empty(), "leaked links: {:?}", env.links());
+    assert!(env.box_dirs().is_empty(), "leaked dirs: {:?}", env.box_dirs());
+    let rows = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let (rt, _) = Runtime::open(&env.home, env.options()).await.unwrap();
+        rt.list().unwrap()
+    });
+    assert!(rows.boxes.is_empty() && rows.bad.is_empty(), "rows left: {rows:?}");
+}
