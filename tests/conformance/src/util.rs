@@ -25,6 +25,9 @@ pub const NET_DATAGRAM: SocketSpec = SocketSpec {
     derived: &[DerivedName::Suffix("-krun.sock"), DerivedName::Sibling("krun-net-4194304-4294967295.sock")],
 };
 
+/// Label of the longest allowed file name in [`budget_names`].
+pub const LONGEST_LABEL: &str = "longest allowed name";
+
 /// Every file name the budget checks cover, with its label: the standard catalogue
 /// (`AGENT`, `READY`, `NET`), the names libkrun derives for a unixgram network socket, and
 /// a name of the longest allowed length (`catalogue::MAX_FILE_NAME_LEN`).
@@ -38,7 +41,7 @@ pub fn budget_names() -> Vec<(String, String)> {
         }
     }
     let longest = format!("{}.sock", "l".repeat(catalogue::MAX_FILE_NAME_LEN - ".sock".len()));
-    v.push(("longest allowed name".into(), longest));
+    v.push((LONGEST_LABEL.into(), longest));
     v
 }
 
