@@ -466,7 +466,6 @@ pub fn refuses_foreign_owned_binding_dir(k: &Kit) -> Outcome {
     let (layout, id) = setup(k);
     let d = k.strategy.binding_dir().expect("checked by Need::BindingDir");
     std::os::unix::fs::chown(&d, Some(fork::NOBODY), Some(fork::NOBODY)).expect("chown to nobody");
-    let before = snapshot(&d);
     expect_insecure(k, k.fresh().ensure(&layout, &id), &d, Some("65534"), "fresh instance");
     if let Some(p) = k.strategy.binding_path(&layout, &id) {
         std::fs::remove_file(&p).expect("reap binding");
@@ -474,7 +473,6 @@ pub fn refuses_foreign_owned_binding_dir(k: &Kit) -> Outcome {
     let before_reaped = snapshot(&d);
     expect_insecure(k, k.strategy.ensure(&layout, &id), &d, Some("65534"), "same instance, binding reaped");
     assert_eq!(snapshot(&d), before_reaped, "{}: something was changed in a foreign-owned directory", sname(k));
-    drop(before);
     let me = nix::unistd::geteuid().as_raw();
     std::os::unix::fs::chown(&d, Some(me), Some(nix::unistd::getegid().as_raw())).expect("chown back");
     ok("ensure once the directory is ours again", k.strategy.ensure(&layout, &id));
@@ -722,8 +720,6 @@ pub fn policy_paths_cover_every_address(k: &Kit) -> Outcome {
                 && (path.parent() == Some(p.path.as_path()) || path.starts_with(&p.path))
         });
         assert!(cover.is_some(), "{}: {label} at {} is not covered by a Sockets policy path with directory intent: {pp:#?}", sname(k), path.display());
-        let exact = pp.iter().any(|p| p.path == path && p.access == PolicyAccess::Sockets);
-        assert!(cover.is_some() || exact);
     }
     if let Some(p) = s.binding_path(&layout, &id) {
         std::fs::remove_file(&p).expect("reap binding");
@@ -765,8 +761,7 @@ pub fn missing_socket_dir(k: &Kit) -> Outcome {
     let s = &*k.strategy;
     let layout = k.harness.new_home();
     let never = BoxId::generate();
-    let (done, removed) = (k.harness.new_box(&layout), ());
-    let _ = removed;
+    let done = k.harness.new_box(&layout);
     ok("ensure", s.ensure(&layout, &done));
     boxdir::remove_box_dir(&layout, &done).expect("remove box");
     let half = k.harness.new_box(&layout);
@@ -796,7 +791,7 @@ pub fn missing_socket_dir(k: &Kit) -> Outcome {
 pub fn invalid_file_names(k: &Kit) -> Outcome {
     let s = &*k.strategy;
     let (layout, id) = setup(k);
-    let before = (snapshot(k.harness.root()), ());
+    let before = snapshot(k.harness.root());
     for bad in ["../x", "a/b", "", ".", "..", "/abs", "a\0b", "../../../../../../tmp/x"] {
         let results: [(&str, Option<BindingError>); 4] = [
             ("address", s.address(&layout, &id, bad).err()),
@@ -809,7 +804,7 @@ pub fn invalid_file_names(k: &Kit) -> Outcome {
         }
     }
     let after = snapshot(k.harness.root());
-    assert!(before.0 == after, "{}: invalid names created files:\n{}", sname(k), util::diff(&before.0, &after));
+    assert!(before == after, "{}: invalid names created files:\n{}", sname(k), util::diff(&before, &after));
     Outcome::Passed
 }
 
@@ -880,6 +875,11 @@ pub fn other_user_cannot_connect(k: &Kit) -> Outcome {
     let (layout, id) = setup(k);
     let l = ok("bind", s.bind_stream(&layout, &id, AGENT));
     let addr = l.address().clone();
+    if let Some(p) = addr.as_path() {
+        // The socket file's own mode comes from the umask; open it up so that only the
+        // strategy's protection is tested (a runtime started with umask 0 must be safe).
+        chmod(p, 0o777);
+    }
     util::set_nonblocking(&l);
     let (mut served, mut rejected) = (Vec::new(), 0u32);
     let report = fork::connect_from_child(&addr, PeerKind::OtherUser, || serve_pending(&l, &mut served, &mut rejected));

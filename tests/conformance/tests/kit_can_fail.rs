@@ -25,6 +25,14 @@ enum Bug {
     SharedAddress,
     /// Joins socket names without validating them.
     NoValidation,
+    /// Opens the box's directories to everyone (0777).
+    OpenDirs,
+    /// Claims its (path) addresses are scoped to the network namespace.
+    ClaimsNetns,
+    /// Claims nothing appears on the filesystem.
+    ClaimsInvisible,
+    /// Abstract addresses, claims peer credentials, checks nothing.
+    UncheckedAbstract,
 }
 
 #[derive(Debug)]
@@ -36,8 +44,18 @@ impl SocketBinding for Broken {
     }
     fn capabilities(&self) -> Capabilities {
         let mut c = Direct.capabilities();
-        if self.0 == Bug::LiesAboutLength {
-            c.home_length_independent = true;
+        match self.0 {
+            Bug::LiesAboutLength => c.home_length_independent = true,
+            Bug::ClaimsNetns => c.netns_scoped = true,
+            Bug::ClaimsInvisible => c.filesystem_visible = false,
+            Bug::UncheckedAbstract => {
+                c.path_addressable = false;
+                c.filesystem_visible = false;
+                c.peer_credentials = true;
+                c.home_length_independent = true;
+                c.cross_user = boxsock_core::binding::CrossUserProtection::PeerCredentials;
+            }
+            _ => {}
         }
         c
     }
@@ -45,11 +63,26 @@ impl SocketBinding for Broken {
         if self.0 == Bug::SharedAddress {
             std::fs::create_dir_all(layout.home().join("shared")).map_err(|e| BindingError::io("mkdir", layout.home(), e))?;
         }
+        if self.0 == Bug::OpenDirs {
+            use std::os::unix::fs::PermissionsExt;
+            for d in [layout.boxes_dir(), layout.box_dir(id), layout.sockets_dir(id)] {
+                let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777));
+            }
+        }
         Direct.ensure(layout, id)
     }
     fn address(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<SocketAddress, BindingError> {
         match self.0 {
-            Bug::LiesAboutLength => Direct.address(layout, id, file_name),
+            Bug::LiesAboutLength | Bug::OpenDirs | Bug::ClaimsNetns | Bug::ClaimsInvisible => {
+                Direct.address(layout, id, file_name)
+            }
+            Bug::UncheckedAbstract => {
+                use std::hash::{Hash, Hasher};
+                binding::socket_path(std::path::Path::new("/"), file_name)?;
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                layout.home().hash(&mut h);
+                Ok(SocketAddress::Abstract(format!("bsk-kit-broken/{:x}/{id}/{file_name}", h.finish()).into_bytes()))
+            }
             Bug::OffByOne => {
                 let a = SocketAddress::Path(binding::socket_path(&layout.sockets_dir(id), file_name)?);
                 budget::check_limit(file_name, &a, boxsock_core::Platform::current().sun_len() + 1)?;
@@ -136,6 +169,18 @@ fn unvalidated(_: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingErro
 fn naive(c: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
     Ok(Arc::new(NaiveLink(c.per_uid_dir())))
 }
+fn open_dirs(_: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
+    Ok(Arc::new(Broken(Bug::OpenDirs)))
+}
+fn claims_netns(_: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
+    Ok(Arc::new(Broken(Bug::ClaimsNetns)))
+}
+fn claims_invisible(_: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
+    Ok(Arc::new(Broken(Bug::ClaimsInvisible)))
+}
+fn unchecked_abstract(_: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
+    Ok(Arc::new(Broken(Bug::UncheckedAbstract)))
+}
 fn direct(_: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
     Ok(Arc::new(Direct))
 }
@@ -189,6 +234,43 @@ fn detects_a_naive_link_strategy() {
     // What it does right still passes.
     for check in ["round_trip_agent", "datagram_round_trip", "replaces_dangling_binding"] {
         assert!(!fails(check, naive), "{check} fails on what the naive strategy does right");
+    }
+}
+
+fn root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("skipped: needs root to run peers as another user / in another namespace");
+    false
+}
+
+#[test]
+fn detects_box_sockets_open_to_other_users() {
+    if root() {
+        assert_detects("other_user_cannot_connect", open_dirs);
+    }
+}
+
+#[test]
+fn detects_a_false_netns_claim() {
+    if root() {
+        assert!(fails("other_netns_cannot_connect", claims_netns), "a path strategy claiming netns scope passed");
+    }
+}
+
+#[test]
+fn detects_a_false_invisibility_claim() {
+    assert!(fails("no_filesystem_entries", claims_invisible), "a path strategy claiming invisibility passed");
+}
+
+#[test]
+fn detects_missing_peer_credential_checks() {
+    // The abstract round trip works: the strategy is usable, just unsafe.
+    assert!(!fails("round_trip_agent", unchecked_abstract), "control: the unchecked abstract strategy cannot round-trip");
+    if root() {
+        assert!(fails("other_user_cannot_connect", unchecked_abstract), "an unchecked abstract strategy served another uid");
+        assert!(fails("impostor_listener_is_rejected", unchecked_abstract), "an impostor listener was trusted");
     }
 }
 
