@@ -216,11 +216,16 @@ pub fn budget_boundaries_103_104_107_108(k: &Kit) -> Outcome {
 pub fn ensure_is_idempotent(k: &Kit) -> Outcome {
     let (layout, id) = setup(k);
     let before = binding_state(k, &layout, &id);
+    let witness = k.strategy.binding_path(&layout, &id).and_then(|p| Some((util::Witness::of(&p)?, p)));
     let dir_before = k.strategy.binding_dir().map(|d| snapshot(&d));
     for _ in 0..3 {
         ok("repeated ensure", k.strategy.ensure(&layout, &id));
     }
+    ok("ensure by a fresh instance", k.fresh().ensure(&layout, &id));
     assert_eq!(binding_state(k, &layout, &id), before, "{}: a repeated ensure changed the binding", sname(k));
+    if let Some((w, p)) = witness {
+        assert!(w.unchanged(&p), "{}: a repeated ensure removed and re-created {}", sname(k), p.display());
+    }
     if let (Some(d), Some(b)) = (k.strategy.binding_dir(), dir_before) {
         let after = snapshot(&d);
         assert!(b == after, "{}: a repeated ensure changed {}:\n{}", sname(k), d.display(), util::diff(&b, &after));
@@ -368,6 +373,30 @@ fn expect_occupied(k: &Kit, s: &dyn SocketBinding, layout: &BoxLayout, id: &BoxI
         }
         other => panic!("{}: ensure ({who}) with something foreign at {}: expected Occupied, got {other:?}", sname(k), p.display()),
     }
+}
+
+/// A binding that names the box's own sockets directory by another spelling (through
+/// `..`) is the same binding: `ensure` keeps it as it is (device + inode, never strings),
+/// by the same instance and by a fresh one.
+pub fn keeps_binding_spelled_differently(k: &Kit) -> Outcome {
+    let (layout, id) = setup(k);
+    let p = bp(k, &layout, &id);
+    let alt = layout.box_dir(&id).join("..").join(id.as_str()).join("sockets");
+    util::force_symlink(&alt, &p);
+    let state = binding_state(k, &layout, &id);
+    let w = util::Witness::of(&p).expect("just made");
+    ok("ensure (same instance)", k.strategy.ensure(&layout, &id));
+    ok("ensure (fresh instance)", k.fresh().ensure(&layout, &id));
+    assert_eq!(
+        binding_state(k, &layout, &id),
+        state,
+        "{}: a binding to {} (the sockets dir, spelled differently) was replaced",
+        sname(k),
+        alt.display()
+    );
+    assert!(w.unchanged(&p), "{}: the binding to {} was removed and re-created", sname(k), alt.display());
+    util::stream_round_trip(&*k.strategy, &layout, &id, AGENT);
+    Outcome::Passed
 }
 
 /// A binding that points to an existing directory which is not the box's own sockets
@@ -742,9 +771,13 @@ pub fn home_through_symlink(k: &Kit) -> Outcome {
         let id = k.harness.new_box(&real);
         ok("ensure (first spelling)", s.ensure(first, &id));
         let state = binding_state(k, first, &id);
+        let w = s.binding_path(first, &id).and_then(|p| Some((util::Witness::of(&p)?, p)));
         ok("ensure (second spelling)", s.ensure(second, &id));
         ok("ensure (first spelling again)", s.ensure(first, &id));
         assert_eq!(binding_state(k, first, &id), state, "{}: ensure through the other spelling of the home replaced the binding", sname(k));
+        if let Some((w, p)) = w {
+            assert!(w.unchanged(&p), "{}: ensure through the other spelling re-created {}", sname(k), p.display());
+        }
         assert_binding_correct(k, second, &id);
         let l = ok("bind", s.bind_stream(first, &id, AGENT));
         util::exchange(s, second, &id, AGENT, &l, b"via other spelling");

@@ -208,3 +208,44 @@ pub fn force_symlink(target: &Path, link: &Path) {
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// Proof that a filesystem entry was not replaced: holds the entry itself (Linux:
+/// `O_PATH|O_NOFOLLOW`), so a remove-and-recreate is seen even if the new entry reuses the
+/// inode number.
+#[derive(Debug)]
+pub struct Witness {
+    held: Option<std::fs::File>,
+    ino: u64,
+}
+
+impl Witness {
+    /// Witness the entry at `p` (not following a symlink); `None` if nothing is there.
+    pub fn of(p: &Path) -> Option<Witness> {
+        let ino = std::fs::symlink_metadata(p).ok()?.ino();
+        Some(Witness { held: hold(p), ino })
+    }
+
+    /// Whether the entry now at `p` is still the one witnessed.
+    pub fn unchanged(&self, p: &Path) -> bool {
+        let Ok(now) = std::fs::symlink_metadata(p) else { return false };
+        if now.ino() != self.ino {
+            return false;
+        }
+        match &self.held {
+            // A removed entry has no links left, even if its inode number is reused.
+            Some(f) => f.metadata().map(|m| m.nlink() > 0).unwrap_or(false),
+            None => true,
+        }
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn hold(p: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_NOFOLLOW).open(p).ok()
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn hold(_p: &Path) -> Option<std::fs::File> {
+    None
+}

@@ -223,6 +223,8 @@ fn detects_a_naive_link_strategy() {
         "refuses_directory_at_binding",
         "refuses_link_to_foreign_directory",
         "refuses_symlinked_binding_dir",
+        "keeps_binding_spelled_differently",
+        "ensure_is_idempotent",
         "repairs_binding_dir_mode",
         "release_leaves_other_home_alone",
         "missing_socket_dir",

@@ -11,9 +11,10 @@ use boxsock_core::registry::{Registry, StrategyRegistration};
 
 conformance_tests!(direct, boxsock_direct::REGISTRATION.build);
 conformance_tests!(short_symlink, |c| registered("short-symlink", c));
+conformance_tests!(abstract_ns, |c| registered("abstract", c));
 
-/// Build a strategy by its registered name (used for strategies whose crates are still
-/// being written: the build fails loudly instead of the file not compiling).
+/// Build a strategy by its registered name. A built-in strategy that is not registered
+/// fails loudly (`registry.rs` asserts they all are).
 fn registered(
     name: &str,
     config: &boxsock_core::StrategyConfig,
