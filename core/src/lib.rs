@@ -10,12 +10,14 @@
 //!   [`address::SocketAddress`], [`binding::Capabilities`] and [`error::BindingError`];
 //! - [`peer`], peer-credential checks for listeners and connectors that need them;
 //! - [`registry`], link-time (`inventory`) and explicit registries of strategies and backends;
-//! - [`backend::Backend`], the trait a VMM backend implements.
+//! - [`backend::Backend`], the trait a VMM backend implements;
+//! - [`proto`], the agent wire protocol, and [`agent_client`], its async client.
 //!
 //! The core never names a concrete strategy or backend: it holds `dyn SocketBinding` and
 //! `dyn Backend`. See `docs/ARCHITECTURE.md` for the codemap and the invariants.
 
 pub mod address;
+pub mod agent_client;
 pub mod backend;
 pub mod binding;
 pub mod boxdir;

@@ -39,8 +39,9 @@ pub enum Request {
         /// The runtime's protocol version.
         version: u32,
     },
-    /// Liveness check.
-    Ping,
+    /// Liveness check. (Empty struct variants, not unit variants: serde's
+    /// `deny_unknown_fields` only rejects extra fields on struct variants.)
+    Ping {},
     /// Run a command. Stdin follows as `Stdin`/`StdinEof` frames when `stdin` is true.
     Exec {
         /// argv; `argv[0]` is looked up on `PATH`.
@@ -53,7 +54,7 @@ pub enum Request {
         stdin: bool,
     },
     /// Stop the agent (and so the box) gracefully.
-    Shutdown,
+    Shutdown {},
 }
 
 /// Agent → runtime control messages.
@@ -75,14 +76,14 @@ pub enum Response {
         pid: u32,
     },
     /// Answer to `Ping`.
-    Pong,
+    Pong {},
     /// The command ended. `code` is the exit status, or 128 + signal number.
     Exit {
         /// Exit code.
         code: i32,
     },
     /// Answer to `Shutdown`.
-    ShuttingDown,
+    ShuttingDown {},
     /// Something went wrong; the connection closes after this.
     Error {
         /// Machine-readable kind.
@@ -270,11 +271,17 @@ mod tests {
         assert!(matches!(decode::<Request>(&[0xff, 0xff, 0xff, 0xff, 1]), Err(ProtoError::BadLength { .. })));
         assert!(matches!(decode::<Request>(&[0, 0, 0, 1, 9]), Err(ProtoError::BadTag(9))));
         assert!(matches!(decode::<Request>(&[0, 0, 0, 3, 1, b'{', b'x']), Err(ProtoError::BadJson(_))));
-        let unknown = br#"{"type":"exec","argv":["x"],"bogus":1}"#;
-        let mut f = ((unknown.len() + 1) as u32).to_be_bytes().to_vec();
+        for unknown in [&br#"{"type":"ping","bogus":1}"#[..], br#"{"type":"exec","argv":["x"],"bogus":1}"#] {
+            let mut f = ((unknown.len() + 1) as u32).to_be_bytes().to_vec();
+            f.push(1);
+            f.extend_from_slice(unknown);
+            assert!(matches!(decode::<Request>(&f), Err(ProtoError::BadJson(_))), "{}", String::from_utf8_lossy(unknown));
+        }
+        let ping = br#"{"type":"ping"}"#;
+        let mut f = ((ping.len() + 1) as u32).to_be_bytes().to_vec();
         f.push(1);
-        f.extend_from_slice(unknown);
-        assert!(matches!(decode::<Request>(&f), Err(ProtoError::BadJson(_))));
+        f.extend_from_slice(ping);
+        assert!(matches!(decode::<Request>(&f), Ok(Some((Frame::Control(Request::Ping {}), _)))));
     }
 
     #[tokio::test]
@@ -283,8 +290,8 @@ mod tests {
         assert!(matches!(read_frame::<Request, _>(&mut empty).await, Err(ProtoError::Closed)));
         let mut cut: &[u8] = &[0, 0, 0, 10, 1, b'{'];
         assert!(matches!(read_frame::<Request, _>(&mut cut).await, Err(ProtoError::Truncated)));
-        let whole = encode(&Frame::<Response>::Control(Response::Pong));
+        let whole = encode(&Frame::<Response>::Control(Response::Pong {}));
         let mut r: &[u8] = &whole;
-        assert_eq!(read_frame::<Response, _>(&mut r).await.unwrap(), Frame::Control(Response::Pong));
+        assert_eq!(read_frame::<Response, _>(&mut r).await.unwrap(), Frame::Control(Response::Pong {}));
     }
 }

@@ -1,2 +1,55 @@
-//! The in-box agent (work in progress).
-fn main() {}
+//! `boxsock-agent`: the in-box agent. See the library documentation of
+//! `boxsock_agent` for what it does; this is only its command line.
+//!
+//! ```text
+//! boxsock-agent --agent <URI> --ready <URI> [--allow-uid UID]...
+//! ```
+//!
+//! URIs are `unix:///abs/path` or `abstract:name` (`vsock://<port>` is recognised and
+//! refused outside a guest). Logs go to stderr (filter from `RUST_LOG`, default
+//! `info`); nothing is written to stdout. Exit status: 0 after a shutdown, 1 when the
+//! agent cannot bind, notify or serve, with a one-line error on stderr.
+
+use boxsock_agent::{AgentConfig, parse_address};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// The boxsock in-box agent.
+#[derive(Debug, Parser)]
+#[command(name = "boxsock-agent", version, about)]
+struct Args {
+    /// Address to listen on for requests (`unix:///abs/path` or `abstract:name`).
+    #[arg(long, value_name = "URI")]
+    agent: String,
+    /// Address to send the readiness notification to.
+    #[arg(long, value_name = "URI")]
+    ready: String,
+    /// Peer uid allowed on both sockets (repeatable). Without any, peers are not
+    /// checked and the filesystem must protect the addresses.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uid: Vec<u32>,
+}
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    if let Err(e) = run(args) {
+        eprintln!("boxsock-agent: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let config = AgentConfig {
+        agent: parse_address(&args.agent)?,
+        ready: parse_address(&args.ready)?,
+        allow_uids: args.allow_uid,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(boxsock_agent::run(config))?;
+    Ok(())
+}

@@ -1,1 +1,202 @@
-//! Work in progress.
+//! `host`: runs the in-box agent (`boxsock-agent`) as a plain host process.
+//!
+//! **It isolates nothing.** The "box" is a process of the calling user, sharing the
+//! host's filesystem, network, pids and everything else; commands run through it can
+//! do whatever the user can. It exists to develop and test the runtime, the socket
+//! strategies and the agent protocol on machines without a usable hypervisor, and as
+//! the reference backend for the runtime's tests.
+//!
+//! Sockets: the agent binds `agent`, the runtime binds `ready` (see
+//! [`Backend::sockets`]). Both may be paths or abstract names; with an abstract
+//! address the agent is started with `--allow-uid <owner>`, so it checks peer
+//! credentials on every accept and on the ready listener.
+//!
+//! Process model and reaping: [`Backend::launch`] forks the agent as a direct child of
+//! the caller, in a new session (`setsid`), and returns its pid without waiting. The
+//! agent is the box's process (`Launched::pid`): the runtime sends it signals and
+//! **must reap it** — `waitpid(pid, WNOHANG)` in its health monitor and after killing
+//! it — or it stays a zombie until the runtime exits (then init adopts and reaps it).
+//! [`reap`] is that call, for callers that do not want to name `nix`.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use boxsock_core::backend::{AddressNeeds, Availability, BackendConfig, BackendError, Isolation, LaunchSpec, Launched};
+use boxsock_core::registry::BackendRegistration;
+use boxsock_core::{Backend, SocketAddress, SocketSpec, catalogue};
+
+/// The registered name.
+pub const NAME: &str = "host";
+
+/// File name of the agent binary.
+pub const AGENT_BINARY: &str = "boxsock-agent";
+
+/// Environment variable naming the agent binary explicitly.
+pub const AGENT_ENV: &str = "BOXSOCK_AGENT";
+
+/// The registration, also usable in explicit registries.
+pub const REGISTRATION: BackendRegistration = BackendRegistration {
+    name: NAME,
+    summary: "the agent as a plain host process: NO isolation (shares the host's filesystem, network and users); for development and tests",
+    build,
+};
+
+inventory::submit!(REGISTRATION);
+
+fn build(config: &BackendConfig) -> Result<Arc<dyn Backend>, BackendError> {
+    Ok(Arc::new(HostBackend::new(config.clone())))
+}
+
+/// The `host` backend. See the crate documentation.
+#[derive(Debug, Clone)]
+pub struct HostBackend {
+    config: BackendConfig,
+}
+
+impl HostBackend {
+    /// A backend that looks for the agent as configured.
+    pub fn new(config: BackendConfig) -> Self {
+        HostBackend { config }
+    }
+
+    /// Where the agent binary is looked for, in order: `helper_dir`, `$BOXSOCK_AGENT`,
+    /// the directory of the current executable, and that directory's parent (so
+    /// `target/debug/boxsock-agent` is found from `target/debug/deps/<test>`).
+    pub fn agent_candidates(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        if let Some(dir) = &self.config.helper_dir {
+            out.push(dir.join(AGENT_BINARY));
+        }
+        if let Some(p) = std::env::var_os(AGENT_ENV).filter(|p| !p.is_empty()) {
+            out.push(PathBuf::from(p));
+        }
+        if let Some(dir) = std::env::current_exe().ok().as_deref().and_then(Path::parent) {
+            out.push(dir.join(AGENT_BINARY));
+            if let Some(parent) = dir.parent() {
+                out.push(parent.join(AGENT_BINARY));
+            }
+        }
+        out
+    }
+
+    /// The agent binary: the first candidate that is an executable file.
+    pub fn find_agent(&self) -> Result<PathBuf, BackendError> {
+        let candidates = self.agent_candidates();
+        candidates.iter().find(|p| is_executable(p)).cloned().ok_or_else(|| BackendError::Unavailable {
+            backend: NAME.into(),
+            reason: format!(
+                "no executable {AGENT_BINARY} found; looked at {} (set {AGENT_ENV} or the helper directory)",
+                candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        })
+    }
+
+    fn spec_error(&self, reason: String) -> BackendError {
+        BackendError::Spec { backend: NAME.into(), reason }
+    }
+
+    fn address<'a>(&self, spec: &'a LaunchSpec, name: &str) -> Result<&'a SocketAddress, BackendError> {
+        spec.addresses
+            .get(name)
+            .ok_or_else(|| self.spec_error(format!("box {}: no address for socket {name:?}", spec.id)))
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+impl Backend for HostBackend {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    /// `agent` (bound by the agent) and `ready` (bound by the runtime). `network` is
+    /// ignored: a host process shares the host's network, there is nothing to set up.
+    fn sockets(&self, _network: bool) -> Vec<SocketSpec> {
+        vec![catalogue::AGENT, catalogue::READY]
+    }
+
+    fn address_needs(&self) -> AddressNeeds {
+        AddressNeeds::PathOrAbstract
+    }
+
+    fn isolation(&self) -> Isolation {
+        Isolation::None
+    }
+
+    fn available(&self) -> Availability {
+        match self.find_agent() {
+            Ok(_) => Availability::Available,
+            Err(BackendError::Unavailable { reason, .. }) => Availability::Unavailable { reason },
+            Err(e) => Availability::Unavailable { reason: e.to_string() },
+        }
+    }
+
+    /// Start `boxsock-agent --agent <uri> --ready <uri> [--allow-uid <owner>]` in its
+    /// own session, stdin `/dev/null`, stdout and stderr appended to `spec.log_file`,
+    /// the caller's environment plus `spec.env`. Returns at once; the caller reaps the
+    /// pid (see the crate documentation).
+    fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
+        let agent = self.address(spec, catalogue::AGENT.name)?;
+        let ready = self.address(spec, catalogue::READY.name)?;
+        let binary = self.find_agent()?;
+        let log = OpenOptions::new().create(true).append(true).open(&spec.log_file).map_err(|e| {
+            self.spec_error(format!("box {}: cannot open log file {}: {e}", spec.id, spec.log_file.display()))
+        })?;
+        let log_err = log.try_clone().map_err(|e| BackendError::Spawn {
+            backend: NAME.into(),
+            what: spec.log_file.display().to_string(),
+            source: e,
+        })?;
+
+        let mut cmd = Command::new(&binary);
+        cmd.arg("--agent").arg(agent.to_uri()).arg("--ready").arg(ready.to_uri());
+        if matches!(agent, SocketAddress::Abstract(_)) || matches!(ready, SocketAddress::Abstract(_)) {
+            // Abstract names have no permissions: the agent checks every peer's uid.
+            cmd.arg("--allow-uid").arg(nix::unistd::geteuid().as_raw().to_string());
+        }
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err));
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // setsid(2), which is async-signal-safe; it allocates nothing and touches no
+        // lock.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| BackendError::Spawn {
+            backend: NAME.into(),
+            what: binary.display().to_string(),
+            source,
+        })?;
+        let pid = child.id() as i32;
+        // Dropping a std `Child` neither waits nor kills: the caller reaps by pid.
+        drop(child);
+        tracing::info!(box_id = %spec.id, pid, binary = %binary.display(), agent = %agent, ready = %ready, "launched agent");
+        Ok(Launched { pid, companions: Vec::new() })
+    }
+}
+
+/// Reap `pid` if it has ended, without blocking: `Ok(Some(code))` (exit code, or
+/// 128 + signal), `Ok(None)` while it runs. `ECHILD` (not our child, or already
+/// reaped) is an error the caller may ignore.
+pub fn reap(pid: i32) -> nix::Result<Option<i32>> {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG))? {
+        WaitStatus::Exited(_, code) => Ok(Some(code)),
+        WaitStatus::Signaled(_, sig, _) => Ok(Some(128 + sig as i32)),
+        _ => Ok(None),
+    }
+}

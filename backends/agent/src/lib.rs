@@ -1,0 +1,580 @@
+//! The boxsock in-box agent, as a library (the `boxsock-agent` binary is a thin
+//! command line over [`run`]).
+//!
+//! The agent listens on the box's `agent` address, tells the runtime it is ready by
+//! sending one `Response::Ready` frame on the `ready` address, then serves the
+//! protocol of [`boxsock_core::proto`] on every accepted connection, concurrently:
+//! `Ping`, `Exec` (stdout/stderr streamed as frames, stdin fed from frames, exit code
+//! or 128 + signal), and `Shutdown`.
+//!
+//! With a non-empty `allow_uids` (the runtime passes it for strategies whose addresses
+//! the filesystem does not protect, such as `abstract`), every accepted connection and
+//! the ready listener are checked with `SO_PEERCRED`; a peer whose uid is not listed is
+//! dropped and logged.
+//!
+//! Input never makes it panic: a malformed frame is answered with an
+//! `Error { code: BadFrame }` frame, that connection is closed, and the others go on.
+//!
+//! Every command runs in its own process group. Background processes a command leaves
+//! in its group keep running after its exec ends (as under `docker exec`); on
+//! shutdown (a `Shutdown` request, or SIGTERM/SIGINT through [`run`]) the agent stops
+//! accepting, kills every group it started that still has members, removes its own
+//! socket file (only if it is still the one it bound) and returns. A process that
+//! leaves its group (`setsid`) escapes this; so does everything if the agent is
+//! SIGKILLed, which is why the runtime should ask for a shutdown first.
+
+use std::collections::HashSet;
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use boxsock_core::SocketAddress;
+use boxsock_core::error::BindingError;
+use boxsock_core::peer::{self, AsyncListener, Listener, PeerPolicy};
+use boxsock_core::proto::{self, ErrorCode, Frame, ProtoError, Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch};
+
+/// How long, after a command's main process ended, the agent keeps forwarding output
+/// that processes it left behind still write to the inherited pipes. After that the
+/// `Exit` frame is sent anyway, so a stray background process cannot hang an exec.
+pub const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// Size of one stdout/stderr read (and so the largest output frame body).
+const OUTPUT_CHUNK: usize = 32 * 1024;
+
+/// What the agent serves and whom it trusts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Where to listen for requests.
+    pub agent: SocketAddress,
+    /// Where to send the readiness notification.
+    pub ready: SocketAddress,
+    /// Peer uids allowed on both sockets; empty means no credential check (the
+    /// filesystem protects the addresses).
+    pub allow_uids: Vec<u32>,
+}
+
+/// Why the agent could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A command-line address is not a valid URI.
+    #[error("bad address {uri:?}: {reason}")]
+    Address {
+        /// The URI as given.
+        uri: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A `vsock://` address was given outside a guest.
+    #[error("address {uri:?}: vsock is only available inside a libkrun guest")]
+    VsockUnavailable {
+        /// The URI as given.
+        uri: String,
+    },
+    /// The agent address could not be bound.
+    #[error("cannot listen on agent address {address}: {source}")]
+    Bind {
+        /// The address, printable.
+        address: String,
+        /// What failed.
+        #[source]
+        source: BindingError,
+    },
+    /// The readiness notification could not be delivered.
+    #[error("cannot notify readiness on {address}: {reason}")]
+    Notify {
+        /// The ready address, printable.
+        address: String,
+        /// What failed.
+        reason: String,
+    },
+    /// Accepting connections failed for good.
+    #[error("accept on {address}: {source}")]
+    Accept {
+        /// The agent address, printable.
+        address: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Parse a command-line address: `unix:///abs/path`, `abstract:name`, or
+/// `vsock://<port>` (recognised, but refused with [`AgentError::VsockUnavailable`]
+/// until the agent runs inside a guest).
+pub fn parse_address(uri: &str) -> Result<SocketAddress, AgentError> {
+    if let Some(rest) = uri.strip_prefix("vsock:") {
+        let port = rest.strip_prefix("//").unwrap_or(rest);
+        return match port.parse::<u32>() {
+            Ok(_) => Err(AgentError::VsockUnavailable { uri: uri.to_owned() }),
+            Err(_) => Err(AgentError::Address { uri: uri.to_owned(), reason: "expected vsock://<port>".into() }),
+        };
+    }
+    SocketAddress::from_uri(uri).map_err(|reason| AgentError::Address { uri: uri.to_owned(), reason })
+}
+
+/// Shared state of one agent: its pid, the process groups it started, the stop signal.
+#[derive(Debug)]
+struct State {
+    pid: u32,
+    groups: Mutex<HashSet<i32>>,
+    stop: watch::Sender<bool>,
+}
+
+impl State {
+    fn kill_all(&self) {
+        let groups: Vec<i32> = self.groups.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for pgid in groups {
+            kill_group(pgid);
+        }
+    }
+}
+
+fn kill_group(pgid: i32) {
+    match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL) {
+        Ok(()) => tracing::debug!(pgid, "killed process group"),
+        Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(pgid, error = %e, "cannot kill process group"),
+    }
+}
+
+/// Asks a serving agent to stop, from outside (a signal handler, a test).
+#[derive(Debug, Clone)]
+pub struct StopHandle(Arc<State>);
+
+impl StopHandle {
+    /// Stop the agent: [`Agent::serve`] stops accepting, kills what it spawned and
+    /// returns.
+    pub fn stop(&self) {
+        self.0.stop.send_replace(true);
+    }
+}
+
+/// A bound agent. [`Agent::bind`], then [`Agent::notify_ready`], then [`Agent::serve`].
+#[derive(Debug)]
+pub struct Agent {
+    listener: AsyncListener,
+    config: AgentConfig,
+    policy: PeerPolicy,
+    /// (dev, ino) of the socket file it bound, to remove only its own on exit.
+    bound_file: Option<(u64, u64)>,
+    state: Arc<State>,
+}
+
+impl Agent {
+    /// Listen on `config.agent`. A stale socket file left by a dead agent is replaced;
+    /// a live one is an error. Must be called inside a tokio runtime.
+    pub fn bind(config: AgentConfig) -> Result<Agent, AgentError> {
+        let policy = if config.allow_uids.is_empty() {
+            if matches!(config.agent, SocketAddress::Abstract(_)) {
+                tracing::warn!(address = %config.agent, "abstract agent address without --allow-uid: any local process in this network namespace can reach it");
+            }
+            PeerPolicy::unchecked()
+        } else {
+            PeerPolicy::allow_uids(config.allow_uids.iter().copied())
+        };
+        let bind_err = |source| AgentError::Bind { address: config.agent.display_string(), source };
+        let std_listener = peer::bind_stream_at(&config.agent).map_err(bind_err)?;
+        let bound_file = config.agent.as_path().and_then(|p| std::fs::symlink_metadata(p).ok()).map(|m| (m.dev(), m.ino()));
+        let listener = Listener::new(std_listener, config.agent.clone(), "agent".into(), policy.clone())
+            .into_tokio()
+            .map_err(|e| bind_err(BindingError::io("listen on", config.agent.display_string(), e)))?;
+        let (stop, _) = watch::channel(false);
+        let state = Arc::new(State { pid: std::process::id(), groups: Mutex::new(HashSet::new()), stop });
+        tracing::info!(address = %config.agent, checked = policy.is_checked(), "listening");
+        Ok(Agent { listener, config, policy, bound_file, state })
+    }
+
+    /// The address it listens on.
+    pub fn address(&self) -> &SocketAddress {
+        &self.config.agent
+    }
+
+    /// A handle that stops [`Agent::serve`].
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.state.clone())
+    }
+
+    /// Connect to `config.ready` (checking the listener's uid when `allow_uids` is
+    /// set) and send one `Ready { version, pid }` frame. Blocks briefly (a local
+    /// connect and a small write, with a 10 s write timeout).
+    pub fn notify_ready(&self) -> Result<(), AgentError> {
+        let ready = &self.config.ready;
+        let fail = |reason: String| AgentError::Notify { address: ready.display_string(), reason };
+        let mut stream = peer::connect_stream_at(ready, "ready", &self.policy).map_err(|e| fail(e.to_string()))?;
+        stream.set_write_timeout(Some(Duration::from_secs(10))).map_err(|e| fail(e.to_string()))?;
+        let frame = proto::encode(&Frame::Control(Response::Ready { version: proto::VERSION, pid: self.state.pid }));
+        stream.write_all(&frame).map_err(|e| fail(format!("write: {e}")))?;
+        tracing::info!(address = %ready, pid = self.state.pid, "readiness sent");
+        Ok(())
+    }
+
+    /// Serve connections until a `Shutdown` request or [`StopHandle::stop`]. Then kill
+    /// every process group it started and remove its socket file.
+    pub async fn serve(self) -> Result<(), AgentError> {
+        let mut stop = self.state.stop.subscribe();
+        let result = loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break Ok(()),
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, cred)) => {
+                        tracing::debug!(peer_uid = cred.map(|c| c.uid), peer_pid = cred.map(|c| c.pid), "accepted");
+                        tokio::spawn(handle_connection(stream, self.state.clone()));
+                    }
+                    Err(e) if is_transient(&e) => {
+                        tracing::warn!(error = %e, "accept failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => break Err(AgentError::Accept { address: self.config.agent.display_string(), source: e }),
+                },
+            }
+        };
+        tracing::info!("shutting down");
+        self.state.kill_all();
+        self.remove_own_socket();
+        result
+    }
+
+    fn remove_own_socket(&self) {
+        let (Some(path), Some(bound)) = (self.config.agent.as_path(), self.bound_file) else {
+            return;
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if (m.dev(), m.ino()) == bound => match std::fs::remove_file(path) {
+                Ok(()) => tracing::debug!(path = %path.display(), "removed own socket"),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove own socket"),
+            },
+            Ok(_) => tracing::debug!(path = %path.display(), "socket file was replaced; leaving it"),
+            Err(_) => {}
+        }
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::ECONNABORTED | libc::EINTR)
+    )
+}
+
+/// Bind, notify readiness, and serve until shutdown, SIGTERM or SIGINT: the whole
+/// life of the `boxsock-agent` process. Must be called inside a tokio runtime.
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let agent = Agent::bind(config)?;
+    // Install the handlers before notifying: from readiness on, SIGTERM is graceful.
+    let stop = agent.stop_handle();
+    let signals = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => Some(tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = int.recv() => tracing::info!("SIGINT"),
+            }
+            stop.stop();
+        })),
+        _ => {
+            tracing::warn!("cannot install signal handlers; only a Shutdown request stops the agent gracefully");
+            None
+        }
+    };
+    if let Err(e) = agent.notify_ready() {
+        agent.remove_own_socket();
+        return Err(e);
+    }
+    let r = agent.serve().await;
+    if let Some(s) = signals {
+        s.abort();
+    }
+    r
+}
+
+async fn send(wr: &mut OwnedWriteHalf, r: Response) -> io::Result<()> {
+    proto::write_frame(wr, &Frame::Control(r)).await
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Error { code, message: message.into() }
+}
+
+/// The answer to a frame that could not be read, or `None` when the peer just went
+/// away (nothing to answer).
+fn answer_to(e: &ProtoError) -> Option<Response> {
+    match e {
+        ProtoError::Closed => None,
+        ProtoError::Io(_) => None,
+        e => Some(error(ErrorCode::BadFrame, e.to_string())),
+    }
+}
+
+async fn handle_connection(stream: UnixStream, state: Arc<State>) {
+    let (mut rd, mut wr) = stream.into_split();
+    if let Err(e) = serve_one(&mut rd, &mut wr, &state).await {
+        tracing::debug!(error = %e, "connection ended with a write error");
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn serve_one(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, state: &Arc<State>) -> io::Result<()> {
+    match proto::read_frame::<Request, _>(rd).await {
+        Ok(Frame::Control(Request::Hello { version })) if version == proto::VERSION => {
+            send(wr, Response::Hello { version: proto::VERSION, pid: state.pid }).await?;
+        }
+        Ok(Frame::Control(Request::Hello { version })) => {
+            tracing::warn!(theirs = version, ours = proto::VERSION, "protocol version mismatch");
+            let msg = format!("agent speaks protocol version {}, the runtime sent version {version}", proto::VERSION);
+            return send(wr, error(ErrorCode::Version, msg)).await;
+        }
+        Ok(other) => {
+            return send(wr, error(ErrorCode::BadRequest, format!("expected hello first, got {}", describe(&other)))).await;
+        }
+        Err(e) => return reject(wr, e).await,
+    }
+    match proto::read_frame::<Request, _>(rd).await {
+        Ok(Frame::Control(Request::Ping {})) => send(wr, Response::Pong {}).await,
+        Ok(Frame::Control(Request::Shutdown {})) => {
+            tracing::info!("shutdown requested");
+            let r = send(wr, Response::ShuttingDown {}).await;
+            state.stop.send_replace(true);
+            r
+        }
+        Ok(Frame::Control(Request::Exec { argv, env, stdin })) => exec(rd, wr, argv, env, stdin, state).await,
+        Ok(other) => send(wr, error(ErrorCode::BadRequest, format!("expected a request, got {}", describe(&other)))).await,
+        Err(e) => reject(wr, e).await,
+    }
+}
+
+async fn reject(wr: &mut OwnedWriteHalf, e: ProtoError) -> io::Result<()> {
+    match answer_to(&e) {
+        Some(answer) => {
+            tracing::warn!(error = %e, "bad frame; closing the connection");
+            send(wr, answer).await
+        }
+        None => {
+            tracing::debug!(error = %e, "peer went away");
+            Ok(())
+        }
+    }
+}
+
+fn describe(f: &Frame<Request>) -> String {
+    match f {
+        Frame::Control(Request::Hello { .. }) => "a second hello".into(),
+        Frame::Control(r) => format!("{r:?}"),
+        Frame::Stdout(_) => "a stdout frame".into(),
+        Frame::Stderr(_) => "a stderr frame".into(),
+        Frame::Stdin(_) => "a stdin frame".into(),
+        Frame::StdinEof => "a stdin-eof frame".into(),
+    }
+}
+
+/// When an exec ends, forgets its process group if nothing is left in it. Processes
+/// the command left running in the background keep the group alive; it stays in the
+/// set, so a shutdown kills them.
+struct GroupGuard<'a> {
+    state: &'a State,
+    pgid: i32,
+}
+
+impl Drop for GroupGuard<'_> {
+    fn drop(&mut self) {
+        let mut groups = self.state.groups.lock().unwrap_or_else(|p| p.into_inner());
+        groups.retain(|&g| group_alive(g));
+        if group_alive(self.pgid) {
+            tracing::debug!(pgid = self.pgid, "command left processes behind; they live until shutdown");
+        }
+    }
+}
+
+fn group_alive(pgid: i32) -> bool {
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
+}
+
+/// What the connection did while a command ran.
+enum ConnEvent {
+    /// The client closed the connection.
+    Gone,
+    /// The client sent something invalid; answer this and stop.
+    Bad(Response),
+}
+
+async fn exec(
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    want_stdin: bool,
+    state: &Arc<State>,
+) -> io::Result<()> {
+    let Some(program) = argv.first() else {
+        return send(wr, error(ErrorCode::BadRequest, "exec with an empty argv")).await;
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&argv[1..])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(if want_stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(program = %program, error = %e, "cannot spawn");
+            return send(wr, error(ErrorCode::Spawn, format!("cannot spawn {program:?}: {e}"))).await;
+        }
+    };
+    let Some(pid) = child.id() else {
+        return send(wr, error(ErrorCode::Internal, format!("{program:?} ended before it had a pid"))).await;
+    };
+    let pgid = pid as i32;
+    state.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(pgid);
+    let _guard = GroupGuard { state, pgid };
+    tracing::info!(pid, program = %program, args = argv.len() - 1, "exec started");
+
+    // Output frames go through one channel so that each stream keeps its order and
+    // `Exit` comes after every output frame.
+    let (tx, mut frames) = mpsc::channel::<Frame<Response>>(32);
+    let mut pumps = tokio::task::JoinSet::new();
+    if let Some(out) = child.stdout.take() {
+        pumps.spawn(pump(out, tx.clone(), Frame::Stdout));
+    }
+    if let Some(err) = child.stderr.take() {
+        pumps.spawn(pump(err, tx.clone(), Frame::Stderr));
+    }
+    let mut child_stdin = child.stdin.take();
+
+    let conn = async {
+        // Feed stdin frames to the command; keep reading after EOF (or when no stdin
+        // was asked for) to notice the client going away.
+        loop {
+            match proto::read_frame::<Request, _>(rd).await {
+                Ok(Frame::Stdin(b)) if want_stdin => {
+                    if let Some(input) = child_stdin.as_mut() {
+                        if let Err(e) = input.write_all(&b).await {
+                            // The command closed its stdin; drop the rest.
+                            tracing::debug!(pid, error = %e, "command stdin closed");
+                            child_stdin = None;
+                        }
+                    }
+                }
+                Ok(Frame::StdinEof) if want_stdin => child_stdin = None,
+                Ok(other) => {
+                    let msg = format!("unexpected {} while a command runs", describe(&other));
+                    return ConnEvent::Bad(error(ErrorCode::BadRequest, msg));
+                }
+                Err(e) => {
+                    return match answer_to(&e) {
+                        Some(a) => ConnEvent::Bad(a),
+                        None => ConnEvent::Gone,
+                    };
+                }
+            }
+        }
+    };
+
+    let mut writer = Box::pin(async {
+        while let Some(f) = frames.recv().await {
+            proto::write_frame(wr, &f).await?;
+        }
+        io::Result::Ok(())
+    });
+
+    let main = async {
+        tokio::select! {
+            status = child.wait() => Ok(status),
+            ev = conn => Err(ev),
+        }
+    };
+    // Drive the writer while waiting for the command (or the connection) to end.
+    let outcome = tokio::select! {
+        o = main => o,
+        w = &mut writer => {
+            // The writer only ends early on a write error: the client is gone.
+            tracing::info!(pid, error = ?w.err(), "client went away; killing the command");
+            kill_group(pgid);
+            let _ = child.wait().await;
+            return Ok(());
+        }
+    };
+
+    match outcome {
+        Ok(status) => {
+            let status = status?;
+            let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            // Let the pumps reach EOF (they may be blocked on a full channel, so
+            // keep writing meanwhile), but not longer than the grace period.
+            drop(tx);
+            let drain = async {
+                let deadline = tokio::time::sleep(OUTPUT_GRACE);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        j = pumps.join_next() => if j.is_none() { break },
+                        _ = &mut deadline => {
+                            tracing::info!(pid, "output still open after the command ended; sending exit");
+                            pumps.abort_all();
+                            break;
+                        }
+                    }
+                }
+            };
+            let mut writer_done = false;
+            tokio::select! {
+                _ = drain => {}
+                w = &mut writer => { w?; writer_done = true; }
+            }
+            // Every pump is finished or aborted, so every sender is gone: the writer
+            // flushes what is queued and ends.
+            pumps.shutdown().await;
+            if !writer_done {
+                (&mut writer).await?;
+            }
+            drop(writer);
+            tracing::info!(pid, code, "exec ended");
+            send(wr, Response::Exit { code }).await
+        }
+        Err(ConnEvent::Gone) => {
+            tracing::info!(pid, "client went away; killing the command");
+            kill_group(pgid);
+            let _ = child.wait().await;
+            Ok(())
+        }
+        Err(ConnEvent::Bad(answer)) => {
+            tracing::warn!(pid, answer = ?answer, "bad frame during exec; killing the command");
+            kill_group(pgid);
+            let _ = child.wait().await;
+            pumps.shutdown().await;
+            drop(tx);
+            (&mut writer).await?;
+            drop(writer);
+            send(wr, answer).await
+        }
+    }
+}
+
+async fn pump<R>(mut from: R, tx: mpsc::Sender<Frame<Response>>, wrap: fn(Vec<u8>) -> Frame<Response>)
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let mut buf = vec![0u8; OUTPUT_CHUNK];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) => return,
+            Ok(n) => {
+                if tx.send(wrap(buf[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "output read failed");
+                return;
+            }
+        }
+    }
+}

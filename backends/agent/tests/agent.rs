@@ -1,0 +1,596 @@
+//! End-to-end tests of the real `boxsock-agent` binary: real sockets in temp
+//! directories, real processes, and (as root) a real peer dropped to `nobody`.
+
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use boxsock_core::SocketAddress;
+use boxsock_core::agent_client::{self, AgentClient, AgentInfo, ClientError};
+use boxsock_core::proto::{self, ErrorCode, Frame, ProtoError, Request, Response};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_boxsock-agent");
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A running agent on temp paths; killed and reaped on drop.
+struct Running {
+    child: Child,
+    agent: SocketAddress,
+    info: AgentInfo,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    async fn start(extra: &[&str]) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = SocketAddress::Path(dir.path().join("agent.sock"));
+        let ready = SocketAddress::Path(dir.path().join("ready.sock"));
+        let (child, info) = launch(&agent, &ready, extra).await;
+        Running { child, agent, info, _dir: dir }
+    }
+
+    fn stream(&self) -> std::os::unix::net::UnixStream {
+        std::os::unix::net::UnixStream::connect_addr(&self.agent.to_std().unwrap()).unwrap()
+    }
+
+    fn client(&self) -> AgentClient {
+        AgentClient::connect(self.stream()).unwrap()
+    }
+
+    async fn raw(&self) -> tokio::net::UnixStream {
+        let s = self.stream();
+        s.set_nonblocking(true).unwrap();
+        tokio::net::UnixStream::from_std(s).unwrap()
+    }
+
+    /// Wait (bounded) for the agent to exit and return its status.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + LIMIT;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(std::time::Instant::now() < deadline, "agent did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Bind the ready listener, start the agent, and wait for its readiness frame.
+async fn launch(agent: &SocketAddress, ready: &SocketAddress, extra: &[&str]) -> (Child, AgentInfo) {
+    let listener = std::os::unix::net::UnixListener::bind_addr(&ready.to_std().unwrap()).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::UnixListener::from_std(listener).unwrap();
+    let mut child = Command::new(AGENT)
+        .args(["--agent", &agent.to_uri(), "--ready", &ready.to_uri()])
+        .args(extra)
+        // The agent's log goes to the test's stderr; quiet unless asked for.
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let accepted = tokio::time::timeout(LIMIT, listener.accept()).await;
+    let Ok(Ok((mut s, _))) = accepted else {
+        let _ = child.kill();
+        panic!("no readiness from the agent: {:?}", child.wait());
+    };
+    let info = tokio::time::timeout(LIMIT, agent_client::read_ready(&mut s)).await.unwrap().unwrap();
+    if let Some(p) = ready.as_path() {
+        let _ = std::fs::remove_file(p);
+    }
+    (child, info)
+}
+
+async fn exec_collect(
+    client: AgentClient,
+    argv: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&[u8]>,
+) -> Result<(i32, Vec<u8>, Vec<u8>), ClientError> {
+    let out = tokio::time::timeout(LIMIT, client.exec_output(argv, env, stdin)).await.expect("exec hung")?;
+    Ok((out.code, out.stdout, out.stderr))
+}
+
+#[tokio::test]
+async fn readiness_reports_the_real_pid_and_ping_works() {
+    let a = Running::start(&[]).await;
+    assert_eq!(a.info.version, proto::VERSION);
+    assert_eq!(a.info.pid, a.child.id());
+    let pong = a.client().ping().await.unwrap();
+    assert_eq!(pong.pid, a.child.id());
+}
+
+#[tokio::test]
+async fn exec_streams_stdout_stderr_and_exit_code() {
+    let a = Running::start(&[]).await;
+    let (code, out, err) = exec_collect(a.client(), &["sh", "-c", "echo out; echo err >&2; exit 3"], &[], None)
+        .await
+        .unwrap();
+    assert_eq!(code, 3);
+    assert_eq!(out, b"out\n");
+    assert_eq!(err, b"err\n");
+
+    let (code, out, _) = exec_collect(a.client(), &["sh", "-c", "printf %s \"$FOO\""], &[("FOO", "b a r")], None)
+        .await
+        .unwrap();
+    assert_eq!((code, &out[..]), (0, &b"b a r"[..]));
+}
+
+#[tokio::test]
+async fn output_order_is_kept_within_each_stream() {
+    let a = Running::start(&[]).await;
+    let script = "i=0; while [ $i -lt 300 ]; do echo o$i; echo e$i >&2; i=$((i+1)); done";
+    let (code, out, err) = exec_collect(a.client(), &["sh", "-c", script], &[], None).await.unwrap();
+    assert_eq!(code, 0);
+    let want = |p: &str| (0..300).map(|i| format!("{p}{i}\n")).collect::<String>();
+    assert_eq!(String::from_utf8(out).unwrap(), want("o"));
+    assert_eq!(String::from_utf8(err).unwrap(), want("e"));
+}
+
+#[tokio::test]
+async fn stdin_round_trips_through_cat() {
+    let a = Running::start(&[]).await;
+    // Larger than one stdin frame and than a pipe buffer, so both directions stream.
+    let input: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let (code, out, err) = exec_collect(a.client(), &["cat"], &[], Some(&input)).await.unwrap();
+    assert_eq!(code, 0, "stderr: {}", String::from_utf8_lossy(&err));
+    assert_eq!(out.len(), input.len());
+    assert!(out == input);
+
+    // Without stdin the command reads /dev/null: EOF at once.
+    let (code, out, _) = exec_collect(a.client(), &["cat"], &[], None).await.unwrap();
+    assert_eq!((code, out.len()), (0, 0));
+}
+
+#[tokio::test]
+async fn killed_by_a_signal_reports_128_plus_n() {
+    let a = Running::start(&[]).await;
+    let (code, _, _) = exec_collect(a.client(), &["sh", "-c", "kill -KILL $$"], &[], None).await.unwrap();
+    assert_eq!(code, 128 + 9);
+    let (code, _, _) = exec_collect(a.client(), &["sh", "-c", "kill -TERM $$"], &[], None).await.unwrap();
+    assert_eq!(code, 128 + 15);
+}
+
+#[tokio::test]
+async fn bad_requests_and_spawn_failures_are_errors_naming_things() {
+    let a = Running::start(&[]).await;
+    let empty: [&str; 0] = [];
+    match exec_collect(a.client(), &empty, &[], None).await {
+        Err(ClientError::Agent { code: ErrorCode::BadRequest, message }) => assert!(message.contains("empty argv"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    match exec_collect(a.client(), &["boxsock-no-such-program-x"], &[], None).await {
+        Err(ClientError::Agent { code: ErrorCode::Spawn, message }) => {
+            assert!(message.contains("boxsock-no-such-program-x"), "{message}");
+            assert!(message.to_lowercase().contains("no such file"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    a.client().ping().await.unwrap();
+}
+
+/// Send `bytes` (after an optional hello), half-close, and return every frame the
+/// agent sends until it closes.
+async fn send_raw(a: &Running, hello_first: bool, bytes: &[u8]) -> Vec<Frame<Response>> {
+    use tokio::io::AsyncWriteExt;
+    let mut s = a.raw().await;
+    if hello_first {
+        proto::write_frame(&mut s, &Frame::Control(Request::Hello { version: proto::VERSION })).await.unwrap();
+    }
+    s.write_all(bytes).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout(LIMIT, proto::read_frame::<Response, _>(&mut s)).await.expect("agent hung") {
+            Ok(f) => got.push(f),
+            Err(ProtoError::Closed) => return got,
+            Err(e) => panic!("reading the agent's answer: {e}"),
+        }
+    }
+}
+
+fn frame_bytes(len: u32, tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = len.to_be_bytes().to_vec();
+    v.push(tag);
+    v.extend_from_slice(body);
+    v
+}
+
+#[tokio::test]
+async fn bad_frames_get_an_error_frame_and_the_agent_keeps_serving() {
+    let a = Running::start(&[]).await;
+    let bad_json = b"{\"type\":\"ping\"";
+    let unknown = b"{\"type\":\"hello\",\"version\":1,\"bogus\":1}";
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("zero length", vec![0, 0, 0, 0]),
+        ("oversized length", ((proto::MAX_FRAME as u32) + 1).to_be_bytes().to_vec()),
+        ("bad tag", frame_bytes(1, 9, &[])),
+        ("bad json", frame_bytes(bad_json.len() as u32 + 1, 1, bad_json)),
+        ("unknown field", frame_bytes(unknown.len() as u32 + 1, 1, unknown)),
+        ("truncated mid-frame", frame_bytes(100, 1, b"{\"type\"")),
+    ];
+    for hello_first in [false, true] {
+        for (what, bytes) in &cases {
+            let frames = send_raw(&a, hello_first, bytes).await;
+            let errors: Vec<_> = frames
+                .iter()
+                .filter(|f| matches!(f, Frame::Control(Response::Error { code: ErrorCode::BadFrame, .. })))
+                .collect();
+            assert_eq!(errors.len(), 1, "{what} (hello first: {hello_first}): {frames:?}");
+            assert!(matches!(frames.last(), Some(Frame::Control(Response::Error { .. }))), "{what}: {frames:?}");
+            // The next good connection is served.
+            a.client().ping().await.unwrap_or_else(|e| panic!("after {what}: {e}"));
+        }
+    }
+    // A request frame that is not a hello, or a second hello, is a bad request.
+    let ping = proto::encode(&Frame::Control(Request::Ping {}));
+    let frames = send_raw(&a, false, &ping).await;
+    assert!(matches!(&frames[..], [Frame::Control(Response::Error { code: ErrorCode::BadRequest, .. })]), "{frames:?}");
+    let hello = proto::encode(&Frame::Control(Request::Hello { version: proto::VERSION }));
+    let frames = send_raw(&a, true, &hello).await;
+    assert!(
+        matches!(&frames[..], [Frame::Control(Response::Hello { .. }), Frame::Control(Response::Error { code: ErrorCode::BadRequest, .. })]),
+        "{frames:?}"
+    );
+    assert!(a.child.id() > 0);
+    a.client().ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_bad_frame_during_exec_kills_the_command() {
+    use tokio::io::AsyncWriteExt;
+    let a = Running::start(&[]).await;
+    let mut s = a.raw().await;
+    proto::write_frame(&mut s, &Frame::Control(Request::Hello { version: proto::VERSION })).await.unwrap();
+    let exec = Request::Exec { argv: vec!["sh".into(), "-c".into(), "echo $$; exec cat".into()], env: vec![], stdin: true };
+    proto::write_frame(&mut s, &Frame::Control(exec)).await.unwrap();
+    assert!(matches!(proto::read_frame::<Response, _>(&mut s).await.unwrap(), Frame::Control(Response::Hello { .. })));
+    let pid = match proto::read_frame::<Response, _>(&mut s).await.unwrap() {
+        Frame::Stdout(b) => String::from_utf8(b).unwrap().trim().parse::<i32>().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(alive(pid));
+    s.write_all(&frame_bytes(1, 77, &[])).await.unwrap();
+    match tokio::time::timeout(LIMIT, proto::read_frame::<Response, _>(&mut s)).await.unwrap() {
+        Ok(Frame::Control(Response::Error { code: ErrorCode::BadFrame, .. })) => {}
+        other => panic!("{other:?}"),
+    }
+    wait_gone(pid);
+    a.client().ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_gets_its_command_killed() {
+    let a = Running::start(&[]).await;
+    let mut s = a.raw().await;
+    proto::write_frame(&mut s, &Frame::Control(Request::Hello { version: proto::VERSION })).await.unwrap();
+    let exec = Request::Exec { argv: vec!["sh".into(), "-c".into(), "echo $$; exec sleep 1000".into()], env: vec![], stdin: false };
+    proto::write_frame(&mut s, &Frame::Control(exec)).await.unwrap();
+    let _hello = proto::read_frame::<Response, _>(&mut s).await.unwrap();
+    let pid = match proto::read_frame::<Response, _>(&mut s).await.unwrap() {
+        Frame::Stdout(b) => String::from_utf8(b).unwrap().trim().parse::<i32>().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(alive(pid));
+    drop(s);
+    wait_gone(pid);
+}
+
+#[tokio::test]
+async fn version_mismatch_is_refused_with_a_version_error() {
+    let a = Running::start(&[]).await;
+    let mut s = a.raw().await;
+    proto::write_frame(&mut s, &Frame::Control(Request::Hello { version: proto::VERSION + 41 })).await.unwrap();
+    match proto::read_frame::<Response, _>(&mut s).await.unwrap() {
+        Frame::Control(Response::Error { code: ErrorCode::Version, message }) => {
+            assert!(message.contains(&(proto::VERSION + 41).to_string()), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(proto::read_frame::<Response, _>(&mut s).await, Err(ProtoError::Closed)));
+    a.client().ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_execs() {
+    let a = Running::start(&[]).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let client = a.client();
+        tasks.spawn(async move {
+            let arg = format!("echo {i}; echo e{i} >&2; exit {}", i % 7);
+            let (code, out, err) = exec_collect(client, &["sh", "-c", &arg], &[], None).await.unwrap();
+            assert_eq!(code, i % 7);
+            assert_eq!(out, format!("{i}\n").into_bytes());
+            assert_eq!(err, format!("e{i}\n").into_bytes());
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie (dead, not yet reaped by whoever inherited it) counts as gone.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn wait_gone(pid: i32) {
+    let deadline = std::time::Instant::now() + LIMIT;
+    while alive(pid) {
+        assert!(std::time::Instant::now() < deadline, "process {pid} is still alive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_kills_commands_removes_the_socket_and_exits_0() {
+    let mut a = Running::start(&[]).await;
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel();
+    let long = a.client();
+    let running = tokio::spawn(async move {
+        long.exec(&["sh", "-c", "echo $$; exec sleep 1000"], &[], None::<&[u8]>, move |b| {
+            let _ = pid_tx.send(String::from_utf8_lossy(b).trim().parse::<i32>().unwrap());
+        }, |_| {})
+        .await
+    });
+    let pid = tokio::task::spawn_blocking(move || pid_rx.recv_timeout(LIMIT).unwrap()).await.unwrap();
+    assert!(alive(pid));
+
+    a.client().shutdown().await.unwrap();
+    let st = a.wait_exit();
+    assert_eq!(st.code(), Some(0), "{st:?}");
+    assert!(!alive(a.child.id() as i32));
+    wait_gone(pid);
+    // The exec's connection ended without an exit frame (or with the kill's 137).
+    match tokio::time::timeout(LIMIT, running).await.unwrap().unwrap() {
+        Ok(code) => assert_eq!(code, 137),
+        Err(ClientError::Proto(ProtoError::Closed | ProtoError::Truncated | ProtoError::Io(_))) => {}
+        Err(e) => panic!("{e}"),
+    }
+    assert!(!a.agent.as_path().unwrap().exists(), "agent socket left behind");
+}
+
+#[tokio::test]
+async fn sigterm_is_a_graceful_shutdown() {
+    let mut a = Running::start(&[]).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(a.child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(a.wait_exit().code(), Some(0));
+    assert!(!a.agent.as_path().unwrap().exists());
+}
+
+/// Run the agent binary expecting it to fail; return its stderr.
+fn run_failing(args: &[&str]) -> String {
+    let out = Command::new(AGENT).args(args).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8(out.stderr).unwrap();
+    // Log lines may precede it; the error itself is one line, the last.
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("boxsock-agent: ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert_eq!(err.trim_end().lines().last(), Some(errors[0]), "{err}");
+    errors[0].to_owned()
+}
+
+#[test]
+fn cannot_bind_or_notify_exits_1_naming_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir/agent.sock");
+    let ready = dir.path().join("ready.sock");
+    let err = run_failing(&["--agent", &format!("unix://{}", missing.display()), "--ready", &format!("unix://{}", ready.display())]);
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+
+    let agent = dir.path().join("agent.sock");
+    let err = run_failing(&["--agent", &format!("unix://{}", agent.display()), "--ready", &format!("unix://{}", ready.display())]);
+    assert!(err.contains(&ready.display().to_string()) && err.contains("readiness"), "{err}");
+    assert!(!agent.exists(), "the agent left its socket behind after failing");
+
+    let err = run_failing(&["--agent", "vsock://1024", "--ready", "unix:///x"]);
+    assert!(err.contains("vsock is only available inside a libkrun guest"), "{err}");
+    let err = run_failing(&["--agent", "unix://relative", "--ready", "unix:///x"]);
+    assert!(err.contains("unix://relative"), "{err}");
+}
+
+#[test]
+fn address_parsing() {
+    use boxsock_agent::{AgentError, parse_address};
+    assert_eq!(parse_address("unix:///a/b").unwrap(), SocketAddress::Path(PathBuf::from("/a/b")));
+    assert_eq!(parse_address("abstract:x").unwrap(), SocketAddress::Abstract(b"x".to_vec()));
+    assert!(matches!(parse_address("vsock://5"), Err(AgentError::VsockUnavailable { .. })));
+    assert!(matches!(parse_address("vsock://x"), Err(AgentError::Address { .. })));
+    assert!(matches!(parse_address("tcp://x"), Err(AgentError::Address { .. })));
+}
+
+// ---- other users (root only): a real peer dropped to `nobody` ----
+
+const NOBODY: u32 = 65534;
+const HELPER_ENV: &str = "BOXSOCK_AGENT_TEST_NOBODY";
+
+/// Start this test binary again as `nobody`, running [`nobody_helper`] in `mode`.
+fn spawn_as_nobody(mode: &str, address: &SocketAddress) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "nobody_helper", "--nocapture", "--test-threads=1"])
+        .env(HELPER_ENV, format!("{mode} {}", address.to_uri()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    // SAFETY: between fork and exec the closure only makes raw system calls
+    // (setgroups, setgid, setuid), which are async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(NOBODY) != 0 || libc::setuid(NOBODY) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap()
+}
+
+/// Not a test on its own: the body of the `nobody` peer, run in a child process.
+/// `connect ADDR`: dial the agent, send a hello and print what came back.
+/// `listen ADDR`: listen on ADDR and print what the agent sent, if it connects.
+#[test]
+fn nobody_helper() {
+    let Ok(spec) = std::env::var(HELPER_ENV) else { return };
+    let (mode, uri) = spec.split_once(' ').unwrap();
+    let addr = SocketAddress::from_uri(uri).unwrap();
+    let mut line = format!("uid={} ", nix::unistd::geteuid());
+    match mode {
+        "connect" => {
+            let mut s = std::os::unix::net::UnixStream::connect_addr(&addr.to_std().unwrap()).unwrap();
+            s.set_read_timeout(Some(LIMIT)).unwrap();
+            let _ = s.write_all(&proto::encode(&Frame::Control(Request::Hello { version: proto::VERSION })));
+            let mut buf = Vec::new();
+            let r = s.read_to_end(&mut buf);
+            line += &format!("answer-bytes={} read={:?}", buf.len(), r.map_err(|e| e.kind()));
+        }
+        "listen" => {
+            let l = std::os::unix::net::UnixListener::bind_addr(&addr.to_std().unwrap()).unwrap();
+            println!("LISTENING");
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(LIMIT)).unwrap();
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            line += &format!("got-bytes={}", buf.len());
+        }
+        m => panic!("unknown mode {m}"),
+    }
+    println!("RESULT {line}");
+}
+
+/// Why `nobody` could not execute this test binary (a directory on its path or the
+/// file itself without o+x), if so.
+fn nobody_cannot_run_me() -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().unwrap();
+    for p in exe.ancestors() {
+        let mode = std::fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
+        if mode & 0o001 == 0 {
+            return Some(format!("{} is not executable/searchable by others (mode {:o})", p.display(), mode & 0o7777));
+        }
+    }
+    None
+}
+
+fn helper_result(child: Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "helper failed: {out:?}");
+    stdout.lines().find_map(|l| l.split_once("RESULT ").map(|(_, r)| r)).unwrap_or_else(|| panic!("no result in {stdout}")).to_owned()
+}
+
+fn unique_abstract(what: &str) -> SocketAddress {
+    let n: u64 = rand_u64();
+    SocketAddress::Abstract(format!("boxsock-agent-test-{}-{n:016x}-{what}", std::process::id()).into_bytes())
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut b).unwrap();
+    u64::from_ne_bytes(b)
+}
+
+#[tokio::test]
+async fn root_abstract_with_allow_uid_refuses_a_peer_running_as_nobody() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run a peer as uid {NOBODY}");
+        return;
+    }
+    if let Some(why) = nobody_cannot_run_me() {
+        eprintln!("skipped: uid {NOBODY} cannot run the test binary as its peer: {why}");
+        return;
+    }
+    let me = nix::unistd::geteuid().as_raw().to_string();
+    let agent = unique_abstract("agent");
+    let ready = unique_abstract("ready");
+    let (child, _info) = launch(&agent, &ready, &["--allow-uid", &me]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Running { child, agent: agent.clone(), info: _info, _dir: dir };
+
+    // The owner is served.
+    a.client().ping().await.unwrap();
+    // `nobody` connects (abstract names have no permissions) but gets no answer.
+    let r = tokio::task::spawn_blocking(move || helper_result(spawn_as_nobody("connect", &agent))).await.unwrap();
+    assert!(r.starts_with(&format!("uid={NOBODY} ")), "{r}");
+    assert!(r.contains("answer-bytes=0"), "nobody got an answer: {r}");
+    // The agent is still serving its owner.
+    a.client().ping().await.unwrap();
+    a.client().shutdown().await.unwrap();
+    assert_eq!(a.wait_exit().code(), Some(0));
+}
+
+#[tokio::test]
+async fn root_abstract_ready_listener_of_another_uid_is_not_notified() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run a listener as uid {NOBODY}");
+        return;
+    }
+    if let Some(why) = nobody_cannot_run_me() {
+        eprintln!("skipped: uid {NOBODY} cannot run the test binary as its listener: {why}");
+        return;
+    }
+    let agent = unique_abstract("agent");
+    let ready = unique_abstract("ready");
+    let ready2 = ready.clone();
+    let mut squatter = spawn_as_nobody("listen", &ready);
+    // Wait until the squatter listens.
+    let out = squatter.stdout.take().unwrap();
+    let mut out = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(out);
+        let mut line = String::new();
+        while !line.contains("LISTENING") {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "the squatter did not start listening");
+        }
+        out
+    })
+    .await
+    .unwrap();
+    let me = nix::unistd::geteuid().as_raw().to_string();
+    let res = Command::new(AGENT)
+        .args(["--agent", &agent.to_uri(), "--ready", &ready2.to_uri(), "--allow-uid", &me])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(res.status.code(), Some(1), "{res:?}");
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains(&ready2.display_string()) && err.contains(&format!("uid {NOBODY}")), "{err}");
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let _ = squatter.wait();
+    assert!(rest.contains("got-bytes=0"), "the squatter received the readiness frame: {rest}");
+}
+
+#[tokio::test]
+async fn background_processes_do_not_hang_exec_and_die_at_shutdown() {
+    let mut a = Running::start(&[]).await;
+    // Detached output: the exec ends as soon as the shell does.
+    let (code, out, _) =
+        exec_collect(a.client(), &["sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $!"], &[], None).await.unwrap();
+    assert_eq!(code, 0);
+    let detached: i32 = String::from_utf8(out).unwrap().trim().parse().unwrap();
+    // Inherited stdout: the pipe stays open, the exec still ends (after the grace).
+    let (code, out, _) = exec_collect(a.client(), &["sh", "-c", "sleep 1000 & echo $!; exit 4"], &[], None).await.unwrap();
+    assert_eq!(code, 4);
+    let holding: i32 = String::from_utf8(out).unwrap().trim().parse().unwrap();
+    assert!(alive(detached) && alive(holding), "background processes outlive their exec");
+
+    a.client().shutdown().await.unwrap();
+    assert_eq!(a.wait_exit().code(), Some(0));
+    wait_gone(detached);
+    wait_gone(holding);
+}

@@ -1,0 +1,283 @@
+//! Criterion benches: the cost of ensuring, binding, connecting, datagrams and sweeping
+//! through every registered strategy, side by side with the syscall floors and with the
+//! field's other techniques, all in one run. `bench-report` turns the results into
+//! ratios to the floors (see docs/performance.md).
+
+// criterion_group!/criterion_main! generate undocumented items.
+#![allow(missing_docs)]
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use boxsock_benches::{Subject, home_of_len, strategies};
+use boxsock_core::{BoxId, BoxLayout, SocketAddress};
+use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
+use nix::fcntl::{OFlag, open};
+use nix::sys::stat::Mode;
+
+/// Two homes: a shallow one and one of 300 bytes.
+fn homes(root: &Path) -> Vec<(&'static str, PathBuf)> {
+    vec![("shallow", home_of_len(&root.join("s"), 0)), ("300B", home_of_len(&root.join("d"), 300))]
+}
+
+fn short_tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("bsb").tempdir_in("/tmp").expect("tempdir in /tmp")
+}
+
+fn unlink_addr(addr: &SocketAddress) {
+    if let Some(p) = addr.as_path() {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Accept and drop connections forever on a background thread.
+fn drain(listener: boxsock_core::peer::Listener) {
+    std::thread::spawn(move || {
+        while listener.accept().is_ok() {}
+    });
+}
+
+fn drain_plain(listener: UnixListener) {
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
+}
+
+fn bench_ensure(c: &mut Criterion) {
+    let root = short_tempdir();
+    let base = short_tempdir();
+    let mut g = c.benchmark_group("ensure");
+    for reg in strategies() {
+        let Some(s) = Subject::new(reg, &root.path().join(reg.name), base.path()) else { continue };
+        g.bench_function(BenchmarkId::new(s.name, "steady"), |b| {
+            b.iter(|| s.strategy.ensure(&s.layout, &s.id).expect("ensure"))
+        });
+        g.bench_function(BenchmarkId::new(s.name, "cold"), |b| {
+            b.iter_batched(
+                || s.strategy.release(&s.layout, &s.id).expect("release"),
+                |()| s.strategy.ensure(&s.layout, &s.id).expect("ensure"),
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    // Floor: one lstat of a symlink in a short directory.
+    let link = base.path().join("floor-link");
+    std::os::unix::fs::symlink(root.path(), &link).expect("floor link");
+    g.bench_function(BenchmarkId::new("floor-lstat", "steady"), |b| {
+        b.iter(|| std::fs::symlink_metadata(&link).expect("lstat"))
+    });
+    g.finish();
+}
+
+fn open_dir_path(dir: &Path) -> OwnedFd {
+    open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).expect("open O_PATH")
+}
+
+fn bench_bind(c: &mut Criterion) {
+    let root = short_tempdir();
+    let base = short_tempdir();
+    let mut g = c.benchmark_group("bind");
+    for (depth, home) in homes(root.path()) {
+        for reg in strategies() {
+            let Some(s) = Subject::new(reg, &home, base.path()) else { continue };
+            let addr = s.strategy.address(&s.layout, &s.id, "bench.sock").expect("address");
+            g.bench_function(BenchmarkId::new(s.name, depth), |b| {
+                b.iter(|| {
+                    let l = s.strategy.bind_stream(&s.layout, &s.id, "bench.sock").expect("bind");
+                    drop(l);
+                    unlink_addr(&addr);
+                })
+            });
+        }
+        // Floor: the same operation at a short direct path.
+        let floor = base.path().join(format!("f-{depth}.sock"));
+        g.bench_function(BenchmarkId::new("floor-direct-short", depth), |b| {
+            b.iter(|| {
+                drop(UnixListener::bind(&floor).expect("bind"));
+                std::fs::remove_file(&floor).expect("unlink");
+            })
+        });
+        // The field's other techniques, against the same real directory.
+        let id = BoxId::generate();
+        let layout = BoxLayout::new(&home);
+        boxsock_core::boxdir::create_box_dirs(&layout, &id).expect("dirs");
+        let real = layout.sockets_dir(&id);
+        let tmp_link = base.path().join(format!("ovs-{depth}"));
+        let via_link = tmp_link.join("bench.sock");
+        g.bench_function(BenchmarkId::new("ovs-temp-symlink", depth), |b| {
+            b.iter(|| {
+                std::os::unix::fs::symlink(&real, &tmp_link).expect("symlink");
+                drop(UnixListener::bind(&via_link).expect("bind"));
+                std::fs::remove_file(&via_link).expect("unlink socket");
+                std::fs::remove_file(&tmp_link).expect("unlink link");
+            })
+        });
+        let dirfd = open_dir_path(&real);
+        let proc_path = PathBuf::from(format!("/proc/self/fd/{}/bench.sock", dirfd.as_raw_fd()));
+        g.bench_function(BenchmarkId::new("proc-self-fd", depth), |b| {
+            b.iter(|| {
+                drop(UnixListener::bind(&proc_path).expect("bind"));
+                std::fs::remove_file(&proc_path).expect("unlink");
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_connect(c: &mut Criterion) {
+    let root = short_tempdir();
+    let base = short_tempdir();
+    let mut g = c.benchmark_group("connect");
+    for (depth, home) in homes(root.path()) {
+        for reg in strategies() {
+            let Some(s) = Subject::new(reg, &home, base.path()) else { continue };
+            drain(s.strategy.bind_stream(&s.layout, &s.id, "conn.sock").expect("bind"));
+            g.bench_function(BenchmarkId::new(s.name, depth), |b| {
+                b.iter(|| drop(s.strategy.connect_stream(&s.layout, &s.id, "conn.sock").expect("connect")))
+            });
+        }
+        let floor = base.path().join(format!("c-{depth}.sock"));
+        drain_plain(UnixListener::bind(&floor).expect("bind floor"));
+        g.bench_function(BenchmarkId::new("floor-direct-short", depth), |b| {
+            b.iter(|| drop(UnixStream::connect(&floor).expect("connect")))
+        });
+    }
+    g.finish();
+}
+
+fn bench_datagram(c: &mut Criterion) {
+    let root = short_tempdir();
+    let base = short_tempdir();
+    let mut g = c.benchmark_group("datagram");
+    let mut buf = [0u8; 64];
+    for reg in strategies() {
+        let Some(s) = Subject::new(reg, &root.path().join(reg.name), base.path()) else { continue };
+        let a = s.strategy.bind_datagram(&s.layout, &s.id, "da.sock").expect("bind a");
+        let bsock = s.strategy.bind_datagram(&s.layout, &s.id, "db.sock").expect("bind b");
+        let to = s.strategy.address(&s.layout, &s.id, "db.sock").expect("address").to_std().expect("std addr");
+        g.bench_function(BenchmarkId::new(s.name, "round-trip"), |b| {
+            b.iter(|| {
+                a.send_to_addr(b"ping", &to).expect("send");
+                bsock.recv(&mut buf).expect("recv");
+            })
+        });
+    }
+    let fa = base.path().join("fa.sock");
+    let fb = base.path().join("fb.sock");
+    let a = UnixDatagram::bind(&fa).expect("bind");
+    let bsock = UnixDatagram::bind(&fb).expect("bind");
+    g.bench_function(BenchmarkId::new("floor-direct-short", "round-trip"), |b| {
+        b.iter(|| {
+            a.send_to(b"ping", &fb).expect("send");
+            bsock.recv(&mut buf).expect("recv");
+        })
+    });
+    g.finish();
+}
+
+/// A per-uid binding directory with `n` entries: live boxes of this home, plus
+/// `dangling` links of boxes whose directory is gone. Returns what the routine needs to
+/// recreate the dangling links.
+struct SweepFixture {
+    subject: Subject,
+    dir: PathBuf,
+    dead: Vec<(PathBuf, PathBuf)>,
+}
+
+impl SweepFixture {
+    fn new(reg: &'static boxsock_core::registry::StrategyRegistration, root: &Path, n: usize, dangling: usize) -> Option<Self> {
+        let base = root.join("base");
+        std::fs::create_dir_all(&base).ok()?;
+        let subject = Subject::new(reg, &root.join("home"), &base)?;
+        let dir = subject.strategy.binding_dir()?;
+        let mut dead = Vec::new();
+        for i in 1..n {
+            let id = BoxId::generate();
+            boxsock_core::boxdir::create_box_dirs(&subject.layout, &id).expect("dirs");
+            subject.strategy.ensure(&subject.layout, &id).expect("ensure");
+            if i <= dangling {
+                let link = subject.strategy.binding_path(&subject.layout, &id).expect("binding path");
+                let target = std::fs::read_link(&link).expect("readlink");
+                boxsock_core::boxdir::remove_box_dir(&subject.layout, &id).expect("rm");
+                dead.push((link, target));
+            }
+        }
+        Some(SweepFixture { subject, dir, dead })
+    }
+
+    fn recreate_dead(&self) {
+        for (link, target) in &self.dead {
+            let _ = std::os::unix::fs::symlink(target, link);
+        }
+    }
+}
+
+fn bench_sweep(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sweep");
+    g.sample_size(10);
+    let mut keep = Vec::new();
+    for n in [10usize, 1_000, 10_000] {
+        let mut floor_dir = None;
+        for reg in strategies() {
+            let root = short_tempdir();
+            // Start-up sweep: 1% of the entries (at least one) are leftovers of crashed boxes.
+            let Some(fx) = SweepFixture::new(reg, root.path(), n, (n / 100).max(1)) else { continue };
+            g.bench_function(BenchmarkId::new(fx.subject.name, n), |b| {
+                b.iter_batched(
+                    || fx.recreate_dead(),
+                    |()| fx.subject.strategy.sweep(&fx.subject.layout).expect("sweep"),
+                    BatchSize::PerIteration,
+                )
+            });
+            floor_dir.get_or_insert_with(|| fx.dir.clone());
+            keep.push((root, fx));
+        }
+        if let Some(dir) = floor_dir {
+            g.bench_function(BenchmarkId::new("floor-readdir", n), |b| {
+                b.iter(|| std::fs::read_dir(&dir).expect("readdir").count())
+            });
+        }
+    }
+    g.finish();
+    // Churn: half the entries are leftovers, so the unlinks dominate; reported, no target.
+    let mut g = c.benchmark_group("sweep-churn");
+    g.sample_size(10);
+    for reg in strategies() {
+        let root = short_tempdir();
+        let Some(fx) = SweepFixture::new(reg, root.path(), 1_000, 500) else { continue };
+        g.bench_function(BenchmarkId::new(fx.subject.name, 1_000), |b| {
+            b.iter_batched(
+                || fx.recreate_dead(),
+                |()| fx.subject.strategy.sweep(&fx.subject.layout).expect("sweep"),
+                BatchSize::PerIteration,
+            )
+        });
+        let dir = fx.dir.clone();
+        fx.recreate_dead();
+        g.bench_function(BenchmarkId::new("floor-readdir", 1_000), |b| {
+            b.iter(|| std::fs::read_dir(&dir).expect("readdir").count())
+        });
+        keep.push((root, fx));
+    }
+    g.finish();
+    drop(keep); // fixtures (and their temp dirs) live until every bench has run
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args()
+}
+
+criterion_group! {
+    name = binding;
+    config = config();
+    targets = bench_ensure, bench_bind, bench_connect, bench_datagram, bench_sweep
+}
+criterion_main!(binding);
