@@ -165,16 +165,20 @@ fn connect_child(out: RawFd, kind: PeerKind, a: RawAddr) -> ! {
             }
         }
         PeerKind::OtherNetns => {
-            // SAFETY: unshare of the network namespace in the single-threaded child.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                report_exit(out, R_UNSHARE, errno())
+            if let Err(e) = sys::unshare_net() {
+                report_exit(out, R_UNSHARE, e)
             }
         }
+    }
+    // SAFETY: ignoring SIGPIPE in the single-threaded child, so a send to a closed peer
+    // reports instead of killing it.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
     // SAFETY: raw socket calls on a fd this child owns and an address prepared before the
     // fork; recv into a stack buffer.
     unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
         if fd < 0 {
             report_exit(out, R_SOCKET, errno())
         }
@@ -183,7 +187,7 @@ fn connect_child(out: RawFd, kind: PeerKind, a: RawAddr) -> ! {
             report_exit(out, R_CONNECT, errno())
         }
         let b = [b'x'];
-        libc::send(fd, b.as_ptr().cast(), 1, libc::MSG_NOSIGNAL);
+        libc::send(fd, b.as_ptr().cast(), 1, 0);
         let mut r = [0u8; 16];
         let n = libc::recv(fd, r.as_mut_ptr().cast(), r.len(), 0);
         if n > 0 {
@@ -208,7 +212,7 @@ fn listen_child(out: RawFd, a: RawAddr) -> ! {
     // SAFETY: raw socket calls on fds this child owns and an address prepared before the
     // fork.
     unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
         if fd < 0 {
             report_exit(out, R_SOCKET, errno())
         }
@@ -228,7 +232,47 @@ fn listen_child(out: RawFd, a: RawAddr) -> ! {
 }
 
 fn cloexec_pipe() -> (OwnedFd, OwnedFd) {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2")
+    sys::cloexec_pipe()
+}
+
+/// Platform parts (crosvm habit: one module per platform, no cfg inside functions).
+#[cfg(target_os = "linux")]
+mod sys {
+    use std::os::fd::OwnedFd;
+
+    /// `unshare(CLONE_NEWNET)`. Async-signal-safe.
+    pub(super) fn unshare_net() -> Result<(), i32> {
+        // SAFETY: unshare of the network namespace in the single-threaded child.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 { Err(super::errno()) } else { Ok(()) }
+    }
+
+    /// A pipe whose ends are close-on-exec atomically (other threads spawn processes).
+    pub(super) fn cloexec_pipe() -> (OwnedFd, OwnedFd) {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2")
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod sys {
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    /// Network namespaces exist only on Linux.
+    pub(super) fn unshare_net() -> Result<(), i32> {
+        Err(libc::ENOSYS)
+    }
+
+    /// A pipe, then close-on-exec (no pipe2 here; a concurrent spawn may inherit it
+    /// briefly, which only delays EOF until that child execs).
+    pub(super) fn cloexec_pipe() -> (OwnedFd, OwnedFd) {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        for fd in [&r, &w] {
+            // SAFETY: fcntl on a fd we own, setting FD_CLOEXEC.
+            unsafe {
+                libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+        (r, w)
+    }
 }
 
 fn read_report(fd: &OwnedFd, timeout: Duration) -> Option<(i32, i32)> {

@@ -79,7 +79,9 @@ impl Harness {
         let first = format!("h{}-", self.next());
         let root_len = self.root().as_os_str().len();
         // "/<first>" is the least we can add.
-        if len < root_len + 1 + first.len() + 1 || len > 4000 {
+        // Leave room for `/boxes/<id>/sockets/<name>` under the platform's PATH_MAX.
+        let path_max = libc::PATH_MAX as usize;
+        if len < root_len + 1 + first.len() + 1 || len + 128 > path_max {
             return None;
         }
         // Split the remaining bytes into components "/name" of at most 201 bytes.
