@@ -528,11 +528,14 @@ pub fn refuses_symlinked_binding_dir(k: &Kit) -> Outcome {
     Outcome::Passed
 }
 
-/// `release` removes the binding (and nothing of the box's real directory), and is
-/// idempotent.
+/// `release` removes the binding (and nothing of the box's real directory, nothing of
+/// another box), and is idempotent.
 pub fn release_is_idempotent_and_removes_binding(k: &Kit) -> Outcome {
     let (layout, id) = setup(k);
     let _l = util::stream_round_trip(&*k.strategy, &layout, &id, AGENT);
+    let neighbour = k.harness.new_box(&layout);
+    ok("ensure neighbour", k.strategy.ensure(&layout, &neighbour));
+    let l_neighbour = util::stream_round_trip(&*k.strategy, &layout, &neighbour, AGENT);
     let real = snapshot(&layout.box_dir(&id));
     ok("release", k.strategy.release(&layout, &id));
     if let Some(p) = k.strategy.binding_path(&layout, &id) {
@@ -541,6 +544,8 @@ pub fn release_is_idempotent_and_removes_binding(k: &Kit) -> Outcome {
     ok("second release", k.strategy.release(&layout, &id));
     ok("release by a fresh instance", k.fresh().release(&layout, &id));
     assert_eq!(snapshot(&layout.box_dir(&id)), real, "{}: release touched the box's own directory", sname(k));
+    assert_binding_correct(k, &layout, &neighbour);
+    util::exchange(&*k.strategy, &layout, &neighbour, AGENT, &l_neighbour, b"neighbour untouched");
     Outcome::Passed
 }
 
