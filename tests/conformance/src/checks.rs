@@ -314,7 +314,7 @@ pub fn concurrent_ensure_processes(k: &Kit) -> Outcome {
         go: go.clone(),
         iterations: 30,
     };
-    let children: Vec<_> = (0..6)
+    let mut children: Vec<_> = (0..6)
         .map(|_| {
             child::spawn_self(&test, k.strategy.name(), "concurrent_ensure_processes", &args.encode())
                 .unwrap_or_else(|e| panic!("spawn {}: {e}", test))
@@ -328,6 +328,9 @@ pub fn concurrent_ensure_processes(k: &Kit) -> Outcome {
                 sc.spawn(move || child::run_ensure_role(&fresh, &a).err())
             })
             .collect();
+        if let Err(e) = child::wait_ready(&go, 6 + 4, &mut children) {
+            eprintln!("  {}: {e}; starting anyway", sname(k));
+        }
         std::fs::write(&go, b"go").expect("write go file");
         hs.into_iter().filter_map(|h| h.join().expect("thread")).collect()
     });

@@ -106,6 +106,31 @@ pub fn spawn_self(test: &str, strategy: &str, check: &str, args: &[String]) -> s
         .spawn()
 }
 
+/// Wait until `n` racers announced readiness next to `go` (at most 60 s), giving up early
+/// if one of `children` has already exited.
+pub fn wait_ready(go: &std::path::Path, n: usize, children: &mut [Child]) -> Result<(), String> {
+    let dir = go.parent().ok_or("go file has no parent")?;
+    let stem = format!("{}.ready-", go.file_name().and_then(|f| f.to_str()).unwrap_or("go"));
+    let start = Instant::now();
+    loop {
+        let count = std::fs::read_dir(dir)
+            .map_err(|e| e.to_string())?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&stem))
+            .count();
+        if count >= n {
+            return Ok(());
+        }
+        if let Some(st) = children.iter_mut().find_map(|c| c.try_wait().ok().flatten()) {
+            return Err(format!("a racer exited ({st}) before all {n} were ready"));
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!("only {count} of {n} racers became ready"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Wait for `child` at most `timeout`, killing it after. Returns (exit code, stderr).
 pub fn wait_bounded(mut child: Child, timeout: Duration) -> (Option<i32>, String) {
     use std::io::Read;
@@ -129,10 +154,14 @@ pub fn wait_bounded(mut child: Child, timeout: Duration) -> (Option<i32>, String
     (status.and_then(|s| s.code()), err)
 }
 
-/// The concurrent-ensure role: wait for the go file, then ensure `iterations` times.
+/// The concurrent-ensure role: announce readiness (a `<go>.ready-*` file), wait for the go
+/// file, then ensure `iterations` times.
 pub fn run_ensure_role(strategy: &Arc<dyn SocketBinding>, args: &EnsureArgs) -> Result<(), String> {
     let layout = BoxLayout::new(&args.home);
     let id = BoxId::parse(&args.id).map_err(|e| e.to_string())?;
+    // Say we are ready, so the parent starts everyone at once.
+    let ready = args.go.with_extension(format!("ready-{}-{:?}", std::process::id(), std::thread::current().id()));
+    std::fs::write(&ready, b"").map_err(|e| format!("write {}: {e}", ready.display()))?;
     let start = Instant::now();
     while !args.go.exists() {
         if start.elapsed() > Duration::from_secs(30) {

@@ -33,6 +33,8 @@ enum Bug {
     ClaimsInvisible,
     /// Abstract addresses, claims peer credentials, checks nothing.
     UncheckedAbstract,
+    /// `ensure` fails in any process but the first (as a cross-process lock bug would).
+    FailsInOtherProcesses,
 }
 
 #[derive(Debug)]
@@ -63,6 +65,9 @@ impl SocketBinding for Broken {
         if self.0 == Bug::SharedAddress {
             std::fs::create_dir_all(layout.home().join("shared")).map_err(|e| BindingError::io("mkdir", layout.home(), e))?;
         }
+        if self.0 == Bug::FailsInOtherProcesses && std::env::var_os(boxsock_conformance::child::ENV_ROLE).is_some() {
+            return Err(BindingError::io("ensure", layout.home(), std::io::Error::other("lost a cross-process race")));
+        }
         if self.0 == Bug::OpenDirs {
             use std::os::unix::fs::PermissionsExt;
             for d in [layout.boxes_dir(), layout.box_dir(id), layout.sockets_dir(id)] {
@@ -73,7 +78,11 @@ impl SocketBinding for Broken {
     }
     fn address(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<SocketAddress, BindingError> {
         match self.0 {
-            Bug::LiesAboutLength | Bug::OpenDirs | Bug::ClaimsNetns | Bug::ClaimsInvisible => {
+            Bug::LiesAboutLength
+            | Bug::OpenDirs
+            | Bug::ClaimsNetns
+            | Bug::ClaimsInvisible
+            | Bug::FailsInOtherProcesses => {
                 Direct.address(layout, id, file_name)
             }
             Bug::UncheckedAbstract => {
@@ -181,6 +190,9 @@ fn claims_invisible(_: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, Bindin
 fn unchecked_abstract(_: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
     Ok(Arc::new(Broken(Bug::UncheckedAbstract)))
 }
+fn fails_elsewhere(_: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
+    Ok(Arc::new(Broken(Bug::FailsInOtherProcesses)))
+}
 fn direct(_: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
     Ok(Arc::new(Direct))
 }
@@ -237,6 +249,15 @@ fn detects_a_naive_link_strategy() {
     for check in ["round_trip_agent", "datagram_round_trip", "replaces_dangling_binding"] {
         assert!(!fails(check, naive), "{check} fails on what the naive strategy does right");
     }
+}
+
+#[test]
+fn detects_failures_in_other_processes() {
+    // Proves the re-executed children really run ensure and report back. (One check call
+    // per test: a re-executed child replays this test up to the matching call, so nothing
+    // may assert on a call before it. The control on `direct` is
+    // `direct_via_macro::concurrent_ensure_processes`.)
+    assert!(fails("concurrent_ensure_processes", fails_elsewhere), "failing children were not noticed");
 }
 
 fn root() -> bool {
