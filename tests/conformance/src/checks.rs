@@ -948,6 +948,72 @@ pub fn other_user_cannot_connect(k: &Kit) -> Outcome {
     Outcome::Passed
 }
 
+/// Another local user (a child dropped to `nobody`) cannot get a datagram accepted by a
+/// box's datagram socket (`net.sock`, as gvproxy/vfkit use it): for directory-protected
+/// strategies `sendto` fails with EACCES; for peer-credential strategies the datagram is
+/// refused by `peer::recv_checked` with `PeerRejected` naming uid 65534, while the owner's
+/// datagram is accepted. Root only; Linux only (`SCM_CREDENTIALS`).
+pub fn other_user_datagrams_are_refused(k: &Kit) -> Outcome {
+    sys::other_user_datagrams_are_refused(k)
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod sys {
+    use super::*;
+    use boxsock_core::peer;
+    use std::os::fd::AsFd;
+
+    pub(super) fn other_user_datagrams_are_refused(k: &Kit) -> Outcome {
+        let s = &*k.strategy;
+        let (layout, id) = setup(k);
+        let name = "net.sock";
+        let d = ok("bind_datagram", s.bind_datagram(&layout, &id, name));
+        d.set_read_timeout(Some(util::IO_TIMEOUT)).expect("timeout");
+        let addr = ok("address", s.address(&layout, &id, name));
+        if let Some(p) = addr.as_path() {
+            chmod(p, 0o777); // only the strategy's protection is tested, not the umask
+        }
+        let policy = s.peer_policy();
+        peer::set_pass_cred(d.as_fd()).expect("SO_PASSCRED");
+        let report = fork::send_from_child(&addr, b"intruder");
+        let caps = k.caps();
+        match report {
+            PeerReport::ConnectRefused(e) if e == libc::EACCES || e == libc::EPERM => {}
+            PeerReport::Sent => {
+                assert!(
+                    policy.is_checked(),
+                    "{}: uid 65534 sent a datagram to {addr} and nothing checks senders (cross_user {:?})",
+                    sname(k),
+                    caps.cross_user
+                );
+                let mut buf = [0u8; 64];
+                match peer::recv_checked(&d, &mut buf, &policy, name, &addr) {
+                    Err(BindingError::PeerRejected { uid, .. }) => assert_eq!(uid, fork::NOBODY),
+                    other => panic!("{}: a datagram from uid 65534 at {addr}: expected PeerRejected, got {other:?}", sname(k)),
+                }
+            }
+            PeerReport::DropFailed(e) => panic!("could not drop to nobody in the child: errno {e}"),
+            other => panic!("{}: sending as uid 65534 to {addr}: unexpected {other:?}", sname(k)),
+        }
+        // Control: the owner's datagram is accepted.
+        let me = std::os::unix::net::UnixDatagram::unbound().expect("socket");
+        me.send_to_addr(b"owner", &addr.to_std().expect("address")).expect("owner sends");
+        let mut buf = [0u8; 64];
+        let (n, _) = ok("recv_checked of the owner's datagram", peer::recv_checked(&d, &mut buf, &policy, name, &addr));
+        assert_eq!(&buf[..n], b"owner");
+        Outcome::Passed
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+mod sys {
+    use super::*;
+
+    pub(super) fn other_user_datagrams_are_refused(_k: &Kit) -> Outcome {
+        Outcome::Skipped("sender credentials of datagrams (SCM_CREDENTIALS) are checked on Linux only".into())
+    }
+}
+
 /// A listener run by another user (a child dropped to `nobody`) at a box address is not
 /// trusted: `connect_stream` fails with `PeerRejected` naming uid 65534. Root only; for
 /// peer-credential strategies (path strategies' 0700 directory keeps the impostor from

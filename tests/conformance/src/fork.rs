@@ -34,6 +34,8 @@ pub enum PeerReport {
     TimedOut,
     /// A listening child is ready.
     Listening,
+    /// A datagram was sent.
+    Sent,
     /// The child exited without a report (status as given by `waitpid`).
     NoReport(i32),
 }
@@ -46,6 +48,7 @@ const R_CLOSED: i32 = 5;
 const R_SERVED: i32 = 6;
 const R_TIMEOUT: i32 = 7;
 const R_LISTENING: i32 = 8;
+const R_SENT: i32 = 9;
 
 fn decode(kind: i32, errno: i32) -> PeerReport {
     match kind {
@@ -57,6 +60,7 @@ fn decode(kind: i32, errno: i32) -> PeerReport {
         R_SERVED => PeerReport::Served,
         R_TIMEOUT => PeerReport::TimedOut,
         R_LISTENING => PeerReport::Listening,
+        R_SENT => PeerReport::Sent,
         other => PeerReport::NoReport(other),
     }
 }
@@ -201,6 +205,54 @@ fn connect_child(out: RawFd, kind: PeerKind, a: RawAddr) -> ! {
             report_exit(out, R_TIMEOUT, e)
         }
         report_exit(out, R_CLOSED, e)
+    }
+}
+
+/// The child's body for [`send_from_child`]. Async-signal-safe only.
+fn send_child(out: RawFd, a: RawAddr, payload: &[u8]) -> ! {
+    if let Err(e) = drop_to_nobody() {
+        report_exit(out, R_DROP, e)
+    }
+    // SAFETY: raw socket calls on a fd this child owns, an address prepared before the
+    // fork, and a payload borrowed from memory the fork copied.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            report_exit(out, R_SOCKET, errno())
+        }
+        let n = libc::sendto(
+            fd,
+            payload.as_ptr().cast(),
+            payload.len(),
+            0,
+            (&a.addr as *const libc::sockaddr_un).cast(),
+            a.len,
+        );
+        if n < 0 {
+            report_exit(out, R_CONNECT, errno())
+        }
+        report_exit(out, R_SENT, 0)
+    }
+}
+
+/// Fork a child that drops to `nobody` and sends one datagram (`payload`) to `addr`.
+pub fn send_from_child(addr: &SocketAddress, payload: &'static [u8]) -> PeerReport {
+    let a = raw_addr(addr);
+    let (rd, wr) = cloexec_pipe();
+    let wr_raw = wr.as_raw_fd();
+    // SAFETY: the child runs only async-signal-safe code (send_child) and _exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        panic!("fork: {}", std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        send_child(wr_raw, a, payload)
+    }
+    drop(wr);
+    let status = reap(pid, || {});
+    match read_report(&rd, Duration::from_millis(100)) {
+        Some((k, e)) => decode(k, e),
+        None => PeerReport::NoReport(status),
     }
 }
 

@@ -272,6 +272,7 @@ fn root() -> bool {
 fn detects_box_sockets_open_to_other_users() {
     if root() {
         assert_detects("other_user_cannot_connect", open_dirs);
+        assert_detects("other_user_datagrams_are_refused", open_dirs);
     }
 }
 
@@ -294,6 +295,7 @@ fn detects_missing_peer_credential_checks() {
     if root() {
         assert!(fails("other_user_cannot_connect", unchecked_abstract), "an unchecked abstract strategy served another uid");
         assert!(fails("impostor_listener_is_rejected", unchecked_abstract), "an impostor listener was trusted");
+        assert!(fails("other_user_datagrams_are_refused", unchecked_abstract), "a datagram from another uid was accepted");
     }
 }
 
