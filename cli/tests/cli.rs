@@ -338,3 +338,21 @@ fn interrupting_run_rm_removes_the_box_and_its_command() {
     wait_until("the command to be gone", || pids_running(&["sleep", &marker]).is_empty());
     assert_nothing_left(&env);
 }
+
+#[test]
+fn exec_in_a_box_whose_process_died_reports_it_stopped() {
+    let env = Env::new();
+    let id = ok(boxsock(&env).args(["--backend", "host", "create"])).trim().to_owned();
+    ok(boxsock(&env).args(["start", &id]));
+    let pid = json(boxsock(&env).args(["inspect", &id, "--json"]))["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_until("the box process to die", || !pid_running(pid));
+    // No runtime was watching; the next command finds out (recovery at open, or the
+    // refused connection) and says the box is stopped, not "connection refused".
+    let o = run(boxsock(&env).args(["exec", &id, "--", "true"]));
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("is stopped, not running"), "{}", stderr(&o));
+    assert_eq!(json(boxsock(&env).args(["inspect", &id, "--json"]))["state"], "stopped");
+    ok(boxsock(&env).args(["rm", &id]));
+    assert_nothing_left(&env);
+}

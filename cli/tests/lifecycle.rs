@@ -529,3 +529,24 @@ fn eight_processes_through_the_library_share_a_home() {
     });
     assert!(rows.boxes.is_empty() && rows.bad.is_empty(), "rows left: {rows:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_health_monitor_exec_finds_a_dead_box_and_records_it_stopped() {
+    let env = Env::new();
+    let mut o = env.options();
+    o.health_monitor = false;
+    let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
+    let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
+    let id = b.id.to_string();
+    let pid = rt.start(&id).await.unwrap().process.unwrap().pid;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_until("the box process to die", || !pid_running(pid));
+    assert_eq!(rt.get(&id).unwrap().state, BoxState::Running, "nobody watched");
+    match exec_out(&rt, &id, &["true"]).await {
+        Err(RuntimeError::NotRunning { state: BoxState::Stopped, .. }) => {}
+        other => panic!("expected NotRunning(stopped), got {other:?}"),
+    }
+    let rec = rt.get(&id).unwrap();
+    assert_eq!((rec.state, rec.exit_code), (BoxState::Stopped, Some(128 + 9)));
+    rt.remove(&id, false).await.unwrap();
+}

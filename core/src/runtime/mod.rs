@@ -775,8 +775,21 @@ impl Inner {
         if rec.state != BoxState::Running {
             return Err(RuntimeError::NotRunning { id: rec.id, state: rec.state });
         }
-        let (client, address) = self.dial_agent(&rec)?;
-        Ok((rec, client, address))
+        match self.dial_agent(&rec) {
+            Ok((client, address)) => Ok((rec, client, address)),
+            Err(e) => {
+                // A refused connection to a box recorded as running whose process is
+                // gone (no health monitor was watching): record the truth and say so.
+                if let Some(h) = self.handle_for(&rec) {
+                    if !h.is_alive() {
+                        self.on_exit(&rec.id, &h);
+                        let state = self.record(rec.id.as_str()).map(|r| r.state).unwrap_or(BoxState::Stopped);
+                        return Err(RuntimeError::NotRunning { id: rec.id, state });
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Dial a box's agent through its strategy, whatever its recorded state. Runs
