@@ -22,6 +22,7 @@
 //! process died into `Unhealthy`, then `Stopped`, recording the exit. The pid reported,
 //! watched and signalled is one [`ProcessIdentity`].
 
+mod crash;
 mod error;
 mod info;
 mod lock;
@@ -37,6 +38,7 @@ use nix::sys::signal::Signal;
 use tokio::task::AbortHandle;
 
 pub use crate::agent_client::ClientError;
+pub use crash::{CRASH_ENV, CRASH_STEPS};
 pub use error::RuntimeError;
 pub use info::{BackendReport, BoxInfo, DoctorReport, SocketReport, StrategyReport, doctor};
 pub use lock::{LockGuard, LockMode};
@@ -406,16 +408,19 @@ impl Runtime {
         let rec = Store::new_record(id.clone(), opts.name, config);
         crate::boxdir::create_box_dirs(&inner.layout, &id)
             .map_err(|e| RuntimeError::Io { op: "create box directory", path: inner.layout.box_dir(&id), source: e })?;
+        crash::point("create:dirs");
         if let Err(e) = inner.store.insert(&rec) {
             let _ = crate::boxdir::remove_box_dir(&inner.layout, &id);
             return Err(e.into());
         }
+        crash::point("create:row");
         if let Err(e) = strategy.ensure(&inner.layout, &id) {
             let _ = strategy.release(&inner.layout, &id);
             let _ = crate::boxdir::remove_box_dir(&inner.layout, &id);
             let _ = inner.store.delete(id.as_str());
             return Err(e.into());
         }
+        crash::point("create:ensured");
         tracing::debug!(box_id = %id, strategy = strategy.name(), backend = backend.name(), "created");
         Ok(rec)
     }
@@ -655,16 +660,19 @@ impl Inner {
                 r.exit_code = None;
             })
             .map_err(RuntimeError::from_store)?;
+        crash::point("start:starting");
         let mut launched: Option<Arc<ProcessHandle>> = None;
         let result = self.launch_and_wait(&rec, &*strategy, &*backend, addresses, &mut launched).await;
         match result {
             Ok(()) => {
+                crash::point("start:ready");
                 let rec = self
                     .store
                     .transition(&id, Some(&[BoxState::Starting]), BoxState::Running, |_| {})
                     .map_err(RuntimeError::from_store);
                 match rec {
                     Ok(rec) => {
+                        crash::point("start:running");
                         if let Some(h) = launched {
                             self.watch(&id, h);
                         }
@@ -711,6 +719,7 @@ impl Inner {
             .into_tokio()
             .map_err(|e| RuntimeError::Io { op: "register ready listener", path: layout.sockets_dir(id), source: e })?;
         let _cleanup = ReadyCleanup { strategy, layout, id };
+        crash::point("start:bound");
         let ready_addr = listener.address().display_string();
         let spec = LaunchSpec {
             id: id.clone(),
@@ -739,6 +748,7 @@ impl Inner {
         *launched_out = Some(handle.clone());
         lock(&self.procs).insert(id.clone(), handle.clone());
         self.store.set_process(id, Some(ident))?;
+        crash::point("start:launched");
         tracing::debug!(box_id = %id, pid = ident.pid, ready = %ready_addr, "launched; waiting for readiness");
 
         let timeout = self.options.ready_timeout;
@@ -816,6 +826,7 @@ impl Inner {
                 .transition(&id, Some(&[BoxState::Starting, BoxState::Running, BoxState::Unhealthy]), BoxState::Stopping, |_| {})
                 .map_err(RuntimeError::from_store)?;
         }
+        crash::point("stop:stopping");
         if let Some(w) = lock(&self.watchers).remove(&id) {
             w.abort();
         }
@@ -823,6 +834,7 @@ impl Inner {
         if let Some(h) = &handle {
             self.terminate(&rec, h, was == BoxState::Running, timeout).await?;
         }
+        crash::point("stop:terminated");
         let exit = handle.as_ref().and_then(|h| h.exit_code());
         let rec = self
             .store
@@ -833,6 +845,7 @@ impl Inner {
                 }
             })
             .map_err(RuntimeError::from_store)?;
+        crash::point("stop:stopped");
         if let Ok(s) = self.strategy(&rec.config.strategy) {
             remove_ready_file(&*s, &self.layout, &id);
         }
@@ -890,9 +903,12 @@ impl Inner {
                 self.release_everywhere(id);
             }
         }
+        crash::point("remove:released");
         crate::boxdir::remove_box_dir(&self.layout, id)
             .map_err(|e| RuntimeError::Io { op: "remove box directory", path: self.layout.box_dir(id), source: e })?;
+        crash::point("remove:dir-removed");
         self.store.delete(id.as_str())?;
+        crash::point("remove:row-deleted");
         tracing::debug!(box_id = %id, "removed");
         Ok(())
     }
