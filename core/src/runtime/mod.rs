@@ -263,6 +263,23 @@ fn remove_ready_file(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxI
     }
 }
 
+/// Remove every socket file left in a box's real socket directory. Only for a box that
+/// has no process any more (just recorded `Stopped`): whatever is bound there is stale,
+/// e.g. the `agent.sock` of an agent killed with SIGKILL. Only sockets are removed.
+fn remove_stale_socket_files(layout: &BoxLayout, id: &BoxId) {
+    let dir = layout.sockets_dir(id);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return };
+    for e in entries.flatten() {
+        use std::os::unix::fs::FileTypeExt;
+        if e.file_type().is_ok_and(|t| t.is_socket()) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => tracing::debug!(box_id = %id, path = %e.path().display(), "removed a stale socket file"),
+                Err(err) => tracing::debug!(box_id = %id, path = %e.path().display(), error = %err, "could not remove a stale socket file"),
+            }
+        }
+    }
+}
+
 struct ReadyCleanup<'a> {
     strategy: &'a dyn SocketBinding,
     layout: &'a BoxLayout,
@@ -641,6 +658,7 @@ impl Inner {
                 remove_ready_file(&*s, &self.layout, id);
             }
         }
+        remove_stale_socket_files(&self.layout, id);
         lock(&self.procs).remove(id);
         lock(&self.watchers).remove(id);
     }
@@ -849,6 +867,7 @@ impl Inner {
         if let Ok(s) = self.strategy(&rec.config.strategy) {
             remove_ready_file(&*s, &self.layout, &id);
         }
+        remove_stale_socket_files(&self.layout, &id);
         lock(&self.procs).remove(&id);
         tracing::debug!(box_id = %id, exit_code = ?exit, "stopped");
         Ok(rec)
