@@ -27,13 +27,19 @@ scenario!(
             seen.push(format!("{:?}", err.reason));
         }
         let long = "a".repeat(BoxId::MAX_LEN + 1);
-        assert_eq!(BoxId::parse(&long).unwrap_err().reason, IdErrorReason::TooLong);
+        assert_eq!(
+            BoxId::parse(&long).unwrap_err().reason,
+            IdErrorReason::TooLong
+        );
         // Every id that is accepted is a single component below <home>/boxes.
         let l = BoxLayout::new("/h");
         for ok in ["a", "a.b", "A-_9", &"z".repeat(BoxId::MAX_LEN)] {
             let id = BoxId::parse(ok).unwrap();
             assert_eq!(l.box_dir(&id).parent(), Some(l.boxes_dir().as_path()));
         }
-        Outcome::Passed(format!("each refused with its reason ({}, TooLong); accepted ids stay one component under <home>/boxes", seen.join(", ")))
+        Outcome::Passed(format!(
+            "each refused with its reason ({}, TooLong); accepted ids stay one component under <home>/boxes",
+            seen.join(", ")
+        ))
     }
 );
