@@ -360,9 +360,10 @@ fn assert_squat_refused(w: &World, s: &dyn SocketBinding, facts: &[&str], watche
     }
     assert_eq!(entries(&w.layout.sockets_dir(&id)), Vec::<String>::new(), "no socket may be bound anywhere");
     format!(
-        "ensure refused: Insecure at <base>/boxsock-<uid> naming {}; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}, bare bind_stream → {}; nothing created in the attacker's directory",
+        "ensure refused: Insecure at <base>/boxsock-<uid> naming {}; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}, bare bind_stream → {}; no socket bound anywhere{}",
         facts.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(" and "),
-        bare.unwrap_err()
+        bare.unwrap_err(),
+        if watched.is_some() { ", nothing created in the attacker's directory" } else { "" }
     )
 }
 

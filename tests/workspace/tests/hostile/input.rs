@@ -37,3 +37,291 @@ scenario!(
         Outcome::Passed(format!("each refused with its reason ({}, TooLong); accepted ids stay one component under <home>/boxes", seen.join(", ")))
     }
 );
+
+// ---------------------------------------------------------------------------------------
+// Homes: every registered strategy, against homes of every awkward kind.
+
+use std::ffi::OsStr;
+use std::io::{Read as _, Write as _};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use boxsock_core::registry::{Registry, StrategyRegistration};
+use boxsock_core::{BindingError, SocketBinding, StrategyConfig, boxdir};
+
+use crate::attacks::{entries, variant};
+
+/// A private root in /tmp (0755) with `<root>/base` (1777) for the link base.
+fn root_and_base() -> (tempfile::TempDir, PathBuf) {
+    let root = tempfile::Builder::new().prefix("bsk-in-").tempdir_in("/tmp").expect("temp dir");
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = root.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    (root, base)
+}
+
+/// Checks that a refusal names what it is about, and returns its variant.
+fn refusal(strategy: &str, e: &BindingError) -> &'static str {
+    let msg = e.to_string();
+    match e {
+        BindingError::PathTooLong { socket, path, len, limit } => {
+            assert!(len + 1 > *limit, "{strategy}: PathTooLong for an address that fits: {msg}");
+            assert_eq!(path.len(), *len, "{strategy}: {msg}");
+            assert!(msg.contains(socket.as_str()) && msg.contains(&len.to_string()) && msg.contains(&limit.to_string()), "{msg}");
+        }
+        BindingError::Io { path, .. } | BindingError::MissingSocketDir { path, .. } | BindingError::Insecure { path, .. } => {
+            let last = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            assert!(msg.contains(&last), "{strategy}: {msg} does not name {last:?}");
+        }
+        _ => assert!(!msg.is_empty(), "{strategy}: an empty message"),
+    }
+    variant(e)
+}
+
+/// One strategy against the home of `layout` (which must exist): create a box, ensure,
+/// bind `agent.sock`, connect, a byte each way, release, remove the box. Returns
+/// "works" or "refused: <variant>" (after checking the refusal names its problem).
+fn try_strategy(reg: &StrategyRegistration, base: &Path, layout: &BoxLayout) -> String {
+    let name = reg.name;
+    let config = StrategyConfig { base_dir: base.to_owned(), ..StrategyConfig::default() };
+    let s = match (reg.build)(&config) {
+        Ok(s) => s,
+        Err(e) => return format!("refused at build: {}", refusal(name, &e)),
+    };
+    let id = BoxId::generate();
+    let dirs = boxdir::create_box_dirs(layout, &id);
+    let out = match round_trip(s.as_ref(), layout, &id) {
+        Ok(()) => {
+            assert!(dirs.is_ok(), "{name}: works although the box directories could not be made: {dirs:?}");
+            "works".to_owned()
+        }
+        Err(e) => format!("refused: {}", refusal(name, &e)),
+    };
+    s.release(layout, &id).unwrap_or_else(|e| panic!("{name}: release: {e}"));
+    if dirs.is_ok() {
+        boxdir::remove_box_dir(layout, &id).unwrap();
+    }
+    if let Some(d) = s.binding_dir() {
+        assert_eq!(entries(&d), Vec::<String>::new(), "{name}: release left something in {}", d.display());
+    }
+    out
+}
+
+fn round_trip(s: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+    s.ensure(layout, id)?;
+    let l = s.bind_stream(layout, id, "agent.sock")?;
+    let mut c = s.connect_stream(layout, id, "agent.sock")?;
+    let (mut a, _) = l.accept_once()?;
+    c.write_all(b"?").unwrap();
+    let mut b = [0u8; 1];
+    a.read_exact(&mut b).unwrap();
+    a.write_all(b"!").unwrap();
+    c.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"!");
+    Ok(())
+}
+
+/// Every registered strategy against `layout`; also checks that nothing appeared in
+/// `watch` (the directory holding the home and the base) besides what was there.
+fn all_strategies(base: &Path, layout: &BoxLayout, watch: &Path) -> String {
+    let before = entries(watch);
+    let reg = Registry::<StrategyRegistration>::collected();
+    let mut out = Vec::new();
+    for n in reg.names() {
+        let r = reg.get(n).unwrap();
+        out.push(format!("{n}: {}", try_strategy(r, base, layout)));
+    }
+    assert_eq!(entries(watch), before, "something was written beside the home and the base");
+    out.join(", ")
+}
+
+/// Create a directory path of exactly `len` bytes under `root` (components of at most
+/// 200 bytes).
+fn home_of_len(root: &Path, len: usize) -> PathBuf {
+    let mut p = root.join("L");
+    let mut tail = len.checked_sub(p.as_os_str().len()).expect("root too long");
+    let mut i = 0;
+    while tail > 0 {
+        // "/" + name; never leave a lone "/".
+        let take = if tail > 201 { if tail - 201 == 1 { 199 } else { 200 } } else { tail - 1 };
+        assert!(take > 0, "cannot split");
+        p.push(format!("{}", (b'a' + (i % 26) as u8) as char).repeat(take));
+        tail -= take + 1;
+        i += 1;
+    }
+    assert_eq!(p.as_os_str().len(), len);
+    std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("create a home of {len} bytes: {e}"));
+    p
+}
+
+scenario!(
+    homes_of_every_length_up_to_path_max,
+    "Bad input",
+    "homes of 20, 60, 90, 200, 1024, 3968 and 4095 (PATH_MAX - 1) bytes: every registered strategy creates a box, ensures, binds `agent.sock`, connects and exchanges a byte",
+    {
+        let (root, base) = root_and_base();
+        let mut lines = Vec::new();
+        for len in [20usize, 60, 90, 200, 1024, 3968, libc::PATH_MAX as usize - 1] {
+            let layout = if len <= root.path().as_os_str().len() + 2 {
+                // Shorter than the private root allows: a short home directly in /tmp.
+                let d = tempfile::Builder::new().prefix("h").tempdir_in("/tmp").unwrap();
+                let p = d.keep();
+                let short = PathBuf::from(format!("{}{}", p.display(), "x".repeat(len.saturating_sub(p.as_os_str().len()))));
+                std::fs::rename(&p, &short).unwrap();
+                assert_eq!(short.as_os_str().len(), len);
+                BoxLayout::new(short)
+            } else {
+                BoxLayout::new(home_of_len(root.path(), len))
+            };
+            let r = all_strategies(&base, &layout, root.path());
+            if !layout.home().starts_with(root.path()) {
+                std::fs::remove_dir_all(layout.home()).unwrap();
+            }
+            lines.push(format!("{len} bytes: {r}"));
+        }
+        let text = lines.join("; ");
+        // What must hold whatever the numbers: short-symlink and abstract fit every home
+        // whose box directories can exist; direct fits only short homes.
+        assert!(lines[0].contains("direct: works") && lines[0].contains("short-symlink: works"), "{text}");
+        assert!(lines[5].contains("short-symlink: works") && lines[5].contains("abstract: works"), "{text}");
+        assert!(lines[5].contains("direct: refused: PathTooLong"), "{text}");
+        Outcome::Passed(text)
+    }
+);
+
+/// A home named `name` under a fresh root, with every strategy.
+fn named_home(name: &[u8]) -> String {
+    let (root, base) = root_and_base();
+    let home = root.path().join(OsStr::from_bytes(name));
+    std::fs::create_dir(&home).unwrap();
+    let r = all_strategies(&base, &BoxLayout::new(home), root.path());
+    r
+}
+
+scenario!(
+    home_with_spaces,
+    "Bad input",
+    "a home named `my  box home ` (spaces, a trailing one too): every registered strategy round-trips a stream",
+    { Outcome::Passed(named_home(b"my  box home ")) }
+);
+
+scenario!(
+    home_with_newline,
+    "Bad input",
+    "a home whose name holds a newline and a tab: every registered strategy round-trips a stream",
+    { Outcome::Passed(named_home(b"line\nbreak\there")) }
+);
+
+scenario!(
+    home_with_non_utf8_bytes,
+    "Bad input",
+    "a home whose name holds the bytes 0xff 0xfe (not UTF-8): every registered strategy round-trips a stream",
+    { Outcome::Passed(named_home(b"bad-\xff\xfe-utf8")) }
+);
+
+scenario!(
+    home_through_a_symlink,
+    "Bad input",
+    "the home is given as a symlink to the real directory: every registered strategy round-trips a stream, and the box is reachable through the real path too",
+    {
+        let (root, base) = root_and_base();
+        let real = root.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let r = all_strategies(&base, &BoxLayout::new(&link), root.path());
+        // ensure through the link and then through the real path: the same box.
+        let reg = Registry::<StrategyRegistration>::collected();
+        for n in reg.names() {
+            let s = reg.build(n, &StrategyConfig { base_dir: base.clone(), ..StrategyConfig::default() }).unwrap();
+            let id = BoxId::generate();
+            let (via_link, via_real) = (BoxLayout::new(&link), BoxLayout::new(&real));
+            boxdir::create_box_dirs(&via_link, &id).unwrap();
+            s.ensure(&via_link, &id).unwrap();
+            s.ensure(&via_real, &id).unwrap_or_else(|e| panic!("{n}: ensure through the real path after the link: {e}"));
+            s.release(&via_real, &id).unwrap();
+            boxdir::remove_box_dir(&via_real, &id).unwrap();
+        }
+        Outcome::Passed(format!("{r}; ensure through the link and then the real path agree for every strategy"))
+    }
+);
+
+/// `../` enough times to reach `/` from the current directory.
+fn up_to_root() -> PathBuf {
+    let cwd = std::env::current_dir().unwrap();
+    let depth = cwd.components().count() - 1;
+    PathBuf::from("../".repeat(depth))
+}
+
+scenario!(
+    home_relative,
+    "Bad input",
+    "a relative home (`../../…/tmp/<root>/rel-home`, resolved against the test's working directory, without chdir): every registered strategy round-trips a stream, and nothing is written in the working directory",
+    {
+        let (root, base) = root_and_base();
+        let abs = root.path().join("rel-home");
+        std::fs::create_dir(&abs).unwrap();
+        let rel = up_to_root().join(abs.strip_prefix("/").unwrap());
+        assert!(rel.is_relative());
+        let cwd = std::env::current_dir().unwrap();
+        let before = entries(&cwd);
+        let r = all_strategies(&base, &BoxLayout::new(&rel), root.path());
+        assert_eq!(entries(&cwd), before, "something was written in the working directory");
+        Outcome::Passed(r)
+    }
+);
+
+const ONE_BYTE_CHILD: &str = "BOXSOCK_HOSTILE_ONE_BYTE_BASE";
+
+scenario!(
+    home_of_one_byte,
+    "Bad input",
+    "the home is `h` (1 byte, relative), in a re-executed test process whose working directory is a fresh temp dir: every registered strategy round-trips a stream; nothing appears beside `h` and the base",
+    {
+        if let Some(base) = std::env::var_os(ONE_BYTE_CHILD) {
+            // The child: cwd is the private root, which holds `h` and `base`.
+            let r = all_strategies(Path::new(&base), &BoxLayout::new("h"), Path::new("."));
+            println!("HOSTILE-RESULT:{r}");
+            return_outcome(r)
+        } else {
+            let (root, base) = root_and_base();
+            std::fs::create_dir(root.path().join("h")).unwrap();
+            let records = tempfile::tempdir().unwrap();
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .args(["input::home_of_one_byte", "--exact", "--nocapture", "--test-threads=1"])
+                .env(ONE_BYTE_CHILD, &base)
+                .env("BOXSOCK_RELIABILITY_DIR", records.path())
+                .current_dir(root.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let status = loop {
+                if let Some(st) = child.try_wait().unwrap() {
+                    break st;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("the one-byte-home child hung");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let mut out = String::new();
+            child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+            assert!(status.success(), "child failed: {status}\n{out}");
+            let r = out.lines().find_map(|l| l.split_once("HOSTILE-RESULT:").map(|(_, r)| r)).unwrap_or_else(|| panic!("no result from the child:\n{out}")).to_owned();
+            assert_eq!(entries(root.path()), ["base", "h"], "something was written beside the home and the base");
+            Outcome::Passed(r)
+        }
+    }
+);
+
+fn return_outcome(r: String) -> Outcome {
+    Outcome::Passed(r)
+}
