@@ -563,13 +563,13 @@ scenario!(
 
 /// A strategy-level agent: the real `boxsock_agent::Agent` serving on a tokio runtime at
 /// the strategy's `agent.sock` address.
-struct ServedAgent {
+pub(crate) struct ServedAgent {
     thread: Option<std::thread::JoinHandle<()>>,
     stop: boxsock_agent::StopHandle,
 }
 
 impl ServedAgent {
-    fn start(s: &dyn SocketBinding, l: &BoxLayout, id: &BoxId) -> ServedAgent {
+    pub(crate) fn start(s: &dyn SocketBinding, l: &BoxLayout, id: &BoxId) -> ServedAgent {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let agent_addr = s.address(l, id, "agent.sock").unwrap();
         let ready_addr = s.address(l, id, "ready.sock").unwrap();

@@ -325,3 +325,100 @@ scenario!(
 fn return_outcome(r: String) -> Outcome {
     Outcome::Passed(r)
 }
+
+// ---------------------------------------------------------------------------------------
+// Protocol frames (the fuzzing is elsewhere; this is the end-to-end sanity check).
+
+use boxsock_core::proto::{self, ErrorCode, Frame, Request, Response};
+
+fn frame_bytes(len: u32, tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut b = len.to_be_bytes().to_vec();
+    b.push(tag);
+    b.extend_from_slice(body);
+    b
+}
+
+fn control(body: &[u8]) -> Vec<u8> {
+    frame_bytes(body.len() as u32 + 1, 1, body)
+}
+
+/// Send `bytes` on a fresh connection, half-close if asked (a half-close during an exec
+/// means the client went away), and decode every response frame until the agent
+/// closes (bounded by a 10 s read timeout).
+fn exchange(s: &dyn SocketBinding, l: &BoxLayout, id: &BoxId, bytes: &[u8], half_close: bool) -> Vec<Response> {
+    let mut c = s.connect_stream(l, id, "agent.sock").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The agent may close before reading everything: a failed write is part of the answer.
+    let _ = c.write_all(bytes);
+    if half_close {
+        let _ = c.shutdown(std::net::Shutdown::Write);
+    }
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf);
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Ok(Some((f, used))) = proto::decode::<Response>(&buf[at..]) {
+        if let Frame::Control(r) = f {
+            out.push(r);
+        }
+        at += used;
+    }
+    assert_eq!(at, buf.len(), "the agent sent bytes that are not frames: {:?}", &buf[at..]);
+    out
+}
+
+scenario!(
+    hostile_frames_cost_only_their_connection,
+    "Bad input",
+    "the real agent on `agent.sock` (strategy `direct`) gets, each on its own connection: an unknown tag, length 0, length MAX_FRAME+1, malformed JSON, an unknown field, an exec before hello, a frame cut short, 64 bytes of garbage; meanwhile a half-sent frame is held open; then a client pings",
+    {
+        let w = crate::attacks::World::new();
+        let s = w.strategy("direct");
+        let id = w.new_box();
+        s.ensure(&w.layout, &id).unwrap();
+        let _agent = crate::attacks::ServedAgent::start(s.as_ref(), &w.layout, &id);
+        let hello = proto::encode(&Frame::Control(Request::Hello { version: proto::VERSION }));
+        let exec = proto::encode(&Frame::Control(Request::Exec { argv: vec!["/bin/true".into()], env: vec![], stdin: false }));
+        let garbage: Vec<u8> = (0u8..64).map(|i| i.wrapping_mul(37).wrapping_add(0xa5)).collect();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("unknown tag", frame_bytes(1, 9, &[])),
+            ("length 0", frame_bytes(0, 1, &[])),
+            ("length MAX_FRAME+1", frame_bytes(proto::MAX_FRAME as u32 + 1, 1, &[])),
+            ("malformed JSON", control(b"{\"type\":\"hello\",")),
+            ("unknown field", control(b"{\"type\":\"hello\",\"version\":1,\"evil\":true}")),
+            ("exec before hello", exec.clone()),
+            ("cut short", frame_bytes(100, 1, b"{\"type\"")),
+            ("garbage", garbage),
+        ];
+        // A client that sends half a frame and then just sits there.
+        let mut slow = s.connect_stream(&w.layout, &id, "agent.sock").unwrap();
+        slow.write_all(&hello[..3]).unwrap();
+        let mut seen = Vec::new();
+        for (what, bytes) in &cases {
+            let r = exchange(s.as_ref(), &w.layout, &id, bytes, true);
+            match r.as_slice() {
+                [Response::Error { code, message }] => {
+                    assert!(!message.is_empty(), "{what}: an error without a message");
+                    assert!(matches!(code, ErrorCode::BadFrame | ErrorCode::BadRequest), "{what}: {code:?}");
+                    seen.push(format!("{what} → {code:?}"));
+                }
+                other => panic!("{what}: expected exactly one error frame, got {other:?}"),
+            }
+        }
+        // Hello + ping on a new connection: still served, by the same agent.
+        let mut ping = hello.clone();
+        ping.extend(proto::encode(&Frame::Control(Request::Ping {})));
+        let r = exchange(s.as_ref(), &w.layout, &id, &ping, true);
+        assert!(matches!(r.as_slice(), [Response::Hello { .. }, Response::Pong {}]), "after the hostile frames: {r:?}");
+        // And an exec still runs.
+        let mut run = hello.clone();
+        run.extend(exec);
+        let r = exchange(s.as_ref(), &w.layout, &id, &run, false);
+        assert!(matches!(r.last(), Some(Response::Exit { code: 0 })), "exec after the hostile frames: {r:?}");
+        drop(slow);
+        Outcome::Passed(format!(
+            "each got one error frame and its connection closed ({}); with a half-sent frame held open, hello+ping got Pong and an exec exited 0",
+            seen.join(", ")
+        ))
+    }
+);
