@@ -441,8 +441,7 @@ scenario!(
     "Attacks",
     "`<base>/boxsock-<uid>` already exists as our own directory with mode 0777; then `short-symlink` ensure, bind, connect",
     {
-        (|| -> Outcome {
-        let w = World::new();
+                let w = World::new();
         let s = w.strategy("short-symlink");
         let p = w.per_uid();
         std::fs::create_dir(&p).unwrap();
@@ -462,7 +461,6 @@ scenario!(
         Outcome::Passed(format!(
             "ensure succeeded and repaired the directory to mode {mode:04o}; a stream round trip went through the link and the socket file is in <home>/boxes/<id>/sockets"
         ))
-        })()
     }
 );
 

@@ -198,8 +198,7 @@ fn named_home(name: &[u8]) -> String {
     let (root, base) = root_and_base();
     let home = root.path().join(OsStr::from_bytes(name));
     std::fs::create_dir(&home).unwrap();
-    let r = all_strategies(&base, &BoxLayout::new(home), root.path());
-    r
+    all_strategies(&base, &BoxLayout::new(home), root.path())
 }
 
 scenario!(
@@ -286,7 +285,7 @@ scenario!(
             // The child: cwd is the private root, which holds `h` and `base`.
             let r = all_strategies(Path::new(&base), &BoxLayout::new("h"), Path::new("."));
             println!("HOSTILE-RESULT:{r}");
-            return_outcome(r)
+            Outcome::Passed(r)
         } else {
             let (root, base) = root_and_base();
             std::fs::create_dir(root.path().join("h")).unwrap();
@@ -321,10 +320,6 @@ scenario!(
         }
     }
 );
-
-fn return_outcome(r: String) -> Outcome {
-    Outcome::Passed(r)
-}
 
 // ---------------------------------------------------------------------------------------
 // Protocol frames (the fuzzing is elsewhere; this is the end-to-end sanity check).
