@@ -670,3 +670,215 @@ scenario!(
         })()
     }
 );
+
+// ---------------------------------------------------------------------------------------
+// End to end through the runtime (`boxsock_core::runtime`), boxes on the `host` backend
+// running the real `boxsock-agent`.
+
+use boxsock::{BoxState, CreateOptions, ExecIo, ProcessIdentity, Runtime, RuntimeError, RuntimeOptions};
+use boxsock_core::backend::BackendConfig;
+
+/// `target/<profile>`, holding a built `boxsock-agent` (built once if missing: this
+/// package's tests do not build other packages' binaries; `cargo test --workspace` does).
+pub(crate) fn agent_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let agent = profile_dir.join("boxsock-agent");
+        if !agent.exists() {
+            let st = std::process::Command::new(env!("CARGO"))
+                .args(["build", "-p", "boxsock-agent", "--bin", "boxsock-agent"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .unwrap();
+            assert!(st.success(), "building boxsock-agent failed");
+        }
+        assert!(agent.exists(), "no {} after building", agent.display());
+        profile_dir
+    })
+    .clone()
+}
+
+/// Runtime options over `w`: built-in registries, links under `w`'s base, the real agent,
+/// no health monitor (like the CLI: every check below is explicit).
+pub(crate) fn rt_options(w: &World) -> RuntimeOptions {
+    let mut o = RuntimeOptions::new(boxsock::builtin_strategies(), boxsock::builtin_backends());
+    o.strategy_config = w.config();
+    o.backend_config = BackendConfig { helper_dir: Some(agent_dir()), ..Default::default() };
+    o.health_monitor = false;
+    o.ready_timeout = Duration::from_secs(20);
+    o
+}
+
+pub(crate) fn tokio_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+pub(crate) async fn exec_code(rt: &Runtime, id: &str, argv: &[&str]) -> Result<i32, RuntimeError> {
+    let (mut on_out, mut on_err) = (|_: &[u8]| {}, |_: &[u8]| {});
+    rt.exec(id, argv.iter().map(|s| s.to_string()).collect(), vec![], ExecIo { stdin: None, stdout: &mut on_out, stderr: &mut on_err })
+        .await
+}
+
+scenario!(
+    other_user_cannot_reach_a_running_box,
+    "Attacks",
+    "the runtime starts a box on the `host` backend with each strategy the backend accepts; `nobody` dials the box's agent address and sends hello + exec `touch <marker>`; then the owner runs `touch` through `Runtime::exec`",
+    {
+        (|| -> Outcome {
+        if !is_root() {
+            return Outcome::Skipped(NEED_ROOT.into());
+        }
+        let tokio = tokio_rt();
+        let mut seen = Vec::new();
+        for name in boxsock::builtin_strategies().names() {
+            let w = World::new();
+            let text = tokio.block_on(async {
+                let (rt, _) = Runtime::open(w.layout.home(), rt_options(&w)).await.unwrap();
+                let b = match rt.create(CreateOptions::new(name, "host")).await {
+                    Ok(b) => b,
+                    Err(e @ RuntimeError::Incompatible { .. }) => return format!("{name}: not offered with host ({e})"),
+                    Err(e) => panic!("{name}: create: {e}"),
+                };
+                let id = b.id.to_string();
+                rt.start(&id).await.unwrap_or_else(|e| panic!("{name}: start: {e}"));
+                let s = rt.strategy(name).unwrap();
+                let addr = s.address(rt.layout(), &b.id, "agent.sock").unwrap();
+                let theirs = w.root.path().join("nobody-ran-this");
+                let r = nobody::run(&[nobody::Act::ConnectSend(nobody::RawAddr::of(&addr), exec_touch_bytes(&theirs))]).unwrap();
+                let ours = w.root.path().join("owner-ran-this");
+                let code = exec_code(&rt, &id, &["/usr/bin/touch", &ours.display().to_string()]).await.unwrap();
+                assert_eq!(code, 0, "{name}: the owner's exec failed");
+                assert!(ours.exists(), "{name}: the owner's command did not run");
+                assert!(!theirs.exists(), "{name}: the agent ran nobody's command");
+                let what = match r[0] {
+                    e if e == -i64::from(libc::EACCES) => "connect refused with EACCES".to_owned(),
+                    0 if s.capabilities().peer_credentials => "connected, then dropped by the agent's --allow-uid check with no reply".to_owned(),
+                    other => panic!("{name}: nobody's connection got {other} (bytes, or -errno): it was served"),
+                };
+                // The box still serves its owner after the attempt.
+                rt.ping(&id).await.unwrap_or_else(|e| panic!("{name}: ping after the attack: {e}"));
+                let pid = rt.get(&id).unwrap().process.unwrap().pid;
+                rt.remove(&id, true).await.unwrap();
+                assert!(!ProcessIdentity::of(pid).map(|p| p.is_alive()).unwrap_or(false), "{name}: the box process survived rm -f");
+                format!("{name}: {what}")
+            });
+            seen.push(text);
+        }
+        Outcome::Passed(format!(
+            "{}; nobody's command never ran; the owner's exec ran and the box still answered ping",
+            seen.join("; ")
+        ))
+        })()
+    }
+);
+
+/// Rewrite a box's recorded process identity with plain SQL in the real store file.
+fn forge_identity(home: &Path, id: &str, pid: i32, start_time: u64) {
+    let db = rusqlite::Connection::open(home.join("boxsock.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(30)).unwrap();
+    let n = db
+        .execute("UPDATE boxes SET pid = ?1, start_time = ?2 WHERE id = ?3", rusqlite::params![pid, start_time as i64, id])
+        .unwrap();
+    assert_eq!(n, 1, "no row for box {id}");
+}
+
+/// An unrelated process (ours, so it can be reaped): `sleep 300` in its own process
+/// group. Killed and reaped on drop.
+struct Stranger(std::process::Child);
+
+impl Stranger {
+    fn spawn() -> Stranger {
+        use std::os::unix::process::CommandExt;
+        Stranger(std::process::Command::new("sleep").arg("300").process_group(0).spawn().unwrap())
+    }
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+    fn alive(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Stranger {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Kill and reap a box process the runtime lost track of (its row was forged).
+fn kill_lost_box(pid: i32) {
+    // SAFETY: signalling a process group and a pid, and reaping our own child; no memory
+    // is passed except a null status pointer.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
+scenario!(
+    reused_pid_is_never_signalled,
+    "Attacks",
+    "a running box's stored pid is rewritten (plain SQL) to an unrelated live process: (a) with the box's recorded start time, then the runtime is reopened; (b) with a wrong start time, then reopened; (c) with the box's start time under the live runtime; then `stop` and `rm` (`rm -f` in c)",
+    {
+        let tokio = tokio_rt();
+        let mut seen = Vec::new();
+        for variant in ["a", "b", "c"] {
+            let w = World::new();
+            let mut stranger = Stranger::spawn();
+            let text = tokio.block_on(async {
+                let (rt, _) = Runtime::open(w.layout.home(), rt_options(&w)).await.unwrap();
+                let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
+                let id = b.id.to_string();
+                let real = rt.start(&id).await.unwrap().process.unwrap();
+                let stranger_id = ProcessIdentity::of(stranger.pid()).unwrap();
+                assert!(stranger_id.is_alive());
+                let start_time = if variant == "b" { real.start_time + 4242 } else { real.start_time };
+                assert_ne!(start_time, stranger_id.start_time, "the forged identity must not be the stranger's own");
+                let rt = if variant == "c" {
+                    forge_identity(w.layout.home(), &id, stranger.pid(), start_time);
+                    rt
+                } else {
+                    rt.close();
+                    forge_identity(w.layout.home(), &id, stranger.pid(), start_time);
+                    let (rt, report) = Runtime::open(w.layout.home(), rt_options(&w)).await.unwrap();
+                    let r = report.recovered.iter().find(|r| r.id == b.id).expect("recovery looked at the forged box");
+                    assert_eq!((r.to, r.killed), (BoxState::Stopped, false), "{r:?}");
+                    rt
+                };
+                assert!(stranger.alive(), "{variant}: the stranger was killed at open");
+                let before = rt.get(&id).unwrap().state;
+                let stop = if variant == "c" {
+                    // rm -f of a box recorded running: remove stops it itself.
+                    "rm -f".to_owned()
+                } else {
+                    let stopped = rt.stop(&id, Some(Duration::from_secs(2))).await.unwrap();
+                    assert_eq!(stopped.state, BoxState::Stopped, "{variant}");
+                    assert!(stranger.alive(), "{variant}: stop signalled the stranger");
+                    format!("stop → {}, rm", stopped.state)
+                };
+                let removed = rt.remove(&id, variant == "c").await.map(drop);
+                assert!(stranger.alive(), "{variant}: rm signalled the stranger");
+                removed.unwrap_or_else(|e| panic!("{variant}: rm: {e}"));
+                assert!(rt.get(&id).is_err(), "{variant}: the row survived rm");
+                // The real box process was lost with its identity; it is still ours to reap.
+                let lost_alive = ProcessIdentity::of(real.pid).map(|p| p.is_alive()).unwrap_or(false);
+                kill_lost_box(real.pid);
+                let how = match variant {
+                    "a" => "pid → stranger with the box's start time, runtime reopened (recovery: running → stopped, nothing killed)",
+                    "b" => "pid → stranger with a wrong start time, runtime reopened (recovery: running → stopped, nothing killed)",
+                    _ => "pid → stranger with the box's start time under the live runtime",
+                };
+                format!(
+                    "({variant}) {how}: state {before}, {stop} ok, stranger alive{}",
+                    if lost_alive { "; the real box process, no longer named by its row, was left running (the test killed it)" } else { "" }
+                )
+            });
+            seen.push(text);
+        }
+        Outcome::Passed(format!("{}; the recorded (pid, start time) named no live process, so nothing was signalled", seen.join("; ")))
+    }
+);
