@@ -417,3 +417,150 @@ scenario!(
         ))
     }
 );
+
+// ---------------------------------------------------------------------------------------
+// Store rows, written with plain SQL into the real SQLite file.
+
+use boxsock::{BoxState, CreateOptions, Runtime, RuntimeError};
+use boxsock_core::store::{SCHEMA_VERSION, StoreError};
+
+use crate::attacks::{World, exec_code, rt_options, tokio_rt};
+
+/// Insert a row with plain SQL (every column given; `config` verbatim).
+fn insert_row(db: &rusqlite::Connection, id: &str, state: &str, config: &str, pid: Option<i64>, start: Option<i64>) {
+    db.execute(
+        "INSERT INTO boxes (id, name, state, config, pid, start_time, exit_code, created_at_ms, updated_at_ms) VALUES (?1, NULL, ?2, ?3, ?4, ?5, NULL, 1, 1)",
+        rusqlite::params![id, state, config, pid, start],
+    )
+    .unwrap();
+}
+
+scenario!(
+    corrupt_store_rows_are_named_and_isolated,
+    "Bad input",
+    "beside a good box, rows are inserted with plain SQL: truncated config JSON, config missing `backend`, config with a mistyped field, unknown fields (legacy `ready_socket_path`, a future knob), an unknown state, a pid without start time, an id `../../etc`; then the runtime is reopened, lists, starts, execs and removes",
+    {
+        let w = World::new();
+        let tokio = tokio_rt();
+        let text = tokio.block_on(async {
+            let (rt, _) = Runtime::open(w.layout.home(), rt_options(&w)).await.unwrap();
+            let good = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap().id.to_string();
+            rt.close();
+            let db = rusqlite::Connection::open(w.layout.store_path()).unwrap();
+            let cfg = r#"{"strategy":"short-symlink","backend":"host"}"#;
+            let bad: &[(&str, &str, &str, Option<i64>, Option<i64>, &str)] = &[
+                ("truncjson", "created", r#"{"strategy":"short-symlink","back"#, None, None, "config JSON"),
+                ("nobackend", "created", r#"{"strategy":"short-symlink"}"#, None, None, "backend"),
+                ("mistyped", "created", r#"{"strategy":"short-symlink","backend":"host","network":"yes"}"#, None, None, "expected a boolean"),
+                ("badstate", "exploded", cfg, None, None, "exploded"),
+                ("halfpid", "running", cfg, Some(1), None, "start time"),
+                ("../../etc", "created", cfg, None, None, "invalid box id"),
+            ];
+            for (id, state, config, pid, start, _) in bad {
+                insert_row(&db, id, state, config, *pid, *start);
+            }
+            let legacy = "legacyrow";
+            insert_row(&db, legacy, "created", r#"{"strategy":"short-symlink","backend":"host","ready_socket_path":"/very/long/stale/ready.sock","transport":"unix","future_knob":7}"#, None, None);
+            drop(db);
+            // Rows with a valid id get their directory, as a real box would have.
+            for id in ["truncjson", "nobackend", "mistyped", "badstate", "halfpid", legacy] {
+                boxdir::create_box_dirs(&w.layout, &BoxId::parse(id).unwrap()).unwrap();
+            }
+            let outside = entries(w.root.path());
+
+            let (rt, report) = Runtime::open(w.layout.home(), rt_options(&w)).await.unwrap();
+            let mut reported: Vec<String> = report.corrupt_rows.iter().map(|b| b.id.clone()).collect();
+            reported.sort();
+            let mut expected: Vec<String> = bad.iter().map(|b| b.0.to_owned()).collect();
+            expected.sort();
+            assert_eq!(reported, expected, "open should report exactly the corrupt rows");
+            let listing = rt.list().unwrap();
+            let mut listed: Vec<String> = listing.boxes.iter().map(|b| b.id.to_string()).collect();
+            listed.sort();
+            let mut want = vec![good.clone(), legacy.to_owned()];
+            want.sort();
+            assert_eq!(listed, want, "list must still show the good boxes");
+            for (id, _, _, _, _, names) in bad {
+                let row = listing.bad.iter().find(|b| b.id == *id).unwrap_or_else(|| panic!("{id} not listed as bad"));
+                assert!(row.error.contains(names), "{id}: {:?} should name {names:?}", row.error);
+                // Using it by id is an error naming the row, not a panic or a wrong box.
+                match rt.start(id).await {
+                    Err(RuntimeError::Store(StoreError::Corrupt { id: got, .. })) => assert_eq!(got, *id),
+                    other => panic!("{id}: start of a corrupt row: {other:?}"),
+                }
+                match rt.remove(id, false).await {
+                    Err(RuntimeError::Store(StoreError::Corrupt { id: got, reason })) => {
+                        assert_eq!(got, *id);
+                        let msg = RuntimeError::Store(StoreError::Corrupt { id: got, reason }).to_string();
+                        assert!(msg.contains(id), "{msg}");
+                    }
+                    other => panic!("{id}: rm of a corrupt row: {other:?}"),
+                }
+            }
+            // The good box and the legacy row work.
+            for id in [good.as_str(), legacy] {
+                let r = rt.start(id).await.unwrap_or_else(|e| panic!("start {id}: {e}"));
+                assert_eq!(r.state, BoxState::Running);
+                assert_eq!(exec_code(&rt, id, &["true"]).await.unwrap(), 0, "{id}");
+                rt.remove(id, true).await.unwrap();
+            }
+            // rm -f removes each corrupt row, and nothing outside the home.
+            for (id, ..) in bad {
+                assert_eq!(rt.remove(id, true).await.unwrap(), *id);
+            }
+            let listing = rt.list().unwrap();
+            assert!(listing.boxes.is_empty() && listing.bad.is_empty(), "{listing:?}");
+            assert_eq!(entries(&w.layout.boxes_dir()), Vec::<String>::new(), "box directories left behind");
+            assert_eq!(entries(w.root.path()), outside, "something changed beside the home");
+            let per_uid = w.per_uid();
+            assert_eq!(entries(&per_uid), Vec::<String>::new(), "links left behind");
+            let kinds: Vec<String> = listing_kinds(bad);
+            format!(
+                "open and list reported each bad row by id ({}) and skipped it; start and rm of each failed with Store(Corrupt) naming the row; the good box and the row with unknown/legacy fields loaded, started, ran `true` and were removed; rm -f removed every bad row, nothing left in <home>/boxes or the link directory",
+                kinds.join(", ")
+            )
+        });
+        Outcome::Passed(text)
+    }
+);
+
+fn listing_kinds(bad: &[(&str, &str, &str, Option<i64>, Option<i64>, &str)]) -> Vec<String> {
+    bad.iter().map(|b| format!("{}: names {:?}", b.0, b.5)).collect()
+}
+
+scenario!(
+    future_schema_is_refused_untouched,
+    "Bad input",
+    "a store whose `PRAGMA user_version` is one past what this build knows (set with plain SQL after creating a box): the runtime opens it",
+    {
+        let w = World::new();
+        let tokio = tokio_rt();
+        tokio.block_on(async {
+            let (rt, _) = Runtime::open(w.layout.home(), rt_options(&w)).await.unwrap();
+            rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
+            rt.close();
+        });
+        let future = SCHEMA_VERSION + 1;
+        {
+            let db = rusqlite::Connection::open(w.layout.store_path()).unwrap();
+            // Fold the WAL in so the file alone is the whole store, then bump the version.
+            db.execute_batch(&format!("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA user_version = {future}; PRAGMA wal_checkpoint(TRUNCATE);")).unwrap();
+        }
+        let before = std::fs::read(w.layout.store_path()).unwrap();
+        let err = tokio.block_on(Runtime::open(w.layout.home(), rt_options(&w))).map(drop).expect_err("a future schema must be refused");
+        match &err {
+            RuntimeError::Store(StoreError::FutureSchema { path, found, supported }) => {
+                assert_eq!((path, *found, *supported), (&w.layout.store_path(), future, SCHEMA_VERSION));
+            }
+            other => panic!("expected FutureSchema, got {other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(msg.contains(&future.to_string()) && msg.contains(&SCHEMA_VERSION.to_string()) && msg.contains("boxsock.db"), "{msg}");
+        assert_eq!(std::fs::read(w.layout.store_path()).unwrap(), before, "the store file was modified");
+        let v: i64 = rusqlite::Connection::open(w.layout.store_path()).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, future);
+        Outcome::Passed(format!(
+            "open refused: Store(FutureSchema) naming <home>/boxsock.db, version {future} and the supported {SCHEMA_VERSION}; the file's bytes and user_version are unchanged"
+        ))
+    }
+);
