@@ -426,6 +426,9 @@ use boxsock_core::store::{SCHEMA_VERSION, StoreError};
 
 use crate::attacks::{World, exec_code, rt_options, tokio_rt};
 
+/// A bad row: id, state, config JSON, pid, start time, and what its error must name.
+type BadRowSpec<'a> = (&'a str, &'a str, &'a str, Option<i64>, Option<i64>, &'a str);
+
 /// Insert a row with plain SQL (every column given; `config` verbatim).
 fn insert_row(db: &rusqlite::Connection, id: &str, state: &str, config: &str, pid: Option<i64>, start: Option<i64>) {
     db.execute(
@@ -448,7 +451,7 @@ scenario!(
             rt.close();
             let db = rusqlite::Connection::open(w.layout.store_path()).unwrap();
             let cfg = r#"{"strategy":"short-symlink","backend":"host"}"#;
-            let bad: &[(&str, &str, &str, Option<i64>, Option<i64>, &str)] = &[
+            let bad: &[BadRowSpec<'_>] = &[
                 ("truncjson", "created", r#"{"strategy":"short-symlink","back"#, None, None, "config JSON"),
                 ("nobackend", "created", r#"{"strategy":"short-symlink"}"#, None, None, "backend"),
                 ("mistyped", "created", r#"{"strategy":"short-symlink","backend":"host","network":"yes"}"#, None, None, "expected a boolean"),
@@ -524,7 +527,7 @@ scenario!(
     }
 );
 
-fn listing_kinds(bad: &[(&str, &str, &str, Option<i64>, Option<i64>, &str)]) -> Vec<String> {
+fn listing_kinds(bad: &[BadRowSpec<'_>]) -> Vec<String> {
     bad.iter().map(|b| format!("{}: names {:?}", b.0, b.5)).collect()
 }
 
