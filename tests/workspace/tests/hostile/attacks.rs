@@ -76,7 +76,10 @@ pub(crate) mod nobody {
                 SocketAddress::Path(p) => (p.as_os_str().as_encoded_bytes(), 0),
                 SocketAddress::Abstract(n) => (n.as_slice(), 1),
             };
-            assert!(lead + bytes.len() < addr.sun_path.len(), "address {a} does not fit sun_path");
+            assert!(
+                lead + bytes.len() < addr.sun_path.len(),
+                "address {a} does not fit sun_path"
+            );
             for (i, b) in bytes.iter().enumerate() {
                 addr.sun_path[lead + i] = *b as libc::c_char;
             }
@@ -84,12 +87,19 @@ pub(crate) mod nobody {
                 SocketAddress::Path(_) => offset + bytes.len() + 1,
                 SocketAddress::Abstract(_) => offset + 1 + bytes.len(),
             };
-            RawAddr { addr, len: len as libc::socklen_t }
+            RawAddr {
+                addr,
+                len: len as libc::socklen_t,
+            }
         }
     }
 
     fn errno() -> i64 {
-        i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+        i64::from(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        )
     }
 
     fn put(fd: RawFd, v: i64) {
@@ -127,16 +137,32 @@ pub(crate) mod nobody {
             let r = unsafe {
                 match act {
                     Act::Mkdir(p, m) => {
-                        if libc::mkdir(p.as_ptr(), *m) == 0 { 0 } else { -errno() }
+                        if libc::mkdir(p.as_ptr(), *m) == 0 {
+                            0
+                        } else {
+                            -errno()
+                        }
                     }
                     Act::Chmod(p, m) => {
-                        if libc::chmod(p.as_ptr(), *m) == 0 { 0 } else { -errno() }
+                        if libc::chmod(p.as_ptr(), *m) == 0 {
+                            0
+                        } else {
+                            -errno()
+                        }
                     }
                     Act::Symlink(t, l) => {
-                        if libc::symlink(t.as_ptr(), l.as_ptr()) == 0 { 0 } else { -errno() }
+                        if libc::symlink(t.as_ptr(), l.as_ptr()) == 0 {
+                            0
+                        } else {
+                            -errno()
+                        }
                     }
                     Act::CreateFile(p) => {
-                        let fd = libc::open(p.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o644);
+                        let fd = libc::open(
+                            p.as_ptr(),
+                            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                            0o644,
+                        );
                         if fd >= 0 {
                             libc::close(fd);
                             0
@@ -148,12 +174,20 @@ pub(crate) mod nobody {
                         let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
                         if fd < 0 {
                             -errno()
-                        } else if libc::connect(fd, (&a.addr as *const libc::sockaddr_un).cast(), a.len) != 0 {
+                        } else if libc::connect(
+                            fd,
+                            (&a.addr as *const libc::sockaddr_un).cast(),
+                            a.len,
+                        ) != 0
+                        {
                             let e = -errno();
                             libc::close(fd);
                             e
                         } else {
-                            let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
+                            let tv = libc::timeval {
+                                tv_sec: 5,
+                                tv_usec: 0,
+                            };
                             libc::setsockopt(
                                 fd,
                                 libc::SOL_SOCKET,
@@ -187,7 +221,8 @@ pub(crate) mod nobody {
     /// per act (≥ 0 success, or bytes received for [`Act::ConnectSend`]; < 0 minus the
     /// errno), or why the child could not run them.
     pub(crate) fn run(acts: &[Act]) -> Result<Vec<i64>, String> {
-        let (rd, wr): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe2: {e}"))?;
+        let (rd, wr): (OwnedFd, OwnedFd) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe2: {e}"))?;
         let wr_raw = wr.as_raw_fd();
         // SAFETY: the child runs only async-signal-safe code (`child`) and `_exit`s.
         let pid = unsafe { libc::fork() };
@@ -203,7 +238,11 @@ pub(crate) mod nobody {
         let mut bytes = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let mut pfd = libc::pollfd { fd: rd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd: rd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: poll on one valid pollfd.
             let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as libc::c_int) };
             if n <= 0 || left.is_zero() {
@@ -225,13 +264,21 @@ pub(crate) mod nobody {
         let mut status = 0;
         // SAFETY: reaping our own child, which closed its end of the pipe (exited).
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        let vals: Vec<i64> =
-            bytes.chunks_exact(8).map(|c| i64::from_ne_bytes(c.try_into().expect("8 bytes"))).collect();
+        let vals: Vec<i64> = bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_ne_bytes(c.try_into().expect("8 bytes")))
+            .collect();
         match vals.split_first() {
             Some((0, rest)) if rest.len() == acts.len() => Ok(rest.to_vec()),
-            Some((0, rest)) => Err(format!("the nobody child reported {} of {} acts (status {status})", rest.len(), acts.len())),
+            Some((0, rest)) => Err(format!(
+                "the nobody child reported {} of {} acts (status {status})",
+                rest.len(),
+                acts.len()
+            )),
             Some((e, _)) => Err(format!("dropping to nobody failed: errno {}", -e)),
-            None => Err(format!("the nobody child reported nothing (status {status})")),
+            None => Err(format!(
+                "the nobody child reported nothing (status {status})"
+            )),
         }
     }
 }
@@ -272,23 +319,38 @@ pub(crate) struct World {
 
 impl World {
     pub(crate) fn new() -> World {
-        let root = tempfile::Builder::new().prefix("bsk-att-").tempdir_in("/tmp").expect("temp dir");
-        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod root");
+        let root = tempfile::Builder::new()
+            .prefix("bsk-att-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod root");
         let base = root.path().join("base");
         std::fs::create_dir(&base).expect("mkdir base");
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o1777)).expect("chmod base 1777");
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o1777))
+            .expect("chmod base 1777");
         let home = root.path().join("home");
         std::fs::create_dir(&home).expect("mkdir home");
-        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).expect("chmod home");
-        World { root, base, layout: BoxLayout::new(home) }
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod home");
+        World {
+            root,
+            base,
+            layout: BoxLayout::new(home),
+        }
     }
 
     pub(crate) fn config(&self) -> StrategyConfig {
-        StrategyConfig { base_dir: self.base.clone(), ..StrategyConfig::default() }
+        StrategyConfig {
+            base_dir: self.base.clone(),
+            ..StrategyConfig::default()
+        }
     }
 
     pub(crate) fn strategy(&self, name: &str) -> Arc<dyn SocketBinding> {
-        Registry::<StrategyRegistration>::collected().build(name, &self.config()).unwrap_or_else(|e| panic!("build {name}: {e}"))
+        Registry::<StrategyRegistration>::collected()
+            .build(name, &self.config())
+            .unwrap_or_else(|e| panic!("build {name}: {e}"))
     }
 
     pub(crate) fn new_box(&self) -> BoxId {
@@ -307,7 +369,8 @@ impl World {
         let p = self.root.path().join(name);
         std::fs::create_dir(&p).expect("mkdir attacker dir");
         std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).expect("chown attacker dir");
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).expect("chmod attacker dir");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777))
+            .expect("chmod attacker dir");
         p
     }
 }
@@ -315,7 +378,11 @@ impl World {
 /// The entries of a directory, sorted (empty if it cannot be read).
 pub(crate) fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -323,21 +390,44 @@ pub(crate) fn entries(dir: &Path) -> Vec<String> {
 
 /// What the runtime does before it binds: ensure, then bind. Returns the variant of the
 /// failure.
-fn ensure_then_bind(s: &dyn SocketBinding, l: &BoxLayout, id: &BoxId, name: &str) -> Result<(), &'static str> {
-    s.ensure(l, id).and_then(|()| s.bind_stream(l, id, name)).map(drop).map_err(|e| variant(&e))
+fn ensure_then_bind(
+    s: &dyn SocketBinding,
+    l: &BoxLayout,
+    id: &BoxId,
+    name: &str,
+) -> Result<(), &'static str> {
+    s.ensure(l, id)
+        .and_then(|()| s.bind_stream(l, id, name))
+        .map(drop)
+        .map_err(|e| variant(&e))
 }
 
 /// What the runtime does before it dials: ensure, then connect.
-fn ensure_then_connect(s: &dyn SocketBinding, l: &BoxLayout, id: &BoxId, name: &str) -> Result<(), &'static str> {
-    s.ensure(l, id).and_then(|()| s.connect_stream(l, id, name)).map(drop).map_err(|e| variant(&e))
+fn ensure_then_connect(
+    s: &dyn SocketBinding,
+    l: &BoxLayout,
+    id: &BoxId,
+    name: &str,
+) -> Result<(), &'static str> {
+    s.ensure(l, id)
+        .and_then(|()| s.connect_stream(l, id, name))
+        .map(drop)
+        .map_err(|e| variant(&e))
 }
 
 /// The common end of the squatting scenarios: `ensure` fails with `Insecure` naming the
 /// per-user path and `facts`; binding and dialling after it fail; `watched` (the
 /// attacker's directory, if any) stays empty. Returns the observed text.
-fn assert_squat_refused(w: &World, s: &dyn SocketBinding, facts: &[&str], watched: Option<&Path>) -> String {
+fn assert_squat_refused(
+    w: &World,
+    s: &dyn SocketBinding,
+    facts: &[&str],
+    watched: Option<&Path>,
+) -> String {
     let id = w.new_box();
-    let err = s.ensure(&w.layout, &id).expect_err("ensure over a squatted per-user directory");
+    let err = s
+        .ensure(&w.layout, &id)
+        .expect_err("ensure over a squatted per-user directory");
     let reason = match &err {
         BindingError::Insecure { path, reason } => {
             assert_eq!(path, &w.per_uid(), "{err}");
@@ -350,20 +440,45 @@ fn assert_squat_refused(w: &World, s: &dyn SocketBinding, facts: &[&str], watche
     }
     let msg = err.to_string();
     assert!(msg.contains(&w.per_uid().display().to_string()), "{msg}");
-    let bind = ensure_then_bind(s, &w.layout, &id, "agent.sock").expect_err("bind after a refused ensure");
-    let dial = ensure_then_connect(s, &w.layout, &id, "agent.sock").expect_err("connect after a refused ensure");
+    let bind =
+        ensure_then_bind(s, &w.layout, &id, "agent.sock").expect_err("bind after a refused ensure");
+    let dial = ensure_then_connect(s, &w.layout, &id, "agent.sock")
+        .expect_err("connect after a refused ensure");
     // A caller that skips ensure gets nowhere either: nothing of ours is at the link.
-    let bare = s.bind_stream(&w.layout, &id, "ready.sock").map(drop).map_err(|e| variant(&e));
-    assert!(bare.is_err(), "a bare bind_stream through the squatted directory succeeded");
+    let bare = s
+        .bind_stream(&w.layout, &id, "ready.sock")
+        .map(drop)
+        .map_err(|e| variant(&e));
+    assert!(
+        bare.is_err(),
+        "a bare bind_stream through the squatted directory succeeded"
+    );
     if let Some(dir) = watched {
-        assert_eq!(entries(dir), Vec::<String>::new(), "something was created in the attacker's directory {}", dir.display());
+        assert_eq!(
+            entries(dir),
+            Vec::<String>::new(),
+            "something was created in the attacker's directory {}",
+            dir.display()
+        );
     }
-    assert_eq!(entries(&w.layout.sockets_dir(&id)), Vec::<String>::new(), "no socket may be bound anywhere");
+    assert_eq!(
+        entries(&w.layout.sockets_dir(&id)),
+        Vec::<String>::new(),
+        "no socket may be bound anywhere"
+    );
     format!(
         "ensure refused: Insecure at <base>/boxsock-<uid> naming {}; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}, bare bind_stream → {}; no socket bound anywhere{}",
-        facts.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(" and "),
+        facts
+            .iter()
+            .map(|f| format!("{f:?}"))
+            .collect::<Vec<_>>()
+            .join(" and "),
         bare.unwrap_err(),
-        if watched.is_some() { ", nothing created in the attacker's directory" } else { "" }
+        if watched.is_some() {
+            ", nothing created in the attacker's directory"
+        } else {
+            ""
+        }
     )
 }
 
@@ -373,18 +488,33 @@ scenario!(
     "before first use, `nobody` creates `<base>/boxsock-<uid>` (base mode 1777) as its own directory, mode 0777; then `short-symlink` ensure, bind and connect",
     {
         (|| -> Outcome {
-        if !is_root() {
-            return Outcome::Skipped(NEED_ROOT.into());
-        }
-        let w = World::new();
-        let s = w.strategy("short-symlink");
-        let p = w.per_uid();
-        let r = nobody::run(&[nobody::Act::Mkdir(cstr(&p), 0o777), nobody::Act::Chmod(cstr(&p), 0o777)]).unwrap();
-        assert_eq!(r, [0, 0], "nobody could not squat");
-        let text = assert_squat_refused(&w, s.as_ref(), &["owned by uid 65534", "mode 0777"], Some(&p));
-        let m = std::fs::symlink_metadata(&p).unwrap();
-        assert_eq!((m.uid(), m.mode() & 0o7777), (NOBODY, 0o777), "the attacker's directory was changed");
-        Outcome::Passed(format!("{text}; it is still nobody's, mode 0777 (not taken over)"))
+            if !is_root() {
+                return Outcome::Skipped(NEED_ROOT.into());
+            }
+            let w = World::new();
+            let s = w.strategy("short-symlink");
+            let p = w.per_uid();
+            let r = nobody::run(&[
+                nobody::Act::Mkdir(cstr(&p), 0o777),
+                nobody::Act::Chmod(cstr(&p), 0o777),
+            ])
+            .unwrap();
+            assert_eq!(r, [0, 0], "nobody could not squat");
+            let text = assert_squat_refused(
+                &w,
+                s.as_ref(),
+                &["owned by uid 65534", "mode 0777"],
+                Some(&p),
+            );
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            assert_eq!(
+                (m.uid(), m.mode() & 0o7777),
+                (NOBODY, 0o777),
+                "the attacker's directory was changed"
+            );
+            Outcome::Passed(format!(
+                "{text}; it is still nobody's, mode 0777 (not taken over)"
+            ))
         })()
     }
 );
@@ -395,22 +525,32 @@ scenario!(
     "before first use, `nobody` makes `<base>/boxsock-<uid>` a symlink to its own 0777 directory; then `short-symlink` ensure, bind and connect",
     {
         (|| -> Outcome {
-        if !is_root() {
-            return Outcome::Skipped(NEED_ROOT.into());
-        }
-        let w = World::new();
-        let s = w.strategy("short-symlink");
-        let evil = w.base.join("evil");
-        let r = nobody::run(&[
-            nobody::Act::Mkdir(cstr(&evil), 0o777),
-            nobody::Act::Chmod(cstr(&evil), 0o777),
-            nobody::Act::Symlink(cstr(&evil), cstr(&w.per_uid())),
-        ])
-        .unwrap();
-        assert_eq!(r, [0, 0, 0], "nobody could not squat");
-        let text = assert_squat_refused(&w, s.as_ref(), &["a symlink", "owned by uid 65534"], Some(&evil));
-        assert!(std::fs::symlink_metadata(w.per_uid()).unwrap().file_type().is_symlink());
-        Outcome::Passed(format!("{text} (the link was not followed)"))
+            if !is_root() {
+                return Outcome::Skipped(NEED_ROOT.into());
+            }
+            let w = World::new();
+            let s = w.strategy("short-symlink");
+            let evil = w.base.join("evil");
+            let r = nobody::run(&[
+                nobody::Act::Mkdir(cstr(&evil), 0o777),
+                nobody::Act::Chmod(cstr(&evil), 0o777),
+                nobody::Act::Symlink(cstr(&evil), cstr(&w.per_uid())),
+            ])
+            .unwrap();
+            assert_eq!(r, [0, 0, 0], "nobody could not squat");
+            let text = assert_squat_refused(
+                &w,
+                s.as_ref(),
+                &["a symlink", "owned by uid 65534"],
+                Some(&evil),
+            );
+            assert!(
+                std::fs::symlink_metadata(w.per_uid())
+                    .unwrap()
+                    .file_type()
+                    .is_symlink()
+            );
+            Outcome::Passed(format!("{text} (the link was not followed)"))
         })()
     }
 );
@@ -421,17 +561,25 @@ scenario!(
     "before first use, `nobody` creates `<base>/boxsock-<uid>` as a regular file; then `short-symlink` ensure, bind and connect",
     {
         (|| -> Outcome {
-        if !is_root() {
-            return Outcome::Skipped(NEED_ROOT.into());
-        }
-        let w = World::new();
-        let s = w.strategy("short-symlink");
-        let r = nobody::run(&[nobody::Act::CreateFile(cstr(&w.per_uid()))]).unwrap();
-        assert_eq!(r, [0], "nobody could not squat");
-        let text = assert_squat_refused(&w, s.as_ref(), &["a regular file", "owned by uid 65534"], None);
-        let m = std::fs::symlink_metadata(w.per_uid()).unwrap();
-        assert!(m.is_file() && m.len() == 0 && m.uid() == NOBODY, "the file was changed");
-        Outcome::Passed(format!("{text}; the file is untouched"))
+            if !is_root() {
+                return Outcome::Skipped(NEED_ROOT.into());
+            }
+            let w = World::new();
+            let s = w.strategy("short-symlink");
+            let r = nobody::run(&[nobody::Act::CreateFile(cstr(&w.per_uid()))]).unwrap();
+            assert_eq!(r, [0], "nobody could not squat");
+            let text = assert_squat_refused(
+                &w,
+                s.as_ref(),
+                &["a regular file", "owned by uid 65534"],
+                None,
+            );
+            let m = std::fs::symlink_metadata(w.per_uid()).unwrap();
+            assert!(
+                m.is_file() && m.len() == 0 && m.uid() == NOBODY,
+                "the file was changed"
+            );
+            Outcome::Passed(format!("{text}; the file is untouched"))
         })()
     }
 );
@@ -441,13 +589,14 @@ scenario!(
     "Attacks",
     "`<base>/boxsock-<uid>` already exists as our own directory with mode 0777; then `short-symlink` ensure, bind, connect",
     {
-                let w = World::new();
+        let w = World::new();
         let s = w.strategy("short-symlink");
         let p = w.per_uid();
         std::fs::create_dir(&p).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
         let id = w.new_box();
-        s.ensure(&w.layout, &id).expect("ensure repairs our own directory");
+        s.ensure(&w.layout, &id)
+            .expect("ensure repairs our own directory");
         let mode = std::fs::metadata(&p).unwrap().mode() & 0o7777;
         assert_eq!(mode, 0o700, "mode not repaired");
         let l = s.bind_stream(&w.layout, &id, "agent.sock").unwrap();
@@ -457,7 +606,10 @@ scenario!(
         let mut b = [0u8; 1];
         a.read_exact(&mut b).unwrap();
         assert_eq!(&b, b"x");
-        assert!(w.layout.sockets_dir(&id).join("agent.sock").exists(), "the socket is not in the box's real directory");
+        assert!(
+            w.layout.sockets_dir(&id).join("agent.sock").exists(),
+            "the socket is not in the box's real directory"
+        );
         Outcome::Passed(format!(
             "ensure succeeded and repaired the directory to mode {mode:04o}; a stream round trip went through the link and the socket file is in <home>/boxes/<id>/sockets"
         ))
@@ -477,38 +629,54 @@ scenario!(
     "a live box's link `<base>/boxsock-<uid>/<id>` is atomically replaced (by root, as nobody cannot write in the 0700 directory) with a link to a 0777 directory of nobody's; then ensure, bind, connect; then the operator removes the bad link and ensure again",
     {
         (|| -> Outcome {
-        if !is_root() {
-            return Outcome::Skipped("needs root to chown the attacker's directory to nobody".into());
-        }
-        let w = World::new();
-        let s = w.strategy("short-symlink");
-        let id = w.new_box();
-        s.ensure(&w.layout, &id).unwrap();
-        let live = s.bind_stream(&w.layout, &id, "agent.sock").unwrap();
-        let evil = w.attacker_dir("evil");
-        let link = s.binding_path(&w.layout, &id).expect("short-symlink has a link");
-        swap_link(&link, &evil);
-        let err = s.ensure(&w.layout, &id).expect_err("ensure over a swapped link");
-        match &err {
-            BindingError::Occupied { path, found } => {
-                assert_eq!(path, &link, "{err}");
-                assert!(found.contains(&evil.display().to_string()), "{err}");
+            if !is_root() {
+                return Outcome::Skipped(
+                    "needs root to chown the attacker's directory to nobody".into(),
+                );
             }
-            other => panic!("expected Occupied, got {other:?}"),
-        }
-        let bind = ensure_then_bind(s.as_ref(), &w.layout, &id, "ready.sock").expect_err("bind after swap");
-        let dial = ensure_then_connect(s.as_ref(), &w.layout, &id, "agent.sock").expect_err("connect after swap");
-        assert_eq!(entries(&evil), Vec::<String>::new(), "something was created in the attacker's directory");
-        assert_eq!(std::fs::read_link(&link).unwrap(), evil, "ensure must not silently take the link back or follow it");
-        // The operator removes the bad link; the next ensure heals and the live box is reachable.
-        std::fs::remove_file(&link).unwrap();
-        s.ensure(&w.layout, &id).unwrap();
-        let _c = s.connect_stream(&w.layout, &id, "agent.sock").unwrap();
-        live.accept_once().unwrap();
-        assert_eq!(entries(&evil), Vec::<String>::new());
-        Outcome::Passed(format!(
-            "ensure noticed by device+inode and refused: Occupied at <base>/boxsock-<uid>/<id> naming the attacker's directory; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}; the attacker's directory stayed empty; after the bad link was removed ensure healed it and the live agent socket was reachable again"
-        ))
+            let w = World::new();
+            let s = w.strategy("short-symlink");
+            let id = w.new_box();
+            s.ensure(&w.layout, &id).unwrap();
+            let live = s.bind_stream(&w.layout, &id, "agent.sock").unwrap();
+            let evil = w.attacker_dir("evil");
+            let link = s
+                .binding_path(&w.layout, &id)
+                .expect("short-symlink has a link");
+            swap_link(&link, &evil);
+            let err = s
+                .ensure(&w.layout, &id)
+                .expect_err("ensure over a swapped link");
+            match &err {
+                BindingError::Occupied { path, found } => {
+                    assert_eq!(path, &link, "{err}");
+                    assert!(found.contains(&evil.display().to_string()), "{err}");
+                }
+                other => panic!("expected Occupied, got {other:?}"),
+            }
+            let bind = ensure_then_bind(s.as_ref(), &w.layout, &id, "ready.sock")
+                .expect_err("bind after swap");
+            let dial = ensure_then_connect(s.as_ref(), &w.layout, &id, "agent.sock")
+                .expect_err("connect after swap");
+            assert_eq!(
+                entries(&evil),
+                Vec::<String>::new(),
+                "something was created in the attacker's directory"
+            );
+            assert_eq!(
+                std::fs::read_link(&link).unwrap(),
+                evil,
+                "ensure must not silently take the link back or follow it"
+            );
+            // The operator removes the bad link; the next ensure heals and the live box is reachable.
+            std::fs::remove_file(&link).unwrap();
+            s.ensure(&w.layout, &id).unwrap();
+            let _c = s.connect_stream(&w.layout, &id, "agent.sock").unwrap();
+            live.accept_once().unwrap();
+            assert_eq!(entries(&evil), Vec::<String>::new());
+            Outcome::Passed(format!(
+                "ensure noticed by device+inode and refused: Occupied at <base>/boxsock-<uid>/<id> naming the attacker's directory; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}; the attacker's directory stayed empty; after the bad link was removed ensure healed it and the live agent socket was reachable again"
+            ))
         })()
     }
 );
@@ -519,42 +687,57 @@ scenario!(
     "a /tmp cleaner removes a live box's whole `<base>/boxsock-<uid>`; `nobody` recreates it as its own 0777 directory holding `<id>` → its own 0777 directory; then ensure, bind, connect",
     {
         (|| -> Outcome {
-        if !is_root() {
-            return Outcome::Skipped(NEED_ROOT.into());
-        }
-        let w = World::new();
-        let s = w.strategy("short-symlink");
-        let id = w.new_box();
-        s.ensure(&w.layout, &id).unwrap();
-        let _live = s.bind_stream(&w.layout, &id, "agent.sock").unwrap();
-        // The cleaner: removes the directory and the link in it (not what the link points to).
-        std::fs::remove_dir_all(w.per_uid()).unwrap();
-        assert!(w.layout.sockets_dir(&id).join("agent.sock").exists(), "the cleaner must not reach the home");
-        let p = w.per_uid();
-        let evil = w.base.join("evil");
-        let r = nobody::run(&[
-            nobody::Act::Mkdir(cstr(&p), 0o777),
-            nobody::Act::Chmod(cstr(&p), 0o777),
-            nobody::Act::Mkdir(cstr(&evil), 0o777),
-            nobody::Act::Chmod(cstr(&evil), 0o777),
-            nobody::Act::Symlink(cstr(&evil), cstr(&p.join(id.as_str()))),
-        ])
-        .unwrap();
-        assert_eq!(r, [0, 0, 0, 0, 0], "nobody could not set the trap");
-        // The steady-state fast path holds a descriptor of the removed directory; it must
-        // not be trusted, and the new directory must be refused.
-        let err = s.ensure(&w.layout, &id).expect_err("ensure over the attacker's per-user directory");
-        assert!(
-            matches!(&err, BindingError::Insecure { path, reason } if path == &p && reason.contains("owned by uid 65534")),
-            "{err:?}"
-        );
-        let bind = ensure_then_bind(s.as_ref(), &w.layout, &id, "ready.sock").expect_err("bind into the trap");
-        let dial = ensure_then_connect(s.as_ref(), &w.layout, &id, "agent.sock").expect_err("connect into the trap");
-        assert_eq!(entries(&evil), Vec::<String>::new(), "something was bound in the attacker's directory");
-        assert_eq!(entries(&p), vec![id.to_string()], "the attacker's directory was changed");
-        Outcome::Passed(format!(
-            "ensure refused: Insecure at <base>/boxsock-<uid> (\"owned by uid 65534\"), not fooled by its cached descriptor of the removed directory; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}; the attacker's target directory stayed empty and their directory untouched"
-        ))
+            if !is_root() {
+                return Outcome::Skipped(NEED_ROOT.into());
+            }
+            let w = World::new();
+            let s = w.strategy("short-symlink");
+            let id = w.new_box();
+            s.ensure(&w.layout, &id).unwrap();
+            let _live = s.bind_stream(&w.layout, &id, "agent.sock").unwrap();
+            // The cleaner: removes the directory and the link in it (not what the link points to).
+            std::fs::remove_dir_all(w.per_uid()).unwrap();
+            assert!(
+                w.layout.sockets_dir(&id).join("agent.sock").exists(),
+                "the cleaner must not reach the home"
+            );
+            let p = w.per_uid();
+            let evil = w.base.join("evil");
+            let r = nobody::run(&[
+                nobody::Act::Mkdir(cstr(&p), 0o777),
+                nobody::Act::Chmod(cstr(&p), 0o777),
+                nobody::Act::Mkdir(cstr(&evil), 0o777),
+                nobody::Act::Chmod(cstr(&evil), 0o777),
+                nobody::Act::Symlink(cstr(&evil), cstr(&p.join(id.as_str()))),
+            ])
+            .unwrap();
+            assert_eq!(r, [0, 0, 0, 0, 0], "nobody could not set the trap");
+            // The steady-state fast path holds a descriptor of the removed directory; it must
+            // not be trusted, and the new directory must be refused.
+            let err = s
+                .ensure(&w.layout, &id)
+                .expect_err("ensure over the attacker's per-user directory");
+            assert!(
+                matches!(&err, BindingError::Insecure { path, reason } if path == &p && reason.contains("owned by uid 65534")),
+                "{err:?}"
+            );
+            let bind = ensure_then_bind(s.as_ref(), &w.layout, &id, "ready.sock")
+                .expect_err("bind into the trap");
+            let dial = ensure_then_connect(s.as_ref(), &w.layout, &id, "agent.sock")
+                .expect_err("connect into the trap");
+            assert_eq!(
+                entries(&evil),
+                Vec::<String>::new(),
+                "something was bound in the attacker's directory"
+            );
+            assert_eq!(
+                entries(&p),
+                vec![id.to_string()],
+                "the attacker's directory was changed"
+            );
+            Outcome::Passed(format!(
+                "ensure refused: Insecure at <base>/boxsock-<uid> (\"owned by uid 65534\"), not fooled by its cached descriptor of the removed directory; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}; the attacker's target directory stayed empty and their directory untouched"
+            ))
         })()
     }
 );
@@ -568,10 +751,17 @@ pub(crate) struct ServedAgent {
 
 impl ServedAgent {
     pub(crate) fn start(s: &dyn SocketBinding, l: &BoxLayout, id: &BoxId) -> ServedAgent {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let agent_addr = s.address(l, id, "agent.sock").unwrap();
         let ready_addr = s.address(l, id, "ready.sock").unwrap();
-        let allow_uids = s.peer_policy().allowed_uids().map(<[u32]>::to_vec).unwrap_or_default();
+        let allow_uids = s
+            .peer_policy()
+            .allowed_uids()
+            .map(<[u32]>::to_vec)
+            .unwrap_or_default();
         let config = boxsock_agent::AgentConfig {
             agent: boxsock_agent::AgentAddress::Unix(agent_addr),
             ready: boxsock_agent::AgentAddress::Unix(ready_addr),
@@ -587,7 +777,10 @@ impl ServedAgent {
                 eprintln!("agent: {e}");
             }
         });
-        ServedAgent { thread: Some(thread), stop }
+        ServedAgent {
+            thread: Some(thread),
+            stop,
+        }
     }
 }
 
@@ -602,7 +795,9 @@ impl Drop for ServedAgent {
 
 /// Hello, then exec `touch <marker>`: the frames a client sends to run a command.
 fn exec_touch_bytes(marker: &Path) -> Vec<u8> {
-    let mut b = proto::encode(&Frame::Control(Request::Hello { version: proto::VERSION }));
+    let mut b = proto::encode(&Frame::Control(Request::Hello {
+        version: proto::VERSION,
+    }));
     b.extend(proto::encode(&Frame::Control(Request::Exec {
         argv: vec!["/usr/bin/touch".into(), marker.display().to_string()],
         env: Vec::new(),
@@ -628,45 +823,57 @@ scenario!(
     "for every registered strategy, the real agent serves a box's `agent.sock`; `nobody` connects and sends hello + exec `touch <marker>`; then the owner does the same through the strategy",
     {
         (|| -> Outcome {
-        if !is_root() {
-            return Outcome::Skipped(NEED_ROOT.into());
-        }
-        let reg = Registry::<StrategyRegistration>::collected();
-        let names = reg.names();
-        for n in ["short-symlink", "direct", "abstract"] {
-            assert!(names.contains(&n), "strategy {n} is not linked");
-        }
-        let mut seen = Vec::new();
-        for name in names {
-            let w = World::new();
-            let s = w.strategy(name);
-            let id = w.new_box();
-            s.ensure(&w.layout, &id).unwrap();
-            let agent = ServedAgent::start(s.as_ref(), &w.layout, &id);
-            let addr = s.address(&w.layout, &id, "agent.sock").unwrap();
-            let theirs = w.root.path().join("nobody-ran-this");
-            let r = nobody::run(&[nobody::Act::ConnectSend(nobody::RawAddr::of(&addr), exec_touch_bytes(&theirs))]).unwrap();
-            // The owner, through the strategy (which checks the listener where it must).
-            let ours = w.root.path().join("owner-ran-this");
-            let mut c = s.connect_stream(&w.layout, &id, "agent.sock").unwrap();
-            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            c.write_all(&exec_touch_bytes(&ours)).unwrap();
-            let mut reply = Vec::new();
-            let _ = c.read_to_end(&mut reply);
-            assert!(wait_exists(&ours, Duration::from_secs(10)), "{name}: the owner's exec did not run (reply {reply:?})");
-            assert!(!theirs.exists(), "{name}: the agent ran nobody's command");
-            let what = match r[0] {
-                e if e == -i64::from(libc::EACCES) => "connect refused with EACCES".to_owned(),
-                0 if s.capabilities().peer_credentials => "connected, then dropped by the agent's SO_PEERCRED check with no reply".to_owned(),
-                other => panic!("{name}: nobody's connection got {other} (bytes, or -errno): it was served"),
-            };
-            seen.push(format!("{name}: {what}"));
-            drop(agent);
-        }
-        Outcome::Passed(format!(
-            "{}; nobody's command never ran, the owner's exec through the same strategy did",
-            seen.join("; ")
-        ))
+            if !is_root() {
+                return Outcome::Skipped(NEED_ROOT.into());
+            }
+            let reg = Registry::<StrategyRegistration>::collected();
+            let names = reg.names();
+            for n in ["short-symlink", "direct", "abstract"] {
+                assert!(names.contains(&n), "strategy {n} is not linked");
+            }
+            let mut seen = Vec::new();
+            for name in names {
+                let w = World::new();
+                let s = w.strategy(name);
+                let id = w.new_box();
+                s.ensure(&w.layout, &id).unwrap();
+                let agent = ServedAgent::start(s.as_ref(), &w.layout, &id);
+                let addr = s.address(&w.layout, &id, "agent.sock").unwrap();
+                let theirs = w.root.path().join("nobody-ran-this");
+                let r = nobody::run(&[nobody::Act::ConnectSend(
+                    nobody::RawAddr::of(&addr),
+                    exec_touch_bytes(&theirs),
+                )])
+                .unwrap();
+                // The owner, through the strategy (which checks the listener where it must).
+                let ours = w.root.path().join("owner-ran-this");
+                let mut c = s.connect_stream(&w.layout, &id, "agent.sock").unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                c.write_all(&exec_touch_bytes(&ours)).unwrap();
+                let mut reply = Vec::new();
+                let _ = c.read_to_end(&mut reply);
+                assert!(
+                    wait_exists(&ours, Duration::from_secs(10)),
+                    "{name}: the owner's exec did not run (reply {reply:?})"
+                );
+                assert!(!theirs.exists(), "{name}: the agent ran nobody's command");
+                let what = match r[0] {
+                    e if e == -i64::from(libc::EACCES) => "connect refused with EACCES".to_owned(),
+                    0 if s.capabilities().peer_credentials => {
+                        "connected, then dropped by the agent's SO_PEERCRED check with no reply"
+                            .to_owned()
+                    }
+                    other => panic!(
+                        "{name}: nobody's connection got {other} (bytes, or -errno): it was served"
+                    ),
+                };
+                seen.push(format!("{name}: {what}"));
+                drop(agent);
+            }
+            Outcome::Passed(format!(
+                "{}; nobody's command never ran, the owner's exec through the same strategy did",
+                seen.join("; ")
+            ))
         })()
     }
 );
@@ -675,7 +882,9 @@ scenario!(
 // End to end through the runtime (`boxsock_core::runtime`), boxes on the `host` backend
 // running the real `boxsock-agent`.
 
-use boxsock::{BoxState, CreateOptions, ExecIo, ProcessIdentity, Runtime, RuntimeError, RuntimeOptions};
+use boxsock::{
+    BoxState, CreateOptions, ExecIo, ProcessIdentity, Runtime, RuntimeError, RuntimeOptions,
+};
 use boxsock_core::backend::BackendConfig;
 
 /// `target/<profile>`, holding a built `boxsock-agent` (built once if missing: this
@@ -705,20 +914,36 @@ pub(crate) fn agent_dir() -> PathBuf {
 pub(crate) fn rt_options(w: &World) -> RuntimeOptions {
     let mut o = RuntimeOptions::new(boxsock::builtin_strategies(), boxsock::builtin_backends());
     o.strategy_config = w.config();
-    o.backend_config = BackendConfig { helper_dir: Some(agent_dir()), ..Default::default() };
+    o.backend_config = BackendConfig {
+        helper_dir: Some(agent_dir()),
+        ..Default::default()
+    };
     o.health_monitor = false;
     o.ready_timeout = Duration::from_secs(20);
     o
 }
 
 pub(crate) fn tokio_rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 pub(crate) async fn exec_code(rt: &Runtime, id: &str, argv: &[&str]) -> Result<i32, RuntimeError> {
     let (mut on_out, mut on_err) = (|_: &[u8]| {}, |_: &[u8]| {});
-    rt.exec(id, argv.iter().map(|s| s.to_string()).collect(), vec![], ExecIo { stdin: None, stdout: &mut on_out, stderr: &mut on_err })
-        .await
+    rt.exec(
+        id,
+        argv.iter().map(|s| s.to_string()).collect(),
+        vec![],
+        ExecIo {
+            stdin: None,
+            stdout: &mut on_out,
+            stderr: &mut on_err,
+        },
+    )
+    .await
 }
 
 scenario!(
@@ -727,14 +952,14 @@ scenario!(
     "the runtime starts a box on the `host` backend with each strategy the backend accepts; `nobody` dials the box's agent address and sends hello + exec `touch <marker>`; then the owner runs `touch` through `Runtime::exec`",
     {
         (|| -> Outcome {
-        if !is_root() {
-            return Outcome::Skipped(NEED_ROOT.into());
-        }
-        let tokio = tokio_rt();
-        let mut seen = Vec::new();
-        for name in boxsock::builtin_strategies().names() {
-            let w = World::new();
-            let text = tokio.block_on(async {
+            if !is_root() {
+                return Outcome::Skipped(NEED_ROOT.into());
+            }
+            let tokio = tokio_rt();
+            let mut seen = Vec::new();
+            for name in boxsock::builtin_strategies().names() {
+                let w = World::new();
+                let text = tokio.block_on(async {
                 let (rt, _) = Runtime::open(w.layout.home(), rt_options(&w)).await.unwrap();
                 let b = match rt.create(CreateOptions::new(name, "host")).await {
                     Ok(b) => b,
@@ -764,12 +989,12 @@ scenario!(
                 assert!(!ProcessIdentity::of(pid).map(|p| p.is_alive()).unwrap_or(false), "{name}: the box process survived rm -f");
                 format!("{name}: {what}")
             });
-            seen.push(text);
-        }
-        Outcome::Passed(format!(
-            "{}; nobody's command never ran; the owner's exec ran and the box still answered ping",
-            seen.join("; ")
-        ))
+                seen.push(text);
+            }
+            Outcome::Passed(format!(
+                "{}; nobody's command never ran; the owner's exec ran and the box still answered ping",
+                seen.join("; ")
+            ))
         })()
     }
 );
@@ -779,7 +1004,10 @@ fn forge_identity(home: &Path, id: &str, pid: i32, start_time: u64) {
     let db = rusqlite::Connection::open(home.join("boxsock.db")).unwrap();
     db.busy_timeout(Duration::from_secs(30)).unwrap();
     let n = db
-        .execute("UPDATE boxes SET pid = ?1, start_time = ?2 WHERE id = ?3", rusqlite::params![pid, start_time as i64, id])
+        .execute(
+            "UPDATE boxes SET pid = ?1, start_time = ?2 WHERE id = ?3",
+            rusqlite::params![pid, start_time as i64, id],
+        )
         .unwrap();
     assert_eq!(n, 1, "no row for box {id}");
 }
@@ -791,7 +1019,13 @@ struct Stranger(std::process::Child);
 impl Stranger {
     fn spawn() -> Stranger {
         use std::os::unix::process::CommandExt;
-        Stranger(std::process::Command::new("sleep").arg("300").process_group(0).spawn().unwrap())
+        Stranger(
+            std::process::Command::new("sleep")
+                .arg("300")
+                .process_group(0)
+                .spawn()
+                .unwrap(),
+        )
     }
     fn pid(&self) -> i32 {
         self.0.id() as i32
@@ -879,6 +1113,9 @@ scenario!(
             });
             seen.push(text);
         }
-        Outcome::Passed(format!("{}; the recorded (pid, start time) named no live process, so nothing was signalled", seen.join("; ")))
+        Outcome::Passed(format!(
+            "{}; the recorded (pid, start time) named no live process, so nothing was signalled",
+            seen.join("; ")
+        ))
     }
 );

@@ -394,6 +394,80 @@ fn never_ready_agent(dir: &Path) -> PathBuf {
 // Crash at every step
 // ---------------------------------------------------------------------------------------
 
+/// The row of `id` as stored (read from the database file, without opening a runtime,
+/// which would recover): (state, recorded pid).
+fn stored(env: &Env, id: &str) -> Option<(String, Option<i32>)> {
+    let store = boxsock::boxsock_core::store::Store::open(env.home.join("boxsock.db")).unwrap();
+    let l = store.list().unwrap();
+    l.boxes
+        .iter()
+        .find(|b| b.id.as_str() == id)
+        .map(|b| (b.state.to_string(), b.process.map(|p| p.pid)))
+}
+
+/// What the home looks like right after the CLI died at `step`, before anyone reopens
+/// it: proves the hook fired where its name says.
+fn assert_left_at(env: &Env, step: &str, id: &str) {
+    let row = stored(env, id);
+    let state = row.as_ref().map(|(s, _)| s.as_str());
+    let pid = row.as_ref().and_then(|(_, p)| *p);
+    let dir = env.home.join("boxes").join(id).is_dir();
+    let link = std::fs::symlink_metadata(env.per_uid_dir().join(id)).is_ok();
+    let ready = socket_files(env, id).iter().any(|f| f == "ready.sock");
+    let expect = |ok: bool, what: &str| {
+        assert!(
+            ok,
+            "{step}: expected {what}; found row {row:?}, dir {dir}, link {link}, ready.sock {ready}"
+        )
+    };
+    match step {
+        "create:dirs" => expect(dir && row.is_none() && !link, "a directory without a row"),
+        "create:row" => expect(
+            dir && state == Some("created") && !link,
+            "a created row without a link",
+        ),
+        "create:ensured" => expect(
+            dir && state == Some("created") && link,
+            "a created row with its link",
+        ),
+        "start:starting" => expect(
+            state == Some("starting") && pid.is_none() && !ready,
+            "starting, nothing bound",
+        ),
+        "start:bound" => expect(
+            state == Some("starting") && pid.is_none() && ready,
+            "starting, ready.sock bound",
+        ),
+        "start:launched" | "start:ready" => expect(
+            state == Some("starting") && pid.is_some(),
+            "starting with a recorded process",
+        ),
+        "start:running" => expect(
+            state == Some("running") && pid.is_some_and(pid_running),
+            "running with a live process",
+        ),
+        "stop:stopping" => expect(
+            state == Some("stopping") && pid.is_some_and(pid_running),
+            "stopping, process alive",
+        ),
+        "stop:terminated" => expect(
+            state == Some("stopping") && pid.is_some_and(|p| !pid_running(p)),
+            "stopping, process gone",
+        ),
+        "stop:stopped" => expect(state == Some("stopped") && pid.is_none(), "stopped"),
+        "remove:released" => expect(
+            dir && row.is_some() && !link,
+            "row and directory without the link",
+        ),
+        "remove:dir-removed" => expect(
+            !dir && row.is_some() && !link,
+            "a row without its directory",
+        ),
+        "remove:row-deleted" => expect(!dir && row.is_none() && !link, "nothing"),
+        other => panic!("no expectation for step {other}"),
+    }
+}
+
 /// After a crash: reopen, check, then use and remove every box. Returns "step → state".
 fn recover_and_finish(env: &Env, step: &str, ids: &[&str]) -> String {
     let boxes = reopen_and_check_truthful(env, step);
@@ -432,11 +506,12 @@ scenario!(
             let dirs: Vec<String> = env.box_dirs().into_iter().collect();
             assert_eq!(dirs.len(), 1, "{step}: the crashed create left {dirs:?}");
             let ids: Vec<&str> = dirs.iter().map(String::as_str).collect();
+            assert_left_at(&env, step, ids[0]);
             seen.push(recover_and_finish(&env, step, &ids));
         }
         assert_eq!(seen.len(), 3);
         Outcome::Passed(format!(
-            "the CLI died at every step; after reopening: {} (a directory without its row is removed); every box then started, ran a command and was removed, leaving no row, directory, link, socket or process",
+            "the CLI died (SIGKILL) at every step, leaving on disk exactly what the step implies; after reopening: {} (a directory without its row is removed); every box then started, ran a command and was removed, leaving no row, directory, link, socket or process",
             seen.join("; ")
         ))
     }
@@ -452,6 +527,7 @@ scenario!(
         for step in steps("start") {
             let id = create(&env);
             crash_at(env.cli().args(["start", &id]), step);
+            assert_left_at(&env, step, &id);
             let rec = json(env.cli().args(["inspect", &id, "--json"]));
             let pid = rec["pid"].as_i64().map(|p| p as i32);
             let r = recover_and_finish(&env, step, &[&id]);
@@ -462,7 +538,7 @@ scenario!(
         }
         assert_eq!(seen.len(), 5);
         Outcome::Passed(format!(
-            "the CLI died at every step; after reopening: {} (a box whose starter died before `running` was recorded has its process killed and is stopped; one recorded running keeps its live process); each then ran a command and was removed, leaving nothing",
+            "the CLI died (SIGKILL) at every step, leaving on disk exactly what the step implies; after reopening: {} (a box whose starter died before `running` was recorded has its process killed and is stopped; one recorded running keeps its live process); each then ran a command and was removed, leaving nothing",
             seen.join("; ")
         ))
     }
@@ -480,6 +556,7 @@ scenario!(
             ok(env.cli().args(["start", &id]));
             let pid = pid_of(&env, &id);
             crash_at(env.cli().args(["stop", &id]), step);
+            assert_left_at(&env, step, &id);
             let boxes = reopen_and_check_truthful(&env, step);
             assert_eq!(boxes, [(id.clone(), "stopped".to_owned())], "{step}");
             wait_until("the box process to be gone", || !pid_running(pid));
@@ -487,7 +564,7 @@ scenario!(
         }
         assert_eq!(seen.len(), 3);
         Outcome::Passed(format!(
-            "the CLI died at every step; after reopening: {} (a box left `stopping` has its process killed); each restarted, ran a command and was removed, leaving nothing",
+            "the CLI died (SIGKILL) at every step, leaving on disk exactly what the step implies; after reopening: {} (a box left `stopping` has its process killed); each restarted, ran a command and was removed, leaving nothing",
             seen.join("; ")
         ))
     }
@@ -505,6 +582,7 @@ scenario!(
             ok(env.cli().args(["start", &id]));
             let pid = pid_of(&env, &id);
             crash_at(env.cli().args(["rm", "-f", &id]), step);
+            assert_left_at(&env, step, &id);
             assert!(
                 !pid_running(pid),
                 "{step}: rm -f stops the box before removing it"
@@ -513,7 +591,7 @@ scenario!(
         }
         assert_eq!(seen.len(), 3);
         Outcome::Passed(format!(
-            "the CLI died at every step; after reopening: {} (a row whose directory is gone is an interrupted removal and is finished); the rest were started, used and removed, leaving nothing",
+            "the CLI died (SIGKILL) at every step, leaving on disk exactly what the step implies; after reopening: {} (a row whose directory is gone is an interrupted removal and is finished); the rest were started, used and removed, leaving nothing",
             seen.join("; ")
         ))
     }

@@ -62,7 +62,10 @@ use crate::attacks::{entries, variant};
 
 /// A private root in /tmp (0755) with `<root>/base` (1777) for the link base.
 fn root_and_base() -> (tempfile::TempDir, PathBuf) {
-    let root = tempfile::Builder::new().prefix("bsk-in-").tempdir_in("/tmp").expect("temp dir");
+    let root = tempfile::Builder::new()
+        .prefix("bsk-in-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let base = root.path().join("base");
     std::fs::create_dir(&base).unwrap();
@@ -74,14 +77,35 @@ fn root_and_base() -> (tempfile::TempDir, PathBuf) {
 fn refusal(strategy: &str, e: &BindingError) -> &'static str {
     let msg = e.to_string();
     match e {
-        BindingError::PathTooLong { socket, path, len, limit } => {
-            assert!(len + 1 > *limit, "{strategy}: PathTooLong for an address that fits: {msg}");
+        BindingError::PathTooLong {
+            socket,
+            path,
+            len,
+            limit,
+        } => {
+            assert!(
+                len + 1 > *limit,
+                "{strategy}: PathTooLong for an address that fits: {msg}"
+            );
             assert_eq!(path.len(), *len, "{strategy}: {msg}");
-            assert!(msg.contains(socket.as_str()) && msg.contains(&len.to_string()) && msg.contains(&limit.to_string()), "{msg}");
+            assert!(
+                msg.contains(socket.as_str())
+                    && msg.contains(&len.to_string())
+                    && msg.contains(&limit.to_string()),
+                "{msg}"
+            );
         }
-        BindingError::Io { path, .. } | BindingError::MissingSocketDir { path, .. } | BindingError::Insecure { path, .. } => {
-            let last = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            assert!(msg.contains(&last), "{strategy}: {msg} does not name {last:?}");
+        BindingError::Io { path, .. }
+        | BindingError::MissingSocketDir { path, .. }
+        | BindingError::Insecure { path, .. } => {
+            let last = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            assert!(
+                msg.contains(&last),
+                "{strategy}: {msg} does not name {last:?}"
+            );
         }
         _ => assert!(!msg.is_empty(), "{strategy}: an empty message"),
     }
@@ -93,7 +117,10 @@ fn refusal(strategy: &str, e: &BindingError) -> &'static str {
 /// "works" or "refused: <variant>" (after checking the refusal names its problem).
 fn try_strategy(reg: &StrategyRegistration, base: &Path, layout: &BoxLayout) -> String {
     let name = reg.name;
-    let config = StrategyConfig { base_dir: base.to_owned(), ..StrategyConfig::default() };
+    let config = StrategyConfig {
+        base_dir: base.to_owned(),
+        ..StrategyConfig::default()
+    };
     let s = match (reg.build)(&config) {
         Ok(s) => s,
         Err(e) => return format!("refused at build: {}", refusal(name, &e)),
@@ -102,17 +129,26 @@ fn try_strategy(reg: &StrategyRegistration, base: &Path, layout: &BoxLayout) -> 
     let dirs = boxdir::create_box_dirs(layout, &id);
     let out = match round_trip(s.as_ref(), layout, &id) {
         Ok(()) => {
-            assert!(dirs.is_ok(), "{name}: works although the box directories could not be made: {dirs:?}");
+            assert!(
+                dirs.is_ok(),
+                "{name}: works although the box directories could not be made: {dirs:?}"
+            );
             "works".to_owned()
         }
         Err(e) => format!("refused: {}", refusal(name, &e)),
     };
-    s.release(layout, &id).unwrap_or_else(|e| panic!("{name}: release: {e}"));
+    s.release(layout, &id)
+        .unwrap_or_else(|e| panic!("{name}: release: {e}"));
     if dirs.is_ok() {
         boxdir::remove_box_dir(layout, &id).unwrap();
     }
     if let Some(d) = s.binding_dir() {
-        assert_eq!(entries(&d), Vec::<String>::new(), "{name}: release left something in {}", d.display());
+        assert_eq!(
+            entries(&d),
+            Vec::<String>::new(),
+            "{name}: release left something in {}",
+            d.display()
+        );
     }
     out
 }
@@ -141,7 +177,11 @@ fn all_strategies(base: &Path, layout: &BoxLayout, watch: &Path) -> String {
         let r = reg.get(n).unwrap();
         out.push(format!("{n}: {}", try_strategy(r, base, layout)));
     }
-    assert_eq!(entries(watch), before, "something was written beside the home and the base");
+    assert_eq!(
+        entries(watch),
+        before,
+        "something was written beside the home and the base"
+    );
     out.join(", ")
 }
 
@@ -153,7 +193,11 @@ fn home_of_len(root: &Path, len: usize) -> PathBuf {
     let mut i = 0;
     while tail > 0 {
         // "/" + name; never leave a lone "/".
-        let take = if tail > 201 { if tail - 201 == 1 { 199 } else { 200 } } else { tail - 1 };
+        let take = if tail > 201 {
+            if tail - 201 == 1 { 199 } else { 200 }
+        } else {
+            tail - 1
+        };
         assert!(take > 0, "cannot split");
         p.push(format!("{}", (b'a' + (i % 26) as u8) as char).repeat(take));
         tail -= take + 1;
@@ -171,12 +215,27 @@ scenario!(
     {
         let (root, base) = root_and_base();
         let mut lines = Vec::new();
-        for len in [20usize, 60, 90, 200, 1024, 3968, libc::PATH_MAX as usize - 1] {
+        for len in [
+            20usize,
+            60,
+            90,
+            200,
+            1024,
+            3968,
+            libc::PATH_MAX as usize - 1,
+        ] {
             let layout = if len <= root.path().as_os_str().len() + 2 {
                 // Shorter than the private root allows: a short home directly in /tmp.
-                let d = tempfile::Builder::new().prefix("h").tempdir_in("/tmp").unwrap();
+                let d = tempfile::Builder::new()
+                    .prefix("h")
+                    .tempdir_in("/tmp")
+                    .unwrap();
                 let p = d.keep();
-                let short = PathBuf::from(format!("{}{}", p.display(), "x".repeat(len.saturating_sub(p.as_os_str().len()))));
+                let short = PathBuf::from(format!(
+                    "{}{}",
+                    p.display(),
+                    "x".repeat(len.saturating_sub(p.as_os_str().len()))
+                ));
                 std::fs::rename(&p, &short).unwrap();
                 assert_eq!(short.as_os_str().len(), len);
                 BoxLayout::new(short)
@@ -192,8 +251,14 @@ scenario!(
         let text = lines.join("; ");
         // What must hold whatever the numbers: short-symlink and abstract fit every home
         // whose box directories can exist; direct fits only short homes.
-        assert!(lines[0].contains("direct: works") && lines[0].contains("short-symlink: works"), "{text}");
-        assert!(lines[5].contains("short-symlink: works") && lines[5].contains("abstract: works"), "{text}");
+        assert!(
+            lines[0].contains("direct: works") && lines[0].contains("short-symlink: works"),
+            "{text}"
+        );
+        assert!(
+            lines[5].contains("short-symlink: works") && lines[5].contains("abstract: works"),
+            "{text}"
+        );
         assert!(lines[5].contains("direct: refused: PathTooLong"), "{text}");
         Outcome::Passed(text)
     }
@@ -242,16 +307,28 @@ scenario!(
         // ensure through the link and then through the real path: the same box.
         let reg = Registry::<StrategyRegistration>::collected();
         for n in reg.names() {
-            let s = reg.build(n, &StrategyConfig { base_dir: base.clone(), ..StrategyConfig::default() }).unwrap();
+            let s = reg
+                .build(
+                    n,
+                    &StrategyConfig {
+                        base_dir: base.clone(),
+                        ..StrategyConfig::default()
+                    },
+                )
+                .unwrap();
             let id = BoxId::generate();
             let (via_link, via_real) = (BoxLayout::new(&link), BoxLayout::new(&real));
             boxdir::create_box_dirs(&via_link, &id).unwrap();
             s.ensure(&via_link, &id).unwrap();
-            s.ensure(&via_real, &id).unwrap_or_else(|e| panic!("{n}: ensure through the real path after the link: {e}"));
+            s.ensure(&via_real, &id).unwrap_or_else(|e| {
+                panic!("{n}: ensure through the real path after the link: {e}")
+            });
             s.release(&via_real, &id).unwrap();
             boxdir::remove_box_dir(&via_real, &id).unwrap();
         }
-        Outcome::Passed(format!("{r}; ensure through the link and then the real path agree for every strategy"))
+        Outcome::Passed(format!(
+            "{r}; ensure through the link and then the real path agree for every strategy"
+        ))
     }
 );
 
@@ -275,7 +352,11 @@ scenario!(
         let cwd = std::env::current_dir().unwrap();
         let before = entries(&cwd);
         let r = all_strategies(&base, &BoxLayout::new(&rel), root.path());
-        assert_eq!(entries(&cwd), before, "something was written in the working directory");
+        assert_eq!(
+            entries(&cwd),
+            before,
+            "something was written in the working directory"
+        );
         Outcome::Passed(r)
     }
 );
@@ -297,7 +378,12 @@ scenario!(
             std::fs::create_dir(root.path().join("h")).unwrap();
             let records = tempfile::tempdir().unwrap();
             let mut child = Command::new(std::env::current_exe().unwrap())
-                .args(["input::home_of_one_byte", "--exact", "--nocapture", "--test-threads=1"])
+                .args([
+                    "input::home_of_one_byte",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env(ONE_BYTE_CHILD, &base)
                 .env("BOXSOCK_RELIABILITY_DIR", records.path())
                 .current_dir(root.path())
@@ -318,10 +404,23 @@ scenario!(
                 std::thread::sleep(Duration::from_millis(20));
             };
             let mut out = String::new();
-            child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .unwrap();
             assert!(status.success(), "child failed: {status}\n{out}");
-            let r = out.lines().find_map(|l| l.split_once("HOSTILE-RESULT:").map(|(_, r)| r)).unwrap_or_else(|| panic!("no result from the child:\n{out}")).to_owned();
-            assert_eq!(entries(root.path()), ["base", "h"], "something was written beside the home and the base");
+            let r = out
+                .lines()
+                .find_map(|l| l.split_once("HOSTILE-RESULT:").map(|(_, r)| r))
+                .unwrap_or_else(|| panic!("no result from the child:\n{out}"))
+                .to_owned();
+            assert_eq!(
+                entries(root.path()),
+                ["base", "h"],
+                "something was written beside the home and the base"
+            );
             Outcome::Passed(r)
         }
     }
@@ -346,7 +445,13 @@ fn control(body: &[u8]) -> Vec<u8> {
 /// Send `bytes` on a fresh connection, half-close if asked (a half-close during an exec
 /// means the client went away), and decode every response frame until the agent
 /// closes (bounded by a 10 s read timeout).
-fn exchange(s: &dyn SocketBinding, l: &BoxLayout, id: &BoxId, bytes: &[u8], half_close: bool) -> Vec<Response> {
+fn exchange(
+    s: &dyn SocketBinding,
+    l: &BoxLayout,
+    id: &BoxId,
+    bytes: &[u8],
+    half_close: bool,
+) -> Vec<Response> {
     let mut c = s.connect_stream(l, id, "agent.sock").unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // The agent may close before reading everything: a failed write is part of the answer.
@@ -364,7 +469,12 @@ fn exchange(s: &dyn SocketBinding, l: &BoxLayout, id: &BoxId, bytes: &[u8], half
         }
         at += used;
     }
-    assert_eq!(at, buf.len(), "the agent sent bytes that are not frames: {:?}", &buf[at..]);
+    assert_eq!(
+        at,
+        buf.len(),
+        "the agent sent bytes that are not frames: {:?}",
+        &buf[at..]
+    );
     out
 }
 
@@ -378,15 +488,29 @@ scenario!(
         let id = w.new_box();
         s.ensure(&w.layout, &id).unwrap();
         let _agent = crate::attacks::ServedAgent::start(s.as_ref(), &w.layout, &id);
-        let hello = proto::encode(&Frame::Control(Request::Hello { version: proto::VERSION }));
-        let exec = proto::encode(&Frame::Control(Request::Exec { argv: vec!["/bin/true".into()], env: vec![], stdin: false }));
-        let garbage: Vec<u8> = (0u8..64).map(|i| i.wrapping_mul(37).wrapping_add(0xa5)).collect();
+        let hello = proto::encode(&Frame::Control(Request::Hello {
+            version: proto::VERSION,
+        }));
+        let exec = proto::encode(&Frame::Control(Request::Exec {
+            argv: vec!["/bin/true".into()],
+            env: vec![],
+            stdin: false,
+        }));
+        let garbage: Vec<u8> = (0u8..64)
+            .map(|i| i.wrapping_mul(37).wrapping_add(0xa5))
+            .collect();
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("unknown tag", frame_bytes(1, 9, &[])),
             ("length 0", frame_bytes(0, 1, &[])),
-            ("length MAX_FRAME+1", frame_bytes(proto::MAX_FRAME as u32 + 1, 1, &[])),
+            (
+                "length MAX_FRAME+1",
+                frame_bytes(proto::MAX_FRAME as u32 + 1, 1, &[]),
+            ),
             ("malformed JSON", control(b"{\"type\":\"hello\",")),
-            ("unknown field", control(b"{\"type\":\"hello\",\"version\":1,\"evil\":true}")),
+            (
+                "unknown field",
+                control(b"{\"type\":\"hello\",\"version\":1,\"evil\":true}"),
+            ),
             ("exec before hello", exec.clone()),
             ("cut short", frame_bytes(100, 1, b"{\"type\"")),
             ("garbage", garbage),
@@ -400,7 +524,10 @@ scenario!(
             match r.as_slice() {
                 [Response::Error { code, message }] => {
                     assert!(!message.is_empty(), "{what}: an error without a message");
-                    assert!(matches!(code, ErrorCode::BadFrame | ErrorCode::BadRequest), "{what}: {code:?}");
+                    assert!(
+                        matches!(code, ErrorCode::BadFrame | ErrorCode::BadRequest),
+                        "{what}: {code:?}"
+                    );
                     seen.push(format!("{what} → {code:?}"));
                 }
                 other => panic!("{what}: expected exactly one error frame, got {other:?}"),
@@ -410,12 +537,18 @@ scenario!(
         let mut ping = hello.clone();
         ping.extend(proto::encode(&Frame::Control(Request::Ping {})));
         let r = exchange(s.as_ref(), &w.layout, &id, &ping, true);
-        assert!(matches!(r.as_slice(), [Response::Hello { .. }, Response::Pong {}]), "after the hostile frames: {r:?}");
+        assert!(
+            matches!(r.as_slice(), [Response::Hello { .. }, Response::Pong {}]),
+            "after the hostile frames: {r:?}"
+        );
         // And an exec still runs.
         let mut run = hello.clone();
         run.extend(exec);
         let r = exchange(s.as_ref(), &w.layout, &id, &run, false);
-        assert!(matches!(r.last(), Some(Response::Exit { code: 0 })), "exec after the hostile frames: {r:?}");
+        assert!(
+            matches!(r.last(), Some(Response::Exit { code: 0 })),
+            "exec after the hostile frames: {r:?}"
+        );
         drop(slow);
         Outcome::Passed(format!(
             "each got one error frame and its connection closed ({}); with a half-sent frame held open, hello+ping got Pong and an exec exited 0",
@@ -436,7 +569,14 @@ use crate::attacks::{World, exec_code, rt_options, tokio_rt};
 type BadRowSpec<'a> = (&'a str, &'a str, &'a str, Option<i64>, Option<i64>, &'a str);
 
 /// Insert a row with plain SQL (every column given; `config` verbatim).
-fn insert_row(db: &rusqlite::Connection, id: &str, state: &str, config: &str, pid: Option<i64>, start: Option<i64>) {
+fn insert_row(
+    db: &rusqlite::Connection,
+    id: &str,
+    state: &str,
+    config: &str,
+    pid: Option<i64>,
+    start: Option<i64>,
+) {
     db.execute(
         "INSERT INTO boxes (id, name, state, config, pid, start_time, exit_code, created_at_ms, updated_at_ms) VALUES (?1, NULL, ?2, ?3, ?4, ?5, NULL, 1, 1)",
         rusqlite::params![id, state, config, pid, start],
@@ -534,7 +674,9 @@ scenario!(
 );
 
 fn listing_kinds(bad: &[BadRowSpec<'_>]) -> Vec<String> {
-    bad.iter().map(|b| format!("{}: names {:?}", b.0, b.5)).collect()
+    bad.iter()
+        .map(|b| format!("{}: names {:?}", b.0, b.5))
+        .collect()
 }
 
 scenario!(
@@ -545,8 +687,12 @@ scenario!(
         let w = World::new();
         let tokio = tokio_rt();
         tokio.block_on(async {
-            let (rt, _) = Runtime::open(w.layout.home(), rt_options(&w)).await.unwrap();
-            rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
+            let (rt, _) = Runtime::open(w.layout.home(), rt_options(&w))
+                .await
+                .unwrap();
+            rt.create(CreateOptions::new("short-symlink", "host"))
+                .await
+                .unwrap();
             rt.close();
         });
         let future = SCHEMA_VERSION + 1;
@@ -556,17 +702,39 @@ scenario!(
             db.execute_batch(&format!("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA user_version = {future}; PRAGMA wal_checkpoint(TRUNCATE);")).unwrap();
         }
         let before = std::fs::read(w.layout.store_path()).unwrap();
-        let err = tokio.block_on(Runtime::open(w.layout.home(), rt_options(&w))).map(drop).expect_err("a future schema must be refused");
+        let err = tokio
+            .block_on(Runtime::open(w.layout.home(), rt_options(&w)))
+            .map(drop)
+            .expect_err("a future schema must be refused");
         match &err {
-            RuntimeError::Store(StoreError::FutureSchema { path, found, supported }) => {
-                assert_eq!((path, *found, *supported), (&w.layout.store_path(), future, SCHEMA_VERSION));
+            RuntimeError::Store(StoreError::FutureSchema {
+                path,
+                found,
+                supported,
+            }) => {
+                assert_eq!(
+                    (path, *found, *supported),
+                    (&w.layout.store_path(), future, SCHEMA_VERSION)
+                );
             }
             other => panic!("expected FutureSchema, got {other:?}"),
         }
         let msg = err.to_string();
-        assert!(msg.contains(&future.to_string()) && msg.contains(&SCHEMA_VERSION.to_string()) && msg.contains("boxsock.db"), "{msg}");
-        assert_eq!(std::fs::read(w.layout.store_path()).unwrap(), before, "the store file was modified");
-        let v: i64 = rusqlite::Connection::open(w.layout.store_path()).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert!(
+            msg.contains(&future.to_string())
+                && msg.contains(&SCHEMA_VERSION.to_string())
+                && msg.contains("boxsock.db"),
+            "{msg}"
+        );
+        assert_eq!(
+            std::fs::read(w.layout.store_path()).unwrap(),
+            before,
+            "the store file was modified"
+        );
+        let v: i64 = rusqlite::Connection::open(w.layout.store_path())
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, future);
         Outcome::Passed(format!(
             "open refused: Store(FutureSchema) naming <home>/boxsock.db, version {future} and the supported {SCHEMA_VERSION}; the file's bytes and user_version are unchanged"
