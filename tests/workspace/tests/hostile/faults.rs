@@ -904,16 +904,17 @@ scenario!(
 );
 
 fn read_only_home_body() -> Outcome {
-    let root = tempfile::tempdir().unwrap();
-    let backing = match Tmpfs::mount(&root.path().join("fs"), "size=16m,mode=0700") {
+    // Mount points live in their own temp dir, dropped (removed) after the mounts.
+    let mnt = tempfile::tempdir().unwrap();
+    let backing = match Tmpfs::mount(&mnt.path().join("fs"), "size=16m,mode=0700") {
         Ok(t) => t,
         Err(reason) => return Outcome::Skipped(reason),
     };
     // The boxes are made through the tmpfs mount itself (their processes keep log files
     // open for writing there); the home is then used through a bind mount of it that
     // can be flipped read-only (a mount with writers cannot).
-    let ro_dir = root.path().join("ro");
-    let mut env = Env::at(root, Some(backing.dir.join("home")));
+    let ro_dir = mnt.path().join("ro");
+    let mut env = Env::at(tempfile::tempdir().unwrap(), Some(backing.dir.join("home")));
     let (running, created) = block_on(async {
         let (rt, _) = Runtime::open(&env.home, env.options(LockMode::Exclusive))
             .await
@@ -987,9 +988,10 @@ fn read_only_home_body() -> Outcome {
     ok(env.cli().args(["rm", "-f", &running]));
     use_and_remove(&env, &created, "created", "created box after rw");
     assert_nothing_left(&env, &[&running, &created], "read-only home");
-    drop(env);
+    // Unmount before the mount points' temp dir goes.
     drop(bind);
     drop(backing);
+    drop(mnt);
     Outcome::Passed(format!(
         "every open failed before writing anything: Io `{}`; the running box kept running; after remounting read-write both boxes listed unchanged, the running one answered exec, the created one started, and both were removed",
         lib_msg.replace(lock.to_str().unwrap(), "<home>/boxsock.lock")
@@ -1039,12 +1041,12 @@ scenario!(
 );
 
 fn full_home_filesystem_body() -> Outcome {
-    let root = tempfile::tempdir().unwrap();
-    let fs = match Tmpfs::mount(&root.path().join("fs"), "size=8m,nr_inodes=400,mode=0700") {
+    let mnt = tempfile::tempdir().unwrap();
+    let fs = match Tmpfs::mount(&mnt.path().join("fs"), "size=8m,nr_inodes=400,mode=0700") {
         Ok(t) => t,
         Err(reason) => return Outcome::Skipped(reason),
     };
-    let env = Env::at(root, Some(fs.dir.join("home")));
+    let env = Env::at(tempfile::tempdir().unwrap(), Some(fs.dir.join("home")));
     let observed = block_on(async {
         let (rt, _) = Runtime::open(&env.home, env.options(LockMode::Exclusive))
             .await
@@ -1170,8 +1172,9 @@ fn full_home_filesystem_body() -> Outcome {
         observed
     });
     assert_nothing_left(&env, &[], "full disk");
-    drop(env);
+    // Unmount before the mount point's temp dir goes.
     drop(fs);
+    drop(mnt);
     Outcome::Passed(format!(
         "{}; nothing half-written (rows and box directories matched after each failure); the running box answered exec throughout; after freeing space the boxes started, a new one was created, and all were removed",
         observed.join("; ")
