@@ -1063,6 +1063,9 @@ scenario!(
         for variant in ["a", "b", "c"] {
             let w = World::new();
             let mut stranger = Stranger::spawn();
+            // Start times have a 10 ms resolution (clock ticks): let one pass so the box
+            // cannot share the stranger's start time.
+            std::thread::sleep(std::time::Duration::from_millis(25));
             let text = tokio.block_on(async {
                 let (rt, _) = Runtime::open(w.layout.home(), rt_options(&w)).await.unwrap();
                 let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
