@@ -424,7 +424,7 @@ impl Runtime {
         let config = BoxConfig { strategy: opts.strategy, backend: opts.backend, network: opts.network, env: opts.env };
         let rec = Store::new_record(id.clone(), opts.name, config);
         crate::boxdir::create_box_dirs(&inner.layout, &id)
-            .map_err(|e| RuntimeError::Io { op: "create box directory", path: inner.layout.box_dir(&id), source: e })?;
+            .map_err(|e| RuntimeError::Io { op: "create box directory", path: e.path, source: e.source })?;
         crash::point("create:dirs");
         if let Err(e) = inner.store.insert(&rec) {
             let _ = crate::boxdir::remove_box_dir(&inner.layout, &id);
