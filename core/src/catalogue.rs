@@ -107,7 +107,12 @@ pub const NET: SocketSpec = SocketSpec {
 };
 
 /// Longest file name a socket may have (`<name>.sock` or a derived name).
-pub const MAX_FILE_NAME_LEN: usize = 48;
+///
+/// Chosen so that the default strategy's worst-case address fits every platform:
+/// `/tmp/boxsock-4294967295/<32-byte id>/` is 57 bytes, and macOS's `sun_path` holds
+/// 104 including the NUL, leaving 104 - 1 - 57 = 46. The `short-symlink` budget test
+/// pins this arithmetic (`PORTABLE_MAX_FILE_NAME_LEN`).
+pub const MAX_FILE_NAME_LEN: usize = 46;
 
 /// Validate a socket file name: one path component of `[A-Za-z0-9._-]`, not starting
 /// with `.`, at most [`MAX_FILE_NAME_LEN`] bytes.

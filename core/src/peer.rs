@@ -6,7 +6,7 @@
 //! here, in one place, so no strategy has to remember it.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -78,12 +78,22 @@ impl PeerPolicy {
 
     /// Check the peer on `fd`. On rejection, logs the peer's pid and uid and counts it.
     pub fn check(&self, fd: BorrowedFd<'_>, socket: &str, address: &SocketAddress) -> Result<Option<PeerCred>, BindingError> {
-        let Some(allowed) = &self.allowed else {
+        if self.allowed.is_none() {
             return Ok(None);
-        };
+        }
         let cred = peer_cred(fd).map_err(|e| BindingError::io("read peer credentials of", address.display_string(), e))?;
+        self.check_cred(cred, socket, address).map(Some)
+    }
+
+    /// Check credentials obtained some other way (for example `SCM_CREDENTIALS` on a
+    /// datagram). An unchecked policy accepts everything. On rejection, logs the peer's
+    /// pid and uid and counts it.
+    pub fn check_cred(&self, cred: PeerCred, socket: &str, address: &SocketAddress) -> Result<PeerCred, BindingError> {
+        let Some(allowed) = &self.allowed else {
+            return Ok(cred);
+        };
         if allowed.contains(&cred.uid) {
-            return Ok(Some(cred));
+            return Ok(cred);
         }
         self.rejected.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(socket, address = %address, peer_pid = cred.pid, peer_uid = cred.uid, "rejected peer");
@@ -145,6 +155,15 @@ impl Listener {
         Ok((stream, cred))
     }
 
+    /// Accept the next allowed connection (blocking) together with a pidfd of the peer
+    /// process where the kernel provides one (`SO_PEERPIDFD`, Linux ≥ 6.5). Rejected
+    /// peers are dropped, as in [`Listener::accept`].
+    pub fn accept_peer(&self) -> io::Result<Accepted<UnixStream>> {
+        let (stream, cred) = self.accept()?;
+        let pidfd = pidfd_or_none(stream.as_fd(), &self.socket, &self.address);
+        Ok(Accepted { stream, cred, pidfd })
+    }
+
     /// Turn into a tokio listener with the same policy. Must be called inside a tokio
     /// runtime.
     pub fn into_tokio(self) -> io::Result<AsyncListener> {
@@ -197,10 +216,151 @@ impl AsyncListener {
         }
     }
 
+    /// Like [`AsyncListener::accept`], with a pidfd of the peer where the kernel provides
+    /// one (see [`Listener::accept_peer`]).
+    pub async fn accept_peer(&self) -> io::Result<Accepted<tokio::net::UnixStream>> {
+        let (stream, cred) = self.accept().await?;
+        let pidfd = pidfd_or_none(stream.as_fd(), &self.socket, &self.address);
+        Ok(Accepted { stream, cred, pidfd })
+    }
+
     /// The address it is bound at.
     pub fn address(&self) -> &SocketAddress {
         &self.address
     }
+
+    /// The peer policy it enforces.
+    pub fn policy(&self) -> &PeerPolicy {
+        &self.policy
+    }
+}
+
+/// An accepted, policy-checked connection.
+#[derive(Debug)]
+pub struct Accepted<S> {
+    /// The connection.
+    pub stream: S,
+    /// The peer's credentials, where the policy checked them.
+    pub cred: Option<PeerCred>,
+    /// A pidfd of the peer process (`SO_PEERPIDFD`): a handle that cannot be confused
+    /// with a later process reusing the pid. `None` where the kernel does not provide
+    /// it (before Linux 6.5, other platforms) or the peer has already exited.
+    pub pidfd: Option<OwnedFd>,
+}
+
+fn pidfd_or_none(fd: BorrowedFd<'_>, socket: &str, address: &SocketAddress) -> Option<OwnedFd> {
+    match peer_pidfd(fd) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(socket, address = %address, error = %e, "no pidfd for peer");
+            None
+        }
+    }
+}
+
+/// A pidfd of the process at the other end of a connected stream socket
+/// (`SO_PEERPIDFD`, Linux ≥ 6.5). `Ok(None)` where the kernel or platform does not
+/// support it; an error when it does but the peer is gone (`ESRCH`) or the socket has
+/// no peer credentials (`ENODATA`, e.g. a connected datagram socket).
+#[cfg(target_os = "linux")]
+pub fn peer_pidfd(fd: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    // `SO_PEERPIDFD` from the kernel's uapi `asm/socket.h` (not yet in the libc crate
+    // for every target): 77, except on sparc.
+    #[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+    const SO_PEERPIDFD: libc::c_int = 77;
+    #[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+    const SO_PEERPIDFD: libc::c_int = 0x0056;
+    let mut pidfd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` is a valid open descriptor for the duration of the borrow; the option
+    // value points to a c_int we own and `len` holds its size, as SO_PEERPIDFD expects.
+    let rc = unsafe {
+        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, SO_PEERPIDFD, (&raw mut pidfd).cast(), &mut len)
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOPROTOOPT) | Some(libc::EINVAL) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    if pidfd < 0 {
+        return Ok(None);
+    }
+    // SAFETY: on success the kernel installed a new descriptor that nothing else owns.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(pidfd) }))
+}
+
+/// A pidfd of the peer process: not supported on this platform.
+#[cfg(not(target_os = "linux"))]
+pub fn peer_pidfd(_fd: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    Ok(None)
+}
+
+/// Ask the kernel to attach the sender's credentials (`SCM_CREDENTIALS`) to every
+/// datagram queued on `sock` from now on (`SO_PASSCRED`). Required before
+/// [`recv_checked`] can accept anything; datagrams already queued carry none.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub fn set_pass_cred(sock: BorrowedFd<'_>) -> io::Result<()> {
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true)?;
+    Ok(())
+}
+
+/// Receive one datagram on `sock` into `buf` and check its sender against `policy`
+/// using the `SCM_CREDENTIALS` the kernel attached to it (`SO_PASSCRED` must be on; see
+/// [`set_pass_cred`]). The kernel fills these in for every sender and refuses forged
+/// ones from unprivileged processes, so unlike `SO_PEERCRED` this works per message on
+/// unconnected datagram sockets.
+///
+/// Returns the length and the sender's credentials (`None` only for an unchecked policy
+/// and a datagram without credentials). A rejected datagram is consumed,
+/// logged and counted, and reported as [`BindingError::PeerRejected`]: call again for
+/// the next one. A datagram without credentials is refused with
+/// [`BindingError::Insecure`] (fail closed). A checked policy with no `SO_PASSCRED`
+/// therefore refuses everything. A datagram longer than `buf` is truncated, as with
+/// `recv`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub fn recv_checked(
+    sock: &UnixDatagram,
+    buf: &mut [u8],
+    policy: &PeerPolicy,
+    socket: &str,
+    address: &SocketAddress,
+) -> Result<(usize, Option<PeerCred>), BindingError> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, recvmsg};
+    let mut cmsg = nix::cmsg_space!(libc::ucred);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let (len, cred) = loop {
+        match recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(msg) => {
+                let mut cred = None;
+                for c in msg.cmsgs().map_err(|e| BindingError::errno("read control messages on", address.display_string(), e))? {
+                    if let ControlMessageOwned::ScmCredentials(uc) = c {
+                        cred = Some(PeerCred { pid: uc.pid(), uid: uc.uid(), gid: uc.gid() });
+                    }
+                }
+                break (msg.bytes, cred);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(BindingError::errno("receive on", address.display_string(), e)),
+        }
+    };
+    let Some(cred) = cred else {
+        if !policy.is_checked() {
+            return Ok((len, None));
+        }
+        policy.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(socket, address = %address, "rejected datagram without sender credentials (SO_PASSCRED off?)");
+        return Err(BindingError::Insecure {
+            path: io_path(address),
+            reason: format!(
+                "a datagram on socket {socket:?} carries no SCM_CREDENTIALS, so its sender cannot be checked; enable SO_PASSCRED before receiving"
+            ),
+        });
+    };
+    let cred = policy.check_cred(cred, socket, address)?;
+    Ok((len, Some(cred)))
 }
 
 fn io_path(addr: &SocketAddress) -> PathBuf {
@@ -287,5 +447,64 @@ mod tests {
         drop(live); // the file stays behind: stale
         assert!(dir.path().join("s.sock").exists());
         bind_stream_at(&addr).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn accept_peer_yields_a_pidfd_of_the_connector() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let addr = SocketAddress::Path(dir.path().join("s.sock"));
+        let me = nix::unistd::geteuid().as_raw();
+        let l = Listener::new(bind_stream_at(&addr).unwrap(), addr.clone(), "s".into(), PeerPolicy::allow_uids([me]));
+        let _c = connect_stream_at(&addr, "s", &PeerPolicy::unchecked()).unwrap();
+        let acc = l.accept_peer().unwrap();
+        assert_eq!(acc.cred.unwrap().pid, std::process::id() as i32);
+        let pidfd = acc.pidfd.expect("SO_PEERPIDFD (Linux >= 6.5)");
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).unwrap();
+        assert!(info.lines().any(|l| l.strip_prefix("Pid:").map(str::trim) == Some(&std::process::id().to_string())), "{info}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn recv_checked_uses_per_message_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = SocketAddress::Path(dir.path().join("d.sock"));
+        let rx = bind_datagram_at(&addr).unwrap();
+        set_pass_cred(rx.as_fd()).unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let tx = UnixDatagram::unbound().unwrap();
+        tx.send_to(b"hi", dir.path().join("d.sock")).unwrap();
+        let mut buf = [0u8; 8];
+        let (n, cred) = recv_checked(&rx, &mut buf, &PeerPolicy::allow_uids([me]), "d", &addr).unwrap();
+        assert_eq!(&buf[..n], b"hi");
+        assert_eq!(cred.unwrap().uid, me);
+        // The same sender, refused by a policy that does not list it; the datagram is consumed.
+        tx.send_to(b"no", dir.path().join("d.sock")).unwrap();
+        let other = PeerPolicy::allow_uids([me.wrapping_add(1)]);
+        let err = recv_checked(&rx, &mut buf, &other, "d", &addr).unwrap_err();
+        assert!(matches!(err, BindingError::PeerRejected { uid, .. } if uid == me), "{err}");
+        assert_eq!(other.rejected(), 1);
+        rx.set_nonblocking(true).unwrap();
+        assert!(matches!(recv_checked(&rx, &mut buf, &other, "d", &addr), Err(BindingError::Io { .. })));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn async_accept_peer_checks_and_yields_a_pidfd() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = SocketAddress::Path(dir.path().join("a.sock"));
+        let me = nix::unistd::geteuid().as_raw();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let l = Listener::new(bind_stream_at(&addr).unwrap(), addr.clone(), "a".into(), PeerPolicy::allow_uids([me]))
+                .into_tokio()
+                .unwrap();
+            let _c = connect_stream_at(&addr, "a", &PeerPolicy::unchecked()).unwrap();
+            let acc = tokio::time::timeout(std::time::Duration::from_secs(10), l.accept_peer()).await.unwrap().unwrap();
+            assert_eq!(acc.cred.unwrap().uid, me);
+            assert!(acc.pidfd.is_some());
+            assert!(l.policy().is_checked());
+        });
     }
 }

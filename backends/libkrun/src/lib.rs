@@ -1,1 +1,54 @@
-//! The libkrun backend (work in progress).
+//! The libkrun backend: each box is a `boxsock-krun-shim` process that configures a
+//! libkrun micro-VM and enters it (`krun_start_enter` takes the process over).
+//!
+//! - [`api`]: the [`KrunApi`] seam (one method per libkrun call) and [`RecordingKrun`];
+//!   [`ffi::LibKrun`] is the real implementation over `libkrun-sys`.
+//! - [`spec`]: the [`ShimSpec`] the backend hands the shim on stdin, and [`configure`],
+//!   the pure sequence of calls.
+//! - [`jail`]: Landlock for the shim on Linux, a Seatbelt profile renderer for macOS,
+//!   both from the strategy's policy paths with explicit directory intent.
+//! - [`probe`]: whether a guest can really boot here (real KVM, not PVM; libkrunfw).
+//! - [`passt`]: one passt per box with a network.
+//! - [`derived`]: the name libkrun derives for a unixgram network, pinned by a test.
+//!
+//! libkrun does not validate socket path lengths (`krun_add_vsock_port2` accepts an
+//! over-long path and returns 0), so every path is checked against the budget twice:
+//! in [`Libkrun::shim_spec`] and in the shim before the first libkrun call.
+
+pub mod api;
+pub mod backend;
+pub mod derived;
+pub mod ffi;
+pub mod jail;
+pub mod passt;
+pub mod probe;
+pub mod spec;
+
+use std::sync::Arc;
+
+use boxsock_core::backend::{Backend, BackendConfig, BackendError};
+use boxsock_core::registry::BackendRegistration;
+
+pub use api::{KrunApi, KrunCall, KrunCtx, KrunError, RecordingKrun};
+pub use backend::{Libkrun, LibkrunConfig, NET};
+pub use derived::KRUN_NET_DERIVED_WORST_CASE;
+pub use spec::{ShimSpec, SpecError, configure};
+
+/// The registered name.
+pub const NAME: &str = "libkrun";
+
+/// File name of the shim binary (looked up in `BackendConfig::helper_dir`).
+pub const SHIM_BINARY: &str = "boxsock-krun-shim";
+
+/// The registration, also usable in explicit registries.
+pub const REGISTRATION: BackendRegistration = BackendRegistration {
+    name: NAME,
+    summary: "libkrun micro-VM per box (a shim process enters the VM); needs real KVM and libkrunfw",
+    build,
+};
+
+inventory::submit!(REGISTRATION);
+
+fn build(config: &BackendConfig) -> Result<Arc<dyn Backend>, BackendError> {
+    Ok(Arc::new(Libkrun::new(LibkrunConfig::from_backend_config(config)?)))
+}

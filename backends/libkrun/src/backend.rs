@@ -1,0 +1,299 @@
+//! [`Libkrun`]: the [`Backend`] that runs each box as a `boxsock-krun-shim` process.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use boxsock_core::backend::{AddressNeeds, Availability, BackendConfig, BackendError, Isolation, LaunchSpec, Launched};
+use boxsock_core::catalogue::{self, DerivedName, SocketSpec};
+use boxsock_core::{Backend, SocketAddress};
+
+use crate::jail::{SYSTEM_DEVICES, SYSTEM_READ_ONLY};
+use crate::passt::{DEFAULT_PASST, DEFAULT_PASST_TIMEOUT, Passt};
+use crate::probe::HostProbe;
+use crate::spec::{
+    AGENT_VSOCK_PORT, DEFAULT_RAM_MIB, DEFAULT_VCPUS, GUEST_MAC, GuestExec, JailPath, JailSpec, NetSpec,
+    READY_VSOCK_PORT, ShimSpec, VsockMap, agent_args, parent_of,
+};
+use crate::{KRUN_NET_DERIVED_WORST_CASE, NAME, SHIM_BINARY};
+
+/// The `net` socket as libkrun sees it: bound by passt, with the unixgram name libkrun
+/// 1.19 derives in `TMPDIR` counted in every budget (see [`crate::derived`]).
+pub const NET: SocketSpec = SocketSpec {
+    derived: &[DerivedName::Sibling(KRUN_NET_DERIVED_WORST_CASE)],
+    ..catalogue::NET
+};
+
+/// Default guest path of the agent inside the guest root.
+pub const DEFAULT_GUEST_AGENT: &str = "/boxsock-agent";
+
+/// Settings of the libkrun backend, from [`BackendConfig`] options.
+///
+/// | option | default | meaning |
+/// |---|---|---|
+/// | `shim` | `<helper_dir>/boxsock-krun-shim` | the shim binary |
+/// | `passt` | `passt` | the passt binary |
+/// | `guest_agent` | `/boxsock-agent` | the agent's path inside the guest root |
+/// | `vcpus` | 1 | vCPUs |
+/// | `ram_mib` | 512 | guest memory |
+/// | `libkrunfw` | `libkrunfw.so.5` | what the availability probe loads |
+/// | `read_only` | — | extra `:`-separated directories the shim may read (libkrunfw's) |
+/// | `jail` | `on` | `off` runs the shim without Landlock (diagnosis only) |
+/// | `configure_only` | `false` | the shim configures libkrun and exits 0 without booting |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibkrunConfig {
+    /// The shim binary.
+    pub shim: PathBuf,
+    /// The passt binary.
+    pub passt: PathBuf,
+    /// Path of the agent inside the guest root.
+    pub guest_agent: String,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Memory in MiB.
+    pub ram_mib: u32,
+    /// Extra read-only directories for the jail.
+    pub extra_read_only: Vec<PathBuf>,
+    /// Apply the jail in the shim.
+    pub jail: bool,
+    /// Configure only, do not boot.
+    pub configure_only: bool,
+    /// How long to wait for passt.
+    pub passt_timeout: Duration,
+    /// The availability probe.
+    pub probe: HostProbe,
+}
+
+fn bad(reason: String) -> BackendError {
+    BackendError::Spec { backend: NAME.into(), reason }
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool, BackendError> {
+    match v {
+        "1" | "true" | "on" | "yes" => Ok(true),
+        "0" | "false" | "off" | "no" => Ok(false),
+        _ => Err(bad(format!("option {key}={v:?}: expected on/off"))),
+    }
+}
+
+impl LibkrunConfig {
+    /// Read the options. Unknown keys are logged and ignored; bad values are errors.
+    pub fn from_backend_config(config: &BackendConfig) -> Result<Self, BackendError> {
+        let helper_dir = match &config.helper_dir {
+            Some(d) => d.clone(),
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .unwrap_or_else(|| PathBuf::from(".")),
+        };
+        let mut c = LibkrunConfig {
+            shim: helper_dir.join(SHIM_BINARY),
+            passt: PathBuf::from(DEFAULT_PASST),
+            guest_agent: DEFAULT_GUEST_AGENT.into(),
+            vcpus: DEFAULT_VCPUS,
+            ram_mib: DEFAULT_RAM_MIB,
+            extra_read_only: Vec::new(),
+            jail: true,
+            configure_only: false,
+            passt_timeout: DEFAULT_PASST_TIMEOUT,
+            probe: HostProbe::default(),
+        };
+        for (k, v) in &config.options {
+            match k.as_str() {
+                "shim" => c.shim = PathBuf::from(v),
+                "passt" => c.passt = PathBuf::from(v),
+                "guest_agent" => c.guest_agent = v.clone(),
+                "vcpus" => c.vcpus = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| bad(format!("option vcpus={v:?}: expected 1..=255")))?,
+                "ram_mib" => c.ram_mib = v.parse().ok().filter(|n| *n >= 64).ok_or_else(|| bad(format!("option ram_mib={v:?}: expected a number of MiB >= 64")))?,
+                "libkrunfw" => c.probe.libkrunfw = v.clone(),
+                "read_only" => c.extra_read_only.extend(v.split(':').filter(|s| !s.is_empty()).map(PathBuf::from)),
+                "jail" => c.jail = parse_bool(k, v)?,
+                "configure_only" => c.configure_only = parse_bool(k, v)?,
+                other => tracing::warn!(backend = NAME, option = other, "unknown option ignored"),
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// The libkrun backend.
+#[derive(Debug, Clone)]
+pub struct Libkrun {
+    config: LibkrunConfig,
+}
+
+fn path_address(spec: &LaunchSpec, name: &str) -> Result<PathBuf, BackendError> {
+    match spec.addresses.get(name) {
+        Some(SocketAddress::Path(p)) => Ok(p.clone()),
+        Some(a @ SocketAddress::Abstract(_)) => Err(bad(format!(
+            "libkrun maps vsock ports to host paths; the strategy gave socket {name:?} the abstract address {a}; use a path strategy such as short-symlink"
+        ))),
+        None => Err(bad(format!("the launch spec has no address for socket {name:?}"))),
+    }
+}
+
+impl Libkrun {
+    /// A backend with these settings.
+    pub fn new(config: LibkrunConfig) -> Self {
+        Libkrun { config }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &LibkrunConfig {
+        &self.config
+    }
+
+    /// Build the shim's spec from a launch spec. Every socket path comes from
+    /// `spec.addresses` (the strategy); an abstract or missing address is refused.
+    pub fn shim_spec(&self, spec: &LaunchSpec) -> Result<ShimSpec, BackendError> {
+        let agent = path_address(spec, catalogue::AGENT.name)?;
+        let ready = path_address(spec, catalogue::READY.name)?;
+        let net = if spec.network { Some(path_address(spec, NET.name)?) } else { None };
+        let tmpdir = parent_of(net.as_deref().unwrap_or(&agent))
+            .ok_or_else(|| bad(format!("socket address {} has no directory", agent.display())))?
+            .to_path_buf();
+        let box_dir = spec.layout.box_dir(&spec.id);
+        let mut read_only: Vec<PathBuf> = SYSTEM_READ_ONLY.iter().map(PathBuf::from).collect();
+        read_only.extend(self.config.extra_read_only.iter().cloned());
+        let shim = ShimSpec {
+            box_id: spec.id.clone(),
+            box_dir: box_dir.clone(),
+            root_dir: spec.layout.rootfs_dir(&spec.id),
+            exec: GuestExec {
+                path: self.config.guest_agent.clone(),
+                args: agent_args(AGENT_VSOCK_PORT, READY_VSOCK_PORT),
+                workdir: "/".into(),
+            },
+            env: spec.env.clone(),
+            console_log: spec.log_file.clone(),
+            vcpus: self.config.vcpus,
+            ram_mib: self.config.ram_mib,
+            agent: VsockMap { port: AGENT_VSOCK_PORT, host_path: agent },
+            ready: VsockMap { port: READY_VSOCK_PORT, host_path: ready },
+            net: net.map(|path| NetSpec { path, mac: GUEST_MAC }),
+            tmpdir,
+            jail: JailSpec {
+                enabled: self.config.jail,
+                read_only,
+                read_write: vec![box_dir],
+                devices: SYSTEM_DEVICES.iter().map(PathBuf::from).collect(),
+                sockets: spec.policy.iter().map(JailPath::from).collect(),
+            },
+            configure_only: self.config.configure_only,
+        };
+        shim.validate().map_err(|e| match e {
+            crate::spec::SpecError::Budget(b) => BackendError::Binding(b),
+            other => bad(other.to_string()),
+        })?;
+        Ok(shim)
+    }
+
+    /// [`Backend::launch`] without the availability probe: start passt (with a network)
+    /// and the shim. For diagnosis on hosts that cannot boot (the shim then reports the
+    /// failure of `krun_start_enter` in the box log) and with `configure_only`.
+    pub fn launch_unchecked(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
+        let shim_spec = self.shim_spec(spec)?;
+        let guest_agent = shim_spec.root_dir.join(self.config.guest_agent.trim_start_matches('/'));
+        if !guest_agent.exists() {
+            return Err(bad(format!(
+                "the guest root {} has no agent at {} (build it as docs/backends.md describes)",
+                shim_spec.root_dir.display(),
+                guest_agent.display()
+            )));
+        }
+        let json = serde_json::to_vec(&shim_spec).map_err(|e| bad(format!("cannot encode the shim spec: {e}")))?;
+        let passt = match &shim_spec.net {
+            Some(net) => {
+                let log = spec.log_file.with_file_name("passt.log");
+                let p = Passt::start(&self.config.passt, &net.path, &log, self.config.passt_timeout).map_err(|e| {
+                    BackendError::Spawn {
+                        backend: NAME.into(),
+                        what: self.config.passt.display().to_string(),
+                        source: std::io::Error::other(e.to_string()),
+                    }
+                })?;
+                Some(p)
+            }
+            None => None,
+        };
+        match self.spawn_shim(&json, &spec.log_file) {
+            Ok(pid) => {
+                let companions: Vec<i32> = passt.into_iter().map(Passt::detach).collect();
+                tracing::debug!(box_id = %spec.id, pid, ?companions, "libkrun shim started");
+                Ok(Launched { pid, companions })
+            }
+            Err(e) => {
+                if let Some(p) = passt {
+                    p.kill();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn spawn_shim(&self, json: &[u8], log: &Path) -> Result<i32, BackendError> {
+        let spawn_err = |source: std::io::Error| BackendError::Spawn {
+            backend: NAME.into(),
+            what: self.config.shim.display().to_string(),
+            source,
+        };
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| {
+            spawn_err(std::io::Error::new(e.kind(), format!("cannot open the box log {}: {e}", log.display())))
+        })?;
+        let err = out.try_clone().map_err(spawn_err)?;
+        let mut cmd = Command::new(&self.config.shim);
+        cmd.stdin(Stdio::piped()).stdout(out).stderr(err);
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // setsid(2), which is async-signal-safe and allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+        }
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        let pid = child.id() as i32;
+        let written = match child.stdin.take() {
+            Some(mut stdin) => stdin.write_all(json),
+            None => Err(std::io::Error::other("the shim has no stdin pipe")),
+        };
+        if let Err(e) = written {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(spawn_err(std::io::Error::new(e.kind(), format!("writing the spec to the shim: {e}"))));
+        }
+        Ok(pid)
+    }
+}
+
+impl Backend for Libkrun {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn sockets(&self, network: bool) -> Vec<SocketSpec> {
+        let mut v = vec![catalogue::AGENT, catalogue::READY];
+        if network {
+            v.push(NET);
+        }
+        v
+    }
+
+    fn address_needs(&self) -> AddressNeeds {
+        AddressNeeds::PathOnly
+    }
+
+    fn isolation(&self) -> Isolation {
+        Isolation::Vm
+    }
+
+    fn available(&self) -> Availability {
+        self.config.probe.probe()
+    }
+
+    fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
+        if let Availability::Unavailable { reason } = self.available() {
+            return Err(BackendError::Unavailable { backend: NAME.into(), reason });
+        }
+        self.launch_unchecked(spec)
+    }
+}

@@ -1,0 +1,50 @@
+//! `boxsock-krun-shim`: one per box. Reads a [`ShimSpec`] (JSON) on stdin, checks every
+//! socket path against the budget, points `TMPDIR` at the box's binding directory,
+//! applies the jail, configures libkrun and enters the VM (`krun_start_enter` takes the
+//! process over and exits it when the guest ends).
+//!
+//! Exit codes: 0 configured (`configure_only`) or guest ended; 2 bad spec; 3 jail;
+//! 4 libkrun call failed.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use boxsock_libkrun::ffi::LibKrun;
+use boxsock_libkrun::{KrunApi, ShimSpec, configure, jail};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            eprintln!("boxsock-krun-shim: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run() -> Result<(), (u8, String)> {
+    let mut input = Vec::new();
+    std::io::stdin().read_to_end(&mut input).map_err(|e| (2, format!("reading the spec from stdin: {e}")))?;
+    let spec: ShimSpec = serde_json::from_slice(&input).map_err(|e| (2, format!("invalid spec on stdin: {e}")))?;
+    spec.validate().map_err(|e| (2, format!("box {}: {e}", spec.box_id)))?;
+
+    // libkrun derives its unixgram name in std::env::temp_dir(); keep it in the box's
+    // binding directory, whose budget counts that name. Single-threaded here: no other
+    // thread reads the environment.
+    // SAFETY: the process has one thread at this point (libkrun starts its threads in
+    // krun_start_enter), so nothing reads the environment concurrently.
+    unsafe { std::env::set_var("TMPDIR", &spec.tmpdir) };
+
+    if spec.jail.enabled {
+        jail::apply(&spec.jail).map_err(|e| (3, format!("box {}: {e}", spec.box_id)))?;
+    }
+
+    let mut api = LibKrun::new();
+    let ctx = configure(&mut api, &spec).map_err(|e| (4, format!("box {}: {e}", spec.box_id)))?;
+    if spec.configure_only {
+        println!("boxsock-krun-shim: box {} configured (libkrun ctx {}); not booting (configure_only)", spec.box_id, ctx.0);
+        return Ok(());
+    }
+    api.start_enter(ctx).map_err(|e| (4, format!("box {}: {e}", spec.box_id)))?;
+    Ok(())
+}

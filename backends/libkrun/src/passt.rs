@@ -1,0 +1,204 @@
+//! One passt per box: the network proxy libkrun connects to with
+//! `krun_add_net_unixstream`. passt binds the `net` address itself.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Default passt binary (found on `PATH`).
+pub const DEFAULT_PASST: &str = "passt";
+/// How long to wait for passt's socket to appear.
+pub const DEFAULT_PASST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why passt could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PasstError {
+    /// The binary could not be executed.
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        /// The binary.
+        binary: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It exited before binding, or never bound.
+    #[error("{binary} did not bind {socket} ({what}); its output: {output}")]
+    NotBound {
+        /// The binary.
+        binary: PathBuf,
+        /// The socket path.
+        socket: PathBuf,
+        /// "exited with …" or "timed out after …".
+        what: String,
+        /// What it wrote to stdout/stderr (tail).
+        output: String,
+    },
+    /// Something that is not a socket occupies the path.
+    #[error("refusing to start passt: {path} exists and is not a socket")]
+    Occupied {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The output log could not be opened.
+    #[error("cannot open passt log {path}: {source}")]
+    Log {
+        /// The log path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running passt. Dropping it kills and reaps it, unless it was [`Passt::detach`]ed
+/// (so an error or a panic between start and hand-over leaks nothing).
+#[derive(Debug)]
+pub struct Passt {
+    child: Option<Child>,
+    pid: i32,
+    socket: PathBuf,
+}
+
+impl Drop for Passt {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Passt {
+    /// Start `binary` bound at `socket`, in its own session, running as the caller's
+    /// uid/gid (passt would otherwise drop to `nobody` before binding, and could not bind
+    /// in the owner's 0700 directory). stdout and stderr go to `log`. Waits, at most
+    /// `timeout`, until the socket exists.
+    pub fn start(binary: &Path, socket: &Path, log: &Path, timeout: Duration) -> Result<Passt, PasstError> {
+        match std::fs::symlink_metadata(socket) {
+            Ok(m) if m.file_type().is_socket() => {
+                // A stale socket from a dead passt: it must go, or the wait below would
+                // see it at once.
+                let _ = std::fs::remove_file(socket);
+            }
+            Ok(_) => return Err(PasstError::Occupied { path: socket.to_path_buf() }),
+            Err(_) => {}
+        }
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(log)
+            .map_err(|source| PasstError::Log { path: log.to_path_buf(), source })?;
+        let start_offset = out.metadata().map(|m| m.len()).unwrap_or(0);
+        let err = out.try_clone().map_err(|source| PasstError::Log { path: log.to_path_buf(), source })?;
+        let uid = nix::unistd::geteuid();
+        let gid = nix::unistd::getegid();
+        let mut cmd = Command::new(binary);
+        cmd.args(["--foreground", "--quiet", "--runas"])
+            .arg(format!("{uid}:{gid}"))
+            .arg("--socket")
+            .arg(socket)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // setsid(2), which is async-signal-safe and allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+        }
+        let mut child = cmd.spawn().map_err(|source| PasstError::Spawn { binary: binary.to_path_buf(), source })?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(m) = std::fs::symlink_metadata(socket) {
+                if m.file_type().is_socket() && is_listening(socket) {
+                    tracing::debug!(pid = child.id(), socket = %socket.display(), "passt bound");
+                    let pid = child.id() as i32;
+                    return Ok(Passt { child: Some(child), pid, socket: socket.to_path_buf() });
+                }
+            }
+            let what = match child.try_wait() {
+                Ok(Some(status)) => Some(format!("exited with {status}")),
+                _ if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    Some(format!("timed out after {timeout:?}"))
+                }
+                _ => None,
+            };
+            if let Some(what) = what {
+                return Err(PasstError::NotBound {
+                    binary: binary.to_path_buf(),
+                    socket: socket.to_path_buf(),
+                    what,
+                    output: read_tail(log, start_offset),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// passt's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The socket it bound.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Kill it and reap it.
+    pub fn kill(self) {
+        drop(self);
+    }
+
+    /// Give up ownership: the caller kills and reaps it by pid.
+    pub fn detach(mut self) -> i32 {
+        self.child = None;
+        self.pid
+    }
+}
+
+/// Whether a socket bound at `path` is listening (passt binds, then listens: the file
+/// appears before a connect can succeed). Linux: read `/proc/net/unix` (no side effect
+/// on passt); elsewhere: a connect probe.
+fn is_listening(path: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        const SO_ACCEPTCON: u32 = 0x0001_0000;
+        let Ok(table) = std::fs::read("/proc/net/unix") else {
+            return std::os::unix::net::UnixStream::connect(path).is_ok();
+        };
+        let want = path.as_os_str().as_bytes();
+        table.split(|b| *b == b'\n').skip(1).any(|line| {
+            let fields: Vec<&[u8]> = line.split(|b| *b == b' ').filter(|f| !f.is_empty()).collect();
+            // The path is the last field and may contain spaces.
+            fields.len() >= 8
+                && line.ends_with(want)
+                && line.len() > want.len()
+                && line[line.len() - want.len() - 1] == b' '
+                && std::str::from_utf8(fields[3]).ok().and_then(|f| u32::from_str_radix(f, 16).ok()).is_some_and(|f| f & SO_ACCEPTCON != 0)
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        std::os::unix::net::UnixStream::connect(path).is_ok()
+    }
+}
+
+fn read_tail(log: &Path, from: u64) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = std::fs::File::open(log) {
+        let _ = f.seek(SeekFrom::Start(from));
+        let _ = f.take(4096).read_to_string(&mut s);
+    }
+    let s = s.lines().filter(|l| !l.starts_with("Failed to send") && !l.trim().is_empty()).collect::<Vec<_>>().join(" | ");
+    if s.is_empty() { "(nothing)".into() } else { s }
+}

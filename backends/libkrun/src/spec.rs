@@ -1,0 +1,269 @@
+//! [`ShimSpec`]: everything the shim needs to configure one box's VM, as JSON on its
+//! stdin, and [`configure`], the pure sequence of libkrun calls made from it.
+
+use std::path::{Path, PathBuf};
+
+use boxsock_core::binding::PolicyIntent;
+use boxsock_core::{BindingError, BoxId, PolicyAccess, PolicyPath, budget};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{KrunApi, KrunCtx, KrunError, NET_FEATURES_NONE, NET_FLAG_DHCP_CLIENT};
+use crate::derived::KRUN_NET_DERIVED_WORST_CASE;
+
+/// Guest vsock port of the agent's request socket (host side: the `agent` address,
+/// on which libkrun listens).
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// Guest vsock port the agent dials once ready (host side: the `ready` address, bound
+/// by the runtime; libkrun connects to it).
+pub const READY_VSOCK_PORT: u32 = 1025;
+/// Default vCPUs.
+pub const DEFAULT_VCPUS: u8 = 1;
+/// Default guest memory in MiB.
+pub const DEFAULT_RAM_MIB: u32 = 512;
+/// MAC address of the guest NIC (locally administered; one NIC per VM, so it need not be
+/// unique across boxes: each box has its own passt).
+pub const GUEST_MAC: [u8; 6] = [0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xee];
+
+/// A guest vsock port mapped to a host Unix socket path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockMap {
+    /// Guest vsock port.
+    pub port: u32,
+    /// Host path (the strategy's address).
+    pub host_path: PathBuf,
+}
+
+/// The box network: libkrun connects to a passt stream socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetSpec {
+    /// The `net` address, bound by passt.
+    pub path: PathBuf,
+    /// Guest MAC.
+    pub mac: [u8; 6],
+}
+
+/// The program libkrun's init execs in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestExec {
+    /// Path inside the guest root (`/boxsock-agent`).
+    pub path: String,
+    /// Arguments (without argv\[0\]); the agent takes `vsock://<port>` URIs.
+    pub args: Vec<String>,
+    /// Working directory inside the guest.
+    pub workdir: String,
+}
+
+/// What kind of object a jail path is. Mirrors [`PolicyIntent`]: stated by the strategy,
+/// never read back from disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JailIntent {
+    /// A real directory.
+    Directory,
+    /// A symlink to a directory: grant on `target`, keep the leaf literal.
+    SymlinkToDirectory {
+        /// The directory the link points to.
+        target: PathBuf,
+    },
+    /// A regular file.
+    File,
+}
+
+/// Access on a jail path. Mirrors [`PolicyAccess`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JailAccess {
+    /// Read only.
+    Read,
+    /// Create, bind, connect and unlink sockets beneath.
+    Sockets,
+}
+
+/// One strategy policy path, serialisable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JailPath {
+    /// The path as sockets are addressed through it.
+    pub path: PathBuf,
+    /// What it is.
+    pub intent: JailIntent,
+    /// What is needed.
+    pub access: JailAccess,
+}
+
+impl From<&PolicyPath> for JailPath {
+    fn from(p: &PolicyPath) -> Self {
+        JailPath {
+            path: p.path.clone(),
+            intent: match &p.intent {
+                PolicyIntent::Directory => JailIntent::Directory,
+                PolicyIntent::SymlinkToDirectory { target } => JailIntent::SymlinkToDirectory { target: target.clone() },
+                PolicyIntent::File => JailIntent::File,
+            },
+            access: match p.access {
+                PolicyAccess::Read => JailAccess::Read,
+                PolicyAccess::Sockets => JailAccess::Sockets,
+            },
+        }
+    }
+}
+
+/// The sandbox around the shim: what it may read, write, and where its sockets live.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct JailSpec {
+    /// Whether to apply the jail at all (`jail=off` is for diagnosis only).
+    pub enabled: bool,
+    /// Read (and execute) beneath: system libraries, /etc, the guest firmware.
+    pub read_only: Vec<PathBuf>,
+    /// Read and write beneath: the box directory.
+    pub read_write: Vec<PathBuf>,
+    /// Devices opened read-write with ioctls (`/dev/kvm`).
+    pub devices: Vec<PathBuf>,
+    /// The strategy's policy paths, with their intent.
+    pub sockets: Vec<JailPath>,
+}
+
+/// Everything the shim needs. Socket paths come only from the strategy (through
+/// `LaunchSpec::addresses`); the shim never computes one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimSpec {
+    /// The box.
+    pub box_id: BoxId,
+    /// The box directory (`<home>/boxes/<id>`).
+    pub box_dir: PathBuf,
+    /// The virtio-fs root of the guest.
+    pub root_dir: PathBuf,
+    /// The agent, as exec'd in the guest.
+    pub exec: GuestExec,
+    /// The guest's complete environment.
+    pub env: Vec<(String, String)>,
+    /// Console output file.
+    pub console_log: PathBuf,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Memory in MiB.
+    pub ram_mib: u32,
+    /// `agent`: libkrun listens on the host path (`listen=true`).
+    pub agent: VsockMap,
+    /// `ready`: libkrun connects to the host path (`listen=false`).
+    pub ready: VsockMap,
+    /// The network, if any.
+    pub net: Option<NetSpec>,
+    /// `TMPDIR` for the VMM process: the box's binding directory, so the name libkrun
+    /// derives there (`krun-net-<pid>-<n>.sock`) stays inside the budget.
+    pub tmpdir: PathBuf,
+    /// The jail.
+    pub jail: JailSpec,
+    /// Configure libkrun, then exit 0 without `krun_start_enter` (diagnosis).
+    pub configure_only: bool,
+}
+
+/// Why a [`ShimSpec`] cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpecError {
+    /// An address (or a name libkrun derives) does not fit `sun_path`.
+    #[error(transparent)]
+    Budget(#[from] BindingError),
+    /// A path must be absolute.
+    #[error("{what} {path} is not an absolute path")]
+    NotAbsolute {
+        /// Which field.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// Which field.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ShimSpec {
+    /// Check every path the VMM will bind, connect or derive against the budget, and
+    /// the other fields for sanity. Runs in the backend (so errors reach the caller) and
+    /// again in the shim, before anything is configured.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        for (what, p) in [
+            ("box dir", &self.box_dir),
+            ("root dir", &self.root_dir),
+            ("console log", &self.console_log),
+            ("agent address", &self.agent.host_path),
+            ("ready address", &self.ready.host_path),
+            ("TMPDIR", &self.tmpdir),
+        ] {
+            if !p.is_absolute() {
+                return Err(SpecError::NotAbsolute { what, path: p.clone() });
+            }
+        }
+        budget::check_path("agent", &self.agent.host_path)?;
+        budget::check_path("ready", &self.ready.host_path)?;
+        if let Some(net) = &self.net {
+            if !net.path.is_absolute() {
+                return Err(SpecError::NotAbsolute { what: "net address", path: net.path.clone() });
+            }
+            budget::check_path("net", &net.path)?;
+            let derived = self.tmpdir.join(KRUN_NET_DERIVED_WORST_CASE);
+            budget::check_path(&format!("net (derived: {KRUN_NET_DERIVED_WORST_CASE})"), &derived)?;
+        }
+        if self.agent.port == self.ready.port {
+            return Err(SpecError::Invalid {
+                what: "vsock ports",
+                reason: format!("agent and ready both use port {}", self.agent.port),
+            });
+        }
+        if self.vcpus == 0 {
+            return Err(SpecError::Invalid { what: "vcpus", reason: "must be at least 1".into() });
+        }
+        if self.ram_mib < 64 {
+            return Err(SpecError::Invalid { what: "ram_mib", reason: format!("{} MiB is below 64 MiB", self.ram_mib) });
+        }
+        if !self.exec.path.starts_with('/') {
+            return Err(SpecError::Invalid { what: "guest exec path", reason: format!("{:?} is not absolute", self.exec.path) });
+        }
+        Ok(())
+    }
+}
+
+/// Make the libkrun calls for `spec`, in order, and return the context ready for
+/// `krun_start_enter`. Pure: all effects go through `api`.
+///
+/// Order: create_ctx, set_vm_config, set_root, disable_implicit_vsock, add_vsock(0)
+/// (no TSI: the guest has no implicit network), add_vsock_port2(agent, listen=true),
+/// add_vsock_port2(ready, listen=false), add_net_unixstream (with a network),
+/// set_workdir, set_exec (explicit env, never the host's), set_console_output.
+pub fn configure(api: &mut dyn KrunApi, spec: &ShimSpec) -> Result<KrunCtx, KrunError> {
+    let ctx = api.create_ctx()?;
+    api.set_vm_config(ctx, spec.vcpus, spec.ram_mib)?;
+    api.set_root(ctx, &spec.root_dir)?;
+    api.disable_implicit_vsock(ctx)?;
+    api.add_vsock(ctx, 0)?;
+    api.add_vsock_port2(ctx, spec.agent.port, &spec.agent.host_path, true)?;
+    api.add_vsock_port2(ctx, spec.ready.port, &spec.ready.host_path, false)?;
+    if let Some(net) = &spec.net {
+        api.add_net_unixstream(ctx, &net.path, net.mac, NET_FEATURES_NONE, NET_FLAG_DHCP_CLIENT)?;
+    }
+    api.set_workdir(ctx, &spec.exec.workdir)?;
+    api.set_exec(ctx, &spec.exec.path, &spec.exec.args, &spec.env)?;
+    api.set_console_output(ctx, &spec.console_log)?;
+    Ok(ctx)
+}
+
+/// The agent's guest command line (`boxsock-agent --agent <URI> --ready <URI>`): listen on
+/// the agent vsock port, dial the ready vsock port.
+pub fn agent_args(agent_port: u32, ready_port: u32) -> Vec<String> {
+    vec![
+        "--agent".into(),
+        format!("vsock://{agent_port}"),
+        "--ready".into(),
+        format!("vsock://{ready_port}"),
+    ]
+}
+
+/// The directory in which a socket path lives (for `TMPDIR`).
+pub(crate) fn parent_of(p: &Path) -> Option<&Path> {
+    p.parent().filter(|d| !d.as_os_str().is_empty())
+}

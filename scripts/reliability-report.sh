@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Regenerates docs/reliability.md from a fresh run of the hostile suite.
+# Run as root so the root-only scenarios (other users, mounts, namespaces) run too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir="${CARGO_TARGET_DIR:-target}/reliability"
+rm -rf "$dir"
+# The suite may fail; the document then shows which scenarios did not run.
+cargo test -p boxsock-tests --test hostile -- --skip reliability_doc_matches_the_scenarios || true
+cargo test -p boxsock-tests --test hostile -- --ignored --exact render_reliability_doc
+echo "docs/reliability.md regenerated"

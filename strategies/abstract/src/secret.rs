@@ -1,0 +1,155 @@
+//! The per-home secret: 32 random bytes in `<home>/abstract-socket.key`, mode 0600,
+//! owned by the effective uid, created once and race-free.
+//!
+//! Creation writes a private temporary file (`O_CREAT|O_EXCL|O_NOFOLLOW`, 0600), syncs
+//! it, and publishes it with `link(2)`, which fails with `EEXIST` instead of replacing
+//! an existing secret. Readers therefore see either no file or a complete one, and of
+//! concurrent creators exactly one wins; the losers read the winner's secret.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use boxsock_core::BindingError;
+use rand::RngCore;
+
+use crate::name::SECRET_LEN;
+
+/// File name of the secret inside the home.
+pub const SECRET_FILE: &str = "abstract-socket.key";
+
+/// A loaded secret. Its `Debug` does not print the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub [u8; SECRET_LEN]);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Load the secret at `path`, creating it if it does not exist. `owner` is the uid the
+/// file must belong to (the effective uid). A missing file is created with `restore`
+/// if given (the secret this process already uses, so its names stay valid), else with
+/// fresh random bytes.
+pub fn load_or_create(path: &Path, owner: u32, restore: Option<&Secret>) -> Result<Secret, BindingError> {
+    // Two rounds suffice: if our link loses, the winner's file exists and is complete.
+    for _ in 0..3 {
+        match load(path, owner) {
+            Ok(s) => return Ok(s),
+            Err(LoadError::Missing) => {}
+            Err(LoadError::Other(e)) => return Err(e),
+        }
+        if let Some(s) = create(path, restore)? {
+            if restore.is_some() {
+                tracing::warn!(path = %path.display(), "the abstract-socket secret had been deleted; restored it from memory");
+            } else {
+                tracing::debug!(path = %path.display(), "created abstract-socket secret");
+            }
+            return Ok(s);
+        }
+    }
+    Err(BindingError::io(
+        "create secret",
+        path,
+        io::Error::other("the secret file kept appearing and disappearing; is another process deleting it?"),
+    ))
+}
+
+enum LoadError {
+    Missing,
+    Other(BindingError),
+}
+
+fn insecure(path: &Path, reason: String) -> LoadError {
+    LoadError::Other(BindingError::Insecure { path: path.to_path_buf(), reason })
+}
+
+fn load(path: &Path, owner: u32) -> Result<Secret, LoadError> {
+    let mut f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(LoadError::Missing),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(insecure(path, "it is a symlink; the secret must be a regular file".into()));
+        }
+        Err(e) => return Err(LoadError::Other(BindingError::io("open secret", path, e))),
+    };
+    let m = f.metadata().map_err(|e| LoadError::Other(BindingError::io("stat secret", path, e)))?;
+    if !m.file_type().is_file() {
+        return Err(insecure(path, "it is not a regular file".into()));
+    }
+    if m.uid() != owner {
+        return Err(insecure(path, format!("it is owned by uid {}, not by uid {owner}", m.uid())));
+    }
+    let mode = m.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(insecure(
+            path,
+            format!("its mode is {mode:04o}, which lets group or others read or change it; it must be 0600"),
+        ));
+    }
+    if m.len() != SECRET_LEN as u64 {
+        return Err(insecure(path, format!("it is {} bytes long, not {SECRET_LEN}", m.len())));
+    }
+    let mut key = [0u8; SECRET_LEN];
+    f.read_exact(&mut key).map_err(|e| LoadError::Other(BindingError::io("read secret", path, e)))?;
+    Ok(Secret(key))
+}
+
+/// Create the secret; `Ok(None)` if another process published one first.
+fn create(path: &Path, restore: Option<&Secret>) -> Result<Option<Secret>, BindingError> {
+    let key = match restore {
+        Some(s) => s.0,
+        None => {
+            let mut key = [0u8; SECRET_LEN];
+            rand::rng().fill_bytes(&mut key);
+            key
+        }
+    };
+    let tmp = temp_name(path);
+    let result = write_temp(&tmp, &key).and_then(|()| match std::fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(Some(Secret(key))),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(BindingError::io("publish secret (link)", path, e)),
+    });
+    if let Err(e) = std::fs::remove_file(&tmp) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(path = %tmp.display(), error = %e, "could not remove temporary secret file");
+        }
+    }
+    if result.is_ok() {
+        // Make the new name durable too; failure here only costs durability.
+        if let Some(dir) = path.parent() {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+    }
+    result
+}
+
+fn temp_name(path: &Path) -> PathBuf {
+    let suffix: u64 = rand::rng().next_u64();
+    path.with_file_name(format!(".{SECRET_FILE}.tmp-{}-{suffix:016x}", std::process::id()))
+}
+
+fn write_temp(tmp: &Path, key: &[u8; SECRET_LEN]) -> Result<(), BindingError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(tmp)
+        .map_err(|e| BindingError::io("create temporary secret", tmp, e))?;
+    // The umask may have removed owner bits; set exactly 0600.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| BindingError::io("chmod temporary secret", tmp, e))?;
+    f.write_all(key).map_err(|e| BindingError::io("write temporary secret", tmp, e))?;
+    f.sync_all().map_err(|e| BindingError::io("sync temporary secret", tmp, e))?;
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! The conformance kit over the built-in strategies (one named test per check), and over
+//! every strategy linked into this binary, so that a new strategy cannot skip it.
+
+// The linking rule: name every strategy crate, or its registration is not linked.
+use boxsock_abstract as _;
+use boxsock_direct as _;
+use boxsock_short_symlink as _;
+
+use boxsock_conformance::{CHECKS, Outcome, conformance_tests, run_all};
+use boxsock_core::registry::{Registry, StrategyRegistration};
+
+conformance_tests!(direct, boxsock_direct::REGISTRATION.build);
+conformance_tests!(short_symlink, |c| registered("short-symlink", c));
+conformance_tests!(abstract_ns, |c| registered("abstract", c));
+
+/// Build a strategy by its registered name. A built-in strategy that is not registered
+/// fails loudly (`registry.rs` asserts they all are).
+fn registered(
+    name: &str,
+    config: &boxsock_core::StrategyConfig,
+) -> Result<std::sync::Arc<dyn boxsock_core::SocketBinding>, boxsock_core::BindingError> {
+    match Registry::<StrategyRegistration>::collected().get(name) {
+        Ok(reg) => (reg.build)(config),
+        Err(e) => panic!("strategy {name:?} is not registered: {e}"),
+    }
+}
+
+/// Every registered strategy runs every check; failures of all strategies are collected
+/// and reported together.
+#[test]
+fn every_registered_strategy_passes_the_kit() {
+    let registry = Registry::<StrategyRegistration>::collected();
+    registry.check_unique().expect("strategy names are unique");
+    assert!(!registry.names().is_empty(), "no strategy is linked into this test binary");
+    let mut failures = Vec::new();
+    for reg in registry.iter() {
+        let report = run_all(reg.build);
+        assert_eq!(report.results.len(), CHECKS.len());
+        let skipped = report.skipped();
+        eprintln!(
+            "{}: {} passed, {} skipped, {} failed",
+            reg.name,
+            report.passed().len(),
+            skipped.len(),
+            report.failures().len()
+        );
+        for (check, why) in &skipped {
+            eprintln!("  skipped: {check}: {why}");
+        }
+        for (check, msg) in report.failures() {
+            failures.push(format!("{}::{check}: {msg}", reg.name));
+        }
+        assert!(
+            report.results.iter().all(|r| !matches!(r.outcome, Ok(Outcome::Skipped(ref w)) if w.is_empty())),
+            "a skip without a reason"
+        );
+    }
+    assert!(failures.is_empty(), "{} check(s) failed:\n{}", failures.len(), failures.join("\n"));
+}
