@@ -11,6 +11,8 @@
 //! - [`peer`], peer-credential checks for listeners and connectors that need them;
 //! - [`registry`], link-time (`inventory`) and explicit registries of strategies and backends;
 //! - [`backend::Backend`], the trait a VMM backend implements;
+//! - [`runtime::Runtime`], the box lifecycle over a home, with its [`store`], [`state`]
+//!   machine and [`process`] identity;
 //! - [`proto`], the agent wire protocol, and [`agent_client`], its async client.
 //!
 //! The core never names a concrete strategy or backend: it holds `dyn SocketBinding` and
@@ -27,8 +29,12 @@ pub mod error;
 pub mod id;
 pub mod layout;
 pub mod peer;
+pub mod process;
 pub mod proto;
 pub mod registry;
+pub mod runtime;
+pub mod state;
+pub mod store;
 
 pub use address::SocketAddress;
 pub use backend::Backend;

@@ -12,6 +12,12 @@
 //! the ready listener are checked with `SO_PEERCRED`; a peer whose uid is not listed is
 //! dropped and logged.
 //!
+//! Inside a libkrun guest the addresses are `vsock://<port>` (see [`vsock`]): the
+//! agent listens on the agent port on every CID and dials the host (CID 2) on the
+//! ready port. vsock carries no peer credentials, so `allow_uids` together with a
+//! vsock address is refused ([`AgentError::VsockPeerCheck`]); there the VM boundary and
+//! the host-side 0700 socket directory protect the agent.
+//!
 //! Input never makes it panic: a malformed frame is answered with an
 //! `Error { code: BadFrame }` frame, that connection is closed, and the others go on.
 //!
@@ -23,7 +29,10 @@
 //! leaves its group (`setsid`) escapes this; so does everything if the agent is
 //! SIGKILLed, which is why the runtime should ask for a shutdown first.
 
+pub mod vsock;
+
 use std::collections::HashSet;
+use std::fmt;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
@@ -35,10 +44,10 @@ use boxsock_core::SocketAddress;
 use boxsock_core::error::BindingError;
 use boxsock_core::peer::{self, AsyncListener, Listener, PeerPolicy};
 use boxsock_core::proto::{self, ErrorCode, Frame, ProtoError, Request, Response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
+
+pub use vsock::VsockAddress;
 
 /// How long, after a command's main process ended, the agent keeps forwarding output
 /// that processes it left behind still write to the inherited pipes. After that the
@@ -48,13 +57,66 @@ pub const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// Size of one stdout/stderr read (and so the largest output frame body).
 const OUTPUT_CHUNK: usize = 32 * 1024;
 
+/// An address on the agent's command line: a Unix socket address (path or abstract
+/// name), or a vsock port inside a guest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AgentAddress {
+    /// `unix:///abs/path` or `abstract:name`.
+    Unix(SocketAddress),
+    /// `vsock://<port>` or `vsock://<cid>:<port>`.
+    Vsock(VsockAddress),
+}
+
+impl AgentAddress {
+    /// The URI form, as [`parse_address`] reads it.
+    pub fn to_uri(&self) -> String {
+        match self {
+            AgentAddress::Unix(a) => a.to_uri(),
+            AgentAddress::Vsock(v) => v.to_uri(),
+        }
+    }
+
+    /// The filesystem path, for a `unix://` address.
+    pub fn as_path(&self) -> Option<&std::path::Path> {
+        match self {
+            AgentAddress::Unix(a) => a.as_path(),
+            AgentAddress::Vsock(_) => None,
+        }
+    }
+
+    fn is_vsock(&self) -> bool {
+        matches!(self, AgentAddress::Vsock(_))
+    }
+}
+
+impl From<SocketAddress> for AgentAddress {
+    fn from(a: SocketAddress) -> Self {
+        AgentAddress::Unix(a)
+    }
+}
+
+impl From<VsockAddress> for AgentAddress {
+    fn from(a: VsockAddress) -> Self {
+        AgentAddress::Vsock(a)
+    }
+}
+
+impl fmt::Display for AgentAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AgentAddress::Unix(a) => a.fmt(f),
+            AgentAddress::Vsock(v) => v.fmt(f),
+        }
+    }
+}
+
 /// What the agent serves and whom it trusts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
     /// Where to listen for requests.
-    pub agent: SocketAddress,
+    pub agent: AgentAddress,
     /// Where to send the readiness notification.
-    pub ready: SocketAddress,
+    pub ready: AgentAddress,
     /// Peer uids allowed on both sockets; empty means no credential check (the
     /// filesystem protects the addresses).
     pub allow_uids: Vec<u32>,
@@ -71,11 +133,24 @@ pub enum AgentError {
         /// What is wrong.
         reason: String,
     },
-    /// A `vsock://` address was given outside a guest.
-    #[error("address {uri:?}: vsock is only available inside a libkrun guest")]
-    VsockUnavailable {
-        /// The URI as given.
+    /// `--allow-uid` was combined with a vsock address: vsock has no peer
+    /// credentials, so the check could not be made.
+    #[error(
+        "--allow-uid cannot be checked on {uri}: vsock carries no peer credentials (the VM boundary and the host's 0700 socket directory protect it); drop --allow-uid"
+    )]
+    VsockPeerCheck {
+        /// The vsock URI.
         uri: String,
+    },
+    /// The agent's vsock port could not be bound (no `AF_VSOCK` transport, port in
+    /// use).
+    #[error("cannot listen on agent address {uri}: {source}")]
+    VsockBind {
+        /// The vsock URI.
+        uri: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
     },
     /// The agent address could not be bound.
     #[error("cannot listen on agent address {address}: {source}")]
@@ -105,18 +180,22 @@ pub enum AgentError {
     },
 }
 
-/// Parse a command-line address: `unix:///abs/path`, `abstract:name`, or
-/// `vsock://<port>` (recognised, but refused with [`AgentError::VsockUnavailable`]
-/// until the agent runs inside a guest).
-pub fn parse_address(uri: &str) -> Result<SocketAddress, AgentError> {
-    if let Some(rest) = uri.strip_prefix("vsock:") {
-        let port = rest.strip_prefix("//").unwrap_or(rest);
-        return match port.parse::<u32>() {
-            Ok(_) => Err(AgentError::VsockUnavailable { uri: uri.to_owned() }),
-            Err(_) => Err(AgentError::Address { uri: uri.to_owned(), reason: "expected vsock://<port>".into() }),
-        };
+/// Parse a command-line address: `unix:///abs/path`, `abstract:name`,
+/// `vsock://<port>` or `vsock://<cid>:<port>` (port a u32, neither 0 nor
+/// `VMADDR_PORT_ANY`). Errors are [`AgentError::Address`] naming the URI.
+pub fn parse_address(uri: &str) -> Result<AgentAddress, AgentError> {
+    let bad = |reason| AgentError::Address { uri: uri.to_owned(), reason };
+    if uri.starts_with("vsock:") {
+        return VsockAddress::parse(uri).map(AgentAddress::Vsock).map_err(bad);
     }
-    SocketAddress::from_uri(uri).map_err(|reason| AgentError::Address { uri: uri.to_owned(), reason })
+    SocketAddress::from_uri(uri).map(AgentAddress::Unix).map_err(bad)
+}
+
+/// The listening socket: a Unix one (with its peer policy) or a vsock port.
+#[derive(Debug)]
+enum AnyListener {
+    Unix(AsyncListener),
+    Vsock(vsock::VsockListener),
 }
 
 /// Shared state of one agent: its pid, the process groups it started, the stop signal.
@@ -159,7 +238,7 @@ impl StopHandle {
 /// A bound agent. [`Agent::bind`], then [`Agent::notify_ready`], then [`Agent::serve`].
 #[derive(Debug)]
 pub struct Agent {
-    listener: AsyncListener,
+    listener: AnyListener,
     config: AgentConfig,
     policy: PeerPolicy,
     /// (dev, ino) of the socket file it bound, to remove only its own on exit.
@@ -169,30 +248,47 @@ pub struct Agent {
 
 impl Agent {
     /// Listen on `config.agent`. A stale socket file left by a dead agent is replaced;
-    /// a live one is an error. Must be called inside a tokio runtime.
+    /// a live one is an error. A vsock address listens on its port (on every CID
+    /// unless the URI names one). `allow_uids` with any vsock address is
+    /// [`AgentError::VsockPeerCheck`]. Must be called inside a tokio runtime.
     pub fn bind(config: AgentConfig) -> Result<Agent, AgentError> {
+        if !config.allow_uids.is_empty() {
+            if let Some(v) = [&config.agent, &config.ready].into_iter().find(|a| a.is_vsock()) {
+                return Err(AgentError::VsockPeerCheck { uri: v.to_uri() });
+            }
+        }
+        let (stop, _) = watch::channel(false);
+        let state = Arc::new(State { pid: std::process::id(), groups: Mutex::new(HashSet::new()), stop });
+        let unix_agent = match &config.agent {
+            AgentAddress::Unix(a) => a.clone(),
+            AgentAddress::Vsock(v) => {
+                let listener = vsock::VsockListener::bind(v.listen_cid(), v.port)
+                    .map_err(|source| AgentError::VsockBind { uri: v.to_uri(), source })?;
+                tracing::info!(address = %v, cid = v.listen_cid(), port = v.port, "listening on vsock");
+                let listener = AnyListener::Vsock(listener);
+                return Ok(Agent { listener, config, policy: PeerPolicy::unchecked(), bound_file: None, state });
+            }
+        };
         let policy = if config.allow_uids.is_empty() {
-            if matches!(config.agent, SocketAddress::Abstract(_)) {
+            if matches!(unix_agent, SocketAddress::Abstract(_)) {
                 tracing::warn!(address = %config.agent, "abstract agent address without --allow-uid: any local process in this network namespace can reach it");
             }
             PeerPolicy::unchecked()
         } else {
             PeerPolicy::allow_uids(config.allow_uids.iter().copied())
         };
-        let bind_err = |source| AgentError::Bind { address: config.agent.display_string(), source };
-        let std_listener = peer::bind_stream_at(&config.agent).map_err(bind_err)?;
-        let bound_file = config.agent.as_path().and_then(|p| std::fs::symlink_metadata(p).ok()).map(|m| (m.dev(), m.ino()));
-        let listener = Listener::new(std_listener, config.agent.clone(), "agent".into(), policy.clone())
+        let bind_err = |source| AgentError::Bind { address: unix_agent.display_string(), source };
+        let std_listener = peer::bind_stream_at(&unix_agent).map_err(bind_err)?;
+        let bound_file = unix_agent.as_path().and_then(|p| std::fs::symlink_metadata(p).ok()).map(|m| (m.dev(), m.ino()));
+        let listener = Listener::new(std_listener, unix_agent.clone(), "agent".into(), policy.clone())
             .into_tokio()
-            .map_err(|e| bind_err(BindingError::io("listen on", config.agent.display_string(), e)))?;
-        let (stop, _) = watch::channel(false);
-        let state = Arc::new(State { pid: std::process::id(), groups: Mutex::new(HashSet::new()), stop });
+            .map_err(|e| bind_err(BindingError::io("listen on", unix_agent.display_string(), e)))?;
         tracing::info!(address = %config.agent, checked = policy.is_checked(), "listening");
-        Ok(Agent { listener, config, policy, bound_file, state })
+        Ok(Agent { listener: AnyListener::Unix(listener), config, policy, bound_file, state })
     }
 
     /// The address it listens on.
-    pub fn address(&self) -> &SocketAddress {
+    pub fn address(&self) -> &AgentAddress {
         &self.config.agent
     }
 
@@ -202,13 +298,28 @@ impl Agent {
     }
 
     /// Connect to `config.ready` (checking the listener's uid when `allow_uids` is
-    /// set) and send one `Ready { version, pid }` frame. Blocks briefly (a local
-    /// connect and a small write, with a 10 s write timeout).
+    /// set; a vsock address goes to the host, CID 2, unless it names a CID) and send
+    /// one `Ready { version, pid }` frame. Blocks briefly (a local connect and a small
+    /// write, with a 10 s write timeout; vsock connects time out after the kernel's
+    /// 2 s).
     pub fn notify_ready(&self) -> Result<(), AgentError> {
         let ready = &self.config.ready;
-        let fail = |reason: String| AgentError::Notify { address: ready.display_string(), reason };
-        let mut stream = peer::connect_stream_at(ready, "ready", &self.policy).map_err(|e| fail(e.to_string()))?;
-        stream.set_write_timeout(Some(Duration::from_secs(10))).map_err(|e| fail(e.to_string()))?;
+        let fail = |reason: String| AgentError::Notify { address: ready.to_string(), reason };
+        let timeout = Duration::from_secs(10);
+        let mut stream: Box<dyn Write> = match ready {
+            AgentAddress::Unix(a) => {
+                let s = peer::connect_stream_at(a, "ready", &self.policy).map_err(|e| fail(e.to_string()))?;
+                s.set_write_timeout(Some(timeout)).map_err(|e| fail(e.to_string()))?;
+                Box::new(s)
+            }
+            AgentAddress::Vsock(v) => {
+                let cid = v.connect_cid();
+                if cid == vsock::CID_ANY {
+                    return Err(fail("VMADDR_CID_ANY cannot be dialled; name a CID or omit it for the host (2)".into()));
+                }
+                Box::new(vsock::connect_blocking(cid, v.port, timeout).map_err(|e| fail(format!("connect to CID {cid} port {}: {e}", v.port)))?)
+            }
+        };
         let frame = proto::encode(&Frame::Control(Response::Ready { version: proto::VERSION, pid: self.state.pid }));
         stream.write_all(&frame).map_err(|e| fail(format!("write: {e}")))?;
         tracing::info!(address = %ready, pid = self.state.pid, "readiness sent");
@@ -222,16 +333,13 @@ impl Agent {
         let result = loop {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => break Ok(()),
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, cred)) => {
-                        tracing::debug!(peer_uid = cred.map(|c| c.uid), peer_pid = cred.map(|c| c.pid), "accepted");
-                        tokio::spawn(handle_connection(stream, self.state.clone()));
-                    }
+                accepted = self.accept() => match accepted {
+                    Ok(()) => {}
                     Err(e) if is_transient(&e) => {
                         tracing::warn!(error = %e, "accept failed; retrying");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    Err(e) => break Err(AgentError::Accept { address: self.config.agent.display_string(), source: e }),
+                    Err(e) => break Err(AgentError::Accept { address: self.config.agent.to_string(), source: e }),
                 },
             }
         };
@@ -239,6 +347,25 @@ impl Agent {
         self.state.kill_all();
         self.remove_own_socket();
         result
+    }
+
+    /// Accept one connection and spawn its handler.
+    async fn accept(&self) -> io::Result<()> {
+        match &self.listener {
+            AnyListener::Unix(l) => {
+                let (stream, cred) = l.accept().await?;
+                tracing::debug!(peer_uid = cred.map(|c| c.uid), peer_pid = cred.map(|c| c.pid), "accepted");
+                let (rd, wr) = stream.into_split();
+                tokio::spawn(handle_connection(rd, wr, self.state.clone()));
+            }
+            AnyListener::Vsock(l) => {
+                let (stream, (cid, port)) = l.accept().await?;
+                tracing::debug!(peer_cid = cid, peer_port = port, "accepted on vsock");
+                let (rd, wr) = tokio::io::split(stream);
+                tokio::spawn(handle_connection(rd, wr, self.state.clone()));
+            }
+        }
+        Ok(())
     }
 
     fn remove_own_socket(&self) {
@@ -294,7 +421,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     r
 }
 
-async fn send(wr: &mut OwnedWriteHalf, r: Response) -> io::Result<()> {
+async fn send<W: AsyncWrite + Unpin>(wr: &mut W, r: Response) -> io::Result<()> {
     proto::write_frame(wr, &Frame::Control(r)).await
 }
 
@@ -312,15 +439,22 @@ fn answer_to(e: &ProtoError) -> Option<Response> {
     }
 }
 
-async fn handle_connection(stream: UnixStream, state: Arc<State>) {
-    let (mut rd, mut wr) = stream.into_split();
+async fn handle_connection<R, W>(mut rd: R, mut wr: W, state: Arc<State>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     if let Err(e) = serve_one(&mut rd, &mut wr, &state).await {
         tracing::debug!(error = %e, "connection ended with a write error");
     }
     let _ = wr.shutdown().await;
 }
 
-async fn serve_one(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, state: &Arc<State>) -> io::Result<()> {
+async fn serve_one<R, W>(rd: &mut R, wr: &mut W, state: &Arc<State>) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     match proto::read_frame::<Request, _>(rd).await {
         Ok(Frame::Control(Request::Hello { version })) if version == proto::VERSION => {
             send(wr, Response::Hello { version: proto::VERSION, pid: state.pid }).await?;
@@ -349,7 +483,7 @@ async fn serve_one(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, state: &Arc<
     }
 }
 
-async fn reject(wr: &mut OwnedWriteHalf, e: ProtoError) -> io::Result<()> {
+async fn reject<W: AsyncWrite + Unpin>(wr: &mut W, e: ProtoError) -> io::Result<()> {
     match answer_to(&e) {
         Some(answer) => {
             tracing::warn!(error = %e, "bad frame; closing the connection");
@@ -403,14 +537,18 @@ enum ConnEvent {
     Bad(Response),
 }
 
-async fn exec(
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
+async fn exec<R, W>(
+    rd: &mut R,
+    wr: &mut W,
     argv: Vec<String>,
     env: Vec<(String, String)>,
     want_stdin: bool,
     state: &Arc<State>,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let Some(program) = argv.first() else {
         return send(wr, error(ErrorCode::BadRequest, "exec with an empty argv")).await;
     };

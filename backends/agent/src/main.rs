@@ -5,8 +5,10 @@
 //! boxsock-agent --agent <URI> --ready <URI> [--allow-uid UID]...
 //! ```
 //!
-//! URIs are `unix:///abs/path` or `abstract:name` (`vsock://<port>` is recognised and
-//! refused outside a guest). Logs go to stderr (filter from `RUST_LOG`, default
+//! URIs are `unix:///abs/path`, `abstract:name`, or inside a libkrun guest
+//! `vsock://<port>` / `vsock://<cid>:<port>` (listening: every CID; the ready
+//! notification: the host, CID 2). `--allow-uid` is refused with a vsock address:
+//! vsock has no peer credentials. Logs go to stderr (filter from `RUST_LOG`, default
 //! `info`); nothing is written to stdout. Exit status: 0 after a shutdown, 1 when the
 //! agent cannot bind, notify or serve, with a one-line error on stderr.
 
@@ -18,14 +20,17 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "boxsock-agent", version, about)]
 struct Args {
-    /// Address to listen on for requests (`unix:///abs/path` or `abstract:name`).
+    /// Address to listen on for requests (`unix:///abs/path`, `abstract:name`, or
+    /// `vsock://<port>` on every CID of a guest).
     #[arg(long, value_name = "URI")]
     agent: String,
-    /// Address to send the readiness notification to.
+    /// Address to send the readiness notification to (`vsock://<port>` dials the
+    /// host, CID 2).
     #[arg(long, value_name = "URI")]
     ready: String,
     /// Peer uid allowed on both sockets (repeatable). Without any, peers are not
-    /// checked and the filesystem must protect the addresses.
+    /// checked and the filesystem must protect the addresses. Not allowed with a
+    /// `vsock://` address (vsock carries no peer credentials).
     #[arg(long = "allow-uid", value_name = "UID")]
     allow_uid: Vec<u32>,
 }

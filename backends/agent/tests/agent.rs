@@ -398,18 +398,22 @@ fn cannot_bind_or_notify_exits_1_naming_the_address() {
     assert!(err.contains(&ready.display().to_string()) && err.contains("readiness"), "{err}");
     assert!(!agent.exists(), "the agent left its socket behind after failing");
 
-    let err = run_failing(&["--agent", "vsock://1024", "--ready", "unix:///x"]);
-    assert!(err.contains("vsock is only available inside a libkrun guest"), "{err}");
+    let err = run_failing(&["--agent", "vsock://1024", "--ready", "unix:///x", "--allow-uid", "0"]);
+    assert!(err.contains("vsock://1024") && err.contains("no peer credentials"), "{err}");
+    let err = run_failing(&["--agent", "vsock://0", "--ready", "unix:///x"]);
+    assert!(err.contains("vsock://0") && err.contains("port 0"), "{err}");
     let err = run_failing(&["--agent", "unix://relative", "--ready", "unix:///x"]);
     assert!(err.contains("unix://relative"), "{err}");
 }
 
 #[test]
 fn address_parsing() {
-    use boxsock_agent::{AgentError, parse_address};
-    assert_eq!(parse_address("unix:///a/b").unwrap(), SocketAddress::Path(PathBuf::from("/a/b")));
-    assert_eq!(parse_address("abstract:x").unwrap(), SocketAddress::Abstract(b"x".to_vec()));
-    assert!(matches!(parse_address("vsock://5"), Err(AgentError::VsockUnavailable { .. })));
+    use boxsock_agent::{AgentAddress, AgentError, VsockAddress, parse_address};
+    assert_eq!(parse_address("unix:///a/b").unwrap(), AgentAddress::Unix(SocketAddress::Path(PathBuf::from("/a/b"))));
+    assert_eq!(parse_address("abstract:x").unwrap(), AgentAddress::Unix(SocketAddress::Abstract(b"x".to_vec())));
+    assert_eq!(parse_address("vsock://5").unwrap(), AgentAddress::Vsock(VsockAddress { cid: None, port: 5 }));
+    assert_eq!(parse_address("vsock://2:1025").unwrap(), AgentAddress::Vsock(VsockAddress { cid: Some(2), port: 1025 }));
+    assert!(matches!(parse_address("vsock://0"), Err(AgentError::Address { .. })));
     assert!(matches!(parse_address("vsock://x"), Err(AgentError::Address { .. })));
     assert!(matches!(parse_address("tcp://x"), Err(AgentError::Address { .. })));
 }

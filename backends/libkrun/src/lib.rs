@@ -10,6 +10,7 @@
 //! - [`probe`]: whether a guest can really boot here (real KVM, not PVM; libkrunfw).
 //! - [`passt`]: one passt per box with a network.
 //! - [`derived`]: the name libkrun derives for a unixgram network, pinned by a test.
+//! - [`rootfs`]: prepares a box's guest root (the agent, its loader and libraries).
 //!
 //! libkrun does not validate socket path lengths (`krun_add_vsock_port2` accepts an
 //! over-long path and returns 0), so every path is checked against the budget twice:
@@ -22,6 +23,7 @@ pub mod ffi;
 pub mod jail;
 pub mod passt;
 pub mod probe;
+pub mod rootfs;
 pub mod spec;
 
 use std::sync::Arc;

@@ -1,0 +1,549 @@
+//! The `boxsock` command line. See `docs/runtime.md`.
+//!
+//! Exit status: `run` and `exec` exit with the command's status; a boxsock error exits
+//! 125 from `run`/`exec` (so it cannot be mistaken for the command's) and 1 from other
+//! verbs, with a one-line error on stderr. Logs (`RUST_LOG`, default `warn`) go to
+//! stderr, never to stdout.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use boxsock::{
+    BackendConfig, CreateOptions, ExecIo, LockMode, Runtime, RuntimeError, RuntimeOptions, StrategyConfig, builtin_backends,
+    builtin_strategies,
+};
+use clap::{Args, Parser, Subcommand};
+
+/// boxsock: micro-VM boxes whose sockets never hit the sun_path limit.
+#[derive(Debug, Parser)]
+#[command(name = "boxsock", version, about)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// Runtime home [default: $BOXSOCK_HOME, else $XDG_DATA_HOME/boxsock, else
+    /// ~/.local/share/boxsock].
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Socket strategy for new boxes.
+    #[arg(long, global = true, env = "BOXSOCK_STRATEGY", default_value = boxsock::DEFAULT_STRATEGY)]
+    strategy: String,
+    /// Backend for new boxes.
+    #[arg(long, global = true, env = "BOXSOCK_BACKEND", default_value = boxsock::DEFAULT_BACKEND)]
+    backend: String,
+    /// Base directory of the short binding links [default: /tmp].
+    #[arg(long, global = true, env = "BOXSOCK_LINK_BASE", value_name = "DIR")]
+    link_base: Option<PathBuf>,
+    /// Directory holding boxsock-agent and the libkrun shim [default: next to boxsock].
+    #[arg(long, global = true, env = "BOXSOCK_HELPER_DIR", value_name = "DIR")]
+    helper_dir: Option<PathBuf>,
+    /// How long to wait for a home another process is using, in seconds.
+    #[arg(long, global = true, default_value_t = 30.0, value_name = "SECS")]
+    lock_wait: f64,
+    /// How long `start` waits for the box's agent, in seconds.
+    #[arg(long, global = true, default_value_t = 10.0, value_name = "SECS")]
+    ready_timeout: f64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Verb {
+    /// Create and start a box, run a command in it, print its output and exit with its
+    /// status.
+    Run {
+        /// Remove the box afterwards (also when starting it fails).
+        #[arg(long)]
+        rm: bool,
+        /// Name the box.
+        #[arg(long)]
+        name: Option<String>,
+        /// Extra environment for the command (repeatable).
+        #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+        /// Forward stdin to the command (otherwise it reads /dev/null).
+        #[arg(short, long)]
+        interactive: bool,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
+    /// Create a box (prints its id).
+    Create {
+        /// Name the box.
+        #[arg(long)]
+        name: Option<String>,
+        /// Extra environment for the box's agent (repeatable).
+        #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+        /// Give the box a network.
+        #[arg(long)]
+        network: bool,
+    },
+    /// Start a created or stopped box.
+    Start {
+        /// Box id or name.
+        id: String,
+    },
+    /// Run a command in a running box.
+    Exec {
+        /// Extra environment for the command (repeatable).
+        #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+        /// Forward stdin to the command (otherwise it reads /dev/null).
+        #[arg(short, long)]
+        interactive: bool,
+        /// Box id or name.
+        id: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
+    /// Stop a box (agent shutdown, then SIGTERM, then SIGKILL).
+    Stop {
+        /// Seconds each step waits.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+        /// Box id or name.
+        id: String,
+    },
+    /// Remove boxes.
+    Rm {
+        /// Stop running boxes first (and remove corrupt rows).
+        #[arg(short, long)]
+        force: bool,
+        /// Box ids or names.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// List boxes.
+    Ls {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a box: state, process, and every socket's live address, length and limit.
+    Inspect {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// Box id or name.
+        id: String,
+    },
+    /// List the strategies.
+    Strategies {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the backends and whether they can run here.
+    Backends {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove leftover bindings of dead boxes.
+    Sweep,
+    /// Check every strategy's addresses for this home and every backend's availability.
+    Doctor {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+fn secs(s: f64, what: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(s).map_err(|_| format!("--{what} {s} is not a number of seconds"))
+}
+
+/// A CLI failure: the message and the exit status.
+struct Failure(String, u8);
+
+impl From<RuntimeError> for Failure {
+    fn from(e: RuntimeError) -> Self {
+        Failure(e.to_string(), 1)
+    }
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure(e, 1)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("boxsock: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure(msg, code)) => {
+            let _ = std::io::stdout().flush();
+            eprintln!("boxsock: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+impl Global {
+    fn home(&self) -> Result<PathBuf, Failure> {
+        self.home
+            .clone()
+            .or_else(boxsock::default_home)
+            .ok_or_else(|| Failure("no home: pass --home or set BOXSOCK_HOME (HOME is not set either)".into(), 1))
+    }
+
+    fn options(&self) -> Result<RuntimeOptions, Failure> {
+        let mut o = RuntimeOptions::new(builtin_strategies(), builtin_backends());
+        let mut sc = StrategyConfig::default();
+        if let Some(b) = &self.link_base {
+            sc.base_dir = b.clone();
+        }
+        o.strategy_config = sc;
+        o.backend_config = BackendConfig { helper_dir: self.helper_dir.clone(), ..Default::default() };
+        // Many CLI processes may work on one home at once: lock per operation.
+        o.lock_mode = LockMode::Shared;
+        o.lock_wait = Some(secs(self.lock_wait, "lock-wait")?);
+        o.ready_timeout = secs(self.ready_timeout, "ready-timeout")?;
+        // A CLI process is short-lived: boxes are checked at each open instead.
+        o.health_monitor = false;
+        Ok(o)
+    }
+
+    async fn open(&self) -> Result<Runtime, Failure> {
+        let (rt, report) = Runtime::open(self.home()?, self.options()?).await.map_err(Failure::from)?;
+        for bad in &report.corrupt_rows {
+            tracing::warn!(box_id = %bad.id, error = %bad.error, "corrupt box row (remove it with `boxsock rm -f`)");
+        }
+        Ok(rt)
+    }
+
+    /// Open a home that must already exist: a verb naming a box in a missing home
+    /// (a typo in `--home`) fails without creating it.
+    async fn open_existing(&self, what: &str) -> Result<Runtime, Failure> {
+        let home = self.home()?;
+        if !home.exists() {
+            return Err(Failure(format!("no box with id or name {what:?}: home {} does not exist", home.display()), 1));
+        }
+        self.open().await
+    }
+
+    fn create_options(&self, name: Option<String>, env: Vec<(String, String)>, network: bool) -> CreateOptions {
+        CreateOptions { name, strategy: self.strategy.clone(), backend: self.backend.clone(), network, env }
+    }
+}
+
+/// Add a hint when the default backend cannot be used.
+fn backend_hint(e: RuntimeError, g: &Global) -> Failure {
+    let msg = e.to_string();
+    let hint = matches!(&e, RuntimeError::Registry(_) | RuntimeError::Backend(_) | RuntimeError::BackendUnavailable { .. })
+        && g.backend != "host"
+        && msg.contains(&g.backend);
+    Failure(if hint { format!("{msg}; try --backend host (no isolation)") } else { msg }, 1)
+}
+
+fn stdin_reader(interactive: bool) -> Option<Box<dyn tokio::io::AsyncRead + Unpin + Send + 'static>> {
+    interactive.then(|| Box::new(tokio::io::stdin()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)
+}
+
+async fn exec_in(rt: &Runtime, id: &str, cmd: Vec<String>, env: Vec<(String, String)>, interactive: bool) -> Result<i32, RuntimeError> {
+    // Output is written as it arrives; a closed stdout (`| head`) is not an error of
+    // the command's.
+    let mut out = |b: &[u8]| {
+        let mut o = std::io::stdout().lock();
+        let _ = o.write_all(b).and_then(|()| o.flush());
+    };
+    let mut err = |b: &[u8]| {
+        let _ = std::io::stderr().lock().write_all(b);
+    };
+    rt.exec(id, cmd, env, ExecIo { stdin: stdin_reader(interactive), stdout: &mut out, stderr: &mut err }).await
+}
+
+/// The exit status of a failed `run`/`exec`: 127 when the command could not be
+/// started (as a shell does), else 125.
+fn exec_failure(e: RuntimeError) -> Failure {
+    use boxsock::boxsock_core::proto::ErrorCode;
+    let code = match &e {
+        RuntimeError::Agent { source: boxsock::ClientError::Agent { code: ErrorCode::Spawn, .. }, .. } => 127,
+        _ => 125,
+    };
+    Failure(e.to_string(), code)
+}
+
+fn exit_byte(code: i32) -> u8 {
+    u8::try_from(code).unwrap_or(255)
+}
+
+/// Resolves on SIGINT or SIGTERM, with the signal's name.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<u8, Failure> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| Failure(format!("cannot encode JSON: {e}"), 1))?;
+    println!("{s}");
+    Ok(0)
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    let g = &cli.global;
+    match cli.verb {
+        Verb::Run { rm, name, env, interactive, cmd } => {
+            let rt = g.open().await.map_err(|f| Failure(f.0, 125))?;
+            let b = rt.create(g.create_options(name, Vec::new(), false)).await.map_err(|e| Failure(backend_hint(e, g).0, 125))?;
+            let id = b.id.to_string();
+            let work = async {
+                rt.start(&id).await?;
+                exec_in(&rt, &id, cmd, env, interactive).await
+            };
+            // Ctrl-C or SIGTERM still cleans up a --rm box.
+            let result = tokio::select! {
+                r = work => r.map_err(exec_failure),
+                sig = interrupted() => Err(Failure(format!("interrupted by {sig}"), 130)),
+            };
+            if rm {
+                if let Err(e) = rt.remove(&id, true).await {
+                    eprintln!("boxsock: removing box {id}: {e}");
+                }
+            }
+            Ok(exit_byte(result?))
+        }
+        Verb::Create { name, env, network } => {
+            let rt = g.open().await?;
+            let b = rt.create(g.create_options(name, env, network)).await.map_err(|e| backend_hint(e, g))?;
+            println!("{}", b.id);
+            Ok(0)
+        }
+        Verb::Start { id } => {
+            let rt = g.open_existing(&id).await?;
+            let b = rt.start(&id).await?;
+            println!("{}", b.id);
+            Ok(0)
+        }
+        Verb::Exec { env, interactive, id, cmd } => {
+            let rt = g.open_existing(&id).await.map_err(|f| Failure(f.0, 125))?;
+            let code = exec_in(&rt, &id, cmd, env, interactive).await.map_err(exec_failure)?;
+            Ok(exit_byte(code))
+        }
+        Verb::Stop { timeout, id } => {
+            let rt = g.open_existing(&id).await?;
+            let b = rt.stop(&id, Some(secs(timeout, "timeout")?)).await?;
+            println!("{}", b.id);
+            Ok(0)
+        }
+        Verb::Rm { force, ids } => {
+            let rt = g.open_existing(&ids.join(", ")).await?;
+            let mut failed = Vec::new();
+            for id in ids {
+                match rt.remove(&id, force).await {
+                    Ok(removed) => println!("{removed}"),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            match failed.len() {
+                0 => Ok(0),
+                _ => Err(Failure(failed.join("; "), 1)),
+            }
+        }
+        Verb::Ls { json: as_json } => {
+            // Listing a home that does not exist shows nothing and creates nothing.
+            let l = if g.home()?.exists() { g.open().await?.list()? } else { boxsock::Listing::default() };
+            if as_json {
+                return json(&l);
+            }
+            println!("{:<14} {:<16} {:<10} {:<14} {:<8} {:>8}", "ID", "NAME", "STATE", "STRATEGY", "BACKEND", "PID");
+            for b in &l.boxes {
+                println!(
+                    "{:<14} {:<16} {:<10} {:<14} {:<8} {:>8}",
+                    b.id,
+                    b.name.as_deref().unwrap_or("-"),
+                    b.state,
+                    b.config.strategy,
+                    b.config.backend,
+                    b.process.map(|p| p.pid.to_string()).unwrap_or_else(|| "-".into())
+                );
+            }
+            for bad in &l.bad {
+                eprintln!("boxsock: box {}: stored row is corrupt: {} (remove it with `boxsock rm -f {}`)", bad.id, bad.error, bad.id);
+            }
+            Ok(0)
+        }
+        Verb::Inspect { json: as_json, id } => {
+            let rt = g.open_existing(&id).await?;
+            let i = rt.inspect(&id)?;
+            if as_json {
+                return json(&i);
+            }
+            println!("id:        {}", i.id);
+            println!("name:      {}", i.name.as_deref().unwrap_or("-"));
+            println!("state:     {}", i.state);
+            println!("strategy:  {}", i.strategy);
+            println!("backend:   {}", i.backend);
+            match (i.pid, i.start_time) {
+                (Some(p), Some(st)) => println!("process:   pid {p}, start time {st}, {}", if i.alive { "alive" } else { "gone" }),
+                _ => println!("process:   -"),
+            }
+            if let Some(c) = i.exit_code {
+                println!("exit code: {c}");
+            }
+            println!("dir:       {}", i.dir);
+            println!("log:       {}", i.log);
+            println!("sockets:");
+            for s in &i.sockets {
+                print_socket(s);
+            }
+            Ok(0)
+        }
+        Verb::Strategies { json: as_json } => {
+            let o = g.options()?;
+            let rows: Vec<serde_json::Value> = o
+                .strategies
+                .iter()
+                .map(|r| {
+                    let caps = o.strategies.build(r.name, &o.strategy_config).ok().map(|s| s.capabilities());
+                    serde_json::json!({
+                        "name": r.name,
+                        "summary": r.summary,
+                        "supported_here": caps.as_ref().is_some_and(|c| c.supported_here()),
+                        "path_addressable": caps.as_ref().map(|c| c.path_addressable),
+                        "home_length_independent": caps.as_ref().map(|c| c.home_length_independent),
+                        "peer_credentials": caps.as_ref().map(|c| c.peer_credentials),
+                        "default": r.name == boxsock::DEFAULT_STRATEGY,
+                    })
+                })
+                .collect();
+            if as_json {
+                return json(&rows);
+            }
+            for r in &rows {
+                println!("{:<14} {}", r["name"].as_str().unwrap_or(""), r["summary"].as_str().unwrap_or(""));
+            }
+            Ok(0)
+        }
+        Verb::Backends { json: as_json } => {
+            let report = boxsock::doctor(&g.home()?, &g.options()?);
+            if as_json {
+                return json(&report.backends);
+            }
+            for b in &report.backends {
+                let avail = if b.available { "available".to_string() } else { format!("unavailable: {}", b.reason.as_deref().unwrap_or("?")) };
+                println!("{:<10} {}", b.name, b.summary);
+                println!("{:<10} {avail}", "");
+                if let Some(iso) = &b.isolation {
+                    println!("{:<10} isolation: {iso}", "");
+                }
+            }
+            Ok(0)
+        }
+        Verb::Sweep => {
+            let rt = g.open().await?;
+            for (name, r) in rt.sweep().await? {
+                match r {
+                    Ok(rep) => {
+                        println!("{name}: removed {}, kept {}", rep.removed.len(), rep.kept);
+                        for p in rep.removed {
+                            println!("  {}", p.display());
+                        }
+                    }
+                    Err(e) => println!("{name}: failed: {e}"),
+                }
+            }
+            Ok(0)
+        }
+        Verb::Doctor { json: as_json } => {
+            let report = boxsock::doctor(&g.home()?, &g.options()?);
+            if as_json {
+                return json(&report);
+            }
+            println!("home:     {} ({} bytes)", report.home, report.home_bytes);
+            println!("platform: {}, sun_path holds {} bytes including the NUL", report.platform, report.limit);
+            println!("worst-case box id: {} ({} bytes)", report.sample_id, report.sample_id.len());
+            for s in &report.strategies {
+                println!();
+                // Addresses that could not be derived at all (not "too long"): say why
+                // once, e.g. the abstract strategy's per-home secret in a home that does
+                // not exist yet.
+                let underivable = s.sockets.iter().all(|x| x.address.is_none()) && !s.sockets.is_empty();
+                let verdict = if s.error.is_some() {
+                    "cannot be built"
+                } else if !s.supported_here {
+                    "not supported on this platform"
+                } else if s.all_fit {
+                    "every address fits"
+                } else if underivable {
+                    "addresses cannot be derived here"
+                } else {
+                    "SOME ADDRESSES DO NOT FIT"
+                };
+                println!("strategy {}: {verdict}", s.name);
+                if let Some(e) = &s.error {
+                    println!("  {e}");
+                }
+                if underivable {
+                    println!("  {}", s.sockets[0].error.as_deref().unwrap_or("?"));
+                    continue;
+                }
+                for sock in &s.sockets {
+                    print_socket(sock);
+                }
+            }
+            println!();
+            for b in &report.backends {
+                let avail = if b.available { "available".to_string() } else { format!("unavailable: {}", b.reason.as_deref().unwrap_or("?")) };
+                println!("backend {}: {avail}", b.name);
+                if let Some(iso) = &b.isolation {
+                    println!("  isolation: {iso}");
+                }
+                for (s, r) in &b.compatible {
+                    match r {
+                        Ok(()) => println!("  with {s}: ok"),
+                        Err(e) => println!("  with {s}: no: {e}"),
+                    }
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn print_socket(s: &boxsock::boxsock_core::runtime::SocketReport) {
+    let addr = s.address.as_deref().unwrap_or("-");
+    let bytes = s.bytes.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
+    let fits = if s.fits { "fits" } else { "DOES NOT FIT" };
+    println!("  {:<40} {addr} ({bytes} bytes, limit {}: {fits})", s.socket, s.limit);
+    if let Some(e) = &s.error {
+        if !s.fits && s.address.is_none() {
+            println!("  {:<40} {e}", "");
+        }
+    }
+}

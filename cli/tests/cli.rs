@@ -1,0 +1,358 @@
+//! The `boxsock` binary end to end: real processes, temp homes and link bases.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use boxsock::{Runtime, RuntimeError};
+use common::{Env, LIMIT, agent_dir, pid_running, wait_until};
+use serde_json::Value;
+
+use boxsock_abstract as _;
+use boxsock_direct as _;
+use boxsock_host as _;
+use boxsock_libkrun as _;
+use boxsock_short_symlink as _;
+
+fn boxsock_in(env: &Env, helper_dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_boxsock"));
+    c.env("BOXSOCK_HOME", &env.home)
+        .env("BOXSOCK_LINK_BASE", &env.link_base)
+        .env("BOXSOCK_HELPER_DIR", helper_dir)
+        .env_remove("BOXSOCK_STRATEGY")
+        .env_remove("BOXSOCK_BACKEND")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    c
+}
+
+fn boxsock(env: &Env) -> Command {
+    boxsock_in(env, &agent_dir())
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("boxsock runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let o = run(cmd);
+    assert!(o.status.success(), "{cmd:?} failed ({}): {}", o.status, stderr(&o));
+    stdout(&o)
+}
+
+fn json(cmd: &mut Command) -> Value {
+    serde_json::from_str(&ok(cmd)).expect("valid JSON")
+}
+
+fn assert_nothing_left(env: &Env) {
+    let l = json(boxsock(env).args(["ls", "--json"]));
+    assert_eq!(l["boxes"].as_array().unwrap().len(), 0, "{l}");
+    assert!(env.links().is_empty(), "links left: {:?}", env.links());
+    assert!(env.box_dirs().is_empty(), "box dirs left: {:?}", env.box_dirs());
+}
+
+#[test]
+fn run_in_a_home_deeper_than_200_bytes_prints_output_and_exits_with_the_status() {
+    let env = Env::deep(201);
+    assert!(env.home.as_os_str().len() > 200);
+    let o = run(boxsock(&env).args(["--backend", "host", "run", "--rm", "--", "sh", "-c", "echo hello from $0; echo oops >&2; exit 7"]));
+    assert_eq!(o.status.code(), Some(7), "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&o), "hello from sh\n");
+    assert_eq!(stderr(&o), "oops\n", "nothing but the command's stderr (no logs)");
+    assert_nothing_left(&env);
+
+    // stdin is forwarded with -i.
+    let mut child = boxsock(&env)
+        .args(["--backend", "host", "run", "--rm", "-i", "--", "tr", "a-z", "A-Z"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"shout\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), "SHOUT\n");
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn the_verbs_take_ids_or_names_and_inspect_reports_the_live_process_and_sockets() {
+    let env = Env::deep(120);
+    let id = ok(boxsock(&env).args(["--backend", "host", "create", "--name", "web"])).trim().to_owned();
+    assert_eq!(id.len(), 12, "{id}");
+    assert_eq!(ok(boxsock(&env).args(["start", "web"])).trim(), id);
+    assert_eq!(ok(boxsock(&env).args(["exec", "web", "--", "echo", "in", "box"])), "in box\n");
+    let o = run(boxsock(&env).args(["exec", &id, "--", "sh", "-c", "exit 42"]));
+    assert_eq!(o.status.code(), Some(42));
+
+    let i = json(boxsock(&env).args(["inspect", "web", "--json"]));
+    assert_eq!(i["id"], id.as_str());
+    assert_eq!(i["state"], "running");
+    assert_eq!(i["strategy"], "short-symlink");
+    assert_eq!(i["backend"], "host");
+    let pid = i["pid"].as_i64().unwrap() as i32;
+    assert!(pid_running(pid) && i["alive"] == true);
+    assert!(i["start_time"].as_u64().is_some());
+    let sockets = i["sockets"].as_array().unwrap();
+    for name in ["agent", "ready"] {
+        let s = sockets.iter().find(|s| s["socket"] == name).unwrap_or_else(|| panic!("{name} missing: {i}"));
+        let addr = s["address"].as_str().unwrap();
+        assert!(addr.starts_with(env.per_uid_dir().to_str().unwrap()), "{addr}");
+        assert_eq!(s["bytes"].as_u64().unwrap() as usize, addr.len());
+        assert_eq!(s["limit"], 108);
+        assert_eq!(s["fits"], true);
+    }
+    let human = ok(boxsock(&env).args(["inspect", &id]));
+    assert!(human.contains(&format!("pid {pid}")) && human.contains("agent.sock"), "{human}");
+
+    let l = json(boxsock(&env).args(["ls", "--json"]));
+    assert_eq!(l["boxes"][0]["id"], id.as_str());
+    assert_eq!(l["boxes"][0]["name"], "web");
+    let table = ok(boxsock(&env).arg("ls"));
+    assert!(table.lines().nth(1).unwrap().starts_with(&id), "{table}");
+
+    // A running box needs -f.
+    let o = run(boxsock(&env).args(["rm", "web"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("-f"), "{}", stderr(&o));
+    assert_eq!(ok(boxsock(&env).args(["stop", "web"])).trim(), id);
+    assert!(!pid_running(pid), "stopped box's process {pid} still running");
+    assert_eq!(json(boxsock(&env).args(["inspect", "web", "--json"]))["state"], "stopped");
+    assert_eq!(ok(boxsock(&env).args(["rm", "web"])).trim(), id);
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn errors_are_one_line_on_stderr_and_leave_nothing_behind() {
+    let env = Env::new();
+    for (args, code, needle) in [
+        (&["start", "nosuchbox"][..], 1, "nosuchbox"),
+        (&["exec", "nosuchbox", "--", "true"][..], 125, "nosuchbox"),
+        (&["rm", "nosuchbox"][..], 1, "nosuchbox"),
+        (&["inspect", "nosuchbox"][..], 1, "nosuchbox"),
+        (&["--backend", "host", "create", "--name", "../evil"][..], 1, "invalid box name"),
+        (&["--backend", "host", "--strategy", "nope", "create"][..], 1, "unknown strategy \"nope\""),
+        (&["--backend", "host", "run", "--name", "bad name", "--", "true"][..], 125, "invalid box name"),
+    ] {
+        let o = run(boxsock(&env).args(args));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: not one line: {err}");
+        assert!(err.starts_with("boxsock: ") && err.contains(needle), "{args:?}: {err}");
+        assert!(o.stdout.is_empty(), "{args:?}: stdout {:?}", stdout(&o));
+    }
+    assert_nothing_left(&env);
+    assert!(!env.home.join("evil").exists() && !env.root.path().join("evil").exists());
+    // A verb naming a box in a home that does not exist does not create the home.
+    let missing = env.root.path().join("typo-home");
+    for args in [&["start", "x"][..], &["inspect", "x"], &["rm", "x"], &["ls"]] {
+        let o = run(boxsock(&env).arg("--home").arg(&missing).args(args));
+        if args[0] != "ls" {
+            assert_eq!(o.status.code(), Some(1), "{args:?}");
+            assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+        }
+        assert!(!missing.exists(), "{args:?} created the home");
+    }
+}
+
+#[tokio::test]
+async fn the_default_backend_when_unavailable_says_why_and_suggests_host() {
+    let env = Env::new();
+    let (rt, _) = Runtime::open(&env.home, env.options()).await.unwrap();
+    let avail = rt.backend("libkrun").unwrap().available();
+    rt.close();
+    if avail == boxsock::Availability::Available {
+        eprintln!("skipped: libkrun is available on this machine");
+        return;
+    }
+    let o = run(boxsock(&env).arg("create"));
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("libkrun") && err.contains("unavailable") && err.contains("--backend host"), "{err}");
+    assert_nothing_left(&env);
+}
+
+#[tokio::test]
+async fn a_busy_home_is_a_clear_error_naming_the_holder() {
+    let env = Env::new();
+    let (rt, _) = Runtime::open(&env.home, env.options()).await.unwrap();
+    let o = run(boxsock(&env).args(["--lock-wait", "0", "ls"]));
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains(&format!("is in use by pid {}", std::process::id())), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1);
+    rt.close();
+    ok(boxsock(&env).args(["--lock-wait", "0", "ls"]));
+}
+
+#[test]
+fn doctor_reports_every_strategy_socket_and_backend() {
+    let env = Env::deep(160);
+    let d = json(boxsock(&env).args(["doctor", "--json"]));
+    assert_eq!(d["home_bytes"].as_u64().unwrap() as usize, env.home.as_os_str().len());
+    let strat = |n: &str| d["strategies"].as_array().unwrap().iter().find(|s| s["name"] == n).unwrap().clone();
+    assert_eq!(strat("short-symlink")["all_fit"], true);
+    let direct = strat("direct");
+    assert_eq!(direct["all_fit"], false, "a 160-byte home cannot fit direct paths");
+    let agent = direct["sockets"].as_array().unwrap().iter().find(|s| s["socket"] == "agent").unwrap();
+    assert!(agent["bytes"].as_u64().unwrap() > 107 && agent["error"].as_str().unwrap().contains("108"), "{agent}");
+    // Derived names are listed (libkrun declares some), each with its own verdict.
+    let ss = strat("short-symlink");
+    assert!(ss["sockets"].as_array().unwrap().iter().any(|s| s["socket"].as_str().unwrap().contains("derived")), "{ss}");
+    let host = d["backends"].as_array().unwrap().iter().find(|b| b["name"] == "host").unwrap();
+    assert_eq!(host["available"], true);
+    assert!(host["isolation"].as_str().unwrap().contains("no isolation"));
+    let human = ok(boxsock(&env).arg("doctor"));
+    assert!(human.contains("strategy direct: SOME ADDRESSES DO NOT FIT"), "{human}");
+    assert!(human.contains("strategy short-symlink: every address fits"), "{human}");
+    // Doctor never creates the home.
+    assert!(!env.home.exists());
+    let names = ok(boxsock(&env).arg("strategies"));
+    for n in ["short-symlink", "direct", "abstract"] {
+        assert!(names.contains(n), "{names}");
+    }
+    let b = json(boxsock(&env).args(["backends", "--json"]));
+    assert_eq!(b.as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn eight_processes_creating_and_removing_at_once_all_succeed() {
+    let env = Env::new();
+    const PER: usize = 10;
+    let script = format!(
+        "for i in $(seq {PER}); do id=$(\"$0\" --backend host create) || exit 1; \"$0\" rm \"$id\" >/dev/null || exit 2; done",
+    );
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            let mut c = Command::new("sh");
+            c.args(["-c", &script, env!("CARGO_BIN_EXE_boxsock")])
+                .env("BOXSOCK_HOME", &env.home)
+                .env("BOXSOCK_LINK_BASE", &env.link_base)
+                .env("BOXSOCK_HELPER_DIR", agent_dir())
+                .env_remove("RUST_LOG")
+                .stderr(Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "a worker failed ({}): {}", o.status, stderr(&o));
+    }
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn killing_the_cli_mid_start_then_reopening_leaves_a_truthful_state_and_no_leak() {
+    let env = Env::new();
+    let fake = common::never_ready_agent(env.root.path(), "never-ready");
+    let id = ok(boxsock_in(&env, &fake).args(["--backend", "host", "create"])).trim().to_owned();
+    let mut start = boxsock_in(&env, &fake).args(["--ready-timeout", "60", "start", &id]).stderr(Stdio::piped()).spawn().unwrap();
+
+    // Wait until the CLI has launched the box process and recorded it.
+    let mut pid = 0;
+    wait_until("the box process to be recorded", || {
+        let i = json(boxsock(&env).args(["inspect", &id, "--json"]));
+        match (i["state"].as_str(), i["pid"].as_i64()) {
+            (Some("starting"), Some(p)) => {
+                pid = p as i32;
+                true
+            }
+            _ => false,
+        }
+    });
+    assert!(pid_running(pid));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(start.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    start.wait().unwrap();
+    assert!(pid_running(pid), "the box process outlives its starter (it is detached)");
+
+    // The next open recovers: the box is stopped, its process killed, its ready socket gone.
+    let i = json(boxsock(&env).args(["inspect", &id, "--json"]));
+    assert_eq!(i["state"], "stopped", "{i}");
+    assert!(i["pid"].is_null());
+    let deadline = Instant::now() + LIMIT;
+    while pid_running(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!pid_running(pid), "abandoned box process {pid} still running");
+    assert!(!env.home.join("boxes").join(&id).join("sockets/ready.sock").exists());
+    ok(boxsock(&env).args(["rm", &id]));
+    assert_nothing_left(&env);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_sees_what_the_cli_made() -> Result<(), RuntimeError> {
+    let env = Env::new();
+    let id = ok(boxsock(&env).args(["--backend", "host", "--strategy", "abstract", "create", "--name", "shared"])).trim().to_owned();
+    ok(boxsock(&env).args(["start", "shared"]));
+    let (rt, report) = Runtime::open(&env.home, env.options()).await?;
+    assert!(report.recovered.is_empty(), "{report:?}");
+    assert_eq!(rt.get("shared")?.id.as_str(), id);
+    rt.ping("shared").await?;
+    rt.remove("shared", true).await?;
+    rt.close();
+    assert_nothing_left(&env);
+    Ok(())
+}
+
+/// Pids of running processes whose command line is exactly `argv`.
+fn pids_running(argv: &[&str]) -> Vec<i32> {
+    let want = argv.join("\0") + "\0";
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes()) && pid_running(*pid))
+        .collect()
+}
+
+#[test]
+fn interrupting_run_rm_removes_the_box_and_its_command() {
+    let env = Env::new();
+    let marker = format!("{}.{}", std::process::id(), 4242);
+    let mut child = boxsock(&env).args(["--backend", "host", "run", "--rm", "--", "sleep", &marker]).stderr(Stdio::piped()).spawn().unwrap();
+    wait_until("the command to run in the box", || !pids_running(&["sleep", &marker]).is_empty());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "boxsock run did not exit after SIGINT");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    wait_until("the command to be gone", || pids_running(&["sleep", &marker]).is_empty());
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn exec_in_a_box_whose_process_died_reports_it_stopped() {
+    let env = Env::new();
+    let id = ok(boxsock(&env).args(["--backend", "host", "create"])).trim().to_owned();
+    ok(boxsock(&env).args(["start", &id]));
+    let pid = json(boxsock(&env).args(["inspect", &id, "--json"]))["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_until("the box process to die", || !pid_running(pid));
+    // No runtime was watching; the next command finds out (recovery at open, or the
+    // refused connection) and says the box is stopped, not "connection refused".
+    let o = run(boxsock(&env).args(["exec", &id, "--", "true"]));
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("is stopped, not running"), "{}", stderr(&o));
+    assert_eq!(json(boxsock(&env).args(["inspect", &id, "--json"]))["state"], "stopped");
+    ok(boxsock(&env).args(["rm", &id]));
+    assert_nothing_left(&env);
+}

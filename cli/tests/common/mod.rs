@@ -1,0 +1,130 @@
+//! Shared helpers of the runtime's integration tests: temp homes and link bases (never
+//! the shared `/tmp/boxsock-<uid>`), the real `boxsock-agent`, fake agents.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use boxsock::{BackendConfig, LockMode, RuntimeOptions, StrategyConfig, builtin_backends, builtin_strategies};
+
+/// Generous bound for waits that must not hang a test.
+pub const LIMIT: Duration = Duration::from_secs(30);
+
+/// `target/<profile>`, holding a built `boxsock-agent` (built once if missing:
+/// `cargo test -p boxsock` does not build other packages' binaries).
+pub fn agent_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let agent = profile_dir.join("boxsock-agent");
+        if !agent.exists() {
+            let st = std::process::Command::new(env!("CARGO"))
+                .args(["build", "-p", "boxsock-agent", "--bin", "boxsock-agent"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .unwrap();
+            assert!(st.success(), "building boxsock-agent failed");
+        }
+        assert!(agent.exists(), "no {} after building", agent.display());
+        profile_dir
+    })
+    .clone()
+}
+
+/// A temp home (optionally padded to a given depth) and a temp link base.
+pub struct Env {
+    pub root: tempfile::TempDir,
+    pub home: PathBuf,
+    pub link_base: PathBuf,
+}
+
+impl Env {
+    /// Home `<tmp>/home`.
+    pub fn new() -> Env {
+        let root = tempfile::tempdir().unwrap();
+        let home = root.path().join("home");
+        let link_base = root.path().join("links");
+        std::fs::create_dir(&link_base).unwrap();
+        Env { root, home, link_base }
+    }
+
+    /// A home at least `min_len` bytes long.
+    pub fn deep(min_len: usize) -> Env {
+        let mut e = Env::new();
+        let mut h = e.root.path().join("home");
+        while h.as_os_str().len() < min_len {
+            h.push("a-deliberately-deep-directory-level");
+        }
+        e.home = h;
+        e
+    }
+
+    /// Runtime options for this env: builtin registries, links under the temp base,
+    /// the real agent, exclusive lock.
+    pub fn options(&self) -> RuntimeOptions {
+        self.options_with_helpers(agent_dir())
+    }
+
+    /// Like [`Env::options`] with another helper directory (a fake agent).
+    pub fn options_with_helpers(&self, helper_dir: PathBuf) -> RuntimeOptions {
+        let mut o = RuntimeOptions::new(builtin_strategies(), builtin_backends());
+        o.strategy_config = StrategyConfig { base_dir: self.link_base.clone(), ..StrategyConfig::default() };
+        o.backend_config = BackendConfig { helper_dir: Some(helper_dir), ..Default::default() };
+        o.lock_mode = LockMode::Exclusive;
+        o
+    }
+
+    /// The per-uid directory of the short-symlink strategy.
+    pub fn per_uid_dir(&self) -> PathBuf {
+        StrategyConfig { base_dir: self.link_base.clone(), ..StrategyConfig::default() }.per_uid_dir()
+    }
+
+    /// Entries left in the per-uid link directory.
+    pub fn links(&self) -> Vec<String> {
+        match std::fs::read_dir(self.per_uid_dir()) {
+            Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Entries left under `<home>/boxes`.
+    pub fn box_dirs(&self) -> Vec<String> {
+        match std::fs::read_dir(self.home.join("boxes")) {
+            Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// A directory holding a fake `boxsock-agent`: a shell script that prints `marker` to
+/// its log and never reports ready.
+pub fn never_ready_agent(dir: &Path, marker: &str) -> PathBuf {
+    let d = dir.join("fake-helpers");
+    std::fs::create_dir_all(&d).unwrap();
+    let script = d.join("boxsock-agent");
+    std::fs::write(&script, format!("#!/bin/sh\necho '{marker}'\necho \"pid=$$ args: $*\"\nexec sleep 1000\n")).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// Poll `cond` until true or [`LIMIT`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether a process with this pid exists and is not a zombie.
+pub fn pid_running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next());
+            !matches!(state, Some('Z') | Some('X') | None)
+        }
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,157 @@
+//! The runtime's error type.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::backend::BackendError;
+use crate::error::BindingError;
+use crate::id::{BoxId, IdError};
+use crate::registry::RegistryError;
+use crate::state::BoxState;
+use crate::store::StoreError;
+
+use crate::agent_client::ClientError;
+
+/// What went wrong in a [`Runtime`](super::Runtime) operation. Every variant names the
+/// box, socket, path or process involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// Another runtime holds the home.
+    #[error("home {} is in use by {}", home.display(), match pid { Some(p) => format!("pid {p}"), None => "another process".to_string() })]
+    HomeBusy {
+        /// The home.
+        home: PathBuf,
+        /// The holder's pid, when it recorded one and is alive.
+        pid: Option<i32>,
+    },
+    /// A file system operation on the home failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store failed (including corrupt rows and taken names).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An unknown or duplicate strategy or backend name.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A socket operation failed (including [`BindingError::PathTooLong`]).
+    #[error(transparent)]
+    Binding(#[from] BindingError),
+    /// A backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The strategy cannot serve the backend.
+    #[error("strategy {strategy:?} cannot be used with backend {backend:?}: {reason}")]
+    Incompatible {
+        /// Strategy name.
+        strategy: String,
+        /// Backend name.
+        backend: String,
+        /// Why, for a person.
+        reason: String,
+    },
+    /// The backend cannot run boxes here.
+    #[error("backend {backend:?} is unavailable: {reason}")]
+    BackendUnavailable {
+        /// Backend name.
+        backend: String,
+        /// Why.
+        reason: String,
+    },
+    /// A box name is not acceptable.
+    #[error("invalid box name: {0}")]
+    InvalidName(#[source] IdError),
+    /// No box has this id or name.
+    #[error("no box with id or name {0:?}")]
+    NotFound(String),
+    /// The state machine refuses the change.
+    #[error("box {id}: cannot go from {from} to {to}")]
+    IllegalTransition {
+        /// The box.
+        id: BoxId,
+        /// Its state.
+        from: BoxState,
+        /// The requested state.
+        to: BoxState,
+    },
+    /// The operation needs a running box.
+    #[error("box {id} is {state}, not running")]
+    NotRunning {
+        /// The box.
+        id: BoxId,
+        /// Its state.
+        state: BoxState,
+    },
+    /// Removing a box that is running needs `force`.
+    #[error("box {id} is {state}; stop it first or remove with force (-f)")]
+    StillRunning {
+        /// The box.
+        id: BoxId,
+        /// Its state.
+        state: BoxState,
+    },
+    /// The agent did not report ready in time. The box was stopped.
+    #[error("box {id}: timed out after {after:?} waiting for {waited_for}; the box was stopped. Last lines of its log:\n{log_tail}")]
+    ReadyTimeout {
+        /// The box.
+        id: BoxId,
+        /// What was awaited, with the address.
+        waited_for: String,
+        /// How long.
+        after: Duration,
+        /// The last lines of the box log.
+        log_tail: String,
+    },
+    /// The box process exited before reporting ready.
+    #[error("box {id}: its process (pid {pid}) exited with {} before reporting ready on {address}. Last lines of its log:\n{log_tail}", match exit_code { Some(c) => format!("code {c}"), None => "an unknown status".to_string() })]
+    ExitedBeforeReady {
+        /// The box.
+        id: BoxId,
+        /// Its pid.
+        pid: i32,
+        /// Its exit code, when known.
+        exit_code: Option<i32>,
+        /// The ready address.
+        address: String,
+        /// The last lines of the box log.
+        log_tail: String,
+    },
+    /// Talking to the agent failed.
+    #[error("box {id}: agent at {address}: {source}")]
+    Agent {
+        /// The box.
+        id: BoxId,
+        /// The agent's address.
+        address: String,
+        /// What failed.
+        #[source]
+        source: ClientError,
+    },
+    /// The box's process survived SIGKILL for the whole bounded wait.
+    #[error("box {id}: process {pid} is still alive after SIGKILL and {waited:?}")]
+    StopFailed {
+        /// The box.
+        id: BoxId,
+        /// Its pid.
+        pid: i32,
+        /// How long we waited after SIGKILL.
+        waited: Duration,
+    },
+}
+
+impl RuntimeError {
+    pub(crate) fn from_store(e: StoreError) -> Self {
+        match e {
+            StoreError::IllegalTransition { id, from, to } => RuntimeError::IllegalTransition { id, from, to },
+            e => RuntimeError::Store(e),
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! `inspect` and `doctor`: what a box's (or a home's) sockets look like, address by
+//! address, with byte lengths and the limit.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{Inner, RuntimeOptions, check_addresses, compatibility, socket_specs};
+use crate::backend::{AddressNeeds, Availability, Backend, Isolation};
+use crate::binding::SocketBinding;
+use crate::budget::{self, Platform};
+use crate::catalogue::SocketSpec;
+use crate::id::BoxId;
+use crate::layout::BoxLayout;
+use crate::state::BoxState;
+use crate::store::BoxRecord;
+
+/// One socket address (own or derived name) and whether it fits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SocketReport {
+    /// Logical socket, with the derived name when it is one (`net (derived: …)`).
+    pub socket: String,
+    /// The file name.
+    pub file: String,
+    /// The address, when the strategy could produce one.
+    pub address: Option<String>,
+    /// Its byte length without the NUL.
+    pub bytes: Option<usize>,
+    /// `sizeof(sun_path)` on this platform, NUL included.
+    pub limit: usize,
+    /// Whether it fits.
+    pub fits: bool,
+    /// Why there is no address (too long, unsupported…).
+    pub error: Option<String>,
+}
+
+fn socket_reports(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, specs: &[SocketSpec]) -> Vec<SocketReport> {
+    let limit = Platform::current().sun_len();
+    let mut out = Vec::new();
+    for spec in specs {
+        for (label, file) in spec.all_file_names() {
+            let r = strategy.address(layout, id, &file);
+            out.push(match r {
+                Ok(addr) => SocketReport {
+                    socket: label,
+                    file,
+                    address: Some(addr.display_string()),
+                    bytes: Some(addr.byte_len()),
+                    limit,
+                    fits: budget::fits_in(&addr, limit),
+                    error: None,
+                },
+                Err(e) => {
+                    let (address, bytes) = match &e {
+                        crate::error::BindingError::PathTooLong { path, len, .. } => (Some(path.clone()), Some(*len)),
+                        _ => (None, None),
+                    };
+                    SocketReport { socket: label, file, address, bytes, limit, fits: false, error: Some(e.to_string()) }
+                }
+            });
+        }
+    }
+    out
+}
+
+/// Everything about one box.
+#[derive(Debug, Clone, Serialize)]
+pub struct BoxInfo {
+    /// The id.
+    pub id: BoxId,
+    /// The name.
+    pub name: Option<String>,
+    /// The recorded state.
+    pub state: BoxState,
+    /// Strategy name.
+    pub strategy: String,
+    /// Backend name.
+    pub backend: String,
+    /// Network flag.
+    pub network: bool,
+    /// The box process's pid, while it has one.
+    pub pid: Option<i32>,
+    /// Its start time (clock ticks since boot), the other half of its identity.
+    pub start_time: Option<u64>,
+    /// Whether that exact process is alive now.
+    pub alive: bool,
+    /// Whether the runtime holds a pidfd on it.
+    pub pidfd: bool,
+    /// The last exit code recorded.
+    pub exit_code: Option<i32>,
+    /// Creation time (ms since the epoch).
+    pub created_at_ms: i64,
+    /// Last update (ms since the epoch).
+    pub updated_at_ms: i64,
+    /// The box directory.
+    pub dir: String,
+    /// The box log.
+    pub log: String,
+    /// Every socket with its live address.
+    pub sockets: Vec<SocketReport>,
+}
+
+pub(super) fn inspect(inner: &Inner, rec: BoxRecord) -> BoxInfo {
+    let handle = inner.handle_for(&rec);
+    let sockets = match (inner.strategy(&rec.config.strategy), inner.backend(&rec.config.backend)) {
+        (Ok(s), Ok(b)) => socket_reports(&*s, &inner.layout, &rec.id, &socket_specs(&*b, rec.config.network)),
+        (Err(e), _) | (_, Err(e)) => vec![SocketReport {
+            socket: "*".into(),
+            file: String::new(),
+            address: None,
+            bytes: None,
+            limit: Platform::current().sun_len(),
+            fits: false,
+            error: Some(e.to_string()),
+        }],
+    };
+    BoxInfo {
+        name: rec.name,
+        state: rec.state,
+        strategy: rec.config.strategy,
+        backend: rec.config.backend,
+        network: rec.config.network,
+        pid: rec.process.map(|p| p.pid),
+        start_time: rec.process.map(|p| p.start_time),
+        alive: handle.as_ref().is_some_and(|h| h.is_alive()),
+        pidfd: handle.as_ref().is_some_and(|h| h.has_pidfd()),
+        exit_code: rec.exit_code,
+        created_at_ms: rec.created_at_ms,
+        updated_at_ms: rec.updated_at_ms,
+        dir: inner.layout.box_dir(&rec.id).display().to_string(),
+        log: inner.layout.log_file(&rec.id).display().to_string(),
+        sockets,
+        id: rec.id,
+    }
+}
+
+/// One strategy in a [`DoctorReport`].
+#[derive(Debug, Clone, Serialize)]
+pub struct StrategyReport {
+    /// Name.
+    pub name: String,
+    /// Summary.
+    pub summary: String,
+    /// Whether it works on this platform.
+    pub supported_here: bool,
+    /// Whether its addresses are filesystem paths.
+    pub path_addressable: bool,
+    /// Whether every address fits whatever the home's length.
+    pub home_length_independent: bool,
+    /// Why it could not be built, if it could not.
+    pub error: Option<String>,
+    /// Every socket of every backend (own and derived names) for a worst-case id.
+    pub sockets: Vec<SocketReport>,
+    /// Whether every address fits.
+    pub all_fit: bool,
+}
+
+/// One backend in a [`DoctorReport`].
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendReport {
+    /// Name.
+    pub name: String,
+    /// Summary.
+    pub summary: String,
+    /// Whether it can run boxes here.
+    pub available: bool,
+    /// Why not, when not.
+    pub reason: Option<String>,
+    /// `none` (a plain host process) or `vm`.
+    pub isolation: Option<String>,
+    /// `path-only` or `path-or-abstract`.
+    pub address_needs: Option<String>,
+    /// Strategies it can be paired with, and for the others why not.
+    pub compatible: Vec<(String, Result<(), String>)>,
+}
+
+/// What `boxsock doctor` prints for a home.
+#[derive(Debug, Clone, Serialize)]
+pub struct DoctorReport {
+    /// The home.
+    pub home: String,
+    /// Its length in bytes.
+    pub home_bytes: usize,
+    /// The platform.
+    pub platform: String,
+    /// `sizeof(sun_path)` here.
+    pub limit: usize,
+    /// The id used for the worst case (longest accepted).
+    pub sample_id: String,
+    /// Per strategy.
+    pub strategies: Vec<StrategyReport>,
+    /// Per backend.
+    pub backends: Vec<BackendReport>,
+}
+
+/// Diagnose a home without opening (or locking) it: every strategy × every socket a
+/// box of any backend would have (derived names included), for the longest id; and
+/// every backend's availability.
+pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
+    let layout = BoxLayout::new(home);
+    let sample = BoxId::parse(&"x".repeat(BoxId::MAX_LEN)).expect("a valid id");
+    type Built = Result<std::sync::Arc<dyn Backend>, String>;
+    let mut backends: Vec<(String, &'static str, Built)> = Vec::new();
+    for reg in options.backends.iter() {
+        backends.push((reg.name.to_owned(), reg.summary, options.backends.build(reg.name, &options.backend_config).map_err(|e| e.to_string())));
+    }
+    // Union of every backend's sockets (with network), by file name.
+    let mut specs: Vec<SocketSpec> = Vec::new();
+    for (_, _, b) in &backends {
+        if let Ok(b) = b {
+            for s in socket_specs(&**b, true) {
+                if !specs.iter().any(|x| x.name == s.name && x.derived == s.derived) {
+                    specs.push(s);
+                }
+            }
+        }
+    }
+    if specs.is_empty() {
+        specs = vec![crate::catalogue::AGENT, crate::catalogue::READY, crate::catalogue::NET];
+    }
+    let mut strategies = Vec::new();
+    let mut built = Vec::new();
+    for reg in options.strategies.iter() {
+        match options.strategies.build(reg.name, &options.strategy_config) {
+            Ok(s) => {
+                let caps = s.capabilities();
+                let sockets = socket_reports(&*s, &layout, &sample, &specs);
+                let all_fit = sockets.iter().all(|r| r.fits);
+                strategies.push(StrategyReport {
+                    name: reg.name.into(),
+                    summary: reg.summary.into(),
+                    supported_here: caps.supported_here(),
+                    path_addressable: caps.path_addressable,
+                    home_length_independent: caps.home_length_independent,
+                    error: None,
+                    sockets,
+                    all_fit,
+                });
+                built.push(s);
+            }
+            Err(e) => strategies.push(StrategyReport {
+                name: reg.name.into(),
+                summary: reg.summary.into(),
+                supported_here: false,
+                path_addressable: false,
+                home_length_independent: false,
+                error: Some(e.to_string()),
+                sockets: Vec::new(),
+                all_fit: false,
+            }),
+        }
+    }
+    let backends = backends
+        .into_iter()
+        .map(|(name, summary, b)| match b {
+            Ok(b) => {
+                let (available, reason) = match b.available() {
+                    Availability::Available => (true, None),
+                    Availability::Unavailable { reason } => (false, Some(reason)),
+                };
+                let compatible = built
+                    .iter()
+                    .map(|s| {
+                        let r = compatibility(&**s, &*b).and_then(|()| {
+                            check_addresses(&**s, &layout, &sample, &socket_specs(&*b, true)).map(drop).map_err(|e| e.to_string())
+                        });
+                        (s.name().to_owned(), r)
+                    })
+                    .collect();
+                BackendReport {
+                    name,
+                    summary: summary.into(),
+                    available,
+                    reason,
+                    isolation: Some(match b.isolation() {
+                        Isolation::None => "none (the box is a plain host process; no isolation)".into(),
+                        Isolation::Vm => "vm".into(),
+                    }),
+                    address_needs: Some(match b.address_needs() {
+                        AddressNeeds::PathOnly => "path-only".into(),
+                        AddressNeeds::PathOrAbstract => "path-or-abstract".into(),
+                    }),
+                    compatible,
+                }
+            }
+            Err(e) => BackendReport {
+                name,
+                summary: summary.into(),
+                available: false,
+                reason: Some(e),
+                isolation: None,
+                address_needs: None,
+                compatible: Vec::new(),
+            },
+        })
+        .collect();
+    DoctorReport {
+        home: home.display().to_string(),
+        home_bytes: home.as_os_str().len(),
+        platform: Platform::current().name().into(),
+        limit: Platform::current().sun_len(),
+        sample_id: sample.to_string(),
+        strategies,
+        backends,
+    }
+}

@@ -1,0 +1,907 @@
+//! The runtime: boxes' lifecycle over a home, a strategy and a backend.
+//!
+//! [`Runtime::open`] creates and locks the home, opens the store, sweeps every
+//! strategy's leftovers and recovers state (see [`OpenReport`]). Then:
+//!
+//! - [`Runtime::create`] validates everything **before touching disk** — name, strategy,
+//!   backend, platform, compatibility, and the `sun_path` budget of every address the box
+//!   will use including names the backend derives — then makes the directories, the row
+//!   and the binding, undoing all of it on failure.
+//! - [`Runtime::start`] binds `ready` through the strategy, launches through the
+//!   backend, records the process identity and waits for the agent's `Ready` frame (an
+//!   accept, not a poll). A timeout or an early exit stops the box and reports the tail
+//!   of its log.
+//! - [`Runtime::exec`] / [`Runtime::ping`] re-`ensure` the binding, then dial the
+//!   agent through the strategy.
+//! - [`Runtime::stop`]: agent `Shutdown`, then SIGTERM, then SIGKILL, each bounded; the
+//!   state becomes `Stopped` only once the process is really gone.
+//! - [`Runtime::remove`]: stop if forced, release the binding, delete the directory,
+//!   delete the row — in that order, so an interrupted removal is finished by recovery.
+//!
+//! A health monitor (one task per running box, waiting on its pidfd) turns a box whose
+//! process died into `Unhealthy`, then `Stopped`, recording the exit. The pid reported,
+//! watched and signalled is one [`ProcessIdentity`].
+
+mod error;
+mod info;
+mod lock;
+mod recovery;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::task::AbortHandle;
+
+pub use crate::agent_client::ClientError;
+pub use error::RuntimeError;
+pub use info::{BackendReport, BoxInfo, DoctorReport, SocketReport, StrategyReport, doctor};
+pub use lock::{LockGuard, LockMode};
+pub use recovery::{OpenReport, Recovered};
+
+use crate::address::SocketAddress;
+use crate::backend::{AddressNeeds, Availability, Backend, BackendConfig, LaunchSpec};
+use crate::binding::{SocketBinding, StrategyConfig};
+use crate::budget::{self, Platform};
+use crate::catalogue::{self, SocketSpec};
+use crate::error::BindingError;
+use crate::id::BoxId;
+use crate::layout::BoxLayout;
+use crate::process::{ProcessHandle, ProcessIdentity};
+use crate::agent_client::{self, AgentClient};
+use crate::registry::{BackendRegistration, BuildError, Registry, StrategyRegistration};
+use crate::state::BoxState;
+use crate::store::{BoxConfig, BoxRecord, Listing, Store};
+
+/// How a [`Runtime`] is built. The registries are values, so the core never names a
+/// strategy or backend crate; the `boxsock` crate supplies the built-in ones.
+#[derive(Debug)]
+pub struct RuntimeOptions {
+    /// Strategies that may be used.
+    pub strategies: Registry<StrategyRegistration>,
+    /// Backends that may be used.
+    pub backends: Registry<BackendRegistration>,
+    /// Configuration every strategy is built from (tests point `base_dir` at a temp dir).
+    pub strategy_config: StrategyConfig,
+    /// Configuration every backend is built from.
+    pub backend_config: BackendConfig,
+    /// How the home is shared with other processes.
+    pub lock_mode: LockMode,
+    /// How long to wait for a busy home before [`RuntimeError::HomeBusy`]; `None` fails
+    /// at once.
+    pub lock_wait: Option<Duration>,
+    /// How long `start` waits for the agent's readiness.
+    pub ready_timeout: Duration,
+    /// Each step of `stop` (graceful, SIGTERM) waits at most this long.
+    pub stop_timeout: Duration,
+    /// Watch running boxes' processes while the runtime is alive.
+    pub health_monitor: bool,
+}
+
+impl RuntimeOptions {
+    /// Defaults: exclusive lock failing fast, 10 s readiness, 5 s per stop step, health
+    /// monitor on, strategies under `/tmp`.
+    pub fn new(strategies: Registry<StrategyRegistration>, backends: Registry<BackendRegistration>) -> Self {
+        RuntimeOptions {
+            strategies,
+            backends,
+            strategy_config: StrategyConfig::default(),
+            backend_config: BackendConfig::default(),
+            lock_mode: LockMode::Exclusive,
+            lock_wait: None,
+            ready_timeout: Duration::from_secs(10),
+            stop_timeout: Duration::from_secs(5),
+            health_monitor: true,
+        }
+    }
+}
+
+impl Clone for RuntimeOptions {
+    fn clone(&self) -> Self {
+        RuntimeOptions {
+            // `Registry` is `Clone` only for `Clone` entries; its entries are `&'static`.
+            strategies: Registry::from_entries("strategy", self.strategies.iter()),
+            backends: Registry::from_entries("backend", self.backends.iter()),
+            strategy_config: self.strategy_config.clone(),
+            backend_config: self.backend_config.clone(),
+            lock_mode: self.lock_mode,
+            lock_wait: self.lock_wait,
+            ready_timeout: self.ready_timeout,
+            stop_timeout: self.stop_timeout,
+            health_monitor: self.health_monitor,
+        }
+    }
+}
+
+/// What to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// Optional unique name (same rules as ids).
+    pub name: Option<String>,
+    /// Strategy name.
+    pub strategy: String,
+    /// Backend name.
+    pub backend: String,
+    /// Whether the box has a network.
+    pub network: bool,
+    /// Extra environment for the agent.
+    pub env: Vec<(String, String)>,
+}
+
+impl CreateOptions {
+    /// A box with this strategy and backend, no name, no network.
+    pub fn new(strategy: impl Into<String>, backend: impl Into<String>) -> Self {
+        CreateOptions { name: None, strategy: strategy.into(), backend: backend.into(), network: false, env: Vec::new() }
+    }
+}
+
+/// Where an exec's input comes from and its output goes.
+pub struct ExecIo<'a> {
+    /// Stdin to forward, if any (forwarded until EOF, then closed); otherwise the
+    /// command reads `/dev/null`.
+    pub stdin: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send + 'static>>,
+    /// Called with each stdout chunk, in order.
+    pub stdout: &'a mut (dyn FnMut(&[u8]) + Send),
+    /// Called with each stderr chunk, in order.
+    pub stderr: &'a mut (dyn FnMut(&[u8]) + Send),
+}
+
+impl std::fmt::Debug for ExecIo<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecIo").field("stdin", &self.stdin.is_some()).finish_non_exhaustive()
+    }
+}
+
+/// How long `stop` waits after SIGKILL before giving up.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// Lines of the box log quoted in start errors.
+const LOG_TAIL_LINES: usize = 20;
+
+/// A runtime over one home.
+#[derive(Debug)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    layout: BoxLayout,
+    options: RuntimeOptions,
+    store: Store,
+    strategies: Mutex<HashMap<String, Arc<dyn SocketBinding>>>,
+    backends: Mutex<HashMap<String, Arc<dyn Backend>>>,
+    procs: Mutex<HashMap<BoxId, Arc<ProcessHandle>>>,
+    watchers: Mutex<HashMap<BoxId, AbortHandle>>,
+    /// The lifetime lock of an exclusive runtime.
+    _home_lock: Option<LockGuard>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for (_, w) in self.watchers.get_mut().unwrap_or_else(|e| e.into_inner()).drain() {
+            w.abort();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The sockets of a box of `backend`, with `ready` added if the backend did not list
+/// it (the runtime always binds it).
+pub fn socket_specs(backend: &dyn Backend, network: bool) -> Vec<SocketSpec> {
+    let mut specs = backend.sockets(network);
+    if !specs.iter().any(|s| s.name == catalogue::READY.name) {
+        specs.push(catalogue::READY);
+    }
+    specs
+}
+
+/// Check every address of `specs` (own and derived names) for box `id`, returning the
+/// own addresses by logical name. A miss is [`BindingError::PathTooLong`] labelled with
+/// the socket (and the derived name, when that is what missed).
+pub fn check_addresses(
+    strategy: &dyn SocketBinding,
+    layout: &BoxLayout,
+    id: &BoxId,
+    specs: &[SocketSpec],
+) -> Result<BTreeMap<String, SocketAddress>, BindingError> {
+    let mut own = BTreeMap::new();
+    for spec in specs {
+        for (i, (label, file)) in spec.all_file_names().into_iter().enumerate() {
+            let addr = strategy.address(layout, id, &file).map_err(|e| match e {
+                BindingError::PathTooLong { path, len, limit, .. } => BindingError::PathTooLong { socket: label.clone(), path, len, limit },
+                e => e,
+            })?;
+            budget::check(&label, &addr, Platform::current())?;
+            if i == 0 {
+                own.insert(spec.name.to_owned(), addr);
+            }
+        }
+    }
+    Ok(own)
+}
+
+/// Whether `strategy` can serve `backend`, with the reason when not.
+pub fn compatibility(strategy: &dyn SocketBinding, backend: &dyn Backend) -> Result<(), String> {
+    let caps = strategy.capabilities();
+    if backend.address_needs() == AddressNeeds::PathOnly && !caps.path_addressable {
+        return Err(format!(
+            "backend {:?} hands socket paths to its VMM, which cannot use the non-filesystem addresses strategy {:?} gives out; use a path strategy such as short-symlink",
+            backend.name(),
+            strategy.name()
+        ));
+    }
+    Ok(())
+}
+
+fn tail_lines(path: &Path, n: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(n)..].join("\n");
+            if tail.is_empty() { format!("(log {} is empty)", path.display()) } else { tail }
+        }
+        Err(e) => format!("(no log at {}: {e})", path.display()),
+    }
+}
+
+/// Remove the `ready` socket file of a box, if the strategy's address is a path.
+fn remove_ready_file(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId) {
+    // The real directory, not the alias: works even if the binding link is gone.
+    let real = layout.sockets_dir(id).join(catalogue::READY.file_name());
+    let _ = std::fs::remove_file(real);
+    if let Ok(SocketAddress::Path(p)) = strategy.address(layout, id, &catalogue::READY.file_name()) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+struct ReadyCleanup<'a> {
+    strategy: &'a dyn SocketBinding,
+    layout: &'a BoxLayout,
+    id: &'a BoxId,
+}
+
+impl Drop for ReadyCleanup<'_> {
+    fn drop(&mut self) {
+        remove_ready_file(self.strategy, self.layout, self.id);
+    }
+}
+
+impl Runtime {
+    /// Open the runtime over `home` (created 0700 if missing). See the module docs.
+    pub async fn open(home: impl Into<PathBuf>, options: RuntimeOptions) -> Result<(Runtime, OpenReport), RuntimeError> {
+        let home: PathBuf = home.into();
+        let layout = BoxLayout::new(&home);
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true).mode(0o700);
+        b.create(&home).map_err(|e| RuntimeError::Io { op: "create home", path: home.clone(), source: e })?;
+        b.create(layout.boxes_dir()).map_err(|e| RuntimeError::Io { op: "create", path: layout.boxes_dir(), source: e })?;
+
+        let lock_path = layout.lock_path();
+        let (home_lock, recovery_lock) = match options.lock_mode {
+            LockMode::Exclusive => (Some(lock::acquire(&home, &lock_path, true, options.lock_wait).await?), None),
+            LockMode::Shared => {
+                // Wait for an exclusive holder like any operation would, then recover
+                // only if nobody is mid-operation right now.
+                drop(lock::acquire(&home, &lock_path, false, options.lock_wait).await?);
+                (None, lock::try_exclusive(&lock_path)?)
+            }
+        };
+        let store = Store::open(layout.store_path())?;
+        let health = options.health_monitor;
+        let rt = Runtime {
+            inner: Arc::new(Inner {
+                layout,
+                options,
+                store,
+                strategies: Mutex::new(HashMap::new()),
+                backends: Mutex::new(HashMap::new()),
+                procs: Mutex::new(HashMap::new()),
+                watchers: Mutex::new(HashMap::new()),
+                _home_lock: home_lock,
+            }),
+        };
+        let mut report = OpenReport::default();
+        let may_recover = rt.inner._home_lock.is_some() || recovery_lock.is_some();
+        if may_recover {
+            report.swept = rt.inner.sweep_all();
+            recovery::recover(&rt.inner, &mut report).await?;
+        } else {
+            report.recovery_skipped = true;
+            tracing::debug!(home = %home.display(), "another process is mid-operation on this home; recovery skipped");
+        }
+        drop(recovery_lock);
+        if health {
+            // Watch every box recorded as running (recovery confirmed they are alive).
+            for rec in rt.inner.store.list()?.boxes {
+                if rec.state == BoxState::Running {
+                    if let Some(h) = rt.inner.handle_for(&rec) {
+                        rt.inner.watch(&rec.id, h);
+                    }
+                }
+            }
+        }
+        Ok((rt, report))
+    }
+
+    /// The home's layout.
+    pub fn layout(&self) -> &BoxLayout {
+        &self.inner.layout
+    }
+
+    /// The options it was opened with.
+    pub fn options(&self) -> &RuntimeOptions {
+        &self.inner.options
+    }
+
+    /// The store (read access for tools and tests).
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The strategy registered as `name`, built with the runtime's configuration.
+    pub fn strategy(&self, name: &str) -> Result<Arc<dyn SocketBinding>, RuntimeError> {
+        self.inner.strategy(name)
+    }
+
+    /// The backend registered as `name`, built with the runtime's configuration.
+    pub fn backend(&self, name: &str) -> Result<Arc<dyn Backend>, RuntimeError> {
+        self.inner.backend(name)
+    }
+
+    /// Every box (good rows), plus corrupt rows reported by id.
+    pub fn list(&self) -> Result<Listing, RuntimeError> {
+        Ok(self.inner.store.list()?)
+    }
+
+    /// The box with this id or name.
+    pub fn get(&self, id_or_name: &str) -> Result<BoxRecord, RuntimeError> {
+        self.inner.record(id_or_name)
+    }
+
+    /// Create a box. Nothing is written unless every check passes; a failure after
+    /// that undoes what was made.
+    pub async fn create(&self, opts: CreateOptions) -> Result<BoxRecord, RuntimeError> {
+        let inner = &self.inner;
+        if let Some(name) = &opts.name {
+            BoxId::parse(name).map_err(RuntimeError::InvalidName)?;
+        }
+        let strategy = inner.strategy(&opts.strategy)?;
+        let backend = inner.backend(&opts.backend)?;
+        let caps = strategy.capabilities();
+        if !caps.supported_here() {
+            return Err(BindingError::Unsupported {
+                strategy: opts.strategy.clone(),
+                what: format!("platform {}", Platform::current().name()),
+                reason: format!("it supports {:?}", caps.platforms),
+            }
+            .into());
+        }
+        // Compatibility first: it does not depend on the machine, so it is the more
+        // fundamental answer.
+        compatibility(&*strategy, &*backend).map_err(|reason| RuntimeError::Incompatible {
+            strategy: opts.strategy.clone(),
+            backend: opts.backend.clone(),
+            reason,
+        })?;
+        if let Availability::Unavailable { reason } = backend.available() {
+            return Err(RuntimeError::BackendUnavailable { backend: opts.backend.clone(), reason });
+        }
+        let id = BoxId::generate();
+        check_addresses(&*strategy, &inner.layout, &id, &socket_specs(&*backend, opts.network))?;
+        if let Some(name) = &opts.name {
+            if let Some((by, _)) = inner.store.resolve(name)? {
+                return Err(crate::store::StoreError::NameTaken { name: name.clone(), by }.into());
+            }
+        }
+
+        let _op = inner.op_lock().await?;
+        let config = BoxConfig { strategy: opts.strategy, backend: opts.backend, network: opts.network, env: opts.env };
+        let rec = Store::new_record(id.clone(), opts.name, config);
+        crate::boxdir::create_box_dirs(&inner.layout, &id)
+            .map_err(|e| RuntimeError::Io { op: "create box directory", path: inner.layout.box_dir(&id), source: e })?;
+        if let Err(e) = inner.store.insert(&rec) {
+            let _ = crate::boxdir::remove_box_dir(&inner.layout, &id);
+            return Err(e.into());
+        }
+        if let Err(e) = strategy.ensure(&inner.layout, &id) {
+            let _ = strategy.release(&inner.layout, &id);
+            let _ = crate::boxdir::remove_box_dir(&inner.layout, &id);
+            let _ = inner.store.delete(id.as_str());
+            return Err(e.into());
+        }
+        tracing::debug!(box_id = %id, strategy = strategy.name(), backend = backend.name(), "created");
+        Ok(rec)
+    }
+
+    /// Start a box (`Created` or `Stopped`) and wait for its agent's readiness.
+    pub async fn start(&self, id_or_name: &str) -> Result<BoxRecord, RuntimeError> {
+        let inner = &self.inner;
+        let _op = inner.op_lock().await?;
+        let rec = inner.record(id_or_name)?;
+        inner.start_locked(rec).await
+    }
+
+    /// Run `argv` in a running box, streaming its output into `io`; returns its exit
+    /// code (or 128 + signal).
+    pub async fn exec(&self, id_or_name: &str, argv: Vec<String>, env: Vec<(String, String)>, io: ExecIo<'_>) -> Result<i32, RuntimeError> {
+        let (rec, client, address) = self.inner.connect_agent(id_or_name).await?;
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        client
+            .exec(&argv, &env, io.stdin, io.stdout, io.stderr)
+            .await
+            .map_err(|source| RuntimeError::Agent { id: rec.id, address, source })
+    }
+
+    /// Check that a running box's agent answers.
+    pub async fn ping(&self, id_or_name: &str) -> Result<(), RuntimeError> {
+        let (rec, client, address) = self.inner.connect_agent(id_or_name).await?;
+        client.ping().await.map(drop).map_err(|source| RuntimeError::Agent { id: rec.id, address, source })
+    }
+
+    /// Stop a box: graceful, then SIGTERM, then SIGKILL, each bounded by `timeout`
+    /// (default: the runtime's `stop_timeout`). A box without a process is returned as
+    /// is.
+    pub async fn stop(&self, id_or_name: &str, timeout: Option<Duration>) -> Result<BoxRecord, RuntimeError> {
+        let inner = &self.inner;
+        let _op = inner.op_lock().await?;
+        let rec = inner.record(id_or_name)?;
+        inner.stop_locked(rec, timeout.unwrap_or(inner.options.stop_timeout)).await
+    }
+
+    /// Remove a box: refuse a running one unless `force` (then stop it), release its
+    /// binding, delete its directory and its row. With `force`, a corrupt row is
+    /// removed too. Returns the id removed.
+    pub async fn remove(&self, id_or_name: &str, force: bool) -> Result<String, RuntimeError> {
+        let inner = &self.inner;
+        let _op = inner.op_lock().await?;
+        let (raw_id, rec) = inner.store.resolve(id_or_name)?.ok_or_else(|| RuntimeError::NotFound(id_or_name.to_owned()))?;
+        let rec = match rec {
+            Ok(rec) => rec,
+            Err(e) if !force => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(box_id = %raw_id, error = %e, "force-removing a corrupt box row");
+                if let Ok(id) = BoxId::parse(&raw_id) {
+                    inner.release_everywhere(&id);
+                    let _ = crate::boxdir::remove_box_dir(&inner.layout, &id);
+                }
+                inner.store.delete(&raw_id)?;
+                return Ok(raw_id);
+            }
+        };
+        if rec.state.has_process() {
+            let alive = inner.handle_for(&rec).is_some_and(|h| h.is_alive());
+            if alive && !force {
+                return Err(RuntimeError::StillRunning { id: rec.id, state: rec.state });
+            }
+            inner.stop_locked(rec.clone(), inner.options.stop_timeout).await?;
+        }
+        inner.purge(&rec.id, &rec.config.strategy, force)?;
+        Ok(raw_id)
+    }
+
+    /// Everything about one box, with every socket's live address, length and limit.
+    pub fn inspect(&self, id_or_name: &str) -> Result<BoxInfo, RuntimeError> {
+        let rec = self.inner.record(id_or_name)?;
+        Ok(info::inspect(&self.inner, rec))
+    }
+
+    /// Run every strategy's sweep now. In [`LockMode::Shared`] this waits (up to
+    /// `lock_wait`) for exclusive use of the home.
+    pub async fn sweep(&self) -> Result<Vec<(String, Result<crate::binding::SweepReport, String>)>, RuntimeError> {
+        let inner = &self.inner;
+        let _g = match inner.options.lock_mode {
+            LockMode::Exclusive => None,
+            LockMode::Shared => Some(lock::acquire(inner.layout.home(), &inner.layout.lock_path(), true, inner.options.lock_wait).await?),
+        };
+        Ok(inner.sweep_all())
+    }
+
+    /// The process handle the runtime holds for a box (what it watches and signals).
+    pub fn process(&self, id_or_name: &str) -> Result<Option<Arc<ProcessHandle>>, RuntimeError> {
+        let rec = self.inner.record(id_or_name)?;
+        Ok(self.inner.handle_for(&rec))
+    }
+
+    /// Close the runtime: stop watching (boxes keep running) and release the home.
+    pub fn close(self) {
+        drop(self);
+    }
+}
+
+impl Inner {
+    fn strategy(&self, name: &str) -> Result<Arc<dyn SocketBinding>, RuntimeError> {
+        if let Some(s) = lock(&self.strategies).get(name) {
+            return Ok(s.clone());
+        }
+        let s = self.options.strategies.build(name, &self.options.strategy_config).map_err(build_err)?;
+        lock(&self.strategies).insert(name.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    fn backend(&self, name: &str) -> Result<Arc<dyn Backend>, RuntimeError> {
+        if let Some(b) = lock(&self.backends).get(name) {
+            return Ok(b.clone());
+        }
+        let b = self.options.backends.build(name, &self.options.backend_config).map_err(build_err)?;
+        lock(&self.backends).insert(name.to_owned(), b.clone());
+        Ok(b)
+    }
+
+    fn record(&self, id_or_name: &str) -> Result<BoxRecord, RuntimeError> {
+        match self.store.resolve(id_or_name)? {
+            None => Err(RuntimeError::NotFound(id_or_name.to_owned())),
+            Some((_, r)) => r.map_err(RuntimeError::Store),
+        }
+    }
+
+    async fn op_lock(&self) -> Result<Option<LockGuard>, RuntimeError> {
+        match self.options.lock_mode {
+            LockMode::Exclusive => Ok(None),
+            LockMode::Shared => {
+                Ok(Some(lock::acquire(self.layout.home(), &self.layout.lock_path(), false, self.options.lock_wait).await?))
+            }
+        }
+    }
+
+    fn sweep_all(&self) -> Vec<(String, Result<crate::binding::SweepReport, String>)> {
+        let mut out = Vec::new();
+        for reg in self.options.strategies.iter() {
+            let r = self.strategy(reg.name).map_err(|e| e.to_string()).and_then(|s| {
+                if !s.capabilities().supported_here() {
+                    return Ok(Default::default());
+                }
+                s.sweep(&self.layout).map_err(|e| e.to_string())
+            });
+            match &r {
+                Ok(rep) if !rep.removed.is_empty() => {
+                    tracing::info!(strategy = reg.name, removed = rep.removed.len(), "swept leftover bindings")
+                }
+                Err(e) => tracing::warn!(strategy = reg.name, error = %e, "sweep failed"),
+                _ => {}
+            }
+            out.push((reg.name.to_owned(), r));
+        }
+        out
+    }
+
+    /// Release a box's binding with every strategy (when its own is unknown).
+    fn release_everywhere(&self, id: &BoxId) {
+        for reg in self.options.strategies.iter() {
+            if let Ok(s) = self.strategy(reg.name) {
+                if let Err(e) = s.release(&self.layout, id) {
+                    tracing::warn!(box_id = %id, strategy = reg.name, error = %e, "release failed");
+                }
+            }
+        }
+    }
+
+    /// The handle on a box's recorded process: the one this runtime holds, or a new one
+    /// from the recorded identity.
+    fn handle_for(&self, rec: &BoxRecord) -> Option<Arc<ProcessHandle>> {
+        let ident = rec.process?;
+        let mut procs = lock(&self.procs);
+        if let Some(h) = procs.get(&rec.id) {
+            if h.identity() == ident {
+                return Some(h.clone());
+            }
+        }
+        let h = Arc::new(ProcessHandle::open_group_leader(ident));
+        procs.insert(rec.id.clone(), h.clone());
+        Some(h)
+    }
+
+    fn forget_process(&self, id: &BoxId) {
+        lock(&self.procs).remove(id);
+        if let Some(w) = lock(&self.watchers).remove(id) {
+            w.abort();
+        }
+    }
+
+    /// Watch a running box's process; on exit, Running → Unhealthy → Stopped.
+    fn watch(self: &Arc<Self>, id: &BoxId, handle: Arc<ProcessHandle>) {
+        if !self.options.health_monitor {
+            return;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(self);
+        let box_id = id.clone();
+        let task = tokio::spawn(async move {
+            handle.wait_exit().await;
+            if let Some(inner) = weak.upgrade() {
+                inner.on_exit(&box_id, &handle);
+            }
+        });
+        if let Some(old) = lock(&self.watchers).insert(id.clone(), task.abort_handle()) {
+            old.abort();
+        }
+    }
+
+    fn on_exit(&self, id: &BoxId, handle: &ProcessHandle) {
+        let exit = handle.exit_code();
+        // Only a box that is supposed to be running is unhealthy; a stop or a failed
+        // start in progress handles its own process.
+        if self.store.transition(id, Some(&[BoxState::Running]), BoxState::Unhealthy, |r| r.exit_code = exit).is_err() {
+            return;
+        }
+        tracing::warn!(box_id = %id, pid = handle.identity().pid, exit_code = ?exit, "box process died");
+        let _ = self.store.transition(id, Some(&[BoxState::Unhealthy]), BoxState::Stopped, |r| r.process = None);
+        if let Ok(rec) = self.record(id.as_str()) {
+            if let Ok(s) = self.strategy(&rec.config.strategy) {
+                remove_ready_file(&*s, &self.layout, id);
+            }
+        }
+        lock(&self.procs).remove(id);
+        lock(&self.watchers).remove(id);
+    }
+
+    async fn start_locked(self: &Arc<Self>, rec: BoxRecord) -> Result<BoxRecord, RuntimeError> {
+        let id = rec.id.clone();
+        let strategy = self.strategy(&rec.config.strategy)?;
+        let backend = self.backend(&rec.config.backend)?;
+        if let Availability::Unavailable { reason } = backend.available() {
+            return Err(RuntimeError::BackendUnavailable { backend: rec.config.backend.clone(), reason });
+        }
+        let specs = socket_specs(&*backend, rec.config.network);
+        let addresses = check_addresses(&*strategy, &self.layout, &id, &specs)?;
+        self.store
+            .transition(&id, Some(&[BoxState::Created, BoxState::Stopped]), BoxState::Starting, |r| {
+                r.process = None;
+                r.exit_code = None;
+            })
+            .map_err(RuntimeError::from_store)?;
+        let mut launched: Option<Arc<ProcessHandle>> = None;
+        let result = self.launch_and_wait(&rec, &*strategy, &*backend, addresses, &mut launched).await;
+        match result {
+            Ok(()) => {
+                let rec = self
+                    .store
+                    .transition(&id, Some(&[BoxState::Starting]), BoxState::Running, |_| {})
+                    .map_err(RuntimeError::from_store);
+                match rec {
+                    Ok(rec) => {
+                        if let Some(h) = launched {
+                            self.watch(&id, h);
+                        }
+                        tracing::debug!(box_id = %id, pid = ?rec.process.map(|p| p.pid), "running");
+                        Ok(rec)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(box_id = %id, error = %e, "start failed; stopping the box");
+                if let Some(h) = &launched {
+                    let _ = h.signal_group(Signal::SIGKILL);
+                    let _ = h.signal(Signal::SIGKILL);
+                    if !h.wait_gone(KILL_WAIT).await {
+                        tracing::error!(box_id = %id, pid = h.identity().pid, "box process survived SIGKILL");
+                    }
+                }
+                let exit = launched.as_ref().and_then(|h| h.exit_code());
+                let _ = self.store.transition(&id, Some(&[BoxState::Starting]), BoxState::Stopped, |r| {
+                    r.process = None;
+                    r.exit_code = exit;
+                });
+                lock(&self.procs).remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn launch_and_wait(
+        &self,
+        rec: &BoxRecord,
+        strategy: &dyn SocketBinding,
+        backend: &dyn Backend,
+        addresses: BTreeMap<String, SocketAddress>,
+        launched_out: &mut Option<Arc<ProcessHandle>>,
+    ) -> Result<(), RuntimeError> {
+        let id = &rec.id;
+        let layout = &self.layout;
+        strategy.ensure(layout, id)?;
+        let ready_file = catalogue::READY.file_name();
+        let listener = strategy
+            .bind_stream(layout, id, &ready_file)?
+            .into_tokio()
+            .map_err(|e| RuntimeError::Io { op: "register ready listener", path: layout.sockets_dir(id), source: e })?;
+        let _cleanup = ReadyCleanup { strategy, layout, id };
+        let ready_addr = listener.address().display_string();
+        let spec = LaunchSpec {
+            id: id.clone(),
+            layout: layout.clone(),
+            addresses,
+            log_file: layout.log_file(id),
+            network: rec.config.network,
+            policy: strategy.policy_paths(layout, id)?,
+            env: rec.config.env.clone(),
+        };
+        let launched = backend.launch(&spec)?;
+        let log_tail = || tail_lines(&layout.log_file(id), LOG_TAIL_LINES);
+        let ident = match ProcessIdentity::of(launched.pid) {
+            Ok(i) => i,
+            Err(_) => {
+                return Err(RuntimeError::ExitedBeforeReady {
+                    id: id.clone(),
+                    pid: launched.pid,
+                    exit_code: None,
+                    address: ready_addr,
+                    log_tail: log_tail(),
+                });
+            }
+        };
+        let handle = Arc::new(ProcessHandle::open_group_leader(ident));
+        *launched_out = Some(handle.clone());
+        lock(&self.procs).insert(id.clone(), handle.clone());
+        self.store.set_process(id, Some(ident))?;
+        tracing::debug!(box_id = %id, pid = ident.pid, ready = %ready_addr, "launched; waiting for readiness");
+
+        let timeout = self.options.ready_timeout;
+        let ready = async {
+            let (mut s, _) = listener.accept().await?;
+            agent_client::read_ready(&mut s).await
+        };
+        tokio::select! {
+            r = tokio::time::timeout(timeout, ready) => match r {
+                Err(_) => Err(RuntimeError::ReadyTimeout {
+                    id: id.clone(),
+                    waited_for: format!("agent readiness on {ready_addr}"),
+                    after: timeout,
+                    log_tail: log_tail(),
+                }),
+                Ok(Ok(info)) => {
+                    tracing::debug!(box_id = %id, agent_pid = info.pid, version = info.version, "agent ready");
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(RuntimeError::Agent { id: id.clone(), address: ready_addr, source: e }),
+            },
+            _ = handle.wait_exit() => Err(RuntimeError::ExitedBeforeReady {
+                id: id.clone(),
+                pid: ident.pid,
+                exit_code: handle.exit_code(),
+                address: ready_addr,
+                log_tail: log_tail(),
+            }),
+        }
+    }
+
+    async fn connect_agent(&self, id_or_name: &str) -> Result<(BoxRecord, AgentClient, String), RuntimeError> {
+        let rec = self.record(id_or_name)?;
+        if rec.state != BoxState::Running {
+            return Err(RuntimeError::NotRunning { id: rec.id, state: rec.state });
+        }
+        match self.dial_agent(&rec) {
+            Ok((client, address)) => Ok((rec, client, address)),
+            Err(e) => {
+                // A refused connection to a box recorded as running whose process is
+                // gone (no health monitor was watching): record the truth and say so.
+                if let Some(h) = self.handle_for(&rec) {
+                    if !h.is_alive() {
+                        self.on_exit(&rec.id, &h);
+                        let state = self.record(rec.id.as_str()).map(|r| r.state).unwrap_or(BoxState::Stopped);
+                        return Err(RuntimeError::NotRunning { id: rec.id, state });
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Dial a box's agent through its strategy, whatever its recorded state. Runs
+    /// `ensure` first: a binding removed behind our back (a /tmp cleaner) heals here.
+    fn dial_agent(&self, rec: &BoxRecord) -> Result<(AgentClient, String), RuntimeError> {
+        let strategy = self.strategy(&rec.config.strategy)?;
+        let file = catalogue::AGENT.file_name();
+        strategy.ensure(&self.layout, &rec.id)?;
+        let address = strategy.address(&self.layout, &rec.id, &file)?.display_string();
+        let std = strategy.connect_stream(&self.layout, &rec.id, &file)?;
+        let client = AgentClient::connect(std)
+            .map_err(|source| RuntimeError::Agent { id: rec.id.clone(), address: address.clone(), source })?;
+        Ok((client, address))
+    }
+
+    async fn stop_locked(self: &Arc<Self>, rec: BoxRecord, timeout: Duration) -> Result<BoxRecord, RuntimeError> {
+        let id = rec.id.clone();
+        if !rec.state.has_process() {
+            return Ok(rec);
+        }
+        let was = rec.state;
+        if was != BoxState::Stopping {
+            self.store
+                .transition(&id, Some(&[BoxState::Starting, BoxState::Running, BoxState::Unhealthy]), BoxState::Stopping, |_| {})
+                .map_err(RuntimeError::from_store)?;
+        }
+        if let Some(w) = lock(&self.watchers).remove(&id) {
+            w.abort();
+        }
+        let handle = self.handle_for(&rec);
+        if let Some(h) = &handle {
+            self.terminate(&rec, h, was == BoxState::Running, timeout).await?;
+        }
+        let exit = handle.as_ref().and_then(|h| h.exit_code());
+        let rec = self
+            .store
+            .transition(&id, Some(&[BoxState::Stopping]), BoxState::Stopped, |r| {
+                r.process = None;
+                if exit.is_some() {
+                    r.exit_code = exit;
+                }
+            })
+            .map_err(RuntimeError::from_store)?;
+        if let Ok(s) = self.strategy(&rec.config.strategy) {
+            remove_ready_file(&*s, &self.layout, &id);
+        }
+        lock(&self.procs).remove(&id);
+        tracing::debug!(box_id = %id, exit_code = ?exit, "stopped");
+        Ok(rec)
+    }
+
+    /// Make the process gone: graceful shutdown (if `graceful`), SIGTERM, SIGKILL.
+    async fn terminate(&self, rec: &BoxRecord, h: &ProcessHandle, graceful: bool, timeout: Duration) -> Result<(), RuntimeError> {
+        let id = &rec.id;
+        if !h.is_alive() {
+            return Ok(());
+        }
+        if graceful {
+            let asked = async {
+                let (client, address) = self.dial_agent(rec)?;
+                client.shutdown().await.map_err(|source| RuntimeError::Agent { id: id.clone(), address, source })
+            };
+            match tokio::time::timeout(timeout, asked).await {
+                Ok(Ok(())) => {
+                    if h.wait_gone(timeout).await {
+                        return Ok(());
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!(box_id = %id, error = %e, "graceful shutdown failed"),
+                Err(_) => tracing::debug!(box_id = %id, "graceful shutdown timed out"),
+            }
+        }
+        for (sig, wait) in [(Signal::SIGTERM, timeout), (Signal::SIGKILL, KILL_WAIT)] {
+            let _ = h.signal_group(sig);
+            let _ = h.signal(sig);
+            if h.wait_gone(wait).await {
+                return Ok(());
+            }
+            tracing::debug!(box_id = %id, pid = h.identity().pid, signal = %sig, "still alive");
+        }
+        Err(RuntimeError::StopFailed { id: id.clone(), pid: h.identity().pid, waited: KILL_WAIT })
+    }
+
+    /// Release the binding, delete the directory, delete the row — in that order.
+    fn purge(&self, id: &BoxId, strategy: &str, force: bool) -> Result<(), RuntimeError> {
+        self.forget_process(id);
+        match self.strategy(strategy) {
+            Ok(s) => {
+                if let Err(e) = s.release(&self.layout, id) {
+                    if !force {
+                        return Err(e.into());
+                    }
+                    tracing::warn!(box_id = %id, error = %e, "release failed; removing anyway (force)");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(box_id = %id, strategy, error = %e, "strategy unavailable; releasing with every strategy");
+                self.release_everywhere(id);
+            }
+        }
+        crate::boxdir::remove_box_dir(&self.layout, id)
+            .map_err(|e| RuntimeError::Io { op: "remove box directory", path: self.layout.box_dir(id), source: e })?;
+        self.store.delete(id.as_str())?;
+        tracing::debug!(box_id = %id, "removed");
+        Ok(())
+    }
+}
+
+fn build_err(e: BuildError) -> RuntimeError {
+    match e {
+        BuildError::Registry(r) => RuntimeError::Registry(r),
+        BuildError::Strategy(b) => RuntimeError::Binding(b),
+        BuildError::Backend(b) => RuntimeError::Backend(b),
+    }
+}

@@ -1,0 +1,168 @@
+//! Recovery at open: make the store tell the truth about processes and directories.
+//!
+//! Runs only while the home's exclusive lock is held (no other process is
+//! mid-operation). Decisions (see `docs/runtime.md`):
+//!
+//! - `Running` and alive: kept (and watched). `Running` and gone: `Unhealthy` →
+//!   `Stopped`.
+//! - `Starting`: whoever was starting it died before readiness was confirmed, so the
+//!   process (if any) is killed and the box is `Stopped`. Same for `Stopping` and
+//!   `Unhealthy`.
+//! - A row whose directory is gone is an interrupted removal (removal deletes the
+//!   directory before the row): its process is killed, its binding released, the row
+//!   deleted.
+//! - A directory under `boxes/` with a valid id and no row is an interrupted create
+//!   (create makes the directory before the row): its binding is released with every
+//!   strategy and the directory removed. Entries whose names are not valid ids are
+//!   reported and left alone. A directory whose row is corrupt is kept.
+//! - Corrupt rows are reported, never touched.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::Serialize;
+
+use super::{Inner, RuntimeError, remove_ready_file};
+use crate::binding::SweepReport;
+use crate::id::BoxId;
+use crate::state::BoxState;
+use crate::store::BadRow;
+
+/// A box whose recorded state recovery changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Recovered {
+    /// The box.
+    pub id: BoxId,
+    /// Its recorded state.
+    pub from: BoxState,
+    /// Its state now.
+    pub to: BoxState,
+    /// Whether a live process had to be killed.
+    pub killed: bool,
+}
+
+/// What [`Runtime::open`](super::Runtime::open) found and repaired.
+#[derive(Debug, Default)]
+pub struct OpenReport {
+    /// Each strategy's sweep.
+    pub swept: Vec<(String, Result<SweepReport, String>)>,
+    /// State corrections.
+    pub recovered: Vec<Recovered>,
+    /// Directories without a row, removed (binding released).
+    pub orphan_dirs_removed: Vec<BoxId>,
+    /// Rows without a directory, removed (binding released, process killed).
+    pub orphan_rows_removed: Vec<BoxId>,
+    /// Rows that could not be decoded (left in place).
+    pub corrupt_rows: Vec<BadRow>,
+    /// Entries under `boxes/` that are not box directories (left in place).
+    pub unknown_entries: Vec<std::path::PathBuf>,
+    /// Recovery did not run: another process was mid-operation on the home.
+    pub recovery_skipped: bool,
+}
+
+const RECOVERY_STOP_WAIT: Duration = Duration::from_secs(2);
+
+pub(super) async fn recover(inner: &Arc<Inner>, report: &mut OpenReport) -> Result<(), RuntimeError> {
+    let layout = &inner.layout;
+    let listing = inner.store.list()?;
+    for bad in &listing.bad {
+        tracing::warn!(box_id = %bad.id, error = %bad.error, "corrupt box row left in place");
+    }
+    report.corrupt_rows = listing.bad.clone();
+
+    for rec in &listing.boxes {
+        let dir_exists = layout.box_dir(&rec.id).is_dir();
+        let handle = inner.handle_for(rec);
+        let alive = handle.as_ref().is_some_and(|h| h.is_alive());
+        let mut killed = false;
+        let must_kill = alive && (!dir_exists || rec.state != BoxState::Running);
+        if must_kill {
+            let h = handle.as_ref().expect("alive implies a handle");
+            for sig in [Signal::SIGTERM, Signal::SIGKILL] {
+                let _ = h.signal_group(sig);
+                let _ = h.signal(sig);
+                if h.wait_gone(RECOVERY_STOP_WAIT).await {
+                    break;
+                }
+            }
+            killed = true;
+            if h.is_alive() {
+                tracing::error!(box_id = %rec.id, pid = h.identity().pid, "could not kill an abandoned box process");
+            }
+        }
+        if !dir_exists {
+            tracing::warn!(box_id = %rec.id, "box row without a directory (interrupted removal): removing the row");
+            inner.forget_process(&rec.id);
+            match inner.strategy(&rec.config.strategy) {
+                Ok(s) => {
+                    let _ = s.release(layout, &rec.id);
+                }
+                Err(_) => inner.release_everywhere(&rec.id),
+            }
+            inner.store.delete(rec.id.as_str())?;
+            report.orphan_rows_removed.push(rec.id.clone());
+            continue;
+        }
+        if !rec.state.has_process() || (rec.state == BoxState::Running && alive) {
+            continue;
+        }
+        let exit = handle.as_ref().and_then(|h| h.exit_code());
+        let path: &[BoxState] = match rec.state {
+            BoxState::Running => &[BoxState::Unhealthy, BoxState::Stopped],
+            _ => &[BoxState::Stopped],
+        };
+        let mut from = rec.state;
+        for &to in path {
+            inner.store.transition(&rec.id, Some(&[from]), to, |r| {
+                if exit.is_some() {
+                    r.exit_code = exit;
+                }
+                if to == BoxState::Stopped {
+                    r.process = None;
+                }
+            })?;
+            from = to;
+        }
+        if let Ok(s) = inner.strategy(&rec.config.strategy) {
+            remove_ready_file(&*s, layout, &rec.id);
+        }
+        inner.forget_process(&rec.id);
+        tracing::warn!(box_id = %rec.id, from = %rec.state, killed, "recovered box state: stopped");
+        report.recovered.push(Recovered { id: rec.id.clone(), from: rec.state, to: BoxState::Stopped, killed });
+    }
+
+    let known: std::collections::HashSet<String> = listing
+        .boxes
+        .iter()
+        .map(|r| r.id.to_string())
+        .chain(listing.bad.iter().map(|b| b.id.clone()))
+        .collect();
+    let entries = match std::fs::read_dir(layout.boxes_dir()) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(RuntimeError::Io { op: "read", path: layout.boxes_dir(), source: e }),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Ok(id) = BoxId::from_bytes(name.as_encoded_bytes()) else {
+            tracing::warn!(path = %entry.path().display(), "unexpected entry under boxes/ left in place");
+            report.unknown_entries.push(entry.path());
+            continue;
+        };
+        if known.contains(id.as_str()) {
+            continue;
+        }
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if !is_dir {
+            report.unknown_entries.push(entry.path());
+            continue;
+        }
+        tracing::warn!(box_id = %id, "box directory without a row (interrupted create): removing it");
+        inner.release_everywhere(&id);
+        crate::boxdir::remove_box_dir(layout, &id)
+            .map_err(|e| RuntimeError::Io { op: "remove orphan box directory", path: layout.box_dir(&id), source: e })?;
+        report.orphan_dirs_removed.push(id);
+    }
+    Ok(())
+}
