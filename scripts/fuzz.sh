@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]    run every target (default 20 s each: the CI run)
 #   scripts/fuzz.sh 3600                    a long run: one hour per target
 #   FUZZ_TARGETS="proto_decode" scripts/fuzz.sh 600    only some targets
-#   scripts/fuzz.sh --regen-seeds           rewrite the committed seed inputs
+#   scripts/fuzz.sh --regen-seeds           rewrite the committed seed inputs (tests/fuzz/examples/gen_seeds.rs)
 #
 # Targets live in tests/fuzz/fuzz_targets/. Each run starts from the committed seeds
 # (tests/fuzz/seeds/<target>, read-only) plus the working corpus libFuzzer grows in
@@ -17,10 +17,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 fuzz_dir=tests/fuzz
 
-TARGETS=(box_id socket_name proto_decode address_uri)
-# TODO(store_config): add a `store_config` target (deserialise arbitrary bytes as the
-# store's BoxConfig row: never panic, a clear error) once core/src/store.rs lands in
-# main. Not written yet because BoxConfig did not exist on this branch.
+TARGETS=(box_id socket_name proto_decode address_uri store_config)
 
 if [ "${1:-}" = "--regen-seeds" ]; then
     cargo run --quiet --manifest-path "$fuzz_dir/Cargo.toml" --example gen_seeds -- "$root/$fuzz_dir/seeds"

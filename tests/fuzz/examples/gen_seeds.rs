@@ -83,6 +83,22 @@ fn main() {
         write(dir, "address_uri", name, s.as_bytes());
     }
 
+    // Store config rows: the current shape, a legacy row with socket-path fields (must
+    // load), defaults omitted, and corrupt ones (wrong types, missing fields, bad JSON).
+    let configs: &[(&str, &str)] = &[
+        ("current", r#"{"strategy":"short-symlink","backend":"libkrun","network":true,"env":[["RUST_LOG","debug"]]}"#),
+        ("legacy-paths", r#"{"strategy":"short-symlink","backend":"libkrun","transport":"unix","ready_socket_path":"/very/long/home/boxes/abc/sockets/ready.sock"}"#),
+        ("defaults", r#"{"strategy":"direct","backend":"host"}"#),
+        ("bad-missing-backend", r#"{"strategy":"direct"}"#),
+        ("bad-type", r#"{"strategy":1,"backend":"host","network":"yes"}"#),
+        ("bad-env-shape", r#"{"strategy":"direct","backend":"host","env":{"K":"V"}}"#),
+        ("bad-json", r#"{"strategy":"#),
+        ("bad-not-object", "[]"),
+    ];
+    for (name, s) in configs {
+        write(dir, "store_config", name, s.as_bytes());
+    }
+
     // Agent protocol: every control message, every raw frame, a whole exec session,
     // and each kind of bad frame.
     let requests = [
