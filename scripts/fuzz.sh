@@ -6,7 +6,11 @@
 #   FUZZ_TARGETS="proto_decode" scripts/fuzz.sh 600    only some targets
 #   scripts/fuzz.sh --regen-seeds           rewrite the committed seed inputs (tests/fuzz/examples/gen_seeds.rs)
 #
-# Targets live in tests/fuzz/fuzz_targets/. Each run starts from the committed seeds
+# Targets (tests/fuzz/fuzz_targets/): box_id (id parser + layout paths), socket_name
+# (socket file names + socket_path), proto_decode (agent frames: decode, read_frame,
+# re-encode), address_uri (SocketAddress URIs), store_config (BoxConfig rows, also
+# through an in-memory store). Each checks: no panic, no path outside the home, a clear
+# error. Dictionaries in tests/fuzz/dicts/<target>.dict are used when present. Each run starts from the committed seeds
 # (tests/fuzz/seeds/<target>, read-only) plus the working corpus libFuzzer grows in
 # tests/fuzz/corpus/<target> (ignored by git, kept between runs). Works on a fresh
 # machine: installs cargo-fuzz and the nightly toolchain when they are missing.
@@ -36,8 +40,9 @@ if ! rustup toolchain list | grep -q '^nightly'; then
     rustup toolchain install nightly --profile minimal
 fi
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
-    echo "fuzz: installing cargo-fuzz (takes about 1.5 min on 2 cores)" >&2
-    cargo install cargo-fuzz --locked
+    # Pinned for reproducible CI; about 1.5 min on 2 cores.
+    echo "fuzz: installing cargo-fuzz ${CARGO_FUZZ_VERSION:-0.13.2}" >&2
+    cargo install cargo-fuzz --locked --version "${CARGO_FUZZ_VERSION:-0.13.2}"
 fi
 
 cargo +nightly fuzz build --fuzz-dir "$fuzz_dir"
