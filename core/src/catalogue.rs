@@ -121,8 +121,11 @@ pub fn validate_file_name(name: &str) -> Result<(), String> {
         return Err("socket file name is empty".into());
     }
     if name.len() > MAX_FILE_NAME_LEN {
+        // Quote only the start of an over-long name, so the message stays bounded.
+        let start: String = name.chars().take(MAX_FILE_NAME_LEN + 16).collect();
+        let more = if start.len() < name.len() { "…" } else { "" };
         return Err(format!(
-            "socket file name {name:?} is {} bytes; the most is {MAX_FILE_NAME_LEN}",
+            "socket file name {start:?}{more} is {} bytes; the most is {MAX_FILE_NAME_LEN}",
             name.len()
         ));
     }
@@ -155,6 +158,18 @@ mod tests {
         for n in &names {
             validate_file_name(n).unwrap();
         }
+    }
+
+    #[test]
+    fn over_long_name_error_is_bounded_and_names_the_length() {
+        // Found by the `socket_name` fuzz target: the whole name was quoted.
+        let name = "n".repeat(100_000);
+        let err = validate_file_name(&name).unwrap_err();
+        assert!(err.len() < 200, "{} bytes", err.len());
+        assert!(err.contains("100000 bytes") && err.contains(&MAX_FILE_NAME_LEN.to_string()), "{err}");
+        assert!(err.contains(&"n".repeat(MAX_FILE_NAME_LEN)) && err.contains('…'), "{err}");
+        let err = validate_file_name(&"m".repeat(MAX_FILE_NAME_LEN + 1)).unwrap_err();
+        assert!(err.contains(&format!("{:?}", "m".repeat(MAX_FILE_NAME_LEN + 1))) && !err.contains('…'), "{err}");
     }
 
     #[test]

@@ -82,7 +82,8 @@ impl BoxId {
         match std::str::from_utf8(input) {
             Ok(s) => Self::parse(s),
             Err(_) => Err(IdError {
-                input: String::from_utf8_lossy(input).into_owned(),
+                // Truncated like `check` does, so the error stays printable.
+                input: String::from_utf8_lossy(input).chars().take(80).collect(),
                 reason: IdErrorReason::NonAscii,
             }),
         }
@@ -202,6 +203,19 @@ mod tests {
         assert_eq!(BoxId::parse(&long).unwrap_err().reason, IdErrorReason::TooLong);
         assert!(BoxId::parse(&"a".repeat(BoxId::MAX_LEN)).is_ok());
         assert!(BoxId::parse("web-1.v2_x").is_ok());
+    }
+
+    #[test]
+    fn non_utf8_error_carries_the_input_truncated() {
+        // Found by the `box_id` fuzz target: the non-UTF-8 path kept the whole input.
+        let mut long = vec![0xffu8; 4096];
+        long.extend_from_slice(b"tail");
+        let err = BoxId::from_bytes(&long).unwrap_err();
+        assert_eq!(err.reason, IdErrorReason::NonAscii);
+        assert_eq!(err.input.chars().count(), 80);
+        assert!(err.input.chars().all(|c| c == char::REPLACEMENT_CHARACTER));
+        let err = BoxId::parse(&"é".repeat(4096)).unwrap_err();
+        assert_eq!(err.input.chars().count(), 80);
     }
 
     #[test]

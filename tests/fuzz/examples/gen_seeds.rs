@@ -1,0 +1,149 @@
+//! Writes the committed seed inputs of every fuzz target into `<dir>/<target>/`.
+//! Run through `scripts/fuzz.sh --regen-seeds`. Deterministic: the same build of the
+//! core writes the same files, so a diff shows what changed.
+
+use std::fs;
+use std::path::Path;
+
+use boxsock_core::BoxId;
+use boxsock_core::proto::{ErrorCode, Frame, Request, Response, VERSION, encode};
+
+fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
+    let d = dir.join(target);
+    fs::create_dir_all(&d).expect("create seed dir");
+    fs::write(d.join(name), bytes).expect("write seed");
+}
+
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+    f.push(tag);
+    f.extend_from_slice(body);
+    f
+}
+
+fn main() {
+    let dir = std::env::args_os().nth(1).expect("usage: gen_seeds <seeds dir>");
+    let dir = Path::new(&dir);
+    if dir.exists() {
+        fs::remove_dir_all(dir).expect("clear old seeds");
+    }
+
+    // Box ids: valid ones at the edges, and one of each rejected shape.
+    let max = "a".repeat(BoxId::MAX_LEN);
+    let over = "a".repeat(BoxId::MAX_LEN + 1);
+    let ids: &[(&str, &[u8])] = &[
+        ("valid-short", b"abc"),
+        ("valid-mixed", b"web-1.v2_x"),
+        ("valid-generated", b"a1B2c3D4e5F6"),
+        ("valid-max", max.as_bytes()),
+        ("bad-too-long", over.as_bytes()),
+        ("bad-empty", b""),
+        ("bad-dot", b"."),
+        ("bad-dotdot", b".."),
+        ("bad-hidden", b".hidden"),
+        ("bad-traversal", b"../etc"),
+        ("bad-slash", b"a/b"),
+        ("bad-nul", b"a\0b"),
+        ("bad-space", b"a b"),
+        ("bad-unicode", "héllo".as_bytes()),
+        ("bad-non-utf8", b"ab\xff\xfe"),
+        ("bad-char", b"a:b"),
+    ];
+    for (name, bytes) in ids {
+        write(dir, "box_id", name, bytes);
+    }
+
+    // Socket file names: the catalogue's names, libkrun's derived names, bad shapes.
+    let long = "s".repeat(49);
+    let names: &[(&str, &str)] = &[
+        ("agent", "agent.sock"),
+        ("ready", "ready.sock"),
+        ("net", "net.sock"),
+        ("derived-suffix", "net.sock-krun.sock"),
+        ("derived-sibling", "krun-net-4194304-4294967295.sock"),
+        ("bad-hidden", ".x"),
+        ("bad-dotdot", ".."),
+        ("bad-slash", "a/b"),
+        ("bad-space", "a b"),
+        ("bad-too-long", &long),
+    ];
+    for (name, s) in names {
+        write(dir, "socket_name", name, s.as_bytes());
+    }
+
+    // URIs.
+    let uris: &[(&str, &str)] = &[
+        ("unix", "unix:///tmp/boxsock-0/abc/agent.sock"),
+        ("abstract", "abstract:boxsock-x"),
+        ("bad-relative", "unix://relative"),
+        ("bad-empty-abstract", "abstract:"),
+        ("bad-scheme", "tcp://x"),
+    ];
+    for (name, s) in uris {
+        write(dir, "address_uri", name, s.as_bytes());
+    }
+
+    // Store config rows: the current shape, a legacy row with socket-path fields (must
+    // load), defaults omitted, and corrupt ones (wrong types, missing fields, bad JSON).
+    let configs: &[(&str, &str)] = &[
+        ("current", r#"{"strategy":"short-symlink","backend":"libkrun","network":true,"env":[["RUST_LOG","debug"]]}"#),
+        ("legacy-paths", r#"{"strategy":"short-symlink","backend":"libkrun","transport":"unix","ready_socket_path":"/very/long/home/boxes/abc/sockets/ready.sock"}"#),
+        ("defaults", r#"{"strategy":"direct","backend":"host"}"#),
+        ("bad-missing-backend", r#"{"strategy":"direct"}"#),
+        ("bad-type", r#"{"strategy":1,"backend":"host","network":"yes"}"#),
+        ("bad-env-shape", r#"{"strategy":"direct","backend":"host","env":{"K":"V"}}"#),
+        ("bad-json", r#"{"strategy":"#),
+        ("bad-not-object", "[]"),
+    ];
+    for (name, s) in configs {
+        write(dir, "store_config", name, s.as_bytes());
+    }
+
+    // Agent protocol: every control message, every raw frame, a whole exec session,
+    // and each kind of bad frame.
+    let requests = [
+        ("req-hello", Request::Hello { version: VERSION }),
+        ("req-ping", Request::Ping {}),
+        (
+            "req-exec",
+            Request::Exec { argv: vec!["sh".into(), "-c".into(), "echo hi".into()], env: vec![("K".into(), "V".into())], stdin: true },
+        ),
+        ("req-shutdown", Request::Shutdown {}),
+    ];
+    for (name, r) in &requests {
+        write(dir, "proto_decode", name, &encode(&Frame::Control(r.clone())));
+    }
+    let responses = [
+        ("resp-hello", Response::Hello { version: VERSION, pid: 42 }),
+        ("resp-ready", Response::Ready { version: VERSION, pid: 1 }),
+        ("resp-pong", Response::Pong {}),
+        ("resp-exit", Response::Exit { code: 137 }),
+        ("resp-shutting-down", Response::ShuttingDown {}),
+        ("resp-error", Response::Error { code: ErrorCode::BadFrame, message: "frame length 0 is outside 1..=1048576".into() }),
+    ];
+    for (name, r) in &responses {
+        write(dir, "proto_decode", name, &encode(&Frame::Control(r.clone())));
+    }
+    let raw: [(&str, Frame<Request>); 4] = [
+        ("raw-stdout", Frame::Stdout(b"hello\n".to_vec())),
+        ("raw-stderr", Frame::Stderr(b"oops\n".to_vec())),
+        ("raw-stdin", Frame::Stdin(b"input".to_vec())),
+        ("raw-stdin-eof", Frame::StdinEof),
+    ];
+    for (name, f) in &raw {
+        write(dir, "proto_decode", name, &encode(f));
+    }
+    let mut session = Vec::new();
+    session.extend(encode(&Frame::Control(Request::Hello { version: VERSION })));
+    session.extend(encode(&Frame::Control(requests[2].1.clone())));
+    session.extend(encode(&Frame::<Request>::Stdin(b"data".to_vec())));
+    session.extend(encode(&Frame::<Request>::StdinEof));
+    write(dir, "proto_decode", "stream-exec-session", &session);
+    write(dir, "proto_decode", "bad-zero-length", &[0, 0, 0, 0]);
+    write(dir, "proto_decode", "bad-over-max", &[0x00, 0x10, 0x00, 0x01, 1]);
+    write(dir, "proto_decode", "bad-tag", &frame(9, b""));
+    write(dir, "proto_decode", "bad-json", &frame(1, b"{\"type\":"));
+    write(dir, "proto_decode", "bad-unknown-field", &frame(1, br#"{"type":"ping","bogus":1}"#));
+    write(dir, "proto_decode", "bad-eof-with-body", &frame(5, b"x"));
+    write(dir, "proto_decode", "truncated", &frame(1, br#"{"type":"ping"}"#)[..8]);
+}
