@@ -91,6 +91,10 @@ pub(super) async fn recover(inner: &Arc<Inner>, report: &mut OpenReport) -> Resu
                 tracing::error!(box_id = %rec.id, pid = h.identity().pid, "could not kill an abandoned box process");
             }
         }
+        // Companions live exactly as long as a running box's process.
+        if !(alive && dir_exists && rec.state == BoxState::Running) {
+            inner.stop_companions(&rec.id, &[]).await;
+        }
         if !dir_exists {
             tracing::warn!(box_id = %rec.id, "box row without a directory (interrupted removal): removing the row");
             inner.forget_process(&rec.id);
