@@ -4,13 +4,15 @@
 //! strategy's leftovers and recovers state (see [`OpenReport`]). Then:
 //!
 //! - [`Runtime::create`] validates everything **before touching disk** — name, strategy,
-//!   backend, platform, compatibility, and the `sun_path` budget of every address the box
-//!   will use including names the backend derives — then makes the directories, the row
-//!   and the binding, undoing all of it on failure.
+//!   backend, platform, compatibility, the `sun_path` budget of every address the box
+//!   will use including names the backend derives, then the backend's availability
+//!   ([`Backend::available_for_launch`]) — then makes the directories, the row, the
+//!   binding and the backend's files ([`Backend::prepare`]: a guest root), undoing all
+//!   of it on failure.
 //! - [`Runtime::start`] binds `ready` through the strategy, launches through the
-//!   backend, records the process identity and waits for the agent's `Ready` frame (an
-//!   accept, not a poll). A timeout or an early exit stops the box and reports the tail
-//!   of its log.
+//!   backend, records the process identity and its companions' (passt…) and waits for
+//!   the agent's `Ready` frame (an accept, not a poll). A timeout or an early exit stops
+//!   the box, kills its companions and reports the tail of its log.
 //! - [`Runtime::exec`] / [`Runtime::ping`] re-`ensure` the binding, then dial the
 //!   agent through the strategy.
 //! - [`Runtime::stop`]: agent `Shutdown`, then SIGTERM, then SIGKILL, each bounded; the
@@ -21,6 +23,11 @@
 //! A health monitor (one task per running box, waiting on its pidfd) turns a box whose
 //! process died into `Unhealthy`, then `Stopped`, recording the exit. The pid reported,
 //! watched and signalled is one [`ProcessIdentity`].
+//!
+//! Companions ([`crate::backend::Launched::companions`]) live exactly as long as their
+//! box's process: recorded with the box (pid + start time, store table `companions`),
+//! killed and reaped on stop, remove, a failed start, the box process's death, and by
+//! recovery for any box that is not running after a crash.
 
 mod error;
 mod info;

@@ -16,6 +16,8 @@
 //!   strategy and the directory removed. Entries whose names are not valid ids are
 //!   reported and left alone. A directory whose row is corrupt is kept.
 //! - Corrupt rows are reported, never touched.
+//! - Recorded companions (passt…) of every box that is not `Running` with a live
+//!   process afterwards are killed and their record cleared.
 
 use std::sync::Arc;
 use std::time::Duration;
