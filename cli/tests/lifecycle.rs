@@ -550,3 +550,36 @@ async fn without_a_health_monitor_exec_finds_a_dead_box_and_records_it_stopped()
     assert_eq!((rec.state, rec.exit_code), (BoxState::Stopped, Some(128 + 9)));
     rt.remove(&id, false).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_connection_on_the_ready_socket_is_not_mistaken_for_the_agent() {
+    if std::process::Command::new("python3").arg("-c").arg("").status().map(|s| !s.success()).unwrap_or(true) {
+        eprintln!("skipped: python3 is needed to make the stray connection");
+        return;
+    }
+    let env = Env::new();
+    // A wrapper that first dials the ready socket and hangs up without a frame (what a
+    // stale-socket probe or a stray client does), then execs the real agent.
+    let d = env.root.path().join("poking-helpers");
+    std::fs::create_dir_all(&d).unwrap();
+    let real = common::agent_dir().join("boxsock-agent");
+    let script = d.join("boxsock-agent");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprev=''\nfor a in \"$@\"; do [ \"$prev\" = --ready ] && ready=\"${{a#unix://}}\"; prev=\"$a\"; done\n\
+             python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.close()' \"$ready\" || exit 99\n\
+             echo poked-ready\nexec '{}' \"$@\"\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (rt, _) = Runtime::open(&env.home, env.options_with_helpers(d)).await.unwrap();
+    let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
+    rt.start(b.id.as_str()).await.expect("start survives an empty connection on ready");
+    let log = std::fs::read_to_string(rt.layout().log_file(&b.id)).unwrap();
+    assert!(log.contains("poked-ready"), "the wrapper did not poke the ready socket: {log}");
+    assert_eq!(rt.get(b.id.as_str()).unwrap().state, BoxState::Running);
+    rt.remove(b.id.as_str(), true).await.unwrap();
+}

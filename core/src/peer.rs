@@ -368,6 +368,14 @@ fn io_path(addr: &SocketAddress) -> PathBuf {
 }
 
 /// Whether a filesystem socket at `path` is stale: a socket file nobody listens on.
+///
+/// The probe is a `connect`: only the kernel knows whether a listener is behind a socket
+/// file, and matching `/proc/net/unix` by name would misjudge a socket bound through
+/// another spelling of the same directory (then a live socket would be unlinked). The
+/// cost is that a *live* listener sees one empty connection that closes at once; this
+/// happens only when two parties bind the same address, which the runtime prevents for
+/// its own sockets (a box is moved to `Starting` before its `ready` socket is bound), and
+/// every boxsock listener tolerates an empty connection.
 fn is_stale_socket(path: &std::path::Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use boxsock_benches::TARGETS;
+use boxsock_benches::{Limit, TARGETS};
 
 fn median_ns(estimates: &Path) -> Option<f64> {
     let text = std::fs::read_to_string(estimates).ok()?;
@@ -99,22 +99,30 @@ fn main() {
         println!("{open}{id:<44}{sep}{:>10}{sep}{floor:<38}{sep}{ratio:>7}{close}", human(*ns));
     }
     println!();
-    println!("{open}{:<62}{sep}{:>7}{sep}{:>6}{sep}{:<6}{close}", "target", "ratio", "max", "");
+    println!("{open}{:<62}{sep}{:>9}{sep}{:>7}{sep}{:<6}{close}", "target", "measured", "limit", "");
     if markdown {
         println!("|---|---:|---:|---|");
     }
     let mut missed = 0;
     for t in TARGETS {
-        let (ratio, verdict) = match (all.get(t.numerator), all.get(t.denominator)) {
-            (Some(n), Some(d)) => {
-                let r = n / d;
-                let ok = r <= t.max;
-                missed += usize::from(!ok);
-                (format!("{r:.2}×"), if ok { "PASS" } else { "MISS" })
-            }
-            _ => ("—".into(), "not run"),
+        let (value, max, ok) = match (&t.limit, all.get(t.numerator)) {
+            (Limit::Ratio { denominator, max }, Some(n)) => match all.get(*denominator) {
+                Some(d) => (format!("{:.2}×", n / d), format!("{max:.2}×"), Some(n / d <= *max)),
+                None => ("—".into(), format!("{max:.2}×"), None),
+            },
+            (Limit::MedianMs(max), Some(n)) => (human(*n), format!("{max} ms"), Some(n / 1e6 <= *max)),
+            (Limit::Ratio { max, .. }, None) => ("—".into(), format!("{max:.2}×"), None),
+            (Limit::MedianMs(max), None) => ("—".into(), format!("{max} ms"), None),
         };
-        println!("{open}{:<62}{sep}{ratio:>7}{sep}{:>5.2}×{sep}{verdict:<6}{close}", t.what, t.max);
+        let verdict = match ok {
+            Some(true) => "PASS",
+            Some(false) => {
+                missed += 1;
+                "MISS"
+            }
+            None => "not run",
+        };
+        println!("{open}{:<62}{sep}{value:>9}{sep}{max:>7}{sep}{verdict:<6}{close}", t.what);
     }
     if missed > 0 {
         eprintln!("bench-report: {missed} target(s) missed; see docs/performance.md");

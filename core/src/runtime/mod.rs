@@ -835,9 +835,18 @@ impl Inner {
         tracing::debug!(box_id = %id, pid = ident.pid, ready = %ready_addr, "launched; waiting for readiness");
 
         let timeout = self.options.ready_timeout;
+        // A connection that closes without a frame (a stale-socket probe, a stray
+        // client of the same uid) is not the agent: keep waiting for the real one.
         let ready = async {
-            let (mut s, _) = listener.accept().await?;
-            agent_client::read_ready(&mut s).await
+            loop {
+                let (mut s, _) = listener.accept().await?;
+                match agent_client::read_ready(&mut s).await {
+                    Err(agent_client::ClientError::Proto(crate::proto::ProtoError::Closed)) => {
+                        tracing::debug!(box_id = %id, "empty connection on the ready socket; still waiting");
+                    }
+                    other => break other,
+                }
+            }
         };
         tokio::select! {
             r = tokio::time::timeout(timeout, ready) => match r {

@@ -21,7 +21,7 @@ pub const NAME: &str = "direct";
 pub const REGISTRATION: StrategyRegistration = StrategyRegistration {
     name: NAME,
     summary: "no indirection: sockets bind at <home>/boxes/<id>/sockets/<name>; fails fast when that is too long (baseline)",
-    build: build,
+    build,
 };
 
 inventory::submit!(REGISTRATION);

@@ -1,0 +1,102 @@
+//! Criterion benches of the runtime on the `host` backend: one box's whole life
+//! (create → ready → exec `true` → remove), one at a time and 100 in parallel, beside
+//! the floor of spawning and reaping one process.
+
+// criterion_group!/criterion_main! generate undocumented items.
+#![allow(missing_docs)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use boxsock::{BackendConfig, CreateOptions, ExecIo, Runtime, RuntimeOptions, StrategyConfig, builtin_backends, builtin_strategies};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+
+/// `target/<profile>` with a built `boxsock-agent` (`cargo bench -p boxsock-benches`
+/// does not build other packages' binaries, so build it once in the same profile).
+fn agent_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>").to_path_buf();
+    if !profile_dir.join("boxsock-agent").exists() {
+        let mut cmd = std::process::Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "boxsock-agent", "--bin", "boxsock-agent"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let st = cmd.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("run cargo");
+        assert!(st.success(), "building boxsock-agent failed");
+    }
+    profile_dir
+}
+
+struct Fixture {
+    _root: tempfile::TempDir,
+    rt: Arc<Runtime>,
+    tokio: tokio::runtime::Runtime,
+}
+
+fn fixture() -> Fixture {
+    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
+    let root = tempfile::Builder::new().prefix("bsr").tempdir_in("/tmp").expect("tempdir");
+    let links = root.path().join("l");
+    std::fs::create_dir(&links).expect("link base");
+    let mut options = RuntimeOptions::new(builtin_strategies(), builtin_backends());
+    options.strategy_config = StrategyConfig { base_dir: links, ..StrategyConfig::default() };
+    options.backend_config = BackendConfig { helper_dir: Some(agent_dir()), ..BackendConfig::default() };
+    let home = root.path().join("home");
+    let (rt, _report) = tokio.block_on(Runtime::open(home, options)).expect("open runtime");
+    Fixture { _root: root, rt: Arc::new(rt), tokio }
+}
+
+/// One box's whole life; panics on any error (a bench must not hide one).
+async fn one_life(rt: &Runtime) {
+    let rec = rt.create(CreateOptions::new("short-symlink", "host")).await.expect("create");
+    let id = rec.id.to_string();
+    rt.start(&id).await.expect("start");
+    let (mut out, mut err) = (|_: &[u8]| {}, |_: &[u8]| {});
+    let io = ExecIo { stdin: None, stdout: &mut out, stderr: &mut err };
+    let code = rt.exec(&id, vec!["true".into()], Vec::new(), io).await.expect("exec");
+    assert_eq!(code, 0, "`true` exited {code}");
+    rt.remove(&id, true).await.expect("remove");
+}
+
+fn bench_runtime(c: &mut Criterion) {
+    let fx = fixture();
+    let mut g = c.benchmark_group("runtime");
+    g.sample_size(20).measurement_time(Duration::from_secs(5));
+    g.bench_function(BenchmarkId::new("host-short-symlink", "one"), |b| {
+        b.iter(|| fx.tokio.block_on(one_life(&fx.rt)))
+    });
+    g.bench_function(BenchmarkId::new("floor-spawn-true", "one"), |b| {
+        b.iter(|| {
+            let st = std::process::Command::new("true").status().expect("spawn true");
+            assert!(st.success());
+        })
+    });
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    g.bench_function(BenchmarkId::new("host-short-symlink", "100-parallel"), |b| {
+        b.iter(|| {
+            fx.tokio.block_on(async {
+                let tasks: Vec<_> = (0..100)
+                    .map(|_| {
+                        let rt = fx.rt.clone();
+                        tokio::spawn(async move { one_life(&rt).await })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.expect("a box's life panicked");
+                }
+            })
+        })
+    });
+    g.finish();
+    let left = fx.rt.list().expect("list");
+    assert!(left.boxes.is_empty(), "boxes left behind: {:?}", left.boxes.len());
+}
+
+criterion_group! {
+    name = runtime;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).configure_from_args();
+    targets = bench_runtime
+}
+criterion_main!(runtime);
