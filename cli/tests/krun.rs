@@ -378,3 +378,84 @@ fn kill_9_of_the_runtime_after_passt_started_then_reopen_kills_passt() {
     ok(boxsock(&env).args(["rm", &id]));
     assert!(env.box_dirs().is_empty() && env.links().is_empty());
 }
+
+/// A stand-in shim that runs the real host agent on the spec's `agent` and `ready`
+/// paths (what libkrun would map to the guest's vsock ports), so a libkrun box becomes
+/// `Running` on a machine that cannot boot. Only the VM is missing; the runtime, the
+/// backend, passt and the agent are real.
+fn agent_shim(env: &Env) -> PathBuf {
+    let p = env.root.path().join("agent-shim");
+    let agent = helpers().join("boxsock-agent");
+    std::fs::write(
+        &p,
+        format!(
+            r#"#!/bin/sh
+spec=$(cat)
+agent=$(printf '%s' "$spec" | sed 's/.*"agent":{{"port":[0-9]*,"host_path":"\([^"]*\)".*/\1/')
+ready=$(printf '%s' "$spec" | sed 's/.*"ready":{{"port":[0-9]*,"host_path":"\([^"]*\)".*/\1/')
+exec {} --agent "unix://$agent" --ready "unix://$ready"
+"#,
+            agent.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+async fn poll_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn passt_goes_with_its_box_on_stop_on_death_and_on_forced_remove() {
+    if !have_passt() {
+        return;
+    }
+    let env = Env::deep(DEEP);
+    let mut o = env.options_with_helpers(helpers());
+    o.backend_config.options.insert("configure_only".into(), "true".into());
+    o.backend_config.options.insert("shim".into(), agent_shim(&env).display().to_string());
+    o.health_monitor = true;
+    let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
+    let b = rt.create(CreateOptions { network: true, ..CreateOptions::new("short-symlink", "libkrun") }).await.unwrap();
+    let id = b.id.to_string();
+
+    let running_passt = |rt: &Runtime| {
+        let c = rt.store().companions(&id).unwrap();
+        assert_eq!(c.len(), 1, "one passt recorded: {c:?}");
+        assert!(c[0].is_alive(), "passt {c:?} is running");
+        let info = rt.inspect(&id).unwrap();
+        assert_eq!(info.companions.len(), 1);
+        assert_eq!((info.companions[0].pid, info.companions[0].alive), (c[0].pid, true));
+        c[0]
+    };
+
+    // stop
+    assert_eq!(rt.start(&id).await.unwrap().state, BoxState::Running);
+    rt.ping(&id).await.unwrap();
+    let passt = running_passt(&rt);
+    rt.stop(&id, None).await.unwrap();
+    assert!(!passt.is_alive(), "passt outlived stop");
+    assert!(rt.store().companions(&id).unwrap().is_empty());
+
+    // the box process dies (the health monitor sees it)
+    rt.start(&id).await.unwrap();
+    let passt = running_passt(&rt);
+    let shim = rt.process(&id).unwrap().expect("a process");
+    shim.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    poll_until("the box to be recorded stopped", || rt.get(&id).unwrap().state == BoxState::Stopped).await;
+    poll_until("passt to be gone", || !passt.is_alive()).await;
+    assert!(rt.store().companions(&id).unwrap().is_empty());
+
+    // forced removal of a running box
+    rt.start(&id).await.unwrap();
+    let passt = running_passt(&rt);
+    rt.remove(&id, true).await.unwrap();
+    assert!(!passt.is_alive(), "passt outlived rm -f");
+    assert!(env.box_dirs().is_empty() && env.links().is_empty());
+}
