@@ -556,8 +556,28 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     }
                 }
             }
+            println!();
+            println!("selected (--strategy {} --backend {}): {}", g.strategy, g.backend, selected_verdict(&report, g));
             Ok(0)
         }
+    }
+}
+
+/// One sentence on whether new boxes of the selected strategy and backend can be created
+/// and started in this home on this machine: compatibility and budget first (they do
+/// not depend on the machine), then availability.
+fn selected_verdict(report: &boxsock::DoctorReport, g: &Global) -> String {
+    let Some(b) = report.backends.iter().find(|b| b.name == g.backend) else {
+        return format!("no backend {:?} is registered", g.backend);
+    };
+    match b.compatible.iter().find(|(s, _)| *s == g.strategy).map(|(_, r)| r) {
+        None => format!("strategy {:?} is not registered or cannot be built here", g.strategy),
+        Some(Err(e)) => format!("boxes cannot be created: {e}"),
+        Some(Ok(())) if !b.launch_available => {
+            format!("boxes cannot start here: {}", b.reason.as_deref().unwrap_or("the backend is unavailable"))
+        }
+        Some(Ok(())) if !b.available => "boxes are configured but never booted (a backend option skips the probe)".into(),
+        Some(Ok(())) => "boxes can be created and started".into(),
     }
 }
 

@@ -135,8 +135,19 @@ fn doctor_and_backends_explain_libkrun_availability_here() {
         } else if !Path::new("/dev/kvm").exists() {
             assert!(reason.contains("/dev/kvm"), "{reason}");
         }
+        if let boxsock::Availability::Unavailable { .. } = boxsock_libkrun::probe::HostProbe::default().probe_libkrunfw() {
+            assert!(reason.contains("libkrunfw"), "a missing libkrunfw is named too: {reason}");
+        }
         assert_eq!(krun["launch_available"], false);
         assert!(!out.contains("probe skipped"), "{out}");
+        // The last line answers for the selected pair.
+        assert_eq!(
+            out.lines().last().unwrap(),
+            format!("selected (--strategy short-symlink --backend libkrun): boxes cannot start here: {reason}")
+        );
+        let direct = ok(boxsock(&env).args(["--backend", "libkrun", "--strategy", "direct", "doctor"]));
+        let last = direct.lines().last().unwrap();
+        assert!(last.starts_with("selected (--strategy direct --backend libkrun): boxes cannot be created: socket \"agent\""), "{last}");
     }
     // The host backend's lack of isolation stays visible in both verbs.
     assert!(out.contains("backend host: ") && out.contains("no isolation"), "{out}");
