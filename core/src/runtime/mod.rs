@@ -803,17 +803,13 @@ impl Inner {
             env: rec.config.env.clone(),
         };
         let launched = backend.launch(&spec)?;
-        // Companions first: whatever happens to the box process below, they are known
-        // (to the failure path here, and to recovery after a crash).
+        // Companions first: whatever happens to the box process below, the failure path
+        // of `start` knows them.
         for &pid in &launched.companions {
             match ProcessIdentity::of(pid) {
                 Ok(ident) => companions_out.push(ident),
                 Err(e) => tracing::warn!(box_id = %id, pid, error = %e, "companion already gone at launch"),
             }
-        }
-        if !companions_out.is_empty() {
-            self.store.set_companions(id, companions_out)?;
-            tracing::debug!(box_id = %id, companions = ?companions_out, "companions recorded");
         }
         let log_tail = || tail_lines(&layout.log_file(id), LOG_TAIL_LINES);
         let ident = match ProcessIdentity::of(launched.pid) {
@@ -831,6 +827,12 @@ impl Inner {
         let handle = Arc::new(ProcessHandle::open_group_leader(ident));
         *launched_out = Some(handle.clone());
         lock(&self.procs).insert(id.clone(), handle.clone());
+        // Recorded once both are known to the failure path, so a store error here
+        // still kills them; recovery finds them after a crash from here on.
+        if !companions_out.is_empty() {
+            self.store.set_companions(id, companions_out)?;
+            tracing::debug!(box_id = %id, companions = ?companions_out, "companions recorded");
+        }
         self.store.set_process(id, Some(ident))?;
         tracing::debug!(box_id = %id, pid = ident.pid, ready = %ready_addr, "launched; waiting for readiness");
 
