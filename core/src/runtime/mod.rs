@@ -29,6 +29,7 @@
 //! killed and reaped on stop, remove, a failed start, the box process's death, and by
 //! recovery for any box that is not running after a crash.
 
+mod crash;
 mod error;
 mod info;
 mod lock;
@@ -44,6 +45,7 @@ use nix::sys::signal::Signal;
 use tokio::task::AbortHandle;
 
 pub use crate::agent_client::ClientError;
+pub use crash::{CRASH_ENV, CRASH_STEPS};
 pub use error::RuntimeError;
 pub use info::{BackendReport, BoxInfo, CompanionInfo, DoctorReport, SocketReport, StrategyReport, doctor};
 pub use lock::{LockGuard, LockMode};
@@ -270,6 +272,23 @@ fn remove_ready_file(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxI
     }
 }
 
+/// Remove every socket file left in a box's real socket directory. Only for a box that
+/// has no process any more (just recorded `Stopped`): whatever is bound there is stale,
+/// e.g. the `agent.sock` of an agent killed with SIGKILL. Only sockets are removed.
+fn remove_stale_socket_files(layout: &BoxLayout, id: &BoxId) {
+    let dir = layout.sockets_dir(id);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return };
+    for e in entries.flatten() {
+        use std::os::unix::fs::FileTypeExt;
+        if e.file_type().is_ok_and(|t| t.is_socket()) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => tracing::debug!(box_id = %id, path = %e.path().display(), "removed a stale socket file"),
+                Err(err) => tracing::debug!(box_id = %id, path = %e.path().display(), error = %err, "could not remove a stale socket file"),
+            }
+        }
+    }
+}
+
 struct ReadyCleanup<'a> {
     strategy: &'a dyn SocketBinding,
     layout: &'a BoxLayout,
@@ -418,10 +437,12 @@ impl Runtime {
         let rec = Store::new_record(id.clone(), opts.name, config);
         crate::boxdir::create_box_dirs(&inner.layout, &id)
             .map_err(|e| RuntimeError::Io { op: "create box directory", path: inner.layout.box_dir(&id), source: e })?;
+        crash::point("create:dirs");
         if let Err(e) = inner.store.insert(&rec) {
             let _ = crate::boxdir::remove_box_dir(&inner.layout, &id);
             return Err(e.into());
         }
+        crash::point("create:row");
         let prepared = strategy.ensure(&inner.layout, &id).map_err(RuntimeError::from).and_then(|()| {
             backend.prepare(&inner.layout, &id).map_err(RuntimeError::from)
         });
@@ -431,6 +452,7 @@ impl Runtime {
             let _ = inner.store.delete(id.as_str());
             return Err(e);
         }
+        crash::point("create:ensured");
         tracing::debug!(box_id = %id, strategy = strategy.name(), backend = backend.name(), "created");
         Ok(rec)
     }
@@ -714,6 +736,7 @@ impl Inner {
                 remove_ready_file(&*s, &self.layout, id);
             }
         }
+        remove_stale_socket_files(&self.layout, id);
         lock(&self.procs).remove(id);
         lock(&self.watchers).remove(id);
     }
@@ -733,17 +756,20 @@ impl Inner {
                 r.exit_code = None;
             })
             .map_err(RuntimeError::from_store)?;
+        crash::point("start:starting");
         let mut launched: Option<Arc<ProcessHandle>> = None;
         let mut companions: Vec<ProcessIdentity> = Vec::new();
         let result = self.launch_and_wait(&rec, &*strategy, &*backend, addresses, &mut launched, &mut companions).await;
         match result {
             Ok(()) => {
+                crash::point("start:ready");
                 let rec = self
                     .store
                     .transition(&id, Some(&[BoxState::Starting]), BoxState::Running, |_| {})
                     .map_err(RuntimeError::from_store);
                 match rec {
                     Ok(rec) => {
+                        crash::point("start:running");
                         if let Some(h) = launched {
                             self.watch(&id, h);
                         }
@@ -792,6 +818,7 @@ impl Inner {
             .into_tokio()
             .map_err(|e| RuntimeError::Io { op: "register ready listener", path: layout.sockets_dir(id), source: e })?;
         let _cleanup = ReadyCleanup { strategy, layout, id };
+        crash::point("start:bound");
         let ready_addr = listener.address().display_string();
         let spec = LaunchSpec {
             id: id.clone(),
@@ -834,6 +861,7 @@ impl Inner {
             tracing::debug!(box_id = %id, companions = ?companions_out, "companions recorded");
         }
         self.store.set_process(id, Some(ident))?;
+        crash::point("start:launched");
         tracing::debug!(box_id = %id, pid = ident.pid, ready = %ready_addr, "launched; waiting for readiness");
 
         let timeout = self.options.ready_timeout;
@@ -922,6 +950,7 @@ impl Inner {
                 .transition(&id, Some(&[BoxState::Starting, BoxState::Running, BoxState::Unhealthy]), BoxState::Stopping, |_| {})
                 .map_err(RuntimeError::from_store)?;
         }
+        crash::point("stop:stopping");
         if let Some(w) = lock(&self.watchers).remove(&id) {
             w.abort();
         }
@@ -930,6 +959,7 @@ impl Inner {
             self.terminate(&rec, h, was == BoxState::Running, timeout).await?;
         }
         self.stop_companions(&id, &[]).await;
+        crash::point("stop:terminated");
         let exit = handle.as_ref().and_then(|h| h.exit_code());
         let rec = self
             .store
@@ -940,9 +970,11 @@ impl Inner {
                 }
             })
             .map_err(RuntimeError::from_store)?;
+        crash::point("stop:stopped");
         if let Ok(s) = self.strategy(&rec.config.strategy) {
             remove_ready_file(&*s, &self.layout, &id);
         }
+        remove_stale_socket_files(&self.layout, &id);
         lock(&self.procs).remove(&id);
         tracing::debug!(box_id = %id, exit_code = ?exit, "stopped");
         Ok(rec)
@@ -997,9 +1029,12 @@ impl Inner {
                 self.release_everywhere(id);
             }
         }
+        crash::point("remove:released");
         crate::boxdir::remove_box_dir(&self.layout, id)
             .map_err(|e| RuntimeError::Io { op: "remove box directory", path: self.layout.box_dir(id), source: e })?;
+        crash::point("remove:dir-removed");
         self.store.delete(id.as_str())?;
+        crash::point("remove:row-deleted");
         tracing::debug!(box_id = %id, "removed");
         Ok(())
     }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::Serialize;
 
-use super::{Inner, RuntimeError, remove_ready_file};
+use super::{Inner, RuntimeError, remove_ready_file, remove_stale_socket_files};
 use crate::binding::SweepReport;
 use crate::id::BoxId;
 use crate::state::BoxState;
@@ -133,6 +133,7 @@ pub(super) async fn recover(inner: &Arc<Inner>, report: &mut OpenReport) -> Resu
         if let Ok(s) = inner.strategy(&rec.config.strategy) {
             remove_ready_file(&*s, layout, &rec.id);
         }
+        remove_stale_socket_files(layout, &rec.id);
         inner.forget_process(&rec.id);
         tracing::warn!(box_id = %rec.id, from = %rec.state, killed, "recovered box state: stopped");
         report.recovered.push(Recovered { id: rec.id.clone(), from: rec.state, to: BoxState::Stopped, killed });

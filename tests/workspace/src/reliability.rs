@@ -38,7 +38,10 @@ pub fn scenarios() -> Vec<&'static Scenario> {
 }
 
 fn area_rank(area: &str) -> usize {
-    ["Faults", "Attacks", "Bad input"].iter().position(|a| *a == area).unwrap_or(usize::MAX)
+    ["Faults", "Attacks", "Bad input"]
+        .iter()
+        .position(|a| *a == area)
+        .unwrap_or(usize::MAX)
 }
 
 /// How a scenario ended.
@@ -83,20 +86,38 @@ pub fn write_record(scenario: &Scenario, outcome: Outcome) {
     if let Outcome::Skipped(reason) = &outcome {
         eprintln!("skipped: {}: {reason}", scenario.id);
     }
-    let rec = Record { id: scenario.id.into(), area: scenario.area.into(), done: scenario.done.into(), outcome };
+    let rec = Record {
+        id: scenario.id.into(),
+        area: scenario.area.into(),
+        done: scenario.done.into(),
+        outcome,
+    };
     let tmp = dir.join(format!(".{}.json.tmp", scenario.id));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&rec).expect("serialise record")).expect("write record");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(&rec).expect("serialise record"),
+    )
+    .expect("write record");
     std::fs::rename(&tmp, dir.join(format!("{}.json", scenario.id))).expect("publish record");
 }
 
 /// Read every record in `dir`.
 pub fn read_records(dir: &Path) -> Vec<Record> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in entries.flatten() {
         let p = e.path();
-        if p.extension().is_some_and(|x| x == "json") && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
-            if let Ok(r) = std::fs::read(&p).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string())) {
+        if p.extension().is_some_and(|x| x == "json")
+            && !p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
+            if let Ok(r) = std::fs::read(&p)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string()))
+            {
                 out.push(r);
             }
         }
@@ -123,14 +144,21 @@ pub fn render(scenarios: &[&Scenario], records: &[Record]) -> String {
     for s in scenarios {
         if s.area != area {
             area = s.area;
-            out.push_str(&format!("\n## {area}\n\n| scenario | what was done | observed |\n|---|---|---|\n"));
+            out.push_str(&format!(
+                "\n## {area}\n\n| scenario | what was done | observed |\n|---|---|---|\n"
+            ));
         }
         let observed = match records.iter().find(|r| r.id == s.id).map(|r| &r.outcome) {
             Some(Outcome::Passed(t)) => format!("passed: {t}"),
             Some(Outcome::Skipped(t)) => format!("SKIPPED: {t}"),
             None => "NOT RUN".to_owned(),
         };
-        out.push_str(&format!("| `{}` | {} | {} |\n", s.id, cell(s.done), cell(&observed)));
+        out.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            s.id,
+            cell(s.done),
+            cell(&observed)
+        ));
     }
     out
 }
@@ -161,7 +189,11 @@ macro_rules! scenario {
         fn $id() {
             let outcome: $crate::reliability::Outcome = $body;
             $crate::reliability::write_record(
-                &$crate::reliability::Scenario { id: stringify!($id), area: $area, done: $done },
+                &$crate::reliability::Scenario {
+                    id: stringify!($id),
+                    area: $area,
+                    done: $done,
+                },
                 outcome,
             );
         }

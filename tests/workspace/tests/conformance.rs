@@ -31,7 +31,10 @@ fn registered(
 fn every_registered_strategy_passes_the_kit() {
     let registry = Registry::<StrategyRegistration>::collected();
     registry.check_unique().expect("strategy names are unique");
-    assert!(!registry.names().is_empty(), "no strategy is linked into this test binary");
+    assert!(
+        !registry.names().is_empty(),
+        "no strategy is linked into this test binary"
+    );
     let mut failures = Vec::new();
     for reg in registry.iter() {
         let report = run_all(reg.build);
@@ -51,9 +54,17 @@ fn every_registered_strategy_passes_the_kit() {
             failures.push(format!("{}::{check}: {msg}", reg.name));
         }
         assert!(
-            report.results.iter().all(|r| !matches!(r.outcome, Ok(Outcome::Skipped(ref w)) if w.is_empty())),
+            report
+                .results
+                .iter()
+                .all(|r| !matches!(r.outcome, Ok(Outcome::Skipped(ref w)) if w.is_empty())),
             "a skip without a reason"
         );
     }
-    assert!(failures.is_empty(), "{} check(s) failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} check(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -13,14 +13,21 @@ fn built_in_strategies_are_registered_once() {
     let registry = Registry::<StrategyRegistration>::collected();
     let names = registry.names();
     for name in BUILT_IN {
-        assert!(names.contains(&name), "strategy {name:?} is not registered; registered: {names:?}");
+        assert!(
+            names.contains(&name),
+            "strategy {name:?} is not registered; registered: {names:?}"
+        );
         let reg = registry.get(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(reg.name, name);
         assert!(!reg.summary.is_empty(), "{name} has no summary");
     }
     let all: Vec<&str> = registry.iter().map(|r| r.name).collect();
     for name in &all {
-        assert_eq!(all.iter().filter(|n| *n == name).count(), 1, "{name} is registered more than once");
+        assert_eq!(
+            all.iter().filter(|n| *n == name).count(),
+            1,
+            "{name} is registered more than once"
+        );
     }
     registry.check_unique().expect("names are unique");
 }

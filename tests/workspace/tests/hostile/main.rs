@@ -4,6 +4,8 @@
 
 use boxsock_tests::reliability::{listed_ids, read_records, records_dir, render, scenarios};
 
+mod attacks;
+mod faults;
 mod input;
 
 /// The document lists exactly the registered scenarios, in order.

@@ -1,0 +1,1124 @@
+//! Attacks by another local user (`nobody`, in a forked child that really drops its
+//! privileges) on the per-user binding directory, the box links and the box sockets.
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boxsock_core::proto::{self, Frame, Request};
+use boxsock_core::registry::{Registry, StrategyRegistration};
+use boxsock_core::{BindingError, BoxId, BoxLayout, SocketBinding, StrategyConfig, boxdir};
+use boxsock_tests::reliability::Outcome;
+use boxsock_tests::scenario;
+
+// The linking rule: name the strategy crates so their registrations are collected.
+use boxsock_abstract as _;
+use boxsock_direct as _;
+use boxsock_short_symlink as _;
+
+/// uid and gid of `nobody`.
+pub(crate) const NOBODY: u32 = 65534;
+
+/// Running as root (needed to drop a child to `nobody`).
+pub(crate) fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+pub(crate) const NEED_ROOT: &str = "needs root to fork a child that drops to uid nobody (65534)";
+
+/// Forked children that drop to `nobody` and do a few raw system calls.
+///
+/// The test process is multithreaded, so the child does only async-signal-safe work on
+/// data prepared before the fork: system calls, fixed-size writes to a pipe, `_exit`.
+pub(crate) mod nobody {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+    use std::time::{Duration, Instant};
+
+    use boxsock_core::SocketAddress;
+
+    use super::NOBODY;
+
+    /// One thing the attacker does.
+    pub(crate) enum Act {
+        /// `mkdir(path, mode)`.
+        Mkdir(CString, libc::mode_t),
+        /// `chmod(path, mode)` (the umask does not apply).
+        Chmod(CString, libc::mode_t),
+        /// `symlink(target, link)`.
+        Symlink(CString, CString),
+        /// `open(path, O_CREAT|O_EXCL|O_WRONLY, 0644)`.
+        CreateFile(CString),
+        /// Connect a stream to the address, send the bytes, count the bytes received
+        /// until EOF, an error or 5 s of silence.
+        ConnectSend(RawAddr, Vec<u8>),
+    }
+
+    /// A `sockaddr_un` prepared before the fork.
+    #[derive(Clone, Copy)]
+    pub(crate) struct RawAddr {
+        addr: libc::sockaddr_un,
+        len: libc::socklen_t,
+    }
+
+    impl RawAddr {
+        /// Encode `a` (panics if it does not fit: callers pass strategy addresses).
+        pub(crate) fn of(a: &SocketAddress) -> RawAddr {
+            // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+            let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            let offset = std::mem::offset_of!(libc::sockaddr_un, sun_path);
+            let (bytes, lead): (&[u8], usize) = match a {
+                SocketAddress::Path(p) => (p.as_os_str().as_encoded_bytes(), 0),
+                SocketAddress::Abstract(n) => (n.as_slice(), 1),
+            };
+            assert!(
+                lead + bytes.len() < addr.sun_path.len(),
+                "address {a} does not fit sun_path"
+            );
+            for (i, b) in bytes.iter().enumerate() {
+                addr.sun_path[lead + i] = *b as libc::c_char;
+            }
+            let len = match a {
+                SocketAddress::Path(_) => offset + bytes.len() + 1,
+                SocketAddress::Abstract(_) => offset + 1 + bytes.len(),
+            };
+            RawAddr {
+                addr,
+                len: len as libc::socklen_t,
+            }
+        }
+    }
+
+    fn errno() -> i64 {
+        i64::from(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        )
+    }
+
+    fn put(fd: RawFd, v: i64) {
+        let b = v.to_ne_bytes();
+        // SAFETY: writing a stack buffer to a pipe fd this process owns.
+        unsafe {
+            libc::write(fd, b.as_ptr().cast(), b.len());
+        }
+    }
+
+    /// The child: drop, then each act; one i64 per act (≥ 0 success or bytes received,
+    /// < 0 minus errno). Async-signal-safe only.
+    fn child(out: RawFd, acts: &[Act]) -> ! {
+        // SAFETY: credential system calls in the single-threaded child.
+        let dropped = unsafe {
+            libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(NOBODY as libc::gid_t) == 0
+                && libc::setuid(NOBODY as libc::uid_t) == 0
+                && libc::geteuid() == NOBODY as libc::uid_t
+                && libc::getegid() == NOBODY as libc::gid_t
+        };
+        if !dropped {
+            put(out, -errno().max(1));
+            // SAFETY: leaving the child without running destructors.
+            unsafe { libc::_exit(1) }
+        }
+        put(out, 0);
+        // SAFETY: ignore SIGPIPE in the child so a send to a closed peer reports.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
+        for act in acts {
+            // SAFETY: raw system calls on C strings and addresses prepared before the
+            // fork, and on fds this child owns; recv into a stack buffer.
+            let r = unsafe {
+                match act {
+                    Act::Mkdir(p, m) => {
+                        if libc::mkdir(p.as_ptr(), *m) == 0 {
+                            0
+                        } else {
+                            -errno()
+                        }
+                    }
+                    Act::Chmod(p, m) => {
+                        if libc::chmod(p.as_ptr(), *m) == 0 {
+                            0
+                        } else {
+                            -errno()
+                        }
+                    }
+                    Act::Symlink(t, l) => {
+                        if libc::symlink(t.as_ptr(), l.as_ptr()) == 0 {
+                            0
+                        } else {
+                            -errno()
+                        }
+                    }
+                    Act::CreateFile(p) => {
+                        let fd = libc::open(
+                            p.as_ptr(),
+                            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                            0o644,
+                        );
+                        if fd >= 0 {
+                            libc::close(fd);
+                            0
+                        } else {
+                            -errno()
+                        }
+                    }
+                    Act::ConnectSend(a, bytes) => {
+                        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                        if fd < 0 {
+                            -errno()
+                        } else if libc::connect(
+                            fd,
+                            (&a.addr as *const libc::sockaddr_un).cast(),
+                            a.len,
+                        ) != 0
+                        {
+                            let e = -errno();
+                            libc::close(fd);
+                            e
+                        } else {
+                            let tv = libc::timeval {
+                                tv_sec: 5,
+                                tv_usec: 0,
+                            };
+                            libc::setsockopt(
+                                fd,
+                                libc::SOL_SOCKET,
+                                libc::SO_RCVTIMEO,
+                                (&tv as *const libc::timeval).cast(),
+                                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                            );
+                            libc::send(fd, bytes.as_ptr().cast(), bytes.len(), 0);
+                            let mut buf = [0u8; 4096];
+                            let mut total: i64 = 0;
+                            loop {
+                                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+                                if n <= 0 {
+                                    break;
+                                }
+                                total += n as i64;
+                            }
+                            libc::close(fd);
+                            total
+                        }
+                    }
+                }
+            };
+            put(out, r);
+        }
+        // SAFETY: leaving the child without running destructors.
+        unsafe { libc::_exit(0) }
+    }
+
+    /// Fork a child that drops to `nobody` and does `acts` in order. Returns one result
+    /// per act (≥ 0 success, or bytes received for [`Act::ConnectSend`]; < 0 minus the
+    /// errno), or why the child could not run them.
+    pub(crate) fn run(acts: &[Act]) -> Result<Vec<i64>, String> {
+        let (rd, wr): (OwnedFd, OwnedFd) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe2: {e}"))?;
+        let wr_raw = wr.as_raw_fd();
+        // SAFETY: the child runs only async-signal-safe code (`child`) and `_exit`s.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(format!("fork: {}", std::io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            child(wr_raw, acts)
+        }
+        drop(wr);
+        // Read every result until EOF (the child exits), bounded.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut bytes = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut pfd = libc::pollfd {
+                fd: rd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one valid pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as libc::c_int) };
+            if n <= 0 || left.is_zero() {
+                // SAFETY: killing and reaping our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                }
+                return Err("the nobody child did not finish within 30 s; killed".into());
+            }
+            let mut buf = [0u8; 256];
+            // SAFETY: reading into a stack buffer from a fd we own.
+            let r = unsafe { libc::read(rd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if r <= 0 {
+                break;
+            }
+            bytes.extend_from_slice(&buf[..r as usize]);
+        }
+        let mut status = 0;
+        // SAFETY: reaping our own child, which closed its end of the pipe (exited).
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let vals: Vec<i64> = bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_ne_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        match vals.split_first() {
+            Some((0, rest)) if rest.len() == acts.len() => Ok(rest.to_vec()),
+            Some((0, rest)) => Err(format!(
+                "the nobody child reported {} of {} acts (status {status})",
+                rest.len(),
+                acts.len()
+            )),
+            Some((e, _)) => Err(format!("dropping to nobody failed: errno {}", -e)),
+            None => Err(format!(
+                "the nobody child reported nothing (status {status})"
+            )),
+        }
+    }
+}
+
+pub(crate) fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("no NUL in test paths")
+}
+
+/// The name of a [`BindingError`] variant, for observed texts.
+pub(crate) fn variant(e: &BindingError) -> &'static str {
+    match e {
+        BindingError::PathTooLong { .. } => "PathTooLong",
+        BindingError::Insecure { .. } => "Insecure",
+        BindingError::Occupied { .. } => "Occupied",
+        BindingError::MissingSocketDir { .. } => "MissingSocketDir",
+        BindingError::Unsupported { .. } => "Unsupported",
+        BindingError::Invalid { .. } => "Invalid",
+        BindingError::PeerRejected { .. } => "PeerRejected",
+        BindingError::Io { source, .. } => match source.raw_os_error() {
+            Some(libc::ENOENT) => "Io(ENOENT)",
+            Some(libc::EACCES) => "Io(EACCES)",
+            Some(libc::ENAMETOOLONG) => "Io(ENAMETOOLONG)",
+            Some(libc::ECONNREFUSED) => "Io(ECONNREFUSED)",
+            Some(libc::ENOTDIR) => "Io(ENOTDIR)",
+            _ => "Io",
+        },
+        _ => "another variant",
+    }
+}
+
+/// A private world: `<root>` (0755) holding `<root>/base` (mode 1777, like /tmp) and
+/// `<root>/home` (0755). Removed on drop.
+pub(crate) struct World {
+    pub(crate) root: tempfile::TempDir,
+    pub(crate) base: PathBuf,
+    pub(crate) layout: BoxLayout,
+}
+
+impl World {
+    pub(crate) fn new() -> World {
+        let root = tempfile::Builder::new()
+            .prefix("bsk-att-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod root");
+        let base = root.path().join("base");
+        std::fs::create_dir(&base).expect("mkdir base");
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o1777))
+            .expect("chmod base 1777");
+        let home = root.path().join("home");
+        std::fs::create_dir(&home).expect("mkdir home");
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod home");
+        World {
+            root,
+            base,
+            layout: BoxLayout::new(home),
+        }
+    }
+
+    pub(crate) fn config(&self) -> StrategyConfig {
+        StrategyConfig {
+            base_dir: self.base.clone(),
+            ..StrategyConfig::default()
+        }
+    }
+
+    pub(crate) fn strategy(&self, name: &str) -> Arc<dyn SocketBinding> {
+        Registry::<StrategyRegistration>::collected()
+            .build(name, &self.config())
+            .unwrap_or_else(|e| panic!("build {name}: {e}"))
+    }
+
+    pub(crate) fn new_box(&self) -> BoxId {
+        let id = BoxId::generate();
+        boxdir::create_box_dirs(&self.layout, &id).expect("create box dirs");
+        id
+    }
+
+    /// `<base>/boxsock-<uid>`.
+    pub(crate) fn per_uid(&self) -> PathBuf {
+        self.config().per_uid_dir()
+    }
+
+    /// A directory owned by `nobody`, mode 0777, under the root: the attacker's.
+    pub(crate) fn attacker_dir(&self, name: &str) -> PathBuf {
+        let p = self.root.path().join(name);
+        std::fs::create_dir(&p).expect("mkdir attacker dir");
+        std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).expect("chown attacker dir");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777))
+            .expect("chmod attacker dir");
+        p
+    }
+}
+
+/// The entries of a directory, sorted (empty if it cannot be read).
+pub(crate) fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// What the runtime does before it binds: ensure, then bind. Returns the variant of the
+/// failure.
+fn ensure_then_bind(
+    s: &dyn SocketBinding,
+    l: &BoxLayout,
+    id: &BoxId,
+    name: &str,
+) -> Result<(), &'static str> {
+    s.ensure(l, id)
+        .and_then(|()| s.bind_stream(l, id, name))
+        .map(drop)
+        .map_err(|e| variant(&e))
+}
+
+/// What the runtime does before it dials: ensure, then connect.
+fn ensure_then_connect(
+    s: &dyn SocketBinding,
+    l: &BoxLayout,
+    id: &BoxId,
+    name: &str,
+) -> Result<(), &'static str> {
+    s.ensure(l, id)
+        .and_then(|()| s.connect_stream(l, id, name))
+        .map(drop)
+        .map_err(|e| variant(&e))
+}
+
+/// The common end of the squatting scenarios: `ensure` fails with `Insecure` naming the
+/// per-user path and `facts`; binding and dialling after it fail; `watched` (the
+/// attacker's directory, if any) stays empty. Returns the observed text.
+fn assert_squat_refused(
+    w: &World,
+    s: &dyn SocketBinding,
+    facts: &[&str],
+    watched: Option<&Path>,
+) -> String {
+    let id = w.new_box();
+    let err = s
+        .ensure(&w.layout, &id)
+        .expect_err("ensure over a squatted per-user directory");
+    let reason = match &err {
+        BindingError::Insecure { path, reason } => {
+            assert_eq!(path, &w.per_uid(), "{err}");
+            reason.clone()
+        }
+        other => panic!("expected Insecure, got {other:?}"),
+    };
+    for f in facts {
+        assert!(reason.contains(f), "reason {reason:?} should name {f:?}");
+    }
+    let msg = err.to_string();
+    assert!(msg.contains(&w.per_uid().display().to_string()), "{msg}");
+    let bind =
+        ensure_then_bind(s, &w.layout, &id, "agent.sock").expect_err("bind after a refused ensure");
+    let dial = ensure_then_connect(s, &w.layout, &id, "agent.sock")
+        .expect_err("connect after a refused ensure");
+    // A caller that skips ensure gets nowhere either: nothing of ours is at the link.
+    let bare = s
+        .bind_stream(&w.layout, &id, "ready.sock")
+        .map(drop)
+        .map_err(|e| variant(&e));
+    assert!(
+        bare.is_err(),
+        "a bare bind_stream through the squatted directory succeeded"
+    );
+    if let Some(dir) = watched {
+        assert_eq!(
+            entries(dir),
+            Vec::<String>::new(),
+            "something was created in the attacker's directory {}",
+            dir.display()
+        );
+    }
+    assert_eq!(
+        entries(&w.layout.sockets_dir(&id)),
+        Vec::<String>::new(),
+        "no socket may be bound anywhere"
+    );
+    format!(
+        "ensure refused: Insecure at <base>/boxsock-<uid> naming {}; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}, bare bind_stream → {}; no socket bound anywhere{}",
+        facts
+            .iter()
+            .map(|f| format!("{f:?}"))
+            .collect::<Vec<_>>()
+            .join(" and "),
+        bare.unwrap_err(),
+        if watched.is_some() {
+            ", nothing created in the attacker's directory"
+        } else {
+            ""
+        }
+    )
+}
+
+scenario!(
+    squat_per_uid_dir_owned_by_nobody,
+    "Attacks",
+    "before first use, `nobody` creates `<base>/boxsock-<uid>` (base mode 1777) as its own directory, mode 0777; then `short-symlink` ensure, bind and connect",
+    {
+        (|| -> Outcome {
+            if !is_root() {
+                return Outcome::Skipped(NEED_ROOT.into());
+            }
+            let w = World::new();
+            let s = w.strategy("short-symlink");
+            let p = w.per_uid();
+            let r = nobody::run(&[
+                nobody::Act::Mkdir(cstr(&p), 0o777),
+                nobody::Act::Chmod(cstr(&p), 0o777),
+            ])
+            .unwrap();
+            assert_eq!(r, [0, 0], "nobody could not squat");
+            let text = assert_squat_refused(
+                &w,
+                s.as_ref(),
+                &["owned by uid 65534", "mode 0777"],
+                Some(&p),
+            );
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            assert_eq!(
+                (m.uid(), m.mode() & 0o7777),
+                (NOBODY, 0o777),
+                "the attacker's directory was changed"
+            );
+            Outcome::Passed(format!(
+                "{text}; it is still nobody's, mode 0777 (not taken over)"
+            ))
+        })()
+    }
+);
+
+scenario!(
+    squat_per_uid_symlink_by_nobody,
+    "Attacks",
+    "before first use, `nobody` makes `<base>/boxsock-<uid>` a symlink to its own 0777 directory; then `short-symlink` ensure, bind and connect",
+    {
+        (|| -> Outcome {
+            if !is_root() {
+                return Outcome::Skipped(NEED_ROOT.into());
+            }
+            let w = World::new();
+            let s = w.strategy("short-symlink");
+            let evil = w.base.join("evil");
+            let r = nobody::run(&[
+                nobody::Act::Mkdir(cstr(&evil), 0o777),
+                nobody::Act::Chmod(cstr(&evil), 0o777),
+                nobody::Act::Symlink(cstr(&evil), cstr(&w.per_uid())),
+            ])
+            .unwrap();
+            assert_eq!(r, [0, 0, 0], "nobody could not squat");
+            let text = assert_squat_refused(
+                &w,
+                s.as_ref(),
+                &["a symlink", "owned by uid 65534"],
+                Some(&evil),
+            );
+            assert!(
+                std::fs::symlink_metadata(w.per_uid())
+                    .unwrap()
+                    .file_type()
+                    .is_symlink()
+            );
+            Outcome::Passed(format!("{text} (the link was not followed)"))
+        })()
+    }
+);
+
+scenario!(
+    squat_per_uid_regular_file,
+    "Attacks",
+    "before first use, `nobody` creates `<base>/boxsock-<uid>` as a regular file; then `short-symlink` ensure, bind and connect",
+    {
+        (|| -> Outcome {
+            if !is_root() {
+                return Outcome::Skipped(NEED_ROOT.into());
+            }
+            let w = World::new();
+            let s = w.strategy("short-symlink");
+            let r = nobody::run(&[nobody::Act::CreateFile(cstr(&w.per_uid()))]).unwrap();
+            assert_eq!(r, [0], "nobody could not squat");
+            let text = assert_squat_refused(
+                &w,
+                s.as_ref(),
+                &["a regular file", "owned by uid 65534"],
+                None,
+            );
+            let m = std::fs::symlink_metadata(w.per_uid()).unwrap();
+            assert!(
+                m.is_file() && m.len() == 0 && m.uid() == NOBODY,
+                "the file was changed"
+            );
+            Outcome::Passed(format!("{text}; the file is untouched"))
+        })()
+    }
+);
+
+scenario!(
+    squat_per_uid_open_dir_of_ours_is_repaired,
+    "Attacks",
+    "`<base>/boxsock-<uid>` already exists as our own directory with mode 0777; then `short-symlink` ensure, bind, connect",
+    {
+        let w = World::new();
+        let s = w.strategy("short-symlink");
+        let p = w.per_uid();
+        std::fs::create_dir(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let id = w.new_box();
+        s.ensure(&w.layout, &id)
+            .expect("ensure repairs our own directory");
+        let mode = std::fs::metadata(&p).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "mode not repaired");
+        let l = s.bind_stream(&w.layout, &id, "agent.sock").unwrap();
+        let mut c = s.connect_stream(&w.layout, &id, "agent.sock").unwrap();
+        let (mut a, _) = l.accept_once().unwrap();
+        c.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        a.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"x");
+        assert!(
+            w.layout.sockets_dir(&id).join("agent.sock").exists(),
+            "the socket is not in the box's real directory"
+        );
+        Outcome::Passed(format!(
+            "ensure succeeded and repaired the directory to mode {mode:04o}; a stream round trip went through the link and the socket file is in <home>/boxes/<id>/sockets"
+        ))
+    }
+);
+
+/// Atomically replace the link `link` by one to `target` (what a root attacker would do).
+fn swap_link(link: &Path, target: &Path) {
+    let tmp = link.with_extension("swap");
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}
+
+scenario!(
+    box_link_swapped_to_attacker_dir,
+    "Attacks",
+    "a live box's link `<base>/boxsock-<uid>/<id>` is atomically replaced (by root, as nobody cannot write in the 0700 directory) with a link to a 0777 directory of nobody's; then ensure, bind, connect; then the operator removes the bad link and ensure again",
+    {
+        (|| -> Outcome {
+            if !is_root() {
+                return Outcome::Skipped(
+                    "needs root to chown the attacker's directory to nobody".into(),
+                );
+            }
+            let w = World::new();
+            let s = w.strategy("short-symlink");
+            let id = w.new_box();
+            s.ensure(&w.layout, &id).unwrap();
+            let live = s.bind_stream(&w.layout, &id, "agent.sock").unwrap();
+            let evil = w.attacker_dir("evil");
+            let link = s
+                .binding_path(&w.layout, &id)
+                .expect("short-symlink has a link");
+            swap_link(&link, &evil);
+            let err = s
+                .ensure(&w.layout, &id)
+                .expect_err("ensure over a swapped link");
+            match &err {
+                BindingError::Occupied { path, found } => {
+                    assert_eq!(path, &link, "{err}");
+                    assert!(found.contains(&evil.display().to_string()), "{err}");
+                }
+                other => panic!("expected Occupied, got {other:?}"),
+            }
+            let bind = ensure_then_bind(s.as_ref(), &w.layout, &id, "ready.sock")
+                .expect_err("bind after swap");
+            let dial = ensure_then_connect(s.as_ref(), &w.layout, &id, "agent.sock")
+                .expect_err("connect after swap");
+            assert_eq!(
+                entries(&evil),
+                Vec::<String>::new(),
+                "something was created in the attacker's directory"
+            );
+            assert_eq!(
+                std::fs::read_link(&link).unwrap(),
+                evil,
+                "ensure must not silently take the link back or follow it"
+            );
+            // The operator removes the bad link; the next ensure heals and the live box is reachable.
+            std::fs::remove_file(&link).unwrap();
+            s.ensure(&w.layout, &id).unwrap();
+            let _c = s.connect_stream(&w.layout, &id, "agent.sock").unwrap();
+            live.accept_once().unwrap();
+            assert_eq!(entries(&evil), Vec::<String>::new());
+            Outcome::Passed(format!(
+                "ensure noticed by device+inode and refused: Occupied at <base>/boxsock-<uid>/<id> naming the attacker's directory; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}; the attacker's directory stayed empty; after the bad link was removed ensure healed it and the live agent socket was reachable again"
+            ))
+        })()
+    }
+);
+
+scenario!(
+    per_uid_dir_recreated_by_attacker_after_cleaner,
+    "Attacks",
+    "a /tmp cleaner removes a live box's whole `<base>/boxsock-<uid>`; `nobody` recreates it as its own 0777 directory holding `<id>` → its own 0777 directory; then ensure, bind, connect",
+    {
+        (|| -> Outcome {
+            if !is_root() {
+                return Outcome::Skipped(NEED_ROOT.into());
+            }
+            let w = World::new();
+            let s = w.strategy("short-symlink");
+            let id = w.new_box();
+            s.ensure(&w.layout, &id).unwrap();
+            let _live = s.bind_stream(&w.layout, &id, "agent.sock").unwrap();
+            // The cleaner: removes the directory and the link in it (not what the link points to).
+            std::fs::remove_dir_all(w.per_uid()).unwrap();
+            assert!(
+                w.layout.sockets_dir(&id).join("agent.sock").exists(),
+                "the cleaner must not reach the home"
+            );
+            let p = w.per_uid();
+            let evil = w.base.join("evil");
+            let r = nobody::run(&[
+                nobody::Act::Mkdir(cstr(&p), 0o777),
+                nobody::Act::Chmod(cstr(&p), 0o777),
+                nobody::Act::Mkdir(cstr(&evil), 0o777),
+                nobody::Act::Chmod(cstr(&evil), 0o777),
+                nobody::Act::Symlink(cstr(&evil), cstr(&p.join(id.as_str()))),
+            ])
+            .unwrap();
+            assert_eq!(r, [0, 0, 0, 0, 0], "nobody could not set the trap");
+            // The steady-state fast path holds a descriptor of the removed directory; it must
+            // not be trusted, and the new directory must be refused.
+            let err = s
+                .ensure(&w.layout, &id)
+                .expect_err("ensure over the attacker's per-user directory");
+            assert!(
+                matches!(&err, BindingError::Insecure { path, reason } if path == &p && reason.contains("owned by uid 65534")),
+                "{err:?}"
+            );
+            let bind = ensure_then_bind(s.as_ref(), &w.layout, &id, "ready.sock")
+                .expect_err("bind into the trap");
+            let dial = ensure_then_connect(s.as_ref(), &w.layout, &id, "agent.sock")
+                .expect_err("connect into the trap");
+            assert_eq!(
+                entries(&evil),
+                Vec::<String>::new(),
+                "something was bound in the attacker's directory"
+            );
+            assert_eq!(
+                entries(&p),
+                vec![id.to_string()],
+                "the attacker's directory was changed"
+            );
+            Outcome::Passed(format!(
+                "ensure refused: Insecure at <base>/boxsock-<uid> (\"owned by uid 65534\"), not fooled by its cached descriptor of the removed directory; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}; the attacker's target directory stayed empty and their directory untouched"
+            ))
+        })()
+    }
+);
+
+/// A strategy-level agent: the real `boxsock_agent::Agent` serving on a tokio runtime at
+/// the strategy's `agent.sock` address.
+pub(crate) struct ServedAgent {
+    thread: Option<std::thread::JoinHandle<()>>,
+    stop: boxsock_agent::StopHandle,
+}
+
+impl ServedAgent {
+    pub(crate) fn start(s: &dyn SocketBinding, l: &BoxLayout, id: &BoxId) -> ServedAgent {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let agent_addr = s.address(l, id, "agent.sock").unwrap();
+        let ready_addr = s.address(l, id, "ready.sock").unwrap();
+        let allow_uids = s
+            .peer_policy()
+            .allowed_uids()
+            .map(<[u32]>::to_vec)
+            .unwrap_or_default();
+        let config = boxsock_agent::AgentConfig {
+            agent: boxsock_agent::AgentAddress::Unix(agent_addr),
+            ready: boxsock_agent::AgentAddress::Unix(ready_addr),
+            allow_uids,
+        };
+        let agent = {
+            let _g = rt.enter();
+            boxsock_agent::Agent::bind(config).unwrap()
+        };
+        let stop = agent.stop_handle();
+        let thread = std::thread::spawn(move || {
+            if let Err(e) = rt.block_on(agent.serve()) {
+                eprintln!("agent: {e}");
+            }
+        });
+        ServedAgent {
+            thread: Some(thread),
+            stop,
+        }
+    }
+}
+
+impl Drop for ServedAgent {
+    fn drop(&mut self) {
+        self.stop.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Hello, then exec `touch <marker>`: the frames a client sends to run a command.
+fn exec_touch_bytes(marker: &Path) -> Vec<u8> {
+    let mut b = proto::encode(&Frame::Control(Request::Hello {
+        version: proto::VERSION,
+    }));
+    b.extend(proto::encode(&Frame::Control(Request::Exec {
+        argv: vec!["/usr/bin/touch".into(), marker.display().to_string()],
+        env: Vec::new(),
+        stdin: false,
+    })));
+    b
+}
+
+fn wait_exists(p: &Path, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if p.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    p.exists()
+}
+
+scenario!(
+    other_user_cannot_reach_the_agent,
+    "Attacks",
+    "for every registered strategy, the real agent serves a box's `agent.sock`; `nobody` connects and sends hello + exec `touch <marker>`; then the owner does the same through the strategy",
+    {
+        (|| -> Outcome {
+            if !is_root() {
+                return Outcome::Skipped(NEED_ROOT.into());
+            }
+            let reg = Registry::<StrategyRegistration>::collected();
+            let names = reg.names();
+            for n in ["short-symlink", "direct", "abstract"] {
+                assert!(names.contains(&n), "strategy {n} is not linked");
+            }
+            let mut seen = Vec::new();
+            for name in names {
+                let w = World::new();
+                let s = w.strategy(name);
+                let id = w.new_box();
+                s.ensure(&w.layout, &id).unwrap();
+                let agent = ServedAgent::start(s.as_ref(), &w.layout, &id);
+                let addr = s.address(&w.layout, &id, "agent.sock").unwrap();
+                let theirs = w.root.path().join("nobody-ran-this");
+                let r = nobody::run(&[nobody::Act::ConnectSend(
+                    nobody::RawAddr::of(&addr),
+                    exec_touch_bytes(&theirs),
+                )])
+                .unwrap();
+                // The owner, through the strategy (which checks the listener where it must).
+                let ours = w.root.path().join("owner-ran-this");
+                let mut c = s.connect_stream(&w.layout, &id, "agent.sock").unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                c.write_all(&exec_touch_bytes(&ours)).unwrap();
+                let mut reply = Vec::new();
+                let _ = c.read_to_end(&mut reply);
+                assert!(
+                    wait_exists(&ours, Duration::from_secs(10)),
+                    "{name}: the owner's exec did not run (reply {reply:?})"
+                );
+                assert!(!theirs.exists(), "{name}: the agent ran nobody's command");
+                let what = match r[0] {
+                    e if e == -i64::from(libc::EACCES) => "connect refused with EACCES".to_owned(),
+                    0 if s.capabilities().peer_credentials => {
+                        "connected, then dropped by the agent's SO_PEERCRED check with no reply"
+                            .to_owned()
+                    }
+                    other => panic!(
+                        "{name}: nobody's connection got {other} (bytes, or -errno): it was served"
+                    ),
+                };
+                seen.push(format!("{name}: {what}"));
+                drop(agent);
+            }
+            Outcome::Passed(format!(
+                "{}; nobody's command never ran, the owner's exec through the same strategy did",
+                seen.join("; ")
+            ))
+        })()
+    }
+);
+
+// ---------------------------------------------------------------------------------------
+// End to end through the runtime (`boxsock_core::runtime`), boxes on the `host` backend
+// running the real `boxsock-agent`.
+
+use boxsock::{
+    BoxState, CreateOptions, ExecIo, ProcessIdentity, Runtime, RuntimeError, RuntimeOptions,
+};
+use boxsock_core::backend::BackendConfig;
+
+/// `target/<profile>`, holding a built `boxsock-agent` (built once if missing: this
+/// package's tests do not build other packages' binaries; `cargo test --workspace` does).
+pub(crate) fn agent_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let agent = profile_dir.join("boxsock-agent");
+        if !agent.exists() {
+            let st = std::process::Command::new(env!("CARGO"))
+                .args(["build", "-p", "boxsock-agent", "--bin", "boxsock-agent"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .unwrap();
+            assert!(st.success(), "building boxsock-agent failed");
+        }
+        assert!(agent.exists(), "no {} after building", agent.display());
+        profile_dir
+    })
+    .clone()
+}
+
+/// Runtime options over `w`: built-in registries, links under `w`'s base, the real agent,
+/// no health monitor (like the CLI: every check below is explicit).
+pub(crate) fn rt_options(w: &World) -> RuntimeOptions {
+    let mut o = RuntimeOptions::new(boxsock::builtin_strategies(), boxsock::builtin_backends());
+    o.strategy_config = w.config();
+    o.backend_config = BackendConfig {
+        helper_dir: Some(agent_dir()),
+        ..Default::default()
+    };
+    o.health_monitor = false;
+    o.ready_timeout = Duration::from_secs(20);
+    o
+}
+
+pub(crate) fn tokio_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+pub(crate) async fn exec_code(rt: &Runtime, id: &str, argv: &[&str]) -> Result<i32, RuntimeError> {
+    let (mut on_out, mut on_err) = (|_: &[u8]| {}, |_: &[u8]| {});
+    rt.exec(
+        id,
+        argv.iter().map(|s| s.to_string()).collect(),
+        vec![],
+        ExecIo {
+            stdin: None,
+            stdout: &mut on_out,
+            stderr: &mut on_err,
+        },
+    )
+    .await
+}
+
+scenario!(
+    other_user_cannot_reach_a_running_box,
+    "Attacks",
+    "the runtime starts a box on the `host` backend with each strategy the backend accepts; `nobody` dials the box's agent address and sends hello + exec `touch <marker>`; then the owner runs `touch` through `Runtime::exec`",
+    {
+        (|| -> Outcome {
+            if !is_root() {
+                return Outcome::Skipped(NEED_ROOT.into());
+            }
+            let tokio = tokio_rt();
+            let mut seen = Vec::new();
+            for name in boxsock::builtin_strategies().names() {
+                let w = World::new();
+                let text = tokio.block_on(async {
+                let (rt, _) = Runtime::open(w.layout.home(), rt_options(&w)).await.unwrap();
+                let b = match rt.create(CreateOptions::new(name, "host")).await {
+                    Ok(b) => b,
+                    Err(e @ RuntimeError::Incompatible { .. }) => return format!("{name}: not offered with host ({e})"),
+                    Err(e) => panic!("{name}: create: {e}"),
+                };
+                let id = b.id.to_string();
+                rt.start(&id).await.unwrap_or_else(|e| panic!("{name}: start: {e}"));
+                let s = rt.strategy(name).unwrap();
+                let addr = s.address(rt.layout(), &b.id, "agent.sock").unwrap();
+                let theirs = w.root.path().join("nobody-ran-this");
+                let r = nobody::run(&[nobody::Act::ConnectSend(nobody::RawAddr::of(&addr), exec_touch_bytes(&theirs))]).unwrap();
+                let ours = w.root.path().join("owner-ran-this");
+                let code = exec_code(&rt, &id, &["/usr/bin/touch", &ours.display().to_string()]).await.unwrap();
+                assert_eq!(code, 0, "{name}: the owner's exec failed");
+                assert!(ours.exists(), "{name}: the owner's command did not run");
+                assert!(!theirs.exists(), "{name}: the agent ran nobody's command");
+                let what = match r[0] {
+                    e if e == -i64::from(libc::EACCES) => "connect refused with EACCES".to_owned(),
+                    0 if s.capabilities().peer_credentials => "connected, then dropped by the agent's --allow-uid check with no reply".to_owned(),
+                    other => panic!("{name}: nobody's connection got {other} (bytes, or -errno): it was served"),
+                };
+                // The box still serves its owner after the attempt.
+                rt.ping(&id).await.unwrap_or_else(|e| panic!("{name}: ping after the attack: {e}"));
+                let pid = rt.get(&id).unwrap().process.unwrap().pid;
+                rt.remove(&id, true).await.unwrap();
+                assert!(!ProcessIdentity::of(pid).map(|p| p.is_alive()).unwrap_or(false), "{name}: the box process survived rm -f");
+                format!("{name}: {what}")
+            });
+                seen.push(text);
+            }
+            Outcome::Passed(format!(
+                "{}; nobody's command never ran; the owner's exec ran and the box still answered ping",
+                seen.join("; ")
+            ))
+        })()
+    }
+);
+
+/// Rewrite a box's recorded process identity with plain SQL in the real store file.
+fn forge_identity(home: &Path, id: &str, pid: i32, start_time: u64) {
+    let db = rusqlite::Connection::open(home.join("boxsock.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(30)).unwrap();
+    let n = db
+        .execute(
+            "UPDATE boxes SET pid = ?1, start_time = ?2 WHERE id = ?3",
+            rusqlite::params![pid, start_time as i64, id],
+        )
+        .unwrap();
+    assert_eq!(n, 1, "no row for box {id}");
+}
+
+/// An unrelated process (ours, so it can be reaped): `sleep 300` in its own process
+/// group. Killed and reaped on drop.
+struct Stranger(std::process::Child);
+
+impl Stranger {
+    fn spawn() -> Stranger {
+        use std::os::unix::process::CommandExt;
+        Stranger(
+            std::process::Command::new("sleep")
+                .arg("300")
+                .process_group(0)
+                .spawn()
+                .unwrap(),
+        )
+    }
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+    fn alive(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Stranger {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Kill and reap a box process the runtime lost track of (its row was forged).
+fn kill_lost_box(pid: i32) {
+    // SAFETY: signalling a process group and a pid, and reaping our own child; no memory
+    // is passed except a null status pointer.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
+scenario!(
+    reused_pid_is_never_signalled,
+    "Attacks",
+    "a running box's stored pid is rewritten (plain SQL) to an unrelated live process: (a) with the box's recorded start time, then the runtime is reopened; (b) with a wrong start time, then reopened; (c) with the box's start time under the live runtime; then `stop` and `rm` (`rm -f` in c)",
+    {
+        let tokio = tokio_rt();
+        let mut seen = Vec::new();
+        for variant in ["a", "b", "c"] {
+            let w = World::new();
+            let mut stranger = Stranger::spawn();
+            // Start times have a 10 ms resolution (clock ticks): let one pass so the box
+            // cannot share the stranger's start time.
+            std::thread::sleep(std::time::Duration::from_millis(25));
+            let text = tokio.block_on(async {
+                let (rt, _) = Runtime::open(w.layout.home(), rt_options(&w)).await.unwrap();
+                let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
+                let id = b.id.to_string();
+                let real = rt.start(&id).await.unwrap().process.unwrap();
+                let stranger_id = ProcessIdentity::of(stranger.pid()).unwrap();
+                assert!(stranger_id.is_alive());
+                let start_time = if variant == "b" { real.start_time + 4242 } else { real.start_time };
+                assert_ne!(start_time, stranger_id.start_time, "the forged identity must not be the stranger's own");
+                let rt = if variant == "c" {
+                    forge_identity(w.layout.home(), &id, stranger.pid(), start_time);
+                    rt
+                } else {
+                    rt.close();
+                    forge_identity(w.layout.home(), &id, stranger.pid(), start_time);
+                    let (rt, report) = Runtime::open(w.layout.home(), rt_options(&w)).await.unwrap();
+                    let r = report.recovered.iter().find(|r| r.id == b.id).expect("recovery looked at the forged box");
+                    assert_eq!((r.to, r.killed), (BoxState::Stopped, false), "{r:?}");
+                    rt
+                };
+                assert!(stranger.alive(), "{variant}: the stranger was killed at open");
+                let before = rt.get(&id).unwrap().state;
+                let stop = if variant == "c" {
+                    // rm -f of a box recorded running: remove stops it itself.
+                    "rm -f".to_owned()
+                } else {
+                    let stopped = rt.stop(&id, Some(Duration::from_secs(2))).await.unwrap();
+                    assert_eq!(stopped.state, BoxState::Stopped, "{variant}");
+                    assert!(stranger.alive(), "{variant}: stop signalled the stranger");
+                    format!("stop → {}, rm", stopped.state)
+                };
+                let removed = rt.remove(&id, variant == "c").await.map(drop);
+                assert!(stranger.alive(), "{variant}: rm signalled the stranger");
+                removed.unwrap_or_else(|e| panic!("{variant}: rm: {e}"));
+                assert!(rt.get(&id).is_err(), "{variant}: the row survived rm");
+                // The real box process was lost with its identity; it is still ours to reap.
+                let lost_alive = ProcessIdentity::of(real.pid).map(|p| p.is_alive()).unwrap_or(false);
+                kill_lost_box(real.pid);
+                let how = match variant {
+                    "a" => "pid → stranger with the box's start time, runtime reopened (recovery: running → stopped, nothing killed)",
+                    "b" => "pid → stranger with a wrong start time, runtime reopened (recovery: running → stopped, nothing killed)",
+                    _ => "pid → stranger with the box's start time under the live runtime",
+                };
+                format!(
+                    "({variant}) {how}: state {before}, {stop} ok, stranger alive{}",
+                    if lost_alive { "; the real box process, no longer named by its row, was left running (the test killed it)" } else { "" }
+                )
+            });
+            seen.push(text);
+        }
+        Outcome::Passed(format!(
+            "{}; the recorded (pid, start time) named no live process, so nothing was signalled",
+            seen.join("; ")
+        ))
+    }
+);
