@@ -44,6 +44,15 @@ struct Global {
     /// Directory holding boxsock-agent and the libkrun shim [default: next to boxsock].
     #[arg(long, global = true, env = "BOXSOCK_HELPER_DIR", value_name = "DIR")]
     helper_dir: Option<PathBuf>,
+    /// A backend setting (repeatable), given to every backend; unknown keys are warned
+    /// about and ignored. libkrun: `configure_only=true` configures libkrun for real and
+    /// exits without booting (the availability probe is then skipped, so it works where
+    /// no guest can boot; `start` reports that the box process exited before
+    /// readiness); also `shim`, `passt`, `agent`, `vcpus`, `ram_mib`, `libkrunfw`,
+    /// `read_only`, `jail` (see docs/backends.md). Not stored with the box: give it to
+    /// every command that starts one.
+    #[arg(long = "backend-option", global = true, value_name = "KEY=VALUE", value_parser = parse_env)]
+    backend_options: Vec<(String, String)>,
     /// How long to wait for a home another process is using, in seconds.
     #[arg(long, global = true, default_value_t = 30.0, value_name = "SECS")]
     lock_wait: f64,
@@ -223,7 +232,8 @@ impl Global {
             sc.base_dir = b.clone();
         }
         o.strategy_config = sc;
-        o.backend_config = BackendConfig { helper_dir: self.helper_dir.clone(), ..Default::default() };
+        o.backend_config =
+            BackendConfig { helper_dir: self.helper_dir.clone(), options: self.backend_options.iter().cloned().collect() };
         // Many CLI processes may work on one home at once: lock per operation.
         o.lock_mode = LockMode::Shared;
         o.lock_wait = Some(secs(self.lock_wait, "lock-wait")?);
@@ -416,6 +426,15 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             if let Some(c) = i.exit_code {
                 println!("exit code: {c}");
             }
+            for c in &i.companions {
+                println!(
+                    "companion: pid {} ({}), start time {}, {}",
+                    c.pid,
+                    c.command.as_deref().unwrap_or("?"),
+                    c.start_time,
+                    if c.alive { "alive" } else { "gone" }
+                );
+            }
             println!("dir:       {}", i.dir);
             println!("log:       {}", i.log);
             println!("sockets:");
@@ -459,6 +478,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 let avail = if b.available { "available".to_string() } else { format!("unavailable: {}", b.reason.as_deref().unwrap_or("?")) };
                 println!("{:<10} {}", b.name, b.summary);
                 println!("{:<10} {avail}", "");
+                if !b.available && b.launch_available {
+                    println!("{:<10} probe skipped by a backend option: boxes are configured, never booted", "");
+                }
                 if let Some(iso) = &b.isolation {
                     println!("{:<10} isolation: {iso}", "");
                 }
@@ -521,6 +543,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             for b in &report.backends {
                 let avail = if b.available { "available".to_string() } else { format!("unavailable: {}", b.reason.as_deref().unwrap_or("?")) };
                 println!("backend {}: {avail}", b.name);
+                if !b.available && b.launch_available {
+                    println!("  probe skipped by a backend option (configure_only): create/start go ahead, boxes are configured, never booted");
+                }
                 if let Some(iso) = &b.isolation {
                     println!("  isolation: {iso}");
                 }
@@ -531,8 +556,28 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     }
                 }
             }
+            println!();
+            println!("selected (--strategy {} --backend {}): {}", g.strategy, g.backend, selected_verdict(&report, g));
             Ok(0)
         }
+    }
+}
+
+/// One sentence on whether new boxes of the selected strategy and backend can be created
+/// and started in this home on this machine: compatibility and budget first (they do
+/// not depend on the machine), then availability.
+fn selected_verdict(report: &boxsock::DoctorReport, g: &Global) -> String {
+    let Some(b) = report.backends.iter().find(|b| b.name == g.backend) else {
+        return format!("no backend {:?} is registered", g.backend);
+    };
+    match b.compatible.iter().find(|(s, _)| *s == g.strategy).map(|(_, r)| r) {
+        None => format!("strategy {:?} is not registered or cannot be built here", g.strategy),
+        Some(Err(e)) => format!("boxes cannot be created: {e}"),
+        Some(Ok(())) if !b.launch_available => {
+            format!("boxes cannot start here: {}", b.reason.as_deref().unwrap_or("the backend is unavailable"))
+        }
+        Some(Ok(())) if !b.available => "boxes are configured but never booted (a backend option skips the probe)".into(),
+        Some(Ok(())) => "boxes can be created and started".into(),
     }
 }
 

@@ -84,7 +84,10 @@ pub struct LaunchSpec {
 pub struct Launched {
     /// The box's main process (the shim / the agent), a session leader.
     pub pid: i32,
-    /// Companion processes whose lifetime is tied to the box (e.g. passt).
+    /// Companion processes whose lifetime is tied to the box (e.g. passt), each in its
+    /// own session. The runtime records them (pid + start time) with the box and kills
+    /// and reaps them on stop, remove, a failed start, the box process's death and
+    /// recovery after a runtime crash.
     pub companions: Vec<i32>,
 }
 
@@ -123,6 +126,16 @@ pub enum BackendError {
     /// A socket operation failed.
     #[error(transparent)]
     Binding(#[from] BindingError),
+    /// A new box's files (its guest root…) could not be prepared.
+    #[error("backend {backend:?}: cannot prepare box {id}: {reason}")]
+    Prepare {
+        /// Backend name.
+        backend: String,
+        /// The box.
+        id: BoxId,
+        /// What failed, naming the path.
+        reason: String,
+    },
 }
 
 /// A VMM backend (or the host backend). See the module documentation.
@@ -142,6 +155,23 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Whether boxes can run here, with the reason when not.
     fn available(&self) -> Availability;
+
+    /// Whether `create` and `start` may go ahead here. Default: [`Backend::available`].
+    /// A backend in a mode that never boots a guest (libkrun's `configure_only`) may
+    /// answer `Available` here while [`Backend::available`] keeps describing the
+    /// machine, so `doctor` still tells the truth.
+    fn available_for_launch(&self) -> Availability {
+        self.available()
+    }
+
+    /// Prepare a new box's files (for a VM, its guest root under
+    /// [`BoxLayout::rootfs_dir`]). The runtime calls it from `create`, after the box's
+    /// directories, row and binding exist; an error undoes the whole create. It must
+    /// write only beneath the box directory. Default: nothing to prepare.
+    fn prepare(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BackendError> {
+        let _ = (layout, id);
+        Ok(())
+    }
 
     /// Start the box's process, detached (own session). Returns once it is spawned; the
     /// runtime waits for readiness on the `ready` socket.

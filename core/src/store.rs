@@ -164,6 +164,14 @@ const MIGRATIONS: &[&str] = &[
         created_at_ms INTEGER NOT NULL,
         updated_at_ms INTEGER NOT NULL
     );",
+    // 2: companion processes of a box (passt…), so recovery can kill them after a
+    // runtime crash. Rows go with their box.
+    "CREATE TABLE companions (
+        box_id     TEXT NOT NULL REFERENCES boxes(id) ON DELETE CASCADE,
+        pid        INTEGER NOT NULL,
+        start_time INTEGER NOT NULL,
+        PRIMARY KEY (box_id, pid, start_time)
+    );",
 ];
 
 /// The schema version this build writes.
@@ -450,10 +458,56 @@ impl Store {
         if n == 0 { Err(StoreError::NotFound { id: id.clone() }) } else { Ok(()) }
     }
 
+    /// Replace the recorded companion processes of a box (empty: none).
+    pub fn set_companions(&self, id: &BoxId, companions: &[ProcessIdentity]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(self.sq("begin companions"))?;
+        let exists: Option<String> = tx
+            .query_row("SELECT id FROM boxes WHERE id = ?1", [id.as_str()], |r| r.get(0))
+            .optional()
+            .map_err(self.sq("check id"))?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound { id: id.clone() });
+        }
+        tx.execute("DELETE FROM companions WHERE box_id = ?1", [id.as_str()]).map_err(self.sq("clear companions"))?;
+        for c in companions {
+            tx.execute(
+                "INSERT OR IGNORE INTO companions (box_id, pid, start_time) VALUES (?1, ?2, ?3)",
+                params![id.as_str(), c.pid as i64, c.start_time as i64],
+            )
+            .map_err(self.sq("record companion"))?;
+        }
+        tx.commit().map_err(self.sq("commit companions"))
+    }
+
+    /// The recorded companion processes of the box whose id column is `id`. Values out
+    /// of range (a hand-edited row) are skipped with a warning.
+    pub fn companions(&self, id: &str) -> Result<Vec<ProcessIdentity>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT pid, start_time FROM companions WHERE box_id = ?1 ORDER BY pid")
+            .map_err(self.sq("list companions"))?;
+        let rows = stmt
+            .query_map([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(self.sq("list companions"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (pid, st) = row.map_err(self.sq("read companion"))?;
+            match (i32::try_from(pid), u64::try_from(st)) {
+                (Ok(pid), Ok(start_time)) if pid > 0 => out.push(ProcessIdentity { pid, start_time }),
+                _ => tracing::warn!(box_id = id, pid, start_time = st, "skipping an out-of-range companion row"),
+            }
+        }
+        Ok(out)
+    }
+
     /// Delete the row whose id column is `id` (which may be a corrupt row's id).
     /// Returns whether a row was deleted.
     pub fn delete(&self, id: &str) -> Result<bool, StoreError> {
         let conn = self.conn();
+        // Explicitly too: a row deleted by a tool without foreign keys on must not leave
+        // companions behind for the next box with that id.
+        conn.execute("DELETE FROM companions WHERE box_id = ?1", [id]).map_err(self.sq("delete companions"))?;
         let n = conn.execute("DELETE FROM boxes WHERE id = ?1", [id]).map_err(self.sq("delete box"))?;
         Ok(n > 0)
     }
@@ -570,6 +624,53 @@ mod tests {
         assert_eq!(bad, ["../evil", "badstate", "missing", "trunc", "types"]);
         assert!(matches!(s.get(&BoxId::parse("trunc").unwrap()), Err(StoreError::Corrupt { ref id, .. }) if id == "trunc"));
         assert!(s.delete("trunc").unwrap());
+    }
+
+    #[test]
+    fn companions_round_trip_replace_and_go_with_the_box() {
+        let (d, s) = store();
+        let rec = Store::new_record(BoxId::generate(), None, cfg());
+        s.insert(&rec).unwrap();
+        let a = ProcessIdentity { pid: 100, start_time: 5 };
+        let b = ProcessIdentity { pid: 101, start_time: 6 };
+        s.set_companions(&rec.id, &[b, a]).unwrap();
+        assert_eq!(s.companions(rec.id.as_str()).unwrap(), vec![a, b]);
+        s.set_companions(&rec.id, &[b]).unwrap();
+        assert_eq!(s.companions(rec.id.as_str()).unwrap(), vec![b]);
+        // A state change leaves them alone; reopening keeps them.
+        s.transition(&rec.id, None, BoxState::Starting, |_| {}).unwrap();
+        drop(s);
+        let s = Store::open(d.path().join("boxsock.db")).unwrap();
+        assert_eq!(s.companions(rec.id.as_str()).unwrap(), vec![b]);
+        let missing = BoxId::generate();
+        assert!(matches!(s.set_companions(&missing, &[a]), Err(StoreError::NotFound { .. })));
+        assert!(s.delete(rec.id.as_str()).unwrap());
+        assert!(s.companions(rec.id.as_str()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_version_1_store_migrates_and_keeps_its_rows() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("boxsock.db");
+        {
+            let c = Connection::open(&p).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute_batch(
+                r#"INSERT INTO boxes (id, name, state, config, created_at_ms, updated_at_ms)
+                   VALUES ('old1', NULL, 'stopped', '{"strategy":"short-symlink","backend":"host"}', 1, 1)"#,
+            )
+            .unwrap();
+        }
+        let s = Store::open(&p).unwrap();
+        let v: i64 = s.conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let id = BoxId::parse("old1").unwrap();
+        assert_eq!(s.get(&id).unwrap().unwrap().config, cfg());
+        assert!(s.companions("old1").unwrap().is_empty());
+        let c = ProcessIdentity { pid: 7, start_time: 8 };
+        s.set_companions(&id, &[c]).unwrap();
+        assert_eq!(s.companions("old1").unwrap(), vec![c]);
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use boxsock_core::backend::{AddressNeeds, Availability, BackendConfig, BackendError, Isolation, LaunchSpec, Launched};
 use boxsock_core::catalogue::{self, DerivedName, SocketSpec};
-use boxsock_core::{Backend, SocketAddress};
+use boxsock_core::layout::BoxLayout;
+use boxsock_core::{Backend, BoxId, SocketAddress};
 
 use crate::jail::{SYSTEM_DEVICES, SYSTEM_READ_ONLY};
 use crate::passt::{DEFAULT_PASST, DEFAULT_PASST_TIMEOUT, Passt};
@@ -41,7 +42,8 @@ pub const DEFAULT_GUEST_AGENT: &str = "/boxsock-agent";
 /// | `libkrunfw` | `libkrunfw.so.5` | what the availability probe loads |
 /// | `read_only` | — | extra `:`-separated directories the shim may read (libkrunfw's) |
 /// | `jail` | `on` | `off` runs the shim without Landlock (diagnosis only) |
-/// | `configure_only` | `false` | the shim configures libkrun and exits 0 without booting |
+/// | `configure_only` | `false` | the shim configures libkrun and exits 0 without booting; the availability probe is skipped (nothing boots), so the box process always exits before readiness |
+/// | `agent` | found like the `host` backend finds it | the host `boxsock-agent` copied into each new box's guest root |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LibkrunConfig {
     /// The shim binary.
@@ -64,6 +66,11 @@ pub struct LibkrunConfig {
     pub passt_timeout: Duration,
     /// The availability probe.
     pub probe: HostProbe,
+    /// The host agent binary copied into each new box's guest root (`agent` option);
+    /// `None`: found as the `host` backend finds it.
+    pub agent: Option<PathBuf>,
+    /// Where helper binaries are looked for (from [`BackendConfig::helper_dir`]).
+    pub helper_dir: Option<PathBuf>,
 }
 
 fn bad(reason: String) -> BackendError {
@@ -99,6 +106,8 @@ impl LibkrunConfig {
             configure_only: false,
             passt_timeout: DEFAULT_PASST_TIMEOUT,
             probe: HostProbe::default(),
+            agent: None,
+            helper_dir: config.helper_dir.clone(),
         };
         for (k, v) in &config.options {
             match k.as_str() {
@@ -111,6 +120,7 @@ impl LibkrunConfig {
                 "read_only" => c.extra_read_only.extend(v.split(':').filter(|s| !s.is_empty()).map(PathBuf::from)),
                 "jail" => c.jail = parse_bool(k, v)?,
                 "configure_only" => c.configure_only = parse_bool(k, v)?,
+                "agent" => c.agent = Some(PathBuf::from(v)),
                 other => tracing::warn!(backend = NAME, option = other, "unknown option ignored"),
             }
         }
@@ -233,6 +243,20 @@ impl Libkrun {
         }
     }
 
+    /// The host agent binary a new box's guest root gets: the `agent` option, else the
+    /// first executable the `host` backend would take (helper dir, `$BOXSOCK_AGENT`,
+    /// beside the current executable, its parent).
+    pub fn find_agent(&self) -> Result<PathBuf, String> {
+        if let Some(a) = &self.config.agent {
+            return if a.is_file() { Ok(a.clone()) } else { Err(format!("option agent={}: no such file", a.display())) };
+        }
+        let host = boxsock_host::HostBackend::new(BackendConfig { helper_dir: self.config.helper_dir.clone(), ..Default::default() });
+        host.find_agent().map_err(|e| match e {
+            BackendError::Unavailable { reason, .. } => reason,
+            e => e.to_string(),
+        })
+    }
+
     fn spawn_shim(&self, json: &[u8], log: &Path) -> Result<i32, BackendError> {
         let spawn_err = |source: std::io::Error| BackendError::Spawn {
             backend: NAME.into(),
@@ -290,8 +314,26 @@ impl Backend for Libkrun {
         self.config.probe.probe()
     }
 
+    /// With `configure_only` nothing boots, so the probe does not apply: `Available`.
+    fn available_for_launch(&self) -> Availability {
+        if self.config.configure_only { Availability::Available } else { self.available() }
+    }
+
+    /// Build the box's guest root: [`crate::rootfs::prepare`] with the agent
+    /// [`Libkrun::find_agent`] finds.
+    fn prepare(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BackendError> {
+        let fail = |reason: String| BackendError::Prepare { backend: NAME.into(), id: id.clone(), reason };
+        let agent = self.find_agent().map_err(|r| fail(format!("no agent for the guest root: {r}")))?;
+        let root = layout.rootfs_dir(id);
+        let made = crate::rootfs::prepare(&root, &agent).map_err(|e| fail(format!("guest root {}: {e}", root.display())))?;
+        tracing::debug!(box_id = %id, root = %root.display(), agent = %agent.display(), files = made.files.len(), "guest root prepared");
+        Ok(())
+    }
+
+    /// Refuses with the probe's reason when no guest can boot, unless `configure_only`
+    /// (the shim then configures libkrun and exits without booting).
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
-        if let Availability::Unavailable { reason } = self.available() {
+        if let Availability::Unavailable { reason } = self.available_for_launch() {
             return Err(BackendError::Unavailable { backend: NAME.into(), reason });
         }
         self.launch_unchecked(spec)

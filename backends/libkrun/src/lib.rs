@@ -42,6 +42,16 @@ pub const NAME: &str = "libkrun";
 /// File name of the shim binary (looked up in `BackendConfig::helper_dir`).
 pub const SHIM_BINARY: &str = "boxsock-krun-shim";
 
+/// File, in the box directory, where the shim records the exact [`ShimSpec`] it
+/// received (one JSON document, rewritten at each start). A diagnostic artifact: nothing
+/// reads it back as state — socket paths are never persisted as state.
+pub const SHIM_SPEC_FILE: &str = "shim-spec.json";
+
+/// Where the shim of box `id` records its spec: `<home>/boxes/<id>/shim-spec.json`.
+pub fn shim_spec_path(layout: &boxsock_core::BoxLayout, id: &boxsock_core::BoxId) -> std::path::PathBuf {
+    layout.box_dir(id).join(SHIM_SPEC_FILE)
+}
+
 /// The registration, also usable in explicit registries.
 pub const REGISTRATION: BackendRegistration = BackendRegistration {
     name: NAME,

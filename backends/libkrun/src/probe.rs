@@ -5,7 +5,9 @@
 //! which the VM configures and the vCPU then dies at the guest's first instructions —
 //! `/sys/module/kvm_pvm` exists when that module is loaded); it opens read-write and
 //! answers `KVM_GET_API_VERSION` with 12; and `libkrunfw` (the guest kernel libkrun
-//! loads in `krun_start_enter`) can be `dlopen`ed.
+//! loads in `krun_start_enter`) can be `dlopen`ed. The first failing KVM check and a
+//! missing libkrunfw are both reported (`…; and …`), so fixing one does not reveal the
+//! other only later.
 
 use std::ffi::{CStr, CString};
 use std::fs::OpenOptions;
@@ -53,9 +55,20 @@ fn no(reason: String) -> Availability {
 }
 
 impl HostProbe {
-    /// Run every check (Linux). The first failing one gives the reason.
+    /// Run every check (Linux): the first failing KVM check and the libkrunfw check,
+    /// both named when both fail.
     #[cfg(target_os = "linux")]
     pub fn probe(&self) -> Availability {
+        match (self.probe_kvm(), self.probe_libkrunfw()) {
+            (Availability::Available, fw) => fw,
+            (kvm @ Availability::Unavailable { .. }, Availability::Available) => kvm,
+            (Availability::Unavailable { reason: a }, Availability::Unavailable { reason: b }) => no(format!("{a}; and {b}")),
+        }
+    }
+
+    /// The KVM checks alone (Linux); the first failing one gives the reason.
+    #[cfg(target_os = "linux")]
+    pub fn probe_kvm(&self) -> Availability {
         let kvm = &self.dev_kvm;
         if std::fs::metadata(kvm).is_err() {
             return no(format!(
@@ -87,7 +100,7 @@ impl HostProbe {
                 kvm.display()
             ));
         }
-        self.probe_libkrunfw()
+        Availability::Available
     }
 
     /// macOS: only libkrunfw is probed (Hypervisor.framework is assumed).

@@ -38,6 +38,22 @@ fn pvm_is_detected_through_sys_module() {
 }
 
 #[test]
+fn a_kvm_problem_and_a_missing_libkrunfw_are_both_named() {
+    let t = tempfile::tempdir().unwrap();
+    let kvm = t.path().join("kvm");
+    std::fs::write(&kvm, b"").unwrap();
+    std::fs::create_dir_all(t.path().join("module/kvm_pvm")).unwrap();
+    let missing = "libkrunfw-does-not-exist.so.99";
+    let p = HostProbe { dev_kvm: kvm, sys_module: t.path().join("module"), libkrunfw: missing.into() };
+    let r = reason(p.probe());
+    assert!(r.contains("kvm_pvm") && r.contains(missing) && r.contains("; and "), "{r}");
+    // With a loadable "libkrunfw", only the KVM problem is left.
+    let p = HostProbe { libkrunfw: "libc.so.6".into(), ..p };
+    let r = reason(p.probe());
+    assert!(r.contains("kvm_pvm") && !r.contains("; and "), "{r}");
+}
+
+#[test]
 fn missing_libkrunfw_is_named() {
     let p = HostProbe { libkrunfw: "libkrunfw-does-not-exist.so.99".into(), ..HostProbe::default() };
     let r = reason(p.probe_libkrunfw());

@@ -18,7 +18,8 @@ pub const CRASH_ENV: &str = "BOXSOCK_TEST_CRASH_AT";
 /// - `create:ensured` — binding made, before returning;
 /// - `start:starting` — state `starting` recorded, nothing bound or launched;
 /// - `start:bound` — ready socket bound, box process not launched;
-/// - `start:launched` — box process launched and recorded, readiness not awaited;
+/// - `start:launched` — box process (and its companions) launched and recorded,
+///   readiness not awaited;
 /// - `start:ready` — the agent reported ready, state still `starting`;
 /// - `start:running` — state `running` recorded, before returning;
 /// - `stop:stopping` — state `stopping` recorded, process not yet signalled;

@@ -63,6 +63,19 @@ fn socket_reports(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, 
     out
 }
 
+/// A companion process of a box (passt…), as recorded with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CompanionInfo {
+    /// Its pid.
+    pub pid: i32,
+    /// Its start time (clock ticks since boot).
+    pub start_time: u64,
+    /// Whether that exact process is alive now.
+    pub alive: bool,
+    /// Its command name (`/proc/<pid>/comm`), while it is alive.
+    pub command: Option<String>,
+}
+
 /// Everything about one box.
 #[derive(Debug, Clone, Serialize)]
 pub struct BoxInfo {
@@ -98,6 +111,8 @@ pub struct BoxInfo {
     pub log: String,
     /// Every socket with its live address.
     pub sockets: Vec<SocketReport>,
+    /// Its recorded companion processes (empty when it has none).
+    pub companions: Vec<CompanionInfo>,
 }
 
 pub(super) fn inspect(inner: &Inner, rec: BoxRecord) -> BoxInfo {
@@ -114,7 +129,21 @@ pub(super) fn inspect(inner: &Inner, rec: BoxRecord) -> BoxInfo {
             error: Some(e.to_string()),
         }],
     };
+    let companions = inner
+        .store
+        .companions(rec.id.as_str())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            let alive = c.is_alive();
+            let command = alive
+                .then(|| std::fs::read_to_string(format!("/proc/{}/comm", c.pid)).ok().map(|s| s.trim_end().to_owned()))
+                .flatten();
+            CompanionInfo { pid: c.pid, start_time: c.start_time, alive, command }
+        })
+        .collect();
     BoxInfo {
+        companions,
         name: rec.name,
         state: rec.state,
         strategy: rec.config.strategy,
@@ -166,6 +195,9 @@ pub struct BackendReport {
     pub available: bool,
     /// Why not, when not.
     pub reason: Option<String>,
+    /// Whether `create`/`start` go ahead anyway: differs from `available` when an
+    /// option makes the backend skip its probe (libkrun `configure_only`).
+    pub launch_available: bool,
     /// `none` (a plain host process) or `vm`.
     pub isolation: Option<String>,
     /// `path-only` or `path-or-abstract`.
@@ -258,6 +290,7 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
                     Availability::Available => (true, None),
                     Availability::Unavailable { reason } => (false, Some(reason)),
                 };
+                let launch_available = matches!(b.available_for_launch(), Availability::Available);
                 let compatible = built
                     .iter()
                     .map(|s| {
@@ -272,6 +305,7 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
                     summary: summary.into(),
                     available,
                     reason,
+                    launch_available,
                     isolation: Some(match b.isolation() {
                         Isolation::None => "none (the box is a plain host process; no isolation)".into(),
                         Isolation::Vm => "vm".into(),
@@ -288,6 +322,7 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
                 summary: summary.into(),
                 available: false,
                 reason: Some(e),
+                launch_available: false,
                 isolation: None,
                 address_needs: None,
                 compatible: Vec::new(),

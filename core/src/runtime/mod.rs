@@ -4,13 +4,15 @@
 //! strategy's leftovers and recovers state (see [`OpenReport`]). Then:
 //!
 //! - [`Runtime::create`] validates everything **before touching disk** — name, strategy,
-//!   backend, platform, compatibility, and the `sun_path` budget of every address the box
-//!   will use including names the backend derives — then makes the directories, the row
-//!   and the binding, undoing all of it on failure.
+//!   backend, platform, compatibility, the `sun_path` budget of every address the box
+//!   will use including names the backend derives, then the backend's availability
+//!   ([`Backend::available_for_launch`]) — then makes the directories, the row, the
+//!   binding and the backend's files ([`Backend::prepare`]: a guest root), undoing all
+//!   of it on failure.
 //! - [`Runtime::start`] binds `ready` through the strategy, launches through the
-//!   backend, records the process identity and waits for the agent's `Ready` frame (an
-//!   accept, not a poll). A timeout or an early exit stops the box and reports the tail
-//!   of its log.
+//!   backend, records the process identity and its companions' (passt…) and waits for
+//!   the agent's `Ready` frame (an accept, not a poll). A timeout or an early exit stops
+//!   the box, kills its companions and reports the tail of its log.
 //! - [`Runtime::exec`] / [`Runtime::ping`] re-`ensure` the binding, then dial the
 //!   agent through the strategy.
 //! - [`Runtime::stop`]: agent `Shutdown`, then SIGTERM, then SIGKILL, each bounded; the
@@ -21,6 +23,11 @@
 //! A health monitor (one task per running box, waiting on its pidfd) turns a box whose
 //! process died into `Unhealthy`, then `Stopped`, recording the exit. The pid reported,
 //! watched and signalled is one [`ProcessIdentity`].
+//!
+//! Companions ([`crate::backend::Launched::companions`]) live exactly as long as their
+//! box's process: recorded with the box (pid + start time, store table `companions`),
+//! killed and reaped on stop, remove, a failed start, the box process's death, and by
+//! recovery for any box that is not running after a crash.
 
 mod crash;
 mod error;
@@ -40,7 +47,7 @@ use tokio::task::AbortHandle;
 pub use crate::agent_client::ClientError;
 pub use crash::{CRASH_ENV, CRASH_STEPS};
 pub use error::RuntimeError;
-pub use info::{BackendReport, BoxInfo, DoctorReport, SocketReport, StrategyReport, doctor};
+pub use info::{BackendReport, BoxInfo, CompanionInfo, DoctorReport, SocketReport, StrategyReport, doctor};
 pub use lock::{LockGuard, LockMode};
 pub use recovery::{OpenReport, Recovered};
 
@@ -159,6 +166,8 @@ impl std::fmt::Debug for ExecIo<'_> {
 
 /// How long `stop` waits after SIGKILL before giving up.
 const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How long a companion gets after SIGTERM before SIGKILL.
+const COMPANION_TERM_WAIT: Duration = Duration::from_secs(2);
 /// Lines of the box log quoted in start errors.
 const LOG_TAIL_LINES: usize = 20;
 
@@ -409,11 +418,14 @@ impl Runtime {
             backend: opts.backend.clone(),
             reason,
         })?;
-        if let Availability::Unavailable { reason } = backend.available() {
-            return Err(RuntimeError::BackendUnavailable { backend: opts.backend.clone(), reason });
-        }
+        // The budget next: it depends only on the home, the strategy and the backend's
+        // sockets, so a home too deep for this strategy is said first, whatever the
+        // machine can run.
         let id = BoxId::generate();
         check_addresses(&*strategy, &inner.layout, &id, &socket_specs(&*backend, opts.network))?;
+        if let Availability::Unavailable { reason } = backend.available_for_launch() {
+            return Err(RuntimeError::BackendUnavailable { backend: opts.backend.clone(), reason });
+        }
         if let Some(name) = &opts.name {
             if let Some((by, _)) = inner.store.resolve(name)? {
                 return Err(crate::store::StoreError::NameTaken { name: name.clone(), by }.into());
@@ -431,11 +443,14 @@ impl Runtime {
             return Err(e.into());
         }
         crash::point("create:row");
-        if let Err(e) = strategy.ensure(&inner.layout, &id) {
+        let prepared = strategy.ensure(&inner.layout, &id).map_err(RuntimeError::from).and_then(|()| {
+            backend.prepare(&inner.layout, &id).map_err(RuntimeError::from)
+        });
+        if let Err(e) = prepared {
             let _ = strategy.release(&inner.layout, &id);
             let _ = crate::boxdir::remove_box_dir(&inner.layout, &id);
             let _ = inner.store.delete(id.as_str());
-            return Err(e.into());
+            return Err(e);
         }
         crash::point("create:ensured");
         tracing::debug!(box_id = %id, strategy = strategy.name(), backend = backend.name(), "created");
@@ -504,6 +519,7 @@ impl Runtime {
             }
             inner.stop_locked(rec.clone(), inner.options.stop_timeout).await?;
         }
+        inner.stop_companions(&rec.id, &[]).await;
         inner.purge(&rec.id, &rec.config.strategy, force)?;
         Ok(raw_id)
     }
@@ -626,6 +642,67 @@ impl Inner {
         }
     }
 
+    /// Stop a box's companions: the recorded ones and `extra` (known to a start that
+    /// could not record them). SIGTERM to each (and its process group: companions run
+    /// in their own session), then SIGKILL; each is waited for (and reaped when it is
+    /// our child). The record is cleared afterwards. Never signals a process whose
+    /// start time differs from the recorded one.
+    async fn stop_companions(&self, id: &BoxId, extra: &[ProcessIdentity]) {
+        let mut all = self.store.companions(id.as_str()).unwrap_or_else(|e| {
+            tracing::warn!(box_id = %id, error = %e, "cannot read the recorded companions");
+            Vec::new()
+        });
+        for e in extra {
+            if !all.contains(e) {
+                all.push(*e);
+            }
+        }
+        if all.is_empty() {
+            return;
+        }
+        for ident in &all {
+            let h = ProcessHandle::open_group_leader(*ident);
+            if h.is_alive() {
+                for (sig, wait) in [(Signal::SIGTERM, COMPANION_TERM_WAIT), (Signal::SIGKILL, KILL_WAIT)] {
+                    let _ = h.signal_group(sig);
+                    let _ = h.signal(sig);
+                    if h.wait_gone(wait).await {
+                        break;
+                    }
+                }
+            }
+            if h.is_alive() {
+                tracing::error!(box_id = %id, pid = ident.pid, "companion process survived SIGKILL");
+            } else {
+                tracing::debug!(box_id = %id, pid = ident.pid, exit_code = ?h.exit_code(), "companion stopped");
+            }
+        }
+        match self.store.set_companions(id, &[]) {
+            Ok(()) | Err(crate::store::StoreError::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(box_id = %id, error = %e, "cannot clear the recorded companions"),
+        }
+    }
+
+    /// [`Inner::stop_companions`] for synchronous callers (the box process just died):
+    /// SIGKILL at once, then reap what is our child for a short while.
+    fn kill_companions_now(&self, id: &BoxId) {
+        let Ok(all) = self.store.companions(id.as_str()) else { return };
+        if all.is_empty() {
+            return;
+        }
+        for ident in &all {
+            let h = ProcessHandle::open_group_leader(*ident);
+            let _ = h.signal_group(Signal::SIGKILL);
+            let _ = h.signal(Signal::SIGKILL);
+            let deadline = std::time::Instant::now() + Duration::from_millis(200);
+            while h.is_alive() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            tracing::debug!(box_id = %id, pid = ident.pid, alive = h.is_alive(), "companion killed with its box");
+        }
+        let _ = self.store.set_companions(id, &[]);
+    }
+
     /// Watch a running box's process; on exit, Running → Unhealthy → Stopped.
     fn watch(self: &Arc<Self>, id: &BoxId, handle: Arc<ProcessHandle>) {
         if !self.options.health_monitor {
@@ -652,6 +729,7 @@ impl Inner {
             return;
         }
         tracing::warn!(box_id = %id, pid = handle.identity().pid, exit_code = ?exit, "box process died");
+        self.kill_companions_now(id);
         let _ = self.store.transition(id, Some(&[BoxState::Unhealthy]), BoxState::Stopped, |r| r.process = None);
         if let Ok(rec) = self.record(id.as_str()) {
             if let Ok(s) = self.strategy(&rec.config.strategy) {
@@ -667,7 +745,7 @@ impl Inner {
         let id = rec.id.clone();
         let strategy = self.strategy(&rec.config.strategy)?;
         let backend = self.backend(&rec.config.backend)?;
-        if let Availability::Unavailable { reason } = backend.available() {
+        if let Availability::Unavailable { reason } = backend.available_for_launch() {
             return Err(RuntimeError::BackendUnavailable { backend: rec.config.backend.clone(), reason });
         }
         let specs = socket_specs(&*backend, rec.config.network);
@@ -680,7 +758,8 @@ impl Inner {
             .map_err(RuntimeError::from_store)?;
         crash::point("start:starting");
         let mut launched: Option<Arc<ProcessHandle>> = None;
-        let result = self.launch_and_wait(&rec, &*strategy, &*backend, addresses, &mut launched).await;
+        let mut companions: Vec<ProcessIdentity> = Vec::new();
+        let result = self.launch_and_wait(&rec, &*strategy, &*backend, addresses, &mut launched, &mut companions).await;
         match result {
             Ok(()) => {
                 crash::point("start:ready");
@@ -709,6 +788,7 @@ impl Inner {
                         tracing::error!(box_id = %id, pid = h.identity().pid, "box process survived SIGKILL");
                     }
                 }
+                self.stop_companions(&id, &companions).await;
                 let exit = launched.as_ref().and_then(|h| h.exit_code());
                 let _ = self.store.transition(&id, Some(&[BoxState::Starting]), BoxState::Stopped, |r| {
                     r.process = None;
@@ -727,6 +807,7 @@ impl Inner {
         backend: &dyn Backend,
         addresses: BTreeMap<String, SocketAddress>,
         launched_out: &mut Option<Arc<ProcessHandle>>,
+        companions_out: &mut Vec<ProcessIdentity>,
     ) -> Result<(), RuntimeError> {
         let id = &rec.id;
         let layout = &self.layout;
@@ -749,6 +830,14 @@ impl Inner {
             env: rec.config.env.clone(),
         };
         let launched = backend.launch(&spec)?;
+        // Companions first: whatever happens to the box process below, the failure path
+        // of `start` knows them.
+        for &pid in &launched.companions {
+            match ProcessIdentity::of(pid) {
+                Ok(ident) => companions_out.push(ident),
+                Err(e) => tracing::warn!(box_id = %id, pid, error = %e, "companion already gone at launch"),
+            }
+        }
         let log_tail = || tail_lines(&layout.log_file(id), LOG_TAIL_LINES);
         let ident = match ProcessIdentity::of(launched.pid) {
             Ok(i) => i,
@@ -765,6 +854,12 @@ impl Inner {
         let handle = Arc::new(ProcessHandle::open_group_leader(ident));
         *launched_out = Some(handle.clone());
         lock(&self.procs).insert(id.clone(), handle.clone());
+        // Recorded once both are known to the failure path, so a store error here
+        // still kills them; recovery finds them after a crash from here on.
+        if !companions_out.is_empty() {
+            self.store.set_companions(id, companions_out)?;
+            tracing::debug!(box_id = %id, companions = ?companions_out, "companions recorded");
+        }
         self.store.set_process(id, Some(ident))?;
         crash::point("start:launched");
         tracing::debug!(box_id = %id, pid = ident.pid, ready = %ready_addr, "launched; waiting for readiness");
@@ -845,6 +940,8 @@ impl Inner {
     async fn stop_locked(self: &Arc<Self>, rec: BoxRecord, timeout: Duration) -> Result<BoxRecord, RuntimeError> {
         let id = rec.id.clone();
         if !rec.state.has_process() {
+            // Companions left by an interrupted cleanup go now.
+            self.stop_companions(&id, &[]).await;
             return Ok(rec);
         }
         let was = rec.state;
@@ -861,6 +958,7 @@ impl Inner {
         if let Some(h) = &handle {
             self.terminate(&rec, h, was == BoxState::Running, timeout).await?;
         }
+        self.stop_companions(&id, &[]).await;
         crash::point("stop:terminated");
         let exit = handle.as_ref().and_then(|h| h.exit_code());
         let rec = self

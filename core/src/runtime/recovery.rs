@@ -16,6 +16,8 @@
 //!   strategy and the directory removed. Entries whose names are not valid ids are
 //!   reported and left alone. A directory whose row is corrupt is kept.
 //! - Corrupt rows are reported, never touched.
+//! - Recorded companions (passt…) of every box that is not `Running` with a live
+//!   process afterwards are killed and their record cleared.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +92,10 @@ pub(super) async fn recover(inner: &Arc<Inner>, report: &mut OpenReport) -> Resu
             if h.is_alive() {
                 tracing::error!(box_id = %rec.id, pid = h.identity().pid, "could not kill an abandoned box process");
             }
+        }
+        // Companions live exactly as long as a running box's process.
+        if !(alive && dir_exists && rec.state == BoxState::Running) {
+            inner.stop_companions(&rec.id, &[]).await;
         }
         if !dir_exists {
             tracing::warn!(box_id = %rec.id, "box row without a directory (interrupted removal): removing the row");

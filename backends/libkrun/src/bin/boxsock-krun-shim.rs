@@ -3,14 +3,20 @@
 //! applies the jail, configures libkrun and enters the VM (`krun_start_enter` takes the
 //! process over and exits it when the guest ends).
 //!
+//! Before validating it, the shim records the spec exactly as received in
+//! `<box dir>/shim-spec.json` ([`boxsock_libkrun::SHIM_SPEC_FILE`]): a diagnostic
+//! artifact rewritten at each start, never read back.
+//!
 //! Exit codes: 0 configured (`configure_only`) or guest ended; 2 bad spec; 3 jail;
 //! 4 libkrun call failed.
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use boxsock_libkrun::ffi::LibKrun;
-use boxsock_libkrun::{KrunApi, ShimSpec, configure, jail};
+use boxsock_libkrun::{KrunApi, SHIM_SPEC_FILE, ShimSpec, configure, jail};
 
 fn main() -> ExitCode {
     match run() {
@@ -22,10 +28,33 @@ fn main() -> ExitCode {
     }
 }
 
+/// Write `input` to `<box_dir>/shim-spec.json` through a fresh temporary name
+/// (`create_new` does not follow a symlink) renamed into place.
+fn record_spec(box_dir: &Path, input: &[u8]) -> std::io::Result<PathBuf> {
+    if !box_dir.is_absolute() || !box_dir.is_dir() {
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("box dir {} is not an absolute directory", box_dir.display())));
+    }
+    let path = box_dir.join(SHIM_SPEC_FILE);
+    let tmp = box_dir.join(format!(".{SHIM_SPEC_FILE}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    let written = f.write_all(input).and_then(|()| f.write_all(b"\n"));
+    drop(f);
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(path)
+}
+
 fn run() -> Result<(), (u8, String)> {
     let mut input = Vec::new();
     std::io::stdin().read_to_end(&mut input).map_err(|e| (2, format!("reading the spec from stdin: {e}")))?;
     let spec: ShimSpec = serde_json::from_slice(&input).map_err(|e| (2, format!("invalid spec on stdin: {e}")))?;
+    match record_spec(&spec.box_dir, &input) {
+        Ok(path) => eprintln!("boxsock-krun-shim: box {}: spec recorded in {}", spec.box_id, path.display()),
+        Err(e) => eprintln!("boxsock-krun-shim: box {}: cannot record the spec: {e}", spec.box_id),
+    }
     spec.validate().map_err(|e| (2, format!("box {}: {e}", spec.box_id)))?;
 
     // libkrun derives its unixgram name in std::env::temp_dir(); keep it in the box's
