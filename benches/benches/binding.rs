@@ -9,11 +9,12 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use boxsock_benches::{Subject, home_of_len, strategies};
 use boxsock_core::{BoxId, BoxLayout, SocketAddress};
-use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BatchSize, BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
 use nix::fcntl::{OFlag, open};
 use nix::sys::stat::Mode;
 
@@ -47,15 +48,61 @@ fn drain_plain(listener: UnixListener) {
     });
 }
 
+/// Time `subject` and `floor` interleaved, one call of each per iteration (in
+/// alternating order), so that both see the same machine: on these shared, virtualised
+/// machines a filesystem's journal flush or a neighbour's build lands on both sides
+/// instead of on whichever bench happened to run then. Returns (subject, floor) totals.
+fn interleave(iters: u64, subject: &mut dyn FnMut(), floor: &mut dyn FnMut()) -> (Duration, Duration) {
+    let (mut s, mut f) = (Duration::ZERO, Duration::ZERO);
+    for i in 0..iters {
+        if i % 2 == 0 {
+            let t = Instant::now();
+            subject();
+            s += t.elapsed();
+            let t = Instant::now();
+            floor();
+            f += t.elapsed();
+        } else {
+            let t = Instant::now();
+            floor();
+            f += t.elapsed();
+            let t = Instant::now();
+            subject();
+            s += t.elapsed();
+        }
+    }
+    (s, f)
+}
+
+/// Register `subject` as `<group>/<name>/<param>` and its floor as
+/// `<group>/<floor_name>~<name>/<param>`, each measured interleaved with the other
+/// ([`interleave`]); `bench-report` divides the one by the other.
+fn paired(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    floor_name: &str,
+    param: &str,
+    subject: &mut dyn FnMut(),
+    floor: &mut dyn FnMut(),
+) {
+    g.bench_function(BenchmarkId::new(name, param), |b| b.iter_custom(|n| interleave(n, &mut *subject, &mut *floor).0));
+    g.bench_function(BenchmarkId::new(format!("{floor_name}~{name}"), param), |b| {
+        b.iter_custom(|n| interleave(n, &mut *subject, &mut *floor).1)
+    });
+}
+
 fn bench_ensure(c: &mut Criterion) {
     let root = short_tempdir();
     let base = short_tempdir();
     let mut g = c.benchmark_group("ensure");
+    // Floor: one lstat of a symlink in a short directory.
+    let link = base.path().join("floor-link");
+    std::os::unix::fs::symlink(root.path(), &link).expect("floor link");
+    let mut lstat = || drop(std::fs::symlink_metadata(&link).expect("lstat"));
     for reg in strategies() {
         let Some(s) = Subject::new(reg, &root.path().join(reg.name), base.path()) else { continue };
-        g.bench_function(BenchmarkId::new(s.name, "steady"), |b| {
-            b.iter(|| s.strategy.ensure(&s.layout, &s.id).expect("ensure"))
-        });
+        let mut ensure = || s.strategy.ensure(&s.layout, &s.id).expect("ensure");
+        paired(&mut g, s.name, "floor-lstat", "steady", &mut ensure, &mut lstat);
         g.bench_function(BenchmarkId::new(s.name, "cold"), |b| {
             b.iter_batched(
                 || s.strategy.release(&s.layout, &s.id).expect("release"),
@@ -64,12 +111,6 @@ fn bench_ensure(c: &mut Criterion) {
             )
         });
     }
-    // Floor: one lstat of a symlink in a short directory.
-    let link = base.path().join("floor-link");
-    std::os::unix::fs::symlink(root.path(), &link).expect("floor link");
-    g.bench_function(BenchmarkId::new("floor-lstat", "steady"), |b| {
-        b.iter(|| std::fs::symlink_metadata(&link).expect("lstat"))
-    });
     g.finish();
 }
 
@@ -82,25 +123,21 @@ fn bench_bind(c: &mut Criterion) {
     let base = short_tempdir();
     let mut g = c.benchmark_group("bind");
     for (depth, home) in homes(root.path()) {
+        // Floor: the same operation at a short direct path.
+        let floor_path = base.path().join(format!("f-{depth}.sock"));
+        let mut floor = || {
+            drop(UnixListener::bind(&floor_path).expect("bind"));
+            std::fs::remove_file(&floor_path).expect("unlink");
+        };
         for reg in strategies() {
             let Some(s) = Subject::new(reg, &home, base.path()) else { continue };
             let addr = s.strategy.address(&s.layout, &s.id, "bench.sock").expect("address");
-            g.bench_function(BenchmarkId::new(s.name, depth), |b| {
-                b.iter(|| {
-                    let l = s.strategy.bind_stream(&s.layout, &s.id, "bench.sock").expect("bind");
-                    drop(l);
-                    unlink_addr(&addr);
-                })
-            });
+            let mut bind = || {
+                drop(s.strategy.bind_stream(&s.layout, &s.id, "bench.sock").expect("bind"));
+                unlink_addr(&addr);
+            };
+            paired(&mut g, s.name, "floor-direct-short", depth, &mut bind, &mut floor);
         }
-        // Floor: the same operation at a short direct path.
-        let floor = base.path().join(format!("f-{depth}.sock"));
-        g.bench_function(BenchmarkId::new("floor-direct-short", depth), |b| {
-            b.iter(|| {
-                drop(UnixListener::bind(&floor).expect("bind"));
-                std::fs::remove_file(&floor).expect("unlink");
-            })
-        });
         // The field's other techniques, against the same real directory.
         let id = BoxId::generate();
         let layout = BoxLayout::new(&home);
@@ -108,22 +145,20 @@ fn bench_bind(c: &mut Criterion) {
         let real = layout.sockets_dir(&id);
         let tmp_link = base.path().join(format!("ovs-{depth}"));
         let via_link = tmp_link.join("bench.sock");
-        g.bench_function(BenchmarkId::new("ovs-temp-symlink", depth), |b| {
-            b.iter(|| {
-                std::os::unix::fs::symlink(&real, &tmp_link).expect("symlink");
-                drop(UnixListener::bind(&via_link).expect("bind"));
-                std::fs::remove_file(&via_link).expect("unlink socket");
-                std::fs::remove_file(&tmp_link).expect("unlink link");
-            })
-        });
+        let mut ovs = || {
+            std::os::unix::fs::symlink(&real, &tmp_link).expect("symlink");
+            drop(UnixListener::bind(&via_link).expect("bind"));
+            std::fs::remove_file(&via_link).expect("unlink socket");
+            std::fs::remove_file(&tmp_link).expect("unlink link");
+        };
+        paired(&mut g, "ovs-temp-symlink", "floor-direct-short", depth, &mut ovs, &mut floor);
         let dirfd = open_dir_path(&real);
         let proc_path = PathBuf::from(format!("/proc/self/fd/{}/bench.sock", dirfd.as_raw_fd()));
-        g.bench_function(BenchmarkId::new("proc-self-fd", depth), |b| {
-            b.iter(|| {
-                drop(UnixListener::bind(&proc_path).expect("bind"));
-                std::fs::remove_file(&proc_path).expect("unlink");
-            })
-        });
+        let mut proc_fd = || {
+            drop(UnixListener::bind(&proc_path).expect("bind"));
+            std::fs::remove_file(&proc_path).expect("unlink");
+        };
+        paired(&mut g, "proc-self-fd", "floor-direct-short", depth, &mut proc_fd, &mut floor);
     }
     g.finish();
 }
@@ -133,18 +168,39 @@ fn bench_connect(c: &mut Criterion) {
     let base = short_tempdir();
     let mut g = c.benchmark_group("connect");
     for (depth, home) in homes(root.path()) {
+        let floor_path = base.path().join(format!("c-{depth}.sock"));
+        drain_plain(UnixListener::bind(&floor_path).expect("bind floor"));
+        let mut floor = || drop(UnixStream::connect(&floor_path).expect("connect"));
         for reg in strategies() {
             let Some(s) = Subject::new(reg, &home, base.path()) else { continue };
             drain(s.strategy.bind_stream(&s.layout, &s.id, "conn.sock").expect("bind"));
-            g.bench_function(BenchmarkId::new(s.name, depth), |b| {
-                b.iter(|| drop(s.strategy.connect_stream(&s.layout, &s.id, "conn.sock").expect("connect")))
-            });
+            let mut connect = || drop(s.strategy.connect_stream(&s.layout, &s.id, "conn.sock").expect("connect"));
+            paired(&mut g, s.name, "floor-direct-short", depth, &mut connect, &mut floor);
         }
-        let floor = base.path().join(format!("c-{depth}.sock"));
-        drain_plain(UnixListener::bind(&floor).expect("bind floor"));
-        g.bench_function(BenchmarkId::new("floor-direct-short", depth), |b| {
-            b.iter(|| drop(UnixStream::connect(&floor).expect("connect")))
-        });
+    }
+    g.finish();
+}
+
+/// Where the time of a bind or connect through a long home goes: resolving the path.
+/// `stat` of the box's real sockets directory, reached through the short link and by its
+/// real path, each paired with a `stat` of a short directory. The kernel walks the link's
+/// target (the home) on every bind and connect; this group measures that walk alone.
+fn bench_walk(c: &mut Criterion) {
+    let root = short_tempdir();
+    let base = short_tempdir();
+    let mut g = c.benchmark_group("walk");
+    let short_dir = base.path().join("short");
+    std::fs::create_dir(&short_dir).expect("short dir");
+    let mut floor = || drop(std::fs::metadata(&short_dir).expect("stat"));
+    for (depth, home) in homes(root.path()) {
+        let Some(reg) = strategies().into_iter().find(|r| r.name == "short-symlink") else { return };
+        let Some(s) = Subject::new(reg, &home, base.path()) else { continue };
+        let link = s.strategy.binding_path(&s.layout, &s.id).expect("link");
+        let real = s.layout.sockets_dir(&s.id);
+        let mut via_link = || drop(std::fs::metadata(&link).expect("stat link"));
+        paired(&mut g, "stat-via-link", "floor-stat-short-dir", depth, &mut via_link, &mut floor);
+        let mut via_real = || drop(std::fs::metadata(&real).expect("stat real"));
+        paired(&mut g, "stat-real-path", "floor-stat-short-dir", depth, &mut via_real, &mut floor);
     }
     g.finish();
 }
@@ -278,6 +334,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = binding;
     config = config();
-    targets = bench_ensure, bench_bind, bench_connect, bench_datagram, bench_sweep
+    targets = bench_ensure, bench_bind, bench_connect, bench_walk, bench_datagram, bench_sweep
 }
 criterion_main!(binding);

@@ -99,12 +99,12 @@ const fn ratio(what: &'static str, numerator: &'static str, denominator: &'stati
 
 /// The targets of issue "Criterion benches" (ratios measured in one run).
 pub const TARGETS: &[Target] = &[
-    ratio("short-symlink steady ensure vs one lstat", "ensure/short-symlink/steady", "ensure/floor-lstat/steady", 1.3),
-    ratio("bind via short-symlink vs direct short path (shallow home)", "bind/short-symlink/shallow", "bind/floor-direct-short/shallow", 1.05),
-    ratio("bind via short-symlink vs direct short path (300-byte home)", "bind/short-symlink/300B", "bind/floor-direct-short/300B", 1.05),
-    ratio("connect via short-symlink vs direct short path (shallow home)", "connect/short-symlink/shallow", "connect/floor-direct-short/shallow", 1.05),
-    ratio("connect via short-symlink vs direct short path (300-byte home)", "connect/short-symlink/300B", "connect/floor-direct-short/300B", 1.05),
-    ratio("abstract bind vs filesystem bind", "bind/abstract/shallow", "bind/floor-direct-short/shallow", 0.3),
+    ratio("short-symlink steady ensure vs one lstat", "ensure/short-symlink/steady", "ensure/floor-lstat~short-symlink/steady", 1.3),
+    ratio("bind via short-symlink vs direct short path (shallow home)", "bind/short-symlink/shallow", "bind/floor-direct-short~short-symlink/shallow", 1.05),
+    ratio("bind via short-symlink vs direct short path (300-byte home)", "bind/short-symlink/300B", "bind/floor-direct-short~short-symlink/300B", 1.05),
+    ratio("connect via short-symlink vs direct short path (shallow home)", "connect/short-symlink/shallow", "connect/floor-direct-short~short-symlink/shallow", 1.05),
+    ratio("connect via short-symlink vs direct short path (300-byte home)", "connect/short-symlink/300B", "connect/floor-direct-short~short-symlink/300B", 1.05),
+    ratio("abstract bind vs filesystem bind", "bind/abstract/shallow", "bind/floor-direct-short~abstract/shallow", 0.3),
     ratio("short-symlink sweep of 10 000 entries vs readdir", "sweep/short-symlink/10000", "sweep/floor-readdir/10000", 3.0),
     Target { what: "host backend: create→ready→exec→remove, p50", numerator: "runtime/host-short-symlink/one", limit: Limit::MedianMs(50.0) },
 ];

@@ -43,15 +43,18 @@ fn split(id: &str) -> (&str, &str, &str) {
     (it.next().unwrap_or(""), it.next().unwrap_or(""), it.next().unwrap_or(""))
 }
 
-/// The floor of a benchmark: the `floor-*` function of the same group with the same
-/// parameter, else the group's only floor.
+/// The floor of a benchmark: its paired floor (`<group>/floor-…~<function>/<param>`,
+/// measured interleaved with it), else the `floor-*` function of the same group with
+/// the same parameter, else the group's only floor.
 fn floor_of<'a>(id: &str, all: &'a BTreeMap<String, f64>) -> Option<(&'a str, f64)> {
-    let (group, _, param) = split(id);
+    let (group, function, param) = split(id);
     let floors: Vec<(&String, &f64)> =
         all.iter().filter(|(k, _)| split(k).0 == group && split(k).1.starts_with("floor-")).collect();
+    let paired = |k: &&String| split(k).1.split_once('~').is_some_and(|(_, f)| f == function) && split(k).2 == param;
     floors
         .iter()
-        .find(|(k, _)| split(k).2 == param)
+        .find(|(k, _)| paired(k))
+        .or_else(|| floors.iter().find(|(k, _)| !k.contains('~') && split(k).2 == param))
         .or_else(|| (floors.len() == 1).then(|| &floors[0]))
         .map(|(k, v)| (k.as_str(), **v))
 }
@@ -92,8 +95,8 @@ fn main() {
     }
     for (id, ns) in &all {
         let (floor, ratio) = match floor_of(id, &all) {
-            Some((f, fns)) if f != id => (f.to_owned(), format!("{:.2}×", ns / fns)),
-            Some(_) => ("(floor)".into(), "1.00×".into()),
+            _ if split(id).1.starts_with("floor-") => ("(floor)".into(), "1.00×".into()),
+            Some((f, fns)) => (f.to_owned(), format!("{:.2}×", ns / fns)),
             None => ("—".into(), "—".into()),
         };
         println!("{open}{id:<44}{sep}{:>10}{sep}{floor:<38}{sep}{ratio:>7}{close}", human(*ns));
