@@ -15,18 +15,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 /// `target/<profile>` with a built `boxsock-agent` (`cargo bench -p boxsock-benches`
 /// does not build other packages' binaries, so build it once in the same profile).
 fn agent_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>").to_path_buf();
-    if !profile_dir.join("boxsock-agent").exists() {
-        let mut cmd = std::process::Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "boxsock-agent", "--bin", "boxsock-agent"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let st = cmd.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("run cargo");
-        assert!(st.success(), "building boxsock-agent failed");
-    }
-    profile_dir
+    boxsock_host::dev::built_binaries(&["boxsock-agent"])
 }
 
 struct Fixture {

@@ -200,3 +200,42 @@ pub fn reap(pid: i32) -> nix::Result<Option<i32>> {
         _ => Ok(None),
     }
 }
+
+/// For this workspace's own tests and benches: the workspace's binaries, built.
+pub mod dev {
+    use std::path::PathBuf;
+    use std::sync::{Mutex, OnceLock};
+
+    /// `target/<profile>` of the running test or bench, after `cargo build --bins` of
+    /// `packages` in the same profile (a no-op when they are fresh). `cargo test -p X`
+    /// builds no other package's binaries, and a stale binary would test old code, so
+    /// every test process calls this once per package set. Panics when the build fails:
+    /// it is only for tests.
+    pub fn built_binaries(packages: &[&str]) -> PathBuf {
+        static DONE: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+        let exe = std::env::current_exe().expect("current exe");
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>").to_path_buf();
+        let key = packages.join(",");
+        let mut done = DONE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        if !done.contains(&key) {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut build = std::process::Command::new(cargo);
+            build.arg("build").arg("--bins");
+            for p in packages {
+                build.args(["-p", p]);
+            }
+            if profile_dir.ends_with("release") {
+                build.arg("--release");
+            }
+            let st = build.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("run cargo build");
+            assert!(st.success(), "cargo build --bins -p {} failed", packages.join(" -p "));
+            done.push(key);
+        }
+        for p in packages {
+            let bin = profile_dir.join(p);
+            assert!(bin.exists(), "no {} after building", bin.display());
+        }
+        profile_dir
+    }
+}

@@ -18,27 +18,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// The directory holding a built `boxsock-agent`. `cargo test -p boxsock-host` alone
 /// does not build other packages' binaries, so build it once if it is missing.
 fn agent_dir() -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf(); // target/debug
-        let agent = profile_dir.join("boxsock-agent");
-        if !agent.exists() {
-            let mut build = std::process::Command::new(env!("CARGO"));
-            build.args(["build", "-p", "boxsock-agent", "--bin", "boxsock-agent"]);
-            if profile_dir.ends_with("release") {
-                build.arg("--release");
-            }
-            let st = build
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .unwrap();
-            assert!(st.success(), "building boxsock-agent failed");
-        }
-        assert!(agent.exists(), "no {} after building", agent.display());
-        profile_dir
-    })
-    .clone()
+    boxsock_host::dev::built_binaries(&["boxsock-agent"])
 }
 
 fn backend() -> HostBackend {

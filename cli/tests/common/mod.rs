@@ -14,23 +14,7 @@ pub const LIMIT: Duration = Duration::from_secs(30);
 /// `target/<profile>`, holding a built `boxsock-agent` (built once if missing:
 /// `cargo test -p boxsock` does not build other packages' binaries).
 pub fn agent_dir() -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let agent = profile_dir.join("boxsock-agent");
-        if !agent.exists() {
-            let st = std::process::Command::new(env!("CARGO"))
-                .args(["build", "-p", "boxsock-agent", "--bin", "boxsock-agent"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .unwrap();
-            assert!(st.success(), "building boxsock-agent failed");
-        }
-        assert!(agent.exists(), "no {} after building", agent.display());
-        profile_dir
-    })
-    .clone()
+    boxsock_host::dev::built_binaries(&["boxsock-agent"])
 }
 
 /// A temp home (optionally padded to a given depth) and a temp link base.

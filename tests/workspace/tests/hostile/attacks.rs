@@ -890,23 +890,7 @@ use boxsock_core::backend::BackendConfig;
 /// `target/<profile>`, holding a built `boxsock-agent` (built once if missing: this
 /// package's tests do not build other packages' binaries; `cargo test --workspace` does).
 pub(crate) fn agent_dir() -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let agent = profile_dir.join("boxsock-agent");
-        if !agent.exists() {
-            let st = std::process::Command::new(env!("CARGO"))
-                .args(["build", "-p", "boxsock-agent", "--bin", "boxsock-agent"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .unwrap();
-            assert!(st.success(), "building boxsock-agent failed");
-        }
-        assert!(agent.exists(), "no {} after building", agent.display());
-        profile_dir
-    })
-    .clone()
+    boxsock_host::dev::built_binaries(&["boxsock-agent"])
 }
 
 /// Runtime options over `w`: built-in registries, links under `w`'s base, the real agent,

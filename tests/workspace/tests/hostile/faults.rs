@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Barrier, OnceLock};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use boxsock::boxsock_core::runtime::{CRASH_ENV, CRASH_STEPS};
@@ -35,30 +35,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// -p boxsock-tests` does not build other packages' binaries, and a stale `boxsock`
 /// would lack the crash hook, so build them once per test process (a no-op when fresh).
 fn bin_dir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "-p", "boxsock", "-p", "boxsock-agent", "--bins"]);
-        if profile_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        let st = build
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(st.success(), "building boxsock and boxsock-agent failed");
-        for b in ["boxsock", "boxsock-agent"] {
-            assert!(
-                profile_dir.join(b).exists(),
-                "no {b} in {}",
-                profile_dir.display()
-            );
-        }
-        profile_dir
-    })
-    .clone()
+    boxsock_host::dev::built_binaries(&["boxsock", "boxsock-agent"])
 }
 
 /// A temp home and a temp link base.
