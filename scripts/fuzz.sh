@@ -54,7 +54,7 @@ for t in "${TARGETS[@]}"; do
     echo "fuzz: $t for ${secs}s" >&2
     log=$(mktemp)
     # -rss_limit_mb bounds memory; -max_len lets inputs reach past every length limit
-    # (ids 32 bytes, names 48, a frame header plus a body).
+    # (ids 32 bytes, socket names 46, a frame header plus a body).
     if ! cargo +nightly fuzz run --fuzz-dir "$fuzz_dir" "$t" \
         "$fuzz_dir/corpus/$t" "$fuzz_dir/seeds/$t" \
         -- -max_total_time="$secs" -max_len=8192 -rss_limit_mb=2048 -print_final_stats=1 "${dict[@]}" \
