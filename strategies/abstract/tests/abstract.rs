@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use boxsock_abstract::{Abstract, SECRET_FILE};
 use boxsock_core::binding::{CrossUserProtection, PolicyIntent};
-use boxsock_core::peer::{self, PeerPolicy};
+use boxsock_core::peer::{self, Listener, PeerPolicy};
 use boxsock_core::registry::{Registry, StrategyRegistration};
 use boxsock_core::{BindingError, BoxId, BoxLayout, PolicyAccess, SocketAddress, SocketBinding, StrategyConfig};
 use common::*;
@@ -44,6 +44,18 @@ fn name_of(a: &SocketAddress) -> Vec<u8> {
         SocketAddress::Abstract(n) => n.clone(),
         other => panic!("not abstract: {other}"),
     }
+}
+
+/// A fresh home with box `b`'s `agent.sock` bound through the strategy, and the raw
+/// abstract address a forked peer dials (prepared before the fork).
+fn bound_agent() -> (tempfile::TempDir, BoxLayout, Abstract, BoxId, Listener, RawAddr) {
+    let h = tempfile::tempdir().unwrap();
+    let layout = BoxLayout::new(h.path());
+    let s = strategy();
+    let b = id("b");
+    let l = s.bind_stream(&layout, &b, "agent.sock").unwrap();
+    let raw = RawAddr::abstract_name(&name_of(l.address()));
+    (h, layout, s, b, l, raw)
 }
 
 fn entries(dir: &Path) -> Vec<String> {
@@ -308,12 +320,7 @@ fn pidfd_pid(fd: std::os::fd::BorrowedFd<'_>) -> Option<i32> {
 #[test]
 fn pidfd_is_a_handle_on_the_peer_process() {
     let _serial = serial();
-    let h = tempfile::tempdir().unwrap();
-    let layout = BoxLayout::new(h.path());
-    let s = strategy();
-    let b = id("b");
-    let l = s.bind_stream(&layout, &b, "agent.sock").unwrap();
-    let raw = RawAddr::abstract_name(&name_of(l.address()));
+    let (_h, _layout, _s, _b, l, raw) = bound_agent();
     let (go_r, go_w) = pipe();
     let go_fd = go_r.as_raw_fd();
     let child = fork_child(&[go_fd], || {
@@ -383,12 +390,7 @@ fn foreign_uid_connecting_to_our_listener_is_dropped_and_counted() {
         eprintln!("skipped: needs root to run the peer as uid {NOBODY}");
         return;
     }
-    let h = tempfile::tempdir().unwrap();
-    let layout = BoxLayout::new(h.path());
-    let s = strategy();
-    let b = id("b");
-    let l = s.bind_stream(&layout, &b, "agent.sock").unwrap();
-    let raw = RawAddr::abstract_name(&name_of(l.address()));
+    let (_h, layout, s, b, l, raw) = bound_agent();
     let child = fork_child(&[], || {
         if !drop_to_nobody() {
             return 10;
@@ -593,12 +595,7 @@ fn a_peer_in_another_network_namespace_cannot_connect() {
         eprintln!("skipped: unshare(CLONE_NEWNET) needs root (CAP_SYS_ADMIN)");
         return;
     }
-    let h = tempfile::tempdir().unwrap();
-    let layout = BoxLayout::new(h.path());
-    let s = strategy();
-    let b = id("b");
-    let l = s.bind_stream(&layout, &b, "agent.sock").unwrap();
-    let raw = RawAddr::abstract_name(&name_of(l.address()));
+    let (_h, _layout, _s, _b, l, raw) = bound_agent();
     let child = fork_child(&[], || {
         let sock = stream_socket();
         // SAFETY: connect with an address prepared before the fork (control: same netns).
