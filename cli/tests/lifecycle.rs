@@ -412,9 +412,15 @@ async fn recovery_removes_orphan_dirs_and_rows_and_releases_their_bindings() {
     // A row without a directory (an interrupted removal)...
     let a = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
     std::fs::remove_dir_all(rt.layout().box_dir(&a.id)).unwrap();
-    // ...a directory without a row (an interrupted create), with its binding...
+    // ...a directory without a row (an interrupted create: its journal entry is still
+    // there), with its binding...
     let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
     rt.store().delete(b.id.as_str()).unwrap();
+    std::fs::write(rt.layout().create_journal(&b.id), b"").unwrap();
+    // ...a box directory without a row that no create journalled (a copy, a restore):
+    // never deleted...
+    let c = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
+    rt.store().delete(c.id.as_str()).unwrap();
     // ...and something under boxes/ that is not a box.
     std::fs::write(env.home.join("boxes/.not-a-box"), b"x").unwrap();
     rt.close();
@@ -422,10 +428,14 @@ async fn recovery_removes_orphan_dirs_and_rows_and_releases_their_bindings() {
     let (rt, report) = Runtime::open(&env.home, env.options()).await.unwrap();
     assert_eq!(report.orphan_rows_removed, vec![a.id.clone()]);
     assert_eq!(report.orphan_dirs_removed, vec![b.id.clone()]);
+    assert_eq!(report.unclaimed_dirs, vec![rt.layout().box_dir(&c.id)]);
     assert_eq!(report.unknown_entries.len(), 1);
     assert!(rt.list().unwrap().boxes.is_empty());
-    assert!(env.links().is_empty(), "bindings leaked: {:?}", env.links());
-    assert_eq!(env.box_dirs(), [".not-a-box"]);
+    assert_eq!(env.links(), [c.id.to_string()], "b's binding leaked or c's was released");
+    let mut dirs = env.box_dirs();
+    dirs.sort();
+    assert_eq!(dirs, [".not-a-box".to_owned(), c.id.to_string()]);
+    assert!(std::fs::read_dir(rt.layout().journal_dir()).unwrap().next().is_none(), "journal entries left");
 }
 
 #[tokio::test]
@@ -582,4 +592,57 @@ async fn an_empty_connection_on_the_ready_socket_is_not_mistaken_for_the_agent()
     assert!(log.contains("poked-ready"), "the wrapper did not poke the ready socket: {log}");
     assert_eq!(rt.get(b.id.as_str()).unwrap().state, BoxState::Running);
     rt.remove(b.id.as_str(), true).await.unwrap();
+}
+
+/// Issue 10, item 1: a read-only runtime (what `ls` and `inspect` use) recovers, sweeps,
+/// deletes and creates nothing, and refuses every change.
+#[tokio::test]
+async fn a_read_only_runtime_changes_nothing_and_refuses_changes() {
+    use boxsock::Access;
+    let env = Env::new();
+    let mut ro = env.options();
+    ro.access = Access::ReadOnly;
+    match Runtime::open(&env.home, ro.clone()).await {
+        Err(RuntimeError::NoHome { path }) => assert_eq!(path, env.home),
+        other => panic!("expected NoHome, got {other:?}"),
+    }
+    assert!(!env.home.exists(), "a read-only open created the home");
+    let (rt, _) = Runtime::open(&env.home, env.options()).await.unwrap();
+    let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
+    // An interrupted create, as a crash would leave it: journal, directory, no row.
+    rt.store().delete(b.id.as_str()).unwrap();
+    std::fs::write(rt.layout().create_journal(&b.id), b"").unwrap();
+    rt.close();
+    let snapshot = || {
+        let mut v: Vec<_> = walk(&env.home);
+        v.sort();
+        v
+    };
+    let before = snapshot();
+    let (rt, report) = Runtime::open(&env.home, ro).await.unwrap();
+    assert!(report.recovery_skipped && report.orphan_dirs_removed.is_empty());
+    assert!(rt.list().unwrap().boxes.is_empty());
+    assert!(matches!(rt.create(CreateOptions::new("short-symlink", "host")).await, Err(RuntimeError::ReadOnly { .. })));
+    assert!(matches!(rt.sweep().await, Err(RuntimeError::ReadOnly { .. })));
+    assert!(matches!(rt.remove(b.id.as_str(), true).await, Err(RuntimeError::ReadOnly { .. })));
+    rt.close();
+    assert_eq!(snapshot(), before, "a read-only runtime changed the home");
+    // The next writing open finishes the interrupted create.
+    let (_rt, report) = Runtime::open(&env.home, env.options()).await.unwrap();
+    assert_eq!(report.orphan_dirs_removed, vec![b.id]);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let m = std::fs::symlink_metadata(e.path()).unwrap();
+        // SQLite's shared-memory index (`-shm`) is written by every reader.
+        let mtime = if e.path().to_string_lossy().ends_with("-shm") { 0 } else { m.mtime_nsec() };
+        out.push(format!("{} {:o} {} {mtime}", e.path().display(), m.mode(), m.len()));
+        if m.is_dir() {
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
 }

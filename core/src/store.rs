@@ -954,6 +954,19 @@ mod tests {
     }
 
     #[test]
+    fn an_open_that_fails_removes_the_store_it_created() {
+        let d = tempfile::tempdir().unwrap();
+        // A directory where the WAL would go: refused after the database was created.
+        std::fs::create_dir(d.path().join("boxsock.db-wal")).unwrap();
+        match Store::open(d.path().join("boxsock.db")) {
+            Err(StoreError::Insecure { path, .. }) => assert_eq!(path, d.path().join("boxsock.db-wal")),
+            other => panic!("expected Insecure, got {other:?}"),
+        }
+        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [std::ffi::OsString::from("boxsock.db-wal")], "the new database was left behind");
+    }
+
+    #[test]
     fn a_symlinked_store_is_refused_and_a_failed_create_leaves_nothing() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("boxsock.db");

@@ -219,11 +219,13 @@ fn socket_files(env: &Env, id: &str) -> Vec<String> {
     }
 }
 
-/// Reopen the home through the CLI (`ls --json`, which recovers) and check that every
-/// box tells the truth: rows and directories match one to one, every link belongs to a
-/// box and resolves, a box with a process has it alive, a box without one has no live
-/// process and no socket file, and nothing is left mid-transition. Returns (id, state).
+/// Reopen the home through the CLI (`sweep`, a writing verb, which recovers; `ls` is
+/// read-only and changes nothing) and check that every box tells the truth: rows and
+/// directories match one to one, every link belongs to a box and resolves, a box with a
+/// process has it alive, a box without one has no live process and no socket file, and
+/// nothing is left mid-transition. Returns (id, state).
 fn reopen_and_check_truthful(env: &Env, ctx: &str) -> Vec<(String, String)> {
+    ok(env.cli().arg("sweep"));
     let l = json(env.cli().args(["ls", "--json"]));
     assert!(
         l["bad"].as_array().unwrap().is_empty(),
