@@ -335,12 +335,13 @@ pub fn tighten_home(home: BorrowedFd<'_>, path: &Path) {
 /// descriptors opened from the home's, and make its log 0600 (created if missing, so
 /// a backend appending to it never creates it with the umask's mode).
 pub fn check_box_dirs(home: BorrowedFd<'_>, layout: &crate::layout::BoxLayout, id: &crate::id::BoxId) -> Result<(), RuntimeError> {
-    let boxes = check_dir_at(home, OsStr::new("boxes"), &layout.boxes_dir(), true)?
-        .ok_or_else(|| io("open", &layout.boxes_dir(), Errno::ENOENT))?;
-    let dir = check_dir_at(boxes.as_fd(), OsStr::new(id.as_str()), &layout.box_dir(id), true)?
-        .ok_or_else(|| io("open", &layout.box_dir(id), Errno::ENOENT))?;
-    check_dir_at(dir.as_fd(), OsStr::new("sockets"), &layout.sockets_dir(id), true)?
-        .ok_or_else(|| io("open", &layout.sockets_dir(id), Errno::ENOENT))?;
+    // What is missing is left to the caller's own, more specific error (a missing
+    // socket directory is the strategy's `MissingSocketDir`); what exists must be ours.
+    let Some(boxes) = check_dir_at(home, OsStr::new("boxes"), &layout.boxes_dir(), true)? else { return Ok(()) };
+    let Some(dir) = check_dir_at(boxes.as_fd(), OsStr::new(id.as_str()), &layout.box_dir(id), true)? else { return Ok(()) };
+    if check_dir_at(dir.as_fd(), OsStr::new("sockets"), &layout.sockets_dir(id), true)?.is_none() {
+        return Ok(());
+    }
     let logs = ensure_dir_at(dir.as_fd(), OsStr::new("logs"), &layout.logs_dir(id))?;
     let log = layout.log_file(id);
     let fd = openat(

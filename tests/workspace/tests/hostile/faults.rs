@@ -929,12 +929,14 @@ fn read_only_home_body() -> Outcome {
         lib_msg.contains(lock.to_str().unwrap()) && lib_msg.contains("Read-only file system"),
         "{lib_msg}"
     );
-    // The CLI: every verb fails the same way, in one line, and writes nothing.
+    // The CLI: `ls` is read-only and still lists the boxes...
+    let listed = json(env.cli().args(["ls", "--json"]));
+    assert_eq!(listed["boxes"], before["boxes"], "ls on a read-only home");
+    // ...and every verb that writes fails the same way, in one line, and writes nothing.
     for args in [
         &["--backend", "host", "create"][..],
         &["start", &created],
         &["rm", "-f", &running],
-        &["ls"],
     ] {
         let o = env.cli().args(args).output().unwrap();
         assert_eq!(o.status.code(), Some(1), "{args:?}");
@@ -972,7 +974,7 @@ fn read_only_home_body() -> Outcome {
     drop(backing);
     drop(mnt);
     Outcome::Passed(format!(
-        "every open failed before writing anything: Io `{}`; the running box kept running; after remounting read-write both boxes listed unchanged, the running one answered exec, the created one started, and both were removed",
+        "`ls` (read-only) listed both boxes; every writing open failed before writing anything: Io `{}`; the running box kept running; after remounting read-write both boxes listed unchanged, the running one answered exec, the created one started, and both were removed",
         lib_msg.replace(lock.to_str().unwrap(), "<home>/boxsock.lock")
     ))
 }
@@ -1276,6 +1278,8 @@ scenario!(
             assert!(
                 [
                     "boxes",
+                    ".boxsock-home",
+                    "journal",
                     "boxsock.db",
                     "boxsock.db-wal",
                     "boxsock.db-shm",
