@@ -646,3 +646,43 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+/// Issue 10, item 3: an open that failed (then: the store, past SQLite's 512 bytes) left
+/// `boxes/` and the lock file behind. A new home whose open fails is removed again. The
+/// failure is made real: the home lies on a tmpfs with a few inodes, so the open runs
+/// out of them at each step in turn.
+#[tokio::test]
+async fn an_open_that_fails_in_a_new_home_leaves_nothing_behind() {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to mount a tmpfs");
+        return;
+    }
+    let env = Env::new();
+    let mnt = env.root.path().join("fs");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut failed_after_creating = Vec::new();
+    for inodes in 2..12 {
+        let opts = format!("size=4m,nr_inodes={inodes},mode=0700");
+        if let Err(e) = mount(Some("tmpfs"), &mnt, Some("tmpfs"), MsFlags::empty(), Some(opts.as_str())) {
+            eprintln!("skipped: cannot mount a tmpfs: {e}");
+            return;
+        }
+        let home = mnt.join("home");
+        let r = Runtime::open(&home, env.options()).await;
+        let left: Vec<String> = std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let ok = r.is_ok();
+        if let Err(e) = &r {
+            assert!(left.is_empty(), "{inodes} inodes: open failed ({e}) and left {left:?}");
+            if inodes > 2 {
+                failed_after_creating.push(inodes);
+            }
+        }
+        drop(r);
+        umount2(&mnt, MntFlags::MNT_DETACH).unwrap();
+        if ok {
+            break;
+        }
+    }
+    assert!(failed_after_creating.len() >= 2, "the open never failed after making the home: {failed_after_creating:?}");
+}
