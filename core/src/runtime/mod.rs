@@ -319,9 +319,10 @@ impl Drop for ReadyCleanup<'_> {
     }
 }
 
-/// Remove what a failed open of a new home made: the files it may have written, then
-/// the directories it created (each only if empty). Only when nobody else holds the
-/// home's lock: another process may have adopted the new home meanwhile.
+/// Remove what a failed open of a new home made: the home (this open created it 0700
+/// moments ago, so only this user can have written in it), then the ancestors it
+/// created, each only if empty. Not while another process holds the home's lock: it
+/// may have adopted the new home meanwhile.
 fn undo_created_home(layout: &BoxLayout, created: &[PathBuf]) {
     let lock_path = layout.lock_path();
     let guard = match std::fs::symlink_metadata(&lock_path) {
@@ -331,16 +332,18 @@ fn undo_created_home(layout: &BoxLayout, created: &[PathBuf]) {
         },
         Err(_) => None,
     };
-    for f in [layout.home_marker(), lock_path] {
-        let _ = std::fs::remove_file(f);
+    if created.last().is_some_and(|h| h == layout.home()) {
+        if let Err(e) = std::fs::remove_dir_all(layout.home()) {
+            tracing::warn!(home = %layout.home().display(), error = %e, "cannot remove the home this failed open created");
+        }
     }
     drop(guard);
-    for d in [layout.boxes_dir(), layout.journal_dir()] {
-        let _ = std::fs::remove_dir(d);
-    }
     for d in created.iter().rev() {
-        if let Err(e) = std::fs::remove_dir(d) {
-            tracing::warn!(path = %d.display(), error = %e, "cannot remove a directory this failed open created");
+        match std::fs::remove_dir(d) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %d.display(), error = %e, "cannot remove a directory this failed open created")
+            }
+            _ => {}
         }
     }
 }
