@@ -686,3 +686,47 @@ async fn an_open_that_fails_in_a_new_home_leaves_nothing_behind() {
     }
     assert!(failed_after_creating.len() >= 2, "the open never failed after making the home: {failed_after_creating:?}");
 }
+
+/// Issue 10, item 2: box directories are re-checked at start and before each dial, not
+/// only at create: one another user owns or can write is refused, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_and_exec_recheck_the_box_directories() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to give a directory to uid 65534");
+        return;
+    }
+    let env = Env::new();
+    let (rt, _) = Runtime::open(&env.home, env.options()).await.unwrap();
+    let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
+    let id = b.id.to_string();
+    let dir = rt.layout().box_dir(&b.id);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    match rt.start(&id).await {
+        Err(RuntimeError::InsecureHome { path, reason }) => {
+            assert_eq!(path, dir);
+            assert!(reason.contains("777"), "{reason}");
+        }
+        other => panic!("start with a 0777 box directory: {other:?}"),
+    }
+    assert_eq!(rt.get(&id).unwrap().state, boxsock::BoxState::Created, "a refused start changes nothing");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // Group/other read bits alone are tightened, not refused; the log is made 0600.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(rt.layout().log_file(&b.id), std::fs::Permissions::from_mode(0o644)).unwrap();
+    rt.start(&id).await.unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode(&dir), mode(&rt.layout().log_file(&b.id))), (0o700, 0o600));
+    let sockets = rt.layout().sockets_dir(&b.id);
+    nix::unistd::chown(&sockets, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    match exec_out(&rt, &id, &["true"]).await {
+        Err(RuntimeError::InsecureHome { path, reason }) => {
+            assert_eq!(path, sockets);
+            assert!(reason.contains("65534"), "{reason}");
+        }
+        other => panic!("exec with a sockets directory of nobody's: {other:?}"),
+    }
+    nix::unistd::chown(&sockets, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+    assert_eq!(exec_out(&rt, &id, &["echo", "ok"]).await.unwrap().1, "ok\n");
+    rt.remove(&id, true).await.unwrap();
+}
