@@ -21,7 +21,7 @@ pub use boxsock_core::backend::{Availability, BackendConfig, Isolation};
 pub use boxsock_core::process::{Liveness, ProcessHandle, ProcessIdentity};
 pub use boxsock_core::registry::{BackendRegistration, Registry, StrategyRegistration};
 pub use boxsock_core::runtime::{
-    BoxInfo, ClientError, CompanionInfo, CreateOptions, DoctorReport, ExecIo, LockMode, OpenReport, Runtime, RuntimeError,
+    Access, BoxInfo, ClientError, CompanionInfo, CreateOptions, DoctorReport, ExecIo, LockMode, OpenReport, Runtime, RuntimeError,
     RuntimeOptions,
     doctor,
 };

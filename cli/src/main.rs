@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use boxsock::{
-    BackendConfig, CreateOptions, ExecIo, LockMode, Runtime, RuntimeError, RuntimeOptions, StrategyConfig, builtin_backends,
+    Access, BackendConfig, CreateOptions, ExecIo, LockMode, Runtime, RuntimeError, RuntimeOptions, StrategyConfig, builtin_backends,
     builtin_strategies,
 };
 use clap::{Args, Parser, Subcommand};
@@ -218,11 +218,14 @@ fn main() -> ExitCode {
 }
 
 impl Global {
+    /// The home, made absolute (no symlink resolution) before anything checks it.
     fn home(&self) -> Result<PathBuf, Failure> {
-        self.home
+        let home = self
+            .home
             .clone()
             .or_else(boxsock::default_home)
-            .ok_or_else(|| Failure("no home: pass --home or set BOXSOCK_HOME (HOME is not set either)".into(), 1))
+            .ok_or_else(|| Failure("no home: pass --home or set BOXSOCK_HOME (HOME is not set either)".into(), 1))?;
+        std::path::absolute(&home).map_err(|e| Failure(format!("home {}: cannot make it absolute: {e}", home.display()), 1))
     }
 
     fn options(&self) -> Result<RuntimeOptions, Failure> {
@@ -249,6 +252,23 @@ impl Global {
             tracing::warn!(box_id = %bad.id, error = %bad.error, "corrupt box row (remove it with `boxsock rm -f`)");
         }
         Ok(rt)
+    }
+
+    /// Open the home read-only (`ls`, `inspect`): nothing is created, deleted,
+    /// recovered or swept. `None` if the home does not exist.
+    async fn open_read_only(&self) -> Result<Option<Runtime>, Failure> {
+        let mut o = self.options()?;
+        o.access = Access::ReadOnly;
+        match Runtime::open(self.home()?, o).await {
+            Ok((rt, report)) => {
+                for bad in &report.corrupt_rows {
+                    tracing::warn!(box_id = %bad.id, error = %bad.error, "corrupt box row (remove it with `boxsock rm -f`)");
+                }
+                Ok(Some(rt))
+            }
+            Err(RuntimeError::NoHome { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Open a home that must already exist: a verb naming a box in a missing home
@@ -386,8 +406,15 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
         }
         Verb::Ls { json: as_json } => {
-            // Listing a home that does not exist shows nothing and creates nothing.
-            let l = if g.home()?.exists() { g.open().await?.list()? } else { boxsock::Listing::default() };
+            // Read-only: listing deletes, recovers and creates nothing. A home that does
+            // not exist lists nothing, and says so.
+            let l = match g.open_read_only().await? {
+                Some(rt) => rt.list()?,
+                None => {
+                    eprintln!("boxsock: home {} does not exist (no boxes)", g.home()?.display());
+                    boxsock::Listing::default()
+                }
+            };
             if as_json {
                 return json(&l);
             }
@@ -409,7 +436,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Verb::Inspect { json: as_json, id } => {
-            let rt = g.open_existing(&id).await?;
+            let Some(rt) = g.open_read_only().await? else {
+                return Err(Failure(format!("no box with id or name {id:?}: home {} does not exist", g.home()?.display()), 1));
+            };
             let i = rt.inspect(&id)?;
             if as_json {
                 return json(&i);

@@ -276,7 +276,13 @@ fn killing_the_cli_mid_start_then_reopening_leaves_a_truthful_state_and_no_leak(
     start.wait().unwrap();
     assert!(pid_running(pid), "the box process outlives its starter (it is detached)");
 
-    // The next open recovers: the box is stopped, its process killed, its ready socket gone.
+    // A read-only verb changes nothing, not even an abandoned start.
+    let i = json(boxsock(&env).args(["inspect", &id, "--json"]));
+    assert_eq!((i["state"].as_str(), i["pid"].as_i64()), (Some("starting"), Some(pid as i64)), "{i}");
+    assert!(pid_running(pid), "a read-only verb killed the box process");
+    // The next writing open recovers: the box is stopped, its process killed, its ready
+    // socket gone.
+    ok(boxsock(&env).arg("sweep"));
     let i = json(boxsock(&env).args(["inspect", &id, "--json"]));
     assert_eq!(i["state"], "stopped", "{i}");
     assert!(i["pid"].is_null());
@@ -355,4 +361,149 @@ fn exec_in_a_box_whose_process_died_reports_it_stopped() {
     assert_eq!(json(boxsock(&env).args(["inspect", &id, "--json"]))["state"], "stopped");
     ok(boxsock(&env).args(["rm", &id]));
     assert_nothing_left(&env);
+}
+
+/// Every entry under `dir` (relative path, file type and mode, size of files, bytes of
+/// small files), sorted: what "changed nothing" compares.
+fn tree(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            let content = if m.is_file() && m.len() < 64 { format!("{:?}", std::fs::read(&p).unwrap()) } else { String::new() };
+            out.push(format!("{rel} {:o} {} {content}", m.mode(), if m.is_dir() { 0 } else { m.len() }));
+            if m.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Issue 10, item 1: `mkdir -p T/boxes/photos; echo x > T/boxes/photos/a.jpg;
+/// boxsock --home T ls` deleted `photos/` (recovery ran on every open and removed every
+/// box-like directory without a row; a fresh store has no rows).
+#[test]
+fn a_read_only_verb_in_a_directory_that_is_not_a_home_deletes_and_creates_nothing() {
+    let env = Env::new();
+    let t = env.root.path().join("T");
+    std::fs::create_dir_all(t.join("boxes/photos")).unwrap();
+    std::fs::write(t.join("boxes/photos/a.jpg"), b"x\n").unwrap();
+    let before = tree(&t);
+    for args in [&["ls"][..], &["ls", "--json"], &["inspect", "photos"]] {
+        let o = run(boxsock(&env).arg("--home").arg(&t).args(args));
+        assert_eq!(tree(&t), before, "{args:?} changed {}: {}", t.display(), stderr(&o));
+        if args[0] == "ls" {
+            assert_eq!(o.status.code(), Some(1), "{args:?}");
+            assert!(stderr(&o).contains("is not a boxsock home") && stderr(&o).contains(t.to_str().unwrap()), "{}", stderr(&o));
+        }
+    }
+    assert_eq!(std::fs::read(t.join("boxes/photos/a.jpg")).unwrap(), b"x\n");
+    // `doctor` deletes nothing either. (It may still make the abstract strategy's key:
+    // that strategy derives its names from it and creates it on first use.)
+    ok(boxsock(&env).arg("--home").arg(&t).arg("doctor"));
+    assert_eq!(std::fs::read(t.join("boxes/photos/a.jpg")).unwrap(), b"x\n");
+    let _ = std::fs::remove_file(t.join("abstract-socket.key"));
+    assert_eq!(tree(&t), before);
+    // Writing into it is refused, naming it; still nothing changes.
+    for args in [&["--backend", "host", "create"][..], &["sweep"], &["--backend", "host", "run", "--", "true"]] {
+        let o = run(boxsock(&env).arg("--home").arg(&t).args(args));
+        assert!(!o.status.success(), "{args:?} wrote into a directory that is not a home");
+        let err = stderr(&o);
+        assert!(err.contains(&format!("{} is not a boxsock home", t.display())) && err.contains("boxes"), "{args:?}: {err}");
+        assert_eq!(tree(&t), before, "{args:?} changed {}", t.display());
+    }
+    // A missing home: `ls` says so and creates nothing.
+    let missing = env.root.path().join("typo");
+    let o = run(boxsock(&env).arg("--home").arg(&missing).arg("ls"));
+    assert!(o.status.success());
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    assert!(!missing.exists());
+}
+
+/// Issue 10, item 1: recovery removes a directory without a row only when the create
+/// journal and the directory's marker prove an interrupted create made it.
+#[test]
+fn recovery_leaves_a_box_like_directory_it_did_not_create() {
+    let env = Env::new();
+    let id = ok(boxsock(&env).args(["--backend", "host", "create"])).trim().to_owned();
+    let home = &env.home;
+    assert!(home.join(".boxsock-home").is_file());
+    // Somebody's own directory, named like a box, and a copy of a real box directory
+    // (marker included) that no create journalled.
+    std::fs::create_dir_all(home.join("boxes/photos")).unwrap();
+    std::fs::write(home.join("boxes/photos/a.jpg"), b"x\n").unwrap();
+    let copy = home.join("boxes/copiedbox1");
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::write(copy.join(".boxsock-box"), b"").unwrap();
+    let before = tree(&home.join("boxes"));
+    ok(boxsock(&env).arg("sweep"));
+    ok(boxsock(&env).args(["--backend", "host", "create"]));
+    let after = tree(&home.join("boxes"));
+    for entry in &before {
+        assert!(after.contains(entry), "recovery removed {entry}");
+    }
+    let l = json(boxsock(&env).args(["ls", "--json"]));
+    assert_eq!(l["boxes"].as_array().unwrap().len(), 2, "{l}");
+    ok(boxsock(&env).args(["rm", &id]));
+    assert!(home.join("boxes/photos/a.jpg").is_file() && copy.is_dir());
+}
+
+/// Issue 10, item 5: `--strategy direct` with a relative home passed the budget check
+/// at create, then every start failed ("must be absolute").
+#[test]
+fn a_relative_home_works_with_the_direct_strategy() {
+    let env = Env::new();
+    let cmd = |args: &[&str]| {
+        let mut c = boxsock(&env);
+        c.env_remove("BOXSOCK_HOME").current_dir(env.root.path()).args(["--home", "rel/home", "--strategy", "direct", "--backend", "host"]).args(args);
+        c
+    };
+    let id = ok(&mut cmd(&["create"])).trim().to_owned();
+    ok(&mut cmd(&["start", &id]));
+    assert_eq!(ok(&mut cmd(&["exec", &id, "--", "echo", "relative"])), "relative\n");
+    let i = json(&mut cmd(&["inspect", &id, "--json"]));
+    let agent = i["sockets"].as_array().unwrap().iter().find(|s| s["socket"] == "agent").unwrap().clone();
+    let addr = agent["address"].as_str().unwrap();
+    assert!(addr.starts_with(env.root.path().join("rel/home").to_str().unwrap()), "{addr}");
+    ok(&mut cmd(&["rm", "-f", &id]));
+    let d = json(&mut cmd(&["doctor", "--json"]));
+    assert_eq!(d["home"].as_str().unwrap(), env.root.path().join("rel/home").to_str().unwrap());
+}
+
+/// A home exactly `len` bytes long under the env's root (components of ≤ 200 bytes).
+fn home_of(env: &Env, len: usize) -> std::path::PathBuf {
+    let mut p = env.root.path().join("home");
+    while p.as_os_str().len() < len {
+        let left = len - p.as_os_str().len() - 1;
+        let n = if left > 200 { 200.min(left - 2) } else { left.max(1) };
+        p.push("h".repeat(n));
+    }
+    assert_eq!(p.as_os_str().len(), len);
+    p
+}
+
+/// Issue 10, item 3: the store failed to open at 494 bytes ("unable to open database
+/// file": SQLite's unix VFS limits path names to 512 bytes), for every strategy.
+#[test]
+fn homes_of_600_2000_and_near_path_max_bytes_create_start_exec_and_rm() {
+    for len in [600, 2000, 4000] {
+        for strategy in ["short-symlink", "abstract"] {
+            let mut env = Env::new();
+            env.home = home_of(&env, len);
+            let args = ["--strategy", strategy, "--backend", "host"];
+            let id = ok(boxsock(&env).args(args).arg("create")).trim().to_owned();
+            ok(boxsock(&env).args(args).args(["start", &id]));
+            assert_eq!(ok(boxsock(&env).args(args).args(["exec", &id, "--", "echo", "deep"])), "deep\n", "{len} {strategy}");
+            ok(boxsock(&env).args(args).args(["rm", "-f", &id]));
+            assert_nothing_left(&env);
+            assert!(env.home.join("boxsock.db").is_file(), "{len} {strategy}: the store lives in the home");
+        }
+    }
 }

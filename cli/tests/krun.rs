@@ -378,7 +378,9 @@ fn kill_9_of_the_runtime_after_passt_started_then_reopen_kills_passt() {
     starter.0.wait().unwrap();
     assert!(passt.is_alive(), "passt must still be running after the runtime's SIGKILL, or this test proves nothing");
 
-    // The next runtime to open the home recovers it: the box is stopped and passt gone.
+    // The next runtime to open the home for writing recovers it (`ls` is read-only):
+    // the box is stopped and passt gone.
+    ok(boxsock(&env).arg("sweep"));
     let l = json(boxsock(&env).args(["ls", "--json"]));
     let b = l["boxes"].as_array().unwrap().iter().find(|b| b["id"] == id.as_str()).unwrap().clone();
     assert_eq!(b["state"], "stopped", "{b}");

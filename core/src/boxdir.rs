@@ -51,6 +51,34 @@ pub fn create_box_dirs(layout: &BoxLayout, id: &BoxId) -> Result<(), BoxDirError
     Ok(())
 }
 
+/// Create a **new** box's directories for the runtime's `create`: `<home>/boxes/<id>`
+/// must not exist (boxsock never adopts a directory it did not make); its marker
+/// `.boxsock-box` is written first (`O_EXCL`), then `sockets/`, `logs/` (0700) and an
+/// empty `logs/box.log` (0600, so a backend appending to it never creates it with the
+/// umask's mode). `<home>/boxes` must exist.
+pub fn create_new_box_dir(layout: &BoxLayout, id: &BoxId) -> Result<(), BoxDirError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut b = DirBuilder::new();
+    b.mode(0o700);
+    let dir = layout.box_dir(id);
+    b.create(&dir).map_err(|source| BoxDirError { op: "create directory", path: dir.clone(), source })?;
+    let new_file = |path: PathBuf| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|source| BoxDirError { op: "create", path, source })
+    };
+    new_file(layout.box_marker(id))?;
+    for d in [layout.sockets_dir(id), layout.logs_dir(id)] {
+        b.create(&d).map_err(|source| BoxDirError { op: "create directory", path: d.clone(), source })?;
+    }
+    new_file(layout.log_file(id))?;
+    Ok(())
+}
+
 /// Remove `<home>/boxes/<id>` and everything below it. Missing is not an error.
 pub fn remove_box_dir(layout: &BoxLayout, id: &BoxId) -> io::Result<()> {
     match std::fs::remove_dir_all(layout.box_dir(id)) {
@@ -75,6 +103,22 @@ mod tests {
         remove_box_dir(&l, &id).unwrap();
         assert!(!l.box_dir(&id).exists());
         remove_box_dir(&l, &id).unwrap();
+    }
+
+    #[test]
+    fn a_new_box_dir_is_marked_first_and_never_adopted() {
+        let home = tempfile::tempdir().unwrap();
+        let l = BoxLayout::new(home.path());
+        std::fs::create_dir(l.boxes_dir()).unwrap();
+        let id = BoxId::generate();
+        create_new_box_dir(&l, &id).unwrap();
+        assert!(l.box_marker(&id).is_file());
+        let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(l.log_file(&id)), 0o600);
+        assert_eq!(mode(l.sockets_dir(&id)), 0o700);
+        let e = create_new_box_dir(&l, &id).unwrap_err();
+        assert_eq!(e.source.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(e.path, l.box_dir(&id));
     }
 
     #[test]

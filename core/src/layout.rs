@@ -1,10 +1,13 @@
 //! Pure path arithmetic for a runtime home. No I/O happens here.
 //!
 //! ```text
-//! <home>/
-//!   boxsock.db          the SQLite store
-//!   boxsock.lock        the home lock (flock)
+//! <home>/              0700, owned by the user, checked at every open
+//!   .boxsock-home       marks the directory as a boxsock home
+//!   boxsock.db          the SQLite store (0600, and its -wal, -shm)
+//!   boxsock.lock        the home lock (flock, 0600)
+//!   journal/create.<id> a create in progress (removed once the box's row exists)
 //!   boxes/<id>/         one directory per box (0700)
+//!     .boxsock-box      written first when create makes the directory
 //!     sockets/          the real directory of the box's sockets (0700)
 //!     logs/box.log      the box's console / process log
 //!     rootfs/           a backend's guest root, when it has one
@@ -43,6 +46,27 @@ impl BoxLayout {
     /// `<home>/boxsock.lock`.
     pub fn lock_path(&self) -> PathBuf {
         self.home.join("boxsock.lock")
+    }
+
+    /// `<home>/.boxsock-home`: the marker of a home.
+    pub fn home_marker(&self) -> PathBuf {
+        self.home.join(".boxsock-home")
+    }
+
+    /// `<home>/journal`: the create journal.
+    pub fn journal_dir(&self) -> PathBuf {
+        self.home.join("journal")
+    }
+
+    /// `<home>/journal/create.<id>`: box `id` is being created.
+    pub fn create_journal(&self, id: &BoxId) -> PathBuf {
+        self.journal_dir().join(format!("create.{id}"))
+    }
+
+    /// `<home>/boxes/<id>/.boxsock-box`: the marker create writes first in a new box
+    /// directory.
+    pub fn box_marker(&self, id: &BoxId) -> PathBuf {
+        self.box_dir(id).join(".boxsock-box")
     }
 
     /// `<home>/boxes`.

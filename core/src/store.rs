@@ -13,12 +13,28 @@
 //!   ones separately, so one bad row never bricks a home.
 //! - Every write is one transaction; state changes are checked against the state
 //!   machine inside it.
+//! - The database and its `-wal` and `-shm` are 0600 whatever the umask: the file is
+//!   created 0600 before SQLite sees it (SQLite gives its journal files the database's
+//!   mode), and older files are tightened at open.
+//! - The schema version is read from the file's header **before** SQLite opens it, and
+//!   again before the first write (`PRAGMA journal_mode=WAL` rewrites the header and
+//!   creates `-wal`/`-shm`): a newer store is refused byte-for-byte untouched.
+//! - However deep the home, the store opens: on Linux SQLite is given the short name
+//!   `/proc/self/fd/<dirfd>/boxsock.db` through a VFS that is the default `unix` VFS
+//!   except that it keeps that name as it is (the `unix` VFS would resolve the magic
+//!   link back to the long path and fail past its 512-byte limit). See
+//!   `docs/decisions/0004-store-path-through-a-directory-fd.md`.
+//! - A store that fails to open leaves nothing behind that this open created.
 
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::{Mode, fchmod, fstat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use crate::id::BoxId;
@@ -110,6 +126,26 @@ pub enum StoreError {
         /// The newest version this build knows.
         supported: i64,
     },
+    /// A file system operation on the store's files failed.
+    #[error("store {}: {op}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A store file is not one this user can trust (a symlink, not a regular file, or
+    /// owned by another user): somebody else could read or change the boxes' secrets.
+    #[error("store {}: refusing to use it: {reason}", path.display())]
+    Insecure {
+        /// The file.
+        path: PathBuf,
+        /// What was found.
+        reason: String,
+    },
     /// A row could not be decoded.
     #[error("box {id}: stored row is corrupt: {reason}")]
     Corrupt {
@@ -177,11 +213,152 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// How a store is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreMode {
+    /// Create it if missing, migrate it, write to it.
+    ReadWrite,
+    /// Read only: nothing is created, migrated or changed. A missing database reads as
+    /// an empty store.
+    ReadOnly,
+}
+
 /// The box store.
 #[derive(Debug)]
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// The directory SQLite reaches the database through (`/proc/self/fd/<n>/…`); it
+    /// must stay open while the connection lives (journal files are opened lazily).
+    _dir: Option<OwnedFd>,
+}
+
+/// The VFS that keeps `/proc/self/fd/<n>/<name>` as SQLite's full path name.
+#[cfg(target_os = "linux")]
+mod fd_vfs {
+    use std::ffi::{CStr, c_char, c_int};
+    use std::sync::OnceLock;
+
+    use rusqlite::ffi;
+
+    /// The registered name.
+    pub(super) const NAME: &CStr = c"boxsock-fd";
+    /// Names kept as they are; everything else goes to the default VFS.
+    pub(super) const PREFIX: &[u8] = b"/proc/self/fd/";
+
+    type FullPathname = unsafe extern "C" fn(*mut ffi::sqlite3_vfs, *const c_char, c_int, *mut c_char) -> c_int;
+    static BASE_FULL_PATHNAME: OnceLock<FullPathname> = OnceLock::new();
+    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+
+    unsafe extern "C" fn full_pathname(vfs: *mut ffi::sqlite3_vfs, z_path: *const c_char, n_out: c_int, z_out: *mut c_char) -> c_int {
+        // SAFETY: SQLite passes a NUL-terminated file name.
+        let path = unsafe { CStr::from_ptr(z_path) }.to_bytes_with_nul();
+        if path.starts_with(PREFIX) {
+            if path.len() > usize::try_from(n_out).unwrap_or(0) {
+                return ffi::SQLITE_CANTOPEN;
+            }
+            // SAFETY: z_out holds n_out bytes (the xFullPathname contract) and the name,
+            // NUL included, is no longer than that; the buffers do not overlap.
+            unsafe { std::ptr::copy_nonoverlapping(z_path, z_out, path.len()) };
+            return ffi::SQLITE_OK;
+        }
+        match BASE_FULL_PATHNAME.get() {
+            // SAFETY: the default VFS's own method, called with its own contract.
+            Some(f) => unsafe { f(vfs, z_path, n_out, z_out) },
+            None => ffi::SQLITE_ERROR,
+        }
+    }
+
+    /// Register the VFS once per process (idempotent).
+    pub(super) fn register() -> Result<(), String> {
+        REGISTERED
+            .get_or_init(|| {
+                // SAFETY: a null name asks for the default VFS; sqlite3_vfs_find
+                // initialises SQLite first. A registered VFS is never freed.
+                let base = unsafe { ffi::sqlite3_vfs_find(std::ptr::null()) };
+                if base.is_null() {
+                    return Err("SQLite has no default VFS".into());
+                }
+                // SAFETY: `base` points to a live, registered sqlite3_vfs (plain data and
+                // function pointers); we copy it and never write through `base`.
+                let mut vfs: ffi::sqlite3_vfs = unsafe { std::ptr::read(base) };
+                let Some(f) = vfs.xFullPathname else { return Err("the default VFS has no xFullPathname".into()) };
+                let _ = BASE_FULL_PATHNAME.set(f);
+                // Everything else (pAppData included, which the unix VFS's xOpen uses)
+                // stays the default VFS's.
+                vfs.zName = NAME.as_ptr();
+                vfs.pNext = std::ptr::null_mut();
+                vfs.xFullPathname = Some(full_pathname);
+                let vfs: &'static mut ffi::sqlite3_vfs = Box::leak(Box::new(vfs));
+                // SAFETY: `vfs` lives for the rest of the process, as SQLite requires;
+                // makeDflt = 0 leaves the default VFS the default.
+                let rc = unsafe { ffi::sqlite3_vfs_register(vfs, 0) };
+                if rc == ffi::SQLITE_OK { Ok(()) } else { Err(format!("sqlite3_vfs_register failed with code {rc}")) }
+            })
+            .clone()
+    }
+}
+
+/// The schema version recorded in a SQLite file's header (`user_version`, a big-endian
+/// 32-bit integer at offset 60), if `header` is one.
+fn header_user_version(header: &[u8]) -> Option<i64> {
+    if header.len() < 64 || !header.starts_with(b"SQLite format 3\0") {
+        return None;
+    }
+    Some(i64::from(i32::from_be_bytes([header[60], header[61], header[62], header[63]])))
+}
+
+fn read_header(fd: &OwnedFd) -> std::io::Result<Vec<u8>> {
+    let mut buf = [0u8; 100];
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::sys::uio::pread(fd, &mut buf[got..], got as i64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(buf[..got].to_vec())
+}
+
+/// Check that an opened store file is a regular file of ours, and make it 0600.
+fn secure_file(fd: &OwnedFd, path: &Path, tighten: bool) -> Result<(), StoreError> {
+    let st = fstat(fd).map_err(|e| StoreError::Io { path: path.to_path_buf(), op: "inspect", source: e.into() })?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(StoreError::Insecure { path: path.to_path_buf(), reason: format!("not a regular file (mode {:o})", st.st_mode) });
+    }
+    if st.st_uid != euid {
+        return Err(StoreError::Insecure {
+            path: path.to_path_buf(),
+            reason: format!("owned by uid {}, not by this user (uid {euid})", st.st_uid),
+        });
+    }
+    if tighten && st.st_mode & 0o777 != 0o600 {
+        fchmod(fd, Mode::from_bits_truncate(0o600))
+            .map_err(|e| StoreError::Io { path: path.to_path_buf(), op: "make 0600", source: e.into() })?;
+    }
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let sq = |op| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Sqlite { path, op, source }
+    };
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq("begin migration"))?;
+    // Re-read inside the write lock: another process may have migrated meanwhile.
+    let v: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sq("read schema version"))?;
+    if v > SCHEMA_VERSION {
+        return Err(StoreError::FutureSchema { path: path.to_path_buf(), found: v, supported: SCHEMA_VERSION });
+    }
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(v as usize) {
+        tx.execute_batch(m).map_err(sq("migrate"))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(sq("write schema version"))?;
+        tracing::debug!(path = %path.display(), version = i + 1, "store migrated");
+    }
+    tx.commit().map_err(sq("commit migration"))
 }
 
 fn now_ms() -> i64 {
@@ -246,15 +423,131 @@ impl RawRow {
 
 impl Store {
     /// Open (creating if needed) the store at `path` and migrate it to
-    /// [`SCHEMA_VERSION`].
+    /// [`SCHEMA_VERSION`]. `":memory:"` is an empty store in memory.
     pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
-        let path = path.as_ref().to_path_buf();
-        let sq = |op| {
+        let path = path.as_ref();
+        if path == Path::new(":memory:") {
+            return Self::in_memory(path);
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = nix::fcntl::open(parent, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| StoreError::Io { path: path.to_path_buf(), op: "open the directory of", source: e.into() })?;
+        Self::open_at(dir, path, StoreMode::ReadWrite)
+    }
+
+    /// Open the store whose file is `path`'s last component inside the directory `dir`
+    /// (an opened descriptor: SQLite reaches the file through it, never by resolving
+    /// `path` again; `path` is what messages name).
+    pub fn open_at(dir: OwnedFd, path: &Path, mode: StoreMode) -> Result<Store, StoreError> {
+        let path = path.to_path_buf();
+        let io = |op: &'static str| {
             let path = path.clone();
+            move |e: nix::errno::Errno| StoreError::Io { path, op, source: e.into() }
+        };
+        let name = path
+            .file_name()
+            .ok_or_else(|| StoreError::Io {
+                path: path.clone(),
+                op: "name",
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "the store path has no file name"),
+            })?
+            .to_os_string();
+        let nofollow = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let (file, created) = match mode {
+            StoreMode::ReadWrite => {
+                let excl = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | nofollow;
+                match openat(dir.as_fd(), name.as_os_str(), excl, Mode::from_bits_truncate(0o600)) {
+                    Ok(f) => (f, true),
+                    Err(nix::errno::Errno::EEXIST) => {
+                        (openat(dir.as_fd(), name.as_os_str(), OFlag::O_RDWR | nofollow, Mode::empty()).map_err(io("open"))?, false)
+                    }
+                    Err(e) => return Err(io("create")(e)),
+                }
+            }
+            StoreMode::ReadOnly => match openat(dir.as_fd(), name.as_os_str(), OFlag::O_RDONLY | nofollow, Mode::empty()) {
+                Ok(f) => (f, false),
+                Err(nix::errno::Errno::ENOENT) => return Self::in_memory(&path),
+                Err(e) => return Err(io("open")(e)),
+            },
+        };
+        let cleanup = |e: StoreError| {
+            if created {
+                for suffix in ["", "-wal", "-shm", "-journal"] {
+                    let mut n = name.clone();
+                    n.push(suffix);
+                    let _ = unlinkat(dir.as_fd(), n.as_os_str(), UnlinkatFlags::NoRemoveDir);
+                }
+            }
+            e
+        };
+        let checked = (|| {
+            secure_file(&file, &path, mode == StoreMode::ReadWrite)?;
+            let header = read_header(&file).map_err(|e| StoreError::Io { path: path.clone(), op: "read header", source: e })?;
+            if let Some(found) = header_user_version(&header) {
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::FutureSchema { path: path.clone(), found, supported: SCHEMA_VERSION });
+                }
+            }
+            if mode == StoreMode::ReadWrite {
+                for suffix in ["-wal", "-shm"] {
+                    let mut n = name.clone();
+                    n.push(suffix);
+                    let p = PathBuf::from(format!("{}{suffix}", path.display()));
+                    match openat(dir.as_fd(), n.as_os_str(), OFlag::O_RDONLY | OFlag::O_NONBLOCK | nofollow, Mode::empty()) {
+                        Ok(f) => secure_file(&f, &p, true)?,
+                        Err(nix::errno::Errno::ENOENT) => {}
+                        Err(e) => return Err(StoreError::Io { path: p, op: "open", source: e.into() }),
+                    }
+                }
+            }
+            Ok(())
+        })();
+        // Closed before SQLite opens the file: closing any descriptor of a file drops
+        // every POSIX lock this process holds on it, SQLite's included.
+        drop(file);
+        checked.map_err(cleanup)?;
+        let opened = Self::open_sqlite(&dir, &path, &name, mode).map_err(cleanup)?;
+        Ok(Store { path, conn: Mutex::new(opened), _dir: Some(dir) })
+    }
+
+    fn open_sqlite(dir: &OwnedFd, path: &Path, name: &std::ffi::OsStr, mode: StoreMode) -> Result<Connection, StoreError> {
+        let sq = |op| {
+            let path = path.to_path_buf();
             move |source| StoreError::Sqlite { path, op, source }
         };
-        let mut conn = Connection::open(&path).map_err(sq("open"))?;
+        let flags = match mode {
+            StoreMode::ReadWrite => OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+            StoreMode::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
+        } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        #[cfg(target_os = "linux")]
+        let mut conn = {
+            fd_vfs::register().map_err(|reason| StoreError::Io {
+                path: path.to_path_buf(),
+                op: "register the SQLite VFS",
+                source: std::io::Error::other(reason),
+            })?;
+            let short = Path::new(std::str::from_utf8(fd_vfs::PREFIX).unwrap_or("/proc/self/fd/"))
+                .join(dir.as_raw_fd().to_string())
+                .join(name);
+            Connection::open_with_flags_and_vfs(&short, flags, fd_vfs::NAME).map_err(sq("open"))?
+        };
+        #[cfg(not(target_os = "linux"))]
+        let mut conn = {
+            let _ = (dir, name);
+            Connection::open_with_flags(path, flags).map_err(sq("open"))?
+        };
         conn.busy_timeout(Duration::from_secs(30)).map_err(sq("set busy timeout"))?;
+        // Before anything that writes: `journal_mode=WAL` rewrites the header.
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sq("read schema version"))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::FutureSchema { path: path.to_path_buf(), found, supported: SCHEMA_VERSION });
+        }
+        if mode == StoreMode::ReadOnly {
+            return Ok(conn);
+        }
         // journal_mode returns a row; query it rather than execute.
         let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(sq("enable WAL"))?;
         conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;").map_err(sq("set pragmas"))?;
@@ -263,25 +556,22 @@ impl Store {
         // nothing. Checkpoints still happen automatically as the WAL grows.
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
             .map_err(sq("disable checkpoint on close"))?;
-        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sq("read schema version"))?;
-        if found > SCHEMA_VERSION {
-            return Err(StoreError::FutureSchema { path, found, supported: SCHEMA_VERSION });
-        }
         if found < SCHEMA_VERSION {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq("begin migration"))?;
-            // Re-read inside the write lock: another process may have migrated meanwhile.
-            let v: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sq("read schema version"))?;
-            if v > SCHEMA_VERSION {
-                return Err(StoreError::FutureSchema { path, found: v, supported: SCHEMA_VERSION });
-            }
-            for (i, m) in MIGRATIONS.iter().enumerate().skip(v as usize) {
-                tx.execute_batch(m).map_err(sq("migrate"))?;
-                tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(sq("write schema version"))?;
-                tracing::debug!(path = %path.display(), version = i + 1, "store migrated");
-            }
-            tx.commit().map_err(sq("commit migration"))?;
+            migrate(&mut conn, path)?;
         }
-        Ok(Store { path, conn: Mutex::new(conn) })
+        Ok(conn)
+    }
+
+    /// An empty, migrated store in memory (read-only views of a home without a store).
+    fn in_memory(path: &Path) -> Result<Store, StoreError> {
+        let sq = |op| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Sqlite { path, op, source }
+        };
+        let mut conn = Connection::open_in_memory().map_err(sq("open in memory"))?;
+        conn.execute_batch("PRAGMA foreign_keys=ON;").map_err(sq("set pragmas"))?;
+        migrate(&mut conn, path)?;
+        Ok(Store { path: path.to_path_buf(), conn: Mutex::new(conn), _dir: None })
     }
 
     /// The database file.
@@ -583,6 +873,112 @@ mod tests {
         let c = Connection::open(&p).unwrap();
         let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, 99);
+    }
+
+    /// Issue 10: `PRAGMA journal_mode=WAL` used to run before the version check,
+    /// rewriting the header of a newer store and creating `-wal` and `-shm`.
+    #[test]
+    fn future_schema_is_refused_before_any_write_byte_for_byte() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("boxsock.db");
+        {
+            let c = Connection::open(&p).unwrap();
+            c.execute_batch("CREATE TABLE future (x); INSERT INTO future VALUES (1);").unwrap();
+            c.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        }
+        let before = std::fs::read(&p).unwrap();
+        for mode in [StoreMode::ReadWrite, StoreMode::ReadOnly] {
+            let dir = nix::fcntl::open(d.path(), OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+            match Store::open_at(dir, &p, mode) {
+                Err(StoreError::FutureSchema { found, .. }) => assert_eq!(found, SCHEMA_VERSION + 1),
+                other => panic!("expected FutureSchema, got {other:?}"),
+            }
+            assert_eq!(std::fs::read(&p).unwrap(), before, "{mode:?}: the store's bytes changed");
+            let mut names: Vec<String> =
+                std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+            names.sort();
+            assert_eq!(names, ["boxsock.db"], "{mode:?}: files appeared next to the store");
+        }
+    }
+
+    /// A directory path of exactly `len` bytes under `base` (components of at most 200
+    /// bytes), created.
+    fn deep_dir(base: &Path, len: usize) -> PathBuf {
+        let mut p = base.to_path_buf();
+        while p.as_os_str().len() < len {
+            let left = len - p.as_os_str().len() - 1;
+            let n = if left > 200 { 200.min(left - 2) } else { left.max(1) };
+            p.push("d".repeat(n));
+        }
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// Issue 10: SQLite's unix VFS limits path names to 512 bytes, so a home of 494
+    /// bytes or more could not open its store. The store must open however deep.
+    #[test]
+    fn a_store_opens_however_deep_its_directory() {
+        let d = tempfile::tempdir().unwrap();
+        for len in [600, 2000, 4000] {
+            let dir = deep_dir(d.path(), len);
+            assert_eq!(dir.as_os_str().len(), len);
+            let p = dir.join("boxsock.db");
+            let s = Store::open(&p).unwrap_or_else(|e| panic!("{len} bytes: {e}"));
+            let rec = Store::new_record(BoxId::generate(), None, cfg());
+            s.insert(&rec).unwrap();
+            drop(s);
+            let s = Store::open(&p).unwrap();
+            assert_eq!(s.list().unwrap().boxes, vec![rec]);
+            let mode: String = s.conn().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+            assert_eq!(mode, "wal");
+            assert!(dir.join("boxsock.db-wal").exists(), "the WAL lives next to the store");
+            let ro = Store::open_at(
+                nix::fcntl::open(&dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap(),
+                &p,
+                StoreMode::ReadOnly,
+            )
+            .unwrap();
+            assert_eq!(ro.list().unwrap().boxes.len(), 1);
+            assert!(ro.execute_raw("DELETE FROM boxes").is_err(), "a read-only store refuses writes");
+        }
+    }
+
+    #[test]
+    fn a_read_only_store_of_a_missing_file_is_empty_and_creates_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("boxsock.db");
+        let dir = nix::fcntl::open(d.path(), OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let s = Store::open_at(dir, &p, StoreMode::ReadOnly).unwrap();
+        assert!(s.list().unwrap().boxes.is_empty());
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_open_that_fails_removes_the_store_it_created() {
+        let d = tempfile::tempdir().unwrap();
+        // A directory where the WAL would go: refused after the database was created.
+        std::fs::create_dir(d.path().join("boxsock.db-wal")).unwrap();
+        match Store::open(d.path().join("boxsock.db")) {
+            Err(StoreError::Insecure { path, .. }) => assert_eq!(path, d.path().join("boxsock.db-wal")),
+            other => panic!("expected Insecure, got {other:?}"),
+        }
+        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [std::ffi::OsString::from("boxsock.db-wal")], "the new database was left behind");
+    }
+
+    #[test]
+    fn a_symlinked_store_is_refused_and_a_failed_create_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("boxsock.db");
+        std::os::unix::fs::symlink("/etc/passwd", &p).unwrap();
+        assert!(matches!(Store::open(&p), Err(StoreError::Io { .. } | StoreError::Insecure { .. })));
+        std::fs::remove_file(&p).unwrap();
+        // A store that cannot be opened as SQLite (garbage) is left as found.
+        std::fs::write(&p, vec![7u8; 4096]).unwrap();
+        assert!(Store::open(&p).is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), vec![7u8; 4096]);
+        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [std::ffi::OsString::from("boxsock.db")]);
     }
 
     #[test]

@@ -25,6 +25,41 @@ pub enum RuntimeError {
         /// The holder's pid, when it recorded one and is alive.
         pid: Option<i32>,
     },
+    /// The home, an ancestor of it, or a directory or file inside it could be changed by
+    /// another user (or is not what boxsock made): refused, never used.
+    #[error("refusing home {}: {reason}", path.display())]
+    InsecureHome {
+        /// The directory or file found.
+        path: PathBuf,
+        /// What was found (owner, mode) and why it matters.
+        reason: String,
+    },
+    /// A non-empty directory that is not a boxsock home (no `.boxsock-home`, no store):
+    /// boxsock refuses to write into it.
+    #[error(
+        "{} is not a boxsock home: it is not empty (it holds {found}) and has neither .boxsock-home nor boxsock.db; refusing to write into it (use an empty or new directory)",
+        path.display()
+    )]
+    NotAHome {
+        /// The directory.
+        path: PathBuf,
+        /// Some of its entries.
+        found: String,
+    },
+    /// A read-only open of a home that does not exist.
+    #[error("home {} does not exist", path.display())]
+    NoHome {
+        /// The home.
+        path: PathBuf,
+    },
+    /// A change was asked of a runtime opened read-only.
+    #[error("home {} was opened read-only: cannot {op}", home.display())]
+    ReadOnly {
+        /// The home.
+        home: PathBuf,
+        /// What was asked.
+        op: &'static str,
+    },
     /// A file system operation on the home failed.
     #[error("{op} {}: {source}", path.display())]
     Io {

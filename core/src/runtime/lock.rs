@@ -41,14 +41,37 @@ pub struct LockGuard {
 }
 
 fn open_lock_file(path: &Path) -> Result<File, RuntimeError> {
-    OpenOptions::new()
+    let f = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|e| RuntimeError::Io { op: "open lock file", path: path.to_path_buf(), source: e })
+        .map_err(|e| RuntimeError::Io { op: "open lock file", path: path.to_path_buf(), source: e })?;
+    // 0600 whatever created it (an older boxsock under another umask).
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = f.metadata() {
+        if m.permissions().mode() & 0o777 != 0o600 {
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| RuntimeError::Io { op: "make 0600", path: path.to_path_buf(), source: e })?;
+        }
+    }
+    Ok(f)
+}
+
+/// Wait (up to `wait`) until no process holds the home exclusively, without creating
+/// or changing anything: for read-only opens. A home without a lock file has never
+/// been opened for writing, so there is nothing to wait for.
+pub async fn wait_unlocked_read_only(home: &Path, path: &Path, wait: Option<Duration>) -> Result<(), RuntimeError> {
+    let file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(RuntimeError::Io { op: "open lock file", path: path.to_path_buf(), source: e }),
+    };
+    drop(lock_file(home, path, file, false, wait).await?);
+    Ok(())
 }
 
 /// The pid recorded in the lock file, if that process is still alive.
@@ -61,9 +84,13 @@ fn recorded_pid(path: &Path) -> Option<i32> {
 
 /// Take the lock at `path`, waiting up to `wait` (polling with a short back-off).
 pub async fn acquire(home: &Path, path: &Path, exclusive: bool, wait: Option<Duration>) -> Result<LockGuard, RuntimeError> {
+    let file = open_lock_file(path)?;
+    lock_file(home, path, file, exclusive, wait).await
+}
+
+async fn lock_file(home: &Path, path: &Path, mut file: File, exclusive: bool, wait: Option<Duration>) -> Result<LockGuard, RuntimeError> {
     let deadline = wait.map(|w| Instant::now() + w);
     let arg = if exclusive { FlockArg::LockExclusiveNonblock } else { FlockArg::LockSharedNonblock };
-    let mut file = open_lock_file(path)?;
     let mut step = Duration::from_millis(1);
     loop {
         match Flock::lock(file, arg) {

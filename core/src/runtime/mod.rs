@@ -31,12 +31,13 @@
 
 mod crash;
 mod error;
+pub mod home;
 mod info;
 mod lock;
 mod recovery;
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -63,7 +64,18 @@ use crate::process::{ProcessHandle, ProcessIdentity};
 use crate::agent_client::{self, AgentClient};
 use crate::registry::{BackendRegistration, BuildError, Registry, StrategyRegistration};
 use crate::state::BoxState;
-use crate::store::{BoxConfig, BoxRecord, Listing, Store};
+use crate::store::{BoxConfig, BoxRecord, Listing, Store, StoreMode};
+
+/// Whether a runtime may change its home.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Create the home if missing, recover, create / start / stop / remove boxes.
+    ReadWrite,
+    /// Look only (`ls`, `inspect`): nothing is created, deleted, recovered, swept or
+    /// tightened; a missing home is [`RuntimeError::NoHome`]; every change is
+    /// [`RuntimeError::ReadOnly`].
+    ReadOnly,
+}
 
 /// How a [`Runtime`] is built. The registries are values, so the core never names a
 /// strategy or backend crate; the `boxsock` crate supplies the built-in ones.
@@ -88,6 +100,8 @@ pub struct RuntimeOptions {
     pub stop_timeout: Duration,
     /// Watch running boxes' processes while the runtime is alive.
     pub health_monitor: bool,
+    /// Whether the runtime may change the home (default [`Access::ReadWrite`]).
+    pub access: Access,
 }
 
 impl RuntimeOptions {
@@ -104,6 +118,7 @@ impl RuntimeOptions {
             ready_timeout: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(5),
             health_monitor: true,
+            access: Access::ReadWrite,
         }
     }
 }
@@ -121,6 +136,7 @@ impl Clone for RuntimeOptions {
             ready_timeout: self.ready_timeout,
             stop_timeout: self.stop_timeout,
             health_monitor: self.health_monitor,
+            access: self.access,
         }
     }
 }
@@ -180,6 +196,8 @@ pub struct Runtime {
 #[derive(Debug)]
 struct Inner {
     layout: BoxLayout,
+    /// The home, opened and checked at open; box directories are re-checked from it.
+    home_fd: OwnedFd,
     options: RuntimeOptions,
     store: Store,
     strategies: Mutex<HashMap<String, Arc<dyn SocketBinding>>>,
@@ -301,31 +319,93 @@ impl Drop for ReadyCleanup<'_> {
     }
 }
 
+/// Remove what a failed open of a new home made: the home (this open created it 0700
+/// moments ago, so only this user can have written in it), then the ancestors it
+/// created, each only if empty. Not while another process holds the home's lock: it
+/// may have adopted the new home meanwhile.
+fn undo_created_home(layout: &BoxLayout, created: &[PathBuf]) {
+    let lock_path = layout.lock_path();
+    let guard = match std::fs::symlink_metadata(&lock_path) {
+        Ok(_) => match lock::try_exclusive(&lock_path) {
+            Ok(Some(g)) => Some(g),
+            _ => return,
+        },
+        Err(_) => None,
+    };
+    if created.last().is_some_and(|h| h == layout.home()) {
+        if let Err(e) = std::fs::remove_dir_all(layout.home()) {
+            tracing::warn!(home = %layout.home().display(), error = %e, "cannot remove the home this failed open created");
+        }
+    }
+    drop(guard);
+    for d in created.iter().rev() {
+        match std::fs::remove_dir(d) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %d.display(), error = %e, "cannot remove a directory this failed open created")
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Runtime {
     /// Open the runtime over `home` (created 0700 if missing). See the module docs.
+    ///
+    /// The home is made absolute first (no symlink resolution), then checked
+    /// ([`home`]): its ancestors, itself and `boxes/` on opened descriptors, and that it
+    /// is a home (marker or store) or empty. With [`Access::ReadOnly`] nothing is
+    /// created or changed. An open that fails removes the home it created.
     pub async fn open(home: impl Into<PathBuf>, options: RuntimeOptions) -> Result<(Runtime, OpenReport), RuntimeError> {
-        let home: PathBuf = home.into();
-        let layout = BoxLayout::new(&home);
-        let mut b = std::fs::DirBuilder::new();
-        b.recursive(true).mode(0o700);
-        b.create(&home).map_err(|e| RuntimeError::Io { op: "create home", path: home.clone(), source: e })?;
-        b.create(layout.boxes_dir()).map_err(|e| RuntimeError::Io { op: "create", path: layout.boxes_dir(), source: e })?;
-
-        let lock_path = layout.lock_path();
-        let (home_lock, recovery_lock) = match options.lock_mode {
-            LockMode::Exclusive => (Some(lock::acquire(&home, &lock_path, true, options.lock_wait).await?), None),
-            LockMode::Shared => {
-                // Wait for an exclusive holder like any operation would, then recover
-                // only if nobody is mid-operation right now.
-                drop(lock::acquire(&home, &lock_path, false, options.lock_wait).await?);
-                (None, lock::try_exclusive(&lock_path)?)
+        let given: PathBuf = home.into();
+        // Before anything checks: a relative home passed `direct`'s budget at create and
+        // then failed every start.
+        let home = std::path::absolute(&given).map_err(|e| RuntimeError::Io { op: "make absolute", path: given.clone(), source: e })?;
+        let opened = home::open_home(&home, options.access == Access::ReadWrite)?;
+        let created = opened.created;
+        match Self::open_checked(home.clone(), opened.fd, options).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                if !created.is_empty() {
+                    undo_created_home(&BoxLayout::new(&home), &created);
+                }
+                Err(e)
             }
-        };
-        let store = Store::open(layout.store_path())?;
-        let health = options.health_monitor;
+        }
+    }
+
+    async fn open_checked(home: PathBuf, home_fd: OwnedFd, options: RuntimeOptions) -> Result<(Runtime, OpenReport), RuntimeError> {
+        let layout = BoxLayout::new(&home);
+        let writable = options.access == Access::ReadWrite;
+        let store_name = "boxsock.db";
+        debug_assert_eq!(layout.store_path(), home.join(store_name));
+        home::classify(home_fd.as_fd(), &home, store_name)?;
+        let mut recovery_lock = None;
+        let mut home_lock = None;
+        if writable {
+            home::write_marker(home_fd.as_fd(), &home)?;
+            home::tighten_home(home_fd.as_fd(), &home);
+            home::ensure_dir_at(home_fd.as_fd(), std::ffi::OsStr::new("boxes"), &layout.boxes_dir())?;
+            let lock_path = layout.lock_path();
+            match options.lock_mode {
+                LockMode::Exclusive => home_lock = Some(lock::acquire(&home, &lock_path, true, options.lock_wait).await?),
+                LockMode::Shared => {
+                    // Wait for an exclusive holder like any operation would, then recover
+                    // only if nobody is mid-operation right now.
+                    drop(lock::acquire(&home, &lock_path, false, options.lock_wait).await?);
+                    recovery_lock = lock::try_exclusive(&lock_path)?;
+                }
+            }
+        } else {
+            home::check_dir_at(home_fd.as_fd(), std::ffi::OsStr::new("boxes"), &layout.boxes_dir(), false)?;
+            lock::wait_unlocked_read_only(&home, &layout.lock_path(), options.lock_wait).await?;
+        }
+        let store_dir = home_fd.try_clone().map_err(|e| RuntimeError::Io { op: "duplicate the descriptor of", path: home.clone(), source: e })?;
+        let store = Store::open_at(store_dir, &layout.store_path(), if writable { StoreMode::ReadWrite } else { StoreMode::ReadOnly })?;
+        let health = options.health_monitor && writable;
         let rt = Runtime {
             inner: Arc::new(Inner {
                 layout,
+                home_fd,
                 options,
                 store,
                 strategies: Mutex::new(HashMap::new()),
@@ -342,7 +422,9 @@ impl Runtime {
             recovery::recover(&rt.inner, &mut report).await?;
         } else {
             report.recovery_skipped = true;
-            tracing::debug!(home = %home.display(), "another process is mid-operation on this home; recovery skipped");
+            if writable {
+                tracing::debug!(home = %home.display(), "another process is mid-operation on this home; recovery skipped");
+            }
         }
         drop(recovery_lock);
         if health {
@@ -435,13 +517,23 @@ impl Runtime {
         let _op = inner.op_lock().await?;
         let config = BoxConfig { strategy: opts.strategy, backend: opts.backend, network: opts.network, env: opts.env };
         let rec = Store::new_record(id.clone(), opts.name, config);
-        crate::boxdir::create_box_dirs(&inner.layout, &id)
-            .map_err(|e| RuntimeError::Io { op: "create box directory", path: e.path, source: e.source })?;
+        // Journal, then directory (marker first), then row: recovery deletes only a
+        // directory both prove it made.
+        home::journal_create(inner.home_fd.as_fd(), &inner.layout, &id)?;
+        if let Err(e) = crate::boxdir::create_new_box_dir(&inner.layout, &id) {
+            if e.source.kind() != std::io::ErrorKind::AlreadyExists || e.path != inner.layout.box_dir(&id) {
+                let _ = crate::boxdir::remove_box_dir(&inner.layout, &id);
+            }
+            home::journal_done(&inner.layout, &id);
+            return Err(RuntimeError::Io { op: "create box directory", path: e.path, source: e.source });
+        }
         crash::point("create:dirs");
         if let Err(e) = inner.store.insert(&rec) {
             let _ = crate::boxdir::remove_box_dir(&inner.layout, &id);
+            home::journal_done(&inner.layout, &id);
             return Err(e.into());
         }
+        home::journal_done(&inner.layout, &id);
         crash::point("create:row");
         let prepared = strategy.ensure(&inner.layout, &id).map_err(RuntimeError::from).and_then(|()| {
             backend.prepare(&inner.layout, &id).map_err(RuntimeError::from)
@@ -534,6 +626,7 @@ impl Runtime {
     /// `lock_wait`) for exclusive use of the home.
     pub async fn sweep(&self) -> Result<Vec<(String, Result<crate::binding::SweepReport, String>)>, RuntimeError> {
         let inner = &self.inner;
+        inner.writable("sweep")?;
         let _g = match inner.options.lock_mode {
             LockMode::Exclusive => None,
             LockMode::Shared => Some(lock::acquire(inner.layout.home(), &inner.layout.lock_path(), true, inner.options.lock_wait).await?),
@@ -579,7 +672,16 @@ impl Inner {
         }
     }
 
+    /// Refuse a change in a read-only runtime.
+    fn writable(&self, op: &'static str) -> Result<(), RuntimeError> {
+        match self.options.access {
+            Access::ReadWrite => Ok(()),
+            Access::ReadOnly => Err(RuntimeError::ReadOnly { home: self.layout.home().to_path_buf(), op }),
+        }
+    }
+
     async fn op_lock(&self) -> Result<Option<LockGuard>, RuntimeError> {
+        self.writable("create, start, stop or remove boxes")?;
         match self.options.lock_mode {
             LockMode::Exclusive => Ok(None),
             LockMode::Shared => {
@@ -743,6 +845,8 @@ impl Inner {
 
     async fn start_locked(self: &Arc<Self>, rec: BoxRecord) -> Result<BoxRecord, RuntimeError> {
         let id = rec.id.clone();
+        // Not only at create: somebody may have changed them since.
+        home::check_box_dirs(self.home_fd.as_fd(), &self.layout, &id)?;
         let strategy = self.strategy(&rec.config.strategy)?;
         let backend = self.backend(&rec.config.backend)?;
         if let Availability::Unavailable { reason } = backend.available_for_launch() {
@@ -903,10 +1007,12 @@ impl Inner {
     }
 
     async fn connect_agent(&self, id_or_name: &str) -> Result<(BoxRecord, AgentClient, String), RuntimeError> {
+        self.writable("dial a box")?;
         let rec = self.record(id_or_name)?;
         if rec.state != BoxState::Running {
             return Err(RuntimeError::NotRunning { id: rec.id, state: rec.state });
         }
+        home::check_box_dirs(self.home_fd.as_fd(), &self.layout, &rec.id)?;
         match self.dial_agent(&rec) {
             Ok((client, address)) => Ok((rec, client, address)),
             Err(e) => {

@@ -11,10 +11,16 @@
 //! - A row whose directory is gone is an interrupted removal (removal deletes the
 //!   directory before the row): its process is killed, its binding released, the row
 //!   deleted.
-//! - A directory under `boxes/` with a valid id and no row is an interrupted create
-//!   (create makes the directory before the row): its binding is released with every
-//!   strategy and the directory removed. Entries whose names are not valid ids are
-//!   reported and left alone. A directory whose row is corrupt is kept.
+//! - A directory under `boxes/` with a valid id and no row is removed **only if the
+//!   runtime can prove an interrupted create made it**: create journals
+//!   `<home>/journal/create.<id>` before making the directory, writes the directory's
+//!   marker `.boxsock-box` first, and drops the journal entry once the row exists. With
+//!   both, its binding is released with every strategy and the directory removed; with
+//!   the journal entry only (a crash between `mkdir` and the marker), the directory is
+//!   removed only if empty. Anything else is reported ([`OpenReport::unclaimed_dirs`])
+//!   and left alone: never delete what we cannot prove we created. Entries whose names
+//!   are not valid ids are reported and left alone. A directory whose row is corrupt is
+//!   kept. Journal entries of boxes that have a row or no directory are dropped.
 //! - Corrupt rows are reported, never touched.
 //! - Recorded companions (passt…) of every box that is not `Running` with a live
 //!   process afterwards are killed and their record cleared.
@@ -59,6 +65,9 @@ pub struct OpenReport {
     pub corrupt_rows: Vec<BadRow>,
     /// Entries under `boxes/` that are not box directories (left in place).
     pub unknown_entries: Vec<std::path::PathBuf>,
+    /// Directories under `boxes/` named like a box, without a row, that boxsock cannot
+    /// prove it created (no create journal entry, or no marker): left in place.
+    pub unclaimed_dirs: Vec<std::path::PathBuf>,
     /// Recovery did not run: another process was mid-operation on the home.
     pub recovery_skipped: bool,
 }
@@ -165,11 +174,40 @@ pub(super) async fn recover(inner: &Arc<Inner>, report: &mut OpenReport) -> Resu
             report.unknown_entries.push(entry.path());
             continue;
         }
-        tracing::warn!(box_id = %id, "box directory without a row (interrupted create): removing it");
-        inner.release_everywhere(&id);
-        crate::boxdir::remove_box_dir(layout, &id)
-            .map_err(|e| RuntimeError::Io { op: "remove orphan box directory", path: layout.box_dir(&id), source: e })?;
-        report.orphan_dirs_removed.push(id);
+        let journaled = std::fs::symlink_metadata(layout.create_journal(&id)).is_ok_and(|m| m.is_file());
+        let marked = std::fs::symlink_metadata(layout.box_marker(&id)).is_ok_and(|m| m.is_file());
+        if journaled && marked {
+            tracing::warn!(box_id = %id, "box directory without a row (interrupted create): removing it");
+            inner.release_everywhere(&id);
+            crate::boxdir::remove_box_dir(layout, &id)
+                .map_err(|e| RuntimeError::Io { op: "remove orphan box directory", path: layout.box_dir(&id), source: e })?;
+            super::home::journal_done(layout, &id);
+            report.orphan_dirs_removed.push(id);
+        } else if journaled && std::fs::remove_dir(entry.path()).is_ok() {
+            // Interrupted between mkdir and the marker: an empty directory is all it made.
+            super::home::journal_done(layout, &id);
+            report.orphan_dirs_removed.push(id);
+        } else {
+            tracing::warn!(
+                path = %entry.path().display(),
+                journaled,
+                marked,
+                "directory under boxes/ without a row that boxsock cannot prove it created: left in place"
+            );
+            report.unclaimed_dirs.push(entry.path());
+        }
+    }
+    // Journal entries of creates that finished (a row) or never made a directory.
+    if let Ok(entries) = std::fs::read_dir(layout.journal_dir()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_prefix("create.")).and_then(|n| BoxId::parse(n).ok()) else {
+                continue;
+            };
+            if known.contains(id.as_str()) || std::fs::symlink_metadata(layout.box_dir(&id)).is_err() {
+                super::home::journal_done(layout, &id);
+            }
+        }
     }
     Ok(())
 }

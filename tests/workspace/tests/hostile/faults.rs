@@ -219,11 +219,13 @@ fn socket_files(env: &Env, id: &str) -> Vec<String> {
     }
 }
 
-/// Reopen the home through the CLI (`ls --json`, which recovers) and check that every
-/// box tells the truth: rows and directories match one to one, every link belongs to a
-/// box and resolves, a box with a process has it alive, a box without one has no live
-/// process and no socket file, and nothing is left mid-transition. Returns (id, state).
+/// Reopen the home through the CLI (`sweep`, a writing verb, which recovers; `ls` is
+/// read-only and changes nothing) and check that every box tells the truth: rows and
+/// directories match one to one, every link belongs to a box and resolves, a box with a
+/// process has it alive, a box without one has no live process and no socket file, and
+/// nothing is left mid-transition. Returns (id, state).
 fn reopen_and_check_truthful(env: &Env, ctx: &str) -> Vec<(String, String)> {
+    ok(env.cli().arg("sweep"));
     let l = json(env.cli().args(["ls", "--json"]));
     assert!(
         l["bad"].as_array().unwrap().is_empty(),
@@ -927,12 +929,14 @@ fn read_only_home_body() -> Outcome {
         lib_msg.contains(lock.to_str().unwrap()) && lib_msg.contains("Read-only file system"),
         "{lib_msg}"
     );
-    // The CLI: every verb fails the same way, in one line, and writes nothing.
+    // The CLI: `ls` is read-only and still lists the boxes...
+    let listed = json(env.cli().args(["ls", "--json"]));
+    assert_eq!(listed["boxes"], before["boxes"], "ls on a read-only home");
+    // ...and every verb that writes fails the same way, in one line, and writes nothing.
     for args in [
         &["--backend", "host", "create"][..],
         &["start", &created],
         &["rm", "-f", &running],
-        &["ls"],
     ] {
         let o = env.cli().args(args).output().unwrap();
         assert_eq!(o.status.code(), Some(1), "{args:?}");
@@ -970,7 +974,7 @@ fn read_only_home_body() -> Outcome {
     drop(backing);
     drop(mnt);
     Outcome::Passed(format!(
-        "every open failed before writing anything: Io `{}`; the running box kept running; after remounting read-write both boxes listed unchanged, the running one answered exec, the created one started, and both were removed",
+        "`ls` (read-only) listed both boxes; every writing open failed before writing anything: Io `{}`; the running box kept running; after remounting read-write both boxes listed unchanged, the running one answered exec, the created one started, and both were removed",
         lib_msg.replace(lock.to_str().unwrap(), "<home>/boxsock.lock")
     ))
 }
@@ -1088,8 +1092,9 @@ fn full_home_filesystem_body() -> Outcome {
             .unwrap_err();
         match &e {
             RuntimeError::Io { op, path, source } => {
-                assert_eq!(*op, "create box directory");
-                assert!(path.starts_with(env.home.join("boxes")), "{e}");
+                // The create journal entry is the first thing a create writes.
+                assert!(["create journal entry", "create box directory"].contains(op), "{e}");
+                assert!(path.starts_with(env.home.join("boxes")) || path.starts_with(env.home.join("journal")), "{e}");
                 assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{e}");
             }
             other => panic!("expected Io, got {other:?}"),
@@ -1273,6 +1278,8 @@ scenario!(
             assert!(
                 [
                     "boxes",
+                    ".boxsock-home",
+                    "journal",
                     "boxsock.db",
                     "boxsock.db-wal",
                     "boxsock.db-shm",
