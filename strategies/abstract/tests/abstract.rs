@@ -751,3 +751,68 @@ fn landlock_scoped_process_cannot_dial_out_but_can_be_dialled() {
     inner.set_nonblocking(true).unwrap();
     assert_eq!(inner.accept().unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
 }
+
+#[test]
+fn twenty_thousand_rejected_connects_add_a_few_kb_to_the_log_and_are_all_counted() {
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root to run the peer as uid {NOBODY}");
+        return;
+    }
+    const N: u64 = 20_000;
+    const BOUND: usize = 4 * 1024;
+    let (_h, layout, s, b, l, raw) = bound_agent();
+    let log = LogBuf::default();
+    let policy = s.peer_policy();
+    let accepting = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            log.capture(|| {
+                // Loops over every rejected peer; returns with the owner's connection.
+                let (_s, cred) = l.accept().unwrap();
+                let policy = l.policy().clone();
+                drop(l);
+                policy.flush_rejection_log();
+                cred
+            })
+        })
+    };
+    let started = std::time::Instant::now();
+    let child = fork_child(&[], || {
+        if !drop_to_nobody() {
+            return 10;
+        }
+        for _ in 0..N {
+            // SAFETY: socket/connect/close with an address prepared before the fork.
+            let ok = unsafe {
+                let sock = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let ok = sock >= 0 && libc::connect(sock, raw.ptr(), raw.len) == 0;
+                libc::close(sock);
+                ok
+            };
+            if !ok {
+                return 11;
+            }
+        }
+        0
+    });
+    assert_eq!(child.wait(), 0, "the nobody child's connects failed");
+    let _mine = s.connect_stream(&layout, &b, "agent.sock").unwrap();
+    let cred = accepting.join().unwrap();
+    let took = started.elapsed();
+    assert_eq!(cred.unwrap().uid, me());
+    assert_eq!(policy.rejected(), N, "the count stays exact");
+
+    let text = log.text();
+    eprintln!("{N} rejected connects in {took:?} added {} bytes to the log:\n{text}", text.len());
+    assert!(text.len() <= BOUND, "{N} rejections logged {} bytes (bound {BOUND})", text.len());
+    let samples = text.lines().filter(|l| l.contains("rejected peer") && l.contains(&format!("peer_uid={NOBODY}"))).count() as u64;
+    assert!(samples >= 1 && samples <= 5 * (1 + took.as_secs() / 10), "{samples} samples:\n{text}");
+    let more: u64 = text
+        .lines()
+        .filter_map(|l| l.split("more=").nth(1))
+        .map(|v| v.split_whitespace().next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(samples + more, N, "samples plus summaries account for every rejection:\n{text}");
+    drop(b);
+}
