@@ -722,3 +722,94 @@ async fn twenty_thousand_rejected_connects_add_at_most_a_few_kb_to_the_box_log()
     assert_eq!(samples + more, N, "{added}");
     rt.remove(&id, true).await.unwrap();
 }
+
+/// `abstract` without its per-start rotation, so a test can squat the very name a start
+/// binds `ready` at, and see the bind rotate away from it.
+#[derive(Debug)]
+struct NoRotate(boxsock_abstract::Abstract);
+
+mod no_rotate {
+    use super::NoRotate;
+    use boxsock::boxsock_core::binding::{Capabilities, PolicyPath, SweepReport};
+    use boxsock::boxsock_core::peer::{Listener, PeerPolicy};
+    use boxsock::boxsock_core::{BoxId, BoxLayout, SocketAddress, SocketBinding, StrategyConfig};
+    use boxsock::BindingError;
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    use std::sync::Arc;
+
+    pub const NAME: &str = "abstract-no-rotate-test";
+
+    impl SocketBinding for NoRotate {
+        fn name(&self) -> &str {
+            NAME
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.0.capabilities()
+        }
+        fn ensure(&self, l: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+            self.0.ensure(l, id)
+        }
+        fn address(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<SocketAddress, BindingError> {
+            self.0.address(l, id, f)
+        }
+        fn release(&self, l: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+            self.0.release(l, id)
+        }
+        fn sweep(&self, l: &BoxLayout) -> Result<SweepReport, BindingError> {
+            self.0.sweep(l)
+        }
+        fn policy_paths(&self, l: &BoxLayout, id: &BoxId) -> Result<Vec<PolicyPath>, BindingError> {
+            self.0.policy_paths(l, id)
+        }
+        fn peer_policy(&self) -> PeerPolicy {
+            self.0.peer_policy()
+        }
+        fn bind_stream(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<Listener, BindingError> {
+            self.0.bind_stream(l, id, f)
+        }
+        fn connect_stream(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<UnixStream, BindingError> {
+            self.0.connect_stream(l, id, f)
+        }
+        fn bind_datagram(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<UnixDatagram, BindingError> {
+            self.0.bind_datagram(l, id, f)
+        }
+        // prepare_start: the default no-op.
+    }
+
+    pub fn build(c: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
+        Ok(Arc::new(NoRotate(boxsock_abstract::Abstract::new(c))))
+    }
+}
+
+static NO_ROTATE: boxsock::boxsock_core::registry::StrategyRegistration = boxsock::boxsock_core::registry::StrategyRegistration {
+    name: no_rotate::NAME,
+    summary: "abstract without per-start rotation (test)",
+    build: no_rotate::build,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_whose_ready_name_is_squatted_rotates_and_launches_with_the_new_names() {
+    use boxsock_conformance::fork::listen_in_child;
+    let _serial = FORKING.lock().await;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run the squatter as uid 65534");
+        return;
+    }
+    let env = Env::new();
+    let mut o = env.options();
+    o.strategies = Registry::from_entries("strategy", [&boxsock_abstract::REGISTRATION, &NO_ROTATE]);
+    let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
+    let b = rt.create(CreateOptions::new(no_rotate::NAME, "host")).await.unwrap();
+    let id = b.id.to_string();
+    let s = rt.strategy(no_rotate::NAME).unwrap();
+    let ready = s.address(rt.layout(), &b.id, "ready.sock").unwrap();
+    // nobody holds the exact name this start will bind `ready` at.
+    let squatter = listen_in_child(&ready).unwrap_or_else(|r| panic!("squat {ready}: {r:?}"));
+    let rec = rt.start(&id).await.unwrap_or_else(|e| panic!("the bind must rotate and the launch use the new names: {e}"));
+    let argv = argv_addresses(rec.process.unwrap().pid);
+    assert_ne!(argv["--ready"], ready, "the agent was handed the squatted name");
+    assert_eq!(argv["--agent"], s.address(rt.layout(), &b.id, "agent.sock").unwrap(), "the agent's name is the rotated one");
+    assert_eq!(exec_out(&rt, &id, &["echo", "ok"]).await.unwrap().1, "ok\n");
+    drop(squatter);
+    rt.remove(&id, true).await.unwrap();
+}
