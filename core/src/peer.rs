@@ -17,7 +17,7 @@ use crate::address::SocketAddress;
 use crate::error::BindingError;
 
 /// Credentials of the process at the other end of a connected socket.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerCred {
     /// Peer pid (0 where the platform does not report it).
     pub pid: i32,
@@ -47,7 +47,7 @@ pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
 /// in each [`REJECTION_LOG_INTERVAL`], the first [`REJECTION_LOG_SAMPLES`] rejections
 /// are logged one by one with the peer's pid and uid, and the rest are summed into one
 /// warning, `"N more peers rejected in the last T s"` (fields `more`, `interval_s`,
-/// `last_peer_uid`, `last_peer_pid`), written when the next rejection after the interval
+/// `last_peer_uid`, `last_peer_pid` of the last one not logged), written when the next rejection after the interval
 /// arrives, on [`PeerPolicy::flush_rejection_log`], or when the last clone of the policy
 /// is dropped. A flood of rejected connections therefore costs the log a few lines per
 /// interval, not one line per connection.
@@ -78,8 +78,8 @@ struct RejectionWindow {
     sampled: u64,
     /// Rejections counted but not logged in this interval.
     suppressed: u64,
-    /// The last suppressed rejection: socket, address, peer.
-    last: Option<(String, String, PeerCred)>,
+    /// The last suppressed rejection: socket, address, peer (if it had credentials).
+    last: Option<(String, String, Option<PeerCred>)>,
 }
 
 impl RejectionWindow {
@@ -93,8 +93,8 @@ impl RejectionWindow {
                 address,
                 more = self.suppressed,
                 interval_s,
-                last_peer_uid = cred.uid,
-                last_peer_pid = cred.pid,
+                last_peer_uid = ?cred.map(|c| c.uid),
+                last_peer_pid = ?cred.map(|c| c.pid),
                 "{} more peers rejected in the last {interval_s:.1} s",
                 self.suppressed
             );
@@ -177,7 +177,7 @@ impl PeerPolicy {
             }
         } else {
             w.suppressed += 1;
-            w.last = Some((socket.to_owned(), address.display_string(), cred.unwrap_or_default()));
+            w.last = Some((socket.to_owned(), address.display_string(), cred));
         }
     }
 
