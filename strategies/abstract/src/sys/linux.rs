@@ -116,6 +116,7 @@ impl Abstract {
         bind: impl Fn(&std::os::unix::net::SocketAddr) -> io::Result<T>,
     ) -> Result<(T, SocketAddress), BindingError> {
         let mut squatters = Vec::new();
+        let mut last = None;
         for attempt in 0..=MAX_ROTATIONS {
             let addr = self.address(layout, id, file_name)?;
             let std_addr = addr.to_std().map_err(|e| BindingError::io("encode address", addr.display_string(), e))?;
@@ -148,6 +149,7 @@ impl Abstract {
                     );
                     squatters.push(describe(&addr, who.as_ref()));
                     if attempt == MAX_ROTATIONS {
+                        last = Some(addr);
                         break;
                     }
                     if let Err(e) = self.rotate(layout, id) {
@@ -161,8 +163,12 @@ impl Abstract {
             }
         }
         Err(BindingError::Occupied {
-            path: PathBuf::from(format!("{} names of box {id} socket {file_name}", squatters.len())),
-            found: format!("every fresh name was already bound: {}", squatters.join("; ")),
+            path: PathBuf::from(last.map(|a| a.display_string()).unwrap_or_default()),
+            found: format!(
+                "socket {file_name} of box {id}: each of {} fresh names was already bound: {}",
+                squatters.len(),
+                squatters.join("; ")
+            ),
         })
     }
 
