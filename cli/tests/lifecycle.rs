@@ -730,3 +730,233 @@ async fn start_and_exec_recheck_the_box_directories() {
     assert_eq!(exec_out(&rt, &id, &["echo", "ok"]).await.unwrap().1, "ok\n");
     rt.remove(&id, true).await.unwrap();
 }
+
+/// Serialises the tests that fork children holding sockets, so no child inherits (and
+/// keeps bound) a listener another test expects to be gone.
+static FORKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The abstract addresses in a box process's argv (`--agent`, `--ready`), by flag.
+fn argv_addresses(pid: i32) -> std::collections::BTreeMap<String, boxsock::boxsock_core::SocketAddress> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let mut out = std::collections::BTreeMap::new();
+    for w in args.windows(2) {
+        if w[1].starts_with("abstract:") {
+            out.insert(w[0].clone(), boxsock::boxsock_core::SocketAddress::from_uri(&w[1]).unwrap());
+        }
+    }
+    assert!(out.contains_key("--agent") && out.contains_key("--ready"), "argv {args:?}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abstract_names_change_at_every_start_so_old_names_reach_nothing_and_squatted_ones_do_not_block() {
+    use boxsock::boxsock_core::peer;
+    use boxsock_conformance::fork::listen_in_child;
+    let _serial = FORKING.lock().await;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run the squatter as uid 65534");
+        return;
+    }
+    let env = Env::new();
+    let (rt, _) = Runtime::open(&env.home, env.options()).await.unwrap();
+    let b = rt.create(CreateOptions::new("abstract", "host")).await.unwrap();
+    let id = b.id.to_string();
+    let s = rt.strategy("abstract").unwrap();
+
+    let first = argv_addresses(rt.start(&id).await.unwrap().process.unwrap().pid);
+    rt.stop(&id, None).await.unwrap();
+    let second = argv_addresses(rt.start(&id).await.unwrap().process.unwrap().pid);
+    for (flag, a) in &first {
+        assert_ne!(second[flag], *a, "{flag} kept its name across a restart");
+        // A name from an old argv reaches nothing: no listener is bound there any more.
+        let e = std::os::unix::net::UnixStream::connect_addr(&a.to_std().unwrap())
+            .map(|c| peer::peer_cred(std::os::fd::AsFd::as_fd(&c)))
+            .expect_err(&format!("{flag} {a} of the first start still reaches a listener"));
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{flag} {a}");
+    }
+    assert_eq!(exec_out(&rt, &id, &["true"]).await.unwrap().0, 0);
+    rt.stop(&id, None).await.unwrap();
+
+    // Another user binds every name of the last start once the box has stopped.
+    let squatters: Vec<_> = second.values().map(|a| listen_in_child(a).unwrap_or_else(|r| panic!("squat {a}: {r:?}"))).collect();
+    let third = rt.start(&id).await.unwrap_or_else(|e| panic!("a start after the names were squatted must succeed: {e}"));
+    let third = argv_addresses(third.process.unwrap().pid);
+    for (flag, a) in &second {
+        assert_ne!(third[flag], *a, "{flag}");
+    }
+    assert_eq!(exec_out(&rt, &id, &["echo", "ok"]).await.unwrap().1, "ok\n");
+    // The squatted old agent name leads to the squatter, whom the policy refuses.
+    match peer::connect_stream_at(&second["--agent"], "agent", &s.peer_policy()) {
+        Err(BindingError::PeerRejected { uid, .. }) => assert_eq!(uid, 65534),
+        other => panic!("expected the squatter to be refused, got {other:?}"),
+    }
+    drop(squatters);
+    rt.remove(&id, true).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_rejected_connects_add_at_most_a_few_kb_to_the_box_log() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run the peer as uid 65534");
+        return;
+    }
+    const N: u64 = 20_000;
+    const BOUND: u64 = 4 * 1024;
+    let _serial = FORKING.lock().await;
+    let env = Env::new();
+    let (rt, _) = Runtime::open(&env.home, env.options()).await.unwrap();
+    let b = rt.create(CreateOptions::new("abstract", "host")).await.unwrap();
+    let id = b.id.to_string();
+    let pid = rt.start(&id).await.unwrap().process.unwrap().pid;
+    let agent = argv_addresses(pid)["--agent"].clone();
+    let log = rt.layout().log_file(&b.id);
+    let before = std::fs::metadata(&log).unwrap().len();
+
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let boxsock::boxsock_core::SocketAddress::Abstract(name) = &agent else { panic!("{agent}") };
+    for (i, c) in name.iter().enumerate() {
+        sa.sun_path[i + 1] = *c as libc::c_char;
+    }
+    let len = (std::mem::offset_of!(libc::sockaddr_un, sun_path) + 1 + name.len()) as libc::socklen_t;
+    let started = std::time::Instant::now();
+    // SAFETY: the child only makes raw syscalls on memory prepared before the fork and
+    // _exits.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0);
+    if child == 0 {
+        // SAFETY: as above; only raw syscalls, then _exit.
+        unsafe {
+            // Keep none of the parent's sockets (other tests' listeners) alive.
+            for fd in 3..4096 {
+                libc::close(fd);
+            }
+            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                libc::_exit(10);
+            }
+            for _ in 0..N {
+                let s = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                let ok = s >= 0 && libc::connect(s, (&raw const sa).cast(), len) == 0;
+                libc::close(s);
+                if !ok {
+                    libc::_exit(11);
+                }
+            }
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "flood child status {status:#x}");
+    let took = started.elapsed();
+    // The box still serves its owner, then stops: the agent writes its last summary.
+    assert_eq!(exec_out(&rt, &id, &["true"]).await.unwrap().0, 0);
+    rt.stop(&id, None).await.unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let added = &text[before as usize..];
+    eprintln!("{N} rejected connects in {took:?} added {} bytes to the box log:\n{added}", added.len());
+    assert!((added.len() as u64) <= BOUND, "{N} rejections added {} bytes to the box log (bound {BOUND})", added.len());
+    // The count is exact: samples plus summaries account for every rejection.
+    let samples = added.lines().filter(|l| l.contains("rejected peer") && l.contains("peer_uid=65534")).count() as u64;
+    let more: u64 = added
+        .lines()
+        .filter_map(|l| l.split("more=").nth(1))
+        .map(|v| v.split_whitespace().next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(samples + more, N, "{added}");
+    rt.remove(&id, true).await.unwrap();
+}
+
+/// `abstract` without its per-start rotation, so a test can squat the very name a start
+/// binds `ready` at, and see the bind rotate away from it.
+#[derive(Debug)]
+struct NoRotate(boxsock_abstract::Abstract);
+
+mod no_rotate {
+    use super::NoRotate;
+    use boxsock::boxsock_core::binding::{Capabilities, PolicyPath, SweepReport};
+    use boxsock::boxsock_core::peer::{Listener, PeerPolicy};
+    use boxsock::boxsock_core::{BoxId, BoxLayout, SocketAddress, SocketBinding, StrategyConfig};
+    use boxsock::BindingError;
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    use std::sync::Arc;
+
+    pub const NAME: &str = "abstract-no-rotate-test";
+
+    impl SocketBinding for NoRotate {
+        fn name(&self) -> &str {
+            NAME
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.0.capabilities()
+        }
+        fn ensure(&self, l: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+            self.0.ensure(l, id)
+        }
+        fn address(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<SocketAddress, BindingError> {
+            self.0.address(l, id, f)
+        }
+        fn release(&self, l: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+            self.0.release(l, id)
+        }
+        fn sweep(&self, l: &BoxLayout) -> Result<SweepReport, BindingError> {
+            self.0.sweep(l)
+        }
+        fn policy_paths(&self, l: &BoxLayout, id: &BoxId) -> Result<Vec<PolicyPath>, BindingError> {
+            self.0.policy_paths(l, id)
+        }
+        fn peer_policy(&self) -> PeerPolicy {
+            self.0.peer_policy()
+        }
+        fn bind_stream(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<Listener, BindingError> {
+            self.0.bind_stream(l, id, f)
+        }
+        fn connect_stream(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<UnixStream, BindingError> {
+            self.0.connect_stream(l, id, f)
+        }
+        fn bind_datagram(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<UnixDatagram, BindingError> {
+            self.0.bind_datagram(l, id, f)
+        }
+        // prepare_start: the default no-op.
+    }
+
+    pub fn build(c: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
+        Ok(Arc::new(NoRotate(boxsock_abstract::Abstract::new(c))))
+    }
+}
+
+static NO_ROTATE: boxsock::boxsock_core::registry::StrategyRegistration = boxsock::boxsock_core::registry::StrategyRegistration {
+    name: no_rotate::NAME,
+    summary: "abstract without per-start rotation (test)",
+    build: no_rotate::build,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_whose_ready_name_is_squatted_rotates_and_launches_with_the_new_names() {
+    use boxsock_conformance::fork::listen_in_child;
+    let _serial = FORKING.lock().await;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run the squatter as uid 65534");
+        return;
+    }
+    let env = Env::new();
+    let mut o = env.options();
+    o.strategies = Registry::from_entries("strategy", [&boxsock_abstract::REGISTRATION, &NO_ROTATE]);
+    let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
+    let b = rt.create(CreateOptions::new(no_rotate::NAME, "host")).await.unwrap();
+    let id = b.id.to_string();
+    let s = rt.strategy(no_rotate::NAME).unwrap();
+    let ready = s.address(rt.layout(), &b.id, "ready.sock").unwrap();
+    // nobody holds the exact name this start will bind `ready` at.
+    let squatter = listen_in_child(&ready).unwrap_or_else(|r| panic!("squat {ready}: {r:?}"));
+    let rec = rt.start(&id).await.unwrap_or_else(|e| panic!("the bind must rotate and the launch use the new names: {e}"));
+    let argv = argv_addresses(rec.process.unwrap().pid);
+    assert_ne!(argv["--ready"], ready, "the agent was handed the squatted name");
+    assert_eq!(argv["--agent"], s.address(rt.layout(), &b.id, "agent.sock").unwrap(), "the agent's name is the rotated one");
+    assert_eq!(exec_out(&rt, &id, &["echo", "ok"]).await.unwrap().1, "ok\n");
+    drop(squatter);
+    rt.remove(&id, true).await.unwrap();
+}

@@ -188,6 +188,20 @@ pub trait SocketBinding: Send + Sync + fmt::Debug {
         None
     }
 
+    /// Called by the runtime once per start of box `id`, after the box has moved to
+    /// `Starting` and before it derives the addresses it binds and hands to the
+    /// backend. A strategy whose addresses carry a per-start component (`abstract`)
+    /// replaces it here, so that addresses seen during an earlier run (in an old argv,
+    /// in `/proc/net/unix`) lead nowhere, and a name bound by someone else after `stop`
+    /// cannot block the next start. What it records must live where only the owner can
+    /// change it, so every process of the home derives the same addresses afterwards.
+    ///
+    /// Never call it for a box whose process is running: its sockets would become
+    /// unreachable by name. Default: nothing (path strategies need no rotation).
+    fn prepare_start(&self, _layout: &BoxLayout, _id: &BoxId) -> Result<(), BindingError> {
+        Ok(())
+    }
+
     /// Which peers listeners and connectors accept. Strategies whose addresses are not
     /// protected by the filesystem return a checking policy.
     fn peer_policy(&self) -> PeerPolicy {

@@ -9,8 +9,9 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::address::SocketAddress;
 use crate::error::BindingError;
@@ -41,16 +42,82 @@ pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
 }
 
 /// Which peers may talk on a socket, plus a shared counter of rejections.
+///
+/// Rejections are counted exactly ([`PeerPolicy::rejected`]) but logged rate-limited:
+/// in each [`REJECTION_LOG_INTERVAL`], the first [`REJECTION_LOG_SAMPLES`] rejections
+/// are logged one by one with the peer's pid and uid, and the rest are summed into one
+/// warning, `"N more peers rejected in the last T s"` (fields `more`, `interval_s`,
+/// `last_peer_uid`, `last_peer_pid` of the last one not logged), written when the next rejection after the interval
+/// arrives, on [`PeerPolicy::flush_rejection_log`], or when the last clone of the policy
+/// is dropped. A flood of rejected connections therefore costs the log a few lines per
+/// interval, not one line per connection.
 #[derive(Debug, Clone)]
 pub struct PeerPolicy {
     allowed: Option<Arc<[u32]>>,
-    rejected: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+}
+
+/// Rejections logged one by one per interval before the rest are summarised.
+pub const REJECTION_LOG_SAMPLES: u64 = 5;
+
+/// The interval of the rejection log's rate limit.
+pub const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+struct Shared {
+    rejected: AtomicU64,
+    log: Mutex<RejectionWindow>,
+}
+
+/// What the rejection log has done in the current interval.
+#[derive(Debug, Default)]
+struct RejectionWindow {
+    /// Start of the interval; `None` before the first rejection.
+    started: Option<Instant>,
+    /// Rejections logged one by one in this interval.
+    sampled: u64,
+    /// Rejections counted but not logged in this interval.
+    suppressed: u64,
+    /// The last suppressed rejection: socket, address, peer (if it had credentials).
+    last: Option<(String, String, Option<PeerCred>)>,
+}
+
+impl RejectionWindow {
+    /// Log the summary of suppressed rejections, if any, and start a new interval.
+    fn flush(&mut self, now: Instant) {
+        if self.suppressed > 0 {
+            let interval_s = self.started.map_or(0.0, |s| now.duration_since(s).as_secs_f64());
+            let (socket, address, cred) = self.last.take().unwrap_or_default();
+            tracing::warn!(
+                socket,
+                address,
+                more = self.suppressed,
+                interval_s,
+                last_peer_uid = ?cred.map(|c| c.uid),
+                last_peer_pid = ?cred.map(|c| c.pid),
+                "{} more peers rejected in the last {interval_s:.1} s",
+                self.suppressed
+            );
+        }
+        *self = RejectionWindow { started: Some(now), ..RejectionWindow::default() };
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let log = self.log.get_mut().unwrap_or_else(|p| p.into_inner());
+        log.flush(Instant::now());
+    }
 }
 
 impl PeerPolicy {
+    fn with(allowed: Option<Arc<[u32]>>) -> Self {
+        PeerPolicy { allowed, shared: Arc::new(Shared::default()) }
+    }
+
     /// No credential check (the filesystem protects the address).
     pub fn unchecked() -> Self {
-        PeerPolicy { allowed: None, rejected: Arc::new(AtomicU64::new(0)) }
+        Self::with(None)
     }
 
     /// Only peers whose uid is in `uids` are accepted.
@@ -58,7 +125,7 @@ impl PeerPolicy {
         let mut v: Vec<u32> = uids.into_iter().collect();
         v.sort_unstable();
         v.dedup();
-        PeerPolicy { allowed: Some(v.into()), rejected: Arc::new(AtomicU64::new(0)) }
+        Self::with(Some(v.into()))
     }
 
     /// Whether this policy checks anything.
@@ -71,12 +138,51 @@ impl PeerPolicy {
         self.allowed.as_deref()
     }
 
-    /// How many peers this policy (and its clones) has rejected.
+    /// How many peers this policy (and its clones) has rejected. Exact, whatever the
+    /// log's rate limit dropped.
     pub fn rejected(&self) -> u64 {
-        self.rejected.load(Ordering::Relaxed)
+        self.shared.rejected.load(Ordering::Relaxed)
     }
 
-    /// Check the peer on `fd`. On rejection, logs the peer's pid and uid and counts it.
+    /// Log the summary of rejections not logged individually since the last summary,
+    /// if any, now. Long-running servers call this periodically so a flood that
+    /// stopped is still reported before the next rejection (or exit).
+    pub fn flush_rejection_log(&self) {
+        self.shared.log.lock().unwrap_or_else(|p| p.into_inner()).flush(Instant::now());
+    }
+
+    /// Count one rejection and log it, rate-limited (see the type's documentation).
+    fn note_rejection(&self, socket: &str, address: &SocketAddress, cred: Option<PeerCred>, why: &'static str) {
+        self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut w = self.shared.log.lock().unwrap_or_else(|p| p.into_inner());
+        match w.started {
+            Some(s) if now.duration_since(s) < REJECTION_LOG_INTERVAL => {}
+            _ => w.flush(now),
+        }
+        if w.sampled < REJECTION_LOG_SAMPLES {
+            w.sampled += 1;
+            let last_sample = w.sampled == REJECTION_LOG_SAMPLES;
+            drop(w);
+            match cred {
+                Some(c) => tracing::warn!(socket, address = %address, peer_pid = c.pid, peer_uid = c.uid, "{why}"),
+                None => tracing::warn!(socket, address = %address, "{why}"),
+            }
+            if last_sample {
+                tracing::warn!(
+                    socket,
+                    interval_s = REJECTION_LOG_INTERVAL.as_secs(),
+                    "further rejected peers in this interval are counted and summarised, not logged one by one"
+                );
+            }
+        } else {
+            w.suppressed += 1;
+            w.last = Some((socket.to_owned(), address.display_string(), cred));
+        }
+    }
+
+    /// Check the peer on `fd`. On rejection, counts it and logs the peer's pid and uid
+    /// (rate-limited).
     pub fn check(&self, fd: BorrowedFd<'_>, socket: &str, address: &SocketAddress) -> Result<Option<PeerCred>, BindingError> {
         if self.allowed.is_none() {
             return Ok(None);
@@ -86,8 +192,8 @@ impl PeerPolicy {
     }
 
     /// Check credentials obtained some other way (for example `SCM_CREDENTIALS` on a
-    /// datagram). An unchecked policy accepts everything. On rejection, logs the peer's
-    /// pid and uid and counts it.
+    /// datagram). An unchecked policy accepts everything. On rejection, counts it and
+    /// logs the peer's pid and uid (rate-limited).
     pub fn check_cred(&self, cred: PeerCred, socket: &str, address: &SocketAddress) -> Result<PeerCred, BindingError> {
         let Some(allowed) = &self.allowed else {
             return Ok(cred);
@@ -95,8 +201,7 @@ impl PeerPolicy {
         if allowed.contains(&cred.uid) {
             return Ok(cred);
         }
-        self.rejected.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(socket, address = %address, peer_pid = cred.pid, peer_uid = cred.uid, "rejected peer");
+        self.note_rejection(socket, address, Some(cred), "rejected peer");
         Err(BindingError::PeerRejected {
             socket: socket.to_owned(),
             address: address.display_string(),
@@ -350,8 +455,7 @@ pub fn recv_checked(
         if !policy.is_checked() {
             return Ok((len, None));
         }
-        policy.rejected.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(socket, address = %address, "rejected datagram without sender credentials (SO_PASSCRED off?)");
+        policy.note_rejection(socket, address, None, "rejected datagram without sender credentials (SO_PASSCRED off?)");
         return Err(BindingError::Insecure {
             path: io_path(address),
             reason: format!(

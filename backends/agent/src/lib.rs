@@ -330,9 +330,14 @@ impl Agent {
     /// every process group it started and remove its socket file.
     pub async fn serve(self) -> Result<(), AgentError> {
         let mut stop = self.state.stop.subscribe();
+        // Rejected peers are logged rate-limited by the policy; this writes the summary
+        // of a flood that has stopped without waiting for the next rejection.
+        let mut flush = tokio::time::interval(peer::REJECTION_LOG_INTERVAL);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => break Ok(()),
+                _ = flush.tick() => self.policy.flush_rejection_log(),
                 accepted = self.accept() => match accepted {
                     Ok(()) => {}
                     Err(e) if is_transient(&e) => {

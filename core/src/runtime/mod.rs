@@ -853,7 +853,9 @@ impl Inner {
             return Err(RuntimeError::BackendUnavailable { backend: rec.config.backend.clone(), reason });
         }
         let specs = socket_specs(&*backend, rec.config.network);
-        let addresses = check_addresses(&*strategy, &self.layout, &id, &specs)?;
+        // Fail fast, before the state changes; the addresses used are derived again
+        // below, after `prepare_start` (a strategy may rotate them per start).
+        check_addresses(&*strategy, &self.layout, &id, &specs)?;
         self.store
             .transition(&id, Some(&[BoxState::Created, BoxState::Stopped]), BoxState::Starting, |r| {
                 r.process = None;
@@ -863,7 +865,13 @@ impl Inner {
         crash::point("start:starting");
         let mut launched: Option<Arc<ProcessHandle>> = None;
         let mut companions: Vec<ProcessIdentity> = Vec::new();
-        let result = self.launch_and_wait(&rec, &*strategy, &*backend, addresses, &mut launched, &mut companions).await;
+        let result = match strategy
+            .prepare_start(&self.layout, &id)
+            .and_then(|()| check_addresses(&*strategy, &self.layout, &id, &specs))
+        {
+            Ok(addresses) => self.launch_and_wait(&rec, &*strategy, &*backend, addresses, &mut launched, &mut companions).await,
+            Err(e) => Err(e.into()),
+        };
         match result {
             Ok(()) => {
                 crash::point("start:ready");
@@ -922,6 +930,15 @@ impl Inner {
             .into_tokio()
             .map_err(|e| RuntimeError::Io { op: "register ready listener", path: layout.sockets_dir(id), source: e })?;
         let _cleanup = ReadyCleanup { strategy, layout, id };
+        let mut addresses = addresses;
+        if addresses.get(catalogue::READY.name).is_some_and(|a| a != listener.address()) {
+            // The strategy rotated the box's names while binding (a squatted name):
+            // hand the backend the names derived now.
+            tracing::debug!(box_id = %id, ready = %listener.address(), "addresses changed while binding ready; deriving them again");
+            for (name, addr) in addresses.iter_mut() {
+                *addr = strategy.address(layout, id, &format!("{name}.sock"))?;
+            }
+        }
         crash::point("start:bound");
         let ready_addr = listener.address().display_string();
         let spec = LaunchSpec {

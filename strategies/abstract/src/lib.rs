@@ -8,12 +8,18 @@
 //! one until CVE-2020-15257). This strategy is therefore only safe because of two
 //! things it does not let a caller skip:
 //!
-//! - **Unguessable names.** `boxsock/<uid>/<128-bit hex tag>`, the tag an HMAC-SHA256 of
-//!   (uid, box id, socket name) keyed by a 32-byte per-home secret kept 0600 in
-//!   `<home>/abstract-socket.key` (see `docs/decisions/0002-abstract-names.md`). Nobody
-//!   can pre-bind ("squat") a box's name before the box does, or predict the next one.
-//!   Bound names are still *visible* (`/proc/net/unix`), so names alone are not access
-//!   control; the next point is.
+//! - **Unguessable names that change at every start.** `boxsock/<uid>/<128-bit hex
+//!   tag>`, the tag an HMAC-SHA256 of (uid, box id, per-start epoch, socket name) keyed
+//!   by a 32-byte per-home secret kept 0600 in `<home>/abstract-socket.key` (see
+//!   `docs/decisions/0002-abstract-names.md`). The epoch is 128 random bits written
+//!   0600 to `<home>/boxes/<id>/abstract-epoch` by
+//!   [`SocketBinding::prepare_start`](boxsock_core::SocketBinding::prepare_start) at
+//!   every start. Nobody can pre-bind ("squat") a box's name before the box does or
+//!   predict the next one, and names seen during an earlier run (an old argv,
+//!   `/proc/net/unix`) lead nowhere. A bind that still finds its name taken names the
+//!   holder (`sock_diag`: uid, inode, pid) in a warning and moves the box to fresh
+//!   names ([`MAX_ROTATIONS`] times at most). Bound names are still *visible*, so names
+//!   alone are not access control; the next point is.
 //! - **Peer credentials on every connection.** [`SocketBinding::peer_policy`] allows
 //!   only the owner's uid plus [`StrategyConfig::allowed_peer_uids`]; every listener the
 //!   strategy hands out checks `SO_PEERCRED` on each accept and drops other uids, every
@@ -26,6 +32,10 @@
 //! Linux only: on other targets the registration exists but building it returns
 //! [`BindingError::Unsupported`](boxsock_core::BindingError::Unsupported).
 
+#[cfg(target_os = "linux")]
+mod diag;
+#[cfg(target_os = "linux")]
+mod epoch;
 pub mod name;
 #[cfg(target_os = "linux")]
 mod secret;
@@ -34,7 +44,11 @@ mod sys;
 use boxsock_core::registry::StrategyRegistration;
 
 #[cfg(target_os = "linux")]
+pub use epoch::EPOCH_FILE;
+#[cfg(target_os = "linux")]
 pub use secret::SECRET_FILE;
+#[cfg(target_os = "linux")]
+pub use sys::linux::MAX_ROTATIONS;
 #[cfg(target_os = "linux")]
 pub use sys::linux::Abstract;
 

@@ -488,9 +488,12 @@ fn connecting_to_a_listener_of_another_uid_is_refused() {
         other => panic!("expected PeerRejected, got {other}"),
     }
     assert_eq!(s.peer_policy().rejected(), 1);
-    // And we cannot bind over it: the name is taken, loudly.
+    // We cannot bind over it; with no box directory to record fresh names in, the bind
+    // fails loudly, naming the squatter's uid and what could not be done.
     let e = s.bind_stream(&layout, &b, "agent.sock").unwrap_err();
-    assert!(matches!(&e, BindingError::Io { op: "bind", source, .. } if source.kind() == std::io::ErrorKind::AddrInUse), "{e}");
+    assert!(matches!(&e, BindingError::Occupied { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains(&format!("uid {NOBODY}")) && msg.contains(boxsock_abstract::EPOCH_FILE), "{msg}");
     child.kill();
     assert_eq!(child.wait(), 128 + libc::SIGKILL);
 }
@@ -750,4 +753,199 @@ fn landlock_scoped_process_cannot_dial_out_but_can_be_dialled() {
     let inner = outside.into_inner();
     inner.set_nonblocking(true).unwrap();
     assert_eq!(inner.accept().unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+}
+
+/// Fork a child that drops to `nobody`, binds a listening stream socket at every name in
+/// `names` and holds them until killed. Returns once all are bound.
+fn nobody_squatting(names: &[Vec<u8>]) -> Child {
+    nobody_squatting_as(libc::SOCK_STREAM, names)
+}
+
+/// [`nobody_squatting`] with sockets of type `kind` (abstract names are per type).
+fn nobody_squatting_as(kind: libc::c_int, names: &[Vec<u8>]) -> Child {
+    let raws: Vec<RawAddr> = names.iter().map(|n| RawAddr::abstract_name(n)).collect();
+    let (r, w) = pipe();
+    let wfd = w.as_raw_fd();
+    let child = fork_child(&[wfd], || {
+        if !drop_to_nobody() {
+            write_byte(wfd, b'F');
+            return 10;
+        }
+        for raw in &raws {
+            // SAFETY: socket/bind/listen with an address prepared before the fork.
+            let ok = unsafe {
+                let s = libc::socket(libc::AF_UNIX, kind, 0);
+                s >= 0 && libc::bind(s, raw.ptr(), raw.len) == 0 && (kind != libc::SOCK_STREAM || libc::listen(s, 16) == 0)
+            };
+            if !ok {
+                write_byte(wfd, b'F');
+                return 11;
+            }
+        }
+        write_byte(wfd, b'B');
+        loop {
+            // SAFETY: pause only waits for a signal (the parent's SIGKILL).
+            unsafe { libc::pause() };
+        }
+    });
+    drop(w);
+    assert_eq!(read_byte(&r), Some(b'B'), "the nobody child could not bind the names");
+    child
+}
+
+/// A fresh home with the 0700 directory of box `b` (where its epoch lives).
+fn home_with_box() -> (tempfile::TempDir, BoxLayout, BoxId) {
+    let h = tempfile::tempdir().unwrap();
+    let layout = BoxLayout::new(h.path());
+    let b = id("b");
+    std::fs::create_dir_all(layout.box_dir(&b)).unwrap();
+    std::fs::set_permissions(layout.box_dir(&b), std::fs::Permissions::from_mode(0o700)).unwrap();
+    (h, layout, b)
+}
+
+#[test]
+fn every_start_rotates_the_names_so_names_bound_by_another_user_after_stop_do_not_matter() {
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root to run the squatter as uid {NOBODY}");
+        return;
+    }
+    let (_h, layout, b) = home_with_box();
+    let s = strategy();
+    // First start: bind both of the box's sockets, then stop (close them).
+    s.prepare_start(&layout, &b).unwrap();
+    let epoch_file = Abstract::epoch_path(&layout, &b);
+    let m = std::fs::metadata(&epoch_file).unwrap();
+    assert_eq!((m.mode() & 0o777, m.uid()), (0o600, me()), "the epoch is private to the owner");
+    let old: Vec<Vec<u8>> = ["agent.sock", "ready.sock"]
+        .iter()
+        .map(|f| name_of(s.bind_stream(&layout, &b, f).unwrap().address()))
+        .collect();
+    // Another user binds the names it saw (in /proc/net/unix, in an argv) once the box stopped.
+    let squatter = nobody_squatting(&old);
+
+    // The next start gives the box names nobody has seen, before anything is bound.
+    let log = LogBuf::default();
+    let listener = log.capture(|| {
+        s.prepare_start(&layout, &b).unwrap();
+        let new_agent = name_of(&s.address(&layout, &b, "agent.sock").unwrap());
+        assert_ne!(new_agent, old[0], "prepare_start must change the agent's name");
+        assert_ne!(name_of(&s.address(&layout, &b, "ready.sock").unwrap()), old[1]);
+        let l = s.bind_stream(&layout, &b, "agent.sock").unwrap();
+        assert_eq!(name_of(l.address()), new_agent, "no squatted name was met, so no rotation at bind");
+        l
+    });
+    assert!(!log.text().contains("already bound"), "{}", log.text());
+
+    // Every other process of the home (a fresh instance: nothing cached) derives the
+    // same names, and reaches our listener, not the squatter.
+    let other_process = strategy();
+    assert_eq!(other_process.address(&layout, &b, "agent.sock").unwrap(), listener.address().clone());
+    let _c = other_process.connect_stream(&layout, &b, "agent.sock").unwrap();
+    let (_acc, cred) = listener.accept_once().unwrap();
+    assert_eq!(cred.unwrap().uid, me());
+    drop(squatter);
+}
+
+#[test]
+fn a_squatted_current_name_is_recovered_by_rotating_and_the_squatter_is_named() {
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root to run the squatter as uid {NOBODY}");
+        return;
+    }
+    let (_h, layout, b) = home_with_box();
+    let s = strategy();
+    s.prepare_start(&layout, &b).unwrap();
+    let current = name_of(&s.address(&layout, &b, "agent.sock").unwrap());
+    let squatter = nobody_squatting(std::slice::from_ref(&current));
+
+    let log = LogBuf::default();
+    let l = log.capture(|| s.bind_stream(&layout, &b, "agent.sock")).unwrap();
+    assert_ne!(name_of(l.address()), current, "the bind must move to a fresh name");
+    let text = log.text();
+    assert!(text.contains("already bound by another socket"), "{text}");
+    assert!(text.contains(&format!("squatter_uid=Some({NOBODY})")), "the warning names uid {NOBODY}: {text}");
+    assert!(text.contains(&format!("squatter_pid=Some({})", squatter.pid)), "{text}");
+    assert!(text.contains("squatter_inode=Some("), "{text}");
+
+    // The rotation is recorded: another process derives the new name and reaches us.
+    let other_process = strategy();
+    assert_eq!(other_process.address(&layout, &b, "agent.sock").unwrap(), l.address().clone());
+    let _c = other_process.connect_stream(&layout, &b, "agent.sock").unwrap();
+    assert_eq!(l.accept_once().unwrap().1.unwrap().uid, me());
+
+    // A datagram socket recovers the same way.
+    let d_name = name_of(&s.address(&layout, &b, "net.sock").unwrap());
+    let d_squatter = nobody_squatting_as(libc::SOCK_DGRAM, std::slice::from_ref(&d_name));
+    let d = s.bind_datagram(&layout, &b, "net.sock").unwrap();
+    let bound = d.local_addr().unwrap();
+    use std::os::linux::net::SocketAddrExt;
+    assert_ne!(bound.as_abstract_name().unwrap(), d_name.as_slice());
+    drop((squatter, d_squatter));
+}
+
+#[test]
+fn twenty_thousand_rejected_connects_add_a_few_kb_to_the_log_and_are_all_counted() {
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: needs root to run the peer as uid {NOBODY}");
+        return;
+    }
+    const N: u64 = 20_000;
+    const BOUND: usize = 4 * 1024;
+    let (_h, layout, s, b, l, raw) = bound_agent();
+    let log = LogBuf::default();
+    let policy = s.peer_policy();
+    let accepting = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            log.capture(|| {
+                // Loops over every rejected peer; returns with the owner's connection.
+                let (_s, cred) = l.accept().unwrap();
+                let policy = l.policy().clone();
+                drop(l);
+                policy.flush_rejection_log();
+                cred
+            })
+        })
+    };
+    let started = std::time::Instant::now();
+    let child = fork_child(&[], || {
+        if !drop_to_nobody() {
+            return 10;
+        }
+        for _ in 0..N {
+            // SAFETY: socket/connect/close with an address prepared before the fork.
+            let ok = unsafe {
+                let sock = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let ok = sock >= 0 && libc::connect(sock, raw.ptr(), raw.len) == 0;
+                libc::close(sock);
+                ok
+            };
+            if !ok {
+                return 11;
+            }
+        }
+        0
+    });
+    assert_eq!(child.wait(), 0, "the nobody child's connects failed");
+    let _mine = s.connect_stream(&layout, &b, "agent.sock").unwrap();
+    let cred = accepting.join().unwrap();
+    let took = started.elapsed();
+    assert_eq!(cred.unwrap().uid, me());
+    assert_eq!(policy.rejected(), N, "the count stays exact");
+
+    let text = log.text();
+    eprintln!("{N} rejected connects in {took:?} added {} bytes to the log:\n{text}", text.len());
+    assert!(text.len() <= BOUND, "{N} rejections logged {} bytes (bound {BOUND})", text.len());
+    let samples = text.lines().filter(|l| l.contains("rejected peer") && l.contains(&format!("peer_uid={NOBODY}"))).count() as u64;
+    assert!(samples >= 1 && samples <= 5 * (1 + took.as_secs() / 10), "{samples} samples:\n{text}");
+    let more: u64 = text
+        .lines()
+        .filter_map(|l| l.split("more=").nth(1))
+        .map(|v| v.split_whitespace().next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(samples + more, N, "samples plus summaries account for every rejection:\n{text}");
+    drop(b);
 }

@@ -1,35 +1,44 @@
 //! The `abstract` strategy on Linux.
 
 use std::collections::HashMap;
+use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixDatagram;
+use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use boxsock_core::binding::{CrossUserProtection, PolicyIntent};
-use boxsock_core::peer::PeerPolicy;
+use boxsock_core::peer::{Listener, PeerPolicy};
 use boxsock_core::{
     BindingError, BoxId, BoxLayout, Capabilities, Platform, PolicyAccess, PolicyPath, SocketAddress, SocketBinding,
     StrategyConfig, SweepReport, budget, catalogue,
 };
 
+use crate::NAME;
+use crate::diag;
+use crate::epoch::{self, EPOCH_FILE, Epoch, Stamp};
 use crate::name::Deriver;
 use crate::secret::{self, SECRET_FILE, Secret};
-use crate::NAME;
+
+/// How many fresh names a bind tries after finding its name taken, before giving up.
+pub const MAX_ROTATIONS: usize = 3;
 
 /// Build from a configuration (the registered constructor).
 pub fn build(config: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
     Ok(Arc::new(Abstract::new(config)))
 }
 
-/// The `abstract` strategy. Holds a cache of per-home secrets (so [`SocketBinding::address`]
-/// is a map lookup and one HMAC) and one [`PeerPolicy`] whose rejection counter all its
-/// listeners and connectors share.
+/// The `abstract` strategy. Holds a cache of per-home secrets and of per-box epochs (so
+/// [`SocketBinding::address`] is a map lookup, one `lstat` of the box's epoch file and
+/// one HMAC) and one [`PeerPolicy`] whose rejection counter all its listeners and
+/// connectors share.
 #[derive(Debug)]
 pub struct Abstract {
     uid: u32,
     policy: PeerPolicy,
     secrets: RwLock<HashMap<PathBuf, Arc<Keyed>>>,
+    /// Epoch file path -> the epoch read from it and the stamp of the file read.
+    epochs: RwLock<HashMap<PathBuf, (Epoch, Stamp)>>,
 }
 
 /// A home's secret and the name deriver keyed with it for this instance's uid.
@@ -44,7 +53,123 @@ impl Abstract {
     /// `config.allowed_peer_uids`.
     pub fn new(config: &StrategyConfig) -> Self {
         let uids = std::iter::once(config.uid).chain(config.allowed_peer_uids.iter().copied());
-        Abstract { uid: config.uid, policy: PeerPolicy::allow_uids(uids), secrets: RwLock::new(HashMap::new()) }
+        Abstract {
+            uid: config.uid,
+            policy: PeerPolicy::allow_uids(uids),
+            secrets: RwLock::new(HashMap::new()),
+            epochs: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The per-start epoch file of a box: `<home>/boxes/<id>/abstract-epoch`.
+    pub fn epoch_path(layout: &BoxLayout, id: &BoxId) -> PathBuf {
+        layout.box_dir(id).join(EPOCH_FILE)
+    }
+
+    /// The box's current epoch, as on disk now (one `lstat` when the cache is fresh).
+    fn current_epoch(&self, layout: &BoxLayout, id: &BoxId) -> Result<Option<Epoch>, BindingError> {
+        let path = Self::epoch_path(layout, id);
+        let Some(stamp) = epoch::stamp(&path)? else {
+            self.epochs.write().unwrap_or_else(|p| p.into_inner()).remove(&path);
+            return Ok(None);
+        };
+        if let Some((e, s)) = self.epochs.read().unwrap_or_else(|p| p.into_inner()).get(&path) {
+            if *s == stamp {
+                return Ok(Some(*e));
+            }
+        }
+        let loaded = epoch::load(&path, nix::unistd::geteuid().as_raw())?;
+        let mut map = self.epochs.write().unwrap_or_else(|p| p.into_inner());
+        match loaded {
+            Some((e, s)) => {
+                map.insert(path, (e, s));
+                Ok(Some(e))
+            }
+            None => {
+                map.remove(&path);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Give the box a fresh epoch, so all its names change.
+    fn rotate(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+        let path = Self::epoch_path(layout, id);
+        let (e, s) = epoch::rotate(&path)?;
+        self.epochs.write().unwrap_or_else(|p| p.into_inner()).insert(path, (e, s));
+        Ok(())
+    }
+
+    /// Bind `file_name` of box `id` with `bind`. If the name is taken (`EADDRINUSE`:
+    /// someone bound it before us), log who holds it, give the box a fresh epoch and
+    /// try the new name, up to [`MAX_ROTATIONS`] times. A bind can only find its name
+    /// taken if the name leaked (an argv, `/proc/net/unix`) since the box's last
+    /// rotation, and the fresh name has not. A name held by a live socket of an allowed
+    /// uid (the box itself, still running) is not rotated away: that bind fails with
+    /// `EADDRINUSE` as before. A holder whose uid the kernel does not report counts as
+    /// foreign.
+    fn bind_recovering<T>(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+        file_name: &str,
+        bind: impl Fn(&std::os::unix::net::SocketAddr) -> io::Result<T>,
+    ) -> Result<(T, SocketAddress), BindingError> {
+        let mut squatters = Vec::new();
+        let mut last = None;
+        for attempt in 0..=MAX_ROTATIONS {
+            let addr = self.address(layout, id, file_name)?;
+            let std_addr = addr.to_std().map_err(|e| BindingError::io("encode address", addr.display_string(), e))?;
+            match bind(&std_addr) {
+                Ok(s) => {
+                    if attempt > 0 {
+                        tracing::info!(box_id = %id, socket = file_name, address = %addr, rotations = attempt, "bound at a fresh name");
+                    }
+                    return Ok((s, addr));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    let who = squatter(&addr);
+                    let ours = who.as_ref().and_then(|h| h.uid).is_some_and(|u| {
+                        self.policy.allowed_uids().is_some_and(|allowed| allowed.contains(&u))
+                    });
+                    if ours {
+                        // A live socket of the owner (or an allowed uid): the box is
+                        // running or another start is binding. Rotating would orphan it.
+                        tracing::debug!(box_id = %id, socket = file_name, address = %addr, holder = ?who, "name held by an allowed uid; not rotating");
+                        return Err(BindingError::io("bind", addr.display_string(), e));
+                    }
+                    tracing::warn!(
+                        box_id = %id,
+                        socket = file_name,
+                        address = %addr,
+                        squatter_uid = ?who.as_ref().and_then(|h| h.uid),
+                        squatter_inode = ?who.as_ref().map(|h| h.inode),
+                        squatter_pid = ?who.as_ref().and_then(|h| h.pid),
+                        "abstract name already bound by another socket; rotating the box's names"
+                    );
+                    squatters.push(describe(&addr, who.as_ref()));
+                    if attempt == MAX_ROTATIONS {
+                        last = Some(addr);
+                        break;
+                    }
+                    if let Err(e) = self.rotate(layout, id) {
+                        return Err(BindingError::Occupied {
+                            path: PathBuf::from(addr.display_string()),
+                            found: format!("{}; could not move box {id} to fresh names: {e}", squatters.join("; ")),
+                        });
+                    }
+                }
+                Err(e) => return Err(BindingError::io("bind", addr.display_string(), e)),
+            }
+        }
+        Err(BindingError::Occupied {
+            path: PathBuf::from(last.map(|a| a.display_string()).unwrap_or_default()),
+            found: format!(
+                "socket {file_name} of box {id}: each of {} fresh names was already bound: {}",
+                squatters.len(),
+                squatters.join("; ")
+            ),
+        })
     }
 
     /// The secret file of a home: `<home>/abstract-socket.key`.
@@ -106,22 +231,27 @@ impl SocketBinding for Abstract {
     }
 
     /// Creates the home's secret if needed and re-validates it on disk (owner, mode,
-    /// not a symlink). A secret deleted while this instance uses it is written back
+    /// not a symlink), and re-reads the box's epoch if it changed. A secret deleted while this instance uses it is written back
     /// from memory, so running boxes keep their names. Nothing else: abstract names need
     /// no filesystem entry.
     fn ensure(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
         self.load(layout)?;
+        self.current_epoch(layout, id)?;
         tracing::debug!(box_id = %id, strategy = NAME, "ensured");
         Ok(())
     }
 
-    /// `@boxsock/<uid>/<hex>`. Loads (or creates) the home's secret on first use, then
-    /// serves it from the cache.
+    /// `@boxsock/<uid>/<hex>`, derived from the home's secret, the box id, the box's
+    /// current epoch (if it has one) and the socket name. Loads (or creates) the home's
+    /// secret on first use, then serves it from the cache; the epoch is re-read only
+    /// when its file changed (one `lstat`), so every process agrees on the names of the
+    /// box's current start.
     fn address(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<SocketAddress, BindingError> {
         catalogue::validate_file_name(file_name)
             .map_err(|reason| BindingError::Invalid { what: "socket file name".into(), reason })?;
         let keyed = self.keyed(layout)?;
-        let addr = SocketAddress::Abstract(keyed.deriver.derive(id.as_str(), file_name));
+        let epoch = self.current_epoch(layout, id)?;
+        let addr = SocketAddress::Abstract(keyed.deriver.derive_in(id.as_str(), epoch.as_ref(), file_name));
         budget::check(file_name, &addr, Platform::Linux)?;
         Ok(addr)
     }
@@ -146,31 +276,77 @@ impl SocketBinding for Abstract {
         Ok(vec![PolicyPath { path: Self::secret_path(layout), intent: PolicyIntent::File, access: PolicyAccess::Read }])
     }
 
+    /// A fresh random epoch in `<home>/boxes/<id>/abstract-epoch` (0600): every name
+    /// of the box changes, so names seen during an earlier run (an old argv,
+    /// `/proc/net/unix`) reach nothing, and names another user bound after `stop` are
+    /// simply not used again.
+    fn prepare_start(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+        self.rotate(layout, id)?;
+        tracing::debug!(box_id = %id, strategy = NAME, "rotated the box's abstract names for this start");
+        Ok(())
+    }
+
     fn peer_policy(&self) -> PeerPolicy {
         self.policy.clone()
+    }
+
+    /// Binds at the box's current name; a name found taken is reported (with the
+    /// holder's uid, inode and pid from `sock_diag`) and the box's names are rotated
+    /// (see `bind_recovering`).
+    fn bind_stream(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<Listener, BindingError> {
+        let (l, addr) = self.bind_recovering(layout, id, file_name, UnixListener::bind_addr)?;
+        tracing::debug!(box_id = %id, socket = file_name, address = %addr, "bound stream");
+        Ok(Listener::new(l, addr, file_name.to_owned(), self.policy.clone()))
     }
 
     /// Binds with `SO_PASSCRED` on, so every datagram carries its sender's credentials
     /// and [`boxsock_core::peer::recv_checked`] can check it.
     fn bind_datagram(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<UnixDatagram, BindingError> {
-        let addr = self.address(layout, id, file_name)?;
         // Create, enable SO_PASSCRED, then bind: no datagram can arrive without it.
-        let sock = UnixDatagram::unbound().map_err(|e| BindingError::io("create datagram socket for", addr.display_string(), e))?;
-        boxsock_core::peer::set_pass_cred(sock.as_fd())
-            .map_err(|e| BindingError::io("enable SO_PASSCRED on", addr.display_string(), e))?;
-        bind_dgram(&sock, &addr).map_err(|e| BindingError::io("bind", addr.display_string(), e))?;
+        let (sock, addr) = self.bind_recovering(layout, id, file_name, |a| {
+            let sock = UnixDatagram::unbound()?;
+            boxsock_core::peer::set_pass_cred(sock.as_fd())?;
+            bind_dgram(&sock, a)?;
+            Ok(sock)
+        })?;
         tracing::debug!(box_id = %id, socket = file_name, address = %addr, "bound datagram");
         Ok(sock)
     }
 }
 
-/// `bind(2)` an already created datagram socket at an abstract name (std only binds at
-/// creation, before `SO_PASSCRED` could be set).
-fn bind_dgram(sock: &UnixDatagram, addr: &SocketAddress) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
+/// Who holds `addr`, per `sock_diag`; `None` when it cannot tell.
+fn squatter(addr: &SocketAddress) -> Option<diag::Holder> {
     let SocketAddress::Abstract(name) = addr else {
-        return Err(std::io::Error::other("not an abstract address"));
+        return None;
     };
+    match diag::holders(name) {
+        Ok(mut hs) => hs.pop(),
+        Err(e) => {
+            tracing::debug!(address = %addr, error = %e, "sock_diag could not name the holder");
+            None
+        }
+    }
+}
+
+fn describe(addr: &SocketAddress, who: Option<&diag::Holder>) -> String {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "unknown".into());
+    match who {
+        Some(h) => format!(
+            "{addr} held by uid {} (socket inode {}, pid {})",
+            opt(h.uid.map(|u| u.to_string())),
+            h.inode,
+            opt(h.pid.map(|p| p.to_string()))
+        ),
+        None => format!("{addr} held by an unknown socket"),
+    }
+}
+
+/// `bind(2)` an already created datagram socket at an abstract address (std only binds
+/// at creation, before `SO_PASSCRED` could be set).
+fn bind_dgram(sock: &UnixDatagram, addr: &std::os::unix::net::SocketAddr) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::linux::net::SocketAddrExt;
+    let name = addr.as_abstract_name().ok_or_else(|| io::Error::other("not an abstract address"))?;
     let ua = nix::sys::socket::UnixAddr::new_abstract(name)?;
     nix::sys::socket::bind(sock.as_raw_fd(), &ua)?;
     Ok(())

@@ -1106,3 +1106,50 @@ scenario!(
         ))
     }
 );
+
+scenario!(
+    abstract_names_squatted_after_stop_do_not_block_the_next_start,
+    "Attacks",
+    "a box on `host` with `abstract` is started and stopped; `nobody` binds the names it saw (the agent's and the ready socket's, as in the agent's argv and /proc/net/unix) and keeps them; the owner starts the box again and runs a command",
+    {
+        (|| -> Outcome {
+            if !is_root() {
+                return Outcome::Skipped(NEED_ROOT.into());
+            }
+            let w = World::new();
+            let tokio = tokio_rt();
+            tokio.block_on(async {
+                let (rt, _) = Runtime::open(w.layout.home(), rt_options(&w)).await.unwrap();
+                let b = rt.create(CreateOptions::new("abstract", "host")).await.unwrap();
+                let id = b.id.to_string();
+                let s = rt.strategy("abstract").unwrap();
+                let names = |rt: &Runtime| {
+                    ["agent.sock", "ready.sock"].map(|f| s.address(rt.layout(), &b.id, f).unwrap())
+                };
+                rt.start(&id).await.unwrap();
+                let old = names(&rt);
+                rt.stop(&id, None).await.unwrap();
+                let squatters: Vec<_> = old
+                    .iter()
+                    .map(|a| boxsock_conformance::fork::listen_in_child(a).unwrap_or_else(|r| panic!("squat {a}: {r:?}")))
+                    .collect();
+                let started = rt.start(&id).await;
+                let new = names(&rt);
+                let rec = started.unwrap_or_else(|e| panic!("the start after the squat failed: {e}"));
+                assert_eq!(rec.state, BoxState::Running);
+                assert!(old.iter().zip(&new).all(|(o, n)| o != n), "names kept: {old:?} {new:?}");
+                assert_eq!(exec_code(&rt, &id, &["true"]).await.unwrap(), 0);
+                // The squatted agent name leads to nobody's socket, which the owner's side refuses.
+                let refused = match boxsock_core::peer::connect_stream_at(&old[0], "agent", &s.peer_policy()) {
+                    Err(BindingError::PeerRejected { uid, .. }) => uid,
+                    other => panic!("dialling the old name: {other:?}"),
+                };
+                drop(squatters);
+                rt.remove(&id, true).await.unwrap();
+                Outcome::Passed(format!(
+                    "the next start succeeded on fresh names for agent and ready (prepare_start rotated the box's epoch); exec ran; the squatted old agent name leads to uid {refused}'s socket, refused with PeerRejected"
+                ))
+            })
+        })()
+    }
+);
