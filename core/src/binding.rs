@@ -16,6 +16,13 @@
 //! - `sweep` removes leftovers of dead boxes of *this* home, never a live box's binding
 //!   and never another home's.
 //! - Nothing about an address is persisted: it is derived again at every use.
+//! - Path strategies hand out a [`SocketDir`] ([`SocketBinding::socket_dir`]): the
+//!   box's socket directory opened and verified (owner, mode, identity) at the time of
+//!   use, through which every bind and connect goes. Binding or connecting by the
+//!   address string re-resolves directories others may change between a check and the
+//!   use; the default `bind_stream`/`connect_stream`/`bind_datagram` therefore go
+//!   through `socket_dir` whenever it returns one, and the runtime refuses a path
+//!   strategy that returns none.
 
 use std::fmt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
@@ -27,6 +34,7 @@ use crate::error::BindingError;
 use crate::id::BoxId;
 use crate::layout::BoxLayout;
 use crate::peer::{Listener, PeerPolicy};
+use crate::sockdir::SocketDir;
 
 /// Configuration every strategy is built from. Strategies ignore what they do not use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,25 +202,51 @@ pub trait SocketBinding: Send + Sync + fmt::Debug {
         PeerPolicy::unchecked()
     }
 
+    /// The box's socket directory, opened now and verified on the descriptor: a
+    /// directory owned by the configured uid, writable by nobody else, and the very
+    /// `<home>/boxes/<id>/sockets` (device + inode). Every bind and connect of a path
+    /// strategy goes through it (see [`SocketDir`]); the runtime hands it to the
+    /// backend, which hands it to its children. Requires `ensure` to have run.
+    ///
+    /// Strategies whose addresses are not paths return `Ok(None)` (the default). A
+    /// `path_addressable` strategy must return one: the conformance kit checks it, and
+    /// the runtime refuses to bind or dial a path without it.
+    fn socket_dir(&self, layout: &BoxLayout, id: &BoxId) -> Result<Option<SocketDir>, BindingError> {
+        let _ = (layout, id);
+        Ok(None)
+    }
+
     /// Bind a stream listener for `file_name`. A stale socket file left by a dead
-    /// listener is replaced; a live one is an error.
+    /// listener is replaced; a live one is an error. Goes through
+    /// [`SocketBinding::socket_dir`] when there is one.
     fn bind_stream(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<Listener, BindingError> {
         let addr = self.address(layout, id, file_name)?;
+        if let Some(dir) = self.socket_dir(layout, id)? {
+            return dir.bind_stream(file_name, self.peer_policy());
+        }
         let inner = crate::peer::bind_stream_at(&addr)?;
         Ok(Listener::new(inner, addr, file_name.to_owned(), self.peer_policy()))
     }
 
     /// Connect a stream to `file_name`, checking the listener's credentials where the
-    /// strategy's peer policy says so.
+    /// strategy's peer policy says so. Goes through [`SocketBinding::socket_dir`] when
+    /// there is one.
     fn connect_stream(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<UnixStream, BindingError> {
         let addr = self.address(layout, id, file_name)?;
+        if let Some(dir) = self.socket_dir(layout, id)? {
+            return dir.connect_stream(file_name, &self.peer_policy());
+        }
         crate::peer::connect_stream_at(&addr, file_name, &self.peer_policy())
     }
 
     /// Bind a datagram socket at `file_name` (stale socket files are replaced as for
-    /// [`SocketBinding::bind_stream`]).
+    /// [`SocketBinding::bind_stream`]). Goes through [`SocketBinding::socket_dir`] when
+    /// there is one.
     fn bind_datagram(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<UnixDatagram, BindingError> {
         let addr = self.address(layout, id, file_name)?;
+        if let Some(dir) = self.socket_dir(layout, id)? {
+            return dir.bind_datagram(file_name);
+        }
         crate::peer::bind_datagram_at(&addr)
     }
 }

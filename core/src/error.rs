@@ -78,7 +78,8 @@ pub enum BindingError {
 
     /// A peer's credentials are not allowed on this socket.
     #[error(
-        "socket {socket:?} at {address}: peer pid {pid} uid {uid} is not allowed (allowed uids: {allowed:?})"
+        "socket {socket:?} at {address}: peer pid {pid} uid {uid} is not allowed (allowed uids: {allowed:?}{})",
+        match expected_pid { Some(p) => format!("; expected the box's process, pid {p}"), None => String::new() }
     )]
     PeerRejected {
         /// Logical socket name or address.
@@ -89,8 +90,11 @@ pub enum BindingError {
         pid: i32,
         /// Peer uid.
         uid: u32,
-        /// Allowed uids.
+        /// Allowed uids (empty when only the pid is checked).
         allowed: Vec<u32>,
+        /// The process the peer had to be (the box's recorded process), if the policy
+        /// named one.
+        expected_pid: Option<i32>,
     },
 
     /// A system call failed.
