@@ -114,6 +114,11 @@ fn is_dir(st: &FileStat) -> bool {
     (st.st_mode as u32 & SFlag::S_IFMT.bits() as u32) == SFlag::S_IFDIR.bits() as u32
 }
 
+#[allow(clippy::unnecessary_cast)]
+fn is_socket(st: &FileStat) -> bool {
+    (st.st_mode as u32 & SFlag::S_IFMT.bits() as u32) == SFlag::S_IFSOCK.bits() as u32
+}
+
 impl SocketDir {
     /// Verify an open directory descriptor against `expect` (`fstat`: a directory,
     /// owned by `expect.owner`, no group/other write, the expected identity) and hold
@@ -219,10 +224,46 @@ impl SocketDir {
 
     /// Bind a datagram socket at `name` (0600, whatever the umask), replacing a stale
     /// socket file.
+    ///
+    /// Unlike a stream listener, a datagram socket's bound name is what its peers see
+    /// in `recvfrom` and reply to, so it must be a name *they* can resolve: it is bound
+    /// at the displayed address, then **proved** to be the socket in the verified
+    /// directory — a random token is sent through the held descriptor
+    /// (`/proc/self/fd/<n>/<name>`) and must arrive on the new socket. If the name was
+    /// redirected in between, the token goes nowhere (or elsewhere), the socket is
+    /// closed and [`BindingError::Insecure`] says so.
     pub fn bind_datagram(&self, name: &str) -> Result<UnixDatagram, BindingError> {
         let via = self.fd_address(name)?;
         let shown = self.shown_address(name)?;
-        self.bind_with(name, &via, &shown, crate::peer::bind_datagram_private)
+        let sock = self.bind_with(name, &shown, &shown, crate::peer::bind_datagram_private)?;
+        self.prove_datagram(&sock, &via, &shown)?;
+        Ok(sock)
+    }
+
+    fn prove_datagram(&self, sock: &UnixDatagram, via: &SocketAddress, shown: &SocketAddress) -> Result<(), BindingError> {
+        let redirected = |why: String| BindingError::Insecure {
+            path: PathBuf::from(shown.display_string()),
+            reason: format!(
+                "the datagram socket bound at this name is not the one in the verified socket directory {} ({why}); a directory on the way was changed",
+                self.inner.shown.display()
+            ),
+        };
+        let token: [u8; 16] = rand::random();
+        let probe = UnixDatagram::unbound().map_err(|e| BindingError::io("create probe socket for", shown.display_string(), e))?;
+        let to = via.to_std().map_err(|e| BindingError::io("encode address", shown.display_string(), e))?;
+        probe.send_to_addr(&token, &to).map_err(|e| redirected(format!("the probe through the descriptor failed: {e}")))?;
+        sock.set_nonblocking(true).map_err(|e| BindingError::io("set non-blocking", shown.display_string(), e))?;
+        let mut buf = [0u8; 64];
+        let found = loop {
+            match sock.recv(&mut buf) {
+                Ok(n) if buf[..n] == token => break true,
+                Ok(_) => tracing::debug!(path = %shown, "dropped a datagram that arrived before the bind was proved"),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break false,
+            }
+        };
+        sock.set_nonblocking(false).map_err(|e| BindingError::io("set blocking", shown.display_string(), e))?;
+        if found { Ok(()) } else { Err(redirected("the probe sent through the descriptor did not arrive".into())) }
     }
 
     /// Connect a stream to `name` and check the listener's credentials against `policy`
@@ -242,7 +283,7 @@ impl SocketDir {
             .map_err(|reason| BindingError::Invalid { what: "socket file name".into(), reason })?;
         let shown = self.inner.shown.join(name);
         match nix::sys::stat::fstatat(&self.inner.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) if (st.st_mode as u32 & SFlag::S_IFMT.bits() as u32) == SFlag::S_IFSOCK.bits() as u32 => {}
+            Ok(st) if is_socket(&st) => {}
             Ok(_) | Err(Errno::ENOENT) => return Ok(()),
             Err(e) => return Err(BindingError::errno("inspect", shown, e)),
         }
@@ -252,19 +293,21 @@ impl SocketDir {
         }
     }
 
+    /// Bind at `at` (the descriptor address, or for datagrams the displayed one); a
+    /// stale file is probed and removed through the descriptor.
     fn bind_with<T: AsFd>(
         &self,
         name: &str,
-        via: &SocketAddress,
+        at: &SocketAddress,
         shown: &SocketAddress,
         bind: fn(&SocketAddress) -> io::Result<T>,
     ) -> Result<T, BindingError> {
-        let sock = match bind(via) {
+        let sock = match bind(at) {
             Ok(s) => s,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse && self.is_stale(name, via) => {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && self.is_stale(name, &self.fd_address(name)?) => {
                 tracing::debug!(path = %shown, "replacing stale socket file");
                 let _ = nix::unistd::unlinkat(&self.inner.fd, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
-                bind(via).map_err(|e| BindingError::io("bind", shown.display_string(), e))?
+                bind(at).map_err(|e| BindingError::io("bind", shown.display_string(), e))?
             }
             Err(e) => return Err(BindingError::io("bind", shown.display_string(), e)),
         };
@@ -278,7 +321,7 @@ impl SocketDir {
     /// A socket file at `name` that refuses connections (its listener is gone).
     fn is_stale(&self, name: &str, via: &SocketAddress) -> bool {
         let is_sock = matches!(nix::sys::stat::fstatat(&self.inner.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW),
-            Ok(st) if (st.st_mode as u32 & SFlag::S_IFMT.bits() as u32) == SFlag::S_IFSOCK.bits() as u32);
+            Ok(st) if is_socket(&st));
         is_sock
             && via.to_std().is_ok_and(|a| {
                 matches!(UnixStream::connect_addr(&a), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused)

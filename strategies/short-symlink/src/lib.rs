@@ -46,7 +46,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use boxsock_core::binding::{self, CrossUserProtection, PolicyIntent};
+use boxsock_core::peer::PeerPolicy;
 use boxsock_core::registry::StrategyRegistration;
+use boxsock_core::{DirExpectation, DirIdentity, SocketDir};
 use boxsock_core::{
     BindingError, BoxId, BoxLayout, Capabilities, Platform, PolicyAccess, PolicyPath, SocketAddress, SocketBinding,
     StrategyConfig, SweepReport, budget,
@@ -452,10 +454,10 @@ impl SocketBinding for ShortSymlink {
         Capabilities {
             path_addressable: true,
             filesystem_visible: true,
-            peer_credentials: false,
+            peer_credentials: true,
             netns_scoped: false,
             home_length_independent: true,
-            cross_user: CrossUserProtection::DirectoryMode,
+            cross_user: CrossUserProtection::Both,
             platforms: &[Platform::Linux, Platform::MacOs],
         }
     }
@@ -607,6 +609,42 @@ impl SocketBinding for ShortSymlink {
 
     fn binding_dir(&self) -> Option<PathBuf> {
         Some(self.per_uid.clone())
+    }
+
+    /// The box's sockets directory, opened *through the held, checked per-user
+    /// directory descriptor* and the box's link (`openat(O_PATH|O_DIRECTORY)`), then
+    /// verified on the new descriptor: owned by the configured uid, no group/other
+    /// write, and the same device and inode as `<home>/boxes/<id>/sockets` when
+    /// `ensure` last succeeded (or, without that, now). A link swapped to any other
+    /// directory is refused with [`BindingError::Insecure`]; nothing is re-resolved
+    /// from `/tmp` afterwards.
+    fn socket_dir(&self, layout: &BoxLayout, id: &BoxId) -> Result<Option<SocketDir>, BindingError> {
+        let (dir, cached) = {
+            let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
+            let home = layout.home();
+            let want = if home.is_relative() {
+                None
+            } else {
+                st.targets.get(id).and_then(|v| v.iter().find(|(h, _)| h.as_os_str() == home.as_os_str())).map(|(_, w)| *w)
+            };
+            (st.dir.clone(), want)
+        };
+        let want = match cached {
+            Some(w) => w,
+            None => self.target_id(&self.link_target(layout, id)?, id)?,
+        };
+        let dir = match dir {
+            Some(d) => d,
+            None => Arc::new(self.open_per_uid(false)?.ok_or_else(|| BindingError::errno("open", &self.per_uid, Errno::ENOENT))?),
+        };
+        let expect = DirExpectation { owner: self.config.uid, identity: Some(DirIdentity { dev: want.dev, ino: want.ino }) };
+        SocketDir::open_at(dir.as_fd(), id.as_str(), self.link_path(id), expect).map(Some)
+    }
+
+    /// The owner and the embedder's `allowed_peer_uids`: the 0700 directories keep
+    /// others out, and every accept and connect checks `SO_PEERCRED` as well.
+    fn peer_policy(&self) -> PeerPolicy {
+        PeerPolicy::allow_uids(std::iter::once(self.config.uid).chain(self.config.allowed_peer_uids.iter().copied()))
     }
 
     fn binding_path(&self, _layout: &BoxLayout, id: &BoxId) -> Option<PathBuf> {
