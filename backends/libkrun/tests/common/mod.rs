@@ -102,6 +102,8 @@ impl Fixture {
             network,
             policy: self.policy(),
             env: vec![("BOXSOCK_TEST".into(), "1".into())],
+            socket_dir: None,
+            peer_uids: Vec::new(),
         }
     }
 
