@@ -276,7 +276,14 @@ fn remove_ready_file(_strategy: &dyn SocketBinding, layout: &BoxLayout, id: &Box
 /// The verified socket directory of a box for this operation, refusing a path strategy
 /// that does not provide one (its binds and dials would re-resolve a path string).
 fn verified_dir(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, file: &str) -> Result<Option<crate::sockdir::SocketDir>, BindingError> {
-    let dir = strategy.socket_dir(layout, id)?;
+    let dir = match strategy.socket_dir(layout, id) {
+        // The binding vanished since `ensure` (a /tmp cleaner): heal once, look again.
+        Err(BindingError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            strategy.ensure(layout, id)?;
+            strategy.socket_dir(layout, id)?
+        }
+        other => other?,
+    };
     if dir.is_none() {
         if let SocketAddress::Path(p) = strategy.address(layout, id, file)? {
             return Err(BindingError::Unsupported {

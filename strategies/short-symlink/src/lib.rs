@@ -633,12 +633,17 @@ impl SocketBinding for ShortSymlink {
             Some(w) => w,
             None => self.target_id(&self.link_target(layout, id)?, id)?,
         };
-        let dir = match dir {
-            Some(d) => d,
-            None => Arc::new(self.open_per_uid(false)?.ok_or_else(|| BindingError::errno("open", &self.per_uid, Errno::ENOENT))?),
-        };
         let expect = DirExpectation { owner: self.config.uid, identity: Some(DirIdentity { dev: want.dev, ino: want.ino }) };
-        SocketDir::open_at(dir.as_fd(), id.as_str(), self.link_path(id), expect).map(Some)
+        if let Some(d) = dir {
+            match SocketDir::open_at(d.as_fd(), id.as_str(), self.link_path(id), expect) {
+                // The cached per-user directory may have been removed (a /tmp cleaner)
+                // and made again since: look once more through a freshly checked one.
+                Err(BindingError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {}
+                other => return other.map(Some),
+            }
+        }
+        let fresh = self.open_per_uid(false)?.ok_or_else(|| BindingError::errno("open", &self.per_uid, Errno::ENOENT))?;
+        SocketDir::open_at(fresh.as_fd(), id.as_str(), self.link_path(id), expect).map(Some)
     }
 
     /// The owner and the embedder's `allowed_peer_uids`: the 0700 directories keep

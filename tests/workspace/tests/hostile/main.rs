@@ -5,6 +5,7 @@
 use boxsock_tests::reliability::{listed_ids, read_records, records_dir, render, scenarios};
 
 mod attacks;
+mod dial_races;
 mod faults;
 mod input;
 
