@@ -49,14 +49,27 @@ pub struct StrategyConfig {
     /// Extra uids allowed to talk to box sockets where the strategy checks peer
     /// credentials (the owner is always allowed). Default: none.
     pub allowed_peer_uids: Vec<u32>,
+    /// Use exactly this per-user directory instead of `<base_dir>/<prefix>-<uid>`.
+    /// The runtime sets it from the home's recorded fallback (see
+    /// [`fallback`]) when the predictable name was squatted by another user. Default:
+    /// none.
+    pub binding_dir: Option<PathBuf>,
 }
 
 impl StrategyConfig {
     /// Default prefix of the per-uid directory.
     pub const DEFAULT_PREFIX: &'static str = "boxsock";
 
-    /// `<base_dir>/<prefix>-<uid>`.
+    /// `<base_dir>/<prefix>-<uid>`, or [`StrategyConfig::binding_dir`] when set.
     pub fn per_uid_dir(&self) -> PathBuf {
+        match &self.binding_dir {
+            Some(d) => d.clone(),
+            None => self.default_per_uid_dir(),
+        }
+    }
+
+    /// `<base_dir>/<prefix>-<uid>`, the predictable name.
+    pub fn default_per_uid_dir(&self) -> PathBuf {
         self.base_dir.join(format!("{}-{}", self.prefix, self.uid))
     }
 }
@@ -68,6 +81,7 @@ impl Default for StrategyConfig {
             prefix: Self::DEFAULT_PREFIX.to_owned(),
             uid: nix::unistd::geteuid().as_raw(),
             allowed_peer_uids: Vec::new(),
+            binding_dir: None,
         }
     }
 }
@@ -248,6 +262,57 @@ pub trait SocketBinding: Send + Sync + fmt::Debug {
             return dir.bind_datagram(file_name);
         }
         crate::peer::bind_datagram_at(&addr)
+    }
+}
+
+/// The fallback for a squatted per-user directory: a fresh directory, mode 0700, in the
+/// same base, named `<prefix>.<10 random base62 characters>` — exactly as long as the
+/// worst-case `<prefix>-<10-digit uid>`, so every address that fits the budget still
+/// fits, and unpredictable (about 59 bits), so it cannot be squatted in advance.
+pub mod fallback {
+    use std::path::{Path, PathBuf};
+
+    use nix::errno::Errno;
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    use rand::Rng;
+
+    use super::StrategyConfig;
+    use crate::error::BindingError;
+
+    /// Random characters in a fallback name.
+    pub const RANDOM_LEN: usize = 10;
+
+    /// Whether `p` has the shape of a fallback of `config`: directly in its base
+    /// directory, named `<prefix>.<10 base62>`.
+    pub fn is_fallback_of(p: &Path, config: &StrategyConfig) -> bool {
+        let (Some(parent), Some(name)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
+            return false;
+        };
+        let Some(rest) = name.strip_prefix(&config.prefix).and_then(|r| r.strip_prefix('.')) else {
+            return false;
+        };
+        parent == config.base_dir && rest.len() == RANDOM_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    }
+
+    /// Create a fresh fallback directory (mkdtemp semantics: `mkdirat` 0700 of a new
+    /// random name, retried on `EEXIST`) relative to an opened base directory.
+    pub fn create(config: &StrategyConfig) -> Result<PathBuf, BindingError> {
+        let base = &config.base_dir;
+        let base_fd = nix::fcntl::open(base, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| BindingError::errno("open base directory", base, e))?;
+        const CHARS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        let mut rng = rand::rng();
+        for _ in 0..16 {
+            let suffix: String = (0..RANDOM_LEN).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect();
+            let name = format!("{}.{suffix}", config.prefix);
+            match nix::sys::stat::mkdirat(&base_fd, name.as_str(), Mode::from_bits_truncate(0o700)) {
+                Ok(()) => return Ok(base.join(name)),
+                Err(Errno::EEXIST) => continue,
+                Err(e) => return Err(BindingError::errno("create fallback directory in", base, e)),
+            }
+        }
+        Err(BindingError::errno("create fallback directory in", base, Errno::EEXIST))
     }
 }
 

@@ -34,6 +34,7 @@ mod error;
 mod info;
 mod lock;
 mod recovery;
+pub mod squat;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::DirBuilderExt;
@@ -474,9 +475,12 @@ impl Runtime {
             return Err(e.into());
         }
         crash::point("create:row");
-        let prepared = strategy.ensure(&inner.layout, &id).map_err(RuntimeError::from).and_then(|()| {
-            backend.prepare(&inner.layout, &id).map_err(RuntimeError::from)
-        });
+        let ensured = inner.ensure_binding(strategy.clone(), &id);
+        let strategy = match &ensured {
+            Ok(s) => s.clone(),
+            Err(_) => strategy,
+        };
+        let prepared = ensured.map(drop).and_then(|()| backend.prepare(&inner.layout, &id).map_err(RuntimeError::from));
         if let Err(e) = prepared {
             let _ = strategy.release(&inner.layout, &id);
             let _ = crate::boxdir::remove_box_dir(&inner.layout, &id);
@@ -589,9 +593,39 @@ impl Inner {
         if let Some(s) = lock(&self.strategies).get(name) {
             return Ok(s.clone());
         }
-        let s = self.options.strategies.build(name, &self.options.strategy_config).map_err(build_err)?;
+        let s = self.options.strategies.build(name, &self.strategy_config()).map_err(build_err)?;
         lock(&self.strategies).insert(name.to_owned(), s.clone());
         Ok(s)
+    }
+
+    /// The configuration strategies are built from: the embedder's, with the home's
+    /// recorded fallback binding directory when the default one was squatted.
+    fn strategy_config(&self) -> StrategyConfig {
+        let mut c = self.options.strategy_config.clone();
+        if c.binding_dir.is_none() {
+            c.binding_dir = squat::recorded(&self.layout, &c);
+        }
+        c
+    }
+
+    /// `strategy.ensure`, falling back to a private, unpredictable binding directory
+    /// when the default per-user directory is squatted by another user (see [`squat`]).
+    /// Returns the strategy to use from here on (rebuilt after a fallback).
+    fn ensure_binding(&self, strategy: Arc<dyn SocketBinding>, id: &BoxId) -> Result<Arc<dyn SocketBinding>, RuntimeError> {
+        let err = match strategy.ensure(&self.layout, id) {
+            Ok(()) => return Ok(strategy),
+            Err(e) => e,
+        };
+        let config = self.strategy_config();
+        let squatter = if config.binding_dir.is_none() && squat::is_squat_refusal(&err, &config) { squat::squatter(&config) } else { None };
+        let Some(uid) = squatter else {
+            return Err(err.into());
+        };
+        squat::fall_back(&self.layout, &config, uid)?;
+        lock(&self.strategies).clear();
+        let rebuilt = self.strategy(strategy.name())?;
+        rebuilt.ensure(&self.layout, id)?;
+        Ok(rebuilt)
     }
 
     fn backend(&self, name: &str) -> Result<Arc<dyn Backend>, RuntimeError> {
@@ -779,6 +813,8 @@ impl Inner {
         if let Availability::Unavailable { reason } = backend.available_for_launch() {
             return Err(RuntimeError::BackendUnavailable { backend: rec.config.backend.clone(), reason });
         }
+        // Before the addresses are derived: a squatted binding directory changes them.
+        let strategy = self.ensure_binding(strategy, &id)?;
         let specs = socket_specs(&*backend, rec.config.network);
         let addresses = check_addresses(&*strategy, &self.layout, &id, &specs)?;
         self.store
@@ -972,9 +1008,8 @@ impl Inner {
     /// Dial a box's agent through its strategy, whatever its recorded state. Runs
     /// `ensure` first: a binding removed behind our back (a /tmp cleaner) heals here.
     fn dial_agent(&self, rec: &BoxRecord) -> Result<(AgentClient, String), RuntimeError> {
-        let strategy = self.strategy(&rec.config.strategy)?;
+        let strategy = self.ensure_binding(self.strategy(&rec.config.strategy)?, &rec.id)?;
         let file = catalogue::AGENT.file_name();
-        strategy.ensure(&self.layout, &rec.id)?;
         let addr = strategy.address(&self.layout, &rec.id, &file)?;
         let address = addr.display_string();
         // The listener must be the box's recorded process (the agent, or the VMM that

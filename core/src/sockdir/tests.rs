@@ -100,7 +100,7 @@ fn connect_rejects_a_listener_of_another_process() {
         }
         other => panic!("expected PeerRejected, got {other}"),
     }
-    assert!(err.to_string().contains(&format!("expected the box's process, pid {wrong}")), "{err}");
+    assert!(err.to_string().contains(&format!("it is not the box's process: expected pid {wrong}")), "{err}");
     assert_eq!(policy.rejected(), 1);
 }
 

@@ -213,10 +213,24 @@ impl ShortSymlink {
                 reason: format!("{p:?} must be non-empty, of [A-Za-z0-9._-], and not start with '.'"),
             });
         }
-        let per_uid_name = format!("{}-{}", config.prefix, config.uid);
+        let per_uid = config.per_uid_dir();
+        let per_uid_name = match &config.binding_dir {
+            None => format!("{}-{}", config.prefix, config.uid),
+            // A recorded fallback: a directory directly in the base.
+            Some(d) if d.parent() == Some(config.base_dir.as_path()) => match d.file_name().and_then(|n| n.to_str()) {
+                Some(n) if !n.is_empty() && !n.starts_with('.') => n.to_owned(),
+                _ => return Err(BindingError::Invalid { what: "binding directory".into(), reason: format!("{} has no plain name", d.display()) }),
+            },
+            Some(d) => {
+                return Err(BindingError::Invalid {
+                    what: "binding directory".into(),
+                    reason: format!("{} is not directly in the base directory {}", d.display(), config.base_dir.display()),
+                });
+            }
+        };
         Ok(ShortSymlink {
             config: config.clone(),
-            per_uid: config.base_dir.join(&per_uid_name),
+            per_uid,
             per_uid_name,
             state: RwLock::new(State::default()),
         })

@@ -33,6 +33,8 @@ enum Program {
     /// Listen at `sock` (bound by the child), count connections that delivered at least
     /// one byte (an exec request reaching the attacker).
     Listen { sock: CString },
+    /// The same, but the child keeps the owner's uid (another process of the owner).
+    ListenAsOwner { sock: CString },
     /// Listen at `own/<id>/agent.sock`, and keep renaming `own` to `target` (the
     /// per-user directory, whenever a cleaner has removed it) and back.
     SwapIn { own: CString, sub: CString, sock: CString, target: CString },
@@ -125,9 +127,10 @@ fn child(out: RawFd, stop: RawFd, prog: &Program, sock: Option<(libc::sockaddr_u
         let (out, stop) = (100, 101);
         libc::syscall(libc::SYS_close_range, 3u32, 99u32, 0u32);
         libc::syscall(libc::SYS_close_range, 102u32, u32::MAX, 0u32);
-        let dropped = libc::setgroups(0, std::ptr::null()) == 0
-            && libc::setgid(NOBODY as libc::gid_t) == 0
-            && libc::setuid(NOBODY as libc::uid_t) == 0;
+        let dropped = matches!(prog, Program::ListenAsOwner { .. })
+            || (libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(NOBODY as libc::gid_t) == 0
+                && libc::setuid(NOBODY as libc::uid_t) == 0);
         if !dropped {
             let v: i64 = -1;
             libc::write(out, (&v as *const i64).cast(), 8);
@@ -137,7 +140,7 @@ fn child(out: RawFd, stop: RawFd, prog: &Program, sock: Option<(libc::sockaddr_u
         let mut hits: i64 = 0;
         let mut lfd = -1;
         match prog {
-            Program::Listen { .. } => lfd = listen_at(sock.as_ref().expect("address")),
+            Program::Listen { .. } | Program::ListenAsOwner { .. } => lfd = listen_at(sock.as_ref().expect("address")),
             Program::SwapIn { own, sub, .. } => {
                 libc::mkdir(own.as_ptr(), 0o777);
                 libc::mkdir(sub.as_ptr(), 0o777);
@@ -158,7 +161,7 @@ fn child(out: RawFd, stop: RawFd, prog: &Program, sock: Option<(libc::sockaddr_u
                     }
                     flip = !flip;
                 }
-                Program::Listen { .. } => {
+                Program::Listen { .. } | Program::ListenAsOwner { .. } => {
                     drain(lfd, &mut hits);
                     libc::usleep(200);
                 }
@@ -188,7 +191,7 @@ impl Attacker {
     /// Fork the child, wait until it is set up (dropped, listening).
     fn start(prog: Program, limit: Duration) -> Attacker {
         let sock = match &prog {
-            Program::Listen { sock } | Program::SwapIn { sock, .. } => Some(sockaddr(sock)),
+            Program::Listen { sock } | Program::ListenAsOwner { sock } | Program::SwapIn { sock, .. } => Some(sockaddr(sock)),
             Program::Flip { .. } => None,
         };
         let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
@@ -205,6 +208,10 @@ impl Attacker {
         let a = Attacker { pid, rd, stop: Some(stop_wr) };
         assert_eq!(a.read_i64(), Some(0), "the attacker child could not drop to nobody");
         a
+    }
+
+    fn pid(&self) -> i32 {
+        self.pid
     }
 
     fn read_i64(&self) -> Option<i64> {
@@ -445,7 +452,7 @@ scenario!(
                             b"\0".to_vec(),
                         )])
                         .unwrap();
-                        assert!(got[0] < 0 || got[0] == 0, "nobody was served by the box's agent: {got:?}");
+                        assert!(got[0] <= 0, "nobody was served by the box's agent: {got:?}");
                         assert!(!theirs.exists());
                         tokio.block_on(rt.stop(&id, None)).unwrap();
                     }
@@ -468,5 +475,102 @@ scenario!(
                 "starts under umask 000 until {STARTS} succeeded: {started} started, {refused} refused; agent.sock was always bound 0600 in the real socket directory, nothing of root's ever appeared in the attacker's directory, and nobody's dial of the agent was refused (before the fix: the agent bound agent.sock in the attacker's directory and served `id` as uid 0)"
             ))
         })()
+    }
+);
+
+scenario!(
+    squatted_per_uid_dir_falls_back_to_a_private_unpredictable_dir,
+    "Attacks",
+    "before first use, `nobody` creates `<base>/boxsock-<uid>` as its own 0777 directory; the runtime creates, starts and execs in a box, then a second runtime over the same home does too, and `doctor` is asked",
+    {
+        (|| -> Outcome {
+            if !is_root() {
+                return Outcome::Skipped(NEED_ROOT.into());
+            }
+            let w = World::new();
+            let squatted = w.per_uid();
+            let r = crate::attacks::nobody::run(&[
+                crate::attacks::nobody::Act::Mkdir(cstr(&squatted), 0o777),
+                crate::attacks::nobody::Act::Chmod(cstr(&squatted), 0o777),
+            ])
+            .unwrap();
+            assert_eq!(r, [0, 0], "nobody could not squat");
+            let tokio = tokio_rt();
+            let (fallback, id) = {
+                let (rt, _) = tokio.block_on(Runtime::open(w.layout.home(), rt_options(&w))).unwrap();
+                let b = tokio.block_on(rt.create(CreateOptions::new("short-symlink", "host"))).unwrap_or_else(|e| panic!("create over a squatted per-user dir: {e}"));
+                let id = b.id.to_string();
+                tokio.block_on(rt.start(&id)).unwrap_or_else(|e| panic!("start: {e}"));
+                assert_eq!(tokio.block_on(exec_code(&rt, &id, &["/bin/true"])).unwrap(), 0);
+                let record = std::fs::read_to_string(w.layout.home().join(boxsock_core::runtime::squat::RECORD)).expect("the fallback is recorded in the home");
+                let fallback = std::path::PathBuf::from(record.trim_end());
+                let s = rt.strategy("short-symlink").unwrap();
+                assert_eq!(s.binding_dir().as_deref(), Some(fallback.as_path()), "the strategy uses the recorded fallback");
+                let addr = s.address(rt.layout(), &b.id, "agent.sock").unwrap();
+                assert!(addr.as_path().unwrap().starts_with(&fallback), "{addr}");
+                tokio.block_on(rt.stop(&id, None)).unwrap();
+                (fallback, id)
+            };
+            // Unpredictable, private, ours, and exactly as long as the worst-case name.
+            let name = fallback.file_name().unwrap().to_string_lossy().into_owned();
+            assert_eq!(fallback.parent(), Some(w.base.as_path()));
+            assert_eq!(name.len(), "boxsock-4294967295".len(), "{name}");
+            assert!(name.starts_with("boxsock.") && name != "boxsock.0000000000", "{name}");
+            let m = std::fs::symlink_metadata(&fallback).unwrap();
+            assert!(m.is_dir() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o777 == 0o700, "{:o}", m.mode());
+            // The squatter's directory was neither used nor touched.
+            let sm = std::fs::symlink_metadata(&squatted).unwrap();
+            assert_eq!((sm.uid(), sm.mode() & 0o777), (NOBODY, 0o777));
+            assert!(crate::attacks::entries(&squatted).is_empty(), "something was put in the squatter's directory");
+            // Another runtime over the home agrees, without a new fallback.
+            let (rt, _) = tokio.block_on(Runtime::open(w.layout.home(), rt_options(&w))).unwrap();
+            tokio.block_on(rt.start(&id)).unwrap_or_else(|e| panic!("second runtime: start: {e}"));
+            assert_eq!(tokio.block_on(exec_code(&rt, &id, &["/bin/true"])).unwrap(), 0);
+            let dirs: Vec<String> = crate::attacks::entries(&w.base).into_iter().filter(|n| n.starts_with("boxsock.")).collect();
+            assert_eq!(dirs, std::slice::from_ref(&name), "one fallback for the home");
+            let report = boxsock::doctor(w.layout.home(), &rt_options(&w));
+            assert_eq!(report.binding_dir_fallback.as_deref(), Some(&*fallback.to_string_lossy()));
+            assert_eq!(report.binding_dir_squatted_by, Some(NOBODY));
+            tokio.block_on(rt.remove(&id, true)).unwrap();
+            Outcome::Passed(format!(
+                "create, start and exec worked through a fresh 0700 directory <base>/{name} (random, as long as the worst-case per-user name), recorded in <home>/binding-dir; a second runtime used the same one; doctor reports it and the squatter (uid 65534); the squatter's directory stayed untouched and empty"
+            ))
+        })()
+    }
+);
+
+scenario!(
+    impostor_agent_of_the_owner_is_rejected_on_dial,
+    "Attacks",
+    "a running box (host backend, short-symlink and direct); another process of the *owner* removes the agent's socket file and listens at `agent.sock` itself; then `exec` and `ping`",
+    {
+        {
+            let tokio = tokio_rt();
+            let mut seen = Vec::new();
+            for name in ["short-symlink", "direct"] {
+                let w = World::new();
+                let (rt, _) = tokio.block_on(Runtime::open(w.layout.home(), rt_options(&w))).unwrap();
+                let b = tokio.block_on(rt.create(CreateOptions::new(name, "host"))).unwrap();
+                let id = b.id.to_string();
+                tokio.block_on(rt.start(&id)).unwrap_or_else(|e| panic!("{name}: start: {e}"));
+                let agent_pid = rt.get(&id).unwrap().process.unwrap().pid;
+                let real = w.layout.sockets_dir(&b.id).join("agent.sock");
+                std::fs::remove_file(&real).unwrap();
+                // The impostor: a listener of the same uid, in another process.
+                let child = Attacker::start(Program::ListenAsOwner { sock: cstr(&real) }, Duration::from_secs(60));
+                let err = tokio.block_on(exec_code(&rt, &id, &["/bin/true"])).expect_err("exec through an impostor");
+                let text = err.to_string();
+                assert!(
+                    text.contains(&format!("not the box's process: expected pid {agent_pid}")) && text.contains(&format!("pid {}", child.pid())),
+                    "{name}: {text}"
+                );
+                assert!(tokio.block_on(rt.ping(&id)).is_err());
+                let hits = child.finish();
+                assert_eq!(hits, 0, "{name}: the impostor received bytes of a request");
+                let _ = tokio.block_on(rt.remove(&id, true));
+                seen.push(format!("{name}: {text}"));
+            }
+            Outcome::Passed(format!("every dial was refused before a byte was sent; {}", seen.join("; ")))
+        }
     }
 );
