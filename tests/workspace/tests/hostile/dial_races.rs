@@ -574,3 +574,49 @@ scenario!(
         }
     }
 );
+
+scenario!(
+    allowed_peer_uid_reaches_the_agent,
+    "Attacks",
+    "the embedder allows uid 65534 (`allowed_peer_uids`); a box on the `host` backend with the `abstract` strategy runs; `nobody` dials the agent and sends hello + exec `touch <marker>`; a box without that allowance is dialled the same way",
+    {
+        (|| -> Outcome {
+            if !is_root() {
+                return Outcome::Skipped(NEED_ROOT.into());
+            }
+            let tokio = tokio_rt();
+            let mut served = Vec::new();
+            for allow in [true, false] {
+                let w = World::new();
+                let mut o = rt_options(&w);
+                if allow {
+                    o.strategy_config.allowed_peer_uids = vec![NOBODY];
+                }
+                let (rt, _) = tokio.block_on(Runtime::open(w.layout.home(), o)).unwrap();
+                let b = tokio.block_on(rt.create(CreateOptions::new("abstract", "host"))).unwrap();
+                let id = b.id.to_string();
+                tokio.block_on(rt.start(&id)).unwrap_or_else(|e| panic!("start: {e}"));
+                let pid = rt.get(&id).unwrap().process.unwrap().pid;
+                let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+                let allowed_in_argv = argv.split(|b| *b == 0).collect::<Vec<_>>().windows(2).any(|w| w[0] == b"--allow-uid" && w[1] == b"65534");
+                assert_eq!(allowed_in_argv, allow, "the agent's --allow-uid list");
+                let addr = rt.strategy("abstract").unwrap().address(rt.layout(), &b.id, "agent.sock").unwrap();
+                // A place nobody may write, so the marker proves the agent ran the command.
+                let marker = w.root.path().join("allowed-peer-ran-this");
+                let r = crate::attacks::nobody::run(&[crate::attacks::nobody::Act::ConnectSend(
+                    crate::attacks::nobody::RawAddr::of(&addr),
+                    crate::attacks::exec_touch_bytes(&marker),
+                )])
+                .unwrap();
+                let ran = crate::attacks::wait_exists(&marker, Duration::from_secs(if allow { 10 } else { 2 }));
+                assert_eq!(ran, allow, "allow={allow}: nobody's exec ran = {ran} (connect result {r:?})");
+                tokio.block_on(rt.remove(&id, true)).unwrap();
+                served.push(format!("{}: {}", if allow { "allowed" } else { "not allowed" }, if ran { "served" } else { "dropped unserved" }));
+            }
+            Outcome::Passed(format!(
+                "uid 65534 {}; the agent's --allow-uid list carries the embedder's uids (before the fix it had only the owner's)",
+                served.join(", ")
+            ))
+        })()
+    }
+);
