@@ -309,3 +309,15 @@ fn checks_without_their_capability_are_skipped_with_a_reason() {
 }
 
 boxsock_conformance::conformance_tests!(direct_via_macro, |_| Ok(std::sync::Arc::new(boxsock_direct::Direct::default())));
+
+#[test]
+fn detects_path_strategies_that_bind_and_dial_by_string() {
+    // Neither `Broken` nor the naive link strategy provides a verified socket directory:
+    // their binds and connects re-resolve the address string (issue 10).
+    assert_detects("socket_dir_is_verified_and_held", off_by_one);
+    assert!(fails("socket_dir_is_verified_and_held", naive), "the kit did not notice a link strategy without socket_dir");
+    assert!(
+        fails("swapped_binding_is_refused_at_use", naive),
+        "the kit did not notice a link strategy that binds through a swapped link"
+    );
+}
