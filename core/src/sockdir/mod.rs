@@ -313,9 +313,19 @@ impl SocketDir {
         };
         // The mode was set on the socket before bind; set it on the file again through
         // the held descriptor (portable, and whatever the kernel did with the umask).
-        nix::sys::stat::fchmodat(&self.inner.fd, name, Mode::from_bits_truncate(0o600), nix::sys::stat::FchmodatFlags::FollowSymlink)
-            .map_err(|e| BindingError::errno("chmod 0600", shown.display_string(), e))?;
-        Ok(sock)
+        match nix::sys::stat::fchmodat(&self.inner.fd, name, Mode::from_bits_truncate(0o600), nix::sys::stat::FchmodatFlags::FollowSymlink) {
+            Ok(()) => Ok(sock),
+            // Bound somewhere else than the verified directory (a datagram socket is
+            // bound at its displayed name, which was redirected).
+            Err(Errno::ENOENT) => Err(BindingError::Insecure {
+                path: PathBuf::from(shown.display_string()),
+                reason: format!(
+                    "the socket bound at this name is not the one in the verified socket directory {} (no {name} there); a directory on the way was changed",
+                    self.inner.shown.display()
+                ),
+            }),
+            Err(e) => Err(BindingError::errno("chmod 0600", shown.display_string(), e)),
+        }
     }
 
     /// A socket file at `name` that refuses connections (its listener is gone).

@@ -118,3 +118,34 @@ fn stale_socket_is_replaced_and_child_addresses_fit() {
     dir.remove_socket("s.sock").unwrap();
     assert!(!root.path().join("s.sock").exists());
 }
+
+#[test]
+fn datagram_bound_at_a_redirected_name_is_refused() {
+    let root = private_dir();
+    let real = root.path().join("real");
+    let decoy = root.path().join("decoy");
+    for d in [&real, &decoy] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let link = root.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let dir = SocketDir::open(&link, expect(Some(DirIdentity::of_path(&real).unwrap()))).unwrap();
+    // A stale datagram socket file in the verified directory (its socket is gone).
+    drop(UnixDatagram::bind(real.join("stale.sock")).unwrap());
+    // Intact: bound at the displayed name, proved through the descriptor.
+    let ok = dir.bind_datagram("ok.sock").unwrap();
+    assert_eq!(ok.local_addr().unwrap().as_pathname(), Some(link.join("ok.sock").as_path()));
+    // Redirected between the verification and the bind: refused.
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&decoy, &link).unwrap();
+    let err = dir.bind_datagram("d.sock").unwrap_err();
+    assert!(matches!(&err, BindingError::Insecure { reason, .. } if reason.contains("not the one in the verified socket directory")), "{err}");
+    // Redirected while a stale file of the same name sits in the verified directory: the
+    // mode fix-up finds a file, but the token sent through the descriptor does not arrive.
+    let err = dir.bind_datagram("stale.sock").unwrap_err();
+    assert!(
+        matches!(&err, BindingError::Insecure { reason, .. } if reason.contains("probe")),
+        "{err}"
+    );
+}
