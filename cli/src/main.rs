@@ -539,6 +539,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             println!("home:     {} ({} bytes)", report.home, report.home_bytes);
             println!("platform: {}, sun_path holds {} bytes including the NUL", report.platform, report.limit);
             println!("worst-case box id: {} ({} bytes)", report.sample_id, report.sample_id.len());
+            if let Some(uid) = report.binding_dir_squatted_by {
+                println!("WARNING: the predictable per-user binding directory is held by uid {uid} (squatted)");
+            }
+            if let Some(d) = &report.binding_dir_fallback {
+                println!("binding directory: {d} (fallback recorded in the home)");
+            }
             for s in &report.strategies {
                 println!();
                 // Addresses that could not be derived at all (not "too long"): say why

@@ -16,6 +16,13 @@
 //! - `sweep` removes leftovers of dead boxes of *this* home, never a live box's binding
 //!   and never another home's.
 //! - Nothing about an address is persisted: it is derived again at every use.
+//! - Path strategies hand out a [`SocketDir`] ([`SocketBinding::socket_dir`]): the
+//!   box's socket directory opened and verified (owner, mode, identity) at the time of
+//!   use, through which every bind and connect goes. Binding or connecting by the
+//!   address string re-resolves directories others may change between a check and the
+//!   use; the default `bind_stream`/`connect_stream`/`bind_datagram` therefore go
+//!   through `socket_dir` whenever it returns one, and the runtime refuses a path
+//!   strategy that returns none.
 
 use std::fmt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
@@ -27,6 +34,7 @@ use crate::error::BindingError;
 use crate::id::BoxId;
 use crate::layout::BoxLayout;
 use crate::peer::{Listener, PeerPolicy};
+use crate::sockdir::SocketDir;
 
 /// Configuration every strategy is built from. Strategies ignore what they do not use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,14 +49,27 @@ pub struct StrategyConfig {
     /// Extra uids allowed to talk to box sockets where the strategy checks peer
     /// credentials (the owner is always allowed). Default: none.
     pub allowed_peer_uids: Vec<u32>,
+    /// Use exactly this per-user directory instead of `<base_dir>/<prefix>-<uid>`.
+    /// The runtime sets it from the home's recorded fallback (see
+    /// [`fallback`]) when the predictable name was squatted by another user. Default:
+    /// none.
+    pub binding_dir: Option<PathBuf>,
 }
 
 impl StrategyConfig {
     /// Default prefix of the per-uid directory.
     pub const DEFAULT_PREFIX: &'static str = "boxsock";
 
-    /// `<base_dir>/<prefix>-<uid>`.
+    /// `<base_dir>/<prefix>-<uid>`, or [`StrategyConfig::binding_dir`] when set.
     pub fn per_uid_dir(&self) -> PathBuf {
+        match &self.binding_dir {
+            Some(d) => d.clone(),
+            None => self.default_per_uid_dir(),
+        }
+    }
+
+    /// `<base_dir>/<prefix>-<uid>`, the predictable name.
+    pub fn default_per_uid_dir(&self) -> PathBuf {
         self.base_dir.join(format!("{}-{}", self.prefix, self.uid))
     }
 }
@@ -60,6 +81,7 @@ impl Default for StrategyConfig {
             prefix: Self::DEFAULT_PREFIX.to_owned(),
             uid: nix::unistd::geteuid().as_raw(),
             allowed_peer_uids: Vec::new(),
+            binding_dir: None,
         }
     }
 }
@@ -208,26 +230,103 @@ pub trait SocketBinding: Send + Sync + fmt::Debug {
         PeerPolicy::unchecked()
     }
 
+    /// The box's socket directory, opened now and verified on the descriptor: a
+    /// directory owned by the configured uid, writable by nobody else, and the very
+    /// `<home>/boxes/<id>/sockets` (device + inode). Every bind and connect of a path
+    /// strategy goes through it (see [`SocketDir`]); the runtime hands it to the
+    /// backend, which hands it to its children. Requires `ensure` to have run.
+    ///
+    /// Strategies whose addresses are not paths return `Ok(None)` (the default). A
+    /// `path_addressable` strategy must return one: the conformance kit checks it, and
+    /// the runtime refuses to bind or dial a path without it.
+    fn socket_dir(&self, layout: &BoxLayout, id: &BoxId) -> Result<Option<SocketDir>, BindingError> {
+        let _ = (layout, id);
+        Ok(None)
+    }
+
     /// Bind a stream listener for `file_name`. A stale socket file left by a dead
-    /// listener is replaced; a live one is an error.
+    /// listener is replaced; a live one is an error. Goes through
+    /// [`SocketBinding::socket_dir`] when there is one.
     fn bind_stream(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<Listener, BindingError> {
         let addr = self.address(layout, id, file_name)?;
+        if let Some(dir) = self.socket_dir(layout, id)? {
+            return dir.bind_stream(file_name, self.peer_policy());
+        }
         let inner = crate::peer::bind_stream_at(&addr)?;
         Ok(Listener::new(inner, addr, file_name.to_owned(), self.peer_policy()))
     }
 
     /// Connect a stream to `file_name`, checking the listener's credentials where the
-    /// strategy's peer policy says so.
+    /// strategy's peer policy says so. Goes through [`SocketBinding::socket_dir`] when
+    /// there is one.
     fn connect_stream(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<UnixStream, BindingError> {
         let addr = self.address(layout, id, file_name)?;
+        if let Some(dir) = self.socket_dir(layout, id)? {
+            return dir.connect_stream(file_name, &self.peer_policy());
+        }
         crate::peer::connect_stream_at(&addr, file_name, &self.peer_policy())
     }
 
     /// Bind a datagram socket at `file_name` (stale socket files are replaced as for
-    /// [`SocketBinding::bind_stream`]).
+    /// [`SocketBinding::bind_stream`]). Goes through [`SocketBinding::socket_dir`] when
+    /// there is one.
     fn bind_datagram(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<UnixDatagram, BindingError> {
         let addr = self.address(layout, id, file_name)?;
+        if let Some(dir) = self.socket_dir(layout, id)? {
+            return dir.bind_datagram(file_name);
+        }
         crate::peer::bind_datagram_at(&addr)
+    }
+}
+
+/// The fallback for a squatted per-user directory: a fresh directory, mode 0700, in the
+/// same base, named `<prefix>.<10 random base62 characters>` — exactly as long as the
+/// worst-case `<prefix>-<10-digit uid>`, so every address that fits the budget still
+/// fits, and unpredictable (about 59 bits), so it cannot be squatted in advance.
+pub mod fallback {
+    use std::path::{Path, PathBuf};
+
+    use nix::errno::Errno;
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    use rand::Rng;
+
+    use super::StrategyConfig;
+    use crate::error::BindingError;
+
+    /// Random characters in a fallback name.
+    pub const RANDOM_LEN: usize = 10;
+
+    /// Whether `p` has the shape of a fallback of `config`: directly in its base
+    /// directory, named `<prefix>.<10 base62>`.
+    pub fn is_fallback_of(p: &Path, config: &StrategyConfig) -> bool {
+        let (Some(parent), Some(name)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
+            return false;
+        };
+        let Some(rest) = name.strip_prefix(&config.prefix).and_then(|r| r.strip_prefix('.')) else {
+            return false;
+        };
+        parent == config.base_dir && rest.len() == RANDOM_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    }
+
+    /// Create a fresh fallback directory (mkdtemp semantics: `mkdirat` 0700 of a new
+    /// random name, retried on `EEXIST`) relative to an opened base directory.
+    pub fn create(config: &StrategyConfig) -> Result<PathBuf, BindingError> {
+        let base = &config.base_dir;
+        let base_fd = nix::fcntl::open(base, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| BindingError::errno("open base directory", base, e))?;
+        const CHARS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        let mut rng = rand::rng();
+        for _ in 0..16 {
+            let suffix: String = (0..RANDOM_LEN).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect();
+            let name = format!("{}.{suffix}", config.prefix);
+            match nix::sys::stat::mkdirat(&base_fd, name.as_str(), Mode::from_bits_truncate(0o700)) {
+                Ok(()) => return Ok(base.join(name)),
+                Err(Errno::EEXIST) => continue,
+                Err(e) => return Err(BindingError::errno("create fallback directory in", base, e)),
+            }
+        }
+        Err(BindingError::errno("create fallback directory in", base, Errno::EEXIST))
     }
 }
 

@@ -78,7 +78,8 @@ pub enum BindingError {
 
     /// A peer's credentials are not allowed on this socket.
     #[error(
-        "socket {socket:?} at {address}: peer pid {pid} uid {uid} is not allowed (allowed uids: {allowed:?})"
+        "socket {socket:?} at {address}: peer pid {pid} uid {uid} is not allowed ({})",
+        peer_expectation(*uid, allowed, *expected_pid)
     )]
     PeerRejected {
         /// Logical socket name or address.
@@ -89,8 +90,11 @@ pub enum BindingError {
         pid: i32,
         /// Peer uid.
         uid: u32,
-        /// Allowed uids.
+        /// Allowed uids (empty when only the pid is checked).
         allowed: Vec<u32>,
+        /// The process the peer had to be (the box's recorded process), if the policy
+        /// named one.
+        expected_pid: Option<i32>,
     },
 
     /// A system call failed.
@@ -104,6 +108,16 @@ pub enum BindingError {
         #[source]
         source: io::Error,
     },
+}
+
+/// What a rejected peer should have been, for [`BindingError::PeerRejected`].
+fn peer_expectation(uid: u32, allowed: &[u32], expected_pid: Option<i32>) -> String {
+    let uid_ok = allowed.is_empty() || allowed.contains(&uid);
+    match (uid_ok, expected_pid) {
+        (true, Some(p)) => format!("its uid is allowed, but it is not the box's process: expected pid {p}"),
+        (false, Some(p)) => format!("allowed uids: {allowed:?}; expected the box's process, pid {p}"),
+        (_, None) => format!("allowed uids: {allowed:?}"),
+    }
 }
 
 impl BindingError {

@@ -33,6 +33,7 @@ pub mod process;
 pub mod proto;
 pub mod registry;
 pub mod runtime;
+pub mod sockdir;
 pub mod state;
 pub mod store;
 
@@ -44,3 +45,4 @@ pub use catalogue::{Binder, DerivedName, SocketKind, SocketSpec};
 pub use error::BindingError;
 pub use id::BoxId;
 pub use layout::BoxLayout;
+pub use sockdir::{DirExpectation, DirIdentity, SocketDir};

@@ -54,6 +54,10 @@ pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
 #[derive(Debug, Clone)]
 pub struct PeerPolicy {
     allowed: Option<Arc<[u32]>>,
+    /// The one process that may be at the other end (the box's recorded process), where
+    /// known: a listener created by any other process is refused even with an allowed
+    /// uid (another process of the owner is not the box).
+    pid: Option<i32>,
     shared: Arc<Shared>,
 }
 
@@ -112,7 +116,7 @@ impl Drop for Shared {
 
 impl PeerPolicy {
     fn with(allowed: Option<Arc<[u32]>>) -> Self {
-        PeerPolicy { allowed, shared: Arc::new(Shared::default()) }
+        PeerPolicy { allowed, pid: None, shared: Arc::new(Shared::default()) }
     }
 
     /// No credential check (the filesystem protects the address).
@@ -128,9 +132,23 @@ impl PeerPolicy {
         Self::with(Some(v.into()))
     }
 
+    /// The same policy, also requiring the peer to be process `pid` (for a connect to
+    /// a box's socket: the box's recorded process — the agent for the host backend, the
+    /// shim for libkrun — created the listener). Turns an unchecked policy into one
+    /// that checks the pid only.
+    pub fn with_pid(mut self, pid: i32) -> Self {
+        self.pid = Some(pid);
+        self
+    }
+
+    /// The process the peer must be, if the policy names one.
+    pub fn expected_pid(&self) -> Option<i32> {
+        self.pid
+    }
+
     /// Whether this policy checks anything.
     pub fn is_checked(&self) -> bool {
-        self.allowed.is_some()
+        self.allowed.is_some() || self.pid.is_some()
     }
 
     /// The allowed uids, if checked.
@@ -165,7 +183,7 @@ impl PeerPolicy {
             let last_sample = w.sampled == REJECTION_LOG_SAMPLES;
             drop(w);
             match cred {
-                Some(c) => tracing::warn!(socket, address = %address, peer_pid = c.pid, peer_uid = c.uid, "{why}"),
+                Some(c) => tracing::warn!(socket, address = %address, peer_pid = c.pid, peer_uid = c.uid, expected_pid = ?self.pid, "{why}"),
                 None => tracing::warn!(socket, address = %address, "{why}"),
             }
             if last_sample {
@@ -184,7 +202,7 @@ impl PeerPolicy {
     /// Check the peer on `fd`. On rejection, counts it and logs the peer's pid and uid
     /// (rate-limited).
     pub fn check(&self, fd: BorrowedFd<'_>, socket: &str, address: &SocketAddress) -> Result<Option<PeerCred>, BindingError> {
-        if self.allowed.is_none() {
+        if !self.is_checked() {
             return Ok(None);
         }
         let cred = peer_cred(fd).map_err(|e| BindingError::io("read peer credentials of", address.display_string(), e))?;
@@ -195,10 +213,9 @@ impl PeerPolicy {
     /// datagram). An unchecked policy accepts everything. On rejection, counts it and
     /// logs the peer's pid and uid (rate-limited).
     pub fn check_cred(&self, cred: PeerCred, socket: &str, address: &SocketAddress) -> Result<PeerCred, BindingError> {
-        let Some(allowed) = &self.allowed else {
-            return Ok(cred);
-        };
-        if allowed.contains(&cred.uid) {
+        let uid_ok = self.allowed.as_deref().is_none_or(|a| a.contains(&cred.uid));
+        let pid_ok = self.pid.is_none_or(|p| p == cred.pid);
+        if uid_ok && pid_ok {
             return Ok(cred);
         }
         self.note_rejection(socket, address, Some(cred), "rejected peer");
@@ -207,7 +224,8 @@ impl PeerPolicy {
             address: address.display_string(),
             pid: cred.pid,
             uid: cred.uid,
-            allowed: allowed.to_vec(),
+            allowed: self.allowed.as_deref().map(<[u32]>::to_vec).unwrap_or_default(),
+            expected_pid: self.pid,
         })
     }
 }
@@ -509,14 +527,73 @@ fn bind_retrying_stale<T>(addr: &SocketAddress, bind: impl Fn(&std::os::unix::ne
     }
 }
 
-/// Bind a std stream listener at `addr`, replacing a stale socket file.
+/// Bind a std stream listener at `addr`, replacing a stale socket file. A path's socket
+/// file is created 0600 whatever the umask (see [`bind_stream_private`]).
+///
+/// This resolves `addr` as a string. Box sockets of path strategies go through a
+/// verified [`SocketDir`](crate::sockdir::SocketDir) instead.
 pub fn bind_stream_at(addr: &SocketAddress) -> Result<UnixListener, BindingError> {
-    bind_retrying_stale(addr, UnixListener::bind_addr)
+    let l = bind_retrying_stale(addr, |_| bind_stream_private(addr))?;
+    chmod_private(addr)?;
+    Ok(l)
 }
 
-/// Bind a std datagram socket at `addr`, replacing a stale socket file.
+/// Bind a std datagram socket at `addr`, replacing a stale socket file; 0600 as for
+/// [`bind_stream_at`].
 pub fn bind_datagram_at(addr: &SocketAddress) -> Result<UnixDatagram, BindingError> {
-    bind_retrying_stale(addr, UnixDatagram::bind_addr)
+    let d = bind_retrying_stale(addr, |_| bind_datagram_private(addr))?;
+    chmod_private(addr)?;
+    Ok(d)
+}
+
+fn chmod_private(addr: &SocketAddress) -> Result<(), BindingError> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(p) = addr.as_path() {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).map_err(|e| BindingError::io("chmod 0600", p, e))?;
+    }
+    Ok(())
+}
+
+/// A new `AF_UNIX` socket whose file, once bound, is at most 0600: Linux takes a bound
+/// socket file's mode from the socket's inode (masked by the umask), so the mode is set
+/// on the socket first. Elsewhere the `fchmod` is harmless and callers chmod the file
+/// after binding.
+fn private_socket(ty: nix::sys::socket::SockType, addr: &SocketAddress) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, UnixAddr, bind, socket};
+    let fd = socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)?;
+    if addr.as_path().is_some() {
+        nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+    }
+    let ua = match addr {
+        SocketAddress::Path(p) => UnixAddr::new(p.as_path())?,
+        SocketAddress::Abstract(n) => abstract_unix_addr(n)?,
+    };
+    bind(fd.as_raw_fd(), &ua)?;
+    Ok(fd)
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn abstract_unix_addr(n: &[u8]) -> io::Result<nix::sys::socket::UnixAddr> {
+    Ok(nix::sys::socket::UnixAddr::new_abstract(n)?)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn abstract_unix_addr(_n: &[u8]) -> io::Result<nix::sys::socket::UnixAddr> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "abstract socket addresses exist only on Linux"))
+}
+
+/// Bind and listen a stream socket at `addr`, its file created 0600 whatever the umask.
+/// No stale-file handling; see [`bind_stream_at`].
+pub fn bind_stream_private(addr: &SocketAddress) -> io::Result<UnixListener> {
+    let fd = private_socket(nix::sys::socket::SockType::Stream, addr)?;
+    nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::new(128).map_err(io::Error::from)?)?;
+    Ok(UnixListener::from(fd))
+}
+
+/// Bind a datagram socket at `addr`, its file created 0600 whatever the umask.
+pub fn bind_datagram_private(addr: &SocketAddress) -> io::Result<UnixDatagram> {
+    let fd = private_socket(nix::sys::socket::SockType::Datagram, addr)?;
+    Ok(UnixDatagram::from(fd))
 }
 
 /// Connect a stream to `addr` and check the listener against `policy`.

@@ -7,8 +7,11 @@
 //! the reference backend for the runtime's tests.
 //!
 //! Sockets: the agent binds `agent`, the runtime binds `ready` (see
-//! [`Backend::sockets`]). Both may be paths or abstract names; with an abstract
-//! address the agent is started with `--allow-uid <owner>`, so it checks peer
+//! [`Backend::sockets`]). Both may be paths or abstract names. For paths the agent
+//! inherits the runtime's verified socket directory at descriptor [`SOCKET_DIR_FD`]
+//! and is given `unix:///proc/self/fd/3/<name>`, so it never re-resolves a /tmp path.
+//! The agent is always started with `--allow-uid` for the owner and every
+//! `allowed_peer_uids` of the embedder ([`LaunchSpec::peer_uids`]), so it checks peer
 //! credentials on every accept and on the ready listener.
 //!
 //! Process model and reaping: [`Backend::launch`] forks the agent as a direct child of
@@ -20,6 +23,7 @@
 
 use std::fs::OpenOptions;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -31,6 +35,10 @@ use boxsock_core::{Backend, SocketAddress, SocketSpec, catalogue};
 
 /// The registered name.
 pub const NAME: &str = "host";
+
+/// The descriptor number at which the agent inherits the box's verified socket
+/// directory.
+pub const SOCKET_DIR_FD: i32 = 3;
 
 /// File name of the agent binary.
 pub const AGENT_BINARY: &str = "boxsock-agent";
@@ -155,23 +163,47 @@ impl Backend for HostBackend {
             source: e,
         })?;
 
+        // The agent reaches both sockets through the verified socket directory it
+        // inherits at descriptor SOCKET_DIR_FD (`/proc/self/fd/3/<name>`), never by the
+        // /tmp path, which others could redirect between the runtime's check and the
+        // agent's bind. Abstract names are passed as they are.
+        let agent_uri = spec.child_address(catalogue::AGENT.name, SOCKET_DIR_FD)?.to_uri();
+        let ready_uri = spec.child_address(catalogue::READY.name, SOCKET_DIR_FD)?.to_uri();
         let mut cmd = Command::new(&binary);
-        cmd.arg("--agent").arg(agent.to_uri()).arg("--ready").arg(ready.to_uri());
-        if matches!(agent, SocketAddress::Abstract(_)) || matches!(ready, SocketAddress::Abstract(_)) {
-            // Abstract names have no permissions: the agent checks every peer's uid.
-            cmd.arg("--allow-uid").arg(nix::unistd::geteuid().as_raw().to_string());
+        cmd.arg("--agent").arg(&agent_uri).arg("--ready").arg(&ready_uri);
+        // The agent checks every peer's uid on every address (the owner and the
+        // embedder's allowed uids), path or abstract.
+        let mut uids = spec.peer_uids.clone();
+        if uids.is_empty() {
+            uids.push(nix::unistd::geteuid().as_raw());
+        }
+        for uid in &uids {
+            cmd.arg("--allow-uid").arg(uid.to_string());
         }
         cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
+        let dir_fd: Option<i32> = spec.socket_dir.as_ref().map(|d| d.as_raw_fd());
         // SAFETY: the closure runs in the forked child before exec and only calls
-        // setsid(2), which is async-signal-safe; it allocates nothing and touches no
-        // lock.
+        // setsid(2), dup2(2) and fcntl(2), which are async-signal-safe; it allocates
+        // nothing and touches no lock. `dir_fd` is a descriptor the parent keeps open
+        // (the spec's socket directory) until `spawn` returns.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::setsid() == -1 {
                     return Err(io::Error::last_os_error());
+                }
+                if let Some(fd) = dir_fd {
+                    if fd == SOCKET_DIR_FD {
+                        // Already in place: only let it survive exec.
+                        if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                            return Err(io::Error::last_os_error());
+                        }
+                    } else if libc::dup2(fd, SOCKET_DIR_FD) == -1 {
+                        // dup2 clears FD_CLOEXEC on the new descriptor.
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -184,7 +216,7 @@ impl Backend for HostBackend {
         let pid = child.id() as i32;
         // Dropping a std `Child` neither waits nor kills: the caller reaps by pid.
         drop(child);
-        tracing::info!(box_id = %spec.id, pid, binary = %binary.display(), agent = %agent, ready = %ready, "launched agent");
+        tracing::info!(box_id = %spec.id, pid, binary = %binary.display(), agent = %agent, ready = %ready, agent_uri, ready_uri, allow_uids = ?uids, "launched agent");
         Ok(Launched { pid, companions: Vec::new() })
     }
 }

@@ -40,6 +40,7 @@ fn home() -> Home {
 }
 
 fn spec(h: &Home, agent: SocketAddress, ready: SocketAddress, env: Vec<(String, String)>) -> LaunchSpec {
+    let agent_is_path = agent.as_path().is_some();
     LaunchSpec {
         id: h.id.clone(),
         layout: h.layout.clone(),
@@ -48,6 +49,11 @@ fn spec(h: &Home, agent: SocketAddress, ready: SocketAddress, env: Vec<(String, 
         network: false,
         policy: Vec::new(),
         env,
+        socket_dir: match agent_is_path {
+            true => boxsock_direct::Direct::default().socket_dir(&h.layout, &h.id).unwrap(),
+            false => None,
+        },
+        peer_uids: Vec::new(),
     }
 }
 
@@ -70,7 +76,7 @@ fn reap_within(pid: i32) -> i32 {
 #[tokio::test]
 async fn launch_with_direct_addresses_ready_exec_then_kill_and_gone() {
     let h = home();
-    let direct = boxsock_direct::Direct;
+    let direct = boxsock_direct::Direct::default();
     direct.ensure(&h.layout, &h.id).unwrap();
     let ready = direct.bind_stream(&h.layout, &h.id, "ready.sock").unwrap().into_tokio().unwrap();
     let agent_addr = direct.address(&h.layout, &h.id, "agent.sock").unwrap();
@@ -110,6 +116,44 @@ async fn launch_with_direct_addresses_ready_exec_then_kill_and_gone() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     assert_eq!(reap_within(pid), 128 + 9);
     assert!(!alive(pid), "agent {pid} still exists after kill and reap");
+}
+
+/// Issue 10: the agent binds its socket through the runtime's verified directory (an
+/// inherited descriptor), never by the /tmp path; it checks peers on path addresses
+/// too, and the embedder's `allowed_peer_uids` reach it.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn path_addresses_go_through_the_inherited_dir_and_allowed_uids_reach_the_agent() {
+    use std::os::unix::fs::MetadataExt;
+    let h = home();
+    let me = nix::unistd::geteuid().as_raw();
+    let direct = boxsock_direct::Direct::default();
+    direct.ensure(&h.layout, &h.id).unwrap();
+    let ready = direct.bind_stream(&h.layout, &h.id, "ready.sock").unwrap().into_tokio().unwrap();
+    let agent_addr = direct.address(&h.layout, &h.id, "agent.sock").unwrap();
+    let mut s = spec(&h, agent_addr, ready.address().clone(), Vec::new());
+    s.peer_uids = vec![me, 65534];
+    let launched = backend().launch(&s).unwrap();
+    let (mut conn, cred) = tokio::time::timeout(LIMIT, ready.accept()).await.expect("no readiness").unwrap();
+    assert_eq!(cred.expect("path strategies check peers").pid, launched.pid);
+    agent_client::read_ready(&mut conn).await.unwrap();
+
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", launched.pid)).unwrap();
+    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let after = |flag: &str| -> Vec<&str> {
+        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+    };
+    assert_eq!(after("--agent"), ["unix:///proc/self/fd/3/agent.sock"], "{args:?}");
+    assert_eq!(after("--ready"), ["unix:///proc/self/fd/3/ready.sock"], "{args:?}");
+    assert_eq!(after("--allow-uid"), [me.to_string(), "65534".to_owned()], "{args:?}");
+    let fd3 = std::fs::read_link(format!("/proc/{}/fd/3", launched.pid)).unwrap();
+    assert_eq!(fd3, h.layout.sockets_dir(&h.id), "the agent's descriptor 3 is the box's socket directory");
+    let agent_file = h.layout.sockets_dir(&h.id).join("agent.sock");
+    assert_eq!(std::fs::symlink_metadata(&agent_file).unwrap().mode() & 0o777, 0o600);
+
+    let stream = direct.connect_stream(&h.layout, &h.id, "agent.sock").unwrap();
+    AgentClient::connect(stream).unwrap().shutdown().await.unwrap();
+    assert_eq!(reap_within(launched.pid), 0);
 }
 
 #[cfg(target_os = "linux")]

@@ -58,6 +58,9 @@ pub trait KrunApi {
     fn add_vsock_port2(&mut self, ctx: KrunCtx, port: u32, path: &Path, listen: bool) -> Result<(), KrunError>;
     /// `krun_add_net_unixstream` with a path (no fd): libkrun connects to the proxy.
     fn add_net_unixstream(&mut self, ctx: KrunCtx, path: &Path, mac: [u8; 6], features: u32, flags: u32) -> Result<(), KrunError>;
+    /// `krun_add_net_unixstream` with a connected socket (no path): `fd` is one end of
+    /// a socketpair whose other end the proxy (passt `--fd`) serves.
+    fn add_net_unixstream_fd(&mut self, ctx: KrunCtx, fd: i32, mac: [u8; 6], features: u32, flags: u32) -> Result<(), KrunError>;
     /// `krun_set_workdir`: the guest working directory of the exec'd process.
     fn set_workdir(&mut self, ctx: KrunCtx, workdir: &str) -> Result<(), KrunError>;
     /// `krun_set_exec`: the guest program, its arguments (without argv\[0\]) and its
@@ -81,6 +84,7 @@ pub enum KrunCall {
     AddVsock { ctx: KrunCtx, tsi_features: u32 },
     AddVsockPort2 { ctx: KrunCtx, port: u32, path: PathBuf, listen: bool },
     AddNetUnixstream { ctx: KrunCtx, path: PathBuf, mac: [u8; 6], features: u32, flags: u32 },
+    AddNetUnixstreamFd { ctx: KrunCtx, fd: i32, mac: [u8; 6], features: u32, flags: u32 },
     SetWorkdir { ctx: KrunCtx, workdir: String },
     SetExec { ctx: KrunCtx, path: String, args: Vec<String>, env: Vec<(String, String)> },
     SetConsoleOutput { ctx: KrunCtx, path: PathBuf },
@@ -97,7 +101,7 @@ impl KrunCall {
             KrunCall::DisableImplicitVsock { .. } => "krun_disable_implicit_vsock",
             KrunCall::AddVsock { .. } => "krun_add_vsock",
             KrunCall::AddVsockPort2 { .. } => "krun_add_vsock_port2",
-            KrunCall::AddNetUnixstream { .. } => "krun_add_net_unixstream",
+            KrunCall::AddNetUnixstream { .. } | KrunCall::AddNetUnixstreamFd { .. } => "krun_add_net_unixstream",
             KrunCall::SetWorkdir { .. } => "krun_set_workdir",
             KrunCall::SetExec { .. } => "krun_set_exec",
             KrunCall::SetConsoleOutput { .. } => "krun_set_console_output",
@@ -165,6 +169,9 @@ impl KrunApi for RecordingKrun {
     }
     fn add_net_unixstream(&mut self, ctx: KrunCtx, path: &Path, mac: [u8; 6], features: u32, flags: u32) -> Result<(), KrunError> {
         self.record(KrunCall::AddNetUnixstream { ctx, path: path.to_path_buf(), mac, features, flags })
+    }
+    fn add_net_unixstream_fd(&mut self, ctx: KrunCtx, fd: i32, mac: [u8; 6], features: u32, flags: u32) -> Result<(), KrunError> {
+        self.record(KrunCall::AddNetUnixstreamFd { ctx, fd, mac, features, flags })
     }
     fn set_workdir(&mut self, ctx: KrunCtx, workdir: &str) -> Result<(), KrunError> {
         self.record(KrunCall::SetWorkdir { ctx, workdir: workdir.to_owned() })

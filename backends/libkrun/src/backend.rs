@@ -1,6 +1,7 @@
 //! [`Libkrun`]: the [`Backend`] that runs each box as a `boxsock-krun-shim` process.
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -26,6 +27,12 @@ pub const NET: SocketSpec = SocketSpec {
     derived: &[DerivedName::Sibling(KRUN_NET_DERIVED_WORST_CASE)],
     ..catalogue::NET
 };
+
+/// The descriptor at which the shim inherits the box's verified socket directory.
+pub const SHIM_SOCKET_DIR_FD: i32 = 3;
+
+/// The descriptor at which the shim inherits its end of the `net` socketpair.
+pub const SHIM_NET_FD: i32 = 4;
 
 /// Default guest path of the agent inside the guest root.
 pub const DEFAULT_GUEST_AGENT: &str = "/boxsock-agent";
@@ -158,12 +165,28 @@ impl Libkrun {
     /// Build the shim's spec from a launch spec. Every socket path comes from
     /// `spec.addresses` (the strategy); an abstract or missing address is refused.
     pub fn shim_spec(&self, spec: &LaunchSpec) -> Result<ShimSpec, BackendError> {
-        let agent = path_address(spec, catalogue::AGENT.name)?;
-        let ready = path_address(spec, catalogue::READY.name)?;
         let net = if spec.network { Some(path_address(spec, NET.name)?) } else { None };
-        let tmpdir = parent_of(net.as_deref().unwrap_or(&agent))
-            .ok_or_else(|| bad(format!("socket address {} has no directory", agent.display())))?
-            .to_path_buf();
+        let (agent, ready, tmpdir, socket_dir_fd) = if spec.socket_dir.is_some() {
+            // Through the verified directory the shim inherits at SHIM_SOCKET_DIR_FD.
+            let through = |name: &str| -> Result<PathBuf, BackendError> {
+                path_address(spec, name)?;
+                match spec.child_address(name, SHIM_SOCKET_DIR_FD)? {
+                    SocketAddress::Path(p) => Ok(p),
+                    a => Err(bad(format!("socket {name:?}: {a} is not a path"))),
+                }
+            };
+            let agent = through(catalogue::AGENT.name)?;
+            let ready = through(catalogue::READY.name)?;
+            let tmpdir = parent_of(&agent).map(Path::to_path_buf).ok_or_else(|| bad(format!("{} has no directory", agent.display())))?;
+            (agent, ready, tmpdir, Some(SHIM_SOCKET_DIR_FD))
+        } else {
+            let agent = path_address(spec, catalogue::AGENT.name)?;
+            let ready = path_address(spec, catalogue::READY.name)?;
+            let tmpdir = parent_of(net.as_deref().unwrap_or(&agent))
+                .ok_or_else(|| bad(format!("socket address {} has no directory", agent.display())))?
+                .to_path_buf();
+            (agent, ready, tmpdir, None)
+        };
         let box_dir = spec.layout.box_dir(&spec.id);
         let mut read_only: Vec<PathBuf> = SYSTEM_READ_ONLY.iter().map(PathBuf::from).collect();
         read_only.extend(self.config.extra_read_only.iter().cloned());
@@ -182,14 +205,16 @@ impl Libkrun {
             ram_mib: self.config.ram_mib,
             agent: VsockMap { port: AGENT_VSOCK_PORT, host_path: agent },
             ready: VsockMap { port: READY_VSOCK_PORT, host_path: ready },
-            net: net.map(|path| NetSpec { path, mac: GUEST_MAC }),
+            net: net.map(|path| NetSpec { path, mac: GUEST_MAC, fd: socket_dir_fd.map(|_| SHIM_NET_FD) }),
             tmpdir,
+            socket_dir_fd,
             jail: JailSpec {
                 enabled: self.config.jail,
                 read_only,
                 read_write: vec![box_dir],
                 devices: SYSTEM_DEVICES.iter().map(PathBuf::from).collect(),
                 sockets: spec.policy.iter().map(JailPath::from).collect(),
+                socket_dir_fd,
             },
             configure_only: self.config.configure_only,
         };
@@ -213,22 +238,45 @@ impl Libkrun {
                 guest_agent.display()
             )));
         }
+        let Some(dir) = &spec.socket_dir else {
+            return Err(bad(format!(
+                "box {}: no verified socket directory in the launch spec; the shim would re-resolve {} (the runtime always provides one for a path strategy)",
+                spec.id,
+                shim_spec.agent.host_path.display()
+            )));
+        };
         let json = serde_json::to_vec(&shim_spec).map_err(|e| bad(format!("cannot encode the shim spec: {e}")))?;
+        let passt_err = |e: crate::passt::PasstError| BackendError::Spawn {
+            backend: NAME.into(),
+            what: self.config.passt.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        let mut fds: Vec<(i32, i32)> = vec![(dir.as_raw_fd(), SHIM_SOCKET_DIR_FD)];
+        let mut shim_net_end = None;
         let passt = match &shim_spec.net {
             Some(net) => {
                 let log = spec.log_file.with_file_name("passt.log");
-                let p = Passt::start(&self.config.passt, &net.path, &log, self.config.passt_timeout).map_err(|e| {
-                    BackendError::Spawn {
-                        backend: NAME.into(),
-                        what: self.config.passt.display().to_string(),
-                        source: std::io::Error::other(e.to_string()),
-                    }
-                })?;
+                let p = if net.fd.is_some() {
+                    let (ours, theirs) = nix::sys::socket::socketpair(
+                        nix::sys::socket::AddressFamily::Unix,
+                        nix::sys::socket::SockType::Stream,
+                        None,
+                        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+                    )
+                    .map_err(|e| bad(format!("box {}: socketpair for the network: {e}", spec.id)))?;
+                    fds.push((ours.as_raw_fd(), SHIM_NET_FD));
+                    shim_net_end = Some(ours);
+                    Passt::start_fd(&self.config.passt, theirs, &log, crate::passt::PASST_SETTLE).map_err(passt_err)?
+                } else {
+                    Passt::start(&self.config.passt, &net.path, &log, self.config.passt_timeout).map_err(passt_err)?
+                };
                 Some(p)
             }
             None => None,
         };
-        match self.spawn_shim(&json, &spec.log_file) {
+        let spawned = self.spawn_shim(&json, &spec.log_file, &fds);
+        drop(shim_net_end);
+        match spawned {
             Ok(pid) => {
                 let companions: Vec<i32> = passt.into_iter().map(Passt::detach).collect();
                 tracing::debug!(box_id = %spec.id, pid, ?companions, "libkrun shim started");
@@ -257,7 +305,7 @@ impl Libkrun {
         })
     }
 
-    fn spawn_shim(&self, json: &[u8], log: &Path) -> Result<i32, BackendError> {
+    fn spawn_shim(&self, json: &[u8], log: &Path, fds: &[(i32, i32)]) -> Result<i32, BackendError> {
         let spawn_err = |source: std::io::Error| BackendError::Spawn {
             backend: NAME.into(),
             what: self.config.shim.display().to_string(),
@@ -269,10 +317,29 @@ impl Libkrun {
         let err = out.try_clone().map_err(spawn_err)?;
         let mut cmd = Command::new(&self.config.shim);
         cmd.stdin(Stdio::piped()).stdout(out).stderr(err);
+        // Descriptors are moved to high temporaries first, so one's target number can
+        // never clobber another's source.
+        let fds: Vec<(i32, i32)> = fds.to_vec();
         // SAFETY: the closure runs in the forked child before exec and only calls
-        // setsid(2), which is async-signal-safe and allocates nothing.
+        // setsid(2), fcntl(2) and dup2(2), which are async-signal-safe; it allocates
+        // nothing (the vector was built before the fork and is only read). Every source
+        // descriptor stays open in the parent until `spawn` returns.
         unsafe {
-            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+            cmd.pre_exec(move || {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                let mut tmp = [0i32; 8];
+                for (i, (src, _)) in fds.iter().enumerate().take(tmp.len()) {
+                    let t = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 64);
+                    if t == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    tmp[i] = t;
+                }
+                for (i, (_, dst)) in fds.iter().enumerate().take(tmp.len()) {
+                    crate::passt::pass_fd(tmp[i], *dst)?;
+                }
+                Ok(())
+            });
         }
         let mut child = cmd.spawn().map_err(spawn_err)?;
         let pid = child.id() as i32;

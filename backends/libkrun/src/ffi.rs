@@ -99,6 +99,14 @@ impl KrunApi for LibKrun {
         check("krun_add_net_unixstream", rc).map(drop)
     }
 
+    fn add_net_unixstream_fd(&mut self, ctx: KrunCtx, fd: i32, mac: [u8; 6], features: u32, flags: u32) -> Result<(), KrunError> {
+        // SAFETY: a NULL path with a descriptor is the documented "use this connected
+        // socket" form; `mac` is a 6-byte array alive for the call (libkrun copies it);
+        // `fd` is an open descriptor this process owns and hands to libkrun.
+        let rc = unsafe { sys::krun_add_net_unixstream(ctx.0, std::ptr::null(), fd, mac.as_ptr(), features, flags) };
+        check("krun_add_net_unixstream", rc).map(drop)
+    }
+
     fn set_workdir(&mut self, ctx: KrunCtx, workdir: &str) -> Result<(), KrunError> {
         let c = cstr("krun_set_workdir", "workdir_path", workdir.as_bytes())?;
         // SAFETY: `c` is a valid NUL-terminated string that outlives the call.

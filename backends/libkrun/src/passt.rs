@@ -14,6 +14,31 @@ pub const DEFAULT_PASST: &str = "passt";
 /// How long to wait for passt's socket to appear.
 pub const DEFAULT_PASST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The descriptor at which passt inherits its end of the `net` socketpair.
+pub const PASST_FD: i32 = 3;
+
+/// How long [`Passt::start_fd`] watches passt for an early exit.
+pub const PASST_SETTLE: Duration = Duration::from_millis(100);
+
+/// In a forked child before exec: make `src` available at `dst` across exec (dup2 via a
+/// high temporary, so a `src` equal to another call's `dst` is never clobbered; `dup2`
+/// leaves the new descriptor without `FD_CLOEXEC`). Async-signal-safe.
+pub fn pass_fd(src: i32, dst: i32) -> std::io::Result<()> {
+    // SAFETY: fcntl and dup2 on descriptors of the calling process; no memory passed.
+    unsafe {
+        if src == dst {
+            if libc::fcntl(dst, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            return Ok(());
+        }
+        if libc::dup2(src, dst) == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Why passt could not be started.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -141,6 +166,65 @@ impl Passt {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Start passt on one end of a connected socketpair (`--fd 3`): it serves exactly
+    /// that connection and exits when it closes (`--fd` implies `--one-off`). Nothing is
+    /// bound on the filesystem, so there is no path for anyone to redirect, and the
+    /// other end goes to libkrun as a descriptor. passt closes the descriptors it
+    /// inherits at startup except stdio and the one named by `--fd`, so a
+    /// `/proc/self/fd` path could not reach it anyway.
+    ///
+    /// Returns once passt has run for `settle` without exiting (it has nothing to bind
+    /// that could be waited for); an early exit is [`PasstError::NotBound`] with its
+    /// output.
+    pub fn start_fd(binary: &Path, end: std::os::fd::OwnedFd, log: &Path, settle: Duration) -> Result<Passt, PasstError> {
+        use std::os::fd::AsRawFd;
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(log)
+            .map_err(|source| PasstError::Log { path: log.to_path_buf(), source })?;
+        let start_offset = out.metadata().map(|m| m.len()).unwrap_or(0);
+        let err = out.try_clone().map_err(|source| PasstError::Log { path: log.to_path_buf(), source })?;
+        let uid = nix::unistd::geteuid();
+        let gid = nix::unistd::getegid();
+        let mut cmd = Command::new(binary);
+        cmd.args(["--foreground", "--quiet", "--runas"])
+            .arg(format!("{uid}:{gid}"))
+            .args(["--fd", &PASST_FD.to_string()])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let src = end.as_raw_fd();
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // setsid(2), fcntl(2) and dup2(2), which are async-signal-safe; `src` stays open
+        // in the parent until `spawn` returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                pass_fd(src, PASST_FD)
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| PasstError::Spawn { binary: binary.to_path_buf(), source })?;
+        drop(end);
+        let socket = PathBuf::from(format!("fd:{PASST_FD}"));
+        let deadline = Instant::now() + settle;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(PasstError::NotBound {
+                    binary: binary.to_path_buf(),
+                    socket,
+                    what: format!("exited with {status}"),
+                    output: read_tail(log, start_offset),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        tracing::debug!(pid = child.id(), "passt serving its socketpair end");
+        let pid = child.id() as i32;
+        Ok(Passt { child: Some(child), pid, socket })
     }
 
     /// passt's pid.

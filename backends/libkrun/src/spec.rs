@@ -36,8 +36,14 @@ pub struct VsockMap {
 /// The box network: libkrun connects to a passt stream socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetSpec {
-    /// The `net` address, bound by passt.
+    /// The `net` address (the strategy's; used only when `fd` is `None`).
     pub path: PathBuf,
+    /// The shim's end of a connected socketpair whose other end passt serves
+    /// (`passt --fd`), inherited at this descriptor number: libkrun is handed the fd
+    /// (`krun_add_net_unixstream(NULL, fd, …)`), so `net` needs no filesystem path at
+    /// all. `None`: libkrun connects to `path` (older specs, tests).
+    #[serde(default)]
+    pub fd: Option<i32>,
     /// Guest MAC.
     pub mac: [u8; 6],
 }
@@ -120,6 +126,11 @@ pub struct JailSpec {
     pub devices: Vec<PathBuf>,
     /// The strategy's policy paths, with their intent.
     pub sockets: Vec<JailPath>,
+    /// The inherited descriptor of the box's verified socket directory (see
+    /// [`ShimSpec::socket_dir_fd`]): socket rights are granted on it too, on the inode
+    /// the runtime verified rather than on a path.
+    #[serde(default)]
+    pub socket_dir_fd: Option<i32>,
 }
 
 /// Everything the shim needs. Socket paths come only from the strategy (through
@@ -149,8 +160,16 @@ pub struct ShimSpec {
     /// The network, if any.
     pub net: Option<NetSpec>,
     /// `TMPDIR` for the VMM process: the box's binding directory, so the name libkrun
-    /// derives there (`krun-net-<pid>-<n>.sock`) stays inside the budget.
+    /// derives there (`krun-net-<pid>-<n>.sock`) stays inside the budget. With a
+    /// socket directory descriptor, `/proc/self/fd/<n>`.
     pub tmpdir: PathBuf,
+    /// The descriptor at which the shim inherits the box's socket directory, verified by
+    /// the runtime at this start. `agent`, `ready` and `tmpdir` then name sockets
+    /// through it (`/proc/self/fd/<n>/<name>`), so libkrun's own binds and dials never
+    /// re-resolve a /tmp path; the shim checks the descriptor again (a directory of its
+    /// own uid, no group/other write) before configuring anything.
+    #[serde(default)]
+    pub socket_dir_fd: Option<i32>,
     /// The jail.
     pub jail: JailSpec,
     /// Configure libkrun, then exit 0 without `krun_start_enter` (diagnosis).
@@ -244,7 +263,10 @@ pub fn configure(api: &mut dyn KrunApi, spec: &ShimSpec) -> Result<KrunCtx, Krun
     api.add_vsock_port2(ctx, spec.agent.port, &spec.agent.host_path, true)?;
     api.add_vsock_port2(ctx, spec.ready.port, &spec.ready.host_path, false)?;
     if let Some(net) = &spec.net {
-        api.add_net_unixstream(ctx, &net.path, net.mac, NET_FEATURES_NONE, NET_FLAG_DHCP_CLIENT)?;
+        match net.fd {
+            Some(fd) => api.add_net_unixstream_fd(ctx, fd, net.mac, NET_FEATURES_NONE, NET_FLAG_DHCP_CLIENT)?,
+            None => api.add_net_unixstream(ctx, &net.path, net.mac, NET_FEATURES_NONE, NET_FLAG_DHCP_CLIENT)?,
+        }
     }
     api.set_workdir(ctx, &spec.exec.workdir)?;
     api.set_exec(ctx, &spec.exec.path, &spec.exec.args, &spec.env)?;

@@ -88,6 +88,7 @@ fn jailed_shim_binds_and_connects_through_the_link_and_writes_nowhere_else() {
         read_write: vec![f.layout.logs_dir(&f.id)],
         devices: vec![PathBuf::from("/dev/null")],
         sockets: f.policy().iter().map(JailPath::from).collect(),
+        socket_dir_fd: None,
     };
     assert!(matches!(spec.sockets[0].intent, JailIntent::SymlinkToDirectory { .. }));
     // The runtime runs ensure before launching the shim.
@@ -143,6 +144,7 @@ fn without_the_socket_grant_the_bind_is_denied() {
             read_write: vec![f.layout.logs_dir(&f.id)],
             devices: vec![],
             sockets: vec![],
+            socket_dir_fd: None,
         },
         bind_at: f.addr("agent.sock"),
         write_inside: f.layout.logs_dir(&f.id).join("inside.txt"),
@@ -182,6 +184,7 @@ fn seatbelt_keeps_the_symlink_leaf_literal_and_grants_alias_and_real_paths() {
             intent: JailIntent::SymlinkToDirectory { target: PathBuf::from("/Users/u/deep/home/boxes/abc/sockets") },
             access: JailAccess::Sockets,
         }],
+        socket_dir_fd: None,
     };
     assert_eq!(
         seatbelt::alias_form(Path::new("/tmp/boxsock-501/abc"), &fake_canon),

@@ -114,12 +114,16 @@ fn launch_starts_passt_and_the_shim_configures_real_libkrun() {
     f.ensure();
     std::fs::write(f.layout.rootfs_dir(&f.id).join("boxsock-agent"), b"#!/bin/true\n").unwrap();
     let b = backend(&[("configure_only", "on"), ("passt", bin.to_str().unwrap())]);
-    let launched = b.launch_unchecked(&f.launch_spec(true)).unwrap();
+    let launched = b.launch_unchecked(&f.launch_spec_verified(true)).unwrap();
     assert_eq!(launched.companions.len(), 1);
     let passt = launched.companions[0];
     let guard = Reap(passt);
-    // passt is up at the net address the strategy chose, in its own session.
-    UnixStream::connect(f.addr("net.sock")).unwrap();
+    // passt serves one end of a socketpair (`--fd 3`): nothing is bound on the
+    // filesystem for `net`, so no path can be redirected.
+    let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{passt}/cmdline")).unwrap()).replace('\0', " ");
+    assert!(cmdline.contains("--fd 3"), "{cmdline}");
+    assert!(std::fs::read_link(format!("/proc/{passt}/fd/3")).unwrap().to_string_lossy().starts_with("socket:"));
+    assert!(!f.addr("net.sock").exists() && !f.layout.sockets_dir(&f.id).join("net.sock").exists(), "a net socket file was bound");
     let pid = |p: i32| nix::unistd::Pid::from_raw(p);
     assert_eq!(nix::unistd::getsid(Some(pid(passt))).unwrap(), pid(passt), "passt leads its own session");
     if let Ok(sid) = nix::unistd::getsid(Some(pid(launched.pid))) {
@@ -130,6 +134,16 @@ fn launch_starts_passt_and_the_shim_configures_real_libkrun() {
     let log = std::fs::read_to_string(f.layout.log_file(&f.id)).unwrap();
     assert_eq!(code, Some(0), "shim log: {log}");
     assert!(log.contains("configured"), "{log}");
+    // libkrun was given the verified directory (fd 3) and the network end (fd 4), and
+    // every socket path through the descriptor.
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.layout.box_dir(&f.id).join(boxsock_libkrun::SHIM_SPEC_FILE)).unwrap()).unwrap();
+    assert_eq!(spec["socket_dir_fd"], 3);
+    assert_eq!(spec["agent"]["host_path"], "/proc/self/fd/3/agent.sock");
+    assert_eq!(spec["ready"]["host_path"], "/proc/self/fd/3/ready.sock");
+    assert_eq!(spec["tmpdir"], "/proc/self/fd/3");
+    assert_eq!(spec["net"]["fd"], 4);
+    assert_eq!(spec["jail"]["socket_dir_fd"], 3);
     // The companion is the runtime's to kill; do it and check it is really gone.
     drop(guard); // kills and reaps it
     assert!(gone(passt), "passt {passt} survived");
@@ -146,9 +160,10 @@ fn a_failing_shim_spawn_kills_the_passt_it_started() {
     std::fs::write(f.layout.rootfs_dir(&f.id).join("boxsock-agent"), b"").unwrap();
     let b = backend(&[("shim", "/nonexistent/boxsock-krun-shim"), ("passt", bin.to_str().unwrap())]);
     let before = passt_pids();
-    let err = b.launch_unchecked(&f.launch_spec(true)).unwrap_err();
+    let err = b.launch_unchecked(&f.launch_spec_verified(true)).unwrap_err();
     assert!(matches!(&err, BackendError::Spawn { what, .. } if what.contains("/nonexistent/boxsock-krun-shim")), "{err}");
-    let leaked: Vec<i32> = passt_pids().into_iter().filter(|p| !before.contains(p) && passt_serves(*p, &f.addr("net.sock"))).collect();
+    let log = f.layout.log_file(&f.id).with_file_name("passt.log");
+    let leaked: Vec<i32> = passt_pids().into_iter().filter(|p| !before.contains(p) && passt_logs_to(*p, &log)).collect();
     assert!(leaked.is_empty(), "passt leaked: {leaked:?}");
 }
 
@@ -160,6 +175,21 @@ fn passt_pids() -> Vec<i32> {
         .collect()
 }
 
+/// Whether passt `pid` writes its output to `log` (this test's passt).
+fn passt_logs_to(pid: i32, log: &Path) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/fd/1")).is_ok_and(|l| l == log)
+}
+
+#[test]
+fn launch_without_a_verified_socket_dir_is_refused() {
+    let f = Fixture::new(0);
+    f.ensure();
+    std::fs::write(f.layout.rootfs_dir(&f.id).join("boxsock-agent"), b"").unwrap();
+    let err = backend(&[("configure_only", "on")]).launch_unchecked(&f.launch_spec(false)).unwrap_err();
+    assert!(matches!(&err, BackendError::Spec { reason, .. } if reason.contains("no verified socket directory")), "{err}");
+}
+
+#[allow(dead_code)]
 fn passt_serves(pid: i32, sock: &Path) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
         String::from_utf8_lossy(&c).contains(&*sock.to_string_lossy())

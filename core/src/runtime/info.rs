@@ -223,6 +223,11 @@ pub struct DoctorReport {
     pub strategies: Vec<StrategyReport>,
     /// Per backend.
     pub backends: Vec<BackendReport>,
+    /// The home's recorded fallback binding directory, used because the predictable
+    /// per-user directory was squatted (`None`: the default is used).
+    pub binding_dir_fallback: Option<String>,
+    /// Who holds the predictable per-user directory, when it is another uid.
+    pub binding_dir_squatted_by: Option<u32>,
 }
 
 /// Diagnose a home without opening (or locking) it: every strategy × every socket a
@@ -252,8 +257,14 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
     }
     let mut strategies = Vec::new();
     let mut built = Vec::new();
+    let mut config = options.strategy_config.clone();
+    if config.binding_dir.is_none() {
+        config.binding_dir = super::squat::recorded(&layout, &config);
+    }
+    let binding_dir_fallback = config.binding_dir.as_ref().map(|d| d.display().to_string());
+    let binding_dir_squatted_by = super::squat::squatter(&config);
     for reg in options.strategies.iter() {
-        match options.strategies.build(reg.name, &options.strategy_config) {
+        match options.strategies.build(reg.name, &config) {
             Ok(s) => {
                 let caps = s.capabilities();
                 let sockets = socket_reports(&*s, &layout, &sample, &specs);
@@ -337,5 +348,7 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
         sample_id: sample.to_string(),
         strategies,
         backends,
+        binding_dir_fallback,
+        binding_dir_squatted_by,
     }
 }

@@ -35,6 +35,7 @@ pub mod home;
 mod info;
 mod lock;
 mod recovery;
+pub mod squat;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
@@ -280,14 +281,45 @@ fn tail_lines(path: &Path, n: usize) -> String {
     }
 }
 
-/// Remove the `ready` socket file of a box, if the strategy's address is a path.
-fn remove_ready_file(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId) {
-    // The real directory, not the alias: works even if the binding link is gone.
+/// Remove the `ready` socket file of a box. Only in the real directory under the home,
+/// never through the strategy's alias: a path in /tmp may lead somewhere else by now,
+/// and the alias names the same file when it is intact.
+fn remove_ready_file(_strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId) {
+    use std::os::unix::fs::FileTypeExt;
     let real = layout.sockets_dir(id).join(catalogue::READY.file_name());
-    let _ = std::fs::remove_file(real);
-    if let Ok(SocketAddress::Path(p)) = strategy.address(layout, id, &catalogue::READY.file_name()) {
-        let _ = std::fs::remove_file(p);
+    if std::fs::symlink_metadata(&real).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(real);
     }
+}
+
+/// The verified socket directory of a box for this operation, refusing a path strategy
+/// that does not provide one (its binds and dials would re-resolve a path string).
+fn verified_dir(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, file: &str) -> Result<Option<crate::sockdir::SocketDir>, BindingError> {
+    let dir = match strategy.socket_dir(layout, id) {
+        // The binding vanished since `ensure` (a /tmp cleaner): heal once, look again.
+        Err(BindingError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            strategy.ensure(layout, id)?;
+            strategy.socket_dir(layout, id)?
+        }
+        other => other?,
+    };
+    if dir.is_none() {
+        if let SocketAddress::Path(p) = strategy.address(layout, id, file)? {
+            return Err(BindingError::Unsupported {
+                strategy: strategy.name().to_owned(),
+                what: format!("binding or dialling {}", p.display()),
+                reason: "a path strategy must provide a verified socket directory (SocketBinding::socket_dir); re-resolving the path string lets whoever can change a directory on it receive the connection".into(),
+            });
+        }
+    }
+    Ok(dir)
+}
+
+/// The uids a box's processes accept as peers: the owner, then the embedder's extras.
+fn peer_uids(config: &StrategyConfig) -> Vec<u32> {
+    let mut v = vec![config.uid];
+    v.extend(config.allowed_peer_uids.iter().copied().filter(|u| *u != config.uid));
+    v
 }
 
 /// Remove every socket file left in a box's real socket directory. Only for a box that
@@ -535,9 +567,12 @@ impl Runtime {
         }
         home::journal_done(&inner.layout, &id);
         crash::point("create:row");
-        let prepared = strategy.ensure(&inner.layout, &id).map_err(RuntimeError::from).and_then(|()| {
-            backend.prepare(&inner.layout, &id).map_err(RuntimeError::from)
-        });
+        let ensured = inner.ensure_binding(strategy.clone(), &id);
+        let strategy = match &ensured {
+            Ok(s) => s.clone(),
+            Err(_) => strategy,
+        };
+        let prepared = ensured.map(drop).and_then(|()| backend.prepare(&inner.layout, &id).map_err(RuntimeError::from));
         if let Err(e) = prepared {
             let _ = strategy.release(&inner.layout, &id);
             let _ = crate::boxdir::remove_box_dir(&inner.layout, &id);
@@ -651,9 +686,39 @@ impl Inner {
         if let Some(s) = lock(&self.strategies).get(name) {
             return Ok(s.clone());
         }
-        let s = self.options.strategies.build(name, &self.options.strategy_config).map_err(build_err)?;
+        let s = self.options.strategies.build(name, &self.strategy_config()).map_err(build_err)?;
         lock(&self.strategies).insert(name.to_owned(), s.clone());
         Ok(s)
+    }
+
+    /// The configuration strategies are built from: the embedder's, with the home's
+    /// recorded fallback binding directory when the default one was squatted.
+    fn strategy_config(&self) -> StrategyConfig {
+        let mut c = self.options.strategy_config.clone();
+        if c.binding_dir.is_none() {
+            c.binding_dir = squat::recorded(&self.layout, &c);
+        }
+        c
+    }
+
+    /// `strategy.ensure`, falling back to a private, unpredictable binding directory
+    /// when the default per-user directory is squatted by another user (see [`squat`]).
+    /// Returns the strategy to use from here on (rebuilt after a fallback).
+    fn ensure_binding(&self, strategy: Arc<dyn SocketBinding>, id: &BoxId) -> Result<Arc<dyn SocketBinding>, RuntimeError> {
+        let err = match strategy.ensure(&self.layout, id) {
+            Ok(()) => return Ok(strategy),
+            Err(e) => e,
+        };
+        let config = self.strategy_config();
+        let squatter = if config.binding_dir.is_none() && squat::is_squat_refusal(&err, &config) { squat::squatter(&config) } else { None };
+        let Some(uid) = squatter else {
+            return Err(err.into());
+        };
+        squat::fall_back(&self.layout, &config, uid)?;
+        lock(&self.strategies).clear();
+        let rebuilt = self.strategy(strategy.name())?;
+        rebuilt.ensure(&self.layout, id)?;
+        Ok(rebuilt)
     }
 
     fn backend(&self, name: &str) -> Result<Arc<dyn Backend>, RuntimeError> {
@@ -852,6 +917,8 @@ impl Inner {
         if let Availability::Unavailable { reason } = backend.available_for_launch() {
             return Err(RuntimeError::BackendUnavailable { backend: rec.config.backend.clone(), reason });
         }
+        // Before the addresses are derived: a squatted binding directory changes them.
+        let strategy = self.ensure_binding(strategy, &id)?;
         let specs = socket_specs(&*backend, rec.config.network);
         // Fail fast, before the state changes; the addresses used are derived again
         // below, after `prepare_start` (a strategy may rotate them per start).
@@ -925,8 +992,14 @@ impl Inner {
         let layout = &self.layout;
         strategy.ensure(layout, id)?;
         let ready_file = catalogue::READY.file_name();
-        let listener = strategy
-            .bind_stream(layout, id, &ready_file)?
+        // One verified directory for the whole start: the runtime binds `ready` through
+        // it and the backend hands it to the box's processes.
+        let socket_dir = verified_dir(strategy, layout, id, &ready_file)?;
+        let bound = match &socket_dir {
+            Some(d) => d.bind_stream(&ready_file, strategy.peer_policy())?,
+            None => strategy.bind_stream(layout, id, &ready_file)?,
+        };
+        let listener = bound
             .into_tokio()
             .map_err(|e| RuntimeError::Io { op: "register ready listener", path: layout.sockets_dir(id), source: e })?;
         let _cleanup = ReadyCleanup { strategy, layout, id };
@@ -949,6 +1022,8 @@ impl Inner {
             network: rec.config.network,
             policy: strategy.policy_paths(layout, id)?,
             env: rec.config.env.clone(),
+            socket_dir,
+            peer_uids: peer_uids(&self.options.strategy_config),
         };
         let launched = backend.launch(&spec)?;
         // Companions first: whatever happens to the box process below, the failure path
@@ -990,7 +1065,13 @@ impl Inner {
         // client of the same uid) is not the agent: keep waiting for the real one.
         let ready = async {
             loop {
-                let (mut s, _) = listener.accept().await?;
+                let (mut s, cred) = listener.accept().await?;
+                // Only the box's own process may say it is ready (the agent; for a VM,
+                // the VMM relaying the guest), not another process of an allowed uid.
+                if let Some(c) = cred.filter(|c| c.pid != ident.pid) {
+                    tracing::warn!(box_id = %id, peer_pid = c.pid, peer_uid = c.uid, expected_pid = ident.pid, "ready connection from a process that is not the box's; ignored");
+                    continue;
+                }
                 match agent_client::read_ready(&mut s).await {
                     Err(agent_client::ClientError::Proto(crate::proto::ProtoError::Closed)) => {
                         tracing::debug!(box_id = %id, "empty connection on the ready socket; still waiting");
@@ -1050,11 +1131,20 @@ impl Inner {
     /// Dial a box's agent through its strategy, whatever its recorded state. Runs
     /// `ensure` first: a binding removed behind our back (a /tmp cleaner) heals here.
     fn dial_agent(&self, rec: &BoxRecord) -> Result<(AgentClient, String), RuntimeError> {
-        let strategy = self.strategy(&rec.config.strategy)?;
+        let strategy = self.ensure_binding(self.strategy(&rec.config.strategy)?, &rec.id)?;
         let file = catalogue::AGENT.file_name();
-        strategy.ensure(&self.layout, &rec.id)?;
-        let address = strategy.address(&self.layout, &rec.id, &file)?.display_string();
-        let std = strategy.connect_stream(&self.layout, &rec.id, &file)?;
+        let addr = strategy.address(&self.layout, &rec.id, &file)?;
+        let address = addr.display_string();
+        // The listener must be the box's recorded process (the agent, or the VMM that
+        // maps the agent's vsock port), of an allowed uid.
+        let policy = match rec.process {
+            Some(p) => strategy.peer_policy().with_pid(p.pid),
+            None => strategy.peer_policy(),
+        };
+        let std = match verified_dir(&*strategy, &self.layout, &rec.id, &file)? {
+            Some(dir) => dir.connect_stream(&file, &policy)?,
+            None => crate::peer::connect_stream_at(&addr, &file, &policy)?,
+        };
         let client = AgentClient::connect(std)
             .map_err(|source| RuntimeError::Agent { id: rec.id.clone(), address: address.clone(), source })?;
         Ok((client, address))

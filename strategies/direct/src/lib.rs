@@ -8,7 +8,9 @@
 use std::sync::Arc;
 
 use boxsock_core::binding::{self, CrossUserProtection, PolicyIntent};
+use boxsock_core::peer::PeerPolicy;
 use boxsock_core::registry::StrategyRegistration;
+use boxsock_core::{DirExpectation, SocketDir};
 use boxsock_core::{
     BindingError, BoxId, BoxLayout, Capabilities, Platform, PolicyAccess, PolicyPath, SocketAddress, SocketBinding,
     StrategyConfig, SweepReport, budget,
@@ -26,13 +28,31 @@ pub const REGISTRATION: StrategyRegistration = StrategyRegistration {
 
 inventory::submit!(REGISTRATION);
 
-fn build(_config: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
-    Ok(Arc::new(Direct))
+fn build(config: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
+    Ok(Arc::new(Direct::new(config)))
 }
 
 /// The `direct` strategy.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Direct;
+#[derive(Debug, Clone)]
+pub struct Direct {
+    uid: u32,
+    allowed_peer_uids: Vec<u32>,
+}
+
+impl Default for Direct {
+    /// The effective uid, no extra peers.
+    fn default() -> Self {
+        Direct::new(&StrategyConfig::default())
+    }
+}
+
+impl Direct {
+    /// A strategy for `config` (its uid and `allowed_peer_uids`; the base directory is
+    /// not used).
+    pub fn new(config: &StrategyConfig) -> Self {
+        Direct { uid: config.uid, allowed_peer_uids: config.allowed_peer_uids.clone() }
+    }
+}
 
 impl SocketBinding for Direct {
     fn name(&self) -> &str {
@@ -43,10 +63,10 @@ impl SocketBinding for Direct {
         Capabilities {
             path_addressable: true,
             filesystem_visible: true,
-            peer_credentials: false,
+            peer_credentials: true,
             netns_scoped: false,
             home_length_independent: false,
-            cross_user: CrossUserProtection::DirectoryMode,
+            cross_user: CrossUserProtection::Both,
             platforms: &[Platform::Linux, Platform::MacOs],
         }
     }
@@ -59,6 +79,21 @@ impl SocketBinding for Direct {
         let addr = SocketAddress::Path(binding::socket_path(&layout.sockets_dir(id), file_name)?);
         budget::check(file_name, &addr, Platform::current())?;
         Ok(addr)
+    }
+
+    /// `<home>/boxes/<id>/sockets` opened by its real path and verified on the
+    /// descriptor (a directory owned by the uid, no group/other write). The address
+    /// stays the real path (and fails fast when too long); binds and connects go
+    /// through the held descriptor.
+    fn socket_dir(&self, layout: &BoxLayout, id: &BoxId) -> Result<Option<SocketDir>, BindingError> {
+        let dir = binding::require_socket_dir(layout, id)?;
+        SocketDir::open(&dir, DirExpectation { owner: self.uid, identity: None }).map(Some)
+    }
+
+    /// The owner and the embedder's `allowed_peer_uids` (`SO_PEERCRED` on every accept
+    /// and connect, besides the 0700 directory).
+    fn peer_policy(&self) -> PeerPolicy {
+        PeerPolicy::allow_uids(std::iter::once(self.uid).chain(self.allowed_peer_uids.iter().copied()))
     }
 
     fn release(&self, _layout: &BoxLayout, _id: &BoxId) -> Result<(), BindingError> {
@@ -87,7 +122,7 @@ mod tests {
     fn deep_home_fails_fast_naming_the_socket() {
         let layout = BoxLayout::new(format!("/{}", "h".repeat(120)));
         let id = BoxId::parse("abc").unwrap();
-        let err = Direct.address(&layout, &id, "agent.sock").unwrap_err();
+        let err = Direct::default().address(&layout, &id, "agent.sock").unwrap_err();
         match err {
             BindingError::PathTooLong { socket, path, len, limit } => {
                 assert_eq!(socket, "agent.sock");

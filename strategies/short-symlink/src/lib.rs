@@ -46,7 +46,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use boxsock_core::binding::{self, CrossUserProtection, PolicyIntent};
+use boxsock_core::peer::PeerPolicy;
 use boxsock_core::registry::StrategyRegistration;
+use boxsock_core::{DirExpectation, DirIdentity, SocketDir};
 use boxsock_core::{
     BindingError, BoxId, BoxLayout, Capabilities, Platform, PolicyAccess, PolicyPath, SocketAddress, SocketBinding,
     StrategyConfig, SweepReport, budget,
@@ -211,10 +213,24 @@ impl ShortSymlink {
                 reason: format!("{p:?} must be non-empty, of [A-Za-z0-9._-], and not start with '.'"),
             });
         }
-        let per_uid_name = format!("{}-{}", config.prefix, config.uid);
+        let per_uid = config.per_uid_dir();
+        let per_uid_name = match &config.binding_dir {
+            None => format!("{}-{}", config.prefix, config.uid),
+            // A recorded fallback: a directory directly in the base.
+            Some(d) if d.parent() == Some(config.base_dir.as_path()) => match d.file_name().and_then(|n| n.to_str()) {
+                Some(n) if !n.is_empty() && !n.starts_with('.') => n.to_owned(),
+                _ => return Err(BindingError::Invalid { what: "binding directory".into(), reason: format!("{} has no plain name", d.display()) }),
+            },
+            Some(d) => {
+                return Err(BindingError::Invalid {
+                    what: "binding directory".into(),
+                    reason: format!("{} is not directly in the base directory {}", d.display(), config.base_dir.display()),
+                });
+            }
+        };
         Ok(ShortSymlink {
             config: config.clone(),
-            per_uid: config.base_dir.join(&per_uid_name),
+            per_uid,
             per_uid_name,
             state: RwLock::new(State::default()),
         })
@@ -452,10 +468,10 @@ impl SocketBinding for ShortSymlink {
         Capabilities {
             path_addressable: true,
             filesystem_visible: true,
-            peer_credentials: false,
+            peer_credentials: true,
             netns_scoped: false,
             home_length_independent: true,
-            cross_user: CrossUserProtection::DirectoryMode,
+            cross_user: CrossUserProtection::Both,
             platforms: &[Platform::Linux, Platform::MacOs],
         }
     }
@@ -607,6 +623,47 @@ impl SocketBinding for ShortSymlink {
 
     fn binding_dir(&self) -> Option<PathBuf> {
         Some(self.per_uid.clone())
+    }
+
+    /// The box's sockets directory, opened *through the held, checked per-user
+    /// directory descriptor* and the box's link (`openat(O_PATH|O_DIRECTORY)`), then
+    /// verified on the new descriptor: owned by the configured uid, no group/other
+    /// write, and the same device and inode as `<home>/boxes/<id>/sockets` when
+    /// `ensure` last succeeded (or, without that, now). A link swapped to any other
+    /// directory is refused with [`BindingError::Insecure`]; nothing is re-resolved
+    /// from `/tmp` afterwards.
+    fn socket_dir(&self, layout: &BoxLayout, id: &BoxId) -> Result<Option<SocketDir>, BindingError> {
+        let (dir, cached) = {
+            let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
+            let home = layout.home();
+            let want = if home.is_relative() {
+                None
+            } else {
+                st.targets.get(id).and_then(|v| v.iter().find(|(h, _)| h.as_os_str() == home.as_os_str())).map(|(_, w)| *w)
+            };
+            (st.dir.clone(), want)
+        };
+        let want = match cached {
+            Some(w) => w,
+            None => self.target_id(&self.link_target(layout, id)?, id)?,
+        };
+        let expect = DirExpectation { owner: self.config.uid, identity: Some(DirIdentity { dev: want.dev, ino: want.ino }) };
+        if let Some(d) = dir {
+            match SocketDir::open_at(d.as_fd(), id.as_str(), self.link_path(id), expect) {
+                // The cached per-user directory may have been removed (a /tmp cleaner)
+                // and made again since: look once more through a freshly checked one.
+                Err(BindingError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {}
+                other => return other.map(Some),
+            }
+        }
+        let fresh = self.open_per_uid(false)?.ok_or_else(|| BindingError::errno("open", &self.per_uid, Errno::ENOENT))?;
+        SocketDir::open_at(fresh.as_fd(), id.as_str(), self.link_path(id), expect).map(Some)
+    }
+
+    /// The owner and the embedder's `allowed_peer_uids`: the 0700 directories keep
+    /// others out, and every accept and connect checks `SO_PEERCRED` as well.
+    fn peer_policy(&self) -> PeerPolicy {
+        PeerPolicy::allow_uids(std::iter::once(self.config.uid).chain(self.config.allowed_peer_uids.iter().copied()))
     }
 
     fn binding_path(&self, _layout: &BoxLayout, id: &BoxId) -> Option<PathBuf> {

@@ -82,8 +82,10 @@ fn capabilities_are_as_documented() {
     let f = Fixture::new();
     let c = f.s.capabilities();
     assert!(c.path_addressable && c.filesystem_visible && c.home_length_independent);
-    assert!(!c.peer_credentials && !c.netns_scoped);
-    assert_eq!(c.cross_user, boxsock_core::binding::CrossUserProtection::DirectoryMode);
+    // 0700 directories *and* SO_PEERCRED on every accept and connect (issue 10).
+    assert!(c.peer_credentials && !c.netns_scoped);
+    assert_eq!(c.cross_user, boxsock_core::binding::CrossUserProtection::Both);
+    assert!(f.s.peer_policy().is_checked());
     assert!(c.platforms.contains(&boxsock_core::Platform::Linux) && c.platforms.contains(&boxsock_core::Platform::MacOs));
 }
 

@@ -84,8 +84,8 @@ fn no_dead_zone_where_direct_fits_ready_but_not_the_derived_name() {
     let mut dead_zone_homes = 0;
     for n in 1..=200usize {
         let layout = BoxLayout::new(format!("/{}", "d".repeat(n - 1)));
-        let ready_direct = Direct.address(&layout, &id, "ready.sock");
-        let krun_direct = Direct.address(&layout, &id, KRUN_DERIVED);
+        let ready_direct = Direct::default().address(&layout, &id, "ready.sock");
+        let krun_direct = Direct::default().address(&layout, &id, KRUN_DERIVED);
         if ready_direct.is_ok() && matches!(krun_direct, Err(BindingError::PathTooLong { .. })) {
             dead_zone_homes += 1;
             s.address(&layout, &id, "ready.sock").unwrap();

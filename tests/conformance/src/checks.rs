@@ -1077,3 +1077,86 @@ pub fn no_filesystem_entries(k: &Kit) -> Outcome {
     drop((keep, d));
     Outcome::Passed
 }
+
+/// A path strategy hands out a verified socket directory ([`SocketBinding::socket_dir`]):
+/// the box's real `sockets` directory (same device and inode), owned by the owner; binds
+/// and connects through it keep reaching that directory even after the names on the way
+/// are changed (the directory is renamed away and another put in its place).
+pub fn socket_dir_is_verified_and_held(k: &Kit) -> Outcome {
+    let s = &*k.strategy;
+    let (layout, id) = setup(k);
+    let real = layout.sockets_dir(&id);
+    let dir = match s.socket_dir(&layout, &id) {
+        Ok(Some(d)) => d,
+        Ok(None) => panic!(
+            "{}: a path strategy returned no socket_dir(): its binds and connects would re-resolve {} through directories others may change",
+            sname(k),
+            real.display()
+        ),
+        Err(e) => panic!("{}: socket_dir after ensure failed: {e} ({e:?})", sname(k)),
+    };
+    let (dev, ino) = dev_ino(&real).expect("stat the real sockets dir");
+    assert_eq!(
+        (dir.identity().dev, dir.identity().ino),
+        (dev, ino),
+        "{}: socket_dir() is not {} (dev+ino)",
+        sname(k),
+        real.display()
+    );
+    assert_eq!(dir.owner(), k.harness.config().uid, "{}: socket_dir verified for the wrong owner", sname(k));
+    // Change the names: the real directory moves away, an impostor takes its name.
+    let moved = real.with_file_name("sockets.moved");
+    std::fs::rename(&real, &moved).expect("rename the sockets dir away");
+    std::fs::create_dir(&real).expect("create the impostor directory");
+    chmod(&real, 0o700);
+    let l = ok("bind through the held socket_dir", dir.bind_stream(AGENT, s.peer_policy()));
+    assert!(moved.join(AGENT).exists(), "{}: the held socket_dir did not bind in the directory it verified", sname(k));
+    assert!(!real.join(AGENT).exists(), "{}: the held socket_dir bound at the re-resolved name", sname(k));
+    let _c = ok("connect through the held socket_dir", dir.connect_stream(AGENT, &s.peer_policy()));
+    drop(l);
+    std::fs::remove_dir(&real).expect("remove the impostor");
+    std::fs::rename(&moved, &real).expect("put the real directory back");
+    Outcome::Passed
+}
+
+/// A box's link replaced behind the strategy's back by a link to another directory of
+/// the same owner (as a /tmp cleaner plus a rename, or a flipped symlink, would) is
+/// refused at use: `socket_dir`, `bind_stream` and `connect_stream` fail and nothing
+/// appears in that directory.
+pub fn swapped_binding_is_refused_at_use(k: &Kit) -> Outcome {
+    let s = &*k.strategy;
+    let (layout, id) = setup(k);
+    let link = bp(k, &layout, &id);
+    let l = ok("bind", s.bind_stream(&layout, &id, AGENT));
+    let decoy = k.harness.scratch_dir("decoy");
+    chmod(&decoy, 0o700);
+    util::force_symlink(&decoy, &link);
+    match s.socket_dir(&layout, &id) {
+        Err(BindingError::Insecure { .. } | BindingError::Occupied { .. }) => {}
+        other => panic!("{}: socket_dir through a link swapped to {}: expected Insecure or Occupied, got {other:?}", sname(k), decoy.display()),
+    }
+    assert!(s.bind_stream(&layout, &id, "other.sock").is_err(), "{}: bound through a swapped link", sname(k));
+    assert!(s.connect_stream(&layout, &id, AGENT).is_err(), "{}: connected through a swapped link", sname(k));
+    let in_decoy: Vec<_> = std::fs::read_dir(&decoy).expect("list decoy").flatten().map(|e| e.path()).collect();
+    assert!(in_decoy.is_empty(), "{}: files appeared in the decoy directory: {in_decoy:?}", sname(k));
+    drop(l);
+    Outcome::Passed
+}
+
+/// Socket files a path strategy binds are 0600 even under `umask 000`: nobody but the
+/// owner can use them whatever the directory above does.
+pub fn socket_files_are_private_whatever_the_umask(k: &Kit) -> Outcome {
+    let s = &*k.strategy;
+    let (layout, id) = setup(k);
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let bound = (s.bind_stream(&layout, &id, AGENT), s.bind_datagram(&layout, &id, "net.sock"));
+    nix::sys::stat::umask(old);
+    let (l, d) = (ok("bind_stream under umask 000", bound.0), ok("bind_datagram under umask 000", bound.1));
+    for name in [AGENT, "net.sock"] {
+        let p = layout.sockets_dir(&id).join(name);
+        let m = mode_of(&p);
+        assert_eq!(m & 0o077, 0, "{}: {} was created mode {m:04o} under umask 000", sname(k), p.display());
+    }
+    drop((l, d));
+    Outcome::Passed
+}

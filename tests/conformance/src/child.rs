@@ -77,6 +77,7 @@ impl EnsureArgs {
                 prefix: prefix.clone(),
                 uid: uid.parse().ok()?,
                 allowed_peer_uids: Vec::new(),
+                binding_dir: None,
             },
             home: home.into(),
             id: id.clone(),

@@ -45,7 +45,7 @@ impl SocketBinding for Broken {
         "broken"
     }
     fn capabilities(&self) -> Capabilities {
-        let mut c = Direct.capabilities();
+        let mut c = Direct::default().capabilities();
         match self.0 {
             Bug::LiesAboutLength => c.home_length_independent = true,
             Bug::ClaimsNetns => c.netns_scoped = true,
@@ -74,7 +74,7 @@ impl SocketBinding for Broken {
                 let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777));
             }
         }
-        Direct.ensure(layout, id)
+        Direct::default().ensure(layout, id)
     }
     fn address(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<SocketAddress, BindingError> {
         match self.0 {
@@ -83,7 +83,7 @@ impl SocketBinding for Broken {
             | Bug::ClaimsNetns
             | Bug::ClaimsInvisible
             | Bug::FailsInOtherProcesses => {
-                Direct.address(layout, id, file_name)
+                Direct::default().address(layout, id, file_name)
             }
             Bug::UncheckedAbstract => {
                 use std::hash::{Hash, Hasher};
@@ -102,13 +102,13 @@ impl SocketBinding for Broken {
         }
     }
     fn release(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
-        Direct.release(layout, id)
+        Direct::default().release(layout, id)
     }
     fn sweep(&self, layout: &BoxLayout) -> Result<SweepReport, BindingError> {
-        Direct.sweep(layout)
+        Direct::default().sweep(layout)
     }
     fn policy_paths(&self, layout: &BoxLayout, id: &BoxId) -> Result<Vec<PolicyPath>, BindingError> {
-        Direct.policy_paths(layout, id)
+        Direct::default().policy_paths(layout, id)
     }
 }
 
@@ -128,7 +128,7 @@ impl SocketBinding for NaiveLink {
         "naive-link"
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities { home_length_independent: true, ..Direct.capabilities() }
+        Capabilities { home_length_independent: true, ..Direct::default().capabilities() }
     }
     fn ensure(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
         let io = |e| BindingError::io("ensure", self.link(id), e);
@@ -194,7 +194,7 @@ fn fails_elsewhere(_: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, Binding
     Ok(Arc::new(Broken(Bug::FailsInOtherProcesses)))
 }
 fn direct(_: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
-    Ok(Arc::new(Direct))
+    Ok(Arc::new(Direct::default()))
 }
 
 /// Run `check` against `ctor`; true if it failed.
@@ -308,4 +308,16 @@ fn checks_without_their_capability_are_skipped_with_a_reason() {
     }
 }
 
-boxsock_conformance::conformance_tests!(direct_via_macro, |_| Ok(std::sync::Arc::new(boxsock_direct::Direct)));
+boxsock_conformance::conformance_tests!(direct_via_macro, |_| Ok(std::sync::Arc::new(boxsock_direct::Direct::default())));
+
+#[test]
+fn detects_path_strategies_that_bind_and_dial_by_string() {
+    // Neither `Broken` nor the naive link strategy provides a verified socket directory:
+    // their binds and connects re-resolve the address string (issue 10).
+    assert_detects("socket_dir_is_verified_and_held", off_by_one);
+    assert!(fails("socket_dir_is_verified_and_held", naive), "the kit did not notice a link strategy without socket_dir");
+    assert!(
+        fails("swapped_binding_is_refused_at_use", naive),
+        "the kit did not notice a link strategy that binds through a swapped link"
+    );
+}

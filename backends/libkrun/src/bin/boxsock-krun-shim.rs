@@ -1,5 +1,8 @@
 //! `boxsock-krun-shim`: one per box. Reads a [`ShimSpec`] (JSON) on stdin, checks every
-//! socket path against the budget, points `TMPDIR` at the box's binding directory,
+//! socket path against the budget, checks the descriptors it inherited (the verified
+//! socket directory at 3, through which libkrun binds `agent` and dials `ready` as
+//! `/proc/self/fd/3/<name>`; the network socketpair end at 4), points `TMPDIR` at the
+//! socket directory (`/proc/self/fd/3`),
 //! applies the jail, configures libkrun and enters the VM (`krun_start_enter` takes the
 //! process over and exits it when the guest ends).
 //!
@@ -47,6 +50,40 @@ fn record_spec(box_dir: &Path, input: &[u8]) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
+/// The descriptors the backend handed over, checked again here before libkrun uses
+/// them: the socket directory must be a directory of this uid that nobody else can
+/// write (what the runtime verified), the network end a socket.
+// mode_t, uid_t and the S_IF* constants differ in width across platforms.
+#[allow(clippy::unnecessary_cast)]
+fn check_inherited(spec: &ShimSpec) -> Result<(), String> {
+    use nix::sys::stat::{SFlag, fstat};
+    let me = nix::unistd::geteuid().as_raw();
+    let stat_of = |fd: i32, what: &str| {
+        // SAFETY: the fd number comes from the spec and is only borrowed for fstat; a
+        // closed number fails with EBADF, which is reported.
+        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        fstat(b).map_err(|e| format!("{what} (descriptor {fd}) was not inherited: {e}"))
+    };
+    let kind = |st: &nix::sys::stat::FileStat| (st.st_mode as u32) & (SFlag::S_IFMT.bits() as u32);
+    if let Some(fd) = spec.socket_dir_fd {
+        let st = stat_of(fd, "the socket directory")?;
+        let mode = (st.st_mode as u32) & 0o7777;
+        if kind(&st) != SFlag::S_IFDIR.bits() as u32 || st.st_uid != me || mode & 0o022 != 0 {
+            return Err(format!(
+                "descriptor {fd} is not a private socket directory of uid {me} (owner {}, mode {mode:04o}); refusing to bind or dial through it",
+                st.st_uid
+            ));
+        }
+    }
+    if let Some(fd) = spec.net.as_ref().and_then(|n| n.fd) {
+        let st = stat_of(fd, "the network socket")?;
+        if kind(&st) != SFlag::S_IFSOCK.bits() as u32 {
+            return Err(format!("descriptor {fd} for the network is not a socket"));
+        }
+    }
+    Ok(())
+}
+
 fn run() -> Result<(), (u8, String)> {
     let mut input = Vec::new();
     std::io::stdin().read_to_end(&mut input).map_err(|e| (2, format!("reading the spec from stdin: {e}")))?;
@@ -56,6 +93,7 @@ fn run() -> Result<(), (u8, String)> {
         Err(e) => eprintln!("boxsock-krun-shim: box {}: cannot record the spec: {e}", spec.box_id),
     }
     spec.validate().map_err(|e| (2, format!("box {}: {e}", spec.box_id)))?;
+    check_inherited(&spec).map_err(|e| (2, format!("box {}: {e}", spec.box_id)))?;
 
     // libkrun derives its unixgram name in std::env::temp_dir(); keep it in the box's
     // binding directory, whose budget counts that name. Single-threaded here: no other

@@ -4,7 +4,8 @@
 //! Grants: read+execute beneath `read_only`; everything beneath `read_write` (the box
 //! directory); read, write and ioctl on `devices`; for each `Sockets` policy path, the
 //! rights to make, remove and resolve sockets beneath its grant directory (the target of
-//! a symlink leaf, see [`super::grant_dir`]). Connecting to a pathname socket is not a
+//! a symlink leaf, see [`super::grant_dir`]), and the same on the inherited socket
+//! directory descriptor (`socket_dir_fd`). Connecting to a pathname socket is not a
 //! Landlock filesystem right at ABI 7, so binding and dialling through the alias both
 //! work with these grants.
 
@@ -75,6 +76,12 @@ pub fn apply(spec: &JailSpec) -> Result<(), JailError> {
             JailAccess::Read => read,
         };
         rs = rs.add_rule(PathBeneath::new(open(dir, "sockets")?, access)).map_err(ll)?;
+    }
+    if let Some(fd) = spec.socket_dir_fd {
+        // SAFETY: the shim inherited this descriptor from the backend and keeps it open
+        // for its whole life; it is only borrowed for the call.
+        let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        rs = rs.add_rule(PathBeneath::new(dir, sockets)).map_err(ll)?;
     }
     let status = rs.restrict_self().map_err(ll)?;
     match status.ruleset {

@@ -102,7 +102,19 @@ impl Fixture {
             network,
             policy: self.policy(),
             env: vec![("BOXSOCK_TEST".into(), "1".into())],
+            socket_dir: None,
+            peer_uids: Vec::new(),
         }
+    }
+
+    /// [`Fixture::launch_spec`] with the verified socket directory the runtime would
+    /// hand over (the strategy's `socket_dir`, after `ensure`).
+    pub fn launch_spec_verified(&self, network: bool) -> LaunchSpec {
+        let mut spec = self.launch_spec(network);
+        let s = self.strategy.as_ref().expect("short-symlink is registered");
+        spec.socket_dir = s.socket_dir(&self.layout, &self.id).unwrap();
+        assert!(spec.socket_dir.is_some());
+        spec
     }
 
     pub fn home(&self) -> &Path {

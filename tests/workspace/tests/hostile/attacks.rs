@@ -794,7 +794,7 @@ impl Drop for ServedAgent {
 }
 
 /// Hello, then exec `touch <marker>`: the frames a client sends to run a command.
-fn exec_touch_bytes(marker: &Path) -> Vec<u8> {
+pub(crate) fn exec_touch_bytes(marker: &Path) -> Vec<u8> {
     let mut b = proto::encode(&Frame::Control(Request::Hello {
         version: proto::VERSION,
     }));
@@ -806,7 +806,7 @@ fn exec_touch_bytes(marker: &Path) -> Vec<u8> {
     b
 }
 
-fn wait_exists(p: &Path, limit: Duration) -> bool {
+pub(crate) fn wait_exists(p: &Path, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if p.exists() {

@@ -6,6 +6,7 @@ use boxsock_tests::reliability::{listed_ids, read_records, records_dir, render, 
 
 mod attacks;
 mod home;
+mod dial_races;
 mod faults;
 mod input;
 
