@@ -356,3 +356,98 @@ fn exec_in_a_box_whose_process_died_reports_it_stopped() {
     ok(boxsock(&env).args(["rm", &id]));
     assert_nothing_left(&env);
 }
+
+/// A pipe whose reader is already gone: the first write to it fails with `EPIPE`.
+fn closed_pipe() -> Stdio {
+    let (rd, wr) = nix::unistd::pipe().unwrap();
+    drop(rd);
+    Stdio::from(wr)
+}
+
+/// Wait for `child` at most [`LIMIT`]; kill it and fail if it does not end.
+fn wait_bounded(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not exit within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn every_verb_exits_quietly_with_141_on_a_closed_stdout_and_never_panics() {
+    let env = Env::new();
+    let id = ok(boxsock(&env).args(["--backend", "host", "create"])).trim().to_owned();
+    ok(boxsock(&env).args(["start", &id]));
+    let verbs: Vec<Vec<&str>> = vec![
+        vec!["doctor"],
+        vec!["doctor", "--json"],
+        vec!["ls"],
+        vec!["ls", "--json"],
+        vec!["inspect", &id],
+        vec!["inspect", "--json", &id],
+        vec!["strategies"],
+        vec!["strategies", "--json"],
+        vec!["backends"],
+        vec!["backends", "--json"],
+        vec!["sweep"],
+        vec!["exec", &id, "--", "echo", "hi"],
+        vec!["--backend", "host", "run", "--rm", "--", "echo", "hi"],
+    ];
+    for args in &verbs {
+        let mut child = boxsock(&env).args(args).stdout(closed_pipe()).stderr(Stdio::piped()).spawn().unwrap();
+        let status = wait_bounded(&mut child, &format!("{args:?}"));
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert_eq!(status.code(), Some(141), "{args:?}: {status}: {err}");
+        assert!(err.is_empty(), "{args:?}: not quiet: {err}");
+    }
+    // A closed stderr: the error has nowhere to go, the status still says it.
+    let mut child = boxsock(&env).args(["inspect", "nosuchbox"]).stderr(closed_pipe()).spawn().unwrap();
+    assert_eq!(wait_bounded(&mut child, "inspect with a closed stderr").code(), Some(1));
+    // `rm` with a closed stdout still removes every box it was given.
+    let second = ok(boxsock(&env).args(["--backend", "host", "create"])).trim().to_owned();
+    let mut child = boxsock(&env).args(["rm", "-f", &id, &second]).stdout(closed_pipe()).spawn().unwrap();
+    assert_eq!(wait_bounded(&mut child, "rm with a closed stdout").code(), Some(141));
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn exec_whose_stdout_closes_early_kills_the_command_and_exits_141() {
+    use std::io::{BufRead, Read};
+    let env = Env::new();
+    let id = ok(boxsock(&env).args(["--backend", "host", "create"])).trim().to_owned();
+    ok(boxsock(&env).args(["start", &id]));
+    // `boxsock exec ID -- yes | head -c 10`, with the command's pid on the first line.
+    let mut child = boxsock(&env)
+        .args(["exec", &id, "--", "sh", "-c", "echo $$; exec yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let pid: i32 = line.trim().parse().unwrap_or_else(|_| panic!("first line is not a pid: {line:?}"));
+    let mut ten = [0u8; 10];
+    out.read_exact(&mut ten).unwrap();
+    assert_eq!(&ten, b"y\ny\ny\ny\ny\n");
+    assert!(pid_running(pid));
+    drop(out);
+    let status = wait_bounded(&mut child, "exec whose stdout closed");
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(141), "{status}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    wait_until("the command in the box to be killed", || !pid_running(pid));
+    // The box itself goes on.
+    assert_eq!(ok(boxsock(&env).args(["exec", &id, "--", "echo", "still", "up"])), "still up\n");
+    ok(boxsock(&env).args(["rm", "-f", &id]));
+    assert_nothing_left(&env);
+}
