@@ -174,7 +174,7 @@ enum Verb {
 fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("{s:?} is not KEY=VALUE")),
+        _ => Err(format!("{} is not KEY=VALUE", boxsock::boxsock_core::echo::echo(s))),
     }
 }
 
@@ -302,7 +302,7 @@ impl Global {
     async fn open_existing(&self, what: &str) -> Result<Runtime, Failure> {
         let home = self.home()?;
         if !home.exists() {
-            return Err(Failure(format!("no box with id or name {what:?}: home {} does not exist", home.display()), 1));
+            return Err(Failure(format!("no box with id or name {}: home {} does not exist", boxsock::boxsock_core::echo::echo(what), home.display()), 1));
         }
         self.open().await
     }

@@ -451,3 +451,51 @@ fn exec_whose_stdout_closes_early_kills_the_command_and_exits_141() {
     ok(boxsock(&env).args(["rm", "-f", &id]));
     assert_nothing_left(&env);
 }
+
+#[test]
+fn an_argv_over_the_frame_limit_names_its_size_and_the_limit() {
+    let env = Env::new();
+    let id = ok(boxsock(&env).args(["--backend", "host", "create"])).trim().to_owned();
+    ok(boxsock(&env).args(["start", &id]));
+    // 11 arguments of 100 000 bytes: 1.1 MB, over the 1 MiB frame (one argument may
+    // be at most 128 KiB on Linux).
+    let big = "a".repeat(100_000);
+    let o = run(boxsock(&env).args(["exec", &id, "--", "true"]).args(std::iter::repeat_n(&big, 11)));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("frame limit of 1048576 bytes") && err.contains("exec request"), "{err}");
+    assert!(!err.contains("Broken pipe"), "{err}");
+    assert!(err.len() < 400, "the error echoes the argv: {} bytes", err.len());
+    // The box is unharmed.
+    assert_eq!(ok(boxsock(&env).args(["exec", &id, "--", "echo", "ok"])), "ok\n");
+    ok(boxsock(&env).args(["rm", "-f", &id]));
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn errors_echo_at_most_64_bytes_of_input_and_its_length() {
+    let env = Env::new();
+    ok(boxsock(&env).arg("ls")); // the home exists: the runtime's own errors answer
+    let long = "x".repeat(5000);
+    // 64 bytes of it (80 characters for an invalid id), then its length.
+    let cut = |err: &str| err.contains(&format!("\"{}", "x".repeat(64))) && err.contains("\"… (5000 bytes)");
+    for args in [
+        vec!["inspect", long.as_str()],
+        vec!["exec", long.as_str(), "--", "true"],
+        vec!["rm", long.as_str()],
+        vec!["start", long.as_str()],
+        vec!["--backend", "host", "create", "--name", long.as_str()],
+        vec!["--backend", "host", "--strategy", long.as_str(), "create"],
+        vec!["--backend", long.as_str(), "create"],
+    ] {
+        let o = run(boxsock(&env).args(&args));
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{:?}", &args[..args.len().min(3)]);
+        assert!(cut(&err), "{:?}: {err}", &args[..args.len().min(3)]);
+        assert!(err.len() < 400, "{:?}: {} bytes: {err}", &args[..args.len().min(3)], err.len());
+    }
+    // And in a home that does not exist (the CLI's own message).
+    let o = run(boxsock(&env).arg("--home").arg(env.root.path().join("missing")).args(["inspect", &long]));
+    assert!(cut(&stderr(&o)) && stderr(&o).len() < 400, "{}", stderr(&o));
+}
