@@ -289,8 +289,16 @@ impl Global {
         Ok(o)
     }
 
-    async fn open(&self) -> Result<Runtime, Failure> {
-        let (rt, report) = Runtime::open(self.home()?, self.options()?).await.map_err(Failure::from)?;
+    /// Open the home. `writes` says whether the verb changes anything: only then does
+    /// the open also remove `run --rm` boxes whose client is gone (read-only verbs
+    /// delete nothing).
+    async fn open(&self, writes: Writes) -> Result<Runtime, Failure> {
+        let mut o = self.options()?;
+        o.remove_abandoned_at_open = writes == Writes::Yes;
+        let (rt, report) = Runtime::open(self.home()?, o).await.map_err(Failure::from)?;
+        for id in &report.abandoned_removed {
+            tracing::info!(box_id = %id, "removed a `run --rm` box whose client is gone");
+        }
         for bad in &report.corrupt_rows {
             tracing::warn!(box_id = %bad.id, error = %bad.error, "corrupt box row (remove it with `boxsock rm -f`)");
         }
@@ -299,17 +307,24 @@ impl Global {
 
     /// Open a home that must already exist: a verb naming a box in a missing home
     /// (a typo in `--home`) fails without creating it.
-    async fn open_existing(&self, what: &str) -> Result<Runtime, Failure> {
+    async fn open_existing(&self, what: &str, writes: Writes) -> Result<Runtime, Failure> {
         let home = self.home()?;
         if !home.exists() {
             return Err(Failure(format!("no box with id or name {}: home {} does not exist", boxsock::boxsock_core::echo::echo(what), home.display()), 1));
         }
-        self.open().await
+        self.open(writes).await
     }
 
     fn create_options(&self, name: Option<String>, env: Vec<(String, String)>, network: bool) -> CreateOptions {
-        CreateOptions { name, strategy: self.strategy.clone(), backend: self.backend.clone(), network, env }
+        CreateOptions { name, network, env, ..CreateOptions::new(self.strategy.clone(), self.backend.clone()) }
     }
+}
+
+/// Whether a verb changes the home (see [`Global::open`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writes {
+    Yes,
+    No,
 }
 
 /// Add a hint when the default backend cannot be used.
@@ -395,8 +410,14 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     let g = &cli.global;
     match cli.verb {
         Verb::Run { rm, name, env, interactive, cmd } => {
-            let rt = g.open().await.map_err(|f| Failure(f.0, 125))?;
-            let b = rt.create(g.create_options(name, Vec::new(), false)).await.map_err(|e| Failure(backend_hint(e, g).0, 125))?;
+            let rt = g.open(Writes::Yes).await.map_err(|f| Failure(f.0, 125))?;
+            // Tie the box to this process: if it is killed (-9) before removing the
+            // box, the next writing command on this home removes it.
+            let owner = match rm {
+                true => Some(boxsock::ProcessIdentity::current().map_err(|e| Failure(format!("cannot read this process's identity: {e}"), 125))?),
+                false => None,
+            };
+            let b = rt.create(CreateOptions { auto_remove_owner: owner, ..g.create_options(name, Vec::new(), false) }).await.map_err(|e| Failure(backend_hint(e, g).0, 125))?;
             let id = b.id.to_string();
             let work = async {
                 rt.start(&id).await.map_err(exec_failure)?;
@@ -415,30 +436,30 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(exit_byte(result?))
         }
         Verb::Create { name, env, network } => {
-            let rt = g.open().await?;
+            let rt = g.open(Writes::Yes).await?;
             let b = rt.create(g.create_options(name, env, network)).await.map_err(|e| backend_hint(e, g))?;
             outln!("{}", b.id);
             Ok(0)
         }
         Verb::Start { id } => {
-            let rt = g.open_existing(&id).await?;
+            let rt = g.open_existing(&id, Writes::Yes).await?;
             let b = rt.start(&id).await?;
             outln!("{}", b.id);
             Ok(0)
         }
         Verb::Exec { env, interactive, id, cmd } => {
-            let rt = g.open_existing(&id).await.map_err(|f| Failure(f.0, 125))?;
+            let rt = g.open_existing(&id, Writes::Yes).await.map_err(|f| Failure(f.0, 125))?;
             let code = exec_in(&rt, &id, cmd, env, interactive).await?;
             Ok(exit_byte(code))
         }
         Verb::Stop { timeout, id } => {
-            let rt = g.open_existing(&id).await?;
+            let rt = g.open_existing(&id, Writes::Yes).await?;
             let b = rt.stop(&id, Some(secs(timeout, "timeout")?)).await?;
             outln!("{}", b.id);
             Ok(0)
         }
         Verb::Rm { force, ids } => {
-            let rt = g.open_existing(&ids.join(", ")).await?;
+            let rt = g.open_existing(&ids.join(", "), Writes::Yes).await?;
             let mut failed = Vec::new();
             // A closed stdout does not stop the removals the user asked for.
             let mut printed: Result<(), Failure> = Ok(());
@@ -455,7 +476,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Verb::Ls { json: as_json } => {
             // Listing a home that does not exist shows nothing and creates nothing.
-            let l = if g.home()?.exists() { g.open().await?.list()? } else { boxsock::Listing::default() };
+            let l = if g.home()?.exists() { g.open(Writes::No).await?.list()? } else { boxsock::Listing::default() };
             if as_json {
                 return json(&l);
             }
@@ -477,7 +498,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Verb::Inspect { json: as_json, id } => {
-            let rt = g.open_existing(&id).await?;
+            let rt = g.open_existing(&id, Writes::No).await?;
             let i = rt.inspect(&id)?;
             if as_json {
                 return json(&i);
@@ -556,7 +577,14 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Verb::Sweep => {
-            let rt = g.open().await?;
+            let rt = g.open(Writes::No).await?;
+            // `run --rm` boxes whose client is gone (killed before it could remove
+            // them), then every strategy's leftover bindings.
+            let abandoned = rt.remove_abandoned().await?;
+            outln!("run --rm boxes whose client is gone: removed {}", abandoned.len());
+            for id in abandoned {
+                outln!("  {id}");
+            }
             for (name, r) in rt.sweep().await? {
                 match r {
                     Ok(rep) => {

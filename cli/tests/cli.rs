@@ -499,3 +499,49 @@ fn errors_echo_at_most_64_bytes_of_input_and_its_length() {
     let o = run(boxsock(&env).arg("--home").arg(env.root.path().join("missing")).args(["inspect", &long]));
     assert!(cut(&stderr(&o)) && stderr(&o).len() < 400, "{}", stderr(&o));
 }
+
+#[test]
+fn a_run_rm_client_killed_with_sigkill_leaves_nothing_after_the_next_writing_command() {
+    for (n, next) in [&["sweep"][..], &["--backend", "host", "create"], &["exec", "other", "--", "true"]].into_iter().enumerate() {
+        let env = Env::new();
+        if next[0] == "exec" {
+            ok(boxsock(&env).args(["--backend", "host", "create", "--name", "other"]));
+            ok(boxsock(&env).args(["start", "other"]));
+        }
+        let marker = format!("{}.{}", std::process::id(), 5150 + n);
+        let mut client = boxsock(&env)
+            .args(["--backend", "host", "run", "--rm", "--", "sleep", &marker])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("the command to run in the box", || !pids_running(&["sleep", &marker]).is_empty());
+        let boxes = json(boxsock(&env).args(["ls", "--json"]))["boxes"].as_array().unwrap().clone();
+        let b = boxes.iter().find(|b| b["name"].is_null()).expect("the run --rm box").clone();
+        let id = b["id"].as_str().unwrap().to_owned();
+        let agent = json(boxsock(&env).args(["inspect", "--json", &id]))["pid"].as_i64().unwrap() as i32;
+        assert!(pid_running(agent) && env.links().contains(&id));
+
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(client.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+        client.wait().unwrap();
+        // Read-only verbs delete nothing: the box is still there, still running.
+        let i = json(boxsock(&env).args(["inspect", "--json", &id]));
+        assert_eq!(i["state"], "running", "{next:?}: {i}");
+        assert!(pid_running(agent), "{next:?}: a read-only verb stopped the box");
+
+        ok(boxsock(&env).args(next));
+        let l = json(boxsock(&env).args(["ls", "--json"]));
+        assert!(l["boxes"].as_array().unwrap().iter().all(|b| b["id"] != id.as_str()), "{next:?}: box {id} left: {l}");
+        wait_until("the abandoned box's agent to be gone", || !pid_running(agent));
+        wait_until("the abandoned box's command to be gone", || pids_running(&["sleep", &marker]).is_empty());
+        assert!(!env.links().contains(&id), "{next:?}: link {id} left: {:?}", env.links());
+        assert!(!env.box_dirs().contains(&id), "{next:?}: dir {id} left");
+        // Nothing else was touched.
+        if next[0] == "exec" {
+            assert_eq!(json(boxsock(&env).args(["inspect", "--json", "other"]))["state"], "running");
+        }
+        for b in l["boxes"].as_array().unwrap() {
+            ok(boxsock(&env).args(["rm", "-f", b["id"].as_str().unwrap()]));
+        }
+        assert_nothing_left(&env);
+    }
+}

@@ -88,6 +88,10 @@ pub struct RuntimeOptions {
     pub stop_timeout: Duration,
     /// Watch running boxes' processes while the runtime is alive.
     pub health_monitor: bool,
+    /// When recovery runs at open, also remove boxes whose auto-remove owner
+    /// ([`CreateOptions::auto_remove_owner`]) is gone. The CLI turns it off for
+    /// read-only verbs; [`Runtime::remove_abandoned`] does it on demand.
+    pub remove_abandoned_at_open: bool,
 }
 
 impl RuntimeOptions {
@@ -104,6 +108,7 @@ impl RuntimeOptions {
             ready_timeout: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(5),
             health_monitor: true,
+            remove_abandoned_at_open: true,
         }
     }
 }
@@ -121,6 +126,7 @@ impl Clone for RuntimeOptions {
             ready_timeout: self.ready_timeout,
             stop_timeout: self.stop_timeout,
             health_monitor: self.health_monitor,
+            remove_abandoned_at_open: self.remove_abandoned_at_open,
         }
     }
 }
@@ -138,12 +144,24 @@ pub struct CreateOptions {
     pub network: bool,
     /// Extra environment for the agent.
     pub env: Vec<(String, String)>,
+    /// Tie the box to this process (`run --rm` passes its own): once the process is
+    /// gone (pid + start time), the box is stopped and removed by the next open that
+    /// recovers (with [`RuntimeOptions::remove_abandoned_at_open`]) or by
+    /// [`Runtime::remove_abandoned`]. Recorded with the box's row, atomically.
+    pub auto_remove_owner: Option<ProcessIdentity>,
 }
 
 impl CreateOptions {
     /// A box with this strategy and backend, no name, no network.
     pub fn new(strategy: impl Into<String>, backend: impl Into<String>) -> Self {
-        CreateOptions { name: None, strategy: strategy.into(), backend: backend.into(), network: false, env: Vec::new() }
+        CreateOptions {
+            name: None,
+            strategy: strategy.into(),
+            backend: backend.into(),
+            network: false,
+            env: Vec::new(),
+            auto_remove_owner: None,
+        }
     }
 }
 
@@ -438,7 +456,7 @@ impl Runtime {
         crate::boxdir::create_box_dirs(&inner.layout, &id)
             .map_err(|e| RuntimeError::Io { op: "create box directory", path: e.path, source: e.source })?;
         crash::point("create:dirs");
-        if let Err(e) = inner.store.insert(&rec) {
+        if let Err(e) = inner.store.insert_owned(&rec, opts.auto_remove_owner) {
             let _ = crate::boxdir::remove_box_dir(&inner.layout, &id);
             return Err(e.into());
         }
@@ -539,6 +557,19 @@ impl Runtime {
             LockMode::Shared => Some(lock::acquire(inner.layout.home(), &inner.layout.lock_path(), true, inner.options.lock_wait).await?),
         };
         Ok(inner.sweep_all())
+    }
+
+    /// Stop and remove every box whose auto-remove owner
+    /// ([`CreateOptions::auto_remove_owner`]) is gone, now. In [`LockMode::Shared`]
+    /// this waits (up to `lock_wait`) for exclusive use of the home. Returns the ids
+    /// removed.
+    pub async fn remove_abandoned(&self) -> Result<Vec<BoxId>, RuntimeError> {
+        let inner = &self.inner;
+        let _g = match inner.options.lock_mode {
+            LockMode::Exclusive => None,
+            LockMode::Shared => Some(lock::acquire(inner.layout.home(), &inner.layout.lock_path(), true, inner.options.lock_wait).await?),
+        };
+        recovery::remove_abandoned(inner).await
     }
 
     /// The process handle the runtime holds for a box (what it watches and signals).
