@@ -362,14 +362,18 @@ async fn exec_in(rt: &Runtime, id: &str, cmd: Vec<String>, env: Vec<(String, Str
         let _ = std::io::stderr().lock().write_all(b);
     };
     let exec = rt.exec(id, cmd, env, ExecIo { stdin: stdin_reader(interactive), stdout: &mut out, stderr: &mut err });
-    tokio::select! {
-        r = exec => r.map_err(exec_failure),
-        () = stdout_closed.notified() => {
-            let e = stdout_error.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let e = e.unwrap_or_else(|| std::io::ErrorKind::BrokenPipe.into());
+    let ended = tokio::select! {
+        r = exec => Some(r.map_err(exec_failure)),
+        () = stdout_closed.notified() => None,
+    };
+    // The command may also have ended in the same poll that found stdout closed: its
+    // output was not delivered either way.
+    match stdout_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        Some(e) => {
             tracing::debug!(box_id = id, error = %e, "stdout closed; ended the exec session");
             Err(Failure::stdout(&e))
         }
+        None => ended.unwrap_or_else(|| Err(Failure::stdout(&std::io::ErrorKind::BrokenPipe.into()))),
     }
 }
 
