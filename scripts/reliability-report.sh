@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dir="${CARGO_TARGET_DIR:-target}/reliability"
 rm -rf "$dir"
-# The suite may fail; the document then shows which scenarios did not run.
-cargo test -p boxsock-tests --test hostile -- --skip reliability_doc_matches_the_scenarios || true
+# The suite may fail; the document then shows which scenarios did not run. Each
+# scenario normally fails when the committed document disagrees with what it observed;
+# BOXSOCK_RELIABILITY_REGENERATE turns that check off for the run that rewrites it.
+BOXSOCK_RELIABILITY_REGENERATE=1 cargo test -p boxsock-tests --test hostile -- --skip reliability_doc_matches_the_scenarios || true
 cargo test -p boxsock-tests --test hostile -- --ignored --exact render_reliability_doc
 echo "docs/reliability.md regenerated"

@@ -9,12 +9,11 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use boxsock_benches::{Subject, home_of_len, strategies};
+use boxsock_benches::{Subject, home_of_len, no_setup, paired, strategies};
 use boxsock_core::{BoxId, BoxLayout, SocketAddress};
-use criterion::measurement::WallTime;
-use criterion::{BatchSize, BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use nix::fcntl::{OFlag, open};
 use nix::sys::stat::Mode;
 
@@ -35,9 +34,7 @@ fn unlink_addr(addr: &SocketAddress) {
 
 /// Accept and drop connections forever on a background thread.
 fn drain(listener: boxsock_core::peer::Listener) {
-    std::thread::spawn(move || {
-        while listener.accept().is_ok() {}
-    });
+    std::thread::spawn(move || while listener.accept().is_ok() {});
 }
 
 fn drain_plain(listener: UnixListener) {
@@ -48,49 +45,6 @@ fn drain_plain(listener: UnixListener) {
     });
 }
 
-/// Time `subject` and `floor` interleaved, one call of each per iteration (in
-/// alternating order), so that both see the same machine: on these shared, virtualised
-/// machines a filesystem's journal flush or a neighbour's build lands on both sides
-/// instead of on whichever bench happened to run then. Returns (subject, floor) totals.
-fn interleave(iters: u64, subject: &mut dyn FnMut(), floor: &mut dyn FnMut()) -> (Duration, Duration) {
-    let (mut s, mut f) = (Duration::ZERO, Duration::ZERO);
-    for i in 0..iters {
-        if i % 2 == 0 {
-            let t = Instant::now();
-            subject();
-            s += t.elapsed();
-            let t = Instant::now();
-            floor();
-            f += t.elapsed();
-        } else {
-            let t = Instant::now();
-            floor();
-            f += t.elapsed();
-            let t = Instant::now();
-            subject();
-            s += t.elapsed();
-        }
-    }
-    (s, f)
-}
-
-/// Register `subject` as `<group>/<name>/<param>` and its floor as
-/// `<group>/<floor_name>~<name>/<param>`, each measured interleaved with the other
-/// ([`interleave`]); `bench-report` divides the one by the other.
-fn paired(
-    g: &mut BenchmarkGroup<'_, WallTime>,
-    name: &str,
-    floor_name: &str,
-    param: &str,
-    subject: &mut dyn FnMut(),
-    floor: &mut dyn FnMut(),
-) {
-    g.bench_function(BenchmarkId::new(name, param), |b| b.iter_custom(|n| interleave(n, &mut *subject, &mut *floor).0));
-    g.bench_function(BenchmarkId::new(format!("{floor_name}~{name}"), param), |b| {
-        b.iter_custom(|n| interleave(n, &mut *subject, &mut *floor).1)
-    });
-}
-
 fn bench_ensure(c: &mut Criterion) {
     let root = short_tempdir();
     let base = short_tempdir();
@@ -98,11 +52,15 @@ fn bench_ensure(c: &mut Criterion) {
     // Floor: one lstat of a symlink in a short directory.
     let link = base.path().join("floor-link");
     std::os::unix::fs::symlink(root.path(), &link).expect("floor link");
-    let mut lstat = || drop(std::fs::symlink_metadata(&link).expect("lstat"));
+    let mut lstat = || {
+        std::hint::black_box(std::fs::symlink_metadata(&link).expect("lstat"));
+    };
     for reg in strategies() {
-        let Some(s) = Subject::new(reg, &root.path().join(reg.name), base.path()) else { continue };
+        let Some(s) = Subject::new(reg, &root.path().join(reg.name), base.path()) else {
+            continue;
+        };
         let mut ensure = || s.strategy.ensure(&s.layout, &s.id).expect("ensure");
-        paired(&mut g, s.name, "floor-lstat", "steady", &mut ensure, &mut lstat);
+        paired(&mut g, "ensure", s.name, "steady", &mut no_setup, &mut ensure, &mut [("floor-lstat", &mut lstat)]);
         g.bench_function(BenchmarkId::new(s.name, "cold"), |b| {
             b.iter_batched(
                 || s.strategy.release(&s.layout, &s.id).expect("release"),
@@ -112,6 +70,13 @@ fn bench_ensure(c: &mut Criterion) {
         });
     }
     g.finish();
+}
+
+/// Bind (and return) a listener at the abstract name `name`.
+fn bind_abstract(name: &str) -> UnixListener {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name");
+    UnixListener::bind_addr(&addr).expect("bind abstract")
 }
 
 fn open_dir_path(dir: &Path) -> OwnedFd {
@@ -129,14 +94,32 @@ fn bench_bind(c: &mut Criterion) {
             drop(UnixListener::bind(&floor_path).expect("bind"));
             std::fs::remove_file(&floor_path).expect("unlink");
         };
+        // The abstract strategy's own floor: the same bind and close of an abstract
+        // name, with the same (no) unlink as its subject.
+        let raw_name = format!("boxsock-bench-floor/{}/{depth}", std::process::id());
+        let mut floor_abstract = || drop(bind_abstract(&raw_name));
         for reg in strategies() {
-            let Some(s) = Subject::new(reg, &home, base.path()) else { continue };
+            let Some(s) = Subject::new(reg, &home, base.path()) else {
+                continue;
+            };
             let addr = s.strategy.address(&s.layout, &s.id, "bench.sock").expect("address");
             let mut bind = || {
                 drop(s.strategy.bind_stream(&s.layout, &s.id, "bench.sock").expect("bind"));
                 unlink_addr(&addr);
             };
-            paired(&mut g, s.name, "floor-direct-short", depth, &mut bind, &mut floor);
+            if addr.as_path().is_some() {
+                paired(&mut g, "bind", s.name, depth, &mut no_setup, &mut bind, &mut [("floor-direct-short", &mut floor)]);
+            } else {
+                paired(
+                    &mut g,
+                    "bind",
+                    s.name,
+                    depth,
+                    &mut no_setup,
+                    &mut bind,
+                    &mut [("floor-abstract-raw", &mut floor_abstract), ("floor-direct-short", &mut floor)],
+                );
+            }
         }
         // The field's other techniques, against the same real directory.
         let id = BoxId::generate();
@@ -151,14 +134,14 @@ fn bench_bind(c: &mut Criterion) {
             std::fs::remove_file(&via_link).expect("unlink socket");
             std::fs::remove_file(&tmp_link).expect("unlink link");
         };
-        paired(&mut g, "ovs-temp-symlink", "floor-direct-short", depth, &mut ovs, &mut floor);
+        paired(&mut g, "bind", "ovs-temp-symlink", depth, &mut no_setup, &mut ovs, &mut [("floor-direct-short", &mut floor)]);
         let dirfd = open_dir_path(&real);
         let proc_path = PathBuf::from(format!("/proc/self/fd/{}/bench.sock", dirfd.as_raw_fd()));
         let mut proc_fd = || {
             drop(UnixListener::bind(&proc_path).expect("bind"));
             std::fs::remove_file(&proc_path).expect("unlink");
         };
-        paired(&mut g, "proc-self-fd", "floor-direct-short", depth, &mut proc_fd, &mut floor);
+        paired(&mut g, "bind", "proc-self-fd", depth, &mut no_setup, &mut proc_fd, &mut [("floor-direct-short", &mut floor)]);
     }
     g.finish();
 }
@@ -172,10 +155,12 @@ fn bench_connect(c: &mut Criterion) {
         drain_plain(UnixListener::bind(&floor_path).expect("bind floor"));
         let mut floor = || drop(UnixStream::connect(&floor_path).expect("connect"));
         for reg in strategies() {
-            let Some(s) = Subject::new(reg, &home, base.path()) else { continue };
+            let Some(s) = Subject::new(reg, &home, base.path()) else {
+                continue;
+            };
             drain(s.strategy.bind_stream(&s.layout, &s.id, "conn.sock").expect("bind"));
             let mut connect = || drop(s.strategy.connect_stream(&s.layout, &s.id, "conn.sock").expect("connect"));
-            paired(&mut g, s.name, "floor-direct-short", depth, &mut connect, &mut floor);
+            paired(&mut g, "connect", s.name, depth, &mut no_setup, &mut connect, &mut [("floor-direct-short", &mut floor)]);
         }
     }
     g.finish();
@@ -191,16 +176,34 @@ fn bench_walk(c: &mut Criterion) {
     let mut g = c.benchmark_group("walk");
     let short_dir = base.path().join("short");
     std::fs::create_dir(&short_dir).expect("short dir");
-    let mut floor = || drop(std::fs::metadata(&short_dir).expect("stat"));
+    let mut floor = || {
+        std::hint::black_box(std::fs::metadata(&short_dir).expect("stat"));
+    };
     for (depth, home) in homes(root.path()) {
-        let Some(reg) = strategies().into_iter().find(|r| r.name == "short-symlink") else { return };
-        let Some(s) = Subject::new(reg, &home, base.path()) else { continue };
+        let Some(reg) = strategies().into_iter().find(|r| r.name == "short-symlink") else {
+            return;
+        };
+        let Some(s) = Subject::new(reg, &home, base.path()) else {
+            continue;
+        };
         let link = s.strategy.binding_path(&s.layout, &s.id).expect("link");
         let real = s.layout.sockets_dir(&s.id);
-        let mut via_link = || drop(std::fs::metadata(&link).expect("stat link"));
-        paired(&mut g, "stat-via-link", "floor-stat-short-dir", depth, &mut via_link, &mut floor);
-        let mut via_real = || drop(std::fs::metadata(&real).expect("stat real"));
-        paired(&mut g, "stat-real-path", "floor-stat-short-dir", depth, &mut via_real, &mut floor);
+        let mut via_link = || {
+            std::hint::black_box(std::fs::metadata(&link).expect("stat link"));
+        };
+        paired(&mut g, "walk", "stat-via-link", depth, &mut no_setup, &mut via_link, &mut [("floor-stat-short-dir", &mut floor)]);
+        let mut via_real = || {
+            std::hint::black_box(std::fs::metadata(&real).expect("stat real"));
+        };
+        paired(
+            &mut g,
+            "walk",
+            "stat-real-path",
+            depth,
+            &mut no_setup,
+            &mut via_real,
+            &mut [("floor-stat-short-dir", &mut floor)],
+        );
     }
     g.finish();
 }
@@ -209,29 +212,38 @@ fn bench_datagram(c: &mut Criterion) {
     let root = short_tempdir();
     let base = short_tempdir();
     let mut g = c.benchmark_group("datagram");
+    // Floor: a round trip between two sockets at short direct paths.
+    let fa = base.path().join("fa.sock");
+    let fb = base.path().join("fb.sock");
+    let floor_a = UnixDatagram::bind(&fa).expect("bind");
+    let floor_b = UnixDatagram::bind(&fb).expect("bind");
+    let mut floor_buf = [0u8; 64];
+    let mut floor = || {
+        floor_a.send_to(b"ping", &fb).expect("send");
+        floor_b.recv(&mut floor_buf).expect("recv");
+    };
     let mut buf = [0u8; 64];
     for reg in strategies() {
-        let Some(s) = Subject::new(reg, &root.path().join(reg.name), base.path()) else { continue };
+        let Some(s) = Subject::new(reg, &root.path().join(reg.name), base.path()) else {
+            continue;
+        };
         let a = s.strategy.bind_datagram(&s.layout, &s.id, "da.sock").expect("bind a");
         let bsock = s.strategy.bind_datagram(&s.layout, &s.id, "db.sock").expect("bind b");
         let to = s.strategy.address(&s.layout, &s.id, "db.sock").expect("address").to_std().expect("std addr");
-        g.bench_function(BenchmarkId::new(s.name, "round-trip"), |b| {
-            b.iter(|| {
-                a.send_to_addr(b"ping", &to).expect("send");
-                bsock.recv(&mut buf).expect("recv");
-            })
-        });
-    }
-    let fa = base.path().join("fa.sock");
-    let fb = base.path().join("fb.sock");
-    let a = UnixDatagram::bind(&fa).expect("bind");
-    let bsock = UnixDatagram::bind(&fb).expect("bind");
-    g.bench_function(BenchmarkId::new("floor-direct-short", "round-trip"), |b| {
-        b.iter(|| {
-            a.send_to(b"ping", &fb).expect("send");
+        let mut round_trip = || {
+            a.send_to_addr(b"ping", &to).expect("send");
             bsock.recv(&mut buf).expect("recv");
-        })
-    });
+        };
+        paired(
+            &mut g,
+            "datagram",
+            s.name,
+            "round-trip",
+            &mut no_setup,
+            &mut round_trip,
+            &mut [("floor-direct-short", &mut floor)],
+        );
+    }
     g.finish();
 }
 
@@ -277,25 +289,30 @@ fn bench_sweep(c: &mut Criterion) {
     g.sample_size(10);
     let mut keep = Vec::new();
     for n in [10usize, 1_000, 10_000] {
-        let mut floor_dir = None;
         for reg in strategies() {
             let root = short_tempdir();
             // Start-up sweep: 1% of the entries (at least one) are leftovers of crashed boxes.
-            let Some(fx) = SweepFixture::new(reg, root.path(), n, (n / 100).max(1)) else { continue };
-            g.bench_function(BenchmarkId::new(fx.subject.name, n), |b| {
-                b.iter_batched(
-                    || fx.recreate_dead(),
-                    |()| fx.subject.strategy.sweep(&fx.subject.layout).expect("sweep"),
-                    BatchSize::PerIteration,
-                )
-            });
-            floor_dir.get_or_insert_with(|| fx.dir.clone());
+            let Some(fx) = SweepFixture::new(reg, root.path(), n, (n / 100).max(1)) else {
+                continue;
+            };
+            // Floor: a `readdir` of the same directory, with the same entries (the
+            // dangling links are recreated, untimed, before every timed call).
+            let dir = fx.dir.clone();
+            let mut readdir = || {
+                std::hint::black_box(std::fs::read_dir(&dir).expect("readdir").count());
+            };
+            let mut sweep = || drop(fx.subject.strategy.sweep(&fx.subject.layout).expect("sweep"));
+            let param = n.to_string();
+            paired(
+                &mut g,
+                "sweep",
+                fx.subject.name,
+                &param,
+                &mut || fx.recreate_dead(),
+                &mut sweep,
+                &mut [("floor-readdir", &mut readdir)],
+            );
             keep.push((root, fx));
-        }
-        if let Some(dir) = floor_dir {
-            g.bench_function(BenchmarkId::new("floor-readdir", n), |b| {
-                b.iter(|| std::fs::read_dir(&dir).expect("readdir").count())
-            });
         }
     }
     g.finish();
@@ -304,19 +321,23 @@ fn bench_sweep(c: &mut Criterion) {
     g.sample_size(10);
     for reg in strategies() {
         let root = short_tempdir();
-        let Some(fx) = SweepFixture::new(reg, root.path(), 1_000, 500) else { continue };
-        g.bench_function(BenchmarkId::new(fx.subject.name, 1_000), |b| {
-            b.iter_batched(
-                || fx.recreate_dead(),
-                |()| fx.subject.strategy.sweep(&fx.subject.layout).expect("sweep"),
-                BatchSize::PerIteration,
-            )
-        });
+        let Some(fx) = SweepFixture::new(reg, root.path(), 1_000, 500) else {
+            continue;
+        };
         let dir = fx.dir.clone();
-        fx.recreate_dead();
-        g.bench_function(BenchmarkId::new("floor-readdir", 1_000), |b| {
-            b.iter(|| std::fs::read_dir(&dir).expect("readdir").count())
-        });
+        let mut readdir = || {
+            std::hint::black_box(std::fs::read_dir(&dir).expect("readdir").count());
+        };
+        let mut sweep = || drop(fx.subject.strategy.sweep(&fx.subject.layout).expect("sweep"));
+        paired(
+            &mut g,
+            "sweep-churn",
+            fx.subject.name,
+            "1000",
+            &mut || fx.recreate_dead(),
+            &mut sweep,
+            &mut [("floor-readdir", &mut readdir)],
+        );
         keep.push((root, fx));
     }
     g.finish();

@@ -1,6 +1,6 @@
 //! Criterion benches of the runtime on the `host` backend: one box's whole life
-//! (create → ready → exec `true` → remove), one at a time and 100 in parallel, beside
-//! the floor of spawning and reaping one process.
+//! (create → ready → exec `true` → remove), one at a time (timed interleaved with its
+//! floor, spawning and reaping one process) and 100 in parallel (no floor, no ratio).
 
 // criterion_group!/criterion_main! generate undocumented items.
 #![allow(missing_docs)]
@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use boxsock::{BackendConfig, CreateOptions, ExecIo, Runtime, RuntimeOptions, StrategyConfig, builtin_backends, builtin_strategies};
+use boxsock_benches::{no_setup, paired};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 /// `target/<profile>` with a built `boxsock-agent` (`cargo bench -p boxsock-benches`
@@ -53,15 +54,13 @@ fn bench_runtime(c: &mut Criterion) {
     let fx = fixture();
     let mut g = c.benchmark_group("runtime");
     g.sample_size(20).measurement_time(Duration::from_secs(5));
-    g.bench_function(BenchmarkId::new("host-short-symlink", "one"), |b| {
-        b.iter(|| fx.tokio.block_on(one_life(&fx.rt)))
-    });
-    g.bench_function(BenchmarkId::new("floor-spawn-true", "one"), |b| {
-        b.iter(|| {
-            let st = std::process::Command::new("true").status().expect("spawn true");
-            assert!(st.success());
-        })
-    });
+    // One life, timed interleaved with its floor: spawning and reaping `true`.
+    let mut life = || fx.tokio.block_on(one_life(&fx.rt));
+    let mut spawn_true = || {
+        let st = std::process::Command::new("true").status().expect("spawn true");
+        assert!(st.success());
+    };
+    paired(&mut g, "runtime", "host-short-symlink", "one", &mut no_setup, &mut life, &mut [("floor-spawn-true", &mut spawn_true)]);
     g.sample_size(10).measurement_time(Duration::from_secs(10));
     g.bench_function(BenchmarkId::new("host-short-symlink", "100-parallel"), |b| {
         b.iter(|| {

@@ -1,8 +1,22 @@
 //! Shared set-up for boxsock's criterion benches: homes of a chosen depth, link bases,
-//! the strategies under test, and the ratio report's table of targets.
+//! the strategies under test, the paired samples every ratio is computed from, and the
+//! ratio report's table of targets.
+//!
+//! **Every ratio comes from one set of interleaved samples.** A subject and its floors
+//! are timed in the same loop, one call of each per iteration in rotating order, inside
+//! one criterion benchmark; each criterion sample records the total of every side
+//! ([`Paired`], written to `<target>/criterion/boxsock-paired/`). The ratio to a floor
+//! is the median over samples of `subject_i / floor_i` ([`Paired::ratio`]), so a stall
+//! lands on both sides of the samples it hits and on no other sample. (Timing the floor
+//! in a benchmark of its own, even an interleaved one, puts the subject's median and the
+//! floor's median in two different runs of the loop.)
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId};
 
 use boxsock_core::registry::{Registry, StrategyRegistration};
 use boxsock_core::{BoxId, BoxLayout, SocketBinding, StrategyConfig};
@@ -69,12 +83,170 @@ pub fn strategies() -> Vec<&'static StrategyRegistration> {
     reg.names().into_iter().filter_map(|n| reg.get(n).ok()).collect()
 }
 
+/// The samples of one subject timed interleaved with its floors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Paired {
+    /// The subject's benchmark id, `group/function/parameter`.
+    pub id: String,
+    /// The floors' names (`floor-…`), in sample order.
+    pub floors: Vec<String>,
+    /// Per criterion call: iterations, the subject's total (ns), each floor's total (ns).
+    pub samples: Vec<(u64, f64, Vec<f64>)>,
+}
+
+/// Where [`Paired`] records go: `<target>/criterion/boxsock-paired` (`$CARGO_TARGET_DIR`,
+/// else the workspace's `target`), beside criterion's own results.
+pub fn paired_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("criterion").join(PAIRED_DIR)
+}
+
+/// The directory name of [`Paired`] records under criterion's output directory.
+pub const PAIRED_DIR: &str = "boxsock-paired";
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 })
+}
+
+impl Paired {
+    /// Write to `dir` (one JSON file per subject).
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let v = serde_json::json!({ "id": self.id, "floors": self.floors, "samples": self.samples });
+        std::fs::write(dir.join(format!("{}.json", self.id.replace('/', "__"))), v.to_string())
+    }
+
+    /// Read every record in `dir`, by subject id.
+    pub fn read_all(dir: &Path) -> std::collections::BTreeMap<String, Paired> {
+        let mut out = std::collections::BTreeMap::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            let parsed = (|| {
+                let id = v.get("id")?.as_str()?.to_owned();
+                let floors =
+                    v.get("floors")?.as_array()?.iter().map(|f| f.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>()?;
+                let samples = v
+                    .get("samples")?
+                    .as_array()?
+                    .iter()
+                    .map(|s| {
+                        let s = s.as_array()?;
+                        let floors = s.get(2)?.as_array()?.iter().map(|f| f.as_f64()).collect::<Option<Vec<_>>>()?;
+                        Some((s.first()?.as_u64()?, s.get(1)?.as_f64()?, floors))
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                Some(Paired { id, floors, samples })
+            })();
+            if let Some(p) = parsed {
+                out.insert(p.id.clone(), p);
+            }
+        }
+        out
+    }
+
+    /// Keep only the last `n` samples: criterion's measured samples come after its
+    /// warm-up calls, which are recorded too.
+    pub fn last(mut self, n: usize) -> Paired {
+        let drop = self.samples.len().saturating_sub(n);
+        self.samples.drain(..drop);
+        self
+    }
+
+    /// The ratio of the subject to `floor`: the median over samples of
+    /// `subject_i / floor_i`, each pair timed in the same interleaved loop.
+    pub fn ratio(&self, floor: &str) -> Option<f64> {
+        let k = self.floors.iter().position(|f| f == floor)?;
+        median(self.samples.iter().filter_map(|(_, s, f)| f.get(k).map(|f| s / f)).collect())
+    }
+
+    /// The floor's median time per iteration (ns) over the same samples.
+    pub fn floor_median(&self, floor: &str) -> Option<f64> {
+        let k = self.floors.iter().position(|f| f == floor)?;
+        median(self.samples.iter().filter_map(|(n, _, f)| f.get(k).map(|f| f / (*n).max(1) as f64)).collect())
+    }
+}
+
+/// A `setup` that does nothing.
+pub fn no_setup() {}
+
+/// Time `subject` and each floor interleaved, one call of each per iteration in
+/// rotating order, so that all of them see the same machine: on these shared,
+/// virtualised machines a filesystem's journal flush or a neighbour's build lands on
+/// every side of the iterations it hits. `setup` runs, untimed, before each timed call
+/// (sweep recreates its dangling links). Returns the subject's total and each floor's.
+pub fn interleave(
+    iters: u64,
+    setup: &mut dyn FnMut(),
+    subject: &mut dyn FnMut(),
+    floors: &mut [(&str, &mut dyn FnMut())],
+) -> (Duration, Vec<Duration>) {
+    let k = floors.len() + 1;
+    let (mut s, mut f) = (Duration::ZERO, vec![Duration::ZERO; floors.len()]);
+    for i in 0..iters {
+        for j in 0..k {
+            // Rotate which side goes first.
+            let which = (i as usize + j) % k;
+            setup();
+            let t = Instant::now();
+            if which == 0 {
+                subject();
+                s += t.elapsed();
+            } else {
+                (floors[which - 1].1)();
+                f[which - 1] += t.elapsed();
+            }
+        }
+    }
+    (s, f)
+}
+
+/// Register `subject` as `<group>/<name>/<param>`, timed interleaved with `floors`
+/// ([`interleave`]) in one criterion benchmark, and record every sample's totals
+/// ([`Paired`]): `bench-report` computes each ratio from those same samples.
+pub fn paired(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    group: &str,
+    name: &str,
+    param: &str,
+    setup: &mut dyn FnMut(),
+    subject: &mut dyn FnMut(),
+    floors: &mut [(&str, &mut dyn FnMut())],
+) {
+    let mut samples = Vec::new();
+    g.bench_function(BenchmarkId::new(name, param), |b| {
+        b.iter_custom(|n| {
+            let (s, f) = interleave(n, &mut *setup, &mut *subject, &mut *floors);
+            samples.push((n, s.as_nanos() as f64, f.iter().map(|d| d.as_nanos() as f64).collect()));
+            s
+        })
+    });
+    let record =
+        Paired { id: format!("{group}/{name}/{param}"), floors: floors.iter().map(|(n, _)| (*n).to_owned()).collect(), samples };
+    if let Err(e) = record.write(&paired_dir()) {
+        eprintln!("bench: cannot record the paired samples of {}: {e}", record.id);
+    }
+}
+
 /// What a target compares.
 pub enum Limit {
-    /// `numerator / denominator <= max`, both measured in the same run.
+    /// The subject's ratio to one of its paired floors ([`Paired::ratio`]) is at most
+    /// `max`.
     Ratio {
-        /// The floor's benchmark id.
-        denominator: &'static str,
+        /// The floor's name, paired with the subject.
+        floor: &'static str,
         /// Largest acceptable ratio.
         max: f64,
     },
@@ -93,18 +265,67 @@ pub struct Target {
     pub limit: Limit,
 }
 
-const fn ratio(what: &'static str, numerator: &'static str, denominator: &'static str, max: f64) -> Target {
-    Target { what, numerator, limit: Limit::Ratio { denominator, max } }
+const fn ratio(what: &'static str, numerator: &'static str, floor: &'static str, max: f64) -> Target {
+    Target { what, numerator, limit: Limit::Ratio { floor, max } }
 }
 
 /// The targets of issue "Criterion benches" (ratios measured in one run).
 pub const TARGETS: &[Target] = &[
-    ratio("short-symlink steady ensure vs one lstat", "ensure/short-symlink/steady", "ensure/floor-lstat~short-symlink/steady", 1.3),
-    ratio("bind via short-symlink vs direct short path (shallow home)", "bind/short-symlink/shallow", "bind/floor-direct-short~short-symlink/shallow", 1.05),
-    ratio("bind via short-symlink vs direct short path (300-byte home)", "bind/short-symlink/300B", "bind/floor-direct-short~short-symlink/300B", 1.05),
-    ratio("connect via short-symlink vs direct short path (shallow home)", "connect/short-symlink/shallow", "connect/floor-direct-short~short-symlink/shallow", 1.05),
-    ratio("connect via short-symlink vs direct short path (300-byte home)", "connect/short-symlink/300B", "connect/floor-direct-short~short-symlink/300B", 1.05),
-    ratio("abstract bind vs filesystem bind", "bind/abstract/shallow", "bind/floor-direct-short~abstract/shallow", 0.3),
-    ratio("short-symlink sweep of 10 000 entries vs readdir", "sweep/short-symlink/10000", "sweep/floor-readdir/10000", 3.0),
-    Target { what: "host backend: create→ready→exec→remove, p50", numerator: "runtime/host-short-symlink/one", limit: Limit::MedianMs(50.0) },
+    ratio("short-symlink steady ensure vs one lstat", "ensure/short-symlink/steady", "floor-lstat", 1.3),
+    ratio("bind via short-symlink vs direct short path (shallow home)", "bind/short-symlink/shallow", "floor-direct-short", 1.05),
+    ratio("bind via short-symlink vs direct short path (300-byte home)", "bind/short-symlink/300B", "floor-direct-short", 1.05),
+    ratio(
+        "connect via short-symlink vs direct short path (shallow home)",
+        "connect/short-symlink/shallow",
+        "floor-direct-short",
+        1.05,
+    ),
+    ratio(
+        "connect via short-symlink vs direct short path (300-byte home)",
+        "connect/short-symlink/300B",
+        "floor-direct-short",
+        1.05,
+    ),
+    ratio("abstract bind vs filesystem bind", "bind/abstract/shallow", "floor-direct-short", 0.3),
+    ratio("short-symlink sweep of 10 000 entries vs readdir", "sweep/short-symlink/10000", "floor-readdir", 3.0),
+    Target {
+        what: "host backend: create→ready→exec→remove, p50",
+        numerator: "runtime/host-short-symlink/one",
+        limit: Limit::MedianMs(50.0),
+    },
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stall_in_one_sample_moves_neither_side_of_the_ratio() {
+        // Subject 1.2× its floor; sample 3 stalled 100× on both sides (same loop).
+        let mut samples: Vec<(u64, f64, Vec<f64>)> = (1..=9).map(|i| (i, 120.0 * i as f64, vec![100.0 * i as f64])).collect();
+        samples[3].1 *= 100.0;
+        samples[3].2[0] *= 100.0;
+        let p = Paired { id: "bind/s/shallow".into(), floors: vec!["floor-x".into()], samples };
+        assert!((p.ratio("floor-x").unwrap() - 1.2).abs() < 1e-9);
+        assert_eq!(p.floor_median("floor-x"), Some(100.0));
+        assert_eq!(p.ratio("floor-y"), None);
+    }
+
+    #[test]
+    fn records_round_trip_and_warm_up_samples_are_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let p = Paired {
+            id: "sweep/short-symlink/10000".into(),
+            floors: vec!["floor-readdir".into(), "floor-b".into()],
+            samples: vec![(1, 5.0, vec![1.0, 2.0]), (2, 30.0, vec![10.0, 20.0]), (4, 60.0, vec![20.0, 40.0])],
+        };
+        p.write(d.path()).unwrap();
+        let all = Paired::read_all(d.path());
+        assert_eq!(all.get(&p.id), Some(&p));
+        let last = p.clone().last(2);
+        assert_eq!(last.samples.len(), 2);
+        assert_eq!(last.ratio("floor-readdir"), Some(3.0));
+        assert_eq!(last.ratio("floor-b"), Some(1.5));
+        assert_eq!(p.last(10).samples.len(), 3);
+    }
+}

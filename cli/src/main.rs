@@ -4,6 +4,11 @@
 //! 125 from `run`/`exec` (so it cannot be mistaken for the command's) and 1 from other
 //! verbs, with a one-line error on stderr. Logs (`RUST_LOG`, default `warn`) go to
 //! stderr, never to stdout.
+//!
+//! A closed stdout (`boxsock doctor | head -3`) is not an error: every verb stops
+//! writing and exits quietly with [`BROKEN_PIPE_EXIT`] (141, what a shell reports for a
+//! command killed by SIGPIPE). `run`/`exec` first close the exec session, which makes
+//! the agent kill the command's process group. A closed stderr is ignored.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -169,7 +174,7 @@ enum Verb {
 fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("{s:?} is not KEY=VALUE")),
+        _ => Err(format!("{} is not KEY=VALUE", boxsock::boxsock_core::echo::echo(s))),
     }
 }
 
@@ -177,8 +182,43 @@ fn secs(s: f64, what: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(s).map_err(|_| format!("--{what} {s} is not a number of seconds"))
 }
 
-/// A CLI failure: the message and the exit status.
+/// A CLI failure: the message (empty: exit quietly) and the exit status.
 struct Failure(String, u8);
+
+/// Exit status when stdout's reader has gone (`| head`): 128 + SIGPIPE, what a shell
+/// reports for a command SIGPIPE killed.
+const BROKEN_PIPE_EXIT: u8 = 128 + 13;
+
+impl Failure {
+    /// A failure to write stdout: quiet [`BROKEN_PIPE_EXIT`] when its reader is gone,
+    /// else a message naming the error.
+    fn stdout(e: &std::io::Error) -> Failure {
+        match e.kind() {
+            std::io::ErrorKind::BrokenPipe => Failure(String::new(), BROKEN_PIPE_EXIT),
+            _ => Failure(format!("cannot write to stdout: {e}"), 1),
+        }
+    }
+}
+
+/// Write one line to stdout. Rust ignores SIGPIPE, so a closed stdout is an `EPIPE`
+/// error here (never a panic, as with `println!`).
+fn write_out(args: std::fmt::Arguments<'_>) -> Result<(), Failure> {
+    let mut o = std::io::stdout().lock();
+    o.write_fmt(args).and_then(|()| o.write_all(b"\n")).map_err(|e| Failure::stdout(&e))
+}
+
+/// `println!` that returns a [`Failure`] from the enclosing function on a write error.
+macro_rules! outln {
+    () => { write_out(format_args!(""))? };
+    ($($t:tt)*) => { write_out(format_args!($($t)*))? };
+}
+
+/// `eprintln!` that ignores a closed stderr: there is nowhere left to report to.
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
 
 impl From<RuntimeError> for Failure {
     fn from(e: RuntimeError) -> Self {
@@ -203,15 +243,21 @@ fn main() -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("boxsock: cannot start the async runtime: {e}");
+            errln!("boxsock: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli)).and_then(|code| {
+        std::io::stdout().flush().map_err(|e| Failure::stdout(&e))?;
+        Ok(code)
+    });
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(Failure(msg, code)) => {
             let _ = std::io::stdout().flush();
-            eprintln!("boxsock: {msg}");
+            if !msg.is_empty() {
+                errln!("boxsock: {msg}");
+            }
             ExitCode::from(code)
         }
     }
@@ -246,8 +292,16 @@ impl Global {
         Ok(o)
     }
 
-    async fn open(&self) -> Result<Runtime, Failure> {
-        let (rt, report) = Runtime::open(self.home()?, self.options()?).await.map_err(Failure::from)?;
+    /// Open the home. `writes` says whether the verb changes anything: only then does
+    /// the open also remove `run --rm` boxes whose client is gone (read-only verbs
+    /// delete nothing).
+    async fn open(&self, writes: Writes) -> Result<Runtime, Failure> {
+        let mut o = self.options()?;
+        o.remove_abandoned_at_open = writes == Writes::Yes;
+        let (rt, report) = Runtime::open(self.home()?, o).await.map_err(Failure::from)?;
+        for id in &report.abandoned_removed {
+            tracing::info!(box_id = %id, "removed a `run --rm` box whose client is gone");
+        }
         for bad in &report.corrupt_rows {
             tracing::warn!(box_id = %bad.id, error = %bad.error, "corrupt box row (remove it with `boxsock rm -f`)");
         }
@@ -273,17 +327,24 @@ impl Global {
 
     /// Open a home that must already exist: a verb naming a box in a missing home
     /// (a typo in `--home`) fails without creating it.
-    async fn open_existing(&self, what: &str) -> Result<Runtime, Failure> {
+    async fn open_existing(&self, what: &str, writes: Writes) -> Result<Runtime, Failure> {
         let home = self.home()?;
         if !home.exists() {
-            return Err(Failure(format!("no box with id or name {what:?}: home {} does not exist", home.display()), 1));
+            return Err(Failure(format!("no box with id or name {}: home {} does not exist", boxsock::boxsock_core::echo::echo(what), home.display()), 1));
         }
-        self.open().await
+        self.open(writes).await
     }
 
     fn create_options(&self, name: Option<String>, env: Vec<(String, String)>, network: bool) -> CreateOptions {
-        CreateOptions { name, strategy: self.strategy.clone(), backend: self.backend.clone(), network, env }
+        CreateOptions { name, network, env, ..CreateOptions::new(self.strategy.clone(), self.backend.clone()) }
     }
+}
+
+/// Whether a verb changes the home (see [`Global::open`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writes {
+    Yes,
+    No,
 }
 
 /// Add a hint when the default backend cannot be used.
@@ -299,17 +360,41 @@ fn stdin_reader(interactive: bool) -> Option<Box<dyn tokio::io::AsyncRead + Unpi
     interactive.then(|| Box::new(tokio::io::stdin()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)
 }
 
-async fn exec_in(rt: &Runtime, id: &str, cmd: Vec<String>, env: Vec<(String, String)>, interactive: bool) -> Result<i32, RuntimeError> {
-    // Output is written as it arrives; a closed stdout (`| head`) is not an error of
-    // the command's.
+/// Run a command in a box, writing its output as it arrives. When stdout's reader goes
+/// away (`| head`), the exec session is closed (its future dropped), so the agent
+/// kills the command's process group, and this returns the quiet broken-pipe failure.
+async fn exec_in(rt: &Runtime, id: &str, cmd: Vec<String>, env: Vec<(String, String)>, interactive: bool) -> Result<i32, Failure> {
+    let stdout_error = std::sync::Mutex::new(None::<std::io::Error>);
+    let stdout_closed = tokio::sync::Notify::new();
     let mut out = |b: &[u8]| {
+        let mut failed = stdout_error.lock().unwrap_or_else(|e| e.into_inner());
+        if failed.is_some() {
+            return;
+        }
         let mut o = std::io::stdout().lock();
-        let _ = o.write_all(b).and_then(|()| o.flush());
+        if let Err(e) = o.write_all(b).and_then(|()| o.flush()) {
+            *failed = Some(e);
+            stdout_closed.notify_one();
+        }
     };
+    // A closed stderr drops the command's stderr; the command goes on.
     let mut err = |b: &[u8]| {
         let _ = std::io::stderr().lock().write_all(b);
     };
-    rt.exec(id, cmd, env, ExecIo { stdin: stdin_reader(interactive), stdout: &mut out, stderr: &mut err }).await
+    let exec = rt.exec(id, cmd, env, ExecIo { stdin: stdin_reader(interactive), stdout: &mut out, stderr: &mut err });
+    let ended = tokio::select! {
+        r = exec => Some(r.map_err(exec_failure)),
+        () = stdout_closed.notified() => None,
+    };
+    // The command may also have ended in the same poll that found stdout closed: its
+    // output was not delivered either way.
+    match stdout_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        Some(e) => {
+            tracing::debug!(box_id = id, error = %e, "stdout closed; ended the exec session");
+            Err(Failure::stdout(&e))
+        }
+        None => ended.unwrap_or_else(|| Err(Failure::stdout(&std::io::ErrorKind::BrokenPipe.into()))),
+    }
 }
 
 /// The exit status of a failed `run`/`exec`: 127 when the command could not be
@@ -341,7 +426,7 @@ async fn interrupted() -> &'static str {
 
 fn json<T: serde::Serialize>(v: &T) -> Result<u8, Failure> {
     let s = serde_json::to_string_pretty(v).map_err(|e| Failure(format!("cannot encode JSON: {e}"), 1))?;
-    println!("{s}");
+    outln!("{s}");
     Ok(0)
 }
 
@@ -349,59 +434,67 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     let g = &cli.global;
     match cli.verb {
         Verb::Run { rm, name, env, interactive, cmd } => {
-            let rt = g.open().await.map_err(|f| Failure(f.0, 125))?;
-            let b = rt.create(g.create_options(name, Vec::new(), false)).await.map_err(|e| Failure(backend_hint(e, g).0, 125))?;
+            let rt = g.open(Writes::Yes).await.map_err(|f| Failure(f.0, 125))?;
+            // Tie the box to this process: if it is killed (-9) before removing the
+            // box, the next writing command on this home removes it.
+            let owner = match rm {
+                true => Some(boxsock::ProcessIdentity::current().map_err(|e| Failure(format!("cannot read this process's identity: {e}"), 125))?),
+                false => None,
+            };
+            let b = rt.create(CreateOptions { auto_remove_owner: owner, ..g.create_options(name, Vec::new(), false) }).await.map_err(|e| Failure(backend_hint(e, g).0, 125))?;
             let id = b.id.to_string();
             let work = async {
-                rt.start(&id).await?;
+                rt.start(&id).await.map_err(exec_failure)?;
                 exec_in(&rt, &id, cmd, env, interactive).await
             };
             // Ctrl-C or SIGTERM still cleans up a --rm box.
             let result = tokio::select! {
-                r = work => r.map_err(exec_failure),
+                r = work => r,
                 sig = interrupted() => Err(Failure(format!("interrupted by {sig}"), 130)),
             };
             if rm {
                 if let Err(e) = rt.remove(&id, true).await {
-                    eprintln!("boxsock: removing box {id}: {e}");
+                    errln!("boxsock: removing box {id}: {e}");
                 }
             }
             Ok(exit_byte(result?))
         }
         Verb::Create { name, env, network } => {
-            let rt = g.open().await?;
+            let rt = g.open(Writes::Yes).await?;
             let b = rt.create(g.create_options(name, env, network)).await.map_err(|e| backend_hint(e, g))?;
-            println!("{}", b.id);
+            outln!("{}", b.id);
             Ok(0)
         }
         Verb::Start { id } => {
-            let rt = g.open_existing(&id).await?;
+            let rt = g.open_existing(&id, Writes::Yes).await?;
             let b = rt.start(&id).await?;
-            println!("{}", b.id);
+            outln!("{}", b.id);
             Ok(0)
         }
         Verb::Exec { env, interactive, id, cmd } => {
-            let rt = g.open_existing(&id).await.map_err(|f| Failure(f.0, 125))?;
-            let code = exec_in(&rt, &id, cmd, env, interactive).await.map_err(exec_failure)?;
+            let rt = g.open_existing(&id, Writes::Yes).await.map_err(|f| Failure(f.0, 125))?;
+            let code = exec_in(&rt, &id, cmd, env, interactive).await?;
             Ok(exit_byte(code))
         }
         Verb::Stop { timeout, id } => {
-            let rt = g.open_existing(&id).await?;
+            let rt = g.open_existing(&id, Writes::Yes).await?;
             let b = rt.stop(&id, Some(secs(timeout, "timeout")?)).await?;
-            println!("{}", b.id);
+            outln!("{}", b.id);
             Ok(0)
         }
         Verb::Rm { force, ids } => {
-            let rt = g.open_existing(&ids.join(", ")).await?;
+            let rt = g.open_existing(&ids.join(", "), Writes::Yes).await?;
             let mut failed = Vec::new();
+            // A closed stdout does not stop the removals the user asked for.
+            let mut printed: Result<(), Failure> = Ok(());
             for id in ids {
                 match rt.remove(&id, force).await {
-                    Ok(removed) => println!("{removed}"),
+                    Ok(removed) => printed = printed.and_then(|()| write_out(format_args!("{removed}"))),
                     Err(e) => failed.push(e.to_string()),
                 }
             }
             match failed.len() {
-                0 => Ok(0),
+                0 => printed.map(|()| 0),
                 _ => Err(Failure(failed.join("; "), 1)),
             }
         }
@@ -411,16 +504,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let l = match g.open_read_only().await? {
                 Some(rt) => rt.list()?,
                 None => {
-                    eprintln!("boxsock: home {} does not exist (no boxes)", g.home()?.display());
+                    errln!("boxsock: home {} does not exist (no boxes)", g.home()?.display());
                     boxsock::Listing::default()
                 }
             };
             if as_json {
                 return json(&l);
             }
-            println!("{:<14} {:<16} {:<10} {:<14} {:<8} {:>8}", "ID", "NAME", "STATE", "STRATEGY", "BACKEND", "PID");
+            outln!("{:<14} {:<16} {:<10} {:<14} {:<8} {:>8}", "ID", "NAME", "STATE", "STRATEGY", "BACKEND", "PID");
             for b in &l.boxes {
-                println!(
+                outln!(
                     "{:<14} {:<16} {:<10} {:<14} {:<8} {:>8}",
                     b.id,
                     b.name.as_deref().unwrap_or("-"),
@@ -431,32 +524,32 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 );
             }
             for bad in &l.bad {
-                eprintln!("boxsock: box {}: stored row is corrupt: {} (remove it with `boxsock rm -f {}`)", bad.id, bad.error, bad.id);
+                errln!("boxsock: box {}: stored row is corrupt: {} (remove it with `boxsock rm -f {}`)", bad.id, bad.error, bad.id);
             }
             Ok(0)
         }
         Verb::Inspect { json: as_json, id } => {
             let Some(rt) = g.open_read_only().await? else {
-                return Err(Failure(format!("no box with id or name {id:?}: home {} does not exist", g.home()?.display()), 1));
+                return Err(Failure(format!("no box with id or name {}: home {} does not exist", boxsock::boxsock_core::echo::echo(&id), g.home()?.display()), 1));
             };
             let i = rt.inspect(&id)?;
             if as_json {
                 return json(&i);
             }
-            println!("id:        {}", i.id);
-            println!("name:      {}", i.name.as_deref().unwrap_or("-"));
-            println!("state:     {}", i.state);
-            println!("strategy:  {}", i.strategy);
-            println!("backend:   {}", i.backend);
+            outln!("id:        {}", i.id);
+            outln!("name:      {}", i.name.as_deref().unwrap_or("-"));
+            outln!("state:     {}", i.state);
+            outln!("strategy:  {}", i.strategy);
+            outln!("backend:   {}", i.backend);
             match (i.pid, i.start_time) {
-                (Some(p), Some(st)) => println!("process:   pid {p}, start time {st}, {}", if i.alive { "alive" } else { "gone" }),
-                _ => println!("process:   -"),
+                (Some(p), Some(st)) => outln!("process:   pid {p}, start time {st}, {}", if i.alive { "alive" } else { "gone" }),
+                _ => outln!("process:   -"),
             }
             if let Some(c) = i.exit_code {
-                println!("exit code: {c}");
+                outln!("exit code: {c}");
             }
             for c in &i.companions {
-                println!(
+                outln!(
                     "companion: pid {} ({}), start time {}, {}",
                     c.pid,
                     c.command.as_deref().unwrap_or("?"),
@@ -464,11 +557,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     if c.alive { "alive" } else { "gone" }
                 );
             }
-            println!("dir:       {}", i.dir);
-            println!("log:       {}", i.log);
-            println!("sockets:");
+            outln!("dir:       {}", i.dir);
+            outln!("log:       {}", i.log);
+            outln!("sockets:");
             for s in &i.sockets {
-                print_socket(s);
+                print_socket(s)?;
             }
             Ok(0)
         }
@@ -494,7 +587,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 return json(&rows);
             }
             for r in &rows {
-                println!("{:<14} {}", r["name"].as_str().unwrap_or(""), r["summary"].as_str().unwrap_or(""));
+                outln!("{:<14} {}", r["name"].as_str().unwrap_or(""), r["summary"].as_str().unwrap_or(""));
             }
             Ok(0)
         }
@@ -505,28 +598,35 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             for b in &report.backends {
                 let avail = if b.available { "available".to_string() } else { format!("unavailable: {}", b.reason.as_deref().unwrap_or("?")) };
-                println!("{:<10} {}", b.name, b.summary);
-                println!("{:<10} {avail}", "");
+                outln!("{:<10} {}", b.name, b.summary);
+                outln!("{:<10} {avail}", "");
                 if !b.available && b.launch_available {
-                    println!("{:<10} probe skipped by a backend option: boxes are configured, never booted", "");
+                    outln!("{:<10} probe skipped by a backend option: boxes are configured, never booted", "");
                 }
                 if let Some(iso) = &b.isolation {
-                    println!("{:<10} isolation: {iso}", "");
+                    outln!("{:<10} isolation: {iso}", "");
                 }
             }
             Ok(0)
         }
         Verb::Sweep => {
-            let rt = g.open().await?;
+            let rt = g.open(Writes::No).await?;
+            // `run --rm` boxes whose client is gone (killed before it could remove
+            // them), then every strategy's leftover bindings.
+            let abandoned = rt.remove_abandoned().await?;
+            outln!("run --rm boxes whose client is gone: removed {}", abandoned.len());
+            for id in abandoned {
+                outln!("  {id}");
+            }
             for (name, r) in rt.sweep().await? {
                 match r {
                     Ok(rep) => {
-                        println!("{name}: removed {}, kept {}", rep.removed.len(), rep.kept);
+                        outln!("{name}: removed {}, kept {}", rep.removed.len(), rep.kept);
                         for p in rep.removed {
-                            println!("  {}", p.display());
+                            outln!("  {}", p.display());
                         }
                     }
-                    Err(e) => println!("{name}: failed: {e}"),
+                    Err(e) => outln!("{name}: failed: {e}"),
                 }
             }
             Ok(0)
@@ -536,17 +636,17 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             if as_json {
                 return json(&report);
             }
-            println!("home:     {} ({} bytes)", report.home, report.home_bytes);
-            println!("platform: {}, sun_path holds {} bytes including the NUL", report.platform, report.limit);
-            println!("worst-case box id: {} ({} bytes)", report.sample_id, report.sample_id.len());
+            outln!("home:     {} ({} bytes)", report.home, report.home_bytes);
+            outln!("platform: {}, sun_path holds {} bytes including the NUL", report.platform, report.limit);
+            outln!("worst-case box id: {} ({} bytes)", report.sample_id, report.sample_id.len());
             if let Some(uid) = report.binding_dir_squatted_by {
-                println!("WARNING: the predictable per-user binding directory is held by uid {uid} (squatted)");
+                outln!("WARNING: the predictable per-user binding directory is held by uid {uid} (squatted)");
             }
             if let Some(d) = &report.binding_dir_fallback {
-                println!("binding directory: {d} (fallback recorded in the home)");
+                outln!("binding directory: {d} (fallback recorded in the home)");
             }
             for s in &report.strategies {
-                println!();
+                outln!();
                 // Addresses that could not be derived at all (not "too long"): say why
                 // once, e.g. the abstract strategy's per-home secret in a home that does
                 // not exist yet.
@@ -562,37 +662,37 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 } else {
                     "SOME ADDRESSES DO NOT FIT"
                 };
-                println!("strategy {}: {verdict}", s.name);
+                outln!("strategy {}: {verdict}", s.name);
                 if let Some(e) = &s.error {
-                    println!("  {e}");
+                    outln!("  {e}");
                 }
                 if underivable {
-                    println!("  {}", s.sockets[0].error.as_deref().unwrap_or("?"));
+                    outln!("  {}", s.sockets[0].error.as_deref().unwrap_or("?"));
                     continue;
                 }
                 for sock in &s.sockets {
-                    print_socket(sock);
+                    print_socket(sock)?;
                 }
             }
-            println!();
+            outln!();
             for b in &report.backends {
                 let avail = if b.available { "available".to_string() } else { format!("unavailable: {}", b.reason.as_deref().unwrap_or("?")) };
-                println!("backend {}: {avail}", b.name);
+                outln!("backend {}: {avail}", b.name);
                 if !b.available && b.launch_available {
-                    println!("  probe skipped by a backend option (configure_only): create/start go ahead, boxes are configured, never booted");
+                    outln!("  probe skipped by a backend option (configure_only): create/start go ahead, boxes are configured, never booted");
                 }
                 if let Some(iso) = &b.isolation {
-                    println!("  isolation: {iso}");
+                    outln!("  isolation: {iso}");
                 }
                 for (s, r) in &b.compatible {
                     match r {
-                        Ok(()) => println!("  with {s}: ok"),
-                        Err(e) => println!("  with {s}: no: {e}"),
+                        Ok(()) => outln!("  with {s}: ok"),
+                        Err(e) => outln!("  with {s}: no: {e}"),
                     }
                 }
             }
-            println!();
-            println!("selected (--strategy {} --backend {}): {}", g.strategy, g.backend, selected_verdict(&report, g));
+            outln!();
+            outln!("selected (--strategy {} --backend {}): {}", g.strategy, g.backend, selected_verdict(&report, g));
             Ok(0)
         }
     }
@@ -616,14 +716,15 @@ fn selected_verdict(report: &boxsock::DoctorReport, g: &Global) -> String {
     }
 }
 
-fn print_socket(s: &boxsock::boxsock_core::runtime::SocketReport) {
+fn print_socket(s: &boxsock::boxsock_core::runtime::SocketReport) -> Result<(), Failure> {
     let addr = s.address.as_deref().unwrap_or("-");
     let bytes = s.bytes.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
     let fits = if s.fits { "fits" } else { "DOES NOT FIT" };
-    println!("  {:<40} {addr} ({bytes} bytes, limit {}: {fits})", s.socket, s.limit);
+    outln!("  {:<40} {addr} ({bytes} bytes, limit {}: {fits})", s.socket, s.limit);
     if let Some(e) = &s.error {
         if !s.fits && s.address.is_none() {
-            println!("  {:<40} {e}", "");
+            outln!("  {:<40} {e}", "");
         }
     }
+    Ok(())
 }

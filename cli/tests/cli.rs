@@ -507,3 +507,192 @@ fn homes_of_600_2000_and_near_path_max_bytes_create_start_exec_and_rm() {
         }
     }
 }
+
+/// A pipe whose reader is already gone: the first write to it fails with `EPIPE`.
+fn closed_pipe() -> Stdio {
+    let (rd, wr) = nix::unistd::pipe().unwrap();
+    drop(rd);
+    Stdio::from(wr)
+}
+
+/// Wait for `child` at most [`LIMIT`]; kill it and fail if it does not end.
+fn wait_bounded(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not exit within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn every_verb_exits_quietly_with_141_on_a_closed_stdout_and_never_panics() {
+    let env = Env::new();
+    let id = ok(boxsock(&env).args(["--backend", "host", "create"])).trim().to_owned();
+    ok(boxsock(&env).args(["start", &id]));
+    let verbs: Vec<Vec<&str>> = vec![
+        vec!["doctor"],
+        vec!["doctor", "--json"],
+        vec!["ls"],
+        vec!["ls", "--json"],
+        vec!["inspect", &id],
+        vec!["inspect", "--json", &id],
+        vec!["strategies"],
+        vec!["strategies", "--json"],
+        vec!["backends"],
+        vec!["backends", "--json"],
+        vec!["sweep"],
+        vec!["exec", &id, "--", "echo", "hi"],
+        vec!["--backend", "host", "run", "--rm", "--", "echo", "hi"],
+    ];
+    for args in &verbs {
+        let mut child = boxsock(&env).args(args).stdout(closed_pipe()).stderr(Stdio::piped()).spawn().unwrap();
+        let status = wait_bounded(&mut child, &format!("{args:?}"));
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert_eq!(status.code(), Some(141), "{args:?}: {status}: {err}");
+        assert!(err.is_empty(), "{args:?}: not quiet: {err}");
+    }
+    // A closed stderr: the error has nowhere to go, the status still says it.
+    let mut child = boxsock(&env).args(["inspect", "nosuchbox"]).stderr(closed_pipe()).spawn().unwrap();
+    assert_eq!(wait_bounded(&mut child, "inspect with a closed stderr").code(), Some(1));
+    // `rm` with a closed stdout still removes every box it was given.
+    let second = ok(boxsock(&env).args(["--backend", "host", "create"])).trim().to_owned();
+    let mut child = boxsock(&env).args(["rm", "-f", &id, &second]).stdout(closed_pipe()).spawn().unwrap();
+    assert_eq!(wait_bounded(&mut child, "rm with a closed stdout").code(), Some(141));
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn exec_whose_stdout_closes_early_kills_the_command_and_exits_141() {
+    use std::io::{BufRead, Read};
+    let env = Env::new();
+    let id = ok(boxsock(&env).args(["--backend", "host", "create"])).trim().to_owned();
+    ok(boxsock(&env).args(["start", &id]));
+    // `boxsock exec ID -- yes | head -c 10`, with the command's pid on the first line.
+    let mut child = boxsock(&env)
+        .args(["exec", &id, "--", "sh", "-c", "echo $$; exec yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let pid: i32 = line.trim().parse().unwrap_or_else(|_| panic!("first line is not a pid: {line:?}"));
+    let mut ten = [0u8; 10];
+    out.read_exact(&mut ten).unwrap();
+    assert_eq!(&ten, b"y\ny\ny\ny\ny\n");
+    assert!(pid_running(pid));
+    drop(out);
+    let status = wait_bounded(&mut child, "exec whose stdout closed");
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(141), "{status}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    wait_until("the command in the box to be killed", || !pid_running(pid));
+    // The box itself goes on.
+    assert_eq!(ok(boxsock(&env).args(["exec", &id, "--", "echo", "still", "up"])), "still up\n");
+    ok(boxsock(&env).args(["rm", "-f", &id]));
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn an_argv_over_the_frame_limit_names_its_size_and_the_limit() {
+    let env = Env::new();
+    let id = ok(boxsock(&env).args(["--backend", "host", "create"])).trim().to_owned();
+    ok(boxsock(&env).args(["start", &id]));
+    // 11 arguments of 100 000 bytes: 1.1 MB, over the 1 MiB frame (one argument may
+    // be at most 128 KiB on Linux).
+    let big = "a".repeat(100_000);
+    let o = run(boxsock(&env).args(["exec", &id, "--", "true"]).args(std::iter::repeat_n(&big, 11)));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("frame limit of 1048576 bytes") && err.contains("exec request"), "{err}");
+    assert!(!err.contains("Broken pipe"), "{err}");
+    assert!(err.len() < 400, "the error echoes the argv: {} bytes", err.len());
+    // The box is unharmed.
+    assert_eq!(ok(boxsock(&env).args(["exec", &id, "--", "echo", "ok"])), "ok\n");
+    ok(boxsock(&env).args(["rm", "-f", &id]));
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn errors_echo_at_most_64_bytes_of_input_and_its_length() {
+    let env = Env::new();
+    ok(boxsock(&env).arg("ls")); // the home exists: the runtime's own errors answer
+    let long = "x".repeat(5000);
+    // 64 bytes of it (80 characters for an invalid id), then its length.
+    let cut = |err: &str| err.contains(&format!("\"{}", "x".repeat(64))) && err.contains("\"… (5000 bytes)");
+    for args in [
+        vec!["inspect", long.as_str()],
+        vec!["exec", long.as_str(), "--", "true"],
+        vec!["rm", long.as_str()],
+        vec!["start", long.as_str()],
+        vec!["--backend", "host", "create", "--name", long.as_str()],
+        vec!["--backend", "host", "--strategy", long.as_str(), "create"],
+        vec!["--backend", long.as_str(), "create"],
+    ] {
+        let o = run(boxsock(&env).args(&args));
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{:?}", &args[..args.len().min(3)]);
+        assert!(cut(&err), "{:?}: {err}", &args[..args.len().min(3)]);
+        assert!(err.len() < 400, "{:?}: {} bytes: {err}", &args[..args.len().min(3)], err.len());
+    }
+    // And in a home that does not exist (the CLI's own message).
+    let o = run(boxsock(&env).arg("--home").arg(env.root.path().join("missing")).args(["inspect", &long]));
+    assert!(cut(&stderr(&o)) && stderr(&o).len() < 400, "{}", stderr(&o));
+}
+
+#[test]
+fn a_run_rm_client_killed_with_sigkill_leaves_nothing_after_the_next_writing_command() {
+    for (n, next) in [&["sweep"][..], &["--backend", "host", "create"], &["exec", "other", "--", "true"]].into_iter().enumerate() {
+        let env = Env::new();
+        if next[0] == "exec" {
+            ok(boxsock(&env).args(["--backend", "host", "create", "--name", "other"]));
+            ok(boxsock(&env).args(["start", "other"]));
+        }
+        let marker = format!("{}.{}", std::process::id(), 5150 + n);
+        let mut client = boxsock(&env)
+            .args(["--backend", "host", "run", "--rm", "--", "sleep", &marker])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("the command to run in the box", || !pids_running(&["sleep", &marker]).is_empty());
+        let boxes = json(boxsock(&env).args(["ls", "--json"]))["boxes"].as_array().unwrap().clone();
+        let b = boxes.iter().find(|b| b["name"].is_null()).expect("the run --rm box").clone();
+        let id = b["id"].as_str().unwrap().to_owned();
+        let agent = json(boxsock(&env).args(["inspect", "--json", &id]))["pid"].as_i64().unwrap() as i32;
+        assert!(pid_running(agent) && env.links().contains(&id));
+
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(client.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+        client.wait().unwrap();
+        // Read-only verbs delete nothing: the box is still there, still running.
+        let i = json(boxsock(&env).args(["inspect", "--json", &id]));
+        assert_eq!(i["state"], "running", "{next:?}: {i}");
+        assert!(pid_running(agent), "{next:?}: a read-only verb stopped the box");
+
+        ok(boxsock(&env).args(next));
+        let l = json(boxsock(&env).args(["ls", "--json"]));
+        assert!(l["boxes"].as_array().unwrap().iter().all(|b| b["id"] != id.as_str()), "{next:?}: box {id} left: {l}");
+        wait_until("the abandoned box's agent to be gone", || !pid_running(agent));
+        wait_until("the abandoned box's command to be gone", || pids_running(&["sleep", &marker]).is_empty());
+        assert!(!env.links().contains(&id), "{next:?}: link {id} left: {:?}", env.links());
+        assert!(!env.box_dirs().contains(&id), "{next:?}: dir {id} left");
+        // Nothing else was touched.
+        if next[0] == "exec" {
+            assert_eq!(json(boxsock(&env).args(["inspect", "--json", "other"]))["state"], "running");
+        }
+        for b in l["boxes"].as_array().unwrap() {
+            ok(boxsock(&env).args(["rm", "-f", b["id"].as_str().unwrap()]));
+        }
+        assert_nothing_left(&env);
+    }
+}

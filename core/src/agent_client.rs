@@ -22,7 +22,7 @@
 
 use std::io;
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::proto::{self, ErrorCode, Frame, ProtoError, Request, Response};
@@ -55,6 +55,18 @@ pub enum ClientError {
         code: ErrorCode,
         /// Its message.
         message: String,
+    },
+    /// A request does not fit in one protocol frame; nothing was sent.
+    #[error(
+        "{what} is {bytes} bytes encoded, over the agent protocol's frame limit of {limit} bytes (pass large data on stdin instead)"
+    )]
+    TooLarge {
+        /// What was too large ("exec request (argv and environment)").
+        what: &'static str,
+        /// Its encoded size (tag + JSON body).
+        bytes: usize,
+        /// [`proto::MAX_FRAME`].
+        limit: usize,
     },
     /// The agent sent something the protocol does not allow at this point.
     #[error("unexpected message from agent while waiting for {expected}: {got}")]
@@ -150,7 +162,13 @@ impl AgentClient {
     /// the command's stdin is `/dev/null`. Output is handed to `on_stdout` /
     /// `on_stderr` chunk by chunk as it arrives, in order within each stream. An empty
     /// argv or a command that cannot be started is [`ClientError::Agent`] with
-    /// [`ErrorCode::BadRequest`] / [`ErrorCode::Spawn`].
+    /// [`ErrorCode::BadRequest`] / [`ErrorCode::Spawn`]; argv and environment that do
+    /// not fit in one frame ([`proto::MAX_FRAME`]) are [`ClientError::TooLarge`], before
+    /// anything is sent.
+    ///
+    /// Dropping the returned future closes the connection, and the agent then kills
+    /// the command's process group: that is how a caller stops a command (the CLI does
+    /// when its stdout closes).
     pub async fn exec<S, O, E>(
         mut self,
         argv: &[impl AsRef<str>],
@@ -170,7 +188,18 @@ impl AgentClient {
             env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             stdin: stdin.is_some(),
         };
-        proto::write_frame(&mut self.stream, &Frame::Control(request)).await?;
+        // Check the size before sending: an oversized frame is refused by the agent,
+        // which closes the connection mid-write (a bare "Broken pipe").
+        let frame = proto::encode(&Frame::Control(request));
+        if frame.len() - 4 > proto::MAX_FRAME {
+            return Err(ClientError::TooLarge {
+                what: "exec request (argv and environment)",
+                bytes: frame.len() - 4,
+                limit: proto::MAX_FRAME,
+            });
+        }
+        self.stream.write_all(&frame).await?;
+        self.stream.flush().await?;
 
         let (mut rd, mut wr) = self.stream.into_split();
         let feed = async move {
@@ -304,5 +333,22 @@ mod tests {
         drop(theirs);
         let err = AgentClient::connect(ours).unwrap().ping().await.unwrap_err();
         assert!(matches!(err, ClientError::Io(_) | ClientError::Proto(ProtoError::Closed)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_exec_request_over_the_frame_limit_is_refused_before_sending_naming_size_and_limit() {
+        let (c, server) = client_against(Response::Hello { version: proto::VERSION, pid: 1 }).await;
+        let big = vec!["a".repeat(100_000); 11];
+        let err = c.exec_output(&big, &[], None).await.unwrap_err();
+        match &err {
+            ClientError::TooLarge { bytes, limit, .. } => {
+                assert!(*bytes > 1_100_000 && *limit == proto::MAX_FRAME, "{err}");
+            }
+            other => panic!("expected TooLarge, got {other}"),
+        }
+        let msg = err.to_string();
+        assert!(msg.contains(&proto::MAX_FRAME.to_string()) && msg.contains("exec request"), "{msg}");
+        // Only the hello went out.
+        assert_eq!(server.await.unwrap(), Frame::Control(Request::Hello { version: proto::VERSION }));
     }
 }

@@ -13,12 +13,15 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Why a string is not a valid [`BoxId`]. The message names the input.
+/// Why a string is not a valid [`BoxId`]. The message names the input: its first 80
+/// characters, and its whole length when it is longer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid box id {input:?}: {reason}")]
+#[error("invalid box id {input:?}{}: {reason}", if *.len > .input.len() { format!("… ({} bytes)", .len) } else { String::new() })]
 pub struct IdError {
-    /// The rejected input, as given (lossy for display only).
+    /// The rejected input, as given (lossy for display only), cut to 80 characters.
     pub input: String,
+    /// The whole input's length in bytes.
+    pub len: usize,
     /// What is wrong with it.
     pub reason: IdErrorReason,
 }
@@ -84,6 +87,7 @@ impl BoxId {
             Err(_) => Err(IdError {
                 // Truncated like `check` does, so the error stays printable.
                 input: String::from_utf8_lossy(input).chars().take(80).collect(),
+                len: input.len(),
                 reason: IdErrorReason::NonAscii,
             }),
         }
@@ -93,6 +97,7 @@ impl BoxId {
         let fail = |reason| {
             Err(IdError {
                 input: input.chars().take(80).collect(),
+                len: input.len(),
                 reason,
             })
         };

@@ -25,6 +25,7 @@ pub mod binding;
 pub mod boxdir;
 pub mod budget;
 pub mod catalogue;
+pub mod echo;
 pub mod error;
 pub mod id;
 pub mod layout;

@@ -71,7 +71,7 @@ impl Registration for BackendRegistration {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
     /// No entry has that name.
-    #[error("unknown {kind} {name:?}; known: {}", known.join(", "))]
+    #[error("unknown {kind} {}; known: {}", crate::echo::echo(.name), known.join(", "))]
     Unknown {
         /// "strategy" or "backend".
         kind: &'static str,

@@ -208,6 +208,13 @@ const MIGRATIONS: &[&str] = &[
         start_time INTEGER NOT NULL,
         PRIMARY KEY (box_id, pid, start_time)
     );",
+    // 3: auto-remove owners: a box created for one client (`run --rm`) is removed once
+    // that process (pid + start time) is gone. Rows go with their box.
+    "CREATE TABLE auto_remove (
+        box_id     TEXT PRIMARY KEY NOT NULL REFERENCES boxes(id) ON DELETE CASCADE,
+        pid        INTEGER NOT NULL,
+        start_time INTEGER NOT NULL
+    );",
 ];
 
 /// The schema version this build writes.
@@ -590,6 +597,12 @@ impl Store {
     /// Insert a new box. Fails with [`StoreError::NameTaken`] or [`StoreError::IdTaken`]
     /// without writing anything.
     pub fn insert(&self, rec: &BoxRecord) -> Result<(), StoreError> {
+        self.insert_owned(rec, None)
+    }
+
+    /// [`Store::insert`], recording in the same transaction the process whose end
+    /// makes the box removable ([`Store::auto_remove_owners`]).
+    pub fn insert_owned(&self, rec: &BoxRecord, owner: Option<ProcessIdentity>) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(self.sq("begin insert"))?;
         let exists: Option<String> = tx
@@ -626,7 +639,34 @@ impl Store {
             ],
         )
         .map_err(self.sq("insert box"))?;
+        if let Some(o) = owner {
+            tx.execute(
+                "INSERT INTO auto_remove (box_id, pid, start_time) VALUES (?1, ?2, ?3)",
+                params![rec.id.as_str(), o.pid as i64, o.start_time as i64],
+            )
+            .map_err(self.sq("insert auto-remove owner"))?;
+        }
         tx.commit().map_err(self.sq("commit insert"))
+    }
+
+    /// Every box recorded with an auto-remove owner, and that owner, by id.
+    pub fn auto_remove_owners(&self) -> Result<Vec<(String, ProcessIdentity)>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT box_id, pid, start_time FROM auto_remove ORDER BY box_id")
+            .map_err(self.sq("list auto-remove owners"))?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+            .map_err(self.sq("list auto-remove owners"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, pid, start_time) = row.map_err(self.sq("read auto-remove owner"))?;
+            match (i32::try_from(pid), u64::try_from(start_time)) {
+                (Ok(pid), Ok(start_time)) => out.push((id, ProcessIdentity { pid, start_time })),
+                _ => tracing::warn!(box_id = %id, pid, start_time, "auto-remove owner out of range; ignored"),
+            }
+        }
+        Ok(out)
     }
 
     /// A new record in state `Created`, timestamps now.
@@ -798,6 +838,7 @@ impl Store {
         // Explicitly too: a row deleted by a tool without foreign keys on must not leave
         // companions behind for the next box with that id.
         conn.execute("DELETE FROM companions WHERE box_id = ?1", [id]).map_err(self.sq("delete companions"))?;
+        conn.execute("DELETE FROM auto_remove WHERE box_id = ?1", [id]).map_err(self.sq("delete auto-remove owner"))?;
         let n = conn.execute("DELETE FROM boxes WHERE id = ?1", [id]).map_err(self.sq("delete box"))?;
         Ok(n > 0)
     }
@@ -1045,6 +1086,24 @@ mod tests {
     }
 
     #[test]
+    fn auto_remove_owners_are_inserted_with_the_box_survive_reopening_and_go_with_it() {
+        let (d, s) = store();
+        let plain = Store::new_record(BoxId::generate(), None, cfg());
+        s.insert(&plain).unwrap();
+        let owned = Store::new_record(BoxId::generate(), None, cfg());
+        let owner = ProcessIdentity { pid: 4242, start_time: 77 };
+        s.insert_owned(&owned, Some(owner)).unwrap();
+        assert_eq!(s.auto_remove_owners().unwrap(), vec![(owned.id.to_string(), owner)]);
+        // A failed insert (id taken) records no owner either.
+        assert!(s.insert_owned(&owned, Some(ProcessIdentity { pid: 1, start_time: 1 })).is_err());
+        drop(s);
+        let s = Store::open(d.path().join("boxsock.db")).unwrap();
+        assert_eq!(s.auto_remove_owners().unwrap(), vec![(owned.id.to_string(), owner)]);
+        assert!(s.delete(owned.id.as_str()).unwrap());
+        assert!(s.auto_remove_owners().unwrap().is_empty());
+    }
+
+    #[test]
     fn a_version_1_store_migrates_and_keeps_its_rows() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("boxsock.db");
@@ -1067,6 +1126,7 @@ mod tests {
         let c = ProcessIdentity { pid: 7, start_time: 8 };
         s.set_companions(&id, &[c]).unwrap();
         assert_eq!(s.companions("old1").unwrap(), vec![c]);
+        assert!(s.auto_remove_owners().unwrap().is_empty());
     }
 
     #[test]

@@ -1,12 +1,24 @@
 //! `bench-report`: reads criterion's results (`target/criterion/**/new/estimates.json`)
-//! from the last `cargo bench -p boxsock-benches` run and prints every benchmark as a
-//! ratio to the floor measured in the same run, then the project's targets with PASS or
-//! MISS. `--markdown` prints the tables as Markdown for docs/performance.md.
+//! and the paired samples (`target/criterion/boxsock-paired/`, see
+//! [`boxsock_benches::Paired`]) of the last `cargo bench -p boxsock-benches` run, and
+//! prints every benchmark with, for each floor it was timed interleaved with, that
+//! floor's median and the ratio computed from the same samples; then the project's
+//! targets with PASS or MISS. A benchmark timed without a floor has no ratio: no ratio
+//! is ever taken between two separately measured benchmarks. `--markdown` prints the
+//! tables as Markdown for docs/performance.md.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use boxsock_benches::{Limit, TARGETS};
+use boxsock_benches::{Limit, PAIRED_DIR, Paired, TARGETS};
+
+/// How many samples criterion measured (its `sample.json`), to drop warm-up calls from
+/// the paired records.
+fn sample_count(dir: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(dir.join("sample.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(v.get("iters")?.as_array()?.len())
+}
 
 fn median_ns(estimates: &Path) -> Option<f64> {
     let text = std::fs::read_to_string(estimates).ok()?;
@@ -17,8 +29,10 @@ fn median_ns(estimates: &Path) -> Option<f64> {
 /// Walk `<criterion>/<group>/<function>/<param>/new/estimates.json`, keyed by
 /// `group/function/param` as given in `benchmark.json` (criterion's directory names are
 /// sanitised, the JSON keeps the real ids).
-fn collect(dir: &Path, out: &mut BTreeMap<String, f64>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+fn collect(dir: &Path, out: &mut BTreeMap<String, (f64, Option<usize>)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if !p.is_dir() {
@@ -30,33 +44,12 @@ fn collect(dir: &Path, out: &mut BTreeMap<String, f64>) {
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
                 .and_then(|v| v.get("full_id").and_then(|s| s.as_str()).map(str::to_owned));
             if let (Some(id), Some(ns)) = (id, median_ns(&p.join("estimates.json"))) {
-                out.insert(id, ns);
+                out.insert(id, (ns, sample_count(&p)));
             }
-        } else if p.file_name().is_some_and(|n| n != "report" && n != "base" && n != "change") {
+        } else if p.file_name().is_some_and(|n| n != "report" && n != "base" && n != "change" && n != PAIRED_DIR) {
             collect(&p, out);
         }
     }
-}
-
-fn split(id: &str) -> (&str, &str, &str) {
-    let mut it = id.splitn(3, '/');
-    (it.next().unwrap_or(""), it.next().unwrap_or(""), it.next().unwrap_or(""))
-}
-
-/// The floor of a benchmark: its paired floor (`<group>/floor-…~<function>/<param>`,
-/// measured interleaved with it), else the `floor-*` function of the same group with
-/// the same parameter, else the group's only floor.
-fn floor_of<'a>(id: &str, all: &'a BTreeMap<String, f64>) -> Option<(&'a str, f64)> {
-    let (group, function, param) = split(id);
-    let floors: Vec<(&String, &f64)> =
-        all.iter().filter(|(k, _)| split(k).0 == group && split(k).1.starts_with("floor-")).collect();
-    let paired = |k: &&String| split(k).1.split_once('~').is_some_and(|(_, f)| f == function) && split(k).2 == param;
-    floors
-        .iter()
-        .find(|(k, _)| paired(k))
-        .or_else(|| floors.iter().find(|(k, _)| !k.contains('~') && split(k).2 == param))
-        .or_else(|| (floors.len() == 1).then(|| &floors[0]))
-        .map(|(k, v)| (k.as_str(), **v))
 }
 
 fn human(ns: f64) -> String {
@@ -82,24 +75,36 @@ fn main() {
     let mut all = BTreeMap::new();
     collect(&dir, &mut all);
     if all.is_empty() {
-        eprintln!(
-            "bench-report: no results under {}; run `cargo bench -p boxsock-benches` first",
-            dir.display()
-        );
+        eprintln!("bench-report: no results under {}; run `cargo bench -p boxsock-benches` first", dir.display());
         std::process::exit(2);
     }
+    // The paired samples of this run, cut to the samples criterion measured.
+    let paired: BTreeMap<String, Paired> = Paired::read_all(&dir.join(PAIRED_DIR))
+        .into_iter()
+        .filter_map(|(id, p)| {
+            let n = all.get(&id)?.1?;
+            Some((id, p.last(n)))
+        })
+        .collect();
     let (open, sep, close) = if markdown { ("| ", " | ", " |") } else { ("", "  ", "") };
-    println!("{open}{:<44}{sep}{:>10}{sep}{:<38}{sep}{:>7}{close}", "benchmark", "median", "floor (same run)", "ratio");
+    println!(
+        "{open}{:<44}{sep}{:>10}{sep}{:<22}{sep}{:>10}{sep}{:>7}{close}",
+        "benchmark", "median", "floor (same samples)", "its median", "ratio"
+    );
     if markdown {
-        println!("|---|---:|---|---:|");
+        println!("|---|---:|---|---:|---:|");
     }
-    for (id, ns) in &all {
-        let (floor, ratio) = match floor_of(id, &all) {
-            _ if split(id).1.starts_with("floor-") => ("(floor)".into(), "1.00×".into()),
-            Some((f, fns)) => (f.to_owned(), format!("{:.2}×", ns / fns)),
-            None => ("—".into(), "—".into()),
-        };
-        println!("{open}{id:<44}{sep}{:>10}{sep}{floor:<38}{sep}{ratio:>7}{close}", human(*ns));
+    for (id, (ns, _)) in &all {
+        match paired.get(id) {
+            Some(p) if !p.floors.is_empty() => {
+                for f in &p.floors {
+                    let fm = p.floor_median(f).map(human).unwrap_or_else(|| "—".into());
+                    let r = p.ratio(f).map(|r| format!("{r:.2}×")).unwrap_or_else(|| "—".into());
+                    println!("{open}{id:<44}{sep}{:>10}{sep}{f:<22}{sep}{fm:>10}{sep}{r:>7}{close}", human(*ns));
+                }
+            }
+            _ => println!("{open}{id:<44}{sep}{:>10}{sep}{:<22}{sep}{:>10}{sep}{:>7}{close}", human(*ns), "—", "—", "—"),
+        }
     }
     println!();
     println!("{open}{:<62}{sep}{:>9}{sep}{:>7}{sep}{:<6}{close}", "target", "measured", "limit", "");
@@ -108,14 +113,15 @@ fn main() {
     }
     let mut missed = 0;
     for t in TARGETS {
-        let (value, max, ok) = match (&t.limit, all.get(t.numerator)) {
-            (Limit::Ratio { denominator, max }, Some(n)) => match all.get(*denominator) {
-                Some(d) => (format!("{:.2}×", n / d), format!("{max:.2}×"), Some(n / d <= *max)),
+        let (value, max, ok) = match &t.limit {
+            Limit::Ratio { floor, max } => match paired.get(t.numerator).and_then(|p| p.ratio(floor)) {
+                Some(r) => (format!("{r:.2}×"), format!("{max:.2}×"), Some(r <= *max)),
                 None => ("—".into(), format!("{max:.2}×"), None),
             },
-            (Limit::MedianMs(max), Some(n)) => (human(*n), format!("{max} ms"), Some(n / 1e6 <= *max)),
-            (Limit::Ratio { max, .. }, None) => ("—".into(), format!("{max:.2}×"), None),
-            (Limit::MedianMs(max), None) => ("—".into(), format!("{max} ms"), None),
+            Limit::MedianMs(max) => match all.get(t.numerator) {
+                Some((n, _)) => (human(*n), format!("{max} ms"), Some(n / 1e6 <= *max)),
+                None => ("—".into(), format!("{max} ms"), None),
+            },
         };
         let verdict = match ok {
             Some(true) => "PASS",

@@ -105,7 +105,7 @@ pub enum RuntimeError {
     #[error("invalid box name: {0}")]
     InvalidName(#[source] IdError),
     /// No box has this id or name.
-    #[error("no box with id or name {0:?}")]
+    #[error("no box with id or name {}", crate::echo::echo(.0))]
     NotFound(String),
     /// The state machine refuses the change.
     #[error("box {id}: cannot go from {from} to {to}")]

@@ -103,6 +103,10 @@ pub struct RuntimeOptions {
     pub health_monitor: bool,
     /// Whether the runtime may change the home (default [`Access::ReadWrite`]).
     pub access: Access,
+    /// When recovery runs at open, also remove boxes whose auto-remove owner
+    /// ([`CreateOptions::auto_remove_owner`]) is gone. The CLI turns it off for
+    /// read-only verbs; [`Runtime::remove_abandoned`] does it on demand.
+    pub remove_abandoned_at_open: bool,
 }
 
 impl RuntimeOptions {
@@ -120,6 +124,7 @@ impl RuntimeOptions {
             stop_timeout: Duration::from_secs(5),
             health_monitor: true,
             access: Access::ReadWrite,
+            remove_abandoned_at_open: true,
         }
     }
 }
@@ -138,6 +143,7 @@ impl Clone for RuntimeOptions {
             stop_timeout: self.stop_timeout,
             health_monitor: self.health_monitor,
             access: self.access,
+            remove_abandoned_at_open: self.remove_abandoned_at_open,
         }
     }
 }
@@ -155,12 +161,24 @@ pub struct CreateOptions {
     pub network: bool,
     /// Extra environment for the agent.
     pub env: Vec<(String, String)>,
+    /// Tie the box to this process (`run --rm` passes its own): once the process is
+    /// gone (pid + start time), the box is stopped and removed by the next open that
+    /// recovers (with [`RuntimeOptions::remove_abandoned_at_open`]) or by
+    /// [`Runtime::remove_abandoned`]. Recorded with the box's row, atomically.
+    pub auto_remove_owner: Option<ProcessIdentity>,
 }
 
 impl CreateOptions {
     /// A box with this strategy and backend, no name, no network.
     pub fn new(strategy: impl Into<String>, backend: impl Into<String>) -> Self {
-        CreateOptions { name: None, strategy: strategy.into(), backend: backend.into(), network: false, env: Vec::new() }
+        CreateOptions {
+            name: None,
+            strategy: strategy.into(),
+            backend: backend.into(),
+            network: false,
+            env: Vec::new(),
+            auto_remove_owner: None,
+        }
     }
 }
 
@@ -560,7 +578,7 @@ impl Runtime {
             return Err(RuntimeError::Io { op: "create box directory", path: e.path, source: e.source });
         }
         crash::point("create:dirs");
-        if let Err(e) = inner.store.insert(&rec) {
+        if let Err(e) = inner.store.insert_owned(&rec, opts.auto_remove_owner) {
             let _ = crate::boxdir::remove_box_dir(&inner.layout, &id);
             home::journal_done(&inner.layout, &id);
             return Err(e.into());
@@ -667,6 +685,19 @@ impl Runtime {
             LockMode::Shared => Some(lock::acquire(inner.layout.home(), &inner.layout.lock_path(), true, inner.options.lock_wait).await?),
         };
         Ok(inner.sweep_all())
+    }
+
+    /// Stop and remove every box whose auto-remove owner
+    /// ([`CreateOptions::auto_remove_owner`]) is gone, now. In [`LockMode::Shared`]
+    /// this waits (up to `lock_wait`) for exclusive use of the home. Returns the ids
+    /// removed.
+    pub async fn remove_abandoned(&self) -> Result<Vec<BoxId>, RuntimeError> {
+        let inner = &self.inner;
+        let _g = match inner.options.lock_mode {
+            LockMode::Exclusive => None,
+            LockMode::Shared => Some(lock::acquire(inner.layout.home(), &inner.layout.lock_path(), true, inner.options.lock_wait).await?),
+        };
+        recovery::remove_abandoned(inner).await
     }
 
     /// The process handle the runtime holds for a box (what it watches and signals).

@@ -24,6 +24,9 @@
 //! - Corrupt rows are reported, never touched.
 //! - Recorded companions (passt…) of every box that is not `Running` with a live
 //!   process afterwards are killed and their record cleared.
+//! - First of all (with `RuntimeOptions::remove_abandoned_at_open`), boxes whose
+//!   auto-remove owner is gone (`run --rm` killed) are stopped and removed:
+//!   [`remove_abandoned`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +37,7 @@ use serde::Serialize;
 use super::{Inner, RuntimeError, remove_ready_file, remove_stale_socket_files};
 use crate::binding::SweepReport;
 use crate::id::BoxId;
+use crate::process::Liveness;
 use crate::state::BoxState;
 use crate::store::BadRow;
 
@@ -70,11 +74,16 @@ pub struct OpenReport {
     pub unclaimed_dirs: Vec<std::path::PathBuf>,
     /// Recovery did not run: another process was mid-operation on the home.
     pub recovery_skipped: bool,
+    /// Boxes removed because their auto-remove owner is gone.
+    pub abandoned_removed: Vec<BoxId>,
 }
 
 const RECOVERY_STOP_WAIT: Duration = Duration::from_secs(2);
 
 pub(super) async fn recover(inner: &Arc<Inner>, report: &mut OpenReport) -> Result<(), RuntimeError> {
+    if inner.options.remove_abandoned_at_open {
+        report.abandoned_removed = remove_abandoned(inner).await?;
+    }
     let layout = &inner.layout;
     let listing = inner.store.list()?;
     for bad in &listing.bad {
@@ -210,4 +219,43 @@ pub(super) async fn recover(inner: &Arc<Inner>, report: &mut OpenReport) -> Resu
         }
     }
     Ok(())
+}
+
+/// Stop and remove every box whose auto-remove owner (pid + start time) is no longer
+/// alive. The caller holds the home exclusively. A box that cannot be removed is
+/// logged and left for the next time; the others go on.
+pub(super) async fn remove_abandoned(inner: &Arc<Inner>) -> Result<Vec<BoxId>, RuntimeError> {
+    let mut removed = Vec::new();
+    for (raw_id, owner) in inner.store.auto_remove_owners()? {
+        if owner.probe() == Liveness::Alive {
+            continue;
+        }
+        let Ok(id) = BoxId::parse(&raw_id) else {
+            tracing::warn!(box_id = %crate::echo::echo(&raw_id), "auto-remove owner of an invalid id left in place");
+            continue;
+        };
+        let rec = match inner.store.get(&id) {
+            Ok(Some(rec)) => rec,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(box_id = %id, error = %e, "abandoned auto-remove box has a corrupt row; left in place");
+                continue;
+            }
+        };
+        tracing::warn!(box_id = %id, owner_pid = owner.pid, state = %rec.state, "removing an auto-remove box whose owner is gone");
+        let strategy = rec.config.strategy.clone();
+        if rec.state.has_process() {
+            if let Err(e) = inner.stop_locked(rec, inner.options.stop_timeout).await {
+                tracing::error!(box_id = %id, error = %e, "cannot stop an abandoned auto-remove box; left for the next open");
+                continue;
+            }
+        }
+        inner.stop_companions(&id, &[]).await;
+        if let Err(e) = inner.purge(&id, &strategy, true) {
+            tracing::error!(box_id = %id, error = %e, "cannot remove an abandoned auto-remove box; left for the next open");
+            continue;
+        }
+        removed.push(id);
+    }
+    Ok(removed)
 }

@@ -10,6 +10,14 @@
 //! the document lists exactly the registered scenarios, so the table cannot drift from
 //! the tests.
 //!
+//! The *observed* column is checked against every run: after recording, each
+//! scenario's test compares what it observed with its row in the committed document
+//! ([`check_against_doc`]) and fails when they differ, so a changed behaviour (a new
+//! error, a different count) cannot leave the document saying the old one. A scenario
+//! that this machine skips cannot contradict a row that says it passed elsewhere: that
+//! is printed, not failed. Observations must therefore be deterministic (no timings, no
+//! pids, temp paths replaced by placeholders).
+//!
 //! Regenerate the document with `scripts/reliability-report.sh` (as root, so the
 //! root-only scenarios run).
 
@@ -148,20 +156,83 @@ pub fn render(scenarios: &[&Scenario], records: &[Record]) -> String {
                 "\n## {area}\n\n| scenario | what was done | observed |\n|---|---|---|\n"
             ));
         }
-        let observed = match records.iter().find(|r| r.id == s.id).map(|r| &r.outcome) {
-            Some(Outcome::Passed(t)) => format!("passed: {t}"),
-            Some(Outcome::Skipped(t)) => format!("SKIPPED: {t}"),
-            None => "NOT RUN".to_owned(),
-        };
-        out.push_str(&format!(
-            "| `{}` | {} | {} |\n",
-            s.id,
-            cell(s.done),
-            cell(&observed)
-        ));
+        let observed = observed_cell(records.iter().find(|r| r.id == s.id).map(|r| &r.outcome));
+        out.push_str(&row(s, &observed));
+        out.push('\n');
     }
     out.push_str(FUZZING);
     out
+}
+
+/// The *observed* cell of an outcome (before table escaping).
+fn observed_cell(outcome: Option<&Outcome>) -> String {
+    match outcome {
+        Some(Outcome::Passed(t)) => format!("passed: {t}"),
+        Some(Outcome::Skipped(t)) => format!("SKIPPED: {t}"),
+        None => "NOT RUN".to_owned(),
+    }
+}
+
+/// One table row of the document, without its newline.
+fn row(s: &Scenario, observed: &str) -> String {
+    format!("| `{}` | {} | {} |", s.id, cell(s.done), cell(observed))
+}
+
+/// The committed document.
+pub fn doc_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/reliability.md")
+}
+
+/// How this run's outcome of a scenario compares with its row in `doc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocCheck {
+    /// The row says exactly what this run observed.
+    Agrees,
+    /// This run skipped the scenario; the row (what another run saw) is left to that
+    /// machine. Holds the row.
+    SkippedHere(String),
+    /// The row says something else (or there is none). Holds the row, if any.
+    Disagrees(Option<String>),
+}
+
+/// Compare `outcome` with the row of `scenario` in `doc` (see [`DocCheck`]).
+pub fn compare_with_doc(scenario: &Scenario, outcome: &Outcome, doc: &str) -> DocCheck {
+    let want = row(scenario, &observed_cell(Some(outcome)));
+    let prefix = format!("| `{}` |", scenario.id);
+    let found = doc.lines().find(|l| l.starts_with(&prefix)).map(str::to_owned);
+    match (&found, outcome) {
+        (Some(l), _) if *l == want => DocCheck::Agrees,
+        (Some(l), Outcome::Skipped(_)) => DocCheck::SkippedHere(l.clone()),
+        _ => DocCheck::Disagrees(found),
+    }
+}
+
+/// Fail (panic) when the committed document's row for `scenario` disagrees with what
+/// this run observed. Called by the `scenario!` test after it wrote its record; off
+/// when `BOXSOCK_RELIABILITY_REGENERATE` is set (by `scripts/reliability-report.sh`).
+pub fn check_against_doc(scenario: &Scenario, outcome: &Outcome) {
+    // `scripts/reliability-report.sh` is about to rewrite the document from this run.
+    if std::env::var_os("BOXSOCK_RELIABILITY_REGENERATE").is_some() {
+        return;
+    }
+    let doc = std::fs::read_to_string(doc_path()).unwrap_or_default();
+    match compare_with_doc(scenario, outcome, &doc) {
+        DocCheck::Agrees => {}
+        DocCheck::SkippedHere(row) => {
+            eprintln!("note: {} was skipped here; docs/reliability.md keeps another run's row: {row}", scenario.id)
+        }
+        DocCheck::Disagrees(row) => panic!(
+            "docs/reliability.md disagrees with this run of {}:\n  document: {}\n  this run: {}\n\
+             regenerate it with scripts/reliability-report.sh (as root) and review the change",
+            scenario.id,
+            row.as_deref().unwrap_or("(no row)"),
+            row_for(scenario, outcome),
+        ),
+    }
+}
+
+fn row_for(scenario: &Scenario, outcome: &Outcome) -> String {
+    row(scenario, &observed_cell(Some(outcome)))
 }
 
 /// The fixed part of the document: how the input boundaries are fuzzed.
@@ -221,8 +292,41 @@ macro_rules! scenario {
                     area: $area,
                     done: $done,
                 },
-                outcome,
+                outcome.clone(),
+            );
+            $crate::reliability::check_against_doc(
+                &$crate::reliability::Scenario {
+                    id: stringify!($id),
+                    area: $area,
+                    done: $done,
+                },
+                &outcome,
             );
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Scenario = Scenario { id: "squat", area: "Attacks", done: "squat the | dir" };
+
+    #[test]
+    fn a_row_agrees_only_when_it_says_exactly_what_the_run_observed() {
+        let passed = Outcome::Passed("refused: Insecure naming uid 65534".into());
+        let doc = render(&[&S], &[Record { id: "squat".into(), area: "Attacks".into(), done: S.done.into(), outcome: passed.clone() }]);
+        assert_eq!(compare_with_doc(&S, &passed, &doc), DocCheck::Agrees);
+        // A changed observation, a scenario the document lacks, or a document saying it
+        // was skipped while this run passed: all disagree.
+        let changed = Outcome::Passed("refused: Insecure naming uid 1000".into());
+        assert!(matches!(compare_with_doc(&S, &changed, &doc), DocCheck::Disagrees(Some(_))));
+        assert_eq!(compare_with_doc(&S, &passed, "# Reliability\n"), DocCheck::Disagrees(None));
+        let skipped_doc = render(&[&S], &[]);
+        assert!(skipped_doc.contains("NOT RUN"));
+        assert!(matches!(compare_with_doc(&S, &passed, &skipped_doc), DocCheck::Disagrees(Some(_))));
+        // Skipped here: never a contradiction of what another machine saw.
+        let skipped = Outcome::Skipped("needs root".into());
+        assert!(matches!(compare_with_doc(&S, &skipped, &doc), DocCheck::SkippedHere(_)));
+    }
 }

@@ -40,6 +40,14 @@ pub enum JailError {
         /// The status the kernel reported.
         status: String,
     },
+    /// The kernel cannot enforce a filesystem right the jail relies on.
+    #[error("jail: landlock ABI {abi} cannot enforce {missing}, which the jail relies on (needs ABI 3); refusing to run with a weaker jail (set jail=off to override)")]
+    Unenforceable {
+        /// The kernel's Landlock ABI (0: none).
+        abi: i32,
+        /// The required rights it lacks.
+        missing: String,
+    },
     /// Not supported on this platform.
     #[error("jail: not supported on this platform: {0}")]
     Unsupported(&'static str),

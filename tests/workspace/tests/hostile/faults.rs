@@ -1487,3 +1487,70 @@ scenario!(
         )
     }
 );
+
+scenario!(
+    killing_a_run_rm_client_leaves_its_box_only_until_the_next_writing_command,
+    "Faults",
+    "kill -9 `boxsock run --rm -- sleep …` while its command runs; then a read-only `ls` and `inspect`; then `sweep` (and, on a second box, `create`)",
+    {
+        let mut seen = Vec::new();
+        for next in [&["sweep"][..], &["--backend", "host", "create"]] {
+            let env = Env::new();
+            let marker = format!("{}.{}", std::process::id(), next.len());
+            let client = env
+                .cli()
+                .args(["--backend", "host", "run", "--rm", "--", "sleep", &marker])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            // Killed if an assertion fails before the test kills it.
+            struct Reaped(std::process::Child);
+            impl Drop for Reaped {
+                fn drop(&mut self) {
+                    let _ = self.0.kill();
+                    let _ = self.0.wait();
+                }
+            }
+            let client = Reaped(client);
+            let command = format!("sleep\0{marker}\0");
+            let command_runs = || {
+                processes_mentioning(&marker)
+                    .into_iter()
+                    .any(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c == command.as_bytes()))
+            };
+            let deadline = Instant::now() + LIMIT;
+            while !command_runs() {
+                assert!(Instant::now() < deadline, "the command never ran");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let ids: Vec<String> = env.box_dirs().into_iter().collect();
+            assert_eq!(ids.len(), 1, "{ids:?}");
+            let id = ids[0].clone();
+            let agent = json(env.cli().args(["inspect", "--json", &id]))["pid"].as_i64().unwrap() as i32;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(client.0.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+            drop(client);
+            // Read-only verbs delete nothing.
+            ok(env.cli().arg("ls"));
+            assert_eq!(json(env.cli().args(["inspect", "--json", &id]))["state"], "running");
+            assert!(pid_running(agent) && env.links().contains(&id));
+            ok(env.cli().args(next));
+            let deadline = Instant::now() + LIMIT;
+            while pid_running(agent) || command_runs() {
+                assert!(Instant::now() < deadline, "{next:?}: the abandoned box's processes survived");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let listed = json(env.cli().args(["ls", "--json"]));
+            assert!(listed["boxes"].as_array().unwrap().iter().all(|b| b["id"] != id.as_str()), "{listed}");
+            assert!(!env.links().contains(&id) && !env.box_dirs().contains(&id), "{next:?}: link or directory left");
+            for b in listed["boxes"].as_array().unwrap() {
+                ok(env.cli().args(["rm", "-f", b["id"].as_str().unwrap()]));
+            }
+            seen.push(format!("`{}`", next.last().unwrap()));
+        }
+        Outcome::Passed(format!(
+            "after the kill the box kept running through `ls` and `inspect` (read-only verbs delete nothing); the next {} removed it: no row, directory, link, agent or command left",
+            seen.join(" and the next ")
+        ))
+    }
+);
