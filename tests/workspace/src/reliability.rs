@@ -195,13 +195,42 @@ pub enum DocCheck {
     Disagrees(Option<String>),
 }
 
-/// Compare `outcome` with the row of `scenario` in `doc` (see [`DocCheck`]).
+/// Wrap a value that differs from run to run (a time, a count of attacker iterations,
+/// a pid, a temporary path) so that the comparison with the document skips it: the
+/// document shows the last run's value, and everything around it must agree exactly.
+pub fn measured(value: impl std::fmt::Display) -> String {
+    format!("⟨{value}⟩")
+}
+
+/// `text` with every [`measured`] span replaced by `⟨…⟩`.
+fn without_measurements(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('⟨') {
+        out.push_str(&rest[..open]);
+        match rest[open..].find('⟩') {
+            Some(close) => {
+                out.push_str("⟨…⟩");
+                rest = &rest[open + close + '⟩'.len_utf8()..];
+            }
+            None => {
+                rest = &rest[open..];
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Compare `outcome` with the row of `scenario` in `doc` (see [`DocCheck`]). Spans made
+/// by [`measured`] are not compared; everything else must be the same to the letter.
 pub fn compare_with_doc(scenario: &Scenario, outcome: &Outcome, doc: &str) -> DocCheck {
     let want = row(scenario, &observed_cell(Some(outcome)));
     let prefix = format!("| `{}` |", scenario.id);
     let found = doc.lines().find(|l| l.starts_with(&prefix)).map(str::to_owned);
     match (&found, outcome) {
-        (Some(l), _) if *l == want => DocCheck::Agrees,
+        (Some(l), _) if without_measurements(l) == without_measurements(&want) => DocCheck::Agrees,
         (Some(l), Outcome::Skipped(_)) => DocCheck::SkippedHere(l.clone()),
         _ => DocCheck::Disagrees(found),
     }
@@ -328,5 +357,20 @@ mod tests {
         // Skipped here: never a contradiction of what another machine saw.
         let skipped = Outcome::Skipped("needs root".into());
         assert!(matches!(compare_with_doc(&S, &skipped, &doc), DocCheck::SkippedHere(_)));
+    }
+
+    #[test]
+    fn measured_values_may_differ_but_nothing_around_them() {
+        let run = |secs: &str, uid: u32| Outcome::Passed(format!("300 execs in {} s; refused uid {uid}", measured(secs)));
+        let doc = render(&[&S], &[Record { id: "squat".into(), area: "Attacks".into(), done: S.done.into(), outcome: run("1.1", 65534) }]);
+        assert!(doc.contains("⟨1.1⟩"), "the document shows the value measured: {doc}");
+        assert_eq!(compare_with_doc(&S, &run("6.3", 65534), &doc), DocCheck::Agrees);
+        assert!(matches!(compare_with_doc(&S, &run("1.1", 0), &doc), DocCheck::Disagrees(Some(_))));
+        // A value unmarked in this run but marked in the document (or the reverse) differs.
+        assert!(matches!(
+            compare_with_doc(&S, &Outcome::Passed("300 execs in 1.1 s; refused uid 65534".into()), &doc),
+            DocCheck::Disagrees(Some(_))
+        ));
+        assert_eq!(without_measurements("a ⟨x⟩ b ⟨unclosed"), "a ⟨…⟩ b ⟨unclosed");
     }
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use boxsock::{CreateOptions, Runtime};
-use boxsock_tests::reliability::Outcome;
+use boxsock_tests::reliability::{Outcome, measured};
 use boxsock_tests::scenario;
 
 use crate::attacks::{NEED_ROOT, NOBODY, World, cstr, exec_code, is_root, rt_options, tokio_rt};
@@ -318,10 +318,12 @@ scenario!(
             assert!(ran > 0, "no exec ran at all: {samples:?}");
             tokio.block_on(rt.remove(&id, true)).unwrap();
             Outcome::Passed(format!(
-                "{} execs in {:.1} s while nobody flipped the base link {flips} times: {ran} ran in the box, {refused} refused{}; 0 reached the attacker's listener (before the fix: 251 of 1 298)",
-                ran + refused,
-                took.as_secs_f64(),
-                samples.first().map(|s| format!(" (e.g. \"{s}\")")).unwrap_or_default()
+                "{} execs in {} s while nobody flipped the base link {} times: {ran} ran in the box, {} refused{}; 0 reached the attacker's listener (before the fix: 251 of 1 298)",
+                measured(ran + refused),
+                measured(format_args!("{:.1}", took.as_secs_f64())),
+                measured(flips),
+                measured(refused),
+                samples.first().map(|s| format!(" (e.g. {})", measured(format_args!("\"{s}\"")))).unwrap_or_default()
             ))
         })()
     }
@@ -381,10 +383,12 @@ scenario!(
             assert!(removed > 0, "the cleaner never removed the per-user directory");
             let _ = tokio.block_on(rt.remove(&id, true));
             Outcome::Passed(format!(
-                "{} execs in {:.1} s, the cleaner removed the per-user directory {removed} times: {ran} ran in the box, {refused} refused{}; 0 reached the attacker's listener (before the fix: 1 in 676)",
-                ran + refused,
-                took.as_secs_f64(),
-                samples.first().map(|s| format!(" (e.g. \"{s}\")")).unwrap_or_default()
+                "{} execs in {} s, the cleaner removed the per-user directory {} times: {ran} ran in the box, {} refused{}; 0 reached the attacker's listener (before the fix: 1 in 676)",
+                measured(ran + refused),
+                measured(format_args!("{:.1}", took.as_secs_f64())),
+                measured(removed),
+                measured(refused),
+                samples.first().map(|s| format!(" (e.g. {})", measured(format_args!("\"{s}\"")))).unwrap_or_default()
             ))
         })()
     }
@@ -472,7 +476,8 @@ scenario!(
             assert!(started > 0, "no start succeeded at all: {samples:?}");
             let _ = tokio.block_on(rt.remove(&id, true));
             Outcome::Passed(format!(
-                "starts under umask 000 until {STARTS} succeeded: {started} started, {refused} refused; agent.sock was always bound 0600 in the real socket directory, nothing of root's ever appeared in the attacker's directory, and nobody's dial of the agent was refused (before the fix: the agent bound agent.sock in the attacker's directory and served `id` as uid 0)"
+                "starts under umask 000 until {STARTS} succeeded: {started} started, {} refused; agent.sock was always bound 0600 in the real socket directory, nothing of root's ever appeared in the attacker's directory, and nobody's dial of the agent was refused (before the fix: the agent bound agent.sock in the attacker's directory and served `id` as uid 0)",
+                measured(refused)
             ))
         })()
     }
@@ -533,7 +538,8 @@ scenario!(
             assert_eq!(report.binding_dir_squatted_by, Some(NOBODY));
             tokio.block_on(rt.remove(&id, true)).unwrap();
             Outcome::Passed(format!(
-                "create, start and exec worked through a fresh 0700 directory <base>/{name} (random, as long as the worst-case per-user name), recorded in <home>/binding-dir; a second runtime used the same one; doctor reports it and the squatter (uid 65534); the squatter's directory stayed untouched and empty"
+                "create, start and exec worked through a fresh 0700 directory <base>/{} (random, as long as the worst-case per-user name), recorded in <home>/binding-dir; a second runtime used the same one; doctor reports it and the squatter (uid 65534); the squatter's directory stayed untouched and empty",
+                measured(&name)
             ))
         })()
     }
@@ -568,7 +574,7 @@ scenario!(
                 let hits = child.finish();
                 assert_eq!(hits, 0, "{name}: the impostor received bytes of a request");
                 let _ = tokio.block_on(rt.remove(&id, true));
-                seen.push(format!("{name}: {text}"));
+                seen.push(format!("{name}: {}", measured(&text)));
             }
             Outcome::Passed(format!("every dial was refused before a byte was sent; {}", seen.join("; ")))
         }
