@@ -54,6 +54,11 @@ pub struct StrategyConfig {
     /// [`fallback`]) when the predictable name was squatted by another user. Default:
     /// none.
     pub binding_dir: Option<PathBuf>,
+    /// Create nothing on disk: set for `doctor` and read-only runtimes (`ls`,
+    /// `inspect`), which may look at a directory that is not a home. A strategy that
+    /// needs per-home state it does not find (the `abstract` strategy's key) derives
+    /// addresses of the right length from throwaway state, never written. Default: false.
+    pub read_only: bool,
 }
 
 impl StrategyConfig {
@@ -82,6 +87,7 @@ impl Default for StrategyConfig {
             uid: nix::unistd::geteuid().as_raw(),
             allowed_peer_uids: Vec::new(),
             binding_dir: None,
+            read_only: false,
         }
     }
 }

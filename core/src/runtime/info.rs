@@ -258,6 +258,8 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
     let mut strategies = Vec::new();
     let mut built = Vec::new();
     let mut config = options.strategy_config.clone();
+    // The doctor only looks: it may be pointed at a directory that is not a home yet.
+    config.read_only = true;
     if config.binding_dir.is_none() {
         config.binding_dir = super::squat::recorded(&layout, &config);
     }

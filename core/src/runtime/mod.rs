@@ -729,6 +729,9 @@ impl Inner {
         if c.binding_dir.is_none() {
             c.binding_dir = squat::recorded(&self.layout, &c);
         }
+        if self.options.access == Access::ReadOnly {
+            c.read_only = true;
+        }
         c
     }
 

@@ -57,6 +57,24 @@ pub fn load_or_create(path: &Path, owner: u32, restore: Option<&Secret>) -> Resu
     ))
 }
 
+/// Load the secret at `path` if it exists (checked as by [`load_or_create`]); never
+/// creates it.
+pub fn load_existing(path: &Path, owner: u32) -> Result<Option<Secret>, BindingError> {
+    match load(path, owner) {
+        Ok(s) => Ok(Some(s)),
+        Err(LoadError::Missing) => Ok(None),
+        Err(LoadError::Other(e)) => Err(e),
+    }
+}
+
+/// Fresh random bytes for a secret that is never written (see
+/// `StrategyConfig::read_only`).
+pub fn throwaway() -> Secret {
+    let mut key = [0u8; SECRET_LEN];
+    rand::rng().fill_bytes(&mut key);
+    Secret(key)
+}
+
 enum LoadError {
     Missing,
     Other(BindingError),

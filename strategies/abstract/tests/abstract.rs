@@ -949,3 +949,23 @@ fn twenty_thousand_rejected_connects_add_a_few_kb_to_the_log_and_are_all_counted
     assert_eq!(samples + more, N, "samples plus summaries account for every rejection:\n{text}");
     drop(b);
 }
+
+/// `StrategyConfig::read_only` (doctor, `ls`, `inspect`): the strategy never creates the
+/// home's key, reports names of the real length from a throwaway key while there is
+/// none, and uses the key on disk, once there is one, exactly as a writing instance does.
+#[test]
+fn a_read_only_instance_creates_no_key_and_agrees_with_the_writer_once_there_is_one() {
+    let h = tempfile::tempdir().unwrap();
+    let layout = BoxLayout::new(h.path());
+    let b = id("b");
+    let ro = Abstract::new(&StrategyConfig { read_only: true, ..config(me()) });
+    let before = ro.address(&layout, &b, "agent.sock").unwrap();
+    assert_eq!(entries(h.path()), Vec::<String>::new(), "a read-only address() wrote into the home");
+    let writer = strategy();
+    let real = writer.address(&layout, &b, "agent.sock").unwrap();
+    assert!(h.path().join(SECRET_FILE).exists(), "the writing instance creates the key");
+    assert_eq!(before.byte_len(), real.byte_len(), "the throwaway name has the real length");
+    assert_ne!(before, real, "a throwaway key is not the home's key");
+    let ro = Abstract::new(&StrategyConfig { read_only: true, ..config(me()) });
+    assert_eq!(ro.address(&layout, &b, "agent.sock").unwrap(), real, "with a key on disk, read-only derives the real names");
+}

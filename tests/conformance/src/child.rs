@@ -78,6 +78,7 @@ impl EnsureArgs {
                 uid: uid.parse().ok()?,
                 allowed_peer_uids: Vec::new(),
                 binding_dir: None,
+                read_only: false,
             },
             home: home.into(),
             id: id.clone(),

@@ -35,6 +35,8 @@ pub fn build(config: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingE
 #[derive(Debug)]
 pub struct Abstract {
     uid: u32,
+    /// Create nothing on disk (`StrategyConfig::read_only`).
+    read_only: bool,
     policy: PeerPolicy,
     secrets: RwLock<HashMap<PathBuf, Arc<Keyed>>>,
     /// Epoch file path -> the epoch read from it and the stamp of the file read.
@@ -55,6 +57,7 @@ impl Abstract {
         let uids = std::iter::once(config.uid).chain(config.allowed_peer_uids.iter().copied());
         Abstract {
             uid: config.uid,
+            read_only: config.read_only,
             policy: PeerPolicy::allow_uids(uids),
             secrets: RwLock::new(HashMap::new()),
             epochs: RwLock::new(HashMap::new()),
@@ -185,7 +188,23 @@ impl Abstract {
     fn load(&self, layout: &BoxLayout) -> Result<Arc<Keyed>, BindingError> {
         let path = Self::secret_path(layout);
         let cached = self.cached(layout.home());
-        let secret = secret::load_or_create(&path, nix::unistd::geteuid().as_raw(), cached.as_ref().map(|k| &k.secret))?;
+        let owner = nix::unistd::geteuid().as_raw();
+        let secret = if self.read_only {
+            match secret::load_existing(&path, owner)? {
+                Some(s) => s,
+                // Names of the right length from a key never written: this instance
+                // only reports (doctor, ls, inspect); it binds and dials nothing.
+                None => match cached {
+                    Some(old) => return Ok(old),
+                    None => {
+                        tracing::debug!(path = %path.display(), "no abstract-socket secret; read-only, so addresses are derived from a throwaway key");
+                        secret::throwaway()
+                    }
+                },
+            }
+        } else {
+            secret::load_or_create(&path, owner, cached.as_ref().map(|k| &k.secret))?
+        };
         if let Some(old) = cached {
             if old.secret == secret {
                 return Ok(old);
