@@ -113,7 +113,15 @@ impl LibkrunConfig {
             match k.as_str() {
                 "shim" => c.shim = PathBuf::from(v),
                 "passt" => c.passt = PathBuf::from(v),
-                "guest_agent" => c.guest_agent = v.clone(),
+                "guest_agent" => {
+                    let p = Path::new(v);
+                    if !p.is_absolute() || !p.components().skip(1).all(|c| matches!(c, std::path::Component::Normal(_))) {
+                        return Err(bad(format!(
+                            "option guest_agent={v:?}: expected an absolute path inside the guest without '..'"
+                        )));
+                    }
+                    c.guest_agent = v.clone()
+                }
                 "vcpus" => c.vcpus = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| bad(format!("option vcpus={v:?}: expected 1..=255")))?,
                 "ram_mib" => c.ram_mib = v.parse().ok().filter(|n| *n >= 64).ok_or_else(|| bad(format!("option ram_mib={v:?}: expected a number of MiB >= 64")))?,
                 "libkrunfw" => c.probe.libkrunfw = v.clone(),
@@ -325,7 +333,7 @@ impl Backend for Libkrun {
         let fail = |reason: String| BackendError::Prepare { backend: NAME.into(), id: id.clone(), reason };
         let agent = self.find_agent().map_err(|r| fail(format!("no agent for the guest root: {r}")))?;
         let root = layout.rootfs_dir(id);
-        let made = crate::rootfs::prepare(&root, &agent).map_err(|e| fail(format!("guest root {}: {e}", root.display())))?;
+        let made = crate::rootfs::prepare_at(&root, &agent, Path::new(&self.config.guest_agent)).map_err(|e| fail(format!("guest root {}: {e}", root.display())))?;
         tracing::debug!(box_id = %id, root = %root.display(), agent = %agent.display(), files = made.files.len(), "guest root prepared");
         Ok(())
     }
