@@ -44,6 +44,7 @@ pub const DEFAULT_GUEST_AGENT: &str = "/boxsock-agent";
 /// | `jail` | `on` | `off` runs the shim without Landlock (diagnosis only) |
 /// | `configure_only` | `false` | the shim configures libkrun and exits 0 without booting; the availability probe is skipped (nothing boots), so the box process always exits before readiness |
 /// | `agent` | found like the `host` backend finds it | the host `boxsock-agent` copied into each new box's guest root |
+/// | `jail_probe` | — | diagnosis: once jailed, the shim tries to create this file and logs `jail probe: writing <path> was denied` or `… succeeded` |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LibkrunConfig {
     /// The shim binary.
@@ -71,6 +72,8 @@ pub struct LibkrunConfig {
     pub agent: Option<PathBuf>,
     /// Where helper binaries are looked for (from [`BackendConfig::helper_dir`]).
     pub helper_dir: Option<PathBuf>,
+    /// Diagnosis: a file the jailed shim tries to create ([`ShimSpec::jail_probe`]).
+    pub jail_probe: Option<PathBuf>,
 }
 
 fn bad(reason: String) -> BackendError {
@@ -108,6 +111,7 @@ impl LibkrunConfig {
             probe: HostProbe::default(),
             agent: None,
             helper_dir: config.helper_dir.clone(),
+            jail_probe: None,
         };
         for (k, v) in &config.options {
             match k.as_str() {
@@ -129,6 +133,12 @@ impl LibkrunConfig {
                 "jail" => c.jail = parse_bool(k, v)?,
                 "configure_only" => c.configure_only = parse_bool(k, v)?,
                 "agent" => c.agent = Some(PathBuf::from(v)),
+                "jail_probe" => {
+                    if !Path::new(v).is_absolute() {
+                        return Err(bad(format!("option jail_probe={v:?}: expected an absolute path")));
+                    }
+                    c.jail_probe = Some(PathBuf::from(v))
+                }
                 other => tracing::warn!(backend = NAME, option = other, "unknown option ignored"),
             }
         }
@@ -200,6 +210,7 @@ impl Libkrun {
                 sockets: spec.policy.iter().map(JailPath::from).collect(),
             },
             configure_only: self.config.configure_only,
+            jail_probe: self.config.jail_probe.clone(),
         };
         shim.validate().map_err(|e| match e {
             crate::spec::SpecError::Budget(b) => BackendError::Binding(b),

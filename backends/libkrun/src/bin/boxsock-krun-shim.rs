@@ -8,7 +8,8 @@
 //! artifact rewritten at each start, never read back.
 //!
 //! Exit codes: 0 configured (`configure_only`) or guest ended; 2 bad spec; 3 jail;
-//! 4 libkrun call failed.
+//! 4 libkrun call failed; 70 a thread panicked (libkrun's vCPU or device threads
+//! included: a panic hook ends the process at once, with the panic in the box log).
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -18,7 +19,34 @@ use std::process::ExitCode;
 use boxsock_libkrun::ffi::LibKrun;
 use boxsock_libkrun::{KrunApi, SHIM_SPEC_FILE, ShimSpec, configure, jail};
 
+/// Exit code when any thread of the shim panics (libkrun's vCPU and device threads
+/// included): the process ends at once, so the runtime sees the box die with the panic
+/// in its log instead of waiting out its ready timeout beside a dead VMM.
+const PANIC_EXIT: i32 = 70;
+
+/// Test hook: `BOXSOCK_SHIM_TEST_PANIC=<message>` panics a thread with that message
+/// while the main thread blocks, as libkrun's vCPU thread does inside
+/// `krun_start_enter`.
+const TEST_PANIC_ENV: &str = "BOXSOCK_SHIM_TEST_PANIC";
+
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        // One write: the box log is what the runtime shows when the box dies.
+        let _ = writeln!(std::io::stderr(), "boxsock-krun-shim: panic in thread {name:?}: {info}; the VMM cannot go on, exiting");
+        // SAFETY: _exit(2) ends the process without running destructors or atexit
+        // handlers, which is what is wanted while another thread may hold libkrun's locks.
+        unsafe { libc::_exit(PANIC_EXIT) };
+    }));
+}
+
 fn main() -> ExitCode {
+    install_panic_hook();
+    if let Ok(msg) = std::env::var(TEST_PANIC_ENV) {
+        let _ = std::thread::Builder::new().name("test-vcpu".into()).spawn(move || panic!("{msg}"));
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, msg)) => {
@@ -67,6 +95,9 @@ fn run() -> Result<(), (u8, String)> {
     if spec.jail.enabled {
         jail::apply(&spec.jail).map_err(|e| (3, format!("box {}: {e}", spec.box_id)))?;
     }
+    if let Some(probe) = &spec.jail_probe {
+        jail_probe(&spec.box_id.to_string(), probe);
+    }
 
     let mut api = LibKrun::new();
     let ctx = configure(&mut api, &spec).map_err(|e| (4, format!("box {}: {e}", spec.box_id)))?;
@@ -76,4 +107,19 @@ fn run() -> Result<(), (u8, String)> {
     }
     api.start_enter(ctx).map_err(|e| (4, format!("box {}: {e}", spec.box_id)))?;
     Ok(())
+}
+
+/// The `jail_probe` diagnosis: try to create `path` from this (jailed) process and log
+/// what happened.
+fn jail_probe(box_id: &str, path: &Path) {
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(path);
+            eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} succeeded (the jail does not cover it)", path.display());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} was denied: {e}", path.display())
+        }
+        Err(e) => eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} failed: {e}", path.display()),
+    }
 }
