@@ -96,9 +96,16 @@ fn run() -> Result<(), (u8, String)> {
         jail::apply(&spec.jail).map_err(|e| (3, format!("box {}: {e}", spec.box_id)))?;
     }
     if let Some(probe) = &spec.jail_probe {
-        jail_probe(&spec.box_id.to_string(), probe);
+        jail_probe(spec.box_id.as_ref(), probe);
     }
 
+    // libkrun opens the console output with File::create, which truncates: given the box
+    // log, it erased every line written before the boot (this shim's own, earlier
+    // boots'). Give it a pipe instead, copied onto stderr (the box log, O_APPEND).
+    let mut spec = spec;
+    if !spec.configure_only {
+        spec.console_log = console_pipe().map_err(|e| (4, format!("box {}: console pipe: {e}", spec.box_id)))?;
+    }
     let mut api = LibKrun::new();
     let ctx = configure(&mut api, &spec).map_err(|e| (4, format!("box {}: {e}", spec.box_id)))?;
     if spec.configure_only {
@@ -122,4 +129,19 @@ fn jail_probe(box_id: &str, path: &Path) {
         }
         Err(e) => eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} failed: {e}", path.display()),
     }
+}
+
+/// A pipe whose read end a thread copies onto stderr; returns the write end as
+/// `/proc/self/fd/<n>`, a path libkrun can `File::create` without truncating anything.
+fn console_pipe() -> std::io::Result<PathBuf> {
+    use std::os::fd::AsRawFd;
+    let (r, w) = nix::unistd::pipe().map_err(std::io::Error::from)?;
+    let path = PathBuf::from(format!("/proc/self/fd/{}", w.as_raw_fd()));
+    // The write end stays open for the life of the process (libkrun opens its own copy).
+    std::mem::forget(w);
+    std::thread::Builder::new().name("console".into()).spawn(move || {
+        let mut from = std::fs::File::from(r);
+        let _ = std::io::copy(&mut from, &mut std::io::stderr());
+    })?;
+    Ok(path)
 }
