@@ -58,12 +58,25 @@ async fn start(spec_path: &str, shim: &str) -> Result<u8, String> {
         .spawn()
         .map_err(|e| format!("spawning {shim}: {e}"))?;
     let written = child.stdin.take().ok_or("no stdin pipe")?.write_all(&json);
+    let pid = child.id();
     let result = async {
         written.map_err(|e| format!("writing the spec to the shim: {e}"))?;
-        let (mut s, _) = tokio::time::timeout(Duration::from_secs(300), listener.accept())
-            .await
-            .map_err(|_| "no readiness within 300 s".to_string())?
-            .map_err(|e| format!("accept: {e}"))?;
+        let exited = async {
+            loop {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                    || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let (mut s, _) = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(240), listener.accept()) => r
+                .map_err(|_| "no readiness within 240 s".to_string())?
+                .map_err(|e| format!("accept: {e}"))?,
+            () = exited => return Err(format!("the shim exited before readiness; see {}", spec.console_log.display())),
+        };
         agent_client::read_ready(&mut s).await.map_err(|e| format!("reading the ready frame: {e}"))
     }
     .await;
