@@ -69,6 +69,9 @@ pub enum NetError {
     },
 }
 
+/// The MTU of a virtio-net device without offloads; a lease never raises it.
+pub const DEFAULT_MTU: u16 = 1500;
+
 const MAGIC: [u8; 4] = [0x63, 0x82, 0x53, 0x63];
 const OP_REQUEST: u8 = 1;
 const OP_REPLY: u8 = 2;
@@ -268,7 +271,10 @@ pub fn configure(iface: &str, resolv: &Path, timeout: Duration) -> Result<Option
 
     ioctl_ifr(&sock, iface, libc::SIOCSIFADDR, |r| r.ifr_ifru.ifru_addr = sockaddr(lease.address)).map_err(err("set the address"))?;
     ioctl_ifr(&sock, iface, libc::SIOCSIFNETMASK, |r| r.ifr_ifru.ifru_netmask = sockaddr(lease.netmask)).map_err(err("set the netmask"))?;
-    if let Some(mtu) = lease.mtu {
+    // Only ever lower the MTU: passt offers 65520, but libkrun's virtio-net (boxsock
+    // negotiates no offloads) gives the guest 1518-byte receive buffers, so a larger MTU
+    // makes the guest advertise an MSS whose segments it then cannot receive.
+    if let Some(mtu) = lease.mtu.filter(|m| *m < DEFAULT_MTU) {
         let _ = ioctl_ifr(&sock, iface, libc::SIOCSIFMTU, |r| r.ifr_ifru.ifru_mtu = i32::from(mtu));
     }
     if let Some(gw) = lease.router {

@@ -117,13 +117,14 @@ fn root_dhcp_against_a_real_passt_configures_address_route_and_resolver() {
         // What the kernel now says, from inside the namespace.
         let addrs = Command::new("ip").args(["-4", "addr", "show", "dev", "eth0"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
         let routes = Command::new("ip").args(["-4", "route"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        let link = Command::new("ip").args(["link", "show", "dev", "eth0"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
         // Configuring again is a no-op: the address is there.
         let again = guestnet::configure("eth0", &resolv2, Duration::from_secs(1));
         let absent = guestnet::configure("eth9", &resolv2, Duration::from_secs(1));
         drop(t);
-        (lease, addrs, routes, again, absent)
+        (lease, addrs, routes, link, again, absent)
     });
-    let (lease, addrs, routes, again, absent) = guest.join().unwrap();
+    let (lease, addrs, routes, link, again, absent) = guest.join().unwrap();
     drop(passt);
     let lease = lease.unwrap_or_else(|e| panic!("{e}")).expect("a lease");
     let addrs = addrs.unwrap_or_default();
@@ -135,6 +136,9 @@ fn root_dhcp_against_a_real_passt_configures_address_route_and_resolver() {
         let text = std::fs::read_to_string(&resolv).unwrap();
         assert!(text.contains(&format!("nameserver {}", lease.dns[0])), "{text}");
     }
+    // passt offers MTU 65520; a device without offloads keeps 1500 (never raised).
+    let link = link.unwrap_or_default();
+    assert!(link.contains("mtu 1500"), "lease {lease:?}; ip link: {link}");
     assert!(matches!(again, Ok(None)), "{again:?}");
     assert!(matches!(absent, Ok(None)), "{absent:?}");
 }
