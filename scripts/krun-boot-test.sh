@@ -40,15 +40,21 @@ LIBKRUNFW_DIR="$(cd "$LIBKRUNFW_DIR" && pwd)"
 
 work="$(mktemp -d /tmp/krun-boot-test.XXXXXX)"
 www="$work/www"
-mkdir -p "$www" && echo hello-from-tcg-host > "$www/hello.txt"
-# The network scenario's only peer: passt maps the guest's gateway to this host's
-# loopback, where this server listens.
-"$busybox" httpd -f -p 127.0.0.1:8080 -h "$www" &
-httpd=$!
-trap 'kill $httpd 2>/dev/null || true; rm -rf "$work"' EXIT
+mkdir -p "$www" && echo hello-from-tcg-host > "$www/hello.txt" && head -c 262144 /dev/urandom > "$www/big.bin"
+# The network scenario's only peers: passt maps the guest's gateway to this host's
+# loopback, where these two services listen (8080: hello.txt, 8081: 256 KB; busybox nc
+# cannot bind loopback only, so they listen on every address while the test runs).
+printf '#!/bin/sh\nexec cat %s/hello.txt\n' "$www" > "$work/hello.sh"
+printf '#!/bin/sh\nexec cat %s/big.bin\n' "$www" > "$work/big.sh"
+chmod +x "$work/hello.sh" "$work/big.sh"
+"$busybox" nc -ll -p 8080 -e "$work/hello.sh" &
+s1=$!
+"$busybox" nc -ll -p 8081 -e "$work/big.sh" &
+s2=$!
+trap 'kill $s1 $s2 2>/dev/null || true; rm -rf "$work"' EXIT
 
 out="$work/results.txt"
-BOXSOCK_BIN_DIR="$bin" LIBKRUNFW_DIR="$LIBKRUNFW_DIR" BUSYBOX="$busybox" VM_WORK="$work/w" VM_ONLY="${1:-}" \
+BOXSOCK_BIN_DIR="$bin" LIBKRUNFW_DIR="$LIBKRUNFW_DIR" BUSYBOX="$busybox" VM_WORK="$work/w" VM_WWW="$www" VM_ONLY="${1:-}" \
     "$busybox" sh tests/vm/guest/scenarios.sh | tee "$out"
 grep -q '^@@VM result .* fail' "$out" && die "some scenarios failed (above)"
 echo "krun-boot-test: OK"
