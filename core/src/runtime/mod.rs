@@ -11,8 +11,9 @@
 //!   of it on failure.
 //! - [`Runtime::start`] binds `ready` through the strategy, launches through the
 //!   backend, records the process identity and its companions' (passt…) and waits for
-//!   the agent's `Ready` frame (an accept, not a poll). A timeout or an early exit stops
-//!   the box, kills its companions and reports the tail of its log.
+//!   the agent's `Ready` frame (an accept, not a poll). A timeout, an early exit of the
+//!   box process or of a companion stops the box, kills its companions and reports the
+//!   tail of its log (and, for a companion, of the logs beside it).
 //! - [`Runtime::exec`] / [`Runtime::ping`] re-`ensure` the binding, then dial the
 //!   agent through the strategy.
 //! - [`Runtime::stop`]: agent `Shutdown`, then SIGTERM, then SIGKILL, each bounded; the
