@@ -77,9 +77,16 @@ pub fn vm_run() -> &'static VmRun {
     static RUN: OnceLock<VmRun> = OnceLock::new();
     RUN.get_or_init(|| {
         let run = run_vm();
+        // Written to the stderr file itself, not through eprintln!: libtest captures
+        // the macros' output of passing tests, and a skip must be seen.
+        use std::io::Write as _;
         match &run {
-            VmRun::Skipped(r) => eprintln!("\n===== SKIPPED (real VM): {r} =====\n"),
-            VmRun::Broken(r) => eprintln!("\n===== REAL VM BROKEN: {r} =====\n"),
+            VmRun::Skipped(r) => {
+                let _ = writeln!(std::io::stderr(), "\n===== SKIPPED (real VM): {r} =====\n");
+            }
+            VmRun::Broken(r) => {
+                let _ = writeln!(std::io::stderr(), "\n===== REAL VM BROKEN: {r} =====\n");
+            }
             VmRun::Ran { vm_wall, results, .. } => {
                 eprintln!("real VM: {} scenarios reported in {:.0?}", results.len(), vm_wall)
             }
@@ -95,7 +102,8 @@ pub fn assert_scenario(name: &str) {
             if std::env::var(REQUIRED_ENV).as_deref() == Ok("1") {
                 panic!("the real-VM tier is required ({REQUIRED_ENV}=1) but cannot run: {reason}");
             }
-            eprintln!("SKIPPED (real VM) {name}: {reason}");
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "SKIPPED (real VM) {name}: {reason}");
         }
         VmRun::Broken(reason) => panic!("scenario {name}: the real VM did not run: {reason}"),
         VmRun::Ran { results, console, .. } => match results.get(name) {
@@ -105,7 +113,10 @@ pub fn assert_scenario(name: &str) {
                 console_tail(console, 40)
             ),
             Some(r) if r.status == "pass" => eprintln!("real VM {name}: pass {}", r.detail),
-            Some(r) if r.status == "skip" => eprintln!("SKIPPED (real VM) {name}: {}", r.detail),
+            Some(r) if r.status == "skip" => {
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stderr(), "SKIPPED (real VM) {name}: {}", r.detail);
+            }
             Some(r) => panic!("scenario {name}: {} {}\n{}", r.status, r.detail, r.log.join("\n")),
         },
     }
