@@ -1,97 +1,60 @@
 #!/usr/bin/env bash
-# Boot a real libkrun box under a >300-byte home and exec through the agent.
-#
-# Run this on a host that can boot libkrun guests. It cannot pass on the project's
-# build machines (their /dev/kvm is PVM, see docs/backends.md).
+# The real-VM tier's scenarios (tests/vm/guest/scenarios.sh), pointed at this host's
+# /dev/kvm instead of a QEMU TCG host: real libkrun boxes under a >300-byte home, through
+# the real CLI.
 #
 # Prerequisites:
 #   - Linux with hardware KVM: /dev/kvm from kvm_intel or kvm_amd (not kvm_pvm),
 #     readable and writable by you (group kvm).
-#   - libkrunfw.so.5 where the dynamic loader finds it (ldconfig -p | grep libkrunfw),
-#     e.g. built from https://github.com/containers/libkrunfw, or set LIBKRUNFW_DIR to
-#     its directory (added to LD_LIBRARY_PATH and to the shim's read-only grants).
-#   - passt (Debian/Ubuntu: apt-get install passt) for the network step.
-#   - rustup with the musl target of this machine (the agent is static in the guest).
-#   - optional: a static busybox (BUSYBOX=/path) so the guest has /bin/sh.
+#   - libkrunfw.so.5: set LIBKRUNFW_DIR to its directory; without it, the pinned copy
+#     from the microsandbox wheel is used (scripts/vm-image.sh fetches it with pip into
+#     target/vm-cache).
+#   - passt (apt-get install passt) and a static busybox (apt-get install busybox-static,
+#     or BUSYBOX=/path): /bin/sh in the boxes' guest roots and the network scenario's
+#     web server.
 #
-# On a machine that cannot boot, `cargo test -p boxsock --test krun` covers what can be
-# checked without a guest (configure_only through the CLI).
-#
-# Usage: scripts/krun-boot-test.sh            (from the repository root)
+# Usage: scripts/krun-boot-test.sh [SCENARIO,...]   (from anywhere; all by default)
+# Prints one "@@VM result <name> pass|fail|skip" line per scenario; exits 1 if any failed.
 set -euo pipefail
-
 die() { echo "krun-boot-test: $*" >&2; exit 1; }
 cd "$(dirname "$0")/.."
 
-# --- prerequisites -----------------------------------------------------------------
-[ -e /dev/kvm ] || die "/dev/kvm does not exist: this host has no KVM"
-[ -d /sys/module/kvm_pvm ] && die "/dev/kvm is kvm_pvm (PVM): libkrun guests die at their first instruction here"
+[ -e /dev/kvm ] || die "/dev/kvm does not exist: this host has no KVM (the TCG tier, cargo test -p boxsock-vm-tests, needs none)"
+[ -d /sys/module/kvm_pvm ] && die "/dev/kvm is kvm_pvm (PVM): libkrun guests die at their first instruction here; run cargo test -p boxsock-vm-tests instead"
 [ -r /dev/kvm ] && [ -w /dev/kvm ] || die "/dev/kvm is not read-write for $(id -un): add yourself to group kvm"
-if [ -n "${LIBKRUNFW_DIR:-}" ]; then
-    export LD_LIBRARY_PATH="$LIBKRUNFW_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-fi
-if ! { ldconfig -p 2>/dev/null | grep -q 'libkrunfw\.so\.5' || [ -e "${LIBKRUNFW_DIR:-/nonexistent}/libkrunfw.so.5" ]; }; then
-    die "libkrunfw.so.5 not found: install libkrunfw or set LIBKRUNFW_DIR"
-fi
 command -v passt >/dev/null || die "passt not found: apt-get install passt"
-arch="$(uname -m)"
-target="$arch-unknown-linux-musl"
-rustup target list --installed | grep -qx "$target" || die "rustup target add $target"
+busybox="${BUSYBOX:-$(command -v busybox || true)}"
+[ -x "$busybox" ] || die "no busybox: apt-get install busybox-static or set BUSYBOX"
+{ ldd "$busybox" 2>&1 || true; } | grep -q 'not a dynamic' || die "$busybox is not static (install busybox-static)"
 
-# --- build ---------------------------------------------------------------------------
-cargo build -p boxsock -p boxsock-libkrun --bin boxsock --bin boxsock-krun-shim
-cargo build --release --target "$target" -p boxsock-agent --bin boxsock-agent
-agent="$PWD/target/$target/release/boxsock-agent"
-file "$agent" 2>/dev/null | grep -q 'statically linked' || echo "warning: $agent may not be static" >&2
+cargo build --bins -p boxsock -p boxsock-libkrun -p boxsock-agent -p boxsock-vm-tests
+bin="$PWD/target/debug"
+if [ -z "${LIBKRUNFW_DIR:-}" ]; then
+    # The image builder fetches and checks the pinned libkrunfw (and the rest of the TCG
+    # image, unused here).
+    scripts/vm-image.sh "$bin" target/vm/image >/dev/null
+    LIBKRUNFW_DIR="$(ls -d target/vm-cache/wheel-*/ | head -1)"
+fi
+[ -e "$LIBKRUNFW_DIR/libkrunfw.so.5" ] || die "no libkrunfw.so.5 in $LIBKRUNFW_DIR"
+LIBKRUNFW_DIR="$(cd "$LIBKRUNFW_DIR" && pwd)"
 
 work="$(mktemp -d /tmp/krun-boot-test.XXXXXX)"
-bs=()
-id=""
-cleanup() {
-    if [ -n "$id" ]; then "${bs[@]}" rm -f "$id" >/dev/null 2>&1 || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
+www="$work/www"
+mkdir -p "$www" && echo hello-from-tcg-host > "$www/hello.txt" && head -c 262144 /dev/urandom > "$www/big.bin"
+# The network scenario's only peers: passt maps the guest's gateway to this host's
+# loopback, where these two services listen (8080: hello.txt, 8081: 256 KB; busybox nc
+# cannot bind loopback only, so they listen on every address while the test runs).
+printf '#!/bin/sh\nexec cat %s/hello.txt\n' "$www" > "$work/hello.sh"
+printf '#!/bin/sh\nexec cat %s/big.bin\n' "$www" > "$work/big.sh"
+chmod +x "$work/hello.sh" "$work/big.sh"
+"$busybox" nc -ll -p 8080 -e "$work/hello.sh" &
+s1=$!
+"$busybox" nc -ll -p 8081 -e "$work/big.sh" &
+s2=$!
+trap 'kill $s1 $s2 2>/dev/null || true; rm -rf "$work"' EXIT
 
-# --- a >300-byte home ---------------------------------------------------------------------
-home="$work"
-while [ "${#home}" -le 300 ]; do home="$home/deeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeep"; done
-mkdir -p "$home"
-echo "home is ${#home} bytes: $home"
-
-# --- 1. the backend's own real-host test (launch, shim stays up) ---------------------------
-BOXSOCK_GUEST_AGENT="$agent" cargo test -p boxsock-libkrun --test launch boots_a_box_on_a_real_kvm_host -- --nocapture
-
-# --- 2. end to end through the CLI --------------------------------------------------------
-# The flags are the CLI's (docs/runtime.md). `create` prepares the box's guest root
-# (rootfs::prepare) with the agent given by `--backend-option agent=`; a busybox is added
-# to that root with scripts/build-guest-root.sh (prepare is idempotent).
-bs=(target/debug/boxsock --home "$home" --helper-dir "$PWD/target/debug" --backend libkrun
-    --backend-option "agent=$agent" --ready-timeout 60)
-[ -n "${LIBKRUNFW_DIR:-}" ] && bs+=(--backend-option "read_only=$LIBKRUNFW_DIR")
-"${bs[@]}" doctor | sed -n '/^backend libkrun/,/^backend /p'
-
-# 2a. direct cannot serve this home: create fails at once, naming the socket.
-if out="$("${bs[@]}" --strategy direct create --network 2>&1)"; then
-    die "create with --strategy direct under a ${#home}-byte home succeeded: $out"
-fi
-echo "$out" | grep -q 'socket "agent"' || die "direct's refusal does not name the socket: $out"
-
-# 2b. short-symlink: create, start (waits for the guest agent's readiness), exec, rm.
-id="$("${bs[@]}" --strategy short-symlink create --network)"
-echo "created box $id"
-if [ -n "${BUSYBOX:-}" ]; then
-    AGENT="$agent" BUSYBOX="$BUSYBOX" scripts/build-guest-root.sh "$home/boxes/$id/rootfs"
-fi
-"${bs[@]}" start "$id" || { "${bs[@]}" inspect "$id"; die "start failed (spec: $home/boxes/$id/shim-spec.json)"; }
-"${bs[@]}" inspect "$id"
-if [ -n "${BUSYBOX:-}" ]; then
-    got="$("${bs[@]}" exec "$id" -- /bin/sh -c 'echo hello-from-guest')"
-    [ "$got" = "hello-from-guest" ] || die "exec through the agent returned: $got"
-else
-    "${bs[@]}" exec "$id" -- /boxsock-agent --help >/dev/null || die "exec of /boxsock-agent --help failed"
-fi
-"${bs[@]}" stop "$id"
-"${bs[@]}" rm "$id"
-id=""
+out="$work/results.txt"
+BOXSOCK_BIN_DIR="$bin" LIBKRUNFW_DIR="$LIBKRUNFW_DIR" BUSYBOX="$busybox" VM_WORK="$work/w" VM_WWW="$www" VM_ONLY="${1:-}" \
+    "$busybox" sh tests/vm/guest/scenarios.sh | tee "$out"
+grep -q '^@@VM result .* fail' "$out" && die "some scenarios failed (above)"
 echo "krun-boot-test: OK"

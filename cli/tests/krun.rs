@@ -481,3 +481,27 @@ async fn passt_goes_with_its_box_on_stop_on_death_and_on_forced_remove() {
     assert!(!passt.is_alive(), "passt outlived rm -f");
     assert!(env.box_dirs().is_empty() && env.links().is_empty());
 }
+
+/// Regression (issue 11): a libkrun thread panicked inside the shim, the shim stayed
+/// up, and `start` waited out its whole ready timeout. Now the panic ends the shim and
+/// `start` fails at once, quoting the panic. (`BOXSOCK_SHIM_TEST_PANIC` panics a
+/// thread of the real shim, as the vCPU thread did.)
+#[test]
+fn a_panicking_vmm_thread_fails_start_at_once_with_the_panic_in_the_error() {
+    let env = Env::deep(DEEP);
+    let krun = ["--backend", "libkrun", "--strategy", "short-symlink", "--backend-option", "configure_only=true"];
+    let id = ok(boxsock(&env).args(krun).arg("create")).trim().to_owned();
+    let t0 = std::time::Instant::now();
+    let out = run(boxsock(&env)
+        .env("BOXSOCK_SHIM_TEST_PANIC", "Failed to activate device: BadActivate")
+        .args(krun)
+        .args(["--ready-timeout", "60", "start", &id]));
+    let took = t0.elapsed();
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("panic in thread") && err.contains("BadActivate") && err.contains("code 70"), "{err}");
+    assert!(took < Duration::from_secs(5), "start took {took:?} (ready timeout 60 s)");
+    let info = json(boxsock(&env).args(["inspect", &id, "--json"]));
+    assert_eq!(info["state"], "stopped", "{info}");
+    ok(boxsock(&env).args(["rm", &id]));
+}

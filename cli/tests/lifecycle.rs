@@ -960,3 +960,82 @@ async fn a_start_whose_ready_name_is_squatted_rotates_and_launches_with_the_new_
     drop(squatter);
     rt.remove(&id, true).await.unwrap();
 }
+
+/// A backend whose box process never gets ready and whose companion (a stand-in for
+/// passt that cannot sandbox itself) writes its log beside the box log and exits.
+#[derive(Debug)]
+struct DyingCompanionBackend;
+
+impl Backend for DyingCompanionBackend {
+    fn name(&self) -> &str {
+        "dying-companion-test"
+    }
+    fn sockets(&self, _network: bool) -> Vec<SocketSpec> {
+        vec![catalogue::AGENT, catalogue::READY]
+    }
+    fn address_needs(&self) -> AddressNeeds {
+        AddressNeeds::PathOnly
+    }
+    fn isolation(&self) -> Isolation {
+        Isolation::None
+    }
+    fn available(&self) -> Availability {
+        Availability::Available
+    }
+    fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
+        use std::os::unix::process::CommandExt;
+        let spawn = |cmd: &mut std::process::Command| {
+            cmd.process_group(0).spawn().map(|c| c.id() as i32).map_err(|source| BackendError::Spawn {
+                backend: "dying-companion-test".into(),
+                what: "sh".into(),
+                source,
+            })
+        };
+        let pid = spawn(std::process::Command::new("sleep").arg("30"))?;
+        let log = spec.log_file.with_file_name("companion.log");
+        let script = format!("sleep 0.3; echo 'companion: pivot_root: Invalid argument' > '{}'; exit 3", log.display());
+        let companion = spawn(std::process::Command::new("sh").args(["-c", &script]))?;
+        Ok(Launched { pid, companions: vec![companion] })
+    }
+}
+
+fn build_dying_companion(_: &BackendConfig) -> Result<Arc<dyn Backend>, BackendError> {
+    Ok(Arc::new(DyingCompanionBackend))
+}
+
+static DYING_COMPANION: BackendRegistration = BackendRegistration {
+    name: "dying-companion-test",
+    summary: "test backend whose companion dies before the box is ready",
+    build: build_dying_companion,
+};
+
+/// Regression (issue 11): passt exited (it could not sandbox itself) and `start` waited
+/// out the whole ready timeout beside a VMM that could never come up. A companion that
+/// exits before the box is ready now fails the start at once, with its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_companion_exiting_before_ready_fails_the_start_within_a_second_with_its_log() {
+    let env = Env::new();
+    let mut o = env.options();
+    o.backends = Registry::from_entries("backend", [&boxsock_host::REGISTRATION, &DYING_COMPANION]);
+    o.ready_timeout = Duration::from_secs(30);
+    let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
+    let b = rt.create(CreateOptions::new("short-symlink", "dying-companion-test")).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let e = rt.start(b.id.as_str()).await.unwrap_err();
+    let took = t0.elapsed();
+    match &e {
+        RuntimeError::CompanionExited { pid, logs, .. } => {
+            assert!(*pid > 0);
+            assert!(logs.contains("pivot_root: Invalid argument") && logs.contains("companion.log"), "{logs}");
+            assert!(!pid_running(*pid), "companion {pid} still running");
+        }
+        other => panic!("expected CompanionExited, got {other}"),
+    }
+    assert!(e.to_string().contains("companion") && e.to_string().contains("pivot_root"), "{e}");
+    // 0.3 s until the companion exits, then at once (the ready timeout is 30 s).
+    assert!(took < Duration::from_millis(1300), "start took {took:?}");
+    let rec = rt.get(b.id.as_str()).unwrap();
+    assert_eq!(rec.state, BoxState::Stopped);
+    assert!(rec.process.is_none());
+    rt.remove(b.id.as_str(), false).await.unwrap();
+}

@@ -29,6 +29,7 @@
 //! leaves its group (`setsid`) escapes this; so does everything if the agent is
 //! SIGKILLed, which is why the runtime should ask for a shutdown first.
 
+pub mod guestnet;
 pub mod vsock;
 
 use std::collections::HashSet;

@@ -54,6 +54,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         ready: parse_address(&args.ready)?,
         allow_uids: args.allow_uid,
     };
+    // In a libkrun guest: configure the box network (if it has one) before reporting
+    // ready, so a `--network` box is ready only with its address, route and resolver.
+    if matches!(config.agent, boxsock_agent::AgentAddress::Vsock(_)) {
+        boxsock_agent::guestnet::configure("eth0", std::path::Path::new("/etc/resolv.conf"), std::time::Duration::from_secs(15))?;
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(boxsock_agent::run(config))?;
     Ok(())

@@ -51,6 +51,7 @@ pub const DEFAULT_GUEST_AGENT: &str = "/boxsock-agent";
 /// | `jail` | `on` | `off` runs the shim without Landlock (diagnosis only) |
 /// | `configure_only` | `false` | the shim configures libkrun and exits 0 without booting; the availability probe is skipped (nothing boots), so the box process always exits before readiness |
 /// | `agent` | found like the `host` backend finds it | the host `boxsock-agent` copied into each new box's guest root |
+/// | `jail_probe` | — | diagnosis: once jailed, the shim tries to create this file and logs `jail probe: writing <path> was denied` or `… succeeded` |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LibkrunConfig {
     /// The shim binary.
@@ -78,6 +79,8 @@ pub struct LibkrunConfig {
     pub agent: Option<PathBuf>,
     /// Where helper binaries are looked for (from [`BackendConfig::helper_dir`]).
     pub helper_dir: Option<PathBuf>,
+    /// Diagnosis: a file the jailed shim tries to create ([`ShimSpec::jail_probe`]).
+    pub jail_probe: Option<PathBuf>,
 }
 
 fn bad(reason: String) -> BackendError {
@@ -115,12 +118,21 @@ impl LibkrunConfig {
             probe: HostProbe::default(),
             agent: None,
             helper_dir: config.helper_dir.clone(),
+            jail_probe: None,
         };
         for (k, v) in &config.options {
             match k.as_str() {
                 "shim" => c.shim = PathBuf::from(v),
                 "passt" => c.passt = PathBuf::from(v),
-                "guest_agent" => c.guest_agent = v.clone(),
+                "guest_agent" => {
+                    let p = Path::new(v);
+                    if !p.is_absolute() || !p.components().skip(1).all(|c| matches!(c, std::path::Component::Normal(_))) {
+                        return Err(bad(format!(
+                            "option guest_agent={v:?}: expected an absolute path inside the guest without '..'"
+                        )));
+                    }
+                    c.guest_agent = v.clone()
+                }
                 "vcpus" => c.vcpus = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| bad(format!("option vcpus={v:?}: expected 1..=255")))?,
                 "ram_mib" => c.ram_mib = v.parse().ok().filter(|n| *n >= 64).ok_or_else(|| bad(format!("option ram_mib={v:?}: expected a number of MiB >= 64")))?,
                 "libkrunfw" => c.probe.libkrunfw = v.clone(),
@@ -128,6 +140,12 @@ impl LibkrunConfig {
                 "jail" => c.jail = parse_bool(k, v)?,
                 "configure_only" => c.configure_only = parse_bool(k, v)?,
                 "agent" => c.agent = Some(PathBuf::from(v)),
+                "jail_probe" => {
+                    if !Path::new(v).is_absolute() {
+                        return Err(bad(format!("option jail_probe={v:?}: expected an absolute path")));
+                    }
+                    c.jail_probe = Some(PathBuf::from(v))
+                }
                 other => tracing::warn!(backend = NAME, option = other, "unknown option ignored"),
             }
         }
@@ -217,6 +235,7 @@ impl Libkrun {
                 socket_dir_fd,
             },
             configure_only: self.config.configure_only,
+            jail_probe: self.config.jail_probe.clone(),
         };
         shim.validate().map_err(|e| match e {
             crate::spec::SpecError::Budget(b) => BackendError::Binding(b),
@@ -392,7 +411,7 @@ impl Backend for Libkrun {
         let fail = |reason: String| BackendError::Prepare { backend: NAME.into(), id: id.clone(), reason };
         let agent = self.find_agent().map_err(|r| fail(format!("no agent for the guest root: {r}")))?;
         let root = layout.rootfs_dir(id);
-        let made = crate::rootfs::prepare(&root, &agent).map_err(|e| fail(format!("guest root {}: {e}", root.display())))?;
+        let made = crate::rootfs::prepare_at(&root, &agent, Path::new(&self.config.guest_agent)).map_err(|e| fail(format!("guest root {}: {e}", root.display())))?;
         tracing::debug!(box_id = %id, root = %root.display(), agent = %agent.display(), files = made.files.len(), "guest root prepared");
         Ok(())
     }

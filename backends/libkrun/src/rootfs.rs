@@ -134,6 +134,13 @@ impl GuestRoot {
 /// [`ROOT_DIRS`], `/boxsock-agent`, and (for a dynamic agent) its interpreter and
 /// libraries. See the module documentation.
 pub fn prepare(root: &Path, agent: &Path) -> Result<GuestRoot, RootfsError> {
+    prepare_at(root, agent, Path::new(DEFAULT_GUEST_AGENT))
+}
+
+/// [`prepare`] with the agent installed at `guest_agent` (absolute, inside the guest)
+/// instead of `/boxsock-agent`: the backend's `guest_agent` option, which is also the
+/// path the shim tells libkrun's init to exec.
+pub fn prepare_at(root: &Path, agent: &Path, guest_agent: &Path) -> Result<GuestRoot, RootfsError> {
     fs::create_dir_all(root).map_err(io_err("create", root))?;
     let meta = fs::symlink_metadata(root).map_err(io_err("inspect", root))?;
     if meta.file_type().is_symlink() {
@@ -147,8 +154,11 @@ pub fn prepare(root: &Path, agent: &Path) -> Result<GuestRoot, RootfsError> {
         fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).map_err(io_err("set the mode of", &p))?;
     }
 
-    let (interpreter, files) = install_program(root, agent, Path::new(DEFAULT_GUEST_AGENT))?;
-    let host_agent = root.join(DEFAULT_GUEST_AGENT.trim_start_matches('/'));
+    if !guest_agent.is_absolute() {
+        return Err(RootfsError::BadRoot { path: root.join(guest_agent), reason: "the guest agent path is not absolute" });
+    }
+    let (interpreter, files) = install_program(root, agent, guest_agent)?;
+    let host_agent = root.join(guest_agent.strip_prefix("/").unwrap_or(guest_agent));
     tracing::info!(root = %root.display(), files = files.len(), static_agent = interpreter.is_none(), "guest root prepared");
     Ok(GuestRoot { root: root.to_owned(), agent: host_agent, interpreter, files })
 }

@@ -241,3 +241,35 @@ fn boots_a_box_on_a_real_kvm_host() {
     std::thread::sleep(Duration::from_secs(2));
     assert!(!gone(l.pid), "the shim died: {}", std::fs::read_to_string(f.layout.log_file(&f.id)).unwrap_or_default());
 }
+
+/// Regression (issue 11): `prepare` always installed the agent at `/boxsock-agent` while
+/// the launch looked for `guest_agent`, so a box with a non-default path never started.
+#[test]
+fn a_non_default_guest_agent_is_installed_where_the_launch_looks_for_it() {
+    use boxsock_core::Backend;
+    let f = Fixture::new(220);
+    f.ensure();
+    let b = backend(&[("configure_only", "on"), ("agent", "/bin/true"), ("guest_agent", "/opt/agent/bin/boxsock-agent")]);
+    b.prepare(&f.layout, &f.id).unwrap();
+    let root = f.layout.rootfs_dir(&f.id);
+    assert!(root.join("opt/agent/bin/boxsock-agent").is_file(), "agent not at the configured guest path");
+    let spec = b.shim_spec(&f.launch_spec(false)).unwrap();
+    assert_eq!(spec.exec.path, "/opt/agent/bin/boxsock-agent");
+    // The launch finds it (before the fix: "the guest root … has no agent at …").
+    let launched = b.launch_unchecked(&f.launch_spec(false)).unwrap();
+    let code = wait_exit(launched.pid);
+    let log = std::fs::read_to_string(f.layout.log_file(&f.id)).unwrap();
+    assert_eq!(code, Some(0), "shim log: {log}");
+}
+
+#[test]
+fn a_guest_agent_path_that_could_leave_the_root_is_refused_naming_the_option() {
+    for bad in ["relative/agent", "/opt/../../etc/agent", "/.."] {
+        let cfg = BackendConfig {
+            helper_dir: None,
+            options: [("guest_agent".to_owned(), bad.to_owned())].into_iter().collect(),
+        };
+        let err = LibkrunConfig::from_backend_config(&cfg).unwrap_err();
+        assert!(err.to_string().contains("guest_agent") && err.to_string().contains(bad), "{err}");
+    }
+}

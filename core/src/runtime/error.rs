@@ -159,6 +159,21 @@ pub enum RuntimeError {
         /// The last lines of the box log.
         log_tail: String,
     },
+    /// A companion of the box (its network proxy, e.g. passt) exited before the box
+    /// was ready: the start fails at once instead of waiting out the ready timeout.
+    #[error("box {id}: its companion process (pid {pid}) exited with {} before the box was ready. Its log:\n{logs}\nLast lines of the box log:\n{log_tail}", match exit_code { Some(c) => format!("code {c}"), None => "an unknown status".to_string() })]
+    CompanionExited {
+        /// The box.
+        id: BoxId,
+        /// The companion's pid.
+        pid: i32,
+        /// Its exit code, when known.
+        exit_code: Option<i32>,
+        /// The tails of the companion logs beside the box log.
+        logs: String,
+        /// The last lines of the box log.
+        log_tail: String,
+    },
     /// Talking to the agent failed.
     #[error("box {id}: agent at {address}: {source}")]
     Agent {

@@ -11,8 +11,9 @@
 //!   of it on failure.
 //! - [`Runtime::start`] binds `ready` through the strategy, launches through the
 //!   backend, records the process identity and its companions' (passt…) and waits for
-//!   the agent's `Ready` frame (an accept, not a poll). A timeout or an early exit stops
-//!   the box, kills its companions and reports the tail of its log.
+//!   the agent's `Ready` frame (an accept, not a poll). A timeout, an early exit of the
+//!   box process or of a companion stops the box, kills its companions and reports the
+//!   tail of its log (and, for a companion, of the logs beside it).
 //! - [`Runtime::exec`] / [`Runtime::ping`] re-`ensure` the binding, then dial the
 //!   agent through the strategy.
 //! - [`Runtime::stop`]: agent `Shutdown`, then SIGTERM, then SIGKILL, each bounded; the
@@ -297,6 +298,36 @@ fn tail_lines(path: &Path, n: usize) -> String {
         }
         Err(e) => format!("(no log at {}: {e})", path.display()),
     }
+}
+
+/// Index of the first of `handles` to exit; never resolves when there are none.
+async fn first_exit(handles: &[ProcessHandle]) -> usize {
+    if handles.is_empty() {
+        std::future::pending::<()>().await;
+    }
+    let mut waits: Vec<_> = handles.iter().map(|h| Box::pin(h.wait_exit())).collect();
+    std::future::poll_fn(|cx| {
+        for (i, w) in waits.iter_mut().enumerate() {
+            if w.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(i);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// The tails of the companions' logs: every file beside the box log (a backend writes
+/// its companions' logs there, e.g. libkrun's `passt.log`), each under its name.
+fn companion_logs(box_log: &Path) -> String {
+    let Some(dir) = box_log.parent() else { return String::new() };
+    let mut names: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p != box_log && p.is_file()).collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    let parts: Vec<String> = names.iter().map(|p| format!("{}:\n{}", p.display(), tail_lines(p, LOG_TAIL_LINES))).collect();
+    if parts.is_empty() { format!("(no companion log in {})", dir.display()) } else { parts.join("\n") }
 }
 
 /// Remove the `ready` socket file of a box. Only in the real directory under the home,
@@ -1062,13 +1093,30 @@ impl Inner {
         let launched = backend.launch(&spec)?;
         // Companions first: whatever happens to the box process below, the failure path
         // of `start` knows them.
+        let mut companion_gone_at_launch = None;
         for &pid in &launched.companions {
             match ProcessIdentity::of(pid) {
                 Ok(ident) => companions_out.push(ident),
-                Err(e) => tracing::warn!(box_id = %id, pid, error = %e, "companion already gone at launch"),
+                Err(e) => {
+                    tracing::warn!(box_id = %id, pid, error = %e, "companion already gone at launch");
+                    companion_gone_at_launch.get_or_insert(pid);
+                }
             }
         }
         let log_tail = || tail_lines(&layout.log_file(id), LOG_TAIL_LINES);
+        let companion_exited = |pid: i32, exit_code: Option<i32>| RuntimeError::CompanionExited {
+            id: id.clone(),
+            pid,
+            exit_code,
+            logs: companion_logs(&layout.log_file(id)),
+            log_tail: log_tail(),
+        };
+        if let Some(pid) = companion_gone_at_launch {
+            return Err(companion_exited(pid, None));
+        }
+        // A companion (passt…) that dies before the box is ready fails the start at once:
+        // the VMM cannot come up without it, and would otherwise be waited on in vain.
+        let companion_handles: Vec<ProcessHandle> = companions_out.iter().map(|c| ProcessHandle::open(*c)).collect();
         let ident = match ProcessIdentity::of(launched.pid) {
             Ok(i) => i,
             Err(_) => {
@@ -1135,6 +1183,10 @@ impl Inner {
                 address: ready_addr,
                 log_tail: log_tail(),
             }),
+            i = first_exit(&companion_handles) => {
+                let h = &companion_handles[i];
+                Err(companion_exited(h.identity().pid, h.exit_code()))
+            }
         }
     }
 

@@ -11,7 +11,8 @@
 //! artifact rewritten at each start, never read back.
 //!
 //! Exit codes: 0 configured (`configure_only`) or guest ended; 2 bad spec; 3 jail;
-//! 4 libkrun call failed.
+//! 4 libkrun call failed; 70 a thread panicked (libkrun's vCPU or device threads
+//! included: a panic hook ends the process at once, with the panic in the box log).
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -21,7 +22,34 @@ use std::process::ExitCode;
 use boxsock_libkrun::ffi::LibKrun;
 use boxsock_libkrun::{KrunApi, SHIM_SPEC_FILE, ShimSpec, configure, jail};
 
+/// Exit code when any thread of the shim panics (libkrun's vCPU and device threads
+/// included): the process ends at once, so the runtime sees the box die with the panic
+/// in its log instead of waiting out its ready timeout beside a dead VMM.
+const PANIC_EXIT: i32 = 70;
+
+/// Test hook: `BOXSOCK_SHIM_TEST_PANIC=<message>` panics a thread with that message
+/// while the main thread blocks, as libkrun's vCPU thread does inside
+/// `krun_start_enter`.
+const TEST_PANIC_ENV: &str = "BOXSOCK_SHIM_TEST_PANIC";
+
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        // One write: the box log is what the runtime shows when the box dies.
+        let _ = writeln!(std::io::stderr(), "boxsock-krun-shim: panic in thread {name:?}: {info}; the VMM cannot go on, exiting");
+        // SAFETY: _exit(2) ends the process without running destructors or atexit
+        // handlers, which is what is wanted while another thread may hold libkrun's locks.
+        unsafe { libc::_exit(PANIC_EXIT) };
+    }));
+}
+
 fn main() -> ExitCode {
+    install_panic_hook();
+    if let Ok(msg) = std::env::var(TEST_PANIC_ENV) {
+        let _ = std::thread::Builder::new().name("test-vcpu".into()).spawn(move || panic!("{msg}"));
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, msg)) => {
@@ -105,7 +133,17 @@ fn run() -> Result<(), (u8, String)> {
     if spec.jail.enabled {
         jail::apply(&spec.jail).map_err(|e| (3, format!("box {}: {e}", spec.box_id)))?;
     }
+    if let Some(probe) = &spec.jail_probe {
+        jail_probe(spec.box_id.as_ref(), probe);
+    }
 
+    // libkrun opens the console output with File::create, which truncates: given the box
+    // log, it erased every line written before the boot (this shim's own, earlier
+    // boots'). Give it a pipe instead, copied onto stderr (the box log, O_APPEND).
+    let mut spec = spec;
+    if !spec.configure_only {
+        spec.console_log = console_pipe().map_err(|e| (4, format!("box {}: console pipe: {e}", spec.box_id)))?;
+    }
     let mut api = LibKrun::new();
     let ctx = configure(&mut api, &spec).map_err(|e| (4, format!("box {}: {e}", spec.box_id)))?;
     if spec.configure_only {
@@ -114,4 +152,34 @@ fn run() -> Result<(), (u8, String)> {
     }
     api.start_enter(ctx).map_err(|e| (4, format!("box {}: {e}", spec.box_id)))?;
     Ok(())
+}
+
+/// The `jail_probe` diagnosis: try to create `path` from this (jailed) process and log
+/// what happened.
+fn jail_probe(box_id: &str, path: &Path) {
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(path);
+            eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} succeeded (the jail does not cover it)", path.display());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} was denied: {e}", path.display())
+        }
+        Err(e) => eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} failed: {e}", path.display()),
+    }
+}
+
+/// A pipe whose read end a thread copies onto stderr; returns the write end as
+/// `/proc/self/fd/<n>`, a path libkrun can `File::create` without truncating anything.
+fn console_pipe() -> std::io::Result<PathBuf> {
+    use std::os::fd::AsRawFd;
+    let (r, w) = nix::unistd::pipe().map_err(std::io::Error::from)?;
+    let path = PathBuf::from(format!("/proc/self/fd/{}", w.as_raw_fd()));
+    // The write end stays open for the life of the process (libkrun opens its own copy).
+    std::mem::forget(w);
+    std::thread::Builder::new().name("console".into()).spawn(move || {
+        let mut from = std::fs::File::from(r);
+        let _ = std::io::copy(&mut from, &mut std::io::stderr());
+    })?;
+    Ok(path)
 }

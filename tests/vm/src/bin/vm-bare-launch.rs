@@ -1,0 +1,98 @@
+//! `vm-bare-launch`: libkrun without the runtime around it, for the overhead
+//! measurement of the real-VM tier (docs/performance.md, "Real VM").
+//!
+//! - `vm-bare-launch start SPEC_JSON SHIM`: bind the spec's `ready` address, hand the
+//!   spec (as the runtime recorded it in `shim-spec.json`) to the shim on stdin, and
+//!   print the milliseconds until the guest agent's readiness frame arrives; then kill
+//!   the shim and remove the sockets it left.
+//! - `vm-bare-launch exec AGENT_SOCK`: one `exec` of `/bin/busybox true` over a raw
+//!   agent connection (no CLI, no store, no strategy), exit code of the command.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use boxsock_core::agent_client::{self, AgentClient};
+use boxsock_libkrun::ShimSpec;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("tokio runtime: {e}")),
+    };
+    let r = match args.get(1).map(String::as_str) {
+        Some("start") if args.len() == 4 => rt.block_on(start(&args[2], &args[3])),
+        Some("exec") if args.len() == 3 => rt.block_on(exec(&args[2])),
+        _ => Err("usage: vm-bare-launch start SPEC_JSON SHIM | exec AGENT_SOCK".into()),
+    };
+    match r {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("vm-bare-launch: {msg}");
+    ExitCode::from(1)
+}
+
+async fn start(spec_path: &str, shim: &str) -> Result<u8, String> {
+    let json = std::fs::read(spec_path).map_err(|e| format!("reading {spec_path}: {e}"))?;
+    let spec: ShimSpec = serde_json::from_slice(&json).map_err(|e| format!("{spec_path}: {e}"))?;
+    let ready = &spec.ready.host_path;
+    let _ = std::fs::remove_file(ready);
+    let _ = std::fs::remove_file(&spec.agent.host_path);
+    let listener = tokio::net::UnixListener::bind(ready).map_err(|e| format!("binding {}: {e}", ready.display()))?;
+    let t0 = Instant::now();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.console_log)
+        .map_err(|e| format!("{}: {e}", spec.console_log.display()))?;
+    let mut child = Command::new(shim)
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("spawning {shim}: {e}"))?;
+    let written = child.stdin.take().ok_or("no stdin pipe")?.write_all(&json);
+    let pid = child.id();
+    let result = async {
+        written.map_err(|e| format!("writing the spec to the shim: {e}"))?;
+        let exited = async {
+            loop {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                    || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let (mut s, _) = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(240), listener.accept()) => r
+                .map_err(|_| "no readiness within 240 s".to_string())?
+                .map_err(|e| format!("accept: {e}"))?,
+            () = exited => return Err(format!("the shim exited before readiness; see {}", spec.console_log.display())),
+        };
+        agent_client::read_ready(&mut s).await.map_err(|e| format!("reading the ready frame: {e}"))
+    }
+    .await;
+    let ms = t0.elapsed().as_millis();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(ready);
+    let _ = std::fs::remove_file(&spec.agent.host_path);
+    result?;
+    println!("{ms}");
+    Ok(0)
+}
+
+async fn exec(agent: &str) -> Result<u8, String> {
+    let s = UnixStream::connect(agent).map_err(|e| format!("connecting {agent}: {e}"))?;
+    let client = AgentClient::connect(s).map_err(|e| e.to_string())?;
+    let out = client.exec_output(&["/bin/busybox", "true"], &[], None).await.map_err(|e| e.to_string())?;
+    u8::try_from(out.code).map_err(|_| format!("exit code {}", out.code))
+}
