@@ -702,3 +702,38 @@ fn a_run_rm_client_killed_with_sigkill_leaves_nothing_after_the_next_writing_com
         assert_nothing_left(&env);
     }
 }
+
+/// `ls` and `inspect` record nothing (issue 10), but they must not show a dead box as
+/// running either: they report what they observe, and the next writing command records
+/// it (and cleans what the dead process left).
+#[test]
+fn read_only_verbs_show_a_dead_box_stopped_without_recording_it() {
+    let env = Env::new();
+    let id = ok(boxsock(&env).args(["--backend", "host", "create"])).trim().to_owned();
+    ok(boxsock(&env).args(["start", &id]));
+    let pid = json(boxsock(&env).args(["inspect", &id, "--json"]))["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_until("the box process to die", || !pid_running(pid));
+    let before = tree(&env.home);
+    let i = json(boxsock(&env).args(["inspect", &id, "--json"]));
+    assert_eq!(i["state"], "stopped", "{i}");
+    assert!(i["pid"].is_null(), "a dead process is not reported: {i}");
+    let l = json(boxsock(&env).args(["ls", "--json"]));
+    assert_eq!(l["boxes"][0]["state"], "stopped", "{l}");
+    // Nothing was recorded or cleaned (the dead agent's socket file is still there), and
+    // the store still says running. (Compared before this test opens the store itself.)
+    let no_shm = |t: Vec<String>| t.into_iter().filter(|e| !e.contains("-shm")).collect::<Vec<_>>();
+    assert_eq!(no_shm(tree(&env.home)), no_shm(before), "a read-only verb changed the home");
+    let store = rusqlite::Connection::open(env.home.join("boxsock.db")).unwrap();
+    let recorded: String = store.query_row("SELECT state FROM boxes WHERE id = ?1", [&id], |r| r.get(0)).unwrap();
+    assert_eq!(recorded, "running");
+    drop(store);
+    // The next writing command records it.
+    ok(boxsock(&env).arg("sweep"));
+    let store = rusqlite::Connection::open(env.home.join("boxsock.db")).unwrap();
+    let recorded: String = store.query_row("SELECT state FROM boxes WHERE id = ?1", [&id], |r| r.get(0)).unwrap();
+    assert_eq!(recorded, "stopped");
+    drop(store);
+    ok(boxsock(&env).args(["rm", &id]));
+    assert_nothing_left(&env);
+}

@@ -83,7 +83,9 @@ pub struct BoxInfo {
     pub id: BoxId,
     /// The name.
     pub name: Option<String>,
-    /// The recorded state.
+    /// The recorded state; for a read-only runtime, the observed one (a box whose
+    /// recorded process is gone shows `stopped` before the next writing command records
+    /// it).
     pub state: BoxState,
     /// Strategy name.
     pub strategy: String,

@@ -548,7 +548,13 @@ impl Runtime {
 
     /// Every box (good rows), plus corrupt rows reported by id.
     pub fn list(&self) -> Result<Listing, RuntimeError> {
-        Ok(self.inner.store.list()?)
+        let mut listing = self.inner.store.list()?;
+        if self.inner.options.access == Access::ReadOnly {
+            for rec in &mut listing.boxes {
+                self.inner.observe(rec);
+            }
+        }
+        Ok(listing)
     }
 
     /// The box with this id or name.
@@ -702,7 +708,8 @@ impl Runtime {
 
     /// Everything about one box, with every socket's live address, length and limit.
     pub fn inspect(&self, id_or_name: &str) -> Result<BoxInfo, RuntimeError> {
-        let rec = self.inner.record(id_or_name)?;
+        let mut rec = self.inner.record(id_or_name)?;
+        self.inner.observe(&mut rec);
         Ok(info::inspect(&self.inner, rec))
     }
 
@@ -854,6 +861,25 @@ impl Inner {
 
     /// The handle on a box's recorded process: the one this runtime holds, or a new one
     /// from the recorded identity.
+    /// For a read-only runtime, which records nothing: show a box whose recorded
+    /// process is gone as what the next writing open will record, `Stopped` with its
+    /// exit code where the kernel still has it. The store is not touched.
+    fn observe(&self, rec: &mut BoxRecord) {
+        if self.options.access != Access::ReadOnly || !rec.state.has_process() {
+            return;
+        }
+        let handle = self.handle_for(rec);
+        if handle.as_ref().is_some_and(|h| h.is_alive()) {
+            return;
+        }
+        tracing::debug!(box_id = %rec.id, recorded = %rec.state, "recorded process is gone; shown as stopped (recorded at the next writing command)");
+        rec.state = BoxState::Stopped;
+        if let Some(code) = handle.and_then(|h| h.exit_code()) {
+            rec.exit_code = Some(code);
+        }
+        rec.process = None;
+    }
+
     fn handle_for(&self, rec: &BoxRecord) -> Option<Arc<ProcessHandle>> {
         let ident = rec.process?;
         let mut procs = lock(&self.procs);

@@ -320,6 +320,9 @@ sc_killed_vmm() {
     echo "stopped after $(( $(now_ms) - t0 )) ms"
     i=0; while alive "$passt" && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
     alive "$passt" && fail "passt $passt alive after the box stopped"
+    # inspect is read-only: it showed what it observed. The next writing command records
+    # the stop and removes what the dead shim left.
+    bs sweep >/dev/null || fail "sweep failed"
     ls "$HOME_/boxes/$id/sockets/" | grep -q . && fail "socket files left in a stopped box: $(ls "$HOME_/boxes/$id/sockets/")"
     bs rm "$id" || fail "rm failed"
     [ -e "/tmp/boxsock-$UIDN/$id" ] && fail "link left after rm"

@@ -9,6 +9,8 @@
 //!   agent connection (no CLI, no store, no strategy), exit code of the command.
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::os::unix::net::UnixStream;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -41,22 +43,56 @@ fn fail(msg: &str) -> ExitCode {
 async fn start(spec_path: &str, shim: &str) -> Result<u8, String> {
     let json = std::fs::read(spec_path).map_err(|e| format!("reading {spec_path}: {e}"))?;
     let spec: ShimSpec = serde_json::from_slice(&json).map_err(|e| format!("{spec_path}: {e}"))?;
-    let ready = &spec.ready.host_path;
-    let _ = std::fs::remove_file(ready);
-    let _ = std::fs::remove_file(&spec.agent.host_path);
-    let listener = tokio::net::UnixListener::bind(ready).map_err(|e| format!("binding {}: {e}", ready.display()))?;
+    // The spec names sockets through the descriptor the shim inherits
+    // (`/proc/self/fd/<n>/<name>`): hold the box's socket directory the same way, bind
+    // `ready` through our own descriptor, and hand it to the shim at <n>.
+    let dir = match spec.socket_dir_fd {
+        Some(n) => {
+            let sockets = spec.box_dir.join("sockets");
+            let fd = nix::fcntl::open(&sockets, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY, nix::sys::stat::Mode::empty())
+                .map_err(|e| format!("opening {}: {e}", sockets.display()))?;
+            Some((fd, n))
+        }
+        None => None,
+    };
+    let ours = |p: &std::path::Path| -> std::path::PathBuf {
+        match (&dir, p.file_name()) {
+            (Some((fd, _)), Some(name)) => std::path::Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name),
+            _ => p.to_path_buf(),
+        }
+    };
+    let ready = ours(&spec.ready.host_path);
+    let agent = ours(&spec.agent.host_path);
+    let _ = std::fs::remove_file(&ready);
+    let _ = std::fs::remove_file(&agent);
+    let listener = tokio::net::UnixListener::bind(&ready).map_err(|e| format!("binding {}: {e}", ready.display()))?;
     let t0 = Instant::now();
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&spec.console_log)
         .map_err(|e| format!("{}: {e}", spec.console_log.display()))?;
-    let mut child = Command::new(shim)
-        .stdin(Stdio::piped())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("spawning {shim}: {e}"))?;
+    let mut cmd = Command::new(shim);
+    cmd.stdin(Stdio::piped()).stdout(log.try_clone().map_err(|e| e.to_string())?).stderr(log);
+    if let Some((fd, n)) = &dir {
+        let (src, dst) = (fd.as_raw_fd(), *n);
+        // SAFETY: runs in the forked child before exec; dup2 and fcntl are
+        // async-signal-safe and allocate nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if src == dst {
+                    let flags = libc::fcntl(dst, libc::F_GETFD);
+                    if flags == -1 || libc::fcntl(dst, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(src, dst) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("spawning {shim}: {e}"))?;
     let written = child.stdin.take().ok_or("no stdin pipe")?.write_all(&json);
     let pid = child.id();
     let result = async {
@@ -83,8 +119,8 @@ async fn start(spec_path: &str, shim: &str) -> Result<u8, String> {
     let ms = t0.elapsed().as_millis();
     let _ = child.kill();
     let _ = child.wait();
-    let _ = std::fs::remove_file(ready);
-    let _ = std::fs::remove_file(&spec.agent.host_path);
+    let _ = std::fs::remove_file(&ready);
+    let _ = std::fs::remove_file(&agent);
     result?;
     println!("{ms}");
     Ok(0)
