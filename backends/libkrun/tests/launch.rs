@@ -236,7 +236,7 @@ fn boots_a_box_on_a_real_kvm_host() {
         return;
     };
     std::fs::copy(agent, f.layout.rootfs_dir(&f.id).join("boxsock-agent")).unwrap();
-    let l = boxsock_core::Backend::launch(&b, &f.launch_spec(false)).unwrap();
+    let l = boxsock_core::Backend::launch(&b, &f.launch_spec_verified(false)).unwrap();
     let _guards: Vec<Reap> = l.companions.iter().map(|p| Reap(*p)).chain([Reap(l.pid)]).collect();
     std::thread::sleep(Duration::from_secs(2));
     assert!(!gone(l.pid), "the shim died: {}", std::fs::read_to_string(f.layout.log_file(&f.id)).unwrap_or_default());
@@ -256,7 +256,7 @@ fn a_non_default_guest_agent_is_installed_where_the_launch_looks_for_it() {
     let spec = b.shim_spec(&f.launch_spec(false)).unwrap();
     assert_eq!(spec.exec.path, "/opt/agent/bin/boxsock-agent");
     // The launch finds it (before the fix: "the guest root … has no agent at …").
-    let launched = b.launch_unchecked(&f.launch_spec(false)).unwrap();
+    let launched = b.launch_unchecked(&f.launch_spec_verified(false)).unwrap();
     let code = wait_exit(launched.pid);
     let log = std::fs::read_to_string(f.layout.log_file(&f.id)).unwrap();
     assert_eq!(code, Some(0), "shim log: {log}");
