@@ -99,6 +99,29 @@ impl Drop for Passt {
     }
 }
 
+/// passt in the foreground, quiet, running as the caller's uid/gid (it would otherwise
+/// drop to `nobody`), stdout and stderr appended to `log`; with the log's length before
+/// this run, where its output starts.
+fn command(binary: &Path, log: &Path) -> Result<(Command, u64), PasstError> {
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(log)
+        .map_err(|source| PasstError::Log { path: log.to_path_buf(), source })?;
+    let start_offset = out.metadata().map(|m| m.len()).unwrap_or(0);
+    let err = out.try_clone().map_err(|source| PasstError::Log { path: log.to_path_buf(), source })?;
+    let uid = nix::unistd::geteuid();
+    let gid = nix::unistd::getegid();
+    let mut cmd = Command::new(binary);
+    cmd.args(["--foreground", "--quiet", "--runas"])
+        .arg(format!("{uid}:{gid}"))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    Ok((cmd, start_offset))
+}
+
 impl Passt {
     /// Start `binary` bound at `socket`, in its own session, running as the caller's
     /// uid/gid (passt would otherwise drop to `nobody` before binding, and could not bind
@@ -114,24 +137,8 @@ impl Passt {
             Ok(_) => return Err(PasstError::Occupied { path: socket.to_path_buf() }),
             Err(_) => {}
         }
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(log)
-            .map_err(|source| PasstError::Log { path: log.to_path_buf(), source })?;
-        let start_offset = out.metadata().map(|m| m.len()).unwrap_or(0);
-        let err = out.try_clone().map_err(|source| PasstError::Log { path: log.to_path_buf(), source })?;
-        let uid = nix::unistd::geteuid();
-        let gid = nix::unistd::getegid();
-        let mut cmd = Command::new(binary);
-        cmd.args(["--foreground", "--quiet", "--runas"])
-            .arg(format!("{uid}:{gid}"))
-            .arg("--socket")
-            .arg(socket)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+        let (mut cmd, start_offset) = command(binary, log)?;
+        cmd.arg("--socket").arg(socket);
         // SAFETY: the closure runs in the forked child before exec and only calls
         // setsid(2), which is async-signal-safe and allocates nothing.
         unsafe {
@@ -180,23 +187,8 @@ impl Passt {
     /// output.
     pub fn start_fd(binary: &Path, end: std::os::fd::OwnedFd, log: &Path, settle: Duration) -> Result<Passt, PasstError> {
         use std::os::fd::AsRawFd;
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(log)
-            .map_err(|source| PasstError::Log { path: log.to_path_buf(), source })?;
-        let start_offset = out.metadata().map(|m| m.len()).unwrap_or(0);
-        let err = out.try_clone().map_err(|source| PasstError::Log { path: log.to_path_buf(), source })?;
-        let uid = nix::unistd::geteuid();
-        let gid = nix::unistd::getegid();
-        let mut cmd = Command::new(binary);
-        cmd.args(["--foreground", "--quiet", "--runas"])
-            .arg(format!("{uid}:{gid}"))
-            .args(["--fd", &PASST_FD.to_string()])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+        let (mut cmd, start_offset) = command(binary, log)?;
+        cmd.args(["--fd", &PASST_FD.to_string()]);
         let src = end.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and only calls
         // setsid(2), fcntl(2) and dup2(2), which are async-signal-safe; `src` stays open
