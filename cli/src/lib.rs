@@ -1,7 +1,7 @@
 //! `boxsock`: a micro-VM box runtime whose sockets never hit the `sun_path` limit.
 //!
 //! This crate is the facade for embedders and the home of the `boxsock` binary. It
-//! re-exports what an embedder needs from `boxsock-core` and names every built-in
+//! re-exports what an embedder needs from `boxsock-core` and `boxsock-runtime` and names every built-in
 //! strategy and backend crate, so their registrations are linked:
 //!
 //! ```no_run
@@ -17,16 +17,17 @@
 use std::path::PathBuf;
 
 pub use boxsock_core;
+pub use boxsock_runtime;
 pub use boxsock_core::backend::{Availability, BackendConfig, Isolation};
-pub use boxsock_core::process::{Liveness, ProcessHandle, ProcessIdentity};
+pub use boxsock_runtime::process::{Liveness, ProcessHandle, ProcessIdentity};
 pub use boxsock_core::registry::{BackendRegistration, Registry, StrategyRegistration};
-pub use boxsock_core::runtime::{
+pub use boxsock_runtime::{
     Access, BoxInfo, ClientError, CompanionInfo, CreateOptions, DoctorReport, ExecIo, LockMode, OpenReport, Runtime, RuntimeError,
     RuntimeOptions,
     doctor,
 };
-pub use boxsock_core::state::BoxState;
-pub use boxsock_core::store::{BoxConfig, BoxRecord, Listing};
+pub use boxsock_runtime::state::BoxState;
+pub use boxsock_runtime::store::{BoxConfig, BoxRecord, Listing};
 pub use boxsock_core::{BindingError, BoxId, BoxLayout, SocketAddress, StrategyConfig};
 
 // Name every strategy and backend crate so `inventory` links their registrations.

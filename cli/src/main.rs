@@ -716,7 +716,7 @@ fn selected_verdict(report: &boxsock::DoctorReport, g: &Global) -> String {
     }
 }
 
-fn print_socket(s: &boxsock::boxsock_core::runtime::SocketReport) -> Result<(), Failure> {
+fn print_socket(s: &boxsock::boxsock_runtime::SocketReport) -> Result<(), Failure> {
     let addr = s.address.as_deref().unwrap_or("-");
     let bytes = s.bytes.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
     let fits = if s.fits { "fits" } else { "DOES NOT FIT" };

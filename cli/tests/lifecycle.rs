@@ -93,7 +93,7 @@ async fn full_lifecycle_for_every_compatible_available_pair() {
                 eprintln!("skipped: strategy {strategy} unsupported here");
                 continue;
             }
-            if let Err(reason) = boxsock::boxsock_core::runtime::compatibility(&*s, &*b) {
+            if let Err(reason) = boxsock::boxsock_runtime::compatibility(&*s, &*b) {
                 eprintln!("skipped: {strategy}/{backend} incompatible: {reason}");
                 continue;
             }
@@ -481,7 +481,7 @@ async fn a_future_store_schema_is_refused_naming_the_version() {
     rt.store().execute_raw("PRAGMA user_version = 42").unwrap();
     rt.close();
     let e = Runtime::open(&env.home, env.options()).await.unwrap_err();
-    assert!(matches!(&e, RuntimeError::Store(boxsock::boxsock_core::store::StoreError::FutureSchema { found: 42, .. })), "{e}");
+    assert!(matches!(&e, RuntimeError::Store(boxsock::boxsock_runtime::store::StoreError::FutureSchema { found: 42, .. })), "{e}");
     assert!(e.to_string().contains("42"), "{e}");
 }
 

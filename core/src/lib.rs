@@ -11,15 +11,16 @@
 //! - [`peer`], peer-credential checks for listeners and connectors that need them;
 //! - [`registry`], link-time (`inventory`) and explicit registries of strategies and backends;
 //! - [`backend::Backend`], the trait a VMM backend implements;
-//! - [`runtime::Runtime`], the box lifecycle over a home, with its [`store`], [`state`]
-//!   machine and [`process`] identity;
-//! - [`proto`], the agent wire protocol, and [`agent_client`], its async client.
+//! - [`proto`], the agent wire protocol (its async client lives in `boxsock-runtime`).
+//!
+//! The box lifecycle, the SQLite store, process identity and the agent client are the
+//! `boxsock-runtime` crate, beside this one under `core/`: the in-box agent and the
+//! libkrun shim depend on this crate alone, so they link neither SQLite nor the runtime.
 //!
 //! The core never names a concrete strategy or backend: it holds `dyn SocketBinding` and
 //! `dyn Backend`. See `docs/ARCHITECTURE.md` for the codemap and the invariants.
 
 pub mod address;
-pub mod agent_client;
 pub mod backend;
 pub mod binding;
 pub mod boxdir;
@@ -30,13 +31,9 @@ pub mod error;
 pub mod id;
 pub mod layout;
 pub mod peer;
-pub mod process;
 pub mod proto;
 pub mod registry;
-pub mod runtime;
 pub mod sockdir;
-pub mod state;
-pub mod store;
 
 pub use address::SocketAddress;
 pub use backend::Backend;

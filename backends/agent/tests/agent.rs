@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use boxsock_core::SocketAddress;
-use boxsock_core::agent_client::{self, AgentClient, AgentInfo, ClientError};
+use boxsock_runtime::agent_client::{self, AgentClient, AgentInfo, ClientError};
 use boxsock_core::proto::{self, ErrorCode, Frame, ProtoError, Request, Response};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_boxsock-agent");

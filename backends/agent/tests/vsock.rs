@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use boxsock_agent::vsock::{self, VsockListener, VsockStream};
-use boxsock_core::agent_client;
+use boxsock_runtime::agent_client;
 use boxsock_core::proto::{self, Frame, Request, Response};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_boxsock-agent");

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use boxsock_core::agent_client::{self, AgentClient};
+use boxsock_runtime::agent_client::{self, AgentClient};
 use boxsock_core::backend::{AddressNeeds, Availability, BackendConfig, BackendError, Isolation, LaunchSpec};
 use boxsock_core::peer::{self, Listener, PeerPolicy};
 use boxsock_core::registry::{BackendRegistration, Registry};

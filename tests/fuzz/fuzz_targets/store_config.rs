@@ -11,7 +11,7 @@
 
 use std::sync::OnceLock;
 
-use boxsock_core::store::{BoxConfig, Store};
+use boxsock_runtime::store::{BoxConfig, Store};
 use libfuzzer_sys::fuzz_target;
 
 const GOOD: &str = r#"{"strategy":"short-symlink","backend":"host","network":true,"env":[["K","V"]],"ready_socket_path":"/legacy"}"#;

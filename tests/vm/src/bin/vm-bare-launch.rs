@@ -15,7 +15,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use boxsock_core::agent_client::{self, AgentClient};
+use boxsock_runtime::agent_client::{self, AgentClient};
 use boxsock_libkrun::ShimSpec;
 
 fn main() -> ExitCode {

@@ -879,7 +879,7 @@ scenario!(
 );
 
 // ---------------------------------------------------------------------------------------
-// End to end through the runtime (`boxsock_core::runtime`), boxes on the `host` backend
+// End to end through the runtime (`boxsock_runtime`), boxes on the `host` backend
 // running the real `boxsock-agent`.
 
 use boxsock::{

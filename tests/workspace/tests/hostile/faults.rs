@@ -13,8 +13,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use boxsock::boxsock_core::runtime::{CRASH_ENV, CRASH_STEPS};
-use boxsock::boxsock_core::store::StoreError;
+use boxsock::boxsock_runtime::{CRASH_ENV, CRASH_STEPS};
+use boxsock::boxsock_runtime::store::StoreError;
 use boxsock::{
     BackendConfig, BindingError, BoxId, BoxLayout, BoxState, CreateOptions, ExecIo, LockMode,
     Runtime, RuntimeError, RuntimeOptions, SocketAddress, StrategyConfig, builtin_backends,
@@ -376,7 +376,7 @@ fn never_ready_agent(dir: &Path) -> PathBuf {
 /// The row of `id` as stored (read from the database file, without opening a runtime,
 /// which would recover): (state, recorded pid).
 fn stored(env: &Env, id: &str) -> Option<(String, Option<i32>)> {
-    let store = boxsock::boxsock_core::store::Store::open(env.home.join("boxsock.db")).unwrap();
+    let store = boxsock::boxsock_runtime::store::Store::open(env.home.join("boxsock.db")).unwrap();
     let l = store.list().unwrap();
     l.boxes
         .iter()
@@ -621,7 +621,7 @@ scenario!(
             seen.push(state);
             // The row's pid, read from the store file directly: opening a runtime would
             // recover (and kill) the box before we do.
-            let listing = boxsock::boxsock_core::store::Store::open(env.home.join("boxsock.db"))
+            let listing = boxsock::boxsock_runtime::store::Store::open(env.home.join("boxsock.db"))
                 .unwrap()
                 .list()
                 .unwrap();
@@ -1270,7 +1270,7 @@ scenario!(
                 .to_string_lossy()
                 .into_owned()])
         );
-        let store = boxsock::boxsock_core::store::Store::open(env.home.join("boxsock.db")).unwrap();
+        let store = boxsock::boxsock_runtime::store::Store::open(env.home.join("boxsock.db")).unwrap();
         let l = store.list().unwrap();
         assert!(l.boxes.is_empty() && l.bad.is_empty(), "rows left: {l:?}");
         let home_entries = names_in(&env.home);

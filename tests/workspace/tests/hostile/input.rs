@@ -570,7 +570,7 @@ scenario!(
 // Store rows, written with plain SQL into the real SQLite file.
 
 use boxsock::{BoxState, CreateOptions, Runtime, RuntimeError};
-use boxsock_core::store::{SCHEMA_VERSION, StoreError};
+use boxsock_runtime::store::{SCHEMA_VERSION, StoreError};
 
 use crate::attacks::{World, exec_code, rt_options, tokio_rt};
 

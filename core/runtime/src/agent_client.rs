@@ -1,4 +1,4 @@
-//! A small async client of the in-box agent protocol ([`crate::proto`]).
+//! A small async client of the in-box agent protocol ([`boxsock_core::proto`]).
 //!
 //! The protocol carries one request per connection, so the request methods
 //! ([`AgentClient::ping`], [`AgentClient::exec`], [`AgentClient::shutdown`]) consume the
@@ -9,8 +9,8 @@
 //! policy) and hands the connected `std` stream over:
 //!
 //! ```no_run
-//! # async fn f(stream: std::os::unix::net::UnixStream) -> Result<(), boxsock_core::agent_client::ClientError> {
-//! use boxsock_core::agent_client::AgentClient;
+//! # async fn f(stream: std::os::unix::net::UnixStream) -> Result<(), boxsock_runtime::agent_client::ClientError> {
+//! use boxsock_runtime::agent_client::AgentClient;
 //! let out = AgentClient::connect(stream)?.exec_output(&["sh", "-c", "echo hi"], &[("K", "v")], None).await?;
 //! assert_eq!((out.code, &out.stdout[..]), (0, &b"hi\n"[..]));
 //! # Ok(()) }
@@ -25,7 +25,7 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use crate::proto::{self, ErrorCode, Frame, ProtoError, Request, Response};
+use boxsock_core::proto::{self, ErrorCode, Frame, ProtoError, Request, Response};
 
 /// Largest stdin chunk sent in one frame.
 const STDIN_CHUNK: usize = 64 * 1024;

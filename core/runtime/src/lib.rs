@@ -1,4 +1,9 @@
-//! The runtime: boxes' lifecycle over a home, a strategy and a backend.
+//! boxsock runtime: boxes' lifecycle over a home, a strategy and a backend.
+//!
+//! This crate sits on [`boxsock_core`] (the vocabulary and the seams) and adds what only
+//! the runtime needs: the lifecycle below, the SQLite [`store`] with its [`state`]
+//! machine, [`process`] identity, and [`agent_client`], the async client of the agent
+//! protocol. Neither the in-box agent nor the libkrun shim links it (nor SQLite).
 //!
 //! [`Runtime::open`] creates and locks the home, opens the store, sweeps every
 //! strategy's leftovers and recovers state (see [`OpenReport`]). Then:
@@ -25,18 +30,22 @@
 //! process died into `Unhealthy`, then `Stopped`, recording the exit. The pid reported,
 //! watched and signalled is one [`ProcessIdentity`].
 //!
-//! Companions ([`crate::backend::Launched::companions`]) live exactly as long as their
+//! Companions ([`boxsock_core::backend::Launched::companions`]) live exactly as long as their
 //! box's process: recorded with the box (pid + start time, store table `companions`),
 //! killed and reaped on stop, remove, a failed start, the box process's death, and by
 //! recovery for any box that is not running after a crash.
 
+pub mod agent_client;
 mod crash;
 mod error;
 pub mod home;
 mod info;
 mod lock;
+pub mod process;
 mod recovery;
 pub mod squat;
+pub mod state;
+pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
@@ -54,17 +63,17 @@ pub use info::{BackendReport, BoxInfo, CompanionInfo, DoctorReport, SocketReport
 pub use lock::{LockGuard, LockMode};
 pub use recovery::{OpenReport, Recovered};
 
-use crate::address::SocketAddress;
-use crate::backend::{AddressNeeds, Availability, Backend, BackendConfig, LaunchSpec};
-use crate::binding::{SocketBinding, StrategyConfig};
-use crate::budget::{self, Platform};
-use crate::catalogue::{self, SocketSpec};
-use crate::error::BindingError;
-use crate::id::BoxId;
-use crate::layout::BoxLayout;
+use boxsock_core::address::SocketAddress;
+use boxsock_core::backend::{AddressNeeds, Availability, Backend, BackendConfig, LaunchSpec};
+use boxsock_core::binding::{SocketBinding, StrategyConfig};
+use boxsock_core::budget::{self, Platform};
+use boxsock_core::catalogue::{self, SocketSpec};
+use boxsock_core::error::BindingError;
+use boxsock_core::id::BoxId;
+use boxsock_core::layout::BoxLayout;
 use crate::process::{ProcessHandle, ProcessIdentity};
-use crate::agent_client::{self, AgentClient};
-use crate::registry::{BackendRegistration, BuildError, Registry, StrategyRegistration};
+use crate::agent_client::AgentClient;
+use boxsock_core::registry::{BackendRegistration, BuildError, Registry, StrategyRegistration};
 use crate::state::BoxState;
 use crate::store::{BoxConfig, BoxRecord, Listing, Store, StoreMode};
 
@@ -343,7 +352,7 @@ fn remove_ready_file(_strategy: &dyn SocketBinding, layout: &BoxLayout, id: &Box
 
 /// The verified socket directory of a box for this operation, refusing a path strategy
 /// that does not provide one (its binds and dials would re-resolve a path string).
-fn verified_dir(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, file: &str) -> Result<Option<crate::sockdir::SocketDir>, BindingError> {
+fn verified_dir(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, file: &str) -> Result<Option<boxsock_core::sockdir::SocketDir>, BindingError> {
     let dir = match strategy.socket_dir(layout, id) {
         // The binding vanished since `ensure` (a /tmp cleaner): heal once, look again.
         Err(BindingError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
@@ -607,16 +616,16 @@ impl Runtime {
         // Journal, then directory (marker first), then row: recovery deletes only a
         // directory both prove it made.
         home::journal_create(inner.home_fd.as_fd(), &inner.layout, &id)?;
-        if let Err(e) = crate::boxdir::create_new_box_dir(&inner.layout, &id) {
+        if let Err(e) = boxsock_core::boxdir::create_new_box_dir(&inner.layout, &id) {
             if e.source.kind() != std::io::ErrorKind::AlreadyExists || e.path != inner.layout.box_dir(&id) {
-                let _ = crate::boxdir::remove_box_dir(&inner.layout, &id);
+                let _ = boxsock_core::boxdir::remove_box_dir(&inner.layout, &id);
             }
             home::journal_done(&inner.layout, &id);
             return Err(RuntimeError::Io { op: "create box directory", path: e.path, source: e.source });
         }
         crash::point("create:dirs");
         if let Err(e) = inner.store.insert_owned(&rec, opts.auto_remove_owner) {
-            let _ = crate::boxdir::remove_box_dir(&inner.layout, &id);
+            let _ = boxsock_core::boxdir::remove_box_dir(&inner.layout, &id);
             home::journal_done(&inner.layout, &id);
             return Err(e.into());
         }
@@ -630,7 +639,7 @@ impl Runtime {
         let prepared = ensured.map(drop).and_then(|()| backend.prepare(&inner.layout, &id).map_err(RuntimeError::from));
         if let Err(e) = prepared {
             let _ = strategy.release(&inner.layout, &id);
-            let _ = crate::boxdir::remove_box_dir(&inner.layout, &id);
+            let _ = boxsock_core::boxdir::remove_box_dir(&inner.layout, &id);
             let _ = inner.store.delete(id.as_str());
             return Err(e);
         }
@@ -688,7 +697,7 @@ impl Runtime {
                 tracing::warn!(box_id = %raw_id, error = %e, "force-removing a corrupt box row");
                 if let Ok(id) = BoxId::parse(&raw_id) {
                     inner.release_everywhere(&id);
-                    let _ = crate::boxdir::remove_box_dir(&inner.layout, &id);
+                    let _ = boxsock_core::boxdir::remove_box_dir(&inner.layout, &id);
                 }
                 inner.store.delete(&raw_id)?;
                 return Ok(raw_id);
@@ -715,7 +724,7 @@ impl Runtime {
 
     /// Run every strategy's sweep now. In [`LockMode::Shared`] this waits (up to
     /// `lock_wait`) for exclusive use of the home.
-    pub async fn sweep(&self) -> Result<Vec<(String, Result<crate::binding::SweepReport, String>)>, RuntimeError> {
+    pub async fn sweep(&self) -> Result<Vec<(String, Result<boxsock_core::binding::SweepReport, String>)>, RuntimeError> {
         let inner = &self.inner;
         inner.writable("sweep")?;
         let _g = match inner.options.lock_mode {
@@ -827,7 +836,7 @@ impl Inner {
         }
     }
 
-    fn sweep_all(&self) -> Vec<(String, Result<crate::binding::SweepReport, String>)> {
+    fn sweep_all(&self) -> Vec<(String, Result<boxsock_core::binding::SweepReport, String>)> {
         let mut out = Vec::new();
         for reg in self.options.strategies.iter() {
             let r = self.strategy(reg.name).map_err(|e| e.to_string()).and_then(|s| {
@@ -1181,7 +1190,7 @@ impl Inner {
                     continue;
                 }
                 match agent_client::read_ready(&mut s).await {
-                    Err(agent_client::ClientError::Proto(crate::proto::ProtoError::Closed)) => {
+                    Err(agent_client::ClientError::Proto(boxsock_core::proto::ProtoError::Closed)) => {
                         tracing::debug!(box_id = %id, "empty connection on the ready socket; still waiting");
                     }
                     other => break other,
@@ -1255,7 +1264,7 @@ impl Inner {
         };
         let std = match verified_dir(&*strategy, &self.layout, &rec.id, &file)? {
             Some(dir) => dir.connect_stream(&file, &policy)?,
-            None => crate::peer::connect_stream_at(&addr, &file, &policy)?,
+            None => boxsock_core::peer::connect_stream_at(&addr, &file, &policy)?,
         };
         let client = AgentClient::connect(std)
             .map_err(|source| RuntimeError::Agent { id: rec.id.clone(), address: address.clone(), source })?;
@@ -1355,7 +1364,7 @@ impl Inner {
             }
         }
         crash::point("remove:released");
-        crate::boxdir::remove_box_dir(&self.layout, id)
+        boxsock_core::boxdir::remove_box_dir(&self.layout, id)
             .map_err(|e| RuntimeError::Io { op: "remove box directory", path: self.layout.box_dir(id), source: e })?;
         crash::point("remove:dir-removed");
         self.store.delete(id.as_str())?;

@@ -4,7 +4,7 @@
 //! it) or is reported as a bad row under its id, and never stops the good rows loading.
 
 use boxsock_core::BoxId;
-use boxsock_core::store::{BoxConfig, Store};
+use boxsock_runtime::store::{BoxConfig, Store};
 use proptest::prelude::*;
 
 fn text() -> impl Strategy<Value = String> {

@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::backend::BackendError;
-use crate::error::BindingError;
-use crate::id::{BoxId, IdError};
-use crate::registry::RegistryError;
+use boxsock_core::backend::BackendError;
+use boxsock_core::error::BindingError;
+use boxsock_core::id::{BoxId, IdError};
+use boxsock_core::registry::RegistryError;
 use crate::state::BoxState;
 use crate::store::StoreError;
 
@@ -105,7 +105,7 @@ pub enum RuntimeError {
     #[error("invalid box name: {0}")]
     InvalidName(#[source] IdError),
     /// No box has this id or name.
-    #[error("no box with id or name {}", crate::echo::echo(.0))]
+    #[error("no box with id or name {}", boxsock_core::echo::echo(.0))]
     NotFound(String),
     /// The state machine refuses the change.
     #[error("box {id}: cannot go from {from} to {to}")]

@@ -35,8 +35,8 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 
 use super::{Inner, RuntimeError, remove_ready_file, remove_stale_socket_files};
-use crate::binding::SweepReport;
-use crate::id::BoxId;
+use boxsock_core::binding::SweepReport;
+use boxsock_core::id::BoxId;
 use crate::process::Liveness;
 use crate::state::BoxState;
 use crate::store::BadRow;
@@ -188,7 +188,7 @@ pub(super) async fn recover(inner: &Arc<Inner>, report: &mut OpenReport) -> Resu
         if journaled && marked {
             tracing::warn!(box_id = %id, "box directory without a row (interrupted create): removing it");
             inner.release_everywhere(&id);
-            crate::boxdir::remove_box_dir(layout, &id)
+            boxsock_core::boxdir::remove_box_dir(layout, &id)
                 .map_err(|e| RuntimeError::Io { op: "remove orphan box directory", path: layout.box_dir(&id), source: e })?;
             super::home::journal_done(layout, &id);
             report.orphan_dirs_removed.push(id);
@@ -231,7 +231,7 @@ pub(super) async fn remove_abandoned(inner: &Arc<Inner>) -> Result<Vec<BoxId>, R
             continue;
         }
         let Ok(id) = BoxId::parse(&raw_id) else {
-            tracing::warn!(box_id = %crate::echo::echo(&raw_id), "auto-remove owner of an invalid id left in place");
+            tracing::warn!(box_id = %boxsock_core::echo::echo(&raw_id), "auto-remove owner of an invalid id left in place");
             continue;
         };
         let rec = match inner.store.get(&id) {

@@ -37,7 +37,7 @@ use nix::unistd::{UnlinkatFlags, unlinkat};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
-use crate::id::BoxId;
+use boxsock_core::id::BoxId;
 use crate::process::ProcessIdentity;
 use crate::state::BoxState;
 

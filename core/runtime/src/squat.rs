@@ -4,7 +4,7 @@
 //! user holds it (a directory, file or symlink of theirs), the strategy refuses it
 //! loudly — and would refuse forever. The runtime then falls back to a place the
 //! squatter can neither predict nor control: a fresh 0700 directory
-//! `<base>/<prefix>.<10 random base62>` ([`crate::binding::fallback`]), with a warning
+//! `<base>/<prefix>.<10 random base62>` ([`boxsock_core::binding::fallback`]), with a warning
 //! naming the squatter's uid. The choice is recorded in the home (`<home>/binding-dir`,
 //! 0600, created once with `link`, so concurrent processes agree on one), every process
 //! of the home builds its strategies with it, and `boxsock doctor` shows it.
@@ -13,9 +13,9 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::binding::{StrategyConfig, fallback};
-use crate::error::BindingError;
-use crate::layout::BoxLayout;
+use boxsock_core::binding::{StrategyConfig, fallback};
+use boxsock_core::error::BindingError;
+use boxsock_core::layout::BoxLayout;
 
 /// File name of the record in the home.
 pub const RECORD: &str = "binding-dir";

@@ -6,12 +6,12 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{Inner, RuntimeOptions, check_addresses, compatibility, socket_specs};
-use crate::backend::{AddressNeeds, Availability, Backend, Isolation};
-use crate::binding::SocketBinding;
-use crate::budget::{self, Platform};
-use crate::catalogue::SocketSpec;
-use crate::id::BoxId;
-use crate::layout::BoxLayout;
+use boxsock_core::backend::{AddressNeeds, Availability, Backend, Isolation};
+use boxsock_core::binding::SocketBinding;
+use boxsock_core::budget::{self, Platform};
+use boxsock_core::catalogue::SocketSpec;
+use boxsock_core::id::BoxId;
+use boxsock_core::layout::BoxLayout;
 use crate::state::BoxState;
 use crate::store::BoxRecord;
 
@@ -52,7 +52,7 @@ fn socket_reports(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, 
                 },
                 Err(e) => {
                     let (address, bytes) = match &e {
-                        crate::error::BindingError::PathTooLong { path, len, .. } => (Some(path.clone()), Some(*len)),
+                        boxsock_core::error::BindingError::PathTooLong { path, len, .. } => (Some(path.clone()), Some(*len)),
                         _ => (None, None),
                     };
                     SocketReport { socket: label, file, address, bytes, limit, fits: false, error: Some(e.to_string()) }
@@ -255,7 +255,7 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
         }
     }
     if specs.is_empty() {
-        specs = vec![crate::catalogue::AGENT, crate::catalogue::READY, crate::catalogue::NET];
+        specs = vec![boxsock_core::catalogue::AGENT, boxsock_core::catalogue::READY, boxsock_core::catalogue::NET];
     }
     let mut strategies = Vec::new();
     let mut built = Vec::new();

@@ -6,7 +6,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use boxsock_core::id::BoxId;
-use boxsock_core::store::{BoxConfig, Store};
+use boxsock_runtime::store::{BoxConfig, Store};
 
 fn mode(p: &std::path::Path) -> u32 {
     std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777

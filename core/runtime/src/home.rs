@@ -334,7 +334,7 @@ pub fn tighten_home(home: BorrowedFd<'_>, path: &Path) {
 /// Re-check a box's directories (`boxes/`, `boxes/<id>/`, `sockets/`, `logs/`) on
 /// descriptors opened from the home's, and make its log 0600 (created if missing, so
 /// a backend appending to it never creates it with the umask's mode).
-pub fn check_box_dirs(home: BorrowedFd<'_>, layout: &crate::layout::BoxLayout, id: &crate::id::BoxId) -> Result<(), RuntimeError> {
+pub fn check_box_dirs(home: BorrowedFd<'_>, layout: &boxsock_core::layout::BoxLayout, id: &boxsock_core::id::BoxId) -> Result<(), RuntimeError> {
     // What is missing is left to the caller's own, more specific error (a missing
     // socket directory is the strategy's `MissingSocketDir`); what exists must be ours.
     let Some(boxes) = check_dir_at(home, OsStr::new("boxes"), &layout.boxes_dir(), true)? else { return Ok(()) };
@@ -364,7 +364,7 @@ pub fn check_box_dirs(home: BorrowedFd<'_>, layout: &crate::layout::BoxLayout, i
 /// Journal a create of box `id` (`<home>/journal/create.<id>`, `O_EXCL`), before its
 /// directory is made. Recovery removes a box directory without a row only when both
 /// this entry and the directory's own marker prove that an interrupted create made it.
-pub fn journal_create(home: BorrowedFd<'_>, layout: &crate::layout::BoxLayout, id: &crate::id::BoxId) -> Result<(), RuntimeError> {
+pub fn journal_create(home: BorrowedFd<'_>, layout: &boxsock_core::layout::BoxLayout, id: &boxsock_core::id::BoxId) -> Result<(), RuntimeError> {
     let j = ensure_dir_at(home, OsStr::new("journal"), &layout.journal_dir())?;
     let p = layout.create_journal(id);
     let name = format!("create.{id}");
@@ -379,7 +379,7 @@ pub fn journal_create(home: BorrowedFd<'_>, layout: &crate::layout::BoxLayout, i
 }
 
 /// The create of `id` is over (its row exists, or it was undone).
-pub fn journal_done(layout: &crate::layout::BoxLayout, id: &crate::id::BoxId) {
+pub fn journal_done(layout: &boxsock_core::layout::BoxLayout, id: &boxsock_core::id::BoxId) {
     let p = layout.create_journal(id);
     if let Err(e) = std::fs::remove_file(&p) {
         if e.kind() != std::io::ErrorKind::NotFound {
