@@ -19,7 +19,6 @@
 //! agent is the box's process (`Launched::pid`): the runtime sends it signals and
 //! **must reap it** — `waitpid(pid, WNOHANG)` in its health monitor and after killing
 //! it — or it stays a zombie until the runtime exits (then init adopts and reaps it).
-//! [`reap`] is that call, for callers that do not want to name `nix`.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -218,18 +217,6 @@ impl Backend for HostBackend {
         drop(child);
         tracing::info!(box_id = %spec.id, pid, binary = %binary.display(), agent = %agent, ready = %ready, agent_uri, ready_uri, allow_uids = ?uids, "launched agent");
         Ok(Launched { pid, companions: Vec::new() })
-    }
-}
-
-/// Reap `pid` if it has ended, without blocking: `Ok(Some(code))` (exit code, or
-/// 128 + signal), `Ok(None)` while it runs. `ECHILD` (not our child, or already
-/// reaped) is an error the caller may ignore.
-pub fn reap(pid: i32) -> nix::Result<Option<i32>> {
-    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-    match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG))? {
-        WaitStatus::Exited(_, code) => Ok(Some(code)),
-        WaitStatus::Signaled(_, sig, _) => Ok(Some(128 + sig as i32)),
-        _ => Ok(None),
     }
 }
 

@@ -47,11 +47,6 @@ pub const SHIM_BINARY: &str = "boxsock-krun-shim";
 /// reads it back as state — socket paths are never persisted as state.
 pub const SHIM_SPEC_FILE: &str = "shim-spec.json";
 
-/// Where the shim of box `id` records its spec: `<home>/boxes/<id>/shim-spec.json`.
-pub fn shim_spec_path(layout: &boxsock_core::BoxLayout, id: &boxsock_core::BoxId) -> std::path::PathBuf {
-    layout.box_dir(id).join(SHIM_SPEC_FILE)
-}
-
 /// The registration, also usable in explicit registries.
 pub const REGISTRATION: BackendRegistration = BackendRegistration {
     name: NAME,
