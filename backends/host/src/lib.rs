@@ -220,7 +220,9 @@ impl Backend for HostBackend {
     }
 }
 
-/// For this workspace's own tests and benches: the workspace's binaries, built.
+/// For this workspace's own tests and benches: the workspace's binaries, built. Only
+/// with the `test-support` feature (it runs `cargo build`).
+#[cfg(feature = "test-support")]
 pub mod dev {
     use std::path::PathBuf;
     use std::sync::{Mutex, OnceLock};
@@ -230,6 +232,10 @@ pub mod dev {
     /// builds no other package's binaries, and a stale binary would test old code, so
     /// every test process calls this once per package set. Panics when the build fails:
     /// it is only for tests.
+    ///
+    /// `boxsock` is built with `boxsock-runtime/test-support` (the crash hook the hostile
+    /// suite drives), the same features the test builds that dev-depend on it unify to,
+    /// so the two builds do not overwrite each other's binary with a different one.
     pub fn built_binaries(packages: &[&str]) -> PathBuf {
         static DONE: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
         let exe = std::env::current_exe().expect("current exe");
@@ -243,6 +249,9 @@ pub mod dev {
             build.arg("build").arg("--bins");
             for p in packages {
                 build.args(["-p", p]);
+            }
+            if packages.contains(&"boxsock") {
+                build.args(["--features", "boxsock-runtime/test-support"]);
             }
             if profile_dir.ends_with("release") {
                 build.arg("--release");
