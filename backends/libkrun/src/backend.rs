@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use boxsock_core::backend::{AddressNeeds, Availability, BackendConfig, BackendError, Isolation, LaunchSpec, Launched};
-use boxsock_core::catalogue::{self, DerivedName, SocketSpec};
+use boxsock_core::catalogue::{self, SocketSpec};
 use boxsock_core::layout::BoxLayout;
 use boxsock_core::{Backend, BoxId, SocketAddress};
 
@@ -16,17 +16,12 @@ use crate::jail::{SYSTEM_DEVICES, SYSTEM_READ_ONLY};
 use crate::passt::{DEFAULT_PASST, DEFAULT_PASST_TIMEOUT, Passt};
 use crate::probe::HostProbe;
 use crate::spec::{
-    AGENT_VSOCK_PORT, DEFAULT_RAM_MIB, DEFAULT_VCPUS, GUEST_MAC, GuestExec, JailPath, JailSpec, NetSpec,
+    AGENT_VSOCK_PORT, DEFAULT_RAM_MIB, DEFAULT_VCPUS, GUEST_MAC, GuestExec, JailSpec, NetSpec,
     READY_VSOCK_PORT, ShimSpec, VsockMap, agent_args, parent_of,
 };
-use crate::{KRUN_NET_DERIVED_WORST_CASE, NAME, SHIM_BINARY};
+use crate::{NAME, SHIM_BINARY};
 
-/// The `net` socket as libkrun sees it: bound by passt, with the unixgram name libkrun
-/// 1.19 derives in `TMPDIR` counted in every budget (see [`crate::derived`]).
-pub const NET: SocketSpec = SocketSpec {
-    derived: &[DerivedName::Sibling(KRUN_NET_DERIVED_WORST_CASE)],
-    ..catalogue::NET
-};
+pub use crate::derived::NET;
 
 /// The descriptor at which the shim inherits the box's verified socket directory.
 pub const SHIM_SOCKET_DIR_FD: i32 = 3;
@@ -34,8 +29,7 @@ pub const SHIM_SOCKET_DIR_FD: i32 = 3;
 /// The descriptor at which the shim inherits its end of the `net` socketpair.
 pub const SHIM_NET_FD: i32 = 4;
 
-/// Default guest path of the agent inside the guest root.
-pub const DEFAULT_GUEST_AGENT: &str = "/boxsock-agent";
+pub use crate::rootfs::DEFAULT_GUEST_AGENT;
 
 /// Settings of the libkrun backend, from [`BackendConfig`] options.
 ///
@@ -231,7 +225,7 @@ impl Libkrun {
                 read_only,
                 read_write: vec![box_dir],
                 devices: SYSTEM_DEVICES.iter().map(PathBuf::from).collect(),
-                sockets: spec.policy.iter().map(JailPath::from).collect(),
+                sockets: spec.policy.clone(),
                 socket_dir_fd,
             },
             configure_only: self.config.configure_only,

@@ -32,8 +32,8 @@ use boxsock_core::backend::{Backend, BackendConfig, BackendError};
 use boxsock_core::registry::BackendRegistration;
 
 pub use api::{KrunApi, KrunCall, KrunCtx, KrunError, RecordingKrun};
-pub use backend::{Libkrun, LibkrunConfig, NET};
-pub use derived::KRUN_NET_DERIVED_WORST_CASE;
+pub use backend::{Libkrun, LibkrunConfig};
+pub use derived::{KRUN_NET_DERIVED_WORST_CASE, NET};
 pub use spec::{ShimSpec, SpecError, configure};
 
 /// The registered name.
