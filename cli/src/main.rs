@@ -171,15 +171,32 @@ enum Verb {
     },
 }
 
-fn parse_env(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("{} is not KEY=VALUE", boxsock::boxsock_core::echo::echo(s))),
+/// A command-line value that does not parse (clap prints it after the argument name).
+#[derive(Debug, thiserror::Error)]
+enum ArgError {
+    /// Not `KEY=VALUE` with a non-empty key; the text is echoed safely.
+    #[error("{echoed} is not KEY=VALUE")]
+    NotKeyValue { echoed: String },
+    /// A negative, NaN or overflowing number of seconds.
+    #[error("--{flag} {value} is not a number of seconds")]
+    Seconds { flag: &'static str, value: f64, source: std::time::TryFromFloatSecsError },
+}
+
+impl From<ArgError> for Failure {
+    fn from(e: ArgError) -> Self {
+        Failure(e.to_string(), 1)
     }
 }
 
-fn secs(s: f64, what: &str) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(s).map_err(|_| format!("--{what} {s} is not a number of seconds"))
+fn parse_env(s: &str) -> Result<(String, String), ArgError> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(ArgError::NotKeyValue { echoed: boxsock::boxsock_core::echo::echo(s).to_string() }),
+    }
+}
+
+fn secs(value: f64, flag: &'static str) -> Result<Duration, ArgError> {
+    Duration::try_from_secs_f64(value).map_err(|source| ArgError::Seconds { flag, value, source })
 }
 
 /// A CLI failure: the message (empty: exit quietly) and the exit status.

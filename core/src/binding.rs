@@ -358,6 +358,6 @@ pub fn require_socket_dir(layout: &BoxLayout, id: &BoxId) -> Result<PathBuf, Bin
 /// Join `file_name` (validated) onto `dir`.
 pub fn socket_path(dir: &Path, file_name: &str) -> Result<PathBuf, BindingError> {
     crate::catalogue::validate_file_name(file_name)
-        .map_err(|reason| BindingError::Invalid { what: "socket file name".into(), reason })?;
+        .map_err(|e| BindingError::Invalid { what: "socket file name".into(), reason: e.to_string() })?;
     Ok(dir.join(file_name))
 }

@@ -31,6 +31,21 @@ pub const SHIM_NET_FD: i32 = 4;
 
 pub use crate::rootfs::DEFAULT_GUEST_AGENT;
 
+/// Why [`Libkrun::find_agent`] found no agent binary for a guest root.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FindAgentError {
+    /// The `agent` option names no file.
+    #[error("option agent={}: no such file", path.display())]
+    NoSuchFile {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// None of the places the `host` backend looks holds one (its error lists them).
+    #[error(transparent)]
+    NotFound(#[from] BackendError),
+}
+
 /// Settings of the libkrun backend, from [`BackendConfig`] options.
 ///
 /// | option | default | meaning |
@@ -307,15 +322,12 @@ impl Libkrun {
     /// The host agent binary a new box's guest root gets: the `agent` option, else the
     /// first executable the `host` backend would take (helper dir, `$BOXSOCK_AGENT`,
     /// beside the current executable, its parent).
-    pub fn find_agent(&self) -> Result<PathBuf, String> {
+    pub fn find_agent(&self) -> Result<PathBuf, FindAgentError> {
         if let Some(a) = &self.config.agent {
-            return if a.is_file() { Ok(a.clone()) } else { Err(format!("option agent={}: no such file", a.display())) };
+            return if a.is_file() { Ok(a.clone()) } else { Err(FindAgentError::NoSuchFile { path: a.clone() }) };
         }
         let host = boxsock_host::HostBackend::new(BackendConfig { helper_dir: self.config.helper_dir.clone(), ..Default::default() });
-        host.find_agent().map_err(|e| match e {
-            BackendError::Unavailable { reason, .. } => reason,
-            e => e.to_string(),
-        })
+        Ok(host.find_agent()?)
     }
 
     fn spawn_shim(&self, json: &[u8], log: &Path, fds: &[(i32, i32)]) -> Result<i32, BackendError> {
@@ -403,7 +415,7 @@ impl Backend for Libkrun {
     /// [`Libkrun::find_agent`] finds.
     fn prepare(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BackendError> {
         let fail = |reason: String| BackendError::Prepare { backend: NAME.into(), id: id.clone(), reason };
-        let agent = self.find_agent().map_err(|r| fail(format!("no agent for the guest root: {r}")))?;
+        let agent = self.find_agent().map_err(|e| fail(format!("no agent for the guest root: {e}")))?;
         let root = layout.rootfs_dir(id);
         let made = crate::rootfs::prepare_at(&root, &agent, Path::new(&self.config.guest_agent)).map_err(|e| fail(format!("guest root {}: {e}", root.display())))?;
         tracing::debug!(box_id = %id, root = %root.display(), agent = %agent.display(), files = made.files.len(), "guest root prepared");

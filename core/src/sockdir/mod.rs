@@ -207,7 +207,7 @@ impl SocketDir {
     /// displayed path.
     pub fn child_address(&self, name: &str, fd_no: RawFd) -> Result<SocketAddress, BindingError> {
         crate::catalogue::validate_file_name(name)
-            .map_err(|reason| BindingError::Invalid { what: "socket file name".into(), reason })?;
+            .map_err(|e| BindingError::Invalid { what: "socket file name".into(), reason: e.to_string() })?;
         let addr = SocketAddress::Path(sys::through_fd(fd_no, &self.inner.shown, name));
         crate::budget::check(name, &addr, crate::budget::Platform::current())?;
         Ok(addr)
@@ -280,7 +280,7 @@ impl SocketDir {
     /// Remove socket `name` (only a socket; anything else is left). Missing is fine.
     pub fn remove_socket(&self, name: &str) -> Result<(), BindingError> {
         crate::catalogue::validate_file_name(name)
-            .map_err(|reason| BindingError::Invalid { what: "socket file name".into(), reason })?;
+            .map_err(|e| BindingError::Invalid { what: "socket file name".into(), reason: e.to_string() })?;
         let shown = self.inner.shown.join(name);
         match nix::sys::stat::fstatat(&self.inner.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) if is_socket(&st) => {}

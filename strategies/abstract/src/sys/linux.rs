@@ -267,7 +267,7 @@ impl SocketBinding for Abstract {
     /// box's current start.
     fn address(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<SocketAddress, BindingError> {
         catalogue::validate_file_name(file_name)
-            .map_err(|reason| BindingError::Invalid { what: "socket file name".into(), reason })?;
+            .map_err(|e| BindingError::Invalid { what: "socket file name".into(), reason: e.to_string() })?;
         let keyed = self.keyed(layout)?;
         let epoch = self.current_epoch(layout, id)?;
         let addr = SocketAddress::Abstract(keyed.deriver.derive_in(id.as_str(), epoch.as_ref(), file_name));
