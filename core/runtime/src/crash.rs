@@ -10,8 +10,6 @@
 //! [`point`] compiles to nothing and a release `boxsock` ignores the variable. The
 //! hostile suite and the CLI tests enable the feature through their dev-dependencies.
 
-use std::sync::OnceLock;
-
 /// The environment variable naming the step at which to die.
 pub const CRASH_ENV: &str = "BOXSOCK_TEST_CRASH_AT";
 
@@ -52,6 +50,7 @@ pub const CRASH_STEPS: &[&str] = &[
 /// `SIGKILL` this process if [`CRASH_ENV`] names `step` (`test-support` builds only).
 #[cfg(feature = "test-support")]
 pub(super) fn point(step: &'static str) {
+    use std::sync::OnceLock;
     debug_assert!(CRASH_STEPS.contains(&step), "unlisted crash step {step}");
     static AT: OnceLock<Option<String>> = OnceLock::new();
     let at = AT.get_or_init(|| std::env::var(CRASH_ENV).ok().filter(|s| !s.is_empty()));
