@@ -71,8 +71,9 @@ impl HostBackend {
     }
 
     /// Where the agent binary is looked for, in order: `helper_dir`, `$BOXSOCK_AGENT`,
-    /// the directory of the current executable, and that directory's parent (so
-    /// `target/debug/boxsock-agent` is found from `target/debug/deps/<test>`).
+    /// the directory of the current executable (where `cargo install` puts it beside
+    /// `boxsock`), that directory's parent (so `target/debug/boxsock-agent` is found
+    /// from `target/debug/deps/<test>`), then every directory of `$PATH`.
     pub fn agent_candidates(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         if let Some(dir) = &self.config.helper_dir {
@@ -87,6 +88,9 @@ impl HostBackend {
                 out.push(parent.join(AGENT_BINARY));
             }
         }
+        if let Some(path) = std::env::var_os("PATH") {
+            out.extend(std::env::split_paths(&path).filter(|d| d.is_absolute()).map(|d| d.join(AGENT_BINARY)));
+        }
         out
     }
 
@@ -96,7 +100,7 @@ impl HostBackend {
         candidates.iter().find(|p| is_executable(p)).cloned().ok_or_else(|| BackendError::Unavailable {
             backend: NAME.into(),
             reason: format!(
-                "no executable {AGENT_BINARY} found; looked at {} (set {AGENT_ENV} or the helper directory)",
+                "no executable {AGENT_BINARY} found; looked at {} (install it beside boxsock with `{AGENT_INSTALL}`, or set {AGENT_ENV} or the helper directory)",
                 candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
             ),
         })
@@ -112,6 +116,9 @@ impl HostBackend {
             .ok_or_else(|| self.spec_error(format!("box {}: no address for socket {name:?}", spec.id)))
     }
 }
+
+/// How a user installs the agent beside `boxsock` (named in the error when it is missing).
+pub const AGENT_INSTALL: &str = "cargo install boxsock-agent (from a checkout: cargo install --path backends/agent)";
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
