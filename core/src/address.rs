@@ -121,6 +121,32 @@ fn abstract_addr(_name: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
     ))
 }
 
+/// A filesystem path is a path address (used by [`crate::BindingError::io`], whose
+/// subject is often a directory or a file rather than a socket).
+impl From<PathBuf> for SocketAddress {
+    fn from(p: PathBuf) -> Self {
+        SocketAddress::Path(p)
+    }
+}
+
+impl From<&Path> for SocketAddress {
+    fn from(p: &Path) -> Self {
+        SocketAddress::Path(p.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for SocketAddress {
+    fn from(p: &PathBuf) -> Self {
+        SocketAddress::Path(p.clone())
+    }
+}
+
+impl From<&SocketAddress> for SocketAddress {
+    fn from(a: &SocketAddress) -> Self {
+        a.clone()
+    }
+}
+
 impl fmt::Display for SocketAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.display_string())

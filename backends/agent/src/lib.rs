@@ -295,7 +295,7 @@ impl Agent {
         let bound_file = unix_agent.as_path().and_then(|p| std::fs::symlink_metadata(p).ok()).map(|m| (m.dev(), m.ino()));
         let listener = Listener::new(std_listener, unix_agent.clone(), "agent".into(), policy.clone())
             .into_tokio()
-            .map_err(|e| bind_err(BindingError::io("listen on", unix_agent.display_string(), e)))?;
+            .map_err(|e| bind_err(BindingError::io("listen on", &unix_agent, e)))?;
         tracing::info!(address = %config.agent, checked = policy.is_checked(), "listening");
         Ok(Agent { listener: AnyListener::Unix(listener), config, policy, bound_file, state })
     }
