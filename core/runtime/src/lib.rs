@@ -487,7 +487,9 @@ impl Runtime {
             }
         } else {
             home::check_dir_at(home_fd.as_fd(), std::ffi::OsStr::new("boxes"), &layout.boxes_dir(), false)?;
-            lock::wait_unlocked_read_only(&home, &layout.lock_path(), options.lock_wait).await?;
+            // No lock and no wait: a read-only open changes nothing, and reading the
+            // WAL-mode store beside a writer (even an exclusive runtime) is safe
+            // (decision 0003).
         }
         let store_dir = home_fd.try_clone().map_err(|e| RuntimeError::Io { op: "duplicate the descriptor of", path: home.clone(), source: e })?;
         let store = Store::open_at(store_dir, &layout.store_path(), if writable { StoreMode::ReadWrite } else { StoreMode::ReadOnly })?;
@@ -605,7 +607,7 @@ impl Runtime {
             return Err(RuntimeError::BackendUnavailable { backend: opts.backend.clone(), reason });
         }
         if let Some(name) = &opts.name {
-            if let Some((by, _)) = inner.store.resolve(name)? {
+            if let Some((by, _)) = inner.store.resolve_exact(name)? {
                 return Err(crate::store::StoreError::NameTaken { name: name.clone(), by }.into());
             }
         }
@@ -1059,7 +1061,9 @@ impl Inner {
                 }
             }
             Err(e) => {
-                tracing::warn!(box_id = %id, error = %e, "start failed; stopping the box");
+                // Debug, not warn: the error is returned to the caller, who reports it
+                // (once).
+                tracing::debug!(box_id = %id, error = %e, "start failed; stopping the box");
                 if let Some(h) = &launched {
                     let _ = h.signal_group(Signal::SIGKILL);
                     let _ = h.signal(Signal::SIGKILL);
