@@ -564,15 +564,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Verb::Start { ids } => {
             let rt = &g.open_existing(&ids.join(", "), Writes::Yes).await?;
-            each(ids, |id| async move {
-                // A running box is left as it is (and its id printed), like docker.
-                let rec = rt.get(&id)?;
-                if rec.state == boxsock::BoxState::Running && rt.process(&id)?.is_some_and(|h| h.is_alive()) {
-                    return Ok(rec.id.to_string());
-                }
-                Ok(rt.start(&id).await?.id.to_string())
-            })
-            .await
+            // A running box is left as it is (and its id printed), like docker.
+            each(ids, |id| async move { Ok(rt.start(&id).await?.id.to_string()) }).await
         }
         Verb::Exec { env, interactive, id, cmd } => {
             let env: Vec<(String, String)> = env.into_iter().flatten().collect();

@@ -461,6 +461,10 @@ async fn a_home_held_by_a_library_runtime_is_listed_at_once() {
         assert!(start.elapsed() < Duration::from_secs(3), "{args:?} waited {:?}", start.elapsed());
         assert!(stdout(&o).contains(b.id.as_str()), "{args:?}: {}", stdout(&o));
     }
+    // The library: starting a running box returns it as it is.
+    let again = rt.start(b.id.as_str()).await.unwrap();
+    assert_eq!(again.process, rt.get(b.id.as_str()).unwrap().process);
+    assert_eq!(again.state, boxsock::BoxState::Running);
     // A writing verb still waits for it (and says who holds the home).
     let o = run(boxsock(&env).args(["--lock-wait", "0", "stop", b.id.as_str()]));
     assert_eq!(o.status.code(), Some(125));

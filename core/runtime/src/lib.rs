@@ -328,11 +328,16 @@ impl Runtime {
         Ok(rec)
     }
 
-    /// Start a box (`Created` or `Stopped`) and wait for its agent's readiness.
+    /// Start a box (`Created` or `Stopped`) and wait for its agent's readiness. A box
+    /// already running (its process alive) is returned as it is.
     pub async fn start(&self, id_or_name: &str) -> Result<BoxRecord, RuntimeError> {
         let inner = &self.inner;
         let _op = inner.op_lock().await?;
         let rec = inner.record(id_or_name)?;
+        // A running box whose process is alive is left as it is (like `docker start`).
+        if rec.state == BoxState::Running && inner.handle_for(&rec).is_some_and(|h| h.is_alive()) {
+            return Ok(rec);
+        }
         inner.start_locked(rec).await
     }
 
