@@ -221,7 +221,7 @@ enum ArgError {
 
 impl From<ArgError> for Failure {
     fn from(e: ArgError) -> Self {
-        Failure(e.to_string(), 1)
+        Failure(e.to_string(), exit::FAILED)
     }
 }
 
