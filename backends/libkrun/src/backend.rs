@@ -366,7 +366,11 @@ impl Libkrun {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(spawn_err)?;
+        let mut child = cmd.spawn().map_err(|e| match e.kind() {
+            // A missing shim: say how to install it beside boxsock.
+            std::io::ErrorKind::NotFound => spawn_err(std::io::Error::new(e.kind(), format!("{e}; install it beside boxsock with `{}`", crate::SHIM_INSTALL))),
+            _ => spawn_err(e),
+        })?;
         let pid = child.id() as i32;
         let written = match child.stdin.take() {
             Some(mut stdin) => stdin.write_all(json),

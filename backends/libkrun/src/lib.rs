@@ -42,6 +42,9 @@ pub const NAME: &str = "libkrun";
 /// File name of the shim binary (looked up in `BackendConfig::helper_dir`).
 pub const SHIM_BINARY: &str = "boxsock-krun-shim";
 
+/// How a user installs the shim beside `boxsock` (named in the error when it is missing).
+pub const SHIM_INSTALL: &str = "cargo install boxsock-libkrun (from a checkout: cargo install --path backends/libkrun)";
+
 /// File, in the box directory, where the shim records the exact [`ShimSpec`] it
 /// received (one JSON document, rewritten at each start). A diagnostic artifact: nothing
 /// reads it back as state — socket paths are never persisted as state.
