@@ -205,27 +205,47 @@ enum Verb {
     },
 }
 
-fn parse_env(s: &str) -> Result<(String, String), String> {
+/// A command-line value that does not parse (clap prints it after the argument name).
+#[derive(Debug, thiserror::Error)]
+enum ArgError {
+    /// Not `KEY=VALUE` with a non-empty key; the text is echoed safely.
+    #[error("{echoed} is not KEY=VALUE")]
+    NotKeyValue { echoed: String },
+    /// `-e` with an empty name.
+    #[error("an empty variable name is not KEY or KEY=VALUE")]
+    EmptyName,
+    /// A negative, NaN or overflowing number of seconds.
+    #[error("--{flag} {value} is not a number of seconds")]
+    Seconds { flag: &'static str, value: f64, source: std::time::TryFromFloatSecsError },
+}
+
+impl From<ArgError> for Failure {
+    fn from(e: ArgError) -> Self {
+        Failure(e.to_string(), exit::FAILED)
+    }
+}
+
+fn parse_env(s: &str) -> Result<(String, String), ArgError> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("{} is not KEY=VALUE", boxsock::boxsock_core::echo::echo(s))),
+        _ => Err(ArgError::NotKeyValue { echoed: boxsock::boxsock_core::echo::echo(s).to_string() }),
     }
 }
 
 /// `KEY=VALUE`, or `KEY` alone: the host's value of `KEY` (`None` when the host has
 /// none or it is not UTF-8, so the variable is not set, as with docker).
-fn parse_env_or_host(s: &str) -> Result<Option<(String, String)>, String> {
+fn parse_env_or_host(s: &str) -> Result<Option<(String, String)>, ArgError> {
     if s.contains('=') {
         return parse_env(s).map(Some);
     }
     if s.is_empty() {
-        return Err("an empty variable name is not KEY or KEY=VALUE".into());
+        return Err(ArgError::EmptyName);
     }
     Ok(std::env::var(s).ok().map(|v| (s.to_owned(), v)))
 }
 
-fn secs(s: f64, what: &str) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(s).map_err(|_| format!("--{what} {s} is not a number of seconds"))
+fn secs(value: f64, flag: &'static str) -> Result<Duration, ArgError> {
+    Duration::try_from_secs_f64(value).map_err(|source| ArgError::Seconds { flag, value, source })
 }
 
 /// A CLI failure: the message (empty: exit quietly) and the exit status.

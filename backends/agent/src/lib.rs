@@ -58,6 +58,17 @@ pub const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// Size of one stdout/stderr read (and so the largest output frame body).
 const OUTPUT_CHUNK: usize = 32 * 1024;
 
+/// Why an agent address did not parse, for [`AgentError::Address`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    /// A `vsock:` URI.
+    #[error(transparent)]
+    Vsock(#[from] vsock::VsockAddressError),
+    /// A Unix socket URI.
+    #[error(transparent)]
+    Unix(#[from] boxsock_core::UriError),
+}
+
 /// An address on the agent's command line: a Unix socket address (path or abstract
 /// name), or a vsock port inside a guest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -127,12 +138,13 @@ pub struct AgentConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// A command-line address is not a valid URI.
-    #[error("bad address {uri:?}: {reason}")]
+    #[error("bad address {uri:?}: {source}")]
     Address {
         /// The URI as given.
         uri: String,
         /// What is wrong.
-        reason: String,
+        #[source]
+        source: AddressError,
     },
     /// `--allow-uid` was combined with a vsock address: vsock has no peer
     /// credentials, so the check could not be made.
@@ -185,11 +197,11 @@ pub enum AgentError {
 /// `vsock://<port>` or `vsock://<cid>:<port>` (port a u32, neither 0 nor
 /// `VMADDR_PORT_ANY`). Errors are [`AgentError::Address`] naming the URI.
 pub fn parse_address(uri: &str) -> Result<AgentAddress, AgentError> {
-    let bad = |reason| AgentError::Address { uri: uri.to_owned(), reason };
+    let bad = |source| AgentError::Address { uri: uri.to_owned(), source };
     if uri.starts_with("vsock:") {
-        return VsockAddress::parse(uri).map(AgentAddress::Vsock).map_err(bad);
+        return VsockAddress::parse(uri).map(AgentAddress::Vsock).map_err(|e| bad(e.into()));
     }
-    SocketAddress::from_uri(uri).map(AgentAddress::Unix).map_err(bad)
+    SocketAddress::from_uri(uri).map(AgentAddress::Unix).map_err(|e| bad(e.into()))
 }
 
 /// The listening socket: a Unix one (with its peer policy) or a vsock port.
@@ -283,7 +295,7 @@ impl Agent {
         let bound_file = unix_agent.as_path().and_then(|p| std::fs::symlink_metadata(p).ok()).map(|m| (m.dev(), m.ino()));
         let listener = Listener::new(std_listener, unix_agent.clone(), "agent".into(), policy.clone())
             .into_tokio()
-            .map_err(|e| bind_err(BindingError::io("listen on", unix_agent.display_string(), e)))?;
+            .map_err(|e| bind_err(BindingError::io("listen on", &unix_agent, e)))?;
         tracing::info!(address = %config.agent, checked = policy.is_checked(), "listening");
         Ok(Agent { listener: AnyListener::Unix(listener), config, policy, bound_file, state })
     }

@@ -95,9 +95,10 @@ fn refusal(strategy: &str, e: &BindingError) -> &'static str {
                 "{msg}"
             );
         }
-        BindingError::Io { path, .. }
-        | BindingError::MissingSocketDir { path, .. }
-        | BindingError::Insecure { path, .. } => {
+        BindingError::Io { address, .. } => {
+            assert!(msg.contains(&address.display_string()), "{strategy}: {msg} does not name {address}");
+        }
+        BindingError::MissingSocketDir { path, .. } | BindingError::Insecure { path, .. } => {
             let last = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
