@@ -397,12 +397,16 @@ async fn exec_in(rt: &Runtime, id: &str, cmd: Vec<String>, env: Vec<(String, Str
     }
 }
 
-/// The exit status of a failed `run`/`exec`: 127 when the command could not be
-/// started (as a shell does), else 125.
+/// The exit status of a failed `run`/`exec`: as a shell does, 127 when the command
+/// was not found, 126 when it cannot be executed; else 125.
 fn exec_failure(e: RuntimeError) -> Failure {
     use boxsock::boxsock_core::proto::ErrorCode;
     let code = match &e {
-        RuntimeError::Agent { source: boxsock::ClientError::Agent { code: ErrorCode::Spawn, .. }, .. } => 127,
+        RuntimeError::Agent { source: boxsock::ClientError::Agent { code, .. }, .. } => match code {
+            ErrorCode::NotFound | ErrorCode::Spawn => 127,
+            ErrorCode::PermissionDenied => 126,
+            _ => 125,
+        },
         _ => 125,
     };
     Failure(e.to_string(), code)
