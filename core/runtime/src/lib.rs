@@ -38,6 +38,7 @@
 pub mod agent_client;
 mod crash;
 mod error;
+pub mod exec;
 pub mod home;
 mod info;
 mod lock;
@@ -59,6 +60,7 @@ use tokio::task::AbortHandle;
 pub use crate::agent_client::ClientError;
 pub use crash::{CRASH_ENV, CRASH_STEPS};
 pub use error::RuntimeError;
+pub use exec::{Child, Command, ExitStatus, Output, SpawnErrorKind};
 pub use info::{BackendReport, BoxInfo, CompanionInfo, DoctorReport, SocketReport, StrategyReport, doctor};
 pub use lock::{LockGuard, LockMode};
 pub use recovery::{OpenReport, Recovered};
