@@ -16,10 +16,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use boxsock::{
-    Access, BackendConfig, CreateOptions, ExecIo, LockMode, Runtime, RuntimeError, RuntimeOptions, StrategyConfig, builtin_backends,
+    Access, BackendConfig, CreateOptions, LockMode, Runtime, RuntimeError, RuntimeOptions, StrategyConfig, builtin_backends,
     builtin_strategies,
 };
 use clap::{Args, Parser, Subcommand};
+
+mod tty;
 
 /// boxsock: micro-VM boxes whose sockets never hit the sun_path limit.
 #[derive(Debug, Parser)]
@@ -83,6 +85,10 @@ enum Verb {
         /// Forward stdin to the command (otherwise it reads /dev/null).
         #[arg(short, long)]
         interactive: bool,
+        /// Run the command on a pseudo-terminal in the box (with -i, this terminal goes
+        /// into raw mode until the command ends).
+        #[arg(short, long)]
+        tty: bool,
         /// The command and its arguments.
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
@@ -112,6 +118,10 @@ enum Verb {
         /// Forward stdin to the command (otherwise it reads /dev/null).
         #[arg(short, long)]
         interactive: bool,
+        /// Run the command on a pseudo-terminal in the box (with -i, this terminal goes
+        /// into raw mode until the command ends).
+        #[arg(short, long)]
+        tty: bool,
         /// Box id or name.
         id: String,
         /// The command and its arguments.
@@ -356,58 +366,85 @@ fn backend_hint(e: RuntimeError, g: &Global) -> Failure {
     Failure(if hint { format!("{msg}; try --backend host (no isolation)") } else { msg }, 1)
 }
 
-fn stdin_reader(interactive: bool) -> Option<Box<dyn tokio::io::AsyncRead + Unpin + Send + 'static>> {
-    interactive.then(|| Box::new(tokio::io::stdin()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)
+/// How `run`/`exec` connect the command to this process (`-i`, `-t`).
+#[derive(Debug, Clone, Copy)]
+struct Attach {
+    interactive: bool,
+    tty: bool,
 }
 
-/// Run a command in a box, writing its output as it arrives. When stdout's reader goes
-/// away (`| head`), the exec session is closed (its future dropped), so the agent
-/// kills the command's process group, and this returns the quiet broken-pipe failure.
-async fn exec_in(rt: &Runtime, id: &str, cmd: Vec<String>, env: Vec<(String, String)>, interactive: bool) -> Result<i32, Failure> {
-    let stdout_error = std::sync::Mutex::new(None::<std::io::Error>);
-    let stdout_closed = tokio::sync::Notify::new();
-    let mut out = |b: &[u8]| {
-        let mut failed = stdout_error.lock().unwrap_or_else(|e| e.into_inner());
-        if failed.is_some() {
-            return;
-        }
-        let mut o = std::io::stdout().lock();
-        if let Err(e) = o.write_all(b).and_then(|()| o.flush()) {
-            *failed = Some(e);
-            stdout_closed.notify_one();
-        }
+/// Run a command in a box, writing its output as it arrives (see `tty` for `-t`,
+/// raw mode and the signals forwarded to the command). When stdout's reader goes away
+/// (`| head`), the exec session is closed (the child dropped), so the agent kills the
+/// command's process group, and this returns the quiet broken-pipe failure.
+async fn exec_in(rt: &Runtime, id: &str, cmd: Vec<String>, env: Vec<(String, String)>, attach: Attach) -> Result<i32, Failure> {
+    use boxsock::exec::Stdio;
+    use tokio::io::AsyncReadExt;
+    if attach.tty && attach.interactive && !tty::stdin_is_tty() {
+        return Err(Failure("the input device is not a TTY (drop -t, or run from a terminal)".into(), 125));
+    }
+    let Some((program, args)) = cmd.split_first() else {
+        return Err(Failure("no command given".into(), 125));
     };
+    let mut command = rt.command(id, program.as_str());
+    command
+        .args(args.iter().cloned())
+        .envs(env)
+        .stdin(if attach.interactive { Stdio::Inherit } else { Stdio::Null })
+        .stdout(Stdio::Piped)
+        .stderr(Stdio::Piped);
+    if attach.tty {
+        let (rows, cols) = tty::window_size().unwrap_or((24, 80));
+        command.window_size(rows, cols);
+    }
+    // Raw mode before the command starts, so no typed byte is echoed locally.
+    let raw = match attach.tty && attach.interactive {
+        true => Some(tty::RawMode::enter().map_err(|e| Failure(format!("cannot put the terminal in raw mode: {e}"), 125))?),
+        false => None,
+    };
+    let mut child = command.spawn().await.map_err(exec_failure)?;
+    let forwarding = tty::forward_signals(child.control(), attach.tty);
+    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
     // A closed stderr drops the command's stderr; the command goes on.
-    let mut err = |b: &[u8]| {
-        let _ = std::io::stderr().lock().write_all(b);
+    let copy_err = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        while let Some(Ok(n @ 1..)) = match err.as_mut() { Some(e) => Some(e.read(&mut buf).await), None => None } {
+            let _ = std::io::stderr().lock().write_all(&buf[..n]);
+        }
+        std::io::Result::Ok(())
     };
-    let exec = rt.exec(id, cmd, env, ExecIo { stdin: stdin_reader(interactive), stdout: &mut out, stderr: &mut err });
-    let ended = tokio::select! {
-        r = exec => Some(r.map_err(exec_failure)),
-        () = stdout_closed.notified() => None,
+    let copy_out = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        while let Some(Ok(n @ 1..)) = match out.as_mut() { Some(o) => Some(o.read(&mut buf).await), None => None } {
+            let mut o = std::io::stdout().lock();
+            o.write_all(&buf[..n]).and_then(|()| o.flush())?;
+        }
+        std::io::Result::Ok(())
     };
-    // The command may also have ended in the same poll that found stdout closed: its
-    // output was not delivered either way.
-    match stdout_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        Some(e) => {
+    // A closed stdout ends both copies at once (the command may go on writing to
+    // stderr).
+    let copied = tokio::try_join!(copy_out, copy_err);
+    let result = match copied {
+        Err(e) => {
             tracing::debug!(box_id = id, error = %e, "stdout closed; ended the exec session");
             Err(Failure::stdout(&e))
         }
-        None => ended.unwrap_or_else(|| Err(Failure::stdout(&std::io::ErrorKind::BrokenPipe.into()))),
-    }
+        Ok(((), ())) => child.wait().await.map(|s| s.shell_code()).map_err(exec_failure),
+    };
+    forwarding.abort();
+    drop(child);
+    drop(raw);
+    result
 }
 
 /// The exit status of a failed `run`/`exec`: as a shell does, 127 when the command
 /// was not found, 126 when it cannot be executed; else 125.
 fn exec_failure(e: RuntimeError) -> Failure {
-    use boxsock::boxsock_core::proto::ErrorCode;
-    let code = match &e {
-        RuntimeError::Agent { source: boxsock::ClientError::Agent { code, .. }, .. } => match code {
-            ErrorCode::NotFound | ErrorCode::Spawn => 127,
-            ErrorCode::PermissionDenied => 126,
-            _ => 125,
-        },
-        _ => 125,
+    use boxsock::SpawnErrorKind;
+    let code = match e.spawn_error() {
+        Some(SpawnErrorKind::NotFound | SpawnErrorKind::Other) => 127,
+        Some(SpawnErrorKind::PermissionDenied) => 126,
+        None => 125,
     };
     Failure(e.to_string(), code)
 }
@@ -437,7 +474,7 @@ fn json<T: serde::Serialize>(v: &T) -> Result<u8, Failure> {
 async fn run(cli: Cli) -> Result<u8, Failure> {
     let g = &cli.global;
     match cli.verb {
-        Verb::Run { rm, name, env, interactive, cmd } => {
+        Verb::Run { rm, name, env, interactive, tty, cmd } => {
             let rt = g.open(Writes::Yes).await.map_err(|f| Failure(f.0, 125))?;
             // Tie the box to this process: if it is killed (-9) before removing the
             // box, the next writing command on this home removes it.
@@ -447,14 +484,15 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             };
             let b = rt.create(CreateOptions { auto_remove_owner: owner, ..g.create_options(name, Vec::new(), false) }).await.map_err(|e| Failure(backend_hint(e, g).0, 125))?;
             let id = b.id.to_string();
-            let work = async {
-                rt.start(&id).await.map_err(exec_failure)?;
-                exec_in(&rt, &id, cmd, env, interactive).await
-            };
-            // Ctrl-C or SIGTERM still cleans up a --rm box.
-            let result = tokio::select! {
-                r = work => r,
+            // Ctrl-C or SIGTERM while the box starts still cleans up a --rm box; once
+            // the command runs, they are forwarded to it (see `tty`).
+            let started = tokio::select! {
+                r = rt.start(&id) => r.map(drop).map_err(exec_failure),
                 sig = interrupted() => Err(Failure(format!("interrupted by {sig}"), 130)),
+            };
+            let result = match started {
+                Ok(()) => exec_in(&rt, &id, cmd, env, Attach { interactive, tty }).await,
+                Err(f) => Err(f),
             };
             if rm {
                 if let Err(e) = rt.remove(&id, true).await {
@@ -475,9 +513,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             outln!("{}", b.id);
             Ok(0)
         }
-        Verb::Exec { env, interactive, id, cmd } => {
+        Verb::Exec { env, interactive, tty, id, cmd } => {
             let rt = g.open_existing(&id, Writes::Yes).await.map_err(|f| Failure(f.0, 125))?;
-            let code = exec_in(&rt, &id, cmd, env, interactive).await?;
+            let code = exec_in(&rt, &id, cmd, env, Attach { interactive, tty }).await?;
             Ok(exit_byte(code))
         }
         Verb::Stop { timeout, id } => {

@@ -589,7 +589,32 @@ pub struct Child {
     fail: Fail,
 }
 
+/// Sends signals and resizes to a [`Child`]'s command from elsewhere (a signal
+/// handler task) while the child is being waited for.
+#[derive(Debug, Clone)]
+pub struct Control {
+    ctl: mpsc::UnboundedSender<Ctl>,
+    ended: SessionEnded,
+}
+
+impl Control {
+    /// See [`Child::signal`].
+    pub fn signal(&self, signal: i32) -> Result<(), SessionEnded> {
+        self.ctl.send(Ctl::Signal(signal)).map_err(|_| self.ended.clone())
+    }
+
+    /// See [`Child::resize`].
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<(), SessionEnded> {
+        self.ctl.send(Ctl::Resize(WinSize { rows, cols })).map_err(|_| self.ended.clone())
+    }
+}
+
 impl Child {
+    /// A [`Control`] of this command, usable while [`Child::wait`] runs.
+    pub fn control(&self) -> Control {
+        Control { ctl: self.ctl.clone(), ended: self.ended.clone() }
+    }
+
     /// Deliver signal `signal` (a number, e.g. `libc::SIGINT`) to the command's process
     /// group, or with a tty to the terminal's foreground group.
     pub fn signal(&self, signal: i32) -> Result<(), SessionEnded> {
