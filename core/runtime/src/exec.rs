@@ -1,7 +1,7 @@
 //! Running commands in a box, in the style of `tokio::process::Command`.
 //!
 //! ```no_run
-//! # async fn f(rt: &boxsock_runtime::Runtime) -> Result<(), boxsock_runtime::RuntimeError> {
+//! # async fn f(rt: &boxsock_runtime::Runtime) -> Result<(), Box<dyn std::error::Error>> {
 //! let out = rt.command("web", "sh").arg("-c").arg("echo hi; exit 3").output().await?;
 //! assert_eq!((out.status.code(), &out.stdout[..]), (Some(3), &b"hi\n"[..]));
 //!
