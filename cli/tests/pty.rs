@@ -205,3 +205,16 @@ fn sigint_to_exec_without_t_is_forwarded_to_the_command() {
     assert!(String::from_utf8_lossy(&seen).contains("got-int"), "{}", String::from_utf8_lossy(&seen));
     assert_eq!(status.code(), Some(5));
 }
+
+#[test]
+fn exec_and_run_w_set_the_working_directory() {
+    let env = Env::new();
+    let id = running_box(&env);
+    let o = boxsock(&env).args(["exec", "-w", "/tmp", &id, "--", "pwd"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "/tmp\n", "{}", String::from_utf8_lossy(&o.stderr));
+    let o = boxsock(&env).args(["--backend", "host", "run", "--rm", "--workdir", "/usr", "--", "pwd"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "/usr\n", "{}", String::from_utf8_lossy(&o.stderr));
+    // A directory that does not exist is "not found" (127), naming it.
+    let o = boxsock(&env).args(["exec", "-w", "/no/such/dir", &id, "--", "pwd"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(127), "{}", String::from_utf8_lossy(&o.stderr));
+}
