@@ -535,6 +535,15 @@ impl Drop for GroupGuard<'_> {
     }
 }
 
+/// Kill an exec's process group and, with a tty, the terminal's foreground group
+/// first (a job the shell moved to a group of its own; it may ignore SIGHUP).
+fn kill_exec(master: Option<&pty::PtyMaster>, pgid: i32) {
+    if let Some(fg) = master.and_then(|m| m.foreground()).filter(|&fg| fg != pgid) {
+        kill_group(fg);
+    }
+    kill_group(pgid);
+}
+
 fn group_alive(pgid: i32) -> bool {
     nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
 }
@@ -731,7 +740,7 @@ where
         w = &mut writer => {
             // The writer only ends early on a write error: the client is gone.
             tracing::info!(pid, error = ?w.err(), "client went away; killing the command");
-            kill_group(pgid);
+            kill_exec(master.as_deref(), pgid);
             let _ = child.wait().await;
             return Ok(());
         }
@@ -776,13 +785,13 @@ where
         }
         Err(ConnEvent::Gone) => {
             tracing::info!(pid, "client went away; killing the command");
-            kill_group(pgid);
+            kill_exec(master.as_deref(), pgid);
             let _ = child.wait().await;
             Ok(())
         }
         Err(ConnEvent::Bad(answer)) => {
             tracing::warn!(pid, answer = ?answer, "bad frame during exec; killing the command");
-            kill_group(pgid);
+            kill_exec(master.as_deref(), pgid);
             let _ = child.wait().await;
             pumps.shutdown().await;
             drop(tx);

@@ -726,3 +726,22 @@ async fn a_v1_client_is_refused_naming_both_versions() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A client that goes away from a tty exec takes the terminal's foreground job with
+/// it, not only the shell (job control puts it in a group of its own).
+#[tokio::test]
+async fn a_tty_client_that_goes_away_gets_the_foreground_job_killed() {
+    let a = Running::start(&[]).await;
+    let (mut w, mut r) = a.client().start_exec(tty_request(&["/bin/sh", "-i"], 24, 80)).await.unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut r, &mut seen, |s| s.contains("# ") || s.contains("$ ")).await;
+    // The job ignores SIGHUP, so only an explicit kill of its group ends it.
+    w.stdin(b"sh -c 'trap \"\" HUP; echo pid=$$=; exec sleep 1000'\n").await.unwrap();
+    // The echo of the typed line shows `pid=$$=`; the job's own line a number.
+    let pid_in = |s: &str| s.split("pid=").skip(1).find_map(|rest| rest.split('=').next()?.parse::<i32>().ok());
+    read_until(&mut r, &mut seen, |s| pid_in(s).is_some()).await;
+    let pid = pid_in(&String::from_utf8_lossy(&seen)).unwrap();
+    assert!(alive(pid));
+    drop((w, r));
+    wait_gone(pid);
+}
