@@ -130,3 +130,23 @@ async fn dropping_a_child_kills_the_command() {
     common::wait_until("the command to be killed", || !common::pid_running(pid));
     rt.remove(&id, true).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_megabytes_round_trip_through_piped_stdin_and_stdout() {
+    let env = Env::new();
+    let (rt, id) = running_box(&env).await;
+    let mut child = rt.command(&id, "cat").stdin(Stdio::Piped).stdout(Stdio::Piped).spawn().await.unwrap();
+    let (mut stdin, mut stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        stdin.write_all(&sent).await.unwrap();
+        stdin.shutdown().await.unwrap();
+    });
+    let mut back = Vec::new();
+    tokio::time::timeout(LIMIT, stdout.read_to_end(&mut back)).await.unwrap().unwrap();
+    writer.await.unwrap();
+    assert!(back == data, "got {} bytes back of {}", back.len(), data.len());
+    assert!(child.wait().await.unwrap().success());
+    rt.remove(&id, true).await.unwrap();
+}

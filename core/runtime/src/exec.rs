@@ -33,6 +33,8 @@ use crate::{Runtime, RuntimeError};
 
 /// Buffer between the session and a piped stream of the [`Child`].
 const PIPE_BUFFER: usize = 64 * 1024;
+/// Stdin chunks queued for the agent (each at most [`PIPE_BUFFER`]).
+const STDIN_QUEUE: usize = 4;
 
 /// Where a standard stream of the command goes (or comes from).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,6 +326,9 @@ impl<'rt> Command<'rt> {
     async fn spawn_with(&self, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> Result<Child, RuntimeError> {
         let (writer, reader, fail) = self.start(stdin).await?;
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        // Stdin goes through a small bounded channel: a fast producer waits for the
+        // agent instead of filling memory.
+        let (data_tx, data_rx) = mpsc::channel(STDIN_QUEUE);
         let (child_stdin, stdin_pump) = match stdin {
             Stdio::Piped => {
                 let (ours, theirs) = tokio::io::duplex(PIPE_BUFFER);
@@ -333,11 +338,11 @@ impl<'rt> Command<'rt> {
             Stdio::Null => (None, None),
         };
         if let Some(input) = stdin_pump {
-            input.start(ctl_tx.clone());
+            input.start(data_tx);
         }
         let (child_stdout, out_sink) = sink(stdout, Sink::Stdout);
         let (child_stderr, err_sink) = sink(stderr, Sink::Stderr);
-        let driver = tokio::spawn(drive(writer, reader, ctl_rx, out_sink, err_sink, fail.clone()));
+        let driver = tokio::spawn(drive(writer, reader, ctl_rx, data_rx, out_sink, err_sink, fail.clone()));
         tracing::debug!(box_id = %self.box_id, program = %self.argv[0], tty = self.tty.is_some(), "exec spawned");
         Ok(Child {
             stdin: child_stdin,
@@ -380,7 +385,7 @@ enum Input {
 }
 
 impl Input {
-    fn start(self, tx: mpsc::UnboundedSender<Ctl>) {
+    fn start(self, tx: mpsc::Sender<Ctl>) {
         match self {
             Input::Pipe(mut from) => {
                 tokio::spawn(async move {
@@ -389,13 +394,13 @@ impl Input {
                         match from.read(&mut buf).await {
                             Ok(0) | Err(_) => break,
                             Ok(n) => {
-                                if tx.send(Ctl::Stdin(buf[..n].to_vec())).is_err() {
+                                if tx.send(Ctl::Stdin(buf[..n].to_vec())).await.is_err() {
                                     return;
                                 }
                             }
                         }
                     }
-                    let _ = tx.send(Ctl::StdinEof);
+                    let _ = tx.send(Ctl::StdinEof).await;
                 });
             }
             // A blocking read of this process's stdin, on a thread of its own: a task
@@ -410,7 +415,7 @@ impl Input {
                         match stdin.read(&mut buf) {
                             Ok(0) => break,
                             Ok(n) => {
-                                if tx.send(Ctl::Stdin(buf[..n].to_vec())).is_err() {
+                                if tx.blocking_send(Ctl::Stdin(buf[..n].to_vec())).is_err() {
                                     return;
                                 }
                             }
@@ -418,7 +423,7 @@ impl Input {
                             Err(_) => break,
                         }
                     }
-                    let _ = tx.send(Ctl::StdinEof);
+                    let _ = tx.blocking_send(Ctl::StdinEof);
                 });
                 if let Err(e) = spawned {
                     tracing::warn!(error = %e, "cannot start the stdin thread; the command's stdin stays empty");
@@ -477,12 +482,23 @@ async fn drive(
     mut writer: ExecWriter,
     mut reader: ExecReader,
     mut ctl: mpsc::UnboundedReceiver<Ctl>,
+    mut data: mpsc::Receiver<Ctl>,
     mut out: Sink,
     mut err: Sink,
     fail: Fail,
 ) -> Result<ExitStatus, RuntimeError> {
     let send = async {
-        while let Some(c) = ctl.recv().await {
+        let mut data_open = true;
+        loop {
+            // Signals and resizes go before queued input (Ctrl-C while a paste streams).
+            let c = tokio::select! {
+                biased;
+                c = ctl.recv() => match c { Some(c) => c, None => break },
+                c = data.recv(), if data_open => match c {
+                    Some(c) => c,
+                    None => { data_open = false; continue }
+                },
+            };
             let r = match c {
                 Ctl::Stdin(b) => writer.stdin(&b).await,
                 Ctl::StdinEof => writer.stdin_eof().await,
