@@ -26,6 +26,7 @@ pub use boxsock_runtime::{
     RuntimeOptions,
     doctor,
 };
+pub use boxsock_runtime::exec::{self, Child, Command, ExitStatus, Output, SpawnErrorKind};
 pub use boxsock_runtime::state::BoxState;
 pub use boxsock_runtime::store::{BoxConfig, BoxRecord, Listing};
 pub use boxsock_core::{BindingError, BoxId, BoxLayout, SocketAddress, StrategyConfig};

@@ -505,6 +505,9 @@ scenario!(
             argv: vec!["/bin/true".into()],
             env: vec![],
             stdin: false,
+            cwd: None,
+            tty: false,
+            winsize: None,
         }));
         let garbage: Vec<u8> = (0u8..64)
             .map(|i| i.wrapping_mul(37).wrapping_add(0xa5))
@@ -556,7 +559,7 @@ scenario!(
         run.extend(exec);
         let r = exchange(s.as_ref(), &w.layout, &id, &run, false);
         assert!(
-            matches!(r.last(), Some(Response::Exit { code: 0 })),
+            matches!(r.last(), Some(Response::Exit { code: 0, .. })),
             "exec after the hostile frames: {r:?}"
         );
         drop(slow);
