@@ -309,7 +309,10 @@ impl Runtime {
         }
         home::journal_done(&inner.layout, &id);
         crash::point("create:row");
-        let ensured = inner.ensure_binding(strategy.clone(), &id);
+        let ensured = {
+            let (s, id) = (strategy.clone(), id.clone());
+            inner.blocking(move |i| i.ensure_binding(s, &id)).await
+        };
         let strategy = match &ensured {
             Ok(s) => s.clone(),
             Err(_) => strategy,
@@ -463,7 +466,7 @@ impl Inner {
     /// `strategy.ensure`, falling back to a private, unpredictable binding directory
     /// when the default per-user directory is squatted by another user (see [`squat`]).
     /// Returns the strategy to use from here on (rebuilt after a fallback).
-    fn ensure_binding(&self, strategy: Arc<dyn SocketBinding>, id: &BoxId) -> Result<Arc<dyn SocketBinding>, RuntimeError> {
+    pub(crate) fn ensure_binding(&self, strategy: Arc<dyn SocketBinding>, id: &BoxId) -> Result<Arc<dyn SocketBinding>, RuntimeError> {
         let err = match strategy.ensure(&self.layout, id) {
             Ok(()) => return Ok(strategy),
             Err(e) => e,
@@ -478,6 +481,21 @@ impl Inner {
         let rebuilt = self.strategy(strategy.name())?;
         rebuilt.ensure(&self.layout, id)?;
         Ok(rebuilt)
+    }
+
+    /// Run blocking work on tokio's blocking pool, never on the executor: a strategy's
+    /// `ensure` (which may wait up to 5 s on its lock), the store (SQLite behind a
+    /// mutex, with a busy timeout) and connects. The CLI runs a current-thread runtime,
+    /// where blocking the executor would stall every other box's exec, pump and
+    /// readiness wait.
+    pub(crate) async fn blocking<T: Send + 'static>(self: &Arc<Self>, f: impl FnOnce(&Inner) -> T + Send + 'static) -> T {
+        let inner = self.clone();
+        match tokio::task::spawn_blocking(move || f(&inner)).await {
+            Ok(v) => v,
+            // The work panicked (a bug): propagate it as if it had run here. A blocking
+            // task is never cancelled while its runtime runs.
+            Err(e) => std::panic::resume_unwind(e.try_into_panic().unwrap_or_else(|e| Box::new(e.to_string()))),
+        }
     }
 
     fn backend(&self, name: &str) -> Result<Arc<dyn Backend>, RuntimeError> {
