@@ -67,11 +67,11 @@ use tokio::task::AbortHandle;
 pub use crate::agent_client::ClientError;
 pub use crash::{CRASH_ENV, CRASH_STEPS};
 pub use error::RuntimeError;
-pub use info::{BackendReport, BoxInfo, CompanionInfo, DoctorReport, SocketReport, StrategyReport, doctor};
+pub use info::{BackendReport, BoxInfo, CompanionInfo, DoctorReport, PairingError, SocketReport, StrategyReport, doctor};
 pub use lock::{LockGuard, LockMode};
 pub use options::{Access, CreateOptions, ExecIo, RuntimeOptions};
-pub use recovery::{OpenReport, Recovered};
-pub use sockets::{check_addresses, compatibility, socket_specs};
+pub use recovery::{OpenReport, Recovered, SweepError};
+pub use sockets::{Incompatibility, check_addresses, compatibility, socket_specs};
 
 use boxsock_core::backend::{Availability, Backend};
 use boxsock_core::binding::{SocketBinding, StrategyConfig};
@@ -405,7 +405,7 @@ impl Runtime {
 
     /// Run every strategy's sweep now. In [`LockMode::Shared`] this waits (up to
     /// `lock_wait`) for exclusive use of the home.
-    pub async fn sweep(&self) -> Result<Vec<(String, Result<boxsock_core::binding::SweepReport, String>)>, RuntimeError> {
+    pub async fn sweep(&self) -> Result<Vec<(String, Result<boxsock_core::binding::SweepReport, SweepError>)>, RuntimeError> {
         let inner = &self.inner;
         inner.writable("sweep")?;
         let _g = match inner.options.lock_mode {
@@ -532,14 +532,14 @@ impl Inner {
         }
     }
 
-    fn sweep_all(&self) -> Vec<(String, Result<boxsock_core::binding::SweepReport, String>)> {
+    fn sweep_all(&self) -> Vec<(String, Result<boxsock_core::binding::SweepReport, SweepError>)> {
         let mut out = Vec::new();
         for reg in self.options.strategies.iter() {
-            let r = self.strategy(reg.name).map_err(|e| e.to_string()).and_then(|s| {
+            let r = self.strategy(reg.name).map_err(|e| SweepError::Strategy(Box::new(e))).and_then(|s| {
                 if !s.capabilities().supported_here() {
                     return Ok(Default::default());
                 }
-                s.sweep(&self.layout).map_err(|e| e.to_string())
+                Ok(s.sweep(&self.layout)?)
             });
             match &r {
                 Ok(rep) if !rep.removed.is_empty() => {

@@ -48,19 +48,38 @@ pub fn check_addresses(
     Ok(own)
 }
 
+/// Why a strategy cannot serve a backend ([`compatibility`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Incompatibility {
+    /// The backend hands socket paths to its VMM; the strategy gives out addresses that
+    /// are not in the filesystem.
+    #[error(
+        "backend {backend:?} hands socket paths to its VMM, which cannot use the non-filesystem addresses strategy {strategy:?} gives out; use a path strategy such as short-symlink"
+    )]
+    NeedsPaths {
+        /// Strategy name.
+        strategy: String,
+        /// Backend name.
+        backend: String,
+    },
+}
+
+/// Serialised as its message (what `doctor --json` has always shown).
+impl serde::Serialize for Incompatibility {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Whether `strategy` can serve `backend`, with the reason when not.
-pub fn compatibility(strategy: &dyn SocketBinding, backend: &dyn Backend) -> Result<(), String> {
+pub fn compatibility(strategy: &dyn SocketBinding, backend: &dyn Backend) -> Result<(), Incompatibility> {
     let caps = strategy.capabilities();
     if backend.address_needs() == AddressNeeds::PathOnly && !caps.path_addressable {
-        return Err(format!(
-            "backend {:?} hands socket paths to its VMM, which cannot use the non-filesystem addresses strategy {:?} gives out; use a path strategy such as short-symlink",
-            backend.name(),
-            strategy.name()
-        ));
+        return Err(Incompatibility::NeedsPaths { strategy: strategy.name().to_owned(), backend: backend.name().to_owned() });
     }
     Ok(())
 }
-
 
 /// The verified socket directory of a box for this operation, refusing a path strategy
 /// that does not provide one (its binds and dials would re-resolve a path string).
