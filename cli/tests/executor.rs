@@ -7,7 +7,10 @@
 mod common;
 
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use boxsock::boxsock_runtime::process::ProcessHandle;
 
 use boxsock::{CreateOptions, ExecIo, Runtime};
 use common::Env;
@@ -30,6 +33,19 @@ async fn exec_true(rt: &Runtime, id: &str) -> Duration {
     t.elapsed()
 }
 
+/// SIGKILLs the boxes' processes when dropped, so a failed assertion leaves no agent
+/// running (signals only the recorded identities, never a process that reused a pid).
+struct KillOnDrop(Vec<Arc<ProcessHandle>>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            let _ = h.signal_group(nix::sys::signal::Signal::SIGKILL);
+            let _ = h.signal(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 /// Execs of box `id`, back to back for `window`; the slowest one.
 async fn slowest_exec_during(rt: &Runtime, id: &str, window: Duration) -> (Duration, usize) {
     let start = Instant::now();
@@ -50,6 +66,7 @@ async fn an_ensure_blocked_on_its_lock_for_one_box_does_not_delay_an_exec_on_ano
     let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap().id;
     rt.start(a.as_str()).await.unwrap();
     rt.start(b.as_str()).await.unwrap();
+    let _guard = KillOnDrop([&a, &b].iter().filter_map(|id| rt.process(id.as_str()).unwrap()).collect());
 
     // B's exec latency with nothing blocked.
     let (baseline, _) = slowest_exec_during(&rt, b.as_str(), Duration::from_millis(500)).await;
