@@ -76,7 +76,9 @@ impl Inner {
             Some(p) => strategy.peer_policy().with_pid(p.pid),
             None => strategy.peer_policy(),
         };
-        let std = match verified_dir(&*strategy, &self.layout, &rec.id, &file)? {
+        // One address per dial: the error text, the directory check and the connect of
+        // an abstract name all use this one.
+        let std = match verified_dir(&*strategy, &self.layout, &rec.id, &addr)? {
             Some(dir) => dir.connect_stream(&file, &policy)?,
             None => boxsock_core::peer::connect_stream_at(&addr, &file, &policy)?,
         };

@@ -83,7 +83,9 @@ pub fn compatibility(strategy: &dyn SocketBinding, backend: &dyn Backend) -> Res
 
 /// The verified socket directory of a box for this operation, refusing a path strategy
 /// that does not provide one (its binds and dials would re-resolve a path string).
-pub(crate) fn verified_dir(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, file: &str) -> Result<Option<boxsock_core::sockdir::SocketDir>, BindingError> {
+/// `addr` is the address of the socket about to be bound or dialled, as the caller
+/// already derived it (not derived again here).
+pub(crate) fn verified_dir(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, addr: &SocketAddress) -> Result<Option<boxsock_core::sockdir::SocketDir>, BindingError> {
     let dir = match strategy.socket_dir(layout, id) {
         // The binding vanished since `ensure` (a /tmp cleaner): heal once, look again.
         Err(BindingError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
@@ -93,7 +95,7 @@ pub(crate) fn verified_dir(strategy: &dyn SocketBinding, layout: &BoxLayout, id:
         other => other?,
     };
     if dir.is_none() {
-        if let SocketAddress::Path(p) = strategy.address(layout, id, file)? {
+        if let SocketAddress::Path(p) = addr {
             return Err(BindingError::Unsupported {
                 strategy: strategy.name().to_owned(),
                 what: format!("binding or dialling {}", p.display()),

@@ -117,11 +117,17 @@ impl Inner {
         // One verified directory for the whole start: the runtime binds `ready` through
         // it and the backend hands it to the box's processes. `ensure` may wait on the
         // strategy's lock: off the executor.
+        // `ready`'s address as derived once for this start (always among `addresses`:
+        // `socket_specs` adds it).
+        let ready_addr = match addresses.get(catalogue::READY.name) {
+            Some(a) => a.clone(),
+            None => strategy.address(layout, id, &ready_file)?,
+        };
         let socket_dir = {
-            let (s, box_id, file) = (strategy.clone(), id.clone(), ready_file.clone());
+            let (s, box_id) = (strategy.clone(), id.clone());
             self.blocking(move |i| -> Result<_, RuntimeError> {
                 s.ensure(&i.layout, &box_id)?;
-                Ok(verified_dir(&*s, &i.layout, &box_id, &file)?)
+                Ok(verified_dir(&*s, &i.layout, &box_id, &ready_addr)?)
             })
             .await?
         };
