@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use boxsock_core::address::SocketAddress;
 use boxsock_core::backend::{AddressNeeds, Backend};
-use boxsock_core::binding::{SocketBinding, StrategyConfig};
+use boxsock_core::binding::SocketBinding;
 use boxsock_core::budget::{self, Platform};
 use boxsock_core::catalogue::{self, SocketSpec};
 use boxsock_core::error::BindingError;
@@ -106,9 +106,3 @@ pub(crate) fn verified_dir(strategy: &dyn SocketBinding, layout: &BoxLayout, id:
     Ok(dir)
 }
 
-/// The uids a box's processes accept as peers: the owner, then the embedder's extras.
-pub(crate) fn peer_uids(config: &StrategyConfig) -> Vec<u32> {
-    let mut v = vec![config.uid];
-    v.extend(config.allowed_peer_uids.iter().copied().filter(|u| *u != config.uid));
-    v
-}

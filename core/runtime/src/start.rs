@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use boxsock_core::address::SocketAddress;
-use boxsock_core::backend::{Availability, Backend, LaunchSpec};
+use boxsock_core::backend::{Availability, Backend, BoxSockets, LaunchSpec};
 use boxsock_core::binding::SocketBinding;
 use boxsock_core::catalogue;
 
 use crate::cleanup::ReadyCleanup;
 use crate::kill::{self, KILL_WAIT};
 use crate::process::{ProcessHandle, ProcessIdentity};
-use crate::sockets::{check_addresses, peer_uids, socket_specs, verified_dir};
+use crate::sockets::{check_addresses, socket_specs, verified_dir};
 use crate::state::BoxState;
 use crate::store::BoxRecord;
 use crate::{Inner, RuntimeError, agent_client, crash, home, lock};
@@ -131,8 +131,11 @@ impl Inner {
             })
             .await?
         };
+        // The box's one peer policy: the runtime's ready listener and the box's
+        // processes (through `LaunchSpec::sockets`) admit the same peers.
+        let peer = strategy.peer_policy();
         let bound = match &socket_dir {
-            Some(d) => d.bind_stream(&ready_file, strategy.peer_policy())?,
+            Some(d) => d.bind_stream(&ready_file, peer.clone())?,
             None => strategy.bind_stream(layout, id, &ready_file)?,
         };
         let listener = bound
@@ -153,13 +156,11 @@ impl Inner {
         let spec = LaunchSpec {
             id: id.clone(),
             layout: layout.clone(),
-            addresses,
+            sockets: BoxSockets { addresses, dir: socket_dir, peer },
             log_file: layout.log_file(id),
             network: rec.config.network,
             policy: strategy.policy_paths(layout, id)?,
             env: rec.config.env.clone(),
-            socket_dir,
-            peer_uids: peer_uids(&self.options.strategy_config),
         };
         let launched = backend.launch(&spec)?;
         // Companions first: whatever happens to the box process below, the failure path
