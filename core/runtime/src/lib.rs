@@ -165,7 +165,9 @@ impl Runtime {
             }
         } else {
             home::check_dir_at(home_fd.as_fd(), std::ffi::OsStr::new("boxes"), &layout.boxes_dir(), false)?;
-            lock::wait_unlocked_read_only(&home, &layout.lock_path(), options.lock_wait).await?;
+            // No lock and no wait: a read-only open changes nothing, and reading the
+            // WAL-mode store beside a writer (even an exclusive runtime) is safe
+            // (decision 0003).
         }
         let store_dir = home_fd.try_clone().map_err(|e| RuntimeError::Io { op: "duplicate the descriptor of", path: home.clone(), source: e })?;
         let store = Store::open_at(store_dir, &layout.store_path(), if writable { StoreMode::ReadWrite } else { StoreMode::ReadOnly })?;
@@ -283,7 +285,7 @@ impl Runtime {
             return Err(RuntimeError::BackendUnavailable { backend: opts.backend.clone(), reason });
         }
         if let Some(name) = &opts.name {
-            if let Some((by, _)) = inner.store.resolve(name)? {
+            if let Some((by, _)) = inner.store.resolve_exact(name)? {
                 return Err(crate::store::StoreError::NameTaken { name: name.clone(), by }.into());
             }
         }
@@ -329,11 +331,16 @@ impl Runtime {
         Ok(rec)
     }
 
-    /// Start a box (`Created` or `Stopped`) and wait for its agent's readiness.
+    /// Start a box (`Created` or `Stopped`) and wait for its agent's readiness. A box
+    /// already running (its process alive) is returned as it is.
     pub async fn start(&self, id_or_name: &str) -> Result<BoxRecord, RuntimeError> {
         let inner = &self.inner;
         let _op = inner.op_lock().await?;
         let rec = inner.record(id_or_name)?;
+        // A running box whose process is alive is left as it is (like `docker start`).
+        if rec.state == BoxState::Running && inner.handle_for(&rec).is_some_and(|h| h.is_alive()) {
+            return Ok(rec);
+        }
         inner.start_locked(rec).await
     }
 

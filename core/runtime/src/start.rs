@@ -84,7 +84,9 @@ impl Inner {
                 }
             }
             Err(e) => {
-                tracing::warn!(box_id = %id, error = %e, "start failed; stopping the box");
+                // Debug, not warn: the error is returned to the caller, who reports it
+                // (once).
+                tracing::debug!(box_id = %id, error = %e, "start failed; stopping the box");
                 if let Some(h) = &launched {
                     if !kill::escalate(h, &kill::kill_now(KILL_WAIT)).await {
                         tracing::error!(box_id = %id, pid = h.identity().pid, "box process survived SIGKILL");

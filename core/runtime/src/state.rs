@@ -100,8 +100,9 @@ impl BoxState {
 }
 
 impl fmt::Display for BoxState {
+    /// Honours width and alignment (`{:<12}`), so tables line up.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -133,6 +134,12 @@ mod tests {
         let e = "runnning".parse::<BoxState>().unwrap_err();
         assert_eq!(e, UnknownState { found: "runnning".into() });
         assert_eq!(e.to_string(), "unknown box state \"runnning\"");
+    }
+
+    #[test]
+    fn display_honours_width_and_alignment() {
+        assert_eq!(format!("[{:<10}]", Running), "[running   ]");
+        assert_eq!(format!("[{:>8}]", Stopped), "[ stopped]");
     }
 
     #[test]
