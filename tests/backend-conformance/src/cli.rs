@@ -7,7 +7,7 @@
 //!     [--network] [--check NAME]...
 //! ```
 //!
-//! It prints one line per check, `check <name>: pass|skip <reason>|FAIL <message>`, then
+//! It prints one line per check, `check <name>: pass <ms>ms|skip <reason>|FAIL <message>`, then
 //! `summary pass=N fail=N skip=N`, and exits 0 when nothing failed, 1 when a check
 //! failed, 2 on bad arguments (with a message naming the argument).
 
@@ -133,7 +133,7 @@ pub fn main_with(backends: &Registry<BackendRegistration>, args: impl IntoIterat
         match r {
             Ok(Outcome::Passed) => {
                 passed += 1;
-                println!("check {}: pass {took:.1?}", check.name);
+                println!("check {}: pass {}ms", check.name, took.as_millis());
             }
             Ok(Outcome::Skipped(why)) => {
                 skipped += 1;
