@@ -148,3 +148,52 @@ pub fn main_with(backends: &Registry<BackendRegistration>, args: impl IntoIterat
     println!("summary pass={passed} fail={failed} skip={skipped}");
     if failed > 0 { 1 } else { 0 }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn parses_every_flag() {
+        let a = parse(args(&[
+            "--backend", "libkrun", "--home", "/w/kit", "--helper-dir", "/opt/bin", "--backend-option", "read_only=/opt/krunfw",
+            "--backend-option", "agent=/opt/bin/boxsock-agent", "--ready-timeout", "180", "--stop-timeout", "10", "--network",
+            "--check", "companions_reaped",
+        ]))
+        .unwrap();
+        assert_eq!(a.backend, "libkrun");
+        assert_eq!(a.home, Some(PathBuf::from("/w/kit")));
+        assert_eq!(a.helper_dir, Some(PathBuf::from("/opt/bin")));
+        assert_eq!(a.options.get("read_only").map(String::as_str), Some("/opt/krunfw"));
+        assert_eq!(a.options.get("agent").map(String::as_str), Some("/opt/bin/boxsock-agent"));
+        assert_eq!(a.ready_timeout, Some(Duration::from_secs(180)));
+        assert_eq!(a.stop_timeout, Some(Duration::from_secs(10)));
+        assert!(a.network);
+        assert_eq!(a.checks, ["companions_reaped"]);
+    }
+
+    #[test]
+    fn bad_arguments_are_named() {
+        for (argv, needle) in [
+            (&["--home", "/x"][..], "--backend NAME is required"),
+            (&["--backend"][..], "--backend needs a value"),
+            (&["--backend", "b", "--backend-option", "novalue"][..], "KEY=VALUE, got \"novalue\""),
+            (&["--backend", "b", "--ready-timeout", "soon"][..], "--ready-timeout takes whole seconds, got \"soon\""),
+            (&["--backend", "b", "--check", "nope"][..], "unknown check \"nope\"; known: launch_and_readiness"),
+            (&["--backend", "b", "--frobnicate"][..], "unknown argument \"--frobnicate\""),
+        ] {
+            let e = parse(args(argv)).unwrap_err();
+            assert!(e.0.contains(needle), "{argv:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_backend_is_a_usage_error() {
+        let empty = Registry::<BackendRegistration>::from_entries("backend", []);
+        assert_eq!(main_with(&empty, args(&["--backend", "nope"])), 2);
+    }
+}
