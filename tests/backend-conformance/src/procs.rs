@@ -99,7 +99,8 @@ impl Snapshot {
 }
 
 /// SIGKILL each of `procs` (and its process group, when it leads one), so a failed check
-/// leaves nothing running. Never signals a process whose start time changed.
+/// leaves nothing running, and wait (at most 2 s) until they are dead. Never signals a
+/// process whose start time changed.
 pub fn kill_all(procs: &[Proc]) {
     let now = table();
     for p in procs {
@@ -110,6 +111,11 @@ pub fn kill_all(procs: &[Proc]) {
             }
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
+    }
+    // SIGKILL is delivered asynchronously: a process is still listed alive for a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while procs.iter().any(|p| is_alive(p.pid, p.start_time)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
