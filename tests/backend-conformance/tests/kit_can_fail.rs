@@ -95,7 +95,7 @@ impl Backend for Faulty {
                 self.inner.launch(&s)
             }
             Fault::ClaimsAbstract => {
-                if spec.socket_dir.is_none() {
+                if spec.sockets.dir.is_none() {
                     return Err(BackendError::Spec { backend: self.name.into(), reason: "this backend only takes paths".into() });
                 }
                 self.inner.launch(spec)
