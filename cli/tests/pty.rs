@@ -42,12 +42,16 @@ struct Terminal {
     slave: OwnedFd,
     screen: Arc<Mutex<Vec<u8>>>,
     child: Child,
+    /// The pty's termios before `boxsock` was spawned (read after the spawn, it races
+    /// with the client entering raw mode on a loaded machine).
+    initial: Termios,
 }
 
 impl Terminal {
     fn spawn(mut cmd: Command) -> Terminal {
         let ws = libc::winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
         let pty = nix::pty::openpty(&ws, None).unwrap();
+        let initial = termios::tcgetattr(pty.slave.as_fd()).unwrap();
         let s = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap());
         cmd.stdin(s(&pty.slave)).stdout(s(&pty.slave)).stderr(s(&pty.slave));
         // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe calls on the
@@ -72,7 +76,7 @@ impl Terminal {
                 sink.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
-        Terminal { master, slave: pty.slave, screen, child }
+        Terminal { master, slave: pty.slave, screen, child, initial }
     }
 
     fn text(&self) -> String {
@@ -136,7 +140,7 @@ fn exec_it_gives_a_shell_prompt_echoes_resizes_and_restores_the_terminal() {
     let mut cmd = boxsock(&env);
     cmd.args(["exec", "-it", &id, "--", "/bin/sh", "-i"]);
     let mut t = Terminal::spawn(cmd);
-    let before = t.termios();
+    let before = t.initial.clone();
     t.wait_for("shell prompt", |s| s.contains("# ") || s.contains("$ "));
     // The client's terminal is raw while the command runs: no local echo, no line
     // editing, no signals from Ctrl-C.
@@ -159,7 +163,7 @@ fn run_it_ctrl_c_reaches_the_command_which_exits_130_and_the_terminal_is_restore
     let mut cmd = boxsock(&env);
     cmd.args(["--backend", "host", "run", "--rm", "-it", "--", "sh", "-c", "echo started; exec sleep 30"]);
     let mut t = Terminal::spawn(cmd);
-    let before = t.termios();
+    let before = t.initial.clone();
     t.wait_for("the command to start", |s| s.contains("started"));
     std::thread::sleep(Duration::from_millis(300));
     t.type_in(b"\x03");
