@@ -10,12 +10,6 @@ use boxsock::{Runtime, RuntimeError};
 use common::{Env, LIMIT, agent_dir, pid_running, wait_until};
 use serde_json::Value;
 
-use boxsock_abstract as _;
-use boxsock_direct as _;
-use boxsock_host as _;
-use boxsock_libkrun as _;
-use boxsock_short_symlink as _;
-
 fn boxsock_in(env: &Env, helper_dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_boxsock"));
     c.env("BOXSOCK_HOME", &env.home)
@@ -221,6 +215,16 @@ fn doctor_reports_every_strategy_socket_and_backend() {
     let names = ok(boxsock(&env).arg("strategies"));
     for n in ["short-symlink", "direct", "abstract"] {
         assert!(names.contains(n), "{names}");
+    }
+    // The binary's lists are the facade's one registry: every strategy in it is listed
+    // by `strategies` and reported by `doctor`, with no list in the CLI to keep in step.
+    let registry = boxsock::builtin_strategies().names();
+    let listed: Vec<String> =
+        json(boxsock(&env).args(["strategies", "--json"])).as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(listed, registry, "`boxsock strategies --json` lists the registry, in name order");
+    let doctored: Vec<&str> = d["strategies"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    for n in &registry {
+        assert!(doctored.contains(n), "doctor does not report strategy {n}: {doctored:?}");
     }
     let b = json(boxsock(&env).args(["backends", "--json"]));
     assert_eq!(b.as_array().unwrap().len(), 2);
