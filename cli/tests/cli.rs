@@ -231,6 +231,42 @@ fn doctor_reports_every_strategy_socket_and_backend() {
     assert_eq!(b.as_array().unwrap().len(), 2);
 }
 
+/// The example third-party strategy (strategies/xdg-hashed: its crate plus one line in
+/// cli/Cargo.toml) works through the binary like a built-in: listed, doctored, and a box
+/// under a deep home runs, inspects and is removed, its sockets under
+/// `$XDG_RUNTIME_DIR/boxsock/<hash of the home>/<id>`.
+#[test]
+fn the_example_strategy_added_by_one_line_runs_a_box_under_xdg_runtime_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::deep(160);
+    let xdg = env.root.path().join("run");
+    std::fs::create_dir(&xdg).unwrap();
+    std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let cmd = |args: &[&str]| {
+        let mut c = boxsock(&env);
+        c.env("XDG_RUNTIME_DIR", &xdg).args(["--strategy", "xdg-hashed", "--backend", "host"]).args(args);
+        c
+    };
+    let listed = ok(&mut cmd(&["strategies"]));
+    assert!(listed.lines().any(|l| l.starts_with("xdg-hashed ")), "{listed}");
+    let d = json(&mut cmd(&["doctor", "--json"]));
+    let s = d["strategies"].as_array().unwrap().iter().find(|s| s["name"] == "xdg-hashed").unwrap_or_else(|| panic!("doctor: {d}")).clone();
+    assert_eq!(s["all_fit"], true, "{s}");
+
+    let id = ok(&mut cmd(&["create", "--name", "x"])).trim().to_owned();
+    ok(&mut cmd(&["start", "x"]));
+    assert_eq!(ok(&mut cmd(&["exec", "x", "--", "echo", "via", "xdg"])), "via xdg\n");
+    let i = json(&mut cmd(&["inspect", "x", "--json"]));
+    assert_eq!(i["strategy"], "xdg-hashed");
+    let home_dir = xdg.join("boxsock").join(boxsock_xdg_hashed::home_hash(&env.home));
+    let agent = i["sockets"].as_array().unwrap().iter().find(|s| s["socket"] == "agent").unwrap_or_else(|| panic!("{i}"));
+    assert_eq!(agent["address"].as_str().unwrap(), home_dir.join(&id).join("agent.sock").to_str().unwrap(), "{i}");
+    assert!(std::fs::symlink_metadata(home_dir.join(&id)).unwrap().file_type().is_symlink());
+    ok(&mut cmd(&["rm", "-f", "x"]));
+    assert!(std::fs::symlink_metadata(home_dir.join(&id)).is_err(), "the link outlived its box");
+    assert_nothing_left(&env);
+}
+
 #[test]
 fn eight_processes_creating_and_removing_at_once_all_succeed() {
     let env = Env::new();
