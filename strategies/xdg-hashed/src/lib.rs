@@ -308,9 +308,16 @@ impl SocketBinding for XdgHashed {
     /// Check (or make) the root, then the home's directory and the box's link.
     fn ensure(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
         let inner = self.inner(layout)?;
-        // Refuse a missing sockets directory before creating anything (the root included).
-        if !layout.sockets_dir(id).is_dir() {
-            return Err(BindingError::MissingSocketDir { id: id.to_string(), path: layout.sockets_dir(id) });
+        // Refuse a missing sockets directory before creating anything (the root included);
+        // any other failure to look (ENAMETOOLONG, EACCES) is reported as itself.
+        let sockets = layout.sockets_dir(id);
+        match std::fs::metadata(&sockets) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(BindingError::MissingSocketDir { id: id.to_string(), path: sockets }),
+            Err(e) if matches!(e.raw_os_error(), Some(code) if code == Errno::ENOENT as i32 || code == Errno::ENOTDIR as i32) => {
+                return Err(BindingError::MissingSocketDir { id: id.to_string(), path: sockets });
+            }
+            Err(e) => return Err(BindingError::io("stat", sockets, e)),
         }
         self.prepare_root()?;
         inner.ensure(layout, id)
