@@ -27,6 +27,7 @@ pub use boxsock_runtime::{
     RuntimeOptions,
     doctor,
 };
+pub use boxsock_runtime::exec::{self, Child, Command, ExitStatus, Output, SpawnErrorKind};
 pub use boxsock_runtime::state::BoxState;
 pub use boxsock_runtime::store::{BoxConfig, BoxRecord, Listing};
 pub use boxsock_core::{BindingError, BoxId, BoxLayout, SocketAddress, StrategyConfig};
@@ -38,8 +39,14 @@ include!(concat!(env!("OUT_DIR"), "/link_dependencies.rs"));
 
 /// The default strategy.
 pub const DEFAULT_STRATEGY: &str = boxsock_short_symlink::NAME;
-/// The default backend.
+/// The default backend: `libkrun` with the `libkrun` cargo feature (the default),
+/// `host` without it.
+#[cfg(feature = "libkrun")]
 pub const DEFAULT_BACKEND: &str = boxsock_libkrun::NAME;
+/// The default backend: `libkrun` with the `libkrun` cargo feature (the default),
+/// `host` without it.
+#[cfg(not(feature = "libkrun"))]
+pub const DEFAULT_BACKEND: &str = boxsock_host::NAME;
 
 /// Every strategy linked into this program, sorted by name: each one the facade
 /// depends on (see `build.rs`), and any other crate the program names that registers
@@ -85,6 +92,9 @@ mod tests {
         let b = builtin_backends();
         b.check_unique().unwrap();
         assert!(b.get("host").is_ok(), "{:?}", b.names());
+        // The libkrun backend is linked exactly when its feature is on (build.rs reads
+        // the optional dependency's feature).
+        assert_eq!(b.get("libkrun").is_ok(), cfg!(feature = "libkrun"), "{:?}", b.names());
         assert!(s.get(DEFAULT_STRATEGY).is_ok() && b.get(DEFAULT_BACKEND).is_ok());
     }
 }

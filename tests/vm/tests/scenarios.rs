@@ -30,6 +30,7 @@ scenarios! {
     vm_landlock_enforced_in_shim => "landlock",
     vm_exec_latency_measured => "exec-latency",
     vm_derived_unixgram_name => "derived-unixgram",
+    vm_backend_kit_passes_on_libkrun => "backend-kit",
 }
 
 /// The overhead scenario, and the "Real VM" section of docs/performance.md generated
