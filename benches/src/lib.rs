@@ -18,13 +18,8 @@ use std::time::{Duration, Instant};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId};
 
-use boxsock_core::registry::{Registry, StrategyRegistration};
+use boxsock_core::registry::StrategyRegistration;
 use boxsock_core::{BoxId, BoxLayout, SocketBinding, StrategyConfig};
-
-// Name every strategy crate so `inventory` links their registrations.
-use boxsock_abstract as _;
-use boxsock_direct as _;
-use boxsock_short_symlink as _;
 
 /// A home of (at least) `depth` bytes under `root`, created on disk.
 pub fn home_of_len(root: &Path, depth: usize) -> PathBuf {
@@ -77,9 +72,10 @@ impl Subject {
     }
 }
 
-/// Every strategy linked into the benches, sorted by name.
+/// Every strategy of the facade's registry (`boxsock::builtin_strategies()`), sorted by
+/// name: a strategy crate the facade depends on is benched with no edit here.
 pub fn strategies() -> Vec<&'static StrategyRegistration> {
-    let reg = Registry::<StrategyRegistration>::collected();
+    let reg = boxsock::builtin_strategies();
     reg.names().into_iter().filter_map(|n| reg.get(n).ok()).collect()
 }
 

@@ -10,12 +10,6 @@ use boxsock::{Runtime, RuntimeError};
 use common::{Env, LIMIT, agent_dir, pid_running, wait_until};
 use serde_json::Value;
 
-use boxsock_abstract as _;
-use boxsock_direct as _;
-use boxsock_host as _;
-use boxsock_libkrun as _;
-use boxsock_short_symlink as _;
-
 fn boxsock_in(env: &Env, helper_dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_boxsock"));
     c.env("BOXSOCK_HOME", &env.home)
@@ -223,8 +217,54 @@ fn doctor_reports_every_strategy_socket_and_backend() {
     for n in ["short-symlink", "direct", "abstract"] {
         assert!(names.contains(n), "{names}");
     }
+    // The binary's lists are the facade's one registry: every strategy in it is listed
+    // by `strategies` and reported by `doctor`, with no list in the CLI to keep in step.
+    let registry = boxsock::builtin_strategies().names();
+    let listed: Vec<String> =
+        json(boxsock(&env).args(["strategies", "--json"])).as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(listed, registry, "`boxsock strategies --json` lists the registry, in name order");
+    let doctored: Vec<&str> = d["strategies"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    for n in &registry {
+        assert!(doctored.contains(n), "doctor does not report strategy {n}: {doctored:?}");
+    }
     let b = json(boxsock(&env).args(["backends", "--json"]));
     assert_eq!(b.as_array().unwrap().len(), 2);
+}
+
+/// The example third-party strategy (strategies/xdg-hashed: its crate plus one line in
+/// cli/Cargo.toml) works through the binary like a built-in: listed, doctored, and a box
+/// under a deep home runs, inspects and is removed, its sockets under
+/// `$XDG_RUNTIME_DIR/boxsock/<hash of the home>/<id>`.
+#[test]
+fn the_example_strategy_added_by_one_line_runs_a_box_under_xdg_runtime_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::deep(160);
+    let xdg = env.root.path().join("run");
+    std::fs::create_dir(&xdg).unwrap();
+    std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let cmd = |args: &[&str]| {
+        let mut c = boxsock(&env);
+        c.env("XDG_RUNTIME_DIR", &xdg).args(["--strategy", "xdg-hashed", "--backend", "host"]).args(args);
+        c
+    };
+    let listed = ok(&mut cmd(&["strategies"]));
+    assert!(listed.lines().any(|l| l.starts_with("xdg-hashed ")), "{listed}");
+    let d = json(&mut cmd(&["doctor", "--json"]));
+    let s = d["strategies"].as_array().unwrap().iter().find(|s| s["name"] == "xdg-hashed").unwrap_or_else(|| panic!("doctor: {d}")).clone();
+    assert_eq!(s["all_fit"], true, "{s}");
+
+    let id = ok(&mut cmd(&["create", "--name", "x"])).trim().to_owned();
+    ok(&mut cmd(&["start", "x"]));
+    assert_eq!(ok(&mut cmd(&["exec", "x", "--", "echo", "via", "xdg"])), "via xdg\n");
+    let i = json(&mut cmd(&["inspect", "x", "--json"]));
+    assert_eq!(i["strategy"], "xdg-hashed");
+    let home_dir = xdg.join("boxsock").join(boxsock_xdg_hashed::home_hash(&env.home));
+    let agent = i["sockets"].as_array().unwrap().iter().find(|s| s["socket"] == "agent").unwrap_or_else(|| panic!("{i}"));
+    assert_eq!(agent["address"].as_str().unwrap(), home_dir.join(&id).join("agent.sock").to_str().unwrap(), "{i}");
+    assert!(std::fs::symlink_metadata(home_dir.join(&id)).unwrap().file_type().is_symlink());
+    ok(&mut cmd(&["rm", "-f", "x"]));
+    assert!(std::fs::symlink_metadata(home_dir.join(&id)).is_err(), "the link outlived its box");
+    assert_nothing_left(&env);
 }
 
 #[test]

@@ -13,9 +13,6 @@ use boxsock::{CreateOptions, Runtime};
 use common::{Env, agent_dir, never_ready_agent, pid_running, wait_until};
 use serde_json::Value;
 
-use boxsock_host as _;
-use boxsock_short_symlink as _;
-
 fn boxsock_in(env: &Env, helper_dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_boxsock"));
     c.env("BOXSOCK_HOME", &env.home)

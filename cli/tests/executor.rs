@@ -15,10 +15,6 @@ use boxsock::boxsock_runtime::process::ProcessHandle;
 use boxsock::{CreateOptions, ExecIo, Runtime};
 use common::Env;
 
-// Name the strategy and backend crates so their registrations are linked.
-use boxsock_host as _;
-use boxsock_short_symlink as _;
-
 /// How long the test holds the short-symlink per-user directory's lock.
 const HOLD: Duration = Duration::from_secs(3);
 

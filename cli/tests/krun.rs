@@ -21,12 +21,6 @@ use boxsock::{BindingError, BoxState, CreateOptions, ProcessIdentity, Runtime, R
 use common::{Env, LIMIT, agent_dir, pid_running, wait_until};
 use serde_json::Value;
 
-use boxsock_abstract as _;
-use boxsock_direct as _;
-use boxsock_host as _;
-use boxsock_libkrun as _;
-use boxsock_short_symlink as _;
-
 /// `sizeof(sun_path)` on Linux; a path fits when `len + 1 <= SUN_LEN`.
 const SUN_LEN: usize = 108;
 /// The home depth the issue asks for.

@@ -14,13 +14,6 @@ use boxsock::{
 };
 use common::{Env, LIMIT, pid_running, wait_until};
 
-// Name the strategy and backend crates so their registrations are linked.
-use boxsock_abstract as _;
-use boxsock_direct as _;
-use boxsock_host as _;
-use boxsock_libkrun as _;
-use boxsock_short_symlink as _;
-
 async fn exec_out(rt: &Runtime, id: &str, argv: &[&str]) -> Result<(i32, String, String), RuntimeError> {
     let (mut out, mut err) = (Vec::<u8>::new(), Vec::<u8>::new());
     let (mut on_out, mut on_err) = (|b: &[u8]| out.extend_from_slice(b), |b: &[u8]| err.extend_from_slice(b));

@@ -9,7 +9,8 @@
 //! - [`binding::SocketBinding`], the trait a socket strategy implements, with its
 //!   [`address::SocketAddress`], [`binding::Capabilities`] and [`error::BindingError`];
 //! - [`peer`], peer-credential checks for listeners and connectors that need them;
-//! - [`registry`], link-time (`inventory`) and explicit registries of strategies and backends;
+//! - [`registry`], link-time (`inventory`) and explicit registries of strategies and backends
+//!   (the facade `boxsock` links the crates);
 //! - [`backend::Backend`], the trait a VMM backend implements;
 //! - [`proto`], the agent wire protocol (its async client lives in `boxsock-runtime`).
 //!

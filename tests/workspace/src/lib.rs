@@ -4,10 +4,6 @@
 
 pub mod reliability;
 
-// Name every strategy and backend crate so `inventory` links their registrations into
-// every test binary that uses this library.
-use boxsock_abstract as _;
-use boxsock_direct as _;
-use boxsock_host as _;
-use boxsock_libkrun as _;
-use boxsock_short_symlink as _;
+// The facade links every strategy and backend it depends on; the tests take their
+// lists from `boxsock::builtin_strategies()` / `builtin_backends()` (one registry).
+use boxsock as _;

@@ -1,21 +1,18 @@
-//! The backend conformance kit (`boxsock-backend-conformance`) over every backend linked
-//! into this binary, so that a new backend cannot skip it. A backend that cannot launch
+//! The backend conformance kit (`boxsock-backend-conformance`) over every backend of the
+//! facade's registry (`boxsock::builtin_backends()`: every backend crate the facade
+//! depends on), so that a new backend cannot skip it. A backend that cannot launch
 //! boxes on this machine (`Backend::available_for_launch`: libkrun on a host whose
 //! `/dev/kvm` cannot boot a guest) is skipped with its reason, printed; the real-VM tier
 //! (`tests/vm`, scenario `backend_kit`) runs the kit on libkrun.
 //!
 //! A test file of its own: the kit looks for strays among this process's descendants.
 
-// The linking rule: the facade names every built-in backend crate.
-use boxsock as _;
-
 use boxsock_backend_conformance::{CHECKS, Target, run_all};
 use boxsock_core::backend::{Availability, BackendConfig};
-use boxsock_core::registry::{BackendRegistration, Registry};
 
 #[test]
 fn every_registered_backend_passes_the_backend_kit() {
-    let registry = Registry::<BackendRegistration>::collected();
+    let registry = boxsock::builtin_backends();
     registry.check_unique().expect("backend names are unique");
     let helper_dir = boxsock_host::dev::built_binaries(&["boxsock-agent"]);
     let mut failures = Vec::new();

@@ -39,17 +39,40 @@ fn agent_and_shim_link_neither_sqlite_nor_the_runtime() {
 
 #[test]
 fn strategies_and_backends_see_only_the_core() {
-    for package in ["boxsock-short-symlink", "boxsock-direct", "boxsock-abstract", "boxsock-host", "boxsock-libkrun", "boxsock-core"] {
+    let mut packages = plugin_packages();
+    for builtin in ["boxsock-short-symlink", "boxsock-direct", "boxsock-abstract", "boxsock-host", "boxsock-libkrun"] {
+        assert!(packages.iter().any(|p| p == builtin), "{builtin} not found under strategies/ or backends/: {packages:?}");
+    }
+    packages.push("boxsock-core".into());
+    for package in &packages {
         assert_lacks(package, &["boxsock-runtime", "rusqlite", "boxsock"]);
     }
 }
 
+/// Every package under `strategies/` and `backends/` (the workspace globs), so a new
+/// one is checked with no edit here.
+fn plugin_packages() -> Vec<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut out = Vec::new();
+    for parent in ["strategies", "backends"] {
+        for entry in std::fs::read_dir(root.join(parent)).expect("list crates") {
+            let Ok(text) = std::fs::read_to_string(entry.expect("entry").path().join("Cargo.toml")) else { continue };
+            if let Some(name) = text.lines().find_map(|l| l.strip_prefix("name = \"").and_then(|r| r.strip_suffix('"'))) {
+                out.push(name.to_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 #[test]
 fn the_runtime_names_no_concrete_strategy_or_backend() {
-    assert_lacks(
-        "boxsock-runtime",
-        &["boxsock-short-symlink", "boxsock-direct", "boxsock-abstract", "boxsock-host", "boxsock-libkrun", "boxsock-agent"],
-    );
+    // Every strategy and backend package (the agent included), found by directory.
+    let plugins = plugin_packages();
+    assert!(plugins.iter().any(|p| p == "boxsock-agent") && plugins.len() >= 6, "{plugins:?}");
+    let forbidden: Vec<&str> = plugins.iter().map(String::as_str).collect();
+    assert_lacks("boxsock-runtime", &forbidden);
     // And it does sit on SQLite: the check above is not vacuous.
     assert!(normal_deps("boxsock-runtime").iter().any(|d| d == "rusqlite"));
 }

@@ -10,15 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boxsock_core::proto::{self, Frame, Request};
-use boxsock_core::registry::{Registry, StrategyRegistration};
 use boxsock_core::{BindingError, BoxId, BoxLayout, SocketBinding, StrategyConfig, boxdir};
 use boxsock_tests::reliability::Outcome;
 use boxsock_tests::scenario;
 
-// The linking rule: name the strategy crates so their registrations are collected.
-use boxsock_abstract as _;
-use boxsock_direct as _;
-use boxsock_short_symlink as _;
 
 /// uid and gid of `nobody`.
 pub(crate) const NOBODY: u32 = 65534;
@@ -348,7 +343,7 @@ impl World {
     }
 
     pub(crate) fn strategy(&self, name: &str) -> Arc<dyn SocketBinding> {
-        Registry::<StrategyRegistration>::collected()
+        boxsock::builtin_strategies()
             .build(name, &self.config())
             .unwrap_or_else(|e| panic!("build {name}: {e}"))
     }
@@ -829,7 +824,7 @@ scenario!(
             if !is_root() {
                 return Outcome::Skipped(NEED_ROOT.into());
             }
-            let reg = Registry::<StrategyRegistration>::collected();
+            let reg = boxsock::builtin_strategies();
             let names = reg.names();
             for n in ["short-symlink", "direct", "abstract"] {
                 assert!(names.contains(&n), "strategy {n} is not linked");

@@ -548,12 +548,14 @@ scenario!(
 scenario!(
     impostor_agent_of_the_owner_is_rejected_on_dial,
     "Attacks",
-    "a running box (host backend, short-symlink and direct); another process of the *owner* removes the agent's socket file and listens at `agent.sock` itself; then `exec` and `ping`",
+    "a running box (host backend, every path-addressable strategy); another process of the *owner* removes the agent's socket file and listens at `agent.sock` itself; then `exec` and `ping`",
     {
         {
             let tokio = tokio_rt();
             let mut seen = Vec::new();
-            for name in ["short-symlink", "direct"] {
+            // Keyed on capabilities: every strategy whose agent address is a file.
+            let paths = boxsock::builtin_strategies().iter().filter(|r| (r.build)(&boxsock::StrategyConfig::default()).is_ok_and(|s| s.capabilities().path_addressable)).map(|r| r.name).collect::<Vec<_>>();
+            for name in paths {
                 let w = World::new();
                 let (rt, _) = tokio.block_on(Runtime::open(w.layout.home(), rt_options(&w))).unwrap();
                 let b = tokio.block_on(rt.create(CreateOptions::new(name, "host"))).unwrap();
