@@ -193,7 +193,7 @@ async fn direct_under_a_300_byte_home_is_path_too_long_through_the_library() {
     let mut o = env.options_with_helpers(helpers());
     o.backend_config.options.insert("configure_only".into(), "true".into());
     let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
-    let e = rt.create(CreateOptions { network: true, ..CreateOptions::new("direct", "libkrun") }).await.unwrap_err();
+    let e = rt.create(CreateOptions::builder().strategy("direct").backend("libkrun").network(true).build()).await.unwrap_err();
     match e {
         RuntimeError::Binding(BindingError::PathTooLong { socket, len, limit, path }) => {
             assert_eq!(socket, "agent");
@@ -323,7 +323,7 @@ async fn a_start_that_times_out_kills_its_recorded_passt() {
     o.backend_config.options.insert("shim".into(), sleeping_shim(&env).display().to_string());
     o.ready_timeout = Duration::from_secs(2);
     let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
-    let b = rt.create(CreateOptions { network: true, ..CreateOptions::new("short-symlink", "libkrun") }).await.unwrap();
+    let b = rt.create(CreateOptions::builder().strategy("short-symlink").backend("libkrun").network(true).build()).await.unwrap();
     let id = b.id.clone();
     let mut seen: Vec<ProcessIdentity> = Vec::new();
     let watch = async {
@@ -444,7 +444,7 @@ async fn passt_goes_with_its_box_on_stop_on_death_and_on_forced_remove() {
     o.backend_config.options.insert("shim".into(), agent_shim(&env).display().to_string());
     o.health_monitor = true;
     let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
-    let b = rt.create(CreateOptions { network: true, ..CreateOptions::new("short-symlink", "libkrun") }).await.unwrap();
+    let b = rt.create(CreateOptions::builder().strategy("short-symlink").backend("libkrun").network(true).build()).await.unwrap();
     let id = b.id.to_string();
 
     let running_passt = |rt: &Runtime| {

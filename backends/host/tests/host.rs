@@ -54,6 +54,7 @@ fn spec(h: &Home, agent: SocketAddress, ready: SocketAddress, env: Vec<(String, 
             false => None,
         },
         peer_uids: Vec::new(),
+        settings: Default::default(),
     }
 }
 

@@ -36,6 +36,7 @@
 //! recovery for any box that is not running after a crash.
 
 pub mod agent_client;
+mod create_options;
 mod crash;
 mod error;
 pub mod home;
@@ -57,6 +58,7 @@ use nix::sys::signal::Signal;
 use tokio::task::AbortHandle;
 
 pub use crate::agent_client::ClientError;
+pub use create_options::{CreateOptions, CreateOptionsBuilder};
 pub use crash::{CRASH_ENV, CRASH_STEPS};
 pub use error::RuntimeError;
 pub use info::{BackendReport, BoxInfo, CompanionInfo, DoctorReport, SocketReport, StrategyReport, doctor};
@@ -158,40 +160,6 @@ impl Clone for RuntimeOptions {
     }
 }
 
-/// What to create.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CreateOptions {
-    /// Optional unique name (same rules as ids).
-    pub name: Option<String>,
-    /// Strategy name.
-    pub strategy: String,
-    /// Backend name.
-    pub backend: String,
-    /// Whether the box has a network.
-    pub network: bool,
-    /// Extra environment for the agent.
-    pub env: Vec<(String, String)>,
-    /// Tie the box to this process (`run --rm` passes its own): once the process is
-    /// gone (pid + start time), the box is stopped and removed by the next open that
-    /// recovers (with [`RuntimeOptions::remove_abandoned_at_open`]) or by
-    /// [`Runtime::remove_abandoned`]. Recorded with the box's row, atomically.
-    pub auto_remove_owner: Option<ProcessIdentity>,
-}
-
-impl CreateOptions {
-    /// A box with this strategy and backend, no name, no network.
-    pub fn new(strategy: impl Into<String>, backend: impl Into<String>) -> Self {
-        CreateOptions {
-            name: None,
-            strategy: strategy.into(),
-            backend: backend.into(),
-            network: false,
-            env: Vec::new(),
-            auto_remove_owner: None,
-        }
-    }
-}
-
 /// Where an exec's input comes from and its output goes.
 pub struct ExecIo<'a> {
     /// Stdin to forward, if any (forwarded until EOF, then closed); otherwise the
@@ -216,8 +184,10 @@ const COMPANION_TERM_WAIT: Duration = Duration::from_secs(2);
 /// Lines of the box log quoted in start errors.
 const LOG_TAIL_LINES: usize = 20;
 
-/// A runtime over one home.
-#[derive(Debug)]
+/// A runtime over one home. Cheap to clone: clones share one home lock, store,
+/// health monitor and caches (an `Arc` inside), so an embedder can hand one to each
+/// task.
+#[derive(Debug, Clone)]
 pub struct Runtime {
     inner: Arc<Inner>,
 }
@@ -578,8 +548,16 @@ impl Runtime {
         if let Some(name) = &opts.name {
             BoxId::parse(name).map_err(RuntimeError::InvalidName)?;
         }
+        for (what, chosen) in [("strategy", &opts.strategy), ("backend", &opts.backend)] {
+            if chosen.is_empty() {
+                return Err(RuntimeError::Unchosen { what });
+            }
+        }
         let strategy = inner.strategy(&opts.strategy)?;
         let backend = inner.backend(&opts.backend)?;
+        let mut opts = opts;
+        opts.settings = create_options::canonical_settings(opts.settings)?;
+        backend.check_settings(&opts.settings)?;
         let caps = strategy.capabilities();
         if !caps.supported_here() {
             return Err(BindingError::Unsupported {
@@ -611,7 +589,7 @@ impl Runtime {
         }
 
         let _op = inner.op_lock().await?;
-        let config = BoxConfig { strategy: opts.strategy, backend: opts.backend, network: opts.network, env: opts.env };
+        let config = BoxConfig { strategy: opts.strategy, backend: opts.backend, network: opts.network, env: opts.env, settings: opts.settings };
         let rec = Store::new_record(id.clone(), opts.name, config);
         // Journal, then directory (marker first), then row: recovery deletes only a
         // directory both prove it made.
@@ -1124,6 +1102,7 @@ impl Inner {
             env: rec.config.env.clone(),
             socket_dir,
             peer_uids: peer_uids(&self.options.strategy_config),
+            settings: rec.config.settings.clone(),
         };
         let launched = backend.launch(&spec)?;
         // Companions first: whatever happens to the box process below, the failure path

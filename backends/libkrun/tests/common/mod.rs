@@ -104,6 +104,7 @@ impl Fixture {
             env: vec![("BOXSOCK_TEST".into(), "1".into())],
             socket_dir: None,
             peer_uids: Vec::new(),
+            settings: Default::default(),
         }
     }
 
