@@ -216,8 +216,11 @@ fn short_symlink_reaches_the_shim_with_only_short_paths_in_the_recorded_spec_and
     let krun = ["--backend", "libkrun", "--strategy", "short-symlink", "--backend-option", "configure_only=true"];
     let id = ok(boxsock(&env).args(krun).args(["create", "--network"])).trim().to_owned();
     let box_dir = env.home.join("boxes").join(&id);
-    // The guest root was prepared at create, with the agent.
-    assert!(box_dir.join("rootfs/boxsock-agent").is_file());
+    // The guest root was prepared at create: the shared base holds the agent, the box's
+    // own layer nothing (issue 13: no copy per box).
+    let key = std::fs::read_to_string(box_dir.join("guest-base")).unwrap();
+    assert!(env.home.join("guest-base").join(key.trim()).join("boxsock-agent").is_file());
+    assert_eq!(std::fs::read_dir(box_dir.join("rootfs")).unwrap().count(), 0);
 
     // A readiness timeout far longer than the test: the failure must be the shim's exit,
     // reported as such, not a timeout.

@@ -33,6 +33,11 @@ struct Args {
     /// `vsock://` address (vsock carries no peer credentials).
     #[arg(long = "allow-uid", value_name = "UID")]
     allow_uid: Vec<u32>,
+    /// Inside a libkrun guest: before anything else, mount these read-only virtio-fs
+    /// shares (top first) under a tmpfs upper as the box's root and chroot into it
+    /// (repeatable; see `boxsock_agent::guestroot`).
+    #[arg(long = "overlay-lower", value_name = "TAG")]
+    overlay_lower: Vec<String>,
 }
 
 fn main() {
@@ -54,6 +59,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         ready: parse_address(&args.ready)?,
         allow_uids: args.allow_uid,
     };
+    // In a libkrun guest: enter the box's root first, so the resolver configuration
+    // below and every command see it.
+    if !args.overlay_lower.is_empty() {
+        boxsock_agent::guestroot::enter(&args.overlay_lower)?;
+    }
     // In a libkrun guest: configure the box network (if it has one) before reporting
     // ready, so a `--network` box is ready only with its address, route and resolver.
     if matches!(config.agent, boxsock_agent::AgentAddress::Vsock(_)) {
