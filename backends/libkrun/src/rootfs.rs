@@ -227,8 +227,26 @@ pub const BASE_RECORD: &str = "guest-base";
 pub const GUEST_MOUNT_BASE: &str = ".boxsock";
 
 /// The content key of the base for `agent` installed at `guest_agent`: the first 16
-/// hex digits of SHA-256 over the guest path, a NUL, and the agent's bytes.
+/// hex digits of SHA-256 over the guest path, a NUL, and the agent's bytes. Remembered
+/// per process by the agent file's identity (device, inode, size, ctime — any change
+/// of the file changes its ctime), so a create or start hashes the agent once.
 pub fn base_key(agent: &Path, guest_agent: &Path) -> Result<String, RootfsError> {
+    use std::os::unix::fs::MetadataExt;
+    type Seen = (PathBuf, PathBuf, (u64, u64, u64, i64, i64));
+    static KEYS: std::sync::Mutex<Vec<(Seen, String)>> = std::sync::Mutex::new(Vec::new());
+    let m = fs::metadata(agent).map_err(io_err("inspect", agent))?;
+    let seen: Seen = (agent.to_owned(), guest_agent.to_owned(), (m.dev(), m.ino(), m.size(), m.ctime(), m.ctime_nsec()));
+    let mut keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, k)) = keys.iter().find(|(s, _)| *s == seen) {
+        return Ok(k.clone());
+    }
+    let key = hash_key(agent, guest_agent)?;
+    keys.retain(|(s, _)| s.0 != seen.0 || s.1 != seen.1);
+    keys.push((seen, key.clone()));
+    Ok(key)
+}
+
+fn hash_key(agent: &Path, guest_agent: &Path) -> Result<String, RootfsError> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(guest_agent.as_os_str().as_encoded_bytes());
