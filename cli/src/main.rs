@@ -1,9 +1,10 @@
 //! The `boxsock` command line. See `docs/runtime.md`.
 //!
-//! Exit status: `run` and `exec` exit with the command's status; a boxsock error exits
-//! 125 from `run`/`exec` (so it cannot be mistaken for the command's) and 1 from other
-//! verbs, with a one-line error on stderr. Logs (`RUST_LOG`, default `warn`) go to
-//! stderr, never to stdout.
+//! Exit status ([`exit`]): `run` and `exec` exit with the command's status (126: it
+//! cannot be executed, 127: not found, 128 + N: killed by signal N); a boxsock error
+//! (usage errors included) exits 125 from every verb, with one line per error on
+//! stderr. Logs (`RUST_LOG`, default `warn`; an invalid filter is reported) go to
+//! stderr, never to stdout, coloured only on a terminal and never with `NO_COLOR`.
 //!
 //! A closed stdout (`boxsock doctor | head -3`) is not an error: every verb stops
 //! writing and exits quietly with [`BROKEN_PIPE_EXIT`] (141, what a shell reports for a
@@ -20,6 +21,10 @@ use boxsock::{
     builtin_strategies,
 };
 use clap::{Args, Parser, Subcommand};
+
+mod exit;
+mod logs;
+mod views;
 
 /// boxsock: micro-VM boxes whose sockets never hit the sun_path limit.
 #[derive(Debug, Parser)]
@@ -87,23 +92,31 @@ struct BoxArgs {
 enum Verb {
     /// Create and start a box, run a command in it, print its output and exit with its
     /// status.
+    ///
+    /// Without --rm or -d the box is left stopped afterwards (like an exited
+    /// container; its id is printed on stderr when interrupted).
     Run {
         /// Remove the box afterwards (also when starting it fails).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "detach")]
         rm: bool,
+        /// Detach: create and start the box, print its id and leave it running (no
+        /// command: run commands in it with `boxsock exec`).
+        #[arg(short, long, conflicts_with = "cmd")]
+        detach: bool,
         /// Name the box.
         #[arg(long)]
         name: Option<String>,
-        /// Extra environment for the command (repeatable).
-        #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
-        env: Vec<(String, String)>,
+        /// Extra environment for the command (repeatable); `KEY` alone passes the
+        /// host's value through (not set when the host has none).
+        #[arg(short, long = "env", value_name = "KEY[=VALUE]", value_parser = parse_env_or_host)]
+        env: Vec<Option<(String, String)>>,
         /// Forward stdin to the command (otherwise it reads /dev/null).
         #[arg(short, long)]
         interactive: bool,
         #[command(flatten)]
         settings: BoxArgs,
         /// The command and its arguments.
-        #[arg(last = true, required = true, value_name = "CMD")]
+        #[arg(last = true, required_unless_present = "detach", value_name = "CMD")]
         cmd: Vec<String>,
     },
     /// Create a box (prints its id).
@@ -111,25 +124,28 @@ enum Verb {
         /// Name the box.
         #[arg(long)]
         name: Option<String>,
-        /// Extra environment for the box's agent (repeatable).
-        #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
-        env: Vec<(String, String)>,
+        /// Extra environment for the box's agent (repeatable); `KEY` alone passes the
+        /// host's value through.
+        #[arg(short, long = "env", value_name = "KEY[=VALUE]", value_parser = parse_env_or_host)]
+        env: Vec<Option<(String, String)>>,
         /// Give the box a network.
         #[arg(long)]
         network: bool,
         #[command(flatten)]
         settings: BoxArgs,
     },
-    /// Start a created or stopped box.
+    /// Start created or stopped boxes (a running one is left as it is).
     Start {
-        /// Box id or name.
-        id: String,
+        /// Box ids, unique id prefixes or names.
+        #[arg(required = true)]
+        ids: Vec<String>,
     },
     /// Run a command in a running box.
     Exec {
-        /// Extra environment for the command (repeatable).
-        #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
-        env: Vec<(String, String)>,
+        /// Extra environment for the command (repeatable); `KEY` alone passes the
+        /// host's value through (not set when the host has none).
+        #[arg(short, long = "env", value_name = "KEY[=VALUE]", value_parser = parse_env_or_host)]
+        env: Vec<Option<(String, String)>>,
         /// Forward stdin to the command (otherwise it reads /dev/null).
         #[arg(short, long)]
         interactive: bool,
@@ -139,13 +155,14 @@ enum Verb {
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
-    /// Stop a box (agent shutdown, then SIGTERM, then SIGKILL).
+    /// Stop boxes (agent shutdown, then SIGTERM, then SIGKILL).
     Stop {
         /// Seconds each step waits.
         #[arg(long, default_value_t = 5.0)]
         timeout: f64,
-        /// Box id or name.
-        id: String,
+        /// Box ids, unique id prefixes or names.
+        #[arg(required = true)]
+        ids: Vec<String>,
     },
     /// Remove boxes.
     Rm {
@@ -156,18 +173,35 @@ enum Verb {
         #[arg(required = true)]
         ids: Vec<String>,
     },
-    /// List boxes.
+    /// List running boxes (-a: every box).
+    #[command(visible_alias = "ps")]
     Ls {
-        /// JSON output.
+        /// JSON output: `{"boxes": [...], "bad": [...]}`, each box as `inspect --json`
+        /// shows it.
         #[arg(long)]
         json: bool,
+        /// Every box, stopped and created ones too.
+        #[arg(short, long)]
+        all: bool,
+        /// Only the ids, one per line.
+        #[arg(short, long, conflicts_with = "json")]
+        quiet: bool,
     },
-    /// Show a box: state, process, and every socket's live address, length and limit.
+    /// Show boxes: state, process, and every socket's live address, length and limit.
     Inspect {
-        /// JSON output.
+        /// JSON output (one object; an array when several boxes are given).
         #[arg(long)]
         json: bool,
-        /// Box id or name.
+        /// Box ids, unique id prefixes or names.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Print a box's log (its agent's or VMM's output).
+    Logs {
+        /// Follow: keep printing what is appended until the box stops (or Ctrl-C).
+        #[arg(short, long)]
+        follow: bool,
+        /// Box id, unique id prefix or name.
         id: String,
     },
     /// List the strategies.
@@ -199,6 +233,18 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `KEY=VALUE`, or `KEY` alone: the host's value of `KEY` (`None` when the host has
+/// none or it is not UTF-8, so the variable is not set, as with docker).
+fn parse_env_or_host(s: &str) -> Result<Option<(String, String)>, String> {
+    if s.contains('=') {
+        return parse_env(s).map(Some);
+    }
+    if s.is_empty() {
+        return Err("an empty variable name is not KEY or KEY=VALUE".into());
+    }
+    Ok(std::env::var(s).ok().map(|v| (s.to_owned(), v)))
+}
+
 fn secs(s: f64, what: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(s).map_err(|_| format!("--{what} {s} is not a number of seconds"))
 }
@@ -216,7 +262,7 @@ impl Failure {
     fn stdout(e: &std::io::Error) -> Failure {
         match e.kind() {
             std::io::ErrorKind::BrokenPipe => Failure(String::new(), BROKEN_PIPE_EXIT),
-            _ => Failure(format!("cannot write to stdout: {e}"), 1),
+            _ => Failure(format!("cannot write to stdout: {e}"), exit::FAILED),
         }
     }
 }
@@ -243,29 +289,57 @@ macro_rules! errln {
 
 impl From<RuntimeError> for Failure {
     fn from(e: RuntimeError) -> Self {
-        Failure(e.to_string(), 1)
+        Failure(e.to_string(), exit::FAILED)
     }
 }
 
 impl From<String> for Failure {
     fn from(e: String) -> Self {
-        Failure(e, 1)
+        Failure(e, exit::FAILED)
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// Install the log subscriber: `RUST_LOG` (default `warn`), on stderr, coloured only
+/// when stderr is a terminal and `NO_COLOR` is unset or empty. An invalid `RUST_LOG`
+/// is reported once and the default used.
+fn init_logs() {
+    use std::io::IsTerminal;
+    let filter = match std::env::var("RUST_LOG") {
+        Err(std::env::VarError::NotPresent) => tracing_subscriber::EnvFilter::new("warn"),
+        Ok(v) if v.trim().is_empty() => tracing_subscriber::EnvFilter::new("warn"),
+        Ok(v) => tracing_subscriber::EnvFilter::try_new(&v).unwrap_or_else(|e| {
+            errln!("boxsock: RUST_LOG={}: invalid log filter ({e}); using \"warn\"", boxsock::boxsock_core::echo::echo(&v));
+            tracing_subscriber::EnvFilter::new("warn")
+        }),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            errln!("boxsock: RUST_LOG is not UTF-8; using \"warn\"");
+            tracing_subscriber::EnvFilter::new("warn")
+        }
+    };
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn main() -> ExitCode {
+    // Usage errors exit 125 like every boxsock failure (clap's own is 2); help and
+    // version exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::FAILED } else { 0 });
+        }
+    };
+    init_logs();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             errln!("boxsock: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(exit::FAILED);
         }
     };
     let result = rt.block_on(run(cli)).and_then(|code| {
@@ -291,8 +365,8 @@ impl Global {
             .home
             .clone()
             .or_else(boxsock::default_home)
-            .ok_or_else(|| Failure("no home: pass --home or set BOXSOCK_HOME (HOME is not set either)".into(), 1))?;
-        std::path::absolute(&home).map_err(|e| Failure(format!("home {}: cannot make it absolute: {e}", home.display()), 1))
+            .ok_or_else(|| Failure("no home: pass --home or set BOXSOCK_HOME (HOME is not set either)".into(), exit::FAILED))?;
+        std::path::absolute(&home).map_err(|e| Failure(format!("home {}: cannot make it absolute: {e}", home.display()), exit::FAILED))
     }
 
     fn options(&self) -> Result<RuntimeOptions, Failure> {
@@ -317,6 +391,12 @@ impl Global {
     /// the open also remove `run --rm` boxes whose client is gone (read-only verbs
     /// delete nothing).
     async fn open(&self, writes: Writes) -> Result<Runtime, Failure> {
+        self.open_with_report(writes).await.map(|(rt, _)| rt)
+    }
+
+    /// [`Global::open`], with what the opening sweep and recovery did (`sweep` prints
+    /// it).
+    async fn open_with_report(&self, writes: Writes) -> Result<(Runtime, boxsock::OpenReport), Failure> {
         let mut o = self.options()?;
         o.remove_abandoned_at_open = writes == Writes::Yes;
         let (rt, report) = Runtime::open(self.home()?, o).await.map_err(Failure::from)?;
@@ -326,7 +406,7 @@ impl Global {
         for bad in &report.corrupt_rows {
             tracing::warn!(box_id = %bad.id, error = %bad.error, "corrupt box row (remove it with `boxsock rm -f`)");
         }
-        Ok(rt)
+        Ok((rt, report))
     }
 
     /// Open the home read-only (`ls`, `inspect`): nothing is created, deleted,
@@ -351,7 +431,7 @@ impl Global {
     async fn open_existing(&self, what: &str, writes: Writes) -> Result<Runtime, Failure> {
         let home = self.home()?;
         if !home.exists() {
-            return Err(Failure(format!("no box with id or name {}: home {} does not exist", boxsock::boxsock_core::echo::echo(what), home.display()), 1));
+            return Err(Failure(format!("no box with id or name {}: home {} does not exist", boxsock::boxsock_core::echo::echo(what), home.display()), exit::FAILED));
         }
         self.open(writes).await
     }
@@ -387,7 +467,7 @@ fn backend_hint(e: RuntimeError, g: &Global) -> Failure {
     let hint = matches!(&e, RuntimeError::Registry(_) | RuntimeError::Backend(_) | RuntimeError::BackendUnavailable { .. })
         && g.backend != "host"
         && msg.contains(&g.backend);
-    Failure(if hint { format!("{msg}; try --backend host (no isolation)") } else { msg }, 1)
+    Failure(if hint { format!("{msg}; try --backend host (no isolation)") } else { msg }, exit::FAILED)
 }
 
 fn stdin_reader(interactive: bool) -> Option<Box<dyn tokio::io::AsyncRead + Unpin + Send + 'static>> {
@@ -415,9 +495,10 @@ async fn exec_in(rt: &Runtime, id: &str, cmd: Vec<String>, env: Vec<(String, Str
     let mut err = |b: &[u8]| {
         let _ = std::io::stderr().lock().write_all(b);
     };
+    let argv0 = cmd.first().cloned();
     let exec = rt.exec(id, cmd, env, ExecIo { stdin: stdin_reader(interactive), stdout: &mut out, stderr: &mut err });
     let ended = tokio::select! {
-        r = exec => Some(r.map_err(exec_failure)),
+        r = exec => Some(r.map_err(|e| exec_failure_of(e, argv0.as_deref()))),
         () = stdout_closed.notified() => None,
     };
     // The command may also have ended in the same poll that found stdout closed: its
@@ -431,15 +512,15 @@ async fn exec_in(rt: &Runtime, id: &str, cmd: Vec<String>, env: Vec<(String, Str
     }
 }
 
-/// The exit status of a failed `run`/`exec`: 127 when the command could not be
-/// started (as a shell does), else 125.
+/// A failed `run`/`exec`: 127 when the command was not found, 126 when it cannot be
+/// executed (as a shell does), else 125; see [`exit::exec_failure`].
 fn exec_failure(e: RuntimeError) -> Failure {
-    use boxsock::boxsock_core::proto::ErrorCode;
-    let code = match &e {
-        RuntimeError::Agent { source: boxsock::ClientError::Agent { code: ErrorCode::Spawn, .. }, .. } => 127,
-        _ => 125,
-    };
-    Failure(e.to_string(), code)
+    exec_failure_of(e, None)
+}
+
+fn exec_failure_of(e: RuntimeError, argv0: Option<&str>) -> Failure {
+    let (msg, code) = exit::exec_failure(&e, argv0);
+    Failure(msg, code)
 }
 
 fn exit_byte(code: i32) -> u8 {
@@ -459,7 +540,7 @@ async fn interrupted() -> &'static str {
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<u8, Failure> {
-    let s = serde_json::to_string_pretty(v).map_err(|e| Failure(format!("cannot encode JSON: {e}"), 1))?;
+    let s = serde_json::to_string_pretty(v).map_err(|e| Failure(format!("cannot encode JSON: {e}"), exit::FAILED))?;
     outln!("{s}");
     Ok(0)
 }
@@ -467,139 +548,163 @@ fn json<T: serde::Serialize>(v: &T) -> Result<u8, Failure> {
 async fn run(cli: Cli) -> Result<u8, Failure> {
     let g = &cli.global;
     match cli.verb {
-        Verb::Run { rm, name, env, interactive, settings, cmd } => {
-            let rt = g.open(Writes::Yes).await.map_err(|f| Failure(f.0, 125))?;
+        Verb::Run { rm, detach, name, env, interactive, settings, cmd } => {
+            let env: Vec<(String, String)> = env.into_iter().flatten().collect();
+            let rt = g.open(Writes::Yes).await.map_err(|f| Failure(f.0, exit::FAILED))?;
             // Tie the box to this process: if it is killed (-9) before removing the
             // box, the next writing command on this home removes it.
             let owner = match rm {
-                true => Some(boxsock::ProcessIdentity::current().map_err(|e| Failure(format!("cannot read this process's identity: {e}"), 125))?),
+                true => Some(boxsock::ProcessIdentity::current().map_err(|e| Failure(format!("cannot read this process's identity: {e}"), exit::FAILED))?),
                 false => None,
             };
             let mut opts = g.create_options(name, Vec::new(), false, &settings);
             opts.auto_remove_owner = owner;
-            let b = rt.create(opts).await.map_err(|e| Failure(backend_hint(e, g).0, 125))?;
+            let b = rt.create(opts).await.map_err(|e| Failure(backend_hint(e, g).0, exit::FAILED))?;
             let id = b.id.to_string();
+            if detach {
+                // A failed start leaves the box stopped (`rm` it, or `start` it again).
+                rt.start(&id).await.map_err(|e| Failure(format!("{e} (box {id} is left stopped)"), exit::FAILED))?;
+                outln!("{id}");
+                return Ok(0);
+            }
             let work = async {
                 rt.start(&id).await.map_err(exec_failure)?;
                 exec_in(&rt, &id, cmd, env, interactive).await
             };
-            // Ctrl-C or SIGTERM still cleans up a --rm box.
+            // Ctrl-C or SIGTERM still cleans up: a --rm box is removed, any other box
+            // stopped (and its id said, so it can be found).
             let result = tokio::select! {
                 r = work => r,
-                sig = interrupted() => Err(Failure(format!("interrupted by {sig}"), 130)),
+                sig = interrupted() => {
+                    let code = if sig == "SIGINT" { 128 + 2 } else { 128 + 15 };
+                    let left = if rm { String::new() } else { format!("; box {id} is left stopped") };
+                    Err(Failure(format!("interrupted by {sig}{left}"), code))
+                }
             };
             if rm {
                 if let Err(e) = rt.remove(&id, true).await {
                     errln!("boxsock: removing box {id}: {e}");
                 }
+            } else if let Err(e) = rt.stop(&id, None).await {
+                // Like an exited container: the box stays, stopped.
+                errln!("boxsock: stopping box {id}: {e}");
             }
             Ok(exit_byte(result?))
         }
         Verb::Create { name, env, network, settings } => {
+            let env: Vec<(String, String)> = env.into_iter().flatten().collect();
             let rt = g.open(Writes::Yes).await?;
             let b = rt.create(g.create_options(name, env, network, &settings)).await.map_err(|e| backend_hint(e, g))?;
             outln!("{}", b.id);
             Ok(0)
         }
-        Verb::Start { id } => {
-            let rt = g.open_existing(&id, Writes::Yes).await?;
-            let b = rt.start(&id).await?;
-            outln!("{}", b.id);
-            Ok(0)
+        Verb::Start { ids } => {
+            let rt = &g.open_existing(&ids.join(", "), Writes::Yes).await?;
+            // A running box is left as it is (and its id printed), like docker.
+            each(ids, |id| async move { Ok(rt.start(&id).await?.id.to_string()) }).await
         }
         Verb::Exec { env, interactive, id, cmd } => {
-            let rt = g.open_existing(&id, Writes::Yes).await.map_err(|f| Failure(f.0, 125))?;
+            let env: Vec<(String, String)> = env.into_iter().flatten().collect();
+            let rt = g.open_existing(&id, Writes::Yes).await.map_err(|f| Failure(f.0, exit::FAILED))?;
             let code = exec_in(&rt, &id, cmd, env, interactive).await?;
             Ok(exit_byte(code))
         }
-        Verb::Stop { timeout, id } => {
-            let rt = g.open_existing(&id, Writes::Yes).await?;
-            let b = rt.stop(&id, Some(secs(timeout, "timeout")?)).await?;
-            outln!("{}", b.id);
-            Ok(0)
+        Verb::Stop { timeout, ids } => {
+            let timeout = secs(timeout, "timeout")?;
+            let rt = &g.open_existing(&ids.join(", "), Writes::Yes).await?;
+            each(ids, |id| async move { Ok(rt.stop(&id, Some(timeout)).await?.id.to_string()) }).await
         }
         Verb::Rm { force, ids } => {
-            let rt = g.open_existing(&ids.join(", "), Writes::Yes).await?;
-            let mut failed = Vec::new();
-            // A closed stdout does not stop the removals the user asked for.
-            let mut printed: Result<(), Failure> = Ok(());
-            for id in ids {
-                match rt.remove(&id, force).await {
-                    Ok(removed) => printed = printed.and_then(|()| write_out(format_args!("{removed}"))),
-                    Err(e) => failed.push(e.to_string()),
-                }
-            }
-            match failed.len() {
-                0 => printed.map(|()| 0),
-                _ => Err(Failure(failed.join("; "), 1)),
-            }
+            let rt = &g.open_existing(&ids.join(", "), Writes::Yes).await?;
+            each(ids, |id| async move { rt.remove(&id, force).await }).await
         }
-        Verb::Ls { json: as_json } => {
+        Verb::Ls { json: as_json, all, quiet } => {
             // Read-only: listing deletes, recovers and creates nothing. A home that does
             // not exist lists nothing, and says so.
-            let l = match g.open_read_only().await? {
-                Some(rt) => rt.list()?,
+            let (boxes, bad) = match g.open_read_only().await? {
+                Some(rt) => {
+                    let l = rt.list()?;
+                    let mut boxes = Vec::new();
+                    for b in l.boxes.iter().filter(|b| views::listed(b.state, all)) {
+                        match rt.inspect(b.id.as_str()) {
+                            Ok(i) if views::listed(i.state, all) => boxes.push(i),
+                            Ok(_) => {}
+                            // Removed meanwhile.
+                            Err(RuntimeError::NotFound(_)) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    (boxes, l.bad)
+                }
                 None => {
                     errln!("boxsock: home {} does not exist (no boxes)", g.home()?.display());
-                    boxsock::Listing::default()
+                    (Vec::new(), Vec::new())
                 }
             };
             if as_json {
-                return json(&l);
+                return json(&serde_json::json!({ "boxes": boxes, "bad": bad }));
             }
-            outln!("{:<14} {:<16} {:<10} {:<14} {:<8} {:>8}", "ID", "NAME", "STATE", "STRATEGY", "BACKEND", "PID");
-            for b in &l.boxes {
-                outln!(
-                    "{:<14} {:<16} {:<10} {:<14} {:<8} {:>8}",
-                    b.id,
-                    b.name.as_deref().unwrap_or("-"),
-                    b.state,
-                    b.config.strategy,
-                    b.config.backend,
-                    b.process.map(|p| p.pid.to_string()).unwrap_or_else(|| "-".into())
-                );
+            if quiet {
+                for b in &boxes {
+                    outln!("{}", b.id);
+                }
+            } else {
+                for line in views::table(&boxes) {
+                    outln!("{line}");
+                }
             }
-            for bad in &l.bad {
+            for bad in &bad {
                 errln!("boxsock: box {}: stored row is corrupt: {} (remove it with `boxsock rm -f {}`)", bad.id, bad.error, bad.id);
             }
             Ok(0)
         }
-        Verb::Inspect { json: as_json, id } => {
+        Verb::Inspect { json: as_json, ids } => {
             let Some(rt) = g.open_read_only().await? else {
-                return Err(Failure(format!("no box with id or name {}: home {} does not exist", boxsock::boxsock_core::echo::echo(&id), g.home()?.display()), 1));
+                return Err(Failure(format!("no box with id or name {}: home {} does not exist", boxsock::boxsock_core::echo::echo(&ids.join(", ")), g.home()?.display()), exit::FAILED));
             };
-            let i = rt.inspect(&id)?;
+            let mut found = Vec::new();
+            let mut failed = false;
+            for id in &ids {
+                match rt.inspect(id) {
+                    Ok(i) => found.push(i),
+                    Err(e) => {
+                        errln!("boxsock: {e}");
+                        failed = true;
+                    }
+                }
+            }
             if as_json {
-                return json(&i);
+                match found.as_slice() {
+                    [one] if ids.len() == 1 => json(one)?,
+                    many => json(&many)?,
+                };
+            } else {
+                for (n, i) in found.iter().enumerate() {
+                    if n > 0 {
+                        outln!();
+                    }
+                    print_info(i)?;
+                }
             }
-            outln!("id:        {}", i.id);
-            outln!("name:      {}", i.name.as_deref().unwrap_or("-"));
-            outln!("state:     {}", i.state);
-            outln!("strategy:  {}", i.strategy);
-            outln!("backend:   {}", i.backend);
-            match (i.pid, i.start_time) {
-                (Some(p), Some(st)) => outln!("process:   pid {p}, start time {st}, {}", if i.alive { "alive" } else { "gone" }),
-                _ => outln!("process:   -"),
+            if failed { Err(Failure(String::new(), exit::FAILED)) } else { Ok(0) }
+        }
+        Verb::Logs { follow, id } => {
+            let Some(rt) = g.open_read_only().await? else {
+                return Err(Failure(format!("no box with id or name {}: home {} does not exist", boxsock::boxsock_core::echo::echo(&id), g.home()?.display()), exit::FAILED));
+            };
+            let mut out = |b: &[u8]| {
+                let mut o = std::io::stdout().lock();
+                o.write_all(b).and_then(|()| o.flush())
+            };
+            match logs::copy(&rt, &id, follow, &mut out, async {
+                interrupted().await;
+            })
+            .await
+            {
+                Ok(()) => Ok(0),
+                Err(logs::LogsError::Stdout(e)) => Err(Failure::stdout(&e)),
+                Err(e) => Err(Failure(e.to_string(), exit::FAILED)),
             }
-            if let Some(c) = i.exit_code {
-                outln!("exit code: {c}");
-            }
-            for c in &i.companions {
-                outln!(
-                    "companion: pid {} ({}), start time {}, {}",
-                    c.pid,
-                    c.command.as_deref().unwrap_or("?"),
-                    c.start_time,
-                    if c.alive { "alive" } else { "gone" }
-                );
-            }
-            outln!("dir:       {}", i.dir);
-            outln!("log:       {}", i.log);
-            outln!("sockets:");
-            for s in &i.sockets {
-                print_socket(s)?;
-            }
-            Ok(0)
         }
         Verb::Strategies { json: as_json } => {
             let o = g.options()?;
@@ -630,7 +735,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Verb::Backends { json: as_json } => {
             let report = boxsock::doctor(&g.home()?, &g.options()?);
             if as_json {
-                return json(&report.backends);
+                let backends: Vec<views::BackendView> = report.backends.iter().map(views::BackendView::from).collect();
+                return json(&backends);
             }
             for b in &report.backends {
                 let avail = if b.available { "available".to_string() } else { format!("unavailable: {}", b.reason.as_deref().unwrap_or("?")) };
@@ -646,7 +752,24 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Verb::Sweep => {
-            let rt = g.open(Writes::No).await?;
+            let (rt, opened) = g.open_with_report(Writes::No).await?;
+            // What the opening sweep already removed counts as removed by this sweep.
+            for (name, r) in &opened.swept {
+                if let Ok(rep) = r {
+                    if !rep.removed.is_empty() {
+                        outln!("{name}: removed {} at open", rep.removed.len());
+                        for p in &rep.removed {
+                            outln!("  {}", p.display());
+                        }
+                    }
+                }
+            }
+            for id in &opened.orphan_dirs_removed {
+                outln!("box directory without a row (an interrupted create): removed {id}");
+            }
+            for id in &opened.orphan_rows_removed {
+                outln!("box row without a directory (an interrupted removal): removed {id}");
+            }
             // `run --rm` boxes whose client is gone (killed before it could remove
             // them), then every strategy's leftover bindings.
             let abandoned = rt.remove_abandoned().await?;
@@ -668,11 +791,17 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Verb::Doctor { json: as_json } => {
-            let report = boxsock::doctor(&g.home()?, &g.options()?);
+            let home = g.home()?;
+            let home_exists = std::fs::symlink_metadata(&home).is_ok();
+            let report = boxsock::doctor(&home, &g.options()?);
             if as_json {
-                return json(&report);
+                let v = views::doctor_json(&report, home_exists).map_err(|e| Failure(format!("cannot encode JSON: {e}"), exit::FAILED))?;
+                return json(&v);
             }
             outln!("home:     {} ({} bytes)", report.home, report.home_bytes);
+            if !home_exists {
+                outln!("home does not exist: the first writing command (create, run) makes it");
+            }
             outln!("platform: {}, sun_path holds {} bytes including the NUL", report.platform, report.limit);
             outln!("worst-case box id: {} ({} bytes)", report.sample_id, report.sample_id.len());
             if let Some(uid) = report.binding_dir_squatted_by {
@@ -732,6 +861,61 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
     }
+}
+
+/// Run `f` for each id, printing what it returns (an id) on stdout and each failure
+/// on its own stderr line as it happens. Every id is processed; the status is 125 if
+/// any failed. A closed stdout does not stop the work asked for.
+async fn each<F, Fut>(ids: Vec<String>, mut f: F) -> Result<u8, Failure>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<String, RuntimeError>>,
+{
+    let mut failed = false;
+    let mut printed: Result<(), Failure> = Ok(());
+    for id in ids {
+        match f(id).await {
+            Ok(done) => printed = printed.and_then(|()| write_out(format_args!("{done}"))),
+            Err(e) => {
+                errln!("boxsock: {e}");
+                failed = true;
+            }
+        }
+    }
+    printed?;
+    if failed { Err(Failure(String::new(), exit::FAILED)) } else { Ok(0) }
+}
+
+/// `inspect` without `--json`.
+fn print_info(i: &boxsock::BoxInfo) -> Result<(), Failure> {
+    outln!("id:        {}", i.id);
+    outln!("name:      {}", i.name.as_deref().unwrap_or("-"));
+    outln!("state:     {}", i.state);
+    outln!("strategy:  {}", i.strategy);
+    outln!("backend:   {}", i.backend);
+    match (i.pid, i.start_time) {
+        (Some(p), Some(st)) => outln!("process:   pid {p}, start time {st}, {}", if i.alive { "alive" } else { "gone" }),
+        _ => outln!("process:   -"),
+    }
+    if let Some(c) = i.exit_code {
+        outln!("exit code: {c}");
+    }
+    for c in &i.companions {
+        outln!(
+            "companion: pid {} ({}), start time {}, {}",
+            c.pid,
+            c.command.as_deref().unwrap_or("?"),
+            c.start_time,
+            if c.alive { "alive" } else { "gone" }
+        );
+    }
+    outln!("dir:       {}", i.dir);
+    outln!("log:       {}", i.log);
+    outln!("sockets:");
+    for s in &i.sockets {
+        print_socket(s)?;
+    }
+    Ok(())
 }
 
 /// One sentence on whether new boxes of the selected strategy and backend can be created

@@ -55,7 +55,7 @@ fn json(cmd: &mut Command) -> Value {
 }
 
 fn assert_nothing_left(env: &Env) {
-    let l = json(boxsock(env).args(["ls", "--json"]));
+    let l = json(boxsock(env).args(["ls", "-a", "--json"]));
     assert_eq!(l["boxes"].as_array().unwrap().len(), 0, "{l}");
     assert!(env.links().is_empty(), "links left: {:?}", env.links());
     assert!(env.box_dirs().is_empty(), "box dirs left: {:?}", env.box_dirs());
@@ -116,7 +116,7 @@ fn the_verbs_take_ids_or_names_and_inspect_reports_the_live_process_and_sockets(
     let human = ok(boxsock(&env).args(["inspect", &id]));
     assert!(human.contains(&format!("pid {pid}")) && human.contains("agent.sock"), "{human}");
 
-    let l = json(boxsock(&env).args(["ls", "--json"]));
+    let l = json(boxsock(&env).args(["ls", "-a", "--json"]));
     assert_eq!(l["boxes"][0]["id"], id.as_str());
     assert_eq!(l["boxes"][0]["name"], "web");
     let table = ok(boxsock(&env).arg("ls"));
@@ -124,7 +124,7 @@ fn the_verbs_take_ids_or_names_and_inspect_reports_the_live_process_and_sockets(
 
     // A running box needs -f.
     let o = run(boxsock(&env).args(["rm", "web"]));
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(125));
     assert!(stderr(&o).contains("-f"), "{}", stderr(&o));
     assert_eq!(ok(boxsock(&env).args(["stop", "web"])).trim(), id);
     assert!(!pid_running(pid), "stopped box's process {pid} still running");
@@ -137,12 +137,12 @@ fn the_verbs_take_ids_or_names_and_inspect_reports_the_live_process_and_sockets(
 fn errors_are_one_line_on_stderr_and_leave_nothing_behind() {
     let env = Env::new();
     for (args, code, needle) in [
-        (&["start", "nosuchbox"][..], 1, "nosuchbox"),
+        (&["start", "nosuchbox"][..], 125, "nosuchbox"),
         (&["exec", "nosuchbox", "--", "true"][..], 125, "nosuchbox"),
-        (&["rm", "nosuchbox"][..], 1, "nosuchbox"),
-        (&["inspect", "nosuchbox"][..], 1, "nosuchbox"),
-        (&["--backend", "host", "create", "--name", "../evil"][..], 1, "invalid box name"),
-        (&["--backend", "host", "--strategy", "nope", "create"][..], 1, "unknown strategy \"nope\""),
+        (&["rm", "nosuchbox"][..], 125, "nosuchbox"),
+        (&["inspect", "nosuchbox"][..], 125, "nosuchbox"),
+        (&["--backend", "host", "create", "--name", "../evil"][..], 125, "invalid box name"),
+        (&["--backend", "host", "--strategy", "nope", "create"][..], 125, "unknown strategy \"nope\""),
         (&["--backend", "host", "run", "--name", "bad name", "--", "true"][..], 125, "invalid box name"),
     ] {
         let o = run(boxsock(&env).args(args));
@@ -159,7 +159,7 @@ fn errors_are_one_line_on_stderr_and_leave_nothing_behind() {
     for args in [&["start", "x"][..], &["inspect", "x"], &["rm", "x"], &["ls"]] {
         let o = run(boxsock(&env).arg("--home").arg(&missing).args(args));
         if args[0] != "ls" {
-            assert_eq!(o.status.code(), Some(1), "{args:?}");
+            assert_eq!(o.status.code(), Some(125), "{args:?}");
             assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
         }
         assert!(!missing.exists(), "{args:?} created the home");
@@ -177,7 +177,7 @@ async fn the_default_backend_when_unavailable_says_why_and_suggests_host() {
         return;
     }
     let o = run(boxsock(&env).arg("create"));
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(125));
     let err = stderr(&o);
     assert!(err.contains("libkrun") && err.contains("unavailable") && err.contains("--backend host"), "{err}");
     assert_nothing_left(&env);
@@ -187,8 +187,9 @@ async fn the_default_backend_when_unavailable_says_why_and_suggests_host() {
 async fn a_busy_home_is_a_clear_error_naming_the_holder() {
     let env = Env::new();
     let (rt, _) = Runtime::open(&env.home, env.options()).await.unwrap();
-    let o = run(boxsock(&env).args(["--lock-wait", "0", "ls"]));
-    assert_eq!(o.status.code(), Some(1));
+    // A writing verb (read-only ones do not wait: conventions.rs).
+    let o = run(boxsock(&env).args(["--lock-wait", "0", "--backend", "host", "create"]));
+    assert_eq!(o.status.code(), Some(125));
     let err = stderr(&o);
     assert!(err.contains(&format!("is in use by pid {}", std::process::id())), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1);
@@ -396,11 +397,11 @@ fn a_read_only_verb_in_a_directory_that_is_not_a_home_deletes_and_creates_nothin
     std::fs::create_dir_all(t.join("boxes/photos")).unwrap();
     std::fs::write(t.join("boxes/photos/a.jpg"), b"x\n").unwrap();
     let before = tree(&t);
-    for args in [&["ls"][..], &["ls", "--json"], &["inspect", "photos"]] {
+    for args in [&["ls"][..], &["ls", "-a", "--json"], &["inspect", "photos"]] {
         let o = run(boxsock(&env).arg("--home").arg(&t).args(args));
         assert_eq!(tree(&t), before, "{args:?} changed {}: {}", t.display(), stderr(&o));
         if args[0] == "ls" {
-            assert_eq!(o.status.code(), Some(1), "{args:?}");
+            assert_eq!(o.status.code(), Some(125), "{args:?}");
             assert!(stderr(&o).contains("is not a boxsock home") && stderr(&o).contains(t.to_str().unwrap()), "{}", stderr(&o));
         }
     }
@@ -455,7 +456,7 @@ fn recovery_leaves_a_box_like_directory_it_did_not_create() {
     for entry in &before {
         assert!(after.contains(entry), "recovery removed {entry}");
     }
-    let l = json(boxsock(&env).args(["ls", "--json"]));
+    let l = json(boxsock(&env).args(["ls", "-a", "--json"]));
     assert_eq!(l["boxes"].as_array().unwrap().len(), 2, "{l}");
     ok(boxsock(&env).args(["rm", &id]));
     assert!(home.join("boxes/photos/a.jpg").is_file() && copy.is_dir());
@@ -545,7 +546,7 @@ fn every_verb_exits_quietly_with_141_on_a_closed_stdout_and_never_panics() {
         vec!["doctor"],
         vec!["doctor", "--json"],
         vec!["ls"],
-        vec!["ls", "--json"],
+        vec!["ls", "-a", "--json"],
         vec!["inspect", &id],
         vec!["inspect", "--json", &id],
         vec!["strategies"],
@@ -567,7 +568,7 @@ fn every_verb_exits_quietly_with_141_on_a_closed_stdout_and_never_panics() {
     }
     // A closed stderr: the error has nowhere to go, the status still says it.
     let mut child = boxsock(&env).args(["inspect", "nosuchbox"]).stderr(closed_pipe()).spawn().unwrap();
-    assert_eq!(wait_bounded(&mut child, "inspect with a closed stderr").code(), Some(1));
+    assert_eq!(wait_bounded(&mut child, "inspect with a closed stderr").code(), Some(125));
     // `rm` with a closed stdout still removes every box it was given.
     let second = ok(boxsock(&env).args(["--backend", "host", "create"])).trim().to_owned();
     let mut child = boxsock(&env).args(["rm", "-f", &id, &second]).stdout(closed_pipe()).spawn().unwrap();
@@ -672,7 +673,7 @@ fn a_run_rm_client_killed_with_sigkill_leaves_nothing_after_the_next_writing_com
             .spawn()
             .unwrap();
         wait_until("the command to run in the box", || !pids_running(&["sleep", &marker]).is_empty());
-        let boxes = json(boxsock(&env).args(["ls", "--json"]))["boxes"].as_array().unwrap().clone();
+        let boxes = json(boxsock(&env).args(["ls", "-a", "--json"]))["boxes"].as_array().unwrap().clone();
         let b = boxes.iter().find(|b| b["name"].is_null()).expect("the run --rm box").clone();
         let id = b["id"].as_str().unwrap().to_owned();
         let agent = json(boxsock(&env).args(["inspect", "--json", &id]))["pid"].as_i64().unwrap() as i32;
@@ -686,7 +687,7 @@ fn a_run_rm_client_killed_with_sigkill_leaves_nothing_after_the_next_writing_com
         assert!(pid_running(agent), "{next:?}: a read-only verb stopped the box");
 
         ok(boxsock(&env).args(next));
-        let l = json(boxsock(&env).args(["ls", "--json"]));
+        let l = json(boxsock(&env).args(["ls", "-a", "--json"]));
         assert!(l["boxes"].as_array().unwrap().iter().all(|b| b["id"] != id.as_str()), "{next:?}: box {id} left: {l}");
         wait_until("the abandoned box's agent to be gone", || !pid_running(agent));
         wait_until("the abandoned box's command to be gone", || pids_running(&["sleep", &marker]).is_empty());
@@ -718,7 +719,7 @@ fn read_only_verbs_show_a_dead_box_stopped_without_recording_it() {
     let i = json(boxsock(&env).args(["inspect", &id, "--json"]));
     assert_eq!(i["state"], "stopped", "{i}");
     assert!(i["pid"].is_null(), "a dead process is not reported: {i}");
-    let l = json(boxsock(&env).args(["ls", "--json"]));
+    let l = json(boxsock(&env).args(["ls", "-a", "--json"]));
     assert_eq!(l["boxes"][0]["state"], "stopped", "{l}");
     // Nothing was recorded or cleaned (the dead agent's socket file is still there), and
     // the store still says running. (Compared before this test opens the store itself.)

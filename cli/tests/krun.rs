@@ -171,7 +171,7 @@ fn direct_under_a_300_byte_home_fails_at_create_naming_the_socket_before_any_dir
     let env = Env::deep(DEEP);
     for extra in [&[][..], &["--backend-option", "configure_only=true"][..]] {
         let o = run(boxsock(&env).args(["--backend", "libkrun", "--strategy", "direct", "create", "--network"]).args(extra));
-        assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+        assert_eq!(o.status.code(), Some(125), "{}", text(&o.stderr));
         let err = text(&o.stderr);
         assert!(o.stdout.is_empty(), "no id printed: {}", text(&o.stdout));
         // The budget comes before the machine's availability: the socket, its path,
@@ -183,7 +183,7 @@ fn direct_under_a_300_byte_home_fails_at_create_naming_the_socket_before_any_dir
         assert!(env.box_dirs().is_empty(), "a box directory was made: {:?}", env.box_dirs());
         assert!(env.links().is_empty());
     }
-    let l = json(boxsock(&env).args(["ls", "--json"]));
+    let l = json(boxsock(&env).args(["ls", "-a", "--json"]));
     assert!(l["boxes"].as_array().unwrap().is_empty(), "{l}");
 }
 
@@ -225,7 +225,7 @@ fn short_symlink_reaches_the_shim_with_only_short_paths_in_the_recorded_spec_and
     // A readiness timeout far longer than the test: the failure must be the shim's exit,
     // reported as such, not a timeout.
     let o = run(boxsock(&env).args(krun).args(["--ready-timeout", "600", "start", &id]));
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(125));
     let err = text(&o.stderr);
     assert!(err.contains(&format!("box {id}: its process (pid ")), "{err}");
     assert!(err.contains("exited with code 0 before reporting ready"), "{err}");
@@ -393,7 +393,7 @@ fn kill_9_of_the_runtime_after_passt_started_then_reopen_kills_passt() {
     // The next runtime to open the home for writing recovers it (`ls` is read-only):
     // the box is stopped and passt gone.
     ok(boxsock(&env).arg("sweep"));
-    let l = json(boxsock(&env).args(["ls", "--json"]));
+    let l = json(boxsock(&env).args(["ls", "-a", "--json"]));
     let b = l["boxes"].as_array().unwrap().iter().find(|b| b["id"] == id.as_str()).unwrap().clone();
     assert_eq!(b["state"], "stopped", "{b}");
     wait_until("passt to be gone", || !passt.is_alive());

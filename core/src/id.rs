@@ -132,8 +132,9 @@ impl BoxId {
 }
 
 impl fmt::Display for BoxId {
+    /// Honours width and alignment (`{:<14}`), so tables line up.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -172,6 +173,13 @@ impl<'de> Deserialize<'de> for BoxId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn display_honours_width_and_alignment() {
+        let id = BoxId::parse("abc").unwrap();
+        assert_eq!(format!("[{id:<6}]"), "[abc   ]");
+        assert_eq!(format!("[{id:>5}]"), "[  abc]");
+    }
 
     #[test]
     fn generated_ids_are_valid_fixed_length_base62_and_distinct() {

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{Inner, RuntimeOptions, check_addresses, compatibility, socket_specs};
+use super::{Inner, RuntimeOptions};
+use crate::sockets::{check_addresses, compatibility, socket_specs};
 use boxsock_core::backend::{AddressNeeds, Availability, Backend, BoxSettings, Isolation};
 use boxsock_core::binding::SocketBinding;
 use boxsock_core::budget::{self, Platform};

@@ -8,6 +8,8 @@
 //!   [`LockMode::Shared`] runtime (the CLI): many such processes work on one home at
 //!   once (the store serialises their writes), while recovery — which kills and deletes
 //!   what looks abandoned — waits until none of them is mid-operation.
+//! - A **read-only** runtime (`Access::ReadOnly`: `ls`, `inspect`) takes no lock and
+//!   never waits: it changes nothing, and SQLite's WAL lets it read beside any writer.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -59,19 +61,6 @@ fn open_lock_file(path: &Path) -> Result<File, RuntimeError> {
         }
     }
     Ok(f)
-}
-
-/// Wait (up to `wait`) until no process holds the home exclusively, without creating
-/// or changing anything: for read-only opens. A home without a lock file has never
-/// been opened for writing, so there is nothing to wait for.
-pub async fn wait_unlocked_read_only(home: &Path, path: &Path, wait: Option<Duration>) -> Result<(), RuntimeError> {
-    let file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(RuntimeError::Io { op: "open lock file", path: path.to_path_buf(), source: e }),
-    };
-    drop(lock_file(home, path, file, false, wait).await?);
-    Ok(())
 }
 
 /// The pid recorded in the lock file, if that process is still alive.

@@ -31,10 +31,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use serde::Serialize;
 
-use super::{Inner, RuntimeError, remove_ready_file, remove_stale_socket_files};
+use super::{Inner, RuntimeError, cleanup, kill};
 use boxsock_core::binding::SweepReport;
 use boxsock_core::id::BoxId;
 use crate::process::Liveness;
@@ -99,13 +98,7 @@ pub(super) async fn recover(inner: &Arc<Inner>, report: &mut OpenReport) -> Resu
         let must_kill = alive && (!dir_exists || rec.state != BoxState::Running);
         if must_kill {
             let h = handle.as_ref().expect("alive implies a handle");
-            for sig in [Signal::SIGTERM, Signal::SIGKILL] {
-                let _ = h.signal_group(sig);
-                let _ = h.signal(sig);
-                if h.wait_gone(RECOVERY_STOP_WAIT).await {
-                    break;
-                }
-            }
+            kill::escalate(h, &kill::term_then_kill(RECOVERY_STOP_WAIT, RECOVERY_STOP_WAIT)).await;
             killed = true;
             if h.is_alive() {
                 tracing::error!(box_id = %rec.id, pid = h.identity().pid, "could not kill an abandoned box process");
@@ -148,10 +141,7 @@ pub(super) async fn recover(inner: &Arc<Inner>, report: &mut OpenReport) -> Resu
             })?;
             from = to;
         }
-        if let Ok(s) = inner.strategy(&rec.config.strategy) {
-            remove_ready_file(&*s, layout, &rec.id);
-        }
-        remove_stale_socket_files(layout, &rec.id);
+        cleanup::remove_socket_files(layout, &rec.id);
         inner.forget_process(&rec.id);
         tracing::warn!(box_id = %rec.id, from = %rec.state, killed, "recovered box state: stopped");
         report.recovered.push(Recovered { id: rec.id.clone(), from: rec.state, to: BoxState::Stopped, killed });

@@ -100,8 +100,9 @@ impl BoxState {
 }
 
 impl fmt::Display for BoxState {
+    /// Honours width and alignment (`{:<12}`), so tables line up.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -119,6 +120,12 @@ impl FromStr for BoxState {
 mod tests {
     use super::*;
     use BoxState::*;
+
+    #[test]
+    fn display_honours_width_and_alignment() {
+        assert_eq!(format!("[{:<10}]", Running), "[running   ]");
+        assert_eq!(format!("[{:>8}]", Stopped), "[ stopped]");
+    }
 
     #[test]
     fn lifecycle_paths_are_allowed() {

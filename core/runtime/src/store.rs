@@ -38,6 +38,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use serde::{Deserialize, Serialize};
 
 use boxsock_core::backend::BoxSettings;
+use boxsock_core::echo::echo;
 use boxsock_core::id::BoxId;
 use crate::process::ProcessIdentity;
 use crate::state::BoxState;
@@ -179,6 +180,14 @@ pub enum StoreError {
     NotFound {
         /// The id.
         id: BoxId,
+    },
+    /// An id prefix that starts several boxes' ids.
+    #[error("{} is the start of several box ids ({}): give more of the id", echo(prefix), candidates.join(", "))]
+    AmbiguousPrefix {
+        /// The prefix given.
+        prefix: String,
+        /// Every id it starts.
+        candidates: Vec<String>,
     },
     /// The state machine does not allow this change.
     #[error("box {id}: illegal state transition {from} -> {to}")]
@@ -709,9 +718,45 @@ impl Store {
         Self::get_raw(&conn, id.as_str()).map_err(self.sq("read box"))?.map(RawRow::decode).transpose()
     }
 
-    /// Find a box by id, else by name. Returns the id column of the row found (which may
-    /// be corrupt) and its decoding.
+    /// Find a box the way every verb names one: by id, else by name, else by a unique
+    /// id prefix (names win over prefixes; see docs/runtime.md). Returns the id column
+    /// of the row found (which may be corrupt) and its decoding. A prefix of several ids
+    /// is [`StoreError::AmbiguousPrefix`], naming them.
     pub fn resolve(&self, id_or_name: &str) -> Result<Option<Resolved>, StoreError> {
+        if let Some(found) = self.resolve_exact(id_or_name)? {
+            return Ok(Some(found));
+        }
+        let Some(id) = self.id_with_prefix(id_or_name)? else { return Ok(None) };
+        let conn = self.conn();
+        let raw = Self::get_raw(&conn, &id).map_err(self.sq("read box"))?;
+        Ok(raw.map(|r| (r.id.clone(), r.decode())))
+    }
+
+    /// The one id starting with `prefix`, if any. An empty prefix matches nothing.
+    fn id_with_prefix(&self, prefix: &str) -> Result<Option<String>, StoreError> {
+        if prefix.is_empty() {
+            return Ok(None);
+        }
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id FROM boxes ORDER BY id").map_err(self.sq("list box ids"))?;
+        let ids = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(self.sq("list box ids"))?;
+        let mut found = Vec::new();
+        for id in ids {
+            let id = id.map_err(self.sq("list box ids"))?;
+            if id.starts_with(prefix) {
+                found.push(id);
+            }
+        }
+        match found.len() {
+            0 => Ok(None),
+            1 => Ok(found.pop()),
+            _ => Err(StoreError::AmbiguousPrefix { prefix: prefix.to_owned(), candidates: found }),
+        }
+    }
+
+    /// Find a box by its exact id, else its exact name (no prefixes: what a new name
+    /// must not collide with).
+    pub fn resolve_exact(&self, id_or_name: &str) -> Result<Option<Resolved>, StoreError> {
         let conn = self.conn();
         let raw = match Self::get_raw(&conn, id_or_name).map_err(self.sq("read box"))? {
             Some(r) => Some(r),
@@ -877,6 +922,35 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path().join("boxsock.db")).unwrap();
         (d, s)
+    }
+
+    #[test]
+    fn a_unique_id_prefix_resolves_an_ambiguous_one_names_the_candidates_and_names_win() {
+        let (_d, s) = store();
+        let a = Store::new_record(BoxId::parse("abc111").unwrap(), None, cfg());
+        let b = Store::new_record(BoxId::parse("abc222").unwrap(), None, cfg());
+        // A box whose *name* is a prefix of the others' ids.
+        let c = Store::new_record(BoxId::parse("zzz999").unwrap(), Some("abc1".into()), cfg());
+        for r in [&a, &b, &c] {
+            s.insert(r).unwrap();
+        }
+        assert_eq!(s.resolve("abc2").unwrap().unwrap().0, "abc222");
+        assert_eq!(s.resolve("abc222").unwrap().unwrap().0, "abc222");
+        assert_eq!(s.resolve("abc1").unwrap().unwrap().0, "zzz999", "a name wins over an id prefix");
+        assert_eq!(s.resolve("abc11").unwrap().unwrap().0, "abc111");
+        match s.resolve("abc") {
+            Err(StoreError::AmbiguousPrefix { prefix, candidates }) => {
+                assert_eq!(prefix, "abc");
+                assert_eq!(candidates, vec!["abc111".to_owned(), "abc222".to_owned()]);
+            }
+            other => panic!("expected AmbiguousPrefix, got {other:?}"),
+        }
+        let msg = s.resolve("abc").unwrap_err().to_string();
+        assert!(msg.contains("abc111") && msg.contains("abc222"), "{msg}");
+        assert!(s.resolve("").unwrap().is_none());
+        assert!(s.resolve("x").unwrap().is_none());
+        // Exact lookups (what a new name must not collide with) take no prefixes.
+        assert!(s.resolve_exact("abc2").unwrap().is_none());
     }
 
     #[test]

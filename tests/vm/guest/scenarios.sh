@@ -98,7 +98,7 @@ run() {
     [ $rc -eq 0 ] || cleanup
 }
 
-box_ids() { boxsock --home "$1" ls --json 2>/dev/null | sed -n 's/.*"id": "\([^"]*\)".*/\1/p'; }
+box_ids() { boxsock --home "$1" ls -a -q 2>/dev/null; }
 cleanup() {
     for h in "$HOME_" "$WORK"/d10*; do
         [ -d "$h/boxes" ] || continue

@@ -226,7 +226,7 @@ fn socket_files(env: &Env, id: &str) -> Vec<String> {
 /// nothing is left mid-transition. Returns (id, state).
 fn reopen_and_check_truthful(env: &Env, ctx: &str) -> Vec<(String, String)> {
     ok(env.cli().arg("sweep"));
-    let l = json(env.cli().args(["ls", "--json"]));
+    let l = json(env.cli().args(["ls", "-a", "--json"]));
     assert!(
         l["bad"].as_array().unwrap().is_empty(),
         "{ctx}: corrupt rows: {l}"
@@ -235,7 +235,7 @@ fn reopen_and_check_truthful(env: &Env, ctx: &str) -> Vec<(String, String)> {
     for b in l["boxes"].as_array().unwrap() {
         let id = b["id"].as_str().unwrap().to_owned();
         let state = b["state"].as_str().unwrap().to_owned();
-        let pid = b["process"]["pid"].as_i64().map(|p| p as i32);
+        let pid = b["pid"].as_i64().map(|p| p as i32);
         match state.as_str() {
             "running" => {
                 let pid = pid.unwrap_or_else(|| panic!("{ctx}: running box {id} without a pid"));
@@ -299,7 +299,7 @@ fn use_and_remove(env: &Env, id: &str, state: &str, ctx: &str) {
 
 /// No row, directory, link, or process of any of `ids` (and no row or directory at all).
 fn assert_nothing_left(env: &Env, ids: &[&str], ctx: &str) {
-    let l = json(env.cli().args(["ls", "--json"]));
+    let l = json(env.cli().args(["ls", "-a", "--json"]));
     assert!(
         l["boxes"].as_array().unwrap().is_empty() && l["bad"].as_array().unwrap().is_empty(),
         "{ctx}: rows left: {l}"
@@ -912,7 +912,7 @@ fn read_only_home_body() -> Outcome {
     });
     let bind = Bind::new(&backing.dir, &ro_dir);
     env.home = bind.dir.join("home");
-    let before = json(env.cli().args(["ls", "--json"]));
+    let before = json(env.cli().args(["ls", "-a", "--json"]));
     bind.set_read_only(true);
     // The library: a clear error naming the path and the OS error.
     let e = block_on(Runtime::open(&env.home, env.options(LockMode::Shared))).unwrap_err();
@@ -930,7 +930,7 @@ fn read_only_home_body() -> Outcome {
         "{lib_msg}"
     );
     // The CLI: `ls` is read-only and still lists the boxes...
-    let listed = json(env.cli().args(["ls", "--json"]));
+    let listed = json(env.cli().args(["ls", "-a", "--json"]));
     assert_eq!(listed["boxes"], before["boxes"], "ls on a read-only home");
     // ...and every verb that writes fails the same way, in one line, and writes nothing.
     for args in [
@@ -939,7 +939,7 @@ fn read_only_home_body() -> Outcome {
         &["rm", "-f", &running],
     ] {
         let o = env.cli().args(args).output().unwrap();
-        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert_eq!(o.status.code(), Some(125), "{args:?}");
         let err = stderr(&o);
         assert!(
             err.contains(lock.to_str().unwrap())
@@ -954,12 +954,12 @@ fn read_only_home_body() -> Outcome {
         .unwrap()
         .iter()
         .find(|b| b["id"] == running.as_str())
-        .unwrap()["process"]["pid"]
+        .unwrap()["pid"]
         .as_i64()
         .unwrap() as i32;
     assert!(pid_running(pid));
     bind.set_read_only(false);
-    let after = json(env.cli().args(["ls", "--json"]));
+    let after = json(env.cli().args(["ls", "-a", "--json"]));
     assert_eq!(before["boxes"], after["boxes"], "the store is intact");
     reopen_and_check_truthful(&env, "after remounting read-write");
     assert_eq!(
@@ -1540,7 +1540,7 @@ scenario!(
                 assert!(Instant::now() < deadline, "{next:?}: the abandoned box's processes survived");
                 std::thread::sleep(Duration::from_millis(10));
             }
-            let listed = json(env.cli().args(["ls", "--json"]));
+            let listed = json(env.cli().args(["ls", "-a", "--json"]));
             assert!(listed["boxes"].as_array().unwrap().iter().all(|b| b["id"] != id.as_str()), "{listed}");
             assert!(!env.links().contains(&id) && !env.box_dirs().contains(&id), "{next:?}: link or directory left");
             for b in listed["boxes"].as_array().unwrap() {

@@ -1,0 +1,93 @@
+//! A box's socket addresses: which sockets a box has, their addresses checked against
+//! the `sun_path` budget, whether a strategy can serve a backend, and the verified
+//! socket directory binds and dials go through.
+
+use std::collections::BTreeMap;
+
+use boxsock_core::address::SocketAddress;
+use boxsock_core::backend::{AddressNeeds, Backend};
+use boxsock_core::binding::{SocketBinding, StrategyConfig};
+use boxsock_core::budget::{self, Platform};
+use boxsock_core::catalogue::{self, SocketSpec};
+use boxsock_core::error::BindingError;
+use boxsock_core::id::BoxId;
+use boxsock_core::layout::BoxLayout;
+
+/// The sockets of a box of `backend`, with `ready` added if the backend did not list
+/// it (the runtime always binds it).
+pub fn socket_specs(backend: &dyn Backend, network: bool) -> Vec<SocketSpec> {
+    let mut specs = backend.sockets(network);
+    if !specs.iter().any(|s| s.name == catalogue::READY.name) {
+        specs.push(catalogue::READY);
+    }
+    specs
+}
+
+/// Check every address of `specs` (own and derived names) for box `id`, returning the
+/// own addresses by logical name. A miss is [`BindingError::PathTooLong`] labelled with
+/// the socket (and the derived name, when that is what missed).
+pub fn check_addresses(
+    strategy: &dyn SocketBinding,
+    layout: &BoxLayout,
+    id: &BoxId,
+    specs: &[SocketSpec],
+) -> Result<BTreeMap<String, SocketAddress>, BindingError> {
+    let mut own = BTreeMap::new();
+    for spec in specs {
+        for (i, (label, file)) in spec.all_file_names().into_iter().enumerate() {
+            let addr = strategy.address(layout, id, &file).map_err(|e| match e {
+                BindingError::PathTooLong { path, len, limit, .. } => BindingError::PathTooLong { socket: label.clone(), path, len, limit },
+                e => e,
+            })?;
+            budget::check(&label, &addr, Platform::current())?;
+            if i == 0 {
+                own.insert(spec.name.to_owned(), addr);
+            }
+        }
+    }
+    Ok(own)
+}
+
+/// Whether `strategy` can serve `backend`, with the reason when not.
+pub fn compatibility(strategy: &dyn SocketBinding, backend: &dyn Backend) -> Result<(), String> {
+    let caps = strategy.capabilities();
+    if backend.address_needs() == AddressNeeds::PathOnly && !caps.path_addressable {
+        return Err(format!(
+            "backend {:?} hands socket paths to its VMM, which cannot use the non-filesystem addresses strategy {:?} gives out; use a path strategy such as short-symlink",
+            backend.name(),
+            strategy.name()
+        ));
+    }
+    Ok(())
+}
+
+
+/// The verified socket directory of a box for this operation, refusing a path strategy
+/// that does not provide one (its binds and dials would re-resolve a path string).
+pub(crate) fn verified_dir(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, file: &str) -> Result<Option<boxsock_core::sockdir::SocketDir>, BindingError> {
+    let dir = match strategy.socket_dir(layout, id) {
+        // The binding vanished since `ensure` (a /tmp cleaner): heal once, look again.
+        Err(BindingError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            strategy.ensure(layout, id)?;
+            strategy.socket_dir(layout, id)?
+        }
+        other => other?,
+    };
+    if dir.is_none() {
+        if let SocketAddress::Path(p) = strategy.address(layout, id, file)? {
+            return Err(BindingError::Unsupported {
+                strategy: strategy.name().to_owned(),
+                what: format!("binding or dialling {}", p.display()),
+                reason: "a path strategy must provide a verified socket directory (SocketBinding::socket_dir); re-resolving the path string lets whoever can change a directory on it receive the connection".into(),
+            });
+        }
+    }
+    Ok(dir)
+}
+
+/// The uids a box's processes accept as peers: the owner, then the embedder's extras.
+pub(crate) fn peer_uids(config: &StrategyConfig) -> Vec<u32> {
+    let mut v = vec![config.uid];
+    v.extend(config.allowed_peer_uids.iter().copied().filter(|u| *u != config.uid));
+    v
+}

@@ -1,0 +1,285 @@
+//! `start`: bind `ready`, launch through the backend, record the process and its
+//! companions, wait for the agent's `Ready` frame; on failure, kill what was launched.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use boxsock_core::address::SocketAddress;
+use boxsock_core::backend::{Availability, Backend, LaunchSpec};
+use boxsock_core::binding::SocketBinding;
+use boxsock_core::catalogue;
+
+use crate::cleanup::ReadyCleanup;
+use crate::kill::{self, KILL_WAIT};
+use crate::process::{ProcessHandle, ProcessIdentity};
+use crate::sockets::{check_addresses, peer_uids, socket_specs, verified_dir};
+use crate::state::BoxState;
+use crate::store::BoxRecord;
+use crate::{Inner, RuntimeError, agent_client, crash, home, lock};
+
+/// Lines of the box log quoted in start errors.
+const LOG_TAIL_LINES: usize = 20;
+
+impl Inner {
+    pub(crate) async fn start_locked(self: &Arc<Self>, rec: BoxRecord) -> Result<BoxRecord, RuntimeError> {
+        let id = rec.id.clone();
+        // Not only at create: somebody may have changed them since.
+        home::check_box_dirs(self.home_fd.as_fd(), &self.layout, &id)?;
+        let strategy = self.strategy(&rec.config.strategy)?;
+        let backend = self.backend(&rec.config.backend)?;
+        if let Availability::Unavailable { reason } = backend.available_for_launch() {
+            return Err(RuntimeError::BackendUnavailable { backend: rec.config.backend.clone(), reason });
+        }
+        // Before the addresses are derived: a squatted binding directory changes them.
+        let strategy = self.ensure_binding(strategy, &id)?;
+        let specs = socket_specs(&*backend, rec.config.network);
+        // Fail fast, before the state changes; the addresses used are derived again
+        // below, after `prepare_start` (a strategy may rotate them per start).
+        check_addresses(&*strategy, &self.layout, &id, &specs)?;
+        self.store
+            .transition(&id, Some(&[BoxState::Created, BoxState::Stopped]), BoxState::Starting, |r| {
+                r.process = None;
+                r.exit_code = None;
+            })
+            .map_err(RuntimeError::from_store)?;
+        crash::point("start:starting");
+        let mut launched: Option<Arc<ProcessHandle>> = None;
+        let mut companions: Vec<ProcessIdentity> = Vec::new();
+        let result = match strategy
+            .prepare_start(&self.layout, &id)
+            .and_then(|()| check_addresses(&*strategy, &self.layout, &id, &specs))
+        {
+            Ok(addresses) => self.launch_and_wait(&rec, &*strategy, &*backend, addresses, &mut launched, &mut companions).await,
+            Err(e) => Err(e.into()),
+        };
+        match result {
+            Ok(()) => {
+                crash::point("start:ready");
+                let rec = self
+                    .store
+                    .transition(&id, Some(&[BoxState::Starting]), BoxState::Running, |_| {})
+                    .map_err(RuntimeError::from_store);
+                match rec {
+                    Ok(rec) => {
+                        crash::point("start:running");
+                        if let Some(h) = launched {
+                            self.watch(&id, h);
+                        }
+                        tracing::debug!(box_id = %id, pid = ?rec.process.map(|p| p.pid), "running");
+                        Ok(rec)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => {
+                // Debug, not warn: the error is returned to the caller, who reports it
+                // (once).
+                tracing::debug!(box_id = %id, error = %e, "start failed; stopping the box");
+                if let Some(h) = &launched {
+                    if !kill::escalate(h, &kill::kill_now(KILL_WAIT)).await {
+                        tracing::error!(box_id = %id, pid = h.identity().pid, "box process survived SIGKILL");
+                    }
+                }
+                self.stop_companions(&id, &companions).await;
+                let exit = launched.as_ref().and_then(|h| h.exit_code());
+                let _ = self.store.transition(&id, Some(&[BoxState::Starting]), BoxState::Stopped, |r| {
+                    r.process = None;
+                    r.exit_code = exit;
+                });
+                lock(&self.procs).remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn launch_and_wait(
+        &self,
+        rec: &BoxRecord,
+        strategy: &dyn SocketBinding,
+        backend: &dyn Backend,
+        addresses: BTreeMap<String, SocketAddress>,
+        launched_out: &mut Option<Arc<ProcessHandle>>,
+        companions_out: &mut Vec<ProcessIdentity>,
+    ) -> Result<(), RuntimeError> {
+        let id = &rec.id;
+        let layout = &self.layout;
+        strategy.ensure(layout, id)?;
+        let ready_file = catalogue::READY.file_name();
+        // One verified directory for the whole start: the runtime binds `ready` through
+        // it and the backend hands it to the box's processes.
+        let socket_dir = verified_dir(strategy, layout, id, &ready_file)?;
+        let bound = match &socket_dir {
+            Some(d) => d.bind_stream(&ready_file, strategy.peer_policy())?,
+            None => strategy.bind_stream(layout, id, &ready_file)?,
+        };
+        let listener = bound
+            .into_tokio()
+            .map_err(|e| RuntimeError::Io { op: "register ready listener", path: layout.sockets_dir(id), source: e })?;
+        let _cleanup = ReadyCleanup { layout, id };
+        let mut addresses = addresses;
+        if addresses.get(catalogue::READY.name).is_some_and(|a| a != listener.address()) {
+            // The strategy rotated the box's names while binding (a squatted name):
+            // hand the backend the names derived now.
+            tracing::debug!(box_id = %id, ready = %listener.address(), "addresses changed while binding ready; deriving them again");
+            for (name, addr) in addresses.iter_mut() {
+                *addr = strategy.address(layout, id, &format!("{name}.sock"))?;
+            }
+        }
+        crash::point("start:bound");
+        let ready_addr = listener.address().display_string();
+        let spec = LaunchSpec {
+            id: id.clone(),
+            layout: layout.clone(),
+            addresses,
+            log_file: layout.log_file(id),
+            network: rec.config.network,
+            policy: strategy.policy_paths(layout, id)?,
+            env: rec.config.env.clone(),
+            socket_dir,
+            peer_uids: peer_uids(&self.options.strategy_config),
+            settings: rec.config.settings.clone(),
+        };
+        let launched = backend.launch(&spec)?;
+        // Companions first: whatever happens to the box process below, the failure path
+        // of `start` knows them.
+        let mut companion_gone_at_launch = None;
+        for &pid in &launched.companions {
+            match ProcessIdentity::of(pid) {
+                Ok(ident) => companions_out.push(ident),
+                Err(e) => {
+                    tracing::warn!(box_id = %id, pid, error = %e, "companion already gone at launch");
+                    companion_gone_at_launch.get_or_insert(pid);
+                }
+            }
+        }
+        let log_tail = || tail_lines(&layout.log_file(id), LOG_TAIL_LINES);
+        let companion_exited = |pid: i32, exit_code: Option<i32>| RuntimeError::CompanionExited {
+            id: id.clone(),
+            pid,
+            exit_code,
+            logs: companion_logs(&layout.log_file(id)),
+            log_tail: log_tail(),
+        };
+        if let Some(pid) = companion_gone_at_launch {
+            return Err(companion_exited(pid, None));
+        }
+        // A companion (passt…) that dies before the box is ready fails the start at once:
+        // the VMM cannot come up without it, and would otherwise be waited on in vain.
+        let companion_handles: Vec<ProcessHandle> = companions_out.iter().map(|c| ProcessHandle::open(*c)).collect();
+        let ident = match ProcessIdentity::of(launched.pid) {
+            Ok(i) => i,
+            Err(_) => {
+                return Err(RuntimeError::ExitedBeforeReady {
+                    id: id.clone(),
+                    pid: launched.pid,
+                    exit_code: None,
+                    address: ready_addr,
+                    log_tail: log_tail(),
+                });
+            }
+        };
+        let handle = Arc::new(ProcessHandle::open_group_leader(ident));
+        *launched_out = Some(handle.clone());
+        lock(&self.procs).insert(id.clone(), handle.clone());
+        // Recorded once both are known to the failure path, so a store error here
+        // still kills them; recovery finds them after a crash from here on.
+        if !companions_out.is_empty() {
+            self.store.set_companions(id, companions_out)?;
+            tracing::debug!(box_id = %id, companions = ?companions_out, "companions recorded");
+        }
+        self.store.set_process(id, Some(ident))?;
+        crash::point("start:launched");
+        tracing::debug!(box_id = %id, pid = ident.pid, ready = %ready_addr, "launched; waiting for readiness");
+
+        let timeout = self.options.ready_timeout;
+        // A connection that closes without a frame (a stale-socket probe, a stray
+        // client of the same uid) is not the agent: keep waiting for the real one.
+        let ready = async {
+            loop {
+                let (mut s, cred) = listener.accept().await?;
+                // Only the box's own process may say it is ready (the agent; for a VM,
+                // the VMM relaying the guest), not another process of an allowed uid.
+                if let Some(c) = cred.filter(|c| c.pid != ident.pid) {
+                    tracing::warn!(box_id = %id, peer_pid = c.pid, peer_uid = c.uid, expected_pid = ident.pid, "ready connection from a process that is not the box's; ignored");
+                    continue;
+                }
+                match agent_client::read_ready(&mut s).await {
+                    Err(agent_client::ClientError::Proto(boxsock_core::proto::ProtoError::Closed)) => {
+                        tracing::debug!(box_id = %id, "empty connection on the ready socket; still waiting");
+                    }
+                    other => break other,
+                }
+            }
+        };
+        tokio::select! {
+            r = tokio::time::timeout(timeout, ready) => match r {
+                Err(_) => Err(RuntimeError::ReadyTimeout {
+                    id: id.clone(),
+                    waited_for: format!("agent readiness on {ready_addr}"),
+                    after: timeout,
+                    log_tail: log_tail(),
+                }),
+                Ok(Ok(info)) => {
+                    tracing::debug!(box_id = %id, agent_pid = info.pid, version = info.version, "agent ready");
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(RuntimeError::Agent { id: id.clone(), address: ready_addr, source: e }),
+            },
+            _ = handle.wait_exit() => Err(RuntimeError::ExitedBeforeReady {
+                id: id.clone(),
+                pid: ident.pid,
+                exit_code: handle.exit_code(),
+                address: ready_addr,
+                log_tail: log_tail(),
+            }),
+            i = first_exit(&companion_handles) => {
+                let h = &companion_handles[i];
+                Err(companion_exited(h.identity().pid, h.exit_code()))
+            }
+        }
+    }
+}
+
+fn tail_lines(path: &Path, n: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(n)..].join("\n");
+            if tail.is_empty() { format!("(log {} is empty)", path.display()) } else { tail }
+        }
+        Err(e) => format!("(no log at {}: {e})", path.display()),
+    }
+}
+
+/// Index of the first of `handles` to exit; never resolves when there are none.
+async fn first_exit(handles: &[ProcessHandle]) -> usize {
+    if handles.is_empty() {
+        std::future::pending::<()>().await;
+    }
+    let mut waits: Vec<_> = handles.iter().map(|h| Box::pin(h.wait_exit())).collect();
+    std::future::poll_fn(|cx| {
+        for (i, w) in waits.iter_mut().enumerate() {
+            if w.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(i);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// The tails of the companions' logs: every file beside the box log (a backend writes
+/// its companions' logs there, e.g. libkrun's `passt.log`), each under its name.
+fn companion_logs(box_log: &Path) -> String {
+    let Some(dir) = box_log.parent() else { return String::new() };
+    let mut names: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p != box_log && p.is_file()).collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    let parts: Vec<String> = names.iter().map(|p| format!("{}:\n{}", p.display(), tail_lines(p, LOG_TAIL_LINES))).collect();
+    if parts.is_empty() { format!("(no companion log in {})", dir.display()) } else { parts.join("\n") }
+}
