@@ -281,7 +281,9 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Prepare a new box's files (for a VM, its guest root under
     /// [`BoxLayout::rootfs_dir`]). The runtime calls it from `create`, after the box's
     /// directories, row and binding exist; an error undoes the whole create. It must
-    /// write only beneath the box directory. Default: nothing to prepare.
+    /// write only beneath the box directory, or in one shared directory of its own
+    /// under the home that no box's removal needs (libkrun: `<home>/guest-base/`, one
+    /// read-only guest base per agent). Default: nothing to prepare.
     fn prepare(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BackendError> {
         let _ = (layout, id);
         Ok(())

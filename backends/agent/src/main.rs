@@ -2,7 +2,7 @@
 //! `boxsock_agent` for what it does; this is only its command line.
 //!
 //! ```text
-//! boxsock-agent --agent <URI> --ready <URI> [--allow-uid UID]...
+//! boxsock-agent --agent <URI> --ready <URI> [--allow-uid UID]... [--overlay-lower TAG]...
 //! ```
 //!
 //! URIs are `unix:///abs/path`, `abstract:name`, or inside a libkrun guest
@@ -10,7 +10,9 @@
 //! notification: the host, CID 2). `--allow-uid` is refused with a vsock address:
 //! vsock has no peer credentials. Logs go to stderr (filter from `RUST_LOG`, default
 //! `info`); nothing is written to stdout. Exit status: 0 after a shutdown, 1 when the
-//! agent cannot bind, notify or serve, with a one-line error on stderr.
+//! agent cannot bind, notify or serve, with a one-line error on stderr. In a libkrun
+//! guest, `--overlay-lower` makes the agent enter the box's root first
+//! (`boxsock_agent::guestroot`, decision 0006).
 
 use boxsock_agent::{AgentConfig, parse_address};
 use clap::Parser;
