@@ -47,19 +47,15 @@ impl SpawnFailure {
     }
 }
 
-/// The seam where a spawn failure is classified. Protocol v1 agents report every
-/// failure to start a command as [`ErrorCode::Spawn`] with a message ending in the
-/// OS error (`cannot spawn "x": No such file or directory (os error 2)`), so that is
-/// read here. When the agent reports the kind itself (protocol v2: NotFound /
-/// PermissionDenied), map those codes here and drop the message parsing.
-pub fn spawn_failure(code: ErrorCode, message: &str) -> Option<SpawnFailure> {
-    if code != ErrorCode::Spawn {
-        return None;
-    }
-    if message.contains("(os error 2)") || message.contains("No such file or directory") {
-        Some(SpawnFailure::NotFound)
-    } else {
-        Some(SpawnFailure::CannotExecute)
+/// The seam where a spawn failure is classified. Protocol v2 agents report the kind
+/// themselves: `NotFound` (ENOENT, 127), `PermissionDenied` (EACCES, ENOEXEC, 126);
+/// any other failure to start the command is `Spawn`, which is 126 too (it exists
+/// but could not be executed).
+pub fn spawn_failure(code: ErrorCode) -> Option<SpawnFailure> {
+    match code {
+        ErrorCode::NotFound => Some(SpawnFailure::NotFound),
+        ErrorCode::PermissionDenied | ErrorCode::Spawn => Some(SpawnFailure::CannotExecute),
+        _ => None,
     }
 }
 
@@ -68,7 +64,7 @@ pub fn spawn_failure(code: ErrorCode, message: &str) -> Option<SpawnFailure> {
 /// without the agent's internals; anything else is boxsock's failure.
 pub fn exec_failure(e: &RuntimeError, argv0: Option<&str>) -> (String, u8) {
     if let RuntimeError::Agent { id, source: ClientError::Agent { code, message }, .. } = e {
-        if let Some(kind) = spawn_failure(*code, message) {
+        if let Some(kind) = spawn_failure(*code) {
             let what = argv0.map(|a| format!(" {}", boxsock::boxsock_core::echo::echo(a))).unwrap_or_default();
             return (format!("box {id}: cannot run{what}: {}", kind.sentence()), kind.status());
         }
@@ -83,11 +79,10 @@ mod tests {
 
     #[test]
     fn spawn_errors_map_to_127_and_126_and_nothing_else_is_a_spawn_failure() {
-        let nf = "cannot spawn \"nope\": No such file or directory (os error 2)";
-        assert_eq!(spawn_failure(ErrorCode::Spawn, nf), Some(SpawnFailure::NotFound));
-        let acc = "cannot spawn \"/etc/passwd\": Permission denied (os error 13)";
-        assert_eq!(spawn_failure(ErrorCode::Spawn, acc), Some(SpawnFailure::CannotExecute));
-        assert_eq!(spawn_failure(ErrorCode::BadRequest, nf), None);
+        assert_eq!(spawn_failure(ErrorCode::NotFound), Some(SpawnFailure::NotFound));
+        assert_eq!(spawn_failure(ErrorCode::PermissionDenied), Some(SpawnFailure::CannotExecute));
+        assert_eq!(spawn_failure(ErrorCode::Spawn), Some(SpawnFailure::CannotExecute));
+        assert_eq!(spawn_failure(ErrorCode::BadRequest), None);
         assert_eq!(SpawnFailure::NotFound.status(), 127);
         assert_eq!(SpawnFailure::CannotExecute.status(), 126);
     }

@@ -27,6 +27,7 @@ pub use boxsock_runtime::{
     RuntimeOptions,
     doctor,
 };
+pub use boxsock_runtime::exec::{self, Child, Command, ExitStatus, Output, SpawnErrorKind};
 pub use boxsock_runtime::state::BoxState;
 pub use boxsock_runtime::store::{BoxConfig, BoxRecord, Listing};
 pub use boxsock_core::{BindingError, BoxId, BoxLayout, SocketAddress, StrategyConfig};
@@ -35,13 +36,20 @@ pub use boxsock_core::{BindingError, BoxId, BoxLayout, SocketAddress, StrategyCo
 use boxsock_abstract as _;
 use boxsock_direct as _;
 use boxsock_host as _;
+#[cfg(feature = "libkrun")]
 use boxsock_libkrun as _;
 use boxsock_short_symlink as _;
 
 /// The default strategy.
 pub const DEFAULT_STRATEGY: &str = boxsock_short_symlink::NAME;
-/// The default backend.
+/// The default backend: `libkrun` with the `libkrun` cargo feature (the default),
+/// `host` without it.
+#[cfg(feature = "libkrun")]
 pub const DEFAULT_BACKEND: &str = boxsock_libkrun::NAME;
+/// The default backend: `libkrun` with the `libkrun` cargo feature (the default),
+/// `host` without it.
+#[cfg(not(feature = "libkrun"))]
+pub const DEFAULT_BACKEND: &str = boxsock_host::NAME;
 
 /// Every built-in strategy, explicitly (no link-time collection).
 pub fn builtin_strategies() -> Registry<StrategyRegistration> {
@@ -53,7 +61,14 @@ pub fn builtin_strategies() -> Registry<StrategyRegistration> {
 
 /// Every built-in backend, explicitly (no link-time collection).
 pub fn builtin_backends() -> Registry<BackendRegistration> {
-    Registry::from_entries("backend", [&boxsock_libkrun::REGISTRATION, &boxsock_host::REGISTRATION])
+    Registry::from_entries(
+        "backend",
+        [
+            #[cfg(feature = "libkrun")]
+            &boxsock_libkrun::REGISTRATION,
+            &boxsock_host::REGISTRATION,
+        ],
+    )
 }
 
 /// The default home: `$BOXSOCK_HOME`, else `$XDG_DATA_HOME/boxsock`, else
@@ -76,7 +91,7 @@ mod tests {
         assert_eq!(s.names(), ["abstract", "direct", "short-symlink"]);
         let b = builtin_backends();
         b.check_unique().unwrap();
-        assert_eq!(b.names(), ["host", "libkrun"]);
+        assert_eq!(b.names(), if cfg!(feature = "libkrun") { &["host", "libkrun"][..] } else { &["host"][..] });
         // Link-time collection sees the same names (the `use … as _` lines work).
         let collected = Registry::<StrategyRegistration>::collected();
         for n in s.names() {

@@ -17,13 +17,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use boxsock::{
-    Access, BackendConfig, CreateOptions, ExecIo, LockMode, Runtime, RuntimeError, RuntimeOptions, StrategyConfig, builtin_backends,
+    Access, BackendConfig, CreateOptions, LockMode, Runtime, RuntimeError, RuntimeOptions, StrategyConfig, builtin_backends,
     builtin_strategies,
 };
 use clap::{Args, Parser, Subcommand};
 
 mod exit;
 mod logs;
+mod tty;
 mod views;
 
 /// boxsock: micro-VM boxes whose sockets never hit the sun_path limit.
@@ -115,6 +116,13 @@ enum Verb {
         interactive: bool,
         #[command(flatten)]
         settings: BoxArgs,
+        /// Run the command on a pseudo-terminal in the box (with -i, this terminal goes
+        /// into raw mode until the command ends).
+        #[arg(short, long)]
+        tty: bool,
+        /// Working directory of the command in the box (absolute).
+        #[arg(short, long, value_name = "DIR")]
+        workdir: Option<String>,
         /// The command and its arguments.
         #[arg(last = true, required_unless_present = "detach", value_name = "CMD")]
         cmd: Vec<String>,
@@ -149,6 +157,13 @@ enum Verb {
         /// Forward stdin to the command (otherwise it reads /dev/null).
         #[arg(short, long)]
         interactive: bool,
+        /// Run the command on a pseudo-terminal in the box (with -i, this terminal goes
+        /// into raw mode until the command ends).
+        #[arg(short, long)]
+        tty: bool,
+        /// Working directory of the command in the box (absolute).
+        #[arg(short, long, value_name = "DIR")]
+        workdir: Option<String>,
         /// Box id or name.
         id: String,
         /// The command and its arguments.
@@ -226,27 +241,47 @@ enum Verb {
     },
 }
 
-fn parse_env(s: &str) -> Result<(String, String), String> {
+/// A command-line value that does not parse (clap prints it after the argument name).
+#[derive(Debug, thiserror::Error)]
+enum ArgError {
+    /// Not `KEY=VALUE` with a non-empty key; the text is echoed safely.
+    #[error("{echoed} is not KEY=VALUE")]
+    NotKeyValue { echoed: String },
+    /// `-e` with an empty name.
+    #[error("an empty variable name is not KEY or KEY=VALUE")]
+    EmptyName,
+    /// A negative, NaN or overflowing number of seconds.
+    #[error("--{flag} {value} is not a number of seconds")]
+    Seconds { flag: &'static str, value: f64, source: std::time::TryFromFloatSecsError },
+}
+
+impl From<ArgError> for Failure {
+    fn from(e: ArgError) -> Self {
+        Failure(e.to_string(), exit::FAILED)
+    }
+}
+
+fn parse_env(s: &str) -> Result<(String, String), ArgError> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("{} is not KEY=VALUE", boxsock::boxsock_core::echo::echo(s))),
+        _ => Err(ArgError::NotKeyValue { echoed: boxsock::boxsock_core::echo::echo(s).to_string() }),
     }
 }
 
 /// `KEY=VALUE`, or `KEY` alone: the host's value of `KEY` (`None` when the host has
 /// none or it is not UTF-8, so the variable is not set, as with docker).
-fn parse_env_or_host(s: &str) -> Result<Option<(String, String)>, String> {
+fn parse_env_or_host(s: &str) -> Result<Option<(String, String)>, ArgError> {
     if s.contains('=') {
         return parse_env(s).map(Some);
     }
     if s.is_empty() {
-        return Err("an empty variable name is not KEY or KEY=VALUE".into());
+        return Err(ArgError::EmptyName);
     }
     Ok(std::env::var(s).ok().map(|v| (s.to_owned(), v)))
 }
 
-fn secs(s: f64, what: &str) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(s).map_err(|_| format!("--{what} {s} is not a number of seconds"))
+fn secs(value: f64, flag: &'static str) -> Result<Duration, ArgError> {
+    Duration::try_from_secs_f64(value).map_err(|source| ArgError::Seconds { flag, value, source })
 }
 
 /// A CLI failure: the message (empty: exit quietly) and the exit status.
@@ -470,46 +505,84 @@ fn backend_hint(e: RuntimeError, g: &Global) -> Failure {
     Failure(if hint { format!("{msg}; try --backend host (no isolation)") } else { msg }, exit::FAILED)
 }
 
-fn stdin_reader(interactive: bool) -> Option<Box<dyn tokio::io::AsyncRead + Unpin + Send + 'static>> {
-    interactive.then(|| Box::new(tokio::io::stdin()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)
+/// How `run`/`exec` run the command: `-i`, `-t`, `-w`; `started` is set once the
+/// command runs and signals are forwarded to it.
+#[derive(Debug, Clone, Copy)]
+struct ExecOpts<'a> {
+    interactive: bool,
+    tty: bool,
+    workdir: Option<&'a str>,
+    started: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
-/// Run a command in a box, writing its output as it arrives. When stdout's reader goes
-/// away (`| head`), the exec session is closed (its future dropped), so the agent
-/// kills the command's process group, and this returns the quiet broken-pipe failure.
-async fn exec_in(rt: &Runtime, id: &str, cmd: Vec<String>, env: Vec<(String, String)>, interactive: bool) -> Result<i32, Failure> {
-    let stdout_error = std::sync::Mutex::new(None::<std::io::Error>);
-    let stdout_closed = tokio::sync::Notify::new();
-    let mut out = |b: &[u8]| {
-        let mut failed = stdout_error.lock().unwrap_or_else(|e| e.into_inner());
-        if failed.is_some() {
-            return;
-        }
-        let mut o = std::io::stdout().lock();
-        if let Err(e) = o.write_all(b).and_then(|()| o.flush()) {
-            *failed = Some(e);
-            stdout_closed.notify_one();
-        }
+/// Run a command in a box, writing its output as it arrives (see `tty` for `-t`,
+/// raw mode and the signals forwarded to the command). When stdout's reader goes away
+/// (`| head`), the exec session is closed (the child dropped), so the agent kills the
+/// command's process group, and this returns the quiet broken-pipe failure.
+async fn exec_in(rt: &Runtime, id: &str, cmd: Vec<String>, env: Vec<(String, String)>, attach: ExecOpts<'_>) -> Result<i32, Failure> {
+    use boxsock::exec::Stdio;
+    use tokio::io::AsyncReadExt;
+    if attach.tty && attach.interactive && !tty::stdin_is_tty() {
+        return Err(Failure("the input device is not a TTY (drop -t, or run from a terminal)".into(), exit::FAILED));
+    }
+    let Some((program, args)) = cmd.split_first() else {
+        return Err(Failure("no command given".into(), exit::FAILED));
     };
+    let mut command = rt.command(id, program.as_str());
+    command
+        .args(args.iter().cloned())
+        .envs(env)
+        .stdin(if attach.interactive { Stdio::Inherit } else { Stdio::Null })
+        .stdout(Stdio::Piped)
+        .stderr(Stdio::Piped);
+    if attach.tty {
+        let (rows, cols) = tty::window_size().unwrap_or((24, 80));
+        command.window_size(rows, cols);
+    }
+    if let Some(dir) = attach.workdir {
+        command.current_dir(dir);
+    }
+    // Raw mode before the command starts, so no typed byte is echoed locally.
+    let raw = match attach.tty && attach.interactive {
+        true => Some(tty::RawMode::enter().map_err(|e| Failure(format!("cannot put the terminal in raw mode: {e}"), exit::FAILED))?),
+        false => None,
+    };
+    let mut child = command.spawn().await.map_err(|e| exec_failure_of(e, Some(program)))?;
+    let forwarding = tty::forward_signals(child.control(), attach.tty);
+    if let Some(started) = attach.started {
+        started.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
     // A closed stderr drops the command's stderr; the command goes on.
-    let mut err = |b: &[u8]| {
-        let _ = std::io::stderr().lock().write_all(b);
+    let copy_err = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        while let Some(Ok(n @ 1..)) = match err.as_mut() { Some(e) => Some(e.read(&mut buf).await), None => None } {
+            let _ = std::io::stderr().lock().write_all(&buf[..n]);
+        }
+        std::io::Result::Ok(())
     };
-    let argv0 = cmd.first().cloned();
-    let exec = rt.exec(id, cmd, env, ExecIo { stdin: stdin_reader(interactive), stdout: &mut out, stderr: &mut err });
-    let ended = tokio::select! {
-        r = exec => Some(r.map_err(|e| exec_failure_of(e, argv0.as_deref()))),
-        () = stdout_closed.notified() => None,
+    let copy_out = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        while let Some(Ok(n @ 1..)) = match out.as_mut() { Some(o) => Some(o.read(&mut buf).await), None => None } {
+            let mut o = std::io::stdout().lock();
+            o.write_all(&buf[..n]).and_then(|()| o.flush())?;
+        }
+        std::io::Result::Ok(())
     };
-    // The command may also have ended in the same poll that found stdout closed: its
-    // output was not delivered either way.
-    match stdout_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        Some(e) => {
+    // A closed stdout ends both copies at once (the command may go on writing to
+    // stderr).
+    let copied = tokio::try_join!(copy_out, copy_err);
+    let result = match copied {
+        Err(e) => {
             tracing::debug!(box_id = id, error = %e, "stdout closed; ended the exec session");
             Err(Failure::stdout(&e))
         }
-        None => ended.unwrap_or_else(|| Err(Failure::stdout(&std::io::ErrorKind::BrokenPipe.into()))),
-    }
+        Ok(((), ())) => child.wait().await.map(|s| s.shell_code()).map_err(|e| exec_failure_of(e, Some(program))),
+    };
+    forwarding.abort();
+    drop(child);
+    drop(raw);
+    result
 }
 
 /// A failed `run`/`exec`: 127 when the command was not found, 126 when it cannot be
@@ -548,7 +621,7 @@ fn json<T: serde::Serialize>(v: &T) -> Result<u8, Failure> {
 async fn run(cli: Cli) -> Result<u8, Failure> {
     let g = &cli.global;
     match cli.verb {
-        Verb::Run { rm, detach, name, env, interactive, settings, cmd } => {
+        Verb::Run { rm, detach, name, env, interactive, tty, workdir, settings, cmd } => {
             let env: Vec<(String, String)> = env.into_iter().flatten().collect();
             let rt = g.open(Writes::Yes).await.map_err(|f| Failure(f.0, exit::FAILED))?;
             // Tie the box to this process: if it is killed (-9) before removing the
@@ -567,20 +640,32 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 outln!("{id}");
                 return Ok(0);
             }
+            // Ctrl-C or SIGTERM while the box starts stops the start; once the command
+            // runs, they are forwarded to it (see `tty`) and it decides its status.
+            // Either way a --rm box is removed, any other box stopped, and its id said.
+            let exec_started = std::sync::atomic::AtomicBool::new(false);
             let work = async {
                 rt.start(&id).await.map_err(exec_failure)?;
-                exec_in(&rt, &id, cmd, env, interactive).await
+                exec_in(&rt, &id, cmd, env, ExecOpts { interactive, tty, workdir: workdir.as_deref(), started: Some(&exec_started) }).await
             };
-            // Ctrl-C or SIGTERM still cleans up: a --rm box is removed, any other box
-            // stopped (and its id said, so it can be found).
-            let result = tokio::select! {
-                r = work => r,
-                sig = interrupted() => {
-                    let code = if sig == "SIGINT" { 128 + 2 } else { 128 + 15 };
-                    let left = if rm { String::new() } else { format!("; box {id} is left stopped") };
-                    Err(Failure(format!("interrupted by {sig}{left}"), code))
+            tokio::pin!(work);
+            let mut interrupted_by = None;
+            let result = loop {
+                tokio::select! {
+                    r = &mut work => break r,
+                    sig = interrupted(), if interrupted_by.is_none() => {
+                        interrupted_by = Some(sig);
+                        if !exec_started.load(std::sync::atomic::Ordering::SeqCst) {
+                            let code = if sig == "SIGINT" { 128 + 2 } else { 128 + 15 };
+                            break Err(Failure(String::new(), code));
+                        }
+                    }
                 }
             };
+            if let Some(sig) = interrupted_by {
+                let left = if rm { String::new() } else { format!("; box {id} is left stopped") };
+                errln!("boxsock: interrupted by {sig}{left}");
+            }
             if rm {
                 if let Err(e) = rt.remove(&id, true).await {
                     errln!("boxsock: removing box {id}: {e}");
@@ -603,10 +688,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             // A running box is left as it is (and its id printed), like docker.
             each(ids, |id| async move { Ok(rt.start(&id).await?.id.to_string()) }).await
         }
-        Verb::Exec { env, interactive, id, cmd } => {
+        Verb::Exec { env, interactive, tty, workdir, id, cmd } => {
             let env: Vec<(String, String)> = env.into_iter().flatten().collect();
             let rt = g.open_existing(&id, Writes::Yes).await.map_err(|f| Failure(f.0, exit::FAILED))?;
-            let code = exec_in(&rt, &id, cmd, env, interactive).await?;
+            let code = exec_in(&rt, &id, cmd, env, ExecOpts { interactive, tty, workdir: workdir.as_deref(), started: None }).await?;
             Ok(exit_byte(code))
         }
         Verb::Stop { timeout, ids } => {

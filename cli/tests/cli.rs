@@ -340,6 +340,7 @@ fn interrupting_run_rm_removes_the_box_and_its_command() {
     };
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    // The SIGINT is forwarded to the command (a signal frame), which dies of it: 130.
     assert_eq!(status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted by SIGINT"), "{err}");
     wait_until("the command to be gone", || pids_running(&["sleep", &marker]).is_empty());

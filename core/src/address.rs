@@ -6,6 +6,30 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// Why [`SocketAddress::from_uri`] refused a URI; each variant quotes it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UriError {
+    /// `unix://` followed by a relative path.
+    #[error("{uri:?}: a unix:// address must be absolute")]
+    NotAbsolute {
+        /// The URI.
+        uri: String,
+    },
+    /// `abstract:` with nothing after it.
+    #[error("{uri:?}: empty abstract name")]
+    EmptyAbstract {
+        /// The URI.
+        uri: String,
+    },
+    /// Neither `unix://` nor `abstract:`.
+    #[error("{uri:?}: expected unix:///path or abstract:name")]
+    Scheme {
+        /// The URI.
+        uri: String,
+    },
+}
+
 /// Where a box socket lives: a filesystem path, or (Linux only) an abstract name.
 ///
 /// Addresses are derived at the point of use from (home, box id, socket name) and the
@@ -55,19 +79,19 @@ impl SocketAddress {
     }
 
     /// Parse the URI form written by [`SocketAddress::to_uri`].
-    pub fn from_uri(uri: &str) -> Result<Self, String> {
+    pub fn from_uri(uri: &str) -> Result<Self, UriError> {
         if let Some(rest) = uri.strip_prefix("unix://") {
             if !rest.starts_with('/') {
-                return Err(format!("{uri:?}: a unix:// address must be absolute"));
+                return Err(UriError::NotAbsolute { uri: uri.to_owned() });
             }
             Ok(SocketAddress::Path(PathBuf::from(rest)))
         } else if let Some(rest) = uri.strip_prefix("abstract:") {
             if rest.is_empty() {
-                return Err(format!("{uri:?}: empty abstract name"));
+                return Err(UriError::EmptyAbstract { uri: uri.to_owned() });
             }
             Ok(SocketAddress::Abstract(rest.as_bytes().to_vec()))
         } else {
-            Err(format!("{uri:?}: expected unix:///path or abstract:name"))
+            Err(UriError::Scheme { uri: uri.to_owned() })
         }
     }
 
@@ -97,6 +121,32 @@ fn abstract_addr(_name: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
     ))
 }
 
+/// A filesystem path is a path address (used by [`crate::BindingError::io`], whose
+/// subject is often a directory or a file rather than a socket).
+impl From<PathBuf> for SocketAddress {
+    fn from(p: PathBuf) -> Self {
+        SocketAddress::Path(p)
+    }
+}
+
+impl From<&Path> for SocketAddress {
+    fn from(p: &Path) -> Self {
+        SocketAddress::Path(p.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for SocketAddress {
+    fn from(p: &PathBuf) -> Self {
+        SocketAddress::Path(p.clone())
+    }
+}
+
+impl From<&SocketAddress> for SocketAddress {
+    fn from(a: &SocketAddress) -> Self {
+        a.clone()
+    }
+}
+
 impl fmt::Display for SocketAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.display_string())
@@ -115,8 +165,8 @@ mod tests {
         ] {
             assert_eq!(SocketAddress::from_uri(&a.to_uri()).unwrap(), a);
         }
-        assert!(SocketAddress::from_uri("unix://relative").is_err());
-        assert!(SocketAddress::from_uri("tcp://x").is_err());
-        assert!(SocketAddress::from_uri("abstract:").is_err());
+        assert_eq!(SocketAddress::from_uri("unix://relative"), Err(UriError::NotAbsolute { uri: "unix://relative".into() }));
+        assert_eq!(SocketAddress::from_uri("tcp://x"), Err(UriError::Scheme { uri: "tcp://x".into() }));
+        assert_eq!(SocketAddress::from_uri("abstract:"), Err(UriError::EmptyAbstract { uri: "abstract:".into() }));
     }
 }

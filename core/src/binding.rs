@@ -133,7 +133,11 @@ impl Capabilities {
 
 /// What kind of filesystem object a policy path is, stated by the strategy (never read
 /// back from disk: a link reaped by a /tmp cleaner must still get directory grants).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Serialised in snake case (`directory`, `symlink_to_directory`, `file`): the libkrun
+/// shim receives policy paths as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PolicyIntent {
     /// A real directory.
     Directory,
@@ -148,7 +152,8 @@ pub enum PolicyIntent {
 }
 
 /// Access a sandboxed process needs on a policy path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PolicyAccess {
     /// Read only (a secret, a config file).
     Read,
@@ -157,7 +162,7 @@ pub enum PolicyAccess {
 }
 
 /// One path a sandbox must allow for the box's sockets to work.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct PolicyPath {
     /// The path as sockets are addressed through it.
     pub path: PathBuf,
@@ -353,6 +358,6 @@ pub fn require_socket_dir(layout: &BoxLayout, id: &BoxId) -> Result<PathBuf, Bin
 /// Join `file_name` (validated) onto `dir`.
 pub fn socket_path(dir: &Path, file_name: &str) -> Result<PathBuf, BindingError> {
     crate::catalogue::validate_file_name(file_name)
-        .map_err(|reason| BindingError::Invalid { what: "socket file name".into(), reason })?;
+        .map_err(|e| BindingError::Invalid { what: "socket file name".into(), reason: e.to_string() })?;
     Ok(dir.join(file_name))
 }

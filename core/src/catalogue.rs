@@ -114,29 +114,62 @@ pub const NET: SocketSpec = SocketSpec {
 /// pins this arithmetic (`PORTABLE_MAX_FILE_NAME_LEN`).
 pub const MAX_FILE_NAME_LEN: usize = 46;
 
+/// Why a socket file name was refused by [`validate_file_name`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileNameError {
+    /// The name is empty.
+    #[error("socket file name is empty")]
+    Empty,
+    /// The name is longer than [`MAX_FILE_NAME_LEN`]; only its start is kept, so the
+    /// message stays bounded however long the name was.
+    #[error("socket file name {start:?}{} is {len} bytes; the most is {max}", if *truncated { "…" } else { "" })]
+    TooLong {
+        /// The start of the name.
+        start: String,
+        /// Whether `start` is shorter than the name.
+        truncated: bool,
+        /// The name's length in bytes.
+        len: usize,
+        /// [`MAX_FILE_NAME_LEN`].
+        max: usize,
+    },
+    /// The name starts with `.`.
+    #[error("socket file name {name:?} starts with '.'")]
+    LeadingDot {
+        /// The name.
+        name: String,
+    },
+    /// The name holds a character outside `[A-Za-z0-9._-]`.
+    #[error("socket file name {name:?} contains {c:?}")]
+    Character {
+        /// The name.
+        name: String,
+        /// The first refused character.
+        c: char,
+    },
+}
+
 /// Validate a socket file name: one path component of `[A-Za-z0-9._-]`, not starting
 /// with `.`, at most [`MAX_FILE_NAME_LEN`] bytes.
-pub fn validate_file_name(name: &str) -> Result<(), String> {
+pub fn validate_file_name(name: &str) -> Result<(), FileNameError> {
     if name.is_empty() {
-        return Err("socket file name is empty".into());
+        return Err(FileNameError::Empty);
     }
     if name.len() > MAX_FILE_NAME_LEN {
         // Quote only the start of an over-long name, so the message stays bounded.
         let start: String = name.chars().take(MAX_FILE_NAME_LEN + 16).collect();
-        let more = if start.len() < name.len() { "…" } else { "" };
-        return Err(format!(
-            "socket file name {start:?}{more} is {} bytes; the most is {MAX_FILE_NAME_LEN}",
-            name.len()
-        ));
+        let truncated = start.len() < name.len();
+        return Err(FileNameError::TooLong { start, truncated, len: name.len(), max: MAX_FILE_NAME_LEN });
     }
     if name.starts_with('.') {
-        return Err(format!("socket file name {name:?} starts with '.'"));
+        return Err(FileNameError::LeadingDot { name: name.to_owned() });
     }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
     {
-        return Err(format!("socket file name {name:?} contains {c:?}"));
+        return Err(FileNameError::Character { name: name.to_owned(), c });
     }
     Ok(())
 }
@@ -164,11 +197,11 @@ mod tests {
     fn over_long_name_error_is_bounded_and_names_the_length() {
         // Found by the `socket_name` fuzz target: the whole name was quoted.
         let name = "n".repeat(100_000);
-        let err = validate_file_name(&name).unwrap_err();
+        let err = validate_file_name(&name).unwrap_err().to_string();
         assert!(err.len() < 200, "{} bytes", err.len());
         assert!(err.contains("100000 bytes") && err.contains(&MAX_FILE_NAME_LEN.to_string()), "{err}");
         assert!(err.contains(&"n".repeat(MAX_FILE_NAME_LEN)) && err.contains('…'), "{err}");
-        let err = validate_file_name(&"m".repeat(MAX_FILE_NAME_LEN + 1)).unwrap_err();
+        let err = validate_file_name(&"m".repeat(MAX_FILE_NAME_LEN + 1)).unwrap_err().to_string();
         assert!(err.contains(&format!("{:?}", "m".repeat(MAX_FILE_NAME_LEN + 1))) && !err.contains('…'), "{err}");
     }
 
@@ -178,5 +211,8 @@ mod tests {
         for bad in ["", ".x", "a/b", "a b", "..", &"x".repeat(MAX_FILE_NAME_LEN + 1)] {
             assert!(validate_file_name(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(validate_file_name(""), Err(FileNameError::Empty));
+        assert_eq!(validate_file_name(".x"), Err(FileNameError::LeadingDot { name: ".x".into() }));
+        assert_eq!(validate_file_name("a/b"), Err(FileNameError::Character { name: "a/b".into(), c: '/' }));
     }
 }

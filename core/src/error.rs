@@ -4,6 +4,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::address::SocketAddress;
+
 /// What went wrong in a [`SocketBinding`](crate::binding::SocketBinding) operation.
 ///
 /// Every variant carries the facts a person needs to act: which socket, which path, how
@@ -98,12 +100,13 @@ pub enum BindingError {
     },
 
     /// A system call failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {address}: {source}")]
     Io {
         /// The operation, as a verb ("bind", "connect", "create directory"…).
         op: &'static str,
-        /// The path (or printable address) it worked on.
-        path: PathBuf,
+        /// What it worked on: a filesystem path (a socket's, a directory's, a file's),
+        /// or an abstract socket name (shown `@name`, never stored as a path).
+        address: SocketAddress,
         /// The OS error.
         #[source]
         source: io::Error,
@@ -121,13 +124,13 @@ fn peer_expectation(uid: u32, allowed: &[u32], expected_pid: Option<i32>) -> Str
 }
 
 impl BindingError {
-    /// Build an [`BindingError::Io`].
-    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        BindingError::Io { op, path: path.into(), source }
+    /// Build an [`BindingError::Io`] on a path or a socket address.
+    pub fn io(op: &'static str, at: impl Into<SocketAddress>, source: io::Error) -> Self {
+        BindingError::Io { op, address: at.into(), source }
     }
 
     /// Build an [`BindingError::Io`] from a nix errno.
-    pub fn errno(op: &'static str, path: impl Into<PathBuf>, errno: nix::errno::Errno) -> Self {
-        BindingError::Io { op, path: path.into(), source: io::Error::from(errno) }
+    pub fn errno(op: &'static str, at: impl Into<SocketAddress>, errno: nix::errno::Errno) -> Self {
+        BindingError::Io { op, address: at.into(), source: io::Error::from(errno) }
     }
 }

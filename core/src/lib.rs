@@ -35,11 +35,11 @@ pub mod proto;
 pub mod registry;
 pub mod sockdir;
 
-pub use address::SocketAddress;
+pub use address::{SocketAddress, UriError};
 pub use backend::Backend;
 pub use binding::{Capabilities, PolicyAccess, PolicyPath, SocketBinding, StrategyConfig, SweepReport};
 pub use budget::Platform;
-pub use catalogue::{Binder, DerivedName, SocketKind, SocketSpec};
+pub use catalogue::{Binder, DerivedName, FileNameError, SocketKind, SocketSpec};
 pub use error::BindingError;
 pub use id::BoxId;
 pub use layout::BoxLayout;

@@ -205,7 +205,7 @@ impl PeerPolicy {
         if !self.is_checked() {
             return Ok(None);
         }
-        let cred = peer_cred(fd).map_err(|e| BindingError::io("read peer credentials of", address.display_string(), e))?;
+        let cred = peer_cred(fd).map_err(|e| BindingError::io("read peer credentials of", address, e))?;
         self.check_cred(cred, socket, address).map(Some)
     }
 
@@ -273,7 +273,7 @@ impl Listener {
         let (stream, _) = self
             .inner
             .accept()
-            .map_err(|e| BindingError::io("accept on", self.address.display_string(), e))?;
+            .map_err(|e| BindingError::io("accept on", &self.address, e))?;
         let cred = self.policy.check(stream.as_fd(), &self.socket, &self.address)?;
         Ok((stream, cred))
     }
@@ -458,7 +458,7 @@ pub fn recv_checked(
         match recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
             Ok(msg) => {
                 let mut cred = None;
-                for c in msg.cmsgs().map_err(|e| BindingError::errno("read control messages on", address.display_string(), e))? {
+                for c in msg.cmsgs().map_err(|e| BindingError::errno("read control messages on", address, e))? {
                     if let ControlMessageOwned::ScmCredentials(uc) = c {
                         cred = Some(PeerCred { pid: uc.pid(), uid: uc.uid(), gid: uc.gid() });
                     }
@@ -466,7 +466,7 @@ pub fn recv_checked(
                 break (msg.bytes, cred);
             }
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(BindingError::errno("receive on", address.display_string(), e)),
+            Err(e) => return Err(BindingError::errno("receive on", address, e)),
         }
     };
     let Some(cred) = cred else {
@@ -485,6 +485,8 @@ pub fn recv_checked(
     Ok((len, Some(cred)))
 }
 
+/// `Insecure.path` for a datagram address (`@name` for an abstract one); `Io` errors
+/// carry the address itself.
 fn io_path(addr: &SocketAddress) -> PathBuf {
     PathBuf::from(addr.display_string())
 }
@@ -510,7 +512,7 @@ fn is_stale_socket(path: &std::path::Path) -> bool {
 }
 
 fn bind_retrying_stale<T>(addr: &SocketAddress, bind: impl Fn(&std::os::unix::net::SocketAddr) -> io::Result<T>) -> Result<T, BindingError> {
-    let std_addr = addr.to_std().map_err(|e| BindingError::io("encode address", io_path(addr), e))?;
+    let std_addr = addr.to_std().map_err(|e| BindingError::io("encode address", addr, e))?;
     match bind(&std_addr) {
         Ok(s) => Ok(s),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
@@ -521,9 +523,9 @@ fn bind_retrying_stale<T>(addr: &SocketAddress, bind: impl Fn(&std::os::unix::ne
                     return bind(&std_addr).map_err(|e| BindingError::io("bind", p, e));
                 }
             }
-            Err(BindingError::io("bind", io_path(addr), e))
+            Err(BindingError::io("bind", addr, e))
         }
-        Err(e) => Err(BindingError::io("bind", io_path(addr), e)),
+        Err(e) => Err(BindingError::io("bind", addr, e)),
     }
 }
 
@@ -598,8 +600,8 @@ pub fn bind_datagram_private(addr: &SocketAddress) -> io::Result<UnixDatagram> {
 
 /// Connect a stream to `addr` and check the listener against `policy`.
 pub fn connect_stream_at(addr: &SocketAddress, socket: &str, policy: &PeerPolicy) -> Result<UnixStream, BindingError> {
-    let std_addr = addr.to_std().map_err(|e| BindingError::io("encode address", io_path(addr), e))?;
-    let stream = UnixStream::connect_addr(&std_addr).map_err(|e| BindingError::io("connect", io_path(addr), e))?;
+    let std_addr = addr.to_std().map_err(|e| BindingError::io("encode address", addr, e))?;
+    let stream = UnixStream::connect_addr(&std_addr).map_err(|e| BindingError::io("connect", addr, e))?;
     policy.check(stream.as_fd(), socket, addr)?;
     Ok(stream)
 }

@@ -12,9 +12,17 @@
 //!
 //! A connection starts with `Request::Hello { version }`; the agent answers
 //! `Response::Hello` or, on a version it does not speak, `Response::Error` with
-//! [`ErrorCode::Version`]. Then one request per connection: `Ping` → `Pong`;
-//! `Exec` → any number of stdout/stderr frames, then `Exit`; `Shutdown` →
-//! `ShuttingDown`. Oversized, truncated or malformed frames are answered with an error
+//! [`ErrorCode::Version`] (whose message names both versions; the shape of that
+//! refusal is the same in every version, so an old client can read it). Then one
+//! request per connection: `Ping` → `Pong`; `Exec` → any number of stdout/stderr
+//! frames, then `Exit`; `Shutdown` → `ShuttingDown`. While an exec runs the client may
+//! send, besides stdin frames, the control messages `Signal` (deliver a signal to the
+//! command's process group, or with a tty to the terminal's foreground group) and
+//! `Resize` (the tty's window size).
+//!
+//! Version 2 (this one) added to version 1: `Exec`'s `cwd`, `tty` and `winsize`;
+//! `Signal` and `Resize`; `Exit`'s `signal`; the spawn error kinds
+//! [`ErrorCode::NotFound`] and [`ErrorCode::PermissionDenied`]. Oversized, truncated or malformed frames are answered with an error
 //! frame and the connection is closed; decoding never panics.
 //!
 //! The readiness notification is a single control frame `Response::Ready` sent by the
@@ -26,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Protocol version spoken by this build.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Largest frame accepted (tag + body), in bytes.
 pub const MAX_FRAME: usize = 1 << 20;
 
@@ -52,6 +60,31 @@ pub enum Request {
         /// Whether stdin frames follow (otherwise stdin is /dev/null).
         #[serde(default)]
         stdin: bool,
+        /// Working directory of the command (absolute; default: the agent's).
+        #[serde(default)]
+        cwd: Option<String>,
+        /// Run the command on a new pty, as the controlling terminal of a new
+        /// session: its stdout and stderr arrive merged as stdout frames, stdin
+        /// frames are typed into the terminal.
+        #[serde(default)]
+        tty: bool,
+        /// The pty's initial window size (with `tty`; default 24×80).
+        #[serde(default)]
+        winsize: Option<WinSize>,
+    },
+    /// During an exec: deliver signal `signal` (a number, e.g. 2 for SIGINT) to the
+    /// command's process group, or with a tty to the terminal's foreground group.
+    Signal {
+        /// The signal number.
+        signal: i32,
+    },
+    /// During an exec with a tty: the new window size (TIOCSWINSZ; the foreground
+    /// group gets SIGWINCH from the kernel). Ignored without a tty.
+    Resize {
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
     },
     /// Stop the agent (and so the box) gracefully.
     Shutdown {},
@@ -77,10 +110,14 @@ pub enum Response {
     },
     /// Answer to `Ping`.
     Pong {},
-    /// The command ended. `code` is the exit status, or 128 + signal number.
+    /// The command ended. `code` is the exit status, or 128 + signal number when
+    /// `signal` says a signal killed it.
     Exit {
-        /// Exit code.
+        /// Exit code (128 + signal when killed by one).
         code: i32,
+        /// The signal that killed it, if one did.
+        #[serde(default)]
+        signal: Option<i32>,
     },
     /// Answer to `Shutdown`.
     ShuttingDown {},
@@ -103,10 +140,32 @@ pub enum ErrorCode {
     BadFrame,
     /// The request is not valid here (e.g. an empty argv).
     BadRequest,
-    /// The command could not be started.
+    /// The command could not be started, for another reason than the two below.
     Spawn,
+    /// The command could not be started: it does not exist (ENOENT, also a missing
+    /// working directory). A shell reports 127.
+    NotFound,
+    /// The command could not be started: permission denied or not executable
+    /// (EACCES, ENOEXEC). A shell reports 126.
+    PermissionDenied,
     /// Anything else.
     Internal,
+}
+
+/// A terminal's window size, in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WinSize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
+impl Default for WinSize {
+    fn default() -> Self {
+        WinSize { rows: 24, cols: 80 }
+    }
 }
 
 /// One decoded frame.
@@ -247,7 +306,17 @@ mod tests {
     fn round_trip_every_kind() {
         let frames: Vec<Frame<Request>> = vec![
             Frame::Control(Request::Hello { version: VERSION }),
-            Frame::Control(Request::Exec { argv: vec!["true".into()], env: vec![], stdin: true }),
+            Frame::Control(Request::Exec { argv: vec!["true".into()], env: vec![], stdin: true, cwd: None, tty: false, winsize: None }),
+            Frame::Control(Request::Exec {
+                argv: vec!["sh".into()],
+                env: vec![],
+                stdin: true,
+                cwd: Some("/tmp".into()),
+                tty: true,
+                winsize: Some(WinSize { rows: 50, cols: 132 }),
+            }),
+            Frame::Control(Request::Signal { signal: 2 }),
+            Frame::Control(Request::Resize { rows: 10, cols: 20 }),
             Frame::Stdin(b"abc".to_vec()),
             Frame::StdinEof,
         ];

@@ -4,7 +4,7 @@
 //! it was given; a cut frame is "not yet" for `decode` and "truncated" for
 //! `read_frame`; a message of one direction never decodes as the other.
 
-use boxsock_core::proto::{ErrorCode, Frame, MAX_FRAME, ProtoError, Request, Response, decode, encode, read_frame};
+use boxsock_core::proto::{ErrorCode, Frame, MAX_FRAME, ProtoError, Request, Response, WinSize, decode, encode, read_frame};
 use proptest::prelude::*;
 
 fn text() -> impl Strategy<Value = String> {
@@ -18,15 +18,20 @@ fn request() -> impl Strategy<Value = Request> {
         (
             proptest::collection::vec(text(), 0..6),
             proptest::collection::vec((text(), text()), 0..4),
-            any::<bool>()
+            any::<bool>(),
+            proptest::option::of(text()),
+            any::<bool>(),
+            proptest::option::of((any::<u16>(), any::<u16>()).prop_map(|(rows, cols)| WinSize { rows, cols })),
         )
-            .prop_map(|(argv, env, stdin)| Request::Exec { argv, env, stdin }),
+            .prop_map(|(argv, env, stdin, cwd, tty, winsize)| Request::Exec { argv, env, stdin, cwd, tty, winsize }),
+        any::<i32>().prop_map(|signal| Request::Signal { signal }),
+        (any::<u16>(), any::<u16>()).prop_map(|(rows, cols)| Request::Resize { rows, cols }),
         Just(Request::Shutdown {}),
     ]
 }
 
 fn error_code() -> impl Strategy<Value = ErrorCode> {
-    proptest::sample::select(&[ErrorCode::Version, ErrorCode::BadFrame, ErrorCode::BadRequest, ErrorCode::Spawn, ErrorCode::Internal][..])
+    proptest::sample::select(&[ErrorCode::Version, ErrorCode::BadFrame, ErrorCode::BadRequest, ErrorCode::Spawn, ErrorCode::NotFound, ErrorCode::PermissionDenied, ErrorCode::Internal][..])
 }
 
 fn response() -> impl Strategy<Value = Response> {
@@ -34,7 +39,7 @@ fn response() -> impl Strategy<Value = Response> {
         (any::<u32>(), any::<u32>()).prop_map(|(version, pid)| Response::Hello { version, pid }),
         (any::<u32>(), any::<u32>()).prop_map(|(version, pid)| Response::Ready { version, pid }),
         Just(Response::Pong {}),
-        any::<i32>().prop_map(|code| Response::Exit { code }),
+        (any::<i32>(), proptest::option::of(any::<i32>())).prop_map(|(code, signal)| Response::Exit { code, signal }),
         Just(Response::ShuttingDown {}),
         (error_code(), text()).prop_map(|(code, message)| Response::Error { code, message }),
     ]

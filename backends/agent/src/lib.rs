@@ -31,6 +31,7 @@
 
 pub mod guestnet;
 pub mod guestroot;
+pub mod pty;
 pub mod vsock;
 
 use std::collections::HashSet;
@@ -45,7 +46,7 @@ use std::time::Duration;
 use boxsock_core::SocketAddress;
 use boxsock_core::error::BindingError;
 use boxsock_core::peer::{self, AsyncListener, Listener, PeerPolicy};
-use boxsock_core::proto::{self, ErrorCode, Frame, ProtoError, Request, Response};
+use boxsock_core::proto::{self, ErrorCode, Frame, ProtoError, Request, Response, WinSize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
@@ -58,6 +59,17 @@ pub const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
 /// Size of one stdout/stderr read (and so the largest output frame body).
 const OUTPUT_CHUNK: usize = 32 * 1024;
+
+/// Why an agent address did not parse, for [`AgentError::Address`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    /// A `vsock:` URI.
+    #[error(transparent)]
+    Vsock(#[from] vsock::VsockAddressError),
+    /// A Unix socket URI.
+    #[error(transparent)]
+    Unix(#[from] boxsock_core::UriError),
+}
 
 /// An address on the agent's command line: a Unix socket address (path or abstract
 /// name), or a vsock port inside a guest.
@@ -128,12 +140,13 @@ pub struct AgentConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// A command-line address is not a valid URI.
-    #[error("bad address {uri:?}: {reason}")]
+    #[error("bad address {uri:?}: {source}")]
     Address {
         /// The URI as given.
         uri: String,
         /// What is wrong.
-        reason: String,
+        #[source]
+        source: AddressError,
     },
     /// `--allow-uid` was combined with a vsock address: vsock has no peer
     /// credentials, so the check could not be made.
@@ -186,11 +199,11 @@ pub enum AgentError {
 /// `vsock://<port>` or `vsock://<cid>:<port>` (port a u32, neither 0 nor
 /// `VMADDR_PORT_ANY`). Errors are [`AgentError::Address`] naming the URI.
 pub fn parse_address(uri: &str) -> Result<AgentAddress, AgentError> {
-    let bad = |reason| AgentError::Address { uri: uri.to_owned(), reason };
+    let bad = |source| AgentError::Address { uri: uri.to_owned(), source };
     if uri.starts_with("vsock:") {
-        return VsockAddress::parse(uri).map(AgentAddress::Vsock).map_err(bad);
+        return VsockAddress::parse(uri).map(AgentAddress::Vsock).map_err(|e| bad(e.into()));
     }
-    SocketAddress::from_uri(uri).map(AgentAddress::Unix).map_err(bad)
+    SocketAddress::from_uri(uri).map(AgentAddress::Unix).map_err(|e| bad(e.into()))
 }
 
 /// The listening socket: a Unix one (with its peer policy) or a vsock port.
@@ -284,7 +297,7 @@ impl Agent {
         let bound_file = unix_agent.as_path().and_then(|p| std::fs::symlink_metadata(p).ok()).map(|m| (m.dev(), m.ino()));
         let listener = Listener::new(std_listener, unix_agent.clone(), "agent".into(), policy.clone())
             .into_tokio()
-            .map_err(|e| bind_err(BindingError::io("listen on", unix_agent.display_string(), e)))?;
+            .map_err(|e| bind_err(BindingError::io("listen on", &unix_agent, e)))?;
         tracing::info!(address = %config.agent, checked = policy.is_checked(), "listening");
         Ok(Agent { listener: AnyListener::Unix(listener), config, policy, bound_file, state })
     }
@@ -468,7 +481,7 @@ where
         }
         Ok(Frame::Control(Request::Hello { version })) => {
             tracing::warn!(theirs = version, ours = proto::VERSION, "protocol version mismatch");
-            let msg = format!("agent speaks protocol version {}, the runtime sent version {version}", proto::VERSION);
+            let msg = format!("agent speaks protocol version {}, the client speaks version {version}", proto::VERSION);
             return send(wr, error(ErrorCode::Version, msg)).await;
         }
         Ok(other) => {
@@ -484,7 +497,10 @@ where
             state.stop.send_replace(true);
             r
         }
-        Ok(Frame::Control(Request::Exec { argv, env, stdin })) => exec(rd, wr, argv, env, stdin, state).await,
+        Ok(Frame::Control(Request::Exec { argv, env, stdin, cwd, tty, winsize })) => {
+            let tty = tty.then(|| winsize.unwrap_or_default());
+            exec(rd, wr, ExecSpec { argv, env, want_stdin: stdin, cwd, tty }, state).await
+        }
         Ok(other) => send(wr, error(ErrorCode::BadRequest, format!("expected a request, got {}", describe(&other)))).await,
         Err(e) => reject(wr, e).await,
     }
@@ -532,6 +548,15 @@ impl Drop for GroupGuard<'_> {
     }
 }
 
+/// Kill an exec's process group and, with a tty, the terminal's foreground group
+/// first (a job the shell moved to a group of its own; it may ignore SIGHUP).
+fn kill_exec(master: Option<&pty::PtyMaster>, pgid: i32) {
+    if let Some(fg) = master.and_then(|m| m.foreground()).filter(|&fg| fg != pgid) {
+        kill_group(fg);
+    }
+    kill_group(pgid);
+}
+
 fn group_alive(pgid: i32) -> bool {
     nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
 }
@@ -544,34 +569,88 @@ enum ConnEvent {
     Bad(Response),
 }
 
-async fn exec<R, W>(
-    rd: &mut R,
-    wr: &mut W,
+/// One exec request, as received.
+struct ExecSpec {
     argv: Vec<String>,
     env: Vec<(String, String)>,
     want_stdin: bool,
-    state: &Arc<State>,
-) -> io::Result<()>
+    cwd: Option<String>,
+    /// With a pty of this initial size.
+    tty: Option<WinSize>,
+}
+
+/// The error frame for a command that could not be started, with its kind: not found
+/// (ENOENT: the program or the working directory), permission denied (EACCES,
+/// ENOEXEC), or another reason.
+fn spawn_error(program: &str, cwd: Option<&str>, e: &io::Error) -> Response {
+    let code = match (e.kind(), e.raw_os_error()) {
+        (io::ErrorKind::NotFound, _) => ErrorCode::NotFound,
+        (io::ErrorKind::PermissionDenied, _) | (_, Some(libc::ENOEXEC | libc::EACCES)) => ErrorCode::PermissionDenied,
+        _ => ErrorCode::Spawn,
+    };
+    use boxsock_core::echo::echo;
+    let at = cwd.map(|d| format!(" in {}", echo(d))).unwrap_or_default();
+    error(code, format!("cannot run {}{at}: {e}", echo(program)))
+}
+
+/// Where stdin frames go.
+enum Input {
+    Pipe(tokio::process::ChildStdin),
+    Pty(Arc<pty::PtyMaster>),
+}
+
+async fn exec<R, W>(rd: &mut R, wr: &mut W, spec: ExecSpec, state: &Arc<State>) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let ExecSpec { argv, env, want_stdin, cwd, tty } = spec;
     let Some(program) = argv.first() else {
         return send(wr, error(ErrorCode::BadRequest, "exec with an empty argv")).await;
     };
+    if let Some(d) = cwd.as_deref().filter(|d| !d.starts_with('/')) {
+        let msg = format!("working directory {} is not absolute", boxsock_core::echo::echo(d));
+        return send(wr, error(ErrorCode::BadRequest, msg)).await;
+    }
     let mut cmd = tokio::process::Command::new(program);
-    cmd.args(&argv[1..])
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(if want_stdin { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
+    cmd.args(&argv[1..]).envs(env.iter().map(|(k, v)| (k, v))).kill_on_drop(true);
+    if let Some(d) = &cwd {
+        cmd.current_dir(d);
+    }
+    let master = match tty {
+        Some(size) => {
+            let pty = match pty::open(size) {
+                Ok(p) => p,
+                Err(e) => return send(wr, error(ErrorCode::Internal, format!("cannot open a pty: {e}"))).await,
+            };
+            let [i, o, e] = pty.stdio;
+            cmd.stdin(i).stdout(o).stderr(e);
+            // SAFETY: the closure only makes async-signal-safe system calls (setsid,
+            // ioctl) in the forked child before exec.
+            unsafe {
+                cmd.pre_exec(pty::become_session_leader);
+            }
+            if !env.iter().any(|(k, _)| k == "TERM") {
+                cmd.env("TERM", "xterm");
+            }
+            Some(Arc::new(pty.master))
+        }
+        None => {
+            cmd.stdin(if want_stdin { Stdio::piped() } else { Stdio::null() })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0);
+            None
+        }
+    };
+    let spawned = cmd.spawn();
+    // Close our copies of the pty slave: the master reads EOF when the command's go.
+    drop(cmd);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(program = %program, error = %e, "cannot spawn");
-            return send(wr, error(ErrorCode::Spawn, format!("cannot spawn {program:?}: {e}"))).await;
+            return send(wr, spawn_error(program, cwd.as_deref(), &e)).await;
         }
     };
     let Some(pid) = child.id() else {
@@ -580,7 +659,7 @@ where
     let pgid = pid as i32;
     state.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(pgid);
     let _guard = GroupGuard { state, pgid };
-    tracing::info!(pid, program = %program, args = argv.len() - 1, "exec started");
+    tracing::info!(pid, program = %program, args = argv.len() - 1, tty = tty.is_some(), "exec started");
 
     // Output frames go through one channel so that each stream keeps its order and
     // `Exit` comes after every output frame.
@@ -592,7 +671,13 @@ where
     if let Some(err) = child.stderr.take() {
         pumps.spawn(pump(err, tx.clone(), Frame::Stderr));
     }
-    let mut child_stdin = child.stdin.take();
+    if let Some(m) = &master {
+        pumps.spawn(pump_pty(m.clone(), tx.clone()));
+    }
+    let mut child_stdin = match &master {
+        Some(m) if want_stdin => Some(Input::Pty(m.clone())),
+        _ => child.stdin.take().map(Input::Pipe),
+    };
 
     let conn = async {
         // Feed stdin frames to the command; keep reading after EOF (or when no stdin
@@ -600,15 +685,41 @@ where
         loop {
             match proto::read_frame::<Request, _>(rd).await {
                 Ok(Frame::Stdin(b)) if want_stdin => {
-                    if let Some(input) = child_stdin.as_mut() {
-                        if let Err(e) = input.write_all(&b).await {
-                            // The command closed its stdin; drop the rest.
-                            tracing::debug!(pid, error = %e, "command stdin closed");
-                            child_stdin = None;
+                    let written = match child_stdin.as_mut() {
+                        Some(Input::Pipe(p)) => p.write_all(&b).await,
+                        Some(Input::Pty(m)) => m.write_all(&b).await,
+                        None => Ok(()),
+                    };
+                    if let Err(e) = written {
+                        // The command closed its stdin; drop the rest.
+                        tracing::debug!(pid, error = %e, "command stdin closed");
+                        child_stdin = None;
+                    }
+                }
+                // A terminal stays open: end-of-input there is the user's Ctrl-D.
+                Ok(Frame::StdinEof) if want_stdin => {
+                    if matches!(child_stdin, Some(Input::Pipe(_))) {
+                        child_stdin = None;
+                    }
+                }
+                Ok(Frame::Control(Request::Signal { signal })) => {
+                    let Ok(sig) = nix::sys::signal::Signal::try_from(signal) else {
+                        return ConnEvent::Bad(error(ErrorCode::BadRequest, format!("signal {signal} is not a signal number of this system")));
+                    };
+                    // With a tty, the signal goes where the terminal would send it.
+                    let target = master.as_ref().and_then(|m| m.foreground()).unwrap_or(pgid);
+                    match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(target), sig) {
+                        Ok(()) => tracing::debug!(pid, pgid = target, signal = %sig, "signal delivered"),
+                        Err(e) => tracing::debug!(pid, pgid = target, signal = %sig, error = %e, "signal not delivered"),
+                    }
+                }
+                Ok(Frame::Control(Request::Resize { rows, cols })) => {
+                    if let Some(m) = &master {
+                        if let Err(e) = m.resize(WinSize { rows, cols }) {
+                            tracing::debug!(pid, rows, cols, error = %e, "resize failed");
                         }
                     }
                 }
-                Ok(Frame::StdinEof) if want_stdin => child_stdin = None,
                 Ok(other) => {
                     let msg = format!("unexpected {} while a command runs", describe(&other));
                     return ConnEvent::Bad(error(ErrorCode::BadRequest, msg));
@@ -642,7 +753,7 @@ where
         w = &mut writer => {
             // The writer only ends early on a write error: the client is gone.
             tracing::info!(pid, error = ?w.err(), "client went away; killing the command");
-            kill_group(pgid);
+            kill_exec(master.as_deref(), pgid);
             let _ = child.wait().await;
             return Ok(());
         }
@@ -651,7 +762,8 @@ where
     match outcome {
         Ok(status) => {
             let status = status?;
-            let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            let signal = status.signal();
+            let code = status.code().unwrap_or_else(|| 128 + signal.unwrap_or(0));
             // Let the pumps reach EOF (they may be blocked on a full channel, so
             // keep writing meanwhile), but not longer than the grace period.
             drop(tx);
@@ -681,24 +793,42 @@ where
                 (&mut writer).await?;
             }
             drop(writer);
-            tracing::info!(pid, code, "exec ended");
-            send(wr, Response::Exit { code }).await
+            tracing::info!(pid, code, signal, "exec ended");
+            send(wr, Response::Exit { code, signal }).await
         }
         Err(ConnEvent::Gone) => {
             tracing::info!(pid, "client went away; killing the command");
-            kill_group(pgid);
+            kill_exec(master.as_deref(), pgid);
             let _ = child.wait().await;
             Ok(())
         }
         Err(ConnEvent::Bad(answer)) => {
             tracing::warn!(pid, answer = ?answer, "bad frame during exec; killing the command");
-            kill_group(pgid);
+            kill_exec(master.as_deref(), pgid);
             let _ = child.wait().await;
             pumps.shutdown().await;
             drop(tx);
             (&mut writer).await?;
             drop(writer);
             send(wr, answer).await
+        }
+    }
+}
+
+async fn pump_pty(from: Arc<pty::PtyMaster>, tx: mpsc::Sender<Frame<Response>>) {
+    let mut buf = vec![0u8; OUTPUT_CHUNK];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) => return,
+            Ok(n) => {
+                if tx.send(Frame::Stdout(buf[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "pty read failed");
+                return;
+            }
         }
     }
 }

@@ -43,12 +43,60 @@ pub struct VsockAddress {
     pub port: u32,
 }
 
+/// Why [`VsockAddress::parse`] refused a URI. The message is a sentence without the
+/// URI, which the caller adds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VsockAddressError {
+    /// Not `vsock://…`.
+    #[error("expected vsock://<port> or vsock://<cid>:<port>")]
+    Scheme,
+    /// The CID or the port is not a decimal number.
+    #[error("vsock {what} {text:?} is not a decimal number")]
+    NotANumber {
+        /// `CID` or `port`.
+        what: &'static str,
+        /// The text given.
+        text: String,
+    },
+    /// The CID or the port does not fit in 32 bits.
+    #[error("vsock {what} {text} does not fit in 32 bits")]
+    TooLarge {
+        /// `CID` or `port`.
+        what: &'static str,
+        /// The text given.
+        text: String,
+    },
+    /// Port 0.
+    #[error("vsock port 0 is not usable")]
+    PortZero,
+    /// Port `VMADDR_PORT_ANY`.
+    #[error("vsock port {PORT_ANY} is VMADDR_PORT_ANY, not a port")]
+    PortAny,
+}
+
+/// Why [`loopback_available`] says this machine cannot run a vsock round trip.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopbackError {
+    /// No `AF_VSOCK` socket can be created.
+    #[error("socket(AF_VSOCK): {0}")]
+    Socket(#[source] io::Error),
+    /// `VMADDR_CID_LOCAL` cannot be bound.
+    #[error("bind(AF_VSOCK, VMADDR_CID_LOCAL, {port}): {source} (is the vsock_loopback transport loaded?)")]
+    Bind {
+        /// The port tried.
+        port: u32,
+        /// The OS error.
+        #[source]
+        source: nix::errno::Errno,
+    },
+}
+
 impl VsockAddress {
-    /// Parse `vsock://<port>` or `vsock://<cid>:<port>`. The error is a sentence
-    /// (without the URI, which the caller adds).
-    pub fn parse(uri: &str) -> Result<VsockAddress, String> {
+    /// Parse `vsock://<port>` or `vsock://<cid>:<port>`.
+    pub fn parse(uri: &str) -> Result<VsockAddress, VsockAddressError> {
         let Some(rest) = uri.strip_prefix("vsock://") else {
-            return Err("expected vsock://<port> or vsock://<cid>:<port>".into());
+            return Err(VsockAddressError::Scheme);
         };
         let (cid, port) = match rest.split_once(':') {
             Some((c, p)) => (Some(parse_u32("CID", c)?), p),
@@ -56,10 +104,10 @@ impl VsockAddress {
         };
         let port = parse_u32("port", port)?;
         if port == 0 {
-            return Err("vsock port 0 is not usable".into());
+            return Err(VsockAddressError::PortZero);
         }
         if port == PORT_ANY {
-            return Err(format!("vsock port {PORT_ANY} is VMADDR_PORT_ANY, not a port"));
+            return Err(VsockAddressError::PortAny);
         }
         Ok(VsockAddress { cid, port })
     }
@@ -80,11 +128,12 @@ impl VsockAddress {
     }
 }
 
-fn parse_u32(what: &str, s: &str) -> Result<u32, String> {
+fn parse_u32(what: &'static str, s: &str) -> Result<u32, VsockAddressError> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("vsock {what} {s:?} is not a decimal number"));
+        return Err(VsockAddressError::NotANumber { what, text: s.to_owned() });
     }
-    s.parse::<u32>().map_err(|_| format!("vsock {what} {s} does not fit in 32 bits"))
+    // All digits: the only failure left is overflow.
+    s.parse::<u32>().map_err(|_| VsockAddressError::TooLarge { what, text: s.to_owned() })
 }
 
 impl fmt::Display for VsockAddress {
@@ -249,10 +298,9 @@ pub fn connect_blocking(cid: u32, port: u32, send_timeout: Duration) -> io::Resu
 /// `AF_VSOCK` can be created and bound on [`CID_LOCAL`] (needs the `vsock_loopback`
 /// transport). `Err` says why not, for a test's skip message. Binds port `port` on
 /// success and releases it at once.
-pub fn loopback_available(port: u32) -> Result<(), String> {
-    let fd = new_socket(false).map_err(|e| format!("socket(AF_VSOCK): {e}"))?;
-    socket::bind(fd.as_raw_fd(), &VsockAddr::new(CID_LOCAL, port))
-        .map_err(|e| format!("bind(AF_VSOCK, VMADDR_CID_LOCAL, {port}): {e} (is the vsock_loopback transport loaded?)"))?;
+pub fn loopback_available(port: u32) -> Result<(), LoopbackError> {
+    let fd = new_socket(false).map_err(LoopbackError::Socket)?;
+    socket::bind(fd.as_raw_fd(), &VsockAddr::new(CID_LOCAL, port)).map_err(|source| LoopbackError::Bind { port, source })?;
     Ok(())
 }
 
@@ -309,7 +357,7 @@ mod tests {
         ];
         for (uri, want) in cases {
             match VsockAddress::parse(uri) {
-                Err(e) => assert!(e.contains(want), "{uri}: {e:?} lacks {want:?}"),
+                Err(e) => assert!(e.to_string().contains(want), "{uri}: {e:?} lacks {want:?}"),
                 Ok(a) => panic!("{uri} parsed as {a:?}"),
             }
         }

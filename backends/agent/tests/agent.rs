@@ -170,7 +170,7 @@ async fn bad_requests_and_spawn_failures_are_errors_naming_things() {
         other => panic!("{other:?}"),
     }
     match exec_collect(a.client(), &["boxsock-no-such-program-x"], &[], None).await {
-        Err(ClientError::Agent { code: ErrorCode::Spawn, message }) => {
+        Err(ClientError::Agent { code: ErrorCode::NotFound, message }) => {
             assert!(message.contains("boxsock-no-such-program-x"), "{message}");
             assert!(message.to_lowercase().contains("no such file"), "{message}");
         }
@@ -252,7 +252,7 @@ async fn a_bad_frame_during_exec_kills_the_command() {
     let a = Running::start(&[]).await;
     let mut s = a.raw().await;
     proto::write_frame(&mut s, &Frame::Control(Request::Hello { version: proto::VERSION })).await.unwrap();
-    let exec = Request::Exec { argv: vec!["sh".into(), "-c".into(), "echo $$; exec cat".into()], env: vec![], stdin: true };
+    let exec = Request::Exec { argv: vec!["sh".into(), "-c".into(), "echo $$; exec cat".into()], env: vec![], stdin: true, cwd: None, tty: false, winsize: None };
     proto::write_frame(&mut s, &Frame::Control(exec)).await.unwrap();
     assert!(matches!(proto::read_frame::<Response, _>(&mut s).await.unwrap(), Frame::Control(Response::Hello { .. })));
     let pid = match proto::read_frame::<Response, _>(&mut s).await.unwrap() {
@@ -274,7 +274,7 @@ async fn a_client_that_goes_away_gets_its_command_killed() {
     let a = Running::start(&[]).await;
     let mut s = a.raw().await;
     proto::write_frame(&mut s, &Frame::Control(Request::Hello { version: proto::VERSION })).await.unwrap();
-    let exec = Request::Exec { argv: vec!["sh".into(), "-c".into(), "echo $$; exec sleep 1000".into()], env: vec![], stdin: false };
+    let exec = Request::Exec { argv: vec!["sh".into(), "-c".into(), "echo $$; exec sleep 1000".into()], env: vec![], stdin: false, cwd: None, tty: false, winsize: None };
     proto::write_frame(&mut s, &Frame::Control(exec)).await.unwrap();
     let _hello = proto::read_frame::<Response, _>(&mut s).await.unwrap();
     let pid = match proto::read_frame::<Response, _>(&mut s).await.unwrap() {
@@ -597,4 +597,151 @@ async fn background_processes_do_not_hang_exec_and_die_at_shutdown() {
     assert_eq!(a.wait_exit().code(), Some(0));
     wait_gone(detached);
     wait_gone(holding);
+}
+
+/// Read exec events until `pred` holds on the stdout seen so far (bounded).
+async fn read_until(r: &mut agent_client::ExecReader, seen: &mut Vec<u8>, pred: impl Fn(&str) -> bool) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !pred(&String::from_utf8_lossy(seen)) {
+        match tokio::time::timeout_at(deadline, r.next()).await.expect("timed out waiting for output").unwrap() {
+            agent_client::ExecEvent::Stdout(b) | agent_client::ExecEvent::Stderr(b) => seen.extend(b),
+            agent_client::ExecEvent::Exit(e) => panic!("exited early ({e:?}): {}", String::from_utf8_lossy(seen)),
+        }
+    }
+}
+
+async fn read_exit(r: &mut agent_client::ExecReader) -> agent_client::ExitReport {
+    loop {
+        match tokio::time::timeout(LIMIT, r.next()).await.expect("no exit").unwrap() {
+            agent_client::ExecEvent::Exit(e) => return e,
+            _ => continue,
+        }
+    }
+}
+
+fn tty_request(argv: &[&str], rows: u16, cols: u16) -> agent_client::ExecRequest {
+    agent_client::ExecRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        stdin: true,
+        tty: Some(proto::WinSize { rows, cols }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn tty_exec_runs_on_a_pty_of_the_asked_size_and_resizes() {
+    let a = Running::start(&[]).await;
+    let (mut w, mut r) = a.client().start_exec(tty_request(&["/bin/sh", "-i"], 31, 97)).await.unwrap();
+    let mut seen = Vec::new();
+    // An interactive shell on a terminal prints a prompt.
+    read_until(&mut r, &mut seen, |s| s.contains("# ") || s.contains("$ ")).await;
+    w.stdin(b"tty; stty size; echo round-$((40+2))\n").await.unwrap();
+    read_until(&mut r, &mut seen, |s| s.contains("round-42")).await;
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    assert!(text.contains("/dev/pts/"), "not on a pty: {text}");
+    assert!(text.contains("31 97"), "initial size not applied: {text}");
+    w.resize(proto::WinSize { rows: 12, cols: 34 }).await.unwrap();
+    w.stdin(b"stty size; echo done-$((1+1))\n").await.unwrap();
+    read_until(&mut r, &mut seen, |s| s.contains("12 34") && s.contains("done-2")).await;
+    w.stdin(b"exit 3\n").await.unwrap();
+    assert_eq!(read_exit(&mut r).await, agent_client::ExitReport { code: 3, signal: None });
+}
+
+#[tokio::test]
+async fn ctrl_c_typed_into_the_tty_interrupts_the_foreground_command() {
+    let a = Running::start(&[]).await;
+    let (mut w, mut r) = a.client().start_exec(tty_request(&["sleep", "30"], 24, 80)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = std::time::Instant::now();
+    w.stdin(b"\x03").await.unwrap();
+    let exit = read_exit(&mut r).await;
+    assert_eq!(exit, agent_client::ExitReport { code: 130, signal: Some(libc::SIGINT) });
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn signal_frames_reach_the_command_with_and_without_a_tty() {
+    let a = Running::start(&[]).await;
+    for tty in [false, true] {
+        let mut req = tty_request(&["sleep", "30"], 24, 80);
+        if !tty {
+            req.tty = None;
+        }
+        let (mut w, mut r) = a.client().start_exec(req).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        w.signal(libc::SIGTERM).await.unwrap();
+        assert_eq!(read_exit(&mut r).await, agent_client::ExitReport { code: 143, signal: Some(libc::SIGTERM) }, "tty {tty}");
+    }
+    // A number that is no signal is refused by name, and the command is killed.
+    let (mut w, mut r) = a.client().start_exec(tty_request(&["sleep", "30"], 24, 80)).await.unwrap();
+    w.signal(999).await.unwrap();
+    match tokio::time::timeout(LIMIT, r.next()).await.unwrap() {
+        Err(ClientError::Agent { code: ErrorCode::BadRequest, message }) => assert!(message.contains("999"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn cwd_is_applied_and_spawn_errors_say_not_found_or_permission_denied() {
+    let a = Running::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let req = agent_client::ExecRequest { argv: vec!["pwd".into()], cwd: Some(dir.path().display().to_string()), ..Default::default() };
+    let (_w, mut r) = a.client().start_exec(req).await.unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut r, &mut seen, |s| s.ends_with('\n')).await;
+    assert_eq!(String::from_utf8_lossy(&seen).trim(), dir.path().display().to_string());
+
+    let kind = |argv: Vec<String>, cwd: Option<String>| async {
+        let req = agent_client::ExecRequest { argv, cwd, ..Default::default() };
+        match a.client().start_exec(req).await.unwrap().1.next().await {
+            Err(ClientError::Agent { code, message }) => (code, message),
+            other => panic!("{other:?}"),
+        }
+    };
+    let (code, msg) = kind(vec!["no-such-command-here".into()], None).await;
+    assert_eq!(code, ErrorCode::NotFound, "{msg}");
+    assert!(msg.contains("no-such-command-here"), "{msg}");
+    let script = dir.path().join("not-executable");
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    // Root ignores permission bits when reading, not when executing a file without x.
+    let (code, msg) = kind(vec![script.display().to_string()], None).await;
+    assert_eq!(code, ErrorCode::PermissionDenied, "{msg}");
+    let (code, msg) = kind(vec!["true".into()], Some("/no/such/dir".into())).await;
+    assert_eq!(code, ErrorCode::NotFound, "{msg}");
+    assert!(msg.contains("/no/such/dir"), "{msg}");
+    let (code, msg) = kind(vec!["true".into()], Some("relative".into())).await;
+    assert_eq!(code, ErrorCode::BadRequest, "{msg}");
+}
+
+/// A version-1 client (the hello it sends) gets a version error naming both versions.
+#[tokio::test]
+async fn a_v1_client_is_refused_naming_both_versions() {
+    let a = Running::start(&[]).await;
+    let mut s = a.raw().await;
+    proto::write_frame(&mut s, &Frame::Control(Request::Hello { version: 1 })).await.unwrap();
+    match proto::read_frame::<Response, _>(&mut s).await.unwrap() {
+        Frame::Control(Response::Error { code: ErrorCode::Version, message }) => {
+            assert_eq!(message, "agent speaks protocol version 2, the client speaks version 1")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A client that goes away from a tty exec takes the terminal's foreground job with
+/// it, not only the shell (job control puts it in a group of its own).
+#[tokio::test]
+async fn a_tty_client_that_goes_away_gets_the_foreground_job_killed() {
+    let a = Running::start(&[]).await;
+    let (mut w, mut r) = a.client().start_exec(tty_request(&["/bin/sh", "-i"], 24, 80)).await.unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut r, &mut seen, |s| s.contains("# ") || s.contains("$ ")).await;
+    // The job ignores SIGHUP, so only an explicit kill of its group ends it.
+    w.stdin(b"sh -c 'trap \"\" HUP; echo pid=$$=; exec sleep 1000'\n").await.unwrap();
+    // The echo of the typed line shows `pid=$$=`; the job's own line a number.
+    let pid_in = |s: &str| s.split("pid=").skip(1).find_map(|rest| rest.split('=').next()?.parse::<i32>().ok());
+    read_until(&mut r, &mut seen, |s| pid_in(s).is_some()).await;
+    let pid = pid_in(&String::from_utf8_lossy(&seen)).unwrap();
+    assert!(alive(pid));
+    drop((w, r));
+    wait_gone(pid);
 }

@@ -183,14 +183,14 @@ async fn round_trip_over_vsock_loopback() {
     proto::write_frame(&mut c, &Frame::Control(Request::Hello { version: proto::VERSION })).await.unwrap();
     let hello = proto::read_frame::<Response, _>(&mut c).await.unwrap();
     assert!(matches!(hello, Frame::Control(Response::Hello { .. })), "{hello:?}");
-    let exec = Request::Exec { argv: vec!["sh".into(), "-c".into(), "echo over vsock; exit 7".into()], env: vec![], stdin: false };
+    let exec = Request::Exec { argv: vec!["sh".into(), "-c".into(), "echo over vsock; exit 7".into()], env: vec![], stdin: false, cwd: None, tty: false, winsize: None };
     proto::write_frame(&mut c, &Frame::Control(exec)).await.unwrap();
     let mut out = Vec::new();
     let code = loop {
         match tokio::time::timeout(LIMIT, proto::read_frame::<Response, _>(&mut c)).await.unwrap().unwrap() {
             Frame::Stdout(b) => out.extend(b),
             Frame::Stderr(_) => {}
-            Frame::Control(Response::Exit { code }) => break code,
+            Frame::Control(Response::Exit { code, .. }) => break code,
             other => panic!("unexpected {other:?}"),
         }
     };

@@ -19,7 +19,6 @@
 //! agent is the box's process (`Launched::pid`): the runtime sends it signals and
 //! **must reap it** — `waitpid(pid, WNOHANG)` in its health monitor and after killing
 //! it — or it stays a zombie until the runtime exits (then init adopts and reaps it).
-//! [`reap`] is that call, for callers that do not want to name `nix`.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -76,8 +75,9 @@ impl HostBackend {
     }
 
     /// Where the agent binary is looked for, in order: `helper_dir`, `$BOXSOCK_AGENT`,
-    /// the directory of the current executable, and that directory's parent (so
-    /// `target/debug/boxsock-agent` is found from `target/debug/deps/<test>`).
+    /// the directory of the current executable (where `cargo install` puts it beside
+    /// `boxsock`), that directory's parent (so `target/debug/boxsock-agent` is found
+    /// from `target/debug/deps/<test>`), then every directory of `$PATH`.
     pub fn agent_candidates(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         if let Some(dir) = &self.config.helper_dir {
@@ -92,6 +92,9 @@ impl HostBackend {
                 out.push(parent.join(AGENT_BINARY));
             }
         }
+        if let Some(path) = std::env::var_os("PATH") {
+            out.extend(std::env::split_paths(&path).filter(|d| d.is_absolute()).map(|d| d.join(AGENT_BINARY)));
+        }
         out
     }
 
@@ -101,7 +104,7 @@ impl HostBackend {
         candidates.iter().find(|p| is_executable(p)).cloned().ok_or_else(|| BackendError::Unavailable {
             backend: NAME.into(),
             reason: format!(
-                "no executable {AGENT_BINARY} found; looked at {} (set {AGENT_ENV} or the helper directory)",
+                "no executable {AGENT_BINARY} found; looked at {} (install it beside boxsock with `{AGENT_INSTALL}`, or set {AGENT_ENV} or the helper directory)",
                 candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
             ),
         })
@@ -117,6 +120,9 @@ impl HostBackend {
             .ok_or_else(|| self.spec_error(format!("box {}: no address for socket {name:?}", spec.id)))
     }
 }
+
+/// How a user installs the agent beside `boxsock` (named in the error when it is missing).
+pub const AGENT_INSTALL: &str = "cargo install boxsock-agent (from a checkout: cargo install --path backends/agent)";
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
@@ -225,19 +231,9 @@ impl Backend for HostBackend {
     }
 }
 
-/// Reap `pid` if it has ended, without blocking: `Ok(Some(code))` (exit code, or
-/// 128 + signal), `Ok(None)` while it runs. `ECHILD` (not our child, or already
-/// reaped) is an error the caller may ignore.
-pub fn reap(pid: i32) -> nix::Result<Option<i32>> {
-    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-    match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG))? {
-        WaitStatus::Exited(_, code) => Ok(Some(code)),
-        WaitStatus::Signaled(_, sig, _) => Ok(Some(128 + sig as i32)),
-        _ => Ok(None),
-    }
-}
-
-/// For this workspace's own tests and benches: the workspace's binaries, built.
+/// For this workspace's own tests and benches: the workspace's binaries, built. Only
+/// with the `test-support` feature (it runs `cargo build`).
+#[cfg(feature = "test-support")]
 pub mod dev {
     use std::path::PathBuf;
     use std::sync::{Mutex, OnceLock};
@@ -247,6 +243,10 @@ pub mod dev {
     /// builds no other package's binaries, and a stale binary would test old code, so
     /// every test process calls this once per package set. Panics when the build fails:
     /// it is only for tests.
+    ///
+    /// `boxsock` is built with `boxsock-runtime/test-support` (the crash hook the hostile
+    /// suite drives), the same features the test builds that dev-depend on it unify to,
+    /// so the two builds do not overwrite each other's binary with a different one.
     pub fn built_binaries(packages: &[&str]) -> PathBuf {
         static DONE: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
         let exe = std::env::current_exe().expect("current exe");
@@ -260,6 +260,9 @@ pub mod dev {
             build.arg("build").arg("--bins");
             for p in packages {
                 build.args(["-p", p]);
+            }
+            if packages.contains(&"boxsock") {
+                build.args(["--features", "boxsock-runtime/test-support"]);
             }
             if profile_dir.ends_with("release") {
                 build.arg("--release");

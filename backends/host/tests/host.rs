@@ -11,7 +11,7 @@ use boxsock_core::peer::{self, Listener, PeerPolicy};
 use boxsock_core::registry::{BackendRegistration, Registry};
 use boxsock_core::{Backend, BoxId, BoxLayout, SocketAddress, SocketBinding, boxdir, catalogue};
 use boxsock_direct as _;
-use boxsock_host::{HostBackend, reap};
+use boxsock_host::HostBackend;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -60,6 +60,16 @@ fn spec(h: &Home, agent: SocketAddress, ready: SocketAddress, env: Vec<(String, 
 
 fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// Reap `pid` if it has ended, without blocking: its exit code, or 128 + signal.
+fn reap(pid: i32) -> nix::Result<Option<i32>> {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG))? {
+        WaitStatus::Exited(_, code) => Ok(Some(code)),
+        WaitStatus::Signaled(_, sig, _) => Ok(Some(128 + sig as i32)),
+        _ => Ok(None),
+    }
 }
 
 /// Reap `pid` (our child), waiting a bounded time; returns its code.

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use boxsock_core::backend::{AddressNeeds, Availability, BackendConfig, BackendError, BoxSettings, Isolation, LaunchSpec, Launched};
-use boxsock_core::catalogue::{self, DerivedName, SocketSpec};
+use boxsock_core::catalogue::{self, SocketSpec};
 use boxsock_core::layout::BoxLayout;
 use boxsock_core::{Backend, BoxId, SocketAddress};
 
@@ -16,17 +16,12 @@ use crate::jail::{SYSTEM_DEVICES, SYSTEM_READ_ONLY};
 use crate::passt::{DEFAULT_PASST, DEFAULT_PASST_TIMEOUT, Passt};
 use crate::probe::HostProbe;
 use crate::spec::{
-    AGENT_VSOCK_PORT, BOX_LAYER_TAG, DEFAULT_RAM_MIB, DEFAULT_VCPUS, GUEST_MAC, GuestExec, JailPath, JailSpec, LOWER_TAG,
-    NetSpec, READY_VSOCK_PORT, ShimSpec, VirtiofsShare, VsockMap, agent_args, parent_of,
+    AGENT_VSOCK_PORT, BOX_LAYER_TAG, DEFAULT_RAM_MIB, DEFAULT_VCPUS, GUEST_MAC, GuestExec, JailSpec, LOWER_TAG, NetSpec,
+    READY_VSOCK_PORT, ShimSpec, VirtiofsShare, VsockMap, agent_args, parent_of,
 };
-use crate::{KRUN_NET_DERIVED_WORST_CASE, NAME, SHIM_BINARY};
+use crate::{NAME, SHIM_BINARY};
 
-/// The `net` socket as libkrun sees it: bound by passt, with the unixgram name libkrun
-/// 1.19 derives in `TMPDIR` counted in every budget (see [`crate::derived`]).
-pub const NET: SocketSpec = SocketSpec {
-    derived: &[DerivedName::Sibling(KRUN_NET_DERIVED_WORST_CASE)],
-    ..catalogue::NET
-};
+pub use crate::derived::NET;
 
 /// The descriptor at which the shim inherits the box's verified socket directory.
 pub const SHIM_SOCKET_DIR_FD: i32 = 3;
@@ -34,8 +29,22 @@ pub const SHIM_SOCKET_DIR_FD: i32 = 3;
 /// The descriptor at which the shim inherits its end of the `net` socketpair.
 pub const SHIM_NET_FD: i32 = 4;
 
-/// Default guest path of the agent inside the guest root.
-pub const DEFAULT_GUEST_AGENT: &str = "/boxsock-agent";
+pub use crate::rootfs::DEFAULT_GUEST_AGENT;
+
+/// Why [`Libkrun::find_agent`] found no agent binary for a guest root.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FindAgentError {
+    /// The `agent` option names no file.
+    #[error("option agent={}: no such file", path.display())]
+    NoSuchFile {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// None of the places the `host` backend looks holds one (its error lists them).
+    #[error(transparent)]
+    NotFound(#[from] BackendError),
+}
 
 /// Settings of the libkrun backend, from [`BackendConfig`] options.
 ///
@@ -285,7 +294,7 @@ impl Libkrun {
                 read_only,
                 read_write: vec![box_dir],
                 devices: SYSTEM_DEVICES.iter().map(PathBuf::from).collect(),
-                sockets: spec.policy.iter().map(JailPath::from).collect(),
+                sockets: spec.policy.clone(),
                 socket_dir_fd,
             },
             configure_only: self.config.configure_only,
@@ -392,15 +401,12 @@ impl Libkrun {
     /// The host agent binary a new box's guest root gets: the `agent` option, else the
     /// first executable the `host` backend would take (helper dir, `$BOXSOCK_AGENT`,
     /// beside the current executable, its parent).
-    pub fn find_agent(&self) -> Result<PathBuf, String> {
+    pub fn find_agent(&self) -> Result<PathBuf, FindAgentError> {
         if let Some(a) = &self.config.agent {
-            return if a.is_file() { Ok(a.clone()) } else { Err(format!("option agent={}: no such file", a.display())) };
+            return if a.is_file() { Ok(a.clone()) } else { Err(FindAgentError::NoSuchFile { path: a.clone() }) };
         }
         let host = boxsock_host::HostBackend::new(BackendConfig { helper_dir: self.config.helper_dir.clone(), ..Default::default() });
-        host.find_agent().map_err(|e| match e {
-            BackendError::Unavailable { reason, .. } => reason,
-            e => e.to_string(),
-        })
+        Ok(host.find_agent()?)
     }
 
     fn spawn_shim(&self, json: &[u8], log: &Path, fds: &[(i32, i32)]) -> Result<i32, BackendError> {
@@ -439,7 +445,11 @@ impl Libkrun {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(spawn_err)?;
+        let mut child = cmd.spawn().map_err(|e| match e.kind() {
+            // A missing shim: say how to install it beside boxsock.
+            std::io::ErrorKind::NotFound => spawn_err(std::io::Error::new(e.kind(), format!("{e}; install it beside boxsock with `{}`", crate::SHIM_INSTALL))),
+            _ => spawn_err(e),
+        })?;
         let pid = child.id() as i32;
         let written = match child.stdin.take() {
             Some(mut stdin) => stdin.write_all(json),
@@ -512,7 +522,7 @@ impl Backend for Libkrun {
     /// `<box>/rootfs`, the box's own layer on top of its root.
     fn prepare(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BackendError> {
         let fail = |reason: String| BackendError::Prepare { backend: NAME.into(), id: id.clone(), reason };
-        let agent = self.find_agent().map_err(|r| fail(format!("no agent for the guest base: {r}")))?;
+        let agent = self.find_agent().map_err(|e| fail(format!("no agent for the guest base: {e}")))?;
         let layer = layout.rootfs_dir(id);
         std::fs::create_dir_all(&layer).map_err(|e| fail(format!("cannot create {}: {e}", layer.display())))?;
         let base = self.ensure_base(layout, id, &agent)?;

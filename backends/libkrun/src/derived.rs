@@ -14,12 +14,23 @@
 //! this project exists to remove. It costs 24 bytes more than `net.sock`, which the
 //! short-symlink address has room for (see `docs/backends.md`).
 
+use boxsock_core::catalogue::{self, DerivedName, SocketSpec};
+
 /// Linux `PID_MAX_LIMIT` on 64-bit: the largest pid `process::id()` can return.
 pub const PID_MAX_LIMIT: u32 = 4_194_304;
 
 /// The worst-case derived name: `krun-net-<PID_MAX_LIMIT>-<u32::MAX>.sock` (32 bytes).
 /// Re-derive it if `tests/pin_derived_name.rs` fails.
 pub const KRUN_NET_DERIVED_WORST_CASE: &str = "krun-net-4194304-4294967295.sock";
+
+/// The `net` socket as libkrun sees it: bound by passt, with the unixgram name libkrun
+/// 1.19 derives in `TMPDIR` counted in every budget. The one place that names the
+/// derived name for a budget: the backend's socket list and the shim's own check
+/// ([`crate::ShimSpec::validate`]) both read it from here.
+pub const NET: SocketSpec = SocketSpec {
+    derived: &[DerivedName::Sibling(KRUN_NET_DERIVED_WORST_CASE)],
+    ..catalogue::NET
+};
 
 /// The libkrun version whose rule [`KRUN_NET_DERIVED_WORST_CASE`] was derived from.
 pub const LIBKRUN_PINNED_VERSION: &str = "1.19.7";

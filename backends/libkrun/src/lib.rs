@@ -32,8 +32,8 @@ use boxsock_core::backend::{Backend, BackendConfig, BackendError};
 use boxsock_core::registry::BackendRegistration;
 
 pub use api::{KrunApi, KrunCall, KrunCtx, KrunError, RecordingKrun};
-pub use backend::{Libkrun, LibkrunConfig, NET};
-pub use derived::KRUN_NET_DERIVED_WORST_CASE;
+pub use backend::{Libkrun, LibkrunConfig};
+pub use derived::{KRUN_NET_DERIVED_WORST_CASE, NET};
 pub use spec::{ShimSpec, SpecError, configure};
 
 /// The registered name.
@@ -42,15 +42,13 @@ pub const NAME: &str = "libkrun";
 /// File name of the shim binary (looked up in `BackendConfig::helper_dir`).
 pub const SHIM_BINARY: &str = "boxsock-krun-shim";
 
+/// How a user installs the shim beside `boxsock` (named in the error when it is missing).
+pub const SHIM_INSTALL: &str = "cargo install boxsock-libkrun (from a checkout: cargo install --path backends/libkrun)";
+
 /// File, in the box directory, where the shim records the exact [`ShimSpec`] it
 /// received (one JSON document, rewritten at each start). A diagnostic artifact: nothing
 /// reads it back as state — socket paths are never persisted as state.
 pub const SHIM_SPEC_FILE: &str = "shim-spec.json";
-
-/// Where the shim of box `id` records its spec: `<home>/boxes/<id>/shim-spec.json`.
-pub fn shim_spec_path(layout: &boxsock_core::BoxLayout, id: &boxsock_core::BoxId) -> std::path::PathBuf {
-    layout.box_dir(id).join(SHIM_SPEC_FILE)
-}
 
 /// The registration, also usable in explicit registries.
 pub const REGISTRATION: BackendRegistration = BackendRegistration {

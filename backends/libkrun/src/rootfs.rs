@@ -32,7 +32,8 @@ use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use crate::backend::DEFAULT_GUEST_AGENT;
+/// Default guest path of the agent inside the guest root.
+pub const DEFAULT_GUEST_AGENT: &str = "/boxsock-agent";
 
 /// Empty directories every root gets (mount points for the guest's init, and `/tmp`).
 pub const ROOT_DIRS: &[(&str, u32)] = &[("proc", 0o555), ("sys", 0o555), ("dev", 0o755), ("tmp", 0o1777), ("etc", 0o755)];

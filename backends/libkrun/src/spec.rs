@@ -3,12 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use boxsock_core::binding::PolicyIntent;
-use boxsock_core::{BindingError, BoxId, PolicyAccess, PolicyPath, budget};
+use boxsock_core::{BindingError, BoxId, PolicyPath, budget};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{KrunApi, KrunCtx, KrunError, NET_FEATURES_NONE, NET_FLAG_DHCP_CLIENT};
-use crate::derived::KRUN_NET_DERIVED_WORST_CASE;
+use crate::derived::NET;
 
 /// Guest vsock port of the agent's request socket (host side: the `agent` address,
 /// on which libkrun listens).
@@ -76,60 +75,6 @@ pub struct GuestExec {
     pub workdir: String,
 }
 
-/// What kind of object a jail path is. Mirrors [`PolicyIntent`]: stated by the strategy,
-/// never read back from disk.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JailIntent {
-    /// A real directory.
-    Directory,
-    /// A symlink to a directory: grant on `target`, keep the leaf literal.
-    SymlinkToDirectory {
-        /// The directory the link points to.
-        target: PathBuf,
-    },
-    /// A regular file.
-    File,
-}
-
-/// Access on a jail path. Mirrors [`PolicyAccess`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JailAccess {
-    /// Read only.
-    Read,
-    /// Create, bind, connect and unlink sockets beneath.
-    Sockets,
-}
-
-/// One strategy policy path, serialisable.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JailPath {
-    /// The path as sockets are addressed through it.
-    pub path: PathBuf,
-    /// What it is.
-    pub intent: JailIntent,
-    /// What is needed.
-    pub access: JailAccess,
-}
-
-impl From<&PolicyPath> for JailPath {
-    fn from(p: &PolicyPath) -> Self {
-        JailPath {
-            path: p.path.clone(),
-            intent: match &p.intent {
-                PolicyIntent::Directory => JailIntent::Directory,
-                PolicyIntent::SymlinkToDirectory { target } => JailIntent::SymlinkToDirectory { target: target.clone() },
-                PolicyIntent::File => JailIntent::File,
-            },
-            access: match p.access {
-                PolicyAccess::Read => JailAccess::Read,
-                PolicyAccess::Sockets => JailAccess::Sockets,
-            },
-        }
-    }
-}
-
 /// The sandbox around the shim: what it may read, write, and where its sockets live.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct JailSpec {
@@ -141,8 +86,8 @@ pub struct JailSpec {
     pub read_write: Vec<PathBuf>,
     /// Devices opened read-write with ioctls (`/dev/kvm`).
     pub devices: Vec<PathBuf>,
-    /// The strategy's policy paths, with their intent.
-    pub sockets: Vec<JailPath>,
+    /// The strategy's policy paths, with their intent (core's types, serialised).
+    pub sockets: Vec<PolicyPath>,
     /// The inherited descriptor of the box's verified socket directory (see
     /// [`ShimSpec::socket_dir_fd`]): socket rights are granted on it too, on the inode
     /// the runtime verified rather than on a path.
@@ -252,9 +197,16 @@ impl ShimSpec {
             if !net.path.is_absolute() {
                 return Err(SpecError::NotAbsolute { what: "net address", path: net.path.clone() });
             }
-            budget::check_path("net", &net.path)?;
-            let derived = self.tmpdir.join(KRUN_NET_DERIVED_WORST_CASE);
-            budget::check_path(&format!("net (derived: {KRUN_NET_DERIVED_WORST_CASE})"), &derived)?;
+            // `net` itself, then every name derived from it ([`NET`]'s list), each in
+            // `TMPDIR`, the directory the VMM derives in (the socket's own, or the
+            // inherited descriptor's).
+            let mut names = NET.all_file_names().into_iter();
+            if let Some((label, _)) = names.next() {
+                budget::check_path(&label, &net.path)?;
+            }
+            for (label, file) in names {
+                budget::check_path(&label, &self.tmpdir.join(file))?;
+            }
         }
         for (i, share) in self.shares.iter().enumerate() {
             if share.tag.is_empty() || share.tag.len() > 36 || share.tag.contains(',') || self.shares[..i].iter().any(|s| s.tag == share.tag) {

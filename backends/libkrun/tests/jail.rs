@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use boxsock_libkrun::jail::{self, JailSpec, seatbelt};
-use boxsock_libkrun::spec::{JailAccess, JailIntent, JailPath};
+use boxsock_core::binding::PolicyIntent;
+use boxsock_core::{PolicyAccess, PolicyPath};
 use common::Fixture;
 
 const CHILD_ENV: &str = "BOXSOCK_JAIL_CHILD";
@@ -87,10 +88,10 @@ fn jailed_shim_binds_and_connects_through_the_link_and_writes_nowhere_else() {
         // grant alone (on the link's target), not by a box-wide grant.
         read_write: vec![f.layout.logs_dir(&f.id)],
         devices: vec![PathBuf::from("/dev/null")],
-        sockets: f.policy().iter().map(JailPath::from).collect(),
+        sockets: f.policy().to_vec(),
         socket_dir_fd: None,
     };
-    assert!(matches!(spec.sockets[0].intent, JailIntent::SymlinkToDirectory { .. }));
+    assert!(matches!(spec.sockets[0].intent, PolicyIntent::SymlinkToDirectory { .. }));
     // The runtime runs ensure before launching the shim.
     f.ensure();
     let outside = tempfile::tempdir().unwrap();
@@ -179,10 +180,10 @@ fn seatbelt_keeps_the_symlink_leaf_literal_and_grants_alias_and_real_paths() {
         read_only: vec![PathBuf::from("/usr/lib")],
         read_write: vec![PathBuf::from("/Users/u/deep/home/boxes/abc")],
         devices: vec![],
-        sockets: vec![JailPath {
+        sockets: vec![PolicyPath {
             path: PathBuf::from("/tmp/boxsock-501/abc"),
-            intent: JailIntent::SymlinkToDirectory { target: PathBuf::from("/Users/u/deep/home/boxes/abc/sockets") },
-            access: JailAccess::Sockets,
+            intent: PolicyIntent::SymlinkToDirectory { target: PathBuf::from("/Users/u/deep/home/boxes/abc/sockets") },
+            access: PolicyAccess::Sockets,
         }],
         socket_dir_fd: None,
     };
@@ -211,7 +212,7 @@ fn seatbelt_keeps_the_symlink_leaf_literal_and_grants_alias_and_real_paths() {
 fn seatbelt_quotes_paths() {
     let spec = JailSpec {
         enabled: true,
-        sockets: vec![JailPath { path: PathBuf::from("/h/a\"b"), intent: JailIntent::Directory, access: JailAccess::Sockets }],
+        sockets: vec![PolicyPath { path: PathBuf::from("/h/a\"b"), intent: PolicyIntent::Directory, access: PolicyAccess::Sockets }],
         ..JailSpec::default()
     };
     let p = seatbelt::render(&spec, &["s.sock"], &|p: &Path| p.to_path_buf());

@@ -162,6 +162,8 @@ fn a_failing_shim_spawn_kills_the_passt_it_started() {
     let before = passt_pids();
     let err = b.launch_unchecked(&f.launch_spec_verified(true)).unwrap_err();
     assert!(matches!(&err, BackendError::Spawn { what, .. } if what.contains("/nonexistent/boxsock-krun-shim")), "{err}");
+    // The missing shim is named with the command that installs it.
+    assert!(std::error::Error::source(&err).is_some_and(|s| s.to_string().contains(boxsock_libkrun::SHIM_INSTALL)), "{err}");
     let log = f.layout.log_file(&f.id).with_file_name("passt.log");
     let leaked: Vec<i32> = passt_pids().into_iter().filter(|p| !before.contains(p) && passt_logs_to(*p, &log)).collect();
     assert!(leaked.is_empty(), "passt leaked: {leaked:?}");

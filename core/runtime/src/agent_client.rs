@@ -25,7 +25,7 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use boxsock_core::proto::{self, ErrorCode, Frame, ProtoError, Request, Response};
+use boxsock_core::proto::{self, ErrorCode, Frame, ProtoError, Request, Response, WinSize};
 
 /// Largest stdin chunk sent in one frame.
 const STDIN_CHUNK: usize = 64 * 1024;
@@ -40,13 +40,16 @@ pub enum ClientError {
     /// connection early: [`ProtoError::Closed`] / [`ProtoError::Truncated`]).
     #[error("agent protocol: {0}")]
     Proto(#[from] ProtoError),
-    /// The agent speaks another protocol version.
-    #[error("agent speaks protocol version {theirs}, this runtime speaks {ours}")]
+    /// The agent speaks another protocol version (an agent from an older or newer
+    /// boxsock than this client).
+    #[error("agent speaks protocol {}, this client needs {ours}{}", theirs.map_or_else(|| "of another version".to_owned(), |v| v.to_string()), detail.as_deref().map(|d| format!(" (agent said: {d})")).unwrap_or_default())]
     Version {
         /// Our version ([`proto::VERSION`]).
         ours: u32,
-        /// The agent's version, when it said.
-        theirs: String,
+        /// The agent's version, when it said (in its `Hello`, or in its refusal).
+        theirs: Option<u32>,
+        /// The agent's refusal message, when it refused our hello.
+        detail: Option<String>,
     },
     /// The agent answered with an error frame.
     #[error("agent error ({code:?}): {message}")]
@@ -98,6 +101,96 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
+/// An exec request: what [`AgentClient::start_exec`] sends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// argv; `argv[0]` is looked up on the box's `PATH`.
+    pub argv: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Whether stdin frames will follow (otherwise the command reads `/dev/null`, or
+    /// with a tty a terminal nobody types into).
+    pub stdin: bool,
+    /// Working directory (absolute).
+    pub cwd: Option<String>,
+    /// Run on a pty of this initial size.
+    pub tty: Option<WinSize>,
+}
+
+/// The end of a command, as the agent reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitReport {
+    /// Exit code, or 128 + signal.
+    pub code: i32,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+}
+
+/// One event of a running exec, from [`ExecReader::next`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    /// Stdout bytes (with a tty: everything the terminal showed).
+    Stdout(Vec<u8>),
+    /// Stderr bytes.
+    Stderr(Vec<u8>),
+    /// The command ended; nothing follows.
+    Exit(ExitReport),
+}
+
+/// The sending half of an exec session.
+#[derive(Debug)]
+pub struct ExecWriter {
+    wr: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl ExecWriter {
+    /// Send stdin bytes (in frames of at most 64 KiB).
+    pub async fn stdin(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        for chunk in data.chunks(STDIN_CHUNK) {
+            proto::write_frame(&mut self.wr, &Frame::<Request>::Stdin(chunk.to_vec())).await?;
+        }
+        Ok(())
+    }
+
+    /// Close the command's stdin (ignored with a tty).
+    pub async fn stdin_eof(&mut self) -> Result<(), ClientError> {
+        Ok(proto::write_frame(&mut self.wr, &Frame::<Request>::StdinEof).await?)
+    }
+
+    /// Deliver signal `signal` to the command's process group (with a tty, to the
+    /// terminal's foreground group).
+    pub async fn signal(&mut self, signal: i32) -> Result<(), ClientError> {
+        Ok(proto::write_frame(&mut self.wr, &Frame::Control(Request::Signal { signal })).await?)
+    }
+
+    /// Resize the command's terminal (ignored without a tty).
+    pub async fn resize(&mut self, size: WinSize) -> Result<(), ClientError> {
+        Ok(proto::write_frame(&mut self.wr, &Frame::Control(Request::Resize { rows: size.rows, cols: size.cols })).await?)
+    }
+}
+
+/// The receiving half of an exec session.
+#[derive(Debug)]
+pub struct ExecReader {
+    rd: tokio::net::unix::OwnedReadHalf,
+}
+
+impl ExecReader {
+    /// The next output chunk, or the exit. An agent error (the command could not be
+    /// started: [`ErrorCode::NotFound`], [`ErrorCode::PermissionDenied`],
+    /// [`ErrorCode::Spawn`]) is [`ClientError::Agent`].
+    pub async fn next(&mut self) -> Result<ExecEvent, ClientError> {
+        match proto::read_frame::<Response, _>(&mut self.rd).await? {
+            Frame::Stdout(b) => Ok(ExecEvent::Stdout(b)),
+            Frame::Stderr(b) => Ok(ExecEvent::Stderr(b)),
+            Frame::Control(Response::Exit { code, signal }) => Ok(ExecEvent::Exit(ExitReport { code, signal })),
+            Frame::Control(Response::Error { code, message }) => Err(ClientError::Agent { code, message }),
+            Frame::Control(other) => Err(unexpected("exit", other)),
+            other => Err(ClientError::Unexpected { expected: "exit", got: format!("{other:?}") }),
+        }
+    }
+}
+
 /// One connection to the agent. See the module documentation.
 #[derive(Debug)]
 pub struct AgentClient {
@@ -123,10 +216,11 @@ impl AgentClient {
         let info = match self.read_control("hello").await? {
             Response::Hello { version, pid } if version == proto::VERSION => AgentInfo { version, pid },
             Response::Hello { version, .. } => {
-                return Err(ClientError::Version { ours: proto::VERSION, theirs: version.to_string() });
+                return Err(ClientError::Version { ours: proto::VERSION, theirs: Some(version), detail: None });
             }
             Response::Error { code: ErrorCode::Version, message } => {
-                return Err(ClientError::Version { ours: proto::VERSION, theirs: message });
+                let theirs = version_in_refusal(&message);
+                return Err(ClientError::Version { ours: proto::VERSION, theirs, detail: Some(boxsock_core::echo::echo(&message).to_string()) });
             }
             other => return Err(unexpected("hello", other)),
         };
@@ -183,23 +277,13 @@ impl AgentClient {
         E: FnMut(&[u8]),
     {
         self.hello().await?;
-        let request = Request::Exec {
+        let request = ExecRequest {
             argv: argv.iter().map(|a| a.as_ref().to_owned()).collect(),
             env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             stdin: stdin.is_some(),
+            ..ExecRequest::default()
         };
-        // Check the size before sending: an oversized frame is refused by the agent,
-        // which closes the connection mid-write (a bare "Broken pipe").
-        let frame = proto::encode(&Frame::Control(request));
-        if frame.len() - 4 > proto::MAX_FRAME {
-            return Err(ClientError::TooLarge {
-                what: "exec request (argv and environment)",
-                bytes: frame.len() - 4,
-                limit: proto::MAX_FRAME,
-            });
-        }
-        self.stream.write_all(&frame).await?;
-        self.stream.flush().await?;
+        self.send_exec(request).await?;
 
         let (mut rd, mut wr) = self.stream.into_split();
         let feed = async move {
@@ -224,7 +308,7 @@ impl AgentClient {
                 match proto::read_frame::<Response, _>(&mut rd).await? {
                     Frame::Stdout(b) => on_stdout(&b),
                     Frame::Stderr(b) => on_stderr(&b),
-                    Frame::Control(Response::Exit { code }) => return Ok(code),
+                    Frame::Control(Response::Exit { code, .. }) => return Ok(code),
                     Frame::Control(Response::Error { code, message }) => return Err(ClientError::Agent { code, message }),
                     Frame::Control(other) => return Err(unexpected("exit", other)),
                     other => return Err(ClientError::Unexpected { expected: "exit", got: format!("{other:?}") }),
@@ -263,6 +347,37 @@ impl AgentClient {
         Ok(ExecOutput { code, stdout, stderr })
     }
 
+    /// Hello, then send an exec request (refused before sending when over the frame
+    /// limit).
+    async fn send_exec(&mut self, request: ExecRequest) -> Result<(), ClientError> {
+        self.hello().await?;
+        let ExecRequest { argv, env, stdin, cwd, tty } = request;
+        let request = Request::Exec { argv, env, stdin, cwd, tty: tty.is_some(), winsize: tty };
+        // Check the size before sending: an oversized frame is refused by the agent,
+        // which closes the connection mid-write (a bare "Broken pipe").
+        let frame = proto::encode(&Frame::Control(request));
+        if frame.len() - 4 > proto::MAX_FRAME {
+            return Err(ClientError::TooLarge {
+                what: "exec request (argv and environment)",
+                bytes: frame.len() - 4,
+                limit: proto::MAX_FRAME,
+            });
+        }
+        self.stream.write_all(&frame).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// Start a command and hand back both directions of the session: the
+    /// [`ExecWriter`] sends stdin, signals and resizes, the [`ExecReader`] yields
+    /// output and finally the exit. Dropping both closes the connection, which makes
+    /// the agent kill the command.
+    pub async fn start_exec(mut self, request: ExecRequest) -> Result<(ExecWriter, ExecReader), ClientError> {
+        self.send_exec(request).await?;
+        let (rd, wr) = self.stream.into_split();
+        Ok((ExecWriter { wr }, ExecReader { rd }))
+    }
+
     async fn read_control(&mut self, expected: &'static str) -> Result<Response, ClientError> {
         match proto::read_frame::<Response, _>(&mut self.stream).await? {
             Frame::Control(Response::Error { code, message }) if code != ErrorCode::Version => {
@@ -272,6 +387,13 @@ impl AgentClient {
             other => Err(ClientError::Unexpected { expected, got: format!("{other:?}") }),
         }
     }
+}
+
+/// The agent's own version in its refusal of our hello. Every agent so far words it
+/// "agent speaks protocol version N, …".
+fn version_in_refusal(message: &str) -> Option<u32> {
+    let rest = message.strip_prefix("agent speaks protocol version ")?;
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 fn unexpected(expected: &'static str, got: Response) -> ClientError {
@@ -284,7 +406,7 @@ pub async fn read_ready(stream: &mut UnixStream) -> Result<AgentInfo, ClientErro
     match proto::read_frame::<Response, _>(stream).await? {
         Frame::Control(Response::Ready { version, pid }) if version == proto::VERSION => Ok(AgentInfo { version, pid }),
         Frame::Control(Response::Ready { version, .. }) => {
-            Err(ClientError::Version { ours: proto::VERSION, theirs: version.to_string() })
+            Err(ClientError::Version { ours: proto::VERSION, theirs: Some(version), detail: None })
         }
         other => Err(ClientError::Unexpected { expected: "ready", got: format!("{other:?}") }),
     }
@@ -320,9 +442,29 @@ mod tests {
     async fn version_refusals_and_other_versions_are_version_errors() {
         let (mut c, _s) =
             client_against(Response::Error { code: ErrorCode::Version, message: "agent speaks 9".into() }).await;
-        assert!(matches!(c.hello().await, Err(ClientError::Version { ours: proto::VERSION, theirs }) if theirs.contains('9')));
+        assert!(matches!(c.hello().await, Err(ClientError::Version { ours: proto::VERSION, theirs: None, detail: Some(d) }) if d.contains('9')));
         let (mut c, _s) = client_against(Response::Hello { version: proto::VERSION + 1, pid: 1 }).await;
         assert!(matches!(c.hello().await, Err(ClientError::Version { .. })));
+    }
+
+    /// A version-1 agent (the last one before pty exec) refuses our hello with exactly
+    /// this frame; the error names both versions.
+    #[tokio::test]
+    async fn a_v1_agent_is_a_clear_error_naming_both_versions() {
+        let v1_refusal = "agent speaks protocol version 1, the runtime sent version 2";
+        let (mut c, server) = client_against(Response::Error { code: ErrorCode::Version, message: v1_refusal.into() }).await;
+        let err = c.hello().await.unwrap_err();
+        assert!(matches!(err, ClientError::Version { ours: 2, theirs: Some(1), .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.starts_with("agent speaks protocol 1, this client needs 2"), "{msg}");
+        assert_eq!(server.await.unwrap(), Frame::Control(Request::Hello { version: 2 }));
+        // A v1 agent's readiness frame is refused the same way at start.
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut theirs = tokio::net::UnixStream::from_std({ theirs.set_nonblocking(true).unwrap(); theirs }).unwrap();
+        proto::write_frame(&mut theirs, &Frame::Control(Response::Ready { version: 1, pid: 7 })).await.unwrap();
+        let mut ours = tokio::net::UnixStream::from_std({ ours.set_nonblocking(true).unwrap(); ours }).unwrap();
+        let err = read_ready(&mut ours).await.unwrap_err();
+        assert!(err.to_string().starts_with("agent speaks protocol 1, this client needs 2"), "{err}");
     }
 
     #[tokio::test]

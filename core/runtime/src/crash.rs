@@ -5,8 +5,10 @@
 //!
 //! The variable is read once per process. Unset (the normal case) a step costs one
 //! atomic load. The steps are listed in [`CRASH_STEPS`]; an unknown step never fires.
-
-use std::sync::OnceLock;
+//!
+//! The hook exists only with the crate's `test-support` feature: without it
+//! [`point`] compiles to nothing and a release `boxsock` ignores the variable. The
+//! hostile suite and the CLI tests enable the feature through their dev-dependencies.
 
 /// The environment variable naming the step at which to die.
 pub const CRASH_ENV: &str = "BOXSOCK_TEST_CRASH_AT";
@@ -45,8 +47,10 @@ pub const CRASH_STEPS: &[&str] = &[
     "remove:row-deleted",
 ];
 
-/// `SIGKILL` this process if [`CRASH_ENV`] names `step`.
+/// `SIGKILL` this process if [`CRASH_ENV`] names `step` (`test-support` builds only).
+#[cfg(feature = "test-support")]
 pub(super) fn point(step: &'static str) {
+    use std::sync::OnceLock;
     debug_assert!(CRASH_STEPS.contains(&step), "unlisted crash step {step}");
     static AT: OnceLock<Option<String>> = OnceLock::new();
     let at = AT.get_or_init(|| std::env::var(CRASH_ENV).ok().filter(|s| !s.is_empty()));
@@ -56,6 +60,13 @@ pub(super) fn point(step: &'static str) {
         // SIGKILL cannot be caught; never continue past the step.
         std::process::abort();
     }
+}
+
+/// Without `test-support` the hook is nothing: [`CRASH_ENV`] is never read.
+#[cfg(not(feature = "test-support"))]
+#[inline(always)]
+pub(super) fn point(step: &'static str) {
+    debug_assert!(CRASH_STEPS.contains(&step), "unlisted crash step {step}");
 }
 
 #[cfg(test)]
@@ -68,5 +79,27 @@ mod tests {
             let verb = s.split(':').next().unwrap();
             assert!(["create", "start", "stop", "remove"].contains(&verb), "{s}");
         }
+    }
+
+    /// With `test-support` (always on for this crate's own tests) a child process —
+    /// this test binary re-run on this one test — dies of SIGKILL at the named step.
+    /// That the feature stays off in what `cargo install` builds is checked by
+    /// `boxsock-tests`' `packaging` test (`cargo tree -e features`).
+    #[cfg(feature = "test-support")]
+    #[test]
+    fn with_test_support_the_crash_variable_kills_at_its_step() {
+        const CHILD: &str = "BOXSOCK_CRASH_HOOK_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            super::point("start:bound");
+            return;
+        }
+        use std::os::unix::process::ExitStatusExt;
+        let o = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "crash::tests::with_test_support_the_crash_variable_kills_at_its_step", "--nocapture"])
+            .env(CHILD, "1")
+            .env(super::CRASH_ENV, "start:bound")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.signal(), Some(9), "{}", o.status);
     }
 }

@@ -353,12 +353,6 @@ impl ProcessHandle {
     pub async fn wait_exit(&self) {
         while !self.wait_gone(Duration::from_secs(3600)).await {}
     }
-
-    /// Whether the process has exited, checked without blocking (pidfd readable, or
-    /// identity gone).
-    pub fn has_exited(&self) -> bool {
-        self.liveness() != Liveness::Alive
-    }
 }
 
 #[cfg(test)]

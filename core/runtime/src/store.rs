@@ -903,8 +903,9 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Run raw SQL (tests and repair tools: inserting legacy rows, corrupting rows).
-    #[doc(hidden)]
+    /// Run raw SQL (tests only: inserting legacy rows, corrupting rows). Only with the
+    /// `test-support` feature.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn execute_raw(&self, sql: &str) -> Result<(), StoreError> {
         self.conn().execute_batch(sql).map_err(self.sq("execute"))
     }

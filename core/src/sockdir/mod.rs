@@ -207,7 +207,7 @@ impl SocketDir {
     /// displayed path.
     pub fn child_address(&self, name: &str, fd_no: RawFd) -> Result<SocketAddress, BindingError> {
         crate::catalogue::validate_file_name(name)
-            .map_err(|reason| BindingError::Invalid { what: "socket file name".into(), reason })?;
+            .map_err(|e| BindingError::Invalid { what: "socket file name".into(), reason: e.to_string() })?;
         let addr = SocketAddress::Path(sys::through_fd(fd_no, &self.inner.shown, name));
         crate::budget::check(name, &addr, crate::budget::Platform::current())?;
         Ok(addr)
@@ -249,10 +249,10 @@ impl SocketDir {
             ),
         };
         let token: [u8; 16] = rand::random();
-        let probe = UnixDatagram::unbound().map_err(|e| BindingError::io("create probe socket for", shown.display_string(), e))?;
-        let to = via.to_std().map_err(|e| BindingError::io("encode address", shown.display_string(), e))?;
+        let probe = UnixDatagram::unbound().map_err(|e| BindingError::io("create probe socket for", shown, e))?;
+        let to = via.to_std().map_err(|e| BindingError::io("encode address", shown, e))?;
         probe.send_to_addr(&token, &to).map_err(|e| redirected(format!("the probe through the descriptor failed: {e}")))?;
-        sock.set_nonblocking(true).map_err(|e| BindingError::io("set non-blocking", shown.display_string(), e))?;
+        sock.set_nonblocking(true).map_err(|e| BindingError::io("set non-blocking", shown, e))?;
         let mut buf = [0u8; 64];
         let found = loop {
             match sock.recv(&mut buf) {
@@ -262,7 +262,7 @@ impl SocketDir {
                 Err(_) => break false,
             }
         };
-        sock.set_nonblocking(false).map_err(|e| BindingError::io("set blocking", shown.display_string(), e))?;
+        sock.set_nonblocking(false).map_err(|e| BindingError::io("set blocking", shown, e))?;
         if found { Ok(()) } else { Err(redirected("the probe sent through the descriptor did not arrive".into())) }
     }
 
@@ -271,8 +271,8 @@ impl SocketDir {
     pub fn connect_stream(&self, name: &str, policy: &PeerPolicy) -> Result<UnixStream, BindingError> {
         let via = self.fd_address(name)?;
         let shown = self.shown_address(name)?;
-        let std_addr = via.to_std().map_err(|e| BindingError::io("encode address", shown.display_string(), e))?;
-        let stream = UnixStream::connect_addr(&std_addr).map_err(|e| BindingError::io("connect", shown.display_string(), e))?;
+        let std_addr = via.to_std().map_err(|e| BindingError::io("encode address", &shown, e))?;
+        let stream = UnixStream::connect_addr(&std_addr).map_err(|e| BindingError::io("connect", &shown, e))?;
         policy.check(stream.as_fd(), name, &shown)?;
         Ok(stream)
     }
@@ -280,7 +280,7 @@ impl SocketDir {
     /// Remove socket `name` (only a socket; anything else is left). Missing is fine.
     pub fn remove_socket(&self, name: &str) -> Result<(), BindingError> {
         crate::catalogue::validate_file_name(name)
-            .map_err(|reason| BindingError::Invalid { what: "socket file name".into(), reason })?;
+            .map_err(|e| BindingError::Invalid { what: "socket file name".into(), reason: e.to_string() })?;
         let shown = self.inner.shown.join(name);
         match nix::sys::stat::fstatat(&self.inner.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) if is_socket(&st) => {}
@@ -307,9 +307,9 @@ impl SocketDir {
             Err(e) if e.kind() == io::ErrorKind::AddrInUse && self.is_stale(name, &self.fd_address(name)?) => {
                 tracing::debug!(path = %shown, "replacing stale socket file");
                 let _ = nix::unistd::unlinkat(&self.inner.fd, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
-                bind(at).map_err(|e| BindingError::io("bind", shown.display_string(), e))?
+                bind(at).map_err(|e| BindingError::io("bind", shown, e))?
             }
-            Err(e) => return Err(BindingError::io("bind", shown.display_string(), e)),
+            Err(e) => return Err(BindingError::io("bind", shown, e)),
         };
         // The mode was set on the socket before bind; set it on the file again through
         // the held descriptor (portable, and whatever the kernel did with the umask).
@@ -324,7 +324,7 @@ impl SocketDir {
                     self.inner.shown.display()
                 ),
             }),
-            Err(e) => Err(BindingError::errno("chmod 0600", shown.display_string(), e)),
+            Err(e) => Err(BindingError::errno("chmod 0600", shown, e)),
         }
     }
 

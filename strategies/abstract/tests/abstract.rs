@@ -154,7 +154,7 @@ fn bad_input_gets_a_clear_error() {
     let missing = BoxLayout::new(h.path().join("no-such-home"));
     let e = s.address(&missing, &id("b"), "agent.sock").unwrap_err();
     match &e {
-        BindingError::Io { path, .. } => assert!(path.starts_with(h.path().join("no-such-home")), "{e}"),
+        BindingError::Io { address: SocketAddress::Path(path), .. } => assert!(path.starts_with(h.path().join("no-such-home")), "{e}"),
         other => panic!("wrong variant: {other}"),
     }
     assert!(!h.path().join("no-such-home").exists());
@@ -551,7 +551,17 @@ fn a_name_is_bindable_again_once_its_last_descriptor_closes() {
     let in_use = |e: BindingError| matches!(&e, BindingError::Io { op: "bind", source, .. } if source.kind() == std::io::ErrorKind::AddrInUse);
 
     let l = s.bind_stream(&layout, &b, "agent.sock").unwrap();
-    assert!(in_use(s.bind_stream(&layout, &b, "agent.sock").unwrap_err()));
+    let taken = s.bind_stream(&layout, &b, "agent.sock").unwrap_err();
+    // Regression: the error carried the abstract name as a path ("@…"); it carries the
+    // address itself, and its message still names the socket.
+    match &taken {
+        BindingError::Io { address, .. } => {
+            assert_eq!(address, &s.address(&layout, &b, "agent.sock").unwrap());
+            assert!(taken.to_string().contains(&address.display_string()), "{taken}");
+        }
+        other => panic!("wrong variant: {other}"),
+    }
+    assert!(in_use(taken));
     let dup = l.as_fd().try_clone_to_owned().unwrap();
     drop(l);
     // A descriptor is still open (as in a crashed box's surviving child): still taken.

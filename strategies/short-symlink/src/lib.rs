@@ -219,7 +219,11 @@ impl ShortSymlink {
         }
         let per_uid = config.per_uid_dir();
         let per_uid_name = match &config.binding_dir {
-            None => format!("{}-{}", config.prefix, config.uid),
+            // `<prefix>-<uid>`, named once, by `StrategyConfig::default_per_uid_dir`.
+            None => match per_uid.file_name().and_then(|n| n.to_str()) {
+                Some(n) => n.to_owned(),
+                None => return Err(BindingError::Invalid { what: "per-user directory".into(), reason: format!("{} has no plain name", per_uid.display()) }),
+            },
             // A recorded fallback: a directory directly in the base.
             Some(d) if d.parent() == Some(config.base_dir.as_path()) => match d.file_name().and_then(|n| n.to_str()) {
                 Some(n) if !n.is_empty() && !n.starts_with('.') => n.to_owned(),

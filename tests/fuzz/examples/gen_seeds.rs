@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use boxsock_core::BoxId;
-use boxsock_core::proto::{ErrorCode, Frame, Request, Response, VERSION, encode};
+use boxsock_core::proto::{ErrorCode, Frame, Request, Response, VERSION, WinSize, encode};
 
 fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
     let d = dir.join(target);
@@ -106,8 +106,28 @@ fn main() {
         ("req-ping", Request::Ping {}),
         (
             "req-exec",
-            Request::Exec { argv: vec!["sh".into(), "-c".into(), "echo hi".into()], env: vec![("K".into(), "V".into())], stdin: true },
+            Request::Exec {
+                argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
+                env: vec![("K".into(), "V".into())],
+                stdin: true,
+                cwd: None,
+                tty: false,
+                winsize: None,
+            },
         ),
+        (
+            "req-exec-tty",
+            Request::Exec {
+                argv: vec!["sh".into()],
+                env: vec![],
+                stdin: true,
+                cwd: Some("/tmp".into()),
+                tty: true,
+                winsize: Some(WinSize { rows: 24, cols: 80 }),
+            },
+        ),
+        ("req-signal", Request::Signal { signal: 2 }),
+        ("req-resize", Request::Resize { rows: 50, cols: 132 }),
         ("req-shutdown", Request::Shutdown {}),
     ];
     for (name, r) in &requests {
@@ -117,7 +137,8 @@ fn main() {
         ("resp-hello", Response::Hello { version: VERSION, pid: 42 }),
         ("resp-ready", Response::Ready { version: VERSION, pid: 1 }),
         ("resp-pong", Response::Pong {}),
-        ("resp-exit", Response::Exit { code: 137 }),
+        ("resp-exit", Response::Exit { code: 137, signal: Some(9) }),
+        ("resp-spawn-not-found", Response::Error { code: ErrorCode::NotFound, message: "cannot spawn \"nope\": No such file or directory".into() }),
         ("resp-shutting-down", Response::ShuttingDown {}),
         ("resp-error", Response::Error { code: ErrorCode::BadFrame, message: "frame length 0 is outside 1..=1048576".into() }),
     ];

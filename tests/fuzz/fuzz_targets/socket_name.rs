@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(p.file_name().and_then(|n| n.to_str()), Some(&*name));
             }
             (Err(BindingError::Invalid { what, reason }), Err(msg)) => {
-                assert_eq!(&reason, msg);
+                assert_eq!(reason, msg.to_string());
                 assert!(what.contains("socket file name"));
             }
             (got, want) => panic!("socket_path {got:?} but validate_file_name {want:?}"),

@@ -78,35 +78,46 @@ fn record_spec(box_dir: &Path, input: &[u8]) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
+/// Why an inherited descriptor was refused by [`check_inherited`].
+#[derive(Debug, thiserror::Error)]
+enum InheritError {
+    /// The descriptor is not open.
+    #[error("{what} (descriptor {fd}) was not inherited: {source}")]
+    Missing { what: &'static str, fd: i32, #[source] source: nix::errno::Errno },
+    /// The socket directory is not a private directory of this uid.
+    #[error("descriptor {fd} is not a private socket directory of uid {uid} (owner {owner}, mode {mode:04o}); refusing to bind or dial through it")]
+    NotPrivateDir { fd: i32, uid: u32, owner: u32, mode: u32 },
+    /// The network descriptor is not a socket.
+    #[error("descriptor {fd} for the network is not a socket")]
+    NotASocket { fd: i32 },
+}
+
 /// The descriptors the backend handed over, checked again here before libkrun uses
 /// them: the socket directory must be a directory of this uid that nobody else can
 /// write (what the runtime verified), the network end a socket.
 // mode_t, uid_t and the S_IF* constants differ in width across platforms.
 #[allow(clippy::unnecessary_cast)]
-fn check_inherited(spec: &ShimSpec) -> Result<(), String> {
+fn check_inherited(spec: &ShimSpec) -> Result<(), InheritError> {
     use nix::sys::stat::{SFlag, fstat};
     let me = nix::unistd::geteuid().as_raw();
-    let stat_of = |fd: i32, what: &str| {
+    let stat_of = |fd: i32, what: &'static str| {
         // SAFETY: the fd number comes from the spec and is only borrowed for fstat; a
         // closed number fails with EBADF, which is reported.
         let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        fstat(b).map_err(|e| format!("{what} (descriptor {fd}) was not inherited: {e}"))
+        fstat(b).map_err(|source| InheritError::Missing { what, fd, source })
     };
     let kind = |st: &nix::sys::stat::FileStat| (st.st_mode as u32) & (SFlag::S_IFMT.bits() as u32);
     if let Some(fd) = spec.socket_dir_fd {
         let st = stat_of(fd, "the socket directory")?;
         let mode = (st.st_mode as u32) & 0o7777;
         if kind(&st) != SFlag::S_IFDIR.bits() as u32 || st.st_uid != me || mode & 0o022 != 0 {
-            return Err(format!(
-                "descriptor {fd} is not a private socket directory of uid {me} (owner {}, mode {mode:04o}); refusing to bind or dial through it",
-                st.st_uid
-            ));
+            return Err(InheritError::NotPrivateDir { fd, uid: me, owner: st.st_uid as u32, mode });
         }
     }
     if let Some(fd) = spec.net.as_ref().and_then(|n| n.fd) {
         let st = stat_of(fd, "the network socket")?;
         if kind(&st) != SFlag::S_IFSOCK.bits() as u32 {
-            return Err(format!("descriptor {fd} for the network is not a socket"));
+            return Err(InheritError::NotASocket { fd });
         }
     }
     Ok(())

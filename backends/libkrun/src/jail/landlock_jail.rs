@@ -28,7 +28,9 @@ use landlock::{
     RulesetCreatedAttr, RulesetStatus, Scope,
 };
 
-use super::{JailAccess, JailError, JailSpec, grant_dir};
+use boxsock_core::PolicyAccess;
+
+use super::{JailError, JailSpec, grant_dir};
 
 const ABI_USED: ABI = ABI::V7;
 
@@ -152,8 +154,8 @@ pub fn apply(spec: &JailSpec) -> Result<(), JailError> {
     for p in &spec.sockets {
         let dir = grant_dir(p);
         let access = match p.access {
-            JailAccess::Sockets => sockets,
-            JailAccess::Read => read,
+            PolicyAccess::Sockets => sockets,
+            PolicyAccess::Read => read,
         };
         rs = rs.add_rule(PathBeneath::new(open(dir, "sockets")?, access)).map_err(ll)?;
     }

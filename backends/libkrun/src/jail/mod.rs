@@ -9,8 +9,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::spec::{JailIntent, JailPath};
-pub use crate::spec::{JailAccess, JailSpec};
+use boxsock_core::PolicyPath;
+use boxsock_core::binding::PolicyIntent;
+
+pub use crate::spec::JailSpec;
 
 #[cfg(target_os = "linux")]
 pub mod landlock_jail;
@@ -55,10 +57,10 @@ pub enum JailError {
 
 /// The directory a socket policy path is granted on: its target for a symlink leaf, the
 /// path itself otherwise.
-pub fn grant_dir(p: &JailPath) -> &Path {
+pub fn grant_dir(p: &PolicyPath) -> &Path {
     match &p.intent {
-        JailIntent::SymlinkToDirectory { target } => target,
-        JailIntent::Directory | JailIntent::File => &p.path,
+        PolicyIntent::SymlinkToDirectory { target } => target,
+        PolicyIntent::Directory | PolicyIntent::File => &p.path,
     }
 }
 

@@ -11,8 +11,10 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::{JailAccess, JailSpec};
-use crate::spec::JailIntent;
+use boxsock_core::binding::PolicyIntent;
+use boxsock_core::{PolicyAccess, PolicyPath};
+
+use super::JailSpec;
 
 /// Canonicalise a path (on macOS, `std::fs::canonicalize`; in tests, a fake).
 pub type Canonicalise<'a> = &'a dyn Fn(&Path) -> PathBuf;
@@ -40,10 +42,10 @@ pub fn alias_form(path: &Path, canon: Canonicalise<'_>) -> PathBuf {
 }
 
 /// Each directory (alias and real) a socket path is reached through, deduplicated.
-fn socket_dirs(p: &crate::spec::JailPath, canon: Canonicalise<'_>) -> Vec<PathBuf> {
+fn socket_dirs(p: &PolicyPath, canon: Canonicalise<'_>) -> Vec<PathBuf> {
     let mut v = match &p.intent {
-        JailIntent::SymlinkToDirectory { target } => vec![alias_form(&p.path, canon), canon(target)],
-        JailIntent::Directory | JailIntent::File => vec![alias_form(&p.path, canon), canon(&p.path)],
+        PolicyIntent::SymlinkToDirectory { target } => vec![alias_form(&p.path, canon), canon(target)],
+        PolicyIntent::Directory | PolicyIntent::File => vec![alias_form(&p.path, canon), canon(&p.path)],
     };
     v.dedup();
     v
@@ -66,12 +68,12 @@ pub fn render(spec: &JailSpec, socket_names: &[&str], canon: Canonicalise<'_>) -
     for p in &spec.sockets {
         let dirs = socket_dirs(p, canon);
         match p.access {
-            JailAccess::Read => {
+            PolicyAccess::Read => {
                 for d in &dirs {
                     let _ = writeln!(s, "(allow file-read* (subpath {}))", quote(d));
                 }
             }
-            JailAccess::Sockets => {
+            PolicyAccess::Sockets => {
                 for d in &dirs {
                     let _ = writeln!(s, "(allow file-read* file-write* (literal {}) (subpath {}))", quote(d), quote(d));
                 }

@@ -126,7 +126,7 @@ impl Abstract {
         let mut last = None;
         for attempt in 0..=MAX_ROTATIONS {
             let addr = self.address(layout, id, file_name)?;
-            let std_addr = addr.to_std().map_err(|e| BindingError::io("encode address", addr.display_string(), e))?;
+            let std_addr = addr.to_std().map_err(|e| BindingError::io("encode address", &addr, e))?;
             match bind(&std_addr) {
                 Ok(s) => {
                     if attempt > 0 {
@@ -143,7 +143,7 @@ impl Abstract {
                         // A live socket of the owner (or an allowed uid): the box is
                         // running or another start is binding. Rotating would orphan it.
                         tracing::debug!(box_id = %id, socket = file_name, address = %addr, holder = ?who, "name held by an allowed uid; not rotating");
-                        return Err(BindingError::io("bind", addr.display_string(), e));
+                        return Err(BindingError::io("bind", &addr, e));
                     }
                     tracing::warn!(
                         box_id = %id,
@@ -166,7 +166,7 @@ impl Abstract {
                         });
                     }
                 }
-                Err(e) => return Err(BindingError::io("bind", addr.display_string(), e)),
+                Err(e) => return Err(BindingError::io("bind", &addr, e)),
             }
         }
         Err(BindingError::Occupied {
@@ -271,7 +271,7 @@ impl SocketBinding for Abstract {
     /// box's current start.
     fn address(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<SocketAddress, BindingError> {
         catalogue::validate_file_name(file_name)
-            .map_err(|reason| BindingError::Invalid { what: "socket file name".into(), reason })?;
+            .map_err(|e| BindingError::Invalid { what: "socket file name".into(), reason: e.to_string() })?;
         let keyed = self.keyed(layout)?;
         let epoch = self.current_epoch(layout, id)?;
         let addr = SocketAddress::Abstract(keyed.deriver.derive_in(id.as_str(), epoch.as_ref(), file_name));

@@ -802,6 +802,9 @@ pub(crate) fn exec_touch_bytes(marker: &Path) -> Vec<u8> {
         argv: vec!["/usr/bin/touch".into(), marker.display().to_string()],
         env: Vec::new(),
         stdin: false,
+        cwd: None,
+        tty: false,
+        winsize: None,
     })));
     b
 }

@@ -95,9 +95,10 @@ fn refusal(strategy: &str, e: &BindingError) -> &'static str {
                 "{msg}"
             );
         }
-        BindingError::Io { path, .. }
-        | BindingError::MissingSocketDir { path, .. }
-        | BindingError::Insecure { path, .. } => {
+        BindingError::Io { address, .. } => {
+            assert!(msg.contains(&address.display_string()), "{strategy}: {msg} does not name {address}");
+        }
+        BindingError::MissingSocketDir { path, .. } | BindingError::Insecure { path, .. } => {
             let last = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -504,6 +505,9 @@ scenario!(
             argv: vec!["/bin/true".into()],
             env: vec![],
             stdin: false,
+            cwd: None,
+            tty: false,
+            winsize: None,
         }));
         let garbage: Vec<u8> = (0u8..64)
             .map(|i| i.wrapping_mul(37).wrapping_add(0xa5))
@@ -555,7 +559,7 @@ scenario!(
         run.extend(exec);
         let r = exchange(s.as_ref(), &w.layout, &id, &run, false);
         assert!(
-            matches!(r.last(), Some(Response::Exit { code: 0 })),
+            matches!(r.last(), Some(Response::Exit { code: 0, .. })),
             "exec after the hostile frames: {r:?}"
         );
         drop(slow);
