@@ -93,6 +93,10 @@ key="$( {
     sha256sum "$busybox_bin" "$(command -v passt)" "$bin_dir"/boxsock "$bin_dir"/boxsock-krun-shim \
         "$bin_dir"/boxsock-agent "$bin_dir"/vm-bare-launch "$guest_dir"/* "$0" | cut -d' ' -f1
 } | sha256sum | cut -d' ' -f1)"
+# The backend conformance kit's binary (tests/vm, scenario backend-kit), in the key too.
+kit_bin="$bin_dir/boxsock-backend-kit"
+[ -x "$kit_bin" ] || die "$kit_bin missing (cargo build --bins -p boxsock-vm-tests)"
+key="$(printf '%s %s\n' "$key" "$(sha256sum "$kit_bin" | cut -d' ' -f1)" | sha256sum | cut -d' ' -f1)"
 if [ -f "$out/key" ] && [ "$(cat "$out/key")" = "$key" ] && [ -f "$out/initrd.img" ]; then
     echo "vm-image: up to date ($out, key ${key:0:12})"
     exit 0
@@ -107,6 +111,7 @@ cp "$wdir/libkrunfw.so.5" "$stage/opt/krunfw/libkrunfw.so.5"
 for b in boxsock boxsock-krun-shim boxsock-agent vm-bare-launch; do
     strip --strip-debug -o "$stage/opt/boxsock/bin/$b" "$bin_dir/$b"
 done
+strip --strip-debug -o "$stage/opt/boxsock/bin/boxsock-backend-kit" "$kit_bin"
 cp "$(command -v passt)" "$stage/usr/bin/passt"
 # Shared libraries at their host paths (the guest roots of the boxes copy the agent's
 # from here, with rootfs::prepare).

@@ -97,7 +97,7 @@ impl From<&BackendReport> for BackendView {
             strategies: b
                 .compatible
                 .iter()
-                .map(|(s, r)| Pairing { strategy: s.clone(), compatible: r.is_ok(), reason: r.as_ref().err().cloned() })
+                .map(|(s, r)| Pairing { strategy: s.clone(), compatible: r.is_ok(), reason: r.as_ref().err().map(ToString::to_string) })
                 .collect(),
         }
     }
@@ -129,10 +129,14 @@ mod tests {
             launch_available: true,
             isolation: None,
             address_needs: None,
-            compatible: vec![("a".into(), Ok(())), ("b".into(), Err("why".into()))],
+            compatible: vec![
+                ("a".into(), Ok(())),
+                ("b".into(), Err(boxsock::boxsock_runtime::Incompatibility::NeedsPaths { strategy: "b".into(), backend: "x".into() }.into())),
+            ],
         };
+        let why = b.compatible[1].1.as_ref().unwrap_err().to_string();
         let s = serde_json::to_string(&BackendView::from(&b)).unwrap();
         assert!(!s.contains("\"Ok\"") && !s.contains("\"Err\""), "{s}");
-        assert!(s.contains(r#"{"strategy":"b","compatible":false,"reason":"why"}"#), "{s}");
+        assert!(s.contains(&format!(r#"{{"strategy":"b","compatible":false,"reason":{}}}"#, serde_json::to_string(&why).unwrap())), "{s}");
     }
 }

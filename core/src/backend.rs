@@ -18,7 +18,7 @@ use crate::catalogue::SocketSpec;
 use crate::error::BindingError;
 use crate::id::BoxId;
 use crate::layout::BoxLayout;
-use crate::sockdir::SocketDir;
+pub use crate::boxsockets::BoxSockets;
 
 /// Configuration every backend is built from. Backends ignore what they do not use.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,20 +68,10 @@ pub struct LaunchSpec {
     pub id: BoxId,
     /// The home's layout.
     pub layout: BoxLayout,
-    /// Address of every socket the backend declared, by logical name: the stable,
-    /// displayed form (for messages, and for consumers that can only take a path
-    /// string). Path strategies' sockets must not be bound or dialled by this string
-    /// from a process boxsock controls: use [`LaunchSpec::socket_dir`].
-    pub addresses: BTreeMap<String, SocketAddress>,
-    /// The box's socket directory, verified by the runtime at this start (path
-    /// strategies; `None` for abstract names). A backend hands it to its processes as
-    /// an inherited descriptor (dup2 to a fixed number, `FD_CLOEXEC` cleared) and gives
-    /// them [`LaunchSpec::child_address`]es through it, so no process of the box
-    /// re-resolves a path others can change.
-    pub socket_dir: Option<SocketDir>,
-    /// Uids a box's process must accept as peers on every socket (`SO_PEERCRED`): the
-    /// owner, then the embedder's `allowed_peer_uids`.
-    pub peer_uids: Vec<u32>,
+    /// Every socket of the box for this start: addresses by logical name (derived
+    /// once by the runtime from the strategy), the verified socket directory and the
+    /// box's peer policy. See [`BoxSockets`].
+    pub sockets: BoxSockets,
     /// The box's log file (console output goes here).
     pub log_file: PathBuf,
     /// Whether the box has a network.
@@ -138,29 +128,9 @@ impl BoxSettings {
 }
 
 impl LaunchSpec {
-    /// The address of logical socket `name` for a child that inherits
-    /// [`LaunchSpec::socket_dir`] at descriptor `fd_no`: through the descriptor when
-    /// there is a socket directory (Linux: `/proc/self/fd/<fd_no>/<file>`), otherwise
-    /// the strategy's address (abstract names).
+    /// [`BoxSockets::child_address`] of this spec's sockets.
     pub fn child_address(&self, name: &str, fd_no: i32) -> Result<SocketAddress, BindingError> {
-        let addr = self.addresses.get(name).ok_or_else(|| BindingError::Invalid {
-            what: "socket name".into(),
-            reason: format!("box {}: no address for socket {name:?}", self.id),
-        })?;
-        match (&self.socket_dir, addr) {
-            (Some(dir), SocketAddress::Path(p)) => {
-                let file = p.file_name().and_then(|f| f.to_str()).ok_or_else(|| BindingError::Invalid {
-                    what: "socket address".into(),
-                    reason: format!("{} has no file name", p.display()),
-                })?;
-                dir.child_address(file, fd_no)
-            }
-            (None, SocketAddress::Path(p)) => Err(BindingError::Insecure {
-                path: p.clone(),
-                reason: "a path address without a verified socket directory would be re-resolved by the box's process".into(),
-            }),
-            (_, a @ SocketAddress::Abstract(_)) => Ok(a.clone()),
-        }
+        self.sockets.child_address(name, fd_no)
     }
 }
 

@@ -24,6 +24,7 @@ pub mod address;
 pub mod backend;
 pub mod binding;
 pub mod boxdir;
+pub mod boxsockets;
 pub mod budget;
 pub mod catalogue;
 pub mod echo;

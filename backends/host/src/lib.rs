@@ -10,9 +10,10 @@
 //! [`Backend::sockets`]). Both may be paths or abstract names. For paths the agent
 //! inherits the runtime's verified socket directory at descriptor [`SOCKET_DIR_FD`]
 //! and is given `unix:///proc/self/fd/3/<name>`, so it never re-resolves a /tmp path.
-//! The agent is always started with `--allow-uid` for the owner and every
-//! `allowed_peer_uids` of the embedder ([`LaunchSpec::peer_uids`]), so it checks peer
-//! credentials on every accept and on the ready listener.
+//! The agent is always started with `--allow-uid` for every uid of the box's peer
+//! policy ([`BoxSockets::peer`](boxsock_core::backend::BoxSockets::peer): the owner and
+//! every `allowed_peer_uids` of the embedder, the same uids the runtime's listeners
+//! admit), so it checks peer credentials on every accept and on the ready listener.
 //!
 //! Process model and reaping: [`Backend::launch`] forks the agent as a direct child of
 //! the caller, in a new session (`setsid`), and returns its pid without waiting. The
@@ -115,7 +116,8 @@ impl HostBackend {
     }
 
     fn address<'a>(&self, spec: &'a LaunchSpec, name: &str) -> Result<&'a SocketAddress, BackendError> {
-        spec.addresses
+        spec.sockets
+            .addresses
             .get(name)
             .ok_or_else(|| self.spec_error(format!("box {}: no address for socket {name:?}", spec.id)))
     }
@@ -181,9 +183,11 @@ impl Backend for HostBackend {
         let ready_uri = spec.child_address(catalogue::READY.name, SOCKET_DIR_FD)?.to_uri();
         let mut cmd = Command::new(&binary);
         cmd.arg("--agent").arg(&agent_uri).arg("--ready").arg(&ready_uri);
-        // The agent checks every peer's uid on every address (the owner and the
-        // embedder's allowed uids), path or abstract.
-        let mut uids = spec.peer_uids.clone();
+        // The agent checks every peer's uid on every address, path or abstract, with the
+        // box's peer policy (the owner and the embedder's allowed uids), never one
+        // rebuilt from the address variant. A policy that checks no uid (a strategy
+        // whose filesystem permissions are its only check) still gets the owner.
+        let mut uids = spec.sockets.peer_uids().map(<[u32]>::to_vec).unwrap_or_default();
         if uids.is_empty() {
             uids.push(nix::unistd::geteuid().as_raw());
         }
@@ -194,7 +198,7 @@ impl Backend for HostBackend {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
-        let dir_fd: Option<i32> = spec.socket_dir.as_ref().map(|d| d.as_raw_fd());
+        let dir_fd: Option<i32> = spec.sockets.dir.as_ref().map(|d| d.as_raw_fd());
         // SAFETY: the closure runs in the forked child before exec and only calls
         // setsid(2), dup2(2) and fcntl(2), which are async-signal-safe; it allocates
         // nothing and touches no lock. `dir_fd` is a descriptor the parent keeps open

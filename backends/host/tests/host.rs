@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use boxsock_runtime::agent_client::{self, AgentClient};
-use boxsock_core::backend::{AddressNeeds, Availability, BackendConfig, BackendError, Isolation, LaunchSpec};
+use boxsock_core::backend::{AddressNeeds, Availability, BackendConfig, BackendError, BoxSockets, Isolation, LaunchSpec};
 use boxsock_core::peer::{self, Listener, PeerPolicy};
 use boxsock_core::registry::{BackendRegistration, Registry};
 use boxsock_core::{Backend, BoxId, BoxLayout, SocketAddress, SocketBinding, boxdir, catalogue};
@@ -44,16 +44,18 @@ fn spec(h: &Home, agent: SocketAddress, ready: SocketAddress, env: Vec<(String, 
     LaunchSpec {
         id: h.id.clone(),
         layout: h.layout.clone(),
-        addresses: BTreeMap::from([("agent".to_owned(), agent), ("ready".to_owned(), ready)]),
+        sockets: BoxSockets {
+            addresses: BTreeMap::from([("agent".to_owned(), agent), ("ready".to_owned(), ready)]),
+            dir: match agent_is_path {
+                true => boxsock_direct::Direct::default().socket_dir(&h.layout, &h.id).unwrap(),
+                false => None,
+            },
+            peer: PeerPolicy::unchecked(),
+        },
         log_file: h.layout.log_file(&h.id),
         network: false,
         policy: Vec::new(),
         env,
-        socket_dir: match agent_is_path {
-            true => boxsock_direct::Direct::default().socket_dir(&h.layout, &h.id).unwrap(),
-            false => None,
-        },
-        peer_uids: Vec::new(),
         settings: Default::default(),
     }
 }
@@ -143,7 +145,7 @@ async fn path_addresses_go_through_the_inherited_dir_and_allowed_uids_reach_the_
     let ready = direct.bind_stream(&h.layout, &h.id, "ready.sock").unwrap().into_tokio().unwrap();
     let agent_addr = direct.address(&h.layout, &h.id, "agent.sock").unwrap();
     let mut s = spec(&h, agent_addr, ready.address().clone(), Vec::new());
-    s.peer_uids = vec![me, 65534];
+    s.sockets.peer = PeerPolicy::allow_uids([me, 65534]);
     let launched = backend().launch(&s).unwrap();
     let (mut conn, cred) = tokio::time::timeout(LIMIT, ready.accept()).await.expect("no readiness").unwrap();
     assert_eq!(cred.expect("path strategies check peers").pid, launched.pid);
@@ -204,7 +206,7 @@ fn launch_errors_name_what_is_wrong() {
     let r = SocketAddress::Path(h.layout.sockets_dir(&h.id).join("ready.sock"));
 
     let mut s = spec(&h, a.clone(), r.clone(), Vec::new());
-    s.addresses.remove("ready");
+    s.sockets.addresses.remove("ready");
     match b.launch(&s) {
         Err(BackendError::Spec { reason, .. }) => assert!(reason.contains("\"ready\""), "{reason}"),
         other => panic!("{other:?}"),

@@ -197,7 +197,7 @@ fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn path_address(spec: &LaunchSpec, name: &str) -> Result<PathBuf, BackendError> {
-    match spec.addresses.get(name) {
+    match spec.sockets.addresses.get(name) {
         Some(SocketAddress::Path(p)) => Ok(p.clone()),
         Some(a @ SocketAddress::Abstract(_)) => Err(bad(format!(
             "libkrun maps vsock ports to host paths; the strategy gave socket {name:?} the abstract address {a}; use a path strategy such as short-symlink"
@@ -218,10 +218,11 @@ impl Libkrun {
     }
 
     /// Build the shim's spec from a launch spec. Every socket path comes from
-    /// `spec.addresses` (the strategy); an abstract or missing address is refused.
+    /// `spec.sockets` (the strategy, derived once by the runtime); an abstract or
+    /// missing address is refused.
     pub fn shim_spec(&self, spec: &LaunchSpec) -> Result<ShimSpec, BackendError> {
         let net = if spec.network { Some(path_address(spec, NET.name)?) } else { None };
-        let (agent, ready, tmpdir, socket_dir_fd) = if spec.socket_dir.is_some() {
+        let (agent, ready, tmpdir, socket_dir_fd) = if spec.sockets.dir.is_some() {
             // Through the verified directory the shim inherits at SHIM_SOCKET_DIR_FD.
             let through = |name: &str| -> Result<PathBuf, BackendError> {
                 path_address(spec, name)?;
@@ -332,7 +333,7 @@ impl Libkrun {
                 guest_agent.display()
             )));
         }
-        let Some(dir) = &spec.socket_dir else {
+        let Some(dir) = &spec.sockets.dir else {
             return Err(bad(format!(
                 "box {}: no verified socket directory in the launch spec; the shim would re-resolve {} (the runtime always provides one for a path strategy)",
                 spec.id,

@@ -96,7 +96,7 @@ pub struct JailSpec {
 }
 
 /// Everything the shim needs. Socket paths come only from the strategy (through
-/// `LaunchSpec::addresses`); the shim never computes one.
+/// `LaunchSpec::sockets`); the shim never computes one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShimSpec {
     /// The box.

@@ -109,7 +109,7 @@ fn over_long_addresses_are_refused_before_libkrun_sees_them() {
     let f = Fixture::new(0);
     let mut ls = f.launch_spec(false);
     let long = PathBuf::from(format!("/{}/agent.sock", "x".repeat(120)));
-    ls.addresses.insert("agent".into(), SocketAddress::Path(long.clone()));
+    ls.sockets.addresses.insert("agent".into(), SocketAddress::Path(long.clone()));
     let err = backend().shim_spec(&ls).unwrap_err();
     match err {
         BackendError::Binding(BindingError::PathTooLong { socket, path, len, limit }) => {
@@ -150,7 +150,7 @@ fn the_derived_unixgram_name_counts_in_the_net_budget() {
 fn abstract_addresses_are_refused_with_the_reason() {
     let f = Fixture::new(0);
     let mut ls = f.launch_spec(false);
-    ls.addresses.insert("ready".into(), SocketAddress::Abstract(b"boxsock-x".to_vec()));
+    ls.sockets.addresses.insert("ready".into(), SocketAddress::Abstract(b"boxsock-x".to_vec()));
     match backend().shim_spec(&ls).unwrap_err() {
         BackendError::Spec { backend, reason } => {
             assert_eq!(backend, "libkrun");
@@ -159,7 +159,7 @@ fn abstract_addresses_are_refused_with_the_reason() {
         other => panic!("{other}"),
     }
     let mut ls = f.launch_spec(true);
-    ls.addresses.remove("net");
+    ls.sockets.addresses.remove("net");
     assert!(matches!(backend().shim_spec(&ls), Err(BackendError::Spec { reason, .. }) if reason.contains("\"net\"")));
 }
 
@@ -169,7 +169,7 @@ fn addresses_come_only_from_the_launch_spec() {
     let f = Fixture::new(0);
     let mut ls = f.launch_spec(true);
     for (n, p) in [("agent", "/s/a1.sock"), ("ready", "/s/r1.sock"), ("net", "/s/n1.sock")] {
-        ls.addresses.insert(n.into(), SocketAddress::Path(p.into()));
+        ls.sockets.addresses.insert(n.into(), SocketAddress::Path(p.into()));
     }
     let spec = backend().shim_spec(&ls).unwrap();
     assert_eq!(spec.agent.host_path, PathBuf::from("/s/a1.sock"));

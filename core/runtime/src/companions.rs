@@ -2,6 +2,7 @@
 //! as long as their box's process: they are stopped here on stop, remove, a failed
 //! start, the box process's death and recovery.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use boxsock_core::id::BoxId;
@@ -20,18 +21,21 @@ impl Inner {
     /// in their own session), then SIGKILL; each is waited for (and reaped when it is
     /// our child). The record is cleared afterwards. Never signals a process whose
     /// start time differs from the recorded one.
-    pub(crate) async fn stop_companions(&self, id: &BoxId, extra: &[ProcessIdentity]) {
+    pub(crate) async fn stop_companions(self: &Arc<Self>, id: &BoxId, extra: &[ProcessIdentity]) {
         self.end_companions(id, extra, &kill::term_then_kill(COMPANION_TERM_WAIT, KILL_WAIT)).await
     }
 
     /// [`Inner::stop_companions`] when the box process just died: SIGKILL at once, then
     /// reap what is our child for a short while.
-    pub(crate) async fn kill_companions_now(&self, id: &BoxId) {
+    pub(crate) async fn kill_companions_now(self: &Arc<Self>, id: &BoxId) {
         self.end_companions(id, &[], &kill::kill_now(COMPANION_KILL_WAIT)).await
     }
 
-    async fn end_companions(&self, id: &BoxId, extra: &[ProcessIdentity], steps: &[(Signal, Duration)]) {
-        let mut all = self.store.companions(id.as_str()).unwrap_or_else(|e| {
+    /// The store is read and written on the blocking pool; the waits are asynchronous.
+    async fn end_companions(self: &Arc<Self>, id: &BoxId, extra: &[ProcessIdentity], steps: &[(Signal, Duration)]) {
+        let box_id = id.clone();
+        let recorded = self.blocking(move |i| i.store.companions(box_id.as_str())).await;
+        let mut all = recorded.unwrap_or_else(|e| {
             tracing::warn!(box_id = %id, error = %e, "cannot read the recorded companions");
             Vec::new()
         });
@@ -54,7 +58,8 @@ impl Inner {
                 tracing::debug!(box_id = %id, pid = ident.pid, exit_code = ?h.exit_code(), "companion stopped");
             }
         }
-        match self.store.set_companions(id, &[]) {
+        let box_id = id.clone();
+        match self.blocking(move |i| i.store.set_companions(&box_id, &[])).await {
             Ok(()) | Err(crate::store::StoreError::NotFound { .. }) => {}
             Err(e) => tracing::warn!(box_id = %id, error = %e, "cannot clear the recorded companions"),
         }

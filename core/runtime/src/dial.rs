@@ -1,8 +1,12 @@
 //! Dialling a box's agent: re-`ensure` the binding, then connect through the verified
 //! socket directory (or the strategy's abstract name), checking the listener is the
-//! box's recorded process.
+//! box's recorded process. The blocking part (the store, `ensure`, which may wait on a
+//! strategy's lock, and the connect) runs on tokio's blocking pool, never on the
+//! executor: one box's slow `ensure` must not stall another box's exec.
 
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 use boxsock_core::catalogue;
 
@@ -13,14 +17,21 @@ use crate::store::BoxRecord;
 use crate::{Inner, RuntimeError, home};
 
 impl Inner {
-    pub(crate) async fn connect_agent(&self, id_or_name: &str) -> Result<(BoxRecord, AgentClient, String), RuntimeError> {
+    pub(crate) async fn connect_agent(self: &Arc<Self>, id_or_name: &str) -> Result<(BoxRecord, AgentClient, String), RuntimeError> {
         self.writable("dial a box")?;
-        let rec = self.record(id_or_name)?;
-        if rec.state != BoxState::Running {
-            return Err(RuntimeError::NotRunning { id: rec.id, state: rec.state });
-        }
-        home::check_box_dirs(self.home_fd.as_fd(), &self.layout, &rec.id)?;
-        match self.dial_agent(&rec) {
+        let name = id_or_name.to_owned();
+        let (rec, dialled) = self
+            .blocking(move |inner| {
+                let rec = inner.record(&name)?;
+                if rec.state != BoxState::Running {
+                    return Err(RuntimeError::NotRunning { id: rec.id, state: rec.state });
+                }
+                home::check_box_dirs(inner.home_fd.as_fd(), &inner.layout, &rec.id)?;
+                let dialled = inner.dial_agent_blocking(&rec);
+                Ok((rec, dialled))
+            })
+            .await?;
+        match dialled.and_then(|(std, address)| Self::client(&rec, std, address)) {
             Ok((client, address)) => Ok((rec, client, address)),
             Err(e) => {
                 // A refused connection to a box recorded as running whose process is
@@ -28,7 +39,8 @@ impl Inner {
                 if let Some(h) = self.handle_for(&rec) {
                     if !h.is_alive() {
                         self.on_exit(&rec.id, &h).await;
-                        let state = self.record(rec.id.as_str()).map(|r| r.state).unwrap_or(BoxState::Stopped);
+                        let id = rec.id.clone();
+                        let state = self.blocking(move |inner| inner.record(id.as_str())).await.map(|r| r.state).unwrap_or(BoxState::Stopped);
                         return Err(RuntimeError::NotRunning { id: rec.id, state });
                     }
                 }
@@ -39,7 +51,21 @@ impl Inner {
 
     /// Dial a box's agent through its strategy, whatever its recorded state. Runs
     /// `ensure` first: a binding removed behind our back (a /tmp cleaner) heals here.
-    pub(crate) fn dial_agent(&self, rec: &BoxRecord) -> Result<(AgentClient, String), RuntimeError> {
+    pub(crate) async fn dial_agent(self: &Arc<Self>, rec: &BoxRecord) -> Result<(AgentClient, String), RuntimeError> {
+        let r = rec.clone();
+        let (std, address) = self.blocking(move |inner| inner.dial_agent_blocking(&r)).await?;
+        Self::client(rec, std, address)
+    }
+
+    fn client(rec: &BoxRecord, std: UnixStream, address: String) -> Result<(AgentClient, String), RuntimeError> {
+        let client = AgentClient::connect(std)
+            .map_err(|source| RuntimeError::Agent { id: rec.id.clone(), address: address.clone(), source })?;
+        Ok((client, address))
+    }
+
+    /// The blocking part of a dial: `ensure`, then connect. Returns the connected
+    /// socket and the agent's displayed address.
+    fn dial_agent_blocking(&self, rec: &BoxRecord) -> Result<(UnixStream, String), RuntimeError> {
         let strategy = self.ensure_binding(self.strategy(&rec.config.strategy)?, &rec.id)?;
         let file = catalogue::AGENT.file_name();
         let addr = strategy.address(&self.layout, &rec.id, &file)?;
@@ -50,12 +76,12 @@ impl Inner {
             Some(p) => strategy.peer_policy().with_pid(p.pid),
             None => strategy.peer_policy(),
         };
-        let std = match verified_dir(&*strategy, &self.layout, &rec.id, &file)? {
+        // One address per dial: the error text, the directory check and the connect of
+        // an abstract name all use this one.
+        let std = match verified_dir(&*strategy, &self.layout, &rec.id, &addr)? {
             Some(dir) => dir.connect_stream(&file, &policy)?,
             None => boxsock_core::peer::connect_stream_at(&addr, &file, &policy)?,
         };
-        let client = AgentClient::connect(std)
-            .map_err(|source| RuntimeError::Agent { id: rec.id.clone(), address: address.clone(), source })?;
-        Ok((client, address))
+        Ok((std, address))
     }
 }

@@ -104,8 +104,9 @@ pub enum RuntimeError {
         strategy: String,
         /// Backend name.
         backend: String,
-        /// Why, for a person.
-        reason: String,
+        /// Why.
+        #[source]
+        reason: crate::sockets::Incompatibility,
     },
     /// The backend cannot run boxes here.
     #[error("backend {backend:?} is unavailable: {reason}")]

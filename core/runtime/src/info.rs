@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{Inner, RuntimeOptions};
-use crate::sockets::{check_addresses, compatibility, socket_specs};
+use crate::sockets::{Incompatibility, check_addresses, compatibility, socket_specs};
 use boxsock_core::backend::{AddressNeeds, Availability, Backend, BoxSettings, Isolation};
 use boxsock_core::binding::SocketBinding;
 use boxsock_core::budget::{self, Platform};
@@ -192,6 +192,25 @@ pub struct StrategyReport {
     pub all_fit: bool,
 }
 
+/// Why a strategy cannot be paired with a backend in a [`DoctorReport`]. Serialised
+/// as its message.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PairingError {
+    /// The strategy cannot serve the backend at all.
+    #[error(transparent)]
+    Incompatible(#[from] Incompatibility),
+    /// An address of a box of this backend would not fit (or cannot be made) in this
+    /// home with this strategy.
+    #[error(transparent)]
+    Budget(std::sync::Arc<boxsock_core::error::BindingError>),
+}
+
+impl Serialize for PairingError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// One backend in a [`DoctorReport`].
 #[derive(Debug, Clone, Serialize)]
 pub struct BackendReport {
@@ -211,7 +230,7 @@ pub struct BackendReport {
     /// `path-only` or `path-or-abstract`.
     pub address_needs: Option<String>,
     /// Strategies it can be paired with, and for the others why not.
-    pub compatible: Vec<(String, Result<(), String>)>,
+    pub compatible: Vec<(String, Result<(), PairingError>)>,
 }
 
 /// What `boxsock doctor` prints for a home.
@@ -315,8 +334,10 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
                 let compatible = built
                     .iter()
                     .map(|s| {
-                        let r = compatibility(&**s, &*b).and_then(|()| {
-                            check_addresses(&**s, &layout, &sample, &socket_specs(&*b, true)).map(drop).map_err(|e| e.to_string())
+                        let r = compatibility(&**s, &*b).map_err(PairingError::from).and_then(|()| {
+                            check_addresses(&**s, &layout, &sample, &socket_specs(&*b, true))
+                                .map(drop)
+                                .map_err(|e| PairingError::Budget(std::sync::Arc::new(e)))
                         });
                         (s.name().to_owned(), r)
                     })

@@ -70,12 +70,12 @@ pub use crate::agent_client::ClientError;
 pub use crash::{CRASH_ENV, CRASH_STEPS};
 pub use error::RuntimeError;
 pub use exec::{Child, Command, ExitStatus, Output, SpawnErrorKind};
-pub use info::{BackendReport, BoxInfo, CompanionInfo, DoctorReport, SocketReport, StrategyReport, doctor};
+pub use info::{BackendReport, BoxInfo, CompanionInfo, DoctorReport, PairingError, SocketReport, StrategyReport, doctor};
 pub use lock::{LockGuard, LockMode};
 pub use create_options::{CreateOptions, CreateOptionsBuilder};
 pub use options::{Access, ExecIo, RuntimeOptions};
-pub use recovery::{OpenReport, Recovered};
-pub use sockets::{check_addresses, compatibility, socket_specs};
+pub use recovery::{OpenReport, Recovered, SweepError};
+pub use sockets::{Incompatibility, check_addresses, compatibility, socket_specs};
 
 use boxsock_core::backend::{Availability, Backend};
 use boxsock_core::binding::{SocketBinding, StrategyConfig};
@@ -325,7 +325,10 @@ impl Runtime {
         }
         home::journal_done(&inner.layout, &id);
         crash::point("create:row");
-        let ensured = inner.ensure_binding(strategy.clone(), &id);
+        let ensured = {
+            let (s, id) = (strategy.clone(), id.clone());
+            inner.blocking(move |i| i.ensure_binding(s, &id)).await
+        };
         let strategy = match &ensured {
             Ok(s) => s.clone(),
             Err(_) => strategy,
@@ -423,7 +426,7 @@ impl Runtime {
 
     /// Run every strategy's sweep now. In [`LockMode::Shared`] this waits (up to
     /// `lock_wait`) for exclusive use of the home.
-    pub async fn sweep(&self) -> Result<Vec<(String, Result<boxsock_core::binding::SweepReport, String>)>, RuntimeError> {
+    pub async fn sweep(&self) -> Result<Vec<(String, Result<boxsock_core::binding::SweepReport, SweepError>)>, RuntimeError> {
         let inner = &self.inner;
         inner.writable("sweep")?;
         let _g = match inner.options.lock_mode {
@@ -484,7 +487,7 @@ impl Inner {
     /// `strategy.ensure`, falling back to a private, unpredictable binding directory
     /// when the default per-user directory is squatted by another user (see [`squat`]).
     /// Returns the strategy to use from here on (rebuilt after a fallback).
-    fn ensure_binding(&self, strategy: Arc<dyn SocketBinding>, id: &BoxId) -> Result<Arc<dyn SocketBinding>, RuntimeError> {
+    pub(crate) fn ensure_binding(&self, strategy: Arc<dyn SocketBinding>, id: &BoxId) -> Result<Arc<dyn SocketBinding>, RuntimeError> {
         let err = match strategy.ensure(&self.layout, id) {
             Ok(()) => return Ok(strategy),
             Err(e) => e,
@@ -499,6 +502,21 @@ impl Inner {
         let rebuilt = self.strategy(strategy.name())?;
         rebuilt.ensure(&self.layout, id)?;
         Ok(rebuilt)
+    }
+
+    /// Run blocking work on tokio's blocking pool, never on the executor: a strategy's
+    /// `ensure` (which may wait up to 5 s on its lock), the store (SQLite behind a
+    /// mutex, with a busy timeout) and connects. The CLI runs a current-thread runtime,
+    /// where blocking the executor would stall every other box's exec, pump and
+    /// readiness wait.
+    pub(crate) async fn blocking<T: Send + 'static>(self: &Arc<Self>, f: impl FnOnce(&Inner) -> T + Send + 'static) -> T {
+        let inner = self.clone();
+        match tokio::task::spawn_blocking(move || f(&inner)).await {
+            Ok(v) => v,
+            // The work panicked (a bug): propagate it as if it had run here. A blocking
+            // task is never cancelled while its runtime runs.
+            Err(e) => std::panic::resume_unwind(e.try_into_panic().unwrap_or_else(|e| Box::new(e.to_string()))),
+        }
     }
 
     fn backend(&self, name: &str) -> Result<Arc<dyn Backend>, RuntimeError> {
@@ -535,14 +553,14 @@ impl Inner {
         }
     }
 
-    fn sweep_all(&self) -> Vec<(String, Result<boxsock_core::binding::SweepReport, String>)> {
+    fn sweep_all(&self) -> Vec<(String, Result<boxsock_core::binding::SweepReport, SweepError>)> {
         let mut out = Vec::new();
         for reg in self.options.strategies.iter() {
-            let r = self.strategy(reg.name).map_err(|e| e.to_string()).and_then(|s| {
+            let r = self.strategy(reg.name).map_err(|e| SweepError::Strategy(Box::new(e))).and_then(|s| {
                 if !s.capabilities().supported_here() {
                     return Ok(Default::default());
                 }
-                s.sweep(&self.layout).map_err(|e| e.to_string())
+                Ok(s.sweep(&self.layout)?)
             });
             match &r {
                 Ok(rep) if !rep.removed.is_empty() => {

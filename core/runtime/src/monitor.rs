@@ -31,17 +31,25 @@ impl Inner {
 
     /// Record that a running box's process is gone (the monitor saw it exit, or a dial
     /// found it gone).
-    pub(crate) async fn on_exit(&self, id: &BoxId, handle: &ProcessHandle) {
+    /// The store and the files are touched on the blocking pool, and companions are
+    /// waited for asynchronously: the monitor runs on the caller's executor.
+    pub(crate) async fn on_exit(self: &Arc<Self>, id: &BoxId, handle: &ProcessHandle) {
         let exit = handle.exit_code();
         // Only a box that is supposed to be running is unhealthy; a stop or a failed
         // start in progress handles its own process.
-        if self.store.transition(id, Some(&[BoxState::Running]), BoxState::Unhealthy, |r| r.exit_code = exit).is_err() {
+        let box_id = id.clone();
+        let unhealthy = self.blocking(move |i| i.store.transition(&box_id, Some(&[BoxState::Running]), BoxState::Unhealthy, |r| r.exit_code = exit).is_ok()).await;
+        if !unhealthy {
             return;
         }
         tracing::warn!(box_id = %id, pid = handle.identity().pid, exit_code = ?exit, "box process died");
         self.kill_companions_now(id).await;
-        let _ = self.store.transition(id, Some(&[BoxState::Unhealthy]), BoxState::Stopped, |r| r.process = None);
-        cleanup::remove_socket_files(&self.layout, id);
+        let box_id = id.clone();
+        self.blocking(move |i| {
+            let _ = i.store.transition(&box_id, Some(&[BoxState::Unhealthy]), BoxState::Stopped, |r| r.process = None);
+            cleanup::remove_socket_files(&i.layout, &box_id);
+        })
+        .await;
         lock(&self.procs).remove(id);
         lock(&self.watchers).remove(id);
     }

@@ -47,23 +47,54 @@ pub struct ProcStat {
     pub start_time: u64,
 }
 
+/// Why a `/proc/<pid>/stat` text could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatError {
+    /// No `)` closes the comm field.
+    #[error("no ')' closing the comm field")]
+    NoCommEnd,
+    /// The text ends before field `field`.
+    #[error("field {field} missing")]
+    Missing {
+        /// Field number (1-based, as in proc(5)).
+        field: usize,
+    },
+    /// Field 3 (state) is not one character.
+    #[error("field 3 (state) is {found:?}, not one character")]
+    State {
+        /// What was found.
+        found: String,
+    },
+    /// A numeric field does not parse.
+    #[error("field {field} ({name}): {source}")]
+    Number {
+        /// Field number.
+        field: usize,
+        /// Its name in proc(5).
+        name: &'static str,
+        /// The parse error.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+}
+
 /// Parse the contents of `/proc/<pid>/stat`.
 ///
 /// The second field (`comm`) is in parentheses and may itself contain spaces and
 /// parentheses, so the fields after it are located from the **last** `)`.
-pub fn parse_stat(text: &str) -> Result<ProcStat, String> {
-    let close = text.rfind(')').ok_or("no ')' closing the comm field")?;
+pub fn parse_stat(text: &str) -> Result<ProcStat, StatError> {
+    let close = text.rfind(')').ok_or(StatError::NoCommEnd)?;
     let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
     // rest[0] is field 3 (state); field N is rest[N - 3].
-    let field = |n: usize| rest.get(n - 3).copied().ok_or_else(|| format!("field {n} missing"));
+    let field = |n: usize| rest.get(n - 3).copied().ok_or(StatError::Missing { field: n });
     let state_s = field(3)?;
     let mut chars = state_s.chars();
     let state = match (chars.next(), chars.next()) {
         (Some(c), None) => c,
-        _ => return Err(format!("field 3 (state) is {state_s:?}, not one character")),
+        _ => return Err(StatError::State { found: state_s.to_owned() }),
     };
-    let pgrp = field(5)?.parse().map_err(|e| format!("field 5 (pgrp): {e}"))?;
-    let start_time = field(22)?.parse().map_err(|e| format!("field 22 (starttime): {e}"))?;
+    let pgrp = field(5)?.parse().map_err(|source| StatError::Number { field: 5, name: "pgrp", source })?;
+    let start_time = field(22)?.parse().map_err(|source| StatError::Number { field: 22, name: "starttime", source })?;
     Ok(ProcStat { state, pgrp, start_time })
 }
 
@@ -73,10 +104,22 @@ pub fn read_stat(pid: i32) -> io::Result<Option<ProcStat>> {
         return Ok(None);
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(text) => parse_stat(&text).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("/proc/{pid}/stat: {e}"))),
+        Ok(text) => parse_stat(&text).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, ProcStatError { pid, source: e })),
         Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// A `/proc/<pid>/stat` that does not parse, naming the pid (carried inside the
+/// `io::Error` of [`read_stat`]).
+#[derive(Debug, thiserror::Error)]
+#[error("/proc/{pid}/stat: {source}")]
+pub struct ProcStatError {
+    /// The pid.
+    pub pid: i32,
+    /// Why.
+    #[source]
+    pub source: StatError,
 }
 
 /// What [`ProcessIdentity::probe`] found at the pid.
@@ -368,9 +411,9 @@ mod tests {
             let st = parse_stat(&text).unwrap();
             assert_eq!(st, ProcStat { state: 'S', pgrp: 4242, start_time: 987654 }, "comm {comm:?}");
         }
-        assert!(parse_stat("123 (x").is_err());
-        assert!(parse_stat("123 (x) S 1").is_err());
-        assert!(parse_stat("123 (x) SS 1 2 3").is_err());
+        assert_eq!(parse_stat("123 (x"), Err(StatError::NoCommEnd));
+        assert_eq!(parse_stat("123 (x) S 1"), Err(StatError::Missing { field: 5 }));
+        assert_eq!(parse_stat("123 (x) SS 1 2 3"), Err(StatError::State { found: "SS".into() }));
     }
 
     #[test]

@@ -53,11 +53,22 @@ pub struct Recovered {
     pub killed: bool,
 }
 
+/// Why one strategy's sweep failed ([`OpenReport::swept`], `Runtime::sweep`).
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    /// The strategy could not be built.
+    #[error(transparent)]
+    Strategy(Box<RuntimeError>),
+    /// Its sweep failed.
+    #[error(transparent)]
+    Binding(#[from] boxsock_core::error::BindingError),
+}
+
 /// What [`Runtime::open`](super::Runtime::open) found and repaired.
 #[derive(Debug, Default)]
 pub struct OpenReport {
     /// Each strategy's sweep.
-    pub swept: Vec<(String, Result<SweepReport, String>)>,
+    pub swept: Vec<(String, Result<SweepReport, SweepError>)>,
     /// State corrections.
     pub recovered: Vec<Recovered>,
     /// Directories without a row, removed (binding released).

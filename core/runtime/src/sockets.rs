@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use boxsock_core::address::SocketAddress;
 use boxsock_core::backend::{AddressNeeds, Backend};
-use boxsock_core::binding::{SocketBinding, StrategyConfig};
+use boxsock_core::binding::SocketBinding;
 use boxsock_core::budget::{self, Platform};
 use boxsock_core::catalogue::{self, SocketSpec};
 use boxsock_core::error::BindingError;
@@ -48,23 +48,44 @@ pub fn check_addresses(
     Ok(own)
 }
 
+/// Why a strategy cannot serve a backend ([`compatibility`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Incompatibility {
+    /// The backend hands socket paths to its VMM; the strategy gives out addresses that
+    /// are not in the filesystem.
+    #[error(
+        "backend {backend:?} hands socket paths to its VMM, which cannot use the non-filesystem addresses strategy {strategy:?} gives out; use a path strategy such as short-symlink"
+    )]
+    NeedsPaths {
+        /// Strategy name.
+        strategy: String,
+        /// Backend name.
+        backend: String,
+    },
+}
+
+/// Serialised as its message (what `doctor --json` has always shown).
+impl serde::Serialize for Incompatibility {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Whether `strategy` can serve `backend`, with the reason when not.
-pub fn compatibility(strategy: &dyn SocketBinding, backend: &dyn Backend) -> Result<(), String> {
+pub fn compatibility(strategy: &dyn SocketBinding, backend: &dyn Backend) -> Result<(), Incompatibility> {
     let caps = strategy.capabilities();
     if backend.address_needs() == AddressNeeds::PathOnly && !caps.path_addressable {
-        return Err(format!(
-            "backend {:?} hands socket paths to its VMM, which cannot use the non-filesystem addresses strategy {:?} gives out; use a path strategy such as short-symlink",
-            backend.name(),
-            strategy.name()
-        ));
+        return Err(Incompatibility::NeedsPaths { strategy: strategy.name().to_owned(), backend: backend.name().to_owned() });
     }
     Ok(())
 }
 
-
 /// The verified socket directory of a box for this operation, refusing a path strategy
 /// that does not provide one (its binds and dials would re-resolve a path string).
-pub(crate) fn verified_dir(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, file: &str) -> Result<Option<boxsock_core::sockdir::SocketDir>, BindingError> {
+/// `addr` is the address of the socket about to be bound or dialled, as the caller
+/// already derived it (not derived again here).
+pub(crate) fn verified_dir(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, addr: &SocketAddress) -> Result<Option<boxsock_core::sockdir::SocketDir>, BindingError> {
     let dir = match strategy.socket_dir(layout, id) {
         // The binding vanished since `ensure` (a /tmp cleaner): heal once, look again.
         Err(BindingError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
@@ -74,7 +95,7 @@ pub(crate) fn verified_dir(strategy: &dyn SocketBinding, layout: &BoxLayout, id:
         other => other?,
     };
     if dir.is_none() {
-        if let SocketAddress::Path(p) = strategy.address(layout, id, file)? {
+        if let SocketAddress::Path(p) = addr {
             return Err(BindingError::Unsupported {
                 strategy: strategy.name().to_owned(),
                 what: format!("binding or dialling {}", p.display()),
@@ -85,9 +106,3 @@ pub(crate) fn verified_dir(strategy: &dyn SocketBinding, layout: &BoxLayout, id:
     Ok(dir)
 }
 
-/// The uids a box's processes accept as peers: the owner, then the embedder's extras.
-pub(crate) fn peer_uids(config: &StrategyConfig) -> Vec<u32> {
-    let mut v = vec![config.uid];
-    v.extend(config.allowed_peer_uids.iter().copied().filter(|u| *u != config.uid));
-    v
-}

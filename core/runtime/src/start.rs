@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use boxsock_core::address::SocketAddress;
-use boxsock_core::backend::{Availability, Backend, LaunchSpec};
+use boxsock_core::backend::{Availability, Backend, BoxSockets, LaunchSpec};
 use boxsock_core::binding::SocketBinding;
 use boxsock_core::catalogue;
 
 use crate::cleanup::ReadyCleanup;
 use crate::kill::{self, KILL_WAIT};
 use crate::process::{ProcessHandle, ProcessIdentity};
-use crate::sockets::{check_addresses, peer_uids, socket_specs, verified_dir};
+use crate::sockets::{check_addresses, socket_specs, verified_dir};
 use crate::state::BoxState;
 use crate::store::BoxRecord;
 use crate::{Inner, RuntimeError, agent_client, crash, home, lock};
@@ -25,33 +25,43 @@ const LOG_TAIL_LINES: usize = 20;
 impl Inner {
     pub(crate) async fn start_locked(self: &Arc<Self>, rec: BoxRecord) -> Result<BoxRecord, RuntimeError> {
         let id = rec.id.clone();
-        // Not only at create: somebody may have changed them since.
-        home::check_box_dirs(self.home_fd.as_fd(), &self.layout, &id)?;
-        let strategy = self.strategy(&rec.config.strategy)?;
-        let backend = self.backend(&rec.config.backend)?;
-        if let Availability::Unavailable { reason } = backend.available_for_launch() {
-            return Err(RuntimeError::BackendUnavailable { backend: rec.config.backend.clone(), reason });
-        }
-        // Before the addresses are derived: a squatted binding directory changes them.
-        let strategy = self.ensure_binding(strategy, &id)?;
-        let specs = socket_specs(&*backend, rec.config.network);
-        // Fail fast, before the state changes; the addresses used are derived again
-        // below, after `prepare_start` (a strategy may rotate them per start).
-        check_addresses(&*strategy, &self.layout, &id, &specs)?;
-        self.store
-            .transition(&id, Some(&[BoxState::Created, BoxState::Stopped]), BoxState::Starting, |r| {
-                r.process = None;
-                r.exit_code = None;
+        // The checks, `ensure` (which may wait on the strategy's lock) and the store run
+        // on the blocking pool, off the executor.
+        let r = rec.clone();
+        let (strategy, backend, specs) = self
+            .blocking(move |i| {
+                let id = &r.id;
+                // Not only at create: somebody may have changed them since.
+                home::check_box_dirs(i.home_fd.as_fd(), &i.layout, id)?;
+                let strategy = i.strategy(&r.config.strategy)?;
+                let backend = i.backend(&r.config.backend)?;
+                if let Availability::Unavailable { reason } = backend.available_for_launch() {
+                    return Err(RuntimeError::BackendUnavailable { backend: r.config.backend.clone(), reason });
+                }
+                // Before the addresses are derived: a squatted binding directory changes them.
+                let strategy = i.ensure_binding(strategy, id)?;
+                let specs = socket_specs(&*backend, r.config.network);
+                // Fail fast, before the state changes; the addresses used are derived again
+                // below, after `prepare_start` (a strategy may rotate them per start).
+                check_addresses(&*strategy, &i.layout, id, &specs)?;
+                i.store
+                    .transition(id, Some(&[BoxState::Created, BoxState::Stopped]), BoxState::Starting, |r| {
+                        r.process = None;
+                        r.exit_code = None;
+                    })
+                    .map_err(RuntimeError::from_store)?;
+                Ok((strategy, backend, specs))
             })
-            .map_err(RuntimeError::from_store)?;
+            .await?;
         crash::point("start:starting");
         let mut launched: Option<Arc<ProcessHandle>> = None;
         let mut companions: Vec<ProcessIdentity> = Vec::new();
-        let result = match strategy
-            .prepare_start(&self.layout, &id)
-            .and_then(|()| check_addresses(&*strategy, &self.layout, &id, &specs))
-        {
-            Ok(addresses) => self.launch_and_wait(&rec, &*strategy, &*backend, addresses, &mut launched, &mut companions).await,
+        let prepared = {
+            let (s, id) = (strategy.clone(), id.clone());
+            self.blocking(move |i| s.prepare_start(&i.layout, &id).and_then(|()| check_addresses(&*s, &i.layout, &id, &specs))).await
+        };
+        let result = match prepared {
+            Ok(addresses) => self.launch_and_wait(&rec, &strategy, &*backend, addresses, &mut launched, &mut companions).await,
             Err(e) => Err(e.into()),
         };
         match result {
@@ -95,9 +105,9 @@ impl Inner {
     }
 
     async fn launch_and_wait(
-        &self,
+        self: &Arc<Self>,
         rec: &BoxRecord,
-        strategy: &dyn SocketBinding,
+        strategy: &Arc<dyn SocketBinding>,
         backend: &dyn Backend,
         addresses: BTreeMap<String, SocketAddress>,
         launched_out: &mut Option<Arc<ProcessHandle>>,
@@ -105,13 +115,29 @@ impl Inner {
     ) -> Result<(), RuntimeError> {
         let id = &rec.id;
         let layout = &self.layout;
-        strategy.ensure(layout, id)?;
         let ready_file = catalogue::READY.file_name();
         // One verified directory for the whole start: the runtime binds `ready` through
-        // it and the backend hands it to the box's processes.
-        let socket_dir = verified_dir(strategy, layout, id, &ready_file)?;
+        // it and the backend hands it to the box's processes. `ensure` may wait on the
+        // strategy's lock: off the executor.
+        // `ready`'s address as derived once for this start (always among `addresses`:
+        // `socket_specs` adds it).
+        let ready_addr = match addresses.get(catalogue::READY.name) {
+            Some(a) => a.clone(),
+            None => strategy.address(layout, id, &ready_file)?,
+        };
+        let socket_dir = {
+            let (s, box_id) = (strategy.clone(), id.clone());
+            self.blocking(move |i| -> Result<_, RuntimeError> {
+                s.ensure(&i.layout, &box_id)?;
+                Ok(verified_dir(&*s, &i.layout, &box_id, &ready_addr)?)
+            })
+            .await?
+        };
+        // The box's one peer policy: the runtime's ready listener and the box's
+        // processes (through `LaunchSpec::sockets`) admit the same peers.
+        let peer = strategy.peer_policy();
         let bound = match &socket_dir {
-            Some(d) => d.bind_stream(&ready_file, strategy.peer_policy())?,
+            Some(d) => d.bind_stream(&ready_file, peer.clone())?,
             None => strategy.bind_stream(layout, id, &ready_file)?,
         };
         let listener = bound
@@ -132,13 +158,11 @@ impl Inner {
         let spec = LaunchSpec {
             id: id.clone(),
             layout: layout.clone(),
-            addresses,
+            sockets: BoxSockets { addresses, dir: socket_dir, peer },
             log_file: layout.log_file(id),
             network: rec.config.network,
             policy: strategy.policy_paths(layout, id)?,
             env: rec.config.env.clone(),
-            socket_dir,
-            peer_uids: peer_uids(&self.options.strategy_config),
             settings: rec.config.settings.clone(),
         };
         let launched = backend.launch(&spec)?;

@@ -106,13 +106,18 @@ impl fmt::Display for BoxState {
     }
 }
 
+/// A string that names no [`BoxState`] (a corrupt store row).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown box state {}", boxsock_core::echo::echo(found))]
+pub struct UnknownState {
+    /// What was found.
+    pub found: String,
+}
+
 impl FromStr for BoxState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        BoxState::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown box state {s:?}"))
+    type Err = UnknownState;
+    fn from_str(s: &str) -> Result<Self, UnknownState> {
+        BoxState::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| UnknownState { found: s.to_owned() })
     }
 }
 
@@ -120,6 +125,16 @@ impl FromStr for BoxState {
 mod tests {
     use super::*;
     use BoxState::*;
+
+    #[test]
+    fn every_state_round_trips_and_an_unknown_one_is_a_typed_error_naming_it() {
+        for st in BoxState::ALL {
+            assert_eq!(st.as_str().parse::<BoxState>(), Ok(st));
+        }
+        let e = "runnning".parse::<BoxState>().unwrap_err();
+        assert_eq!(e, UnknownState { found: "runnning".into() });
+        assert_eq!(e.to_string(), "unknown box state \"runnning\"");
+    }
 
     #[test]
     fn display_honours_width_and_alignment() {

@@ -55,14 +55,14 @@ impl Inner {
     }
 
     /// Make the process gone: graceful shutdown (if `graceful`), SIGTERM, SIGKILL.
-    async fn terminate(&self, rec: &BoxRecord, h: &ProcessHandle, graceful: bool, timeout: Duration) -> Result<(), RuntimeError> {
+    async fn terminate(self: &Arc<Self>, rec: &BoxRecord, h: &ProcessHandle, graceful: bool, timeout: Duration) -> Result<(), RuntimeError> {
         let id = &rec.id;
         if !h.is_alive() {
             return Ok(());
         }
         if graceful {
             let asked = async {
-                let (client, address) = self.dial_agent(rec)?;
+                let (client, address) = self.dial_agent(rec).await?;
                 client.shutdown().await.map_err(|source| RuntimeError::Agent { id: id.clone(), address, source })
             };
             match tokio::time::timeout(timeout, asked).await {

@@ -276,7 +276,24 @@ mod fd_vfs {
 
     type FullPathname = unsafe extern "C" fn(*mut ffi::sqlite3_vfs, *const c_char, c_int, *mut c_char) -> c_int;
     static BASE_FULL_PATHNAME: OnceLock<FullPathname> = OnceLock::new();
-    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+    static REGISTERED: OnceLock<Result<(), VfsError>> = OnceLock::new();
+
+    /// Why the `boxsock-fd` VFS could not be registered.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub(crate) enum VfsError {
+        /// `sqlite3_vfs_find(NULL)` found no default VFS.
+        #[error("SQLite has no default VFS")]
+        NoDefault,
+        /// The default VFS lacks the method this one wraps.
+        #[error("the default VFS has no xFullPathname")]
+        NoFullPathname,
+        /// `sqlite3_vfs_register` failed.
+        #[error("sqlite3_vfs_register failed with code {code}")]
+        Register {
+            /// SQLite's result code.
+            code: c_int,
+        },
+    }
 
     unsafe extern "C" fn full_pathname(vfs: *mut ffi::sqlite3_vfs, z_path: *const c_char, n_out: c_int, z_out: *mut c_char) -> c_int {
         // SAFETY: SQLite passes a NUL-terminated file name.
@@ -298,19 +315,19 @@ mod fd_vfs {
     }
 
     /// Register the VFS once per process (idempotent).
-    pub(super) fn register() -> Result<(), String> {
+    pub(super) fn register() -> Result<(), VfsError> {
         REGISTERED
             .get_or_init(|| {
                 // SAFETY: a null name asks for the default VFS; sqlite3_vfs_find
                 // initialises SQLite first. A registered VFS is never freed.
                 let base = unsafe { ffi::sqlite3_vfs_find(std::ptr::null()) };
                 if base.is_null() {
-                    return Err("SQLite has no default VFS".into());
+                    return Err(VfsError::NoDefault);
                 }
                 // SAFETY: `base` points to a live, registered sqlite3_vfs (plain data and
                 // function pointers); we copy it and never write through `base`.
                 let mut vfs: ffi::sqlite3_vfs = unsafe { std::ptr::read(base) };
-                let Some(f) = vfs.xFullPathname else { return Err("the default VFS has no xFullPathname".into()) };
+                let Some(f) = vfs.xFullPathname else { return Err(VfsError::NoFullPathname) };
                 let _ = BASE_FULL_PATHNAME.set(f);
                 // Everything else (pAppData included, which the unix VFS's xOpen uses)
                 // stays the default VFS's.
@@ -321,7 +338,7 @@ mod fd_vfs {
                 // SAFETY: `vfs` lives for the rest of the process, as SQLite requires;
                 // makeDflt = 0 leaves the default VFS the default.
                 let rc = unsafe { ffi::sqlite3_vfs_register(vfs, 0) };
-                if rc == ffi::SQLITE_OK { Ok(()) } else { Err(format!("sqlite3_vfs_register failed with code {rc}")) }
+                if rc == ffi::SQLITE_OK { Ok(()) } else { Err(VfsError::Register { code: rc }) }
             })
             .clone()
     }
@@ -426,7 +443,7 @@ impl RawRow {
     fn decode(self) -> Result<BoxRecord, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt { id: self.id.clone(), reason };
         let id = BoxId::parse(&self.id).map_err(|e| corrupt(e.to_string()))?;
-        let state = self.state.parse::<BoxState>().map_err(corrupt)?;
+        let state = self.state.parse::<BoxState>().map_err(|e| corrupt(e.to_string()))?;
         let config: BoxConfig = serde_json::from_str(&self.config).map_err(|e| corrupt(format!("config JSON: {e}")))?;
         if let Some(root) = config.settings.rootfs.as_deref().filter(|r| !r.is_absolute()) {
             return Err(corrupt(format!("settings.rootfs {} is not an absolute path", root.display())));

@@ -434,3 +434,22 @@ sc_rootfs_busybox() {
 
 run rootfs-busybox sc_rootfs_busybox
 cleanup
+
+# The backend conformance kit (tests/backend-conformance) on libkrun, with a network so
+# passt is a companion: every check must pass here, none may be skipped.
+sc_backend_kit() {
+    out="$(boxsock-backend-kit --backend libkrun --home "$(deep_home kit)" --helper-dir "$BIN" \
+        --backend-option "read_only=$KRUNFW" --backend-option "agent=$BIN/boxsock-agent" \
+        --ready-timeout "$READY_TIMEOUT" --stop-timeout 10 --network)"
+    rc=$?
+    echo "$out"
+    [ $rc -eq 0 ] || fail "the backend kit failed on libkrun: $(echo "$out" | grep -A3 ': FAIL' | head -8 | tr '\n' ' ')"
+    echo "$out" | grep -q '^summary pass=6 fail=0 skip=0$' || fail "the backend kit did not pass all six checks: $(echo "$out" | tail -1)"
+    echo "$out" | sed -n 's/^check \([a-z_]*\): pass \([0-9]*\)ms$/@@VM metric backend_kit_\1_ms \2/p'
+    [ -z "$(passts)" ] || fail "passt left after the kit: $(passts)"
+    [ -z "$(shims)" ] || fail "shims left after the kit: $(shims)"
+}
+# Seven libkrun starts with a network (about 240 s in the TCG host): a longer bound.
+sc_timeout_saved="$SC_TIMEOUT"; SC_TIMEOUT=$((SC_TIMEOUT * 2))
+run backend-kit sc_backend_kit
+SC_TIMEOUT="$sc_timeout_saved"

@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 pub const REQUIRED_ENV: &str = "BOXSOCK_VM_REQUIRED";
 /// Environment variable: `off` skips the tier on purpose (printed like any skip).
 pub const SWITCH_ENV: &str = "BOXSOCK_VM";
-/// How long the whole VM run may take before it is killed.
-pub const VM_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+/// How long the whole VM run may take before it is killed (a full run, backend-kit
+/// included, took 17 min on a 2-core machine busy with other builds).
+pub const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// One scenario's outcome as the guest reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -97,13 +97,11 @@ impl Fixture {
         LaunchSpec {
             id: self.id.clone(),
             layout: self.layout.clone(),
-            addresses,
+            sockets: boxsock_core::backend::BoxSockets { addresses, dir: None, peer: boxsock_core::peer::PeerPolicy::unchecked() },
             log_file: self.layout.log_file(&self.id),
             network,
             policy: self.policy(),
             env: vec![("BOXSOCK_TEST".into(), "1".into())],
-            socket_dir: None,
-            peer_uids: Vec::new(),
             settings: Default::default(),
         }
     }
@@ -113,8 +111,8 @@ impl Fixture {
     pub fn launch_spec_verified(&self, network: bool) -> LaunchSpec {
         let mut spec = self.launch_spec(network);
         let s = self.strategy.as_ref().expect("short-symlink is registered");
-        spec.socket_dir = s.socket_dir(&self.layout, &self.id).unwrap();
-        assert!(spec.socket_dir.is_some());
+        spec.sockets.dir = s.socket_dir(&self.layout, &self.id).unwrap();
+        assert!(spec.sockets.dir.is_some());
         spec
     }
 

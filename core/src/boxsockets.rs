@@ -1,0 +1,126 @@
+//! [`BoxSockets`]: a box's sockets for one start, derived once by the runtime from the
+//! strategy and carried to the backend in [`LaunchSpec`](crate::backend::LaunchSpec).
+//!
+//! One value holds what every consumer of an address needs: the address itself (its
+//! displayed form, for messages and for consumers that can only take a path string),
+//! the verified socket directory path addresses are bound and dialled through, and the
+//! box's [`PeerPolicy`], which the runtime's listeners and the box's processes (the
+//! host agent's `--allow-uid`) both enforce. Nobody derives an address again, and no
+//! backend rebuilds the peer policy from the address variant.
+
+use std::collections::BTreeMap;
+
+use crate::address::SocketAddress;
+use crate::catalogue;
+use crate::error::BindingError;
+use crate::peer::PeerPolicy;
+use crate::sockdir::SocketDir;
+
+/// A box's sockets for one start. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct BoxSockets {
+    /// Address of every socket of the box, by logical name (`agent`, `ready`, `net`…),
+    /// as the strategy derived it for this start. Path addresses must not be bound or
+    /// dialled by this string from a process boxsock controls: go through
+    /// [`BoxSockets::dir`].
+    pub addresses: BTreeMap<String, SocketAddress>,
+    /// The box's socket directory, verified by the runtime at this start (path
+    /// strategies; `None` for abstract names). A backend hands it to its processes as
+    /// an inherited descriptor and gives them [`BoxSockets::child_address`]es through
+    /// it, so no process of the box re-resolves a path others can change.
+    pub dir: Option<SocketDir>,
+    /// Who may be a peer on every socket of the box (`SO_PEERCRED`): the strategy's
+    /// policy, i.e. the owner plus the embedder's `allowed_peer_uids`. The runtime's
+    /// listeners enforce it, and a backend passes the same uids to the box's processes.
+    pub peer: PeerPolicy,
+}
+
+impl BoxSockets {
+    /// The address of logical socket `name`, or [`BindingError::Invalid`] naming it.
+    pub fn address(&self, name: &str) -> Result<&SocketAddress, BindingError> {
+        self.addresses.get(name).ok_or_else(|| BindingError::Invalid {
+            what: "socket name".into(),
+            reason: format!("no address for socket {name:?} among {:?}", self.addresses.keys().collect::<Vec<_>>()),
+        })
+    }
+
+    /// The agent's address.
+    pub fn agent(&self) -> Result<&SocketAddress, BindingError> {
+        self.address(catalogue::AGENT.name)
+    }
+
+    /// The readiness socket's address.
+    pub fn ready(&self) -> Result<&SocketAddress, BindingError> {
+        self.address(catalogue::READY.name)
+    }
+
+    /// The network socket's address, when the box has one.
+    pub fn net(&self) -> Option<&SocketAddress> {
+        self.addresses.get(catalogue::NET.name)
+    }
+
+    /// The uids a box's process must accept as peers, from [`BoxSockets::peer`];
+    /// `None` when the policy checks no uid (a strategy whose filesystem permissions
+    /// are the only check).
+    pub fn peer_uids(&self) -> Option<&[u32]> {
+        self.peer.allowed_uids()
+    }
+
+    /// The address of logical socket `name` for a child that inherits
+    /// [`BoxSockets::dir`] at descriptor `fd_no`: through the descriptor when there is
+    /// a socket directory (Linux: `/proc/self/fd/<fd_no>/<file>`), otherwise the
+    /// strategy's address (abstract names). A path address without a verified
+    /// directory is refused ([`BindingError::Insecure`]).
+    pub fn child_address(&self, name: &str, fd_no: i32) -> Result<SocketAddress, BindingError> {
+        match (&self.dir, self.address(name)?) {
+            (Some(dir), SocketAddress::Path(p)) => {
+                let file = p.file_name().and_then(|f| f.to_str()).ok_or_else(|| BindingError::Invalid {
+                    what: "socket address".into(),
+                    reason: format!("{} has no file name", p.display()),
+                })?;
+                dir.child_address(file, fd_no)
+            }
+            (None, SocketAddress::Path(p)) => Err(BindingError::Insecure {
+                path: p.clone(),
+                reason: "a path address without a verified socket directory would be re-resolved by the box's process".into(),
+            }),
+            (_, a @ SocketAddress::Abstract(_)) => Ok(a.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sockets(addresses: &[(&str, SocketAddress)], peer: PeerPolicy) -> BoxSockets {
+        BoxSockets { addresses: addresses.iter().map(|(n, a)| (n.to_string(), a.clone())).collect(), dir: None, peer }
+    }
+
+    #[test]
+    fn a_missing_socket_is_an_error_naming_it_and_net_is_optional() {
+        let s = sockets(&[("agent", SocketAddress::Abstract(b"a".to_vec()))], PeerPolicy::unchecked());
+        assert_eq!(s.agent().unwrap(), &SocketAddress::Abstract(b"a".to_vec()));
+        match s.ready() {
+            Err(BindingError::Invalid { reason, .. }) => assert!(reason.contains("\"ready\"") && reason.contains("\"agent\""), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(s.net().is_none());
+    }
+
+    #[test]
+    fn child_addresses_pass_abstract_names_and_refuse_a_path_without_a_verified_directory() {
+        let s = sockets(
+            &[("agent", SocketAddress::Abstract(b"x".to_vec())), ("ready", SocketAddress::Path("/tmp/b/ready.sock".into()))],
+            PeerPolicy::unchecked(),
+        );
+        assert_eq!(s.child_address("agent", 3).unwrap(), SocketAddress::Abstract(b"x".to_vec()));
+        assert!(matches!(s.child_address("ready", 3), Err(BindingError::Insecure { .. })));
+    }
+
+    #[test]
+    fn peer_uids_are_the_policy_s() {
+        assert_eq!(sockets(&[], PeerPolicy::allow_uids([65534, 0])).peer_uids(), Some(&[0, 65534][..]));
+        assert_eq!(sockets(&[], PeerPolicy::unchecked()).peer_uids(), None);
+    }
+}

@@ -1,0 +1,48 @@
+//! The backend conformance kit (`boxsock-backend-conformance`) over every backend linked
+//! into this binary, so that a new backend cannot skip it. A backend that cannot launch
+//! boxes on this machine (`Backend::available_for_launch`: libkrun on a host whose
+//! `/dev/kvm` cannot boot a guest) is skipped with its reason, printed; the real-VM tier
+//! (`tests/vm`, scenario `backend_kit`) runs the kit on libkrun.
+//!
+//! A test file of its own: the kit looks for strays among this process's descendants.
+
+// The linking rule: the facade names every built-in backend crate.
+use boxsock as _;
+
+use boxsock_backend_conformance::{CHECKS, Target, run_all};
+use boxsock_core::backend::{Availability, BackendConfig};
+use boxsock_core::registry::{BackendRegistration, Registry};
+
+#[test]
+fn every_registered_backend_passes_the_backend_kit() {
+    let registry = Registry::<BackendRegistration>::collected();
+    registry.check_unique().expect("backend names are unique");
+    let helper_dir = boxsock_host::dev::built_binaries(&["boxsock-agent"]);
+    let mut failures = Vec::new();
+    let mut ran = Vec::new();
+    for reg in registry.iter() {
+        let target = Target::new(reg, BackendConfig { helper_dir: Some(helper_dir.clone()), ..Default::default() });
+        let backend = (reg.build)(&target.config).unwrap_or_else(|e| panic!("backend {:?} cannot be built: {e}", reg.name));
+        if let Availability::Unavailable { reason } = backend.available_for_launch() {
+            // Printed to the stderr file itself: libtest captures eprintln! of a passing test.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "skipped: backend {:?}: cannot launch boxes here: {reason}", reg.name);
+        }
+        let report = run_all(&target);
+        assert_eq!(report.results.len(), CHECKS.len());
+        eprintln!("{}: {} passed, {} skipped, {} failed", reg.name, report.passed().len(), report.skipped().len(), report.failures().len());
+        for (check, why) in report.skipped() {
+            assert!(!why.is_empty(), "{}::{check} skipped without a reason", reg.name);
+            eprintln!("  skipped: {check}: {why}");
+        }
+        for (check, msg) in report.failures() {
+            failures.push(format!("{}::{check}: {msg}", reg.name));
+        }
+        if !report.passed().is_empty() {
+            ran.push(reg.name);
+        }
+    }
+    assert!(failures.is_empty(), "backend kit failures:\n{}", failures.join("\n\n"));
+    // The reference backend runs everywhere this suite runs: it must really be checked.
+    assert!(ran.contains(&"host"), "the host backend ran no check (ran: {ran:?})");
+}
