@@ -19,11 +19,12 @@ use std::path::PathBuf;
 
 pub use boxsock_core;
 pub use boxsock_runtime;
-pub use boxsock_core::backend::{Availability, BackendConfig, Isolation};
+pub use boxsock_core::backend::{Availability, BackendConfig, BoxSettings, Isolation};
+pub use boxsock_core::registry::Named;
 pub use boxsock_runtime::process::{Liveness, ProcessHandle, ProcessIdentity};
 pub use boxsock_core::registry::{BackendRegistration, Registry, StrategyRegistration};
 pub use boxsock_runtime::{
-    Access, BoxInfo, ClientError, CompanionInfo, CreateOptions, DoctorReport, ExecIo, LockMode, OpenReport, Runtime, RuntimeError,
+    Access, BoxInfo, ClientError, CompanionInfo, CreateOptions, CreateOptionsBuilder, DoctorReport, ExecIo, LockMode, OpenReport, Runtime, RuntimeError,
     RuntimeOptions,
     doctor,
 };

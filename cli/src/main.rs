@@ -72,6 +72,23 @@ struct Global {
     ready_timeout: f64,
 }
 
+/// Backend settings that define a box: stored with it, so every `start` boots the same
+/// box (unlike `--backend-option`, which is per invocation).
+#[derive(Debug, Clone, Default, clap::Args)]
+struct BoxArgs {
+    /// Boot the box from this root filesystem directory (libkrun). The directory is
+    /// never modified; writes in the box stay in the box. See docs/backends.md for how
+    /// to make one (busybox, debootstrap).
+    #[arg(long, value_name = "DIR")]
+    rootfs: Option<PathBuf>,
+    /// Virtual CPUs (libkrun).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    vcpus: Option<u8>,
+    /// Guest memory in MiB (libkrun; at least 64).
+    #[arg(long = "ram-mib", value_name = "MIB", value_parser = clap::value_parser!(u32).range(64..))]
+    ram_mib: Option<u32>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Verb {
     /// Create and start a box, run a command in it, print its output and exit with its
@@ -97,6 +114,8 @@ enum Verb {
         /// Forward stdin to the command (otherwise it reads /dev/null).
         #[arg(short, long)]
         interactive: bool,
+        #[command(flatten)]
+        settings: BoxArgs,
         /// Run the command on a pseudo-terminal in the box (with -i, this terminal goes
         /// into raw mode until the command ends).
         #[arg(short, long)]
@@ -120,6 +139,8 @@ enum Verb {
         /// Give the box a network.
         #[arg(long)]
         network: bool,
+        #[command(flatten)]
+        settings: BoxArgs,
     },
     /// Start created or stopped boxes (a running one is left as it is).
     Start {
@@ -450,8 +471,21 @@ impl Global {
         self.open(writes).await
     }
 
-    fn create_options(&self, name: Option<String>, env: Vec<(String, String)>, network: bool) -> CreateOptions {
-        CreateOptions { name, network, env, ..CreateOptions::new(self.strategy.clone(), self.backend.clone()) }
+    fn create_options(&self, name: Option<String>, env: Vec<(String, String)>, network: bool, settings: &BoxArgs) -> CreateOptions {
+        let mut b = CreateOptions::builder().strategy(self.strategy.clone()).backend(self.backend.clone()).network(network).envs(env);
+        if let Some(n) = name {
+            b = b.name(n);
+        }
+        if let Some(dir) = &settings.rootfs {
+            b = b.rootfs(dir.clone());
+        }
+        if let Some(n) = settings.vcpus {
+            b = b.vcpus(n);
+        }
+        if let Some(m) = settings.ram_mib {
+            b = b.ram_mib(m);
+        }
+        b.build()
     }
 }
 
@@ -587,7 +621,7 @@ fn json<T: serde::Serialize>(v: &T) -> Result<u8, Failure> {
 async fn run(cli: Cli) -> Result<u8, Failure> {
     let g = &cli.global;
     match cli.verb {
-        Verb::Run { rm, detach, name, env, interactive, tty, workdir, cmd } => {
+        Verb::Run { rm, detach, name, env, interactive, tty, workdir, settings, cmd } => {
             let env: Vec<(String, String)> = env.into_iter().flatten().collect();
             let rt = g.open(Writes::Yes).await.map_err(|f| Failure(f.0, exit::FAILED))?;
             // Tie the box to this process: if it is killed (-9) before removing the
@@ -596,7 +630,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 true => Some(boxsock::ProcessIdentity::current().map_err(|e| Failure(format!("cannot read this process's identity: {e}"), exit::FAILED))?),
                 false => None,
             };
-            let b = rt.create(CreateOptions { auto_remove_owner: owner, ..g.create_options(name, Vec::new(), false) }).await.map_err(|e| Failure(backend_hint(e, g).0, exit::FAILED))?;
+            let mut opts = g.create_options(name, Vec::new(), false, &settings);
+            opts.auto_remove_owner = owner;
+            let b = rt.create(opts).await.map_err(|e| Failure(backend_hint(e, g).0, exit::FAILED))?;
             let id = b.id.to_string();
             if detach {
                 // A failed start leaves the box stopped (`rm` it, or `start` it again).
@@ -640,10 +676,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(exit_byte(result?))
         }
-        Verb::Create { name, env, network } => {
+        Verb::Create { name, env, network, settings } => {
             let env: Vec<(String, String)> = env.into_iter().flatten().collect();
             let rt = g.open(Writes::Yes).await?;
-            let b = rt.create(g.create_options(name, env, network)).await.map_err(|e| backend_hint(e, g))?;
+            let b = rt.create(g.create_options(name, env, network, &settings)).await.map_err(|e| backend_hint(e, g))?;
             outln!("{}", b.id);
             Ok(0)
         }

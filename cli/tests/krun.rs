@@ -187,7 +187,7 @@ async fn direct_under_a_300_byte_home_is_path_too_long_through_the_library() {
     let mut o = env.options_with_helpers(helpers());
     o.backend_config.options.insert("configure_only".into(), "true".into());
     let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
-    let e = rt.create(CreateOptions { network: true, ..CreateOptions::new("direct", "libkrun") }).await.unwrap_err();
+    let e = rt.create(CreateOptions::builder().strategy("direct").backend("libkrun").network(true).build()).await.unwrap_err();
     match e {
         RuntimeError::Binding(BindingError::PathTooLong { socket, len, limit, path }) => {
             assert_eq!(socket, "agent");
@@ -210,8 +210,11 @@ fn short_symlink_reaches_the_shim_with_only_short_paths_in_the_recorded_spec_and
     let krun = ["--backend", "libkrun", "--strategy", "short-symlink", "--backend-option", "configure_only=true"];
     let id = ok(boxsock(&env).args(krun).args(["create", "--network"])).trim().to_owned();
     let box_dir = env.home.join("boxes").join(&id);
-    // The guest root was prepared at create, with the agent.
-    assert!(box_dir.join("rootfs/boxsock-agent").is_file());
+    // The guest root was prepared at create: the shared base holds the agent, the box's
+    // own layer nothing (issue 13: no copy per box).
+    let key = std::fs::read_to_string(box_dir.join("guest-base")).unwrap();
+    assert!(env.home.join("guest-base").join(key.trim()).join("boxsock-agent").is_file());
+    assert_eq!(std::fs::read_dir(box_dir.join("rootfs")).unwrap().count(), 0);
 
     // A readiness timeout far longer than the test: the failure must be the shim's exit,
     // reported as such, not a timeout.
@@ -317,7 +320,7 @@ async fn a_start_that_times_out_kills_its_recorded_passt() {
     o.backend_config.options.insert("shim".into(), sleeping_shim(&env).display().to_string());
     o.ready_timeout = Duration::from_secs(2);
     let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
-    let b = rt.create(CreateOptions { network: true, ..CreateOptions::new("short-symlink", "libkrun") }).await.unwrap();
+    let b = rt.create(CreateOptions::builder().strategy("short-symlink").backend("libkrun").network(true).build()).await.unwrap();
     let id = b.id.clone();
     let mut seen: Vec<ProcessIdentity> = Vec::new();
     let watch = async {
@@ -438,7 +441,7 @@ async fn passt_goes_with_its_box_on_stop_on_death_and_on_forced_remove() {
     o.backend_config.options.insert("shim".into(), agent_shim(&env).display().to_string());
     o.health_monitor = true;
     let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
-    let b = rt.create(CreateOptions { network: true, ..CreateOptions::new("short-symlink", "libkrun") }).await.unwrap();
+    let b = rt.create(CreateOptions::builder().strategy("short-symlink").backend("libkrun").network(true).build()).await.unwrap();
     let id = b.id.to_string();
 
     let running_passt = |rt: &Runtime| {

@@ -80,6 +80,51 @@ pub struct LaunchSpec {
     pub policy: Vec<PolicyPath>,
     /// Extra environment for the in-box agent.
     pub env: Vec<(String, String)>,
+    /// The settings that define this box (vcpus, memory, root filesystem), as stored
+    /// with it at create: every start of the box launches the same machine.
+    pub settings: BoxSettings,
+}
+
+/// Backend settings that define a box, stored with it (`BoxConfig::settings` in the
+/// runtime's store) so that a later `start` boots the same box. `None` is the backend's
+/// default. Never a socket path: `rootfs` is the user's own directory, as given
+/// (canonicalised at create).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct BoxSettings {
+    /// Virtual CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u8>,
+    /// Guest memory in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram_mib: Option<u32>,
+    /// The user's root filesystem directory (absolute, canonical). The backend shows
+    /// its contents to the box and never modifies it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<PathBuf>,
+}
+
+impl BoxSettings {
+    /// Whether every setting is the backend's default.
+    pub fn is_default(&self) -> bool {
+        *self == BoxSettings::default()
+    }
+
+    /// The names of the settings that are set (`vcpus`, `ram_mib`, `rootfs`), for
+    /// messages of backends that support none of them.
+    pub fn set_names(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.vcpus.is_some() {
+            v.push("vcpus");
+        }
+        if self.ram_mib.is_some() {
+            v.push("ram_mib");
+        }
+        if self.rootfs.is_some() {
+            v.push("rootfs");
+        }
+        v
+    }
 }
 
 impl LaunchSpec {
@@ -136,6 +181,24 @@ pub enum BackendError {
     /// A socket operation failed.
     #[error(transparent)]
     Binding(#[from] BindingError),
+    /// The backend does not support these box settings.
+    #[error("backend {backend:?} does not support the box setting(s) {settings} (use a backend that does, e.g. libkrun)")]
+    Unsupported {
+        /// Backend name.
+        backend: String,
+        /// The settings, comma-separated (`rootfs, vcpus`).
+        settings: String,
+    },
+    /// A box setting has a value the backend cannot use.
+    #[error("backend {backend:?}: box setting {setting}: {reason}")]
+    BadSetting {
+        /// Backend name.
+        backend: String,
+        /// The setting (`rootfs`…).
+        setting: &'static str,
+        /// Why, naming the value (a path, a number and its limits).
+        reason: String,
+    },
     /// A new box's files (its guest root…) could not be prepared.
     #[error("backend {backend:?}: cannot prepare box {id}: {reason}")]
     Prepare {
@@ -174,10 +237,23 @@ pub trait Backend: Send + Sync + fmt::Debug {
         self.available()
     }
 
+    /// Check a new box's settings at create, before anything is written. Default: only
+    /// the defaults are accepted ([`BackendError::Unsupported`] names each setting),
+    /// so a backend that ignores vcpus, memory or a root filesystem says so instead of
+    /// creating a box that is not what was asked for.
+    fn check_settings(&self, settings: &BoxSettings) -> Result<(), BackendError> {
+        match settings.set_names().as_slice() {
+            [] => Ok(()),
+            names => Err(BackendError::Unsupported { backend: self.name().to_owned(), settings: names.join(", ") }),
+        }
+    }
+
     /// Prepare a new box's files (for a VM, its guest root under
     /// [`BoxLayout::rootfs_dir`]). The runtime calls it from `create`, after the box's
     /// directories, row and binding exist; an error undoes the whole create. It must
-    /// write only beneath the box directory. Default: nothing to prepare.
+    /// write only beneath the box directory, or in one shared directory of its own
+    /// under the home that no box's removal needs (libkrun: `<home>/guest-base/`, one
+    /// read-only guest base per agent). Default: nothing to prepare.
     fn prepare(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BackendError> {
         let _ = (layout, id);
         Ok(())

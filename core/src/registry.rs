@@ -44,6 +44,15 @@ pub struct BackendRegistration {
 inventory::collect!(StrategyRegistration);
 inventory::collect!(BackendRegistration);
 
+/// A strategy or backend type and the name it registers under, so an embedder can
+/// choose it by type (`CreateOptions::builder().strategy_of::<ShortSymlink>()`)
+/// instead of spelling the name. Every built-in strategy and backend implements it
+/// with its crate's `NAME`.
+pub trait Named {
+    /// The registered name.
+    const NAME: &'static str;
+}
+
 /// Something with a registered name.
 pub trait Registration: fmt::Debug + Sync + 'static {
     /// The name.

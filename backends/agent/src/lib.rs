@@ -30,6 +30,7 @@
 //! SIGKILLed, which is why the runtime should ask for a shutdown first.
 
 pub mod guestnet;
+pub mod guestroot;
 pub mod pty;
 pub mod vsock;
 

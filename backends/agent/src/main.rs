@@ -2,7 +2,7 @@
 //! `boxsock_agent` for what it does; this is only its command line.
 //!
 //! ```text
-//! boxsock-agent --agent <URI> --ready <URI> [--allow-uid UID]...
+//! boxsock-agent --agent <URI> --ready <URI> [--allow-uid UID]... [--overlay-lower TAG]...
 //! ```
 //!
 //! URIs are `unix:///abs/path`, `abstract:name`, or inside a libkrun guest
@@ -10,7 +10,9 @@
 //! notification: the host, CID 2). `--allow-uid` is refused with a vsock address:
 //! vsock has no peer credentials. Logs go to stderr (filter from `RUST_LOG`, default
 //! `info`); nothing is written to stdout. Exit status: 0 after a shutdown, 1 when the
-//! agent cannot bind, notify or serve, with a one-line error on stderr.
+//! agent cannot bind, notify or serve, with a one-line error on stderr. In a libkrun
+//! guest, `--overlay-lower` makes the agent enter the box's root first
+//! (`boxsock_agent::guestroot`, decision 0006).
 
 use boxsock_agent::{AgentConfig, parse_address};
 use clap::Parser;
@@ -33,6 +35,11 @@ struct Args {
     /// `vsock://` address (vsock carries no peer credentials).
     #[arg(long = "allow-uid", value_name = "UID")]
     allow_uid: Vec<u32>,
+    /// Inside a libkrun guest: before anything else, mount these read-only virtio-fs
+    /// shares (top first) under a tmpfs upper as the box's root and chroot into it
+    /// (repeatable; see `boxsock_agent::guestroot`).
+    #[arg(long = "overlay-lower", value_name = "TAG")]
+    overlay_lower: Vec<String>,
 }
 
 fn main() {
@@ -54,6 +61,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         ready: parse_address(&args.ready)?,
         allow_uids: args.allow_uid,
     };
+    // In a libkrun guest: enter the box's root first, so the resolver configuration
+    // below and every command see it.
+    if !args.overlay_lower.is_empty() {
+        boxsock_agent::guestroot::enter(&args.overlay_lower)?;
+    }
     // In a libkrun guest: configure the box network (if it has one) before reporting
     // ready, so a `--network` box is ready only with its address, route and resolver.
     if matches!(config.agent, boxsock_agent::AgentAddress::Vsock(_)) {

@@ -65,6 +65,10 @@ pub struct HostBackend {
     config: BackendConfig,
 }
 
+impl boxsock_core::registry::Named for HostBackend {
+    const NAME: &'static str = NAME;
+}
+
 impl HostBackend {
     /// A backend that looks for the agent as configured.
     pub fn new(config: BackendConfig) -> Self {

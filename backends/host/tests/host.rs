@@ -56,6 +56,7 @@ fn spec(h: &Home, agent: SocketAddress, ready: SocketAddress, env: Vec<(String, 
         network: false,
         policy: Vec::new(),
         env,
+        settings: Default::default(),
     }
 }
 

@@ -48,6 +48,10 @@ pub trait KrunApi {
     fn set_vm_config(&mut self, ctx: KrunCtx, vcpus: u8, ram_mib: u32) -> Result<(), KrunError>;
     /// `krun_set_root`: the virtio-fs root of the guest.
     fn set_root(&mut self, ctx: KrunCtx, root: &Path) -> Result<(), KrunError>;
+    /// `krun_add_virtiofs3`: share host directory `path` with the guest as virtio-fs
+    /// `tag` (the guest mounts it by tag); `read_only`: libkrun's file server refuses
+    /// every write (the host enforces it, whatever the guest does).
+    fn add_virtiofs(&mut self, ctx: KrunCtx, tag: &str, path: &Path, read_only: bool) -> Result<(), KrunError>;
     /// `krun_disable_implicit_vsock`: drop the default vsock device (which has TSI on).
     fn disable_implicit_vsock(&mut self, ctx: KrunCtx) -> Result<(), KrunError>;
     /// `krun_add_vsock`: a vsock device with these TSI features (0: no TSI, so the
@@ -80,6 +84,7 @@ pub enum KrunCall {
     CreateCtx,
     SetVmConfig { ctx: KrunCtx, vcpus: u8, ram_mib: u32 },
     SetRoot { ctx: KrunCtx, root: PathBuf },
+    AddVirtiofs { ctx: KrunCtx, tag: String, path: PathBuf, read_only: bool },
     DisableImplicitVsock { ctx: KrunCtx },
     AddVsock { ctx: KrunCtx, tsi_features: u32 },
     AddVsockPort2 { ctx: KrunCtx, port: u32, path: PathBuf, listen: bool },
@@ -98,6 +103,7 @@ impl KrunCall {
             KrunCall::CreateCtx => "krun_create_ctx",
             KrunCall::SetVmConfig { .. } => "krun_set_vm_config",
             KrunCall::SetRoot { .. } => "krun_set_root",
+            KrunCall::AddVirtiofs { .. } => "krun_add_virtiofs3",
             KrunCall::DisableImplicitVsock { .. } => "krun_disable_implicit_vsock",
             KrunCall::AddVsock { .. } => "krun_add_vsock",
             KrunCall::AddVsockPort2 { .. } => "krun_add_vsock_port2",
@@ -157,6 +163,9 @@ impl KrunApi for RecordingKrun {
     }
     fn set_root(&mut self, ctx: KrunCtx, root: &Path) -> Result<(), KrunError> {
         self.record(KrunCall::SetRoot { ctx, root: root.to_path_buf() })
+    }
+    fn add_virtiofs(&mut self, ctx: KrunCtx, tag: &str, path: &Path, read_only: bool) -> Result<(), KrunError> {
+        self.record(KrunCall::AddVirtiofs { ctx, tag: tag.to_owned(), path: path.to_path_buf(), read_only })
     }
     fn disable_implicit_vsock(&mut self, ctx: KrunCtx) -> Result<(), KrunError> {
         self.record(KrunCall::DisableImplicitVsock { ctx })

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use boxsock_core::backend::{AddressNeeds, Availability, BackendConfig, BackendError, Isolation, LaunchSpec, Launched};
+use boxsock_core::backend::{AddressNeeds, Availability, BackendConfig, BackendError, BoxSettings, Isolation, LaunchSpec, Launched};
 use boxsock_core::catalogue::{self, SocketSpec};
 use boxsock_core::layout::BoxLayout;
 use boxsock_core::{Backend, BoxId, SocketAddress};
@@ -16,8 +16,8 @@ use crate::jail::{SYSTEM_DEVICES, SYSTEM_READ_ONLY};
 use crate::passt::{DEFAULT_PASST, DEFAULT_PASST_TIMEOUT, Passt};
 use crate::probe::HostProbe;
 use crate::spec::{
-    AGENT_VSOCK_PORT, DEFAULT_RAM_MIB, DEFAULT_VCPUS, GUEST_MAC, GuestExec, JailSpec, NetSpec,
-    READY_VSOCK_PORT, ShimSpec, VsockMap, agent_args, parent_of,
+    AGENT_VSOCK_PORT, BOX_LAYER_TAG, DEFAULT_RAM_MIB, DEFAULT_VCPUS, GUEST_MAC, GuestExec, JailSpec, LOWER_TAG, NetSpec,
+    READY_VSOCK_PORT, ShimSpec, VirtiofsShare, VsockMap, agent_args, parent_of,
 };
 use crate::{NAME, SHIM_BINARY};
 
@@ -168,6 +168,34 @@ pub struct Libkrun {
     config: LibkrunConfig,
 }
 
+impl boxsock_core::registry::Named for Libkrun {
+    const NAME: &'static str = NAME;
+}
+
+/// The guest base the box's last launch recorded, if it still exists.
+pub fn recorded_base(layout: &BoxLayout, id: &BoxId) -> Option<PathBuf> {
+    let key = std::fs::read_to_string(layout.box_dir(id).join(crate::rootfs::BASE_RECORD)).ok()?;
+    let key = key.trim();
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let base = layout.home().join(crate::rootfs::BASE_DIR).join(key);
+    base.is_dir().then_some(base)
+}
+
+/// Write `bytes` to `path` through a fresh temporary name renamed into place.
+fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    let r = f.write_all(bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
 fn path_address(spec: &LaunchSpec, name: &str) -> Result<PathBuf, BackendError> {
     match spec.sockets.addresses.get(name) {
         Some(SocketAddress::Path(p)) => Ok(p.clone()),
@@ -218,19 +246,45 @@ impl Libkrun {
         let box_dir = spec.layout.box_dir(&spec.id);
         let mut read_only: Vec<PathBuf> = SYSTEM_READ_ONLY.iter().map(PathBuf::from).collect();
         read_only.extend(self.config.extra_read_only.iter().cloned());
+        let box_layer = spec.layout.rootfs_dir(&spec.id);
+        let mut args = agent_args(AGENT_VSOCK_PORT, READY_VSOCK_PORT);
+        // The guest base this box launches from (recorded by `launch`/`prepare`); a box
+        // made before bases boots from its own full copy in `<box>/rootfs`.
+        let (root_dir, shares) = match recorded_base(&spec.layout, &spec.id) {
+            Some(base) => {
+                let lower = spec.settings.rootfs.clone().unwrap_or_else(|| base.clone());
+                read_only.push(base.clone());
+                if let Some(user) = &spec.settings.rootfs {
+                    read_only.push(user.clone());
+                }
+                let shares = vec![
+                    VirtiofsShare { tag: BOX_LAYER_TAG.into(), host_path: box_layer, read_only: true },
+                    VirtiofsShare { tag: LOWER_TAG.into(), host_path: lower, read_only: true },
+                ];
+                for s in &shares {
+                    args.extend(["--overlay-lower".to_owned(), s.tag.clone()]);
+                }
+                (base, shares)
+            }
+            None if spec.settings.rootfs.is_some() => {
+                return Err(bad(format!(
+                    "box {}: a root filesystem needs the shared guest base, and {} records none (the box was not prepared by this backend)",
+                    spec.id,
+                    box_dir.join(crate::rootfs::BASE_RECORD).display()
+                )));
+            }
+            None => (box_layer, Vec::new()),
+        };
         let shim = ShimSpec {
             box_id: spec.id.clone(),
             box_dir: box_dir.clone(),
-            root_dir: spec.layout.rootfs_dir(&spec.id),
-            exec: GuestExec {
-                path: self.config.guest_agent.clone(),
-                args: agent_args(AGENT_VSOCK_PORT, READY_VSOCK_PORT),
-                workdir: "/".into(),
-            },
+            root_dir,
+            shares,
+            exec: GuestExec { path: self.config.guest_agent.clone(), args, workdir: "/".into() },
             env: spec.env.clone(),
             console_log: spec.log_file.clone(),
-            vcpus: self.config.vcpus,
-            ram_mib: self.config.ram_mib,
+            vcpus: spec.settings.vcpus.unwrap_or(self.config.vcpus),
+            ram_mib: spec.settings.ram_mib.unwrap_or(self.config.ram_mib),
             agent: VsockMap { port: AGENT_VSOCK_PORT, host_path: agent },
             ready: VsockMap { port: READY_VSOCK_PORT, host_path: ready },
             net: net.map(|path| NetSpec { path, mac: GUEST_MAC, fd: socket_dir_fd.map(|_| SHIM_NET_FD) }),
@@ -258,6 +312,18 @@ impl Libkrun {
     /// and the shim. For diagnosis on hosts that cannot boot (the shim then reports the
     /// failure of `krun_start_enter` in the box log) and with `configure_only`.
     pub fn launch_unchecked(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
+        // The base of the agent found now (built once per agent), so a box always boots
+        // the current agent. Without an agent, a box made before bases still boots from
+        // its own copy.
+        match self.find_agent() {
+            Ok(agent) => {
+                self.ensure_base(&spec.layout, &spec.id, &agent)?;
+            }
+            Err(reason) if spec.settings.rootfs.is_some() || recorded_base(&spec.layout, &spec.id).is_some() => {
+                return Err(bad(format!("box {}: no agent for the guest base: {reason}", spec.id)));
+            }
+            Err(_) => {}
+        }
         let shim_spec = self.shim_spec(spec)?;
         let guest_agent = shim_spec.root_dir.join(self.config.guest_agent.trim_start_matches('/'));
         if !guest_agent.exists() {
@@ -318,6 +384,19 @@ impl Libkrun {
                 Err(e)
             }
         }
+    }
+
+    /// The shared guest base of `agent` ([`crate::rootfs::ensure_base`]), recorded in
+    /// the box directory ([`crate::rootfs::BASE_RECORD`]).
+    pub fn ensure_base(&self, layout: &BoxLayout, id: &BoxId, agent: &Path) -> Result<PathBuf, BackendError> {
+        let fail = |reason: String| BackendError::Prepare { backend: NAME.into(), id: id.clone(), reason };
+        let base = crate::rootfs::ensure_base(layout.home(), agent, Path::new(&self.config.guest_agent)).map_err(|e| fail(format!("guest base: {e}")))?;
+        let key = base.file_name().map(|k| k.to_string_lossy().into_owned()).unwrap_or_default();
+        let record = layout.box_dir(id).join(crate::rootfs::BASE_RECORD);
+        if std::fs::read_to_string(&record).ok().as_deref().map(str::trim) != Some(key.as_str()) {
+            write_file_atomic(&record, format!("{key}\n").as_bytes()).map_err(|e| fail(format!("cannot record the guest base in {}: {e}", record.display())))?;
+        }
+        Ok(base)
     }
 
     /// The host agent binary a new box's guest root gets: the `agent` option, else the
@@ -416,14 +495,39 @@ impl Backend for Libkrun {
         if self.config.configure_only { Availability::Available } else { self.available() }
     }
 
-    /// Build the box's guest root: [`crate::rootfs::prepare`] with the agent
-    /// [`Libkrun::find_agent`] finds.
+    /// vcpus (1..=255), memory (at least 64 MiB) and a root filesystem (an absolute
+    /// directory; the runtime has canonicalised it).
+    fn check_settings(&self, settings: &BoxSettings) -> Result<(), BackendError> {
+        let bad_setting = |setting, reason: String| BackendError::BadSetting { backend: NAME.into(), setting, reason };
+        if settings.vcpus == Some(0) {
+            return Err(bad_setting("vcpus", "0: expected 1..=255".into()));
+        }
+        if let Some(m) = settings.ram_mib.filter(|m| *m < 64) {
+            return Err(bad_setting("ram_mib", format!("{m} MiB: expected at least 64")));
+        }
+        if let Some(root) = &settings.rootfs {
+            if !root.is_absolute() {
+                return Err(bad_setting("rootfs", format!("{}: not an absolute path", root.display())));
+            }
+            match std::fs::metadata(root) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(bad_setting("rootfs", format!("{}: not a directory", root.display()))),
+                Err(e) => return Err(bad_setting("rootfs", format!("{}: {e}", root.display()))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Make the box's files without copying anything per box: the shared guest base
+    /// ([`crate::rootfs::ensure_base`], built once per agent) and an empty
+    /// `<box>/rootfs`, the box's own layer on top of its root.
     fn prepare(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BackendError> {
         let fail = |reason: String| BackendError::Prepare { backend: NAME.into(), id: id.clone(), reason };
-        let agent = self.find_agent().map_err(|e| fail(format!("no agent for the guest root: {e}")))?;
-        let root = layout.rootfs_dir(id);
-        let made = crate::rootfs::prepare_at(&root, &agent, Path::new(&self.config.guest_agent)).map_err(|e| fail(format!("guest root {}: {e}", root.display())))?;
-        tracing::debug!(box_id = %id, root = %root.display(), agent = %agent.display(), files = made.files.len(), "guest root prepared");
+        let agent = self.find_agent().map_err(|e| fail(format!("no agent for the guest base: {e}")))?;
+        let layer = layout.rootfs_dir(id);
+        std::fs::create_dir_all(&layer).map_err(|e| fail(format!("cannot create {}: {e}", layer.display())))?;
+        let base = self.ensure_base(layout, id, &agent)?;
+        tracing::debug!(box_id = %id, base = %base.display(), agent = %agent.display(), "guest base shared");
         Ok(())
     }
 

@@ -71,6 +71,15 @@ impl KrunApi for LibKrun {
         check("krun_set_root", rc).map(drop)
     }
 
+    fn add_virtiofs(&mut self, ctx: KrunCtx, tag: &str, path: &Path, read_only: bool) -> Result<(), KrunError> {
+        let t = cstr("krun_add_virtiofs3", "mount_tag", tag.as_bytes())?;
+        let p = cpath("krun_add_virtiofs3", "host_path", path)?;
+        // SAFETY: `t` and `p` are valid NUL-terminated strings that outlive the call;
+        // libkrun copies them. A zero shm size means no DAX window.
+        let rc = unsafe { sys::krun_add_virtiofs3(ctx.0, t.as_ptr(), p.as_ptr(), 0, read_only) };
+        check("krun_add_virtiofs3", rc).map(drop)
+    }
+
     fn disable_implicit_vsock(&mut self, ctx: KrunCtx) -> Result<(), KrunError> {
         // SAFETY: plain integer argument.
         let rc = unsafe { sys::krun_disable_implicit_vsock(ctx.0) };

@@ -29,7 +29,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 /// Default guest path of the agent inside the guest root.
@@ -213,6 +213,111 @@ pub fn guest_symlink(root: &Path, link: &Path, target: &Path) -> Result<(), Root
         Err(_) => {}
     }
     std::os::unix::fs::symlink(target, &dest).map_err(io_err("create the symlink", &dest))
+}
+
+/// Directory of the shared guest bases under the home: `<home>/guest-base/<key>/`.
+pub const BASE_DIR: &str = "guest-base";
+
+/// File in a box directory naming the base its last launch used (one line, the key).
+/// Diagnostic and for [`crate::Libkrun::shim_spec`]; a box without it (made by an
+/// older boxsock, whose `<box>/rootfs` holds a full copy) boots from `<box>/rootfs`.
+pub const BASE_RECORD: &str = "guest-base";
+
+/// Empty directory of every base where the agent mounts the box's layers in the guest
+/// (`boxsock_agent::guestroot::MOUNT_BASE`, without the leading `/`).
+pub const GUEST_MOUNT_BASE: &str = ".boxsock";
+
+/// The content key of the base for `agent` installed at `guest_agent`: the first 16
+/// hex digits of SHA-256 over the guest path, a NUL, and the agent's bytes. Remembered
+/// per process by the agent file's identity (device, inode, size, ctime — any change
+/// of the file changes its ctime), so a create or start hashes the agent once.
+pub fn base_key(agent: &Path, guest_agent: &Path) -> Result<String, RootfsError> {
+    use std::os::unix::fs::MetadataExt;
+    type Seen = (PathBuf, PathBuf, (u64, u64, u64, i64, i64));
+    static KEYS: std::sync::Mutex<Vec<(Seen, String)>> = std::sync::Mutex::new(Vec::new());
+    let m = fs::metadata(agent).map_err(io_err("inspect", agent))?;
+    let seen: Seen = (agent.to_owned(), guest_agent.to_owned(), (m.dev(), m.ino(), m.size(), m.ctime(), m.ctime_nsec()));
+    let mut keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, k)) = keys.iter().find(|(s, _)| *s == seen) {
+        return Ok(k.clone());
+    }
+    let key = hash_key(agent, guest_agent)?;
+    keys.retain(|(s, _)| s.0 != seen.0 || s.1 != seen.1);
+    keys.push((seen, key.clone()));
+    Ok(key)
+}
+
+fn hash_key(agent: &Path, guest_agent: &Path) -> Result<String, RootfsError> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(guest_agent.as_os_str().as_encoded_bytes());
+    h.update([0u8]);
+    let mut f = fs::File::open(agent).map_err(io_err("open", agent))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err("read", agent))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let digest = h.finalize();
+    Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The shared, read-only guest base of `agent` under `home`: the agent, its loader and
+/// libraries, the [`ROOT_DIRS`] and [`GUEST_MOUNT_BASE`]. Built once per agent
+/// (content-addressed by [`base_key`]) in a temporary directory renamed into place, so
+/// a base that exists is complete; every box of the home shares it (nothing is copied
+/// per box). Returns its path.
+pub fn ensure_base(home: &Path, agent: &Path, guest_agent: &Path) -> Result<PathBuf, RootfsError> {
+    let parent = home.join(BASE_DIR);
+    match fs::symlink_metadata(&parent) {
+        Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
+            return Err(RootfsError::BadRoot { path: parent, reason: "is not a real directory" });
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::DirBuilder::new().mode(0o700).create(&parent) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("create", &parent)(e)),
+        },
+        Err(e) => return Err(io_err("inspect", &parent)(e)),
+    }
+    let key = base_key(agent, guest_agent)?;
+    let base = parent.join(&key);
+    match fs::symlink_metadata(&base) {
+        Ok(m) if m.is_dir() && !m.file_type().is_symlink() => return Ok(base),
+        Ok(_) => return Err(RootfsError::BadRoot { path: base, reason: "is not a real directory" }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("inspect", &base)(e)),
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let tmp = parent.join(format!(".tmp-{key}-{}-{nanos}", std::process::id()));
+    let built = prepare_at(&tmp, agent, guest_agent).and_then(|_| {
+        let m = ensure_dir(&tmp, Path::new(GUEST_MOUNT_BASE))?;
+        fs::set_permissions(&m, fs::Permissions::from_mode(0o755)).map_err(io_err("set the mode of", &m))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(io_err("set the mode of", &tmp))
+    });
+    if let Err(e) = built {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    match fs::rename(&tmp, &base) {
+        Ok(()) => {
+            tracing::info!(base = %base.display(), agent = %agent.display(), "guest base built");
+            Ok(base)
+        }
+        // Another process built the same base meanwhile: theirs is as good.
+        Err(_) if base.is_dir() => {
+            let _ = fs::remove_dir_all(&tmp);
+            Ok(base)
+        }
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            Err(io_err("rename into", &base)(e))
+        }
+    }
 }
 
 /// The directories a cache-less loader searches after `DT_RPATH`/`DT_RUNPATH`.

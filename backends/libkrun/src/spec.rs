@@ -47,6 +47,23 @@ pub struct NetSpec {
     pub mac: [u8; 6],
 }
 
+/// A host directory shared with the guest over virtio-fs (`krun_add_virtiofs3`), which
+/// the agent mounts by tag as a layer of the box's root (decision 0006).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtiofsShare {
+    /// The virtio-fs tag (at most 36 bytes).
+    pub tag: String,
+    /// The host directory.
+    pub host_path: PathBuf,
+    /// libkrun's file server refuses every write (host-enforced).
+    pub read_only: bool,
+}
+
+/// Tag of the box's own layer (`<box>/rootfs`, read-only to the guest), the top lower.
+pub const BOX_LAYER_TAG: &str = "boxsock-box";
+/// Tag of the box's root filesystem (the user's `--rootfs`, or the guest base).
+pub const LOWER_TAG: &str = "boxsock-lower";
+
 /// The program libkrun's init execs in the guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestExec {
@@ -86,8 +103,13 @@ pub struct ShimSpec {
     pub box_id: BoxId,
     /// The box directory (`<home>/boxes/<id>`).
     pub box_dir: PathBuf,
-    /// The virtio-fs root of the guest.
+    /// The virtio-fs root of the guest: the shared guest base (read-only to the shim's
+    /// jail), or for a box made before bases, `<box>/rootfs`.
     pub root_dir: PathBuf,
+    /// More virtio-fs shares: the layers of the box's root, top first (empty for a box
+    /// made before bases).
+    #[serde(default)]
+    pub shares: Vec<VirtiofsShare>,
     /// The agent, as exec'd in the guest.
     pub exec: GuestExec,
     /// The guest's complete environment.
@@ -186,6 +208,14 @@ impl ShimSpec {
                 budget::check_path(&label, &self.tmpdir.join(file))?;
             }
         }
+        for (i, share) in self.shares.iter().enumerate() {
+            if share.tag.is_empty() || share.tag.len() > 36 || share.tag.contains(',') || self.shares[..i].iter().any(|s| s.tag == share.tag) {
+                return Err(SpecError::Invalid { what: "virtio-fs tag", reason: format!("{:?}: 1 to 36 bytes, no ',', unique", share.tag) });
+            }
+            if !share.host_path.is_absolute() {
+                return Err(SpecError::NotAbsolute { what: "virtio-fs share", path: share.host_path.clone() });
+            }
+        }
         if self.agent.port == self.ready.port {
             return Err(SpecError::Invalid {
                 what: "vsock ports",
@@ -208,7 +238,8 @@ impl ShimSpec {
 /// Make the libkrun calls for `spec`, in order, and return the context ready for
 /// `krun_start_enter`. Pure: all effects go through `api`.
 ///
-/// Order: create_ctx, set_vm_config, set_root, disable_implicit_vsock, add_vsock(0)
+/// Order: create_ctx, set_vm_config, set_root, add_virtiofs3 (each share, in order),
+/// disable_implicit_vsock, add_vsock(0)
 /// (no TSI: the guest has no implicit network), add_vsock_port2(agent, listen=true),
 /// add_vsock_port2(ready, listen=false), add_net_unixstream (with a network),
 /// set_workdir, set_exec (explicit env, never the host's), set_console_output.
@@ -216,6 +247,9 @@ pub fn configure(api: &mut dyn KrunApi, spec: &ShimSpec) -> Result<KrunCtx, Krun
     let ctx = api.create_ctx()?;
     api.set_vm_config(ctx, spec.vcpus, spec.ram_mib)?;
     api.set_root(ctx, &spec.root_dir)?;
+    for share in &spec.shares {
+        api.add_virtiofs(ctx, &share.tag, &share.host_path, share.read_only)?;
+    }
     api.disable_implicit_vsock(ctx)?;
     api.add_vsock(ctx, 0)?;
     api.add_vsock_port2(ctx, spec.agent.port, &spec.agent.host_path, true)?;

@@ -253,7 +253,8 @@ fn a_non_default_guest_agent_is_installed_where_the_launch_looks_for_it() {
     f.ensure();
     let b = backend(&[("configure_only", "on"), ("agent", "/bin/true"), ("guest_agent", "/opt/agent/bin/boxsock-agent")]);
     b.prepare(&f.layout, &f.id).unwrap();
-    let root = f.layout.rootfs_dir(&f.id);
+    // The agent lives in the shared guest base (issue 13: nothing is copied per box).
+    let root = boxsock_libkrun::backend::recorded_base(&f.layout, &f.id).expect("prepare records the base");
     assert!(root.join("opt/agent/bin/boxsock-agent").is_file(), "agent not at the configured guest path");
     let spec = b.shim_spec(&f.launch_spec(false)).unwrap();
     assert_eq!(spec.exec.path, "/opt/agent/bin/boxsock-agent");

@@ -46,6 +46,20 @@ pub enum RuntimeError {
         /// Some of its entries.
         found: String,
     },
+    /// [`CreateOptions`](crate::CreateOptions) without a strategy or a backend.
+    #[error("cannot create a box: no {what} chosen (CreateOptions::builder().{what}(\"<name>\") or .{what}_of::<Type>())")]
+    Unchosen {
+        /// `strategy` or `backend`.
+        what: &'static str,
+    },
+    /// The root filesystem asked for at create is not a usable directory.
+    #[error("root filesystem {}: {reason}", path.display())]
+    BadRootfs {
+        /// The path as given.
+        path: PathBuf,
+        /// Why (missing, not a directory…).
+        reason: String,
+    },
     /// A read-only open of a home that does not exist.
     #[error("home {} does not exist", path.display())]
     NoHome {

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{Inner, RuntimeOptions};
 use crate::sockets::{Incompatibility, check_addresses, compatibility, socket_specs};
-use boxsock_core::backend::{AddressNeeds, Availability, Backend, Isolation};
+use boxsock_core::backend::{AddressNeeds, Availability, Backend, BoxSettings, Isolation};
 use boxsock_core::binding::SocketBinding;
 use boxsock_core::budget::{self, Platform};
 use boxsock_core::catalogue::SocketSpec;
@@ -94,6 +94,10 @@ pub struct BoxInfo {
     pub backend: String,
     /// Network flag.
     pub network: bool,
+    /// The backend settings stored with the box (vcpus, memory, root filesystem);
+    /// omitted when all are the backend's defaults.
+    #[serde(skip_serializing_if = "BoxSettings::is_default")]
+    pub settings: BoxSettings,
     /// The box process's pid, while it has one.
     pub pid: Option<i32>,
     /// Its start time (clock ticks since boot), the other half of its identity.
@@ -152,6 +156,7 @@ pub(super) fn inspect(inner: &Inner, rec: BoxRecord) -> BoxInfo {
         strategy: rec.config.strategy,
         backend: rec.config.backend,
         network: rec.config.network,
+        settings: rec.config.settings.clone(),
         pid: rec.process.map(|p| p.pid),
         start_time: rec.process.map(|p| p.start_time),
         alive: handle.as_ref().is_some_and(|h| h.is_alive()),

@@ -38,6 +38,7 @@
 pub mod agent_client;
 mod cleanup;
 mod companions;
+mod create_options;
 mod crash;
 mod dial;
 mod error;
@@ -71,7 +72,8 @@ pub use error::RuntimeError;
 pub use exec::{Child, Command, ExitStatus, Output, SpawnErrorKind};
 pub use info::{BackendReport, BoxInfo, CompanionInfo, DoctorReport, PairingError, SocketReport, StrategyReport, doctor};
 pub use lock::{LockGuard, LockMode};
-pub use options::{Access, CreateOptions, ExecIo, RuntimeOptions};
+pub use create_options::{CreateOptions, CreateOptionsBuilder};
+pub use options::{Access, ExecIo, RuntimeOptions};
 pub use recovery::{OpenReport, Recovered, SweepError};
 pub use sockets::{Incompatibility, check_addresses, compatibility, socket_specs};
 
@@ -86,8 +88,10 @@ use boxsock_core::registry::BuildError;
 use crate::state::BoxState;
 use crate::store::{BoxConfig, BoxRecord, Listing, Store, StoreMode};
 
-/// A runtime over one home.
-#[derive(Debug)]
+/// A runtime over one home. Cheap to clone: clones share one home lock, store,
+/// health monitor and caches (an `Arc` inside), so an embedder can hand one to each
+/// task.
+#[derive(Debug, Clone)]
 pub struct Runtime {
     inner: Arc<Inner>,
 }
@@ -260,8 +264,16 @@ impl Runtime {
         if let Some(name) = &opts.name {
             BoxId::parse(name).map_err(RuntimeError::InvalidName)?;
         }
+        for (what, chosen) in [("strategy", &opts.strategy), ("backend", &opts.backend)] {
+            if chosen.is_empty() {
+                return Err(RuntimeError::Unchosen { what });
+            }
+        }
         let strategy = inner.strategy(&opts.strategy)?;
         let backend = inner.backend(&opts.backend)?;
+        let mut opts = opts;
+        opts.settings = create_options::canonical_settings(opts.settings)?;
+        backend.check_settings(&opts.settings)?;
         let caps = strategy.capabilities();
         if !caps.supported_here() {
             return Err(BindingError::Unsupported {
@@ -293,7 +305,7 @@ impl Runtime {
         }
 
         let _op = inner.op_lock().await?;
-        let config = BoxConfig { strategy: opts.strategy, backend: opts.backend, network: opts.network, env: opts.env };
+        let config = BoxConfig { strategy: opts.strategy, backend: opts.backend, network: opts.network, env: opts.env, settings: opts.settings };
         let rec = Store::new_record(id.clone(), opts.name, config);
         // Journal, then directory (marker first), then row: recovery deletes only a
         // directory both prove it made.

@@ -9,7 +9,6 @@ use boxsock_core::binding::StrategyConfig;
 use boxsock_core::registry::{BackendRegistration, Registry, StrategyRegistration};
 
 use crate::lock::LockMode;
-use crate::process::ProcessIdentity;
 #[allow(unused_imports)] // rustdoc links
 use crate::{Runtime, RuntimeError};
 
@@ -94,39 +93,6 @@ impl Clone for RuntimeOptions {
     }
 }
 
-/// What to create.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CreateOptions {
-    /// Optional unique name (same rules as ids).
-    pub name: Option<String>,
-    /// Strategy name.
-    pub strategy: String,
-    /// Backend name.
-    pub backend: String,
-    /// Whether the box has a network.
-    pub network: bool,
-    /// Extra environment for the agent.
-    pub env: Vec<(String, String)>,
-    /// Tie the box to this process (`run --rm` passes its own): once the process is
-    /// gone (pid + start time), the box is stopped and removed by the next open that
-    /// recovers (with [`RuntimeOptions::remove_abandoned_at_open`]) or by
-    /// [`Runtime::remove_abandoned`]. Recorded with the box's row, atomically.
-    pub auto_remove_owner: Option<ProcessIdentity>,
-}
-
-impl CreateOptions {
-    /// A box with this strategy and backend, no name, no network.
-    pub fn new(strategy: impl Into<String>, backend: impl Into<String>) -> Self {
-        CreateOptions {
-            name: None,
-            strategy: strategy.into(),
-            backend: backend.into(),
-            network: false,
-            env: Vec::new(),
-            auto_remove_owner: None,
-        }
-    }
-}
 
 /// Where an exec's input comes from and its output goes.
 pub struct ExecIo<'a> {

@@ -163,6 +163,7 @@ impl Inner {
             network: rec.config.network,
             policy: strategy.policy_paths(layout, id)?,
             env: rec.config.env.clone(),
+            settings: rec.config.settings.clone(),
         };
         let launched = backend.launch(&spec)?;
         // Companions first: whatever happens to the box process below, the failure path

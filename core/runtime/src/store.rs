@@ -37,6 +37,7 @@ use nix::unistd::{UnlinkatFlags, unlinkat};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
+use boxsock_core::backend::BoxSettings;
 use boxsock_core::echo::echo;
 use boxsock_core::id::BoxId;
 use crate::process::ProcessIdentity;
@@ -55,6 +56,11 @@ pub struct BoxConfig {
     /// Extra environment for the in-box agent.
     #[serde(default)]
     pub env: Vec<(String, String)>,
+    /// The backend settings that define the box (vcpus, memory, root filesystem),
+    /// used by every start (schema v4; rows of older versions load with the defaults).
+    /// `rootfs` is the user's directory, canonicalised at create: not a socket path.
+    #[serde(default)]
+    pub settings: BoxSettings,
 }
 
 /// One box as stored.
@@ -224,6 +230,12 @@ const MIGRATIONS: &[&str] = &[
         pid        INTEGER NOT NULL,
         start_time INTEGER NOT NULL
     );",
+    // 4: the backend settings that define a box (vcpus, memory, root filesystem) live
+    // in the config JSON as `settings`; rows of older versions get the defaults written
+    // out. Rows whose config is not a JSON object are left as they are (reported as
+    // corrupt when read, never fatal).
+    "UPDATE boxes SET config = json_set(config, '$.settings', json('{}'))
+        WHERE json_valid(config) AND json_type(config) = 'object' AND json_type(config, '$.settings') IS NULL;",
 ];
 
 /// The schema version this build writes.
@@ -433,6 +445,9 @@ impl RawRow {
         let id = BoxId::parse(&self.id).map_err(|e| corrupt(e.to_string()))?;
         let state = self.state.parse::<BoxState>().map_err(|e| corrupt(e.to_string()))?;
         let config: BoxConfig = serde_json::from_str(&self.config).map_err(|e| corrupt(format!("config JSON: {e}")))?;
+        if let Some(root) = config.settings.rootfs.as_deref().filter(|r| !r.is_absolute()) {
+            return Err(corrupt(format!("settings.rootfs {} is not an absolute path", root.display())));
+        }
         let process = match (self.pid, self.start_time) {
             (Some(pid), Some(st)) => Some(ProcessIdentity {
                 pid: i32::try_from(pid).map_err(|_| corrupt(format!("pid {pid} out of range")))?,
@@ -918,7 +933,7 @@ mod tests {
     use super::*;
 
     fn cfg() -> BoxConfig {
-        BoxConfig { strategy: "short-symlink".into(), backend: "host".into(), network: false, env: vec![] }
+        BoxConfig { strategy: "short-symlink".into(), backend: "host".into(), network: false, env: vec![], settings: BoxSettings::default() }
     }
 
     fn store() -> (tempfile::TempDir, Store) {
@@ -1219,6 +1234,71 @@ mod tests {
         s.set_companions(&id, &[c]).unwrap();
         assert_eq!(s.companions("old1").unwrap(), vec![c]);
         assert!(s.auto_remove_owners().unwrap().is_empty());
+    }
+
+    /// Schema v4 (issue 13): a v3 store migrates; its rows gain explicit default
+    /// settings, a row whose config is not JSON stays as it was (reported, not fatal),
+    /// and settings written now round-trip so a later `start` boots the same box.
+    #[test]
+    fn a_version_3_store_migrates_to_v4_and_box_settings_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("boxsock.db");
+        {
+            let c = Connection::open(&p).unwrap();
+            for m in &MIGRATIONS[..3] {
+                c.execute_batch(m).unwrap();
+            }
+            c.pragma_update(None, "user_version", 3).unwrap();
+            c.execute_batch(
+                r#"INSERT INTO boxes (id, name, state, config, created_at_ms, updated_at_ms)
+                   VALUES ('old3', NULL, 'stopped', '{"strategy":"short-symlink","backend":"host","network":false,"env":[]}', 1, 1);
+                   INSERT INTO boxes (id, name, state, config, created_at_ms, updated_at_ms)
+                   VALUES ('bad3', NULL, 'stopped', 'not json {', 1, 1);"#,
+            )
+            .unwrap();
+        }
+        let s = Store::open(&p).unwrap();
+        let v: i64 = s.conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, 4);
+        let raw: String = s.conn().query_row("SELECT config FROM boxes WHERE id = 'old3'", [], |r| r.get(0)).unwrap();
+        assert!(raw.contains(r#""settings":{}"#), "{raw}");
+        assert_eq!(s.get(&BoxId::parse("old3").unwrap()).unwrap().unwrap().config, cfg());
+        let bad: String = s.conn().query_row("SELECT config FROM boxes WHERE id = 'bad3'", [], |r| r.get(0)).unwrap();
+        assert_eq!(bad, "not json {");
+        let listing = s.list().unwrap();
+        assert_eq!(listing.boxes.len(), 1);
+        assert_eq!(listing.bad.len(), 1, "{:?}", listing.bad);
+
+        let mut config = cfg();
+        config.backend = "libkrun".into();
+        config.settings.vcpus = Some(2);
+        config.settings.ram_mib = Some(1024);
+        config.settings.rootfs = Some(PathBuf::from("/srv/roots/busybox"));
+        let rec = Store::new_record(BoxId::generate(), None, config.clone());
+        s.insert(&rec).unwrap();
+        drop(s);
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.get(&rec.id).unwrap().unwrap().config, config);
+    }
+
+    /// A stored rootfs that is not absolute cannot be what create canonicalised: the
+    /// row is reported corrupt with the path, and the others still list.
+    #[test]
+    fn a_relative_stored_rootfs_is_a_reported_corrupt_row() {
+        let (_d, s) = store();
+        s.conn()
+            .execute_batch(
+                r#"INSERT INTO boxes (id, name, state, config, created_at_ms, updated_at_ms)
+                   VALUES ('rel', NULL, 'stopped', '{"strategy":"direct","backend":"libkrun","settings":{"rootfs":"roots/x"}}', 1, 1);
+                   INSERT INTO boxes (id, name, state, config, created_at_ms, updated_at_ms)
+                   VALUES ('badvcpu', NULL, 'stopped', '{"strategy":"direct","backend":"libkrun","settings":{"vcpus":300}}', 1, 1);"#,
+            )
+            .unwrap();
+        let listing = s.list().unwrap();
+        assert!(listing.boxes.is_empty());
+        let reasons: Vec<String> = listing.bad.iter().map(|b| format!("{}: {}", b.id, b.error)).collect();
+        assert!(reasons.iter().any(|r| r.contains("rel") && r.contains("roots/x") && r.contains("not an absolute path")), "{reasons:?}");
+        assert!(reasons.iter().any(|r| r.contains("badvcpu") && r.contains("300")), "{reasons:?}");
     }
 
     #[test]

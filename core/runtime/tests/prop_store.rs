@@ -13,7 +13,7 @@ fn text() -> impl Strategy<Value = String> {
 
 fn config() -> impl Strategy<Value = BoxConfig> {
     (text(), text(), any::<bool>(), proptest::collection::vec((text(), text()), 0..4))
-        .prop_map(|(strategy, backend, network, env)| BoxConfig { strategy, backend, network, env })
+        .prop_map(|(strategy, backend, network, env)| BoxConfig { strategy, backend, network, env, settings: Default::default() })
 }
 
 /// Config-column text: valid configs, legacy rows with extra fields, near misses, noise.
@@ -62,7 +62,7 @@ proptest! {
         prop_assume!(!text.contains('\0')); // SQL text literals cannot carry NUL
         let (_home, store) = fresh();
         let good = Store::new_record(BoxId::generate(), None, BoxConfig {
-            strategy: "direct".into(), backend: "host".into(), network: false, env: vec![],
+            strategy: "direct".into(), backend: "host".into(), network: false, env: vec![], settings: Default::default(),
         });
         store.insert(&good).expect("insert good row");
         store

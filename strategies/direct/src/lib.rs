@@ -39,6 +39,10 @@ pub struct Direct {
     allowed_peer_uids: Vec<u32>,
 }
 
+impl boxsock_core::registry::Named for Direct {
+    const NAME: &'static str = NAME;
+}
+
 impl Default for Direct {
     /// The effective uid, no extra peers.
     fn default() -> Self {

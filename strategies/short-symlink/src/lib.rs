@@ -191,6 +191,10 @@ pub struct ShortSymlink {
     state: RwLock<State>,
 }
 
+impl boxsock_core::registry::Named for ShortSymlink {
+    const NAME: &'static str = NAME;
+}
+
 impl ShortSymlink {
     /// A strategy for `config`. The base directory must be absolute and the prefix a
     /// plain name (`[A-Za-z0-9._-]`, not starting with `.`); neither is touched on disk

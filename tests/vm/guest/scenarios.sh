@@ -151,7 +151,8 @@ sc_direct_limit() {
 
 sc_guest_agent_path() {
     id="$(BS_EXTRA="--backend-option guest_agent=/opt/agent/bin/boxsock-agent" bs create)" || fail "create failed"
-    [ -x "$HOME_/boxes/$id/rootfs/opt/agent/bin/boxsock-agent" ] || fail "no agent at /opt/agent/bin/boxsock-agent in the guest root: $(ls -R "$HOME_/boxes/$id/rootfs" | head -20)"
+    base="$HOME_/guest-base/$(cat "$HOME_/boxes/$id/guest-base")"
+    [ -x "$base/opt/agent/bin/boxsock-agent" ] || fail "no agent at /opt/agent/bin/boxsock-agent in the guest base: $(ls -R "$base" | head -20)"
     add_busybox "$HOME_" "$id"
     BS_EXTRA="--backend-option guest_agent=/opt/agent/bin/boxsock-agent" bs start "$id" || { tail -20 "$HOME_/boxes/$id/logs/box.log"; fail "start failed"; }
     out="$(bs exec "$id" -- /bin/busybox echo custom-path)" || fail "exec failed"
@@ -398,6 +399,40 @@ run killed-vmm sc_killed_vmm
 run landlock sc_landlock
 run overhead sc_overhead
 run derived-unixgram sc_derived_unixgram
+cleanup
+
+# Issue 13: a box from a static-busybox root (`create --rootfs`). The guest sees the
+# user's directory read-only under a tmpfs upper (decision 0006): `/bin/sh -c` runs and
+# writes, the user's directory is unchanged, nothing of it is copied into the box, and
+# the writes last for one run of the box.
+sc_rootfs_busybox() {
+    root="$WORK/busybox-root"
+    rm -rf "$root"; mkdir -p "$root/bin" "$root/etc" || fail "mkdir $root"
+    cp "$BUSYBOX" "$root/bin/busybox" || fail "cp busybox"
+    chroot "$root" /bin/busybox --install -s /bin 2>/dev/null || ln -s busybox "$root/bin/sh"
+    echo keep > "$root/etc/untouched"
+    snap() { find "$1" -exec stat -c '%n %s %Y %i' {} + | sort | md5sum; }
+    before="$(snap "$root")"
+    id="$(bs create --rootfs "$root")" || fail "create --rootfs failed"
+    [ -z "$(ls -A "$HOME_/boxes/$id/rootfs")" ] || fail "the box's own layer is not empty: $(ls -A "$HOME_/boxes/$id/rootfs")"
+    echo "@@VM metric rootfs_box_dir_kib $(du -sk "$HOME_/boxes/$id" | cut -f1)"
+    bs start "$id" >/dev/null || box_fail "$HOME_" "$id" "start of a --rootfs box failed"
+    out="$(bs exec "$id" -- /bin/sh -c 'echo hi > /x; cat /x')" || box_fail "$HOME_" "$id" "exec /bin/sh -c failed: $out"
+    [ "$out" = hi ] || box_fail "$HOME_" "$id" "/bin/sh -c printed '$out'"
+    out="$(bs exec "$id" -- /bin/sh -c 'echo more >> /etc/untouched; cat /etc/untouched; ls /bin/ls >/dev/null && echo applets')" || fail "exec 2 failed: $out"
+    [ "$out" = "$(printf 'keep\nmore\napplets')" ] || fail "exec 2 printed '$out'"
+    [ -e "$root/x" ] && fail "the guest's write reached the user's directory"
+    [ "$(cat "$root/etc/untouched")" = keep ] || fail "the user's file changed"
+    [ "$(snap "$root")" = "$before" ] || fail "the user's directory changed"
+    bs stop "$id" >/dev/null || fail "stop failed"
+    bs start "$id" >/dev/null || box_fail "$HOME_" "$id" "second start failed"
+    out="$(bs exec "$id" -- /bin/sh -c 'cat /x 2>/dev/null || echo gone')" || fail "exec 3 failed"
+    [ "$out" = gone ] || fail "a write of the previous run is still there: '$out' (decision 0006 says one run)"
+    bs rm -f "$id" || fail "rm failed"
+    [ "$(snap "$root")" = "$before" ] || fail "the user's directory changed by rm"
+}
+
+run rootfs-busybox sc_rootfs_busybox
 cleanup
 
 # The backend conformance kit (tests/backend-conformance) on libkrun, with a network so

@@ -30,6 +30,7 @@ scenarios! {
     vm_landlock_enforced_in_shim => "landlock",
     vm_exec_latency_measured => "exec-latency",
     vm_derived_unixgram_name => "derived-unixgram",
+    vm_rootfs_busybox_runs_sh_and_leaves_the_users_dir_unchanged => "rootfs-busybox",
     vm_backend_kit_passes_on_libkrun => "backend-kit",
 }
 

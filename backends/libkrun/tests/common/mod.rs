@@ -102,6 +102,7 @@ impl Fixture {
             network,
             policy: self.policy(),
             env: vec![("BOXSOCK_TEST".into(), "1".into())],
+            settings: Default::default(),
         }
     }
 

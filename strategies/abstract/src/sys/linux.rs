@@ -43,6 +43,10 @@ pub struct Abstract {
     epochs: RwLock<HashMap<PathBuf, (Epoch, Stamp)>>,
 }
 
+impl boxsock_core::registry::Named for Abstract {
+    const NAME: &'static str = NAME;
+}
+
 /// A home's secret and the name deriver keyed with it for this instance's uid.
 #[derive(Debug)]
 struct Keyed {

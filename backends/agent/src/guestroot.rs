@@ -1,0 +1,260 @@
+//! The box's root inside a libkrun guest (decision 0006): libkrun's virtio-fs root is
+//! the shared, read-only guest base (this agent and its libraries); the box's own root
+//! is an overlay the agent mounts early, before it reports ready, and then `chroot`s
+//! into, so every command it runs sees that root:
+//!
+//! - each `--overlay-lower TAG` is a virtio-fs share the host made read-only
+//!   (`krun_add_virtiofs3(…, read_only = true)`; the shim's Landlock jail grants it
+//!   read-only too): the user's `--rootfs` directory, or the base itself, and the box's
+//!   own `<box>/rootfs` layer on top;
+//! - the upper layer is a tmpfs in guest memory: writes stay in the box, the user's
+//!   directory is never written, and nothing is copied on the host. (Linux refuses a
+//!   virtio-fs directory as an overlay upper, "not supported as upperdir", so writes
+//!   last for one run of the box.)
+//!
+//! Everything is mounted under a tmpfs at [`MOUNT_BASE`], because the base is
+//! read-only: the base holds only that empty directory.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MsFlags, mount};
+
+/// Where the layers, the upper tmpfs and the merged root are mounted (a directory of
+/// the guest base).
+pub const MOUNT_BASE: &str = "/.boxsock";
+
+/// Why the box root could not be entered.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestRootError {
+    /// A mount failed.
+    #[error("cannot mount {what} ({fstype} {source_name}) on {}: {errno}", target.display())]
+    Mount {
+        /// Which layer.
+        what: String,
+        /// The filesystem type.
+        fstype: &'static str,
+        /// The mount source (a virtio-fs tag…).
+        source_name: String,
+        /// The mount point.
+        target: PathBuf,
+        /// The error.
+        errno: nix::Error,
+    },
+    /// A directory could not be created.
+    #[error("cannot create {}: {source}", path.display())]
+    Mkdir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `chroot` or `chdir` into the merged root failed.
+    #[error("cannot enter the box root {}: {errno}", root.display())]
+    Enter {
+        /// The merged root.
+        root: PathBuf,
+        /// The error.
+        errno: nix::Error,
+    },
+    /// No lower layer was given, or a tag is not usable.
+    #[error("invalid overlay layers {tags:?}: {reason}")]
+    Layers {
+        /// The tags given.
+        tags: Vec<String>,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+fn mount_err(what: impl Into<String>, fstype: &'static str, source_name: impl Into<String>, target: &Path) -> impl FnOnce(nix::Error) -> GuestRootError {
+    let (what, source_name, target) = (what.into(), source_name.into(), target.to_path_buf());
+    move |errno| GuestRootError::Mount { what, fstype, source_name, target, errno }
+}
+
+fn mkdir(p: &Path) -> Result<(), GuestRootError> {
+    std::fs::create_dir_all(p).map_err(|source| GuestRootError::Mkdir { path: p.to_path_buf(), source })
+}
+
+/// The `lowerdir=` option for layers mounted at `dirs` (top first), with `:` `,` and
+/// `\` escaped as overlayfs expects.
+pub fn lowerdir_option(dirs: &[PathBuf]) -> String {
+    dirs.iter()
+        .map(|d| {
+            let mut s = String::new();
+            for c in d.to_string_lossy().chars() {
+                if matches!(c, ':' | ',' | '\\') {
+                    s.push('\\');
+                }
+                s.push(c);
+            }
+            s
+        })
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Check the virtio-fs tags (top first): at least one, each non-empty, at most 36
+/// bytes (virtio-fs), without `,` (a mount option separator).
+pub fn check_tags(tags: &[String]) -> Result<(), GuestRootError> {
+    let bad = |reason| Err(GuestRootError::Layers { tags: tags.to_vec(), reason });
+    if tags.is_empty() {
+        return bad("at least one lower layer is needed");
+    }
+    if tags.iter().any(|t| t.is_empty() || t.len() > 36 || t.contains(',') || t.contains('\0')) {
+        return bad("a tag must be 1 to 36 bytes without ',' or NUL");
+    }
+    Ok(())
+}
+
+/// One lower layer of the box's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layer {
+    /// A virtio-fs share, by tag (in a guest).
+    Virtiofs(String),
+    /// A directory bind-mounted read-only (tests outside a guest).
+    Bind(PathBuf),
+}
+
+/// Mount the layers shared as `tags` (top first) read-only, a tmpfs upper, the overlay
+/// of them, `/proc`, `/dev` and `/sys` inside it, then `chroot` into it. Inside a
+/// libkrun guest only (root, before the agent opens anything by path).
+pub fn enter(tags: &[String]) -> Result<PathBuf, GuestRootError> {
+    check_tags(tags)?;
+    let layers: Vec<Layer> = tags.iter().cloned().map(Layer::Virtiofs).collect();
+    enter_at(Path::new(MOUNT_BASE), &layers)
+}
+
+/// [`enter`] with the layer directory at `base` (an existing directory) and any kind of
+/// [`Layer`]. Changes the calling process's mounts and root: call it in a private mount
+/// namespace outside a guest.
+pub fn enter_at(base: &Path, layers: &[Layer]) -> Result<PathBuf, GuestRootError> {
+    if layers.is_empty() {
+        return Err(GuestRootError::Layers { tags: Vec::new(), reason: "at least one lower layer is needed" });
+    }
+    mount(Some("tmpfs"), base, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0700")).map_err(mount_err("the layer directory", "tmpfs", "tmpfs", base))?;
+    let mut lowers = Vec::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let dir = base.join(format!("lower{i}"));
+        mkdir(&dir)?;
+        match layer {
+            Layer::Virtiofs(tag) => mount(Some(tag.as_str()), &dir, Some("virtiofs"), MsFlags::MS_RDONLY | MsFlags::MS_NODEV, None::<&str>)
+                .map_err(mount_err(format!("lower layer {i}"), "virtiofs", tag.as_str(), &dir))?,
+            Layer::Bind(from) => {
+                mount(Some(from.as_path()), &dir, None::<&OsStr>, MsFlags::MS_BIND, None::<&str>).map_err(mount_err(format!("lower layer {i}"), "bind", from.display().to_string(), &dir))?;
+                mount(None::<&OsStr>, &dir, None::<&OsStr>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
+                    .map_err(mount_err(format!("lower layer {i} (read-only)"), "bind", from.display().to_string(), &dir))?
+            }
+        }
+        lowers.push(dir);
+    }
+    let (upper, work, root) = (base.join("upper"), base.join("work"), base.join("root"));
+    for d in [&upper, &work, &root] {
+        mkdir(d)?;
+    }
+    let opts = format!("lowerdir={},upperdir={},workdir={}", lowerdir_option(&lowers), upper.display(), work.display());
+    mount(Some("overlay"), &root, Some("overlay"), MsFlags::empty(), Some(opts.as_str())).map_err(mount_err("the box root", "overlay", opts.clone(), &root))?;
+    for d in ["proc", "sys", "dev", "tmp", "etc"] {
+        mkdir(&root.join(d))?;
+    }
+    mount(Some("proc"), &root.join("proc"), Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>)
+        .map_err(mount_err("/proc", "proc", "proc", &root.join("proc")))?;
+    for d in ["dev", "sys"] {
+        let from = Path::new("/").join(d);
+        let to = root.join(d);
+        mount(Some(from.as_path()), &to, None::<&OsStr>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .map_err(mount_err(format!("/{d}"), "bind", from.display().to_string(), &to))?;
+    }
+    nix::unistd::chroot(&root).map_err(|errno| GuestRootError::Enter { root: root.clone(), errno })?;
+    nix::unistd::chdir("/").map_err(|errno| GuestRootError::Enter { root: root.clone(), errno })?;
+    tracing::info!(layers = ?layers, "entered the box root (overlay, tmpfs upper)");
+    Ok(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowerdir_escapes_separators_and_keeps_order() {
+        let dirs = vec![PathBuf::from("/.boxsock/lower0"), PathBuf::from("/a:b,c\\d")];
+        assert_eq!(lowerdir_option(&dirs), "/.boxsock/lower0:/a\\:b\\,c\\\\d");
+    }
+
+    #[test]
+    fn bad_tags_are_errors_naming_them() {
+        assert!(matches!(check_tags(&[]), Err(GuestRootError::Layers { .. })));
+        let e = check_tags(&["ok".into(), "a,b".into()]).unwrap_err();
+        assert!(e.to_string().contains("a,b"), "{e}");
+        assert!(check_tags(&["x".repeat(37)]).is_err());
+        check_tags(&["boxsock-box".into(), "boxsock-lower".into()]).unwrap();
+    }
+
+    /// The whole sequence, for real (root only): a child in its own mount namespace
+    /// enters a box root made of a box layer over a static-busybox root (bind mounts
+    /// standing in for virtio-fs), and runs `/bin/sh -c 'echo hi > /x; cat /x'`
+    /// there. The user's root is unchanged afterwards, and so is the box layer.
+    #[test]
+    fn a_busybox_root_runs_sh_and_the_users_dir_is_unchanged() {
+        use std::os::unix::process::CommandExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root for mount namespaces");
+            return;
+        }
+        let Some(busybox) = ["/usr/bin/busybox", "/bin/busybox"].into_iter().map(Path::new).find(|p| p.is_file()) else {
+            eprintln!("skipped: no busybox (apt-get install busybox-static)");
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        let (user, layer, base) = (d.path().join("user-root"), d.path().join("box-layer"), d.path().join("mnt"));
+        for dir in [user.join("bin"), user.join("etc"), layer.clone(), base.clone()] {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        std::fs::copy(busybox, user.join("bin/busybox")).unwrap();
+        std::os::unix::fs::symlink("busybox", user.join("bin/sh")).unwrap();
+        std::fs::write(user.join("etc/hostname"), "user\n").unwrap();
+        std::fs::write(layer.join("from-layer"), "layer\n").unwrap();
+        let snapshot = |root: &Path| -> Vec<(PathBuf, u64, i64)> {
+            use std::os::unix::fs::MetadataExt;
+            let mut v = Vec::new();
+            let mut todo = vec![root.to_path_buf()];
+            while let Some(p) = todo.pop() {
+                let m = std::fs::symlink_metadata(&p).unwrap();
+                v.push((p.clone(), m.size(), m.mtime_nsec() + m.mtime() * 1_000_000_000));
+                if m.is_dir() {
+                    todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+                }
+            }
+            v.sort();
+            v
+        };
+        let (before_user, before_layer) = (snapshot(&user), snapshot(&layer));
+        let layers = vec![Layer::Bind(layer.clone()), Layer::Bind(user.clone())];
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.args(["-c", "echo hi > /x; cat /x; cat /from-layer; echo more >> /etc/hostname; cat /etc/hostname; rm /bin/sh && echo removed"]);
+        // SAFETY: runs in the forked child before exec; it only makes syscalls (unshare,
+        // mount, chroot) and small allocations for paths, and the parent test thread
+        // holds no lock the child needs.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(std::io::Error::from)?;
+                mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(std::io::Error::from)?;
+                enter_at(&base, &layers).map_err(std::io::Error::other)?;
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("ENODEV") || stderr.contains("No such device") {
+            eprintln!("skipped: no overlayfs on this host: {stderr}");
+            return;
+        }
+        assert!(out.status.success(), "status {:?}, stderr {stderr}", out.status);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\nlayer\nuser\nmore\nremoved\n");
+        assert_eq!(snapshot(&user), before_user, "the user's root changed");
+        assert_eq!(snapshot(&layer), before_layer, "the box layer changed");
+        assert_eq!(std::fs::read_to_string(user.join("etc/hostname")).unwrap(), "user\n");
+        assert!(std::fs::symlink_metadata(user.join("bin/sh")).is_ok());
+    }
+}

@@ -1,0 +1,163 @@
+//! Issue 13 point 4 and point 1 through the runtime and the binary: the `CreateOptions`
+//! builder (names or types, `#[non_exhaustive]`), `Runtime: Clone`, and the backend
+//! settings stored with a box (vcpus, memory, root filesystem), so a later `start`, from
+//! another process with other per-invocation options, boots the same box.
+//!
+//! Real parts: the real runtime and `boxsock` binary on temp homes, the real agent on
+//! the host backend, the real `boxsock-krun-shim` configuring the real libkrun
+//! (`configure_only=true`: nothing boots here), real SQLite files.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use boxsock::{BoxSettings, CreateOptions, ExecIo, Runtime, RuntimeError};
+use common::{Env, agent_dir};
+use serde_json::Value;
+
+fn helpers() -> PathBuf {
+    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let dir = agent_dir();
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-p", "boxsock-libkrun", "--bin", "boxsock-krun-shim"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "building boxsock-krun-shim failed");
+        dir
+    })
+    .clone()
+}
+
+fn boxsock(env: &Env) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_boxsock"));
+    c.env("BOXSOCK_HOME", &env.home)
+        .env("BOXSOCK_LINK_BASE", &env.link_base)
+        .env("BOXSOCK_HELPER_DIR", helpers())
+        .env_remove("BOXSOCK_STRATEGY")
+        .env_remove("BOXSOCK_BACKEND")
+        .env_remove("BOXSOCK_AGENT")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("boxsock runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+async fn echo(rt: &Runtime, id: &str, word: &str) -> String {
+    let mut out = Vec::new();
+    let mut out_cb = |b: &[u8]| out.extend_from_slice(b);
+    let mut err_cb = |_: &[u8]| {};
+    let code = rt.exec(id, vec!["echo".into(), word.into()], vec![], ExecIo { stdin: None, stdout: &mut out_cb, stderr: &mut err_cb }).await.unwrap();
+    assert_eq!(code, 0);
+    String::from_utf8(out).unwrap()
+}
+
+/// The builder takes strategy and backend types; clones of one runtime share its home
+/// (one lock, one store): a box made through one clone is run through another, and the
+/// runtime lives on after the first clone is dropped.
+#[tokio::test]
+async fn the_builder_takes_types_and_clones_share_one_runtime() {
+    let env = Env::new();
+    let (rt, _) = Runtime::open(&env.home, env.options()).await.unwrap();
+    let other = rt.clone();
+    let opts = CreateOptions::builder().strategy_of::<boxsock_direct::Direct>().backend_of::<boxsock_host::HostBackend>().name("typed").build();
+    assert_eq!((opts.strategy.as_str(), opts.backend.as_str()), ("direct", "host"));
+    let b = rt.create(opts).await.unwrap();
+    other.start("typed").await.unwrap();
+    drop(rt);
+    assert_eq!(echo(&other, b.id.as_str(), "through-a-clone").await, "through-a-clone\n");
+    // Clones run concurrently.
+    let (a, c) = (other.clone(), other.clone());
+    let (x, y) = tokio::join!(
+        a.create(CreateOptions::builder().strategy("short-symlink").backend("host").build()),
+        c.create(CreateOptions::builder().strategy("abstract").backend("host").build())
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_ne!(x.id, y.id);
+    assert_eq!(other.list().unwrap().boxes.len(), 3);
+    other.remove("typed", true).await.unwrap();
+}
+
+/// Nothing chosen, or settings the backend does not support: refused before anything is
+/// written, naming what is missing or unsupported.
+#[tokio::test]
+async fn unchosen_and_unsupported_settings_are_refused_before_anything_is_written() {
+    let env = Env::new();
+    let (rt, _) = Runtime::open(&env.home, env.options()).await.unwrap();
+    let e = rt.create(CreateOptions::builder().backend("host").build()).await.unwrap_err();
+    assert!(matches!(e, RuntimeError::Unchosen { what: "strategy" }), "{e}");
+    assert!(e.to_string().contains("no strategy chosen"), "{e}");
+    let root = tempfile::tempdir().unwrap();
+    let e = rt.create(CreateOptions::builder().strategy("direct").backend("host").rootfs(root.path()).vcpus(2).build()).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("\"host\"") && msg.contains("vcpus") && msg.contains("rootfs"), "{msg}");
+    let e = rt.create(CreateOptions::builder().strategy("direct").backend("host").rootfs(root.path().join("missing")).build()).await.unwrap_err();
+    assert!(matches!(&e, RuntimeError::BadRootfs { path, .. } if path.ends_with("missing")), "{e}");
+    assert!(env.box_dirs().is_empty());
+    assert!(rt.list().unwrap().boxes.is_empty());
+}
+
+/// `create --rootfs DIR --vcpus 2 --ram-mib 768` stores the settings (the rootfs
+/// canonicalised: given through a symlink and `..`); a later `start` in another process
+/// with other per-invocation options (`--backend-option vcpus=1`) boots the stored box:
+/// the spec the real shim received has 2 vCPUs, 768 MiB and the user's directory as
+/// the read-only lower layer. The user's directory is unchanged.
+#[test]
+fn create_rootfs_stores_the_settings_and_a_later_start_boots_the_same_box() {
+    let env = Env::new();
+    let d = tempfile::tempdir().unwrap();
+    let user = d.path().join("roots/busybox");
+    std::fs::create_dir_all(user.join("bin")).unwrap();
+    std::fs::copy("/bin/true", user.join("bin/true")).unwrap();
+    std::os::unix::fs::symlink(d.path().join("roots"), d.path().join("via-link")).unwrap();
+    let given = d.path().join("via-link/busybox/../busybox");
+    let before: Vec<_> = walk(&user);
+    let krun = ["--backend", "libkrun", "--strategy", "short-symlink", "--backend-option", "configure_only=true"];
+    let o = run(boxsock(&env).args(krun).args(["create", "--rootfs"]).arg(&given).args(["--vcpus", "2", "--ram-mib", "768"]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let id = text(&o.stdout).trim().to_owned();
+    let info: Value = serde_json::from_slice(&run(boxsock(&env).args(["inspect", "--json", &id])).stdout).unwrap();
+    let settings = &info["settings"];
+    assert_eq!(settings["rootfs"], user.canonicalize().unwrap().display().to_string(), "{info}");
+    assert_eq!((settings["vcpus"].as_u64(), settings["ram_mib"].as_u64()), (Some(2), Some(768)), "{info}");
+
+    let o = run(boxsock(&env).args(krun).args(["--backend-option", "vcpus=1", "--ready-timeout", "600", "start", &id]));
+    assert_eq!(o.status.code(), Some(125), "configure_only never reports ready (a boxsock failure: 125): {}", text(&o.stderr));
+    let spec: Value = serde_json::from_str(&std::fs::read_to_string(env.home.join("boxes").join(&id).join("shim-spec.json")).unwrap()).unwrap();
+    assert_eq!((spec["vcpus"].as_u64(), spec["ram_mib"].as_u64()), (Some(2), Some(768)), "{spec}");
+    let shares = spec["shares"].as_array().unwrap();
+    assert_eq!(shares.last().unwrap()["host_path"], user.canonicalize().unwrap().display().to_string());
+    assert_eq!(shares.last().unwrap()["read_only"], true);
+    assert_eq!(walk(&user), before, "the user's root changed");
+
+    // The host backend supports none of these: create says so, with exit 1 and no box.
+    let o = run(boxsock(&env).args(["--backend", "host", "--strategy", "direct", "create", "--rootfs"]).arg(&user));
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("rootfs"), "{}", text(&o.stderr));
+    let settings = BoxSettings::default();
+    assert!(settings.is_default());
+}
+
+fn walk(root: &std::path::Path) -> Vec<(PathBuf, u64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut v = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        v.push((p.clone(), m.size(), m.mtime_nsec()));
+        if m.is_dir() {
+            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    v.sort();
+    v
+}

@@ -1,0 +1,207 @@
+//! [`CreateOptions`]: what a new box is made of, and [`CreateOptionsBuilder`].
+//!
+//! ```
+//! use boxsock_runtime::CreateOptions;
+//! let o = CreateOptions::builder().strategy("abstract").backend("host").name("web").network(true).env("A", "1").build();
+//! assert_eq!((o.strategy.as_str(), o.backend.as_str(), o.network), ("abstract", "host", true));
+//! ```
+//!
+//! The struct is `#[non_exhaustive]`: build it with [`CreateOptions::builder`] (or
+//! [`CreateOptions::new`] and field assignment), so new options never break an
+//! embedder.
+
+use std::path::PathBuf;
+
+use boxsock_core::backend::BoxSettings;
+use boxsock_core::registry::Named;
+
+use crate::process::ProcessIdentity;
+
+/// What to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CreateOptions {
+    /// Optional unique name (same rules as ids).
+    pub name: Option<String>,
+    /// Strategy name.
+    pub strategy: String,
+    /// Backend name.
+    pub backend: String,
+    /// Whether the box has a network.
+    pub network: bool,
+    /// Extra environment for the agent.
+    pub env: Vec<(String, String)>,
+    /// Tie the box to this process (`run --rm` passes its own): once the process is
+    /// gone (pid + start time), the box is stopped and removed by the next open that
+    /// recovers (with [`crate::RuntimeOptions::remove_abandoned_at_open`]) or by
+    /// [`crate::Runtime::remove_abandoned`]. Recorded with the box's row, atomically.
+    pub auto_remove_owner: Option<ProcessIdentity>,
+    /// The backend settings that define the box (vcpus, memory, root filesystem),
+    /// stored with it so every start boots the same box. A `rootfs` is canonicalised
+    /// at create; the backend refuses settings it does not support
+    /// (`Backend::check_settings`).
+    pub settings: BoxSettings,
+}
+
+impl CreateOptions {
+    /// A box with this strategy and backend, no name, no network, default settings.
+    pub fn new(strategy: impl Into<String>, backend: impl Into<String>) -> Self {
+        CreateOptions {
+            name: None,
+            strategy: strategy.into(),
+            backend: backend.into(),
+            network: false,
+            env: Vec::new(),
+            auto_remove_owner: None,
+            settings: BoxSettings::default(),
+        }
+    }
+
+    /// A builder. Choose the strategy and backend by name (`.strategy("abstract")`) or
+    /// by type (`.strategy_of::<ShortSymlink>()`); without a choice `create` refuses
+    /// with [`crate::RuntimeError::Unchosen`].
+    pub fn builder() -> CreateOptionsBuilder {
+        CreateOptionsBuilder { opts: CreateOptions::new(String::new(), String::new()) }
+    }
+}
+
+/// Builds [`CreateOptions`]. Every method takes and returns the builder.
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until build() and Runtime::create"]
+pub struct CreateOptionsBuilder {
+    opts: CreateOptions,
+}
+
+impl CreateOptionsBuilder {
+    /// The strategy, by registered name.
+    pub fn strategy(mut self, name: impl Into<String>) -> Self {
+        self.opts.strategy = name.into();
+        self
+    }
+
+    /// The strategy, by type (its registered [`Named::NAME`]).
+    pub fn strategy_of<S: Named>(self) -> Self {
+        self.strategy(S::NAME)
+    }
+
+    /// The backend, by registered name.
+    pub fn backend(mut self, name: impl Into<String>) -> Self {
+        self.opts.backend = name.into();
+        self
+    }
+
+    /// The backend, by type (its registered [`Named::NAME`]).
+    pub fn backend_of<B: Named>(self) -> Self {
+        self.backend(B::NAME)
+    }
+
+    /// A unique name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.opts.name = Some(name.into());
+        self
+    }
+
+    /// Give the box a network (stored with the box).
+    pub fn network(mut self, on: bool) -> Self {
+        self.opts.network = on;
+        self
+    }
+
+    /// One more environment variable for the agent.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.opts.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Several environment variables.
+    pub fn envs<K: Into<String>, V: Into<String>>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self {
+        self.opts.env.extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// Virtual CPUs (stored with the box).
+    pub fn vcpus(mut self, n: u8) -> Self {
+        self.opts.settings.vcpus = Some(n);
+        self
+    }
+
+    /// Guest memory in MiB (stored with the box).
+    pub fn ram_mib(mut self, mib: u32) -> Self {
+        self.opts.settings.ram_mib = Some(mib);
+        self
+    }
+
+    /// Boot the box from this root filesystem directory (stored with the box after
+    /// canonicalisation; never modified; writes in the box stay in the box).
+    pub fn rootfs(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.opts.settings.rootfs = Some(dir.into());
+        self
+    }
+
+    /// Tie the box to this process (see [`CreateOptions::auto_remove_owner`]).
+    pub fn auto_remove_owner(mut self, owner: ProcessIdentity) -> Self {
+        self.opts.auto_remove_owner = Some(owner);
+        self
+    }
+
+    /// The options.
+    pub fn build(self) -> CreateOptions {
+        self.opts
+    }
+}
+
+impl From<CreateOptionsBuilder> for CreateOptions {
+    fn from(b: CreateOptionsBuilder) -> Self {
+        b.build()
+    }
+}
+
+/// `settings` with its root filesystem made absolute and canonical (the user's input,
+/// stored as given after canonicalisation), checked to be a directory.
+pub(crate) fn canonical_settings(mut settings: BoxSettings) -> Result<BoxSettings, crate::RuntimeError> {
+    if let Some(given) = settings.rootfs.take() {
+        let bad = |reason: String| crate::RuntimeError::BadRootfs { path: given.clone(), reason };
+        let canonical = std::fs::canonicalize(&given).map_err(|e| bad(format!("cannot resolve it: {e}")))?;
+        let meta = std::fs::metadata(&canonical).map_err(|e| bad(format!("cannot inspect {}: {e}", canonical.display())))?;
+        if !meta.is_dir() {
+            return Err(bad(format!("{} is not a directory", canonical.display())));
+        }
+        settings.rootfs = Some(canonical);
+    }
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Mine;
+    impl Named for Mine {
+        const NAME: &'static str = "mine";
+    }
+
+    #[test]
+    fn the_builder_sets_every_field_and_takes_types_or_names() {
+        let o = CreateOptions::builder()
+            .strategy_of::<Mine>()
+            .backend("libkrun")
+            .name("b1")
+            .network(true)
+            .env("A", "1")
+            .envs([("B", "2")])
+            .vcpus(2)
+            .ram_mib(1024)
+            .rootfs("/srv/root")
+            .build();
+        assert_eq!(o.strategy, "mine");
+        assert_eq!(o.backend, "libkrun");
+        assert_eq!(o.name.as_deref(), Some("b1"));
+        assert!(o.network);
+        assert_eq!(o.env, vec![("A".to_owned(), "1".to_owned()), ("B".to_owned(), "2".to_owned())]);
+        assert_eq!((o.settings.vcpus, o.settings.ram_mib), (Some(2), Some(1024)));
+        assert_eq!(o.settings.rootfs.as_deref(), Some(std::path::Path::new("/srv/root")));
+        let plain = CreateOptions::builder().backend_of::<Mine>().build();
+        assert_eq!((plain.strategy.as_str(), plain.backend.as_str()), ("", "mine"));
+        assert!(plain.settings.is_default());
+    }
+}
