@@ -916,6 +916,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 if let Some(e) = &s.error {
                     outln!("  {e}");
                 }
+                if let Some(d) = &s.binding_dir {
+                    outln!("  binding directory: {d}");
+                }
                 if underivable {
                     outln!("  {}", s.sockets[0].error.as_deref().unwrap_or("?"));
                     continue;
@@ -996,6 +999,9 @@ fn print_info(i: &boxsock::BoxInfo) -> Result<(), Failure> {
     }
     outln!("dir:       {}", i.dir);
     outln!("log:       {}", i.log);
+    if let Some(b) = &i.binding {
+        outln!("binding:   {b}");
+    }
     outln!("sockets:");
     for s in &i.sockets {
         print_socket(s)?;

@@ -469,3 +469,31 @@ async fn a_home_held_by_a_library_runtime_is_listed_at_once() {
     rt.stop(b.id.as_str(), None).await.unwrap();
     rt.remove(b.id.as_str(), false).await.unwrap();
 }
+
+/// `inspect` shows the entry the strategy keeps for a box and `doctor` the directory
+/// those entries live in, so a user reading a short socket path can find both; with
+/// `direct` there is neither.
+#[test]
+fn inspect_shows_the_box_binding_and_doctor_the_binding_directory() {
+    let env = Env::new();
+    let id = create(&env, None);
+    ok(boxsock(&env).args(["start", &id]));
+    let info = json(boxsock(&env).args(["inspect", "--json", &id]));
+    let binding = info["binding"].as_str().unwrap_or_else(|| panic!("no binding in {info}"));
+    let target = std::fs::read_link(binding).unwrap_or_else(|e| panic!("{binding} is not a link: {e}"));
+    assert_eq!(target, env.home.join("boxes").join(&id).join("sockets"), "{binding}");
+    let text = ok(boxsock(&env).args(["inspect", &id]));
+    assert!(text.contains(&format!("binding:   {binding}")), "{text}");
+
+    let doctor = json(boxsock(&env).args(["doctor", "--json"]));
+    let strategies = doctor["strategies"].as_array().expect("strategies");
+    let by_name = |n: &str| strategies.iter().find(|s| s["name"] == n).unwrap_or_else(|| panic!("no {n} in {doctor}"));
+    let dir = by_name("short-symlink")["binding_dir"].as_str().expect("short-symlink has a binding directory");
+    assert_eq!(Path::new(binding).parent(), Some(Path::new(dir)), "the link lives in the directory doctor shows");
+    assert!(by_name("direct")["binding_dir"].is_null(), "direct keeps no shared directory");
+
+    let direct = ok(boxsock(&env).args(["create", "--strategy", "direct"])).trim().to_owned();
+    let info = json(boxsock(&env).args(["inspect", "--json", &direct]));
+    assert!(info["binding"].is_null(), "direct keeps no entry: {info}");
+    rm_all(&env);
+}

@@ -209,14 +209,16 @@ pub trait SocketBinding: Send + Sync + fmt::Debug {
     fn policy_paths(&self, layout: &BoxLayout, id: &BoxId) -> Result<Vec<PolicyPath>, BindingError>;
 
     /// The shared per-user directory in which `ensure` creates its entries (for
-    /// `short-symlink`, `<base>/<prefix>-<uid>`), if the strategy has one. The
-    /// conformance kit uses it to attack the strategy (squatting, wrong modes).
+    /// `short-symlink`, `<base>/<prefix>-<uid>`), if the strategy has one. `doctor`
+    /// shows it; the conformance kit attacks it (squatting, wrong modes), so a strategy
+    /// that has one must say so here.
     fn binding_dir(&self) -> Option<PathBuf> {
         None
     }
 
     /// The filesystem entry `ensure` creates for this box (for `short-symlink`, the
-    /// link), if any. `release` removes exactly this.
+    /// link), if any. `release` removes exactly this. `inspect` shows it; the
+    /// conformance kit swaps and deletes it.
     fn binding_path(&self, _layout: &BoxLayout, _id: &BoxId) -> Option<PathBuf> {
         None
     }

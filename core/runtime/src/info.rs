@@ -116,6 +116,9 @@ pub struct BoxInfo {
     pub dir: String,
     /// The box log.
     pub log: String,
+    /// The filesystem entry the strategy keeps for this box (short-symlink's link
+    /// `<base>/<prefix>-<uid>/<id>`), when it keeps one.
+    pub binding: Option<String>,
     /// Every socket with its live address.
     pub sockets: Vec<SocketReport>,
     /// Its recorded companion processes (empty when it has none).
@@ -124,6 +127,11 @@ pub struct BoxInfo {
 
 pub(super) fn inspect(inner: &Inner, rec: BoxRecord) -> BoxInfo {
     let handle = inner.handle_for(&rec);
+    let binding = inner
+        .strategy(&rec.config.strategy)
+        .ok()
+        .and_then(|s| s.binding_path(&inner.layout, &rec.id))
+        .map(|p| p.display().to_string());
     let sockets = match (inner.strategy(&rec.config.strategy), inner.backend(&rec.config.backend)) {
         (Ok(s), Ok(b)) => socket_reports(&*s, &inner.layout, &rec.id, &socket_specs(&*b, rec.config.network)),
         (Err(e), _) | (_, Err(e)) => vec![SocketReport {
@@ -166,6 +174,7 @@ pub(super) fn inspect(inner: &Inner, rec: BoxRecord) -> BoxInfo {
         updated_at_ms: rec.updated_at_ms,
         dir: inner.layout.box_dir(&rec.id).display().to_string(),
         log: inner.layout.log_file(&rec.id).display().to_string(),
+        binding,
         sockets,
         id: rec.id,
     }
@@ -186,6 +195,9 @@ pub struct StrategyReport {
     pub home_length_independent: bool,
     /// Why it could not be built, if it could not.
     pub error: Option<String>,
+    /// The shared per-user directory its bindings live in (short-symlink's
+    /// `<base>/<prefix>-<uid>`), when it has one.
+    pub binding_dir: Option<String>,
     /// Every socket of every backend (own and derived names) for a worst-case id.
     pub sockets: Vec<SocketReport>,
     /// Whether every address fits.
@@ -305,6 +317,7 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
                     path_addressable: caps.path_addressable,
                     home_length_independent: caps.home_length_independent,
                     error: None,
+                    binding_dir: s.binding_dir().map(|d| d.display().to_string()),
                     sockets,
                     all_fit,
                 });
@@ -317,6 +330,7 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
                 path_addressable: false,
                 home_length_independent: false,
                 error: Some(e.to_string()),
+                binding_dir: None,
                 sockets: Vec::new(),
                 all_fit: false,
             }),

@@ -225,8 +225,20 @@ impl Inner {
                 let (mut s, cred) = listener.accept().await?;
                 // Only the box's own process may say it is ready (the agent; for a VM,
                 // the VMM relaying the guest), not another process of an allowed uid.
-                if let Some(c) = cred.filter(|c| c.pid != ident.pid) {
-                    tracing::warn!(box_id = %id, peer_pid = c.pid, peer_uid = c.uid, expected_pid = ident.pid, "ready connection from a process that is not the box's; ignored");
+                // A strategy whose policy checks nothing hands out no credentials: read
+                // them here, and ignore a peer whose credentials cannot be read.
+                let cred = match cred {
+                    Some(c) => c,
+                    None => match boxsock_core::peer::peer_cred(s.as_fd()) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(box_id = %id, error = %e, "ready connection whose peer credentials cannot be read; ignored");
+                            continue;
+                        }
+                    },
+                };
+                if cred.pid != ident.pid {
+                    tracing::warn!(box_id = %id, peer_pid = cred.pid, peer_uid = cred.uid, expected_pid = ident.pid, "ready connection from a process that is not the box's; ignored");
                     continue;
                 }
                 match agent_client::read_ready(&mut s).await {
