@@ -44,7 +44,37 @@ impl Env {
         e.home = h;
         e
     }
+}
 
+/// A test that leaves a box running (a detached box outlives the CLI that started it)
+/// would leave its agent behind: when the env goes, every box of its home is removed by
+/// force through the real binary (errors ignored: some tests break their home on
+/// purpose).
+impl Drop for Env {
+    fn drop(&mut self) {
+        if !self.home.join("boxsock.db").exists() {
+            return;
+        }
+        let boxsock = || {
+            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_boxsock"));
+            c.env("BOXSOCK_HOME", &self.home)
+                .env("BOXSOCK_LINK_BASE", &self.link_base)
+                .env_remove("BOXSOCK_STRATEGY")
+                .env_remove("RUST_LOG")
+                .args(["--lock-wait", "2"])
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            c
+        };
+        let Ok(out) = boxsock().args(["ls", "-a", "-q"]).output() else { return };
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
+        if !ids.is_empty() {
+            let _ = boxsock().args(["rm", "-f"]).args(&ids).stdout(std::process::Stdio::null()).status();
+        }
+    }
+}
+
+impl Env {
     /// Runtime options for this env: builtin registries, links under the temp base,
     /// the real agent, exclusive lock.
     pub fn options(&self) -> RuntimeOptions {
