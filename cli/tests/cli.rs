@@ -3,50 +3,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use boxsock::{Runtime, RuntimeError};
-use common::{Env, LIMIT, agent_dir, pid_running, wait_until};
-use serde_json::Value;
-
-fn boxsock_in(env: &Env, helper_dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_boxsock"));
-    c.env("BOXSOCK_HOME", &env.home)
-        .env("BOXSOCK_LINK_BASE", &env.link_base)
-        .env("BOXSOCK_HELPER_DIR", helper_dir)
-        .env_remove("BOXSOCK_STRATEGY")
-        .env_remove("BOXSOCK_BACKEND")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
-    c
-}
-
-fn boxsock(env: &Env) -> Command {
-    boxsock_in(env, &agent_dir())
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("boxsock runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let o = run(cmd);
-    assert!(o.status.success(), "{cmd:?} failed ({}): {}", o.status, stderr(&o));
-    stdout(&o)
-}
-
-fn json(cmd: &mut Command) -> Value {
-    serde_json::from_str(&ok(cmd)).expect("valid JSON")
-}
+use common::{Env, LIMIT, agent_dir, boxsock, boxsock_in, json, ok, pid_running, run, stderr, stdout, wait_until};
 
 fn assert_nothing_left(env: &Env) {
     let l = json(boxsock(env).args(["ls", "-a", "--json"]));
