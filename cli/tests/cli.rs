@@ -2,12 +2,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use boxsock::{Runtime, RuntimeError};
-use common::{Env, LIMIT, agent_dir, boxsock, boxsock_in, json, ok, pid_running, run, stderr, stdout, wait_until};
+use common::{Env, LIMIT, agent_dir, boxsock, boxsock_in, json, ok, pid_running, run, stderr, stdout, tree, wait_until};
 
 fn assert_nothing_left(env: &Env) {
     let l = json(boxsock(env).args(["ls", "-a", "--json"]));
@@ -364,29 +363,6 @@ fn exec_in_a_box_whose_process_died_reports_it_stopped() {
     assert_eq!(json(boxsock(&env).args(["inspect", &id, "--json"]))["state"], "stopped");
     ok(boxsock(&env).args(["rm", &id]));
     assert_nothing_left(&env);
-}
-
-/// Every entry under `dir` (relative path, file type and mode, size of files, bytes of
-/// small files), sorted: what "changed nothing" compares.
-fn tree(dir: &Path) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let p = e.path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(dir).unwrap().display().to_string();
-            let content = if m.is_file() && m.len() < 64 { format!("{:?}", std::fs::read(&p).unwrap()) } else { String::new() };
-            out.push(format!("{rel} {:o} {} {content}", m.mode(), if m.is_dir() { 0 } else { m.len() }));
-            if m.is_dir() {
-                stack.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Issue 10, item 1: `mkdir -p T/boxes/photos; echo x > T/boxes/photos/a.jpg;

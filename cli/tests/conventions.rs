@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use boxsock::{CreateOptions, Runtime};
-use common::{Env, agent_dir, json, never_ready_agent, ok, pid_running, run, stderr, stdout, wait_until};
+use common::{Env, agent_dir, json, never_ready_agent, ok, pid_running, run, stderr, stdout, tree, wait_until};
 use serde_json::Value;
 
 /// [`common::boxsock_in`] on the host backend and without `NO_COLOR`.
@@ -351,27 +351,6 @@ fn an_invalid_rust_log_is_reported_and_the_verb_still_runs() {
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("RUST_LOG") && err.contains("invalid log filter") && err.contains("notalevel"), "{err}");
-}
-
-fn tree(dir: &Path) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let p = e.path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(dir).unwrap().display().to_string();
-            let target = std::fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default();
-            out.push(format!("{rel} {:o} {target}", m.mode()));
-            if m.is_dir() {
-                stack.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 #[test]

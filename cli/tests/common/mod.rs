@@ -89,6 +89,30 @@ pub fn json(cmd: &mut Command) -> serde_json::Value {
     serde_json::from_str(&ok(cmd)).expect("valid JSON")
 }
 
+/// Every entry under `dir` (relative path, file type and mode, size of files, bytes of
+/// small files, target of links), sorted: what "changed nothing" compares.
+pub fn tree(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            let content = if m.is_file() && m.len() < 64 { format!("{:?}", std::fs::read(&p).unwrap()) } else { String::new() };
+            let target = std::fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default();
+            out.push(format!("{rel} {:o} {} {content} {target}", m.mode(), if m.is_dir() { 0 } else { m.len() }));
+            if m.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// A temp home (optionally padded to a given depth) and a temp link base.
 pub struct Env {
     pub root: tempfile::TempDir,
