@@ -820,8 +820,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Verb::Backends { json: as_json } => {
             let report = boxsock::doctor(&g.home()?, &g.options()?);
             if as_json {
-                let backends: Vec<views::BackendView> = report.backends.iter().map(views::BackendView::from).collect();
-                return json(&backends);
+                return json(&report.backends);
             }
             for b in &report.backends {
                 let avail = if b.available { "available".to_string() } else { format!("unavailable: {}", b.reason.as_deref().unwrap_or("?")) };

@@ -10,46 +10,15 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
 use boxsock::{BoxSettings, CreateOptions, ExecIo, Runtime, RuntimeError};
-use common::{Env, agent_dir};
+use common::{Env, agent_and_shim_dir, run, text};
 use serde_json::Value;
 
-fn helpers() -> PathBuf {
-    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    ONCE.get_or_init(|| {
-        let dir = agent_dir();
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-p", "boxsock-libkrun", "--bin", "boxsock-krun-shim"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(st.success(), "building boxsock-krun-shim failed");
-        dir
-    })
-    .clone()
-}
-
+/// The binary with the real agent and the krun shim.
 fn boxsock(env: &Env) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_boxsock"));
-    c.env("BOXSOCK_HOME", &env.home)
-        .env("BOXSOCK_LINK_BASE", &env.link_base)
-        .env("BOXSOCK_HELPER_DIR", helpers())
-        .env_remove("BOXSOCK_STRATEGY")
-        .env_remove("BOXSOCK_BACKEND")
-        .env_remove("BOXSOCK_AGENT")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
-    c
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("boxsock runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    common::boxsock_in(env, &agent_and_shim_dir())
 }
 
 async fn echo(rt: &Runtime, id: &str, word: &str) -> String {

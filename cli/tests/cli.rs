@@ -2,51 +2,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use boxsock::{Runtime, RuntimeError};
-use common::{Env, LIMIT, agent_dir, pid_running, wait_until};
-use serde_json::Value;
-
-fn boxsock_in(env: &Env, helper_dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_boxsock"));
-    c.env("BOXSOCK_HOME", &env.home)
-        .env("BOXSOCK_LINK_BASE", &env.link_base)
-        .env("BOXSOCK_HELPER_DIR", helper_dir)
-        .env_remove("BOXSOCK_STRATEGY")
-        .env_remove("BOXSOCK_BACKEND")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
-    c
-}
-
-fn boxsock(env: &Env) -> Command {
-    boxsock_in(env, &agent_dir())
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("boxsock runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let o = run(cmd);
-    assert!(o.status.success(), "{cmd:?} failed ({}): {}", o.status, stderr(&o));
-    stdout(&o)
-}
-
-fn json(cmd: &mut Command) -> Value {
-    serde_json::from_str(&ok(cmd)).expect("valid JSON")
-}
+use common::{Env, LIMIT, agent_dir, boxsock, boxsock_in, json, ok, pid_running, run, stderr, stdout, tree, wait_until};
 
 fn assert_nothing_left(env: &Env) {
     let l = json(boxsock(env).args(["ls", "-a", "--json"]));
@@ -403,29 +363,6 @@ fn exec_in_a_box_whose_process_died_reports_it_stopped() {
     assert_eq!(json(boxsock(&env).args(["inspect", &id, "--json"]))["state"], "stopped");
     ok(boxsock(&env).args(["rm", &id]));
     assert_nothing_left(&env);
-}
-
-/// Every entry under `dir` (relative path, file type and mode, size of files, bytes of
-/// small files), sorted: what "changed nothing" compares.
-fn tree(dir: &Path) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let p = e.path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(dir).unwrap().display().to_string();
-            let content = if m.is_file() && m.len() < 64 { format!("{:?}", std::fs::read(&p).unwrap()) } else { String::new() };
-            out.push(format!("{rel} {:o} {} {content}", m.mode(), if m.is_dir() { 0 } else { m.len() }));
-            if m.is_dir() {
-                stack.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Issue 10, item 1: `mkdir -p T/boxes/photos; echo x > T/boxes/photos/a.jpg;

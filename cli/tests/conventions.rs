@@ -5,51 +5,23 @@ mod common;
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use boxsock::{CreateOptions, Runtime};
-use common::{Env, agent_dir, never_ready_agent, pid_running, wait_until};
+use common::{Env, agent_dir, json, never_ready_agent, ok, pid_running, run, stderr, stdout, tree, wait_until};
 use serde_json::Value;
 
+/// [`common::boxsock_in`] on the host backend and without `NO_COLOR`.
 fn boxsock_in(env: &Env, helper_dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_boxsock"));
-    c.env("BOXSOCK_HOME", &env.home)
-        .env("BOXSOCK_LINK_BASE", &env.link_base)
-        .env("BOXSOCK_HELPER_DIR", helper_dir)
-        .env("BOXSOCK_BACKEND", "host")
-        .env_remove("BOXSOCK_STRATEGY")
-        .env_remove("RUST_LOG")
-        .env_remove("NO_COLOR")
-        .stdin(Stdio::null());
+    let mut c = common::boxsock_in(env, helper_dir);
+    c.env("BOXSOCK_BACKEND", "host").env_remove("NO_COLOR");
     c
 }
 
 fn boxsock(env: &Env) -> Command {
     boxsock_in(env, &agent_dir())
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("boxsock runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let o = run(cmd);
-    assert!(o.status.success(), "{cmd:?} failed ({}): {}", o.status, stderr(&o));
-    stdout(&o)
-}
-
-fn json(cmd: &mut Command) -> Value {
-    serde_json::from_str(&ok(cmd)).expect("valid JSON")
 }
 
 fn ids(v: &Value) -> Vec<String> {
@@ -379,27 +351,6 @@ fn an_invalid_rust_log_is_reported_and_the_verb_still_runs() {
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("RUST_LOG") && err.contains("invalid log filter") && err.contains("notalevel"), "{err}");
-}
-
-fn tree(dir: &Path) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let p = e.path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(dir).unwrap().display().to_string();
-            let target = std::fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default();
-            out.push(format!("{rel} {:o} {target}", m.mode()));
-            if m.is_dir() {
-                stack.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 #[test]

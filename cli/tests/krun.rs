@@ -14,35 +14,17 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use boxsock::{BindingError, BoxState, CreateOptions, ProcessIdentity, Runtime, RuntimeError};
-use common::{Env, LIMIT, agent_dir, pid_running, wait_until};
+use common::{Env, LIMIT, agent_and_shim_dir, json, ok, pid_running, run, text, wait_until};
 use serde_json::Value;
 
 /// `sizeof(sun_path)` on Linux; a path fits when `len + 1 <= SUN_LEN`.
 const SUN_LEN: usize = 108;
 /// The home depth the issue asks for.
 const DEEP: usize = 300;
-
-/// `target/<profile>` with `boxsock-agent` and an up-to-date `boxsock-krun-shim`
-/// (`cargo test -p boxsock` builds neither).
-fn helpers() -> PathBuf {
-    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    ONCE.get_or_init(|| {
-        let dir = agent_dir();
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-p", "boxsock-libkrun", "--bin", "boxsock-krun-shim"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(st.success(), "building boxsock-krun-shim failed");
-        assert!(dir.join("boxsock-krun-shim").exists());
-        dir
-    })
-    .clone()
-}
 
 fn have_passt() -> bool {
     let found = Command::new("passt").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
@@ -52,35 +34,9 @@ fn have_passt() -> bool {
     found
 }
 
+/// The binary with the real agent and the krun shim.
 fn boxsock(env: &Env) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_boxsock"));
-    c.env("BOXSOCK_HOME", &env.home)
-        .env("BOXSOCK_LINK_BASE", &env.link_base)
-        .env("BOXSOCK_HELPER_DIR", helpers())
-        .env_remove("BOXSOCK_STRATEGY")
-        .env_remove("BOXSOCK_BACKEND")
-        .env_remove("BOXSOCK_AGENT")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
-    c
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("boxsock runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let o = run(cmd);
-    assert!(o.status.success(), "{cmd:?} failed ({}): {}", o.status, text(&o.stderr));
-    text(&o.stdout)
-}
-
-fn json(cmd: &mut Command) -> Value {
-    serde_json::from_str(&ok(cmd)).expect("valid JSON")
+    common::boxsock_in(env, &agent_and_shim_dir())
 }
 
 /// Live processes whose stdout is `log`.
@@ -184,7 +140,7 @@ fn direct_under_a_300_byte_home_fails_at_create_naming_the_socket_before_any_dir
 #[tokio::test]
 async fn direct_under_a_300_byte_home_is_path_too_long_through_the_library() {
     let env = Env::deep(DEEP);
-    let mut o = env.options_with_helpers(helpers());
+    let mut o = env.options_with_helpers(agent_and_shim_dir());
     o.backend_config.options.insert("configure_only".into(), "true".into());
     let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
     let e = rt.create(CreateOptions::builder().strategy("direct").backend("libkrun").network(true).build()).await.unwrap_err();
@@ -315,7 +271,7 @@ async fn a_start_that_times_out_kills_its_recorded_passt() {
         return;
     }
     let env = Env::new();
-    let mut o = env.options_with_helpers(helpers());
+    let mut o = env.options_with_helpers(agent_and_shim_dir());
     o.backend_config.options.insert("configure_only".into(), "true".into());
     o.backend_config.options.insert("shim".into(), sleeping_shim(&env).display().to_string());
     o.ready_timeout = Duration::from_secs(2);
@@ -404,7 +360,7 @@ fn kill_9_of_the_runtime_after_passt_started_then_reopen_kills_passt() {
 /// backend, passt and the agent are real.
 fn agent_shim(env: &Env) -> PathBuf {
     let p = env.root.path().join("agent-shim");
-    let agent = helpers().join("boxsock-agent");
+    let agent = agent_and_shim_dir().join("boxsock-agent");
     std::fs::write(
         &p,
         format!(
@@ -436,7 +392,7 @@ async fn passt_goes_with_its_box_on_stop_on_death_and_on_forced_remove() {
         return;
     }
     let env = Env::deep(DEEP);
-    let mut o = env.options_with_helpers(helpers());
+    let mut o = env.options_with_helpers(agent_and_shim_dir());
     o.backend_config.options.insert("configure_only".into(), "true".into());
     o.backend_config.options.insert("shim".into(), agent_shim(&env).display().to_string());
     o.health_monitor = true;

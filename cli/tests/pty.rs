@@ -11,27 +11,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Env, LIMIT, agent_dir};
+use common::{Env, LIMIT, boxsock, ok};
 use nix::sys::termios::{self, LocalFlags, Termios};
 
-fn boxsock(env: &Env) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_boxsock"));
-    c.env("BOXSOCK_HOME", &env.home)
-        .env("BOXSOCK_LINK_BASE", &env.link_base)
-        .env("BOXSOCK_HELPER_DIR", agent_dir())
-        .env_remove("BOXSOCK_STRATEGY")
-        .env_remove("BOXSOCK_BACKEND")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
-    c
-}
-
 fn running_box(env: &Env) -> String {
-    let o = boxsock(env).args(["--backend", "host", "create"]).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let id = String::from_utf8(o.stdout).unwrap().trim().to_owned();
-    let o = boxsock(env).args(["start", &id]).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = ok(boxsock(env).args(["--backend", "host", "create"])).trim().to_owned();
+    ok(boxsock(env).args(["start", &id]));
     id
 }
 

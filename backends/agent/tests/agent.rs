@@ -98,7 +98,7 @@ async fn exec_collect(
     stdin: Option<&[u8]>,
 ) -> Result<(i32, Vec<u8>, Vec<u8>), ClientError> {
     let out = tokio::time::timeout(LIMIT, client.exec_output(argv, env, stdin)).await.expect("exec hung")?;
-    Ok((out.code, out.stdout, out.stderr))
+    Ok((out.status.shell_code(), out.stdout, out.stderr))
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use boxsock::{BackendConfig, LockMode, RuntimeOptions, StrategyConfig, builtin_backends, builtin_strategies};
@@ -15,6 +16,101 @@ pub const LIMIT: Duration = Duration::from_secs(30);
 /// `cargo test -p boxsock` does not build other packages' binaries).
 pub fn agent_dir() -> PathBuf {
     boxsock_host::dev::built_binaries(&["boxsock-agent"])
+}
+
+/// `target/<profile>` with `boxsock-agent` and an up-to-date `boxsock-krun-shim`
+/// (`cargo test -p boxsock` builds neither), for tests of the libkrun backend.
+pub fn agent_and_shim_dir() -> PathBuf {
+    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let dir = agent_dir();
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-p", "boxsock-libkrun", "--bin", "boxsock-krun-shim"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "building boxsock-krun-shim failed");
+        assert!(dir.join("boxsock-krun-shim").exists());
+        dir
+    })
+    .clone()
+}
+
+/// The real `boxsock` binary on `env`'s home and link base with helpers from
+/// `helper_dir`, stdin `/dev/null`, and none of the caller's `BOXSOCK_STRATEGY`,
+/// `BOXSOCK_BACKEND`, `BOXSOCK_AGENT` or `RUST_LOG`.
+pub fn boxsock_in(env: &Env, helper_dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_boxsock"));
+    c.env("BOXSOCK_HOME", &env.home)
+        .env("BOXSOCK_LINK_BASE", &env.link_base)
+        .env("BOXSOCK_HELPER_DIR", helper_dir)
+        .env_remove("BOXSOCK_STRATEGY")
+        .env_remove("BOXSOCK_BACKEND")
+        .env_remove("BOXSOCK_AGENT")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    c
+}
+
+/// [`boxsock_in`] with the real agent ([`agent_dir`]).
+pub fn boxsock(env: &Env) -> Command {
+    boxsock_in(env, &agent_dir())
+}
+
+/// Run to the end, output captured.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("boxsock runs")
+}
+
+/// Bytes as text (lossy).
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Its stdout as text.
+pub fn stdout(o: &Output) -> String {
+    text(&o.stdout)
+}
+
+/// Its stderr as text.
+pub fn stderr(o: &Output) -> String {
+    text(&o.stderr)
+}
+
+/// Run, assert success (showing stderr if not), and return stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let o = run(cmd);
+    assert!(o.status.success(), "{cmd:?} failed ({}): {}", o.status, stderr(&o));
+    stdout(&o)
+}
+
+/// [`ok`], parsed as JSON.
+pub fn json(cmd: &mut Command) -> serde_json::Value {
+    serde_json::from_str(&ok(cmd)).expect("valid JSON")
+}
+
+/// Every entry under `dir` (relative path, file type and mode, size of files, bytes of
+/// small files, target of links), sorted: what "changed nothing" compares.
+pub fn tree(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            let content = if m.is_file() && m.len() < 64 { format!("{:?}", std::fs::read(&p).unwrap()) } else { String::new() };
+            let target = std::fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default();
+            out.push(format!("{rel} {:o} {} {content} {target}", m.mode(), if m.is_dir() { 0 } else { m.len() }));
+            if m.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// A temp home (optionally padded to a given depth) and a temp link base.

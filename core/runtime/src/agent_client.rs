@@ -12,7 +12,7 @@
 //! # async fn f(stream: std::os::unix::net::UnixStream) -> Result<(), boxsock_runtime::agent_client::ClientError> {
 //! use boxsock_runtime::agent_client::AgentClient;
 //! let out = AgentClient::connect(stream)?.exec_output(&["sh", "-c", "echo hi"], &[("K", "v")], None).await?;
-//! assert_eq!((out.code, &out.stdout[..]), (0, &b"hi\n"[..]));
+//! assert_eq!((out.status.code(), &out.stdout[..]), (Some(0), &b"hi\n"[..]));
 //! # Ok(()) }
 //! ```
 //!
@@ -26,6 +26,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use boxsock_core::proto::{self, ErrorCode, Frame, ProtoError, Request, Response, WinSize};
+
+use crate::exec::{ExitStatus, Output};
 
 /// Largest stdin chunk sent in one frame.
 const STDIN_CHUNK: usize = 64 * 1024;
@@ -88,17 +90,6 @@ pub struct AgentInfo {
     pub version: u32,
     /// Its pid.
     pub pid: u32,
-}
-
-/// What [`AgentClient::exec_output`] collected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecOutput {
-    /// Exit code, or 128 + signal number.
-    pub code: i32,
-    /// Everything the command wrote to stdout.
-    pub stdout: Vec<u8>,
-    /// Everything the command wrote to stderr.
-    pub stderr: Vec<u8>,
 }
 
 /// An exec request: what [`AgentClient::start_exec`] sends.
@@ -264,28 +255,43 @@ impl AgentClient {
     /// the command's process group: that is how a caller stops a command (the CLI does
     /// when its stdout closes).
     pub async fn exec<S, O, E>(
-        mut self,
+        self,
         argv: &[impl AsRef<str>],
         env: &[(&str, &str)],
         stdin: Option<S>,
-        mut on_stdout: O,
-        mut on_stderr: E,
+        on_stdout: O,
+        on_stderr: E,
     ) -> Result<i32, ClientError>
     where
         S: AsyncRead + Unpin,
         O: FnMut(&[u8]),
         E: FnMut(&[u8]),
     {
-        self.hello().await?;
+        Ok(self.exec_report(argv, env, stdin, on_stdout, on_stderr).await?.code)
+    }
+
+    /// [`AgentClient::exec`] on the [`AgentClient::start_exec`] session, returning the
+    /// whole exit report.
+    async fn exec_report<S, O, E>(
+        self,
+        argv: &[impl AsRef<str>],
+        env: &[(&str, &str)],
+        stdin: Option<S>,
+        mut on_stdout: O,
+        mut on_stderr: E,
+    ) -> Result<ExitReport, ClientError>
+    where
+        S: AsyncRead + Unpin,
+        O: FnMut(&[u8]),
+        E: FnMut(&[u8]),
+    {
         let request = ExecRequest {
             argv: argv.iter().map(|a| a.as_ref().to_owned()).collect(),
             env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             stdin: stdin.is_some(),
             ..ExecRequest::default()
         };
-        self.send_exec(request).await?;
-
-        let (mut rd, mut wr) = self.stream.into_split();
+        let (mut wr, mut rd) = self.start_exec(request).await?;
         let feed = async move {
             if let Some(mut input) = stdin {
                 let mut buf = vec![0u8; STDIN_CHUNK];
@@ -294,24 +300,21 @@ impl AgentClient {
                     if n == 0 {
                         break;
                     }
-                    proto::write_frame(&mut wr, &Frame::<Request>::Stdin(buf[..n].to_vec())).await?;
+                    wr.stdin(&buf[..n]).await?;
                 }
-                proto::write_frame(&mut wr, &Frame::<Request>::StdinEof).await?;
+                wr.stdin_eof().await?;
             }
             // Keep the write half open until the answer is read: dropping it would
             // shut the connection down for writing, which the agent takes as the
             // client going away.
-            std::future::pending::<io::Result<()>>().await
+            std::future::pending::<Result<(), ClientError>>().await
         };
         let answer = async {
             loop {
-                match proto::read_frame::<Response, _>(&mut rd).await? {
-                    Frame::Stdout(b) => on_stdout(&b),
-                    Frame::Stderr(b) => on_stderr(&b),
-                    Frame::Control(Response::Exit { code, .. }) => return Ok(code),
-                    Frame::Control(Response::Error { code, message }) => return Err(ClientError::Agent { code, message }),
-                    Frame::Control(other) => return Err(unexpected("exit", other)),
-                    other => return Err(ClientError::Unexpected { expected: "exit", got: format!("{other:?}") }),
+                match rd.next().await? {
+                    ExecEvent::Stdout(b) => on_stdout(&b),
+                    ExecEvent::Stderr(b) => on_stderr(&b),
+                    ExecEvent::Exit(exit) => return Ok(exit),
                 }
             }
         };
@@ -333,18 +336,19 @@ impl AgentClient {
     }
 
     /// [`AgentClient::exec`] with stdin from a byte slice (or `/dev/null` for
-    /// `None`) and the output collected in memory.
+    /// `None`) and the output collected in memory, in the shape
+    /// [`Command::output`](crate::exec::Command::output) returns.
     pub async fn exec_output(
         self,
         argv: &[impl AsRef<str>],
         env: &[(&str, &str)],
         stdin: Option<&[u8]>,
-    ) -> Result<ExecOutput, ClientError> {
+    ) -> Result<Output, ClientError> {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let code = self
-            .exec(argv, env, stdin, |b| stdout.extend_from_slice(b), |b| stderr.extend_from_slice(b))
+        let exit = self
+            .exec_report(argv, env, stdin, |b| stdout.extend_from_slice(b), |b| stderr.extend_from_slice(b))
             .await?;
-        Ok(ExecOutput { code, stdout, stderr })
+        Ok(Output { status: ExitStatus::from(exit), stdout, stderr })
     }
 
     /// Hello, then send an exec request (refused before sending when over the frame

@@ -101,7 +101,7 @@ impl From<crate::agent_client::ExitReport> for ExitStatus {
     }
 }
 
-/// What [`Command::output`] collected.
+/// What [`Command::output`] (and [`AgentClient::exec_output`](crate::agent_client::AgentClient::exec_output)) collected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
     /// How it ended.

@@ -241,8 +241,22 @@ pub struct BackendReport {
     pub isolation: Option<String>,
     /// `path-only` or `path-or-abstract`.
     pub address_needs: Option<String>,
-    /// Strategies it can be paired with, and for the others why not.
+    /// Strategies it can be paired with, and for the others why not. Serialised as
+    /// `"strategies": [{"strategy", "compatible", "reason"}]`, no `{"Ok":…}`.
+    #[serde(rename = "strategies", serialize_with = "serialize_pairings")]
     pub compatible: Vec<(String, Result<(), PairingError>)>,
+}
+
+/// One strategy in [`BackendReport::compatible`] as JSON shows it.
+#[derive(Serialize)]
+struct Pairing<'a> {
+    strategy: &'a str,
+    compatible: bool,
+    reason: Option<&'a PairingError>,
+}
+
+fn serialize_pairings<S: serde::Serializer>(pairings: &[(String, Result<(), PairingError>)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(pairings.iter().map(|(strategy, r)| Pairing { strategy, compatible: r.is_ok(), reason: r.as_ref().err() }))
 }
 
 /// What `boxsock doctor` prints for a home.
@@ -395,5 +409,32 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
         backends,
         binding_dir_fallback,
         binding_dir_squatted_by,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_pairing_serialises_without_a_result_enum() {
+        let b = BackendReport {
+            name: "x".into(),
+            summary: "s".into(),
+            available: true,
+            reason: None,
+            launch_available: true,
+            isolation: None,
+            address_needs: None,
+            compatible: vec![("a".into(), Ok(())), ("b".into(), Err(Incompatibility::NeedsPaths { strategy: "b".into(), backend: "x".into() }.into()))],
+        };
+        let why = b.compatible[1].1.as_ref().unwrap_err().to_string();
+        let s = serde_json::to_string(&b).unwrap();
+        assert!(!s.contains("\"Ok\"") && !s.contains("\"Err\""), "{s}");
+        let want = format!(
+            r#"{{"name":"x","summary":"s","available":true,"reason":null,"launch_available":true,"isolation":null,"address_needs":null,"strategies":[{{"strategy":"a","compatible":true,"reason":null}},{{"strategy":"b","compatible":false,"reason":{}}}]}}"#,
+            serde_json::to_string(&why).unwrap()
+        );
+        assert_eq!(s, want);
     }
 }

@@ -32,7 +32,6 @@
 //! binary could start processes it would take for strays: give the kit a test file of
 //! its own.
 
-use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -45,6 +44,7 @@ pub mod cli;
 pub mod kit;
 pub mod procs;
 
+pub use boxsock_conformance::report::{CheckResult, Outcome, Report, panic_message};
 pub use kit::Kit;
 
 /// What to run the kit against: a registered backend and how to build and drive it.
@@ -84,15 +84,6 @@ impl Target {
     pub fn name(&self) -> &'static str {
         self.registration.name
     }
-}
-
-/// What a check concluded (failures panic).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every assertion held.
-    Passed,
-    /// The check does not apply; the reason says why.
-    Skipped(String),
 }
 
 /// One check of the specification.
@@ -164,68 +155,15 @@ pub fn run_named(name: &str, target: &Target) -> Outcome {
     run_check(check, target)
 }
 
-/// The result of one check in [`run_all`].
-#[derive(Debug, Clone)]
-pub struct CheckResult {
-    /// The check.
-    pub check: &'static str,
-    /// Its outcome, or the failure message.
-    pub outcome: Result<Outcome, String>,
-}
-
-/// What [`run_all`] found.
-#[derive(Debug, Clone, Default)]
-pub struct Report {
-    /// One entry per check.
-    pub results: Vec<CheckResult>,
-}
-
-impl Report {
-    /// The failed checks with their messages.
-    pub fn failures(&self) -> Vec<(&'static str, &str)> {
-        self.results.iter().filter_map(|r| r.outcome.as_ref().err().map(|m| (r.check, m.as_str()))).collect()
-    }
-
-    /// Names of the checks that passed.
-    pub fn passed(&self) -> Vec<&'static str> {
-        self.results.iter().filter(|r| matches!(r.outcome, Ok(Outcome::Passed))).map(|r| r.check).collect()
-    }
-
-    /// The skipped checks with their reasons.
-    pub fn skipped(&self) -> Vec<(&'static str, &str)> {
-        self.results
-            .iter()
-            .filter_map(|r| match &r.outcome {
-                Ok(Outcome::Skipped(why)) => Some((r.check, why.as_str())),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-/// The message of a caught panic.
-pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned())).unwrap_or_else(|| "panicked".to_owned())
-}
-
 /// Run every check against `target`, catching failures so that all are reported.
 pub fn run_all(target: &Target) -> Report {
-    let mut report = Report::default();
-    for check in CHECKS {
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_check(check, target))).map_err(|p| panic_message(&*p));
-        report.results.push(CheckResult { check: check.name, outcome });
-    }
-    report
+    Report::run_each(CHECKS, |c| c.name, |c| run_check(c, target))
 }
 
 /// Assert that `names` (the tests a [`backend_conformance_tests!`] expansion generated)
 /// are exactly the names in [`CHECKS`].
 pub fn assert_covers(names: &[&str]) {
-    let mut want: Vec<&str> = CHECKS.iter().map(|c| c.name).collect();
-    let mut got = names.to_vec();
-    want.sort_unstable();
-    got.sort_unstable();
-    assert_eq!(got, want, "backend_conformance_tests! and CHECKS disagree");
+    boxsock_conformance::report::assert_same_checks("backend_conformance_tests!", CHECKS.iter().map(|c| c.name), names);
 }
 
 /// Expand to a module `$module` with one `#[test]` per check of the kit, each running

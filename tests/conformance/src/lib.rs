@@ -23,26 +23,17 @@
 //! peer in a forked child that drops to `nobody`; the ones that need other processes
 //! re-execute the test binary (see [`child`]).
 
-use std::panic::AssertUnwindSafe;
-
 use boxsock_core::{BindingError, BoxId, BoxLayout, SocketBinding};
 
 pub mod checks;
 pub mod child;
 pub mod fork;
 pub mod harness;
+pub mod report;
 pub mod util;
 
 pub use harness::{Constructor, Harness, Kit, KitError};
-
-/// What a check concluded (failures panic).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every assertion held.
-    Passed,
-    /// The check does not apply; the reason says why.
-    Skipped(String),
-}
+pub use report::{CheckResult, Outcome, Report, panic_message};
 
 /// A requirement a check has of the strategy or of the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,71 +219,15 @@ pub fn run_named(name: &str, ctor: Constructor) -> Outcome {
     run_check(check, ctor)
 }
 
-/// The result of one check in [`run_all`].
-#[derive(Debug, Clone)]
-pub struct CheckResult {
-    /// The check.
-    pub check: &'static str,
-    /// Its outcome, or the failure message.
-    pub outcome: Result<Outcome, String>,
-}
-
-/// What [`run_all`] found.
-#[derive(Debug, Clone, Default)]
-pub struct Report {
-    /// One entry per check.
-    pub results: Vec<CheckResult>,
-}
-
-impl Report {
-    /// The failed checks with their messages.
-    pub fn failures(&self) -> Vec<(&'static str, &str)> {
-        self.results
-            .iter()
-            .filter_map(|r| r.outcome.as_ref().err().map(|m| (r.check, m.as_str())))
-            .collect()
-    }
-
-    /// Names of the checks that passed.
-    pub fn passed(&self) -> Vec<&'static str> {
-        self.results.iter().filter(|r| matches!(r.outcome, Ok(Outcome::Passed))).map(|r| r.check).collect()
-    }
-
-    /// The skipped checks with their reasons.
-    pub fn skipped(&self) -> Vec<(&'static str, &str)> {
-        self.results
-            .iter()
-            .filter_map(|r| match &r.outcome {
-                Ok(Outcome::Skipped(why)) => Some((r.check, why.as_str())),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
 /// Run every check against `ctor`, catching failures so that all are reported.
 pub fn run_all(ctor: Constructor) -> Report {
-    let mut report = Report::default();
-    for check in CHECKS {
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_check(check, ctor))).map_err(|p| {
-            p.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "panicked".to_owned())
-        });
-        report.results.push(CheckResult { check: check.name, outcome });
-    }
-    report
+    Report::run_each(CHECKS, |c| c.name, |c| run_check(c, ctor))
 }
 
 /// Assert that `names` (the tests a [`conformance_tests!`] expansion generated) are
 /// exactly the names in [`CHECKS`].
 pub fn assert_covers(names: &[&str]) {
-    let mut want: Vec<&str> = CHECKS.iter().map(|c| c.name).collect();
-    let mut got = names.to_vec();
-    want.sort_unstable();
-    got.sort_unstable();
-    assert_eq!(got, want, "conformance_tests! and CHECKS disagree");
+    report::assert_same_checks("conformance_tests!", CHECKS.iter().map(|c| c.name), names);
 }
 
 /// Expand to a module `$module` with one `#[test]` per check of the kit, each running the

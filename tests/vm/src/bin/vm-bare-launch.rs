@@ -130,5 +130,5 @@ async fn exec(agent: &str) -> Result<u8, String> {
     let s = UnixStream::connect(agent).map_err(|e| format!("connecting {agent}: {e}"))?;
     let client = AgentClient::connect(s).map_err(|e| e.to_string())?;
     let out = client.exec_output(&["/bin/busybox", "true"], &[], None).await.map_err(|e| e.to_string())?;
-    u8::try_from(out.code).map_err(|_| format!("exit code {}", out.code))
+    u8::try_from(out.status.shell_code()).map_err(|_| format!("{}", out.status))
 }
