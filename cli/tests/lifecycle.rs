@@ -1033,3 +1033,104 @@ async fn a_companion_exiting_before_ready_fails_the_start_within_a_second_with_i
     assert!(rec.process.is_none());
     rt.remove(b.id.as_str(), false).await.unwrap();
 }
+
+/// `direct` with the trait's default peer policy (unchecked), as a third-party strategy
+/// that does not override `peer_policy` would be.
+#[derive(Debug)]
+struct Unchecked(boxsock_direct::Direct);
+
+mod unchecked {
+    use super::Unchecked;
+    use boxsock::boxsock_core::binding::{Capabilities, PolicyPath, SweepReport};
+    use boxsock::boxsock_core::peer::Listener;
+    use boxsock::boxsock_core::{BoxId, BoxLayout, SocketAddress, SocketBinding, SocketDir, StrategyConfig};
+    use boxsock::BindingError;
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    use std::sync::Arc;
+
+    pub const NAME: &str = "direct-unchecked-test";
+
+    impl SocketBinding for Unchecked {
+        fn name(&self) -> &str {
+            NAME
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.0.capabilities()
+        }
+        fn ensure(&self, l: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+            self.0.ensure(l, id)
+        }
+        fn address(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<SocketAddress, BindingError> {
+            self.0.address(l, id, f)
+        }
+        fn release(&self, l: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+            self.0.release(l, id)
+        }
+        fn sweep(&self, l: &BoxLayout) -> Result<SweepReport, BindingError> {
+            self.0.sweep(l)
+        }
+        fn policy_paths(&self, l: &BoxLayout, id: &BoxId) -> Result<Vec<PolicyPath>, BindingError> {
+            self.0.policy_paths(l, id)
+        }
+        fn socket_dir(&self, l: &BoxLayout, id: &BoxId) -> Result<Option<SocketDir>, BindingError> {
+            self.0.socket_dir(l, id)
+        }
+        // peer_policy: the trait's default, which checks nothing.
+        fn bind_stream(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<Listener, BindingError> {
+            self.0.bind_stream(l, id, f)
+        }
+        fn connect_stream(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<UnixStream, BindingError> {
+            self.0.connect_stream(l, id, f)
+        }
+        fn bind_datagram(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<UnixDatagram, BindingError> {
+            self.0.bind_datagram(l, id, f)
+        }
+    }
+
+    pub fn build(c: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
+        Ok(Arc::new(Unchecked(boxsock_direct::Direct::new(c))))
+    }
+}
+
+static UNCHECKED: boxsock::boxsock_core::registry::StrategyRegistration = boxsock::boxsock_core::registry::StrategyRegistration {
+    name: unchecked::NAME,
+    summary: "direct with an unchecked peer policy (test)",
+    build: unchecked::build,
+};
+
+/// Only the box's own process may declare it ready, whatever the strategy's peer policy:
+/// with a policy that checks nothing the listener hands out no credentials, and an
+/// earlier `start` took a `Ready` frame from any process. Here the box's agent never
+/// gets ready and this test process (another pid) sends `Ready` on the box's `ready`
+/// socket: the start must ignore it and time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_frame_from_another_process_is_ignored_even_when_the_strategy_checks_no_peers() {
+    use boxsock::boxsock_core::proto::{Frame, Response, VERSION, encode};
+    use std::io::Write;
+    let env = Env::new();
+    let mut o = env.options_with_helpers(common::never_ready_agent(env.root.path(), "never-ready"));
+    o.strategies = Registry::from_entries("strategy", [&boxsock_direct::REGISTRATION, &UNCHECKED]);
+    o.ready_timeout = Duration::from_secs(3);
+    let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
+    let b = rt.create(CreateOptions::new(unchecked::NAME, "host")).await.unwrap();
+    let ready = env.home.join("boxes").join(b.id.as_str()).join("sockets").join("ready.sock");
+    let impostor = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + LIMIT;
+        while std::time::Instant::now() < deadline {
+            if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&ready) {
+                let frame = encode(&Frame::Control(Response::Ready { version: VERSION, pid: std::process::id() }));
+                return s.write_all(&frame).is_ok();
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
+    });
+    let r = rt.start(b.id.as_str()).await;
+    assert!(impostor.join().unwrap(), "the impostor never reached the ready socket, so the test proves nothing");
+    match r {
+        Err(RuntimeError::ReadyTimeout { .. }) => {}
+        Ok(rec) => panic!("a Ready frame from pid {} started the box (its process is {:?})", std::process::id(), rec.process),
+        Err(e) => panic!("expected a readiness timeout, got: {e}"),
+    }
+    let _ = rt.remove(b.id.as_str(), true).await;
+}
