@@ -11,19 +11,19 @@ use serde::{Deserialize, Serialize};
 #[non_exhaustive]
 pub enum UriError {
     /// `unix://` followed by a relative path.
-    #[error("{uri:?}: a unix:// address must be absolute")]
+    #[error("{}: a unix:// address must be absolute", crate::echo::echo(uri))]
     NotAbsolute {
         /// The URI.
         uri: String,
     },
     /// `abstract:` with nothing after it.
-    #[error("{uri:?}: empty abstract name")]
+    #[error("{}: empty abstract name", crate::echo::echo(uri))]
     EmptyAbstract {
         /// The URI.
         uri: String,
     },
     /// Neither `unix://` nor `abstract:`.
-    #[error("{uri:?}: expected unix:///path or abstract:name")]
+    #[error("{}: expected unix:///path or abstract:name", crate::echo::echo(uri))]
     Scheme {
         /// The URI.
         uri: String,
@@ -168,5 +168,14 @@ mod tests {
         assert_eq!(SocketAddress::from_uri("unix://relative"), Err(UriError::NotAbsolute { uri: "unix://relative".into() }));
         assert_eq!(SocketAddress::from_uri("tcp://x"), Err(UriError::Scheme { uri: "tcp://x".into() }));
         assert_eq!(SocketAddress::from_uri("abstract:"), Err(UriError::EmptyAbstract { uri: "abstract:".into() }));
+    }
+
+    #[test]
+    fn a_bad_uri_is_quoted_bounded() {
+        let long = format!("tcp://{}", "x".repeat(10_000));
+        let msg = SocketAddress::from_uri(&long).unwrap_err().to_string();
+        assert!(msg.len() < 200, "{} bytes: {msg}", msg.len());
+        assert!(msg.contains("10006 bytes") && msg.contains("expected unix:///path or abstract:name"), "{msg}");
+        assert!(SocketAddress::from_uri("unix://rel").unwrap_err().to_string().starts_with("\"unix://rel\""));
     }
 }

@@ -4,7 +4,7 @@
 //! rejected one gives an error that says which form was expected.
 #![no_main]
 
-use boxsock_core::SocketAddress;
+use boxsock_core::{SocketAddress, UriError};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -27,11 +27,19 @@ fuzz_target!(|data: &[u8]| {
             let _ = a.to_std();
             let _ = a.display_string();
         }
-        Err(msg) => {
+        Err(e) => {
+            // The message says which form was expected and quotes the input bounded.
+            let msg = e.to_string();
             assert!(
                 msg.contains("absolute") || msg.contains("empty abstract name") || msg.contains("expected unix:///path or abstract:name"),
                 "{msg}"
             );
+            // At most 64 input bytes, each escaped to at most 10 (`\u{10ffff}`).
+            assert!(msg.len() <= 64 * 10 + 120, "unbounded echo: {} bytes", msg.len());
+            let (UriError::NotAbsolute { uri: got } | UriError::EmptyAbstract { uri: got } | UriError::Scheme { uri: got }) = e else {
+                panic!("a new UriError variant: {msg}");
+            };
+            assert_eq!(got, uri);
         }
     }
 });
