@@ -141,7 +141,7 @@ impl RuntimeError {
 
 /// The session of a [`Child`] has ended, so it cannot be signalled or resized.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("the exec session of {program:?} in box {box_id} has ended")]
+#[error("the exec session of {} in box {box_id} has ended", boxsock_core::echo::echo(program))]
 pub struct SessionEnded {
     /// The box.
     pub box_id: String,
