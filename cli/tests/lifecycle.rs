@@ -864,68 +864,99 @@ async fn twenty_thousand_rejected_connects_add_at_most_a_few_kb_to_the_box_log()
     rt.remove(&id, true).await.unwrap();
 }
 
-/// `abstract` without its per-start rotation, so a test can squat the very name a start
-/// binds `ready` at, and see the bind rotate away from it.
+/// A built-in strategy with one hook left at the trait's default, so a test can see
+/// what the runtime does when a (third-party) strategy does not provide it. Everything
+/// else is delegated.
 #[derive(Debug)]
-struct NoRotate(boxsock_abstract::Abstract);
+struct Without {
+    inner: Arc<dyn boxsock::boxsock_core::SocketBinding>,
+    name: &'static str,
+    omit: Omit,
+}
 
-mod no_rotate {
-    use super::NoRotate;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Omit {
+    /// `prepare_start` (abstract's per-start rotation) is the default no-op.
+    PrepareStart,
+    /// `peer_policy` is the default, which checks nothing.
+    PeerPolicy,
+}
+
+mod without {
+    use super::{Omit, Without};
     use boxsock::boxsock_core::binding::{Capabilities, PolicyPath, SweepReport};
     use boxsock::boxsock_core::peer::{Listener, PeerPolicy};
-    use boxsock::boxsock_core::{BoxId, BoxLayout, SocketAddress, SocketBinding, StrategyConfig};
+    use boxsock::boxsock_core::{BoxId, BoxLayout, SocketAddress, SocketBinding, SocketDir, StrategyConfig};
     use boxsock::BindingError;
     use std::os::unix::net::{UnixDatagram, UnixStream};
     use std::sync::Arc;
 
-    pub const NAME: &str = "abstract-no-rotate-test";
-
-    impl SocketBinding for NoRotate {
+    impl SocketBinding for Without {
         fn name(&self) -> &str {
-            NAME
+            self.name
         }
         fn capabilities(&self) -> Capabilities {
-            self.0.capabilities()
+            self.inner.capabilities()
         }
         fn ensure(&self, l: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
-            self.0.ensure(l, id)
+            self.inner.ensure(l, id)
+        }
+        fn prepare_start(&self, l: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+            match self.omit {
+                Omit::PrepareStart => Ok(()),
+                _ => self.inner.prepare_start(l, id),
+            }
         }
         fn address(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<SocketAddress, BindingError> {
-            self.0.address(l, id, f)
+            self.inner.address(l, id, f)
         }
         fn release(&self, l: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
-            self.0.release(l, id)
+            self.inner.release(l, id)
         }
         fn sweep(&self, l: &BoxLayout) -> Result<SweepReport, BindingError> {
-            self.0.sweep(l)
+            self.inner.sweep(l)
         }
         fn policy_paths(&self, l: &BoxLayout, id: &BoxId) -> Result<Vec<PolicyPath>, BindingError> {
-            self.0.policy_paths(l, id)
+            self.inner.policy_paths(l, id)
+        }
+        fn socket_dir(&self, l: &BoxLayout, id: &BoxId) -> Result<Option<SocketDir>, BindingError> {
+            self.inner.socket_dir(l, id)
         }
         fn peer_policy(&self) -> PeerPolicy {
-            self.0.peer_policy()
+            match self.omit {
+                Omit::PeerPolicy => PeerPolicy::unchecked(),
+                _ => self.inner.peer_policy(),
+            }
         }
         fn bind_stream(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<Listener, BindingError> {
-            self.0.bind_stream(l, id, f)
+            self.inner.bind_stream(l, id, f)
         }
         fn connect_stream(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<UnixStream, BindingError> {
-            self.0.connect_stream(l, id, f)
+            self.inner.connect_stream(l, id, f)
         }
         fn bind_datagram(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<UnixDatagram, BindingError> {
-            self.0.bind_datagram(l, id, f)
+            self.inner.bind_datagram(l, id, f)
         }
-        // prepare_start: the default no-op.
     }
 
-    pub fn build(c: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
-        Ok(Arc::new(NoRotate(boxsock_abstract::Abstract::new(c))))
+    pub const NO_ROTATE: &str = "abstract-no-rotate-test";
+    pub const UNCHECKED: &str = "direct-unchecked-test";
+
+    pub fn no_rotate(c: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
+        Ok(Arc::new(Without { inner: Arc::new(boxsock_abstract::Abstract::new(c)), name: NO_ROTATE, omit: Omit::PrepareStart }))
+    }
+
+    pub fn unchecked(c: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
+        Ok(Arc::new(Without { inner: Arc::new(boxsock_direct::Direct::new(c)), name: UNCHECKED, omit: Omit::PeerPolicy }))
     }
 }
 
+/// `abstract` without its per-start rotation, so a test can squat the very name a start
+/// binds `ready` at, and see the bind rotate away from it.
 static NO_ROTATE: boxsock::boxsock_core::registry::StrategyRegistration = boxsock::boxsock_core::registry::StrategyRegistration {
-    name: no_rotate::NAME,
+    name: without::NO_ROTATE,
     summary: "abstract without per-start rotation (test)",
-    build: no_rotate::build,
+    build: without::no_rotate,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -940,9 +971,9 @@ async fn a_start_whose_ready_name_is_squatted_rotates_and_launches_with_the_new_
     let mut o = env.options();
     o.strategies = Registry::from_entries("strategy", [&boxsock_abstract::REGISTRATION, &NO_ROTATE]);
     let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
-    let b = rt.create(CreateOptions::new(no_rotate::NAME, "host")).await.unwrap();
+    let b = rt.create(CreateOptions::new(without::NO_ROTATE, "host")).await.unwrap();
     let id = b.id.to_string();
-    let s = rt.strategy(no_rotate::NAME).unwrap();
+    let s = rt.strategy(without::NO_ROTATE).unwrap();
     let ready = s.address(rt.layout(), &b.id, "ready.sock").unwrap();
     // nobody holds the exact name this start will bind `ready` at.
     let squatter = listen_in_child(&ready).unwrap_or_else(|r| panic!("squat {ready}: {r:?}"));
@@ -1036,66 +1067,10 @@ async fn a_companion_exiting_before_ready_fails_the_start_within_a_second_with_i
 
 /// `direct` with the trait's default peer policy (unchecked), as a third-party strategy
 /// that does not override `peer_policy` would be.
-#[derive(Debug)]
-struct Unchecked(boxsock_direct::Direct);
-
-mod unchecked {
-    use super::Unchecked;
-    use boxsock::boxsock_core::binding::{Capabilities, PolicyPath, SweepReport};
-    use boxsock::boxsock_core::peer::Listener;
-    use boxsock::boxsock_core::{BoxId, BoxLayout, SocketAddress, SocketBinding, SocketDir, StrategyConfig};
-    use boxsock::BindingError;
-    use std::os::unix::net::{UnixDatagram, UnixStream};
-    use std::sync::Arc;
-
-    pub const NAME: &str = "direct-unchecked-test";
-
-    impl SocketBinding for Unchecked {
-        fn name(&self) -> &str {
-            NAME
-        }
-        fn capabilities(&self) -> Capabilities {
-            self.0.capabilities()
-        }
-        fn ensure(&self, l: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
-            self.0.ensure(l, id)
-        }
-        fn address(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<SocketAddress, BindingError> {
-            self.0.address(l, id, f)
-        }
-        fn release(&self, l: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
-            self.0.release(l, id)
-        }
-        fn sweep(&self, l: &BoxLayout) -> Result<SweepReport, BindingError> {
-            self.0.sweep(l)
-        }
-        fn policy_paths(&self, l: &BoxLayout, id: &BoxId) -> Result<Vec<PolicyPath>, BindingError> {
-            self.0.policy_paths(l, id)
-        }
-        fn socket_dir(&self, l: &BoxLayout, id: &BoxId) -> Result<Option<SocketDir>, BindingError> {
-            self.0.socket_dir(l, id)
-        }
-        // peer_policy: the trait's default, which checks nothing.
-        fn bind_stream(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<Listener, BindingError> {
-            self.0.bind_stream(l, id, f)
-        }
-        fn connect_stream(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<UnixStream, BindingError> {
-            self.0.connect_stream(l, id, f)
-        }
-        fn bind_datagram(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<UnixDatagram, BindingError> {
-            self.0.bind_datagram(l, id, f)
-        }
-    }
-
-    pub fn build(c: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
-        Ok(Arc::new(Unchecked(boxsock_direct::Direct::new(c))))
-    }
-}
-
 static UNCHECKED: boxsock::boxsock_core::registry::StrategyRegistration = boxsock::boxsock_core::registry::StrategyRegistration {
-    name: unchecked::NAME,
+    name: without::UNCHECKED,
     summary: "direct with an unchecked peer policy (test)",
-    build: unchecked::build,
+    build: without::unchecked,
 };
 
 /// Only the box's own process may declare it ready, whatever the strategy's peer policy:
@@ -1112,7 +1087,7 @@ async fn a_ready_frame_from_another_process_is_ignored_even_when_the_strategy_ch
     o.strategies = Registry::from_entries("strategy", [&boxsock_direct::REGISTRATION, &UNCHECKED]);
     o.ready_timeout = Duration::from_secs(3);
     let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
-    let b = rt.create(CreateOptions::new(unchecked::NAME, "host")).await.unwrap();
+    let b = rt.create(CreateOptions::new(without::UNCHECKED, "host")).await.unwrap();
     let ready = env.home.join("boxes").join(b.id.as_str()).join("sockets").join("ready.sock");
     let impostor = std::thread::spawn(move || {
         let deadline = std::time::Instant::now() + LIMIT;
