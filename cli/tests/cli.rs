@@ -347,14 +347,21 @@ fn interrupting_run_rm_removes_the_box_and_its_command() {
     assert_nothing_left(&env);
 }
 
+/// A host box started through the binary whose process is then SIGKILLed with no
+/// runtime watching; its id.
+fn start_a_box_and_kill_its_process(env: &Env) -> String {
+    let id = ok(boxsock(env).args(["--backend", "host", "create"])).trim().to_owned();
+    ok(boxsock(env).args(["start", &id]));
+    let pid = json(boxsock(env).args(["inspect", &id, "--json"]))["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_until("the box process to die", || !pid_running(pid));
+    id
+}
+
 #[test]
 fn exec_in_a_box_whose_process_died_reports_it_stopped() {
     let env = Env::new();
-    let id = ok(boxsock(&env).args(["--backend", "host", "create"])).trim().to_owned();
-    ok(boxsock(&env).args(["start", &id]));
-    let pid = json(boxsock(&env).args(["inspect", &id, "--json"]))["pid"].as_i64().unwrap() as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    wait_until("the box process to die", || !pid_running(pid));
+    let id = start_a_box_and_kill_its_process(&env);
     // No runtime was watching; the next command finds out (recovery at open, or the
     // refused connection) and says the box is stopped, not "connection refused".
     let o = run(boxsock(&env).args(["exec", &id, "--", "true"]));
@@ -688,11 +695,7 @@ fn a_run_rm_client_killed_with_sigkill_leaves_nothing_after_the_next_writing_com
 #[test]
 fn read_only_verbs_show_a_dead_box_stopped_without_recording_it() {
     let env = Env::new();
-    let id = ok(boxsock(&env).args(["--backend", "host", "create"])).trim().to_owned();
-    ok(boxsock(&env).args(["start", &id]));
-    let pid = json(boxsock(&env).args(["inspect", &id, "--json"]))["pid"].as_i64().unwrap() as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    wait_until("the box process to die", || !pid_running(pid));
+    let id = start_a_box_and_kill_its_process(&env);
     let before = tree(&env.home);
     let i = json(boxsock(&env).args(["inspect", &id, "--json"]));
     assert_eq!(i["state"], "stopped", "{i}");
