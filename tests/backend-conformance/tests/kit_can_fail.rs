@@ -194,6 +194,8 @@ impl Backend for Faulty {
                 // The helper waits for the agent's "shutdown requested" (info level).
                 s.env.push(("RUST_LOG".into(), "info".into()));
                 let launched = self.inner.launch(&s)?;
+                // Path boxes only: the address check stops an abstract box gracefully
+                // too, and this fault is the stop check's alone.
                 if spec.sockets.dir.is_some() {
                     let (pid, path) = (launched.pid.to_string(), log.display().to_string());
                     let args = ["-c", OUTLIVES_SHUTDOWN, "helper", pid.as_str(), path.as_str()];
