@@ -91,9 +91,6 @@ pub fn records_dir() -> PathBuf {
 pub fn write_record(scenario: &Scenario, outcome: Outcome) {
     let dir = records_dir();
     std::fs::create_dir_all(&dir).expect("create the reliability records dir");
-    if let Outcome::Skipped(reason) = &outcome {
-        eprintln!("skipped: {}: {reason}", scenario.id);
-    }
     let rec = Record {
         id: scenario.id.into(),
         area: scenario.area.into(),
@@ -107,6 +104,24 @@ pub fn write_record(scenario: &Scenario, outcome: Outcome) {
     )
     .expect("write record");
     std::fs::rename(&tmp, dir.join(format!("{}.json", scenario.id))).expect("publish record");
+    if let Outcome::Skipped(reason) = &rec.outcome {
+        skip_scenario(reason);
+    }
+}
+
+/// A scenario's skip, through the one skip mechanism (a failure under `CI=true`). The
+/// suite skips for two machine conditions only: not root, and a refused tmpfs mount.
+#[track_caller]
+fn skip_scenario(reason: &str) {
+    use boxsock_test_support::{Need, skip};
+    let need = if reason.starts_with("needs root") {
+        Need::Root
+    } else if reason.contains("tmpfs") {
+        Need::Kernel("tmpfs mounts")
+    } else {
+        Need::Setup { what: "a scenario's condition", provided_by: ".ci/run must provide it" }
+    };
+    skip(need, reason);
 }
 
 /// Read every record in `dir`.

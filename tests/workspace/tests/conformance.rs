@@ -45,7 +45,7 @@ fn every_registered_strategy_passes_the_kit() {
             report.failures().len()
         );
         for (check, why) in &skipped {
-            eprintln!("  skipped: {check}: {why}");
+            boxsock_tests::kit_skips::kit_skip(reg.name, check, why);
         }
         for (check, msg) in report.failures() {
             failures.push(format!("{}::{check}: {msg}", reg.name));
