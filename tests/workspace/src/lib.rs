@@ -1,8 +1,7 @@
 //! Workspace-level integration tests for boxsock live in `tests/`. This library holds
 //! what they share: the reliability scenario registry that `docs/reliability.md` is
-//! generated from, and how the kits' skips count in CI (`kit_skips`).
+//! generated from.
 
-pub mod kit_skips;
 pub mod reliability;
 
 // The facade links every strategy and backend it depends on; the tests take their

@@ -91,6 +91,9 @@ pub fn records_dir() -> PathBuf {
 pub fn write_record(scenario: &Scenario, outcome: Outcome) {
     let dir = records_dir();
     std::fs::create_dir_all(&dir).expect("create the reliability records dir");
+    if let Outcome::Skipped(reason) = &outcome {
+        eprintln!("skipped: {}: {reason}", scenario.id);
+    }
     let rec = Record {
         id: scenario.id.into(),
         area: scenario.area.into(),
@@ -104,24 +107,6 @@ pub fn write_record(scenario: &Scenario, outcome: Outcome) {
     )
     .expect("write record");
     std::fs::rename(&tmp, dir.join(format!("{}.json", scenario.id))).expect("publish record");
-    if let Outcome::Skipped(reason) = &rec.outcome {
-        skip_scenario(reason);
-    }
-}
-
-/// A scenario's skip, through the one skip mechanism (a failure under `CI=true`). The
-/// suite skips for two machine conditions only: not root, and a refused tmpfs mount.
-#[track_caller]
-fn skip_scenario(reason: &str) {
-    use boxsock_test_support::{Need, skip};
-    let need = if reason.starts_with("needs root") {
-        Need::Root
-    } else if reason.contains("tmpfs") {
-        Need::Kernel("tmpfs mounts")
-    } else {
-        Need::Setup { what: "a scenario's condition", provided_by: ".ci/run must provide it" }
-    };
-    skip(need, reason);
 }
 
 /// Read every record in `dir`.
@@ -314,7 +299,9 @@ pub fn listed_ids(doc: &str) -> Vec<String> {
 }
 
 /// Declare a hostile scenario: registers it and defines a `#[test]` that runs `body`
-/// (an expression returning [`Outcome`]) and records the result.
+/// (an expression returning [`Outcome`]) and records the result. A skip then goes
+/// through `crate::skip_scenario(&str)`, which the using crate defines (the hostile
+/// suite's, through `boxsock_test_support::skip`: a failure under `CI=true`).
 ///
 /// ```ignore
 /// scenario!(squat_parent_foreign_dir, "Attacks", "pre-create the per-uid dir owned by nobody", {
@@ -338,6 +325,11 @@ macro_rules! scenario {
                 },
                 outcome.clone(),
             );
+            // The suite's one skip mechanism (a failure under CI=true): `crate` is the
+            // test crate that uses this macro, which defines `skip_scenario(&str)`.
+            if let $crate::reliability::Outcome::Skipped(reason) = &outcome {
+                crate::skip_scenario(reason);
+            }
             $crate::reliability::check_against_doc(
                 &$crate::reliability::Scenario {
                     id: stringify!($id),

@@ -7,6 +7,8 @@
 //!
 //! A test file of its own: the kit looks for strays among this process's descendants.
 
+mod kit_skips;
+
 use boxsock_backend_conformance::{CHECKS, Target, run_all};
 use boxsock_core::backend::{Availability, BackendConfig};
 use boxsock_test_support::{Unmakeable, skip_allowed};
@@ -38,7 +40,7 @@ fn every_registered_backend_passes_the_backend_kit() {
         for (check, why) in report.skipped() {
             assert!(!why.is_empty(), "{}::{check} skipped without a reason", reg.name);
             if !unavailable {
-                boxsock_tests::kit_skips::kit_skip(reg.name, check, why);
+                kit_skips::kit_skip(reg.name, check, why);
             }
         }
         for (check, msg) in report.failures() {

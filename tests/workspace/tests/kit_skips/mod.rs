@@ -34,7 +34,7 @@ pub fn kit_skip(subject: &str, check: &str, why: &str) {
         skip(Need::Kernel("network namespaces"), detail);
     } else {
         let by = ".ci/run must make the reason's condition true, or it is listed in \
-                  boxsock_tests::kit_skips::CAPABILITY_SKIPS as a capability";
+                  tests/workspace/tests/kit_skips (CAPABILITY_SKIPS) as a capability";
         skip(Need::Setup { what: "a kit check's condition", provided_by: by }, detail);
     }
 }
