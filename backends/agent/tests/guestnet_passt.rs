@@ -89,7 +89,7 @@ fn root_dhcp_against_a_real_passt_configures_address_route_and_resolver() {
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("net.sock");
     let log = std::fs::File::create(dir.path().join("passt.log")).unwrap();
-    let passt = Kill(
+    let mut passt = Kill(
         Command::new(&bin)
             .args(["--foreground", "--quiet", "--runas", "0:0", "--socket"])
             .arg(&sock_path)
@@ -100,16 +100,19 @@ fn root_dhcp_against_a_real_passt_configures_address_route_and_resolver() {
             .unwrap(),
     );
     let t0 = Instant::now();
+    let passt_log = || std::fs::read_to_string(dir.path().join("passt.log")).unwrap_or_default();
     let sock = loop {
+        if let Some(status) = passt.0.try_wait().unwrap() {
+            panic!("passt exited ({status}) before binding {}; its output: {}", sock_path.display(), passt_log());
+        }
         match UnixStream::connect(&sock_path) {
             Ok(s) => break s,
             // Generous: a contended machine must not turn into a failure; polled, so
             // no slower when passt is quick.
             Err(_) if t0.elapsed() < Duration::from_secs(30) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => {
-                let out = std::fs::read_to_string(dir.path().join("passt.log")).unwrap_or_default();
                 // A real failure (passt is installed and was started), never a skip.
-                panic!("passt did not come up within 30 s ({e}); its output: {out}");
+                panic!("passt did not come up within 30 s ({e}); its output: {}", passt_log());
             }
         }
     };

@@ -309,6 +309,10 @@ pub fn listed_ids(doc: &str) -> Vec<String> {
 /// });
 /// ```
 #[macro_export]
+// `crate::skip_scenario` on purpose: it is the using crate's, which can reach
+// boxsock-test-support (a dev-dependency; this library cannot depend on the unpublished
+// crate, as `cargo package --workspace` packages it).
+#[allow(clippy::crate_in_macro_def)]
 macro_rules! scenario {
     ($id:ident, $area:literal, $done:literal, $body:block) => {
         inventory::submit! {
