@@ -1,7 +1,8 @@
 //! The agent's `vsock://` addresses, with real `AF_VSOCK` sockets where the machine
 //! has them. A full round trip needs the `vsock_loopback` transport (CID 1); without
-//! it those tests print why and skip. These tests never dial CID 2: from inside a
-//! VM that is the real host.
+//! it those tests skip: a failure under `CI=true` where the kernel has the module to
+//! load (`.ci/run` loads it), allowed where it has none. These tests never dial CID 2:
+//! from inside a VM that is the real host.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -54,7 +54,7 @@ impl Need {
             Need::Program { name, .. } => format!("no `{name}`"),
             Need::VsockLoopback => "no vsock_loopback".into(),
             Need::Kernel(what) => format!("no {what}"),
-            Need::Setup { what, .. } => format!("no {what}"),
+            Need::Setup { what, .. } => format!("missing {what}"),
         }
     }
 
