@@ -91,9 +91,6 @@ pub fn records_dir() -> PathBuf {
 pub fn write_record(scenario: &Scenario, outcome: Outcome) {
     let dir = records_dir();
     std::fs::create_dir_all(&dir).expect("create the reliability records dir");
-    if let Outcome::Skipped(reason) = &outcome {
-        eprintln!("skipped: {}: {reason}", scenario.id);
-    }
     let rec = Record {
         id: scenario.id.into(),
         area: scenario.area.into(),
