@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use boxsock::{Runtime, RuntimeError};
 use common::{Env, LIMIT, agent_dir, boxsock, boxsock_in, json, ok, pid_running, run, stderr, stdout, tree, wait_until};
+use boxsock_test_support::{Unmakeable, skip_allowed};
 
 fn assert_nothing_left(env: &Env) {
     let l = json(boxsock(env).args(["ls", "-a", "--json"]));
@@ -127,7 +128,7 @@ async fn the_default_backend_when_unavailable_says_why_and_suggests_host() {
     let avail = rt.backend("libkrun").unwrap().available();
     rt.close();
     if avail == boxsock::Availability::Available {
-        eprintln!("skipped: libkrun is available on this machine");
+        skip_allowed(Unmakeable::KvmAvailable, "libkrun is available on this machine");
         return;
     }
     let o = run(boxsock(&env).arg("create"));

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use boxsock::{CreateOptions, Runtime};
 use common::{Env, agent_dir, json, never_ready_agent, ok, pid_running, run, stderr, stdout, tree, wait_until};
 use serde_json::Value;
+use boxsock_test_support::{Need, skip};
 
 /// [`common::boxsock_in`] on the host backend and without `NO_COLOR`.
 fn boxsock_in(env: &Env, helper_dir: &Path) -> Command {
@@ -310,7 +311,7 @@ fn a_failed_start_prints_its_error_once_and_logs_are_never_coloured_off_a_termin
 /// `script` gives the command a terminal; stderr then goes to it.
 fn on_a_terminal(env: &Env, extra_env: &[(&str, &str)]) -> Option<Vec<u8>> {
     if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipped: no `script` (util-linux) to give boxsock a terminal");
+        skip(Need::Program { name: "script", package: "bsdutils" }, "no `script` to give boxsock a terminal");
         return None;
     }
     // `create` logs at debug ("created").

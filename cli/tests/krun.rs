@@ -20,6 +20,7 @@ use std::time::Duration;
 use boxsock::{BindingError, BoxState, CreateOptions, ProcessIdentity, Runtime, RuntimeError};
 use common::{Env, LIMIT, agent_and_shim_dir, json, ok, pid_running, run, text, wait_until};
 use serde_json::Value;
+use boxsock_test_support::{Need, skip};
 
 /// `sizeof(sun_path)` on Linux; a path fits when `len + 1 <= SUN_LEN`.
 const SUN_LEN: usize = 108;
@@ -29,7 +30,7 @@ const DEEP: usize = 300;
 fn have_passt() -> bool {
     let found = Command::new("passt").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
     if !found {
-        eprintln!("skipped: passt is not installed (apt-get install passt)");
+        skip(Need::Program { name: "passt", package: "passt" }, "passt is not installed");
     }
     found
 }

@@ -13,6 +13,7 @@ use boxsock::{
     Registry, Runtime, RuntimeError, builtin_backends,
 };
 use common::{Env, LIMIT, pid_running, wait_until};
+use boxsock_test_support::{Need, Unmakeable, skip, skip_allowed};
 
 async fn exec_out(rt: &Runtime, id: &str, argv: &[&str]) -> Result<(i32, String, String), RuntimeError> {
     let (mut out, mut err) = (Vec::<u8>::new(), Vec::<u8>::new());
@@ -77,17 +78,17 @@ async fn full_lifecycle_for_every_compatible_available_pair() {
     for backend in builtin_backends().names() {
         let b = rt.backend(backend).unwrap();
         if let Availability::Unavailable { reason } = b.available() {
-            eprintln!("skipped: backend {backend} unavailable here: {reason}");
+            skip_allowed(Unmakeable::NoHardwareKvm, format!("backend {backend} unavailable here: {reason}"));
             continue;
         }
         for strategy in boxsock::builtin_strategies().names() {
             let s = rt.strategy(strategy).unwrap();
             if !s.capabilities().supported_here() {
-                eprintln!("skipped: strategy {strategy} unsupported here");
+                skip_allowed(Unmakeable::Capability, format!("strategy {strategy} unsupported here"));
                 continue;
             }
             if let Err(reason) = boxsock::boxsock_runtime::compatibility(&*s, &*b) {
-                eprintln!("skipped: {strategy}/{backend} incompatible: {reason}");
+                skip_allowed(Unmakeable::Capability, format!("{strategy}/{backend} incompatible: {reason}"));
                 continue;
             }
             full_lifecycle(&env, &rt, strategy, backend).await;
@@ -558,7 +559,7 @@ async fn without_a_health_monitor_exec_finds_a_dead_box_and_records_it_stopped()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_connection_on_the_ready_socket_is_not_mistaken_for_the_agent() {
     if std::process::Command::new("python3").arg("-c").arg("").status().map(|s| !s.success()).unwrap_or(true) {
-        eprintln!("skipped: python3 is needed to make the stray connection");
+        skip(Need::Program { name: "python3", package: "python3" }, "python3 is needed to make the stray connection");
         return;
     }
     let env = Env::new();
@@ -649,7 +650,7 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
 async fn an_open_that_fails_in_a_new_home_leaves_nothing_behind() {
     use nix::mount::{MntFlags, MsFlags, mount, umount2};
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to mount a tmpfs");
+        skip(Need::Root, "needs root to mount a tmpfs");
         return;
     }
     let env = Env::new();
@@ -659,7 +660,7 @@ async fn an_open_that_fails_in_a_new_home_leaves_nothing_behind() {
     for inodes in 2..12 {
         let opts = format!("size=4m,nr_inodes={inodes},mode=0700");
         if let Err(e) = mount(Some("tmpfs"), &mnt, Some("tmpfs"), MsFlags::empty(), Some(opts.as_str())) {
-            eprintln!("skipped: cannot mount a tmpfs: {e}");
+            skip(Need::Kernel("tmpfs mounts"), format!("cannot mount a tmpfs: {e}"));
             return;
         }
         let home = mnt.join("home");
@@ -687,7 +688,7 @@ async fn an_open_that_fails_in_a_new_home_leaves_nothing_behind() {
 async fn start_and_exec_recheck_the_box_directories() {
     use std::os::unix::fs::PermissionsExt;
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to give a directory to uid 65534");
+        skip(Need::Root, "needs root to give a directory to uid 65534");
         return;
     }
     let env = Env::new();
@@ -749,7 +750,7 @@ async fn abstract_names_change_at_every_start_so_old_names_reach_nothing_and_squ
     use boxsock_conformance::fork::listen_in_child;
     let _serial = FORKING.lock().await;
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to run the squatter as uid 65534");
+        skip(Need::Root, "needs root to run the squatter as uid 65534");
         return;
     }
     let env = Env::new();
@@ -792,7 +793,7 @@ async fn abstract_names_change_at_every_start_so_old_names_reach_nothing_and_squ
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_rejected_connects_add_at_most_a_few_kb_to_the_box_log() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to run the peer as uid 65534");
+        skip(Need::Root, "needs root to run the peer as uid 65534");
         return;
     }
     const N: u64 = 20_000;
@@ -964,7 +965,7 @@ async fn a_start_whose_ready_name_is_squatted_rotates_and_launches_with_the_new_
     use boxsock_conformance::fork::listen_in_child;
     let _serial = FORKING.lock().await;
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to run the squatter as uid 65534");
+        skip(Need::Root, "needs root to run the squatter as uid 65534");
         return;
     }
     let env = Env::new();

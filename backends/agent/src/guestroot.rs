@@ -197,13 +197,14 @@ mod tests {
     /// there. The user's root is unchanged afterwards, and so is the box layer.
     #[test]
     fn a_busybox_root_runs_sh_and_the_users_dir_is_unchanged() {
+        use boxsock_test_support::{Need, skip};
         use std::os::unix::process::CommandExt;
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root for mount namespaces");
+            skip(Need::Root, "needs root for mount namespaces");
             return;
         }
         let Some(busybox) = ["/usr/bin/busybox", "/bin/busybox"].into_iter().map(Path::new).find(|p| p.is_file()) else {
-            eprintln!("skipped: no busybox (apt-get install busybox-static)");
+            skip(Need::Program { name: "busybox", package: "busybox-static" }, "no static busybox");
             return;
         };
         let d = tempfile::tempdir().unwrap();
@@ -247,7 +248,7 @@ mod tests {
         let out = cmd.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         if stderr.contains("ENODEV") || stderr.contains("No such device") {
-            eprintln!("skipped: no overlayfs on this host: {stderr}");
+            skip(Need::Kernel("overlayfs"), format!("no overlayfs on this host: {stderr}"));
             return;
         }
         assert!(out.status.success(), "status {:?}, stderr {stderr}", out.status);

@@ -10,6 +10,7 @@ use std::time::Duration;
 use boxsock_core::SocketAddress;
 use boxsock_runtime::agent_client::{self, AgentClient, AgentInfo, ClientError};
 use boxsock_core::proto::{self, ErrorCode, Frame, ProtoError, Request, Response};
+use boxsock_test_support::{Need, skip};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_boxsock-agent");
 const LIMIT: Duration = Duration::from_secs(30);
@@ -423,11 +424,15 @@ fn address_parsing() {
 const NOBODY: u32 = 65534;
 const HELPER_ENV: &str = "BOXSOCK_AGENT_TEST_NOBODY";
 
-/// Start this test binary again as `nobody`, running [`nobody_helper`] in `mode`.
+/// Start this test binary again as `nobody`, running [`nobody_helper`] in `mode`: a
+/// copy in a directory `nobody` can search, so that where the checkout lives (CI
+/// clones under any folder, perhaps one only root can enter) does not matter.
 fn spawn_as_nobody(mode: &str, address: &SocketAddress) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    let (_copy_dir, copy) = exe_for_nobody();
+    let mut cmd = Command::new(copy);
     cmd.args(["--exact", "nobody_helper", "--nocapture", "--test-threads=1"])
         .env(HELPER_ENV, format!("{mode} {}", address.to_uri()))
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     // SAFETY: between fork and exec the closure only makes raw system calls
@@ -439,6 +444,13 @@ fn spawn_as_nobody(mode: &str, address: &SocketAddress) -> Child {
             }
             Ok(())
         });
+    }
+    // ETXTBSY: another test's fork may briefly hold the copy's write descriptor.
+    for _ in 0..50 {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(Duration::from_millis(20)),
+            r => return r.unwrap(),
+        }
     }
     cmd.spawn().unwrap()
 }
@@ -475,18 +487,20 @@ fn nobody_helper() {
     println!("RESULT {line}");
 }
 
-/// Why `nobody` could not execute this test binary (a directory on its path or the
-/// file itself without o+x), if so.
-fn nobody_cannot_run_me() -> Option<String> {
+/// A copy of this test binary that `nobody` can execute, in a root-owned 0755 directory
+/// under the temp dir (removed with the guard; the running copy keeps its inode).
+fn exe_for_nobody() -> (tempfile::TempDir, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
-    let exe = std::env::current_exe().unwrap();
-    for p in exe.ancestors() {
-        let mode = std::fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
-        if mode & 0o001 == 0 {
-            return Some(format!("{} is not executable/searchable by others (mode {:o})", p.display(), mode & 0o7777));
-        }
+    let dir = tempfile::Builder::new().prefix("boxsock-agent-test-exe-").tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("agent-test");
+    std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for p in copy.ancestors() {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode();
+        assert!(mode & 0o001 != 0, "{} is not searchable by others (mode {:o})", p.display(), mode & 0o7777);
     }
-    None
+    (dir, copy)
 }
 
 fn helper_result(child: Child) -> String {
@@ -510,11 +524,7 @@ fn rand_u64() -> u64 {
 #[tokio::test]
 async fn root_abstract_with_allow_uid_refuses_a_peer_running_as_nobody() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to run a peer as uid {NOBODY}");
-        return;
-    }
-    if let Some(why) = nobody_cannot_run_me() {
-        eprintln!("skipped: uid {NOBODY} cannot run the test binary as its peer: {why}");
+        skip(Need::Root, format!("needs root to run a peer as uid {NOBODY}"));
         return;
     }
     let me = nix::unistd::geteuid().as_raw().to_string();
@@ -539,11 +549,7 @@ async fn root_abstract_with_allow_uid_refuses_a_peer_running_as_nobody() {
 #[tokio::test]
 async fn root_abstract_ready_listener_of_another_uid_is_not_notified() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to run a listener as uid {NOBODY}");
-        return;
-    }
-    if let Some(why) = nobody_cannot_run_me() {
-        eprintln!("skipped: uid {NOBODY} cannot run the test binary as its listener: {why}");
+        skip(Need::Root, format!("needs root to run a listener as uid {NOBODY}"));
         return;
     }
     let agent = unique_abstract("agent");

@@ -12,6 +12,7 @@ use boxsock_libkrun::jail::{self, JailSpec, seatbelt};
 use boxsock_core::binding::PolicyIntent;
 use boxsock_core::{PolicyAccess, PolicyPath};
 use common::Fixture;
+use boxsock_test_support::{Need, skip};
 
 const CHILD_ENV: &str = "BOXSOCK_JAIL_CHILD";
 
@@ -74,7 +75,7 @@ fn run_child(job: &ChildJob) -> serde_json::Value {
 #[test]
 fn jailed_shim_binds_and_connects_through_the_link_and_writes_nowhere_else() {
     if !jail::landlock_jail::supported() {
-        eprintln!("skipped: Landlock with abstract-socket scoping (ABI >= 6) is not available");
+        skip(Need::Kernel("Landlock ABI >= 6"), "Landlock with abstract-socket scoping is not available");
         return;
     }
     let f = Fixture::new(200);
@@ -132,7 +133,7 @@ fn jailed_shim_binds_and_connects_through_the_link_and_writes_nowhere_else() {
 fn without_the_socket_grant_the_bind_is_denied() {
     // The same job minus the policy path: proves the grant above is what allowed the bind.
     if !jail::landlock_jail::supported() {
-        eprintln!("skipped: Landlock (ABI >= 6) is not available");
+        skip(Need::Kernel("Landlock ABI >= 6"), "Landlock (ABI >= 6) is not available");
         return;
     }
     let f = Fixture::new(0);

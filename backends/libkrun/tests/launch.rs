@@ -13,6 +13,9 @@ use boxsock_core::backend::{BackendConfig, BackendError};
 use boxsock_libkrun::passt::{Passt, PasstError};
 use boxsock_libkrun::{Libkrun, LibkrunConfig};
 use common::{Fixture, gone};
+use boxsock_test_support::{Need, Unmakeable, skip, skip_allowed};
+
+const PASST: Need = Need::Program { name: "passt", package: "passt" };
 
 fn passt_bin() -> Option<PathBuf> {
     let p = std::env::var_os("PATH")?;
@@ -57,7 +60,7 @@ fn kill_and_reap(pid: i32) {
 #[test]
 fn passt_binds_through_a_short_symlink_and_accepts_then_dies_when_killed() {
     let Some(bin) = passt_bin() else {
-        eprintln!("skipped: passt is not installed (apt-get install passt)");
+        skip(PASST, "passt is not installed");
         return;
     };
     let f = Fixture::new(200); // a >200-byte home: the real path would not fit
@@ -83,7 +86,7 @@ fn passt_failures_name_the_binary_and_its_output() {
     let err = Passt::start(Path::new("/nonexistent/passt"), &f.addr("net.sock"), &log, Duration::from_secs(2)).unwrap_err();
     assert!(matches!(err, PasstError::Spawn { .. }) && err.to_string().contains("/nonexistent/passt"), "{err}");
     let Some(bin) = passt_bin() else {
-        eprintln!("skipped (rest): passt is not installed");
+        skip(PASST, "passt is not installed (the rest of the test)");
         return;
     };
     // A directory that does not exist: passt cannot bind and exits.
@@ -107,7 +110,7 @@ fn passt_failures_name_the_binary_and_its_output() {
 #[test]
 fn launch_starts_passt_and_the_shim_configures_real_libkrun() {
     let Some(bin) = passt_bin() else {
-        eprintln!("skipped: passt is not installed");
+        skip(PASST, "passt is not installed");
         return;
     };
     let f = Fixture::new(220);
@@ -152,7 +155,7 @@ fn launch_starts_passt_and_the_shim_configures_real_libkrun() {
 #[test]
 fn a_failing_shim_spawn_kills_the_passt_it_started() {
     let Some(bin) = passt_bin() else {
-        eprintln!("skipped: passt is not installed");
+        skip(PASST, "passt is not installed");
         return;
     };
     let f = Fixture::new(0);
@@ -224,7 +227,7 @@ fn the_shim_refuses_an_over_long_spec_before_any_libkrun_call() {
 fn boots_a_box_on_a_real_kvm_host() {
     let b = backend(&[]);
     if let boxsock_core::backend::Availability::Unavailable { reason } = boxsock_core::Backend::available(&b) {
-        eprintln!("skipped: libkrun cannot boot a guest here: {reason}");
+        skip_allowed(Unmakeable::NoHardwareKvm, format!("libkrun cannot boot a guest here: {reason}"));
         return;
     }
     // A real host: boot needs a guest root with a static boxsock-agent; the end-to-end
@@ -234,7 +237,9 @@ fn boots_a_box_on_a_real_kvm_host() {
     f.ensure();
     let agent = std::env::var_os("BOXSOCK_GUEST_AGENT").map(PathBuf::from);
     let Some(agent) = agent else {
-        eprintln!("skipped: set BOXSOCK_GUEST_AGENT to a static boxsock-agent to boot here");
+        let what = "BOXSOCK_GUEST_AGENT (a static boxsock-agent)";
+        let by = "scripts/krun-boot-test.sh sets it on a KVM host (CI machines have none)";
+        skip(Need::Setup { what, provided_by: by }, "set BOXSOCK_GUEST_AGENT to boot here");
         return;
     };
     std::fs::copy(agent, f.layout.rootfs_dir(&f.id).join("boxsock-agent")).unwrap();

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use boxsock_libkrun::derived::{KRUN_NET_DERIVED_WORST_CASE, LIBKRUN_PINNED_VERSION, PID_MAX_LIMIT};
+use boxsock_test_support::{Need, skip};
 
 const REDERIVE: &str = "re-derive boxsock_libkrun::derived::KRUN_NET_DERIVED_WORST_CASE (and the net socket's DerivedName in backends/libkrun/src/backend.rs) from the new rule";
 
@@ -76,6 +77,6 @@ fn pid_max_limit_bounds_this_kernel() {
         let max: u32 = s.trim().parse().unwrap();
         assert!(max <= PID_MAX_LIMIT, "pid_max {max} > {PID_MAX_LIMIT}; {REDERIVE}");
     } else {
-        eprintln!("skipped: no /proc/sys/kernel/pid_max");
+        skip(Need::Kernel("/proc/sys/kernel/pid_max"), "cannot read /proc/sys/kernel/pid_max");
     }
 }

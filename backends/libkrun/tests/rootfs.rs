@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use boxsock_libkrun::rootfs::{self, RootfsError};
+use boxsock_test_support::{Need, skip};
 
 /// The current `boxsock-agent` binary of this profile, built if needed (a no-op when
 /// fresh: `cargo test -p boxsock-libkrun` alone does not build other packages' bins).
@@ -55,7 +56,7 @@ fn run_chrooted(root: &Path, argv: &[&str]) -> Output {
 #[test]
 fn root_prepared_root_runs_the_agent_under_chroot() {
     if !is_root() {
-        eprintln!("skipped: chroot needs root");
+        skip(Need::Root, "chroot needs root");
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -124,7 +125,9 @@ fn a_symlink_inside_the_root_is_refused_and_nothing_is_written_through_it() {
     let probe = tempfile::tempdir().unwrap();
     let g = rootfs::prepare(&probe.path().join("r"), &agent()).unwrap();
     let Some(interp) = g.interpreter else {
-        eprintln!("skipped: the agent is static, nothing is copied below a directory");
+        let what = "a dynamically linked boxsock-agent";
+        let by = "the workspace builds the agent against glibc, as `cargo test` in .ci/run does";
+        skip(Need::Setup { what, provided_by: by }, "the agent is static, nothing is copied below a directory");
         return;
     };
     let top = interp.strip_prefix("/").unwrap().components().next().unwrap().as_os_str().to_owned();
@@ -170,11 +173,13 @@ fn a_static_executable_is_copied_alone() {
     match built {
         Ok(o) if o.status.success() => {}
         Ok(o) => {
-            eprintln!("skipped: cc -static failed (no static libc?): {}", String::from_utf8_lossy(&o.stderr));
+            let cc = Need::Program { name: "cc -static", package: "libc6-dev" };
+            skip(cc, format!("cc -static failed (no static libc?): {}", String::from_utf8_lossy(&o.stderr)));
             return;
         }
         Err(e) => {
-            eprintln!("skipped: no C compiler to build a static executable: {e}");
+            let cc = Need::Program { name: "cc", package: "gcc" };
+            skip(cc, format!("no C compiler to build a static executable: {e}"));
             return;
         }
     }
@@ -188,7 +193,7 @@ fn a_static_executable_is_copied_alone() {
         let out = run_chrooted(&root, &["/boxsock-agent"]);
         assert!(out.status.success(), "{out:?}");
     } else {
-        eprintln!("skipped (the chroot part): needs root");
+        skip(Need::Root, "the chroot part needs root");
     }
 }
 
@@ -213,7 +218,7 @@ fn walk_files(root: &Path) -> Vec<PathBuf> {
 #[test]
 fn root_an_extra_program_and_a_symlink_to_it_run_under_chroot() {
     if !is_root() {
-        eprintln!("skipped: chroot needs root");
+        skip(Need::Root, "chroot needs root");
         return;
     }
     let d = tempfile::tempdir().unwrap();

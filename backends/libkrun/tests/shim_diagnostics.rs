@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use boxsock_core::backend::BackendConfig;
 use boxsock_libkrun::{Libkrun, LibkrunConfig};
 use common::Fixture;
+use boxsock_test_support::{Need, skip};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_boxsock-krun-shim");
 
@@ -81,7 +82,7 @@ fn jail_probe_log(jail: &str, probe: &std::path::Path) -> String {
 #[test]
 fn jail_probe_shows_a_write_outside_the_grants_denied_only_with_the_jail_on() {
     if landlock_abi() < 1 {
-        eprintln!("skipped: Landlock is not enabled in this kernel");
+        skip(Need::Kernel("Landlock"), "Landlock is not enabled in this kernel");
         return;
     }
     let outside = tempfile::tempdir().unwrap();

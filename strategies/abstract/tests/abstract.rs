@@ -21,6 +21,7 @@ use boxsock_core::peer::{self, Listener, PeerPolicy};
 use boxsock_core::registry::{Registry, StrategyRegistration};
 use boxsock_core::{BindingError, BoxId, BoxLayout, PolicyAccess, SocketAddress, SocketBinding, StrategyConfig};
 use common::*;
+use boxsock_test_support::{Need, skip};
 
 fn me() -> u32 {
     nix::unistd::geteuid().as_raw()
@@ -276,7 +277,7 @@ fn tampered_secret_is_refused_and_left_alone() {
 fn secret_owned_by_another_user_is_refused() {
     let _serial = serial();
     if !is_root() {
-        eprintln!("skipped: changing a file's owner needs root");
+        skip(Need::Root, "changing a file's owner needs root");
         return;
     }
     let h = tempfile::tempdir().unwrap();
@@ -387,7 +388,7 @@ fn datagram_without_passcred_fails_closed() {
 fn foreign_uid_connecting_to_our_listener_is_dropped_and_counted() {
     let _serial = serial();
     if !is_root() {
-        eprintln!("skipped: needs root to run the peer as uid {NOBODY}");
+        skip(Need::Root, format!("needs root to run the peer as uid {NOBODY}"));
         return;
     }
     let (_h, layout, s, b, l, raw) = bound_agent();
@@ -450,7 +451,7 @@ fn foreign_uid_connecting_to_our_listener_is_dropped_and_counted() {
 fn connecting_to_a_listener_of_another_uid_is_refused() {
     let _serial = serial();
     if !is_root() {
-        eprintln!("skipped: needs root to run the listener as uid {NOBODY}");
+        skip(Need::Root, format!("needs root to run the listener as uid {NOBODY}"));
         return;
     }
     let h = tempfile::tempdir().unwrap();
@@ -502,7 +503,7 @@ fn connecting_to_a_listener_of_another_uid_is_refused() {
 fn foreign_uid_datagram_is_rejected_per_message() {
     let _serial = serial();
     if !is_root() {
-        eprintln!("skipped: needs root to run the sender as uid {NOBODY}");
+        skip(Need::Root, format!("needs root to run the sender as uid {NOBODY}"));
         return;
     }
     let h = tempfile::tempdir().unwrap();
@@ -605,7 +606,7 @@ fn a_name_is_bindable_again_once_its_last_descriptor_closes() {
 fn a_peer_in_another_network_namespace_cannot_connect() {
     let _serial = serial();
     if !is_root() {
-        eprintln!("skipped: unshare(CLONE_NEWNET) needs root (CAP_SYS_ADMIN)");
+        skip(Need::Root, "unshare(CLONE_NEWNET) needs root (CAP_SYS_ADMIN)");
         return;
     }
     let (_h, _layout, _s, _b, l, raw) = bound_agent();
@@ -628,7 +629,7 @@ fn a_peer_in_another_network_namespace_cannot_connect() {
     });
     let code = child.wait();
     if code == SKIP {
-        eprintln!("skipped: unshare(CLONE_NEWNET) was denied");
+        skip(Need::Kernel("network namespaces"), "unshare(CLONE_NEWNET) was denied");
         return;
     }
     assert_eq!(code, 0, "the child in a new network namespace reached the name (21) or failed oddly");
@@ -707,7 +708,7 @@ fn landlock_scoped_process_cannot_dial_out_but_can_be_dialled() {
     let _serial = serial();
     let abi = landlock_abi();
     if abi < 6 {
-        eprintln!("skipped: Landlock abstract-socket scoping needs ABI >= 6, this kernel has {abi}");
+        skip(Need::Kernel("Landlock ABI >= 6"), format!("Landlock abstract-socket scoping needs ABI >= 6, this kernel has {abi}"));
         return;
     }
     let h = tempfile::tempdir().unwrap();
@@ -750,7 +751,7 @@ fn landlock_scoped_process_cannot_dial_out_but_can_be_dialled() {
     match read_byte(&rep_r) {
         Some(b'p') => {}
         Some(b's') => {
-            eprintln!("skipped: the child could not enter a Landlock domain");
+            skip(Need::Kernel("Landlock ABI >= 6"), "the child could not enter a Landlock domain");
             return;
         }
         other => panic!("a scoped process dialling out of its domain: expected EPERM, got {:?}", other.map(char::from)),
@@ -817,7 +818,7 @@ fn home_with_box() -> (tempfile::TempDir, BoxLayout, BoxId) {
 fn every_start_rotates_the_names_so_names_bound_by_another_user_after_stop_do_not_matter() {
     let _serial = serial();
     if !is_root() {
-        eprintln!("skipped: needs root to run the squatter as uid {NOBODY}");
+        skip(Need::Root, format!("needs root to run the squatter as uid {NOBODY}"));
         return;
     }
     let (_h, layout, b) = home_with_box();
@@ -861,7 +862,7 @@ fn every_start_rotates_the_names_so_names_bound_by_another_user_after_stop_do_no
 fn a_squatted_current_name_is_recovered_by_rotating_and_the_squatter_is_named() {
     let _serial = serial();
     if !is_root() {
-        eprintln!("skipped: needs root to run the squatter as uid {NOBODY}");
+        skip(Need::Root, format!("needs root to run the squatter as uid {NOBODY}"));
         return;
     }
     let (_h, layout, b) = home_with_box();
@@ -899,7 +900,7 @@ fn a_squatted_current_name_is_recovered_by_rotating_and_the_squatter_is_named() 
 fn twenty_thousand_rejected_connects_add_a_few_kb_to_the_log_and_are_all_counted() {
     let _serial = serial();
     if !is_root() {
-        eprintln!("skipped: needs root to run the peer as uid {NOBODY}");
+        skip(Need::Root, format!("needs root to run the peer as uid {NOBODY}"));
         return;
     }
     const N: u64 = 20_000;

@@ -11,6 +11,7 @@ use boxsock_core::registry::{Registry, StrategyRegistration};
 use boxsock_core::{BindingError, BoxId, BoxLayout, PolicyAccess, SocketAddress, SocketBinding, StrategyConfig, boxdir};
 use boxsock_short_symlink::{self as ss, ShortSymlink};
 use tempfile::TempDir;
+use boxsock_test_support::{Need, skip};
 
 struct Fixture {
     base: TempDir,
@@ -304,7 +305,7 @@ fn a_base_others_can_write_without_the_sticky_bit_is_insecure() {
 #[test]
 fn root_only_per_user_dir_owned_by_another_uid_is_insecure() {
     if !is_root() {
-        eprintln!("skipped: needs root to chown the per-user directory to another uid");
+        skip(Need::Root, "needs root to chown the per-user directory to another uid");
         return;
     }
     let f = Fixture::new();
@@ -326,7 +327,7 @@ fn root_only_per_user_dir_owned_by_another_uid_is_insecure() {
 #[test]
 fn root_only_another_user_cannot_reach_a_socket_through_the_alias() {
     if !is_root() {
-        eprintln!("skipped: needs root to fork a child that drops to uid 65534");
+        skip(Need::Root, "needs root to fork a child that drops to uid 65534");
         return;
     }
     let f = Fixture::new();

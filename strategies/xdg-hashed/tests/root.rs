@@ -5,6 +5,7 @@ use std::path::Path;
 
 use boxsock_core::{BindingError, BoxId, BoxLayout, SocketBinding, StrategyConfig, boxdir};
 use boxsock_xdg_hashed::{Root, XdgHashed, home_hash};
+use boxsock_test_support::{Need, skip};
 
 const NOBODY: u32 = 65534;
 
@@ -76,7 +77,7 @@ fn a_symlinked_root_is_refused_and_left_alone() {
 #[test]
 fn a_root_of_another_user_is_refused() {
     if !is_root() {
-        eprintln!("skipped: needs root to chown the root to nobody");
+        skip(Need::Root, "needs root to chown the root to nobody");
         return;
     }
     let s = setup();

@@ -22,7 +22,9 @@ fn target_dir() -> PathBuf {
 fn cargo() -> Option<Command> {
     let bin = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     if Command::new(&bin).arg("--version").output().is_err() {
-        eprintln!("skipped: cannot run cargo ({})", bin.to_string_lossy());
+        let by = "the tests run under `cargo test`, which sets CARGO";
+        let need = boxsock_test_support::Need::Setup { what: "cargo", provided_by: by };
+        boxsock_test_support::skip(need, format!("cannot run cargo ({})", bin.to_string_lossy()));
         return None;
     }
     let mut c = Command::new(bin);

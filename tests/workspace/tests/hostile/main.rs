@@ -10,6 +10,22 @@ mod dial_races;
 mod faults;
 mod input;
 
+/// A scenario's skip (called by `scenario!`), through the one skip mechanism: a failure
+/// under `CI=true`. The suite skips for two machine conditions: not root, and a tmpfs
+/// mount refused.
+#[track_caller]
+pub(crate) fn skip_scenario(reason: &str) {
+    use boxsock_test_support::{Need, skip};
+    let need = if reason.starts_with("needs root") {
+        Need::Root
+    } else if reason.contains("tmpfs") {
+        Need::Kernel("tmpfs mounts")
+    } else {
+        Need::Setup { what: "a scenario's condition", provided_by: ".ci/run must provide it" }
+    };
+    skip(need, reason);
+}
+
 /// The document lists exactly the registered scenarios, in order.
 #[test]
 fn reliability_doc_matches_the_scenarios() {
