@@ -29,6 +29,7 @@ pub mod boxsockets;
 pub mod budget;
 pub mod catalogue;
 pub mod echo;
+pub mod helpers;
 pub mod error;
 pub mod id;
 pub mod layout;
