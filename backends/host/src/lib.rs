@@ -234,7 +234,8 @@ pub mod dev {
                 build.args(["-p", p]);
             }
             if packages.contains(&"boxsock") {
-                build.args(["--features", "boxsock-runtime/test-support,boxsock/boxsock-xdg-hashed"]);
+                // Unqualified: `boxsock/…` would name the facade's dev-dependency on itself.
+                build.args(["--features", "boxsock-runtime/test-support,boxsock-xdg-hashed"]);
             }
             if profile_dir.ends_with("release") {
                 build.arg("--release");
