@@ -13,13 +13,29 @@ use std::process::Command;
 fn normal_deps(package: &str) -> Vec<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["tree", "--offline", "-e", "normal", "--prefix", "none", "--format", "{p}", "-p", package])
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+            "-p",
+            package,
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("running cargo tree");
-    assert!(out.status.success(), "cargo tree -p {package} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cargo tree -p {package} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).expect("utf-8");
-    let deps: Vec<String> = text.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect();
+    let deps: Vec<String> =
+        text.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect();
     assert!(deps.iter().any(|d| d == package), "cargo tree did not list {package} itself: {text}");
     deps
 }
@@ -27,7 +43,10 @@ fn normal_deps(package: &str) -> Vec<String> {
 fn assert_lacks(package: &str, forbidden: &[&str]) {
     let deps = normal_deps(package);
     for f in forbidden {
-        assert!(!deps.iter().any(|d| d == f), "{package} depends on {f} (it must not); its graph: {deps:?}");
+        assert!(
+            !deps.iter().any(|d| d == f),
+            "{package} depends on {f} (it must not); its graph: {deps:?}"
+        );
     }
 }
 
@@ -67,22 +86,41 @@ fn agent_and_shim_link_neither_sqlite_nor_the_runtime() {
 fn strategies_and_backends_see_only_the_core() {
     let strategies = packages_under("strategies");
     let backends = packages_under("backends");
-    for builtin in ["boxsock-short-symlink", "boxsock-direct", "boxsock-abstract", "boxsock-xdg-hashed"] {
-        assert!(strategies.iter().any(|p| p == builtin), "{builtin} not found under strategies/: {strategies:?}");
+    for builtin in
+        ["boxsock-short-symlink", "boxsock-direct", "boxsock-abstract", "boxsock-xdg-hashed"]
+    {
+        assert!(
+            strategies.iter().any(|p| p == builtin),
+            "{builtin} not found under strategies/: {strategies:?}"
+        );
     }
     for builtin in ["boxsock-agent", "boxsock-host", "boxsock-libkrun"] {
-        assert!(backends.iter().any(|p| p == builtin), "{builtin} not found under backends/: {backends:?}");
+        assert!(
+            backends.iter().any(|p| p == builtin),
+            "{builtin} not found under backends/: {backends:?}"
+        );
     }
     for package in &backends {
         let deps = boxsock_deps(package);
-        assert_eq!(deps, ["boxsock-core"], "backend {package} must depend on boxsock-core only; it depends on {deps:?}");
+        assert_eq!(
+            deps,
+            ["boxsock-core"],
+            "backend {package} must depend on boxsock-core only; it depends on {deps:?}"
+        );
         assert_lacks(package, &["rusqlite"]);
     }
     for package in &strategies {
         let deps = boxsock_deps(package);
-        assert!(deps.iter().any(|d| d == "boxsock-core"), "strategy {package} does not build on the core: {deps:?}");
-        let others: Vec<&String> = deps.iter().filter(|d| *d != "boxsock-core" && !strategies.contains(d)).collect();
-        assert!(others.is_empty(), "strategy {package} may depend on the core and other strategies only; it depends on {others:?}");
+        assert!(
+            deps.iter().any(|d| d == "boxsock-core"),
+            "strategy {package} does not build on the core: {deps:?}"
+        );
+        let others: Vec<&String> =
+            deps.iter().filter(|d| *d != "boxsock-core" && !strategies.contains(d)).collect();
+        assert!(
+            others.is_empty(),
+            "strategy {package} may depend on the core and other strategies only; it depends on {others:?}"
+        );
         assert_lacks(package, &["rusqlite"]);
     }
 }
@@ -93,8 +131,13 @@ fn packages_under(parent: &str) -> Vec<String> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut out = Vec::new();
     for entry in std::fs::read_dir(root.join(parent)).expect("list crates") {
-        let Ok(text) = std::fs::read_to_string(entry.expect("entry").path().join("Cargo.toml")) else { continue };
-        if let Some(name) = text.lines().find_map(|l| l.strip_prefix("name = \"").and_then(|r| r.strip_suffix('"'))) {
+        let Ok(text) = std::fs::read_to_string(entry.expect("entry").path().join("Cargo.toml"))
+        else {
+            continue;
+        };
+        if let Some(name) =
+            text.lines().find_map(|l| l.strip_prefix("name = \"").and_then(|r| r.strip_suffix('"')))
+        {
             out.push(name.to_owned());
         }
     }
@@ -122,7 +165,11 @@ fn the_facade_depends_on_every_strategy_and_backend() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("running cargo tree");
-    assert!(out.status.success(), "cargo tree -p boxsock: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cargo tree -p boxsock: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let direct: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().next()).collect();
     for package in packages_under("strategies").iter().chain(&packages_under("backends")) {
@@ -130,6 +177,9 @@ fn the_facade_depends_on_every_strategy_and_backend() {
         if package == "boxsock-agent" {
             continue;
         }
-        assert!(direct.contains(&package.as_str()), "the facade does not depend on {package}: {direct:?}");
+        assert!(
+            direct.contains(&package.as_str()),
+            "the facade does not depend on {package}: {direct:?}"
+        );
     }
 }

@@ -74,14 +74,23 @@ fn every_registering_crate_is_a_dependency_of_the_facade() {
             );
             assert!(
                 boxsock::LINKED_DEPENDENCIES.contains(&name.as_str()),
-                "{name} is a facade dependency but this test build does not link it (an optional dependency whose feature no test turns on): its registrations are not tested; linked: {:?}",
+                "{name} is a facade dependency but this test build does not link it (an \
+                 optional dependency whose feature no test turns on): its registrations \
+                 are not tested; linked: {:?}",
                 boxsock::LINKED_DEPENDENCIES
             );
             plugins.push(name);
         }
     }
     // Not vacuous: the built-ins were found, and the example strategy is one of them.
-    for builtin in ["boxsock-short-symlink", "boxsock-direct", "boxsock-abstract", "boxsock-host", "boxsock-xdg-hashed"] {
+    let expected = [
+        "boxsock-short-symlink",
+        "boxsock-direct",
+        "boxsock-abstract",
+        "boxsock-host",
+        "boxsock-xdg-hashed",
+    ];
+    for builtin in expected {
         assert!(plugins.iter().any(|p| p == builtin), "{builtin} not found among {plugins:?}");
     }
 }
@@ -91,7 +100,8 @@ fn every_registering_crate_is_a_dependency_of_the_facade() {
 /// `cargo tree` in `packaging.rs`).
 #[test]
 fn the_example_strategy_is_registered_in_the_test_build() {
-    assert!(boxsock::LINKED_DEPENDENCIES.contains(&"boxsock-xdg-hashed"), "{:?}", boxsock::LINKED_DEPENDENCIES);
+    let linked = boxsock::LINKED_DEPENDENCIES;
+    assert!(linked.contains(&"boxsock-xdg-hashed"), "{linked:?}");
     let registry = boxsock::builtin_strategies();
     assert!(registry.names().contains(&"xdg-hashed"), "{:?}", registry.names());
 }
