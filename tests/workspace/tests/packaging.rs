@@ -103,7 +103,11 @@ fn only_the_published_crates_are_publishable() {
 /// the workspace's sources), offline: versions on path dependencies, licence,
 /// description, every file the build needs inside the package, no placeholder
 /// repository. The verification builds share this test build's target directory, so
-/// a third-party dependency compiles once per feature set (the VMM included).
+/// a third-party dependency compiles once per feature set (the VMM included). Like
+/// `cargo install` below, that relinks `target/debug/boxsock`, `boxsock-agent` and
+/// `boxsock-krun-shim` as the packages build them (default features: no crash hook,
+/// no example strategy); any later cargo build of them, `dev::built_binaries`
+/// included, even a fresh one, links the test build's back.
 #[test]
 fn every_publishable_crate_packages_and_compiles_offline() {
     let Some(mut c) = cargo() else { return };
