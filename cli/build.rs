@@ -32,6 +32,7 @@ fn main() {
     let features = manifest.get("features").and_then(toml::Value::as_table).cloned().unwrap_or_default();
 
     let mut lines = BTreeSet::new();
+    let mut linked = BTreeSet::new();
     let mut tables: Vec<(Option<String>, &toml::Table)> = Vec::new();
     if let Some(t) = manifest.get("dependencies").and_then(toml::Value::as_table) {
         tables.push((None, t));
@@ -59,6 +60,9 @@ fn main() {
                 continue;
             }
             lines.insert(format!("{cfg}extern crate {} as _;", key.replace('-', "_")));
+            if cfg.is_empty() {
+                linked.insert(key.clone());
+            }
         }
     }
 
@@ -69,6 +73,13 @@ fn main() {
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let path = out_dir.join("link_dependencies.rs");
     std::fs::write(&path, out).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+
+    // The same set by package name, for `LINKED_DEPENDENCIES` (a test checks that every
+    // registering crate is among them in the test build).
+    let list: Vec<String> = linked.iter().map(|k| format!("{k:?}")).collect();
+    let path = out_dir.join("linked_dependencies.rs");
+    std::fs::write(&path, format!("&[{}]\n", list.join(", ")))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
 /// The features enabled in this build, as cargo names them in `CARGO_FEATURE_<NAME>`

@@ -38,6 +38,12 @@ pub use boxsock_core::{BindingError, BoxId, BoxLayout, SocketAddress, StrategyCo
 // collected. Adding one is one dependency line in cli/Cargo.toml.
 include!(concat!(env!("OUT_DIR"), "/link_dependencies.rs"));
 
+/// The package names of the dependencies this build of the facade links (the lines
+/// `build.rs` generated): every normal dependency, and an optional one (the example
+/// strategy `boxsock-xdg-hashed`, the `libkrun` backend) only when its feature is on.
+pub const LINKED_DEPENDENCIES: &[&str] =
+    include!(concat!(env!("OUT_DIR"), "/linked_dependencies.rs"));
+
 /// The default strategy.
 pub const DEFAULT_STRATEGY: &str = boxsock_short_symlink::NAME;
 /// The default backend: `libkrun` with the `libkrun` cargo feature (the default),

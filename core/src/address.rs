@@ -5,6 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use crate::sys::abstract_addr;
 
 /// Why [`SocketAddress::from_uri`] refused a URI; each variant quotes it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,23 +103,6 @@ impl SocketAddress {
             SocketAddress::Abstract(n) => abstract_addr(n),
         }
     }
-}
-
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn abstract_addr(name: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
-    #[cfg(target_os = "android")]
-    use std::os::android::net::SocketAddrExt;
-    #[cfg(target_os = "linux")]
-    use std::os::linux::net::SocketAddrExt;
-    std::os::unix::net::SocketAddr::from_abstract_name(name)
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn abstract_addr(_name: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "abstract socket addresses exist only on Linux",
-    ))
 }
 
 /// A filesystem path is a path address (used by [`crate::BindingError::io`], whose

@@ -21,6 +21,9 @@
 //! The core never names a concrete strategy or backend: it holds `dyn SocketBinding` and
 //! `dyn Backend`. See `docs/ARCHITECTURE.md` for the codemap and the invariants.
 
+// First: on a platform other than Linux the build stops here (docs/platforms.md).
+mod sys;
+
 pub mod address;
 pub mod backend;
 pub mod binding;
@@ -29,6 +32,7 @@ pub mod boxsockets;
 pub mod budget;
 pub mod catalogue;
 pub mod echo;
+pub mod helpers;
 pub mod error;
 pub mod id;
 pub mod layout;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::address::SocketAddress;
 use crate::error::BindingError;
+use crate::sys::abstract_unix_addr;
 
 /// Credentials of the process at the other end of a connected socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,19 +28,8 @@ pub struct PeerCred {
     pub gid: u32,
 }
 
-/// Read the peer credentials of a connected Unix socket.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
-    let c = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::PeerCredentials)?;
-    Ok(PeerCred { pid: c.pid(), uid: c.uid(), gid: c.gid() })
-}
-
-/// Read the peer credentials of a connected Unix socket.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
-    let (uid, gid) = nix::unistd::getpeereid(fd)?;
-    Ok(PeerCred { pid: 0, uid: uid.as_raw(), gid: gid.as_raw() })
-}
+/// Read the peer credentials of a connected Unix socket (`SO_PEERCRED`).
+pub use crate::sys::peer_cred;
 
 /// Which peers may talk on a socket, plus a shared counter of rejections.
 ///
@@ -382,53 +372,15 @@ fn pidfd_or_none(fd: BorrowedFd<'_>, socket: &str, address: &SocketAddress) -> O
 }
 
 /// A pidfd of the process at the other end of a connected stream socket
-/// (`SO_PEERPIDFD`, Linux ≥ 6.5). `Ok(None)` where the kernel or platform does not
-/// support it; an error when it does but the peer is gone (`ESRCH`) or the socket has
-/// no peer credentials (`ENODATA`, e.g. a connected datagram socket).
-#[cfg(target_os = "linux")]
-pub fn peer_pidfd(fd: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
-    use std::os::fd::FromRawFd;
-    // `SO_PEERPIDFD` from the kernel's uapi `asm/socket.h` (not yet in the libc crate
-    // for every target): 77, except on sparc.
-    #[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
-    const SO_PEERPIDFD: libc::c_int = 77;
-    #[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
-    const SO_PEERPIDFD: libc::c_int = 0x0056;
-    let mut pidfd: libc::c_int = -1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `fd` is a valid open descriptor for the duration of the borrow; the option
-    // value points to a c_int we own and `len` holds its size, as SO_PEERPIDFD expects.
-    let rc = unsafe {
-        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, SO_PEERPIDFD, (&raw mut pidfd).cast(), &mut len)
-    };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENOPROTOOPT) | Some(libc::EINVAL) => Ok(None),
-            _ => Err(e),
-        };
-    }
-    if pidfd < 0 {
-        return Ok(None);
-    }
-    // SAFETY: on success the kernel installed a new descriptor that nothing else owns.
-    Ok(Some(unsafe { OwnedFd::from_raw_fd(pidfd) }))
-}
-
-/// A pidfd of the peer process: not supported on this platform.
-#[cfg(not(target_os = "linux"))]
-pub fn peer_pidfd(_fd: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
-    Ok(None)
-}
+/// (`SO_PEERPIDFD`, Linux ≥ 6.5). `Ok(None)` where the kernel does not support it; an
+/// error when it does but the peer is gone (`ESRCH`) or the socket has no peer
+/// credentials (`ENODATA`, e.g. a connected datagram socket).
+pub use crate::sys::peer_pidfd;
 
 /// Ask the kernel to attach the sender's credentials (`SCM_CREDENTIALS`) to every
 /// datagram queued on `sock` from now on (`SO_PASSCRED`). Required before
 /// [`recv_checked`] can accept anything; datagrams already queued carry none.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-pub fn set_pass_cred(sock: BorrowedFd<'_>) -> io::Result<()> {
-    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true)?;
-    Ok(())
-}
+pub use crate::sys::set_pass_cred;
 
 /// Receive one datagram on `sock` into `buf` and check its sender against `policy`
 /// using the `SCM_CREDENTIALS` the kernel attached to it (`SO_PASSCRED` must be on; see
@@ -443,7 +395,6 @@ pub fn set_pass_cred(sock: BorrowedFd<'_>) -> io::Result<()> {
 /// [`BindingError::Insecure`] (fail closed). A checked policy with no `SO_PASSCRED`
 /// therefore refuses everything. A datagram longer than `buf` is truncated, as with
 /// `recv`.
-#[cfg(any(target_os = "linux", target_os = "android"))]
 pub fn recv_checked(
     sock: &UnixDatagram,
     buf: &mut [u8],
@@ -451,24 +402,8 @@ pub fn recv_checked(
     socket: &str,
     address: &SocketAddress,
 ) -> Result<(usize, Option<PeerCred>), BindingError> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, recvmsg};
-    let mut cmsg = nix::cmsg_space!(libc::ucred);
-    let mut iov = [io::IoSliceMut::new(buf)];
-    let (len, cred) = loop {
-        match recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
-            Ok(msg) => {
-                let mut cred = None;
-                for c in msg.cmsgs().map_err(|e| BindingError::errno("read control messages on", address, e))? {
-                    if let ControlMessageOwned::ScmCredentials(uc) = c {
-                        cred = Some(PeerCred { pid: uc.pid(), uid: uc.uid(), gid: uc.gid() });
-                    }
-                }
-                break (msg.bytes, cred);
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(BindingError::errno("receive on", address, e)),
-        }
-    };
+    let (len, cred) = crate::sys::recv_with_cred(sock, buf)
+        .map_err(|e| BindingError::errno("receive on", address, e))?;
     let Some(cred) = cred else {
         if !policy.is_checked() {
             return Ok((len, None));
@@ -572,16 +507,6 @@ fn private_socket(ty: nix::sys::socket::SockType, addr: &SocketAddress) -> io::R
     };
     bind(fd.as_raw_fd(), &ua)?;
     Ok(fd)
-}
-
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn abstract_unix_addr(n: &[u8]) -> io::Result<nix::sys::socket::UnixAddr> {
-    Ok(nix::sys::socket::UnixAddr::new_abstract(n)?)
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn abstract_unix_addr(_n: &[u8]) -> io::Result<nix::sys::socket::UnixAddr> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "abstract socket addresses exist only on Linux"))
 }
 
 /// Bind and listen a stream socket at `addr`, its file created 0600 whatever the umask.

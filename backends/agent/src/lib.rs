@@ -29,10 +29,12 @@
 //! leaves its group (`setsid`) escapes this; so does everything if the agent is
 //! SIGKILLed, which is why the runtime should ask for a shutdown first.
 
-pub mod guestnet;
-pub mod guestroot;
+// First: on a platform other than Linux the build stops here (docs/platforms.md).
+mod sys;
+
+#[cfg(target_os = "linux")]
+pub use sys::linux::{guestnet, guestroot, vsock};
 pub mod pty;
-pub mod vsock;
 
 use std::collections::HashSet;
 use std::fmt;

@@ -25,7 +25,7 @@ use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
@@ -40,11 +40,9 @@ pub const NAME: &str = "host";
 /// directory.
 pub const SOCKET_DIR_FD: i32 = 3;
 
-/// File name of the agent binary.
-pub const AGENT_BINARY: &str = "boxsock-agent";
-
-/// Environment variable naming the agent binary explicitly.
-pub const AGENT_ENV: &str = "BOXSOCK_AGENT";
+/// The agent's file name, its environment variable and install command (the lookup is
+/// the core's, shared with every backend that needs the agent).
+pub use boxsock_core::helpers::{AGENT_BINARY, AGENT_ENV, AGENT_INSTALL};
 
 /// The registration, also usable in explicit registries.
 pub const REGISTRATION: BackendRegistration = BackendRegistration {
@@ -75,40 +73,17 @@ impl HostBackend {
         HostBackend { config }
     }
 
-    /// Where the agent binary is looked for, in order: `helper_dir`, `$BOXSOCK_AGENT`,
-    /// the directory of the current executable (where `cargo install` puts it beside
-    /// `boxsock`), that directory's parent (so `target/debug/boxsock-agent` is found
-    /// from `target/debug/deps/<test>`), then every directory of `$PATH`.
+    /// Where the agent binary is looked for, in order
+    /// ([`boxsock_core::helpers::agent_candidates`]): `helper_dir`, `$BOXSOCK_AGENT`,
+    /// beside the current executable, its parent, then `$PATH`.
     pub fn agent_candidates(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        if let Some(dir) = &self.config.helper_dir {
-            out.push(dir.join(AGENT_BINARY));
-        }
-        if let Some(p) = std::env::var_os(AGENT_ENV).filter(|p| !p.is_empty()) {
-            out.push(PathBuf::from(p));
-        }
-        if let Some(dir) = std::env::current_exe().ok().as_deref().and_then(Path::parent) {
-            out.push(dir.join(AGENT_BINARY));
-            if let Some(parent) = dir.parent() {
-                out.push(parent.join(AGENT_BINARY));
-            }
-        }
-        if let Some(path) = std::env::var_os("PATH") {
-            out.extend(std::env::split_paths(&path).filter(|d| d.is_absolute()).map(|d| d.join(AGENT_BINARY)));
-        }
-        out
+        boxsock_core::helpers::agent_candidates(self.config.helper_dir.as_deref())
     }
 
     /// The agent binary: the first candidate that is an executable file.
     pub fn find_agent(&self) -> Result<PathBuf, BackendError> {
-        let candidates = self.agent_candidates();
-        candidates.iter().find(|p| is_executable(p)).cloned().ok_or_else(|| BackendError::Unavailable {
-            backend: NAME.into(),
-            reason: format!(
-                "no executable {AGENT_BINARY} found; looked at {} (install it beside boxsock with `{AGENT_INSTALL}`, or set {AGENT_ENV} or the helper directory)",
-                candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-            ),
-        })
+        boxsock_core::helpers::find_agent(self.config.helper_dir.as_deref())
+            .map_err(|e| BackendError::Unavailable { backend: NAME.into(), reason: e.to_string() })
     }
 
     fn spec_error(&self, reason: String) -> BackendError {
@@ -121,14 +96,6 @@ impl HostBackend {
             .get(name)
             .ok_or_else(|| self.spec_error(format!("box {}: no address for socket {name:?}", spec.id)))
     }
-}
-
-/// How a user installs the agent beside `boxsock` (named in the error when it is missing).
-pub const AGENT_INSTALL: &str = "cargo install boxsock-agent (from a checkout: cargo install --path backends/agent)";
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 impl Backend for HostBackend {
@@ -249,8 +216,9 @@ pub mod dev {
     /// it is only for tests.
     ///
     /// `boxsock` is built with `boxsock-runtime/test-support` (the crash hook the hostile
-    /// suite drives), the same features the test builds that dev-depend on it unify to,
-    /// so the two builds do not overwrite each other's binary with a different one.
+    /// suite drives) and the example strategy (`boxsock-xdg-hashed`), the same features
+    /// the test builds that dev-depend on it unify to, so the two builds do not
+    /// overwrite each other's binary with a different one.
     pub fn built_binaries(packages: &[&str]) -> PathBuf {
         static DONE: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
         let exe = std::env::current_exe().expect("current exe");
@@ -266,7 +234,8 @@ pub mod dev {
                 build.args(["-p", p]);
             }
             if packages.contains(&"boxsock") {
-                build.args(["--features", "boxsock-runtime/test-support"]);
+                // Unqualified: `boxsock/…` would name the facade's dev-dependency on itself.
+                build.args(["--features", "boxsock-runtime/test-support,boxsock-xdg-hashed"]);
             }
             if profile_dir.ends_with("release") {
                 build.arg("--release");

@@ -41,9 +41,9 @@ pub enum FindAgentError {
         /// The path given.
         path: PathBuf,
     },
-    /// None of the places the `host` backend looks holds one (its error lists them).
+    /// None of the places an agent is looked for holds one (the error lists them).
     #[error(transparent)]
-    NotFound(#[from] BackendError),
+    NotFound(#[from] boxsock_core::helpers::AgentNotFound),
 }
 
 /// Settings of the libkrun backend, from [`BackendConfig`] options.
@@ -400,14 +400,14 @@ impl Libkrun {
     }
 
     /// The host agent binary a new box's guest root gets: the `agent` option, else the
-    /// first executable the `host` backend would take (helper dir, `$BOXSOCK_AGENT`,
-    /// beside the current executable, its parent).
+    /// first executable of [`boxsock_core::helpers::find_agent`] (helper dir,
+    /// `$BOXSOCK_AGENT`, beside the current executable, its parent, `$PATH`), the same
+    /// lookup as the `host` backend's.
     pub fn find_agent(&self) -> Result<PathBuf, FindAgentError> {
         if let Some(a) = &self.config.agent {
             return if a.is_file() { Ok(a.clone()) } else { Err(FindAgentError::NoSuchFile { path: a.clone() }) };
         }
-        let host = boxsock_host::HostBackend::new(BackendConfig { helper_dir: self.config.helper_dir.clone(), ..Default::default() });
-        Ok(host.find_agent()?)
+        Ok(boxsock_core::helpers::find_agent(self.config.helper_dir.as_deref())?)
     }
 
     fn spawn_shim(&self, json: &[u8], log: &Path, fds: &[(i32, i32)]) -> Result<i32, BackendError> {

@@ -16,6 +16,9 @@
 //! over-long path and returns 0), so every path is checked against the budget twice:
 //! in [`Libkrun::shim_spec`] and in the shim before the first libkrun call.
 
+// First: on a platform other than Linux the build stops here (docs/platforms.md).
+mod sys;
+
 pub mod api;
 pub mod backend;
 pub mod derived;

@@ -243,30 +243,9 @@ impl Passt {
 
 /// Whether a socket bound at `path` is listening (passt binds, then listens: the file
 /// appears before a connect can succeed). Linux: read `/proc/net/unix` (no side effect
-/// on passt); elsewhere: a connect probe.
+/// on passt).
 fn is_listening(path: &Path) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        const SO_ACCEPTCON: u32 = 0x0001_0000;
-        let Ok(table) = std::fs::read("/proc/net/unix") else {
-            return std::os::unix::net::UnixStream::connect(path).is_ok();
-        };
-        let want = path.as_os_str().as_bytes();
-        table.split(|b| *b == b'\n').skip(1).any(|line| {
-            let fields: Vec<&[u8]> = line.split(|b| *b == b' ').filter(|f| !f.is_empty()).collect();
-            // The path is the last field and may contain spaces.
-            fields.len() >= 8
-                && line.ends_with(want)
-                && line.len() > want.len()
-                && line[line.len() - want.len() - 1] == b' '
-                && std::str::from_utf8(fields[3]).ok().and_then(|f| u32::from_str_radix(f, 16).ok()).is_some_and(|f| f & SO_ACCEPTCON != 0)
-        })
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        std::os::unix::net::UnixStream::connect(path).is_ok()
-    }
+    crate::sys::is_listening(path)
 }
 
 fn read_tail(log: &Path, from: u64) -> String {

@@ -16,12 +16,8 @@ use std::path::PathBuf;
 
 use boxsock_core::backend::Availability;
 
-/// The library libkrun 1.19 loads at `krun_start_enter`.
-#[cfg(target_os = "macos")]
-pub const LIBKRUNFW: &str = "libkrunfw.5.dylib";
-/// The library libkrun 1.19 loads at `krun_start_enter`.
-#[cfg(not(target_os = "macos"))]
-pub const LIBKRUNFW: &str = "libkrunfw.so.5";
+/// The library libkrun 1.19 loads at `krun_start_enter` (`libkrunfw.so.5` on Linux).
+pub const LIBKRUNFW: &str = crate::sys::LIBKRUNFW;
 
 /// `KVM_GET_API_VERSION` = `_IO(0xAE, 0x00)`.
 const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
@@ -101,12 +97,6 @@ impl HostProbe {
             ));
         }
         Availability::Available
-    }
-
-    /// macOS: only libkrunfw is probed (Hypervisor.framework is assumed).
-    #[cfg(not(target_os = "linux"))]
-    pub fn probe(&self) -> Availability {
-        self.probe_libkrunfw()
     }
 
     /// Whether libkrunfw can be loaded.

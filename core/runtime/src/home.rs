@@ -108,7 +108,7 @@ fn components(p: &Path) -> VecDeque<OsString> {
 }
 
 fn open_root() -> Result<OwnedFd, RuntimeError> {
-    nix::fcntl::open("/", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| io("open", Path::new("/"), e))
+    nix::fcntl::open("/", crate::sys::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| io("open", Path::new("/"), e))
 }
 
 /// The opened home.
@@ -139,7 +139,7 @@ pub fn open_home(home: &Path, create: bool) -> Result<OpenedHome, RuntimeError> 
         };
         // Whatever we descend from can change what the home is.
         check_ancestor(&st, &cur_path)?;
-        let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let flags = crate::sys::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = match openat(cur.as_fd(), name.as_os_str(), flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) if create => {

@@ -35,6 +35,9 @@
 //! killed and reaped on stop, remove, a failed start, the box process's death, and by
 //! recovery for any box that is not running after a crash.
 
+// First: on a platform other than Linux the build stops here (docs/platforms.md).
+mod sys;
+
 pub mod agent_client;
 mod cleanup;
 mod companions;

@@ -18,7 +18,7 @@
 //!   zombie lingers; the exit status is kept.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -103,7 +103,7 @@ pub fn read_stat(pid: i32) -> io::Result<Option<ProcStat>> {
     if pid <= 0 {
         return Ok(None);
     }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+    match crate::sys::read_stat_text(pid) {
         Ok(text) => parse_stat(&text).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, ProcStatError { pid, source: e })),
         Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => Ok(None),
         Err(e) => Err(e),
@@ -206,24 +206,13 @@ pub struct ProcessHandle {
     kill_group_on_exit: bool,
 }
 
-fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags by value and returns a new fd or -1; no
-    // memory is shared with the kernel.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the syscall returned a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 impl ProcessHandle {
     /// A handle on `identity`. Opens a pidfd and checks, after opening it, that the pid
     /// still has the recorded start time (so the pidfd cannot refer to a stranger that
     /// reused the pid). A process that is already gone yields `Ok` with no pidfd and
     /// [`ProcessHandle::liveness`] `Gone`.
     pub fn open(identity: ProcessIdentity) -> Self {
-        let pidfd = match pidfd_open(identity.pid) {
+        let pidfd = match crate::sys::pidfd_open(identity.pid) {
             Ok(fd) => match identity.probe() {
                 Liveness::Gone => None,
                 _ => Some(fd),
@@ -312,16 +301,7 @@ impl ProcessHandle {
         let pid = self.identity.pid;
         let gone = || SignalError::Gone { pid, start_time: self.identity.start_time };
         if let Some(fd) = &self.pidfd {
-            // SAFETY: pidfd_send_signal takes an fd we own (valid for the call), a signal
-            // number, a null siginfo pointer (allowed: the kernel fills in the default
-            // info) and zero flags.
-            let r = unsafe {
-                libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signal as libc::c_int, std::ptr::null::<libc::siginfo_t>(), 0)
-            };
-            if r == 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
+            let Err(e) = crate::sys::pidfd_send_signal(fd, signal) else { return Ok(()) };
             return if e.raw_os_error() == Some(libc::ESRCH) { Err(gone()) } else { Err(SignalError::Os { pid, signal, source: e }) };
         }
         if self.liveness() != Liveness::Alive {

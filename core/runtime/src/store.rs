@@ -481,7 +481,7 @@ impl Store {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let dir = nix::fcntl::open(parent, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        let dir = nix::fcntl::open(parent, crate::sys::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(|e| StoreError::Io { path: path.to_path_buf(), op: "open the directory of", source: e.into() })?;
         Self::open_at(dir, path, StoreMode::ReadWrite)
     }

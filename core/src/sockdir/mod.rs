@@ -16,11 +16,8 @@
 //! [`SocketDir::bind_datagram`]): the mode is set on the socket before `bind` (Linux
 //! takes the new file's mode from the socket's inode) and again on the file after it.
 //!
-//! Platform code is in `sys/`: on Linux, `/proc/self/fd`; elsewhere (macOS) the
-//! verified directory's display path is used, so the check is only as good as the
-//! path's stability there (documented in decision 0001).
-
-mod sys;
+//! Platform code is in the crate's `sys/`: on Linux, `/proc/self/fd`; macOS is not
+//! implemented (docs/platforms.md).
 
 use std::fmt;
 use std::io;
@@ -101,7 +98,7 @@ impl fmt::Debug for SocketDir {
 /// Open flags of the held descriptor: `O_PATH` where it exists (nothing is read through
 /// it; it only anchors lookups), never inherited by accident.
 fn dir_flags() -> OFlag {
-    sys::path_flag() | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC
+    crate::sys::path_flag() | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC
 }
 
 #[allow(clippy::unnecessary_cast)]
@@ -208,7 +205,7 @@ impl SocketDir {
     pub fn child_address(&self, name: &str, fd_no: RawFd) -> Result<SocketAddress, BindingError> {
         crate::catalogue::validate_file_name(name)
             .map_err(|e| BindingError::Invalid { what: "socket file name".into(), reason: e.to_string() })?;
-        let addr = SocketAddress::Path(sys::through_fd(fd_no, &self.inner.shown, name));
+        let addr = SocketAddress::Path(crate::sys::through_fd(fd_no, &self.inner.shown, name));
         crate::budget::check(name, &addr, crate::budget::Platform::current())?;
         Ok(addr)
     }

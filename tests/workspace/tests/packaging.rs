@@ -1,6 +1,6 @@
-//! Crates that can be published, and what a user gets from `cargo install` (issue 12,
-//! points 6 and 7). Real cargo on the real workspace, offline (the registry index the
-//! test build already fetched is enough): `cargo package`, `cargo tree`, `cargo check`
+//! Crates that can be published, and what a user gets from `cargo install`. Real cargo
+//! on the real workspace, offline (the registry index the test build already fetched is
+//! enough): `cargo package` (which compiles each package), `cargo tree`, `cargo check`
 //! and `cargo install` into a temporary root, then the installed `boxsock` drives a
 //! `host` box. Skipped, with the reason, only when cargo itself cannot be run.
 
@@ -42,23 +42,125 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-/// Every workspace crate packages (`cargo package --no-verify`): versions on path
-/// dependencies, licence, description, no placeholder repository.
-#[test]
-fn every_crate_packages_offline() {
-    let Some(mut c) = cargo() else { return };
-    let out = tempfile::tempdir().unwrap();
-    ok(c.args(["package", "--no-verify", "--workspace", "--offline", "--allow-dirty", "--target-dir"]).arg(out.path()));
-    let crates: Vec<String> = std::fs::read_dir(out.path().join("package"))
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".crate"))
+/// The crates published to crates.io: the libraries, the kits a third-party strategy
+/// or backend tests itself with, the agent, the example strategy (an optional
+/// dependency of the facade, so it must be published with it) and the facade.
+const PUBLISHED: [&str; 12] = [
+    "boxsock",
+    "boxsock-abstract",
+    "boxsock-agent",
+    "boxsock-backend-conformance",
+    "boxsock-conformance",
+    "boxsock-core",
+    "boxsock-direct",
+    "boxsock-host",
+    "boxsock-libkrun",
+    "boxsock-runtime",
+    "boxsock-short-symlink",
+    "boxsock-xdg-hashed",
+];
+
+/// This workspace's own tests and benches: `publish = false`.
+const NOT_PUBLISHED: [&str; 3] = ["boxsock-benches", "boxsock-tests", "boxsock-vm-tests"];
+
+/// Every workspace package and whether it may be published (`publish` is not `false`),
+/// from `cargo metadata`.
+fn workspace_packages() -> Vec<(String, bool)> {
+    let mut c = cargo().expect("cargo runs");
+    let json = ok(c.args(["metadata", "--no-deps", "--format-version", "1", "--offline"]));
+    let meta: serde_json::Value = serde_json::from_str(&json).expect("cargo metadata is JSON");
+    let mut out: Vec<(String, bool)> = meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| {
+            let name = p["name"].as_str().expect("name").to_owned();
+            // `publish = false` is `[]`; unset is `null`.
+            let publishable = !p["publish"].as_array().is_some_and(Vec::is_empty);
+            (name, publishable)
+        })
         .collect();
-    for name in ["boxsock-core", "boxsock-runtime", "boxsock-short-symlink", "boxsock-direct", "boxsock-abstract", "boxsock-agent", "boxsock-host", "boxsock-libkrun", "boxsock-conformance", "boxsock"] {
-        assert!(crates.contains(&format!("{name}-0.1.0.crate")), "{name} not packaged: {crates:?}");
+    out.sort();
+    out
+}
+
+/// Exactly the published crates are publishable: a test-only crate without
+/// `publish = false`, or a library that lost its way to crates.io, fails here.
+#[test]
+fn only_the_published_crates_are_publishable() {
+    if cargo().is_none() {
+        return;
+    }
+    let packages = workspace_packages();
+    let publishable: Vec<&str> =
+        packages.iter().filter(|(_, p)| *p).map(|(n, _)| n.as_str()).collect();
+    assert_eq!(publishable, PUBLISHED, "publishable workspace crates; all: {packages:?}");
+    for name in NOT_PUBLISHED {
+        assert!(packages.iter().any(|(n, p)| n == name && !p), "{name}: {packages:?}");
+    }
+}
+
+/// Every publishable crate packages *and compiles from its package* (`cargo package`
+/// verifies: each `.crate` is unpacked and built against the other packaged crates, not
+/// the workspace's sources), offline: versions on path dependencies, licence,
+/// description, every file the build needs inside the package, no placeholder
+/// repository. The verification builds share this test build's target directory, so
+/// a third-party dependency compiles once per feature set (the VMM included). Like
+/// `cargo install` below, that relinks `target/debug/boxsock`, `boxsock-agent` and
+/// `boxsock-krun-shim` as the packages build them (default features: no crash hook,
+/// no example strategy); any later cargo build of them, `dev::built_binaries`
+/// included, even a fresh one, links the test build's back.
+#[test]
+fn every_publishable_crate_packages_and_compiles_offline() {
+    let Some(mut c) = cargo() else { return };
+    let packages = workspace_packages();
+    let publishable: Vec<&str> =
+        packages.iter().filter(|(_, p)| *p).map(|(n, _)| n.as_str()).collect();
+    c.args(["package", "--offline", "--allow-dirty", "--target-dir"]).arg(target_dir());
+    for p in &publishable {
+        c.args(["-p", p]);
+    }
+    let started = std::time::Instant::now();
+    let o = c.output().expect("cargo package runs");
+    let log = text(&o);
+    assert!(o.status.success(), "{c:?}: {}\n{log}", o.status);
+    // What the verification cost, for CI's time budget (shown with --nocapture).
+    let compiled = log.lines().filter(|l| l.trim_start().starts_with("Compiling ")).count();
+    eprintln!(
+        "cargo package: {} crates packaged and verified in {:.0} s ({compiled} units compiled)",
+        publishable.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for name in &publishable {
+        assert!(
+            log.contains(&format!("Verifying {name} v0.1.0")),
+            "{name} was packaged but not compiled from its package:\n{log}"
+        );
+        let krate = target_dir().join("package").join(format!("{name}-0.1.0.crate"));
+        assert!(krate.is_file(), "{name} not packaged: no {}", krate.display());
+    }
+    for name in NOT_PUBLISHED {
+        assert!(!log.contains(&format!("Packaging {name} ")), "{name} was packaged:\n{log}");
     }
     let manifest = std::fs::read_to_string(workspace().join("Cargo.toml")).unwrap();
     assert!(!manifest.contains("example.invalid"), "a placeholder repository is back in Cargo.toml");
+}
+
+/// What users install leaves the example strategy out: it is an optional dependency of
+/// the facade, off by default (the tests turn it on through dev-dependencies).
+#[test]
+fn the_installed_facade_does_not_link_the_example_strategy() {
+    let Some(mut c) = cargo() else { return };
+    let args = ["tree", "-p", "boxsock", "-e", "normal", "--prefix", "none", "--offline"];
+    let tree = ok(c.args(args));
+    let has = |tree: &str, crate_name: &str| {
+        tree.lines().any(|l| l.starts_with(&format!("{crate_name} ")))
+    };
+    assert!(has(&tree, "boxsock-short-symlink"), "unexpected tree:\n{tree}");
+    assert!(!has(&tree, "boxsock-xdg-hashed"), "the example is a default dependency:\n{tree}");
+    let mut c = cargo().unwrap();
+    let tree = ok(c.args(args).args(["--features", "boxsock-xdg-hashed"]));
+    assert!(has(&tree, "boxsock-xdg-hashed"), "the feature does not add it:\n{tree}");
 }
 
 /// What `cargo install --path cli` (and any embedder) builds: `boxsock` without the

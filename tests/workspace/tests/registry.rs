@@ -45,6 +45,10 @@ fn unknown_strategy_is_a_clear_error() {
 /// `inventory`) is a dependency of the facade, so the facade's `build.rs` links it and
 /// it is in `builtin_strategies()` / `builtin_backends()`. Forgetting the one line in
 /// `cli/Cargo.toml` fails here, not silently in the conformance run.
+///
+/// A dependency may be optional (the example `boxsock-xdg-hashed`, off by default): then
+/// this test build must still link it (`LINKED_DEPENDENCIES`; the tests turn its feature
+/// on through a dev-dependency), so the conformance run and the hostile suite cover it.
 #[test]
 fn every_registering_crate_is_a_dependency_of_the_facade() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -68,13 +72,38 @@ fn every_registering_crate_is_a_dependency_of_the_facade() {
                 "{name} ({}) registers with inventory but is not a dependency of the facade (cli/Cargo.toml): add `{name}.workspace = true` or a path dependency there; facade dependencies: {facade_deps:?}",
                 manifest.display()
             );
+            assert!(
+                boxsock::LINKED_DEPENDENCIES.contains(&name.as_str()),
+                "{name} is a facade dependency but this test build does not link it (an \
+                 optional dependency whose feature no test turns on): its registrations \
+                 are not tested; linked: {:?}",
+                boxsock::LINKED_DEPENDENCIES
+            );
             plugins.push(name);
         }
     }
-    // Not vacuous: the built-ins were found.
-    for builtin in ["boxsock-short-symlink", "boxsock-direct", "boxsock-abstract", "boxsock-host"] {
+    // Not vacuous: the built-ins were found, and the example strategy is one of them.
+    let expected = [
+        "boxsock-short-symlink",
+        "boxsock-direct",
+        "boxsock-abstract",
+        "boxsock-host",
+        "boxsock-xdg-hashed",
+    ];
+    for builtin in expected {
         assert!(plugins.iter().any(|p| p == builtin), "{builtin} not found among {plugins:?}");
     }
+}
+
+/// The example strategy is linked in the test build (the tests turn its feature on)
+/// and registered under its name; what users install leaves it out (checked on
+/// `cargo tree` in `packaging.rs`).
+#[test]
+fn the_example_strategy_is_registered_in_the_test_build() {
+    let linked = boxsock::LINKED_DEPENDENCIES;
+    assert!(linked.contains(&"boxsock-xdg-hashed"), "{linked:?}");
+    let registry = boxsock::builtin_strategies();
+    assert!(registry.names().contains(&"xdg-hashed"), "{:?}", registry.names());
 }
 
 /// The keys of a manifest section (`name.workspace = true`, `name = …` → `name`), up to

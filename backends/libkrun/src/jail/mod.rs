@@ -73,13 +73,5 @@ pub const SYSTEM_DEVICES: &[&str] = &["/dev/kvm", "/dev/null", "/dev/urandom", "
 
 /// Apply `spec` to the calling process (irreversible). On Linux: Landlock.
 pub fn apply(spec: &JailSpec) -> Result<(), JailError> {
-    #[cfg(target_os = "linux")]
-    {
-        landlock_jail::apply(spec)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = spec;
-        Err(JailError::Unsupported("the shim's jail is Landlock; render a Seatbelt profile with jail::seatbelt instead"))
-    }
+    crate::sys::apply_jail(spec)
 }

@@ -1,0 +1,109 @@
+//! Linux: `O_PATH` descriptors addressed through `/proc/self/fd/<n>/<name>`, and peer
+//! credentials from the kernel (`SO_PEERCRED`, `SO_PEERPIDFD`, `SCM_CREDENTIALS`).
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+
+use crate::peer::PeerCred;
+
+/// `O_PATH`: the descriptor only anchors lookups.
+pub(crate) fn path_flag() -> OFlag {
+    OFlag::O_PATH
+}
+
+/// `/proc/self/fd/<fd>/<name>`: resolved by the kernel through the descriptor itself,
+/// so no directory anyone else controls is looked up. At most 14 + 10 + 1 + name bytes.
+pub(crate) fn through_fd(fd: RawFd, _shown: &Path, name: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{fd}/{name}"))
+}
+
+/// Read the peer credentials of a connected Unix socket (`SO_PEERCRED`).
+pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
+    let c = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::PeerCredentials)?;
+    Ok(PeerCred { pid: c.pid(), uid: c.uid(), gid: c.gid() })
+}
+
+/// A pidfd of the peer (`SO_PEERPIDFD`, Linux ≥ 6.5); `Ok(None)` where the kernel does
+/// not support it.
+pub fn peer_pidfd(fd: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    // `SO_PEERPIDFD` from the kernel's uapi `asm/socket.h` (not yet in the libc crate
+    // for every target): 77, except on sparc.
+    #[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+    const SO_PEERPIDFD: libc::c_int = 77;
+    #[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+    const SO_PEERPIDFD: libc::c_int = 0x0056;
+    let mut pidfd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` is a valid open descriptor for the duration of the borrow; the option
+    // value points to a c_int we own and `len` holds its size, as SO_PEERPIDFD expects.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&raw mut pidfd).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOPROTOOPT) | Some(libc::EINVAL) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    if pidfd < 0 {
+        return Ok(None);
+    }
+    // SAFETY: on success the kernel installed a new descriptor that nothing else owns.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(pidfd) }))
+}
+
+/// Turn on `SO_PASSCRED`: the kernel attaches `SCM_CREDENTIALS` to every datagram
+/// queued from now on.
+pub fn set_pass_cred(sock: BorrowedFd<'_>) -> io::Result<()> {
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true)?;
+    Ok(())
+}
+
+/// Receive one datagram into `buf`, with the sender's `SCM_CREDENTIALS` when the kernel
+/// attached them (retrying on `EINTR`).
+pub(crate) fn recv_with_cred(
+    sock: &UnixDatagram,
+    buf: &mut [u8],
+) -> nix::Result<(usize, Option<PeerCred>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, recvmsg};
+    let mut cmsg = nix::cmsg_space!(libc::ucred);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    loop {
+        let flags = MsgFlags::MSG_CMSG_CLOEXEC;
+        match recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
+            Ok(msg) => {
+                let mut cred = None;
+                for c in msg.cmsgs()? {
+                    if let ControlMessageOwned::ScmCredentials(uc) = c {
+                        cred = Some(PeerCred { pid: uc.pid(), uid: uc.uid(), gid: uc.gid() });
+                    }
+                }
+                return Ok((msg.bytes, cred));
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The abstract socket address `@name`.
+pub(crate) fn abstract_addr(name: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    std::os::unix::net::SocketAddr::from_abstract_name(name)
+}
+
+/// The abstract socket address `@name`, as nix takes it.
+pub(crate) fn abstract_unix_addr(n: &[u8]) -> io::Result<nix::sys::socket::UnixAddr> {
+    Ok(nix::sys::socket::UnixAddr::new_abstract(n)?)
+}
