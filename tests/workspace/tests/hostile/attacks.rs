@@ -370,6 +370,15 @@ impl World {
     }
 }
 
+/// Whether `dir` (the attacker's) holds a socket `name` owned by root: where a naive
+/// binder's socket landed.
+pub(crate) fn naive_landed_in(dir: &Path, name: &str) -> bool {
+    std::fs::symlink_metadata(dir.join(name)).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_socket() && m.uid() == 0
+    })
+}
+
 /// The entries of a directory, sorted (empty if it cannot be read).
 pub(crate) fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -461,8 +470,28 @@ fn assert_squat_refused(
         Vec::<String>::new(),
         "no socket may be bound anywhere"
     );
+    // The positive control: a naive binder, trusting the name, falls into the squat.
+    let naive = w.per_uid().join("naive.sock");
+    let control = match (std::os::unix::net::UnixListener::bind(&naive), watched) {
+        (Ok(l), Some(dir)) => {
+            assert!(
+                naive_landed_in(dir, "naive.sock"),
+                "control: the naive binder's socket is not in the attacker's directory {}",
+                dir.display()
+            );
+            drop(l);
+            std::fs::remove_file(dir.join("naive.sock")).unwrap();
+            "put its socket in nobody's directory".to_owned()
+        }
+        (Ok(_), None) => panic!("control: the naive binder bound through a squat that should deny it"),
+        (Err(e), Some(_)) => panic!("control: the naive binder was not captured by the squat: {e}"),
+        (Err(e), None) => {
+            assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR), "control: the naive binder failed otherwise: {e}");
+            "was denied (ENOTDIR): this squat denies, it cannot capture".to_owned()
+        }
+    };
     format!(
-        "ensure refused: Insecure at <base>/boxsock-<uid> naming {}; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}, bare bind_stream → {}; no socket bound anywhere{}",
+        "ensure refused: Insecure at <base>/boxsock-<uid> naming {}; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}, bare bind_stream → {}; no socket bound anywhere{}; beside it, a naive binder (bind `<base>/boxsock-<uid>/naive.sock` by the path string) {control}",
         facts
             .iter()
             .map(|f| format!("{f:?}"))
@@ -663,6 +692,13 @@ scenario!(
                 evil,
                 "ensure must not silently take the link back or follow it"
             );
+            // The positive control: a naive binder, trusting the link's name, binds in the
+            // attacker's directory.
+            let naive = std::os::unix::net::UnixListener::bind(link.join("naive.sock"))
+                .expect("control: the naive binder could not bind through the swapped link");
+            assert!(naive_landed_in(&evil, "naive.sock"), "control: the naive binder's socket is not in the attacker's directory");
+            drop(naive);
+            std::fs::remove_file(evil.join("naive.sock")).unwrap();
             // The operator removes the bad link; the next ensure heals and the live box is reachable.
             std::fs::remove_file(&link).unwrap();
             s.ensure(&w.layout, &id).unwrap();
@@ -670,7 +706,7 @@ scenario!(
             live.accept_once().unwrap();
             assert_eq!(entries(&evil), Vec::<String>::new());
             Outcome::Passed(format!(
-                "ensure noticed by device+inode and refused: Occupied at <base>/boxsock-<uid>/<id> naming the attacker's directory; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}; the attacker's directory stayed empty; after the bad link was removed ensure healed it and the live agent socket was reachable again"
+                "ensure noticed by device+inode and refused: Occupied at <base>/boxsock-<uid>/<id> naming the attacker's directory; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}; the attacker's directory stayed empty, while a naive binder beside it (bind `<link>/naive.sock` by the path string) put its socket there; after the bad link was removed ensure healed it and the live agent socket was reachable again"
             ))
         })()
     }
@@ -730,8 +766,15 @@ scenario!(
                 vec![id.to_string()],
                 "the attacker's directory was changed"
             );
+            // The positive control: a naive binder, trusting the box link's name, binds
+            // in the attacker's target directory.
+            let naive = std::os::unix::net::UnixListener::bind(p.join(id.as_str()).join("naive.sock"))
+                .expect("control: the naive binder could not bind through the attacker's link");
+            assert!(naive_landed_in(&evil, "naive.sock"), "control: the naive binder's socket is not in the attacker's directory");
+            drop(naive);
+            std::fs::remove_file(evil.join("naive.sock")).unwrap();
             Outcome::Passed(format!(
-                "ensure refused: Insecure at <base>/boxsock-<uid> (\"owned by uid 65534\"), not fooled by its cached descriptor of the removed directory; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}; the attacker's target directory stayed empty and their directory untouched"
+                "ensure refused: Insecure at <base>/boxsock-<uid> (\"owned by uid 65534\"), not fooled by its cached descriptor of the removed directory; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}; the attacker's target directory stayed empty and their directory untouched, while a naive binder beside it (bind `<base>/boxsock-<uid>/<id>/naive.sock` by the path string) put its socket there"
             ))
         })()
     }
