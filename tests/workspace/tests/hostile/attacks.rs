@@ -108,6 +108,17 @@ pub(crate) mod nobody {
     /// The child: drop, then each act; one i64 per act (≥ 0 success or bytes received,
     /// < 0 minus errno). Async-signal-safe only.
     fn child(out: RawFd, acts: &[Act]) -> ! {
+        // Keep only the report pipe (moved to 3): descriptors inherited from other tests'
+        // threads (sockets, abstract names, pipe ends) must not outlive their owners'
+        // closing them while this child runs.
+        // SAFETY: dup2 and close_range on descriptor numbers in the single-threaded child.
+        let out = unsafe {
+            if out != 3 && libc::dup2(out, 3) < 0 {
+                libc::_exit(2);
+            }
+            libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+            3
+        };
         // SAFETY: credential system calls in the single-threaded child.
         let dropped = unsafe {
             libc::setgroups(0, std::ptr::null()) == 0
