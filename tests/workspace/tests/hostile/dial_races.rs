@@ -30,6 +30,11 @@ const EXECS: usize = 300;
 /// path string in only 1 of 20 dials made in such a window would still have been caught
 /// by 100 windows with a probability above 99 % (0.95^100 < 0.006); fewer windows would
 /// not show that the real dialer resists the attack rather than missing it.
+///
+/// A window is counted where the attacker attacks: the flipped link base, or
+/// `<base>/boxsock-<uid>`. Once the runtime has seen that directory squatted it binds
+/// in a private fallback instead, and the windows at `<base>/boxsock-<uid>` no longer
+/// lie on its path; the observed text says where it ended ([`binding_dir_text`]).
 const MIN_WINDOWS: usize = 100;
 
 /// How many starts under `umask 000` must have had the attacker's directory in place at
@@ -531,14 +536,26 @@ scenario!(
             let hits = attacker.finish();
             assert_race(&r, hits);
             let _ = tokio.block_on(rt.remove(&id, true));
-            Outcome::Passed(race_text(
-                &r,
-                took,
-                &format!("the cleaner removed the per-user directory {} times", measured(removed)),
+            Outcome::Passed(format!(
+                "{}; the runtime's binding directory at the end: {}",
+                race_text(&r, took, &format!("the cleaner removed the per-user directory {} times", measured(removed))),
+                binding_dir_text(&w)
             ))
         })()
     }
 );
+
+/// Where the runtime of home `w` binds at the end of a race: its private fallback (it saw
+/// the per-user directory squatted and moved, so the attacker's renames into
+/// `<base>/boxsock-<uid>` no longer lay on its path), or the per-user directory.
+fn binding_dir_text(w: &crate::attacks::World) -> String {
+    let fell_back = w.layout.home().join(boxsock_runtime::squat::RECORD).exists();
+    measured(if fell_back {
+        "its private fallback <base>/boxsock.*, so from then on nobody's renames into <base>/boxsock-<uid> reached only the naive victim"
+    } else {
+        "<base>/boxsock-<uid>"
+    })
+}
 
 /// The cleaner: keeps removing root's per-user directory `per_uid` (never the
 /// attacker's) until told to stop; returns how many times it did.
@@ -669,13 +686,14 @@ scenario!(
             );
             let _ = tokio.block_on(rt.remove(&id, true));
             Outcome::Passed(format!(
-                "{} starts under umask 000: {} started, {} of them while nobody's directory was in place (at least {MIN_START_WINDOWS} required), {} refused; agent.sock was always bound 0600 in the real socket directory, nothing of root's ever appeared in the attacker's directory (read after every start through a descriptor held on it), its listener at `<id>/ready.sock` received nothing, and nobody's dial of the agent was refused. Beside it, the naive binder bound {} of {} sockets in the attacker's directory (at least {MIN_NAIVE_HIJACKS} required)",
+                "{} starts under umask 000: {} started, {} of them while nobody's directory was in place (at least {MIN_START_WINDOWS} required), {} refused; agent.sock was always bound 0600 in the real socket directory, nothing of root's ever appeared in the attacker's directory (read after every start through a descriptor held on it), its listener at `<id>/ready.sock` received nothing, and nobody's dial of the agent was refused. Beside it, the naive binder bound {} of {} sockets in the attacker's directory (at least {MIN_NAIVE_HIJACKS} required); the runtime's binding directory at the end: {}",
                 measured(started + refused),
                 measured(started),
                 measured(windows),
                 measured(refused),
                 measured(hijacked),
                 measured(naive),
+                binding_dir_text(&w),
             ))
         })()
     }
