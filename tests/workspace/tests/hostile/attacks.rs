@@ -1224,7 +1224,7 @@ scenario!(
                 rt.stop(&id, None).await.unwrap();
                 let squatters: Vec<_> = old
                     .iter()
-                    .map(|a| squat_abstract(a))
+                    .map(squat_abstract)
                     .collect();
                 let started = rt.start(&id).await;
                 let new = names(&rt);
