@@ -274,6 +274,10 @@ pub enum HomeKind {
 /// Decide whether the opened directory is a home: the marker (a regular file of ours),
 /// else a store, else empty. Anything else is [`RuntimeError::NotAHome`].
 pub fn classify(home: BorrowedFd<'_>, path: &Path, store_name: &str) -> Result<HomeKind, RuntimeError> {
+    // Listed first: another process initialising the same home writes the marker before
+    // anything else, so whatever this listing sees of it, the marker is found below
+    // (listing last let a concurrent `.boxsock-home` make the home look foreign).
+    let entries = some_entries(home, path, 8)?;
     let marker_path = path.join(HOME_MARKER);
     match exists_at(home, HOME_MARKER).map_err(|e| io("inspect", &marker_path, e))? {
         Some(st) if kind(&st) == libc::S_IFREG && st.st_uid == euid() => return Ok(HomeKind::Home),
@@ -290,7 +294,7 @@ pub fn classify(home: BorrowedFd<'_>, path: &Path, store_name: &str) -> Result<H
     }
     // Files a strategy may have made in a home before any box (the abstract
     // strategy's key, when `doctor` derived its names) do not make it someone else's.
-    let entries: Vec<String> = some_entries(home, path, 8)?.into_iter().filter(|n| !HOME_LEVEL_FILES.contains(&n.as_str())).collect();
+    let entries: Vec<String> = entries.into_iter().filter(|n| !HOME_LEVEL_FILES.contains(&n.as_str())).collect();
     if entries.is_empty() {
         return Ok(HomeKind::Empty);
     }

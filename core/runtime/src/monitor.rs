@@ -2,6 +2,7 @@
 //! process died becomes `Unhealthy`, then `Stopped`, with its exit recorded, its
 //! companions killed and its socket files removed.
 
+use std::os::fd::AsFd;
 use std::sync::{Arc, Weak};
 
 use boxsock_core::id::BoxId;
@@ -47,7 +48,7 @@ impl Inner {
         let box_id = id.clone();
         self.blocking(move |i| {
             let _ = i.store.transition(&box_id, Some(&[BoxState::Unhealthy]), BoxState::Stopped, |r| r.process = None);
-            cleanup::remove_socket_files(&i.layout, &box_id);
+            cleanup::remove_socket_files(i.home_fd.as_fd(), &i.layout, &box_id);
         })
         .await;
         lock(&self.procs).remove(id);

@@ -28,6 +28,7 @@
 //!   auto-remove owner is gone (`run --rm` killed) are stopped and removed:
 //!   [`remove_abandoned`].
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -152,7 +153,7 @@ pub(super) async fn recover(inner: &Arc<Inner>, report: &mut OpenReport) -> Resu
             })?;
             from = to;
         }
-        cleanup::remove_socket_files(layout, &rec.id);
+        cleanup::remove_socket_files(inner.home_fd.as_fd(), layout, &rec.id);
         inner.forget_process(&rec.id);
         tracing::warn!(box_id = %rec.id, from = %rec.state, killed, "recovered box state: stopped");
         report.recovered.push(Recovered { id: rec.id.clone(), from: rec.state, to: BoxState::Stopped, killed });

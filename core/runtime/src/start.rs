@@ -143,7 +143,7 @@ impl Inner {
         let listener = bound
             .into_tokio()
             .map_err(|e| RuntimeError::Io { op: "register ready listener", path: layout.sockets_dir(id), source: e })?;
-        let _cleanup = ReadyCleanup { layout, id };
+        let _cleanup = ReadyCleanup { home: self.home_fd.as_fd(), layout, id };
         let mut addresses = addresses;
         if addresses.get(catalogue::READY.name).is_some_and(|a| a != listener.address()) {
             // The strategy rotated the box's names while binding (a squatted name):

@@ -2,6 +2,7 @@
 //! box is `Stopped` only once its process is really gone. Removal releases the binding,
 //! deletes the directory, then the row.
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +49,7 @@ impl Inner {
             })
             .map_err(RuntimeError::from_store)?;
         crash::point("stop:stopped");
-        cleanup::remove_socket_files(&self.layout, &id);
+        cleanup::remove_socket_files(self.home_fd.as_fd(), &self.layout, &id);
         lock(&self.procs).remove(&id);
         tracing::debug!(box_id = %id, exit_code = ?exit, "stopped");
         Ok(rec)

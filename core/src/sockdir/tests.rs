@@ -1,4 +1,4 @@
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 
 use super::*;
 
@@ -14,15 +14,6 @@ fn private_dir() -> tempfile::TempDir {
 
 fn expect(identity: Option<DirIdentity>) -> DirExpectation {
     DirExpectation { owner: me(), identity }
-}
-
-/// Set the process umask for the duration of a closure (tests in this module that care
-/// about the mode run the bind inside).
-fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
-    let old = nix::sys::stat::umask(Mode::from_bits_truncate(mask));
-    let r = f();
-    nix::sys::stat::umask(old);
-    r
 }
 
 #[test]
@@ -48,18 +39,6 @@ fn binds_and_connects_through_the_descriptor_not_the_name() {
     let _c = dir.connect_stream("a.sock", &PeerPolicy::allow_uids([me()]).with_pid(std::process::id() as i32)).unwrap();
     let (_s, cred) = l.accept_once().unwrap();
     assert_eq!(cred, None);
-}
-
-#[test]
-fn socket_files_are_0600_whatever_the_umask() {
-    let root = private_dir();
-    let dir = SocketDir::open(root.path(), expect(None)).unwrap();
-    let (l, d) = with_umask(0, || (dir.bind_stream("s.sock", PeerPolicy::unchecked()).unwrap(), dir.bind_datagram("d.sock").unwrap()));
-    for n in ["s.sock", "d.sock"] {
-        let m = std::fs::symlink_metadata(root.path().join(n)).unwrap().mode() & 0o7777;
-        assert_eq!(m, 0o600, "{n} has mode {m:04o}");
-    }
-    drop((l, d));
 }
 
 #[test]

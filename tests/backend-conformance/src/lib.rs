@@ -26,11 +26,11 @@
 //! or iterate with [`run_all`], or run the [`cli`] entry point from a small binary (the
 //! real-VM tier runs `boxsock-backend-kit --backend libkrun` inside its VM).
 //!
-//! **Its own test binary.** The kit looks for processes a box left behind among the
-//! descendants of the test process (it makes the process a child subreaper, see
-//! [`procs`]), and runs one check at a time per process. Other tests running in the same
-//! binary could start processes it would take for strays: give the kit a test file of
-//! its own.
+//! **A process of its own per check.** The kit looks for processes a box left behind
+//! among the descendants of the process that runs a check (it makes that process a
+//! child subreaper, see [`procs`]). Under libtest, [`run_check`] therefore re-executes
+//! the test binary and runs each check there, alone; the subreaper flag never touches
+//! the test process, and other tests of the binary cannot be taken for strays.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -121,14 +121,25 @@ fn skip(check: &Check, backend: &str, reason: String) -> Outcome {
     Outcome::Skipped(reason)
 }
 
-/// One check at a time per process: checks look for strays among this process's
-/// descendants.
+/// One check at a time per process.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Names the check a re-executed test binary plays in a process of its own:
+/// `<backend>\t<check>`.
+const ENV_CHECK: &str = "BOXSOCK_BACKEND_KIT_CHECK";
+/// Where that process writes how the check ended (see [`play`]).
+const ENV_RESULT: &str = "BOXSOCK_BACKEND_KIT_RESULT";
 
 /// Run one check against `target` in a fresh [`Kit`]. Panics if the check fails; prints
 /// and returns [`Outcome::Skipped`] if it does not apply (the backend is not
 /// [`available_for_launch`](boxsock_core::Backend::available_for_launch) here, or the
 /// check's subject is absent).
+///
+/// The kit makes the process that runs a check a child subreaper (process-wide state),
+/// so under libtest each check runs in a process of its own: the test binary is
+/// re-executed, filtered to the running test, and plays that one check ([`play`]); its
+/// outcome, or its panic message, is raised here as if the check had run in this
+/// process. Outside libtest (the [`cli`] entry point, a binary of its own) it runs here.
 pub fn run_check(check: &Check, target: &Target) -> Outcome {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let name = target.name();
@@ -139,13 +150,92 @@ pub fn run_check(check: &Check, target: &Target) -> Outcome {
     if let Availability::Unavailable { reason } = backend.available_for_launch() {
         return skip(check, name, format!("backend {name:?} cannot launch boxes on this machine: {reason}"));
     }
+    if let Ok(role) = std::env::var(ENV_CHECK) {
+        if role != format!("{name}\t{}", check.name) {
+            return Outcome::Skipped("backend kit child: another check".into());
+        }
+        play(check, target);
+    }
+    let outcome = match boxsock_conformance::child::current_test_name() {
+        Some(test) => run_in_own_process(&test, check, name),
+        None => run_here(check, target),
+    };
+    match outcome {
+        Outcome::Skipped(reason) => skip(check, name, reason),
+        Outcome::Passed => Outcome::Passed,
+    }
+}
+
+/// The check itself, in this process.
+fn run_here(check: &Check, target: &Target) -> Outcome {
     if !procs::become_subreaper() {
         panic!("{}: cannot become a child subreaper (prctl PR_SET_CHILD_SUBREAPER), so strays cannot be found", check.name);
     }
     let kit = Kit::new(target, check.name);
-    match (check.run)(&kit) {
-        Outcome::Skipped(reason) => skip(check, name, reason),
-        Outcome::Passed => Outcome::Passed,
+    (check.run)(&kit)
+}
+
+/// In the re-executed test binary: run the check, write how it ended to
+/// `$BOXSOCK_BACKEND_KIT_RESULT` (`passed`, `skipped\n<reason>` or `panicked\n<message>`,
+/// then `left\n<processes>` if it left any, which are killed) and exit
+/// [`CHILD_OK`](boxsock_conformance::child::CHILD_OK). The result is written whether or
+/// not the test that called the kit catches the check's panic.
+fn play(check: &Check, target: &Target) -> ! {
+    let path = std::env::var_os(ENV_RESULT).expect("the backend kit's own process needs its result file");
+    let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_here(check, target)));
+    let mut text = match ended {
+        Ok(Outcome::Passed) => "passed".to_owned(),
+        Ok(Outcome::Skipped(reason)) => format!("skipped\n{reason}"),
+        Err(p) => format!("panicked\n{}", panic_message(&*p)),
+    };
+    let left = procs::live_descendants();
+    if !left.is_empty() {
+        let names: Vec<String> = left.iter().map(ToString::to_string).collect();
+        text = format!("left\n{}\n{text}", names.join(", "));
+        for p in &left {
+            // SAFETY: kill(2) with a pid and a signal number; no memory is passed.
+            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+        }
+    }
+    std::fs::write(&path, text).expect("write the backend kit's result");
+    std::process::exit(boxsock_conformance::child::CHILD_OK)
+}
+
+/// Re-execute this test binary (filtered to `test`) to play `check` against `backend`
+/// in a process of its own; raise its outcome here.
+fn run_in_own_process(test: &str, check: &Check, backend: &str) -> Outcome {
+    use std::process::{Command, Stdio};
+    let result = tempfile::NamedTempFile::new().expect("a temp file for the check's result");
+    // Output goes to a file, not a pipe: nothing the check leaves can hang the wait.
+    let out = tempfile::NamedTempFile::new().expect("a temp file for the check's output");
+    let file = || out.reopen().expect("reopen the output file");
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let status = Command::new(exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ENV_CHECK, format!("{backend}\t{}", check.name))
+        .env(ENV_RESULT, result.path())
+        .stdin(Stdio::null())
+        .stdout(file())
+        .stderr(file())
+        .status()
+        .unwrap_or_else(|e| panic!("{}: cannot re-execute the test binary: {e}", check.name));
+    let output = std::fs::read_to_string(out.path()).unwrap_or_default();
+    eprint!("{output}");
+    let text = std::fs::read_to_string(result.path()).unwrap_or_default();
+    if status.code() != Some(boxsock_conformance::child::CHILD_OK) || text.is_empty() {
+        panic!("{}: backend {backend:?}: the check's own process ended without a result ({status}); its output:\n{output}", check.name);
+    }
+    let text = text.as_str();
+    if let Some(rest) = text.strip_prefix("left\n") {
+        let (left, _) = rest.split_once('\n').unwrap_or((rest, ""));
+        panic!("{}: backend {backend:?}: the check left processes behind it (killed): {left}", check.name);
+    }
+    match text.split_once('\n').unwrap_or((text, "")) {
+        ("passed", _) => Outcome::Passed,
+        ("skipped", reason) => Outcome::Skipped(reason.to_owned()),
+        // The check's own message, so that a caller matching on it sees it unchanged.
+        ("panicked", message) => std::panic::panic_any(message.to_owned()),
+        _ => panic!("{}: backend {backend:?}: unreadable result {text:?}", check.name),
     }
 }
 

@@ -178,3 +178,50 @@ pub fn run_ensure_role(strategy: &Arc<dyn SocketBinding>, args: &EnsureArgs) -> 
     }
     Ok(())
 }
+
+/// Names the test that a re-executed test binary runs in a process of its own (see
+/// [`in_own_process`]).
+pub const ENV_OWN_PROCESS: &str = "BOXSOCK_OWN_PROCESS";
+
+/// Run `body`, a test that changes process-wide state (the umask, the working
+/// directory, environment variables, signal dispositions, rlimits, the subreaper flag),
+/// in a process of its own: no other test of the binary runs while that state is
+/// changed, and nothing of it outlives the test.
+///
+/// In the test process it re-executes this test binary filtered to the running test
+/// (`--exact`, one thread) with [`ENV_OWN_PROCESS`] naming it, prints the child's output
+/// (libtest shows it when the test fails) and panics unless the child exited
+/// [`CHILD_OK`]. In that child it runs `body` and exits [`CHILD_OK`]: a child whose
+/// filter matched no test exits 0, which is never taken for success.
+pub fn in_own_process(body: impl FnOnce()) {
+    let test = current_test_name().expect("in_own_process is called inside a libtest test thread");
+    match std::env::var(ENV_OWN_PROCESS) {
+        Ok(t) if t == test => {
+            body();
+            std::process::exit(CHILD_OK);
+        }
+        // Another test's own process (or a process it started): never re-execute again.
+        Ok(t) => panic!("{test}: running inside the own process of {t}"),
+        Err(_) => {}
+    }
+    // Output goes to a file, not a pipe: processes the test leaves behind (a box's agent)
+    // could hold a pipe open and hang the wait.
+    let out = tempfile::NamedTempFile::new().expect("a temp file for the child's output");
+    let file = || out.reopen().expect("reopen the child's output file");
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let status = Command::new(exe)
+        .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(ENV_OWN_PROCESS, &test)
+        .stdin(Stdio::null())
+        .stdout(file())
+        .stderr(file())
+        .status()
+        .unwrap_or_else(|e| panic!("{test}: cannot re-execute the test binary: {e}"));
+    let output = std::fs::read_to_string(out.path()).unwrap_or_default();
+    eprint!("{output}");
+    assert_eq!(
+        status.code(),
+        Some(CHILD_OK),
+        "{test} failed in its own process ({status}); its output:\n{output}"
+    );
+}

@@ -162,6 +162,7 @@ pub enum PeerKind {
 
 /// The child's body for [`connect_from_child`]. Async-signal-safe only.
 fn connect_child(out: RawFd, kind: PeerKind, a: RawAddr) -> ! {
+    let out = keep_only(out);
     match kind {
         PeerKind::OtherUser => {
             if let Err(e) = drop_to_nobody() {
@@ -210,6 +211,7 @@ fn connect_child(out: RawFd, kind: PeerKind, a: RawAddr) -> ! {
 
 /// The child's body for [`send_from_child`]. Async-signal-safe only.
 fn send_child(out: RawFd, a: RawAddr, payload: &[u8]) -> ! {
+    let out = keep_only(out);
     if let Err(e) = drop_to_nobody() {
         report_exit(out, R_DROP, e)
     }
@@ -258,6 +260,7 @@ pub fn send_from_child(addr: &SocketAddress, payload: &'static [u8]) -> PeerRepo
 
 /// The child's body for [`listen_in_child`]. Async-signal-safe only.
 fn listen_child(out: RawFd, a: RawAddr) -> ! {
+    let out = keep_only(out);
     if let Err(e) = drop_to_nobody() {
         report_exit(out, R_DROP, e)
     }
@@ -287,6 +290,20 @@ fn cloexec_pipe() -> (OwnedFd, OwnedFd) {
     sys::cloexec_pipe()
 }
 
+/// In a forked child: keep only the report pipe `out` (moved to descriptor 3) and close
+/// every other descriptor inherited from the test process. Other tests' threads hold
+/// sockets, abstract names and pipe ends there; a child that kept them would keep a name
+/// bound, or a pipe from reaching EOF, after its owner closed it. Async-signal-safe.
+fn keep_only(out: RawFd) -> RawFd {
+    // SAFETY: dup2 onto descriptor 3 in the single-threaded child.
+    if out != 3 && unsafe { libc::dup2(out, 3) } < 0 {
+        // SAFETY: leaving the child without running destructors.
+        unsafe { libc::_exit(2) }
+    }
+    sys::close_from(4);
+    3
+}
+
 /// Platform parts (crosvm habit: one module per platform, no cfg inside functions).
 #[cfg(target_os = "linux")]
 mod sys {
@@ -301,6 +318,12 @@ mod sys {
     /// A pipe whose ends are close-on-exec atomically (other threads spawn processes).
     pub(super) fn cloexec_pipe() -> (OwnedFd, OwnedFd) {
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2")
+    }
+
+    /// Close every descriptor from `first` on. Async-signal-safe.
+    pub(super) fn close_from(first: i32) {
+        // SAFETY: close_range(2) with integer arguments closes this child's descriptors.
+        unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0u32) };
     }
 }
 
@@ -324,6 +347,14 @@ mod sys {
             }
         }
         (r, w)
+    }
+
+    /// Close every descriptor from `first` on (up to 4096). Async-signal-safe.
+    pub(super) fn close_from(first: i32) {
+        for fd in first..4096 {
+            // SAFETY: close on a descriptor number; a closed one gives EBADF.
+            unsafe { libc::close(fd) };
+        }
     }
 }
 

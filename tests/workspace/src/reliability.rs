@@ -295,6 +295,15 @@ pub fn listed_ids(doc: &str) -> Vec<String> {
         .collect()
 }
 
+pub use boxsock_conformance::child::in_own_process;
+
+/// Write the record of `scenario`, then check it against the document (the end of every
+/// `scenario!` test).
+pub fn record_and_check(scenario: &Scenario, outcome: Outcome) {
+    write_record(scenario, outcome.clone());
+    check_against_doc(scenario, &outcome);
+}
+
 /// Declare a hostile scenario: registers it and defines a `#[test]` that runs `body`
 /// (an expression returning [`Outcome`]) and records the result. A skip then goes
 /// through `crate::skip_scenario(&str)`, which the using crate defines (the hostile
@@ -305,12 +314,36 @@ pub fn listed_ids(doc: &str) -> Vec<String> {
 ///     Outcome::Passed("refused: Insecure naming owner 65534".into())
 /// });
 /// ```
+///
+/// A scenario that changes process-wide state (the umask, the working directory,
+/// environment variables, signal dispositions, rlimits, the subreaper flag) starts with
+/// `own_process`: its test re-executes the test binary and runs the body, the record and
+/// the document check there, alone ([`in_own_process`]).
+///
+/// ```ignore
+/// scenario!(own_process umask_000_start, "Attacks", "under `umask 000` …", { … });
+/// ```
 #[macro_export]
 // `crate::skip_scenario` on purpose: it is the using crate's, which can reach
 // boxsock-test-support (a dev-dependency; this library cannot depend on the unpublished
 // crate, as `cargo package --workspace` packages it).
 #[allow(clippy::crate_in_macro_def)]
 macro_rules! scenario {
+    (own_process $id:ident, $area:literal, $done:literal, $body:block) => {
+        inventory::submit! {
+            $crate::reliability::Scenario { id: stringify!($id), area: $area, done: $done }
+        }
+        #[test]
+        fn $id() {
+            $crate::reliability::in_own_process(|| {
+                let outcome: $crate::reliability::Outcome = $body;
+                $crate::reliability::record_and_check(
+                    &$crate::reliability::Scenario { id: stringify!($id), area: $area, done: $done },
+                    outcome,
+                );
+            });
+        }
+    };
     ($id:ident, $area:literal, $done:literal, $body:block) => {
         inventory::submit! {
             $crate::reliability::Scenario { id: stringify!($id), area: $area, done: $done }

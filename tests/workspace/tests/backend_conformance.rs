@@ -5,7 +5,8 @@
 //! `/dev/kvm` cannot boot a guest) is skipped with its reason, printed; the real-VM tier
 //! (`tests/vm`, scenario `backend_kit`) runs the kit on libkrun.
 //!
-//! A test file of its own: the kit looks for strays among this process's descendants.
+//! The kit runs each check in a process of its own (it makes that process a child
+//! subreaper to look for strays among its descendants).
 
 mod kit_skips;
 
@@ -51,6 +52,11 @@ fn every_registered_backend_passes_the_backend_kit() {
         }
     }
     assert!(failures.is_empty(), "backend kit failures:\n{}", failures.join("\n\n"));
+    // Each check ran in a process of its own: this one never became a subreaper.
+    let mut flag: libc::c_int = -1;
+    // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through the pointer we pass.
+    let r = unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut flag as *mut libc::c_int, 0, 0, 0) };
+    assert_eq!((r, flag), (0, 0), "the test process became a child subreaper: the kit ran a check in it");
     // The reference backend runs everywhere this suite runs: it must really be checked.
     assert!(ran.contains(&"host"), "the host backend ran no check (ran: {ran:?})");
 }

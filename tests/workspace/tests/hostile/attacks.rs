@@ -108,6 +108,17 @@ pub(crate) mod nobody {
     /// The child: drop, then each act; one i64 per act (≥ 0 success or bytes received,
     /// < 0 minus errno). Async-signal-safe only.
     fn child(out: RawFd, acts: &[Act]) -> ! {
+        // Keep only the report pipe (moved to 3): descriptors inherited from other tests'
+        // threads (sockets, abstract names, pipe ends) must not outlive their owners'
+        // closing them while this child runs.
+        // SAFETY: dup2 and close_range on descriptor numbers in the single-threaded child.
+        let out = unsafe {
+            if out != 3 && libc::dup2(out, 3) < 0 {
+                libc::_exit(2);
+            }
+            libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+            3
+        };
         // SAFETY: credential system calls in the single-threaded child.
         let dropped = unsafe {
             libc::setgroups(0, std::ptr::null()) == 0
@@ -370,6 +381,15 @@ impl World {
     }
 }
 
+/// Whether `dir` (the attacker's) holds a socket `name` owned by root: where a naive
+/// binder's socket landed.
+pub(crate) fn naive_landed_in(dir: &Path, name: &str) -> bool {
+    std::fs::symlink_metadata(dir.join(name)).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_socket() && m.uid() == 0
+    })
+}
+
 /// The entries of a directory, sorted (empty if it cannot be read).
 pub(crate) fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -461,8 +481,28 @@ fn assert_squat_refused(
         Vec::<String>::new(),
         "no socket may be bound anywhere"
     );
+    // The positive control: a naive binder, trusting the name, falls into the squat.
+    let naive = w.per_uid().join("naive.sock");
+    let control = match (std::os::unix::net::UnixListener::bind(&naive), watched) {
+        (Ok(l), Some(dir)) => {
+            assert!(
+                naive_landed_in(dir, "naive.sock"),
+                "control: the naive binder's socket is not in the attacker's directory {}",
+                dir.display()
+            );
+            drop(l);
+            std::fs::remove_file(dir.join("naive.sock")).unwrap();
+            "put its socket in nobody's directory".to_owned()
+        }
+        (Ok(_), None) => panic!("control: the naive binder bound through a squat that should deny it"),
+        (Err(e), Some(_)) => panic!("control: the naive binder was not captured by the squat: {e}"),
+        (Err(e), None) => {
+            assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR), "control: the naive binder failed otherwise: {e}");
+            "was denied (ENOTDIR): this squat denies, it cannot capture".to_owned()
+        }
+    };
     format!(
-        "ensure refused: Insecure at <base>/boxsock-<uid> naming {}; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}, bare bind_stream → {}; no socket bound anywhere{}",
+        "ensure refused: Insecure at <base>/boxsock-<uid> naming {}; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}, bare bind_stream → {}; no socket bound anywhere{}; beside it, a naive binder (bind `<base>/boxsock-<uid>/naive.sock` by the path string) {control}",
         facts
             .iter()
             .map(|f| format!("{f:?}"))
@@ -663,6 +703,13 @@ scenario!(
                 evil,
                 "ensure must not silently take the link back or follow it"
             );
+            // The positive control: a naive binder, trusting the link's name, binds in the
+            // attacker's directory.
+            let naive = std::os::unix::net::UnixListener::bind(link.join("naive.sock"))
+                .expect("control: the naive binder could not bind through the swapped link");
+            assert!(naive_landed_in(&evil, "naive.sock"), "control: the naive binder's socket is not in the attacker's directory");
+            drop(naive);
+            std::fs::remove_file(evil.join("naive.sock")).unwrap();
             // The operator removes the bad link; the next ensure heals and the live box is reachable.
             std::fs::remove_file(&link).unwrap();
             s.ensure(&w.layout, &id).unwrap();
@@ -670,7 +717,7 @@ scenario!(
             live.accept_once().unwrap();
             assert_eq!(entries(&evil), Vec::<String>::new());
             Outcome::Passed(format!(
-                "ensure noticed by device+inode and refused: Occupied at <base>/boxsock-<uid>/<id> naming the attacker's directory; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}; the attacker's directory stayed empty; after the bad link was removed ensure healed it and the live agent socket was reachable again"
+                "ensure noticed by device+inode and refused: Occupied at <base>/boxsock-<uid>/<id> naming the attacker's directory; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}; the attacker's directory stayed empty, while a naive binder beside it (bind `<link>/naive.sock` by the path string) put its socket there; after the bad link was removed ensure healed it and the live agent socket was reachable again"
             ))
         })()
     }
@@ -730,8 +777,15 @@ scenario!(
                 vec![id.to_string()],
                 "the attacker's directory was changed"
             );
+            // The positive control: a naive binder, trusting the box link's name, binds
+            // in the attacker's target directory.
+            let naive = std::os::unix::net::UnixListener::bind(p.join(id.as_str()).join("naive.sock"))
+                .expect("control: the naive binder could not bind through the attacker's link");
+            assert!(naive_landed_in(&evil, "naive.sock"), "control: the naive binder's socket is not in the attacker's directory");
+            drop(naive);
+            std::fs::remove_file(evil.join("naive.sock")).unwrap();
             Outcome::Passed(format!(
-                "ensure refused: Insecure at <base>/boxsock-<uid> (\"owned by uid 65534\"), not fooled by its cached descriptor of the removed directory; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}; the attacker's target directory stayed empty and their directory untouched"
+                "ensure refused: Insecure at <base>/boxsock-<uid> (\"owned by uid 65534\"), not fooled by its cached descriptor of the removed directory; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}; the attacker's target directory stayed empty and their directory untouched, while a naive binder beside it (bind `<base>/boxsock-<uid>/<id>/naive.sock` by the path string) put its socket there"
             ))
         })()
     }
@@ -1105,6 +1159,47 @@ scenario!(
     }
 );
 
+/// nobody binds `a` and keeps it. A name the stopped box held can stay bound for a
+/// moment after its process is gone with no descriptor of it left in any process (seen
+/// in 1 of ~15 suite runs: the kernel had not released the socket yet), so nobody
+/// retries, as a real squatter would, for at most 5 s; the failure names who holds it.
+fn squat_abstract(a: &boxsock_core::SocketAddress) -> boxsock_conformance::fork::ListeningChild {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match boxsock_conformance::fork::listen_in_child(a) {
+            Ok(c) => return c,
+            Err(boxsock_conformance::fork::PeerReport::SocketFailed(e)) if e == libc::EADDRINUSE && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(r) => panic!("nobody cannot squat {a}: {r:?}; held by {:?}", holders_of(a)),
+        }
+    }
+}
+
+/// The processes holding a socket bound at `a` (from `/proc/net/unix` and `/proc/*/fd`).
+fn holders_of(a: &boxsock_core::SocketAddress) -> Vec<String> {
+    let want = a.display_string();
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    let inodes: Vec<String> = table
+        .lines()
+        .filter(|l| l.split_whitespace().nth(7) == Some(want.as_str()))
+        .filter_map(|l| l.split_whitespace().nth(6).map(|i| format!("socket:[{i}]")))
+        .collect();
+    let mut out = Vec::new();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|t| inodes.iter().any(|i| t.as_os_str() == i.as_str())) {
+                let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+                let ppid = std::fs::read_to_string(p.path().join("stat")).ok().and_then(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).map(str::to_owned));
+                out.push(format!("{} ({}) ppid {:?} fd {:?}", p.file_name().to_string_lossy(), comm.trim(), ppid, fd.file_name()));
+            }
+        }
+    }
+    out.push(format!("inodes {inodes:?}"));
+    out
+}
+
 scenario!(
     abstract_names_squatted_after_stop_do_not_block_the_next_start,
     "Attacks",
@@ -1129,7 +1224,7 @@ scenario!(
                 rt.stop(&id, None).await.unwrap();
                 let squatters: Vec<_> = old
                     .iter()
-                    .map(|a| boxsock_conformance::fork::listen_in_child(a).unwrap_or_else(|r| panic!("squat {a}: {r:?}")))
+                    .map(squat_abstract)
                     .collect();
                 let started = rt.start(&id).await;
                 let new = names(&rt);

@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use boxsock::{CreateOptions, Runtime};
@@ -22,8 +22,33 @@ use crate::attacks::{NEED_ROOT, NOBODY, World, cstr, exec_code, is_root, rt_opti
 /// How many starts the umask race needs to succeed.
 const STARTS: usize = 25;
 
-/// How many execs each race runs (the issue measured 251 hijacks in 1 298 and 1 in 676).
+/// How many execs each exec race needs to run in the box.
 const EXECS: usize = 300;
+
+/// How many of the real victim's dials (execs that ran in the box) must have had the
+/// attacker's object in place at least once while they ran. A dialer that re-resolved the
+/// path string in only 1 of 20 dials made in such a window would still have been caught
+/// by 100 windows with a probability above 99 % (0.95^100 < 0.006); fewer windows would
+/// not show that the real dialer resists the attack rather than missing it.
+///
+/// A window is counted where the attacker attacks: the flipped link base, or
+/// `<base>/boxsock-<uid>`. Once the runtime has seen that directory squatted it binds
+/// in a private fallback instead, and the windows at `<base>/boxsock-<uid>` no longer
+/// lie on its path; the observed text says where it ended ([`binding_dir_text`]).
+const MIN_WINDOWS: usize = 100;
+
+/// How many starts under `umask 000` must have had the attacker's directory in place at
+/// least once while they ran (each start binds `ready.sock`, and its agent binds
+/// `agent.sock` and dials `ready.sock`). A start that bound or dialled by the path string
+/// lands in the attacker's directory whenever it does so inside such a window; the naive
+/// binder beside it is hijacked in about 1 of 10 attempts at least, so 20 windows would
+/// have caught a start path with that exposure with a probability near 0.88 per socket,
+/// and a start binds or dials three.
+const MIN_START_WINDOWS: usize = 20;
+
+/// How many times the naive victim beside the real one must have been hijacked: proof
+/// that the attack landed in this run, on code that trusts a path string.
+const MIN_NAIVE_HIJACKS: usize = 5;
 
 /// What a looping attacker child does until its deadline.
 enum Program {
@@ -40,12 +65,39 @@ enum Program {
     SwapIn { own: CString, sub: CString, sock: CString, target: CString },
 }
 
+/// What an attacker child shares with the test, in a page mapped `MAP_SHARED` before
+/// the fork: whether its object (the flipped link, its renamed directory) is in place
+/// now, and how many times it has been put in place. Both are conservative: `placed`
+/// is counted and `in_place` set *after* the object is in place, and `in_place` is
+/// cleared *before* it is taken away, so a window is never counted that did not exist.
+#[repr(C)]
+struct Shared {
+    in_place: AtomicI64,
+    placed: AtomicI64,
+}
+
 /// A running attacker child; [`Attacker::finish`] stops it and returns its count.
 struct Attacker {
     pid: libc::pid_t,
     rd: OwnedFd,
     /// Closing it tells the child to stop (it polls the other end).
     stop: Option<OwnedFd>,
+    shared: *mut Shared,
+}
+
+/// Where the attacker's object stood at one moment.
+#[derive(Clone, Copy)]
+struct Mark {
+    in_place: bool,
+    placed: i64,
+}
+
+impl Mark {
+    /// Whether the attacker's object was in place at some moment between `self` and
+    /// `later`.
+    fn window_until(self, later: Mark) -> bool {
+        self.in_place || later.placed > self.placed
+    }
 }
 
 fn now_ms() -> i64 {
@@ -115,7 +167,7 @@ unsafe fn stopped(stop: RawFd) -> bool {
     unsafe { libc::poll(&mut p, 1, 0) > 0 }
 }
 
-fn child(out: RawFd, stop: RawFd, prog: &Program, sock: Option<(libc::sockaddr_un, libc::socklen_t)>, until_ms: i64) -> ! {
+fn child(out: RawFd, stop: RawFd, prog: &Program, sock: Option<(libc::sockaddr_un, libc::socklen_t)>, until_ms: i64, shared: &Shared) -> ! {
     // SAFETY: credential and file system calls in the forked (single-threaded) child,
     // on data prepared before the fork; the child ends with _exit.
     unsafe {
@@ -155,9 +207,17 @@ fn child(out: RawFd, stop: RawFd, prog: &Program, sock: Option<(libc::sockaddr_u
             match prog {
                 Program::Flip { link, tmp, a, b } => {
                     libc::unlink(tmp.as_ptr());
+                    // `flip`: back to root's base `a`; else to the attacker's base `b`.
                     let to = if flip { a } else { b };
+                    if flip {
+                        shared.in_place.store(0, Ordering::SeqCst);
+                    }
                     if libc::symlink(to.as_ptr(), tmp.as_ptr()) == 0 && libc::rename(tmp.as_ptr(), link.as_ptr()) == 0 {
                         hits += 1;
+                        if !flip {
+                            shared.placed.fetch_add(1, Ordering::SeqCst);
+                            shared.in_place.store(1, Ordering::SeqCst);
+                        }
                     }
                     flip = !flip;
                 }
@@ -169,9 +229,12 @@ fn child(out: RawFd, stop: RawFd, prog: &Program, sock: Option<(libc::sockaddr_u
                     // In place only briefly, as a racing attacker would: long stays
                     // would only make `ensure` refuse (it checks the owner).
                     if libc::rename(own.as_ptr(), target.as_ptr()) == 0 {
+                        shared.placed.fetch_add(1, Ordering::SeqCst);
+                        shared.in_place.store(1, Ordering::SeqCst);
                         drain(lfd, &mut hits);
                         libc::usleep(50);
                         drain(lfd, &mut hits);
+                        shared.in_place.store(0, Ordering::SeqCst);
                         libc::rename(target.as_ptr(), own.as_ptr());
                     }
                     drain(lfd, &mut hits);
@@ -197,21 +260,53 @@ impl Attacker {
         let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
         let (stop_rd, stop_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
         let until = now_ms() + limit.as_millis() as i64;
-        // SAFETY: the child runs only system calls on prepared data (`child`) and _exits.
+        // SAFETY: a fresh anonymous shared mapping of one page; checked below.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert!(page != libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        let shared = page.cast::<Shared>();
+        // SAFETY: the page is zeroed, page-aligned and large enough; all-zero atomics are
+        // valid values.
+        let shared_ref: &Shared = unsafe { &*shared };
+        // SAFETY: the child runs only system calls and atomics on prepared data (`child`)
+        // and _exits.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
             drop(stop_wr);
-            child(wr.as_raw_fd(), stop_rd.as_raw_fd(), &prog, sock, until);
+            child(wr.as_raw_fd(), stop_rd.as_raw_fd(), &prog, sock, until, shared_ref);
         }
         drop((wr, stop_rd));
-        let a = Attacker { pid, rd, stop: Some(stop_wr) };
+        let a = Attacker { pid, rd, stop: Some(stop_wr), shared };
         assert_eq!(a.read_i64(), Some(0), "the attacker child could not drop to nobody");
         a
     }
 
     fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Where the attacker's object stands now.
+    fn mark(&self) -> Mark {
+        // SAFETY: the shared page stays mapped until `self` is dropped.
+        let s = unsafe { &*self.shared };
+        Mark { in_place: s.in_place.load(Ordering::SeqCst) != 0, placed: s.placed.load(Ordering::SeqCst) }
+    }
+
+    /// Run `f` and say whether the attacker's object was in place at some moment while
+    /// it ran.
+    fn during<T>(&self, f: impl FnOnce() -> T) -> (T, bool) {
+        let before = self.mark();
+        let r = f();
+        (r, before.window_until(self.mark()))
     }
 
     fn read_i64(&self) -> Option<i64> {
@@ -239,6 +334,21 @@ impl Attacker {
     }
 }
 
+impl Drop for Attacker {
+    fn drop(&mut self) {
+        if self.stop.take().is_some() {
+            // Not finished (a failed assertion): stop the child now.
+            // SAFETY: killing and reaping our own child.
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+            }
+        }
+        // SAFETY: unmapping the page mapped in `start`; no reference to it outlives self.
+        unsafe { libc::munmap(self.shared.cast(), 4096) };
+    }
+}
+
 fn mkdir_mode(p: &Path, mode: u32, owner: Option<u32>) {
     std::fs::create_dir(p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
     if let Some(u) = owner {
@@ -247,29 +357,102 @@ fn mkdir_mode(p: &Path, mode: u32, owner: Option<u32>) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// Run execs of `true` on box `id` until `n` have run in the box (or `10 n` attempts),
-/// counting (ran, refused); a nonzero exit status (a forged reply) fails.
-fn exec_many(tokio: &tokio::runtime::Runtime, rt: &Runtime, id: &str, n: usize) -> (usize, usize, Vec<String>) {
-    let (mut ran, mut refused, mut samples) = (0, 0, Vec::new());
-    while ran < n && ran + refused < 10 * n {
-        match tokio.block_on(exec_code(rt, id, &["/bin/true"])) {
-            Ok(0) => ran += 1,
+/// The naive victim of the exec races: dials the agent by the path string, as the
+/// runtime did before it held its directories open. `Some(true)` when the listener it
+/// reached is nobody's (hijacked), `Some(false)` when it is root's, `None` when nothing
+/// listened there. It sends nothing, so the attacker's count of requests stays the real
+/// victim's.
+fn naive_dial(path: &Path) -> Option<bool> {
+    let s = std::os::unix::net::UnixStream::connect(path).ok()?;
+    let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials).expect("SO_PEERCRED");
+    Some(cred.uid() == NOBODY)
+}
+
+/// What an exec race saw.
+#[derive(Default)]
+struct Race {
+    /// Execs that ran in the box.
+    ran: usize,
+    /// Execs refused with an error.
+    refused: usize,
+    /// The first refusals.
+    samples: Vec<String>,
+    /// Execs that ran in the box while the attacker's object was in place at least once.
+    windows: usize,
+    /// The naive dialer's dials.
+    naive: usize,
+    /// Its dials that reached the attacker's listener.
+    hijacked: usize,
+}
+
+/// Run execs of `true` on box `id` (the real victim), each followed by one dial of the
+/// naive victim at `naive_path`, until [`EXECS`] ran in the box, [`MIN_WINDOWS`] of them
+/// ran while the attacker's object was in place, and the naive dialer was hijacked
+/// [`MIN_NAIVE_HIJACKS`] times; at most `10 × EXECS` execs. A nonzero exit status (a
+/// forged reply) fails.
+fn exec_race(tokio: &tokio::runtime::Runtime, rt: &Runtime, id: &str, attacker: &Attacker, naive_path: &Path) -> Race {
+    let mut r = Race::default();
+    let done = |r: &Race| r.ran >= EXECS && r.windows >= MIN_WINDOWS && r.hijacked >= MIN_NAIVE_HIJACKS;
+    while !done(&r) && r.ran + r.refused < 10 * EXECS {
+        let (res, window) = attacker.during(|| tokio.block_on(exec_code(rt, id, &["/bin/true"])));
+        match res {
+            Ok(0) => {
+                r.ran += 1;
+                r.windows += usize::from(window);
+            }
             Ok(code) => panic!("an exec of /bin/true returned {code}: a forged reply?"),
             Err(e) => {
-                refused += 1;
-                if samples.len() < 2 {
-                    samples.push(e.to_string());
+                r.refused += 1;
+                if r.samples.len() < 2 {
+                    r.samples.push(e.to_string());
                 }
             }
         }
+        r.naive += 1;
+        r.hijacked += usize::from(naive_dial(naive_path) == Some(true));
     }
-    (ran, refused, samples)
+    r
+}
+
+/// The assertions every exec race ends with: the real victim never reached the attacker
+/// (`hits`: requests the attacker's listener received), while the attack demonstrably
+/// landed on the naive victim and was in place during enough of the real dials.
+fn assert_race(r: &Race, hits: i64) {
+    assert_eq!(hits, 0, "{hits} exec request(s) reached the attacker's listener ({} ran, {} refused)", r.ran, r.refused);
+    assert!(r.ran >= EXECS, "only {} of {EXECS} execs ran in the box ({} refused: {:?})", r.ran, r.refused, r.samples);
+    assert!(
+        r.hijacked >= MIN_NAIVE_HIJACKS,
+        "the naive dialer was hijacked {} times in {} dials (at least {MIN_NAIVE_HIJACKS} needed): the attack did not land, so the run proves nothing",
+        r.hijacked,
+        r.naive
+    );
+    assert!(
+        r.windows >= MIN_WINDOWS,
+        "the attacker's object was in place during only {} of {} execs that ran (at least {MIN_WINDOWS} needed)",
+        r.windows,
+        r.ran
+    );
+}
+
+/// The observed text of an exec race (`attack`: what the attacker did, with its count).
+fn race_text(r: &Race, took: Duration, attack: &str) -> String {
+    format!(
+        "{} execs in {} s while {attack}: {} ran in the box, {} of them while the attacker's object was in place (at least {MIN_WINDOWS} required), {} refused (first refusal: {}); 0 reached the attacker's listener. Beside it, a naive dialer (connect by the path string) reached the attacker's listener {} times in {} dials (at least {MIN_NAIVE_HIJACKS} required)",
+        measured(r.ran + r.refused),
+        measured(format_args!("{:.1}", took.as_secs_f64())),
+        measured(r.ran),
+        measured(r.windows),
+        measured(r.refused),
+        measured(r.samples.first().map_or_else(|| "none".to_owned(), |s| format!("\"{s}\""))),
+        measured(r.hijacked),
+        measured(r.naive),
+    )
 }
 
 scenario!(
     flipping_link_base_never_receives_an_exec,
     "Attacks",
-    "the link base is `<base>/lnk` (base 1777), a symlink `nobody` owns and keeps flipping between root's real base and its own base holding `boxsock-<uid>/<id>/agent.sock`, its listener; a running box (host backend) gets execs until 300 have run in it (at most 3 000 attempts)",
+    "the link base is `<base>/lnk` (base 1777), a symlink `nobody` owns and keeps flipping between root's real base and its own base holding `boxsock-<uid>/<id>/agent.sock`, its listener; a running box (host backend) gets execs until 300 have run in it, 100 of them while the link led to nobody's base, and a naive dialer beside it (connect to `<base>/lnk/boxsock-<uid>/<id>/agent.sock` by the path string, after each exec) was hijacked 5 times (at most 3 000 execs)",
     {
         (|| -> Outcome {
             if !is_root() {
@@ -292,39 +475,25 @@ scenario!(
             let (rt, _) = tokio.block_on(Runtime::open(w.layout.home(), opts)).unwrap();
             let b = tokio.block_on(rt.create(CreateOptions::new("short-symlink", "host"))).unwrap();
             let id = b.id.to_string();
-            if let Err(e) = tokio.block_on(rt.start(&id)) {
-                // A runtime that refuses a link base another user can redirect is
-                // protected before any dial; the race below is then moot.
-                let text = e.to_string();
-                assert!(text.contains(&*lnk.to_string_lossy()) || text.contains("65534"), "start failed for another reason: {text}");
-                return Outcome::Passed(format!("refused at start, before any dial: {text}"));
-            }
+            tokio.block_on(rt.start(&id)).unwrap_or_else(|e| panic!("start before the race: {e}"));
             let uid_dir = evil.join(format!("boxsock-{}", nix::unistd::geteuid()));
             mkdir_mode(&uid_dir, 0o777, Some(NOBODY));
             mkdir_mode(&uid_dir.join(&id), 0o777, Some(NOBODY));
-            let race = Duration::from_secs(60);
+            let race = Duration::from_secs(120);
             let listener = Attacker::start(Program::Listen { sock: cstr(&uid_dir.join(&id).join("agent.sock")) }, race);
             let flipper = Attacker::start(
                 Program::Flip { link: cstr(&lnk), tmp: cstr(&w.base.join("lnk.tmp")), a: cstr(&w.base), b: cstr(&evil) },
                 race,
             );
+            let naive = lnk.join(format!("boxsock-{}", nix::unistd::geteuid())).join(&id).join("agent.sock");
             let started = Instant::now();
-            let (ran, refused, samples) = exec_many(&tokio, &rt, &id, EXECS);
+            let r = exec_race(&tokio, &rt, &id, &flipper, &naive);
             let took = started.elapsed();
             let flips = flipper.finish();
             let hits = listener.finish();
-            assert!(flips > 0, "the attacker never flipped the link ({flips})");
-            assert_eq!(hits, 0, "{hits} exec request(s) reached the attacker's listener ({ran} ran, {refused} refused)");
-            assert!(ran > 0, "no exec ran at all: {samples:?}");
+            assert_race(&r, hits);
             tokio.block_on(rt.remove(&id, true)).unwrap();
-            Outcome::Passed(format!(
-                "{} execs in {} s while nobody flipped the base link {} times: {ran} ran in the box, {} refused (first refusal: {}); 0 reached the attacker's listener (before the fix: 251 of 1 298)",
-                measured(ran + refused),
-                measured(format_args!("{:.1}", took.as_secs_f64())),
-                measured(flips),
-                measured(refused),
-                measured(samples.first().map_or_else(|| "none".to_owned(), |s| format!("\"{s}\"")))
-            ))
+            Outcome::Passed(race_text(&r, took, &format!("nobody flipped the base link {} times", measured(flips))))
         })()
     }
 );
@@ -332,7 +501,7 @@ scenario!(
 scenario!(
     cleaner_plus_renamed_attacker_dir_never_receives_an_exec,
     "Attacks",
-    "default layout (base 1777): a cleaner keeps deleting root's `<base>/boxsock-<uid>` while `nobody` keeps renaming its own directory (holding `<id>/agent.sock`, its listener) into that name and back; a running box (host backend) gets execs until 300 have run in it (at most 3 000 attempts)",
+    "default layout (base 1777): a cleaner keeps deleting root's `<base>/boxsock-<uid>` while `nobody` keeps renaming its own directory (holding `<id>/agent.sock`, its listener) into that name and back; a running box (host backend) gets execs until 300 have run in it, 100 of them while nobody's directory was in place, and a naive dialer beside it (connect to `<base>/boxsock-<uid>/<id>/agent.sock` by the path string, after each exec) was hijacked 5 times (at most 3 000 execs)",
     {
         (|| -> Outcome {
             if !is_root() {
@@ -346,7 +515,9 @@ scenario!(
             tokio.block_on(rt.start(&id)).unwrap_or_else(|e| panic!("start: {e}"));
             let per_uid = w.per_uid();
             let own = w.base.join("nobodys");
-            let race = Duration::from_secs(60);
+            mkdir_mode(&own, 0o777, Some(NOBODY));
+            mkdir_mode(&own.join(&id), 0o777, Some(NOBODY));
+            let race = Duration::from_secs(120);
             let attacker = Attacker::start(
                 Program::SwapIn {
                     own: cstr(&own),
@@ -356,48 +527,63 @@ scenario!(
                 },
                 race,
             );
-            // The cleaner: removes root's per-user directory (never the attacker's).
-            let stop = Arc::new(AtomicBool::new(false));
-            let cleaner = {
-                let (stop, per_uid) = (stop.clone(), per_uid.clone());
-                std::thread::spawn(move || {
-                    let mut removed = 0u32;
-                    while !stop.load(Ordering::Relaxed) {
-                        if std::fs::symlink_metadata(&per_uid).is_ok_and(|m| m.uid() == 0 && m.is_dir())
-                            && std::fs::remove_dir_all(&per_uid).is_ok()
-                        {
-                            removed += 1;
-                        }
-                        std::thread::sleep(Duration::from_micros(300));
-                    }
-                    removed
-                })
-            };
+            let (stop, cleaner) = start_cleaner(&per_uid);
             let started = Instant::now();
-            let (ran, refused, samples) = exec_many(&tokio, &rt, &id, EXECS);
+            let r = exec_race(&tokio, &rt, &id, &attacker, &per_uid.join(&id).join("agent.sock"));
             let took = started.elapsed();
             stop.store(true, Ordering::Relaxed);
             let removed = cleaner.join().unwrap();
             let hits = attacker.finish();
-            assert_eq!(hits, 0, "{hits} exec request(s) reached the attacker's listener ({ran} ran, {refused} refused)");
-            assert!(removed > 0, "the cleaner never removed the per-user directory");
+            assert_race(&r, hits);
             let _ = tokio.block_on(rt.remove(&id, true));
             Outcome::Passed(format!(
-                "{} execs in {} s, the cleaner removed the per-user directory {} times: {ran} ran in the box, {} refused (first refusal: {}); 0 reached the attacker's listener (before the fix: 1 in 676)",
-                measured(ran + refused),
-                measured(format_args!("{:.1}", took.as_secs_f64())),
-                measured(removed),
-                measured(refused),
-                measured(samples.first().map_or_else(|| "none".to_owned(), |s| format!("\"{s}\"")))
+                "{}; the runtime's binding directory at the end: {}",
+                race_text(&r, took, &format!("the cleaner removed the per-user directory {} times", measured(removed))),
+                binding_dir_text(&w)
             ))
         })()
     }
 );
 
+/// Where the runtime of home `w` binds at the end of a race: its private fallback (it saw
+/// the per-user directory squatted and moved, so the attacker's renames into
+/// `<base>/boxsock-<uid>` no longer lay on its path), or the per-user directory.
+fn binding_dir_text(w: &crate::attacks::World) -> String {
+    let fell_back = w.layout.home().join(boxsock_runtime::squat::RECORD).exists();
+    measured(if fell_back {
+        "its private fallback <base>/boxsock.*, so from then on nobody's renames into <base>/boxsock-<uid> reached only the naive victim"
+    } else {
+        "<base>/boxsock-<uid>"
+    })
+}
+
+/// The cleaner: keeps removing root's per-user directory `per_uid` (never the
+/// attacker's) until told to stop; returns how many times it did.
+fn start_cleaner(per_uid: &Path) -> (Arc<AtomicBool>, std::thread::JoinHandle<u32>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (flag, per_uid) = (stop.clone(), per_uid.to_owned());
+    let cleaner = std::thread::spawn(move || {
+        let mut removed = 0u32;
+        while !flag.load(Ordering::Relaxed) {
+            if std::fs::symlink_metadata(&per_uid).is_ok_and(|m| m.uid() == 0 && m.is_dir())
+                && std::fs::remove_dir_all(&per_uid).is_ok()
+            {
+                removed += 1;
+            }
+            std::thread::sleep(Duration::from_micros(300));
+        }
+        removed
+    });
+    (stop, cleaner)
+}
+
+/// How many sockets the naive binder of the umask race binds after each start attempt.
+const NAIVE_BINDS: usize = 10;
+
 scenario!(
-    umask_000_start_never_binds_in_the_attackers_dir,
+    own_process umask_000_start_never_binds_in_the_attackers_dir,
     "Attacks",
-    "`umask 000`; a cleaner keeps deleting root's `<base>/boxsock-<uid>` while `nobody` keeps renaming its own 0777 directory (with `<id>/`) into that name; the runtime starts and stops the box until 25 starts succeed (at most 200 attempts); after each start `nobody` dials the box's agent socket in the real directory",
+    "`umask 000` (in a process of its own); a cleaner keeps deleting root's `<base>/boxsock-<uid>` while `nobody` keeps renaming its own 0777 directory (with `<id>/` and its listener at `<id>/ready.sock`, where the box's agent reports readiness) into that name; the runtime starts and stops the box until 25 starts succeed and 20 of them ran while nobody's directory was in place (at most 200 attempts); after each start `nobody` dials the box's agent socket in the real directory, and a naive binder beside it binds 10 sockets at `<base>/boxsock-<uid>/<id>/naive-N.sock` by the path string (5 of them must land in nobody's directory)",
     {
         (|| -> Outcome {
             if !is_root() {
@@ -410,54 +596,56 @@ scenario!(
             let id = b.id.to_string();
             let per_uid = w.per_uid();
             let own = w.base.join("nobodys");
-            let race = Duration::from_secs(90);
+            mkdir_mode(&own, 0o777, Some(NOBODY));
+            mkdir_mode(&own.join(&id), 0o777, Some(NOBODY));
+            // Held open: the attacker keeps renaming its directory, so it is read through
+            // this descriptor, wherever its name is at the moment.
+            let theirs = std::fs::File::open(own.join(&id)).expect("open the attacker's directory");
+            let theirs_dir = std::path::PathBuf::from(format!("/proc/self/fd/{}", theirs.as_raw_fd()));
             let attacker = Attacker::start(
                 Program::SwapIn {
                     own: cstr(&own),
                     sub: cstr(&own.join(&id)),
-                    sock: cstr(&own.join(&id).join("decoy.sock")),
+                    sock: cstr(&own.join(&id).join("ready.sock")),
                     target: cstr(&per_uid),
                 },
-                race,
+                Duration::from_secs(120),
             );
-            let stop = Arc::new(AtomicBool::new(false));
-            let cleaner = {
-                let (stop, per_uid) = (stop.clone(), per_uid.clone());
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        if std::fs::symlink_metadata(&per_uid).is_ok_and(|m| m.uid() == 0 && m.is_dir()) {
-                            let _ = std::fs::remove_dir_all(&per_uid);
-                        }
-                        std::thread::sleep(Duration::from_micros(300));
-                    }
-                })
+            let (stop, cleaner) = start_cleaner(&per_uid);
+            let real_dir = w.layout.sockets_dir(&b.id);
+            let real_agent = real_dir.join("agent.sock");
+            // This test has a process of its own: umask 000 for the rest of it.
+            nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+            let (mut started, mut refused, mut windows, mut samples) = (0, 0, 0, Vec::<String>::new());
+            let (mut naive, mut hijacked, mut in_attacker_dir) = (0, 0, Vec::new());
+            let done = |started: usize, windows: usize, hijacked: usize| {
+                started >= STARTS && windows >= MIN_START_WINDOWS && hijacked >= MIN_NAIVE_HIJACKS
             };
-            let real_agent = w.layout.sockets_dir(&b.id).join("agent.sock");
-            let (mut started, mut refused, mut in_attacker_dir, mut samples) = (0, 0, Vec::new(), Vec::<String>::new());
-            while started < STARTS && started + refused < 8 * STARTS {
-                let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-                let r = tokio.block_on(rt.start(&id));
-                nix::sys::stat::umask(old);
-                // Whatever happened, nothing of root's may be in the attacker's directory.
-                for e in std::fs::read_dir(own.join(&id)).into_iter().flatten().flatten() {
-                    if e.metadata().is_ok_and(|m| m.uid() != NOBODY) {
+            while !done(started, windows, hijacked) && started + refused < 8 * STARTS {
+                let (r, window) = attacker.during(|| tokio.block_on(rt.start(&id)));
+                // Whatever happened, nothing of root's may be in the attacker's directory
+                // (but the naive binder's sockets, counted and removed below).
+                let listing = std::fs::read_dir(&theirs_dir).unwrap_or_else(|e| panic!("read the attacker's directory: {e}"));
+                for e in listing {
+                    let e = e.unwrap_or_else(|e| panic!("read the attacker's directory: {e}"));
+                    let m = e.metadata().unwrap_or_else(|err| panic!("stat {:?} in the attacker's directory: {err}", e.file_name()));
+                    if m.uid() != NOBODY {
                         in_attacker_dir.push(e.file_name().to_string_lossy().into_owned());
                     }
                 }
                 match r {
                     Ok(_) => {
                         started += 1;
+                        windows += usize::from(window);
                         let m = std::fs::symlink_metadata(&real_agent).expect("agent.sock in the real socket directory");
                         assert_eq!(m.mode() & 0o777, 0o600, "agent.sock mode under umask 000");
                         let addr = boxsock_core::SocketAddress::Path(real_agent.clone());
-                        let theirs = w.root.path().join("nobody-ran-this");
                         let got = crate::attacks::nobody::run(&[crate::attacks::nobody::Act::ConnectSend(
                             crate::attacks::nobody::RawAddr::of(&addr),
                             b"\0".to_vec(),
                         )])
                         .unwrap();
                         assert!(got[0] <= 0, "nobody was served by the box's agent: {got:?}");
-                        assert!(!theirs.exists());
                         tokio.block_on(rt.stop(&id, None)).unwrap();
                     }
                     Err(e) => {
@@ -467,17 +655,45 @@ scenario!(
                         }
                     }
                 }
+                // The naive binder: binds by the path string, trusting the start's ensure.
+                for _ in 0..NAIVE_BINDS {
+                    naive += 1;
+                    let name = format!("naive-{naive}.sock");
+                    let Ok(l) = std::os::unix::net::UnixListener::bind(per_uid.join(&id).join(&name)) else { continue };
+                    if std::fs::symlink_metadata(theirs_dir.join(&name)).is_ok() {
+                        hijacked += 1;
+                        std::fs::remove_file(theirs_dir.join(&name)).expect("remove the naive socket from the attacker's directory");
+                    } else {
+                        let _ = std::fs::remove_file(real_dir.join(&name));
+                    }
+                    drop(l);
+                }
             }
             stop.store(true, Ordering::Relaxed);
             cleaner.join().unwrap();
             let hits = attacker.finish();
+            in_attacker_dir.retain(|n| !n.starts_with("naive-"));
             assert!(in_attacker_dir.is_empty(), "root's files appeared in the attacker's directory: {in_attacker_dir:?}");
-            assert_eq!(hits, 0, "the attacker's listener received {hits} request(s)");
-            assert!(started > 0, "no start succeeded at all: {samples:?}");
+            assert_eq!(hits, 0, "the attacker's listener at ready.sock received {hits} connection(s) with bytes");
+            assert!(started >= STARTS, "only {started} of {STARTS} starts succeeded ({refused} refused): {samples:?}");
+            assert!(
+                hijacked >= MIN_NAIVE_HIJACKS,
+                "the naive binder bound {hijacked} of {naive} sockets in the attacker's directory (at least {MIN_NAIVE_HIJACKS} needed): the attack did not land, so the run proves nothing"
+            );
+            assert!(
+                windows >= MIN_START_WINDOWS,
+                "nobody's directory was in place during only {windows} of {started} starts (at least {MIN_START_WINDOWS} needed)"
+            );
             let _ = tokio.block_on(rt.remove(&id, true));
             Outcome::Passed(format!(
-                "starts under umask 000 until {STARTS} succeeded: {started} started, {} refused; agent.sock was always bound 0600 in the real socket directory, nothing of root's ever appeared in the attacker's directory, and nobody's dial of the agent was refused (before the fix: the agent bound agent.sock in the attacker's directory and served `id` as uid 0)",
-                measured(refused)
+                "{} starts under umask 000: {} started, {} of them while nobody's directory was in place (at least {MIN_START_WINDOWS} required), {} refused; agent.sock was always bound 0600 in the real socket directory, nothing of root's ever appeared in the attacker's directory (read after every start through a descriptor held on it), its listener at `<id>/ready.sock` received nothing, and nobody's dial of the agent was refused. Beside it, the naive binder bound {} of {} sockets in the attacker's directory (at least {MIN_NAIVE_HIJACKS} required); the runtime's binding directory at the end: {}",
+                measured(started + refused),
+                measured(started),
+                measured(windows),
+                measured(refused),
+                measured(hijacked),
+                measured(naive),
+                binding_dir_text(&w),
             ))
         })()
     }
@@ -573,12 +789,21 @@ scenario!(
                     "{name}: {text}"
                 );
                 assert!(tokio.block_on(rt.ping(&id)).is_err());
+                // The positive control: a naive dialer (connect by the path string, no peer
+                // check) reaches the impostor.
+                let naive = std::os::unix::net::UnixStream::connect(&real).expect("control: the naive dialer reached nothing");
+                let cred = nix::sys::socket::getsockopt(&naive, nix::sys::socket::sockopt::PeerCredentials).unwrap();
+                assert_eq!(cred.pid(), child.pid(), "{name}: control: the naive dialer did not reach the impostor");
+                drop(naive);
                 let hits = child.finish();
                 assert_eq!(hits, 0, "{name}: the impostor received bytes of a request");
                 let _ = tokio.block_on(rt.remove(&id, true));
                 seen.push(format!("{name}: {}", measured(&text)));
             }
-            Outcome::Passed(format!("every dial was refused before a byte was sent; {}", seen.join("; ")))
+            Outcome::Passed(format!(
+                "every dial was refused before a byte was sent, while a naive dialer beside it (connect to `agent.sock` by the path string) reached the impostor; {}",
+                seen.join("; ")
+            ))
         }
     }
 );

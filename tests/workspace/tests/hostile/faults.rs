@@ -45,20 +45,9 @@ struct Env {
     link_base: PathBuf,
 }
 
-/// A temp dir that is 0700 whatever the process umask: `umask_000_start_never_binds_in_
-/// the_attackers_dir` (dial_races) sets `umask 000` process-wide around its starts, and a
-/// default temp dir made meanwhile in another test's thread would be 0777, an ancestor
-/// of a home the runtime then rightly refuses (`InsecureHome`).
-fn private_tempdir() -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let d = tempfile::Builder::new().permissions(std::fs::Permissions::from_mode(0o700)).tempdir().unwrap();
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    d
-}
-
 impl Env {
     fn new() -> Env {
-        Env::at(private_tempdir(), None)
+        Env::at(tempfile::tempdir().unwrap(), None)
     }
 
     /// A link base under `root`, and the home at `home` (default `<root>/home`).
@@ -894,7 +883,7 @@ scenario!(
 
 fn read_only_home_body() -> Outcome {
     // Mount points live in their own temp dir, dropped (removed) after the mounts.
-    let mnt = private_tempdir();
+    let mnt = tempfile::tempdir().unwrap();
     let backing = match Tmpfs::mount(&mnt.path().join("fs"), "size=16m,mode=0700") {
         Ok(t) => t,
         Err(reason) => return Outcome::Skipped(reason),
@@ -903,7 +892,7 @@ fn read_only_home_body() -> Outcome {
     // open for writing there); the home is then used through a bind mount of it that
     // can be flipped read-only (a mount with writers cannot).
     let ro_dir = mnt.path().join("ro");
-    let mut env = Env::at(private_tempdir(), Some(backing.dir.join("home")));
+    let mut env = Env::at(tempfile::tempdir().unwrap(), Some(backing.dir.join("home")));
     let (running, created) = block_on(async {
         let (rt, _) = Runtime::open(&env.home, env.options(LockMode::Exclusive))
             .await
@@ -1032,12 +1021,12 @@ scenario!(
 );
 
 fn full_home_filesystem_body() -> Outcome {
-    let mnt = private_tempdir();
+    let mnt = tempfile::tempdir().unwrap();
     let fs = match Tmpfs::mount(&mnt.path().join("fs"), "size=8m,nr_inodes=400,mode=0700") {
         Ok(t) => t,
         Err(reason) => return Outcome::Skipped(reason),
     };
-    let env = Env::at(private_tempdir(), Some(fs.dir.join("home")));
+    let env = Env::at(tempfile::tempdir().unwrap(), Some(fs.dir.join("home")));
     let observed = block_on(async {
         let (rt, _) = Runtime::open(&env.home, env.options(LockMode::Exclusive))
             .await

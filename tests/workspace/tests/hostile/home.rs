@@ -109,7 +109,7 @@ scenario!(
 scenario!(
     box_dir_swapped_by_nobody_after_start,
     "Attacks",
-    "a box runs; its home's `boxes/` is made 0777 (a mistake), its `boxes/<id>` is renamed away and `nobody` creates its own `boxes/<id>/sockets` (0777) in its place; then the owner runs exec, start, and reopens the home",
+    "a box runs; its home's `boxes/` is made 0777 (a mistake), its `boxes/<id>` is renamed away and `nobody` creates its own `boxes/<id>/sockets` (0777) in its place and listens at `agent.sock` there; then the owner runs exec, start, and reopens the home",
     {
         (|| -> Outcome {
             if !is_root() {
@@ -136,6 +136,10 @@ scenario!(
                 ])
                 .unwrap();
                 assert_eq!(r, [0, 0, 0]);
+                // nobody listens where the box's agent was: a dial by the path string reaches it.
+                let squat = dir.join("sockets").join("agent.sock");
+                let listener = boxsock_conformance::fork::listen_in_child(&boxsock::SocketAddress::Path(squat.clone()))
+                    .unwrap_or_else(|r| panic!("nobody could not listen at {}: {r:?}", squat.display()));
                 let refused = |e: &RuntimeError| matches!(e, RuntimeError::InsecureHome { .. });
                 let exec = exec_code(&rt, &id, &["true"]).await.unwrap_err();
                 assert!(refused(&exec), "exec through nobody's directory: {exec}");
@@ -151,6 +155,16 @@ scenario!(
                     Ok(_) => panic!("a home whose boxes/ is 0777 was opened"),
                 };
                 assert!(reopen_err.contains("boxes") && reopen_err.contains("777"), "{reopen_err}");
+                // Root deletes nothing it cannot prove it created: nobody's socket stays.
+                let left = std::fs::symlink_metadata(&squat)
+                    .unwrap_or_else(|e| panic!("nobody's socket in its own directory was deleted by the owner's exec, stop, start or reopen: {e}"));
+                assert_eq!(left.uid(), NOBODY, "nobody's socket was replaced");
+                // The positive control: a naive dialer (connect by the path string) reaches
+                // nobody's listener.
+                let naive = std::os::unix::net::UnixStream::connect(&squat).expect("control: the naive dialer reached nothing");
+                let cred = nix::sys::socket::getsockopt(&naive, nix::sys::socket::sockopt::PeerCredentials).unwrap();
+                assert_eq!(cred.uid(), NOBODY, "control: the naive dialer did not reach nobody's listener");
+                drop((naive, listener));
                 // Clean up: put the box back, make boxes/ private again, remove it.
                 std::fs::remove_dir_all(&dir).unwrap();
                 std::fs::rename(&moved, &dir).unwrap();
@@ -158,7 +172,7 @@ scenario!(
                 drop(stop);
                 rt.remove(&id, true).await.unwrap();
                 Outcome::Passed(
-                    format!("exec refused before dialling: {e}; start refused too; reopening refused: {reopen_err}")
+                    format!("exec refused before dialling: {e}; start refused too; reopening refused: {reopen_err}; nobody's socket in its directory was left alone (stop removes only sockets in a socket directory reached through checked directories of the owner's); beside it, a naive dialer (connect to `<home>/boxes/<id>/sockets/agent.sock` by the path string) reached nobody's listener there")
                         .replace(w.root.path().to_str().unwrap(), "<root>"),
                 )
             })
