@@ -127,7 +127,11 @@ pub enum ReportError {
         problems: Vec<String>,
     },
     /// A begin marker without its end marker.
-    #[error("{}:{line}: `<!-- generated:begin {name} -->` has no `<!-- generated:end {name} -->`", path.display())]
+    #[error(
+        "{}:{line}: `<!-- generated:begin {name} -->` has no \
+         `<!-- generated:end {name} -->`",
+        path.display()
+    )]
     Unclosed {
         /// The doc.
         path: PathBuf,
@@ -175,7 +179,8 @@ pub enum ReportError {
 }
 
 fn read(path: &Path) -> Result<String, ReportError> {
-    std::fs::read_to_string(path).map_err(|source| ReportError::Read { path: path.to_owned(), source })
+    std::fs::read_to_string(path)
+        .map_err(|source| ReportError::Read { path: path.to_owned(), source })
 }
 
 fn write(path: &Path, text: &str) -> Result<(), ReportError> {
@@ -192,7 +197,8 @@ impl Data {
         if !path.exists() {
             return Ok(Data::default());
         }
-        serde_json::from_str(&read(path)?).map_err(|source| ReportError::Data { path: path.to_owned(), source })
+        serde_json::from_str(&read(path)?)
+            .map_err(|source| ReportError::Data { path: path.to_owned(), source })
     }
 
     /// Write to `path`, pretty, with a final newline (stable: maps are sorted).
@@ -210,7 +216,10 @@ impl Data {
     }
 
     fn run_label(&self, id: &str) -> String {
-        self.numbered_runs().iter().find(|(_, r)| r.id == id).map_or_else(|| "?".into(), |(n, _)| format!("#{n}"))
+        self.numbered_runs()
+            .iter()
+            .find(|(_, r)| r.id == id)
+            .map_or_else(|| "?".into(), |(n, _)| format!("#{n}"))
     }
 }
 
@@ -247,17 +256,26 @@ fn criterion_results(dir: &Path, out: &mut BTreeMap<String, Criterion>) {
         }
         let name = e.file_name();
         if name == "new" {
-            let id = json(&p.join("benchmark.json")).and_then(|v| v.get("full_id")?.as_str().map(str::to_owned));
+            let id = json(&p.join("benchmark.json"))
+                .and_then(|v| v.get("full_id")?.as_str().map(str::to_owned));
             let estimates = p.join("estimates.json");
-            let median = json(&estimates).and_then(|v| v.get("median")?.get("point_estimate")?.as_f64());
-            let iters = json(&p.join("sample.json"))
-                .and_then(|v| v.get("iters")?.as_array()?.iter().map(serde_json::Value::as_f64).collect::<Option<Vec<_>>>());
+            let median =
+                json(&estimates).and_then(|v| v.get("median")?.get("point_estimate")?.as_f64());
+            let iters = json(&p.join("sample.json")).and_then(|v| {
+                v.get("iters")?
+                    .as_array()?
+                    .iter()
+                    .map(serde_json::Value::as_f64)
+                    .collect::<Option<Vec<_>>>()
+            });
             let modified = std::fs::metadata(&estimates)
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs_f64());
-            if let (Some(id), Some(median_ns), Some(iters), Some(modified_unix)) = (id, median, iters, modified) {
+            if let (Some(id), Some(median_ns), Some(iters), Some(modified_unix)) =
+                (id, median, iters, modified)
+            {
                 out.insert(id, Criterion { median_ns, iters, modified_unix });
             }
         } else if name != "report" && name != "base" && name != "change" && name != PAIRED_DIR {
@@ -284,7 +302,9 @@ pub fn collect(criterion_dir: &Path, only: &[String]) -> Result<Collected, Repor
         if !(name.starts_with("run-") && name.ends_with(".json")) {
             continue;
         }
-        let Some(run) = std::fs::read_to_string(e.path()).ok().and_then(|t| serde_json::from_str::<RunRecord>(&t).ok())
+        let Some(run) = std::fs::read_to_string(e.path())
+            .ok()
+            .and_then(|t| serde_json::from_str::<RunRecord>(&t).ok())
         else {
             continue;
         };
@@ -292,15 +312,20 @@ pub fn collect(criterion_dir: &Path, only: &[String]) -> Result<Collected, Repor
             runs.insert(run.id.clone(), run);
         }
     }
-    let missing: Vec<String> = only.iter().filter(|b| !runs.values().any(|r| &r.bench == *b)).cloned().collect();
+    let missing: Vec<String> =
+        only.iter().filter(|b| !runs.values().any(|r| &r.bench == *b)).cloned().collect();
     if runs.is_empty() || !missing.is_empty() {
-        return Err(ReportError::NoRun { dir: paired_dir, only: if missing.is_empty() { only.to_vec() } else { missing } });
+        return Err(ReportError::NoRun {
+            dir: paired_dir,
+            only: if missing.is_empty() { only.to_vec() } else { missing },
+        });
     }
     let mut results = BTreeMap::new();
     criterion_results(criterion_dir, &mut results);
     let paired = Paired::read_all(&paired_dir);
     // Files are written during the run; allow for timestamps' granularity.
-    let run_of = |t: f64| runs.values().find(|r| t >= r.started_unix - 1.0 && t <= r.finished_unix + 1.0);
+    let run_of =
+        |t: f64| runs.values().find(|r| t >= r.started_unix - 1.0 && t <= r.finished_unix + 1.0);
     let mut problems = Vec::new();
     let mut benchmarks = BTreeMap::new();
     for (id, c) in &results {
@@ -309,7 +334,10 @@ pub fn collect(criterion_dir: &Path, only: &[String]) -> Result<Collected, Repor
         };
         let n = c.iters.len();
         if n < MIN_SAMPLES {
-            problems.push(format!("{id}: {n} sample(s) in run {}; at least {MIN_SAMPLES} are needed", run.id));
+            problems.push(format!(
+                "{id}: {n} sample(s) in run {}; at least {MIN_SAMPLES} are needed",
+                run.id
+            ));
             continue;
         }
         let bench = match paired.get(id) {
@@ -334,21 +362,39 @@ pub fn collect(criterion_dir: &Path, only: &[String]) -> Result<Collected, Repor
                         ratio: round(p.ratio(f).unwrap_or(f64::NAN), 4),
                     })
                     .collect();
-                Bench { run: run.id.clone(), median_ns: round(p.subject_median().unwrap_or(f64::NAN), 1), samples: n, floors }
+                Bench {
+                    run: run.id.clone(),
+                    median_ns: round(p.subject_median().unwrap_or(f64::NAN), 1),
+                    samples: n,
+                    floors,
+                }
             }
             Some(p) => {
-                problems.push(format!("{id}: its paired samples are from run {}, not from run {}", p.run, run.id));
+                problems.push(format!(
+                    "{id}: its paired samples are from run {}, not from run {}",
+                    p.run, run.id
+                ));
                 continue;
             }
-            None => Bench { run: run.id.clone(), median_ns: round(c.median_ns, 1), samples: n, floors: Vec::new() },
+            None => Bench {
+                run: run.id.clone(),
+                median_ns: round(c.median_ns, 1),
+                samples: n,
+                floors: Vec::new(),
+            },
         };
         benchmarks.insert(id.clone(), bench);
     }
     // A record of a run whose criterion result is missing: the report would drop a ratio.
     for (id, p) in &paired {
-        if runs.contains_key(&p.run) && !benchmarks.contains_key(id) && !problems.iter().any(|l| l.starts_with(id.as_str()))
+        if runs.contains_key(&p.run)
+            && !benchmarks.contains_key(id)
+            && !problems.iter().any(|l| l.starts_with(id.as_str()))
         {
-            problems.push(format!("{id}: paired samples of run {} but no criterion result from that run", p.run));
+            problems.push(format!(
+                "{id}: paired samples of run {} but no criterion result from that run",
+                p.run
+            ));
         }
     }
     if !problems.is_empty() {
@@ -363,7 +409,8 @@ pub fn collect(criterion_dir: &Path, only: &[String]) -> Result<Collected, Repor
 /// to are dropped. Returns what it did, one line each, for the user.
 pub fn merge(data: &mut Data, new: Collected) -> Vec<String> {
     let mut notes = Vec::new();
-    let started = |data: &Data, id: &str| data.runs.get(id).map_or(f64::NEG_INFINITY, |r| r.started_unix);
+    let started =
+        |data: &Data, id: &str| data.runs.get(id).map_or(f64::NEG_INFINITY, |r| r.started_unix);
     for run in new.runs.values() {
         data.runs.insert(run.id.clone(), run.clone());
     }
@@ -379,16 +426,22 @@ pub fn merge(data: &mut Data, new: Collected) -> Vec<String> {
         }
     }
     for run in new.runs.values().filter(|r| r.args.is_empty()) {
-        let stale: Vec<String> = data
-            .benchmarks
-            .iter()
-            .filter(|(_, b)| {
-                b.run != run.id && data.runs.get(&b.run).is_some_and(|r| r.bench == run.bench && r.started_unix < run.started_unix)
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
+        let stale: Vec<String> =
+            data.benchmarks
+                .iter()
+                .filter(|(_, b)| {
+                    b.run != run.id
+                        && data.runs.get(&b.run).is_some_and(|r| {
+                            r.bench == run.bench && r.started_unix < run.started_unix
+                        })
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
         for id in stale {
-            notes.push(format!("dropped {id}: the full run {} of `{}` no longer measures it", run.id, run.bench));
+            notes.push(format!(
+                "dropped {id}: the full run {} of `{}` no longer measures it",
+                run.id, run.bench
+            ));
             data.benchmarks.remove(&id);
         }
     }
@@ -434,7 +487,10 @@ pub fn verdict(t: &Target, data: &Data) -> (String, String, Verdict, Option<Stri
     let run = b.map(|b| b.run.clone());
     match &t.limit {
         Limit::Ratio { floor, max } => {
-            let r = b.and_then(|b| b.floors.iter().find(|f| f.name == *floor)).map(|f| f.ratio).filter(|r| r.is_finite());
+            let r = b
+                .and_then(|b| b.floors.iter().find(|f| f.name == *floor))
+                .map(|f| f.ratio)
+                .filter(|r| r.is_finite());
             let v = match r {
                 Some(r) if r <= *max => Verdict::Pass,
                 Some(_) => Verdict::Miss,
@@ -456,7 +512,8 @@ pub fn verdict(t: &Target, data: &Data) -> (String, String, Verdict, Option<Stri
 
 fn targets_table(data: &Data, rootfs: bool) -> String {
     let mut out = String::new();
-    let chosen: Vec<&Target> = TARGETS.iter().filter(|t| t.numerator.starts_with(ROOTFS) == rootfs).collect();
+    let chosen: Vec<&Target> =
+        TARGETS.iter().filter(|t| t.numerator.starts_with(ROOTFS) == rootfs).collect();
     let (mut pass, mut miss, mut not_run) = (0, 0, 0);
     out.push_str("| target | measured | limit | verdict | run |\n|---|---:|---:|---|---|\n");
     for t in &chosen {
@@ -478,7 +535,11 @@ fn targets_table(data: &Data, rootfs: bool) -> String {
         let run = run.map_or_else(|| "—".into(), |r| data.run_label(&r));
         let _ = writeln!(out, "| {} | {value} | {limit} | {word} | {run} |", t.what);
     }
-    let _ = writeln!(out, "\n{pass} of {} targets met, {miss} missed, {not_run} not run.", chosen.len());
+    let _ = writeln!(
+        out,
+        "\n{pass} of {} targets met, {miss} missed, {not_run} not run.",
+        chosen.len()
+    );
     out
 }
 
@@ -490,7 +551,12 @@ fn bench_table(data: &Data, rootfs: bool) -> String {
     for (id, b) in data.benchmarks.iter().filter(|(id, _)| id.starts_with(ROOTFS) == rootfs) {
         let run = data.run_label(&b.run);
         if b.floors.is_empty() {
-            let _ = writeln!(out, "| {id} | {} | — | — | — | {} | {run} |", human(b.median_ns), b.samples);
+            let _ = writeln!(
+                out,
+                "| {id} | {} | — | — | — | {} | {run} |",
+                human(b.median_ns),
+                b.samples
+            );
         }
         for f in &b.floors {
             let _ = writeln!(
@@ -517,10 +583,16 @@ fn runs_section(data: &Data) -> String {
     let mut out = String::new();
     let runs = data.numbered_runs();
     if runs.is_empty() {
-        out.push_str("No run recorded yet: run `cargo bench -p boxsock-benches`, then `bench-report`.\n");
+        out.push_str(
+            "No run recorded yet: run `cargo bench -p boxsock-benches`, then `bench-report`.\n",
+        );
         return out;
     }
-    let busy: Vec<String> = runs.iter().filter(|(_, r)| !r.quiet).map(|(n, r)| format!("#{n} ({})", r.bench)).collect();
+    let busy: Vec<String> = runs
+        .iter()
+        .filter(|(_, r)| !r.quiet)
+        .map(|(n, r)| format!("#{n} ({})", r.bench))
+        .collect();
     if !busy.is_empty() {
         let _ = writeln!(
             out,
@@ -542,7 +614,11 @@ fn runs_section(data: &Data) -> String {
         let args = if r.args.is_empty() {
             "— (all)".to_owned()
         } else {
-            r.args.iter().map(|a| format!("`{}`", a.replace('|', "\\|"))).collect::<Vec<_>>().join(" ")
+            r.args
+                .iter()
+                .map(|a| format!("`{}`", a.replace('|', "\\|")))
+                .collect::<Vec<_>>()
+                .join(" ")
         };
         let _ = writeln!(
             out,
@@ -609,7 +685,8 @@ pub struct Section {
 }
 
 fn marker<'a>(line: &'a str, kind: &str) -> Option<&'a str> {
-    let rest = line.trim().strip_prefix("<!-- generated:")?.strip_prefix(kind)?.strip_prefix(' ')?;
+    let rest =
+        line.trim().strip_prefix("<!-- generated:")?.strip_prefix(kind)?.strip_prefix(' ')?;
     rest.split_whitespace().next().filter(|n| *n != "-->")
 }
 
@@ -620,9 +697,13 @@ pub fn sections(path: &Path, doc: &str) -> Result<Vec<Section>, ReportError> {
     let mut i = 0;
     while i < lines.len() {
         if let Some(name) = marker(lines[i], "begin") {
-            let end = (i + 1..lines.len()).find(|&j| marker(lines[j], "end") == Some(name)).ok_or_else(|| {
-                ReportError::Unclosed { path: path.to_owned(), name: name.to_owned(), line: i + 1 }
-            })?;
+            let end = (i + 1..lines.len())
+                .find(|&j| marker(lines[j], "end") == Some(name))
+                .ok_or_else(|| ReportError::Unclosed {
+                    path: path.to_owned(),
+                    name: name.to_owned(),
+                    line: i + 1,
+                })?;
             out.push(Section { name: name.to_owned(), begin: i, end });
             i = end;
         }
@@ -637,7 +718,10 @@ pub fn splice(path: &Path, doc: &str, rendered: &[(&str, String)]) -> Result<Str
     let found = sections(path, doc)?;
     for (name, _) in rendered {
         if !found.iter().any(|s| s.name == *name) {
-            return Err(ReportError::MissingSection { path: path.to_owned(), name: (*name).to_owned() });
+            return Err(ReportError::MissingSection {
+                path: path.to_owned(),
+                name: (*name).to_owned(),
+            });
         }
     }
     let lines: Vec<&str> = doc.lines().collect();
@@ -675,21 +759,27 @@ fn excerpt(line: Option<&str>, column: usize) -> String {
 
 /// Fail ([`ReportError::Differs`]) at the first line where a section of `doc` differs
 /// from what `data_path`'s data renders; a section missing from the doc fails too.
-pub fn check(path: &Path, doc: &str, data_path: &Path, rendered: &[(&str, String)]) -> Result<(), ReportError> {
+pub fn check(
+    path: &Path,
+    doc: &str,
+    data_path: &Path,
+    rendered: &[(&str, String)],
+) -> Result<(), ReportError> {
     let found = sections(path, doc)?;
     let lines: Vec<&str> = doc.lines().collect();
     for (name, text) in rendered {
-        let s = found
-            .iter()
-            .find(|s| s.name == *name)
-            .ok_or_else(|| ReportError::MissingSection { path: path.to_owned(), name: (*name).to_owned() })?;
+        let s = found.iter().find(|s| s.name == *name).ok_or_else(|| {
+            ReportError::MissingSection { path: path.to_owned(), name: (*name).to_owned() }
+        })?;
         let have = &lines[s.begin + 1..s.end];
         let want: Vec<&str> = text.lines().collect();
         for k in 0..have.len().max(want.len()) {
             let (h, w) = (have.get(k).copied(), want.get(k).copied());
             if h != w {
                 let column = match (h, w) {
-                    (Some(h), Some(w)) => h.chars().zip(w.chars()).take_while(|(a, b)| a == b).count() + 1,
+                    (Some(h), Some(w)) => {
+                        h.chars().zip(w.chars()).take_while(|(a, b)| a == b).count() + 1
+                    }
                     _ => 1,
                 };
                 return Err(ReportError::Differs {
@@ -755,7 +845,12 @@ mod tests {
             finished_unix,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             commit: "0123456789abcdef+dirty".into(),
-            machine: Machine { cpu: "Test CPU".into(), cpus: 2, kernel: "6.1".into(), mem_gib: 4.0 },
+            machine: Machine {
+                cpu: "Test CPU".into(),
+                cpus: 2,
+                kernel: "6.1".into(),
+                mem_gib: 4.0,
+            },
             load: Load { others_mean: 0.3, others_max: 0.9, load1_max: 2.5, windows: 150 },
             quiet: false,
         }
@@ -765,11 +860,13 @@ mod tests {
     fn criterion_result(dir: &Path, id: &str, median_ns: f64, iters: &[u64]) {
         let d = dir.join(id).join("new");
         std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("benchmark.json"), serde_json::json!({ "full_id": id }).to_string()).unwrap();
+        std::fs::write(d.join("benchmark.json"), serde_json::json!({ "full_id": id }).to_string())
+            .unwrap();
         let est = serde_json::json!({ "median": { "point_estimate": median_ns } });
         std::fs::write(d.join("estimates.json"), est.to_string()).unwrap();
         let times: Vec<f64> = iters.iter().map(|n| *n as f64 * median_ns).collect();
-        let sample = serde_json::json!({ "sampling_mode": "Linear", "iters": iters, "times": times });
+        let sample =
+            serde_json::json!({ "sampling_mode": "Linear", "iters": iters, "times": times });
         std::fs::write(d.join("sample.json"), sample.to_string()).unwrap();
     }
 
@@ -782,8 +879,11 @@ mod tests {
     /// Warm-up calls (1, 2) then ten measured samples of n = 3, 6, … iterations; the
     /// subject 1.5× its floor's 100 ns per iteration.
     fn paired_samples(run: &str, id: &str) -> Paired {
-        let mut samples: Vec<(u64, f64, Vec<f64>)> = vec![(1, 999.0, vec![1.0]), (2, 999.0, vec![1.0])];
-        samples.extend((1..=10).map(|k| (3 * k, 150.0 * (3 * k) as f64, vec![100.0 * (3 * k) as f64])));
+        let mut samples: Vec<(u64, f64, Vec<f64>)> =
+            vec![(1, 999.0, vec![1.0]), (2, 999.0, vec![1.0])];
+        samples.extend(
+            (1..=10).map(|k| (3 * k, 150.0 * (3 * k) as f64, vec![100.0 * (3 * k) as f64])),
+        );
         Paired { id: id.into(), run: run.into(), floors: vec!["floor-x".into()], samples }
     }
 
@@ -815,7 +915,12 @@ mod tests {
         let r = run("rootfs", now() - 60.0, now() + 60.0, &[]);
         manifest(d.path(), &r);
         criterion_result(d.path(), "rootfs/create-libkrun/200MB-root", 1e7, &[1]);
-        let p = Paired { id: "rootfs/create-libkrun/200MB-root".into(), run: r.id.clone(), floors: vec!["floor-x".into()], samples: vec![(1, 1.2e7, vec![1e7])] };
+        let p = Paired {
+            id: "rootfs/create-libkrun/200MB-root".into(),
+            run: r.id.clone(),
+            floors: vec!["floor-x".into()],
+            samples: vec![(1, 1.2e7, vec![1e7])],
+        };
         p.write(&d.path().join(PAIRED_DIR)).unwrap();
         let e = collect(d.path(), &[]).unwrap_err().to_string();
         assert!(e.contains("rootfs/create-libkrun/200MB-root: 1 sample(s)"), "{e}");
@@ -833,9 +938,14 @@ mod tests {
         p.samples.truncate(3);
         p.write(&d.path().join(PAIRED_DIR)).unwrap();
         let e = collect(d.path(), &[]).unwrap_err().to_string();
-        assert!(e.contains("bind/s/shallow: the paired samples are not the ones criterion measured"), "{e}");
+        assert!(
+            e.contains("bind/s/shallow: the paired samples are not the ones criterion measured"),
+            "{e}"
+        );
         // A record from another run of the same id.
-        paired_samples("binding@older", "bind/s/shallow").write(&d.path().join(PAIRED_DIR)).unwrap();
+        paired_samples("binding@older", "bind/s/shallow")
+            .write(&d.path().join(PAIRED_DIR))
+            .unwrap();
         let e = collect(d.path(), &[]).unwrap_err().to_string();
         assert!(e.contains("are from run binding@older, not from run binding@"), "{e}");
     }
@@ -855,7 +965,12 @@ mod tests {
     }
 
     fn bench(run: &str, ratio: f64) -> Bench {
-        Bench { run: run.into(), median_ns: 150.0, samples: 10, floors: vec![Floor { name: "floor-x".into(), median_ns: 100.0, ratio }] }
+        Bench {
+            run: run.into(),
+            median_ns: 150.0,
+            samples: 10,
+            floors: vec![Floor { name: "floor-x".into(), median_ns: 100.0, ratio }],
+        }
     }
 
     #[test]
@@ -879,27 +994,39 @@ mod tests {
         assert_eq!(data.benchmarks["bind/b/x"].run, old.id);
         assert_eq!(data.runs.len(), 3);
         // An older run does not overwrite a newer one.
-        let c = Collected { runs: [(old.id.clone(), old.clone())].into(), benchmarks: [("bind/a/x".to_owned(), bench(&old.id, 9.0))].into() };
+        let c = Collected {
+            runs: [(old.id.clone(), old.clone())].into(),
+            benchmarks: [("bind/a/x".to_owned(), bench(&old.id, 9.0))].into(),
+        };
         let notes = merge(&mut data, c);
         assert_eq!(data.benchmarks["bind/a/x"].floors[0].ratio, 2.0, "{notes:?}");
         // A full run of `binding` without bind/b drops it, and the runs nothing uses.
         let full = run("binding", 600.0, 700.0, &[]);
-        let c = Collected { runs: [(full.id.clone(), full.clone())].into(), benchmarks: [("bind/a/x".to_owned(), bench(&full.id, 3.0))].into() };
+        let c = Collected {
+            runs: [(full.id.clone(), full.clone())].into(),
+            benchmarks: [("bind/a/x".to_owned(), bench(&full.id, 3.0))].into(),
+        };
         let notes = merge(&mut data, c);
         assert!(notes.iter().any(|n| n.starts_with("dropped bind/b/x")), "{notes:?}");
         assert_eq!(data.benchmarks.keys().collect::<Vec<_>>(), ["bind/a/x", "runtime/h/one"]);
-        assert_eq!(data.runs.keys().cloned().collect::<Vec<_>>(), [full.id.clone(), rt.id.clone()]);
+        assert_eq!(
+            data.runs.keys().cloned().collect::<Vec<_>>(),
+            [full.id.clone(), rt.id.clone()]
+        );
     }
 
     fn sample_data() -> Data {
         let r = run("binding", 100.0, 400.0, &[]);
         let mut data = Data::default();
-        data.benchmarks.insert("ensure/short-symlink/steady".into(), Bench {
-            run: r.id.clone(),
-            median_ns: 1270.0,
-            samples: 30,
-            floors: vec![Floor { name: "floor-lstat".into(), median_ns: 975.0, ratio: 1.49 }],
-        });
+        data.benchmarks.insert(
+            "ensure/short-symlink/steady".into(),
+            Bench {
+                run: r.id.clone(),
+                median_ns: 1270.0,
+                samples: 30,
+                floors: vec![Floor { name: "floor-lstat".into(), median_ns: 975.0, ratio: 1.49 }],
+            },
+        );
         data.runs.insert(r.id.clone(), r);
         data
     }
@@ -908,19 +1035,36 @@ mod tests {
     fn render_gives_verdicts_from_the_data_and_says_the_machine_was_busy() {
         let data = sample_data();
         let s: BTreeMap<&str, String> = render(&data).into_iter().collect();
-        assert!(s["targets"].contains("| short-symlink steady ensure vs one lstat | 1.49× | ≤ 1.30× | **MISS** | #1 |"), "{}", s["targets"]);
-        assert!(s["targets"].contains("0 of 8 targets met, 1 missed, 7 not run."), "{}", s["targets"]);
-        assert!(s["benchmarks"].contains("| ensure/short-symlink/steady | 1.27 µs | floor-lstat | 975 ns | 1.49× | 30 | #1 |"));
+        assert!(
+            s["targets"].contains(
+                "| short-symlink steady ensure vs one lstat | 1.49× | ≤ 1.30× | **MISS** | #1 |"
+            ),
+            "{}",
+            s["targets"]
+        );
+        assert!(
+            s["targets"].contains("0 of 8 targets met, 1 missed, 7 not run."),
+            "{}",
+            s["targets"]
+        );
+        assert!(s["benchmarks"].contains(
+            "| ensure/short-symlink/steady | 1.27 µs | floor-lstat | 975 ns | 1.49× | 30 | #1 |"
+        ));
         assert!(s["runs"].starts_with("**Not a quiet machine.**"), "{}", s["runs"]);
         assert!(s["runs"].contains("| 30 % | 90 % | 2.50 | **no** |"), "{}", s["runs"]);
         assert!(s["runs"].contains("`0123456789` + uncommitted changes"), "{}", s["runs"]);
-        assert!(s["rootfs"].contains("0 of 2 targets met, 0 missed, 2 not run."), "{}", s["rootfs"]);
+        assert!(
+            s["rootfs"].contains("0 of 2 targets met, 0 missed, 2 not run."),
+            "{}",
+            s["rootfs"]
+        );
         let mut quiet = data.clone();
         quiet.runs.values_mut().for_each(|r| r.quiet = true);
         assert!(!render(&quiet)[0].1.contains("Not a quiet machine"));
     }
 
-    const DOC: &str = "# Perf\nprose\n<!-- generated:begin runs -->\nold\n<!-- generated:end runs -->\n\
+    const DOC: &str = "# Perf\nprose\n\
+        <!-- generated:begin runs -->\nold\n<!-- generated:end runs -->\n\
         <!-- generated:begin vm -->\nthe VM tier's\n<!-- generated:end vm -->\n\
         <!-- generated:begin targets -->\n<!-- generated:end targets -->\n\
         <!-- generated:begin benchmarks -->\nx\ny\n<!-- generated:end benchmarks -->\n\
@@ -933,7 +1077,11 @@ mod tests {
         assert!(check(p, DOC, Path::new("d.json"), &rendered).is_err());
         let doc = splice(p, DOC, &rendered).unwrap();
         check(p, &doc, Path::new("d.json"), &rendered).unwrap();
-        assert!(doc.contains("<!-- generated:begin vm -->\nthe VM tier's\n<!-- generated:end vm -->\n"));
+        assert!(
+            doc.contains(
+                "<!-- generated:begin vm -->\nthe VM tier's\n<!-- generated:end vm -->\n"
+            )
+        );
         assert!(doc.starts_with("# Perf\nprose\n<!-- generated:begin runs -->\n**Not a quiet"));
         assert!(doc.ends_with("<!-- generated:end rootfs -->\ntail\n"));
         assert_eq!(splice(p, &doc, &rendered).unwrap(), doc, "splicing is idempotent");
@@ -949,18 +1097,33 @@ mod tests {
         match check(p, &pasted, Path::new("d.json"), &rendered).unwrap_err() {
             ReportError::Differs { name, line: l, column, doc, rendered, .. } => {
                 assert_eq!((name.as_str(), l), ("targets", line));
-                assert_eq!(column, "| short-symlink steady ensure vs one lstat | 1.".chars().count() + 1);
+                assert_eq!(
+                    column,
+                    "| short-symlink steady ensure vs one lstat | 1.".chars().count() + 1
+                );
                 assert!(doc.contains("1.29×") && rendered.contains("1.49×"), "{doc} / {rendered}");
             }
             e => panic!("{e}"),
         }
         // A line added at the end of a section, and one removed.
-        let added = doc.replace("<!-- generated:end benchmarks -->", "| pasted | row |\n<!-- generated:end benchmarks -->");
+        let added = doc.replace(
+            "<!-- generated:end benchmarks -->",
+            "| pasted | row |\n<!-- generated:end benchmarks -->",
+        );
         let e = check(p, &added, Path::new("d.json"), &rendered).unwrap_err().to_string();
-        assert!(e.contains("section `benchmarks` differs") && e.contains("(no line: the section ends here)"), "{e}");
+        assert!(
+            e.contains("section `benchmarks` differs")
+                && e.contains("(no line: the section ends here)"),
+            "{e}"
+        );
         let unclosed = doc.replace("<!-- generated:end rootfs -->", "");
-        assert!(matches!(check(p, &unclosed, Path::new("d.json"), &rendered), Err(ReportError::Unclosed { .. })));
-        let missing = doc.replace("<!-- generated:begin rootfs -->\n", "").replace("<!-- generated:end rootfs -->\n", "");
+        assert!(matches!(
+            check(p, &unclosed, Path::new("d.json"), &rendered),
+            Err(ReportError::Unclosed { .. })
+        ));
+        let missing = doc
+            .replace("<!-- generated:begin rootfs -->\n", "")
+            .replace("<!-- generated:end rootfs -->\n", "");
         let e = check(p, &missing, Path::new("d.json"), &rendered).unwrap_err();
         assert!(matches!(&e, ReportError::MissingSection { name, .. } if name == "rootfs"), "{e}");
     }

@@ -74,17 +74,24 @@ impl Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu = cpuinfo
             .lines()
-            .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_owned()))
+            .find_map(|l| {
+                l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_owned())
+            })
             .unwrap_or_else(|| "unknown".into());
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let kib = meminfo
             .lines()
-            .find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok())
+            .find_map(|l| {
+                l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok()
+            })
             .unwrap_or(0.0);
         Machine {
             cpu,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
             mem_gib: (kib / (1024.0 * 1024.0) * 10.0).round() / 10.0,
         }
     }
@@ -156,7 +163,8 @@ impl RunRecord {
 
 fn rfc3339(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let ts = jiff::Timestamp::from_second(i64::try_from(secs).unwrap_or(0)).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let ts = jiff::Timestamp::from_second(i64::try_from(secs).unwrap_or(0))
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     ts.to_string()
 }
 
@@ -180,7 +188,8 @@ pub fn git_commit() -> String {
     };
     match out(&["rev-parse", "HEAD"]) {
         Some(head) => {
-            let dirty = out(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+            let dirty = out(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
             if dirty { format!("{head}+dirty") } else { head }
         }
         None => "unknown".into(),
@@ -202,8 +211,13 @@ pub struct Ticks {
 impl Ticks {
     /// Parse the `cpu` line of /proc/stat and the fields of /proc/self/stat.
     pub fn parse(proc_stat: &str, self_stat: &str) -> Option<Ticks> {
-        let cpu: Vec<u64> =
-            proc_stat.lines().next()?.strip_prefix("cpu ")?.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+        let cpu: Vec<u64> = proc_stat
+            .lines()
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
         let f = |i: usize| cpu.get(i).copied().unwrap_or(0);
         // user nice system idle iowait irq softirq steal (guest time is inside user).
         let busy = f(0) + f(1) + f(2) + f(5) + f(6) + f(7);
@@ -212,12 +226,17 @@ impl Ticks {
         let rest = &self_stat[self_stat.rfind(')')? + 1..];
         let fields: Vec<&str> = rest.split_whitespace().collect();
         // After ')': state is field 3 of proc(5), so utime (14) is index 11.
-        let own = (11..=14).map(|i| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)).sum();
+        let own = (11..=14)
+            .map(|i| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+            .sum();
         Some(Ticks { busy, total, own })
     }
 
     fn read() -> Option<Ticks> {
-        Ticks::parse(&std::fs::read_to_string("/proc/stat").ok()?, &std::fs::read_to_string("/proc/self/stat").ok()?)
+        Ticks::parse(
+            &std::fs::read_to_string("/proc/stat").ok()?,
+            &std::fs::read_to_string("/proc/self/stat").ok()?,
+        )
     }
 
     /// The share of all CPUs' time between `self` and `later` that others used.
@@ -245,9 +264,13 @@ impl Sampler {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
             let first = Ticks::read();
-            let (mut prev, mut others_max, mut load1_max, mut windows) = (first, 0.0f64, load1().unwrap_or(0.0), 0);
+            let (mut prev, mut others_max, mut load1_max, mut windows) =
+                (first, 0.0f64, load1().unwrap_or(0.0), 0);
             loop {
-                let done = !matches!(stopped.recv_timeout(SAMPLE_EVERY), Err(mpsc::RecvTimeoutError::Timeout));
+                let done = !matches!(
+                    stopped.recv_timeout(SAMPLE_EVERY),
+                    Err(mpsc::RecvTimeoutError::Timeout)
+                );
                 let now = Ticks::read();
                 if let Some(s) = prev.zip(now).and_then(|(a, b)| a.others_share(&b)) {
                     others_max = others_max.max(s);
@@ -270,7 +293,12 @@ impl Sampler {
     /// Stop and return what was seen.
     pub fn stop(self) -> Load {
         let _ = self.stop.send(());
-        self.thread.join().unwrap_or(Load { others_mean: f64::NAN, others_max: f64::NAN, load1_max: f64::NAN, windows: 0 })
+        self.thread.join().unwrap_or(Load {
+            others_mean: f64::NAN,
+            others_max: f64::NAN,
+            load1_max: f64::NAN,
+            windows: 0,
+        })
     }
 }
 
@@ -288,8 +316,12 @@ pub fn main(bench: &str, groups: &[fn()]) {
     }
     let t0 = SystemTime::now();
     let started = rfc3339(t0);
-    let start =
-        RunStart { bench: bench.to_owned(), id: format!("{bench}@{started}"), started, started_unix: unix(t0) };
+    let start = RunStart {
+        bench: bench.to_owned(),
+        id: format!("{bench}@{started}"),
+        started,
+        started_unix: unix(t0),
+    };
     let _ = RUN.set(start.clone());
     let commit = git_commit();
     let sampler = Sampler::start();
@@ -352,8 +384,10 @@ mod tests {
 
     #[test]
     fn others_share_subtracts_the_run_itself() {
-        let self_stat = |own: u64| format!("42 (bench (x) y) R 1 2 3 4 5 6 7 8 9 10 {own} 0 0 0 20 0");
-        let a = Ticks::parse("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n", &self_stat(100)).unwrap();
+        let self_stat =
+            |own: u64| format!("42 (bench (x) y) R 1 2 3 4 5 6 7 8 9 10 {own} 0 0 0 20 0");
+        let a =
+            Ticks::parse("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n", &self_stat(100)).unwrap();
         assert_eq!(a, Ticks { busy: 150, total: 1000, own: 100 });
         // 200 ticks of all CPUs: 120 busy, 100 of them ours.
         let b = Ticks::parse("cpu  200 0 70 880 50 0 0 0 0 0\n", &self_stat(200)).unwrap();

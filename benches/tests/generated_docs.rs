@@ -44,7 +44,11 @@ fn first_number_in_each_section(doc: &str) -> Vec<(&'static str, usize)> {
                 .find(|&k| lines[k].trim() == format!("<!-- generated:end {name} -->"))
                 .unwrap_or_else(|| panic!("section {name} not closed"));
             let k = (begin + 1..end)
-                .find(|&k| lines[k].starts_with("| ") && lines[k].chars().any(|c| c.is_ascii_digit()) && !lines[k].contains("---"))
+                .find(|&k| {
+                    lines[k].starts_with("| ")
+                        && lines[k].chars().any(|c| c.is_ascii_digit())
+                        && !lines[k].contains("---")
+                })
                 .unwrap_or_else(|| panic!("no number in section {name}"));
             (*name, k)
         })
@@ -77,7 +81,9 @@ fn check_ignores_prose_and_other_generated_sections_but_not_a_missing_one() {
     let doc = std::fs::read_to_string(report::default_doc()).expect("read docs/performance.md");
     let dir = tempfile::tempdir().expect("tempdir");
     // Prose outside the markers and another tool's section are not this report's.
-    let edited = format!("{doc}\nA new paragraph.\n\n<!-- generated:begin vm -->\n| 1.00× |\n<!-- generated:end vm -->\n");
+    let edited = format!(
+        "{doc}\nA new paragraph.\n\n<!-- generated:begin vm -->\n| 1.00× |\n<!-- generated:end vm -->\n"
+    );
     let copy = dir.path().join("prose.md");
     std::fs::write(&copy, edited).expect("write");
     let out = bench_report_check(&copy);

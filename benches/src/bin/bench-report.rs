@@ -44,8 +44,10 @@ struct Args {
 }
 
 fn criterion_dir(arg: Option<PathBuf>) -> PathBuf {
-    arg.or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(|t| PathBuf::from(t).join("criterion")))
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion"))
+    arg.or_else(|| {
+        std::env::var_os("CARGO_TARGET_DIR").map(|t| PathBuf::from(t).join("criterion"))
+    })
+    .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion"))
 }
 
 fn fail(e: &report::ReportError) -> ! {
@@ -71,7 +73,11 @@ fn main() {
     }
     if args.from_data {
         let changed = report::write_doc(&args.doc, &data).unwrap_or_else(|e| fail(&e));
-        eprintln!("bench-report: {} {}", args.doc.display(), if changed { "rewritten" } else { "unchanged" });
+        eprintln!(
+            "bench-report: {} {}",
+            args.doc.display(),
+            if changed { "rewritten" } else { "unchanged" }
+        );
         return;
     }
     let dir = criterion_dir(args.criterion);
