@@ -328,6 +328,29 @@ mod tests {
     }
 
     #[test]
+    fn outside_a_measuring_run_paired_records_nothing() {
+        // A test process is not a measuring run (no `--bench`): criterion's test mode of
+        // `cargo test --benches` is the same. The benchmark really runs, in criterion's
+        // benchmark mode even, and still nothing reaches the directory the report reads.
+        assert!(!run::measuring());
+        let out = tempfile::tempdir().unwrap();
+        let mut c = criterion::Criterion::default()
+            .output_directory(out.path())
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(1))
+            .measurement_time(Duration::from_millis(20));
+        let mut g = c.benchmark_group("selftest");
+        let name = format!("pid{}", std::process::id());
+        let mut calls = 0u64;
+        let mut subject = || calls += 1;
+        paired(&mut g, "selftest", &name, "x", &mut no_setup, &mut subject, &mut [("floor-none", &mut || {})]);
+        g.finish();
+        assert!(calls >= 10, "criterion ran the benchmark {calls} times");
+        let record = Paired::path(&paired_dir(), &format!("selftest/{name}/x"));
+        assert!(!record.exists(), "{} written outside a measuring run", record.display());
+    }
+
+    #[test]
     fn records_round_trip_and_warm_up_samples_are_dropped() {
         let d = tempfile::tempdir().unwrap();
         let p = Paired {
