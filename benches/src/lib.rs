@@ -308,7 +308,12 @@ pub const TARGETS: &[Target] = &[
         "floor-create-empty-root",
         1.25,
     ),
-    ratio("libkrun create from a 200 MB root vs `cp -a` of it", "rootfs/create-libkrun/200MB-root", "floor-cp-a-200MB", 0.10),
+    ratio(
+        "libkrun create from a 200 MB root vs `cp -a` of it",
+        "rootfs/create-libkrun/200MB-root",
+        "floor-cp-a-200MB",
+        0.10,
+    ),
 ];
 
 #[cfg(test)]
@@ -321,7 +326,12 @@ mod tests {
         let mut samples: Vec<(u64, f64, Vec<f64>)> = (1..=9).map(|i| (i, 120.0 * i as f64, vec![100.0 * i as f64])).collect();
         samples[3].1 *= 100.0;
         samples[3].2[0] *= 100.0;
-        let p = Paired { id: "bind/s/shallow".into(), run: "binding@t".into(), floors: vec!["floor-x".into()], samples };
+        let p = Paired {
+            id: "bind/s/shallow".into(),
+            run: "binding@t".into(),
+            floors: vec!["floor-x".into()],
+            samples,
+        };
         assert!((p.ratio("floor-x").unwrap() - 1.2).abs() < 1e-9);
         assert_eq!(p.floor_median("floor-x"), Some(100.0));
         assert_eq!(p.ratio("floor-y"), None);
@@ -343,7 +353,9 @@ mod tests {
         let name = format!("pid{}", std::process::id());
         let mut calls = 0u64;
         let mut subject = || calls += 1;
-        paired(&mut g, "selftest", &name, "x", &mut no_setup, &mut subject, &mut [("floor-none", &mut || {})]);
+        let mut floor = || {};
+        let floors: &mut [(&str, &mut dyn FnMut())] = &mut [("floor-none", &mut floor)];
+        paired(&mut g, "selftest", &name, "x", &mut no_setup, &mut subject, floors);
         g.finish();
         assert!(calls >= 10, "criterion ran the benchmark {calls} times");
         let record = Paired::path(&paired_dir(), &format!("selftest/{name}/x"));

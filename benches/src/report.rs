@@ -153,29 +153,34 @@ pub enum ReportError {
         name: String,
     },
     /// The doc differs from what the data renders.
-    #[error(
-        "{}:{line}: section `{name}` differs from what {} renders (at column {column}):\n  \
-         doc:      {doc}\n  rendered: {rendered}\n\
-         The numbers in this section are generated: run `cargo bench -p boxsock-benches` \
-         and `bench-report`, or edit outside the markers.",
-        path.display(), data.display()
-    )]
-    Differs {
-        /// The doc.
-        path: PathBuf,
-        /// The data file.
-        data: PathBuf,
-        /// The section.
-        name: String,
-        /// Line of the doc (1-based) where they first differ.
-        line: usize,
-        /// Column (1-based, in characters) where that line first differs.
-        column: usize,
-        /// The doc's line from a little before that column, quoted and bounded.
-        doc: String,
-        /// The rendered line, likewise.
-        rendered: String,
-    },
+    #[error("{0}")]
+    Differs(Box<Difference>),
+}
+
+/// Where a doc first differs from what the data renders.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{}:{line}: section `{name}` differs from what {} renders (at column {column}):\n  \
+     doc:      {doc}\n  rendered: {rendered}\n\
+     The numbers in this section are generated: run `cargo bench -p boxsock-benches` \
+     and `bench-report`, or edit outside the markers.",
+    path.display(), data.display()
+)]
+pub struct Difference {
+    /// The doc.
+    pub path: PathBuf,
+    /// The data file.
+    pub data: PathBuf,
+    /// The section.
+    pub name: String,
+    /// Line of the doc (1-based) where they first differ.
+    pub line: usize,
+    /// Column (1-based, in characters) where that line first differs.
+    pub column: usize,
+    /// The doc's line from a little before that column, quoted and bounded.
+    pub doc: String,
+    /// The rendered line, likewise.
+    pub rendered: String,
 }
 
 fn read(path: &Path) -> Result<String, ReportError> {
@@ -782,7 +787,7 @@ pub fn check(
                     }
                     _ => 1,
                 };
-                return Err(ReportError::Differs {
+                return Err(ReportError::Differs(Box::new(Difference {
                     path: path.to_owned(),
                     data: data_path.to_owned(),
                     name: (*name).to_owned(),
@@ -793,7 +798,7 @@ pub fn check(
                         None => "(no line: the end marker comes here)".into(),
                     },
                     rendered: excerpt(w, column),
-                });
+                })));
             }
         }
     }
@@ -1095,7 +1100,8 @@ mod tests {
         let pasted = doc.replace("| 1.49× | ≤ 1.30× | **MISS**", "| 1.29× | ≤ 1.30× | PASS");
         let line = pasted.lines().position(|l| l.contains("| 1.29× |")).unwrap() + 1;
         match check(p, &pasted, Path::new("d.json"), &rendered).unwrap_err() {
-            ReportError::Differs { name, line: l, column, doc, rendered, .. } => {
+            ReportError::Differs(d) => {
+                let Difference { name, line: l, column, doc, rendered, .. } = *d;
                 assert_eq!((name.as_str(), l), ("targets", line));
                 assert_eq!(
                     column,

@@ -82,7 +82,8 @@ fn check_ignores_prose_and_other_generated_sections_but_not_a_missing_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Prose outside the markers and another tool's section are not this report's.
     let edited = format!(
-        "{doc}\nA new paragraph.\n\n<!-- generated:begin vm -->\n| 1.00× |\n<!-- generated:end vm -->\n"
+        "{doc}\nA new paragraph.\n\n\
+         <!-- generated:begin vm -->\n| 1.00× |\n<!-- generated:end vm -->\n"
     );
     let copy = dir.path().join("prose.md");
     std::fs::write(&copy, edited).expect("write");

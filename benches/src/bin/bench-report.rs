@@ -52,7 +52,7 @@ fn criterion_dir(arg: Option<PathBuf>) -> PathBuf {
 
 fn fail(e: &report::ReportError) -> ! {
     eprintln!("bench-report: {e}");
-    std::process::exit(if matches!(e, report::ReportError::Differs { .. }) { 1 } else { 2 })
+    std::process::exit(if matches!(e, report::ReportError::Differs(_)) { 1 } else { 2 })
 }
 
 fn main() {
