@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use boxsock::{BackendConfig, CreateOptions, ExecIo, Runtime, RuntimeOptions, StrategyConfig, builtin_backends, builtin_strategies};
 use boxsock_benches::{no_setup, paired};
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_group};
 
 /// `target/<profile>` with a built `boxsock-agent` (`cargo bench -p boxsock-benches`
 /// does not build other packages' binaries, so build it once in the same profile).
@@ -87,4 +87,7 @@ criterion_group! {
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).configure_from_args();
     targets = bench_runtime
 }
-criterion_main!(runtime);
+// Not `criterion_main!`: a measuring run records its manifest, test mode nothing.
+fn main() {
+    boxsock_benches::run::main("runtime", &[runtime]);
+}

@@ -11,6 +11,7 @@
 //! in a benchmark of its own, even an interleaved one, puts the subject's median and the
 //! floor's median in two different runs of the loop.)
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +21,10 @@ use criterion::{BenchmarkGroup, BenchmarkId};
 
 use boxsock_core::registry::StrategyRegistration;
 use boxsock_core::{BoxId, BoxLayout, SocketBinding, StrategyConfig};
+use serde::{Deserialize, Serialize};
+
+pub mod report;
+pub mod run;
 
 /// A home of (at least) `depth` bytes under `root`, created on disk.
 pub fn home_of_len(root: &Path, depth: usize) -> PathBuf {
@@ -79,19 +84,24 @@ pub fn strategies() -> Vec<&'static StrategyRegistration> {
     reg.names().into_iter().filter_map(|n| reg.get(n).ok()).collect()
 }
 
-/// The samples of one subject timed interleaved with its floors.
-#[derive(Debug, Clone, PartialEq)]
+/// The samples of one subject timed interleaved with its floors, in one measuring run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Paired {
     /// The subject's benchmark id, `group/function/parameter`.
     pub id: String,
+    /// The run that measured them ([`run::RunStart::id`]): the report takes a record only
+    /// from the run its bench binary's manifest describes.
+    pub run: String,
     /// The floors' names (`floor-…`), in sample order.
     pub floors: Vec<String>,
     /// Per criterion call: iterations, the subject's total (ns), each floor's total (ns).
+    /// Criterion's warm-up calls come first.
     pub samples: Vec<(u64, f64, Vec<f64>)>,
 }
 
-/// Where [`Paired`] records go: `<target>/criterion/boxsock-paired` (`$CARGO_TARGET_DIR`,
-/// else the workspace's `target`), beside criterion's own results.
+/// Where [`Paired`] records and run manifests go: `<target>/criterion/boxsock-paired`
+/// (`$CARGO_TARGET_DIR`, else the workspace's `target`), beside criterion's own results.
+/// Only a measuring run writes there ([`run::measuring`]).
 pub fn paired_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -102,7 +112,8 @@ pub fn paired_dir() -> PathBuf {
 /// The directory name of [`Paired`] records under criterion's output directory.
 pub const PAIRED_DIR: &str = "boxsock-paired";
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+/// The median of the finite values of `v`.
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
     v.retain(|x| x.is_finite());
     if v.is_empty() {
         return None;
@@ -113,40 +124,27 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 impl Paired {
+    /// The file of the record of `id` in `dir`.
+    pub fn path(dir: &Path, id: &str) -> PathBuf {
+        dir.join(format!("{}.json", id.replace('/', "__")))
+    }
+
     /// Write to `dir` (one JSON file per subject).
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
-        let v = serde_json::json!({ "id": self.id, "floors": self.floors, "samples": self.samples });
-        std::fs::write(dir.join(format!("{}.json", self.id.replace('/', "__"))), v.to_string())
+        let json = serde_json::to_string(self).map_err(std::io::Error::other)?;
+        std::fs::write(Paired::path(dir, &self.id), json)
     }
 
-    /// Read every record in `dir`, by subject id.
-    pub fn read_all(dir: &Path) -> std::collections::BTreeMap<String, Paired> {
-        let mut out = std::collections::BTreeMap::new();
+    /// Read every record in `dir`, by subject id; a file that is not a record (a run
+    /// manifest, a record of an older format) is skipped.
+    pub fn read_all(dir: &Path) -> BTreeMap<String, Paired> {
+        let mut out = BTreeMap::new();
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let Ok(text) = std::fs::read_to_string(e.path()) else {
                 continue;
             };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-                continue;
-            };
-            let parsed = (|| {
-                let id = v.get("id")?.as_str()?.to_owned();
-                let floors =
-                    v.get("floors")?.as_array()?.iter().map(|f| f.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>()?;
-                let samples = v
-                    .get("samples")?
-                    .as_array()?
-                    .iter()
-                    .map(|s| {
-                        let s = s.as_array()?;
-                        let floors = s.get(2)?.as_array()?.iter().map(|f| f.as_f64()).collect::<Option<Vec<_>>>()?;
-                        Some((s.first()?.as_u64()?, s.get(1)?.as_f64()?, floors))
-                    })
-                    .collect::<Option<Vec<_>>>()?;
-                Some(Paired { id, floors, samples })
-            })();
-            if let Some(p) = parsed {
+            if let Ok(p) = serde_json::from_str::<Paired>(&text) {
                 out.insert(p.id.clone(), p);
             }
         }
@@ -172,6 +170,11 @@ impl Paired {
     pub fn floor_median(&self, floor: &str) -> Option<f64> {
         let k = self.floors.iter().position(|f| f == floor)?;
         median(self.samples.iter().filter_map(|(n, _, f)| f.get(k).map(|f| f / (*n).max(1) as f64)).collect())
+    }
+
+    /// The subject's median time per iteration (ns) over the same samples.
+    pub fn subject_median(&self) -> Option<f64> {
+        median(self.samples.iter().map(|(n, s, _)| s / (*n).max(1) as f64).collect())
     }
 }
 
@@ -210,8 +213,9 @@ pub fn interleave(
 }
 
 /// Register `subject` as `<group>/<name>/<param>`, timed interleaved with `floors`
-/// ([`interleave`]) in one criterion benchmark, and record every sample's totals
-/// ([`Paired`]): `bench-report` computes each ratio from those same samples.
+/// ([`interleave`]) in one criterion benchmark, and, in a measuring run
+/// ([`run::main`]), record every sample's totals ([`Paired`]): `bench-report` computes
+/// each ratio from those same samples. Criterion's test mode writes nothing.
 pub fn paired(
     g: &mut BenchmarkGroup<'_, WallTime>,
     group: &str,
@@ -229,8 +233,16 @@ pub fn paired(
             s
         })
     });
-    let record =
-        Paired { id: format!("{group}/{name}/{param}"), floors: floors.iter().map(|(n, _)| (*n).to_owned()).collect(), samples };
+    // Only a measuring run records (criterion's test mode ran each side once).
+    let Some(run) = run::current_run().filter(|_| run::measuring()) else {
+        return;
+    };
+    let record = Paired {
+        id: format!("{group}/{name}/{param}"),
+        run: run.id.clone(),
+        floors: floors.iter().map(|(n, _)| (*n).to_owned()).collect(),
+        samples,
+    };
     if let Err(e) = record.write(&paired_dir()) {
         eprintln!("bench: cannot record the paired samples of {}: {e}", record.id);
     }
@@ -289,6 +301,19 @@ pub const TARGETS: &[Target] = &[
         numerator: "runtime/host-short-symlink/one",
         limit: Limit::MedianMs(50.0),
     },
+    // Issue 13: creating a box from a 200 MB root must not copy it (decision 0006).
+    ratio(
+        "libkrun create from a 200 MB root vs from an empty root",
+        "rootfs/create-libkrun/200MB-root",
+        "floor-create-empty-root",
+        1.25,
+    ),
+    ratio(
+        "libkrun create from a 200 MB root vs `cp -a` of it",
+        "rootfs/create-libkrun/200MB-root",
+        "floor-cp-a-200MB",
+        0.10,
+    ),
 ];
 
 #[cfg(test)]
@@ -301,10 +326,40 @@ mod tests {
         let mut samples: Vec<(u64, f64, Vec<f64>)> = (1..=9).map(|i| (i, 120.0 * i as f64, vec![100.0 * i as f64])).collect();
         samples[3].1 *= 100.0;
         samples[3].2[0] *= 100.0;
-        let p = Paired { id: "bind/s/shallow".into(), floors: vec!["floor-x".into()], samples };
+        let p = Paired {
+            id: "bind/s/shallow".into(),
+            run: "binding@t".into(),
+            floors: vec!["floor-x".into()],
+            samples,
+        };
         assert!((p.ratio("floor-x").unwrap() - 1.2).abs() < 1e-9);
         assert_eq!(p.floor_median("floor-x"), Some(100.0));
         assert_eq!(p.ratio("floor-y"), None);
+    }
+
+    #[test]
+    fn outside_a_measuring_run_paired_records_nothing() {
+        // A test process is not a measuring run (no `--bench`): criterion's test mode of
+        // `cargo test --benches` is the same. The benchmark really runs, in criterion's
+        // benchmark mode even, and still nothing reaches the directory the report reads.
+        assert!(!run::measuring());
+        let out = tempfile::tempdir().unwrap();
+        let mut c = criterion::Criterion::default()
+            .output_directory(out.path())
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(1))
+            .measurement_time(Duration::from_millis(20));
+        let mut g = c.benchmark_group("selftest");
+        let name = format!("pid{}", std::process::id());
+        let mut calls = 0u64;
+        let mut subject = || calls += 1;
+        let mut floor = || {};
+        let floors: &mut [(&str, &mut dyn FnMut())] = &mut [("floor-none", &mut floor)];
+        paired(&mut g, "selftest", &name, "x", &mut no_setup, &mut subject, floors);
+        g.finish();
+        assert!(calls >= 10, "criterion ran the benchmark {calls} times");
+        let record = Paired::path(&paired_dir(), &format!("selftest/{name}/x"));
+        assert!(!record.exists(), "{} written outside a measuring run", record.display());
     }
 
     #[test]
@@ -312,6 +367,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = Paired {
             id: "sweep/short-symlink/10000".into(),
+            run: "binding@t".into(),
             floors: vec!["floor-readdir".into(), "floor-b".into()],
             samples: vec![(1, 5.0, vec![1.0, 2.0]), (2, 30.0, vec![10.0, 20.0]), (4, 60.0, vec![20.0, 40.0])],
         };

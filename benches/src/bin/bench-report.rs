@@ -1,137 +1,119 @@
-//! `bench-report`: reads criterion's results (`target/criterion/**/new/estimates.json`)
-//! and the paired samples (`target/criterion/boxsock-paired/`, see
-//! [`boxsock_benches::Paired`]) of the last `cargo bench -p boxsock-benches` run, and
-//! prints every benchmark with, for each floor it was timed interleaved with, that
-//! floor's median and the ratio computed from the same samples; then the project's
-//! targets with PASS or MISS. A benchmark timed without a floor has no ratio: no ratio
-//! is ever taken between two separately measured benchmarks. `--markdown` prints the
-//! tables as Markdown for docs/performance.md.
+//! `bench-report`: turns the last `cargo bench -p boxsock-benches` run into the committed
+//! data file (`docs/data/benches.json`) and the generated sections of
+//! `docs/performance.md`; `--check` fails when the doc is not what the committed data
+//! renders. See [`boxsock_benches::report`].
+//!
+//! Exit status: 0 done; 1 `--check` found a difference; 2 anything else (no run, samples
+//! refused, a file unreadable).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use boxsock_benches::{Limit, PAIRED_DIR, Paired, TARGETS};
+use boxsock_benches::report::{self, Data, Verdict};
+use boxsock_benches::{PAIRED_DIR, TARGETS};
+use clap::Parser;
 
-/// How many samples criterion measured (its `sample.json`), to drop warm-up calls from
-/// the paired records.
-fn sample_count(dir: &Path) -> Option<usize> {
-    let text = std::fs::read_to_string(dir.join("sample.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    Some(v.get("iters")?.as_array()?.len())
+/// Generate docs/performance.md's tables from measured runs, or check them.
+#[derive(Debug, Parser)]
+#[command(name = "bench-report")]
+struct Args {
+    /// Compare the doc's generated sections with what the data file renders; exit 1 at
+    /// the first difference. Reads nothing under target/.
+    #[arg(long, conflicts_with_all = ["render", "from_data", "bench", "criterion"])]
+    check: bool,
+    /// Print the sections the data file renders; write nothing.
+    #[arg(long, conflicts_with_all = ["bench", "criterion", "from_data"])]
+    render: bool,
+    /// Rewrite the doc's sections from the data file alone (after a change of a target
+    /// or of the rendering); reads nothing under target/.
+    #[arg(long, conflicts_with_all = ["bench", "criterion"])]
+    from_data: bool,
+    /// Take only this bench binary's last run (`binding`, `runtime`, `rootfs`);
+    /// repeatable. Default: the last run of each bench binary found.
+    #[arg(long, value_name = "NAME")]
+    bench: Vec<String>,
+    /// Criterion's output directory. Default: `$CARGO_TARGET_DIR/criterion`, else the
+    /// workspace's `target/criterion`.
+    #[arg(long, value_name = "DIR")]
+    criterion: Option<PathBuf>,
+    /// The data file.
+    #[arg(long, value_name = "FILE", default_value_os_t = report::default_data())]
+    data: PathBuf,
+    /// The doc.
+    #[arg(long, value_name = "FILE", default_value_os_t = report::default_doc())]
+    doc: PathBuf,
 }
 
-fn median_ns(estimates: &Path) -> Option<f64> {
-    let text = std::fs::read_to_string(estimates).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.get("median")?.get("point_estimate")?.as_f64()
+fn criterion_dir(arg: Option<PathBuf>) -> PathBuf {
+    arg.or_else(|| {
+        std::env::var_os("CARGO_TARGET_DIR").map(|t| PathBuf::from(t).join("criterion"))
+    })
+    .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion"))
 }
 
-/// Walk `<criterion>/<group>/<function>/<param>/new/estimates.json`, keyed by
-/// `group/function/param` as given in `benchmark.json` (criterion's directory names are
-/// sanitised, the JSON keeps the real ids).
-fn collect(dir: &Path, out: &mut BTreeMap<String, (f64, Option<usize>)>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if !p.is_dir() {
-            continue;
-        }
-        if p.file_name().is_some_and(|n| n == "new") {
-            let id = std::fs::read_to_string(p.join("benchmark.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|v| v.get("full_id").and_then(|s| s.as_str()).map(str::to_owned));
-            if let (Some(id), Some(ns)) = (id, median_ns(&p.join("estimates.json"))) {
-                out.insert(id, (ns, sample_count(&p)));
-            }
-        } else if p.file_name().is_some_and(|n| n != "report" && n != "base" && n != "change" && n != PAIRED_DIR) {
-            collect(&p, out);
-        }
-    }
-}
-
-fn human(ns: f64) -> String {
-    if ns >= 1e6 {
-        format!("{:.2} ms", ns / 1e6)
-    } else if ns >= 1e3 {
-        format!("{:.2} µs", ns / 1e3)
-    } else {
-        format!("{ns:.0} ns")
-    }
+fn fail(e: &report::ReportError) -> ! {
+    eprintln!("bench-report: {e}");
+    std::process::exit(if matches!(e, report::ReportError::Differs(_)) { 1 } else { 2 })
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let markdown = args.iter().any(|a| a == "--markdown");
-    let dir = args
-        .iter()
-        .position(|a| a == "--dir")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(|t| PathBuf::from(t).join("criterion")))
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion"));
-    let mut all = BTreeMap::new();
-    collect(&dir, &mut all);
-    if all.is_empty() {
-        eprintln!("bench-report: no results under {}; run `cargo bench -p boxsock-benches` first", dir.display());
-        std::process::exit(2);
-    }
-    // The paired samples of this run, cut to the samples criterion measured.
-    let paired: BTreeMap<String, Paired> = Paired::read_all(&dir.join(PAIRED_DIR))
-        .into_iter()
-        .filter_map(|(id, p)| {
-            let n = all.get(&id)?.1?;
-            Some((id, p.last(n)))
-        })
-        .collect();
-    let (open, sep, close) = if markdown { ("| ", " | ", " |") } else { ("", "  ", "") };
-    println!(
-        "{open}{:<44}{sep}{:>10}{sep}{:<22}{sep}{:>10}{sep}{:>7}{close}",
-        "benchmark", "median", "floor (same samples)", "its median", "ratio"
-    );
-    if markdown {
-        println!("|---|---:|---|---:|---:|");
-    }
-    for (id, (ns, _)) in &all {
-        match paired.get(id) {
-            Some(p) if !p.floors.is_empty() => {
-                for f in &p.floors {
-                    let fm = p.floor_median(f).map(human).unwrap_or_else(|| "—".into());
-                    let r = p.ratio(f).map(|r| format!("{r:.2}×")).unwrap_or_else(|| "—".into());
-                    println!("{open}{id:<44}{sep}{:>10}{sep}{f:<22}{sep}{fm:>10}{sep}{r:>7}{close}", human(*ns));
-                }
-            }
-            _ => println!("{open}{id:<44}{sep}{:>10}{sep}{:<22}{sep}{:>10}{sep}{:>7}{close}", human(*ns), "—", "—", "—"),
+    let args = Args::parse();
+    if args.check {
+        if let Err(e) = report::check_files(&args.doc, &args.data) {
+            fail(&e);
         }
+        println!("bench-report: {} is what {} renders", args.doc.display(), args.data.display());
+        return;
     }
-    println!();
-    println!("{open}{:<62}{sep}{:>9}{sep}{:>7}{sep}{:<6}{close}", "target", "measured", "limit", "");
-    if markdown {
-        println!("|---|---:|---:|---|");
+    let mut data = Data::load(&args.data).unwrap_or_else(|e| fail(&e));
+    if args.render {
+        for (name, text) in report::render(&data) {
+            println!("<!-- generated:begin {name} -->\n{text}<!-- generated:end {name} -->\n");
+        }
+        return;
     }
+    if args.from_data {
+        let changed = report::write_doc(&args.doc, &data).unwrap_or_else(|e| fail(&e));
+        eprintln!(
+            "bench-report: {} {}",
+            args.doc.display(),
+            if changed { "rewritten" } else { "unchanged" }
+        );
+        return;
+    }
+    let dir = criterion_dir(args.criterion);
+    let collected = report::collect(&dir, &args.bench).unwrap_or_else(|e| fail(&e));
+    for r in collected.runs.values() {
+        eprintln!(
+            "bench-report: run {} ({} benchmarks{}) from {}",
+            r.id,
+            collected.benchmarks.values().filter(|b| b.run == r.id).count(),
+            if r.quiet { "" } else { ", NOT on a quiet machine" },
+            dir.join(PAIRED_DIR).display()
+        );
+    }
+    for note in report::merge(&mut data, collected) {
+        eprintln!("bench-report: {note}");
+    }
+    data.save(&args.data).unwrap_or_else(|e| fail(&e));
+    let changed = report::write_doc(&args.doc, &data).unwrap_or_else(|e| fail(&e));
+    eprintln!(
+        "bench-report: wrote {} and {}{}",
+        args.data.display(),
+        args.doc.display(),
+        if changed { "" } else { " (unchanged)" }
+    );
     let mut missed = 0;
     for t in TARGETS {
-        let (value, max, ok) = match &t.limit {
-            Limit::Ratio { floor, max } => match paired.get(t.numerator).and_then(|p| p.ratio(floor)) {
-                Some(r) => (format!("{r:.2}×"), format!("{max:.2}×"), Some(r <= *max)),
-                None => ("—".into(), format!("{max:.2}×"), None),
-            },
-            Limit::MedianMs(max) => match all.get(t.numerator) {
-                Some((n, _)) => (human(*n), format!("{max} ms"), Some(n / 1e6 <= *max)),
-                None => ("—".into(), format!("{max} ms"), None),
-            },
-        };
-        let verdict = match ok {
-            Some(true) => "PASS",
-            Some(false) => {
+        let (value, limit, v, _) = report::verdict(t, &data);
+        let word = match v {
+            Verdict::Pass => "PASS",
+            Verdict::Miss => {
                 missed += 1;
                 "MISS"
             }
-            None => "not run",
+            Verdict::NotRun => "not run",
         };
-        println!("{open}{:<62}{sep}{value:>9}{sep}{max:>7}{sep}{verdict:<6}{close}", t.what);
+        println!("{:<62} {value:>9} {limit:>9} {word}", t.what);
     }
     if missed > 0 {
         eprintln!("bench-report: {missed} target(s) missed; see docs/performance.md");
