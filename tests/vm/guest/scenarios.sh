@@ -414,6 +414,14 @@ sc_overhead() {
         echo "@@VM pair start_ready $i $order $rt $bare"
         i=$((i + 1))
     done
+    # For the record, not asserted: what a CLI process costs on its own (`inspect`:
+    # start, store, one record, exit) and what the floor's process costs on its own.
+    for k in 1 2 3 4 5; do
+        t0=$(now_ms); bs inspect "$id" >/dev/null || fail "inspect failed"
+        echo "@@VM metric cli_inspect_ms $(( $(now_ms) - t0 ))"
+        t0=$(now_ms); vm-bare-launch >/dev/null 2>&1
+        echo "@@VM metric bare_process_ms $(( $(now_ms) - t0 ))"
+    done
     bs rm -f "$id" || fail "rm failed"
 }
 

@@ -415,7 +415,8 @@ pub struct RatioLimit {
 pub const START_READY: RatioLimit = RatioLimit {
     name: "start_ready",
     subject: "`boxsock start` (CLI, store, strategy, backend, shim, boot, agent readiness)",
-    floor: "`vm-bare-launch start`: the same shim spec handed to the shim alone, same readiness frame",
+    floor: "`vm-bare-launch start`: the same shim spec handed to the shim alone, returning at the same \
+            readiness frame; both sides timed from spawn to exit",
     min_pairs: 10,
     limit: 1.10,
 };

@@ -195,7 +195,7 @@ pub fn render_section(d: &Value) -> String {
             o.push_str(&format!("| `{k}` | {} |\n", vals.join(", ")));
         }
     }
-    o.push_str("\nImage inputs (each pinned by version and sha256, checked before use):\n\n");
+    o.push_str("\nImage inputs (every downloaded one pinned by version and sha256, checked before use):\n\n");
     for a in ran["assets"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
         o.push_str(&format!("- {}\n", a.as_str().unwrap_or("?")));
     }
@@ -293,5 +293,19 @@ mod tests {
             "docs/performance.md's vm section differs from {DATA_PATH}: regenerate it with \
              BOXSOCK_UPDATE_DOCS=1 cargo test -p boxsock-vm-tests"
         );
+    }
+
+    /// After a change to the renderer: rewrite the section from the committed data, no
+    /// VM needed (`BOXSOCK_UPDATE_DOCS=1 cargo test -p boxsock-vm-tests --lib -- --ignored
+    /// rerender`).
+    #[test]
+    #[ignore = "rewrites docs/performance.md; run by hand with BOXSOCK_UPDATE_DOCS=1"]
+    fn rerender_the_vm_section_from_the_committed_data() {
+        assert_eq!(std::env::var("BOXSOCK_UPDATE_DOCS").as_deref(), Ok("1"), "set BOXSOCK_UPDATE_DOCS=1");
+        let root = crate::workspace_root();
+        let data: Value = serde_json::from_str(&std::fs::read_to_string(root.join(DATA_PATH)).unwrap()).unwrap();
+        let doc_path = root.join("docs/performance.md");
+        let doc = std::fs::read_to_string(&doc_path).unwrap();
+        std::fs::write(&doc_path, replace_section(&doc, &render_section(&data)).expect("vm markers")).unwrap();
     }
 }
