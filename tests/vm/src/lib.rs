@@ -41,8 +41,10 @@ pub const REQUIRED_ENV: &str = "BOXSOCK_VM_REQUIRED";
 /// Whether a skip is a failure here: `BOXSOCK_VM_REQUIRED=1`, or `CI=true` (CI can make
 /// every condition of the tier true, so it may skip nothing).
 pub fn required() -> bool {
-    std::env::var(REQUIRED_ENV).as_deref() == Ok("1") || std::env::var("CI").as_deref() == Ok("true")
+    std::env::var(REQUIRED_ENV).as_deref() == Ok("1")
+        || std::env::var("CI").as_deref() == Ok("true")
 }
+
 /// Environment variable: `off` skips the tier on purpose (printed like any skip).
 pub const SWITCH_ENV: &str = "BOXSOCK_VM";
 /// How long the whole VM run may take before it is killed (a full run, backend-kit
@@ -131,7 +133,9 @@ pub enum Verdict {
 /// nothing). A skip is a failure when `required`; any status but `pass`/`skip` is one.
 pub fn scenario_verdict(name: &str, result: Option<&ScenarioResult>, required: bool) -> Verdict {
     match result {
-        None => Verdict::Fail(format!("scenario {name} reported nothing (the VM ended early?)")),
+        None => Verdict::Fail(format!(
+            "scenario {name} reported nothing (the VM ended early?)"
+        )),
         Some(r) if r.status == "pass" => Verdict::Pass(r.detail.clone()),
         Some(r) if r.status == "skip" && required => Verdict::Fail(format!(
             "scenario {name} was skipped in the guest ({}), and the real-VM tier is required \
@@ -139,7 +143,12 @@ pub fn scenario_verdict(name: &str, result: Option<&ScenarioResult>, required: b
             r.detail
         )),
         Some(r) if r.status == "skip" => Verdict::Skip(r.detail.clone()),
-        Some(r) => Verdict::Fail(format!("scenario {name}: {} {}\n{}", r.status, r.detail, r.log.join("\n"))),
+        Some(r) => Verdict::Fail(format!(
+            "scenario {name}: {} {}\n{}",
+            r.status,
+            r.detail,
+            r.log.join("\n")
+        )),
     }
 }
 
@@ -149,18 +158,26 @@ pub fn assert_scenario(name: &str) {
     match vm_run() {
         VmRun::Skipped(reason) => {
             if required() {
-                panic!("the real-VM tier is required ({REQUIRED_ENV}=1 or CI=true) but cannot run: {reason}");
+                panic!(
+                    "the real-VM tier is required ({REQUIRED_ENV}=1 or CI=true) but cannot run: {reason}"
+                );
             }
             let _ = writeln!(std::io::stderr(), "SKIPPED (real VM) {name}: {reason}");
         }
         VmRun::Broken(reason) => panic!("scenario {name}: the real VM did not run: {reason}"),
-        VmRun::Ran { results, console, .. } => match scenario_verdict(name, results.get(name), required()) {
+        VmRun::Ran {
+            results, console, ..
+        } => match scenario_verdict(name, results.get(name), required()) {
             Verdict::Pass(detail) => eprintln!("real VM {name}: pass {detail}"),
             Verdict::Skip(detail) => {
                 let _ = writeln!(std::io::stderr(), "SKIPPED (real VM) {name}: {detail}");
             }
             Verdict::Fail(msg) => {
-                panic!("{msg}\nconsole: {}\n{}", console.display(), console_tail(console, 40))
+                panic!(
+                    "{msg}\nconsole: {}\n{}",
+                    console.display(),
+                    console_tail(console, 40)
+                )
             }
         },
     }
@@ -309,7 +326,11 @@ fn run_vm() -> VmRun {
 }
 
 /// What [`parse_console`] returns: results, metrics and pairs by name.
-pub type Parsed = (BTreeMap<String, ScenarioResult>, BTreeMap<String, Vec<u64>>, BTreeMap<String, Vec<Pair>>);
+pub type Parsed = (
+    BTreeMap<String, ScenarioResult>,
+    BTreeMap<String, Vec<u64>>,
+    BTreeMap<String, Vec<Pair>>,
+);
 
 /// Parse the `@@VM result`, `@@VM log`, `@@VM metric` and `@@VM pair` lines of a console
 /// log.
@@ -321,7 +342,9 @@ pub fn parse_console(text: &str) -> Parsed {
     for line in text.lines() {
         // The serial console may end lines with \r.
         let line = line.trim_end_matches('\r');
-        let Some(rest) = line.find("@@VM ").map(|i| &line[i + 5..]) else { continue };
+        let Some(rest) = line.find("@@VM ").map(|i| &line[i + 5..]) else {
+            continue;
+        };
         if let Some(p) = rest.strip_prefix("pair ") {
             if let Some((name, pair)) = Pair::parse(p) {
                 pairs.entry(name.to_owned()).or_default().push(pair);
@@ -333,10 +356,17 @@ pub fn parse_console(text: &str) -> Parsed {
             (Some("result"), Some(name), Some(status), detail) => {
                 results.insert(
                     name.to_owned(),
-                    ScenarioResult { status: status.to_owned(), detail: detail.unwrap_or("").to_owned(), log: Vec::new() },
+                    ScenarioResult {
+                        status: status.to_owned(),
+                        detail: detail.unwrap_or("").to_owned(),
+                        log: Vec::new(),
+                    },
                 );
             }
-            (Some("log"), Some(name), Some("|"), l) => logs.entry(name.to_owned()).or_default().push(l.unwrap_or("").to_owned()),
+            (Some("log"), Some(name), Some("|"), l) => logs
+                .entry(name.to_owned())
+                .or_default()
+                .push(l.unwrap_or("").to_owned()),
             (Some("metric"), Some(name), Some(v), _) => {
                 if let Ok(v) = v.parse() {
                     metrics.entry(name.to_owned()).or_default().push(v);
@@ -370,13 +400,23 @@ impl Pair {
     /// `NAME I subject-first|floor-first SUBJECT_MS FLOOR_MS`.
     fn parse(s: &str) -> Option<(&str, Pair)> {
         let f: Vec<&str> = s.split_whitespace().collect();
-        let [name, i, order, subject, floor] = f[..] else { return None };
+        let [name, i, order, subject, floor] = f[..] else {
+            return None;
+        };
         let subject_first = match order {
             "subject-first" => true,
             "floor-first" => false,
             _ => return None,
         };
-        Some((name, Pair { index: i.parse().ok()?, subject_first, subject_ms: subject.parse().ok()?, floor_ms: floor.parse().ok()? }))
+        Some((
+            name,
+            Pair {
+                index: i.parse().ok()?,
+                subject_first,
+                subject_ms: subject.parse().ok()?,
+                floor_ms: floor.parse().ok()?,
+            },
+        ))
     }
 
     /// subject / floor (`None` for a zero floor).
@@ -393,7 +433,11 @@ pub fn median(v: &[f64]) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 /// A paired measurement's assertion: the median of the per-pair ratios at most `limit`.
@@ -454,19 +498,37 @@ pub struct RatioSummary {
 /// first, and so on).
 pub fn summarize_pairs(lim: &RatioLimit, pairs: &[Pair]) -> Result<RatioSummary, String> {
     if pairs.len() < lim.min_pairs {
-        return Err(format!("{}: {} pairs measured, at least {} needed", lim.name, pairs.len(), lim.min_pairs));
+        return Err(format!(
+            "{}: {} pairs measured, at least {} needed",
+            lim.name,
+            pairs.len(),
+            lim.min_pairs
+        ));
     }
     for (k, p) in pairs.iter().enumerate() {
         if p.subject_first != (k % 2 == 0) {
-            return Err(format!("{}: pair {} is {}, but the pairs must alternate starting subject-first", lim.name, p.index,
-                if p.subject_first { "subject-first" } else { "floor-first" }));
+            return Err(format!(
+                "{}: pair {} is {}, but the pairs must alternate starting subject-first",
+                lim.name,
+                p.index,
+                if p.subject_first {
+                    "subject-first"
+                } else {
+                    "floor-first"
+                }
+            ));
         }
     }
     let ratios: Vec<f64> = pairs
         .iter()
-        .map(|p| p.ratio().ok_or_else(|| format!("{}: pair {} has a zero floor", lim.name, p.index)))
+        .map(|p| {
+            p.ratio()
+                .ok_or_else(|| format!("{}: pair {} has a zero floor", lim.name, p.index))
+        })
         .collect::<Result<_, _>>()?;
-    let ms = |f: fn(&Pair) -> u64| median(&pairs.iter().map(|p| f(p) as f64).collect::<Vec<_>>()).unwrap_or(0.0);
+    let ms = |f: fn(&Pair) -> u64| {
+        median(&pairs.iter().map(|p| f(p) as f64).collect::<Vec<_>>()).unwrap_or(0.0)
+    };
     let median = median(&ratios).unwrap_or(f64::NAN);
     Ok(RatioSummary {
         pairs: pairs.len(),
@@ -488,7 +550,15 @@ pub fn check_pairs(lim: &RatioLimit, pairs: &[Pair]) -> Result<RatioSummary, Str
     }
     let each: Vec<String> = pairs
         .iter()
-        .map(|p| format!("{}: {}/{} ms = {:.2}x", p.index, p.subject_ms, p.floor_ms, p.ratio().unwrap_or(f64::NAN)))
+        .map(|p| {
+            format!(
+                "{}: {}/{} ms = {:.2}x",
+                p.index,
+                p.subject_ms,
+                p.floor_ms,
+                p.ratio().unwrap_or(f64::NAN)
+            )
+        })
         .collect();
     Err(format!(
         "{}: the median of {} per-pair ratios is {:.3}x, above the limit {:.2}x (subject: {}; floor: {}); pairs: {}",
@@ -505,7 +575,9 @@ pub fn check_pairs(lim: &RatioLimit, pairs: &[Pair]) -> Result<RatioSummary, Str
 /// Assert the paired measurement `lim` of the VM run (after its scenario passed).
 pub fn assert_pairs(scenario: &str, lim: &RatioLimit) {
     assert_scenario(scenario);
-    let VmRun::Ran { pairs, console, .. } = vm_run() else { return };
+    let VmRun::Ran { pairs, console, .. } = vm_run() else {
+        return;
+    };
     let got = pairs.get(lim.name).map(Vec::as_slice).unwrap_or(&[]);
     match check_pairs(lim, got) {
         Ok(s) => eprintln!(
@@ -533,26 +605,59 @@ mod tests {
     }
 
     fn r(status: &str, detail: &str) -> ScenarioResult {
-        ScenarioResult { status: status.into(), detail: detail.into(), log: vec!["out".into()] }
+        ScenarioResult {
+            status: status.into(),
+            detail: detail.into(),
+            log: vec!["out".into()],
+        }
     }
 
     #[test]
     fn a_reported_skip_fails_when_the_tier_is_required_and_only_then() {
         let skip = r("skip", "no gvproxy");
-        assert_eq!(scenario_verdict("x", Some(&skip), false), Verdict::Skip("no gvproxy".into()));
-        let Verdict::Fail(msg) = scenario_verdict("x", Some(&skip), true) else { panic!("a required skip passed") };
-        assert!(msg.contains("skipped") && msg.contains("no gvproxy") && msg.contains(REQUIRED_ENV), "{msg}");
-        assert_eq!(scenario_verdict("x", Some(&r("pass", "9ms")), true), Verdict::Pass("9ms".into()));
-        assert!(matches!(scenario_verdict("x", Some(&r("fail", "FAIL: y")), false), Verdict::Fail(m) if m.contains("FAIL: y")));
-        assert!(matches!(scenario_verdict("x", Some(&r("weird", "")), false), Verdict::Fail(_)));
-        assert!(matches!(scenario_verdict("x", None, false), Verdict::Fail(m) if m.contains("reported nothing")));
+        assert_eq!(
+            scenario_verdict("x", Some(&skip), false),
+            Verdict::Skip("no gvproxy".into())
+        );
+        let Verdict::Fail(msg) = scenario_verdict("x", Some(&skip), true) else {
+            panic!("a required skip passed")
+        };
+        assert!(
+            msg.contains("skipped") && msg.contains("no gvproxy") && msg.contains(REQUIRED_ENV),
+            "{msg}"
+        );
+        assert_eq!(
+            scenario_verdict("x", Some(&r("pass", "9ms")), true),
+            Verdict::Pass("9ms".into())
+        );
+        assert!(
+            matches!(scenario_verdict("x", Some(&r("fail", "FAIL: y")), false), Verdict::Fail(m) if m.contains("FAIL: y"))
+        );
+        assert!(matches!(
+            scenario_verdict("x", Some(&r("weird", "")), false),
+            Verdict::Fail(_)
+        ));
+        assert!(
+            matches!(scenario_verdict("x", None, false), Verdict::Fail(m) if m.contains("reported nothing"))
+        );
         // What the guest prints for a scenario that exits 77, through the parser.
-        let (res, _, _) = parse_console("@@VM result derived-unixgram skip needs a gvproxy peer\n");
-        assert!(matches!(scenario_verdict("derived-unixgram", res.get("derived-unixgram"), true), Verdict::Fail(_)));
+        let (res, _, _) =
+            parse_console("@@VM result derived-unixgram skip needs a gvproxy peer\n");
+        assert!(matches!(
+            scenario_verdict("derived-unixgram", res.get("derived-unixgram"), true),
+            Verdict::Fail(_)
+        ));
     }
 
     fn alternating(subject: impl Fn(u32) -> u64, floor: u64, n: u32) -> Vec<Pair> {
-        (1..=n).map(|i| Pair { index: i, subject_first: i % 2 == 1, subject_ms: subject(i), floor_ms: floor }).collect()
+        (1..=n)
+            .map(|i| Pair {
+                index: i,
+                subject_first: i % 2 == 1,
+                subject_ms: subject(i),
+                floor_ms: floor,
+            })
+            .collect()
     }
 
     #[test]
@@ -562,7 +667,15 @@ mod tests {
              @@VM pair start_ready 3 sideways 1 1\n@@VM pair bad 1 subject-first x 1\n",
         );
         assert_eq!(p["start_ready"].len(), 2, "{p:?}");
-        assert_eq!(p["start_ready"][1], Pair { index: 2, subject_first: false, subject_ms: 7900, floor_ms: 8000 });
+        assert_eq!(
+            p["start_ready"][1],
+            Pair {
+                index: 2,
+                subject_first: false,
+                subject_ms: 7900,
+                floor_ms: 8000
+            }
+        );
         assert!(!p.contains_key("bad"));
     }
 
@@ -576,16 +689,32 @@ mod tests {
         let wild = alternating(|i| if i == 3 { 40_000 } else { 8400 }, 8000, 10);
         assert!(check_pairs(&lim, &wild).unwrap().median < 1.10);
         let mean = wild.iter().map(|p| p.subject_ms).sum::<u64>() as f64 / 10.0 / 8000.0;
-        assert!(mean > 1.10, "the control: a ratio of means fails this data ({mean})");
+        assert!(
+            mean > 1.10,
+            "the control: a ratio of means fails this data ({mean})"
+        );
         // An inflated subject (runtime 15% slower in every pair) fails, naming the pairs.
         let e = check_pairs(&lim, &alternating(|_| 9200, 8000, 10)).unwrap_err();
-        assert!(e.contains("1.150x") && e.contains("above the limit 1.10x") && e.contains("3: 9200/8000 ms"), "{e}");
+        assert!(
+            e.contains("1.150x")
+                && e.contains("above the limit 1.10x")
+                && e.contains("3: 9200/8000 ms"),
+            "{e}"
+        );
         // Just over: the limit is inclusive of 1.10 and exclusive above it.
         assert!(check_pairs(&lim, &alternating(|_| 8800, 8000, 10)).is_ok());
         assert!(check_pairs(&lim, &alternating(|_| 8809, 8000, 10)).is_err());
         // Fewer than ten pairs, a zero floor, or no alternation is no measurement.
-        assert!(check_pairs(&lim, &alternating(|_| 8000, 8000, 9)).unwrap_err().contains("at least 10"));
-        assert!(check_pairs(&lim, &alternating(|_| 8000, 0, 10)).unwrap_err().contains("zero floor"));
+        assert!(
+            check_pairs(&lim, &alternating(|_| 8000, 8000, 9))
+                .unwrap_err()
+                .contains("at least 10")
+        );
+        assert!(
+            check_pairs(&lim, &alternating(|_| 8000, 0, 10))
+                .unwrap_err()
+                .contains("zero floor")
+        );
         let mut same = alternating(|_| 8000, 8000, 10);
         same.iter_mut().for_each(|p| p.subject_first = true);
         assert!(check_pairs(&lim, &same).unwrap_err().contains("alternate"));
@@ -597,7 +726,10 @@ mod tests {
         assert!(check_pairs(&lim, &alternating(|_| 760, 350, 12)).is_ok());
         // The CLI's own cost doubled (a second agent round trip per exec, say): fails.
         let e = check_pairs(&lim, &alternating(|_| 760 + 410, 350, 12)).unwrap_err();
-        assert!(e.starts_with("exec_true:") && e.contains("above the limit 3.00x"), "{e}");
+        assert!(
+            e.starts_with("exec_true:") && e.contains("above the limit 3.00x"),
+            "{e}"
+        );
         assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), Some(2.5));
         assert_eq!(median(&[]), None);
     }

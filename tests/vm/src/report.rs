@@ -53,7 +53,12 @@ fn cmd_out(prog: &str, args: &[&str], dir: &Path) -> String {
 pub fn report_json(f: &RunFacts<'_>) -> Value {
     let root = crate::workspace_root();
     let commit = cmd_out("git", &["rev-parse", "--short=12", "HEAD"], &root);
-    let dirty = !cmd_out("git", &["status", "--porcelain", "--untracked-files=no"], &root).is_empty();
+    let dirty = !cmd_out(
+        "git",
+        &["status", "--porcelain", "--untracked-files=no"],
+        &root,
+    )
+    .is_empty();
     let qemu = cmd_out("qemu-system-x86_64", &["--version"], &root);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let ratios: Vec<Value> = RATIOS
@@ -63,7 +68,16 @@ pub fn report_json(f: &RunFacts<'_>) -> Value {
             let raw: Vec<Value> = pairs
                 .iter()
                 .map(|p| {
-                    json!([p.index, if p.subject_first { "subject-first" } else { "floor-first" }, p.subject_ms, p.floor_ms])
+                    json!([
+                        p.index,
+                        if p.subject_first {
+                            "subject-first"
+                        } else {
+                            "floor-first"
+                        },
+                        p.subject_ms,
+                        p.floor_ms
+                    ])
                 })
                 .collect();
             json!({
@@ -79,7 +93,12 @@ pub fn report_json(f: &RunFacts<'_>) -> Value {
     let scenarios: serde_json::Map<String, Value> = f
         .results
         .iter()
-        .map(|(k, r)| (k.clone(), json!(format!("{} {}", r.status, r.detail.split(':').next().unwrap_or("")).trim())))
+        .map(|(k, r)| {
+            (
+                k.clone(),
+                json!(format!("{} {}", r.status, r.detail.split(':').next().unwrap_or("")).trim()),
+            )
+        })
         .collect();
     json!({
         "format": FORMAT,
@@ -138,11 +157,16 @@ pub fn render_section(d: &Value) -> String {
     o.push_str(BEGIN);
     o.push('\n');
     o.push_str(&format!(
-        "<!-- from {DATA_PATH} by tests/vm (BOXSOCK_UPDATE_DOCS=1 cargo test -p boxsock-vm-tests); do not edit -->\n"
+        "<!-- from {DATA_PATH} by tests/vm \
+         (BOXSOCK_UPDATE_DOCS=1 cargo test -p boxsock-vm-tests); do not edit -->\n"
     ));
     let scen = ran["scenarios"].as_object();
     let total = scen.map_or(0, |m| m.len());
-    let passed = scen.map_or(0, |m| m.values().filter(|v| v.as_str().is_some_and(|v| v.starts_with("pass"))).count());
+    let passed = scen.map_or(0, |m| {
+        m.values()
+            .filter(|v| v.as_str().is_some_and(|v| v.starts_with("pass")))
+            .count()
+    });
     o.push_str(&format!(
         "Run of {}, commit `{}`: `{}` ({} build). {}; build machine: {}. Whole VM run \
          (boot, every scenario, power-off): {} s. Scenarios: {passed} of {total} passed.\n\n",
@@ -188,14 +212,22 @@ pub fn render_section(d: &Value) -> String {
         ));
     }
     if let Some(m) = d["metrics"].as_object().filter(|m| !m.is_empty()) {
-        o.push_str("\nOther measurements of the same run (one value per occurrence):\n\n| metric | values |\n|---|---|\n");
+        o.push_str(
+            "\nOther measurements of the same run (one value per occurrence):\n\n\
+             | metric | values |\n|---|---|\n",
+        );
         for (k, v) in m {
-            let vals: Vec<String> =
-                v.as_array().map(|a| a.iter().map(|x| x.to_string()).collect()).unwrap_or_default();
+            let vals: Vec<String> = v
+                .as_array()
+                .map(|a| a.iter().map(|x| x.to_string()).collect())
+                .unwrap_or_default();
             o.push_str(&format!("| `{k}` | {} |\n", vals.join(", ")));
         }
     }
-    o.push_str("\nImage inputs (every downloaded one pinned by version and sha256, checked before use):\n\n");
+    o.push_str(
+        "\nImage inputs (every downloaded one pinned by version and sha256, checked before \
+         use):\n\n",
+    );
     for a in ran["assets"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
         o.push_str(&format!("- {}\n", a.as_str().unwrap_or("?")));
     }
@@ -223,11 +255,17 @@ pub fn current_section(doc: &str) -> Option<&str> {
 /// Write the run's data and section: always to `target/vm/vm.json` and
 /// `target/vm/performance-real-vm.md`; with `update_docs`, also to [`DATA_PATH`] and
 /// into `docs/performance.md`. Returns the section.
-pub fn write_report(f: &RunFacts<'_>, target_vm: &Path, update_docs: bool) -> Result<String, String> {
+pub fn write_report(
+    f: &RunFacts<'_>,
+    target_vm: &Path,
+    update_docs: bool,
+) -> Result<String, String> {
     let data = report_json(f);
     let text = serde_json::to_string_pretty(&data).map_err(|e| e.to_string())? + "\n";
     let section = render_section(&data);
-    let w = |p: &Path, t: &str| std::fs::write(p, t).map_err(|e| format!("writing {}: {e}", p.display()));
+    let w = |p: &Path, t: &str| {
+        std::fs::write(p, t).map_err(|e| format!("writing {}: {e}", p.display()))
+    };
     w(&target_vm.join("vm.json"), &text)?;
     w(&target_vm.join("performance-real-vm.md"), &section)?;
     if update_docs {
@@ -236,7 +274,8 @@ pub fn write_report(f: &RunFacts<'_>, target_vm: &Path, update_docs: bool) -> Re
         std::fs::create_dir_all(data_path.parent().unwrap_or(&root)).map_err(|e| e.to_string())?;
         w(&data_path, &text)?;
         let doc_path = root.join("docs/performance.md");
-        let doc = std::fs::read_to_string(&doc_path).map_err(|e| format!("reading {}: {e}", doc_path.display()))?;
+        let doc = std::fs::read_to_string(&doc_path)
+            .map_err(|e| format!("reading {}: {e}", doc_path.display()))?;
         let new = replace_section(&doc, &section)
             .ok_or_else(|| format!("{} has no {BEGIN} … {END} markers", doc_path.display()))?;
         w(&doc_path, &new)?;
@@ -250,13 +289,26 @@ mod tests {
 
     fn data(subject: u64) -> Value {
         let pairs: Vec<Value> = (1..=10)
-            .map(|i| json!([i, if i % 2 == 1 { "subject-first" } else { "floor-first" }, subject, 1000]))
+            .map(|i| {
+                json!([
+                    i,
+                    if i % 2 == 1 {
+                        "subject-first"
+                    } else {
+                        "floor-first"
+                    },
+                    subject,
+                    1000
+                ])
+            })
             .collect();
         json!({
             "format": 1, "date": "2026-01-01", "commit": "abc",
-            "ran": {"command": "c", "profile": "debug", "host": "h", "machine": "m", "vm_wall_s": 300,
-                    "scenarios": {"a": "pass 1ms", "b": "fail 2ms"}, "assets": ["kernel: k 1 (sha256 x)"]},
-            "ratios": [{"name": "start_ready", "subject": "s", "floor": "f", "min_pairs": 10, "limit": 1.10,
+            "ran": {"command": "c", "profile": "debug", "host": "h", "machine": "m",
+                    "vm_wall_s": 300, "scenarios": {"a": "pass 1ms", "b": "fail 2ms"},
+                    "assets": ["kernel: k 1 (sha256 x)"]},
+            "ratios": [{"name": "start_ready", "subject": "s", "floor": "f", "min_pairs": 10,
+                        "limit": 1.10,
                         "pairs": pairs}],
             "metrics": {"stdio_10mb_ms": [6000]},
         })
@@ -265,13 +317,26 @@ mod tests {
     #[test]
     fn the_section_states_the_verdict_the_pairs_give_and_replaces_only_its_markers() {
         let pass = render_section(&data(1050));
-        assert!(pass.contains("1.050×") && pass.contains("| PASS |"), "{pass}");
-        assert!(pass.contains("1 of 2 passed") && pass.contains("- kernel: k 1 (sha256 x)"), "{pass}");
+        assert!(
+            pass.contains("1.050×") && pass.contains("| PASS |"),
+            "{pass}"
+        );
+        assert!(
+            pass.contains("1 of 2 passed") && pass.contains("- kernel: k 1 (sha256 x)"),
+            "{pass}"
+        );
         let fail = render_section(&data(1200));
-        assert!(fail.contains("1.200×") && fail.contains("| FAIL |"), "{fail}");
+        assert!(
+            fail.contains("1.200×") && fail.contains("| FAIL |"),
+            "{fail}"
+        );
         let doc = format!("head\n{BEGIN}\nold\n{END}\ntail\n<!-- generated:begin other -->\nx\n");
         let new = replace_section(&doc, &pass).unwrap();
-        assert!(new.starts_with("head\n") && new.ends_with("tail\n<!-- generated:begin other -->\nx\n"), "{new}");
+        assert!(
+            new.starts_with("head\n")
+                && new.ends_with("tail\n<!-- generated:begin other -->\nx\n"),
+            "{new}"
+        );
         assert!(!new.contains("old"));
         assert_eq!(current_section(&new), Some(pass.as_str()));
     }
@@ -282,11 +347,19 @@ mod tests {
     fn the_committed_vm_section_is_rendered_from_the_committed_data() {
         let root = crate::workspace_root();
         let data_path = root.join(DATA_PATH);
-        let text = std::fs::read_to_string(&data_path).unwrap_or_else(|e| panic!("{}: {e}", data_path.display()));
-        let data: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", data_path.display()));
-        assert_eq!(data["format"].as_u64(), Some(FORMAT), "{}: format", data_path.display());
+        let text = std::fs::read_to_string(&data_path)
+            .unwrap_or_else(|e| panic!("{}: {e}", data_path.display()));
+        let data: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", data_path.display()));
+        assert_eq!(
+            data["format"].as_u64(),
+            Some(FORMAT),
+            "{}: format",
+            data_path.display()
+        );
         let doc = std::fs::read_to_string(root.join("docs/performance.md")).unwrap();
-        let committed = current_section(&doc).expect("docs/performance.md has the generated vm markers");
+        let committed =
+            current_section(&doc).expect("docs/performance.md has the generated vm markers");
         assert_eq!(
             committed,
             render_section(&data),
@@ -301,11 +374,20 @@ mod tests {
     #[test]
     #[ignore = "rewrites docs/performance.md; run by hand with BOXSOCK_UPDATE_DOCS=1"]
     fn rerender_the_vm_section_from_the_committed_data() {
-        assert_eq!(std::env::var("BOXSOCK_UPDATE_DOCS").as_deref(), Ok("1"), "set BOXSOCK_UPDATE_DOCS=1");
+        assert_eq!(
+            std::env::var("BOXSOCK_UPDATE_DOCS").as_deref(),
+            Ok("1"),
+            "set BOXSOCK_UPDATE_DOCS=1"
+        );
         let root = crate::workspace_root();
-        let data: Value = serde_json::from_str(&std::fs::read_to_string(root.join(DATA_PATH)).unwrap()).unwrap();
+        let data: Value =
+            serde_json::from_str(&std::fs::read_to_string(root.join(DATA_PATH)).unwrap()).unwrap();
         let doc_path = root.join("docs/performance.md");
         let doc = std::fs::read_to_string(&doc_path).unwrap();
-        std::fs::write(&doc_path, replace_section(&doc, &render_section(&data)).expect("vm markers")).unwrap();
+        std::fs::write(
+            &doc_path,
+            replace_section(&doc, &render_section(&data)).expect("vm markers"),
+        )
+        .unwrap();
     }
 }

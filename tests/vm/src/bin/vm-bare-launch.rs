@@ -32,7 +32,9 @@ fn main() -> ExitCode {
         Some("start") if args.len() == 4 => rt.block_on(start(&args[2], &args[3])),
         Some("kill") if args.len() == 4 => kill(&args[2], &args[3]),
         Some("exec") if args.len() == 3 => rt.block_on(exec(&args[2])),
-        _ => Err("usage: vm-bare-launch start SPEC_JSON SHIM | kill PID SPEC_JSON | exec AGENT_SOCK".into()),
+        _ => Err(
+            "usage: vm-bare-launch start SPEC_JSON SHIM | kill PID SPEC_JSON | exec AGENT_SOCK".into(),
+        ),
     };
     match r {
         Ok(code) => ExitCode::from(code),
@@ -138,11 +140,15 @@ fn kill(pid: &str, spec_path: &str) -> Result<u8, String> {
     let json = std::fs::read(spec_path).map_err(|e| format!("reading {spec_path}: {e}"))?;
     let spec: ShimSpec = serde_json::from_slice(&json).map_err(|e| format!("{spec_path}: {e}"))?;
     // Only the shim of this spec: its command line names the shim binary.
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| format!("pid {pid}: {e}"))?;
+    let cmdline =
+        std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| format!("pid {pid}: {e}"))?;
     if !String::from_utf8_lossy(&cmdline).contains("boxsock-krun-shim") {
         return Err(format!("pid {pid} is not a boxsock-krun-shim"));
     }
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     let t0 = Instant::now();
     // Reparented to the init of the TCG host once `start` exited: wait until it is gone
     // or a zombie.
