@@ -13,8 +13,19 @@
 //!
 //! Each `#[test]` in `tests/scenarios.rs` then asserts one scenario's recorded result
 //! ([`assert_scenario`]), so each is its own `cargo test` result. When QEMU or an asset
-//! cannot be obtained, every test prints `SKIPPED (real VM): <reason>` and passes —
-//! unless `BOXSOCK_VM_REQUIRED=1` (set by `.ci/run`), where a skip is a failure.
+//! cannot be obtained, every test prints `SKIPPED (real VM): <reason>` and passes, and a
+//! scenario the guest reports as skipped (exit 77) prints the same — unless the tier is
+//! [`required`] (`BOXSOCK_VM_REQUIRED=1`, set by `.ci/run`, or `CI=true`), where either
+//! is a failure ([`scenario_verdict`]).
+//!
+//! Paired measurements (`@@VM pair` lines: a subject and its floor, alternating which
+//! goes first) are asserted as the median of the per-pair ratios against a limit
+//! ([`check_pairs`]). Every run writes its measurements to `target/vm/vm.json`
+//! ([`report_json`]) and the "Real VM" section rendered from it ([`render_section`]);
+//! with `BOXSOCK_UPDATE_DOCS=1` to the committed `docs/data/vm.json` and between the
+//! `<!-- generated:begin vm -->` markers of `docs/performance.md`.
+
+pub mod report;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -23,8 +34,17 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Environment variable: `1` turns a skip (no QEMU, no asset) into a failure.
+/// Environment variable: `1` turns a skip (no QEMU, no asset, a scenario reporting
+/// itself skipped) into a failure.
 pub const REQUIRED_ENV: &str = "BOXSOCK_VM_REQUIRED";
+
+/// Whether a skip is a failure here: `BOXSOCK_VM_REQUIRED=1`, or `CI=true` (CI can make
+/// every condition of the tier true, so it may skip nothing).
+pub fn required() -> bool {
+    std::env::var(REQUIRED_ENV).as_deref() == Ok("1")
+        || std::env::var("CI").as_deref() == Ok("true")
+}
+
 /// Environment variable: `off` skips the tier on purpose (printed like any skip).
 pub const SWITCH_ENV: &str = "BOXSOCK_VM";
 /// How long the whole VM run may take before it is killed (a full run, backend-kit
@@ -55,6 +75,8 @@ pub enum VmRun {
         results: BTreeMap<String, ScenarioResult>,
         /// `@@VM metric` values by name (several per name when measured repeatedly).
         metrics: BTreeMap<String, Vec<u64>>,
+        /// `@@VM pair` measurements by name, in the order measured.
+        pairs: BTreeMap<String, Vec<Pair>>,
         /// Wall time of the VM (boot to power-off).
         vm_wall: Duration,
         /// The console log.
@@ -96,29 +118,67 @@ pub fn vm_run() -> &'static VmRun {
     })
 }
 
+/// What a scenario's recorded result means for its test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It passed (the detail: its time).
+    Pass(String),
+    /// It reported itself skipped and the tier is not required: printed, not failed.
+    Skip(String),
+    /// The test fails with this message.
+    Fail(String),
+}
+
+/// The verdict on scenario `name` from its recorded result (`None`: it reported
+/// nothing). A skip is a failure when `required`; any status but `pass`/`skip` is one.
+pub fn scenario_verdict(name: &str, result: Option<&ScenarioResult>, required: bool) -> Verdict {
+    match result {
+        None => Verdict::Fail(format!(
+            "scenario {name} reported nothing (the VM ended early?)"
+        )),
+        Some(r) if r.status == "pass" => Verdict::Pass(r.detail.clone()),
+        Some(r) if r.status == "skip" && required => Verdict::Fail(format!(
+            "scenario {name} was skipped in the guest ({}), and the real-VM tier is required \
+             ({REQUIRED_ENV}=1 or CI=true): a skip is a failure",
+            r.detail
+        )),
+        Some(r) if r.status == "skip" => Verdict::Skip(r.detail.clone()),
+        Some(r) => Verdict::Fail(format!(
+            "scenario {name}: {} {}\n{}",
+            r.status,
+            r.detail,
+            r.log.join("\n")
+        )),
+    }
+}
+
 /// Assert that scenario `name` passed in the VM (or print the skip, see the module doc).
 pub fn assert_scenario(name: &str) {
+    use std::io::Write as _;
     match vm_run() {
         VmRun::Skipped(reason) => {
-            if std::env::var(REQUIRED_ENV).as_deref() == Ok("1") {
-                panic!("the real-VM tier is required ({REQUIRED_ENV}=1) but cannot run: {reason}");
+            if required() {
+                panic!(
+                    "the real-VM tier is required ({REQUIRED_ENV}=1 or CI=true) but cannot run: {reason}"
+                );
             }
-            use std::io::Write as _;
             let _ = writeln!(std::io::stderr(), "SKIPPED (real VM) {name}: {reason}");
         }
         VmRun::Broken(reason) => panic!("scenario {name}: the real VM did not run: {reason}"),
-        VmRun::Ran { results, console, .. } => match results.get(name) {
-            None => panic!(
-                "scenario {name} reported nothing (the VM ended early?); console: {}\n{}",
-                console.display(),
-                console_tail(console, 40)
-            ),
-            Some(r) if r.status == "pass" => eprintln!("real VM {name}: pass {}", r.detail),
-            Some(r) if r.status == "skip" => {
-                use std::io::Write as _;
-                let _ = writeln!(std::io::stderr(), "SKIPPED (real VM) {name}: {}", r.detail);
+        VmRun::Ran {
+            results, console, ..
+        } => match scenario_verdict(name, results.get(name), required()) {
+            Verdict::Pass(detail) => eprintln!("real VM {name}: pass {detail}"),
+            Verdict::Skip(detail) => {
+                let _ = writeln!(std::io::stderr(), "SKIPPED (real VM) {name}: {detail}");
             }
-            Some(r) => panic!("scenario {name}: {} {}\n{}", r.status, r.detail, r.log.join("\n")),
+            Verdict::Fail(msg) => {
+                panic!(
+                    "{msg}\nconsole: {}\n{}",
+                    console.display(),
+                    console_tail(console, 40)
+                )
+            }
         },
     }
 }
@@ -244,7 +304,7 @@ fn run_vm() -> VmRun {
         }
     }
     let text = std::fs::read_to_string(&console).unwrap_or_default();
-    let (results, metrics) = parse_console(&text);
+    let (results, metrics, pairs) = parse_console(&text);
     match status {
         Err(e) => return VmRun::Broken(format!("{e}; console {}:\n{}", console.display(), console_tail(&console, 40))),
         Ok(s) if !s.success() => {
@@ -262,27 +322,51 @@ fn run_vm() -> VmRun {
     if text.contains("@@VM no-kvm") {
         return VmRun::Broken(format!("/dev/kvm did not appear in the TCG host:\n{}", console_tail(&console, 60)));
     }
-    VmRun::Ran { results, metrics, vm_wall, console, inputs }
+    VmRun::Ran { results, metrics, pairs, vm_wall, console, inputs }
 }
 
-/// Parse the `@@VM result`, `@@VM log` and `@@VM metric` lines of a console log.
-pub fn parse_console(text: &str) -> (BTreeMap<String, ScenarioResult>, BTreeMap<String, Vec<u64>>) {
+/// What [`parse_console`] returns: results, metrics and pairs by name.
+pub type Parsed = (
+    BTreeMap<String, ScenarioResult>,
+    BTreeMap<String, Vec<u64>>,
+    BTreeMap<String, Vec<Pair>>,
+);
+
+/// Parse the `@@VM result`, `@@VM log`, `@@VM metric` and `@@VM pair` lines of a console
+/// log.
+pub fn parse_console(text: &str) -> Parsed {
     let mut results: BTreeMap<String, ScenarioResult> = BTreeMap::new();
     let mut logs: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut metrics: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut pairs: BTreeMap<String, Vec<Pair>> = BTreeMap::new();
     for line in text.lines() {
         // The serial console may end lines with \r.
         let line = line.trim_end_matches('\r');
-        let Some(rest) = line.find("@@VM ").map(|i| &line[i + 5..]) else { continue };
+        let Some(rest) = line.find("@@VM ").map(|i| &line[i + 5..]) else {
+            continue;
+        };
+        if let Some(p) = rest.strip_prefix("pair ") {
+            if let Some((name, pair)) = Pair::parse(p) {
+                pairs.entry(name.to_owned()).or_default().push(pair);
+            }
+            continue;
+        }
         let mut parts = rest.splitn(4, ' ');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some("result"), Some(name), Some(status), detail) => {
                 results.insert(
                     name.to_owned(),
-                    ScenarioResult { status: status.to_owned(), detail: detail.unwrap_or("").to_owned(), log: Vec::new() },
+                    ScenarioResult {
+                        status: status.to_owned(),
+                        detail: detail.unwrap_or("").to_owned(),
+                        log: Vec::new(),
+                    },
                 );
             }
-            (Some("log"), Some(name), Some("|"), l) => logs.entry(name.to_owned()).or_default().push(l.unwrap_or("").to_owned()),
+            (Some("log"), Some(name), Some("|"), l) => logs
+                .entry(name.to_owned())
+                .or_default()
+                .push(l.unwrap_or("").to_owned()),
             (Some("metric"), Some(name), Some(v), _) => {
                 if let Ok(v) = v.parse() {
                     metrics.entry(name.to_owned()).or_default().push(v);
@@ -296,7 +380,212 @@ pub fn parse_console(text: &str) -> (BTreeMap<String, ScenarioResult>, BTreeMap<
             r.log = log;
         }
     }
-    (results, metrics)
+    (results, metrics, pairs)
+}
+
+/// One paired measurement: a subject and its floor, measured one right after the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pair {
+    /// 1-based index in the series.
+    pub index: u32,
+    /// Whether the subject ran first in this pair.
+    pub subject_first: bool,
+    /// The subject's time (ms).
+    pub subject_ms: u64,
+    /// The floor's time (ms).
+    pub floor_ms: u64,
+}
+
+impl Pair {
+    /// `NAME I subject-first|floor-first SUBJECT_MS FLOOR_MS`.
+    fn parse(s: &str) -> Option<(&str, Pair)> {
+        let f: Vec<&str> = s.split_whitespace().collect();
+        let [name, i, order, subject, floor] = f[..] else {
+            return None;
+        };
+        let subject_first = match order {
+            "subject-first" => true,
+            "floor-first" => false,
+            _ => return None,
+        };
+        Some((
+            name,
+            Pair {
+                index: i.parse().ok()?,
+                subject_first,
+                subject_ms: subject.parse().ok()?,
+                floor_ms: floor.parse().ok()?,
+            },
+        ))
+    }
+
+    /// subject / floor (`None` for a zero floor).
+    pub fn ratio(&self) -> Option<f64> {
+        (self.floor_ms > 0).then(|| self.subject_ms as f64 / self.floor_ms as f64)
+    }
+}
+
+/// The median of `v` (the mean of the middle two for an even count); `None` if empty.
+pub fn median(v: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// A paired measurement's assertion: the median of the per-pair ratios at most `limit`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RatioLimit {
+    /// The pair series' name (`@@VM pair <name> …`).
+    pub name: &'static str,
+    /// What the subject is.
+    pub subject: &'static str,
+    /// What the floor is.
+    pub floor: &'static str,
+    /// Fewest pairs that count as a measurement.
+    pub min_pairs: usize,
+    /// Largest median ratio that passes.
+    pub limit: f64,
+}
+
+/// Start→ready through the runtime against the shim alone (decision 0005, issue 17).
+pub const START_READY: RatioLimit = RatioLimit {
+    name: "start_ready",
+    subject: "`boxsock start` (CLI, store, strategy, backend, shim, boot, agent readiness)",
+    floor: "`vm-bare-launch start`: the same shim spec handed to the shim alone, returning at the same \
+            readiness frame; both sides timed from spawn to exit",
+    min_pairs: 10,
+    limit: 1.10,
+};
+
+/// `exec … true` through the CLI against one raw agent round trip (decision 0005).
+pub const EXEC_TRUE: RatioLimit = RatioLimit {
+    name: "exec_true",
+    subject: "`boxsock exec BOX -- /bin/busybox true` (a fresh CLI process: store, strategy, link, dial, exec)",
+    floor: "`vm-bare-launch exec`: a fresh process, one raw agent connection, the same exec",
+    min_pairs: 10,
+    limit: 3.0,
+};
+
+/// What [`check_pairs`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RatioSummary {
+    /// Pairs counted.
+    pub pairs: usize,
+    /// The median of the per-pair ratios.
+    pub median: f64,
+    /// Smallest and largest per-pair ratio.
+    pub min: f64,
+    /// Largest per-pair ratio.
+    pub max: f64,
+    /// Median subject and floor times (ms).
+    pub subject_median_ms: f64,
+    /// Median floor time (ms).
+    pub floor_median_ms: f64,
+    /// `median <= limit`.
+    pub pass: bool,
+}
+
+/// Summarise `pairs` against `lim`. `Err` when they cannot be a measurement: fewer than
+/// `min_pairs`, a zero floor, or orders that do not alternate (subject first, then floor
+/// first, and so on).
+pub fn summarize_pairs(lim: &RatioLimit, pairs: &[Pair]) -> Result<RatioSummary, String> {
+    if pairs.len() < lim.min_pairs {
+        return Err(format!(
+            "{}: {} pairs measured, at least {} needed",
+            lim.name,
+            pairs.len(),
+            lim.min_pairs
+        ));
+    }
+    for (k, p) in pairs.iter().enumerate() {
+        if p.subject_first != (k % 2 == 0) {
+            return Err(format!(
+                "{}: pair {} is {}, but the pairs must alternate starting subject-first",
+                lim.name,
+                p.index,
+                if p.subject_first {
+                    "subject-first"
+                } else {
+                    "floor-first"
+                }
+            ));
+        }
+    }
+    let ratios: Vec<f64> = pairs
+        .iter()
+        .map(|p| {
+            p.ratio()
+                .ok_or_else(|| format!("{}: pair {} has a zero floor", lim.name, p.index))
+        })
+        .collect::<Result<_, _>>()?;
+    let ms = |f: fn(&Pair) -> u64| {
+        median(&pairs.iter().map(|p| f(p) as f64).collect::<Vec<_>>()).unwrap_or(0.0)
+    };
+    let median = median(&ratios).unwrap_or(f64::NAN);
+    Ok(RatioSummary {
+        pairs: pairs.len(),
+        median,
+        min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        max: ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        subject_median_ms: ms(|p| p.subject_ms),
+        floor_median_ms: ms(|p| p.floor_ms),
+        pass: median <= lim.limit,
+    })
+}
+
+/// The assertion: `Ok(summary)` when the median of the per-pair ratios is at most the
+/// limit; otherwise `Err` with every pair.
+pub fn check_pairs(lim: &RatioLimit, pairs: &[Pair]) -> Result<RatioSummary, String> {
+    let s = summarize_pairs(lim, pairs)?;
+    if s.pass {
+        return Ok(s);
+    }
+    let each: Vec<String> = pairs
+        .iter()
+        .map(|p| {
+            format!(
+                "{}: {}/{} ms = {:.2}x",
+                p.index,
+                p.subject_ms,
+                p.floor_ms,
+                p.ratio().unwrap_or(f64::NAN)
+            )
+        })
+        .collect();
+    Err(format!(
+        "{}: the median of {} per-pair ratios is {:.3}x, above the limit {:.2}x (subject: {}; floor: {}); pairs: {}",
+        lim.name,
+        s.pairs,
+        s.median,
+        lim.limit,
+        lim.subject,
+        lim.floor,
+        each.join(", ")
+    ))
+}
+
+/// Assert the paired measurement `lim` of the VM run (after its scenario passed).
+pub fn assert_pairs(scenario: &str, lim: &RatioLimit) {
+    assert_scenario(scenario);
+    let VmRun::Ran { pairs, console, .. } = vm_run() else {
+        return;
+    };
+    let got = pairs.get(lim.name).map(Vec::as_slice).unwrap_or(&[]);
+    match check_pairs(lim, got) {
+        Ok(s) => eprintln!(
+            "real VM {}: median of {} per-pair ratios {:.3}x <= {:.2}x (range {:.2}-{:.2}x)",
+            lim.name, s.pairs, s.median, lim.limit, s.min, s.max
+        ),
+        Err(e) => panic!("{e}\nconsole: {}", console.display()),
+    }
 }
 
 #[cfg(test)]
@@ -307,96 +596,141 @@ mod tests {
     fn parses_results_logs_and_metrics() {
         let text = "noise\r\n@@VM result a pass 12ms\r\n@@VM result b fail 3ms: FAIL: x\n@@VM log b | line one\n\
                     [  1.0] @@VM metric start_ms 8000\n@@VM metric start_ms 9000\n@@VM result c skip why not\n";
-        let (r, m) = parse_console(text);
+        let (r, m, _) = parse_console(text);
         assert_eq!(r["a"].status, "pass");
         assert_eq!(r["b"].status, "fail");
         assert_eq!(r["b"].log, vec!["line one".to_owned()]);
         assert_eq!(r["c"].detail, "why not");
         assert_eq!(m["start_ms"], vec![8000, 9000]);
     }
-}
 
-/// Markers around the generated section of `docs/performance.md`.
-pub const PERF_BEGIN: &str = "<!-- real-vm:begin (generated by tests/vm; BOXSOCK_UPDATE_DOCS=1 cargo test -p boxsock-vm-tests) -->";
-/// End marker.
-pub const PERF_END: &str = "<!-- real-vm:end -->";
-/// The overhead target: start→ready through the runtime within this ratio of the bare
-/// launch.
-pub const START_TARGET: f64 = 1.10;
-
-fn mean(v: Option<&Vec<u64>>) -> Option<f64> {
-    let v = v.filter(|v| !v.is_empty())?;
-    Some(v.iter().sum::<u64>() as f64 / v.len() as f64)
-}
-
-/// The "Real VM" section of `docs/performance.md` from a run's metrics, or `None` when
-/// the overhead was not measured.
-pub fn performance_section(
-    metrics: &BTreeMap<String, Vec<u64>>,
-    vm_wall: Duration,
-    inputs: &str,
-    date: &str,
-) -> Option<String> {
-    let rt = mean(metrics.get("start_runtime_ms"))?;
-    let bare = mean(metrics.get("start_bare_ms"))?;
-    let ratio = rt / bare;
-    let mut s = String::new();
-    s.push_str(&format!("{PERF_BEGIN}\n"));
-    s.push_str(&format!(
-        "One run of the real-VM tier ({date}): libkrun guests in a QEMU TCG host with nested KVM, \
-         1 vCPU, on this project's 2-core build machine shared with other builds. The whole VM \
-         run (boot, every scenario, power-off) took {:.0} s. Times are means in ms; TCG makes \
-         them tens of times slower than hardware KVM, so only the ratios carry over.\n\n",
-        vm_wall.as_secs_f64()
-    ));
-    s.push_str("| measurement | runtime | bare libkrun | ratio | target |\n|---|---:|---:|---:|---|\n");
-    s.push_str(&format!(
-        "| start → ready (`boxsock start` vs. the shim alone, `vm-bare-launch start`), {} each, alternating | {rt:.0} | {bare:.0} | {ratio:.2}× | ≤ {START_TARGET:.2}× {} |\n",
-        metrics["start_runtime_ms"].len().min(metrics["start_bare_ms"].len()),
-        if ratio <= START_TARGET { "PASS" } else { "MISS" }
-    ));
-    if let (Some(e), Some(b)) = (mean(metrics.get("exec_runtime_ms")), mean(metrics.get("exec_bare_ms"))) {
-        s.push_str(&format!(
-            "| exec `/bin/busybox true` (`boxsock exec` vs. one raw agent connection, `vm-bare-launch exec`), 5 each | {e:.0} | {b:.0} | {:.2}× | — |\n",
-            e / b
-        ));
+    fn r(status: &str, detail: &str) -> ScenarioResult {
+        ScenarioResult {
+            status: status.into(),
+            detail: detail.into(),
+            log: vec!["out".into()],
+        }
     }
-    if let Some(m) = mean(metrics.get("stdio_10mb_ms")) {
-        s.push_str(&format!("| 10 MB through `exec -i … cat` and back | {m:.0} | | | |\n"));
-    }
-    if let Some(m) = mean(metrics.get("start_ms")) {
-        s.push_str(&format!("| start → ready of the scenarios' boxes (mean of {}) | {m:.0} | | | |\n", metrics["start_ms"].len()));
-    }
-    s.push_str("\nImage inputs:\n\n");
-    for l in inputs.lines() {
-        s.push_str(&format!("- {l}\n"));
-    }
-    s.push_str(&format!("{PERF_END}\n"));
-    Some(s)
-}
-
-/// Replace the generated section of `doc` (between [`PERF_BEGIN`] and [`PERF_END`]).
-pub fn replace_section(doc: &str, section: &str) -> Option<String> {
-    let b = doc.find(PERF_BEGIN)?;
-    let e = doc[b..].find(PERF_END)? + b + PERF_END.len();
-    let e = if doc[e..].starts_with('\n') { e + 1 } else { e };
-    Some(format!("{}{}{}", &doc[..b], section, &doc[e..]))
-}
-
-#[cfg(test)]
-mod perf_tests {
-    use super::*;
 
     #[test]
-    fn the_section_has_the_ratio_and_replaces_only_between_markers() {
-        let mut m = BTreeMap::new();
-        m.insert("start_runtime_ms".to_owned(), vec![1050, 1050]);
-        m.insert("start_bare_ms".to_owned(), vec![1000]);
-        let s = performance_section(&m, Duration::from_secs(300), "kernel: k", "2026-01-01").unwrap();
-        assert!(s.contains("1.05×") && s.contains("PASS") && s.contains("- kernel: k"), "{s}");
-        let doc = format!("head\n{PERF_BEGIN}\nold\n{PERF_END}\ntail\n");
-        let new = replace_section(&doc, &s).unwrap();
-        assert!(new.starts_with("head\n") && new.ends_with("tail\n") && !new.contains("old"), "{new}");
-        assert!(performance_section(&BTreeMap::new(), Duration::ZERO, "", "").is_none());
+    fn a_reported_skip_fails_when_the_tier_is_required_and_only_then() {
+        let skip = r("skip", "no gvproxy");
+        assert_eq!(
+            scenario_verdict("x", Some(&skip), false),
+            Verdict::Skip("no gvproxy".into())
+        );
+        let Verdict::Fail(msg) = scenario_verdict("x", Some(&skip), true) else {
+            panic!("a required skip passed")
+        };
+        assert!(
+            msg.contains("skipped") && msg.contains("no gvproxy") && msg.contains(REQUIRED_ENV),
+            "{msg}"
+        );
+        assert_eq!(
+            scenario_verdict("x", Some(&r("pass", "9ms")), true),
+            Verdict::Pass("9ms".into())
+        );
+        assert!(
+            matches!(scenario_verdict("x", Some(&r("fail", "FAIL: y")), false), Verdict::Fail(m) if m.contains("FAIL: y"))
+        );
+        assert!(matches!(
+            scenario_verdict("x", Some(&r("weird", "")), false),
+            Verdict::Fail(_)
+        ));
+        assert!(
+            matches!(scenario_verdict("x", None, false), Verdict::Fail(m) if m.contains("reported nothing"))
+        );
+        // What the guest prints for a scenario that exits 77, through the parser.
+        let (res, _, _) =
+            parse_console("@@VM result derived-unixgram skip needs a gvproxy peer\n");
+        assert!(matches!(
+            scenario_verdict("derived-unixgram", res.get("derived-unixgram"), true),
+            Verdict::Fail(_)
+        ));
+    }
+
+    fn alternating(subject: impl Fn(u32) -> u64, floor: u64, n: u32) -> Vec<Pair> {
+        (1..=n)
+            .map(|i| Pair {
+                index: i,
+                subject_first: i % 2 == 1,
+                subject_ms: subject(i),
+                floor_ms: floor,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pairs_parse_from_the_console() {
+        let (_, _, p) = parse_console(
+            "@@VM pair start_ready 1 subject-first 8100 8000\r\n[ 3.1] @@VM pair start_ready 2 floor-first 7900 8000\n\
+             @@VM pair start_ready 3 sideways 1 1\n@@VM pair bad 1 subject-first x 1\n",
+        );
+        assert_eq!(p["start_ready"].len(), 2, "{p:?}");
+        assert_eq!(
+            p["start_ready"][1],
+            Pair {
+                index: 2,
+                subject_first: false,
+                subject_ms: 7900,
+                floor_ms: 8000
+            }
+        );
+        assert!(!p.contains_key("bad"));
+    }
+
+    #[test]
+    fn the_start_assertion_is_the_median_of_per_pair_ratios_and_can_fail() {
+        let lim = START_READY;
+        // At the floor: passes; the median, not the mean, decides.
+        let s = check_pairs(&lim, &alternating(|_| 8000, 8000, 10)).unwrap();
+        assert_eq!((s.pairs, s.median), (10, 1.0));
+        // One wild pair (a contended boot) does not fail it; it would fail a ratio of means.
+        let wild = alternating(|i| if i == 3 { 40_000 } else { 8400 }, 8000, 10);
+        assert!(check_pairs(&lim, &wild).unwrap().median < 1.10);
+        let mean = wild.iter().map(|p| p.subject_ms).sum::<u64>() as f64 / 10.0 / 8000.0;
+        assert!(
+            mean > 1.10,
+            "the control: a ratio of means fails this data ({mean})"
+        );
+        // An inflated subject (runtime 15% slower in every pair) fails, naming the pairs.
+        let e = check_pairs(&lim, &alternating(|_| 9200, 8000, 10)).unwrap_err();
+        assert!(
+            e.contains("1.150x")
+                && e.contains("above the limit 1.10x")
+                && e.contains("3: 9200/8000 ms"),
+            "{e}"
+        );
+        // Just over: the limit is inclusive of 1.10 and exclusive above it.
+        assert!(check_pairs(&lim, &alternating(|_| 8800, 8000, 10)).is_ok());
+        assert!(check_pairs(&lim, &alternating(|_| 8809, 8000, 10)).is_err());
+        // Fewer than ten pairs, a zero floor, or no alternation is no measurement.
+        assert!(
+            check_pairs(&lim, &alternating(|_| 8000, 8000, 9))
+                .unwrap_err()
+                .contains("at least 10")
+        );
+        assert!(
+            check_pairs(&lim, &alternating(|_| 8000, 0, 10))
+                .unwrap_err()
+                .contains("zero floor")
+        );
+        let mut same = alternating(|_| 8000, 8000, 10);
+        same.iter_mut().for_each(|p| p.subject_first = true);
+        assert!(check_pairs(&lim, &same).unwrap_err().contains("alternate"));
+    }
+
+    #[test]
+    fn the_exec_assertion_is_a_ratio_to_the_raw_agent_round_trip_and_can_fail() {
+        let lim = EXEC_TRUE;
+        assert!(check_pairs(&lim, &alternating(|_| 760, 350, 12)).is_ok());
+        // The CLI's own cost doubled (a second agent round trip per exec, say): fails.
+        let e = check_pairs(&lim, &alternating(|_| 760 + 410, 350, 12)).unwrap_err();
+        assert!(
+            e.starts_with("exec_true:") && e.contains("above the limit 3.00x"),
+            "{e}"
+        );
+        assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
     }
 }

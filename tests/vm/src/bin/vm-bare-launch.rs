@@ -2,9 +2,13 @@
 //! measurement of the real-VM tier (docs/performance.md, "Real VM").
 //!
 //! - `vm-bare-launch start SPEC_JSON SHIM`: bind the spec's `ready` address, hand the
-//!   spec (as the runtime recorded it in `shim-spec.json`) to the shim on stdin, and
-//!   print the milliseconds until the guest agent's readiness frame arrives; then kill
-//!   the shim and remove the sockets it left.
+//!   spec (as the runtime recorded it in `shim-spec.json`) to the shim on stdin, wait for
+//!   the guest agent's readiness frame, print `<shim pid> <ms from bind to readiness>`
+//!   and exit, leaving the shim running — as `boxsock start` returns at readiness with
+//!   the box running, so the caller times both commands the same way, from spawn to
+//!   exit. On failure the shim is killed.
+//! - `vm-bare-launch kill PID SPEC_JSON`: SIGKILL the shim `start` left, wait until it
+//!   is gone, and remove the `ready` and `agent` sockets it left in the box.
 //! - `vm-bare-launch exec AGENT_SOCK`: one `exec` of `/bin/busybox true` over a raw
 //!   agent connection (no CLI, no store, no strategy), exit code of the command.
 
@@ -26,8 +30,11 @@ fn main() -> ExitCode {
     };
     let r = match args.get(1).map(String::as_str) {
         Some("start") if args.len() == 4 => rt.block_on(start(&args[2], &args[3])),
+        Some("kill") if args.len() == 4 => kill(&args[2], &args[3]),
         Some("exec") if args.len() == 3 => rt.block_on(exec(&args[2])),
-        _ => Err("usage: vm-bare-launch start SPEC_JSON SHIM | exec AGENT_SOCK".into()),
+        _ => Err(
+            "usage: vm-bare-launch start SPEC_JSON SHIM | kill PID SPEC_JSON | exec AGENT_SOCK".into(),
+        ),
     };
     match r {
         Ok(code) => ExitCode::from(code),
@@ -117,12 +124,46 @@ async fn start(spec_path: &str, shim: &str) -> Result<u8, String> {
     }
     .await;
     let ms = t0.elapsed().as_millis();
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_file(&ready);
-    let _ = std::fs::remove_file(&agent);
-    result?;
-    println!("{ms}");
+    if let Err(e) = result {
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&ready);
+        let _ = std::fs::remove_file(&agent);
+        return Err(e);
+    }
+    println!("{pid} {ms}");
+    Ok(0)
+}
+
+fn kill(pid: &str, spec_path: &str) -> Result<u8, String> {
+    let pid: i32 = pid.parse().map_err(|_| format!("not a pid: {pid:?}"))?;
+    let json = std::fs::read(spec_path).map_err(|e| format!("reading {spec_path}: {e}"))?;
+    let spec: ShimSpec = serde_json::from_slice(&json).map_err(|e| format!("{spec_path}: {e}"))?;
+    // Only the shim of this spec: its command line names the shim binary.
+    let cmdline =
+        std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| format!("pid {pid}: {e}"))?;
+    if !String::from_utf8_lossy(&cmdline).contains("boxsock-krun-shim") {
+        return Err(format!("pid {pid} is not a boxsock-krun-shim"));
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let t0 = Instant::now();
+    // Reparented to the init of the TCG host once `start` exited: wait until it is gone
+    // or a zombie.
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        if t0.elapsed() > Duration::from_secs(30) {
+            return Err(format!("shim {pid} still alive 30 s after SIGKILL"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sockets = spec.box_dir.join("sockets");
+    for s in [&spec.ready.host_path, &spec.agent.host_path] {
+        if let Some(name) = s.file_name() {
+            let _ = std::fs::remove_file(sockets.join(name));
+        }
+    }
     Ok(0)
 }
 
