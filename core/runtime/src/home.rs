@@ -446,4 +446,51 @@ mod tests {
         std::fs::create_dir(d.path().join("photos")).unwrap();
         assert_eq!(classify(h.fd.as_fd(), d.path(), "boxsock.db").unwrap(), HomeKind::Home);
     }
+    /// Issue 24: a home being made by another process while this one looks at it. The
+    /// refusal must never name the marker or the store among the entries it found while
+    /// saying the directory has neither (it listed `boxsock.db, .boxsock-home, …` and
+    /// then "has neither .boxsock-home nor boxsock.db").
+    #[test]
+    fn a_refusal_never_says_a_file_is_both_there_and_missing() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_path_buf();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        // Another process making and unmaking a home's skeleton as fast as it can.
+        let maker = {
+            let (dir, stop) = (dir.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut rounds = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for f in [HOME_MARKER, "boxsock.db", "boxsock.db-journal"] {
+                        let _ = std::fs::write(dir.join(f), b"");
+                    }
+                    let _ = std::fs::create_dir(dir.join("boxes"));
+                    for f in [HOME_MARKER, "boxsock.db", "boxsock.db-journal"] {
+                        let _ = std::fs::remove_file(dir.join(f));
+                    }
+                    let _ = std::fs::remove_dir(dir.join("boxes"));
+                    rounds += 1;
+                }
+                rounds
+            })
+        };
+        let h = open_home(&dir, false).unwrap();
+        let (mut refusals, mut contradictions) = (0, Vec::new());
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < std::time::Duration::from_secs(3) {
+            if let Err(e @ RuntimeError::NotAHome { .. }) = classify(h.fd.as_fd(), &dir, "boxsock.db") {
+                refusals += 1;
+                let RuntimeError::NotAHome { found, .. } = &e else { unreachable!() };
+                if found.split(", ").any(|n| n == HOME_MARKER || n == "boxsock.db") {
+                    contradictions.push(e.to_string());
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let rounds = maker.join().unwrap();
+        eprintln!("{refusals} refusals while the skeleton was made {rounds} times; {} contradictory", contradictions.len());
+        assert!(refusals > 0, "the race never produced a refusal: the test proves nothing");
+        assert!(contradictions.is_empty(), "{} of {refusals} refusals contradict themselves, e.g. {}", contradictions.len(), contradictions[0]);
+    }
 }
