@@ -53,6 +53,95 @@ fn open_worker() {
     }
 }
 
+/// Worker: three runtimes on one home in this process (two read-write, one read-only),
+/// then another process opens the home while they are open, then they read their
+/// stores again. Prints `@@OPENED <n>` or dies.
+#[test]
+#[ignore = "worker process of the concurrent-open tests"]
+fn two_runtimes_in_one_process_worker() {
+    let Some(home) = std::env::var_os(HOME_ENV) else { return };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let n = rt.block_on(async {
+        let (a, _) = Runtime::open(PathBuf::from(&home), options(Access::ReadWrite)).await.unwrap();
+        a.list().unwrap();
+        let (b, _) = Runtime::open(PathBuf::from(&home), options(Access::ReadWrite)).await.unwrap();
+        b.list().unwrap();
+        let (c, _) = Runtime::open(PathBuf::from(&home), options(Access::ReadOnly)).await.unwrap();
+        c.list().unwrap();
+        // SQLite's lock on the shared WAL index (the "DMS" byte of `-shm`) says that a
+        // process uses the index; another process that finds it unlocked resets it.
+        let o = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "dms_probe_worker", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env(HOME_ENV, &home)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("@@DMS read-locked"), "the WAL index lock of this process is gone: {out}");
+        let o = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "open_worker", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env(HOME_ENV, &home)
+            .env(ACCESS_ENV, "read-write")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&o.stdout).contains("@@OPENED"), "the other process failed: {o:?}");
+        for _ in 0..3 {
+            a.list().unwrap();
+            b.list().unwrap();
+            c.list().unwrap();
+        }
+        a.list().unwrap().boxes.len()
+    });
+    println!("\n@@OPENED {n}");
+}
+
+/// Worker: print how the DMS byte of `<home>/boxsock.db-shm` is locked by other
+/// processes (`F_GETLK`; offset 128: SQLite's `UNIX_SHM_DMS`).
+#[test]
+#[ignore = "worker process of the concurrent-open tests"]
+fn dms_probe_worker() {
+    let Some(home) = std::env::var_os(HOME_ENV) else { return };
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(Path::new(&home).join("boxsock.db-shm")).unwrap();
+    let mut fl = libc::flock { l_type: libc::F_WRLCK as i16, l_whence: libc::SEEK_SET as i16, l_start: 128, l_len: 1, l_pid: 0 };
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GETLK on a descriptor we own, with a valid, initialised flock struct the
+    // kernel writes into for the duration of the call.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) };
+    assert_eq!(r, 0);
+    let what = match i32::from(fl.l_type) {
+        libc::F_RDLCK => "read-locked",
+        libc::F_WRLCK => "write-locked",
+        _ => "unlocked",
+    };
+    println!("\n@@DMS {what}");
+}
+
+/// Issue 24, found by the load test: a second store opened in a process whose first
+/// store was open closed a descriptor of the store's files, which dropped the first
+/// connection's SQLite locks; another process then reset the shared WAL index under it
+/// (SIGBUS). Ten trials, a new home each.
+#[test]
+fn a_second_runtime_in_a_process_keeps_the_first_ones_store_locks() {
+    let root = tempfile::tempdir().unwrap();
+    for t in 0..10 {
+        let home = root.path().join(format!("home-{t}"));
+        let o = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "two_runtimes_in_one_process_worker", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env(HOME_ENV, &home)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && out.contains("@@OPENED"),
+            "trial {t}: {:?}\n{out}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
 /// What one trial's workers printed: failures (with their messages).
 fn race(home: &Path, writers: usize, readers: usize) -> Vec<String> {
     let mut children = Vec::new();
@@ -121,7 +210,7 @@ fn trials(what: &str, trials: usize, writers: usize, readers: usize, prepare: im
 
 #[test]
 fn sixteen_processes_create_a_home_that_does_not_exist_yet() {
-    trials("fresh home", 20, 12, 4, |_| {});
+    trials("fresh home", 40, 12, 4, |_| {});
 }
 
 #[test]
@@ -134,7 +223,7 @@ fn sixteen_processes_open_an_existing_home() {
 
 #[test]
 fn sixteen_processes_upgrade_an_old_store_in_rollback_mode() {
-    trials("upgrade", 20, 12, 4, |home| {
+    trials("upgrade", 40, 12, 4, |home| {
         // A home of an older boxsock: the marker, `boxes/`, and a schema-1 store whose
         // journal mode is still the default (delete).
         std::fs::create_dir(home).unwrap();
