@@ -277,10 +277,15 @@ fn row_for(scenario: &Scenario, outcome: &Outcome) -> String {
 /// Any other error fails the test; so does one of these without another command on
 /// the same box that began before it ended (or was killed before it).
 pub const LOAD_EXPECTED_ERRORS: &[(&str, &str, &str)] = &[
-    ("no such box", "no box with id or name", "another process removed the box (`rm -f`), or the `create` that would have made it was killed"),
+    ("no such box", "no box ", "another process removed the box (`rm -f`), before this command found it (`no box with id or name …`) or after (`no box <id>`), or the `create` that would have made it was killed"),
     ("not running", ", not running", "`exec` on a box another process stopped or removed, or whose `start` was killed or has not finished"),
     ("state changed", "cannot go from", "a concurrent `start`/`stop` changed the box's state first (the store's conditional transition), or a killed command left it `starting`/`stopping` until recovery"),
     ("session ended", ": agent at ", "the box was stopped or removed by another process during the `exec` (its agent went away)"),
+    ("start interrupted", "before reporting ready", "another process stopped or removed the box while its `start` waited for the agent (the process it launched was killed)"),
+    ("half removed", "does not exist", "another process's `rm`, running or killed, had removed the box's directory but not yet its row (removal releases the binding, then the directory, then the row); a killed one is finished by the next `rm -f` or by recovery"),
+    ("command terminated", "exit status: 143", "`exec`'s command got SIGTERM (status 128 + 15, as docker reports it) because another process stopped or removed the box"),
+    ("command killed", "exit status: 137", "`exec`'s command got SIGKILL (status 128 + 9) because another process stopped or removed the box"),
+    ("removed meanwhile", "No such file or directory", "another process removed the box's directory after this command found the box and before it read its log"),
 ];
 
 /// What the load test measured: the figures `docs/reliability.md` shows (its "Load"
@@ -310,6 +315,10 @@ pub struct LoadRecord {
     pub left_running: usize,
     /// Rows at the end (all accounted for: no lost and no phantom row).
     pub rows_at_end: usize,
+    /// Agents left by a `start` killed between launching the box process and recording
+    /// it (a known gap: no row names them, so nothing stops them).
+    #[serde(default)]
+    pub orphaned_by_killed_start: usize,
 }
 
 /// Where the load test writes its record.
@@ -366,6 +375,13 @@ pub fn render_load(load: Option<&LoadRecord>) -> String {
         l.commands as f64 / l.seconds.max(f64::EPSILON),
         l.rows_at_end,
         l.left_running,
+    ));
+    out.push_str(&format!(
+        "\nKnown gap: a `start` killed between launching the box's process and recording it \
+         leaves a process that no row names, so no `stop`, `rm` or recovery ends it; this run \
+         left {} such process(es) (the test counts them, checks that each belongs to a box \
+         whose `start` was killed, and kills them; any other process fails the test).\n",
+        l.orphaned_by_killed_start
     ));
     for (title, rows) in [("CLI", &l.latency), ("library runtimes", &l.library_latency)] {
         out.push_str(&format!("\n| verb ({title}) | count | p50 (ms) | p99 (ms) |\n|---|---|---|---|\n"));
