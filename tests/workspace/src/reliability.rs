@@ -285,6 +285,7 @@ pub const LOAD_EXPECTED_ERRORS: &[(&str, &str, &str)] = &[
     ("half removed", "does not exist", "another process's `rm`, running or killed, had removed the box's directory but not yet its row (removal releases the binding, then the directory, then the row); a killed one is finished by the next `rm -f` or by recovery"),
     ("command terminated", "exit status: 143", "`exec`'s command got SIGTERM (status 128 + 15, as docker reports it) because another process stopped or removed the box"),
     ("command killed", "exit status: 137", "`exec`'s command got SIGKILL (status 128 + 9) because another process stopped or removed the box"),
+    ("removed during start", "a directory on the way was changed", "another process removed the box (its directory and link) while this `start` bound its sockets: the start refuses a socket directory that changed under it, as it would an attacker's swap"),
     ("removed meanwhile", "No such file or directory", "another process removed the box's directory after this command found the box and before it read its log"),
 ];
 

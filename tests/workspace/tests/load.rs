@@ -324,7 +324,7 @@ fn explained(e: &Event, kind: &str, events: &[Event]) -> bool {
             others().filter(before_end).any(|o| matches!(o.verb, "stop" | "rm") && o.end > e.start || killed(&o))
         }
         "half removed" => others().filter(before_end).any(|o| o.verb == "rm" && (o.end > e.start || killed(&o))),
-        "removed meanwhile" => others().filter(before_end).any(|o| o.verb == "rm" && (o.end > e.start || killed(&o))),
+        "removed during start" | "removed meanwhile" => others().filter(before_end).any(|o| o.verb == "rm" && (o.end > e.start || killed(&o))),
         _ => false,
     }
 }
