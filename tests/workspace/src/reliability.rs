@@ -282,6 +282,7 @@ pub const LOAD_EXPECTED_ERRORS: &[(&str, &str, &str)] = &[
     ("state changed", "cannot go from", "a concurrent `start`/`stop` changed the box's state first (the store's conditional transition), or a killed command left it `starting`/`stopping` until recovery"),
     ("session ended", ": agent at ", "the box was stopped or removed by another process during the `exec` (its agent went away)"),
     ("start interrupted", "before reporting ready", "another process stopped or removed the box while its `start` waited for the agent (the process it launched was killed)"),
+    ("start timed out", "waiting for agent readiness", "another process stopped the box during its `start` (and removed the `ready` socket the start listened on), so the start waited out its readiness timeout (10 s) before failing: correct, but slow to say so"),
     ("half removed", "does not exist", "another process's `rm`, running or killed, had removed the box's directory but not yet its row (removal releases the binding, then the directory, then the row); a killed one is finished by the next `rm -f` or by recovery"),
     ("command terminated", "exit status: 143", "`exec`'s command got SIGTERM (status 128 + 15, as docker reports it) because another process stopped or removed the box"),
     ("command killed", "exit status: 137", "`exec`'s command got SIGKILL (status 128 + 9) because another process stopped or removed the box"),

@@ -320,7 +320,7 @@ fn explained(e: &Event, kind: &str, events: &[Event]) -> bool {
                 || !others().any(|o| o.verb == "start" && o.outcome == End::Ok && o.end < e.start)
         }
         "state changed" => others().filter(before_end).any(|o| (matches!(o.verb, "start" | "stop" | "rm") && o.end > e.start) || killed(&o)),
-        "session ended" | "start interrupted" | "command terminated" | "command killed" => {
+        "session ended" | "start interrupted" | "start timed out" | "command terminated" | "command killed" => {
             others().filter(before_end).any(|o| matches!(o.verb, "stop" | "rm") && o.end > e.start || killed(&o))
         }
         "half removed" => others().filter(before_end).any(|o| o.verb == "rm" && (o.end > e.start || killed(&o))),
