@@ -366,6 +366,7 @@ fn sixteen_cli_processes_and_two_library_runtimes_on_one_home() {
     let env = Arc::new(Env::new());
     bin_dir();
     let before = procs::live_descendants();
+    let _reaper = Reaper(before.clone());
     let seed: u64 = std::env::var("BOXSOCK_LOAD_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -598,6 +599,19 @@ fn sixteen_cli_processes_and_two_library_runtimes_on_one_home() {
         doc.contains(LOAD_HEADING),
         "docs/reliability.md has no load section: run scripts/reliability-report.sh"
     );
+}
+
+/// Kills, when dropped (a failed assertion included), every descendant this test
+/// started: a failed run leaves no box process behind.
+struct Reaper(BTreeSet<procs::Proc>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for p in procs::live_descendants().difference(&self.0) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        reap_zombies();
+    }
 }
 
 /// Reap the box processes this subreaper inherited (zombies by now).
