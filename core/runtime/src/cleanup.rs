@@ -3,7 +3,7 @@
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use boxsock_core::catalogue;
 use boxsock_core::id::BoxId;
@@ -12,7 +12,7 @@ use boxsock_core::layout::BoxLayout;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::Mode;
 
-use crate::{RuntimeError, home, lock};
+use crate::{RuntimeError, home};
 
 /// The box's real socket directory, opened from the home's descriptor one checked
 /// component at a time (`boxes`, `<id>`, `sockets`: each a directory of this user's,
@@ -94,25 +94,17 @@ impl Drop for ReadyCleanup<'_> {
     }
 }
 
-/// Remove what a failed open of a new home made: the home (this open created it 0700
-/// moments ago, so only this user can have written in it), then the ancestors it
-/// created, each only if empty. Not while another process holds the home's lock: it
-/// may have adopted the new home meanwhile.
-pub(crate) fn undo_created_home(layout: &BoxLayout, created: &[PathBuf]) {
-    let lock_path = layout.lock_path();
-    let guard = match std::fs::symlink_metadata(&lock_path) {
-        Ok(_) => match lock::try_exclusive(&lock_path) {
-            Ok(Some(g)) => Some(g),
-            _ => return,
-        },
-        Err(_) => None,
-    };
-    if created.last().is_some_and(|h| h == layout.home()) {
-        if let Err(e) = std::fs::remove_dir_all(layout.home()) {
-            tracing::warn!(home = %layout.home().display(), error = %e, "cannot remove the home this failed open created");
+/// Remove what a failed first open of a new home made: the home (this open created the
+/// directory and made the home in it while holding its initialisation lock exclusively,
+/// which it still holds, so no other process has used it), then the ancestors it
+/// created, each only if empty. A process waiting for the lock finds the directory
+/// removed and resolves the path again (`home::init_lock`).
+pub(crate) fn undo_created_home(home: &Path, created: &[PathBuf]) {
+    if created.last().is_some_and(|h| h == home) {
+        if let Err(e) = std::fs::remove_dir_all(home) {
+            tracing::warn!(home = %home.display(), error = %e, "cannot remove the home this failed open created");
         }
     }
-    drop(guard);
     for d in created.iter().rev() {
         match std::fs::remove_dir(d) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

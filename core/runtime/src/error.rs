@@ -25,6 +25,15 @@ pub enum RuntimeError {
         /// The holder's pid, when it recorded one and is alive.
         pid: Option<i32>,
     },
+    /// Another process was still making this new home after the wait (see
+    /// `home::InitLock`): it is stuck or stopped.
+    #[error("home {} is being made by another process, still after waiting {waited:?}; if no boxsock process is running, remove the empty home and try again", home.display())]
+    HomeInitialising {
+        /// The home.
+        home: PathBuf,
+        /// How long this open waited.
+        waited: Duration,
+    },
     /// The home, an ancestor of it, or a directory or file inside it could be changed by
     /// another user (or is not what boxsock made): refused, never used.
     #[error("refusing home {}: {reason}", path.display())]

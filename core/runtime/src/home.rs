@@ -124,6 +124,23 @@ pub struct OpenedHome {
 /// descriptors. With `create`, missing directories are made 0700 (and listed in
 /// [`OpenedHome::created`]); without, a missing home is [`RuntimeError::NoHome`].
 pub fn open_home(home: &Path, create: bool) -> Result<OpenedHome, RuntimeError> {
+    // A directory this open just made can be removed under it by the failed first open
+    // of another process (which removes the home it made, and ancestors left empty):
+    // resolve the path again.
+    let mut tries = 0;
+    loop {
+        if let Some(opened) = open_home_once(home, create)? {
+            return Ok(opened);
+        }
+        tries += 1;
+        if tries >= 8 {
+            return Err(io("create home", home, Errno::ENOENT));
+        }
+    }
+}
+
+/// One resolution of [`open_home`]; `None` when a directory vanished while being made.
+fn open_home_once(home: &Path, create: bool) -> Result<Option<OpenedHome>, RuntimeError> {
     debug_assert!(home.is_absolute());
     let mut queue = components(home);
     let mut cur = open_root()?;
@@ -146,9 +163,14 @@ pub fn open_home(home: &Path, create: bool) -> Result<OpenedHome, RuntimeError> 
                 match mkdirat(cur.as_fd(), name.as_os_str(), Mode::from_bits_truncate(0o700)) {
                     Ok(()) => created.push(next_path.clone()),
                     Err(Errno::EEXIST) => {}
+                    Err(Errno::ENOENT) => return Ok(None),
                     Err(e) => return Err(io("create home", &next_path, e)),
                 }
-                openat(cur.as_fd(), name.as_os_str(), flags, Mode::empty()).map_err(|e| io("open home", &next_path, e))?
+                match openat(cur.as_fd(), name.as_os_str(), flags, Mode::empty()) {
+                    Ok(fd) => fd,
+                    Err(Errno::ENOENT) => return Ok(None),
+                    Err(e) => return Err(io("open home", &next_path, e)),
+                }
             }
             Err(Errno::ENOENT) => return Err(RuntimeError::NoHome { path: home.to_path_buf() }),
             Err(e) => return Err(io("open home", &next_path, e)),
@@ -193,7 +215,7 @@ pub fn open_home(home: &Path, create: bool) -> Result<OpenedHome, RuntimeError> 
     check_own_dir(&st, &cur_path, "the home")?;
     let fd = openat(cur.as_fd(), ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(|e| io("open home", home, e))?;
-    Ok(OpenedHome { fd, created })
+    Ok(Some(OpenedHome { fd, created }))
 }
 
 /// Open the directory `name` inside `parent` (`path` names it in errors), refusing a
@@ -273,14 +295,43 @@ pub enum HomeKind {
 
 /// Decide whether the opened directory is a home: the marker (a regular file of ours),
 /// else a store, else empty. Anything else is [`RuntimeError::NotAHome`].
+///
+/// The marker and the store are looked for again *after* the directory is listed: a
+/// process making a home writes the marker first, so whatever of a new home the listing
+/// shows, the marker is there by the time of the second look. A home being made is thus
+/// never taken for someone else's directory, and the refusal never lists the marker or
+/// the store it says are missing.
 pub fn classify(home: BorrowedFd<'_>, path: &Path, store_name: &str) -> Result<HomeKind, RuntimeError> {
-    // Listed first: another process initialising the same home writes the marker before
-    // anything else, so whatever this listing sees of it, the marker is found below
-    // (listing last let a concurrent `.boxsock-home` make the home look foreign).
-    let entries = some_entries(home, path, 8)?;
+    if let Some(k) = marked_home(home, path, store_name)? {
+        return Ok(k);
+    }
+    // Files a strategy may have made in a home before any box (the abstract
+    // strategy's key, when `doctor` derived its names) do not make it someone else's.
+    let listed = some_entries(home, path, 8)?;
+    let entries: Vec<String> = listed.into_iter().filter(|n| !HOME_LEVEL_FILES.contains(&n.as_str())).collect();
+    if entries.is_empty() {
+        return Ok(HomeKind::Empty);
+    }
+    if let Some(k) = marked_home(home, path, store_name)? {
+        return Ok(k);
+    }
+    // Listed a moment ago and gone now (another process removing a home): not found.
+    let entries: Vec<String> = entries.into_iter().filter(|n| n != HOME_MARKER && n != store_name).collect();
+    if entries.is_empty() {
+        return Ok(HomeKind::Empty);
+    }
+    let mut found = entries.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    if entries.len() > 5 {
+        found.push_str(", …");
+    }
+    Err(RuntimeError::NotAHome { path: path.to_path_buf(), found })
+}
+
+/// [`HomeKind::Home`] if the marker (a regular file of ours) or a store is there now.
+fn marked_home(home: BorrowedFd<'_>, path: &Path, store_name: &str) -> Result<Option<HomeKind>, RuntimeError> {
     let marker_path = path.join(HOME_MARKER);
     match exists_at(home, HOME_MARKER).map_err(|e| io("inspect", &marker_path, e))? {
-        Some(st) if kind(&st) == libc::S_IFREG && st.st_uid == euid() => return Ok(HomeKind::Home),
+        Some(st) if kind(&st) == libc::S_IFREG && st.st_uid == euid() => return Ok(Some(HomeKind::Home)),
         Some(st) => {
             return Err(insecure(
                 &marker_path,
@@ -290,19 +341,88 @@ pub fn classify(home: BorrowedFd<'_>, path: &Path, store_name: &str) -> Result<H
         None => {}
     }
     if exists_at(home, store_name).map_err(|e| io("inspect", &path.join(store_name), e))?.is_some() {
-        return Ok(HomeKind::Home);
+        return Ok(Some(HomeKind::Home));
     }
-    // Files a strategy may have made in a home before any box (the abstract
-    // strategy's key, when `doctor` derived its names) do not make it someone else's.
-    let entries: Vec<String> = entries.into_iter().filter(|n| !HOME_LEVEL_FILES.contains(&n.as_str())).collect();
-    if entries.is_empty() {
-        return Ok(HomeKind::Empty);
+    Ok(None)
+}
+
+/// How long an open waits for another process that is initialising the same home
+/// (making its skeleton and store takes milliseconds; this bounds a stuck one).
+pub const INIT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The home's initialisation lock: a `flock` on the home directory itself (a descriptor
+/// of its own, so closing it releases the lock). A directory can be locked before
+/// anything is written into it, so the lock needs no file in a directory that may turn
+/// out not to be a home.
+///
+/// - An open that finds no marker takes it **exclusively**, then decides what the
+///   directory is and, if it is empty, makes the home (marker first, `boxes/`, the lock
+///   file, the store in WAL mode at the current schema) while holding it. A failed
+///   first open removes the home it made before releasing it.
+/// - An open that finds the marker, and every read-only open, takes it **shared**: that
+///   waits only while a first open is making the home, and never for a runtime (the
+///   home lock, decision 0003, is another lock).
+#[derive(Debug)]
+pub struct InitLock {
+    flock: Option<nix::fcntl::Flock<OwnedFd>>,
+    /// Held exclusively.
+    pub exclusive: bool,
+}
+
+impl InitLock {
+    /// Release it now (the rest of the open needs no exclusion from first opens).
+    pub fn release(&mut self) {
+        self.flock = None;
     }
-    let mut found = entries.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
-    if entries.len() > 5 {
-        found.push_str(", …");
+
+    /// Whether it is still held.
+    pub fn held(&self) -> bool {
+        self.flock.is_some()
     }
-    Err(RuntimeError::NotAHome { path: path.to_path_buf(), found })
+}
+
+/// Whether the home marker is there (whatever it is: [`classify`] checks it).
+pub fn has_marker(home: BorrowedFd<'_>) -> bool {
+    matches!(exists_at(home, HOME_MARKER), Ok(Some(_)))
+}
+
+/// Take the initialisation lock of the opened home `home` ([`InitLock`]), waiting up to
+/// `wait` for a process making the home. `None` when the directory was removed while
+/// waiting (the failed first open of another process undid the home it made): open the
+/// path again.
+pub async fn init_lock(home: BorrowedFd<'_>, path: &Path, exclusive: bool, wait: std::time::Duration) -> Result<Option<InitLock>, RuntimeError> {
+    use nix::fcntl::{Flock, FlockArg};
+    let fd = openat(home, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| io("open home", path, e))?;
+    let arg = if exclusive { FlockArg::LockExclusiveNonblock } else { FlockArg::LockSharedNonblock };
+    let deadline = std::time::Instant::now() + wait;
+    let mut step = std::time::Duration::from_millis(1);
+    let mut fd = fd;
+    let mut waited = false;
+    let flock = loop {
+        match Flock::lock(fd, arg) {
+            Ok(l) => break l,
+            Err((f, Errno::EWOULDBLOCK)) => {
+                if !waited {
+                    tracing::debug!(home = %path.display(), exclusive, "waiting for another process initialising the home");
+                    waited = true;
+                }
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    return Err(RuntimeError::HomeInitialising { home: path.to_path_buf(), waited: wait });
+                }
+                fd = f;
+                tokio::time::sleep(step.min(deadline - now)).await;
+                step = (step * 2).min(std::time::Duration::from_millis(20));
+            }
+            Err((_, e)) => return Err(io("lock home", path, e)),
+        }
+    };
+    let st = fstat(&*flock).map_err(|e| io("inspect", path, e))?;
+    if st.st_nlink == 0 {
+        tracing::debug!(home = %path.display(), "the home was removed while this open waited; opening it again");
+        return Ok(None);
+    }
+    Ok(Some(InitLock { flock: Some(flock), exclusive }))
 }
 
 /// Write the home marker (`O_CREAT|O_EXCL`, 0600). An existing marker is kept.
@@ -449,5 +569,55 @@ mod tests {
         write_marker(h.fd.as_fd(), d.path()).unwrap();
         std::fs::create_dir(d.path().join("photos")).unwrap();
         assert_eq!(classify(h.fd.as_fd(), d.path(), "boxsock.db").unwrap(), HomeKind::Home);
+    }
+
+    /// Issue 24: a home being made by another process while this one looks at it. The
+    /// refusal must never name the marker or the store among the entries it found while
+    /// saying the directory has neither (it listed `boxsock.db, .boxsock-home, …` and
+    /// then "has neither .boxsock-home nor boxsock.db").
+    #[test]
+    fn a_refusal_never_says_a_file_is_both_there_and_missing() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_path_buf();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        // Another process making and unmaking a home's skeleton as fast as it can.
+        let maker = {
+            let (dir, stop) = (dir.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut rounds = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for f in [HOME_MARKER, "boxsock.db", "boxsock.db-journal"] {
+                        let _ = std::fs::write(dir.join(f), b"");
+                    }
+                    let _ = std::fs::create_dir(dir.join("boxes"));
+                    for f in [HOME_MARKER, "boxsock.db", "boxsock.db-journal"] {
+                        let _ = std::fs::remove_file(dir.join(f));
+                    }
+                    let _ = std::fs::remove_dir(dir.join("boxes"));
+                    rounds += 1;
+                }
+                rounds
+            })
+        };
+        let h = open_home(&dir, false).unwrap();
+        let (mut refusals, mut contradictions) = (0, Vec::new());
+        let t0 = std::time::Instant::now();
+        // Until enough refusals were seen to have met the race (bounded in time: a
+        // loaded machine schedules the two threads coarsely).
+        while refusals < 50 && t0.elapsed() < std::time::Duration::from_secs(30) {
+            if let Err(e @ RuntimeError::NotAHome { .. }) = classify(h.fd.as_fd(), &dir, "boxsock.db") {
+                refusals += 1;
+                let RuntimeError::NotAHome { found, .. } = &e else { unreachable!() };
+                if found.split(", ").any(|n| n == HOME_MARKER || n == "boxsock.db") {
+                    contradictions.push(e.to_string());
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let rounds = maker.join().unwrap();
+        eprintln!("{refusals} refusals while the skeleton was made {rounds} times; {} contradictory", contradictions.len());
+        assert!(refusals > 0, "the race never produced a refusal: the test proves nothing");
+        assert!(contradictions.is_empty(), "{} of {refusals} refusals contradict themselves, e.g. {}", contradictions.len(), contradictions[0]);
     }
 }

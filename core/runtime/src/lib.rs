@@ -131,34 +131,65 @@ impl Runtime {
     /// The home is made absolute first (no symlink resolution), then checked
     /// ([`home`]): its ancestors, itself and `boxes/` on opened descriptors, and that it
     /// is a home (marker or store) or empty. With [`Access::ReadOnly`] nothing is
-    /// created or changed. An open that fails removes the home it created.
+    /// created or changed.
+    ///
+    /// Any number of processes may open (create, upgrade) one home at once: a home
+    /// without its marker is made under its initialisation lock ([`home::InitLock`]),
+    /// so exactly one process makes it and the others wait for it (milliseconds). The
+    /// first open of a new home that fails removes the home it made.
     pub async fn open(home: impl Into<PathBuf>, options: RuntimeOptions) -> Result<(Runtime, OpenReport), RuntimeError> {
         let given: PathBuf = home.into();
         // Before anything checks: a relative home passed `direct`'s budget at create and
         // then failed every start.
         let home = std::path::absolute(&given).map_err(|e| RuntimeError::Io { op: "make absolute", path: given.clone(), source: e })?;
-        let opened = home::open_home(&home, options.access == Access::ReadWrite)?;
+        let writable = options.access == Access::ReadWrite;
+        let wait = options.lock_wait.unwrap_or_default().max(home::INIT_WAIT);
+        let (opened, mut init) = loop {
+            let opened = home::open_home(&home, writable)?;
+            // Exclusive only to make a home: one with its marker is only waited for.
+            let exclusive = writable && !home::has_marker(opened.fd.as_fd());
+            if let Some(init) = home::init_lock(opened.fd.as_fd(), &home, exclusive, wait).await? {
+                break (opened, init);
+            }
+        };
         let created = opened.created;
-        match Self::open_checked(home.clone(), opened.fd, options).await {
+        let mut made = false;
+        match Self::open_checked(home.clone(), opened.fd, options, &mut init, &mut made).await {
             Ok(r) => Ok(r),
             Err(e) => {
-                if !created.is_empty() {
-                    cleanup::undo_created_home(&BoxLayout::new(&home), &created);
+                // Only the open that made the home, still holding it exclusively (nobody
+                // else has used it), removes it; and only if it created the directory.
+                if made && init.held() && created.last().is_some_and(|h| *h == home) {
+                    cleanup::undo_created_home(&home, &created);
                 }
                 Err(e)
             }
         }
     }
 
-    async fn open_checked(home: PathBuf, home_fd: OwnedFd, options: RuntimeOptions) -> Result<(Runtime, OpenReport), RuntimeError> {
+    async fn open_checked(
+        home: PathBuf,
+        home_fd: OwnedFd,
+        options: RuntimeOptions,
+        init: &mut home::InitLock,
+        made: &mut bool,
+    ) -> Result<(Runtime, OpenReport), RuntimeError> {
         let layout = BoxLayout::new(&home);
         let writable = options.access == Access::ReadWrite;
         let store_name = "boxsock.db";
         debug_assert_eq!(layout.store_path(), home.join(store_name));
-        home::classify(home_fd.as_fd(), &home, store_name)?;
+        let kind = home::classify(home_fd.as_fd(), &home, store_name)?;
+        if writable && !(init.exclusive && kind == home::HomeKind::Empty) {
+            // A home already (or another process's first open finished making it): the
+            // rest is idempotent, and holding the lock would only delay other opens.
+            init.release();
+        }
+        *made = writable && init.held();
         let mut recovery_lock = None;
         let mut home_lock = None;
         if writable {
+            // The marker first: whatever else of the home another process sees, it
+            // sees the marker too (`home::classify`).
             home::write_marker(home_fd.as_fd(), &home)?;
             home::tighten_home(home_fd.as_fd(), &home);
             home::ensure_dir_at(home_fd.as_fd(), std::ffi::OsStr::new("boxes"), &layout.boxes_dir())?;
@@ -174,12 +205,16 @@ impl Runtime {
             }
         } else {
             home::check_dir_at(home_fd.as_fd(), std::ffi::OsStr::new("boxes"), &layout.boxes_dir(), false)?;
-            // No lock and no wait: a read-only open changes nothing, and reading the
-            // WAL-mode store beside a writer (even an exclusive runtime) is safe
-            // (decision 0003).
+            // No home lock and no wait for a runtime: a read-only open changes nothing,
+            // and reading the WAL-mode store beside a writer (even an exclusive runtime)
+            // is safe (decision 0003). Only a first open still making the home is
+            // waited for: the shared initialisation lock, held until the store is open.
         }
         let store_dir = home_fd.try_clone().map_err(|e| RuntimeError::Io { op: "duplicate the descriptor of", path: home.clone(), source: e })?;
         let store = Store::open_at(store_dir, &layout.store_path(), if writable { StoreMode::ReadWrite } else { StoreMode::ReadOnly })?;
+        if !writable {
+            init.release();
+        }
         let health = options.health_monitor && writable;
         let rt = Runtime {
             inner: Arc::new(Inner {

@@ -64,24 +64,21 @@ impl Inner {
             Ok(addresses) => self.launch_and_wait(&rec, &strategy, &*backend, addresses, &mut launched, &mut companions).await,
             Err(e) => Err(e.into()),
         };
+        // Ready, and still ours to run: another process may have stopped or removed the
+        // box meanwhile (the transition then fails), and then what this start launched
+        // is killed like after any failure, not left running under no row.
+        let result = result.and_then(|()| {
+            crash::point("start:ready");
+            self.store.transition(&id, Some(&[BoxState::Starting]), BoxState::Running, |_| {}).map_err(RuntimeError::from_store)
+        });
         match result {
-            Ok(()) => {
-                crash::point("start:ready");
-                let rec = self
-                    .store
-                    .transition(&id, Some(&[BoxState::Starting]), BoxState::Running, |_| {})
-                    .map_err(RuntimeError::from_store);
-                match rec {
-                    Ok(rec) => {
-                        crash::point("start:running");
-                        if let Some(h) = launched {
-                            self.watch(&id, h);
-                        }
-                        tracing::debug!(box_id = %id, pid = ?rec.process.map(|p| p.pid), "running");
-                        Ok(rec)
-                    }
-                    Err(e) => Err(e),
+            Ok(rec) => {
+                crash::point("start:running");
+                if let Some(h) = launched {
+                    self.watch(&id, h);
                 }
+                tracing::debug!(box_id = %id, pid = ?rec.process.map(|p| p.pid), "running");
+                Ok(rec)
             }
             Err(e) => {
                 // Debug, not warn: the error is returned to the caller, who reports it

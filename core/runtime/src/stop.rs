@@ -23,11 +23,16 @@ impl Inner {
             return Ok(rec);
         }
         let was = rec.state;
-        if was != BoxState::Stopping {
+        // The process to stop is the one recorded when the box became `Stopping`, not
+        // the one in `rec` (read earlier): a concurrent start may have recorded its
+        // process since, and would otherwise be left running under a stopped box.
+        let rec = if was != BoxState::Stopping {
             self.store
                 .transition(&id, Some(&[BoxState::Starting, BoxState::Running, BoxState::Unhealthy]), BoxState::Stopping, |_| {})
-                .map_err(RuntimeError::from_store)?;
-        }
+                .map_err(RuntimeError::from_store)?
+        } else {
+            rec
+        };
         crash::point("stop:stopping");
         if let Some(w) = lock(&self.watchers).remove(&id) {
             w.abort();

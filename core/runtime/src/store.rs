@@ -32,7 +32,8 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::{OFlag, openat};
-use nix::sys::stat::{Mode, fchmod, fstat};
+use nix::fcntl::AtFlags;
+use nix::sys::stat::{FchmodatFlags, Mode, fchmod, fchmodat, fstat, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
@@ -259,6 +260,9 @@ pub struct Store {
     /// The directory SQLite reaches the database through (`/proc/self/fd/<n>/…`); it
     /// must stay open while the connection lives (journal files are opened lazily).
     _dir: Option<OwnedFd>,
+    /// Its entry among the store files this process has open (after `conn`: dropped
+    /// once the connection is closed).
+    _open: Option<OpenStore>,
 }
 
 /// The VFS that keeps `/proc/self/fd/<n>/<name>` as SQLite's full path name.
@@ -367,9 +371,74 @@ fn read_header(fd: &OwnedFd) -> std::io::Result<Vec<u8>> {
     Ok(buf[..got].to_vec())
 }
 
-/// Check that an opened store file is a regular file of ours, and make it 0600.
-fn secure_file(fd: &OwnedFd, path: &Path, tighten: bool) -> Result<(), StoreError> {
-    let st = fstat(fd).map_err(|e| StoreError::Io { path: path.to_path_buf(), op: "inspect", source: e.into() })?;
+/// How long opening a store waits for other connections: the busy timeout of every
+/// connection, and the bound of [`enable_wal`]'s retries.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Put the store in WAL mode, once: a store already in WAL mode (the pager knows after
+/// the first read) is left as it is, so the switch happens only at a store's first
+/// write-open. Racing first opens (several processes on a new store) are retried:
+/// SQLite does not call the busy handler for this switch (it upgrades a read
+/// transaction to a write one, which could deadlock), so the busy timeout alone does
+/// not cover it.
+fn enable_wal(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let sq = |op| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Sqlite { path, op, source }
+    };
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).map_err(sq("read journal mode"))?;
+    if mode.eq_ignore_ascii_case("wal") {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut step = Duration::from_millis(1);
+    loop {
+        // journal_mode returns a row; query it rather than execute.
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+            Ok(mode) => {
+                if !mode.eq_ignore_ascii_case("wal") {
+                    tracing::warn!(path = %path.display(), mode, "the store could not be put in WAL mode");
+                }
+                return Ok(());
+            }
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline => {
+                tracing::debug!(path = %path.display(), "another connection is switching the store to WAL; retrying");
+                std::thread::sleep(step);
+                step = (step * 2).min(Duration::from_millis(20));
+            }
+            Err(e) => return Err(sq("enable WAL")(e)),
+        }
+    }
+}
+
+/// The store files (device, inode) that a [`Store`] of this process has open, with how
+/// many: [`Store::open_at`] never opens (and so never closes) a descriptor of one.
+type OpenStores = std::collections::HashMap<(u64, u64), usize>;
+
+fn open_stores() -> std::sync::MutexGuard<'static, OpenStores> {
+    static OPEN: std::sync::OnceLock<Mutex<OpenStores>> = std::sync::OnceLock::new();
+    OPEN.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A [`Store`]'s entry in [`open_stores`], removed when the store (its connection
+/// first: the field order of `Store`) is dropped.
+#[derive(Debug)]
+struct OpenStore((u64, u64));
+
+impl Drop for OpenStore {
+    fn drop(&mut self) {
+        let mut open = open_stores();
+        if let Some(n) = open.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.0);
+            }
+        }
+    }
+}
+
+/// Check that a store file's `lstat` is a regular file of ours.
+fn secure_stat(st: &nix::sys::stat::FileStat, path: &Path) -> Result<(), StoreError> {
     let euid = nix::unistd::geteuid().as_raw();
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(StoreError::Insecure { path: path.to_path_buf(), reason: format!("not a regular file (mode {:o})", st.st_mode) });
@@ -380,9 +449,13 @@ fn secure_file(fd: &OwnedFd, path: &Path, tighten: bool) -> Result<(), StoreErro
             reason: format!("owned by uid {}, not by this user (uid {euid})", st.st_uid),
         });
     }
-    if tighten && st.st_mode & 0o777 != 0o600 {
-        fchmod(fd, Mode::from_bits_truncate(0o600))
-            .map_err(|e| StoreError::Io { path: path.to_path_buf(), op: "make 0600", source: e.into() })?;
+    Ok(())
+}
+
+/// Make a store file 0600 with `chmod` if it is not (files of an older boxsock).
+fn tighten(st: &nix::sys::stat::FileStat, path: &Path, chmod: impl FnOnce() -> nix::Result<()>) -> Result<(), StoreError> {
+    if st.st_mode & 0o777 != 0o600 {
+        chmod().map_err(|e| StoreError::Io { path: path.to_path_buf(), op: "make 0600", source: e.into() })?;
     }
     Ok(())
 }
@@ -504,22 +577,22 @@ impl Store {
             })?
             .to_os_string();
         let nofollow = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let (file, created) = match mode {
+        let created = match mode {
             StoreMode::ReadWrite => {
                 let excl = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | nofollow;
                 match openat(dir.as_fd(), name.as_os_str(), excl, Mode::from_bits_truncate(0o600)) {
-                    Ok(f) => (f, true),
-                    Err(nix::errno::Errno::EEXIST) => {
-                        (openat(dir.as_fd(), name.as_os_str(), OFlag::O_RDWR | nofollow, Mode::empty()).map_err(io("open"))?, false)
+                    Ok(f) => {
+                        let st = fstat(&f).map_err(io("inspect"))?;
+                        secure_stat(&st, &path).and_then(|()| tighten(&st, &path, || fchmod(&f, Mode::from_bits_truncate(0o600))))?;
+                        // A file this open created: no connection of this process has
+                        // it, so closing this descriptor drops nobody's lock.
+                        true
                     }
+                    Err(nix::errno::Errno::EEXIST) => false,
                     Err(e) => return Err(io("create")(e)),
                 }
             }
-            StoreMode::ReadOnly => match openat(dir.as_fd(), name.as_os_str(), OFlag::O_RDONLY | nofollow, Mode::empty()) {
-                Ok(f) => (f, false),
-                Err(nix::errno::Errno::ENOENT) => return Self::in_memory(&path),
-                Err(e) => return Err(io("open")(e)),
-            },
+            StoreMode::ReadOnly => false,
         };
         let cleanup = |e: StoreError| {
             if created {
@@ -531,12 +604,40 @@ impl Store {
             }
             e
         };
+        // Existing files are checked by `fstatat` on the directory, never opened here:
+        // closing any descriptor of a file drops every POSIX lock this process holds on
+        // it, so checking a store that another `Store` of this process has open (a
+        // second runtime on the home, a read-only one) would silently take that
+        // connection's SQLite locks away, and another process could then reset the
+        // shared WAL index under it (SIGBUS) or write beside it.
+        let in_use = open_stores();
         let checked = (|| {
-            secure_file(&file, &path, mode == StoreMode::ReadWrite)?;
-            let header = read_header(&file).map_err(|e| StoreError::Io { path: path.clone(), op: "read header", source: e })?;
-            if let Some(found) = header_user_version(&header) {
-                if found > SCHEMA_VERSION {
-                    return Err(StoreError::FutureSchema { path: path.clone(), found, supported: SCHEMA_VERSION });
+            let st = match fstatat(dir.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(nix::errno::Errno::ENOENT) if mode == StoreMode::ReadOnly => return Ok(None),
+                Err(e) => return Err(io("inspect")(e)),
+            };
+            secure_stat(&st, &path)?;
+            let key = (st.st_dev, st.st_ino);
+            if mode == StoreMode::ReadWrite {
+                tighten(&st, &path, || fchmodat(dir.as_fd(), name.as_os_str(), Mode::from_bits_truncate(0o600), FchmodatFlags::FollowSymlink))?;
+            }
+            // The schema version before SQLite sees the file (`journal_mode=WAL` and a
+            // migration write): read through a descriptor only when no store of this
+            // process has the file open; otherwise that store read it, and the version
+            // SQLite reports is checked again before any write (`open_sqlite`).
+            if !in_use.contains_key(&key) {
+                let file = openat(dir.as_fd(), name.as_os_str(), OFlag::O_RDONLY | nofollow, Mode::empty()).map_err(io("open"))?;
+                let same = fstat(&file).map(|f| (f.st_dev, f.st_ino) == key).unwrap_or(false);
+                let header = read_header(&file).map_err(|e| StoreError::Io { path: path.clone(), op: "read header", source: e })?;
+                drop(file);
+                if !same {
+                    return Err(StoreError::Insecure { path: path.clone(), reason: "it was replaced while being checked".into() });
+                }
+                if let Some(found) = header_user_version(&header) {
+                    if found > SCHEMA_VERSION {
+                        return Err(StoreError::FutureSchema { path: path.clone(), found, supported: SCHEMA_VERSION });
+                    }
                 }
             }
             if mode == StoreMode::ReadWrite {
@@ -544,21 +645,31 @@ impl Store {
                     let mut n = name.clone();
                     n.push(suffix);
                     let p = PathBuf::from(format!("{}{suffix}", path.display()));
-                    match openat(dir.as_fd(), n.as_os_str(), OFlag::O_RDONLY | OFlag::O_NONBLOCK | nofollow, Mode::empty()) {
-                        Ok(f) => secure_file(&f, &p, true)?,
+                    match fstatat(dir.as_fd(), n.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                        Ok(st) => {
+                            secure_stat(&st, &p)?;
+                            tighten(&st, &p, || fchmodat(dir.as_fd(), n.as_os_str(), Mode::from_bits_truncate(0o600), FchmodatFlags::FollowSymlink))?;
+                        }
                         Err(nix::errno::Errno::ENOENT) => {}
-                        Err(e) => return Err(StoreError::Io { path: p, op: "open", source: e.into() }),
+                        Err(e) => return Err(StoreError::Io { path: p, op: "inspect", source: e.into() }),
                     }
                 }
             }
-            Ok(())
+            Ok(Some(key))
         })();
-        // Closed before SQLite opens the file: closing any descriptor of a file drops
-        // every POSIX lock this process holds on it, SQLite's included.
-        drop(file);
-        checked.map_err(cleanup)?;
+        let key = match checked.map_err(cleanup)? {
+            Some(key) => key,
+            None => {
+                drop(in_use);
+                return Self::in_memory(&path);
+            }
+        };
+        let mut in_use = in_use;
+        *in_use.entry(key).or_insert(0) += 1;
+        drop(in_use);
+        let guard = OpenStore(key);
         let opened = Self::open_sqlite(&dir, &path, &name, mode).map_err(cleanup)?;
-        Ok(Store { path, conn: Mutex::new(opened), _dir: Some(dir) })
+        Ok(Store { path, conn: Mutex::new(opened), _dir: Some(dir), _open: Some(guard) })
     }
 
     fn open_sqlite(dir: &OwnedFd, path: &Path, name: &std::ffi::OsStr, mode: StoreMode) -> Result<Connection, StoreError> {
@@ -587,7 +698,7 @@ impl Store {
             let _ = (dir, name);
             Connection::open_with_flags(path, flags).map_err(sq("open"))?
         };
-        conn.busy_timeout(Duration::from_secs(30)).map_err(sq("set busy timeout"))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sq("set busy timeout"))?;
         // Before anything that writes: `journal_mode=WAL` rewrites the header.
         let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sq("read schema version"))?;
         if found > SCHEMA_VERSION {
@@ -596,8 +707,7 @@ impl Store {
         if mode == StoreMode::ReadOnly {
             return Ok(conn);
         }
-        // journal_mode returns a row; query it rather than execute.
-        let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(sq("enable WAL"))?;
+        enable_wal(&conn, path)?;
         conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;").map_err(sq("set pragmas"))?;
         // Short-lived processes (each CLI call) would otherwise checkpoint and delete the
         // WAL at close, and the next one re-create it: two fsyncs per invocation for
@@ -619,7 +729,7 @@ impl Store {
         let mut conn = Connection::open_in_memory().map_err(sq("open in memory"))?;
         conn.execute_batch("PRAGMA foreign_keys=ON;").map_err(sq("set pragmas"))?;
         migrate(&mut conn, path)?;
-        Ok(Store { path: path.to_path_buf(), conn: Mutex::new(conn), _dir: None })
+        Ok(Store { path: path.to_path_buf(), conn: Mutex::new(conn), _dir: None, _open: None })
     }
 
     /// The database file.

@@ -2,12 +2,15 @@
 //! `scenario!`, and `docs/reliability.md` is generated from their records (see
 //! `boxsock_tests::reliability`).
 
-use boxsock_tests::reliability::{listed_ids, read_records, records_dir, render, scenarios};
+use boxsock_tests::reliability::{
+    listed_ids, read_load_record, read_records, records_dir, render_with_load, scenarios,
+};
 
 mod attacks;
 mod home;
 mod dial_races;
 mod faults;
+mod first_use;
 mod input;
 
 /// A scenario's skip (called by `scenario!`), through the one skip mechanism: a failure
@@ -45,7 +48,7 @@ fn reliability_doc_matches_the_scenarios() {
 #[ignore = "writes docs/reliability.md; run by scripts/reliability-report.sh"]
 fn render_reliability_doc() {
     let records = read_records(&records_dir());
-    let doc = render(&scenarios(), &records);
+    let doc = render_with_load(&scenarios(), &records, read_load_record().as_ref());
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/reliability.md");
     std::fs::write(path, doc).expect("write docs/reliability.md");
 }
