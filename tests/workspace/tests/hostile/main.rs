@@ -9,6 +9,7 @@ mod home;
 mod dial_races;
 mod faults;
 mod input;
+mod round3;
 
 /// The document lists exactly the registered scenarios, in order.
 #[test]
