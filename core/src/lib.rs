@@ -30,6 +30,7 @@ pub mod budget;
 pub mod catalogue;
 pub mod echo;
 pub mod error;
+pub mod fds;
 pub mod id;
 pub mod layout;
 pub mod peer;

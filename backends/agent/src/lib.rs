@@ -643,6 +643,12 @@ where
             None
         }
     };
+    // The command gets its stdio (or its pty) and nothing else: not the socket
+    // directory the agent inherited, nor any descriptor the agent's parent leaked.
+    // SAFETY: cloexec_except only calls close_range(2) or fcntl(2), async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| boxsock_core::fds::cloexec_except(&[]));
+    }
     let spawned = cmd.spawn();
     // Close our copies of the pty slave: the master reads EOF when the command's go.
     drop(cmd);

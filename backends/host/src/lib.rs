@@ -200,7 +200,7 @@ impl Backend for HostBackend {
             .stderr(Stdio::from(log_err));
         let dir_fd: Option<i32> = spec.sockets.dir.as_ref().map(|d| d.as_raw_fd());
         // SAFETY: the closure runs in the forked child before exec and only calls
-        // setsid(2), dup2(2) and fcntl(2), which are async-signal-safe; it allocates
+        // setsid(2), dup2(2), fcntl(2) and close_range(2), which are async-signal-safe; it allocates
         // nothing and touches no lock. `dir_fd` is a descriptor the parent keeps open
         // (the spec's socket directory) until `spawn` returns.
         unsafe {
@@ -219,7 +219,11 @@ impl Backend for HostBackend {
                         return Err(io::Error::last_os_error());
                     }
                 }
-                Ok(())
+                // The agent inherits stdio and the socket directory, nothing else.
+                match dir_fd {
+                    Some(_) => boxsock_core::fds::cloexec_except(&[SOCKET_DIR_FD]),
+                    None => boxsock_core::fds::cloexec_except(&[]),
+                }
             });
         }
         let child = cmd.spawn().map_err(|source| BackendError::Spawn {

@@ -425,10 +425,14 @@ impl Libkrun {
         // Descriptors are moved to high temporaries first, so one's target number can
         // never clobber another's source.
         let fds: Vec<(i32, i32)> = fds.to_vec();
+        let mut keep = [0i32; 8];
+        for (k, (_, dst)) in keep.iter_mut().zip(&fds) {
+            *k = *dst;
+        }
         // SAFETY: the closure runs in the forked child before exec and only calls
-        // setsid(2), fcntl(2) and dup2(2), which are async-signal-safe; it allocates
-        // nothing (the vector was built before the fork and is only read). Every source
-        // descriptor stays open in the parent until `spawn` returns.
+        // setsid(2), fcntl(2), dup2(2) and close_range(2), which are async-signal-safe;
+        // it allocates nothing (the vector was built before the fork and is only read).
+        // Every source descriptor stays open in the parent until `spawn` returns.
         unsafe {
             cmd.pre_exec(move || {
                 nix::unistd::setsid().map_err(std::io::Error::from)?;
@@ -443,7 +447,8 @@ impl Libkrun {
                 for (i, (_, dst)) in fds.iter().enumerate().take(tmp.len()) {
                     crate::passt::pass_fd(tmp[i], *dst)?;
                 }
-                Ok(())
+                // The shim inherits stdio and the descriptors it is handed, nothing else.
+                boxsock_core::fds::cloexec_except(&keep[..fds.len().min(keep.len())])
             });
         }
         let mut child = cmd.spawn().map_err(|e| match e.kind() {

@@ -140,9 +140,12 @@ impl Passt {
         let (mut cmd, start_offset) = command(binary, log)?;
         cmd.arg("--socket").arg(socket);
         // SAFETY: the closure runs in the forked child before exec and only calls
-        // setsid(2), which is async-signal-safe and allocates nothing.
+        // setsid(2) and close_range(2), which are async-signal-safe and allocate nothing.
         unsafe {
-            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                boxsock_core::fds::cloexec_except(&[])
+            });
         }
         let mut child = cmd.spawn().map_err(|source| PasstError::Spawn { binary: binary.to_path_buf(), source })?;
         let deadline = Instant::now() + timeout;
@@ -191,12 +194,14 @@ impl Passt {
         cmd.args(["--fd", &PASST_FD.to_string()]);
         let src = end.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and only calls
-        // setsid(2), fcntl(2) and dup2(2), which are async-signal-safe; `src` stays open
+        // setsid(2), fcntl(2), dup2(2) and close_range(2), which are async-signal-safe;
+        // `src` stays open
         // in the parent until `spawn` returns.
         unsafe {
             cmd.pre_exec(move || {
                 nix::unistd::setsid().map_err(std::io::Error::from)?;
-                pass_fd(src, PASST_FD)
+                pass_fd(src, PASST_FD)?;
+                boxsock_core::fds::cloexec_except(&[PASST_FD])
             });
         }
         let mut child = cmd.spawn().map_err(|source| PasstError::Spawn { binary: binary.to_path_buf(), source })?;
