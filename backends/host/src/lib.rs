@@ -106,7 +106,7 @@ impl HostBackend {
             backend: NAME.into(),
             reason: format!(
                 "no executable {AGENT_BINARY} found; looked at {} (install it beside boxsock with `{AGENT_INSTALL}`, or set {AGENT_ENV} or the helper directory)",
-                candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                candidates.iter().map(|p| boxsock_core::echo::path(&p).to_string()).collect::<Vec<_>>().join(", ")
             ),
         })
     }
@@ -167,11 +167,11 @@ impl Backend for HostBackend {
         let ready = self.address(spec, catalogue::READY.name)?;
         let binary = self.find_agent()?;
         let log = OpenOptions::new().create(true).append(true).open(&spec.log_file).map_err(|e| {
-            self.spec_error(format!("box {}: cannot open log file {}: {e}", spec.id, spec.log_file.display()))
+            self.spec_error(format!("box {}: cannot open log file {}: {e}", spec.id, boxsock_core::echo::path(&spec.log_file)))
         })?;
         let log_err = log.try_clone().map_err(|e| BackendError::Spawn {
             backend: NAME.into(),
-            what: spec.log_file.display().to_string(),
+            what: boxsock_core::echo::path(&spec.log_file).to_string(),
             source: e,
         })?;
 
@@ -228,13 +228,13 @@ impl Backend for HostBackend {
         }
         let child = cmd.spawn().map_err(|source| BackendError::Spawn {
             backend: NAME.into(),
-            what: binary.display().to_string(),
+            what: boxsock_core::echo::path(&binary).to_string(),
             source,
         })?;
         let pid = child.id() as i32;
         // Dropping a std `Child` neither waits nor kills: the caller reaps by pid.
         drop(child);
-        tracing::info!(box_id = %spec.id, pid, binary = %binary.display(), agent = %agent, ready = %ready, agent_uri, ready_uri, allow_uids = ?uids, "launched agent");
+        tracing::info!(box_id = %spec.id, pid, binary = %boxsock_core::echo::path(&binary), agent = %agent, ready = %ready, agent_uri, ready_uri, allow_uids = ?uids, "launched agent");
         Ok(Launched { pid, companions: Vec::new() })
     }
 }

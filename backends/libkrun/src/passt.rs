@@ -44,7 +44,7 @@ pub fn pass_fd(src: i32, dst: i32) -> std::io::Result<()> {
 #[non_exhaustive]
 pub enum PasstError {
     /// The binary could not be executed.
-    #[error("cannot start {binary}: {source}")]
+    #[error("cannot start {}: {source}", boxsock_core::echo::path(binary))]
     Spawn {
         /// The binary.
         binary: PathBuf,
@@ -53,7 +53,7 @@ pub enum PasstError {
         source: std::io::Error,
     },
     /// It exited before binding, or never bound.
-    #[error("{binary} did not bind {socket} ({what}); its output: {output}")]
+    #[error("{} did not bind {} ({what}); its output: {output}", boxsock_core::echo::path(binary), boxsock_core::echo::path(socket))]
     NotBound {
         /// The binary.
         binary: PathBuf,
@@ -65,13 +65,13 @@ pub enum PasstError {
         output: String,
     },
     /// Something that is not a socket occupies the path.
-    #[error("refusing to start passt: {path} exists and is not a socket")]
+    #[error("refusing to start passt: {} exists and is not a socket", boxsock_core::echo::path(path))]
     Occupied {
         /// The path.
         path: PathBuf,
     },
     /// The output log could not be opened.
-    #[error("cannot open passt log {path}: {source}")]
+    #[error("cannot open passt log {}: {source}", boxsock_core::echo::path(path))]
     Log {
         /// The log path.
         path: PathBuf,
@@ -152,7 +152,7 @@ impl Passt {
         loop {
             if let Ok(m) = std::fs::symlink_metadata(socket) {
                 if m.file_type().is_socket() && is_listening(socket) {
-                    tracing::debug!(pid = child.id(), socket = %socket.display(), "passt bound");
+                    tracing::debug!(pid = child.id(), socket = %boxsock_core::echo::path(&socket), "passt bound");
                     let pid = child.id() as i32;
                     return Ok(Passt { child: Some(child), pid, socket: socket.to_path_buf() });
                 }

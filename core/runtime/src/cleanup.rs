@@ -32,8 +32,8 @@ pub(crate) fn remove_socket_files(layout: &BoxLayout, id: &BoxId) {
         use std::os::unix::fs::FileTypeExt;
         if e.file_type().is_ok_and(|t| t.is_socket()) {
             match std::fs::remove_file(e.path()) {
-                Ok(()) => tracing::debug!(box_id = %id, path = %e.path().display(), "removed a stale socket file"),
-                Err(err) => tracing::debug!(box_id = %id, path = %e.path().display(), error = %err, "could not remove a stale socket file"),
+                Ok(()) => tracing::debug!(box_id = %id, path = %boxsock_core::echo::path(&e.path()), "removed a stale socket file"),
+                Err(err) => tracing::debug!(box_id = %id, path = %boxsock_core::echo::path(&e.path()), error = %err, "could not remove a stale socket file"),
             }
         }
     }
@@ -66,14 +66,14 @@ pub(crate) fn undo_created_home(layout: &BoxLayout, created: &[PathBuf]) {
     };
     if created.last().is_some_and(|h| h == layout.home()) {
         if let Err(e) = std::fs::remove_dir_all(layout.home()) {
-            tracing::warn!(home = %layout.home().display(), error = %e, "cannot remove the home this failed open created");
+            tracing::warn!(home = %boxsock_core::echo::path(&layout.home()), error = %e, "cannot remove the home this failed open created");
         }
     }
     drop(guard);
     for d in created.iter().rev() {
         match std::fs::remove_dir(d) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!(path = %d.display(), error = %e, "cannot remove a directory this failed open created")
+                tracing::warn!(path = %boxsock_core::echo::path(&d), error = %e, "cannot remove a directory this failed open created")
             }
             _ => {}
         }

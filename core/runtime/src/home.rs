@@ -325,7 +325,7 @@ pub fn tighten_home(home: BorrowedFd<'_>, path: &Path) {
     if let Ok(st) = fstat(home) {
         if st.st_mode & 0o077 != 0 {
             if let Err(e) = fchmod(home, Mode::from_bits_truncate(0o700)) {
-                tracing::warn!(home = %path.display(), error = %e, "cannot make the home 0700");
+                tracing::warn!(home = %boxsock_core::echo::path(&path), error = %e, "cannot make the home 0700");
             }
         }
     }
@@ -383,7 +383,7 @@ pub fn journal_done(layout: &boxsock_core::layout::BoxLayout, id: &boxsock_core:
     let p = layout.create_journal(id);
     if let Err(e) = std::fs::remove_file(&p) {
         if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(path = %p.display(), error = %e, "cannot remove a create journal entry");
+            tracing::warn!(path = %boxsock_core::echo::path(&p), error = %e, "cannot remove a create journal entry");
         }
     }
 }

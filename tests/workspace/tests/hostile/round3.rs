@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use boxsock::{CreateOptions, Runtime};
-use boxsock_core::{BindingError, SocketBinding, StrategyConfig};
+use boxsock_core::{BindingError, StrategyConfig};
 use boxsock_tests::reliability::Outcome;
 use boxsock_tests::scenario;
 
