@@ -36,6 +36,7 @@ pub mod layout;
 pub mod peer;
 pub mod proto;
 pub mod registry;
+pub mod trust;
 pub mod sockdir;
 
 pub use address::{SocketAddress, UriError};

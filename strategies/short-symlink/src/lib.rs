@@ -305,9 +305,10 @@ impl ShortSymlink {
     fn open_per_uid(&self, create: bool) -> Result<Option<OwnedFd>, BindingError> {
         let base = &self.config.base_dir;
         let uid = self.config.uid;
-        let base_fd = nix::fcntl::open(base, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|e| BindingError::errno("open base directory", base, e))?;
-        let bst = nix::sys::stat::fstat(&base_fd).map_err(|e| BindingError::errno("stat", base, e))?;
+        // Resolved on descriptors, every ancestor and symlink on the way held to the
+        // ownership rule: a link base another user can redirect would let them choose
+        // where root writes.
+        let (base_fd, bst) = boxsock_core::trust::open_dir(base, uid, "the link base")?;
         let bmode = mode_bits(&bst);
         if bmode & 0o022 != 0 && bmode & 0o1000 == 0 {
             return Err(BindingError::Insecure {

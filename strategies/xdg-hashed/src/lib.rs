@@ -225,9 +225,7 @@ impl XdgHashed {
             return Err(BindingError::Invalid { what: "xdg-hashed root".into(), reason: format!("{} has no parent", boxsock_core::echo::path(&root)) });
         };
         let uid = self.config.uid;
-        let pfd = nix::fcntl::open(parent, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|e| BindingError::errno("open", parent, e))?;
-        let pst = nix::sys::stat::fstat(&pfd).map_err(|e| BindingError::errno("stat", parent, e))?;
+        let (pfd, pst) = boxsock_core::trust::open_dir(parent, uid, "the xdg-hashed root")?;
         let pmode = mode_bits(pst.st_mode);
         match &self.root {
             Root::Xdg { .. } if pst.st_uid != uid || pmode & 0o077 != 0 => {
