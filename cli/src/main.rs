@@ -857,7 +857,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     if !rep.removed.is_empty() {
                         outln!("{name}: removed {} at open", rep.removed.len());
                         for p in &rep.removed {
-                            outln!("  {}", boxsock::boxsock_core::echo::path(&p));
+                            outln!("  {}", boxsock::boxsock_core::echo::path(p));
                         }
                     }
                 }

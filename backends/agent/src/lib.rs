@@ -394,10 +394,10 @@ impl Agent {
         };
         match std::fs::symlink_metadata(path) {
             Ok(m) if (m.dev(), m.ino()) == bound => match std::fs::remove_file(path) {
-                Ok(()) => tracing::debug!(path = %boxsock_core::echo::path(&path), "removed own socket"),
-                Err(e) => tracing::warn!(path = %boxsock_core::echo::path(&path), error = %e, "cannot remove own socket"),
+                Ok(()) => tracing::debug!(path = %boxsock_core::echo::path(path), "removed own socket"),
+                Err(e) => tracing::warn!(path = %boxsock_core::echo::path(path), error = %e, "cannot remove own socket"),
             },
-            Ok(_) => tracing::debug!(path = %boxsock_core::echo::path(&path), "socket file was replaced; leaving it"),
+            Ok(_) => tracing::debug!(path = %boxsock_core::echo::path(path), "socket file was replaced; leaving it"),
             Err(_) => {}
         }
     }

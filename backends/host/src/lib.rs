@@ -106,7 +106,7 @@ impl HostBackend {
             backend: NAME.into(),
             reason: format!(
                 "no executable {AGENT_BINARY} found; looked at {} (install it beside boxsock with `{AGENT_INSTALL}`, or set {AGENT_ENV} or the helper directory)",
-                candidates.iter().map(|p| boxsock_core::echo::path(&p).to_string()).collect::<Vec<_>>().join(", ")
+                candidates.iter().map(|p| boxsock_core::echo::path(p).to_string()).collect::<Vec<_>>().join(", ")
             ),
         })
     }

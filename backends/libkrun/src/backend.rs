@@ -36,7 +36,7 @@ pub use crate::rootfs::DEFAULT_GUEST_AGENT;
 #[non_exhaustive]
 pub enum FindAgentError {
     /// The `agent` option names no file.
-    #[error("option agent={}: no such file", boxsock_core::echo::path(&path))]
+    #[error("option agent={}: no such file", boxsock_core::echo::path(path))]
     NoSuchFile {
         /// The path given.
         path: PathBuf,
@@ -417,7 +417,7 @@ impl Libkrun {
             source,
         };
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| {
-            spawn_err(std::io::Error::new(e.kind(), format!("cannot open the box log {}: {e}", boxsock_core::echo::path(&log))))
+            spawn_err(std::io::Error::new(e.kind(), format!("cannot open the box log {}: {e}", boxsock_core::echo::path(log))))
         })?;
         let err = out.try_clone().map_err(spawn_err)?;
         let mut cmd = Command::new(&self.config.shim);
@@ -512,12 +512,12 @@ impl Backend for Libkrun {
         }
         if let Some(root) = &settings.rootfs {
             if !root.is_absolute() {
-                return Err(bad_setting("rootfs", format!("{}: not an absolute path", boxsock_core::echo::path(&root))));
+                return Err(bad_setting("rootfs", format!("{}: not an absolute path", boxsock_core::echo::path(root))));
             }
             match std::fs::metadata(root) {
                 Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(bad_setting("rootfs", format!("{}: not a directory", boxsock_core::echo::path(&root)))),
-                Err(e) => return Err(bad_setting("rootfs", format!("{}: {e}", boxsock_core::echo::path(&root)))),
+                Ok(_) => return Err(bad_setting("rootfs", format!("{}: not a directory", boxsock_core::echo::path(root)))),
+                Err(e) => return Err(bad_setting("rootfs", format!("{}: {e}", boxsock_core::echo::path(root)))),
             }
         }
         Ok(())

@@ -152,7 +152,7 @@ impl Passt {
         loop {
             if let Ok(m) = std::fs::symlink_metadata(socket) {
                 if m.file_type().is_socket() && is_listening(socket) {
-                    tracing::debug!(pid = child.id(), socket = %boxsock_core::echo::path(&socket), "passt bound");
+                    tracing::debug!(pid = child.id(), socket = %boxsock_core::echo::path(socket), "passt bound");
                     let pid = child.id() as i32;
                     return Ok(Passt { child: Some(child), pid, socket: socket.to_path_buf() });
                 }

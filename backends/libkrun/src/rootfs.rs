@@ -94,7 +94,7 @@ pub enum RootfsError {
 }
 
 fn display_dirs(d: &[PathBuf]) -> String {
-    d.iter().map(|p| boxsock_core::echo::path(&p).to_string()).collect::<Vec<_>>().join(", ")
+    d.iter().map(|p| boxsock_core::echo::path(p).to_string()).collect::<Vec<_>>().join(", ")
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RootfsError + 'a {
@@ -160,7 +160,7 @@ pub fn prepare_at(root: &Path, agent: &Path, guest_agent: &Path) -> Result<Guest
     }
     let (interpreter, files) = install_program(root, agent, guest_agent)?;
     let host_agent = root.join(guest_agent.strip_prefix("/").unwrap_or(guest_agent));
-    tracing::info!(root = %boxsock_core::echo::path(&root), files = files.len(), static_agent = interpreter.is_none(), "guest root prepared");
+    tracing::info!(root = %boxsock_core::echo::path(root), files = files.len(), static_agent = interpreter.is_none(), "guest root prepared");
     Ok(GuestRoot { root: root.to_owned(), agent: host_agent, interpreter, files })
 }
 
@@ -305,7 +305,7 @@ pub fn ensure_base(home: &Path, agent: &Path, guest_agent: &Path) -> Result<Path
     }
     match fs::rename(&tmp, &base) {
         Ok(()) => {
-            tracing::info!(base = %boxsock_core::echo::path(&base), agent = %boxsock_core::echo::path(&agent), "guest base built");
+            tracing::info!(base = %boxsock_core::echo::path(&base), agent = %boxsock_core::echo::path(agent), "guest base built");
             Ok(base)
         }
         // Another process built the same base meanwhile: theirs is as good.

@@ -66,14 +66,14 @@ pub(crate) fn undo_created_home(layout: &BoxLayout, created: &[PathBuf]) {
     };
     if created.last().is_some_and(|h| h == layout.home()) {
         if let Err(e) = std::fs::remove_dir_all(layout.home()) {
-            tracing::warn!(home = %boxsock_core::echo::path(&layout.home()), error = %e, "cannot remove the home this failed open created");
+            tracing::warn!(home = %boxsock_core::echo::path(layout.home()), error = %e, "cannot remove the home this failed open created");
         }
     }
     drop(guard);
     for d in created.iter().rev() {
         match std::fs::remove_dir(d) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!(path = %boxsock_core::echo::path(&d), error = %e, "cannot remove a directory this failed open created")
+                tracing::warn!(path = %boxsock_core::echo::path(d), error = %e, "cannot remove a directory this failed open created")
             }
             _ => {}
         }

@@ -18,7 +18,7 @@ use crate::agent_client::ClientError;
 #[non_exhaustive]
 pub enum RuntimeError {
     /// Another runtime holds the home.
-    #[error("home {} is in use by {}", boxsock_core::echo::path(&home), match pid { Some(p) => format!("pid {p}"), None => "another process".to_string() })]
+    #[error("home {} is in use by {}", boxsock_core::echo::path(home), match pid { Some(p) => format!("pid {p}"), None => "another process".to_string() })]
     HomeBusy {
         /// The home.
         home: PathBuf,
@@ -27,7 +27,7 @@ pub enum RuntimeError {
     },
     /// The home, an ancestor of it, or a directory or file inside it could be changed by
     /// another user (or is not what boxsock made): refused, never used.
-    #[error("refusing home {}: {reason}", boxsock_core::echo::path(&path))]
+    #[error("refusing home {}: {reason}", boxsock_core::echo::path(path))]
     InsecureHome {
         /// The directory or file found.
         path: PathBuf,
@@ -38,7 +38,7 @@ pub enum RuntimeError {
     /// boxsock refuses to write into it.
     #[error(
         "{} is not a boxsock home: it is not empty (it holds {found}) and has neither .boxsock-home nor boxsock.db; refusing to write into it (use an empty or new directory)",
-        boxsock_core::echo::path(&path)
+        boxsock_core::echo::path(path)
     )]
     NotAHome {
         /// The directory.
@@ -53,7 +53,7 @@ pub enum RuntimeError {
         what: &'static str,
     },
     /// The root filesystem asked for at create is not a usable directory.
-    #[error("root filesystem {}: {reason}", boxsock_core::echo::path(&path))]
+    #[error("root filesystem {}: {reason}", boxsock_core::echo::path(path))]
     BadRootfs {
         /// The path as given.
         path: PathBuf,
@@ -61,13 +61,13 @@ pub enum RuntimeError {
         reason: String,
     },
     /// A read-only open of a home that does not exist.
-    #[error("home {} does not exist", boxsock_core::echo::path(&path))]
+    #[error("home {} does not exist", boxsock_core::echo::path(path))]
     NoHome {
         /// The home.
         path: PathBuf,
     },
     /// A change was asked of a runtime opened read-only.
-    #[error("home {} was opened read-only: cannot {op}", boxsock_core::echo::path(&home))]
+    #[error("home {} was opened read-only: cannot {op}", boxsock_core::echo::path(home))]
     ReadOnly {
         /// The home.
         home: PathBuf,
@@ -75,7 +75,7 @@ pub enum RuntimeError {
         op: &'static str,
     },
     /// A file system operation on the home failed.
-    #[error("{op} {}: {source}", boxsock_core::echo::path(&path))]
+    #[error("{op} {}: {source}", boxsock_core::echo::path(path))]
     Io {
         /// What was being done.
         op: &'static str,

@@ -319,7 +319,7 @@ pub fn tighten_home(home: BorrowedFd<'_>, path: &Path) {
     if let Ok(st) = fstat(home) {
         if st.st_mode & 0o077 != 0 {
             if let Err(e) = fchmod(home, Mode::from_bits_truncate(0o700)) {
-                tracing::warn!(home = %boxsock_core::echo::path(&path), error = %e, "cannot make the home 0700");
+                tracing::warn!(home = %boxsock_core::echo::path(path), error = %e, "cannot make the home 0700");
             }
         }
     }

@@ -284,9 +284,9 @@ fn tail_lines(path: &Path, n: usize) -> String {
             let text = String::from_utf8_lossy(&bytes);
             let lines: Vec<&str> = text.lines().collect();
             let tail = lines[lines.len().saturating_sub(n)..].join("\n");
-            if tail.is_empty() { format!("(log {} is empty)", boxsock_core::echo::path(&path)) } else { tail }
+            if tail.is_empty() { format!("(log {} is empty)", boxsock_core::echo::path(path)) } else { tail }
         }
-        Err(e) => format!("(no log at {}: {e})", boxsock_core::echo::path(&path)),
+        Err(e) => format!("(no log at {}: {e})", boxsock_core::echo::path(path)),
     }
 }
 
@@ -316,6 +316,6 @@ fn companion_logs(box_log: &Path) -> String {
         Err(_) => Vec::new(),
     };
     names.sort();
-    let parts: Vec<String> = names.iter().map(|p| format!("{}:\n{}", boxsock_core::echo::path(&p), tail_lines(p, LOG_TAIL_LINES))).collect();
-    if parts.is_empty() { format!("(no companion log in {})", boxsock_core::echo::path(&dir)) } else { parts.join("\n") }
+    let parts: Vec<String> = names.iter().map(|p| format!("{}:\n{}", boxsock_core::echo::path(p), tail_lines(p, LOG_TAIL_LINES))).collect();
+    if parts.is_empty() { format!("(no companion log in {})", boxsock_core::echo::path(dir)) } else { parts.join("\n") }
 }

@@ -135,7 +135,7 @@ pub enum StoreError {
         supported: i64,
     },
     /// A file system operation on the store's files failed.
-    #[error("store {}: {op}: {source}", boxsock_core::echo::path(&path))]
+    #[error("store {}: {op}: {source}", boxsock_core::echo::path(path))]
     Io {
         /// The file.
         path: PathBuf,
@@ -147,7 +147,7 @@ pub enum StoreError {
     },
     /// A store file is not one this user can trust (a symlink, not a regular file, or
     /// owned by another user): somebody else could read or change the boxes' secrets.
-    #[error("store {}: refusing to use it: {reason}", boxsock_core::echo::path(&path))]
+    #[error("store {}: refusing to use it: {reason}", boxsock_core::echo::path(path))]
     Insecure {
         /// The file.
         path: PathBuf,
@@ -402,7 +402,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     for (i, m) in MIGRATIONS.iter().enumerate().skip(v as usize) {
         tx.execute_batch(m).map_err(sq("migrate"))?;
         tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(sq("write schema version"))?;
-        tracing::debug!(path = %boxsock_core::echo::path(&path), version = i + 1, "store migrated");
+        tracing::debug!(path = %boxsock_core::echo::path(path), version = i + 1, "store migrated");
     }
     tx.commit().map_err(sq("commit migration"))
 }
@@ -447,7 +447,7 @@ impl RawRow {
         let state = self.state.parse::<BoxState>().map_err(|e| corrupt(e.to_string()))?;
         let config: BoxConfig = serde_json::from_str(&self.config).map_err(|e| corrupt(format!("config JSON: {e}")))?;
         if let Some(root) = config.settings.rootfs.as_deref().filter(|r| !r.is_absolute()) {
-            return Err(corrupt(format!("settings.rootfs {} is not an absolute path", boxsock_core::echo::path(&root))));
+            return Err(corrupt(format!("settings.rootfs {} is not an absolute path", boxsock_core::echo::path(root))));
         }
         let process = match (self.pid, self.start_time) {
             (Some(pid), Some(st)) => Some(ProcessIdentity {

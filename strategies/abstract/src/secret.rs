@@ -43,9 +43,9 @@ pub fn load_or_create(path: &Path, owner: u32, restore: Option<&Secret>) -> Resu
         }
         if let Some(s) = create(path, restore)? {
             if restore.is_some() {
-                tracing::warn!(path = %boxsock_core::echo::path(&path), "the abstract-socket secret had been deleted; restored it from memory");
+                tracing::warn!(path = %boxsock_core::echo::path(path), "the abstract-socket secret had been deleted; restored it from memory");
             } else {
-                tracing::debug!(path = %boxsock_core::echo::path(&path), "created abstract-socket secret");
+                tracing::debug!(path = %boxsock_core::echo::path(path), "created abstract-socket secret");
             }
             return Ok(s);
         }

@@ -227,12 +227,12 @@ impl ShortSymlink {
             // A recorded fallback: a directory directly in the base.
             Some(d) if d.parent() == Some(config.base_dir.as_path()) => match d.file_name().and_then(|n| n.to_str()) {
                 Some(n) if !n.is_empty() && !n.starts_with('.') => n.to_owned(),
-                _ => return Err(BindingError::Invalid { what: "binding directory".into(), reason: format!("{} has no plain name", boxsock_core::echo::path(&d)) }),
+                _ => return Err(BindingError::Invalid { what: "binding directory".into(), reason: format!("{} has no plain name", boxsock_core::echo::path(d)) }),
             },
             Some(d) => {
                 return Err(BindingError::Invalid {
                     what: "binding directory".into(),
-                    reason: format!("{} is not directly in the base directory {}", boxsock_core::echo::path(&d), boxsock_core::echo::path(&config.base_dir)),
+                    reason: format!("{} is not directly in the base directory {}", boxsock_core::echo::path(d), boxsock_core::echo::path(&config.base_dir)),
                 });
             }
         };
@@ -428,12 +428,12 @@ impl ShortSymlink {
             let entry = examine(dir, name).map_err(|e| BindingError::errno("inspect", &link, e))?;
             match entry {
                 Entry::LiveDir(got) if got == want => {
-                    tracing::debug!(box_id = %id, path = %boxsock_core::echo::path(&link), target = %boxsock_core::echo::path(&target), "link in place");
+                    tracing::debug!(box_id = %id, path = %boxsock_core::echo::path(&link), target = %boxsock_core::echo::path(target), "link in place");
                     return Ok(());
                 }
                 Entry::Missing => match nix::unistd::symlinkat(target, dir, name) {
                     Ok(()) => {
-                        tracing::debug!(box_id = %id, path = %boxsock_core::echo::path(&link), target = %boxsock_core::echo::path(&target), "created link");
+                        tracing::debug!(box_id = %id, path = %boxsock_core::echo::path(&link), target = %boxsock_core::echo::path(target), "created link");
                     }
                     // A concurrent creator won: look at what it made.
                     Err(Errno::EEXIST) => {}
@@ -447,12 +447,12 @@ impl ShortSymlink {
                         path: link,
                         found: format!(
                             "a link to {to}, which exists (another home's box with the same id?) and is not {}",
-                            boxsock_core::echo::path(&target)
+                            boxsock_core::echo::path(target)
                         ),
                     });
                 }
                 Entry::Dangling | Entry::LiveOther => {
-                    tracing::info!(box_id = %id, path = %boxsock_core::echo::path(&link), target = %boxsock_core::echo::path(&target), stale = ?entry, "replacing stale link");
+                    tracing::info!(box_id = %id, path = %boxsock_core::echo::path(&link), target = %boxsock_core::echo::path(target), stale = ?entry, "replacing stale link");
                     self.replace_link(dir, name, target)?;
                 }
                 Entry::NotALink(kind) => {

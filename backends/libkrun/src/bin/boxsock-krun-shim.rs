@@ -63,7 +63,7 @@ fn main() -> ExitCode {
 /// (`create_new` does not follow a symlink) renamed into place.
 fn record_spec(box_dir: &Path, input: &[u8]) -> std::io::Result<PathBuf> {
     if !box_dir.is_absolute() || !box_dir.is_dir() {
-        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("box dir {} is not an absolute directory", boxsock_core::echo::path(&box_dir))));
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("box dir {} is not an absolute directory", boxsock_core::echo::path(box_dir))));
     }
     let path = box_dir.join(SHIM_SPEC_FILE);
     let tmp = box_dir.join(format!(".{SHIM_SPEC_FILE}.{}", std::process::id()));
@@ -171,12 +171,12 @@ fn jail_probe(box_id: &str, path: &Path) {
     match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Ok(_) => {
             let _ = std::fs::remove_file(path);
-            eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} succeeded (the jail does not cover it)", boxsock_core::echo::path(&path));
+            eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} succeeded (the jail does not cover it)", boxsock_core::echo::path(path));
         }
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} was denied: {e}", boxsock_core::echo::path(&path))
+            eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} was denied: {e}", boxsock_core::echo::path(path))
         }
-        Err(e) => eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} failed: {e}", boxsock_core::echo::path(&path)),
+        Err(e) => eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} failed: {e}", boxsock_core::echo::path(path)),
     }
 }
 

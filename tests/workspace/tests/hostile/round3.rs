@@ -96,7 +96,7 @@ scenario!(
     "Attacks",
     "the CLI is started with descriptors 10 and 251 open without CLOEXEC and runs `run --rm -- sh -c 'ls /proc/$$/fd'` on the `host` backend; the library (in a process started with the same descriptors) runs the same command through `Runtime::command`, with pipes and with a tty; control: the same shell started directly by the test with those descriptors",
     {
-        (|| -> Outcome {
+        {
             let w = World::new();
             // Control: the descriptors really are inherited by what the test starts.
             let mut direct = Command::new("sh");
@@ -130,7 +130,7 @@ scenario!(
             Outcome::Passed(format!(
                 "control (sh started directly): fds {control:?}; CLI `run --rm`: {via_cli:?}; library `Runtime::command`: {line}"
             ))
-        })()
+        }
     }
 );
 
