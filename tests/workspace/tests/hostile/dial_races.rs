@@ -290,14 +290,21 @@ scenario!(
             opts.strategy_config.base_dir = lnk.clone();
             let tokio = tokio_rt();
             let (rt, _) = tokio.block_on(Runtime::open(w.layout.home(), opts)).unwrap();
-            let b = tokio.block_on(rt.create(CreateOptions::new("short-symlink", "host"))).unwrap();
+            // A runtime that refuses a link base another user can redirect is protected
+            // before any dial (at create or start); the race below is then moot.
+            let refused = |when: &str, e: boxsock::RuntimeError| {
+                let text = e.to_string();
+                assert!(text.contains(&*lnk.to_string_lossy()) || text.contains("65534"), "{when} failed for another reason: {text}");
+                let text = text.replace(root.to_str().unwrap(), "<root>");
+                Outcome::Passed(format!("refused at {when}, before any dial: {text}"))
+            };
+            let b = match tokio.block_on(rt.create(CreateOptions::new("short-symlink", "host"))) {
+                Ok(b) => b,
+                Err(e) => return refused("create", e),
+            };
             let id = b.id.to_string();
             if let Err(e) = tokio.block_on(rt.start(&id)) {
-                // A runtime that refuses a link base another user can redirect is
-                // protected before any dial; the race below is then moot.
-                let text = e.to_string();
-                assert!(text.contains(&*lnk.to_string_lossy()) || text.contains("65534"), "start failed for another reason: {text}");
-                return Outcome::Passed(format!("refused at start, before any dial: {text}"));
+                return refused("start", e);
             }
             let uid_dir = evil.join(format!("boxsock-{}", nix::unistd::geteuid()));
             mkdir_mode(&uid_dir, 0o777, Some(NOBODY));
