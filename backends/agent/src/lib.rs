@@ -626,9 +626,13 @@ where
             let [i, o, e] = pty.stdio;
             cmd.stdin(i).stdout(o).stderr(e);
             // SAFETY: the closure only makes async-signal-safe system calls (setsid,
-            // ioctl) in the forked child before exec.
+            // ioctl, close_range) in the forked child before exec.
             unsafe {
                 cmd.pre_exec(pty::become_session_leader);
+                // Its stdio is the pty slave, nothing else (see `main`: the agent's
+                // inherited descriptors are close-on-exec already; this holds for an
+                // embedder of `serve` too).
+                cmd.pre_exec(|| boxsock_core::fds::cloexec_except(&[]));
             }
             if !env.iter().any(|(k, _)| k == "TERM") {
                 cmd.env("TERM", "xterm");
@@ -643,12 +647,6 @@ where
             None
         }
     };
-    // The command gets its stdio (or its pty) and nothing else: not the socket
-    // directory the agent inherited, nor any descriptor the agent's parent leaked.
-    // SAFETY: cloexec_except only calls close_range(2) or fcntl(2), async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| boxsock_core::fds::cloexec_except(&[]));
-    }
     let spawned = cmd.spawn();
     // Close our copies of the pty slave: the master reads EOF when the command's go.
     drop(cmd);
