@@ -76,7 +76,7 @@ pub enum LogsError {
     #[error(transparent)]
     Runtime(#[from] boxsock::RuntimeError),
     /// The log file could not be read.
-    #[error("box log {}: {source}", path.display())]
+    #[error("box log {}: {source}", boxsock::boxsock_core::echo::path(path))]
     Io {
         /// The log file.
         path: std::path::PathBuf,

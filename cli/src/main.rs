@@ -24,6 +24,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod exit;
 mod logs;
+mod term;
 mod tty;
 mod views;
 
@@ -304,9 +305,12 @@ impl Failure {
 
 /// Write one line to stdout. Rust ignores SIGPIPE, so a closed stdout is an `EPIPE`
 /// error here (never a panic, as with `println!`).
+/// The line is escaped and bounded ([`term::for_terminal`]): it may show a path another
+/// user named.
 fn write_out(args: std::fmt::Arguments<'_>) -> Result<(), Failure> {
+    let line = term::for_terminal(&args.to_string());
     let mut o = std::io::stdout().lock();
-    o.write_fmt(args).and_then(|()| o.write_all(b"\n")).map_err(|e| Failure::stdout(&e))
+    o.write_all(line.as_bytes()).and_then(|()| o.write_all(b"\n")).map_err(|e| Failure::stdout(&e))
 }
 
 /// `println!` that returns a [`Failure`] from the enclosing function on a write error.
@@ -315,10 +319,11 @@ macro_rules! outln {
     ($($t:tt)*) => { write_out(format_args!($($t)*))? };
 }
 
-/// `eprintln!` that ignores a closed stderr: there is nowhere left to report to.
+/// `eprintln!` that ignores a closed stderr (there is nowhere left to report to), the
+/// line escaped and bounded ([`term::for_terminal`]).
 macro_rules! errln {
     ($($t:tt)*) => {{
-        let _ = writeln!(std::io::stderr(), $($t)*);
+        let _ = writeln!(std::io::stderr(), "{}", term::for_terminal(&format!($($t)*)));
     }};
 }
 
@@ -352,10 +357,11 @@ fn init_logs() {
         }
     };
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let ansi = std::io::stderr().is_terminal() && !no_color;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal() && !no_color)
-        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_writer(move || term::Escaping { allow_sgr: ansi })
         .init();
 }
 
@@ -364,9 +370,15 @@ fn main() -> ExitCode {
     // version exit 0.
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        // clap quotes a rejected value raw: its error is escaped and bounded like every
+        // boxsock message (help and version are ours, printed as they are).
+        Err(e) if e.use_stderr() => {
+            let _ = std::io::stderr().write_all(term::for_terminal(&e.render().to_string()).as_bytes());
+            return ExitCode::from(exit::FAILED);
+        }
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::FAILED } else { 0 });
+            return ExitCode::from(0);
         }
     };
     init_logs();
@@ -401,7 +413,7 @@ impl Global {
             .clone()
             .or_else(boxsock::default_home)
             .ok_or_else(|| Failure("no home: pass --home or set BOXSOCK_HOME (HOME is not set either)".into(), exit::FAILED))?;
-        std::path::absolute(&home).map_err(|e| Failure(format!("home {}: cannot make it absolute: {e}", home.display()), exit::FAILED))
+        std::path::absolute(&home).map_err(|e| Failure(format!("home {}: cannot make it absolute: {e}", boxsock::boxsock_core::echo::path(&home)), exit::FAILED))
     }
 
     fn options(&self) -> Result<RuntimeOptions, Failure> {
@@ -466,7 +478,7 @@ impl Global {
     async fn open_existing(&self, what: &str, writes: Writes) -> Result<Runtime, Failure> {
         let home = self.home()?;
         if !home.exists() {
-            return Err(Failure(format!("no box with id or name {}: home {} does not exist", boxsock::boxsock_core::echo::echo(what), home.display()), exit::FAILED));
+            return Err(Failure(format!("no box with id or name {}: home {} does not exist", boxsock::boxsock_core::echo::echo(what), boxsock::boxsock_core::echo::path(&home)), exit::FAILED));
         }
         self.open(writes).await
     }
@@ -614,7 +626,9 @@ async fn interrupted() -> &'static str {
 
 fn json<T: serde::Serialize>(v: &T) -> Result<u8, Failure> {
     let s = serde_json::to_string_pretty(v).map_err(|e| Failure(format!("cannot encode JSON: {e}"), exit::FAILED))?;
-    outln!("{s}");
+    // Not through `write_out`: JSON is escaped its own way and never cut.
+    let mut o = std::io::stdout().lock();
+    o.write_all(term::json_for_terminal(&s).as_bytes()).and_then(|()| o.write_all(b"\n")).map_err(|e| Failure::stdout(&e))?;
     Ok(0)
 }
 
@@ -722,7 +736,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     (boxes, l.bad)
                 }
                 None => {
-                    errln!("boxsock: home {} does not exist (no boxes)", g.home()?.display());
+                    errln!("boxsock: home {} does not exist (no boxes)", boxsock::boxsock_core::echo::path(&g.home()?));
                     (Vec::new(), Vec::new())
                 }
             };
@@ -745,7 +759,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Verb::Inspect { json: as_json, ids } => {
             let Some(rt) = g.open_read_only().await? else {
-                return Err(Failure(format!("no box with id or name {}: home {} does not exist", boxsock::boxsock_core::echo::echo(&ids.join(", ")), g.home()?.display()), exit::FAILED));
+                return Err(Failure(format!("no box with id or name {}: home {} does not exist", boxsock::boxsock_core::echo::echo(&ids.join(", ")), boxsock::boxsock_core::echo::path(&g.home()?)), exit::FAILED));
             };
             let mut found = Vec::new();
             let mut failed = false;
@@ -775,7 +789,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Verb::Logs { follow, id } => {
             let Some(rt) = g.open_read_only().await? else {
-                return Err(Failure(format!("no box with id or name {}: home {} does not exist", boxsock::boxsock_core::echo::echo(&id), g.home()?.display()), exit::FAILED));
+                return Err(Failure(format!("no box with id or name {}: home {} does not exist", boxsock::boxsock_core::echo::echo(&id), boxsock::boxsock_core::echo::path(&g.home()?)), exit::FAILED));
             };
             let mut out = |b: &[u8]| {
                 let mut o = std::io::stdout().lock();
@@ -843,7 +857,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     if !rep.removed.is_empty() {
                         outln!("{name}: removed {} at open", rep.removed.len());
                         for p in &rep.removed {
-                            outln!("  {}", p.display());
+                            outln!("  {}", boxsock::boxsock_core::echo::path(p));
                         }
                     }
                 }
@@ -866,7 +880,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     Ok(rep) => {
                         outln!("{name}: removed {}, kept {}", rep.removed.len(), rep.kept);
                         for p in rep.removed {
-                            outln!("  {}", p.display());
+                            outln!("  {}", boxsock::boxsock_core::echo::path(&p));
                         }
                     }
                     Err(e) => outln!("{name}: failed: {e}"),

@@ -409,7 +409,7 @@ fn a_read_only_verb_in_a_directory_that_is_not_a_home_deletes_and_creates_nothin
         let o = run(boxsock(&env).arg("--home").arg(&t).args(args));
         assert!(!o.status.success(), "{args:?} wrote into a directory that is not a home");
         let err = stderr(&o);
-        assert!(err.contains(&format!("{} is not a boxsock home", t.display())) && err.contains("boxes"), "{args:?}: {err}");
+        assert!(err.contains(&format!("{} is not a boxsock home", boxsock::boxsock_core::echo::path(&t))) && err.contains("boxes"), "{args:?}: {err}");
         assert_eq!(tree(&t), before, "{args:?} changed {}", t.display());
     }
     // A missing home: `ls` says so and creates nothing.

@@ -131,9 +131,14 @@ impl From<&SocketAddress> for SocketAddress {
     }
 }
 
+/// Shown quoted, escaped and bounded ([`crate::echo::path`]): a path may hold what another
+/// user wrote. [`SocketAddress::display_string`] is the raw form.
 impl fmt::Display for SocketAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.display_string())
+        match self {
+            SocketAddress::Path(p) => write!(f, "{}", crate::echo::path(p)),
+            SocketAddress::Abstract(n) => write!(f, "@{}", crate::echo::bytes(n)),
+        }
     }
 }
 

@@ -300,7 +300,6 @@ pub mod fallback {
     use std::path::{Path, PathBuf};
 
     use nix::errno::Errno;
-    use nix::fcntl::OFlag;
     use nix::sys::stat::Mode;
     use rand::Rng;
 
@@ -326,8 +325,7 @@ pub mod fallback {
     /// random name, retried on `EEXIST`) relative to an opened base directory.
     pub fn create(config: &StrategyConfig) -> Result<PathBuf, BindingError> {
         let base = &config.base_dir;
-        let base_fd = nix::fcntl::open(base, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|e| BindingError::errno("open base directory", base, e))?;
+        let (base_fd, _) = crate::trust::open_dir(base, config.uid, "the link base")?;
         const CHARS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
         let mut rng = rand::rng();
         for _ in 0..16 {

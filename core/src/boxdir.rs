@@ -12,7 +12,7 @@ use crate::layout::BoxLayout;
 /// Why a box directory could not be made: the operation, the exact directory, and the
 /// untouched OS error (its errno is kept).
 #[derive(Debug, thiserror::Error)]
-#[error("{op} {}: {source}", path.display())]
+#[error("{op} {}: {source}", crate::echo::path(path))]
 pub struct BoxDirError {
     /// What was being done ("create directory", "inspect", "tighten mode of").
     pub op: &'static str,

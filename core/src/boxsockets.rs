@@ -76,7 +76,7 @@ impl BoxSockets {
             (Some(dir), SocketAddress::Path(p)) => {
                 let file = p.file_name().and_then(|f| f.to_str()).ok_or_else(|| BindingError::Invalid {
                     what: "socket address".into(),
-                    reason: format!("{} has no file name", p.display()),
+                    reason: format!("{} has no file name", crate::echo::path(p)),
                 })?;
                 dir.child_address(file, fd_no)
             }

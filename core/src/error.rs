@@ -15,7 +15,8 @@ use crate::address::SocketAddress;
 pub enum BindingError {
     /// An address does not fit in `sun_path`.
     #[error(
-        "socket {socket:?}: address {path} is {len} bytes, over the limit: sun_path holds {limit} bytes including the terminating NUL, so at most {} bytes fit",
+        "socket {socket:?}: address {} is {len} bytes, over the limit: sun_path holds {limit} bytes including the terminating NUL, so at most {} bytes fit",
+        crate::echo::os(path.as_ref()),
         limit.saturating_sub(1)
     )]
     PathTooLong {
@@ -31,7 +32,7 @@ pub enum BindingError {
 
     /// Something on disk is not as safe as it must be (wrong owner, a symlink where a
     /// directory must be, group/other access that could not be repaired…).
-    #[error("refusing insecure {path}: {reason}")]
+    #[error("refusing insecure {}: {reason}", crate::echo::path(path))]
     Insecure {
         /// The offending path.
         path: PathBuf,
@@ -41,7 +42,7 @@ pub enum BindingError {
 
     /// Something that is not ours occupies a path the strategy needs (a regular file or
     /// directory where the link belongs). It is never overwritten.
-    #[error("refusing to replace {path}: it is {found}, not a link this strategy made")]
+    #[error("refusing to replace {}: it is {found}, not a link this strategy made", crate::echo::path(path))]
     Occupied {
         /// The path.
         path: PathBuf,
@@ -50,7 +51,7 @@ pub enum BindingError {
     },
 
     /// The box's real socket directory does not exist (removed box, or deleted by hand).
-    #[error("box {id}: its socket directory {path} does not exist")]
+    #[error("box {id}: its socket directory {} does not exist", crate::echo::path(path))]
     MissingSocketDir {
         /// The box id.
         id: String,

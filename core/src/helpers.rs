@@ -29,7 +29,7 @@ pub struct AgentNotFound {
 }
 
 fn list(paths: &[PathBuf]) -> String {
-    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    paths.iter().map(|p| crate::echo::path(p).to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// Where the agent binary is looked for, in order: `helper_dir`, `$BOXSOCK_AGENT`,

@@ -34,11 +34,13 @@ pub mod catalogue;
 pub mod echo;
 pub mod helpers;
 pub mod error;
+pub mod fds;
 pub mod id;
 pub mod layout;
 pub mod peer;
 pub mod proto;
 pub mod registry;
+pub mod trust;
 pub mod sockdir;
 
 pub use address::{SocketAddress, UriError};

@@ -453,7 +453,7 @@ fn bind_retrying_stale<T>(addr: &SocketAddress, bind: impl Fn(&std::os::unix::ne
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
             if let Some(p) = addr.as_path() {
                 if is_stale_socket(p) {
-                    tracing::debug!(path = %p.display(), "replacing stale socket file");
+                    tracing::debug!(path = %crate::echo::path(p), "replacing stale socket file");
                     let _ = std::fs::remove_file(p);
                     return bind(&std_addr).map_err(|e| BindingError::io("bind", p, e));
                 }

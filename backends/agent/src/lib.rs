@@ -396,10 +396,10 @@ impl Agent {
         };
         match std::fs::symlink_metadata(path) {
             Ok(m) if (m.dev(), m.ino()) == bound => match std::fs::remove_file(path) {
-                Ok(()) => tracing::debug!(path = %path.display(), "removed own socket"),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove own socket"),
+                Ok(()) => tracing::debug!(path = %boxsock_core::echo::path(path), "removed own socket"),
+                Err(e) => tracing::warn!(path = %boxsock_core::echo::path(path), error = %e, "cannot remove own socket"),
             },
-            Ok(_) => tracing::debug!(path = %path.display(), "socket file was replaced; leaving it"),
+            Ok(_) => tracing::debug!(path = %boxsock_core::echo::path(path), "socket file was replaced; leaving it"),
             Err(_) => {}
         }
     }
@@ -628,9 +628,13 @@ where
             let [i, o, e] = pty.stdio;
             cmd.stdin(i).stdout(o).stderr(e);
             // SAFETY: the closure only makes async-signal-safe system calls (setsid,
-            // ioctl) in the forked child before exec.
+            // ioctl, close_range) in the forked child before exec.
             unsafe {
                 cmd.pre_exec(pty::become_session_leader);
+                // Its stdio is the pty slave, nothing else (see `main`: the agent's
+                // inherited descriptors are close-on-exec already; this holds for an
+                // embedder of `serve` too).
+                cmd.pre_exec(|| boxsock_core::fds::cloexec_except(&[]));
             }
             if !env.iter().any(|(k, _)| k == "TERM") {
                 cmd.env("TERM", "xterm");

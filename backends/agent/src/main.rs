@@ -43,6 +43,16 @@ struct Args {
 }
 
 fn main() {
+    // Nothing the agent inherited beyond stdio (its socket directory at descriptor 3, or
+    // whatever its parent leaked) reaches a command: marked close-on-exec here, the
+    // agent itself still uses descriptor 3 (`/proc/self/fd/3/<name>`). Everything the
+    // agent opens later is close-on-exec already (the pty too), so a command without a
+    // tty is spawned with no `pre_exec`, and keeps `posix_spawn`'s semantics (no
+    // `/bin/sh` retry of a file that is not a program).
+    if let Err(e) = boxsock_core::fds::cloexec_except(&[]) {
+        eprintln!("boxsock-agent: cannot mark inherited descriptors close-on-exec: {e}");
+        std::process::exit(1);
+    }
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))

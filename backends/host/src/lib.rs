@@ -134,11 +134,11 @@ impl Backend for HostBackend {
         let ready = self.address(spec, catalogue::READY.name)?;
         let binary = self.find_agent()?;
         let log = OpenOptions::new().create(true).append(true).open(&spec.log_file).map_err(|e| {
-            self.spec_error(format!("box {}: cannot open log file {}: {e}", spec.id, spec.log_file.display()))
+            self.spec_error(format!("box {}: cannot open log file {}: {e}", spec.id, boxsock_core::echo::path(&spec.log_file)))
         })?;
         let log_err = log.try_clone().map_err(|e| BackendError::Spawn {
             backend: NAME.into(),
-            what: spec.log_file.display().to_string(),
+            what: boxsock_core::echo::path(&spec.log_file).to_string(),
             source: e,
         })?;
 
@@ -167,7 +167,7 @@ impl Backend for HostBackend {
             .stderr(Stdio::from(log_err));
         let dir_fd: Option<i32> = spec.sockets.dir.as_ref().map(|d| d.as_raw_fd());
         // SAFETY: the closure runs in the forked child before exec and only calls
-        // setsid(2), dup2(2) and fcntl(2), which are async-signal-safe; it allocates
+        // setsid(2), dup2(2), fcntl(2) and close_range(2), which are async-signal-safe; it allocates
         // nothing and touches no lock. `dir_fd` is a descriptor the parent keeps open
         // (the spec's socket directory) until `spawn` returns.
         unsafe {
@@ -186,18 +186,22 @@ impl Backend for HostBackend {
                         return Err(io::Error::last_os_error());
                     }
                 }
-                Ok(())
+                // The agent inherits stdio and the socket directory, nothing else.
+                match dir_fd {
+                    Some(_) => boxsock_core::fds::cloexec_except(&[SOCKET_DIR_FD]),
+                    None => boxsock_core::fds::cloexec_except(&[]),
+                }
             });
         }
         let child = cmd.spawn().map_err(|source| BackendError::Spawn {
             backend: NAME.into(),
-            what: binary.display().to_string(),
+            what: boxsock_core::echo::path(&binary).to_string(),
             source,
         })?;
         let pid = child.id() as i32;
         // Dropping a std `Child` neither waits nor kills: the caller reaps by pid.
         drop(child);
-        tracing::info!(box_id = %spec.id, pid, binary = %binary.display(), agent = %agent, ready = %ready, agent_uri, ready_uri, allow_uids = ?uids, "launched agent");
+        tracing::info!(box_id = %spec.id, pid, binary = %boxsock_core::echo::path(&binary), agent = %agent, ready = %ready, agent_uri, ready_uri, allow_uids = ?uids, "launched agent");
         Ok(Launched { pid, companions: Vec::new() })
     }
 }

@@ -227,7 +227,7 @@ fn launch_errors_name_what_is_wrong() {
     let b = HostBackend::new(BackendConfig { helper_dir: Some(helpers.path().to_owned()), ..Default::default() });
     assert_eq!(b.find_agent().unwrap(), fake);
     match b.launch(&spec(&h, a, r, Vec::new())) {
-        Err(BackendError::Spawn { what, .. }) => assert_eq!(what, fake.display().to_string()),
+        Err(BackendError::Spawn { what, .. }) => assert_eq!(what, boxsock_core::echo::path(&fake).to_string()),
         other => panic!("{other:?}"),
     }
 }

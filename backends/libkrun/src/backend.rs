@@ -36,7 +36,7 @@ pub use crate::rootfs::DEFAULT_GUEST_AGENT;
 #[non_exhaustive]
 pub enum FindAgentError {
     /// The `agent` option names no file.
-    #[error("option agent={}: no such file", path.display())]
+    #[error("option agent={}: no such file", boxsock_core::echo::path(path))]
     NoSuchFile {
         /// The path given.
         path: PathBuf,
@@ -233,13 +233,13 @@ impl Libkrun {
             };
             let agent = through(catalogue::AGENT.name)?;
             let ready = through(catalogue::READY.name)?;
-            let tmpdir = parent_of(&agent).map(Path::to_path_buf).ok_or_else(|| bad(format!("{} has no directory", agent.display())))?;
+            let tmpdir = parent_of(&agent).map(Path::to_path_buf).ok_or_else(|| bad(format!("{} has no directory", boxsock_core::echo::path(&agent))))?;
             (agent, ready, tmpdir, Some(SHIM_SOCKET_DIR_FD))
         } else {
             let agent = path_address(spec, catalogue::AGENT.name)?;
             let ready = path_address(spec, catalogue::READY.name)?;
             let tmpdir = parent_of(net.as_deref().unwrap_or(&agent))
-                .ok_or_else(|| bad(format!("socket address {} has no directory", agent.display())))?
+                .ok_or_else(|| bad(format!("socket address {} has no directory", boxsock_core::echo::path(&agent))))?
                 .to_path_buf();
             (agent, ready, tmpdir, None)
         };
@@ -270,7 +270,7 @@ impl Libkrun {
                 return Err(bad(format!(
                     "box {}: a root filesystem needs the shared guest base, and {} records none (the box was not prepared by this backend)",
                     spec.id,
-                    box_dir.join(crate::rootfs::BASE_RECORD).display()
+                    boxsock_core::echo::path(&box_dir.join(crate::rootfs::BASE_RECORD))
                 )));
             }
             None => (box_layer, Vec::new()),
@@ -329,21 +329,21 @@ impl Libkrun {
         if !guest_agent.exists() {
             return Err(bad(format!(
                 "the guest root {} has no agent at {} (build it as docs/backends.md describes)",
-                shim_spec.root_dir.display(),
-                guest_agent.display()
+                boxsock_core::echo::path(&shim_spec.root_dir),
+                boxsock_core::echo::path(&guest_agent)
             )));
         }
         let Some(dir) = &spec.sockets.dir else {
             return Err(bad(format!(
                 "box {}: no verified socket directory in the launch spec; the shim would re-resolve {} (the runtime always provides one for a path strategy)",
                 spec.id,
-                shim_spec.agent.host_path.display()
+                boxsock_core::echo::path(&shim_spec.agent.host_path)
             )));
         };
         let json = serde_json::to_vec(&shim_spec).map_err(|e| bad(format!("cannot encode the shim spec: {e}")))?;
         let passt_err = |e: crate::passt::PasstError| BackendError::Spawn {
             backend: NAME.into(),
-            what: self.config.passt.display().to_string(),
+            what: boxsock_core::echo::path(&self.config.passt).to_string(),
             source: std::io::Error::other(e.to_string()),
         };
         let mut fds: Vec<(i32, i32)> = vec![(dir.as_raw_fd(), SHIM_SOCKET_DIR_FD)];
@@ -394,7 +394,7 @@ impl Libkrun {
         let key = base.file_name().map(|k| k.to_string_lossy().into_owned()).unwrap_or_default();
         let record = layout.box_dir(id).join(crate::rootfs::BASE_RECORD);
         if std::fs::read_to_string(&record).ok().as_deref().map(str::trim) != Some(key.as_str()) {
-            write_file_atomic(&record, format!("{key}\n").as_bytes()).map_err(|e| fail(format!("cannot record the guest base in {}: {e}", record.display())))?;
+            write_file_atomic(&record, format!("{key}\n").as_bytes()).map_err(|e| fail(format!("cannot record the guest base in {}: {e}", boxsock_core::echo::path(&record))))?;
         }
         Ok(base)
     }
@@ -413,11 +413,11 @@ impl Libkrun {
     fn spawn_shim(&self, json: &[u8], log: &Path, fds: &[(i32, i32)]) -> Result<i32, BackendError> {
         let spawn_err = |source: std::io::Error| BackendError::Spawn {
             backend: NAME.into(),
-            what: self.config.shim.display().to_string(),
+            what: boxsock_core::echo::path(&self.config.shim).to_string(),
             source,
         };
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| {
-            spawn_err(std::io::Error::new(e.kind(), format!("cannot open the box log {}: {e}", log.display())))
+            spawn_err(std::io::Error::new(e.kind(), format!("cannot open the box log {}: {e}", boxsock_core::echo::path(log))))
         })?;
         let err = out.try_clone().map_err(spawn_err)?;
         let mut cmd = Command::new(&self.config.shim);
@@ -425,10 +425,14 @@ impl Libkrun {
         // Descriptors are moved to high temporaries first, so one's target number can
         // never clobber another's source.
         let fds: Vec<(i32, i32)> = fds.to_vec();
+        let mut keep = [0i32; 8];
+        for (k, (_, dst)) in keep.iter_mut().zip(&fds) {
+            *k = *dst;
+        }
         // SAFETY: the closure runs in the forked child before exec and only calls
-        // setsid(2), fcntl(2) and dup2(2), which are async-signal-safe; it allocates
-        // nothing (the vector was built before the fork and is only read). Every source
-        // descriptor stays open in the parent until `spawn` returns.
+        // setsid(2), fcntl(2), dup2(2) and close_range(2), which are async-signal-safe;
+        // it allocates nothing (the vector was built before the fork and is only read).
+        // Every source descriptor stays open in the parent until `spawn` returns.
         unsafe {
             cmd.pre_exec(move || {
                 nix::unistd::setsid().map_err(std::io::Error::from)?;
@@ -443,7 +447,8 @@ impl Libkrun {
                 for (i, (_, dst)) in fds.iter().enumerate().take(tmp.len()) {
                     crate::passt::pass_fd(tmp[i], *dst)?;
                 }
-                Ok(())
+                // The shim inherits stdio and the descriptors it is handed, nothing else.
+                boxsock_core::fds::cloexec_except(&keep[..fds.len().min(keep.len())])
             });
         }
         let mut child = cmd.spawn().map_err(|e| match e.kind() {
@@ -507,12 +512,12 @@ impl Backend for Libkrun {
         }
         if let Some(root) = &settings.rootfs {
             if !root.is_absolute() {
-                return Err(bad_setting("rootfs", format!("{}: not an absolute path", root.display())));
+                return Err(bad_setting("rootfs", format!("{}: not an absolute path", boxsock_core::echo::path(root))));
             }
             match std::fs::metadata(root) {
                 Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(bad_setting("rootfs", format!("{}: not a directory", root.display()))),
-                Err(e) => return Err(bad_setting("rootfs", format!("{}: {e}", root.display()))),
+                Ok(_) => return Err(bad_setting("rootfs", format!("{}: not a directory", boxsock_core::echo::path(root)))),
+                Err(e) => return Err(bad_setting("rootfs", format!("{}: {e}", boxsock_core::echo::path(root)))),
             }
         }
         Ok(())
@@ -525,9 +530,9 @@ impl Backend for Libkrun {
         let fail = |reason: String| BackendError::Prepare { backend: NAME.into(), id: id.clone(), reason };
         let agent = self.find_agent().map_err(|e| fail(format!("no agent for the guest base: {e}")))?;
         let layer = layout.rootfs_dir(id);
-        std::fs::create_dir_all(&layer).map_err(|e| fail(format!("cannot create {}: {e}", layer.display())))?;
+        std::fs::create_dir_all(&layer).map_err(|e| fail(format!("cannot create {}: {e}", boxsock_core::echo::path(&layer))))?;
         let base = self.ensure_base(layout, id, &agent)?;
-        tracing::debug!(box_id = %id, base = %base.display(), agent = %agent.display(), "guest base shared");
+        tracing::debug!(box_id = %id, base = %boxsock_core::echo::path(&base), agent = %boxsock_core::echo::path(&agent), "guest base shared");
         Ok(())
     }
 

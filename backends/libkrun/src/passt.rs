@@ -44,7 +44,7 @@ pub fn pass_fd(src: i32, dst: i32) -> std::io::Result<()> {
 #[non_exhaustive]
 pub enum PasstError {
     /// The binary could not be executed.
-    #[error("cannot start {binary}: {source}")]
+    #[error("cannot start {}: {source}", boxsock_core::echo::path(binary))]
     Spawn {
         /// The binary.
         binary: PathBuf,
@@ -53,7 +53,7 @@ pub enum PasstError {
         source: std::io::Error,
     },
     /// It exited before binding, or never bound.
-    #[error("{binary} did not bind {socket} ({what}); its output: {output}")]
+    #[error("{} did not bind {} ({what}); its output: {output}", boxsock_core::echo::path(binary), boxsock_core::echo::path(socket))]
     NotBound {
         /// The binary.
         binary: PathBuf,
@@ -65,13 +65,13 @@ pub enum PasstError {
         output: String,
     },
     /// Something that is not a socket occupies the path.
-    #[error("refusing to start passt: {path} exists and is not a socket")]
+    #[error("refusing to start passt: {} exists and is not a socket", boxsock_core::echo::path(path))]
     Occupied {
         /// The path.
         path: PathBuf,
     },
     /// The output log could not be opened.
-    #[error("cannot open passt log {path}: {source}")]
+    #[error("cannot open passt log {}: {source}", boxsock_core::echo::path(path))]
     Log {
         /// The log path.
         path: PathBuf,
@@ -140,16 +140,19 @@ impl Passt {
         let (mut cmd, start_offset) = command(binary, log)?;
         cmd.arg("--socket").arg(socket);
         // SAFETY: the closure runs in the forked child before exec and only calls
-        // setsid(2), which is async-signal-safe and allocates nothing.
+        // setsid(2) and close_range(2), which are async-signal-safe and allocate nothing.
         unsafe {
-            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                boxsock_core::fds::cloexec_except(&[])
+            });
         }
         let mut child = cmd.spawn().map_err(|source| PasstError::Spawn { binary: binary.to_path_buf(), source })?;
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(m) = std::fs::symlink_metadata(socket) {
                 if m.file_type().is_socket() && is_listening(socket) {
-                    tracing::debug!(pid = child.id(), socket = %socket.display(), "passt bound");
+                    tracing::debug!(pid = child.id(), socket = %boxsock_core::echo::path(socket), "passt bound");
                     let pid = child.id() as i32;
                     return Ok(Passt { child: Some(child), pid, socket: socket.to_path_buf() });
                 }
@@ -191,12 +194,14 @@ impl Passt {
         cmd.args(["--fd", &PASST_FD.to_string()]);
         let src = end.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and only calls
-        // setsid(2), fcntl(2) and dup2(2), which are async-signal-safe; `src` stays open
+        // setsid(2), fcntl(2), dup2(2) and close_range(2), which are async-signal-safe;
+        // `src` stays open
         // in the parent until `spawn` returns.
         unsafe {
             cmd.pre_exec(move || {
                 nix::unistd::setsid().map_err(std::io::Error::from)?;
-                pass_fd(src, PASST_FD)
+                pass_fd(src, PASST_FD)?;
+                boxsock_core::fds::cloexec_except(&[PASST_FD])
             });
         }
         let mut child = cmd.spawn().map_err(|source| PasstError::Spawn { binary: binary.to_path_buf(), source })?;

@@ -69,20 +69,20 @@ impl HostProbe {
         if std::fs::metadata(kvm).is_err() {
             return no(format!(
                 "{} does not exist: libkrun needs hardware virtualisation (load kvm_intel or kvm_amd, or run on a host that exposes KVM)",
-                kvm.display()
+                boxsock_core::echo::path(kvm)
             ));
         }
         if self.sys_module.join("kvm_pvm").exists() {
             return no(format!(
                 "{} is provided by kvm_pvm (PVM, {} exists): a libkrun guest configures but its vCPU dies at the first instruction; run on a host with hardware KVM (kvm_intel/kvm_amd)",
-                kvm.display(),
-                self.sys_module.join("kvm_pvm").display()
+                boxsock_core::echo::path(kvm),
+                boxsock_core::echo::path(&self.sys_module.join("kvm_pvm"))
             ));
         }
         let f = match OpenOptions::new().read(true).write(true).open(kvm) {
             Ok(f) => f,
             Err(e) => {
-                return no(format!("cannot open {} read-write ({e}): add the user to the kvm group", kvm.display()));
+                return no(format!("cannot open {} read-write ({e}): add the user to the kvm group", boxsock_core::echo::path(kvm)));
             }
         };
         // SAFETY: KVM_GET_API_VERSION takes no argument and only returns an int; `f` is
@@ -93,7 +93,7 @@ impl HostProbe {
             let e = std::io::Error::last_os_error();
             return no(format!(
                 "{} is not a usable KVM device: KVM_GET_API_VERSION returned {v} (expected {KVM_API_VERSION}; {e})",
-                kvm.display()
+                boxsock_core::echo::path(kvm)
             ));
         }
         Availability::Available

@@ -42,13 +42,13 @@ pub const ROOT_DIRS: &[(&str, u32)] = &[("proc", 0o555), ("sys", 0o555), ("dev",
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
     /// A file that should be an executable or a library is not ELF.
-    #[error("{path}: not an ELF file")]
+    #[error("{}: not an ELF file", boxsock_core::echo::path(path))]
     NotElf {
         /// The file.
         path: PathBuf,
     },
     /// An ELF file whose headers cannot be read.
-    #[error("{path}: malformed ELF: {reason}")]
+    #[error("{}: malformed ELF: {reason}", boxsock_core::echo::path(path))]
     Malformed {
         /// The file.
         path: PathBuf,
@@ -67,13 +67,13 @@ pub enum RootfsError {
     },
     /// A symlink inside the root lies on the way to a destination; following it could
     /// write outside the root.
-    #[error("{path} is a symlink inside the guest root; refusing to write through it")]
+    #[error("{} is a symlink inside the guest root; refusing to write through it", boxsock_core::echo::path(path))]
     SymlinkInRoot {
         /// The symlink.
         path: PathBuf,
     },
     /// The root itself is a symlink or not a directory.
-    #[error("guest root {path}: {reason}")]
+    #[error("guest root {}: {reason}", boxsock_core::echo::path(path))]
     BadRoot {
         /// The root.
         path: PathBuf,
@@ -81,7 +81,7 @@ pub enum RootfsError {
         reason: &'static str,
     },
     /// A file-system operation failed.
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {}: {source}", boxsock_core::echo::path(path))]
     Io {
         /// What was being done.
         action: &'static str,
@@ -94,7 +94,7 @@ pub enum RootfsError {
 }
 
 fn display_dirs(d: &[PathBuf]) -> String {
-    d.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    d.iter().map(|p| boxsock_core::echo::path(p).to_string()).collect::<Vec<_>>().join(", ")
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RootfsError + 'a {
@@ -160,7 +160,7 @@ pub fn prepare_at(root: &Path, agent: &Path, guest_agent: &Path) -> Result<Guest
     }
     let (interpreter, files) = install_program(root, agent, guest_agent)?;
     let host_agent = root.join(guest_agent.strip_prefix("/").unwrap_or(guest_agent));
-    tracing::info!(root = %root.display(), files = files.len(), static_agent = interpreter.is_none(), "guest root prepared");
+    tracing::info!(root = %boxsock_core::echo::path(root), files = files.len(), static_agent = interpreter.is_none(), "guest root prepared");
     Ok(GuestRoot { root: root.to_owned(), agent: host_agent, interpreter, files })
 }
 
@@ -190,7 +190,7 @@ pub fn install_program(root: &Path, exe: &Path, guest_path: &Path) -> Result<(Op
                 // already at its PT_INTERP path, and lands here too under the path the
                 // search finds, as the loader would look it up.
                 copy_in(root, &found, &found, 0o755)?;
-                tracing::debug!(library = %name, from = %found.display(), "copied into the guest root");
+                tracing::debug!(library = %name, from = %boxsock_core::echo::path(&found), "copied into the guest root");
                 files.push(CopiedFile { from: found.clone(), guest_path: found.clone() });
                 queue.push((found, lib));
             }
@@ -305,7 +305,7 @@ pub fn ensure_base(home: &Path, agent: &Path, guest_agent: &Path) -> Result<Path
     }
     match fs::rename(&tmp, &base) {
         Ok(()) => {
-            tracing::info!(base = %base.display(), agent = %agent.display(), "guest base built");
+            tracing::info!(base = %boxsock_core::echo::path(&base), agent = %boxsock_core::echo::path(agent), "guest base built");
             Ok(base)
         }
         // Another process built the same base meanwhile: theirs is as good.
@@ -367,8 +367,8 @@ fn resolve(name: &str, from: &Path, elf: &Elf, agent: &Elf) -> Result<(PathBuf, 
         }
         match Elf::read(&candidate) {
             Ok(lib) if lib.machine == agent.machine && lib.class64 == agent.class64 => return Ok((candidate, lib)),
-            Ok(_) => tracing::debug!(candidate = %candidate.display(), "wrong ELF class or machine; skipped"),
-            Err(e) => tracing::debug!(candidate = %candidate.display(), error = %e, "not a usable library; skipped"),
+            Ok(_) => tracing::debug!(candidate = %boxsock_core::echo::path(&candidate), "wrong ELF class or machine; skipped"),
+            Err(e) => tracing::debug!(candidate = %boxsock_core::echo::path(&candidate), error = %e, "not a usable library; skipped"),
         }
     }
     Err(RootfsError::LibraryNotFound { library: name.to_owned(), needed_by: from.to_owned(), searched })

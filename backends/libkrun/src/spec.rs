@@ -157,7 +157,7 @@ pub enum SpecError {
     #[error(transparent)]
     Budget(#[from] BindingError),
     /// A path must be absolute.
-    #[error("{what} {path} is not an absolute path")]
+    #[error("{what} {} is not an absolute path", boxsock_core::echo::path(path))]
     NotAbsolute {
         /// Which field.
         what: &'static str,

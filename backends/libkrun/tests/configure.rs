@@ -154,7 +154,7 @@ fn abstract_addresses_are_refused_with_the_reason() {
     match backend().shim_spec(&ls).unwrap_err() {
         BackendError::Spec { backend, reason } => {
             assert_eq!(backend, "libkrun");
-            assert!(reason.contains("maps vsock ports to host paths") && reason.contains("@boxsock-x"), "{reason}");
+            assert!(reason.contains("maps vsock ports to host paths") && reason.contains("@\"boxsock-x\""), "{reason}");
         }
         other => panic!("{other}"),
     }

@@ -176,7 +176,7 @@ fn bad_settings_are_refused_naming_the_setting_and_value() {
     let cases: Vec<(BoxSettings, &str, String)> = vec![
         ({ let mut s = BoxSettings::default(); s.vcpus = Some(0); s }, "vcpus", "0".into()),
         ({ let mut s = BoxSettings::default(); s.ram_mib = Some(32); s }, "ram_mib", "32 MiB".into()),
-        ({ let mut s = BoxSettings::default(); s.rootfs = Some(file.clone()); s }, "rootfs", format!("{}: not a directory", file.display())),
+        ({ let mut s = BoxSettings::default(); s.rootfs = Some(file.clone()); s }, "rootfs", format!("{}: not a directory", boxsock_core::echo::path(&file))),
         ({ let mut s = BoxSettings::default(); s.rootfs = Some(d.path().join("missing")); s }, "rootfs", "missing".into()),
         ({ let mut s = BoxSettings::default(); s.rootfs = Some("relative".into()); s }, "rootfs", "not an absolute path".into()),
     ];

@@ -102,13 +102,13 @@ impl Drop for ReadyCleanup<'_> {
 pub(crate) fn undo_created_home(home: &Path, created: &[PathBuf]) {
     if created.last().is_some_and(|h| h == home) {
         if let Err(e) = std::fs::remove_dir_all(home) {
-            tracing::warn!(home = %home.display(), error = %e, "cannot remove the home this failed open created");
+            tracing::warn!(home = %boxsock_core::echo::path(home), error = %e, "cannot remove the home this failed open created");
         }
     }
     for d in created.iter().rev() {
         match std::fs::remove_dir(d) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!(path = %d.display(), error = %e, "cannot remove a directory this failed open created")
+                tracing::warn!(path = %boxsock_core::echo::path(d), error = %e, "cannot remove a directory this failed open created")
             }
             _ => {}
         }

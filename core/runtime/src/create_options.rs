@@ -162,9 +162,9 @@ pub(crate) fn canonical_settings(mut settings: BoxSettings) -> Result<BoxSetting
     if let Some(given) = settings.rootfs.take() {
         let bad = |reason: String| crate::RuntimeError::BadRootfs { path: given.clone(), reason };
         let canonical = std::fs::canonicalize(&given).map_err(|e| bad(format!("cannot resolve it: {e}")))?;
-        let meta = std::fs::metadata(&canonical).map_err(|e| bad(format!("cannot inspect {}: {e}", canonical.display())))?;
+        let meta = std::fs::metadata(&canonical).map_err(|e| bad(format!("cannot inspect {}: {e}", boxsock_core::echo::path(&canonical))))?;
         if !meta.is_dir() {
-            return Err(bad(format!("{} is not a directory", canonical.display())));
+            return Err(bad(format!("{} is not a directory", boxsock_core::echo::path(&canonical))));
         }
         settings.rootfs = Some(canonical);
     }

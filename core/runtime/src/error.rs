@@ -18,7 +18,7 @@ use crate::agent_client::ClientError;
 #[non_exhaustive]
 pub enum RuntimeError {
     /// Another runtime holds the home.
-    #[error("home {} is in use by {}", home.display(), match pid { Some(p) => format!("pid {p}"), None => "another process".to_string() })]
+    #[error("home {} is in use by {}", boxsock_core::echo::path(home), match pid { Some(p) => format!("pid {p}"), None => "another process".to_string() })]
     HomeBusy {
         /// The home.
         home: PathBuf,
@@ -27,7 +27,7 @@ pub enum RuntimeError {
     },
     /// Another process was still making this new home after the wait (see
     /// `home::InitLock`): it is stuck or stopped.
-    #[error("home {} is being made by another process, still after waiting {waited:?}; if no boxsock process is running, remove the empty home and try again", home.display())]
+    #[error("home {} is being made by another process, still after waiting {waited:?}; if no boxsock process is running, remove the empty home and try again", boxsock_core::echo::path(home))]
     HomeInitialising {
         /// The home.
         home: PathBuf,
@@ -36,7 +36,7 @@ pub enum RuntimeError {
     },
     /// The home, an ancestor of it, or a directory or file inside it could be changed by
     /// another user (or is not what boxsock made): refused, never used.
-    #[error("refusing home {}: {reason}", path.display())]
+    #[error("refusing home {}: {reason}", boxsock_core::echo::path(path))]
     InsecureHome {
         /// The directory or file found.
         path: PathBuf,
@@ -47,7 +47,7 @@ pub enum RuntimeError {
     /// boxsock refuses to write into it.
     #[error(
         "{} is not a boxsock home: it is not empty (it holds {found}) and has neither .boxsock-home nor boxsock.db; refusing to write into it (use an empty or new directory)",
-        path.display()
+        boxsock_core::echo::path(path)
     )]
     NotAHome {
         /// The directory.
@@ -62,7 +62,7 @@ pub enum RuntimeError {
         what: &'static str,
     },
     /// The root filesystem asked for at create is not a usable directory.
-    #[error("root filesystem {}: {reason}", path.display())]
+    #[error("root filesystem {}: {reason}", boxsock_core::echo::path(path))]
     BadRootfs {
         /// The path as given.
         path: PathBuf,
@@ -70,13 +70,13 @@ pub enum RuntimeError {
         reason: String,
     },
     /// A read-only open of a home that does not exist.
-    #[error("home {} does not exist", path.display())]
+    #[error("home {} does not exist", boxsock_core::echo::path(path))]
     NoHome {
         /// The home.
         path: PathBuf,
     },
     /// A change was asked of a runtime opened read-only.
-    #[error("home {} was opened read-only: cannot {op}", home.display())]
+    #[error("home {} was opened read-only: cannot {op}", boxsock_core::echo::path(home))]
     ReadOnly {
         /// The home.
         home: PathBuf,
@@ -84,7 +84,7 @@ pub enum RuntimeError {
         op: &'static str,
     },
     /// A file system operation on the home failed.
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}: {source}", boxsock_core::echo::path(path))]
     Io {
         /// What was being done.
         op: &'static str,

@@ -25,6 +25,8 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, fchmod, fstat, fstatat, mkdirat};
 
+use boxsock_core::trust::{self, Distrust};
+
 use super::RuntimeError;
 
 /// The file that marks a directory as a boxsock home (`<home>/.boxsock-home`).
@@ -52,28 +54,26 @@ fn kind(st: &FileStat) -> libc::mode_t {
     st.st_mode & libc::S_IFMT
 }
 
-/// An ancestor of the home: owned by root or us; writable by others only if sticky.
+/// An ancestor of the home: owned by root or us; writable by others only if sticky (the
+/// rule every shared directory is held to, `boxsock_core::trust`).
 fn check_ancestor(st: &FileStat, path: &Path) -> Result<(), RuntimeError> {
     let me = euid();
-    if st.st_uid != 0 && st.st_uid != me {
-        return Err(insecure(
+    match trust::check_dir(st, me) {
+        Ok(()) => Ok(()),
+        Err(Distrust::DirOwner { uid }) => Err(insecure(
             path,
             format!(
-                "this ancestor of the home is owned by uid {} (neither root nor uid {me}): that user can rename the home away and put their own in its place",
-                st.st_uid
+                "this ancestor of the home is owned by uid {uid} (neither root nor uid {me}): that user can rename the home away and put their own in its place"
             ),
-        ));
-    }
-    if st.st_mode & 0o022 != 0 && st.st_mode & libc::S_ISVTX == 0 {
-        return Err(insecure(
+        )),
+        Err(Distrust::DirWritable { mode }) => Err(insecure(
             path,
             format!(
-                "this ancestor of the home has mode {:o}: group or other can write it and it is not sticky, so another user can rename the home away",
-                st.st_mode & 0o7777
+                "this ancestor of the home has mode {mode:o}: group or other can write it and it is not sticky, so another user can rename the home away"
             ),
-        ));
+        )),
+        Err(d) => Err(insecure(path, d.explain("the home", me))),
     }
-    Ok(())
 }
 
 /// The home or a directory inside it: owned by us, writable by nobody else.
@@ -179,14 +179,8 @@ fn open_home_once(home: &Path, create: bool) -> Result<Option<OpenedHome>, Runti
         match kind(&next_st) {
             libc::S_IFLNK => {
                 let me = euid();
-                if next_st.st_uid != 0 && next_st.st_uid != me {
-                    return Err(insecure(
-                        &next_path,
-                        format!(
-                            "a symlink on the way to the home is owned by uid {} (neither root nor uid {me}): that user can point it elsewhere",
-                            next_st.st_uid
-                        ),
-                    ));
+                if let Err(d) = trust::check_link(&next_st, me) {
+                    return Err(insecure(&next_path, d.explain("the home", me)));
                 }
                 links += 1;
                 if links > MAX_LINKS {
@@ -449,7 +443,7 @@ pub fn tighten_home(home: BorrowedFd<'_>, path: &Path) {
     if let Ok(st) = fstat(home) {
         if st.st_mode & 0o077 != 0 {
             if let Err(e) = fchmod(home, Mode::from_bits_truncate(0o700)) {
-                tracing::warn!(home = %path.display(), error = %e, "cannot make the home 0700");
+                tracing::warn!(home = %boxsock_core::echo::path(path), error = %e, "cannot make the home 0700");
             }
         }
     }
@@ -507,7 +501,7 @@ pub fn journal_done(layout: &boxsock_core::layout::BoxLayout, id: &boxsock_core:
     let p = layout.create_journal(id);
     if let Err(e) = std::fs::remove_file(&p) {
         if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(path = %p.display(), error = %e, "cannot remove a create journal entry");
+            tracing::warn!(path = %boxsock_core::echo::path(&p), error = %e, "cannot remove a create journal entry");
         }
     }
 }

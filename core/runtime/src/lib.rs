@@ -237,7 +237,7 @@ impl Runtime {
         } else {
             report.recovery_skipped = true;
             if writable {
-                tracing::debug!(home = %home.display(), "another process is mid-operation on this home; recovery skipped");
+                tracing::debug!(home = %boxsock_core::echo::path(&home), "another process is mid-operation on this home; recovery skipped");
             }
         }
         drop(recovery_lock);

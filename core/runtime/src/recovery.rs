@@ -173,7 +173,7 @@ pub(super) async fn recover(inner: &Arc<Inner>, report: &mut OpenReport) -> Resu
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Ok(id) = BoxId::from_bytes(name.as_encoded_bytes()) else {
-            tracing::warn!(path = %entry.path().display(), "unexpected entry under boxes/ left in place");
+            tracing::warn!(path = %boxsock_core::echo::path(&entry.path()), "unexpected entry under boxes/ left in place");
             report.unknown_entries.push(entry.path());
             continue;
         };
@@ -200,7 +200,7 @@ pub(super) async fn recover(inner: &Arc<Inner>, report: &mut OpenReport) -> Resu
             report.orphan_dirs_removed.push(id);
         } else {
             tracing::warn!(
-                path = %entry.path().display(),
+                path = %boxsock_core::echo::path(&entry.path()),
                 journaled,
                 marked,
                 "directory under boxes/ without a row that boxsock cannot prove it created: left in place"

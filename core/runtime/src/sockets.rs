@@ -98,7 +98,7 @@ pub(crate) fn verified_dir(strategy: &dyn SocketBinding, layout: &BoxLayout, id:
         if let SocketAddress::Path(p) = addr {
             return Err(BindingError::Unsupported {
                 strategy: strategy.name().to_owned(),
-                what: format!("binding or dialling {}", p.display()),
+                what: format!("binding or dialling {}", boxsock_core::echo::path(p)),
                 reason: "a path strategy must provide a verified socket directory (SocketBinding::socket_dir); re-resolving the path string lets whoever can change a directory on it receive the connection".into(),
             });
         }

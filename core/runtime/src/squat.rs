@@ -30,7 +30,7 @@ pub fn recorded(layout: &BoxLayout, config: &StrategyConfig) -> Option<PathBuf> 
     if fallback::is_fallback_of(&dir, config) {
         Some(dir)
     } else {
-        tracing::warn!(record = %path.display(), found = %dir.display(), base = %config.base_dir.display(), "ignoring a binding-dir record that is not a fallback of this base and prefix");
+        tracing::warn!(record = %boxsock_core::echo::path(&path), found = %boxsock_core::echo::path(&dir), base = %boxsock_core::echo::path(&config.base_dir), "ignoring a binding-dir record that is not a fallback of this base and prefix");
         None
     }
 }
@@ -68,7 +68,7 @@ pub fn fall_back(layout: &BoxLayout, config: &StrategyConfig, squatter_uid: u32)
             let _ = std::fs::remove_dir(&made);
             recorded(layout, config).ok_or_else(|| BindingError::Invalid {
                 what: "binding directory record".into(),
-                reason: format!("{} exists but does not name a fallback directory in {}", record.display(), config.base_dir.display()),
+                reason: format!("{} exists but does not name a fallback directory in {}", boxsock_core::echo::path(&record), boxsock_core::echo::path(&config.base_dir)),
             })?
         }
         Err(e) => {
@@ -77,10 +77,10 @@ pub fn fall_back(layout: &BoxLayout, config: &StrategyConfig, squatter_uid: u32)
         }
     };
     tracing::warn!(
-        squatted = %config.default_per_uid_dir().display(),
+        squatted = %boxsock_core::echo::path(&config.default_per_uid_dir()),
         squatter_uid,
-        fallback = %chosen.display(),
-        record = %record.display(),
+        fallback = %boxsock_core::echo::path(&chosen),
+        record = %boxsock_core::echo::path(&record),
         "the per-user binding directory is held by another user (uid {squatter_uid}); using an unpredictable private directory instead"
     );
     Ok(chosen)

@@ -281,9 +281,9 @@ fn tail_lines(path: &Path, n: usize) -> String {
             let text = String::from_utf8_lossy(&bytes);
             let lines: Vec<&str> = text.lines().collect();
             let tail = lines[lines.len().saturating_sub(n)..].join("\n");
-            if tail.is_empty() { format!("(log {} is empty)", path.display()) } else { tail }
+            if tail.is_empty() { format!("(log {} is empty)", boxsock_core::echo::path(path)) } else { tail }
         }
-        Err(e) => format!("(no log at {}: {e})", path.display()),
+        Err(e) => format!("(no log at {}: {e})", boxsock_core::echo::path(path)),
     }
 }
 
@@ -313,6 +313,6 @@ fn companion_logs(box_log: &Path) -> String {
         Err(_) => Vec::new(),
     };
     names.sort();
-    let parts: Vec<String> = names.iter().map(|p| format!("{}:\n{}", p.display(), tail_lines(p, LOG_TAIL_LINES))).collect();
-    if parts.is_empty() { format!("(no companion log in {})", dir.display()) } else { parts.join("\n") }
+    let parts: Vec<String> = names.iter().map(|p| format!("{}:\n{}", boxsock_core::echo::path(p), tail_lines(p, LOG_TAIL_LINES))).collect();
+    if parts.is_empty() { format!("(no companion log in {})", boxsock_core::echo::path(dir)) } else { parts.join("\n") }
 }

@@ -112,7 +112,7 @@ pub struct Listing {
 #[non_exhaustive]
 pub enum StoreError {
     /// SQLite failed.
-    #[error("store {path}: {op}: {source}")]
+    #[error("store {}: {op}: {source}", boxsock_core::echo::path(path))]
     Sqlite {
         /// The database file.
         path: PathBuf,
@@ -124,7 +124,8 @@ pub enum StoreError {
     },
     /// The database was written by a newer boxsock.
     #[error(
-        "store {path} has schema version {found}, newer than this boxsock understands (at most {supported}); upgrade boxsock, the store was not modified"
+        "store {} has schema version {found}, newer than this boxsock understands (at most {supported}); upgrade boxsock, the store was not modified",
+        boxsock_core::echo::path(path)
     )]
     FutureSchema {
         /// The database file.
@@ -135,7 +136,7 @@ pub enum StoreError {
         supported: i64,
     },
     /// A file system operation on the store's files failed.
-    #[error("store {}: {op}: {source}", path.display())]
+    #[error("store {}: {op}: {source}", boxsock_core::echo::path(path))]
     Io {
         /// The file.
         path: PathBuf,
@@ -147,7 +148,7 @@ pub enum StoreError {
     },
     /// A store file is not one this user can trust (a symlink, not a regular file, or
     /// owned by another user): somebody else could read or change the boxes' secrets.
-    #[error("store {}: refusing to use it: {reason}", path.display())]
+    #[error("store {}: refusing to use it: {reason}", boxsock_core::echo::path(path))]
     Insecure {
         /// The file.
         path: PathBuf,
@@ -397,7 +398,7 @@ fn enable_wal(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
             Ok(mode) => {
                 if !mode.eq_ignore_ascii_case("wal") {
-                    tracing::warn!(path = %path.display(), mode, "the store could not be put in WAL mode");
+                    tracing::warn!(path = %boxsock_core::echo::path(path), mode, "the store could not be put in WAL mode");
                 }
                 return Ok(());
             }
@@ -474,7 +475,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     for (i, m) in MIGRATIONS.iter().enumerate().skip(v as usize) {
         tx.execute_batch(m).map_err(sq("migrate"))?;
         tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(sq("write schema version"))?;
-        tracing::debug!(path = %path.display(), version = i + 1, "store migrated");
+        tracing::debug!(path = %boxsock_core::echo::path(path), version = i + 1, "store migrated");
     }
     tx.commit().map_err(sq("commit migration"))
 }
@@ -519,7 +520,7 @@ impl RawRow {
         let state = self.state.parse::<BoxState>().map_err(|e| corrupt(e.to_string()))?;
         let config: BoxConfig = serde_json::from_str(&self.config).map_err(|e| corrupt(format!("config JSON: {e}")))?;
         if let Some(root) = config.settings.rootfs.as_deref().filter(|r| !r.is_absolute()) {
-            return Err(corrupt(format!("settings.rootfs {} is not an absolute path", root.display())));
+            return Err(corrupt(format!("settings.rootfs {} is not an absolute path", boxsock_core::echo::path(root))));
         }
         let process = match (self.pid, self.start_time) {
             (Some(pid), Some(st)) => Some(ProcessIdentity {

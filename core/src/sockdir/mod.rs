@@ -242,7 +242,7 @@ impl SocketDir {
             path: PathBuf::from(shown.display_string()),
             reason: format!(
                 "the datagram socket bound at this name is not the one in the verified socket directory {} ({why}); a directory on the way was changed",
-                self.inner.shown.display()
+                crate::echo::path(&self.inner.shown)
             ),
         };
         let token: [u8; 16] = rand::random();
@@ -318,7 +318,7 @@ impl SocketDir {
                 path: PathBuf::from(shown.display_string()),
                 reason: format!(
                     "the socket bound at this name is not the one in the verified socket directory {} (no {name} there); a directory on the way was changed",
-                    self.inner.shown.display()
+                    crate::echo::path(&self.inner.shown)
                 ),
             }),
             Err(e) => Err(BindingError::errno("chmod 0600", shown, e)),

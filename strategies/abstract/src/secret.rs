@@ -43,9 +43,9 @@ pub fn load_or_create(path: &Path, owner: u32, restore: Option<&Secret>) -> Resu
         }
         if let Some(s) = create(path, restore)? {
             if restore.is_some() {
-                tracing::warn!(path = %path.display(), "the abstract-socket secret had been deleted; restored it from memory");
+                tracing::warn!(path = %boxsock_core::echo::path(path), "the abstract-socket secret had been deleted; restored it from memory");
             } else {
-                tracing::debug!(path = %path.display(), "created abstract-socket secret");
+                tracing::debug!(path = %boxsock_core::echo::path(path), "created abstract-socket secret");
             }
             return Ok(s);
         }
@@ -137,7 +137,7 @@ fn create(path: &Path, restore: Option<&Secret>) -> Result<Option<Secret>, Bindi
     });
     if let Err(e) = std::fs::remove_file(&tmp) {
         if e.kind() != io::ErrorKind::NotFound {
-            tracing::warn!(path = %tmp.display(), error = %e, "could not remove temporary secret file");
+            tracing::warn!(path = %boxsock_core::echo::path(&tmp), error = %e, "could not remove temporary secret file");
         }
     }
     if result.is_ok() {

@@ -204,7 +204,7 @@ impl ShortSymlink {
         if !config.base_dir.is_absolute() {
             return Err(BindingError::Invalid {
                 what: "base directory".into(),
-                reason: format!("{} is not an absolute path", config.base_dir.display()),
+                reason: format!("{} is not an absolute path", boxsock_core::echo::path(&config.base_dir)),
             });
         }
         let p = &config.prefix;
@@ -222,17 +222,17 @@ impl ShortSymlink {
             // `<prefix>-<uid>`, named once, by `StrategyConfig::default_per_uid_dir`.
             None => match per_uid.file_name().and_then(|n| n.to_str()) {
                 Some(n) => n.to_owned(),
-                None => return Err(BindingError::Invalid { what: "per-user directory".into(), reason: format!("{} has no plain name", per_uid.display()) }),
+                None => return Err(BindingError::Invalid { what: "per-user directory".into(), reason: format!("{} has no plain name", boxsock_core::echo::path(&per_uid)) }),
             },
             // A recorded fallback: a directory directly in the base.
             Some(d) if d.parent() == Some(config.base_dir.as_path()) => match d.file_name().and_then(|n| n.to_str()) {
                 Some(n) if !n.is_empty() && !n.starts_with('.') => n.to_owned(),
-                _ => return Err(BindingError::Invalid { what: "binding directory".into(), reason: format!("{} has no plain name", d.display()) }),
+                _ => return Err(BindingError::Invalid { what: "binding directory".into(), reason: format!("{} has no plain name", boxsock_core::echo::path(d)) }),
             },
             Some(d) => {
                 return Err(BindingError::Invalid {
                     what: "binding directory".into(),
-                    reason: format!("{} is not directly in the base directory {}", d.display(), config.base_dir.display()),
+                    reason: format!("{} is not directly in the base directory {}", boxsock_core::echo::path(d), boxsock_core::echo::path(&config.base_dir)),
                 });
             }
         };
@@ -305,9 +305,10 @@ impl ShortSymlink {
     fn open_per_uid(&self, create: bool) -> Result<Option<OwnedFd>, BindingError> {
         let base = &self.config.base_dir;
         let uid = self.config.uid;
-        let base_fd = nix::fcntl::open(base, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|e| BindingError::errno("open base directory", base, e))?;
-        let bst = nix::sys::stat::fstat(&base_fd).map_err(|e| BindingError::errno("stat", base, e))?;
+        // Resolved on descriptors, every ancestor and symlink on the way held to the
+        // ownership rule: a link base another user can redirect would let them choose
+        // where root writes.
+        let (base_fd, bst) = boxsock_core::trust::open_dir(base, uid, "the link base")?;
         let bmode = mode_bits(&bst);
         if bmode & 0o022 != 0 && bmode & 0o1000 == 0 {
             return Err(BindingError::Insecure {
@@ -327,7 +328,7 @@ impl ShortSymlink {
         let name = self.per_uid_name.as_str();
         if create {
             match nix::sys::stat::mkdirat(&base_fd, name, Mode::from_bits_truncate(0o700)) {
-                Ok(()) => tracing::debug!(path = %self.per_uid.display(), "created per-user directory"),
+                Ok(()) => tracing::debug!(path = %boxsock_core::echo::path(&self.per_uid), "created per-user directory"),
                 Err(Errno::EEXIST) => {}
                 Err(e) => return Err(BindingError::errno("create directory", &self.per_uid, e)),
             }
@@ -354,7 +355,7 @@ impl ShortSymlink {
         }
         let mode = mode_bits(&st);
         if mode & 0o077 != 0 {
-            tracing::warn!(path = %self.per_uid.display(), mode = format_args!("{mode:04o}"), "per-user directory was open to group/other; repairing to 0700");
+            tracing::warn!(path = %boxsock_core::echo::path(&self.per_uid), mode = format_args!("{mode:04o}"), "per-user directory was open to group/other; repairing to 0700");
             nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o700))
                 .map_err(|e| BindingError::errno("repair mode (chmod 0700) of", &self.per_uid, e))?;
         }
@@ -367,7 +368,7 @@ impl ShortSymlink {
         let found = match nix::sys::stat::fstatat(base_fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(s) if is_kind(&s, SFlag::S_IFLNK) => {
                 let to = nix::fcntl::readlinkat(base_fd, name)
-                    .map(|t| format!(" to {}", Path::new(&t).display()))
+                    .map(|t| format!(" to {}", boxsock_core::echo::path(Path::new(&t))))
                     .unwrap_or_default();
                 format!("a symlink{to} owned by uid {}", s.st_uid)
             }
@@ -427,12 +428,12 @@ impl ShortSymlink {
             let entry = examine(dir, name).map_err(|e| BindingError::errno("inspect", &link, e))?;
             match entry {
                 Entry::LiveDir(got) if got == want => {
-                    tracing::debug!(box_id = %id, path = %link.display(), target = %target.display(), "link in place");
+                    tracing::debug!(box_id = %id, path = %boxsock_core::echo::path(&link), target = %boxsock_core::echo::path(target), "link in place");
                     return Ok(());
                 }
                 Entry::Missing => match nix::unistd::symlinkat(target, dir, name) {
                     Ok(()) => {
-                        tracing::debug!(box_id = %id, path = %link.display(), target = %target.display(), "created link");
+                        tracing::debug!(box_id = %id, path = %boxsock_core::echo::path(&link), target = %boxsock_core::echo::path(target), "created link");
                     }
                     // A concurrent creator won: look at what it made.
                     Err(Errno::EEXIST) => {}
@@ -440,18 +441,18 @@ impl ShortSymlink {
                 },
                 Entry::LiveDir(_) => {
                     let to = nix::fcntl::readlinkat(dir, name)
-                        .map(|t| Path::new(&t).display().to_string())
+                        .map(|t| boxsock_core::echo::path(Path::new(&t)).to_string())
                         .unwrap_or_else(|e| format!("<unreadable: {e}>"));
                     return Err(BindingError::Occupied {
                         path: link,
                         found: format!(
                             "a link to {to}, which exists (another home's box with the same id?) and is not {}",
-                            target.display()
+                            boxsock_core::echo::path(target)
                         ),
                     });
                 }
                 Entry::Dangling | Entry::LiveOther => {
-                    tracing::info!(box_id = %id, path = %link.display(), target = %target.display(), stale = ?entry, "replacing stale link");
+                    tracing::info!(box_id = %id, path = %boxsock_core::echo::path(&link), target = %boxsock_core::echo::path(target), stale = ?entry, "replacing stale link");
                     self.replace_link(dir, name, target)?;
                 }
                 Entry::NotALink(kind) => {
@@ -526,12 +527,12 @@ impl SocketBinding for ShortSymlink {
             Entry::LiveOther | Entry::NotALink(_) => false,
         };
         if !ours {
-            tracing::debug!(box_id = %id, path = %link.display(), found = ?entry, "not this box's link; left in place");
+            tracing::debug!(box_id = %id, path = %boxsock_core::echo::path(&link), found = ?entry, "not this box's link; left in place");
             return Ok(());
         }
         match nix::unistd::unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir) {
             Ok(()) => {
-                tracing::debug!(box_id = %id, path = %link.display(), "released link");
+                tracing::debug!(box_id = %id, path = %boxsock_core::echo::path(&link), "released link");
                 Ok(())
             }
             Err(Errno::ENOENT) => Ok(()),
@@ -604,14 +605,14 @@ impl SocketBinding for ShortSymlink {
             match nix::unistd::unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir) {
                 Ok(()) => {
                     let path = self.per_uid.join(name);
-                    tracing::debug!(path = %path.display(), "swept dangling link");
+                    tracing::debug!(path = %boxsock_core::echo::path(&path), "swept dangling link");
                     report.removed.push(path);
                 }
                 Err(Errno::ENOENT) => {}
                 Err(e) => return Err(BindingError::errno("unlink", self.per_uid.join(name), e)),
             }
         }
-        tracing::debug!(path = %self.per_uid.display(), removed = report.removed.len(), kept = report.kept, "swept");
+        tracing::debug!(path = %boxsock_core::echo::path(&self.per_uid), removed = report.removed.len(), kept = report.kept, "swept");
         Ok(report)
     }
 

@@ -119,7 +119,7 @@ impl Root {
         };
         let xdg = Path::new(xdg);
         if !xdg.is_absolute() {
-            return fallback(format!("XDG_RUNTIME_DIR {} is not an absolute path", xdg.display()));
+            return fallback(format!("XDG_RUNTIME_DIR {} is not an absolute path", boxsock_core::echo::path(xdg)));
         }
         let path = xdg.join(XDG_DIR_NAME);
         let worst = worst_case_len(&path);
@@ -127,7 +127,7 @@ impl Root {
         if worst + 1 > limit {
             return fallback(format!(
                 "XDG_RUNTIME_DIR {} is too long: the worst-case address under it is {worst} bytes, and {limit} with the NUL is the most",
-                xdg.display()
+                boxsock_core::echo::path(xdg)
             ));
         }
         Root::Xdg { path }
@@ -171,11 +171,11 @@ impl XdgHashed {
         if !root.path().is_absolute() {
             return Err(BindingError::Invalid {
                 what: "xdg-hashed root".into(),
-                reason: format!("{} is not an absolute path", root.path().display()),
+                reason: format!("{} is not an absolute path", boxsock_core::echo::path(root.path())),
             });
         }
         if let Root::Fallback { path, reason } = &root {
-            tracing::debug!(strategy = NAME, root = %path.display(), reason = %reason, "not using XDG_RUNTIME_DIR");
+            tracing::debug!(strategy = NAME, root = %boxsock_core::echo::path(path), reason = %reason, "not using XDG_RUNTIME_DIR");
         }
         Ok(XdgHashed { config: config.clone(), root, homes: RwLock::new(HashMap::new()), checked_root: RwLock::new(None) })
     }
@@ -222,12 +222,10 @@ impl XdgHashed {
         }
         let root = self.root.path();
         let (Some(parent), Some(name)) = (root.parent(), root.file_name()) else {
-            return Err(BindingError::Invalid { what: "xdg-hashed root".into(), reason: format!("{} has no parent", root.display()) });
+            return Err(BindingError::Invalid { what: "xdg-hashed root".into(), reason: format!("{} has no parent", boxsock_core::echo::path(root)) });
         };
         let uid = self.config.uid;
-        let pfd = nix::fcntl::open(parent, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|e| BindingError::errno("open", parent, e))?;
-        let pst = nix::sys::stat::fstat(&pfd).map_err(|e| BindingError::errno("stat", parent, e))?;
+        let (pfd, pst) = boxsock_core::trust::open_dir(parent, uid, "the xdg-hashed root")?;
         let pmode = mode_bits(pst.st_mode);
         match &self.root {
             Root::Xdg { .. } if pst.st_uid != uid || pmode & 0o077 != 0 => {
@@ -245,14 +243,14 @@ impl XdgHashed {
                     reason: format!(
                         "the base directory (uid {}, mode {pmode:04o}) lets other users rename {} away: it must be owned by root or uid {uid}, and sticky if others can write it",
                         pst.st_uid,
-                        root.display()
+                        boxsock_core::echo::path(root)
                     ),
                 });
             }
             _ => {}
         }
         match nix::sys::stat::mkdirat(&pfd, name, Mode::from_bits_truncate(0o700)) {
-            Ok(()) => tracing::debug!(strategy = NAME, path = %root.display(), "created root"),
+            Ok(()) => tracing::debug!(strategy = NAME, path = %boxsock_core::echo::path(root), "created root"),
             Err(Errno::EEXIST) => {}
             Err(e) => return Err(BindingError::errno("create directory", root, e)),
         }
@@ -273,7 +271,7 @@ impl XdgHashed {
         }
         let mode = mode_bits(st.st_mode);
         if mode & 0o077 != 0 {
-            tracing::warn!(strategy = NAME, path = %root.display(), mode = format!("{mode:04o}"), "repairing the root's mode to 0700");
+            tracing::warn!(strategy = NAME, path = %boxsock_core::echo::path(root), mode = format!("{mode:04o}"), "repairing the root's mode to 0700");
             nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(0o700)).map_err(|e| BindingError::errno("chmod", root, e))?;
         }
         #[allow(clippy::unnecessary_cast)]

@@ -142,7 +142,9 @@ fn fit_or_fail_fast(k: &Kit, layout: &BoxLayout, id: &BoxId, realized: bool, nam
                 assert!(path.ends_with(name.as_str()), "PathTooLong's path {path:?} should be the address of {name}");
                 assert!(!socket.is_empty(), "PathTooLong must name the socket");
                 let msg = e.to_string();
-                for part in [path.as_str(), &len.to_string(), &l.to_string()] {
+                // The path as every message shows one: quoted, escaped, bounded.
+                let shown = boxsock_core::echo::os(std::ffi::OsStr::new(path.as_str())).to_string();
+                for part in [shown.as_str(), &len.to_string(), &l.to_string()] {
                     assert!(msg.contains(part), "PathTooLong's message {msg:?} must name {part:?}");
                 }
                 refused.push(name.clone());
@@ -882,7 +884,7 @@ pub fn connect_without_listener_fails(k: &Kit) -> Outcome {
     let addr = ok("address", s.address(&layout, &id, AGENT));
     let check = |when: &str| match s.connect_stream(&layout, &id, AGENT) {
         Err(e @ BindingError::Io { .. }) => {
-            assert!(e.to_string().contains(&addr.display_string()), "{}: {e} does not name {addr}", sname(k));
+            assert!(e.to_string().contains(&addr.to_string()), "{}: {e} does not name {addr}", sname(k));
         }
         other => panic!("{}: connect {when}: expected Io, got {other:?}", sname(k)),
     };

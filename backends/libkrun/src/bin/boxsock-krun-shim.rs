@@ -63,7 +63,7 @@ fn main() -> ExitCode {
 /// (`create_new` does not follow a symlink) renamed into place.
 fn record_spec(box_dir: &Path, input: &[u8]) -> std::io::Result<PathBuf> {
     if !box_dir.is_absolute() || !box_dir.is_dir() {
-        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("box dir {} is not an absolute directory", box_dir.display())));
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("box dir {} is not an absolute directory", boxsock_core::echo::path(box_dir))));
     }
     let path = box_dir.join(SHIM_SPEC_FILE);
     let tmp = box_dir.join(format!(".{SHIM_SPEC_FILE}.{}", std::process::id()));
@@ -128,7 +128,7 @@ fn run() -> Result<(), (u8, String)> {
     std::io::stdin().read_to_end(&mut input).map_err(|e| (2, format!("reading the spec from stdin: {e}")))?;
     let spec: ShimSpec = serde_json::from_slice(&input).map_err(|e| (2, format!("invalid spec on stdin: {e}")))?;
     match record_spec(&spec.box_dir, &input) {
-        Ok(path) => eprintln!("boxsock-krun-shim: box {}: spec recorded in {}", spec.box_id, path.display()),
+        Ok(path) => eprintln!("boxsock-krun-shim: box {}: spec recorded in {}", spec.box_id, boxsock_core::echo::path(&path)),
         Err(e) => eprintln!("boxsock-krun-shim: box {}: cannot record the spec: {e}", spec.box_id),
     }
     spec.validate().map_err(|e| (2, format!("box {}: {e}", spec.box_id)))?;
@@ -171,12 +171,12 @@ fn jail_probe(box_id: &str, path: &Path) {
     match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Ok(_) => {
             let _ = std::fs::remove_file(path);
-            eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} succeeded (the jail does not cover it)", path.display());
+            eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} succeeded (the jail does not cover it)", boxsock_core::echo::path(path));
         }
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} was denied: {e}", path.display())
+            eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} was denied: {e}", boxsock_core::echo::path(path))
         }
-        Err(e) => eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} failed: {e}", path.display()),
+        Err(e) => eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} failed: {e}", boxsock_core::echo::path(path)),
     }
 }
 

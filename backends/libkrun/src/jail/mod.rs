@@ -23,7 +23,7 @@ pub mod seatbelt;
 #[non_exhaustive]
 pub enum JailError {
     /// A path the jail must grant cannot be opened.
-    #[error("jail: cannot open {path} to grant {what}: {source}")]
+    #[error("jail: cannot open {} to grant {what}: {source}", boxsock_core::echo::path(path))]
     Open {
         /// The path.
         path: PathBuf,

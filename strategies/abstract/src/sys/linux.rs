@@ -201,7 +201,7 @@ impl Abstract {
                 None => match cached {
                     Some(old) => return Ok(old),
                     None => {
-                        tracing::debug!(path = %path.display(), "no abstract-socket secret; read-only, so addresses are derived from a throwaway key");
+                        tracing::debug!(path = %boxsock_core::echo::path(&path), "no abstract-socket secret; read-only, so addresses are derived from a throwaway key");
                         secret::throwaway()
                     }
                 },
@@ -219,7 +219,7 @@ impl Abstract {
         if let Some(old) = map.get(layout.home()) {
             if old.secret != fresh.secret {
                 tracing::warn!(
-                    path = %path.display(),
+                    path = %boxsock_core::echo::path(&path),
                     "the abstract-socket secret changed on disk; sockets bound under the old one are no longer reachable by name"
                 );
             }

@@ -96,7 +96,7 @@ fn refusal(strategy: &str, e: &BindingError) -> &'static str {
             );
         }
         BindingError::Io { address, .. } => {
-            assert!(msg.contains(&address.display_string()), "{strategy}: {msg} does not name {address}");
+            assert!(msg.contains(&address.to_string()), "{strategy}: {msg} does not name {address}");
         }
         BindingError::MissingSocketDir { path, .. } | BindingError::Insecure { path, .. } => {
             let last = path

@@ -28,7 +28,7 @@ pub const MOUNT_BASE: &str = "/.boxsock";
 #[derive(Debug, thiserror::Error)]
 pub enum GuestRootError {
     /// A mount failed.
-    #[error("cannot mount {what} ({fstype} {source_name}) on {}: {errno}", target.display())]
+    #[error("cannot mount {what} ({fstype} {source_name}) on {}: {errno}", boxsock_core::echo::path(target))]
     Mount {
         /// Which layer.
         what: String,
@@ -42,7 +42,7 @@ pub enum GuestRootError {
         errno: nix::Error,
     },
     /// A directory could not be created.
-    #[error("cannot create {}: {source}", path.display())]
+    #[error("cannot create {}: {source}", boxsock_core::echo::path(path))]
     Mkdir {
         /// The directory.
         path: PathBuf,
@@ -51,7 +51,7 @@ pub enum GuestRootError {
         source: std::io::Error,
     },
     /// `chroot` or `chdir` into the merged root failed.
-    #[error("cannot enter the box root {}: {errno}", root.display())]
+    #[error("cannot enter the box root {}: {errno}", boxsock_core::echo::path(root))]
     Enter {
         /// The merged root.
         root: PathBuf,
@@ -142,9 +142,9 @@ pub fn enter_at(base: &Path, layers: &[Layer]) -> Result<PathBuf, GuestRootError
             Layer::Virtiofs(tag) => mount(Some(tag.as_str()), &dir, Some("virtiofs"), MsFlags::MS_RDONLY | MsFlags::MS_NODEV, None::<&str>)
                 .map_err(mount_err(format!("lower layer {i}"), "virtiofs", tag.as_str(), &dir))?,
             Layer::Bind(from) => {
-                mount(Some(from.as_path()), &dir, None::<&OsStr>, MsFlags::MS_BIND, None::<&str>).map_err(mount_err(format!("lower layer {i}"), "bind", from.display().to_string(), &dir))?;
+                mount(Some(from.as_path()), &dir, None::<&OsStr>, MsFlags::MS_BIND, None::<&str>).map_err(mount_err(format!("lower layer {i}"), "bind", boxsock_core::echo::path(from).to_string(), &dir))?;
                 mount(None::<&OsStr>, &dir, None::<&OsStr>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
-                    .map_err(mount_err(format!("lower layer {i} (read-only)"), "bind", from.display().to_string(), &dir))?
+                    .map_err(mount_err(format!("lower layer {i} (read-only)"), "bind", boxsock_core::echo::path(from).to_string(), &dir))?
             }
         }
         lowers.push(dir);
@@ -164,7 +164,7 @@ pub fn enter_at(base: &Path, layers: &[Layer]) -> Result<PathBuf, GuestRootError
         let from = Path::new("/").join(d);
         let to = root.join(d);
         mount(Some(from.as_path()), &to, None::<&OsStr>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .map_err(mount_err(format!("/{d}"), "bind", from.display().to_string(), &to))?;
+            .map_err(mount_err(format!("/{d}"), "bind", boxsock_core::echo::path(&from).to_string(), &to))?;
     }
     nix::unistd::chroot(&root).map_err(|errno| GuestRootError::Enter { root: root.clone(), errno })?;
     nix::unistd::chdir("/").map_err(|errno| GuestRootError::Enter { root: root.clone(), errno })?;
