@@ -528,12 +528,6 @@ fn exec_race(
 fn assert_race(r: &Race, hits: i64, where_: &str) {
     assert_eq!(hits, 0, "{hits} exec request(s) reached the attacker's listener ({where_}{} ran, {} refused)", r.ran, r.refused);
     assert!(
-        r.hijacked >= MIN_NAIVE_HIJACKS,
-        "the naive dialer was hijacked {} times in {} dials (at least {MIN_NAIVE_HIJACKS} needed): the attack did not land, so the run proves nothing",
-        r.hijacked,
-        r.naive
-    );
-    assert!(
         r.windows >= MIN_WINDOWS,
         "attack never landed where the runtime works: the attacker's object was in place at the runtime's directory during only {} of {} execs that ran (at least {MIN_WINDOWS} needed; {} refused, {} of them in such a window: {:?})",
         r.windows,
@@ -541,6 +535,12 @@ fn assert_race(r: &Race, hits: i64, where_: &str) {
         r.refused,
         r.refused_in_window,
         r.samples
+    );
+    assert!(
+        r.hijacked >= MIN_NAIVE_HIJACKS,
+        "the naive dialer was hijacked {} times in {} dials (at least {MIN_NAIVE_HIJACKS} needed): the attack did not land, so the run proves nothing",
+        r.hijacked,
+        r.naive
     );
 }
 
@@ -828,12 +828,12 @@ scenario!(
             );
             assert_eq!(hits, 0, "the attacker's listener at ready.sock received {hits} connection(s) with bytes");
             assert!(
-                hijacked >= MIN_NAIVE_HIJACKS,
-                "the naive binder bound {hijacked} of {naive} sockets in the attacker's directory (at least {MIN_NAIVE_HIJACKS} needed): the attack did not land, so the run proves nothing"
-            );
-            assert!(
                 windows >= MIN_START_WINDOWS,
                 "attack never landed where the runtime works: nobody's directory was in place at the runtime's directory during only {windows} of {started} starts (at least {MIN_START_WINDOWS} needed; {refused} refused, {refused_in_window} of them in such a window: {samples:?})"
+            );
+            assert!(
+                hijacked >= MIN_NAIVE_HIJACKS,
+                "the naive binder bound {hijacked} of {naive} sockets in the attacker's directory (at least {MIN_NAIVE_HIJACKS} needed): the attack did not land, so the run proves nothing"
             );
             let _ = tokio.block_on(rt.remove(&id, true));
             Outcome::Passed(format!(
