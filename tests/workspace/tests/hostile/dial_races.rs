@@ -653,7 +653,7 @@ scenario!(
             let _ = tokio.block_on(rt.remove(&id, true));
             Outcome::Passed(format!(
                 "{}; the runtime's binding directory at the end: {}",
-                race_text(&r, took, &format!("the cleaner removed the per-user directory {} times", measured(removed))),
+                race_text(&r, took, &format!("the cleaner removed root's binding directory (per-user or fallback) {} times", measured(removed))),
                 binding_dir_text(&w)
             ))
         })()
