@@ -966,7 +966,7 @@ scenario!(
                 };
                 let control = nobody_reaches_a_naive_server(&w, &addr);
                 assert!(control > 0, "{name}: control: nobody's probe got {control} from a naive server (no peer check) of the same address kind: the probe proves nothing");
-                seen.push(format!("{name}: {what} (a naive server at a {} address answered the same probe with {} bytes)", if addr.as_path().is_some() { "path" } else { "abstract" }, measured(control)));
+                seen.push(format!("{name}: {what} (a naive server at {} address answered the same probe with {} bytes)", if addr.as_path().is_some() { "a path" } else { "an abstract" }, measured(control)));
                 drop(agent);
             }
             Outcome::Passed(format!(
@@ -1067,7 +1067,7 @@ scenario!(
                 };
                 let control = nobody_reaches_a_naive_server(&w, &addr);
                 assert!(control > 0, "{name}: control: nobody's probe got {control} from a naive server (no peer check) of the same address kind: the probe proves nothing");
-                let what = format!("{what} (a naive server at a {} address answered the same probe with {} bytes)", if addr.as_path().is_some() { "path" } else { "abstract" }, measured(control));
+                let what = format!("{what} (a naive server at {} address answered the same probe with {} bytes)", if addr.as_path().is_some() { "a path" } else { "an abstract" }, measured(control));
                 // The box still serves its owner after the attempt.
                 rt.ping(&id).await.unwrap_or_else(|e| panic!("{name}: ping after the attack: {e}"));
                 let pid = rt.get(&id).unwrap().process.unwrap().pid;
