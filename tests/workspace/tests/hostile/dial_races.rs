@@ -654,27 +654,34 @@ scenario!(
             stop.store(true, Ordering::Relaxed);
             let removed = cleaner.join().unwrap();
             let [at_per_uid, at_fallback] = attacker.hits_at();
+            let placed = attacker.mark().placed;
             let hits = attacker.finish();
             assert_race(&r, hits, &format!("{at_per_uid} at <base>/boxsock-<uid>, {at_fallback} at the fallback; "));
             let _ = tokio.block_on(rt.remove(&id, true));
             Outcome::Passed(format!(
-                "{}; the runtime's binding directory at the end: {}",
+                "{}; {}",
                 race_text(&r, took, &format!("the cleaner removed root's binding directory (per-user or fallback) {} times", measured(removed))),
-                binding_dir_text(&w)
+                binding_dir_text(&w, placed)
             ))
         })()
     }
 );
 
-/// Where the runtime of home `w` binds at the end of a race: its private fallback (it saw
-/// the per-user directory squatted and moved; the attacker followed it there), or the
-/// per-user directory.
-fn binding_dir_text(w: &crate::attacks::World) -> String {
-    measured(if recorded_fallback(w.layout.home()).is_some() {
-        "its recorded fallback <base>/boxsock.<random>, which the attacker found in a listing of <base> and followed"
+/// Where the runtime of home `w` binds at the end of a race (its recorded fallback once it
+/// saw the per-user directory squatted, or the per-user directory), and how many times
+/// the attacker put its directory at each (`placed`, from its shared page).
+fn binding_dir_text(w: &crate::attacks::World, placed: [i64; 2]) -> String {
+    let at = if recorded_fallback(w.layout.home()).is_some() {
+        "its recorded fallback <base>/boxsock.<random>"
     } else {
         "<base>/boxsock-<uid>"
-    })
+    };
+    format!(
+        "the runtime's binding directory at the end: {}; nobody's directory was renamed into <base>/boxsock-<uid> {} times and into the fallback (its name read from the listing of <base>) {} times",
+        measured(at),
+        measured(placed[PER_UID]),
+        measured(placed[FALLBACK])
+    )
 }
 
 /// The cleaner (root, as a /tmp cleaner is): keeps removing root's per-user directory
@@ -825,6 +832,7 @@ scenario!(
             }
             stop.store(true, Ordering::Relaxed);
             cleaner.join().unwrap();
+            let placed = attacker.mark().placed;
             let hits = attacker.finish();
             in_attacker_dir.retain(|(n, _)| !n.starts_with("naive-"));
             let names: std::collections::BTreeSet<&String> = in_attacker_dir.iter().map(|(n, _)| n).collect();
@@ -846,7 +854,7 @@ scenario!(
             );
             let _ = tokio.block_on(rt.remove(&id, true));
             Outcome::Passed(format!(
-                "{} starts under umask 000: {} started, {} of them while nobody's directory was in place at the directory the runtime was using (at least {MIN_START_WINDOWS} required); {} refused, {} of them while it was in place there (first refusal: {}); agent.sock was always bound 0600 in the real socket directory, nothing of root's ever appeared in the attacker's directory (read after every start through a descriptor held on it), its listener at `<id>/ready.sock` received nothing, and nobody's dial of the agent was refused. Beside it, the naive binder bound {} of {} sockets in the attacker's directory (at least {MIN_NAIVE_HIJACKS} required); the runtime's binding directory at the end: {}",
+                "{} starts under umask 000: {} started, {} of them while nobody's directory was in place at the directory the runtime was using (at least {MIN_START_WINDOWS} required); {} refused, {} of them while it was in place there (first refusal: {}); agent.sock was always bound 0600 in the real socket directory, nothing of root's ever appeared in the attacker's directory (read after every start through a descriptor held on it), its listener at `<id>/ready.sock` received nothing, and nobody's dial of the agent was refused. Beside it, the naive binder bound {} of {} sockets in the attacker's directory (at least {MIN_NAIVE_HIJACKS} required); {}",
                 measured(started + refused),
                 measured(started),
                 measured(windows),
@@ -855,7 +863,7 @@ scenario!(
                 measured(samples.first().map_or_else(|| "none".to_owned(), |s| format!("\"{s}\""))),
                 measured(hijacked),
                 measured(naive),
-                binding_dir_text(&w),
+                binding_dir_text(&w, placed),
             ))
         })()
     }
