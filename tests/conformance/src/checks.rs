@@ -1147,18 +1147,27 @@ pub fn swapped_binding_is_refused_at_use(k: &Kit) -> Outcome {
 
 /// Socket files a path strategy binds are 0600 even under `umask 000`: nobody but the
 /// owner can use them whatever the directory above does.
+///
+/// The umask is process-wide, so the binds run in a forked child ([`fork::in_child`])
+/// that sets `umask 000`; the files it bound stay, and their modes are read here.
 pub fn socket_files_are_private_whatever_the_umask(k: &Kit) -> Outcome {
     let s = &*k.strategy;
     let (layout, id) = setup(k);
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-    let bound = (s.bind_stream(&layout, &id, AGENT), s.bind_datagram(&layout, &id, "net.sock"));
-    nix::sys::stat::umask(old);
-    let (l, d) = (ok("bind_stream under umask 000", bound.0), ok("bind_datagram under umask 000", bound.1));
+    let bound = fork::in_child(|| {
+        nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let stream = s.bind_stream(&layout, &id, AGENT).map_err(|e| format!("bind_stream under umask 000: {e}"))?;
+        let dgram = s.bind_datagram(&layout, &id, "net.sock").map_err(|e| format!("bind_datagram under umask 000: {e}"))?;
+        // Kept bound until the child exits: the files are what the parent looks at.
+        std::mem::forget((stream, dgram));
+        Ok(())
+    });
+    if let Err(e) = bound {
+        panic!("{}: in a child under umask 000: {e}", sname(k));
+    }
     for name in [AGENT, "net.sock"] {
         let p = layout.sockets_dir(&id).join(name);
         let m = mode_of(&p);
         assert_eq!(m & 0o077, 0, "{}: {} was created mode {m:04o} under umask 000", sname(k), p.display());
     }
-    drop((l, d));
     Outcome::Passed
 }

@@ -465,3 +465,68 @@ pub fn listen_in_child(addr: &SocketAddress) -> Result<ListeningChild, PeerRepor
         None => Err(PeerReport::NoReport(-1)),
     }
 }
+
+/// The longest message [`in_child`] carries back.
+const MESSAGE_MAX: usize = 1024;
+
+/// Run `body` in a forked child and return what it returned: for a check that changes
+/// process-wide state (the umask), which must not leak to the other checks and tests of
+/// the process, and works however often one process runs the check.
+///
+/// The child is a copy of a multithreaded process and runs ordinary Rust code (the
+/// strategy's bind): glibc makes `malloc` safe after `fork`, but a lock another thread
+/// held at the fork (stderr's, a strategy's) would stay held, so the wait is bounded
+/// ([`CHILD_TIMEOUT`], then the child is killed and this panics). Descriptors are kept:
+/// the strategy may hold some (a cached directory), and the child lives only for `body`.
+/// A panic in `body` comes back as an `Err` with its message.
+pub fn in_child(body: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    let (rd, wr) = cloexec_pipe();
+    let wr_raw = wr.as_raw_fd();
+    // SAFETY: the child runs `body`, writes one bounded message and _exits (never
+    // returns into the test harness); see the function's documentation for what it may
+    // block on, which the bounded wait below covers.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        panic!("fork: {}", std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or_else(|p| {
+            Err(p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned())).unwrap_or_else(|| "panicked".into()))
+        });
+        let mut buf = [0u8; MESSAGE_MAX];
+        let n = match &r {
+            Ok(()) => 1,
+            Err(m) => {
+                buf[0] = 1;
+                let m = m.as_bytes();
+                let n = m.len().min(MESSAGE_MAX - 1);
+                buf[1..=n].copy_from_slice(&m[..n]);
+                n + 1
+            }
+        };
+        // SAFETY: one write of a stack buffer (at most PIPE_BUF, so atomic) to our pipe,
+        // then _exit without running the parent's destructors.
+        unsafe {
+            libc::write(wr_raw, buf.as_ptr().cast(), n);
+            libc::_exit(0)
+        }
+    }
+    drop(wr);
+    let status = reap(pid, || {});
+    let mut pfd = libc::pollfd { fd: rd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut buf = [0u8; MESSAGE_MAX];
+    // SAFETY: poll on one valid pollfd, then a read into a stack buffer of its length;
+    // the child's one write is complete (it has been reaped).
+    let n = unsafe {
+        if libc::poll(&mut pfd, 1, 100) <= 0 {
+            0
+        } else {
+            libc::read(rd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+        }
+    };
+    match n {
+        n if n >= 1 && buf[0] == 0 => Ok(()),
+        n if n >= 1 => Err(String::from_utf8_lossy(&buf[1..n as usize]).into_owned()),
+        _ => Err(format!("the child left no report (wait status {status:#x})")),
+    }
+}

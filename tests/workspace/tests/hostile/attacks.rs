@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use boxsock_core::proto::{self, Frame, Request};
 use boxsock_core::{BindingError, BoxId, BoxLayout, SocketBinding, StrategyConfig, boxdir};
-use boxsock_tests::reliability::Outcome;
+use boxsock_tests::reliability::{Outcome, measured};
 use boxsock_tests::scenario;
 
 
@@ -869,6 +869,51 @@ pub(crate) fn wait_exists(p: &Path, limit: Duration) -> bool {
     p.exists()
 }
 
+/// The positive control of the other-user attacks: a naive server of the same address
+/// kind as `addr` (an abstract name, or a 0777 socket file in the 1777 base), with no
+/// peer check, answering whatever it is sent. Returns what `nobody`'s same probe got
+/// from it (bytes received, or -errno), which must be > 0: the probe can see service.
+pub(crate) fn nobody_reaches_a_naive_server(w: &World, addr: &boxsock_core::SocketAddress) -> i64 {
+    use boxsock_core::SocketAddress;
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let naive = match addr {
+        SocketAddress::Abstract(_) => SocketAddress::Abstract(format!("boxsock-naive-{}-{n}", std::process::id()).into_bytes()),
+        SocketAddress::Path(_) => SocketAddress::Path(w.base.join(format!("naive-{n}.sock"))),
+    };
+    let l = std::os::unix::net::UnixListener::bind_addr(&match &naive {
+        SocketAddress::Abstract(name) => <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name).unwrap(),
+        SocketAddress::Path(p) => std::os::unix::net::SocketAddr::from_pathname(p).unwrap(),
+    })
+    .unwrap_or_else(|e| panic!("control: bind the naive server at {naive}: {e}"));
+    if let SocketAddress::Path(p) = &naive {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    l.set_nonblocking(true).unwrap();
+    let server = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            match l.accept() {
+                Ok((mut c, _)) => {
+                    c.set_nonblocking(false).unwrap();
+                    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut b = [0u8; 64];
+                    let _ = c.read(&mut b);
+                    let _ = c.write_all(b"served");
+                    return;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    let r = nobody::run(&[nobody::Act::ConnectSend(nobody::RawAddr::of(&naive), b"hello".to_vec())]).unwrap();
+    server.join().unwrap();
+    if let SocketAddress::Path(p) = &naive {
+        let _ = std::fs::remove_file(p);
+    }
+    r[0]
+}
+
 scenario!(
     other_user_cannot_reach_the_agent,
     "Attacks",
@@ -919,7 +964,9 @@ scenario!(
                         "{name}: nobody's connection got {other} (bytes, or -errno): it was served"
                     ),
                 };
-                seen.push(format!("{name}: {what}"));
+                let control = nobody_reaches_a_naive_server(&w, &addr);
+                assert!(control > 0, "{name}: control: nobody's probe got {control} from a naive server (no peer check) of the same address kind: the probe proves nothing");
+                seen.push(format!("{name}: {what} (a naive server at {} address answered the same probe with {} bytes)", if addr.as_path().is_some() { "a path" } else { "an abstract" }, measured(control)));
                 drop(agent);
             }
             Outcome::Passed(format!(
@@ -1018,6 +1065,9 @@ scenario!(
                     0 if s.capabilities().peer_credentials => "connected, then dropped by the agent's --allow-uid check with no reply".to_owned(),
                     other => panic!("{name}: nobody's connection got {other} (bytes, or -errno): it was served"),
                 };
+                let control = nobody_reaches_a_naive_server(&w, &addr);
+                assert!(control > 0, "{name}: control: nobody's probe got {control} from a naive server (no peer check) of the same address kind: the probe proves nothing");
+                let what = format!("{what} (a naive server at {} address answered the same probe with {} bytes)", if addr.as_path().is_some() { "a path" } else { "an abstract" }, measured(control));
                 // The box still serves its owner after the attempt.
                 rt.ping(&id).await.unwrap_or_else(|e| panic!("{name}: ping after the attack: {e}"));
                 let pid = rt.get(&id).unwrap().process.unwrap().pid;
@@ -1111,12 +1161,23 @@ scenario!(
                 assert!(stranger_id.is_alive());
                 let start_time = if variant == "b" { real.start_time + 4242 } else { real.start_time };
                 assert_ne!(start_time, stranger_id.start_time, "the forged identity must not be the stranger's own");
+                // What a naive stopper would signal: the pid the forged row names, read back
+                // with SQL before the runtime looks at it.
+                let read_pid = |home: &Path| -> i32 {
+                    rusqlite::Connection::open(home.join("boxsock.db"))
+                        .unwrap()
+                        .query_row("SELECT pid FROM boxes WHERE id = ?1", [&id], |r| r.get(0))
+                        .unwrap()
+                };
+                let stored_pid;
                 let rt = if variant == "c" {
                     forge_identity(w.layout.home(), &id, stranger.pid(), start_time);
+                    stored_pid = read_pid(w.layout.home());
                     rt
                 } else {
                     rt.close();
                     forge_identity(w.layout.home(), &id, stranger.pid(), start_time);
+                    stored_pid = read_pid(w.layout.home());
                     let (rt, report) = Runtime::open(w.layout.home(), rt_options(&w)).await.unwrap();
                     let r = report.recovered.iter().find(|r| r.id == b.id).expect("recovery looked at the forged box");
                     assert_eq!((r.to, r.killed), (BoxState::Stopped, false), "{r:?}");
@@ -1140,13 +1201,22 @@ scenario!(
                 // The real box process was lost with its identity; it is still ours to reap.
                 let lost_alive = ProcessIdentity::of(real.pid).map(|p| p.is_alive()).unwrap_or(false);
                 kill_lost_box(real.pid);
+                // The positive control: a naive stopper (kill the stored pid, no identity
+                // check) signals the stranger.
+                // SAFETY: kill(2) with a pid and a signal number; no memory is passed.
+                unsafe { libc::kill(stored_pid, libc::SIGTERM) };
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while stranger.alive() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                assert!(!stranger.alive(), "{variant}: control: the naive stopper's SIGTERM to the stored pid {stored_pid} did not reach the stranger");
                 let how = match variant {
                     "a" => "pid → stranger with the box's start time, runtime reopened (recovery: running → stopped, nothing killed)",
                     "b" => "pid → stranger with a wrong start time, runtime reopened (recovery: running → stopped, nothing killed)",
                     _ => "pid → stranger with the box's start time under the live runtime",
                 };
                 format!(
-                    "({variant}) {how}: state {before}, {stop} ok, stranger alive{}",
+                    "({variant}) {how}: state {before}, {stop} ok, stranger alive (a naive stopper's SIGTERM to the stored pid then killed it){}",
                     if lost_alive { "; the real box process, no longer named by its row, was left running (the test killed it)" } else { "" }
                 )
             });
@@ -1226,6 +1296,15 @@ scenario!(
                     .iter()
                     .map(squat_abstract)
                     .collect();
+                // The positive control: a naive starter that binds the names it used before
+                // is blocked by the squat.
+                let naive: Vec<String> = old
+                    .iter()
+                    .map(|a| match boxsock_core::peer::bind_stream_at(a) {
+                        Err(e) => e.to_string(),
+                        Ok(_) => panic!("control: the naive starter bound {a} again: the squat did not take"),
+                    })
+                    .collect();
                 let started = rt.start(&id).await;
                 let new = names(&rt);
                 let rec = started.unwrap_or_else(|e| panic!("the start after the squat failed: {e}"));
@@ -1240,7 +1319,8 @@ scenario!(
                 drop(squatters);
                 rt.remove(&id, true).await.unwrap();
                 Outcome::Passed(format!(
-                    "the next start succeeded on fresh names for agent and ready (prepare_start rotated the box's epoch); exec ran; the squatted old agent name leads to uid {refused}'s socket, refused with PeerRejected"
+                    "the next start succeeded on fresh names for agent and ready (prepare_start rotated the box's epoch); exec ran; the squatted old agent name leads to uid {refused}'s socket, refused with PeerRejected; a naive starter binding the old names again failed on both ({})",
+                    measured(naive.join("; "))
                 ))
             })
         })()
