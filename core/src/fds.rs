@@ -35,21 +35,10 @@ pub fn cloexec_except(keep: &[RawFd]) -> io::Result<()> {
 /// `close_range(first, last, CLOSE_RANGE_CLOEXEC)` (Linux 5.11); before that kernel, or
 /// elsewhere, `fcntl(F_SETFD)` on each descriptor below the open-files limit.
 fn cloexec_range(first: RawFd, last: Option<RawFd>) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        let last = last.map_or(libc::c_uint::MAX, |l| l as libc::c_uint);
-        // SAFETY: close_range only changes descriptor flags of this process; no memory
-        // is passed.
-        let r = unsafe {
-            libc::syscall(libc::SYS_close_range, first as libc::c_uint, last, libc::CLOSE_RANGE_CLOEXEC)
-        };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if !matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
-            return Err(e);
-        }
+    match crate::sys::close_range_cloexec(first, last) {
+        Ok(()) => return Ok(()),
+        Err(e) if !matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) => return Err(e),
+        Err(_) => {}
     }
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the stack value passed.

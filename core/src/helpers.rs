@@ -91,7 +91,7 @@ mod tests {
     fn the_error_lists_every_place_looked_and_the_install_command() {
         let e = AgentNotFound { candidates: vec!["/a/boxsock-agent".into(), "/b/x".into()] };
         let msg = e.to_string();
-        assert!(msg.contains("/a/boxsock-agent, /b/x"), "{msg}");
+        assert!(msg.contains(r#""/a/boxsock-agent", "/b/x""#), "{msg}");
         assert!(msg.contains("cargo install boxsock-agent") && msg.contains(AGENT_ENV), "{msg}");
     }
 }

@@ -82,7 +82,9 @@ pub fn check_link(st: &FileStat, me: u32) -> Result<(), Distrust> {
     Ok(())
 }
 
-fn components(p: &Path) -> VecDeque<OsString> {
+/// The components of `p` to resolve one at a time (`..` kept: each is resolved on the
+/// descriptor it names, never by string arithmetic).
+pub fn components(p: &Path) -> VecDeque<OsString> {
     p.components()
         .filter_map(|c| match c {
             Component::Normal(n) => Some(n.to_os_string()),
@@ -93,7 +95,7 @@ fn components(p: &Path) -> VecDeque<OsString> {
 }
 
 fn open_root() -> Result<OwnedFd, BindingError> {
-    nix::fcntl::open("/", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+    nix::fcntl::open("/", crate::sys::path_flag() | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(|e| BindingError::errno("open", Path::new("/"), e))
 }
 
@@ -117,7 +119,7 @@ pub fn open_dir(path: &Path, me: u32, what: &str) -> Result<(OwnedFd, FileStat),
         let next_path = if name == ".." { cur_path.parent().unwrap_or(Path::new("/")).to_path_buf() } else { cur_path.join(&name) };
         // Whatever we descend from can change what the path names.
         check_dir(&st, me).map_err(|d| distrust(&cur_path, d))?;
-        let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let flags = crate::sys::path_flag() | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = openat(cur.as_fd(), name.as_os_str(), flags, Mode::empty()).map_err(|e| BindingError::errno("open", &next_path, e))?;
         let next_st = fstat(&fd).map_err(|e| BindingError::errno("stat", &next_path, e))?;
         match next_st.st_mode & libc::S_IFMT {

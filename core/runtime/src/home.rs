@@ -16,16 +16,15 @@
 //!   the marker nor a store is not a home and is refused for writing
 //!   ([`RuntimeError::NotAHome`]); an empty or missing one becomes a home.
 
-use std::collections::VecDeque;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, fchmod, fstat, fstatat, mkdirat};
 
-use boxsock_core::trust::{self, Distrust};
+use boxsock_core::trust::{self, Distrust, components};
 
 use super::RuntimeError;
 
@@ -95,16 +94,6 @@ fn check_own_dir(st: &FileStat, path: &Path, what: &str) -> Result<(), RuntimeEr
         ));
     }
     Ok(())
-}
-
-fn components(p: &Path) -> VecDeque<OsString> {
-    p.components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some(OsString::from("..")),
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
-        })
-        .collect()
 }
 
 fn open_root() -> Result<OwnedFd, RuntimeError> {

@@ -107,3 +107,13 @@ pub(crate) fn abstract_addr(name: &[u8]) -> io::Result<std::os::unix::net::Socke
 pub(crate) fn abstract_unix_addr(n: &[u8]) -> io::Result<nix::sys::socket::UnixAddr> {
     Ok(nix::sys::socket::UnixAddr::new_abstract(n)?)
 }
+
+/// `close_range(first, last, CLOSE_RANGE_CLOEXEC)` (Linux 5.11): marks the range
+/// close-on-exec. `ENOSYS` or `EINVAL` on an older kernel (the caller falls back).
+pub(crate) fn close_range_cloexec(first: RawFd, last: Option<RawFd>) -> io::Result<()> {
+    let last = last.map_or(libc::c_uint::MAX, |l| l as libc::c_uint);
+    // SAFETY: close_range only changes descriptor flags of this process; no memory is
+    // passed.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, last, libc::CLOSE_RANGE_CLOEXEC) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}

@@ -52,3 +52,8 @@ pub(crate) fn abstract_addr(_name: &[u8]) -> io::Result<std::os::unix::net::Sock
 pub(crate) fn abstract_unix_addr(_n: &[u8]) -> io::Result<nix::sys::socket::UnixAddr> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "abstract socket addresses exist only on Linux"))
 }
+
+/// No `close_range` on macOS: the caller marks each descriptor with `fcntl`.
+pub(crate) fn close_range_cloexec(_first: RawFd, _last: Option<RawFd>) -> io::Result<()> {
+    Err(io::Error::from_raw_os_error(libc::ENOSYS))
+}

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 const LINUX_ONLY: &[&str] = &[
     "SYS_pidfd_open",
     "SYS_pidfd_send_signal",
+    "SYS_close_range",
     "sockopt::PeerCredentials",
     "SO_PEERCRED",
     "SO_PEERPIDFD",
