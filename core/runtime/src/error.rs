@@ -25,6 +25,15 @@ pub enum RuntimeError {
         /// The holder's pid, when it recorded one and is alive.
         pid: Option<i32>,
     },
+    /// Another start, stop or remove of this box held it for longer than this one
+    /// waits (see `lock::acquire_box`).
+    #[error("box {id} is busy: another start, stop or remove of it was still running after {waited:?}")]
+    BoxBusy {
+        /// The box.
+        id: String,
+        /// How long this operation waited.
+        waited: Duration,
+    },
     /// Another process was still making this new home after the wait (see
     /// `home::InitLock`): it is stuck or stopped.
     #[error("home {} is being made by another process, still after waiting {waited:?}; if no boxsock process is running, remove the empty home and try again", boxsock_core::echo::path(home))]

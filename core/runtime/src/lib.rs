@@ -389,6 +389,9 @@ impl Runtime {
         let inner = &self.inner;
         let _op = inner.op_lock().await?;
         let rec = inner.record(id_or_name)?;
+        let _box = inner.box_lock(&rec.id).await?;
+        // Read again: another process may have started, stopped or removed it meanwhile.
+        let rec = inner.record(rec.id.as_str())?;
         // A running box whose process is alive is left as it is (like `docker start`).
         if rec.state == BoxState::Running && inner.handle_for(&rec).is_some_and(|h| h.is_alive()) {
             return Ok(rec);
@@ -420,6 +423,8 @@ impl Runtime {
         let inner = &self.inner;
         let _op = inner.op_lock().await?;
         let rec = inner.record(id_or_name)?;
+        let _box = inner.box_lock(&rec.id).await?;
+        let rec = inner.record(rec.id.as_str())?;
         inner.stop_locked(rec, timeout.unwrap_or(inner.options.stop_timeout)).await
     }
 
@@ -430,6 +435,12 @@ impl Runtime {
         let inner = &self.inner;
         let _op = inner.op_lock().await?;
         let (raw_id, rec) = inner.store.resolve(id_or_name)?.ok_or_else(|| RuntimeError::NotFound(id_or_name.to_owned()))?;
+        let _box = match &rec {
+            Ok(rec) => Some(inner.box_lock(&rec.id).await?),
+            Err(_) => None,
+        };
+        // Read again under the box's lock: a start that held it has recorded its process.
+        let (raw_id, rec) = inner.store.resolve(&raw_id)?.ok_or_else(|| RuntimeError::NotFound(id_or_name.to_owned()))?;
         let rec = match rec {
             Ok(rec) => rec,
             Err(e) if !force => return Err(e.into()),
@@ -579,6 +590,13 @@ impl Inner {
             Access::ReadWrite => Ok(()),
             Access::ReadOnly => Err(RuntimeError::ReadOnly { home: self.layout.home().to_path_buf(), op }),
         }
+    }
+
+    /// The box's operation lock (`lock::acquire_box`), waited for at most as long as
+    /// another start (readiness) or stop (three escalation steps) can hold it.
+    async fn box_lock(&self, id: &BoxId) -> Result<lock::BoxLock, RuntimeError> {
+        let wait = self.options.ready_timeout + self.options.stop_timeout * 3 + Duration::from_secs(5);
+        lock::acquire_box(&self.layout.box_dir(id), id.as_str(), wait).await
     }
 
     async fn op_lock(&self) -> Result<Option<LockGuard>, RuntimeError> {

@@ -110,6 +110,45 @@ async fn lock_file(home: &Path, path: &Path, mut file: File, exclusive: bool, wa
     }
 }
 
+/// A box's operation lock: an exclusive `flock` on the box's directory itself, held by
+/// every start, stop and remove of that box for its whole duration (a start through
+/// its readiness wait), in every process and every task (a lock belongs to its open
+/// file description). Without it, two processes racing on one box launch two agents,
+/// or a remove deletes the row of a box another process is starting and leaves its
+/// agent running. The descriptor is close-on-exec, so no box process inherits it.
+#[derive(Debug)]
+pub struct BoxLock {
+    _flock: Option<Flock<File>>,
+}
+
+/// Take box `id`'s operation lock on its directory `dir`, waiting up to `wait`. A box
+/// directory that is gone (a concurrent remove) gives an empty lock: the caller's next
+/// read of the record reports the box as gone.
+pub async fn acquire_box(dir: &Path, id: &str, wait: Duration) -> Result<BoxLock, RuntimeError> {
+    let mut file = match OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BoxLock { _flock: None }),
+        Err(e) => return Err(RuntimeError::Io { op: "open to lock", path: dir.to_path_buf(), source: e }),
+    };
+    let started = Instant::now();
+    let mut step = Duration::from_millis(1);
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(fl) => return Ok(BoxLock { _flock: Some(fl) }),
+            Err((f, Errno::EWOULDBLOCK)) => {
+                file = f;
+                let waited = started.elapsed();
+                if waited >= wait {
+                    return Err(RuntimeError::BoxBusy { id: id.to_owned(), waited });
+                }
+                tokio::time::sleep(step.min(wait - waited)).await;
+                step = (step * 2).min(Duration::from_millis(20));
+            }
+            Err((_, e)) => return Err(RuntimeError::Io { op: "lock", path: dir.to_path_buf(), source: e.into() }),
+        }
+    }
+}
+
 /// Try the exclusive lock without waiting; `None` if someone holds the home.
 pub fn try_exclusive(path: &Path) -> Result<Option<LockGuard>, RuntimeError> {
     let file = open_lock_file(path)?;
