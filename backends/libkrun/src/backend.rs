@@ -60,7 +60,7 @@ pub enum FindAgentError {
 /// | `jail` | `on` | `off` runs the shim without Landlock (diagnosis only) |
 /// | `configure_only` | `false` | the shim configures libkrun and exits 0 without booting; the availability probe is skipped (nothing boots), so the box process always exits before readiness |
 /// | `agent` | found like the `host` backend finds it | the host `boxsock-agent` copied into each new box's guest root |
-/// | `jail_probe` | — | diagnosis: once jailed, the shim tries to create this file and logs `jail probe: writing <path> was denied` or `… succeeded` |
+/// | `jail_probe` | — | diagnosis: once jailed, the shim tries to create this file and logs `jail probe: writing "<path>" was denied` or `… succeeded` |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LibkrunConfig {
     /// The shim binary.

@@ -142,7 +142,7 @@ pub struct ShimSpec {
     /// Configure libkrun, then exit 0 without `krun_start_enter` (diagnosis).
     pub configure_only: bool,
     /// Diagnosis (`jail_probe` option): once jailed, the shim tries to create this file
-    /// and logs whether the jail denied it (`jail probe: writing <path> was denied`)
+    /// and logs whether the jail denied it (`jail probe: writing "<path>" was denied`)
     /// or not (`… succeeded`, and removes it). Shows the jail is enforced in the very
     /// process that enters the VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -368,7 +368,7 @@ sc_landlock() {
     add_busybox "$HOME_" "$id"
     BS_EXTRA="--backend-option jail_probe=$probe" bs start "$id" || { tail -20 "$HOME_/boxes/$id/logs/box.log"; fail "start with the jail on failed"; }
     grep 'jail probe' "$HOME_/boxes/$id/logs/box.log"
-    grep -q "jail probe: writing $probe was denied" "$HOME_/boxes/$id/logs/box.log" || box_fail "$HOME_" "$id" "the shim's log has no denied probe: $(grep 'jail' "$HOME_/boxes/$id/logs/box.log")"
+    grep -q "jail probe: writing \"$probe\" was denied" "$HOME_/boxes/$id/logs/box.log" || box_fail "$HOME_" "$id" "the shim's log has no denied probe: $(grep 'jail' "$HOME_/boxes/$id/logs/box.log")"
     [ -e "$probe" ] && fail "$probe exists: the jail let the shim write outside its grants"
     [ "$(bs exec "$id" -- /bin/busybox echo jailed)" = jailed ] || fail "exec in the jailed box failed"
     bs stop "$id" || fail "stop failed"
