@@ -123,7 +123,16 @@ fn launch_starts_passt_and_the_shim_configures_real_libkrun() {
     let guard = Reap(passt);
     // passt serves one end of a socketpair (`--fd 3`): nothing is bound on the
     // filesystem for `net`, so no path can be redirected.
-    let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{passt}/cmdline")).unwrap()).replace('\0', " ");
+    // Spawning returns once the exec closed std's error pipe, which the kernel does
+    // before it writes the new argv: until then /proc/<pid>/cmdline reads empty.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let cmdline = loop {
+        let c = String::from_utf8_lossy(&std::fs::read(format!("/proc/{passt}/cmdline")).unwrap()).replace('\0', " ");
+        if !c.is_empty() || std::time::Instant::now() > deadline {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     assert!(cmdline.contains("--fd 3"), "{cmdline}");
     assert!(std::fs::read_link(format!("/proc/{passt}/fd/3")).unwrap().to_string_lossy().starts_with("socket:"));
     assert!(!f.addr("net.sock").exists() && !f.layout.sockets_dir(&f.id).join("net.sock").exists(), "a net socket file was bound");
