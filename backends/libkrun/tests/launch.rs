@@ -116,25 +116,36 @@ fn launch_starts_passt_and_the_shim_configures_real_libkrun() {
     let f = Fixture::new(220);
     f.ensure();
     std::fs::write(f.layout.rootfs_dir(&f.id).join("boxsock-agent"), b"#!/bin/true\n").unwrap();
-    let b = backend(&[("configure_only", "on"), ("passt", bin.to_str().unwrap())]);
+    // passt makes itself non-dumpable in namespaces of its own moments after it starts,
+    // after which /proc/<pid>/cmdline and fd/ read empty or fail: a wrapper records
+    // what passt is given (argv, descriptor 3) in the very process that then execs it.
+    let seen = tempfile::tempdir().unwrap();
+    let wrapper = seen.path().join("passt");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nreadlink /proc/$$/fd/3 > '{d}/fd3.tmp'; printf '%s\\n' \"$*\" > '{d}/argv.tmp'\nmv '{d}/fd3.tmp' '{d}/fd3'; mv '{d}/argv.tmp' '{d}/argv'\nexec '{bin}' \"$@\"\n",
+            d = seen.path().display(),
+            bin = bin.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let b = backend(&[("configure_only", "on"), ("passt", wrapper.to_str().unwrap())]);
     let launched = b.launch_unchecked(&f.launch_spec_verified(true)).unwrap();
     assert_eq!(launched.companions.len(), 1);
     let passt = launched.companions[0];
     let guard = Reap(passt);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !seen.path().join("argv").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // passt serves one end of a socketpair (`--fd 3`): nothing is bound on the
     // filesystem for `net`, so no path can be redirected.
-    // Spawning returns once the exec closed std's error pipe, which the kernel does
-    // before it writes the new argv: until then /proc/<pid>/cmdline reads empty.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let cmdline = loop {
-        let c = String::from_utf8_lossy(&std::fs::read(format!("/proc/{passt}/cmdline")).unwrap()).replace('\0', " ");
-        if !c.is_empty() || std::time::Instant::now() > deadline {
-            break c;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let cmdline = std::fs::read_to_string(seen.path().join("argv")).expect("the passt wrapper ran");
     assert!(cmdline.contains("--fd 3"), "{cmdline}");
-    assert!(std::fs::read_link(format!("/proc/{passt}/fd/3")).unwrap().to_string_lossy().starts_with("socket:"));
+    let fd3 = std::fs::read_to_string(seen.path().join("fd3")).unwrap();
+    assert!(fd3.starts_with("socket:"), "passt's descriptor 3: {fd3}");
     assert!(!f.addr("net.sock").exists() && !f.layout.sockets_dir(&f.id).join("net.sock").exists(), "a net socket file was bound");
     let pid = |p: i32| nix::unistd::Pid::from_raw(p);
     assert_eq!(nix::unistd::getsid(Some(pid(passt))).unwrap(), pid(passt), "passt leads its own session");
