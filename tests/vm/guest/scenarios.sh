@@ -374,7 +374,7 @@ sc_landlock() {
     bs stop "$id" || fail "stop failed"
     # The same probe with the jail off succeeds: the probe can tell.
     BS_EXTRA="--backend-option jail_probe=$probe --backend-option jail=off" bs start "$id" || fail "start with jail=off failed"
-    grep -q "jail probe: writing $probe succeeded" "$HOME_/boxes/$id/logs/box.log" || fail "the probe did not succeed with jail=off"
+    grep -q "jail probe: writing \"$probe\" succeeded" "$HOME_/boxes/$id/logs/box.log" || fail "the probe did not succeed with jail=off"
     rm -f "$probe"
     bs rm -f "$id" || fail "rm failed"
 }
