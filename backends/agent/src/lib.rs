@@ -299,15 +299,7 @@ impl Agent {
                 return Err(AgentError::VsockPeerCheck { uri: v.to_uri() });
             }
         }
-        if let (AgentAddress::Inherited(a), AgentAddress::Inherited(r)) = (&config.agent, &config.ready) {
-            if a == r {
-                return Err(AgentError::Inherited {
-                    fd: *a,
-                    flag: "--agent-fd and --ready-fd",
-                    reason: "one descriptor cannot be both the listener and the ready channel".into(),
-                });
-            }
-        }
+        check_distinct(&config)?;
         let (stop, _) = watch::channel(false);
         let state = Arc::new(State { pid: std::process::id(), groups: Mutex::new(HashSet::new()), stop });
         // Checked (and taken over) before anything is bound, so a bad ready descriptor
@@ -493,10 +485,47 @@ impl Agent {
     }
 }
 
+/// Check every inherited descriptor of `config` (`--agent-fd`: a listening Unix stream
+/// socket; `--ready-fd`: a connected one) without taking them over. The agent's binary
+/// calls it first, before anything it does opens a descriptor (its tokio runtime's
+/// epoll would take the number of one that was not inherited); [`Agent::bind`] checks
+/// again and takes them over.
+pub fn check_inherited(config: &AgentConfig) -> Result<(), AgentError> {
+    check_distinct(config)?;
+    for (a, flag, listening) in [(&config.agent, "--agent-fd", true), (&config.ready, "--ready-fd", false)] {
+        if let AgentAddress::Inherited(fd) = a {
+            check_socket(*fd, flag, listening)?;
+        }
+    }
+    Ok(())
+}
+
+/// One descriptor cannot be both the listener and the ready channel (and would be
+/// taken over twice).
+fn check_distinct(config: &AgentConfig) -> Result<(), AgentError> {
+    match (&config.agent, &config.ready) {
+        (AgentAddress::Inherited(a), AgentAddress::Inherited(r)) if a == r => Err(AgentError::Inherited {
+            fd: *a,
+            flag: "--agent-fd and --ready-fd",
+            reason: "one descriptor cannot be both the listener and the ready channel".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Take over inherited descriptor `fd` (named by `flag`) once it is known to be a Unix
-/// stream socket that is listening (`listening`) or not. The error names the
-/// descriptor and what it is instead.
+/// stream socket that is listening (`listening`) or not ([`check_socket`]).
 fn inherited_socket(fd: RawFd, flag: &'static str, listening: bool) -> Result<OwnedFd, AgentError> {
+    check_socket(fd, flag, listening)?;
+    // SAFETY: `fd` is open (checked), and the agent takes it over here exactly once (its
+    // config names each descriptor once, checked in `Agent::bind`); nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether inherited descriptor `fd` (named by `flag`) is a Unix stream socket that is
+/// listening (`listening`) or not, and mark it close-on-exec. The error names the
+/// descriptor and what it is instead.
+fn check_socket(fd: RawFd, flag: &'static str, listening: bool) -> Result<(), AgentError> {
     let bad = |reason: String| AgentError::Inherited { fd, flag, reason };
     if fd < 3 {
         return Err(bad("descriptors 0, 1 and 2 are stdio".into()));
@@ -514,13 +543,12 @@ fn inherited_socket(fd: RawFd, flag: &'static str, listening: bool) -> Result<Ow
     }
     let kind = match st.st_mode & libc::S_IFMT {
         libc::S_IFSOCK => None,
-        libc::S_IFREG => Some("a regular file"),
-        libc::S_IFDIR => Some("a directory"),
-        libc::S_IFCHR => Some("a character device"),
-        libc::S_IFIFO => Some("a pipe"),
-        libc::S_IFBLK => Some("a block device"),
-        libc::S_IFLNK => Some("a symlink"),
-        _ => Some("not a socket"),
+        libc::S_IFREG => Some("a regular file".to_owned()),
+        libc::S_IFDIR => Some("a directory".to_owned()),
+        libc::S_IFCHR => Some("a character device".to_owned()),
+        libc::S_IFIFO => Some("a pipe".to_owned()),
+        libc::S_IFBLK => Some("a block device".to_owned()),
+        other => Some(format!("a file of type {other:#o} (an epoll, event or other anonymous descriptor)")),
     };
     if let Some(kind) = kind {
         return Err(bad(format!("it is {kind}, not a socket")));
@@ -545,9 +573,7 @@ fn inherited_socket(fd: RawFd, flag: &'static str, listening: bool) -> Result<Ow
     // Close-on-exec: nothing the agent was handed reaches a command.
     nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
         .map_err(|e| bad(format!("F_SETFD: {e}")))?;
-    // SAFETY: `fd` is open, and the agent takes it over here exactly once (its config
-    // names each descriptor once, checked in `Agent::bind`); nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(())
 }
 
 /// An integer `SOL_SOCKET` option of `fd`.

@@ -89,6 +89,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         ready: address(args.ready.as_ref(), args.ready_fd)?,
         allow_uids: args.allow_uid,
     };
+    // Before anything below opens a descriptor (the tokio runtime's epoll would take the
+    // number of one that was not inherited).
+    boxsock_agent::check_inherited(&config)?;
     // In a libkrun guest: enter the box's root first, so the resolver configuration
     // below and every command see it.
     if !args.overlay_lower.is_empty() {
