@@ -346,6 +346,14 @@ impl Agent {
     fn adopt(fd: RawFd, config: AgentConfig, ready_channel: Mutex<Option<UnixStream>>, state: Arc<State>) -> Result<Agent, AgentError> {
         let std_listener = UnixListener::from(inherited_socket(fd, "--agent-fd", true)?);
         let bad = |reason: String| AgentError::Inherited { fd, flag: "--agent-fd", reason };
+        // listen(2) again: Linux records the caller's credentials on the listener
+        // (`init_peercred`), and every later connect copies them, so a client's
+        // SO_PEERCRED / SO_PEERPIDFD names this process, the box's, not the runtime that
+        // bound it. The runtime's dial checks that pid.
+        // SAFETY: listen(2) on a descriptor this agent owns (taken over just above).
+        if unsafe { libc::listen(std_listener.as_raw_fd(), libc::SOMAXCONN) } == -1 {
+            return Err(bad(format!("listen: {}", io::Error::last_os_error())));
+        }
         let local = std_listener.local_addr().map_err(|e| bad(format!("getsockname: {e}")))?;
         let address = {
             use std::os::linux::net::SocketAddrExt;

@@ -819,6 +819,10 @@ async fn an_inherited_listener_is_served_with_the_peer_policy_and_readiness_goes
     assert_eq!(info.pid, child.id());
     let mut a = Running { child, agent: agent.clone(), info, _dir: tempfile::tempdir().unwrap() };
     a.client().ping().await.unwrap();
+    // The agent took the listener over (listen(2) again): a client's peer is the agent,
+    // not the process that bound it (this test), so the runtime's pid check holds.
+    let cred = boxsock_core::peer::peer_cred(std::os::fd::AsFd::as_fd(&a.stream())).unwrap();
+    assert_eq!(cred.pid as u32, a.child.id(), "the listener's credentials are still its binder's");
     if nix::unistd::geteuid().is_root() {
         // The listener the agent did not bind is checked as one it binds: `nobody`
         // connects (abstract names have no permissions) and gets no answer.
