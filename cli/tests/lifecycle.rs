@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use boxsock::boxsock_core::backend::{AddressNeeds, Backend, BackendError, Isolation, LaunchSpec, Launched};
+use boxsock::boxsock_core::backend::{AddressNeeds, Backend, BackendError, Isolation, LaunchSpec, Launched, Readiness};
 use boxsock::boxsock_core::{SocketSpec, catalogue};
 use boxsock::{
     Availability, BackendConfig, BackendRegistration, BindingError, BoxState, CreateOptions, ExecIo, LockMode, ProcessIdentity,
@@ -242,10 +242,19 @@ async fn health_monitor_marks_a_killed_box_stopped_and_the_process_is_really_gon
 async fn readiness_timeout_names_the_address_quotes_the_log_and_kills_the_box() {
     let env = Env::new();
     let helpers = common::never_ready_agent(env.root.path(), "fake-agent-was-here");
-    let mut o = env.options_with_helpers(helpers);
+    let mut o = with_ready_socket_host(env.options_with_helpers(helpers));
     o.ready_timeout = Duration::from_millis(400);
     let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
+    // The host backend's agent reports on an inherited channel, which has no address.
     let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
+    match rt.start(b.id.as_str()).await.unwrap_err() {
+        RuntimeError::ReadyTimeout { waited_for, .. } => {
+            assert_eq!(waited_for, "agent readiness on the ready channel (an inherited descriptor)");
+        }
+        other => panic!("expected ReadyTimeout, got {other}"),
+    }
+    rt.remove(b.id.as_str(), true).await.unwrap();
+    let b = rt.create(CreateOptions::new("short-symlink", "host-ready-socket-test")).await.unwrap();
     let e = rt.start(b.id.as_str()).await.unwrap_err();
     let rec = rt.get(b.id.as_str()).unwrap();
     match &e {
@@ -343,9 +352,9 @@ async fn a_legacy_row_with_persisted_paths_loads_and_the_derived_address_wins() 
     assert_eq!(rec.config.strategy, "short-symlink");
     rt.start("old").await.unwrap();
     let info = rt.inspect("old").unwrap();
-    let ready = info.sockets.iter().find(|s| s.socket == "ready").unwrap();
-    assert!(ready.address.as_deref().unwrap().starts_with(env.per_uid_dir().to_str().unwrap()), "{ready:?}");
-    assert_ne!(ready.address.as_deref(), Some(stale.as_str()));
+    let agent = info.sockets.iter().find(|s| s.socket == "agent").unwrap();
+    assert!(agent.address.as_deref().unwrap().starts_with(env.per_uid_dir().to_str().unwrap()), "{agent:?}");
+    assert_ne!(agent.address.as_deref(), Some(stale.as_str()));
     assert_eq!(exec_out(&rt, "old", &["echo", "hi"]).await.unwrap().1, "hi\n");
     rt.remove("old", true).await.unwrap();
     assert!(env.links().is_empty());
@@ -580,8 +589,8 @@ async fn an_empty_connection_on_the_ready_socket_is_not_mistaken_for_the_agent()
     )
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let (rt, _) = Runtime::open(&env.home, env.options_with_helpers(d)).await.unwrap();
-    let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
+    let (rt, _) = Runtime::open(&env.home, with_ready_socket_host(env.options_with_helpers(d))).await.unwrap();
+    let b = rt.create(CreateOptions::new("short-symlink", "host-ready-socket-test")).await.unwrap();
     rt.start(b.id.as_str()).await.expect("start survives an empty connection on ready");
     let log = std::fs::read_to_string(rt.layout().log_file(&b.id)).unwrap();
     assert!(log.contains("poked-ready"), "the wrapper did not poke the ready socket: {log}");
@@ -1093,6 +1102,87 @@ impl Backend for DyingCompanionBackend {
     }
 }
 
+/// The host agent reporting readiness on the `ready` socket the runtime binds
+/// ([`Readiness::Socket`], libkrun's way) instead of an inherited channel, so that the
+/// runtime's ready listener is tested on real processes: the agent gets its listener at
+/// descriptor 3 and dials `ready` through the verified socket directory at 4 (or by
+/// its abstract name: a test may show it, the host backend never does).
+#[derive(Debug)]
+struct ReadySocketHost {
+    helpers: Option<std::path::PathBuf>,
+}
+
+impl Backend for ReadySocketHost {
+    fn name(&self) -> &str {
+        "host-ready-socket-test"
+    }
+    fn sockets(&self, _network: bool) -> Vec<SocketSpec> {
+        vec![boxsock_host::AGENT, catalogue::READY]
+    }
+    fn address_needs(&self) -> AddressNeeds {
+        AddressNeeds::PathOrAbstract
+    }
+    fn isolation(&self) -> Isolation {
+        Isolation::None
+    }
+    fn available(&self) -> Availability {
+        Availability::Available
+    }
+    fn readiness(&self) -> Readiness {
+        Readiness::Socket
+    }
+    fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let agent = spec.sockets.handed("agent")?.as_raw_fd();
+        let dir = spec.sockets.dir.as_ref().map(|d| d.as_raw_fd());
+        let ready = spec.child_address("ready", 4)?.to_uri();
+        let bin = boxsock::boxsock_core::helpers::find_agent(self.helpers.as_deref()).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&spec.log_file).unwrap();
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["--agent-fd", "3", "--ready", &ready, "--allow-uid", &nix::unistd::geteuid().to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: between fork and exec only setsid(2), fcntl(2), dup2(2) and
+        // close_range(2), which are async-signal-safe; the descriptors belong to `spec`.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::setsid();
+                let a = libc::fcntl(agent, libc::F_DUPFD_CLOEXEC, 10);
+                let d = dir.map(|d| libc::fcntl(d, libc::F_DUPFD_CLOEXEC, 10));
+                if a == -1 || libc::dup2(a, 3) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(d) = d {
+                    if d == -1 || libc::dup2(d, 4) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                boxsock::boxsock_core::fds::cloexec_except(&[3, 4])
+            });
+        }
+        let child = cmd.spawn().map_err(|source| BackendError::Spawn { backend: self.name().into(), what: "agent".into(), source })?;
+        Ok(Launched { pid: child.id() as i32, companions: vec![] })
+    }
+}
+
+fn build_ready_socket_host(c: &BackendConfig) -> Result<Arc<dyn Backend>, BackendError> {
+    Ok(Arc::new(ReadySocketHost { helpers: c.helper_dir.clone() }))
+}
+
+static READY_SOCKET_HOST: BackendRegistration = BackendRegistration {
+    name: "host-ready-socket-test",
+    summary: "the host agent reporting readiness on the ready socket (test)",
+    build: build_ready_socket_host,
+};
+
+/// `options` with the host backend and [`ReadySocketHost`].
+fn with_ready_socket_host(mut o: boxsock::RuntimeOptions) -> boxsock::RuntimeOptions {
+    o.backends = Registry::from_entries("backend", [&boxsock_host::REGISTRATION, &READY_SOCKET_HOST]);
+    o
+}
+
 fn build_dying_companion(_: &BackendConfig) -> Result<Arc<dyn Backend>, BackendError> {
     Ok(Arc::new(DyingCompanionBackend))
 }
@@ -1155,8 +1245,9 @@ async fn a_ready_frame_from_another_process_is_ignored_even_when_the_strategy_ch
     let mut o = env.options_with_helpers(common::never_ready_agent(env.root.path(), "never-ready"));
     o.strategies = Registry::from_entries("strategy", [&boxsock_direct::REGISTRATION, &UNCHECKED]);
     o.ready_timeout = Duration::from_secs(3);
-    let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
-    let b = rt.create(CreateOptions::new(without::UNCHECKED, "host")).await.unwrap();
+    let (rt, _) = Runtime::open(&env.home, with_ready_socket_host(o)).await.unwrap();
+    // (The host backend has no ready socket to send an impostor's frame to.)
+    let b = rt.create(CreateOptions::new(without::UNCHECKED, "host-ready-socket-test")).await.unwrap();
     let ready = env.home.join("boxes").join(b.id.as_str()).join("sockets").join("ready.sock");
     let impostor = std::thread::spawn(move || {
         let deadline = std::time::Instant::now() + LIMIT;
