@@ -30,6 +30,10 @@ const WATCH_ENV: &str = "BOXSOCK_TEST_PROC_WATCHER";
 /// Starts of the real box, and launches of the naive agent.
 const TRIALS: usize = 50;
 
+/// How long after the watcher first sees a process it keeps reading its argv and
+/// environment (longer than any start takes from fork to exec here, contended or not).
+const YOUNG: Duration = Duration::from_secs(2);
+
 /// The prefix of every name the `abstract` strategy derives (`boxsock/<uid>/<hex>`).
 const PREFIX: &[u8] = b"boxsock/";
 
@@ -84,11 +88,21 @@ fn proc_watcher_child() {
     let (mut passes, mut read, mut denied) = (0u64, 0u64, 0u64);
     let mut agents: HashSet<u32> = HashSet::new();
     let mut bound_lines = Vec::new();
+    // Like a patient attacker, it watches new processes: a process is read on every
+    // pass for its first moments (a fork shows its parent's argv until it execs), then
+    // left alone, so a pass costs a directory listing and the young processes.
+    let mut first_seen: std::collections::HashMap<u32, Instant> = std::collections::HashMap::new();
     while !stop.load(Ordering::SeqCst) {
         passes += 1;
         let Ok(dir) = std::fs::read_dir("/proc") else { continue };
+        let now = Instant::now();
         for e in dir.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            // What runs before the watcher's first pass is old already.
+            let seen = if passes == 1 { now.checked_sub(YOUNG * 2).unwrap_or(now) } else { now };
+            if now.duration_since(*first_seen.entry(pid).or_insert(seen)) > YOUNG {
+                continue;
+            }
             for what in ["cmdline", "environ"] {
                 let bytes = match std::fs::read(format!("/proc/{pid}/{what}")) {
                     Ok(b) => b,
@@ -175,7 +189,14 @@ impl Watcher {
                 }
             }
         });
-        let first = rx.recv_timeout(Duration::from_secs(60)).expect("the watcher did not start");
+        // The test harness prints its own lines first.
+        // The test harness prints its own lines first, and `test … ... ` without a newline.
+        let first = loop {
+            let l = rx.recv_timeout(Duration::from_secs(60)).expect("the watcher did not start");
+            if let Some(at) = l.find("WATCHING ") {
+                break l[at..].to_owned();
+            }
+        };
         assert_eq!(first, format!("WATCHING uid={NOBODY}"), "the watcher is not nobody");
         Watcher { child, lines: rx, _exe: exe_dir }
     }
@@ -254,7 +275,7 @@ fn naive_agent(agent_bin: &std::path::Path) -> Naive {
 scenario!(
     abstract_names_are_never_readable_from_proc,
     "Attacks",
-    "a watcher running as `nobody` reads every process's `/proc/<pid>/cmdline` and `environ` in a loop and binds every boxsock abstract name (`boxsock/<uid>/<hex>`) it finds; meanwhile 50 starts (then an exec and a stop) of one box on the `host` backend with the `abstract` strategy; control, interleaved in the same run: 50 launches of the agent the old way (`boxsock-agent --agent abstract:<name> --ready …`, the agent binding the name its argv shows), which must be defeated at least once",
+    "a watcher running as `nobody` reads every new process's `/proc/<pid>/cmdline` and `environ` in a loop (for its first 2 s) and binds every boxsock abstract name (`boxsock/<uid>/<hex>`) it finds; meanwhile 50 starts (then an exec and a stop) of one box on the `host` backend with the `abstract` strategy; control, interleaved in the same run: 50 launches of the agent the old way (`boxsock-agent --agent abstract:<name> --ready …`, the agent binding the name its argv shows), which must be defeated at least once",
     {
         (|| -> Outcome {
             if !is_root() {
@@ -311,7 +332,7 @@ scenario!(
             assert!(failures.is_empty(), "{} of {TRIALS} starts failed: {failures:?}", failures.len());
             assert_eq!(started, TRIALS);
             Outcome::Passed(format!(
-                "{started} of {TRIALS} starts worked (each then ran `true`); the watcher read the argv or environment of ⟨{}⟩ agent processes (⟨{}⟩ files in ⟨{}⟩ passes over /proc, ⟨{}⟩ environments of root's processes refused to it) and bound ⟨{}⟩ names, none of the real box's; control: it defeated the naive agent {} of {TRIALS} times (`Address already in use`), ⟨{served}⟩ served",
+                "{started} of {TRIALS} starts worked (each then ran `true`); the watcher read the argv of ⟨{}⟩ `boxsock-agent` processes (⟨{}⟩ files in ⟨{}⟩ passes over /proc, ⟨{}⟩ environments of root's processes refused to it) and bound ⟨{}⟩ names, none of the real box's; control: it defeated the naive agent {} of {TRIALS} times (`Address already in use`), ⟨{served}⟩ served",
                 field("agents"),
                 field("read"),
                 field("passes"),
