@@ -849,7 +849,9 @@ fn an_inherited_descriptor_that_is_not_the_right_socket_is_refused_naming_it() {
     let dir_fd = std::fs::File::open(dir.path()).unwrap();
     let fd = |f: &dyn AsRawFd| f.as_raw_fd();
     let args = ["--agent-fd", "3", "--ready-fd", "4"];
-    let cases: Vec<(&str, Vec<(i32, i32)>, &[&str], &str)> = vec![
+    // (what, descriptors placed, arguments, the error's start)
+    type Case<'a> = (&'a str, Vec<(i32, i32)>, &'a [&'a str], &'a str);
+    let cases: Vec<Case> = vec![
         ("a character device", vec![(fd(&null), 3), (fd(&ready), 4)], &args, "descriptor 3 (--agent-fd) cannot be used: it is a character device, not a socket"),
         ("a directory", vec![(fd(&dir_fd), 3), (fd(&ready), 4)], &args, "descriptor 3 (--agent-fd) cannot be used: it is a directory"),
         ("not listening", vec![(fd(&pair_a), 3), (fd(&ready), 4)], &args, "descriptor 3 (--agent-fd) cannot be used: it is a Unix stream socket that is not listening"),
@@ -863,7 +865,7 @@ fn an_inherited_descriptor_that_is_not_the_right_socket_is_refused_naming_it() {
         let out = agent_with_fds(fds, args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{what}: {err}");
-        let line = err.lines().filter(|l| l.starts_with("boxsock-agent: ")).last().unwrap_or_default();
+        let line = err.lines().rfind(|l| l.starts_with("boxsock-agent: ")).unwrap_or_default();
         assert!(line.starts_with(&format!("boxsock-agent: {expected}")), "{what}: {err}");
     }
     // An address and a descriptor for one socket: refused by the command line.

@@ -272,6 +272,13 @@ impl Inner {
                         Err(agent_client::ClientError::Proto(boxsock_core::proto::ProtoError::Closed)) => {
                             std::future::pending().await
                         }
+                        // The pid is the sender's own word, but a frame naming another
+                        // process means the backend handed the channel on, or reported
+                        // the wrong process: not the box's readiness.
+                        Ok(info) if i64::from(info.pid) != i64::from(ident.pid) => Err(agent_client::ClientError::Unexpected {
+                            expected: "a Ready frame from the box's process",
+                            got: format!("Ready from pid {} on the ready channel; the box's process is pid {}", info.pid, ident.pid),
+                        }),
                         other => other,
                     };
                 }
