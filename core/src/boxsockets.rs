@@ -53,7 +53,11 @@ pub struct BoxSockets {
 impl BoxSockets {
     /// Addresses, directory and policy, with nothing handed (no
     /// [`BoxSockets::handed`] listener, no ready channel).
-    pub fn new(addresses: BTreeMap<String, SocketAddress>, dir: Option<SocketDir>, peer: PeerPolicy) -> Self {
+    pub fn new(
+        addresses: BTreeMap<String, SocketAddress>,
+        dir: Option<SocketDir>,
+        peer: PeerPolicy,
+    ) -> Self {
         BoxSockets { addresses, dir, peer, handed: BTreeMap::new(), ready_channel: None }
     }
 
@@ -127,7 +131,8 @@ mod tests {
     use super::*;
 
     fn sockets(addresses: &[(&str, SocketAddress)], peer: PeerPolicy) -> BoxSockets {
-        BoxSockets::new(addresses.iter().map(|(n, a)| (n.to_string(), a.clone())).collect(), None, peer)
+        let addresses = addresses.iter().map(|(n, a)| (n.to_string(), a.clone())).collect();
+        BoxSockets::new(addresses, None, peer)
     }
 
     #[test]

@@ -305,7 +305,9 @@ impl Agent {
         // Checked (and taken over) before anything is bound, so a bad ready descriptor
         // fails the start at once.
         let ready_channel = match &config.ready {
-            AgentAddress::Inherited(fd) => Some(UnixStream::from(inherited_socket(*fd, "--ready-fd", false)?)),
+            AgentAddress::Inherited(fd) => {
+                Some(UnixStream::from(inherited_socket(*fd, "--ready-fd", false)?))
+            }
             _ => None,
         };
         let ready_channel = Mutex::new(ready_channel);
@@ -320,7 +322,8 @@ impl Agent {
                 tracing::info!(address = %v, cid = v.listen_cid(), port = v.port, "listening on vsock");
                 let listener = AnyListener::Vsock(listener);
                 let policy = PeerPolicy::unchecked();
-                return Ok(Agent { listener, config, policy, bound_file: None, ready_channel, state });
+                let bound_file = None;
+                return Ok(Agent { listener, config, policy, bound_file, ready_channel, state });
             }
         };
         let policy = if config.allow_uids.is_empty() {
@@ -338,12 +341,18 @@ impl Agent {
             .into_tokio()
             .map_err(|e| bind_err(BindingError::io("listen on", &unix_agent, e)))?;
         tracing::info!(address = %config.agent, checked = policy.is_checked(), "listening");
-        Ok(Agent { listener: AnyListener::Unix(listener), config, policy, bound_file, ready_channel, state })
+        let listener = AnyListener::Unix(listener);
+        Ok(Agent { listener, config, policy, bound_file, ready_channel, state })
     }
 
     /// Serve on the listening socket inherited at `fd` (`--agent-fd`), with the same
     /// peer policy as a socket the agent binds itself.
-    fn adopt(fd: RawFd, config: AgentConfig, ready_channel: Mutex<Option<UnixStream>>, state: Arc<State>) -> Result<Agent, AgentError> {
+    fn adopt(
+        fd: RawFd,
+        config: AgentConfig,
+        ready_channel: Mutex<Option<UnixStream>>,
+        state: Arc<State>,
+    ) -> Result<Agent, AgentError> {
         let std_listener = UnixListener::from(inherited_socket(fd, "--agent-fd", true)?);
         let bad = |reason: String| AgentError::Inherited { fd, flag: "--agent-fd", reason };
         // listen(2) again: Linux records the caller's credentials on the listener
@@ -365,7 +374,11 @@ impl Agent {
         };
         let policy = if config.allow_uids.is_empty() {
             if matches!(address, SocketAddress::Abstract(_)) {
-                tracing::warn!(address = %config.agent, "abstract agent address without --allow-uid: any local process in this network namespace can reach it");
+                tracing::warn!(
+                    address = %address,
+                    "abstract agent address without --allow-uid: any local process in this \
+                     network namespace can reach it"
+                );
             }
             PeerPolicy::unchecked()
         } else {
@@ -374,8 +387,14 @@ impl Agent {
         let listener = Listener::new(std_listener, address.clone(), "agent".into(), policy.clone())
             .into_tokio()
             .map_err(|e| bad(format!("cannot register it with the runtime: {e}")))?;
-        tracing::info!(address = %config.agent, bound = %address, checked = policy.is_checked(), "listening on an inherited socket");
-        Ok(Agent { listener: AnyListener::Unix(listener), config, policy, bound_file: None, ready_channel, state })
+        tracing::info!(
+            address = %config.agent,
+            bound = %address,
+            checked = policy.is_checked(),
+            "listening on an inherited socket"
+        );
+        let (listener, bound_file) = (AnyListener::Unix(listener), None);
+        Ok(Agent { listener, config, policy, bound_file, ready_channel, state })
     }
 
     /// The address it listens on.
@@ -404,9 +423,13 @@ impl Agent {
                 // The same peer check as on a socket dialled by name: the channel's
                 // other end must be held by an allowed uid (the runtime).
                 if let Some(allowed) = self.policy.allowed_uids() {
-                    let cred = peer::peer_cred(s.as_fd()).map_err(|e| fail(format!("peer credentials: {e}")))?;
+                    let cred = peer::peer_cred(s.as_fd())
+                        .map_err(|e| fail(format!("peer credentials: {e}")))?;
                     if !allowed.contains(&cred.uid) {
-                        return Err(fail(format!("its peer is uid {} (pid {}), not one of {allowed:?}", cred.uid, cred.pid)));
+                        let (uid, pid) = (cred.uid, cred.pid);
+                        return Err(fail(format!(
+                            "its peer is uid {uid} (pid {pid}), not one of {allowed:?}"
+                        )));
                     }
                 }
                 s.set_write_timeout(Some(timeout)).map_err(|e| fail(e.to_string()))?;
@@ -500,7 +523,8 @@ impl Agent {
 /// again and takes them over.
 pub fn check_inherited(config: &AgentConfig) -> Result<(), AgentError> {
     check_distinct(config)?;
-    for (a, flag, listening) in [(&config.agent, "--agent-fd", true), (&config.ready, "--ready-fd", false)] {
+    let both = [(&config.agent, "--agent-fd", true), (&config.ready, "--ready-fd", false)];
+    for (a, flag, listening) in both {
         if let AgentAddress::Inherited(fd) = a {
             check_socket(*fd, flag, listening)?;
         }
@@ -512,11 +536,13 @@ pub fn check_inherited(config: &AgentConfig) -> Result<(), AgentError> {
 /// taken over twice).
 fn check_distinct(config: &AgentConfig) -> Result<(), AgentError> {
     match (&config.agent, &config.ready) {
-        (AgentAddress::Inherited(a), AgentAddress::Inherited(r)) if a == r => Err(AgentError::Inherited {
-            fd: *a,
-            flag: "--agent-fd and --ready-fd",
-            reason: "one descriptor cannot be both the listener and the ready channel".into(),
-        }),
+        (AgentAddress::Inherited(a), AgentAddress::Inherited(r)) if a == r => {
+            Err(AgentError::Inherited {
+                fd: *a,
+                flag: "--agent-fd and --ready-fd",
+                reason: "one descriptor cannot be both the listener and the ready channel".into(),
+            })
+        }
         _ => Ok(()),
     }
 }
@@ -556,14 +582,18 @@ fn check_socket(fd: RawFd, flag: &'static str, listening: bool) -> Result<(), Ag
         libc::S_IFCHR => Some("a character device".to_owned()),
         libc::S_IFIFO => Some("a pipe".to_owned()),
         libc::S_IFBLK => Some("a block device".to_owned()),
-        other => Some(format!("a file of type {other:#o} (an epoll, event or other anonymous descriptor)")),
+        other => Some(format!(
+            "a file of type {other:#o} (an epoll, event or other anonymous descriptor)"
+        )),
     };
     if let Some(kind) = kind {
         return Err(bad(format!("it is {kind}, not a socket")));
     }
     // SAFETY: `fd` is open (fstat succeeded); borrowed only for these calls.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let opt = |name: &str, opt: libc::c_int| sockopt_int(borrowed, opt).map_err(|e| bad(format!("{name}: {e}")));
+    let opt = |name: &str, opt: libc::c_int| {
+        sockopt_int(borrowed, opt).map_err(|e| bad(format!("{name}: {e}")))
+    };
     let domain = opt("SO_DOMAIN", libc::SO_DOMAIN)?;
     if domain != libc::AF_UNIX {
         return Err(bad(format!("it is a socket of address family {domain}, not a Unix socket")));
@@ -589,7 +619,10 @@ fn sockopt_int(fd: BorrowedFd<'_>, opt: libc::c_int) -> io::Result<libc::c_int> 
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into the stack integer passed.
-    let r = unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, (&mut v as *mut libc::c_int).cast(), &mut len) };
+    let r = unsafe {
+        let out = (&mut v as *mut libc::c_int).cast();
+        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, out, &mut len)
+    };
     if r == -1 { Err(io::Error::last_os_error()) } else { Ok(v) }
 }
 

@@ -28,7 +28,12 @@ use tracing_subscriber::EnvFilter;
 struct Args {
     /// Address to listen on for requests (`unix:///abs/path`, `abstract:name`, or
     /// `vsock://<port>` on every CID of a guest).
-    #[arg(long, value_name = "URI", required_unless_present = "agent_fd", conflicts_with = "agent_fd")]
+    #[arg(
+        long,
+        value_name = "URI",
+        required_unless_present = "agent_fd",
+        conflicts_with = "agent_fd"
+    )]
     agent: Option<String>,
     /// An inherited listening Unix stream socket to accept requests on, instead of
     /// `--agent`.
@@ -36,7 +41,12 @@ struct Args {
     agent_fd: Option<i32>,
     /// Address to send the readiness notification to (`vsock://<port>` dials the
     /// host, CID 2).
-    #[arg(long, value_name = "URI", required_unless_present = "ready_fd", conflicts_with = "ready_fd")]
+    #[arg(
+        long,
+        value_name = "URI",
+        required_unless_present = "ready_fd",
+        conflicts_with = "ready_fd"
+    )]
     ready: Option<String>,
     /// An inherited connected Unix stream socket to send the readiness notification
     /// on, instead of `--ready`.
@@ -82,7 +92,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         (_, Some(fd)) => Ok(AgentAddress::Inherited(fd)),
         (Some(uri), None) => parse_address(uri),
         // clap requires one of the two.
-        (None, None) => Err(boxsock_agent::AgentError::Usage("an address or a descriptor is required")),
+        (None, None) => {
+            Err(boxsock_agent::AgentError::Usage("an address or a descriptor is required"))
+        }
     };
     let config = AgentConfig {
         agent: address(args.agent.as_ref(), args.agent_fd)?,

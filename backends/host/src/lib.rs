@@ -32,7 +32,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use boxsock_core::backend::{
-    AddressNeeds, Availability, BackendConfig, BackendError, Isolation, LaunchSpec, Launched, Readiness,
+    AddressNeeds, Availability, BackendConfig, BackendError, Isolation, LaunchSpec, Launched,
+    Readiness,
 };
 use boxsock_core::catalogue::Binder;
 use boxsock_core::registry::BackendRegistration;
@@ -148,7 +149,11 @@ impl Backend for HostBackend {
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
         let agent = spec.sockets.handed(AGENT.name)?;
         let ready = spec.sockets.ready_channel.as_ref().ok_or_else(|| {
-            self.spec_error(format!("box {}: no ready channel to hand to the agent (the runtime makes one for a backend of Readiness::Channel)", spec.id))
+            self.spec_error(format!(
+                "box {}: no ready channel to hand to the agent (the runtime makes one for a \
+                 backend of Readiness::Channel)",
+                spec.id
+            ))
         })?;
         let binary = self.find_agent()?;
         let log = OpenOptions::new().create(true).append(true).open(&spec.log_file).map_err(|e| {
@@ -213,7 +218,14 @@ impl Backend for HostBackend {
         let pid = child.id() as i32;
         // Dropping a std `Child` neither waits nor kills: the caller reaps by pid.
         drop(child);
-        tracing::info!(box_id = %spec.id, pid, binary = %boxsock_core::echo::path(&binary), agent = %agent.address(), allow_uids = ?uids, "launched agent");
+        tracing::info!(
+            box_id = %spec.id,
+            pid,
+            binary = %boxsock_core::echo::path(&binary),
+            agent = %agent.address(),
+            allow_uids = ?uids,
+            "launched agent"
+        );
         Ok(Launched { pid, companions: Vec::new() })
     }
 }

@@ -18,7 +18,8 @@ use boxsock_core::layout::BoxLayout;
 /// of [`Readiness::Channel`] gets no `ready` socket.
 pub fn socket_specs(backend: &dyn Backend, network: bool) -> Vec<SocketSpec> {
     let mut specs = backend.sockets(network);
-    if backend.readiness() == Readiness::Socket && !specs.iter().any(|s| s.name == catalogue::READY.name) {
+    let listed = specs.iter().any(|s| s.name == catalogue::READY.name);
+    if backend.readiness() == Readiness::Socket && !listed {
         specs.push(catalogue::READY);
     }
     specs

@@ -67,7 +67,8 @@ impl Inner {
         };
         let result = match prepared {
             Ok(addresses) => {
-                self.launch_and_wait(&rec, &strategy, &*backend, &specs, addresses, &mut launched, &mut companions).await
+                let (l, c) = (&mut launched, &mut companions);
+                self.launch_and_wait(&rec, &strategy, &*backend, &specs, addresses, l, c).await
             }
             Err(e) => Err(e.into()),
         };
@@ -165,9 +166,11 @@ impl Inner {
         crash::point("start:bound");
         let (ready, ready_channel) = match bound.remove(catalogue::READY.name) {
             Some(l) => {
-                let l = l
-                    .into_tokio()
-                    .map_err(|e| RuntimeError::Io { op: "register ready listener", path: layout.sockets_dir(id), source: e })?;
+                let l = l.into_tokio().map_err(|e| RuntimeError::Io {
+                    op: "register ready listener",
+                    path: layout.sockets_dir(id),
+                    source: e,
+                })?;
                 (ReadyWait::Listener(l), None)
             }
             None => {
@@ -176,7 +179,11 @@ impl Inner {
                         ours.set_nonblocking(true)?;
                         Ok((tokio::net::UnixStream::from_std(ours)?, theirs))
                     })
-                    .map_err(|e| RuntimeError::Io { op: "make the ready channel", path: layout.sockets_dir(id), source: e })?;
+                    .map_err(|e| RuntimeError::Io {
+                        op: "make the ready channel",
+                        path: layout.sockets_dir(id),
+                        source: e,
+                    })?;
                 (ReadyWait::Channel(pair.0), Some(Arc::new(std::os::fd::OwnedFd::from(pair.1))))
             }
         };
@@ -268,16 +275,19 @@ impl Inner {
                 // check. End-of-file means the process is gone or never wrote;
                 // its exit (raced below) or the timeout reports it.
                 ReadyWait::Channel(mut s) => {
+                    use agent_client::ClientError;
+                    use boxsock_core::proto::ProtoError;
                     return match agent_client::read_ready(&mut s).await {
-                        Err(agent_client::ClientError::Proto(boxsock_core::proto::ProtoError::Closed)) => {
-                            std::future::pending().await
-                        }
+                        Err(ClientError::Proto(ProtoError::Closed)) => std::future::pending().await,
                         // The pid is the sender's own word, but a frame naming another
                         // process means the backend handed the channel on, or reported
                         // the wrong process: not the box's readiness.
-                        Ok(info) if i64::from(info.pid) != i64::from(ident.pid) => Err(agent_client::ClientError::Unexpected {
+                        Ok(info) if i64::from(info.pid) != i64::from(ident.pid) => Err(ClientError::Unexpected {
                             expected: "a Ready frame from the box's process",
-                            got: format!("Ready from pid {} on the ready channel; the box's process is pid {}", info.pid, ident.pid),
+                            got: format!(
+                                "Ready from pid {} on the ready channel; the box's process is pid {}",
+                                info.pid, ident.pid
+                            ),
                         }),
                         other => other,
                     };
@@ -386,13 +396,20 @@ fn bind_all(
             return Ok(bound);
         }
         if attempt > MAX_REBINDS {
-            let names: Vec<String> = bound.iter().map(|(n, l)| format!("{n} at {}", l.address())).collect();
+            let names: Vec<String> =
+                bound.iter().map(|(n, l)| format!("{n} at {}", l.address())).collect();
             return Err(BindingError::Occupied {
                 path: PathBuf::from(names.join(", ")),
-                found: format!("box {id}: its names kept moving while its listeners were bound ({attempt} tries)"),
+                found: format!(
+                    "box {id}: its names kept moving while its listeners were bound ({attempt} tries)"
+                ),
             });
         }
-        tracing::info!(box_id = %id, attempt, "the box's names moved while binding its listeners; binding them again");
+        tracing::info!(
+            box_id = %id,
+            attempt,
+            "the box's names moved while binding its listeners; binding them again"
+        );
     }
 }
 
