@@ -1273,7 +1273,7 @@ fn holders_of(a: &boxsock_core::SocketAddress) -> Vec<String> {
 scenario!(
     abstract_names_squatted_after_stop_do_not_block_the_next_start,
     "Attacks",
-    "a box on `host` with `abstract` is started and stopped; `nobody` binds the names it saw (the agent's and the ready socket's, as in the agent's argv and /proc/net/unix) and keeps them; the owner starts the box again and runs a command",
+    "a box on `host` with `abstract` is started and stopped; `nobody` binds the names it saw (the agent's, in /proc/net/unix, and the one the strategy derives for `ready`) and keeps them; the owner starts the box again and runs a command",
     {
         (|| -> Outcome {
             if !is_root() {
