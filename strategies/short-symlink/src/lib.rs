@@ -8,9 +8,13 @@
 //!
 //! ## Safety of the per-user directory
 //! `<base>/<prefix>-<uid>` has a predictable name in a shared directory, so it is
-//! checked on an opened descriptor (`openat(O_NOFOLLOW|O_DIRECTORY)` + `fstat`): it must
-//! be a real directory owned by the configured uid, or [`BindingError::Insecure`] names
-//! the path and what was found. Group/other bits are repaired to 0700. Every operation on
+//! opened through the core's [`SharedDir`] and checked on the descriptor
+//! (`openat(O_NOFOLLOW|O_DIRECTORY)` + `fstat`): it must be a real directory owned by the
+//! configured uid. Anything else there is neither used nor touched: the home moves to a
+//! fresh private fallback (recorded in the home, replaced when it goes missing or is
+//! squatted in turn; decision 0011). Group/other bits are repaired to 0700. An explicit
+//! `StrategyConfig::binding_dir` has no fallback: [`BindingError::Insecure`] names the
+//! path and what was found. Every operation on
 //! the link (`symlinkat`, `fstatat`, `readlinkat`, `renameat`, `unlinkat`) is relative to
 //! that descriptor, so swapping the directory between the check and the use cannot
 //! redirect the strategy. The base directory itself must not let other users rename the

@@ -19,6 +19,10 @@
 //!   build). The choice depends only on the environment and the config, never on the
 //!   disk, so every process of a home with the same environment computes the same
 //!   addresses.
+//!   That fallback root has a predictable name in a shared base, so it is the core's
+//!   [`SharedDir`]: when another user made it first, the home moves to a fresh private
+//!   `<base>/<prefix>-x.<10 random>`, recorded in `<home>/binding-dir.<prefix>-x`
+//!   (decision 0011).
 //! - `<hash of the home>` is 8 base32 characters of SHA-256 over the absolute home
 //!   (containerd's `/run/containerd/s/<sha256>`): a fixed length whatever the home, and
 //!   one directory per home, so two homes may use the same box id at once and a sweep

@@ -913,7 +913,7 @@ scenario!(
                 tokio.block_on(rt.start(&id)).unwrap_or_else(|e| panic!("start: {e}"));
                 assert_eq!(tokio.block_on(exec_code(&rt, &id, &["/bin/true"])).unwrap(), 0);
                 let record = std::fs::read_to_string(w.layout.home().join(boxsock_runtime::squat::RECORD)).expect("the fallback is recorded in the home");
-                let fallback = std::path::PathBuf::from(record.trim_end());
+                let fallback = std::path::PathBuf::from(record.lines().next().unwrap_or(""));
                 let s = rt.strategy("short-symlink").unwrap();
                 assert_eq!(s.binding_dir().as_deref(), Some(fallback.as_path()), "the strategy uses the recorded fallback");
                 let addr = s.address(rt.layout(), &b.id, "agent.sock").unwrap();
