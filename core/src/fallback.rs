@@ -53,7 +53,7 @@ pub const LOCK: &str = "binding-dir.lock";
 const MAX_NOTES: usize = 4;
 
 /// How many times [`SharedDir::open`] re-reads a record another process changed.
-const MAX_ATTEMPTS: usize = 8;
+const MAX_ATTEMPTS: usize = 32;
 
 /// How long a record change waits for another process's change.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -341,7 +341,10 @@ impl SharedDir {
                 }
                 Probe::Refused(reason) => format!("{} was refused: {reason}", echo::path(&path)),
             };
-            self.replace(home, base.as_fd(), raw.as_ref().map(|r| r.raw.as_str()), &note)?;
+            if let Some(made) = self.replace(home, base.as_fd(), raw.as_ref().map(|r| r.raw.as_str()), &note)? {
+                self.remember(home, &made.path);
+                return Ok(Some(made));
+            }
         }
         Err(BindingError::io(
             "choose a fallback directory (the record kept changing)",
@@ -351,16 +354,22 @@ impl SharedDir {
     }
 
     /// Under the home's record lock: if the record still reads `expected`, make a fresh
-    /// fallback and record it with `note`. Otherwise another process got there first,
-    /// and the caller reads its choice.
-    fn replace(&self, home: &Path, base: BorrowedFd<'_>, expected: Option<&str>, note: &str) -> Result<(), BindingError> {
+    /// fallback, record it with `note`, and return it opened. Otherwise (`None`) another
+    /// process got there first, and the caller reads its choice.
+    fn replace(&self, home: &Path, base: BorrowedFd<'_>, expected: Option<&str>, note: &str) -> Result<Option<Opened>, BindingError> {
         let record = home.join(&self.record);
         let _lock = RecordLock::acquire(&home.join(LOCK))?;
         let now = read_record(home, &self.record);
         if now.as_ref().map(|r| r.raw.as_str()) != expected {
-            return Ok(());
+            return Ok(None);
         }
         let made = self.make_fallback(base)?;
+        // Held before it is recorded: what the caller uses is the directory made here.
+        let fd = match self.probe(base, &made, false)? {
+            Probe::Dir(fd) => fd,
+            // Removed (a cleaner) or replaced within moments: the caller tries again.
+            Probe::Missing | Probe::Refused(_) => return Ok(None),
+        };
         let mut notes = vec![note.to_owned()];
         notes.extend(now.map(|r| r.notes).unwrap_or_default());
         notes.truncate(MAX_NOTES);
@@ -372,8 +381,9 @@ impl SharedDir {
         let written = (|| {
             let _ = std::fs::remove_file(&tmp);
             let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&tmp)?;
+            // No fsync: a record lost or torn by a crash is read as no record, and the
+            // next process falls back again.
             f.write_all(text.as_bytes())?;
-            f.sync_all()?;
             std::fs::rename(&tmp, &record)
         })();
         if let Err(e) = written {
@@ -389,7 +399,7 @@ impl SharedDir {
             why = note,
             "using a fresh unpredictable private directory: {note}"
         );
-        Ok(())
+        Ok(Some(Opened { fd, path: made }))
     }
 
     /// A fresh fallback (mkdtemp semantics: `mkdirat` 0700 of a new random name,

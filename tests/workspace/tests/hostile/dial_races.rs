@@ -125,9 +125,11 @@ impl Mark {
     }
 }
 
-/// The home's recorded fallback binding directory, if the runtime has moved to one.
+/// The home's recorded fallback binding directory (the record's first line), if the
+/// runtime has moved to one.
 fn recorded_fallback(home: &Path) -> Option<String> {
-    std::fs::read_to_string(home.join(boxsock_runtime::squat::RECORD)).ok()
+    let text = std::fs::read_to_string(home.join(boxsock_runtime::squat::RECORD)).ok()?;
+    text.lines().next().map(str::to_owned)
 }
 
 /// Run `f` (a start or an exec of the runtime of `home`) and say whether the
@@ -317,9 +319,9 @@ fn child(out: RawFd, stop: RawFd, prog: &Program, sock: Option<(libc::sockaddr_u
                     libc::usleep(200);
                 }
                 Program::SwapIn { own, target, .. } => {
-                    if !followed {
-                        followed = find_fallback(base_fd, &mut fb_name);
-                    }
+                    // Follow the runtime: a squatted fallback is replaced by a fresh one,
+                    // whose name shows in the listing in turn.
+                    followed = find_fallback(base_fd, &mut fb_name) || followed;
                     let (at, to) = if followed { (FALLBACK, fb_name.as_ptr().cast::<libc::c_char>()) } else { (PER_UID, target.as_ptr()) };
                     // In place only briefly, as a racing attacker would: long stays
                     // would only make `ensure` refuse (it checks the owner).
@@ -637,7 +639,7 @@ scenario!(
 scenario!(
     cleaner_plus_renamed_attacker_dir_never_receives_an_exec,
     "Attacks",
-    "default layout (base 1777): a cleaner (root) keeps deleting root's `<base>/boxsock-<uid>` and root's fallback directories `<base>/boxsock.*`, while `nobody` keeps renaming its own directory (holding `<id>/agent.sock`, its listener) into the directory the runtime uses and back: `<base>/boxsock-<uid>`, then, once a fallback name shows in the listing of `<base>`, that name; a running box (host backend) gets execs until 300 were tried, 100 ran in it while nobody's directory was in place at the directory the runtime was using (the per-user one, or the fallback recorded in `<home>/binding-dir`), and a naive dialer beside it (connect to `<that directory>/<id>/agent.sock` by the path string, after each exec) was hijacked 5 times (at most 15 000 execs); passes only if no request reached nobody's listener, with both minimums met (refused execs are counted and reported: a squatted fallback is not escaped, issue 18.2)",
+    "default layout (base 1777): a cleaner (root) keeps deleting root's `<base>/boxsock-<uid>` and root's fallback directories `<base>/boxsock.*`, while `nobody` keeps renaming its own directory (holding `<id>/agent.sock`, its listener) into the directory the runtime uses and back: `<base>/boxsock-<uid>`, then, once a fallback name shows in the listing of `<base>`, that name (read again each round, so it follows the runtime from one fallback to the next); a running box (host backend) gets execs until 300 were tried, 100 ran in it while nobody's directory was in place at the directory the runtime was using (the per-user one, or the fallback recorded in `<home>/binding-dir`), and a naive dialer beside it (connect to `<that directory>/<id>/agent.sock` by the path string, after each exec) was hijacked 5 times (at most 15 000 execs); passes only if no request reached nobody's listener, with both minimums met (refused execs are counted and reported: the runtime replaces a squatted fallback, issue 18.2, but root's own cleaner removing it every 300 µs refuses some)",
     {
         (|| -> Outcome {
             if !is_root() {
