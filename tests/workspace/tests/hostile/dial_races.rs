@@ -135,13 +135,19 @@ fn recorded_fallback(home: &Path) -> Option<String> {
 /// Run `f` (a start or an exec of the runtime of `home`) and say whether the
 /// attacker's object was in place, at some moment while it ran, at the directory the
 /// runtime was using: the default one, or its recorded fallback once it moved there.
-/// When the runtime moved during `f`, no window is counted (conservative).
+/// When the runtime moved during `f`, a window is counted only if nobody's directory
+/// stood at the recorded fallback (by its owner, looked at) as `f` began: the runtime
+/// met the attacker there and left (it replaces a squatted fallback, issue 18.2), where a
+/// dialer re-resolving that path would have reached the attacker.
 fn window_during<T>(attacker: &Attacker, home: &Path, f: impl FnOnce() -> T) -> (T, bool) {
     let (rec, before) = (recorded_fallback(home), attacker.mark());
+    let squatted_at_start = rec.as_ref().is_some_and(|d| {
+        std::fs::symlink_metadata(d).is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == NOBODY)
+    });
     let r = f();
     let (rec_after, after) = (recorded_fallback(home), attacker.mark());
     let at = if rec.is_some() { FALLBACK } else { PER_UID };
-    (r, rec == rec_after && before.window_until(after, at))
+    (r, (rec == rec_after && before.window_until(after, at)) || (rec != rec_after && squatted_at_start))
 }
 
 /// Where the naive victims of the runtime of `home` dial or bind: the directory the
