@@ -397,7 +397,7 @@ impl SharedDir {
             fallback = %echo::path(&made),
             record = %echo::path(&record),
             why = note,
-            "using a fresh unpredictable private directory: {note}"
+            "using a fresh unpredictable private directory"
         );
         Ok(Some(Opened { fd, path: made }))
     }
