@@ -534,6 +534,38 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_processes_of_one_home_agree_on_one_fallback() {
+        let (_t, home, s) = world();
+        let base = s.base().to_owned();
+        std::fs::write(s.predictable(), b"x").unwrap();
+        // Separate instances, as separate processes have (the record lock is an `flock`
+        // on a file each opens: separate open file descriptions contend in one process).
+        let race = |home: &Path| {
+            let barrier = std::sync::Barrier::new(16);
+            std::thread::scope(|sc| {
+                let hs: Vec<_> = (0..16)
+                    .map(|_| {
+                        sc.spawn(|| {
+                            let me = SharedDir::new(&StrategyConfig::default(), &base, "boxsock");
+                            barrier.wait();
+                            me.open(home, true).unwrap().unwrap().path
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+            })
+        };
+        let first = race(&home);
+        assert!(first.iter().all(|p| *p == first[0]) && s.is_fallback(&first[0]), "{first:?}");
+        // The fallback removed (a cleaner): all agree on one replacement.
+        std::fs::remove_dir(&first[0]).unwrap();
+        let second = race(&home);
+        assert!(second.iter().all(|p| *p == second[0]) && second[0] != first[0], "{second:?}");
+        let dirs: Vec<_> = std::fs::read_dir(&base).unwrap().flatten().filter(|e| e.path().is_dir()).collect();
+        assert_eq!(dirs.len(), 1, "a losing process made a directory: {dirs:?}");
+    }
+
+    #[test]
     fn read_only_changes_nothing() {
         let (_t, home, _) = world();
         let config = StrategyConfig { read_only: true, ..StrategyConfig::default() };
