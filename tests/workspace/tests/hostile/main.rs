@@ -9,6 +9,7 @@ use boxsock_tests::reliability::{
 mod attacks;
 mod home;
 mod dial_races;
+mod fallback;
 mod faults;
 mod first_use;
 mod input;
