@@ -39,10 +39,12 @@ pub mod fds;
 pub mod id;
 pub mod layout;
 pub mod peer;
+pub mod process;
 pub mod proto;
 pub mod registry;
 pub mod trust;
 pub mod sockdir;
+pub mod spawn;
 
 pub use address::{SocketAddress, UriError};
 pub use backend::Backend;
