@@ -25,6 +25,7 @@
 mod sys;
 
 pub mod address;
+pub mod atomic;
 pub mod backend;
 pub mod binding;
 pub mod boxdir;
