@@ -1,12 +1,12 @@
 //! [`Libkrun`]: the [`Backend`] that runs each box as a `boxsock-krun-shim` process.
 
-use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use boxsock_core::backend::{AddressNeeds, Availability, BackendConfig, BackendError, BoxSettings, Isolation, LaunchSpec, Launched};
 use boxsock_core::catalogue::{self, SocketSpec};
+use boxsock_core::atomic::AtomicWrite;
 use boxsock_core::layout::BoxLayout;
 use boxsock_core::process::OwnedProcess;
 use boxsock_core::spawn::{Spawn, SpawnError};
@@ -181,19 +181,6 @@ pub fn recorded_base(layout: &BoxLayout, id: &BoxId) -> Option<PathBuf> {
     }
     let base = layout.home().join(crate::rootfs::BASE_DIR).join(key);
     base.is_dir().then_some(base)
-}
-
-/// Write `bytes` to `path` through a fresh temporary name renamed into place.
-fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-    let r = f.write_all(bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
 }
 
 fn path_address(spec: &LaunchSpec, name: &str) -> Result<PathBuf, BackendError> {
@@ -398,7 +385,9 @@ impl Libkrun {
         let key = base.file_name().map(|k| k.to_string_lossy().into_owned()).unwrap_or_default();
         let record = layout.box_dir(id).join(crate::rootfs::BASE_RECORD);
         if std::fs::read_to_string(&record).ok().as_deref().map(str::trim) != Some(key.as_str()) {
-            write_file_atomic(&record, format!("{key}\n").as_bytes()).map_err(|e| fail(format!("cannot record the guest base in {}: {e}", boxsock_core::echo::path(&record))))?;
+            AtomicWrite::new(0o600)
+                .write(&record, format!("{key}\n").as_bytes())
+                .map_err(|e| fail(format!("cannot record the guest base: {e}")))?;
         }
         Ok(base)
     }
