@@ -87,15 +87,18 @@ impl AtomicWrite {
         let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let dir: OwnedFd = nix::fcntl::open(dir_path, dir_flags, Mode::empty())
             .map_err(|e| fail("open the directory", e.into()))?;
-        let (tmp, mut file) = self.create_temp(&dir, name).map_err(|e| fail("create a temporary", e))?;
+        let (tmp, mut file) =
+            self.create_temp(&dir, name).map_err(|e| fail("create a temporary", e))?;
         let written = (|| {
             // The umask may have narrowed the mode given at creation.
-            file.set_permissions(std::fs::Permissions::from_mode(self.mode)).map_err(|e| ("chmod", e))?;
+            file.set_permissions(std::fs::Permissions::from_mode(self.mode))
+                .map_err(|e| ("chmod", e))?;
             fill(&mut file).map_err(|e| ("write", e))?;
             if self.durable {
                 file.sync_all().map_err(|e| ("sync", e))?;
             }
-            renameat(&dir, tmp.as_os_str(), &dir, name).map_err(|e| ("rename into place", e.into()))
+            renameat(&dir, tmp.as_os_str(), &dir, name)
+                .map_err(|e| ("rename into place", e.into()))
         })();
         if let Err((op, e)) = written {
             let _ = unlinkat(&dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
@@ -112,17 +115,26 @@ impl AtomicWrite {
     fn create_temp(&self, dir: &OwnedFd, name: &OsStr) -> io::Result<(OsString, File)> {
         // At most 128 bytes of the name, so the temporary's fits NAME_MAX (255).
         let stem = &name.as_bytes()[..name.len().min(128)];
-        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let flags = OFlag::O_WRONLY
+            | OFlag::O_CREAT
+            | OFlag::O_EXCL
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_CLOEXEC;
         let mut rng = rand::rng();
         let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
         for _ in 0..8 {
             let mut tmp = b".".to_vec();
             tmp.extend_from_slice(stem);
-            tmp.extend_from_slice(format!(".{}.{:016x}.tmp", std::process::id(), rng.next_u64()).as_bytes());
+            tmp.extend_from_slice(
+                format!(".{}.{:016x}.tmp", std::process::id(), rng.next_u64()).as_bytes(),
+            );
             let tmp = OsString::from_vec(tmp);
-            match openat(dir, tmp.as_os_str(), flags, Mode::from_bits_truncate(self.mode & 0o7777)) {
+            match openat(dir, tmp.as_os_str(), flags, Mode::from_bits_truncate(self.mode & 0o7777))
+            {
                 Ok(fd) => return Ok((tmp, File::from(fd))),
-                Err(nix::errno::Errno::EEXIST) => last = io::Error::from(io::ErrorKind::AlreadyExists),
+                Err(nix::errno::Errno::EEXIST) => {
+                    last = io::Error::from(io::ErrorKind::AlreadyExists)
+                }
                 Err(e) => return Err(e.into()),
             }
         }

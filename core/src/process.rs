@@ -84,8 +84,16 @@ pub fn parse_stat(text: &str) -> Result<ProcStat, StatError> {
         (Some(c), None) => c,
         _ => return Err(StatError::State { found: state_s.to_owned() }),
     };
-    let pgrp = field(5)?.parse().map_err(|source| StatError::Number { field: 5, name: "pgrp", source })?;
-    let start_time = field(22)?.parse().map_err(|source| StatError::Number { field: 22, name: "starttime", source })?;
+    let pgrp = field(5)?.parse().map_err(|source| StatError::Number {
+        field: 5,
+        name: "pgrp",
+        source,
+    })?;
+    let start_time = field(22)?.parse().map_err(|source| StatError::Number {
+        field: 22,
+        name: "starttime",
+        source,
+    })?;
     Ok(ProcStat { state, pgrp, start_time })
 }
 
@@ -95,8 +103,12 @@ pub fn read_stat(pid: i32) -> io::Result<Option<ProcStat>> {
         return Ok(None);
     }
     match crate::sys::read_stat_text(pid) {
-        Ok(text) => parse_stat(&text).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, ProcStatError { pid, source: e })),
-        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => Ok(None),
+        Ok(text) => parse_stat(&text).map(Some).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, ProcStatError { pid, source: e })
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
@@ -129,7 +141,9 @@ impl ProcessIdentity {
     pub fn of(pid: i32) -> io::Result<Self> {
         match read_stat(pid)? {
             Some(st) => Ok(ProcessIdentity { pid, start_time: st.start_time }),
-            None => Err(io::Error::new(io::ErrorKind::NotFound, format!("no process with pid {pid}"))),
+            None => {
+                Err(io::Error::new(io::ErrorKind::NotFound, format!("no process with pid {pid}")))
+            }
         }
     }
 
@@ -142,7 +156,11 @@ impl ProcessIdentity {
     pub fn probe(&self) -> Liveness {
         match read_stat(self.pid) {
             Ok(Some(st)) if st.start_time == self.start_time => {
-                if matches!(st.state, 'Z' | 'X') { Liveness::Zombie } else { Liveness::Alive }
+                if matches!(st.state, 'Z' | 'X') {
+                    Liveness::Zombie
+                } else {
+                    Liveness::Alive
+                }
             }
             _ => Liveness::Gone,
         }
@@ -154,7 +172,8 @@ impl ProcessIdentity {
         match self.probe() {
             Liveness::Alive => true,
             Liveness::Zombie => {
-                let _ = nix::sys::wait::waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG));
+                let _ =
+                    nix::sys::wait::waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG));
                 false
             }
             Liveness::Gone => false,
@@ -217,7 +236,7 @@ impl OwnedProcess {
             Ok(fd) => Some(fd),
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(gone()),
             Err(e) => {
-                tracing::debug!(pid, error = %e, "no pidfd; the identity is pid + start time only");
+                tracing::debug!(pid, error = %e, "no pidfd; identity is pid + start time only");
                 None
             }
         };

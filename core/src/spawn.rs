@@ -25,7 +25,11 @@ use crate::process::OwnedProcess;
 #[non_exhaustive]
 pub enum SpawnError {
     /// A descriptor was to be handed at stdio's numbers (0, 1, 2).
-    #[error("cannot start {}: descriptor number {target} is stdio's; handed descriptors go at 3 or above", echo::path(program))]
+    #[error(
+        "cannot start {}: descriptor number {target} is stdio's; \
+         handed descriptors go at 3 or above",
+        echo::path(program)
+    )]
     StdioTarget {
         /// The program.
         program: PathBuf,
@@ -41,7 +45,11 @@ pub enum SpawnError {
         target: RawFd,
     },
     /// Its log file could not be opened.
-    #[error("cannot start {}: cannot open its log {}: {source}", echo::path(program), echo::path(path))]
+    #[error(
+        "cannot start {}: cannot open its log {}: {source}",
+        echo::path(program),
+        echo::path(path)
+    )]
     Log {
         /// The program.
         program: PathBuf,
@@ -103,9 +111,10 @@ impl SpawnError {
     pub fn into_io(self) -> io::Error {
         match self {
             SpawnError::Spawn { source, .. } => source,
-            SpawnError::Log { path, source, .. } => {
-                io::Error::new(source.kind(), format!("cannot open its log {}: {source}", echo::path(&path)))
-            }
+            SpawnError::Log { path, source, .. } => io::Error::new(
+                source.kind(),
+                format!("cannot open its log {}: {source}", echo::path(&path)),
+            ),
             SpawnError::Stdin { pid, source, .. } => {
                 io::Error::new(source.kind(), format!("pid {pid}: writing its stdin: {source}"))
             }
@@ -192,7 +201,11 @@ impl<'a> Spawn<'a> {
 
     /// stdout and stderr appended to `path` (created 0644 if missing, as `>>` does).
     pub fn log_file(&mut self, path: &Path) -> Result<&mut Self, SpawnError> {
-        let log_err = |source| SpawnError::Log { program: self.program.clone(), path: path.to_path_buf(), source };
+        let log_err = |source| SpawnError::Log {
+            program: self.program.clone(),
+            path: path.to_path_buf(),
+            source,
+        };
         let out = OpenOptions::new().create(true).append(true).open(path).map_err(log_err)?;
         let err = out.try_clone().map_err(log_err)?;
         self.cmd.stdout(out).stderr(err);
@@ -250,7 +263,10 @@ impl<'a> Spawn<'a> {
                 crate::fds::cloexec_except(&keep)
             });
         }
-        let mut child = self.cmd.spawn().map_err(|source| SpawnError::Spawn { program: program.clone(), source })?;
+        let mut child = self
+            .cmd
+            .spawn()
+            .map_err(|source| SpawnError::Spawn { program: program.clone(), source })?;
         let stdin = child.stdin.take();
         let process = OwnedProcess::from_child(child)
             .map_err(|source| SpawnError::Identity { program: program.clone(), source })?;
@@ -265,7 +281,8 @@ impl<'a> Spawn<'a> {
                 return Err(SpawnError::Stdin { program, pid, source });
             }
         }
-        tracing::debug!(program = %echo::path(&program), pid = process.pid(), handed = ?placed, "spawned");
+        let pid = process.pid();
+        tracing::debug!(program = %echo::path(&program), pid, handed = ?placed, "spawned");
         Ok(process)
     }
 }

@@ -7,8 +7,10 @@ use std::process::{Command, Stdio};
 use super::*;
 
 fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -44,7 +46,10 @@ fn a_failed_write_keeps_the_old_content_and_leaves_nothing_and_names_the_file() 
         })
         .unwrap_err();
     assert_eq!(e.op, "write");
-    assert!(e.to_string().contains(&p.display().to_string()) && e.to_string().contains("disk on fire"), "{e}");
+    assert!(
+        e.to_string().contains(&p.display().to_string()) && e.to_string().contains("disk on fire"),
+        "{e}"
+    );
     assert_eq!(std::fs::read_to_string(&p).unwrap(), "old");
     assert_eq!(names(d.path()), ["record"]);
 
@@ -98,7 +103,10 @@ fn kill_writer_midway(how: &str) -> (Vec<u8>, Vec<String>) {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     // Blocks until the hook (no clock involved); end of output means the child died.
-    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("boxsock-atomic-hook-reached"))), "the writer never reached its hook");
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("boxsock-atomic-hook-reached"))),
+        "the writer never reached its hook"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     let mut content = Vec::new();

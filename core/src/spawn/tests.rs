@@ -100,7 +100,10 @@ fn nothing_else_is_inherited_and_the_control_shows_it_would_be() {
     let control_fds = fds_of(control.id() as i32);
     control.kill().unwrap();
     control.wait().unwrap();
-    assert!(control_fds.contains_key(&leak.as_raw_fd()), "the control did not inherit {leak:?}: {control_fds:?}");
+    assert!(
+        control_fds.contains_key(&leak.as_raw_fd()),
+        "the control did not inherit {leak:?}: {control_fds:?}"
+    );
 
     let p = sleeper().hand(handed.as_fd(), 7).spawn().unwrap();
     let held = fds_of(p.pid());
@@ -124,7 +127,10 @@ fn it_leads_its_own_session_and_its_identity_is_captured() {
 fn a_failed_spawn_names_the_program() {
     let missing = Path::new("/nonexistent/boxsock-spawn-test");
     let e = Spawn::new(missing).spawn().unwrap_err();
-    assert!(matches!(&e, SpawnError::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound), "{e:?}");
+    assert!(
+        matches!(&e, SpawnError::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("/nonexistent/boxsock-spawn-test"), "{e}");
     assert_eq!(e.program(), missing);
 
@@ -137,7 +143,10 @@ fn a_failed_spawn_names_the_program() {
     assert!(e.to_string().contains("/bin/sleep"), "{e}");
 
     let e = sleeper().log_file(&dir.path().join("no/such/dir.log")).map(|_| ()).unwrap_err();
-    assert!(e.to_string().contains("no/such/dir.log") && e.to_string().contains("/bin/sleep"), "{e}");
+    assert!(
+        e.to_string().contains("no/such/dir.log") && e.to_string().contains("/bin/sleep"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -145,8 +154,16 @@ fn stdin_bytes_reach_the_program_and_the_log_gets_its_output() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     std::fs::write(&log, "before\n").unwrap();
-    let p = Spawn::new("/bin/cat").stdin_bytes(b"from stdin\n".to_vec()).log_file(&log).unwrap().spawn().unwrap();
+    let p = Spawn::new("/bin/cat")
+        .stdin_bytes(b"from stdin\n".to_vec())
+        .log_file(&log)
+        .unwrap()
+        .spawn()
+        .unwrap();
     let pid = nix::unistd::Pid::from_raw(p.pid());
-    assert!(matches!(nix::sys::wait::waitpid(pid, None).unwrap(), nix::sys::wait::WaitStatus::Exited(_, 0)));
+    assert!(matches!(
+        nix::sys::wait::waitpid(pid, None).unwrap(),
+        nix::sys::wait::WaitStatus::Exited(_, 0)
+    ));
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "before\nfrom stdin\n");
 }
