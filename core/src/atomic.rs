@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{OFlag, openat, renameat};
 use nix::sys::stat::Mode;
-use nix::unistd::{UnlinkatFlags, unlinkat};
+use nix::unistd::{UnlinkatFlags, linkat, unlinkat};
 use rand::RngCore;
 
 use crate::echo;
@@ -49,12 +49,21 @@ impl From<AtomicWriteError> for io::Error {
 pub struct AtomicWrite {
     mode: u32,
     durable: bool,
+    no_replace: bool,
 }
 
 impl AtomicWrite {
     /// Files of `mode` (e.g. `0o600`), synced.
     pub const fn new(mode: u32) -> Self {
-        AtomicWrite { mode, durable: true }
+        AtomicWrite { mode, durable: true, no_replace: false }
+    }
+
+    /// Publish only if the name is free: the temporary is hard-linked to the name
+    /// (`linkat`, which never replaces) and then unlinked. A name that exists fails
+    /// with `ErrorKind::AlreadyExists` (op `publish`), the existing file untouched: a
+    /// file made once by whichever process gets there first.
+    pub const fn no_replace(self) -> Self {
+        AtomicWrite { no_replace: true, ..self }
     }
 
     /// Without the two `fsync`s: still never a partial file under the name, but a
@@ -97,8 +106,16 @@ impl AtomicWrite {
             if self.durable {
                 file.sync_all().map_err(|e| ("sync", e))?;
             }
-            renameat(&dir, tmp.as_os_str(), &dir, name)
-                .map_err(|e| ("rename into place", e.into()))
+            if self.no_replace {
+                let at = nix::fcntl::AtFlags::empty();
+                linkat(&dir, tmp.as_os_str(), &dir, name, at).map_err(|e| ("publish", e.into()))?;
+                // Published; the temporary name is only a second link to it now.
+                let _ = unlinkat(&dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+                Ok(())
+            } else {
+                renameat(&dir, tmp.as_os_str(), &dir, name)
+                    .map_err(|e| ("rename into place", e.into()))
+            }
         })();
         if let Err((op, e)) = written {
             let _ = unlinkat(&dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);

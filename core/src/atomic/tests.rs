@@ -58,6 +58,19 @@ fn a_failed_write_keeps_the_old_content_and_leaves_nothing_and_names_the_file() 
     assert!(e.to_string().contains("no/such/dir/x"), "{e}");
 }
 
+#[test]
+fn no_replace_publishes_once_and_never_touches_an_existing_file() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("secret");
+    let once = AtomicWrite::new(0o600).no_replace();
+    once.write(&p, b"first").unwrap();
+    let e = once.write(&p, b"second").unwrap_err();
+    assert_eq!((e.op, e.source.kind()), ("publish", io::ErrorKind::AlreadyExists), "{e}");
+    assert_eq!(std::fs::read_to_string(&p).unwrap(), "first");
+    assert_eq!(std::fs::metadata(&p).unwrap().nlink(), 1, "the temporary link is gone");
+    assert_eq!(names(d.path()), ["secret"]);
+}
+
 /// Set in the child process of the crash test: the file to replace, and how.
 const CHILD_ENV: &str = "BOXSOCK_ATOMIC_TEST_CHILD";
 
