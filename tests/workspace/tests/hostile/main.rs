@@ -12,6 +12,7 @@ mod dial_races;
 mod faults;
 mod first_use;
 mod input;
+mod lifeline;
 mod round3;
 
 /// A scenario's skip (called by `scenario!`), through the one skip mechanism: a failure
