@@ -25,6 +25,9 @@ const DELAYS_MS: std::ops::RangeInclusive<u64> = 2..=300;
 /// How long what the kills left may take to go (it takes well under a second per box).
 const SETTLE: Duration = Duration::from_secs(90);
 
+/// What the runtime logs (warn) when it asks an agent it had not recorded to shut down.
+const UNRECORDED: &str = "asked an unrecorded agent";
+
 /// The hidden verb of the guardian (`cli/src/lifeline.rs`).
 const LIFELINE_VERB: &str = "__lifeline";
 
@@ -318,12 +321,19 @@ scenario!(
             left = leftovers(&with);
         }
         let settled = settle.elapsed();
+        // Kills between the launch of the agent and its record, after the agent had
+        // said it was ready: the lifeline found it through its address.
+        let unrecorded: usize =
+            with.iter().map(|h| std::fs::read_to_string(h.stderr_path()).unwrap_or_default().matches(UNRECORDED).count()).sum();
         let cut_left = leftovers(&cut);
         // Then the backstop: the next writing command (`sweep`) on each control home
         // removes what the kills left there.
+        let mut cut_unrecorded = 0;
         for home in &cut {
             let o = home.cli().arg("sweep").output().unwrap();
-            assert!(o.status.success(), "sweep: {}", String::from_utf8_lossy(&o.stderr));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "sweep: {err}");
+            cut_unrecorded += err.matches(UNRECORDED).count();
         }
         let deadline = Instant::now() + SETTLE;
         let mut cut_after = leftovers(&cut);
@@ -334,6 +344,8 @@ scenario!(
         for pid in cut_after.agents.iter().chain(&cut_after.commands).chain(&left.agents).chain(&left.commands) {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
         }
+        eprintln!(
+            "unrecorded agents shut down: {unrecorded} (control, by sweep: {cut_unrecorded})");
         eprintln!(
             "killing took {killing:?}; with the lifeline, after {settled:?}: {left:?} (kills: {}); control: {} box(es) left (kills: {}): {cut_left:?}",
             describe(&phases),
@@ -362,11 +374,13 @@ scenario!(
         );
         assert!(cut_after.nothing(), "the next writing command (sweep) did not remove what the control left: {cut_after:?}");
         Outcome::Passed(format!(
-            "with the lifeline, 0 boxes left ({KILLS} kills: {}): no agent, command, lifeline, box directory, link or store row, {} after the last kill, with no boxsock command run; control (lifeline killed first; {}): {} of {KILLS} boxes left running, until the next writing command (`sweep`) removed them",
+            "with the lifeline, 0 boxes left ({KILLS} kills: {}; {} of them after an agent was ready but not yet recorded, shut down through its address): no agent, command, lifeline, box directory, link or store row, {} after the last kill, with no boxsock command run; control (lifeline killed first; {}): {} of {KILLS} boxes left running, until the next writing command (`sweep`) removed them ({} unrecorded agents shut down)",
             measured(describe(&phases)),
+            measured(unrecorded),
             measured(format!("{:.1} s", settled.as_secs_f64())),
             measured(describe(&cut_phases)),
             measured(cut_left.boxes()),
+            measured(cut_unrecorded),
         ))
     }
 );
