@@ -98,10 +98,35 @@ impl Home {
     }
 }
 
+/// Whatever the test's outcome (a failed assertion too), no process of a home outlives
+/// it: box processes, commands and lifelines are killed, by pid.
+impl Drop for Home {
+    fn drop(&mut self) {
+        let mut left = Leftovers::default();
+        processes(std::slice::from_ref(self), &mut left);
+        for pid in left.agents.iter().chain(&left.commands).chain(&left.guardians) {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+    }
+}
+
 /// What is left of the boxes of `homes`, found without running boxsock: one pass over
 /// `/proc`, then each home's directories, links and store.
 fn leftovers(homes: &[Home]) -> Leftovers {
     let mut left = Leftovers::default();
+    processes(homes, &mut left);
+    for h in homes {
+        let (dirs, links, rows) = h.ids();
+        left.dirs.extend(dirs);
+        left.links.extend(links);
+        left.rows.extend(rows);
+    }
+    left
+}
+
+/// The box processes, commands and lifelines of `homes` (never panics: also run by
+/// `Drop`).
+fn processes(homes: &[Home], left: &mut Leftovers) {
     let prefixes: Vec<String> = homes.iter().map(|h| format!("{}/", h.home.to_string_lossy())).collect();
     let commands: Vec<Vec<u8>> = homes.iter().map(|h| format!("sleep\0{}\0", h.marker).into_bytes()).collect();
     for pid in live_pids() {
@@ -119,13 +144,6 @@ fn leftovers(homes: &[Home]) -> Leftovers {
             left.agents.insert(pid);
         }
     }
-    for h in homes {
-        let (dirs, links, rows) = h.ids();
-        left.dirs.extend(dirs);
-        left.links.extend(links);
-        left.rows.extend(rows);
-    }
-    left
 }
 
 /// Everything of a box that must go with it.
@@ -340,9 +358,6 @@ scenario!(
         while !cut_after.nothing() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
             cut_after = leftovers(&cut);
-        }
-        for pid in cut_after.agents.iter().chain(&cut_after.commands).chain(&left.agents).chain(&left.commands) {
-            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
         }
         eprintln!(
             "unrecorded agents shut down: {unrecorded} (control, by sweep: {cut_unrecorded})");
