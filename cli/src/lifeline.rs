@@ -52,7 +52,9 @@ pub(crate) enum LifelineError {
     #[error("cannot start the lifeline {exe}: {source}")]
     Spawn { exe: String, source: io::Error },
     /// The guardian was not started by `run --rm` (descriptor [`FD`] is not a pipe).
-    #[error("descriptor {fd} is not a pipe: `boxsock {VERB}` is started by `run --rm`, never by hand")]
+    #[error(
+        "descriptor {fd} is not a pipe: `boxsock {VERB}` is started by `run --rm`, never by hand"
+    )]
     NotAPipe { fd: RawFd },
 }
 
@@ -65,10 +67,15 @@ pub(crate) struct Lifeline {
 impl Lifeline {
     /// Start the guardian of box `id`, created next by this process (`owner`).
     /// `global` are the global options it opens the home with (the client's own).
-    pub(crate) fn spawn(global: Vec<OsString>, id: &BoxId, owner: ProcessIdentity) -> Result<Lifeline, LifelineError> {
+    pub(crate) fn spawn(
+        global: Vec<OsString>,
+        id: &BoxId,
+        owner: ProcessIdentity,
+    ) -> Result<Lifeline, LifelineError> {
         // Both ends close-on-exec: the read end is moved to FD in the guardian only.
         let t = std::time::Instant::now();
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(LifelineError::Pipe)?;
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(LifelineError::Pipe)?;
         let exe = std::env::current_exe().map_err(LifelineError::Exe)?;
         let mut cmd = Command::new(&exe);
         cmd.args(global)
@@ -105,9 +112,10 @@ impl Lifeline {
                 boxsock::boxsock_core::fds::cloexec_except(&[FD])
             });
         }
-        let child = cmd
-            .spawn()
-            .map_err(|source| LifelineError::Spawn { exe: boxsock::boxsock_core::echo::path(&exe).to_string(), source })?;
+        let child = cmd.spawn().map_err(|source| LifelineError::Spawn {
+            exe: boxsock::boxsock_core::echo::path(&exe).to_string(),
+            source,
+        })?;
         // Not waited for: it outlives this process only on the path where this process
         // is killed, and is reaped by whoever inherits it.
         drop(child);

@@ -515,7 +515,8 @@ impl Global {
     /// options).
     fn lifeline_args(&self) -> Result<Vec<std::ffi::OsString>, Failure> {
         let mut a: Vec<std::ffi::OsString> = vec!["--home".into(), self.home()?.into_os_string()];
-        a.extend(["--strategy".into(), self.strategy.clone().into(), "--backend".into(), self.backend.clone().into()]);
+        a.extend(["--strategy".into(), self.strategy.clone().into()]);
+        a.extend(["--backend".into(), self.backend.clone().into()]);
         if let Some(b) = &self.link_base {
             a.extend(["--link-base".into(), b.clone().into_os_string()]);
         }
@@ -692,9 +693,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             // writing command remove it if the lifeline was killed too.
             let guard = match rm {
                 true => {
-                    let owner = boxsock::ProcessIdentity::current().map_err(|e| Failure(format!("cannot read this process's identity: {e}"), exit::FAILED))?;
+                    let owner = boxsock::ProcessIdentity::current().map_err(|e| {
+                        Failure(format!("cannot read this process's identity: {e}"), exit::FAILED)
+                    })?;
                     let id = boxsock::BoxId::generate();
-                    let l = lifeline::Lifeline::spawn(g.lifeline_args()?, &id, owner).map_err(|e| Failure(e.to_string(), exit::FAILED))?;
+                    let l = lifeline::Lifeline::spawn(g.lifeline_args()?, &id, owner)
+                        .map_err(|e| Failure(e.to_string(), exit::FAILED))?;
                     opts.id = Some(id);
                     opts.auto_remove_owner = Some(owner);
                     Some(l)
@@ -959,23 +963,45 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Verb::Lifeline { box_id, owner_pid, owner_start } => {
             // Only reached once the client is gone without disarming (see `main`).
-            let id = boxsock::BoxId::parse(&box_id).map_err(|e| Failure(format!("box id {}: {e}", boxsock::boxsock_core::echo::echo(&box_id)), exit::FAILED))?;
+            let id = boxsock::BoxId::parse(&box_id).map_err(|e| {
+                let echoed = boxsock::boxsock_core::echo::echo(&box_id);
+                Failure(format!("box id {echoed}: {e}"), exit::FAILED)
+            })?;
             let owner = boxsock::ProcessIdentity { pid: owner_pid, start_time: owner_start };
             // The pipe ends when the client's descriptors are closed, a moment before the
             // kernel has the process exited: wait for that (its pidfd), or the client
             // would still count as alive.
             if !boxsock::ProcessHandle::open(owner).wait_gone(lifeline::CLIENT_EXIT_WAIT).await {
-                return Err(Failure(format!("box {id}: the `run --rm` client (pid {owner_pid}) closed its lifeline but is still running {:?} later; the box is left to it", lifeline::CLIENT_EXIT_WAIT), exit::FAILED));
+                let waited = lifeline::CLIENT_EXIT_WAIT;
+                return Err(Failure(
+                    format!(
+                        "box {id}: the `run --rm` client (pid {owner_pid}) closed its lifeline \
+                         but is still running {waited:?} later; the box is left to it"
+                    ),
+                    exit::FAILED,
+                ));
             }
             // Its own box only: other abandoned boxes are the next writing command's.
             let rt = g.open(Writes::No).await?;
             match rt.remove_owned(&id, owner).await {
-                Ok(boxsock::OwnedRemoval::OwnerAlive) => Err(Failure(format!("box {id}: its `run --rm` client (pid {owner_pid}) still runs; the box is left to it"), exit::FAILED)),
+                Ok(boxsock::OwnedRemoval::OwnerAlive) => Err(Failure(
+                    format!(
+                        "box {id}: its `run --rm` client (pid {owner_pid}) still runs; \
+                         the box is left to it"
+                    ),
+                    exit::FAILED,
+                )),
                 Ok(done) => {
                     tracing::info!(box_id = %id, outcome = ?done, "run --rm client gone");
                     Ok(0)
                 }
-                Err(e) => Err(Failure(format!("removing box {id} after its `run --rm` client died: {e} (the next writing command removes it)"), exit::FAILED)),
+                Err(e) => Err(Failure(
+                    format!(
+                        "removing box {id} after its `run --rm` client died: {e} \
+                         (the next writing command removes it)"
+                    ),
+                    exit::FAILED,
+                )),
             }
         }
         Verb::Doctor { json: as_json } => {

@@ -651,7 +651,10 @@ fn lifeline_of(client: i32) -> i32 {
         .flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
         .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>())
-        .filter(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"__lifeline")))
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"__lifeline"))
+        })
         .collect();
     assert_eq!(children.len(), 1, "the lifeline of client {client}: {children:?}");
     children[0]
@@ -662,16 +665,25 @@ fn run_rm_starts_a_lifeline_in_its_own_session_that_holds_only_its_pipe_and_ends
     let env = Env::new();
     // `sleep 1.<pid>5`: a second and a bit, and a number no other test uses.
     let marker = format!("1.{}5", std::process::id());
-    let mut client = boxsock(&env).args(["--backend", "host", "run", "--rm", "--", "sleep", &marker]).stderr(Stdio::null()).spawn().unwrap();
+    let mut client = boxsock(&env)
+        .args(["--backend", "host", "run", "--rm", "--", "sleep", &marker])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     wait_until("the command to run in the box", || !pids_running(&["sleep", &marker]).is_empty());
     let lifeline = lifeline_of(client.id() as i32);
     let stat = std::fs::read_to_string(format!("/proc/{lifeline}/stat")).unwrap();
-    let session: i32 = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(3).unwrap().parse().unwrap();
+    // After the command's closing parenthesis: state, ppid, pgrp, session.
+    let after_comm = stat.rsplit_once(')').unwrap().1;
+    let session: i32 = after_comm.split_whitespace().nth(3).unwrap().parse().unwrap();
     assert_eq!(session, lifeline, "the lifeline leads a session of its own: {stat}");
     let mut fds: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{lifeline}/fd"))
         .unwrap()
         .flatten()
-        .map(|e| (e.file_name().to_string_lossy().parse().unwrap(), std::fs::read_link(e.path()).unwrap().to_string_lossy().into_owned()))
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap().to_string_lossy().into_owned();
+            (e.file_name().to_string_lossy().parse().unwrap(), target)
+        })
         .collect();
     fds.sort();
     let numbers: Vec<i32> = fds.iter().map(|(n, _)| *n).collect();
@@ -708,7 +720,8 @@ fn a_run_rm_client_killed_with_sigkill_leaves_nothing_after_the_next_writing_com
         // The backstop's case: the client's lifeline is killed first (alive, it removes
         // the box at once; the hostile suite's `a_killed_run_rm_client_takes_its_box_with_it`).
         let lifeline = lifeline_of(client.id() as i32);
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(lifeline), nix::sys::signal::Signal::SIGKILL).unwrap();
+        let sigkill = nix::sys::signal::Signal::SIGKILL;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(lifeline), sigkill).unwrap();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(client.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
         client.wait().unwrap();
         // Read-only verbs delete nothing: the box is still there, still running.

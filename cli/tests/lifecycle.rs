@@ -1131,7 +1131,12 @@ async fn remove_owned_removes_only_what_its_dead_owner_made() {
     let (rt, _) = Runtime::open(&env.home, env.options()).await.unwrap();
     let (gone, other) = (a_dead_process(), a_dead_process());
     let owned = |id: &BoxId, owner: ProcessIdentity| {
-        CreateOptions::builder().strategy("short-symlink").backend("host").id(id.clone()).auto_remove_owner(owner).build()
+        CreateOptions::builder()
+            .strategy("short-symlink")
+            .backend("host")
+            .id(id.clone())
+            .auto_remove_owner(owner)
+            .build()
     };
 
     // A running box of the dead owner: stopped and removed, agent, link and directory.
@@ -1141,7 +1146,8 @@ async fn remove_owned_removes_only_what_its_dead_owner_made() {
     assert!(env.links().contains(&a.to_string()));
     assert_eq!(rt.remove_owned(&a, gone).await.unwrap(), OwnedRemoval::Removed);
     assert!(!pid_running(pid), "the agent survived");
-    assert!(rt.get(a.as_str()).is_err() && !env.links().contains(&a.to_string()) && !rt.layout().box_dir(&a).exists());
+    assert!(rt.get(a.as_str()).is_err(), "the row is left");
+    assert!(!env.links().contains(&a.to_string()) && !rt.layout().box_dir(&a).exists());
     assert_eq!(rt.remove_owned(&a, gone).await.unwrap(), OwnedRemoval::Absent);
 
     // Another owner's box, and a box of a live owner: left alone.
@@ -1170,7 +1176,8 @@ async fn remove_owned_removes_only_what_its_dead_owner_made() {
     std::fs::remove_dir(rt.layout().box_dir(&e)).unwrap();
 
     // A chosen id already used as an id or a name is refused before anything is written.
-    let named = rt.create(CreateOptions::builder().strategy("short-symlink").backend("host").name("web").build()).await.unwrap();
+    let web = CreateOptions::builder().strategy("short-symlink").backend("host").name("web");
+    let named = rt.create(web.build()).await.unwrap();
     for taken in [b.clone(), BoxId::parse("web").unwrap()] {
         let err = rt.create(owned(&taken, gone)).await.unwrap_err();
         assert!(matches!(err, RuntimeError::Store(StoreError::IdTaken { .. })), "{taken}: {err}");
@@ -1195,7 +1202,10 @@ async fn an_agent_the_store_never_recorded_is_shut_down_by_remove_and_by_recover
         let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
         let pid = rt.start(b.id.as_str()).await.unwrap().process.unwrap().pid;
         rt.store()
-            .execute_raw(&format!("UPDATE boxes SET state = 'starting', pid = NULL, start_time = NULL WHERE id = '{}'", b.id))
+            .execute_raw(&format!(
+                "UPDATE boxes SET state = 'starting', pid = NULL, start_time = NULL WHERE id = '{}'",
+                b.id
+            ))
             .unwrap();
         agents.push((b.id, pid));
     }

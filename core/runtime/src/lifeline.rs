@@ -45,7 +45,11 @@ impl Runtime {
     ///
     /// Unlike [`Runtime::remove_abandoned`], this touches one box only and never waits
     /// for exclusive use of the home.
-    pub async fn remove_owned(&self, id: &BoxId, owner: ProcessIdentity) -> Result<OwnedRemoval, RuntimeError> {
+    pub async fn remove_owned(
+        &self,
+        id: &BoxId,
+        owner: ProcessIdentity,
+    ) -> Result<OwnedRemoval, RuntimeError> {
         let inner = &self.inner;
         inner.writable("remove a box")?;
         // A zombie owner has ended: only its parent has not reaped it yet.
@@ -68,27 +72,51 @@ impl Runtime {
                     RowlessDir::Removed => OwnedRemoval::CreateUndone,
                     RowlessDir::NoDir => OwnedRemoval::Absent,
                     RowlessDir::Unclaimed { journaled, marked } => {
-                        tracing::warn!(box_id = %id, journaled, marked, "directory without a row that this client cannot be proved to have made: left in place");
+                        tracing::warn!(
+                            box_id = %id,
+                            journaled,
+                            marked,
+                            "directory without a row that this client cannot be proved to have \
+                             made: left in place"
+                        );
                         OwnedRemoval::NotOwned
                     }
                 });
             }
             Err(e) => {
-                tracing::warn!(box_id = %id, error = %e, "the row of an auto-remove box cannot be read; left in place");
+                tracing::warn!(
+                    box_id = %id,
+                    error = %e,
+                    "the row of an auto-remove box cannot be read; left in place"
+                );
                 return Ok(OwnedRemoval::NotOwned);
             }
         };
         let recorded = {
             let id = id.to_string();
             inner
-                .blocking(move |i| i.store.auto_remove_owners().map(|o| o.into_iter().find(|(b, _)| *b == id).map(|(_, o)| o)))
+                .blocking(move |i| {
+                    i.store
+                        .auto_remove_owners()
+                        .map(|o| o.into_iter().find(|(b, _)| *b == id).map(|(_, o)| o))
+                })
                 .await?
         };
         if recorded != Some(owner) {
-            tracing::warn!(box_id = %id, owner = ?recorded, expected = ?owner, "box is not tied to this client; left in place");
+            tracing::warn!(
+                box_id = %id,
+                owner = ?recorded,
+                expected = ?owner,
+                "box is not tied to this client; left in place"
+            );
             return Ok(OwnedRemoval::NotOwned);
         }
-        tracing::info!(box_id = %id, owner_pid = owner.pid, state = %rec.state, "removing a run --rm box whose client is gone");
+        tracing::info!(
+            box_id = %id,
+            owner_pid = owner.pid,
+            state = %rec.state,
+            "removing a run --rm box whose client is gone"
+        );
         let strategy = rec.config.strategy.clone();
         if rec.state.has_process() {
             inner.stop_locked(rec, inner.options.stop_timeout).await?;
@@ -119,10 +147,21 @@ impl Inner {
         };
         match tokio::time::timeout(self.options.stop_timeout, asked).await {
             Ok(Ok(address)) => {
-                tracing::warn!(box_id = %rec.id, address = %address, "asked an unrecorded agent (its starter died before recording it) to shut down")
+                tracing::warn!(
+                    box_id = %rec.id,
+                    address = %address,
+                    "asked an unrecorded agent (its starter died before recording it) to shut down"
+                )
             }
-            Ok(Err(e)) => tracing::debug!(box_id = %rec.id, error = %e, "no unrecorded agent answers"),
-            Err(_) => tracing::debug!(box_id = %rec.id, "an unrecorded agent did not answer a shutdown in time"),
+            Ok(Err(e)) => {
+                tracing::debug!(box_id = %rec.id, error = %e, "no unrecorded agent answers")
+            }
+            Err(_) => {
+                tracing::debug!(
+                    box_id = %rec.id,
+                    "an unrecorded agent did not answer a shutdown in time"
+                )
+            }
         }
     }
 }

@@ -240,7 +240,10 @@ pub(crate) enum RowlessDir {
 /// journal entry; so a directory with both was made by a create that did not finish,
 /// and one with the journal entry only and nothing in it by a create interrupted
 /// between `mkdir` and the marker. Anything else is not ours to delete.
-pub(crate) fn finish_interrupted_create(inner: &Inner, id: &BoxId) -> Result<RowlessDir, RuntimeError> {
+pub(crate) fn finish_interrupted_create(
+    inner: &Inner,
+    id: &BoxId,
+) -> Result<RowlessDir, RuntimeError> {
     let layout = &inner.layout;
     let dir = layout.box_dir(id);
     let journaled = std::fs::symlink_metadata(layout.create_journal(id)).is_ok_and(|m| m.is_file());
@@ -252,10 +255,17 @@ pub(crate) fn finish_interrupted_create(inner: &Inner, id: &BoxId) -> Result<Row
     }
     let marked = std::fs::symlink_metadata(layout.box_marker(id)).is_ok_and(|m| m.is_file());
     if journaled && marked {
-        tracing::warn!(box_id = %id, "box directory without a row (interrupted create): removing it");
+        tracing::warn!(
+            box_id = %id,
+            "box directory without a row (interrupted create): removing it"
+        );
         inner.release_everywhere(id);
         boxsock_core::boxdir::remove_box_dir(layout, id)
-            .map_err(|e| RuntimeError::Io { op: "remove orphan box directory", path: dir, source: e })?;
+            .map_err(|e| RuntimeError::Io {
+                op: "remove orphan box directory",
+                path: dir,
+                source: e,
+            })?;
         super::home::journal_done(layout, id);
         Ok(RowlessDir::Removed)
     } else if journaled && std::fs::remove_dir(&dir).is_ok() {

@@ -1531,10 +1531,14 @@ scenario!(
             // alive, it would remove the box at once.
             let lifelines: Vec<i32> = processes_mentioning("__lifeline")
                 .into_iter()
-                .filter(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.windows(id.len()).any(|w| w == id.as_bytes())))
+                .filter(|p| {
+                    std::fs::read(format!("/proc/{p}/cmdline"))
+                        .is_ok_and(|c| c.windows(id.len()).any(|w| w == id.as_bytes()))
+                })
                 .collect();
             assert_eq!(lifelines.len(), 1, "the client's lifeline: {lifelines:?}");
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(lifelines[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+            let sigkill = nix::sys::signal::Signal::SIGKILL;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(lifelines[0]), sigkill).unwrap();
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(client.0.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
             drop(client);
             // Read-only verbs delete nothing.

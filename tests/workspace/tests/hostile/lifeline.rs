@@ -81,7 +81,11 @@ impl Home {
     /// `run --rm`, its stderr (and so its lifeline's) kept beside the home.
     fn spawn_run_rm(&self) -> Child {
         let err = std::fs::File::create(self.stderr_path()).unwrap();
-        self.cli().args(["run", "--rm", "--", "sleep", &self.marker]).stderr(err).spawn().expect("spawn boxsock run --rm")
+        self.cli()
+            .args(["run", "--rm", "--", "sleep", &self.marker])
+            .stderr(err)
+            .spawn()
+            .expect("spawn boxsock run --rm")
     }
 
     fn stderr_path(&self) -> PathBuf {
@@ -92,7 +96,10 @@ impl Home {
     fn ids(&self) -> (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>) {
         (
             names_in(&self.home.join("boxes")),
-            names_in(&StrategyConfig { base_dir: self.link_base.clone(), ..StrategyConfig::default() }.per_uid_dir()),
+            names_in(
+                &StrategyConfig { base_dir: self.link_base.clone(), ..StrategyConfig::default() }
+                    .per_uid_dir(),
+            ),
             rows(&self.home.join("boxsock.db")),
         )
     }
@@ -127,8 +134,10 @@ fn leftovers(homes: &[Home]) -> Leftovers {
 /// The box processes, commands and lifelines of `homes` (never panics: also run by
 /// `Drop`).
 fn processes(homes: &[Home], left: &mut Leftovers) {
-    let prefixes: Vec<String> = homes.iter().map(|h| format!("{}/", h.home.to_string_lossy())).collect();
-    let commands: Vec<Vec<u8>> = homes.iter().map(|h| format!("sleep\0{}\0", h.marker).into_bytes()).collect();
+    let prefixes: Vec<String> =
+        homes.iter().map(|h| format!("{}/", h.home.to_string_lossy())).collect();
+    let commands: Vec<Vec<u8>> =
+        homes.iter().map(|h| format!("sleep\0{}\0", h.marker).into_bytes()).collect();
     for pid in live_pids() {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if commands.contains(&cmdline) {
@@ -160,7 +169,8 @@ struct Leftovers {
 impl Leftovers {
     /// Boxes left: every id with a directory, link or row (at least one per live agent).
     fn boxes(&self) -> usize {
-        let ids: BTreeSet<&String> = self.dirs.iter().chain(&self.links).chain(&self.rows).collect();
+        let ids: BTreeSet<&String> =
+            self.dirs.iter().chain(&self.links).chain(&self.rows).collect();
         ids.len().max(self.agents.len())
     }
 
@@ -199,7 +209,11 @@ fn rows(db: &Path) -> BTreeSet<String> {
     // A client killed during the first open of its home may leave a store not yet
     // migrated: no table, no box.
     let tables: i64 = conn
-        .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'boxes'", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'boxes'",
+            [],
+            |r| r.get(0),
+        )
         .expect("read the store's schema");
     if tables == 0 {
         return BTreeSet::new();
@@ -270,8 +284,10 @@ enum Phase {
 fn kill_client(client: &mut Child, cut_lifeline: bool) -> Phase {
     let pid = client.id() as i32;
     let kids = children(pid);
-    let guardians: Vec<i32> = kids.iter().copied().filter(|&k| cmdline_has(k, LIFELINE_VERB)).collect();
-    let agents: Vec<i32> = kids.iter().copied().filter(|&k| cmdline_has(k, "boxsock-agent")).collect();
+    let guardians: Vec<i32> =
+        kids.iter().copied().filter(|&k| cmdline_has(k, LIFELINE_VERB)).collect();
+    let agents: Vec<i32> =
+        kids.iter().copied().filter(|&k| cmdline_has(k, "boxsock-agent")).collect();
     let phase = if guardians.is_empty() {
         Phase::BeforeLifeline
     } else if agents.is_empty() {
@@ -341,8 +357,15 @@ scenario!(
         let settled = settle.elapsed();
         // Kills between the launch of the agent and its record, after the agent had
         // said it was ready: the lifeline found it through its address.
-        let unrecorded: usize =
-            with.iter().map(|h| std::fs::read_to_string(h.stderr_path()).unwrap_or_default().matches(UNRECORDED).count()).sum();
+        let unrecorded: usize = with
+            .iter()
+            .map(|h| {
+                std::fs::read_to_string(h.stderr_path())
+                    .unwrap_or_default()
+                    .matches(UNRECORDED)
+                    .count()
+            })
+            .sum();
         let cut_left = leftovers(&cut);
         // Then the backstop: the next writing command (`sweep`) on each control home
         // removes what the kills left there.
@@ -360,7 +383,8 @@ scenario!(
             cut_after = leftovers(&cut);
         }
         eprintln!(
-            "unrecorded agents shut down: {unrecorded} (control, by sweep: {cut_unrecorded})");
+            "unrecorded agents shut down: {unrecorded} (control, by sweep: {cut_unrecorded})"
+        );
         eprintln!(
             "killing took {killing:?}; with the lifeline, after {settled:?}: {left:?} (kills: {}); control: {} box(es) left (kills: {}): {cut_left:?}",
             describe(&phases),
@@ -376,7 +400,10 @@ scenario!(
                 let (dirs, links, rows) = h.ids();
                 if !(dirs.is_empty() && links.is_empty() && rows.is_empty()) {
                     let err = std::fs::read_to_string(h.stderr_path()).unwrap_or_default();
-                    eprintln!("left in {}: dirs {dirs:?} links {links:?} rows {rows:?}; stderr of the client and its lifeline:\n{err}", h.home.display());
+                    eprintln!(
+                        "left in {}: dirs {dirs:?} links {links:?} rows {rows:?}; stderr of the client and its lifeline:\n{err}",
+                        h.home.display()
+                    );
                 }
             }
         }
@@ -387,7 +414,10 @@ scenario!(
             left.boxes(),
             describe(&phases)
         );
-        assert!(cut_after.nothing(), "the next writing command (sweep) did not remove what the control left: {cut_after:?}");
+        assert!(
+            cut_after.nothing(),
+            "the next writing command (sweep) did not remove what the control left: {cut_after:?}"
+        );
         Outcome::Passed(format!(
             "with the lifeline, 0 boxes left ({KILLS} kills: {}; {} of them after an agent was ready but not yet recorded, shut down through its address): no agent, command, lifeline, box directory, link or store row, {} after the last kill, with no boxsock command run; control (lifeline killed first; {}): {} of {KILLS} boxes left running, until the next writing command (`sweep`) removed them ({} unrecorded agents shut down)",
             measured(describe(&phases)),
