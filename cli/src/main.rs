@@ -1024,6 +1024,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             if let Some(d) = &report.binding_dir_fallback {
                 outln!("binding directory: {d} (fallback recorded in the home)");
             }
+            for f in &report.fallbacks {
+                outln!("fallback {} (recorded in {}): {}", f.dir, f.record, f.state);
+                for n in &f.notes {
+                    outln!("  {n}");
+                }
+            }
             for s in &report.strategies {
                 outln!();
                 // Addresses that could not be derived at all (not "too long"): say why

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use boxsock::boxsock_core::backend::{AddressNeeds, Backend, BackendError, Isolation, LaunchSpec, Launched};
+use boxsock::boxsock_core::backend::{AddressNeeds, Backend, BackendError, Isolation, LaunchSpec, Launched, Readiness};
 use boxsock::boxsock_core::{SocketSpec, catalogue};
 use boxsock::{
     Availability, BackendConfig, BackendRegistration, BindingError, BoxState, CreateOptions, ExecIo, LockMode, ProcessIdentity,
@@ -242,10 +242,19 @@ async fn health_monitor_marks_a_killed_box_stopped_and_the_process_is_really_gon
 async fn readiness_timeout_names_the_address_quotes_the_log_and_kills_the_box() {
     let env = Env::new();
     let helpers = common::never_ready_agent(env.root.path(), "fake-agent-was-here");
-    let mut o = env.options_with_helpers(helpers);
+    let mut o = with_ready_socket_host(env.options_with_helpers(helpers));
     o.ready_timeout = Duration::from_millis(400);
     let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
+    // The host backend's agent reports on an inherited channel, which has no address.
     let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
+    match rt.start(b.id.as_str()).await.unwrap_err() {
+        RuntimeError::ReadyTimeout { waited_for, .. } => {
+            assert_eq!(waited_for, "agent readiness on the ready channel (an inherited descriptor)");
+        }
+        other => panic!("expected ReadyTimeout, got {other}"),
+    }
+    rt.remove(b.id.as_str(), true).await.unwrap();
+    let b = rt.create(CreateOptions::new("short-symlink", "host-ready-socket-test")).await.unwrap();
     let e = rt.start(b.id.as_str()).await.unwrap_err();
     let rec = rt.get(b.id.as_str()).unwrap();
     match &e {
@@ -343,9 +352,9 @@ async fn a_legacy_row_with_persisted_paths_loads_and_the_derived_address_wins() 
     assert_eq!(rec.config.strategy, "short-symlink");
     rt.start("old").await.unwrap();
     let info = rt.inspect("old").unwrap();
-    let ready = info.sockets.iter().find(|s| s.socket == "ready").unwrap();
-    assert!(ready.address.as_deref().unwrap().starts_with(env.per_uid_dir().to_str().unwrap()), "{ready:?}");
-    assert_ne!(ready.address.as_deref(), Some(stale.as_str()));
+    let agent = info.sockets.iter().find(|s| s.socket == "agent").unwrap();
+    assert!(agent.address.as_deref().unwrap().starts_with(env.per_uid_dir().to_str().unwrap()), "{agent:?}");
+    assert_ne!(agent.address.as_deref(), Some(stale.as_str()));
     assert_eq!(exec_out(&rt, "old", &["echo", "hi"]).await.unwrap().1, "hi\n");
     rt.remove("old", true).await.unwrap();
     assert!(env.links().is_empty());
@@ -580,8 +589,8 @@ async fn an_empty_connection_on_the_ready_socket_is_not_mistaken_for_the_agent()
     )
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let (rt, _) = Runtime::open(&env.home, env.options_with_helpers(d)).await.unwrap();
-    let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
+    let (rt, _) = Runtime::open(&env.home, with_ready_socket_host(env.options_with_helpers(d))).await.unwrap();
+    let b = rt.create(CreateOptions::new("short-symlink", "host-ready-socket-test")).await.unwrap();
     rt.start(b.id.as_str()).await.expect("start survives an empty connection on ready");
     let log = std::fs::read_to_string(rt.layout().log_file(&b.id)).unwrap();
     assert!(log.contains("poked-ready"), "the wrapper did not poke the ready socket: {log}");
@@ -730,17 +739,31 @@ async fn start_and_exec_recheck_the_box_directories() {
 /// keeps bound) a listener another test expects to be gone.
 static FORKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The abstract addresses in a box process's argv (`--agent`, `--ready`), by flag.
-fn argv_addresses(pid: i32) -> std::collections::BTreeMap<String, boxsock::boxsock_core::SocketAddress> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    let args: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+/// The addresses box process `pid` listens on, by logical socket (`agent`), read from
+/// its descriptors and `/proc/net/unix`: the agent is told no name (issue 18.1), so the
+/// name is where the kernel has it. Abstract addresses only; asserts `agent` is among
+/// them.
+fn listening_addresses(pid: i32) -> std::collections::BTreeMap<String, boxsock::boxsock_core::SocketAddress> {
+    use boxsock::boxsock_core::SocketAddress;
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .filter_map(|t| t.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned))
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap();
     let mut out = std::collections::BTreeMap::new();
-    for w in args.windows(2) {
-        if w[1].starts_with("abstract:") {
-            out.insert(w[0].clone(), boxsock::boxsock_core::SocketAddress::from_uri(&w[1]).unwrap());
+    for line in table.lines().skip(1) {
+        // Num RefCount Protocol Flags Type St Inode Path
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let listening = f.get(3) == Some(&"00010000");
+        if let (true, Some(ino), Some(name)) = (listening, f.get(6), f.get(7).and_then(|p| p.strip_prefix('@'))) {
+            if inodes.iter().any(|i| i == ino) {
+                let logical = if name.is_empty() { "?" } else { "agent" };
+                out.insert(logical.to_owned(), SocketAddress::Abstract(name.as_bytes().to_vec()));
+            }
         }
     }
-    assert!(out.contains_key("--agent") && out.contains_key("--ready"), "argv {args:?}");
+    assert!(out.contains_key("agent"), "box process {pid} listens on no abstract name: {out:?}");
     out
 }
 
@@ -759,9 +782,9 @@ async fn abstract_names_change_at_every_start_so_old_names_reach_nothing_and_squ
     let id = b.id.to_string();
     let s = rt.strategy("abstract").unwrap();
 
-    let first = argv_addresses(rt.start(&id).await.unwrap().process.unwrap().pid);
+    let first = listening_addresses(rt.start(&id).await.unwrap().process.unwrap().pid);
     rt.stop(&id, None).await.unwrap();
-    let second = argv_addresses(rt.start(&id).await.unwrap().process.unwrap().pid);
+    let second = listening_addresses(rt.start(&id).await.unwrap().process.unwrap().pid);
     for (flag, a) in &first {
         assert_ne!(second[flag], *a, "{flag} kept its name across a restart");
         // A name from an old argv reaches nothing: no listener is bound there any more.
@@ -776,13 +799,13 @@ async fn abstract_names_change_at_every_start_so_old_names_reach_nothing_and_squ
     // Another user binds every name of the last start once the box has stopped.
     let squatters: Vec<_> = second.values().map(|a| listen_in_child(a).unwrap_or_else(|r| panic!("squat {a}: {r:?}"))).collect();
     let third = rt.start(&id).await.unwrap_or_else(|e| panic!("a start after the names were squatted must succeed: {e}"));
-    let third = argv_addresses(third.process.unwrap().pid);
+    let third = listening_addresses(third.process.unwrap().pid);
     for (flag, a) in &second {
         assert_ne!(third[flag], *a, "{flag}");
     }
     assert_eq!(exec_out(&rt, &id, &["echo", "ok"]).await.unwrap().1, "ok\n");
     // The squatted old agent name leads to the squatter, whom the policy refuses.
-    match peer::connect_stream_at(&second["--agent"], "agent", &s.peer_policy()) {
+    match peer::connect_stream_at(&second["agent"], "agent", &s.peer_policy()) {
         Err(BindingError::PeerRejected { uid, .. }) => assert_eq!(uid, 65534),
         other => panic!("expected the squatter to be refused, got {other:?}"),
     }
@@ -804,7 +827,7 @@ async fn twenty_thousand_rejected_connects_add_at_most_a_few_kb_to_the_box_log()
     let b = rt.create(CreateOptions::new("abstract", "host")).await.unwrap();
     let id = b.id.to_string();
     let pid = rt.start(&id).await.unwrap().process.unwrap().pid;
-    let agent = argv_addresses(pid)["--agent"].clone();
+    let agent = listening_addresses(pid)["agent"].clone();
     let log = rt.layout().log_file(&b.id);
     let before = std::fs::metadata(&log).unwrap().len();
 
@@ -953,15 +976,18 @@ mod without {
 }
 
 /// `abstract` without its per-start rotation, so a test can squat the very name a start
-/// binds `ready` at, and see the bind rotate away from it.
+/// binds the agent's listener at, and see the bind rotate away from it.
 static NO_ROTATE: boxsock::boxsock_core::registry::StrategyRegistration = boxsock::boxsock_core::registry::StrategyRegistration {
     name: without::NO_ROTATE,
     summary: "abstract without per-start rotation (test)",
     build: without::no_rotate,
 };
 
+/// Issue 18.1: the runtime binds the agent's listener, so a squatted agent name rotates
+/// like any name the runtime binds (the agent, binding it itself, failed with
+/// `EADDRINUSE`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_start_whose_ready_name_is_squatted_rotates_and_launches_with_the_new_names() {
+async fn a_start_whose_agent_name_is_squatted_rotates_and_launches_with_the_new_names() {
     use boxsock_conformance::fork::listen_in_child;
     let _serial = FORKING.lock().await;
     if !nix::unistd::geteuid().is_root() {
@@ -975,16 +1001,67 @@ async fn a_start_whose_ready_name_is_squatted_rotates_and_launches_with_the_new_
     let b = rt.create(CreateOptions::new(without::NO_ROTATE, "host")).await.unwrap();
     let id = b.id.to_string();
     let s = rt.strategy(without::NO_ROTATE).unwrap();
-    let ready = s.address(rt.layout(), &b.id, "ready.sock").unwrap();
-    // nobody holds the exact name this start will bind `ready` at.
-    let squatter = listen_in_child(&ready).unwrap_or_else(|r| panic!("squat {ready}: {r:?}"));
+    let agent = s.address(rt.layout(), &b.id, "agent.sock").unwrap();
+    // nobody holds the exact name this start will bind the agent's listener at.
+    let squatter = listen_in_child(&agent).unwrap_or_else(|r| panic!("squat {agent}: {r:?}"));
     let rec = rt.start(&id).await.unwrap_or_else(|e| panic!("the bind must rotate and the launch use the new names: {e}"));
-    let argv = argv_addresses(rec.process.unwrap().pid);
-    assert_ne!(argv["--ready"], ready, "the agent was handed the squatted name");
-    assert_eq!(argv["--agent"], s.address(rt.layout(), &b.id, "agent.sock").unwrap(), "the agent's name is the rotated one");
+    let bound = listening_addresses(rec.process.unwrap().pid);
+    assert_ne!(bound["agent"], agent, "the agent was handed the squatted name");
+    assert_eq!(bound["agent"], s.address(rt.layout(), &b.id, "agent.sock").unwrap(), "the agent's name is the rotated one");
     assert_eq!(exec_out(&rt, &id, &["echo", "ok"]).await.unwrap().1, "ok\n");
     drop(squatter);
     rt.remove(&id, true).await.unwrap();
+}
+
+/// Issue 18.1: no name or path of a box's sockets is in its process's argv or
+/// environment, where anyone can read it (`/proc/<pid>/cmdline`) and bind it first.
+/// Every strategy on the host backend; the box's addresses as the strategy derives
+/// them, their file names and the `/proc/self/fd` form the agent was once given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_socket_name_of_a_box_is_in_its_process_argv_or_environment() {
+    use boxsock::boxsock_core::SocketAddress;
+    let env = Env::new();
+    let (rt, _) = Runtime::open(&env.home, env.options()).await.unwrap();
+    let backend = rt.backend("host").unwrap();
+    let mut ran = Vec::new();
+    for strategy in boxsock::builtin_strategies().names() {
+        let s = rt.strategy(strategy).unwrap();
+        if !s.capabilities().supported_here() || boxsock::boxsock_runtime::compatibility(&*s, &*backend).is_err() {
+            continue;
+        }
+        let b = rt.create(CreateOptions::new(strategy, "host")).await.unwrap();
+        let id = b.id.to_string();
+        let pid = rt.start(&id).await.unwrap().process.unwrap().pid;
+        let mut needles: Vec<Vec<u8>> = vec![b"agent.sock".to_vec(), b"ready.sock".to_vec(), b"/proc/self/fd/".to_vec()];
+        for name in ["agent.sock", "ready.sock"] {
+            match s.address(rt.layout(), &b.id, name).unwrap() {
+                SocketAddress::Abstract(n) => needles.push(n),
+                SocketAddress::Path(p) => {
+                    needles.push(p.as_os_str().as_encoded_bytes().to_vec());
+                    needles.push(p.parent().unwrap().as_os_str().as_encoded_bytes().to_vec());
+                }
+            }
+        }
+        if let Some(l) = s.binding_path(rt.layout(), &b.id) {
+            needles.push(l.as_os_str().as_encoded_bytes().to_vec());
+        }
+        for what in ["cmdline", "environ"] {
+            let bytes = std::fs::read(format!("/proc/{pid}/{what}")).unwrap();
+            assert!(!bytes.is_empty() || what == "environ", "{strategy}: empty {what}");
+            for n in &needles {
+                assert!(
+                    !bytes.windows(n.len()).any(|w| w == &n[..]),
+                    "{strategy}: the box process's {what} holds {:?}: {:?}",
+                    String::from_utf8_lossy(n),
+                    String::from_utf8_lossy(&bytes)
+                );
+            }
+        }
+        assert_eq!(exec_out(&rt, &id, &["true"]).await.unwrap().0, 0, "{strategy}");
+        rt.remove(&id, true).await.unwrap();
+        ran.push(strategy);
+    }
+    assert!(ran.len() >= 3, "expected at least three strategies on the host backend, ran {ran:?}");
 }
 
 /// A backend whose box process never gets ready and whose companion (a stand-in for
@@ -1023,6 +1100,87 @@ impl Backend for DyingCompanionBackend {
         let companion = spawn(std::process::Command::new("sh").args(["-c", &script]))?;
         Ok(Launched { pid, companions: vec![companion] })
     }
+}
+
+/// The host agent reporting readiness on the `ready` socket the runtime binds
+/// ([`Readiness::Socket`], libkrun's way) instead of an inherited channel, so that the
+/// runtime's ready listener is tested on real processes: the agent gets its listener at
+/// descriptor 3 and dials `ready` through the verified socket directory at 4 (or by
+/// its abstract name: a test may show it, the host backend never does).
+#[derive(Debug)]
+struct ReadySocketHost {
+    helpers: Option<std::path::PathBuf>,
+}
+
+impl Backend for ReadySocketHost {
+    fn name(&self) -> &str {
+        "host-ready-socket-test"
+    }
+    fn sockets(&self, _network: bool) -> Vec<SocketSpec> {
+        vec![boxsock_host::AGENT, catalogue::READY]
+    }
+    fn address_needs(&self) -> AddressNeeds {
+        AddressNeeds::PathOrAbstract
+    }
+    fn isolation(&self) -> Isolation {
+        Isolation::None
+    }
+    fn available(&self) -> Availability {
+        Availability::Available
+    }
+    fn readiness(&self) -> Readiness {
+        Readiness::Socket
+    }
+    fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let agent = spec.sockets.handed("agent")?.as_raw_fd();
+        let dir = spec.sockets.dir.as_ref().map(|d| d.as_raw_fd());
+        let ready = spec.child_address("ready", 4)?.to_uri();
+        let bin = boxsock::boxsock_core::helpers::find_agent(self.helpers.as_deref()).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&spec.log_file).unwrap();
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["--agent-fd", "3", "--ready", &ready, "--allow-uid", &nix::unistd::geteuid().to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: between fork and exec only setsid(2), fcntl(2), dup2(2) and
+        // close_range(2), which are async-signal-safe; the descriptors belong to `spec`.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::setsid();
+                let a = libc::fcntl(agent, libc::F_DUPFD_CLOEXEC, 10);
+                let d = dir.map(|d| libc::fcntl(d, libc::F_DUPFD_CLOEXEC, 10));
+                if a == -1 || libc::dup2(a, 3) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(d) = d {
+                    if d == -1 || libc::dup2(d, 4) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                boxsock::boxsock_core::fds::cloexec_except(&[3, 4])
+            });
+        }
+        let child = cmd.spawn().map_err(|source| BackendError::Spawn { backend: self.name().into(), what: "agent".into(), source })?;
+        Ok(Launched { pid: child.id() as i32, companions: vec![] })
+    }
+}
+
+fn build_ready_socket_host(c: &BackendConfig) -> Result<Arc<dyn Backend>, BackendError> {
+    Ok(Arc::new(ReadySocketHost { helpers: c.helper_dir.clone() }))
+}
+
+static READY_SOCKET_HOST: BackendRegistration = BackendRegistration {
+    name: "host-ready-socket-test",
+    summary: "the host agent reporting readiness on the ready socket (test)",
+    build: build_ready_socket_host,
+};
+
+/// `options` with the host backend and [`ReadySocketHost`].
+fn with_ready_socket_host(mut o: boxsock::RuntimeOptions) -> boxsock::RuntimeOptions {
+    o.backends = Registry::from_entries("backend", [&boxsock_host::REGISTRATION, &READY_SOCKET_HOST]);
+    o
 }
 
 fn build_dying_companion(_: &BackendConfig) -> Result<Arc<dyn Backend>, BackendError> {
@@ -1087,8 +1245,9 @@ async fn a_ready_frame_from_another_process_is_ignored_even_when_the_strategy_ch
     let mut o = env.options_with_helpers(common::never_ready_agent(env.root.path(), "never-ready"));
     o.strategies = Registry::from_entries("strategy", [&boxsock_direct::REGISTRATION, &UNCHECKED]);
     o.ready_timeout = Duration::from_secs(3);
-    let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
-    let b = rt.create(CreateOptions::new(without::UNCHECKED, "host")).await.unwrap();
+    let (rt, _) = Runtime::open(&env.home, with_ready_socket_host(o)).await.unwrap();
+    // (The host backend has no ready socket to send an impostor's frame to.)
+    let b = rt.create(CreateOptions::new(without::UNCHECKED, "host-ready-socket-test")).await.unwrap();
     let ready = env.home.join("boxes").join(b.id.as_str()).join("sockets").join("ready.sock");
     let impostor = std::thread::spawn(move || {
         let deadline = std::time::Instant::now() + LIMIT;

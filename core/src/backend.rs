@@ -60,6 +60,18 @@ pub enum Isolation {
     Vm,
 }
 
+/// How a box's process tells the runtime it is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// It dials the `ready` socket the runtime binds (a VMM relaying the guest's
+    /// vsock connection, which cannot inherit a descriptor from the runtime).
+    Socket,
+    /// It writes the `Ready` frame on an inherited descriptor, the box's end of a
+    /// socket pair ([`BoxSockets::ready_channel`]); no `ready` socket is bound, so no
+    /// name of it exists to be read or squatted.
+    Channel,
+}
+
 /// Everything a backend needs to start one box. Addresses come from the strategy and
 /// have passed the budget; the runtime has already run `ensure`.
 #[derive(Debug, Clone)]
@@ -222,6 +234,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Whether it can hand abstract addresses to its processes.
     fn address_needs(&self) -> AddressNeeds;
+
+    /// How its box's process reports readiness. Default: [`Readiness::Socket`], the
+    /// `ready` socket (added to [`Backend::sockets`] by the runtime when not listed).
+    fn readiness(&self) -> Readiness {
+        Readiness::Socket
+    }
 
     /// How much it isolates.
     fn isolation(&self) -> Isolation;

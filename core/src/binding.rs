@@ -49,10 +49,9 @@ pub struct StrategyConfig {
     /// Extra uids allowed to talk to box sockets where the strategy checks peer
     /// credentials (the owner is always allowed). Default: none.
     pub allowed_peer_uids: Vec<u32>,
-    /// Use exactly this per-user directory instead of `<base_dir>/<prefix>-<uid>`.
-    /// The runtime sets it from the home's recorded fallback (see
-    /// [`fallback`]) when the predictable name was squatted by another user. Default:
-    /// none.
+    /// Use exactly this per-user directory instead of `<base_dir>/<prefix>-<uid>`, with
+    /// no fallback (an embedder's own private directory; xdg-hashed's per-home
+    /// directories). Default: none: the strategy uses its [`fallback::SharedDir`].
     pub binding_dir: Option<PathBuf>,
     /// Create nothing on disk: set for `doctor` and read-only runtimes (`ls`,
     /// `inspect`), which may look at a directory that is not a home. A strategy that
@@ -216,6 +215,15 @@ pub trait SocketBinding: Send + Sync + fmt::Debug {
         None
     }
 
+    /// The predictable directory the strategy keeps in a shared base (`/tmp`), if it
+    /// has one, whatever it uses now. Another user can take that name first, so a
+    /// strategy must never let that stop a box: it falls back through
+    /// [`fallback::SharedDir`] (the conformance kit squats this directory as uid 65534
+    /// and runs a box). Default: [`SocketBinding::binding_dir`].
+    fn shared_dir(&self) -> Option<PathBuf> {
+        self.binding_dir()
+    }
+
     /// The filesystem entry `ensure` creates for this box (for `short-symlink`, the
     /// link), if any. `release` removes exactly this. `inspect` shows it; the
     /// conformance kit swaps and deletes it.
@@ -292,54 +300,8 @@ pub trait SocketBinding: Send + Sync + fmt::Debug {
     }
 }
 
-/// The fallback for a squatted per-user directory: a fresh directory, mode 0700, in the
-/// same base, named `<prefix>.<10 random base62 characters>` — exactly as long as the
-/// worst-case `<prefix>-<10-digit uid>`, so every address that fits the budget still
-/// fits, and unpredictable (about 59 bits), so it cannot be squatted in advance.
-pub mod fallback {
-    use std::path::{Path, PathBuf};
-
-    use nix::errno::Errno;
-    use nix::sys::stat::Mode;
-    use rand::Rng;
-
-    use super::StrategyConfig;
-    use crate::error::BindingError;
-
-    /// Random characters in a fallback name.
-    pub const RANDOM_LEN: usize = 10;
-
-    /// Whether `p` has the shape of a fallback of `config`: directly in its base
-    /// directory, named `<prefix>.<10 base62>`.
-    pub fn is_fallback_of(p: &Path, config: &StrategyConfig) -> bool {
-        let (Some(parent), Some(name)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
-            return false;
-        };
-        let Some(rest) = name.strip_prefix(&config.prefix).and_then(|r| r.strip_prefix('.')) else {
-            return false;
-        };
-        parent == config.base_dir && rest.len() == RANDOM_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric())
-    }
-
-    /// Create a fresh fallback directory (mkdtemp semantics: `mkdirat` 0700 of a new
-    /// random name, retried on `EEXIST`) relative to an opened base directory.
-    pub fn create(config: &StrategyConfig) -> Result<PathBuf, BindingError> {
-        let base = &config.base_dir;
-        let (base_fd, _) = crate::trust::open_dir(base, config.uid, "the link base")?;
-        const CHARS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-        let mut rng = rand::rng();
-        for _ in 0..16 {
-            let suffix: String = (0..RANDOM_LEN).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect();
-            let name = format!("{}.{suffix}", config.prefix);
-            match nix::sys::stat::mkdirat(&base_fd, name.as_str(), Mode::from_bits_truncate(0o700)) {
-                Ok(()) => return Ok(base.join(name)),
-                Err(Errno::EEXIST) => continue,
-                Err(e) => return Err(BindingError::errno("create fallback directory in", base, e)),
-            }
-        }
-        Err(BindingError::errno("create fallback directory in", base, Errno::EEXIST))
-    }
-}
+/// The shared-directory fallback, also reachable as `boxsock_core::fallback`.
+pub use crate::fallback;
 
 /// Ensure the box's real socket directory exists, as a helper for strategies:
 /// returns [`BindingError::MissingSocketDir`] when it does not.

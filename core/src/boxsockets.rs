@@ -9,11 +9,13 @@
 //! backend rebuilds the peer policy from the address variant.
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use crate::address::SocketAddress;
 use crate::catalogue;
 use crate::error::BindingError;
-use crate::peer::PeerPolicy;
+use crate::peer::{Listener, PeerPolicy};
 use crate::sockdir::SocketDir;
 
 /// A box's sockets for one start. See the module documentation.
@@ -33,9 +35,44 @@ pub struct BoxSockets {
     /// policy, i.e. the owner plus the embedder's `allowed_peer_uids`. The runtime's
     /// listeners enforce it, and a backend passes the same uids to the box's processes.
     pub peer: PeerPolicy,
+    /// The listeners the runtime bound for the box's process to accept on (sockets of
+    /// [`Binder::Handed`](crate::catalogue::Binder::Handed)), by logical name, bound
+    /// through the strategy with its peer policy. A backend hands each to its process
+    /// as an inherited descriptor, never its name: a name in an argv or environment
+    /// can be read from `/proc` and bound by another user first. The runtime closes
+    /// its copies once [`Backend::launch`](crate::backend::Backend::launch) returns; a
+    /// backend keeps none.
+    pub handed: BTreeMap<String, Arc<Listener>>,
+    /// The box's end of a connected stream socket pair on which its process sends the
+    /// `Ready` frame, for a backend whose [`Readiness`](crate::backend::Readiness) is
+    /// `Channel` (no `ready` socket is bound then); `None` otherwise. Handed like
+    /// [`BoxSockets::handed`] and closed by the runtime after `launch` as well.
+    pub ready_channel: Option<Arc<OwnedFd>>,
 }
 
 impl BoxSockets {
+    /// Addresses, directory and policy, with nothing handed (no
+    /// [`BoxSockets::handed`] listener, no ready channel).
+    pub fn new(
+        addresses: BTreeMap<String, SocketAddress>,
+        dir: Option<SocketDir>,
+        peer: PeerPolicy,
+    ) -> Self {
+        BoxSockets { addresses, dir, peer, handed: BTreeMap::new(), ready_channel: None }
+    }
+
+    /// The listener the runtime bound for logical socket `name`, to hand to the box's
+    /// process, or [`BindingError::Invalid`] naming it.
+    pub fn handed(&self, name: &str) -> Result<&Listener, BindingError> {
+        self.handed.get(name).map(|l| &**l).ok_or_else(|| BindingError::Invalid {
+            what: "socket name".into(),
+            reason: format!(
+                "no listener bound for socket {name:?} to hand to the box (handed: {:?})",
+                self.handed.keys().collect::<Vec<_>>()
+            ),
+        })
+    }
+
     /// The address of logical socket `name`, or [`BindingError::Invalid`] naming it.
     pub fn address(&self, name: &str) -> Result<&SocketAddress, BindingError> {
         self.addresses.get(name).ok_or_else(|| BindingError::Invalid {
@@ -94,7 +131,8 @@ mod tests {
     use super::*;
 
     fn sockets(addresses: &[(&str, SocketAddress)], peer: PeerPolicy) -> BoxSockets {
-        BoxSockets { addresses: addresses.iter().map(|(n, a)| (n.to_string(), a.clone())).collect(), dir: None, peer }
+        let addresses = addresses.iter().map(|(n, a)| (n.to_string(), a.clone())).collect();
+        BoxSockets::new(addresses, None, peer)
     }
 
     #[test]

@@ -24,6 +24,12 @@ pub enum Binder {
     Runtime,
     /// The backend / VMM binds it; the runtime connects (e.g. `agent` under libkrun).
     Backend,
+    /// The runtime binds it (through the strategy: its rotation of squatted names and
+    /// its peer policy) and hands the listening descriptor to the box's process, which
+    /// only accepts on it (`agent` under the host backend,
+    /// [`BoxSockets::handed`](crate::backend::BoxSockets::handed)). No process of the
+    /// box binds it or is told its name.
+    Handed,
     /// An external peer the runtime starts binds it (e.g. `net`, bound by passt).
     External(&'static str),
 }

@@ -34,6 +34,7 @@ pub mod catalogue;
 pub mod echo;
 pub mod helpers;
 pub mod error;
+pub mod fallback;
 pub mod fds;
 pub mod id;
 pub mod layout;

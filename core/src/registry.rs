@@ -6,8 +6,8 @@
 //! collection. Lookup of a name registered twice is an error, never a silent pick.
 //!
 //! **Linking rule:** a crate nothing names is not linked, and its registrations vanish.
-//! The facade `boxsock` names every crate it depends on (its `build.rs` generates an
-//! `extern crate … as _;` per dependency), so `boxsock::builtin_strategies()` and
+//! The facade `boxsock` names every strategy and backend crate it depends on (one
+//! `use … as _;` line each in its `src/linked.rs`), so `boxsock::builtin_strategies()` and
 //! `builtin_backends()` hold every strategy and backend it depends on; binaries, tests
 //! and benches take their lists from there. A program that registers a crate the
 //! facade does not depend on names it itself (`use my_strategy as _;`).

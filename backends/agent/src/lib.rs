@@ -39,7 +39,9 @@ pub mod pty;
 use std::collections::HashSet;
 use std::fmt;
 use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -81,6 +83,10 @@ pub enum AgentAddress {
     Unix(SocketAddress),
     /// `vsock://<port>` or `vsock://<cid>:<port>`.
     Vsock(VsockAddress),
+    /// A descriptor the agent inherited (`--agent-fd`, `--ready-fd`): a listening
+    /// Unix stream socket for requests, a connected one for the readiness frame. The
+    /// runtime bound or made it, so the agent is told no name.
+    Inherited(RawFd),
 }
 
 impl AgentAddress {
@@ -89,6 +95,8 @@ impl AgentAddress {
         match self {
             AgentAddress::Unix(a) => a.to_uri(),
             AgentAddress::Vsock(v) => v.to_uri(),
+            // Not parsed back: descriptors are given with `--agent-fd`/`--ready-fd`.
+            AgentAddress::Inherited(fd) => format!("fd:{fd}"),
         }
     }
 
@@ -96,7 +104,7 @@ impl AgentAddress {
     pub fn as_path(&self) -> Option<&std::path::Path> {
         match self {
             AgentAddress::Unix(a) => a.as_path(),
-            AgentAddress::Vsock(_) => None,
+            AgentAddress::Vsock(_) | AgentAddress::Inherited(_) => None,
         }
     }
 
@@ -122,6 +130,7 @@ impl fmt::Display for AgentAddress {
         match self {
             AgentAddress::Unix(a) => a.fmt(f),
             AgentAddress::Vsock(v) => v.fmt(f),
+            AgentAddress::Inherited(fd) => write!(f, "inherited descriptor {fd}"),
         }
     }
 }
@@ -141,6 +150,20 @@ pub struct AgentConfig {
 /// Why the agent could not start or serve.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The command line names neither an address nor a descriptor for a socket.
+    #[error("bad command line: {0}")]
+    Usage(&'static str),
+    /// An inherited descriptor (`--agent-fd`, `--ready-fd`) is not the socket it must
+    /// be.
+    #[error("descriptor {fd} ({flag}) cannot be used: {reason}")]
+    Inherited {
+        /// The descriptor number.
+        fd: RawFd,
+        /// The flag that named it.
+        flag: &'static str,
+        /// What it is instead (not open, not a socket, not listening…).
+        reason: String,
+    },
     /// A command-line address is not a valid URI.
     #[error("bad address {uri:?}: {source}")]
     Address {
@@ -260,6 +283,8 @@ pub struct Agent {
     policy: PeerPolicy,
     /// (dev, ino) of the socket file it bound, to remove only its own on exit.
     bound_file: Option<(u64, u64)>,
+    /// The inherited ready channel (`--ready-fd`), taken over at bind and used once.
+    ready_channel: Mutex<Option<UnixStream>>,
     state: Arc<State>,
 }
 
@@ -274,16 +299,31 @@ impl Agent {
                 return Err(AgentError::VsockPeerCheck { uri: v.to_uri() });
             }
         }
+        check_distinct(&config)?;
         let (stop, _) = watch::channel(false);
         let state = Arc::new(State { pid: std::process::id(), groups: Mutex::new(HashSet::new()), stop });
+        // Checked (and taken over) before anything is bound, so a bad ready descriptor
+        // fails the start at once.
+        let ready_channel = match &config.ready {
+            AgentAddress::Inherited(fd) => {
+                Some(UnixStream::from(inherited_socket(*fd, "--ready-fd", false)?))
+            }
+            _ => None,
+        };
+        let ready_channel = Mutex::new(ready_channel);
         let unix_agent = match &config.agent {
             AgentAddress::Unix(a) => a.clone(),
+            AgentAddress::Inherited(fd) => {
+                return Self::adopt(*fd, config, ready_channel, state);
+            }
             AgentAddress::Vsock(v) => {
                 let listener = vsock::VsockListener::bind(v.listen_cid(), v.port)
                     .map_err(|source| AgentError::VsockBind { uri: v.to_uri(), source })?;
                 tracing::info!(address = %v, cid = v.listen_cid(), port = v.port, "listening on vsock");
                 let listener = AnyListener::Vsock(listener);
-                return Ok(Agent { listener, config, policy: PeerPolicy::unchecked(), bound_file: None, state });
+                let policy = PeerPolicy::unchecked();
+                let bound_file = None;
+                return Ok(Agent { listener, config, policy, bound_file, ready_channel, state });
             }
         };
         let policy = if config.allow_uids.is_empty() {
@@ -301,7 +341,60 @@ impl Agent {
             .into_tokio()
             .map_err(|e| bind_err(BindingError::io("listen on", &unix_agent, e)))?;
         tracing::info!(address = %config.agent, checked = policy.is_checked(), "listening");
-        Ok(Agent { listener: AnyListener::Unix(listener), config, policy, bound_file, state })
+        let listener = AnyListener::Unix(listener);
+        Ok(Agent { listener, config, policy, bound_file, ready_channel, state })
+    }
+
+    /// Serve on the listening socket inherited at `fd` (`--agent-fd`), with the same
+    /// peer policy as a socket the agent binds itself.
+    fn adopt(
+        fd: RawFd,
+        config: AgentConfig,
+        ready_channel: Mutex<Option<UnixStream>>,
+        state: Arc<State>,
+    ) -> Result<Agent, AgentError> {
+        let std_listener = UnixListener::from(inherited_socket(fd, "--agent-fd", true)?);
+        let bad = |reason: String| AgentError::Inherited { fd, flag: "--agent-fd", reason };
+        // listen(2) again: Linux records the caller's credentials on the listener
+        // (`init_peercred`), and every later connect copies them, so a client's
+        // SO_PEERCRED / SO_PEERPIDFD names this process, the box's, not the runtime that
+        // bound it. The runtime's dial checks that pid.
+        // SAFETY: listen(2) on a descriptor this agent owns (taken over just above).
+        if unsafe { libc::listen(std_listener.as_raw_fd(), libc::SOMAXCONN) } == -1 {
+            return Err(bad(format!("listen: {}", io::Error::last_os_error())));
+        }
+        let local = std_listener.local_addr().map_err(|e| bad(format!("getsockname: {e}")))?;
+        let address = {
+            use std::os::linux::net::SocketAddrExt;
+            match (local.as_pathname(), local.as_abstract_name()) {
+                (Some(p), _) => SocketAddress::Path(p.to_path_buf()),
+                (None, Some(n)) => SocketAddress::Abstract(n.to_vec()),
+                (None, None) => return Err(bad("it is not bound to an address".into())),
+            }
+        };
+        let policy = if config.allow_uids.is_empty() {
+            if matches!(address, SocketAddress::Abstract(_)) {
+                tracing::warn!(
+                    address = %address,
+                    "abstract agent address without --allow-uid: any local process in this \
+                     network namespace can reach it"
+                );
+            }
+            PeerPolicy::unchecked()
+        } else {
+            PeerPolicy::allow_uids(config.allow_uids.iter().copied())
+        };
+        let listener = Listener::new(std_listener, address.clone(), "agent".into(), policy.clone())
+            .into_tokio()
+            .map_err(|e| bad(format!("cannot register it with the runtime: {e}")))?;
+        tracing::info!(
+            address = %config.agent,
+            bound = %address,
+            checked = policy.is_checked(),
+            "listening on an inherited socket"
+        );
+        let (listener, bound_file) = (AnyListener::Unix(listener), None);
+        Ok(Agent { listener, config, policy, bound_file, ready_channel, state })
     }
 
     /// The address it listens on.
@@ -324,6 +417,24 @@ impl Agent {
         let fail = |reason: String| AgentError::Notify { address: ready.to_string(), reason };
         let timeout = Duration::from_secs(10);
         let mut stream: Box<dyn Write> = match ready {
+            AgentAddress::Inherited(_) => {
+                let s = self.ready_channel.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let s = s.ok_or_else(|| fail("the ready channel was already used".into()))?;
+                // The same peer check as on a socket dialled by name: the channel's
+                // other end must be held by an allowed uid (the runtime).
+                if let Some(allowed) = self.policy.allowed_uids() {
+                    let cred = peer::peer_cred(s.as_fd())
+                        .map_err(|e| fail(format!("peer credentials: {e}")))?;
+                    if !allowed.contains(&cred.uid) {
+                        let (uid, pid) = (cred.uid, cred.pid);
+                        return Err(fail(format!(
+                            "its peer is uid {uid} (pid {pid}), not one of {allowed:?}"
+                        )));
+                    }
+                }
+                s.set_write_timeout(Some(timeout)).map_err(|e| fail(e.to_string()))?;
+                Box::new(s)
+            }
             AgentAddress::Unix(a) => {
                 let s = peer::connect_stream_at(a, "ready", &self.policy).map_err(|e| fail(e.to_string()))?;
                 s.set_write_timeout(Some(timeout)).map_err(|e| fail(e.to_string()))?;
@@ -403,6 +514,116 @@ impl Agent {
             Err(_) => {}
         }
     }
+}
+
+/// Check every inherited descriptor of `config` (`--agent-fd`: a listening Unix stream
+/// socket; `--ready-fd`: a connected one) without taking them over. The agent's binary
+/// calls it first, before anything it does opens a descriptor (its tokio runtime's
+/// epoll would take the number of one that was not inherited); [`Agent::bind`] checks
+/// again and takes them over.
+pub fn check_inherited(config: &AgentConfig) -> Result<(), AgentError> {
+    check_distinct(config)?;
+    let both = [(&config.agent, "--agent-fd", true), (&config.ready, "--ready-fd", false)];
+    for (a, flag, listening) in both {
+        if let AgentAddress::Inherited(fd) = a {
+            check_socket(*fd, flag, listening)?;
+        }
+    }
+    Ok(())
+}
+
+/// One descriptor cannot be both the listener and the ready channel (and would be
+/// taken over twice).
+fn check_distinct(config: &AgentConfig) -> Result<(), AgentError> {
+    match (&config.agent, &config.ready) {
+        (AgentAddress::Inherited(a), AgentAddress::Inherited(r)) if a == r => {
+            Err(AgentError::Inherited {
+                fd: *a,
+                flag: "--agent-fd and --ready-fd",
+                reason: "one descriptor cannot be both the listener and the ready channel".into(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Take over inherited descriptor `fd` (named by `flag`) once it is known to be a Unix
+/// stream socket that is listening (`listening`) or not ([`check_socket`]).
+fn inherited_socket(fd: RawFd, flag: &'static str, listening: bool) -> Result<OwnedFd, AgentError> {
+    check_socket(fd, flag, listening)?;
+    // SAFETY: `fd` is open (checked), and the agent takes it over here exactly once (its
+    // config names each descriptor once, checked in `Agent::bind`); nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether inherited descriptor `fd` (named by `flag`) is a Unix stream socket that is
+/// listening (`listening`) or not, and mark it close-on-exec. The error names the
+/// descriptor and what it is instead.
+fn check_socket(fd: RawFd, flag: &'static str, listening: bool) -> Result<(), AgentError> {
+    let bad = |reason: String| AgentError::Inherited { fd, flag, reason };
+    if fd < 3 {
+        return Err(bad("descriptors 0, 1 and 2 are stdio".into()));
+    }
+    // SAFETY: `stat` is plain old data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on a descriptor number writes into the stack value passed; a
+    // number that is not open is EBADF, and nothing is borrowed before it is known open.
+    if unsafe { libc::fstat(fd, &mut st) } == -1 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EBADF) => bad("it is not open".into()),
+            _ => bad(format!("fstat: {e}")),
+        });
+    }
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFSOCK => None,
+        libc::S_IFREG => Some("a regular file".to_owned()),
+        libc::S_IFDIR => Some("a directory".to_owned()),
+        libc::S_IFCHR => Some("a character device".to_owned()),
+        libc::S_IFIFO => Some("a pipe".to_owned()),
+        libc::S_IFBLK => Some("a block device".to_owned()),
+        other => Some(format!(
+            "a file of type {other:#o} (an epoll, event or other anonymous descriptor)"
+        )),
+    };
+    if let Some(kind) = kind {
+        return Err(bad(format!("it is {kind}, not a socket")));
+    }
+    // SAFETY: `fd` is open (fstat succeeded); borrowed only for these calls.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let opt = |name: &str, opt: libc::c_int| {
+        sockopt_int(borrowed, opt).map_err(|e| bad(format!("{name}: {e}")))
+    };
+    let domain = opt("SO_DOMAIN", libc::SO_DOMAIN)?;
+    if domain != libc::AF_UNIX {
+        return Err(bad(format!("it is a socket of address family {domain}, not a Unix socket")));
+    }
+    let ty = opt("SO_TYPE", libc::SO_TYPE)?;
+    if ty != libc::SOCK_STREAM {
+        let what = if ty == libc::SOCK_DGRAM { "a datagram" } else { "not a stream" };
+        return Err(bad(format!("it is {what} socket (type {ty}), not a stream socket")));
+    }
+    match (opt("SO_ACCEPTCONN", libc::SO_ACCEPTCONN)? != 0, listening) {
+        (true, true) | (false, false) => {}
+        (false, true) => return Err(bad("it is a Unix stream socket that is not listening".into())),
+        (true, false) => return Err(bad("it is a listening socket, not a connected one".into())),
+    }
+    // Close-on-exec: nothing the agent was handed reaches a command.
+    nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+        .map_err(|e| bad(format!("F_SETFD: {e}")))?;
+    Ok(())
+}
+
+/// An integer `SOL_SOCKET` option of `fd`.
+fn sockopt_int(fd: BorrowedFd<'_>, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the stack integer passed.
+    let r = unsafe {
+        let out = (&mut v as *mut libc::c_int).cast();
+        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, out, &mut len)
+    };
+    if r == -1 { Err(io::Error::last_os_error()) } else { Ok(v) }
 }
 
 fn is_transient(e: &io::Error) -> bool {

@@ -2,9 +2,13 @@
 //! `boxsock_agent` for what it does; this is only its command line.
 //!
 //! ```text
-//! boxsock-agent --agent <URI> --ready <URI> [--allow-uid UID]... [--overlay-lower TAG]...
+//! boxsock-agent (--agent <URI> | --agent-fd <N>) (--ready <URI> | --ready-fd <N>)
+//!               [--allow-uid UID]... [--overlay-lower TAG]...
 //! ```
 //!
+//! `--agent-fd` is a listening Unix stream socket the agent inherited (the host
+//! backend's way: the runtime binds, so no socket name is in the agent's argv);
+//! `--ready-fd` a connected stream socket to write the readiness frame on.
 //! URIs are `unix:///abs/path`, `abstract:name`, or inside a libkrun guest
 //! `vsock://<port>` / `vsock://<cid>:<port>` (listening: every CID; the ready
 //! notification: the host, CID 2). `--allow-uid` is refused with a vsock address:
@@ -14,7 +18,7 @@
 //! guest, `--overlay-lower` makes the agent enter the box's root first
 //! (`boxsock_agent::guestroot`, decision 0006).
 
-use boxsock_agent::{AgentConfig, parse_address};
+use boxsock_agent::{AgentAddress, AgentConfig, parse_address};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -24,12 +28,30 @@ use tracing_subscriber::EnvFilter;
 struct Args {
     /// Address to listen on for requests (`unix:///abs/path`, `abstract:name`, or
     /// `vsock://<port>` on every CID of a guest).
-    #[arg(long, value_name = "URI")]
-    agent: String,
+    #[arg(
+        long,
+        value_name = "URI",
+        required_unless_present = "agent_fd",
+        conflicts_with = "agent_fd"
+    )]
+    agent: Option<String>,
+    /// An inherited listening Unix stream socket to accept requests on, instead of
+    /// `--agent`.
+    #[arg(long, value_name = "N")]
+    agent_fd: Option<i32>,
     /// Address to send the readiness notification to (`vsock://<port>` dials the
     /// host, CID 2).
-    #[arg(long, value_name = "URI")]
-    ready: String,
+    #[arg(
+        long,
+        value_name = "URI",
+        required_unless_present = "ready_fd",
+        conflicts_with = "ready_fd"
+    )]
+    ready: Option<String>,
+    /// An inherited connected Unix stream socket to send the readiness notification
+    /// on, instead of `--ready`.
+    #[arg(long, value_name = "N")]
+    ready_fd: Option<i32>,
     /// Peer uid allowed on both sockets (repeatable). Without any, peers are not
     /// checked and the filesystem must protect the addresses. Not allowed with a
     /// `vsock://` address (vsock carries no peer credentials).
@@ -43,9 +65,9 @@ struct Args {
 }
 
 fn main() {
-    // Nothing the agent inherited beyond stdio (its socket directory at descriptor 3, or
+    // Nothing the agent inherited beyond stdio (its listener and ready channel, or
     // whatever its parent leaked) reaches a command: marked close-on-exec here, the
-    // agent itself still uses descriptor 3 (`/proc/self/fd/3/<name>`). Everything the
+    // agent itself still uses what it was handed (`--agent-fd`, `--ready-fd`). Everything the
     // agent opens later is close-on-exec already (the pty too), so a command without a
     // tty is spawned with no `pre_exec`, and keeps `posix_spawn`'s semantics (no
     // `/bin/sh` retry of a file that is not a program).
@@ -66,11 +88,22 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let address = |uri: Option<&String>, fd: Option<i32>| match (uri, fd) {
+        (_, Some(fd)) => Ok(AgentAddress::Inherited(fd)),
+        (Some(uri), None) => parse_address(uri),
+        // clap requires one of the two.
+        (None, None) => {
+            Err(boxsock_agent::AgentError::Usage("an address or a descriptor is required"))
+        }
+    };
     let config = AgentConfig {
-        agent: parse_address(&args.agent)?,
-        ready: parse_address(&args.ready)?,
+        agent: address(args.agent.as_ref(), args.agent_fd)?,
+        ready: address(args.ready.as_ref(), args.ready_fd)?,
         allow_uids: args.allow_uid,
     };
+    // Before anything below opens a descriptor (the tokio runtime's epoll would take the
+    // number of one that was not inherited).
+    boxsock_agent::check_inherited(&config)?;
     // In a libkrun guest: enter the box's root first, so the resolver configuration
     // below and every command see it.
     if !args.overlay_lower.is_empty() {

@@ -751,3 +751,124 @@ async fn a_tty_client_that_goes_away_gets_the_foreground_job_killed() {
     drop((w, r));
     wait_gone(pid);
 }
+
+// ---- inherited descriptors (`--agent-fd`, `--ready-fd`: the host backend's way) ----
+
+/// `cmd` with each `(source, target)` descriptor placed at `target` (inherited), as the
+/// host backend hands the listener and the ready channel.
+fn with_fds(cmd: &mut Command, fds: Vec<(std::os::fd::RawFd, std::os::fd::RawFd)>) {
+    // SAFETY: between fork and exec the closure only calls fcntl(2) and dup2(2), which
+    // are async-signal-safe, on a Vec allocated before the fork; the sources stay open
+    // in the parent until `spawn` returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Out of the way first (close-on-exec copies above every target), so that
+            // placing one cannot overwrite another's source.
+            let mut moved = [0; 8];
+            for (i, (src, _)) in fds.iter().enumerate() {
+                moved[i] = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 20);
+                if moved[i] == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, (_, target)) in fds.iter().enumerate() {
+                if libc::dup2(moved[i], *target) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The agent started with `fds` placed, and `args`: its exit status and stderr.
+fn agent_with_fds(fds: Vec<(std::os::fd::RawFd, std::os::fd::RawFd)>, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(AGENT);
+    cmd.args(args).stdin(Stdio::null()).env("RUST_LOG", "warn");
+    with_fds(&mut cmd, fds);
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = child.id();
+    std::thread::spawn(move || tx.send(child.wait_with_output()).unwrap());
+    rx.recv_timeout(LIMIT).unwrap_or_else(|_| {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        panic!("the agent did not exit with {args:?}")
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_inherited_listener_is_served_with_the_peer_policy_and_readiness_goes_on_the_channel() {
+    use std::os::fd::AsRawFd;
+    let me = nix::unistd::geteuid().as_raw();
+    let agent = unique_abstract("agent");
+    let listener = std::os::unix::net::UnixListener::bind_addr(&agent.to_std().unwrap()).unwrap();
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut cmd = Command::new(AGENT);
+    cmd.args(["--agent-fd", "3", "--ready-fd", "4", "--allow-uid", &me.to_string()])
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    with_fds(&mut cmd, vec![(listener.as_raw_fd(), 3), (theirs.as_raw_fd(), 4)]);
+    let child = cmd.spawn().unwrap();
+    // The agent holds the only other end and its own copy of the listener.
+    drop((theirs, listener));
+    ours.set_nonblocking(true).unwrap();
+    let mut ours = tokio::net::UnixStream::from_std(ours).unwrap();
+    let info = tokio::time::timeout(LIMIT, agent_client::read_ready(&mut ours)).await.unwrap().unwrap();
+    assert_eq!(info.pid, child.id());
+    let mut a = Running { child, agent: agent.clone(), info, _dir: tempfile::tempdir().unwrap() };
+    a.client().ping().await.unwrap();
+    // The agent took the listener over (listen(2) again): a client's peer is the agent,
+    // not the process that bound it (this test), so the runtime's pid check holds.
+    let cred = boxsock_core::peer::peer_cred(std::os::fd::AsFd::as_fd(&a.stream())).unwrap();
+    assert_eq!(cred.pid as u32, a.child.id(), "the listener's credentials are still its binder's");
+    if nix::unistd::geteuid().is_root() {
+        // The listener the agent did not bind is checked as one it binds: `nobody`
+        // connects (abstract names have no permissions) and gets no answer.
+        let r = tokio::task::spawn_blocking(move || helper_result(spawn_as_nobody("connect", &agent))).await.unwrap();
+        assert!(r.starts_with(&format!("uid={NOBODY} ")), "{r}");
+        assert!(r.contains("answer-bytes=0"), "nobody got an answer from the inherited listener: {r}");
+        a.client().ping().await.unwrap();
+    } else {
+        skip(Need::Root, format!("needs root to run a peer as uid {NOBODY}"));
+    }
+    a.client().shutdown().await.unwrap();
+    assert_eq!(a.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn an_inherited_descriptor_that_is_not_the_right_socket_is_refused_naming_it() {
+    use std::os::fd::AsRawFd;
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (pair_a, _pair_b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let dgram = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    let listening = std::os::unix::net::UnixListener::bind(dir.path().join("l.sock")).unwrap();
+    let (ready, _ready_peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let dir_fd = std::fs::File::open(dir.path()).unwrap();
+    let fd = |f: &dyn AsRawFd| f.as_raw_fd();
+    let args = ["--agent-fd", "3", "--ready-fd", "4"];
+    // (what, descriptors placed, arguments, the error's start)
+    type Case<'a> = (&'a str, Vec<(i32, i32)>, &'a [&'a str], &'a str);
+    let cases: Vec<Case> = vec![
+        ("a character device", vec![(fd(&null), 3), (fd(&ready), 4)], &args, "descriptor 3 (--agent-fd) cannot be used: it is a character device, not a socket"),
+        ("a directory", vec![(fd(&dir_fd), 3), (fd(&ready), 4)], &args, "descriptor 3 (--agent-fd) cannot be used: it is a directory"),
+        ("not listening", vec![(fd(&pair_a), 3), (fd(&ready), 4)], &args, "descriptor 3 (--agent-fd) cannot be used: it is a Unix stream socket that is not listening"),
+        ("a datagram socket", vec![(fd(&dgram), 3), (fd(&ready), 4)], &args, "descriptor 3 (--agent-fd) cannot be used: it is a datagram socket"),
+        ("not open", vec![(fd(&ready), 4)], &args, "descriptor 3 (--agent-fd) cannot be used: it is not open"),
+        ("ready listening", vec![(fd(&listening), 3), (fd(&listening), 4)], &args, "descriptor 4 (--ready-fd) cannot be used: it is a listening socket, not a connected one"),
+        ("the same descriptor twice", vec![(fd(&listening), 3)], &["--agent-fd", "3", "--ready-fd", "3"], "descriptor 3 (--agent-fd and --ready-fd) cannot be used: one descriptor cannot be both"),
+        ("stdio", vec![(fd(&ready), 4)], &["--agent-fd", "1", "--ready-fd", "4"], "descriptor 1 (--agent-fd) cannot be used: descriptors 0, 1 and 2 are stdio"),
+    ];
+    for (what, fds, args, expected) in cases {
+        let out = agent_with_fds(fds, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        let line = err.lines().rfind(|l| l.starts_with("boxsock-agent: ")).unwrap_or_default();
+        assert!(line.starts_with(&format!("boxsock-agent: {expected}")), "{what}: {err}");
+    }
+    // An address and a descriptor for one socket: refused by the command line.
+    let out = agent_with_fds(vec![], &["--agent", "abstract:x", "--agent-fd", "3", "--ready-fd", "4"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

@@ -6,14 +6,16 @@
 //! strategies and the agent protocol on machines without a usable hypervisor, and as
 //! the reference backend for the runtime's tests.
 //!
-//! Sockets: the agent binds `agent`, the runtime binds `ready` (see
-//! [`Backend::sockets`]). Both may be paths or abstract names. For paths the agent
-//! inherits the runtime's verified socket directory at descriptor [`SOCKET_DIR_FD`]
-//! and is given `unix:///proc/self/fd/3/<name>`, so it never re-resolves a /tmp path.
-//! The agent is always started with `--allow-uid` for every uid of the box's peer
-//! policy ([`BoxSockets::peer`](boxsock_core::backend::BoxSockets::peer): the owner and
-//! every `allowed_peer_uids` of the embedder, the same uids the runtime's listeners
-//! admit), so it checks peer credentials on every accept and on the ready listener.
+//! Sockets: the runtime binds `agent` (through the strategy, with its rotation of
+//! squatted names and its peer policy) and hands the listening descriptor to the agent
+//! at [`AGENT_FD`]; the agent reports readiness on the box's end of a socket pair at
+//! [`READY_FD`] ([`Readiness::Channel`]). So the agent is told no socket name or path
+//! at all: nothing in its argv or environment can be read from `/proc` and bound by
+//! another user before it (decision 0010). The agent is always started with
+//! `--allow-uid` for every uid of the box's peer policy
+//! ([`BoxSockets::peer`](boxsock_core::backend::BoxSockets::peer): the owner and every
+//! `allowed_peer_uids` of the embedder, the same uids the runtime's listeners admit),
+//! so it checks peer credentials on every accept, as the runtime's listener would.
 //!
 //! Process model and reaping: [`Backend::launch`] forks the agent as a direct child of
 //! the caller, in a new session (`setsid`), and returns its pid without waiting. The
@@ -29,16 +31,28 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use boxsock_core::backend::{AddressNeeds, Availability, BackendConfig, BackendError, Isolation, LaunchSpec, Launched};
+use boxsock_core::backend::{
+    AddressNeeds, Availability, BackendConfig, BackendError, Isolation, LaunchSpec, Launched,
+    Readiness,
+};
+use boxsock_core::catalogue::Binder;
 use boxsock_core::registry::BackendRegistration;
-use boxsock_core::{Backend, SocketAddress, SocketSpec, catalogue};
+use boxsock_core::{Backend, SocketSpec, catalogue};
 
 /// The registered name.
 pub const NAME: &str = "host";
 
-/// The descriptor number at which the agent inherits the box's verified socket
-/// directory.
-pub const SOCKET_DIR_FD: i32 = 3;
+/// The descriptor number at which the agent inherits its listening socket
+/// (`--agent-fd`).
+pub const AGENT_FD: i32 = 3;
+
+/// The descriptor number at which the agent inherits its end of the ready channel
+/// (`--ready-fd`).
+pub const READY_FD: i32 = 4;
+
+/// The host backend's `agent` socket: [`catalogue::AGENT`], bound by the runtime and
+/// handed to the agent.
+pub const AGENT: SocketSpec = SocketSpec { binder: Binder::Handed, ..catalogue::AGENT };
 
 /// The agent's file name, its environment variable and install command (the lookup is
 /// the core's, shared with every backend that needs the agent).
@@ -90,12 +104,6 @@ impl HostBackend {
         BackendError::Spec { backend: NAME.into(), reason }
     }
 
-    fn address<'a>(&self, spec: &'a LaunchSpec, name: &str) -> Result<&'a SocketAddress, BackendError> {
-        spec.sockets
-            .addresses
-            .get(name)
-            .ok_or_else(|| self.spec_error(format!("box {}: no address for socket {name:?}", spec.id)))
-    }
 }
 
 impl Backend for HostBackend {
@@ -103,10 +111,17 @@ impl Backend for HostBackend {
         NAME
     }
 
-    /// `agent` (bound by the agent) and `ready` (bound by the runtime). `network` is
-    /// ignored: a host process shares the host's network, there is nothing to set up.
+    /// `agent` only ([`AGENT`]: bound by the runtime, handed to the agent); readiness
+    /// goes through an inherited channel, not a `ready` socket. `network` is ignored: a
+    /// host process shares the host's network, there is nothing to set up.
     fn sockets(&self, _network: bool) -> Vec<SocketSpec> {
-        vec![catalogue::AGENT, catalogue::READY]
+        vec![AGENT]
+    }
+
+    /// [`Readiness::Channel`]: the agent writes `Ready` on its inherited end of a
+    /// socket pair ([`READY_FD`]).
+    fn readiness(&self) -> Readiness {
+        Readiness::Channel
     }
 
     fn address_needs(&self) -> AddressNeeds {
@@ -125,13 +140,21 @@ impl Backend for HostBackend {
         }
     }
 
-    /// Start `boxsock-agent --agent <uri> --ready <uri> [--allow-uid <owner>]` in its
-    /// own session, stdin `/dev/null`, stdout and stderr appended to `spec.log_file`,
-    /// the caller's environment plus `spec.env`. Returns at once; the caller reaps the
-    /// pid (see the crate documentation).
+    /// Start `boxsock-agent --agent-fd 3 --ready-fd 4 --allow-uid <uid>...` in its own
+    /// session: descriptor 3 the listener the runtime bound for `agent`
+    /// ([`BoxSockets::handed`](boxsock_core::backend::BoxSockets::handed)), 4 the box's
+    /// end of the ready channel; stdin `/dev/null`, stdout and stderr appended to
+    /// `spec.log_file`, the caller's environment plus `spec.env`. Returns at once; the
+    /// caller reaps the pid (see the crate documentation).
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
-        let agent = self.address(spec, catalogue::AGENT.name)?;
-        let ready = self.address(spec, catalogue::READY.name)?;
+        let agent = spec.sockets.handed(AGENT.name)?;
+        let ready = spec.sockets.ready_channel.as_ref().ok_or_else(|| {
+            self.spec_error(format!(
+                "box {}: no ready channel to hand to the agent (the runtime makes one for a \
+                 backend of Readiness::Channel)",
+                spec.id
+            ))
+        })?;
         let binary = self.find_agent()?;
         let log = OpenOptions::new().create(true).append(true).open(&spec.log_file).map_err(|e| {
             self.spec_error(format!("box {}: cannot open log file {}: {e}", spec.id, boxsock_core::echo::path(&spec.log_file)))
@@ -142,18 +165,14 @@ impl Backend for HostBackend {
             source: e,
         })?;
 
-        // The agent reaches both sockets through the verified socket directory it
-        // inherits at descriptor SOCKET_DIR_FD (`/proc/self/fd/3/<name>`), never by the
-        // /tmp path, which others could redirect between the runtime's check and the
-        // agent's bind. Abstract names are passed as they are.
-        let agent_uri = spec.child_address(catalogue::AGENT.name, SOCKET_DIR_FD)?.to_uri();
-        let ready_uri = spec.child_address(catalogue::READY.name, SOCKET_DIR_FD)?.to_uri();
+        // Descriptors, never names: a name in the agent's argv or environment can be
+        // read from /proc/<pid>/cmdline by anyone and bound before the agent binds it.
         let mut cmd = Command::new(&binary);
-        cmd.arg("--agent").arg(&agent_uri).arg("--ready").arg(&ready_uri);
-        // The agent checks every peer's uid on every address, path or abstract, with the
-        // box's peer policy (the owner and the embedder's allowed uids), never one
-        // rebuilt from the address variant. A policy that checks no uid (a strategy
-        // whose filesystem permissions are its only check) still gets the owner.
+        cmd.arg("--agent-fd").arg(AGENT_FD.to_string()).arg("--ready-fd").arg(READY_FD.to_string());
+        // The agent checks every peer's uid on its listener with the box's peer policy
+        // (the owner and the embedder's allowed uids), never one rebuilt from the
+        // address variant. A policy that checks no uid (a strategy whose filesystem
+        // permissions are its only check) still gets the owner.
         let mut uids = spec.sockets.peer_uids().map(<[u32]>::to_vec).unwrap_or_default();
         if uids.is_empty() {
             uids.push(nix::unistd::geteuid().as_raw());
@@ -165,32 +184,30 @@ impl Backend for HostBackend {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
-        let dir_fd: Option<i32> = spec.sockets.dir.as_ref().map(|d| d.as_raw_fd());
+        let (agent_fd, ready_fd) = (agent.as_raw_fd(), ready.as_raw_fd());
         // SAFETY: the closure runs in the forked child before exec and only calls
-        // setsid(2), dup2(2), fcntl(2) and close_range(2), which are async-signal-safe; it allocates
-        // nothing and touches no lock. `dir_fd` is a descriptor the parent keeps open
-        // (the spec's socket directory) until `spawn` returns.
+        // setsid(2), fcntl(2), dup2(2) and close_range(2), which are async-signal-safe;
+        // it allocates nothing and touches no lock. Both descriptors belong to `spec`,
+        // which the caller keeps open until `spawn` returns.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::setsid() == -1 {
                     return Err(io::Error::last_os_error());
                 }
-                if let Some(fd) = dir_fd {
-                    if fd == SOCKET_DIR_FD {
-                        // Already in place: only let it survive exec.
-                        if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                            return Err(io::Error::last_os_error());
-                        }
-                    } else if libc::dup2(fd, SOCKET_DIR_FD) == -1 {
-                        // dup2 clears FD_CLOEXEC on the new descriptor.
-                        return Err(io::Error::last_os_error());
-                    }
+                // Out of the way first (close-on-exec copies above both targets), so
+                // that placing one cannot overwrite the other.
+                let a = libc::fcntl(agent_fd, libc::F_DUPFD_CLOEXEC, READY_FD + 1);
+                let r = libc::fcntl(ready_fd, libc::F_DUPFD_CLOEXEC, READY_FD + 1);
+                if a == -1 || r == -1 {
+                    return Err(io::Error::last_os_error());
                 }
-                // The agent inherits stdio and the socket directory, nothing else.
-                match dir_fd {
-                    Some(_) => boxsock_core::fds::cloexec_except(&[SOCKET_DIR_FD]),
-                    None => boxsock_core::fds::cloexec_except(&[]),
+                // dup2 clears FD_CLOEXEC on the new descriptor.
+                if libc::dup2(a, AGENT_FD) == -1 || libc::dup2(r, READY_FD) == -1 {
+                    return Err(io::Error::last_os_error());
                 }
+                // The agent inherits stdio, its listener and its ready channel, nothing
+                // else.
+                boxsock_core::fds::cloexec_except(&[AGENT_FD, READY_FD])
             });
         }
         let child = cmd.spawn().map_err(|source| BackendError::Spawn {
@@ -201,7 +218,14 @@ impl Backend for HostBackend {
         let pid = child.id() as i32;
         // Dropping a std `Child` neither waits nor kills: the caller reaps by pid.
         drop(child);
-        tracing::info!(box_id = %spec.id, pid, binary = %boxsock_core::echo::path(&binary), agent = %agent, ready = %ready, agent_uri, ready_uri, allow_uids = ?uids, "launched agent");
+        tracing::info!(
+            box_id = %spec.id,
+            pid,
+            binary = %boxsock_core::echo::path(&binary),
+            agent = %agent.address(),
+            allow_uids = ?uids,
+            "launched agent"
+        );
         Ok(Launched { pid, companions: Vec::new() })
     }
 }

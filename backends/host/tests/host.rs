@@ -2,11 +2,15 @@
 //! `direct` strategy in a temp home (and abstract addresses, on Linux).
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boxsock_runtime::agent_client::{self, AgentClient};
-use boxsock_core::backend::{AddressNeeds, Availability, BackendConfig, BackendError, BoxSockets, Isolation, LaunchSpec};
+use boxsock_core::backend::{AddressNeeds, Availability, BackendConfig, BackendError, BoxSockets, Isolation, LaunchSpec, Readiness};
+use boxsock_core::catalogue::Binder;
+use boxsock_core::sockdir::SocketDir;
 use boxsock_core::peer::{self, Listener, PeerPolicy};
 use boxsock_core::registry::{BackendRegistration, Registry};
 use boxsock_core::{Backend, BoxId, BoxLayout, SocketAddress, SocketBinding, boxdir, catalogue};
@@ -39,25 +43,32 @@ fn home() -> Home {
     Home { _dir: dir, layout, id }
 }
 
-fn spec(h: &Home, agent: SocketAddress, ready: SocketAddress, env: Vec<(String, String)>) -> LaunchSpec {
-    let agent_is_path = agent.as_path().is_some();
-    LaunchSpec {
+/// A launch spec handing `agent` to the agent, with a fresh ready channel: the spec and
+/// the test's end of the channel. Drop the spec after `launch`, as the runtime does, so
+/// the agent holds the only other end.
+fn spec(h: &Home, agent: Listener, dir: Option<SocketDir>, env: Vec<(String, String)>) -> (LaunchSpec, tokio::net::UnixStream) {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let mut sockets = BoxSockets::new(BTreeMap::from([("agent".to_owned(), agent.address().clone())]), dir, PeerPolicy::unchecked());
+    sockets.handed.insert("agent".into(), Arc::new(agent));
+    sockets.ready_channel = Some(Arc::new(OwnedFd::from(theirs)));
+    let spec = LaunchSpec {
         id: h.id.clone(),
         layout: h.layout.clone(),
-        sockets: BoxSockets {
-            addresses: BTreeMap::from([("agent".to_owned(), agent), ("ready".to_owned(), ready)]),
-            dir: match agent_is_path {
-                true => boxsock_direct::Direct::default().socket_dir(&h.layout, &h.id).unwrap(),
-                false => None,
-            },
-            peer: PeerPolicy::unchecked(),
-        },
+        sockets,
         log_file: h.layout.log_file(&h.id),
         network: false,
         policy: Vec::new(),
         env,
         settings: Default::default(),
-    }
+    };
+    (spec, tokio::net::UnixStream::from_std(ours).unwrap())
+}
+
+/// The arguments of process `pid`.
+fn argv(pid: i32) -> Vec<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
 }
 
 fn alive(pid: i32) -> bool {
@@ -91,17 +102,17 @@ async fn launch_with_direct_addresses_ready_exec_then_kill_and_gone() {
     let h = home();
     let direct = boxsock_direct::Direct::default();
     direct.ensure(&h.layout, &h.id).unwrap();
-    let ready = direct.bind_stream(&h.layout, &h.id, "ready.sock").unwrap().into_tokio().unwrap();
-    let agent_addr = direct.address(&h.layout, &h.id, "agent.sock").unwrap();
-    let s = spec(&h, agent_addr, ready.address().clone(), vec![("BOXSOCK_HOST_TEST".into(), "from spec".into())]);
+    let agent = direct.bind_stream(&h.layout, &h.id, "agent.sock").unwrap();
+    let dir = direct.socket_dir(&h.layout, &h.id).unwrap();
+    let (s, mut ready) = spec(&h, agent, dir, vec![("BOXSOCK_HOST_TEST".into(), "from spec".into())]);
 
     let b = backend();
     let launched = b.launch(&s).unwrap();
+    drop(s);
     assert!(launched.companions.is_empty());
     let pid = launched.pid;
 
-    let (mut conn, _) = tokio::time::timeout(LIMIT, ready.accept()).await.expect("no readiness").unwrap();
-    let info = agent_client::read_ready(&mut conn).await.unwrap();
+    let info = tokio::time::timeout(LIMIT, agent_client::read_ready(&mut ready)).await.expect("no readiness").unwrap();
     assert_eq!(info.pid as i32, pid, "the reported pid is the process we launched");
     // Its own session, so the runtime's terminal signals do not reach it.
     assert_eq!(nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid))).unwrap().as_raw(), pid);
@@ -131,36 +142,45 @@ async fn launch_with_direct_addresses_ready_exec_then_kill_and_gone() {
     assert!(!alive(pid), "agent {pid} still exists after kill and reap");
 }
 
-/// Issue 10: the agent binds its socket through the runtime's verified directory (an
-/// inherited descriptor), never by the /tmp path; it checks peers on path addresses
-/// too, and the embedder's `allowed_peer_uids` reach it.
+/// Issue 18.1: the agent binds nothing and is told no name: it inherits the listener
+/// the runtime bound (descriptor 3) and its end of the ready channel (4), nothing else;
+/// it still checks peers with the box's policy, and the embedder's
+/// `allowed_peer_uids` reach it.
 #[cfg(target_os = "linux")]
 #[tokio::test]
-async fn path_addresses_go_through_the_inherited_dir_and_allowed_uids_reach_the_agent() {
+async fn the_agent_inherits_its_listener_and_ready_channel_and_is_told_no_name() {
     use std::os::unix::fs::MetadataExt;
     let h = home();
     let me = nix::unistd::geteuid().as_raw();
     let direct = boxsock_direct::Direct::default();
     direct.ensure(&h.layout, &h.id).unwrap();
-    let ready = direct.bind_stream(&h.layout, &h.id, "ready.sock").unwrap().into_tokio().unwrap();
-    let agent_addr = direct.address(&h.layout, &h.id, "agent.sock").unwrap();
-    let mut s = spec(&h, agent_addr, ready.address().clone(), Vec::new());
+    let agent = direct.bind_stream(&h.layout, &h.id, "agent.sock").unwrap();
+    let agent_ino = std::fs::metadata(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&agent))).unwrap().ino();
+    let dir = direct.socket_dir(&h.layout, &h.id).unwrap();
+    let (mut s, mut ready) = spec(&h, agent, dir, Vec::new());
     s.sockets.peer = PeerPolicy::allow_uids([me, 65534]);
     let launched = backend().launch(&s).unwrap();
-    let (mut conn, cred) = tokio::time::timeout(LIMIT, ready.accept()).await.expect("no readiness").unwrap();
-    assert_eq!(cred.expect("path strategies check peers").pid, launched.pid);
-    agent_client::read_ready(&mut conn).await.unwrap();
+    drop(s);
+    let info = tokio::time::timeout(LIMIT, agent_client::read_ready(&mut ready)).await.expect("no readiness").unwrap();
+    assert_eq!(info.pid as i32, launched.pid);
 
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", launched.pid)).unwrap();
-    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    let after = |flag: &str| -> Vec<&str> {
-        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
-    };
-    assert_eq!(after("--agent"), ["unix:///proc/self/fd/3/agent.sock"], "{args:?}");
-    assert_eq!(after("--ready"), ["unix:///proc/self/fd/3/ready.sock"], "{args:?}");
-    assert_eq!(after("--allow-uid"), [me.to_string(), "65534".to_owned()], "{args:?}");
-    let fd3 = std::fs::read_link(format!("/proc/{}/fd/3", launched.pid)).unwrap();
-    assert_eq!(fd3, h.layout.sockets_dir(&h.id), "the agent's descriptor 3 is the box's socket directory");
+    let args = argv(launched.pid);
+    assert_eq!(
+        args[1..],
+        ["--agent-fd", "3", "--ready-fd", "4", "--allow-uid", &me.to_string(), "--allow-uid", "65534"],
+        "{args:?}"
+    );
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", launched.pid))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut fds: Vec<i32> = fds.iter().map(|f| f.parse().unwrap()).collect();
+    fds.sort();
+    // The agent's tokio runtime opens descriptors of its own (epoll, eventfd) above 4;
+    // descriptor 4, the ready channel, closes once the frame is sent.
+    assert_eq!(fds[..4], [0, 1, 2, 3], "{fds:?}");
+    let fd3 = std::fs::metadata(format!("/proc/{}/fd/3", launched.pid)).unwrap();
+    assert_eq!(fd3.ino(), agent_ino, "the agent's descriptor 3 is the listener the test bound");
     let agent_file = h.layout.sockets_dir(&h.id).join("agent.sock");
     assert_eq!(std::fs::symlink_metadata(&agent_file).unwrap().mode() & 0o777, 0o600);
 
@@ -176,21 +196,19 @@ async fn abstract_addresses_make_the_agent_check_peer_uids() {
     let me = nix::unistd::geteuid().as_raw();
     let tag = format!("{}-{}", std::process::id(), h.id);
     let agent = SocketAddress::Abstract(format!("boxsock-host-test-{tag}-agent").into_bytes());
-    let ready = SocketAddress::Abstract(format!("boxsock-host-test-{tag}-ready").into_bytes());
     let policy = PeerPolicy::allow_uids([me]);
-    let listener = Listener::new(peer::bind_stream_at(&ready).unwrap(), ready.clone(), "ready".into(), policy.clone())
-        .into_tokio()
-        .unwrap();
+    let listener = Listener::new(peer::bind_stream_at(&agent).unwrap(), agent.clone(), "agent".into(), policy.clone());
+    let (mut s, mut ready) = spec(&h, listener, None, Vec::new());
+    s.sockets.peer = policy.clone();
+    let launched = backend().launch(&s).unwrap();
+    drop(s);
+    let info = tokio::time::timeout(LIMIT, agent_client::read_ready(&mut ready)).await.expect("no readiness").unwrap();
+    assert_eq!(info.pid as i32, launched.pid);
 
-    let launched = backend().launch(&spec(&h, agent.clone(), ready, Vec::new())).unwrap();
-    let (mut conn, cred) = tokio::time::timeout(LIMIT, listener.accept()).await.expect("no readiness").unwrap();
-    assert_eq!(cred.unwrap().pid, launched.pid);
-    agent_client::read_ready(&mut conn).await.unwrap();
-
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", launched.pid)).unwrap();
-    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let args = argv(launched.pid);
     let at = args.iter().position(|a| a == "--allow-uid").expect("no --allow-uid for an abstract address");
     assert_eq!(args[at + 1], me.to_string());
+    assert!(!args.iter().any(|a| a.contains("boxsock-host-test")), "the abstract name is in the agent's argv: {args:?}");
 
     let stream = peer::connect_stream_at(&agent, "agent", &policy).unwrap();
     AgentClient::connect(stream).unwrap().shutdown().await.unwrap();
@@ -198,21 +216,30 @@ async fn abstract_addresses_make_the_agent_check_peer_uids() {
     assert!(!alive(launched.pid));
 }
 
-#[test]
-fn launch_errors_name_what_is_wrong() {
+#[tokio::test]
+async fn launch_errors_name_what_is_wrong() {
     let h = home();
     let b = backend();
-    let a = SocketAddress::Path(h.layout.sockets_dir(&h.id).join("agent.sock"));
-    let r = SocketAddress::Path(h.layout.sockets_dir(&h.id).join("ready.sock"));
+    let direct = boxsock_direct::Direct::default();
+    direct.ensure(&h.layout, &h.id).unwrap();
+    // Each spec below lives to the end of the test: a file of its own.
+    let listener = |n: u32| direct.bind_stream(&h.layout, &h.id, &format!("agent-{n}.sock")).unwrap();
 
-    let mut s = spec(&h, a.clone(), r.clone(), Vec::new());
-    s.sockets.addresses.remove("ready");
+    let (mut s, _r) = spec(&h, listener(1), None, Vec::new());
+    s.sockets.handed.clear();
     match b.launch(&s) {
-        Err(BackendError::Spec { reason, .. }) => assert!(reason.contains("\"ready\""), "{reason}"),
+        Err(BackendError::Binding(e)) => assert!(e.to_string().contains("\"agent\""), "{e}"),
         other => panic!("{other:?}"),
     }
 
-    let mut s = spec(&h, a.clone(), r.clone(), Vec::new());
+    let (mut s, _r) = spec(&h, listener(2), None, Vec::new());
+    s.sockets.ready_channel = None;
+    match b.launch(&s) {
+        Err(BackendError::Spec { reason, .. }) => assert!(reason.contains("ready channel"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+
+    let (mut s, _r) = spec(&h, listener(3), None, Vec::new());
     s.log_file = h.layout.box_dir(&h.id).join("no-such-dir/box.log");
     match b.launch(&s) {
         Err(BackendError::Spec { reason, .. }) => assert!(reason.contains("no-such-dir/box.log"), "{reason}"),
@@ -226,7 +253,7 @@ fn launch_errors_name_what_is_wrong() {
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let b = HostBackend::new(BackendConfig { helper_dir: Some(helpers.path().to_owned()), ..Default::default() });
     assert_eq!(b.find_agent().unwrap(), fake);
-    match b.launch(&spec(&h, a, r, Vec::new())) {
+    match b.launch(&spec(&h, listener(4), None, Vec::new()).0) {
         Err(BackendError::Spawn { what, .. }) => assert_eq!(what, boxsock_core::echo::path(&fake).to_string()),
         other => panic!("{other:?}"),
     }
@@ -235,7 +262,10 @@ fn launch_errors_name_what_is_wrong() {
 #[test]
 fn declared_shape_and_availability() {
     let b = backend();
-    assert_eq!(b.sockets(true), vec![catalogue::AGENT, catalogue::READY]);
+    assert_eq!(b.sockets(true), vec![boxsock_host::AGENT]);
+    assert_eq!(boxsock_host::AGENT.binder, Binder::Handed);
+    assert_eq!(boxsock_host::AGENT.name, catalogue::AGENT.name);
+    assert_eq!(b.readiness(), Readiness::Channel);
     assert_eq!(b.sockets(false), b.sockets(true), "network is ignored");
     assert_eq!(b.address_needs(), AddressNeeds::PathOrAbstract);
     assert_eq!(b.isolation(), Isolation::None);

@@ -5,9 +5,10 @@
 //! [`prepare`] copies the agent to `/boxsock-agent` and, for a dynamically linked
 //! agent, its ELF interpreter (`PT_INTERP`) and every shared library it needs
 //! (`DT_NEEDED`, transitively), each to the same absolute path inside the root, so the
-//! guest's loader finds them without an `ld.so.cache`. It reads the ELF headers
-//! itself (no `ldd`: that would run the loader on the file) and resolves each name like
-//! the loader does without a cache: `DT_RPATH`/`DT_RUNPATH` (with `$ORIGIN`), then the
+//! guest's loader finds them without an `ld.so.cache`. It reads the ELF program headers
+//! with the `object` crate (no `ldd`: that would run the loader on the file) and
+//! resolves each name like the loader does without a cache: `DT_RPATH`/`DT_RUNPATH`
+//! (with `$ORIGIN`), then the
 //! built-in directories (`/lib/<multiarch>`, `/usr/lib/<multiarch>`, `/lib64`,
 //! `/usr/lib64`, `/lib`, `/usr/lib`), taking only a file of the agent's ELF class and
 //! machine. Directories listed only in `/etc/ld.so.conf` are not searched, since the
@@ -31,6 +32,11 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+
+use object::elf;
+use object::read::StringTable;
+use object::read::elf::{Dyn as _, FileHeader, ProgramHeader as _};
+use object::{Endianness, FileKind};
 
 /// Default guest path of the agent inside the guest root.
 pub const DEFAULT_GUEST_AGENT: &str = "/boxsock-agent";
@@ -321,13 +327,13 @@ pub fn ensure_base(home: &Path, agent: &Path, guest_agent: &Path) -> Result<Path
 }
 
 /// The directories a cache-less loader searches after `DT_RPATH`/`DT_RUNPATH`.
-fn default_dirs(machine: u16, class64: bool) -> Vec<PathBuf> {
+fn default_dirs(machine: elf::Machine, class64: bool) -> Vec<PathBuf> {
     let multiarch = match machine {
-        62 => Some("x86_64-linux-gnu"),
-        183 => Some("aarch64-linux-gnu"),
-        3 => Some("i386-linux-gnu"),
-        40 => Some("arm-linux-gnueabihf"),
-        243 => Some(if class64 { "riscv64-linux-gnu" } else { "riscv32-linux-gnu" }),
+        elf::EM_X86_64 => Some("x86_64-linux-gnu"),
+        elf::EM_AARCH64 => Some("aarch64-linux-gnu"),
+        elf::EM_386 => Some("i386-linux-gnu"),
+        elf::EM_ARM => Some("arm-linux-gnueabihf"),
+        elf::EM_RISCV => Some(if class64 { "riscv64-linux-gnu" } else { "riscv32-linux-gnu" }),
         _ => None,
     };
     let mut dirs = Vec::new();
@@ -438,21 +444,12 @@ fn copy_in(root: &Path, from: &Path, guest: &Path, mode: u32) -> Result<(), Root
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Elf {
     class64: bool,
-    machine: u16,
+    machine: elf::Machine,
     interp: Option<String>,
     needed: Vec<String>,
     rpath: Vec<String>,
     runpath: Vec<String>,
 }
-
-const PT_LOAD: u32 = 1;
-const PT_DYNAMIC: u32 = 2;
-const PT_INTERP: u32 = 3;
-const DT_NULL: u64 = 0;
-const DT_NEEDED: u64 = 1;
-const DT_STRTAB: u64 = 5;
-const DT_RPATH: u64 = 15;
-const DT_RUNPATH: u64 = 29;
 
 impl Elf {
     fn read(path: &Path) -> Result<Elf, RootfsError> {
@@ -467,119 +464,81 @@ impl Elf {
 
     /// `Err(None)`: not ELF; `Err(Some(reason))`: malformed.
     fn parse(b: &[u8]) -> Result<Elf, Option<String>> {
-        if b.len() < 16 || &b[..4] != b"\x7fELF" {
+        if b.len() < 16 || !b.starts_with(&elf::ELFMAG) {
             return Err(None);
         }
-        let class64 = match b[4] {
-            1 => false,
-            2 => true,
-            c => return Err(Some(format!("unknown ELF class {c}"))),
-        };
-        let r = Reader {
-            b,
-            big: match b[5] {
-                1 => false,
-                2 => true,
-                d => return Err(Some(format!("unknown ELF data encoding {d}"))),
-            },
-        };
-        let machine = r.u16(18)?;
-        let (phoff, phentsize, phnum) = if class64 {
-            (r.u64(32)?, u64::from(r.u16(54)?), r.u16(56)?)
-        } else {
-            (u64::from(r.u32(28)?), u64::from(r.u16(42)?), r.u16(44)?)
-        };
-        // (type, offset, vaddr, filesz)
-        let mut phdrs = Vec::with_capacity(usize::from(phnum));
-        for i in 0..u64::from(phnum) {
-            let at = i.checked_mul(phentsize).and_then(|o| o.checked_add(phoff)).ok_or_else(|| Some("program header offset overflows".to_string()))?;
-            let at = usize::try_from(at).map_err(|_| Some("program header offset too large".to_string()))?;
-            let ph = if class64 {
-                (r.u32(at)?, r.u64(at + 8)?, r.u64(at + 16)?, r.u64(at + 32)?)
-            } else {
-                (r.u32(at)?, u64::from(r.u32(at + 4)?), u64::from(r.u32(at + 8)?), u64::from(r.u32(at + 16)?))
-            };
-            phdrs.push(ph);
+        match FileKind::parse(b) {
+            Ok(FileKind::Elf32) => Elf::parse_as::<elf::FileHeader32<Endianness>>(b),
+            Ok(FileKind::Elf64) => Elf::parse_as::<elf::FileHeader64<Endianness>>(b),
+            // ELF's magic with a class byte that is neither 32- nor 64-bit.
+            _ => Err(Some(format!("unknown ELF class {}", b[4]))),
         }
-        let mut elf = Elf { class64, machine, interp: None, needed: vec![], rpath: vec![], runpath: vec![] };
-        if let Some(&(_, off, _, size)) = phdrs.iter().find(|p| p.0 == PT_INTERP) {
-            let s = r.slice(off, size)?;
-            let s = s.split(|&c| c == 0).next().unwrap_or(&[]);
-            elf.interp = Some(String::from_utf8(s.to_vec()).map_err(|_| Some("PT_INTERP is not UTF-8".to_string()))?);
+    }
+
+    /// What the loader reads, as it reads it: from the program headers (`PT_INTERP`,
+    /// `PT_DYNAMIC`, the `PT_LOAD` segment holding `DT_STRTAB`), never the section
+    /// headers, which a stripped file may lack.
+    fn parse_as<H: FileHeader<Endian = Endianness>>(b: &[u8]) -> Result<Elf, Option<String>> {
+        let bad = |e: object::read::Error| Some(e.to_string());
+        let header = H::parse(b).map_err(bad)?;
+        let endian = header.endian().map_err(bad)?;
+        let phdrs = header.program_headers(endian, b).map_err(bad)?;
+        let mut elf = Elf {
+            class64: header.is_type_64(),
+            machine: header.e_machine(endian),
+            interp: None,
+            needed: vec![],
+            rpath: vec![],
+            runpath: vec![],
+        };
+        let utf8 = |s: &[u8], what: &str| {
+            String::from_utf8(s.to_vec()).map_err(|_| Some(format!("{what} is not UTF-8")))
+        };
+        if let Some(ph) = phdrs.iter().find(|p| p.p_type(endian) == elf::PT_INTERP) {
+            let interp = ph.interpreter(endian, b).map_err(bad)?.unwrap_or_default();
+            elf.interp = Some(utf8(interp, "PT_INTERP")?);
         }
-        let Some(&(_, dyn_off, _, dyn_size)) = phdrs.iter().find(|p| p.0 == PT_DYNAMIC) else {
+        let Some(ph) = phdrs.iter().find(|p| p.p_type(endian) == elf::PT_DYNAMIC) else {
             return Ok(elf);
         };
-        let entry = if class64 { 16 } else { 8 };
-        let mut strtab_vaddr = None;
-        let mut names: Vec<(u64, u64)> = Vec::new(); // (tag, string offset)
-        let mut i = 0;
-        while i + entry <= dyn_size {
-            let at = usize::try_from(dyn_off + i).map_err(|_| Some("dynamic section offset too large".to_string()))?;
-            let (tag, val) = if class64 { (r.u64(at)?, r.u64(at + 8)?) } else { (u64::from(r.u32(at)?), u64::from(r.u32(at + 4)?)) };
-            match tag {
-                DT_NULL => break,
-                DT_STRTAB => strtab_vaddr = Some(val),
-                DT_NEEDED | DT_RPATH | DT_RUNPATH => names.push((tag, val)),
+        let dynamic = ph.dynamic(endian, b).map_err(bad)?.unwrap_or_default();
+        let (mut strtab, mut strsz) = (None, None);
+        let mut names = Vec::new();
+        for d in dynamic.iter().take_while(|d| d.d_tag(endian) != elf::DT_NULL) {
+            match d.d_tag(endian) {
+                elf::DT_STRTAB => strtab = Some(d.val(endian)),
+                elf::DT_STRSZ => strsz = Some(d.val(endian)),
+                elf::DT_NEEDED | elf::DT_RPATH | elf::DT_RUNPATH => names.push(d),
                 _ => {}
             }
-            i += entry;
         }
         if names.is_empty() {
             return Ok(elf);
         }
-        let strtab_vaddr = strtab_vaddr.ok_or_else(|| Some("DT_NEEDED without DT_STRTAB".to_string()))?;
-        let strtab = phdrs
-            .iter()
-            .filter(|p| p.0 == PT_LOAD)
-            .find(|p| p.2 <= strtab_vaddr && strtab_vaddr < p.2.saturating_add(p.3))
-            .map(|p| strtab_vaddr - p.2 + p.1)
-            .ok_or_else(|| Some("DT_STRTAB is outside every PT_LOAD segment".to_string()))?;
-        for (tag, off) in names {
-            let start = strtab.checked_add(off).ok_or_else(|| Some("string offset overflows".to_string()))?;
-            let rest = r.slice(start, (b.len() as u64).saturating_sub(start))?;
-            let end = rest.iter().position(|&c| c == 0).ok_or_else(|| Some("unterminated dynamic string".to_string()))?;
-            let s = String::from_utf8(rest[..end].to_vec()).map_err(|_| Some("dynamic string is not UTF-8".to_string()))?;
-            match tag {
-                DT_NEEDED => elf.needed.push(s),
-                DT_RPATH => elf.rpath.push(s),
+        let (Some(strtab), Some(strsz)) = (strtab, strsz) else {
+            return Err(Some("DT_NEEDED without DT_STRTAB and DT_STRSZ".into()));
+        };
+        let mut strings = None;
+        for p in phdrs.iter().filter(|p| p.p_type(endian) == elf::PT_LOAD) {
+            let past_end = |()| Some("a PT_LOAD segment lies past the end of the file".to_string());
+            if let Some(data) = p.data_range(endian, b, strtab, strsz).map_err(past_end)? {
+                strings = Some(data);
+                break;
+            }
+        }
+        let outside = || Some("DT_STRTAB is outside every PT_LOAD segment".to_string());
+        let strings = strings.ok_or_else(outside)?;
+        let strings = StringTable::new(strings, 0, strings.len() as u64);
+        for d in names {
+            let s = d.string(endian, strings).map_err(bad)?;
+            let s = utf8(s, "a dynamic string")?;
+            match d.d_tag(endian) {
+                elf::DT_NEEDED => elf.needed.push(s),
+                elf::DT_RPATH => elf.rpath.push(s),
                 _ => elf.runpath.push(s),
             }
         }
         Ok(elf)
-    }
-}
-
-/// Bounds-checked reads from an ELF image.
-struct Reader<'a> {
-    b: &'a [u8],
-    big: bool,
-}
-
-impl Reader<'_> {
-    fn bytes<const N: usize>(&self, at: usize) -> Result<[u8; N], Option<String>> {
-        at.checked_add(N)
-            .and_then(|end| self.b.get(at..end))
-            .and_then(|s| s.try_into().ok())
-            .ok_or_else(|| Some(format!("truncated: {N} bytes at offset {at} past the end ({} bytes)", self.b.len())))
-    }
-    fn u16(&self, at: usize) -> Result<u16, Option<String>> {
-        let a = self.bytes::<2>(at)?;
-        Ok(if self.big { u16::from_be_bytes(a) } else { u16::from_le_bytes(a) })
-    }
-    fn u32(&self, at: usize) -> Result<u32, Option<String>> {
-        let a = self.bytes::<4>(at)?;
-        Ok(if self.big { u32::from_be_bytes(a) } else { u32::from_le_bytes(a) })
-    }
-    fn u64(&self, at: usize) -> Result<u64, Option<String>> {
-        let a = self.bytes::<8>(at)?;
-        Ok(if self.big { u64::from_be_bytes(a) } else { u64::from_le_bytes(a) })
-    }
-    fn slice(&self, off: u64, len: u64) -> Result<&[u8], Option<String>> {
-        let range = usize::try_from(off).ok().zip(usize::try_from(len).ok()).and_then(|(o, l)| Some(o..o.checked_add(l)?));
-        range
-            .and_then(|r| self.b.get(r))
-            .ok_or_else(|| Some(format!("{len} bytes at offset {off} past the end ({} bytes)", self.b.len())))
     }
 }
 
@@ -593,22 +552,119 @@ mod tests {
         assert_eq!(Elf::parse(b""), Err(None));
         let mut h = b"\x7fELF\x02\x01\x01".to_vec();
         h.resize(20, 0);
-        assert!(matches!(Elf::parse(&h), Err(Some(r)) if r.contains("truncated")));
+        assert!(matches!(Elf::parse(&h), Err(Some(r)) if r.contains("ELF header size")));
         let mut bad_class = b"\x7fELF\x07\x01".to_vec();
         bad_class.resize(64, 0);
         assert!(matches!(Elf::parse(&bad_class), Err(Some(r)) if r.contains("class 7")));
     }
 
     #[test]
-    fn every_truncation_of_a_real_binary_is_an_error_or_a_parse() {
-        // Real headers from this very test binary, cut at every length up to 4 KiB:
-        // never a panic.
+    fn every_truncation_or_corruption_of_a_real_binary_is_an_error_or_a_parse() {
+        // This very test binary: dynamically linked, so it has an interpreter and
+        // libraries; cut at every length up to 4 KiB and at 2 000 points past that,
+        // and with each of its first 4 KiB flipped: never a panic.
         let me = fs::read(std::env::current_exe().unwrap()).unwrap();
-        for n in 0..me.len().min(4096) {
-            let _ = Elf::parse(&me[..n]);
-        }
         let full = Elf::parse(&me).unwrap();
         assert_eq!(full.class64, cfg!(target_pointer_width = "64"));
+        if cfg!(all(target_os = "linux", target_env = "gnu")) {
+            assert!(full.interp.as_deref().is_some_and(|i| i.starts_with('/')), "{full:?}");
+            assert!(full.needed.iter().any(|n| n.starts_with("libc.so")), "{full:?}");
+        }
+        let step = (me.len() / 2000).max(1);
+        for n in (0..me.len().min(4096)).chain((4096..me.len()).step_by(step)) {
+            let _ = Elf::parse(&me[..n]);
+        }
+        let mut head = me[..me.len().min(4096)].to_vec();
+        for i in 0..head.len() {
+            head[i] ^= 0xff;
+            let _ = Elf::parse(&head);
+            head[i] ^= 0xff;
+        }
+    }
+
+    /// A minimal 32-bit ELF (`big`: big-endian) the way a linker lays one out: its program
+    /// headers `PT_INTERP`, `PT_LOAD` (the whole file at 0x1000) and `PT_DYNAMIC`, whose
+    /// entries are `dynamic` plus `DT_NULL`, given the string table's offset in the file.
+    fn elf32(big: bool, dynamic: impl Fn(u32) -> Vec<(u32, u32)>) -> Vec<u8> {
+        let w16 = |v: &mut Vec<u8>, x: u16| {
+            v.extend(if big { x.to_be_bytes() } else { x.to_le_bytes() })
+        };
+        let w32 = |v: &mut Vec<u8>, x: u32| {
+            v.extend(if big { x.to_be_bytes() } else { x.to_le_bytes() })
+        };
+        let interp = b"/lib/ld-linux.so.3\0";
+        let strtab = b"\0libfoo.so.1\0$ORIGIN/lib\0";
+        let (interp_at, strtab_at) = (52 + 3 * 32, 52 + 3 * 32 + interp.len() as u32);
+        let dyn_at = strtab_at + strtab.len() as u32;
+        let mut entries = dynamic(strtab_at);
+        entries.push((0, 0));
+        let end = dyn_at + 8 * entries.len() as u32;
+        let mut v = b"\x7fELF\x01".to_vec();
+        v.extend([if big { 2 } else { 1 }, 1]);
+        v.resize(16, 0);
+        w16(&mut v, 3); // ET_DYN
+        w16(&mut v, elf::EM_ARM.0);
+        for x in [1, 0, 52, 0, 0] {
+            w32(&mut v, x); // e_version, e_entry, e_phoff, e_shoff, e_flags
+        }
+        for x in [52, 32, 3, 40, 0, 0] {
+            // e_ehsize, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
+            w16(&mut v, x);
+        }
+        let len = interp.len() as u32;
+        for (ty, off, vaddr, size) in [
+            (elf::PT_INTERP, interp_at, 0x1000 + interp_at, len),
+            (elf::PT_LOAD, 0, 0x1000, end),
+            (elf::PT_DYNAMIC, dyn_at, 0x1000 + dyn_at, end - dyn_at),
+        ] {
+            for x in [ty.0, off, vaddr, vaddr, size, size, 4, 4] {
+                w32(&mut v, x);
+            }
+        }
+        v.extend(interp);
+        v.extend(strtab);
+        for (tag, val) in entries {
+            w32(&mut v, tag);
+            w32(&mut v, val);
+        }
+        v
+    }
+
+    const DT_NEEDED: u32 = 1;
+    const DT_STRTAB: u32 = 5;
+    const DT_STRSZ: u32 = 10;
+    const DT_RUNPATH: u32 = 29;
+
+    #[test]
+    fn a_32_bit_elf_of_either_byte_order_parses_as_the_loader_reads_it() {
+        let table = |at: u32| {
+            vec![(DT_NEEDED, 1), (DT_RUNPATH, 13), (DT_STRTAB, 0x1000 + at), (DT_STRSZ, 25)]
+        };
+        for big in [false, true] {
+            let e = Elf::parse(&elf32(big, table)).unwrap();
+            assert!(!e.class64);
+            assert_eq!(e.machine, elf::EM_ARM);
+            assert_eq!(e.interp.as_deref(), Some("/lib/ld-linux.so.3"));
+            assert_eq!(e.needed, ["libfoo.so.1"]);
+            assert_eq!(e.runpath, ["$ORIGIN/lib"]);
+            assert!(e.rpath.is_empty());
+        }
+    }
+
+    #[test]
+    fn malformed_dynamic_sections_are_errors_that_say_what_is_wrong() {
+        type Table<'a> = &'a dyn Fn(u32) -> Vec<(u32, u32)>;
+        let cases: [(&str, Table); 3] = [
+            ("dyn string", &|at| vec![(DT_NEEDED, 999), (DT_STRTAB, 0x1000 + at), (DT_STRSZ, 25)]),
+            ("outside every PT_LOAD", &|_| vec![(DT_NEEDED, 1), (DT_STRTAB, 0x9000), (DT_STRSZ, 25)]),
+            ("DT_STRSZ", &|at| vec![(DT_NEEDED, 1), (DT_STRTAB, 0x1000 + at)]),
+        ];
+        for (want, table) in cases {
+            match Elf::parse(&elf32(false, table)) {
+                Err(Some(reason)) => assert!(reason.contains(want), "{want}: {reason}"),
+                other => panic!("{want}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -144,6 +144,12 @@ fn launch_starts_passt_and_the_shim_configures_real_libkrun() {
     // filesystem for `net`, so no path can be redirected.
     let cmdline = std::fs::read_to_string(seen.path().join("argv")).expect("the passt wrapper ran");
     assert!(cmdline.contains("--fd 3"), "{cmdline}");
+    // No name a box listens on is in passt's argv (issue 18.1): nothing to read from
+    // /proc and bind first.
+    for needle in ["agent.sock", "ready.sock", "net.sock", "/proc/self/fd", "boxsock/"] {
+        assert!(!cmdline.contains(needle), "passt's argv holds {needle:?}: {cmdline}");
+    }
+    assert!(!cmdline.contains(f.layout.sockets_dir(&f.id).to_str().unwrap()), "{cmdline}");
     let fd3 = std::fs::read_to_string(seen.path().join("fd3")).unwrap();
     assert!(fd3.starts_with("socket:"), "passt's descriptor 3: {fd3}");
     assert!(!f.addr("net.sock").exists() && !f.layout.sockets_dir(&f.id).join("net.sock").exists(), "a net socket file was bound");

@@ -281,6 +281,9 @@ pub struct DoctorReport {
     pub binding_dir_fallback: Option<String>,
     /// Who holds the predictable per-user directory, when it is another uid.
     pub binding_dir_squatted_by: Option<u32>,
+    /// Every fallback recorded in the home (every strategy's shared directory), what
+    /// stands at it now, and why it was chosen or what it replaced.
+    pub fallbacks: Vec<super::squat::FallbackReport>,
 }
 
 /// Diagnose a home without opening (or locking) it: every strategy × every socket a
@@ -313,11 +316,12 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
     let mut config = options.strategy_config.clone();
     // The doctor only looks: it may be pointed at a directory that is not a home yet.
     config.read_only = true;
-    if config.binding_dir.is_none() {
-        config.binding_dir = super::squat::recorded(&layout, &config);
-    }
-    let binding_dir_fallback = config.binding_dir.as_ref().map(|d| d.display().to_string());
+    let binding_dir_fallback = match &config.binding_dir {
+        None => super::squat::recorded(&layout, &config).map(|d| d.display().to_string()),
+        Some(_) => None,
+    };
     let binding_dir_squatted_by = super::squat::squatter(&config);
+    let fallbacks = super::squat::reports(layout.home(), config.uid);
     for reg in options.strategies.iter() {
         match options.strategies.build(reg.name, &config) {
             Ok(s) => {
@@ -409,6 +413,7 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
         backends,
         binding_dir_fallback,
         binding_dir_squatted_by,
+        fallbacks,
     }
 }
 

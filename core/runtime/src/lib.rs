@@ -525,37 +525,22 @@ impl Inner {
         Ok(s)
     }
 
-    /// The configuration strategies are built from: the embedder's, with the home's
-    /// recorded fallback binding directory when the default one was squatted.
+    /// The configuration strategies are built from: the embedder's (a strategy finds
+    /// the home's recorded fallback directory itself, through the core's `fallback`).
     fn strategy_config(&self) -> StrategyConfig {
         let mut c = self.options.strategy_config.clone();
-        if c.binding_dir.is_none() {
-            c.binding_dir = squat::recorded(&self.layout, &c);
-        }
         if self.options.access == Access::ReadOnly {
             c.read_only = true;
         }
         c
     }
 
-    /// `strategy.ensure`, falling back to a private, unpredictable binding directory
-    /// when the default per-user directory is squatted by another user (see [`squat`]).
-    /// Returns the strategy to use from here on (rebuilt after a fallback).
+    /// `strategy.ensure`. A squatted shared directory does not fail it: the strategy
+    /// falls back through the core's `fallback` (see [`squat`] for what `doctor`
+    /// shows). Returns the strategy to use from here on.
     pub(crate) fn ensure_binding(&self, strategy: Arc<dyn SocketBinding>, id: &BoxId) -> Result<Arc<dyn SocketBinding>, RuntimeError> {
-        let err = match strategy.ensure(&self.layout, id) {
-            Ok(()) => return Ok(strategy),
-            Err(e) => e,
-        };
-        let config = self.strategy_config();
-        let squatter = if config.binding_dir.is_none() && squat::is_squat_refusal(&err, &config) { squat::squatter(&config) } else { None };
-        let Some(uid) = squatter else {
-            return Err(err.into());
-        };
-        squat::fall_back(&self.layout, &config, uid)?;
-        lock(&self.strategies).clear();
-        let rebuilt = self.strategy(strategy.name())?;
-        rebuilt.ensure(&self.layout, id)?;
-        Ok(rebuilt)
+        strategy.ensure(&self.layout, id)?;
+        Ok(strategy)
     }
 
     /// Run blocking work on tokio's blocking pool, never on the executor: a strategy's

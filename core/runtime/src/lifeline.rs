@@ -132,9 +132,9 @@ impl Runtime {
 impl Inner {
     /// Ask an agent the store does not know to shut down: a box left `starting` with no
     /// process recorded, whose starter died between the backend launching the box
-    /// process and recording it. Such an agent exits by itself when the ready socket is
-    /// gone — unless it had already queued its `Ready` there, and then it serves on the
-    /// box's agent address with nobody knowing its pid. Whoever listens there (the
+    /// process and recording it. Such an agent exits by itself when the ready socket (or
+    /// channel) is gone — unless it had already queued its `Ready` there; then it serves
+    /// on the box's agent address with nobody knowing its pid. Whoever listens there (the
     /// box's own address, in its private directory or under its keyed name, checked
     /// like every dial) is asked to shut down, as a graceful stop would; nothing
     /// listening is the usual answer. Only for a caller holding the box's operation

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use boxsock_core::address::SocketAddress;
-use boxsock_core::backend::{AddressNeeds, Backend};
+use boxsock_core::backend::{AddressNeeds, Backend, Readiness};
 use boxsock_core::binding::SocketBinding;
 use boxsock_core::budget::{self, Platform};
 use boxsock_core::catalogue::{self, SocketSpec};
@@ -14,10 +14,12 @@ use boxsock_core::id::BoxId;
 use boxsock_core::layout::BoxLayout;
 
 /// The sockets of a box of `backend`, with `ready` added if the backend did not list
-/// it (the runtime always binds it).
+/// it and its process reports readiness on a socket (the runtime binds it); a backend
+/// of [`Readiness::Channel`] gets no `ready` socket.
 pub fn socket_specs(backend: &dyn Backend, network: bool) -> Vec<SocketSpec> {
     let mut specs = backend.sockets(network);
-    if !specs.iter().any(|s| s.name == catalogue::READY.name) {
+    let listed = specs.iter().any(|s| s.name == catalogue::READY.name);
+    if backend.readiness() == Readiness::Socket && !listed {
         specs.push(catalogue::READY);
     }
     specs

@@ -7,11 +7,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use boxsock_core::address::SocketAddress;
-use boxsock_core::backend::{Availability, Backend, BoxSockets, LaunchSpec};
+use boxsock_core::backend::{Availability, Backend, BoxSockets, LaunchSpec, Readiness};
 use boxsock_core::binding::SocketBinding;
-use boxsock_core::catalogue;
+use boxsock_core::catalogue::{self, Binder, SocketSpec};
+use boxsock_core::error::BindingError;
+use boxsock_core::id::BoxId;
+use boxsock_core::layout::BoxLayout;
+use boxsock_core::peer::{AsyncListener, Listener, PeerPolicy};
+use boxsock_core::sockdir::SocketDir;
 
-use crate::cleanup::ReadyCleanup;
+use crate::cleanup::{self, ReadyCleanup};
 use crate::kill::{self, KILL_WAIT};
 use crate::process::{ProcessHandle, ProcessIdentity};
 use crate::sockets::{check_addresses, socket_specs, verified_dir};
@@ -57,11 +62,14 @@ impl Inner {
         let mut launched: Option<Arc<ProcessHandle>> = None;
         let mut companions: Vec<ProcessIdentity> = Vec::new();
         let prepared = {
-            let (s, id) = (strategy.clone(), id.clone());
+            let (s, id, specs) = (strategy.clone(), id.clone(), specs.clone());
             self.blocking(move |i| s.prepare_start(&i.layout, &id).and_then(|()| check_addresses(&*s, &i.layout, &id, &specs))).await
         };
         let result = match prepared {
-            Ok(addresses) => self.launch_and_wait(&rec, &strategy, &*backend, addresses, &mut launched, &mut companions).await,
+            Ok(addresses) => {
+                let (l, c) = (&mut launched, &mut companions);
+                self.launch_and_wait(&rec, &strategy, &*backend, &specs, addresses, l, c).await
+            }
             Err(e) => Err(e.into()),
         };
         // Ready, and still ours to run: another process may have stopped or removed the
@@ -96,73 +104,115 @@ impl Inner {
                     r.exit_code = exit;
                 });
                 lock(&self.procs).remove(&id);
+                // What the runtime bound for the box (its handed listeners) and what a
+                // killed process left: a stopped box has no socket files.
+                cleanup::remove_socket_files(self.home_fd.as_fd(), &self.layout, &id);
                 Err(e)
             }
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn launch_and_wait(
         self: &Arc<Self>,
         rec: &BoxRecord,
         strategy: &Arc<dyn SocketBinding>,
         backend: &dyn Backend,
+        specs: &[SocketSpec],
         addresses: BTreeMap<String, SocketAddress>,
         launched_out: &mut Option<Arc<ProcessHandle>>,
         companions_out: &mut Vec<ProcessIdentity>,
     ) -> Result<(), RuntimeError> {
         let id = &rec.id;
         let layout = &self.layout;
-        let ready_file = catalogue::READY.file_name();
-        // One verified directory for the whole start: the runtime binds `ready` through
-        // it and the backend hands it to the box's processes. `ensure` may wait on the
-        // strategy's lock: off the executor.
-        // `ready`'s address as derived once for this start (always among `addresses`:
-        // `socket_specs` adds it).
-        let ready_addr = match addresses.get(catalogue::READY.name) {
+        let channel = backend.readiness() == Readiness::Channel;
+        // What the runtime binds: `ready` (unless the box reports on a channel) and
+        // every socket it hands to the box's process, never by name.
+        let to_bind: Vec<&'static str> = specs
+            .iter()
+            .filter(|s| s.binder == Binder::Handed || (s.name == catalogue::READY.name && !channel))
+            .map(|s| s.name)
+            .collect();
+        // One verified directory for the whole start: the runtime binds through it and
+        // the backend hands it to the box's processes. `ensure` may wait on the
+        // strategy's lock: off the executor. Any address of the start will do for the
+        // directory check (all share one directory).
+        let probe = match addresses.values().next() {
             Some(a) => a.clone(),
-            None => strategy.address(layout, id, &ready_file)?,
+            None => strategy.address(layout, id, &catalogue::AGENT.file_name())?,
         };
         let socket_dir = {
             let (s, box_id) = (strategy.clone(), id.clone());
             self.blocking(move |i| -> Result<_, RuntimeError> {
                 s.ensure(&i.layout, &box_id)?;
-                Ok(verified_dir(&*s, &i.layout, &box_id, &ready_addr)?)
+                Ok(verified_dir(&*s, &i.layout, &box_id, &probe)?)
             })
             .await?
         };
-        // The box's one peer policy: the runtime's ready listener and the box's
-        // processes (through `LaunchSpec::sockets`) admit the same peers.
+        // The box's one peer policy: the runtime's listeners and the box's processes
+        // (through `LaunchSpec::sockets`) admit the same peers.
         let peer = strategy.peer_policy();
-        let bound = match &socket_dir {
-            Some(d) => d.bind_stream(&ready_file, peer.clone())?,
-            None => strategy.bind_stream(layout, id, &ready_file)?,
-        };
-        let listener = bound
-            .into_tokio()
-            .map_err(|e| RuntimeError::Io { op: "register ready listener", path: layout.sockets_dir(id), source: e })?;
         let _cleanup = ReadyCleanup { home: self.home_fd.as_fd(), layout, id };
+        let mut bound = bind_all(&**strategy, socket_dir.as_ref(), layout, id, &to_bind, &peer)?;
         let mut addresses = addresses;
-        if addresses.get(catalogue::READY.name).is_some_and(|a| a != listener.address()) {
+        if bound.iter().any(|(name, l)| addresses.get(name).is_some_and(|a| a != l.address())) {
             // The strategy rotated the box's names while binding (a squatted name):
             // hand the backend the names derived now.
-            tracing::debug!(box_id = %id, ready = %listener.address(), "addresses changed while binding ready; deriving them again");
+            tracing::debug!(box_id = %id, "addresses changed while binding; deriving them again");
             for (name, addr) in addresses.iter_mut() {
                 *addr = strategy.address(layout, id, &format!("{name}.sock"))?;
             }
         }
         crash::point("start:bound");
-        let ready_addr = listener.address().display_string();
+        let (ready, ready_channel) = match bound.remove(catalogue::READY.name) {
+            Some(l) => {
+                let l = l.into_tokio().map_err(|e| RuntimeError::Io {
+                    op: "register ready listener",
+                    path: layout.sockets_dir(id),
+                    source: e,
+                })?;
+                (ReadyWait::Listener(l), None)
+            }
+            None => {
+                let pair = std::os::unix::net::UnixStream::pair()
+                    .and_then(|(ours, theirs)| {
+                        ours.set_nonblocking(true)?;
+                        Ok((tokio::net::UnixStream::from_std(ours)?, theirs))
+                    })
+                    .map_err(|e| RuntimeError::Io {
+                        op: "make the ready channel",
+                        path: layout.sockets_dir(id),
+                        source: e,
+                    })?;
+                (ReadyWait::Channel(pair.0), Some(Arc::new(std::os::fd::OwnedFd::from(pair.1))))
+            }
+        };
+        let ready_addr = match &ready {
+            ReadyWait::Listener(l) => l.address().display_string(),
+            ReadyWait::Channel(_) => "the ready channel (an inherited descriptor)".to_owned(),
+        };
         let spec = LaunchSpec {
             id: id.clone(),
             layout: layout.clone(),
-            sockets: BoxSockets { addresses, dir: socket_dir, peer },
+            sockets: BoxSockets {
+                addresses,
+                dir: socket_dir,
+                peer,
+                handed: bound.into_iter().map(|(n, l)| (n, Arc::new(l))).collect(),
+                ready_channel,
+            },
             log_file: layout.log_file(id),
             network: rec.config.network,
             policy: strategy.policy_paths(layout, id)?,
             env: rec.config.env.clone(),
             settings: rec.config.settings.clone(),
         };
-        let launched = backend.launch(&spec)?;
+        let launched = backend.launch(&spec);
+        // The runtime's copies of what it handed (listeners, the box's end of the ready
+        // channel) close now: a box process that dies must leave no listener behind it
+        // in the runtime, and the channel reads end-of-file once it is gone.
+        drop(spec);
+        let launched = launched?;
         // Companions first: whatever happens to the box process below, the failure path
         // of `start` knows them.
         let mut companion_gone_at_launch = None;
@@ -218,6 +268,31 @@ impl Inner {
         // A connection that closes without a frame (a stale-socket probe, a stray
         // client of the same uid) is not the agent: keep waiting for the real one.
         let ready = async {
+            let listener = match ready {
+                ReadyWait::Listener(l) => l,
+                // Only the box's process holds the other end (the runtime made the pair
+                // and closed its copy of that end after launch): possession is the
+                // check. End-of-file means the process is gone or never wrote;
+                // its exit (raced below) or the timeout reports it.
+                ReadyWait::Channel(mut s) => {
+                    use agent_client::ClientError;
+                    use boxsock_core::proto::ProtoError;
+                    return match agent_client::read_ready(&mut s).await {
+                        Err(ClientError::Proto(ProtoError::Closed)) => std::future::pending().await,
+                        // The pid is the sender's own word, but a frame naming another
+                        // process means the backend handed the channel on, or reported
+                        // the wrong process: not the box's readiness.
+                        Ok(info) if i64::from(info.pid) != i64::from(ident.pid) => Err(ClientError::Unexpected {
+                            expected: "a Ready frame from the box's process",
+                            got: format!(
+                                "Ready from pid {} on the ready channel; the box's process is pid {}",
+                                info.pid, ident.pid
+                            ),
+                        }),
+                        other => other,
+                    };
+                }
+            };
             loop {
                 let (mut s, cred) = listener.accept().await?;
                 // Only the box's own process may say it is ready (the agent; for a VM,
@@ -272,6 +347,69 @@ impl Inner {
                 Err(companion_exited(h.identity().pid, h.exit_code()))
             }
         }
+    }
+}
+
+/// Where the runtime waits for the box's `Ready` frame.
+enum ReadyWait {
+    /// The `ready` socket it bound ([`Readiness::Socket`]).
+    Listener(AsyncListener),
+    /// Its end of the socket pair whose other end the box's process inherited
+    /// ([`Readiness::Channel`]).
+    Channel(tokio::net::UnixStream),
+}
+
+/// How many times the runtime binds a start's listeners afresh when a bind moved the
+/// box to fresh names after others were bound (each time needs another squatted name).
+const MAX_REBINDS: usize = 4;
+
+/// Bind every socket of `names` for box `id` through `dir` (path strategies) or the
+/// strategy (its rotation of squatted names), with `peer`. When a bind rotated the
+/// box's names after an earlier one was bound, the earlier one sits at a name nobody
+/// derives any more: all are bound again, so every listener of the start is at the
+/// box's current names.
+fn bind_all(
+    strategy: &dyn SocketBinding,
+    dir: Option<&SocketDir>,
+    layout: &BoxLayout,
+    id: &BoxId,
+    names: &[&'static str],
+    peer: &PeerPolicy,
+) -> Result<BTreeMap<String, Listener>, BindingError> {
+    let mut attempt = 0;
+    loop {
+        let mut bound = BTreeMap::new();
+        for name in names {
+            let file = format!("{name}.sock");
+            let l = match dir {
+                Some(d) => d.bind_stream(&file, peer.clone())?,
+                None => strategy.bind_stream(layout, id, &file)?,
+            };
+            bound.insert((*name).to_owned(), l);
+        }
+        let mut stale = false;
+        for (name, l) in &bound {
+            stale |= strategy.address(layout, id, &format!("{name}.sock"))? != *l.address();
+        }
+        attempt += 1;
+        if !stale {
+            return Ok(bound);
+        }
+        if attempt > MAX_REBINDS {
+            let names: Vec<String> =
+                bound.iter().map(|(n, l)| format!("{n} at {}", l.address())).collect();
+            return Err(BindingError::Occupied {
+                path: PathBuf::from(names.join(", ")),
+                found: format!(
+                    "box {id}: its names kept moving while its listeners were bound ({attempt} tries)"
+                ),
+            });
+        }
+        tracing::info!(
+            box_id = %id,
+            attempt,
+            "the box's names moved while binding its listeners; binding them again"
+        );
     }
 }
 

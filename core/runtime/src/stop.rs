@@ -45,6 +45,10 @@ impl Inner {
             self.shutdown_unrecorded(&rec).await;
         }
         self.stop_companions(&id, &[]).await;
+        // The process is gone: what it listened on goes before the box is recorded
+        // stopped (a stopped box has no socket files). Its listeners were bound by the
+        // runtime (handed to it), so it cannot remove them itself.
+        cleanup::remove_socket_files(self.home_fd.as_fd(), &self.layout, &id);
         crash::point("stop:terminated");
         let exit = handle.as_ref().and_then(|h| h.exit_code());
         let rec = self
@@ -57,7 +61,6 @@ impl Inner {
             })
             .map_err(RuntimeError::from_store)?;
         crash::point("stop:stopped");
-        cleanup::remove_socket_files(self.home_fd.as_fd(), &self.layout, &id);
         lock(&self.procs).remove(&id);
         tracing::debug!(box_id = %id, exit_code = ?exit, "stopped");
         Ok(rec)

@@ -8,9 +8,13 @@
 //!
 //! ## Safety of the per-user directory
 //! `<base>/<prefix>-<uid>` has a predictable name in a shared directory, so it is
-//! checked on an opened descriptor (`openat(O_NOFOLLOW|O_DIRECTORY)` + `fstat`): it must
-//! be a real directory owned by the configured uid, or [`BindingError::Insecure`] names
-//! the path and what was found. Group/other bits are repaired to 0700. Every operation on
+//! opened through the core's [`SharedDir`] and checked on the descriptor
+//! (`openat(O_NOFOLLOW|O_DIRECTORY)` + `fstat`): it must be a real directory owned by the
+//! configured uid. Anything else there is neither used nor touched: the home moves to a
+//! fresh private fallback (recorded in the home, replaced when it goes missing or is
+//! squatted in turn; decision 0011). Group/other bits are repaired to 0700. An explicit
+//! `StrategyConfig::binding_dir` has no fallback: [`BindingError::Insecure`] names the
+//! path and what was found. Every operation on
 //! the link (`symlinkat`, `fstatat`, `readlinkat`, `renameat`, `unlinkat`) is relative to
 //! that descriptor, so swapping the directory between the check and the use cannot
 //! redirect the strategy. The base directory itself must not let other users rename the
@@ -48,6 +52,7 @@ use std::time::{Duration, Instant};
 use boxsock_core::binding::{self, CrossUserProtection, PolicyIntent};
 use boxsock_core::peer::PeerPolicy;
 use boxsock_core::registry::StrategyRegistration;
+use boxsock_core::fallback::SharedDir;
 use boxsock_core::{DirExpectation, DirIdentity, SocketDir};
 use boxsock_core::{
     BindingError, BoxId, BoxLayout, Capabilities, Platform, PolicyAccess, PolicyPath, SocketAddress, SocketBinding,
@@ -158,12 +163,24 @@ impl Drop for DirLock<'_> {
 /// Cached state of the steady-state fast path.
 #[derive(Debug, Default)]
 struct State {
-    /// The per-user directory, opened and checked by the last slow path.
-    dir: Option<Arc<OwnedFd>>,
-    /// id → (home, identity of `<home>/boxes/<id>/sockets`) when `ensure` last
-    /// succeeded. Keyed by the short id so the lookup hashes a few bytes; the homes of
-    /// one id (almost always one) are compared as bytes (not component by component).
-    targets: HashMap<BoxId, Vec<(PathBuf, FileId)>>,
+    /// id → (home, identity of `<home>/boxes/<id>/sockets`, the per-user directory the
+    /// link was made in, held open) when `ensure` last succeeded. Keyed by the short id
+    /// so the lookup hashes a few bytes; the homes of one id (almost always one) are
+    /// compared as bytes (not component by component).
+    targets: HashMap<BoxId, Vec<(PathBuf, FileId, Arc<OwnedFd>)>>,
+}
+
+/// Where the links live.
+#[derive(Debug)]
+enum Dir {
+    /// `<base>/<prefix>-<uid>`, or the home's recorded fallback when another user holds
+    /// that name (the core's [`SharedDir`]).
+    Shared(SharedDir),
+    /// Exactly this directory (`StrategyConfig::binding_dir`), with no fallback.
+    Fixed {
+        path: PathBuf,
+        name: String,
+    },
 }
 
 /// What is at a link's place in the per-user directory.
@@ -186,8 +203,7 @@ enum Entry {
 #[derive(Debug)]
 pub struct ShortSymlink {
     config: StrategyConfig,
-    per_uid: PathBuf,
-    per_uid_name: String,
+    dir: Dir,
     state: RwLock<State>,
 }
 
@@ -217,16 +233,12 @@ impl ShortSymlink {
                 reason: format!("{p:?} must be non-empty, of [A-Za-z0-9._-], and not start with '.'"),
             });
         }
-        let per_uid = config.per_uid_dir();
-        let per_uid_name = match &config.binding_dir {
-            // `<prefix>-<uid>`, named once, by `StrategyConfig::default_per_uid_dir`.
-            None => match per_uid.file_name().and_then(|n| n.to_str()) {
-                Some(n) => n.to_owned(),
-                None => return Err(BindingError::Invalid { what: "per-user directory".into(), reason: format!("{} has no plain name", boxsock_core::echo::path(&per_uid)) }),
-            },
-            // A recorded fallback: a directory directly in the base.
+        let dir = match &config.binding_dir {
+            // `<prefix>-<uid>`, or the home's fallback.
+            None => Dir::Shared(SharedDir::new(config, &config.base_dir, &config.prefix)),
+            // An explicit directory directly in the base.
             Some(d) if d.parent() == Some(config.base_dir.as_path()) => match d.file_name().and_then(|n| n.to_str()) {
-                Some(n) if !n.is_empty() && !n.starts_with('.') => n.to_owned(),
+                Some(n) if !n.is_empty() && !n.starts_with('.') => Dir::Fixed { path: d.clone(), name: n.to_owned() },
                 _ => return Err(BindingError::Invalid { what: "binding directory".into(), reason: format!("{} has no plain name", boxsock_core::echo::path(d)) }),
             },
             Some(d) => {
@@ -236,22 +248,34 @@ impl ShortSymlink {
                 });
             }
         };
-        Ok(ShortSymlink {
-            config: config.clone(),
-            per_uid,
-            per_uid_name,
-            state: RwLock::new(State::default()),
-        })
+        Ok(ShortSymlink { config: config.clone(), dir, state: RwLock::new(State::default()) })
     }
 
-    /// `<base>/<prefix>-<uid>`, the per-user directory holding the links.
-    pub fn per_uid_dir(&self) -> &Path {
-        &self.per_uid
+    /// The per-user directory holding the links: `<base>/<prefix>-<uid>`, or the
+    /// fallback this instance last used for a home.
+    pub fn per_uid_dir(&self) -> PathBuf {
+        match &self.dir {
+            Dir::Shared(s) => s.last_used(),
+            Dir::Fixed { path, .. } => path.clone(),
+        }
     }
 
-    /// `<base>/<prefix>-<uid>/<id>`, the link of box `id`.
+    /// The link of box `id` in [`ShortSymlink::per_uid_dir`].
     pub fn link_path(&self, id: &BoxId) -> PathBuf {
-        self.per_uid.join(id.as_str())
+        self.per_uid_dir().join(id.as_str())
+    }
+
+    /// The per-user directory `layout`'s home uses (its recorded fallback, if any).
+    fn dir_path(&self, layout: &BoxLayout) -> PathBuf {
+        match &self.dir {
+            Dir::Shared(s) => s.path_for(layout.home()),
+            Dir::Fixed { path, .. } => path.clone(),
+        }
+    }
+
+    /// The link of box `id` of `layout`'s home.
+    fn link_in(&self, layout: &BoxLayout, id: &BoxId) -> PathBuf {
+        self.dir_path(layout).join(id.as_str())
     }
 
     /// The text written into the link: `<home>/boxes/<id>/sockets`, made absolute
@@ -270,18 +294,17 @@ impl ShortSymlink {
             return false;
         }
         let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
-        let want = st.targets.get(id).and_then(|v| v.iter().find(|(h, _)| h.as_os_str() == home.as_os_str())).map(|(_, w)| *w);
-        let (Some(dir), Some(want)) = (st.dir.as_ref(), want) else {
+        let Some((_, want, dir)) = st.targets.get(id).and_then(|v| v.iter().find(|(h, ..)| h.as_os_str() == home.as_os_str())) else {
             return false;
         };
         matches!(nix::sys::stat::fstatat(dir.as_fd(), id.as_str(), AtFlags::empty()),
-            Ok(s) if FileId::of(&s) == want)
+            Ok(s) if FileId::of(&s) == *want)
     }
 
     fn forget(&self, layout: &BoxLayout, id: &BoxId) {
         let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(v) = st.targets.get_mut(id) {
-            v.retain(|(h, _)| h.as_os_str() != layout.home().as_os_str());
+            v.retain(|(h, ..)| h.as_os_str() != layout.home().as_os_str());
             if v.is_empty() {
                 st.targets.remove(id);
             }
@@ -300,9 +323,20 @@ impl ShortSymlink {
         }
     }
 
-    /// Open and check the per-user directory. With `create`, make it (0700) if missing;
-    /// without, a missing directory is `Ok(None)`.
-    fn open_per_uid(&self, create: bool) -> Result<Option<OwnedFd>, BindingError> {
+    /// Open and check the per-user directory `layout`'s home uses, with its path. With
+    /// `create`, make it (0700) if missing; without, a missing directory is `Ok(None)`.
+    /// The shared one falls back (the core's [`SharedDir`]) when another user holds it.
+    fn open_dir(&self, layout: &BoxLayout, create: bool) -> Result<Option<(OwnedFd, PathBuf)>, BindingError> {
+        match &self.dir {
+            Dir::Shared(s) => Ok(s.open(layout.home(), create)?.map(|o| (o.fd, o.path))),
+            Dir::Fixed { path, name } => Ok(self.open_fixed(path, name, create)?.map(|fd| (fd, path.clone()))),
+        }
+    }
+
+    /// Open and check an explicit per-user directory (no fallback: the embedder chose
+    /// it). With `create`, make it (0700) if missing; without, a missing directory is
+    /// `Ok(None)`.
+    fn open_fixed(&self, per_uid: &Path, name: &str, create: bool) -> Result<Option<OwnedFd>, BindingError> {
         let base = &self.config.base_dir;
         let uid = self.config.uid;
         // Resolved on descriptors, every ancestor and symlink on the way held to the
@@ -315,7 +349,7 @@ impl ShortSymlink {
                 path: base.clone(),
                 reason: format!(
                     "the base directory has mode {bmode:04o}: writable by other users without the sticky bit, so they could rename {} away and put their own in its place",
-                    self.per_uid_name
+                    name
                 ),
             });
         }
@@ -325,12 +359,11 @@ impl ShortSymlink {
                 reason: format!("the base directory is owned by uid {}, neither root nor uid {uid}", bst.st_uid),
             });
         }
-        let name = self.per_uid_name.as_str();
         if create {
             match nix::sys::stat::mkdirat(&base_fd, name, Mode::from_bits_truncate(0o700)) {
-                Ok(()) => tracing::debug!(path = %boxsock_core::echo::path(&self.per_uid), "created per-user directory"),
+                Ok(()) => tracing::debug!(path = %boxsock_core::echo::path(per_uid), "created per-user directory"),
                 Err(Errno::EEXIST) => {}
-                Err(e) => return Err(BindingError::errno("create directory", &self.per_uid, e)),
+                Err(e) => return Err(BindingError::errno("create directory", per_uid, e)),
             }
         }
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -338,14 +371,14 @@ impl ShortSymlink {
             Ok(fd) => fd,
             Err(Errno::ENOENT) if !create => return Ok(None),
             Err(e @ (Errno::ELOOP | Errno::ENOTDIR | Errno::EMLINK)) => {
-                return Err(self.not_a_directory(base_fd.as_fd(), e));
+                return Err(self.not_a_directory(base_fd.as_fd(), per_uid, name, e));
             }
-            Err(e) => return Err(BindingError::errno("open", &self.per_uid, e)),
+            Err(e) => return Err(BindingError::errno("open", per_uid, e)),
         };
-        let st = nix::sys::stat::fstat(&fd).map_err(|e| BindingError::errno("stat", &self.per_uid, e))?;
+        let st = nix::sys::stat::fstat(&fd).map_err(|e| BindingError::errno("stat", per_uid, e))?;
         if st.st_uid != uid {
             return Err(BindingError::Insecure {
-                path: self.per_uid.clone(),
+                path: per_uid.to_owned(),
                 reason: format!(
                     "it is a directory owned by uid {} (mode {:04o}), not by uid {uid}; another user may have created it to intercept box sockets",
                     st.st_uid,
@@ -355,16 +388,15 @@ impl ShortSymlink {
         }
         let mode = mode_bits(&st);
         if mode & 0o077 != 0 {
-            tracing::warn!(path = %boxsock_core::echo::path(&self.per_uid), mode = format_args!("{mode:04o}"), "per-user directory was open to group/other; repairing to 0700");
+            tracing::warn!(path = %boxsock_core::echo::path(per_uid), mode = format_args!("{mode:04o}"), "per-user directory was open to group/other; repairing to 0700");
             nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o700))
-                .map_err(|e| BindingError::errno("repair mode (chmod 0700) of", &self.per_uid, e))?;
+                .map_err(|e| BindingError::errno("repair mode (chmod 0700) of", per_uid, e))?;
         }
         Ok(Some(fd))
     }
 
     /// The error for a per-user path that is not a real directory, naming what it is.
-    fn not_a_directory(&self, base_fd: BorrowedFd<'_>, open_err: Errno) -> BindingError {
-        let name = self.per_uid_name.as_str();
+    fn not_a_directory(&self, base_fd: BorrowedFd<'_>, per_uid: &Path, name: &str, open_err: Errno) -> BindingError {
         let found = match nix::sys::stat::fstatat(base_fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(s) if is_kind(&s, SFlag::S_IFLNK) => {
                 let to = nix::fcntl::readlinkat(base_fd, name)
@@ -376,43 +408,43 @@ impl ShortSymlink {
             Err(e) => format!("not openable as a directory ({open_err}; {e})"),
         };
         BindingError::Insecure {
-            path: self.per_uid.clone(),
+            path: per_uid.to_owned(),
             reason: format!("it is {found}; the per-user directory must be a real directory owned by uid {}", self.config.uid),
         }
     }
 
     /// Replace whatever link is at `name` by one to `target`, atomically: a temporary
     /// link in the same directory renamed over it.
-    fn replace_link(&self, dir: BorrowedFd<'_>, name: &str, target: &Path) -> Result<(), BindingError> {
+    fn replace_link(&self, dir: BorrowedFd<'_>, dir_path: &Path, name: &str, target: &Path) -> Result<(), BindingError> {
         let tmp = temp_name(name);
         nix::unistd::symlinkat(target, dir, tmp.as_str())
-            .map_err(|e| BindingError::errno("create temporary link", self.per_uid.join(&tmp), e))?;
+            .map_err(|e| BindingError::errno("create temporary link", dir_path.join(&tmp), e))?;
         if let Err(e) = nix::fcntl::renameat(dir, tmp.as_str(), dir, name) {
             let _ = nix::unistd::unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-            return Err(BindingError::errno("rename temporary link over", self.per_uid.join(name), e));
+            return Err(BindingError::errno("rename temporary link over", dir_path.join(name), e));
         }
         Ok(())
     }
 
     fn cache(&self, layout: &BoxLayout, id: &BoxId, dir: OwnedFd, want: FileId) {
         let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
-        st.dir = Some(Arc::new(dir));
+        let dir = Arc::new(dir);
         let v = st.targets.entry(id.clone()).or_default();
-        match v.iter_mut().find(|(h, _)| h.as_os_str() == layout.home().as_os_str()) {
-            Some((_, w)) => *w = want,
-            None => v.push((layout.home().to_owned(), want)),
+        match v.iter_mut().find(|(h, ..)| h.as_os_str() == layout.home().as_os_str()) {
+            Some((_, w, d)) => (*w, *d) = (want, dir),
+            None => v.push((layout.home().to_owned(), want, dir)),
         }
     }
 
     fn slow_ensure(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
         let target = self.link_target(layout, id)?;
         let want = self.target_id(&target, id)?;
-        let dir = self.open_per_uid(true)?.ok_or_else(|| {
-            BindingError::errno("open", &self.per_uid, Errno::ENOENT)
+        let (dir, path) = self.open_dir(layout, true)?.ok_or_else(|| {
+            BindingError::errno("open", self.dir_path(layout), Errno::ENOENT)
         })?;
         {
-            let _lock = DirLock::acquire(dir.as_fd(), &self.per_uid)?;
-            self.place_link(dir.as_fd(), id, &target, want)?;
+            let _lock = DirLock::acquire(dir.as_fd(), &path)?;
+            self.place_link(dir.as_fd(), &path, id, &target, want)?;
         }
         self.cache(layout, id, dir, want);
         Ok(())
@@ -421,9 +453,9 @@ impl ShortSymlink {
     /// Make `name` a link resolving to `want`, under the directory lock. Other writers
     /// (a /tmp cleaner, a process not taking the lock) are still survived: every step
     /// is re-examined, a bounded number of times.
-    fn place_link(&self, dir: BorrowedFd<'_>, id: &BoxId, target: &Path, want: FileId) -> Result<(), BindingError> {
+    fn place_link(&self, dir: BorrowedFd<'_>, dir_path: &Path, id: &BoxId, target: &Path, want: FileId) -> Result<(), BindingError> {
         let name = id.as_str();
-        let link = self.per_uid.join(name);
+        let link = dir_path.join(name);
         for _ in 0..MAX_ATTEMPTS {
             let entry = examine(dir, name).map_err(|e| BindingError::errno("inspect", &link, e))?;
             match entry {
@@ -453,7 +485,7 @@ impl ShortSymlink {
                 }
                 Entry::Dangling | Entry::LiveOther => {
                     tracing::info!(box_id = %id, path = %boxsock_core::echo::path(&link), target = %boxsock_core::echo::path(target), stale = ?entry, "replacing stale link");
-                    self.replace_link(dir, name, target)?;
+                    self.replace_link(dir, dir_path, name, target)?;
                 }
                 Entry::NotALink(kind) => {
                     return Err(BindingError::Occupied { path: link, found: kind.to_owned() });
@@ -499,8 +531,8 @@ impl SocketBinding for ShortSymlink {
         self.slow_ensure(layout, id)
     }
 
-    fn address(&self, _layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<SocketAddress, BindingError> {
-        let addr = SocketAddress::Path(binding::socket_path(&self.link_path(id), file_name)?);
+    fn address(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<SocketAddress, BindingError> {
+        let addr = SocketAddress::Path(binding::socket_path(&self.link_in(layout, id), file_name)?);
         budget::check(file_name, &addr, Platform::current())?;
         Ok(addr)
     }
@@ -510,12 +542,12 @@ impl SocketBinding for ShortSymlink {
     /// and anything that is not a link are left alone. Idempotent.
     fn release(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
         self.forget(layout, id);
-        let Some(dir) = self.open_per_uid(false)? else {
+        let Some((dir, dir_path)) = self.open_dir(layout, false)? else {
             return Ok(());
         };
-        let _lock = DirLock::acquire(dir.as_fd(), &self.per_uid)?;
+        let _lock = DirLock::acquire(dir.as_fd(), &dir_path)?;
         let name = id.as_str();
-        let link = self.per_uid.join(name);
+        let link = dir_path.join(name);
         let entry = examine(dir.as_fd(), name).map_err(|e| BindingError::errno("inspect", &link, e))?;
         let ours = match entry {
             Entry::Missing => return Ok(()),
@@ -562,17 +594,17 @@ impl SocketBinding for ShortSymlink {
     /// serialised by an exclusive `flock` on the per-user directory.
     fn sweep(&self, layout: &BoxLayout) -> Result<SweepReport, BindingError> {
         let mut report = SweepReport::default();
-        let Some(dir) = self.open_per_uid(false)? else {
+        let Some((dir, dir_path)) = self.open_dir(layout, false)? else {
             return Ok(report);
         };
-        let _lock = DirLock::acquire(dir.as_fd(), &self.per_uid)?;
+        let _lock = DirLock::acquire(dir.as_fd(), &dir_path)?;
         let boxes_here = box_name_hashes(&layout.boxes_dir());
         let mut listing =
             nix::dir::Dir::openat(&dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-                .map_err(|e| BindingError::errno("open", &self.per_uid, e))?;
+                .map_err(|e| BindingError::errno("open", &dir_path, e))?;
         let mut dead: Vec<Vec<u8>> = Vec::new();
         for ent in listing.iter() {
-            let ent = ent.map_err(|e| BindingError::errno("read directory", &self.per_uid, e))?;
+            let ent = ent.map_err(|e| BindingError::errno("read directory", &dir_path, e))?;
             let name = ent.file_name().to_bytes();
             if name == b"." || name == b".." {
                 continue;
@@ -604,15 +636,15 @@ impl SocketBinding for ShortSymlink {
             let name = OsStr::from_bytes(&name);
             match nix::unistd::unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir) {
                 Ok(()) => {
-                    let path = self.per_uid.join(name);
+                    let path = dir_path.join(name);
                     tracing::debug!(path = %boxsock_core::echo::path(&path), "swept dangling link");
                     report.removed.push(path);
                 }
                 Err(Errno::ENOENT) => {}
-                Err(e) => return Err(BindingError::errno("unlink", self.per_uid.join(name), e)),
+                Err(e) => return Err(BindingError::errno("unlink", dir_path.join(name), e)),
             }
         }
-        tracing::debug!(path = %boxsock_core::echo::path(&self.per_uid), removed = report.removed.len(), kept = report.kept, "swept");
+        tracing::debug!(path = %boxsock_core::echo::path(&dir_path), removed = report.removed.len(), kept = report.kept, "swept");
         Ok(report)
     }
 
@@ -620,18 +652,27 @@ impl SocketBinding for ShortSymlink {
         let target = self.link_target(layout, id)?;
         Ok(vec![
             PolicyPath {
-                path: self.link_path(id),
+                path: self.link_in(layout, id),
                 intent: PolicyIntent::SymlinkToDirectory { target: target.clone() },
                 access: PolicyAccess::Sockets,
             },
             PolicyPath { path: target, intent: PolicyIntent::Directory, access: PolicyAccess::Sockets },
             // Only traversed (the link is looked up in it), never written through.
-            PolicyPath { path: self.per_uid.clone(), intent: PolicyIntent::Directory, access: PolicyAccess::Read },
+            PolicyPath { path: self.dir_path(layout), intent: PolicyIntent::Directory, access: PolicyAccess::Read },
         ])
     }
 
     fn binding_dir(&self) -> Option<PathBuf> {
-        Some(self.per_uid.clone())
+        Some(self.per_uid_dir())
+    }
+
+    /// `<base>/<prefix>-<uid>`, the name another user can take first (not an explicit
+    /// `binding_dir`, which the embedder chose).
+    fn shared_dir(&self) -> Option<PathBuf> {
+        match &self.dir {
+            Dir::Shared(s) => Some(s.predictable()),
+            Dir::Fixed { .. } => None,
+        }
     }
 
     /// The box's sockets directory, opened *through the held, checked per-user
@@ -645,12 +686,12 @@ impl SocketBinding for ShortSymlink {
         let (dir, cached) = {
             let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
             let home = layout.home();
-            let want = if home.is_relative() {
+            let entry = if home.is_relative() {
                 None
             } else {
-                st.targets.get(id).and_then(|v| v.iter().find(|(h, _)| h.as_os_str() == home.as_os_str())).map(|(_, w)| *w)
+                st.targets.get(id).and_then(|v| v.iter().find(|(h, ..)| h.as_os_str() == home.as_os_str())).map(|(_, w, d)| (*w, d.clone()))
             };
-            (st.dir.clone(), want)
+            (entry.as_ref().map(|(_, d)| d.clone()), entry.map(|(w, _)| w))
         };
         let want = match cached {
             Some(w) => w,
@@ -658,15 +699,15 @@ impl SocketBinding for ShortSymlink {
         };
         let expect = DirExpectation { owner: self.config.uid, identity: Some(DirIdentity { dev: want.dev, ino: want.ino }) };
         if let Some(d) = dir {
-            match SocketDir::open_at(d.as_fd(), id.as_str(), self.link_path(id), expect) {
+            match SocketDir::open_at(d.as_fd(), id.as_str(), self.link_in(layout, id), expect) {
                 // The cached per-user directory may have been removed (a /tmp cleaner)
                 // and made again since: look once more through a freshly checked one.
                 Err(BindingError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {}
                 other => return other.map(Some),
             }
         }
-        let fresh = self.open_per_uid(false)?.ok_or_else(|| BindingError::errno("open", &self.per_uid, Errno::ENOENT))?;
-        SocketDir::open_at(fresh.as_fd(), id.as_str(), self.link_path(id), expect).map(Some)
+        let (fresh, path) = self.open_dir(layout, false)?.ok_or_else(|| BindingError::errno("open", self.dir_path(layout), Errno::ENOENT))?;
+        SocketDir::open_at(fresh.as_fd(), id.as_str(), path.join(id.as_str()), expect).map(Some)
     }
 
     /// The owner and the embedder's `allowed_peer_uids`: the 0700 directories keep
@@ -675,8 +716,8 @@ impl SocketBinding for ShortSymlink {
         PeerPolicy::allow_uids(std::iter::once(self.config.uid).chain(self.config.allowed_peer_uids.iter().copied()))
     }
 
-    fn binding_path(&self, _layout: &BoxLayout, id: &BoxId) -> Option<PathBuf> {
-        Some(self.link_path(id))
+    fn binding_path(&self, layout: &BoxLayout, id: &BoxId) -> Option<PathBuf> {
+        Some(self.link_in(layout, id))
     }
 }
 

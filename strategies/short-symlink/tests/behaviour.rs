@@ -159,13 +159,33 @@ fn a_warm_cache_does_not_trust_a_replaced_parent() {
     symlink(f.layout.sockets_dir(&f.id), elsewhere.path().join(f.id.as_str())).unwrap();
     symlink(elsewhere.path(), f.per_uid()).unwrap();
     assert!(same_file(&f.link(), &f.layout.sockets_dir(&f.id)), "the path resolves to our dir");
-    match f.s.ensure(&f.layout, &f.id).unwrap_err() {
-        BindingError::Insecure { path, reason } => {
-            assert_eq!(path, f.per_uid());
-            assert!(reason.contains("symlink") && reason.contains(&elsewhere.path().display().to_string()), "{reason}");
-        }
-        e => panic!("wrong variant: {e}"),
+    let squatted = f.per_uid();
+    assert_falls_back(&f, &squatted, &["symlink", &elsewhere.path().display().to_string()]);
+}
+
+/// `ensure` with `squatted` (the predictable per-user directory) unusable: the box's
+/// link is made in a fresh private fallback, recorded in the home with a note holding
+/// every word of `why`; release and sweep work; nothing is made in `squatted`.
+fn assert_falls_back(f: &Fixture, squatted: &Path, why: &[&str]) {
+    let before = std::fs::symlink_metadata(squatted).map(|m| (m.ino(), m.mode())).ok();
+    f.s.ensure(&f.layout, &f.id).unwrap();
+    let binding = f.s.binding_path(&f.layout, &f.id).unwrap();
+    assert!(!binding.starts_with(squatted), "{} is in the refused directory", binding.display());
+    assert!(same_file(&binding, &f.layout.sockets_dir(&f.id)));
+    let record = boxsock_core::fallback::read_record(f.layout.home(), boxsock_core::fallback::RECORD).expect("a record");
+    assert_eq!(Some(record.dir.as_path()), binding.parent());
+    for w in why {
+        assert!(record.notes[0].contains(w), "{:?} lacks {w}", record.notes);
     }
+    let m = std::fs::symlink_metadata(&record.dir).unwrap();
+    assert!(m.is_dir() && m.mode() & 0o777 == 0o700);
+    // Another instance (another process) agrees, without a new fallback.
+    f.fresh().ensure(&f.layout, &f.id).unwrap();
+    assert_eq!(f.fresh().binding_path(&f.layout, &f.id).unwrap(), binding);
+    f.s.sweep(&f.layout).unwrap();
+    f.s.release(&f.layout, &f.id).unwrap();
+    assert!(!binding.exists());
+    assert_eq!(std::fs::symlink_metadata(squatted).map(|m| (m.ino(), m.mode())).ok(), before, "the refused entry was touched");
 }
 
 #[test]
@@ -261,27 +281,24 @@ fn a_regular_file_or_directory_at_the_link_path_is_never_overwritten() {
 }
 
 #[test]
-fn a_symlinked_per_user_dir_is_insecure() {
+fn a_symlinked_per_user_dir_is_never_used() {
     let f = Fixture::new();
     let decoy = tempfile::tempdir().unwrap();
-    symlink(decoy.path(), f.per_uid()).unwrap();
-    for r in [f.s.ensure(&f.layout, &f.id), f.s.release(&f.layout, &f.id), f.s.sweep(&f.layout).map(drop)] {
-        match r.unwrap_err() {
-            BindingError::Insecure { path, reason } => {
-                assert_eq!(path, f.per_uid());
-                assert!(reason.contains("a symlink to") && reason.contains(&decoy.path().display().to_string()), "{reason}");
-            }
-            e => panic!("wrong variant: {e}"),
-        }
-    }
+    let squatted = f.per_uid();
+    symlink(decoy.path(), &squatted).unwrap();
+    // Nothing of ours is there: release and sweep have nothing to do.
+    f.s.release(&f.layout, &f.id).unwrap();
+    assert_eq!(f.s.sweep(&f.layout).unwrap().removed.len(), 0);
+    assert_falls_back(&f, &squatted, &["a symlink to", &decoy.path().display().to_string()]);
     assert_eq!(std::fs::read_dir(decoy.path()).unwrap().count(), 0, "nothing created through the symlink");
 }
 
 #[test]
-fn a_per_user_path_that_is_a_file_is_insecure() {
+fn a_per_user_path_that_is_a_file_is_never_used() {
     let f = Fixture::new();
-    std::fs::write(f.per_uid(), b"").unwrap();
-    assert!(matches!(f.s.ensure(&f.layout, &f.id), Err(BindingError::Insecure { reason, .. }) if reason.contains("a regular file")));
+    let squatted = f.per_uid();
+    std::fs::write(&squatted, b"").unwrap();
+    assert_falls_back(&f, &squatted, &["a regular file"]);
 }
 
 #[test]
@@ -303,7 +320,7 @@ fn a_base_others_can_write_without_the_sticky_bit_is_insecure() {
 }
 
 #[test]
-fn root_only_per_user_dir_owned_by_another_uid_is_insecure() {
+fn root_only_per_user_dir_owned_by_another_uid_is_never_used() {
     if !is_root() {
         skip(Need::Root, "needs root to chown the per-user directory to another uid");
         return;
@@ -311,17 +328,12 @@ fn root_only_per_user_dir_owned_by_another_uid_is_insecure() {
     let f = Fixture::new();
     std::fs::create_dir(f.per_uid()).unwrap();
     std::fs::set_permissions(f.per_uid(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    std::os::unix::fs::chown(f.per_uid(), Some(65534), Some(65534)).unwrap();
-    for r in [f.s.ensure(&f.layout, &f.id), f.s.release(&f.layout, &f.id), f.s.sweep(&f.layout).map(drop)] {
-        match r.unwrap_err() {
-            BindingError::Insecure { path, reason } => {
-                assert_eq!(path, f.per_uid());
-                assert!(reason.contains("owned by uid 65534"), "{reason}");
-            }
-            e => panic!("wrong variant: {e}"),
-        }
-    }
-    assert!(!f.link().exists(), "nothing created in another user's directory");
+    let squatted = f.per_uid();
+    std::os::unix::fs::chown(&squatted, Some(65534), Some(65534)).unwrap();
+    f.s.release(&f.layout, &f.id).unwrap();
+    assert_eq!(f.s.sweep(&f.layout).unwrap().removed.len(), 0);
+    assert_falls_back(&f, &squatted, &["owned by uid 65534"]);
+    assert_eq!(std::fs::read_dir(&squatted).unwrap().count(), 0, "nothing created in another user's directory");
 }
 
 #[test]

@@ -19,6 +19,10 @@
 //!   build). The choice depends only on the environment and the config, never on the
 //!   disk, so every process of a home with the same environment computes the same
 //!   addresses.
+//!   That fallback root has a predictable name in a shared base, so it is the core's
+//!   [`SharedDir`]: when another user made it first, the home moves to a fresh private
+//!   `<base>/<prefix>-x.<10 random>`, recorded in `<home>/binding-dir.<prefix>-x`
+//!   (decision 0011).
 //! - `<hash of the home>` is 8 base32 characters of SHA-256 over the absolute home
 //!   (containerd's `/run/containerd/s/<sha256>`): a fixed length whatever the home, and
 //!   one directory per home, so two homes may use the same box id at once and a sweep
@@ -42,6 +46,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use boxsock_core::binding::CrossUserProtection;
+use boxsock_core::fallback::SharedDir;
 use boxsock_core::peer::PeerPolicy;
 use boxsock_core::registry::StrategyRegistration;
 use boxsock_core::{
@@ -153,11 +158,15 @@ pub fn home_hash(home: &Path) -> String {
 pub struct XdgHashed {
     config: StrategyConfig,
     root: Root,
-    /// One short-symlink instance per home (absolute home → instance), each with the
-    /// home's hashed directory as its binding directory.
-    homes: RwLock<HashMap<PathBuf, Arc<ShortSymlink>>>,
-    /// (dev, ino) of the root when last created and checked.
-    checked_root: RwLock<Option<(u64, u64)>>,
+    /// The root's fallback when it is in a shared base (the core's): a root another
+    /// user took first is replaced by a fresh private one, recorded in the home.
+    shared: Option<SharedDir>,
+    /// One short-symlink instance per home (absolute home → the root it was built for
+    /// and the instance), each with the home's hashed directory as its binding
+    /// directory.
+    homes: RwLock<HashMap<PathBuf, (PathBuf, Arc<ShortSymlink>)>>,
+    /// The root, with its (dev, ino), when last created and checked.
+    checked_root: RwLock<Option<(PathBuf, u64, u64)>>,
 }
 
 impl XdgHashed {
@@ -177,7 +186,26 @@ impl XdgHashed {
         if let Root::Fallback { path, reason } = &root {
             tracing::debug!(strategy = NAME, root = %boxsock_core::echo::path(path), reason = %reason, "not using XDG_RUNTIME_DIR");
         }
-        Ok(XdgHashed { config: config.clone(), root, homes: RwLock::new(HashMap::new()), checked_root: RwLock::new(None) })
+        let shared = match &root {
+            Root::Fallback { path, .. } => {
+                let (Some(base), Some(stem)) = (path.parent(), path.file_name().and_then(|n| n.to_str()).and_then(|n| n.rsplit_once('-'))) else {
+                    return Err(BindingError::Invalid {
+                        what: "xdg-hashed root".into(),
+                        reason: format!("{} is not <base>/<stem>-<uid>", boxsock_core::echo::path(path)),
+                    });
+                };
+                let shared = SharedDir::new(config, base, stem.0);
+                if shared.predictable() != *path {
+                    return Err(BindingError::Invalid {
+                        what: "xdg-hashed root".into(),
+                        reason: format!("{} is not <base>/<stem>-{}", boxsock_core::echo::path(path), config.uid),
+                    });
+                }
+                Some(shared)
+            }
+            Root::Xdg { .. } => None,
+        };
+        Ok(XdgHashed { config: config.clone(), root, shared, homes: RwLock::new(HashMap::new()), checked_root: RwLock::new(None) })
     }
 
     /// Where the per-home directories live, and why.
@@ -185,39 +213,62 @@ impl XdgHashed {
         &self.root
     }
 
+    /// The root `layout`'s home uses: `$XDG_RUNTIME_DIR/boxsock`, or in a shared base
+    /// the predictable root or the home's recorded fallback.
+    pub fn root_for(&self, layout: &BoxLayout) -> PathBuf {
+        match &self.shared {
+            Some(s) => s.path_for(layout.home()),
+            None => self.root.path().to_owned(),
+        }
+    }
+
     /// `<root>/<hash of the home>`, the home's directory of links.
     pub fn home_dir(&self, layout: &BoxLayout) -> Result<PathBuf, BindingError> {
-        Ok(self.root.path().join(home_hash(&absolute_home(layout)?)))
+        Ok(self.root_for(layout).join(home_hash(&absolute_home(layout)?)))
     }
 
-    /// The short-symlink instance serving `layout`'s home.
+    /// The short-symlink instance serving `layout`'s home (built again when the home's
+    /// root changed: a fallback replaced).
     fn inner(&self, layout: &BoxLayout) -> Result<Arc<ShortSymlink>, BindingError> {
         let home = absolute_home(layout)?;
-        if let Some(s) = self.homes.read().unwrap_or_else(PoisonError::into_inner).get(&home) {
-            return Ok(s.clone());
+        let root = self.root_for(layout);
+        if let Some((r, s)) = self.homes.read().unwrap_or_else(PoisonError::into_inner).get(&home) {
+            if *r == root {
+                return Ok(s.clone());
+            }
         }
-        let config = StrategyConfig {
-            base_dir: self.root.path().to_owned(),
-            binding_dir: Some(self.root.path().join(home_hash(&home))),
-            ..self.config.clone()
-        };
+        let config = StrategyConfig { base_dir: root.clone(), binding_dir: Some(root.join(home_hash(&home))), ..self.config.clone() };
         let s = Arc::new(ShortSymlink::new(&config)?);
         let mut homes = self.homes.write().unwrap_or_else(PoisonError::into_inner);
-        Ok(homes.entry(home).or_insert(s).clone())
+        let e = homes.entry(home).or_insert_with(|| (root.clone(), s.clone()));
+        if e.0 != root {
+            *e = (root, s);
+        }
+        Ok(e.1.clone())
     }
 
-    /// Whether the root exists, is still the directory checked before, and is one: one
+    /// Whether `root` exists, is still the directory checked before, and is one: one
     /// `lstat` in the steady state.
-    fn root_unchanged(&self) -> bool {
-        let Some((dev, ino)) = *self.checked_root.read().unwrap_or_else(PoisonError::into_inner) else { return false };
-        matches!(std::fs::symlink_metadata(self.root.path()), Ok(m) if m.is_dir() && m.dev() == dev && m.ino() == ino)
+    fn root_unchanged(&self, root: &Path) -> bool {
+        let guard = self.checked_root.read().unwrap_or_else(PoisonError::into_inner);
+        let Some((path, dev, ino)) = guard.as_ref() else { return false };
+        path == root && matches!(std::fs::symlink_metadata(root), Ok(m) if m.is_dir() && m.dev() == *dev && m.ino() == *ino)
     }
 
     /// Create the root (0700) if missing and check it on a descriptor: a real directory
     /// of the configured uid, no group/other bits (repaired), in a parent others cannot
-    /// rename it out of.
-    fn prepare_root(&self) -> Result<(), BindingError> {
-        if self.root_unchanged() {
+    /// rename it out of. In a shared base, a root another user holds is never used: the
+    /// core's fallback replaces it.
+    fn prepare_root(&self, layout: &BoxLayout) -> Result<(), BindingError> {
+        if self.root_unchanged(&self.root_for(layout)) {
+            return Ok(());
+        }
+        if let Some(shared) = &self.shared {
+            let opened = shared.open(layout.home(), true)?.ok_or_else(|| BindingError::errno("open", shared.path_for(layout.home()), Errno::ENOENT))?;
+            let st = nix::sys::stat::fstat(&opened.fd).map_err(|e| BindingError::errno("stat", &opened.path, e))?;
+            #[allow(clippy::unnecessary_cast)]
+            let identity = (opened.path, st.st_dev as u64, st.st_ino as u64);
+            *self.checked_root.write().unwrap_or_else(PoisonError::into_inner) = Some(identity);
             return Ok(());
         }
         let root = self.root.path();
@@ -275,14 +326,18 @@ impl XdgHashed {
             nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(0o700)).map_err(|e| BindingError::errno("chmod", root, e))?;
         }
         #[allow(clippy::unnecessary_cast)]
-        let identity = (st.st_dev as u64, st.st_ino as u64);
+        let identity = (root.to_owned(), st.st_dev as u64, st.st_ino as u64);
         *self.checked_root.write().unwrap_or_else(PoisonError::into_inner) = Some(identity);
         Ok(())
     }
 
-    /// Whether the root exists at all (nothing to release or sweep without it).
-    fn root_exists(&self) -> bool {
-        std::fs::symlink_metadata(self.root.path()).is_ok()
+    /// Whether the root `layout`'s home uses is there to look in (nothing to release
+    /// or sweep without it, or in a shared root another user holds).
+    fn root_usable(&self, layout: &BoxLayout) -> Result<bool, BindingError> {
+        match &self.shared {
+            Some(s) => Ok(s.open(layout.home(), false)?.is_some()),
+            None => Ok(std::fs::symlink_metadata(self.root.path()).is_ok()),
+        }
     }
 }
 
@@ -305,7 +360,6 @@ impl SocketBinding for XdgHashed {
 
     /// Check (or make) the root, then the home's directory and the box's link.
     fn ensure(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
-        let inner = self.inner(layout)?;
         // Refuse a missing sockets directory before creating anything (the root included);
         // any other failure to look (ENAMETOOLONG, EACCES) is reported as itself.
         let sockets = layout.sockets_dir(id);
@@ -317,8 +371,8 @@ impl SocketBinding for XdgHashed {
             }
             Err(e) => return Err(BindingError::io("stat", sockets, e)),
         }
-        self.prepare_root()?;
-        inner.ensure(layout, id)
+        self.prepare_root(layout)?;
+        self.inner(layout)?.ensure(layout, id)
     }
 
     fn address(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<SocketAddress, BindingError> {
@@ -326,7 +380,7 @@ impl SocketBinding for XdgHashed {
     }
 
     fn release(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
-        if !self.root_exists() {
+        if !self.root_usable(layout)? {
             return Ok(());
         }
         self.inner(layout)?.release(layout, id)
@@ -334,7 +388,7 @@ impl SocketBinding for XdgHashed {
 
     /// Dangling links in this home's directory only (other homes have their own).
     fn sweep(&self, layout: &BoxLayout) -> Result<SweepReport, BindingError> {
-        if !self.root_exists() {
+        if !self.root_usable(layout)? {
             return Ok(SweepReport::default());
         }
         self.inner(layout)?.sweep(layout)
@@ -350,6 +404,12 @@ impl SocketBinding for XdgHashed {
 
     fn socket_dir(&self, layout: &BoxLayout, id: &BoxId) -> Result<Option<SocketDir>, BindingError> {
         self.inner(layout)?.socket_dir(layout, id)
+    }
+
+    /// The predictable root in a shared base (`<base>/<prefix>-x-<uid>`) when
+    /// `XDG_RUNTIME_DIR` is not used: another user can take that name first.
+    fn shared_dir(&self) -> Option<PathBuf> {
+        self.shared.as_ref().map(SharedDir::predictable)
     }
 
     /// The owner and the embedder's `allowed_peer_uids`.

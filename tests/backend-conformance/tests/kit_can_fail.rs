@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use boxsock_backend_conformance::{CHECKS, Outcome, Target, check_named, run_all, run_named};
 use boxsock_core::backend::{
-    AddressNeeds, Availability, BackendConfig, BackendError, Isolation, LaunchSpec, Launched,
+    AddressNeeds, Availability, BackendConfig, BackendError, Isolation, LaunchSpec, Launched, Readiness,
 };
 use boxsock_core::registry::BackendRegistration;
 use boxsock_core::{Backend, SocketSpec};
@@ -174,6 +174,9 @@ impl Backend for Faulty {
     }
     fn address_needs(&self) -> AddressNeeds {
         self.inner.address_needs()
+    }
+    fn readiness(&self) -> Readiness {
+        self.inner.readiness()
     }
     fn isolation(&self) -> Isolation {
         Isolation::None

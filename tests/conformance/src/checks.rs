@@ -482,30 +482,51 @@ pub fn repairs_binding_dir_mode(k: &Kit) -> Outcome {
     Outcome::Passed
 }
 
-fn expect_insecure(k: &Kit, r: Result<(), BindingError>, dir: &Path, mention: Option<&str>, who: &str) {
-    match r {
+/// `ensure` by `s` with `dir` (a directory it must not use) in place: refused with
+/// `Insecure` naming `dir` (and `mention`), or the box works through a binding that is
+/// not in `dir`.
+fn expect_not_used(k: &Kit, s: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, dir: &Path, mention: Option<&str>, who: &str) {
+    match s.ensure(layout, id) {
         Err(BindingError::Insecure { path, reason }) => {
             assert_eq!(path, dir, "Insecure must name the binding directory");
             if let Some(m) = mention {
                 assert!(reason.contains(m), "Insecure's reason {reason:?} must mention {m}");
             }
         }
-        other => panic!("{}: ensure ({who}): expected Insecure for {}, got {other:?}", sname(k), dir.display()),
+        Ok(()) => {
+            if let Some(p) = s.binding_path(layout, id) {
+                assert!(
+                    !p.starts_with(dir),
+                    "{}: ensure ({who}) put the binding {} in {}, a directory it must not use",
+                    sname(k),
+                    p.display(),
+                    dir.display()
+                );
+            }
+            util::stream_round_trip(s, layout, id, AGENT);
+        }
+        other => panic!(
+            "{}: ensure ({who}): expected Insecure or a binding elsewhere than {}, got {other:?}",
+            sname(k),
+            dir.display()
+        ),
     }
 }
 
-/// A binding directory owned by another user (chown to 65534) is refused with `Insecure`
-/// naming the owner, and nothing in it is touched. Root only.
+/// A binding directory owned by another user (chown to 65534) is never used: `ensure`
+/// either refuses it with `Insecure` naming the owner or puts the binding elsewhere (a
+/// fallback, see `squatted_shared_dir_never_stops_a_box`), and nothing in it is
+/// touched. Root only.
 pub fn refuses_foreign_owned_binding_dir(k: &Kit) -> Outcome {
     let (layout, id) = setup(k);
     let d = k.strategy.binding_dir().expect("checked by Need::BindingDir");
     std::os::unix::fs::chown(&d, Some(fork::NOBODY), Some(fork::NOBODY)).expect("chown to nobody");
-    expect_insecure(k, k.fresh().ensure(&layout, &id), &d, Some("65534"), "fresh instance");
-    if let Some(p) = k.strategy.binding_path(&layout, &id) {
-        std::fs::remove_file(&p).expect("reap binding");
+    expect_not_used(k, &*k.fresh(), &layout, &id, &d, Some("65534"), "fresh instance");
+    if let Some(p) = k.strategy.binding_path(&layout, &id).filter(|p| p.starts_with(&d)) {
+        let _ = std::fs::remove_file(&p);
     }
     let before_reaped = snapshot(&d);
-    expect_insecure(k, k.strategy.ensure(&layout, &id), &d, Some("65534"), "same instance, binding reaped");
+    expect_not_used(k, &*k.strategy, &layout, &id, &d, Some("65534"), "same instance, binding reaped");
     assert_eq!(snapshot(&d), before_reaped, "{}: something was changed in a foreign-owned directory", sname(k));
     let me = nix::unistd::geteuid().as_raw();
     std::os::unix::fs::chown(&d, Some(me), Some(nix::unistd::getegid().as_raw())).expect("chown back");
@@ -513,8 +534,9 @@ pub fn refuses_foreign_owned_binding_dir(k: &Kit) -> Outcome {
     Outcome::Passed
 }
 
-/// A binding directory that is a symlink (even to a directory of ours) is refused with
-/// `Insecure`; neither the link nor its target is touched.
+/// A binding directory that is a symlink (even to a directory of ours) is never used:
+/// `ensure` refuses it with `Insecure` or puts the binding elsewhere; neither the link
+/// nor its target is touched.
 pub fn refuses_symlinked_binding_dir(k: &Kit) -> Outcome {
     let d = k.strategy.binding_dir().expect("checked by Need::BindingDir");
     let layout = k.harness.new_home();
@@ -527,9 +549,92 @@ pub fn refuses_symlinked_binding_dir(k: &Kit) -> Outcome {
     chmod(&target, 0o700);
     std::os::unix::fs::symlink(&target, &d).expect("symlink binding dir");
     let before = (snapshot(&d), snapshot(&target));
-    expect_insecure(k, k.strategy.ensure(&layout, &id), &d, None, "same instance");
-    expect_insecure(k, k.fresh().ensure(&layout, &id), &d, None, "fresh instance");
+    expect_not_used(k, &*k.strategy, &layout, &id, &d, None, "same instance");
+    expect_not_used(k, &*k.fresh(), &layout, &id, &d, None, "fresh instance");
     assert_eq!((snapshot(&d), snapshot(&target)), before, "{}: the symlinked binding dir or its target was touched", sname(k));
+    Outcome::Passed
+}
+
+/// Make `dir` as uid 65534 (mode 0777), in a forked child that really drops to it.
+fn mkdir_as_nobody(dir: &Path) {
+    let p = dir.to_owned();
+    fork::in_child(move || {
+        // SAFETY: plain system calls in the forked child, which only makes one directory
+        // and exits; dropping supplementary groups, then gid, then uid.
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(fork::NOBODY) != 0
+                || libc::setuid(fork::NOBODY) != 0
+            {
+                return Err(format!("drop to nobody: {}", std::io::Error::last_os_error()));
+            }
+        }
+        std::fs::create_dir(&p).map_err(|e| format!("mkdir {} as nobody: {e}", p.display()))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).map_err(|e| format!("chmod: {e}"))
+    })
+    .unwrap_or_else(|e| panic!("the squatter (uid 65534) could not make {}: {e}", dir.display()));
+    let m = std::fs::symlink_metadata(dir).expect("the squatter's directory");
+    assert_eq!(m.uid(), fork::NOBODY, "the squatter's directory is not uid 65534's");
+}
+
+/// Directories of ours directly in `base`, other than `except`.
+fn own_dirs(base: &Path, except: &Path) -> Vec<PathBuf> {
+    let me = nix::unistd::geteuid().as_raw();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(base)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.retain(|p| p != except && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == me));
+    v.sort();
+    v
+}
+
+/// A box works (`ensure`, bind, connect) through `s` although `squatted` is another
+/// user's, and nothing of theirs is used.
+fn works_beside(k: &Kit, s: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, squatted: &Path, who: &str) {
+    if let Err(e) = s.ensure(layout, id) {
+        panic!(
+            "{}: a squatted shared directory stopped the box ({who}): ensure failed with {e:?} while uid 65534 holds {}",
+            sname(k),
+            squatted.display()
+        );
+    }
+    if let Some(p) = s.binding_path(layout, id) {
+        assert!(!p.starts_with(squatted), "{}: ({who}) the binding {} is in the squatter's {}", sname(k), p.display(), squatted.display());
+    }
+    util::stream_round_trip(s, layout, id, AGENT);
+}
+
+/// A shared directory another user takes first never stops a box. Uid 65534 (a forked
+/// child that really drops to it) makes the strategy's predictable directory
+/// (`shared_dir()`, in a sticky base others can write, like `/tmp`) before first use:
+/// a box still works, through the same and a fresh instance. Then the directory the
+/// strategy moved to is removed (a cleaner) and uid 65534 makes one of that very name
+/// (it is visible in the base): a box works again. Nothing of the squatter's is used or
+/// touched. Root only.
+pub fn squatted_shared_dir_never_stops_a_box(k: &Kit) -> Outcome {
+    let d = k.strategy.shared_dir().expect("checked by Need::SharedDir");
+    let base = d.parent().expect("a shared directory has a base").to_owned();
+    std::fs::create_dir_all(&base).expect("create the base");
+    chmod(&base, 0o1777);
+    mkdir_as_nobody(&d);
+    let squat = snapshot(&d);
+    let layout = k.harness.new_home();
+    let id = k.harness.new_box(&layout);
+    works_beside(k, &*k.strategy, &layout, &id, &d, "first use");
+    works_beside(k, &*k.fresh(), &layout, &id, &d, "fresh instance");
+    assert_eq!(snapshot(&d), squat, "{}: the squatter's {} was touched", sname(k), d.display());
+    // Where the strategy went instead, if in the base: its name is public there.
+    let moved = own_dirs(&base, &d);
+    if let [fallback] = moved.as_slice() {
+        std::fs::remove_dir_all(fallback).expect("the cleaner removes the fallback");
+        mkdir_as_nobody(fallback);
+        let squat2 = snapshot(fallback);
+        let second = k.harness.new_box(&layout);
+        works_beside(k, &*k.strategy, &layout, &id, fallback, "the same instance, its fallback re-squatted");
+        works_beside(k, &*k.fresh(), &layout, &second, fallback, "a fresh instance, the fallback re-squatted");
+        assert_eq!(snapshot(fallback), squat2, "{}: the squatter's {} was touched", sname(k), fallback.display());
+        assert_eq!(snapshot(&d), squat, "{}: the squatter's {} was touched", sname(k), d.display());
+    }
     Outcome::Passed
 }
 

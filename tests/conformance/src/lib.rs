@@ -42,6 +42,9 @@ pub enum Need {
     Root,
     /// The strategy has a shared binding directory (`SocketBinding::binding_dir`).
     BindingDir,
+    /// The strategy keeps a predictable directory in a shared base
+    /// (`SocketBinding::shared_dir`).
+    SharedDir,
     /// The strategy creates one filesystem entry per box (`SocketBinding::binding_path`).
     BindingPath,
     /// Addresses are filesystem paths (`Capabilities::path_addressable`).
@@ -63,6 +66,7 @@ impl Need {
         let ok = match self {
             Need::Root => util::is_root(),
             Need::BindingDir => strategy.binding_dir().is_some(),
+            Need::SharedDir => strategy.shared_dir().is_some(),
             Need::BindingPath => strategy.binding_path(&probe, &id).is_some(),
             Need::PathAddressable => caps.path_addressable,
             Need::NotFilesystemVisible => !caps.filesystem_visible,
@@ -76,6 +80,7 @@ impl Need {
             match self {
                 Need::Root => "needs root (CI runs as root)",
                 Need::BindingDir => "the strategy has no binding_dir()",
+                Need::SharedDir => "the strategy has no shared_dir()",
                 Need::BindingPath => "the strategy has no binding_path()",
                 Need::PathAddressable => "the strategy's addresses are not filesystem paths",
                 Need::NotFilesystemVisible => "the strategy's sockets are visible on the filesystem",
@@ -124,6 +129,7 @@ pub const CHECKS: &[Check] = &[
     check!(repairs_binding_dir_mode, BindingDir),
     check!(refuses_foreign_owned_binding_dir, BindingDir, Root),
     check!(refuses_symlinked_binding_dir, BindingDir),
+    check!(squatted_shared_dir_never_stops_a_box, SharedDir, Root),
     check!(release_is_idempotent_and_removes_binding),
     check!(release_leaves_other_home_alone),
     check!(sweep_removes_only_dead_leftovers),
@@ -265,6 +271,7 @@ macro_rules! conformance_tests {
                 repairs_binding_dir_mode,
                 refuses_foreign_owned_binding_dir,
                 refuses_symlinked_binding_dir,
+                squatted_shared_dir_never_stops_a_box,
                 release_is_idempotent_and_removes_binding,
                 release_leaves_other_home_alone,
                 sweep_removes_only_dead_leftovers,

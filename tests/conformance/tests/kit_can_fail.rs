@@ -89,6 +89,8 @@ enum Bug {
     AdoptsForeignDir,
     /// `ensure` replaces a binding directory that is a symlink by a real directory.
     ReplacesSymlinkedDir,
+    /// `ensure` refuses a squatted shared directory and has no fallback (forever).
+    NoFallback,
     /// `release` leaves the binding.
     ReleaseKeepsBinding,
     /// `release` removes the link at the binding path whatever it points to.
@@ -264,6 +266,16 @@ impl Broken {
                     let _ = std::os::unix::fs::lchown(&d, Some(self.uid), Some(gid));
                 }
             }
+            (Bug::NoFallback, _) => {
+                let d = self.inner.shared_dir()?;
+                let m = std::fs::symlink_metadata(&d).ok()?;
+                if m.uid() != self.uid || !m.is_dir() {
+                    return Some(Err(BindingError::Insecure {
+                        path: d,
+                        reason: format!("it is owned by uid {}, not uid {}", m.uid(), self.uid),
+                    }));
+                }
+            }
             (Bug::ReplacesSymlinkedDir, _) => {
                 let d = self.inner.binding_dir()?;
                 if is_symlink(&d) {
@@ -427,6 +439,10 @@ impl SocketBinding for Broken {
 
     fn binding_dir(&self) -> Option<PathBuf> {
         self.inner.binding_dir()
+    }
+
+    fn shared_dir(&self) -> Option<PathBuf> {
+        self.inner.shared_dir()
     }
 
     fn binding_path(&self, layout: &BoxLayout, id: &BoxId) -> Option<PathBuf> {
@@ -674,9 +690,11 @@ proofs! {
     repairs_binding_dir_mode: ShortSymlink with Bug::KeepsOpenMode
         => ["a fresh instance's ensure left", "at 777"];
     refuses_foreign_owned_binding_dir: ShortSymlink with Bug::AdoptsForeignDir
-        => ["ensure (fresh instance): expected Insecure", "got Ok"];
+        => ["ensure (fresh instance) put the binding", "a directory it must not use"];
     refuses_symlinked_binding_dir: ShortSymlink with Bug::ReplacesSymlinkedDir
-        => ["ensure (same instance): expected Insecure", "got Ok"];
+        => ["ensure (same instance) put the binding", "a directory it must not use"];
+    squatted_shared_dir_never_stops_a_box: ShortSymlink with Bug::NoFallback
+        => ["a squatted shared directory stopped the box (first use)", "Insecure"];
     release_is_idempotent_and_removes_binding: ShortSymlink with Bug::ReleaseKeepsBinding
         => ["release left"];
     release_leaves_other_home_alone: ShortSymlink with Bug::ReleaseRemovesAnyLink

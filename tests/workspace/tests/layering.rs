@@ -155,7 +155,7 @@ fn the_runtime_names_no_concrete_strategy_or_backend() {
 
 /// "The facade depends on every strategy and backend it offers": with every feature
 /// on, every package under `strategies/` and `backends/` is a direct dependency of
-/// `boxsock` (which `cli/build.rs` links; `registry.rs` checks the registrations).
+/// `boxsock` (which `cli/src/linked.rs` links; `registry.rs` checks the registrations).
 #[test]
 fn the_facade_depends_on_every_strategy_and_backend() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

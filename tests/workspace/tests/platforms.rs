@@ -44,14 +44,6 @@ const LINUX_ONLY: &[&str] = &[
     "O_PATH",
 ];
 
-/// Files still holding code for another platform outside `sys/`, each with the reason.
-/// The goal is an empty list; a file leaves it when its code moves to `sys/`.
-const PENDING: &[(&str, &str)] = &[(
-    "core/runtime/src/store.rs",
-    "the SQLite VFS over /proc/self/fd (`fd_vfs`, Linux) and the plain open elsewhere: \
-     moves to the runtime's sys/ with the store changes under way (issue 17)",
-)];
-
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
@@ -284,8 +276,7 @@ fn code_for_other_platforms_is_only_behind_a_sys_boundary() {
     for dir in shipped_crates() {
         let mut files = Vec::new();
         rust_files(&dir.join("src"), &mut files);
-        let pending = |f: &Path| PENDING.iter().any(|(p, _)| f.ends_with(p));
-        for f in files.iter().filter(|f| !is_sys_file(f) && !pending(f)) {
+        for f in files.iter().filter(|f| !is_sys_file(f)) {
             let code = without_comments(&std::fs::read_to_string(f).unwrap());
             // Attributes only (`cfg!` picks a value, such as the sun_path budget).
             for (n, line) in code.lines().enumerate() {

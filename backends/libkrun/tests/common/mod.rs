@@ -97,7 +97,7 @@ impl Fixture {
         LaunchSpec {
             id: self.id.clone(),
             layout: self.layout.clone(),
-            sockets: boxsock_core::backend::BoxSockets { addresses, dir: None, peer: boxsock_core::peer::PeerPolicy::unchecked() },
+            sockets: boxsock_core::backend::BoxSockets::new(addresses, None, boxsock_core::peer::PeerPolicy::unchecked()),
             log_file: self.layout.log_file(&self.id),
             network,
             policy: self.policy(),

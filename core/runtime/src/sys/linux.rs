@@ -1,10 +1,15 @@
-//! Linux: pidfds (`pidfd_open`, `pidfd_send_signal`, Linux ≥ 5.3) and `/proc/<pid>/stat`.
+//! Linux: pidfds (`pidfd_open`, `pidfd_send_signal`, Linux ≥ 5.3), `/proc/<pid>/stat`,
+//! and the store's SQLite VFS over `/proc/self/fd` (`sqlite_vfs`).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
+
+mod sqlite_vfs;
+
+pub(crate) use sqlite_vfs::open_sqlite_in;
 
 /// `O_PATH`: a descriptor that only anchors lookups (the home's ancestors, the store's
 /// directory).

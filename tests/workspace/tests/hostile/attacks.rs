@@ -430,8 +430,9 @@ fn ensure_then_connect(
         .map_err(|e| variant(&e))
 }
 
-/// The common end of the squatting scenarios: `ensure` fails with `Insecure` naming the
-/// per-user path and `facts`; binding and dialling after it fail; `watched` (the
+/// The common end of the squatting scenarios: `ensure` never uses the squatted
+/// per-user path: the box's link is made in a fresh private fallback recorded in the
+/// home, whose note names `facts`; binding and dialling work through it; `watched` (the
 /// attacker's directory, if any) stays empty. Returns the observed text.
 fn assert_squat_refused(
     w: &World,
@@ -440,34 +441,20 @@ fn assert_squat_refused(
     watched: Option<&Path>,
 ) -> String {
     let id = w.new_box();
-    let err = s
-        .ensure(&w.layout, &id)
-        .expect_err("ensure over a squatted per-user directory");
-    let reason = match &err {
-        BindingError::Insecure { path, reason } => {
-            assert_eq!(path, &w.per_uid(), "{err}");
-            reason.clone()
-        }
-        other => panic!("expected Insecure, got {other:?}"),
-    };
+    s.ensure(&w.layout, &id)
+        .unwrap_or_else(|e| panic!("ensure over a squatted per-user directory: {e}"));
+    let link = s.binding_path(&w.layout, &id).expect("short-symlink has a link");
+    assert!(!link.starts_with(w.per_uid()), "the link {} is in the squatted directory", link.display());
+    let record = std::fs::read_to_string(w.layout.home().join(boxsock_runtime::squat::RECORD))
+        .expect("the fallback is recorded in the home");
+    let fallback = PathBuf::from(record.lines().next().unwrap_or(""));
+    assert_eq!(link.parent(), Some(fallback.as_path()), "the link is not in the recorded fallback");
     for f in facts {
-        assert!(reason.contains(f), "reason {reason:?} should name {f:?}");
+        assert!(record.contains(f), "the record's note {record:?} should name {f:?}");
     }
-    let msg = err.to_string();
-    assert!(msg.contains(&w.per_uid().display().to_string()), "{msg}");
-    let bind =
-        ensure_then_bind(s, &w.layout, &id, "agent.sock").expect_err("bind after a refused ensure");
-    let dial = ensure_then_connect(s, &w.layout, &id, "agent.sock")
-        .expect_err("connect after a refused ensure");
-    // A caller that skips ensure gets nowhere either: nothing of ours is at the link.
-    let bare = s
-        .bind_stream(&w.layout, &id, "ready.sock")
-        .map(drop)
-        .map_err(|e| variant(&e));
-    assert!(
-        bare.is_err(),
-        "a bare bind_stream through the squatted directory succeeded"
-    );
+    let listener = s.bind_stream(&w.layout, &id, "agent.sock").expect("bind through the fallback");
+    ensure_then_connect(s, &w.layout, &id, "agent.sock").expect("connect through the fallback");
+    drop(listener);
     if let Some(dir) = watched {
         assert_eq!(
             entries(dir),
@@ -476,11 +463,6 @@ fn assert_squat_refused(
             dir.display()
         );
     }
-    assert_eq!(
-        entries(&w.layout.sockets_dir(&id)),
-        Vec::<String>::new(),
-        "no socket may be bound anywhere"
-    );
     // The positive control: a naive binder, trusting the name, falls into the squat.
     let naive = w.per_uid().join("naive.sock");
     let control = match (std::os::unix::net::UnixListener::bind(&naive), watched) {
@@ -502,13 +484,12 @@ fn assert_squat_refused(
         }
     };
     format!(
-        "ensure refused: Insecure at <base>/boxsock-<uid> naming {}; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}, bare bind_stream → {}; no socket bound anywhere{}; beside it, a naive binder (bind `<base>/boxsock-<uid>/naive.sock` by the path string) {control}",
+        "ensure never used <base>/boxsock-<uid>: the link went into a fresh private <base>/boxsock.<random> recorded in <home>/binding-dir, whose note names {}; bind and connect worked through it{}; beside it, a naive binder (bind `<base>/boxsock-<uid>/naive.sock` by the path string) {control}",
         facts
             .iter()
             .map(|f| format!("{f:?}"))
             .collect::<Vec<_>>()
             .join(" and "),
-        bare.unwrap_err(),
         if watched.is_some() {
             ", nothing created in the attacker's directory"
         } else {
@@ -755,18 +736,13 @@ scenario!(
             .unwrap();
             assert_eq!(r, [0, 0, 0, 0, 0], "nobody could not set the trap");
             // The steady-state fast path holds a descriptor of the removed directory; it must
-            // not be trusted, and the new directory must be refused.
-            let err = s
-                .ensure(&w.layout, &id)
-                .expect_err("ensure over the attacker's per-user directory");
-            assert!(
-                matches!(&err, BindingError::Insecure { path, reason } if path == &p && reason.contains("owned by uid 65534")),
-                "{err:?}"
-            );
-            let bind = ensure_then_bind(s.as_ref(), &w.layout, &id, "ready.sock")
-                .expect_err("bind into the trap");
-            let dial = ensure_then_connect(s.as_ref(), &w.layout, &id, "agent.sock")
-                .expect_err("connect into the trap");
+            // not be trusted, and the new directory must never be used.
+            s.ensure(&w.layout, &id).unwrap_or_else(|e| panic!("ensure over the attacker's per-user directory: {e}"));
+            let link = s.binding_path(&w.layout, &id).expect("a link");
+            assert!(!link.starts_with(&p), "the link {} is in the attacker's directory", link.display());
+            let bind = ensure_then_bind(s.as_ref(), &w.layout, &id, "ready.sock").map(|()| "Ok").unwrap_or_else(|v| v);
+            let dial = ensure_then_connect(s.as_ref(), &w.layout, &id, "agent.sock").map(|()| "Ok").unwrap_or_else(|v| v);
+            assert_eq!((bind, dial), ("Ok", "Ok"), "bind and connect through the fallback");
             assert_eq!(
                 entries(&evil),
                 Vec::<String>::new(),
@@ -785,7 +761,7 @@ scenario!(
             drop(naive);
             std::fs::remove_file(evil.join("naive.sock")).unwrap();
             Outcome::Passed(format!(
-                "ensure refused: Insecure at <base>/boxsock-<uid> (\"owned by uid 65534\"), not fooled by its cached descriptor of the removed directory; ensure+bind_stream → {bind}, ensure+connect_stream → {dial}; the attacker's target directory stayed empty and their directory untouched, while a naive binder beside it (bind `<base>/boxsock-<uid>/<id>/naive.sock` by the path string) put its socket there"
+                "ensure never used the attacker's <base>/boxsock-<uid>, not fooled by its cached descriptor of the removed directory: the link went into a fresh private fallback; ensure+bind_stream → {bind}, ensure+connect_stream → {dial} (the live agent socket reached); the attacker's target directory stayed empty and their directory untouched, while a naive binder beside it (bind `<base>/boxsock-<uid>/<id>/naive.sock` by the path string) put its socket there"
             ))
         })()
     }
@@ -1273,7 +1249,7 @@ fn holders_of(a: &boxsock_core::SocketAddress) -> Vec<String> {
 scenario!(
     abstract_names_squatted_after_stop_do_not_block_the_next_start,
     "Attacks",
-    "a box on `host` with `abstract` is started and stopped; `nobody` binds the names it saw (the agent's and the ready socket's, as in the agent's argv and /proc/net/unix) and keeps them; the owner starts the box again and runs a command",
+    "a box on `host` with `abstract` is started and stopped; `nobody` binds the names it saw (the agent's, in /proc/net/unix, and the one the strategy derives for `ready`) and keeps them; the owner starts the box again and runs a command",
     {
         (|| -> Outcome {
             if !is_root() {

@@ -50,8 +50,8 @@ const MAX_EXECS: usize = 50 * EXECS;
 const MIN_WINDOWS: usize = 100;
 
 /// How many successful starts under `umask 000` must have had the attacker's directory
-/// in place at the directory the runtime was using, at least once while they ran (each start binds `ready.sock`, and its agent binds
-/// `agent.sock` and dials `ready.sock`). A start that bound or dialled by the path string
+/// in place at the directory the runtime was using, at least once while they ran (each start binds the box's
+/// `agent.sock`, which it hands to the agent). A start that bound or dialled by the path string
 /// lands in the attacker's directory whenever it does so inside such a window; the naive
 /// binder beside it is hijacked in about 1 of 10 attempts at least, so 20 windows would
 /// have caught a start path with that exposure with a probability near 0.88 per socket,
@@ -125,21 +125,29 @@ impl Mark {
     }
 }
 
-/// The home's recorded fallback binding directory, if the runtime has moved to one.
+/// The home's recorded fallback binding directory (the record's first line), if the
+/// runtime has moved to one.
 fn recorded_fallback(home: &Path) -> Option<String> {
-    std::fs::read_to_string(home.join(boxsock_runtime::squat::RECORD)).ok()
+    let text = std::fs::read_to_string(home.join(boxsock_runtime::squat::RECORD)).ok()?;
+    text.lines().next().map(str::to_owned)
 }
 
 /// Run `f` (a start or an exec of the runtime of `home`) and say whether the
 /// attacker's object was in place, at some moment while it ran, at the directory the
 /// runtime was using: the default one, or its recorded fallback once it moved there.
-/// When the runtime moved during `f`, no window is counted (conservative).
+/// When the runtime moved during `f`, a window is counted only if nobody's directory
+/// stood at the recorded fallback (by its owner, looked at) as `f` began: the runtime
+/// met the attacker there and left (it replaces a squatted fallback, issue 18.2), where a
+/// dialer re-resolving that path would have reached the attacker.
 fn window_during<T>(attacker: &Attacker, home: &Path, f: impl FnOnce() -> T) -> (T, bool) {
     let (rec, before) = (recorded_fallback(home), attacker.mark());
+    let squatted_at_start = rec.as_ref().is_some_and(|d| {
+        std::fs::symlink_metadata(d).is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == NOBODY)
+    });
     let r = f();
     let (rec_after, after) = (recorded_fallback(home), attacker.mark());
     let at = if rec.is_some() { FALLBACK } else { PER_UID };
-    (r, rec == rec_after && before.window_until(after, at))
+    (r, (rec == rec_after && before.window_until(after, at)) || (rec != rec_after && squatted_at_start))
 }
 
 /// Where the naive victims of the runtime of `home` dial or bind: the directory the
@@ -317,9 +325,9 @@ fn child(out: RawFd, stop: RawFd, prog: &Program, sock: Option<(libc::sockaddr_u
                     libc::usleep(200);
                 }
                 Program::SwapIn { own, target, .. } => {
-                    if !followed {
-                        followed = find_fallback(base_fd, &mut fb_name);
-                    }
+                    // Follow the runtime: a squatted fallback is replaced by a fresh one,
+                    // whose name shows in the listing in turn.
+                    followed = find_fallback(base_fd, &mut fb_name) || followed;
                     let (at, to) = if followed { (FALLBACK, fb_name.as_ptr().cast::<libc::c_char>()) } else { (PER_UID, target.as_ptr()) };
                     // In place only briefly, as a racing attacker would: long stays
                     // would only make `ensure` refuse (it checks the owner).
@@ -637,7 +645,7 @@ scenario!(
 scenario!(
     cleaner_plus_renamed_attacker_dir_never_receives_an_exec,
     "Attacks",
-    "default layout (base 1777): a cleaner (root) keeps deleting root's `<base>/boxsock-<uid>` and root's fallback directories `<base>/boxsock.*`, while `nobody` keeps renaming its own directory (holding `<id>/agent.sock`, its listener) into the directory the runtime uses and back: `<base>/boxsock-<uid>`, then, once a fallback name shows in the listing of `<base>`, that name; a running box (host backend) gets execs until 300 were tried, 100 ran in it while nobody's directory was in place at the directory the runtime was using (the per-user one, or the fallback recorded in `<home>/binding-dir`), and a naive dialer beside it (connect to `<that directory>/<id>/agent.sock` by the path string, after each exec) was hijacked 5 times (at most 15 000 execs); passes only if no request reached nobody's listener, with both minimums met (refused execs are counted and reported: a squatted fallback is not escaped, issue 18.2)",
+    "default layout (base 1777): a cleaner (root) keeps deleting root's `<base>/boxsock-<uid>` and root's fallback directories `<base>/boxsock.*`, while `nobody` keeps renaming its own directory (holding `<id>/agent.sock`, its listener) into the directory the runtime uses and back: `<base>/boxsock-<uid>`, then, once a fallback name shows in the listing of `<base>`, that name (read again each round, so it follows the runtime from one fallback to the next); a running box (host backend) gets execs until 300 were tried, 100 ran in it while nobody's directory was in place at the directory the runtime was using (the per-user one, or the fallback recorded in `<home>/binding-dir`), and a naive dialer beside it (connect to `<that directory>/<id>/agent.sock` by the path string, after each exec) was hijacked 5 times (at most 15 000 execs); passes only if no request reached nobody's listener, with both minimums met (refused execs are counted and reported: the runtime replaces a squatted fallback, issue 18.2, but root's own cleaner removing it every 300 µs refuses some)",
     {
         (|| -> Outcome {
             if !is_root() {
@@ -755,7 +763,7 @@ const NAIVE_BINDS: usize = 10;
 scenario!(
     own_process umask_000_start_never_binds_in_the_attackers_dir,
     "Attacks",
-    "`umask 000` (in a process of its own); a cleaner (root) keeps deleting root's `<base>/boxsock-<uid>` and root's fallback directories `<base>/boxsock.*`, while `nobody` keeps renaming its own 0777 directory (with `<id>/` and its listener at `<id>/ready.sock`, where the box's agent reports readiness) into the directory the runtime uses (the per-user one, then the fallback once its name shows in the listing of `<base>`); the runtime starts and stops the box until 25 starts were tried and 20 succeeded while nobody's directory was in place at the directory the runtime was using (at most 3 000 attempts); after each start `nobody` dials the box's agent socket in the real directory, and a naive binder beside it binds 10 sockets at `<that directory>/<id>/naive-N.sock` by the path string (5 of them must land in nobody's directory); passes only if nothing of root's appeared in nobody's directory and its listener received nothing, with both minimums met (refused starts are counted and reported: a squatted fallback is not escaped, issue 18.2)",
+    "`umask 000` (in a process of its own); a cleaner (root) keeps deleting root's `<base>/boxsock-<uid>` and root's fallback directories `<base>/boxsock.*`, while `nobody` keeps renaming its own 0777 directory (with `<id>/` and a listener at `<id>/ready.sock`, where an agent that reported readiness by path would dial) into the directory the runtime uses (the per-user one, then the fallback once its name shows in the listing of `<base>`); the runtime starts and stops the box until 25 starts were tried and 20 succeeded while nobody's directory was in place at the directory the runtime was using (at most 3 000 attempts); after each start `nobody` dials the box's agent socket in the real directory, and a naive binder beside it binds 10 sockets at `<that directory>/<id>/naive-N.sock` by the path string (5 of them must land in nobody's directory); passes only if nothing of root's appeared in nobody's directory and its listener received nothing, with both minimums met (refused starts are counted and reported: root's own cleaner removing the directory under a start refuses some)",
     {
         (|| -> Outcome {
             if !is_root() {
@@ -913,7 +921,7 @@ scenario!(
                 tokio.block_on(rt.start(&id)).unwrap_or_else(|e| panic!("start: {e}"));
                 assert_eq!(tokio.block_on(exec_code(&rt, &id, &["/bin/true"])).unwrap(), 0);
                 let record = std::fs::read_to_string(w.layout.home().join(boxsock_runtime::squat::RECORD)).expect("the fallback is recorded in the home");
-                let fallback = std::path::PathBuf::from(record.trim_end());
+                let fallback = std::path::PathBuf::from(record.lines().next().unwrap_or(""));
                 let s = rt.strategy("short-symlink").unwrap();
                 assert_eq!(s.binding_dir().as_deref(), Some(fallback.as_path()), "the strategy uses the recorded fallback");
                 let addr = s.address(rt.layout(), &b.id, "agent.sock").unwrap();

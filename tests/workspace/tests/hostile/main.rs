@@ -9,10 +9,12 @@ use boxsock_tests::reliability::{
 mod attacks;
 mod home;
 mod dial_races;
+mod fallback;
 mod faults;
 mod first_use;
 mod input;
 mod lifeline;
+mod proc_watch;
 mod round3;
 
 /// A scenario's skip (called by `scenario!`), through the one skip mechanism: a failure

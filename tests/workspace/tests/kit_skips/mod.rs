@@ -11,6 +11,7 @@ use boxsock_test_support::{Need, Unmakeable, skip, skip_allowed};
 /// until it is listed here again (the safe direction).
 pub const CAPABILITY_SKIPS: &[&str] = &[
     "the strategy has no binding_dir()",
+    "the strategy has no shared_dir()",
     "the strategy has no binding_path()",
     "the strategy's addresses are not filesystem paths",
     "the strategy's sockets are visible on the filesystem",
