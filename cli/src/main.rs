@@ -23,6 +23,7 @@ use boxsock::{
 use clap::{Args, Parser, Subcommand};
 
 mod exit;
+mod lifeline;
 mod logs;
 mod term;
 mod tty;
@@ -240,6 +241,20 @@ enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// `run --rm`'s lifeline (started by `run --rm` with its pipe at descriptor 3; see
+    /// cli/src/lifeline.rs): removes the box if the client dies first.
+    #[command(name = lifeline::VERB, hide = true)]
+    Lifeline {
+        /// The box's id, chosen by the client before it creates the box.
+        #[arg(long = "box", value_name = "ID")]
+        box_id: String,
+        /// The client's pid.
+        #[arg(long, value_name = "PID")]
+        owner_pid: i32,
+        /// The client's start time (clock ticks after boot, /proc/<pid>/stat field 22).
+        #[arg(long, value_name = "TICKS")]
+        owner_start: u64,
+    },
 }
 
 /// A command-line value that does not parse (clap prints it after the argument name).
@@ -381,6 +396,18 @@ fn main() -> ExitCode {
             return ExitCode::from(0);
         }
     };
+    if matches!(cli.verb, Verb::Lifeline { .. }) {
+        // Before anything else opens a descriptor: the guardian takes its pipe, and on
+        // the normal path (the client disarms it) exits having done nothing else.
+        match lifeline::wait() {
+            Ok(lifeline::End::Disarmed) => return ExitCode::SUCCESS,
+            Ok(lifeline::End::ClientGone) => {}
+            Err(e) => {
+                errln!("boxsock: {e}");
+                return ExitCode::from(exit::FAILED);
+            }
+        }
+    }
     init_logs();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -481,6 +508,27 @@ impl Global {
             return Err(Failure(format!("no box with id or name {}: home {} does not exist", boxsock::boxsock_core::echo::echo(what), boxsock::boxsock_core::echo::path(&home)), exit::FAILED));
         }
         self.open(writes).await
+    }
+
+    /// The global options as arguments, for `run --rm`'s lifeline: it opens the home
+    /// as this process did (home made absolute; values from the environment passed as
+    /// options).
+    fn lifeline_args(&self) -> Result<Vec<std::ffi::OsString>, Failure> {
+        let mut a: Vec<std::ffi::OsString> = vec!["--home".into(), self.home()?.into_os_string()];
+        a.extend(["--strategy".into(), self.strategy.clone().into()]);
+        a.extend(["--backend".into(), self.backend.clone().into()]);
+        if let Some(b) = &self.link_base {
+            a.extend(["--link-base".into(), b.clone().into_os_string()]);
+        }
+        if let Some(d) = &self.helper_dir {
+            a.extend(["--helper-dir".into(), d.clone().into_os_string()]);
+        }
+        for (k, v) in &self.backend_options {
+            a.extend(["--backend-option".into(), format!("{k}={v}").into()]);
+        }
+        a.extend(["--lock-wait".into(), self.lock_wait.to_string().into()]);
+        a.extend(["--ready-timeout".into(), self.ready_timeout.to_string().into()]);
+        Ok(a)
     }
 
     fn create_options(&self, name: Option<String>, env: Vec<(String, String)>, network: bool, settings: &BoxArgs) -> CreateOptions {
@@ -638,15 +686,35 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Verb::Run { rm, detach, name, env, interactive, tty, workdir, settings, cmd } => {
             let env: Vec<(String, String)> = env.into_iter().flatten().collect();
             let rt = g.open(Writes::Yes).await.map_err(|f| Failure(f.0, exit::FAILED))?;
-            // Tie the box to this process: if it is killed (-9) before removing the
-            // box, the next writing command on this home removes it.
-            let owner = match rm {
-                true => Some(boxsock::ProcessIdentity::current().map_err(|e| Failure(format!("cannot read this process's identity: {e}"), exit::FAILED))?),
+            let mut opts = g.create_options(name, Vec::new(), false, &settings);
+            // Tie the box to this process: a lifeline (a guardian process told the id
+            // before the box exists) removes it as soon as this process dies without
+            // removing it (kill -9); the owner recorded with the row lets the next
+            // writing command remove it if the lifeline was killed too.
+            let guard = match rm {
+                true => {
+                    let owner = boxsock::ProcessIdentity::current().map_err(|e| {
+                        Failure(format!("cannot read this process's identity: {e}"), exit::FAILED)
+                    })?;
+                    let id = boxsock::BoxId::generate();
+                    let l = lifeline::Lifeline::spawn(g.lifeline_args()?, &id, owner)
+                        .map_err(|e| Failure(e.to_string(), exit::FAILED))?;
+                    opts.id = Some(id);
+                    opts.auto_remove_owner = Some(owner);
+                    Some(l)
+                }
                 false => None,
             };
-            let mut opts = g.create_options(name, Vec::new(), false, &settings);
-            opts.auto_remove_owner = owner;
-            let b = rt.create(opts).await.map_err(|e| Failure(backend_hint(e, g).0, exit::FAILED))?;
+            let b = match rt.create(opts).await {
+                Ok(b) => b,
+                Err(e) => {
+                    // A failed create leaves nothing behind.
+                    if let Some(l) = guard {
+                        l.disarm();
+                    }
+                    return Err(Failure(backend_hint(e, g).0, exit::FAILED));
+                }
+            };
             let id = b.id.to_string();
             if detach {
                 // A failed start leaves the box stopped (`rm` it, or `start` it again).
@@ -687,6 +755,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             } else if let Err(e) = rt.stop(&id, None).await {
                 // Like an exited container: the box stays, stopped.
                 errln!("boxsock: stopping box {id}: {e}");
+            }
+            // Removed, or its failure said here: the lifeline has nothing left to do
+            // (a box this removal could not remove is left to the next writing command).
+            if let Some(l) = guard {
+                l.disarm();
             }
             Ok(exit_byte(result?))
         }
@@ -887,6 +960,49 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 }
             }
             Ok(0)
+        }
+        Verb::Lifeline { box_id, owner_pid, owner_start } => {
+            // Only reached once the client is gone without disarming (see `main`).
+            let id = boxsock::BoxId::parse(&box_id).map_err(|e| {
+                let echoed = boxsock::boxsock_core::echo::echo(&box_id);
+                Failure(format!("box id {echoed}: {e}"), exit::FAILED)
+            })?;
+            let owner = boxsock::ProcessIdentity { pid: owner_pid, start_time: owner_start };
+            // The pipe ends when the client's descriptors are closed, a moment before the
+            // kernel has the process exited: wait for that (its pidfd), or the client
+            // would still count as alive.
+            if !boxsock::ProcessHandle::open(owner).wait_gone(lifeline::CLIENT_EXIT_WAIT).await {
+                let waited = lifeline::CLIENT_EXIT_WAIT;
+                return Err(Failure(
+                    format!(
+                        "box {id}: the `run --rm` client (pid {owner_pid}) closed its lifeline \
+                         but is still running {waited:?} later; the box is left to it"
+                    ),
+                    exit::FAILED,
+                ));
+            }
+            // Its own box only: other abandoned boxes are the next writing command's.
+            let rt = g.open(Writes::No).await?;
+            match rt.remove_owned(&id, owner).await {
+                Ok(boxsock::OwnedRemoval::OwnerAlive) => Err(Failure(
+                    format!(
+                        "box {id}: its `run --rm` client (pid {owner_pid}) still runs; \
+                         the box is left to it"
+                    ),
+                    exit::FAILED,
+                )),
+                Ok(done) => {
+                    tracing::info!(box_id = %id, outcome = ?done, "run --rm client gone");
+                    Ok(0)
+                }
+                Err(e) => Err(Failure(
+                    format!(
+                        "removing box {id} after its `run --rm` client died: {e} \
+                         (the next writing command removes it)"
+                    ),
+                    exit::FAILED,
+                )),
+            }
         }
         Verb::Doctor { json: as_json } => {
             let home = g.home()?;

@@ -49,6 +49,7 @@ pub mod exec;
 pub mod home;
 mod info;
 mod kill;
+mod lifeline;
 mod lock;
 mod monitor;
 mod options;
@@ -74,6 +75,7 @@ pub use crash::{CRASH_ENV, CRASH_STEPS};
 pub use error::RuntimeError;
 pub use exec::{Child, Command, ExitStatus, Output, SpawnErrorKind};
 pub use info::{BackendReport, BoxInfo, CompanionInfo, DoctorReport, PairingError, SocketReport, StrategyReport, doctor};
+pub use lifeline::OwnedRemoval;
 pub use lock::{LockGuard, LockMode};
 pub use create_options::{CreateOptions, CreateOptionsBuilder};
 pub use options::{Access, ExecIo, RuntimeOptions};
@@ -331,10 +333,13 @@ impl Runtime {
         // The budget next: it depends only on the home, the strategy and the backend's
         // sockets, so a home too deep for this strategy is said first, whatever the
         // machine can run.
-        let id = BoxId::generate();
+        let id = opts.id.clone().unwrap_or_else(BoxId::generate);
         check_addresses(&*strategy, &inner.layout, &id, &socket_specs(&*backend, opts.network))?;
         if let Availability::Unavailable { reason } = backend.available_for_launch() {
             return Err(RuntimeError::BackendUnavailable { backend: opts.backend.clone(), reason });
+        }
+        if opts.id.is_some() && inner.store.resolve_exact(id.as_str())?.is_some() {
+            return Err(crate::store::StoreError::IdTaken { id }.into());
         }
         if let Some(name) = &opts.name {
             if let Some((by, _)) = inner.store.resolve_exact(name)? {

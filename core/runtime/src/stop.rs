@@ -40,6 +40,9 @@ impl Inner {
         let handle = self.handle_for(&rec);
         if let Some(h) = &handle {
             self.terminate(&rec, h, was == BoxState::Running, timeout).await?;
+        } else if was == BoxState::Starting {
+            // Its starter died between launching the process and recording it.
+            self.shutdown_unrecorded(&rec).await;
         }
         self.stop_companions(&id, &[]).await;
         // The process is gone: what it listened on goes before the box is recorded
