@@ -119,6 +119,30 @@ impl Blobs {
         Ok((digest, copied))
     }
 
+    /// Make the whole file `path` (a finished download) the blob `d`: verified (size and
+    /// digest; a mismatch removes the file), synced, renamed into place.
+    pub(crate) fn adopt(&self, path: &Path, d: &Digest, size: u64) -> Result<()> {
+        let f = File::open(path).map_err(|e| ImageError::io("open", path, e))?;
+        let mut r = HashingReader::new(BufReader::new(&f));
+        io::copy(&mut r, &mut io::sink()).map_err(|e| ImageError::io("read", path, e))?;
+        let (actual, n) = r.finish();
+        if n != size || actual != *d {
+            let _ = fs::remove_file(path);
+            if n != size {
+                return Err(ImageError::Truncated { digest: d.clone(), expected: size, got: n });
+            }
+            return Err(ImageError::DigestMismatch {
+                what: format!("blob {d}"),
+                expected: d.clone(),
+                actual,
+            });
+        }
+        f.sync_all().map_err(|e| ImageError::io("fsync", path, e))?;
+        let dest = self.path(d);
+        fs::rename(path, &dest).map_err(|e| ImageError::io("rename into place", &dest, e))?;
+        fsutil::sync_dir(&self.dir)
+    }
+
     /// Read a small blob (a JSON document) whole, verified against its digest.
     pub(crate) fn read(&self, d: &Digest) -> Result<Vec<u8>> {
         let path = self.path(d);
@@ -127,7 +151,10 @@ impl Blobs {
         let mut out = Vec::new();
         r.read_to_end(&mut out).map_err(|e| ImageError::io("read blob", &path, e))?;
         if out.len() as u64 > MAX_DOCUMENT {
-            return Err(ImageError::TooLarge { what: format!("document {d}"), limit: MAX_DOCUMENT });
+            return Err(ImageError::TooLarge {
+                what: format!("document {d}"),
+                limit: MAX_DOCUMENT,
+            });
         }
         let (actual, _) = r.finish();
         if actual != *d {

@@ -104,7 +104,6 @@ impl<R> HashingReader<R> {
         HashingReader { inner, hasher: Sha256::new(), count: 0 }
     }
 
-
     /// The digest of everything read, and its length.
     pub(crate) fn finish(self) -> (Digest, u64) {
         (Digest::from_hasher(self.hasher), self.count)

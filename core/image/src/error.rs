@@ -163,6 +163,22 @@ pub enum ImageError {
         /// What the parser said.
         reason: String,
     },
+    /// A registry refused or failed a request.
+    #[error("registry {registry}: {reason}")]
+    Registry {
+        /// `host[:port]`.
+        registry: String,
+        /// What the client or the registry said, quoted.
+        reason: String,
+    },
+    /// A docker credentials file that cannot be read.
+    #[error("credentials in {}: {reason}", boxsock_core::echo::path(path))]
+    Credentials {
+        /// The file (`~/.docker/config.json`).
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// An image whose config leaves nothing to run, after the overrides.
     #[error("no command: the image has no Entrypoint or Cmd and none was given")]
     NoCommand,

@@ -85,7 +85,10 @@ impl ImageStore {
         if archive.docs.contains_key("manifest.json") {
             return self.import_docker(path, &archive, opts, progress);
         }
-        Err(import_error(path, "neither an OCI layout (index.json) nor a docker save (manifest.json)"))
+        Err(import_error(
+            path,
+            "neither an OCI layout (index.json) nor a docker save (manifest.json)",
+        ))
     }
 
     fn import_index(
@@ -151,7 +154,9 @@ impl ImageStore {
     fn fetch(&self, src: &Source<'_>, d: &Digest, size: u64) -> Result<()> {
         match src {
             Source::Store if self.blobs.has(d) => Ok(()),
-            Source::Store => Err(ImageError::NotFound { reference: format!("blob {d} in the archive") }),
+            Source::Store => {
+                Err(ImageError::NotFound { reference: format!("blob {d} in the archive") })
+            }
             Source::Dir(dir) => {
                 let p = dir.join("blobs/sha256").join(d.hex());
                 let f = File::open(&p).map_err(|e| ImageError::io("open blob", &p, e))?;
@@ -166,7 +171,8 @@ impl ImageStore {
         let bad = |e: std::io::Error| import_error(path, &format!("not a readable tar: {e}"));
         for entry in archive.entries().map_err(bad)? {
             let mut entry = entry.map_err(bad)?;
-            let name = String::from_utf8_lossy(&entry.path_bytes()).trim_start_matches("./").to_owned();
+            let name =
+                String::from_utf8_lossy(&entry.path_bytes()).trim_start_matches("./").to_owned();
             match entry.header().entry_type() {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {}
                 tar::EntryType::Symlink | tar::EntryType::Link => {
@@ -179,7 +185,10 @@ impl ImageStore {
                 }
                 _ => continue,
             }
-            if matches!(name.as_str(), "index.json" | "oci-layout" | "manifest.json" | "repositories") {
+            if matches!(
+                name.as_str(),
+                "index.json" | "oci-layout" | "manifest.json" | "repositories"
+            ) {
                 let mut bytes = Vec::new();
                 (&mut entry).take(MAX_DOCUMENT + 1).read_to_end(&mut bytes).map_err(bad)?;
                 if bytes.len() as u64 > MAX_DOCUMENT {
@@ -199,7 +208,14 @@ impl ImageStore {
                     self.put_blob(&mut entry, d, Some(size))?;
                     d.clone()
                 }
-                None => self.blobs.ingest(&mut entry, Expect { digest: None, size: Some(size), limit: u64::MAX })?.0,
+                None => {
+                    self.blobs
+                        .ingest(
+                            &mut entry,
+                            Expect { digest: None, size: Some(size), limit: u64::MAX },
+                        )?
+                        .0
+                }
             };
             out.files.insert(name, (digest, size));
         }
@@ -221,8 +237,13 @@ impl ImageStore {
             repo_tags: Option<Vec<String>>,
             layers: Vec<String>,
         }
-        let entries: Vec<Entry> = serde_json::from_slice(&archive.docs["manifest.json"])
-            .map_err(|e| import_error(path, &format!("manifest.json: {}", boxsock_core::echo::echo(&e.to_string()))))?;
+        let entries: Vec<Entry> =
+            serde_json::from_slice(&archive.docs["manifest.json"]).map_err(|e| {
+                import_error(
+                    path,
+                    &format!("manifest.json: {}", boxsock_core::echo::echo(&e.to_string())),
+                )
+            })?;
         if entries.is_empty() {
             return Err(import_error(path, "manifest.json lists no image"));
         }
@@ -239,12 +260,20 @@ impl ImageStore {
                     Compression::Gzip => manifest::OCI_LAYER_GZIP,
                     Compression::Zstd => manifest::OCI_LAYER_ZSTD,
                 };
-                layers.push(serde_json::json!({"mediaType": media_type, "digest": d.to_string(), "size": size}));
+                layers.push(serde_json::json!({
+                    "mediaType": media_type,
+                    "digest": d.to_string(),
+                    "size": size,
+                }));
             }
             let m = serde_json::json!({
                 "schemaVersion": 2,
                 "mediaType": manifest::OCI_MANIFEST,
-                "config": {"mediaType": manifest::OCI_CONFIG, "digest": config.to_string(), "size": config_size},
+                "config": {
+                    "mediaType": manifest::OCI_CONFIG,
+                    "digest": config.to_string(),
+                    "size": config_size,
+                },
                 "layers": layers,
             });
             let digest = self.put_document(&serde_json::to_vec(&m).expect("serialises"))?;
@@ -288,7 +317,10 @@ impl Archive {
                 _ => target.trim_start_matches('/').to_owned(),
             };
         }
-        Err(import_error(path, &format!("the archive has no file {}", boxsock_core::echo::echo(&name))))
+        Err(import_error(
+            path,
+            &format!("the archive has no file {}", boxsock_core::echo::echo(&name)),
+        ))
     }
 }
 
@@ -322,8 +354,8 @@ fn read_layout_doc(dir: &Path, name: &str) -> Result<Vec<u8>> {
 }
 
 fn check_layout(path: &Path, bytes: &[u8]) -> Result<()> {
-    let v: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|_| import_error(path, "oci-layout is not JSON"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|_| import_error(path, "oci-layout is not JSON"))?;
     match v.get("imageLayoutVersion").and_then(|v| v.as_str()) {
         Some(v) if v.starts_with("1.") => Ok(()),
         _ => Err(import_error(path, "oci-layout does not say imageLayoutVersion 1.x")),
@@ -346,7 +378,9 @@ fn layout_names(desc: &Descriptor, opts: &ImportOptions) -> Result<Vec<String>> 
     let base_ref: crate::Reference = base.parse()?;
     let explicit_tag = base.rsplit_once('/').map_or(base.as_str(), |(_, l)| l).contains(':');
     let name = match ref_name {
-        Some(tag) if !explicit_tag => format!("{}/{}:{tag}", base_ref.registry, base_ref.repository),
+        Some(tag) if !explicit_tag => {
+            format!("{}/{}:{tag}", base_ref.registry, base_ref.repository)
+        }
         _ => base_ref.name(),
     };
     Ok(vec![name.parse::<crate::Reference>()?.name()])

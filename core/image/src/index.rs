@@ -69,10 +69,11 @@ impl Index {
             }
             Err(e) => return Err(ImageError::io("read", &self.path, e)),
         };
-        let file: IndexFile = serde_json::from_slice(&bytes).map_err(|e| ImageError::CorruptIndex {
-            path: self.path.clone(),
-            reason: boxsock_core::echo::echo(&e.to_string()).to_string(),
-        })?;
+        let file: IndexFile =
+            serde_json::from_slice(&bytes).map_err(|e| ImageError::CorruptIndex {
+                path: self.path.clone(),
+                reason: boxsock_core::echo::echo(&e.to_string()).to_string(),
+            })?;
         if file.version != INDEX_VERSION {
             return Err(ImageError::CorruptIndex {
                 path: self.path.clone(),

@@ -110,7 +110,10 @@ fn check_config_type(d: &Descriptor) -> Result<()> {
 pub fn check_layer_type(media_type: &str) -> Result<()> {
     let base = media_type.replace(".nondistributable", "");
     match base.as_str() {
-        OCI_LAYER_TAR | OCI_LAYER_GZIP | OCI_LAYER_ZSTD | DOCKER_LAYER
+        OCI_LAYER_TAR
+        | OCI_LAYER_GZIP
+        | OCI_LAYER_ZSTD
+        | DOCKER_LAYER
         | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Ok(()),
         _ => Err(ImageError::UnsupportedLayer {
             media_type: boxsock_core::echo::echo(media_type).to_string(),

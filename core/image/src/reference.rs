@@ -73,11 +73,15 @@ impl FromStr for Reference {
         }
         for comp in path.split('/') {
             let ok = !comp.is_empty()
-                && comp.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && comp
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
                 && comp.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
                 && comp.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
             if !ok {
-                return Err(bad("a repository path is lower-case [a-z0-9] components joined by . _ - and /"));
+                return Err(bad(
+                    "a repository path is lower-case [a-z0-9] components joined by . _ - and /",
+                ));
             }
         }
         let tag = match (tag, &digest) {

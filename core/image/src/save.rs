@@ -42,10 +42,9 @@ impl ImageStore {
         let werr = |e: io::Error| ImageError::io("write", tmp, e);
         let manifest_bytes = self.read_blob(&rec.id)?;
         let media_type = match manifest::parse_document(&manifest_bytes, None)? {
-            manifest::Document::Manifest(m) => m
-                .media_type()
-                .as_ref()
-                .map_or(manifest::OCI_MANIFEST.to_owned(), |t| t.to_string()),
+            manifest::Document::Manifest(m) => {
+                m.media_type().as_ref().map_or(manifest::OCI_MANIFEST.to_owned(), |t| t.to_string())
+            }
             manifest::Document::Index(_) => manifest::OCI_INDEX.to_owned(),
         };
         let mut annotations = serde_json::Map::new();
@@ -85,7 +84,11 @@ impl ImageStore {
             tar.append_data(&mut h, format!("blobs/sha256/{}", d.hex()), &mut src).map_err(werr)?;
             let (actual, _) = src.finish();
             if actual != d {
-                return Err(ImageError::DigestMismatch { what: format!("stored blob {d}"), expected: d, actual });
+                return Err(ImageError::DigestMismatch {
+                    what: format!("stored blob {d}"),
+                    expected: d,
+                    actual,
+                });
             }
         }
         let buf = tar.into_inner().map_err(werr)?;

@@ -250,11 +250,24 @@ impl ImageStore {
                 keep_layers.insert(l.diff_id.hex().to_owned());
             }
         }
-        let mut report = PruneReport { bytes_freed: fsutil::sweep_tmp(&self.tmp())?, ..Default::default() };
+        let mut report =
+            PruneReport { bytes_freed: fsutil::sweep_tmp(&self.tmp())?, ..Default::default() };
         for b in self.blobs.all()? {
             if !keep_blobs.contains(&b) {
                 report.bytes_freed += self.blobs.remove(&b)?;
                 report.blobs += 1;
+            }
+        }
+        // Partial downloads whose blob lock is free (a pull would resume them; prune
+        // is asked to free space).
+        let partial = self.dir.join("partial");
+        if let Ok(rd) = fs::read_dir(&partial) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let lock = self.locks().join(format!("blob-{name}.lock"));
+                if let Some(_held) = fsutil::try_lock(&lock, LockMode::Exclusive)? {
+                    report.bytes_freed += fsutil::remove_tree(&e.path())?;
+                }
             }
         }
         let layers = self.dir.join("layers/sha256");
@@ -266,7 +279,12 @@ impl ImageStore {
                 report.layers += 1;
             }
         }
-        tracing::info!(blobs = report.blobs, layers = report.layers, bytes = report.bytes_freed, "pruned");
+        tracing::info!(
+            blobs = report.blobs,
+            layers = report.layers,
+            bytes = report.bytes_freed,
+            "pruned"
+        );
         Ok(report)
     }
 
@@ -280,7 +298,8 @@ impl ImageStore {
         if self.blobs.has(digest) {
             return Ok(0);
         }
-        let (_, n) = self.blobs.ingest(src, Expect { digest: Some(digest), size, limit: u64::MAX })?;
+        let (_, n) =
+            self.blobs.ingest(src, Expect { digest: Some(digest), size, limit: u64::MAX })?;
         Ok(n)
     }
 
@@ -311,11 +330,7 @@ impl ImageStore {
         if diff_ids.len() != m.layers().len() {
             return Err(ImageError::Parse {
                 what: format!("image config {config_digest}"),
-                reason: format!(
-                    "{} diff ids for {} layers",
-                    diff_ids.len(),
-                    m.layers().len()
-                ),
+                reason: format!("{} diff ids for {} layers", diff_ids.len(), m.layers().len()),
             });
         }
         let mut layers = Vec::new();
@@ -434,7 +449,12 @@ impl ImageStore {
         fsutil::sync_dir(dest.parent().expect("layers/sha256"))?;
         fs::set_permissions(dest, fs::Permissions::from_mode(0o555))
             .map_err(|e| ImageError::io("chmod", dest, e))?;
-        tracing::info!(diff_id = %diff_id, entries = out.report.entries, bytes = out.report.bytes, "layer unpacked");
+        tracing::info!(
+            diff_id = %diff_id,
+            entries = out.report.entries,
+            bytes = out.report.bytes,
+            "layer unpacked"
+        );
         Ok(out.report)
     }
 
@@ -447,7 +467,10 @@ impl ImageStore {
     pub(crate) fn put_document(&self, bytes: &[u8]) -> Result<Digest> {
         let d = Digest::of(bytes);
         if !self.blobs.has(&d) {
-            self.blobs.ingest(bytes, Expect { digest: Some(&d), size: Some(bytes.len() as u64), limit: MAX_DOCUMENT })?;
+            self.blobs.ingest(
+                bytes,
+                Expect { digest: Some(&d), size: Some(bytes.len() as u64), limit: MAX_DOCUMENT },
+            )?;
         }
         Ok(d)
     }
@@ -465,9 +488,8 @@ fn find<'i>(images: &'i [ImageRecord], reference: &str) -> Result<&'i ImageRecor
         return Ok(i);
     }
     let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
-    let not_found = || ImageError::NotFound {
-        reference: boxsock_core::echo::echo(reference).to_string(),
-    };
+    let not_found =
+        || ImageError::NotFound { reference: boxsock_core::echo::echo(reference).to_string() };
     if hex.len() < 4 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(not_found());
     }

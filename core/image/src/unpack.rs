@@ -132,7 +132,12 @@ pub struct Unpacked {
 
 /// Unpack the layer stream `src` into the directory `root` (already created, empty).
 /// `layer` names the layer in errors. Nothing is created outside `root`.
-pub fn unpack(src: impl Read, layer: &Digest, root: &Path, limits: UnpackLimits) -> Result<Unpacked> {
+pub fn unpack(
+    src: impl Read,
+    layer: &Digest,
+    root: &Path,
+    limits: UnpackLimits,
+) -> Result<Unpacked> {
     let root_fd = open_root(root)?;
     let mut outer = HashingReader::new(src);
     let tripped = Rc::new(Cell::new(false));
@@ -157,16 +162,13 @@ pub fn unpack(src: impl Read, layer: &Digest, root: &Path, limits: UnpackLimits)
                     .map_err(|e| bad(e, &tripped))?,
             ),
         };
-        let limited = Limited {
-            inner: decoded,
-            count: 0,
-            limit: limits.max_bytes,
-            tripped: tripped.clone(),
-        };
+        let limited =
+            Limited { inner: decoded, count: 0, limit: limits.max_bytes, tripped: tripped.clone() };
         let mut archive = tar::Archive::new(HashingReader::new(limited));
         {
             let entries = archive.entries().map_err(|e| bad(e, &tripped))?;
-            let mut ctx = Ctx { layer, root: &root_fd, root_path: root, as_root: Uid::effective().is_root() };
+            let mut ctx =
+                Ctx { layer, root: &root_fd, root_path: root, as_root: Uid::effective().is_root() };
             for entry in entries {
                 let mut entry = entry.map_err(|e| bad(e, &tripped))?;
                 report.entries += 1;
@@ -283,14 +285,16 @@ impl<'a> Ctx<'a> {
             Err(Errno::ENOENT) if create => {}
             Err(e) => return Err(self.dir_error(raw, e)),
         }
-        let mut cur = self.root.try_clone().map_err(|e| ImageError::io("dup", self.root_path, e))?;
+        let mut cur =
+            self.root.try_clone().map_err(|e| ImageError::io("dup", self.root_path, e))?;
         for p in parts {
             let p = OsStr::from_bytes(p);
             match nix::sys::stat::mkdirat(&cur, p, Mode::from_bits_truncate(0o755)) {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(e) => return Err(self.io("create directory", raw, e)),
             }
-            cur = sys::open_beneath(&cur, p, Open::DirHandle).map_err(|e| self.dir_error(raw, e))?;
+            cur =
+                sys::open_beneath(&cur, p, Open::DirHandle).map_err(|e| self.dir_error(raw, e))?;
         }
         Ok(cur)
     }
@@ -318,7 +322,9 @@ impl<'a> Ctx<'a> {
         for p in name.parent() {
             let p = OsStr::from_bytes(p);
             match nix::sys::stat::fstatat(&cur, p, AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK => {
+                Ok(st)
+                    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK =>
+                {
                     return true;
                 }
                 Ok(_) => {}
@@ -377,8 +383,9 @@ impl<'a> Ctx<'a> {
                 match nix::sys::stat::mkdirat(&parent, leaf, Mode::from_bits_truncate(0o700)) {
                     Ok(()) => {}
                     Err(Errno::EEXIST) => {
-                        let st = nix::sys::stat::fstatat(&parent, leaf, AtFlags::AT_SYMLINK_NOFOLLOW)
-                            .map_err(|e| self.io("stat", &raw, e))?;
+                        let st =
+                            nix::sys::stat::fstatat(&parent, leaf, AtFlags::AT_SYMLINK_NOFOLLOW)
+                                .map_err(|e| self.io("stat", &raw, e))?;
                         if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR {
                             self.clear(&parent, leaf, &raw)?;
                             nix::sys::stat::mkdirat(&parent, leaf, Mode::from_bits_truncate(0o700))
@@ -395,7 +402,11 @@ impl<'a> Ctx<'a> {
                 let fd = nix::fcntl::openat(
                     &parent,
                     leaf,
-                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
                     Mode::from_bits_truncate(0o600),
                 )
                 .map_err(|e| self.io("create", &raw, e))?;
@@ -466,8 +477,14 @@ impl<'a> Ctx<'a> {
             }
             tar::EntryType::Fifo => {
                 self.clear(&parent, leaf, &raw)?;
-                nix::sys::stat::mknodat(&parent, leaf, SFlag::S_IFIFO, Mode::from_bits_truncate(0o600), 0)
-                    .map_err(|e| self.io("create fifo", &raw, e))?;
+                nix::sys::stat::mknodat(
+                    &parent,
+                    leaf,
+                    SFlag::S_IFIFO,
+                    Mode::from_bits_truncate(0o600),
+                    0,
+                )
+                .map_err(|e| self.io("create fifo", &raw, e))?;
                 let fd = self.open_leaf(&parent, leaf, &raw, Open::Handle)?;
                 // A FIFO opened O_PATH cannot be fchmod'ed; chmod by /proc/self/fd is the
                 // documented way to act on an O_PATH descriptor without a path walk.
@@ -546,7 +563,8 @@ impl<'a> Ctx<'a> {
         }
         if let Some(t) = mtime {
             let ts = nix::sys::time::TimeSpec::new(t.min(i64::MAX as u64) as i64, 0);
-            nix::sys::stat::futimens(file.as_fd(), &ts, &ts).map_err(|e| self.io("set mtime", raw, e))?;
+            nix::sys::stat::futimens(file.as_fd(), &ts, &ts)
+                .map_err(|e| self.io("set mtime", raw, e))?;
         }
         Ok(())
     }

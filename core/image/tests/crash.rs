@@ -21,7 +21,10 @@ fn child_imports() {
     let dir = Path::new(&dir);
     let store = ImageStore::open(dir.join("store")).unwrap();
     store
-        .import(&dir.join("layout"), &ImportOptions { name: Some("localhost/c".into()), ..Default::default() })
+        .import(
+            &dir.join("layout"),
+            &ImportOptions { name: Some("localhost/c".into()), ..Default::default() },
+        )
         .unwrap();
 }
 
@@ -59,7 +62,10 @@ fn killed_at(step: &str) {
         assert_eq!(boxsock_image::Digest::of(&bytes).hex(), b);
     }
     let r = store
-        .import(&tmp.path().join("layout"), &ImportOptions { name: Some("localhost/c".into()), ..Default::default() })
+        .import(
+            &tmp.path().join("layout"),
+            &ImportOptions { name: Some("localhost/c".into()), ..Default::default() },
+        )
         .unwrap();
     assert_eq!(r[0].unpacked, [(layer.diff_id(), layer.tar.len() as u64)]);
     assert!(store.layers("localhost/c:t").unwrap()[0].join("f499").is_file());

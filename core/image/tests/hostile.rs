@@ -42,7 +42,10 @@ impl Case {
             .filter(|p| !p.starts_with("store"))
             .collect::<Vec<_>>()
             .into_iter()
-            .chain(std::iter::once(String::from_utf8_lossy(&fs::read(self.host().join("secret")).unwrap()).into_owned()))
+            .chain(std::iter::once(
+                String::from_utf8_lossy(&fs::read(self.host().join("secret")).unwrap())
+                    .into_owned(),
+            ))
             .collect()
     }
 
@@ -54,7 +57,10 @@ impl Case {
         let before = self.outside();
         let store = ImageStore::open(self.path().join("store")).unwrap().with_limits(limits);
         let err = store
-            .import(&layout, &ImportOptions { name: Some("localhost/hostile".into()), ..Default::default() })
+            .import(
+                &layout,
+                &ImportOptions { name: Some("localhost/hostile".into()), ..Default::default() },
+            )
             .expect_err("a hostile layer was accepted");
         assert_eq!(self.outside(), before, "something outside the store changed: {err}");
         assert!(store.list().unwrap().is_empty(), "an image was recorded: {err}");
@@ -190,7 +196,8 @@ fn a_directory_made_through_a_relative_symlink_is_refused() {
 fn a_hard_link_to_a_host_file_is_refused() {
     let c = Case::new();
     let secret = c.host().join("secret");
-    let tar = Tar::new().hardlink("hl", secret.as_os_str().as_bytes()).file("hl", b"pwned").finish();
+    let tar =
+        Tar::new().hardlink("hl", secret.as_os_str().as_bytes()).file("hl", b"pwned").finish();
     c.naive(&tar);
     assert!(c.host_changed(), "control: the naive unpacker did not rewrite the host file");
     c.reset_host();
@@ -240,7 +247,9 @@ fn a_hard_link_to_a_symlink_links_the_symlink_not_its_target() {
     let layout = c.path().join("layout");
     corpus::simple_layout(&layout, &[Layer::plain(tar)], "t");
     let store = ImageStore::open(c.path().join("store")).unwrap();
-    store.import(&layout, &ImportOptions { name: Some("localhost/l".into()), ..Default::default() }).unwrap();
+    store
+        .import(&layout, &ImportOptions { name: Some("localhost/l".into()), ..Default::default() })
+        .unwrap();
     fs::remove_dir_all(&layout).unwrap();
     assert_eq!(c.outside(), before);
     let root = &store.layers("localhost/l:t").unwrap()[0];
@@ -288,7 +297,9 @@ fn a_blob_whose_digest_differs_is_refused() {
     let err = store.import(&layout, &ImportOptions::default()).unwrap_err();
     assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err:?}");
     assert!(store.list().unwrap().is_empty());
-    assert!(corpus::tree(&c.path().join("store/blobs/sha256")).iter().all(|b| !bytes_named(&bytes, b)));
+    assert!(
+        corpus::tree(&c.path().join("store/blobs/sha256")).iter().all(|b| !bytes_named(&bytes, b))
+    );
 }
 
 fn bytes_named(bytes: &[u8], name: &str) -> bool {
@@ -303,7 +314,11 @@ fn a_wrong_diff_id_is_refused_and_leaves_no_layer() {
     let good = Layer::plain(Tar::new().file("f", b"x").finish());
     let mut lying = good.clone();
     lying.tar = Tar::new().file("f", b"y").finish(); // the config will claim this diff id
-    let desc = l.image(&[Layer { blob: good.blob.clone(), ..lying }], corpus::host_arch(), serde_json::json!({}));
+    let desc = l.image(
+        &[Layer { blob: good.blob.clone(), ..lying }],
+        corpus::host_arch(),
+        serde_json::json!({}),
+    );
     l.tag(desc, "t");
     let store = ImageStore::open(c.path().join("store")).unwrap();
     let err = store.import(&layout, &ImportOptions::default()).unwrap_err();
@@ -320,14 +335,23 @@ fn a_manifest_with_the_wrong_media_type_is_refused() {
     let c = Case::new();
     let layout = c.path().join("layout");
     let mut l = corpus::Layout::new(&layout);
-    let desc = l.image(&[Layer::plain(Tar::new().file("f", b"x").finish())], corpus::host_arch(), serde_json::json!({}));
+    let desc = l.image(
+        &[Layer::plain(Tar::new().file("f", b"x").finish())],
+        corpus::host_arch(),
+        serde_json::json!({}),
+    );
     // Rewrite the manifest with an artifact media type, keep the descriptor's.
     let d: boxsock_image::Digest = desc["digest"].as_str().unwrap().parse().unwrap();
-    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(l.blob_path(&d)).unwrap()).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&fs::read(l.blob_path(&d)).unwrap()).unwrap();
     m["mediaType"] = "application/vnd.example.artifact.v1+json".into();
     let bytes = serde_json::to_vec(&m).unwrap();
     let nd = l.blob(&bytes);
-    let desc = serde_json::json!({"mediaType": "application/vnd.example.artifact.v1+json", "digest": nd.to_string(), "size": bytes.len()});
+    let desc = serde_json::json!({
+        "mediaType": "application/vnd.example.artifact.v1+json",
+        "digest": nd.to_string(),
+        "size": bytes.len(),
+    });
     l.tag(desc, "t");
     let store = ImageStore::open(c.path().join("store")).unwrap();
     let err = store.import(&layout, &ImportOptions::default()).unwrap_err();
@@ -338,7 +362,8 @@ fn a_manifest_with_the_wrong_media_type_is_refused() {
     let mut m2 = m.clone();
     m2["mediaType"] = boxsock_image::manifest::OCI_MANIFEST.into();
     m2["config"]["mediaType"] = "application/vnd.cncf.helm.config.v1+json".into();
-    let err = boxsock_image::manifest::parse_document(&serde_json::to_vec(&m2).unwrap(), None).unwrap_err();
+    let err = boxsock_image::manifest::parse_document(&serde_json::to_vec(&m2).unwrap(), None)
+        .unwrap_err();
     assert!(matches!(&err, ImageError::WrongMediaType { what: "image config", .. }), "{err:?}");
 }
 
@@ -402,7 +427,8 @@ fn a_100000_entry_layer_unpacks_in_bounded_memory_or_stops_at_the_entry_limit() 
 #[test]
 fn names_that_are_not_utf8_are_kept_exactly_and_quoted_in_errors() {
     let c = Case::new();
-    let tar = Tar::new().file(b"caf\xe9", b"latin-1").dir(b"\xff\xfe").file(b"\xff\xfe/x", b"").finish();
+    let tar =
+        Tar::new().file(b"caf\xe9", b"latin-1").dir(b"\xff\xfe").file(b"\xff\xfe/x", b"").finish();
     let layout = c.path().join("layout");
     corpus::simple_layout(&layout, &[Layer::plain(tar)], "t");
     let store = ImageStore::open(c.path().join("store")).unwrap();

@@ -85,10 +85,7 @@ fn a_docker_save_tarball_imports_with_its_repo_tags() {
 
     let s = ImageStore::open(tmp.path().join("store")).unwrap();
     let r = s.import(&path, &ImportOptions::default()).unwrap();
-    assert_eq!(
-        r[0].image.names,
-        ["docker.io/library/busybox:save", "localhost:5000/team/app:2"]
-    );
+    assert_eq!(r[0].image.names, ["docker.io/library/busybox:save", "localhost:5000/team/app:2"]);
     let info = s.inspect("busybox:save").unwrap();
     assert_eq!(info.config.cmd, ["/app"]);
     let layers = s.layers("localhost:5000/team/app:2").unwrap();
@@ -106,7 +103,8 @@ fn save_writes_an_oci_archive_that_imports_back_identically() {
     let out = tmp.path().join("out.tar");
     a.save("localhost/rt:v1", &out).unwrap();
     // Only the archive is left beside it (the temporary was renamed).
-    let beside: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let beside: Vec<_> =
+        fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(beside.iter().all(|n| !n.to_string_lossy().starts_with(".boxsock-save")), "{beside:?}");
 
     let b = ImageStore::open(tmp.path().join("b")).unwrap();

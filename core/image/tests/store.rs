@@ -56,7 +56,11 @@ fn a_two_layer_image_unpacks_with_everything_a_layer_holds() {
     let r = &reports[0];
     assert_eq!(r.image.names, ["localhost/corpus:two"]);
     assert_eq!(r.unpacked.len(), 2);
-    assert!(r.notes.iter().any(|n| n.contains("device node") && n.contains("dev-null")), "{:?}", r.notes);
+    assert!(
+        r.notes.iter().any(|n| n.contains("device node") && n.contains("dev-null")),
+        "{:?}",
+        r.notes
+    );
 
     let layers = s.layers("localhost/corpus:two").unwrap();
     assert_eq!(layers.len(), 2);
@@ -115,8 +119,9 @@ fn plain_gzip_and_zstd_streams_give_one_layer() {
     let s = store(&tmp);
     let tar = Tar::new().file("f", b"same bytes").finish();
     let mut seen = Vec::new();
-    for (i, layer) in
-        [Layer::plain(tar.clone()), Layer::gzip(tar.clone()), Layer::zstd(tar)].into_iter().enumerate()
+    for (i, layer) in [Layer::plain(tar.clone()), Layer::gzip(tar.clone()), Layer::zstd(tar)]
+        .into_iter()
+        .enumerate()
     {
         let dir = tmp.path().join(format!("l{i}"));
         corpus::simple_layout(&dir, &[layer], "t");
@@ -142,11 +147,16 @@ fn a_second_image_sharing_the_base_unpacks_none_of_it() {
     assert_eq!(ra[0].unpacked.len(), 2);
     let events = std::sync::Mutex::new(Vec::new());
     let progress = |p: &boxsock_image::Progress| events.lock().unwrap().push(p.clone());
-    let rb = s.import_with_progress(&tmp.path().join("b"), &named("localhost/b"), Some(&progress)).unwrap();
+    let rb = s
+        .import_with_progress(&tmp.path().join("b"), &named("localhost/b"), Some(&progress))
+        .unwrap();
     // Only the new top layer was unpacked; the base reported present.
     assert_eq!(rb[0].unpacked, [(top_b.diff_id(), top_b.tar.len() as u64)]);
     let events = events.into_inner().unwrap();
-    assert!(events.contains(&boxsock_image::Progress::LayerPresent { diff_id: base.diff_id() }), "{events:?}");
+    assert!(
+        events.contains(&boxsock_image::Progress::LayerPresent { diff_id: base.diff_id() }),
+        "{events:?}"
+    );
     assert_eq!(s.layers("localhost/a:t").unwrap()[0], s.layers("localhost/b:t").unwrap()[0]);
 }
 
@@ -179,7 +189,11 @@ fn names_resolve_by_tag_id_and_prefix_and_a_tag_moves() {
     let s = store(&tmp);
     for (i, body) in [b"one", b"two"].iter().enumerate() {
         let dir = tmp.path().join(format!("l{i}"));
-        corpus::simple_layout(&dir, &[Layer::plain(Tar::new().file("f", *body).finish())], "latest");
+        corpus::simple_layout(
+            &dir,
+            &[Layer::plain(Tar::new().file("f", *body).finish())],
+            "latest",
+        );
         s.import(&dir, &named("localhost/app")).unwrap();
     }
     let all = s.list().unwrap();
@@ -197,8 +211,13 @@ fn an_index_resolves_to_this_platform_or_names_the_ones_it_has() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("multi");
     let mut l = corpus::Layout::new(&dir);
-    let mine = l.image(&[Layer::plain(Tar::new().file("mine", b"").finish())], corpus::host_arch(), json!({}));
-    let other = l.image(&[Layer::plain(Tar::new().file("other", b"").finish())], "s390x", json!({}));
+    let mine = l.image(
+        &[Layer::plain(Tar::new().file("mine", b"").finish())],
+        corpus::host_arch(),
+        json!({}),
+    );
+    let other =
+        l.image(&[Layer::plain(Tar::new().file("other", b"").finish())], "s390x", json!({}));
     let index = l.index(vec![other.clone(), mine]);
     l.tag(index, "multi");
     let s = store(&tmp);
@@ -207,7 +226,8 @@ fn an_index_resolves_to_this_platform_or_names_the_ones_it_has() {
 
     let dir2 = tmp.path().join("foreign");
     let mut l2 = corpus::Layout::new(&dir2);
-    let other = l2.image(&[Layer::plain(Tar::new().file("other", b"").finish())], "s390x", json!({}));
+    let other =
+        l2.image(&[Layer::plain(Tar::new().file("other", b"").finish())], "s390x", json!({}));
     let riscv = l2.image(&[Layer::plain(Tar::new().file("r", b"").finish())], "riscv64", json!({}));
     let index = l2.index(vec![other, riscv]);
     l2.tag(index, "x");

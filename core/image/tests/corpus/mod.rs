@@ -54,7 +54,14 @@ impl Tar {
         self.push(h, data)
     }
 
-    pub fn file_owned(&mut self, name: &str, data: &[u8], mode: u32, uid: u64, gid: u64) -> &mut Tar {
+    pub fn file_owned(
+        &mut self,
+        name: &str,
+        data: &[u8],
+        mode: u32,
+        uid: u64,
+        gid: u64,
+    ) -> &mut Tar {
         let mut h = Tar::header(tar::EntryType::Regular, name.as_bytes(), data.len() as u64, mode);
         h.set_uid(uid);
         h.set_gid(gid);
