@@ -121,6 +121,7 @@ impl Blobs {
 
     /// Make the whole file `path` (a finished download) the blob `d`: verified (size and
     /// digest; a mismatch removes the file), synced, renamed into place.
+    #[cfg_attr(not(feature = "registry"), allow(dead_code))]
     pub(crate) fn adopt(&self, path: &Path, d: &Digest, size: u64) -> Result<()> {
         let f = File::open(path).map_err(|e| ImageError::io("open", path, e))?;
         let mut r = HashingReader::new(BufReader::new(&f));

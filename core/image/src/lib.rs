@@ -38,6 +38,7 @@ mod fsutil;
 mod import;
 pub mod index;
 pub mod manifest;
+#[cfg(feature = "registry")]
 pub mod pull;
 pub mod reference;
 mod save;
@@ -50,6 +51,7 @@ pub use error::{ImageError, Result};
 pub use import::ImportOptions;
 pub use index::{ImageRecord, LayerRecord};
 pub use manifest::Platform;
+#[cfg(feature = "registry")]
 pub use pull::{Credentials, PullOptions, PullReport};
 pub use reference::Reference;
 pub use store::{AddReport, ImageId, ImageInfo, ImageStore, Progress, PruneReport, Removed};

@@ -167,6 +167,9 @@ impl std::fmt::Display for Platform {
     }
 }
 
+/// At most this many platforms are named in a no-match error.
+pub const MAX_PLATFORMS_SHOWN: usize = 16;
+
 /// Choose the manifest for `want` from an index: the first entry of that os and
 /// architecture (and variant, when `want` names one). With none, the error lists every
 /// platform the index offers.
@@ -174,7 +177,9 @@ pub fn select_platform<'i>(index: &'i ImageIndex, want: &Platform) -> Result<&'i
     let mut available = Vec::new();
     for d in index.manifests() {
         let Some(p) = d.platform() else {
-            available.push("unknown".to_owned());
+            if !available.iter().any(|a| a == "unknown") {
+                available.push("unknown".to_owned());
+            }
             continue;
         };
         let os = p.os().to_string();
@@ -186,8 +191,18 @@ pub fn select_platform<'i>(index: &'i ImageIndex, want: &Platform) -> Result<&'i
         {
             return Ok(d);
         }
-        let shown = Platform { os, architecture: arch, variant };
-        available.push(boxsock_core::echo::echo(&shown.to_string()).to_string());
+        let shown =
+            boxsock_core::echo::echo(&Platform { os, architecture: arch, variant }.to_string())
+                .to_string();
+        if !available.contains(&shown) {
+            available.push(shown);
+        }
+    }
+    // An index chooses how many entries it has; the message stays bounded.
+    if available.len() > MAX_PLATFORMS_SHOWN {
+        let more = available.len() - MAX_PLATFORMS_SHOWN;
+        available.truncate(MAX_PLATFORMS_SHOWN);
+        available.push(format!("and {more} more"));
     }
     Err(ImageError::NoMatchingPlatform { wanted: want.to_string(), available })
 }

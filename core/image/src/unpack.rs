@@ -359,8 +359,11 @@ impl<'a> Ctx<'a> {
         let header = entry.header();
         let kind = header.entry_type();
         let mode = header.mode().map_err(EntryError::Stream)? & 0o7777;
-        let uid = header.uid().map_err(EntryError::Stream)?;
-        let gid = header.gid().map_err(EntryError::Stream)?;
+        let id = |v: u64, what: &str| {
+            u32::try_from(v).map_err(|_| self.refuse(&raw, format!("{what} {v} is out of range")))
+        };
+        let uid = id(header.uid().map_err(EntryError::Stream)?, "uid")?;
+        let gid = id(header.gid().map_err(EntryError::Stream)?, "gid")?;
         let mtime = header.mtime().unwrap_or(0);
         if name.parts.is_empty() {
             // The layer's root ("./"): its directory is the store's; nothing to place.
@@ -429,8 +432,8 @@ impl<'a> Ctx<'a> {
                     nix::unistd::fchownat(
                         &parent,
                         leaf,
-                        Some(Uid::from_raw(uid as u32)),
-                        Some(Gid::from_raw(gid as u32)),
+                        Some(Uid::from_raw(uid)),
+                        Some(Gid::from_raw(gid)),
                         AtFlags::AT_SYMLINK_NOFOLLOW,
                     )
                     .map_err(|e| self.io("chown symlink", &raw, e))?;
@@ -493,8 +496,8 @@ impl<'a> Ctx<'a> {
                     nix::unistd::fchownat(
                         &parent,
                         leaf,
-                        Some(Uid::from_raw(uid as u32)),
-                        Some(Gid::from_raw(gid as u32)),
+                        Some(Uid::from_raw(uid)),
+                        Some(Gid::from_raw(gid)),
                         AtFlags::AT_SYMLINK_NOFOLLOW,
                     )
                     .map_err(|e| self.io("chown", &raw, e))?;
@@ -535,20 +538,16 @@ impl<'a> Ctx<'a> {
         &self,
         file: File,
         raw: &[u8],
-        uid: u64,
-        gid: u64,
+        uid: u32,
+        gid: u32,
         mode: u32,
         mtime: Option<u64>,
         xattrs: &[(Vec<u8>, Vec<u8>)],
         report: &mut UnpackReport,
     ) -> Result<()> {
         if self.as_root {
-            nix::unistd::fchown(
-                file.as_fd(),
-                Some(Uid::from_raw(uid as u32)),
-                Some(Gid::from_raw(gid as u32)),
-            )
-            .map_err(|e| self.io("chown", raw, e))?;
+            nix::unistd::fchown(file.as_fd(), Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+                .map_err(|e| self.io("chown", raw, e))?;
         }
         nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode))
             .map_err(|e| self.io("chmod", raw, e))?;

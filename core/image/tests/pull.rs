@@ -3,6 +3,8 @@
 //! and once behind htpasswd (basic) auth, filled by `skopeo copy` from OCI layouts the
 //! tests build from static busybox (`/bin/busybox`, Debian's busybox-static).
 
+#![cfg(feature = "registry")]
+
 mod corpus;
 
 use std::io::{Read, Write};
@@ -44,12 +46,23 @@ fn tools() -> bool {
         }
 }
 
+/// How the registry authenticates.
+enum Auth {
+    None,
+    /// htpasswd: a basic realm.
+    Basic,
+    /// distribution's token auth: a bearer realm served by a [`TokenServer`] whose
+    /// certificate is the registry's `rootcertbundle`.
+    Token(TokenServer),
+}
+
 /// A registry process, killed (and reaped) on drop.
 struct Registry {
     child: Child,
     addr: String,
     creds: Option<(String, String)>,
     _dir: tempfile::TempDir,
+    _auth: Auth,
 }
 
 impl Drop for Registry {
@@ -60,10 +73,11 @@ impl Drop for Registry {
 }
 
 impl Registry {
-    fn start(auth: bool) -> Registry {
+    fn start(auth: Auth) -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        let creds = auth.then(|| ("boxsock".to_owned(), "s3cret-pw".to_owned()));
-        if let Some((u, p)) = &creds {
+        let creds =
+            (!matches!(auth, Auth::None)).then(|| ("boxsock".to_owned(), "s3cret-pw".to_owned()));
+        if let (Auth::Basic, Some((u, p))) = (&auth, &creds) {
             assert!(
                 have("htpasswd", "apache2-utils", "htpasswd"),
                 "htpasswd needed for the auth registry"
@@ -83,11 +97,18 @@ impl Registry {
                  rootdirectory: {}\nhttp:\n  addr: {addr}\n",
                 dir.path().join("data").display()
             );
-            if auth {
-                config.push_str(&format!(
+            match &auth {
+                Auth::None => {}
+                Auth::Basic => config.push_str(&format!(
                     "auth:\n  htpasswd:\n    realm: boxsock-test\n    path: {}\n",
                     dir.path().join("htpasswd").display()
-                ));
+                )),
+                Auth::Token(t) => config.push_str(&format!(
+                    "auth:\n  token:\n    realm: http://{}/token\n    service: {SERVICE}\n    \
+                     issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                    t.addr,
+                    t.cert_pem.display()
+                )),
             }
             let cfg = dir.path().join("config.yml");
             std::fs::write(&cfg, config).unwrap();
@@ -105,7 +126,7 @@ impl Registry {
                     break; // exited: most likely the port was taken; try another
                 }
                 if answers(&addr) {
-                    return Registry { child, addr, creds, _dir: dir };
+                    return Registry { child, addr, creds, _dir: dir, _auth: auth };
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -188,7 +209,7 @@ fn a_two_layer_busybox_image_with_whiteouts_pulls_and_runs() {
     if !tools() {
         return;
     }
-    let reg = Registry::start(false);
+    let reg = Registry::start(Auth::None);
     let tmp = tempfile::tempdir().unwrap();
     let layers = [busybox_layer(), whiteout_layer()];
     reg.push(&layout_with(&tmp.path().join("l"), &layers, "two"), "two", "team/busybox:two", false);
@@ -228,7 +249,7 @@ fn a_second_image_sharing_the_base_downloads_and_unpacks_none_of_it() {
     if !tools() {
         return;
     }
-    let reg = Registry::start(false);
+    let reg = Registry::start(Auth::None);
     let tmp = tempfile::tempdir().unwrap();
     let base = busybox_layer();
     let a = Layer::gzip(Tar::new().file("a", b"a").finish());
@@ -265,7 +286,7 @@ fn a_multi_platform_index_resolves_to_this_arch_or_names_what_it_has() {
     if !tools() {
         return;
     }
-    let reg = Registry::start(false);
+    let reg = Registry::start(Auth::None);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("multi");
     let mut l = corpus::Layout::new(&dir);
@@ -307,7 +328,7 @@ fn basic_auth_with_credentials_from_a_docker_config() {
     if !tools() {
         return;
     }
-    let reg = Registry::start(true);
+    let reg = Registry::start(Auth::Basic);
     let tmp = tempfile::tempdir().unwrap();
     reg.push(
         &layout_with(&tmp.path().join("l"), &[busybox_layer()], "1"),
@@ -342,7 +363,7 @@ fn concurrent_pulls_of_one_image_download_each_blob_once() {
     if !tools() {
         return;
     }
-    let reg = Registry::start(false);
+    let reg = Registry::start(Auth::None);
     let tmp = tempfile::tempdir().unwrap();
     let layers = [busybox_layer(), whiteout_layer()];
     reg.push(&layout_with(&tmp.path().join("l"), &layers, "1"), "1", "conc/bb:1", false);
@@ -384,7 +405,7 @@ fn an_interrupted_pull_resumes_and_never_leaves_a_half_blob_that_looks_whole() {
     if !tools() {
         return;
     }
-    let reg = Registry::start(false);
+    let reg = Registry::start(Auth::None);
     let tmp = tempfile::tempdir().unwrap();
     // Incompressible, so the blob is large and arrives in many chunks.
     let mut noise = vec![0u8; 3 << 20];
@@ -425,4 +446,229 @@ fn an_interrupted_pull_resumes_and_never_leaves_a_half_blob_that_looks_whole() {
     let root = &store.layers(&reference).unwrap()[0];
     assert_eq!(std::fs::read(root.join("noise")).unwrap(), noise);
     assert!(!partial.exists());
+}
+
+const SERVICE: &str = "boxsock-registry";
+const ISSUER: &str = "boxsock-test-issuer";
+
+/// The token endpoint of distribution's token auth: checks basic credentials and
+/// answers a JWT (RS256, its certificate in `x5c`) granting the scopes asked for.
+/// Serves from a thread until dropped.
+struct TokenServer {
+    addr: String,
+    cert_pem: PathBuf,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    issued: Arc<std::sync::atomic::AtomicUsize>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = TcpStream::connect(&self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(hex, 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl TokenServer {
+    /// `None` (after a skip) when openssl is missing.
+    fn start(user: &str, password: &str) -> Option<TokenServer> {
+        if !have("openssl", "openssl", "openssl") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (key, cert_pem, cert_der, key_der) = (
+            dir.path().join("key.pem"),
+            dir.path().join("cert.pem"),
+            dir.path().join("cert.der"),
+            dir.path().join("key.der"),
+        );
+        let run = |args: &[&std::ffi::OsStr]| {
+            let o = Command::new("openssl").args(args).output().unwrap();
+            assert!(o.status.success(), "openssl: {}", String::from_utf8_lossy(&o.stderr));
+        };
+        run(&[
+            "req".as_ref(),
+            "-x509".as_ref(),
+            "-newkey".as_ref(),
+            "rsa:2048".as_ref(),
+            "-nodes".as_ref(),
+            "-keyout".as_ref(),
+            key.as_os_str(),
+            "-out".as_ref(),
+            cert_pem.as_os_str(),
+            "-days".as_ref(),
+            "2".as_ref(),
+            "-subj".as_ref(),
+            "/CN=boxsock-token".as_ref(),
+        ]);
+        run(&[
+            "pkcs8".as_ref(),
+            "-topk8".as_ref(),
+            "-nocrypt".as_ref(),
+            "-in".as_ref(),
+            key.as_os_str(),
+            "-outform".as_ref(),
+            "DER".as_ref(),
+            "-out".as_ref(),
+            key_der.as_os_str(),
+        ]);
+        run(&[
+            "x509".as_ref(),
+            "-in".as_ref(),
+            cert_pem.as_os_str(),
+            "-outform".as_ref(),
+            "DER".as_ref(),
+            "-out".as_ref(),
+            cert_der.as_os_str(),
+        ]);
+        let pair = ring::signature::RsaKeyPair::from_pkcs8(&std::fs::read(&key_der).unwrap())
+            .expect("openssl's key parses");
+        use base64::Engine as _;
+        let x5c =
+            base64::engine::general_purpose::STANDARD.encode(std::fs::read(&cert_der).unwrap());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let issued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        let (stop2, issued2) = (stop.clone(), issued.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&req).into_owned();
+                let target = text.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let authorised = text.lines().any(|l| {
+                    l.split_once(':').is_some_and(|(k, v)| {
+                        k.eq_ignore_ascii_case("authorization") && v.trim() == expected
+                    })
+                });
+                if !authorised {
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\
+                          Connection: close\r\n\r\n",
+                    );
+                    continue;
+                }
+                let query = target.split_once('?').map_or("", |(_, q)| q);
+                let mut access = Vec::new();
+                for kv in query.split('&') {
+                    let Some(("scope", v)) = kv.split_once('=') else { continue };
+                    let scope = percent_decode(v);
+                    // repository:<name>:<actions>
+                    let mut parts = scope.splitn(3, ':');
+                    let (Some(kind), Some(name), Some(actions)) =
+                        (parts.next(), parts.next(), parts.next())
+                    else {
+                        continue;
+                    };
+                    let actions: Vec<&str> = actions.split(',').collect();
+                    access.push(json!({"type": kind, "name": name, "actions": actions}));
+                }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let header = json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+                let claims = json!({
+                    "iss": ISSUER, "sub": "boxsock", "aud": SERVICE,
+                    "exp": now + 600, "nbf": now - 60, "iat": now - 60,
+                    "jti": format!("{now}-{}", issued2.load(std::sync::atomic::Ordering::SeqCst)),
+                    "access": access,
+                });
+                let signing = format!(
+                    "{}.{}",
+                    b64url(header.to_string().as_bytes()),
+                    b64url(claims.to_string().as_bytes())
+                );
+                let mut sig = vec![0u8; pair.public().modulus_len()];
+                pair.sign(
+                    &ring::signature::RSA_PKCS1_SHA256,
+                    &ring::rand::SystemRandom::new(),
+                    signing.as_bytes(),
+                    &mut sig,
+                )
+                .unwrap();
+                let jwt = format!("{signing}.{}", b64url(&sig));
+                issued2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body =
+                    json!({"token": jwt, "access_token": jwt, "expires_in": 600}).to_string();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(resp.as_bytes());
+            }
+        });
+        Some(TokenServer { addr, cert_pem, stop, thread: Some(thread), issued, _dir: dir })
+    }
+}
+
+#[test]
+fn the_bearer_token_flow_against_the_registrys_token_auth() {
+    if !tools() {
+        return;
+    }
+    let Some(tokens) = TokenServer::start("boxsock", "s3cret-pw") else { return };
+    let issued = tokens.issued.clone();
+    let reg = Registry::start(Auth::Token(tokens));
+    let tmp = tempfile::tempdir().unwrap();
+    reg.push(&layout_with(&tmp.path().join("l"), &[busybox_layer()], "1"), "1", "tok/bb:1", false);
+    let pushed = issued.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(pushed > 0, "skopeo's push went through the token server");
+    let store = ImageStore::open(tmp.path().join("store")).unwrap();
+    let rt = runtime();
+    // Without credentials the token server refuses: the control that auth is on.
+    let err = rt.block_on(store.pull(&reg.reference("tok/bb:1"), &opts())).unwrap_err();
+    assert!(matches!(err, ImageError::Registry { .. }), "{err:?}");
+    let o = PullOptions {
+        credentials: Some(Credentials { username: "boxsock".into(), password: "s3cret-pw".into() }),
+        ..opts()
+    };
+    let r = rt.block_on(store.pull(&reg.reference("tok/bb:1"), &o)).unwrap();
+    assert!(issued.load(std::sync::atomic::Ordering::SeqCst) > pushed, "no token was fetched");
+    assert!(store.layers(&r.image.id.to_string()).unwrap()[0].join("bin/busybox").is_file());
 }
