@@ -85,13 +85,12 @@ pub enum ImageError {
         reason: String,
     },
     /// A layer stream that is not a valid (compressed) tar, or ends early.
-    #[error("layer {layer}: bad or truncated archive: {source}")]
+    #[error("layer {layer}: bad or truncated archive: {reason}")]
     BadLayer {
         /// The layer blob.
         layer: Digest,
-        /// What the decoder said.
-        #[source]
-        source: io::Error,
+        /// What the decoder said, quoted (tar's messages carry entry names).
+        reason: String,
     },
     /// A layer media type this store does not unpack.
     #[error("unsupported layer media type {media_type}")]

@@ -168,7 +168,10 @@ impl ImageStore {
     fn ingest_archive(&self, path: &Path, stream: impl Read) -> Result<Archive> {
         let mut archive = tar::Archive::new(stream);
         let mut out = Archive::default();
-        let bad = |e: std::io::Error| import_error(path, &format!("not a readable tar: {e}"));
+        let bad = |e: std::io::Error| {
+            let e = boxsock_core::echo::echo(&e.to_string()).to_string();
+            import_error(path, &format!("not a readable tar: {e}"))
+        };
         for entry in archive.entries().map_err(bad)? {
             let mut entry = entry.map_err(bad)?;
             let name =
@@ -192,7 +195,10 @@ impl ImageStore {
                 let mut bytes = Vec::new();
                 (&mut entry).take(MAX_DOCUMENT + 1).read_to_end(&mut bytes).map_err(bad)?;
                 if bytes.len() as u64 > MAX_DOCUMENT {
-                    return Err(ImageError::TooLarge { what: name, limit: MAX_DOCUMENT });
+                    return Err(ImageError::TooLarge {
+                        what: boxsock_core::echo::echo(&name).to_string(),
+                        limit: MAX_DOCUMENT,
+                    });
                 }
                 out.docs.insert(name, bytes);
                 continue;
@@ -348,7 +354,10 @@ fn read_layout_doc(dir: &Path, name: &str) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     f.take(MAX_DOCUMENT + 1).read_to_end(&mut bytes).map_err(|e| ImageError::io("read", &p, e))?;
     if bytes.len() as u64 > MAX_DOCUMENT {
-        return Err(ImageError::TooLarge { what: p.display().to_string(), limit: MAX_DOCUMENT });
+        return Err(ImageError::TooLarge {
+            what: boxsock_core::echo::path(&p).to_string(),
+            limit: MAX_DOCUMENT,
+        });
     }
     Ok(bytes)
 }

@@ -146,7 +146,10 @@ pub fn unpack(
         if tripped.get() {
             ImageError::LayerTooLarge { layer: layer.clone(), limit: limits.max_bytes }
         } else {
-            ImageError::BadLayer { layer: layer.clone(), source: e }
+            ImageError::BadLayer {
+                layer: layer.clone(),
+                reason: boxsock_core::echo::echo(&e.to_string()).to_string(),
+            }
         }
     };
     let diff_id;

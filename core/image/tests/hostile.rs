@@ -443,3 +443,22 @@ fn names_that_are_not_utf8_are_kept_exactly_and_quoted_in_errors() {
     let (entry, _) = unsafe_entry(&err);
     assert!(entry.contains("\\xff") && !entry.contains('\x1b'), "{entry}");
 }
+
+#[test]
+fn a_corrupt_layer_is_refused_with_a_quoted_bounded_message() {
+    let c = Case::new();
+    // A header whose mode field is not octal, named with terminal escapes: tar's own
+    // message quotes the name raw; ours must not.
+    let mut tar = Tar::new().file(format!("\x1b[2J{}", "n".repeat(80)), b"x").finish();
+    tar[100..108].copy_from_slice(b"zzzzzzz\0");
+    let sum: u32 = tar[..512]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| if (148..156).contains(&i) { 32 } else { u32::from(*b) })
+        .sum();
+    tar[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let err = c.import_fails(Layer::plain(tar), UnpackLimits::default());
+    assert!(matches!(err, ImageError::BadLayer { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(!text.contains('\x1b') && text.len() < 512, "{text}");
+}
