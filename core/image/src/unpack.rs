@@ -417,7 +417,19 @@ impl<'a> Ctx<'a> {
                 )
                 .map_err(|e| self.io("create", &raw, e))?;
                 let mut file = File::from(fd);
-                io::copy(entry, &mut file).map_err(EntryError::Stream)?;
+                // A read error is the stream's; a write error the file system's.
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let n = match entry.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(EntryError::Stream(e)),
+                    };
+                    io::Write::write_all(&mut file, &buf[..n]).map_err(|e| {
+                        ImageError::io("write", self.root_path.join(OsStr::from_bytes(&raw)), e)
+                    })?;
+                }
                 self.finish(file, &raw, uid, gid, mode, Some(mtime), &xattrs, report)?;
             }
             tar::EntryType::Symlink => {
