@@ -25,7 +25,7 @@
 //!   descriptor); hostile entries are refused with an error naming the entry.
 //!
 //! Image records are a JSON file in the store directory, replaced atomically; the
-//! runtime integration moves them to its SQLite store. Decision 0014 has the choices.
+//! runtime integration moves them to its SQLite store. Decision 0015 has the choices.
 
 mod sys;
 
