@@ -62,6 +62,7 @@ macro_rules! outln {
     () => { $crate::write_out(format_args!(""))? };
     ($($t:tt)*) => { $crate::write_out(format_args!($($t)*))? };
 }
+// Imported by path (`use crate::outln`) in the verb modules.
 use outln;
 
 /// `eprintln!` that ignores a closed stderr (there is nowhere left to report to), the
@@ -72,6 +73,7 @@ macro_rules! errln {
         let _ = writeln!(std::io::stderr(), "{}", $crate::term::for_terminal(&format!($($t)*)));
     }};
 }
+// Imported by path (`use crate::errln`) in the verb modules.
 use errln;
 
 impl From<RuntimeError> for Failure {
