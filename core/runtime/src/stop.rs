@@ -59,6 +59,7 @@ impl Inner {
             .map_err(RuntimeError::from_store)?;
         crash::point("stop:stopped");
         lock(&self.procs).remove(&id);
+        self.drop_binding(&id);
         tracing::debug!(box_id = %id, exit_code = ?exit, "stopped");
         Ok(rec)
     }

@@ -92,8 +92,8 @@ fn stale_socket_is_replaced_and_child_addresses_fit() {
     let err = dir.bind_stream("s.sock", PeerPolicy::unchecked()).unwrap_err();
     assert!(matches!(err, BindingError::Io { op: "bind", .. }), "{err}");
     #[cfg(target_os = "linux")]
-    assert_eq!(dir.child_address("agent.sock", 3).unwrap(), SocketAddress::Path("/proc/self/fd/3/agent.sock".into()));
-    assert!(matches!(dir.child_address("../x", 3), Err(BindingError::Invalid { .. })));
+    assert_eq!(dir.address_at("agent.sock", 3).unwrap(), SocketAddress::Path("/proc/self/fd/3/agent.sock".into()));
+    assert!(matches!(dir.address_at("../x", 3), Err(BindingError::Invalid { .. })));
     dir.remove_socket("s.sock").unwrap();
     assert!(!root.path().join("s.sock").exists());
 }
