@@ -823,14 +823,21 @@ pub fn restart_needs_nothing_persisted(k: &Kit) -> Outcome {
 
 /// A binding removed behind the strategy's back (the macOS /tmp cleaner) is healed by the
 /// next `ensure`, by the same instance (whatever it cached) and by a fresh one; the
-/// listener bound before is reachable again.
+/// listener bound before is reachable again. A box's binding opened before the reap
+/// refuses the dial (its link no longer names its directory) instead of dialling
+/// through a directory nobody names; a binding opened after the heal dials.
 pub fn ensure_heals_reaped_binding(k: &Kit) -> Outcome {
     let (layout, id) = setup(k);
     let l = util::stream_round_trip(&k.strategy, &layout, &id, AGENT);
     let p = bp(k, &layout, &id);
     for (who, s) in [("same instance", k.strategy.clone()), ("fresh instance", k.fresh())] {
+        let held = ok(&format!("open_box ({who})"), s.open(&layout, &id));
         std::fs::remove_file(&p).expect("reap binding");
-        assert!(s.connect_stream(&layout, &id, AGENT).is_err(), "connect works without the binding?");
+        assert!(
+            held.connect(&util::socket(AGENT), None).is_err(),
+            "{}: a binding held across the reap of its link still dials ({who})",
+            sname(k)
+        );
         ok(&format!("ensure after reaping ({who})"), s.ensure(&layout, &id));
         util::exchange(&s, &layout, &id, AGENT, &l, b"healed");
     }
