@@ -119,16 +119,16 @@ fn bench_bind(c: &mut Criterion) {
                 unlink_addr(&addr);
             };
             match held.dir() {
-                Some(dir) => {
+                Some(_) => {
                     // The field's floor for a held directory: a bind at
                     // /proc/self/fd/<n>/<name> of the same real directory.
                     let real = open_dir_path(&s.layout.sockets_dir(&s.id));
-                    let proc_path = PathBuf::from(format!("/proc/self/fd/{}/floor.sock", real.as_raw_fd()));
+                    let proc_path =
+                        PathBuf::from(format!("/proc/self/fd/{}/floor.sock", real.as_raw_fd()));
                     let mut proc_fd = || {
                         drop(UnixListener::bind(&proc_path).expect("bind"));
                         std::fs::remove_file(&proc_path).expect("unlink");
                     };
-                    let _ = dir;
                     paired(
                         &mut g,
                         "bind",
@@ -213,7 +213,8 @@ fn bench_connect(c: &mut Criterion) {
                     std::mem::forget(real);
                 }
                 None => {
-                    paired(&mut g, "connect", s.name, depth, &mut no_setup, &mut connect, &mut [("floor-direct-short", &mut floor)])
+                    let floors: &mut [(&str, &mut dyn FnMut())] = &mut [("floor-direct-short", &mut floor)];
+                    paired(&mut g, "connect", s.name, depth, &mut no_setup, &mut connect, floors)
                 }
             }
         }

@@ -78,7 +78,8 @@ impl Subject {
 
     /// The box's binding, opened once (as a long-lived runtime holds a running box's).
     pub fn open(&self) -> Arc<dyn boxsock_core::BoxBinding> {
-        self.strategy.clone().open_box(&self.layout, &self.id, boxsock_core::Opening::Use, &[]).expect("open the box")
+        let opening = boxsock_core::Opening::Use;
+        self.strategy.clone().open_box(&self.layout, &self.id, opening, &[]).expect("open the box")
     }
 }
 
@@ -312,8 +313,18 @@ pub const TARGETS: &[Target] = &[
         "floor-proc-self-fd",
         1.2,
     ),
-    ratio("bind via short-symlink, held binding, vs proc-self-fd (shallow home)", "bind/short-symlink/shallow", "floor-proc-self-fd", 1.2),
-    ratio("bind via short-symlink, held binding, vs proc-self-fd (300-byte home)", "bind/short-symlink/300B", "floor-proc-self-fd", 1.2),
+    ratio(
+        "bind via short-symlink, held binding, vs proc-self-fd (shallow home)",
+        "bind/short-symlink/shallow",
+        "floor-proc-self-fd",
+        1.2,
+    ),
+    ratio(
+        "bind via short-symlink, held binding, vs proc-self-fd (300-byte home)",
+        "bind/short-symlink/300B",
+        "floor-proc-self-fd",
+        1.2,
+    ),
     ratio("abstract bind vs filesystem bind", "bind/abstract/shallow", "floor-direct-short", 0.3),
     ratio("short-symlink sweep of 10 000 entries vs readdir", "sweep/short-symlink/10000", "floor-readdir", 3.0),
     Target {

@@ -14,8 +14,8 @@ use boxsock::boxsock_core::binding::{Capabilities, PolicyPath, SweepReport};
 use boxsock::boxsock_core::peer::PeerPolicy;
 use boxsock::boxsock_core::{BoxBinding, Held, Opening, Socket, SocketBinding, SocketDir};
 use boxsock::{
-    BindingError, BoxId, BoxLayout, CreateOptions, ExecIo, Registry, Runtime, RuntimeError, SocketAddress,
-    StrategyConfig, StrategyRegistration,
+    BindingError, BoxId, BoxLayout, CreateOptions, ExecIo, Registry, Runtime, RuntimeError,
+    SocketAddress, StrategyConfig, StrategyRegistration,
 };
 use common::Env;
 
@@ -80,14 +80,18 @@ fn counted(c: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
     Ok(Arc::new(Counted((boxsock_short_symlink::REGISTRATION.build)(c)?)))
 }
 
-static COUNTED_REGISTRATION: StrategyRegistration =
-    StrategyRegistration { name: COUNTED, summary: "short-symlink counting its opens (test)", build: counted };
+static COUNTED_REGISTRATION: StrategyRegistration = StrategyRegistration {
+    name: COUNTED,
+    summary: "short-symlink counting its opens (test)",
+    build: counted,
+};
 
 async fn exec_out(rt: &Runtime, id: &str, argv: &[&str]) -> Result<String, RuntimeError> {
     let mut out = Vec::<u8>::new();
     let (mut on_out, mut on_err) = (|b: &[u8]| out.extend_from_slice(b), |_: &[u8]| {});
     let argv = argv.iter().map(|s| s.to_string()).collect();
-    rt.exec(id, argv, vec![], ExecIo { stdin: None, stdout: &mut on_out, stderr: &mut on_err }).await?;
+    rt.exec(id, argv, vec![], ExecIo { stdin: None, stdout: &mut on_out, stderr: &mut on_err })
+        .await?;
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
@@ -101,7 +105,10 @@ async fn a_long_lived_runtime_dials_through_the_binding_it_holds_without_opening
     let id = b.id.to_string();
     rt.start(&id).await.unwrap();
     let (ensures, dirs) = (ENSURES.load(Ordering::SeqCst), SOCKET_DIRS.load(Ordering::SeqCst));
-    assert!(ensures > 0 && dirs > 0, "the counting strategy was not used: {ensures} ensures, {dirs} socket_dirs");
+    assert!(
+        ensures > 0 && dirs > 0,
+        "the counting strategy was not used: {ensures} ensures, {dirs} socket_dirs"
+    );
     for i in 0..5 {
         assert_eq!(exec_out(&rt, &id, &["echo", &i.to_string()]).await.unwrap(), format!("{i}\n"));
     }
@@ -119,7 +126,11 @@ async fn a_long_lived_runtime_dials_through_the_binding_it_holds_without_opening
     let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
     let ensures = ENSURES.load(Ordering::SeqCst);
     assert_eq!(exec_out(&rt, &id, &["echo", "fresh"]).await.unwrap(), "fresh\n");
-    assert_eq!(ENSURES.load(Ordering::SeqCst) - ensures, 1, "a runtime holding nothing opens the box at its first dial");
+    assert_eq!(
+        ENSURES.load(Ordering::SeqCst) - ensures,
+        1,
+        "a runtime holding nothing opens the box at its first dial"
+    );
     assert_eq!(exec_out(&rt, &id, &["echo", "held"]).await.unwrap(), "held\n");
     assert_eq!(ENSURES.load(Ordering::SeqCst) - ensures, 1, "and holds it from then on");
     rt.remove(&id, true).await.unwrap();
@@ -133,7 +144,8 @@ async fn a_link_swapped_after_the_start_is_refused_at_the_next_dial_and_the_deco
     let id = b.id.to_string();
     rt.start(&id).await.unwrap();
     assert_eq!(exec_out(&rt, &id, &["echo", "one"]).await.unwrap(), "one\n");
-    let link = rt.strategy("short-symlink").unwrap().binding_path(rt.layout(), &b.id).expect("a link");
+    let link =
+        rt.strategy("short-symlink").unwrap().binding_path(rt.layout(), &b.id).expect("a link");
     let real = std::fs::read_link(&link).unwrap();
     // The owner's own directory (0700), with a live listener at the agent's name.
     let decoy = env.root.path().join("decoy");
@@ -145,8 +157,12 @@ async fn a_link_swapped_after_the_start_is_refused_at_the_next_dial_and_the_deco
     std::os::unix::fs::symlink(&decoy, &tmp).unwrap();
     std::fs::rename(&tmp, &link).unwrap();
     match exec_out(&rt, &id, &["echo", "two"]).await {
-        Err(RuntimeError::Binding(BindingError::Occupied { .. } | BindingError::Insecure { .. })) => {}
-        other => panic!("a dial after the box's link was swapped to {}: {other:?}", decoy.display()),
+        Err(RuntimeError::Binding(
+            BindingError::Occupied { .. } | BindingError::Insecure { .. },
+        )) => {}
+        other => {
+            panic!("a dial after the box's link was swapped to {}: {other:?}", decoy.display())
+        }
     }
     assert!(listener.accept().is_err(), "the decoy received a dial");
     // The link put back: the box is reachable again.

@@ -147,14 +147,21 @@ pub(crate) fn endpoint(
         (Some(dir), SocketAddress::Path(_)) => dir.address_at(&socket.file_name(), fd),
         (None, SocketAddress::Path(p)) => Err(BindingError::Insecure {
             path: p.clone(),
-            reason: "a path address without a verified socket directory would be re-resolved by the box's process".into(),
+            reason: concat!(
+                "a path address without a verified socket directory would be ",
+                "re-resolved by the box's process"
+            )
+            .into(),
         }),
         (_, SocketAddress::Abstract(_)) => Ok(addr),
     }
 }
 
 /// The directory a use goes through, re-checked; a path address without one refused.
-fn through<'a, B: BoxBinding + ?Sized>(b: &'a B, addr: &SocketAddress) -> Result<Option<&'a SocketDir>, BindingError> {
+fn through<'a, B: BoxBinding + ?Sized>(
+    b: &'a B,
+    addr: &SocketAddress,
+) -> Result<Option<&'a SocketDir>, BindingError> {
     match (b.dir(), addr) {
         (Some(d), _) => {
             b.check()?;
@@ -163,7 +170,12 @@ fn through<'a, B: BoxBinding + ?Sized>(b: &'a B, addr: &SocketAddress) -> Result
         (None, SocketAddress::Path(p)) => Err(BindingError::Unsupported {
             strategy: "(this binding)".into(),
             what: format!("binding or dialling {}", crate::echo::path(p)),
-            reason: "a path address needs a verified socket directory (SocketBinding::socket_dir); re-resolving the path string lets whoever can change a directory on it receive the connection".into(),
+            reason: concat!(
+                "a path address needs a verified socket directory (SocketBinding::socket_dir); ",
+                "re-resolving the path string lets whoever can change a directory on it ",
+                "receive the connection"
+            )
+            .into(),
         }),
         (None, SocketAddress::Abstract(_)) => Ok(None),
     }
@@ -259,11 +271,23 @@ impl Held {
             return Err(BindingError::Unsupported {
                 strategy: strategy.name().to_owned(),
                 what: format!("opening box {id}"),
-                reason: "a path strategy must provide a verified socket directory (SocketBinding::socket_dir); re-resolving the path string lets whoever can change a directory on it receive the connection".into(),
+                reason: concat!(
+                    "a path strategy must provide a verified socket directory ",
+                    "(SocketBinding::socket_dir); re-resolving the path string lets whoever ",
+                    "can change a directory on it receive the connection"
+                )
+                .into(),
             });
         }
         let peer = strategy.peer_policy();
-        Ok(Arc::new(Held { strategy, layout: layout.clone(), id: id.clone(), addresses, dir, peer }))
+        Ok(Arc::new(Held {
+            strategy,
+            layout: layout.clone(),
+            id: id.clone(),
+            addresses,
+            dir,
+            peer,
+        }))
     }
 }
 
@@ -276,7 +300,8 @@ impl BoxBinding for Held {
         if let Some(a) = self.addresses.get(socket.name) {
             return Ok(a.clone());
         }
-        let own = derive_addresses(|f| self.strategy.address(&self.layout, &self.id, f), &[*socket])?;
+        let own =
+            derive_addresses(|f| self.strategy.address(&self.layout, &self.id, f), &[*socket])?;
         own.into_values().next().ok_or_else(|| BindingError::Invalid {
             what: "socket".into(),
             reason: format!("no address derived for {socket}"),

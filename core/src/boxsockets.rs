@@ -115,8 +115,13 @@ impl BoxSockets {
     /// descriptor `fd`: through the descriptor when there is a socket directory (Linux:
     /// `/proc/self/fd/<fd>/<file>`), otherwise the address itself (abstract names). A
     /// path address without a verified directory is refused ([`BindingError::Insecure`]).
-    pub fn child_endpoint(&self, socket: &Socket, fd: i32) -> Result<SocketAddress, BindingError> {
-        crate::boxbinding::endpoint(self.dir.as_ref(), self.address(socket.name)?.clone(), socket, fd)
+    pub fn child_endpoint(
+        &self,
+        socket: &Socket,
+        fd: i32,
+    ) -> Result<SocketAddress, BindingError> {
+        let addr = self.address(socket.name)?.clone();
+        crate::boxbinding::endpoint(self.dir.as_ref(), addr, socket, fd)
     }
 }
 
@@ -146,8 +151,10 @@ mod tests {
             &[("agent", SocketAddress::Abstract(b"x".to_vec())), ("ready", SocketAddress::Path("/tmp/b/ready.sock".into()))],
             PeerPolicy::unchecked(),
         );
-        assert_eq!(s.child_endpoint(&catalogue::AGENT, 3).unwrap(), SocketAddress::Abstract(b"x".to_vec()));
-        assert!(matches!(s.child_endpoint(&catalogue::READY, 3), Err(BindingError::Insecure { .. })));
+        let agent = s.child_endpoint(&catalogue::AGENT, 3).unwrap();
+        assert_eq!(agent, SocketAddress::Abstract(b"x".to_vec()));
+        let ready = s.child_endpoint(&catalogue::READY, 3);
+        assert!(matches!(ready, Err(BindingError::Insecure { .. })));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Dialling a box's agent: through the box's held binding (re-checked cheaply at each
-//! dial), or a freshly opened one, checking the listener is the box's recorded process. The blocking part (the store, `ensure`, which may wait on a
+//! dial), or a freshly opened one, checking the listener is the box's recorded process.
+//! The blocking part (the store, `ensure`, which may wait on a
 //! strategy's lock, and the connect) runs on tokio's blocking pool, never on the
 //! executor: one box's slow `ensure` must not stall another box's exec.
 
@@ -80,7 +81,11 @@ impl Inner {
                 // or the listener is gone: the held binding is not used again. The box
                 // is opened afresh, through every check of a first open.
                 Err(e) => {
-                    tracing::debug!(box_id = %rec.id, error = %e, "held binding refused at use; opening the box again");
+                    tracing::debug!(
+                        box_id = %rec.id,
+                        error = %e,
+                        "held binding refused at use; opening the box again"
+                    );
                     self.drop_binding(&rec.id);
                 }
             }

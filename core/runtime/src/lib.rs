@@ -113,7 +113,7 @@ struct Inner {
     procs: Mutex<HashMap<BoxId, Arc<ProcessHandle>>>,
     /// The opened binding of each running box this runtime started or dialled, with
     /// the pid of the process it was held for: dials go through it (decision 0014).
-    bindings: Mutex<HashMap<BoxId, (Option<i32>, Arc<dyn BoxBinding>)>>,
+    bindings: Mutex<HashMap<BoxId, HeldBinding>>,
     watchers: Mutex<HashMap<BoxId, AbortHandle>>,
     /// The lifetime lock of an exclusive runtime.
     _home_lock: Option<LockGuard>,
@@ -126,6 +126,9 @@ impl Drop for Inner {
         }
     }
 }
+
+/// A box's binding and the pid of the process it is held for.
+type HeldBinding = (Option<i32>, Arc<dyn BoxBinding>);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

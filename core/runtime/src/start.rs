@@ -343,7 +343,10 @@ const MAX_REBINDS: usize = 4;
 /// box to fresh names (a squatted name) after an earlier one was bound, the earlier
 /// one sits at a name nobody derives any more: all are bound again, so every listener
 /// of the start is at the box's current names.
-fn bind_all(binding: &dyn BoxBinding, sockets: &[&SocketSpec]) -> Result<BTreeMap<String, Listener>, BindingError> {
+fn bind_all(
+    binding: &dyn BoxBinding,
+    sockets: &[&SocketSpec],
+) -> Result<BTreeMap<String, Listener>, BindingError> {
     let id = binding.id();
     let mut attempt = 0;
     loop {

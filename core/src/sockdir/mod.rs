@@ -164,7 +164,8 @@ impl SocketDir {
                 )));
             }
         }
-        Ok(SocketDir { inner: Arc::new(Inner { fd, shown, identity, owner: expect.owner, anchor: Anchor::None }) })
+        let inner = Inner { fd, shown, identity, owner: expect.owner, anchor: Anchor::None };
+        Ok(SocketDir { inner: Arc::new(inner) })
     }
 
     fn anchored(self, anchor: Anchor) -> Self {
@@ -187,7 +188,9 @@ impl SocketDir {
     pub fn recheck(&self) -> Result<(), BindingError> {
         let st = match &self.inner.anchor {
             Anchor::None => return Ok(()),
-            Anchor::At { dir, name } => nix::sys::stat::fstatat(dir, name.as_str(), AtFlags::empty()),
+            Anchor::At { dir, name } => {
+                nix::sys::stat::fstatat(dir, name.as_str(), AtFlags::empty())
+            }
             Anchor::Path(p) => nix::sys::stat::stat(p.as_path()),
         };
         let st = st.map_err(|e| BindingError::errno("look up", &self.inner.shown, e))?;
@@ -196,7 +199,9 @@ impl SocketDir {
             return Err(BindingError::Insecure {
                 path: self.inner.shown.clone(),
                 reason: format!(
-                    "it now leads to dev {} inode {}, not the socket directory held since the box was opened (dev {} inode {}); nothing is bound or dialled through a name that changed",
+                    "it now leads to dev {} inode {}, not the socket directory held since the \
+                     box was opened (dev {} inode {}); nothing is bound or dialled through a \
+                     name that changed",
                     now.dev, now.ino, self.inner.identity.dev, self.inner.identity.ino
                 ),
             });
@@ -218,8 +223,11 @@ impl SocketDir {
     pub fn open_at(dir: BorrowedFd<'_>, name: &str, shown: impl Into<PathBuf>, expect: DirExpectation) -> Result<Self, BindingError> {
         let shown = shown.into();
         let fd = nix::fcntl::openat(dir, name, dir_flags(), Mode::empty()).map_err(|e| open_error(&shown, e))?;
-        let held = dir.try_clone_to_owned().map_err(|e| BindingError::io("duplicate descriptor of", &shown, e))?;
-        Ok(Self::verify(fd, shown, expect)?.anchored(Anchor::At { dir: held, name: name.to_owned() }))
+        let held = dir
+            .try_clone_to_owned()
+            .map_err(|e| BindingError::io("duplicate descriptor of", &shown, e))?;
+        let anchor = Anchor::At { dir: held, name: name.to_owned() };
+        Ok(Self::verify(fd, shown, expect)?.anchored(anchor))
     }
 
     /// The stable, displayed name of the directory.
