@@ -128,3 +128,47 @@ fn datagram_bound_at_a_redirected_name_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn recheck_says_whether_the_name_it_was_opened_through_still_leads_to_it() {
+    let root = private_dir();
+    let real = root.path().join("real");
+    let decoy = root.path().join("decoy");
+    for d in [&real, &decoy] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    std::os::unix::fs::symlink(&real, root.path().join("link")).unwrap();
+    let base = nix::fcntl::open(root.path(), dir_flags(), Mode::empty()).unwrap();
+    let want = DirIdentity::of_path(&real).unwrap();
+    let shown = root.path().join("link");
+    let at = SocketDir::open_at(base.as_fd(), "link", &shown, expect(Some(want))).unwrap();
+    let by_path = SocketDir::open(&shown, expect(Some(want))).unwrap();
+    at.recheck().unwrap();
+    by_path.recheck().unwrap();
+    // Swapped: refused, naming both identities; the held descriptor is not followed.
+    let tmp = root.path().join("link.tmp");
+    std::os::unix::fs::symlink(&decoy, &tmp).unwrap();
+    std::fs::rename(&tmp, &shown).unwrap();
+    for d in [&at, &by_path] {
+        match d.recheck() {
+            Err(BindingError::Insecure { path, reason }) => {
+                assert_eq!(path, shown);
+                assert!(reason.contains(&format!("inode {}", want.ino)), "{reason}");
+            }
+            other => panic!("recheck after the link was swapped: {other:?}"),
+        }
+    }
+    // Gone (a cleaner): ENOENT.
+    std::fs::remove_file(&shown).unwrap();
+    for d in [&at, &by_path] {
+        match d.recheck() {
+            Err(BindingError::Io { source, .. }) => assert_eq!(source.raw_os_error(), Some(libc::ENOENT)),
+            other => panic!("recheck after the link was removed: {other:?}"),
+        }
+    }
+    // Back: accepted again.
+    std::os::unix::fs::symlink(&real, &shown).unwrap();
+    at.recheck().unwrap();
+    by_path.recheck().unwrap();
+}
