@@ -909,10 +909,10 @@ enum Omit {
 mod without {
     use super::{Omit, Without};
     use boxsock::boxsock_core::binding::{Capabilities, PolicyPath, SweepReport};
-    use boxsock::boxsock_core::peer::{Listener, PeerPolicy};
+    use boxsock::boxsock_core::peer::PeerPolicy;
+    use boxsock::boxsock_core::{BoxBinding, Held, Opening, Socket};
     use boxsock::boxsock_core::{BoxId, BoxLayout, SocketAddress, SocketBinding, SocketDir, StrategyConfig};
     use boxsock::BindingError;
-    use std::os::unix::net::{UnixDatagram, UnixStream};
     use std::sync::Arc;
 
     impl SocketBinding for Without {
@@ -952,14 +952,19 @@ mod without {
                 _ => self.inner.peer_policy(),
             }
         }
-        fn bind_stream(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<Listener, BindingError> {
-            self.inner.bind_stream(l, id, f)
-        }
-        fn connect_stream(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<UnixStream, BindingError> {
-            self.inner.connect_stream(l, id, f)
-        }
-        fn bind_datagram(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<UnixDatagram, BindingError> {
-            self.inner.bind_datagram(l, id, f)
+        fn open_box(
+            self: Arc<Self>,
+            l: &BoxLayout,
+            id: &BoxId,
+            opening: Opening,
+            sockets: &[Socket],
+        ) -> Result<Arc<dyn BoxBinding>, BindingError> {
+            match self.omit {
+                // The strategy's own binding (its rotation of a squatted name), never
+                // opened for a start.
+                Omit::PrepareStart => self.inner.clone().open_box(l, id, Opening::Use, sockets),
+                Omit::PeerPolicy => Held::open(self, l, id, opening, sockets),
+            }
         }
     }
 
@@ -1136,7 +1141,7 @@ impl Backend for ReadySocketHost {
         use std::os::unix::process::CommandExt;
         let agent = spec.sockets.handed("agent")?.as_raw_fd();
         let dir = spec.sockets.dir.as_ref().map(|d| d.as_raw_fd());
-        let ready = spec.child_address("ready", 4)?.to_uri();
+        let ready = spec.sockets.child_endpoint(&boxsock::boxsock_core::catalogue::READY, 4)?.to_uri();
         let bin = boxsock::boxsock_core::helpers::find_agent(self.helpers.as_deref()).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&spec.log_file).unwrap();
         let mut cmd = std::process::Command::new(bin);

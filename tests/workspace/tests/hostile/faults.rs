@@ -20,6 +20,7 @@ use boxsock::{
     Runtime, RuntimeError, RuntimeOptions, SocketAddress, StrategyConfig, builtin_backends,
     builtin_strategies,
 };
+use boxsock_conformance::util::ByFile;
 use boxsock_tests::reliability::Outcome;
 use boxsock_tests::scenario;
 use serde_json::Value;
