@@ -9,7 +9,9 @@
 # Targets (tests/fuzz/fuzz_targets/): box_id (id parser + layout paths), socket_name
 # (socket file names + socket_path), proto_decode (agent frames: decode, read_frame,
 # re-encode), address_uri (SocketAddress URIs), store_config (BoxConfig rows, also
-# through an in-memory store). Each checks: no panic, no path outside the home, a clear
+# through an in-memory store), image_manifest (OCI/docker manifests and indexes: media
+# types, descriptors, platform choice), image_config (image configs and docker's override
+# rules), image_reference (image references). Each checks: no panic, no path outside the home, a clear
 # error. Dictionaries in tests/fuzz/dicts/<target>.dict are used when present. Each run starts from the committed seeds
 # (tests/fuzz/seeds/<target>, read-only) plus the working corpus libFuzzer grows in
 # tests/fuzz/corpus/<target> (ignored by git, kept between runs). Works on a fresh
@@ -21,7 +23,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 fuzz_dir=tests/fuzz
 
-TARGETS=(box_id socket_name proto_decode address_uri store_config)
+TARGETS=(box_id socket_name proto_decode address_uri store_config image_manifest image_config image_reference)
 
 if [ "${1:-}" = "--regen-seeds" ]; then
     cargo run --quiet --manifest-path "$fuzz_dir/Cargo.toml" --example gen_seeds -- "$root/$fuzz_dir/seeds"

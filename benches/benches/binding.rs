@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use boxsock_benches::{Subject, home_of_len, no_setup, paired, strategies};
-use boxsock_core::{BoxId, BoxLayout, SocketAddress};
+use boxsock_core::{Binder, BoxId, BoxLayout, Socket, SocketAddress, SocketKind};
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group};
 use nix::fcntl::{OFlag, open};
 use nix::sys::stat::Mode;
@@ -25,6 +25,14 @@ fn homes(root: &Path) -> Vec<(&'static str, PathBuf)> {
 fn short_tempdir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("bsb").tempdir_in("/tmp").expect("tempdir in /tmp")
 }
+
+/// A socket of the benches' own (`<name>.sock`), as a catalogue key.
+const fn socket(name: &'static str) -> Socket {
+    Socket { name, kind: SocketKind::Stream, binder: Binder::Runtime, derived: &[] }
+}
+
+const BENCH: Socket = socket("bench");
+const CONN: Socket = socket("conn");
 
 fn unlink_addr(addr: &SocketAddress) {
     if let Some(p) = addr.as_path() {
@@ -102,15 +110,36 @@ fn bench_bind(c: &mut Criterion) {
             let Some(s) = Subject::new(reg, &home, base.path()) else {
                 continue;
             };
-            let addr = s.strategy.address(&s.layout, &s.id, "bench.sock").expect("address");
+            // Bound through the box's binding, opened once and held (as a long-lived
+            // runtime holds it): each bind re-checks its link, then binds.
+            let held = s.open();
+            let addr = held.address(&BENCH).expect("address");
             let mut bind = || {
-                drop(s.strategy.bind_stream(&s.layout, &s.id, "bench.sock").expect("bind"));
+                drop(held.listen(&BENCH).expect("bind"));
                 unlink_addr(&addr);
             };
-            if addr.as_path().is_some() {
-                paired(&mut g, "bind", s.name, depth, &mut no_setup, &mut bind, &mut [("floor-direct-short", &mut floor)]);
-            } else {
-                paired(
+            match held.dir() {
+                Some(_) => {
+                    // The field's floor for a held directory: a bind at
+                    // /proc/self/fd/<n>/<name> of the same real directory.
+                    let real = open_dir_path(&s.layout.sockets_dir(&s.id));
+                    let proc_path =
+                        PathBuf::from(format!("/proc/self/fd/{}/floor.sock", real.as_raw_fd()));
+                    let mut proc_fd = || {
+                        drop(UnixListener::bind(&proc_path).expect("bind"));
+                        std::fs::remove_file(&proc_path).expect("unlink");
+                    };
+                    paired(
+                        &mut g,
+                        "bind",
+                        s.name,
+                        depth,
+                        &mut no_setup,
+                        &mut bind,
+                        &mut [("floor-direct-short", &mut floor), ("floor-proc-self-fd", &mut proc_fd)],
+                    );
+                }
+                None => paired(
                     &mut g,
                     "bind",
                     s.name,
@@ -118,7 +147,7 @@ fn bench_bind(c: &mut Criterion) {
                     &mut no_setup,
                     &mut bind,
                     &mut [("floor-abstract-raw", &mut floor_abstract), ("floor-direct-short", &mut floor)],
-                );
+                ),
             }
         }
         // The field's other techniques, against the same real directory.
@@ -158,9 +187,36 @@ fn bench_connect(c: &mut Criterion) {
             let Some(s) = Subject::new(reg, &home, base.path()) else {
                 continue;
             };
-            drain(s.strategy.bind_stream(&s.layout, &s.id, "conn.sock").expect("bind"));
-            let mut connect = || drop(s.strategy.connect_stream(&s.layout, &s.id, "conn.sock").expect("connect"));
-            paired(&mut g, "connect", s.name, depth, &mut no_setup, &mut connect, &mut [("floor-direct-short", &mut floor)]);
+            // A dial of a long-lived runtime: through the box's held binding (its cheap
+            // re-check of the link, the connect through the held directory, the
+            // listener's credentials).
+            let held = s.open();
+            drain(held.listen(&CONN).expect("bind"));
+            let mut connect = || drop(held.connect(&CONN, None).expect("connect"));
+            match held.dir() {
+                Some(_) => {
+                    // The field's floor: a plain connect at /proc/self/fd/<n>/<name> of
+                    // the same real directory, to a listener there.
+                    let real = open_dir_path(&s.layout.sockets_dir(&s.id));
+                    let at = format!("/proc/self/fd/{}/floor.sock", real.as_raw_fd());
+                    drain_plain(UnixListener::bind(&at).expect("bind proc-self-fd floor"));
+                    let mut proc_fd = || drop(UnixStream::connect(&at).expect("connect"));
+                    paired(
+                        &mut g,
+                        "connect",
+                        s.name,
+                        depth,
+                        &mut no_setup,
+                        &mut connect,
+                        &mut [("floor-direct-short", &mut floor), ("floor-proc-self-fd", &mut proc_fd)],
+                    );
+                    std::mem::forget(real);
+                }
+                None => {
+                    let floors: &mut [(&str, &mut dyn FnMut())] = &mut [("floor-direct-short", &mut floor)];
+                    paired(&mut g, "connect", s.name, depth, &mut no_setup, &mut connect, floors)
+                }
+            }
         }
     }
     g.finish();
@@ -227,9 +283,10 @@ fn bench_datagram(c: &mut Criterion) {
         let Some(s) = Subject::new(reg, &root.path().join(reg.name), base.path()) else {
             continue;
         };
-        let a = s.strategy.bind_datagram(&s.layout, &s.id, "da.sock").expect("bind a");
-        let bsock = s.strategy.bind_datagram(&s.layout, &s.id, "db.sock").expect("bind b");
-        let to = s.strategy.address(&s.layout, &s.id, "db.sock").expect("address").to_std().expect("std addr");
+        let held = s.open();
+        let a = held.listen_datagram(&socket("da")).expect("bind a");
+        let bsock = held.listen_datagram(&socket("db")).expect("bind b");
+        let to = held.address(&socket("db")).expect("address").to_std().expect("std addr");
         let mut round_trip = || {
             a.send_to_addr(b"ping", &to).expect("send");
             bsock.recv(&mut buf).expect("recv");

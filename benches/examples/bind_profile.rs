@@ -7,9 +7,13 @@
 //! With `connect`, it connects `N` times to a live listener instead (an acceptor thread
 //! drains the connections).
 
+use boxsock_core::{Binder, Socket, SocketKind};
 use std::os::unix::net::{UnixListener, UnixStream};
 
 use boxsock_benches::{Subject, home_of_len, strategies};
+
+const C: Socket = Socket { name: "c", kind: SocketKind::Stream, binder: Binder::Runtime, derived: &[] };
+const P: Socket = Socket { name: "p", kind: SocketKind::Stream, binder: Binder::Runtime, derived: &[] };
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,8 +32,9 @@ fn main() {
         } else {
             let reg = strategies().into_iter().find(|r| r.name == what).expect("strategy");
             let s = Subject::new(reg, &home, base.path()).expect("subject");
-            let addr = s.strategy.address(&s.layout, &s.id, "c.sock").expect("address");
-            let l = s.strategy.bind_stream(&s.layout, &s.id, "c.sock").expect("bind").into_inner();
+            let held = s.open();
+            let addr = held.address(&C).expect("address");
+            let l = held.listen(&C).expect("bind").into_inner();
             (addr.as_path().expect("path").to_path_buf(), l)
         };
         std::thread::spawn(move || for c in listener.incoming() { drop(c) });
@@ -48,9 +53,10 @@ fn main() {
     }
     let reg = strategies().into_iter().find(|r| r.name == what).expect("strategy");
     let s = Subject::new(reg, &home, base.path()).expect("subject");
-    let addr = s.strategy.address(&s.layout, &s.id, "p.sock").expect("address");
+    let held = s.open();
+    let addr = held.address(&P).expect("address");
     for _ in 0..n {
-        drop(s.strategy.bind_stream(&s.layout, &s.id, "p.sock").expect("bind"));
+        drop(held.listen(&P).expect("bind"));
         std::fs::remove_file(addr.as_path().expect("path")).expect("unlink");
     }
 }

@@ -75,6 +75,12 @@ impl Subject {
         }
         Some(Subject { name: reg.name, strategy, layout, id })
     }
+
+    /// The box's binding, opened once (as a long-lived runtime holds a running box's).
+    pub fn open(&self) -> Arc<dyn boxsock_core::BoxBinding> {
+        let opening = boxsock_core::Opening::Use;
+        self.strategy.clone().open_box(&self.layout, &self.id, opening, &[]).expect("open the box")
+    }
 }
 
 /// Every strategy of the facade's registry (`boxsock::builtin_strategies()`), sorted by
@@ -293,6 +299,31 @@ pub const TARGETS: &[Target] = &[
         "connect/short-symlink/300B",
         "floor-direct-short",
         1.05,
+    ),
+    // Issue 19: through a held binding, against the field's own technique.
+    ratio(
+        "connect via short-symlink, held binding, vs proc-self-fd (shallow home)",
+        "connect/short-symlink/shallow",
+        "floor-proc-self-fd",
+        1.2,
+    ),
+    ratio(
+        "connect via short-symlink, held binding, vs proc-self-fd (300-byte home)",
+        "connect/short-symlink/300B",
+        "floor-proc-self-fd",
+        1.2,
+    ),
+    ratio(
+        "bind via short-symlink, held binding, vs proc-self-fd (shallow home)",
+        "bind/short-symlink/shallow",
+        "floor-proc-self-fd",
+        1.2,
+    ),
+    ratio(
+        "bind via short-symlink, held binding, vs proc-self-fd (300-byte home)",
+        "bind/short-symlink/300B",
+        "floor-proc-self-fd",
+        1.2,
     ),
     ratio("abstract bind vs filesystem bind", "bind/abstract/shallow", "floor-direct-short", 0.3),
     ratio("short-symlink sweep of 10 000 entries vs readdir", "sweep/short-symlink/10000", "floor-readdir", 3.0),

@@ -1048,7 +1048,7 @@ mod tests {
             s["targets"]
         );
         assert!(
-            s["targets"].contains("0 of 8 targets met, 1 missed, 7 not run."),
+            s["targets"].contains("0 of 12 targets met, 1 missed, 11 not run."),
             "{}",
             s["targets"]
         );

@@ -25,7 +25,7 @@ pub use boxsock_runtime::process::{Liveness, ProcessHandle, ProcessIdentity};
 pub use boxsock_core::registry::{BackendRegistration, Registry, StrategyRegistration};
 pub use boxsock_runtime::{
     Access, BoxInfo, ClientError, CompanionInfo, CreateOptions, CreateOptionsBuilder, DoctorReport, ExecIo, LockMode, OpenReport, Runtime, RuntimeError,
-    RuntimeOptions,
+    OwnedRemoval, RuntimeOptions,
     doctor,
 };
 pub use boxsock_runtime::exec::{self, Child, Command, ExitStatus, Output, SpawnErrorKind};

@@ -646,6 +646,58 @@ fn errors_echo_at_most_64_bytes_of_input_and_its_length() {
     assert!(cut(&stderr(&o)) && stderr(&o).len() < 400, "{}", stderr(&o));
 }
 
+/// The one child of `client` running `boxsock … __lifeline` (`run --rm`'s lifeline).
+fn lifeline_of(client: i32) -> i32 {
+    let children: Vec<i32> = std::fs::read_dir(format!("/proc/{client}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"__lifeline"))
+        })
+        .collect();
+    assert_eq!(children.len(), 1, "the lifeline of client {client}: {children:?}");
+    children[0]
+}
+
+#[test]
+fn run_rm_starts_a_lifeline_in_its_own_session_that_holds_only_its_pipe_and_ends_with_it() {
+    let env = Env::new();
+    // `sleep 1.<pid>5`: a second and a bit, and a number no other test uses.
+    let marker = format!("1.{}5", std::process::id());
+    let mut client = boxsock(&env)
+        .args(["--backend", "host", "run", "--rm", "--", "sleep", &marker])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the command to run in the box", || !pids_running(&["sleep", &marker]).is_empty());
+    let lifeline = lifeline_of(client.id() as i32);
+    let stat = std::fs::read_to_string(format!("/proc/{lifeline}/stat")).unwrap();
+    // After the command's closing parenthesis: state, ppid, pgrp, session.
+    let after_comm = stat.rsplit_once(')').unwrap().1;
+    let session: i32 = after_comm.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert_eq!(session, lifeline, "the lifeline leads a session of its own: {stat}");
+    let mut fds: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{lifeline}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap().to_string_lossy().into_owned();
+            (e.file_name().to_string_lossy().parse().unwrap(), target)
+        })
+        .collect();
+    fds.sort();
+    let numbers: Vec<i32> = fds.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, [0, 1, 2, 3], "stdio and its pipe, nothing else: {fds:?}");
+    assert!(fds[3].1.starts_with("pipe:"), "{fds:?}");
+    let status = client.wait().unwrap();
+    assert!(status.success(), "{status}");
+    // Disarmed by the client's normal end: it exits at once, with nothing to do.
+    wait_until("the lifeline to exit after its client", || !pid_running(lifeline));
+    assert_nothing_left(&env);
+}
+
 #[test]
 fn a_run_rm_client_killed_with_sigkill_leaves_nothing_after_the_next_writing_command() {
     for (n, next) in [&["sweep"][..], &["--backend", "host", "create"], &["exec", "other", "--", "true"]].into_iter().enumerate() {
@@ -667,6 +719,11 @@ fn a_run_rm_client_killed_with_sigkill_leaves_nothing_after_the_next_writing_com
         let agent = json(boxsock(&env).args(["inspect", "--json", &id]))["pid"].as_i64().unwrap() as i32;
         assert!(pid_running(agent) && env.links().contains(&id));
 
+        // The backstop's case: the client's lifeline is killed first (alive, it removes
+        // the box at once; the hostile suite's `a_killed_run_rm_client_takes_its_box_with_it`).
+        let lifeline = lifeline_of(client.id() as i32);
+        let sigkill = nix::sys::signal::Signal::SIGKILL;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(lifeline), sigkill).unwrap();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(client.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
         client.wait().unwrap();
         // Read-only verbs delete nothing: the box is still there, still running.

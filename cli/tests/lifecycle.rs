@@ -909,10 +909,10 @@ enum Omit {
 mod without {
     use super::{Omit, Without};
     use boxsock::boxsock_core::binding::{Capabilities, PolicyPath, SweepReport};
-    use boxsock::boxsock_core::peer::{Listener, PeerPolicy};
+    use boxsock::boxsock_core::peer::PeerPolicy;
+    use boxsock::boxsock_core::{BoxBinding, Held, Opening, Socket};
     use boxsock::boxsock_core::{BoxId, BoxLayout, SocketAddress, SocketBinding, SocketDir, StrategyConfig};
     use boxsock::BindingError;
-    use std::os::unix::net::{UnixDatagram, UnixStream};
     use std::sync::Arc;
 
     impl SocketBinding for Without {
@@ -952,14 +952,19 @@ mod without {
                 _ => self.inner.peer_policy(),
             }
         }
-        fn bind_stream(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<Listener, BindingError> {
-            self.inner.bind_stream(l, id, f)
-        }
-        fn connect_stream(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<UnixStream, BindingError> {
-            self.inner.connect_stream(l, id, f)
-        }
-        fn bind_datagram(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<UnixDatagram, BindingError> {
-            self.inner.bind_datagram(l, id, f)
+        fn open_box(
+            self: Arc<Self>,
+            l: &BoxLayout,
+            id: &BoxId,
+            opening: Opening,
+            sockets: &[Socket],
+        ) -> Result<Arc<dyn BoxBinding>, BindingError> {
+            match self.omit {
+                // The strategy's own binding (its rotation of a squatted name), never
+                // opened for a start.
+                Omit::PrepareStart => self.inner.clone().open_box(l, id, Opening::Use, sockets),
+                Omit::PeerPolicy => Held::open(self, l, id, opening, sockets),
+            }
         }
     }
 
@@ -1129,7 +1134,7 @@ impl Backend for ReadySocketHost {
         use boxsock::boxsock_core::spawn::Spawn;
         use std::os::fd::AsFd;
         let agent = spec.sockets.handed("agent")?;
-        let ready = spec.child_address("ready", 4)?.to_uri();
+        let ready = spec.sockets.child_endpoint(&boxsock::boxsock_core::catalogue::READY, 4)?.to_uri();
         let bin = boxsock::boxsock_core::helpers::find_agent(self.helpers.as_deref()).unwrap();
         let mut cmd = Spawn::new(bin);
         cmd.args(["--agent-fd", "3", "--ready", &ready, "--allow-uid", &nix::unistd::geteuid().to_string()])
@@ -1245,4 +1250,111 @@ async fn a_ready_frame_from_another_process_is_ignored_even_when_the_strategy_ch
         Err(e) => panic!("expected a readiness timeout, got: {e}"),
     }
     let _ = rt.remove(b.id.as_str(), true).await;
+}
+
+/// The identity of a process that has exited (and been reaped).
+fn a_dead_process() -> ProcessIdentity {
+    let mut p = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let ident = ProcessIdentity::of(p.id() as i32).unwrap();
+    p.kill().unwrap();
+    p.wait().unwrap();
+    ident
+}
+
+/// `run --rm`'s lifeline removes through `Runtime::remove_owned`: only a box tied to the
+/// dead owner it names, or that id's journalled interrupted create; nothing while the
+/// owner lives, nothing it cannot prove the owner made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_owned_removes_only_what_its_dead_owner_made() {
+    use boxsock::{BoxId, OwnedRemoval};
+    use boxsock::boxsock_runtime::store::StoreError;
+    let env = Env::new();
+    let (rt, _) = Runtime::open(&env.home, env.options()).await.unwrap();
+    let (gone, other) = (a_dead_process(), a_dead_process());
+    let owned = |id: &BoxId, owner: ProcessIdentity| {
+        CreateOptions::builder()
+            .strategy("short-symlink")
+            .backend("host")
+            .id(id.clone())
+            .auto_remove_owner(owner)
+            .build()
+    };
+
+    // A running box of the dead owner: stopped and removed, agent, link and directory.
+    let a = BoxId::generate();
+    assert_eq!(rt.create(owned(&a, gone)).await.unwrap().id, a, "the chosen id is the box's");
+    let pid = rt.start(a.as_str()).await.unwrap().process.unwrap().pid;
+    assert!(env.links().contains(&a.to_string()));
+    assert_eq!(rt.remove_owned(&a, gone).await.unwrap(), OwnedRemoval::Removed);
+    assert!(!pid_running(pid), "the agent survived");
+    assert!(rt.get(a.as_str()).is_err(), "the row is left");
+    assert!(!env.links().contains(&a.to_string()) && !rt.layout().box_dir(&a).exists());
+    assert_eq!(rt.remove_owned(&a, gone).await.unwrap(), OwnedRemoval::Absent);
+
+    // Another owner's box, and a box of a live owner: left alone.
+    let b = BoxId::generate();
+    rt.create(owned(&b, other)).await.unwrap();
+    assert_eq!(rt.remove_owned(&b, gone).await.unwrap(), OwnedRemoval::NotOwned);
+    let me = ProcessIdentity::current().unwrap();
+    let c = BoxId::generate();
+    rt.create(owned(&c, me)).await.unwrap();
+    assert_eq!(rt.remove_owned(&c, me).await.unwrap(), OwnedRemoval::OwnerAlive);
+    assert!(rt.get(b.as_str()).is_ok() && rt.get(c.as_str()).is_ok());
+
+    // A create interrupted before its row (journal entry, directory, marker): undone.
+    let d = BoxId::generate();
+    std::fs::create_dir_all(rt.layout().journal_dir()).unwrap();
+    std::fs::write(rt.layout().create_journal(&d), b"").unwrap();
+    std::fs::create_dir(rt.layout().box_dir(&d)).unwrap();
+    std::fs::write(rt.layout().box_marker(&d), b"").unwrap();
+    assert_eq!(rt.remove_owned(&d, gone).await.unwrap(), OwnedRemoval::CreateUndone);
+    assert!(!rt.layout().box_dir(&d).exists() && !rt.layout().create_journal(&d).exists());
+    // A directory no create journalled: not provably the owner's.
+    let e = BoxId::generate();
+    std::fs::create_dir(rt.layout().box_dir(&e)).unwrap();
+    assert_eq!(rt.remove_owned(&e, gone).await.unwrap(), OwnedRemoval::NotOwned);
+    assert!(rt.layout().box_dir(&e).exists());
+    std::fs::remove_dir(rt.layout().box_dir(&e)).unwrap();
+
+    // A chosen id already used as an id or a name is refused before anything is written.
+    let web = CreateOptions::builder().strategy("short-symlink").backend("host").name("web");
+    let named = rt.create(web.build()).await.unwrap();
+    for taken in [b.clone(), BoxId::parse("web").unwrap()] {
+        let err = rt.create(owned(&taken, gone)).await.unwrap_err();
+        assert!(matches!(err, RuntimeError::Store(StoreError::IdTaken { .. })), "{taken}: {err}");
+    }
+    for id in [b.as_str(), c.as_str(), named.id.as_str()] {
+        rt.remove(id, true).await.unwrap();
+    }
+}
+
+/// A start whose starter died between launching the agent and recording it leaves a
+/// `starting` row with no process, and possibly an agent that had already said it was
+/// ready. `remove -f` and recovery ask whoever listens on the box's agent address to
+/// shut down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_the_store_never_recorded_is_shut_down_by_remove_and_by_recovery() {
+    let env = Env::new();
+    let mut o = env.options();
+    o.health_monitor = false;
+    let (rt, _) = Runtime::open(&env.home, o.clone()).await.unwrap();
+    let mut agents = Vec::new();
+    for _ in 0..2 {
+        let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
+        let pid = rt.start(b.id.as_str()).await.unwrap().process.unwrap().pid;
+        rt.store()
+            .execute_raw(&format!(
+                "UPDATE boxes SET state = 'starting', pid = NULL, start_time = NULL WHERE id = '{}'",
+                b.id
+            ))
+            .unwrap();
+        agents.push((b.id, pid));
+    }
+    rt.remove(agents[0].0.as_str(), true).await.unwrap();
+    wait_until("remove -f to shut the unrecorded agent down", || !pid_running(agents[0].1));
+    rt.close();
+    let (rt, report) = Runtime::open(&env.home, o).await.unwrap();
+    assert!(report.recovered.iter().any(|r| r.id == agents[1].0), "{:?}", report.recovered);
+    wait_until("recovery to shut the unrecorded agent down", || !pid_running(agents[1].1));
+    rt.remove(agents[1].0.as_str(), true).await.unwrap();
 }

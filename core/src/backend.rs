@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::address::SocketAddress;
 use crate::binding::PolicyPath;
 use crate::catalogue::SocketSpec;
 use crate::error::BindingError;
@@ -138,13 +137,6 @@ impl BoxSettings {
             v.push("rootfs");
         }
         v
-    }
-}
-
-impl LaunchSpec {
-    /// [`BoxSockets::child_address`] of this spec's sockets.
-    pub fn child_address(&self, name: &str, fd_no: i32) -> Result<SocketAddress, BindingError> {
-        self.sockets.child_address(name, fd_no)
     }
 }
 

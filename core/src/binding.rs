@@ -1,9 +1,15 @@
 //! The [`SocketBinding`] trait: how a box's sockets get short, safe addresses.
 //!
 //! A strategy turns (home, box id, socket file name) into a [`SocketAddress`] that fits
-//! `sun_path` and that only the box's owner can reach. The runtime calls
-//! [`SocketBinding::ensure`] before it binds or dials, binds and dials through the
-//! provided helpers, and calls [`SocketBinding::release`] on every removal path.
+//! `sun_path` and that only the box's owner can reach. The runtime opens each box once
+//! ([`SocketBinding::open_box`]) and binds, dials and hands addresses to the box through
+//! the [`BoxBinding`] it gets; it asks the strategy itself only stateless questions
+//! (`capabilities`, `sweep`, `binding_dir`, `shared_dir`, `binding_path`, the addresses
+//! `inspect` shows) and `release` of a box it holds no binding of.
+//!
+//! The per-box methods (`ensure`, `address`, `socket_dir`, `prepare_start`,
+//! `peer_policy`, `policy_paths`, `release`) are the strategy's primitives: [`Held`]
+//! calls each once when a box is opened, and the conformance kit checks each.
 //!
 //! ## Contract (checked by the `boxsock-conformance` kit)
 //! - `address` is pure arithmetic plus a budget check: it never touches the disk for
@@ -20,20 +26,23 @@
 //!   box's socket directory opened and verified (owner, mode, identity) at the time of
 //!   use, through which every bind and connect goes. Binding or connecting by the
 //!   address string re-resolves directories others may change between a check and the
-//!   use; the default `bind_stream`/`connect_stream`/`bind_datagram` therefore go
-//!   through `socket_dir` whenever it returns one, and the runtime refuses a path
-//!   strategy that returns none.
+//!   use; a [`BoxBinding`] therefore goes through its directory whenever it holds one,
+//!   and refuses a path address without one.
 
 use std::fmt;
-use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::address::SocketAddress;
+use crate::boxbinding::{BoxBinding, Opening};
+#[allow(unused_imports)] // documentation links
+use crate::boxbinding::Held;
 use crate::budget::Platform;
+use crate::catalogue::Socket;
 use crate::error::BindingError;
 use crate::id::BoxId;
 use crate::layout::BoxLayout;
-use crate::peer::{Listener, PeerPolicy};
+use crate::peer::PeerPolicy;
 use crate::sockdir::SocketDir;
 
 /// Configuration every strategy is built from. Strategies ignore what they do not use.
@@ -185,6 +194,22 @@ pub trait SocketBinding: Send + Sync + fmt::Debug {
     /// The registered name (`short-symlink`, `direct`, `abstract`…).
     fn name(&self) -> &str;
 
+    /// Open box `id`'s sockets for use: run the per-box work once (`prepare_start` for
+    /// [`Opening::Start`], `ensure`), derive the addresses of `sockets` (every own and
+    /// derived name budget-checked), and hold the verified directory, the per-start
+    /// state and the peer policy in the returned [`BoxBinding`], through which the
+    /// runtime binds, dials and hands addresses to the box (decision 0014).
+    ///
+    /// A strategy whose per-box state is its verified directory writes one line:
+    /// `Held::open(self, layout, id, opening, sockets)` ([`Held`]).
+    fn open_box(
+        self: Arc<Self>,
+        layout: &BoxLayout,
+        id: &BoxId,
+        opening: Opening,
+        sockets: &[Socket],
+    ) -> Result<Arc<dyn BoxBinding>, BindingError>;
+
     /// What this strategy can do.
     fn capabilities(&self) -> Capabilities;
 
@@ -263,40 +288,6 @@ pub trait SocketBinding: Send + Sync + fmt::Debug {
     fn socket_dir(&self, layout: &BoxLayout, id: &BoxId) -> Result<Option<SocketDir>, BindingError> {
         let _ = (layout, id);
         Ok(None)
-    }
-
-    /// Bind a stream listener for `file_name`. A stale socket file left by a dead
-    /// listener is replaced; a live one is an error. Goes through
-    /// [`SocketBinding::socket_dir`] when there is one.
-    fn bind_stream(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<Listener, BindingError> {
-        let addr = self.address(layout, id, file_name)?;
-        if let Some(dir) = self.socket_dir(layout, id)? {
-            return dir.bind_stream(file_name, self.peer_policy());
-        }
-        let inner = crate::peer::bind_stream_at(&addr)?;
-        Ok(Listener::new(inner, addr, file_name.to_owned(), self.peer_policy()))
-    }
-
-    /// Connect a stream to `file_name`, checking the listener's credentials where the
-    /// strategy's peer policy says so. Goes through [`SocketBinding::socket_dir`] when
-    /// there is one.
-    fn connect_stream(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<UnixStream, BindingError> {
-        let addr = self.address(layout, id, file_name)?;
-        if let Some(dir) = self.socket_dir(layout, id)? {
-            return dir.connect_stream(file_name, &self.peer_policy());
-        }
-        crate::peer::connect_stream_at(&addr, file_name, &self.peer_policy())
-    }
-
-    /// Bind a datagram socket at `file_name` (stale socket files are replaced as for
-    /// [`SocketBinding::bind_stream`]). Goes through [`SocketBinding::socket_dir`] when
-    /// there is one.
-    fn bind_datagram(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<UnixDatagram, BindingError> {
-        let addr = self.address(layout, id, file_name)?;
-        if let Some(dir) = self.socket_dir(layout, id)? {
-            return dir.bind_datagram(file_name);
-        }
-        crate::peer::bind_datagram_at(&addr)
     }
 }
 

@@ -1,5 +1,6 @@
-//! [`BoxSockets`]: a box's sockets for one start, derived once by the runtime from the
-//! strategy and carried to the backend in [`LaunchSpec`](crate::backend::LaunchSpec).
+//! [`BoxSockets`]: a box's sockets for one start, the view of its opened
+//! [`BoxBinding`] ([`BoxSockets::view`]) carried to the backend in
+//! [`LaunchSpec`](crate::backend::LaunchSpec).
 //!
 //! One value holds what every consumer of an address needs: the address itself (its
 //! displayed form, for messages and for consumers that can only take a path string),
@@ -13,7 +14,8 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use crate::address::SocketAddress;
-use crate::catalogue;
+use crate::boxbinding::BoxBinding;
+use crate::catalogue::{self, Socket};
 use crate::error::BindingError;
 use crate::peer::{Listener, PeerPolicy};
 use crate::sockdir::SocketDir;
@@ -28,7 +30,7 @@ pub struct BoxSockets {
     pub addresses: BTreeMap<String, SocketAddress>,
     /// The box's socket directory, verified by the runtime at this start (path
     /// strategies; `None` for abstract names). A backend hands it to its processes as
-    /// an inherited descriptor and gives them [`BoxSockets::child_address`]es through
+    /// an inherited descriptor and gives them [`BoxSockets::child_endpoint`]s through
     /// it, so no process of the box re-resolves a path others can change.
     pub dir: Option<SocketDir>,
     /// Who may be a peer on every socket of the box (`SO_PEERCRED`): the strategy's
@@ -51,6 +53,12 @@ pub struct BoxSockets {
 }
 
 impl BoxSockets {
+    /// The view of an opened box's binding for one launch: its addresses now, its
+    /// verified directory and its peer policy, with nothing handed yet.
+    pub fn view(binding: &dyn BoxBinding) -> Self {
+        BoxSockets::new(binding.addresses(), binding.dir().cloned(), binding.peer_policy().clone())
+    }
+
     /// Addresses, directory and policy, with nothing handed (no
     /// [`BoxSockets::handed`] listener, no ready channel).
     pub fn new(
@@ -103,26 +111,17 @@ impl BoxSockets {
         self.peer.allowed_uids()
     }
 
-    /// The address of logical socket `name` for a child that inherits
-    /// [`BoxSockets::dir`] at descriptor `fd_no`: through the descriptor when there is
-    /// a socket directory (Linux: `/proc/self/fd/<fd_no>/<file>`), otherwise the
-    /// strategy's address (abstract names). A path address without a verified
-    /// directory is refused ([`BindingError::Insecure`]).
-    pub fn child_address(&self, name: &str, fd_no: i32) -> Result<SocketAddress, BindingError> {
-        match (&self.dir, self.address(name)?) {
-            (Some(dir), SocketAddress::Path(p)) => {
-                let file = p.file_name().and_then(|f| f.to_str()).ok_or_else(|| BindingError::Invalid {
-                    what: "socket address".into(),
-                    reason: format!("{} has no file name", crate::echo::path(p)),
-                })?;
-                dir.child_address(file, fd_no)
-            }
-            (None, SocketAddress::Path(p)) => Err(BindingError::Insecure {
-                path: p.clone(),
-                reason: "a path address without a verified socket directory would be re-resolved by the box's process".into(),
-            }),
-            (_, a @ SocketAddress::Abstract(_)) => Ok(a.clone()),
-        }
+    /// The address of `socket` for a child that inherits [`BoxSockets::dir`] at
+    /// descriptor `fd`: through the descriptor when there is a socket directory (Linux:
+    /// `/proc/self/fd/<fd>/<file>`), otherwise the address itself (abstract names). A
+    /// path address without a verified directory is refused ([`BindingError::Insecure`]).
+    pub fn child_endpoint(
+        &self,
+        socket: &Socket,
+        fd: i32,
+    ) -> Result<SocketAddress, BindingError> {
+        let addr = self.address(socket.name)?.clone();
+        crate::boxbinding::endpoint(self.dir.as_ref(), addr, socket, fd)
     }
 }
 
@@ -152,8 +151,10 @@ mod tests {
             &[("agent", SocketAddress::Abstract(b"x".to_vec())), ("ready", SocketAddress::Path("/tmp/b/ready.sock".into()))],
             PeerPolicy::unchecked(),
         );
-        assert_eq!(s.child_address("agent", 3).unwrap(), SocketAddress::Abstract(b"x".to_vec()));
-        assert!(matches!(s.child_address("ready", 3), Err(BindingError::Insecure { .. })));
+        let agent = s.child_endpoint(&catalogue::AGENT, 3).unwrap();
+        assert_eq!(agent, SocketAddress::Abstract(b"x".to_vec()));
+        let ready = s.child_endpoint(&catalogue::READY, 3);
+        assert!(matches!(ready, Err(BindingError::Insecure { .. })));
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub struct SocketSpec {
     pub derived: &'static [DerivedName],
 }
 
+/// The typed key of a box's socket: a catalogue entry ([`AGENT`], [`READY`], [`NET`], or
+/// a backend's own), never a string.
+pub type Socket = SocketSpec;
+
 impl SocketSpec {
     /// The socket's file name, `<name>.sock`.
     pub fn file_name(&self) -> String {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boxsock_runtime::agent_client::{self, AgentClient};
+use boxsock_core::{BoxBinding, Opening, Socket, SocketKind};
 use boxsock_core::backend::{AddressNeeds, Availability, BackendConfig, BackendError, BoxSockets, Isolation, LaunchSpec, Readiness};
 use boxsock_core::catalogue::Binder;
 use boxsock_core::sockdir::SocketDir;
@@ -33,6 +34,17 @@ struct Home {
     _dir: tempfile::TempDir,
     layout: BoxLayout,
     id: BoxId,
+}
+
+/// The box's binding through `direct`, opened for use.
+fn held(h: &Home) -> Arc<dyn BoxBinding> {
+    Arc::new(boxsock_direct::Direct::default()).open_box(&h.layout, &h.id, Opening::Use, &[]).unwrap()
+}
+
+/// The catalogue key of a socket file of the test's own (leaked: a few per test).
+fn sock(file: &str) -> Socket {
+    let name = file.strip_suffix(".sock").unwrap_or(file);
+    Socket { name: Box::leak(name.to_owned().into_boxed_str()), kind: SocketKind::Stream, binder: Binder::Runtime, derived: &[] }
 }
 
 fn home() -> Home {
@@ -102,7 +114,7 @@ async fn launch_with_direct_addresses_ready_exec_then_kill_and_gone() {
     let h = home();
     let direct = boxsock_direct::Direct::default();
     direct.ensure(&h.layout, &h.id).unwrap();
-    let agent = direct.bind_stream(&h.layout, &h.id, "agent.sock").unwrap();
+    let agent = held(&h).listen(&sock("agent.sock")).unwrap();
     let dir = direct.socket_dir(&h.layout, &h.id).unwrap();
     let (s, mut ready) = spec(&h, agent, dir, vec![("BOXSOCK_HOST_TEST".into(), "from spec".into())]);
 
@@ -117,7 +129,7 @@ async fn launch_with_direct_addresses_ready_exec_then_kill_and_gone() {
     // Its own session, so the runtime's terminal signals do not reach it.
     assert_eq!(nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid))).unwrap().as_raw(), pid);
 
-    let stream = direct.connect_stream(&h.layout, &h.id, "agent.sock").unwrap();
+    let stream = held(&h).connect(&sock("agent.sock"), None).unwrap();
     let mut out = Vec::new();
     let code = tokio::time::timeout(
         LIMIT,
@@ -154,7 +166,7 @@ async fn the_agent_inherits_its_listener_and_ready_channel_and_is_told_no_name()
     let me = nix::unistd::geteuid().as_raw();
     let direct = boxsock_direct::Direct::default();
     direct.ensure(&h.layout, &h.id).unwrap();
-    let agent = direct.bind_stream(&h.layout, &h.id, "agent.sock").unwrap();
+    let agent = held(&h).listen(&sock("agent.sock")).unwrap();
     let agent_ino = std::fs::metadata(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&agent))).unwrap().ino();
     let dir = direct.socket_dir(&h.layout, &h.id).unwrap();
     let (mut s, mut ready) = spec(&h, agent, dir, Vec::new());
@@ -184,7 +196,7 @@ async fn the_agent_inherits_its_listener_and_ready_channel_and_is_told_no_name()
     let agent_file = h.layout.sockets_dir(&h.id).join("agent.sock");
     assert_eq!(std::fs::symlink_metadata(&agent_file).unwrap().mode() & 0o777, 0o600);
 
-    let stream = direct.connect_stream(&h.layout, &h.id, "agent.sock").unwrap();
+    let stream = held(&h).connect(&sock("agent.sock"), None).unwrap();
     AgentClient::connect(stream).unwrap().shutdown().await.unwrap();
     assert_eq!(reap_within(launched.process.pid()), 0);
 }
@@ -223,7 +235,7 @@ async fn launch_errors_name_what_is_wrong() {
     let direct = boxsock_direct::Direct::default();
     direct.ensure(&h.layout, &h.id).unwrap();
     // Each spec below lives to the end of the test: a file of its own.
-    let listener = |n: u32| direct.bind_stream(&h.layout, &h.id, &format!("agent-{n}.sock")).unwrap();
+    let listener = |n: u32| held(&h).listen(&sock(&format!("agent-{n}.sock"))).unwrap();
 
     let (mut s, _r) = spec(&h, listener(1), None, Vec::new());
     s.sockets.handed.clear();

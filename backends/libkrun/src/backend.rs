@@ -211,15 +211,15 @@ impl Libkrun {
         let net = if spec.network { Some(path_address(spec, NET.name)?) } else { None };
         let (agent, ready, tmpdir, socket_dir_fd) = if spec.sockets.dir.is_some() {
             // Through the verified directory the shim inherits at SHIM_SOCKET_DIR_FD.
-            let through = |name: &str| -> Result<PathBuf, BackendError> {
-                path_address(spec, name)?;
-                match spec.child_address(name, SHIM_SOCKET_DIR_FD)? {
+            let through = |socket: &catalogue::Socket| -> Result<PathBuf, BackendError> {
+                path_address(spec, socket.name)?;
+                match spec.sockets.child_endpoint(socket, SHIM_SOCKET_DIR_FD)? {
                     SocketAddress::Path(p) => Ok(p),
-                    a => Err(bad(format!("socket {name:?}: {a} is not a path"))),
+                    a => Err(bad(format!("socket {socket}: {a} is not a path"))),
                 }
             };
-            let agent = through(catalogue::AGENT.name)?;
-            let ready = through(catalogue::READY.name)?;
+            let agent = through(&catalogue::AGENT)?;
+            let ready = through(&catalogue::READY)?;
             let tmpdir = parent_of(&agent).map(Path::to_path_buf).ok_or_else(|| bad(format!("{} has no directory", boxsock_core::echo::path(&agent))))?;
             (agent, ready, tmpdir, Some(SHIM_SOCKET_DIR_FD))
         } else {

@@ -13,6 +13,7 @@
 use std::path::PathBuf;
 
 use boxsock_core::backend::BoxSettings;
+use boxsock_core::id::BoxId;
 use boxsock_core::registry::Named;
 
 use crate::process::ProcessIdentity;
@@ -21,6 +22,12 @@ use crate::process::ProcessIdentity;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CreateOptions {
+    /// The box's id; `None` (the default) generates one. A caller chooses it when
+    /// something must know the box before it exists: `run --rm`'s lifeline is told the
+    /// id before `create` makes anything, so it can remove whatever a killed client
+    /// left. An id already used (as an id or a name) is refused
+    /// ([`crate::store::StoreError::IdTaken`]) before anything is written.
+    pub id: Option<BoxId>,
     /// Optional unique name (same rules as ids).
     pub name: Option<String>,
     /// Strategy name.
@@ -47,6 +54,7 @@ impl CreateOptions {
     /// A box with this strategy and backend, no name, no network, default settings.
     pub fn new(strategy: impl Into<String>, backend: impl Into<String>) -> Self {
         CreateOptions {
+            id: None,
             name: None,
             strategy: strategy.into(),
             backend: backend.into(),
@@ -93,6 +101,12 @@ impl CreateOptionsBuilder {
     /// The backend, by type (its registered [`Named::NAME`]).
     pub fn backend_of<B: Named>(self) -> Self {
         self.backend(B::NAME)
+    }
+
+    /// The box's id (see [`CreateOptions::id`]).
+    pub fn id(mut self, id: BoxId) -> Self {
+        self.opts.id = Some(id);
+        self
     }
 
     /// A unique name.

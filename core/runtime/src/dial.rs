@@ -1,6 +1,6 @@
-//! Dialling a box's agent: re-`ensure` the binding, then connect through the verified
-//! socket directory (or the strategy's abstract name), checking the listener is the
-//! box's recorded process. The blocking part (the store, `ensure`, which may wait on a
+//! Dialling a box's agent: through the box's held binding (re-checked cheaply at each
+//! dial), or a freshly opened one, checking the listener is the box's recorded process.
+//! The blocking part (the store, `ensure`, which may wait on a
 //! strategy's lock, and the connect) runs on tokio's blocking pool, never on the
 //! executor: one box's slow `ensure` must not stall another box's exec.
 
@@ -8,10 +8,11 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
+use boxsock_core::boxbinding::Opening;
 use boxsock_core::catalogue;
+use boxsock_core::error::BindingError;
 
 use crate::agent_client::AgentClient;
-use crate::sockets::verified_dir;
 use crate::state::BoxState;
 use crate::store::BoxRecord;
 use crate::{Inner, RuntimeError, home};
@@ -63,25 +64,40 @@ impl Inner {
         Ok((client, address))
     }
 
-    /// The blocking part of a dial: `ensure`, then connect. Returns the connected
-    /// socket and the agent's displayed address.
+    /// The blocking part of a dial: connect through the binding held for the box's
+    /// process (its cheap re-check first: nothing is dialled through a directory its
+    /// link no longer names), else open the box (`ensure`: a binding removed behind
+    /// our back, by a /tmp cleaner, heals here) and hold what was opened. Returns the
+    /// connected socket and the agent's displayed address.
     fn dial_agent_blocking(&self, rec: &BoxRecord) -> Result<(UnixStream, String), RuntimeError> {
-        let strategy = self.ensure_binding(self.strategy(&rec.config.strategy)?, &rec.id)?;
-        let file = catalogue::AGENT.file_name();
-        let addr = strategy.address(&self.layout, &rec.id, &file)?;
-        let address = addr.display_string();
         // The listener must be the box's recorded process (the agent, or the VMM that
         // maps the agent's vsock port), of an allowed uid.
-        let policy = match rec.process {
-            Some(p) => strategy.peer_policy().with_pid(p.pid),
-            None => strategy.peer_policy(),
-        };
-        // One address per dial: the error text, the directory check and the connect of
-        // an abstract name all use this one.
-        let std = match verified_dir(&*strategy, &self.layout, &rec.id, &addr)? {
-            Some(dir) => dir.connect_stream(&file, &policy)?,
-            None => boxsock_core::peer::connect_stream_at(&addr, &file, &policy)?,
-        };
+        let pid = rec.process.map(|p| p.pid);
+        if let Some(held) = self.held_binding(&rec.id, pid) {
+            match held.connect(&catalogue::AGENT, pid) {
+                Ok(s) => return Ok((s, held.address(&catalogue::AGENT)?.display_string())),
+                Err(e @ BindingError::PeerRejected { .. }) => return Err(e.into()),
+                // The name changed under the held directory (a cleaner, a swapped link),
+                // or the listener is gone: the held binding is not used again. The box
+                // is opened afresh, through every check of a first open.
+                Err(e) => {
+                    tracing::debug!(
+                        box_id = %rec.id,
+                        error = %e,
+                        "held binding refused at use; opening the box again"
+                    );
+                    self.drop_binding(&rec.id);
+                }
+            }
+        }
+        let strategy = self.strategy(&rec.config.strategy)?;
+        let binding = self.open_binding(strategy, &rec.id, Opening::Use, &[catalogue::AGENT])?;
+        // One address per dial: the error text and the connect use this one.
+        let address = binding.address(&catalogue::AGENT)?.display_string();
+        let std = binding.connect(&catalogue::AGENT, pid)?;
+        if rec.state == BoxState::Running {
+            self.hold_binding(&rec.id, pid, binding);
+        }
         Ok((std, address))
     }
 }

@@ -38,28 +38,26 @@ pub struct SocketReport {
 fn socket_reports(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, specs: &[SocketSpec]) -> Vec<SocketReport> {
     let limit = Platform::current().sun_len();
     let mut out = Vec::new();
-    for spec in specs {
-        for (label, file) in spec.all_file_names() {
-            let r = strategy.address(layout, id, &file);
-            out.push(match r {
-                Ok(addr) => SocketReport {
-                    socket: label,
-                    file,
-                    address: Some(addr.display_string()),
-                    bytes: Some(addr.byte_len()),
-                    limit,
-                    fits: budget::fits_in(&addr, limit),
-                    error: None,
-                },
-                Err(e) => {
-                    let (address, bytes) = match &e {
-                        boxsock_core::error::BindingError::PathTooLong { path, len, .. } => (Some(path.clone()), Some(*len)),
-                        _ => (None, None),
-                    };
-                    SocketReport { socket: label, file, address, bytes, limit, fits: false, error: Some(e.to_string()) }
-                }
-            });
-        }
+    for d in boxsock_core::boxbinding::each_address(|f| strategy.address(layout, id, f), specs) {
+        let (label, file) = (d.label, d.file);
+        out.push(match d.address {
+            Ok(addr) => SocketReport {
+                socket: label,
+                file,
+                address: Some(addr.display_string()),
+                bytes: Some(addr.byte_len()),
+                limit,
+                fits: budget::fits_in(&addr, limit),
+                error: None,
+            },
+            Err(e) => {
+                let (address, bytes) = match &e {
+                    boxsock_core::error::BindingError::PathTooLong { path, len, .. } => (Some(path.clone()), Some(*len)),
+                    _ => (None, None),
+                };
+                SocketReport { socket: label, file, address, bytes, limit, fits: false, error: Some(e.to_string()) }
+            }
+        });
     }
     out
 }

@@ -49,6 +49,7 @@ pub mod exec;
 pub mod home;
 mod info;
 mod kill;
+mod lifeline;
 mod lock;
 mod monitor;
 mod options;
@@ -74,6 +75,7 @@ pub use crash::{CRASH_ENV, CRASH_STEPS};
 pub use error::RuntimeError;
 pub use exec::{Child, Command, ExitStatus, Output, SpawnErrorKind};
 pub use info::{BackendReport, BoxInfo, CompanionInfo, DoctorReport, PairingError, SocketReport, StrategyReport, doctor};
+pub use lifeline::OwnedRemoval;
 pub use lock::{LockGuard, LockMode};
 pub use create_options::{CreateOptions, CreateOptionsBuilder};
 pub use options::{Access, ExecIo, RuntimeOptions};
@@ -82,6 +84,8 @@ pub use sockets::{Incompatibility, check_addresses, compatibility, socket_specs}
 
 use boxsock_core::backend::{Availability, Backend};
 use boxsock_core::binding::{SocketBinding, StrategyConfig};
+use boxsock_core::boxbinding::{BoxBinding, Opening};
+use boxsock_core::catalogue::Socket;
 use boxsock_core::budget::Platform;
 use boxsock_core::error::BindingError;
 use boxsock_core::id::BoxId;
@@ -109,6 +113,9 @@ struct Inner {
     strategies: Mutex<HashMap<String, Arc<dyn SocketBinding>>>,
     backends: Mutex<HashMap<String, Arc<dyn Backend>>>,
     procs: Mutex<HashMap<BoxId, Arc<ProcessHandle>>>,
+    /// The opened binding of each running box this runtime started or dialled, with
+    /// the pid of the process it was held for: dials go through it (decision 0014).
+    bindings: Mutex<HashMap<BoxId, HeldBinding>>,
     watchers: Mutex<HashMap<BoxId, AbortHandle>>,
     /// The lifetime lock of an exclusive runtime.
     _home_lock: Option<LockGuard>,
@@ -121,6 +128,9 @@ impl Drop for Inner {
         }
     }
 }
+
+/// A box's binding and the pid of the process it is held for.
+type HeldBinding = (Option<i32>, Arc<dyn BoxBinding>);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -225,6 +235,7 @@ impl Runtime {
                 strategies: Mutex::new(HashMap::new()),
                 backends: Mutex::new(HashMap::new()),
                 procs: Mutex::new(HashMap::new()),
+                bindings: Mutex::new(HashMap::new()),
                 watchers: Mutex::new(HashMap::new()),
                 _home_lock: home_lock,
             }),
@@ -331,10 +342,13 @@ impl Runtime {
         // The budget next: it depends only on the home, the strategy and the backend's
         // sockets, so a home too deep for this strategy is said first, whatever the
         // machine can run.
-        let id = BoxId::generate();
+        let id = opts.id.clone().unwrap_or_else(BoxId::generate);
         check_addresses(&*strategy, &inner.layout, &id, &socket_specs(&*backend, opts.network))?;
         if let Availability::Unavailable { reason } = backend.available_for_launch() {
             return Err(RuntimeError::BackendUnavailable { backend: opts.backend.clone(), reason });
+        }
+        if opts.id.is_some() && inner.store.resolve_exact(id.as_str())?.is_some() {
+            return Err(crate::store::StoreError::IdTaken { id }.into());
         }
         if let Some(name) = &opts.name {
             if let Some((by, _)) = inner.store.resolve_exact(name)? {
@@ -365,13 +379,9 @@ impl Runtime {
         crash::point("create:row");
         let ensured = {
             let (s, id) = (strategy.clone(), id.clone());
-            inner.blocking(move |i| i.ensure_binding(s, &id)).await
+            inner.blocking(move |i| i.open_binding(s, &id, Opening::Use, &[]).map(drop)).await
         };
-        let strategy = match &ensured {
-            Ok(s) => s.clone(),
-            Err(_) => strategy,
-        };
-        let prepared = ensured.map(drop).and_then(|()| backend.prepare(&inner.layout, &id).map_err(RuntimeError::from));
+        let prepared = ensured.and_then(|()| backend.prepare(&inner.layout, &id).map_err(RuntimeError::from));
         if let Err(e) = prepared {
             let _ = strategy.release(&inner.layout, &id);
             let _ = boxsock_core::boxdir::remove_box_dir(&inner.layout, &id);
@@ -530,12 +540,33 @@ impl Inner {
         c
     }
 
-    /// `strategy.ensure`. A squatted shared directory does not fail it: the strategy
-    /// falls back through the core's `fallback` (see [`squat`] for what `doctor`
-    /// shows). Returns the strategy to use from here on.
-    pub(crate) fn ensure_binding(&self, strategy: Arc<dyn SocketBinding>, id: &BoxId) -> Result<Arc<dyn SocketBinding>, RuntimeError> {
-        strategy.ensure(&self.layout, id)?;
-        Ok(strategy)
+    /// Open box `id`'s binding (`ensure`, and `prepare_start` for a start, run once by
+    /// the strategy), with the addresses of `sockets` derived and budget-checked. A
+    /// squatted shared directory does not fail it: the strategy falls back through the
+    /// core's `fallback` (see [`squat`] for what `doctor` shows).
+    pub(crate) fn open_binding(
+        &self,
+        strategy: Arc<dyn SocketBinding>,
+        id: &BoxId,
+        opening: Opening,
+        sockets: &[Socket],
+    ) -> Result<Arc<dyn BoxBinding>, RuntimeError> {
+        Ok(strategy.open_box(&self.layout, id, opening, sockets)?)
+    }
+
+    /// The binding this runtime holds for box `id`'s process `pid`, if any.
+    pub(crate) fn held_binding(&self, id: &BoxId, pid: Option<i32>) -> Option<Arc<dyn BoxBinding>> {
+        lock(&self.bindings).get(id).filter(|(p, _)| *p == pid).map(|(_, b)| b.clone())
+    }
+
+    /// Hold `binding` for box `id`'s process `pid` (replacing any other).
+    pub(crate) fn hold_binding(&self, id: &BoxId, pid: Option<i32>, binding: Arc<dyn BoxBinding>) {
+        lock(&self.bindings).insert(id.clone(), (pid, binding));
+    }
+
+    /// Drop the binding held for box `id` (its process is gone, or the binding failed).
+    pub(crate) fn drop_binding(&self, id: &BoxId) {
+        lock(&self.bindings).remove(id);
     }
 
     /// Run blocking work on tokio's blocking pool, never on the executor: a strategy's
@@ -662,6 +693,7 @@ impl Inner {
 
     fn forget_process(&self, id: &BoxId) {
         lock(&self.procs).remove(id);
+        self.drop_binding(id);
         if let Some(w) = lock(&self.watchers).remove(id) {
             w.abort();
         }

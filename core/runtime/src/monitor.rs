@@ -52,6 +52,7 @@ impl Inner {
         })
         .await;
         lock(&self.procs).remove(id);
+        self.drop_binding(id);
         lock(&self.watchers).remove(id);
     }
 }

@@ -7,7 +7,9 @@
 //!   `Stopped`.
 //! - `Starting`: whoever was starting it died before readiness was confirmed, so the
 //!   process (if any) is killed and the box is `Stopped`. Same for `Stopping` and
-//!   `Unhealthy`.
+//!   `Unhealthy`. A `Starting` box with no process recorded may still have one (its
+//!   starter died between the launch and recording it): an agent listening on its
+//!   address is asked to shut down (`shutdown_unrecorded`).
 //! - A row whose directory is gone is an interrupted removal (removal deletes the
 //!   directory before the row): its process is killed, its binding released, the row
 //!   deleted.
@@ -116,6 +118,10 @@ pub(super) async fn recover(inner: &Arc<Inner>, report: &mut OpenReport) -> Resu
                 tracing::error!(box_id = %rec.id, pid = h.identity().pid, "could not kill an abandoned box process");
             }
         }
+        if dir_exists && rec.state == BoxState::Starting && rec.process.is_none() {
+            // Its starter died between launching the process and recording it.
+            inner.shutdown_unrecorded(rec).await;
+        }
         // Companions live exactly as long as a running box's process.
         if !(alive && dir_exists && rec.state == BoxState::Running) {
             inner.stop_companions(&rec.id, &[]).await;
@@ -185,27 +191,18 @@ pub(super) async fn recover(inner: &Arc<Inner>, report: &mut OpenReport) -> Resu
             report.unknown_entries.push(entry.path());
             continue;
         }
-        let journaled = std::fs::symlink_metadata(layout.create_journal(&id)).is_ok_and(|m| m.is_file());
-        let marked = std::fs::symlink_metadata(layout.box_marker(&id)).is_ok_and(|m| m.is_file());
-        if journaled && marked {
-            tracing::warn!(box_id = %id, "box directory without a row (interrupted create): removing it");
-            inner.release_everywhere(&id);
-            boxsock_core::boxdir::remove_box_dir(layout, &id)
-                .map_err(|e| RuntimeError::Io { op: "remove orphan box directory", path: layout.box_dir(&id), source: e })?;
-            super::home::journal_done(layout, &id);
-            report.orphan_dirs_removed.push(id);
-        } else if journaled && std::fs::remove_dir(entry.path()).is_ok() {
-            // Interrupted between mkdir and the marker: an empty directory is all it made.
-            super::home::journal_done(layout, &id);
-            report.orphan_dirs_removed.push(id);
-        } else {
-            tracing::warn!(
-                path = %boxsock_core::echo::path(&entry.path()),
-                journaled,
-                marked,
-                "directory under boxes/ without a row that boxsock cannot prove it created: left in place"
-            );
-            report.unclaimed_dirs.push(entry.path());
+        match finish_interrupted_create(inner, &id)? {
+            RowlessDir::Removed => report.orphan_dirs_removed.push(id),
+            RowlessDir::Unclaimed { journaled, marked } => {
+                tracing::warn!(
+                    path = %boxsock_core::echo::path(&entry.path()),
+                    journaled,
+                    marked,
+                    "directory under boxes/ without a row that boxsock cannot prove it created: left in place"
+                );
+                report.unclaimed_dirs.push(entry.path());
+            }
+            RowlessDir::NoDir => {}
         }
     }
     // Journal entries of creates that finished (a row) or never made a directory.
@@ -221,6 +218,63 @@ pub(super) async fn recover(inner: &Arc<Inner>, report: &mut OpenReport) -> Resu
         }
     }
     Ok(())
+}
+
+/// What [`finish_interrupted_create`] found at a box id that has no row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowlessDir {
+    /// A directory an interrupted create made (journalled and marked, or journalled and
+    /// empty): removed, its binding released, its journal entry dropped.
+    Removed,
+    /// A directory boxsock cannot prove it made: left in place.
+    Unclaimed { journaled: bool, marked: bool },
+    /// No directory (a journal entry alone is dropped).
+    NoDir,
+}
+
+/// Finish what an interrupted create of `id` left, for an id that has no row: the
+/// caller has checked that there is none, and holds the home against a concurrent
+/// create of that id (recovery: exclusively; `run --rm`'s lifeline: the client that
+/// chose the id is gone). Create journals `journal/create.<id>`, then makes the
+/// directory writing its marker `.boxsock-box` first, then the row, then drops the
+/// journal entry; so a directory with both was made by a create that did not finish,
+/// and one with the journal entry only and nothing in it by a create interrupted
+/// between `mkdir` and the marker. Anything else is not ours to delete.
+pub(crate) fn finish_interrupted_create(
+    inner: &Inner,
+    id: &BoxId,
+) -> Result<RowlessDir, RuntimeError> {
+    let layout = &inner.layout;
+    let dir = layout.box_dir(id);
+    let journaled = std::fs::symlink_metadata(layout.create_journal(id)).is_ok_and(|m| m.is_file());
+    if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+        if journaled {
+            super::home::journal_done(layout, id);
+        }
+        return Ok(RowlessDir::NoDir);
+    }
+    let marked = std::fs::symlink_metadata(layout.box_marker(id)).is_ok_and(|m| m.is_file());
+    if journaled && marked {
+        tracing::warn!(
+            box_id = %id,
+            "box directory without a row (interrupted create): removing it"
+        );
+        inner.release_everywhere(id);
+        boxsock_core::boxdir::remove_box_dir(layout, id)
+            .map_err(|e| RuntimeError::Io {
+                op: "remove orphan box directory",
+                path: dir,
+                source: e,
+            })?;
+        super::home::journal_done(layout, id);
+        Ok(RowlessDir::Removed)
+    } else if journaled && std::fs::remove_dir(&dir).is_ok() {
+        // Interrupted between mkdir and the marker: an empty directory is all it made.
+        super::home::journal_done(layout, id);
+        Ok(RowlessDir::Removed)
+    } else {
+        Ok(RowlessDir::Unclaimed { journaled, marked })
+    }
 }
 
 /// Stop and remove every box whose auto-remove owner (pid + start time) is no longer

@@ -1,13 +1,12 @@
 //! A box's socket addresses: which sockets a box has, their addresses checked against
-//! the `sun_path` budget, whether a strategy can serve a backend, and the verified
-//! socket directory binds and dials go through.
+//! the `sun_path` budget (before a box is opened), whether a strategy can serve a
+//! backend.
 
 use std::collections::BTreeMap;
 
 use boxsock_core::address::SocketAddress;
 use boxsock_core::backend::{AddressNeeds, Backend, Readiness};
 use boxsock_core::binding::SocketBinding;
-use boxsock_core::budget::{self, Platform};
 use boxsock_core::catalogue::{self, SocketSpec};
 use boxsock_core::error::BindingError;
 use boxsock_core::id::BoxId;
@@ -34,20 +33,7 @@ pub fn check_addresses(
     id: &BoxId,
     specs: &[SocketSpec],
 ) -> Result<BTreeMap<String, SocketAddress>, BindingError> {
-    let mut own = BTreeMap::new();
-    for spec in specs {
-        for (i, (label, file)) in spec.all_file_names().into_iter().enumerate() {
-            let addr = strategy.address(layout, id, &file).map_err(|e| match e {
-                BindingError::PathTooLong { path, len, limit, .. } => BindingError::PathTooLong { socket: label.clone(), path, len, limit },
-                e => e,
-            })?;
-            budget::check(&label, &addr, Platform::current())?;
-            if i == 0 {
-                own.insert(spec.name.to_owned(), addr);
-            }
-        }
-    }
-    Ok(own)
+    boxsock_core::boxbinding::derive_addresses(|f| strategy.address(layout, id, f), specs)
 }
 
 /// Why a strategy cannot serve a backend ([`compatibility`]).
@@ -82,29 +68,3 @@ pub fn compatibility(strategy: &dyn SocketBinding, backend: &dyn Backend) -> Res
     }
     Ok(())
 }
-
-/// The verified socket directory of a box for this operation, refusing a path strategy
-/// that does not provide one (its binds and dials would re-resolve a path string).
-/// `addr` is the address of the socket about to be bound or dialled, as the caller
-/// already derived it (not derived again here).
-pub(crate) fn verified_dir(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, addr: &SocketAddress) -> Result<Option<boxsock_core::sockdir::SocketDir>, BindingError> {
-    let dir = match strategy.socket_dir(layout, id) {
-        // The binding vanished since `ensure` (a /tmp cleaner): heal once, look again.
-        Err(BindingError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
-            strategy.ensure(layout, id)?;
-            strategy.socket_dir(layout, id)?
-        }
-        other => other?,
-    };
-    if dir.is_none() {
-        if let SocketAddress::Path(p) = addr {
-            return Err(BindingError::Unsupported {
-                strategy: strategy.name().to_owned(),
-                what: format!("binding or dialling {}", boxsock_core::echo::path(p)),
-                reason: "a path strategy must provide a verified socket directory (SocketBinding::socket_dir); re-resolving the path string lets whoever can change a directory on it receive the connection".into(),
-            });
-        }
-    }
-    Ok(dir)
-}
-

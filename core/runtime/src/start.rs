@@ -6,20 +6,16 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use boxsock_core::address::SocketAddress;
 use boxsock_core::backend::{Availability, Backend, BoxSockets, LaunchSpec, Readiness};
-use boxsock_core::binding::SocketBinding;
+use boxsock_core::boxbinding::{BoxBinding, Opening};
 use boxsock_core::catalogue::{self, Binder, SocketSpec};
 use boxsock_core::error::BindingError;
-use boxsock_core::id::BoxId;
-use boxsock_core::layout::BoxLayout;
-use boxsock_core::peer::{AsyncListener, Listener, PeerPolicy};
-use boxsock_core::sockdir::SocketDir;
+use boxsock_core::peer::{AsyncListener, Listener};
 
 use crate::cleanup::{self, ReadyCleanup};
 use crate::kill::{self, KILL_WAIT};
 use crate::process::{ProcessHandle, ProcessIdentity};
-use crate::sockets::{check_addresses, socket_specs, verified_dir};
+use crate::sockets::{check_addresses, socket_specs};
 use crate::state::BoxState;
 use crate::store::BoxRecord;
 use crate::{Inner, RuntimeError, agent_client, crash, home, lock};
@@ -43,11 +39,9 @@ impl Inner {
                 if let Availability::Unavailable { reason } = backend.available_for_launch() {
                     return Err(RuntimeError::BackendUnavailable { backend: r.config.backend.clone(), reason });
                 }
-                // Before the addresses are derived: a squatted binding directory changes them.
-                let strategy = i.ensure_binding(strategy, id)?;
                 let specs = socket_specs(&*backend, r.config.network);
-                // Fail fast, before the state changes; the addresses used are derived again
-                // below, after `prepare_start` (a strategy may rotate them per start).
+                // Fail fast on the budget, before the state changes (pure arithmetic);
+                // the box is opened for the start below, once it is `Starting`.
                 check_addresses(&*strategy, &i.layout, id, &specs)?;
                 i.store
                     .transition(id, Some(&[BoxState::Created, BoxState::Stopped]), BoxState::Starting, |r| {
@@ -61,16 +55,21 @@ impl Inner {
         crash::point("start:starting");
         let mut launched: Option<Arc<ProcessHandle>> = None;
         let mut companions: Vec<ProcessIdentity> = Vec::new();
-        let prepared = {
+        // The box's binding for this start: `prepare_start` and `ensure` run once, every
+        // address is derived once, and the verified directory, the per-start state and
+        // the peer policy are held. `ensure` may wait on the strategy's lock: off the
+        // executor.
+        let opened = {
             let (s, id, specs) = (strategy.clone(), id.clone(), specs.clone());
-            self.blocking(move |i| s.prepare_start(&i.layout, &id).and_then(|()| check_addresses(&*s, &i.layout, &id, &specs))).await
+            self.blocking(move |i| i.open_binding(s, &id, Opening::Start, &specs)).await
         };
-        let result = match prepared {
-            Ok(addresses) => {
+        let held = opened.as_ref().ok().cloned();
+        let result = match opened {
+            Ok(binding) => {
                 let (l, c) = (&mut launched, &mut companions);
-                self.launch_and_wait(&rec, &strategy, &*backend, &specs, addresses, l, c).await
+                self.launch_and_wait(&rec, &binding, &*backend, &specs, l, c).await
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         };
         // Ready, and still ours to run: another process may have stopped or removed the
         // box meanwhile (the transition then fails), and then what this start launched
@@ -82,6 +81,10 @@ impl Inner {
         match result {
             Ok(rec) => {
                 crash::point("start:running");
+                if let Some(b) = held {
+                    // Dials go through it while this process runs (decision 0014).
+                    self.hold_binding(&id, rec.process.map(|p| p.pid), b);
+                }
                 if let Some(h) = launched {
                     self.watch(&id, h);
                 }
@@ -104,6 +107,7 @@ impl Inner {
                     r.exit_code = exit;
                 });
                 lock(&self.procs).remove(&id);
+                self.drop_binding(&id);
                 // What the runtime bound for the box (its handed listeners) and what a
                 // killed process left: a stopped box has no socket files.
                 cleanup::remove_socket_files(self.home_fd.as_fd(), &self.layout, &id);
@@ -116,10 +120,9 @@ impl Inner {
     async fn launch_and_wait(
         self: &Arc<Self>,
         rec: &BoxRecord,
-        strategy: &Arc<dyn SocketBinding>,
+        binding: &Arc<dyn BoxBinding>,
         backend: &dyn Backend,
         specs: &[SocketSpec],
-        addresses: BTreeMap<String, SocketAddress>,
         launched_out: &mut Option<Arc<ProcessHandle>>,
         companions_out: &mut Vec<ProcessIdentity>,
     ) -> Result<(), RuntimeError> {
@@ -128,41 +131,12 @@ impl Inner {
         let channel = backend.readiness() == Readiness::Channel;
         // What the runtime binds: `ready` (unless the box reports on a channel) and
         // every socket it hands to the box's process, never by name.
-        let to_bind: Vec<&'static str> = specs
+        let to_bind: Vec<&SocketSpec> = specs
             .iter()
             .filter(|s| s.binder == Binder::Handed || (s.name == catalogue::READY.name && !channel))
-            .map(|s| s.name)
             .collect();
-        // One verified directory for the whole start: the runtime binds through it and
-        // the backend hands it to the box's processes. `ensure` may wait on the
-        // strategy's lock: off the executor. Any address of the start will do for the
-        // directory check (all share one directory).
-        let probe = match addresses.values().next() {
-            Some(a) => a.clone(),
-            None => strategy.address(layout, id, &catalogue::AGENT.file_name())?,
-        };
-        let socket_dir = {
-            let (s, box_id) = (strategy.clone(), id.clone());
-            self.blocking(move |i| -> Result<_, RuntimeError> {
-                s.ensure(&i.layout, &box_id)?;
-                Ok(verified_dir(&*s, &i.layout, &box_id, &probe)?)
-            })
-            .await?
-        };
-        // The box's one peer policy: the runtime's listeners and the box's processes
-        // (through `LaunchSpec::sockets`) admit the same peers.
-        let peer = strategy.peer_policy();
         let _cleanup = ReadyCleanup { home: self.home_fd.as_fd(), layout, id };
-        let mut bound = bind_all(&**strategy, socket_dir.as_ref(), layout, id, &to_bind, &peer)?;
-        let mut addresses = addresses;
-        if bound.iter().any(|(name, l)| addresses.get(name).is_some_and(|a| a != l.address())) {
-            // The strategy rotated the box's names while binding (a squatted name):
-            // hand the backend the names derived now.
-            tracing::debug!(box_id = %id, "addresses changed while binding; deriving them again");
-            for (name, addr) in addresses.iter_mut() {
-                *addr = strategy.address(layout, id, &format!("{name}.sock"))?;
-            }
-        }
+        let mut bound = bind_all(&**binding, &to_bind)?;
         crash::point("start:bound");
         let (ready, ready_channel) = match bound.remove(catalogue::READY.name) {
             Some(l) => {
@@ -195,15 +169,17 @@ impl Inner {
             id: id.clone(),
             layout: layout.clone(),
             sockets: BoxSockets {
-                addresses,
-                dir: socket_dir,
-                peer,
                 handed: bound.into_iter().map(|(n, l)| (n, Arc::new(l))).collect(),
                 ready_channel,
+                // The box's addresses as they are after binding (a squatted name moves
+                // the box to fresh ones), its verified directory and its one peer
+                // policy: the runtime's listeners and the box's processes admit the
+                // same peers.
+                ..BoxSockets::view(&**binding)
             },
             log_file: layout.log_file(id),
             network: rec.config.network,
-            policy: strategy.policy_paths(layout, id)?,
+            policy: binding.policy_paths()?,
             env: rec.config.env.clone(),
             settings: rec.config.settings.clone(),
         };
@@ -346,34 +322,23 @@ enum ReadyWait {
 /// box to fresh names after others were bound (each time needs another squatted name).
 const MAX_REBINDS: usize = 4;
 
-/// Bind every socket of `names` for box `id` through `dir` (path strategies) or the
-/// strategy (its rotation of squatted names), with `peer`. When a bind rotated the
-/// box's names after an earlier one was bound, the earlier one sits at a name nobody
-/// derives any more: all are bound again, so every listener of the start is at the
-/// box's current names.
+/// Bind every socket of `sockets` through the box's binding. When a bind moved the
+/// box to fresh names (a squatted name) after an earlier one was bound, the earlier
+/// one sits at a name nobody derives any more: all are bound again, so every listener
+/// of the start is at the box's current names.
 fn bind_all(
-    strategy: &dyn SocketBinding,
-    dir: Option<&SocketDir>,
-    layout: &BoxLayout,
-    id: &BoxId,
-    names: &[&'static str],
-    peer: &PeerPolicy,
+    binding: &dyn BoxBinding,
+    sockets: &[&SocketSpec],
 ) -> Result<BTreeMap<String, Listener>, BindingError> {
+    let id = binding.id();
     let mut attempt = 0;
     loop {
         let mut bound = BTreeMap::new();
-        for name in names {
-            let file = format!("{name}.sock");
-            let l = match dir {
-                Some(d) => d.bind_stream(&file, peer.clone())?,
-                None => strategy.bind_stream(layout, id, &file)?,
-            };
-            bound.insert((*name).to_owned(), l);
+        for socket in sockets {
+            bound.insert(socket.name.to_owned(), binding.listen(socket)?);
         }
-        let mut stale = false;
-        for (name, l) in &bound {
-            stale |= strategy.address(layout, id, &format!("{name}.sock"))? != *l.address();
-        }
+        let now = binding.addresses();
+        let stale = bound.iter().any(|(name, l)| now.get(name).is_some_and(|a| a != l.address()));
         attempt += 1;
         if !stale {
             return Ok(bound);

@@ -40,6 +40,9 @@ impl Inner {
         let handle = self.handle_for(&rec);
         if let Some(h) = &handle {
             self.terminate(&rec, h, was == BoxState::Running, timeout).await?;
+        } else if was == BoxState::Starting {
+            // Its starter died between launching the process and recording it.
+            self.shutdown_unrecorded(&rec).await;
         }
         self.stop_companions(&id, &[]).await;
         // The process is gone: what it listened on goes before the box is recorded
@@ -59,6 +62,7 @@ impl Inner {
             .map_err(RuntimeError::from_store)?;
         crash::point("stop:stopped");
         lock(&self.procs).remove(&id);
+        self.drop_binding(&id);
         tracing::debug!(box_id = %id, exit_code = ?exit, "stopped");
         Ok(rec)
     }
@@ -92,10 +96,17 @@ impl Inner {
 
     /// Release the binding, delete the directory, delete the row — in that order.
     pub(crate) fn purge(&self, id: &BoxId, strategy: &str, force: bool) -> Result<(), RuntimeError> {
+        // The box's binding, if this runtime holds one, releases what it opened;
+        // otherwise the strategy releases the box by its id.
+        let held = lock(&self.bindings).remove(id).map(|(_, b)| b);
         self.forget_process(id);
         match self.strategy(strategy) {
             Ok(s) => {
-                if let Err(e) = s.release(&self.layout, id) {
+                let released = match held {
+                    Some(b) => b.release(),
+                    None => s.release(&self.layout, id),
+                };
+                if let Err(e) = released {
                     if !force {
                         return Err(e.into());
                     }

@@ -10,7 +10,7 @@
 //! strategy knows it, the very inode of `<home>/boxes/<id>/sockets` — and addresses
 //! sockets *through the descriptor*: on Linux `/proc/self/fd/<n>/<name>`, which always
 //! fits `sun_path` and resolves nothing anyone else controls. The descriptor can be
-//! handed to a child (see [`SocketDir::child_address`]).
+//! handed to a child (see [`SocketDir::address_at`]).
 //!
 //! Socket files are created `0600` whatever the umask ([`SocketDir::bind_stream`],
 //! [`SocketDir::bind_datagram`]): the mode is set on the socket before `bind` (Linux
@@ -69,12 +69,25 @@ pub struct DirExpectation {
     pub identity: Option<DirIdentity>,
 }
 
+/// How the directory was reached when it was opened, so a holder can ask cheaply whether
+/// that name still leads to it ([`SocketDir::recheck`]).
+#[derive(Debug)]
+enum Anchor {
+    /// Opened from a descriptor whose verification the caller did (its own).
+    None,
+    /// `name` relative to a held directory (the short link in the per-user directory).
+    At { dir: OwnedFd, name: String },
+    /// A path the caller trusts (the `direct` strategy's real directory).
+    Path(PathBuf),
+}
+
 #[derive(Debug)]
 struct Inner {
     fd: OwnedFd,
     shown: PathBuf,
     identity: DirIdentity,
     owner: u32,
+    anchor: Anchor,
 }
 
 /// A verified, held socket directory. Cheap to clone (shared descriptor). See the
@@ -151,7 +164,49 @@ impl SocketDir {
                 )));
             }
         }
-        Ok(SocketDir { inner: Arc::new(Inner { fd, shown, identity, owner: expect.owner }) })
+        let inner = Inner { fd, shown, identity, owner: expect.owner, anchor: Anchor::None };
+        Ok(SocketDir { inner: Arc::new(inner) })
+    }
+
+    fn anchored(self, anchor: Anchor) -> Self {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.anchor = anchor;
+                SocketDir { inner: Arc::new(inner) }
+            }
+            Err(inner) => SocketDir { inner },
+        }
+    }
+
+    /// Whether the name this directory was opened through still leads to it: one
+    /// `fstatat` of the name relative to the directory it was found in (one `stat` for
+    /// a directory opened by path), compared by device and inode with the held
+    /// descriptor. A holder calls it before each use, so that nothing is bound or
+    /// dialled through a directory its name no longer names (decision 0014): the name
+    /// gone (a /tmp cleaner) is [`BindingError::Io`] (`ENOENT`), the name leading
+    /// elsewhere (a swapped link) [`BindingError::Insecure`] naming both identities.
+    pub fn recheck(&self) -> Result<(), BindingError> {
+        let st = match &self.inner.anchor {
+            Anchor::None => return Ok(()),
+            Anchor::At { dir, name } => {
+                nix::sys::stat::fstatat(dir, name.as_str(), AtFlags::empty())
+            }
+            Anchor::Path(p) => nix::sys::stat::stat(p.as_path()),
+        };
+        let st = st.map_err(|e| BindingError::errno("look up", &self.inner.shown, e))?;
+        let now = DirIdentity::of(&st);
+        if now != self.inner.identity {
+            return Err(BindingError::Insecure {
+                path: self.inner.shown.clone(),
+                reason: format!(
+                    "it now leads to dev {} inode {}, not the socket directory held since the \
+                     box was opened (dev {} inode {}); nothing is bound or dialled through a \
+                     name that changed",
+                    now.dev, now.ino, self.inner.identity.dev, self.inner.identity.ino
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Open `path` (following symlinks) and [`verify`](Self::verify) it. Meant for a
@@ -160,7 +215,7 @@ impl SocketDir {
     /// checked descriptor with [`SocketDir::open_at`].
     pub fn open(path: &Path, expect: DirExpectation) -> Result<Self, BindingError> {
         let fd = nix::fcntl::open(path, dir_flags(), Mode::empty()).map_err(|e| open_error(path, e))?;
-        Self::verify(fd, path, expect)
+        Ok(Self::verify(fd, path, expect)?.anchored(Anchor::Path(path.to_owned())))
     }
 
     /// Open `name` relative to the held directory `dir` (following a symlink at `name`,
@@ -168,7 +223,11 @@ impl SocketDir {
     pub fn open_at(dir: BorrowedFd<'_>, name: &str, shown: impl Into<PathBuf>, expect: DirExpectation) -> Result<Self, BindingError> {
         let shown = shown.into();
         let fd = nix::fcntl::openat(dir, name, dir_flags(), Mode::empty()).map_err(|e| open_error(&shown, e))?;
-        Self::verify(fd, shown, expect)
+        let held = dir
+            .try_clone_to_owned()
+            .map_err(|e| BindingError::io("duplicate descriptor of", &shown, e))?;
+        let anchor = Anchor::At { dir: held, name: name.to_owned() };
+        Ok(Self::verify(fd, shown, expect)?.anchored(anchor))
     }
 
     /// The stable, displayed name of the directory.
@@ -195,14 +254,14 @@ impl SocketDir {
     /// The address of `name` *through the held descriptor*, valid in this process
     /// (Linux: `/proc/self/fd/<n>/<name>`).
     pub fn fd_address(&self, name: &str) -> Result<SocketAddress, BindingError> {
-        self.child_address(name, self.inner.fd.as_raw_fd())
+        self.address_at(name, self.inner.fd.as_raw_fd())
     }
 
     /// The address of `name` as seen by a child that has this directory's descriptor at
     /// `fd_no` (Linux: `/proc/self/fd/<fd_no>/<name>`; give the child
     /// [`SocketDir::as_fd`] dup2'ed to `fd_no` without `FD_CLOEXEC`). Elsewhere: the
     /// displayed path.
-    pub fn child_address(&self, name: &str, fd_no: RawFd) -> Result<SocketAddress, BindingError> {
+    pub fn address_at(&self, name: &str, fd_no: RawFd) -> Result<SocketAddress, BindingError> {
         crate::catalogue::validate_file_name(name)
             .map_err(|e| BindingError::Invalid { what: "socket file name".into(), reason: e.to_string() })?;
         let addr = SocketAddress::Path(crate::sys::through_fd(fd_no, &self.inner.shown, name));

@@ -92,8 +92,8 @@ fn stale_socket_is_replaced_and_child_addresses_fit() {
     let err = dir.bind_stream("s.sock", PeerPolicy::unchecked()).unwrap_err();
     assert!(matches!(err, BindingError::Io { op: "bind", .. }), "{err}");
     #[cfg(target_os = "linux")]
-    assert_eq!(dir.child_address("agent.sock", 3).unwrap(), SocketAddress::Path("/proc/self/fd/3/agent.sock".into()));
-    assert!(matches!(dir.child_address("../x", 3), Err(BindingError::Invalid { .. })));
+    assert_eq!(dir.address_at("agent.sock", 3).unwrap(), SocketAddress::Path("/proc/self/fd/3/agent.sock".into()));
+    assert!(matches!(dir.address_at("../x", 3), Err(BindingError::Invalid { .. })));
     dir.remove_socket("s.sock").unwrap();
     assert!(!root.path().join("s.sock").exists());
 }
@@ -127,4 +127,48 @@ fn datagram_bound_at_a_redirected_name_is_refused() {
         matches!(&err, BindingError::Insecure { reason, .. } if reason.contains("probe")),
         "{err}"
     );
+}
+
+#[test]
+fn recheck_says_whether_the_name_it_was_opened_through_still_leads_to_it() {
+    let root = private_dir();
+    let real = root.path().join("real");
+    let decoy = root.path().join("decoy");
+    for d in [&real, &decoy] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    std::os::unix::fs::symlink(&real, root.path().join("link")).unwrap();
+    let base = nix::fcntl::open(root.path(), dir_flags(), Mode::empty()).unwrap();
+    let want = DirIdentity::of_path(&real).unwrap();
+    let shown = root.path().join("link");
+    let at = SocketDir::open_at(base.as_fd(), "link", &shown, expect(Some(want))).unwrap();
+    let by_path = SocketDir::open(&shown, expect(Some(want))).unwrap();
+    at.recheck().unwrap();
+    by_path.recheck().unwrap();
+    // Swapped: refused, naming both identities; the held descriptor is not followed.
+    let tmp = root.path().join("link.tmp");
+    std::os::unix::fs::symlink(&decoy, &tmp).unwrap();
+    std::fs::rename(&tmp, &shown).unwrap();
+    for d in [&at, &by_path] {
+        match d.recheck() {
+            Err(BindingError::Insecure { path, reason }) => {
+                assert_eq!(path, shown);
+                assert!(reason.contains(&format!("inode {}", want.ino)), "{reason}");
+            }
+            other => panic!("recheck after the link was swapped: {other:?}"),
+        }
+    }
+    // Gone (a cleaner): ENOENT.
+    std::fs::remove_file(&shown).unwrap();
+    for d in [&at, &by_path] {
+        match d.recheck() {
+            Err(BindingError::Io { source, .. }) => assert_eq!(source.raw_os_error(), Some(libc::ENOENT)),
+            other => panic!("recheck after the link was removed: {other:?}"),
+        }
+    }
+    // Back: accepted again.
+    std::os::unix::fs::symlink(&real, &shown).unwrap();
+    at.recheck().unwrap();
+    by_path.recheck().unwrap();
 }

@@ -11,6 +11,7 @@ use boxsock_core::binding::{self, CrossUserProtection, PolicyIntent};
 use boxsock_core::peer::PeerPolicy;
 use boxsock_core::registry::StrategyRegistration;
 use boxsock_core::{DirExpectation, SocketDir};
+use boxsock_core::{BoxBinding, Held, Opening, Socket};
 use boxsock_core::{
     BindingError, BoxId, BoxLayout, Capabilities, Platform, PolicyAccess, PolicyPath, SocketAddress, SocketBinding,
     StrategyConfig, SweepReport, budget,
@@ -61,6 +62,16 @@ impl Direct {
 impl SocketBinding for Direct {
     fn name(&self) -> &str {
         NAME
+    }
+
+    fn open_box(
+        self: Arc<Self>,
+        layout: &BoxLayout,
+        id: &BoxId,
+        opening: Opening,
+        sockets: &[Socket],
+    ) -> Result<Arc<dyn BoxBinding>, BindingError> {
+        Held::open(self, layout, id, opening, sockets)
     }
 
     fn capabilities(&self) -> Capabilities {

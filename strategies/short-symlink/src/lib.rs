@@ -54,6 +54,7 @@ use boxsock_core::peer::PeerPolicy;
 use boxsock_core::registry::StrategyRegistration;
 use boxsock_core::fallback::SharedDir;
 use boxsock_core::{DirExpectation, DirIdentity, SocketDir};
+use boxsock_core::{BoxBinding, Held, Opening, Socket};
 use boxsock_core::{
     BindingError, BoxId, BoxLayout, Capabilities, Platform, PolicyAccess, PolicyPath, SocketAddress, SocketBinding,
     StrategyConfig, SweepReport, budget,
@@ -503,6 +504,16 @@ impl ShortSymlink {
 impl SocketBinding for ShortSymlink {
     fn name(&self) -> &str {
         NAME
+    }
+
+    fn open_box(
+        self: Arc<Self>,
+        layout: &BoxLayout,
+        id: &BoxId,
+        opening: Opening,
+        sockets: &[Socket],
+    ) -> Result<Arc<dyn BoxBinding>, BindingError> {
+        Held::open(self, layout, id, opening, sockets)
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 
 use boxsock_core::binding::PolicyIntent;
+use boxsock_core::{BoxBinding, Opening, catalogue};
 use boxsock_core::registry::{Registry, StrategyRegistration};
 use boxsock_core::{BindingError, BoxId, BoxLayout, PolicyAccess, SocketAddress, SocketBinding, StrategyConfig, boxdir};
 use boxsock_short_symlink::{self as ss, ShortSymlink};
@@ -18,17 +19,22 @@ struct Fixture {
     home: TempDir,
     layout: BoxLayout,
     id: BoxId,
-    s: ShortSymlink,
+    s: Arc<ShortSymlink>,
 }
 
 impl Fixture {
+    /// The box's binding, opened for use.
+    fn held(&self) -> Arc<dyn BoxBinding> {
+        self.s.clone().open_box(&self.layout, &self.id, Opening::Use, &[]).unwrap()
+    }
+
     fn new() -> Self {
         let base = tempfile::tempdir().unwrap();
         let home = tempfile::tempdir().unwrap();
         let layout = BoxLayout::new(home.path());
         let id = BoxId::generate();
         boxdir::create_box_dirs(&layout, &id).unwrap();
-        let s = ShortSymlink::new(&config(base.path())).unwrap();
+        let s = Arc::new(ShortSymlink::new(&config(base.path())).unwrap());
         Fixture { base, home, layout, id, s }
     }
 
@@ -348,7 +354,7 @@ fn root_only_another_user_cannot_reach_a_socket_through_the_alias() {
     std::fs::set_permissions(f.base.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     std::fs::set_permissions(f.home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     f.s.ensure(&f.layout, &f.id).unwrap();
-    let _l = f.s.bind_stream(&f.layout, &f.id, "agent.sock").unwrap();
+    let _l = f.held().listen(&catalogue::AGENT).unwrap();
     let SocketAddress::Path(p) = f.s.address(&f.layout, &f.id, "agent.sock").unwrap() else { unreachable!() };
     assert_eq!(connect_as_nobody(&p), libc::EACCES);
 }
@@ -399,7 +405,7 @@ fn a_socket_bound_through_the_alias_is_connectable_and_lives_in_the_real_dir() {
     f.s.ensure(&f.layout, &f.id).unwrap();
     let addr = f.s.address(&f.layout, &f.id, "agent.sock").unwrap();
     assert_eq!(addr, SocketAddress::Path(f.link().join("agent.sock")));
-    let listener = f.s.bind_stream(&f.layout, &f.id, "agent.sock").unwrap();
+    let listener = f.held().listen(&catalogue::AGENT).unwrap();
     let real = f.layout.sockets_dir(&f.id).join("agent.sock");
     assert!(std::fs::symlink_metadata(&real).unwrap().file_type().is_socket());
 
@@ -409,7 +415,7 @@ fn a_socket_bound_through_the_alias_is_connectable_and_lives_in_the_real_dir() {
         s.read_exact(&mut buf).unwrap();
         s.write_all(&buf.map(|b| b.to_ascii_uppercase())).unwrap();
     });
-    let mut c = f.s.connect_stream(&f.layout, &f.id, "agent.sock").unwrap();
+    let mut c = f.held().connect(&catalogue::AGENT, None).unwrap();
     c.write_all(b"ping").unwrap();
     let mut buf = [0u8; 4];
     c.read_exact(&mut buf).unwrap();
@@ -417,7 +423,7 @@ fn a_socket_bound_through_the_alias_is_connectable_and_lives_in_the_real_dir() {
     server.join().unwrap();
 
     // Datagrams too.
-    let d = f.s.bind_datagram(&f.layout, &f.id, "net.sock").unwrap();
+    let d = f.held().listen_datagram(&catalogue::NET).unwrap();
     assert!(std::fs::symlink_metadata(f.layout.sockets_dir(&f.id).join("net.sock")).unwrap().file_type().is_socket());
     let tx = std::os::unix::net::UnixDatagram::unbound().unwrap();
     tx.send_to(b"hi", f.link().join("net.sock")).unwrap();

@@ -49,6 +49,7 @@ use boxsock_core::binding::CrossUserProtection;
 use boxsock_core::fallback::SharedDir;
 use boxsock_core::peer::PeerPolicy;
 use boxsock_core::registry::StrategyRegistration;
+use boxsock_core::{BoxBinding, Held, Opening, Socket};
 use boxsock_core::{
     BindingError, BoxId, BoxLayout, Capabilities, Platform, PolicyPath, SocketAddress, SocketBinding, SocketDir,
     StrategyConfig, SweepReport,
@@ -344,6 +345,16 @@ impl XdgHashed {
 impl SocketBinding for XdgHashed {
     fn name(&self) -> &str {
         NAME
+    }
+
+    fn open_box(
+        self: Arc<Self>,
+        layout: &BoxLayout,
+        id: &BoxId,
+        opening: Opening,
+        sockets: &[Socket],
+    ) -> Result<Arc<dyn BoxBinding>, BindingError> {
+        Held::open(self, layout, id, opening, sockets)
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -3,6 +3,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
+use boxsock_core::{Opening, catalogue};
 use boxsock_core::{BindingError, BoxId, BoxLayout, SocketBinding, StrategyConfig, boxdir};
 use boxsock_xdg_hashed::{Root, XdgHashed, home_hash};
 use boxsock_test_support::{Need, skip};
@@ -42,7 +43,7 @@ fn xdg(s: &Setup) -> XdgHashed {
 #[test]
 fn ensure_makes_a_private_root_and_a_hashed_home_dir_linking_to_the_sockets() {
     let s = setup();
-    let x = xdg(&s);
+    let x = std::sync::Arc::new(xdg(&s));
     x.ensure(&s.layout, &s.id).unwrap();
     let root = s.run.join("boxsock");
     let m = std::fs::symlink_metadata(&root).unwrap();
@@ -53,7 +54,7 @@ fn ensure_makes_a_private_root_and_a_hashed_home_dir_linking_to_the_sockets() {
     let addr = x.address(&s.layout, &s.id, "agent.sock").unwrap();
     assert_eq!(addr, boxsock_core::SocketAddress::Path(link.join("agent.sock")));
     // Bound through the hashed directory, the socket file is in the box's directory.
-    let l = x.bind_stream(&s.layout, &s.id, "agent.sock").unwrap();
+    let l = x.clone().open_box(&s.layout, &s.id, Opening::Use, &[]).and_then(|b| b.listen(&catalogue::AGENT)).unwrap();
     assert!(s.layout.sockets_dir(&s.id).join("agent.sock").exists());
     drop(l);
 }
@@ -133,11 +134,11 @@ fn two_homes_with_one_id_get_two_directories() {
 #[test]
 fn a_root_removed_by_a_cleaner_is_made_again() {
     let s = setup();
-    let x = xdg(&s);
+    let x = std::sync::Arc::new(xdg(&s));
     x.ensure(&s.layout, &s.id).unwrap();
     std::fs::remove_dir_all(s.run.join("boxsock")).unwrap();
     x.ensure(&s.layout, &s.id).unwrap();
-    drop(x.bind_stream(&s.layout, &s.id, "agent.sock").unwrap());
+    drop(x.clone().open_box(&s.layout, &s.id, Opening::Use, &[]).and_then(|b| b.listen(&catalogue::AGENT)).unwrap());
     assert!(s.layout.sockets_dir(&s.id).join("agent.sock").exists());
     // And a root swapped for a symlink after the first check is refused, not followed.
     std::fs::remove_dir_all(s.run.join("boxsock")).unwrap();

@@ -17,7 +17,7 @@ use boxsock_core::{
 use crate::child;
 use crate::fork::{self, PeerKind, PeerReport};
 use crate::harness::Kit;
-use crate::util::{self, budget_names, dev_ino, exists_nofollow, ok, snapshot};
+use crate::util::{self, ByFile, budget_names, dev_ino, exists_nofollow, ok, snapshot};
 use crate::Outcome;
 
 const AGENT: &str = "agent.sock";
@@ -38,7 +38,7 @@ fn sname(k: &Kit) -> String {
 fn round_trip_spec(k: &Kit, spec: SocketSpec) -> Outcome {
     let (layout, id) = setup(k);
     for (_, name) in spec.all_file_names() {
-        util::stream_round_trip(&*k.strategy, &layout, &id, &name);
+        util::stream_round_trip(&k.strategy, &layout, &id, &name);
     }
     Outcome::Passed
 }
@@ -63,7 +63,7 @@ pub fn round_trip_net(k: &Kit) -> Outcome {
 pub fn round_trip_derived_names(k: &Kit) -> Outcome {
     let (layout, id) = setup(k);
     for (label, name) in budget_names().into_iter().filter(|(l, _)| l.contains("derived") || l.contains("longest")) {
-        let _l = util::stream_round_trip(&*k.strategy, &layout, &id, &name);
+        let _l = util::stream_round_trip(&k.strategy, &layout, &id, &name);
         eprintln!("  {}: {label} ok", sname(k));
     }
     Outcome::Passed
@@ -73,7 +73,7 @@ pub fn round_trip_derived_names(k: &Kit) -> Outcome {
 /// libkrun use them) exchange a datagram each way; replies go to the sender's address.
 pub fn datagram_round_trip(k: &Kit) -> Outcome {
     let (layout, id) = setup(k);
-    let s = &*k.strategy;
+    let s = &k.strategy;
     let (a_name, b_name) = ("net.sock", "net.sock-krun.sock");
     let a = ok("bind_datagram(net.sock)", s.bind_datagram(&layout, &id, a_name));
     let b = ok("bind_datagram(net.sock-krun.sock)", s.bind_datagram(&layout, &id, b_name));
@@ -97,7 +97,7 @@ pub fn datagram_round_trip(k: &Kit) -> Outcome {
 /// the path, its length and the limit, and exactly the addresses over the limit fail.
 fn fit_or_fail_fast(k: &Kit, layout: &BoxLayout, id: &BoxId, realized: bool, names: &[(String, String)]) -> Vec<String> {
     let caps = k.caps();
-    let s = &*k.strategy;
+    let s = &k.strategy;
     let limit = Platform::current().sun_len();
     let home_len = layout.home().as_os_str().len();
     let mut ensured = false;
@@ -232,7 +232,7 @@ pub fn ensure_is_idempotent(k: &Kit) -> Outcome {
         let after = snapshot(&d);
         assert!(b == after, "{}: a repeated ensure changed {}:\n{}", sname(k), d.display(), util::diff(&b, &after));
     }
-    util::stream_round_trip(&*k.strategy, &layout, &id, AGENT);
+    util::stream_round_trip(&k.strategy, &layout, &id, AGENT);
     Outcome::Passed
 }
 
@@ -291,7 +291,7 @@ pub fn concurrent_ensure_threads(k: &Kit) -> Outcome {
     assert_binding_correct(k, &layout, &id);
     let expected: Vec<PathBuf> = k.strategy.binding_path(&layout, &id).into_iter().collect();
     assert_no_leaked_entries(k, &expected);
-    util::stream_round_trip(&*k.strategy, &layout, &id, AGENT);
+    util::stream_round_trip(&k.strategy, &layout, &id, AGENT);
     Outcome::Passed
 }
 
@@ -347,7 +347,7 @@ pub fn concurrent_ensure_processes(k: &Kit) -> Outcome {
     assert_binding_correct(k, &layout, &id);
     let expected: Vec<PathBuf> = k.strategy.binding_path(&layout, &id).into_iter().collect();
     assert_no_leaked_entries(k, &expected);
-    util::stream_round_trip(&*k.strategy, &layout, &id, AGENT);
+    util::stream_round_trip(&k.strategy, &layout, &id, AGENT);
     Outcome::Passed
 }
 
@@ -364,12 +364,12 @@ pub fn replaces_dangling_binding(k: &Kit) -> Outcome {
         util::force_symlink(&k.harness.root().join("nowhere"), &p);
         ok(&format!("ensure over a dangling binding ({who})"), s.ensure(&layout, &id));
         assert_binding_correct(k, &layout, &id);
-        util::stream_round_trip(&*s, &layout, &id, AGENT);
+        util::stream_round_trip(&s, &layout, &id, AGENT);
     }
     Outcome::Passed
 }
 
-fn expect_occupied(k: &Kit, s: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, who: &str) {
+fn expect_occupied(k: &Kit, s: &Arc<dyn SocketBinding>, layout: &BoxLayout, id: &BoxId, who: &str) {
     let p = bp(k, layout, id);
     match s.ensure(layout, id) {
         Err(BindingError::Occupied { path, found }) => {
@@ -400,7 +400,7 @@ pub fn keeps_binding_spelled_differently(k: &Kit) -> Outcome {
         alt.display()
     );
     assert!(w.unchanged(&p), "{}: the binding to {} was removed and re-created", sname(k), alt.display());
-    util::stream_round_trip(&*k.strategy, &layout, &id, AGENT);
+    util::stream_round_trip(&k.strategy, &layout, &id, AGENT);
     Outcome::Passed
 }
 
@@ -414,8 +414,8 @@ pub fn refuses_link_to_foreign_directory(k: &Kit) -> Outcome {
     std::fs::write(decoy.join("keep"), b"keep").expect("write");
     util::force_symlink(&decoy, &p);
     let before = (snapshot(&p), snapshot(&decoy));
-    expect_occupied(k, &*k.strategy, &layout, &id, "same instance");
-    expect_occupied(k, &*k.fresh(), &layout, &id, "fresh instance");
+    expect_occupied(k, &k.strategy, &layout, &id, "same instance");
+    expect_occupied(k, &k.fresh(), &layout, &id, "fresh instance");
     let _ = k.strategy.release(&layout, &id);
     assert_eq!((snapshot(&p), snapshot(&decoy)), before, "{}: the foreign link or its directory was touched", sname(k));
     assert_eq!(std::fs::read_link(&p).expect("link still there"), decoy);
@@ -430,8 +430,8 @@ pub fn refuses_regular_file_at_binding(k: &Kit) -> Outcome {
     std::fs::remove_file(&p).expect("remove binding");
     std::fs::write(&p, b"squatter").expect("write file");
     let before = snapshot(&p);
-    expect_occupied(k, &*k.strategy, &layout, &id, "same instance");
-    expect_occupied(k, &*k.fresh(), &layout, &id, "fresh instance");
+    expect_occupied(k, &k.strategy, &layout, &id, "same instance");
+    expect_occupied(k, &k.fresh(), &layout, &id, "fresh instance");
     let _ = k.strategy.release(&layout, &id);
     assert_eq!(snapshot(&p), before, "{}: the regular file was touched", sname(k));
     assert_eq!(std::fs::read(&p).expect("read"), b"squatter");
@@ -447,8 +447,8 @@ pub fn refuses_directory_at_binding(k: &Kit) -> Outcome {
     std::fs::create_dir(&p).expect("mkdir");
     std::fs::write(p.join("inside"), b"inside").expect("write");
     let before = snapshot(&p);
-    expect_occupied(k, &*k.strategy, &layout, &id, "same instance");
-    expect_occupied(k, &*k.fresh(), &layout, &id, "fresh instance");
+    expect_occupied(k, &k.strategy, &layout, &id, "same instance");
+    expect_occupied(k, &k.fresh(), &layout, &id, "fresh instance");
     let _ = k.strategy.release(&layout, &id);
     assert_eq!(snapshot(&p), before, "{}: the directory was touched", sname(k));
     Outcome::Passed
@@ -478,14 +478,14 @@ pub fn repairs_binding_dir_mode(k: &Kit) -> Outcome {
     }
     ok("ensure (same instance, binding reaped) on a 0777 binding dir", k.strategy.ensure(&layout, &id));
     assert_eq!(mode_of(&d) & 0o077, 0, "{}: re-creating the binding left {} at {:o}", sname(k), d.display(), mode_of(&d));
-    util::stream_round_trip(&*k.strategy, &layout, &id, AGENT);
+    util::stream_round_trip(&k.strategy, &layout, &id, AGENT);
     Outcome::Passed
 }
 
 /// `ensure` by `s` with `dir` (a directory it must not use) in place: refused with
 /// `Insecure` naming `dir` (and `mention`), or the box works through a binding that is
 /// not in `dir`.
-fn expect_not_used(k: &Kit, s: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, dir: &Path, mention: Option<&str>, who: &str) {
+fn expect_not_used(k: &Kit, s: &Arc<dyn SocketBinding>, layout: &BoxLayout, id: &BoxId, dir: &Path, mention: Option<&str>, who: &str) {
     match s.ensure(layout, id) {
         Err(BindingError::Insecure { path, reason }) => {
             assert_eq!(path, dir, "Insecure must name the binding directory");
@@ -521,12 +521,12 @@ pub fn refuses_foreign_owned_binding_dir(k: &Kit) -> Outcome {
     let (layout, id) = setup(k);
     let d = k.strategy.binding_dir().expect("checked by Need::BindingDir");
     std::os::unix::fs::chown(&d, Some(fork::NOBODY), Some(fork::NOBODY)).expect("chown to nobody");
-    expect_not_used(k, &*k.fresh(), &layout, &id, &d, Some("65534"), "fresh instance");
+    expect_not_used(k, &k.fresh(), &layout, &id, &d, Some("65534"), "fresh instance");
     if let Some(p) = k.strategy.binding_path(&layout, &id).filter(|p| p.starts_with(&d)) {
         let _ = std::fs::remove_file(&p);
     }
     let before_reaped = snapshot(&d);
-    expect_not_used(k, &*k.strategy, &layout, &id, &d, Some("65534"), "same instance, binding reaped");
+    expect_not_used(k, &k.strategy, &layout, &id, &d, Some("65534"), "same instance, binding reaped");
     assert_eq!(snapshot(&d), before_reaped, "{}: something was changed in a foreign-owned directory", sname(k));
     let me = nix::unistd::geteuid().as_raw();
     std::os::unix::fs::chown(&d, Some(me), Some(nix::unistd::getegid().as_raw())).expect("chown back");
@@ -549,8 +549,8 @@ pub fn refuses_symlinked_binding_dir(k: &Kit) -> Outcome {
     chmod(&target, 0o700);
     std::os::unix::fs::symlink(&target, &d).expect("symlink binding dir");
     let before = (snapshot(&d), snapshot(&target));
-    expect_not_used(k, &*k.strategy, &layout, &id, &d, None, "same instance");
-    expect_not_used(k, &*k.fresh(), &layout, &id, &d, None, "fresh instance");
+    expect_not_used(k, &k.strategy, &layout, &id, &d, None, "same instance");
+    expect_not_used(k, &k.fresh(), &layout, &id, &d, None, "fresh instance");
     assert_eq!((snapshot(&d), snapshot(&target)), before, "{}: the symlinked binding dir or its target was touched", sname(k));
     Outcome::Passed
 }
@@ -590,7 +590,7 @@ fn own_dirs(base: &Path, except: &Path) -> Vec<PathBuf> {
 
 /// A box works (`ensure`, bind, connect) through `s` although `squatted` is another
 /// user's, and nothing of theirs is used.
-fn works_beside(k: &Kit, s: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, squatted: &Path, who: &str) {
+fn works_beside(k: &Kit, s: &Arc<dyn SocketBinding>, layout: &BoxLayout, id: &BoxId, squatted: &Path, who: &str) {
     if let Err(e) = s.ensure(layout, id) {
         panic!(
             "{}: a squatted shared directory stopped the box ({who}): ensure failed with {e:?} while uid 65534 holds {}",
@@ -620,8 +620,8 @@ pub fn squatted_shared_dir_never_stops_a_box(k: &Kit) -> Outcome {
     let squat = snapshot(&d);
     let layout = k.harness.new_home();
     let id = k.harness.new_box(&layout);
-    works_beside(k, &*k.strategy, &layout, &id, &d, "first use");
-    works_beside(k, &*k.fresh(), &layout, &id, &d, "fresh instance");
+    works_beside(k, &k.strategy, &layout, &id, &d, "first use");
+    works_beside(k, &k.fresh(), &layout, &id, &d, "fresh instance");
     assert_eq!(snapshot(&d), squat, "{}: the squatter's {} was touched", sname(k), d.display());
     // Where the strategy went instead, if in the base: its name is public there.
     let moved = own_dirs(&base, &d);
@@ -630,8 +630,8 @@ pub fn squatted_shared_dir_never_stops_a_box(k: &Kit) -> Outcome {
         mkdir_as_nobody(fallback);
         let squat2 = snapshot(fallback);
         let second = k.harness.new_box(&layout);
-        works_beside(k, &*k.strategy, &layout, &id, fallback, "the same instance, its fallback re-squatted");
-        works_beside(k, &*k.fresh(), &layout, &second, fallback, "a fresh instance, the fallback re-squatted");
+        works_beside(k, &k.strategy, &layout, &id, fallback, "the same instance, its fallback re-squatted");
+        works_beside(k, &k.fresh(), &layout, &second, fallback, "a fresh instance, the fallback re-squatted");
         assert_eq!(snapshot(fallback), squat2, "{}: the squatter's {} was touched", sname(k), fallback.display());
         assert_eq!(snapshot(&d), squat, "{}: the squatter's {} was touched", sname(k), d.display());
     }
@@ -642,10 +642,10 @@ pub fn squatted_shared_dir_never_stops_a_box(k: &Kit) -> Outcome {
 /// another box), and is idempotent.
 pub fn release_is_idempotent_and_removes_binding(k: &Kit) -> Outcome {
     let (layout, id) = setup(k);
-    let _l = util::stream_round_trip(&*k.strategy, &layout, &id, AGENT);
+    let _l = util::stream_round_trip(&k.strategy, &layout, &id, AGENT);
     let neighbour = k.harness.new_box(&layout);
     ok("ensure neighbour", k.strategy.ensure(&layout, &neighbour));
-    let l_neighbour = util::stream_round_trip(&*k.strategy, &layout, &neighbour, AGENT);
+    let l_neighbour = util::stream_round_trip(&k.strategy, &layout, &neighbour, AGENT);
     let real = snapshot(&layout.box_dir(&id));
     ok("release", k.strategy.release(&layout, &id));
     if let Some(p) = k.strategy.binding_path(&layout, &id) {
@@ -655,7 +655,7 @@ pub fn release_is_idempotent_and_removes_binding(k: &Kit) -> Outcome {
     ok("release by a fresh instance", k.fresh().release(&layout, &id));
     assert_eq!(snapshot(&layout.box_dir(&id)), real, "{}: release touched the box's own directory", sname(k));
     assert_binding_correct(k, &layout, &neighbour);
-    util::exchange(&*k.strategy, &layout, &neighbour, AGENT, &l_neighbour, b"neighbour untouched");
+    util::exchange(&k.strategy, &layout, &neighbour, AGENT, &l_neighbour, b"neighbour untouched");
     Outcome::Passed
 }
 
@@ -663,20 +663,20 @@ pub fn release_is_idempotent_and_removes_binding(k: &Kit) -> Outcome {
 /// with the same id; A's sockets keep working.
 pub fn release_leaves_other_home_alone(k: &Kit) -> Outcome {
     let (a, id) = setup(k);
-    let la = util::stream_round_trip(&*k.strategy, &a, &id, AGENT);
+    let la = util::stream_round_trip(&k.strategy, &a, &id, AGENT);
     let b = k.harness.new_home();
     k.harness.create_box(&b, &id);
     let _ = k.strategy.release(&b, &id); // Ok or an error: either way A must survive
     let _ = k.fresh().release(&b, &id);
     assert_binding_correct(k, &a, &id);
-    util::exchange(&*k.strategy, &a, &id, AGENT, &la, b"still A");
+    util::exchange(&k.strategy, &a, &id, AGENT, &la, b"still A");
     Outcome::Passed
 }
 
 /// `sweep` removes a dead box's leftovers and keeps live boxes' bindings, another home's
 /// bindings, and foreign files in the binding directory.
 pub fn sweep_removes_only_dead_leftovers(k: &Kit) -> Outcome {
-    let s = &*k.strategy;
+    let s = &k.strategy;
     let (a, live) = setup(k);
     let l_live = util::stream_round_trip(s, &a, &live, AGENT);
     let dead = k.harness.new_box(&a);
@@ -715,7 +715,7 @@ pub fn sweep_removes_only_dead_leftovers(k: &Kit) -> Outcome {
 /// After its listener is gone and the box is released (or removed and re-created with
 /// the same id), the address can be bound again.
 pub fn released_address_is_bindable_again(k: &Kit) -> Outcome {
-    let s = &*k.strategy;
+    let s = &k.strategy;
     let (layout, id) = setup(k);
     drop(util::stream_round_trip(s, &layout, &id, AGENT));
     ok("release", s.release(&layout, &id));
@@ -739,7 +739,7 @@ fn assert_distinct(k: &Kit, what: &str, x: (&BoxLayout, &BoxId), y: (&BoxLayout,
 
 /// Two live boxes: each connects to its own listener. Checked *while* both are bound.
 fn both_live(k: &Kit, x: (&BoxLayout, &BoxId), y: (&BoxLayout, &BoxId)) {
-    let s = &*k.strategy;
+    let s = &k.strategy;
     let lx = ok("bind x", s.bind_stream(x.0, x.1, AGENT));
     let ly = ok("bind y", s.bind_stream(y.0, y.1, AGENT));
     util::exchange(s, x.0, x.1, AGENT, &lx, b"x");
@@ -771,7 +771,7 @@ pub fn homes_with_different_ids_never_collide(k: &Kit) -> Outcome {
 /// (strategies whose addresses depend on the home). Once the first box is dead, the
 /// second home's `ensure` succeeds and its sockets work.
 pub fn homes_with_same_id_never_collide(k: &Kit) -> Outcome {
-    let s = &*k.strategy;
+    let s = &k.strategy;
     let (h1, id) = setup(k);
     let l1 = util::stream_round_trip(s, &h1, &id, AGENT);
     let h2 = k.harness.new_home();
@@ -800,7 +800,7 @@ pub fn homes_with_same_id_never_collide(k: &Kit) -> Outcome {
 /// nothing, and connects to a listener bound by the old one.
 pub fn restart_needs_nothing_persisted(k: &Kit) -> Outcome {
     let (layout, id) = setup(k);
-    let l = util::stream_round_trip(&*k.strategy, &layout, &id, AGENT);
+    let l = util::stream_round_trip(&k.strategy, &layout, &id, AGENT);
     let names = budget_names();
     let old: Vec<SocketAddress> = names.iter().map(|(_, n)| ok("address", k.strategy.address(&layout, &id, n))).collect();
     let before = (snapshot(layout.home()), snapshot(k.harness.base_dir()));
@@ -817,22 +817,29 @@ pub fn restart_needs_nothing_persisted(k: &Kit) -> Outcome {
         util::diff(&before.0, &after.0),
         util::diff(&before.1, &after.1)
     );
-    util::exchange(&*s2, &layout, &id, AGENT, &l, b"after restart");
+    util::exchange(&s2, &layout, &id, AGENT, &l, b"after restart");
     Outcome::Passed
 }
 
 /// A binding removed behind the strategy's back (the macOS /tmp cleaner) is healed by the
 /// next `ensure`, by the same instance (whatever it cached) and by a fresh one; the
-/// listener bound before is reachable again.
+/// listener bound before is reachable again. A box's binding opened before the reap
+/// refuses the dial (its link no longer names its directory) instead of dialling
+/// through a directory nobody names; a binding opened after the heal dials.
 pub fn ensure_heals_reaped_binding(k: &Kit) -> Outcome {
     let (layout, id) = setup(k);
-    let l = util::stream_round_trip(&*k.strategy, &layout, &id, AGENT);
+    let l = util::stream_round_trip(&k.strategy, &layout, &id, AGENT);
     let p = bp(k, &layout, &id);
     for (who, s) in [("same instance", k.strategy.clone()), ("fresh instance", k.fresh())] {
+        let held = ok(&format!("open_box ({who})"), s.open(&layout, &id));
         std::fs::remove_file(&p).expect("reap binding");
-        assert!(s.connect_stream(&layout, &id, AGENT).is_err(), "connect works without the binding?");
+        assert!(
+            held.connect(&util::socket(AGENT), None).is_err(),
+            "{}: a binding held across the reap of its link still dials ({who})",
+            sname(k)
+        );
         ok(&format!("ensure after reaping ({who})"), s.ensure(&layout, &id));
-        util::exchange(&*s, &layout, &id, AGENT, &l, b"healed");
+        util::exchange(&s, &layout, &id, AGENT, &l, b"healed");
     }
     Outcome::Passed
 }
@@ -842,7 +849,7 @@ pub fn ensure_heals_reaped_binding(k: &Kit) -> Outcome {
 /// the same before `ensure`, after it, and after the binding was reaped (it is stated,
 /// never read back from disk).
 pub fn policy_paths_cover_every_address(k: &Kit) -> Outcome {
-    let s = &*k.strategy;
+    let s = &k.strategy;
     let layout = k.harness.new_home();
     let id = k.harness.new_box(&layout);
     let before = ok("policy_paths before ensure", s.policy_paths(&layout, &id));
@@ -877,7 +884,7 @@ pub fn policy_paths_cover_every_address(k: &Kit) -> Outcome {
 /// across the two spellings (the binding entry is not replaced), and sockets bound
 /// through one spelling are reached through the other.
 pub fn home_through_symlink(k: &Kit) -> Outcome {
-    let s = &*k.strategy;
+    let s = &k.strategy;
     let real = k.harness.new_home();
     let link_path = k.harness.root().join("home-link");
     std::os::unix::fs::symlink(real.home(), &link_path).expect("symlink home");
@@ -906,7 +913,7 @@ pub fn home_through_symlink(k: &Kit) -> Outcome {
 /// naming the id and the directory — also after a successful ensure, once the box was
 /// removed — and creates no binding.
 pub fn missing_socket_dir(k: &Kit) -> Outcome {
-    let s = &*k.strategy;
+    let s = &k.strategy;
     let layout = k.harness.new_home();
     let never = BoxId::generate();
     let done = k.harness.new_box(&layout);
@@ -937,7 +944,7 @@ pub fn missing_socket_dir(k: &Kit) -> Outcome {
 /// `..`, absolute, with NUL) are refused with `Invalid` by `address`, `bind_stream`,
 /// `bind_datagram` and `connect_stream`, and nothing is created.
 pub fn invalid_file_names(k: &Kit) -> Outcome {
-    let s = &*k.strategy;
+    let s = &k.strategy;
     let (layout, id) = setup(k);
     let before = snapshot(k.harness.root());
     for bad in ["../x", "a/b", "", ".", "..", "/abs", "a\0b", "../../../../../../tmp/x"] {
@@ -959,7 +966,7 @@ pub fn invalid_file_names(k: &Kit) -> Outcome {
 /// Binding an address that a live listener holds fails with an `Io` error (address in
 /// use), and the live listener keeps serving.
 pub fn live_address_is_not_rebound(k: &Kit) -> Outcome {
-    let s = &*k.strategy;
+    let s = &k.strategy;
     let (layout, id) = setup(k);
     let l = ok("bind", s.bind_stream(&layout, &id, AGENT));
     match s.bind_stream(&layout, &id, AGENT) {
@@ -984,7 +991,7 @@ pub fn live_address_is_not_rebound(k: &Kit) -> Outcome {
 /// Connecting where nothing listens fails at once with an `Io` error naming the
 /// address — both before anything was bound and after the listener is gone.
 pub fn connect_without_listener_fails(k: &Kit) -> Outcome {
-    let s = &*k.strategy;
+    let s = &k.strategy;
     let (layout, id) = setup(k);
     let addr = ok("address", s.address(&layout, &id, AGENT));
     let check = |when: &str| match s.connect_stream(&layout, &id, AGENT) {
@@ -1019,7 +1026,7 @@ fn serve_pending(l: &Listener, served: &mut Vec<std::os::unix::net::UnixStream>,
 /// strategies the listener drops the connection unserved and counts the rejection.
 /// Root only (root bypasses file permissions, so the peer must really be another user).
 pub fn other_user_cannot_connect(k: &Kit) -> Outcome {
-    let s = &*k.strategy;
+    let s = &k.strategy;
     let (layout, id) = setup(k);
     let l = ok("bind", s.bind_stream(&layout, &id, AGENT));
     let addr = l.address().clone();
@@ -1071,7 +1078,7 @@ mod sys {
     use std::os::fd::AsFd;
 
     pub(super) fn other_user_datagrams_are_refused(k: &Kit) -> Outcome {
-        let s = &*k.strategy;
+        let s = &k.strategy;
         let (layout, id) = setup(k);
         let name = "net.sock";
         let d = ok("bind_datagram", s.bind_datagram(&layout, &id, name));
@@ -1126,7 +1133,7 @@ mod sys {
 /// peer-credential strategies (path strategies' 0700 directory keeps the impostor from
 /// binding at all).
 pub fn impostor_listener_is_rejected(k: &Kit) -> Outcome {
-    let s = &*k.strategy;
+    let s = &k.strategy;
     let (layout, id) = setup(k);
     let addr = ok("address", s.address(&layout, &id, AGENT));
     let child = match fork::listen_in_child(&addr) {
@@ -1147,7 +1154,7 @@ pub fn impostor_listener_is_rejected(k: &Kit) -> Outcome {
 /// A peer in another network namespace (a child after `unshare(CLONE_NEWNET)`) cannot
 /// reach an abstract address. Root only; skipped when namespaces are not permitted.
 pub fn other_netns_cannot_connect(k: &Kit) -> Outcome {
-    let s = &*k.strategy;
+    let s = &k.strategy;
     let (layout, id) = setup(k);
     let l = util::stream_round_trip(s, &layout, &id, AGENT); // control: reachable here
     let addr = l.address().clone();
@@ -1169,7 +1176,7 @@ pub fn other_netns_cannot_connect(k: &Kit) -> Outcome {
 /// addresses are not paths, and binding and connecting every socket changes nothing under
 /// the home or the base directory.
 pub fn no_filesystem_entries(k: &Kit) -> Outcome {
-    let s = &*k.strategy;
+    let s = &k.strategy;
     let (layout, id) = setup(k);
     let before = snapshot(k.harness.root());
     let mut keep = Vec::new();
@@ -1190,7 +1197,7 @@ pub fn no_filesystem_entries(k: &Kit) -> Outcome {
 /// and connects through it keep reaching that directory even after the names on the way
 /// are changed (the directory is renamed away and another put in its place).
 pub fn socket_dir_is_verified_and_held(k: &Kit) -> Outcome {
-    let s = &*k.strategy;
+    let s = &k.strategy;
     let (layout, id) = setup(k);
     let real = layout.sockets_dir(&id);
     let dir = match s.socket_dir(&layout, &id) {
@@ -1231,7 +1238,7 @@ pub fn socket_dir_is_verified_and_held(k: &Kit) -> Outcome {
 /// refused at use: `socket_dir`, `bind_stream` and `connect_stream` fail and nothing
 /// appears in that directory.
 pub fn swapped_binding_is_refused_at_use(k: &Kit) -> Outcome {
-    let s = &*k.strategy;
+    let s = &k.strategy;
     let (layout, id) = setup(k);
     let link = bp(k, &layout, &id);
     let l = ok("bind", s.bind_stream(&layout, &id, AGENT));
@@ -1250,13 +1257,56 @@ pub fn swapped_binding_is_refused_at_use(k: &Kit) -> Outcome {
     Outcome::Passed
 }
 
+/// A box's binding held across dials, as a long-lived runtime holds it
+/// ([`SocketBinding::open_box`]), re-checks at each use that its link still names the
+/// directory it holds: a link swapped between two dials to another directory of the
+/// owner (one with a listener at the agent's name) is refused at the second dial with
+/// `Insecure`, although the held directory itself is untouched; nothing is dialled or
+/// bound through the held directory past the swap, and the other directory receives
+/// nothing (decision 0014).
+pub fn held_binding_refuses_a_link_swapped_between_dials(k: &Kit) -> Outcome {
+    let s = &k.strategy;
+    let (layout, id) = setup(k);
+    let link = bp(k, &layout, &id);
+    let agent = util::socket(AGENT);
+    let held = ok("open_box", s.open(&layout, &id));
+    let l = ok("listen through the held binding", held.listen(&agent));
+    util::set_nonblocking(&l);
+    let first = ok("the first dial through the held binding", held.connect(&agent, None));
+    drop(first);
+    // The other directory: the owner's, 0700, with a live listener at the agent's name.
+    let decoy = k.harness.scratch_dir("decoy");
+    chmod(&decoy, 0o700);
+    let decoy_listener = std::os::unix::net::UnixListener::bind(decoy.join(AGENT)).expect("bind in the decoy");
+    decoy_listener.set_nonblocking(true).expect("non-blocking decoy");
+    util::force_symlink(&decoy, &link);
+    match held.connect(&agent, None) {
+        Err(BindingError::Insecure { .. }) => {}
+        other => panic!(
+            "{}: the second dial through a held binding whose link was swapped to {} between dials: expected Insecure (refused at use), got {other:?}",
+            sname(k),
+            decoy.display()
+        ),
+    }
+    assert!(
+        held.listen(&util::socket("other.sock")).is_err(),
+        "{}: bound through a held binding whose link was swapped",
+        sname(k)
+    );
+    assert!(decoy_listener.accept().is_err(), "{}: the decoy directory received a dial", sname(k));
+    let in_decoy: Vec<_> = std::fs::read_dir(&decoy).expect("list decoy").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(in_decoy, [std::ffi::OsString::from(AGENT)], "{}: files appeared in the decoy directory", sname(k));
+    drop(l);
+    Outcome::Passed
+}
+
 /// Socket files a path strategy binds are 0600 even under `umask 000`: nobody but the
 /// owner can use them whatever the directory above does.
 ///
 /// The umask is process-wide, so the binds run in a forked child ([`fork::in_child`])
 /// that sets `umask 000`; the files it bound stay, and their modes are read here.
 pub fn socket_files_are_private_whatever_the_umask(k: &Kit) -> Outcome {
-    let s = &*k.strategy;
+    let s = &k.strategy;
     let (layout, id) = setup(k);
     let bound = fork::in_child(|| {
         nix::sys::stat::umask(nix::sys::stat::Mode::empty());

@@ -304,6 +304,34 @@ fn keep_only(out: RawFd) -> RawFd {
     3
 }
 
+/// Close every descriptor above stderr that is a socket or a pipe, except `keep`.
+/// Async-signal-safe (fstat and close on descriptor numbers up to the soft limit).
+fn close_sockets_and_pipes(keep: i32) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit into a stack struct.
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur.min(1 << 16) as i32
+    } else {
+        1024
+    };
+    for fd in 3..max {
+        if fd == keep {
+            continue;
+        }
+        // SAFETY: fstat into a zeroed stack struct, then close of a descriptor this
+        // child holds; neither allocates.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd, &mut st) == 0 {
+                let kind = st.st_mode & libc::S_IFMT;
+                if kind == libc::S_IFSOCK || kind == libc::S_IFIFO {
+                    libc::close(fd);
+                }
+            }
+        }
+    }
+}
+
 /// Platform parts (crosvm habit: one module per platform, no cfg inside functions).
 #[cfg(target_os = "linux")]
 mod sys {
@@ -325,6 +353,7 @@ mod sys {
         // SAFETY: close_range(2) with integer arguments closes this child's descriptors.
         unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0u32) };
     }
+
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -476,9 +505,12 @@ const MESSAGE_MAX: usize = 1024;
 /// The child is a copy of a multithreaded process and runs ordinary Rust code (the
 /// strategy's bind): glibc makes `malloc` safe after `fork`, but a lock another thread
 /// held at the fork (stderr's, a strategy's) would stay held, so the wait is bounded
-/// ([`CHILD_TIMEOUT`], then the child is killed and this panics). Descriptors are kept:
-/// the strategy may hold some (a cached directory), and the child lives only for `body`.
-/// A panic in `body` comes back as an `Err` with its message.
+/// ([`CHILD_TIMEOUT`], then the child is killed and this panics). Directory descriptors
+/// are kept (the strategy may hold some: a cached directory); every inherited socket and
+/// pipe other than the report pipe is closed first, because those belong to other tests'
+/// threads: a copy held here would keep another test's listener alive after its owner
+/// dropped it (its next bind of that name then meets a live socket, EADDRINUSE), or keep
+/// its pipe from reaching EOF. A panic in `body` comes back as an `Err` with its message.
 pub fn in_child(body: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
     let (rd, wr) = cloexec_pipe();
     let wr_raw = wr.as_raw_fd();
@@ -490,6 +522,7 @@ pub fn in_child(body: impl FnOnce() -> Result<(), String>) -> Result<(), String>
         panic!("fork: {}", std::io::Error::last_os_error());
     }
     if pid == 0 {
+        close_sockets_and_pipes(wr_raw);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or_else(|p| {
             Err(p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned())).unwrap_or_else(|| "panicked".into()))
         });

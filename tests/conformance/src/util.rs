@@ -9,8 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use boxsock_core::catalogue::{self, Binder, DerivedName, SocketKind, SocketSpec};
+use std::os::unix::net::UnixDatagram;
+use std::sync::Arc;
+
 use boxsock_core::peer::Listener;
-use boxsock_core::{BindingError, BoxId, BoxLayout, SocketBinding};
+use boxsock_core::{BindingError, BoxBinding, BoxId, BoxLayout, Opening, Socket, SocketBinding};
 
 /// Generous I/O timeout: only there to turn a hang into a failure.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,6 +48,39 @@ pub fn budget_names() -> Vec<(String, String)> {
     v
 }
 
+/// The catalogue key of a socket with file name `file` (`agent.sock` → `agent`): the
+/// checks bind names of their own (derived names, the longest name, invalid ones),
+/// which a test makes into keys. Leaked: a test binds a bounded number of names.
+pub fn socket(file: &str) -> Socket {
+    let name = file.strip_suffix(".sock").unwrap_or(file);
+    SocketSpec { name: Box::leak(name.to_owned().into_boxed_str()), kind: SocketKind::Stream, binder: Binder::Runtime, derived: &[] }
+}
+
+/// One use of a box through a binding opened for it ([`SocketBinding::open_box`]), by
+/// file name: what the checks do to a box's sockets.
+pub trait ByFile {
+    /// Open box `id` for use (its binding: `ensure`, the directory, the policy).
+    fn open(&self, layout: &BoxLayout, id: &BoxId) -> Result<Arc<dyn BoxBinding>, BindingError>;
+    /// Open the box and bind a stream listener at `file`.
+    fn bind_stream(&self, layout: &BoxLayout, id: &BoxId, file: &str) -> Result<Listener, BindingError> {
+        self.open(layout, id)?.listen(&socket(file))
+    }
+    /// Open the box and bind a datagram socket at `file`.
+    fn bind_datagram(&self, layout: &BoxLayout, id: &BoxId, file: &str) -> Result<UnixDatagram, BindingError> {
+        self.open(layout, id)?.listen_datagram(&socket(file))
+    }
+    /// Open the box and connect to `file`.
+    fn connect_stream(&self, layout: &BoxLayout, id: &BoxId, file: &str) -> Result<UnixStream, BindingError> {
+        self.open(layout, id)?.connect(&socket(file), None)
+    }
+}
+
+impl ByFile for Arc<dyn SocketBinding> {
+    fn open(&self, layout: &BoxLayout, id: &BoxId) -> Result<Arc<dyn BoxBinding>, BindingError> {
+        self.clone().open_box(layout, id, Opening::Use, &[])
+    }
+}
+
 /// Unwrap a `BindingError` result with a message naming what was attempted.
 #[track_caller]
 pub fn ok<T>(what: &str, r: Result<T, BindingError>) -> T {
@@ -57,7 +93,7 @@ pub fn ok<T>(what: &str, r: Result<T, BindingError>) -> T {
 /// Bind a stream listener for `name`, connect to it through the strategy, and exchange a
 /// token both ways. Returns the listener so the caller can keep it alive.
 #[track_caller]
-pub fn stream_round_trip(s: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, name: &str) -> Listener {
+pub fn stream_round_trip(s: &Arc<dyn SocketBinding>, layout: &BoxLayout, id: &BoxId, name: &str) -> Listener {
     let listener = ok(&format!("bind_stream({name})"), s.bind_stream(layout, id, name));
     exchange(s, layout, id, name, &listener, name.as_bytes());
     listener
@@ -66,7 +102,7 @@ pub fn stream_round_trip(s: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, 
 /// Connect through the strategy to `listener` (already bound at `name`) and exchange
 /// `token` both ways; proves this very listener answered.
 #[track_caller]
-pub fn exchange(s: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, name: &str, listener: &Listener, token: &[u8]) {
+pub fn exchange(s: &Arc<dyn SocketBinding>, layout: &BoxLayout, id: &BoxId, name: &str, listener: &Listener, token: &[u8]) {
     let mut client = ok(&format!("connect_stream({name})"), s.connect_stream(layout, id, name));
     set_timeouts(&client);
     let mut server = accept_timeout(listener, name);

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use boxsock_conformance::{CHECKS, Constructor, Outcome, Report, check_named, child, run_check};
 use boxsock_core::binding::Capabilities;
 use boxsock_core::peer::{self, Listener, PeerPolicy};
+use boxsock_core::{BoxBinding, Held, Opening, Socket};
 use boxsock_core::{
     BindingError, BoxId, BoxLayout, DirExpectation, PolicyAccess, PolicyPath, SocketAddress,
     SocketBinding, SocketDir, StrategyConfig, SweepReport,
@@ -138,6 +139,9 @@ enum Bug {
     ClaimsNetns,
     /// Binding a socket also writes a pid file next to the box.
     BindLeavesFile,
+    /// A held binding dials through its directory without re-checking that its link
+    /// still names it.
+    HeldSkipsRecheck,
 }
 
 /// A real strategy with one [`Bug`].
@@ -474,36 +478,87 @@ impl SocketBinding for Broken {
         }
     }
 
-    fn bind_stream(
-        &self,
+    fn open_box(
+        self: Arc<Self>,
         layout: &BoxLayout,
         id: &BoxId,
-        file_name: &str,
-    ) -> Result<Listener, BindingError> {
-        match self.bug {
-            Bug::NoSocketDir => {
-                let addr = self.address(layout, id, file_name)?;
-                let l = peer::bind_stream_at(&addr)?;
-                Ok(Listener::new(l, addr, file_name.to_owned(), self.peer_policy()))
-            }
+        opening: Opening,
+        sockets: &[Socket],
+    ) -> Result<Arc<dyn BoxBinding>, BindingError> {
+        // Through the wrapper's (possibly broken) primitives.
+        let inner = Held::open(self.clone(), layout, id, opening, sockets)?;
+        Ok(Arc::new(BrokenBox { strategy: self, layout: layout.clone(), id: id.clone(), inner }))
+    }
+}
+
+/// A box opened by a [`Broken`] strategy: the core's binding, with the listen, connect
+/// and re-check bugs.
+#[derive(Debug)]
+struct BrokenBox {
+    strategy: Arc<Broken>,
+    layout: BoxLayout,
+    id: BoxId,
+    inner: Arc<dyn BoxBinding>,
+}
+
+impl BoxBinding for BrokenBox {
+    fn id(&self) -> &BoxId {
+        &self.id
+    }
+
+    fn address(&self, socket: &Socket) -> Result<SocketAddress, BindingError> {
+        self.inner.address(socket)
+    }
+
+    fn addresses(&self) -> std::collections::BTreeMap<String, SocketAddress> {
+        self.inner.addresses()
+    }
+
+    fn peer_policy(&self) -> &PeerPolicy {
+        self.inner.peer_policy()
+    }
+
+    fn dir(&self) -> Option<&SocketDir> {
+        self.inner.dir()
+    }
+
+    fn policy_paths(&self) -> Result<Vec<PolicyPath>, BindingError> {
+        self.inner.policy_paths()
+    }
+
+    fn release(&self) -> Result<(), BindingError> {
+        self.inner.release()
+    }
+
+    fn check(&self) -> Result<(), BindingError> {
+        match self.strategy.bug {
+            Bug::HeldSkipsRecheck => Ok(()),
+            _ => self.inner.check(),
+        }
+    }
+
+    fn listen(&self, socket: &Socket) -> Result<Listener, BindingError> {
+        let (s, layout, id) = (&self.strategy, &self.layout, &self.id);
+        let file_name = &socket.file_name();
+        match s.bug {
             Bug::NoStaleReplace => {
-                let p = self.socket_file(layout, id, file_name)?;
+                let p = s.socket_file(layout, id, file_name)?;
                 if std::fs::symlink_metadata(&p).is_ok() {
                     return Err(io_err("bind", &p, io::Error::from(io::ErrorKind::AddrInUse)));
                 }
-                self.inner.bind_stream(layout, id, file_name)
+                self.inner.listen(socket)
             }
             Bug::UnlinksLiveSocket => {
-                let _ = std::fs::remove_file(self.socket_file(layout, id, file_name)?);
-                self.inner.bind_stream(layout, id, file_name)
+                let _ = std::fs::remove_file(s.socket_file(layout, id, file_name)?);
+                self.inner.listen(socket)
             }
             Bug::UmaskSockets => {
-                let (addr, p) = self.path_of(layout, id, file_name)?;
+                let (addr, p) = s.path_of(layout, id, file_name)?;
                 let l = UnixListener::bind(&p).map_err(|e| io_err("bind", &p, e))?;
-                Ok(Listener::new(l, addr, file_name.to_owned(), self.peer_policy()))
+                Ok(Listener::new(l, addr, file_name.to_owned(), s.peer_policy()))
             }
             Bug::UncheckedAccept => {
-                let l = self.inner.bind_stream(layout, id, file_name)?;
+                let l = self.inner.listen(socket)?;
                 let addr = l.address().clone();
                 Ok(Listener::new(
                     l.into_inner(),
@@ -513,35 +568,27 @@ impl SocketBinding for Broken {
                 ))
             }
             Bug::BindLeavesFile => {
-                let l = self.inner.bind_stream(layout, id, file_name)?;
-                self.leave_pid_file(layout, id, file_name);
+                let l = self.inner.listen(socket)?;
+                s.leave_pid_file(layout, id, file_name);
                 Ok(l)
             }
-            _ => self.inner.bind_stream(layout, id, file_name),
+            _ => self.inner.listen(socket),
         }
     }
 
-    fn connect_stream(
-        &self,
-        layout: &BoxLayout,
-        id: &BoxId,
-        file_name: &str,
-    ) -> Result<UnixStream, BindingError> {
-        match self.bug {
+    fn connect(&self, socket: &Socket, pid: Option<i32>) -> Result<UnixStream, BindingError> {
+        let (s, layout) = (&self.strategy, &self.layout);
+        let file_name = &socket.file_name();
+        match s.bug {
             Bug::ConnectRefused(name) if name == file_name => {
-                let addr = self.address(layout, id, file_name)?;
+                let addr = self.address(socket)?;
                 Err(BindingError::io(
                     "connect",
                     &addr,
                     io::Error::from(io::ErrorKind::ConnectionRefused),
                 ))
             }
-            Bug::NoSocketDir => peer::connect_stream_at(
-                &self.address(layout, id, file_name)?,
-                file_name,
-                &self.peer_policy(),
-            ),
-            Bug::LazyConnect => match self.inner.connect_stream(layout, id, file_name) {
+            Bug::LazyConnect => match self.inner.connect(socket, pid) {
                 Err(BindingError::Io { .. }) => {
                     let (nowhere, _) =
                         UnixStream::pair().map_err(|e| io_err("socketpair", layout.home(), e))?;
@@ -549,36 +596,34 @@ impl SocketBinding for Broken {
                 }
                 other => other,
             },
-            Bug::UncheckedConnect => peer::connect_stream_at(
-                &self.address(layout, id, file_name)?,
-                file_name,
-                &PeerPolicy::unchecked(),
-            ),
-            _ => self.inner.connect_stream(layout, id, file_name),
+            Bug::UncheckedConnect => {
+                peer::connect_stream_at(&self.address(socket)?, file_name, &PeerPolicy::unchecked())
+            }
+            Bug::HeldSkipsRecheck => match self.dir() {
+                Some(d) => d.connect_stream(file_name, self.peer_policy()),
+                None => self.inner.connect(socket, pid),
+            },
+            _ => self.inner.connect(socket, pid),
         }
     }
 
-    fn bind_datagram(
-        &self,
-        layout: &BoxLayout,
-        id: &BoxId,
-        file_name: &str,
-    ) -> Result<UnixDatagram, BindingError> {
-        match self.bug {
+    fn listen_datagram(&self, socket: &Socket) -> Result<UnixDatagram, BindingError> {
+        let (s, layout, id) = (&self.strategy, &self.layout, &self.id);
+        let file_name = &socket.file_name();
+        match s.bug {
             Bug::DatagramUnbound(name) if name == file_name => {
                 UnixDatagram::unbound().map_err(|e| io_err("socket", layout.home(), e))
             }
-            Bug::NoSocketDir => peer::bind_datagram_at(&self.address(layout, id, file_name)?),
             Bug::UmaskSockets => {
-                let (_, p) = self.path_of(layout, id, file_name)?;
+                let (_, p) = s.path_of(layout, id, file_name)?;
                 UnixDatagram::bind(&p).map_err(|e| io_err("bind", &p, e))
             }
             Bug::BindLeavesFile => {
-                let d = self.inner.bind_datagram(layout, id, file_name)?;
-                self.leave_pid_file(layout, id, file_name);
+                let d = self.inner.listen_datagram(socket)?;
+                s.leave_pid_file(layout, id, file_name);
                 Ok(d)
             }
-            _ => self.inner.bind_datagram(layout, id, file_name),
+            _ => self.inner.listen_datagram(socket),
         }
     }
 }
@@ -723,6 +768,8 @@ proofs! {
         => ["a path strategy returned no socket_dir()"];
     swapped_binding_is_refused_at_use: ShortSymlink with Bug::FollowsSwappedLink
         => ["expected Insecure or Occupied, got Ok"];
+    held_binding_refuses_a_link_swapped_between_dials: ShortSymlink with Bug::HeldSkipsRecheck
+        => ["the second dial through a held binding whose link was swapped", "expected Insecure (refused at use), got Ok"];
     socket_files_are_private_whatever_the_umask: Direct with Bug::UmaskSockets
         => ["was created mode", "under umask 000"];
     invalid_file_names: Direct with Bug::NoValidation

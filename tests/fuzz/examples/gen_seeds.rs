@@ -99,6 +99,59 @@ fn main() {
         write(dir, "store_config", name, s.as_bytes());
     }
 
+    // Image documents. Manifests and indexes: the first byte picks the declared media
+    // type (0: OCI manifest, 1: docker manifest, 2: OCI index, 3: docker list, 4: JSON,
+    // 5: none); then an OCI manifest, a docker one, an index with platforms, and bad ones.
+    let d64 = "a".repeat(64);
+    let oci_manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{d64}","size":7}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:{d64}","size":9}},{{"mediaType":"application/vnd.oci.image.layer.v1.tar+zstd","digest":"sha256:{d64}","size":9}}]}}"#
+    );
+    let docker_manifest = oci_manifest
+        .replace("application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json")
+        .replace("application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json");
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{d64}","size":5,"platform":{{"architecture":"arm64","os":"linux","variant":"v8"}}}},{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{d64}","size":5,"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#
+    );
+    let manifests: &[(&str, u8, &str)] = &[
+        ("oci-manifest", 0, &oci_manifest),
+        ("docker-manifest", 1, &docker_manifest),
+        ("oci-index", 2, &index),
+        ("index-undeclared", 5, &index),
+        ("manifest-as-json", 4, &oci_manifest),
+        ("bad-declared-mismatch", 2, &oci_manifest),
+        ("bad-artifact", 5, r#"{"schemaVersion":2,"mediaType":"application/vnd.example+json"}"#),
+        ("bad-digest", 0, &oci_manifest.replace("sha256:aaaa", "sha256:../")),
+        ("bad-schema", 0, &oci_manifest.replace(r#""schemaVersion":2"#, r#""schemaVersion":1"#)),
+        ("bad-json", 5, "{\"manifests\":["),
+    ];
+    for (name, kind, body) in manifests {
+        let mut bytes = vec![*kind];
+        bytes.extend_from_slice(body.as_bytes());
+        write(dir, "image_manifest", name, &bytes);
+    }
+    let image_configs: &[(&str, &str)] = &[
+        ("full", r#"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/entry"],"Cmd":["--x"],"Env":["PATH=/bin","A=1"],"WorkingDir":"/srv","User":"app"},"rootfs":{"type":"layers","diff_ids":[]}}"#),
+        ("no-config", r#"{"architecture":"arm64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#),
+        ("env-without-equals", r#"{"architecture":"amd64","os":"linux","config":{"Env":["FUZZ","FUZZ=2","PATH"]},"rootfs":{"type":"layers","diff_ids":[]}}"#),
+        ("bad-type", r#"{"architecture":"amd64","os":"linux","config":{"Cmd":"sh"},"rootfs":{"type":"layers","diff_ids":[]}}"#),
+        ("bad-json", r#"{"config":"#),
+    ];
+    for (name, s) in image_configs {
+        write(dir, "image_config", name, s.as_bytes());
+    }
+    let references: &[(&str, &str)] = &[
+        ("short", "alpine"),
+        ("full", "registry.example:5000/team/app:1.2"),
+        ("digest", "localhost/a@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+        ("ipv6", "[::1]:5000/x/y:z"),
+        ("bad-dotdot", "a/../b"),
+        ("bad-upper", "Team/App"),
+        ("bad-tag", "a:-x"),
+    ];
+    for (name, s) in references {
+        write(dir, "image_reference", name, s.as_bytes());
+    }
+
     // Agent protocol: every control message, every raw frame, a whole exec session,
     // and each kind of bad frame.
     let requests = [

@@ -3,9 +3,9 @@
 //! One test per rule there. The in-box agent and the libkrun shim run in every box: they
 //! must link neither SQLite nor the runtime. Backends see only `boxsock-core`, strategies
 //! the core and other strategies; the core sees no other boxsock crate, the runtime only
-//! the core; the facade depends on every strategy and backend. Checked on cargo's own
-//! resolution of the normal (non-dev) dependency graph, so a new dependency of one of
-//! them fails here, not in a review.
+//! the core, the image store only the core; the facade depends on every strategy and
+//! backend. Checked on cargo's own resolution of the normal (non-dev) dependency graph,
+//! so a new dependency of one of them fails here, not in a review.
 
 use std::process::Command;
 
@@ -151,6 +151,14 @@ fn the_runtime_names_no_concrete_strategy_or_backend() {
     assert_eq!(boxsock_deps("boxsock-runtime"), ["boxsock-core"]);
     // And it does sit on SQLite: the graph is the real one, not an empty answer.
     assert!(normal_deps("boxsock-runtime").iter().any(|d| d == "rusqlite"));
+}
+
+/// "`boxsock-image` ──> boxsock-core only": the image store is a library the runtime
+/// and the CLI build on; it links neither the runtime nor SQLite.
+#[test]
+fn the_image_store_sees_only_the_core() {
+    assert_eq!(boxsock_deps("boxsock-image"), ["boxsock-core"]);
+    assert_lacks("boxsock-image", &["rusqlite", "libsqlite3-sys"]);
 }
 
 /// "The facade depends on every strategy and backend it offers": with every feature

@@ -11,8 +11,9 @@
 //!   named place: one `compile_error!("<crate>: … see docs/platforms.md")`, the only
 //!   one in the crate, declared from a `sys/mod.rs` that gates `linux` and `macos`.
 //!
-//! The shipped crates are scanned (core, runtime, strategies, backends, the facade);
-//! test code (`#[cfg(test)]` modules, `tests.rs`) is not: it only builds for tests, here.
+//! The shipped crates are scanned (core, runtime, image store, strategies, backends, the
+//! facade); test code (`#[cfg(test)]` modules, `tests.rs`) is not: it only builds for
+//! tests, here.
 
 use std::path::{Path, PathBuf};
 
@@ -48,10 +49,16 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
-/// The shipped crates: `core`, `core/runtime`, every `strategies/*`, `backends/*`, `cli`.
+/// The shipped crates: `core`, `core/runtime`, `core/image`, every `strategies/*`,
+/// `backends/*`, `cli`.
 fn shipped_crates() -> Vec<PathBuf> {
     let root = root();
-    let mut out = vec![root.join("core"), root.join("core/runtime"), root.join("cli")];
+    let mut out = vec![
+        root.join("core"),
+        root.join("core/runtime"),
+        root.join("core/image"),
+        root.join("cli"),
+    ];
     for parent in ["strategies", "backends"] {
         for e in std::fs::read_dir(root.join(parent)).unwrap() {
             let p = e.unwrap().path();
@@ -375,7 +382,9 @@ fn a_macos_build_stops_in_one_named_place_per_crate() {
         gated.push(name);
     }
     // The crates with Linux-only calls each have their one place.
-    for name in ["boxsock-agent", "boxsock-core", "boxsock-libkrun", "boxsock-runtime"] {
+    for name in
+        ["boxsock-agent", "boxsock-core", "boxsock-image", "boxsock-libkrun", "boxsock-runtime"]
+    {
         assert!(gated.iter().any(|g| g == name), "{name} has no sys/macos.rs; gated: {gated:?}");
     }
 }

@@ -1,16 +1,17 @@
 //! The `abstract` strategy on Linux.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use boxsock_core::binding::{CrossUserProtection, PolicyIntent};
 use boxsock_core::peer::{Listener, PeerPolicy};
+use boxsock_core::boxbinding::derive_addresses;
 use boxsock_core::{
-    BindingError, BoxId, BoxLayout, Capabilities, Platform, PolicyAccess, PolicyPath, SocketAddress, SocketBinding,
+    BindingError, BoxBinding, Opening, Socket, BoxId, BoxLayout, Capabilities, Platform, PolicyAccess, PolicyPath, SocketAddress, SocketBinding,
     StrategyConfig, SweepReport, budget, catalogue,
 };
 
@@ -313,10 +314,38 @@ impl SocketBinding for Abstract {
         self.policy.clone()
     }
 
+    fn open_box(
+        self: Arc<Self>,
+        layout: &BoxLayout,
+        id: &BoxId,
+        opening: Opening,
+        sockets: &[Socket],
+    ) -> Result<Arc<dyn BoxBinding>, BindingError> {
+        if opening == Opening::Start {
+            self.prepare_start(layout, id)?;
+        }
+        self.ensure(layout, id)?;
+        let keyed = self.keyed(layout)?;
+        let epoch = self.current_epoch(layout, id)?;
+        let derive = |f: &str| derive_with(&keyed, id, epoch.as_ref(), f);
+        let addresses = derive_addresses(derive, sockets)?;
+        let policy = self.policy.clone();
+        Ok(Arc::new(AbstractBox {
+            strategy: self,
+            layout: layout.clone(),
+            id: id.clone(),
+            policy,
+            sockets: sockets.to_vec(),
+            held: RwLock::new(HeldNames { keyed, epoch, addresses }),
+        }))
+    }
+}
+
+impl Abstract {
     /// Binds at the box's current name; a name found taken is reported (with the
     /// holder's uid, inode and pid from `sock_diag`) and the box's names are rotated
     /// (see `bind_recovering`).
-    fn bind_stream(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<Listener, BindingError> {
+    pub fn bind_stream(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<Listener, BindingError> {
         let (l, addr) = self.bind_recovering(layout, id, file_name, UnixListener::bind_addr)?;
         tracing::debug!(box_id = %id, socket = file_name, address = %addr, "bound stream");
         Ok(Listener::new(l, addr, file_name.to_owned(), self.policy.clone()))
@@ -324,7 +353,7 @@ impl SocketBinding for Abstract {
 
     /// Binds with `SO_PASSCRED` on, so every datagram carries its sender's credentials
     /// and [`boxsock_core::peer::recv_checked`] can check it.
-    fn bind_datagram(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<UnixDatagram, BindingError> {
+    pub fn bind_datagram(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<UnixDatagram, BindingError> {
         // Create, enable SO_PASSCRED, then bind: no datagram can arrive without it.
         let (sock, addr) = self.bind_recovering(layout, id, file_name, |a| {
             let sock = UnixDatagram::unbound()?;
@@ -333,6 +362,110 @@ impl SocketBinding for Abstract {
             Ok(sock)
         })?;
         tracing::debug!(box_id = %id, socket = file_name, address = %addr, "bound datagram");
+        Ok(sock)
+    }
+
+    /// Connect to `file_name` of box `id` at its current name, checking the listener's
+    /// credentials against the strategy's policy.
+    pub fn connect_stream(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<UnixStream, BindingError> {
+        let addr = self.address(layout, id, file_name)?;
+        boxsock_core::peer::connect_stream_at(&addr, file_name, &self.policy)
+    }
+}
+
+/// An address of box `id` from a home's key and the box's epoch: no I/O.
+fn derive_with(keyed: &Keyed, id: &BoxId, epoch: Option<&Epoch>, file_name: &str) -> Result<SocketAddress, BindingError> {
+    catalogue::validate_file_name(file_name)
+        .map_err(|e| BindingError::Invalid { what: "socket file name".into(), reason: e.to_string() })?;
+    let addr = SocketAddress::Abstract(keyed.deriver.derive_in(id.as_str(), epoch, file_name));
+    budget::check(file_name, &addr, Platform::Linux)?;
+    Ok(addr)
+}
+
+/// The key, epoch and addresses an opened box holds.
+#[derive(Debug)]
+struct HeldNames {
+    keyed: Arc<Keyed>,
+    epoch: Option<Epoch>,
+    addresses: BTreeMap<String, SocketAddress>,
+}
+
+/// An opened box of the `abstract` strategy: its home's key, its epoch and the names
+/// derived from them, held; a bind that finds its name squatted moves the box to a
+/// fresh epoch and derives the held names again (the only place they change).
+#[derive(Debug)]
+struct AbstractBox {
+    strategy: Arc<Abstract>,
+    layout: BoxLayout,
+    id: BoxId,
+    policy: PeerPolicy,
+    sockets: Vec<Socket>,
+    held: RwLock<HeldNames>,
+}
+
+impl AbstractBox {
+    fn names(&self) -> std::sync::RwLockReadGuard<'_, HeldNames> {
+        self.held.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After a bind rotated the epoch: take the new one and derive every name again.
+    fn follow_rotation(&self) -> Result<(), BindingError> {
+        let epoch = self.strategy.current_epoch(&self.layout, &self.id)?;
+        let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
+        let keyed = held.keyed.clone();
+        held.addresses = derive_addresses(|f| derive_with(&keyed, &self.id, epoch.as_ref(), f), &self.sockets)?;
+        held.epoch = epoch;
+        Ok(())
+    }
+}
+
+impl BoxBinding for AbstractBox {
+    fn id(&self) -> &BoxId {
+        &self.id
+    }
+
+    fn address(&self, socket: &Socket) -> Result<SocketAddress, BindingError> {
+        let held = self.names();
+        match held.addresses.get(socket.name) {
+            Some(a) => Ok(a.clone()),
+            None => derive_with(&held.keyed, &self.id, held.epoch.as_ref(), &socket.file_name()),
+        }
+    }
+
+    fn addresses(&self) -> BTreeMap<String, SocketAddress> {
+        self.names().addresses.clone()
+    }
+
+    fn peer_policy(&self) -> &PeerPolicy {
+        &self.policy
+    }
+
+    fn policy_paths(&self) -> Result<Vec<PolicyPath>, BindingError> {
+        self.strategy.policy_paths(&self.layout, &self.id)
+    }
+
+    fn release(&self) -> Result<(), BindingError> {
+        self.strategy.release(&self.layout, &self.id)
+    }
+
+    /// Binds at the box's held name; a name found squatted moves the box to fresh
+    /// names (see `bind_recovering`), which this binding then holds.
+    fn listen(&self, socket: &Socket) -> Result<Listener, BindingError> {
+        let held = self.address(socket)?;
+        let l = self.strategy.bind_stream(&self.layout, &self.id, &socket.file_name())?;
+        if *l.address() != held {
+            self.follow_rotation()?;
+        }
+        Ok(l)
+    }
+
+    fn listen_datagram(&self, socket: &Socket) -> Result<UnixDatagram, BindingError> {
+        let held = self.address(socket)?;
+        let sock = self.strategy.bind_datagram(&self.layout, &self.id, &socket.file_name())?;
+        let now = self.strategy.address(&self.layout, &self.id, &socket.file_name())?;
+        if now != held {
+            self.follow_rotation()?;
+        }
         Ok(sock)
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use boxsock_core::proto::{self, Frame, Request};
 use boxsock_core::{BindingError, BoxId, BoxLayout, SocketBinding, StrategyConfig, boxdir};
+use boxsock_conformance::util::ByFile;
 use boxsock_tests::reliability::{Outcome, measured};
 use boxsock_tests::scenario;
 
@@ -406,7 +407,7 @@ pub(crate) fn entries(dir: &Path) -> Vec<String> {
 /// What the runtime does before it binds: ensure, then bind. Returns the variant of the
 /// failure.
 fn ensure_then_bind(
-    s: &dyn SocketBinding,
+    s: &Arc<dyn SocketBinding>,
     l: &BoxLayout,
     id: &BoxId,
     name: &str,
@@ -419,7 +420,7 @@ fn ensure_then_bind(
 
 /// What the runtime does before it dials: ensure, then connect.
 fn ensure_then_connect(
-    s: &dyn SocketBinding,
+    s: &Arc<dyn SocketBinding>,
     l: &BoxLayout,
     id: &BoxId,
     name: &str,
@@ -436,7 +437,7 @@ fn ensure_then_connect(
 /// attacker's directory, if any) stays empty. Returns the observed text.
 fn assert_squat_refused(
     w: &World,
-    s: &dyn SocketBinding,
+    s: &Arc<dyn SocketBinding>,
     facts: &[&str],
     watched: Option<&Path>,
 ) -> String {
@@ -518,7 +519,7 @@ scenario!(
             assert_eq!(r, [0, 0], "nobody could not squat");
             let text = assert_squat_refused(
                 &w,
-                s.as_ref(),
+                &s,
                 &["owned by uid 65534", "mode 0777"],
                 Some(&p),
             );
@@ -556,7 +557,7 @@ scenario!(
             assert_eq!(r, [0, 0, 0], "nobody could not squat");
             let text = assert_squat_refused(
                 &w,
-                s.as_ref(),
+                &s,
                 &["a symlink", "owned by uid 65534"],
                 Some(&evil),
             );
@@ -586,7 +587,7 @@ scenario!(
             assert_eq!(r, [0], "nobody could not squat");
             let text = assert_squat_refused(
                 &w,
-                s.as_ref(),
+                &s,
                 &["a regular file", "owned by uid 65534"],
                 None,
             );
@@ -670,9 +671,9 @@ scenario!(
                 }
                 other => panic!("expected Occupied, got {other:?}"),
             }
-            let bind = ensure_then_bind(s.as_ref(), &w.layout, &id, "ready.sock")
+            let bind = ensure_then_bind(&s, &w.layout, &id, "ready.sock")
                 .expect_err("bind after swap");
-            let dial = ensure_then_connect(s.as_ref(), &w.layout, &id, "agent.sock")
+            let dial = ensure_then_connect(&s, &w.layout, &id, "agent.sock")
                 .expect_err("connect after swap");
             assert_eq!(
                 entries(&evil),
@@ -740,8 +741,8 @@ scenario!(
             s.ensure(&w.layout, &id).unwrap_or_else(|e| panic!("ensure over the attacker's per-user directory: {e}"));
             let link = s.binding_path(&w.layout, &id).expect("a link");
             assert!(!link.starts_with(&p), "the link {} is in the attacker's directory", link.display());
-            let bind = ensure_then_bind(s.as_ref(), &w.layout, &id, "ready.sock").map(|()| "Ok").unwrap_or_else(|v| v);
-            let dial = ensure_then_connect(s.as_ref(), &w.layout, &id, "agent.sock").map(|()| "Ok").unwrap_or_else(|v| v);
+            let bind = ensure_then_bind(&s, &w.layout, &id, "ready.sock").map(|()| "Ok").unwrap_or_else(|v| v);
+            let dial = ensure_then_connect(&s, &w.layout, &id, "agent.sock").map(|()| "Ok").unwrap_or_else(|v| v);
             assert_eq!((bind, dial), ("Ok", "Ok"), "bind and connect through the fallback");
             assert_eq!(
                 entries(&evil),
@@ -775,7 +776,7 @@ pub(crate) struct ServedAgent {
 }
 
 impl ServedAgent {
-    pub(crate) fn start(s: &dyn SocketBinding, l: &BoxLayout, id: &BoxId) -> ServedAgent {
+    pub(crate) fn start(s: &Arc<dyn SocketBinding>, l: &BoxLayout, id: &BoxId) -> ServedAgent {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -910,7 +911,7 @@ scenario!(
                 let s = w.strategy(name);
                 let id = w.new_box();
                 s.ensure(&w.layout, &id).unwrap();
-                let agent = ServedAgent::start(s.as_ref(), &w.layout, &id);
+                let agent = ServedAgent::start(&s, &w.layout, &id);
                 let addr = s.address(&w.layout, &id, "agent.sock").unwrap();
                 let theirs = w.root.path().join("nobody-ran-this");
                 let r = nobody::run(&[nobody::Act::ConnectSend(

@@ -20,6 +20,7 @@ use boxsock::{
     Runtime, RuntimeError, RuntimeOptions, SocketAddress, StrategyConfig, builtin_backends,
     builtin_strategies,
 };
+use boxsock_conformance::util::ByFile;
 use boxsock_tests::reliability::Outcome;
 use boxsock_tests::scenario;
 use serde_json::Value;
@@ -1493,7 +1494,7 @@ scenario!(
 scenario!(
     killing_a_run_rm_client_leaves_its_box_only_until_the_next_writing_command,
     "Faults",
-    "kill -9 `boxsock run --rm -- sleep …` while its command runs; then a read-only `ls` and `inspect`; then `sweep` (and, on a second box, `create`)",
+    "kill -9 `boxsock run --rm -- sleep …` and its lifeline (the backstop's case: `a_killed_run_rm_client_takes_its_box_with_it` has the lifeline alive) while its command runs; then a read-only `ls` and `inspect`; then `sweep` (and, on a second box, `create`)",
     {
         let mut seen = Vec::new();
         for next in [&["sweep"][..], &["--backend", "host", "create"]] {
@@ -1530,6 +1531,18 @@ scenario!(
             assert_eq!(ids.len(), 1, "{ids:?}");
             let id = ids[0].clone();
             let agent = json(env.cli().args(["inspect", "--json", &id]))["pid"].as_i64().unwrap() as i32;
+            // The lifeline first (a child of the client running `boxsock … __lifeline`):
+            // alive, it would remove the box at once.
+            let lifelines: Vec<i32> = processes_mentioning("__lifeline")
+                .into_iter()
+                .filter(|p| {
+                    std::fs::read(format!("/proc/{p}/cmdline"))
+                        .is_ok_and(|c| c.windows(id.len()).any(|w| w == id.as_bytes()))
+                })
+                .collect();
+            assert_eq!(lifelines.len(), 1, "the client's lifeline: {lifelines:?}");
+            let sigkill = nix::sys::signal::Signal::SIGKILL;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(lifelines[0]), sigkill).unwrap();
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(client.0.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
             drop(client);
             // Read-only verbs delete nothing.

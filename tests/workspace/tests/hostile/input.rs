@@ -1,7 +1,10 @@
 //! Bad input: ids, names, homes, store rows, protocol frames.
 
+use std::sync::Arc;
+
 use boxsock_core::id::IdErrorReason;
 use boxsock_core::{BoxId, BoxLayout};
+use boxsock_conformance::util::ByFile;
 use boxsock_tests::reliability::Outcome;
 use boxsock_tests::scenario;
 
@@ -128,7 +131,7 @@ fn try_strategy(reg: &StrategyRegistration, base: &Path, layout: &BoxLayout) -> 
     };
     let id = BoxId::generate();
     let dirs = boxdir::create_box_dirs(layout, &id);
-    let out = match round_trip(s.as_ref(), layout, &id) {
+    let out = match round_trip(&s, layout, &id) {
         Ok(()) => {
             assert!(
                 dirs.is_ok(),
@@ -154,7 +157,7 @@ fn try_strategy(reg: &StrategyRegistration, base: &Path, layout: &BoxLayout) -> 
     out
 }
 
-fn round_trip(s: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+fn round_trip(s: &Arc<dyn SocketBinding>, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
     s.ensure(layout, id)?;
     let l = s.bind_stream(layout, id, "agent.sock")?;
     let mut c = s.connect_stream(layout, id, "agent.sock")?;
@@ -456,7 +459,7 @@ fn control(body: &[u8]) -> Vec<u8> {
 /// means the client went away), and decode every response frame until the agent
 /// closes (bounded by a 10 s read timeout).
 fn exchange(
-    s: &dyn SocketBinding,
+    s: &Arc<dyn SocketBinding>,
     l: &BoxLayout,
     id: &BoxId,
     bytes: &[u8],
@@ -497,7 +500,7 @@ scenario!(
         let s = w.strategy("direct");
         let id = w.new_box();
         s.ensure(&w.layout, &id).unwrap();
-        let _agent = crate::attacks::ServedAgent::start(s.as_ref(), &w.layout, &id);
+        let _agent = crate::attacks::ServedAgent::start(&s, &w.layout, &id);
         let hello = proto::encode(&Frame::Control(Request::Hello {
             version: proto::VERSION,
         }));
@@ -533,7 +536,7 @@ scenario!(
         slow.write_all(&hello[..3]).unwrap();
         let mut seen = Vec::new();
         for (what, bytes) in &cases {
-            let r = exchange(s.as_ref(), &w.layout, &id, bytes, true);
+            let r = exchange(&s, &w.layout, &id, bytes, true);
             match r.as_slice() {
                 [Response::Error { code, message }] => {
                     assert!(!message.is_empty(), "{what}: an error without a message");
@@ -549,7 +552,7 @@ scenario!(
         // Hello + ping on a new connection: still served, by the same agent.
         let mut ping = hello.clone();
         ping.extend(proto::encode(&Frame::Control(Request::Ping {})));
-        let r = exchange(s.as_ref(), &w.layout, &id, &ping, true);
+        let r = exchange(&s, &w.layout, &id, &ping, true);
         assert!(
             matches!(r.as_slice(), [Response::Hello { .. }, Response::Pong {}]),
             "after the hostile frames: {r:?}"
@@ -557,7 +560,7 @@ scenario!(
         // And an exec still runs.
         let mut run = hello.clone();
         run.extend(exec);
-        let r = exchange(s.as_ref(), &w.layout, &id, &run, false);
+        let r = exchange(&s, &w.layout, &id, &run, false);
         assert!(
             matches!(r.last(), Some(Response::Exit { code: 0, .. })),
             "exec after the hostile frames: {r:?}"

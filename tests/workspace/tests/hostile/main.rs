@@ -13,6 +13,7 @@ mod fallback;
 mod faults;
 mod first_use;
 mod input;
+mod lifeline;
 mod proc_watch;
 mod round3;
 

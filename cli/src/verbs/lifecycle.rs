@@ -1,0 +1,272 @@
+//! A box's life: `run`, `create`, `start`, `exec`, `stop`, `rm`, and running a command
+//! in a box.
+
+use std::io::Write;
+
+use boxsock::{Runtime, RuntimeError};
+
+use super::interrupted;
+use crate::args::{BoxArgs, Global, RunArgs, secs};
+use crate::home::Writes;
+use crate::{Failure, errln, exit, lifeline, outln, tty, write_out};
+
+/// `run`: create and start a box, run the command in it, then stop or remove it.
+pub(crate) async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
+    let RunArgs { rm, detach, name, env, interactive, tty, workdir, settings, cmd } = args;
+    let env: Vec<(String, String)> = env.into_iter().flatten().collect();
+    let rt = g.open(Writes::Yes).await.map_err(|f| Failure(f.0, exit::FAILED))?;
+    let mut opts = g.create_options(name, Vec::new(), false, &settings);
+    // Tie the box to this process: a lifeline (a guardian process told the id
+    // before the box exists) removes it as soon as this process dies without
+    // removing it (kill -9); the owner recorded with the row lets the next
+    // writing command remove it if the lifeline was killed too.
+    let guard = match rm {
+        true => {
+            let owner = boxsock::ProcessIdentity::current().map_err(|e| {
+                Failure(format!("cannot read this process's identity: {e}"), exit::FAILED)
+            })?;
+            let id = boxsock::BoxId::generate();
+            let l = lifeline::Lifeline::spawn(g.lifeline_args()?, &id, owner)
+                .map_err(|e| Failure(e.to_string(), exit::FAILED))?;
+            opts.id = Some(id);
+            opts.auto_remove_owner = Some(owner);
+            Some(l)
+        }
+        false => None,
+    };
+    let b = match rt.create(opts).await {
+        Ok(b) => b,
+        Err(e) => {
+            // A failed create leaves nothing behind.
+            if let Some(l) = guard {
+                l.disarm();
+            }
+            return Err(Failure(backend_hint(e, g).0, exit::FAILED));
+        }
+    };
+    let id = b.id.to_string();
+    if detach {
+        // A failed start leaves the box stopped (`rm` it, or `start` it again).
+        rt.start(&id).await.map_err(|e| Failure(format!("{e} (box {id} is left stopped)"), exit::FAILED))?;
+        outln!("{id}");
+        return Ok(0);
+    }
+    // Ctrl-C or SIGTERM while the box starts stops the start; once the command
+    // runs, they are forwarded to it (see `tty`) and it decides its status.
+    // Either way a --rm box is removed, any other box stopped, and its id said.
+    let exec_started = std::sync::atomic::AtomicBool::new(false);
+    let work = async {
+        rt.start(&id).await.map_err(exec_failure)?;
+        exec_in(&rt, &id, cmd, env, ExecOpts { interactive, tty, workdir: workdir.as_deref(), started: Some(&exec_started) }).await
+    };
+    tokio::pin!(work);
+    let mut interrupted_by = None;
+    let result = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            sig = interrupted(), if interrupted_by.is_none() => {
+                interrupted_by = Some(sig);
+                if !exec_started.load(std::sync::atomic::Ordering::SeqCst) {
+                    let code = if sig == "SIGINT" { 128 + 2 } else { 128 + 15 };
+                    break Err(Failure(String::new(), code));
+                }
+            }
+        }
+    };
+    if let Some(sig) = interrupted_by {
+        let left = if rm { String::new() } else { format!("; box {id} is left stopped") };
+        errln!("boxsock: interrupted by {sig}{left}");
+    }
+    if rm {
+        if let Err(e) = rt.remove(&id, true).await {
+            errln!("boxsock: removing box {id}: {e}");
+        }
+    } else if let Err(e) = rt.stop(&id, None).await {
+        // Like an exited container: the box stays, stopped.
+        errln!("boxsock: stopping box {id}: {e}");
+    }
+    // Removed, or its failure said here: the lifeline has nothing left to do
+    // (a box this removal could not remove is left to the next writing command).
+    if let Some(l) = guard {
+        l.disarm();
+    }
+    Ok(exit_byte(result?))
+}
+
+/// `create`.
+pub(crate) async fn create(
+    g: &Global,
+    name: Option<String>,
+    env: Vec<Option<(String, String)>>,
+    network: bool,
+    settings: BoxArgs,
+) -> Result<u8, Failure> {
+    let env: Vec<(String, String)> = env.into_iter().flatten().collect();
+    let rt = g.open(Writes::Yes).await?;
+    let b = rt.create(g.create_options(name, env, network, &settings)).await.map_err(|e| backend_hint(e, g))?;
+    outln!("{}", b.id);
+    Ok(0)
+}
+
+/// `start`.
+pub(crate) async fn start(g: &Global, ids: Vec<String>) -> Result<u8, Failure> {
+    let rt = &g.open_existing(&ids.join(", "), Writes::Yes).await?;
+    // A running box is left as it is (and its id printed), like docker.
+    each(ids, |id| async move { Ok(rt.start(&id).await?.id.to_string()) }).await
+}
+
+/// `exec`.
+pub(crate) async fn exec(
+    g: &Global,
+    env: Vec<Option<(String, String)>>,
+    interactive: bool,
+    tty: bool,
+    workdir: Option<String>,
+    id: String,
+    cmd: Vec<String>,
+) -> Result<u8, Failure> {
+    let env: Vec<(String, String)> = env.into_iter().flatten().collect();
+    let rt = g.open_existing(&id, Writes::Yes).await.map_err(|f| Failure(f.0, exit::FAILED))?;
+    let code = exec_in(&rt, &id, cmd, env, ExecOpts { interactive, tty, workdir: workdir.as_deref(), started: None }).await?;
+    Ok(exit_byte(code))
+}
+
+/// `stop`.
+pub(crate) async fn stop(g: &Global, timeout: f64, ids: Vec<String>) -> Result<u8, Failure> {
+    let timeout = secs(timeout, "timeout")?;
+    let rt = &g.open_existing(&ids.join(", "), Writes::Yes).await?;
+    each(ids, |id| async move { Ok(rt.stop(&id, Some(timeout)).await?.id.to_string()) }).await
+}
+
+/// `rm`.
+pub(crate) async fn rm(g: &Global, force: bool, ids: Vec<String>) -> Result<u8, Failure> {
+    let rt = &g.open_existing(&ids.join(", "), Writes::Yes).await?;
+    each(ids, |id| async move { rt.remove(&id, force).await }).await
+}
+
+/// Run `f` for each id, printing what it returns (an id) on stdout and each failure
+/// on its own stderr line as it happens. Every id is processed; the status is 125 if
+/// any failed. A closed stdout does not stop the work asked for.
+async fn each<F, Fut>(ids: Vec<String>, mut f: F) -> Result<u8, Failure>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<String, RuntimeError>>,
+{
+    let mut failed = false;
+    let mut printed: Result<(), Failure> = Ok(());
+    for id in ids {
+        match f(id).await {
+            Ok(done) => printed = printed.and_then(|()| write_out(format_args!("{done}"))),
+            Err(e) => {
+                errln!("boxsock: {e}");
+                failed = true;
+            }
+        }
+    }
+    printed?;
+    if failed { Err(Failure(String::new(), exit::FAILED)) } else { Ok(0) }
+}
+
+/// Add a hint when the default backend cannot be used.
+fn backend_hint(e: RuntimeError, g: &Global) -> Failure {
+    let msg = e.to_string();
+    let hint = matches!(&e, RuntimeError::Registry(_) | RuntimeError::Backend(_) | RuntimeError::BackendUnavailable { .. })
+        && g.backend != "host"
+        && msg.contains(&g.backend);
+    Failure(if hint { format!("{msg}; try --backend host (no isolation)") } else { msg }, exit::FAILED)
+}
+
+/// How `run`/`exec` run the command: `-i`, `-t`, `-w`; `started` is set once the
+/// command runs and signals are forwarded to it.
+#[derive(Debug, Clone, Copy)]
+struct ExecOpts<'a> {
+    interactive: bool,
+    tty: bool,
+    workdir: Option<&'a str>,
+    started: Option<&'a std::sync::atomic::AtomicBool>,
+}
+
+/// Run a command in a box, writing its output as it arrives (see `tty` for `-t`,
+/// raw mode and the signals forwarded to the command). When stdout's reader goes away
+/// (`| head`), the exec session is closed (the child dropped), so the agent kills the
+/// command's process group, and this returns the quiet broken-pipe failure.
+async fn exec_in(rt: &Runtime, id: &str, cmd: Vec<String>, env: Vec<(String, String)>, attach: ExecOpts<'_>) -> Result<i32, Failure> {
+    use boxsock::exec::Stdio;
+    use tokio::io::AsyncReadExt;
+    if attach.tty && attach.interactive && !tty::stdin_is_tty() {
+        return Err(Failure("the input device is not a TTY (drop -t, or run from a terminal)".into(), exit::FAILED));
+    }
+    let Some((program, args)) = cmd.split_first() else {
+        return Err(Failure("no command given".into(), exit::FAILED));
+    };
+    let mut command = rt.command(id, program.as_str());
+    command
+        .args(args.iter().cloned())
+        .envs(env)
+        .stdin(if attach.interactive { Stdio::Inherit } else { Stdio::Null })
+        .stdout(Stdio::Piped)
+        .stderr(Stdio::Piped);
+    if attach.tty {
+        let (rows, cols) = tty::window_size().unwrap_or((24, 80));
+        command.window_size(rows, cols);
+    }
+    if let Some(dir) = attach.workdir {
+        command.current_dir(dir);
+    }
+    // Raw mode before the command starts, so no typed byte is echoed locally.
+    let raw = match attach.tty && attach.interactive {
+        true => Some(tty::RawMode::enter().map_err(|e| Failure(format!("cannot put the terminal in raw mode: {e}"), exit::FAILED))?),
+        false => None,
+    };
+    let mut child = command.spawn().await.map_err(|e| exec_failure_of(e, Some(program)))?;
+    let forwarding = tty::forward_signals(child.control(), attach.tty);
+    if let Some(started) = attach.started {
+        started.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+    // A closed stderr drops the command's stderr; the command goes on.
+    let copy_err = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        while let Some(Ok(n @ 1..)) = match err.as_mut() { Some(e) => Some(e.read(&mut buf).await), None => None } {
+            let _ = std::io::stderr().lock().write_all(&buf[..n]);
+        }
+        std::io::Result::Ok(())
+    };
+    let copy_out = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        while let Some(Ok(n @ 1..)) = match out.as_mut() { Some(o) => Some(o.read(&mut buf).await), None => None } {
+            let mut o = std::io::stdout().lock();
+            o.write_all(&buf[..n]).and_then(|()| o.flush())?;
+        }
+        std::io::Result::Ok(())
+    };
+    // A closed stdout ends both copies at once (the command may go on writing to
+    // stderr).
+    let copied = tokio::try_join!(copy_out, copy_err);
+    let result = match copied {
+        Err(e) => {
+            tracing::debug!(box_id = id, error = %e, "stdout closed; ended the exec session");
+            Err(Failure::stdout(&e))
+        }
+        Ok(((), ())) => child.wait().await.map(|s| s.shell_code()).map_err(|e| exec_failure_of(e, Some(program))),
+    };
+    forwarding.abort();
+    drop(child);
+    drop(raw);
+    result
+}
+
+/// A failed `run`/`exec`: 127 when the command was not found, 126 when it cannot be
+/// executed (as a shell does), else 125; see [`exit::exec_failure`].
+fn exec_failure(e: RuntimeError) -> Failure {
+    exec_failure_of(e, None)
+}
+
+fn exec_failure_of(e: RuntimeError, argv0: Option<&str>) -> Failure {
+    let (msg, code) = exit::exec_failure(&e, argv0);
+    Failure(msg, code)
+}
+
+fn exit_byte(code: i32) -> u8 {
+    u8::try_from(code).unwrap_or(255)
+}
