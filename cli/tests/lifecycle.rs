@@ -1091,19 +1091,13 @@ impl Backend for DyingCompanionBackend {
         Availability::Available
     }
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
-        use std::os::unix::process::CommandExt;
-        let spawn = |cmd: &mut std::process::Command| {
-            cmd.process_group(0).spawn().map(|c| c.id() as i32).map_err(|source| BackendError::Spawn {
-                backend: "dying-companion-test".into(),
-                what: "sh".into(),
-                source,
-            })
-        };
-        let pid = spawn(std::process::Command::new("sleep").arg("30"))?;
+        use boxsock::boxsock_core::spawn::Spawn;
+        let spawn = |cmd: &mut Spawn| cmd.spawn().map_err(|e| BackendError::spawn("dying-companion-test", e));
+        let process = spawn(Spawn::new("sleep").arg("30"))?;
         let log = spec.log_file.with_file_name("companion.log");
         let script = format!("sleep 0.3; echo 'companion: pivot_root: Invalid argument' > '{}'; exit 3", log.display());
-        let companion = spawn(std::process::Command::new("sh").args(["-c", &script]))?;
-        Ok(Launched { pid, companions: vec![companion] })
+        let companion = spawn(Spawn::new("sh").args(["-c", &script]))?;
+        Ok(Launched { process, companions: vec![companion] })
     }
 }
 
@@ -1137,38 +1131,21 @@ impl Backend for ReadySocketHost {
         Readiness::Socket
     }
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::process::CommandExt;
-        let agent = spec.sockets.handed("agent")?.as_raw_fd();
-        let dir = spec.sockets.dir.as_ref().map(|d| d.as_raw_fd());
+        use boxsock::boxsock_core::spawn::Spawn;
+        use std::os::fd::AsFd;
+        let agent = spec.sockets.handed("agent")?;
         let ready = spec.sockets.child_endpoint(&boxsock::boxsock_core::catalogue::READY, 4)?.to_uri();
         let bin = boxsock::boxsock_core::helpers::find_agent(self.helpers.as_deref()).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&spec.log_file).unwrap();
-        let mut cmd = std::process::Command::new(bin);
+        let mut cmd = Spawn::new(bin);
         cmd.args(["--agent-fd", "3", "--ready", &ready, "--allow-uid", &nix::unistd::geteuid().to_string()])
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        // SAFETY: between fork and exec only setsid(2), fcntl(2), dup2(2) and
-        // close_range(2), which are async-signal-safe; the descriptors belong to `spec`.
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::setsid();
-                let a = libc::fcntl(agent, libc::F_DUPFD_CLOEXEC, 10);
-                let d = dir.map(|d| libc::fcntl(d, libc::F_DUPFD_CLOEXEC, 10));
-                if a == -1 || libc::dup2(a, 3) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if let Some(d) = d {
-                    if d == -1 || libc::dup2(d, 4) == -1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                boxsock::boxsock_core::fds::cloexec_except(&[3, 4])
-            });
+            .log_file(&spec.log_file)
+            .map_err(|e| BackendError::spawn(self.name(), e))?
+            .hand(agent.as_fd(), 3);
+        if let Some(dir) = &spec.sockets.dir {
+            cmd.hand(dir.as_fd(), 4);
         }
-        let child = cmd.spawn().map_err(|source| BackendError::Spawn { backend: self.name().into(), what: "agent".into(), source })?;
-        Ok(Launched { pid: child.id() as i32, companions: vec![] })
+        let process = cmd.spawn().map_err(|e| BackendError::spawn(self.name(), e))?;
+        Ok(Launched { process, companions: vec![] })
     }
 }
 

@@ -18,6 +18,8 @@ use crate::error::BindingError;
 use crate::id::BoxId;
 use crate::layout::BoxLayout;
 pub use crate::boxsockets::BoxSockets;
+pub use crate::process::OwnedProcess;
+use crate::spawn::SpawnError;
 
 /// Configuration every backend is built from. Backends ignore what they do not use.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -138,16 +140,26 @@ impl BoxSettings {
     }
 }
 
-/// A started box process and its companions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A started box process and its companions, owned: each an [`OwnedProcess`] whose
+/// identity (pid + start time) and pidfd were captured at spawn
+/// ([`crate::spawn::Spawn`]). The runtime takes them over as they are.
+#[derive(Debug)]
 pub struct Launched {
     /// The box's main process (the shim / the agent), a session leader.
-    pub pid: i32,
+    pub process: OwnedProcess,
     /// Companion processes whose lifetime is tied to the box (e.g. passt), each in its
     /// own session. The runtime records them (pid + start time) with the box and kills
     /// and reaps them on stop, remove, a failed start, the box process's death and
     /// recovery after a runtime crash.
-    pub companions: Vec<i32>,
+    pub companions: Vec<OwnedProcess>,
+}
+
+impl BackendError {
+    /// [`BackendError::Spawn`] from the spawn helper's error, naming its program.
+    pub fn spawn(backend: &str, e: SpawnError) -> Self {
+        let what = crate::echo::path(e.program()).to_string();
+        BackendError::Spawn { backend: backend.to_owned(), what, source: e.into_io() }
+    }
 }
 
 /// What went wrong in a backend.
@@ -269,7 +281,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
         Ok(())
     }
 
-    /// Start the box's process, detached (own session). Returns once it is spawned; the
-    /// runtime waits for readiness on the `ready` socket.
+    /// Start the box's process, detached (own session; [`crate::spawn::Spawn`] does
+    /// it). Returns once it is spawned, handing over the owned process and its
+    /// companions; the runtime waits for readiness.
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError>;
 }

@@ -24,7 +24,6 @@
 //! uid>`), so every address that fits the budget still fits.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -36,6 +35,7 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode};
 use rand::Rng;
 
+use crate::atomic::AtomicWrite;
 use crate::binding::StrategyConfig;
 use crate::echo;
 use crate::error::BindingError;
@@ -377,20 +377,13 @@ impl SharedDir {
         for n in &notes {
             text.push_str(&format!("# {}\n", n.replace('\n', " ")));
         }
-        let tmp = home.join(format!(".{}.{}.tmp", self.record, std::process::id()));
-        let written = (|| {
-            let _ = std::fs::remove_file(&tmp);
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&tmp)?;
-            // No fsync: a record lost or torn by a crash is read as no record, and the
-            // next process falls back again.
-            f.write_all(text.as_bytes())?;
-            std::fs::rename(&tmp, &record)
-        })();
+        // No fsync: a record lost or torn by a crash is read as no record, and the next
+        // process falls back again.
+        let written = AtomicWrite::new(0o600).without_fsync().write(&record, text.as_bytes());
         if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
             // Made a moment ago, under the lock, by this process: ours to remove.
             let _ = nix::unistd::unlinkat(base, made.file_name().unwrap_or_default(), nix::unistd::UnlinkatFlags::RemoveDir);
-            return Err(BindingError::io("record the fallback in", record, e));
+            return Err(BindingError::io("record the fallback in", record, e.source));
         }
         tracing::warn!(
             predictable = %echo::path(&self.predictable()),

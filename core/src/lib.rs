@@ -25,6 +25,7 @@
 mod sys;
 
 pub mod address;
+pub mod atomic;
 pub mod backend;
 pub mod binding;
 pub mod boxbinding;
@@ -40,10 +41,12 @@ pub mod fds;
 pub mod id;
 pub mod layout;
 pub mod peer;
+pub mod process;
 pub mod proto;
 pub mod registry;
 pub mod trust;
 pub mod sockdir;
+pub mod spawn;
 
 pub use address::{SocketAddress, UriError};
 pub use backend::Backend;

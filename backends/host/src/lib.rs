@@ -18,17 +18,14 @@
 //! so it checks peer credentials on every accept, as the runtime's listener would.
 //!
 //! Process model and reaping: [`Backend::launch`] forks the agent as a direct child of
-//! the caller, in a new session (`setsid`), and returns its pid without waiting. The
-//! agent is the box's process (`Launched::pid`): the runtime sends it signals and
+//! the caller, in a new session (`setsid`), and returns it as an owned process (pid,
+//! start time and pidfd captured at spawn) without waiting. The
+//! agent is the box's process (`Launched::process`): the runtime sends it signals and
 //! **must reap it** — `waitpid(pid, WNOHANG)` in its health monitor and after killing
 //! it — or it stays a zombie until the runtime exits (then init adopts and reaps it).
 
-use std::fs::OpenOptions;
-use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use boxsock_core::backend::{
@@ -36,7 +33,9 @@ use boxsock_core::backend::{
     Readiness,
 };
 use boxsock_core::catalogue::Binder;
+use boxsock_core::echo;
 use boxsock_core::registry::BackendRegistration;
+use boxsock_core::spawn::Spawn;
 use boxsock_core::{Backend, SocketSpec, catalogue};
 
 /// The registered name.
@@ -145,7 +144,7 @@ impl Backend for HostBackend {
     /// ([`BoxSockets::handed`](boxsock_core::backend::BoxSockets::handed)), 4 the box's
     /// end of the ready channel; stdin `/dev/null`, stdout and stderr appended to
     /// `spec.log_file`, the caller's environment plus `spec.env`. Returns at once; the
-    /// caller reaps the pid (see the crate documentation).
+    /// caller owns and reaps the process (see the crate documentation).
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
         let agent = spec.sockets.handed(AGENT.name)?;
         let ready = spec.sockets.ready_channel.as_ref().ok_or_else(|| {
@@ -156,18 +155,9 @@ impl Backend for HostBackend {
             ))
         })?;
         let binary = self.find_agent()?;
-        let log = OpenOptions::new().create(true).append(true).open(&spec.log_file).map_err(|e| {
-            self.spec_error(format!("box {}: cannot open log file {}: {e}", spec.id, boxsock_core::echo::path(&spec.log_file)))
-        })?;
-        let log_err = log.try_clone().map_err(|e| BackendError::Spawn {
-            backend: NAME.into(),
-            what: boxsock_core::echo::path(&spec.log_file).to_string(),
-            source: e,
-        })?;
-
         // Descriptors, never names: a name in the agent's argv or environment can be
         // read from /proc/<pid>/cmdline by anyone and bound before the agent binds it.
-        let mut cmd = Command::new(&binary);
+        let mut cmd = Spawn::new(&binary);
         cmd.arg("--agent-fd").arg(AGENT_FD.to_string()).arg("--ready-fd").arg(READY_FD.to_string());
         // The agent checks every peer's uid on its listener with the box's peer policy
         // (the owner and the embedder's allowed uids), never one rebuilt from the
@@ -181,52 +171,24 @@ impl Backend for HostBackend {
             cmd.arg("--allow-uid").arg(uid.to_string());
         }
         cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err));
-        let (agent_fd, ready_fd) = (agent.as_raw_fd(), ready.as_raw_fd());
-        // SAFETY: the closure runs in the forked child before exec and only calls
-        // setsid(2), fcntl(2), dup2(2) and close_range(2), which are async-signal-safe;
-        // it allocates nothing and touches no lock. Both descriptors belong to `spec`,
-        // which the caller keeps open until `spawn` returns.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setsid() == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                // Out of the way first (close-on-exec copies above both targets), so
-                // that placing one cannot overwrite the other.
-                let a = libc::fcntl(agent_fd, libc::F_DUPFD_CLOEXEC, READY_FD + 1);
-                let r = libc::fcntl(ready_fd, libc::F_DUPFD_CLOEXEC, READY_FD + 1);
-                if a == -1 || r == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                // dup2 clears FD_CLOEXEC on the new descriptor.
-                if libc::dup2(a, AGENT_FD) == -1 || libc::dup2(r, READY_FD) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The agent inherits stdio, its listener and its ready channel, nothing
-                // else.
-                boxsock_core::fds::cloexec_except(&[AGENT_FD, READY_FD])
-            });
-        }
-        let child = cmd.spawn().map_err(|source| BackendError::Spawn {
-            backend: NAME.into(),
-            what: boxsock_core::echo::path(&binary).to_string(),
-            source,
-        })?;
-        let pid = child.id() as i32;
-        // Dropping a std `Child` neither waits nor kills: the caller reaps by pid.
-        drop(child);
+            .log_file(&spec.log_file)
+            .map_err(|e| {
+                self.spec_error(format!("box {}: cannot open log file {}: {}", spec.id, echo::path(&spec.log_file), e.into_io()))
+            })?
+            // The agent inherits stdio, its listener and its ready channel, nothing else.
+            .hand(agent.as_fd(), AGENT_FD)
+            .hand(ready.as_fd(), READY_FD);
+        let process = cmd.spawn().map_err(|e| BackendError::spawn(NAME, e))?;
+        let pid = process.pid();
         tracing::info!(
             box_id = %spec.id,
             pid,
-            binary = %boxsock_core::echo::path(&binary),
+            binary = %echo::path(&binary),
             agent = %agent.address(),
             allow_uids = ?uids,
             "launched agent"
         );
-        Ok(Launched { pid, companions: Vec::new() })
+        Ok(Launched { process, companions: Vec::new() })
     }
 }
 

@@ -122,7 +122,7 @@ async fn launch_with_direct_addresses_ready_exec_then_kill_and_gone() {
     let launched = b.launch(&s).unwrap();
     drop(s);
     assert!(launched.companions.is_empty());
-    let pid = launched.pid;
+    let pid = launched.process.pid();
 
     let info = tokio::time::timeout(LIMIT, agent_client::read_ready(&mut ready)).await.expect("no readiness").unwrap();
     assert_eq!(info.pid as i32, pid, "the reported pid is the process we launched");
@@ -174,15 +174,15 @@ async fn the_agent_inherits_its_listener_and_ready_channel_and_is_told_no_name()
     let launched = backend().launch(&s).unwrap();
     drop(s);
     let info = tokio::time::timeout(LIMIT, agent_client::read_ready(&mut ready)).await.expect("no readiness").unwrap();
-    assert_eq!(info.pid as i32, launched.pid);
+    assert_eq!(info.pid as i32, launched.process.pid());
 
-    let args = argv(launched.pid);
+    let args = argv(launched.process.pid());
     assert_eq!(
         args[1..],
         ["--agent-fd", "3", "--ready-fd", "4", "--allow-uid", &me.to_string(), "--allow-uid", "65534"],
         "{args:?}"
     );
-    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", launched.pid))
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", launched.process.pid()))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -191,14 +191,14 @@ async fn the_agent_inherits_its_listener_and_ready_channel_and_is_told_no_name()
     // The agent's tokio runtime opens descriptors of its own (epoll, eventfd) above 4;
     // descriptor 4, the ready channel, closes once the frame is sent.
     assert_eq!(fds[..4], [0, 1, 2, 3], "{fds:?}");
-    let fd3 = std::fs::metadata(format!("/proc/{}/fd/3", launched.pid)).unwrap();
+    let fd3 = std::fs::metadata(format!("/proc/{}/fd/3", launched.process.pid())).unwrap();
     assert_eq!(fd3.ino(), agent_ino, "the agent's descriptor 3 is the listener the test bound");
     let agent_file = h.layout.sockets_dir(&h.id).join("agent.sock");
     assert_eq!(std::fs::symlink_metadata(&agent_file).unwrap().mode() & 0o777, 0o600);
 
     let stream = held(&h).connect(&sock("agent.sock"), None).unwrap();
     AgentClient::connect(stream).unwrap().shutdown().await.unwrap();
-    assert_eq!(reap_within(launched.pid), 0);
+    assert_eq!(reap_within(launched.process.pid()), 0);
 }
 
 #[cfg(target_os = "linux")]
@@ -215,17 +215,17 @@ async fn abstract_addresses_make_the_agent_check_peer_uids() {
     let launched = backend().launch(&s).unwrap();
     drop(s);
     let info = tokio::time::timeout(LIMIT, agent_client::read_ready(&mut ready)).await.expect("no readiness").unwrap();
-    assert_eq!(info.pid as i32, launched.pid);
+    assert_eq!(info.pid as i32, launched.process.pid());
 
-    let args = argv(launched.pid);
+    let args = argv(launched.process.pid());
     let at = args.iter().position(|a| a == "--allow-uid").expect("no --allow-uid for an abstract address");
     assert_eq!(args[at + 1], me.to_string());
     assert!(!args.iter().any(|a| a.contains("boxsock-host-test")), "the abstract name is in the agent's argv: {args:?}");
 
     let stream = peer::connect_stream_at(&agent, "agent", &policy).unwrap();
     AgentClient::connect(stream).unwrap().shutdown().await.unwrap();
-    assert_eq!(reap_within(launched.pid), 0);
-    assert!(!alive(launched.pid));
+    assert_eq!(reap_within(launched.process.pid()), 0);
+    assert!(!alive(launched.process.pid()));
 }
 
 #[tokio::test]

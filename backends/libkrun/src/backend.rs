@@ -1,15 +1,15 @@
 //! [`Libkrun`]: the [`Backend`] that runs each box as a `boxsock-krun-shim` process.
 
-use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use boxsock_core::backend::{AddressNeeds, Availability, BackendConfig, BackendError, BoxSettings, Isolation, LaunchSpec, Launched};
 use boxsock_core::catalogue::{self, SocketSpec};
+use boxsock_core::atomic::AtomicWrite;
 use boxsock_core::layout::BoxLayout;
+use boxsock_core::process::OwnedProcess;
+use boxsock_core::spawn::{Spawn, SpawnError};
 use boxsock_core::{Backend, BoxId, SocketAddress};
 
 use crate::jail::{SYSTEM_DEVICES, SYSTEM_READ_ONLY};
@@ -183,19 +183,6 @@ pub fn recorded_base(layout: &BoxLayout, id: &BoxId) -> Option<PathBuf> {
     base.is_dir().then_some(base)
 }
 
-/// Write `bytes` to `path` through a fresh temporary name renamed into place.
-fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-    let r = f.write_all(bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
-}
-
 fn path_address(spec: &LaunchSpec, name: &str) -> Result<PathBuf, BackendError> {
     match spec.sockets.addresses.get(name) {
         Some(SocketAddress::Path(p)) => Ok(p.clone()),
@@ -346,7 +333,6 @@ impl Libkrun {
             what: boxsock_core::echo::path(&self.config.passt).to_string(),
             source: std::io::Error::other(e.to_string()),
         };
-        let mut fds: Vec<(i32, i32)> = vec![(dir.as_raw_fd(), SHIM_SOCKET_DIR_FD)];
         let mut shim_net_end = None;
         let passt = match &shim_spec.net {
             Some(net) => {
@@ -359,7 +345,6 @@ impl Libkrun {
                         nix::sys::socket::SockFlag::SOCK_CLOEXEC,
                     )
                     .map_err(|e| bad(format!("box {}: socketpair for the network: {e}", spec.id)))?;
-                    fds.push((ours.as_raw_fd(), SHIM_NET_FD));
                     shim_net_end = Some(ours);
                     Passt::start_fd(&self.config.passt, theirs, &log, crate::passt::PASST_SETTLE).map_err(passt_err)?
                 } else {
@@ -369,13 +354,19 @@ impl Libkrun {
             }
             None => None,
         };
-        let spawned = self.spawn_shim(&json, &spec.log_file, &fds);
+        let mut fds = vec![(dir.as_fd(), SHIM_SOCKET_DIR_FD)];
+        if let Some(ours) = &shim_net_end {
+            fds.push((ours.as_fd(), SHIM_NET_FD));
+        }
+        let spawned = self.spawn_shim(json, &spec.log_file, &fds);
+        drop(fds);
         drop(shim_net_end);
         match spawned {
-            Ok(pid) => {
-                let companions: Vec<i32> = passt.into_iter().map(Passt::detach).collect();
-                tracing::debug!(box_id = %spec.id, pid, ?companions, "libkrun shim started");
-                Ok(Launched { pid, companions })
+            Ok(process) => {
+                let companions: Vec<OwnedProcess> = passt.into_iter().filter_map(Passt::detach).collect();
+                let pids: Vec<i32> = companions.iter().map(OwnedProcess::pid).collect();
+                tracing::debug!(box_id = %spec.id, pid = process.pid(), companions = ?pids, "libkrun shim started");
+                Ok(Launched { process, companions })
             }
             Err(e) => {
                 if let Some(p) = passt {
@@ -394,7 +385,9 @@ impl Libkrun {
         let key = base.file_name().map(|k| k.to_string_lossy().into_owned()).unwrap_or_default();
         let record = layout.box_dir(id).join(crate::rootfs::BASE_RECORD);
         if std::fs::read_to_string(&record).ok().as_deref().map(str::trim) != Some(key.as_str()) {
-            write_file_atomic(&record, format!("{key}\n").as_bytes()).map_err(|e| fail(format!("cannot record the guest base in {}: {e}", boxsock_core::echo::path(&record))))?;
+            AtomicWrite::new(0o600)
+                .write(&record, format!("{key}\n").as_bytes())
+                .map_err(|e| fail(format!("cannot record the guest base: {e}")))?;
         }
         Ok(base)
     }
@@ -410,63 +403,22 @@ impl Libkrun {
         Ok(boxsock_core::helpers::find_agent(self.config.helper_dir.as_deref())?)
     }
 
-    fn spawn_shim(&self, json: &[u8], log: &Path, fds: &[(i32, i32)]) -> Result<i32, BackendError> {
-        let spawn_err = |source: std::io::Error| BackendError::Spawn {
-            backend: NAME.into(),
-            what: boxsock_core::echo::path(&self.config.shim).to_string(),
-            source,
-        };
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| {
-            spawn_err(std::io::Error::new(e.kind(), format!("cannot open the box log {}: {e}", boxsock_core::echo::path(log))))
-        })?;
-        let err = out.try_clone().map_err(spawn_err)?;
-        let mut cmd = Command::new(&self.config.shim);
-        cmd.stdin(Stdio::piped()).stdout(out).stderr(err);
-        // Descriptors are moved to high temporaries first, so one's target number can
-        // never clobber another's source.
-        let fds: Vec<(i32, i32)> = fds.to_vec();
-        let mut keep = [0i32; 8];
-        for (k, (_, dst)) in keep.iter_mut().zip(&fds) {
-            *k = *dst;
+    /// The shim in its own session, the spec as JSON on stdin, stdout and stderr
+    /// appended to the box log, handed `fds` (source, target) and nothing else.
+    fn spawn_shim(&self, json: Vec<u8>, log: &Path, fds: &[(BorrowedFd<'_>, i32)]) -> Result<OwnedProcess, BackendError> {
+        let mut cmd = Spawn::new(&self.config.shim);
+        cmd.stdin_bytes(json).log_file(log).map_err(|e| BackendError::spawn(NAME, e))?;
+        for (fd, target) in fds {
+            cmd.hand(*fd, *target);
         }
-        // SAFETY: the closure runs in the forked child before exec and only calls
-        // setsid(2), fcntl(2), dup2(2) and close_range(2), which are async-signal-safe;
-        // it allocates nothing (the vector was built before the fork and is only read).
-        // Every source descriptor stays open in the parent until `spawn` returns.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::unistd::setsid().map_err(std::io::Error::from)?;
-                let mut tmp = [0i32; 8];
-                for (i, (src, _)) in fds.iter().enumerate().take(tmp.len()) {
-                    let t = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 64);
-                    if t == -1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    tmp[i] = t;
-                }
-                for (i, (_, dst)) in fds.iter().enumerate().take(tmp.len()) {
-                    crate::passt::pass_fd(tmp[i], *dst)?;
-                }
-                // The shim inherits stdio and the descriptors it is handed, nothing else.
-                boxsock_core::fds::cloexec_except(&keep[..fds.len().min(keep.len())])
-            });
-        }
-        let mut child = cmd.spawn().map_err(|e| match e.kind() {
+        cmd.spawn().map_err(|e| match e {
             // A missing shim: say how to install it beside boxsock.
-            std::io::ErrorKind::NotFound => spawn_err(std::io::Error::new(e.kind(), format!("{e}; install it beside boxsock with `{}`", crate::SHIM_INSTALL))),
-            _ => spawn_err(e),
-        })?;
-        let pid = child.id() as i32;
-        let written = match child.stdin.take() {
-            Some(mut stdin) => stdin.write_all(json),
-            None => Err(std::io::Error::other("the shim has no stdin pipe")),
-        };
-        if let Err(e) = written {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(spawn_err(std::io::Error::new(e.kind(), format!("writing the spec to the shim: {e}"))));
-        }
-        Ok(pid)
+            SpawnError::Spawn { program, source } if source.kind() == std::io::ErrorKind::NotFound => {
+                let hint = format!("{source}; install it beside boxsock with `{}`", crate::SHIM_INSTALL);
+                BackendError::spawn(NAME, SpawnError::Spawn { program, source: std::io::Error::new(source.kind(), hint) })
+            }
+            e => BackendError::spawn(NAME, e),
+        })
     }
 }
 

@@ -4,9 +4,11 @@
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
+
+use boxsock_core::process::OwnedProcess;
+use boxsock_core::spawn::{Spawn, SpawnError};
 use std::time::{Duration, Instant};
 
 /// Default passt binary (found on `PATH`).
@@ -19,25 +21,6 @@ pub const PASST_FD: i32 = 3;
 
 /// How long [`Passt::start_fd`] watches passt for an early exit.
 pub const PASST_SETTLE: Duration = Duration::from_millis(100);
-
-/// In a forked child before exec: make `src` available at `dst` across exec (dup2 via a
-/// high temporary, so a `src` equal to another call's `dst` is never clobbered; `dup2`
-/// leaves the new descriptor without `FD_CLOEXEC`). Async-signal-safe.
-pub fn pass_fd(src: i32, dst: i32) -> std::io::Result<()> {
-    // SAFETY: fcntl and dup2 on descriptors of the calling process; no memory passed.
-    unsafe {
-        if src == dst {
-            if libc::fcntl(dst, libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            return Ok(());
-        }
-        if libc::dup2(src, dst) == -1 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
 
 /// Why passt could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -85,24 +68,34 @@ pub enum PasstError {
 /// (so an error or a panic between start and hand-over leaks nothing).
 #[derive(Debug)]
 pub struct Passt {
-    child: Option<Child>,
+    process: Option<OwnedProcess>,
     pid: i32,
     socket: PathBuf,
 }
 
 impl Drop for Passt {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(p) = self.process.take() {
+            p.kill_and_reap();
         }
     }
 }
 
+/// Reap `pid` (our child) if it has exited: how it ended.
+fn try_wait(pid: i32) -> Option<String> {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, code)) => Some(format!("exited with exit status: {code}")),
+        Ok(WaitStatus::Signaled(_, sig, _)) => Some(format!("exited with signal: {} ({sig})", sig as i32)),
+        _ => None,
+    }
+}
+
 /// passt in the foreground, quiet, running as the caller's uid/gid (it would otherwise
-/// drop to `nobody`), stdout and stderr appended to `log`; with the log's length before
-/// this run, where its output starts.
-fn command(binary: &Path, log: &Path) -> Result<(Command, u64), PasstError> {
+/// drop to `nobody`), stdout and stderr appended to `log`, in its own session, with
+/// nothing inherited but stdio (and what the caller hands); with the log's length
+/// before this run, where its output starts.
+fn command<'a>(binary: &Path, log: &Path) -> Result<(Spawn<'a>, u64), PasstError> {
     let out = OpenOptions::new()
         .create(true)
         .append(true)
@@ -113,12 +106,12 @@ fn command(binary: &Path, log: &Path) -> Result<(Command, u64), PasstError> {
     let err = out.try_clone().map_err(|source| PasstError::Log { path: log.to_path_buf(), source })?;
     let uid = nix::unistd::geteuid();
     let gid = nix::unistd::getegid();
-    let mut cmd = Command::new(binary);
+    let mut cmd = Spawn::new(binary);
     cmd.args(["--foreground", "--quiet", "--runas"])
         .arg(format!("{uid}:{gid}"))
         .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
+        .stdout(out.into())
+        .stderr(err.into());
     Ok((cmd, start_offset))
 }
 
@@ -139,32 +132,26 @@ impl Passt {
         }
         let (mut cmd, start_offset) = command(binary, log)?;
         cmd.arg("--socket").arg(socket);
-        // SAFETY: the closure runs in the forked child before exec and only calls
-        // setsid(2) and close_range(2), which are async-signal-safe and allocate nothing.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid().map_err(std::io::Error::from)?;
-                boxsock_core::fds::cloexec_except(&[])
-            });
-        }
-        let mut child = cmd.spawn().map_err(|source| PasstError::Spawn { binary: binary.to_path_buf(), source })?;
+        let spawn_err = |e: SpawnError| PasstError::Spawn { binary: binary.to_path_buf(), source: e.into_io() };
+        let mut passt = Passt::new(cmd.spawn().map_err(spawn_err)?, socket.to_path_buf());
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(m) = std::fs::symlink_metadata(socket) {
                 if m.file_type().is_socket() && is_listening(socket) {
-                    tracing::debug!(pid = child.id(), socket = %boxsock_core::echo::path(socket), "passt bound");
-                    let pid = child.id() as i32;
-                    return Ok(Passt { child: Some(child), pid, socket: socket.to_path_buf() });
+                    tracing::debug!(pid = passt.pid, socket = %boxsock_core::echo::path(socket), "passt bound");
+                    return Ok(passt);
                 }
             }
-            let what = match child.try_wait() {
-                Ok(Some(status)) => Some(format!("exited with {status}")),
-                _ if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
+            let what = match try_wait(passt.pid) {
+                Some(how) => {
+                    passt.process = None;
+                    Some(how)
+                }
+                None if Instant::now() >= deadline => {
+                    drop(passt.process.take());
                     Some(format!("timed out after {timeout:?}"))
                 }
-                _ => None,
+                None => None,
             };
             if let Some(what) = what {
                 return Err(PasstError::NotBound {
@@ -189,39 +176,33 @@ impl Passt {
     /// that could be waited for); an early exit is [`PasstError::NotBound`] with its
     /// output.
     pub fn start_fd(binary: &Path, end: std::os::fd::OwnedFd, log: &Path, settle: Duration) -> Result<Passt, PasstError> {
-        use std::os::fd::AsRawFd;
+        use std::os::fd::AsFd;
         let (mut cmd, start_offset) = command(binary, log)?;
-        cmd.args(["--fd", &PASST_FD.to_string()]);
-        let src = end.as_raw_fd();
-        // SAFETY: the closure runs in the forked child before exec and only calls
-        // setsid(2), fcntl(2), dup2(2) and close_range(2), which are async-signal-safe;
-        // `src` stays open
-        // in the parent until `spawn` returns.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::unistd::setsid().map_err(std::io::Error::from)?;
-                pass_fd(src, PASST_FD)?;
-                boxsock_core::fds::cloexec_except(&[PASST_FD])
-            });
-        }
-        let mut child = cmd.spawn().map_err(|source| PasstError::Spawn { binary: binary.to_path_buf(), source })?;
+        cmd.args(["--fd", &PASST_FD.to_string()]).hand(end.as_fd(), PASST_FD);
+        let spawned = cmd.spawn();
         drop(end);
         let socket = PathBuf::from(format!("fd:{PASST_FD}"));
+        let spawn_err = |e: SpawnError| PasstError::Spawn { binary: binary.to_path_buf(), source: e.into_io() };
+        let mut passt = Passt::new(spawned.map_err(spawn_err)?, socket.clone());
         let deadline = Instant::now() + settle;
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Some(how) = try_wait(passt.pid) {
+                passt.process = None;
                 return Err(PasstError::NotBound {
                     binary: binary.to_path_buf(),
                     socket,
-                    what: format!("exited with {status}"),
+                    what: how,
                     output: read_tail(log, start_offset),
                 });
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        tracing::debug!(pid = child.id(), "passt serving its socketpair end");
-        let pid = child.id() as i32;
-        Ok(Passt { child: Some(child), pid, socket })
+        tracing::debug!(pid = passt.pid, "passt serving its socketpair end");
+        Ok(passt)
+    }
+
+    fn new(process: OwnedProcess, socket: PathBuf) -> Passt {
+        Passt { pid: process.pid(), process: Some(process), socket }
     }
 
     /// passt's pid.
@@ -239,10 +220,10 @@ impl Passt {
         drop(self);
     }
 
-    /// Give up ownership: the caller kills and reaps it by pid.
-    pub fn detach(mut self) -> i32 {
-        self.child = None;
-        self.pid
+    /// Give up ownership: the caller owns (kills and reaps) the process. `None` once it
+    /// has been reaped here.
+    pub fn detach(mut self) -> Option<OwnedProcess> {
+        self.process.take()
     }
 }
 

@@ -28,9 +28,9 @@
 //! The runtime should call it when it creates a libkrun box, before the first launch
 //! (the backend refuses to launch without the agent in the root).
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use object::elf;
@@ -424,20 +424,11 @@ fn copy_in(root: &Path, from: &Path, guest: &Path, mode: u32) -> Result<(), Root
     if fs::symlink_metadata(&dest).map(|m| m.is_dir()).unwrap_or(false) {
         return Err(RootfsError::BadRoot { path: dest, reason: "is a directory in the way of a file" });
     }
-    let tmp = dir.join(format!(".{}.boxsock-tmp-{}", file_name.to_string_lossy(), std::process::id()));
-    let _ = fs::remove_file(&tmp);
     let mut src = fs::File::open(from).map_err(io_err("open", from))?;
-    let result = (|| {
-        let mut out = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io_err("create", &tmp))?;
-        io::copy(&mut src, &mut out).map_err(io_err("copy into", &tmp))?;
-        // The umask may have narrowed the mode.
-        out.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err("set the mode of", &tmp))?;
-        fs::rename(&tmp, &dest).map_err(io_err("rename into", &dest))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    boxsock_core::atomic::AtomicWrite::new(mode)
+        .write_with(&dest, |out| io::copy(&mut src, out).map(drop))
+        .map_err(|e| io_err("copy into", &dest)(e.into()))?;
+    Ok(())
 }
 
 /// What `prepare` needs from an ELF file.

@@ -134,7 +134,7 @@ fn launch_starts_passt_and_the_shim_configures_real_libkrun() {
     let b = backend(&[("configure_only", "on"), ("passt", wrapper.to_str().unwrap())]);
     let launched = b.launch_unchecked(&f.launch_spec_verified(true)).unwrap();
     assert_eq!(launched.companions.len(), 1);
-    let passt = launched.companions[0];
+    let passt = launched.companions[0].pid();
     let guard = Reap(passt);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !seen.path().join("argv").exists() && std::time::Instant::now() < deadline {
@@ -155,11 +155,11 @@ fn launch_starts_passt_and_the_shim_configures_real_libkrun() {
     assert!(!f.addr("net.sock").exists() && !f.layout.sockets_dir(&f.id).join("net.sock").exists(), "a net socket file was bound");
     let pid = |p: i32| nix::unistd::Pid::from_raw(p);
     assert_eq!(nix::unistd::getsid(Some(pid(passt))).unwrap(), pid(passt), "passt leads its own session");
-    if let Ok(sid) = nix::unistd::getsid(Some(pid(launched.pid))) {
-        assert_eq!(sid, pid(launched.pid), "the shim leads its own session");
+    if let Ok(sid) = nix::unistd::getsid(Some(pid(launched.process.pid()))) {
+        assert_eq!(sid, pid(launched.process.pid()), "the shim leads its own session");
     }
     // The shim validated, jailed itself, made every libkrun call for real, and exited 0.
-    let code = wait_exit(launched.pid);
+    let code = wait_exit(launched.process.pid());
     let log = std::fs::read_to_string(f.layout.log_file(&f.id)).unwrap();
     assert_eq!(code, Some(0), "shim log: {log}");
     assert!(log.contains("configured"), "{log}");
@@ -270,9 +270,9 @@ fn boots_a_box_on_a_real_kvm_host() {
     };
     std::fs::copy(agent, f.layout.rootfs_dir(&f.id).join("boxsock-agent")).unwrap();
     let l = boxsock_core::Backend::launch(&b, &f.launch_spec_verified(false)).unwrap();
-    let _guards: Vec<Reap> = l.companions.iter().map(|p| Reap(*p)).chain([Reap(l.pid)]).collect();
+    let _guards: Vec<Reap> = l.companions.iter().map(|p| Reap(p.pid())).chain([Reap(l.process.pid())]).collect();
     std::thread::sleep(Duration::from_secs(2));
-    assert!(!gone(l.pid), "the shim died: {}", std::fs::read_to_string(f.layout.log_file(&f.id)).unwrap_or_default());
+    assert!(!gone(l.process.pid()), "the shim died: {}", std::fs::read_to_string(f.layout.log_file(&f.id)).unwrap_or_default());
 }
 
 /// Regression (issue 11): `prepare` always installed the agent at `/boxsock-agent` while
@@ -291,7 +291,7 @@ fn a_non_default_guest_agent_is_installed_where_the_launch_looks_for_it() {
     assert_eq!(spec.exec.path, "/opt/agent/bin/boxsock-agent");
     // The launch finds it (before the fix: "the guest root … has no agent at …").
     let launched = b.launch_unchecked(&f.launch_spec_verified(false)).unwrap();
-    let code = wait_exit(launched.pid);
+    let code = wait_exit(launched.process.pid());
     let log = std::fs::read_to_string(f.layout.log_file(&f.id)).unwrap();
     assert_eq!(code, Some(0), "shim log: {log}");
 }

@@ -126,9 +126,9 @@ fn a_rootfs_box_hands_libkrun_the_users_dir_read_only_below_its_own_layer() {
     let mut verified = f.launch_spec_verified(false);
     verified.settings = spec.settings.clone();
     let launched = b.launch_unchecked(&verified).unwrap();
-    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.pid), None).unwrap();
+    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.process.pid()), None).unwrap();
     let log = std::fs::read_to_string(f.layout.log_file(&f.id)).unwrap_or_default();
-    assert_eq!(status, nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(launched.pid), 0), "shim log: {log}");
+    assert_eq!(status, nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(launched.process.pid()), 0), "shim log: {log}");
     // The shim recorded what it configured: the user's root as the read-only lower.
     let recorded = std::fs::read_to_string(f.layout.box_dir(&f.id).join(boxsock_libkrun::SHIM_SPEC_FILE)).unwrap();
     assert!(recorded.contains(&format!("\"host_path\":\"{}\",\"read_only\":true", user.display())), "{recorded}");

@@ -71,7 +71,7 @@ fn jail_probe_log(jail: &str, probe: &std::path::Path) -> String {
     std::fs::write(f.layout.rootfs_dir(&f.id).join("boxsock-agent"), b"#!/bin/true\n").unwrap();
     let b = backend(&[("configure_only", "on"), ("jail", jail), ("jail_probe", probe.to_str().unwrap())]);
     let launched = b.launch_unchecked(&f.launch_spec_verified(false)).unwrap();
-    let code = wait_exit(launched.pid, Duration::from_secs(20));
+    let code = wait_exit(launched.process.pid(), Duration::from_secs(20));
     let log = std::fs::read_to_string(f.layout.log_file(&f.id)).unwrap();
     assert_eq!(code, Some(0), "shim log: {log}");
     log

@@ -1,9 +1,11 @@
 //! Process identity: the one source of truth for "the box's process".
 //!
 //! A pid alone is not an identity: once the process is reaped the kernel may hand the
-//! number to a stranger. A [`ProcessIdentity`] is pid **plus** the process start time
-//! (field 22 of `/proc/<pid>/stat`, in clock ticks since boot), and a
-//! [`ProcessHandle`] adds a pidfd while the runtime holds it. Everything that reports,
+//! number to a stranger. A [`ProcessIdentity`] (the core's) is pid **plus** the process
+//! start time (field 22 of `/proc/<pid>/stat`, in clock ticks since boot), and a
+//! [`ProcessHandle`] adds a pidfd while the runtime holds it. A process a backend
+//! launched arrives as an [`OwnedProcess`] (identity and pidfd captured at spawn) and
+//! becomes a handle with [`ProcessHandle::from_owned`], with no second `/proc` read. Everything that reports,
 //! watches or signals a box's process goes through these types, so the pid `inspect`
 //! reports is the pid the health monitor watches and the pid `stop` kills.
 //!
@@ -25,151 +27,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 
-/// A process, identified by pid and start time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ProcessIdentity {
-    /// The pid.
-    pub pid: i32,
-    /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
-    pub start_time: u64,
-}
-
-/// The fields of `/proc/<pid>/stat` the runtime uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcStat {
-    /// Field 3: `R`, `S`, `D`, `Z`, `T`, `X`…
-    pub state: char,
-    /// Field 5: process group id.
-    pub pgrp: i32,
-    /// Field 22: start time in clock ticks since boot.
-    pub start_time: u64,
-}
-
-/// Why a `/proc/<pid>/stat` text could not be parsed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StatError {
-    /// No `)` closes the comm field.
-    #[error("no ')' closing the comm field")]
-    NoCommEnd,
-    /// The text ends before field `field`.
-    #[error("field {field} missing")]
-    Missing {
-        /// Field number (1-based, as in proc(5)).
-        field: usize,
-    },
-    /// Field 3 (state) is not one character.
-    #[error("field 3 (state) is {found:?}, not one character")]
-    State {
-        /// What was found.
-        found: String,
-    },
-    /// A numeric field does not parse.
-    #[error("field {field} ({name}): {source}")]
-    Number {
-        /// Field number.
-        field: usize,
-        /// Its name in proc(5).
-        name: &'static str,
-        /// The parse error.
-        #[source]
-        source: std::num::ParseIntError,
-    },
-}
-
-/// Parse the contents of `/proc/<pid>/stat`.
-///
-/// The second field (`comm`) is in parentheses and may itself contain spaces and
-/// parentheses, so the fields after it are located from the **last** `)`.
-pub fn parse_stat(text: &str) -> Result<ProcStat, StatError> {
-    let close = text.rfind(')').ok_or(StatError::NoCommEnd)?;
-    let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
-    // rest[0] is field 3 (state); field N is rest[N - 3].
-    let field = |n: usize| rest.get(n - 3).copied().ok_or(StatError::Missing { field: n });
-    let state_s = field(3)?;
-    let mut chars = state_s.chars();
-    let state = match (chars.next(), chars.next()) {
-        (Some(c), None) => c,
-        _ => return Err(StatError::State { found: state_s.to_owned() }),
-    };
-    let pgrp = field(5)?.parse().map_err(|source| StatError::Number { field: 5, name: "pgrp", source })?;
-    let start_time = field(22)?.parse().map_err(|source| StatError::Number { field: 22, name: "starttime", source })?;
-    Ok(ProcStat { state, pgrp, start_time })
-}
-
-/// Read `/proc/<pid>/stat`. `Ok(None)` when there is no such process.
-pub fn read_stat(pid: i32) -> io::Result<Option<ProcStat>> {
-    if pid <= 0 {
-        return Ok(None);
-    }
-    match crate::sys::read_stat_text(pid) {
-        Ok(text) => parse_stat(&text).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, ProcStatError { pid, source: e })),
-        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// A `/proc/<pid>/stat` that does not parse, naming the pid (carried inside the
-/// `io::Error` of [`read_stat`]).
-#[derive(Debug, thiserror::Error)]
-#[error("/proc/{pid}/stat: {source}")]
-pub struct ProcStatError {
-    /// The pid.
-    pub pid: i32,
-    /// Why.
-    #[source]
-    pub source: StatError,
-}
-
-/// What [`ProcessIdentity::probe`] found at the pid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Liveness {
-    /// The same process, running (any state but zombie/dead).
-    Alive,
-    /// The same process, exited but not yet reaped by its parent.
-    Zombie,
-    /// No process, or a different process (start time differs): ours is gone.
-    Gone,
-}
-
-impl ProcessIdentity {
-    /// The identity of the live process `pid`, now.
-    pub fn of(pid: i32) -> io::Result<Self> {
-        match read_stat(pid)? {
-            Some(st) => Ok(ProcessIdentity { pid, start_time: st.start_time }),
-            None => Err(io::Error::new(io::ErrorKind::NotFound, format!("no process with pid {pid}"))),
-        }
-    }
-
-    /// The identity of this process.
-    pub fn current() -> io::Result<Self> {
-        Self::of(std::process::id() as i32)
-    }
-
-    /// What is at our pid now. Never reaps.
-    pub fn probe(&self) -> Liveness {
-        match read_stat(self.pid) {
-            Ok(Some(st)) if st.start_time == self.start_time => {
-                if matches!(st.state, 'Z' | 'X') { Liveness::Zombie } else { Liveness::Alive }
-            }
-            _ => Liveness::Gone,
-        }
-    }
-
-    /// Whether this process is alive (same start time, not a zombie). A zombie that is
-    /// our child is reaped here (its status is discarded; a [`ProcessHandle`] keeps it).
-    pub fn is_alive(&self) -> bool {
-        match self.probe() {
-            Liveness::Alive => true,
-            Liveness::Zombie => {
-                let _ = nix::sys::wait::waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG));
-                false
-            }
-            Liveness::Gone => false,
-        }
-    }
-}
+pub use boxsock_core::process::{
+    Liveness, OwnedProcess, ProcStat, ProcStatError, ProcessIdentity, StatError, parse_stat, read_stat,
+};
 
 /// Why a signal was not sent.
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +73,7 @@ impl ProcessHandle {
     /// reused the pid). A process that is already gone yields `Ok` with no pidfd and
     /// [`ProcessHandle::liveness`] `Gone`.
     pub fn open(identity: ProcessIdentity) -> Self {
-        let pidfd = match crate::sys::pidfd_open(identity.pid) {
+        let pidfd = match boxsock_core::process::pidfd_open(identity.pid) {
             Ok(fd) => match identity.probe() {
                 Liveness::Gone => None,
                 _ => Some(fd),
@@ -223,6 +84,13 @@ impl ProcessHandle {
             }
         };
         ProcessHandle { identity, pidfd, exit: Mutex::new(None), kill_group_on_exit: false }
+    }
+
+    /// A handle on a process a backend launched: its identity and pidfd as captured at
+    /// spawn, taken over as they are. `group_leader`: as [`Self::open_group_leader`].
+    pub fn from_owned(process: OwnedProcess, group_leader: bool) -> Self {
+        let (identity, pidfd) = process.into_parts();
+        ProcessHandle { identity, pidfd, exit: Mutex::new(None), kill_group_on_exit: group_leader }
     }
 
     /// A handle on a box's main process, a session and process-group leader: when it is

@@ -190,17 +190,14 @@ impl Inner {
         drop(spec);
         let launched = launched?;
         // Companions first: whatever happens to the box process below, the failure path
-        // of `start` knows them.
-        let mut companion_gone_at_launch = None;
-        for &pid in &launched.companions {
-            match ProcessIdentity::of(pid) {
-                Ok(ident) => companions_out.push(ident),
-                Err(e) => {
-                    tracing::warn!(box_id = %id, pid, error = %e, "companion already gone at launch");
-                    companion_gone_at_launch.get_or_insert(pid);
-                }
-            }
-        }
+        // of `start` knows them. Identities and pidfds come as captured at spawn: no
+        // `/proc` read here that a reused pid could answer.
+        let companion_handles: Vec<ProcessHandle> = launched
+            .companions
+            .into_iter()
+            .map(|c| ProcessHandle::from_owned(c, false))
+            .collect();
+        companions_out.extend(companion_handles.iter().map(ProcessHandle::identity));
         let log_tail = || tail_lines(&layout.log_file(id), LOG_TAIL_LINES);
         let companion_exited = |pid: i32, exit_code: Option<i32>| RuntimeError::CompanionExited {
             id: id.clone(),
@@ -209,25 +206,11 @@ impl Inner {
             logs: companion_logs(&layout.log_file(id)),
             log_tail: log_tail(),
         };
-        if let Some(pid) = companion_gone_at_launch {
-            return Err(companion_exited(pid, None));
-        }
-        // A companion (passt…) that dies before the box is ready fails the start at once:
-        // the VMM cannot come up without it, and would otherwise be waited on in vain.
-        let companion_handles: Vec<ProcessHandle> = companions_out.iter().map(|c| ProcessHandle::open(*c)).collect();
-        let ident = match ProcessIdentity::of(launched.pid) {
-            Ok(i) => i,
-            Err(_) => {
-                return Err(RuntimeError::ExitedBeforeReady {
-                    id: id.clone(),
-                    pid: launched.pid,
-                    exit_code: None,
-                    address: ready_addr,
-                    log_tail: log_tail(),
-                });
-            }
-        };
-        let handle = Arc::new(ProcessHandle::open_group_leader(ident));
+        // A companion (passt…) that dies before the box is ready fails the start at once
+        // (below, also one already gone): the VMM cannot come up without it, and would
+        // otherwise be waited on in vain.
+        let handle = Arc::new(ProcessHandle::from_owned(launched.process, true));
+        let ident = handle.identity();
         *launched_out = Some(handle.clone());
         lock(&self.procs).insert(id.clone(), handle.clone());
         // Recorded once both are known to the failure path, so a store error here

@@ -8,16 +8,17 @@
 //! it, and every process of the home reads the same one. A box without the file (never
 //! started by a version that rotates) has no epoch and keeps its v1 names.
 //!
-//! Rotation writes a private temporary file (`O_CREAT|O_EXCL|O_NOFOLLOW`, 0600),
-//! syncs it and `rename`s it over the old file, so readers see the old epoch or the
-//! new one, never a partial file. Starts of one box are serialised by the runtime.
+//! Rotation replaces the file with the core's atomic writer (a private temporary, 0600,
+//! synced and renamed over the old file), so readers see the old epoch or the new one,
+//! never a partial file. Starts of one box are serialised by the runtime.
 
 use std::fs::OpenOptions;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
 
 use boxsock_core::BindingError;
+use boxsock_core::atomic::AtomicWrite;
 use rand::RngCore;
 
 use crate::name::{EPOCH_LEN, hex};
@@ -106,44 +107,14 @@ fn parse(text: &[u8; 2 * EPOCH_LEN]) -> Option<Epoch> {
 pub fn rotate(path: &Path) -> Result<(Epoch, Stamp), BindingError> {
     let mut epoch = [0u8; EPOCH_LEN];
     rand::rng().fill_bytes(&mut epoch);
-    let tmp = temp_name(path);
-    let result = write_temp(&tmp, &epoch).and_then(|()| {
-        std::fs::rename(&tmp, path).map_err(|e| BindingError::io("publish epoch (rename)", path, e))?;
-        // The stamp of the file as it now stands at `path` (rename changes its ctime).
-        let m = std::fs::symlink_metadata(path).map_err(|e| BindingError::io("stat epoch", path, e))?;
-        Ok(Stamp::of(&m))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    let stamp = result?;
-    if let Some(dir) = path.parent() {
-        // Durability of the new name only; a failure costs nothing else.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
+    // Synced, file and directory: a crash never leaves a torn epoch under the name.
+    let file = AtomicWrite::new(0o600)
+        .write(path, &hex(&epoch))
+        .map_err(|e| BindingError::io("publish epoch", path, e.source))?;
+    // The stamp of the file now at `path`, from its descriptor (rename changed its ctime).
+    let m = file.metadata().map_err(|e| BindingError::io("stat epoch", path, e))?;
+    let stamp = Stamp::of(&m);
     Ok((epoch, stamp))
-}
-
-fn temp_name(path: &Path) -> PathBuf {
-    let suffix: u64 = rand::rng().next_u64();
-    path.with_file_name(format!(".{EPOCH_FILE}.tmp-{}-{suffix:016x}", std::process::id()))
-}
-
-fn write_temp(tmp: &Path, epoch: &Epoch) -> Result<(), BindingError> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(tmp)
-        .map_err(|e| BindingError::io("create temporary epoch", tmp, e))?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| BindingError::io("chmod temporary epoch", tmp, e))?;
-    f.write_all(&hex(epoch)).map_err(|e| BindingError::io("write temporary epoch", tmp, e))?;
-    f.sync_all().map_err(|e| BindingError::io("sync temporary epoch", tmp, e))?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -174,10 +145,10 @@ mod tests {
         let p = d.path().join(EPOCH_FILE);
         let me = nix::unistd::geteuid().as_raw();
         rotate(&p).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&p, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644)).unwrap();
         let e = load(&p, me).unwrap_err();
         assert!(matches!(&e, BindingError::Insecure { reason, .. } if reason.contains("0644")), "{e}");
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&p, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600)).unwrap();
         std::fs::write(&p, "Z".repeat(32)).unwrap();
         let e = load(&p, me).unwrap_err();
         assert!(matches!(&e, BindingError::Insecure { reason, .. } if reason.contains("hex")), "{e}");

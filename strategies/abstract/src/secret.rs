@@ -1,17 +1,19 @@
 //! The per-home secret: 32 random bytes in `<home>/abstract-socket.key`, mode 0600,
 //! owned by the effective uid, created once and race-free.
 //!
-//! Creation writes a private temporary file (`O_CREAT|O_EXCL|O_NOFOLLOW`, 0600), syncs
-//! it, and publishes it with `link(2)`, which fails with `EEXIST` instead of replacing
-//! an existing secret. Readers therefore see either no file or a complete one, and of
-//! concurrent creators exactly one wins; the losers read the winner's secret.
+//! Creation goes through the core's atomic writer with `no_replace` (a private 0600
+//! temporary, synced, published with `link(2)`, which fails with `EEXIST` instead of
+//! replacing an existing secret). Readers therefore see either no file or a complete
+//! one, and of concurrent creators exactly one wins; the losers read the winner's
+//! secret.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::fs::OpenOptions;
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
 
 use boxsock_core::BindingError;
+use boxsock_core::atomic::AtomicWrite;
 use rand::RngCore;
 
 use crate::name::SECRET_LEN;
@@ -129,45 +131,10 @@ fn create(path: &Path, restore: Option<&Secret>) -> Result<Option<Secret>, Bindi
             key
         }
     };
-    let tmp = temp_name(path);
-    let result = write_temp(&tmp, &key).and_then(|()| match std::fs::hard_link(&tmp, path) {
-        Ok(()) => Ok(Some(Secret(key))),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
-        Err(e) => Err(BindingError::io("publish secret (link)", path, e)),
-    });
-    if let Err(e) = std::fs::remove_file(&tmp) {
-        if e.kind() != io::ErrorKind::NotFound {
-            tracing::warn!(path = %boxsock_core::echo::path(&tmp), error = %e, "could not remove temporary secret file");
-        }
+    // Published only if no other process got there first; synced, file and directory.
+    match AtomicWrite::new(0o600).no_replace().write(path, &key) {
+        Ok(_) => Ok(Some(Secret(key))),
+        Err(e) if e.source.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(BindingError::io(e.op, path, e.source)),
     }
-    if result.is_ok() {
-        // Make the new name durable too; failure here only costs durability.
-        if let Some(dir) = path.parent() {
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-    }
-    result
-}
-
-fn temp_name(path: &Path) -> PathBuf {
-    let suffix: u64 = rand::rng().next_u64();
-    path.with_file_name(format!(".{SECRET_FILE}.tmp-{}-{suffix:016x}", std::process::id()))
-}
-
-fn write_temp(tmp: &Path, key: &[u8; SECRET_LEN]) -> Result<(), BindingError> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(tmp)
-        .map_err(|e| BindingError::io("create temporary secret", tmp, e))?;
-    // The umask may have removed owner bits; set exactly 0600.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| BindingError::io("chmod temporary secret", tmp, e))?;
-    f.write_all(key).map_err(|e| BindingError::io("write temporary secret", tmp, e))?;
-    f.sync_all().map_err(|e| BindingError::io("sync temporary secret", tmp, e))?;
-    Ok(())
 }

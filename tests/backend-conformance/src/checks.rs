@@ -32,7 +32,7 @@ fn live_process(kit: &Kit, id: &BoxId) -> (i32, u64) {
 /// Launch and readiness: `Backend::launch` starts a process that binds `agent` and sends
 /// `Ready` on `ready` from the pid it returned (the runtime admits readiness only from
 /// that pid, and dials the agent only when its listener is that pid), the box is
-/// `Running`, its process leads its own session (`Launched::pid` is "a session
+/// `Running`, its process leads its own session (`Launched::process` is "a session
 /// leader": the runtime signals its group) and `ping` answers.
 pub fn launch_and_readiness(kit: &Kit) -> Outcome {
     let (rec, took) = kit.started(PATH_STRATEGY);
@@ -43,7 +43,7 @@ pub fn launch_and_readiness(kit: &Kit) -> Outcome {
     let (pid, _) = live_process(kit, id);
     match procs::session_of(pid) {
         Some(sid) if sid == pid => {}
-        other => kit.fail(format!("box {id}: its process {pid} does not lead its own session (session {other:?}); Launched::pid must be a session leader")),
+        other => kit.fail(format!("box {id}: its process {pid} does not lead its own session (session {other:?}); Launched::process must be a session leader")),
     }
     if let Err(e) = kit.block_on(kit.runtime().ping(id.as_str())) {
         kit.fail(format!("box {id} is running but its agent does not answer ping: {e}"));

@@ -7,9 +7,7 @@
 //! has no fault here, so a new check cannot be added without its proof.
 
 use std::collections::HashSet;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,7 +15,9 @@ use boxsock_backend_conformance::{CHECKS, Outcome, Target, check_named, run_all,
 use boxsock_core::backend::{
     AddressNeeds, Availability, BackendConfig, BackendError, Isolation, LaunchSpec, Launched, Readiness,
 };
+use boxsock_core::process::OwnedProcess;
 use boxsock_core::registry::BackendRegistration;
+use boxsock_core::spawn::Spawn;
 use boxsock_core::{Backend, SocketSpec};
 use boxsock_host::HostBackend;
 
@@ -28,7 +28,7 @@ enum Fault {
     /// `host` plus a companion (`sleep`, own session), reported.
     Companion,
     /// The agent is started in the background by a launcher that exits: it runs, but in
-    /// the launcher's session, not its own (`Launched::pid` is no session leader).
+    /// the launcher's session, not its own (`Launched::process` is no session leader).
     NotSessionLeader,
     /// For boxes with path addresses, a helper watches the box log and, once the agent
     /// logs a graceful shutdown, stays behind (a process that outlives `stop`).
@@ -85,22 +85,12 @@ struct Faulty {
 }
 
 /// `program args…` in a session of its own, stdout and stderr to `log`; returns its pid.
-fn spawn_detached(program: &str, args: &[&str], log: &Path) -> Result<i32, BackendError> {
-    let open = || std::fs::OpenOptions::new().create(true).append(true).open(log);
-    let spawn_err =
-        |source| BackendError::Spawn { backend: "faulty".into(), what: program.into(), source };
-    let mut cmd = Command::new(program);
-    cmd.args(args).stdin(Stdio::null()).stdout(open().map_err(spawn_err)?);
-    cmd.stderr(open().map_err(spawn_err)?);
-    // SAFETY: runs in the forked child before exec and only calls setsid(2), which is
-    // async-signal-safe; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-        });
-    }
-    // Dropping the `Child` neither waits nor kills; the runtime (or the kit) ends it.
-    cmd.spawn().map(|c| c.id() as i32).map_err(spawn_err)
+fn spawn_detached(program: &str, args: &[&str], log: &Path) -> Result<OwnedProcess, BackendError> {
+    // Its own session, stdio to the log, nothing else inherited. Dropping the result
+    // neither waits nor kills; the runtime (or the kit) ends it.
+    let mut cmd = Spawn::new(program);
+    cmd.args(args).log_file(log).map_err(|e| BackendError::spawn("faulty", e))?;
+    cmd.spawn().map_err(|e| BackendError::spawn("faulty", e))
 }
 
 /// A directory holding `script` as an executable `boxsock-agent` (the host backend's
@@ -161,7 +151,9 @@ impl Faulty {
             }
             std::thread::sleep(Duration::from_millis(5));
         };
-        Ok(Launched { pid, companions: launched.companions })
+        // Not our child: adopted (pidfd first, then the start time, checked alive).
+        let process = OwnedProcess::adopt(pid).map_err(|e| self.spawn_error("the launcher's agent", e))?;
+        Ok(Launched { process, companions: launched.companions })
     }
 }
 
@@ -200,7 +192,7 @@ impl Backend for Faulty {
                 // Path boxes only: the address check stops an abstract box gracefully
                 // too, and this fault is the stop check's alone.
                 if spec.sockets.dir.is_some() {
-                    let (pid, path) = (launched.pid.to_string(), log.display().to_string());
+                    let (pid, path) = (launched.process.pid().to_string(), log.display().to_string());
                     let args = ["-c", OUTLIVES_SHUTDOWN, "helper", pid.as_str(), path.as_str()];
                     spawn_detached("sh", &args, &log)?;
                 }

@@ -59,22 +59,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// Write `input` to `<box_dir>/shim-spec.json` through a fresh temporary name
-/// (`create_new` does not follow a symlink) renamed into place.
+/// Write `input` to `<box_dir>/shim-spec.json`, replacing it atomically. Not synced:
+/// a diagnostic artifact, never read back, that a crash may lose.
 fn record_spec(box_dir: &Path, input: &[u8]) -> std::io::Result<PathBuf> {
     if !box_dir.is_absolute() || !box_dir.is_dir() {
         return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("box dir {} is not an absolute directory", boxsock_core::echo::path(box_dir))));
     }
     let path = box_dir.join(SHIM_SPEC_FILE);
-    let tmp = box_dir.join(format!(".{SHIM_SPEC_FILE}.{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-    let written = f.write_all(input).and_then(|()| f.write_all(b"\n"));
-    drop(f);
-    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+    boxsock_core::atomic::AtomicWrite::new(0o600)
+        .without_fsync()
+        .write_with(&path, |f| f.write_all(input).and_then(|()| f.write_all(b"\n")))?;
     Ok(path)
 }
 
