@@ -7,7 +7,9 @@ fn main() {
     #[cfg(feature = "system-libkrun")]
     {
         if let Err(e) = pkg_config::Config::new().probe("libkrun") {
-            println!("cargo:warning=system-libkrun: pkg-config cannot find libkrun ({e}); linking -lkrun");
+            println!(
+                "cargo:warning=system-libkrun: pkg-config cannot find libkrun ({e}); linking -lkrun"
+            );
             println!("cargo:rustc-link-lib=dylib=krun");
         }
     }

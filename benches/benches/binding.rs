@@ -68,7 +68,15 @@ fn bench_ensure(c: &mut Criterion) {
             continue;
         };
         let mut ensure = || s.strategy.ensure(&s.layout, &s.id).expect("ensure");
-        paired(&mut g, "ensure", s.name, "steady", &mut no_setup, &mut ensure, &mut [("floor-lstat", &mut lstat)]);
+        paired(
+            &mut g,
+            "ensure",
+            s.name,
+            "steady",
+            &mut no_setup,
+            &mut ensure,
+            &mut [("floor-lstat", &mut lstat)],
+        );
         g.bench_function(BenchmarkId::new(s.name, "cold"), |b| {
             b.iter_batched(
                 || s.strategy.release(&s.layout, &s.id).expect("release"),
@@ -83,12 +91,14 @@ fn bench_ensure(c: &mut Criterion) {
 /// Bind (and return) a listener at the abstract name `name`.
 fn bind_abstract(name: &str) -> UnixListener {
     use std::os::linux::net::SocketAddrExt;
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name");
+    let addr =
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name");
     UnixListener::bind_addr(&addr).expect("bind abstract")
 }
 
 fn open_dir_path(dir: &Path) -> OwnedFd {
-    open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).expect("open O_PATH")
+    open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .expect("open O_PATH")
 }
 
 fn bench_bind(c: &mut Criterion) {
@@ -136,7 +146,10 @@ fn bench_bind(c: &mut Criterion) {
                         depth,
                         &mut no_setup,
                         &mut bind,
-                        &mut [("floor-direct-short", &mut floor), ("floor-proc-self-fd", &mut proc_fd)],
+                        &mut [
+                            ("floor-direct-short", &mut floor),
+                            ("floor-proc-self-fd", &mut proc_fd),
+                        ],
                     );
                 }
                 None => paired(
@@ -146,7 +159,10 @@ fn bench_bind(c: &mut Criterion) {
                     depth,
                     &mut no_setup,
                     &mut bind,
-                    &mut [("floor-abstract-raw", &mut floor_abstract), ("floor-direct-short", &mut floor)],
+                    &mut [
+                        ("floor-abstract-raw", &mut floor_abstract),
+                        ("floor-direct-short", &mut floor),
+                    ],
                 ),
             }
         }
@@ -163,14 +179,30 @@ fn bench_bind(c: &mut Criterion) {
             std::fs::remove_file(&via_link).expect("unlink socket");
             std::fs::remove_file(&tmp_link).expect("unlink link");
         };
-        paired(&mut g, "bind", "ovs-temp-symlink", depth, &mut no_setup, &mut ovs, &mut [("floor-direct-short", &mut floor)]);
+        paired(
+            &mut g,
+            "bind",
+            "ovs-temp-symlink",
+            depth,
+            &mut no_setup,
+            &mut ovs,
+            &mut [("floor-direct-short", &mut floor)],
+        );
         let dirfd = open_dir_path(&real);
         let proc_path = PathBuf::from(format!("/proc/self/fd/{}/bench.sock", dirfd.as_raw_fd()));
         let mut proc_fd = || {
             drop(UnixListener::bind(&proc_path).expect("bind"));
             std::fs::remove_file(&proc_path).expect("unlink");
         };
-        paired(&mut g, "bind", "proc-self-fd", depth, &mut no_setup, &mut proc_fd, &mut [("floor-direct-short", &mut floor)]);
+        paired(
+            &mut g,
+            "bind",
+            "proc-self-fd",
+            depth,
+            &mut no_setup,
+            &mut proc_fd,
+            &mut [("floor-direct-short", &mut floor)],
+        );
     }
     g.finish();
 }
@@ -208,12 +240,16 @@ fn bench_connect(c: &mut Criterion) {
                         depth,
                         &mut no_setup,
                         &mut connect,
-                        &mut [("floor-direct-short", &mut floor), ("floor-proc-self-fd", &mut proc_fd)],
+                        &mut [
+                            ("floor-direct-short", &mut floor),
+                            ("floor-proc-self-fd", &mut proc_fd),
+                        ],
                     );
                     std::mem::forget(real);
                 }
                 None => {
-                    let floors: &mut [(&str, &mut dyn FnMut())] = &mut [("floor-direct-short", &mut floor)];
+                    let floors: &mut [(&str, &mut dyn FnMut())] =
+                        &mut [("floor-direct-short", &mut floor)];
                     paired(&mut g, "connect", s.name, depth, &mut no_setup, &mut connect, floors)
                 }
             }
@@ -247,7 +283,15 @@ fn bench_walk(c: &mut Criterion) {
         let mut via_link = || {
             std::hint::black_box(std::fs::metadata(&link).expect("stat link"));
         };
-        paired(&mut g, "walk", "stat-via-link", depth, &mut no_setup, &mut via_link, &mut [("floor-stat-short-dir", &mut floor)]);
+        paired(
+            &mut g,
+            "walk",
+            "stat-via-link",
+            depth,
+            &mut no_setup,
+            &mut via_link,
+            &mut [("floor-stat-short-dir", &mut floor)],
+        );
         let mut via_real = || {
             std::hint::black_box(std::fs::metadata(&real).expect("stat real"));
         };
@@ -314,7 +358,12 @@ struct SweepFixture {
 }
 
 impl SweepFixture {
-    fn new(reg: &'static boxsock_core::registry::StrategyRegistration, root: &Path, n: usize, dangling: usize) -> Option<Self> {
+    fn new(
+        reg: &'static boxsock_core::registry::StrategyRegistration,
+        root: &Path,
+        n: usize,
+        dangling: usize,
+    ) -> Option<Self> {
         let base = root.join("base");
         std::fs::create_dir_all(&base).ok()?;
         let subject = Subject::new(reg, &root.join("home"), &base)?;
@@ -325,7 +374,8 @@ impl SweepFixture {
             boxsock_core::boxdir::create_box_dirs(&subject.layout, &id).expect("dirs");
             subject.strategy.ensure(&subject.layout, &id).expect("ensure");
             if i <= dangling {
-                let link = subject.strategy.binding_path(&subject.layout, &id).expect("binding path");
+                let link =
+                    subject.strategy.binding_path(&subject.layout, &id).expect("binding path");
                 let target = std::fs::read_link(&link).expect("readlink");
                 boxsock_core::boxdir::remove_box_dir(&subject.layout, &id).expect("rm");
                 dead.push((link, target));

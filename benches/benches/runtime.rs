@@ -9,7 +9,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use boxsock::{BackendConfig, CreateOptions, ExecIo, Runtime, RuntimeOptions, StrategyConfig, builtin_backends, builtin_strategies};
+use boxsock::{
+    BackendConfig, CreateOptions, ExecIo, Runtime, RuntimeOptions, StrategyConfig,
+    builtin_backends, builtin_strategies,
+};
 use boxsock_benches::{no_setup, paired};
 use criterion::{BenchmarkId, Criterion, criterion_group};
 
@@ -32,7 +35,8 @@ fn fixture() -> Fixture {
     std::fs::create_dir(&links).expect("link base");
     let mut options = RuntimeOptions::new(builtin_strategies(), builtin_backends());
     options.strategy_config = StrategyConfig { base_dir: links, ..StrategyConfig::default() };
-    options.backend_config = BackendConfig { helper_dir: Some(agent_dir()), ..BackendConfig::default() };
+    options.backend_config =
+        BackendConfig { helper_dir: Some(agent_dir()), ..BackendConfig::default() };
     let home = root.path().join("home");
     let (rt, _report) = tokio.block_on(Runtime::open(home, options)).expect("open runtime");
     Fixture { _root: root, rt: Arc::new(rt), tokio }
@@ -60,7 +64,15 @@ fn bench_runtime(c: &mut Criterion) {
         let st = std::process::Command::new("true").status().expect("spawn true");
         assert!(st.success());
     };
-    paired(&mut g, "runtime", "host-short-symlink", "one", &mut no_setup, &mut life, &mut [("floor-spawn-true", &mut spawn_true)]);
+    paired(
+        &mut g,
+        "runtime",
+        "host-short-symlink",
+        "one",
+        &mut no_setup,
+        &mut life,
+        &mut [("floor-spawn-true", &mut spawn_true)],
+    );
     g.sample_size(10).measurement_time(Duration::from_secs(10));
     g.bench_function(BenchmarkId::new("host-short-symlink", "100-parallel"), |b| {
         b.iter(|| {

@@ -12,8 +12,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 
 use boxsock_benches::{Subject, home_of_len, strategies};
 
-const C: Socket = Socket { name: "c", kind: SocketKind::Stream, binder: Binder::Runtime, derived: &[] };
-const P: Socket = Socket { name: "p", kind: SocketKind::Stream, binder: Binder::Runtime, derived: &[] };
+const C: Socket =
+    Socket { name: "c", kind: SocketKind::Stream, binder: Binder::Runtime, derived: &[] };
+const P: Socket =
+    Socket { name: "p", kind: SocketKind::Stream, binder: Binder::Runtime, derived: &[] };
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,7 +39,11 @@ fn main() {
             let l = held.listen(&C).expect("bind").into_inner();
             (addr.as_path().expect("path").to_path_buf(), l)
         };
-        std::thread::spawn(move || for c in listener.incoming() { drop(c) });
+        std::thread::spawn(move || {
+            for c in listener.incoming() {
+                drop(c)
+            }
+        });
         for _ in 0..n {
             drop(UnixStream::connect(&path).expect("connect"));
         }

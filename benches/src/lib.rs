@@ -69,7 +69,10 @@ impl Subject {
         let layout = BoxLayout::new(home);
         let id = BoxId::generate();
         boxsock_core::boxdir::create_box_dirs(&layout, &id).expect("box dirs");
-        if let Err(e) = strategy.ensure(&layout, &id).and_then(|()| strategy.address(&layout, &id, "agent.sock").map(drop)) {
+        if let Err(e) = strategy
+            .ensure(&layout, &id)
+            .and_then(|()| strategy.address(&layout, &id, "agent.sock").map(drop))
+        {
             eprintln!("skipped {} under a {}-byte home: {e}", reg.name, home.as_os_str().len());
             return None;
         }
@@ -175,7 +178,12 @@ impl Paired {
     /// The floor's median time per iteration (ns) over the same samples.
     pub fn floor_median(&self, floor: &str) -> Option<f64> {
         let k = self.floors.iter().position(|f| f == floor)?;
-        median(self.samples.iter().filter_map(|(n, _, f)| f.get(k).map(|f| f / (*n).max(1) as f64)).collect())
+        median(
+            self.samples
+                .iter()
+                .filter_map(|(n, _, f)| f.get(k).map(|f| f / (*n).max(1) as f64))
+                .collect(),
+        )
     }
 
     /// The subject's median time per iteration (ns) over the same samples.
@@ -279,15 +287,35 @@ pub struct Target {
     pub limit: Limit,
 }
 
-const fn ratio(what: &'static str, numerator: &'static str, floor: &'static str, max: f64) -> Target {
+const fn ratio(
+    what: &'static str,
+    numerator: &'static str,
+    floor: &'static str,
+    max: f64,
+) -> Target {
     Target { what, numerator, limit: Limit::Ratio { floor, max } }
 }
 
 /// The targets of issue "Criterion benches" (ratios measured in one run).
 pub const TARGETS: &[Target] = &[
-    ratio("short-symlink steady ensure vs one lstat", "ensure/short-symlink/steady", "floor-lstat", 1.3),
-    ratio("bind via short-symlink vs direct short path (shallow home)", "bind/short-symlink/shallow", "floor-direct-short", 1.05),
-    ratio("bind via short-symlink vs direct short path (300-byte home)", "bind/short-symlink/300B", "floor-direct-short", 1.05),
+    ratio(
+        "short-symlink steady ensure vs one lstat",
+        "ensure/short-symlink/steady",
+        "floor-lstat",
+        1.3,
+    ),
+    ratio(
+        "bind via short-symlink vs direct short path (shallow home)",
+        "bind/short-symlink/shallow",
+        "floor-direct-short",
+        1.05,
+    ),
+    ratio(
+        "bind via short-symlink vs direct short path (300-byte home)",
+        "bind/short-symlink/300B",
+        "floor-direct-short",
+        1.05,
+    ),
     ratio(
         "connect via short-symlink vs direct short path (shallow home)",
         "connect/short-symlink/shallow",
@@ -326,7 +354,12 @@ pub const TARGETS: &[Target] = &[
         1.2,
     ),
     ratio("abstract bind vs filesystem bind", "bind/abstract/shallow", "floor-direct-short", 0.3),
-    ratio("short-symlink sweep of 10 000 entries vs readdir", "sweep/short-symlink/10000", "floor-readdir", 3.0),
+    ratio(
+        "short-symlink sweep of 10 000 entries vs readdir",
+        "sweep/short-symlink/10000",
+        "floor-readdir",
+        3.0,
+    ),
     Target {
         what: "host backend: create→ready→exec→remove, p50",
         numerator: "runtime/host-short-symlink/one",
@@ -354,7 +387,8 @@ mod tests {
     #[test]
     fn a_stall_in_one_sample_moves_neither_side_of_the_ratio() {
         // Subject 1.2× its floor; sample 3 stalled 100× on both sides (same loop).
-        let mut samples: Vec<(u64, f64, Vec<f64>)> = (1..=9).map(|i| (i, 120.0 * i as f64, vec![100.0 * i as f64])).collect();
+        let mut samples: Vec<(u64, f64, Vec<f64>)> =
+            (1..=9).map(|i| (i, 120.0 * i as f64, vec![100.0 * i as f64])).collect();
         samples[3].1 *= 100.0;
         samples[3].2[0] *= 100.0;
         let p = Paired {
@@ -400,7 +434,11 @@ mod tests {
             id: "sweep/short-symlink/10000".into(),
             run: "binding@t".into(),
             floors: vec!["floor-readdir".into(), "floor-b".into()],
-            samples: vec![(1, 5.0, vec![1.0, 2.0]), (2, 30.0, vec![10.0, 20.0]), (4, 60.0, vec![20.0, 40.0])],
+            samples: vec![
+                (1, 5.0, vec![1.0, 2.0]),
+                (2, 30.0, vec![10.0, 20.0]),
+                (4, 60.0, vec![20.0, 40.0]),
+            ],
         };
         p.write(d.path()).unwrap();
         let all = Paired::read_all(d.path());

@@ -593,11 +593,8 @@ fn runs_section(data: &Data) -> String {
         );
         return out;
     }
-    let busy: Vec<String> = runs
-        .iter()
-        .filter(|(_, r)| !r.quiet)
-        .map(|(n, r)| format!("#{n} ({})", r.bench))
-        .collect();
+    let busy: Vec<String> =
+        runs.iter().filter(|(_, r)| !r.quiet).map(|(n, r)| format!("#{n} ({})", r.bench)).collect();
     if !busy.is_empty() {
         let _ = writeln!(
             out,
@@ -1014,10 +1011,7 @@ mod tests {
         let notes = merge(&mut data, c);
         assert!(notes.iter().any(|n| n.starts_with("dropped bind/b/x")), "{notes:?}");
         assert_eq!(data.benchmarks.keys().collect::<Vec<_>>(), ["bind/a/x", "runtime/h/one"]);
-        assert_eq!(
-            data.runs.keys().cloned().collect::<Vec<_>>(),
-            [full.id.clone(), rt.id.clone()]
-        );
+        assert_eq!(data.runs.keys().cloned().collect::<Vec<_>>(), [full.id.clone(), rt.id.clone()]);
     }
 
     fn sample_data() -> Data {
@@ -1083,9 +1077,7 @@ mod tests {
         let doc = splice(p, DOC, &rendered).unwrap();
         check(p, &doc, Path::new("d.json"), &rendered).unwrap();
         assert!(
-            doc.contains(
-                "<!-- generated:begin vm -->\nthe VM tier's\n<!-- generated:end vm -->\n"
-            )
+            doc.contains("<!-- generated:begin vm -->\nthe VM tier's\n<!-- generated:end vm -->\n")
         );
         assert!(doc.starts_with("# Perf\nprose\n<!-- generated:begin runs -->\n**Not a quiet"));
         assert!(doc.ends_with("<!-- generated:end rootfs -->\ntail\n"));

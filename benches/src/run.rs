@@ -226,9 +226,8 @@ impl Ticks {
         let rest = &self_stat[self_stat.rfind(')')? + 1..];
         let fields: Vec<&str> = rest.split_whitespace().collect();
         // After ')': state is field 3 of proc(5), so utime (14) is index 11.
-        let own = (11..=14)
-            .map(|i| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
-            .sum();
+        let own =
+            (11..=14).map(|i| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)).sum();
         Some(Ticks { busy, total, own })
     }
 

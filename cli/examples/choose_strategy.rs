@@ -10,9 +10,17 @@ use boxsock::{CreateOptions, Runtime, RuntimeOptions, builtin_backends, builtin_
 
 /// Create a box with `strategy`, run a command in it, and return its agent socket's
 /// address as `inspect` reports it.
-pub async fn demo(home: &Path, options: RuntimeOptions, strategy: &str) -> Result<String, Box<dyn std::error::Error>> {
+pub async fn demo(
+    home: &Path,
+    options: RuntimeOptions,
+    strategy: &str,
+) -> Result<String, Box<dyn std::error::Error>> {
     if options.strategies.get(strategy).is_err() {
-        return Err(format!("no strategy {strategy:?}; registered: {}", options.strategies.names().join(", ")).into());
+        return Err(format!(
+            "no strategy {strategy:?}; registered: {}",
+            options.strategies.names().join(", ")
+        )
+        .into());
     }
     let (rt, _report) = Runtime::open(home, options).await?;
     let id = rt.create(CreateOptions::new(strategy, "host")).await?.id.to_string();
@@ -24,7 +32,8 @@ pub async fn demo(home: &Path, options: RuntimeOptions, strategy: &str) -> Resul
         return Err("`true` failed".into());
     }
     let info = info?;
-    let agent = info.sockets.iter().find(|s| s.socket == "agent").ok_or("no agent socket listed")?;
+    let agent =
+        info.sockets.iter().find(|s| s.socket == "agent").ok_or("no agent socket listed")?;
     Ok(agent.address.clone().unwrap_or_default())
 }
 

@@ -12,7 +12,11 @@ use boxsock::{CreateOptions, Runtime, RuntimeOptions, builtin_backends, builtin_
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Read the child's screen until `want` shows up (bounded by 30 s).
-async fn read_until<R: tokio::io::AsyncRead + Unpin>(r: &mut R, screen: &mut String, want: &str) -> std::io::Result<()> {
+async fn read_until<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    screen: &mut String,
+    want: &str,
+) -> std::io::Result<()> {
     let mut buf = [0u8; 4096];
     tokio::time::timeout(Duration::from_secs(30), async {
         while !screen.contains(want) {
@@ -25,18 +29,34 @@ async fn read_until<R: tokio::io::AsyncRead + Unpin>(r: &mut R, screen: &mut Str
         Ok(())
     })
     .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no {want:?} on the screen: {screen:?}")))?
+    .map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no {want:?} on the screen: {screen:?}"),
+        )
+    })?
 }
 
 /// Open an interactive shell (job control: Ctrl-C interrupts the foreground job,
 /// not the shell) on a 24×80 pty, check the size, resize to 50×132, interrupt a
 /// `sleep` with Ctrl-C; return the screen and the shell's exit code.
-pub async fn demo(home: &Path, options: RuntimeOptions) -> Result<(String, i32), Box<dyn std::error::Error>> {
+pub async fn demo(
+    home: &Path,
+    options: RuntimeOptions,
+) -> Result<(String, i32), Box<dyn std::error::Error>> {
     let (rt, _report) = Runtime::open(home, options).await?;
     let id = rt.create(CreateOptions::new(boxsock::DEFAULT_STRATEGY, "host")).await?.id.to_string();
     rt.start(&id).await?;
-    let mut child = rt.command(&id, "/bin/sh").arg("-i").window_size(24, 80).stdin(Stdio::Piped).stdout(Stdio::Piped).spawn().await?;
-    let (mut keys, mut screen_stream) = (child.stdin.take().ok_or("no stdin")?, child.stdout.take().ok_or("no stdout")?);
+    let mut child = rt
+        .command(&id, "/bin/sh")
+        .arg("-i")
+        .window_size(24, 80)
+        .stdin(Stdio::Piped)
+        .stdout(Stdio::Piped)
+        .spawn()
+        .await?;
+    let (mut keys, mut screen_stream) =
+        (child.stdin.take().ok_or("no stdin")?, child.stdout.take().ok_or("no stdout")?);
     let mut screen = String::new();
     keys.write_all(b"stty size\n").await?;
     read_until(&mut screen_stream, &mut screen, "24 80").await?;

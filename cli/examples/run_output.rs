@@ -9,12 +9,20 @@ use std::path::Path;
 use boxsock::{CreateOptions, Runtime, RuntimeOptions, builtin_backends, builtin_strategies};
 
 /// Run `echo` in a fresh box of `home` and return what it printed.
-pub async fn demo(home: &Path, options: RuntimeOptions) -> Result<String, Box<dyn std::error::Error>> {
+pub async fn demo(
+    home: &Path,
+    options: RuntimeOptions,
+) -> Result<String, Box<dyn std::error::Error>> {
     let (rt, _report) = Runtime::open(home, options).await?;
     let b = rt.create(CreateOptions::new(boxsock::DEFAULT_STRATEGY, "host")).await?;
     let id = b.id.to_string();
     rt.start(&id).await?;
-    let out = rt.command(&id, "sh").args(["-c", "echo hello from box $BOX; exit 3"]).env("BOX", &id).output().await;
+    let out = rt
+        .command(&id, "sh")
+        .args(["-c", "echo hello from box $BOX; exit 3"])
+        .env("BOX", &id)
+        .output()
+        .await;
     rt.remove(&id, true).await?;
     let out = out?;
     assert_eq!(out.status.code(), Some(3));

@@ -264,7 +264,9 @@ impl From<ArgError> for Failure {
 fn parse_env(s: &str) -> Result<(String, String), ArgError> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(ArgError::NotKeyValue { echoed: boxsock::boxsock_core::echo::echo(s).to_string() }),
+        _ => {
+            Err(ArgError::NotKeyValue { echoed: boxsock::boxsock_core::echo::echo(s).to_string() })
+        }
     }
 }
 

@@ -65,7 +65,9 @@ pub fn spawn_failure(code: ErrorCode) -> Option<SpawnFailure> {
 pub fn exec_failure(e: &RuntimeError, argv0: Option<&str>) -> (String, u8) {
     if let RuntimeError::Agent { id, source: ClientError::Agent { code, message }, .. } = e {
         if let Some(kind) = spawn_failure(*code) {
-            let what = argv0.map(|a| format!(" {}", boxsock::boxsock_core::echo::echo(a))).unwrap_or_default();
+            let what = argv0
+                .map(|a| format!(" {}", boxsock::boxsock_core::echo::echo(a)))
+                .unwrap_or_default();
             return (format!("box {id}: cannot run{what}: {}", kind.sentence()), kind.status());
         }
         return (format!("box {id}: the agent refused the command: {message}"), FAILED);

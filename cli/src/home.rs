@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use boxsock::{
-    Access, BackendConfig, CreateOptions, LockMode, Runtime, RuntimeError, RuntimeOptions, StrategyConfig, builtin_backends,
-    builtin_strategies,
+    Access, BackendConfig, CreateOptions, LockMode, Runtime, RuntimeError, RuntimeOptions,
+    StrategyConfig, builtin_backends, builtin_strategies,
 };
 
 use crate::args::{BoxArgs, Global, secs};
@@ -14,12 +14,21 @@ use crate::{Failure, exit};
 impl Global {
     /// The home, made absolute (no symlink resolution) before anything checks it.
     pub(crate) fn home(&self) -> Result<PathBuf, Failure> {
-        let home = self
-            .home
-            .clone()
-            .or_else(boxsock::default_home)
-            .ok_or_else(|| Failure("no home: pass --home or set BOXSOCK_HOME (HOME is not set either)".into(), exit::FAILED))?;
-        std::path::absolute(&home).map_err(|e| Failure(format!("home {}: cannot make it absolute: {e}", boxsock::boxsock_core::echo::path(&home)), exit::FAILED))
+        let home = self.home.clone().or_else(boxsock::default_home).ok_or_else(|| {
+            Failure(
+                "no home: pass --home or set BOXSOCK_HOME (HOME is not set either)".into(),
+                exit::FAILED,
+            )
+        })?;
+        std::path::absolute(&home).map_err(|e| {
+            Failure(
+                format!(
+                    "home {}: cannot make it absolute: {e}",
+                    boxsock::boxsock_core::echo::path(&home)
+                ),
+                exit::FAILED,
+            )
+        })
     }
 
     pub(crate) fn options(&self) -> Result<RuntimeOptions, Failure> {
@@ -29,8 +38,10 @@ impl Global {
             sc.base_dir = b.clone();
         }
         o.strategy_config = sc;
-        o.backend_config =
-            BackendConfig { helper_dir: self.helper_dir.clone(), options: self.backend_options.iter().cloned().collect() };
+        o.backend_config = BackendConfig {
+            helper_dir: self.helper_dir.clone(),
+            options: self.backend_options.iter().cloned().collect(),
+        };
         // Many CLI processes may work on one home at once: lock per operation.
         o.lock_mode = LockMode::Shared;
         o.lock_wait = Some(secs(self.lock_wait, "lock-wait")?);
@@ -49,7 +60,10 @@ impl Global {
 
     /// [`Global::open`], with what the opening sweep and recovery did (`sweep` prints
     /// it).
-    pub(crate) async fn open_with_report(&self, writes: Writes) -> Result<(Runtime, boxsock::OpenReport), Failure> {
+    pub(crate) async fn open_with_report(
+        &self,
+        writes: Writes,
+    ) -> Result<(Runtime, boxsock::OpenReport), Failure> {
         let mut o = self.options()?;
         o.remove_abandoned_at_open = writes == Writes::Yes;
         let (rt, report) = Runtime::open(self.home()?, o).await.map_err(Failure::from)?;
@@ -81,10 +95,21 @@ impl Global {
 
     /// Open a home that must already exist: a verb naming a box in a missing home
     /// (a typo in `--home`) fails without creating it.
-    pub(crate) async fn open_existing(&self, what: &str, writes: Writes) -> Result<Runtime, Failure> {
+    pub(crate) async fn open_existing(
+        &self,
+        what: &str,
+        writes: Writes,
+    ) -> Result<Runtime, Failure> {
         let home = self.home()?;
         if !home.exists() {
-            return Err(Failure(format!("no box with id or name {}: home {} does not exist", boxsock::boxsock_core::echo::echo(what), boxsock::boxsock_core::echo::path(&home)), exit::FAILED));
+            return Err(Failure(
+                format!(
+                    "no box with id or name {}: home {} does not exist",
+                    boxsock::boxsock_core::echo::echo(what),
+                    boxsock::boxsock_core::echo::path(&home)
+                ),
+                exit::FAILED,
+            ));
         }
         self.open(writes).await
     }
@@ -110,8 +135,18 @@ impl Global {
         Ok(a)
     }
 
-    pub(crate) fn create_options(&self, name: Option<String>, env: Vec<(String, String)>, network: bool, settings: &BoxArgs) -> CreateOptions {
-        let mut b = CreateOptions::builder().strategy(self.strategy.clone()).backend(self.backend.clone()).network(network).envs(env);
+    pub(crate) fn create_options(
+        &self,
+        name: Option<String>,
+        env: Vec<(String, String)>,
+        network: bool,
+        settings: &BoxArgs,
+    ) -> CreateOptions {
+        let mut b = CreateOptions::builder()
+            .strategy(self.strategy.clone())
+            .backend(self.backend.clone())
+            .network(network)
+            .envs(env);
         if let Some(n) = name {
             b = b.name(n);
         }

@@ -18,20 +18,19 @@
 use std::path::PathBuf;
 
 pub use boxsock_core;
-pub use boxsock_runtime;
 pub use boxsock_core::backend::{Availability, BackendConfig, BoxSettings, Isolation};
 pub use boxsock_core::registry::Named;
-pub use boxsock_runtime::process::{Liveness, ProcessHandle, ProcessIdentity};
 pub use boxsock_core::registry::{BackendRegistration, Registry, StrategyRegistration};
-pub use boxsock_runtime::{
-    Access, BoxInfo, ClientError, CompanionInfo, CreateOptions, CreateOptionsBuilder, DoctorReport, ExecIo, LockMode, OpenReport, Runtime, RuntimeError,
-    OwnedRemoval, RuntimeOptions,
-    doctor,
-};
+pub use boxsock_core::{BindingError, BoxId, BoxLayout, SocketAddress, StrategyConfig};
+pub use boxsock_runtime;
 pub use boxsock_runtime::exec::{self, Child, Command, ExitStatus, Output, SpawnErrorKind};
+pub use boxsock_runtime::process::{Liveness, ProcessHandle, ProcessIdentity};
 pub use boxsock_runtime::state::BoxState;
 pub use boxsock_runtime::store::{BoxConfig, BoxRecord, Listing};
-pub use boxsock_core::{BindingError, BoxId, BoxLayout, SocketAddress, StrategyConfig};
+pub use boxsock_runtime::{
+    Access, BoxInfo, ClientError, CompanionInfo, CreateOptions, CreateOptionsBuilder, DoctorReport,
+    ExecIo, LockMode, OpenReport, OwnedRemoval, Runtime, RuntimeError, RuntimeOptions, doctor,
+};
 
 mod linked;
 
@@ -59,7 +58,10 @@ pub fn builtin_backends() -> Registry<BackendRegistration> {
 }
 
 /// `inventory`'s order is the link order; listings should not depend on it.
-fn sorted<R: boxsock_core::registry::Registration>(kind: &'static str, r: Registry<R>) -> Registry<R> {
+fn sorted<R: boxsock_core::registry::Registration>(
+    kind: &'static str,
+    r: Registry<R>,
+) -> Registry<R> {
     let mut v: Vec<&'static R> = r.iter().collect();
     v.sort_by_key(|e| e.name());
     Registry::from_entries(kind, v)

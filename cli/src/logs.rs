@@ -37,10 +37,12 @@ pub async fn copy(
         if len < *pos {
             *pos = 0;
         }
-        f.seek(SeekFrom::Start(*pos)).map_err(|e| LogsError::Io { path: path.clone(), source: e })?;
+        f.seek(SeekFrom::Start(*pos))
+            .map_err(|e| LogsError::Io { path: path.clone(), source: e })?;
         let mut buf = [0u8; 64 * 1024];
         loop {
-            let n = f.read(&mut buf).map_err(|e| LogsError::Io { path: path.clone(), source: e })?;
+            let n =
+                f.read(&mut buf).map_err(|e| LogsError::Io { path: path.clone(), source: e })?;
             if n == 0 {
                 return Ok(());
             }

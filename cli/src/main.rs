@@ -97,7 +97,10 @@ fn init_logs() {
         Err(std::env::VarError::NotPresent) => tracing_subscriber::EnvFilter::new("warn"),
         Ok(v) if v.trim().is_empty() => tracing_subscriber::EnvFilter::new("warn"),
         Ok(v) => tracing_subscriber::EnvFilter::try_new(&v).unwrap_or_else(|e| {
-            errln!("boxsock: RUST_LOG={}: invalid log filter ({e}); using \"warn\"", boxsock::boxsock_core::echo::echo(&v));
+            errln!(
+                "boxsock: RUST_LOG={}: invalid log filter ({e}); using \"warn\"",
+                boxsock::boxsock_core::echo::echo(&v)
+            );
             tracing_subscriber::EnvFilter::new("warn")
         }),
         Err(std::env::VarError::NotUnicode(_)) => {
@@ -122,7 +125,8 @@ fn main() -> ExitCode {
         // clap quotes a rejected value raw: its error is escaped and bounded like every
         // boxsock message (help and version are ours, printed as they are).
         Err(e) if e.use_stderr() => {
-            let _ = std::io::stderr().write_all(term::for_terminal(&e.render().to_string()).as_bytes());
+            let _ =
+                std::io::stderr().write_all(term::for_terminal(&e.render().to_string()).as_bytes());
             return ExitCode::from(exit::FAILED);
         }
         Err(e) => {
@@ -167,10 +171,13 @@ fn main() -> ExitCode {
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<u8, Failure> {
-    let s = serde_json::to_string_pretty(v).map_err(|e| Failure(format!("cannot encode JSON: {e}"), exit::FAILED))?;
+    let s = serde_json::to_string_pretty(v)
+        .map_err(|e| Failure(format!("cannot encode JSON: {e}"), exit::FAILED))?;
     // Not through `write_out`: JSON is escaped its own way and never cut.
     let mut o = std::io::stdout().lock();
-    o.write_all(term::json_for_terminal(&s).as_bytes()).and_then(|()| o.write_all(b"\n")).map_err(|e| Failure::stdout(&e))?;
+    o.write_all(term::json_for_terminal(&s).as_bytes())
+        .and_then(|()| o.write_all(b"\n"))
+        .map_err(|e| Failure::stdout(&e))?;
     Ok(0)
 }
 

@@ -117,8 +117,14 @@ mod tests {
     #[test]
     fn controls_are_escaped_and_colours_kept_only_when_asked() {
         let hostile = "a\x1b]0;T\x07b\u{9b}2J\x1b[2Jc\x1b[31mred\x1b[0m\n";
-        assert_eq!(escape_controls(hostile, false), "a\\u{1b}]0;T\\u{7}b\\u{9b}2J\\u{1b}[2Jc\\u{1b}[31mred\\u{1b}[0m\n");
-        assert_eq!(escape_controls(hostile, true), "a\\u{1b}]0;T\\u{7}b\\u{9b}2J\\u{1b}[2Jc\x1b[31mred\x1b[0m\n");
+        assert_eq!(
+            escape_controls(hostile, false),
+            "a\\u{1b}]0;T\\u{7}b\\u{9b}2J\\u{1b}[2Jc\\u{1b}[31mred\\u{1b}[0m\n"
+        );
+        assert_eq!(
+            escape_controls(hostile, true),
+            "a\\u{1b}]0;T\\u{7}b\\u{9b}2J\\u{1b}[2Jc\x1b[31mred\x1b[0m\n"
+        );
         assert!(matches!(escape_controls("plain\n", false), Cow::Borrowed(_)));
     }
 
@@ -127,7 +133,11 @@ mod tests {
         let line = format!("error: invalid value '{}' for '--lock-wait <SECS>'", "x".repeat(5000));
         let shown = for_terminal(&line);
         assert!(shown.len() <= LINE_MAX + 32, "{}", shown.len());
-        assert!(shown.starts_with("error: invalid value 'xxx") && shown.ends_with("for '--lock-wait <SECS>'"), "{shown}");
+        assert!(
+            shown.starts_with("error: invalid value 'xxx")
+                && shown.ends_with("for '--lock-wait <SECS>'"),
+            "{shown}"
+        );
         assert!(shown.contains(&format!("({} bytes)", line.len())));
     }
 

@@ -103,7 +103,9 @@ pub fn forward_signals(child: boxsock::exec::Control, tty: bool) -> tokio::task:
             signal(SignalKind::hangup()),
             signal(SignalKind::window_change()),
         ) else {
-            tracing::warn!("cannot install signal handlers; signals end boxsock instead of reaching the command");
+            tracing::warn!(
+                "cannot install signal handlers; signals end boxsock instead of reaching the command"
+            );
             return;
         };
         loop {

@@ -53,7 +53,10 @@ pub fn table(boxes: &[BoxInfo]) -> Vec<String> {
 /// `doctor --json`: the report (its backends as `backends --json` shows them:
 /// `BackendReport` serialises its pairings without `{"Ok":…}`) and whether the home
 /// exists.
-pub fn doctor_json(report: &DoctorReport, home_exists: bool) -> Result<serde_json::Value, serde_json::Error> {
+pub fn doctor_json(
+    report: &DoctorReport,
+    home_exists: bool,
+) -> Result<serde_json::Value, serde_json::Error> {
     let mut v = serde_json::to_value(report)?;
     if let Some(o) = v.as_object_mut() {
         o.insert("home_exists".into(), serde_json::Value::Bool(home_exists));

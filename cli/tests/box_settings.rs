@@ -25,7 +25,15 @@ async fn echo(rt: &Runtime, id: &str, word: &str) -> String {
     let mut out = Vec::new();
     let mut out_cb = |b: &[u8]| out.extend_from_slice(b);
     let mut err_cb = |_: &[u8]| {};
-    let code = rt.exec(id, vec!["echo".into(), word.into()], vec![], ExecIo { stdin: None, stdout: &mut out_cb, stderr: &mut err_cb }).await.unwrap();
+    let code = rt
+        .exec(
+            id,
+            vec!["echo".into(), word.into()],
+            vec![],
+            ExecIo { stdin: None, stdout: &mut out_cb, stderr: &mut err_cb },
+        )
+        .await
+        .unwrap();
     assert_eq!(code, 0);
     String::from_utf8(out).unwrap()
 }
@@ -38,7 +46,11 @@ async fn the_builder_takes_types_and_clones_share_one_runtime() {
     let env = Env::new();
     let (rt, _) = Runtime::open(&env.home, env.options()).await.unwrap();
     let other = rt.clone();
-    let opts = CreateOptions::builder().strategy_of::<boxsock_direct::Direct>().backend_of::<boxsock_host::HostBackend>().name("typed").build();
+    let opts = CreateOptions::builder()
+        .strategy_of::<boxsock_direct::Direct>()
+        .backend_of::<boxsock_host::HostBackend>()
+        .name("typed")
+        .build();
     assert_eq!((opts.strategy.as_str(), opts.backend.as_str()), ("direct", "host"));
     let b = rt.create(opts).await.unwrap();
     other.start("typed").await.unwrap();
@@ -66,10 +78,29 @@ async fn unchosen_and_unsupported_settings_are_refused_before_anything_is_writte
     assert!(matches!(e, RuntimeError::Unchosen { what: "strategy" }), "{e}");
     assert!(e.to_string().contains("no strategy chosen"), "{e}");
     let root = tempfile::tempdir().unwrap();
-    let e = rt.create(CreateOptions::builder().strategy("direct").backend("host").rootfs(root.path()).vcpus(2).build()).await.unwrap_err();
+    let e = rt
+        .create(
+            CreateOptions::builder()
+                .strategy("direct")
+                .backend("host")
+                .rootfs(root.path())
+                .vcpus(2)
+                .build(),
+        )
+        .await
+        .unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("\"host\"") && msg.contains("vcpus") && msg.contains("rootfs"), "{msg}");
-    let e = rt.create(CreateOptions::builder().strategy("direct").backend("host").rootfs(root.path().join("missing")).build()).await.unwrap_err();
+    let e = rt
+        .create(
+            CreateOptions::builder()
+                .strategy("direct")
+                .backend("host")
+                .rootfs(root.path().join("missing"))
+                .build(),
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(&e, RuntimeError::BadRootfs { path, .. } if path.ends_with("missing")), "{e}");
     assert!(env.box_dirs().is_empty());
     assert!(rt.list().unwrap().boxes.is_empty());
@@ -90,26 +121,64 @@ fn create_rootfs_stores_the_settings_and_a_later_start_boots_the_same_box() {
     std::os::unix::fs::symlink(d.path().join("roots"), d.path().join("via-link")).unwrap();
     let given = d.path().join("via-link/busybox/../busybox");
     let before: Vec<_> = walk(&user);
-    let krun = ["--backend", "libkrun", "--strategy", "short-symlink", "--backend-option", "configure_only=true"];
-    let o = run(boxsock(&env).args(krun).args(["create", "--rootfs"]).arg(&given).args(["--vcpus", "2", "--ram-mib", "768"]));
+    let krun = [
+        "--backend",
+        "libkrun",
+        "--strategy",
+        "short-symlink",
+        "--backend-option",
+        "configure_only=true",
+    ];
+    let o = run(boxsock(&env).args(krun).args(["create", "--rootfs"]).arg(&given).args([
+        "--vcpus",
+        "2",
+        "--ram-mib",
+        "768",
+    ]));
     assert!(o.status.success(), "{}", text(&o.stderr));
     let id = text(&o.stdout).trim().to_owned();
-    let info: Value = serde_json::from_slice(&run(boxsock(&env).args(["inspect", "--json", &id])).stdout).unwrap();
+    let info: Value =
+        serde_json::from_slice(&run(boxsock(&env).args(["inspect", "--json", &id])).stdout)
+            .unwrap();
     let settings = &info["settings"];
     assert_eq!(settings["rootfs"], user.canonicalize().unwrap().display().to_string(), "{info}");
-    assert_eq!((settings["vcpus"].as_u64(), settings["ram_mib"].as_u64()), (Some(2), Some(768)), "{info}");
+    assert_eq!(
+        (settings["vcpus"].as_u64(), settings["ram_mib"].as_u64()),
+        (Some(2), Some(768)),
+        "{info}"
+    );
 
-    let o = run(boxsock(&env).args(krun).args(["--backend-option", "vcpus=1", "--ready-timeout", "600", "start", &id]));
-    assert_eq!(o.status.code(), Some(125), "configure_only never reports ready (a boxsock failure: 125): {}", text(&o.stderr));
-    let spec: Value = serde_json::from_str(&std::fs::read_to_string(env.home.join("boxes").join(&id).join("shim-spec.json")).unwrap()).unwrap();
+    let o = run(boxsock(&env).args(krun).args([
+        "--backend-option",
+        "vcpus=1",
+        "--ready-timeout",
+        "600",
+        "start",
+        &id,
+    ]));
+    assert_eq!(
+        o.status.code(),
+        Some(125),
+        "configure_only never reports ready (a boxsock failure: 125): {}",
+        text(&o.stderr)
+    );
+    let spec: Value = serde_json::from_str(
+        &std::fs::read_to_string(env.home.join("boxes").join(&id).join("shim-spec.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!((spec["vcpus"].as_u64(), spec["ram_mib"].as_u64()), (Some(2), Some(768)), "{spec}");
     let shares = spec["shares"].as_array().unwrap();
-    assert_eq!(shares.last().unwrap()["host_path"], user.canonicalize().unwrap().display().to_string());
+    assert_eq!(
+        shares.last().unwrap()["host_path"],
+        user.canonicalize().unwrap().display().to_string()
+    );
     assert_eq!(shares.last().unwrap()["read_only"], true);
     assert_eq!(walk(&user), before, "the user's root changed");
 
     // The host backend supports none of these: create says so, with exit 1 and no box.
-    let o = run(boxsock(&env).args(["--backend", "host", "--strategy", "direct", "create", "--rootfs"]).arg(&user));
+    let o = run(boxsock(&env)
+        .args(["--backend", "host", "--strategy", "direct", "create", "--rootfs"])
+        .arg(&user));
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains("rootfs"), "{}", text(&o.stderr));
     let settings = BoxSettings::default();

@@ -6,8 +6,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use boxsock::{Runtime, RuntimeError};
-use common::{Env, LIMIT, agent_dir, boxsock, boxsock_in, json, ok, pid_running, run, stderr, stdout, tree, wait_until};
 use boxsock_test_support::{Unmakeable, skip_allowed};
+use common::{
+    Env, LIMIT, agent_dir, boxsock, boxsock_in, json, ok, pid_running, run, stderr, stdout, tree,
+    wait_until,
+};
 
 fn assert_nothing_left(env: &Env) {
     let l = json(boxsock(env).args(["ls", "-a", "--json"]));
@@ -20,7 +23,16 @@ fn assert_nothing_left(env: &Env) {
 fn run_in_a_home_deeper_than_200_bytes_prints_output_and_exits_with_the_status() {
     let env = Env::deep(201);
     assert!(env.home.as_os_str().len() > 200);
-    let o = run(boxsock(&env).args(["--backend", "host", "run", "--rm", "--", "sh", "-c", "echo hello from $0; echo oops >&2; exit 7"]));
+    let o = run(boxsock(&env).args([
+        "--backend",
+        "host",
+        "run",
+        "--rm",
+        "--",
+        "sh",
+        "-c",
+        "echo hello from $0; echo oops >&2; exit 7",
+    ]));
     assert_eq!(o.status.code(), Some(7), "stderr: {}", stderr(&o));
     assert_eq!(stdout(&o), "hello from sh\n");
     assert_eq!(stderr(&o), "oops\n", "nothing but the command's stderr (no logs)");
@@ -44,7 +56,8 @@ fn run_in_a_home_deeper_than_200_bytes_prints_output_and_exits_with_the_status()
 #[test]
 fn the_verbs_take_ids_or_names_and_inspect_reports_the_live_process_and_sockets() {
     let env = Env::deep(120);
-    let id = ok(boxsock(&env).args(["--backend", "host", "create", "--name", "web"])).trim().to_owned();
+    let id =
+        ok(boxsock(&env).args(["--backend", "host", "create", "--name", "web"])).trim().to_owned();
     assert_eq!(id.len(), 12, "{id}");
     assert_eq!(ok(boxsock(&env).args(["start", "web"])).trim(), id);
     assert_eq!(ok(boxsock(&env).args(["exec", "web", "--", "echo", "in", "box"])), "in box\n");
@@ -63,7 +76,10 @@ fn the_verbs_take_ids_or_names_and_inspect_reports_the_live_process_and_sockets(
     // The host agent reports readiness on an inherited channel: no `ready` socket.
     assert!(!sockets.iter().any(|s| s["socket"] == "ready"), "{i}");
     {
-        let s = sockets.iter().find(|s| s["socket"] == "agent").unwrap_or_else(|| panic!("agent missing: {i}"));
+        let s = sockets
+            .iter()
+            .find(|s| s["socket"] == "agent")
+            .unwrap_or_else(|| panic!("agent missing: {i}"));
         let addr = s["address"].as_str().unwrap();
         assert!(addr.starts_with(env.per_uid_dir().to_str().unwrap()), "{addr}");
         assert_eq!(s["bytes"].as_u64().unwrap() as usize, addr.len());
@@ -99,8 +115,16 @@ fn errors_are_one_line_on_stderr_and_leave_nothing_behind() {
         (&["rm", "nosuchbox"][..], 125, "nosuchbox"),
         (&["inspect", "nosuchbox"][..], 125, "nosuchbox"),
         (&["--backend", "host", "create", "--name", "../evil"][..], 125, "invalid box name"),
-        (&["--backend", "host", "--strategy", "nope", "create"][..], 125, "unknown strategy \"nope\""),
-        (&["--backend", "host", "run", "--name", "bad name", "--", "true"][..], 125, "invalid box name"),
+        (
+            &["--backend", "host", "--strategy", "nope", "create"][..],
+            125,
+            "unknown strategy \"nope\"",
+        ),
+        (
+            &["--backend", "host", "run", "--name", "bad name", "--", "true"][..],
+            125,
+            "invalid box name",
+        ),
     ] {
         let o = run(boxsock(&env).args(args));
         let err = stderr(&o);
@@ -136,7 +160,10 @@ async fn the_default_backend_when_unavailable_says_why_and_suggests_host() {
     let o = run(boxsock(&env).arg("create"));
     assert_eq!(o.status.code(), Some(125));
     let err = stderr(&o);
-    assert!(err.contains("libkrun") && err.contains("unavailable") && err.contains("--backend host"), "{err}");
+    assert!(
+        err.contains("libkrun") && err.contains("unavailable") && err.contains("--backend host"),
+        "{err}"
+    );
     assert_nothing_left(&env);
 }
 
@@ -159,15 +186,28 @@ fn doctor_reports_every_strategy_socket_and_backend() {
     let env = Env::deep(160);
     let d = json(boxsock(&env).args(["doctor", "--json"]));
     assert_eq!(d["home_bytes"].as_u64().unwrap() as usize, env.home.as_os_str().len());
-    let strat = |n: &str| d["strategies"].as_array().unwrap().iter().find(|s| s["name"] == n).unwrap().clone();
+    let strat = |n: &str| {
+        d["strategies"].as_array().unwrap().iter().find(|s| s["name"] == n).unwrap().clone()
+    };
     assert_eq!(strat("short-symlink")["all_fit"], true);
     let direct = strat("direct");
     assert_eq!(direct["all_fit"], false, "a 160-byte home cannot fit direct paths");
-    let agent = direct["sockets"].as_array().unwrap().iter().find(|s| s["socket"] == "agent").unwrap();
-    assert!(agent["bytes"].as_u64().unwrap() > 107 && agent["error"].as_str().unwrap().contains("108"), "{agent}");
+    let agent =
+        direct["sockets"].as_array().unwrap().iter().find(|s| s["socket"] == "agent").unwrap();
+    assert!(
+        agent["bytes"].as_u64().unwrap() > 107 && agent["error"].as_str().unwrap().contains("108"),
+        "{agent}"
+    );
     // Derived names are listed (libkrun declares some), each with its own verdict.
     let ss = strat("short-symlink");
-    assert!(ss["sockets"].as_array().unwrap().iter().any(|s| s["socket"].as_str().unwrap().contains("derived")), "{ss}");
+    assert!(
+        ss["sockets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["socket"].as_str().unwrap().contains("derived")),
+        "{ss}"
+    );
     let host = d["backends"].as_array().unwrap().iter().find(|b| b["name"] == "host").unwrap();
     assert_eq!(host["available"], true);
     assert!(host["isolation"].as_str().unwrap().contains("no isolation"));
@@ -183,10 +223,15 @@ fn doctor_reports_every_strategy_socket_and_backend() {
     // The binary's lists are the facade's one registry: every strategy in it is listed
     // by `strategies` and reported by `doctor`, with no list in the CLI to keep in step.
     let registry = boxsock::builtin_strategies().names();
-    let listed: Vec<String> =
-        json(boxsock(&env).args(["strategies", "--json"])).as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect();
+    let listed: Vec<String> = json(boxsock(&env).args(["strategies", "--json"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(listed, registry, "`boxsock strategies --json` lists the registry, in name order");
-    let doctored: Vec<&str> = d["strategies"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let doctored: Vec<&str> =
+        d["strategies"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     for n in &registry {
         assert!(doctored.contains(n), "doctor does not report strategy {n}: {doctored:?}");
     }
@@ -207,13 +252,21 @@ fn the_example_strategy_added_by_one_line_runs_a_box_under_xdg_runtime_dir() {
     std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o700)).unwrap();
     let cmd = |args: &[&str]| {
         let mut c = boxsock(&env);
-        c.env("XDG_RUNTIME_DIR", &xdg).args(["--strategy", "xdg-hashed", "--backend", "host"]).args(args);
+        c.env("XDG_RUNTIME_DIR", &xdg)
+            .args(["--strategy", "xdg-hashed", "--backend", "host"])
+            .args(args);
         c
     };
     let listed = ok(&mut cmd(&["strategies"]));
     assert!(listed.lines().any(|l| l.starts_with("xdg-hashed ")), "{listed}");
     let d = json(&mut cmd(&["doctor", "--json"]));
-    let s = d["strategies"].as_array().unwrap().iter().find(|s| s["name"] == "xdg-hashed").unwrap_or_else(|| panic!("doctor: {d}")).clone();
+    let s = d["strategies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "xdg-hashed")
+        .unwrap_or_else(|| panic!("doctor: {d}"))
+        .clone();
     assert_eq!(s["all_fit"], true, "{s}");
 
     let id = ok(&mut cmd(&["create", "--name", "x"])).trim().to_owned();
@@ -222,8 +275,17 @@ fn the_example_strategy_added_by_one_line_runs_a_box_under_xdg_runtime_dir() {
     let i = json(&mut cmd(&["inspect", "x", "--json"]));
     assert_eq!(i["strategy"], "xdg-hashed");
     let home_dir = xdg.join("boxsock").join(boxsock_xdg_hashed::home_hash(&env.home));
-    let agent = i["sockets"].as_array().unwrap().iter().find(|s| s["socket"] == "agent").unwrap_or_else(|| panic!("{i}"));
-    assert_eq!(agent["address"].as_str().unwrap(), home_dir.join(&id).join("agent.sock").to_str().unwrap(), "{i}");
+    let agent = i["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["socket"] == "agent")
+        .unwrap_or_else(|| panic!("{i}"));
+    assert_eq!(
+        agent["address"].as_str().unwrap(),
+        home_dir.join(&id).join("agent.sock").to_str().unwrap(),
+        "{i}"
+    );
     assert!(std::fs::symlink_metadata(home_dir.join(&id)).unwrap().file_type().is_symlink());
     ok(&mut cmd(&["rm", "-f", "x"]));
     assert!(std::fs::symlink_metadata(home_dir.join(&id)).is_err(), "the link outlived its box");
@@ -261,7 +323,11 @@ fn killing_the_cli_mid_start_then_reopening_leaves_a_truthful_state_and_no_leak(
     let env = Env::new();
     let fake = common::never_ready_agent(env.root.path(), "never-ready");
     let id = ok(boxsock_in(&env, &fake).args(["--backend", "host", "create"])).trim().to_owned();
-    let mut start = boxsock_in(&env, &fake).args(["--ready-timeout", "60", "start", &id]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut start = boxsock_in(&env, &fake)
+        .args(["--ready-timeout", "60", "start", &id])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
 
     // Wait until the CLI has launched the box process and recorded it.
     let mut pid = 0;
@@ -276,13 +342,21 @@ fn killing_the_cli_mid_start_then_reopening_leaves_a_truthful_state_and_no_leak(
         }
     });
     assert!(pid_running(pid));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(start.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(start.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     start.wait().unwrap();
     assert!(pid_running(pid), "the box process outlives its starter (it is detached)");
 
     // A read-only verb changes nothing, not even an abandoned start.
     let i = json(boxsock(&env).args(["inspect", &id, "--json"]));
-    assert_eq!((i["state"].as_str(), i["pid"].as_i64()), (Some("starting"), Some(pid as i64)), "{i}");
+    assert_eq!(
+        (i["state"].as_str(), i["pid"].as_i64()),
+        (Some("starting"), Some(pid as i64)),
+        "{i}"
+    );
     assert!(pid_running(pid), "a read-only verb killed the box process");
     // The next writing open recovers: the box is stopped, its process killed, its ready
     // socket gone.
@@ -303,7 +377,17 @@ fn killing_the_cli_mid_start_then_reopening_leaves_a_truthful_state_and_no_leak(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_library_sees_what_the_cli_made() -> Result<(), RuntimeError> {
     let env = Env::new();
-    let id = ok(boxsock(&env).args(["--backend", "host", "--strategy", "abstract", "create", "--name", "shared"])).trim().to_owned();
+    let id = ok(boxsock(&env).args([
+        "--backend",
+        "host",
+        "--strategy",
+        "abstract",
+        "create",
+        "--name",
+        "shared",
+    ]))
+    .trim()
+    .to_owned();
     ok(boxsock(&env).args(["start", "shared"]));
     let (rt, report) = Runtime::open(&env.home, env.options()).await?;
     assert!(report.recovered.is_empty(), "{report:?}");
@@ -322,7 +406,10 @@ fn pids_running(argv: &[&str]) -> Vec<i32> {
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes()) && pid_running(*pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes())
+                && pid_running(*pid)
+        })
         .collect()
 }
 
@@ -330,9 +417,17 @@ fn pids_running(argv: &[&str]) -> Vec<i32> {
 fn interrupting_run_rm_removes_the_box_and_its_command() {
     let env = Env::new();
     let marker = format!("{}.{}", std::process::id(), 4242);
-    let mut child = boxsock(&env).args(["--backend", "host", "run", "--rm", "--", "sleep", &marker]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = boxsock(&env)
+        .args(["--backend", "host", "run", "--rm", "--", "sleep", &marker])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_until("the command to run in the box", || !pids_running(&["sleep", &marker]).is_empty());
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let deadline = Instant::now() + LIMIT;
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -356,7 +451,8 @@ fn start_a_box_and_kill_its_process(env: &Env) -> String {
     let id = ok(boxsock(env).args(["--backend", "host", "create"])).trim().to_owned();
     ok(boxsock(env).args(["start", &id]));
     let pid = json(boxsock(env).args(["inspect", &id, "--json"]))["pid"].as_i64().unwrap() as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
     wait_until("the box process to die", || !pid_running(pid));
     id
 }
@@ -390,7 +486,12 @@ fn a_read_only_verb_in_a_directory_that_is_not_a_home_deletes_and_creates_nothin
         assert_eq!(tree(&t), before, "{args:?} changed {}: {}", t.display(), stderr(&o));
         if args[0] == "ls" {
             assert_eq!(o.status.code(), Some(125), "{args:?}");
-            assert!(stderr(&o).contains("is not a boxsock home") && stderr(&o).contains(t.to_str().unwrap()), "{}", stderr(&o));
+            assert!(
+                stderr(&o).contains("is not a boxsock home")
+                    && stderr(&o).contains(t.to_str().unwrap()),
+                "{}",
+                stderr(&o)
+            );
         }
     }
     assert_eq!(std::fs::read(t.join("boxes/photos/a.jpg")).unwrap(), b"x\n");
@@ -398,20 +499,37 @@ fn a_read_only_verb_in_a_directory_that_is_not_a_home_deletes_and_creates_nothin
     // names of the right length from a throwaway key), and still checks every strategy.
     let report = json(boxsock(&env).arg("--home").arg(&t).args(["doctor", "--json"]));
     assert_eq!(tree(&t), before, "doctor changed {}", t.display());
-    let abs = report["strategies"].as_array().unwrap().iter().find(|s| s["name"] == "abstract").expect("abstract in doctor");
+    let abs = report["strategies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "abstract")
+        .expect("abstract in doctor");
     assert!(
-        abs["sockets"].as_array().is_some_and(|v| !v.is_empty() && v.iter().all(|r| r["fits"] == true)),
+        abs["sockets"]
+            .as_array()
+            .is_some_and(|v| !v.is_empty() && v.iter().all(|r| r["fits"] == true)),
         "doctor reports abstract addresses without a key on disk: {abs}"
     );
     let missing_home = env.root.path().join("not-yet");
     ok(boxsock(&env).arg("--home").arg(&missing_home).arg("doctor"));
     assert!(!missing_home.exists(), "doctor created the home it was asked about");
     // Writing into it is refused, naming it; still nothing changes.
-    for args in [&["--backend", "host", "create"][..], &["sweep"], &["--backend", "host", "run", "--", "true"]] {
+    for args in [
+        &["--backend", "host", "create"][..],
+        &["sweep"],
+        &["--backend", "host", "run", "--", "true"],
+    ] {
         let o = run(boxsock(&env).arg("--home").arg(&t).args(args));
         assert!(!o.status.success(), "{args:?} wrote into a directory that is not a home");
         let err = stderr(&o);
-        assert!(err.contains(&format!("{} is not a boxsock home", boxsock::boxsock_core::echo::path(&t))) && err.contains("boxes"), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{} is not a boxsock home",
+                boxsock::boxsock_core::echo::path(&t)
+            )) && err.contains("boxes"),
+            "{args:?}: {err}"
+        );
         assert_eq!(tree(&t), before, "{args:?} changed {}", t.display());
     }
     // A missing home: `ls` says so and creates nothing.
@@ -457,14 +575,18 @@ fn a_relative_home_works_with_the_direct_strategy() {
     let env = Env::new();
     let cmd = |args: &[&str]| {
         let mut c = boxsock(&env);
-        c.env_remove("BOXSOCK_HOME").current_dir(env.root.path()).args(["--home", "rel/home", "--strategy", "direct", "--backend", "host"]).args(args);
+        c.env_remove("BOXSOCK_HOME")
+            .current_dir(env.root.path())
+            .args(["--home", "rel/home", "--strategy", "direct", "--backend", "host"])
+            .args(args);
         c
     };
     let id = ok(&mut cmd(&["create"])).trim().to_owned();
     ok(&mut cmd(&["start", &id]));
     assert_eq!(ok(&mut cmd(&["exec", &id, "--", "echo", "relative"])), "relative\n");
     let i = json(&mut cmd(&["inspect", &id, "--json"]));
-    let agent = i["sockets"].as_array().unwrap().iter().find(|s| s["socket"] == "agent").unwrap().clone();
+    let agent =
+        i["sockets"].as_array().unwrap().iter().find(|s| s["socket"] == "agent").unwrap().clone();
     let addr = agent["address"].as_str().unwrap();
     assert!(addr.starts_with(env.root.path().join("rel/home").to_str().unwrap()), "{addr}");
     ok(&mut cmd(&["rm", "-f", &id]));
@@ -495,10 +617,17 @@ fn homes_of_600_2000_and_near_path_max_bytes_create_start_exec_and_rm() {
             let args = ["--strategy", strategy, "--backend", "host"];
             let id = ok(boxsock(&env).args(args).arg("create")).trim().to_owned();
             ok(boxsock(&env).args(args).args(["start", &id]));
-            assert_eq!(ok(boxsock(&env).args(args).args(["exec", &id, "--", "echo", "deep"])), "deep\n", "{len} {strategy}");
+            assert_eq!(
+                ok(boxsock(&env).args(args).args(["exec", &id, "--", "echo", "deep"])),
+                "deep\n",
+                "{len} {strategy}"
+            );
             ok(boxsock(&env).args(args).args(["rm", "-f", &id]));
             assert_nothing_left(&env);
-            assert!(env.home.join("boxsock.db").is_file(), "{len} {strategy}: the store lives in the home");
+            assert!(
+                env.home.join("boxsock.db").is_file(),
+                "{len} {strategy}: the store lives in the home"
+            );
         }
     }
 }
@@ -546,7 +675,8 @@ fn every_verb_exits_quietly_with_141_on_a_closed_stdout_and_never_panics() {
         vec!["--backend", "host", "run", "--rm", "--", "echo", "hi"],
     ];
     for args in &verbs {
-        let mut child = boxsock(&env).args(args).stdout(closed_pipe()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child =
+            boxsock(&env).args(args).stdout(closed_pipe()).stderr(Stdio::piped()).spawn().unwrap();
         let status = wait_bounded(&mut child, &format!("{args:?}"));
         let mut err = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
@@ -555,11 +685,13 @@ fn every_verb_exits_quietly_with_141_on_a_closed_stdout_and_never_panics() {
         assert!(err.is_empty(), "{args:?}: not quiet: {err}");
     }
     // A closed stderr: the error has nowhere to go, the status still says it.
-    let mut child = boxsock(&env).args(["inspect", "nosuchbox"]).stderr(closed_pipe()).spawn().unwrap();
+    let mut child =
+        boxsock(&env).args(["inspect", "nosuchbox"]).stderr(closed_pipe()).spawn().unwrap();
     assert_eq!(wait_bounded(&mut child, "inspect with a closed stderr").code(), Some(125));
     // `rm` with a closed stdout still removes every box it was given.
     let second = ok(boxsock(&env).args(["--backend", "host", "create"])).trim().to_owned();
-    let mut child = boxsock(&env).args(["rm", "-f", &id, &second]).stdout(closed_pipe()).spawn().unwrap();
+    let mut child =
+        boxsock(&env).args(["rm", "-f", &id, &second]).stdout(closed_pipe()).spawn().unwrap();
     assert_eq!(wait_bounded(&mut child, "rm with a closed stdout").code(), Some(141));
     assert_nothing_left(&env);
 }
@@ -580,7 +712,8 @@ fn exec_whose_stdout_closes_early_kills_the_command_and_exits_141() {
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    let pid: i32 = line.trim().parse().unwrap_or_else(|_| panic!("first line is not a pid: {line:?}"));
+    let pid: i32 =
+        line.trim().parse().unwrap_or_else(|_| panic!("first line is not a pid: {line:?}"));
     let mut ten = [0u8; 10];
     out.read_exact(&mut ten).unwrap();
     assert_eq!(&ten, b"y\ny\ny\ny\ny\n");
@@ -606,7 +739,8 @@ fn an_argv_over_the_frame_limit_names_its_size_and_the_limit() {
     // 11 arguments of 100 000 bytes: 1.1 MB, over the 1 MiB frame (one argument may
     // be at most 128 KiB on Linux).
     let big = "a".repeat(100_000);
-    let o = run(boxsock(&env).args(["exec", &id, "--", "true"]).args(std::iter::repeat_n(&big, 11)));
+    let o =
+        run(boxsock(&env).args(["exec", &id, "--", "true"]).args(std::iter::repeat_n(&big, 11)));
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(125), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
@@ -625,7 +759,9 @@ fn errors_echo_at_most_64_bytes_of_input_and_its_length() {
     ok(boxsock(&env).arg("ls")); // the home exists: the runtime's own errors answer
     let long = "x".repeat(5000);
     // 64 bytes of it (80 characters for an invalid id), then its length.
-    let cut = |err: &str| err.contains(&format!("\"{}", "x".repeat(64))) && err.contains("\"… (5000 bytes)");
+    let cut = |err: &str| {
+        err.contains(&format!("\"{}", "x".repeat(64))) && err.contains("\"… (5000 bytes)")
+    };
     for args in [
         vec!["inspect", long.as_str()],
         vec!["exec", long.as_str(), "--", "true"],
@@ -642,7 +778,10 @@ fn errors_echo_at_most_64_bytes_of_input_and_its_length() {
         assert!(err.len() < 400, "{:?}: {} bytes: {err}", &args[..args.len().min(3)], err.len());
     }
     // And in a home that does not exist (the CLI's own message).
-    let o = run(boxsock(&env).arg("--home").arg(env.root.path().join("missing")).args(["inspect", &long]));
+    let o = run(boxsock(&env)
+        .arg("--home")
+        .arg(env.root.path().join("missing"))
+        .args(["inspect", &long]));
     assert!(cut(&stderr(&o)) && stderr(&o).len() < 400, "{}", stderr(&o));
 }
 
@@ -700,7 +839,11 @@ fn run_rm_starts_a_lifeline_in_its_own_session_that_holds_only_its_pipe_and_ends
 
 #[test]
 fn a_run_rm_client_killed_with_sigkill_leaves_nothing_after_the_next_writing_command() {
-    for (n, next) in [&["sweep"][..], &["--backend", "host", "create"], &["exec", "other", "--", "true"]].into_iter().enumerate() {
+    for (n, next) in
+        [&["sweep"][..], &["--backend", "host", "create"], &["exec", "other", "--", "true"]]
+            .into_iter()
+            .enumerate()
+    {
         let env = Env::new();
         if next[0] == "exec" {
             ok(boxsock(&env).args(["--backend", "host", "create", "--name", "other"]));
@@ -712,11 +855,15 @@ fn a_run_rm_client_killed_with_sigkill_leaves_nothing_after_the_next_writing_com
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        wait_until("the command to run in the box", || !pids_running(&["sleep", &marker]).is_empty());
-        let boxes = json(boxsock(&env).args(["ls", "-a", "--json"]))["boxes"].as_array().unwrap().clone();
+        wait_until("the command to run in the box", || {
+            !pids_running(&["sleep", &marker]).is_empty()
+        });
+        let boxes =
+            json(boxsock(&env).args(["ls", "-a", "--json"]))["boxes"].as_array().unwrap().clone();
         let b = boxes.iter().find(|b| b["name"].is_null()).expect("the run --rm box").clone();
         let id = b["id"].as_str().unwrap().to_owned();
-        let agent = json(boxsock(&env).args(["inspect", "--json", &id]))["pid"].as_i64().unwrap() as i32;
+        let agent =
+            json(boxsock(&env).args(["inspect", "--json", &id]))["pid"].as_i64().unwrap() as i32;
         assert!(pid_running(agent) && env.links().contains(&id));
 
         // The backstop's case: the client's lifeline is killed first (alive, it removes
@@ -724,7 +871,11 @@ fn a_run_rm_client_killed_with_sigkill_leaves_nothing_after_the_next_writing_com
         let lifeline = lifeline_of(client.id() as i32);
         let sigkill = nix::sys::signal::Signal::SIGKILL;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(lifeline), sigkill).unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(client.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(client.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
         client.wait().unwrap();
         // Read-only verbs delete nothing: the box is still there, still running.
         let i = json(boxsock(&env).args(["inspect", "--json", &id]));
@@ -733,14 +884,22 @@ fn a_run_rm_client_killed_with_sigkill_leaves_nothing_after_the_next_writing_com
 
         ok(boxsock(&env).args(next));
         let l = json(boxsock(&env).args(["ls", "-a", "--json"]));
-        assert!(l["boxes"].as_array().unwrap().iter().all(|b| b["id"] != id.as_str()), "{next:?}: box {id} left: {l}");
+        assert!(
+            l["boxes"].as_array().unwrap().iter().all(|b| b["id"] != id.as_str()),
+            "{next:?}: box {id} left: {l}"
+        );
         wait_until("the abandoned box's agent to be gone", || !pid_running(agent));
-        wait_until("the abandoned box's command to be gone", || pids_running(&["sleep", &marker]).is_empty());
+        wait_until("the abandoned box's command to be gone", || {
+            pids_running(&["sleep", &marker]).is_empty()
+        });
         assert!(!env.links().contains(&id), "{next:?}: link {id} left: {:?}", env.links());
         assert!(!env.box_dirs().contains(&id), "{next:?}: dir {id} left");
         // Nothing else was touched.
         if next[0] == "exec" {
-            assert_eq!(json(boxsock(&env).args(["inspect", "--json", "other"]))["state"], "running");
+            assert_eq!(
+                json(boxsock(&env).args(["inspect", "--json", "other"]))["state"],
+                "running"
+            );
         }
         for b in l["boxes"].as_array().unwrap() {
             ok(boxsock(&env).args(["rm", "-f", b["id"].as_str().unwrap()]));
@@ -767,13 +926,15 @@ fn read_only_verbs_show_a_dead_box_stopped_without_recording_it() {
     let no_shm = |t: Vec<String>| t.into_iter().filter(|e| !e.contains("-shm")).collect::<Vec<_>>();
     assert_eq!(no_shm(tree(&env.home)), no_shm(before), "a read-only verb changed the home");
     let store = rusqlite::Connection::open(env.home.join("boxsock.db")).unwrap();
-    let recorded: String = store.query_row("SELECT state FROM boxes WHERE id = ?1", [&id], |r| r.get(0)).unwrap();
+    let recorded: String =
+        store.query_row("SELECT state FROM boxes WHERE id = ?1", [&id], |r| r.get(0)).unwrap();
     assert_eq!(recorded, "running");
     drop(store);
     // The next writing command records it.
     ok(boxsock(&env).arg("sweep"));
     let store = rusqlite::Connection::open(env.home.join("boxsock.db")).unwrap();
-    let recorded: String = store.query_row("SELECT state FROM boxes WHERE id = ?1", [&id], |r| r.get(0)).unwrap();
+    let recorded: String =
+        store.query_row("SELECT state FROM boxes WHERE id = ?1", [&id], |r| r.get(0)).unwrap();
     assert_eq!(recorded, "stopped");
     drop(store);
     ok(boxsock(&env).args(["rm", &id]));

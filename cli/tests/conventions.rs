@@ -10,9 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use boxsock::{CreateOptions, Runtime};
-use common::{Env, agent_dir, json, never_ready_agent, ok, pid_running, run, stderr, stdout, tree, wait_until};
-use serde_json::Value;
 use boxsock_test_support::{Need, skip};
+use common::{
+    Env, agent_dir, json, never_ready_agent, ok, pid_running, run, stderr, stdout, tree, wait_until,
+};
+use serde_json::Value;
 
 /// [`common::boxsock_in`] on the host backend and without `NO_COLOR`.
 fn boxsock_in(env: &Env, helper_dir: &Path) -> Command {
@@ -47,7 +49,15 @@ fn rm_all(env: &Env) {
 #[test]
 fn usage_errors_exit_125_and_help_and_version_exit_0() {
     let env = Env::new();
-    for args in [&["frobnicate"][..], &["ls", "--bogus"], &["run", "--rm"], &["run", "-d", "--", "true"], &["run", "-d", "--rm"], &["start"], &[]] {
+    for args in [
+        &["frobnicate"][..],
+        &["ls", "--bogus"],
+        &["run", "--rm"],
+        &["run", "-d", "--", "true"],
+        &["run", "-d", "--rm"],
+        &["start"],
+        &[],
+    ] {
         let o = run(boxsock(&env).args(args));
         assert_eq!(o.status.code(), Some(125), "{args:?}: {}", stderr(&o));
         assert!(!stderr(&o).is_empty(), "{args:?}: a usage error says why");
@@ -78,11 +88,17 @@ fn commands_that_cannot_run_exit_127_or_126_and_signals_128_plus_n() {
     assert!(stderr(&o).contains("permission denied"), "{}", stderr(&o));
 
     for (sig, code) in [("TERM", 143), ("KILL", 137)] {
-        let o = run(boxsock(&env).args(["run", "--rm", "--", "sh", "-c", &format!("kill -{sig} $$")]));
+        let o =
+            run(boxsock(&env).args(["run", "--rm", "--", "sh", "-c", &format!("kill -{sig} $$")]));
         assert_eq!(o.status.code(), Some(code), "SIG{sig}: {}", stderr(&o));
     }
     // boxsock's own failures are 125, for every verb.
-    for args in [&["start", "nosuch"][..], &["exec", "nosuch", "--", "true"], &["inspect", "nosuch"], &["logs", "nosuch"]] {
+    for args in [
+        &["start", "nosuch"][..],
+        &["exec", "nosuch", "--", "true"],
+        &["inspect", "nosuch"],
+        &["logs", "nosuch"],
+    ] {
         let o = run(boxsock(&env).args(args));
         assert_eq!(o.status.code(), Some(125), "{args:?}: {}", stderr(&o));
     }
@@ -92,13 +108,17 @@ fn commands_that_cannot_run_exit_127_or_126_and_signals_128_plus_n() {
 #[test]
 fn run_leaves_a_stopped_box_and_run_d_a_running_one() {
     let env = Env::new();
-    let o = run(boxsock(&env).args(["run", "--name", "once", "--", "sh", "-c", "echo out; exit 3"]));
+    let o =
+        run(boxsock(&env).args(["run", "--name", "once", "--", "sh", "-c", "echo out; exit 3"]));
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert_eq!(stdout(&o), "out\n");
     let i = json(boxsock(&env).args(["inspect", "--json", "once"]));
     assert_eq!(i["state"], "stopped", "like an exited container: {i}");
     assert!(i["pid"].is_null(), "{i}");
-    assert!(ids(&json(boxsock(&env).args(["ls", "--json"]))).is_empty(), "ls shows running boxes only");
+    assert!(
+        ids(&json(boxsock(&env).args(["ls", "--json"]))).is_empty(),
+        "ls shows running boxes only"
+    );
     assert_eq!(ids(&json(boxsock(&env).args(["ls", "-a", "--json"]))).len(), 1);
 
     let id = ok(boxsock(&env).args(["run", "-d", "--name", "bg"])).trim().to_owned();
@@ -113,7 +133,11 @@ fn run_leaves_a_stopped_box_and_run_d_a_running_one() {
 #[test]
 fn interrupting_run_prints_the_id_and_leaves_the_box_stopped() {
     let env = Env::new();
-    let child = boxsock(&env).args(["run", "--name", "int", "--", "sleep", "1000"]).stderr(Stdio::piped()).spawn().unwrap();
+    let child = boxsock(&env)
+        .args(["run", "--name", "int", "--", "sleep", "1000"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut agent = 0;
     wait_until("the box to run", || {
         let o = run(boxsock(&env).args(["inspect", "--json", "int"]));
@@ -125,7 +149,11 @@ fn interrupting_run_prints_the_id_and_leaves_the_box_stopped() {
     });
     // Give the exec a moment to reach the agent.
     std::thread::sleep(Duration::from_millis(300));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
     let i = json(boxsock(&env).args(["inspect", "--json", "int"]));
@@ -140,10 +168,20 @@ fn interrupting_run_prints_the_id_and_leaves_the_box_stopped() {
 fn env_key_alone_passes_the_host_value_through_and_an_absent_one_is_not_set() {
     let env = Env::new();
     let script = "echo \"${PASS_ME-unset}|${NOT_ON_HOST_XYZ-unset}|$GIVEN\"";
-    let out = ok(boxsock(&env)
-        .env("PASS_ME", "from host")
-        .env_remove("NOT_ON_HOST_XYZ")
-        .args(["run", "--rm", "-e", "PASS_ME", "-e", "NOT_ON_HOST_XYZ", "-e", "GIVEN=x=y", "--", "sh", "-c", script]));
+    let out = ok(boxsock(&env).env("PASS_ME", "from host").env_remove("NOT_ON_HOST_XYZ").args([
+        "run",
+        "--rm",
+        "-e",
+        "PASS_ME",
+        "-e",
+        "NOT_ON_HOST_XYZ",
+        "-e",
+        "GIVEN=x=y",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]));
     assert_eq!(out, "from host|unset|x=y\n");
 }
 
@@ -167,10 +205,16 @@ fn collect(mut r: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
 fn logs_prints_the_box_log_and_follow_ends_when_the_box_stops() {
     let env = Env::new();
     let id = ok(boxsock(&env).args(["run", "-d"])).trim().to_owned();
-    let log = json(boxsock(&env).args(["inspect", "--json", &id]))["log"].as_str().unwrap().to_owned();
+    let log =
+        json(boxsock(&env).args(["inspect", "--json", &id]))["log"].as_str().unwrap().to_owned();
     let append = |s: &str| {
         use std::io::Write;
-        std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(s.as_bytes()).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(s.as_bytes())
+            .unwrap();
     };
     append("first marker line\n");
     let out = ok(boxsock(&env).args(["logs", &id[..6]]));
@@ -179,9 +223,13 @@ fn logs_prints_the_box_log_and_follow_ends_when_the_box_stops() {
 
     let mut f = boxsock(&env).args(["logs", "-f", &id]).stdout(Stdio::piped()).spawn().unwrap();
     let buf = collect(f.stdout.take().unwrap());
-    wait_until("the existing log", || String::from_utf8_lossy(&buf.lock().unwrap()).contains("first marker"));
+    wait_until("the existing log", || {
+        String::from_utf8_lossy(&buf.lock().unwrap()).contains("first marker")
+    });
     append("second marker line\n");
-    wait_until("the appended line", || String::from_utf8_lossy(&buf.lock().unwrap()).contains("second marker line"));
+    wait_until("the appended line", || {
+        String::from_utf8_lossy(&buf.lock().unwrap()).contains("second marker line")
+    });
     assert!(f.try_wait().unwrap().is_none(), "-f ended while the box runs");
     ok(boxsock(&env).args(["stop", &id]));
     let start = Instant::now();
@@ -190,7 +238,10 @@ fn logs_prints_the_box_log_and_follow_ends_when_the_box_stops() {
             assert!(st.success(), "{st}");
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "logs -f did not end after the box stopped");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "logs -f did not end after the box stopped"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     rm_all(&env);
@@ -204,7 +255,11 @@ fn ls_filters_aligns_and_shows_boxes_exactly_as_inspect_does() {
     ok(boxsock(&env).args(["start", &b]));
 
     assert_eq!(ok(boxsock(&env).args(["ls", "-q"])), format!("{b}\n"), "running only, ids only");
-    assert_eq!(ok(boxsock(&env).args(["ps", "-a", "-q"])), format!("{a}\n{b}\n"), "ps is ls; -a adds stopped/created");
+    assert_eq!(
+        ok(boxsock(&env).args(["ps", "-a", "-q"])),
+        format!("{a}\n{b}\n"),
+        "ps is ls; -a adds stopped/created"
+    );
     let table = ok(boxsock(&env).args(["ls", "-a"]));
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 3, "{table}");
@@ -227,7 +282,10 @@ fn ls_filters_aligns_and_shows_boxes_exactly_as_inspect_does() {
     }
     // Several ids: an array, in order.
     let both = json(boxsock(&env).args(["inspect", "--json", &b, &a]));
-    assert_eq!(both.as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect::<Vec<_>>(), vec![b.as_str(), a.as_str()]);
+    assert_eq!(
+        both.as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect::<Vec<_>>(),
+        vec![b.as_str(), a.as_str()]
+    );
     rm_all(&env);
 }
 
@@ -248,7 +306,12 @@ fn backends_and_doctor_json_have_no_rust_result_enums() {
     let b = json(boxsock(&env).args(["backends", "--json"]));
     assert_no_result_enums(&b);
     let host = b.as_array().unwrap().iter().find(|x| x["name"] == "host").unwrap();
-    let pairing = host["strategies"].as_array().unwrap().iter().find(|p| p["strategy"] == "short-symlink").unwrap();
+    let pairing = host["strategies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["strategy"] == "short-symlink")
+        .unwrap();
     assert_eq!(pairing["compatible"], true, "{host}");
     assert!(pairing["reason"].is_null());
     let d = json(boxsock(&env).args(["doctor", "--json"]));
@@ -311,7 +374,10 @@ fn a_failed_start_prints_its_error_once_and_logs_are_never_coloured_off_a_termin
 /// `script` gives the command a terminal; stderr then goes to it.
 fn on_a_terminal(env: &Env, extra_env: &[(&str, &str)]) -> Option<Vec<u8>> {
     if Command::new("script").arg("--version").output().is_err() {
-        skip(Need::Program { name: "script", package: "bsdutils" }, "no `script` to give boxsock a terminal");
+        skip(
+            Need::Program { name: "script", package: "bsdutils" },
+            "no `script` to give boxsock a terminal",
+        );
         return None;
     }
     // `create` logs at debug ("created").
@@ -339,7 +405,11 @@ fn on_a_terminal(env: &Env, extra_env: &[(&str, &str)]) -> Option<Vec<u8>> {
 fn colour_only_on_a_terminal_and_never_with_no_color() {
     let env = Env::new();
     let Some(coloured) = on_a_terminal(&env, &[]) else { return };
-    assert!(coloured.contains(&0x1b), "debug logs on a terminal are coloured: {}", String::from_utf8_lossy(&coloured));
+    assert!(
+        coloured.contains(&0x1b),
+        "debug logs on a terminal are coloured: {}",
+        String::from_utf8_lossy(&coloured)
+    );
     let plain = on_a_terminal(&env, &[("NO_COLOR", "1")]).unwrap();
     assert!(!plain.is_empty());
     assert!(!plain.contains(&0x1b), "NO_COLOR: {}", String::from_utf8_lossy(&plain));
@@ -351,7 +421,10 @@ fn an_invalid_rust_log_is_reported_and_the_verb_still_runs() {
     let o = run(boxsock(&env).env("RUST_LOG", "boxsock=notalevel").args(["ls"]));
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains("RUST_LOG") && err.contains("invalid log filter") && err.contains("notalevel"), "{err}");
+    assert!(
+        err.contains("RUST_LOG") && err.contains("invalid log filter") && err.contains("notalevel"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -360,11 +433,24 @@ fn read_only_verbs_change_nothing_and_sweep_reports_what_the_opening_sweep_remov
     let id = create(&env, Some("keep"));
     // A dangling link of a box that is gone (a crash, a temp home): what a sweep removes.
     let dangling = env.per_uid_dir().join("Gone12345678");
-    std::os::unix::fs::symlink(env.root.path().join("no/such/home/boxes/Gone12345678/sockets"), &dangling).unwrap();
+    std::os::unix::fs::symlink(
+        env.root.path().join("no/such/home/boxes/Gone12345678/sockets"),
+        &dangling,
+    )
+    .unwrap();
     // The box's own link deleted (a /tmp cleaner): what an ensure would recreate.
     std::fs::remove_file(env.per_uid_dir().join(&id)).unwrap();
     let before = (tree(&env.home), tree(&env.link_base));
-    for args in [&["ls"][..], &["ls", "-a", "--json"], &["inspect", "keep"], &["inspect", "--json", &id], &["logs", "keep"], &["doctor"], &["doctor", "--json"], &["backends"]] {
+    for args in [
+        &["ls"][..],
+        &["ls", "-a", "--json"],
+        &["inspect", "keep"],
+        &["inspect", "--json", &id],
+        &["logs", "keep"],
+        &["doctor"],
+        &["doctor", "--json"],
+        &["backends"],
+    ] {
         ok(boxsock(&env).args(args));
         assert_eq!((tree(&env.home), tree(&env.link_base)), before, "{args:?} changed something");
     }
@@ -432,16 +518,25 @@ fn inspect_shows_the_box_binding_and_doctor_the_binding_directory() {
     ok(boxsock(&env).args(["start", &id]));
     let info = json(boxsock(&env).args(["inspect", "--json", &id]));
     let binding = info["binding"].as_str().unwrap_or_else(|| panic!("no binding in {info}"));
-    let target = std::fs::read_link(binding).unwrap_or_else(|e| panic!("{binding} is not a link: {e}"));
+    let target =
+        std::fs::read_link(binding).unwrap_or_else(|e| panic!("{binding} is not a link: {e}"));
     assert_eq!(target, env.home.join("boxes").join(&id).join("sockets"), "{binding}");
     let text = ok(boxsock(&env).args(["inspect", &id]));
     assert!(text.contains(&format!("binding:   {binding}")), "{text}");
 
     let doctor = json(boxsock(&env).args(["doctor", "--json"]));
     let strategies = doctor["strategies"].as_array().expect("strategies");
-    let by_name = |n: &str| strategies.iter().find(|s| s["name"] == n).unwrap_or_else(|| panic!("no {n} in {doctor}"));
-    let dir = by_name("short-symlink")["binding_dir"].as_str().expect("short-symlink has a binding directory");
-    assert_eq!(Path::new(binding).parent(), Some(Path::new(dir)), "the link lives in the directory doctor shows");
+    let by_name = |n: &str| {
+        strategies.iter().find(|s| s["name"] == n).unwrap_or_else(|| panic!("no {n} in {doctor}"))
+    };
+    let dir = by_name("short-symlink")["binding_dir"]
+        .as_str()
+        .expect("short-symlink has a binding directory");
+    assert_eq!(
+        Path::new(binding).parent(),
+        Some(Path::new(dir)),
+        "the link lives in the directory doctor shows"
+    );
     assert!(by_name("direct")["binding_dir"].is_null(), "direct keeps no shared directory");
 
     let direct = ok(boxsock(&env).args(["create", "--strategy", "direct"])).trim().to_owned();

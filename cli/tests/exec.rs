@@ -19,12 +19,23 @@ async fn running_box(env: &Env) -> (Runtime, String) {
 }
 
 /// Read `r` until `pred` holds on what was read (bounded).
-async fn read_until<R: tokio::io::AsyncRead + Unpin>(r: &mut R, seen: &mut Vec<u8>, pred: impl Fn(&str) -> bool) {
+async fn read_until<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    seen: &mut Vec<u8>,
+    pred: impl Fn(&str) -> bool,
+) {
     let deadline = tokio::time::Instant::now() + LIMIT;
     let mut buf = [0u8; 4096];
     while !pred(&String::from_utf8_lossy(seen)) {
-        let n = tokio::time::timeout_at(deadline, r.read(&mut buf)).await.expect("timed out waiting for output").unwrap();
-        assert!(n > 0, "stream ended before the expected output: {}", String::from_utf8_lossy(seen));
+        let n = tokio::time::timeout_at(deadline, r.read(&mut buf))
+            .await
+            .expect("timed out waiting for output")
+            .unwrap();
+        assert!(
+            n > 0,
+            "stream ended before the expected output: {}",
+            String::from_utf8_lossy(seen)
+        );
         seen.extend_from_slice(&buf[..n]);
     }
 }
@@ -47,7 +58,10 @@ async fn output_collects_status_stdout_stderr_with_env_and_cwd() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
 
     let killed = rt.command(&id, "sh").args(["-c", "kill -9 $$"]).output().await.unwrap();
-    assert_eq!((killed.status.code(), killed.status.signal(), killed.status.shell_code()), (None, Some(9), 137));
+    assert_eq!(
+        (killed.status.code(), killed.status.signal(), killed.status.shell_code()),
+        (None, Some(9), 137)
+    );
 
     let e = rt.command(&id, "boxsock-no-such-command").output().await.unwrap_err();
     assert_eq!(e.spawn_error(), Some(SpawnErrorKind::NotFound), "{e}");
@@ -121,7 +135,13 @@ async fn spawn_with_a_tty_runs_on_a_pty_and_resizes_it() {
 async fn dropping_a_child_kills_the_command() {
     let env = Env::new();
     let (rt, id) = running_box(&env).await;
-    let mut child = rt.command(&id, "sh").args(["-c", "echo $$; exec sleep 1000"]).stdout(Stdio::Piped).spawn().await.unwrap();
+    let mut child = rt
+        .command(&id, "sh")
+        .args(["-c", "echo $$; exec sleep 1000"])
+        .stdout(Stdio::Piped)
+        .spawn()
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     read_until(child.stdout.as_mut().unwrap(), &mut seen, |s| s.ends_with('\n')).await;
     let pid: i32 = String::from_utf8_lossy(&seen).trim().parse().unwrap();
@@ -135,7 +155,8 @@ async fn dropping_a_child_kills_the_command() {
 async fn eight_megabytes_round_trip_through_piped_stdin_and_stdout() {
     let env = Env::new();
     let (rt, id) = running_box(&env).await;
-    let mut child = rt.command(&id, "cat").stdin(Stdio::Piped).stdout(Stdio::Piped).spawn().await.unwrap();
+    let mut child =
+        rt.command(&id, "cat").stdin(Stdio::Piped).stdout(Stdio::Piped).spawn().await.unwrap();
     let (mut stdin, mut stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
     let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
     let sent = data.clone();

@@ -22,7 +22,12 @@ async fn exec_true(rt: &Runtime, id: &str) -> Duration {
     let (mut on_out, mut on_err) = (|_: &[u8]| {}, |_: &[u8]| {});
     let t = Instant::now();
     let code = rt
-        .exec(id, vec!["true".into()], vec![], ExecIo { stdin: None, stdout: &mut on_out, stderr: &mut on_err })
+        .exec(
+            id,
+            vec!["true".into()],
+            vec![],
+            ExecIo { stdin: None, stdout: &mut on_out, stderr: &mut on_err },
+        )
         .await
         .unwrap_or_else(|e| panic!("exec in {id}: {e}"));
     assert_eq!(code, 0);
@@ -62,7 +67,8 @@ async fn an_ensure_blocked_on_its_lock_for_one_box_does_not_delay_an_exec_on_ano
     let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap().id;
     rt.start(a.as_str()).await.unwrap();
     rt.start(b.as_str()).await.unwrap();
-    let _guard = KillOnDrop([&a, &b].iter().filter_map(|id| rt.process(id.as_str()).unwrap()).collect());
+    let _guard =
+        KillOnDrop([&a, &b].iter().filter_map(|id| rt.process(id.as_str()).unwrap()).collect());
 
     // B's exec latency with nothing blocked.
     let (baseline, _) = slowest_exec_during(&rt, b.as_str(), Duration::from_millis(500)).await;
@@ -73,7 +79,12 @@ async fn an_ensure_blocked_on_its_lock_for_one_box_does_not_delay_an_exec_on_ano
     std::fs::remove_file(per_uid.join(a.as_str())).unwrap();
     let dir = std::fs::File::open(&per_uid).unwrap();
     // SAFETY: flock on a descriptor `dir` owns for the call; no memory is passed.
-    assert_eq!(unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0, "lock {}", per_uid.display());
+    assert_eq!(
+        unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0,
+        "lock {}",
+        per_uid.display()
+    );
     let unlocker = std::thread::spawn(move || {
         std::thread::sleep(HOLD);
         drop(dir); // closing the only descriptor of the open file releases the flock
@@ -84,12 +95,18 @@ async fn an_ensure_blocked_on_its_lock_for_one_box_does_not_delay_an_exec_on_ano
         tokio::time::sleep(Duration::from_millis(100)).await;
         exec_true(&rt, a.as_str()).await
     };
-    let ((during, execs), a_took) = tokio::join!(slowest_exec_during(&rt, b.as_str(), Duration::from_millis(1500)), exec_a);
+    let ((during, execs), a_took) =
+        tokio::join!(slowest_exec_during(&rt, b.as_str(), Duration::from_millis(1500)), exec_a);
     unlocker.join().unwrap();
-    println!("box B exec: slowest {baseline:?} unblocked, {during:?} over {execs} execs while box A's ensure waited; box A's exec took {a_took:?}");
+    println!(
+        "box B exec: slowest {baseline:?} unblocked, {during:?} over {execs} execs while box A's ensure waited; box A's exec took {a_took:?}"
+    );
 
     // The lock really was in A's way (otherwise this test proves nothing) ...
-    assert!(a_took >= HOLD - Duration::from_millis(300), "box A's exec took {a_took:?}; it should have waited for the lock");
+    assert!(
+        a_took >= HOLD - Duration::from_millis(300),
+        "box A's exec took {a_took:?}; it should have waited for the lock"
+    );
     // ... and it did not stall B (without the fix B's exec in flight waits ~3 s).
     assert!(
         during < baseline + Duration::from_millis(200),

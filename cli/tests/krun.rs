@@ -18,9 +18,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use boxsock::{BindingError, BoxState, CreateOptions, ProcessIdentity, Runtime, RuntimeError};
+use boxsock_test_support::{Need, skip};
 use common::{Env, LIMIT, agent_and_shim_dir, json, ok, pid_running, run, text, wait_until};
 use serde_json::Value;
-use boxsock_test_support::{Need, skip};
 
 /// `sizeof(sun_path)` on Linux; a path fits when `len + 1 <= SUN_LEN`.
 const SUN_LEN: usize = 108;
@@ -28,7 +28,12 @@ const SUN_LEN: usize = 108;
 const DEEP: usize = 300;
 
 fn have_passt() -> bool {
-    let found = Command::new("passt").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    let found = Command::new("passt")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
     if !found {
         skip(Need::Program { name: "passt", package: "passt" }, "passt is not installed");
     }
@@ -45,7 +50,9 @@ fn processes_logging_to(log: &Path) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        if std::fs::read_link(format!("/proc/{pid}/fd/1")).is_ok_and(|l| l == log) && pid_running(pid) {
+        if std::fs::read_link(format!("/proc/{pid}/fd/1")).is_ok_and(|l| l == log)
+            && pid_running(pid)
+        {
             out.push(pid);
         }
     }
@@ -70,9 +77,18 @@ fn assert_short_and_through_link(what: &str, p: &str, link: &Path) {
 fn doctor_and_backends_explain_libkrun_availability_here() {
     let env = Env::deep(DEEP);
     let out = ok(boxsock(&env).args(["--backend", "libkrun", "doctor"]));
-    let line = out.lines().find(|l| l.starts_with("backend libkrun: ")).unwrap_or_else(|| panic!("no libkrun line in:\n{out}"));
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("backend libkrun: "))
+        .unwrap_or_else(|| panic!("no libkrun line in:\n{out}"));
     let report = json(boxsock(&env).args(["--backend", "libkrun", "doctor", "--json"]));
-    let krun = report["backends"].as_array().unwrap().iter().find(|b| b["name"] == "libkrun").unwrap().clone();
+    let krun = report["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "libkrun")
+        .unwrap()
+        .clone();
     if krun["available"] == true {
         assert_eq!(line, "backend libkrun: available");
     } else {
@@ -84,7 +100,9 @@ fn doctor_and_backends_explain_libkrun_availability_here() {
         } else if !Path::new("/dev/kvm").exists() {
             assert!(reason.contains("/dev/kvm"), "{reason}");
         }
-        if let boxsock::Availability::Unavailable { .. } = boxsock_libkrun::probe::HostProbe::default().probe_libkrunfw() {
+        if let boxsock::Availability::Unavailable { .. } =
+            boxsock_libkrun::probe::HostProbe::default().probe_libkrunfw()
+        {
             assert!(reason.contains("libkrunfw"), "a missing libkrunfw is named too: {reason}");
         }
         assert_eq!(krun["launch_available"], false);
@@ -92,9 +110,12 @@ fn doctor_and_backends_explain_libkrun_availability_here() {
         // The last line answers for the selected pair.
         assert_eq!(
             out.lines().last().unwrap(),
-            format!("selected (--strategy short-symlink --backend libkrun): boxes cannot start here: {reason}")
+            format!(
+                "selected (--strategy short-symlink --backend libkrun): boxes cannot start here: {reason}"
+            )
         );
-        let direct = ok(boxsock(&env).args(["--backend", "libkrun", "--strategy", "direct", "doctor"]));
+        let direct =
+            ok(boxsock(&env).args(["--backend", "libkrun", "--strategy", "direct", "doctor"]));
         let last = direct.lines().last().unwrap();
         assert!(last.starts_with("selected (--strategy direct --backend libkrun): boxes cannot be created: socket \"agent\""), "{last}");
     }
@@ -106,12 +127,32 @@ fn doctor_and_backends_explain_libkrun_availability_here() {
         assert!(b.contains(krun["reason"].as_str().unwrap()), "{b}");
         // configure_only: the probe is skipped for create/start, and doctor says so
         // while still giving the machine's reason.
-        let out = ok(boxsock(&env).args(["--backend", "libkrun", "--backend-option", "configure_only=true", "doctor"]));
+        let out = ok(boxsock(&env).args([
+            "--backend",
+            "libkrun",
+            "--backend-option",
+            "configure_only=true",
+            "doctor",
+        ]));
         assert!(out.contains("backend libkrun: unavailable: "), "{out}");
         assert!(out.contains("probe skipped"), "{out}");
-        let report = json(boxsock(&env).args(["--backend-option", "configure_only=true", "doctor", "--json"]));
-        let krun = report["backends"].as_array().unwrap().iter().find(|b| b["name"] == "libkrun").unwrap().clone();
-        assert_eq!((krun["available"].clone(), krun["launch_available"].clone()), (Value::Bool(false), Value::Bool(true)));
+        let report = json(boxsock(&env).args([
+            "--backend-option",
+            "configure_only=true",
+            "doctor",
+            "--json",
+        ]));
+        let krun = report["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == "libkrun")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (krun["available"].clone(), krun["launch_available"].clone()),
+            (Value::Bool(false), Value::Bool(true))
+        );
     }
     // doctor never creates the home.
     assert!(!env.home.exists());
@@ -121,7 +162,9 @@ fn doctor_and_backends_explain_libkrun_availability_here() {
 fn direct_under_a_300_byte_home_fails_at_create_naming_the_socket_before_any_directory() {
     let env = Env::deep(DEEP);
     for extra in [&[][..], &["--backend-option", "configure_only=true"][..]] {
-        let o = run(boxsock(&env).args(["--backend", "libkrun", "--strategy", "direct", "create", "--network"]).args(extra));
+        let o = run(boxsock(&env)
+            .args(["--backend", "libkrun", "--strategy", "direct", "create", "--network"])
+            .args(extra));
         assert_eq!(o.status.code(), Some(125), "{}", text(&o.stderr));
         let err = text(&o.stderr);
         assert!(o.stdout.is_empty(), "no id printed: {}", text(&o.stdout));
@@ -144,7 +187,12 @@ async fn direct_under_a_300_byte_home_is_path_too_long_through_the_library() {
     let mut o = env.options_with_helpers(agent_and_shim_dir());
     o.backend_config.options.insert("configure_only".into(), "true".into());
     let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
-    let e = rt.create(CreateOptions::builder().strategy("direct").backend("libkrun").network(true).build()).await.unwrap_err();
+    let e = rt
+        .create(
+            CreateOptions::builder().strategy("direct").backend("libkrun").network(true).build(),
+        )
+        .await
+        .unwrap_err();
     match e {
         RuntimeError::Binding(BindingError::PathTooLong { socket, len, limit, path }) => {
             assert_eq!(socket, "agent");
@@ -164,7 +212,14 @@ fn short_symlink_reaches_the_shim_with_only_short_paths_in_the_recorded_spec_and
     }
     let env = Env::deep(DEEP);
     assert!(env.home.as_os_str().len() >= DEEP);
-    let krun = ["--backend", "libkrun", "--strategy", "short-symlink", "--backend-option", "configure_only=true"];
+    let krun = [
+        "--backend",
+        "libkrun",
+        "--strategy",
+        "short-symlink",
+        "--backend-option",
+        "configure_only=true",
+    ];
     let id = ok(boxsock(&env).args(krun).args(["create", "--network"])).trim().to_owned();
     let box_dir = env.home.join("boxes").join(&id);
     // The guest root was prepared at create: the shared base holds the agent, the box's
@@ -180,11 +235,16 @@ fn short_symlink_reaches_the_shim_with_only_short_paths_in_the_recorded_spec_and
     let err = text(&o.stderr);
     assert!(err.contains(&format!("box {id}: its process (pid ")), "{err}");
     assert!(err.contains("exited with code 0 before reporting ready"), "{err}");
-    assert!(err.contains("configured") && err.contains("configure_only"), "the log tail is quoted: {err}");
+    assert!(
+        err.contains("configured") && err.contains("configure_only"),
+        "the log tail is quoted: {err}"
+    );
     assert!(!err.contains("timed out"), "{err}");
 
     // The spec the shim received.
-    let spec: Value = serde_json::from_str(&std::fs::read_to_string(box_dir.join("shim-spec.json")).unwrap()).unwrap();
+    let spec: Value =
+        serde_json::from_str(&std::fs::read_to_string(box_dir.join("shim-spec.json")).unwrap())
+            .unwrap();
     assert_eq!(spec["box_id"], id.as_str());
     assert_eq!(spec["configure_only"], true);
     let link = link_dir(&env, &id);
@@ -194,7 +254,10 @@ fn short_symlink_reaches_the_shim_with_only_short_paths_in_the_recorded_spec_and
     let agent_fd = spec["agent"]["host_path"].as_str().unwrap();
     let ready_fd = spec["ready"]["host_path"].as_str().unwrap();
     let tmpdir = spec["tmpdir"].as_str().unwrap();
-    assert_eq!((agent_fd, ready_fd, tmpdir), ("/proc/self/fd/3/agent.sock", "/proc/self/fd/3/ready.sock", "/proc/self/fd/3"));
+    assert_eq!(
+        (agent_fd, ready_fd, tmpdir),
+        ("/proc/self/fd/3/agent.sock", "/proc/self/fd/3/ready.sock", "/proc/self/fd/3")
+    );
     assert_eq!(spec["socket_dir_fd"], 3);
     assert_eq!(spec["net"]["fd"], 4);
     // The stable names people see stay the short link's.
@@ -224,16 +287,28 @@ fn short_symlink_reaches_the_shim_with_only_short_paths_in_the_recorded_spec_and
     let info = json(boxsock(&env).args(["inspect", "--json", &id]));
     assert_eq!(info["state"], "stopped");
     assert_eq!(info["exit_code"], 0);
-    assert_eq!(info["companions"], Value::Array(vec![]), "no companion recorded after the failed start");
+    assert_eq!(
+        info["companions"],
+        Value::Array(vec![]),
+        "no companion recorded after the failed start"
+    );
     let sockets = info["sockets"].as_array().unwrap();
     for (name, p) in [("agent", agent), ("ready", ready), ("net", net)] {
-        let s = sockets.iter().find(|s| s["socket"] == name).unwrap_or_else(|| panic!("no {name} in {info}"));
+        let s = sockets
+            .iter()
+            .find(|s| s["socket"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {info}"));
         assert_eq!(s["address"], p);
         assert_eq!(s["bytes"], p.len());
         assert_eq!(s["limit"], SUN_LEN);
         assert_eq!(s["fits"], true);
     }
-    assert!(sockets.iter().any(|s| s["socket"].as_str().unwrap().starts_with("net (derived: ") && s["fits"] == true));
+    assert!(
+        sockets
+            .iter()
+            .any(|s| s["socket"].as_str().unwrap().starts_with("net (derived: ")
+                && s["fits"] == true)
+    );
 
     // The failed start left no passt behind.
     // (passt serves a socketpair now, `--fd 3`: it is found by the log it writes to.)
@@ -277,7 +352,16 @@ async fn a_start_that_times_out_kills_its_recorded_passt() {
     o.backend_config.options.insert("shim".into(), sleeping_shim(&env).display().to_string());
     o.ready_timeout = Duration::from_secs(2);
     let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
-    let b = rt.create(CreateOptions::builder().strategy("short-symlink").backend("libkrun").network(true).build()).await.unwrap();
+    let b = rt
+        .create(
+            CreateOptions::builder()
+                .strategy("short-symlink")
+                .backend("libkrun")
+                .network(true)
+                .build(),
+        )
+        .await
+        .unwrap();
     let id = b.id.clone();
     let mut seen: Vec<ProcessIdentity> = Vec::new();
     let watch = async {
@@ -307,7 +391,14 @@ fn kill_9_of_the_runtime_after_passt_started_then_reopen_kills_passt() {
     let env = Env::deep(DEEP);
     let shim = sleeping_shim(&env);
     let shim_opt = format!("shim={}", shim.display());
-    let krun = ["--backend", "libkrun", "--backend-option", "configure_only=true", "--backend-option", &shim_opt];
+    let krun = [
+        "--backend",
+        "libkrun",
+        "--backend-option",
+        "configure_only=true",
+        "--backend-option",
+        &shim_opt,
+    ];
     let id = ok(boxsock(&env).args(krun).args(["create", "--network"])).trim().to_owned();
     let mut starter = KillOnDrop(
         boxsock(&env)
@@ -323,7 +414,8 @@ fn kill_9_of_the_runtime_after_passt_started_then_reopen_kills_passt() {
     let mut info = Value::Null;
     wait_until("passt recorded as a companion", || {
         info = json(boxsock(&env).args(["inspect", "--json", &id]));
-        info["companions"].as_array().is_some_and(|c| c.iter().any(|c| c["alive"] == true)) && info["pid"].is_i64()
+        info["companions"].as_array().is_some_and(|c| c.iter().any(|c| c["alive"] == true))
+            && info["pid"].is_i64()
     });
     assert_eq!(info["state"], "starting");
     let passt = ProcessIdentity {
@@ -339,7 +431,10 @@ fn kill_9_of_the_runtime_after_passt_started_then_reopen_kills_passt() {
     // The runtime dies without cleaning up: passt and the box process live on.
     starter.0.kill().unwrap();
     starter.0.wait().unwrap();
-    assert!(passt.is_alive(), "passt must still be running after the runtime's SIGKILL, or this test proves nothing");
+    assert!(
+        passt.is_alive(),
+        "passt must still be running after the runtime's SIGKILL, or this test proves nothing"
+    );
 
     // The next runtime to open the home for writing recovers it (`ls` is read-only):
     // the box is stopped and passt gone.
@@ -398,7 +493,16 @@ async fn passt_goes_with_its_box_on_stop_on_death_and_on_forced_remove() {
     o.backend_config.options.insert("shim".into(), agent_shim(&env).display().to_string());
     o.health_monitor = true;
     let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
-    let b = rt.create(CreateOptions::builder().strategy("short-symlink").backend("libkrun").network(true).build()).await.unwrap();
+    let b = rt
+        .create(
+            CreateOptions::builder()
+                .strategy("short-symlink")
+                .backend("libkrun")
+                .network(true)
+                .build(),
+        )
+        .await
+        .unwrap();
     let id = b.id.to_string();
 
     let running_passt = |rt: &Runtime| {
@@ -424,7 +528,10 @@ async fn passt_goes_with_its_box_on_stop_on_death_and_on_forced_remove() {
     let passt = running_passt(&rt);
     let shim = rt.process(&id).unwrap().expect("a process");
     shim.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
-    poll_until("the box to be recorded stopped", || rt.get(&id).unwrap().state == BoxState::Stopped).await;
+    poll_until("the box to be recorded stopped", || {
+        rt.get(&id).unwrap().state == BoxState::Stopped
+    })
+    .await;
     poll_until("passt to be gone", || !passt.is_alive()).await;
     assert!(rt.store().companions(&id).unwrap().is_empty());
 
@@ -443,7 +550,14 @@ async fn passt_goes_with_its_box_on_stop_on_death_and_on_forced_remove() {
 #[test]
 fn a_panicking_vmm_thread_fails_start_at_once_with_the_panic_in_the_error() {
     let env = Env::deep(DEEP);
-    let krun = ["--backend", "libkrun", "--strategy", "short-symlink", "--backend-option", "configure_only=true"];
+    let krun = [
+        "--backend",
+        "libkrun",
+        "--strategy",
+        "short-symlink",
+        "--backend-option",
+        "configure_only=true",
+    ];
     let id = ok(boxsock(&env).args(krun).arg("create")).trim().to_owned();
     let t0 = std::time::Instant::now();
     let out = run(boxsock(&env)
@@ -453,7 +567,10 @@ fn a_panicking_vmm_thread_fails_start_at_once_with_the_panic_in_the_error() {
     let took = t0.elapsed();
     let err = text(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("panic in thread") && err.contains("BadActivate") && err.contains("code 70"), "{err}");
+    assert!(
+        err.contains("panic in thread") && err.contains("BadActivate") && err.contains("code 70"),
+        "{err}"
+    );
     assert!(took < Duration::from_secs(5), "start took {took:?} (ready timeout 60 s)");
     let info = json(boxsock(&env).args(["inspect", &id, "--json"]));
     assert_eq!(info["state"], "stopped", "{info}");

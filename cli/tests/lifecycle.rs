@@ -6,40 +6,65 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use boxsock::boxsock_core::backend::{AddressNeeds, Backend, BackendError, Isolation, LaunchSpec, Launched, Readiness};
+use boxsock::boxsock_core::backend::{
+    AddressNeeds, Backend, BackendError, Isolation, LaunchSpec, Launched, Readiness,
+};
 use boxsock::boxsock_core::{SocketSpec, catalogue};
 use boxsock::{
-    Availability, BackendConfig, BackendRegistration, BindingError, BoxState, CreateOptions, ExecIo, LockMode, ProcessIdentity,
-    Registry, Runtime, RuntimeError, builtin_backends,
+    Availability, BackendConfig, BackendRegistration, BindingError, BoxState, CreateOptions,
+    ExecIo, LockMode, ProcessIdentity, Registry, Runtime, RuntimeError, builtin_backends,
 };
-use common::{Env, LIMIT, pid_running, wait_until};
 use boxsock_test_support::{Need, Unmakeable, skip, skip_allowed};
+use common::{Env, LIMIT, pid_running, wait_until};
 
-async fn exec_out(rt: &Runtime, id: &str, argv: &[&str]) -> Result<(i32, String, String), RuntimeError> {
+async fn exec_out(
+    rt: &Runtime,
+    id: &str,
+    argv: &[&str],
+) -> Result<(i32, String, String), RuntimeError> {
     let (mut out, mut err) = (Vec::<u8>::new(), Vec::<u8>::new());
-    let (mut on_out, mut on_err) = (|b: &[u8]| out.extend_from_slice(b), |b: &[u8]| err.extend_from_slice(b));
+    let (mut on_out, mut on_err) =
+        (|b: &[u8]| out.extend_from_slice(b), |b: &[u8]| err.extend_from_slice(b));
     let code = rt
-        .exec(id, argv.iter().map(|s| s.to_string()).collect(), vec![], ExecIo { stdin: None, stdout: &mut on_out, stderr: &mut on_err })
+        .exec(
+            id,
+            argv.iter().map(|s| s.to_string()).collect(),
+            vec![],
+            ExecIo { stdin: None, stdout: &mut on_out, stderr: &mut on_err },
+        )
         .await?;
-    Ok((code, String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned()))
+    Ok((
+        code,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    ))
 }
 
 /// The whole life of one box, asserting the process and every trace of it are gone.
 async fn full_lifecycle(env: &Env, rt: &Runtime, strategy: &str, backend: &str) {
-    let b = rt.create(CreateOptions::new(strategy, backend)).await.unwrap_or_else(|e| panic!("{strategy}/{backend}: create: {e}"));
+    let b = rt
+        .create(CreateOptions::new(strategy, backend))
+        .await
+        .unwrap_or_else(|e| panic!("{strategy}/{backend}: create: {e}"));
     let id = b.id.to_string();
     assert_eq!(b.state, BoxState::Created);
     let s = rt.strategy(strategy).unwrap();
 
-    let running = rt.start(&id).await.unwrap_or_else(|e| panic!("{strategy}/{backend}: start: {e}"));
+    let running =
+        rt.start(&id).await.unwrap_or_else(|e| panic!("{strategy}/{backend}: start: {e}"));
     assert_eq!(running.state, BoxState::Running);
     let pid = running.process.expect("a running box has a process").pid;
     assert!(pid_running(pid));
     // The ready socket is gone once the box is ready.
     assert!(!rt.layout().sockets_dir(&b.id).join("ready.sock").exists());
 
-    let (code, out, err) = exec_out(rt, &id, &["sh", "-c", "echo out-$((6*7)); echo err >&2; exit 3"]).await.unwrap();
-    assert_eq!((code, out.as_str(), err.as_str()), (3, "out-42\n", "err\n"), "{strategy}/{backend}");
+    let (code, out, err) =
+        exec_out(rt, &id, &["sh", "-c", "echo out-$((6*7)); echo err >&2; exit 3"]).await.unwrap();
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (3, "out-42\n", "err\n"),
+        "{strategy}/{backend}"
+    );
 
     // inspect reports the watched process and every socket's live address.
     let info = rt.inspect(&id).unwrap();
@@ -47,7 +72,10 @@ async fn full_lifecycle(env: &Env, rt: &Runtime, strategy: &str, backend: &str) 
     assert!(info.alive);
     let agent = info.sockets.iter().find(|s| s.socket == "agent").expect("agent socket listed");
     assert!(agent.fits && agent.bytes.unwrap() < agent.limit, "{agent:?}");
-    assert_eq!(agent.address.as_deref().unwrap(), s.address(rt.layout(), &b.id, "agent.sock").unwrap().display_string());
+    assert_eq!(
+        agent.address.as_deref().unwrap(),
+        s.address(rt.layout(), &b.id, "agent.sock").unwrap().display_string()
+    );
 
     // Stop: really gone, then restart.
     let stopped = rt.stop(&id, None).await.unwrap();
@@ -78,17 +106,26 @@ async fn full_lifecycle_for_every_compatible_available_pair() {
     for backend in builtin_backends().names() {
         let b = rt.backend(backend).unwrap();
         if let Availability::Unavailable { reason } = b.available() {
-            skip_allowed(Unmakeable::NoHardwareKvm, format!("backend {backend} unavailable here: {reason}"));
+            skip_allowed(
+                Unmakeable::NoHardwareKvm,
+                format!("backend {backend} unavailable here: {reason}"),
+            );
             continue;
         }
         for strategy in boxsock::builtin_strategies().names() {
             let s = rt.strategy(strategy).unwrap();
             if !s.capabilities().supported_here() {
-                skip_allowed(Unmakeable::Capability, format!("strategy {strategy} unsupported here"));
+                skip_allowed(
+                    Unmakeable::Capability,
+                    format!("strategy {strategy} unsupported here"),
+                );
                 continue;
             }
             if let Err(reason) = boxsock::boxsock_runtime::compatibility(&*s, &*b) {
-                skip_allowed(Unmakeable::Capability, format!("{strategy}/{backend} incompatible: {reason}"));
+                skip_allowed(
+                    Unmakeable::Capability,
+                    format!("{strategy}/{backend} incompatible: {reason}"),
+                );
                 continue;
             }
             full_lifecycle(&env, &rt, strategy, backend).await;
@@ -108,7 +145,10 @@ async fn a_home_deeper_than_200_bytes_works_end_to_end_with_short_symlink() {
     match &e {
         RuntimeError::Binding(BindingError::PathTooLong { socket, path, len, limit }) => {
             assert_eq!(socket, "agent");
-            assert!(path.starts_with(env.home.to_str().unwrap()) && path.ends_with("agent.sock"), "{path}");
+            assert!(
+                path.starts_with(env.home.to_str().unwrap()) && path.ends_with("agent.sock"),
+                "{path}"
+            );
             assert_eq!(*len, path.len());
             assert_eq!(*limit, 108);
         }
@@ -141,7 +181,10 @@ impl Backend for PathOnlyBackend {
         Availability::Available
     }
     fn launch(&self, _spec: &LaunchSpec) -> Result<Launched, BackendError> {
-        Err(BackendError::Spec { backend: "path-only-test".into(), reason: "never launched in tests".into() })
+        Err(BackendError::Spec {
+            backend: "path-only-test".into(),
+            reason: "never launched in tests".into(),
+        })
     }
 }
 
@@ -149,8 +192,11 @@ fn build_path_only(_: &BackendConfig) -> Result<Arc<dyn Backend>, BackendError> 
     Ok(Arc::new(PathOnlyBackend))
 }
 
-static PATH_ONLY: BackendRegistration =
-    BackendRegistration { name: "path-only-test", summary: "test backend taking only paths", build: build_path_only };
+static PATH_ONLY: BackendRegistration = BackendRegistration {
+    name: "path-only-test",
+    summary: "test backend taking only paths",
+    build: build_path_only,
+};
 
 #[tokio::test]
 async fn abstract_with_a_path_only_backend_is_refused_readably_and_writes_nothing() {
@@ -162,7 +208,10 @@ async fn abstract_with_a_path_only_backend_is_refused_readably_and_writes_nothin
     match &e {
         RuntimeError::Incompatible { strategy, backend, reason } => {
             assert_eq!((strategy.as_str(), backend.as_str()), ("abstract", "path-only-test"));
-            assert!(matches!(reason, boxsock::boxsock_runtime::Incompatibility::NeedsPaths { .. }), "{reason:?}");
+            assert!(
+                matches!(reason, boxsock::boxsock_runtime::Incompatibility::NeedsPaths { .. }),
+                "{reason:?}"
+            );
             assert!(reason.to_string().contains("path"), "{reason}");
         }
         other => panic!("expected Incompatible, got {other}"),
@@ -195,7 +244,10 @@ async fn bad_input_is_refused_before_touching_disk() {
         rt.create(CreateOptions::new("nope", "host")).await,
         Err(RuntimeError::Registry(boxsock::boxsock_core::registry::RegistryError::Unknown { .. }))
     ));
-    assert!(matches!(rt.create(CreateOptions::new("short-symlink", "nope")).await, Err(RuntimeError::Registry(_))));
+    assert!(matches!(
+        rt.create(CreateOptions::new("short-symlink", "nope")).await,
+        Err(RuntimeError::Registry(_))
+    ));
     let mut o = CreateOptions::new("short-symlink", "host");
     o.name = Some("web".into());
     rt.create(o.clone()).await.unwrap();
@@ -224,7 +276,8 @@ async fn health_monitor_marks_a_killed_box_stopped_and_the_process_is_really_gon
     assert_eq!(watched.identity().pid, pid);
     assert_eq!(Some(watched.identity().start_time), info.start_time);
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
     wait_until("the box to be stopped", || rt.get(&id).unwrap().state == BoxState::Stopped);
     let rec = rt.get(&id).unwrap();
     assert_eq!(rec.exit_code, Some(128 + 9), "the exit is recorded");
@@ -232,7 +285,10 @@ async fn health_monitor_marks_a_killed_box_stopped_and_the_process_is_really_gon
     // Really gone: no process (not even a zombie) with that identity.
     assert!(!pid_running(pid));
     assert!(!ProcessIdentity { pid, start_time: info.start_time.unwrap() }.is_alive());
-    assert!(matches!(exec_out(&rt, &id, &["true"]).await, Err(RuntimeError::NotRunning { state: BoxState::Stopped, .. })));
+    assert!(matches!(
+        exec_out(&rt, &id, &["true"]).await,
+        Err(RuntimeError::NotRunning { state: BoxState::Stopped, .. })
+    ));
     // Removed through the normal path (no force needed: it is stopped).
     rt.remove(&id, false).await.unwrap();
     assert!(env.links().is_empty() && env.box_dirs().is_empty());
@@ -249,7 +305,10 @@ async fn readiness_timeout_names_the_address_quotes_the_log_and_kills_the_box() 
     let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
     match rt.start(b.id.as_str()).await.unwrap_err() {
         RuntimeError::ReadyTimeout { waited_for, .. } => {
-            assert_eq!(waited_for, "agent readiness on the ready channel (an inherited descriptor)");
+            assert_eq!(
+                waited_for,
+                "agent readiness on the ready channel (an inherited descriptor)"
+            );
         }
         other => panic!("expected ReadyTimeout, got {other}"),
     }
@@ -259,7 +318,10 @@ async fn readiness_timeout_names_the_address_quotes_the_log_and_kills_the_box() 
     let rec = rt.get(b.id.as_str()).unwrap();
     match &e {
         RuntimeError::ReadyTimeout { waited_for, log_tail, after, .. } => {
-            assert!(waited_for.contains("agent readiness on") && waited_for.contains("ready.sock"), "{waited_for}");
+            assert!(
+                waited_for.contains("agent readiness on") && waited_for.contains("ready.sock"),
+                "{waited_for}"
+            );
             assert!(log_tail.contains("fake-agent-was-here"), "{log_tail}");
             assert_eq!(*after, Duration::from_millis(400));
         }
@@ -269,7 +331,13 @@ async fn readiness_timeout_names_the_address_quotes_the_log_and_kills_the_box() 
     assert!(rec.process.is_none());
     // The fake agent (a sleep with the pid it printed) is gone, its ready socket too.
     let log = std::fs::read_to_string(rt.layout().log_file(&b.id)).unwrap();
-    let pid: i32 = log.split("pid=").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().parse().unwrap();
+    let pid: i32 = log
+        .split("pid=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(!pid_running(pid), "fake agent {pid} still running");
     assert!(!rt.layout().sockets_dir(&b.id).join("ready.sock").exists());
     rt.remove(b.id.as_str(), false).await.unwrap();
@@ -353,7 +421,10 @@ async fn a_legacy_row_with_persisted_paths_loads_and_the_derived_address_wins() 
     rt.start("old").await.unwrap();
     let info = rt.inspect("old").unwrap();
     let agent = info.sockets.iter().find(|s| s.socket == "agent").unwrap();
-    assert!(agent.address.as_deref().unwrap().starts_with(env.per_uid_dir().to_str().unwrap()), "{agent:?}");
+    assert!(
+        agent.address.as_deref().unwrap().starts_with(env.per_uid_dir().to_str().unwrap()),
+        "{agent:?}"
+    );
     assert_ne!(agent.address.as_deref(), Some(stale.as_str()));
     assert_eq!(exec_out(&rt, "old", &["echo", "hi"]).await.unwrap().1, "hi\n");
     rt.remove("old", true).await.unwrap();
@@ -365,7 +436,11 @@ async fn corrupt_rows_are_reported_never_brick_list_and_go_with_force() {
     let env = Env::new();
     let (rt, _) = Runtime::open(&env.home, env.options()).await.unwrap();
     let good = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
-    for (id, config) in [("trunc1", r#"{"strategy":"short-sym"#), ("notypes", r#"{"strategy":5,"backend":[]}"#), ("missing", r#"{}"#)] {
+    for (id, config) in [
+        ("trunc1", r#"{"strategy":"short-sym"#),
+        ("notypes", r#"{"strategy":5,"backend":[]}"#),
+        ("missing", r#"{}"#),
+    ] {
         rt.store()
             .execute_raw(&format!(
                 "INSERT INTO boxes (id, state, config, created_at_ms, updated_at_ms) VALUES ('{id}', 'running', '{config}', 1, 1)"
@@ -398,7 +473,11 @@ async fn a_binding_deleted_while_running_heals_on_the_next_exec() {
     let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
     let id = b.id.to_string();
     rt.start(&id).await.unwrap();
-    let link = rt.strategy("short-symlink").unwrap().binding_path(rt.layout(), &b.id).expect("short-symlink has a link");
+    let link = rt
+        .strategy("short-symlink")
+        .unwrap()
+        .binding_path(rt.layout(), &b.id)
+        .expect("short-symlink has a link");
     std::fs::remove_file(&link).unwrap(); // what a /tmp cleaner does
     assert!(std::fs::symlink_metadata(&link).is_err());
     let (code, out, _) = exec_out(&rt, &id, &["echo", "healed"]).await.unwrap();
@@ -439,7 +518,10 @@ async fn recovery_removes_orphan_dirs_and_rows_and_releases_their_bindings() {
     let mut dirs = env.box_dirs();
     dirs.sort();
     assert_eq!(dirs, [".not-a-box".to_owned(), c.id.to_string()]);
-    assert!(std::fs::read_dir(rt.layout().journal_dir()).unwrap().next().is_none(), "journal entries left");
+    assert!(
+        std::fs::read_dir(rt.layout().journal_dir()).unwrap().next().is_none(),
+        "journal entries left"
+    );
 }
 
 #[tokio::test]
@@ -465,7 +547,12 @@ async fn recovery_never_signals_a_stranger_holding_a_recorded_pid() {
     assert_eq!(stopped.state, BoxState::Stopped);
     assert!(stranger.try_wait().unwrap().is_none(), "stop signalled a stranger");
     rt.store()
-        .execute_raw(&format!("UPDATE boxes SET state = 'running', pid = {}, start_time = {} WHERE id = '{}'", real.pid, real.start_time - 1, b.id))
+        .execute_raw(&format!(
+            "UPDATE boxes SET state = 'running', pid = {}, start_time = {} WHERE id = '{}'",
+            real.pid,
+            real.start_time - 1,
+            b.id
+        ))
         .unwrap();
     rt.close();
     let (rt, report) = Runtime::open(&env.home, env.options()).await.unwrap();
@@ -485,7 +572,16 @@ async fn a_future_store_schema_is_refused_naming_the_version() {
     rt.store().execute_raw("PRAGMA user_version = 42").unwrap();
     rt.close();
     let e = Runtime::open(&env.home, env.options()).await.unwrap_err();
-    assert!(matches!(&e, RuntimeError::Store(boxsock::boxsock_runtime::store::StoreError::FutureSchema { found: 42, .. })), "{e}");
+    assert!(
+        matches!(
+            &e,
+            RuntimeError::Store(boxsock::boxsock_runtime::store::StoreError::FutureSchema {
+                found: 42,
+                ..
+            })
+        ),
+        "{e}"
+    );
     assert!(e.to_string().contains("42"), "{e}");
 }
 
@@ -553,7 +649,8 @@ async fn without_a_health_monitor_exec_finds_a_dead_box_and_records_it_stopped()
     let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
     let id = b.id.to_string();
     let pid = rt.start(&id).await.unwrap().process.unwrap().pid;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
     wait_until("the box process to die", || !pid_running(pid));
     assert_eq!(rt.get(&id).unwrap().state, BoxState::Running, "nobody watched");
     match exec_out(&rt, &id, &["true"]).await {
@@ -567,8 +664,17 @@ async fn without_a_health_monitor_exec_finds_a_dead_box_and_records_it_stopped()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_connection_on_the_ready_socket_is_not_mistaken_for_the_agent() {
-    if std::process::Command::new("python3").arg("-c").arg("").status().map(|s| !s.success()).unwrap_or(true) {
-        skip(Need::Program { name: "python3", package: "python3" }, "python3 is needed to make the stray connection");
+    if std::process::Command::new("python3")
+        .arg("-c")
+        .arg("")
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        skip(
+            Need::Program { name: "python3", package: "python3" },
+            "python3 is needed to make the stray connection",
+        );
         return;
     }
     let env = Env::new();
@@ -589,7 +695,9 @@ async fn an_empty_connection_on_the_ready_socket_is_not_mistaken_for_the_agent()
     )
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let (rt, _) = Runtime::open(&env.home, with_ready_socket_host(env.options_with_helpers(d))).await.unwrap();
+    let (rt, _) = Runtime::open(&env.home, with_ready_socket_host(env.options_with_helpers(d)))
+        .await
+        .unwrap();
     let b = rt.create(CreateOptions::new("short-symlink", "host-ready-socket-test")).await.unwrap();
     rt.start(b.id.as_str()).await.expect("start survives an empty connection on ready");
     let log = std::fs::read_to_string(rt.layout().log_file(&b.id)).unwrap();
@@ -626,7 +734,10 @@ async fn a_read_only_runtime_changes_nothing_and_refuses_changes() {
     let (rt, report) = Runtime::open(&env.home, ro).await.unwrap();
     assert!(report.recovery_skipped && report.orphan_dirs_removed.is_empty());
     assert!(rt.list().unwrap().boxes.is_empty());
-    assert!(matches!(rt.create(CreateOptions::new("short-symlink", "host")).await, Err(RuntimeError::ReadOnly { .. })));
+    assert!(matches!(
+        rt.create(CreateOptions::new("short-symlink", "host")).await,
+        Err(RuntimeError::ReadOnly { .. })
+    ));
     assert!(matches!(rt.sweep().await, Err(RuntimeError::ReadOnly { .. })));
     assert!(matches!(rt.remove(b.id.as_str(), true).await, Err(RuntimeError::ReadOnly { .. })));
     rt.close();
@@ -668,13 +779,18 @@ async fn an_open_that_fails_in_a_new_home_leaves_nothing_behind() {
     let mut failed_after_creating = Vec::new();
     for inodes in 2..12 {
         let opts = format!("size=4m,nr_inodes={inodes},mode=0700");
-        if let Err(e) = mount(Some("tmpfs"), &mnt, Some("tmpfs"), MsFlags::empty(), Some(opts.as_str())) {
+        if let Err(e) =
+            mount(Some("tmpfs"), &mnt, Some("tmpfs"), MsFlags::empty(), Some(opts.as_str()))
+        {
             skip(Need::Kernel("tmpfs mounts"), format!("cannot mount a tmpfs: {e}"));
             return;
         }
         let home = mnt.join("home");
         let r = Runtime::open(&home, env.options()).await;
-        let left: Vec<String> = std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let left: Vec<String> = std::fs::read_dir(&mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         let ok = r.is_ok();
         if let Err(e) = &r {
             assert!(left.is_empty(), "{inodes} inodes: open failed ({e}) and left {left:?}");
@@ -688,7 +804,10 @@ async fn an_open_that_fails_in_a_new_home_leaves_nothing_behind() {
             break;
         }
     }
-    assert!(failed_after_creating.len() >= 2, "the open never failed after making the home: {failed_after_creating:?}");
+    assert!(
+        failed_after_creating.len() >= 2,
+        "the open never failed after making the home: {failed_after_creating:?}"
+    );
 }
 
 /// Issue 10, item 2: box directories are re-checked at start and before each dial, not
@@ -713,11 +832,16 @@ async fn start_and_exec_recheck_the_box_directories() {
         }
         other => panic!("start with a 0777 box directory: {other:?}"),
     }
-    assert_eq!(rt.get(&id).unwrap().state, boxsock::BoxState::Created, "a refused start changes nothing");
+    assert_eq!(
+        rt.get(&id).unwrap().state,
+        boxsock::BoxState::Created,
+        "a refused start changes nothing"
+    );
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     // Group/other read bits alone are tightened, not refused; the log is made 0600.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(rt.layout().log_file(&b.id), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(rt.layout().log_file(&b.id), std::fs::Permissions::from_mode(0o644))
+        .unwrap();
     rt.start(&id).await.unwrap();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!((mode(&dir), mode(&rt.layout().log_file(&b.id))), (0o700, 0o600));
@@ -743,7 +867,9 @@ static FORKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// its descriptors and `/proc/net/unix`: the agent is told no name (issue 18.1), so the
 /// name is where the kernel has it. Abstract addresses only; asserts `agent` is among
 /// them.
-fn listening_addresses(pid: i32) -> std::collections::BTreeMap<String, boxsock::boxsock_core::SocketAddress> {
+fn listening_addresses(
+    pid: i32,
+) -> std::collections::BTreeMap<String, boxsock::boxsock_core::SocketAddress> {
     use boxsock::boxsock_core::SocketAddress;
     let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -756,7 +882,9 @@ fn listening_addresses(pid: i32) -> std::collections::BTreeMap<String, boxsock::
         // Num RefCount Protocol Flags Type St Inode Path
         let f: Vec<&str> = line.split_whitespace().collect();
         let listening = f.get(3) == Some(&"00010000");
-        if let (true, Some(ino), Some(name)) = (listening, f.get(6), f.get(7).and_then(|p| p.strip_prefix('@'))) {
+        if let (true, Some(ino), Some(name)) =
+            (listening, f.get(6), f.get(7).and_then(|p| p.strip_prefix('@')))
+        {
             if inodes.iter().any(|i| i == ino) {
                 let logical = if name.is_empty() { "?" } else { "agent" };
                 out.insert(logical.to_owned(), SocketAddress::Abstract(name.as_bytes().to_vec()));
@@ -768,7 +896,8 @@ fn listening_addresses(pid: i32) -> std::collections::BTreeMap<String, boxsock::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abstract_names_change_at_every_start_so_old_names_reach_nothing_and_squatted_ones_do_not_block() {
+async fn abstract_names_change_at_every_start_so_old_names_reach_nothing_and_squatted_ones_do_not_block()
+ {
     use boxsock::boxsock_core::peer;
     use boxsock_conformance::fork::listen_in_child;
     let _serial = FORKING.lock().await;
@@ -797,8 +926,14 @@ async fn abstract_names_change_at_every_start_so_old_names_reach_nothing_and_squ
     rt.stop(&id, None).await.unwrap();
 
     // Another user binds every name of the last start once the box has stopped.
-    let squatters: Vec<_> = second.values().map(|a| listen_in_child(a).unwrap_or_else(|r| panic!("squat {a}: {r:?}"))).collect();
-    let third = rt.start(&id).await.unwrap_or_else(|e| panic!("a start after the names were squatted must succeed: {e}"));
+    let squatters: Vec<_> = second
+        .values()
+        .map(|a| listen_in_child(a).unwrap_or_else(|r| panic!("squat {a}: {r:?}")))
+        .collect();
+    let third = rt
+        .start(&id)
+        .await
+        .unwrap_or_else(|e| panic!("a start after the names were squatted must succeed: {e}"));
     let third = listening_addresses(third.process.unwrap().pid);
     for (flag, a) in &second {
         assert_ne!(third[flag], *a, "{flag}");
@@ -838,7 +973,8 @@ async fn twenty_thousand_rejected_connects_add_at_most_a_few_kb_to_the_box_log()
     for (i, c) in name.iter().enumerate() {
         sa.sun_path[i + 1] = *c as libc::c_char;
     }
-    let len = (std::mem::offset_of!(libc::sockaddr_un, sun_path) + 1 + name.len()) as libc::socklen_t;
+    let len =
+        (std::mem::offset_of!(libc::sockaddr_un, sun_path) + 1 + name.len()) as libc::socklen_t;
     let started = std::time::Instant::now();
     // SAFETY: the child only makes raw syscalls on memory prepared before the fork and
     // _exits.
@@ -851,7 +987,10 @@ async fn twenty_thousand_rejected_connects_add_at_most_a_few_kb_to_the_box_log()
             for fd in 3..4096 {
                 libc::close(fd);
             }
-            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
                 libc::_exit(10);
             }
             for _ in 0..N {
@@ -868,17 +1007,30 @@ async fn twenty_thousand_rejected_connects_add_at_most_a_few_kb_to_the_box_log()
     let mut status = 0;
     // SAFETY: reaping our own child.
     assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "flood child status {status:#x}");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "flood child status {status:#x}"
+    );
     let took = started.elapsed();
     // The box still serves its owner, then stops: the agent writes its last summary.
     assert_eq!(exec_out(&rt, &id, &["true"]).await.unwrap().0, 0);
     rt.stop(&id, None).await.unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     let added = &text[before as usize..];
-    eprintln!("{N} rejected connects in {took:?} added {} bytes to the box log:\n{added}", added.len());
-    assert!((added.len() as u64) <= BOUND, "{N} rejections added {} bytes to the box log (bound {BOUND})", added.len());
+    eprintln!(
+        "{N} rejected connects in {took:?} added {} bytes to the box log:\n{added}",
+        added.len()
+    );
+    assert!(
+        (added.len() as u64) <= BOUND,
+        "{N} rejections added {} bytes to the box log (bound {BOUND})",
+        added.len()
+    );
     // The count is exact: samples plus summaries account for every rejection.
-    let samples = added.lines().filter(|l| l.contains("rejected peer") && l.contains("peer_uid=65534")).count() as u64;
+    let samples = added
+        .lines()
+        .filter(|l| l.contains("rejected peer") && l.contains("peer_uid=65534"))
+        .count() as u64;
     let more: u64 = added
         .lines()
         .filter_map(|l| l.split("more=").nth(1))
@@ -908,11 +1060,13 @@ enum Omit {
 
 mod without {
     use super::{Omit, Without};
+    use boxsock::BindingError;
     use boxsock::boxsock_core::binding::{Capabilities, PolicyPath, SweepReport};
     use boxsock::boxsock_core::peer::PeerPolicy;
     use boxsock::boxsock_core::{BoxBinding, Held, Opening, Socket};
-    use boxsock::boxsock_core::{BoxId, BoxLayout, SocketAddress, SocketBinding, SocketDir, StrategyConfig};
-    use boxsock::BindingError;
+    use boxsock::boxsock_core::{
+        BoxId, BoxLayout, SocketAddress, SocketBinding, SocketDir, StrategyConfig,
+    };
     use std::sync::Arc;
 
     impl SocketBinding for Without {
@@ -931,7 +1085,12 @@ mod without {
                 _ => self.inner.prepare_start(l, id),
             }
         }
-        fn address(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<SocketAddress, BindingError> {
+        fn address(
+            &self,
+            l: &BoxLayout,
+            id: &BoxId,
+            f: &str,
+        ) -> Result<SocketAddress, BindingError> {
             self.inner.address(l, id, f)
         }
         fn release(&self, l: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
@@ -972,21 +1131,30 @@ mod without {
     pub const UNCHECKED: &str = "direct-unchecked-test";
 
     pub fn no_rotate(c: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
-        Ok(Arc::new(Without { inner: Arc::new(boxsock_abstract::Abstract::new(c)), name: NO_ROTATE, omit: Omit::PrepareStart }))
+        Ok(Arc::new(Without {
+            inner: Arc::new(boxsock_abstract::Abstract::new(c)),
+            name: NO_ROTATE,
+            omit: Omit::PrepareStart,
+        }))
     }
 
     pub fn unchecked(c: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
-        Ok(Arc::new(Without { inner: Arc::new(boxsock_direct::Direct::new(c)), name: UNCHECKED, omit: Omit::PeerPolicy }))
+        Ok(Arc::new(Without {
+            inner: Arc::new(boxsock_direct::Direct::new(c)),
+            name: UNCHECKED,
+            omit: Omit::PeerPolicy,
+        }))
     }
 }
 
 /// `abstract` without its per-start rotation, so a test can squat the very name a start
 /// binds the agent's listener at, and see the bind rotate away from it.
-static NO_ROTATE: boxsock::boxsock_core::registry::StrategyRegistration = boxsock::boxsock_core::registry::StrategyRegistration {
-    name: without::NO_ROTATE,
-    summary: "abstract without per-start rotation (test)",
-    build: without::no_rotate,
-};
+static NO_ROTATE: boxsock::boxsock_core::registry::StrategyRegistration =
+    boxsock::boxsock_core::registry::StrategyRegistration {
+        name: without::NO_ROTATE,
+        summary: "abstract without per-start rotation (test)",
+        build: without::no_rotate,
+    };
 
 /// Issue 18.1: the runtime binds the agent's listener, so a squatted agent name rotates
 /// like any name the runtime binds (the agent, binding it itself, failed with
@@ -1001,7 +1169,8 @@ async fn a_start_whose_agent_name_is_squatted_rotates_and_launches_with_the_new_
     }
     let env = Env::new();
     let mut o = env.options();
-    o.strategies = Registry::from_entries("strategy", [&boxsock_abstract::REGISTRATION, &NO_ROTATE]);
+    o.strategies =
+        Registry::from_entries("strategy", [&boxsock_abstract::REGISTRATION, &NO_ROTATE]);
     let (rt, _) = Runtime::open(&env.home, o).await.unwrap();
     let b = rt.create(CreateOptions::new(without::NO_ROTATE, "host")).await.unwrap();
     let id = b.id.to_string();
@@ -1009,10 +1178,17 @@ async fn a_start_whose_agent_name_is_squatted_rotates_and_launches_with_the_new_
     let agent = s.address(rt.layout(), &b.id, "agent.sock").unwrap();
     // nobody holds the exact name this start will bind the agent's listener at.
     let squatter = listen_in_child(&agent).unwrap_or_else(|r| panic!("squat {agent}: {r:?}"));
-    let rec = rt.start(&id).await.unwrap_or_else(|e| panic!("the bind must rotate and the launch use the new names: {e}"));
+    let rec = rt
+        .start(&id)
+        .await
+        .unwrap_or_else(|e| panic!("the bind must rotate and the launch use the new names: {e}"));
     let bound = listening_addresses(rec.process.unwrap().pid);
     assert_ne!(bound["agent"], agent, "the agent was handed the squatted name");
-    assert_eq!(bound["agent"], s.address(rt.layout(), &b.id, "agent.sock").unwrap(), "the agent's name is the rotated one");
+    assert_eq!(
+        bound["agent"],
+        s.address(rt.layout(), &b.id, "agent.sock").unwrap(),
+        "the agent's name is the rotated one"
+    );
     assert_eq!(exec_out(&rt, &id, &["echo", "ok"]).await.unwrap().1, "ok\n");
     drop(squatter);
     rt.remove(&id, true).await.unwrap();
@@ -1031,13 +1207,16 @@ async fn no_socket_name_of_a_box_is_in_its_process_argv_or_environment() {
     let mut ran = Vec::new();
     for strategy in boxsock::builtin_strategies().names() {
         let s = rt.strategy(strategy).unwrap();
-        if !s.capabilities().supported_here() || boxsock::boxsock_runtime::compatibility(&*s, &*backend).is_err() {
+        if !s.capabilities().supported_here()
+            || boxsock::boxsock_runtime::compatibility(&*s, &*backend).is_err()
+        {
             continue;
         }
         let b = rt.create(CreateOptions::new(strategy, "host")).await.unwrap();
         let id = b.id.to_string();
         let pid = rt.start(&id).await.unwrap().process.unwrap().pid;
-        let mut needles: Vec<Vec<u8>> = vec![b"agent.sock".to_vec(), b"ready.sock".to_vec(), b"/proc/self/fd/".to_vec()];
+        let mut needles: Vec<Vec<u8>> =
+            vec![b"agent.sock".to_vec(), b"ready.sock".to_vec(), b"/proc/self/fd/".to_vec()];
         for name in ["agent.sock", "ready.sock"] {
             match s.address(rt.layout(), &b.id, name).unwrap() {
                 SocketAddress::Abstract(n) => needles.push(n),
@@ -1092,10 +1271,15 @@ impl Backend for DyingCompanionBackend {
     }
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
         use boxsock::boxsock_core::spawn::Spawn;
-        let spawn = |cmd: &mut Spawn| cmd.spawn().map_err(|e| BackendError::spawn("dying-companion-test", e));
+        let spawn = |cmd: &mut Spawn| {
+            cmd.spawn().map_err(|e| BackendError::spawn("dying-companion-test", e))
+        };
         let process = spawn(Spawn::new("sleep").arg("30"))?;
         let log = spec.log_file.with_file_name("companion.log");
-        let script = format!("sleep 0.3; echo 'companion: pivot_root: Invalid argument' > '{}'; exit 3", log.display());
+        let script = format!(
+            "sleep 0.3; echo 'companion: pivot_root: Invalid argument' > '{}'; exit 3",
+            log.display()
+        );
         let companion = spawn(Spawn::new("sh").args(["-c", &script]))?;
         Ok(Launched { process, companions: vec![companion] })
     }
@@ -1134,13 +1318,21 @@ impl Backend for ReadySocketHost {
         use boxsock::boxsock_core::spawn::Spawn;
         use std::os::fd::AsFd;
         let agent = spec.sockets.handed("agent")?;
-        let ready = spec.sockets.child_endpoint(&boxsock::boxsock_core::catalogue::READY, 4)?.to_uri();
+        let ready =
+            spec.sockets.child_endpoint(&boxsock::boxsock_core::catalogue::READY, 4)?.to_uri();
         let bin = boxsock::boxsock_core::helpers::find_agent(self.helpers.as_deref()).unwrap();
         let mut cmd = Spawn::new(bin);
-        cmd.args(["--agent-fd", "3", "--ready", &ready, "--allow-uid", &nix::unistd::geteuid().to_string()])
-            .log_file(&spec.log_file)
-            .map_err(|e| BackendError::spawn(self.name(), e))?
-            .hand(agent.as_fd(), 3);
+        cmd.args([
+            "--agent-fd",
+            "3",
+            "--ready",
+            &ready,
+            "--allow-uid",
+            &nix::unistd::geteuid().to_string(),
+        ])
+        .log_file(&spec.log_file)
+        .map_err(|e| BackendError::spawn(self.name(), e))?
+        .hand(agent.as_fd(), 3);
         if let Some(dir) = &spec.sockets.dir {
             cmd.hand(dir.as_fd(), 4);
         }
@@ -1161,7 +1353,8 @@ static READY_SOCKET_HOST: BackendRegistration = BackendRegistration {
 
 /// `options` with the host backend and [`ReadySocketHost`].
 fn with_ready_socket_host(mut o: boxsock::RuntimeOptions) -> boxsock::RuntimeOptions {
-    o.backends = Registry::from_entries("backend", [&boxsock_host::REGISTRATION, &READY_SOCKET_HOST]);
+    o.backends =
+        Registry::from_entries("backend", [&boxsock_host::REGISTRATION, &READY_SOCKET_HOST]);
     o
 }
 
@@ -1192,7 +1385,10 @@ async fn a_companion_exiting_before_ready_fails_the_start_within_a_second_with_i
     match &e {
         RuntimeError::CompanionExited { pid, logs, .. } => {
             assert!(*pid > 0);
-            assert!(logs.contains("pivot_root: Invalid argument") && logs.contains("companion.log"), "{logs}");
+            assert!(
+                logs.contains("pivot_root: Invalid argument") && logs.contains("companion.log"),
+                "{logs}"
+            );
             assert!(!pid_running(*pid), "companion {pid} still running");
         }
         other => panic!("expected CompanionExited, got {other}"),
@@ -1208,11 +1404,12 @@ async fn a_companion_exiting_before_ready_fails_the_start_within_a_second_with_i
 
 /// `direct` with the trait's default peer policy (unchecked), as a third-party strategy
 /// that does not override `peer_policy` would be.
-static UNCHECKED: boxsock::boxsock_core::registry::StrategyRegistration = boxsock::boxsock_core::registry::StrategyRegistration {
-    name: without::UNCHECKED,
-    summary: "direct with an unchecked peer policy (test)",
-    build: without::unchecked,
-};
+static UNCHECKED: boxsock::boxsock_core::registry::StrategyRegistration =
+    boxsock::boxsock_core::registry::StrategyRegistration {
+        name: without::UNCHECKED,
+        summary: "direct with an unchecked peer policy (test)",
+        build: without::unchecked,
+    };
 
 /// Only the box's own process may declare it ready, whatever the strategy's peer policy:
 /// with a policy that checks nothing the listener hands out no credentials, and an
@@ -1229,13 +1426,17 @@ async fn a_ready_frame_from_another_process_is_ignored_even_when_the_strategy_ch
     o.ready_timeout = Duration::from_secs(3);
     let (rt, _) = Runtime::open(&env.home, with_ready_socket_host(o)).await.unwrap();
     // (The host backend has no ready socket to send an impostor's frame to.)
-    let b = rt.create(CreateOptions::new(without::UNCHECKED, "host-ready-socket-test")).await.unwrap();
+    let b =
+        rt.create(CreateOptions::new(without::UNCHECKED, "host-ready-socket-test")).await.unwrap();
     let ready = env.home.join("boxes").join(b.id.as_str()).join("sockets").join("ready.sock");
     let impostor = std::thread::spawn(move || {
         let deadline = std::time::Instant::now() + LIMIT;
         while std::time::Instant::now() < deadline {
             if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&ready) {
-                let frame = encode(&Frame::Control(Response::Ready { version: VERSION, pid: std::process::id() }));
+                let frame = encode(&Frame::Control(Response::Ready {
+                    version: VERSION,
+                    pid: std::process::id(),
+                }));
                 // Reached: the runtime may close the connection before this write lands
                 // (the held binding's listener checks the peer's pid at accept), so the
                 // write's own result says nothing about whether the frame was refused.
@@ -1247,10 +1448,17 @@ async fn a_ready_frame_from_another_process_is_ignored_even_when_the_strategy_ch
         false
     });
     let r = rt.start(b.id.as_str()).await;
-    assert!(impostor.join().unwrap(), "the impostor never reached the ready socket, so the test proves nothing (start: {r:?})");
+    assert!(
+        impostor.join().unwrap(),
+        "the impostor never reached the ready socket, so the test proves nothing (start: {r:?})"
+    );
     match r {
         Err(RuntimeError::ReadyTimeout { .. }) => {}
-        Ok(rec) => panic!("a Ready frame from pid {} started the box (its process is {:?})", std::process::id(), rec.process),
+        Ok(rec) => panic!(
+            "a Ready frame from pid {} started the box (its process is {:?})",
+            std::process::id(),
+            rec.process
+        ),
         Err(e) => panic!("expected a readiness timeout, got: {e}"),
     }
     let _ = rt.remove(b.id.as_str(), true).await;
@@ -1270,8 +1478,8 @@ fn a_dead_process() -> ProcessIdentity {
 /// owner lives, nothing it cannot prove the owner made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_owned_removes_only_what_its_dead_owner_made() {
-    use boxsock::{BoxId, OwnedRemoval};
     use boxsock::boxsock_runtime::store::StoreError;
+    use boxsock::{BoxId, OwnedRemoval};
     let env = Env::new();
     let (rt, _) = Runtime::open(&env.home, env.options()).await.unwrap();
     let (gone, other) = (a_dead_process(), a_dead_process());

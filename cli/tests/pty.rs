@@ -88,7 +88,16 @@ impl Terminal {
         let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
         // SAFETY: TIOCSWINSZ reads one `winsize` from a live local; the fd is the open
         // master. The kernel sends SIGWINCH to the terminal's foreground group.
-        assert_eq!(unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ as _, &ws as *const libc::winsize) }, 0);
+        assert_eq!(
+            unsafe {
+                libc::ioctl(
+                    self.master.as_raw_fd(),
+                    libc::TIOCSWINSZ as _,
+                    &ws as *const libc::winsize,
+                )
+            },
+            0
+        );
     }
 
     fn wait_exit(&mut self) -> (i32, Duration) {
@@ -130,9 +139,15 @@ fn exec_it_gives_a_shell_prompt_echoes_resizes_and_restores_the_terminal() {
     // The client's terminal is raw while the command runs: no local echo, no line
     // editing, no signals from Ctrl-C.
     let raw = t.termios();
-    assert!(!raw.local_flags.intersects(LocalFlags::ECHO | LocalFlags::ICANON | LocalFlags::ISIG), "{:?}", raw.local_flags);
+    assert!(
+        !raw.local_flags.intersects(LocalFlags::ECHO | LocalFlags::ICANON | LocalFlags::ISIG),
+        "{:?}",
+        raw.local_flags
+    );
     t.type_in(b"echo round-$((40+2)); stty size\n");
-    t.wait_for("echo round trip and the initial size", |s| s.contains("round-42") && s.contains("24 80"));
+    t.wait_for("echo round trip and the initial size", |s| {
+        s.contains("round-42") && s.contains("24 80")
+    });
     t.resize(40, 120);
     std::thread::sleep(Duration::from_millis(300));
     t.type_in(b"stty size\n");
@@ -146,7 +161,17 @@ fn exec_it_gives_a_shell_prompt_echoes_resizes_and_restores_the_terminal() {
 fn run_it_ctrl_c_reaches_the_command_which_exits_130_and_the_terminal_is_restored() {
     let env = Env::new();
     let mut cmd = boxsock(&env);
-    cmd.args(["--backend", "host", "run", "--rm", "-it", "--", "sh", "-c", "echo started; exec sleep 30"]);
+    cmd.args([
+        "--backend",
+        "host",
+        "run",
+        "--rm",
+        "-it",
+        "--",
+        "sh",
+        "-c",
+        "echo started; exec sleep 30",
+    ]);
     let mut t = Terminal::spawn(cmd);
     let before = t.initial.clone();
     t.wait_for("the command to start", |s| s.contains("started"));
@@ -164,11 +189,19 @@ fn exec_it_without_a_terminal_is_refused_like_docker() {
     let id = running_box(&env);
     let o = boxsock(&env).args(["exec", "-it", &id, "--", "true"]).output().unwrap();
     assert_eq!(o.status.code(), Some(125));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("the input device is not a TTY"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("the input device is not a TTY"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // -t alone needs no terminal on stdin: the command still gets a pty.
     let o = boxsock(&env).args(["exec", "-t", &id, "--", "tty"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("/dev/pts/"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("/dev/pts/"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
 }
 
 #[test]
@@ -176,7 +209,14 @@ fn sigint_to_exec_without_t_is_forwarded_to_the_command() {
     let env = Env::new();
     let id = running_box(&env);
     let mut child = boxsock(&env)
-        .args(["exec", &id, "--", "sh", "-c", "trap 'echo got-int; exit 5' INT; echo ready; while :; do sleep 0.1; done"])
+        .args([
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-int; exit 5' INT; echo ready; while :; do sleep 0.1; done",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -188,10 +228,18 @@ fn sigint_to_exec_without_t_is_forwarded_to_the_command() {
         assert!(n > 0, "{}", String::from_utf8_lossy(&seen));
         seen.extend_from_slice(&buf[..n]);
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     out.read_to_end(&mut seen).unwrap();
     let status = child.wait().unwrap();
-    assert!(String::from_utf8_lossy(&seen).contains("got-int"), "{}", String::from_utf8_lossy(&seen));
+    assert!(
+        String::from_utf8_lossy(&seen).contains("got-int"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
     assert_eq!(status.code(), Some(5));
 }
 
@@ -200,9 +248,22 @@ fn exec_and_run_w_set_the_working_directory() {
     let env = Env::new();
     let id = running_box(&env);
     let o = boxsock(&env).args(["exec", "-w", "/tmp", &id, "--", "pwd"]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "/tmp\n", "{}", String::from_utf8_lossy(&o.stderr));
-    let o = boxsock(&env).args(["--backend", "host", "run", "--rm", "--workdir", "/usr", "--", "pwd"]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "/usr\n", "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "/tmp\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = boxsock(&env)
+        .args(["--backend", "host", "run", "--rm", "--workdir", "/usr", "--", "pwd"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "/usr\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // A directory that does not exist is "not found" (127), naming it.
     let o = boxsock(&env).args(["exec", "-w", "/no/such/dir", &id, "--", "pwd"]).output().unwrap();
     assert_eq!(o.status.code(), Some(127), "{}", String::from_utf8_lossy(&o.stderr));

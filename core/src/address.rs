@@ -4,8 +4,8 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use crate::sys::abstract_addr;
+use serde::{Deserialize, Serialize};
 
 /// Why [`SocketAddress::from_uri`] refused a URI; each variant quotes it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -154,9 +154,18 @@ mod tests {
         ] {
             assert_eq!(SocketAddress::from_uri(&a.to_uri()).unwrap(), a);
         }
-        assert_eq!(SocketAddress::from_uri("unix://relative"), Err(UriError::NotAbsolute { uri: "unix://relative".into() }));
-        assert_eq!(SocketAddress::from_uri("tcp://x"), Err(UriError::Scheme { uri: "tcp://x".into() }));
-        assert_eq!(SocketAddress::from_uri("abstract:"), Err(UriError::EmptyAbstract { uri: "abstract:".into() }));
+        assert_eq!(
+            SocketAddress::from_uri("unix://relative"),
+            Err(UriError::NotAbsolute { uri: "unix://relative".into() })
+        );
+        assert_eq!(
+            SocketAddress::from_uri("tcp://x"),
+            Err(UriError::Scheme { uri: "tcp://x".into() })
+        );
+        assert_eq!(
+            SocketAddress::from_uri("abstract:"),
+            Err(UriError::EmptyAbstract { uri: "abstract:".into() })
+        );
     }
 
     #[test]
@@ -164,7 +173,15 @@ mod tests {
         let long = format!("tcp://{}", "x".repeat(10_000));
         let msg = SocketAddress::from_uri(&long).unwrap_err().to_string();
         assert!(msg.len() < 200, "{} bytes: {msg}", msg.len());
-        assert!(msg.contains("10006 bytes") && msg.contains("expected unix:///path or abstract:name"), "{msg}");
-        assert!(SocketAddress::from_uri("unix://rel").unwrap_err().to_string().starts_with("\"unix://rel\""));
+        assert!(
+            msg.contains("10006 bytes") && msg.contains("expected unix:///path or abstract:name"),
+            "{msg}"
+        );
+        assert!(
+            SocketAddress::from_uri("unix://rel")
+                .unwrap_err()
+                .to_string()
+                .starts_with("\"unix://rel\"")
+        );
     }
 }

@@ -132,11 +132,8 @@ impl AtomicWrite {
     fn create_temp(&self, dir: &OwnedFd, name: &OsStr) -> io::Result<(OsString, File)> {
         // At most 128 bytes of the name, so the temporary's fits NAME_MAX (255).
         let stem = &name.as_bytes()[..name.len().min(128)];
-        let flags = OFlag::O_WRONLY
-            | OFlag::O_CREAT
-            | OFlag::O_EXCL
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_CLOEXEC;
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let mut rng = rand::rng();
         let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
         for _ in 0..8 {

@@ -13,11 +13,11 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::binding::PolicyPath;
+pub use crate::boxsockets::BoxSockets;
 use crate::catalogue::SocketSpec;
 use crate::error::BindingError;
 use crate::id::BoxId;
 use crate::layout::BoxLayout;
-pub use crate::boxsockets::BoxSockets;
 pub use crate::process::OwnedProcess;
 use crate::spawn::SpawnError;
 
@@ -198,7 +198,9 @@ pub enum BackendError {
     #[error(transparent)]
     Binding(#[from] BindingError),
     /// The backend does not support these box settings.
-    #[error("backend {backend:?} does not support the box setting(s) {settings} (use a backend that does, e.g. libkrun)")]
+    #[error(
+        "backend {backend:?} does not support the box setting(s) {settings} (use a backend that does, e.g. libkrun)"
+    )]
     Unsupported {
         /// Backend name.
         backend: String,
@@ -266,7 +268,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn check_settings(&self, settings: &BoxSettings) -> Result<(), BackendError> {
         match settings.set_names().as_slice() {
             [] => Ok(()),
-            names => Err(BackendError::Unsupported { backend: self.name().to_owned(), settings: names.join(", ") }),
+            names => Err(BackendError::Unsupported {
+                backend: self.name().to_owned(),
+                settings: names.join(", "),
+            }),
         }
     }
 

@@ -34,9 +34,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::address::SocketAddress;
-use crate::boxbinding::{BoxBinding, Opening};
 #[allow(unused_imports)] // documentation links
 use crate::boxbinding::Held;
+use crate::boxbinding::{BoxBinding, Opening};
 use crate::budget::Platform;
 use crate::catalogue::Socket;
 use crate::error::BindingError;
@@ -220,7 +220,12 @@ pub trait SocketBinding: Send + Sync + fmt::Debug {
 
     /// The address of socket `file_name` (e.g. `agent.sock`, or a derived name) of box
     /// `id`. Fails with [`BindingError::PathTooLong`] if it would not fit.
-    fn address(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<SocketAddress, BindingError>;
+    fn address(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+        file_name: &str,
+    ) -> Result<SocketAddress, BindingError>;
 
     /// Remove what `ensure` made for this box. Idempotent.
     fn release(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError>;
@@ -230,7 +235,8 @@ pub trait SocketBinding: Send + Sync + fmt::Debug {
     fn sweep(&self, layout: &BoxLayout) -> Result<SweepReport, BindingError>;
 
     /// What a sandbox must allow for this box's sockets, with directory intent explicit.
-    fn policy_paths(&self, layout: &BoxLayout, id: &BoxId) -> Result<Vec<PolicyPath>, BindingError>;
+    fn policy_paths(&self, layout: &BoxLayout, id: &BoxId)
+    -> Result<Vec<PolicyPath>, BindingError>;
 
     /// The shared per-user directory in which `ensure` creates its entries (for
     /// `short-symlink`, `<base>/<prefix>-<uid>`), if the strategy has one. `doctor`
@@ -285,7 +291,11 @@ pub trait SocketBinding: Send + Sync + fmt::Debug {
     /// Strategies whose addresses are not paths return `Ok(None)` (the default). A
     /// `path_addressable` strategy must return one: the conformance kit checks it, and
     /// the runtime refuses to bind or dial a path without it.
-    fn socket_dir(&self, layout: &BoxLayout, id: &BoxId) -> Result<Option<SocketDir>, BindingError> {
+    fn socket_dir(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+    ) -> Result<Option<SocketDir>, BindingError> {
         let _ = (layout, id);
         Ok(None)
     }
@@ -310,7 +320,9 @@ pub fn require_socket_dir(layout: &BoxLayout, id: &BoxId) -> Result<PathBuf, Bin
 
 /// Join `file_name` (validated) onto `dir`.
 pub fn socket_path(dir: &Path, file_name: &str) -> Result<PathBuf, BindingError> {
-    crate::catalogue::validate_file_name(file_name)
-        .map_err(|e| BindingError::Invalid { what: "socket file name".into(), reason: e.to_string() })?;
+    crate::catalogue::validate_file_name(file_name).map_err(|e| BindingError::Invalid {
+        what: "socket file name".into(),
+        reason: e.to_string(),
+    })?;
     Ok(dir.join(file_name))
 }

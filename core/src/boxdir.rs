@@ -28,7 +28,8 @@ pub struct BoxDirError {
 pub fn create_box_dirs(layout: &BoxLayout, id: &BoxId) -> Result<(), BoxDirError> {
     let mut b = DirBuilder::new();
     b.mode(0o700);
-    for dir in [layout.boxes_dir(), layout.box_dir(id), layout.sockets_dir(id), layout.logs_dir(id)] {
+    for dir in [layout.boxes_dir(), layout.box_dir(id), layout.sockets_dir(id), layout.logs_dir(id)]
+    {
         let fail = |op, source| BoxDirError { op, path: dir.clone(), source };
         match b.create(&dir) {
             Ok(()) => {}
@@ -37,7 +38,10 @@ pub fn create_box_dirs(layout: &BoxLayout, id: &BoxId) -> Result<(), BoxDirError
                 if !m.is_dir() {
                     return Err(fail(
                         "create directory",
-                        io::Error::new(io::ErrorKind::AlreadyExists, "it exists and is not a directory"),
+                        io::Error::new(
+                            io::ErrorKind::AlreadyExists,
+                            "it exists and is not a directory",
+                        ),
                     ));
                 }
                 if m.permissions().mode() & 0o077 != 0 {
@@ -61,7 +65,11 @@ pub fn create_new_box_dir(layout: &BoxLayout, id: &BoxId) -> Result<(), BoxDirEr
     let mut b = DirBuilder::new();
     b.mode(0o700);
     let dir = layout.box_dir(id);
-    b.create(&dir).map_err(|source| BoxDirError { op: "create directory", path: dir.clone(), source })?;
+    b.create(&dir).map_err(|source| BoxDirError {
+        op: "create directory",
+        path: dir.clone(),
+        source,
+    })?;
     let new_file = |path: PathBuf| {
         std::fs::OpenOptions::new()
             .write(true)
@@ -73,7 +81,11 @@ pub fn create_new_box_dir(layout: &BoxLayout, id: &BoxId) -> Result<(), BoxDirEr
     };
     new_file(layout.box_marker(id))?;
     for d in [layout.sockets_dir(id), layout.logs_dir(id)] {
-        b.create(&d).map_err(|source| BoxDirError { op: "create directory", path: d.clone(), source })?;
+        b.create(&d).map_err(|source| BoxDirError {
+            op: "create directory",
+            path: d.clone(),
+            source,
+        })?;
     }
     new_file(layout.log_file(id))?;
     Ok(())

@@ -85,7 +85,10 @@ impl BoxSockets {
     pub fn address(&self, name: &str) -> Result<&SocketAddress, BindingError> {
         self.addresses.get(name).ok_or_else(|| BindingError::Invalid {
             what: "socket name".into(),
-            reason: format!("no address for socket {name:?} among {:?}", self.addresses.keys().collect::<Vec<_>>()),
+            reason: format!(
+                "no address for socket {name:?} among {:?}",
+                self.addresses.keys().collect::<Vec<_>>()
+            ),
         })
     }
 
@@ -115,11 +118,7 @@ impl BoxSockets {
     /// descriptor `fd`: through the descriptor when there is a socket directory (Linux:
     /// `/proc/self/fd/<fd>/<file>`), otherwise the address itself (abstract names). A
     /// path address without a verified directory is refused ([`BindingError::Insecure`]).
-    pub fn child_endpoint(
-        &self,
-        socket: &Socket,
-        fd: i32,
-    ) -> Result<SocketAddress, BindingError> {
+    pub fn child_endpoint(&self, socket: &Socket, fd: i32) -> Result<SocketAddress, BindingError> {
         let addr = self.address(socket.name)?.clone();
         crate::boxbinding::endpoint(self.dir.as_ref(), addr, socket, fd)
     }
@@ -136,10 +135,13 @@ mod tests {
 
     #[test]
     fn a_missing_socket_is_an_error_naming_it_and_net_is_optional() {
-        let s = sockets(&[("agent", SocketAddress::Abstract(b"a".to_vec()))], PeerPolicy::unchecked());
+        let s =
+            sockets(&[("agent", SocketAddress::Abstract(b"a".to_vec()))], PeerPolicy::unchecked());
         assert_eq!(s.agent().unwrap(), &SocketAddress::Abstract(b"a".to_vec()));
         match s.ready() {
-            Err(BindingError::Invalid { reason, .. }) => assert!(reason.contains("\"ready\"") && reason.contains("\"agent\""), "{reason}"),
+            Err(BindingError::Invalid { reason, .. }) => {
+                assert!(reason.contains("\"ready\"") && reason.contains("\"agent\""), "{reason}")
+            }
             other => panic!("{other:?}"),
         }
         assert!(s.net().is_none());
@@ -148,7 +150,10 @@ mod tests {
     #[test]
     fn child_addresses_pass_abstract_names_and_refuse_a_path_without_a_verified_directory() {
         let s = sockets(
-            &[("agent", SocketAddress::Abstract(b"x".to_vec())), ("ready", SocketAddress::Path("/tmp/b/ready.sock".into()))],
+            &[
+                ("agent", SocketAddress::Abstract(b"x".to_vec())),
+                ("ready", SocketAddress::Path("/tmp/b/ready.sock".into())),
+            ],
             PeerPolicy::unchecked(),
         );
         let agent = s.child_endpoint(&catalogue::AGENT, 3).unwrap();
@@ -159,7 +164,10 @@ mod tests {
 
     #[test]
     fn peer_uids_are_the_policy_s() {
-        assert_eq!(sockets(&[], PeerPolicy::allow_uids([65534, 0])).peer_uids(), Some(&[0, 65534][..]));
+        assert_eq!(
+            sockets(&[], PeerPolicy::allow_uids([65534, 0])).peer_uids(),
+            Some(&[0, 65534][..])
+        );
         assert_eq!(sockets(&[], PeerPolicy::unchecked()).peer_uids(), None);
     }
 }

@@ -93,20 +93,12 @@ impl fmt::Display for SocketSpec {
 
 /// The in-box agent's request socket. Under libkrun the VMM listens on the host path
 /// (vsock port mapped with `listen=true`); under the host backend the agent binds it.
-pub const AGENT: SocketSpec = SocketSpec {
-    name: "agent",
-    kind: SocketKind::Stream,
-    binder: Binder::Backend,
-    derived: &[],
-};
+pub const AGENT: SocketSpec =
+    SocketSpec { name: "agent", kind: SocketKind::Stream, binder: Binder::Backend, derived: &[] };
 
 /// The readiness socket: the runtime listens, the guest dials it once when ready.
-pub const READY: SocketSpec = SocketSpec {
-    name: "ready",
-    kind: SocketKind::Stream,
-    binder: Binder::Runtime,
-    derived: &[],
-};
+pub const READY: SocketSpec =
+    SocketSpec { name: "ready", kind: SocketKind::Stream, binder: Binder::Runtime, derived: &[] };
 
 /// The network socket, bound by the network proxy (passt), dialled by the VMM.
 pub const NET: SocketSpec = SocketSpec {
@@ -170,14 +162,18 @@ pub fn validate_file_name(name: &str) -> Result<(), FileNameError> {
         // Quote only the start of an over-long name, so the message stays bounded.
         let start: String = name.chars().take(MAX_FILE_NAME_LEN + 16).collect();
         let truncated = start.len() < name.len();
-        return Err(FileNameError::TooLong { start, truncated, len: name.len(), max: MAX_FILE_NAME_LEN });
+        return Err(FileNameError::TooLong {
+            start,
+            truncated,
+            len: name.len(),
+            max: MAX_FILE_NAME_LEN,
+        });
     }
     if name.starts_with('.') {
         return Err(FileNameError::LeadingDot { name: name.to_owned() });
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    if let Some(c) =
+        name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
     {
         return Err(FileNameError::Character { name: name.to_owned(), c });
     }
@@ -194,7 +190,10 @@ mod tests {
             name: "net",
             kind: SocketKind::Datagram,
             binder: Binder::External("gvproxy"),
-            derived: &[DerivedName::Suffix("-krun.sock"), DerivedName::Sibling("krun-net-4194304-4294967295.sock")],
+            derived: &[
+                DerivedName::Suffix("-krun.sock"),
+                DerivedName::Sibling("krun-net-4194304-4294967295.sock"),
+            ],
         };
         let names: Vec<String> = S.all_file_names().into_iter().map(|(_, f)| f).collect();
         assert_eq!(names, ["net.sock", "net.sock-krun.sock", "krun-net-4194304-4294967295.sock"]);
@@ -209,10 +208,16 @@ mod tests {
         let name = "n".repeat(100_000);
         let err = validate_file_name(&name).unwrap_err().to_string();
         assert!(err.len() < 200, "{} bytes", err.len());
-        assert!(err.contains("100000 bytes") && err.contains(&MAX_FILE_NAME_LEN.to_string()), "{err}");
+        assert!(
+            err.contains("100000 bytes") && err.contains(&MAX_FILE_NAME_LEN.to_string()),
+            "{err}"
+        );
         assert!(err.contains(&"n".repeat(MAX_FILE_NAME_LEN)) && err.contains('…'), "{err}");
         let err = validate_file_name(&"m".repeat(MAX_FILE_NAME_LEN + 1)).unwrap_err().to_string();
-        assert!(err.contains(&format!("{:?}", "m".repeat(MAX_FILE_NAME_LEN + 1))) && !err.contains('…'), "{err}");
+        assert!(
+            err.contains(&format!("{:?}", "m".repeat(MAX_FILE_NAME_LEN + 1))) && !err.contains('…'),
+            "{err}"
+        );
     }
 
     #[test]
@@ -223,6 +228,9 @@ mod tests {
         }
         assert_eq!(validate_file_name(""), Err(FileNameError::Empty));
         assert_eq!(validate_file_name(".x"), Err(FileNameError::LeadingDot { name: ".x".into() }));
-        assert_eq!(validate_file_name("a/b"), Err(FileNameError::Character { name: "a/b".into(), c: '/' }));
+        assert_eq!(
+            validate_file_name("a/b"),
+            Err(FileNameError::Character { name: "a/b".into(), c: '/' })
+        );
     }
 }

@@ -126,6 +126,10 @@ mod tests {
         // A cut never splits a character.
         let wide = "é".repeat(100);
         let shown = echo(&wide).to_string();
-        assert!(shown.starts_with(&format!("{:?}", "é".repeat(ECHO_MAX / 2))) && shown.ends_with("(200 bytes)"), "{shown}");
+        assert!(
+            shown.starts_with(&format!("{:?}", "é".repeat(ECHO_MAX / 2)))
+                && shown.ends_with("(200 bytes)"),
+            "{shown}"
+        );
     }
 }

@@ -42,7 +42,10 @@ pub enum BindingError {
 
     /// Something that is not ours occupies a path the strategy needs (a regular file or
     /// directory where the link belongs). It is never overwritten.
-    #[error("refusing to replace {}: it is {found}, not a link this strategy made", crate::echo::path(path))]
+    #[error(
+        "refusing to replace {}: it is {found}, not a link this strategy made",
+        crate::echo::path(path)
+    )]
     Occupied {
         /// The path.
         path: PathBuf,
@@ -118,8 +121,12 @@ pub enum BindingError {
 fn peer_expectation(uid: u32, allowed: &[u32], expected_pid: Option<i32>) -> String {
     let uid_ok = allowed.is_empty() || allowed.contains(&uid);
     match (uid_ok, expected_pid) {
-        (true, Some(p)) => format!("its uid is allowed, but it is not the box's process: expected pid {p}"),
-        (false, Some(p)) => format!("allowed uids: {allowed:?}; expected the box's process, pid {p}"),
+        (true, Some(p)) => {
+            format!("its uid is allowed, but it is not the box's process: expected pid {p}")
+        }
+        (false, Some(p)) => {
+            format!("allowed uids: {allowed:?}; expected the box's process, pid {p}")
+        }
         (_, None) => format!("allowed uids: {allowed:?}"),
     }
 }

@@ -121,7 +121,11 @@ pub fn look(path: &Path, uid: u32) -> Found {
 }
 
 /// Why `st` (of a shared directory's entry, not followed) cannot be used by `uid`.
-fn refusal(st: &FileStat, uid: u32, link_target: impl FnOnce() -> Option<String>) -> Option<String> {
+fn refusal(
+    st: &FileStat,
+    uid: u32,
+    link_target: impl FnOnce() -> Option<String>,
+) -> Option<String> {
     let mode = st.st_mode & 0o7777;
     let kind = match st.st_mode & libc::S_IFMT {
         libc::S_IFDIR if st.st_uid == uid => return None,
@@ -135,7 +139,10 @@ fn refusal(st: &FileStat, uid: u32, link_target: impl FnOnce() -> Option<String>
         libc::S_IFIFO => "a FIFO",
         _ => "not a directory",
     };
-    Some(format!("it is {kind} owned by uid {} (mode {mode:04o}), not a directory of uid {uid}", st.st_uid))
+    Some(format!(
+        "it is {kind} owned by uid {} (mode {mode:04o}), not a directory of uid {uid}",
+        st.st_uid
+    ))
 }
 
 /// What [`SharedDir::open`] found at one name.
@@ -201,13 +208,17 @@ impl SharedDir {
     /// Whether `p` has the shape of a fallback of this directory: directly in the base,
     /// named `<stem>.<10 base62>`.
     pub fn is_fallback(&self, p: &Path) -> bool {
-        let (Some(parent), Some(name)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
+        let (Some(parent), Some(name)) = (p.parent(), p.file_name().and_then(|n| n.to_str()))
+        else {
             return false;
         };
-        let Some(rest) = name.strip_prefix(self.stem.as_str()).and_then(|r| r.strip_prefix('.')) else {
+        let Some(rest) = name.strip_prefix(self.stem.as_str()).and_then(|r| r.strip_prefix('.'))
+        else {
             return false;
         };
-        parent == self.base && rest.len() == RANDOM_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+        parent == self.base
+            && rest.len() == RANDOM_LEN
+            && rest.bytes().all(|b| b.is_ascii_alphanumeric())
     }
 
     /// The home's valid record, if any.
@@ -229,11 +240,18 @@ impl SharedDir {
 
     /// The directory last used for any home (the predictable name before any).
     pub fn last_used(&self) -> PathBuf {
-        self.last.read().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_else(|| self.predictable())
+        self.last
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| self.predictable())
     }
 
     fn remember(&self, home: &Path, dir: &Path) {
-        self.in_use.write().unwrap_or_else(PoisonError::into_inner).insert(home.to_owned(), dir.to_owned());
+        self.in_use
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(home.to_owned(), dir.to_owned());
         *self.last.write().unwrap_or_else(PoisonError::into_inner) = Some(dir.to_owned());
     }
 
@@ -255,7 +273,10 @@ impl SharedDir {
         if st.st_uid != 0 && st.st_uid != self.uid {
             return Err(BindingError::Insecure {
                 path: self.base.clone(),
-                reason: format!("the base directory is owned by uid {}, neither root nor uid {}", st.st_uid, self.uid),
+                reason: format!(
+                    "the base directory is owned by uid {}, neither root nor uid {}",
+                    st.st_uid, self.uid
+                ),
             });
         }
         Ok(fd)
@@ -264,7 +285,12 @@ impl SharedDir {
     /// Open `name` in the base: with `create`, make it (0700) first if missing. A
     /// directory of the owner is checked and its mode repaired; anything else is
     /// [`Probe::Refused`], untouched.
-    fn probe(&self, base: BorrowedFd<'_>, path: &Path, create: bool) -> Result<Probe, BindingError> {
+    fn probe(
+        &self,
+        base: BorrowedFd<'_>,
+        path: &Path,
+        create: bool,
+    ) -> Result<Probe, BindingError> {
         let name = path.file_name().ok_or_else(|| BindingError::Invalid {
             what: "shared directory".into(),
             reason: format!("{} has no name", echo::path(path)),
@@ -283,8 +309,15 @@ impl SharedDir {
             Err(Errno::ELOOP | Errno::ENOTDIR | Errno::EMLINK | Errno::EACCES) => {
                 return match nix::sys::stat::fstatat(base, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
                     Ok(st) => {
-                        let target = || nix::fcntl::readlinkat(base, name).ok().map(|t| echo::path(Path::new(&t)).to_string());
-                        Ok(Probe::Refused(refusal(&st, self.uid, target).unwrap_or_else(|| "it cannot be opened".into())))
+                        let target = || {
+                            nix::fcntl::readlinkat(base, name)
+                                .ok()
+                                .map(|t| echo::path(Path::new(&t)).to_string())
+                        };
+                        Ok(Probe::Refused(
+                            refusal(&st, self.uid, target)
+                                .unwrap_or_else(|| "it cannot be opened".into()),
+                        ))
                     }
                     Err(Errno::ENOENT) => Ok(Probe::Missing),
                     Err(e) => Err(BindingError::errno("stat", path, e)),
@@ -299,7 +332,9 @@ impl SharedDir {
         let mode = st.st_mode & 0o7777;
         if mode & 0o077 != 0 {
             if self.read_only {
-                return Ok(Probe::Refused(format!("it has mode {mode:04o} (open to group or other)")));
+                return Ok(Probe::Refused(format!(
+                    "it has mode {mode:04o} (open to group or other)"
+                )));
             }
             tracing::warn!(path = %echo::path(path), mode = format_args!("{mode:04o}"), "shared directory was open to group/other; repairing to 0700");
             nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o700))
@@ -335,13 +370,21 @@ impl SharedDir {
                     tracing::debug!(path = %echo::path(&path), reason, "shared directory not usable; nothing of ours there");
                     return Ok(None);
                 }
-                Probe::Missing => format!("replaced the recorded fallback {}: it was missing (a cleaner or a reboot?)", echo::path(&path)),
+                Probe::Missing => format!(
+                    "replaced the recorded fallback {}: it was missing (a cleaner or a reboot?)",
+                    echo::path(&path)
+                ),
                 Probe::Refused(reason) if recorded => {
-                    format!("replaced the recorded fallback {}, which was refused: {reason}", echo::path(&path))
+                    format!(
+                        "replaced the recorded fallback {}, which was refused: {reason}",
+                        echo::path(&path)
+                    )
                 }
                 Probe::Refused(reason) => format!("{} was refused: {reason}", echo::path(&path)),
             };
-            if let Some(made) = self.replace(home, base.as_fd(), raw.as_ref().map(|r| r.raw.as_str()), &note)? {
+            if let Some(made) =
+                self.replace(home, base.as_fd(), raw.as_ref().map(|r| r.raw.as_str()), &note)?
+            {
                 self.remember(home, &made.path);
                 return Ok(Some(made));
             }
@@ -356,7 +399,13 @@ impl SharedDir {
     /// Under the home's record lock: if the record still reads `expected`, make a fresh
     /// fallback, record it with `note`, and return it opened. Otherwise (`None`) another
     /// process got there first, and the caller reads its choice.
-    fn replace(&self, home: &Path, base: BorrowedFd<'_>, expected: Option<&str>, note: &str) -> Result<Option<Opened>, BindingError> {
+    fn replace(
+        &self,
+        home: &Path,
+        base: BorrowedFd<'_>,
+        expected: Option<&str>,
+        note: &str,
+    ) -> Result<Option<Opened>, BindingError> {
         let record = home.join(&self.record);
         let _lock = RecordLock::acquire(&home.join(LOCK))?;
         let now = read_record(home, &self.record);
@@ -382,7 +431,11 @@ impl SharedDir {
         let written = AtomicWrite::new(0o600).without_fsync().write(&record, text.as_bytes());
         if let Err(e) = written {
             // Made a moment ago, under the lock, by this process: ours to remove.
-            let _ = nix::unistd::unlinkat(base, made.file_name().unwrap_or_default(), nix::unistd::UnlinkatFlags::RemoveDir);
+            let _ = nix::unistd::unlinkat(
+                base,
+                made.file_name().unwrap_or_default(),
+                nix::unistd::UnlinkatFlags::RemoveDir,
+            );
             return Err(BindingError::io("record the fallback in", record, e.source));
         }
         tracing::warn!(
@@ -401,12 +454,15 @@ impl SharedDir {
         const CHARS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
         let mut rng = rand::rng();
         for _ in 0..16 {
-            let suffix: String = (0..RANDOM_LEN).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect();
+            let suffix: String =
+                (0..RANDOM_LEN).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect();
             let name = format!("{}.{suffix}", self.stem);
             match nix::sys::stat::mkdirat(base, name.as_str(), Mode::from_bits_truncate(0o700)) {
                 Ok(()) => return Ok(self.base.join(name)),
                 Err(Errno::EEXIST) => continue,
-                Err(e) => return Err(BindingError::errno("create fallback directory in", &self.base, e)),
+                Err(e) => {
+                    return Err(BindingError::errno("create fallback directory in", &self.base, e));
+                }
             }
         }
         Err(BindingError::errno("create fallback directory in", &self.base, Errno::EEXIST))
@@ -438,7 +494,9 @@ impl RecordLock {
             }
             match Errno::last() {
                 Errno::EINTR => {}
-                Errno::EWOULDBLOCK if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                Errno::EWOULDBLOCK if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
                 Errno::EWOULDBLOCK => {
                     return Err(BindingError::io(
                         "lock (another boxsock process has held it for 5 s)",
@@ -489,7 +547,11 @@ mod tests {
         assert!(s.is_fallback(&o.path), "{}", o.path.display());
         let r = read_record(&home, RECORD).unwrap();
         assert_eq!(r.dir, o.path);
-        assert!(r.notes[0].contains("was refused") && r.notes[0].contains("a regular file"), "{:?}", r.notes);
+        assert!(
+            r.notes[0].contains("was refused") && r.notes[0].contains("a regular file"),
+            "{:?}",
+            r.notes
+        );
         assert_eq!(std::fs::read(s.predictable()).unwrap(), b"x", "the refused entry was touched");
         assert_eq!(s.path_for(&home), o.path);
         // The fallback removed (a cleaner) and the name taken by a file: replaced by a
@@ -499,7 +561,11 @@ mod tests {
         let o2 = s.open(&home, true).unwrap().unwrap();
         assert!(s.is_fallback(&o2.path) && o2.path != o.path);
         let r = read_record(&home, RECORD).unwrap();
-        assert!(r.notes[0].contains("replaced the recorded fallback") && r.notes[0].contains("refused"), "{:?}", r.notes);
+        assert!(
+            r.notes[0].contains("replaced the recorded fallback") && r.notes[0].contains("refused"),
+            "{:?}",
+            r.notes
+        );
         assert!(r.notes[1].contains("was refused"), "{:?}", r.notes);
         assert_eq!(std::fs::read(&o.path).unwrap(), b"y");
         // Missing: replaced too, never made again by name.
@@ -522,7 +588,10 @@ mod tests {
         // A second process that also found no record loses: the record stays.
         s.replace(&home, base.as_fd(), None, "second").unwrap();
         assert_eq!(read_record(&home, RECORD).unwrap(), first);
-        let dirs = std::fs::read_dir(s.base()).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count();
+        let dirs = std::fs::read_dir(s.base())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().is_dir())
+            .count();
         assert_eq!(dirs, 1, "a losing process made a directory");
     }
 
@@ -554,7 +623,8 @@ mod tests {
         std::fs::remove_dir(&first[0]).unwrap();
         let second = race(&home);
         assert!(second.iter().all(|p| *p == second[0]) && second[0] != first[0], "{second:?}");
-        let dirs: Vec<_> = std::fs::read_dir(&base).unwrap().flatten().filter(|e| e.path().is_dir()).collect();
+        let dirs: Vec<_> =
+            std::fs::read_dir(&base).unwrap().flatten().filter(|e| e.path().is_dir()).collect();
         assert_eq!(dirs.len(), 1, "a losing process made a directory: {dirs:?}");
     }
 
@@ -567,6 +637,8 @@ mod tests {
         std::fs::write(s.predictable(), b"x").unwrap();
         assert!(s.open(&home, true).unwrap().is_none());
         assert!(read_record(&home, RECORD).is_none() && !home.join(LOCK).exists());
-        assert!(matches!(look(&s.predictable(), config.uid), Found::Refused(r) if r.contains("a regular file")));
+        assert!(
+            matches!(look(&s.predictable(), config.uid), Found::Refused(r) if r.contains("a regular file"))
+        );
     }
 }

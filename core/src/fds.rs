@@ -85,8 +85,10 @@ mod tests {
             });
         }
         let o = c.output().unwrap();
-        let mut v: Vec<RawFd> =
-            String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|t| t.parse().ok()).collect();
+        let mut v: Vec<RawFd> = String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .filter_map(|t| t.parse().ok())
+            .collect();
         v.sort();
         v
     }

@@ -95,11 +95,7 @@ impl BoxId {
 
     fn check(input: &str) -> Result<(), IdError> {
         let fail = |reason| {
-            Err(IdError {
-                input: input.chars().take(80).collect(),
-                len: input.len(),
-                reason,
-            })
+            Err(IdError { input: input.chars().take(80).collect(), len: input.len(), reason })
         };
         if input.is_empty() {
             return fail(IdErrorReason::Empty);

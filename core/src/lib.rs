@@ -34,26 +34,28 @@ pub mod boxsockets;
 pub mod budget;
 pub mod catalogue;
 pub mod echo;
-pub mod helpers;
 pub mod error;
 pub mod fallback;
 pub mod fds;
+pub mod helpers;
 pub mod id;
 pub mod layout;
 pub mod peer;
 pub mod process;
 pub mod proto;
 pub mod registry;
-pub mod trust;
 pub mod sockdir;
 pub mod spawn;
+pub mod trust;
 
 pub use address::{SocketAddress, UriError};
 pub use backend::Backend;
+pub use binding::{
+    Capabilities, PolicyAccess, PolicyPath, SocketBinding, StrategyConfig, SweepReport,
+};
 pub use boxbinding::{BoxBinding, Held, Opening};
-pub use binding::{Capabilities, PolicyAccess, PolicyPath, SocketBinding, StrategyConfig, SweepReport};
 pub use budget::Platform;
-pub use catalogue::{Binder, Socket, DerivedName, FileNameError, SocketKind, SocketSpec};
+pub use catalogue::{Binder, DerivedName, FileNameError, Socket, SocketKind, SocketSpec};
 pub use error::BindingError;
 pub use id::BoxId;
 pub use layout::BoxLayout;

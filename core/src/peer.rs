@@ -160,7 +160,13 @@ impl PeerPolicy {
     }
 
     /// Count one rejection and log it, rate-limited (see the type's documentation).
-    fn note_rejection(&self, socket: &str, address: &SocketAddress, cred: Option<PeerCred>, why: &'static str) {
+    fn note_rejection(
+        &self,
+        socket: &str,
+        address: &SocketAddress,
+        cred: Option<PeerCred>,
+        why: &'static str,
+    ) {
         self.shared.rejected.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut w = self.shared.log.lock().unwrap_or_else(|p| p.into_inner());
@@ -173,7 +179,9 @@ impl PeerPolicy {
             let last_sample = w.sampled == REJECTION_LOG_SAMPLES;
             drop(w);
             match cred {
-                Some(c) => tracing::warn!(socket, address = %address, peer_pid = c.pid, peer_uid = c.uid, expected_pid = ?self.pid, "{why}"),
+                Some(c) => {
+                    tracing::warn!(socket, address = %address, peer_pid = c.pid, peer_uid = c.uid, expected_pid = ?self.pid, "{why}")
+                }
                 None => tracing::warn!(socket, address = %address, "{why}"),
             }
             if last_sample {
@@ -191,18 +199,29 @@ impl PeerPolicy {
 
     /// Check the peer on `fd`. On rejection, counts it and logs the peer's pid and uid
     /// (rate-limited).
-    pub fn check(&self, fd: BorrowedFd<'_>, socket: &str, address: &SocketAddress) -> Result<Option<PeerCred>, BindingError> {
+    pub fn check(
+        &self,
+        fd: BorrowedFd<'_>,
+        socket: &str,
+        address: &SocketAddress,
+    ) -> Result<Option<PeerCred>, BindingError> {
         if !self.is_checked() {
             return Ok(None);
         }
-        let cred = peer_cred(fd).map_err(|e| BindingError::io("read peer credentials of", address, e))?;
+        let cred =
+            peer_cred(fd).map_err(|e| BindingError::io("read peer credentials of", address, e))?;
         self.check_cred(cred, socket, address).map(Some)
     }
 
     /// Check credentials obtained some other way (for example `SCM_CREDENTIALS` on a
     /// datagram). An unchecked policy accepts everything. On rejection, counts it and
     /// logs the peer's pid and uid (rate-limited).
-    pub fn check_cred(&self, cred: PeerCred, socket: &str, address: &SocketAddress) -> Result<PeerCred, BindingError> {
+    pub fn check_cred(
+        &self,
+        cred: PeerCred,
+        socket: &str,
+        address: &SocketAddress,
+    ) -> Result<PeerCred, BindingError> {
         let uid_ok = self.allowed.as_deref().is_none_or(|a| a.contains(&cred.uid));
         let pid_ok = self.pid.is_none_or(|p| p == cred.pid);
         if uid_ok && pid_ok {
@@ -232,7 +251,12 @@ pub struct Listener {
 
 impl Listener {
     /// Wrap a bound listener.
-    pub fn new(inner: UnixListener, address: SocketAddress, socket: String, policy: PeerPolicy) -> Self {
+    pub fn new(
+        inner: UnixListener,
+        address: SocketAddress,
+        socket: String,
+        policy: PeerPolicy,
+    ) -> Self {
         Listener { inner, address, socket, policy }
     }
 
@@ -260,10 +284,8 @@ impl Listener {
     /// Accept one connection and report a rejection as an error instead of looping
     /// (for tests and for callers that account per connection).
     pub fn accept_once(&self) -> Result<(UnixStream, Option<PeerCred>), BindingError> {
-        let (stream, _) = self
-            .inner
-            .accept()
-            .map_err(|e| BindingError::io("accept on", &self.address, e))?;
+        let (stream, _) =
+            self.inner.accept().map_err(|e| BindingError::io("accept on", &self.address, e))?;
         let cred = self.policy.check(stream.as_fd(), &self.socket, &self.address)?;
         Ok((stream, cred))
     }
@@ -408,7 +430,12 @@ pub fn recv_checked(
         if !policy.is_checked() {
             return Ok((len, None));
         }
-        policy.note_rejection(socket, address, None, "rejected datagram without sender credentials (SO_PASSCRED off?)");
+        policy.note_rejection(
+            socket,
+            address,
+            None,
+            "rejected datagram without sender credentials (SO_PASSCRED off?)",
+        );
         return Err(BindingError::Insecure {
             path: io_path(address),
             reason: format!(
@@ -446,7 +473,10 @@ fn is_stale_socket(path: &std::path::Path) -> bool {
     }
 }
 
-fn bind_retrying_stale<T>(addr: &SocketAddress, bind: impl Fn(&std::os::unix::net::SocketAddr) -> io::Result<T>) -> Result<T, BindingError> {
+fn bind_retrying_stale<T>(
+    addr: &SocketAddress,
+    bind: impl Fn(&std::os::unix::net::SocketAddr) -> io::Result<T>,
+) -> Result<T, BindingError> {
     let std_addr = addr.to_std().map_err(|e| BindingError::io("encode address", addr, e))?;
     match bind(&std_addr) {
         Ok(s) => Ok(s),
@@ -486,7 +516,8 @@ pub fn bind_datagram_at(addr: &SocketAddress) -> Result<UnixDatagram, BindingErr
 fn chmod_private(addr: &SocketAddress) -> Result<(), BindingError> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(p) = addr.as_path() {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).map_err(|e| BindingError::io("chmod 0600", p, e))?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| BindingError::io("chmod 0600", p, e))?;
     }
     Ok(())
 }
@@ -524,9 +555,14 @@ pub fn bind_datagram_private(addr: &SocketAddress) -> io::Result<UnixDatagram> {
 }
 
 /// Connect a stream to `addr` and check the listener against `policy`.
-pub fn connect_stream_at(addr: &SocketAddress, socket: &str, policy: &PeerPolicy) -> Result<UnixStream, BindingError> {
+pub fn connect_stream_at(
+    addr: &SocketAddress,
+    socket: &str,
+    policy: &PeerPolicy,
+) -> Result<UnixStream, BindingError> {
     let std_addr = addr.to_std().map_err(|e| BindingError::io("encode address", addr, e))?;
-    let stream = UnixStream::connect_addr(&std_addr).map_err(|e| BindingError::io("connect", addr, e))?;
+    let stream =
+        UnixStream::connect_addr(&std_addr).map_err(|e| BindingError::io("connect", addr, e))?;
     policy.check(stream.as_fd(), socket, addr)?;
     Ok(stream)
 }
@@ -541,7 +577,12 @@ mod tests {
         let addr = SocketAddress::Path(dir.path().join("s.sock"));
         let me = nix::unistd::geteuid().as_raw();
 
-        let l = Listener::new(bind_stream_at(&addr).unwrap(), addr.clone(), "s".into(), PeerPolicy::allow_uids([me]));
+        let l = Listener::new(
+            bind_stream_at(&addr).unwrap(),
+            addr.clone(),
+            "s".into(),
+            PeerPolicy::allow_uids([me]),
+        );
         let c = connect_stream_at(&addr, "s", &PeerPolicy::allow_uids([me])).unwrap();
         let (_s, cred) = l.accept_once().unwrap();
         assert_eq!(cred.unwrap().uid, me);
@@ -572,13 +613,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let addr = SocketAddress::Path(dir.path().join("s.sock"));
         let me = nix::unistd::geteuid().as_raw();
-        let l = Listener::new(bind_stream_at(&addr).unwrap(), addr.clone(), "s".into(), PeerPolicy::allow_uids([me]));
+        let l = Listener::new(
+            bind_stream_at(&addr).unwrap(),
+            addr.clone(),
+            "s".into(),
+            PeerPolicy::allow_uids([me]),
+        );
         let _c = connect_stream_at(&addr, "s", &PeerPolicy::unchecked()).unwrap();
         let acc = l.accept_peer().unwrap();
         assert_eq!(acc.cred.unwrap().pid, std::process::id() as i32);
         let pidfd = acc.pidfd.expect("SO_PEERPIDFD (Linux >= 6.5)");
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).unwrap();
-        assert!(info.lines().any(|l| l.strip_prefix("Pid:").map(str::trim) == Some(&std::process::id().to_string())), "{info}");
+        let info =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).unwrap();
+        assert!(
+            info.lines()
+                .any(|l| l.strip_prefix("Pid:").map(str::trim)
+                    == Some(&std::process::id().to_string())),
+            "{info}"
+        );
     }
 
     #[cfg(target_os = "linux")]
@@ -592,7 +644,8 @@ mod tests {
         let tx = UnixDatagram::unbound().unwrap();
         tx.send_to(b"hi", dir.path().join("d.sock")).unwrap();
         let mut buf = [0u8; 8];
-        let (n, cred) = recv_checked(&rx, &mut buf, &PeerPolicy::allow_uids([me]), "d", &addr).unwrap();
+        let (n, cred) =
+            recv_checked(&rx, &mut buf, &PeerPolicy::allow_uids([me]), "d", &addr).unwrap();
         assert_eq!(&buf[..n], b"hi");
         assert_eq!(cred.unwrap().uid, me);
         // The same sender, refused by a policy that does not list it; the datagram is consumed.
@@ -602,7 +655,10 @@ mod tests {
         assert!(matches!(err, BindingError::PeerRejected { uid, .. } if uid == me), "{err}");
         assert_eq!(other.rejected(), 1);
         rx.set_nonblocking(true).unwrap();
-        assert!(matches!(recv_checked(&rx, &mut buf, &other, "d", &addr), Err(BindingError::Io { .. })));
+        assert!(matches!(
+            recv_checked(&rx, &mut buf, &other, "d", &addr),
+            Err(BindingError::Io { .. })
+        ));
     }
 
     #[cfg(target_os = "linux")]
@@ -613,11 +669,19 @@ mod tests {
         let me = nix::unistd::geteuid().as_raw();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let l = Listener::new(bind_stream_at(&addr).unwrap(), addr.clone(), "a".into(), PeerPolicy::allow_uids([me]))
-                .into_tokio()
-                .unwrap();
+            let l = Listener::new(
+                bind_stream_at(&addr).unwrap(),
+                addr.clone(),
+                "a".into(),
+                PeerPolicy::allow_uids([me]),
+            )
+            .into_tokio()
+            .unwrap();
             let _c = connect_stream_at(&addr, "a", &PeerPolicy::unchecked()).unwrap();
-            let acc = tokio::time::timeout(std::time::Duration::from_secs(10), l.accept_peer()).await.unwrap().unwrap();
+            let acc = tokio::time::timeout(std::time::Duration::from_secs(10), l.accept_peer())
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(acc.cred.unwrap().uid, me);
             assert!(acc.pidfd.is_some());
             assert!(l.policy().is_checked());

@@ -84,11 +84,8 @@ pub fn parse_stat(text: &str) -> Result<ProcStat, StatError> {
         (Some(c), None) => c,
         _ => return Err(StatError::State { found: state_s.to_owned() }),
     };
-    let pgrp = field(5)?.parse().map_err(|source| StatError::Number {
-        field: 5,
-        name: "pgrp",
-        source,
-    })?;
+    let pgrp =
+        field(5)?.parse().map_err(|source| StatError::Number { field: 5, name: "pgrp", source })?;
     let start_time = field(22)?.parse().map_err(|source| StatError::Number {
         field: 22,
         name: "starttime",

@@ -218,7 +218,9 @@ const TAG_STDIN_EOF: u8 = 5;
 /// Encode a frame into bytes.
 pub fn encode<M: Serialize>(frame: &Frame<M>) -> Vec<u8> {
     let (tag, body): (u8, std::borrow::Cow<'_, [u8]>) = match frame {
-        Frame::Control(m) => (TAG_CONTROL, serde_json::to_vec(m).expect("protocol messages always serialise").into()),
+        Frame::Control(m) => {
+            (TAG_CONTROL, serde_json::to_vec(m).expect("protocol messages always serialise").into())
+        }
         Frame::Stdout(b) => (TAG_STDOUT, b.as_slice().into()),
         Frame::Stderr(b) => (TAG_STDERR, b.as_slice().into()),
         Frame::Stdin(b) => (TAG_STDIN, b.as_slice().into()),
@@ -234,7 +236,9 @@ pub fn encode<M: Serialize>(frame: &Frame<M>) -> Vec<u8> {
 
 /// Decode one frame from the start of `buf`. Returns the frame and the bytes it used,
 /// or `Ok(None)` when `buf` does not yet hold a whole frame.
-pub fn decode<M: for<'de> Deserialize<'de>>(buf: &[u8]) -> Result<Option<(Frame<M>, usize)>, ProtoError> {
+pub fn decode<M: for<'de> Deserialize<'de>>(
+    buf: &[u8],
+) -> Result<Option<(Frame<M>, usize)>, ProtoError> {
     if buf.len() < 4 {
         return Ok(None);
     }
@@ -251,7 +255,9 @@ pub fn decode<M: for<'de> Deserialize<'de>>(buf: &[u8]) -> Result<Option<(Frame<
 
 fn parse<M: for<'de> Deserialize<'de>>(tag: u8, body: &[u8]) -> Result<Frame<M>, ProtoError> {
     Ok(match tag {
-        TAG_CONTROL => Frame::Control(serde_json::from_slice(body).map_err(|e| ProtoError::BadJson(e.to_string()))?),
+        TAG_CONTROL => Frame::Control(
+            serde_json::from_slice(body).map_err(|e| ProtoError::BadJson(e.to_string()))?,
+        ),
         TAG_STDOUT => Frame::Stdout(body.to_vec()),
         TAG_STDERR => Frame::Stderr(body.to_vec()),
         TAG_STDIN => Frame::Stdin(body.to_vec()),
@@ -306,7 +312,14 @@ mod tests {
     fn round_trip_every_kind() {
         let frames: Vec<Frame<Request>> = vec![
             Frame::Control(Request::Hello { version: VERSION }),
-            Frame::Control(Request::Exec { argv: vec!["true".into()], env: vec![], stdin: true, cwd: None, tty: false, winsize: None }),
+            Frame::Control(Request::Exec {
+                argv: vec!["true".into()],
+                env: vec![],
+                stdin: true,
+                cwd: None,
+                tty: false,
+                winsize: None,
+            }),
             Frame::Control(Request::Exec {
                 argv: vec!["sh".into()],
                 env: vec![],
@@ -337,14 +350,26 @@ mod tests {
     #[test]
     fn bad_frames_are_errors_not_panics() {
         assert!(matches!(decode::<Request>(&[0, 0, 0, 0]), Err(ProtoError::BadLength { len: 0 })));
-        assert!(matches!(decode::<Request>(&[0xff, 0xff, 0xff, 0xff, 1]), Err(ProtoError::BadLength { .. })));
+        assert!(matches!(
+            decode::<Request>(&[0xff, 0xff, 0xff, 0xff, 1]),
+            Err(ProtoError::BadLength { .. })
+        ));
         assert!(matches!(decode::<Request>(&[0, 0, 0, 1, 9]), Err(ProtoError::BadTag(9))));
-        assert!(matches!(decode::<Request>(&[0, 0, 0, 3, 1, b'{', b'x']), Err(ProtoError::BadJson(_))));
-        for unknown in [&br#"{"type":"ping","bogus":1}"#[..], br#"{"type":"exec","argv":["x"],"bogus":1}"#] {
+        assert!(matches!(
+            decode::<Request>(&[0, 0, 0, 3, 1, b'{', b'x']),
+            Err(ProtoError::BadJson(_))
+        ));
+        for unknown in
+            [&br#"{"type":"ping","bogus":1}"#[..], br#"{"type":"exec","argv":["x"],"bogus":1}"#]
+        {
             let mut f = ((unknown.len() + 1) as u32).to_be_bytes().to_vec();
             f.push(1);
             f.extend_from_slice(unknown);
-            assert!(matches!(decode::<Request>(&f), Err(ProtoError::BadJson(_))), "{}", String::from_utf8_lossy(unknown));
+            assert!(
+                matches!(decode::<Request>(&f), Err(ProtoError::BadJson(_))),
+                "{}",
+                String::from_utf8_lossy(unknown)
+            );
         }
         let ping = br#"{"type":"ping"}"#;
         let mut f = ((ping.len() + 1) as u32).to_be_bytes().to_vec();
@@ -361,6 +386,9 @@ mod tests {
         assert!(matches!(read_frame::<Request, _>(&mut cut).await, Err(ProtoError::Truncated)));
         let whole = encode(&Frame::<Response>::Control(Response::Pong {}));
         let mut r: &[u8] = &whole;
-        assert_eq!(read_frame::<Response, _>(&mut r).await.unwrap(), Frame::Control(Response::Pong {}));
+        assert_eq!(
+            read_frame::<Response, _>(&mut r).await.unwrap(),
+            Frame::Control(Response::Pong {})
+        );
     }
 }

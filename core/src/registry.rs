@@ -123,8 +123,16 @@ impl<R: Registration> Registry<R> {
         let first = found.next();
         let more = found.count();
         match first {
-            None => Err(RegistryError::Unknown { kind: self.kind, name: name.to_owned(), known: self.names() }),
-            Some(_) if more > 0 => Err(RegistryError::Duplicate { kind: self.kind, name: name.to_owned(), count: more + 1 }),
+            None => Err(RegistryError::Unknown {
+                kind: self.kind,
+                name: name.to_owned(),
+                known: self.names(),
+            }),
+            Some(_) if more > 0 => Err(RegistryError::Duplicate {
+                kind: self.kind,
+                name: name.to_owned(),
+                count: more + 1,
+            }),
             Some(e) => Ok(e),
         }
     }
@@ -158,7 +166,11 @@ impl Registry<StrategyRegistration> {
     }
 
     /// Look up and build a strategy.
-    pub fn build(&self, name: &str, config: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BuildError> {
+    pub fn build(
+        &self,
+        name: &str,
+        config: &StrategyConfig,
+    ) -> Result<Arc<dyn SocketBinding>, BuildError> {
         let reg = self.get(name)?;
         (reg.build)(config).map_err(BuildError::Strategy)
     }
@@ -171,7 +183,11 @@ impl Registry<BackendRegistration> {
     }
 
     /// Look up and build a backend.
-    pub fn build(&self, name: &str, config: &BackendConfig) -> Result<Arc<dyn Backend>, BuildError> {
+    pub fn build(
+        &self,
+        name: &str,
+        config: &BackendConfig,
+    ) -> Result<Arc<dyn Backend>, BuildError> {
         let reg = self.get(name)?;
         (reg.build)(config).map_err(BuildError::Backend)
     }
@@ -196,10 +212,16 @@ mod tests {
     use super::*;
 
     fn fail(_: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
-        Err(BindingError::Unsupported { strategy: "t".into(), what: "build".into(), reason: "test".into() })
+        Err(BindingError::Unsupported {
+            strategy: "t".into(),
+            what: "build".into(),
+            reason: "test".into(),
+        })
     }
-    static A: StrategyRegistration = StrategyRegistration { name: "a", summary: "first", build: fail };
-    static A2: StrategyRegistration = StrategyRegistration { name: "a", summary: "second", build: fail };
+    static A: StrategyRegistration =
+        StrategyRegistration { name: "a", summary: "first", build: fail };
+    static A2: StrategyRegistration =
+        StrategyRegistration { name: "a", summary: "second", build: fail };
     static B: StrategyRegistration = StrategyRegistration { name: "b", summary: "b", build: fail };
 
     #[test]

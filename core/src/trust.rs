@@ -95,8 +95,12 @@ pub fn components(p: &Path) -> VecDeque<OsString> {
 }
 
 fn open_root() -> Result<OwnedFd, BindingError> {
-    nix::fcntl::open("/", crate::sys::path_flag() | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| BindingError::errno("open", Path::new("/"), e))
+    nix::fcntl::open(
+        "/",
+        crate::sys::path_flag() | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| BindingError::errno("open", Path::new("/"), e))
 }
 
 /// Open the absolute path `path` as a directory (`O_RDONLY|O_DIRECTORY`), resolving it
@@ -107,20 +111,31 @@ fn open_root() -> Result<OwnedFd, BindingError> {
 /// caller's own rule. `what` names it in messages ("the link base").
 pub fn open_dir(path: &Path, me: u32, what: &str) -> Result<(OwnedFd, FileStat), BindingError> {
     if !path.is_absolute() {
-        return Err(BindingError::Invalid { what: what.into(), reason: format!("{} is not an absolute path", echo::path(path)) });
+        return Err(BindingError::Invalid {
+            what: what.into(),
+            reason: format!("{} is not an absolute path", echo::path(path)),
+        });
     }
-    let distrust = |at: &Path, d: Distrust| BindingError::Insecure { path: at.to_path_buf(), reason: d.explain(what, me) };
+    let distrust = |at: &Path, d: Distrust| BindingError::Insecure {
+        path: at.to_path_buf(),
+        reason: d.explain(what, me),
+    };
     let mut queue = components(path);
     let mut cur = open_root()?;
     let mut cur_path = PathBuf::from("/");
     let mut st = fstat(&cur).map_err(|e| BindingError::errno("stat", &cur_path, e))?;
     let mut links = 0;
     while let Some(name) = queue.pop_front() {
-        let next_path = if name == ".." { cur_path.parent().unwrap_or(Path::new("/")).to_path_buf() } else { cur_path.join(&name) };
+        let next_path = if name == ".." {
+            cur_path.parent().unwrap_or(Path::new("/")).to_path_buf()
+        } else {
+            cur_path.join(&name)
+        };
         // Whatever we descend from can change what the path names.
         check_dir(&st, me).map_err(|d| distrust(&cur_path, d))?;
         let flags = crate::sys::path_flag() | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let fd = openat(cur.as_fd(), name.as_os_str(), flags, Mode::empty()).map_err(|e| BindingError::errno("open", &next_path, e))?;
+        let fd = openat(cur.as_fd(), name.as_os_str(), flags, Mode::empty())
+            .map_err(|e| BindingError::errno("open", &next_path, e))?;
         let next_st = fstat(&fd).map_err(|e| BindingError::errno("stat", &next_path, e))?;
         match next_st.st_mode & libc::S_IFMT {
             libc::S_IFLNK => {
@@ -130,7 +145,8 @@ pub fn open_dir(path: &Path, me: u32, what: &str) -> Result<(OwnedFd, FileStat),
                     return Err(BindingError::errno("resolve", path, Errno::ELOOP));
                 }
                 let target = PathBuf::from(
-                    nix::fcntl::readlinkat(cur.as_fd(), name.as_os_str()).map_err(|e| BindingError::errno("read link", &next_path, e))?,
+                    nix::fcntl::readlinkat(cur.as_fd(), name.as_os_str())
+                        .map_err(|e| BindingError::errno("read link", &next_path, e))?,
                 );
                 let mut comps = components(&target);
                 if target.is_absolute() {
@@ -149,8 +165,13 @@ pub fn open_dir(path: &Path, me: u32, what: &str) -> Result<(OwnedFd, FileStat),
         cur_path = next_path;
         st = next_st;
     }
-    let fd = openat(cur.as_fd(), ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| BindingError::errno("open", path, e))?;
+    let fd = openat(
+        cur.as_fd(),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| BindingError::errno("open", path, e))?;
     Ok((fd, st))
 }
 

@@ -8,7 +8,9 @@ use boxsock_core::SocketAddress;
 use proptest::prelude::*;
 
 fn uri_like() -> impl Strategy<Value = String> {
-    let prefix = proptest::sample::select(&["unix://", "unix:/", "unix:", "abstract:", "abstract", "UNIX://", "", "tcp://"][..]);
+    let prefix = proptest::sample::select(
+        &["unix://", "unix:/", "unix:", "abstract:", "abstract", "UNIX://", "", "tcp://"][..],
+    );
     prop_oneof![
         any::<String>(),
         (prefix.clone(), any::<String>()).prop_map(|(p, r)| format!("{p}{r}")),

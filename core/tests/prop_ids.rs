@@ -14,8 +14,8 @@ use proptest::prelude::*;
 
 /// Pieces that break naive path handling.
 const HOSTILE: &[&str] = &[
-    "/", "..", ".", "\0", " ", "\t", "\n", "é", "日本", "\u{202e}", "\u{85}", "\u{a0}", "a", "Z", "9", "-", "_", ":",
-    "*", "\\", "%2f", "~",
+    "/", "..", ".", "\0", " ", "\t", "\n", "é", "日本", "\u{202e}", "\u{85}", "\u{a0}", "a", "Z",
+    "9", "-", "_", ":", "*", "\\", "%2f", "~",
 ];
 
 /// Arbitrary strings, weighted towards the shapes that matter.
@@ -24,7 +24,8 @@ fn hostile_string() -> impl Strategy<Value = String> {
         any::<String>(),
         "\\PC{0,40}",
         "[A-Za-z0-9._-]{0,40}",
-        proptest::collection::vec(proptest::sample::select(HOSTILE), 0..12).prop_map(|v| v.concat()),
+        proptest::collection::vec(proptest::sample::select(HOSTILE), 0..12)
+            .prop_map(|v| v.concat()),
         "[a-z]{30,5000}",
         ".{1000,10000}",
     ]
@@ -49,12 +50,15 @@ fn reason_holds(s: &str, reason: IdErrorReason) -> bool {
         IdErrorReason::Nul => s.contains('\0'),
         IdErrorReason::Whitespace => s.chars().any(char::is_whitespace),
         IdErrorReason::NonAscii => !s.is_ascii(),
-        IdErrorReason::BadChar => s.chars().any(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))),
+        IdErrorReason::BadChar => {
+            s.chars().any(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        }
     }
 }
 
 fn valid_id() -> impl Strategy<Value = BoxId> {
-    "[A-Za-z0-9_-][A-Za-z0-9._-]{0,31}".prop_map(|s| BoxId::parse(&s).expect("generated id is valid"))
+    "[A-Za-z0-9_-][A-Za-z0-9._-]{0,31}"
+        .prop_map(|s| BoxId::parse(&s).expect("generated id is valid"))
 }
 
 const HOME_PIECES: &[&[u8]] = &[b"/", b"..", b".", b"//", b"h", b"\xff", b" "];

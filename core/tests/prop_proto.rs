@@ -4,7 +4,9 @@
 //! it was given; a cut frame is "not yet" for `decode` and "truncated" for
 //! `read_frame`; a message of one direction never decodes as the other.
 
-use boxsock_core::proto::{ErrorCode, Frame, MAX_FRAME, ProtoError, Request, Response, WinSize, decode, encode, read_frame};
+use boxsock_core::proto::{
+    ErrorCode, Frame, MAX_FRAME, ProtoError, Request, Response, WinSize, decode, encode, read_frame,
+};
 use proptest::prelude::*;
 
 fn text() -> impl Strategy<Value = String> {
@@ -21,9 +23,18 @@ fn request() -> impl Strategy<Value = Request> {
             any::<bool>(),
             proptest::option::of(text()),
             any::<bool>(),
-            proptest::option::of((any::<u16>(), any::<u16>()).prop_map(|(rows, cols)| WinSize { rows, cols })),
+            proptest::option::of(
+                (any::<u16>(), any::<u16>()).prop_map(|(rows, cols)| WinSize { rows, cols })
+            ),
         )
-            .prop_map(|(argv, env, stdin, cwd, tty, winsize)| Request::Exec { argv, env, stdin, cwd, tty, winsize }),
+            .prop_map(|(argv, env, stdin, cwd, tty, winsize)| Request::Exec {
+                argv,
+                env,
+                stdin,
+                cwd,
+                tty,
+                winsize
+            }),
         any::<i32>().prop_map(|signal| Request::Signal { signal }),
         (any::<u16>(), any::<u16>()).prop_map(|(rows, cols)| Request::Resize { rows, cols }),
         Just(Request::Shutdown {}),
@@ -31,7 +42,17 @@ fn request() -> impl Strategy<Value = Request> {
 }
 
 fn error_code() -> impl Strategy<Value = ErrorCode> {
-    proptest::sample::select(&[ErrorCode::Version, ErrorCode::BadFrame, ErrorCode::BadRequest, ErrorCode::Spawn, ErrorCode::NotFound, ErrorCode::PermissionDenied, ErrorCode::Internal][..])
+    proptest::sample::select(
+        &[
+            ErrorCode::Version,
+            ErrorCode::BadFrame,
+            ErrorCode::BadRequest,
+            ErrorCode::Spawn,
+            ErrorCode::NotFound,
+            ErrorCode::PermissionDenied,
+            ErrorCode::Internal,
+        ][..],
+    )
 }
 
 fn response() -> impl Strategy<Value = Response> {
@@ -39,7 +60,8 @@ fn response() -> impl Strategy<Value = Response> {
         (any::<u32>(), any::<u32>()).prop_map(|(version, pid)| Response::Hello { version, pid }),
         (any::<u32>(), any::<u32>()).prop_map(|(version, pid)| Response::Ready { version, pid }),
         Just(Response::Pong {}),
-        (any::<i32>(), proptest::option::of(any::<i32>())).prop_map(|(code, signal)| Response::Exit { code, signal }),
+        (any::<i32>(), proptest::option::of(any::<i32>()))
+            .prop_map(|(code, signal)| Response::Exit { code, signal }),
         Just(Response::ShuttingDown {}),
         (error_code(), text()).prop_map(|(code, message)| Response::Error { code, message }),
     ]
@@ -49,7 +71,9 @@ fn bytes() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(any::<u8>(), 0..600)
 }
 
-fn frame<M: std::fmt::Debug + Clone + 'static>(control: impl Strategy<Value = M> + 'static) -> impl Strategy<Value = Frame<M>> {
+fn frame<M: std::fmt::Debug + Clone + 'static>(
+    control: impl Strategy<Value = M> + 'static,
+) -> impl Strategy<Value = Frame<M>> {
     prop_oneof![
         3 => control.prop_map(Frame::Control),
         1 => bytes().prop_map(Frame::Stdout),
@@ -78,8 +102,16 @@ where
             prop_assert_eq!(r.len(), buf.len() - used);
         }
         Ok(None) => {
-            prop_assert!(buf.len() < 4 || 4 + u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize > buf.len());
-            prop_assert!(matches!(read, Err(ProtoError::Closed | ProtoError::Truncated)), "{:?}", read);
+            prop_assert!(
+                buf.len() < 4
+                    || 4 + u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
+                        > buf.len()
+            );
+            prop_assert!(
+                matches!(read, Err(ProtoError::Closed | ProtoError::Truncated)),
+                "{:?}",
+                read
+            );
         }
         Err(e) => {
             prop_assert!(!e.to_string().is_empty());

@@ -13,7 +13,23 @@ use boxsock_core::error::BindingError;
 use proptest::prelude::*;
 
 const HOSTILE: &[&str] = &[
-    "/", "..", ".", "\0", " ", "\n", "é", "日本", "\u{202e}", "a", "sock", "-", "_", ":", "\\", ".sock", "-krun.sock",
+    "/",
+    "..",
+    ".",
+    "\0",
+    " ",
+    "\n",
+    "é",
+    "日本",
+    "\u{202e}",
+    "a",
+    "sock",
+    "-",
+    "_",
+    ":",
+    "\\",
+    ".sock",
+    "-krun.sock",
 ];
 
 fn hostile_name() -> impl Strategy<Value = String> {
@@ -21,7 +37,8 @@ fn hostile_name() -> impl Strategy<Value = String> {
         any::<String>(),
         "\\PC{0,60}",
         "[A-Za-z0-9._-]{0,60}",
-        proptest::collection::vec(proptest::sample::select(HOSTILE), 0..12).prop_map(|v| v.concat()),
+        proptest::collection::vec(proptest::sample::select(HOSTILE), 0..12)
+            .prop_map(|v| v.concat()),
         "[a-z]{40,5000}",
         ".{1000,10000}",
     ]

@@ -248,7 +248,8 @@ struct State {
 
 impl State {
     fn kill_all(&self) {
-        let groups: Vec<i32> = self.groups.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        let groups: Vec<i32> =
+            self.groups.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
         for pgid in groups {
             kill_group(pgid);
         }
@@ -256,7 +257,10 @@ impl State {
 }
 
 fn kill_group(pgid: i32) {
-    match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL) {
+    match nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pgid),
+        nix::sys::signal::Signal::SIGKILL,
+    ) {
         Ok(()) => tracing::debug!(pgid, "killed process group"),
         Err(nix::errno::Errno::ESRCH) => {}
         Err(e) => tracing::warn!(pgid, error = %e, "cannot kill process group"),
@@ -301,7 +305,8 @@ impl Agent {
         }
         check_distinct(&config)?;
         let (stop, _) = watch::channel(false);
-        let state = Arc::new(State { pid: std::process::id(), groups: Mutex::new(HashSet::new()), stop });
+        let state =
+            Arc::new(State { pid: std::process::id(), groups: Mutex::new(HashSet::new()), stop });
         // Checked (and taken over) before anything is bound, so a bad ready descriptor
         // fails the start at once.
         let ready_channel = match &config.ready {
@@ -336,10 +341,14 @@ impl Agent {
         };
         let bind_err = |source| AgentError::Bind { address: unix_agent.display_string(), source };
         let std_listener = peer::bind_stream_at(&unix_agent).map_err(bind_err)?;
-        let bound_file = unix_agent.as_path().and_then(|p| std::fs::symlink_metadata(p).ok()).map(|m| (m.dev(), m.ino()));
-        let listener = Listener::new(std_listener, unix_agent.clone(), "agent".into(), policy.clone())
-            .into_tokio()
-            .map_err(|e| bind_err(BindingError::io("listen on", &unix_agent, e)))?;
+        let bound_file = unix_agent
+            .as_path()
+            .and_then(|p| std::fs::symlink_metadata(p).ok())
+            .map(|m| (m.dev(), m.ino()));
+        let listener =
+            Listener::new(std_listener, unix_agent.clone(), "agent".into(), policy.clone())
+                .into_tokio()
+                .map_err(|e| bind_err(BindingError::io("listen on", &unix_agent, e)))?;
         tracing::info!(address = %config.agent, checked = policy.is_checked(), "listening");
         let listener = AnyListener::Unix(listener);
         Ok(Agent { listener, config, policy, bound_file, ready_channel, state })
@@ -436,19 +445,29 @@ impl Agent {
                 Box::new(s)
             }
             AgentAddress::Unix(a) => {
-                let s = peer::connect_stream_at(a, "ready", &self.policy).map_err(|e| fail(e.to_string()))?;
+                let s = peer::connect_stream_at(a, "ready", &self.policy)
+                    .map_err(|e| fail(e.to_string()))?;
                 s.set_write_timeout(Some(timeout)).map_err(|e| fail(e.to_string()))?;
                 Box::new(s)
             }
             AgentAddress::Vsock(v) => {
                 let cid = v.connect_cid();
                 if cid == vsock::CID_ANY {
-                    return Err(fail("VMADDR_CID_ANY cannot be dialled; name a CID or omit it for the host (2)".into()));
+                    return Err(fail(
+                        "VMADDR_CID_ANY cannot be dialled; name a CID or omit it for the host (2)"
+                            .into(),
+                    ));
                 }
-                Box::new(vsock::connect_blocking(cid, v.port, timeout).map_err(|e| fail(format!("connect to CID {cid} port {}: {e}", v.port)))?)
+                Box::new(
+                    vsock::connect_blocking(cid, v.port, timeout)
+                        .map_err(|e| fail(format!("connect to CID {cid} port {}: {e}", v.port)))?,
+                )
             }
         };
-        let frame = proto::encode(&Frame::Control(Response::Ready { version: proto::VERSION, pid: self.state.pid }));
+        let frame = proto::encode(&Frame::Control(Response::Ready {
+            version: proto::VERSION,
+            pid: self.state.pid,
+        }));
         stream.write_all(&frame).map_err(|e| fail(format!("write: {e}")))?;
         tracing::info!(address = %ready, pid = self.state.pid, "readiness sent");
         Ok(())
@@ -487,7 +506,11 @@ impl Agent {
         match &self.listener {
             AnyListener::Unix(l) => {
                 let (stream, cred) = l.accept().await?;
-                tracing::debug!(peer_uid = cred.map(|c| c.uid), peer_pid = cred.map(|c| c.pid), "accepted");
+                tracing::debug!(
+                    peer_uid = cred.map(|c| c.uid),
+                    peer_pid = cred.map(|c| c.pid),
+                    "accepted"
+                );
                 let (rd, wr) = stream.into_split();
                 tokio::spawn(handle_connection(rd, wr, self.state.clone()));
             }
@@ -507,10 +530,16 @@ impl Agent {
         };
         match std::fs::symlink_metadata(path) {
             Ok(m) if (m.dev(), m.ino()) == bound => match std::fs::remove_file(path) {
-                Ok(()) => tracing::debug!(path = %boxsock_core::echo::path(path), "removed own socket"),
-                Err(e) => tracing::warn!(path = %boxsock_core::echo::path(path), error = %e, "cannot remove own socket"),
+                Ok(()) => {
+                    tracing::debug!(path = %boxsock_core::echo::path(path), "removed own socket")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %boxsock_core::echo::path(path), error = %e, "cannot remove own socket")
+                }
             },
-            Ok(_) => tracing::debug!(path = %boxsock_core::echo::path(path), "socket file was replaced; leaving it"),
+            Ok(_) => {
+                tracing::debug!(path = %boxsock_core::echo::path(path), "socket file was replaced; leaving it")
+            }
             Err(_) => {}
         }
     }
@@ -605,7 +634,9 @@ fn check_socket(fd: RawFd, flag: &'static str, listening: bool) -> Result<(), Ag
     }
     match (opt("SO_ACCEPTCONN", libc::SO_ACCEPTCONN)? != 0, listening) {
         (true, true) | (false, false) => {}
-        (false, true) => return Err(bad("it is a Unix stream socket that is not listening".into())),
+        (false, true) => {
+            return Err(bad("it is a Unix stream socket that is not listening".into()));
+        }
         (true, false) => return Err(bad("it is a listening socket, not a connected one".into())),
     }
     // Close-on-exec: nothing the agent was handed reaches a command.
@@ -629,7 +660,14 @@ fn sockopt_int(fd: BorrowedFd<'_>, opt: libc::c_int) -> io::Result<libc::c_int> 
 fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::ECONNABORTED | libc::EINTR)
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::ECONNABORTED
+                | libc::EINTR
+        )
     )
 }
 
@@ -649,7 +687,9 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             stop.stop();
         })),
         _ => {
-            tracing::warn!("cannot install signal handlers; only a Shutdown request stops the agent gracefully");
+            tracing::warn!(
+                "cannot install signal handlers; only a Shutdown request stops the agent gracefully"
+            );
             None
         }
     };
@@ -704,11 +744,21 @@ where
         }
         Ok(Frame::Control(Request::Hello { version })) => {
             tracing::warn!(theirs = version, ours = proto::VERSION, "protocol version mismatch");
-            let msg = format!("agent speaks protocol version {}, the client speaks version {version}", proto::VERSION);
+            let msg = format!(
+                "agent speaks protocol version {}, the client speaks version {version}",
+                proto::VERSION
+            );
             return send(wr, error(ErrorCode::Version, msg)).await;
         }
         Ok(other) => {
-            return send(wr, error(ErrorCode::BadRequest, format!("expected hello first, got {}", describe(&other)))).await;
+            return send(
+                wr,
+                error(
+                    ErrorCode::BadRequest,
+                    format!("expected hello first, got {}", describe(&other)),
+                ),
+            )
+            .await;
         }
         Err(e) => return reject(wr, e).await,
     }
@@ -724,7 +774,16 @@ where
             let tty = tty.then(|| winsize.unwrap_or_default());
             exec(rd, wr, ExecSpec { argv, env, want_stdin: stdin, cwd, tty }, state).await
         }
-        Ok(other) => send(wr, error(ErrorCode::BadRequest, format!("expected a request, got {}", describe(&other)))).await,
+        Ok(other) => {
+            send(
+                wr,
+                error(
+                    ErrorCode::BadRequest,
+                    format!("expected a request, got {}", describe(&other)),
+                ),
+            )
+            .await
+        }
         Err(e) => reject(wr, e).await,
     }
 }
@@ -766,7 +825,10 @@ impl Drop for GroupGuard<'_> {
         let mut groups = self.state.groups.lock().unwrap_or_else(|p| p.into_inner());
         groups.retain(|&g| group_alive(g));
         if group_alive(self.pgid) {
-            tracing::debug!(pgid = self.pgid, "command left processes behind; they live until shutdown");
+            tracing::debug!(
+                pgid = self.pgid,
+                "command left processes behind; they live until shutdown"
+            );
         }
     }
 }
@@ -808,7 +870,9 @@ struct ExecSpec {
 fn spawn_error(program: &str, cwd: Option<&str>, e: &io::Error) -> Response {
     let code = match (e.kind(), e.raw_os_error()) {
         (io::ErrorKind::NotFound, _) => ErrorCode::NotFound,
-        (io::ErrorKind::PermissionDenied, _) | (_, Some(libc::ENOEXEC | libc::EACCES)) => ErrorCode::PermissionDenied,
+        (io::ErrorKind::PermissionDenied, _) | (_, Some(libc::ENOEXEC | libc::EACCES)) => {
+            ErrorCode::PermissionDenied
+        }
         _ => ErrorCode::Spawn,
     };
     use boxsock_core::echo::echo;
@@ -844,7 +908,10 @@ where
         Some(size) => {
             let pty = match pty::open(size) {
                 Ok(p) => p,
-                Err(e) => return send(wr, error(ErrorCode::Internal, format!("cannot open a pty: {e}"))).await,
+                Err(e) => {
+                    return send(wr, error(ErrorCode::Internal, format!("cannot open a pty: {e}")))
+                        .await;
+                }
             };
             let [i, o, e] = pty.stdio;
             cmd.stdin(i).stdout(o).stderr(e);
@@ -881,7 +948,11 @@ where
         }
     };
     let Some(pid) = child.id() else {
-        return send(wr, error(ErrorCode::Internal, format!("{program:?} ended before it had a pid"))).await;
+        return send(
+            wr,
+            error(ErrorCode::Internal, format!("{program:?} ended before it had a pid")),
+        )
+        .await;
     };
     let pgid = pid as i32;
     state.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(pgid);
@@ -931,13 +1002,20 @@ where
                 }
                 Ok(Frame::Control(Request::Signal { signal })) => {
                     let Ok(sig) = nix::sys::signal::Signal::try_from(signal) else {
-                        return ConnEvent::Bad(error(ErrorCode::BadRequest, format!("signal {signal} is not a signal number of this system")));
+                        return ConnEvent::Bad(error(
+                            ErrorCode::BadRequest,
+                            format!("signal {signal} is not a signal number of this system"),
+                        ));
                     };
                     // With a tty, the signal goes where the terminal would send it.
                     let target = master.as_ref().and_then(|m| m.foreground()).unwrap_or(pgid);
                     match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(target), sig) {
-                        Ok(()) => tracing::debug!(pid, pgid = target, signal = %sig, "signal delivered"),
-                        Err(e) => tracing::debug!(pid, pgid = target, signal = %sig, error = %e, "signal not delivered"),
+                        Ok(()) => {
+                            tracing::debug!(pid, pgid = target, signal = %sig, "signal delivered")
+                        }
+                        Err(e) => {
+                            tracing::debug!(pid, pgid = target, signal = %sig, error = %e, "signal not delivered")
+                        }
                     }
                 }
                 Ok(Frame::Control(Request::Resize { rows, cols })) => {
@@ -1060,8 +1138,11 @@ async fn pump_pty(from: Arc<pty::PtyMaster>, tx: mpsc::Sender<Frame<Response>>) 
     }
 }
 
-async fn pump<R>(mut from: R, tx: mpsc::Sender<Frame<Response>>, wrap: fn(Vec<u8>) -> Frame<Response>)
-where
+async fn pump<R>(
+    mut from: R,
+    tx: mpsc::Sender<Frame<Response>>,
+    wrap: fn(Vec<u8>) -> Frame<Response>,
+) where
     R: tokio::io::AsyncRead + Unpin,
 {
     let mut buf = vec![0u8; OUTPUT_CHUNK];

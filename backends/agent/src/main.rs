@@ -77,7 +77,9 @@ fn main() {
     }
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
@@ -112,7 +114,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // In a libkrun guest: configure the box network (if it has one) before reporting
     // ready, so a `--network` box is ready only with its address, route and resolver.
     if matches!(config.agent, boxsock_agent::AgentAddress::Vsock(_)) {
-        boxsock_agent::guestnet::configure("eth0", std::path::Path::new("/etc/resolv.conf"), std::time::Duration::from_secs(15))?;
+        boxsock_agent::guestnet::configure(
+            "eth0",
+            std::path::Path::new("/etc/resolv.conf"),
+            std::time::Duration::from_secs(15),
+        )?;
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(boxsock_agent::run(config))?;

@@ -33,11 +33,17 @@ fn winsize(size: WinSize) -> libc::winsize {
 pub fn open(size: WinSize) -> io::Result<NewPty> {
     let pair = nix::pty::openpty(&winsize(size), None).map_err(io::Error::from)?;
     for fd in [&pair.master, &pair.slave] {
-        nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
+        nix::fcntl::fcntl(
+            fd.as_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(io::Error::from)?;
     }
-    let flags = nix::fcntl::fcntl(pair.master.as_fd(), nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let flags = nix::fcntl::fcntl(pair.master.as_fd(), nix::fcntl::FcntlArg::F_GETFL)
+        .map_err(io::Error::from)?;
     let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-    nix::fcntl::fcntl(pair.master.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    nix::fcntl::fcntl(pair.master.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))
+        .map_err(io::Error::from)?;
     let out = pair.slave.try_clone()?;
     let err = pair.slave.try_clone()?;
     let stdio = [Stdio::from(pair.slave), Stdio::from(out), Stdio::from(err)];
@@ -69,7 +75,9 @@ impl PtyMaster {
     pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let mut guard = self.fd.readable().await?;
-            match guard.try_io(|fd| nix::unistd::read(fd.get_ref().as_fd(), buf).map_err(io::Error::from)) {
+            match guard
+                .try_io(|fd| nix::unistd::read(fd.get_ref().as_fd(), buf).map_err(io::Error::from))
+            {
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
                 Ok(r) => return r,
                 Err(_would_block) => continue,
@@ -81,7 +89,8 @@ impl PtyMaster {
     pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             let mut guard = self.fd.writable().await?;
-            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from)) {
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from))
+            {
                 Ok(Ok(n)) => data = &data[n..],
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
@@ -95,7 +104,13 @@ impl PtyMaster {
         let ws = winsize(size);
         // SAFETY: TIOCSWINSZ reads one `winsize` through the pointer, which points to a
         // live local; the descriptor is the open pty master.
-        let r = unsafe { libc::ioctl(self.fd.get_ref().as_raw_fd(), libc::TIOCSWINSZ as _, &ws as *const libc::winsize) };
+        let r = unsafe {
+            libc::ioctl(
+                self.fd.get_ref().as_raw_fd(),
+                libc::TIOCSWINSZ as _,
+                &ws as *const libc::winsize,
+            )
+        };
         if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use boxsock_core::SocketAddress;
-use boxsock_runtime::agent_client::{self, AgentClient, AgentInfo, ClientError};
 use boxsock_core::proto::{self, ErrorCode, Frame, ProtoError, Request, Response};
+use boxsock_runtime::agent_client::{self, AgentClient, AgentInfo, ClientError};
 use boxsock_test_support::{Need, skip};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_boxsock-agent");
@@ -67,7 +67,11 @@ impl Drop for Running {
 }
 
 /// Bind the ready listener, start the agent, and wait for its readiness frame.
-async fn launch(agent: &SocketAddress, ready: &SocketAddress, extra: &[&str]) -> (Child, AgentInfo) {
+async fn launch(
+    agent: &SocketAddress,
+    ready: &SocketAddress,
+    extra: &[&str],
+) -> (Child, AgentInfo) {
     let listener = std::os::unix::net::UnixListener::bind_addr(&ready.to_std().unwrap()).unwrap();
     listener.set_nonblocking(true).unwrap();
     let listener = tokio::net::UnixListener::from_std(listener).unwrap();
@@ -85,7 +89,8 @@ async fn launch(agent: &SocketAddress, ready: &SocketAddress, extra: &[&str]) ->
         let _ = child.kill();
         panic!("no readiness from the agent: {:?}", child.wait());
     };
-    let info = tokio::time::timeout(LIMIT, agent_client::read_ready(&mut s)).await.unwrap().unwrap();
+    let info =
+        tokio::time::timeout(LIMIT, agent_client::read_ready(&mut s)).await.unwrap().unwrap();
     if let Some(p) = ready.as_path() {
         let _ = std::fs::remove_file(p);
     }
@@ -98,7 +103,9 @@ async fn exec_collect(
     env: &[(&str, &str)],
     stdin: Option<&[u8]>,
 ) -> Result<(i32, Vec<u8>, Vec<u8>), ClientError> {
-    let out = tokio::time::timeout(LIMIT, client.exec_output(argv, env, stdin)).await.expect("exec hung")?;
+    let out = tokio::time::timeout(LIMIT, client.exec_output(argv, env, stdin))
+        .await
+        .expect("exec hung")?;
     Ok((out.status.shell_code(), out.stdout, out.stderr))
 }
 
@@ -114,16 +121,18 @@ async fn readiness_reports_the_real_pid_and_ping_works() {
 #[tokio::test]
 async fn exec_streams_stdout_stderr_and_exit_code() {
     let a = Running::start(&[]).await;
-    let (code, out, err) = exec_collect(a.client(), &["sh", "-c", "echo out; echo err >&2; exit 3"], &[], None)
-        .await
-        .unwrap();
+    let (code, out, err) =
+        exec_collect(a.client(), &["sh", "-c", "echo out; echo err >&2; exit 3"], &[], None)
+            .await
+            .unwrap();
     assert_eq!(code, 3);
     assert_eq!(out, b"out\n");
     assert_eq!(err, b"err\n");
 
-    let (code, out, _) = exec_collect(a.client(), &["sh", "-c", "printf %s \"$FOO\""], &[("FOO", "b a r")], None)
-        .await
-        .unwrap();
+    let (code, out, _) =
+        exec_collect(a.client(), &["sh", "-c", "printf %s \"$FOO\""], &[("FOO", "b a r")], None)
+            .await
+            .unwrap();
     assert_eq!((code, &out[..]), (0, &b"b a r"[..]));
 }
 
@@ -131,7 +140,8 @@ async fn exec_streams_stdout_stderr_and_exit_code() {
 async fn output_order_is_kept_within_each_stream() {
     let a = Running::start(&[]).await;
     let script = "i=0; while [ $i -lt 300 ]; do echo o$i; echo e$i >&2; i=$((i+1)); done";
-    let (code, out, err) = exec_collect(a.client(), &["sh", "-c", script], &[], None).await.unwrap();
+    let (code, out, err) =
+        exec_collect(a.client(), &["sh", "-c", script], &[], None).await.unwrap();
     assert_eq!(code, 0);
     let want = |p: &str| (0..300).map(|i| format!("{p}{i}\n")).collect::<String>();
     assert_eq!(String::from_utf8(out).unwrap(), want("o"));
@@ -156,9 +166,11 @@ async fn stdin_round_trips_through_cat() {
 #[tokio::test]
 async fn killed_by_a_signal_reports_128_plus_n() {
     let a = Running::start(&[]).await;
-    let (code, _, _) = exec_collect(a.client(), &["sh", "-c", "kill -KILL $$"], &[], None).await.unwrap();
+    let (code, _, _) =
+        exec_collect(a.client(), &["sh", "-c", "kill -KILL $$"], &[], None).await.unwrap();
     assert_eq!(code, 128 + 9);
-    let (code, _, _) = exec_collect(a.client(), &["sh", "-c", "kill -TERM $$"], &[], None).await.unwrap();
+    let (code, _, _) =
+        exec_collect(a.client(), &["sh", "-c", "kill -TERM $$"], &[], None).await.unwrap();
     assert_eq!(code, 128 + 15);
 }
 
@@ -167,7 +179,9 @@ async fn bad_requests_and_spawn_failures_are_errors_naming_things() {
     let a = Running::start(&[]).await;
     let empty: [&str; 0] = [];
     match exec_collect(a.client(), &empty, &[], None).await {
-        Err(ClientError::Agent { code: ErrorCode::BadRequest, message }) => assert!(message.contains("empty argv"), "{message}"),
+        Err(ClientError::Agent { code: ErrorCode::BadRequest, message }) => {
+            assert!(message.contains("empty argv"), "{message}")
+        }
         other => panic!("{other:?}"),
     }
     match exec_collect(a.client(), &["boxsock-no-such-program-x"], &[], None).await {
@@ -186,13 +200,18 @@ async fn send_raw(a: &Running, hello_first: bool, bytes: &[u8]) -> Vec<Frame<Res
     use tokio::io::AsyncWriteExt;
     let mut s = a.raw().await;
     if hello_first {
-        proto::write_frame(&mut s, &Frame::Control(Request::Hello { version: proto::VERSION })).await.unwrap();
+        proto::write_frame(&mut s, &Frame::Control(Request::Hello { version: proto::VERSION }))
+            .await
+            .unwrap();
     }
     s.write_all(bytes).await.unwrap();
     s.shutdown().await.unwrap();
     let mut got = Vec::new();
     loop {
-        match tokio::time::timeout(LIMIT, proto::read_frame::<Response, _>(&mut s)).await.expect("agent hung") {
+        match tokio::time::timeout(LIMIT, proto::read_frame::<Response, _>(&mut s))
+            .await
+            .expect("agent hung")
+        {
             Ok(f) => got.push(f),
             Err(ProtoError::Closed) => return got,
             Err(e) => panic!("reading the agent's answer: {e}"),
@@ -225,10 +244,15 @@ async fn bad_frames_get_an_error_frame_and_the_agent_keeps_serving() {
             let frames = send_raw(&a, hello_first, bytes).await;
             let errors: Vec<_> = frames
                 .iter()
-                .filter(|f| matches!(f, Frame::Control(Response::Error { code: ErrorCode::BadFrame, .. })))
+                .filter(|f| {
+                    matches!(f, Frame::Control(Response::Error { code: ErrorCode::BadFrame, .. }))
+                })
                 .collect();
             assert_eq!(errors.len(), 1, "{what} (hello first: {hello_first}): {frames:?}");
-            assert!(matches!(frames.last(), Some(Frame::Control(Response::Error { .. }))), "{what}: {frames:?}");
+            assert!(
+                matches!(frames.last(), Some(Frame::Control(Response::Error { .. }))),
+                "{what}: {frames:?}"
+            );
             // The next good connection is served.
             a.client().ping().await.unwrap_or_else(|e| panic!("after {what}: {e}"));
         }
@@ -236,11 +260,23 @@ async fn bad_frames_get_an_error_frame_and_the_agent_keeps_serving() {
     // A request frame that is not a hello, or a second hello, is a bad request.
     let ping = proto::encode(&Frame::Control(Request::Ping {}));
     let frames = send_raw(&a, false, &ping).await;
-    assert!(matches!(&frames[..], [Frame::Control(Response::Error { code: ErrorCode::BadRequest, .. })]), "{frames:?}");
+    assert!(
+        matches!(
+            &frames[..],
+            [Frame::Control(Response::Error { code: ErrorCode::BadRequest, .. })]
+        ),
+        "{frames:?}"
+    );
     let hello = proto::encode(&Frame::Control(Request::Hello { version: proto::VERSION }));
     let frames = send_raw(&a, true, &hello).await;
     assert!(
-        matches!(&frames[..], [Frame::Control(Response::Hello { .. }), Frame::Control(Response::Error { code: ErrorCode::BadRequest, .. })]),
+        matches!(
+            &frames[..],
+            [
+                Frame::Control(Response::Hello { .. }),
+                Frame::Control(Response::Error { code: ErrorCode::BadRequest, .. })
+            ]
+        ),
         "{frames:?}"
     );
     assert!(a.child.id() > 0);
@@ -252,10 +288,22 @@ async fn a_bad_frame_during_exec_kills_the_command() {
     use tokio::io::AsyncWriteExt;
     let a = Running::start(&[]).await;
     let mut s = a.raw().await;
-    proto::write_frame(&mut s, &Frame::Control(Request::Hello { version: proto::VERSION })).await.unwrap();
-    let exec = Request::Exec { argv: vec!["sh".into(), "-c".into(), "echo $$; exec cat".into()], env: vec![], stdin: true, cwd: None, tty: false, winsize: None };
+    proto::write_frame(&mut s, &Frame::Control(Request::Hello { version: proto::VERSION }))
+        .await
+        .unwrap();
+    let exec = Request::Exec {
+        argv: vec!["sh".into(), "-c".into(), "echo $$; exec cat".into()],
+        env: vec![],
+        stdin: true,
+        cwd: None,
+        tty: false,
+        winsize: None,
+    };
     proto::write_frame(&mut s, &Frame::Control(exec)).await.unwrap();
-    assert!(matches!(proto::read_frame::<Response, _>(&mut s).await.unwrap(), Frame::Control(Response::Hello { .. })));
+    assert!(matches!(
+        proto::read_frame::<Response, _>(&mut s).await.unwrap(),
+        Frame::Control(Response::Hello { .. })
+    ));
     let pid = match proto::read_frame::<Response, _>(&mut s).await.unwrap() {
         Frame::Stdout(b) => String::from_utf8(b).unwrap().trim().parse::<i32>().unwrap(),
         other => panic!("{other:?}"),
@@ -274,8 +322,17 @@ async fn a_bad_frame_during_exec_kills_the_command() {
 async fn a_client_that_goes_away_gets_its_command_killed() {
     let a = Running::start(&[]).await;
     let mut s = a.raw().await;
-    proto::write_frame(&mut s, &Frame::Control(Request::Hello { version: proto::VERSION })).await.unwrap();
-    let exec = Request::Exec { argv: vec!["sh".into(), "-c".into(), "echo $$; exec sleep 1000".into()], env: vec![], stdin: false, cwd: None, tty: false, winsize: None };
+    proto::write_frame(&mut s, &Frame::Control(Request::Hello { version: proto::VERSION }))
+        .await
+        .unwrap();
+    let exec = Request::Exec {
+        argv: vec!["sh".into(), "-c".into(), "echo $$; exec sleep 1000".into()],
+        env: vec![],
+        stdin: false,
+        cwd: None,
+        tty: false,
+        winsize: None,
+    };
     proto::write_frame(&mut s, &Frame::Control(exec)).await.unwrap();
     let _hello = proto::read_frame::<Response, _>(&mut s).await.unwrap();
     let pid = match proto::read_frame::<Response, _>(&mut s).await.unwrap() {
@@ -291,7 +348,9 @@ async fn a_client_that_goes_away_gets_its_command_killed() {
 async fn version_mismatch_is_refused_with_a_version_error() {
     let a = Running::start(&[]).await;
     let mut s = a.raw().await;
-    proto::write_frame(&mut s, &Frame::Control(Request::Hello { version: proto::VERSION + 41 })).await.unwrap();
+    proto::write_frame(&mut s, &Frame::Control(Request::Hello { version: proto::VERSION + 41 }))
+        .await
+        .unwrap();
     match proto::read_frame::<Response, _>(&mut s).await.unwrap() {
         Frame::Control(Response::Error { code: ErrorCode::Version, message }) => {
             assert!(message.contains(&(proto::VERSION + 41).to_string()), "{message}")
@@ -310,7 +369,8 @@ async fn many_concurrent_execs() {
         let client = a.client();
         tasks.spawn(async move {
             let arg = format!("echo {i}; echo e{i} >&2; exit {}", i % 7);
-            let (code, out, err) = exec_collect(client, &["sh", "-c", &arg], &[], None).await.unwrap();
+            let (code, out, err) =
+                exec_collect(client, &["sh", "-c", &arg], &[], None).await.unwrap();
             assert_eq!(code, i % 7);
             assert_eq!(out, format!("{i}\n").into_bytes());
             assert_eq!(err, format!("e{i}\n").into_bytes());
@@ -324,7 +384,9 @@ async fn many_concurrent_execs() {
 fn alive(pid: i32) -> bool {
     // A zombie (dead, not yet reaped by whoever inherited it) counts as gone.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(stat) => {
+            !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        }
         Err(_) => false,
     }
 }
@@ -343,12 +405,19 @@ async fn shutdown_kills_commands_removes_the_socket_and_exits_0() {
     let (pid_tx, pid_rx) = std::sync::mpsc::channel();
     let long = a.client();
     let running = tokio::spawn(async move {
-        long.exec(&["sh", "-c", "echo $$; exec sleep 1000"], &[], None::<&[u8]>, move |b| {
-            let _ = pid_tx.send(String::from_utf8_lossy(b).trim().parse::<i32>().unwrap());
-        }, |_| {})
+        long.exec(
+            &["sh", "-c", "echo $$; exec sleep 1000"],
+            &[],
+            None::<&[u8]>,
+            move |b| {
+                let _ = pid_tx.send(String::from_utf8_lossy(b).trim().parse::<i32>().unwrap());
+            },
+            |_| {},
+        )
         .await
     });
-    let pid = tokio::task::spawn_blocking(move || pid_rx.recv_timeout(LIMIT).unwrap()).await.unwrap();
+    let pid =
+        tokio::task::spawn_blocking(move || pid_rx.recv_timeout(LIMIT).unwrap()).await.unwrap();
     assert!(alive(pid));
 
     a.client().shutdown().await.unwrap();
@@ -359,7 +428,8 @@ async fn shutdown_kills_commands_removes_the_socket_and_exits_0() {
     // The exec's connection ended without an exit frame (or with the kill's 137).
     match tokio::time::timeout(LIMIT, running).await.unwrap().unwrap() {
         Ok(code) => assert_eq!(code, 137),
-        Err(ClientError::Proto(ProtoError::Closed | ProtoError::Truncated | ProtoError::Io(_))) => {}
+        Err(ClientError::Proto(ProtoError::Closed | ProtoError::Truncated | ProtoError::Io(_))) => {
+        }
         Err(e) => panic!("{e}"),
     }
     assert!(!a.agent.as_path().unwrap().exists(), "agent socket left behind");
@@ -368,7 +438,11 @@ async fn shutdown_kills_commands_removes_the_socket_and_exits_0() {
 #[tokio::test]
 async fn sigterm_is_a_graceful_shutdown() {
     let mut a = Running::start(&[]).await;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(a.child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     assert_eq!(a.wait_exit().code(), Some(0));
     assert!(!a.agent.as_path().unwrap().exists());
 }
@@ -391,11 +465,21 @@ fn cannot_bind_or_notify_exits_1_naming_the_address() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-dir/agent.sock");
     let ready = dir.path().join("ready.sock");
-    let err = run_failing(&["--agent", &format!("unix://{}", missing.display()), "--ready", &format!("unix://{}", ready.display())]);
+    let err = run_failing(&[
+        "--agent",
+        &format!("unix://{}", missing.display()),
+        "--ready",
+        &format!("unix://{}", ready.display()),
+    ]);
     assert!(err.contains(&missing.display().to_string()), "{err}");
 
     let agent = dir.path().join("agent.sock");
-    let err = run_failing(&["--agent", &format!("unix://{}", agent.display()), "--ready", &format!("unix://{}", ready.display())]);
+    let err = run_failing(&[
+        "--agent",
+        &format!("unix://{}", agent.display()),
+        "--ready",
+        &format!("unix://{}", ready.display()),
+    ]);
     assert!(err.contains(&ready.display().to_string()) && err.contains("readiness"), "{err}");
     assert!(!agent.exists(), "the agent left its socket behind after failing");
 
@@ -410,10 +494,22 @@ fn cannot_bind_or_notify_exits_1_naming_the_address() {
 #[test]
 fn address_parsing() {
     use boxsock_agent::{AgentAddress, AgentError, VsockAddress, parse_address};
-    assert_eq!(parse_address("unix:///a/b").unwrap(), AgentAddress::Unix(SocketAddress::Path(PathBuf::from("/a/b"))));
-    assert_eq!(parse_address("abstract:x").unwrap(), AgentAddress::Unix(SocketAddress::Abstract(b"x".to_vec())));
-    assert_eq!(parse_address("vsock://5").unwrap(), AgentAddress::Vsock(VsockAddress { cid: None, port: 5 }));
-    assert_eq!(parse_address("vsock://2:1025").unwrap(), AgentAddress::Vsock(VsockAddress { cid: Some(2), port: 1025 }));
+    assert_eq!(
+        parse_address("unix:///a/b").unwrap(),
+        AgentAddress::Unix(SocketAddress::Path(PathBuf::from("/a/b")))
+    );
+    assert_eq!(
+        parse_address("abstract:x").unwrap(),
+        AgentAddress::Unix(SocketAddress::Abstract(b"x".to_vec()))
+    );
+    assert_eq!(
+        parse_address("vsock://5").unwrap(),
+        AgentAddress::Vsock(VsockAddress { cid: None, port: 5 })
+    );
+    assert_eq!(
+        parse_address("vsock://2:1025").unwrap(),
+        AgentAddress::Vsock(VsockAddress { cid: Some(2), port: 1025 })
+    );
     assert!(matches!(parse_address("vsock://0"), Err(AgentError::Address { .. })));
     assert!(matches!(parse_address("vsock://x"), Err(AgentError::Address { .. })));
     assert!(matches!(parse_address("tcp://x"), Err(AgentError::Address { .. })));
@@ -439,7 +535,10 @@ fn spawn_as_nobody(mode: &str, address: &SocketAddress) -> Child {
     // (setgroups, setgid, setuid), which are async-signal-safe; it allocates nothing.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(NOBODY) != 0 || libc::setuid(NOBODY) != 0 {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(NOBODY) != 0
+                || libc::setuid(NOBODY) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -448,7 +547,9 @@ fn spawn_as_nobody(mode: &str, address: &SocketAddress) -> Child {
     // ETXTBSY: another test's fork may briefly hold the copy's write descriptor.
     for _ in 0..50 {
         match cmd.spawn() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
             r => return r.unwrap(),
         }
     }
@@ -466,9 +567,12 @@ fn nobody_helper() {
     let mut line = format!("uid={} ", nix::unistd::geteuid());
     match mode {
         "connect" => {
-            let mut s = std::os::unix::net::UnixStream::connect_addr(&addr.to_std().unwrap()).unwrap();
+            let mut s =
+                std::os::unix::net::UnixStream::connect_addr(&addr.to_std().unwrap()).unwrap();
             s.set_read_timeout(Some(LIMIT)).unwrap();
-            let _ = s.write_all(&proto::encode(&Frame::Control(Request::Hello { version: proto::VERSION })));
+            let _ = s.write_all(&proto::encode(&Frame::Control(Request::Hello {
+                version: proto::VERSION,
+            })));
             let mut buf = Vec::new();
             let r = s.read_to_end(&mut buf);
             line += &format!("answer-bytes={} read={:?}", buf.len(), r.map_err(|e| e.kind()));
@@ -498,7 +602,12 @@ fn exe_for_nobody() -> (tempfile::TempDir, PathBuf) {
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
     for p in copy.ancestors() {
         let mode = std::fs::metadata(p).unwrap().permissions().mode();
-        assert!(mode & 0o001 != 0, "{} is not searchable by others (mode {:o})", p.display(), mode & 0o7777);
+        assert!(
+            mode & 0o001 != 0,
+            "{} is not searchable by others (mode {:o})",
+            p.display(),
+            mode & 0o7777
+        );
     }
     (dir, copy)
 }
@@ -507,12 +616,18 @@ fn helper_result(child: Child) -> String {
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "helper failed: {out:?}");
-    stdout.lines().find_map(|l| l.split_once("RESULT ").map(|(_, r)| r)).unwrap_or_else(|| panic!("no result in {stdout}")).to_owned()
+    stdout
+        .lines()
+        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r))
+        .unwrap_or_else(|| panic!("no result in {stdout}"))
+        .to_owned()
 }
 
 fn unique_abstract(what: &str) -> SocketAddress {
     let n: u64 = rand_u64();
-    SocketAddress::Abstract(format!("boxsock-agent-test-{}-{n:016x}-{what}", std::process::id()).into_bytes())
+    SocketAddress::Abstract(
+        format!("boxsock-agent-test-{}-{n:016x}-{what}", std::process::id()).into_bytes(),
+    )
 }
 
 fn rand_u64() -> u64 {
@@ -537,7 +652,9 @@ async fn root_abstract_with_allow_uid_refuses_a_peer_running_as_nobody() {
     // The owner is served.
     a.client().ping().await.unwrap();
     // `nobody` connects (abstract names have no permissions) but gets no answer.
-    let r = tokio::task::spawn_blocking(move || helper_result(spawn_as_nobody("connect", &agent))).await.unwrap();
+    let r = tokio::task::spawn_blocking(move || helper_result(spawn_as_nobody("connect", &agent)))
+        .await
+        .unwrap();
     assert!(r.starts_with(&format!("uid={NOBODY} ")), "{r}");
     assert!(r.contains("answer-bytes=0"), "nobody got an answer: {r}");
     // The agent is still serving its owner.
@@ -578,7 +695,10 @@ async fn root_abstract_ready_listener_of_another_uid_is_not_notified() {
         .unwrap();
     assert_eq!(res.status.code(), Some(1), "{res:?}");
     let err = String::from_utf8_lossy(&res.stderr);
-    assert!(err.contains(&ready2.display_string()) && err.contains(&format!("uid {NOBODY}")), "{err}");
+    assert!(
+        err.contains(&ready2.display_string()) && err.contains(&format!("uid {NOBODY}")),
+        "{err}"
+    );
     let mut rest = String::new();
     out.read_to_string(&mut rest).unwrap();
     let _ = squatter.wait();
@@ -590,11 +710,16 @@ async fn background_processes_do_not_hang_exec_and_die_at_shutdown() {
     let mut a = Running::start(&[]).await;
     // Detached output: the exec ends as soon as the shell does.
     let (code, out, _) =
-        exec_collect(a.client(), &["sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $!"], &[], None).await.unwrap();
+        exec_collect(a.client(), &["sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $!"], &[], None)
+            .await
+            .unwrap();
     assert_eq!(code, 0);
     let detached: i32 = String::from_utf8(out).unwrap().trim().parse().unwrap();
     // Inherited stdout: the pipe stays open, the exec still ends (after the grace).
-    let (code, out, _) = exec_collect(a.client(), &["sh", "-c", "sleep 1000 & echo $!; exit 4"], &[], None).await.unwrap();
+    let (code, out, _) =
+        exec_collect(a.client(), &["sh", "-c", "sleep 1000 & echo $!; exit 4"], &[], None)
+            .await
+            .unwrap();
     assert_eq!(code, 4);
     let holding: i32 = String::from_utf8(out).unwrap().trim().parse().unwrap();
     assert!(alive(detached) && alive(holding), "background processes outlive their exec");
@@ -606,12 +731,24 @@ async fn background_processes_do_not_hang_exec_and_die_at_shutdown() {
 }
 
 /// Read exec events until `pred` holds on the stdout seen so far (bounded).
-async fn read_until(r: &mut agent_client::ExecReader, seen: &mut Vec<u8>, pred: impl Fn(&str) -> bool) {
+async fn read_until(
+    r: &mut agent_client::ExecReader,
+    seen: &mut Vec<u8>,
+    pred: impl Fn(&str) -> bool,
+) {
     let deadline = tokio::time::Instant::now() + LIMIT;
     while !pred(&String::from_utf8_lossy(seen)) {
-        match tokio::time::timeout_at(deadline, r.next()).await.expect("timed out waiting for output").unwrap() {
-            agent_client::ExecEvent::Stdout(b) | agent_client::ExecEvent::Stderr(b) => seen.extend(b),
-            agent_client::ExecEvent::Exit(e) => panic!("exited early ({e:?}): {}", String::from_utf8_lossy(seen)),
+        match tokio::time::timeout_at(deadline, r.next())
+            .await
+            .expect("timed out waiting for output")
+            .unwrap()
+        {
+            agent_client::ExecEvent::Stdout(b) | agent_client::ExecEvent::Stderr(b) => {
+                seen.extend(b)
+            }
+            agent_client::ExecEvent::Exit(e) => {
+                panic!("exited early ({e:?}): {}", String::from_utf8_lossy(seen))
+            }
         }
     }
 }
@@ -637,7 +774,8 @@ fn tty_request(argv: &[&str], rows: u16, cols: u16) -> agent_client::ExecRequest
 #[tokio::test]
 async fn tty_exec_runs_on_a_pty_of_the_asked_size_and_resizes() {
     let a = Running::start(&[]).await;
-    let (mut w, mut r) = a.client().start_exec(tty_request(&["/bin/sh", "-i"], 31, 97)).await.unwrap();
+    let (mut w, mut r) =
+        a.client().start_exec(tty_request(&["/bin/sh", "-i"], 31, 97)).await.unwrap();
     let mut seen = Vec::new();
     // An interactive shell on a terminal prints a prompt.
     read_until(&mut r, &mut seen, |s| s.contains("# ") || s.contains("$ ")).await;
@@ -656,7 +794,8 @@ async fn tty_exec_runs_on_a_pty_of_the_asked_size_and_resizes() {
 #[tokio::test]
 async fn ctrl_c_typed_into_the_tty_interrupts_the_foreground_command() {
     let a = Running::start(&[]).await;
-    let (mut w, mut r) = a.client().start_exec(tty_request(&["sleep", "30"], 24, 80)).await.unwrap();
+    let (mut w, mut r) =
+        a.client().start_exec(tty_request(&["sleep", "30"], 24, 80)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = std::time::Instant::now();
     w.stdin(b"\x03").await.unwrap();
@@ -676,13 +815,20 @@ async fn signal_frames_reach_the_command_with_and_without_a_tty() {
         let (mut w, mut r) = a.client().start_exec(req).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         w.signal(libc::SIGTERM).await.unwrap();
-        assert_eq!(read_exit(&mut r).await, agent_client::ExitReport { code: 143, signal: Some(libc::SIGTERM) }, "tty {tty}");
+        assert_eq!(
+            read_exit(&mut r).await,
+            agent_client::ExitReport { code: 143, signal: Some(libc::SIGTERM) },
+            "tty {tty}"
+        );
     }
     // A number that is no signal is refused by name, and the command is killed.
-    let (mut w, mut r) = a.client().start_exec(tty_request(&["sleep", "30"], 24, 80)).await.unwrap();
+    let (mut w, mut r) =
+        a.client().start_exec(tty_request(&["sleep", "30"], 24, 80)).await.unwrap();
     w.signal(999).await.unwrap();
     match tokio::time::timeout(LIMIT, r.next()).await.unwrap() {
-        Err(ClientError::Agent { code: ErrorCode::BadRequest, message }) => assert!(message.contains("999"), "{message}"),
+        Err(ClientError::Agent { code: ErrorCode::BadRequest, message }) => {
+            assert!(message.contains("999"), "{message}")
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -691,7 +837,11 @@ async fn signal_frames_reach_the_command_with_and_without_a_tty() {
 async fn cwd_is_applied_and_spawn_errors_say_not_found_or_permission_denied() {
     let a = Running::start(&[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let req = agent_client::ExecRequest { argv: vec!["pwd".into()], cwd: Some(dir.path().display().to_string()), ..Default::default() };
+    let req = agent_client::ExecRequest {
+        argv: vec!["pwd".into()],
+        cwd: Some(dir.path().display().to_string()),
+        ..Default::default()
+    };
     let (_w, mut r) = a.client().start_exec(req).await.unwrap();
     let mut seen = Vec::new();
     read_until(&mut r, &mut seen, |s| s.ends_with('\n')).await;
@@ -738,13 +888,16 @@ async fn a_v1_client_is_refused_naming_both_versions() {
 #[tokio::test]
 async fn a_tty_client_that_goes_away_gets_the_foreground_job_killed() {
     let a = Running::start(&[]).await;
-    let (mut w, mut r) = a.client().start_exec(tty_request(&["/bin/sh", "-i"], 24, 80)).await.unwrap();
+    let (mut w, mut r) =
+        a.client().start_exec(tty_request(&["/bin/sh", "-i"], 24, 80)).await.unwrap();
     let mut seen = Vec::new();
     read_until(&mut r, &mut seen, |s| s.contains("# ") || s.contains("$ ")).await;
     // The job ignores SIGHUP, so only an explicit kill of its group ends it.
     w.stdin(b"sh -c 'trap \"\" HUP; echo pid=$$=; exec sleep 1000'\n").await.unwrap();
     // The echo of the typed line shows `pid=$$=`; the job's own line a number.
-    let pid_in = |s: &str| s.split("pid=").skip(1).find_map(|rest| rest.split('=').next()?.parse::<i32>().ok());
+    let pid_in = |s: &str| {
+        s.split("pid=").skip(1).find_map(|rest| rest.split('=').next()?.parse::<i32>().ok())
+    };
     read_until(&mut r, &mut seen, |s| pid_in(s).is_some()).await;
     let pid = pid_in(&String::from_utf8_lossy(&seen)).unwrap();
     assert!(alive(pid));
@@ -782,7 +935,10 @@ fn with_fds(cmd: &mut Command, fds: Vec<(std::os::fd::RawFd, std::os::fd::RawFd)
 }
 
 /// The agent started with `fds` placed, and `args`: its exit status and stderr.
-fn agent_with_fds(fds: Vec<(std::os::fd::RawFd, std::os::fd::RawFd)>, args: &[&str]) -> std::process::Output {
+fn agent_with_fds(
+    fds: Vec<(std::os::fd::RawFd, std::os::fd::RawFd)>,
+    args: &[&str],
+) -> std::process::Output {
     let mut cmd = Command::new(AGENT);
     cmd.args(args).stdin(Stdio::null()).env("RUST_LOG", "warn");
     with_fds(&mut cmd, fds);
@@ -790,11 +946,15 @@ fn agent_with_fds(fds: Vec<(std::os::fd::RawFd, std::os::fd::RawFd)>, args: &[&s
     let (tx, rx) = std::sync::mpsc::channel();
     let pid = child.id();
     std::thread::spawn(move || tx.send(child.wait_with_output()).unwrap());
-    rx.recv_timeout(LIMIT).unwrap_or_else(|_| {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-        panic!("the agent did not exit with {args:?}")
-    })
-    .unwrap()
+    rx.recv_timeout(LIMIT)
+        .unwrap_or_else(|_| {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("the agent did not exit with {args:?}")
+        })
+        .unwrap()
 }
 
 #[tokio::test]
@@ -815,7 +975,8 @@ async fn an_inherited_listener_is_served_with_the_peer_policy_and_readiness_goes
     drop((theirs, listener));
     ours.set_nonblocking(true).unwrap();
     let mut ours = tokio::net::UnixStream::from_std(ours).unwrap();
-    let info = tokio::time::timeout(LIMIT, agent_client::read_ready(&mut ours)).await.unwrap().unwrap();
+    let info =
+        tokio::time::timeout(LIMIT, agent_client::read_ready(&mut ours)).await.unwrap().unwrap();
     assert_eq!(info.pid, child.id());
     let mut a = Running { child, agent: agent.clone(), info, _dir: tempfile::tempdir().unwrap() };
     a.client().ping().await.unwrap();
@@ -826,9 +987,15 @@ async fn an_inherited_listener_is_served_with_the_peer_policy_and_readiness_goes
     if nix::unistd::geteuid().is_root() {
         // The listener the agent did not bind is checked as one it binds: `nobody`
         // connects (abstract names have no permissions) and gets no answer.
-        let r = tokio::task::spawn_blocking(move || helper_result(spawn_as_nobody("connect", &agent))).await.unwrap();
+        let r =
+            tokio::task::spawn_blocking(move || helper_result(spawn_as_nobody("connect", &agent)))
+                .await
+                .unwrap();
         assert!(r.starts_with(&format!("uid={NOBODY} ")), "{r}");
-        assert!(r.contains("answer-bytes=0"), "nobody got an answer from the inherited listener: {r}");
+        assert!(
+            r.contains("answer-bytes=0"),
+            "nobody got an answer from the inherited listener: {r}"
+        );
         a.client().ping().await.unwrap();
     } else {
         skip(Need::Root, format!("needs root to run a peer as uid {NOBODY}"));
@@ -852,14 +1019,54 @@ fn an_inherited_descriptor_that_is_not_the_right_socket_is_refused_naming_it() {
     // (what, descriptors placed, arguments, the error's start)
     type Case<'a> = (&'a str, Vec<(i32, i32)>, &'a [&'a str], &'a str);
     let cases: Vec<Case> = vec![
-        ("a character device", vec![(fd(&null), 3), (fd(&ready), 4)], &args, "descriptor 3 (--agent-fd) cannot be used: it is a character device, not a socket"),
-        ("a directory", vec![(fd(&dir_fd), 3), (fd(&ready), 4)], &args, "descriptor 3 (--agent-fd) cannot be used: it is a directory"),
-        ("not listening", vec![(fd(&pair_a), 3), (fd(&ready), 4)], &args, "descriptor 3 (--agent-fd) cannot be used: it is a Unix stream socket that is not listening"),
-        ("a datagram socket", vec![(fd(&dgram), 3), (fd(&ready), 4)], &args, "descriptor 3 (--agent-fd) cannot be used: it is a datagram socket"),
-        ("not open", vec![(fd(&ready), 4)], &args, "descriptor 3 (--agent-fd) cannot be used: it is not open"),
-        ("ready listening", vec![(fd(&listening), 3), (fd(&listening), 4)], &args, "descriptor 4 (--ready-fd) cannot be used: it is a listening socket, not a connected one"),
-        ("the same descriptor twice", vec![(fd(&listening), 3)], &["--agent-fd", "3", "--ready-fd", "3"], "descriptor 3 (--agent-fd and --ready-fd) cannot be used: one descriptor cannot be both"),
-        ("stdio", vec![(fd(&ready), 4)], &["--agent-fd", "1", "--ready-fd", "4"], "descriptor 1 (--agent-fd) cannot be used: descriptors 0, 1 and 2 are stdio"),
+        (
+            "a character device",
+            vec![(fd(&null), 3), (fd(&ready), 4)],
+            &args,
+            "descriptor 3 (--agent-fd) cannot be used: it is a character device, not a socket",
+        ),
+        (
+            "a directory",
+            vec![(fd(&dir_fd), 3), (fd(&ready), 4)],
+            &args,
+            "descriptor 3 (--agent-fd) cannot be used: it is a directory",
+        ),
+        (
+            "not listening",
+            vec![(fd(&pair_a), 3), (fd(&ready), 4)],
+            &args,
+            "descriptor 3 (--agent-fd) cannot be used: it is a Unix stream socket that is not listening",
+        ),
+        (
+            "a datagram socket",
+            vec![(fd(&dgram), 3), (fd(&ready), 4)],
+            &args,
+            "descriptor 3 (--agent-fd) cannot be used: it is a datagram socket",
+        ),
+        (
+            "not open",
+            vec![(fd(&ready), 4)],
+            &args,
+            "descriptor 3 (--agent-fd) cannot be used: it is not open",
+        ),
+        (
+            "ready listening",
+            vec![(fd(&listening), 3), (fd(&listening), 4)],
+            &args,
+            "descriptor 4 (--ready-fd) cannot be used: it is a listening socket, not a connected one",
+        ),
+        (
+            "the same descriptor twice",
+            vec![(fd(&listening), 3)],
+            &["--agent-fd", "3", "--ready-fd", "3"],
+            "descriptor 3 (--agent-fd and --ready-fd) cannot be used: one descriptor cannot be both",
+        ),
+        (
+            "stdio",
+            vec![(fd(&ready), 4)],
+            &["--agent-fd", "1", "--ready-fd", "4"],
+            "descriptor 1 (--agent-fd) cannot be used: descriptors 0, 1 and 2 are stdio",
+        ),
     ];
     for (what, fds, args, expected) in cases {
         let out = agent_with_fds(fds, args);
@@ -869,6 +1076,7 @@ fn an_inherited_descriptor_that_is_not_the_right_socket_is_refused_naming_it() {
         assert!(line.starts_with(&format!("boxsock-agent: {expected}")), "{what}: {err}");
     }
     // An address and a descriptor for one socket: refused by the command line.
-    let out = agent_with_fds(vec![], &["--agent", "abstract:x", "--agent-fd", "3", "--ready-fd", "4"]);
+    let out =
+        agent_with_fds(vec![], &["--agent", "abstract:x", "--agent-fd", "3", "--ready-fd", "4"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }

@@ -62,8 +62,19 @@ fn pump(tap: std::fs::File, sock: UnixStream) {
         let mut len = [0u8; 4];
         while sock_r.read_exact(&mut len).is_ok() {
             let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
-            if sock_r.read_exact(&mut frame).is_err() { break; }
-            if std::env::var_os("PUMP_DEBUG").is_some() && frame.len() > 34 { eprintln!("from passt: {} bytes ethertype {:02x}{:02x} dst {:?} ip dst {:?}", frame.len(), frame[12], frame[13], &frame[0..6], &frame[30..34]); }
+            if sock_r.read_exact(&mut frame).is_err() {
+                break;
+            }
+            if std::env::var_os("PUMP_DEBUG").is_some() && frame.len() > 34 {
+                eprintln!(
+                    "from passt: {} bytes ethertype {:02x}{:02x} dst {:?} ip dst {:?}",
+                    frame.len(),
+                    frame[12],
+                    frame[13],
+                    &frame[0..6],
+                    &frame[30..34]
+                );
+            }
             if tap_w.write_all(&frame).is_err() {
                 break;
             }
@@ -103,13 +114,19 @@ fn root_dhcp_against_a_real_passt_configures_address_route_and_resolver() {
     let passt_log = || std::fs::read_to_string(dir.path().join("passt.log")).unwrap_or_default();
     let sock = loop {
         if let Some(status) = passt.0.try_wait().unwrap() {
-            panic!("passt exited ({status}) before binding {}; its output: {}", sock_path.display(), passt_log());
+            panic!(
+                "passt exited ({status}) before binding {}; its output: {}",
+                sock_path.display(),
+                passt_log()
+            );
         }
         match UnixStream::connect(&sock_path) {
             Ok(s) => break s,
             // Generous: a contended machine must not turn into a failure; polled, so
             // no slower when passt is quick.
-            Err(_) if t0.elapsed() < Duration::from_secs(30) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) if t0.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
             Err(e) => {
                 // A real failure (passt is installed and was started), never a skip.
                 panic!("passt did not come up within 30 s ({e}); its output: {}", passt_log());
@@ -125,9 +142,18 @@ fn root_dhcp_against_a_real_passt_configures_address_route_and_resolver() {
         pump(t.try_clone().unwrap(), sock);
         let lease = guestnet::configure("eth0", &resolv2, Duration::from_secs(10));
         // What the kernel now says, from inside the namespace.
-        let addrs = Command::new("ip").args(["-4", "addr", "show", "dev", "eth0"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-        let routes = Command::new("ip").args(["-4", "route"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-        let link = Command::new("ip").args(["link", "show", "dev", "eth0"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        let addrs = Command::new("ip")
+            .args(["-4", "addr", "show", "dev", "eth0"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        let routes = Command::new("ip")
+            .args(["-4", "route"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        let link = Command::new("ip")
+            .args(["link", "show", "dev", "eth0"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
         // Configuring again is a no-op: the address is there.
         let again = guestnet::configure("eth0", &resolv2, Duration::from_secs(1));
         let absent = guestnet::configure("eth9", &resolv2, Duration::from_secs(1));
@@ -139,7 +165,10 @@ fn root_dhcp_against_a_real_passt_configures_address_route_and_resolver() {
     let lease = lease.unwrap_or_else(|e| panic!("{e}")).expect("a lease");
     let addrs = addrs.unwrap_or_default();
     let routes = routes.unwrap_or_default();
-    assert!(addrs.contains(&format!("inet {}/", lease.address)), "lease {lease:?}, ip addr: {addrs}");
+    assert!(
+        addrs.contains(&format!("inet {}/", lease.address)),
+        "lease {lease:?}, ip addr: {addrs}"
+    );
     let gw = lease.router.expect("passt names a router");
     assert!(routes.contains(&format!("default via {gw} dev eth0")), "ip route: {routes}");
     if !lease.dns.is_empty() {

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use boxsock_agent::vsock::{self, VsockListener, VsockStream};
-use boxsock_runtime::agent_client;
 use boxsock_core::proto::{self, Frame, Request, Response};
+use boxsock_runtime::agent_client;
 use boxsock_test_support::{Need, Unmakeable, skip, skip_allowed};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_boxsock-agent");
@@ -19,8 +19,11 @@ const LIMIT: Duration = Duration::from_secs(30);
 fn unique_port() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    let mix = std::process::id().wrapping_mul(2_654_435_761) ^ nanos ^ N.fetch_add(1, Ordering::Relaxed).wrapping_mul(40_503);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let mix = std::process::id().wrapping_mul(2_654_435_761)
+        ^ nanos
+        ^ N.fetch_add(1, Ordering::Relaxed).wrapping_mul(40_503);
     // Stay clear of low and well-known ports, and of VMADDR_PORT_ANY.
     100_000 + mix % 2_000_000_000
 }
@@ -55,7 +58,8 @@ fn loopback_in_kernel() -> bool {
         return true;
     }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let dir = std::path::Path::new("/lib/modules").join(release.trim()).join("kernel/net/vmw_vsock");
+    let dir =
+        std::path::Path::new("/lib/modules").join(release.trim()).join("kernel/net/vmw_vsock");
     std::fs::read_dir(dir).is_ok_and(|d| {
         d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("vsock_loopback.ko"))
     })
@@ -121,15 +125,25 @@ async fn listens_on_a_vsock_port_on_every_cid_and_releases_it() {
     let listener = tokio::net::UnixListener::bind(&ready).unwrap();
     let port = unique_port();
     let uri = format!("vsock://{port}");
-    let mut agent = Agent::spawn(&["--agent", &uri, "--ready", &format!("unix://{}", ready.display())]);
-    let (mut s, _) = tokio::time::timeout(LIMIT, listener.accept()).await.expect("no readiness").unwrap();
-    let info = tokio::time::timeout(LIMIT, agent_client::read_ready(&mut s)).await.unwrap().unwrap();
+    let mut agent =
+        Agent::spawn(&["--agent", &uri, "--ready", &format!("unix://{}", ready.display())]);
+    let (mut s, _) =
+        tokio::time::timeout(LIMIT, listener.accept()).await.expect("no readiness").unwrap();
+    let info =
+        tokio::time::timeout(LIMIT, agent_client::read_ready(&mut s)).await.unwrap().unwrap();
     assert_eq!(info.pid, agent.0.id());
     assert!(port_taken(vsock::CID_ANY, port), "the agent does not hold vsock port {port}");
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     assert_eq!(agent.wait_exit().code(), Some(0));
-    assert!(!port_taken(vsock::CID_ANY, port), "vsock port {port} still taken after the agent exited");
+    assert!(
+        !port_taken(vsock::CID_ANY, port),
+        "vsock port {port} still taken after the agent exited"
+    );
 }
 
 /// A second agent on a port already taken exits 1 naming the vsock URI.
@@ -151,7 +165,10 @@ fn a_taken_vsock_port_is_an_error_naming_the_uri() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("cannot listen on agent address {uri}")) && err.contains("in use"), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on agent address {uri}")) && err.contains("in use"),
+        "{err}"
+    );
 }
 
 /// Nobody answers on the ready port: the agent exits 1 (after the kernel's connect
@@ -175,7 +192,11 @@ fn an_unanswered_vsock_ready_port_is_an_error_naming_it() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(!agent_path.exists(), "the agent left its socket behind after failing to notify");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("cannot notify readiness on {uri}")) && err.contains(&format!("CID 1 port {port}")), "{err}");
+    assert!(
+        err.contains(&format!("cannot notify readiness on {uri}"))
+            && err.contains(&format!("CID 1 port {port}")),
+        "{err}"
+    );
 }
 
 /// The whole guest path on one machine: the agent listens on a vsock port and
@@ -185,7 +206,9 @@ fn an_unanswered_vsock_ready_port_is_an_error_naming_it() {
 async fn round_trip_over_vsock_loopback() {
     let (agent_port, ready_port) = (unique_port(), unique_port());
     if let Err(why) = vsock::loopback_available(ready_port) {
-        skip_without_vsock(format!("no vsock loopback: {why}; try `modprobe vsock_loopback` as root"));
+        skip_without_vsock(format!(
+            "no vsock loopback: {why}; try `modprobe vsock_loopback` as root"
+        ));
         return;
     }
     let ready = VsockListener::bind(vsock::CID_LOCAL, ready_port).unwrap();
@@ -195,9 +218,14 @@ async fn round_trip_over_vsock_loopback() {
         "--ready",
         &format!("vsock://1:{ready_port}"),
     ]);
-    let (mut s, (peer_cid, _)) = tokio::time::timeout(LIMIT, ready.accept()).await.expect("no readiness").unwrap();
+    let (mut s, (peer_cid, _)) =
+        tokio::time::timeout(LIMIT, ready.accept()).await.expect("no readiness").unwrap();
     assert_eq!(peer_cid, vsock::CID_LOCAL);
-    match tokio::time::timeout(LIMIT, proto::read_frame::<Response, _>(&mut s)).await.unwrap().unwrap() {
+    match tokio::time::timeout(LIMIT, proto::read_frame::<Response, _>(&mut s))
+        .await
+        .unwrap()
+        .unwrap()
+    {
         Frame::Control(Response::Ready { version, pid }) => {
             assert_eq!(version, proto::VERSION);
             assert_eq!(pid, agent.0.id());
@@ -206,14 +234,27 @@ async fn round_trip_over_vsock_loopback() {
     }
 
     let mut c = VsockStream::connect(vsock::CID_LOCAL, agent_port).await.unwrap();
-    proto::write_frame(&mut c, &Frame::Control(Request::Hello { version: proto::VERSION })).await.unwrap();
+    proto::write_frame(&mut c, &Frame::Control(Request::Hello { version: proto::VERSION }))
+        .await
+        .unwrap();
     let hello = proto::read_frame::<Response, _>(&mut c).await.unwrap();
     assert!(matches!(hello, Frame::Control(Response::Hello { .. })), "{hello:?}");
-    let exec = Request::Exec { argv: vec!["sh".into(), "-c".into(), "echo over vsock; exit 7".into()], env: vec![], stdin: false, cwd: None, tty: false, winsize: None };
+    let exec = Request::Exec {
+        argv: vec!["sh".into(), "-c".into(), "echo over vsock; exit 7".into()],
+        env: vec![],
+        stdin: false,
+        cwd: None,
+        tty: false,
+        winsize: None,
+    };
     proto::write_frame(&mut c, &Frame::Control(exec)).await.unwrap();
     let mut out = Vec::new();
     let code = loop {
-        match tokio::time::timeout(LIMIT, proto::read_frame::<Response, _>(&mut c)).await.unwrap().unwrap() {
+        match tokio::time::timeout(LIMIT, proto::read_frame::<Response, _>(&mut c))
+            .await
+            .unwrap()
+            .unwrap()
+        {
             Frame::Stdout(b) => out.extend(b),
             Frame::Stderr(_) => {}
             Frame::Control(Response::Exit { code, .. }) => break code,
@@ -223,10 +264,15 @@ async fn round_trip_over_vsock_loopback() {
     assert_eq!((code, out.as_slice()), (7, &b"over vsock\n"[..]));
 
     let mut c = VsockStream::connect(vsock::CID_LOCAL, agent_port).await.unwrap();
-    proto::write_frame(&mut c, &Frame::Control(Request::Hello { version: proto::VERSION })).await.unwrap();
+    proto::write_frame(&mut c, &Frame::Control(Request::Hello { version: proto::VERSION }))
+        .await
+        .unwrap();
     proto::read_frame::<Response, _>(&mut c).await.unwrap();
     proto::write_frame(&mut c, &Frame::Control(Request::Shutdown {})).await.unwrap();
-    assert!(matches!(proto::read_frame::<Response, _>(&mut c).await.unwrap(), Frame::Control(Response::ShuttingDown {})));
+    assert!(matches!(
+        proto::read_frame::<Response, _>(&mut c).await.unwrap(),
+        Frame::Control(Response::ShuttingDown {})
+    ));
     assert_eq!(agent.wait_exit().code(), Some(0));
 }
 
@@ -240,6 +286,10 @@ fn allow_uid_with_vsock_is_refused() {
         let out = Command::new(AGENT).args(args).args(["--allow-uid", "0"]).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("--allow-uid cannot be checked on vsock://") && err.contains("no peer credentials"), "{err}");
+        assert!(
+            err.contains("--allow-uid cannot be checked on vsock://")
+                && err.contains("no peer credentials"),
+            "{err}"
+        );
     }
 }

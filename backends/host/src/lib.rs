@@ -102,7 +102,6 @@ impl HostBackend {
     fn spec_error(&self, reason: String) -> BackendError {
         BackendError::Spec { backend: NAME.into(), reason }
     }
-
 }
 
 impl Backend for HostBackend {
@@ -173,7 +172,12 @@ impl Backend for HostBackend {
         cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
             .log_file(&spec.log_file)
             .map_err(|e| {
-                self.spec_error(format!("box {}: cannot open log file {}: {}", spec.id, echo::path(&spec.log_file), e.into_io()))
+                self.spec_error(format!(
+                    "box {}: cannot open log file {}: {}",
+                    spec.id,
+                    echo::path(&spec.log_file),
+                    e.into_io()
+                ))
             })?
             // The agent inherits stdio, its listener and its ready channel, nothing else.
             .hand(agent.as_fd(), AGENT_FD)
@@ -213,7 +217,8 @@ pub mod dev {
         static DONE: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
         let exe = std::env::current_exe().expect("current exe");
         // target/<profile>/deps/<test> → target/<profile>
-        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>").to_path_buf();
+        let profile_dir =
+            exe.parent().and_then(|d| d.parent()).expect("target/<profile>").to_path_buf();
         let key = packages.join(",");
         let mut done = DONE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
         if !done.contains(&key) {
@@ -230,7 +235,8 @@ pub mod dev {
             if profile_dir.ends_with("release") {
                 build.arg("--release");
             }
-            let st = build.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("run cargo build");
+            let st =
+                build.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("run cargo build");
             assert!(st.success(), "cargo build --bins -p {} failed", packages.join(" -p "));
             done.push(key);
         }

@@ -7,16 +7,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use boxsock_runtime::agent_client::{self, AgentClient};
-use boxsock_core::{BoxBinding, Opening, Socket, SocketKind};
-use boxsock_core::backend::{AddressNeeds, Availability, BackendConfig, BackendError, BoxSockets, Isolation, LaunchSpec, Readiness};
+use boxsock_core::backend::{
+    AddressNeeds, Availability, BackendConfig, BackendError, BoxSockets, Isolation, LaunchSpec,
+    Readiness,
+};
 use boxsock_core::catalogue::Binder;
-use boxsock_core::sockdir::SocketDir;
 use boxsock_core::peer::{self, Listener, PeerPolicy};
 use boxsock_core::registry::{BackendRegistration, Registry};
+use boxsock_core::sockdir::SocketDir;
 use boxsock_core::{Backend, BoxId, BoxLayout, SocketAddress, SocketBinding, boxdir, catalogue};
+use boxsock_core::{BoxBinding, Opening, Socket, SocketKind};
 use boxsock_direct as _;
 use boxsock_host::HostBackend;
+use boxsock_runtime::agent_client::{self, AgentClient};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -38,13 +41,20 @@ struct Home {
 
 /// The box's binding through `direct`, opened for use.
 fn held(h: &Home) -> Arc<dyn BoxBinding> {
-    Arc::new(boxsock_direct::Direct::default()).open_box(&h.layout, &h.id, Opening::Use, &[]).unwrap()
+    Arc::new(boxsock_direct::Direct::default())
+        .open_box(&h.layout, &h.id, Opening::Use, &[])
+        .unwrap()
 }
 
 /// The catalogue key of a socket file of the test's own (leaked: a few per test).
 fn sock(file: &str) -> Socket {
     let name = file.strip_suffix(".sock").unwrap_or(file);
-    Socket { name: Box::leak(name.to_owned().into_boxed_str()), kind: SocketKind::Stream, binder: Binder::Runtime, derived: &[] }
+    Socket {
+        name: Box::leak(name.to_owned().into_boxed_str()),
+        kind: SocketKind::Stream,
+        binder: Binder::Runtime,
+        derived: &[],
+    }
 }
 
 fn home() -> Home {
@@ -58,10 +68,19 @@ fn home() -> Home {
 /// A launch spec handing `agent` to the agent, with a fresh ready channel: the spec and
 /// the test's end of the channel. Drop the spec after `launch`, as the runtime does, so
 /// the agent holds the only other end.
-fn spec(h: &Home, agent: Listener, dir: Option<SocketDir>, env: Vec<(String, String)>) -> (LaunchSpec, tokio::net::UnixStream) {
+fn spec(
+    h: &Home,
+    agent: Listener,
+    dir: Option<SocketDir>,
+    env: Vec<(String, String)>,
+) -> (LaunchSpec, tokio::net::UnixStream) {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     ours.set_nonblocking(true).unwrap();
-    let mut sockets = BoxSockets::new(BTreeMap::from([("agent".to_owned(), agent.address().clone())]), dir, PeerPolicy::unchecked());
+    let mut sockets = BoxSockets::new(
+        BTreeMap::from([("agent".to_owned(), agent.address().clone())]),
+        dir,
+        PeerPolicy::unchecked(),
+    );
     sockets.handed.insert("agent".into(), Arc::new(agent));
     sockets.ready_channel = Some(Arc::new(OwnedFd::from(theirs)));
     let spec = LaunchSpec {
@@ -80,7 +99,11 @@ fn spec(h: &Home, agent: Listener, dir: Option<SocketDir>, env: Vec<(String, Str
 /// The arguments of process `pid`.
 fn argv(pid: i32) -> Vec<String> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+    cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
 }
 
 fn alive(pid: i32) -> bool {
@@ -116,7 +139,8 @@ async fn launch_with_direct_addresses_ready_exec_then_kill_and_gone() {
     direct.ensure(&h.layout, &h.id).unwrap();
     let agent = held(&h).listen(&sock("agent.sock")).unwrap();
     let dir = direct.socket_dir(&h.layout, &h.id).unwrap();
-    let (s, mut ready) = spec(&h, agent, dir, vec![("BOXSOCK_HOST_TEST".into(), "from spec".into())]);
+    let (s, mut ready) =
+        spec(&h, agent, dir, vec![("BOXSOCK_HOST_TEST".into(), "from spec".into())]);
 
     let b = backend();
     let launched = b.launch(&s).unwrap();
@@ -124,7 +148,10 @@ async fn launch_with_direct_addresses_ready_exec_then_kill_and_gone() {
     assert!(launched.companions.is_empty());
     let pid = launched.process.pid();
 
-    let info = tokio::time::timeout(LIMIT, agent_client::read_ready(&mut ready)).await.expect("no readiness").unwrap();
+    let info = tokio::time::timeout(LIMIT, agent_client::read_ready(&mut ready))
+        .await
+        .expect("no readiness")
+        .unwrap();
     assert_eq!(info.pid as i32, pid, "the reported pid is the process we launched");
     // Its own session, so the runtime's terminal signals do not reach it.
     assert_eq!(nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid))).unwrap().as_raw(), pid);
@@ -149,7 +176,8 @@ async fn launch_with_direct_addresses_ready_exec_then_kill_and_gone() {
     let log = std::fs::read_to_string(h.layout.log_file(&h.id)).unwrap();
     assert!(log.contains("readiness sent"), "agent log not in the box log: {log}");
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
     assert_eq!(reap_within(pid), 128 + 9);
     assert!(!alive(pid), "agent {pid} still exists after kill and reap");
 }
@@ -167,19 +195,34 @@ async fn the_agent_inherits_its_listener_and_ready_channel_and_is_told_no_name()
     let direct = boxsock_direct::Direct::default();
     direct.ensure(&h.layout, &h.id).unwrap();
     let agent = held(&h).listen(&sock("agent.sock")).unwrap();
-    let agent_ino = std::fs::metadata(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&agent))).unwrap().ino();
+    let agent_ino =
+        std::fs::metadata(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&agent)))
+            .unwrap()
+            .ino();
     let dir = direct.socket_dir(&h.layout, &h.id).unwrap();
     let (mut s, mut ready) = spec(&h, agent, dir, Vec::new());
     s.sockets.peer = PeerPolicy::allow_uids([me, 65534]);
     let launched = backend().launch(&s).unwrap();
     drop(s);
-    let info = tokio::time::timeout(LIMIT, agent_client::read_ready(&mut ready)).await.expect("no readiness").unwrap();
+    let info = tokio::time::timeout(LIMIT, agent_client::read_ready(&mut ready))
+        .await
+        .expect("no readiness")
+        .unwrap();
     assert_eq!(info.pid as i32, launched.process.pid());
 
     let args = argv(launched.process.pid());
     assert_eq!(
         args[1..],
-        ["--agent-fd", "3", "--ready-fd", "4", "--allow-uid", &me.to_string(), "--allow-uid", "65534"],
+        [
+            "--agent-fd",
+            "3",
+            "--ready-fd",
+            "4",
+            "--allow-uid",
+            &me.to_string(),
+            "--allow-uid",
+            "65534"
+        ],
         "{args:?}"
     );
     let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", launched.process.pid()))
@@ -209,18 +252,32 @@ async fn abstract_addresses_make_the_agent_check_peer_uids() {
     let tag = format!("{}-{}", std::process::id(), h.id);
     let agent = SocketAddress::Abstract(format!("boxsock-host-test-{tag}-agent").into_bytes());
     let policy = PeerPolicy::allow_uids([me]);
-    let listener = Listener::new(peer::bind_stream_at(&agent).unwrap(), agent.clone(), "agent".into(), policy.clone());
+    let listener = Listener::new(
+        peer::bind_stream_at(&agent).unwrap(),
+        agent.clone(),
+        "agent".into(),
+        policy.clone(),
+    );
     let (mut s, mut ready) = spec(&h, listener, None, Vec::new());
     s.sockets.peer = policy.clone();
     let launched = backend().launch(&s).unwrap();
     drop(s);
-    let info = tokio::time::timeout(LIMIT, agent_client::read_ready(&mut ready)).await.expect("no readiness").unwrap();
+    let info = tokio::time::timeout(LIMIT, agent_client::read_ready(&mut ready))
+        .await
+        .expect("no readiness")
+        .unwrap();
     assert_eq!(info.pid as i32, launched.process.pid());
 
     let args = argv(launched.process.pid());
-    let at = args.iter().position(|a| a == "--allow-uid").expect("no --allow-uid for an abstract address");
+    let at = args
+        .iter()
+        .position(|a| a == "--allow-uid")
+        .expect("no --allow-uid for an abstract address");
     assert_eq!(args[at + 1], me.to_string());
-    assert!(!args.iter().any(|a| a.contains("boxsock-host-test")), "the abstract name is in the agent's argv: {args:?}");
+    assert!(
+        !args.iter().any(|a| a.contains("boxsock-host-test")),
+        "the abstract name is in the agent's argv: {args:?}"
+    );
 
     let stream = peer::connect_stream_at(&agent, "agent", &policy).unwrap();
     AgentClient::connect(stream).unwrap().shutdown().await.unwrap();
@@ -247,14 +304,18 @@ async fn launch_errors_name_what_is_wrong() {
     let (mut s, _r) = spec(&h, listener(2), None, Vec::new());
     s.sockets.ready_channel = None;
     match b.launch(&s) {
-        Err(BackendError::Spec { reason, .. }) => assert!(reason.contains("ready channel"), "{reason}"),
+        Err(BackendError::Spec { reason, .. }) => {
+            assert!(reason.contains("ready channel"), "{reason}")
+        }
         other => panic!("{other:?}"),
     }
 
     let (mut s, _r) = spec(&h, listener(3), None, Vec::new());
     s.log_file = h.layout.box_dir(&h.id).join("no-such-dir/box.log");
     match b.launch(&s) {
-        Err(BackendError::Spec { reason, .. }) => assert!(reason.contains("no-such-dir/box.log"), "{reason}"),
+        Err(BackendError::Spec { reason, .. }) => {
+            assert!(reason.contains("no-such-dir/box.log"), "{reason}")
+        }
         other => panic!("{other:?}"),
     }
 
@@ -263,10 +324,15 @@ async fn launch_errors_name_what_is_wrong() {
     let fake = helpers.path().join("boxsock-agent");
     std::fs::write(&fake, "#!/nonexistent/boxsock-interpreter\n").unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let b = HostBackend::new(BackendConfig { helper_dir: Some(helpers.path().to_owned()), ..Default::default() });
+    let b = HostBackend::new(BackendConfig {
+        helper_dir: Some(helpers.path().to_owned()),
+        ..Default::default()
+    });
     assert_eq!(b.find_agent().unwrap(), fake);
     match b.launch(&spec(&h, listener(4), None, Vec::new()).0) {
-        Err(BackendError::Spawn { what, .. }) => assert_eq!(what, boxsock_core::echo::path(&fake).to_string()),
+        Err(BackendError::Spawn { what, .. }) => {
+            assert_eq!(what, boxsock_core::echo::path(&fake).to_string())
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -287,7 +353,10 @@ fn declared_shape_and_availability() {
     // A non-executable file in the helper directory is skipped, not picked.
     let helpers = tempfile::tempdir().unwrap();
     std::fs::write(helpers.path().join("boxsock-agent"), b"#!/bin/sh\n").unwrap();
-    let b = HostBackend::new(BackendConfig { helper_dir: Some(helpers.path().to_owned()), ..Default::default() });
+    let b = HostBackend::new(BackendConfig {
+        helper_dir: Some(helpers.path().to_owned()),
+        ..Default::default()
+    });
     assert_ne!(b.find_agent().unwrap(), helpers.path().join("boxsock-agent"));
 }
 

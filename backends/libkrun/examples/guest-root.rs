@@ -17,8 +17,16 @@ fn main() {
     let result = boxsock_libkrun::rootfs::prepare(&root, Path::new(agent)).and_then(|g| {
         let mut files = g.files;
         if let Some(b) = busybox {
-            let (_, more) = boxsock_libkrun::rootfs::install_program(&root, Path::new(b), Path::new("/bin/busybox"))?;
-            boxsock_libkrun::rootfs::guest_symlink(&root, Path::new("/bin/sh"), Path::new("busybox"))?;
+            let (_, more) = boxsock_libkrun::rootfs::install_program(
+                &root,
+                Path::new(b),
+                Path::new("/bin/busybox"),
+            )?;
+            boxsock_libkrun::rootfs::guest_symlink(
+                &root,
+                Path::new("/bin/sh"),
+                Path::new("busybox"),
+            )?;
             files.extend(more);
         }
         Ok((g.interpreter, files))

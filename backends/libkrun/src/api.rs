@@ -51,7 +51,13 @@ pub trait KrunApi {
     /// `krun_add_virtiofs3`: share host directory `path` with the guest as virtio-fs
     /// `tag` (the guest mounts it by tag); `read_only`: libkrun's file server refuses
     /// every write (the host enforces it, whatever the guest does).
-    fn add_virtiofs(&mut self, ctx: KrunCtx, tag: &str, path: &Path, read_only: bool) -> Result<(), KrunError>;
+    fn add_virtiofs(
+        &mut self,
+        ctx: KrunCtx,
+        tag: &str,
+        path: &Path,
+        read_only: bool,
+    ) -> Result<(), KrunError>;
     /// `krun_disable_implicit_vsock`: drop the default vsock device (which has TSI on).
     fn disable_implicit_vsock(&mut self, ctx: KrunCtx) -> Result<(), KrunError>;
     /// `krun_add_vsock`: a vsock device with these TSI features (0: no TSI, so the
@@ -59,17 +65,43 @@ pub trait KrunApi {
     fn add_vsock(&mut self, ctx: KrunCtx, tsi_features: u32) -> Result<(), KrunError>;
     /// `krun_add_vsock_port2`: map guest vsock `port` to host Unix socket `path`;
     /// `listen` = libkrun listens on the host path (else it connects to it).
-    fn add_vsock_port2(&mut self, ctx: KrunCtx, port: u32, path: &Path, listen: bool) -> Result<(), KrunError>;
+    fn add_vsock_port2(
+        &mut self,
+        ctx: KrunCtx,
+        port: u32,
+        path: &Path,
+        listen: bool,
+    ) -> Result<(), KrunError>;
     /// `krun_add_net_unixstream` with a path (no fd): libkrun connects to the proxy.
-    fn add_net_unixstream(&mut self, ctx: KrunCtx, path: &Path, mac: [u8; 6], features: u32, flags: u32) -> Result<(), KrunError>;
+    fn add_net_unixstream(
+        &mut self,
+        ctx: KrunCtx,
+        path: &Path,
+        mac: [u8; 6],
+        features: u32,
+        flags: u32,
+    ) -> Result<(), KrunError>;
     /// `krun_add_net_unixstream` with a connected socket (no path): `fd` is one end of
     /// a socketpair whose other end the proxy (passt `--fd`) serves.
-    fn add_net_unixstream_fd(&mut self, ctx: KrunCtx, fd: i32, mac: [u8; 6], features: u32, flags: u32) -> Result<(), KrunError>;
+    fn add_net_unixstream_fd(
+        &mut self,
+        ctx: KrunCtx,
+        fd: i32,
+        mac: [u8; 6],
+        features: u32,
+        flags: u32,
+    ) -> Result<(), KrunError>;
     /// `krun_set_workdir`: the guest working directory of the exec'd process.
     fn set_workdir(&mut self, ctx: KrunCtx, workdir: &str) -> Result<(), KrunError>;
     /// `krun_set_exec`: the guest program, its arguments (without argv\[0\]) and its
     /// complete environment (never inherited from the host).
-    fn set_exec(&mut self, ctx: KrunCtx, path: &str, args: &[String], env: &[(String, String)]) -> Result<(), KrunError>;
+    fn set_exec(
+        &mut self,
+        ctx: KrunCtx,
+        path: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<(), KrunError>;
     /// `krun_set_console_output`: the console goes to this file.
     fn set_console_output(&mut self, ctx: KrunCtx, path: &Path) -> Result<(), KrunError>;
     /// `krun_start_enter`: boots the VM; on success it does not return (libkrun exits
@@ -107,7 +139,9 @@ impl KrunCall {
             KrunCall::DisableImplicitVsock { .. } => "krun_disable_implicit_vsock",
             KrunCall::AddVsock { .. } => "krun_add_vsock",
             KrunCall::AddVsockPort2 { .. } => "krun_add_vsock_port2",
-            KrunCall::AddNetUnixstream { .. } | KrunCall::AddNetUnixstreamFd { .. } => "krun_add_net_unixstream",
+            KrunCall::AddNetUnixstream { .. } | KrunCall::AddNetUnixstreamFd { .. } => {
+                "krun_add_net_unixstream"
+            }
             KrunCall::SetWorkdir { .. } => "krun_set_workdir",
             KrunCall::SetExec { .. } => "krun_set_exec",
             KrunCall::SetConsoleOutput { .. } => "krun_set_console_output",
@@ -164,8 +198,19 @@ impl KrunApi for RecordingKrun {
     fn set_root(&mut self, ctx: KrunCtx, root: &Path) -> Result<(), KrunError> {
         self.record(KrunCall::SetRoot { ctx, root: root.to_path_buf() })
     }
-    fn add_virtiofs(&mut self, ctx: KrunCtx, tag: &str, path: &Path, read_only: bool) -> Result<(), KrunError> {
-        self.record(KrunCall::AddVirtiofs { ctx, tag: tag.to_owned(), path: path.to_path_buf(), read_only })
+    fn add_virtiofs(
+        &mut self,
+        ctx: KrunCtx,
+        tag: &str,
+        path: &Path,
+        read_only: bool,
+    ) -> Result<(), KrunError> {
+        self.record(KrunCall::AddVirtiofs {
+            ctx,
+            tag: tag.to_owned(),
+            path: path.to_path_buf(),
+            read_only,
+        })
     }
     fn disable_implicit_vsock(&mut self, ctx: KrunCtx) -> Result<(), KrunError> {
         self.record(KrunCall::DisableImplicitVsock { ctx })
@@ -173,20 +218,57 @@ impl KrunApi for RecordingKrun {
     fn add_vsock(&mut self, ctx: KrunCtx, tsi_features: u32) -> Result<(), KrunError> {
         self.record(KrunCall::AddVsock { ctx, tsi_features })
     }
-    fn add_vsock_port2(&mut self, ctx: KrunCtx, port: u32, path: &Path, listen: bool) -> Result<(), KrunError> {
+    fn add_vsock_port2(
+        &mut self,
+        ctx: KrunCtx,
+        port: u32,
+        path: &Path,
+        listen: bool,
+    ) -> Result<(), KrunError> {
         self.record(KrunCall::AddVsockPort2 { ctx, port, path: path.to_path_buf(), listen })
     }
-    fn add_net_unixstream(&mut self, ctx: KrunCtx, path: &Path, mac: [u8; 6], features: u32, flags: u32) -> Result<(), KrunError> {
-        self.record(KrunCall::AddNetUnixstream { ctx, path: path.to_path_buf(), mac, features, flags })
+    fn add_net_unixstream(
+        &mut self,
+        ctx: KrunCtx,
+        path: &Path,
+        mac: [u8; 6],
+        features: u32,
+        flags: u32,
+    ) -> Result<(), KrunError> {
+        self.record(KrunCall::AddNetUnixstream {
+            ctx,
+            path: path.to_path_buf(),
+            mac,
+            features,
+            flags,
+        })
     }
-    fn add_net_unixstream_fd(&mut self, ctx: KrunCtx, fd: i32, mac: [u8; 6], features: u32, flags: u32) -> Result<(), KrunError> {
+    fn add_net_unixstream_fd(
+        &mut self,
+        ctx: KrunCtx,
+        fd: i32,
+        mac: [u8; 6],
+        features: u32,
+        flags: u32,
+    ) -> Result<(), KrunError> {
         self.record(KrunCall::AddNetUnixstreamFd { ctx, fd, mac, features, flags })
     }
     fn set_workdir(&mut self, ctx: KrunCtx, workdir: &str) -> Result<(), KrunError> {
         self.record(KrunCall::SetWorkdir { ctx, workdir: workdir.to_owned() })
     }
-    fn set_exec(&mut self, ctx: KrunCtx, path: &str, args: &[String], env: &[(String, String)]) -> Result<(), KrunError> {
-        self.record(KrunCall::SetExec { ctx, path: path.to_owned(), args: args.to_vec(), env: env.to_vec() })
+    fn set_exec(
+        &mut self,
+        ctx: KrunCtx,
+        path: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<(), KrunError> {
+        self.record(KrunCall::SetExec {
+            ctx,
+            path: path.to_owned(),
+            args: args.to_vec(),
+            env: env.to_vec(),
+        })
     }
     fn set_console_output(&mut self, ctx: KrunCtx, path: &Path) -> Result<(), KrunError> {
         self.record(KrunCall::SetConsoleOutput { ctx, path: path.to_path_buf() })

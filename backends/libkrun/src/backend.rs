@@ -4,9 +4,12 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use boxsock_core::backend::{AddressNeeds, Availability, BackendConfig, BackendError, BoxSettings, Isolation, LaunchSpec, Launched};
-use boxsock_core::catalogue::{self, SocketSpec};
 use boxsock_core::atomic::AtomicWrite;
+use boxsock_core::backend::{
+    AddressNeeds, Availability, BackendConfig, BackendError, BoxSettings, Isolation, LaunchSpec,
+    Launched,
+};
+use boxsock_core::catalogue::{self, SocketSpec};
 use boxsock_core::layout::BoxLayout;
 use boxsock_core::process::OwnedProcess;
 use boxsock_core::spawn::{Spawn, SpawnError};
@@ -16,8 +19,9 @@ use crate::jail::{SYSTEM_DEVICES, SYSTEM_READ_ONLY};
 use crate::passt::{DEFAULT_PASST, DEFAULT_PASST_TIMEOUT, Passt};
 use crate::probe::HostProbe;
 use crate::spec::{
-    AGENT_VSOCK_PORT, BOX_LAYER_TAG, DEFAULT_RAM_MIB, DEFAULT_VCPUS, GUEST_MAC, GuestExec, JailSpec, LOWER_TAG, NetSpec,
-    READY_VSOCK_PORT, ShimSpec, VirtiofsShare, VsockMap, agent_args, parent_of,
+    AGENT_VSOCK_PORT, BOX_LAYER_TAG, DEFAULT_RAM_MIB, DEFAULT_VCPUS, GUEST_MAC, GuestExec,
+    JailSpec, LOWER_TAG, NetSpec, READY_VSOCK_PORT, ShimSpec, VirtiofsShare, VsockMap, agent_args,
+    parent_of,
 };
 use crate::{NAME, SHIM_BINARY};
 
@@ -135,23 +139,42 @@ impl LibkrunConfig {
                 "passt" => c.passt = PathBuf::from(v),
                 "guest_agent" => {
                     let p = Path::new(v);
-                    if !p.is_absolute() || !p.components().skip(1).all(|c| matches!(c, std::path::Component::Normal(_))) {
+                    if !p.is_absolute()
+                        || !p
+                            .components()
+                            .skip(1)
+                            .all(|c| matches!(c, std::path::Component::Normal(_)))
+                    {
                         return Err(bad(format!(
                             "option guest_agent={v:?}: expected an absolute path inside the guest without '..'"
                         )));
                     }
                     c.guest_agent = v.clone()
                 }
-                "vcpus" => c.vcpus = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| bad(format!("option vcpus={v:?}: expected 1..=255")))?,
-                "ram_mib" => c.ram_mib = v.parse().ok().filter(|n| *n >= 64).ok_or_else(|| bad(format!("option ram_mib={v:?}: expected a number of MiB >= 64")))?,
+                "vcpus" => {
+                    c.vcpus = v
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| bad(format!("option vcpus={v:?}: expected 1..=255")))?
+                }
+                "ram_mib" => {
+                    c.ram_mib = v.parse().ok().filter(|n| *n >= 64).ok_or_else(|| {
+                        bad(format!("option ram_mib={v:?}: expected a number of MiB >= 64"))
+                    })?
+                }
                 "libkrunfw" => c.probe.libkrunfw = v.clone(),
-                "read_only" => c.extra_read_only.extend(v.split(':').filter(|s| !s.is_empty()).map(PathBuf::from)),
+                "read_only" => c
+                    .extra_read_only
+                    .extend(v.split(':').filter(|s| !s.is_empty()).map(PathBuf::from)),
                 "jail" => c.jail = parse_bool(k, v)?,
                 "configure_only" => c.configure_only = parse_bool(k, v)?,
                 "agent" => c.agent = Some(PathBuf::from(v)),
                 "jail_probe" => {
                     if !Path::new(v).is_absolute() {
-                        return Err(bad(format!("option jail_probe={v:?}: expected an absolute path")));
+                        return Err(bad(format!(
+                            "option jail_probe={v:?}: expected an absolute path"
+                        )));
                     }
                     c.jail_probe = Some(PathBuf::from(v))
                 }
@@ -220,13 +243,20 @@ impl Libkrun {
             };
             let agent = through(&catalogue::AGENT)?;
             let ready = through(&catalogue::READY)?;
-            let tmpdir = parent_of(&agent).map(Path::to_path_buf).ok_or_else(|| bad(format!("{} has no directory", boxsock_core::echo::path(&agent))))?;
+            let tmpdir = parent_of(&agent).map(Path::to_path_buf).ok_or_else(|| {
+                bad(format!("{} has no directory", boxsock_core::echo::path(&agent)))
+            })?;
             (agent, ready, tmpdir, Some(SHIM_SOCKET_DIR_FD))
         } else {
             let agent = path_address(spec, catalogue::AGENT.name)?;
             let ready = path_address(spec, catalogue::READY.name)?;
             let tmpdir = parent_of(net.as_deref().unwrap_or(&agent))
-                .ok_or_else(|| bad(format!("socket address {} has no directory", boxsock_core::echo::path(&agent))))?
+                .ok_or_else(|| {
+                    bad(format!(
+                        "socket address {} has no directory",
+                        boxsock_core::echo::path(&agent)
+                    ))
+                })?
                 .to_path_buf();
             (agent, ready, tmpdir, None)
         };
@@ -245,7 +275,11 @@ impl Libkrun {
                     read_only.push(user.clone());
                 }
                 let shares = vec![
-                    VirtiofsShare { tag: BOX_LAYER_TAG.into(), host_path: box_layer, read_only: true },
+                    VirtiofsShare {
+                        tag: BOX_LAYER_TAG.into(),
+                        host_path: box_layer,
+                        read_only: true,
+                    },
                     VirtiofsShare { tag: LOWER_TAG.into(), host_path: lower, read_only: true },
                 ];
                 for s in &shares {
@@ -274,7 +308,11 @@ impl Libkrun {
             ram_mib: spec.settings.ram_mib.unwrap_or(self.config.ram_mib),
             agent: VsockMap { port: AGENT_VSOCK_PORT, host_path: agent },
             ready: VsockMap { port: READY_VSOCK_PORT, host_path: ready },
-            net: net.map(|path| NetSpec { path, mac: GUEST_MAC, fd: socket_dir_fd.map(|_| SHIM_NET_FD) }),
+            net: net.map(|path| NetSpec {
+                path,
+                mac: GUEST_MAC,
+                fd: socket_dir_fd.map(|_| SHIM_NET_FD),
+            }),
             tmpdir,
             socket_dir_fd,
             jail: JailSpec {
@@ -306,7 +344,10 @@ impl Libkrun {
             Ok(agent) => {
                 self.ensure_base(&spec.layout, &spec.id, &agent)?;
             }
-            Err(reason) if spec.settings.rootfs.is_some() || recorded_base(&spec.layout, &spec.id).is_some() => {
+            Err(reason)
+                if spec.settings.rootfs.is_some()
+                    || recorded_base(&spec.layout, &spec.id).is_some() =>
+            {
                 return Err(bad(format!("box {}: no agent for the guest base: {reason}", spec.id)));
             }
             Err(_) => {}
@@ -327,7 +368,8 @@ impl Libkrun {
                 boxsock_core::echo::path(&shim_spec.agent.host_path)
             )));
         };
-        let json = serde_json::to_vec(&shim_spec).map_err(|e| bad(format!("cannot encode the shim spec: {e}")))?;
+        let json = serde_json::to_vec(&shim_spec)
+            .map_err(|e| bad(format!("cannot encode the shim spec: {e}")))?;
         let passt_err = |e: crate::passt::PasstError| BackendError::Spawn {
             backend: NAME.into(),
             what: boxsock_core::echo::path(&self.config.passt).to_string(),
@@ -344,11 +386,15 @@ impl Libkrun {
                         None,
                         nix::sys::socket::SockFlag::SOCK_CLOEXEC,
                     )
-                    .map_err(|e| bad(format!("box {}: socketpair for the network: {e}", spec.id)))?;
+                    .map_err(|e| {
+                        bad(format!("box {}: socketpair for the network: {e}", spec.id))
+                    })?;
                     shim_net_end = Some(ours);
-                    Passt::start_fd(&self.config.passt, theirs, &log, crate::passt::PASST_SETTLE).map_err(passt_err)?
+                    Passt::start_fd(&self.config.passt, theirs, &log, crate::passt::PASST_SETTLE)
+                        .map_err(passt_err)?
                 } else {
-                    Passt::start(&self.config.passt, &net.path, &log, self.config.passt_timeout).map_err(passt_err)?
+                    Passt::start(&self.config.passt, &net.path, &log, self.config.passt_timeout)
+                        .map_err(passt_err)?
                 };
                 Some(p)
             }
@@ -363,7 +409,8 @@ impl Libkrun {
         drop(shim_net_end);
         match spawned {
             Ok(process) => {
-                let companions: Vec<OwnedProcess> = passt.into_iter().filter_map(Passt::detach).collect();
+                let companions: Vec<OwnedProcess> =
+                    passt.into_iter().filter_map(Passt::detach).collect();
                 let pids: Vec<i32> = companions.iter().map(OwnedProcess::pid).collect();
                 tracing::debug!(box_id = %spec.id, pid = process.pid(), companions = ?pids, "libkrun shim started");
                 Ok(Launched { process, companions })
@@ -379,9 +426,17 @@ impl Libkrun {
 
     /// The shared guest base of `agent` ([`crate::rootfs::ensure_base`]), recorded in
     /// the box directory ([`crate::rootfs::BASE_RECORD`]).
-    pub fn ensure_base(&self, layout: &BoxLayout, id: &BoxId, agent: &Path) -> Result<PathBuf, BackendError> {
-        let fail = |reason: String| BackendError::Prepare { backend: NAME.into(), id: id.clone(), reason };
-        let base = crate::rootfs::ensure_base(layout.home(), agent, Path::new(&self.config.guest_agent)).map_err(|e| fail(format!("guest base: {e}")))?;
+    pub fn ensure_base(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+        agent: &Path,
+    ) -> Result<PathBuf, BackendError> {
+        let fail =
+            |reason: String| BackendError::Prepare { backend: NAME.into(), id: id.clone(), reason };
+        let base =
+            crate::rootfs::ensure_base(layout.home(), agent, Path::new(&self.config.guest_agent))
+                .map_err(|e| fail(format!("guest base: {e}")))?;
         let key = base.file_name().map(|k| k.to_string_lossy().into_owned()).unwrap_or_default();
         let record = layout.box_dir(id).join(crate::rootfs::BASE_RECORD);
         if std::fs::read_to_string(&record).ok().as_deref().map(str::trim) != Some(key.as_str()) {
@@ -398,14 +453,23 @@ impl Libkrun {
     /// lookup as the `host` backend's.
     pub fn find_agent(&self) -> Result<PathBuf, FindAgentError> {
         if let Some(a) = &self.config.agent {
-            return if a.is_file() { Ok(a.clone()) } else { Err(FindAgentError::NoSuchFile { path: a.clone() }) };
+            return if a.is_file() {
+                Ok(a.clone())
+            } else {
+                Err(FindAgentError::NoSuchFile { path: a.clone() })
+            };
         }
         Ok(boxsock_core::helpers::find_agent(self.config.helper_dir.as_deref())?)
     }
 
     /// The shim in its own session, the spec as JSON on stdin, stdout and stderr
     /// appended to the box log, handed `fds` (source, target) and nothing else.
-    fn spawn_shim(&self, json: Vec<u8>, log: &Path, fds: &[(BorrowedFd<'_>, i32)]) -> Result<OwnedProcess, BackendError> {
+    fn spawn_shim(
+        &self,
+        json: Vec<u8>,
+        log: &Path,
+        fds: &[(BorrowedFd<'_>, i32)],
+    ) -> Result<OwnedProcess, BackendError> {
         let mut cmd = Spawn::new(&self.config.shim);
         cmd.stdin_bytes(json).log_file(log).map_err(|e| BackendError::spawn(NAME, e))?;
         for (fd, target) in fds {
@@ -413,9 +477,15 @@ impl Libkrun {
         }
         cmd.spawn().map_err(|e| match e {
             // A missing shim: say how to install it beside boxsock.
-            SpawnError::Spawn { program, source } if source.kind() == std::io::ErrorKind::NotFound => {
-                let hint = format!("{source}; install it beside boxsock with `{}`", crate::SHIM_INSTALL);
-                BackendError::spawn(NAME, SpawnError::Spawn { program, source: std::io::Error::new(source.kind(), hint) })
+            SpawnError::Spawn { program, source }
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                let hint =
+                    format!("{source}; install it beside boxsock with `{}`", crate::SHIM_INSTALL);
+                BackendError::spawn(
+                    NAME,
+                    SpawnError::Spawn { program, source: std::io::Error::new(source.kind(), hint) },
+                )
             }
             e => BackendError::spawn(NAME, e),
         })
@@ -455,7 +525,11 @@ impl Backend for Libkrun {
     /// vcpus (1..=255), memory (at least 64 MiB) and a root filesystem (an absolute
     /// directory; the runtime has canonicalised it).
     fn check_settings(&self, settings: &BoxSettings) -> Result<(), BackendError> {
-        let bad_setting = |setting, reason: String| BackendError::BadSetting { backend: NAME.into(), setting, reason };
+        let bad_setting = |setting, reason: String| BackendError::BadSetting {
+            backend: NAME.into(),
+            setting,
+            reason,
+        };
         if settings.vcpus == Some(0) {
             return Err(bad_setting("vcpus", "0: expected 1..=255".into()));
         }
@@ -464,12 +538,25 @@ impl Backend for Libkrun {
         }
         if let Some(root) = &settings.rootfs {
             if !root.is_absolute() {
-                return Err(bad_setting("rootfs", format!("{}: not an absolute path", boxsock_core::echo::path(root))));
+                return Err(bad_setting(
+                    "rootfs",
+                    format!("{}: not an absolute path", boxsock_core::echo::path(root)),
+                ));
             }
             match std::fs::metadata(root) {
                 Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(bad_setting("rootfs", format!("{}: not a directory", boxsock_core::echo::path(root)))),
-                Err(e) => return Err(bad_setting("rootfs", format!("{}: {e}", boxsock_core::echo::path(root)))),
+                Ok(_) => {
+                    return Err(bad_setting(
+                        "rootfs",
+                        format!("{}: not a directory", boxsock_core::echo::path(root)),
+                    ));
+                }
+                Err(e) => {
+                    return Err(bad_setting(
+                        "rootfs",
+                        format!("{}: {e}", boxsock_core::echo::path(root)),
+                    ));
+                }
             }
         }
         Ok(())
@@ -479,10 +566,14 @@ impl Backend for Libkrun {
     /// ([`crate::rootfs::ensure_base`], built once per agent) and an empty
     /// `<box>/rootfs`, the box's own layer on top of its root.
     fn prepare(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BackendError> {
-        let fail = |reason: String| BackendError::Prepare { backend: NAME.into(), id: id.clone(), reason };
-        let agent = self.find_agent().map_err(|e| fail(format!("no agent for the guest base: {e}")))?;
+        let fail =
+            |reason: String| BackendError::Prepare { backend: NAME.into(), id: id.clone(), reason };
+        let agent =
+            self.find_agent().map_err(|e| fail(format!("no agent for the guest base: {e}")))?;
         let layer = layout.rootfs_dir(id);
-        std::fs::create_dir_all(&layer).map_err(|e| fail(format!("cannot create {}: {e}", boxsock_core::echo::path(&layer))))?;
+        std::fs::create_dir_all(&layer).map_err(|e| {
+            fail(format!("cannot create {}: {e}", boxsock_core::echo::path(&layer)))
+        })?;
         let base = self.ensure_base(layout, id, &agent)?;
         tracing::debug!(box_id = %id, base = %boxsock_core::echo::path(&base), agent = %boxsock_core::echo::path(&agent), "guest base shared");
         Ok(())

@@ -27,10 +27,8 @@ pub const KRUN_NET_DERIVED_WORST_CASE: &str = "krun-net-4194304-4294967295.sock"
 /// 1.19 derives in `TMPDIR` counted in every budget. The one place that names the
 /// derived name for a budget: the backend's socket list and the shim's own check
 /// ([`crate::ShimSpec::validate`]) both read it from here.
-pub const NET: SocketSpec = SocketSpec {
-    derived: &[DerivedName::Sibling(KRUN_NET_DERIVED_WORST_CASE)],
-    ..catalogue::NET
-};
+pub const NET: SocketSpec =
+    SocketSpec { derived: &[DerivedName::Sibling(KRUN_NET_DERIVED_WORST_CASE)], ..catalogue::NET };
 
 /// The libkrun version whose rule [`KRUN_NET_DERIVED_WORST_CASE`] was derived from.
 pub const LIBKRUN_PINNED_VERSION: &str = "1.19.7";

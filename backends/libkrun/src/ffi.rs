@@ -71,7 +71,13 @@ impl KrunApi for LibKrun {
         check("krun_set_root", rc).map(drop)
     }
 
-    fn add_virtiofs(&mut self, ctx: KrunCtx, tag: &str, path: &Path, read_only: bool) -> Result<(), KrunError> {
+    fn add_virtiofs(
+        &mut self,
+        ctx: KrunCtx,
+        tag: &str,
+        path: &Path,
+        read_only: bool,
+    ) -> Result<(), KrunError> {
         let t = cstr("krun_add_virtiofs3", "mount_tag", tag.as_bytes())?;
         let p = cpath("krun_add_virtiofs3", "host_path", path)?;
         // SAFETY: `t` and `p` are valid NUL-terminated strings that outlive the call;
@@ -92,7 +98,13 @@ impl KrunApi for LibKrun {
         check("krun_add_vsock", rc).map(drop)
     }
 
-    fn add_vsock_port2(&mut self, ctx: KrunCtx, port: u32, path: &Path, listen: bool) -> Result<(), KrunError> {
+    fn add_vsock_port2(
+        &mut self,
+        ctx: KrunCtx,
+        port: u32,
+        path: &Path,
+        listen: bool,
+    ) -> Result<(), KrunError> {
         let c = cpath("krun_add_vsock_port2", "filepath", path)?;
         // SAFETY: `c` is a valid NUL-terminated string that outlives the call; libkrun
         // copies it into its port map.
@@ -100,19 +112,37 @@ impl KrunApi for LibKrun {
         check("krun_add_vsock_port2", rc).map(drop)
     }
 
-    fn add_net_unixstream(&mut self, ctx: KrunCtx, path: &Path, mac: [u8; 6], features: u32, flags: u32) -> Result<(), KrunError> {
+    fn add_net_unixstream(
+        &mut self,
+        ctx: KrunCtx,
+        path: &Path,
+        mac: [u8; 6],
+        features: u32,
+        flags: u32,
+    ) -> Result<(), KrunError> {
         let c = cpath("krun_add_net_unixstream", "c_path", path)?;
         // SAFETY: `c` is a valid C string and `mac` a 6-byte array, both alive for the
         // call (libkrun copies both); fd -1 means "use the path".
-        let rc = unsafe { sys::krun_add_net_unixstream(ctx.0, c.as_ptr(), -1, mac.as_ptr(), features, flags) };
+        let rc = unsafe {
+            sys::krun_add_net_unixstream(ctx.0, c.as_ptr(), -1, mac.as_ptr(), features, flags)
+        };
         check("krun_add_net_unixstream", rc).map(drop)
     }
 
-    fn add_net_unixstream_fd(&mut self, ctx: KrunCtx, fd: i32, mac: [u8; 6], features: u32, flags: u32) -> Result<(), KrunError> {
+    fn add_net_unixstream_fd(
+        &mut self,
+        ctx: KrunCtx,
+        fd: i32,
+        mac: [u8; 6],
+        features: u32,
+        flags: u32,
+    ) -> Result<(), KrunError> {
         // SAFETY: a NULL path with a descriptor is the documented "use this connected
         // socket" form; `mac` is a 6-byte array alive for the call (libkrun copies it);
         // `fd` is an open descriptor this process owns and hands to libkrun.
-        let rc = unsafe { sys::krun_add_net_unixstream(ctx.0, std::ptr::null(), fd, mac.as_ptr(), features, flags) };
+        let rc = unsafe {
+            sys::krun_add_net_unixstream(ctx.0, std::ptr::null(), fd, mac.as_ptr(), features, flags)
+        };
         check("krun_add_net_unixstream", rc).map(drop)
     }
 
@@ -123,15 +153,26 @@ impl KrunApi for LibKrun {
         check("krun_set_workdir", rc).map(drop)
     }
 
-    fn set_exec(&mut self, ctx: KrunCtx, path: &str, args: &[String], env: &[(String, String)]) -> Result<(), KrunError> {
+    fn set_exec(
+        &mut self,
+        ctx: KrunCtx,
+        path: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<(), KrunError> {
         const CALL: &str = "krun_set_exec";
         let exec = cstr(CALL, "exec_path", path.as_bytes())?;
-        let argv: Vec<CString> = args.iter().map(|a| cstr(CALL, "argv", a.as_bytes())).collect::<Result<_, _>>()?;
+        let argv: Vec<CString> =
+            args.iter().map(|a| cstr(CALL, "argv", a.as_bytes())).collect::<Result<_, _>>()?;
         let envp: Vec<CString> = env
             .iter()
             .map(|(k, v)| {
                 if k.is_empty() || k.contains('=') {
-                    return Err(KrunError::Nul { call: CALL, what: "envp (name empty or containing '=')", value: k.clone() });
+                    return Err(KrunError::Nul {
+                        call: CALL,
+                        what: "envp (name empty or containing '=')",
+                        value: k.clone(),
+                    });
                 }
                 cstr(CALL, "envp", format!("{k}={v}").as_bytes())
             })
@@ -142,7 +183,8 @@ impl KrunApi for LibKrun {
         // until after the call; both arrays are NULL-terminated as libkrun expects, and
         // libkrun copies the strings. A non-NULL envp means the host environment is not
         // inherited by the guest.
-        let rc = unsafe { sys::krun_set_exec(ctx.0, exec.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
+        let rc =
+            unsafe { sys::krun_set_exec(ctx.0, exec.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
         check(CALL, rc).map(drop)
     }
 

@@ -46,7 +46,8 @@ pub const NAME: &str = "libkrun";
 pub const SHIM_BINARY: &str = "boxsock-krun-shim";
 
 /// How a user installs the shim beside `boxsock` (named in the error when it is missing).
-pub const SHIM_INSTALL: &str = "cargo install boxsock-libkrun (from a checkout: cargo install --path backends/libkrun)";
+pub const SHIM_INSTALL: &str =
+    "cargo install boxsock-libkrun (from a checkout: cargo install --path backends/libkrun)";
 
 /// File, in the box directory, where the shim records the exact [`ShimSpec`] it
 /// received (one JSON document, rewritten at each start). A diagnostic artifact: nothing

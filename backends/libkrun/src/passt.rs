@@ -36,7 +36,11 @@ pub enum PasstError {
         source: std::io::Error,
     },
     /// It exited before binding, or never bound.
-    #[error("{} did not bind {} ({what}); its output: {output}", boxsock_core::echo::path(binary), boxsock_core::echo::path(socket))]
+    #[error(
+        "{} did not bind {} ({what}); its output: {output}",
+        boxsock_core::echo::path(binary),
+        boxsock_core::echo::path(socket)
+    )]
     NotBound {
         /// The binary.
         binary: PathBuf,
@@ -48,7 +52,10 @@ pub enum PasstError {
         output: String,
     },
     /// Something that is not a socket occupies the path.
-    #[error("refusing to start passt: {} exists and is not a socket", boxsock_core::echo::path(path))]
+    #[error(
+        "refusing to start passt: {} exists and is not a socket",
+        boxsock_core::echo::path(path)
+    )]
     Occupied {
         /// The path.
         path: PathBuf,
@@ -86,7 +93,9 @@ fn try_wait(pid: i32) -> Option<String> {
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
     match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
         Ok(WaitStatus::Exited(_, code)) => Some(format!("exited with exit status: {code}")),
-        Ok(WaitStatus::Signaled(_, sig, _)) => Some(format!("exited with signal: {} ({sig})", sig as i32)),
+        Ok(WaitStatus::Signaled(_, sig, _)) => {
+            Some(format!("exited with signal: {} ({sig})", sig as i32))
+        }
         _ => None,
     }
 }
@@ -103,7 +112,8 @@ fn command<'a>(binary: &Path, log: &Path) -> Result<(Spawn<'a>, u64), PasstError
         .open(log)
         .map_err(|source| PasstError::Log { path: log.to_path_buf(), source })?;
     let start_offset = out.metadata().map(|m| m.len()).unwrap_or(0);
-    let err = out.try_clone().map_err(|source| PasstError::Log { path: log.to_path_buf(), source })?;
+    let err =
+        out.try_clone().map_err(|source| PasstError::Log { path: log.to_path_buf(), source })?;
     let uid = nix::unistd::geteuid();
     let gid = nix::unistd::getegid();
     let mut cmd = Spawn::new(binary);
@@ -120,7 +130,12 @@ impl Passt {
     /// uid/gid (passt would otherwise drop to `nobody` before binding, and could not bind
     /// in the owner's 0700 directory). stdout and stderr go to `log`. Waits, at most
     /// `timeout`, until the socket exists.
-    pub fn start(binary: &Path, socket: &Path, log: &Path, timeout: Duration) -> Result<Passt, PasstError> {
+    pub fn start(
+        binary: &Path,
+        socket: &Path,
+        log: &Path,
+        timeout: Duration,
+    ) -> Result<Passt, PasstError> {
         match std::fs::symlink_metadata(socket) {
             Ok(m) if m.file_type().is_socket() => {
                 // A stale socket from a dead passt: it must go, or the wait below would
@@ -132,7 +147,8 @@ impl Passt {
         }
         let (mut cmd, start_offset) = command(binary, log)?;
         cmd.arg("--socket").arg(socket);
-        let spawn_err = |e: SpawnError| PasstError::Spawn { binary: binary.to_path_buf(), source: e.into_io() };
+        let spawn_err =
+            |e: SpawnError| PasstError::Spawn { binary: binary.to_path_buf(), source: e.into_io() };
         let mut passt = Passt::new(cmd.spawn().map_err(spawn_err)?, socket.to_path_buf());
         let deadline = Instant::now() + timeout;
         loop {
@@ -175,14 +191,20 @@ impl Passt {
     /// Returns once passt has run for `settle` without exiting (it has nothing to bind
     /// that could be waited for); an early exit is [`PasstError::NotBound`] with its
     /// output.
-    pub fn start_fd(binary: &Path, end: std::os::fd::OwnedFd, log: &Path, settle: Duration) -> Result<Passt, PasstError> {
+    pub fn start_fd(
+        binary: &Path,
+        end: std::os::fd::OwnedFd,
+        log: &Path,
+        settle: Duration,
+    ) -> Result<Passt, PasstError> {
         use std::os::fd::AsFd;
         let (mut cmd, start_offset) = command(binary, log)?;
         cmd.args(["--fd", &PASST_FD.to_string()]).hand(end.as_fd(), PASST_FD);
         let spawned = cmd.spawn();
         drop(end);
         let socket = PathBuf::from(format!("fd:{PASST_FD}"));
-        let spawn_err = |e: SpawnError| PasstError::Spawn { binary: binary.to_path_buf(), source: e.into_io() };
+        let spawn_err =
+            |e: SpawnError| PasstError::Spawn { binary: binary.to_path_buf(), source: e.into_io() };
         let mut passt = Passt::new(spawned.map_err(spawn_err)?, socket.clone());
         let deadline = Instant::now() + settle;
         while Instant::now() < deadline {
@@ -240,6 +262,10 @@ fn read_tail(log: &Path, from: u64) -> String {
         let _ = f.seek(SeekFrom::Start(from));
         let _ = f.take(4096).read_to_string(&mut s);
     }
-    let s = s.lines().filter(|l| !l.starts_with("Failed to send") && !l.trim().is_empty()).collect::<Vec<_>>().join(" | ");
+    let s = s
+        .lines()
+        .filter(|l| !l.starts_with("Failed to send") && !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ");
     if s.is_empty() { "(nothing)".into() } else { s }
 }

@@ -58,7 +58,9 @@ impl HostProbe {
         match (self.probe_kvm(), self.probe_libkrunfw()) {
             (Availability::Available, fw) => fw,
             (kvm @ Availability::Unavailable { .. }, Availability::Available) => kvm,
-            (Availability::Unavailable { reason: a }, Availability::Unavailable { reason: b }) => no(format!("{a}; and {b}")),
+            (Availability::Unavailable { reason: a }, Availability::Unavailable { reason: b }) => {
+                no(format!("{a}; and {b}"))
+            }
         }
     }
 
@@ -82,7 +84,10 @@ impl HostProbe {
         let f = match OpenOptions::new().read(true).write(true).open(kvm) {
             Ok(f) => f,
             Err(e) => {
-                return no(format!("cannot open {} read-write ({e}): add the user to the kvm group", boxsock_core::echo::path(kvm)));
+                return no(format!(
+                    "cannot open {} read-write ({e}): add the user to the kvm group",
+                    boxsock_core::echo::path(kvm)
+                ));
             }
         };
         // SAFETY: KVM_GET_API_VERSION takes no argument and only returns an int; `f` is
@@ -112,7 +117,11 @@ impl HostProbe {
             // until the next dl* call on this thread; it is copied at once.
             let err = unsafe {
                 let p = libc::dlerror();
-                if p.is_null() { "unknown error".to_owned() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
+                if p.is_null() {
+                    "unknown error".to_owned()
+                } else {
+                    CStr::from_ptr(p).to_string_lossy().into_owned()
+                }
             };
             return no(format!(
                 "{} cannot be loaded ({err}): install libkrunfw (the guest kernel libkrun boots), e.g. from the containers/libkrunfw releases, where the dynamic loader finds it",

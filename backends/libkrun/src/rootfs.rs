@@ -42,7 +42,8 @@ use object::{Endianness, FileKind};
 pub const DEFAULT_GUEST_AGENT: &str = "/boxsock-agent";
 
 /// Empty directories every root gets (mount points for the guest's init, and `/tmp`).
-pub const ROOT_DIRS: &[(&str, u32)] = &[("proc", 0o555), ("sys", 0o555), ("dev", 0o755), ("tmp", 0o1777), ("etc", 0o755)];
+pub const ROOT_DIRS: &[(&str, u32)] =
+    &[("proc", 0o555), ("sys", 0o555), ("dev", 0o755), ("tmp", 0o1777), ("etc", 0o755)];
 
 /// Why a guest root could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +74,10 @@ pub enum RootfsError {
     },
     /// A symlink inside the root lies on the way to a destination; following it could
     /// write outside the root.
-    #[error("{} is a symlink inside the guest root; refusing to write through it", boxsock_core::echo::path(path))]
+    #[error(
+        "{} is a symlink inside the guest root; refusing to write through it",
+        boxsock_core::echo::path(path)
+    )]
     SymlinkInRoot {
         /// The symlink.
         path: PathBuf,
@@ -158,11 +162,15 @@ pub fn prepare_at(root: &Path, agent: &Path, guest_agent: &Path) -> Result<Guest
     }
     for (dir, mode) in ROOT_DIRS {
         let p = ensure_dir(root, Path::new(dir))?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).map_err(io_err("set the mode of", &p))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(*mode))
+            .map_err(io_err("set the mode of", &p))?;
     }
 
     if !guest_agent.is_absolute() {
-        return Err(RootfsError::BadRoot { path: root.join(guest_agent), reason: "the guest agent path is not absolute" });
+        return Err(RootfsError::BadRoot {
+            path: root.join(guest_agent),
+            reason: "the guest agent path is not absolute",
+        });
     }
     let (interpreter, files) = install_program(root, agent, guest_agent)?;
     let host_agent = root.join(guest_agent.strip_prefix("/").unwrap_or(guest_agent));
@@ -174,7 +182,11 @@ pub fn prepare_at(root: &Path, agent: &Path, guest_agent: &Path) -> Result<Guest
 /// the guest), with its interpreter and libraries as [`prepare`] does for the agent
 /// (for example a busybox at `/bin/busybox`). Returns the interpreter (`None` when
 /// static) and every file copied, `exe` first.
-pub fn install_program(root: &Path, exe: &Path, guest_path: &Path) -> Result<(Option<PathBuf>, Vec<CopiedFile>), RootfsError> {
+pub fn install_program(
+    root: &Path,
+    exe: &Path,
+    guest_path: &Path,
+) -> Result<(Option<PathBuf>, Vec<CopiedFile>), RootfsError> {
     let exe_elf = Elf::read(exe)?;
     let mut files = vec![CopiedFile { from: exe.to_owned(), guest_path: guest_path.to_owned() }];
     copy_in(root, exe, guest_path, 0o755)?;
@@ -214,8 +226,12 @@ pub fn guest_symlink(root: &Path, link: &Path, target: &Path) -> Result<(), Root
     };
     let dest = ensure_dir(root, parent)?.join(name);
     match fs::symlink_metadata(&dest) {
-        Ok(m) if m.file_type().is_symlink() => fs::remove_file(&dest).map_err(io_err("remove", &dest))?,
-        Ok(_) => return Err(RootfsError::BadRoot { path: dest, reason: "exists and is not a symlink" }),
+        Ok(m) if m.file_type().is_symlink() => {
+            fs::remove_file(&dest).map_err(io_err("remove", &dest))?
+        }
+        Ok(_) => {
+            return Err(RootfsError::BadRoot { path: dest, reason: "exists and is not a symlink" });
+        }
         Err(_) => {}
     }
     std::os::unix::fs::symlink(target, &dest).map_err(io_err("create the symlink", &dest))
@@ -242,7 +258,11 @@ pub fn base_key(agent: &Path, guest_agent: &Path) -> Result<String, RootfsError>
     type Seen = (PathBuf, PathBuf, (u64, u64, u64, i64, i64));
     static KEYS: std::sync::Mutex<Vec<(Seen, String)>> = std::sync::Mutex::new(Vec::new());
     let m = fs::metadata(agent).map_err(io_err("inspect", agent))?;
-    let seen: Seen = (agent.to_owned(), guest_agent.to_owned(), (m.dev(), m.ino(), m.size(), m.ctime(), m.ctime_nsec()));
+    let seen: Seen = (
+        agent.to_owned(),
+        guest_agent.to_owned(),
+        (m.dev(), m.ino(), m.size(), m.ctime(), m.ctime_nsec()),
+    );
     let mut keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, k)) = keys.iter().find(|(s, _)| *s == seen) {
         return Ok(k.clone());
@@ -283,27 +303,36 @@ pub fn ensure_base(home: &Path, agent: &Path, guest_agent: &Path) -> Result<Path
             return Err(RootfsError::BadRoot { path: parent, reason: "is not a real directory" });
         }
         Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::DirBuilder::new().mode(0o700).create(&parent) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err("create", &parent)(e)),
-        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match fs::DirBuilder::new().mode(0o700).create(&parent) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("create", &parent)(e)),
+            }
+        }
         Err(e) => return Err(io_err("inspect", &parent)(e)),
     }
     let key = base_key(agent, guest_agent)?;
     let base = parent.join(&key);
     match fs::symlink_metadata(&base) {
         Ok(m) if m.is_dir() && !m.file_type().is_symlink() => return Ok(base),
-        Ok(_) => return Err(RootfsError::BadRoot { path: base, reason: "is not a real directory" }),
+        Ok(_) => {
+            return Err(RootfsError::BadRoot { path: base, reason: "is not a real directory" });
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err("inspect", &base)(e)),
     }
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let tmp = parent.join(format!(".tmp-{key}-{}-{nanos}", std::process::id()));
     let built = prepare_at(&tmp, agent, guest_agent).and_then(|_| {
         let m = ensure_dir(&tmp, Path::new(GUEST_MOUNT_BASE))?;
-        fs::set_permissions(&m, fs::Permissions::from_mode(0o755)).map_err(io_err("set the mode of", &m))?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(io_err("set the mode of", &tmp))
+        fs::set_permissions(&m, fs::Permissions::from_mode(0o755))
+            .map_err(io_err("set the mode of", &m))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))
+            .map_err(io_err("set the mode of", &tmp))
     });
     if let Err(e) = built {
         let _ = fs::remove_dir_all(&tmp);
@@ -362,7 +391,9 @@ fn resolve(name: &str, from: &Path, elf: &Elf, agent: &Elf) -> Result<(PathBuf, 
     let mut searched = Vec::new();
     let rpaths = if elf.runpath.is_empty() { &elf.rpath } else { &elf.runpath };
     for entry in rpaths.iter().flat_map(|r| r.split(':')).filter(|e| !e.is_empty()) {
-        let dir = entry.replace("${ORIGIN}", &origin.to_string_lossy()).replace("$ORIGIN", &origin.to_string_lossy());
+        let dir = entry
+            .replace("${ORIGIN}", &origin.to_string_lossy())
+            .replace("$ORIGIN", &origin.to_string_lossy());
         searched.push(PathBuf::from(dir));
     }
     searched.extend(default_dirs(agent.machine, agent.class64));
@@ -372,12 +403,22 @@ fn resolve(name: &str, from: &Path, elf: &Elf, agent: &Elf) -> Result<(PathBuf, 
             continue;
         }
         match Elf::read(&candidate) {
-            Ok(lib) if lib.machine == agent.machine && lib.class64 == agent.class64 => return Ok((candidate, lib)),
-            Ok(_) => tracing::debug!(candidate = %boxsock_core::echo::path(&candidate), "wrong ELF class or machine; skipped"),
-            Err(e) => tracing::debug!(candidate = %boxsock_core::echo::path(&candidate), error = %e, "not a usable library; skipped"),
+            Ok(lib) if lib.machine == agent.machine && lib.class64 == agent.class64 => {
+                return Ok((candidate, lib));
+            }
+            Ok(_) => {
+                tracing::debug!(candidate = %boxsock_core::echo::path(&candidate), "wrong ELF class or machine; skipped")
+            }
+            Err(e) => {
+                tracing::debug!(candidate = %boxsock_core::echo::path(&candidate), error = %e, "not a usable library; skipped")
+            }
         }
     }
-    Err(RootfsError::LibraryNotFound { library: name.to_owned(), needed_by: from.to_owned(), searched })
+    Err(RootfsError::LibraryNotFound {
+        library: name.to_owned(),
+        needed_by: from.to_owned(),
+        searched,
+    })
 }
 
 /// Create `root/rel` and its parents, refusing any symlink on the way. `rel` must be
@@ -389,19 +430,32 @@ fn ensure_dir(root: &Path, rel: &Path) -> Result<PathBuf, RootfsError> {
             Component::Normal(n) => p.push(n),
             Component::RootDir | Component::CurDir => continue,
             Component::ParentDir | Component::Prefix(_) => {
-                return Err(RootfsError::BadRoot { path: root.join(rel), reason: "destination leaves the root" });
+                return Err(RootfsError::BadRoot {
+                    path: root.join(rel),
+                    reason: "destination leaves the root",
+                });
             }
         }
         match fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_symlink() => return Err(RootfsError::SymlinkInRoot { path: p }),
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(RootfsError::SymlinkInRoot { path: p });
+            }
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(RootfsError::BadRoot { path: p, reason: "is in the way of a directory" }),
+            Ok(_) => {
+                return Err(RootfsError::BadRoot {
+                    path: p,
+                    reason: "is in the way of a directory",
+                });
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     // Raced with another preparer; re-check what is there.
                     if fs::symlink_metadata(&p).map(|m| !m.is_dir()).unwrap_or(true) {
-                        return Err(RootfsError::BadRoot { path: p, reason: "is in the way of a directory" });
+                        return Err(RootfsError::BadRoot {
+                            path: p,
+                            reason: "is in the way of a directory",
+                        });
                     }
                 }
                 Err(e) => return Err(io_err("create", &p)(e)),
@@ -417,12 +471,18 @@ fn ensure_dir(root: &Path, rel: &Path) -> Result<PathBuf, RootfsError> {
 fn copy_in(root: &Path, from: &Path, guest: &Path, mode: u32) -> Result<(), RootfsError> {
     let rel = guest.strip_prefix("/").unwrap_or(guest);
     let (Some(parent), Some(file_name)) = (rel.parent(), rel.file_name()) else {
-        return Err(RootfsError::BadRoot { path: root.join(rel), reason: "destination has no file name" });
+        return Err(RootfsError::BadRoot {
+            path: root.join(rel),
+            reason: "destination has no file name",
+        });
     };
     let dir = ensure_dir(root, parent)?;
     let dest = dir.join(file_name);
     if fs::symlink_metadata(&dest).map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(RootfsError::BadRoot { path: dest, reason: "is a directory in the way of a file" });
+        return Err(RootfsError::BadRoot {
+            path: dest,
+            reason: "is a directory in the way of a file",
+        });
     }
     let mut src = fs::File::open(from).map_err(io_err("open", from))?;
     boxsock_core::atomic::AtomicWrite::new(mode)
@@ -577,12 +637,10 @@ mod tests {
     /// headers `PT_INTERP`, `PT_LOAD` (the whole file at 0x1000) and `PT_DYNAMIC`, whose
     /// entries are `dynamic` plus `DT_NULL`, given the string table's offset in the file.
     fn elf32(big: bool, dynamic: impl Fn(u32) -> Vec<(u32, u32)>) -> Vec<u8> {
-        let w16 = |v: &mut Vec<u8>, x: u16| {
-            v.extend(if big { x.to_be_bytes() } else { x.to_le_bytes() })
-        };
-        let w32 = |v: &mut Vec<u8>, x: u32| {
-            v.extend(if big { x.to_be_bytes() } else { x.to_le_bytes() })
-        };
+        let w16 =
+            |v: &mut Vec<u8>, x: u16| v.extend(if big { x.to_be_bytes() } else { x.to_le_bytes() });
+        let w32 =
+            |v: &mut Vec<u8>, x: u32| v.extend(if big { x.to_be_bytes() } else { x.to_le_bytes() });
         let interp = b"/lib/ld-linux.so.3\0";
         let strtab = b"\0libfoo.so.1\0$ORIGIN/lib\0";
         let (interp_at, strtab_at) = (52 + 3 * 32, 52 + 3 * 32 + interp.len() as u32);
@@ -647,7 +705,9 @@ mod tests {
         type Table<'a> = &'a dyn Fn(u32) -> Vec<(u32, u32)>;
         let cases: [(&str, Table); 3] = [
             ("dyn string", &|at| vec![(DT_NEEDED, 999), (DT_STRTAB, 0x1000 + at), (DT_STRSZ, 25)]),
-            ("outside every PT_LOAD", &|_| vec![(DT_NEEDED, 1), (DT_STRTAB, 0x9000), (DT_STRSZ, 25)]),
+            ("outside every PT_LOAD", &|_| {
+                vec![(DT_NEEDED, 1), (DT_STRTAB, 0x9000), (DT_STRSZ, 25)]
+            }),
             ("DT_STRSZ", &|at| vec![(DT_NEEDED, 1), (DT_STRTAB, 0x1000 + at)]),
         ];
         for (want, table) in cases {
@@ -664,7 +724,10 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), d.path().join("lib")).unwrap();
         let e = ensure_dir(d.path(), Path::new("lib/x86_64-linux-gnu")).unwrap_err();
-        assert!(matches!(e, RootfsError::SymlinkInRoot { ref path } if path == &d.path().join("lib")), "{e}");
+        assert!(
+            matches!(e, RootfsError::SymlinkInRoot { ref path } if path == &d.path().join("lib")),
+            "{e}"
+        );
         let e = ensure_dir(d.path(), Path::new("a/../../b")).unwrap_err();
         assert!(matches!(e, RootfsError::BadRoot { .. }), "{e}");
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);

@@ -209,11 +209,21 @@ impl ShimSpec {
             }
         }
         for (i, share) in self.shares.iter().enumerate() {
-            if share.tag.is_empty() || share.tag.len() > 36 || share.tag.contains(',') || self.shares[..i].iter().any(|s| s.tag == share.tag) {
-                return Err(SpecError::Invalid { what: "virtio-fs tag", reason: format!("{:?}: 1 to 36 bytes, no ',', unique", share.tag) });
+            if share.tag.is_empty()
+                || share.tag.len() > 36
+                || share.tag.contains(',')
+                || self.shares[..i].iter().any(|s| s.tag == share.tag)
+            {
+                return Err(SpecError::Invalid {
+                    what: "virtio-fs tag",
+                    reason: format!("{:?}: 1 to 36 bytes, no ',', unique", share.tag),
+                });
             }
             if !share.host_path.is_absolute() {
-                return Err(SpecError::NotAbsolute { what: "virtio-fs share", path: share.host_path.clone() });
+                return Err(SpecError::NotAbsolute {
+                    what: "virtio-fs share",
+                    path: share.host_path.clone(),
+                });
             }
         }
         if self.agent.port == self.ready.port {
@@ -226,10 +236,16 @@ impl ShimSpec {
             return Err(SpecError::Invalid { what: "vcpus", reason: "must be at least 1".into() });
         }
         if self.ram_mib < 64 {
-            return Err(SpecError::Invalid { what: "ram_mib", reason: format!("{} MiB is below 64 MiB", self.ram_mib) });
+            return Err(SpecError::Invalid {
+                what: "ram_mib",
+                reason: format!("{} MiB is below 64 MiB", self.ram_mib),
+            });
         }
         if !self.exec.path.starts_with('/') {
-            return Err(SpecError::Invalid { what: "guest exec path", reason: format!("{:?} is not absolute", self.exec.path) });
+            return Err(SpecError::Invalid {
+                what: "guest exec path",
+                reason: format!("{:?} is not absolute", self.exec.path),
+            });
         }
         Ok(())
     }
@@ -256,8 +272,20 @@ pub fn configure(api: &mut dyn KrunApi, spec: &ShimSpec) -> Result<KrunCtx, Krun
     api.add_vsock_port2(ctx, spec.ready.port, &spec.ready.host_path, false)?;
     if let Some(net) = &spec.net {
         match net.fd {
-            Some(fd) => api.add_net_unixstream_fd(ctx, fd, net.mac, NET_FEATURES_NONE, NET_FLAG_DHCP_CLIENT)?,
-            None => api.add_net_unixstream(ctx, &net.path, net.mac, NET_FEATURES_NONE, NET_FLAG_DHCP_CLIENT)?,
+            Some(fd) => api.add_net_unixstream_fd(
+                ctx,
+                fd,
+                net.mac,
+                NET_FEATURES_NONE,
+                NET_FLAG_DHCP_CLIENT,
+            )?,
+            None => api.add_net_unixstream(
+                ctx,
+                &net.path,
+                net.mac,
+                NET_FEATURES_NONE,
+                NET_FLAG_DHCP_CLIENT,
+            )?,
         }
     }
     api.set_workdir(ctx, &spec.exec.workdir)?;

@@ -12,7 +12,10 @@ use boxsock_core::{Backend, BindingError, SocketAddress};
 use boxsock_libkrun::api::{KrunCall, KrunCtx, KrunError, NET_FLAG_DHCP_CLIENT};
 use boxsock_libkrun::ffi::LibKrun;
 use boxsock_libkrun::spec::{AGENT_VSOCK_PORT, READY_VSOCK_PORT};
-use boxsock_libkrun::{KRUN_NET_DERIVED_WORST_CASE, KrunApi, Libkrun, LibkrunConfig, RecordingKrun, SpecError, configure};
+use boxsock_libkrun::{
+    KRUN_NET_DERIVED_WORST_CASE, KrunApi, Libkrun, LibkrunConfig, RecordingKrun, SpecError,
+    configure,
+};
 use common::Fixture;
 
 fn backend() -> Libkrun {
@@ -33,8 +36,18 @@ fn configure_makes_the_exact_calls_in_order_with_network() {
         KrunCall::SetRoot { ctx: c, root: f.layout.rootfs_dir(&f.id) },
         KrunCall::DisableImplicitVsock { ctx: c },
         KrunCall::AddVsock { ctx: c, tsi_features: 0 },
-        KrunCall::AddVsockPort2 { ctx: c, port: AGENT_VSOCK_PORT, path: f.addr("agent.sock"), listen: true },
-        KrunCall::AddVsockPort2 { ctx: c, port: READY_VSOCK_PORT, path: f.addr("ready.sock"), listen: false },
+        KrunCall::AddVsockPort2 {
+            ctx: c,
+            port: AGENT_VSOCK_PORT,
+            path: f.addr("agent.sock"),
+            listen: true,
+        },
+        KrunCall::AddVsockPort2 {
+            ctx: c,
+            port: READY_VSOCK_PORT,
+            path: f.addr("ready.sock"),
+            listen: false,
+        },
         KrunCall::AddNetUnixstream {
             ctx: c,
             path: f.addr("net.sock"),
@@ -46,7 +59,12 @@ fn configure_makes_the_exact_calls_in_order_with_network() {
         KrunCall::SetExec {
             ctx: c,
             path: "/boxsock-agent".into(),
-            args: vec!["--agent".into(), "vsock://1024".into(), "--ready".into(), "vsock://1025".into()],
+            args: vec![
+                "--agent".into(),
+                "vsock://1024".into(),
+                "--ready".into(),
+                "vsock://1025".into(),
+            ],
             env: vec![("BOXSOCK_TEST".into(), "1".into())],
         },
         KrunCall::SetConsoleOutput { ctx: c, path: f.layout.log_file(&f.id) },
@@ -84,7 +102,10 @@ fn a_failing_call_stops_the_sequence_and_names_the_call_and_errno() {
 fn real_libkrun_rejects_nul_bytes_before_calling_c() {
     let mut api = LibKrun::new();
     let err = api.set_root(KrunCtx(12345), std::path::Path::new("/a\0b")).unwrap_err();
-    assert!(matches!(err, KrunError::Nul { call: "krun_set_root", what: "root_path", .. }), "{err}");
+    assert!(
+        matches!(err, KrunError::Nul { call: "krun_set_root", what: "root_path", .. }),
+        "{err}"
+    );
     let err = api.set_exec(KrunCtx(12345), "/x", &[], &[("A=B".into(), "c".into())]).unwrap_err();
     assert!(matches!(err, KrunError::Nul { call: "krun_set_exec", .. }), "{err}");
 }
@@ -154,13 +175,19 @@ fn abstract_addresses_are_refused_with_the_reason() {
     match backend().shim_spec(&ls).unwrap_err() {
         BackendError::Spec { backend, reason } => {
             assert_eq!(backend, "libkrun");
-            assert!(reason.contains("maps vsock ports to host paths") && reason.contains("@\"boxsock-x\""), "{reason}");
+            assert!(
+                reason.contains("maps vsock ports to host paths")
+                    && reason.contains("@\"boxsock-x\""),
+                "{reason}"
+            );
         }
         other => panic!("{other}"),
     }
     let mut ls = f.launch_spec(true);
     ls.sockets.addresses.remove("net");
-    assert!(matches!(backend().shim_spec(&ls), Err(BackendError::Spec { reason, .. }) if reason.contains("\"net\"")));
+    assert!(
+        matches!(backend().shim_spec(&ls), Err(BackendError::Spec { reason, .. }) if reason.contains("\"net\""))
+    );
 }
 
 #[test]
@@ -216,7 +243,10 @@ fn registered_as_libkrun_and_options_are_checked() {
     assert!(r.names().contains(&"libkrun"), "{:?}", r.names());
     let mut cfg = BackendConfig::default();
     cfg.options.insert("vcpus".into(), "0".into());
-    assert!(matches!(r.build("libkrun", &cfg), Err(boxsock_core::registry::BuildError::Backend(BackendError::Spec { .. }))));
+    assert!(matches!(
+        r.build("libkrun", &cfg),
+        Err(boxsock_core::registry::BuildError::Backend(BackendError::Spec { .. }))
+    ));
     cfg.options.insert("vcpus".into(), "4".into());
     cfg.options.insert("ram_mib".into(), "1024".into());
     cfg.helper_dir = Some("/opt/bs".into());

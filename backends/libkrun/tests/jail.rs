@@ -8,11 +8,11 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use boxsock_libkrun::jail::{self, JailSpec, seatbelt};
 use boxsock_core::binding::PolicyIntent;
 use boxsock_core::{PolicyAccess, PolicyPath};
-use common::Fixture;
+use boxsock_libkrun::jail::{self, JailSpec, seatbelt};
 use boxsock_test_support::{Need, skip};
+use common::Fixture;
 
 const CHILD_ENV: &str = "BOXSOCK_JAIL_CHILD";
 
@@ -40,17 +40,32 @@ fn jail_child_entry() {
     let Ok(job) = std::env::var(CHILD_ENV) else { return };
     let job: ChildJob = serde_json::from_str(&job).unwrap();
     let mut out = serde_json::Map::new();
-    out.insert("apply".into(), attempt(jail::apply(&job.spec).map_err(std::io::Error::other)).into());
+    out.insert(
+        "apply".into(),
+        attempt(jail::apply(&job.spec).map_err(std::io::Error::other)).into(),
+    );
     let l = UnixListener::bind(&job.bind_at);
-    out.insert("bind".into(), attempt(l.as_ref().map(drop).map_err(|e| std::io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(0)))).into());
+    out.insert(
+        "bind".into(),
+        attempt(
+            l.as_ref()
+                .map(drop)
+                .map_err(|e| std::io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(0))),
+        )
+        .into(),
+    );
     out.insert("connect".into(), attempt(UnixStream::connect(&job.bind_at).map(drop)).into());
     out.insert("write_inside".into(), attempt(std::fs::write(&job.write_inside, b"x")).into());
     out.insert("write_outside".into(), attempt(std::fs::write(&job.write_outside, b"x")).into());
     out.insert("read_outside".into(), attempt(std::fs::read(&job.read_outside).map(drop)).into());
-    out.insert("bind_outside".into(), attempt(UnixListener::bind(&job.bind_outside).map(drop)).into());
+    out.insert(
+        "bind_outside".into(),
+        attempt(UnixListener::bind(&job.bind_outside).map(drop)).into(),
+    );
     let abs = {
         use std::os::linux::net::SocketAddrExt;
-        let a = std::os::unix::net::SocketAddr::from_abstract_name(job.abstract_name.as_bytes()).unwrap();
+        let a = std::os::unix::net::SocketAddr::from_abstract_name(job.abstract_name.as_bytes())
+            .unwrap();
         UnixStream::connect_addr(&a).map(drop)
     };
     out.insert("connect_abstract".into(), attempt(abs).into());
@@ -68,14 +83,19 @@ fn run_child(job: &ChildJob) -> serde_json::Value {
     let line = stdout
         .lines()
         .find_map(|l| l.split_once("JAILRESULT ").map(|(_, j)| j.to_owned()))
-        .unwrap_or_else(|| panic!("child said nothing: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+        .unwrap_or_else(|| {
+            panic!("child said nothing: {stdout} {}", String::from_utf8_lossy(&out.stderr))
+        });
     serde_json::from_str(&line).unwrap()
 }
 
 #[test]
 fn jailed_shim_binds_and_connects_through_the_link_and_writes_nowhere_else() {
     if !jail::landlock_jail::supported() {
-        skip(Need::Kernel("Landlock ABI >= 6"), "Landlock with abstract-socket scoping is not available");
+        skip(
+            Need::Kernel("Landlock ABI >= 6"),
+            "Landlock with abstract-socket scoping is not available",
+        );
         return;
     }
     let f = Fixture::new(200);
@@ -102,7 +122,10 @@ fn jailed_shim_binds_and_connects_through_the_link_and_writes_nowhere_else() {
     let abs_name = format!("boxsock-jail-test-{}", std::process::id());
     let abs = {
         use std::os::linux::net::SocketAddrExt;
-        UnixListener::bind_addr(&std::os::unix::net::SocketAddr::from_abstract_name(abs_name.as_bytes()).unwrap()).unwrap()
+        UnixListener::bind_addr(
+            &std::os::unix::net::SocketAddr::from_abstract_name(abs_name.as_bytes()).unwrap(),
+        )
+        .unwrap()
     };
     let job = ChildJob {
         spec,
@@ -122,7 +145,11 @@ fn jailed_shim_binds_and_connects_through_the_link_and_writes_nowhere_else() {
     assert_eq!(r["write_outside"], eacces.as_str(), "{r}");
     assert_eq!(r["bind_outside"], eacces.as_str(), "{r}");
     assert_eq!(r["read_outside"], eacces.as_str(), "{r}");
-    assert_eq!(r["connect_abstract"], format!("err:{}", libc::EPERM).as_str(), "abstract sockets are scoped: {r}");
+    assert_eq!(
+        r["connect_abstract"],
+        format!("err:{}", libc::EPERM).as_str(),
+        "abstract sockets are scoped: {r}"
+    );
     assert!(!outside.path().join("outside.txt").exists());
     // The socket really is in the box's real socket directory.
     assert!(std::fs::symlink_metadata(f.layout.sockets_dir(&f.id).join("agent.sock")).is_ok());
@@ -167,7 +194,8 @@ fn fake_canon(p: &Path) -> PathBuf {
     let s = p.to_string_lossy();
     if let Some(rest) = s.strip_prefix("/tmp") {
         if rest.starts_with("/boxsock-501/abc") {
-            return PathBuf::from("/Users/u/deep/home/boxes/abc/sockets").join(rest.trim_start_matches("/boxsock-501/abc").trim_start_matches('/'));
+            return PathBuf::from("/Users/u/deep/home/boxes/abc/sockets")
+                .join(rest.trim_start_matches("/boxsock-501/abc").trim_start_matches('/'));
         }
         return PathBuf::from(format!("/private/tmp{rest}"));
     }
@@ -183,7 +211,9 @@ fn seatbelt_keeps_the_symlink_leaf_literal_and_grants_alias_and_real_paths() {
         devices: vec![],
         sockets: vec![PolicyPath {
             path: PathBuf::from("/tmp/boxsock-501/abc"),
-            intent: PolicyIntent::SymlinkToDirectory { target: PathBuf::from("/Users/u/deep/home/boxes/abc/sockets") },
+            intent: PolicyIntent::SymlinkToDirectory {
+                target: PathBuf::from("/Users/u/deep/home/boxes/abc/sockets"),
+            },
             access: PolicyAccess::Sockets,
         }],
         socket_dir_fd: None,
@@ -197,8 +227,14 @@ fn seatbelt_keeps_the_symlink_leaf_literal_and_grants_alias_and_real_paths() {
     for sock in ["agent.sock", "ready.sock"] {
         for dir in ["/private/tmp/boxsock-501/abc", "/Users/u/deep/home/boxes/abc/sockets"] {
             let lit = format!("(path-literal \"{dir}/{sock}\")");
-            assert!(p.contains(&format!("(allow network-bind (local unix-socket {lit}))")), "{lit}\n{p}");
-            assert!(p.contains(&format!("(allow network-outbound (remote unix-socket {lit}))")), "{lit}\n{p}");
+            assert!(
+                p.contains(&format!("(allow network-bind (local unix-socket {lit}))")),
+                "{lit}\n{p}"
+            );
+            assert!(
+                p.contains(&format!("(allow network-outbound (remote unix-socket {lit}))")),
+                "{lit}\n{p}"
+            );
         }
     }
     assert!(p.contains("(allow file-read* file-write* (literal \"/private/tmp/boxsock-501/abc\") (subpath \"/private/tmp/boxsock-501/abc\"))"), "{p}");
@@ -213,7 +249,11 @@ fn seatbelt_keeps_the_symlink_leaf_literal_and_grants_alias_and_real_paths() {
 fn seatbelt_quotes_paths() {
     let spec = JailSpec {
         enabled: true,
-        sockets: vec![PolicyPath { path: PathBuf::from("/h/a\"b"), intent: PolicyIntent::Directory, access: PolicyAccess::Sockets }],
+        sockets: vec![PolicyPath {
+            path: PathBuf::from("/h/a\"b"),
+            intent: PolicyIntent::Directory,
+            access: PolicyAccess::Sockets,
+        }],
         ..JailSpec::default()
     };
     let p = seatbelt::render(&spec, &["s.sock"], &|p: &Path| p.to_path_buf());

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use boxsock_core::backend::{BackendConfig, BackendError};
 use boxsock_libkrun::passt::{Passt, PasstError};
 use boxsock_libkrun::{Libkrun, LibkrunConfig};
-use common::{Fixture, gone};
 use boxsock_test_support::{Need, Unmakeable, skip, skip_allowed};
+use common::{Fixture, gone};
 
 const PASST: Need = Need::Program { name: "passt", package: "passt" };
 
@@ -24,8 +24,13 @@ fn passt_bin() -> Option<PathBuf> {
 
 fn backend(opts: &[(&str, &str)]) -> Libkrun {
     let cfg = BackendConfig {
-        helper_dir: Some(PathBuf::from(env!("CARGO_BIN_EXE_boxsock-krun-shim")).parent().unwrap().to_path_buf()),
-        options: opts.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<BTreeMap<_, _>>(),
+        helper_dir: Some(
+            PathBuf::from(env!("CARGO_BIN_EXE_boxsock-krun-shim")).parent().unwrap().to_path_buf(),
+        ),
+        options: opts
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<BTreeMap<_, _>>(),
     };
     Libkrun::new(LibkrunConfig::from_backend_config(&cfg).unwrap())
 }
@@ -34,7 +39,10 @@ fn wait_exit(pid: i32) -> Option<i32> {
     // The test process is the parent: reap it (the runtime does the same).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+        match nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        ) {
             Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => return Some(c),
             Ok(nix::sys::wait::WaitStatus::Signaled(..)) => return None,
             _ if Instant::now() > deadline => panic!("pid {pid} did not exit"),
@@ -83,8 +91,17 @@ fn passt_failures_name_the_binary_and_its_output() {
     let f = Fixture::new(0);
     f.ensure();
     let log = f.layout.logs_dir(&f.id).join("passt.log");
-    let err = Passt::start(Path::new("/nonexistent/passt"), &f.addr("net.sock"), &log, Duration::from_secs(2)).unwrap_err();
-    assert!(matches!(err, PasstError::Spawn { .. }) && err.to_string().contains("/nonexistent/passt"), "{err}");
+    let err = Passt::start(
+        Path::new("/nonexistent/passt"),
+        &f.addr("net.sock"),
+        &log,
+        Duration::from_secs(2),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, PasstError::Spawn { .. }) && err.to_string().contains("/nonexistent/passt"),
+        "{err}"
+    );
     let Some(bin) = passt_bin() else {
         skip(PASST, "passt is not installed (the rest of the test)");
         return;
@@ -130,7 +147,8 @@ fn launch_starts_passt_and_the_shim_configures_real_libkrun() {
         ),
     )
     .unwrap();
-    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
     let b = backend(&[("configure_only", "on"), ("passt", wrapper.to_str().unwrap())]);
     let launched = b.launch_unchecked(&f.launch_spec_verified(true)).unwrap();
     assert_eq!(launched.companions.len(), 1);
@@ -152,9 +170,16 @@ fn launch_starts_passt_and_the_shim_configures_real_libkrun() {
     assert!(!cmdline.contains(f.layout.sockets_dir(&f.id).to_str().unwrap()), "{cmdline}");
     let fd3 = std::fs::read_to_string(seen.path().join("fd3")).unwrap();
     assert!(fd3.starts_with("socket:"), "passt's descriptor 3: {fd3}");
-    assert!(!f.addr("net.sock").exists() && !f.layout.sockets_dir(&f.id).join("net.sock").exists(), "a net socket file was bound");
+    assert!(
+        !f.addr("net.sock").exists() && !f.layout.sockets_dir(&f.id).join("net.sock").exists(),
+        "a net socket file was bound"
+    );
     let pid = |p: i32| nix::unistd::Pid::from_raw(p);
-    assert_eq!(nix::unistd::getsid(Some(pid(passt))).unwrap(), pid(passt), "passt leads its own session");
+    assert_eq!(
+        nix::unistd::getsid(Some(pid(passt))).unwrap(),
+        pid(passt),
+        "passt leads its own session"
+    );
     if let Ok(sid) = nix::unistd::getsid(Some(pid(launched.process.pid()))) {
         assert_eq!(sid, pid(launched.process.pid()), "the shim leads its own session");
     }
@@ -165,8 +190,10 @@ fn launch_starts_passt_and_the_shim_configures_real_libkrun() {
     assert!(log.contains("configured"), "{log}");
     // libkrun was given the verified directory (fd 3) and the network end (fd 4), and
     // every socket path through the descriptor.
-    let spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(f.layout.box_dir(&f.id).join(boxsock_libkrun::SHIM_SPEC_FILE)).unwrap()).unwrap();
+    let spec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(f.layout.box_dir(&f.id).join(boxsock_libkrun::SHIM_SPEC_FILE)).unwrap(),
+    )
+    .unwrap();
     assert_eq!(spec["socket_dir_fd"], 3);
     assert_eq!(spec["agent"]["host_path"], "/proc/self/fd/3/agent.sock");
     assert_eq!(spec["ready"]["host_path"], "/proc/self/fd/3/ready.sock");
@@ -187,14 +214,25 @@ fn a_failing_shim_spawn_kills_the_passt_it_started() {
     let f = Fixture::new(0);
     f.ensure();
     std::fs::write(f.layout.rootfs_dir(&f.id).join("boxsock-agent"), b"").unwrap();
-    let b = backend(&[("shim", "/nonexistent/boxsock-krun-shim"), ("passt", bin.to_str().unwrap())]);
+    let b =
+        backend(&[("shim", "/nonexistent/boxsock-krun-shim"), ("passt", bin.to_str().unwrap())]);
     let before = passt_pids();
     let err = b.launch_unchecked(&f.launch_spec_verified(true)).unwrap_err();
-    assert!(matches!(&err, BackendError::Spawn { what, .. } if what.contains("/nonexistent/boxsock-krun-shim")), "{err}");
+    assert!(
+        matches!(&err, BackendError::Spawn { what, .. } if what.contains("/nonexistent/boxsock-krun-shim")),
+        "{err}"
+    );
     // The missing shim is named with the command that installs it.
-    assert!(std::error::Error::source(&err).is_some_and(|s| s.to_string().contains(boxsock_libkrun::SHIM_INSTALL)), "{err}");
+    assert!(
+        std::error::Error::source(&err)
+            .is_some_and(|s| s.to_string().contains(boxsock_libkrun::SHIM_INSTALL)),
+        "{err}"
+    );
     let log = f.layout.log_file(&f.id).with_file_name("passt.log");
-    let leaked: Vec<i32> = passt_pids().into_iter().filter(|p| !before.contains(p) && passt_logs_to(*p, &log)).collect();
+    let leaked: Vec<i32> = passt_pids()
+        .into_iter()
+        .filter(|p| !before.contains(p) && passt_logs_to(*p, &log))
+        .collect();
     assert!(leaked.is_empty(), "passt leaked: {leaked:?}");
 }
 
@@ -202,7 +240,10 @@ fn passt_pids() -> Vec<i32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|pid: &i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("passt")))
+        .filter(|pid: &i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("passt"))
+        })
         .collect()
 }
 
@@ -216,15 +257,18 @@ fn launch_without_a_verified_socket_dir_is_refused() {
     let f = Fixture::new(0);
     f.ensure();
     std::fs::write(f.layout.rootfs_dir(&f.id).join("boxsock-agent"), b"").unwrap();
-    let err = backend(&[("configure_only", "on")]).launch_unchecked(&f.launch_spec(false)).unwrap_err();
-    assert!(matches!(&err, BackendError::Spec { reason, .. } if reason.contains("no verified socket directory")), "{err}");
+    let err =
+        backend(&[("configure_only", "on")]).launch_unchecked(&f.launch_spec(false)).unwrap_err();
+    assert!(
+        matches!(&err, BackendError::Spec { reason, .. } if reason.contains("no verified socket directory")),
+        "{err}"
+    );
 }
 
 #[allow(dead_code)]
 fn passt_serves(pid: i32, sock: &Path) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-        String::from_utf8_lossy(&c).contains(&*sock.to_string_lossy())
-    })
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*sock.to_string_lossy()))
 }
 
 #[test]
@@ -244,7 +288,10 @@ fn the_shim_refuses_an_over_long_spec_before_any_libkrun_call() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("\"agent\"") && err.contains("122 bytes") && err.contains("108"), "{err}");
     // Garbage on stdin is a clear error too.
-    let out = Command::new(env!("CARGO_BIN_EXE_boxsock-krun-shim")).stdin(Stdio::null()).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_boxsock-krun-shim"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid spec"));
 }
@@ -252,8 +299,13 @@ fn the_shim_refuses_an_over_long_spec_before_any_libkrun_call() {
 #[test]
 fn boots_a_box_on_a_real_kvm_host() {
     let b = backend(&[]);
-    if let boxsock_core::backend::Availability::Unavailable { reason } = boxsock_core::Backend::available(&b) {
-        skip_allowed(Unmakeable::NoHardwareKvm, format!("libkrun cannot boot a guest here: {reason}"));
+    if let boxsock_core::backend::Availability::Unavailable { reason } =
+        boxsock_core::Backend::available(&b)
+    {
+        skip_allowed(
+            Unmakeable::NoHardwareKvm,
+            format!("libkrun cannot boot a guest here: {reason}"),
+        );
         return;
     }
     // A real host: boot needs a guest root with a static boxsock-agent; the end-to-end
@@ -270,9 +322,14 @@ fn boots_a_box_on_a_real_kvm_host() {
     };
     std::fs::copy(agent, f.layout.rootfs_dir(&f.id).join("boxsock-agent")).unwrap();
     let l = boxsock_core::Backend::launch(&b, &f.launch_spec_verified(false)).unwrap();
-    let _guards: Vec<Reap> = l.companions.iter().map(|p| Reap(p.pid())).chain([Reap(l.process.pid())]).collect();
+    let _guards: Vec<Reap> =
+        l.companions.iter().map(|p| Reap(p.pid())).chain([Reap(l.process.pid())]).collect();
     std::thread::sleep(Duration::from_secs(2));
-    assert!(!gone(l.process.pid()), "the shim died: {}", std::fs::read_to_string(f.layout.log_file(&f.id)).unwrap_or_default());
+    assert!(
+        !gone(l.process.pid()),
+        "the shim died: {}",
+        std::fs::read_to_string(f.layout.log_file(&f.id)).unwrap_or_default()
+    );
 }
 
 /// Regression (issue 11): `prepare` always installed the agent at `/boxsock-agent` while
@@ -282,11 +339,19 @@ fn a_non_default_guest_agent_is_installed_where_the_launch_looks_for_it() {
     use boxsock_core::Backend;
     let f = Fixture::new(220);
     f.ensure();
-    let b = backend(&[("configure_only", "on"), ("agent", "/bin/true"), ("guest_agent", "/opt/agent/bin/boxsock-agent")]);
+    let b = backend(&[
+        ("configure_only", "on"),
+        ("agent", "/bin/true"),
+        ("guest_agent", "/opt/agent/bin/boxsock-agent"),
+    ]);
     b.prepare(&f.layout, &f.id).unwrap();
     // The agent lives in the shared guest base (issue 13: nothing is copied per box).
-    let root = boxsock_libkrun::backend::recorded_base(&f.layout, &f.id).expect("prepare records the base");
-    assert!(root.join("opt/agent/bin/boxsock-agent").is_file(), "agent not at the configured guest path");
+    let root = boxsock_libkrun::backend::recorded_base(&f.layout, &f.id)
+        .expect("prepare records the base");
+    assert!(
+        root.join("opt/agent/bin/boxsock-agent").is_file(),
+        "agent not at the configured guest path"
+    );
     let spec = b.shim_spec(&f.launch_spec(false)).unwrap();
     assert_eq!(spec.exec.path, "/opt/agent/bin/boxsock-agent");
     // The launch finds it (before the fix: "the guest root … has no agent at …").

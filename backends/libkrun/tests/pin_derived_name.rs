@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use boxsock_libkrun::derived::{KRUN_NET_DERIVED_WORST_CASE, LIBKRUN_PINNED_VERSION, PID_MAX_LIMIT};
+use boxsock_libkrun::derived::{
+    KRUN_NET_DERIVED_WORST_CASE, LIBKRUN_PINNED_VERSION, PID_MAX_LIMIT,
+};
 use boxsock_test_support::{Need, skip};
 
 const REDERIVE: &str = "re-derive boxsock_libkrun::derived::KRUN_NET_DERIVED_WORST_CASE (and the net socket's DerivedName in backends/libkrun/src/backend.rs) from the new rule";
@@ -42,15 +44,19 @@ fn libkrun_derived_unixgram_name_rule_is_unchanged() {
     let (krun_version, _) = package(&meta, "libkrun");
     let (_, devices_dir) = package(&meta, "krun-devices");
     let file = devices_dir.join("src/virtio/net/unixgram.rs");
-    let src = std::fs::read_to_string(&file)
-        .unwrap_or_else(|e| panic!("cannot read {} ({e}): the unixgram backend moved; {REDERIVE}", file.display()));
+    let src = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+        panic!("cannot read {} ({e}): the unixgram backend moved; {REDERIVE}", file.display())
+    });
 
     for (needle, what) in [
         ("\"krun-net-{}-{}.sock\"", "the name format"),
         ("process::id()", "the pid as the first number"),
         ("NET_SOCK_COUNTER.fetch_add", "the counter as the second number"),
         ("static NET_SOCK_COUNTER: AtomicU32", "the counter being a u32 (worst case u32::MAX)"),
-        ("std::env::temp_dir().join(&socket_name)", "the directory being TMPDIR (the shim points it at the binding dir)"),
+        (
+            "std::env::temp_dir().join(&socket_name)",
+            "the directory being TMPDIR (the shim points it at the binding dir)",
+        ),
     ] {
         assert!(
             src.contains(needle),
@@ -62,7 +68,11 @@ fn libkrun_derived_unixgram_name_rule_is_unchanged() {
         !src.contains("-krun.sock"),
         "libkrun {krun_version} appends -krun.sock again (the <= 1.18 rule): model it as DerivedName::Suffix; {REDERIVE}"
     );
-    assert_eq!(KRUN_NET_DERIVED_WORST_CASE, format!("krun-net-{PID_MAX_LIMIT}-{}.sock", u32::MAX), "{REDERIVE}");
+    assert_eq!(
+        KRUN_NET_DERIVED_WORST_CASE,
+        format!("krun-net-{PID_MAX_LIMIT}-{}.sock", u32::MAX),
+        "{REDERIVE}"
+    );
     if krun_version != LIBKRUN_PINNED_VERSION {
         eprintln!(
             "note: libkrun is {krun_version}, the rule was pinned at {LIBKRUN_PINNED_VERSION}; the rule still matches"

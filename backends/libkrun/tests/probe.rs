@@ -17,9 +17,16 @@ fn reason(a: Availability) -> String {
 #[test]
 fn missing_dev_kvm_is_named() {
     let t = tempfile::tempdir().unwrap();
-    let p = HostProbe { dev_kvm: t.path().join("kvm"), sys_module: t.path().join("module"), ..HostProbe::default() };
+    let p = HostProbe {
+        dev_kvm: t.path().join("kvm"),
+        sys_module: t.path().join("module"),
+        ..HostProbe::default()
+    };
     let r = reason(p.probe());
-    assert!(r.contains(&t.path().join("kvm").display().to_string()) && r.contains("does not exist"), "{r}");
+    assert!(
+        r.contains(&t.path().join("kvm").display().to_string()) && r.contains("does not exist"),
+        "{r}"
+    );
 }
 
 #[test]
@@ -28,7 +35,11 @@ fn pvm_is_detected_through_sys_module() {
     let kvm = t.path().join("kvm");
     std::fs::write(&kvm, b"").unwrap();
     std::fs::create_dir_all(t.path().join("module/kvm_pvm")).unwrap();
-    let p = HostProbe { dev_kvm: kvm.clone(), sys_module: t.path().join("module"), ..HostProbe::default() };
+    let p = HostProbe {
+        dev_kvm: kvm.clone(),
+        sys_module: t.path().join("module"),
+        ..HostProbe::default()
+    };
     let r = reason(p.probe());
     assert!(r.contains("kvm_pvm") && r.contains("PVM"), "{r}");
     // Without the module, a file that is not a KVM device fails the API-version ioctl.
@@ -44,7 +55,8 @@ fn a_kvm_problem_and_a_missing_libkrunfw_are_both_named() {
     std::fs::write(&kvm, b"").unwrap();
     std::fs::create_dir_all(t.path().join("module/kvm_pvm")).unwrap();
     let missing = "libkrunfw-does-not-exist.so.99";
-    let p = HostProbe { dev_kvm: kvm, sys_module: t.path().join("module"), libkrunfw: missing.into() };
+    let p =
+        HostProbe { dev_kvm: kvm, sys_module: t.path().join("module"), libkrunfw: missing.into() };
     let r = reason(p.probe());
     assert!(r.contains("kvm_pvm") && r.contains(missing) && r.contains("; and "), "{r}");
     // With a loadable "libkrunfw", only the KVM problem is left.
@@ -55,7 +67,8 @@ fn a_kvm_problem_and_a_missing_libkrunfw_are_both_named() {
 
 #[test]
 fn missing_libkrunfw_is_named() {
-    let p = HostProbe { libkrunfw: "libkrunfw-does-not-exist.so.99".into(), ..HostProbe::default() };
+    let p =
+        HostProbe { libkrunfw: "libkrunfw-does-not-exist.so.99".into(), ..HostProbe::default() };
     let r = reason(p.probe_libkrunfw());
     assert!(r.contains("libkrunfw-does-not-exist.so.99") && r.contains("install libkrunfw"), "{r}");
     // libc is always loadable: the probe does say yes when it can.

@@ -71,7 +71,11 @@ fn root_prepared_root_runs_the_agent_under_chroot() {
     }
     for f in &g.files {
         let inside = root.join(f.guest_path.strip_prefix("/").unwrap());
-        assert!(std::fs::symlink_metadata(&inside).unwrap().is_file(), "{} missing", inside.display());
+        assert!(
+            std::fs::symlink_metadata(&inside).unwrap().is_file(),
+            "{} missing",
+            inside.display()
+        );
     }
 
     let out = run_chrooted(&root, &["/boxsock-agent", "--help"]);
@@ -80,7 +84,9 @@ fn root_prepared_root_runs_the_agent_under_chroot() {
     assert!(help.contains("--agent") && help.contains("vsock://"), "{help}");
 
     // And the libraries are what makes it run: without libc it cannot start.
-    if let Some(libc) = g.files.iter().find(|f| f.guest_path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libc.so"))) {
+    if let Some(libc) = g.files.iter().find(|f| {
+        f.guest_path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libc.so"))
+    }) {
         std::fs::remove_file(root.join(libc.guest_path.strip_prefix("/").unwrap())).unwrap();
         let out = run_chrooted(&root, &["/boxsock-agent", "--help"]);
         assert!(!out.status.success(), "agent ran without libc: {out:?}");
@@ -102,7 +108,11 @@ fn prepare_records_interpreter_and_libraries_and_is_repeatable() {
         // Every copy is byte-identical to its source.
         for f in &first.files {
             let inside = root.join(f.guest_path.strip_prefix("/").unwrap());
-            assert!(std::fs::read(&inside).unwrap() == std::fs::read(&f.from).unwrap(), "{} differs", inside.display());
+            assert!(
+                std::fs::read(&inside).unwrap() == std::fs::read(&f.from).unwrap(),
+                "{} differs",
+                inside.display()
+            );
         }
     }
     let second = rootfs::prepare(&root, &agent()).unwrap();
@@ -112,7 +122,11 @@ fn prepare_records_interpreter_and_libraries_and_is_repeatable() {
     while let Some(dir) = stack.pop() {
         for e in std::fs::read_dir(&dir).unwrap() {
             let e = e.unwrap();
-            assert!(!e.file_name().to_string_lossy().contains("boxsock-tmp"), "{}", e.path().display());
+            assert!(
+                !e.file_name().to_string_lossy().contains("boxsock-tmp"),
+                "{}",
+                e.path().display()
+            );
             if e.file_type().unwrap().is_dir() {
                 stack.push(e.path());
             }
@@ -127,7 +141,10 @@ fn a_symlink_inside_the_root_is_refused_and_nothing_is_written_through_it() {
     let Some(interp) = g.interpreter else {
         let what = "a dynamically linked boxsock-agent";
         let by = "the workspace builds the agent against glibc, as `cargo test` in .ci/run does";
-        skip(Need::Setup { what, provided_by: by }, "the agent is static, nothing is copied below a directory");
+        skip(
+            Need::Setup { what, provided_by: by },
+            "the agent is static, nothing is copied below a directory",
+        );
         return;
     };
     let top = interp.strip_prefix("/").unwrap().components().next().unwrap().as_os_str().to_owned();
@@ -138,7 +155,10 @@ fn a_symlink_inside_the_root_is_refused_and_nothing_is_written_through_it() {
     std::fs::create_dir(&root).unwrap();
     std::os::unix::fs::symlink(outside.path(), root.join(&top)).unwrap();
     let err = rootfs::prepare(&root, &agent()).unwrap_err();
-    assert!(matches!(err, RootfsError::SymlinkInRoot { ref path } if *path == root.join(&top)), "{err}");
+    assert!(
+        matches!(err, RootfsError::SymlinkInRoot { ref path } if *path == root.join(&top)),
+        "{err}"
+    );
     assert!(err.to_string().contains(&root.join(&top).display().to_string()), "{err}");
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "wrote through the symlink");
 
@@ -169,12 +189,24 @@ fn a_static_executable_is_copied_alone() {
     let src = d.path().join("t.c");
     std::fs::write(&src, "int main(void) { return 0; }\n").unwrap();
     let exe = d.path().join("static-exe");
-    let built = Command::new("cc").arg("-static").arg("-o").arg(&exe).arg(&src).stderr(Stdio::piped()).output();
+    let built = Command::new("cc")
+        .arg("-static")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .stderr(Stdio::piped())
+        .output();
     match built {
         Ok(o) if o.status.success() => {}
         Ok(o) => {
             let cc = Need::Program { name: "cc -static", package: "libc6-dev" };
-            skip(cc, format!("cc -static failed (no static libc?): {}", String::from_utf8_lossy(&o.stderr)));
+            skip(
+                cc,
+                format!(
+                    "cc -static failed (no static libc?): {}",
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+            );
             return;
         }
         Err(e) => {

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use boxsock_core::backend::{BackendConfig, BackendError, BoxSettings};
 use boxsock_core::Backend;
+use boxsock_core::backend::{BackendConfig, BackendError, BoxSettings};
 use boxsock_libkrun::api::{KrunCall, KrunCtx};
 use boxsock_libkrun::backend::recorded_base;
 use boxsock_libkrun::spec::{BOX_LAYER_TAG, LOWER_TAG};
@@ -23,9 +23,16 @@ use common::Fixture;
 const AGENT: &str = "/bin/true";
 
 fn backend(opts: &[(&str, &str)]) -> Libkrun {
-    let mut options: BTreeMap<String, String> = [("configure_only".to_owned(), "on".to_owned()), ("agent".to_owned(), AGENT.to_owned())].into();
+    let mut options: BTreeMap<String, String> =
+        [("configure_only".to_owned(), "on".to_owned()), ("agent".to_owned(), AGENT.to_owned())]
+            .into();
     options.extend(opts.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    let cfg = BackendConfig { helper_dir: Some(PathBuf::from(env!("CARGO_BIN_EXE_boxsock-krun-shim")).parent().unwrap().to_path_buf()), options };
+    let cfg = BackendConfig {
+        helper_dir: Some(
+            PathBuf::from(env!("CARGO_BIN_EXE_boxsock-krun-shim")).parent().unwrap().to_path_buf(),
+        ),
+        options,
+    };
     Libkrun::new(LibkrunConfig::from_backend_config(&cfg).unwrap())
 }
 
@@ -77,10 +84,18 @@ fn boxes_share_one_base_and_copy_nothing_per_box() {
     assert!(bytes_under(&base1) >= std::fs::metadata(AGENT).unwrap().len());
     for id in [&f1.id, &id2] {
         let layer = f1.layout.rootfs_dir(id);
-        assert_eq!(std::fs::read_dir(&layer).unwrap().count(), 0, "{} is not empty", layer.display());
+        assert_eq!(
+            std::fs::read_dir(&layer).unwrap().count(),
+            0,
+            "{} is not empty",
+            layer.display()
+        );
     }
     // Exactly one base was built, and no temporary directory is left.
-    let entries: Vec<_> = std::fs::read_dir(f1.layout.home().join(rootfs::BASE_DIR)).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let entries: Vec<_> = std::fs::read_dir(f1.layout.home().join(rootfs::BASE_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     // Another agent gets another base; the first stays.
     let other = backend(&[("agent", "/bin/false")]);
@@ -106,10 +121,30 @@ fn a_rootfs_box_hands_libkrun_the_users_dir_read_only_below_its_own_layer() {
     let mut rec = RecordingKrun::new();
     configure(&mut rec, &shim).unwrap();
     let c = KrunCtx(0);
-    assert_eq!(rec.calls[1], KrunCall::SetVmConfig { ctx: c, vcpus: 2, ram_mib: 768 }, "stored settings win over the backend's defaults");
+    assert_eq!(
+        rec.calls[1],
+        KrunCall::SetVmConfig { ctx: c, vcpus: 2, ram_mib: 768 },
+        "stored settings win over the backend's defaults"
+    );
     assert_eq!(rec.calls[2], KrunCall::SetRoot { ctx: c, root: base.clone() });
-    assert_eq!(rec.calls[3], KrunCall::AddVirtiofs { ctx: c, tag: BOX_LAYER_TAG.into(), path: f.layout.rootfs_dir(&f.id), read_only: true });
-    assert_eq!(rec.calls[4], KrunCall::AddVirtiofs { ctx: c, tag: LOWER_TAG.into(), path: user.clone(), read_only: true });
+    assert_eq!(
+        rec.calls[3],
+        KrunCall::AddVirtiofs {
+            ctx: c,
+            tag: BOX_LAYER_TAG.into(),
+            path: f.layout.rootfs_dir(&f.id),
+            read_only: true
+        }
+    );
+    assert_eq!(
+        rec.calls[4],
+        KrunCall::AddVirtiofs {
+            ctx: c,
+            tag: LOWER_TAG.into(),
+            path: user.clone(),
+            read_only: true
+        }
+    );
     let exec = rec.calls.iter().find_map(|k| match k {
         KrunCall::SetExec { args, .. } => Some(args.clone()),
         _ => None,
@@ -118,22 +153,43 @@ fn a_rootfs_box_hands_libkrun_the_users_dir_read_only_below_its_own_layer() {
     let tail: Vec<&str> = args.iter().map(String::as_str).skip(4).collect();
     assert_eq!(tail, ["--overlay-lower", BOX_LAYER_TAG, "--overlay-lower", LOWER_TAG]);
     // The jail: the base and the user's root read-only, never read-write.
-    assert!(shim.jail.read_only.contains(&base) && shim.jail.read_only.contains(&user), "{:?}", shim.jail.read_only);
-    assert!(shim.jail.read_write.iter().all(|p| !user.starts_with(p) && !base.starts_with(p)), "{:?}", shim.jail.read_write);
+    assert!(
+        shim.jail.read_only.contains(&base) && shim.jail.read_only.contains(&user),
+        "{:?}",
+        shim.jail.read_only
+    );
+    assert!(
+        shim.jail.read_write.iter().all(|p| !user.starts_with(p) && !base.starts_with(p)),
+        "{:?}",
+        shim.jail.read_write
+    );
     // The shim really configures libkrun with it (configure_only), and nothing of the
     // user's root changed, nor was anything of it copied.
     f.ensure();
     let mut verified = f.launch_spec_verified(false);
     verified.settings = spec.settings.clone();
     let launched = b.launch_unchecked(&verified).unwrap();
-    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.process.pid()), None).unwrap();
+    let status =
+        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.process.pid()), None).unwrap();
     let log = std::fs::read_to_string(f.layout.log_file(&f.id)).unwrap_or_default();
-    assert_eq!(status, nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(launched.process.pid()), 0), "shim log: {log}");
+    assert_eq!(
+        status,
+        nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(launched.process.pid()), 0),
+        "shim log: {log}"
+    );
     // The shim recorded what it configured: the user's root as the read-only lower.
-    let recorded = std::fs::read_to_string(f.layout.box_dir(&f.id).join(boxsock_libkrun::SHIM_SPEC_FILE)).unwrap();
-    assert!(recorded.contains(&format!("\"host_path\":\"{}\",\"read_only\":true", user.display())), "{recorded}");
+    let recorded =
+        std::fs::read_to_string(f.layout.box_dir(&f.id).join(boxsock_libkrun::SHIM_SPEC_FILE))
+            .unwrap();
+    assert!(
+        recorded.contains(&format!("\"host_path\":\"{}\",\"read_only\":true", user.display())),
+        "{recorded}"
+    );
     assert_eq!(snapshot(&user), before, "the user's root changed");
-    assert!(!f.layout.box_dir(&f.id).join("rootfs/bin").exists(), "the user's root was copied into the box");
+    assert!(
+        !f.layout.box_dir(&f.id).join("rootfs/bin").exists(),
+        "the user's root was copied into the box"
+    );
 }
 
 #[test]
@@ -144,10 +200,13 @@ fn without_rootfs_the_base_itself_is_the_lower_layer() {
     let base = recorded_base(&f.layout, &f.id).unwrap();
     let shim = b.shim_spec(&f.launch_spec(false)).unwrap();
     assert_eq!(shim.root_dir, base);
-    assert_eq!(shim.shares.iter().map(|s| (s.tag.as_str(), s.host_path.clone(), s.read_only)).collect::<Vec<_>>(), [
-        (BOX_LAYER_TAG, f.layout.rootfs_dir(&f.id), true),
-        (LOWER_TAG, base.clone(), true)
-    ]);
+    assert_eq!(
+        shim.shares
+            .iter()
+            .map(|s| (s.tag.as_str(), s.host_path.clone(), s.read_only))
+            .collect::<Vec<_>>(),
+        [(BOX_LAYER_TAG, f.layout.rootfs_dir(&f.id), true), (LOWER_TAG, base.clone(), true)]
+    );
     assert_eq!((shim.vcpus, shim.ram_mib), (1, 512));
 }
 
@@ -174,11 +233,51 @@ fn bad_settings_are_refused_naming_the_setting_and_value() {
     let file = d.path().join("file");
     std::fs::write(&file, b"x").unwrap();
     let cases: Vec<(BoxSettings, &str, String)> = vec![
-        ({ let mut s = BoxSettings::default(); s.vcpus = Some(0); s }, "vcpus", "0".into()),
-        ({ let mut s = BoxSettings::default(); s.ram_mib = Some(32); s }, "ram_mib", "32 MiB".into()),
-        ({ let mut s = BoxSettings::default(); s.rootfs = Some(file.clone()); s }, "rootfs", format!("{}: not a directory", boxsock_core::echo::path(&file))),
-        ({ let mut s = BoxSettings::default(); s.rootfs = Some(d.path().join("missing")); s }, "rootfs", "missing".into()),
-        ({ let mut s = BoxSettings::default(); s.rootfs = Some("relative".into()); s }, "rootfs", "not an absolute path".into()),
+        (
+            {
+                let mut s = BoxSettings::default();
+                s.vcpus = Some(0);
+                s
+            },
+            "vcpus",
+            "0".into(),
+        ),
+        (
+            {
+                let mut s = BoxSettings::default();
+                s.ram_mib = Some(32);
+                s
+            },
+            "ram_mib",
+            "32 MiB".into(),
+        ),
+        (
+            {
+                let mut s = BoxSettings::default();
+                s.rootfs = Some(file.clone());
+                s
+            },
+            "rootfs",
+            format!("{}: not a directory", boxsock_core::echo::path(&file)),
+        ),
+        (
+            {
+                let mut s = BoxSettings::default();
+                s.rootfs = Some(d.path().join("missing"));
+                s
+            },
+            "rootfs",
+            "missing".into(),
+        ),
+        (
+            {
+                let mut s = BoxSettings::default();
+                s.rootfs = Some("relative".into());
+                s
+            },
+            "rootfs",
+            "not an absolute path".into(),
+        ),
     ];
     for (settings, setting, needle) in cases {
         let e = b.check_settings(&settings).unwrap_err();

@@ -11,15 +11,18 @@ use std::time::{Duration, Instant};
 
 use boxsock_core::backend::BackendConfig;
 use boxsock_libkrun::{Libkrun, LibkrunConfig};
-use common::Fixture;
 use boxsock_test_support::{Need, skip};
+use common::Fixture;
 
 const SHIM: &str = env!("CARGO_BIN_EXE_boxsock-krun-shim");
 
 fn backend(opts: &[(&str, &str)]) -> Libkrun {
     let cfg = BackendConfig {
         helper_dir: Some(PathBuf::from(SHIM).parent().unwrap().to_path_buf()),
-        options: opts.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<BTreeMap<_, _>>(),
+        options: opts
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<BTreeMap<_, _>>(),
     };
     Libkrun::new(LibkrunConfig::from_backend_config(&cfg).unwrap())
 }
@@ -27,11 +30,17 @@ fn backend(opts: &[(&str, &str)]) -> Libkrun {
 fn wait_exit(pid: i32, within: Duration) -> Option<i32> {
     let deadline = Instant::now() + within;
     loop {
-        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+        match nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        ) {
             Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => return Some(c),
             Ok(nix::sys::wait::WaitStatus::Signaled(..)) => return None,
             _ if Instant::now() > deadline => {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
                 let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
                 panic!("pid {pid} still running after {within:?}");
             }
@@ -62,14 +71,21 @@ fn a_panic_in_any_shim_thread_ends_the_shim_at_once_with_the_panic_on_stderr() {
     stderr.read_to_string(&mut err).unwrap();
     assert_eq!(code, Some(70), "stderr: {err}");
     assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
-    assert!(err.contains("panic in thread \"test-vcpu\"") && err.contains("BadActivate"), "stderr: {err}");
+    assert!(
+        err.contains("panic in thread \"test-vcpu\"") && err.contains("BadActivate"),
+        "stderr: {err}"
+    );
 }
 
 fn jail_probe_log(jail: &str, probe: &std::path::Path) -> String {
     let f = Fixture::new(120);
     f.ensure();
     std::fs::write(f.layout.rootfs_dir(&f.id).join("boxsock-agent"), b"#!/bin/true\n").unwrap();
-    let b = backend(&[("configure_only", "on"), ("jail", jail), ("jail_probe", probe.to_str().unwrap())]);
+    let b = backend(&[
+        ("configure_only", "on"),
+        ("jail", jail),
+        ("jail_probe", probe.to_str().unwrap()),
+    ]);
     let launched = b.launch_unchecked(&f.launch_spec_verified(false)).unwrap();
     let code = wait_exit(launched.process.pid(), Duration::from_secs(20));
     let log = std::fs::read_to_string(f.layout.log_file(&f.id)).unwrap();
@@ -88,16 +104,31 @@ fn jail_probe_shows_a_write_outside_the_grants_denied_only_with_the_jail_on() {
     let outside = tempfile::tempdir().unwrap();
     let probe = outside.path().join("escape");
     let log = jail_probe_log("on", &probe);
-    assert!(log.contains(&format!("jail probe: writing {} was denied", boxsock_core::echo::path(&probe))), "{log}");
+    assert!(
+        log.contains(&format!(
+            "jail probe: writing {} was denied",
+            boxsock_core::echo::path(&probe)
+        )),
+        "{log}"
+    );
     assert!(!probe.exists(), "the jailed shim created {}", probe.display());
     let log = jail_probe_log("off", &probe);
-    assert!(log.contains(&format!("jail probe: writing {} succeeded", boxsock_core::echo::path(&probe))), "{log}");
+    assert!(
+        log.contains(&format!(
+            "jail probe: writing {} succeeded",
+            boxsock_core::echo::path(&probe)
+        )),
+        "{log}"
+    );
     assert!(!probe.exists(), "the probe file was not cleaned up");
 }
 
 #[test]
 fn a_relative_jail_probe_is_refused_naming_the_option() {
-    let cfg = BackendConfig { helper_dir: None, options: [("jail_probe".to_owned(), "rel/x".to_owned())].into_iter().collect() };
+    let cfg = BackendConfig {
+        helper_dir: None,
+        options: [("jail_probe".to_owned(), "rel/x".to_owned())].into_iter().collect(),
+    };
     let err = LibkrunConfig::from_backend_config(&cfg).unwrap_err();
     assert!(err.to_string().contains("jail_probe") && err.to_string().contains("rel/x"), "{err}");
 }
@@ -105,5 +136,7 @@ fn a_relative_jail_probe_is_refused_naming_the_option() {
 fn landlock_abi() -> i64 {
     // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only
     // returns the ABI version (or -1); it reads no memory.
-    unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) }
+    unsafe {
+        libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32)
+    }
 }

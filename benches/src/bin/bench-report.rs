@@ -44,10 +44,8 @@ struct Args {
 }
 
 fn criterion_dir(arg: Option<PathBuf>) -> PathBuf {
-    arg.or_else(|| {
-        std::env::var_os("CARGO_TARGET_DIR").map(|t| PathBuf::from(t).join("criterion"))
-    })
-    .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion"))
+    arg.or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(|t| PathBuf::from(t).join("criterion")))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion"))
 }
 
 fn fail(e: &report::ReportError) -> ! {

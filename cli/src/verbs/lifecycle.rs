@@ -47,7 +47,9 @@ pub(crate) async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
     let id = b.id.to_string();
     if detach {
         // A failed start leaves the box stopped (`rm` it, or `start` it again).
-        rt.start(&id).await.map_err(|e| Failure(format!("{e} (box {id} is left stopped)"), exit::FAILED))?;
+        rt.start(&id)
+            .await
+            .map_err(|e| Failure(format!("{e} (box {id} is left stopped)"), exit::FAILED))?;
         outln!("{id}");
         return Ok(0);
     }
@@ -57,7 +59,19 @@ pub(crate) async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
     let exec_started = std::sync::atomic::AtomicBool::new(false);
     let work = async {
         rt.start(&id).await.map_err(exec_failure)?;
-        exec_in(&rt, &id, cmd, env, ExecOpts { interactive, tty, workdir: workdir.as_deref(), started: Some(&exec_started) }).await
+        exec_in(
+            &rt,
+            &id,
+            cmd,
+            env,
+            ExecOpts {
+                interactive,
+                tty,
+                workdir: workdir.as_deref(),
+                started: Some(&exec_started),
+            },
+        )
+        .await
     };
     tokio::pin!(work);
     let mut interrupted_by = None;
@@ -103,7 +117,10 @@ pub(crate) async fn create(
 ) -> Result<u8, Failure> {
     let env: Vec<(String, String)> = env.into_iter().flatten().collect();
     let rt = g.open(Writes::Yes).await?;
-    let b = rt.create(g.create_options(name, env, network, &settings)).await.map_err(|e| backend_hint(e, g))?;
+    let b = rt
+        .create(g.create_options(name, env, network, &settings))
+        .await
+        .map_err(|e| backend_hint(e, g))?;
     outln!("{}", b.id);
     Ok(0)
 }
@@ -127,7 +144,14 @@ pub(crate) async fn exec(
 ) -> Result<u8, Failure> {
     let env: Vec<(String, String)> = env.into_iter().flatten().collect();
     let rt = g.open_existing(&id, Writes::Yes).await.map_err(|f| Failure(f.0, exit::FAILED))?;
-    let code = exec_in(&rt, &id, cmd, env, ExecOpts { interactive, tty, workdir: workdir.as_deref(), started: None }).await?;
+    let code = exec_in(
+        &rt,
+        &id,
+        cmd,
+        env,
+        ExecOpts { interactive, tty, workdir: workdir.as_deref(), started: None },
+    )
+    .await?;
     Ok(exit_byte(code))
 }
 
@@ -170,10 +194,17 @@ where
 /// Add a hint when the default backend cannot be used.
 fn backend_hint(e: RuntimeError, g: &Global) -> Failure {
     let msg = e.to_string();
-    let hint = matches!(&e, RuntimeError::Registry(_) | RuntimeError::Backend(_) | RuntimeError::BackendUnavailable { .. })
-        && g.backend != "host"
+    let hint = matches!(
+        &e,
+        RuntimeError::Registry(_)
+            | RuntimeError::Backend(_)
+            | RuntimeError::BackendUnavailable { .. }
+    ) && g.backend != "host"
         && msg.contains(&g.backend);
-    Failure(if hint { format!("{msg}; try --backend host (no isolation)") } else { msg }, exit::FAILED)
+    Failure(
+        if hint { format!("{msg}; try --backend host (no isolation)") } else { msg },
+        exit::FAILED,
+    )
 }
 
 /// How `run`/`exec` run the command: `-i`, `-t`, `-w`; `started` is set once the
@@ -190,11 +221,20 @@ struct ExecOpts<'a> {
 /// raw mode and the signals forwarded to the command). When stdout's reader goes away
 /// (`| head`), the exec session is closed (the child dropped), so the agent kills the
 /// command's process group, and this returns the quiet broken-pipe failure.
-async fn exec_in(rt: &Runtime, id: &str, cmd: Vec<String>, env: Vec<(String, String)>, attach: ExecOpts<'_>) -> Result<i32, Failure> {
+async fn exec_in(
+    rt: &Runtime,
+    id: &str,
+    cmd: Vec<String>,
+    env: Vec<(String, String)>,
+    attach: ExecOpts<'_>,
+) -> Result<i32, Failure> {
     use boxsock::exec::Stdio;
     use tokio::io::AsyncReadExt;
     if attach.tty && attach.interactive && !tty::stdin_is_tty() {
-        return Err(Failure("the input device is not a TTY (drop -t, or run from a terminal)".into(), exit::FAILED));
+        return Err(Failure(
+            "the input device is not a TTY (drop -t, or run from a terminal)".into(),
+            exit::FAILED,
+        ));
     }
     let Some((program, args)) = cmd.split_first() else {
         return Err(Failure("no command given".into(), exit::FAILED));
@@ -215,7 +255,9 @@ async fn exec_in(rt: &Runtime, id: &str, cmd: Vec<String>, env: Vec<(String, Str
     }
     // Raw mode before the command starts, so no typed byte is echoed locally.
     let raw = match attach.tty && attach.interactive {
-        true => Some(tty::RawMode::enter().map_err(|e| Failure(format!("cannot put the terminal in raw mode: {e}"), exit::FAILED))?),
+        true => Some(tty::RawMode::enter().map_err(|e| {
+            Failure(format!("cannot put the terminal in raw mode: {e}"), exit::FAILED)
+        })?),
         false => None,
     };
     let mut child = command.spawn().await.map_err(|e| exec_failure_of(e, Some(program)))?;
@@ -227,14 +269,20 @@ async fn exec_in(rt: &Runtime, id: &str, cmd: Vec<String>, env: Vec<(String, Str
     // A closed stderr drops the command's stderr; the command goes on.
     let copy_err = async {
         let mut buf = vec![0u8; 32 * 1024];
-        while let Some(Ok(n @ 1..)) = match err.as_mut() { Some(e) => Some(e.read(&mut buf).await), None => None } {
+        while let Some(Ok(n @ 1..)) = match err.as_mut() {
+            Some(e) => Some(e.read(&mut buf).await),
+            None => None,
+        } {
             let _ = std::io::stderr().lock().write_all(&buf[..n]);
         }
         std::io::Result::Ok(())
     };
     let copy_out = async {
         let mut buf = vec![0u8; 32 * 1024];
-        while let Some(Ok(n @ 1..)) = match out.as_mut() { Some(o) => Some(o.read(&mut buf).await), None => None } {
+        while let Some(Ok(n @ 1..)) = match out.as_mut() {
+            Some(o) => Some(o.read(&mut buf).await),
+            None => None,
+        } {
             let mut o = std::io::stdout().lock();
             o.write_all(&buf[..n]).and_then(|()| o.flush())?;
         }
@@ -248,7 +296,11 @@ async fn exec_in(rt: &Runtime, id: &str, cmd: Vec<String>, env: Vec<(String, Str
             tracing::debug!(box_id = id, error = %e, "stdout closed; ended the exec session");
             Err(Failure::stdout(&e))
         }
-        Ok(((), ())) => child.wait().await.map(|s| s.shell_code()).map_err(|e| exec_failure_of(e, Some(program))),
+        Ok(((), ())) => child
+            .wait()
+            .await
+            .map(|s| s.shell_code())
+            .map_err(|e| exec_failure_of(e, Some(program))),
     };
     forwarding.abort();
     drop(child);

@@ -28,7 +28,10 @@ pub(crate) async fn ls(g: &Global, as_json: bool, all: bool, quiet: bool) -> Res
             (boxes, l.bad)
         }
         None => {
-            errln!("boxsock: home {} does not exist (no boxes)", boxsock::boxsock_core::echo::path(&g.home()?));
+            errln!(
+                "boxsock: home {} does not exist (no boxes)",
+                boxsock::boxsock_core::echo::path(&g.home()?)
+            );
             (Vec::new(), Vec::new())
         }
     };
@@ -45,7 +48,12 @@ pub(crate) async fn ls(g: &Global, as_json: bool, all: bool, quiet: bool) -> Res
         }
     }
     for bad in &bad {
-        errln!("boxsock: box {}: stored row is corrupt: {} (remove it with `boxsock rm -f {}`)", bad.id, bad.error, bad.id);
+        errln!(
+            "boxsock: box {}: stored row is corrupt: {} (remove it with `boxsock rm -f {}`)",
+            bad.id,
+            bad.error,
+            bad.id
+        );
     }
     Ok(0)
 }
@@ -53,7 +61,14 @@ pub(crate) async fn ls(g: &Global, as_json: bool, all: bool, quiet: bool) -> Res
 /// `inspect`: read-only.
 pub(crate) async fn inspect(g: &Global, as_json: bool, ids: Vec<String>) -> Result<u8, Failure> {
     let Some(rt) = g.open_read_only().await? else {
-        return Err(Failure(format!("no box with id or name {}: home {} does not exist", boxsock::boxsock_core::echo::echo(&ids.join(", ")), boxsock::boxsock_core::echo::path(&g.home()?)), exit::FAILED));
+        return Err(Failure(
+            format!(
+                "no box with id or name {}: home {} does not exist",
+                boxsock::boxsock_core::echo::echo(&ids.join(", ")),
+                boxsock::boxsock_core::echo::path(&g.home()?)
+            ),
+            exit::FAILED,
+        ));
     };
     let mut found = Vec::new();
     let mut failed = false;
@@ -85,7 +100,14 @@ pub(crate) async fn inspect(g: &Global, as_json: bool, ids: Vec<String>) -> Resu
 /// `logs`: read-only.
 pub(crate) async fn logs(g: &Global, follow: bool, id: String) -> Result<u8, Failure> {
     let Some(rt) = g.open_read_only().await? else {
-        return Err(Failure(format!("no box with id or name {}: home {} does not exist", boxsock::boxsock_core::echo::echo(&id), boxsock::boxsock_core::echo::path(&g.home()?)), exit::FAILED));
+        return Err(Failure(
+            format!(
+                "no box with id or name {}: home {} does not exist",
+                boxsock::boxsock_core::echo::echo(&id),
+                boxsock::boxsock_core::echo::path(&g.home()?)
+            ),
+            exit::FAILED,
+        ));
     };
     let mut out = |b: &[u8]| {
         let mut o = std::io::stdout().lock();
@@ -110,7 +132,10 @@ fn print_info(i: &boxsock::BoxInfo) -> Result<(), Failure> {
     outln!("strategy:  {}", i.strategy);
     outln!("backend:   {}", i.backend);
     match (i.pid, i.start_time) {
-        (Some(p), Some(st)) => outln!("process:   pid {p}, start time {st}, {}", if i.alive { "alive" } else { "gone" }),
+        (Some(p), Some(st)) => outln!(
+            "process:   pid {p}, start time {st}, {}",
+            if i.alive { "alive" } else { "gone" }
+        ),
         _ => outln!("process:   -"),
     }
     if let Some(c) = i.exit_code {

@@ -11,7 +11,8 @@ pub(crate) fn strategies(g: &Global, as_json: bool) -> Result<u8, Failure> {
         .strategies
         .iter()
         .map(|r| {
-            let caps = o.strategies.build(r.name, &o.strategy_config).ok().map(|s| s.capabilities());
+            let caps =
+                o.strategies.build(r.name, &o.strategy_config).ok().map(|s| s.capabilities());
             serde_json::json!({
                 "name": r.name,
                 "summary": r.summary,
@@ -39,11 +40,18 @@ pub(crate) fn backends(g: &Global, as_json: bool) -> Result<u8, Failure> {
         return json(&report.backends);
     }
     for b in &report.backends {
-        let avail = if b.available { "available".to_string() } else { format!("unavailable: {}", b.reason.as_deref().unwrap_or("?")) };
+        let avail = if b.available {
+            "available".to_string()
+        } else {
+            format!("unavailable: {}", b.reason.as_deref().unwrap_or("?"))
+        };
         outln!("{:<10} {}", b.name, b.summary);
         outln!("{:<10} {avail}", "");
         if !b.available && b.launch_available {
-            outln!("{:<10} probe skipped by a backend option: boxes are configured, never booted", "");
+            outln!(
+                "{:<10} probe skipped by a backend option: boxes are configured, never booted",
+                ""
+            );
         }
         if let Some(iso) = &b.isolation {
             outln!("{:<10} isolation: {iso}", "");
@@ -58,17 +66,24 @@ pub(crate) fn doctor(g: &Global, as_json: bool) -> Result<u8, Failure> {
     let home_exists = std::fs::symlink_metadata(&home).is_ok();
     let report = boxsock::doctor(&home, &g.options()?);
     if as_json {
-        let v = views::doctor_json(&report, home_exists).map_err(|e| Failure(format!("cannot encode JSON: {e}"), exit::FAILED))?;
+        let v = views::doctor_json(&report, home_exists)
+            .map_err(|e| Failure(format!("cannot encode JSON: {e}"), exit::FAILED))?;
         return json(&v);
     }
     outln!("home:     {} ({} bytes)", report.home, report.home_bytes);
     if !home_exists {
         outln!("home does not exist: the first writing command (create, run) makes it");
     }
-    outln!("platform: {}, sun_path holds {} bytes including the NUL", report.platform, report.limit);
+    outln!(
+        "platform: {}, sun_path holds {} bytes including the NUL",
+        report.platform,
+        report.limit
+    );
     outln!("worst-case box id: {} ({} bytes)", report.sample_id, report.sample_id.len());
     if let Some(uid) = report.binding_dir_squatted_by {
-        outln!("WARNING: the predictable per-user binding directory is held by uid {uid} (squatted)");
+        outln!(
+            "WARNING: the predictable per-user binding directory is held by uid {uid} (squatted)"
+        );
     }
     if let Some(d) = &report.binding_dir_fallback {
         outln!("binding directory: {d} (fallback recorded in the home)");
@@ -113,10 +128,16 @@ pub(crate) fn doctor(g: &Global, as_json: bool) -> Result<u8, Failure> {
     }
     outln!();
     for b in &report.backends {
-        let avail = if b.available { "available".to_string() } else { format!("unavailable: {}", b.reason.as_deref().unwrap_or("?")) };
+        let avail = if b.available {
+            "available".to_string()
+        } else {
+            format!("unavailable: {}", b.reason.as_deref().unwrap_or("?"))
+        };
         outln!("backend {}: {avail}", b.name);
         if !b.available && b.launch_available {
-            outln!("  probe skipped by a backend option (configure_only): create/start go ahead, boxes are configured, never booted");
+            outln!(
+                "  probe skipped by a backend option (configure_only): create/start go ahead, boxes are configured, never booted"
+            );
         }
         if let Some(iso) = &b.isolation {
             outln!("  isolation: {iso}");
@@ -129,7 +150,12 @@ pub(crate) fn doctor(g: &Global, as_json: bool) -> Result<u8, Failure> {
         }
     }
     outln!();
-    outln!("selected (--strategy {} --backend {}): {}", g.strategy, g.backend, selected_verdict(&report, g));
+    outln!(
+        "selected (--strategy {} --backend {}): {}",
+        g.strategy,
+        g.backend,
+        selected_verdict(&report, g)
+    );
     Ok(0)
 }
 
@@ -144,9 +170,14 @@ fn selected_verdict(report: &boxsock::DoctorReport, g: &Global) -> String {
         None => format!("strategy {:?} is not registered or cannot be built here", g.strategy),
         Some(Err(e)) => format!("boxes cannot be created: {e}"),
         Some(Ok(())) if !b.launch_available => {
-            format!("boxes cannot start here: {}", b.reason.as_deref().unwrap_or("the backend is unavailable"))
+            format!(
+                "boxes cannot start here: {}",
+                b.reason.as_deref().unwrap_or("the backend is unavailable")
+            )
         }
-        Some(Ok(())) if !b.available => "boxes are configured but never booted (a backend option skips the probe)".into(),
+        Some(Ok(())) if !b.available => {
+            "boxes are configured but never booted (a backend option skips the probe)".into()
+        }
         Some(Ok(())) => "boxes can be created and started".into(),
     }
 }

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use boxsock::{BackendConfig, LockMode, RuntimeOptions, StrategyConfig, builtin_backends, builtin_strategies};
+use boxsock::{
+    BackendConfig, LockMode, RuntimeOptions, StrategyConfig, builtin_backends, builtin_strategies,
+};
 
 /// Generous bound for waits that must not hang a test.
 pub const LIMIT: Duration = Duration::from_secs(30);
@@ -101,9 +103,18 @@ pub fn tree(dir: &Path) -> Vec<String> {
             let p = e.path();
             let m = std::fs::symlink_metadata(&p).unwrap();
             let rel = p.strip_prefix(dir).unwrap().display().to_string();
-            let content = if m.is_file() && m.len() < 64 { format!("{:?}", std::fs::read(&p).unwrap()) } else { String::new() };
-            let target = std::fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default();
-            out.push(format!("{rel} {:o} {} {content} {target}", m.mode(), if m.is_dir() { 0 } else { m.len() }));
+            let content = if m.is_file() && m.len() < 64 {
+                format!("{:?}", std::fs::read(&p).unwrap())
+            } else {
+                String::new()
+            };
+            let target =
+                std::fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default();
+            out.push(format!(
+                "{rel} {:o} {} {content} {target}",
+                m.mode(),
+                if m.is_dir() { 0 } else { m.len() }
+            ));
             if m.is_dir() {
                 stack.push(p);
             }
@@ -163,9 +174,14 @@ impl Drop for Env {
             c
         };
         let Ok(out) = boxsock().args(["ls", "-a", "-q"]).output() else { return };
-        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
+        let ids: Vec<String> =
+            String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
         if !ids.is_empty() {
-            let _ = boxsock().args(["rm", "-f"]).args(&ids).stdout(std::process::Stdio::null()).status();
+            let _ = boxsock()
+                .args(["rm", "-f"])
+                .args(&ids)
+                .stdout(std::process::Stdio::null())
+                .status();
         }
     }
 }
@@ -180,7 +196,8 @@ impl Env {
     /// Like [`Env::options`] with another helper directory (a fake agent).
     pub fn options_with_helpers(&self, helper_dir: PathBuf) -> RuntimeOptions {
         let mut o = RuntimeOptions::new(builtin_strategies(), builtin_backends());
-        o.strategy_config = StrategyConfig { base_dir: self.link_base.clone(), ..StrategyConfig::default() };
+        o.strategy_config =
+            StrategyConfig { base_dir: self.link_base.clone(), ..StrategyConfig::default() };
         o.backend_config = BackendConfig { helper_dir: Some(helper_dir), ..Default::default() };
         o.lock_mode = LockMode::Exclusive;
         o
@@ -188,7 +205,8 @@ impl Env {
 
     /// The per-uid directory of the short-symlink strategy.
     pub fn per_uid_dir(&self) -> PathBuf {
-        StrategyConfig { base_dir: self.link_base.clone(), ..StrategyConfig::default() }.per_uid_dir()
+        StrategyConfig { base_dir: self.link_base.clone(), ..StrategyConfig::default() }
+            .per_uid_dir()
     }
 
     /// Entries left in the per-uid link directory.
@@ -214,7 +232,11 @@ pub fn never_ready_agent(dir: &Path, marker: &str) -> PathBuf {
     let d = dir.join("fake-helpers");
     std::fs::create_dir_all(&d).unwrap();
     let script = d.join("boxsock-agent");
-    std::fs::write(&script, format!("#!/bin/sh\necho '{marker}'\necho \"pid=$$ args: $*\"\nexec sleep 1000\n")).unwrap();
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho '{marker}'\necho \"pid=$$ args: $*\"\nexec sleep 1000\n"),
+    )
+    .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     d
 }

@@ -156,7 +156,11 @@ impl ExecWriter {
 
     /// Resize the command's terminal (ignored without a tty).
     pub async fn resize(&mut self, size: WinSize) -> Result<(), ClientError> {
-        Ok(proto::write_frame(&mut self.wr, &Frame::Control(Request::Resize { rows: size.rows, cols: size.cols })).await?)
+        Ok(proto::write_frame(
+            &mut self.wr,
+            &Frame::Control(Request::Resize { rows: size.rows, cols: size.cols }),
+        )
+        .await?)
     }
 }
 
@@ -174,8 +178,12 @@ impl ExecReader {
         match proto::read_frame::<Response, _>(&mut self.rd).await? {
             Frame::Stdout(b) => Ok(ExecEvent::Stdout(b)),
             Frame::Stderr(b) => Ok(ExecEvent::Stderr(b)),
-            Frame::Control(Response::Exit { code, signal }) => Ok(ExecEvent::Exit(ExitReport { code, signal })),
-            Frame::Control(Response::Error { code, message }) => Err(ClientError::Agent { code, message }),
+            Frame::Control(Response::Exit { code, signal }) => {
+                Ok(ExecEvent::Exit(ExitReport { code, signal }))
+            }
+            Frame::Control(Response::Error { code, message }) => {
+                Err(ClientError::Agent { code, message })
+            }
             Frame::Control(other) => Err(unexpected("exit", other)),
             other => Err(ClientError::Unexpected { expected: "exit", got: format!("{other:?}") }),
         }
@@ -203,15 +211,29 @@ impl AgentClient {
         if let Some(info) = self.info {
             return Ok(info);
         }
-        proto::write_frame(&mut self.stream, &Frame::Control(Request::Hello { version: proto::VERSION })).await?;
+        proto::write_frame(
+            &mut self.stream,
+            &Frame::Control(Request::Hello { version: proto::VERSION }),
+        )
+        .await?;
         let info = match self.read_control("hello").await? {
-            Response::Hello { version, pid } if version == proto::VERSION => AgentInfo { version, pid },
+            Response::Hello { version, pid } if version == proto::VERSION => {
+                AgentInfo { version, pid }
+            }
             Response::Hello { version, .. } => {
-                return Err(ClientError::Version { ours: proto::VERSION, theirs: Some(version), detail: None });
+                return Err(ClientError::Version {
+                    ours: proto::VERSION,
+                    theirs: Some(version),
+                    detail: None,
+                });
             }
             Response::Error { code: ErrorCode::Version, message } => {
                 let theirs = version_in_refusal(&message);
-                return Err(ClientError::Version { ours: proto::VERSION, theirs, detail: Some(boxsock_core::echo::echo(&message).to_string()) });
+                return Err(ClientError::Version {
+                    ours: proto::VERSION,
+                    theirs,
+                    detail: Some(boxsock_core::echo::echo(&message).to_string()),
+                });
             }
             other => return Err(unexpected("hello", other)),
         };
@@ -346,7 +368,13 @@ impl AgentClient {
     ) -> Result<Output, ClientError> {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         let exit = self
-            .exec_report(argv, env, stdin, |b| stdout.extend_from_slice(b), |b| stderr.extend_from_slice(b))
+            .exec_report(
+                argv,
+                env,
+                stdin,
+                |b| stdout.extend_from_slice(b),
+                |b| stderr.extend_from_slice(b),
+            )
             .await?;
         Ok(Output { status: ExitStatus::from(exit), stdout, stderr })
     }
@@ -376,7 +404,10 @@ impl AgentClient {
     /// [`ExecWriter`] sends stdin, signals and resizes, the [`ExecReader`] yields
     /// output and finally the exit. Dropping both closes the connection, which makes
     /// the agent kill the command.
-    pub async fn start_exec(mut self, request: ExecRequest) -> Result<(ExecWriter, ExecReader), ClientError> {
+    pub async fn start_exec(
+        mut self,
+        request: ExecRequest,
+    ) -> Result<(ExecWriter, ExecReader), ClientError> {
         self.send_exec(request).await?;
         let (rd, wr) = self.stream.into_split();
         Ok((ExecWriter { wr }, ExecReader { rd }))
@@ -408,7 +439,9 @@ fn unexpected(expected: &'static str, got: Response) -> ClientError {
 /// connection the runtime accepted there. Returns the agent's version and pid.
 pub async fn read_ready(stream: &mut UnixStream) -> Result<AgentInfo, ClientError> {
     match proto::read_frame::<Response, _>(stream).await? {
-        Frame::Control(Response::Ready { version, pid }) if version == proto::VERSION => Ok(AgentInfo { version, pid }),
+        Frame::Control(Response::Ready { version, pid }) if version == proto::VERSION => {
+            Ok(AgentInfo { version, pid })
+        }
         Frame::Control(Response::Ready { version, .. }) => {
             Err(ClientError::Version { ours: proto::VERSION, theirs: Some(version), detail: None })
         }
@@ -421,7 +454,9 @@ mod tests {
     use super::*;
 
     /// Answer the client's hello with `answer` from the other end of a socket pair.
-    async fn client_against(answer: Response) -> (AgentClient, tokio::task::JoinHandle<Frame<Request>>) {
+    async fn client_against(
+        answer: Response,
+    ) -> (AgentClient, tokio::task::JoinHandle<Frame<Request>>) {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         theirs.set_nonblocking(true).unwrap();
         let mut theirs = UnixStream::from_std(theirs).unwrap();
@@ -435,19 +470,29 @@ mod tests {
 
     #[tokio::test]
     async fn hello_sends_our_version_and_reads_the_agents() {
-        let (mut c, server) = client_against(Response::Hello { version: proto::VERSION, pid: 42 }).await;
+        let (mut c, server) =
+            client_against(Response::Hello { version: proto::VERSION, pid: 42 }).await;
         assert_eq!(c.hello().await.unwrap(), AgentInfo { version: proto::VERSION, pid: 42 });
-        assert_eq!(server.await.unwrap(), Frame::Control(Request::Hello { version: proto::VERSION }));
+        assert_eq!(
+            server.await.unwrap(),
+            Frame::Control(Request::Hello { version: proto::VERSION })
+        );
         // Cached: no second exchange.
         assert_eq!(c.hello().await.unwrap().pid, 42);
     }
 
     #[tokio::test]
     async fn version_refusals_and_other_versions_are_version_errors() {
+        let (mut c, _s) = client_against(Response::Error {
+            code: ErrorCode::Version,
+            message: "agent speaks 9".into(),
+        })
+        .await;
+        assert!(
+            matches!(c.hello().await, Err(ClientError::Version { ours: proto::VERSION, theirs: None, detail: Some(d) }) if d.contains('9'))
+        );
         let (mut c, _s) =
-            client_against(Response::Error { code: ErrorCode::Version, message: "agent speaks 9".into() }).await;
-        assert!(matches!(c.hello().await, Err(ClientError::Version { ours: proto::VERSION, theirs: None, detail: Some(d) }) if d.contains('9')));
-        let (mut c, _s) = client_against(Response::Hello { version: proto::VERSION + 1, pid: 1 }).await;
+            client_against(Response::Hello { version: proto::VERSION + 1, pid: 1 }).await;
         assert!(matches!(c.hello().await, Err(ClientError::Version { .. })));
     }
 
@@ -456,7 +501,11 @@ mod tests {
     #[tokio::test]
     async fn a_v1_agent_is_a_clear_error_naming_both_versions() {
         let v1_refusal = "agent speaks protocol version 1, the runtime sent version 2";
-        let (mut c, server) = client_against(Response::Error { code: ErrorCode::Version, message: v1_refusal.into() }).await;
+        let (mut c, server) = client_against(Response::Error {
+            code: ErrorCode::Version,
+            message: v1_refusal.into(),
+        })
+        .await;
         let err = c.hello().await.unwrap_err();
         assert!(matches!(err, ClientError::Version { ours: 2, theirs: Some(1), .. }), "{err:?}");
         let msg = err.to_string();
@@ -464,11 +513,24 @@ mod tests {
         assert_eq!(server.await.unwrap(), Frame::Control(Request::Hello { version: 2 }));
         // A v1 agent's readiness frame is refused the same way at start.
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        let mut theirs = tokio::net::UnixStream::from_std({ theirs.set_nonblocking(true).unwrap(); theirs }).unwrap();
-        proto::write_frame(&mut theirs, &Frame::Control(Response::Ready { version: 1, pid: 7 })).await.unwrap();
-        let mut ours = tokio::net::UnixStream::from_std({ ours.set_nonblocking(true).unwrap(); ours }).unwrap();
+        let mut theirs = tokio::net::UnixStream::from_std({
+            theirs.set_nonblocking(true).unwrap();
+            theirs
+        })
+        .unwrap();
+        proto::write_frame(&mut theirs, &Frame::Control(Response::Ready { version: 1, pid: 7 }))
+            .await
+            .unwrap();
+        let mut ours = tokio::net::UnixStream::from_std({
+            ours.set_nonblocking(true).unwrap();
+            ours
+        })
+        .unwrap();
         let err = read_ready(&mut ours).await.unwrap_err();
-        assert!(err.to_string().starts_with("agent speaks protocol 1, this client needs 2"), "{err}");
+        assert!(
+            err.to_string().starts_with("agent speaks protocol 1, this client needs 2"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -478,11 +540,15 @@ mod tests {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         drop(theirs);
         let err = AgentClient::connect(ours).unwrap().ping().await.unwrap_err();
-        assert!(matches!(err, ClientError::Io(_) | ClientError::Proto(ProtoError::Closed)), "{err}");
+        assert!(
+            matches!(err, ClientError::Io(_) | ClientError::Proto(ProtoError::Closed)),
+            "{err}"
+        );
     }
 
     #[tokio::test]
-    async fn an_exec_request_over_the_frame_limit_is_refused_before_sending_naming_size_and_limit() {
+    async fn an_exec_request_over_the_frame_limit_is_refused_before_sending_naming_size_and_limit()
+    {
         let (c, server) = client_against(Response::Hello { version: proto::VERSION, pid: 1 }).await;
         let big = vec!["a".repeat(100_000); 11];
         let err = c.exec_output(&big, &[], None).await.unwrap_err();
@@ -493,8 +559,14 @@ mod tests {
             other => panic!("expected TooLarge, got {other}"),
         }
         let msg = err.to_string();
-        assert!(msg.contains(&proto::MAX_FRAME.to_string()) && msg.contains("exec request"), "{msg}");
+        assert!(
+            msg.contains(&proto::MAX_FRAME.to_string()) && msg.contains("exec request"),
+            "{msg}"
+        );
         // Only the hello went out.
-        assert_eq!(server.await.unwrap(), Frame::Control(Request::Hello { version: proto::VERSION }));
+        assert_eq!(
+            server.await.unwrap(),
+            Frame::Control(Request::Hello { version: proto::VERSION })
+        );
     }
 }

@@ -22,10 +22,14 @@ use crate::{RuntimeError, home};
 /// symlink, anyone's sockets).
 fn open_sockets_dir(home: BorrowedFd<'_>, layout: &BoxLayout, id: &BoxId) -> Option<OwnedFd> {
     let walk = || -> Result<Option<OwnedFd>, RuntimeError> {
-        let Some(boxes) = home::check_dir_at(home, OsStr::new("boxes"), &layout.boxes_dir(), false)? else {
+        let Some(boxes) =
+            home::check_dir_at(home, OsStr::new("boxes"), &layout.boxes_dir(), false)?
+        else {
             return Ok(None);
         };
-        let Some(dir) = home::check_dir_at(boxes.as_fd(), OsStr::new(id.as_str()), &layout.box_dir(id), false)? else {
+        let Some(dir) =
+            home::check_dir_at(boxes.as_fd(), OsStr::new(id.as_str()), &layout.box_dir(id), false)?
+        else {
             return Ok(None);
         };
         home::check_dir_at(dir.as_fd(), OsStr::new("sockets"), &layout.sockets_dir(id), false)
@@ -66,7 +70,12 @@ pub(crate) fn remove_ready_file(home: BorrowedFd<'_>, layout: &BoxLayout, id: &B
 /// killed with SIGKILL. Only sockets are removed.
 pub(crate) fn remove_socket_files(home: BorrowedFd<'_>, layout: &BoxLayout, id: &BoxId) {
     let Some(dir) = open_sockets_dir(home, layout, id) else { return };
-    let listing = nix::dir::Dir::openat(dir.as_fd(), ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty());
+    let listing = nix::dir::Dir::openat(
+        dir.as_fd(),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    );
     let Ok(mut listing) = listing else { return };
     let names: Vec<std::ffi::CString> = listing
         .iter()

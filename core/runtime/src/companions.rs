@@ -32,7 +32,12 @@ impl Inner {
     }
 
     /// The store is read and written on the blocking pool; the waits are asynchronous.
-    async fn end_companions(self: &Arc<Self>, id: &BoxId, extra: &[ProcessIdentity], steps: &[(Signal, Duration)]) {
+    async fn end_companions(
+        self: &Arc<Self>,
+        id: &BoxId,
+        extra: &[ProcessIdentity],
+        steps: &[(Signal, Duration)],
+    ) {
         let box_id = id.clone();
         let recorded = self.blocking(move |i| i.store.companions(box_id.as_str())).await;
         let mut all = recorded.unwrap_or_else(|e| {
@@ -61,7 +66,9 @@ impl Inner {
         let box_id = id.clone();
         match self.blocking(move |i| i.store.set_companions(&box_id, &[])).await {
             Ok(()) | Err(crate::store::StoreError::NotFound { .. }) => {}
-            Err(e) => tracing::warn!(box_id = %id, error = %e, "cannot clear the recorded companions"),
+            Err(e) => {
+                tracing::warn!(box_id = %id, error = %e, "cannot clear the recorded companions")
+            }
         }
     }
 }

@@ -95,7 +95,11 @@ mod tests {
         }
         use std::os::unix::process::ExitStatusExt;
         let o = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "crash::tests::with_test_support_the_crash_variable_kills_at_its_step", "--nocapture"])
+            .args([
+                "--exact",
+                "crash::tests::with_test_support_the_crash_variable_kills_at_its_step",
+                "--nocapture",
+            ])
             .env(CHILD, "1")
             .env(super::CRASH_ENV, "start:bound")
             .output()

@@ -128,7 +128,10 @@ impl CreateOptionsBuilder {
     }
 
     /// Several environment variables.
-    pub fn envs<K: Into<String>, V: Into<String>>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self {
+    pub fn envs<K: Into<String>, V: Into<String>>(
+        mut self,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
         self.opts.env.extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
         self
     }
@@ -172,13 +175,21 @@ impl From<CreateOptionsBuilder> for CreateOptions {
 
 /// `settings` with its root filesystem made absolute and canonical (the user's input,
 /// stored as given after canonicalisation), checked to be a directory.
-pub(crate) fn canonical_settings(mut settings: BoxSettings) -> Result<BoxSettings, crate::RuntimeError> {
+pub(crate) fn canonical_settings(
+    mut settings: BoxSettings,
+) -> Result<BoxSettings, crate::RuntimeError> {
     if let Some(given) = settings.rootfs.take() {
         let bad = |reason: String| crate::RuntimeError::BadRootfs { path: given.clone(), reason };
-        let canonical = std::fs::canonicalize(&given).map_err(|e| bad(format!("cannot resolve it: {e}")))?;
-        let meta = std::fs::metadata(&canonical).map_err(|e| bad(format!("cannot inspect {}: {e}", boxsock_core::echo::path(&canonical))))?;
+        let canonical =
+            std::fs::canonicalize(&given).map_err(|e| bad(format!("cannot resolve it: {e}")))?;
+        let meta = std::fs::metadata(&canonical).map_err(|e| {
+            bad(format!("cannot inspect {}: {e}", boxsock_core::echo::path(&canonical)))
+        })?;
         if !meta.is_dir() {
-            return Err(bad(format!("{} is not a directory", boxsock_core::echo::path(&canonical))));
+            return Err(bad(format!(
+                "{} is not a directory",
+                boxsock_core::echo::path(&canonical)
+            )));
         }
         settings.rootfs = Some(canonical);
     }

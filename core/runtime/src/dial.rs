@@ -18,7 +18,10 @@ use crate::store::BoxRecord;
 use crate::{Inner, RuntimeError, home};
 
 impl Inner {
-    pub(crate) async fn connect_agent(self: &Arc<Self>, id_or_name: &str) -> Result<(BoxRecord, AgentClient, String), RuntimeError> {
+    pub(crate) async fn connect_agent(
+        self: &Arc<Self>,
+        id_or_name: &str,
+    ) -> Result<(BoxRecord, AgentClient, String), RuntimeError> {
         self.writable("dial a box")?;
         let name = id_or_name.to_owned();
         let (rec, dialled) = self
@@ -41,7 +44,11 @@ impl Inner {
                     if !h.is_alive() {
                         self.on_exit(&rec.id, &h).await;
                         let id = rec.id.clone();
-                        let state = self.blocking(move |inner| inner.record(id.as_str())).await.map(|r| r.state).unwrap_or(BoxState::Stopped);
+                        let state = self
+                            .blocking(move |inner| inner.record(id.as_str()))
+                            .await
+                            .map(|r| r.state)
+                            .unwrap_or(BoxState::Stopped);
                         return Err(RuntimeError::NotRunning { id: rec.id, state });
                     }
                 }
@@ -52,15 +59,25 @@ impl Inner {
 
     /// Dial a box's agent through its strategy, whatever its recorded state. Runs
     /// `ensure` first: a binding removed behind our back (a /tmp cleaner) heals here.
-    pub(crate) async fn dial_agent(self: &Arc<Self>, rec: &BoxRecord) -> Result<(AgentClient, String), RuntimeError> {
+    pub(crate) async fn dial_agent(
+        self: &Arc<Self>,
+        rec: &BoxRecord,
+    ) -> Result<(AgentClient, String), RuntimeError> {
         let r = rec.clone();
         let (std, address) = self.blocking(move |inner| inner.dial_agent_blocking(&r)).await?;
         Self::client(rec, std, address)
     }
 
-    fn client(rec: &BoxRecord, std: UnixStream, address: String) -> Result<(AgentClient, String), RuntimeError> {
-        let client = AgentClient::connect(std)
-            .map_err(|source| RuntimeError::Agent { id: rec.id.clone(), address: address.clone(), source })?;
+    fn client(
+        rec: &BoxRecord,
+        std: UnixStream,
+        address: String,
+    ) -> Result<(AgentClient, String), RuntimeError> {
+        let client = AgentClient::connect(std).map_err(|source| RuntimeError::Agent {
+            id: rec.id.clone(),
+            address: address.clone(),
+            source,
+        })?;
         Ok((client, address))
     }
 

@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::state::BoxState;
+use crate::store::StoreError;
 use boxsock_core::backend::BackendError;
 use boxsock_core::error::BindingError;
 use boxsock_core::id::{BoxId, IdError};
 use boxsock_core::registry::RegistryError;
-use crate::state::BoxState;
-use crate::store::StoreError;
 
 use crate::agent_client::ClientError;
 
@@ -27,7 +27,9 @@ pub enum RuntimeError {
     },
     /// Another start, stop or remove of this box held it for longer than this one
     /// waits (see `lock::acquire_box`).
-    #[error("box {id} is busy: another start, stop or remove of it was still running after {waited:?}")]
+    #[error(
+        "box {id} is busy: another start, stop or remove of it was still running after {waited:?}"
+    )]
     BoxBusy {
         /// The box.
         id: String,
@@ -36,7 +38,10 @@ pub enum RuntimeError {
     },
     /// Another process was still making this new home after the wait (see
     /// `home::InitLock`): it is stuck or stopped.
-    #[error("home {} is being made by another process, still after waiting {waited:?}; if no boxsock process is running, remove the empty home and try again", boxsock_core::echo::path(home))]
+    #[error(
+        "home {} is being made by another process, still after waiting {waited:?}; if no boxsock process is running, remove the empty home and try again",
+        boxsock_core::echo::path(home)
+    )]
     HomeInitialising {
         /// The home.
         home: PathBuf,
@@ -65,7 +70,9 @@ pub enum RuntimeError {
         found: String,
     },
     /// [`CreateOptions`](crate::CreateOptions) without a strategy or a backend.
-    #[error("cannot create a box: no {what} chosen (CreateOptions::builder().{what}(\"<name>\") or .{what}_of::<Type>())")]
+    #[error(
+        "cannot create a box: no {what} chosen (CreateOptions::builder().{what}(\"<name>\") or .{what}_of::<Type>())"
+    )]
     Unchosen {
         /// `strategy` or `backend`.
         what: &'static str,
@@ -167,7 +174,9 @@ pub enum RuntimeError {
         state: BoxState,
     },
     /// The agent did not report ready in time. The box was stopped.
-    #[error("box {id}: timed out after {after:?} waiting for {waited_for}; the box was stopped. Last lines of its log:\n{log_tail}")]
+    #[error(
+        "box {id}: timed out after {after:?} waiting for {waited_for}; the box was stopped. Last lines of its log:\n{log_tail}"
+    )]
     ReadyTimeout {
         /// The box.
         id: BoxId,
@@ -233,7 +242,9 @@ pub enum RuntimeError {
 impl RuntimeError {
     pub(crate) fn from_store(e: StoreError) -> Self {
         match e {
-            StoreError::IllegalTransition { id, from, to } => RuntimeError::IllegalTransition { id, from, to },
+            StoreError::IllegalTransition { id, from, to } => {
+                RuntimeError::IllegalTransition { id, from, to }
+            }
             e => RuntimeError::Store(e),
         }
     }

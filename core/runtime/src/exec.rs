@@ -286,7 +286,11 @@ impl<'rt> Command<'rt> {
     pub async fn output(&mut self) -> Result<Output, RuntimeError> {
         let stdin = self.stdin.unwrap_or(Stdio::Null);
         let mut child = self
-            .spawn_with(stdin, self.stdout.unwrap_or(Stdio::Piped), self.stderr.unwrap_or(Stdio::Piped))
+            .spawn_with(
+                stdin,
+                self.stdout.unwrap_or(Stdio::Piped),
+                self.stderr.unwrap_or(Stdio::Piped),
+            )
             .await?;
         drop(child.stdin.take());
         let mut out = child.stdout.take();
@@ -323,7 +327,12 @@ impl<'rt> Command<'rt> {
         .await
     }
 
-    async fn spawn_with(&self, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> Result<Child, RuntimeError> {
+    async fn spawn_with(
+        &self,
+        stdin: Stdio,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<Child, RuntimeError> {
         let (writer, reader, fail) = self.start(stdin).await?;
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         // Stdin goes through a small bounded channel: a fast producer waits for the
@@ -342,7 +351,8 @@ impl<'rt> Command<'rt> {
         }
         let (child_stdout, out_sink) = sink(stdout, Sink::Stdout);
         let (child_stderr, err_sink) = sink(stderr, Sink::Stderr);
-        let driver = tokio::spawn(drive(writer, reader, ctl_rx, data_rx, out_sink, err_sink, fail.clone()));
+        let driver =
+            tokio::spawn(drive(writer, reader, ctl_rx, data_rx, out_sink, err_sink, fail.clone()));
         tracing::debug!(box_id = %self.box_id, program = %self.argv[0], tty = self.tty.is_some(), "exec spawned");
         Ok(Child {
             stdin: child_stdin,
@@ -407,24 +417,25 @@ impl Input {
             // of tokio's blocking pool would hold up the runtime's shutdown until the
             // next line of input.
             Input::Inherit => {
-                let spawned = std::thread::Builder::new().name("boxsock-stdin".into()).spawn(move || {
-                    use std::io::Read;
-                    let mut buf = vec![0u8; PIPE_BUFFER];
-                    let mut stdin = io::stdin().lock();
-                    loop {
-                        match stdin.read(&mut buf) {
-                            Ok(0) => break,
-                            Ok(n) => {
-                                if tx.blocking_send(Ctl::Stdin(buf[..n].to_vec())).is_err() {
-                                    return;
+                let spawned =
+                    std::thread::Builder::new().name("boxsock-stdin".into()).spawn(move || {
+                        use std::io::Read;
+                        let mut buf = vec![0u8; PIPE_BUFFER];
+                        let mut stdin = io::stdin().lock();
+                        loop {
+                            match stdin.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if tx.blocking_send(Ctl::Stdin(buf[..n].to_vec())).is_err() {
+                                        return;
+                                    }
                                 }
+                                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                                Err(_) => break,
                             }
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                            Err(_) => break,
                         }
-                    }
-                    let _ = tx.blocking_send(Ctl::StdinEof);
-                });
+                        let _ = tx.blocking_send(Ctl::StdinEof);
+                    });
                 if let Err(e) = spawned {
                     tracing::warn!(error = %e, "cannot start the stdin thread; the command's stdin stays empty");
                 }
@@ -564,7 +575,11 @@ impl From<DuplexStream> for ChildStderr {
 }
 
 impl AsyncWrite for ChildStdin {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -576,13 +591,21 @@ impl AsyncWrite for ChildStdin {
 }
 
 impl AsyncRead for ChildStdout {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncRead for ChildStderr {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }

@@ -81,7 +81,10 @@ fn check_own_dir(st: &FileStat, path: &Path, what: &str) -> Result<(), RuntimeEr
     if st.st_uid != me {
         return Err(insecure(
             path,
-            format!("{what} is owned by uid {}, not by this user (uid {me}): that user can replace what boxsock keeps there", st.st_uid),
+            format!(
+                "{what} is owned by uid {}, not by this user (uid {me}): that user can replace what boxsock keeps there",
+                st.st_uid
+            ),
         ));
     }
     if st.st_mode & 0o022 != 0 {
@@ -97,7 +100,8 @@ fn check_own_dir(st: &FileStat, path: &Path, what: &str) -> Result<(), RuntimeEr
 }
 
 fn open_root() -> Result<OwnedFd, RuntimeError> {
-    nix::fcntl::open("/", crate::sys::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| io("open", Path::new("/"), e))
+    nix::fcntl::open("/", crate::sys::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| io("open", Path::new("/"), e))
 }
 
 /// The opened home.
@@ -175,7 +179,8 @@ fn open_home_once(home: &Path, create: bool) -> Result<Option<OpenedHome>, Runti
                 if links > MAX_LINKS {
                     return Err(io("resolve home", home, Errno::ELOOP));
                 }
-                let target = nix::fcntl::readlinkat(cur.as_fd(), name.as_os_str()).map_err(|e| io("read link", &next_path, e))?;
+                let target = nix::fcntl::readlinkat(cur.as_fd(), name.as_os_str())
+                    .map_err(|e| io("read link", &next_path, e))?;
                 let target = PathBuf::from(target);
                 let mut comps = components(&target);
                 if target.is_absolute() {
@@ -196,26 +201,43 @@ fn open_home_once(home: &Path, create: bool) -> Result<Option<OpenedHome>, Runti
         st = next_st;
     }
     check_own_dir(&st, &cur_path, "the home")?;
-    let fd = openat(cur.as_fd(), ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| io("open home", home, e))?;
+    let fd = openat(
+        cur.as_fd(),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io("open home", home, e))?;
     Ok(Some(OpenedHome { fd, created }))
 }
 
 /// Open the directory `name` inside `parent` (`path` names it in errors), refusing a
 /// symlink, a non-directory, or one another user owns or can write. `None` if it does
 /// not exist. With `tighten`, group/other read bits are removed (0700).
-pub fn check_dir_at(parent: BorrowedFd<'_>, name: &OsStr, path: &Path, tighten: bool) -> Result<Option<OwnedFd>, RuntimeError> {
+pub fn check_dir_at(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    path: &Path,
+    tighten: bool,
+) -> Result<Option<OwnedFd>, RuntimeError> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = match openat(parent, name, flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(None),
         Err(Errno::ELOOP | Errno::ENOTDIR) => {
             let what = match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(st) if kind(&st) == libc::S_IFLNK => format!("a symlink owned by uid {}", st.st_uid),
+                Ok(st) if kind(&st) == libc::S_IFLNK => {
+                    format!("a symlink owned by uid {}", st.st_uid)
+                }
                 Ok(st) => format!("not a directory (mode {:o}, uid {})", st.st_mode, st.st_uid),
                 Err(e) => e.to_string(),
             };
-            return Err(insecure(path, format!("expected a directory of this user's, found {what}: boxsock never follows it")));
+            return Err(insecure(
+                path,
+                format!(
+                    "expected a directory of this user's, found {what}: boxsock never follows it"
+                ),
+            ));
         }
         Err(e) => return Err(io("open", path, e)),
     };
@@ -228,7 +250,11 @@ pub fn check_dir_at(parent: BorrowedFd<'_>, name: &OsStr, path: &Path, tighten: 
 }
 
 /// [`check_dir_at`], creating the directory 0700 first if it is missing.
-pub fn ensure_dir_at(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<OwnedFd, RuntimeError> {
+pub fn ensure_dir_at(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    path: &Path,
+) -> Result<OwnedFd, RuntimeError> {
     if let Some(fd) = check_dir_at(parent, name, path, true)? {
         return Ok(fd);
     }
@@ -250,8 +276,13 @@ fn exists_at(dir: BorrowedFd<'_>, name: &str) -> Result<Option<FileStat>, Errno>
 
 /// Up to `n` entry names of `dir` (for messages), and whether there are any.
 fn some_entries(dir: BorrowedFd<'_>, path: &Path, n: usize) -> Result<Vec<String>, RuntimeError> {
-    let d = nix::dir::Dir::openat(dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| io("read", path, e))?;
+    let d = nix::dir::Dir::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io("read", path, e))?;
     let mut out = Vec::new();
     for e in d.into_iter() {
         let e = e.map_err(|e| io("read", path, e))?;
@@ -284,14 +315,19 @@ pub enum HomeKind {
 /// shows, the marker is there by the time of the second look. A home being made is thus
 /// never taken for someone else's directory, and the refusal never lists the marker or
 /// the store it says are missing.
-pub fn classify(home: BorrowedFd<'_>, path: &Path, store_name: &str) -> Result<HomeKind, RuntimeError> {
+pub fn classify(
+    home: BorrowedFd<'_>,
+    path: &Path,
+    store_name: &str,
+) -> Result<HomeKind, RuntimeError> {
     if let Some(k) = marked_home(home, path, store_name)? {
         return Ok(k);
     }
     // Files a strategy may have made in a home before any box (the abstract
     // strategy's key, when `doctor` derived its names) do not make it someone else's.
     let listed = some_entries(home, path, 8)?;
-    let entries: Vec<String> = listed.into_iter().filter(|n| !HOME_LEVEL_FILES.contains(&n.as_str())).collect();
+    let entries: Vec<String> =
+        listed.into_iter().filter(|n| !HOME_LEVEL_FILES.contains(&n.as_str())).collect();
     if entries.is_empty() {
         return Ok(HomeKind::Empty);
     }
@@ -299,7 +335,8 @@ pub fn classify(home: BorrowedFd<'_>, path: &Path, store_name: &str) -> Result<H
         return Ok(k);
     }
     // Listed a moment ago and gone now (another process removing a home): not found.
-    let entries: Vec<String> = entries.into_iter().filter(|n| n != HOME_MARKER && n != store_name).collect();
+    let entries: Vec<String> =
+        entries.into_iter().filter(|n| n != HOME_MARKER && n != store_name).collect();
     if entries.is_empty() {
         return Ok(HomeKind::Empty);
     }
@@ -311,19 +348,29 @@ pub fn classify(home: BorrowedFd<'_>, path: &Path, store_name: &str) -> Result<H
 }
 
 /// [`HomeKind::Home`] if the marker (a regular file of ours) or a store is there now.
-fn marked_home(home: BorrowedFd<'_>, path: &Path, store_name: &str) -> Result<Option<HomeKind>, RuntimeError> {
+fn marked_home(
+    home: BorrowedFd<'_>,
+    path: &Path,
+    store_name: &str,
+) -> Result<Option<HomeKind>, RuntimeError> {
     let marker_path = path.join(HOME_MARKER);
     match exists_at(home, HOME_MARKER).map_err(|e| io("inspect", &marker_path, e))? {
-        Some(st) if kind(&st) == libc::S_IFREG && st.st_uid == euid() => return Ok(Some(HomeKind::Home)),
+        Some(st) if kind(&st) == libc::S_IFREG && st.st_uid == euid() => {
+            return Ok(Some(HomeKind::Home));
+        }
         Some(st) => {
             return Err(insecure(
                 &marker_path,
-                format!("the home marker is not a regular file of this user's (mode {:o}, uid {})", st.st_mode, st.st_uid),
+                format!(
+                    "the home marker is not a regular file of this user's (mode {:o}, uid {})",
+                    st.st_mode, st.st_uid
+                ),
             ));
         }
         None => {}
     }
-    if exists_at(home, store_name).map_err(|e| io("inspect", &path.join(store_name), e))?.is_some() {
+    if exists_at(home, store_name).map_err(|e| io("inspect", &path.join(store_name), e))?.is_some()
+    {
         return Ok(Some(HomeKind::Home));
     }
     Ok(None)
@@ -373,10 +420,18 @@ pub fn has_marker(home: BorrowedFd<'_>) -> bool {
 /// `wait` for a process making the home. `None` when the directory was removed while
 /// waiting (the failed first open of another process undid the home it made): open the
 /// path again.
-pub async fn init_lock(home: BorrowedFd<'_>, path: &Path, exclusive: bool, wait: std::time::Duration) -> Result<Option<InitLock>, RuntimeError> {
+pub async fn init_lock(
+    home: BorrowedFd<'_>,
+    path: &Path,
+    exclusive: bool,
+    wait: std::time::Duration,
+) -> Result<Option<InitLock>, RuntimeError> {
     use nix::fcntl::{Flock, FlockArg};
-    let fd = openat(home, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| io("open home", path, e))?;
-    let arg = if exclusive { FlockArg::LockExclusiveNonblock } else { FlockArg::LockSharedNonblock };
+    let fd =
+        openat(home, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| io("open home", path, e))?;
+    let arg =
+        if exclusive { FlockArg::LockExclusiveNonblock } else { FlockArg::LockSharedNonblock };
     let deadline = std::time::Instant::now() + wait;
     let mut step = std::time::Duration::from_millis(1);
     let mut fd = fd;
@@ -391,7 +446,10 @@ pub async fn init_lock(home: BorrowedFd<'_>, path: &Path, exclusive: bool, wait:
                 }
                 let now = std::time::Instant::now();
                 if now >= deadline {
-                    return Err(RuntimeError::HomeInitialising { home: path.to_path_buf(), waited: wait });
+                    return Err(RuntimeError::HomeInitialising {
+                        home: path.to_path_buf(),
+                        waited: wait,
+                    });
                 }
                 fd = f;
                 tokio::time::sleep(step.min(deadline - now)).await;
@@ -441,11 +499,21 @@ pub fn tighten_home(home: BorrowedFd<'_>, path: &Path) {
 /// Re-check a box's directories (`boxes/`, `boxes/<id>/`, `sockets/`, `logs/`) on
 /// descriptors opened from the home's, and make its log 0600 (created if missing, so
 /// a backend appending to it never creates it with the umask's mode).
-pub fn check_box_dirs(home: BorrowedFd<'_>, layout: &boxsock_core::layout::BoxLayout, id: &boxsock_core::id::BoxId) -> Result<(), RuntimeError> {
+pub fn check_box_dirs(
+    home: BorrowedFd<'_>,
+    layout: &boxsock_core::layout::BoxLayout,
+    id: &boxsock_core::id::BoxId,
+) -> Result<(), RuntimeError> {
     // What is missing is left to the caller's own, more specific error (a missing
     // socket directory is the strategy's `MissingSocketDir`); what exists must be ours.
-    let Some(boxes) = check_dir_at(home, OsStr::new("boxes"), &layout.boxes_dir(), true)? else { return Ok(()) };
-    let Some(dir) = check_dir_at(boxes.as_fd(), OsStr::new(id.as_str()), &layout.box_dir(id), true)? else { return Ok(()) };
+    let Some(boxes) = check_dir_at(home, OsStr::new("boxes"), &layout.boxes_dir(), true)? else {
+        return Ok(());
+    };
+    let Some(dir) =
+        check_dir_at(boxes.as_fd(), OsStr::new(id.as_str()), &layout.box_dir(id), true)?
+    else {
+        return Ok(());
+    };
     if check_dir_at(dir.as_fd(), OsStr::new("sockets"), &layout.sockets_dir(id), true)?.is_none() {
         return Ok(());
     }
@@ -454,13 +522,24 @@ pub fn check_box_dirs(home: BorrowedFd<'_>, layout: &boxsock_core::layout::BoxLa
     let fd = openat(
         logs.as_fd(),
         "box.log",
-        OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        OFlag::O_WRONLY
+            | OFlag::O_APPEND
+            | OFlag::O_CREAT
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_CLOEXEC
+            | OFlag::O_NONBLOCK,
         Mode::from_bits_truncate(0o600),
     )
     .map_err(|e| io("open", &log, e))?;
     let st = fstat(&fd).map_err(|e| io("inspect", &log, e))?;
     if kind(&st) != libc::S_IFREG || st.st_uid != euid() {
-        return Err(insecure(&log, format!("the box log is not a regular file of this user's (mode {:o}, uid {})", st.st_mode, st.st_uid)));
+        return Err(insecure(
+            &log,
+            format!(
+                "the box log is not a regular file of this user's (mode {:o}, uid {})",
+                st.st_mode, st.st_uid
+            ),
+        ));
     }
     if st.st_mode & 0o777 != 0o600 {
         fchmod(&fd, Mode::from_bits_truncate(0o600)).map_err(|e| io("make 0600", &log, e))?;
@@ -471,7 +550,11 @@ pub fn check_box_dirs(home: BorrowedFd<'_>, layout: &boxsock_core::layout::BoxLa
 /// Journal a create of box `id` (`<home>/journal/create.<id>`, `O_EXCL`), before its
 /// directory is made. Recovery removes a box directory without a row only when both
 /// this entry and the directory's own marker prove that an interrupted create made it.
-pub fn journal_create(home: BorrowedFd<'_>, layout: &boxsock_core::layout::BoxLayout, id: &boxsock_core::id::BoxId) -> Result<(), RuntimeError> {
+pub fn journal_create(
+    home: BorrowedFd<'_>,
+    layout: &boxsock_core::layout::BoxLayout,
+    id: &boxsock_core::id::BoxId,
+) -> Result<(), RuntimeError> {
     let j = ensure_dir_at(home, OsStr::new("journal"), &layout.journal_dir())?;
     let p = layout.create_journal(id);
     let name = format!("create.{id}");
@@ -509,7 +592,10 @@ mod tests {
         assert_eq!(std::fs::metadata(&home).unwrap().permissions().mode() & 0o777, 0o700);
         let again = open_home(&d.path().join("a/b/../b/home"), false).unwrap();
         assert!(again.created.is_empty());
-        assert!(matches!(open_home(&d.path().join("missing"), false), Err(RuntimeError::NoHome { .. })));
+        assert!(matches!(
+            open_home(&d.path().join("missing"), false),
+            Err(RuntimeError::NoHome { .. })
+        ));
     }
 
     #[test]
@@ -544,7 +630,9 @@ mod tests {
         std::fs::create_dir(d.path().join("photos")).unwrap();
         let h = open_home(d.path(), false).unwrap();
         match classify(h.fd.as_fd(), d.path(), "boxsock.db") {
-            Err(e @ RuntimeError::NotAHome { .. }) => assert!(e.to_string().contains("photos"), "{e}"),
+            Err(e @ RuntimeError::NotAHome { .. }) => {
+                assert!(e.to_string().contains("photos"), "{e}")
+            }
             other => panic!("{other:?}"),
         }
         std::fs::remove_dir(d.path().join("photos")).unwrap();
@@ -589,7 +677,9 @@ mod tests {
         // Until enough refusals were seen to have met the race (bounded in time: a
         // loaded machine schedules the two threads coarsely).
         while refusals < 50 && t0.elapsed() < std::time::Duration::from_secs(30) {
-            if let Err(e @ RuntimeError::NotAHome { .. }) = classify(h.fd.as_fd(), &dir, "boxsock.db") {
+            if let Err(e @ RuntimeError::NotAHome { .. }) =
+                classify(h.fd.as_fd(), &dir, "boxsock.db")
+            {
                 refusals += 1;
                 let RuntimeError::NotAHome { found, .. } = &e else { unreachable!() };
                 if found.split(", ").any(|n| n == HOME_MARKER || n == "boxsock.db") {
@@ -599,8 +689,16 @@ mod tests {
         }
         stop.store(true, Ordering::Relaxed);
         let rounds = maker.join().unwrap();
-        eprintln!("{refusals} refusals while the skeleton was made {rounds} times; {} contradictory", contradictions.len());
+        eprintln!(
+            "{refusals} refusals while the skeleton was made {rounds} times; {} contradictory",
+            contradictions.len()
+        );
         assert!(refusals > 0, "the race never produced a refusal: the test proves nothing");
-        assert!(contradictions.is_empty(), "{} of {refusals} refusals contradict themselves, e.g. {}", contradictions.len(), contradictions[0]);
+        assert!(
+            contradictions.is_empty(),
+            "{} of {refusals} refusals contradict themselves, e.g. {}",
+            contradictions.len(),
+            contradictions[0]
+        );
     }
 }

@@ -7,14 +7,14 @@ use serde::Serialize;
 
 use super::{Inner, RuntimeOptions};
 use crate::sockets::{Incompatibility, check_addresses, compatibility, socket_specs};
+use crate::state::BoxState;
+use crate::store::BoxRecord;
 use boxsock_core::backend::{AddressNeeds, Availability, Backend, BoxSettings, Isolation};
 use boxsock_core::binding::SocketBinding;
 use boxsock_core::budget::{self, Platform};
 use boxsock_core::catalogue::SocketSpec;
 use boxsock_core::id::BoxId;
 use boxsock_core::layout::BoxLayout;
-use crate::state::BoxState;
-use crate::store::BoxRecord;
 
 /// One socket address (own or derived name) and whether it fits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -35,7 +35,12 @@ pub struct SocketReport {
     pub error: Option<String>,
 }
 
-fn socket_reports(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, specs: &[SocketSpec]) -> Vec<SocketReport> {
+fn socket_reports(
+    strategy: &dyn SocketBinding,
+    layout: &BoxLayout,
+    id: &BoxId,
+    specs: &[SocketSpec],
+) -> Vec<SocketReport> {
     let limit = Platform::current().sun_len();
     let mut out = Vec::new();
     for d in boxsock_core::boxbinding::each_address(|f| strategy.address(layout, id, f), specs) {
@@ -52,10 +57,20 @@ fn socket_reports(strategy: &dyn SocketBinding, layout: &BoxLayout, id: &BoxId, 
             },
             Err(e) => {
                 let (address, bytes) = match &e {
-                    boxsock_core::error::BindingError::PathTooLong { path, len, .. } => (Some(path.clone()), Some(*len)),
+                    boxsock_core::error::BindingError::PathTooLong { path, len, .. } => {
+                        (Some(path.clone()), Some(*len))
+                    }
                     _ => (None, None),
                 };
-                SocketReport { socket: label, file, address, bytes, limit, fits: false, error: Some(e.to_string()) }
+                SocketReport {
+                    socket: label,
+                    file,
+                    address,
+                    bytes,
+                    limit,
+                    fits: false,
+                    error: Some(e.to_string()),
+                }
             }
         });
     }
@@ -131,7 +146,9 @@ pub(super) fn inspect(inner: &Inner, rec: BoxRecord) -> BoxInfo {
         .and_then(|s| s.binding_path(&inner.layout, &rec.id))
         .map(|p| p.display().to_string());
     let sockets = match (inner.strategy(&rec.config.strategy), inner.backend(&rec.config.backend)) {
-        (Ok(s), Ok(b)) => socket_reports(&*s, &inner.layout, &rec.id, &socket_specs(&*b, rec.config.network)),
+        (Ok(s), Ok(b)) => {
+            socket_reports(&*s, &inner.layout, &rec.id, &socket_specs(&*b, rec.config.network))
+        }
         (Err(e), _) | (_, Err(e)) => vec![SocketReport {
             socket: "*".into(),
             file: String::new(),
@@ -150,7 +167,11 @@ pub(super) fn inspect(inner: &Inner, rec: BoxRecord) -> BoxInfo {
         .map(|c| {
             let alive = c.is_alive();
             let command = alive
-                .then(|| std::fs::read_to_string(format!("/proc/{}/comm", c.pid)).ok().map(|s| s.trim_end().to_owned()))
+                .then(|| {
+                    std::fs::read_to_string(format!("/proc/{}/comm", c.pid))
+                        .ok()
+                        .map(|s| s.trim_end().to_owned())
+                })
                 .flatten();
             CompanionInfo { pid: c.pid, start_time: c.start_time, alive, command }
         })
@@ -253,8 +274,15 @@ struct Pairing<'a> {
     reason: Option<&'a PairingError>,
 }
 
-fn serialize_pairings<S: serde::Serializer>(pairings: &[(String, Result<(), PairingError>)], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(pairings.iter().map(|(strategy, r)| Pairing { strategy, compatible: r.is_ok(), reason: r.as_ref().err() }))
+fn serialize_pairings<S: serde::Serializer>(
+    pairings: &[(String, Result<(), PairingError>)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(pairings.iter().map(|(strategy, r)| Pairing {
+        strategy,
+        compatible: r.is_ok(),
+        reason: r.as_ref().err(),
+    }))
 }
 
 /// What `boxsock doctor` prints for a home.
@@ -293,7 +321,11 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
     type Built = Result<std::sync::Arc<dyn Backend>, String>;
     let mut backends: Vec<(String, &'static str, Built)> = Vec::new();
     for reg in options.backends.iter() {
-        backends.push((reg.name.to_owned(), reg.summary, options.backends.build(reg.name, &options.backend_config).map_err(|e| e.to_string())));
+        backends.push((
+            reg.name.to_owned(),
+            reg.summary,
+            options.backends.build(reg.name, &options.backend_config).map_err(|e| e.to_string()),
+        ));
     }
     // Union of every backend's sockets (with network), by file name.
     let mut specs: Vec<SocketSpec> = Vec::new();
@@ -307,7 +339,11 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
         }
     }
     if specs.is_empty() {
-        specs = vec![boxsock_core::catalogue::AGENT, boxsock_core::catalogue::READY, boxsock_core::catalogue::NET];
+        specs = vec![
+            boxsock_core::catalogue::AGENT,
+            boxsock_core::catalogue::READY,
+            boxsock_core::catalogue::NET,
+        ];
     }
     let mut strategies = Vec::new();
     let mut built = Vec::new();
@@ -364,11 +400,12 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
                 let compatible = built
                     .iter()
                     .map(|s| {
-                        let r = compatibility(&**s, &*b).map_err(PairingError::from).and_then(|()| {
-                            check_addresses(&**s, &layout, &sample, &socket_specs(&*b, true))
-                                .map(drop)
-                                .map_err(|e| PairingError::Budget(std::sync::Arc::new(e)))
-                        });
+                        let r =
+                            compatibility(&**s, &*b).map_err(PairingError::from).and_then(|()| {
+                                check_addresses(&**s, &layout, &sample, &socket_specs(&*b, true))
+                                    .map(drop)
+                                    .map_err(|e| PairingError::Budget(std::sync::Arc::new(e)))
+                            });
                         (s.name().to_owned(), r)
                     })
                     .collect();
@@ -379,7 +416,9 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
                     reason,
                     launch_available,
                     isolation: Some(match b.isolation() {
-                        Isolation::None => "none (the box is a plain host process; no isolation)".into(),
+                        Isolation::None => {
+                            "none (the box is a plain host process; no isolation)".into()
+                        }
                         Isolation::Vm => "vm".into(),
                     }),
                     address_needs: Some(match b.address_needs() {
@@ -429,7 +468,14 @@ mod tests {
             launch_available: true,
             isolation: None,
             address_needs: None,
-            compatible: vec![("a".into(), Ok(())), ("b".into(), Err(Incompatibility::NeedsPaths { strategy: "b".into(), backend: "x".into() }.into()))],
+            compatible: vec![
+                ("a".into(), Ok(())),
+                (
+                    "b".into(),
+                    Err(Incompatibility::NeedsPaths { strategy: "b".into(), backend: "x".into() }
+                        .into()),
+                ),
+            ],
         };
         let why = b.compatible[1].1.as_ref().unwrap_err().to_string();
         let s = serde_json::to_string(&b).unwrap();

@@ -41,8 +41,8 @@ mod sys;
 pub mod agent_client;
 mod cleanup;
 mod companions;
-mod create_options;
 mod crash;
+mod create_options;
 mod dial;
 mod error;
 pub mod exec;
@@ -72,28 +72,31 @@ use tokio::task::AbortHandle;
 
 pub use crate::agent_client::ClientError;
 pub use crash::{CRASH_ENV, CRASH_STEPS};
+pub use create_options::{CreateOptions, CreateOptionsBuilder};
 pub use error::RuntimeError;
 pub use exec::{Child, Command, ExitStatus, Output, SpawnErrorKind};
-pub use info::{BackendReport, BoxInfo, CompanionInfo, DoctorReport, PairingError, SocketReport, StrategyReport, doctor};
+pub use info::{
+    BackendReport, BoxInfo, CompanionInfo, DoctorReport, PairingError, SocketReport,
+    StrategyReport, doctor,
+};
 pub use lifeline::OwnedRemoval;
 pub use lock::{LockGuard, LockMode};
-pub use create_options::{CreateOptions, CreateOptionsBuilder};
 pub use options::{Access, ExecIo, RuntimeOptions};
 pub use recovery::{OpenReport, Recovered, SweepError};
 pub use sockets::{Incompatibility, check_addresses, compatibility, socket_specs};
 
+use crate::process::ProcessHandle;
+use crate::state::BoxState;
+use crate::store::{BoxConfig, BoxRecord, Listing, Store, StoreMode};
 use boxsock_core::backend::{Availability, Backend};
 use boxsock_core::binding::{SocketBinding, StrategyConfig};
 use boxsock_core::boxbinding::{BoxBinding, Opening};
-use boxsock_core::catalogue::Socket;
 use boxsock_core::budget::Platform;
+use boxsock_core::catalogue::Socket;
 use boxsock_core::error::BindingError;
 use boxsock_core::id::BoxId;
 use boxsock_core::layout::BoxLayout;
-use crate::process::ProcessHandle;
 use boxsock_core::registry::BuildError;
-use crate::state::BoxState;
-use crate::store::{BoxConfig, BoxRecord, Listing, Store, StoreMode};
 
 /// A runtime over one home. Cheap to clone: clones share one home lock, store,
 /// health monitor and caches (an `Arc` inside), so an embedder can hand one to each
@@ -147,11 +150,18 @@ impl Runtime {
     /// without its marker is made under its initialisation lock ([`home::InitLock`]),
     /// so exactly one process makes it and the others wait for it (milliseconds). The
     /// first open of a new home that fails removes the home it made.
-    pub async fn open(home: impl Into<PathBuf>, options: RuntimeOptions) -> Result<(Runtime, OpenReport), RuntimeError> {
+    pub async fn open(
+        home: impl Into<PathBuf>,
+        options: RuntimeOptions,
+    ) -> Result<(Runtime, OpenReport), RuntimeError> {
         let given: PathBuf = home.into();
         // Before anything checks: a relative home passed `direct`'s budget at create and
         // then failed every start.
-        let home = std::path::absolute(&given).map_err(|e| RuntimeError::Io { op: "make absolute", path: given.clone(), source: e })?;
+        let home = std::path::absolute(&given).map_err(|e| RuntimeError::Io {
+            op: "make absolute",
+            path: given.clone(),
+            source: e,
+        })?;
         let writable = options.access == Access::ReadWrite;
         let wait = options.lock_wait.unwrap_or_default().max(home::INIT_WAIT);
         let (opened, mut init) = loop {
@@ -202,10 +212,17 @@ impl Runtime {
             // sees the marker too (`home::classify`).
             home::write_marker(home_fd.as_fd(), &home)?;
             home::tighten_home(home_fd.as_fd(), &home);
-            home::ensure_dir_at(home_fd.as_fd(), std::ffi::OsStr::new("boxes"), &layout.boxes_dir())?;
+            home::ensure_dir_at(
+                home_fd.as_fd(),
+                std::ffi::OsStr::new("boxes"),
+                &layout.boxes_dir(),
+            )?;
             let lock_path = layout.lock_path();
             match options.lock_mode {
-                LockMode::Exclusive => home_lock = Some(lock::acquire(&home, &lock_path, true, options.lock_wait).await?),
+                LockMode::Exclusive => {
+                    home_lock =
+                        Some(lock::acquire(&home, &lock_path, true, options.lock_wait).await?)
+                }
                 LockMode::Shared => {
                     // Wait for an exclusive holder like any operation would, then recover
                     // only if nobody is mid-operation right now.
@@ -214,14 +231,27 @@ impl Runtime {
                 }
             }
         } else {
-            home::check_dir_at(home_fd.as_fd(), std::ffi::OsStr::new("boxes"), &layout.boxes_dir(), false)?;
+            home::check_dir_at(
+                home_fd.as_fd(),
+                std::ffi::OsStr::new("boxes"),
+                &layout.boxes_dir(),
+                false,
+            )?;
             // No home lock and no wait for a runtime: a read-only open changes nothing,
             // and reading the WAL-mode store beside a writer (even an exclusive runtime)
             // is safe (decision 0003). Only a first open still making the home is
             // waited for: the shared initialisation lock, held until the store is open.
         }
-        let store_dir = home_fd.try_clone().map_err(|e| RuntimeError::Io { op: "duplicate the descriptor of", path: home.clone(), source: e })?;
-        let store = Store::open_at(store_dir, &layout.store_path(), if writable { StoreMode::ReadWrite } else { StoreMode::ReadOnly })?;
+        let store_dir = home_fd.try_clone().map_err(|e| RuntimeError::Io {
+            op: "duplicate the descriptor of",
+            path: home.clone(),
+            source: e,
+        })?;
+        let store = Store::open_at(
+            store_dir,
+            &layout.store_path(),
+            if writable { StoreMode::ReadWrite } else { StoreMode::ReadOnly },
+        )?;
         if !writable {
             init.release();
         }
@@ -357,17 +387,29 @@ impl Runtime {
         }
 
         let _op = inner.op_lock().await?;
-        let config = BoxConfig { strategy: opts.strategy, backend: opts.backend, network: opts.network, env: opts.env, settings: opts.settings };
+        let config = BoxConfig {
+            strategy: opts.strategy,
+            backend: opts.backend,
+            network: opts.network,
+            env: opts.env,
+            settings: opts.settings,
+        };
         let rec = Store::new_record(id.clone(), opts.name, config);
         // Journal, then directory (marker first), then row: recovery deletes only a
         // directory both prove it made.
         home::journal_create(inner.home_fd.as_fd(), &inner.layout, &id)?;
         if let Err(e) = boxsock_core::boxdir::create_new_box_dir(&inner.layout, &id) {
-            if e.source.kind() != std::io::ErrorKind::AlreadyExists || e.path != inner.layout.box_dir(&id) {
+            if e.source.kind() != std::io::ErrorKind::AlreadyExists
+                || e.path != inner.layout.box_dir(&id)
+            {
                 let _ = boxsock_core::boxdir::remove_box_dir(&inner.layout, &id);
             }
             home::journal_done(&inner.layout, &id);
-            return Err(RuntimeError::Io { op: "create box directory", path: e.path, source: e.source });
+            return Err(RuntimeError::Io {
+                op: "create box directory",
+                path: e.path,
+                source: e.source,
+            });
         }
         crash::point("create:dirs");
         if let Err(e) = inner.store.insert_owned(&rec, opts.auto_remove_owner) {
@@ -381,7 +423,8 @@ impl Runtime {
             let (s, id) = (strategy.clone(), id.clone());
             inner.blocking(move |i| i.open_binding(s, &id, Opening::Use, &[]).map(drop)).await
         };
-        let prepared = ensured.and_then(|()| backend.prepare(&inner.layout, &id).map_err(RuntimeError::from));
+        let prepared =
+            ensured.and_then(|()| backend.prepare(&inner.layout, &id).map_err(RuntimeError::from));
         if let Err(e) = prepared {
             let _ = strategy.release(&inner.layout, &id);
             let _ = boxsock_core::boxdir::remove_box_dir(&inner.layout, &id);
@@ -411,7 +454,13 @@ impl Runtime {
 
     /// Run `argv` in a running box, streaming its output into `io`; returns its exit
     /// code (or 128 + signal).
-    pub async fn exec(&self, id_or_name: &str, argv: Vec<String>, env: Vec<(String, String)>, io: ExecIo<'_>) -> Result<i32, RuntimeError> {
+    pub async fn exec(
+        &self,
+        id_or_name: &str,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        io: ExecIo<'_>,
+    ) -> Result<i32, RuntimeError> {
         let (rec, client, address) = self.inner.connect_agent(id_or_name).await?;
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         client
@@ -423,13 +472,21 @@ impl Runtime {
     /// Check that a running box's agent answers.
     pub async fn ping(&self, id_or_name: &str) -> Result<(), RuntimeError> {
         let (rec, client, address) = self.inner.connect_agent(id_or_name).await?;
-        client.ping().await.map(drop).map_err(|source| RuntimeError::Agent { id: rec.id, address, source })
+        client.ping().await.map(drop).map_err(|source| RuntimeError::Agent {
+            id: rec.id,
+            address,
+            source,
+        })
     }
 
     /// Stop a box: graceful, then SIGTERM, then SIGKILL, each bounded by `timeout`
     /// (default: the runtime's `stop_timeout`). A box without a process is returned as
     /// is.
-    pub async fn stop(&self, id_or_name: &str, timeout: Option<Duration>) -> Result<BoxRecord, RuntimeError> {
+    pub async fn stop(
+        &self,
+        id_or_name: &str,
+        timeout: Option<Duration>,
+    ) -> Result<BoxRecord, RuntimeError> {
         let inner = &self.inner;
         let _op = inner.op_lock().await?;
         let rec = inner.record(id_or_name)?;
@@ -444,13 +501,19 @@ impl Runtime {
     pub async fn remove(&self, id_or_name: &str, force: bool) -> Result<String, RuntimeError> {
         let inner = &self.inner;
         let _op = inner.op_lock().await?;
-        let (raw_id, rec) = inner.store.resolve(id_or_name)?.ok_or_else(|| RuntimeError::NotFound(id_or_name.to_owned()))?;
+        let (raw_id, rec) = inner
+            .store
+            .resolve(id_or_name)?
+            .ok_or_else(|| RuntimeError::NotFound(id_or_name.to_owned()))?;
         let _box = match &rec {
             Ok(rec) => Some(inner.box_lock(&rec.id).await?),
             Err(_) => None,
         };
         // Read again under the box's lock: a start that held it has recorded its process.
-        let (raw_id, rec) = inner.store.resolve(&raw_id)?.ok_or_else(|| RuntimeError::NotFound(id_or_name.to_owned()))?;
+        let (raw_id, rec) = inner
+            .store
+            .resolve(&raw_id)?
+            .ok_or_else(|| RuntimeError::NotFound(id_or_name.to_owned()))?;
         let rec = match rec {
             Ok(rec) => rec,
             Err(e) if !force => return Err(e.into()),
@@ -485,12 +548,23 @@ impl Runtime {
 
     /// Run every strategy's sweep now. In [`LockMode::Shared`] this waits (up to
     /// `lock_wait`) for exclusive use of the home.
-    pub async fn sweep(&self) -> Result<Vec<(String, Result<boxsock_core::binding::SweepReport, SweepError>)>, RuntimeError> {
+    pub async fn sweep(
+        &self,
+    ) -> Result<Vec<(String, Result<boxsock_core::binding::SweepReport, SweepError>)>, RuntimeError>
+    {
         let inner = &self.inner;
         inner.writable("sweep")?;
         let _g = match inner.options.lock_mode {
             LockMode::Exclusive => None,
-            LockMode::Shared => Some(lock::acquire(inner.layout.home(), &inner.layout.lock_path(), true, inner.options.lock_wait).await?),
+            LockMode::Shared => Some(
+                lock::acquire(
+                    inner.layout.home(),
+                    &inner.layout.lock_path(),
+                    true,
+                    inner.options.lock_wait,
+                )
+                .await?,
+            ),
         };
         Ok(inner.sweep_all())
     }
@@ -503,7 +577,15 @@ impl Runtime {
         let inner = &self.inner;
         let _g = match inner.options.lock_mode {
             LockMode::Exclusive => None,
-            LockMode::Shared => Some(lock::acquire(inner.layout.home(), &inner.layout.lock_path(), true, inner.options.lock_wait).await?),
+            LockMode::Shared => Some(
+                lock::acquire(
+                    inner.layout.home(),
+                    &inner.layout.lock_path(),
+                    true,
+                    inner.options.lock_wait,
+                )
+                .await?,
+            ),
         };
         recovery::remove_abandoned(inner).await
     }
@@ -574,13 +656,18 @@ impl Inner {
     /// mutex, with a busy timeout) and connects. The CLI runs a current-thread runtime,
     /// where blocking the executor would stall every other box's exec, pump and
     /// readiness wait.
-    pub(crate) async fn blocking<T: Send + 'static>(self: &Arc<Self>, f: impl FnOnce(&Inner) -> T + Send + 'static) -> T {
+    pub(crate) async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Inner) -> T + Send + 'static,
+    ) -> T {
         let inner = self.clone();
         match tokio::task::spawn_blocking(move || f(&inner)).await {
             Ok(v) => v,
             // The work panicked (a bug): propagate it as if it had run here. A blocking
             // task is never cancelled while its runtime runs.
-            Err(e) => std::panic::resume_unwind(e.try_into_panic().unwrap_or_else(|e| Box::new(e.to_string()))),
+            Err(e) => std::panic::resume_unwind(
+                e.try_into_panic().unwrap_or_else(|e| Box::new(e.to_string())),
+            ),
         }
     }
 
@@ -588,7 +675,8 @@ impl Inner {
         if let Some(b) = lock(&self.backends).get(name) {
             return Ok(b.clone());
         }
-        let b = self.options.backends.build(name, &self.options.backend_config).map_err(build_err)?;
+        let b =
+            self.options.backends.build(name, &self.options.backend_config).map_err(build_err)?;
         lock(&self.backends).insert(name.to_owned(), b.clone());
         Ok(b)
     }
@@ -604,14 +692,17 @@ impl Inner {
     fn writable(&self, op: &'static str) -> Result<(), RuntimeError> {
         match self.options.access {
             Access::ReadWrite => Ok(()),
-            Access::ReadOnly => Err(RuntimeError::ReadOnly { home: self.layout.home().to_path_buf(), op }),
+            Access::ReadOnly => {
+                Err(RuntimeError::ReadOnly { home: self.layout.home().to_path_buf(), op })
+            }
         }
     }
 
     /// The box's operation lock (`lock::acquire_box`), waited for at most as long as
     /// another start (readiness) or stop (three escalation steps) can hold it.
     async fn box_lock(&self, id: &BoxId) -> Result<lock::BoxLock, RuntimeError> {
-        let wait = self.options.ready_timeout + self.options.stop_timeout * 3 + Duration::from_secs(5);
+        let wait =
+            self.options.ready_timeout + self.options.stop_timeout * 3 + Duration::from_secs(5);
         lock::acquire_box(&self.layout.box_dir(id), id.as_str(), wait).await
     }
 
@@ -619,24 +710,37 @@ impl Inner {
         self.writable("create, start, stop or remove boxes")?;
         match self.options.lock_mode {
             LockMode::Exclusive => Ok(None),
-            LockMode::Shared => {
-                Ok(Some(lock::acquire(self.layout.home(), &self.layout.lock_path(), false, self.options.lock_wait).await?))
-            }
+            LockMode::Shared => Ok(Some(
+                lock::acquire(
+                    self.layout.home(),
+                    &self.layout.lock_path(),
+                    false,
+                    self.options.lock_wait,
+                )
+                .await?,
+            )),
         }
     }
 
     fn sweep_all(&self) -> Vec<(String, Result<boxsock_core::binding::SweepReport, SweepError>)> {
         let mut out = Vec::new();
         for reg in self.options.strategies.iter() {
-            let r = self.strategy(reg.name).map_err(|e| SweepError::Strategy(Box::new(e))).and_then(|s| {
-                if !s.capabilities().supported_here() {
-                    return Ok(Default::default());
-                }
-                Ok(s.sweep(&self.layout)?)
-            });
+            let r = self
+                .strategy(reg.name)
+                .map_err(|e| SweepError::Strategy(Box::new(e)))
+                .and_then(|s| {
+                    if !s.capabilities().supported_here() {
+                        return Ok(Default::default());
+                    }
+                    Ok(s.sweep(&self.layout)?)
+                });
             match &r {
                 Ok(rep) if !rep.removed.is_empty() => {
-                    tracing::info!(strategy = reg.name, removed = rep.removed.len(), "swept leftover bindings")
+                    tracing::info!(
+                        strategy = reg.name,
+                        removed = rep.removed.len(),
+                        "swept leftover bindings"
+                    )
                 }
                 Err(e) => tracing::warn!(strategy = reg.name, error = %e, "sweep failed"),
                 _ => {}
@@ -699,7 +803,6 @@ impl Inner {
         }
     }
 }
-
 
 fn build_err(e: BuildError) -> RuntimeError {
     match e {

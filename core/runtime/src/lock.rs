@@ -51,13 +51,18 @@ fn open_lock_file(path: &Path) -> Result<File, RuntimeError> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|e| RuntimeError::Io { op: "open lock file", path: path.to_path_buf(), source: e })?;
+        .map_err(|e| RuntimeError::Io {
+            op: "open lock file",
+            path: path.to_path_buf(),
+            source: e,
+        })?;
     // 0600 whatever created it (an older boxsock under another umask).
     use std::os::unix::fs::PermissionsExt;
     if let Ok(m) = f.metadata() {
         if m.permissions().mode() & 0o777 != 0o600 {
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| RuntimeError::Io { op: "make 0600", path: path.to_path_buf(), source: e })?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+                RuntimeError::Io { op: "make 0600", path: path.to_path_buf(), source: e }
+            })?;
         }
     }
     Ok(f)
@@ -72,14 +77,26 @@ fn recorded_pid(path: &Path) -> Option<i32> {
 }
 
 /// Take the lock at `path`, waiting up to `wait` (polling with a short back-off).
-pub async fn acquire(home: &Path, path: &Path, exclusive: bool, wait: Option<Duration>) -> Result<LockGuard, RuntimeError> {
+pub async fn acquire(
+    home: &Path,
+    path: &Path,
+    exclusive: bool,
+    wait: Option<Duration>,
+) -> Result<LockGuard, RuntimeError> {
     let file = open_lock_file(path)?;
     lock_file(home, path, file, exclusive, wait).await
 }
 
-async fn lock_file(home: &Path, path: &Path, mut file: File, exclusive: bool, wait: Option<Duration>) -> Result<LockGuard, RuntimeError> {
+async fn lock_file(
+    home: &Path,
+    path: &Path,
+    mut file: File,
+    exclusive: bool,
+    wait: Option<Duration>,
+) -> Result<LockGuard, RuntimeError> {
     let deadline = wait.map(|w| Instant::now() + w);
-    let arg = if exclusive { FlockArg::LockExclusiveNonblock } else { FlockArg::LockSharedNonblock };
+    let arg =
+        if exclusive { FlockArg::LockExclusiveNonblock } else { FlockArg::LockSharedNonblock };
     let mut step = Duration::from_millis(1);
     loop {
         match Flock::lock(file, arg) {
@@ -100,11 +117,20 @@ async fn lock_file(home: &Path, path: &Path, mut file: File, exclusive: bool, wa
                         tokio::time::sleep(step.min(d - now)).await;
                         step = (step * 2).min(Duration::from_millis(20));
                     }
-                    _ => return Err(RuntimeError::HomeBusy { home: home.to_path_buf(), pid: recorded_pid(path) }),
+                    _ => {
+                        return Err(RuntimeError::HomeBusy {
+                            home: home.to_path_buf(),
+                            pid: recorded_pid(path),
+                        });
+                    }
                 }
             }
             Err((_, e)) => {
-                return Err(RuntimeError::Io { op: "lock", path: PathBuf::from(path), source: e.into() });
+                return Err(RuntimeError::Io {
+                    op: "lock",
+                    path: PathBuf::from(path),
+                    source: e.into(),
+                });
             }
         }
     }
@@ -125,10 +151,20 @@ pub struct BoxLock {
 /// directory that is gone (a concurrent remove) gives an empty lock: the caller's next
 /// read of the record reports the box as gone.
 pub async fn acquire_box(dir: &Path, id: &str, wait: Duration) -> Result<BoxLock, RuntimeError> {
-    let mut file = match OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(dir) {
+    let mut file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BoxLock { _flock: None }),
-        Err(e) => return Err(RuntimeError::Io { op: "open to lock", path: dir.to_path_buf(), source: e }),
+        Err(e) => {
+            return Err(RuntimeError::Io {
+                op: "open to lock",
+                path: dir.to_path_buf(),
+                source: e,
+            });
+        }
     };
     let started = Instant::now();
     let mut step = Duration::from_millis(1);
@@ -144,7 +180,13 @@ pub async fn acquire_box(dir: &Path, id: &str, wait: Duration) -> Result<BoxLock
                 tokio::time::sleep(step.min(wait - waited)).await;
                 step = (step * 2).min(Duration::from_millis(20));
             }
-            Err((_, e)) => return Err(RuntimeError::Io { op: "lock", path: dir.to_path_buf(), source: e.into() }),
+            Err((_, e)) => {
+                return Err(RuntimeError::Io {
+                    op: "lock",
+                    path: dir.to_path_buf(),
+                    source: e.into(),
+                });
+            }
         }
     }
 }
@@ -155,7 +197,9 @@ pub fn try_exclusive(path: &Path) -> Result<Option<LockGuard>, RuntimeError> {
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(fl) => Ok(Some(LockGuard { _flock: fl })),
         Err((_, Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, e)) => Err(RuntimeError::Io { op: "lock", path: PathBuf::from(path), source: e.into() }),
+        Err((_, e)) => {
+            Err(RuntimeError::Io { op: "lock", path: PathBuf::from(path), source: e.into() })
+        }
     }
 }
 
@@ -170,7 +214,10 @@ mod tests {
         let a = acquire(d.path(), &p, false, None).await.unwrap();
         let b = acquire(d.path(), &p, false, None).await.unwrap();
         assert!(try_exclusive(&p).unwrap().is_none());
-        assert!(matches!(acquire(d.path(), &p, true, None).await, Err(RuntimeError::HomeBusy { .. })));
+        assert!(matches!(
+            acquire(d.path(), &p, true, None).await,
+            Err(RuntimeError::HomeBusy { .. })
+        ));
         drop((a, b));
         let x = try_exclusive(&p).unwrap().expect("free once the shared holders are gone");
         drop(x);

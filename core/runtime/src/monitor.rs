@@ -39,7 +39,15 @@ impl Inner {
         // Only a box that is supposed to be running is unhealthy; a stop or a failed
         // start in progress handles its own process.
         let box_id = id.clone();
-        let unhealthy = self.blocking(move |i| i.store.transition(&box_id, Some(&[BoxState::Running]), BoxState::Unhealthy, |r| r.exit_code = exit).is_ok()).await;
+        let unhealthy = self
+            .blocking(move |i| {
+                i.store
+                    .transition(&box_id, Some(&[BoxState::Running]), BoxState::Unhealthy, |r| {
+                        r.exit_code = exit
+                    })
+                    .is_ok()
+            })
+            .await;
         if !unhealthy {
             return;
         }
@@ -47,7 +55,10 @@ impl Inner {
         self.kill_companions_now(id).await;
         let box_id = id.clone();
         self.blocking(move |i| {
-            let _ = i.store.transition(&box_id, Some(&[BoxState::Unhealthy]), BoxState::Stopped, |r| r.process = None);
+            let _ =
+                i.store.transition(&box_id, Some(&[BoxState::Unhealthy]), BoxState::Stopped, |r| {
+                    r.process = None
+                });
             cleanup::remove_socket_files(i.home_fd.as_fd(), &i.layout, &box_id);
         })
         .await;

@@ -57,7 +57,10 @@ pub struct RuntimeOptions {
 impl RuntimeOptions {
     /// Defaults: exclusive lock failing fast, 10 s readiness, 5 s per stop step, health
     /// monitor on, strategies under `/tmp`.
-    pub fn new(strategies: Registry<StrategyRegistration>, backends: Registry<BackendRegistration>) -> Self {
+    pub fn new(
+        strategies: Registry<StrategyRegistration>,
+        backends: Registry<BackendRegistration>,
+    ) -> Self {
         RuntimeOptions {
             strategies,
             backends,
@@ -92,7 +95,6 @@ impl Clone for RuntimeOptions {
         }
     }
 }
-
 
 /// Where an exec's input comes from and its output goes.
 pub struct ExecIo<'a> {

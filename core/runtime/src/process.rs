@@ -29,7 +29,8 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 pub use boxsock_core::process::{
-    Liveness, OwnedProcess, ProcStat, ProcStatError, ProcessIdentity, StatError, parse_stat, read_stat,
+    Liveness, OwnedProcess, ProcStat, ProcStatError, ProcessIdentity, StatError, parse_stat,
+    read_stat,
 };
 
 /// Why a signal was not sent.
@@ -126,7 +127,10 @@ impl ProcessHandle {
         if let Some(c) = self.exit_code() {
             return Some(c);
         }
-        let code = match nix::sys::wait::waitpid(Pid::from_raw(self.identity.pid), Some(WaitPidFlag::WNOHANG)) {
+        let code = match nix::sys::wait::waitpid(
+            Pid::from_raw(self.identity.pid),
+            Some(WaitPidFlag::WNOHANG),
+        ) {
             Ok(WaitStatus::Exited(_, c)) => Some(c),
             Ok(WaitStatus::Signaled(_, s, _)) => Some(128 + s as i32),
             _ => None,
@@ -147,7 +151,10 @@ impl ProcessHandle {
                 if matches!(st.state, 'Z' | 'X') {
                     if self.kill_group_on_exit && st.pgrp == self.identity.pid {
                         // The unreaped zombie holds the pid, so the group is still ours.
-                        let _ = nix::sys::signal::killpg(Pid::from_raw(self.identity.pid), Signal::SIGKILL);
+                        let _ = nix::sys::signal::killpg(
+                            Pid::from_raw(self.identity.pid),
+                            Signal::SIGKILL,
+                        );
                     }
                     if self.try_reap().is_some() { Liveness::Gone } else { Liveness::Zombie }
                 } else {
@@ -170,7 +177,11 @@ impl ProcessHandle {
         let gone = || SignalError::Gone { pid, start_time: self.identity.start_time };
         if let Some(fd) = &self.pidfd {
             let Err(e) = crate::sys::pidfd_send_signal(fd, signal) else { return Ok(()) };
-            return if e.raw_os_error() == Some(libc::ESRCH) { Err(gone()) } else { Err(SignalError::Os { pid, signal, source: e }) };
+            return if e.raw_os_error() == Some(libc::ESRCH) {
+                Err(gone())
+            } else {
+                Err(SignalError::Os { pid, signal, source: e })
+            };
         }
         if self.liveness() != Liveness::Alive {
             return Err(gone());
@@ -196,7 +207,9 @@ impl ProcessHandle {
             _ => return Err(gone),
         }
         nix::sys::signal::killpg(Pid::from_raw(pid), signal).map_err(|e| match e {
-            nix::errno::Errno::ESRCH => SignalError::Gone { pid, start_time: self.identity.start_time },
+            nix::errno::Errno::ESRCH => {
+                SignalError::Gone { pid, start_time: self.identity.start_time }
+            }
             e => SignalError::Os { pid, signal, source: e.into() },
         })
     }
@@ -212,9 +225,18 @@ impl ProcessHandle {
             let dup = fd.try_clone().ok();
             // SAFETY: the AsyncFd takes ownership of `d`, an OwnedFd, which stays open
             // and refers to the same pidfd until the AsyncFd is dropped.
-            let afd = dup.and_then(|d| unsafe { tokio::io::unix::AsyncFd::register_with_interest(d, tokio::io::Interest::READABLE) }.ok());
+            let afd = dup.and_then(|d| {
+                unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        d,
+                        tokio::io::Interest::READABLE,
+                    )
+                }
+                .ok()
+            });
             if let Some(afd) = afd {
-                let timed_out = tokio::time::timeout_at(deadline.into(), afd.readable()).await.is_err();
+                let timed_out =
+                    tokio::time::timeout_at(deadline.into(), afd.readable()).await.is_err();
                 drop(afd);
                 if timed_out {
                     return self.liveness() == Liveness::Gone;
@@ -253,11 +275,28 @@ mod tests {
 
     #[test]
     fn stat_parsing_survives_hostile_comm() {
-        let fields_after: String = (3..=30).map(|n| if n == 3 { "S".to_string() } else if n == 22 { "987654".into() } else if n == 5 { "4242".into() } else { n.to_string() }).collect::<Vec<_>>().join(" ");
+        let fields_after: String = (3..=30)
+            .map(|n| {
+                if n == 3 {
+                    "S".to_string()
+                } else if n == 22 {
+                    "987654".into()
+                } else if n == 5 {
+                    "4242".into()
+                } else {
+                    n.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
         for comm in ["bash", "a b", "x) S 1 2 (y", "((", ")"] {
             let text = format!("123 ({comm}) {fields_after}\n");
             let st = parse_stat(&text).unwrap();
-            assert_eq!(st, ProcStat { state: 'S', pgrp: 4242, start_time: 987654 }, "comm {comm:?}");
+            assert_eq!(
+                st,
+                ProcStat { state: 'S', pgrp: 4242, start_time: 987654 },
+                "comm {comm:?}"
+            );
         }
         assert_eq!(parse_stat("123 (x"), Err(StatError::NoCommEnd));
         assert_eq!(parse_stat("123 (x) S 1"), Err(StatError::Missing { field: 5 }));
@@ -280,7 +319,10 @@ mod tests {
         assert!(h.wait_gone(Duration::from_secs(10)).await);
         assert_eq!(h.exit_code(), Some(7));
         assert!(!h.is_alive());
-        assert!(read_stat(pid).unwrap().is_none() || read_stat(pid).unwrap().unwrap().start_time != h.identity().start_time);
+        assert!(
+            read_stat(pid).unwrap().is_none()
+                || read_stat(pid).unwrap().unwrap().start_time != h.identity().start_time
+        );
         std::mem::forget(child); // already reaped by the handle
     }
 
@@ -303,7 +345,8 @@ mod tests {
         // live unrelated process but whose start time is not that process's.
         let mut stranger = Command::new("sleep").arg("30").spawn().unwrap();
         let real = ProcessIdentity::of(stranger.id() as i32).unwrap();
-        let recorded = ProcessIdentity { pid: real.pid, start_time: real.start_time.wrapping_sub(1) };
+        let recorded =
+            ProcessIdentity { pid: real.pid, start_time: real.start_time.wrapping_sub(1) };
         let h = ProcessHandle::open(recorded);
         assert!(!h.has_pidfd(), "a pidfd must not be kept for a pid whose start time differs");
         assert!(!h.is_alive());

@@ -37,11 +37,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{Inner, RuntimeError, cleanup, kill};
-use boxsock_core::binding::SweepReport;
-use boxsock_core::id::BoxId;
 use crate::process::Liveness;
 use crate::state::BoxState;
 use crate::store::BadRow;
+use boxsock_core::binding::SweepReport;
+use boxsock_core::id::BoxId;
 
 /// A box whose recorded state recovery changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -93,7 +93,10 @@ pub struct OpenReport {
 
 const RECOVERY_STOP_WAIT: Duration = Duration::from_secs(2);
 
-pub(super) async fn recover(inner: &Arc<Inner>, report: &mut OpenReport) -> Result<(), RuntimeError> {
+pub(super) async fn recover(
+    inner: &Arc<Inner>,
+    report: &mut OpenReport,
+) -> Result<(), RuntimeError> {
     if inner.options.remove_abandoned_at_open {
         report.abandoned_removed = remove_abandoned(inner).await?;
     }
@@ -162,7 +165,12 @@ pub(super) async fn recover(inner: &Arc<Inner>, report: &mut OpenReport) -> Resu
         cleanup::remove_socket_files(inner.home_fd.as_fd(), layout, &rec.id);
         inner.forget_process(&rec.id);
         tracing::warn!(box_id = %rec.id, from = %rec.state, killed, "recovered box state: stopped");
-        report.recovered.push(Recovered { id: rec.id.clone(), from: rec.state, to: BoxState::Stopped, killed });
+        report.recovered.push(Recovered {
+            id: rec.id.clone(),
+            from: rec.state,
+            to: BoxState::Stopped,
+            killed,
+        });
     }
 
     let known: std::collections::HashSet<String> = listing
@@ -209,10 +217,16 @@ pub(super) async fn recover(inner: &Arc<Inner>, report: &mut OpenReport) -> Resu
     if let Ok(entries) = std::fs::read_dir(layout.journal_dir()) {
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(|n| n.strip_prefix("create.")).and_then(|n| BoxId::parse(n).ok()) else {
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("create."))
+                .and_then(|n| BoxId::parse(n).ok())
+            else {
                 continue;
             };
-            if known.contains(id.as_str()) || std::fs::symlink_metadata(layout.box_dir(&id)).is_err() {
+            if known.contains(id.as_str())
+                || std::fs::symlink_metadata(layout.box_dir(&id)).is_err()
+            {
                 super::home::journal_done(layout, &id);
             }
         }
@@ -260,12 +274,11 @@ pub(crate) fn finish_interrupted_create(
             "box directory without a row (interrupted create): removing it"
         );
         inner.release_everywhere(id);
-        boxsock_core::boxdir::remove_box_dir(layout, id)
-            .map_err(|e| RuntimeError::Io {
-                op: "remove orphan box directory",
-                path: dir,
-                source: e,
-            })?;
+        boxsock_core::boxdir::remove_box_dir(layout, id).map_err(|e| RuntimeError::Io {
+            op: "remove orphan box directory",
+            path: dir,
+            source: e,
+        })?;
         super::home::journal_done(layout, id);
         Ok(RowlessDir::Removed)
     } else if journaled && std::fs::remove_dir(&dir).is_ok() {

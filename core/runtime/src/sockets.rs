@@ -61,10 +61,16 @@ impl serde::Serialize for Incompatibility {
 }
 
 /// Whether `strategy` can serve `backend`, with the reason when not.
-pub fn compatibility(strategy: &dyn SocketBinding, backend: &dyn Backend) -> Result<(), Incompatibility> {
+pub fn compatibility(
+    strategy: &dyn SocketBinding,
+    backend: &dyn Backend,
+) -> Result<(), Incompatibility> {
     let caps = strategy.capabilities();
     if backend.address_needs() == AddressNeeds::PathOnly && !caps.path_addressable {
-        return Err(Incompatibility::NeedsPaths { strategy: strategy.name().to_owned(), backend: backend.name().to_owned() });
+        return Err(Incompatibility::NeedsPaths {
+            strategy: strategy.name().to_owned(),
+            backend: backend.name().to_owned(),
+        });
     }
     Ok(())
 }

@@ -21,7 +21,9 @@ pub const RECORD: &str = fallback::RECORD;
 /// it has the shape of one (directly in the configured base, `<prefix>.<random>`).
 pub fn recorded(layout: &BoxLayout, config: &StrategyConfig) -> Option<PathBuf> {
     let shared = fallback::SharedDir::new(config, &config.base_dir, &config.prefix);
-    fallback::read_record(layout.home(), shared.record_name()).map(|r| r.dir).filter(|d| shared.is_fallback(d))
+    fallback::read_record(layout.home(), shared.record_name())
+        .map(|r| r.dir)
+        .filter(|d| shared.is_fallback(d))
 }
 
 /// The uid that holds `config`'s default per-user directory, when it is not `config.uid`

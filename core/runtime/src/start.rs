@@ -24,7 +24,10 @@ use crate::{Inner, RuntimeError, agent_client, crash, home, lock};
 const LOG_TAIL_LINES: usize = 20;
 
 impl Inner {
-    pub(crate) async fn start_locked(self: &Arc<Self>, rec: BoxRecord) -> Result<BoxRecord, RuntimeError> {
+    pub(crate) async fn start_locked(
+        self: &Arc<Self>,
+        rec: BoxRecord,
+    ) -> Result<BoxRecord, RuntimeError> {
         let id = rec.id.clone();
         // The checks, `ensure` (which may wait on the strategy's lock) and the store run
         // on the blocking pool, off the executor.
@@ -37,17 +40,25 @@ impl Inner {
                 let strategy = i.strategy(&r.config.strategy)?;
                 let backend = i.backend(&r.config.backend)?;
                 if let Availability::Unavailable { reason } = backend.available_for_launch() {
-                    return Err(RuntimeError::BackendUnavailable { backend: r.config.backend.clone(), reason });
+                    return Err(RuntimeError::BackendUnavailable {
+                        backend: r.config.backend.clone(),
+                        reason,
+                    });
                 }
                 let specs = socket_specs(&*backend, r.config.network);
                 // Fail fast on the budget, before the state changes (pure arithmetic);
                 // the box is opened for the start below, once it is `Starting`.
                 check_addresses(&*strategy, &i.layout, id, &specs)?;
                 i.store
-                    .transition(id, Some(&[BoxState::Created, BoxState::Stopped]), BoxState::Starting, |r| {
-                        r.process = None;
-                        r.exit_code = None;
-                    })
+                    .transition(
+                        id,
+                        Some(&[BoxState::Created, BoxState::Stopped]),
+                        BoxState::Starting,
+                        |r| {
+                            r.process = None;
+                            r.exit_code = None;
+                        },
+                    )
                     .map_err(RuntimeError::from_store)?;
                 Ok((strategy, backend, specs))
             })
@@ -76,7 +87,9 @@ impl Inner {
         // is killed like after any failure, not left running under no row.
         let result = result.and_then(|()| {
             crash::point("start:ready");
-            self.store.transition(&id, Some(&[BoxState::Starting]), BoxState::Running, |_| {}).map_err(RuntimeError::from_store)
+            self.store
+                .transition(&id, Some(&[BoxState::Starting]), BoxState::Running, |_| {})
+                .map_err(RuntimeError::from_store)
         });
         match result {
             Ok(rec) => {
@@ -102,10 +115,15 @@ impl Inner {
                 }
                 self.stop_companions(&id, &companions).await;
                 let exit = launched.as_ref().and_then(|h| h.exit_code());
-                let _ = self.store.transition(&id, Some(&[BoxState::Starting]), BoxState::Stopped, |r| {
-                    r.process = None;
-                    r.exit_code = exit;
-                });
+                let _ = self.store.transition(
+                    &id,
+                    Some(&[BoxState::Starting]),
+                    BoxState::Stopped,
+                    |r| {
+                        r.process = None;
+                        r.exit_code = exit;
+                    },
+                );
                 lock(&self.procs).remove(&id);
                 self.drop_binding(&id);
                 // What the runtime bound for the box (its handed listeners) and what a
@@ -192,11 +210,8 @@ impl Inner {
         // Companions first: whatever happens to the box process below, the failure path
         // of `start` knows them. Identities and pidfds come as captured at spawn: no
         // `/proc` read here that a reused pid could answer.
-        let companion_handles: Vec<ProcessHandle> = launched
-            .companions
-            .into_iter()
-            .map(|c| ProcessHandle::from_owned(c, false))
-            .collect();
+        let companion_handles: Vec<ProcessHandle> =
+            launched.companions.into_iter().map(|c| ProcessHandle::from_owned(c, false)).collect();
         companions_out.extend(companion_handles.iter().map(ProcessHandle::identity));
         let log_tail = || tail_lines(&layout.log_file(id), LOG_TAIL_LINES);
         let companion_exited = |pid: i32, exit_code: Option<i32>| RuntimeError::CompanionExited {
@@ -241,13 +256,15 @@ impl Inner {
                         // The pid is the sender's own word, but a frame naming another
                         // process means the backend handed the channel on, or reported
                         // the wrong process: not the box's readiness.
-                        Ok(info) if i64::from(info.pid) != i64::from(ident.pid) => Err(ClientError::Unexpected {
-                            expected: "a Ready frame from the box's process",
-                            got: format!(
-                                "Ready from pid {} on the ready channel; the box's process is pid {}",
-                                info.pid, ident.pid
-                            ),
-                        }),
+                        Ok(info) if i64::from(info.pid) != i64::from(ident.pid) => {
+                            Err(ClientError::Unexpected {
+                                expected: "a Ready frame from the box's process",
+                                got: format!(
+                                    "Ready from pid {} on the ready channel; the box's process is pid {}",
+                                    info.pid, ident.pid
+                                ),
+                            })
+                        }
                         other => other,
                     };
                 }
@@ -273,7 +290,9 @@ impl Inner {
                     continue;
                 }
                 match agent_client::read_ready(&mut s).await {
-                    Err(agent_client::ClientError::Proto(boxsock_core::proto::ProtoError::Closed)) => {
+                    Err(agent_client::ClientError::Proto(
+                        boxsock_core::proto::ProtoError::Closed,
+                    )) => {
                         tracing::debug!(box_id = %id, "empty connection on the ready socket; still waiting");
                     }
                     other => break other,
@@ -367,7 +386,11 @@ fn tail_lines(path: &Path, n: usize) -> String {
             let text = String::from_utf8_lossy(&bytes);
             let lines: Vec<&str> = text.lines().collect();
             let tail = lines[lines.len().saturating_sub(n)..].join("\n");
-            if tail.is_empty() { format!("(log {} is empty)", boxsock_core::echo::path(path)) } else { tail }
+            if tail.is_empty() {
+                format!("(log {} is empty)", boxsock_core::echo::path(path))
+            } else {
+                tail
+            }
         }
         Err(e) => format!("(no log at {}: {e})", boxsock_core::echo::path(path)),
     }
@@ -395,10 +418,21 @@ async fn first_exit(handles: &[ProcessHandle]) -> usize {
 fn companion_logs(box_log: &Path) -> String {
     let Some(dir) = box_log.parent() else { return String::new() };
     let mut names: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p != box_log && p.is_file()).collect(),
+        Ok(rd) => rd
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p != box_log && p.is_file())
+            .collect(),
         Err(_) => Vec::new(),
     };
     names.sort();
-    let parts: Vec<String> = names.iter().map(|p| format!("{}:\n{}", boxsock_core::echo::path(p), tail_lines(p, LOG_TAIL_LINES))).collect();
-    if parts.is_empty() { format!("(no companion log in {})", boxsock_core::echo::path(dir)) } else { parts.join("\n") }
+    let parts: Vec<String> = names
+        .iter()
+        .map(|p| format!("{}:\n{}", boxsock_core::echo::path(p), tail_lines(p, LOG_TAIL_LINES)))
+        .collect();
+    if parts.is_empty() {
+        format!("(no companion log in {})", boxsock_core::echo::path(dir))
+    } else {
+        parts.join("\n")
+    }
 }

@@ -95,7 +95,10 @@ impl BoxState {
 
     /// Whether a process may exist for a box in this state.
     pub const fn has_process(self) -> bool {
-        matches!(self, BoxState::Starting | BoxState::Running | BoxState::Unhealthy | BoxState::Stopping)
+        matches!(
+            self,
+            BoxState::Starting | BoxState::Running | BoxState::Unhealthy | BoxState::Stopping
+        )
     }
 }
 
@@ -117,7 +120,10 @@ pub struct UnknownState {
 impl FromStr for BoxState {
     type Err = UnknownState;
     fn from_str(s: &str) -> Result<Self, UnknownState> {
-        BoxState::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| UnknownState { found: s.to_owned() })
+        BoxState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownState { found: s.to_owned() })
     }
 }
 
@@ -158,13 +164,24 @@ mod tests {
 
     #[test]
     fn illegal_transitions_are_refused_with_both_states() {
-        for (from, to) in [(Created, Running), (Stopped, Running), (Running, Created), (Running, Running), (Stopped, Stopped), (Unhealthy, Running)] {
+        for (from, to) in [
+            (Created, Running),
+            (Stopped, Running),
+            (Running, Created),
+            (Running, Running),
+            (Stopped, Stopped),
+            (Unhealthy, Running),
+        ] {
             let e = from.check_transition(to).unwrap_err();
             assert_eq!(e, IllegalTransition { from, to });
             assert!(e.to_string().contains(from.as_str()) && e.to_string().contains(to.as_str()));
         }
         // Exactly the ten documented edges exist.
-        let n = BoxState::ALL.iter().flat_map(|a| BoxState::ALL.iter().map(move |b| (a, b))).filter(|(a, b)| a.can_transition(**b)).count();
+        let n = BoxState::ALL
+            .iter()
+            .flat_map(|a| BoxState::ALL.iter().map(move |b| (a, b)))
+            .filter(|(a, b)| a.can_transition(**b))
+            .count();
         assert_eq!(n, 10);
     }
 

@@ -15,7 +15,11 @@ use crate::store::BoxRecord;
 use crate::{Inner, RuntimeError, cleanup, crash, lock};
 
 impl Inner {
-    pub(crate) async fn stop_locked(self: &Arc<Self>, rec: BoxRecord, timeout: Duration) -> Result<BoxRecord, RuntimeError> {
+    pub(crate) async fn stop_locked(
+        self: &Arc<Self>,
+        rec: BoxRecord,
+        timeout: Duration,
+    ) -> Result<BoxRecord, RuntimeError> {
         let id = rec.id.clone();
         if !rec.state.has_process() {
             // Companions left by an interrupted cleanup go now.
@@ -28,7 +32,12 @@ impl Inner {
         // process since, and would otherwise be left running under a stopped box.
         let rec = if was != BoxState::Stopping {
             self.store
-                .transition(&id, Some(&[BoxState::Starting, BoxState::Running, BoxState::Unhealthy]), BoxState::Stopping, |_| {})
+                .transition(
+                    &id,
+                    Some(&[BoxState::Starting, BoxState::Running, BoxState::Unhealthy]),
+                    BoxState::Stopping,
+                    |_| {},
+                )
                 .map_err(RuntimeError::from_store)?
         } else {
             rec
@@ -68,7 +77,13 @@ impl Inner {
     }
 
     /// Make the process gone: graceful shutdown (if `graceful`), SIGTERM, SIGKILL.
-    async fn terminate(self: &Arc<Self>, rec: &BoxRecord, h: &ProcessHandle, graceful: bool, timeout: Duration) -> Result<(), RuntimeError> {
+    async fn terminate(
+        self: &Arc<Self>,
+        rec: &BoxRecord,
+        h: &ProcessHandle,
+        graceful: bool,
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
         let id = &rec.id;
         if !h.is_alive() {
             return Ok(());
@@ -76,7 +91,11 @@ impl Inner {
         if graceful {
             let asked = async {
                 let (client, address) = self.dial_agent(rec).await?;
-                client.shutdown().await.map_err(|source| RuntimeError::Agent { id: id.clone(), address, source })
+                client.shutdown().await.map_err(|source| RuntimeError::Agent {
+                    id: id.clone(),
+                    address,
+                    source,
+                })
             };
             match tokio::time::timeout(timeout, asked).await {
                 Ok(Ok(())) => {
@@ -95,7 +114,12 @@ impl Inner {
     }
 
     /// Release the binding, delete the directory, delete the row — in that order.
-    pub(crate) fn purge(&self, id: &BoxId, strategy: &str, force: bool) -> Result<(), RuntimeError> {
+    pub(crate) fn purge(
+        &self,
+        id: &BoxId,
+        strategy: &str,
+        force: bool,
+    ) -> Result<(), RuntimeError> {
         // The box's binding, if this runtime holds one, releases what it opened;
         // otherwise the strategy releases the box by its id.
         let held = lock(&self.bindings).remove(id).map(|(_, b)| b);
@@ -119,8 +143,11 @@ impl Inner {
             }
         }
         crash::point("remove:released");
-        boxsock_core::boxdir::remove_box_dir(&self.layout, id)
-            .map_err(|e| RuntimeError::Io { op: "remove box directory", path: self.layout.box_dir(id), source: e })?;
+        boxsock_core::boxdir::remove_box_dir(&self.layout, id).map_err(|e| RuntimeError::Io {
+            op: "remove box directory",
+            path: self.layout.box_dir(id),
+            source: e,
+        })?;
         crash::point("remove:dir-removed");
         self.store.delete(id.as_str())?;
         crash::point("remove:row-deleted");

@@ -20,7 +20,10 @@ const ACCESS_ENV: &str = "BOXSOCK_OPEN_ACCESS";
 
 fn options(access: Access) -> RuntimeOptions {
     // No strategy or backend: opening is what is tested (sweep and recovery still run).
-    let mut o = RuntimeOptions::new(Registry::from_entries("strategy", []), Registry::from_entries("backend", []));
+    let mut o = RuntimeOptions::new(
+        Registry::from_entries("strategy", []),
+        Registry::from_entries("backend", []),
+    );
     o.lock_mode = LockMode::Shared;
     o.lock_wait = Some(Duration::from_secs(30));
     o.health_monitor = false;
@@ -48,7 +51,9 @@ fn open_worker() {
     match r {
         Ok(n) => println!("\n@@OPENED {n}"),
         // A read-only open of a home nobody has made yet is a correct answer.
-        Err(boxsock_runtime::RuntimeError::NoHome { .. }) if access == Access::ReadOnly => println!("\n@@OPENED no-home"),
+        Err(boxsock_runtime::RuntimeError::NoHome { .. }) if access == Access::ReadOnly => {
+            println!("\n@@OPENED no-home")
+        }
         Err(e) => println!("\n@@FAILED {e} ({e:?})"),
     }
 }
@@ -71,13 +76,23 @@ fn two_runtimes_in_one_process_worker() {
         // SQLite's lock on the shared WAL index (the "DMS" byte of `-shm`) says that a
         // process uses the index; another process that finds it unlocked resets it.
         let o = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "dms_probe_worker", "--ignored", "--nocapture", "--test-threads", "1"])
+            .args([
+                "--exact",
+                "dms_probe_worker",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
             .env(HOME_ENV, &home)
             .stdin(Stdio::null())
             .output()
             .unwrap();
         let out = String::from_utf8_lossy(&o.stdout);
-        assert!(out.contains("@@DMS read-locked"), "the WAL index lock of this process is gone: {out}");
+        assert!(
+            out.contains("@@DMS read-locked"),
+            "the WAL index lock of this process is gone: {out}"
+        );
         let o = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "open_worker", "--ignored", "--nocapture", "--test-threads", "1"])
             .env(HOME_ENV, &home)
@@ -85,7 +100,10 @@ fn two_runtimes_in_one_process_worker() {
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        assert!(String::from_utf8_lossy(&o.stdout).contains("@@OPENED"), "the other process failed: {o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("@@OPENED"),
+            "the other process failed: {o:?}"
+        );
         for _ in 0..3 {
             a.list().unwrap();
             b.list().unwrap();
@@ -102,8 +120,18 @@ fn two_runtimes_in_one_process_worker() {
 #[ignore = "worker process of the concurrent-open tests"]
 fn dms_probe_worker() {
     let Some(home) = std::env::var_os(HOME_ENV) else { return };
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(Path::new(&home).join("boxsock.db-shm")).unwrap();
-    let mut fl = libc::flock { l_type: libc::F_WRLCK as i16, l_whence: libc::SEEK_SET as i16, l_start: 128, l_len: 1, l_pid: 0 };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(Path::new(&home).join("boxsock.db-shm"))
+        .unwrap();
+    let mut fl = libc::flock {
+        l_type: libc::F_WRLCK as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: 128,
+        l_len: 1,
+        l_pid: 0,
+    };
     use std::os::fd::AsRawFd;
     // SAFETY: F_GETLK on a descriptor we own, with a valid, initialised flock struct the
     // kernel writes into for the duration of the call.
@@ -127,7 +155,14 @@ fn a_second_runtime_in_a_process_keeps_the_first_ones_store_locks() {
     for t in 0..10 {
         let home = root.path().join(format!("home-{t}"));
         let o = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "two_runtimes_in_one_process_worker", "--ignored", "--nocapture", "--test-threads", "1"])
+            .args([
+                "--exact",
+                "two_runtimes_in_one_process_worker",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
             .env(HOME_ENV, &home)
             .stdin(Stdio::null())
             .output()
@@ -173,7 +208,11 @@ fn race(home: &Path, writers: usize, readers: usize) -> Vec<String> {
         match line {
             Some(l) if l.starts_with("@@OPENED") && o.status.success() => {}
             Some(l) => failures.push(l.to_owned()),
-            None => failures.push(format!("worker died: {:?}: {out}{}", o.status, String::from_utf8_lossy(&o.stderr))),
+            None => failures.push(format!(
+                "worker died: {:?}: {out}{}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            )),
         }
     }
     failures
@@ -205,7 +244,11 @@ fn trials(what: &str, trials: usize, writers: usize, readers: usize, prepare: im
         all.len(),
         t0.elapsed().as_secs_f64()
     );
-    assert!(all.is_empty(), "{what}: {failed_trials} of {trials} trials had failures:\n{}", all.join("\n"));
+    assert!(
+        all.is_empty(),
+        "{what}: {failed_trials} of {trials} trials had failures:\n{}",
+        all.join("\n")
+    );
 }
 
 #[test]
@@ -241,6 +284,7 @@ fn sixteen_processes_upgrade_an_old_store_in_rollback_mode() {
         assert_eq!(mode, "delete");
         drop(c);
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(home.join("boxsock.db"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(home.join("boxsock.db"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
     });
 }

@@ -8,12 +8,24 @@ use boxsock_runtime::store::{BoxConfig, Store};
 use proptest::prelude::*;
 
 fn text() -> impl Strategy<Value = String> {
-    prop_oneof![any::<String>(), "\\PC{0,20}", Just(String::new()), Just("'; DROP TABLE boxes; --".to_owned())]
+    prop_oneof![
+        any::<String>(),
+        "\\PC{0,20}",
+        Just(String::new()),
+        Just("'; DROP TABLE boxes; --".to_owned())
+    ]
 }
 
 fn config() -> impl Strategy<Value = BoxConfig> {
-    (text(), text(), any::<bool>(), proptest::collection::vec((text(), text()), 0..4))
-        .prop_map(|(strategy, backend, network, env)| BoxConfig { strategy, backend, network, env, settings: Default::default() })
+    (text(), text(), any::<bool>(), proptest::collection::vec((text(), text()), 0..4)).prop_map(
+        |(strategy, backend, network, env)| BoxConfig {
+            strategy,
+            backend,
+            network,
+            env,
+            settings: Default::default(),
+        },
+    )
 }
 
 /// Config-column text: valid configs, legacy rows with extra fields, near misses, noise.

@@ -9,7 +9,8 @@ use boxsock_core::id::BoxId;
 use boxsock_runtime::store::{BoxConfig, Store};
 
 fn mode(p: &std::path::Path) -> u32 {
-    std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777
+    std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode()
+        & 0o777
 }
 
 #[test]

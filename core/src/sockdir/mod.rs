@@ -134,7 +134,11 @@ impl SocketDir {
     /// owned by `expect.owner`, no group/other write, the expected identity) and hold
     /// it. `shown` is the stable name people and other tools use for it (the /tmp link,
     /// or the real path); it is only displayed, never resolved on Linux.
-    pub fn verify(fd: OwnedFd, shown: impl Into<PathBuf>, expect: DirExpectation) -> Result<Self, BindingError> {
+    pub fn verify(
+        fd: OwnedFd,
+        shown: impl Into<PathBuf>,
+        expect: DirExpectation,
+    ) -> Result<Self, BindingError> {
         let shown = shown.into();
         let st = nix::sys::stat::fstat(&fd).map_err(|e| BindingError::errno("stat", &shown, e))?;
         let insecure = |reason: String| BindingError::Insecure { path: shown.clone(), reason };
@@ -214,15 +218,22 @@ impl SocketDir {
     /// directory under a checked home); anything else should open relative to a held,
     /// checked descriptor with [`SocketDir::open_at`].
     pub fn open(path: &Path, expect: DirExpectation) -> Result<Self, BindingError> {
-        let fd = nix::fcntl::open(path, dir_flags(), Mode::empty()).map_err(|e| open_error(path, e))?;
+        let fd =
+            nix::fcntl::open(path, dir_flags(), Mode::empty()).map_err(|e| open_error(path, e))?;
         Ok(Self::verify(fd, path, expect)?.anchored(Anchor::Path(path.to_owned())))
     }
 
     /// Open `name` relative to the held directory `dir` (following a symlink at `name`,
     /// as the short link is) and [`verify`](Self::verify) it.
-    pub fn open_at(dir: BorrowedFd<'_>, name: &str, shown: impl Into<PathBuf>, expect: DirExpectation) -> Result<Self, BindingError> {
+    pub fn open_at(
+        dir: BorrowedFd<'_>,
+        name: &str,
+        shown: impl Into<PathBuf>,
+        expect: DirExpectation,
+    ) -> Result<Self, BindingError> {
         let shown = shown.into();
-        let fd = nix::fcntl::openat(dir, name, dir_flags(), Mode::empty()).map_err(|e| open_error(&shown, e))?;
+        let fd = nix::fcntl::openat(dir, name, dir_flags(), Mode::empty())
+            .map_err(|e| open_error(&shown, e))?;
         let held = dir
             .try_clone_to_owned()
             .map_err(|e| BindingError::io("duplicate descriptor of", &shown, e))?;
@@ -262,8 +273,10 @@ impl SocketDir {
     /// [`SocketDir::as_fd`] dup2'ed to `fd_no` without `FD_CLOEXEC`). Elsewhere: the
     /// displayed path.
     pub fn address_at(&self, name: &str, fd_no: RawFd) -> Result<SocketAddress, BindingError> {
-        crate::catalogue::validate_file_name(name)
-            .map_err(|e| BindingError::Invalid { what: "socket file name".into(), reason: e.to_string() })?;
+        crate::catalogue::validate_file_name(name).map_err(|e| BindingError::Invalid {
+            what: "socket file name".into(),
+            reason: e.to_string(),
+        })?;
         let addr = SocketAddress::Path(crate::sys::through_fd(fd_no, &self.inner.shown, name));
         crate::budget::check(name, &addr, crate::budget::Platform::current())?;
         Ok(addr)
@@ -274,7 +287,8 @@ impl SocketDir {
     pub fn bind_stream(&self, name: &str, policy: PeerPolicy) -> Result<Listener, BindingError> {
         let via = self.fd_address(name)?;
         let shown = self.shown_address(name)?;
-        let l: UnixListener = self.bind_with(name, &via, &shown, crate::peer::bind_stream_private)?;
+        let l: UnixListener =
+            self.bind_with(name, &via, &shown, crate::peer::bind_stream_private)?;
         Ok(Listener::new(l, shown, name.to_owned(), policy))
     }
 
@@ -296,7 +310,12 @@ impl SocketDir {
         Ok(sock)
     }
 
-    fn prove_datagram(&self, sock: &UnixDatagram, via: &SocketAddress, shown: &SocketAddress) -> Result<(), BindingError> {
+    fn prove_datagram(
+        &self,
+        sock: &UnixDatagram,
+        via: &SocketAddress,
+        shown: &SocketAddress,
+    ) -> Result<(), BindingError> {
         let redirected = |why: String| BindingError::Insecure {
             path: PathBuf::from(shown.display_string()),
             reason: format!(
@@ -305,38 +324,54 @@ impl SocketDir {
             ),
         };
         let token: [u8; 16] = rand::random();
-        let probe = UnixDatagram::unbound().map_err(|e| BindingError::io("create probe socket for", shown, e))?;
+        let probe = UnixDatagram::unbound()
+            .map_err(|e| BindingError::io("create probe socket for", shown, e))?;
         let to = via.to_std().map_err(|e| BindingError::io("encode address", shown, e))?;
-        probe.send_to_addr(&token, &to).map_err(|e| redirected(format!("the probe through the descriptor failed: {e}")))?;
+        probe
+            .send_to_addr(&token, &to)
+            .map_err(|e| redirected(format!("the probe through the descriptor failed: {e}")))?;
         sock.set_nonblocking(true).map_err(|e| BindingError::io("set non-blocking", shown, e))?;
         let mut buf = [0u8; 64];
         let found = loop {
             match sock.recv(&mut buf) {
                 Ok(n) if buf[..n] == token => break true,
-                Ok(_) => tracing::debug!(path = %shown, "dropped a datagram that arrived before the bind was proved"),
+                Ok(_) => {
+                    tracing::debug!(path = %shown, "dropped a datagram that arrived before the bind was proved")
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break false,
             }
         };
         sock.set_nonblocking(false).map_err(|e| BindingError::io("set blocking", shown, e))?;
-        if found { Ok(()) } else { Err(redirected("the probe sent through the descriptor did not arrive".into())) }
+        if found {
+            Ok(())
+        } else {
+            Err(redirected("the probe sent through the descriptor did not arrive".into()))
+        }
     }
 
     /// Connect a stream to `name` and check the listener's credentials against `policy`
     /// (`SO_PEERCRED`: uid, and pid where the policy names one).
-    pub fn connect_stream(&self, name: &str, policy: &PeerPolicy) -> Result<UnixStream, BindingError> {
+    pub fn connect_stream(
+        &self,
+        name: &str,
+        policy: &PeerPolicy,
+    ) -> Result<UnixStream, BindingError> {
         let via = self.fd_address(name)?;
         let shown = self.shown_address(name)?;
         let std_addr = via.to_std().map_err(|e| BindingError::io("encode address", &shown, e))?;
-        let stream = UnixStream::connect_addr(&std_addr).map_err(|e| BindingError::io("connect", &shown, e))?;
+        let stream = UnixStream::connect_addr(&std_addr)
+            .map_err(|e| BindingError::io("connect", &shown, e))?;
         policy.check(stream.as_fd(), name, &shown)?;
         Ok(stream)
     }
 
     /// Remove socket `name` (only a socket; anything else is left). Missing is fine.
     pub fn remove_socket(&self, name: &str) -> Result<(), BindingError> {
-        crate::catalogue::validate_file_name(name)
-            .map_err(|e| BindingError::Invalid { what: "socket file name".into(), reason: e.to_string() })?;
+        crate::catalogue::validate_file_name(name).map_err(|e| BindingError::Invalid {
+            what: "socket file name".into(),
+            reason: e.to_string(),
+        })?;
         let shown = self.inner.shown.join(name);
         match nix::sys::stat::fstatat(&self.inner.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) if is_socket(&st) => {}
@@ -360,16 +395,28 @@ impl SocketDir {
     ) -> Result<T, BindingError> {
         let sock = match bind(at) {
             Ok(s) => s,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse && self.is_stale(name, &self.fd_address(name)?) => {
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse
+                    && self.is_stale(name, &self.fd_address(name)?) =>
+            {
                 tracing::debug!(path = %shown, "replacing stale socket file");
-                let _ = nix::unistd::unlinkat(&self.inner.fd, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+                let _ = nix::unistd::unlinkat(
+                    &self.inner.fd,
+                    name,
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                );
                 bind(at).map_err(|e| BindingError::io("bind", shown, e))?
             }
             Err(e) => return Err(BindingError::io("bind", shown, e)),
         };
         // The mode was set on the socket before bind; set it on the file again through
         // the held descriptor (portable, and whatever the kernel did with the umask).
-        match nix::sys::stat::fchmodat(&self.inner.fd, name, Mode::from_bits_truncate(0o600), nix::sys::stat::FchmodatFlags::FollowSymlink) {
+        match nix::sys::stat::fchmodat(
+            &self.inner.fd,
+            name,
+            Mode::from_bits_truncate(0o600),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        ) {
             Ok(()) => Ok(sock),
             // Bound somewhere else than the verified directory (a datagram socket is
             // bound at its displayed name, which was redirected).

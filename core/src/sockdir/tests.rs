@@ -35,8 +35,17 @@ fn binds_and_connects_through_the_descriptor_not_the_name() {
     let l = dir.bind_stream("a.sock", PeerPolicy::unchecked()).unwrap();
     assert!(real.join("a.sock").exists(), "bound through the descriptor");
     assert!(!decoy.join("a.sock").exists(), "bound through the re-resolved name");
-    assert_eq!(l.address(), &SocketAddress::Path(link.join("a.sock")), "listeners show the stable name");
-    let _c = dir.connect_stream("a.sock", &PeerPolicy::allow_uids([me()]).with_pid(std::process::id() as i32)).unwrap();
+    assert_eq!(
+        l.address(),
+        &SocketAddress::Path(link.join("a.sock")),
+        "listeners show the stable name"
+    );
+    let _c = dir
+        .connect_stream(
+            "a.sock",
+            &PeerPolicy::allow_uids([me()]).with_pid(std::process::id() as i32),
+        )
+        .unwrap();
     let (_s, cred) = l.accept_once().unwrap();
     assert_eq!(cred, None);
 }
@@ -50,17 +59,26 @@ fn refuses_wrong_identity_group_writable_and_non_directories() {
     std::fs::create_dir(&b).unwrap();
     let want_b = DirIdentity::of_path(&b).unwrap();
     let err = SocketDir::open(&a, expect(Some(want_b))).unwrap_err();
-    assert!(matches!(&err, BindingError::Insecure { reason, .. } if reason.contains("not the box's socket directory")), "{err}");
+    assert!(
+        matches!(&err, BindingError::Insecure { reason, .. } if reason.contains("not the box's socket directory")),
+        "{err}"
+    );
     std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o770)).unwrap();
     let err = SocketDir::open(&a, expect(None)).unwrap_err();
-    assert!(matches!(&err, BindingError::Insecure { reason, .. } if reason.contains("0770")), "{err}");
+    assert!(
+        matches!(&err, BindingError::Insecure { reason, .. } if reason.contains("0770")),
+        "{err}"
+    );
     let f = root.path().join("f");
     std::fs::write(&f, b"").unwrap();
     let err = SocketDir::open(&f, expect(None)).unwrap_err();
     assert!(matches!(err, BindingError::Insecure { .. }), "{err}");
     let other = DirExpectation { owner: me().wrapping_add(1), identity: None };
     let err = SocketDir::open(&b, other).unwrap_err();
-    assert!(matches!(&err, BindingError::Insecure { reason, .. } if reason.contains("owned by uid")), "{err}");
+    assert!(
+        matches!(&err, BindingError::Insecure { reason, .. } if reason.contains("owned by uid")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -79,7 +97,10 @@ fn connect_rejects_a_listener_of_another_process() {
         }
         other => panic!("expected PeerRejected, got {other}"),
     }
-    assert!(err.to_string().contains(&format!("it is not the box's process: expected pid {wrong}")), "{err}");
+    assert!(
+        err.to_string().contains(&format!("it is not the box's process: expected pid {wrong}")),
+        "{err}"
+    );
     assert_eq!(policy.rejected(), 1);
 }
 
@@ -92,7 +113,10 @@ fn stale_socket_is_replaced_and_child_addresses_fit() {
     let err = dir.bind_stream("s.sock", PeerPolicy::unchecked()).unwrap_err();
     assert!(matches!(err, BindingError::Io { op: "bind", .. }), "{err}");
     #[cfg(target_os = "linux")]
-    assert_eq!(dir.address_at("agent.sock", 3).unwrap(), SocketAddress::Path("/proc/self/fd/3/agent.sock".into()));
+    assert_eq!(
+        dir.address_at("agent.sock", 3).unwrap(),
+        SocketAddress::Path("/proc/self/fd/3/agent.sock".into())
+    );
     assert!(matches!(dir.address_at("../x", 3), Err(BindingError::Invalid { .. })));
     dir.remove_socket("s.sock").unwrap();
     assert!(!root.path().join("s.sock").exists());
@@ -119,7 +143,10 @@ fn datagram_bound_at_a_redirected_name_is_refused() {
     std::fs::remove_file(&link).unwrap();
     std::os::unix::fs::symlink(&decoy, &link).unwrap();
     let err = dir.bind_datagram("d.sock").unwrap_err();
-    assert!(matches!(&err, BindingError::Insecure { reason, .. } if reason.contains("not the one in the verified socket directory")), "{err}");
+    assert!(
+        matches!(&err, BindingError::Insecure { reason, .. } if reason.contains("not the one in the verified socket directory")),
+        "{err}"
+    );
     // Redirected while a stale file of the same name sits in the verified directory: the
     // mode fix-up finds a file, but the token sent through the descriptor does not arrive.
     let err = dir.bind_datagram("stale.sock").unwrap_err();
@@ -163,7 +190,9 @@ fn recheck_says_whether_the_name_it_was_opened_through_still_leads_to_it() {
     std::fs::remove_file(&shown).unwrap();
     for d in [&at, &by_path] {
         match d.recheck() {
-            Err(BindingError::Io { source, .. }) => assert_eq!(source.raw_os_error(), Some(libc::ENOENT)),
+            Err(BindingError::Io { source, .. }) => {
+                assert_eq!(source.raw_os_error(), Some(libc::ENOENT))
+            }
             other => panic!("recheck after the link was removed: {other:?}"),
         }
     }

@@ -114,7 +114,9 @@ pub(crate) fn close_range_cloexec(first: RawFd, last: Option<RawFd>) -> io::Resu
     let last = last.map_or(libc::c_uint::MAX, |l| l as libc::c_uint);
     // SAFETY: close_range only changes descriptor flags of this process; no memory is
     // passed.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, last, libc::CLOSE_RANGE_CLOEXEC) };
+    let r = unsafe {
+        libc::syscall(libc::SYS_close_range, first as libc::c_uint, last, libc::CLOSE_RANGE_CLOEXEC)
+    };
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 

@@ -43,7 +43,9 @@ pub fn holders(name: &[u8]) -> io::Result<Vec<Holder>> {
 
 fn dump(name: &[u8]) -> io::Result<Vec<Holder>> {
     // SAFETY: plain socket(2) call; the result is checked and owned below.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
+    let fd = unsafe {
+        libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG)
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -103,12 +105,16 @@ fn dump(name: &[u8]) -> io::Result<Vec<Holder>> {
             let len = u32::from_ne_bytes(msgs[0..4].try_into().expect("4 bytes")) as usize;
             let kind = u16::from_ne_bytes(msgs[4..6].try_into().expect("2 bytes"));
             if len < NLMSG_HDR || len > msgs.len() {
-                return Err(io::Error::other(format!("malformed sock_diag message (length {len})")));
+                return Err(io::Error::other(format!(
+                    "malformed sock_diag message (length {len})"
+                )));
             }
             match kind {
                 NLMSG_DONE => return Ok(found),
                 NLMSG_ERROR => {
-                    let errno = msgs.get(NLMSG_HDR..NLMSG_HDR + 4).map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")));
+                    let errno = msgs
+                        .get(NLMSG_HDR..NLMSG_HDR + 4)
+                        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")));
                     return Err(match errno {
                         Some(e) if e < 0 => io::Error::from_raw_os_error(-e),
                         _ => io::Error::other("sock_diag reported an error"),
@@ -147,7 +153,9 @@ fn parse(msg: &[u8], name: &[u8]) -> Option<Holder> {
         let data = &attrs[4..len];
         match kind {
             UNIX_DIAG_NAME => matched = data.first() == Some(&0) && &data[1..] == name,
-            UNIX_DIAG_UID if data.len() >= 4 => uid = Some(u32::from_ne_bytes(data[..4].try_into().ok()?)),
+            UNIX_DIAG_UID if data.len() >= 4 => {
+                uid = Some(u32::from_ne_bytes(data[..4].try_into().ok()?))
+            }
             _ => {}
         }
         attrs = &attrs[align4(len).min(attrs.len())..];

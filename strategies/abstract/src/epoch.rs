@@ -49,7 +49,9 @@ impl Stamp {
 pub fn stamp(path: &Path) -> Result<Option<Stamp>, BindingError> {
     match std::fs::symlink_metadata(path) {
         Ok(m) => Ok(Some(Stamp::of(&m))),
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => Ok(None),
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+            Ok(None)
+        }
         Err(e) => Err(BindingError::io("stat epoch", path, e)),
     }
 }
@@ -63,7 +65,9 @@ pub fn load(path: &Path, owner: u32) -> Result<Option<(Epoch, Stamp)>, BindingEr
         .open(path)
     {
         Ok(f) => f,
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return Ok(None),
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+            return Ok(None);
+        }
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             return Err(insecure("it is a symlink; the epoch must be a regular file".into()));
         }
@@ -78,14 +82,18 @@ pub fn load(path: &Path, owner: u32) -> Result<Option<(Epoch, Stamp)>, BindingEr
     }
     let mode = m.mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(insecure(format!("its mode is {mode:04o}, which lets group or others read or change it; it must be 0600")));
+        return Err(insecure(format!(
+            "its mode is {mode:04o}, which lets group or others read or change it; it must be 0600"
+        )));
     }
     if m.len() != 2 * EPOCH_LEN as u64 {
         return Err(insecure(format!("it is {} bytes long, not {}", m.len(), 2 * EPOCH_LEN)));
     }
     let mut text = [0u8; 2 * EPOCH_LEN];
     f.read_exact(&mut text).map_err(|e| BindingError::io("read epoch", path, e))?;
-    let epoch = parse(&text).ok_or_else(|| insecure(format!("it does not hold {} lower-case hex digits", 2 * EPOCH_LEN)))?;
+    let epoch = parse(&text).ok_or_else(|| {
+        insecure(format!("it does not hold {} lower-case hex digits", 2 * EPOCH_LEN))
+    })?;
     Ok(Some((epoch, Stamp::of(&m))))
 }
 
@@ -145,16 +153,33 @@ mod tests {
         let p = d.path().join(EPOCH_FILE);
         let me = nix::unistd::geteuid().as_raw();
         rotate(&p).unwrap();
-        std::fs::set_permissions(&p, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(
+            &p,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644),
+        )
+        .unwrap();
         let e = load(&p, me).unwrap_err();
-        assert!(matches!(&e, BindingError::Insecure { reason, .. } if reason.contains("0644")), "{e}");
-        std::fs::set_permissions(&p, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600)).unwrap();
+        assert!(
+            matches!(&e, BindingError::Insecure { reason, .. } if reason.contains("0644")),
+            "{e}"
+        );
+        std::fs::set_permissions(
+            &p,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+        )
+        .unwrap();
         std::fs::write(&p, "Z".repeat(32)).unwrap();
         let e = load(&p, me).unwrap_err();
-        assert!(matches!(&e, BindingError::Insecure { reason, .. } if reason.contains("hex")), "{e}");
+        assert!(
+            matches!(&e, BindingError::Insecure { reason, .. } if reason.contains("hex")),
+            "{e}"
+        );
         std::fs::write(&p, "00").unwrap();
         let e = load(&p, me).unwrap_err();
-        assert!(matches!(&e, BindingError::Insecure { reason, .. } if reason.contains("2 bytes")), "{e}");
+        assert!(
+            matches!(&e, BindingError::Insecure { reason, .. } if reason.contains("2 bytes")),
+            "{e}"
+        );
         assert!(e.to_string().contains(EPOCH_FILE), "{e}");
     }
 }

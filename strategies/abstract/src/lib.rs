@@ -48,9 +48,9 @@ pub use epoch::EPOCH_FILE;
 #[cfg(target_os = "linux")]
 pub use secret::SECRET_FILE;
 #[cfg(target_os = "linux")]
-pub use sys::linux::MAX_ROTATIONS;
-#[cfg(target_os = "linux")]
 pub use sys::linux::Abstract;
+#[cfg(target_os = "linux")]
+pub use sys::linux::MAX_ROTATIONS;
 
 /// The registered name.
 pub const NAME: &str = "abstract";

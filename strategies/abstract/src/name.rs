@@ -59,14 +59,17 @@ pub struct Deriver {
 impl std::fmt::Debug for Deriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
-        f.debug_struct("Deriver").field("name_prefix", &String::from_utf8_lossy(&self.name_prefix)).finish_non_exhaustive()
+        f.debug_struct("Deriver")
+            .field("name_prefix", &String::from_utf8_lossy(&self.name_prefix))
+            .finish_non_exhaustive()
     }
 }
 
 impl Deriver {
     /// Key the MAC with `secret` and absorb the label and `uid`.
     pub fn new(secret: &[u8; SECRET_LEN], uid: u32) -> Self {
-        let keyed = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
+        let keyed =
+            <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
         let uid_s = uid.to_string();
         let prefix = |label: &[u8]| {
             let mut mac = keyed.clone();
@@ -76,7 +79,11 @@ impl Deriver {
             }
             mac
         };
-        Deriver { prefixed: prefix(LABEL), prefixed_v2: prefix(LABEL_V2), name_prefix: format!("boxsock/{uid_s}/").into_bytes() }
+        Deriver {
+            prefixed: prefix(LABEL),
+            prefixed_v2: prefix(LABEL_V2),
+            name_prefix: format!("boxsock/{uid_s}/").into_bytes(),
+        }
     }
 
     /// The v1 name of socket `file_name` of box `id` (a box with no epoch).
@@ -163,7 +170,10 @@ mod tests {
         // Computed independently (Python's hmac module) from the message layout in the
         // module docs. If this changes, every running box becomes unreachable: bump LABEL.
         let n = derive(&[7; SECRET_LEN], 1000, "abc", "agent.sock");
-        assert_eq!(std::str::from_utf8(&n).unwrap(), "boxsock/1000/0d832f63a3efbbce6fb9faaad6bc89e3");
+        assert_eq!(
+            std::str::from_utf8(&n).unwrap(),
+            "boxsock/1000/0d832f63a3efbbce6fb9faaad6bc89e3"
+        );
         // The precomputed deriver gives the same answer, repeatedly.
         let d = Deriver::new(&[7; SECRET_LEN], 1000);
         assert_eq!(d.derive("abc", "agent.sock"), n);
@@ -179,7 +189,10 @@ mod tests {
         //   + b"01"*16 + b"\x00agent.sock\x00", "sha256").hexdigest()[:32]
         let d = Deriver::new(&[7; SECRET_LEN], 1000);
         let n = d.derive_in("abc", Some(&[1; EPOCH_LEN]), "agent.sock");
-        assert_eq!(std::str::from_utf8(&n).unwrap(), "boxsock/1000/2de81d47b76703caae8e09915ca167cb");
+        assert_eq!(
+            std::str::from_utf8(&n).unwrap(),
+            "boxsock/1000/2de81d47b76703caae8e09915ca167cb"
+        );
         assert_eq!(n.len(), derive(&[7; SECRET_LEN], 1000, "abc", "agent.sock").len());
         // Another epoch, another name; the v1 name differs from both.
         let other = d.derive_in("abc", Some(&[2; EPOCH_LEN]), "agent.sock");

@@ -35,7 +35,11 @@ impl std::fmt::Debug for Secret {
 /// file must belong to (the effective uid). A missing file is created with `restore`
 /// if given (the secret this process already uses, so its names stay valid), else with
 /// fresh random bytes.
-pub fn load_or_create(path: &Path, owner: u32, restore: Option<&Secret>) -> Result<Secret, BindingError> {
+pub fn load_or_create(
+    path: &Path,
+    owner: u32,
+    restore: Option<&Secret>,
+) -> Result<Secret, BindingError> {
     // Two rounds suffice: if our link loses, the winner's file exists and is complete.
     for _ in 0..3 {
         match load(path, owner) {
@@ -55,7 +59,9 @@ pub fn load_or_create(path: &Path, owner: u32, restore: Option<&Secret>) -> Resu
     Err(BindingError::io(
         "create secret",
         path,
-        io::Error::other("the secret file kept appearing and disappearing; is another process deleting it?"),
+        io::Error::other(
+            "the secret file kept appearing and disappearing; is another process deleting it?",
+        ),
     ))
 }
 
@@ -95,7 +101,10 @@ fn load(path: &Path, owner: u32) -> Result<Secret, LoadError> {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(LoadError::Missing),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(insecure(path, "it is a symlink; the secret must be a regular file".into()));
+            return Err(insecure(
+                path,
+                "it is a symlink; the secret must be a regular file".into(),
+            ));
         }
         Err(e) => return Err(LoadError::Other(BindingError::io("open secret", path, e))),
     };
@@ -110,14 +119,17 @@ fn load(path: &Path, owner: u32) -> Result<Secret, LoadError> {
     if mode & 0o077 != 0 {
         return Err(insecure(
             path,
-            format!("its mode is {mode:04o}, which lets group or others read or change it; it must be 0600"),
+            format!(
+                "its mode is {mode:04o}, which lets group or others read or change it; it must be 0600"
+            ),
         ));
     }
     if m.len() != SECRET_LEN as u64 {
         return Err(insecure(path, format!("it is {} bytes long, not {SECRET_LEN}", m.len())));
     }
     let mut key = [0u8; SECRET_LEN];
-    f.read_exact(&mut key).map_err(|e| LoadError::Other(BindingError::io("read secret", path, e)))?;
+    f.read_exact(&mut key)
+        .map_err(|e| LoadError::Other(BindingError::io("read secret", path, e)))?;
     Ok(Secret(key))
 }
 

@@ -19,9 +19,11 @@ use boxsock_abstract::{Abstract, SECRET_FILE};
 use boxsock_core::binding::{CrossUserProtection, PolicyIntent};
 use boxsock_core::peer::{self, Listener, PeerPolicy};
 use boxsock_core::registry::{Registry, StrategyRegistration};
-use boxsock_core::{BindingError, BoxId, BoxLayout, PolicyAccess, SocketAddress, SocketBinding, StrategyConfig};
-use common::*;
+use boxsock_core::{
+    BindingError, BoxId, BoxLayout, PolicyAccess, SocketAddress, SocketBinding, StrategyConfig,
+};
 use boxsock_test_support::{Need, skip};
+use common::*;
 
 fn me() -> u32 {
     nix::unistd::geteuid().as_raw()
@@ -29,7 +31,11 @@ fn me() -> u32 {
 
 fn config(uid: u32) -> StrategyConfig {
     // base_dir is unused by this strategy; point it at nothing shared anyway.
-    StrategyConfig { uid, base_dir: "/nonexistent-boxsock-test".into(), ..StrategyConfig::default() }
+    StrategyConfig {
+        uid,
+        base_dir: "/nonexistent-boxsock-test".into(),
+        ..StrategyConfig::default()
+    }
 }
 
 fn strategy() -> Abstract {
@@ -60,8 +66,10 @@ fn bound_agent() -> (tempfile::TempDir, BoxLayout, Abstract, BoxId, Listener, Ra
 }
 
 fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -115,7 +123,8 @@ fn names_are_deterministic_and_differ_across_homes_boxes_sockets_and_uids() {
         s.address(&l1, &id("box1"), "ready.sock").unwrap(),
         other_uid.address(&l1, &id("box1"), "agent.sock").unwrap(),
     ];
-    let tags: HashSet<Vec<u8>> = all.iter().map(|a| name_of(a)[name_of(a).len() - 32..].to_vec()).collect();
+    let tags: HashSet<Vec<u8>> =
+        all.iter().map(|a| name_of(a)[name_of(a).len() - 32..].to_vec()).collect();
     assert_eq!(tags.len(), all.len(), "{all:?}");
     // Nothing but the secret appears in a home.
     assert_eq!(entries(h1.path()), [SECRET_FILE]);
@@ -155,7 +164,9 @@ fn bad_input_gets_a_clear_error() {
     let missing = BoxLayout::new(h.path().join("no-such-home"));
     let e = s.address(&missing, &id("b"), "agent.sock").unwrap_err();
     match &e {
-        BindingError::Io { address: SocketAddress::Path(path), .. } => assert!(path.starts_with(h.path().join("no-such-home")), "{e}"),
+        BindingError::Io { address: SocketAddress::Path(path), .. } => {
+            assert!(path.starts_with(h.path().join("no-such-home")), "{e}")
+        }
         other => panic!("wrong variant: {other}"),
     }
     assert!(!h.path().join("no-such-home").exists());
@@ -216,17 +227,24 @@ fn concurrent_first_use_yields_one_secret() {
                 })
             })
             .collect();
-        let addrs: HashSet<SocketAddress> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let addrs: HashSet<SocketAddress> =
+            handles.into_iter().map(|h| h.join().unwrap()).collect();
         assert_eq!(addrs.len(), 1, "threads derived different names: {addrs:?}");
         // One secret, no temporary files left behind.
         assert_eq!(entries(h.path()), [SECRET_FILE]);
         let layout = BoxLayout::new(h.path());
-        assert_eq!(addrs.into_iter().next().unwrap(), strategy().address(&layout, &id("b"), "agent.sock").unwrap());
+        assert_eq!(
+            addrs.into_iter().next().unwrap(),
+            strategy().address(&layout, &id("b"), "agent.sock").unwrap()
+        );
     }
 }
 
 fn assert_insecure(layout: &BoxLayout, what: &str, needle: &str) {
-    for r in [strategy().ensure(layout, &id("b")), strategy().address(layout, &id("b"), "agent.sock").map(drop)] {
+    for r in [
+        strategy().ensure(layout, &id("b")),
+        strategy().address(layout, &id("b"), "agent.sock").map(drop),
+    ] {
         match r {
             Err(BindingError::Insecure { path, reason }) => {
                 assert_eq!(path, Abstract::secret_path(layout), "{what}");
@@ -248,7 +266,11 @@ fn tampered_secret_is_refused_and_left_alone() {
     let before = secret_bytes(&layout);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     assert_insecure(&layout, "0644", "0644");
-    assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o644, "mode was changed behind our back");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().mode() & 0o7777,
+        0o644,
+        "mode was changed behind our back"
+    );
     assert_eq!(secret_bytes(&layout), before);
 
     // A symlink to a perfectly good 0600 file.
@@ -259,13 +281,19 @@ fn tampered_secret_is_refused_and_left_alone() {
     std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::symlink(&real, Abstract::secret_path(&layout)).unwrap();
     assert_insecure(&layout, "symlink", "symlink");
-    assert!(std::fs::symlink_metadata(Abstract::secret_path(&layout)).unwrap().file_type().is_symlink());
+    assert!(
+        std::fs::symlink_metadata(Abstract::secret_path(&layout)).unwrap().file_type().is_symlink()
+    );
 
     // Truncated, and a directory in its place.
     let h = tempfile::tempdir().unwrap();
     let layout = BoxLayout::new(h.path());
     std::fs::write(Abstract::secret_path(&layout), [1u8; 5]).unwrap();
-    std::fs::set_permissions(Abstract::secret_path(&layout), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        Abstract::secret_path(&layout),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     assert_insecure(&layout, "short", "5 bytes");
     let h = tempfile::tempdir().unwrap();
     let layout = BoxLayout::new(h.path());
@@ -341,7 +369,10 @@ fn pidfd_is_a_handle_on_the_peer_process() {
     assert_eq!(acc.cred.unwrap().pid, child.pid);
     let pidfd = acc.pidfd.expect("this kernel has SO_PEERPIDFD");
     assert_eq!(pidfd_pid(pidfd.as_fd()), Some(child.pid));
-    assert!(!wait_readable(pidfd.as_fd(), Duration::from_millis(0)), "pidfd readable while the child lives");
+    assert!(
+        !wait_readable(pidfd.as_fd(), Duration::from_millis(0)),
+        "pidfd readable while the child lives"
+    );
     drop(go_w); // EOF: the child exits.
     assert!(wait_readable(pidfd.as_fd(), Duration::from_secs(10)), "pidfd did not report the exit");
     assert_eq!(child.wait(), 0);
@@ -380,7 +411,9 @@ fn datagram_without_passcred_fails_closed() {
     assert_eq!(policy.rejected(), 1);
     // An unchecked policy lets it through, without credentials.
     UnixDatagram::unbound().unwrap().send_to_addr(b"y", &addr.to_std().unwrap()).unwrap();
-    let (n, cred) = peer::recv_checked(&rx, &mut [0u8; 8], &PeerPolicy::unchecked(), "net.sock", &addr).unwrap();
+    let (n, cred) =
+        peer::recv_checked(&rx, &mut [0u8; 8], &PeerPolicy::unchecked(), "net.sock", &addr)
+            .unwrap();
     assert_eq!((n, cred), (1, None));
 }
 
@@ -404,9 +437,9 @@ fn foreign_uid_connecting_to_our_listener_is_dropped_and_counted() {
         let mut buf = [0u8; 16];
         // SAFETY: read into a valid buffer.
         match unsafe { libc::read(sock, buf.as_mut_ptr().cast(), buf.len()) } {
-            0 => 0,                                // closed, no data: what we want
-            n if n > 0 => 12,                      // got data
-            _ if errno() == libc::EAGAIN => 13,    // timed out: never closed
+            0 => 0,                             // closed, no data: what we want
+            n if n > 0 => 12,                   // got data
+            _ if errno() == libc::EAGAIN => 13, // timed out: never closed
             _ => 14,
         }
     });
@@ -470,7 +503,8 @@ fn connecting_to_a_listener_of_another_uid_is_refused() {
         }
         let sock = stream_socket();
         // SAFETY: bind/listen with an address prepared before the fork.
-        let ok = sock >= 0 && unsafe { libc::bind(sock, raw.ptr(), raw.len) == 0 && libc::listen(sock, 8) == 0 };
+        let ok = sock >= 0
+            && unsafe { libc::bind(sock, raw.ptr(), raw.len) == 0 && libc::listen(sock, 8) == 0 };
         write_byte(ready_fd, if ok { b'r' } else { b'e' });
         loop {
             // SAFETY: sleeping until the parent kills us.
@@ -494,7 +528,10 @@ fn connecting_to_a_listener_of_another_uid_is_refused() {
     let e = s.bind_stream(&layout, &b, "agent.sock").unwrap_err();
     assert!(matches!(&e, BindingError::Occupied { .. }), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains(&format!("uid {NOBODY}")) && msg.contains(boxsock_abstract::EPOCH_FILE), "{msg}");
+    assert!(
+        msg.contains(&format!("uid {NOBODY}")) && msg.contains(boxsock_abstract::EPOCH_FILE),
+        "{msg}"
+    );
     child.kill();
     assert_eq!(child.wait(), 128 + libc::SIGKILL);
 }
@@ -521,7 +558,9 @@ fn foreign_uid_datagram_is_rejected_per_message() {
         unsafe {
             let sock = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
             let msg = b"evil";
-            if sock < 0 || libc::sendto(sock, msg.as_ptr().cast(), msg.len(), 0, raw.ptr(), raw.len) != 4 {
+            if sock < 0
+                || libc::sendto(sock, msg.as_ptr().cast(), msg.len(), 0, raw.ptr(), raw.len) != 4
+            {
                 return 11;
             }
         }
@@ -533,7 +572,9 @@ fn foreign_uid_datagram_is_rejected_per_message() {
     let policy = s.peer_policy();
     let mut buf = [0u8; 16];
     match peer::recv_checked(&rx, &mut buf, &policy, "net.sock", &addr) {
-        Err(BindingError::PeerRejected { uid, pid, .. }) => assert_eq!((uid, pid), (NOBODY, child_pid)),
+        Err(BindingError::PeerRejected { uid, pid, .. }) => {
+            assert_eq!((uid, pid), (NOBODY, child_pid))
+        }
         other => panic!("expected PeerRejected, got {other:?}"),
     }
     assert_eq!(policy.rejected(), 1);
@@ -585,7 +626,8 @@ fn a_name_is_bindable_again_once_its_last_descriptor_closes() {
     let child = fork_child(&[ready_fd], || {
         let sock = stream_socket();
         // SAFETY: bind/listen with an address prepared before the fork.
-        let ok = sock >= 0 && unsafe { libc::bind(sock, raw.ptr(), raw.len) == 0 && libc::listen(sock, 8) == 0 };
+        let ok = sock >= 0
+            && unsafe { libc::bind(sock, raw.ptr(), raw.len) == 0 && libc::listen(sock, 8) == 0 };
         write_byte(ready_fd, if ok { b'r' } else { b'e' });
         loop {
             // SAFETY: sleeping until the parent kills us.
@@ -632,7 +674,10 @@ fn a_peer_in_another_network_namespace_cannot_connect() {
         skip(Need::Kernel("network namespaces"), "unshare(CLONE_NEWNET) was denied");
         return;
     }
-    assert_eq!(code, 0, "the child in a new network namespace reached the name (21) or failed oddly");
+    assert_eq!(
+        code, 0,
+        "the child in a new network namespace reached the name (21) or failed oddly"
+    );
     // Exactly one connection arrived: the control one from the original namespace.
     l.accept_once().unwrap();
     let inner = l.into_inner();
@@ -669,7 +714,12 @@ fn landlock_abi() -> i64 {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
     // SAFETY: the documented version query: no attribute, size 0.
     let v = unsafe {
-        libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, LANDLOCK_CREATE_RULESET_VERSION)
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
     };
     v.max(0)
 }
@@ -684,7 +734,11 @@ fn landlock_scope_abstract_sockets() -> bool {
         scoped: u64,
     }
     const LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET: u64 = 1;
-    let attr = RulesetAttr { handled_access_fs: 0, handled_access_net: 0, scoped: LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET };
+    let attr = RulesetAttr {
+        handled_access_fs: 0,
+        handled_access_net: 0,
+        scoped: LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET,
+    };
     // SAFETY: attr is a valid landlock_ruleset_attr of the size passed; the returned fd is
     // ours and is closed below.
     unsafe {
@@ -708,7 +762,10 @@ fn landlock_scoped_process_cannot_dial_out_but_can_be_dialled() {
     let _serial = serial();
     let abi = landlock_abi();
     if abi < 6 {
-        skip(Need::Kernel("Landlock ABI >= 6"), format!("Landlock abstract-socket scoping needs ABI >= 6, this kernel has {abi}"));
+        skip(
+            Need::Kernel("Landlock ABI >= 6"),
+            format!("Landlock abstract-socket scoping needs ABI >= 6, this kernel has {abi}"),
+        );
         return;
     }
     let h = tempfile::tempdir().unwrap();
@@ -731,7 +788,16 @@ fn landlock_scoped_process_cannot_dial_out_but_can_be_dialled() {
         let sock = stream_socket();
         // SAFETY: connect with an address prepared before the fork.
         let r = unsafe { libc::connect(sock, out_raw.ptr(), out_raw.len) };
-        write_byte(rep_fd, if r == 0 { b'c' } else if errno() == libc::EPERM { b'p' } else { b'x' });
+        write_byte(
+            rep_fd,
+            if r == 0 {
+                b'c'
+            } else if errno() == libc::EPERM {
+                b'p'
+            } else {
+                b'x'
+            },
+        );
         let l = stream_socket();
         // SAFETY: bind/listen/accept with an address prepared before the fork; the 10 s
         // receive timeout bounds accept.
@@ -754,7 +820,10 @@ fn landlock_scoped_process_cannot_dial_out_but_can_be_dialled() {
             skip(Need::Kernel("Landlock ABI >= 6"), "the child could not enter a Landlock domain");
             return;
         }
-        other => panic!("a scoped process dialling out of its domain: expected EPERM, got {:?}", other.map(char::from)),
+        other => panic!(
+            "a scoped process dialling out of its domain: expected EPERM, got {:?}",
+            other.map(char::from)
+        ),
     }
     assert_eq!(read_byte(&rep_r), Some(b'r'), "the scoped child could not listen");
     // From outside the domain we can connect in, with the usual credential check.
@@ -786,7 +855,9 @@ fn nobody_squatting_as(kind: libc::c_int, names: &[Vec<u8>]) -> Child {
             // SAFETY: socket/bind/listen with an address prepared before the fork.
             let ok = unsafe {
                 let s = libc::socket(libc::AF_UNIX, kind, 0);
-                s >= 0 && libc::bind(s, raw.ptr(), raw.len) == 0 && (kind != libc::SOCK_STREAM || libc::listen(s, 16) == 0)
+                s >= 0
+                    && libc::bind(s, raw.ptr(), raw.len) == 0
+                    && (kind != libc::SOCK_STREAM || libc::listen(s, 16) == 0)
             };
             if !ok {
                 write_byte(wfd, b'F');
@@ -843,7 +914,11 @@ fn every_start_rotates_the_names_so_names_bound_by_another_user_after_stop_do_no
         assert_ne!(new_agent, old[0], "prepare_start must change the agent's name");
         assert_ne!(name_of(&s.address(&layout, &b, "ready.sock").unwrap()), old[1]);
         let l = s.bind_stream(&layout, &b, "agent.sock").unwrap();
-        assert_eq!(name_of(l.address()), new_agent, "no squatted name was met, so no rotation at bind");
+        assert_eq!(
+            name_of(l.address()),
+            new_agent,
+            "no squatted name was met, so no rotation at bind"
+        );
         l
     });
     assert!(!log.text().contains("already bound"), "{}", log.text());
@@ -851,7 +926,10 @@ fn every_start_rotates_the_names_so_names_bound_by_another_user_after_stop_do_no
     // Every other process of the home (a fresh instance: nothing cached) derives the
     // same names, and reaches our listener, not the squatter.
     let other_process = strategy();
-    assert_eq!(other_process.address(&layout, &b, "agent.sock").unwrap(), listener.address().clone());
+    assert_eq!(
+        other_process.address(&layout, &b, "agent.sock").unwrap(),
+        listener.address().clone()
+    );
     let _c = other_process.connect_stream(&layout, &b, "agent.sock").unwrap();
     let (_acc, cred) = listener.accept_once().unwrap();
     assert_eq!(cred.unwrap().uid, me());
@@ -876,7 +954,10 @@ fn a_squatted_current_name_is_recovered_by_rotating_and_the_squatter_is_named() 
     assert_ne!(name_of(l.address()), current, "the bind must move to a fresh name");
     let text = log.text();
     assert!(text.contains("already bound by another socket"), "{text}");
-    assert!(text.contains(&format!("squatter_uid=Some({NOBODY})")), "the warning names uid {NOBODY}: {text}");
+    assert!(
+        text.contains(&format!("squatter_uid=Some({NOBODY})")),
+        "the warning names uid {NOBODY}: {text}"
+    );
     assert!(text.contains(&format!("squatter_pid=Some({})", squatter.pid)), "{text}");
     assert!(text.contains("squatter_inode=Some("), "{text}");
 
@@ -950,7 +1031,10 @@ fn twenty_thousand_rejected_connects_add_a_few_kb_to_the_log_and_are_all_counted
     let text = log.text();
     eprintln!("{N} rejected connects in {took:?} added {} bytes to the log:\n{text}", text.len());
     assert!(text.len() <= BOUND, "{N} rejections logged {} bytes (bound {BOUND})", text.len());
-    let samples = text.lines().filter(|l| l.contains("rejected peer") && l.contains(&format!("peer_uid={NOBODY}"))).count() as u64;
+    let samples = text
+        .lines()
+        .filter(|l| l.contains("rejected peer") && l.contains(&format!("peer_uid={NOBODY}")))
+        .count() as u64;
     assert!(samples >= 1 && samples <= 5 * (1 + took.as_secs() / 10), "{samples} samples:\n{text}");
     let more: u64 = text
         .lines()
@@ -971,12 +1055,20 @@ fn a_read_only_instance_creates_no_key_and_agrees_with_the_writer_once_there_is_
     let b = id("b");
     let ro = Abstract::new(&StrategyConfig { read_only: true, ..config(me()) });
     let before = ro.address(&layout, &b, "agent.sock").unwrap();
-    assert_eq!(entries(h.path()), Vec::<String>::new(), "a read-only address() wrote into the home");
+    assert_eq!(
+        entries(h.path()),
+        Vec::<String>::new(),
+        "a read-only address() wrote into the home"
+    );
     let writer = strategy();
     let real = writer.address(&layout, &b, "agent.sock").unwrap();
     assert!(h.path().join(SECRET_FILE).exists(), "the writing instance creates the key");
     assert_eq!(before.byte_len(), real.byte_len(), "the throwaway name has the real length");
     assert_ne!(before, real, "a throwaway key is not the home's key");
     let ro = Abstract::new(&StrategyConfig { read_only: true, ..config(me()) });
-    assert_eq!(ro.address(&layout, &b, "agent.sock").unwrap(), real, "with a key on disk, read-only derives the real names");
+    assert_eq!(
+        ro.address(&layout, &b, "agent.sock").unwrap(),
+        real,
+        "with a key on disk, read-only derives the real names"
+    );
 }

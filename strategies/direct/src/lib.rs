@@ -10,12 +10,12 @@ use std::sync::Arc;
 use boxsock_core::binding::{self, CrossUserProtection, PolicyIntent};
 use boxsock_core::peer::PeerPolicy;
 use boxsock_core::registry::StrategyRegistration;
-use boxsock_core::{DirExpectation, SocketDir};
-use boxsock_core::{BoxBinding, Held, Opening, Socket};
 use boxsock_core::{
-    BindingError, BoxId, BoxLayout, Capabilities, Platform, PolicyAccess, PolicyPath, SocketAddress, SocketBinding,
-    StrategyConfig, SweepReport, budget,
+    BindingError, BoxId, BoxLayout, Capabilities, Platform, PolicyAccess, PolicyPath,
+    SocketAddress, SocketBinding, StrategyConfig, SweepReport, budget,
 };
+use boxsock_core::{BoxBinding, Held, Opening, Socket};
+use boxsock_core::{DirExpectation, SocketDir};
 
 /// The registered name.
 pub const NAME: &str = "direct";
@@ -90,7 +90,12 @@ impl SocketBinding for Direct {
         binding::require_socket_dir(layout, id).map(drop)
     }
 
-    fn address(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<SocketAddress, BindingError> {
+    fn address(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+        file_name: &str,
+    ) -> Result<SocketAddress, BindingError> {
         let addr = SocketAddress::Path(binding::socket_path(&layout.sockets_dir(id), file_name)?);
         budget::check(file_name, &addr, Platform::current())?;
         Ok(addr)
@@ -100,7 +105,11 @@ impl SocketBinding for Direct {
     /// descriptor (a directory owned by the uid, no group/other write). The address
     /// stays the real path (and fails fast when too long); binds and connects go
     /// through the held descriptor.
-    fn socket_dir(&self, layout: &BoxLayout, id: &BoxId) -> Result<Option<SocketDir>, BindingError> {
+    fn socket_dir(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+    ) -> Result<Option<SocketDir>, BindingError> {
         let dir = binding::require_socket_dir(layout, id)?;
         SocketDir::open(&dir, DirExpectation { owner: self.uid, identity: None }).map(Some)
     }
@@ -108,7 +117,9 @@ impl SocketBinding for Direct {
     /// The owner and the embedder's `allowed_peer_uids` (`SO_PEERCRED` on every accept
     /// and connect, besides the 0700 directory).
     fn peer_policy(&self) -> PeerPolicy {
-        PeerPolicy::allow_uids(std::iter::once(self.uid).chain(self.allowed_peer_uids.iter().copied()))
+        PeerPolicy::allow_uids(
+            std::iter::once(self.uid).chain(self.allowed_peer_uids.iter().copied()),
+        )
     }
 
     fn release(&self, _layout: &BoxLayout, _id: &BoxId) -> Result<(), BindingError> {
@@ -120,7 +131,11 @@ impl SocketBinding for Direct {
         Ok(SweepReport::default())
     }
 
-    fn policy_paths(&self, layout: &BoxLayout, id: &BoxId) -> Result<Vec<PolicyPath>, BindingError> {
+    fn policy_paths(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+    ) -> Result<Vec<PolicyPath>, BindingError> {
         Ok(vec![PolicyPath {
             path: layout.sockets_dir(id),
             intent: PolicyIntent::Directory,

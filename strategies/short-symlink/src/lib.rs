@@ -50,15 +50,15 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use boxsock_core::binding::{self, CrossUserProtection, PolicyIntent};
+use boxsock_core::fallback::SharedDir;
 use boxsock_core::peer::PeerPolicy;
 use boxsock_core::registry::StrategyRegistration;
-use boxsock_core::fallback::SharedDir;
-use boxsock_core::{DirExpectation, DirIdentity, SocketDir};
-use boxsock_core::{BoxBinding, Held, Opening, Socket};
 use boxsock_core::{
-    BindingError, BoxId, BoxLayout, Capabilities, Platform, PolicyAccess, PolicyPath, SocketAddress, SocketBinding,
-    StrategyConfig, SweepReport, budget,
+    BindingError, BoxId, BoxLayout, Capabilities, Platform, PolicyAccess, PolicyPath,
+    SocketAddress, SocketBinding, StrategyConfig, SweepReport, budget,
 };
+use boxsock_core::{BoxBinding, Held, Opening, Socket};
+use boxsock_core::{DirExpectation, DirIdentity, SocketDir};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag};
@@ -94,7 +94,11 @@ const MAX_ATTEMPTS: usize = 32;
 /// bytes.
 pub const PORTABLE_MAX_FILE_NAME_LEN: usize = Platform::portable_sun_len()
     - 1
-    - ("/tmp/".len() + StrategyConfig::DEFAULT_PREFIX.len() + "-4294967295/".len() + BoxId::MAX_LEN + "/".len());
+    - ("/tmp/".len()
+        + StrategyConfig::DEFAULT_PREFIX.len()
+        + "-4294967295/".len()
+        + BoxId::MAX_LEN
+        + "/".len());
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -178,10 +182,7 @@ enum Dir {
     /// that name (the core's [`SharedDir`]).
     Shared(SharedDir),
     /// Exactly this directory (`StrategyConfig::binding_dir`), with no fallback.
-    Fixed {
-        path: PathBuf,
-        name: String,
-    },
+    Fixed { path: PathBuf, name: String },
 }
 
 /// What is at a link's place in the per-user directory.
@@ -221,7 +222,10 @@ impl ShortSymlink {
         if !config.base_dir.is_absolute() {
             return Err(BindingError::Invalid {
                 what: "base directory".into(),
-                reason: format!("{} is not an absolute path", boxsock_core::echo::path(&config.base_dir)),
+                reason: format!(
+                    "{} is not an absolute path",
+                    boxsock_core::echo::path(&config.base_dir)
+                ),
             });
         }
         let p = &config.prefix;
@@ -231,21 +235,36 @@ impl ShortSymlink {
         if !prefix_ok {
             return Err(BindingError::Invalid {
                 what: "per-user directory prefix".into(),
-                reason: format!("{p:?} must be non-empty, of [A-Za-z0-9._-], and not start with '.'"),
+                reason: format!(
+                    "{p:?} must be non-empty, of [A-Za-z0-9._-], and not start with '.'"
+                ),
             });
         }
         let dir = match &config.binding_dir {
             // `<prefix>-<uid>`, or the home's fallback.
             None => Dir::Shared(SharedDir::new(config, &config.base_dir, &config.prefix)),
             // An explicit directory directly in the base.
-            Some(d) if d.parent() == Some(config.base_dir.as_path()) => match d.file_name().and_then(|n| n.to_str()) {
-                Some(n) if !n.is_empty() && !n.starts_with('.') => Dir::Fixed { path: d.clone(), name: n.to_owned() },
-                _ => return Err(BindingError::Invalid { what: "binding directory".into(), reason: format!("{} has no plain name", boxsock_core::echo::path(d)) }),
-            },
+            Some(d) if d.parent() == Some(config.base_dir.as_path()) => {
+                match d.file_name().and_then(|n| n.to_str()) {
+                    Some(n) if !n.is_empty() && !n.starts_with('.') => {
+                        Dir::Fixed { path: d.clone(), name: n.to_owned() }
+                    }
+                    _ => {
+                        return Err(BindingError::Invalid {
+                            what: "binding directory".into(),
+                            reason: format!("{} has no plain name", boxsock_core::echo::path(d)),
+                        });
+                    }
+                }
+            }
             Some(d) => {
                 return Err(BindingError::Invalid {
                     what: "binding directory".into(),
-                    reason: format!("{} is not directly in the base directory {}", boxsock_core::echo::path(d), boxsock_core::echo::path(&config.base_dir)),
+                    reason: format!(
+                        "{} is not directly in the base directory {}",
+                        boxsock_core::echo::path(d),
+                        boxsock_core::echo::path(&config.base_dir)
+                    ),
                 });
             }
         };
@@ -295,7 +314,11 @@ impl ShortSymlink {
             return false;
         }
         let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
-        let Some((_, want, dir)) = st.targets.get(id).and_then(|v| v.iter().find(|(h, ..)| h.as_os_str() == home.as_os_str())) else {
+        let Some((_, want, dir)) = st
+            .targets
+            .get(id)
+            .and_then(|v| v.iter().find(|(h, ..)| h.as_os_str() == home.as_os_str()))
+        else {
             return false;
         };
         matches!(nix::sys::stat::fstatat(dir.as_fd(), id.as_str(), AtFlags::empty()),
@@ -316,7 +339,9 @@ impl ShortSymlink {
     fn target_id(&self, target: &Path, id: &BoxId) -> Result<FileId, BindingError> {
         match nix::sys::stat::stat(target) {
             Ok(s) if is_kind(&s, SFlag::S_IFDIR) => Ok(FileId::of(&s)),
-            Ok(s) => Err(BindingError::Occupied { path: target.to_owned(), found: kind_name(&s).into() }),
+            Ok(s) => {
+                Err(BindingError::Occupied { path: target.to_owned(), found: kind_name(&s).into() })
+            }
             Err(Errno::ENOENT | Errno::ENOTDIR) => {
                 Err(BindingError::MissingSocketDir { id: id.to_string(), path: target.to_owned() })
             }
@@ -327,17 +352,28 @@ impl ShortSymlink {
     /// Open and check the per-user directory `layout`'s home uses, with its path. With
     /// `create`, make it (0700) if missing; without, a missing directory is `Ok(None)`.
     /// The shared one falls back (the core's [`SharedDir`]) when another user holds it.
-    fn open_dir(&self, layout: &BoxLayout, create: bool) -> Result<Option<(OwnedFd, PathBuf)>, BindingError> {
+    fn open_dir(
+        &self,
+        layout: &BoxLayout,
+        create: bool,
+    ) -> Result<Option<(OwnedFd, PathBuf)>, BindingError> {
         match &self.dir {
             Dir::Shared(s) => Ok(s.open(layout.home(), create)?.map(|o| (o.fd, o.path))),
-            Dir::Fixed { path, name } => Ok(self.open_fixed(path, name, create)?.map(|fd| (fd, path.clone()))),
+            Dir::Fixed { path, name } => {
+                Ok(self.open_fixed(path, name, create)?.map(|fd| (fd, path.clone())))
+            }
         }
     }
 
     /// Open and check an explicit per-user directory (no fallback: the embedder chose
     /// it). With `create`, make it (0700) if missing; without, a missing directory is
     /// `Ok(None)`.
-    fn open_fixed(&self, per_uid: &Path, name: &str, create: bool) -> Result<Option<OwnedFd>, BindingError> {
+    fn open_fixed(
+        &self,
+        per_uid: &Path,
+        name: &str,
+        create: bool,
+    ) -> Result<Option<OwnedFd>, BindingError> {
         let base = &self.config.base_dir;
         let uid = self.config.uid;
         // Resolved on descriptors, every ancestor and symlink on the way held to the
@@ -357,12 +393,17 @@ impl ShortSymlink {
         if bst.st_uid != 0 && bst.st_uid != uid {
             return Err(BindingError::Insecure {
                 path: base.clone(),
-                reason: format!("the base directory is owned by uid {}, neither root nor uid {uid}", bst.st_uid),
+                reason: format!(
+                    "the base directory is owned by uid {}, neither root nor uid {uid}",
+                    bst.st_uid
+                ),
             });
         }
         if create {
             match nix::sys::stat::mkdirat(&base_fd, name, Mode::from_bits_truncate(0o700)) {
-                Ok(()) => tracing::debug!(path = %boxsock_core::echo::path(per_uid), "created per-user directory"),
+                Ok(()) => {
+                    tracing::debug!(path = %boxsock_core::echo::path(per_uid), "created per-user directory")
+                }
                 Err(Errno::EEXIST) => {}
                 Err(e) => return Err(BindingError::errno("create directory", per_uid, e)),
             }
@@ -397,7 +438,13 @@ impl ShortSymlink {
     }
 
     /// The error for a per-user path that is not a real directory, naming what it is.
-    fn not_a_directory(&self, base_fd: BorrowedFd<'_>, per_uid: &Path, name: &str, open_err: Errno) -> BindingError {
+    fn not_a_directory(
+        &self,
+        base_fd: BorrowedFd<'_>,
+        per_uid: &Path,
+        name: &str,
+        open_err: Errno,
+    ) -> BindingError {
         let found = match nix::sys::stat::fstatat(base_fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(s) if is_kind(&s, SFlag::S_IFLNK) => {
                 let to = nix::fcntl::readlinkat(base_fd, name)
@@ -410,13 +457,22 @@ impl ShortSymlink {
         };
         BindingError::Insecure {
             path: per_uid.to_owned(),
-            reason: format!("it is {found}; the per-user directory must be a real directory owned by uid {}", self.config.uid),
+            reason: format!(
+                "it is {found}; the per-user directory must be a real directory owned by uid {}",
+                self.config.uid
+            ),
         }
     }
 
     /// Replace whatever link is at `name` by one to `target`, atomically: a temporary
     /// link in the same directory renamed over it.
-    fn replace_link(&self, dir: BorrowedFd<'_>, dir_path: &Path, name: &str, target: &Path) -> Result<(), BindingError> {
+    fn replace_link(
+        &self,
+        dir: BorrowedFd<'_>,
+        dir_path: &Path,
+        name: &str,
+        target: &Path,
+    ) -> Result<(), BindingError> {
         let tmp = temp_name(name);
         nix::unistd::symlinkat(target, dir, tmp.as_str())
             .map_err(|e| BindingError::errno("create temporary link", dir_path.join(&tmp), e))?;
@@ -440,9 +496,9 @@ impl ShortSymlink {
     fn slow_ensure(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
         let target = self.link_target(layout, id)?;
         let want = self.target_id(&target, id)?;
-        let (dir, path) = self.open_dir(layout, true)?.ok_or_else(|| {
-            BindingError::errno("open", self.dir_path(layout), Errno::ENOENT)
-        })?;
+        let (dir, path) = self
+            .open_dir(layout, true)?
+            .ok_or_else(|| BindingError::errno("open", self.dir_path(layout), Errno::ENOENT))?;
         {
             let _lock = DirLock::acquire(dir.as_fd(), &path)?;
             self.place_link(dir.as_fd(), &path, id, &target, want)?;
@@ -454,7 +510,14 @@ impl ShortSymlink {
     /// Make `name` a link resolving to `want`, under the directory lock. Other writers
     /// (a /tmp cleaner, a process not taking the lock) are still survived: every step
     /// is re-examined, a bounded number of times.
-    fn place_link(&self, dir: BorrowedFd<'_>, dir_path: &Path, id: &BoxId, target: &Path, want: FileId) -> Result<(), BindingError> {
+    fn place_link(
+        &self,
+        dir: BorrowedFd<'_>,
+        dir_path: &Path,
+        id: &BoxId,
+        target: &Path,
+        want: FileId,
+    ) -> Result<(), BindingError> {
         let name = id.as_str();
         let link = dir_path.join(name);
         for _ in 0..MAX_ATTEMPTS {
@@ -542,7 +605,12 @@ impl SocketBinding for ShortSymlink {
         self.slow_ensure(layout, id)
     }
 
-    fn address(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<SocketAddress, BindingError> {
+    fn address(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+        file_name: &str,
+    ) -> Result<SocketAddress, BindingError> {
         let addr = SocketAddress::Path(binding::socket_path(&self.link_in(layout, id), file_name)?);
         budget::check(file_name, &addr, Platform::current())?;
         Ok(addr)
@@ -559,7 +627,8 @@ impl SocketBinding for ShortSymlink {
         let _lock = DirLock::acquire(dir.as_fd(), &dir_path)?;
         let name = id.as_str();
         let link = dir_path.join(name);
-        let entry = examine(dir.as_fd(), name).map_err(|e| BindingError::errno("inspect", &link, e))?;
+        let entry =
+            examine(dir.as_fd(), name).map_err(|e| BindingError::errno("inspect", &link, e))?;
         let ours = match entry {
             Entry::Missing => return Ok(()),
             Entry::Dangling => true,
@@ -610,9 +679,13 @@ impl SocketBinding for ShortSymlink {
         };
         let _lock = DirLock::acquire(dir.as_fd(), &dir_path)?;
         let boxes_here = box_name_hashes(&layout.boxes_dir());
-        let mut listing =
-            nix::dir::Dir::openat(&dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-                .map_err(|e| BindingError::errno("open", &dir_path, e))?;
+        let mut listing = nix::dir::Dir::openat(
+            &dir,
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| BindingError::errno("open", &dir_path, e))?;
         let mut dead: Vec<Vec<u8>> = Vec::new();
         for ent in listing.iter() {
             let ent = ent.map_err(|e| BindingError::errno("read directory", &dir_path, e))?;
@@ -622,8 +695,10 @@ impl SocketBinding for ShortSymlink {
             }
             let is_link = match ent.file_type() {
                 Some(t) => t == nix::dir::Type::Symlink,
-                None => matches!(nix::sys::stat::fstatat(&dir, ent.file_name(), AtFlags::AT_SYMLINK_NOFOLLOW),
-                    Ok(s) if is_kind(&s, SFlag::S_IFLNK)),
+                None => {
+                    matches!(nix::sys::stat::fstatat(&dir, ent.file_name(), AtFlags::AT_SYMLINK_NOFOLLOW),
+                    Ok(s) if is_kind(&s, SFlag::S_IFLNK))
+                }
             };
             let is_dead = is_link
                 && if name.starts_with(TEMP_PREFIX.as_bytes()) {
@@ -659,7 +734,11 @@ impl SocketBinding for ShortSymlink {
         Ok(report)
     }
 
-    fn policy_paths(&self, layout: &BoxLayout, id: &BoxId) -> Result<Vec<PolicyPath>, BindingError> {
+    fn policy_paths(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+    ) -> Result<Vec<PolicyPath>, BindingError> {
         let target = self.link_target(layout, id)?;
         Ok(vec![
             PolicyPath {
@@ -667,9 +746,17 @@ impl SocketBinding for ShortSymlink {
                 intent: PolicyIntent::SymlinkToDirectory { target: target.clone() },
                 access: PolicyAccess::Sockets,
             },
-            PolicyPath { path: target, intent: PolicyIntent::Directory, access: PolicyAccess::Sockets },
+            PolicyPath {
+                path: target,
+                intent: PolicyIntent::Directory,
+                access: PolicyAccess::Sockets,
+            },
             // Only traversed (the link is looked up in it), never written through.
-            PolicyPath { path: self.dir_path(layout), intent: PolicyIntent::Directory, access: PolicyAccess::Read },
+            PolicyPath {
+                path: self.dir_path(layout),
+                intent: PolicyIntent::Directory,
+                access: PolicyAccess::Read,
+            },
         ])
     }
 
@@ -693,14 +780,21 @@ impl SocketBinding for ShortSymlink {
     /// `ensure` last succeeded (or, without that, now). A link swapped to any other
     /// directory is refused with [`BindingError::Insecure`]; nothing is re-resolved
     /// from `/tmp` afterwards.
-    fn socket_dir(&self, layout: &BoxLayout, id: &BoxId) -> Result<Option<SocketDir>, BindingError> {
+    fn socket_dir(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+    ) -> Result<Option<SocketDir>, BindingError> {
         let (dir, cached) = {
             let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
             let home = layout.home();
             let entry = if home.is_relative() {
                 None
             } else {
-                st.targets.get(id).and_then(|v| v.iter().find(|(h, ..)| h.as_os_str() == home.as_os_str())).map(|(_, w, d)| (*w, d.clone()))
+                st.targets
+                    .get(id)
+                    .and_then(|v| v.iter().find(|(h, ..)| h.as_os_str() == home.as_os_str()))
+                    .map(|(_, w, d)| (*w, d.clone()))
             };
             (entry.as_ref().map(|(_, d)| d.clone()), entry.map(|(w, _)| w))
         };
@@ -708,23 +802,31 @@ impl SocketBinding for ShortSymlink {
             Some(w) => w,
             None => self.target_id(&self.link_target(layout, id)?, id)?,
         };
-        let expect = DirExpectation { owner: self.config.uid, identity: Some(DirIdentity { dev: want.dev, ino: want.ino }) };
+        let expect = DirExpectation {
+            owner: self.config.uid,
+            identity: Some(DirIdentity { dev: want.dev, ino: want.ino }),
+        };
         if let Some(d) = dir {
             match SocketDir::open_at(d.as_fd(), id.as_str(), self.link_in(layout, id), expect) {
                 // The cached per-user directory may have been removed (a /tmp cleaner)
                 // and made again since: look once more through a freshly checked one.
-                Err(BindingError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(BindingError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::ENOENT) => {}
                 other => return other.map(Some),
             }
         }
-        let (fresh, path) = self.open_dir(layout, false)?.ok_or_else(|| BindingError::errno("open", self.dir_path(layout), Errno::ENOENT))?;
+        let (fresh, path) = self
+            .open_dir(layout, false)?
+            .ok_or_else(|| BindingError::errno("open", self.dir_path(layout), Errno::ENOENT))?;
         SocketDir::open_at(fresh.as_fd(), id.as_str(), path.join(id.as_str()), expect).map(Some)
     }
 
     /// The owner and the embedder's `allowed_peer_uids`: the 0700 directories keep
     /// others out, and every accept and connect checks `SO_PEERCRED` as well.
     fn peer_policy(&self) -> PeerPolicy {
-        PeerPolicy::allow_uids(std::iter::once(self.config.uid).chain(self.config.allowed_peer_uids.iter().copied()))
+        PeerPolicy::allow_uids(
+            std::iter::once(self.config.uid).chain(self.config.allowed_peer_uids.iter().copied()),
+        )
     }
 
     fn binding_path(&self, layout: &BoxLayout, id: &BoxId) -> Option<PathBuf> {
@@ -773,7 +875,8 @@ fn box_name_hashes(boxes_dir: &Path) -> HashSet<u64> {
 
 /// FNV-1a, 64 bits: a fixed, fast hash of a directory entry name.
 fn name_hash(name: &[u8]) -> u64 {
-    name.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    name.iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[allow(clippy::unnecessary_cast)]

@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 
 use boxsock_core::binding::PolicyIntent;
-use boxsock_core::{BoxBinding, Opening, catalogue};
 use boxsock_core::registry::{Registry, StrategyRegistration};
-use boxsock_core::{BindingError, BoxId, BoxLayout, PolicyAccess, SocketAddress, SocketBinding, StrategyConfig, boxdir};
+use boxsock_core::{
+    BindingError, BoxId, BoxLayout, PolicyAccess, SocketAddress, SocketBinding, StrategyConfig,
+    boxdir,
+};
+use boxsock_core::{BoxBinding, Opening, catalogue};
 use boxsock_short_symlink::{self as ss, ShortSymlink};
-use tempfile::TempDir;
 use boxsock_test_support::{Need, skip};
+use tempfile::TempDir;
 
 struct Fixture {
     base: TempDir,
@@ -81,7 +84,10 @@ fn registered_under_its_name_and_builds() {
     let base = tempfile::tempdir().unwrap();
     let s = r.build("short-symlink", &config(base.path())).unwrap();
     assert_eq!(s.name(), "short-symlink");
-    assert_eq!(s.binding_dir().unwrap(), base.path().join(format!("boxsock-{}", nix::unistd::geteuid())));
+    assert_eq!(
+        s.binding_dir().unwrap(),
+        base.path().join(format!("boxsock-{}", nix::unistd::geteuid()))
+    );
 }
 
 #[test]
@@ -93,7 +99,10 @@ fn capabilities_are_as_documented() {
     assert!(c.peer_credentials && !c.netns_scoped);
     assert_eq!(c.cross_user, boxsock_core::binding::CrossUserProtection::Both);
     assert!(f.s.peer_policy().is_checked());
-    assert!(c.platforms.contains(&boxsock_core::Platform::Linux) && c.platforms.contains(&boxsock_core::Platform::MacOs));
+    assert!(
+        c.platforms.contains(&boxsock_core::Platform::Linux)
+            && c.platforms.contains(&boxsock_core::Platform::MacOs)
+    );
 }
 
 #[test]
@@ -178,7 +187,9 @@ fn assert_falls_back(f: &Fixture, squatted: &Path, why: &[&str]) {
     let binding = f.s.binding_path(&f.layout, &f.id).unwrap();
     assert!(!binding.starts_with(squatted), "{} is in the refused directory", binding.display());
     assert!(same_file(&binding, &f.layout.sockets_dir(&f.id)));
-    let record = boxsock_core::fallback::read_record(f.layout.home(), boxsock_core::fallback::RECORD).expect("a record");
+    let record =
+        boxsock_core::fallback::read_record(f.layout.home(), boxsock_core::fallback::RECORD)
+            .expect("a record");
     assert_eq!(Some(record.dir.as_path()), binding.parent());
     for w in why {
         assert!(record.notes[0].contains(w), "{:?} lacks {w}", record.notes);
@@ -191,7 +202,11 @@ fn assert_falls_back(f: &Fixture, squatted: &Path, why: &[&str]) {
     f.s.sweep(&f.layout).unwrap();
     f.s.release(&f.layout, &f.id).unwrap();
     assert!(!binding.exists());
-    assert_eq!(std::fs::symlink_metadata(squatted).map(|m| (m.ino(), m.mode())).ok(), before, "the refused entry was touched");
+    assert_eq!(
+        std::fs::symlink_metadata(squatted).map(|m| (m.ino(), m.mode())).ok(),
+        before,
+        "the refused entry was touched"
+    );
 }
 
 #[test]
@@ -249,7 +264,11 @@ fn a_link_to_another_existing_directory_is_occupied_and_kept() {
     match f.s.ensure(&f.layout, &f.id).unwrap_err() {
         BindingError::Occupied { path, found } => {
             assert_eq!(path, f.link());
-            assert!(found.contains(&other.sockets_dir(&f.id).display().to_string()) && found.contains("which exists"), "{found}");
+            assert!(
+                found.contains(&other.sockets_dir(&f.id).display().to_string())
+                    && found.contains("which exists"),
+                "{found}"
+            );
         }
         e => panic!("wrong variant: {e}"),
     }
@@ -281,7 +300,9 @@ fn a_regular_file_or_directory_at_the_link_path_is_never_overwritten() {
     std::fs::remove_file(f.link()).unwrap();
     std::fs::create_dir(f.link()).unwrap();
     std::fs::write(f.link().join("keep"), b"x").unwrap();
-    assert!(matches!(f.s.ensure(&f.layout, &f.id), Err(BindingError::Occupied { found, .. }) if found == "a directory"));
+    assert!(
+        matches!(f.s.ensure(&f.layout, &f.id), Err(BindingError::Occupied { found, .. }) if found == "a directory")
+    );
     f.s.release(&f.layout, &f.id).unwrap();
     assert!(f.link().join("keep").exists());
 }
@@ -296,7 +317,11 @@ fn a_symlinked_per_user_dir_is_never_used() {
     f.s.release(&f.layout, &f.id).unwrap();
     assert_eq!(f.s.sweep(&f.layout).unwrap().removed.len(), 0);
     assert_falls_back(&f, &squatted, &["a symlink to", &decoy.path().display().to_string()]);
-    assert_eq!(std::fs::read_dir(decoy.path()).unwrap().count(), 0, "nothing created through the symlink");
+    assert_eq!(
+        std::fs::read_dir(decoy.path()).unwrap().count(),
+        0,
+        "nothing created through the symlink"
+    );
 }
 
 #[test]
@@ -320,7 +345,9 @@ fn group_and_other_bits_of_the_per_user_dir_are_repaired() {
 fn a_base_others_can_write_without_the_sticky_bit_is_insecure() {
     let f = Fixture::new();
     std::fs::set_permissions(f.base.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    assert!(matches!(f.s.ensure(&f.layout, &f.id), Err(BindingError::Insecure { path, reason }) if path == f.base.path() && reason.contains("0777")));
+    assert!(
+        matches!(f.s.ensure(&f.layout, &f.id), Err(BindingError::Insecure { path, reason }) if path == f.base.path() && reason.contains("0777"))
+    );
     std::fs::set_permissions(f.base.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     f.s.ensure(&f.layout, &f.id).unwrap();
 }
@@ -339,7 +366,11 @@ fn root_only_per_user_dir_owned_by_another_uid_is_never_used() {
     f.s.release(&f.layout, &f.id).unwrap();
     assert_eq!(f.s.sweep(&f.layout).unwrap().removed.len(), 0);
     assert_falls_back(&f, &squatted, &["owned by uid 65534"]);
-    assert_eq!(std::fs::read_dir(&squatted).unwrap().count(), 0, "nothing created in another user's directory");
+    assert_eq!(
+        std::fs::read_dir(&squatted).unwrap().count(),
+        0,
+        "nothing created in another user's directory"
+    );
 }
 
 #[test]
@@ -355,7 +386,9 @@ fn root_only_another_user_cannot_reach_a_socket_through_the_alias() {
     std::fs::set_permissions(f.home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     f.s.ensure(&f.layout, &f.id).unwrap();
     let _l = f.held().listen(&catalogue::AGENT).unwrap();
-    let SocketAddress::Path(p) = f.s.address(&f.layout, &f.id, "agent.sock").unwrap() else { unreachable!() };
+    let SocketAddress::Path(p) = f.s.address(&f.layout, &f.id, "agent.sock").unwrap() else {
+        unreachable!()
+    };
     assert_eq!(connect_as_nobody(&p), libc::EACCES);
 }
 
@@ -376,11 +409,18 @@ fn connect_as_nobody(path: &Path) -> i32 {
         0 => {
             // SAFETY: plain system calls on valid arguments; `addr` lives on this stack.
             unsafe {
-                if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(65534) != 0
+                    || libc::setuid(65534) != 0
+                {
                     libc::_exit(100);
                 }
                 let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-                let rc = libc::connect(fd, (&raw const addr).cast(), std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t);
+                let rc = libc::connect(
+                    fd,
+                    (&raw const addr).cast(),
+                    std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+                );
                 let errno = if rc == 0 { 0 } else { *libc::__errno_location() };
                 libc::_exit(errno.min(99));
             }
@@ -424,7 +464,12 @@ fn a_socket_bound_through_the_alias_is_connectable_and_lives_in_the_real_dir() {
 
     // Datagrams too.
     let d = f.held().listen_datagram(&catalogue::NET).unwrap();
-    assert!(std::fs::symlink_metadata(f.layout.sockets_dir(&f.id).join("net.sock")).unwrap().file_type().is_socket());
+    assert!(
+        std::fs::symlink_metadata(f.layout.sockets_dir(&f.id).join("net.sock"))
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
     let tx = std::os::unix::net::UnixDatagram::unbound().unwrap();
     tx.send_to(b"hi", f.link().join("net.sock")).unwrap();
     let mut buf = [0u8; 2];
@@ -437,7 +482,10 @@ fn address_validates_the_name_and_does_no_io() {
     let a = f.s.address(&f.layout, &f.id, "ready.sock").unwrap();
     assert_eq!(a.as_path().unwrap(), f.per_uid().join(f.id.as_str()).join("ready.sock"));
     for bad in ["", "../x", "a/b", ".hidden"] {
-        assert!(matches!(f.s.address(&f.layout, &f.id, bad), Err(BindingError::Invalid { .. })), "{bad:?}");
+        assert!(
+            matches!(f.s.address(&f.layout, &f.id, bad), Err(BindingError::Invalid { .. })),
+            "{bad:?}"
+        );
     }
     assert!(!f.per_uid().exists(), "address must not touch the disk");
 }
@@ -452,7 +500,10 @@ fn policy_paths_state_intent_without_reading_the_disk() {
     assert_eq!(p[0].path, f.link());
     assert_eq!(p[0].intent, PolicyIntent::SymlinkToDirectory { target: sockets.clone() });
     assert_eq!(p[0].access, PolicyAccess::Sockets);
-    assert_eq!((p[1].path.clone(), p[1].intent.clone(), p[1].access), (sockets, PolicyIntent::Directory, PolicyAccess::Sockets));
+    assert_eq!(
+        (p[1].path.clone(), p[1].intent.clone(), p[1].access),
+        (sockets, PolicyIntent::Directory, PolicyAccess::Sockets)
+    );
     assert_eq!((p[2].path.clone(), p[2].intent.clone()), (f.per_uid(), PolicyIntent::Directory));
     assert!(!f.per_uid().exists());
 }
@@ -514,13 +565,25 @@ fn sweep_removes_only_dangling_links() {
     let report = f.s.sweep(&f.layout).unwrap();
     let mut removed: Vec<PathBuf> = report.removed.clone();
     removed.sort();
-    let mut expected = vec![dir.join("dead"), dir.join("gone"), dir.join("loop"), dir.join(&orphan), dir.join(&orphan2)];
+    let mut expected = vec![
+        dir.join("dead"),
+        dir.join("gone"),
+        dir.join("loop"),
+        dir.join(&orphan),
+        dir.join(&orphan2),
+    ];
     expected.sort();
     assert_eq!(removed, expected);
     assert_eq!(report.kept, 5, "{report:?}");
     let mut left = extra_entries(&dir, &[]);
     left.sort();
-    let mut want = vec![f.id.to_string(), other_id.to_string(), "notes.txt".into(), "subdir".into(), "half".into()];
+    let mut want = vec![
+        f.id.to_string(),
+        other_id.to_string(),
+        "notes.txt".into(),
+        "subdir".into(),
+        "half".into(),
+    ];
     want.sort();
     assert_eq!(left, want);
     // The kept links still resolve where they did.
@@ -583,7 +646,10 @@ fn worker_process_entry() {
             std::thread::spawn(move || {
                 for _ in 0..20 {
                     s.ensure(&layout, &id).unwrap();
-                    ShortSymlink::new(&config(s.per_uid_dir().parent().unwrap())).unwrap().ensure(&layout, &id).unwrap();
+                    ShortSymlink::new(&config(s.per_uid_dir().parent().unwrap()))
+                        .unwrap()
+                        .ensure(&layout, &id)
+                        .unwrap();
                 }
             })
         })
@@ -611,8 +677,17 @@ fn several_processes_ensure_the_same_box_at_once() {
         .collect();
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "worker failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "worker failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     assert_eq!(std::fs::read_link(f.link()).unwrap(), f.layout.sockets_dir(&f.id));
     assert!(extra_entries(&f.per_uid(), &[f.id.as_str()]).is_empty());

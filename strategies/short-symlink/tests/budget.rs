@@ -3,7 +3,9 @@
 //! Pure arithmetic: `address` does no I/O.
 
 use boxsock_core::catalogue::{self, MAX_FILE_NAME_LEN};
-use boxsock_core::{BindingError, BoxId, BoxLayout, Platform, SocketAddress, SocketBinding, StrategyConfig, budget};
+use boxsock_core::{
+    BindingError, BoxId, BoxLayout, Platform, SocketAddress, SocketBinding, StrategyConfig, budget,
+};
 use boxsock_direct::Direct;
 use boxsock_short_symlink::ShortSymlink;
 
@@ -13,7 +15,8 @@ const KRUN_DERIVED: &str = "krun-net-4194304-4294967295.sock";
 
 /// The worst-case strategy: default base `/tmp`, default prefix, a 10-digit uid.
 fn worst_case_strategy() -> ShortSymlink {
-    let config = StrategyConfig { base_dir: "/tmp".into(), uid: u32::MAX, ..StrategyConfig::default() };
+    let config =
+        StrategyConfig { base_dir: "/tmp".into(), uid: u32::MAX, ..StrategyConfig::default() };
     assert_eq!(config.uid.to_string().len(), 10);
     ShortSymlink::new(&config).unwrap()
 }
@@ -36,7 +39,10 @@ fn concrete_names() -> Vec<String> {
 
 fn homes() -> impl Iterator<Item = BoxLayout> {
     // Every length from 1 to 300, then coarser up to PATH_MAX.
-    (1..=300usize).chain((301..=4096).step_by(61)).chain([4095, 4096]).map(|n| BoxLayout::new(format!("/{}", "h".repeat(n - 1))))
+    (1..=300usize)
+        .chain((301..=4096).step_by(61))
+        .chain([4095, 4096])
+        .map(|n| BoxLayout::new(format!("/{}", "h".repeat(n - 1))))
 }
 
 #[test]
@@ -98,7 +104,10 @@ fn no_dead_zone_where_direct_fits_ready_but_not_the_derived_name() {
 
 #[test]
 fn a_base_too_long_fails_at_address_with_path_too_long() {
-    let config = StrategyConfig { base_dir: format!("/{}", "b".repeat(120)).into(), ..StrategyConfig::default() };
+    let config = StrategyConfig {
+        base_dir: format!("/{}", "b".repeat(120)).into(),
+        ..StrategyConfig::default()
+    };
     let s = ShortSymlink::new(&config).unwrap();
     let layout = BoxLayout::new("/h");
     let id = BoxId::parse("abc").unwrap();
@@ -122,7 +131,11 @@ fn boundaries_at_the_platform_limit() {
     for (target_len, ok) in [(limit - 1, true), (limit, false)] {
         // "/<base>/boxsock-7/b/x.........": 1 + base + "/boxsock-7/b/" (13) + 10
         let base_len = target_len - 1 - 13 - 10;
-        let config = StrategyConfig { base_dir: format!("/{}", "b".repeat(base_len)).into(), uid: 7, ..StrategyConfig::default() };
+        let config = StrategyConfig {
+            base_dir: format!("/{}", "b".repeat(base_len)).into(),
+            uid: 7,
+            ..StrategyConfig::default()
+        };
         let s = ShortSymlink::new(&config).unwrap();
         let r = s.address(&layout, &id, "x123456789");
         if ok {

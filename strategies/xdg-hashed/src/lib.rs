@@ -49,11 +49,11 @@ use boxsock_core::binding::CrossUserProtection;
 use boxsock_core::fallback::SharedDir;
 use boxsock_core::peer::PeerPolicy;
 use boxsock_core::registry::StrategyRegistration;
-use boxsock_core::{BoxBinding, Held, Opening, Socket};
 use boxsock_core::{
-    BindingError, BoxId, BoxLayout, Capabilities, Platform, PolicyPath, SocketAddress, SocketBinding, SocketDir,
-    StrategyConfig, SweepReport,
+    BindingError, BoxId, BoxLayout, Capabilities, Platform, PolicyPath, SocketAddress,
+    SocketBinding, SocketDir, StrategyConfig, SweepReport,
 };
+use boxsock_core::{BoxBinding, Held, Opening, Socket};
 use boxsock_short_symlink::ShortSymlink;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -125,7 +125,10 @@ impl Root {
         };
         let xdg = Path::new(xdg);
         if !xdg.is_absolute() {
-            return fallback(format!("XDG_RUNTIME_DIR {} is not an absolute path", boxsock_core::echo::path(xdg)));
+            return fallback(format!(
+                "XDG_RUNTIME_DIR {} is not an absolute path",
+                boxsock_core::echo::path(xdg)
+            ));
         }
         let path = xdg.join(XDG_DIR_NAME);
         let worst = worst_case_len(&path);
@@ -173,7 +176,10 @@ pub struct XdgHashed {
 impl XdgHashed {
     /// A strategy for `config`, its root chosen from `XDG_RUNTIME_DIR` (see [`Root::choose`]).
     pub fn new(config: &StrategyConfig) -> Result<Self, BindingError> {
-        Self::with_root(config, Root::choose(std::env::var_os("XDG_RUNTIME_DIR").as_deref(), config))
+        Self::with_root(
+            config,
+            Root::choose(std::env::var_os("XDG_RUNTIME_DIR").as_deref(), config),
+        )
     }
 
     /// A strategy with an explicit root (tests, embedders with their own runtime dir).
@@ -181,7 +187,10 @@ impl XdgHashed {
         if !root.path().is_absolute() {
             return Err(BindingError::Invalid {
                 what: "xdg-hashed root".into(),
-                reason: format!("{} is not an absolute path", boxsock_core::echo::path(root.path())),
+                reason: format!(
+                    "{} is not an absolute path",
+                    boxsock_core::echo::path(root.path())
+                ),
             });
         }
         if let Root::Fallback { path, reason } = &root {
@@ -189,24 +198,40 @@ impl XdgHashed {
         }
         let shared = match &root {
             Root::Fallback { path, .. } => {
-                let (Some(base), Some(stem)) = (path.parent(), path.file_name().and_then(|n| n.to_str()).and_then(|n| n.rsplit_once('-'))) else {
+                let (Some(base), Some(stem)) = (
+                    path.parent(),
+                    path.file_name().and_then(|n| n.to_str()).and_then(|n| n.rsplit_once('-')),
+                ) else {
                     return Err(BindingError::Invalid {
                         what: "xdg-hashed root".into(),
-                        reason: format!("{} is not <base>/<stem>-<uid>", boxsock_core::echo::path(path)),
+                        reason: format!(
+                            "{} is not <base>/<stem>-<uid>",
+                            boxsock_core::echo::path(path)
+                        ),
                     });
                 };
                 let shared = SharedDir::new(config, base, stem.0);
                 if shared.predictable() != *path {
                     return Err(BindingError::Invalid {
                         what: "xdg-hashed root".into(),
-                        reason: format!("{} is not <base>/<stem>-{}", boxsock_core::echo::path(path), config.uid),
+                        reason: format!(
+                            "{} is not <base>/<stem>-{}",
+                            boxsock_core::echo::path(path),
+                            config.uid
+                        ),
                     });
                 }
                 Some(shared)
             }
             Root::Xdg { .. } => None,
         };
-        Ok(XdgHashed { config: config.clone(), root, shared, homes: RwLock::new(HashMap::new()), checked_root: RwLock::new(None) })
+        Ok(XdgHashed {
+            config: config.clone(),
+            root,
+            shared,
+            homes: RwLock::new(HashMap::new()),
+            checked_root: RwLock::new(None),
+        })
     }
 
     /// Where the per-home directories live, and why.
@@ -238,7 +263,11 @@ impl XdgHashed {
                 return Ok(s.clone());
             }
         }
-        let config = StrategyConfig { base_dir: root.clone(), binding_dir: Some(root.join(home_hash(&home))), ..self.config.clone() };
+        let config = StrategyConfig {
+            base_dir: root.clone(),
+            binding_dir: Some(root.join(home_hash(&home))),
+            ..self.config.clone()
+        };
         let s = Arc::new(ShortSymlink::new(&config)?);
         let mut homes = self.homes.write().unwrap_or_else(PoisonError::into_inner);
         let e = homes.entry(home).or_insert_with(|| (root.clone(), s.clone()));
@@ -253,7 +282,8 @@ impl XdgHashed {
     fn root_unchanged(&self, root: &Path) -> bool {
         let guard = self.checked_root.read().unwrap_or_else(PoisonError::into_inner);
         let Some((path, dev, ino)) = guard.as_ref() else { return false };
-        path == root && matches!(std::fs::symlink_metadata(root), Ok(m) if m.is_dir() && m.dev() == *dev && m.ino() == *ino)
+        path == root
+            && matches!(std::fs::symlink_metadata(root), Ok(m) if m.is_dir() && m.dev() == *dev && m.ino() == *ino)
     }
 
     /// Create the root (0700) if missing and check it on a descriptor: a real directory
@@ -265,8 +295,11 @@ impl XdgHashed {
             return Ok(());
         }
         if let Some(shared) = &self.shared {
-            let opened = shared.open(layout.home(), true)?.ok_or_else(|| BindingError::errno("open", shared.path_for(layout.home()), Errno::ENOENT))?;
-            let st = nix::sys::stat::fstat(&opened.fd).map_err(|e| BindingError::errno("stat", &opened.path, e))?;
+            let opened = shared.open(layout.home(), true)?.ok_or_else(|| {
+                BindingError::errno("open", shared.path_for(layout.home()), Errno::ENOENT)
+            })?;
+            let st = nix::sys::stat::fstat(&opened.fd)
+                .map_err(|e| BindingError::errno("stat", &opened.path, e))?;
             #[allow(clippy::unnecessary_cast)]
             let identity = (opened.path, st.st_dev as u64, st.st_ino as u64);
             *self.checked_root.write().unwrap_or_else(PoisonError::into_inner) = Some(identity);
@@ -274,7 +307,10 @@ impl XdgHashed {
         }
         let root = self.root.path();
         let (Some(parent), Some(name)) = (root.parent(), root.file_name()) else {
-            return Err(BindingError::Invalid { what: "xdg-hashed root".into(), reason: format!("{} has no parent", boxsock_core::echo::path(root)) });
+            return Err(BindingError::Invalid {
+                what: "xdg-hashed root".into(),
+                reason: format!("{} has no parent", boxsock_core::echo::path(root)),
+            });
         };
         let uid = self.config.uid;
         let (pfd, pst) = boxsock_core::trust::open_dir(parent, uid, "the xdg-hashed root")?;
@@ -289,7 +325,10 @@ impl XdgHashed {
                     ),
                 });
             }
-            Root::Fallback { .. } if (pmode & 0o022 != 0 && pmode & 0o1000 == 0) || (pst.st_uid != 0 && pst.st_uid != uid) => {
+            Root::Fallback { .. }
+                if (pmode & 0o022 != 0 && pmode & 0o1000 == 0)
+                    || (pst.st_uid != 0 && pst.st_uid != uid) =>
+            {
                 return Err(BindingError::Insecure {
                     path: parent.to_owned(),
                     reason: format!(
@@ -302,29 +341,40 @@ impl XdgHashed {
             _ => {}
         }
         match nix::sys::stat::mkdirat(&pfd, name, Mode::from_bits_truncate(0o700)) {
-            Ok(()) => tracing::debug!(strategy = NAME, path = %boxsock_core::echo::path(root), "created root"),
+            Ok(()) => {
+                tracing::debug!(strategy = NAME, path = %boxsock_core::echo::path(root), "created root")
+            }
             Err(Errno::EEXIST) => {}
             Err(e) => return Err(BindingError::errno("create directory", root, e)),
         }
-        let fd = nix::fcntl::openat(&pfd, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|e| match e {
-                Errno::ELOOP | Errno::ENOTDIR => BindingError::Insecure {
-                    path: root.to_owned(),
-                    reason: "it is not a directory (a symlink or a file): refusing to use it".into(),
-                },
-                e => BindingError::errno("open", root, e),
-            })?;
+        let fd = nix::fcntl::openat(
+            &pfd,
+            name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::ELOOP | Errno::ENOTDIR => BindingError::Insecure {
+                path: root.to_owned(),
+                reason: "it is not a directory (a symlink or a file): refusing to use it".into(),
+            },
+            e => BindingError::errno("open", root, e),
+        })?;
         let st = nix::sys::stat::fstat(&fd).map_err(|e| BindingError::errno("stat", root, e))?;
         if st.st_uid != uid {
             return Err(BindingError::Insecure {
                 path: root.to_owned(),
-                reason: format!("it is owned by uid {}, not uid {uid} (squatted?): refusing to use it", st.st_uid),
+                reason: format!(
+                    "it is owned by uid {}, not uid {uid} (squatted?): refusing to use it",
+                    st.st_uid
+                ),
             });
         }
         let mode = mode_bits(st.st_mode);
         if mode & 0o077 != 0 {
             tracing::warn!(strategy = NAME, path = %boxsock_core::echo::path(root), mode = format!("{mode:04o}"), "repairing the root's mode to 0700");
-            nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(0o700)).map_err(|e| BindingError::errno("chmod", root, e))?;
+            nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(0o700))
+                .map_err(|e| BindingError::errno("chmod", root, e))?;
         }
         #[allow(clippy::unnecessary_cast)]
         let identity = (root.to_owned(), st.st_dev as u64, st.st_ino as u64);
@@ -376,8 +426,11 @@ impl SocketBinding for XdgHashed {
         let sockets = layout.sockets_dir(id);
         match std::fs::metadata(&sockets) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(BindingError::MissingSocketDir { id: id.to_string(), path: sockets }),
-            Err(e) if matches!(e.raw_os_error(), Some(code) if code == Errno::ENOENT as i32 || code == Errno::ENOTDIR as i32) => {
+            Ok(_) => {
+                return Err(BindingError::MissingSocketDir { id: id.to_string(), path: sockets });
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(code) if code == Errno::ENOENT as i32 || code == Errno::ENOTDIR as i32) =>
+            {
                 return Err(BindingError::MissingSocketDir { id: id.to_string(), path: sockets });
             }
             Err(e) => return Err(BindingError::io("stat", sockets, e)),
@@ -386,7 +439,12 @@ impl SocketBinding for XdgHashed {
         self.inner(layout)?.ensure(layout, id)
     }
 
-    fn address(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<SocketAddress, BindingError> {
+    fn address(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+        file_name: &str,
+    ) -> Result<SocketAddress, BindingError> {
         self.inner(layout)?.address(layout, id, file_name)
     }
 
@@ -405,7 +463,11 @@ impl SocketBinding for XdgHashed {
         self.inner(layout)?.sweep(layout)
     }
 
-    fn policy_paths(&self, layout: &BoxLayout, id: &BoxId) -> Result<Vec<PolicyPath>, BindingError> {
+    fn policy_paths(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+    ) -> Result<Vec<PolicyPath>, BindingError> {
         self.inner(layout)?.policy_paths(layout, id)
     }
 
@@ -413,7 +475,11 @@ impl SocketBinding for XdgHashed {
         self.inner(layout).ok()?.binding_path(layout, id)
     }
 
-    fn socket_dir(&self, layout: &BoxLayout, id: &BoxId) -> Result<Option<SocketDir>, BindingError> {
+    fn socket_dir(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+    ) -> Result<Option<SocketDir>, BindingError> {
         self.inner(layout)?.socket_dir(layout, id)
     }
 
@@ -425,12 +491,15 @@ impl SocketBinding for XdgHashed {
 
     /// The owner and the embedder's `allowed_peer_uids`.
     fn peer_policy(&self) -> PeerPolicy {
-        PeerPolicy::allow_uids(std::iter::once(self.config.uid).chain(self.config.allowed_peer_uids.iter().copied()))
+        PeerPolicy::allow_uids(
+            std::iter::once(self.config.uid).chain(self.config.allowed_peer_uids.iter().copied()),
+        )
     }
 }
 
 fn absolute_home(layout: &BoxLayout) -> Result<PathBuf, BindingError> {
-    std::path::absolute(layout.home()).map_err(|e| BindingError::io("make absolute", layout.home(), e))
+    std::path::absolute(layout.home())
+        .map_err(|e| BindingError::io("make absolute", layout.home(), e))
 }
 
 #[allow(clippy::unnecessary_cast)]
@@ -449,8 +518,13 @@ mod tests {
     #[test]
     fn root_is_xdg_when_usable_and_falls_back_with_a_reason() {
         let c = config();
-        assert_eq!(Root::choose(Some("/run/user/1000".as_ref()), &c), Root::Xdg { path: "/run/user/1000/boxsock".into() });
-        for (xdg, why) in [(None, "unset"), (Some(""), "unset"), (Some("run/user"), "not an absolute path")] {
+        assert_eq!(
+            Root::choose(Some("/run/user/1000".as_ref()), &c),
+            Root::Xdg { path: "/run/user/1000/boxsock".into() }
+        );
+        for (xdg, why) in
+            [(None, "unset"), (Some(""), "unset"), (Some("run/user"), "not an absolute path")]
+        {
             match Root::choose(xdg.map(AsRef::as_ref), &c) {
                 Root::Fallback { path, reason } => {
                     assert_eq!(path, Path::new("/tmp/boxsock-x-1000"));
@@ -461,7 +535,9 @@ mod tests {
         }
         let long = format!("/{}", "r".repeat(40));
         match Root::choose(Some(long.as_ref()), &c) {
-            Root::Fallback { reason, .. } => assert!(reason.contains("too long") && reason.contains("108"), "{reason}"),
+            Root::Fallback { reason, .. } => {
+                assert!(reason.contains("too long") && reason.contains("108"), "{reason}")
+            }
             other => panic!("{other:?}"),
         }
     }

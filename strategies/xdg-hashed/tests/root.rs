@@ -3,10 +3,10 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use boxsock_core::{Opening, catalogue};
 use boxsock_core::{BindingError, BoxId, BoxLayout, SocketBinding, StrategyConfig, boxdir};
-use boxsock_xdg_hashed::{Root, XdgHashed, home_hash};
+use boxsock_core::{Opening, catalogue};
 use boxsock_test_support::{Need, skip};
+use boxsock_xdg_hashed::{Root, XdgHashed, home_hash};
 
 const NOBODY: u32 = 65534;
 
@@ -54,7 +54,11 @@ fn ensure_makes_a_private_root_and_a_hashed_home_dir_linking_to_the_sockets() {
     let addr = x.address(&s.layout, &s.id, "agent.sock").unwrap();
     assert_eq!(addr, boxsock_core::SocketAddress::Path(link.join("agent.sock")));
     // Bound through the hashed directory, the socket file is in the box's directory.
-    let l = x.clone().open_box(&s.layout, &s.id, Opening::Use, &[]).and_then(|b| b.listen(&catalogue::AGENT)).unwrap();
+    let l = x
+        .clone()
+        .open_box(&s.layout, &s.id, Opening::Use, &[])
+        .and_then(|b| b.listen(&catalogue::AGENT))
+        .unwrap();
     assert!(s.layout.sockets_dir(&s.id).join("agent.sock").exists());
     drop(l);
 }
@@ -72,7 +76,11 @@ fn a_symlinked_root_is_refused_and_left_alone() {
         }
         other => panic!("expected Insecure, got {other:?}"),
     }
-    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "something was made through the symlink");
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "something was made through the symlink"
+    );
 }
 
 #[test]
@@ -124,7 +132,10 @@ fn two_homes_with_one_id_get_two_directories() {
     let x = xdg(&s);
     x.ensure(&s.layout, &s.id).unwrap();
     x.ensure(&other, &s.id).unwrap();
-    assert_ne!(x.address(&s.layout, &s.id, "agent.sock").unwrap(), x.address(&other, &s.id, "agent.sock").unwrap());
+    assert_ne!(
+        x.address(&s.layout, &s.id, "agent.sock").unwrap(),
+        x.address(&other, &s.id, "agent.sock").unwrap()
+    );
     // A sweep of one home looks only at that home's directory.
     std::fs::remove_dir_all(other.box_dir(&s.id)).unwrap();
     assert!(x.sweep(&s.layout).unwrap().removed.is_empty());
@@ -138,7 +149,12 @@ fn a_root_removed_by_a_cleaner_is_made_again() {
     x.ensure(&s.layout, &s.id).unwrap();
     std::fs::remove_dir_all(s.run.join("boxsock")).unwrap();
     x.ensure(&s.layout, &s.id).unwrap();
-    drop(x.clone().open_box(&s.layout, &s.id, Opening::Use, &[]).and_then(|b| b.listen(&catalogue::AGENT)).unwrap());
+    drop(
+        x.clone()
+            .open_box(&s.layout, &s.id, Opening::Use, &[])
+            .and_then(|b| b.listen(&catalogue::AGENT))
+            .unwrap(),
+    );
     assert!(s.layout.sockets_dir(&s.id).join("agent.sock").exists());
     // And a root swapped for a symlink after the first check is refused, not followed.
     std::fs::remove_dir_all(s.run.join("boxsock")).unwrap();

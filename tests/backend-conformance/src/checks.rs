@@ -25,7 +25,10 @@ fn live_process(kit: &Kit, id: &BoxId) -> (i32, u64) {
     let info = kit.inspect(id);
     match (info.pid, info.start_time) {
         (Some(pid), Some(start)) if info.alive => (pid, start),
-        _ => kit.fail(format!("box {id} is {} but the runtime has no live process for it (pid {:?}, alive {})", info.state, info.pid, info.alive)),
+        _ => kit.fail(format!(
+            "box {id} is {} but the runtime has no live process for it (pid {:?}, alive {})",
+            info.state, info.pid, info.alive
+        )),
     }
 }
 
@@ -61,14 +64,21 @@ pub fn stop_is_bounded_and_leaves_nothing(kit: &Kit) -> Outcome {
     let (pid, start) = live_process(kit, id);
     let timeout = kit.target.stop_timeout;
     let t0 = Instant::now();
-    let stopped = kit.block_on(kit.runtime().stop(id.as_str(), Some(timeout))).unwrap_or_else(|e| kit.fail(format!("stop {id}: {e}")));
+    let stopped = kit
+        .block_on(kit.runtime().stop(id.as_str(), Some(timeout)))
+        .unwrap_or_else(|e| kit.fail(format!("stop {id}: {e}")));
     let took = t0.elapsed();
     let bound = timeout * 2 + KILL_SLACK;
     if took > bound {
-        kit.fail(format!("stop of box {id} took {took:.2?}, more than 2 × {timeout:?} + {KILL_SLACK:?}"));
+        kit.fail(format!(
+            "stop of box {id} took {took:.2?}, more than 2 × {timeout:?} + {KILL_SLACK:?}"
+        ));
     }
     if stopped.state != BoxState::Stopped || stopped.process.is_some() {
-        kit.fail(format!("box {id} after stop is {} with process {:?}; expected stopped without one", stopped.state, stopped.process));
+        kit.fail(format!(
+            "box {id} after stop is {} with process {:?}; expected stopped without one",
+            stopped.state, stopped.process
+        ));
     }
     if procs::is_alive(pid, start) {
         kit.fail(format!("box {id} is recorded stopped but its process {pid} is alive"));
@@ -93,11 +103,18 @@ pub fn killed_box_is_observed_exited(kit: &Kit) -> Outcome {
         kit.fail(format!("box {id}: cannot SIGKILL its process {pid}: {e}"));
     }
     if !kit.wait_state(id, BoxState::Stopped, OBSERVE_EXIT) {
-        kit.fail(format!("box {id}: its process {pid} was killed but the box is still {} after {OBSERVE_EXIT:?}", kit.record(id).state));
+        kit.fail(format!(
+            "box {id}: its process {pid} was killed but the box is still {} after {OBSERVE_EXIT:?}",
+            kit.record(id).state
+        ));
     }
     let after = kit.record(id);
     if after.exit_code != Some(128 + libc::SIGKILL) {
-        kit.fail(format!("box {id}: killed with SIGKILL, recorded exit code {:?}, expected {}", after.exit_code, 128 + libc::SIGKILL));
+        kit.fail(format!(
+            "box {id}: killed with SIGKILL, recorded exit code {:?}, expected {}",
+            after.exit_code,
+            128 + libc::SIGKILL
+        ));
     }
     if procs::is_alive(pid, start) {
         kit.fail(format!("box {id}: its process {pid} is alive after SIGKILL"));
@@ -115,9 +132,15 @@ pub fn log_file_receives_output(kit: &Kit) -> Outcome {
     let info = kit.inspect(id);
     let expected = boxsock_core::BoxLayout::new(&kit.home).log_file(id);
     if std::path::Path::new(&info.log) != expected {
-        kit.fail(format!("box {id}: inspect reports log {} but the box log is {}", info.log, expected.display()));
+        kit.fail(format!(
+            "box {id}: inspect reports log {} but the box log is {}",
+            info.log,
+            expected.display()
+        ));
     }
-    let size = |p: &std::path::Path| std::fs::symlink_metadata(p).ok().filter(|m| m.file_type().is_file()).map(|m| m.len());
+    let size = |p: &std::path::Path| {
+        std::fs::symlink_metadata(p).ok().filter(|m| m.file_type().is_file()).map(|m| m.len())
+    };
     // Output may trail readiness a little (a guest console is flushed by the VMM).
     let deadline = Instant::now() + Duration::from_secs(5);
     while size(&expected).unwrap_or(0) == 0 && Instant::now() < deadline {
@@ -128,7 +151,8 @@ pub fn log_file_receives_output(kit: &Kit) -> Outcome {
         Some(_) => kit.fail(format!("box {id} is ready but its log {} is empty: the box's output does not reach LaunchSpec::log_file", expected.display())),
         None => kit.fail(format!("box {id} is ready but its log {} is not a regular file", expected.display())),
     }
-    kit.block_on(kit.runtime().stop(id.as_str(), None)).unwrap_or_else(|e| kit.fail(format!("stop {id}: {e}")));
+    kit.block_on(kit.runtime().stop(id.as_str(), None))
+        .unwrap_or_else(|e| kit.fail(format!("stop {id}: {e}")));
     if size(&expected).unwrap_or(0) == 0 {
         kit.fail(format!("box {id}: its log {} is gone or empty after stop", expected.display()));
     }
@@ -140,7 +164,8 @@ pub fn log_file_receives_output(kit: &Kit) -> Outcome {
 /// [`AddressNeeds::PathOrAbstract`] backend runs a box with abstract addresses (start,
 /// ping, stop leave nothing behind).
 pub fn address_needs_are_honoured(kit: &Kit) -> Outcome {
-    let backend = kit.runtime().backend(kit.backend()).unwrap_or_else(|e| kit.fail(format!("build: {e}")));
+    let backend =
+        kit.runtime().backend(kit.backend()).unwrap_or_else(|e| kit.fail(format!("build: {e}")));
     match backend.address_needs() {
         AddressNeeds::PathOnly => match kit.create(ABSTRACT_STRATEGY) {
             Ok(rec) => kit.fail(format!("a path-only backend was given box {} with strategy {ABSTRACT_STRATEGY}", rec.id)),
@@ -186,7 +211,8 @@ fn live_companions(kit: &Kit, id: &BoxId) -> Vec<(i32, u64)> {
 }
 
 fn assert_companions_gone(kit: &Kit, id: &BoxId, companions: &[(i32, u64)], when: &str) {
-    let alive: Vec<i32> = companions.iter().filter(|(p, s)| procs::is_alive(*p, *s)).map(|(p, _)| *p).collect();
+    let alive: Vec<i32> =
+        companions.iter().filter(|(p, s)| procs::is_alive(*p, *s)).map(|(p, _)| *p).collect();
     if !alive.is_empty() {
         kit.fail(format!("{when}, companions of box {id} are alive: {alive:?}"));
     }
@@ -204,15 +230,20 @@ pub fn companions_reaped(kit: &Kit) -> Outcome {
     let id = rec.id.clone();
     let companions = live_companions(kit, &id);
     if companions.is_empty() {
-        return Outcome::Skipped(format!("the backend launched no companions (network: {})", kit.target.network));
+        return Outcome::Skipped(format!(
+            "the backend launched no companions (network: {})",
+            kit.target.network
+        ));
     }
-    kit.block_on(kit.runtime().stop(id.as_str(), None)).unwrap_or_else(|e| kit.fail(format!("stop {id}: {e}")));
+    kit.block_on(kit.runtime().stop(id.as_str(), None))
+        .unwrap_or_else(|e| kit.fail(format!("stop {id}: {e}")));
     assert_companions_gone(kit, &id, &companions, &format!("after stop of box {id}"));
 
     // 2. remove --force of a running box
     let _ = kit.start(&id);
     let companions = live_companions(kit, &id);
-    kit.block_on(kit.runtime().remove(id.as_str(), true)).unwrap_or_else(|e| kit.fail(format!("remove --force {id}: {e}")));
+    kit.block_on(kit.runtime().remove(id.as_str(), true))
+        .unwrap_or_else(|e| kit.fail(format!("remove --force {id}: {e}")));
     assert_companions_gone(kit, &id, &companions, &format!("after remove --force of box {id}"));
 
     // 3. the box process dies
@@ -228,7 +259,10 @@ pub fn companions_reaped(kit: &Kit) -> Outcome {
         other => kit.fail(format!("box {id}: the runtime holds no process handle ({other:?})")),
     }
     if !kit.wait_state(&id, BoxState::Stopped, OBSERVE_EXIT) {
-        kit.fail(format!("box {id}: its process was killed but the box is still {} after {OBSERVE_EXIT:?}", kit.record(&id).state));
+        kit.fail(format!(
+            "box {id}: its process was killed but the box is still {} after {OBSERVE_EXIT:?}",
+            kit.record(&id).state
+        ));
     }
     assert_companions_gone(kit, &id, &companions, &format!("after the process of box {id} died"));
     Outcome::Passed

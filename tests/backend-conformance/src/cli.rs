@@ -52,7 +52,9 @@ impl std::fmt::Display for UsageError {
 }
 
 fn secs(flag: &str, v: &str) -> Result<Duration, UsageError> {
-    v.parse::<u64>().map(Duration::from_secs).map_err(|_| UsageError(format!("{flag} takes whole seconds, got {v:?}")))
+    v.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| UsageError(format!("{flag} takes whole seconds, got {v:?}")))
 }
 
 /// Parse the arguments (without the program name).
@@ -69,24 +71,34 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, UsageError>
         checks: Vec::new(),
     };
     while let Some(a) = it.next() {
-        let mut value = |flag: &str| it.next().ok_or_else(|| UsageError(format!("{flag} needs a value")));
+        let mut value =
+            |flag: &str| it.next().ok_or_else(|| UsageError(format!("{flag} needs a value")));
         match a.as_str() {
             "--backend" => out.backend = value("--backend")?,
             "--home" => out.home = Some(PathBuf::from(value("--home")?)),
             "--helper-dir" => out.helper_dir = Some(PathBuf::from(value("--helper-dir")?)),
             "--backend-option" => {
                 let kv = value("--backend-option")?;
-                let (k, v) = kv.split_once('=').ok_or_else(|| UsageError(format!("--backend-option takes KEY=VALUE, got {kv:?}")))?;
+                let (k, v) = kv.split_once('=').ok_or_else(|| {
+                    UsageError(format!("--backend-option takes KEY=VALUE, got {kv:?}"))
+                })?;
                 out.options.insert(k.to_owned(), v.to_owned());
             }
-            "--ready-timeout" => out.ready_timeout = Some(secs("--ready-timeout", &value("--ready-timeout")?)?),
-            "--stop-timeout" => out.stop_timeout = Some(secs("--stop-timeout", &value("--stop-timeout")?)?),
+            "--ready-timeout" => {
+                out.ready_timeout = Some(secs("--ready-timeout", &value("--ready-timeout")?)?)
+            }
+            "--stop-timeout" => {
+                out.stop_timeout = Some(secs("--stop-timeout", &value("--stop-timeout")?)?)
+            }
             "--network" => out.network = true,
             "--check" => {
                 let c = value("--check")?;
                 if crate::check_named(&c).is_none() {
                     let known: Vec<&str> = CHECKS.iter().map(|c| c.name).collect();
-                    return Err(UsageError(format!("unknown check {c:?}; known: {}", known.join(", "))));
+                    return Err(UsageError(format!(
+                        "unknown check {c:?}; known: {}",
+                        known.join(", ")
+                    )));
                 }
                 out.checks.push(c);
             }
@@ -101,7 +113,10 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, UsageError>
 
 /// Run the kit as the command line says against a backend of `backends`; returns the
 /// exit code (see the module documentation).
-pub fn main_with(backends: &Registry<BackendRegistration>, args: impl IntoIterator<Item = String>) -> i32 {
+pub fn main_with(
+    backends: &Registry<BackendRegistration>,
+    args: impl IntoIterator<Item = String>,
+) -> i32 {
     let args = match parse(args) {
         Ok(a) => a,
         Err(e) => {
@@ -116,7 +131,10 @@ pub fn main_with(backends: &Registry<BackendRegistration>, args: impl IntoIterat
             return 2;
         }
     };
-    let mut target = Target::new(registration, BackendConfig { helper_dir: args.helper_dir, options: args.options });
+    let mut target = Target::new(
+        registration,
+        BackendConfig { helper_dir: args.helper_dir, options: args.options },
+    );
     target.home_root = args.home;
     target.network = args.network;
     if let Some(t) = args.ready_timeout {
@@ -126,9 +144,13 @@ pub fn main_with(backends: &Registry<BackendRegistration>, args: impl IntoIterat
         target.stop_timeout = t;
     }
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    for check in CHECKS.iter().filter(|c| args.checks.is_empty() || args.checks.iter().any(|n| n == c.name)) {
+    for check in
+        CHECKS.iter().filter(|c| args.checks.is_empty() || args.checks.iter().any(|n| n == c.name))
+    {
         let t0 = std::time::Instant::now();
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| crate::run_check(check, &target)));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::run_check(check, &target)
+        }));
         let took = t0.elapsed();
         match r {
             Ok(Outcome::Passed) => {
@@ -141,7 +163,11 @@ pub fn main_with(backends: &Registry<BackendRegistration>, args: impl IntoIterat
             }
             Err(p) => {
                 failed += 1;
-                println!("check {}: FAIL {}", check.name, crate::panic_message(&*p).replace('\n', "\n    "));
+                println!(
+                    "check {}: FAIL {}",
+                    check.name,
+                    crate::panic_message(&*p).replace('\n', "\n    ")
+                );
             }
         }
     }
@@ -160,9 +186,23 @@ mod tests {
     #[test]
     fn parses_every_flag() {
         let a = parse(args(&[
-            "--backend", "libkrun", "--home", "/w/kit", "--helper-dir", "/opt/bin", "--backend-option", "read_only=/opt/krunfw",
-            "--backend-option", "agent=/opt/bin/boxsock-agent", "--ready-timeout", "180", "--stop-timeout", "10", "--network",
-            "--check", "companions_reaped",
+            "--backend",
+            "libkrun",
+            "--home",
+            "/w/kit",
+            "--helper-dir",
+            "/opt/bin",
+            "--backend-option",
+            "read_only=/opt/krunfw",
+            "--backend-option",
+            "agent=/opt/bin/boxsock-agent",
+            "--ready-timeout",
+            "180",
+            "--stop-timeout",
+            "10",
+            "--network",
+            "--check",
+            "companions_reaped",
         ]))
         .unwrap();
         assert_eq!(a.backend, "libkrun");
@@ -182,8 +222,14 @@ mod tests {
             (&["--home", "/x"][..], "--backend NAME is required"),
             (&["--backend"][..], "--backend needs a value"),
             (&["--backend", "b", "--backend-option", "novalue"][..], "KEY=VALUE, got \"novalue\""),
-            (&["--backend", "b", "--ready-timeout", "soon"][..], "--ready-timeout takes whole seconds, got \"soon\""),
-            (&["--backend", "b", "--check", "nope"][..], "unknown check \"nope\"; known: launch_and_readiness"),
+            (
+                &["--backend", "b", "--ready-timeout", "soon"][..],
+                "--ready-timeout takes whole seconds, got \"soon\"",
+            ),
+            (
+                &["--backend", "b", "--check", "nope"][..],
+                "unknown check \"nope\"; known: launch_and_readiness",
+            ),
             (&["--backend", "b", "--frobnicate"][..], "unknown argument \"--frobnicate\""),
         ] {
             let e = parse(args(argv)).unwrap_err();

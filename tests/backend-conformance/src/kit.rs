@@ -27,7 +27,8 @@ pub const ABSTRACT_STRATEGY: &str = boxsock_abstract::NAME;
 /// lies: a home whose socket paths would not fit `sun_path` if bound directly.
 pub const HOME_MIN_LEN: usize = 200;
 
-static STRATEGIES: [&StrategyRegistration; 2] = [&boxsock_short_symlink::REGISTRATION, &boxsock_abstract::REGISTRATION];
+static STRATEGIES: [&StrategyRegistration; 2] =
+    [&boxsock_short_symlink::REGISTRATION, &boxsock_abstract::REGISTRATION];
 
 /// The world of one check. See the module documentation.
 #[derive(Debug)]
@@ -49,11 +50,18 @@ pub struct Kit {
 impl Kit {
     /// A fresh world for `check` against `target`. Panics when it cannot be made.
     pub fn new(target: &Target, check: &'static str) -> Kit {
-        let dir = tempfile::Builder::new().prefix("bk").tempdir_in("/tmp").unwrap_or_else(|e| panic!("{check}: cannot make a temporary directory in /tmp: {e}"));
+        let dir = tempfile::Builder::new()
+            .prefix("bk")
+            .tempdir_in("/tmp")
+            .unwrap_or_else(|e| panic!("{check}: cannot make a temporary directory in /tmp: {e}"));
         let link_base = dir.path().join("l");
-        std::fs::create_dir(&link_base).unwrap_or_else(|e| panic!("{check}: cannot create {}: {e}", link_base.display()));
+        std::fs::create_dir(&link_base)
+            .unwrap_or_else(|e| panic!("{check}: cannot create {}: {e}", link_base.display()));
         let mut home = match &target.home_root {
-            Some(root) => root.join(format!("{check}-{}", dir.path().file_name().and_then(|n| n.to_str()).unwrap_or("x"))),
+            Some(root) => root.join(format!(
+                "{check}-{}",
+                dir.path().file_name().and_then(|n| n.to_str()).unwrap_or("x")
+            )),
             None => dir.path().join("home"),
         };
         while home.as_os_str().len() < HOME_MIN_LEN {
@@ -68,7 +76,8 @@ impl Kit {
             Registry::from_entries("strategy", STRATEGIES.iter().copied()),
             Registry::from_entries("backend", [target.registration]),
         );
-        options.strategy_config = StrategyConfig { base_dir: link_base.clone(), ..StrategyConfig::default() };
+        options.strategy_config =
+            StrategyConfig { base_dir: link_base.clone(), ..StrategyConfig::default() };
         options.backend_config = target.config.clone();
         options.ready_timeout = target.ready_timeout;
         options.stop_timeout = target.stop_timeout;
@@ -77,7 +86,16 @@ impl Kit {
             Ok((r, _)) => r,
             Err(e) => panic!("{check}: cannot open a runtime over {}: {e}", home.display()),
         };
-        Kit { target: target.clone(), check, home, link_base, _dir: dir, rt: Some(rt), runtime: Some(runtime), before }
+        Kit {
+            target: target.clone(),
+            check,
+            home,
+            link_base,
+            _dir: dir,
+            rt: Some(rt),
+            runtime: Some(runtime),
+            before,
+        }
     }
 
     /// The backend's name.
@@ -114,19 +132,25 @@ impl Kit {
         let t0 = Instant::now();
         match self.block_on(self.runtime().start(id.as_str())) {
             Ok(rec) => (rec, t0.elapsed()),
-            Err(e) => self.fail(format!("box {id} did not start: {e}\nbox log:\n{}", self.log_tail(id))),
+            Err(e) => {
+                self.fail(format!("box {id} did not start: {e}\nbox log:\n{}", self.log_tail(id)))
+            }
         }
     }
 
     /// Create and start a box with `strategy`.
     pub fn started(&self, strategy: &str) -> (BoxRecord, Duration) {
-        let rec = self.create(strategy).unwrap_or_else(|e| self.fail(format!("create with strategy {strategy} failed: {e}")));
+        let rec = self
+            .create(strategy)
+            .unwrap_or_else(|e| self.fail(format!("create with strategy {strategy} failed: {e}")));
         self.start(&rec.id)
     }
 
     /// What `inspect` says of box `id`.
     pub fn inspect(&self, id: &BoxId) -> BoxInfo {
-        self.runtime().inspect(id.as_str()).unwrap_or_else(|e| self.fail(format!("inspect {id}: {e}")))
+        self.runtime()
+            .inspect(id.as_str())
+            .unwrap_or_else(|e| self.fail(format!("inspect {id}: {e}")))
     }
 
     /// The box's record.
@@ -164,7 +188,10 @@ impl Kit {
         if !strays.is_empty() {
             procs::kill_all(&strays);
             let list: Vec<String> = strays.iter().map(ToString::to_string).collect();
-            self.fail(format!("{when}, processes the box started are still alive (killed now): {}", list.join(", ")));
+            self.fail(format!(
+                "{when}, processes the box started are still alive (killed now): {}",
+                list.join(", ")
+            ));
         }
     }
 
@@ -188,7 +215,11 @@ impl Drop for Kit {
             rt.block_on(async {
                 if let Ok(listing) = runtime.list() {
                     for rec in listing.boxes {
-                        let _ = tokio::time::timeout(Duration::from_secs(60), runtime.remove(rec.id.as_str(), true)).await;
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(60),
+                            runtime.remove(rec.id.as_str(), true),
+                        )
+                        .await;
                     }
                 }
             });
@@ -201,7 +232,11 @@ impl Drop for Kit {
         // Homes under a caller's root are the kit's own (`<check>-<random>`).
         if self.target.home_root.is_some() {
             if let Some(top) = self.target.home_root.as_ref().and_then(|r| {
-                self.home.strip_prefix(r).ok().and_then(|rel| rel.components().next()).map(|c| r.join(c))
+                self.home
+                    .strip_prefix(r)
+                    .ok()
+                    .and_then(|rel| rel.components().next())
+                    .map(|c| r.join(c))
             }) {
                 let _ = std::fs::remove_dir_all(top);
             }

@@ -148,7 +148,11 @@ pub fn run_check(check: &Check, target: &Target) -> Outcome {
         Err(e) => panic!("{}: backend {name:?} cannot be built: {e}", check.name),
     };
     if let Availability::Unavailable { reason } = backend.available_for_launch() {
-        return skip(check, name, format!("backend {name:?} cannot launch boxes on this machine: {reason}"));
+        return skip(
+            check,
+            name,
+            format!("backend {name:?} cannot launch boxes on this machine: {reason}"),
+        );
     }
     if let Ok(role) = std::env::var(ENV_CHECK) {
         if role != format!("{name}\t{}", check.name) {
@@ -169,7 +173,10 @@ pub fn run_check(check: &Check, target: &Target) -> Outcome {
 /// The check itself, in this process.
 fn run_here(check: &Check, target: &Target) -> Outcome {
     if !procs::become_subreaper() {
-        panic!("{}: cannot become a child subreaper (prctl PR_SET_CHILD_SUBREAPER), so strays cannot be found", check.name);
+        panic!(
+            "{}: cannot become a child subreaper (prctl PR_SET_CHILD_SUBREAPER), so strays cannot be found",
+            check.name
+        );
     }
     let kit = Kit::new(target, check.name);
     (check.run)(&kit)
@@ -181,7 +188,8 @@ fn run_here(check: &Check, target: &Target) -> Outcome {
 /// [`CHILD_OK`](boxsock_conformance::child::CHILD_OK). The result is written whether or
 /// not the test that called the kit catches the check's panic.
 fn play(check: &Check, target: &Target) -> ! {
-    let path = std::env::var_os(ENV_RESULT).expect("the backend kit's own process needs its result file");
+    let path =
+        std::env::var_os(ENV_RESULT).expect("the backend kit's own process needs its result file");
     let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_here(check, target)));
     let mut text = match ended {
         Ok(Outcome::Passed) => "passed".to_owned(),
@@ -223,12 +231,18 @@ fn run_in_own_process(test: &str, check: &Check, backend: &str) -> Outcome {
     eprint!("{output}");
     let text = std::fs::read_to_string(result.path()).unwrap_or_default();
     if status.code() != Some(boxsock_conformance::child::CHILD_OK) || text.is_empty() {
-        panic!("{}: backend {backend:?}: the check's own process ended without a result ({status}); its output:\n{output}", check.name);
+        panic!(
+            "{}: backend {backend:?}: the check's own process ended without a result ({status}); its output:\n{output}",
+            check.name
+        );
     }
     let text = text.as_str();
     if let Some(rest) = text.strip_prefix("left\n") {
         let (left, _) = rest.split_once('\n').unwrap_or((rest, ""));
-        panic!("{}: backend {backend:?}: the check left processes behind it (killed): {left}", check.name);
+        panic!(
+            "{}: backend {backend:?}: the check left processes behind it (killed): {left}",
+            check.name
+        );
     }
     match text.split_once('\n').unwrap_or((text, "")) {
         ("passed", _) => Outcome::Passed,
@@ -241,7 +255,8 @@ fn run_in_own_process(test: &str, check: &Check, backend: &str) -> Outcome {
 
 /// Run the check called `name` (the macro's entry point). Panics on an unknown name.
 pub fn run_named(name: &str, target: &Target) -> Outcome {
-    let check = check_named(name).unwrap_or_else(|| panic!("the backend kit has no check {name:?}"));
+    let check =
+        check_named(name).unwrap_or_else(|| panic!("the backend kit has no check {name:?}"));
     run_check(check, target)
 }
 
@@ -253,7 +268,11 @@ pub fn run_all(target: &Target) -> Report {
 /// Assert that `names` (the tests a [`backend_conformance_tests!`] expansion generated)
 /// are exactly the names in [`CHECKS`].
 pub fn assert_covers(names: &[&str]) {
-    boxsock_conformance::report::assert_same_checks("backend_conformance_tests!", CHECKS.iter().map(|c| c.name), names);
+    boxsock_conformance::report::assert_same_checks(
+        "backend_conformance_tests!",
+        CHECKS.iter().map(|c| c.name),
+        names,
+    );
 }
 
 /// Expand to a module `$module` with one `#[test]` per check of the kit, each running

@@ -45,15 +45,24 @@ fn table() -> BTreeMap<i32, (i32, char, u64, String)> {
     let mut out = BTreeMap::new();
     let Ok(rd) = std::fs::read_dir("/proc") else { return out };
     for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
         // `pid (comm) state ppid …`; comm may hold spaces and parentheses: split at the last ')'.
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
         let comm = stat[open + 1..close].to_owned();
         let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
         // rest[0] = state (field 3), rest[1] = ppid (4), rest[19] = starttime (22).
-        let (Some(state), Some(ppid), Some(start)) = (rest.first(), rest.get(1), rest.get(19)) else { continue };
-        let (Some(state), Ok(ppid), Ok(start)) = (state.chars().next(), ppid.parse::<i32>(), start.parse::<u64>()) else { continue };
+        let (Some(state), Some(ppid), Some(start)) = (rest.first(), rest.get(1), rest.get(19))
+        else {
+            continue;
+        };
+        let (Some(state), Ok(ppid), Ok(start)) =
+            (state.chars().next(), ppid.parse::<i32>(), start.parse::<u64>())
+        else {
+            continue;
+        };
         out.insert(pid, (ppid, state, start, comm));
     }
     out
@@ -114,14 +123,18 @@ pub fn kill_all(procs: &[Proc]) {
     }
     // SIGKILL is delivered asynchronously: a process is still listed alive for a moment.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    while procs.iter().any(|p| is_alive(p.pid, p.start_time)) && std::time::Instant::now() < deadline {
+    while procs.iter().any(|p| is_alive(p.pid, p.start_time))
+        && std::time::Instant::now() < deadline
+    {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
 /// Whether `pid` (with this start time) is alive: present and not a zombie.
 pub fn is_alive(pid: i32, start_time: u64) -> bool {
-    table().get(&pid).is_some_and(|(_, state, start, _)| *start == start_time && *state != 'Z' && *state != 'X')
+    table()
+        .get(&pid)
+        .is_some_and(|(_, state, start, _)| *start == start_time && *state != 'Z' && *state != 'X')
 }
 
 /// The session id of `pid`.

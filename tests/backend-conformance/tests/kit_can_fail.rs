@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use boxsock_backend_conformance::{CHECKS, Outcome, Target, check_named, run_all, run_named};
 use boxsock_core::backend::{
-    AddressNeeds, Availability, BackendConfig, BackendError, Isolation, LaunchSpec, Launched, Readiness,
+    AddressNeeds, Availability, BackendConfig, BackendError, Isolation, LaunchSpec, Launched,
+    Readiness,
 };
 use boxsock_core::process::OwnedProcess;
 use boxsock_core::registry::BackendRegistration;
@@ -152,7 +153,8 @@ impl Faulty {
             std::thread::sleep(Duration::from_millis(5));
         };
         // Not our child: adopted (pidfd first, then the start time, checked alive).
-        let process = OwnedProcess::adopt(pid).map_err(|e| self.spawn_error("the launcher's agent", e))?;
+        let process =
+            OwnedProcess::adopt(pid).map_err(|e| self.spawn_error("the launcher's agent", e))?;
         Ok(Launched { process, companions: launched.companions })
     }
 }
@@ -192,7 +194,8 @@ impl Backend for Faulty {
                 // Path boxes only: the address check stops an abstract box gracefully
                 // too, and this fault is the stop check's alone.
                 if spec.sockets.dir.is_some() {
-                    let (pid, path) = (launched.process.pid().to_string(), log.display().to_string());
+                    let (pid, path) =
+                        (launched.process.pid().to_string(), log.display().to_string());
                     let args = ["-c", OUTLIVES_SHUTDOWN, "helper", pid.as_str(), path.as_str()];
                     spawn_detached("sh", &args, &log)?;
                 }

@@ -7,18 +7,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+use boxsock_core::binding::{CrossUserProtection, PolicyIntent};
 use boxsock_core::catalogue::{self, SocketSpec};
 use boxsock_core::peer::Listener;
-use boxsock_core::binding::{CrossUserProtection, PolicyIntent};
 use boxsock_core::{
-    BindingError, BoxId, BoxLayout, Platform, PolicyAccess, SocketAddress, SocketBinding, boxdir, budget,
+    BindingError, BoxId, BoxLayout, Platform, PolicyAccess, SocketAddress, SocketBinding, boxdir,
+    budget,
 };
 
+use crate::Outcome;
 use crate::child;
 use crate::fork::{self, PeerKind, PeerReport};
 use crate::harness::Kit;
 use crate::util::{self, ByFile, budget_names, dev_ino, exists_nofollow, ok, snapshot};
-use crate::Outcome;
 
 const AGENT: &str = "agent.sock";
 const LONGEST: &str = util::LONGEST_LABEL;
@@ -62,7 +63,9 @@ pub fn round_trip_net(k: &Kit) -> Outcome {
 /// `krun-net-<pid>-<n>.sock`) and at a name of the longest allowed length.
 pub fn round_trip_derived_names(k: &Kit) -> Outcome {
     let (layout, id) = setup(k);
-    for (label, name) in budget_names().into_iter().filter(|(l, _)| l.contains("derived") || l.contains("longest")) {
+    for (label, name) in
+        budget_names().into_iter().filter(|(l, _)| l.contains("derived") || l.contains("longest"))
+    {
         let _l = util::stream_round_trip(&k.strategy, &layout, &id, &name);
         eprintln!("  {}: {label} ok", sname(k));
     }
@@ -81,7 +84,8 @@ pub fn datagram_round_trip(k: &Kit) -> Outcome {
         d.set_read_timeout(Some(util::IO_TIMEOUT)).expect("timeout");
     }
     let b_addr = ok("address", s.address(&layout, &id, b_name));
-    a.send_to_addr(b"frame", &b_addr.to_std().expect("std address")).expect("send to the derived socket");
+    a.send_to_addr(b"frame", &b_addr.to_std().expect("std address"))
+        .expect("send to the derived socket");
     let mut buf = [0u8; 16];
     let (n, from) = b.recv_from(&mut buf).expect("receive on the derived socket");
     assert_eq!(&buf[..n], b"frame");
@@ -95,7 +99,13 @@ pub fn datagram_round_trip(k: &Kit) -> Outcome {
 /// real, really binds), or — only for strategies that do not claim
 /// `home_length_independent` — `address` fails fast with `PathTooLong` naming the socket,
 /// the path, its length and the limit, and exactly the addresses over the limit fail.
-fn fit_or_fail_fast(k: &Kit, layout: &BoxLayout, id: &BoxId, realized: bool, names: &[(String, String)]) -> Vec<String> {
+fn fit_or_fail_fast(
+    k: &Kit,
+    layout: &BoxLayout,
+    id: &BoxId,
+    realized: bool,
+    names: &[(String, String)],
+) -> Vec<String> {
     let caps = k.caps();
     let s = &k.strategy;
     let limit = Platform::current().sun_len();
@@ -120,7 +130,10 @@ fn fit_or_fail_fast(k: &Kit, layout: &BoxLayout, id: &BoxId, realized: bool, nam
                     addr.byte_len()
                 );
                 if ensured {
-                    let sock = ok(&format!("home of {home_len} bytes: bind {label} at {addr}"), s.bind_datagram(layout, id, name));
+                    let sock = ok(
+                        &format!("home of {home_len} bytes: bind {label} at {addr}"),
+                        s.bind_datagram(layout, id, name),
+                    );
                     drop(sock);
                     if let Some(p) = addr.as_path() {
                         let _ = std::fs::remove_file(p);
@@ -129,7 +142,10 @@ fn fit_or_fail_fast(k: &Kit, layout: &BoxLayout, id: &BoxId, realized: bool, nam
             }
             Err(e) => {
                 let BindingError::PathTooLong { socket, path, len, limit: l } = &e else {
-                    panic!("{}: home of {home_len} bytes: address({name}) failed: {e} ({e:?})", s.name());
+                    panic!(
+                        "{}: home of {home_len} bytes: address({name}) failed: {e} ({e:?})",
+                        s.name()
+                    );
                 };
                 assert!(
                     !caps.home_length_independent || label.contains(LONGEST),
@@ -137,9 +153,20 @@ fn fit_or_fail_fast(k: &Kit, layout: &BoxLayout, id: &BoxId, realized: bool, nam
                     s.name()
                 );
                 assert_eq!(*l, limit, "PathTooLong must carry the platform's sun_path size");
-                assert_eq!(*len, path.len(), "PathTooLong's len must be the byte length of its path {path:?}");
-                assert!(len + 1 > limit, "{}: refused {label} at {path} ({len} bytes), which fits {limit}", s.name());
-                assert!(path.ends_with(name.as_str()), "PathTooLong's path {path:?} should be the address of {name}");
+                assert_eq!(
+                    *len,
+                    path.len(),
+                    "PathTooLong's len must be the byte length of its path {path:?}"
+                );
+                assert!(
+                    len + 1 > limit,
+                    "{}: refused {label} at {path} ({len} bytes), which fits {limit}",
+                    s.name()
+                );
+                assert!(
+                    path.ends_with(name.as_str()),
+                    "PathTooLong's path {path:?} should be the address of {name}"
+                );
                 assert!(!socket.is_empty(), "PathTooLong must name the socket");
                 let msg = e.to_string();
                 // The path as every message shows one: quoted, escaped, bounded.
@@ -173,7 +200,10 @@ pub fn addresses_fit_every_home_length(k: &Kit) -> Outcome {
                 // address arithmetic is checked, which the contract says is pure for
                 // path strategies.
                 if !k.caps().path_addressable {
-                    eprintln!("  {}: home of {len} bytes cannot be made in a temp dir; not checked", sname(k));
+                    eprintln!(
+                        "  {}: home of {len} bytes cannot be made in a temp dir; not checked",
+                        sname(k)
+                    );
                     continue;
                 }
                 let mut p = String::from("/");
@@ -185,7 +215,11 @@ pub fn addresses_fit_every_home_length(k: &Kit) -> Outcome {
         let refused = fit_or_fail_fast(k, &layout, &id, realized, &names);
         let longest = &names.iter().find(|(l, _)| l.contains(LONGEST)).expect("listed").1;
         longest_refused.push((len, refused.contains(longest)));
-        eprintln!("  {}: home of {len} bytes: {} fit, refused {refused:?}", sname(k), names.len() - refused.len());
+        eprintln!(
+            "  {}: home of {len} bytes: {} fit, refused {refused:?}",
+            sname(k),
+            names.len() - refused.len()
+        );
     }
     if k.caps().home_length_independent {
         let first = longest_refused[0].1;
@@ -218,19 +252,36 @@ pub fn budget_boundaries_103_104_107_108(k: &Kit) -> Outcome {
 pub fn ensure_is_idempotent(k: &Kit) -> Outcome {
     let (layout, id) = setup(k);
     let before = binding_state(k, &layout, &id);
-    let witness = k.strategy.binding_path(&layout, &id).and_then(|p| Some((util::Witness::of(&p)?, p)));
+    let witness =
+        k.strategy.binding_path(&layout, &id).and_then(|p| Some((util::Witness::of(&p)?, p)));
     let dir_before = k.strategy.binding_dir().map(|d| snapshot(&d));
     for _ in 0..3 {
         ok("repeated ensure", k.strategy.ensure(&layout, &id));
     }
     ok("ensure by a fresh instance", k.fresh().ensure(&layout, &id));
-    assert_eq!(binding_state(k, &layout, &id), before, "{}: a repeated ensure changed the binding", sname(k));
+    assert_eq!(
+        binding_state(k, &layout, &id),
+        before,
+        "{}: a repeated ensure changed the binding",
+        sname(k)
+    );
     if let Some((w, p)) = witness {
-        assert!(w.unchanged(&p), "{}: a repeated ensure removed and re-created {}", sname(k), p.display());
+        assert!(
+            w.unchanged(&p),
+            "{}: a repeated ensure removed and re-created {}",
+            sname(k),
+            p.display()
+        );
     }
     if let (Some(d), Some(b)) = (k.strategy.binding_dir(), dir_before) {
         let after = snapshot(&d);
-        assert!(b == after, "{}: a repeated ensure changed {}:\n{}", sname(k), d.display(), util::diff(&b, &after));
+        assert!(
+            b == after,
+            "{}: a repeated ensure changed {}:\n{}",
+            sname(k),
+            d.display(),
+            util::diff(&b, &after)
+        );
     }
     util::stream_round_trip(&k.strategy, &layout, &id, AGENT);
     Outcome::Passed
@@ -248,13 +299,23 @@ fn binding_state(k: &Kit, layout: &BoxLayout, id: &BoxId) -> Option<(u64, Option
 fn assert_binding_correct(k: &Kit, layout: &BoxLayout, id: &BoxId) {
     let Some(bp) = k.strategy.binding_path(layout, id) else { return };
     let want = dev_ino(&layout.sockets_dir(id)).expect("sockets dir exists");
-    let got = dev_ino(&bp).unwrap_or_else(|e| panic!("{}: binding {} does not resolve: {e}", sname(k), bp.display()));
-    assert_eq!(got, want, "{}: binding {} does not resolve to {}", sname(k), bp.display(), layout.sockets_dir(id).display());
+    let got = dev_ino(&bp)
+        .unwrap_or_else(|e| panic!("{}: binding {} does not resolve: {e}", sname(k), bp.display()));
+    assert_eq!(
+        got,
+        want,
+        "{}: binding {} does not resolve to {}",
+        sname(k),
+        bp.display(),
+        layout.sockets_dir(id).display()
+    );
 }
 
 fn binding_dir_entries(k: &Kit) -> Vec<PathBuf> {
     let Some(d) = k.strategy.binding_dir() else { return Vec::new() };
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&d).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&d)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
     v.sort();
     v
 }
@@ -281,13 +342,21 @@ pub fn concurrent_ensure_threads(k: &Kit) -> Outcome {
                 let (b, s, l, i) = (barrier.clone(), k.strategy.clone(), &layout, &id);
                 sc.spawn(move || {
                     b.wait();
-                    (0..5).filter_map(|_| s.ensure(l, i).err().map(|e| format!("{e} ({e:?})"))).collect::<Vec<_>>()
+                    (0..5)
+                        .filter_map(|_| s.ensure(l, i).err().map(|e| format!("{e} ({e:?})")))
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
         hs.into_iter().flat_map(|h| h.join().expect("thread")).collect()
     });
-    assert!(errors.is_empty(), "{}: concurrent ensure failed {} times, first: {}", sname(k), errors.len(), errors[0]);
+    assert!(
+        errors.is_empty(),
+        "{}: concurrent ensure failed {} times, first: {}",
+        sname(k),
+        errors.len(),
+        errors[0]
+    );
     assert_binding_correct(k, &layout, &id);
     let expected: Vec<PathBuf> = k.strategy.binding_path(&layout, &id).into_iter().collect();
     assert_no_leaked_entries(k, &expected);
@@ -300,7 +369,9 @@ pub fn concurrent_ensure_threads(k: &Kit) -> Outcome {
 /// correct binding remains.
 pub fn concurrent_ensure_processes(k: &Kit) -> Outcome {
     let Some(test) = child::current_test_name() else {
-        return Outcome::Skipped("cannot re-execute this test: not running under libtest (unnamed thread)".into());
+        return Outcome::Skipped(
+            "cannot re-execute this test: not running under libtest (unnamed thread)".into(),
+        );
     };
     let layout = k.harness.new_home();
     let id = k.harness.new_box(&layout);
@@ -318,8 +389,13 @@ pub fn concurrent_ensure_processes(k: &Kit) -> Outcome {
     };
     let mut children: Vec<_> = (0..6)
         .map(|_| {
-            child::spawn_self(&test, k.strategy.name(), "concurrent_ensure_processes", &args.encode())
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", test))
+            child::spawn_self(
+                &test,
+                k.strategy.name(),
+                "concurrent_ensure_processes",
+                &args.encode(),
+            )
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", test))
         })
         .collect();
     let errors: Vec<String> = std::thread::scope(|sc| {
@@ -340,7 +416,9 @@ pub fn concurrent_ensure_processes(k: &Kit) -> Outcome {
     for c in children {
         let (code, stderr) = child::wait_bounded(c, Duration::from_secs(60));
         if code != Some(child::CHILD_OK) {
-            failures.push(format!("child exited with {code:?} (42 = ok, 0 = role not found): {stderr}"));
+            failures.push(format!(
+                "child exited with {code:?} (42 = ok, 0 = role not found): {stderr}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}: cross-process ensure failed: {failures:#?}", sname(k));
@@ -376,7 +454,11 @@ fn expect_occupied(k: &Kit, s: &Arc<dyn SocketBinding>, layout: &BoxLayout, id: 
             assert_eq!(path, p, "Occupied must name the binding path");
             assert!(!found.is_empty(), "Occupied must say what was found");
         }
-        other => panic!("{}: ensure ({who}) with something foreign at {}: expected Occupied, got {other:?}", sname(k), p.display()),
+        other => panic!(
+            "{}: ensure ({who}) with something foreign at {}: expected Occupied, got {other:?}",
+            sname(k),
+            p.display()
+        ),
     }
 }
 
@@ -399,7 +481,12 @@ pub fn keeps_binding_spelled_differently(k: &Kit) -> Outcome {
         sname(k),
         alt.display()
     );
-    assert!(w.unchanged(&p), "{}: the binding to {} was removed and re-created", sname(k), alt.display());
+    assert!(
+        w.unchanged(&p),
+        "{}: the binding to {} was removed and re-created",
+        sname(k),
+        alt.display()
+    );
     util::stream_round_trip(&k.strategy, &layout, &id, AGENT);
     Outcome::Passed
 }
@@ -417,7 +504,12 @@ pub fn refuses_link_to_foreign_directory(k: &Kit) -> Outcome {
     expect_occupied(k, &k.strategy, &layout, &id, "same instance");
     expect_occupied(k, &k.fresh(), &layout, &id, "fresh instance");
     let _ = k.strategy.release(&layout, &id);
-    assert_eq!((snapshot(&p), snapshot(&decoy)), before, "{}: the foreign link or its directory was touched", sname(k));
+    assert_eq!(
+        (snapshot(&p), snapshot(&decoy)),
+        before,
+        "{}: the foreign link or its directory was touched",
+        sname(k)
+    );
     assert_eq!(std::fs::read_link(&p).expect("link still there"), decoy);
     Outcome::Passed
 }
@@ -455,11 +547,16 @@ pub fn refuses_directory_at_binding(k: &Kit) -> Outcome {
 }
 
 fn mode_of(p: &Path) -> u32 {
-    std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display())).permissions().mode() & 0o7777
+    std::fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
 }
 
 fn chmod(p: &Path, mode: u32) {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
 }
 
 /// A binding directory opened to group and others (0777) is repaired to 0700 by the first
@@ -468,16 +565,39 @@ fn chmod(p: &Path, mode: u32) {
 pub fn repairs_binding_dir_mode(k: &Kit) -> Outcome {
     let (layout, id) = setup(k);
     let d = k.strategy.binding_dir().expect("checked by Need::BindingDir");
-    assert_eq!(mode_of(&d) & 0o077, 0, "{}: ensure created {} with group/other access", sname(k), d.display());
+    assert_eq!(
+        mode_of(&d) & 0o077,
+        0,
+        "{}: ensure created {} with group/other access",
+        sname(k),
+        d.display()
+    );
     chmod(&d, 0o777);
     ok("ensure (fresh instance) on a 0777 binding dir", k.fresh().ensure(&layout, &id));
-    assert_eq!(mode_of(&d) & 0o077, 0, "{}: a fresh instance's ensure left {} at {:o}", sname(k), d.display(), mode_of(&d));
+    assert_eq!(
+        mode_of(&d) & 0o077,
+        0,
+        "{}: a fresh instance's ensure left {} at {:o}",
+        sname(k),
+        d.display(),
+        mode_of(&d)
+    );
     chmod(&d, 0o777);
     if let Some(p) = k.strategy.binding_path(&layout, &id) {
         std::fs::remove_file(&p).expect("reap binding");
     }
-    ok("ensure (same instance, binding reaped) on a 0777 binding dir", k.strategy.ensure(&layout, &id));
-    assert_eq!(mode_of(&d) & 0o077, 0, "{}: re-creating the binding left {} at {:o}", sname(k), d.display(), mode_of(&d));
+    ok(
+        "ensure (same instance, binding reaped) on a 0777 binding dir",
+        k.strategy.ensure(&layout, &id),
+    );
+    assert_eq!(
+        mode_of(&d) & 0o077,
+        0,
+        "{}: re-creating the binding left {} at {:o}",
+        sname(k),
+        d.display(),
+        mode_of(&d)
+    );
     util::stream_round_trip(&k.strategy, &layout, &id, AGENT);
     Outcome::Passed
 }
@@ -485,7 +605,15 @@ pub fn repairs_binding_dir_mode(k: &Kit) -> Outcome {
 /// `ensure` by `s` with `dir` (a directory it must not use) in place: refused with
 /// `Insecure` naming `dir` (and `mention`), or the box works through a binding that is
 /// not in `dir`.
-fn expect_not_used(k: &Kit, s: &Arc<dyn SocketBinding>, layout: &BoxLayout, id: &BoxId, dir: &Path, mention: Option<&str>, who: &str) {
+fn expect_not_used(
+    k: &Kit,
+    s: &Arc<dyn SocketBinding>,
+    layout: &BoxLayout,
+    id: &BoxId,
+    dir: &Path,
+    mention: Option<&str>,
+    who: &str,
+) {
     match s.ensure(layout, id) {
         Err(BindingError::Insecure { path, reason }) => {
             assert_eq!(path, dir, "Insecure must name the binding directory");
@@ -526,10 +654,24 @@ pub fn refuses_foreign_owned_binding_dir(k: &Kit) -> Outcome {
         let _ = std::fs::remove_file(&p);
     }
     let before_reaped = snapshot(&d);
-    expect_not_used(k, &k.strategy, &layout, &id, &d, Some("65534"), "same instance, binding reaped");
-    assert_eq!(snapshot(&d), before_reaped, "{}: something was changed in a foreign-owned directory", sname(k));
+    expect_not_used(
+        k,
+        &k.strategy,
+        &layout,
+        &id,
+        &d,
+        Some("65534"),
+        "same instance, binding reaped",
+    );
+    assert_eq!(
+        snapshot(&d),
+        before_reaped,
+        "{}: something was changed in a foreign-owned directory",
+        sname(k)
+    );
     let me = nix::unistd::geteuid().as_raw();
-    std::os::unix::fs::chown(&d, Some(me), Some(nix::unistd::getegid().as_raw())).expect("chown back");
+    std::os::unix::fs::chown(&d, Some(me), Some(nix::unistd::getegid().as_raw()))
+        .expect("chown back");
     ok("ensure once the directory is ours again", k.strategy.ensure(&layout, &id));
     Outcome::Passed
 }
@@ -551,7 +693,12 @@ pub fn refuses_symlinked_binding_dir(k: &Kit) -> Outcome {
     let before = (snapshot(&d), snapshot(&target));
     expect_not_used(k, &k.strategy, &layout, &id, &d, None, "same instance");
     expect_not_used(k, &k.fresh(), &layout, &id, &d, None, "fresh instance");
-    assert_eq!((snapshot(&d), snapshot(&target)), before, "{}: the symlinked binding dir or its target was touched", sname(k));
+    assert_eq!(
+        (snapshot(&d), snapshot(&target)),
+        before,
+        "{}: the symlinked binding dir or its target was touched",
+        sname(k)
+    );
     Outcome::Passed
 }
 
@@ -570,7 +717,8 @@ fn mkdir_as_nobody(dir: &Path) {
             }
         }
         std::fs::create_dir(&p).map_err(|e| format!("mkdir {} as nobody: {e}", p.display()))?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).map_err(|e| format!("chmod: {e}"))
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| format!("chmod: {e}"))
     })
     .unwrap_or_else(|e| panic!("the squatter (uid 65534) could not make {}: {e}", dir.display()));
     let m = std::fs::symlink_metadata(dir).expect("the squatter's directory");
@@ -583,14 +731,23 @@ fn own_dirs(base: &Path, except: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(base)
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
-    v.retain(|p| p != except && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == me));
+    v.retain(|p| {
+        p != except && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == me)
+    });
     v.sort();
     v
 }
 
 /// A box works (`ensure`, bind, connect) through `s` although `squatted` is another
 /// user's, and nothing of theirs is used.
-fn works_beside(k: &Kit, s: &Arc<dyn SocketBinding>, layout: &BoxLayout, id: &BoxId, squatted: &Path, who: &str) {
+fn works_beside(
+    k: &Kit,
+    s: &Arc<dyn SocketBinding>,
+    layout: &BoxLayout,
+    id: &BoxId,
+    squatted: &Path,
+    who: &str,
+) {
     if let Err(e) = s.ensure(layout, id) {
         panic!(
             "{}: a squatted shared directory stopped the box ({who}): ensure failed with {e:?} while uid 65534 holds {}",
@@ -599,7 +756,13 @@ fn works_beside(k: &Kit, s: &Arc<dyn SocketBinding>, layout: &BoxLayout, id: &Bo
         );
     }
     if let Some(p) = s.binding_path(layout, id) {
-        assert!(!p.starts_with(squatted), "{}: ({who}) the binding {} is in the squatter's {}", sname(k), p.display(), squatted.display());
+        assert!(
+            !p.starts_with(squatted),
+            "{}: ({who}) the binding {} is in the squatter's {}",
+            sname(k),
+            p.display(),
+            squatted.display()
+        );
     }
     util::stream_round_trip(s, layout, id, AGENT);
 }
@@ -630,9 +793,29 @@ pub fn squatted_shared_dir_never_stops_a_box(k: &Kit) -> Outcome {
         mkdir_as_nobody(fallback);
         let squat2 = snapshot(fallback);
         let second = k.harness.new_box(&layout);
-        works_beside(k, &k.strategy, &layout, &id, fallback, "the same instance, its fallback re-squatted");
-        works_beside(k, &k.fresh(), &layout, &second, fallback, "a fresh instance, the fallback re-squatted");
-        assert_eq!(snapshot(fallback), squat2, "{}: the squatter's {} was touched", sname(k), fallback.display());
+        works_beside(
+            k,
+            &k.strategy,
+            &layout,
+            &id,
+            fallback,
+            "the same instance, its fallback re-squatted",
+        );
+        works_beside(
+            k,
+            &k.fresh(),
+            &layout,
+            &second,
+            fallback,
+            "a fresh instance, the fallback re-squatted",
+        );
+        assert_eq!(
+            snapshot(fallback),
+            squat2,
+            "{}: the squatter's {} was touched",
+            sname(k),
+            fallback.display()
+        );
         assert_eq!(snapshot(&d), squat, "{}: the squatter's {} was touched", sname(k), d.display());
     }
     Outcome::Passed
@@ -653,7 +836,12 @@ pub fn release_is_idempotent_and_removes_binding(k: &Kit) -> Outcome {
     }
     ok("second release", k.strategy.release(&layout, &id));
     ok("release by a fresh instance", k.fresh().release(&layout, &id));
-    assert_eq!(snapshot(&layout.box_dir(&id)), real, "{}: release touched the box's own directory", sname(k));
+    assert_eq!(
+        snapshot(&layout.box_dir(&id)),
+        real,
+        "{}: release touched the box's own directory",
+        sname(k)
+    );
     assert_binding_correct(k, &layout, &neighbour);
     util::exchange(&k.strategy, &layout, &neighbour, AGENT, &l_neighbour, b"neighbour untouched");
     Outcome::Passed
@@ -694,11 +882,21 @@ pub fn sweep_removes_only_dead_leftovers(k: &Kit) -> Outcome {
     let report = ok("sweep", s.sweep(&a));
     if let Some(p) = s.binding_path(&a, &dead) {
         assert!(!exists_nofollow(&p), "{}: sweep left the dead box's {}", sname(k), p.display());
-        assert!(report.removed.contains(&p), "{}: sweep report {report:?} does not list {}", sname(k), p.display());
+        assert!(
+            report.removed.contains(&p),
+            "{}: sweep report {report:?} does not list {}",
+            sname(k),
+            p.display()
+        );
     }
     for (l, id) in [(&a, &live), (&b, &other)] {
         if let Some(p) = s.binding_path(l, id) {
-            assert!(!report.removed.contains(&p), "{}: sweep removed a live binding {}", sname(k), p.display());
+            assert!(
+                !report.removed.contains(&p),
+                "{}: sweep removed a live binding {}",
+                sname(k),
+                p.display()
+            );
         }
         assert_binding_correct(k, l, id);
     }
@@ -783,7 +981,9 @@ pub fn homes_with_same_id_never_collide(k: &Kit) -> Outcome {
             util::exchange(s, &h2, &id, AGENT, &l2, b"second");
         }
         Err(BindingError::Occupied { .. }) => {}
-        Err(e) => panic!("{}: second home, same id: expected Ok or Occupied, got {e} ({e:?})", sname(k)),
+        Err(e) => {
+            panic!("{}: second home, same id: expected Ok or Occupied, got {e} ({e:?})", sname(k))
+        }
     }
     let _ = k.fresh().ensure(&h2, &id);
     assert_binding_correct(k, &h1, &id);
@@ -802,11 +1002,13 @@ pub fn restart_needs_nothing_persisted(k: &Kit) -> Outcome {
     let (layout, id) = setup(k);
     let l = util::stream_round_trip(&k.strategy, &layout, &id, AGENT);
     let names = budget_names();
-    let old: Vec<SocketAddress> = names.iter().map(|(_, n)| ok("address", k.strategy.address(&layout, &id, n))).collect();
+    let old: Vec<SocketAddress> =
+        names.iter().map(|(_, n)| ok("address", k.strategy.address(&layout, &id, n))).collect();
     let before = (snapshot(layout.home()), snapshot(k.harness.base_dir()));
     drop(k.strategy.clone());
     let s2 = k.fresh();
-    let new: Vec<SocketAddress> = names.iter().map(|(_, n)| ok("address", s2.address(&layout, &id, n))).collect();
+    let new: Vec<SocketAddress> =
+        names.iter().map(|(_, n)| ok("address", s2.address(&layout, &id, n))).collect();
     assert_eq!(old, new, "{}: a fresh instance computes other addresses", sname(k));
     ok("ensure by a fresh instance", s2.ensure(&layout, &id));
     let after = (snapshot(layout.home()), snapshot(k.harness.base_dir()));
@@ -859,7 +1061,14 @@ pub fn policy_paths_cover_every_address(k: &Kit) -> Outcome {
     let real = dev_ino(&layout.sockets_dir(&id)).expect("sockets dir");
     for p in &pp {
         if let PolicyIntent::SymlinkToDirectory { target } = &p.intent {
-            assert_eq!(dev_ino(target).ok(), Some(real), "{}: {} targets {}, not the sockets dir", sname(k), p.path.display(), target.display());
+            assert_eq!(
+                dev_ino(target).ok(),
+                Some(real),
+                "{}: {} targets {}, not the sockets dir",
+                sname(k),
+                p.path.display(),
+                target.display()
+            );
         }
     }
     for (label, name) in budget_names() {
@@ -870,12 +1079,22 @@ pub fn policy_paths_cover_every_address(k: &Kit) -> Outcome {
                 && !matches!(p.intent, PolicyIntent::File)
                 && (path.parent() == Some(p.path.as_path()) || path.starts_with(&p.path))
         });
-        assert!(cover.is_some(), "{}: {label} at {} is not covered by a Sockets policy path with directory intent: {pp:#?}", sname(k), path.display());
+        assert!(
+            cover.is_some(),
+            "{}: {label} at {} is not covered by a Sockets policy path with directory intent: {pp:#?}",
+            sname(k),
+            path.display()
+        );
     }
     if let Some(p) = s.binding_path(&layout, &id) {
         std::fs::remove_file(&p).expect("reap binding");
         let reaped = ok("policy_paths with the binding reaped", s.policy_paths(&layout, &id));
-        assert_eq!(reaped, pp, "{}: policy paths changed when the binding was reaped (read back from disk?)", sname(k));
+        assert_eq!(
+            reaped,
+            pp,
+            "{}: policy paths changed when the binding was reaped (read back from disk?)",
+            sname(k)
+        );
     }
     Outcome::Passed
 }
@@ -896,9 +1115,19 @@ pub fn home_through_symlink(k: &Kit) -> Outcome {
         let w = s.binding_path(first, &id).and_then(|p| Some((util::Witness::of(&p)?, p)));
         ok("ensure (second spelling)", s.ensure(second, &id));
         ok("ensure (first spelling again)", s.ensure(first, &id));
-        assert_eq!(binding_state(k, first, &id), state, "{}: ensure through the other spelling of the home replaced the binding", sname(k));
+        assert_eq!(
+            binding_state(k, first, &id),
+            state,
+            "{}: ensure through the other spelling of the home replaced the binding",
+            sname(k)
+        );
         if let Some((w, p)) = w {
-            assert!(w.unchanged(&p), "{}: ensure through the other spelling re-created {}", sname(k), p.display());
+            assert!(
+                w.unchanged(&p),
+                "{}: ensure through the other spelling re-created {}",
+                sname(k),
+                p.display()
+            );
         }
         assert_binding_correct(k, second, &id);
         let l = ok("bind", s.bind_stream(first, &id, AGENT));
@@ -928,11 +1157,19 @@ pub fn missing_socket_dir(k: &Kit) -> Outcome {
                 assert_eq!(got, id.to_string());
                 assert_eq!(path, layout.sockets_dir(id));
             }
-            other => panic!("{}: ensure of box {id} without a sockets dir: expected MissingSocketDir, got {other:?}", sname(k)),
+            other => panic!(
+                "{}: ensure of box {id} without a sockets dir: expected MissingSocketDir, got {other:?}",
+                sname(k)
+            ),
         }
         if id != &done {
             if let Some(p) = s.binding_path(&layout, id) {
-                assert!(!exists_nofollow(&p), "{}: a binding {} was created for a box without sockets dir", sname(k), p.display());
+                assert!(
+                    !exists_nofollow(&p),
+                    "{}: a binding {} was created for a box without sockets dir",
+                    sname(k),
+                    p.display()
+                );
             }
         }
     }
@@ -955,11 +1192,20 @@ pub fn invalid_file_names(k: &Kit) -> Outcome {
             ("connect_stream", s.connect_stream(&layout, &id, bad).err()),
         ];
         for (op, r) in results {
-            assert!(matches!(r, Some(BindingError::Invalid { .. })), "{}: {op}({bad:?}): expected Invalid, got {r:?}", sname(k));
+            assert!(
+                matches!(r, Some(BindingError::Invalid { .. })),
+                "{}: {op}({bad:?}): expected Invalid, got {r:?}",
+                sname(k)
+            );
         }
     }
     let after = snapshot(k.harness.root());
-    assert!(before == after, "{}: invalid names created files:\n{}", sname(k), util::diff(&before, &after));
+    assert!(
+        before == after,
+        "{}: invalid names created files:\n{}",
+        sname(k),
+        util::diff(&before, &after)
+    );
     Outcome::Passed
 }
 
@@ -971,7 +1217,10 @@ pub fn live_address_is_not_rebound(k: &Kit) -> Outcome {
     let l = ok("bind", s.bind_stream(&layout, &id, AGENT));
     match s.bind_stream(&layout, &id, AGENT) {
         Err(BindingError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse => {}
-        other => panic!("{}: binding a live address again: expected Io(AddrInUse), got {other:?}", sname(k)),
+        other => panic!(
+            "{}: binding a live address again: expected Io(AddrInUse), got {other:?}",
+            sname(k)
+        ),
     }
     // core's stale-socket probe connects to the live listener to tell live from stale;
     // that probe arrives as an empty, closed connection. Drain it before the exchange.
@@ -982,7 +1231,10 @@ pub fn live_address_is_not_rebound(k: &Kit) -> Outcome {
         phantoms += 1;
     }
     if phantoms > 0 {
-        eprintln!("  {}: note: the failed re-bind left {phantoms} empty connection(s) on the live listener", sname(k));
+        eprintln!(
+            "  {}: note: the failed re-bind left {phantoms} empty connection(s) on the live listener",
+            sname(k)
+        );
     }
     util::exchange(s, &layout, &id, AGENT, &l, b"still the first");
     Outcome::Passed
@@ -996,7 +1248,11 @@ pub fn connect_without_listener_fails(k: &Kit) -> Outcome {
     let addr = ok("address", s.address(&layout, &id, AGENT));
     let check = |when: &str| match s.connect_stream(&layout, &id, AGENT) {
         Err(e @ BindingError::Io { .. }) => {
-            assert!(e.to_string().contains(&addr.to_string()), "{}: {e} does not name {addr}", sname(k));
+            assert!(
+                e.to_string().contains(&addr.to_string()),
+                "{}: {e} does not name {addr}",
+                sname(k)
+            );
         }
         other => panic!("{}: connect {when}: expected Io, got {other:?}", sname(k)),
     };
@@ -1008,7 +1264,11 @@ pub fn connect_without_listener_fails(k: &Kit) -> Outcome {
 
 /// Accept everything pending on a non-blocking listener; a connection that passes the
 /// listener's policy is *served* (sent data) so the peer can tell.
-fn serve_pending(l: &Listener, served: &mut Vec<std::os::unix::net::UnixStream>, rejected: &mut u32) {
+fn serve_pending(
+    l: &Listener,
+    served: &mut Vec<std::os::unix::net::UnixStream>,
+    rejected: &mut u32,
+) {
     loop {
         match l.accept_once() {
             Ok((mut st, _)) => {
@@ -1037,13 +1297,19 @@ pub fn other_user_cannot_connect(k: &Kit) -> Outcome {
     }
     util::set_nonblocking(&l);
     let (mut served, mut rejected) = (Vec::new(), 0u32);
-    let report = fork::connect_from_child(&addr, PeerKind::OtherUser, || serve_pending(&l, &mut served, &mut rejected));
+    let report = fork::connect_from_child(&addr, PeerKind::OtherUser, || {
+        serve_pending(&l, &mut served, &mut rejected)
+    });
     serve_pending(&l, &mut served, &mut rejected);
     let caps = k.caps();
     match report {
         PeerReport::ConnectRefused(e) if e == libc::EACCES || e == libc::EPERM => {}
         PeerReport::ClosedWithoutService if caps.peer_credentials => {
-            assert!(rejected >= 1 && l.policy().rejected() >= 1, "{}: the peer was dropped but no rejection was counted", sname(k));
+            assert!(
+                rejected >= 1 && l.policy().rejected() >= 1,
+                "{}: the peer was dropped but no rejection was counted",
+                sname(k)
+            );
         }
         PeerReport::DropFailed(e) => panic!("could not drop to nobody in the child: errno {e}"),
         other => panic!(
@@ -1055,7 +1321,11 @@ pub fn other_user_cannot_connect(k: &Kit) -> Outcome {
     }
     assert!(served.is_empty(), "{}: a connection from uid 65534 was served", sname(k));
     if matches!(caps.cross_user, CrossUserProtection::PeerCredentials) {
-        assert!(caps.peer_credentials, "{}: cross_user PeerCredentials without peer_credentials", sname(k));
+        assert!(
+            caps.peer_credentials,
+            "{}: cross_user PeerCredentials without peer_credentials",
+            sname(k)
+        );
     }
     // Control: the owner still gets through.
     util::exchange(s, &layout, &id, AGENT, &l, b"owner");
@@ -1103,7 +1373,10 @@ mod sys {
                 let mut buf = [0u8; 64];
                 match peer::recv_checked(&d, &mut buf, &policy, name, &addr) {
                     Err(BindingError::PeerRejected { uid, .. }) => assert_eq!(uid, fork::NOBODY),
-                    other => panic!("{}: a datagram from uid 65534 at {addr}: expected PeerRejected, got {other:?}", sname(k)),
+                    other => panic!(
+                        "{}: a datagram from uid 65534 at {addr}: expected PeerRejected, got {other:?}",
+                        sname(k)
+                    ),
                 }
             }
             PeerReport::DropFailed(e) => panic!("could not drop to nobody in the child: errno {e}"),
@@ -1113,7 +1386,10 @@ mod sys {
         let me = std::os::unix::net::UnixDatagram::unbound().expect("socket");
         me.send_to_addr(b"owner", &addr.to_std().expect("address")).expect("owner sends");
         let mut buf = [0u8; 64];
-        let (n, _) = ok("recv_checked of the owner's datagram", peer::recv_checked(&d, &mut buf, &policy, name, &addr));
+        let (n, _) = ok(
+            "recv_checked of the owner's datagram",
+            peer::recv_checked(&d, &mut buf, &policy, name, &addr),
+        );
         assert_eq!(&buf[..n], b"owner");
         Outcome::Passed
     }
@@ -1124,7 +1400,9 @@ mod sys {
     use super::*;
 
     pub(super) fn other_user_datagrams_are_refused(_k: &Kit) -> Outcome {
-        Outcome::Skipped("sender credentials of datagrams (SCM_CREDENTIALS) are checked on Linux only".into())
+        Outcome::Skipped(
+            "sender credentials of datagrams (SCM_CREDENTIALS) are checked on Linux only".into(),
+        )
     }
 }
 
@@ -1139,13 +1417,18 @@ pub fn impostor_listener_is_rejected(k: &Kit) -> Outcome {
     let child = match fork::listen_in_child(&addr) {
         Ok(c) => c,
         Err(PeerReport::SocketFailed(e)) if e == libc::EACCES => {
-            return Outcome::Skipped(format!("uid 65534 cannot bind at {addr} (EACCES): the filesystem already protects it"));
+            return Outcome::Skipped(format!(
+                "uid 65534 cannot bind at {addr} (EACCES): the filesystem already protects it"
+            ));
         }
         Err(r) => panic!("{}: the impostor child could not listen at {addr}: {r:?}", sname(k)),
     };
     match s.connect_stream(&layout, &id, AGENT) {
         Err(BindingError::PeerRejected { uid, .. }) => assert_eq!(uid, fork::NOBODY),
-        other => panic!("{}: connecting to an impostor at {addr}: expected PeerRejected, got {other:?}", sname(k)),
+        other => panic!(
+            "{}: connecting to an impostor at {addr}: expected PeerRejected, got {other:?}",
+            sname(k)
+        ),
     }
     drop(child);
     Outcome::Passed
@@ -1160,15 +1443,25 @@ pub fn other_netns_cannot_connect(k: &Kit) -> Outcome {
     let addr = l.address().clone();
     util::set_nonblocking(&l);
     let (mut served, mut rejected) = (Vec::new(), 0u32);
-    let report = fork::connect_from_child(&addr, PeerKind::OtherNetns, || serve_pending(&l, &mut served, &mut rejected));
+    let report = fork::connect_from_child(&addr, PeerKind::OtherNetns, || {
+        serve_pending(&l, &mut served, &mut rejected)
+    });
     match report {
         PeerReport::UnshareFailed(e) => {
-            return Outcome::Skipped(format!("unshare(CLONE_NEWNET) is not permitted here (errno {e})"));
+            return Outcome::Skipped(format!(
+                "unshare(CLONE_NEWNET) is not permitted here (errno {e})"
+            ));
         }
         PeerReport::ConnectRefused(_) => {}
-        other => panic!("{}: a peer in another network namespace reached {addr}: {other:?}", sname(k)),
+        other => {
+            panic!("{}: a peer in another network namespace reached {addr}: {other:?}", sname(k))
+        }
     }
-    assert!(served.is_empty() && rejected == 0, "{}: a connection arrived from another network namespace", sname(k));
+    assert!(
+        served.is_empty() && rejected == 0,
+        "{}: a connection arrived from another network namespace",
+        sname(k)
+    );
     Outcome::Passed
 }
 
@@ -1182,12 +1475,21 @@ pub fn no_filesystem_entries(k: &Kit) -> Outcome {
     let mut keep = Vec::new();
     for (label, name) in budget_names() {
         let addr = ok("address", s.address(&layout, &id, &name));
-        assert!(addr.as_path().is_none(), "{}: not filesystem_visible, but {label} has the path address {addr}", sname(k));
+        assert!(
+            addr.as_path().is_none(),
+            "{}: not filesystem_visible, but {label} has the path address {addr}",
+            sname(k)
+        );
         keep.push(util::stream_round_trip(s, &layout, &id, &name));
     }
     let d = ok("bind_datagram", s.bind_datagram(&layout, &id, "net.sock-krun.sock"));
     let after = snapshot(k.harness.root());
-    assert!(before == after, "{}: binding sockets changed the filesystem:\n{}", sname(k), util::diff(&before, &after));
+    assert!(
+        before == after,
+        "{}: binding sockets changed the filesystem:\n{}",
+        sname(k),
+        util::diff(&before, &after)
+    );
     drop((keep, d));
     Outcome::Passed
 }
@@ -1217,15 +1519,28 @@ pub fn socket_dir_is_verified_and_held(k: &Kit) -> Outcome {
         sname(k),
         real.display()
     );
-    assert_eq!(dir.owner(), k.harness.config().uid, "{}: socket_dir verified for the wrong owner", sname(k));
+    assert_eq!(
+        dir.owner(),
+        k.harness.config().uid,
+        "{}: socket_dir verified for the wrong owner",
+        sname(k)
+    );
     // Change the names: the real directory moves away, an impostor takes its name.
     let moved = real.with_file_name("sockets.moved");
     std::fs::rename(&real, &moved).expect("rename the sockets dir away");
     std::fs::create_dir(&real).expect("create the impostor directory");
     chmod(&real, 0o700);
     let l = ok("bind through the held socket_dir", dir.bind_stream(AGENT, s.peer_policy()));
-    assert!(moved.join(AGENT).exists(), "{}: the held socket_dir did not bind in the directory it verified", sname(k));
-    assert!(!real.join(AGENT).exists(), "{}: the held socket_dir bound at the re-resolved name", sname(k));
+    assert!(
+        moved.join(AGENT).exists(),
+        "{}: the held socket_dir did not bind in the directory it verified",
+        sname(k)
+    );
+    assert!(
+        !real.join(AGENT).exists(),
+        "{}: the held socket_dir bound at the re-resolved name",
+        sname(k)
+    );
     let _c = ok("connect through the held socket_dir", dir.connect_stream(AGENT, &s.peer_policy()));
     drop(l);
     std::fs::remove_dir(&real).expect("remove the impostor");
@@ -1247,12 +1562,29 @@ pub fn swapped_binding_is_refused_at_use(k: &Kit) -> Outcome {
     util::force_symlink(&decoy, &link);
     match s.socket_dir(&layout, &id) {
         Err(BindingError::Insecure { .. } | BindingError::Occupied { .. }) => {}
-        other => panic!("{}: socket_dir through a link swapped to {}: expected Insecure or Occupied, got {other:?}", sname(k), decoy.display()),
+        other => panic!(
+            "{}: socket_dir through a link swapped to {}: expected Insecure or Occupied, got {other:?}",
+            sname(k),
+            decoy.display()
+        ),
     }
-    assert!(s.bind_stream(&layout, &id, "other.sock").is_err(), "{}: bound through a swapped link", sname(k));
-    assert!(s.connect_stream(&layout, &id, AGENT).is_err(), "{}: connected through a swapped link", sname(k));
-    let in_decoy: Vec<_> = std::fs::read_dir(&decoy).expect("list decoy").flatten().map(|e| e.path()).collect();
-    assert!(in_decoy.is_empty(), "{}: files appeared in the decoy directory: {in_decoy:?}", sname(k));
+    assert!(
+        s.bind_stream(&layout, &id, "other.sock").is_err(),
+        "{}: bound through a swapped link",
+        sname(k)
+    );
+    assert!(
+        s.connect_stream(&layout, &id, AGENT).is_err(),
+        "{}: connected through a swapped link",
+        sname(k)
+    );
+    let in_decoy: Vec<_> =
+        std::fs::read_dir(&decoy).expect("list decoy").flatten().map(|e| e.path()).collect();
+    assert!(
+        in_decoy.is_empty(),
+        "{}: files appeared in the decoy directory: {in_decoy:?}",
+        sname(k)
+    );
     drop(l);
     Outcome::Passed
 }
@@ -1277,7 +1609,8 @@ pub fn held_binding_refuses_a_link_swapped_between_dials(k: &Kit) -> Outcome {
     // The other directory: the owner's, 0700, with a live listener at the agent's name.
     let decoy = k.harness.scratch_dir("decoy");
     chmod(&decoy, 0o700);
-    let decoy_listener = std::os::unix::net::UnixListener::bind(decoy.join(AGENT)).expect("bind in the decoy");
+    let decoy_listener =
+        std::os::unix::net::UnixListener::bind(decoy.join(AGENT)).expect("bind in the decoy");
     decoy_listener.set_nonblocking(true).expect("non-blocking decoy");
     util::force_symlink(&decoy, &link);
     match held.connect(&agent, None) {
@@ -1294,8 +1627,14 @@ pub fn held_binding_refuses_a_link_swapped_between_dials(k: &Kit) -> Outcome {
         sname(k)
     );
     assert!(decoy_listener.accept().is_err(), "{}: the decoy directory received a dial", sname(k));
-    let in_decoy: Vec<_> = std::fs::read_dir(&decoy).expect("list decoy").flatten().map(|e| e.file_name()).collect();
-    assert_eq!(in_decoy, [std::ffi::OsString::from(AGENT)], "{}: files appeared in the decoy directory", sname(k));
+    let in_decoy: Vec<_> =
+        std::fs::read_dir(&decoy).expect("list decoy").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(
+        in_decoy,
+        [std::ffi::OsString::from(AGENT)],
+        "{}: files appeared in the decoy directory",
+        sname(k)
+    );
     drop(l);
     Outcome::Passed
 }
@@ -1310,8 +1649,12 @@ pub fn socket_files_are_private_whatever_the_umask(k: &Kit) -> Outcome {
     let (layout, id) = setup(k);
     let bound = fork::in_child(|| {
         nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-        let stream = s.bind_stream(&layout, &id, AGENT).map_err(|e| format!("bind_stream under umask 000: {e}"))?;
-        let dgram = s.bind_datagram(&layout, &id, "net.sock").map_err(|e| format!("bind_datagram under umask 000: {e}"))?;
+        let stream = s
+            .bind_stream(&layout, &id, AGENT)
+            .map_err(|e| format!("bind_stream under umask 000: {e}"))?;
+        let dgram = s
+            .bind_datagram(&layout, &id, "net.sock")
+            .map_err(|e| format!("bind_datagram under umask 000: {e}"))?;
         // Kept bound until the child exits: the files are what the parent looks at.
         std::mem::forget((stream, dgram));
         Ok(())
@@ -1322,7 +1665,13 @@ pub fn socket_files_are_private_whatever_the_umask(k: &Kit) -> Outcome {
     for name in [AGENT, "net.sock"] {
         let p = layout.sockets_dir(&id).join(name);
         let m = mode_of(&p);
-        assert_eq!(m & 0o077, 0, "{}: {} was created mode {m:04o} under umask 000", sname(k), p.display());
+        assert_eq!(
+            m & 0o077,
+            0,
+            "{}: {} was created mode {m:04o} under umask 000",
+            sname(k),
+            p.display()
+        );
     }
     Outcome::Passed
 }

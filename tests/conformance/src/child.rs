@@ -97,7 +97,12 @@ pub fn current_test_name() -> Option<String> {
 
 /// Re-execute this test binary, filtered to the running test, as a child playing
 /// `check` for `strategy`.
-pub fn spawn_self(test: &str, strategy: &str, check: &str, args: &[String]) -> std::io::Result<Child> {
+pub fn spawn_self(
+    test: &str,
+    strategy: &str,
+    check: &str,
+    args: &[String],
+) -> std::io::Result<Child> {
     Command::new(std::env::current_exe()?)
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(ENV_ROLE, format!("{strategy}\t{check}"))
@@ -162,7 +167,11 @@ pub fn run_ensure_role(strategy: &Arc<dyn SocketBinding>, args: &EnsureArgs) -> 
     let layout = BoxLayout::new(&args.home);
     let id = BoxId::parse(&args.id).map_err(|e| e.to_string())?;
     // Say we are ready, so the parent starts everyone at once.
-    let ready = args.go.with_extension(format!("ready-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let ready = args.go.with_extension(format!(
+        "ready-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     std::fs::write(&ready, b"").map_err(|e| format!("write {}: {e}", ready.display()))?;
     let start = Instant::now();
     while !args.go.exists() {

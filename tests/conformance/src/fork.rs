@@ -271,7 +271,9 @@ fn listen_child(out: RawFd, a: RawAddr) -> ! {
         if fd < 0 {
             report_exit(out, R_SOCKET, errno())
         }
-        if libc::bind(fd, (&a.addr as *const libc::sockaddr_un).cast(), a.len) != 0 || libc::listen(fd, 8) != 0 {
+        if libc::bind(fd, (&a.addr as *const libc::sockaddr_un).cast(), a.len) != 0
+            || libc::listen(fd, 8) != 0
+        {
             report_exit(out, R_SOCKET, errno())
         }
         set_rcvtimeo(fd, 10);
@@ -353,7 +355,6 @@ mod sys {
         // SAFETY: close_range(2) with integer arguments closes this child's descriptors.
         unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0u32) };
     }
-
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -524,7 +525,11 @@ pub fn in_child(body: impl FnOnce() -> Result<(), String>) -> Result<(), String>
     if pid == 0 {
         close_sockets_and_pipes(wr_raw);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or_else(|p| {
-            Err(p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned())).unwrap_or_else(|| "panicked".into()))
+            Err(p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "panicked".into()))
         });
         let mut buf = [0u8; MESSAGE_MAX];
         let n = match &r {

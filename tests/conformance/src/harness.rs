@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use boxsock_core::{BindingError, BoxId, BoxLayout, Capabilities, SocketBinding, StrategyConfig, boxdir};
+use boxsock_core::{
+    BindingError, BoxId, BoxLayout, Capabilities, SocketBinding, StrategyConfig, boxdir,
+};
 
 /// How a strategy is built: the registry's `build` fn type. Each check builds a fresh
 /// instance against its own harness.
@@ -61,7 +63,8 @@ impl Harness {
     /// A fresh, empty directory under the root (mode 0755), for decoys and scratch.
     pub fn scratch_dir(&self, what: &str) -> PathBuf {
         let p = self.root().join(format!("{what}-{}", self.next()));
-        std::fs::create_dir(&p).unwrap_or_else(|e| panic!("create scratch dir {}: {e}", p.display()));
+        std::fs::create_dir(&p)
+            .unwrap_or_else(|e| panic!("create scratch dir {}: {e}", p.display()));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
             .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
         p
@@ -124,8 +127,9 @@ impl Harness {
 
     /// Create the directories of box `id` in `layout` (`boxdir::create_box_dirs`).
     pub fn create_box(&self, layout: &BoxLayout, id: &BoxId) {
-        boxdir::create_box_dirs(layout, id)
-            .unwrap_or_else(|e| panic!("create box dirs of {id} in {}: {e}", layout.home().display()));
+        boxdir::create_box_dirs(layout, id).unwrap_or_else(|e| {
+            panic!("create box dirs of {id} in {}: {e}", layout.home().display())
+        });
     }
 
     /// A random id of exactly `BoxId::MAX_LEN` bytes (the worst case of every budget).
@@ -164,7 +168,8 @@ impl Kit {
 
     /// Another instance of the strategy with the same configuration (a "restart").
     pub fn fresh(&self) -> Arc<dyn SocketBinding> {
-        (self.ctor)(self.harness.config()).unwrap_or_else(|e| panic!("building a second instance failed: {e}"))
+        (self.ctor)(self.harness.config())
+            .unwrap_or_else(|e| panic!("building a second instance failed: {e}"))
     }
 
     /// The strategy's capabilities.

@@ -83,8 +83,12 @@ impl Need {
                 Need::SharedDir => "the strategy has no shared_dir()",
                 Need::BindingPath => "the strategy has no binding_path()",
                 Need::PathAddressable => "the strategy's addresses are not filesystem paths",
-                Need::NotFilesystemVisible => "the strategy's sockets are visible on the filesystem",
-                Need::NetnsScoped => "the strategy's addresses are not scoped to the network namespace",
+                Need::NotFilesystemVisible => {
+                    "the strategy's sockets are visible on the filesystem"
+                }
+                Need::NetnsScoped => {
+                    "the strategy's addresses are not scoped to the network namespace"
+                }
                 Need::PeerCredentials => "the strategy does not check peer credentials",
             }
             .to_owned(),
@@ -177,13 +181,21 @@ pub fn run_check(check: &Check, ctor: Constructor) -> Outcome {
     let kit = match Kit::new(ctor) {
         Ok(k) => k,
         Err(KitError::Build(BindingError::Unsupported { strategy, what, reason })) => {
-            return skip(check, &strategy, format!("the strategy does not support {what} here: {reason}"));
+            return skip(
+                check,
+                &strategy,
+                format!("the strategy does not support {what} here: {reason}"),
+            );
         }
         Err(e) => panic!("{}: {e}", check.name),
     };
     let name = kit.strategy.name().to_owned();
     if !kit.caps().supported_here() {
-        return skip(check, &name, format!("the strategy does not support {}", boxsock_core::Platform::current().name()));
+        return skip(
+            check,
+            &name,
+            format!("the strategy does not support {}", boxsock_core::Platform::current().name()),
+        );
     }
     for need in check.needs {
         if let Some(reason) = need.unmet(&*kit.strategy) {
@@ -222,7 +234,8 @@ fn child_mode(check: &Check, ctor: Constructor, req: child::ChildRequest) -> Out
 
 /// Run the check called `name` (the macro's entry point). Panics on an unknown name.
 pub fn run_named(name: &str, ctor: Constructor) -> Outcome {
-    let check = check_named(name).unwrap_or_else(|| panic!("the conformance kit has no check {name:?}"));
+    let check =
+        check_named(name).unwrap_or_else(|| panic!("the conformance kit has no check {name:?}"));
     run_check(check, ctor)
 }
 

@@ -25,7 +25,10 @@ pub const NET_DATAGRAM: SocketSpec = SocketSpec {
     name: "net",
     kind: SocketKind::Datagram,
     binder: Binder::External("gvproxy"),
-    derived: &[DerivedName::Suffix("-krun.sock"), DerivedName::Sibling("krun-net-4194304-4294967295.sock")],
+    derived: &[
+        DerivedName::Suffix("-krun.sock"),
+        DerivedName::Sibling("krun-net-4194304-4294967295.sock"),
+    ],
 };
 
 /// Label of the longest allowed file name in [`budget_names`].
@@ -53,7 +56,12 @@ pub fn budget_names() -> Vec<(String, String)> {
 /// which a test makes into keys. Leaked: a test binds a bounded number of names.
 pub fn socket(file: &str) -> Socket {
     let name = file.strip_suffix(".sock").unwrap_or(file);
-    SocketSpec { name: Box::leak(name.to_owned().into_boxed_str()), kind: SocketKind::Stream, binder: Binder::Runtime, derived: &[] }
+    SocketSpec {
+        name: Box::leak(name.to_owned().into_boxed_str()),
+        kind: SocketKind::Stream,
+        binder: Binder::Runtime,
+        derived: &[],
+    }
 }
 
 /// One use of a box through a binding opened for it ([`SocketBinding::open_box`]), by
@@ -62,15 +70,30 @@ pub trait ByFile {
     /// Open box `id` for use (its binding: `ensure`, the directory, the policy).
     fn open(&self, layout: &BoxLayout, id: &BoxId) -> Result<Arc<dyn BoxBinding>, BindingError>;
     /// Open the box and bind a stream listener at `file`.
-    fn bind_stream(&self, layout: &BoxLayout, id: &BoxId, file: &str) -> Result<Listener, BindingError> {
+    fn bind_stream(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+        file: &str,
+    ) -> Result<Listener, BindingError> {
         self.open(layout, id)?.listen(&socket(file))
     }
     /// Open the box and bind a datagram socket at `file`.
-    fn bind_datagram(&self, layout: &BoxLayout, id: &BoxId, file: &str) -> Result<UnixDatagram, BindingError> {
+    fn bind_datagram(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+        file: &str,
+    ) -> Result<UnixDatagram, BindingError> {
         self.open(layout, id)?.listen_datagram(&socket(file))
     }
     /// Open the box and connect to `file`.
-    fn connect_stream(&self, layout: &BoxLayout, id: &BoxId, file: &str) -> Result<UnixStream, BindingError> {
+    fn connect_stream(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+        file: &str,
+    ) -> Result<UnixStream, BindingError> {
         self.open(layout, id)?.connect(&socket(file), None)
     }
 }
@@ -93,7 +116,12 @@ pub fn ok<T>(what: &str, r: Result<T, BindingError>) -> T {
 /// Bind a stream listener for `name`, connect to it through the strategy, and exchange a
 /// token both ways. Returns the listener so the caller can keep it alive.
 #[track_caller]
-pub fn stream_round_trip(s: &Arc<dyn SocketBinding>, layout: &BoxLayout, id: &BoxId, name: &str) -> Listener {
+pub fn stream_round_trip(
+    s: &Arc<dyn SocketBinding>,
+    layout: &BoxLayout,
+    id: &BoxId,
+    name: &str,
+) -> Listener {
     let listener = ok(&format!("bind_stream({name})"), s.bind_stream(layout, id, name));
     exchange(s, layout, id, name, &listener, name.as_bytes());
     listener
@@ -102,7 +130,14 @@ pub fn stream_round_trip(s: &Arc<dyn SocketBinding>, layout: &BoxLayout, id: &Bo
 /// Connect through the strategy to `listener` (already bound at `name`) and exchange
 /// `token` both ways; proves this very listener answered.
 #[track_caller]
-pub fn exchange(s: &Arc<dyn SocketBinding>, layout: &BoxLayout, id: &BoxId, name: &str, listener: &Listener, token: &[u8]) {
+pub fn exchange(
+    s: &Arc<dyn SocketBinding>,
+    layout: &BoxLayout,
+    id: &BoxId,
+    name: &str,
+    listener: &Listener,
+    token: &[u8],
+) {
     let mut client = ok(&format!("connect_stream({name})"), s.connect_stream(layout, id, name));
     set_timeouts(&client);
     let mut server = accept_timeout(listener, name);
@@ -140,7 +175,9 @@ pub fn accept_timeout(listener: &Listener, name: &str) -> UnixStream {
                 s.set_nonblocking(false).expect("blocking");
                 return s;
             }
-            Err(BindingError::Io { source, .. }) if source.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(BindingError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::WouldBlock =>
+            {
                 assert!(
                     start.elapsed() < IO_TIMEOUT,
                     "{name}: no connection arrived at the listener bound at {} (did it go elsewhere?)",
@@ -185,7 +222,10 @@ fn walk(p: &Path, out: &mut BTreeMap<PathBuf, Entry>) {
     let Ok(m) = std::fs::symlink_metadata(p) else { return };
     let ft = m.file_type();
     let kind = if ft.is_symlink() {
-        format!("symlink -> {}", std::fs::read_link(p).map(|t| t.display().to_string()).unwrap_or_default())
+        format!(
+            "symlink -> {}",
+            std::fs::read_link(p).map(|t| t.display().to_string()).unwrap_or_default()
+        )
     } else if ft.is_dir() {
         "dir".into()
     } else if ft.is_socket() {
@@ -195,7 +235,10 @@ fn walk(p: &Path, out: &mut BTreeMap<PathBuf, Entry>) {
     } else {
         "other".into()
     };
-    out.insert(p.to_path_buf(), Entry { kind, ino: m.ino(), mode: m.mode() & 0o7777, len: m.len() });
+    out.insert(
+        p.to_path_buf(),
+        Entry { kind, ino: m.ino(), mode: m.mode() & 0o7777, len: m.len() },
+    );
     if ft.is_dir() {
         if let Ok(rd) = std::fs::read_dir(p) {
             for e in rd.flatten() {
@@ -211,7 +254,9 @@ pub fn diff(before: &BTreeMap<PathBuf, Entry>, after: &BTreeMap<PathBuf, Entry>)
     for (p, e) in after {
         match before.get(p) {
             None => s.push_str(&format!("  created {} ({})\n", p.display(), e.kind)),
-            Some(b) if b != e => s.push_str(&format!("  changed {}: {b:?} -> {e:?}\n", p.display())),
+            Some(b) if b != e => {
+                s.push_str(&format!("  changed {}: {b:?} -> {e:?}\n", p.display()))
+            }
             _ => {}
         }
     }
@@ -236,7 +281,8 @@ pub fn exists_nofollow(p: &Path) -> bool {
 pub fn force_symlink(target: &Path, link: &Path) {
     let tmp = link.with_file_name(format!(".kit-tmp-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp).unwrap_or_else(|e| panic!("symlink {}: {e}", tmp.display()));
+    std::os::unix::fs::symlink(target, &tmp)
+        .unwrap_or_else(|e| panic!("symlink {}: {e}", tmp.display()));
     std::fs::rename(&tmp, link).unwrap_or_else(|e| panic!("rename over {}: {e}", link.display()));
 }
 
@@ -278,7 +324,11 @@ impl Witness {
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn hold(p: &Path) -> Option<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_NOFOLLOW).open(p).ok()
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(p)
+        .ok()
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]

@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 use boxsock_conformance::{CHECKS, Constructor, Outcome, Report, check_named, child, run_check};
 use boxsock_core::binding::Capabilities;
 use boxsock_core::peer::{self, Listener, PeerPolicy};
-use boxsock_core::{BoxBinding, Held, Opening, Socket};
 use boxsock_core::{
     BindingError, BoxId, BoxLayout, DirExpectation, PolicyAccess, PolicyPath, SocketAddress,
     SocketBinding, SocketDir, StrategyConfig, SweepReport,
 };
+use boxsock_core::{BoxBinding, Held, Opening, Socket};
 
 /// The real strategy a [`Broken`] wraps (and the control runs unbroken).
 #[derive(Debug, Clone, Copy)]

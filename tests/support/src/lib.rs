@@ -249,15 +249,22 @@ mod tests {
         let o = run_helper(None, &outside);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{err}");
-        assert!(err.contains("SKIPPED: tests::helper_skips: no `no-such-program`: forced"), "{err}");
+        assert!(
+            err.contains("SKIPPED: tests::helper_skips: no `no-such-program`: forced"),
+            "{err}"
+        );
         let r = records(&outside);
         assert_eq!(r.len(), 1, "{r:?}");
         assert!(r[0].starts_with("no `no-such-program`\ttests::helper_skips\tforced\t"), "{r:?}");
 
         let o = run_helper(Some("true"), &ci);
-        let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        let out =
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "a skip passed under CI=true: {out}");
-        assert!(out.contains("under CI=true a skip is a failure") && out.contains("no-such-package"), "{out}");
+        assert!(
+            out.contains("under CI=true a skip is a failure") && out.contains("no-such-package"),
+            "{out}"
+        );
         assert!(records(&ci).is_empty());
         let _ = std::fs::remove_dir_all(&base);
     }

@@ -92,7 +92,9 @@ pub fn workspace_root() -> PathBuf {
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// Run the VM once (the first caller does it; the others wait for its result).
@@ -133,9 +135,7 @@ pub enum Verdict {
 /// nothing). A skip is a failure when `required`; any status but `pass`/`skip` is one.
 pub fn scenario_verdict(name: &str, result: Option<&ScenarioResult>, required: bool) -> Verdict {
     match result {
-        None => Verdict::Fail(format!(
-            "scenario {name} reported nothing (the VM ended early?)"
-        )),
+        None => Verdict::Fail(format!("scenario {name} reported nothing (the VM ended early?)")),
         Some(r) if r.status == "pass" => Verdict::Pass(r.detail.clone()),
         Some(r) if r.status == "skip" && required => Verdict::Fail(format!(
             "scenario {name} was skipped in the guest ({}), and the real-VM tier is required \
@@ -165,21 +165,17 @@ pub fn assert_scenario(name: &str) {
             let _ = writeln!(std::io::stderr(), "SKIPPED (real VM) {name}: {reason}");
         }
         VmRun::Broken(reason) => panic!("scenario {name}: the real VM did not run: {reason}"),
-        VmRun::Ran {
-            results, console, ..
-        } => match scenario_verdict(name, results.get(name), required()) {
-            Verdict::Pass(detail) => eprintln!("real VM {name}: pass {detail}"),
-            Verdict::Skip(detail) => {
-                let _ = writeln!(std::io::stderr(), "SKIPPED (real VM) {name}: {detail}");
+        VmRun::Ran { results, console, .. } => {
+            match scenario_verdict(name, results.get(name), required()) {
+                Verdict::Pass(detail) => eprintln!("real VM {name}: pass {detail}"),
+                Verdict::Skip(detail) => {
+                    let _ = writeln!(std::io::stderr(), "SKIPPED (real VM) {name}: {detail}");
+                }
+                Verdict::Fail(msg) => {
+                    panic!("{msg}\nconsole: {}\n{}", console.display(), console_tail(console, 40))
+                }
             }
-            Verdict::Fail(msg) => {
-                panic!(
-                    "{msg}\nconsole: {}\n{}",
-                    console.display(),
-                    console_tail(console, 40)
-                )
-            }
-        },
+        }
     }
 }
 
@@ -202,7 +198,9 @@ fn run_vm() -> VmRun {
         return VmRun::Skipped("the TCG host image is x86_64 Linux only".into());
     }
     let Some(qemu) = which("qemu-system-x86_64") else {
-        return VmRun::Skipped("qemu-system-x86_64 not found (apt-get install qemu-system-x86; .ci/run does)".into());
+        return VmRun::Skipped(
+            "qemu-system-x86_64 not found (apt-get install qemu-system-x86; .ci/run does)".into(),
+        );
     };
     let root = workspace_root();
     let target = target_dir();
@@ -214,7 +212,19 @@ fn run_vm() -> VmRun {
     let profile_dir = target.join("release");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
-    build.args(["build", "--release", "--bins", "-p", "boxsock", "-p", "boxsock-libkrun", "-p", "boxsock-agent", "-p", "boxsock-vm-tests"]);
+    build.args([
+        "build",
+        "--release",
+        "--bins",
+        "-p",
+        "boxsock",
+        "-p",
+        "boxsock-libkrun",
+        "-p",
+        "boxsock-agent",
+        "-p",
+        "boxsock-vm-tests",
+    ]);
     match build.current_dir(&root).status() {
         Ok(s) if s.success() => {}
         other => return VmRun::Broken(format!("cargo build of the binaries failed: {other:?}")),
@@ -222,7 +232,11 @@ fn run_vm() -> VmRun {
 
     // 2. The image.
     let image = target.join("vm/image");
-    let out = Command::new(root.join("scripts/vm-image.sh")).arg(&profile_dir).arg(&image).stderr(Stdio::piped()).output();
+    let out = Command::new(root.join("scripts/vm-image.sh"))
+        .arg(&profile_dir)
+        .arg(&image)
+        .stderr(Stdio::piped())
+        .output();
     match out {
         Ok(o) if o.status.success() => eprint!("{}", String::from_utf8_lossy(&o.stdout)),
         Ok(o) if o.status.code() == Some(3) => {
@@ -303,9 +317,19 @@ fn run_vm() -> VmRun {
     let text = std::fs::read_to_string(&console).unwrap_or_default();
     let (results, metrics, pairs) = parse_console(&text);
     match status {
-        Err(e) => return VmRun::Broken(format!("{e}; console {}:\n{}", console.display(), console_tail(&console, 40))),
+        Err(e) => {
+            return VmRun::Broken(format!(
+                "{e}; console {}:\n{}",
+                console.display(),
+                console_tail(&console, 40)
+            ));
+        }
         Ok(s) if !s.success() => {
-            return VmRun::Broken(format!("QEMU exited with {s}: {}\n{}", qemu_err.trim(), console_tail(&console, 40)));
+            return VmRun::Broken(format!(
+                "QEMU exited with {s}: {}\n{}",
+                qemu_err.trim(),
+                console_tail(&console, 40)
+            ));
         }
         Ok(_) => {}
     }
@@ -317,17 +341,17 @@ fn run_vm() -> VmRun {
         ));
     }
     if text.contains("@@VM no-kvm") {
-        return VmRun::Broken(format!("/dev/kvm did not appear in the TCG host:\n{}", console_tail(&console, 60)));
+        return VmRun::Broken(format!(
+            "/dev/kvm did not appear in the TCG host:\n{}",
+            console_tail(&console, 60)
+        ));
     }
     VmRun::Ran { results, metrics, pairs, vm_wall, console, inputs }
 }
 
 /// What [`parse_console`] returns: results, metrics and pairs by name.
-pub type Parsed = (
-    BTreeMap<String, ScenarioResult>,
-    BTreeMap<String, Vec<u64>>,
-    BTreeMap<String, Vec<Pair>>,
-);
+pub type Parsed =
+    (BTreeMap<String, ScenarioResult>, BTreeMap<String, Vec<u64>>, BTreeMap<String, Vec<Pair>>);
 
 /// Parse the `@@VM result`, `@@VM log`, `@@VM metric` and `@@VM pair` lines of a console
 /// log.
@@ -360,10 +384,9 @@ pub fn parse_console(text: &str) -> Parsed {
                     },
                 );
             }
-            (Some("log"), Some(name), Some("|"), l) => logs
-                .entry(name.to_owned())
-                .or_default()
-                .push(l.unwrap_or("").to_owned()),
+            (Some("log"), Some(name), Some("|"), l) => {
+                logs.entry(name.to_owned()).or_default().push(l.unwrap_or("").to_owned())
+            }
             (Some("metric"), Some(name), Some(v), _) => {
                 if let Ok(v) = v.parse() {
                     metrics.entry(name.to_owned()).or_default().push(v);
@@ -430,11 +453,7 @@ pub fn median(v: &[f64]) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
 }
 
 /// A paired measurement's assertion: the median of the per-pair ratios at most `limit`.
@@ -508,19 +527,14 @@ pub fn summarize_pairs(lim: &RatioLimit, pairs: &[Pair]) -> Result<RatioSummary,
                 "{}: pair {} is {}, but the pairs must alternate starting subject-first",
                 lim.name,
                 p.index,
-                if p.subject_first {
-                    "subject-first"
-                } else {
-                    "floor-first"
-                }
+                if p.subject_first { "subject-first" } else { "floor-first" }
             ));
         }
     }
     let ratios: Vec<f64> = pairs
         .iter()
         .map(|p| {
-            p.ratio()
-                .ok_or_else(|| format!("{}: pair {} has a zero floor", lim.name, p.index))
+            p.ratio().ok_or_else(|| format!("{}: pair {} has a zero floor", lim.name, p.index))
         })
         .collect::<Result<_, _>>()?;
     let ms = |f: fn(&Pair) -> u64| {
@@ -602,20 +616,13 @@ mod tests {
     }
 
     fn r(status: &str, detail: &str) -> ScenarioResult {
-        ScenarioResult {
-            status: status.into(),
-            detail: detail.into(),
-            log: vec!["out".into()],
-        }
+        ScenarioResult { status: status.into(), detail: detail.into(), log: vec!["out".into()] }
     }
 
     #[test]
     fn a_reported_skip_fails_when_the_tier_is_required_and_only_then() {
         let skip = r("skip", "no gvproxy");
-        assert_eq!(
-            scenario_verdict("x", Some(&skip), false),
-            Verdict::Skip("no gvproxy".into())
-        );
+        assert_eq!(scenario_verdict("x", Some(&skip), false), Verdict::Skip("no gvproxy".into()));
         let Verdict::Fail(msg) = scenario_verdict("x", Some(&skip), true) else {
             panic!("a required skip passed")
         };
@@ -630,16 +637,12 @@ mod tests {
         assert!(
             matches!(scenario_verdict("x", Some(&r("fail", "FAIL: y")), false), Verdict::Fail(m) if m.contains("FAIL: y"))
         );
-        assert!(matches!(
-            scenario_verdict("x", Some(&r("weird", "")), false),
-            Verdict::Fail(_)
-        ));
+        assert!(matches!(scenario_verdict("x", Some(&r("weird", "")), false), Verdict::Fail(_)));
         assert!(
             matches!(scenario_verdict("x", None, false), Verdict::Fail(m) if m.contains("reported nothing"))
         );
         // What the guest prints for a scenario that exits 77, through the parser.
-        let (res, _, _) =
-            parse_console("@@VM result derived-unixgram skip needs a gvproxy peer\n");
+        let (res, _, _) = parse_console("@@VM result derived-unixgram skip needs a gvproxy peer\n");
         assert!(matches!(
             scenario_verdict("derived-unixgram", res.get("derived-unixgram"), true),
             Verdict::Fail(_)
@@ -666,12 +669,7 @@ mod tests {
         assert_eq!(p["start_ready"].len(), 2, "{p:?}");
         assert_eq!(
             p["start_ready"][1],
-            Pair {
-                index: 2,
-                subject_first: false,
-                subject_ms: 7900,
-                floor_ms: 8000
-            }
+            Pair { index: 2, subject_first: false, subject_ms: 7900, floor_ms: 8000 }
         );
         assert!(!p.contains_key("bad"));
     }
@@ -686,10 +684,7 @@ mod tests {
         let wild = alternating(|i| if i == 3 { 40_000 } else { 8400 }, 8000, 10);
         assert!(check_pairs(&lim, &wild).unwrap().median < 1.10);
         let mean = wild.iter().map(|p| p.subject_ms).sum::<u64>() as f64 / 10.0 / 8000.0;
-        assert!(
-            mean > 1.10,
-            "the control: a ratio of means fails this data ({mean})"
-        );
+        assert!(mean > 1.10, "the control: a ratio of means fails this data ({mean})");
         // An inflated subject (runtime 15% slower in every pair) fails, naming the pairs.
         let e = check_pairs(&lim, &alternating(|_| 9200, 8000, 10)).unwrap_err();
         assert!(
@@ -703,14 +698,10 @@ mod tests {
         assert!(check_pairs(&lim, &alternating(|_| 8809, 8000, 10)).is_err());
         // Fewer than ten pairs, a zero floor, or no alternation is no measurement.
         assert!(
-            check_pairs(&lim, &alternating(|_| 8000, 8000, 9))
-                .unwrap_err()
-                .contains("at least 10")
+            check_pairs(&lim, &alternating(|_| 8000, 8000, 9)).unwrap_err().contains("at least 10")
         );
         assert!(
-            check_pairs(&lim, &alternating(|_| 8000, 0, 10))
-                .unwrap_err()
-                .contains("zero floor")
+            check_pairs(&lim, &alternating(|_| 8000, 0, 10)).unwrap_err().contains("zero floor")
         );
         let mut same = alternating(|_| 8000, 8000, 10);
         same.iter_mut().for_each(|p| p.subject_first = true);
@@ -723,10 +714,7 @@ mod tests {
         assert!(check_pairs(&lim, &alternating(|_| 760, 350, 12)).is_ok());
         // The CLI's own cost doubled (a second agent round trip per exec, say): fails.
         let e = check_pairs(&lim, &alternating(|_| 760 + 410, 350, 12)).unwrap_err();
-        assert!(
-            e.starts_with("exec_true:") && e.contains("above the limit 3.00x"),
-            "{e}"
-        );
+        assert!(e.starts_with("exec_true:") && e.contains("above the limit 3.00x"), "{e}");
         assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), Some(2.5));
         assert_eq!(median(&[]), None);
     }

@@ -53,12 +53,8 @@ fn cmd_out(prog: &str, args: &[&str], dir: &Path) -> String {
 pub fn report_json(f: &RunFacts<'_>) -> Value {
     let root = crate::workspace_root();
     let commit = cmd_out("git", &["rev-parse", "--short=12", "HEAD"], &root);
-    let dirty = !cmd_out(
-        "git",
-        &["status", "--porcelain", "--untracked-files=no"],
-        &root,
-    )
-    .is_empty();
+    let dirty =
+        !cmd_out("git", &["status", "--porcelain", "--untracked-files=no"], &root).is_empty();
     let qemu = cmd_out("qemu-system-x86_64", &["--version"], &root);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let ratios: Vec<Value> = RATIOS
@@ -70,11 +66,7 @@ pub fn report_json(f: &RunFacts<'_>) -> Value {
                 .map(|p| {
                     json!([
                         p.index,
-                        if p.subject_first {
-                            "subject-first"
-                        } else {
-                            "floor-first"
-                        },
+                        if p.subject_first { "subject-first" } else { "floor-first" },
                         p.subject_ms,
                         p.floor_ms
                     ])
@@ -163,9 +155,7 @@ pub fn render_section(d: &Value) -> String {
     let scen = ran["scenarios"].as_object();
     let total = scen.map_or(0, |m| m.len());
     let passed = scen.map_or(0, |m| {
-        m.values()
-            .filter(|v| v.as_str().is_some_and(|v| v.starts_with("pass")))
-            .count()
+        m.values().filter(|v| v.as_str().is_some_and(|v| v.starts_with("pass"))).count()
     });
     o.push_str(&format!(
         "Run of {}, commit `{}`: `{}` ({} build). {}; build machine: {}. Whole VM run \
@@ -217,10 +207,8 @@ pub fn render_section(d: &Value) -> String {
              | metric | values |\n|---|---|\n",
         );
         for (k, v) in m {
-            let vals: Vec<String> = v
-                .as_array()
-                .map(|a| a.iter().map(|x| x.to_string()).collect())
-                .unwrap_or_default();
+            let vals: Vec<String> =
+                v.as_array().map(|a| a.iter().map(|x| x.to_string()).collect()).unwrap_or_default();
             o.push_str(&format!("| `{k}` | {} |\n", vals.join(", ")));
         }
     }
@@ -290,16 +278,7 @@ mod tests {
     fn data(subject: u64) -> Value {
         let pairs: Vec<Value> = (1..=10)
             .map(|i| {
-                json!([
-                    i,
-                    if i % 2 == 1 {
-                        "subject-first"
-                    } else {
-                        "floor-first"
-                    },
-                    subject,
-                    1000
-                ])
+                json!([i, if i % 2 == 1 { "subject-first" } else { "floor-first" }, subject, 1000])
             })
             .collect();
         json!({
@@ -317,24 +296,17 @@ mod tests {
     #[test]
     fn the_section_states_the_verdict_the_pairs_give_and_replaces_only_its_markers() {
         let pass = render_section(&data(1050));
-        assert!(
-            pass.contains("1.050×") && pass.contains("| PASS |"),
-            "{pass}"
-        );
+        assert!(pass.contains("1.050×") && pass.contains("| PASS |"), "{pass}");
         assert!(
             pass.contains("1 of 2 passed") && pass.contains("- kernel: k 1 (sha256 x)"),
             "{pass}"
         );
         let fail = render_section(&data(1200));
-        assert!(
-            fail.contains("1.200×") && fail.contains("| FAIL |"),
-            "{fail}"
-        );
+        assert!(fail.contains("1.200×") && fail.contains("| FAIL |"), "{fail}");
         let doc = format!("head\n{BEGIN}\nold\n{END}\ntail\n<!-- generated:begin other -->\nx\n");
         let new = replace_section(&doc, &pass).unwrap();
         assert!(
-            new.starts_with("head\n")
-                && new.ends_with("tail\n<!-- generated:begin other -->\nx\n"),
+            new.starts_with("head\n") && new.ends_with("tail\n<!-- generated:begin other -->\nx\n"),
             "{new}"
         );
         assert!(!new.contains("old"));
@@ -351,12 +323,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{}: {e}", data_path.display()));
         let data: Value =
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", data_path.display()));
-        assert_eq!(
-            data["format"].as_u64(),
-            Some(FORMAT),
-            "{}: format",
-            data_path.display()
-        );
+        assert_eq!(data["format"].as_u64(), Some(FORMAT), "{}: format", data_path.display());
         let doc = std::fs::read_to_string(root.join("docs/performance.md")).unwrap();
         let committed =
             current_section(&doc).expect("docs/performance.md has the generated vm markers");

@@ -2,7 +2,9 @@
 //! process (`boxsock_vm_tests::vm_run`); each test asserts its scenario's recorded
 //! result. Scenario scripts: `tests/vm/guest/scenarios.sh`.
 
-use boxsock_vm_tests::{EXEC_TRUE, START_READY, VmRun, assert_pairs, assert_scenario, report, vm_run};
+use boxsock_vm_tests::{
+    EXEC_TRUE, START_READY, VmRun, assert_pairs, assert_scenario, report, vm_run,
+};
 
 macro_rules! scenarios {
     ($($test:ident => $name:literal),* $(,)?) => {

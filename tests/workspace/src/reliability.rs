@@ -46,10 +46,7 @@ pub fn scenarios() -> Vec<&'static Scenario> {
 }
 
 fn area_rank(area: &str) -> usize {
-    ["Faults", "Attacks", "Bad input"]
-        .iter()
-        .position(|a| *a == area)
-        .unwrap_or(usize::MAX)
+    ["Faults", "Attacks", "Bad input"].iter().position(|a| *a == area).unwrap_or(usize::MAX)
 }
 
 /// How a scenario ended.
@@ -98,11 +95,8 @@ pub fn write_record(scenario: &Scenario, outcome: Outcome) {
         outcome,
     };
     let tmp = dir.join(format!(".{}.json.tmp", scenario.id));
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(&rec).expect("serialise record"),
-    )
-    .expect("write record");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&rec).expect("serialise record"))
+        .expect("write record");
     std::fs::rename(&tmp, dir.join(format!("{}.json", scenario.id))).expect("publish record");
 }
 
@@ -115,9 +109,7 @@ pub fn read_records(dir: &Path) -> Vec<Record> {
     for e in entries.flatten() {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "json")
-            && !p
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
         {
             if let Ok(r) = std::fs::read(&p)
                 .map_err(|e| e.to_string())
@@ -162,7 +154,11 @@ pub fn render(scenarios: &[&Scenario], records: &[Record]) -> String {
 }
 
 /// [`render`], with the load section ([`render_load`]) after the scenarios' tables.
-pub fn render_with_load(scenarios: &[&Scenario], records: &[Record], load: Option<&LoadRecord>) -> String {
+pub fn render_with_load(
+    scenarios: &[&Scenario],
+    records: &[Record],
+    load: Option<&LoadRecord>,
+) -> String {
     let doc = render(scenarios, records);
     let at = doc.find(FUZZING).unwrap_or(doc.len());
     format!("{}{}{}", &doc[..at], render_load(load), &doc[at..])
@@ -252,7 +248,10 @@ pub fn check_against_doc(scenario: &Scenario, outcome: &Outcome) {
     match compare_with_doc(scenario, outcome, &doc) {
         DocCheck::Agrees => {}
         DocCheck::SkippedHere(row) => {
-            eprintln!("note: {} was skipped here; docs/reliability.md keeps another run's row: {row}", scenario.id)
+            eprintln!(
+                "note: {} was skipped here; docs/reliability.md keeps another run's row: {row}",
+                scenario.id
+            )
         }
         DocCheck::Disagrees(row) => panic!(
             "docs/reliability.md disagrees with this run of {}:\n  document: {}\n  this run: {}\n\
@@ -274,18 +273,66 @@ fn row_for(scenario: &Scenario, outcome: &Outcome) -> String {
 /// Any other error fails the test; so does one of these without another command on
 /// the same box that began before it ended (or was killed before it).
 pub const LOAD_EXPECTED_ERRORS: &[(&str, &str, &str)] = &[
-    ("no such box", "no box ", "another process removed the box (`rm -f`), before this command found it (`no box with id or name …`) or after (`no box <id>`), or the `create` that would have made it was killed"),
-    ("not running", ", not running", "`exec` on a box another process stopped or removed, or whose `start` was killed or has not finished"),
-    ("state changed", "cannot go from", "a concurrent `start`/`stop` changed the box's state first (the store's conditional transition), or a killed command left it `starting`/`stopping` until recovery"),
-    ("session ended", ": agent at ", "the box was stopped or removed by another process during the `exec` (its agent went away)"),
-    ("start interrupted", "before reporting ready", "another process stopped or removed the box while its `start` waited for the agent (the process it launched was killed)"),
-    ("start timed out", "waiting for agent readiness", "another process stopped the box during its `start` (and removed the `ready` socket the start listened on), so the start waited out its readiness timeout (10 s) before failing: correct, but slow to say so"),
-    ("half removed", "does not exist", "another process's `rm`, running or killed, had removed the box's directory but not yet its row (removal releases the binding, then the directory, then the row); a killed one is finished by the next `rm -f` or by recovery"),
-    ("command terminated", "exit status: 143", "`exec`'s command got SIGTERM (status 128 + 15, as docker reports it) because another process stopped or removed the box"),
-    ("command killed", "exit status: 137", "`exec`'s command got SIGKILL (status 128 + 9) because another process stopped or removed the box"),
-    ("removed during start", "a directory on the way was changed", "another process removed the box (its directory and link) while this `start` bound its sockets: the start refuses a socket directory that changed under it, as it would an attacker's swap"),
-    ("link race", "lost the race too many times", "this command's `ensure` of the box's link kept losing to another process's release of it (a concurrent `rm`) and gave up after its retries"),
-    ("removed meanwhile", "No such file or directory", "another process removed the box's directory after this command found the box and before it read its log"),
+    (
+        "no such box",
+        "no box ",
+        "another process removed the box (`rm -f`), before this command found it (`no box with id or name …`) or after (`no box <id>`), or the `create` that would have made it was killed",
+    ),
+    (
+        "not running",
+        ", not running",
+        "`exec` on a box another process stopped or removed, or whose `start` was killed or has not finished",
+    ),
+    (
+        "state changed",
+        "cannot go from",
+        "a concurrent `start`/`stop` changed the box's state first (the store's conditional transition), or a killed command left it `starting`/`stopping` until recovery",
+    ),
+    (
+        "session ended",
+        ": agent at ",
+        "the box was stopped or removed by another process during the `exec` (its agent went away)",
+    ),
+    (
+        "start interrupted",
+        "before reporting ready",
+        "another process stopped or removed the box while its `start` waited for the agent (the process it launched was killed)",
+    ),
+    (
+        "start timed out",
+        "waiting for agent readiness",
+        "another process stopped the box during its `start` (and removed the `ready` socket the start listened on), so the start waited out its readiness timeout (10 s) before failing: correct, but slow to say so",
+    ),
+    (
+        "half removed",
+        "does not exist",
+        "another process's `rm`, running or killed, had removed the box's directory but not yet its row (removal releases the binding, then the directory, then the row); a killed one is finished by the next `rm -f` or by recovery",
+    ),
+    (
+        "command terminated",
+        "exit status: 143",
+        "`exec`'s command got SIGTERM (status 128 + 15, as docker reports it) because another process stopped or removed the box",
+    ),
+    (
+        "command killed",
+        "exit status: 137",
+        "`exec`'s command got SIGKILL (status 128 + 9) because another process stopped or removed the box",
+    ),
+    (
+        "removed during start",
+        "a directory on the way was changed",
+        "another process removed the box (its directory and link) while this `start` bound its sockets: the start refuses a socket directory that changed under it, as it would an attacker's swap",
+    ),
+    (
+        "link race",
+        "lost the race too many times",
+        "this command's `ensure` of the box's link kept losing to another process's release of it (a concurrent `rm`) and gave up after its retries",
+    ),
+    (
+        "removed meanwhile",
+        "No such file or directory",
+        "another process removed the box's directory after this command found the box and before it read its log",
+    ),
 ];
 
 /// What the load test measured: the figures `docs/reliability.md` shows (its "Load"
@@ -335,7 +382,8 @@ pub fn write_load_record(rec: &LoadRecord) {
     let p = load_record_path();
     std::fs::create_dir_all(p.parent().expect("a parent")).expect("create the load record dir");
     let tmp = p.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(rec).expect("serialise load record")).expect("write load record");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(rec).expect("serialise load record"))
+        .expect("write load record");
     std::fs::rename(&tmp, &p).expect("publish load record");
 }
 
@@ -395,7 +443,9 @@ pub fn render_load(load: Option<&LoadRecord>) -> String {
         l.orphaned_by_rm_during_start
     ));
     for (title, rows) in [("CLI", &l.latency), ("library runtimes", &l.library_latency)] {
-        out.push_str(&format!("\n| verb ({title}) | count | p50 (ms) | p99 (ms) |\n|---|---|---|---|\n"));
+        out.push_str(&format!(
+            "\n| verb ({title}) | count | p50 (ms) | p99 (ms) |\n|---|---|---|---|\n"
+        ));
         for (verb, n, p50, p99) in rows {
             out.push_str(&format!("| {verb} | {n} | {p50:.1} | {p99:.1} |\n"));
         }
@@ -405,7 +455,9 @@ pub fn render_load(load: Option<&LoadRecord>) -> String {
         let n = l.errors.iter().find(|(k, _)| k == kind).map_or(0, |(_, n)| *n);
         out.push_str(&format!("| {kind} | {n} | {} |\n", cell(why)));
     }
-    for (kind, n) in l.errors.iter().filter(|(k, _)| !LOAD_EXPECTED_ERRORS.iter().any(|(e, _, _)| e == k)) {
+    for (kind, n) in
+        l.errors.iter().filter(|(k, _)| !LOAD_EXPECTED_ERRORS.iter().any(|(e, _, _)| e == k))
+    {
         out.push_str(&format!("| {} | {n} | UNEXPECTED |\n", cell(kind)));
     }
     out
@@ -488,7 +540,11 @@ macro_rules! scenario {
             $crate::reliability::in_own_process(|| {
                 let outcome: $crate::reliability::Outcome = $body;
                 $crate::reliability::record_and_check(
-                    &$crate::reliability::Scenario { id: stringify!($id), area: $area, done: $done },
+                    &$crate::reliability::Scenario {
+                        id: stringify!($id),
+                        area: $area,
+                        done: $done,
+                    },
                     outcome,
                 );
             });
@@ -502,11 +558,7 @@ macro_rules! scenario {
         fn $id() {
             let outcome: $crate::reliability::Outcome = $body;
             $crate::reliability::write_record(
-                &$crate::reliability::Scenario {
-                    id: stringify!($id),
-                    area: $area,
-                    done: $done,
-                },
+                &$crate::reliability::Scenario { id: stringify!($id), area: $area, done: $done },
                 outcome.clone(),
             );
             // The suite's one skip mechanism (a failure under CI=true): `crate` is the
@@ -515,11 +567,7 @@ macro_rules! scenario {
                 crate::skip_scenario(reason);
             }
             $crate::reliability::check_against_doc(
-                &$crate::reliability::Scenario {
-                    id: stringify!($id),
-                    area: $area,
-                    done: $done,
-                },
+                &$crate::reliability::Scenario { id: stringify!($id), area: $area, done: $done },
                 &outcome,
             );
         }
@@ -535,7 +583,15 @@ mod tests {
     #[test]
     fn a_row_agrees_only_when_it_says_exactly_what_the_run_observed() {
         let passed = Outcome::Passed("refused: Insecure naming uid 65534".into());
-        let doc = render(&[&S], &[Record { id: "squat".into(), area: "Attacks".into(), done: S.done.into(), outcome: passed.clone() }]);
+        let doc = render(
+            &[&S],
+            &[Record {
+                id: "squat".into(),
+                area: "Attacks".into(),
+                done: S.done.into(),
+                outcome: passed.clone(),
+            }],
+        );
         assert_eq!(compare_with_doc(&S, &passed, &doc), DocCheck::Agrees);
         // A changed observation, a scenario the document lacks, or a document saying it
         // was skipped while this run passed: all disagree.
@@ -544,7 +600,10 @@ mod tests {
         assert_eq!(compare_with_doc(&S, &passed, "# Reliability\n"), DocCheck::Disagrees(None));
         let skipped_doc = render(&[&S], &[]);
         assert!(skipped_doc.contains("NOT RUN"));
-        assert!(matches!(compare_with_doc(&S, &passed, &skipped_doc), DocCheck::Disagrees(Some(_))));
+        assert!(matches!(
+            compare_with_doc(&S, &passed, &skipped_doc),
+            DocCheck::Disagrees(Some(_))
+        ));
         // Skipped here: never a contradiction of what another machine saw.
         let skipped = Outcome::Skipped("needs root".into());
         assert!(matches!(compare_with_doc(&S, &skipped, &doc), DocCheck::SkippedHere(_)));
@@ -552,14 +611,28 @@ mod tests {
 
     #[test]
     fn measured_values_may_differ_but_nothing_around_them() {
-        let run = |secs: &str, uid: u32| Outcome::Passed(format!("300 execs in {} s; refused uid {uid}", measured(secs)));
-        let doc = render(&[&S], &[Record { id: "squat".into(), area: "Attacks".into(), done: S.done.into(), outcome: run("1.1", 65534) }]);
+        let run = |secs: &str, uid: u32| {
+            Outcome::Passed(format!("300 execs in {} s; refused uid {uid}", measured(secs)))
+        };
+        let doc = render(
+            &[&S],
+            &[Record {
+                id: "squat".into(),
+                area: "Attacks".into(),
+                done: S.done.into(),
+                outcome: run("1.1", 65534),
+            }],
+        );
         assert!(doc.contains("⟨1.1⟩"), "the document shows the value measured: {doc}");
         assert_eq!(compare_with_doc(&S, &run("6.3", 65534), &doc), DocCheck::Agrees);
         assert!(matches!(compare_with_doc(&S, &run("1.1", 0), &doc), DocCheck::Disagrees(Some(_))));
         // A value unmarked in this run but marked in the document (or the reverse) differs.
         assert!(matches!(
-            compare_with_doc(&S, &Outcome::Passed("300 execs in 1.1 s; refused uid 65534".into()), &doc),
+            compare_with_doc(
+                &S,
+                &Outcome::Passed("300 execs in 1.1 s; refused uid 65534".into()),
+                &doc
+            ),
             DocCheck::Disagrees(Some(_))
         ));
         assert_eq!(without_measurements("a ⟨x⟩ b ⟨unclosed"), "a ⟨…⟩ b ⟨unclosed");

@@ -22,8 +22,12 @@ fn every_registered_backend_passes_the_backend_kit() {
     let mut failures = Vec::new();
     let mut ran = Vec::new();
     for reg in registry.iter() {
-        let target = Target::new(reg, BackendConfig { helper_dir: Some(helper_dir.clone()), ..Default::default() });
-        let backend = (reg.build)(&target.config).unwrap_or_else(|e| panic!("backend {:?} cannot be built: {e}", reg.name));
+        let target = Target::new(
+            reg,
+            BackendConfig { helper_dir: Some(helper_dir.clone()), ..Default::default() },
+        );
+        let backend = (reg.build)(&target.config)
+            .unwrap_or_else(|e| panic!("backend {:?} cannot be built: {e}", reg.name));
         let unavailable = match backend.available_for_launch() {
             Availability::Unavailable { reason } => {
                 // One record for the backend, not one per check it could not run. Only
@@ -37,7 +41,13 @@ fn every_registered_backend_passes_the_backend_kit() {
         };
         let report = run_all(&target);
         assert_eq!(report.results.len(), CHECKS.len());
-        eprintln!("{}: {} passed, {} skipped, {} failed", reg.name, report.passed().len(), report.skipped().len(), report.failures().len());
+        eprintln!(
+            "{}: {} passed, {} skipped, {} failed",
+            reg.name,
+            report.passed().len(),
+            report.skipped().len(),
+            report.failures().len()
+        );
         for (check, why) in report.skipped() {
             assert!(!why.is_empty(), "{}::{check} skipped without a reason", reg.name);
             if !unavailable {
@@ -55,8 +65,14 @@ fn every_registered_backend_passes_the_backend_kit() {
     // Each check ran in a process of its own: this one never became a subreaper.
     let mut flag: libc::c_int = -1;
     // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through the pointer we pass.
-    let r = unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut flag as *mut libc::c_int, 0, 0, 0) };
-    assert_eq!((r, flag), (0, 0), "the test process became a child subreaper: the kit ran a check in it");
+    let r = unsafe {
+        libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut flag as *mut libc::c_int, 0, 0, 0)
+    };
+    assert_eq!(
+        (r, flag),
+        (0, 0),
+        "the test process became a child subreaper: the kit ran a check in it"
+    );
     // The reference backend runs everywhere this suite runs: it must really be checked.
     assert!(ran.contains(&"host"), "the host backend ran no check (ran: {ran:?})");
 }

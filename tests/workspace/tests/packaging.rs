@@ -144,7 +144,10 @@ fn every_publishable_crate_packages_and_compiles_offline() {
         assert!(!log.contains(&format!("Packaging {name} ")), "{name} was packaged:\n{log}");
     }
     let manifest = std::fs::read_to_string(workspace().join("Cargo.toml")).unwrap();
-    assert!(!manifest.contains("example.invalid"), "a placeholder repository is back in Cargo.toml");
+    assert!(
+        !manifest.contains("example.invalid"),
+        "a placeholder repository is back in Cargo.toml"
+    );
 }
 
 /// What users install leaves the example strategy out: it is an optional dependency of
@@ -169,9 +172,19 @@ fn the_installed_facade_does_not_link_the_example_strategy() {
 #[test]
 fn release_boxsock_has_no_test_support() {
     let Some(mut c) = cargo() else { return };
-    let tree = ok(c.args(["tree", "-p", "boxsock", "-e", "normal,build,features", "--prefix", "none", "--offline"]));
+    let tree = ok(c.args([
+        "tree",
+        "-p",
+        "boxsock",
+        "-e",
+        "normal,build,features",
+        "--prefix",
+        "none",
+        "--offline",
+    ]));
     assert!(tree.contains("boxsock-runtime feature \"default\""), "unexpected tree:\n{tree}");
-    let scaffolding: Vec<&str> = tree.lines().filter(|l| l.contains("feature \"test-support\"")).collect();
+    let scaffolding: Vec<&str> =
+        tree.lines().filter(|l| l.contains("feature \"test-support\"")).collect();
     assert!(scaffolding.is_empty(), "test-support reaches the installed boxsock: {scaffolding:?}");
 }
 
@@ -180,12 +193,26 @@ fn release_boxsock_has_no_test_support() {
 #[test]
 fn facade_without_libkrun_builds_and_links_no_vmm() {
     let Some(mut c) = cargo() else { return };
-    let tree = ok(c.args(["tree", "-p", "boxsock", "-e", "normal,build", "--prefix", "none", "--no-default-features", "--offline"]));
+    let tree = ok(c.args([
+        "tree",
+        "-p",
+        "boxsock",
+        "-e",
+        "normal,build",
+        "--prefix",
+        "none",
+        "--no-default-features",
+        "--offline",
+    ]));
     for vmm in ["boxsock-libkrun ", "libkrun ", "libkrun-sys "] {
-        assert!(!tree.lines().any(|l| l.starts_with(vmm)), "{vmm}is in the graph without the libkrun feature:\n{tree}");
+        assert!(
+            !tree.lines().any(|l| l.starts_with(vmm)),
+            "{vmm}is in the graph without the libkrun feature:\n{tree}"
+        );
     }
     let mut c = cargo().unwrap();
-    ok(c.args(["check", "-p", "boxsock", "--no-default-features", "--offline", "--target-dir"]).arg(target_dir()));
+    ok(c.args(["check", "-p", "boxsock", "--no-default-features", "--offline", "--target-dir"])
+        .arg(target_dir()));
 }
 
 /// Reuses this build's target directory (a fresh one would rebuild everything, VMM
@@ -235,13 +262,20 @@ fn cargo_install_gives_a_working_boxsock_with_its_helpers() {
     } else {
         text(&o)
     };
-    assert!(err.contains("boxsock-agent") && err.contains(&bin.join("boxsock-agent").display().to_string()), "{err}");
+    assert!(
+        err.contains("boxsock-agent")
+            && err.contains(&bin.join("boxsock-agent").display().to_string()),
+        "{err}"
+    );
     assert!(err.contains("cargo install"), "the fix is not named: {err}");
 
     // With the agent installed beside it: a working box.
     install(&mut cargo().unwrap(), "backends/agent");
     let id = ok(boxsock(&bin.join("boxsock")).arg("create")).trim().to_owned();
     assert_eq!(ok(boxsock(&bin.join("boxsock")).args(["start", &id])).trim(), id);
-    assert_eq!(ok(boxsock(&bin.join("boxsock")).args(["exec", &id, "--", "echo", "installed"])), "installed\n");
+    assert_eq!(
+        ok(boxsock(&bin.join("boxsock")).args(["exec", &id, "--", "echo", "installed"])),
+        "installed\n"
+    );
     ok(boxsock(&bin.join("boxsock")).args(["rm", "-f", &id]));
 }

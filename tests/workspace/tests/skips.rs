@@ -50,7 +50,9 @@ fn no_test_prints_its_own_skip() {
     let mut bare = Vec::new();
     for f in files {
         let rel = f.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
-        if ALLOWED.iter().any(|(a, _)| rel.starts_with(a)) || rel == "tests/workspace/tests/skips.rs" {
+        if ALLOWED.iter().any(|(a, _)| rel.starts_with(a))
+            || rel == "tests/workspace/tests/skips.rs"
+        {
             continue;
         }
         let text = std::fs::read_to_string(&f).unwrap();

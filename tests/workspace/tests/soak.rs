@@ -62,7 +62,10 @@ async fn lives(rt: &Runtime, from: usize, n: usize) {
         rt.start(&name).await.unwrap();
         let o = rt.command(&name, "true").output().await.unwrap();
         assert!(o.status.success(), "{name}: {o:?}");
-        assert_eq!(rt.stop(&name, Some(Duration::from_secs(2))).await.unwrap().state, BoxState::Stopped);
+        assert_eq!(
+            rt.stop(&name, Some(Duration::from_secs(2))).await.unwrap().state,
+            BoxState::Stopped
+        );
         rt.remove(&name, false).await.unwrap();
     }
 }
@@ -76,7 +79,8 @@ fn ten_thousand_execs_and_a_thousand_box_lives_in_one_runtime() {
     o.strategy_config = StrategyConfig { base_dir: links, ..StrategyConfig::default() };
     o.backend_config = BackendConfig { helper_dir: Some(bin_dir()), ..Default::default() };
     o.lock_mode = LockMode::Exclusive;
-    let tokio_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let tokio_rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     tokio_rt.block_on(async {
         let (rt, _) = Runtime::open(root.path().join("home"), o).await.unwrap();
         let mut c = CreateOptions::new("short-symlink", "host");
@@ -110,10 +114,18 @@ fn ten_thousand_execs_and_a_thousand_box_lives_in_one_runtime() {
             wall.as_secs_f64(),
             rss1 as i64 - rss0 as i64,
         );
-        assert!(rss1 <= rss0 + RSS_BOUND_KIB, "RSS grew from {rss0} KiB to {rss1} KiB (bound +{RSS_BOUND_KIB} KiB)");
+        assert!(
+            rss1 <= rss0 + RSS_BOUND_KIB,
+            "RSS grew from {rss0} KiB to {rss1} KiB (bound +{RSS_BOUND_KIB} KiB)"
+        );
         assert!(fds1 <= fds0 + FD_BOUND, "open descriptors grew from {fds0} to {fds1}");
         let l = rt.list().unwrap();
-        assert_eq!(l.boxes.len(), 1, "only the exec box is left: {:?}", l.boxes.iter().map(|b| &b.name).collect::<Vec<_>>());
+        assert_eq!(
+            l.boxes.len(),
+            1,
+            "only the exec box is left: {:?}",
+            l.boxes.iter().map(|b| &b.name).collect::<Vec<_>>()
+        );
         rt.remove("soak", true).await.unwrap();
     });
 }

@@ -37,7 +37,10 @@ fn install_panic_hook() {
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("unnamed");
         // One write: the box log is what the runtime shows when the box dies.
-        let _ = writeln!(std::io::stderr(), "boxsock-krun-shim: panic in thread {name:?}: {info}; the VMM cannot go on, exiting");
+        let _ = writeln!(
+            std::io::stderr(),
+            "boxsock-krun-shim: panic in thread {name:?}: {info}; the VMM cannot go on, exiting"
+        );
         // SAFETY: _exit(2) ends the process without running destructors or atexit
         // handlers, which is what is wanted while another thread may hold libkrun's locks.
         unsafe { libc::_exit(PANIC_EXIT) };
@@ -63,7 +66,10 @@ fn main() -> ExitCode {
 /// a diagnostic artifact, never read back, that a crash may lose.
 fn record_spec(box_dir: &Path, input: &[u8]) -> std::io::Result<PathBuf> {
     if !box_dir.is_absolute() || !box_dir.is_dir() {
-        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("box dir {} is not an absolute directory", boxsock_core::echo::path(box_dir))));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("box dir {} is not an absolute directory", boxsock_core::echo::path(box_dir)),
+        ));
     }
     let path = box_dir.join(SHIM_SPEC_FILE);
     boxsock_core::atomic::AtomicWrite::new(0o600)
@@ -77,9 +83,16 @@ fn record_spec(box_dir: &Path, input: &[u8]) -> std::io::Result<PathBuf> {
 enum InheritError {
     /// The descriptor is not open.
     #[error("{what} (descriptor {fd}) was not inherited: {source}")]
-    Missing { what: &'static str, fd: i32, #[source] source: nix::errno::Errno },
+    Missing {
+        what: &'static str,
+        fd: i32,
+        #[source]
+        source: nix::errno::Errno,
+    },
     /// The socket directory is not a private directory of this uid.
-    #[error("descriptor {fd} is not a private socket directory of uid {uid} (owner {owner}, mode {mode:04o}); refusing to bind or dial through it")]
+    #[error(
+        "descriptor {fd} is not a private socket directory of uid {uid} (owner {owner}, mode {mode:04o}); refusing to bind or dial through it"
+    )]
     NotPrivateDir { fd: i32, uid: u32, owner: u32, mode: u32 },
     /// The network descriptor is not a socket.
     #[error("descriptor {fd} for the network is not a socket")]
@@ -119,10 +132,17 @@ fn check_inherited(spec: &ShimSpec) -> Result<(), InheritError> {
 
 fn run() -> Result<(), (u8, String)> {
     let mut input = Vec::new();
-    std::io::stdin().read_to_end(&mut input).map_err(|e| (2, format!("reading the spec from stdin: {e}")))?;
-    let spec: ShimSpec = serde_json::from_slice(&input).map_err(|e| (2, format!("invalid spec on stdin: {e}")))?;
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .map_err(|e| (2, format!("reading the spec from stdin: {e}")))?;
+    let spec: ShimSpec =
+        serde_json::from_slice(&input).map_err(|e| (2, format!("invalid spec on stdin: {e}")))?;
     match record_spec(&spec.box_dir, &input) {
-        Ok(path) => eprintln!("boxsock-krun-shim: box {}: spec recorded in {}", spec.box_id, boxsock_core::echo::path(&path)),
+        Ok(path) => eprintln!(
+            "boxsock-krun-shim: box {}: spec recorded in {}",
+            spec.box_id,
+            boxsock_core::echo::path(&path)
+        ),
         Err(e) => eprintln!("boxsock-krun-shim: box {}: cannot record the spec: {e}", spec.box_id),
     }
     spec.validate().map_err(|e| (2, format!("box {}: {e}", spec.box_id)))?;
@@ -147,12 +167,16 @@ fn run() -> Result<(), (u8, String)> {
     // boots'). Give it a pipe instead, copied onto stderr (the box log, O_APPEND).
     let mut spec = spec;
     if !spec.configure_only {
-        spec.console_log = console_pipe().map_err(|e| (4, format!("box {}: console pipe: {e}", spec.box_id)))?;
+        spec.console_log =
+            console_pipe().map_err(|e| (4, format!("box {}: console pipe: {e}", spec.box_id)))?;
     }
     let mut api = LibKrun::new();
     let ctx = configure(&mut api, &spec).map_err(|e| (4, format!("box {}: {e}", spec.box_id)))?;
     if spec.configure_only {
-        println!("boxsock-krun-shim: box {} configured (libkrun ctx {}); not booting (configure_only)", spec.box_id, ctx.0);
+        println!(
+            "boxsock-krun-shim: box {} configured (libkrun ctx {}); not booting (configure_only)",
+            spec.box_id, ctx.0
+        );
         return Ok(());
     }
     api.start_enter(ctx).map_err(|e| (4, format!("box {}: {e}", spec.box_id)))?;
@@ -165,12 +189,21 @@ fn jail_probe(box_id: &str, path: &Path) {
     match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Ok(_) => {
             let _ = std::fs::remove_file(path);
-            eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} succeeded (the jail does not cover it)", boxsock_core::echo::path(path));
+            eprintln!(
+                "boxsock-krun-shim: box {box_id}: jail probe: writing {} succeeded (the jail does not cover it)",
+                boxsock_core::echo::path(path)
+            );
         }
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} was denied: {e}", boxsock_core::echo::path(path))
+            eprintln!(
+                "boxsock-krun-shim: box {box_id}: jail probe: writing {} was denied: {e}",
+                boxsock_core::echo::path(path)
+            )
         }
-        Err(e) => eprintln!("boxsock-krun-shim: box {box_id}: jail probe: writing {} failed: {e}", boxsock_core::echo::path(path)),
+        Err(e) => eprintln!(
+            "boxsock-krun-shim: box {box_id}: jail probe: writing {} failed: {e}",
+            boxsock_core::echo::path(path)
+        ),
     }
 }
 

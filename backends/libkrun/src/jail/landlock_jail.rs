@@ -24,8 +24,8 @@
 //! [`kernel_plan`] is the decision as a pure function of the kernel's ABI.
 
 use landlock::{
-    ABI, Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetStatus, Scope,
+    ABI, Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
 };
 
 use boxsock_core::PolicyAccess;
@@ -64,10 +64,15 @@ pub fn kernel_plan(abi: i32) -> Result<Vec<String>, JailError> {
     let optional_missing = optional_fs() & !supported;
     if !optional_missing.is_empty() {
         let names: Vec<String> = optional_missing.iter().map(|r| format!("{r:?}")).collect();
-        warnings.push(format!("landlock ABI {abi} cannot handle the optional rights {}", names.join(", ")));
+        warnings.push(format!(
+            "landlock ABI {abi} cannot handle the optional rights {}",
+            names.join(", ")
+        ));
     }
     if abi < 6 {
-        warnings.push(format!("landlock ABI {abi} cannot scope abstract Unix sockets and signals (needs ABI 6)"));
+        warnings.push(format!(
+            "landlock ABI {abi} cannot scope abstract Unix sockets and signals (needs ABI 6)"
+        ));
     }
     Ok(warnings)
 }
@@ -90,7 +95,12 @@ pub fn kernel_abi() -> i32 {
     // SAFETY: landlock_create_ruleset with a NULL attr, size 0 and the VERSION flag only
     // returns the ABI version; it creates nothing and touches no memory.
     let v = unsafe {
-        libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32 /* LANDLOCK_CREATE_RULESET_VERSION */)
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32, /* LANDLOCK_CREATE_RULESET_VERSION */
+        )
     };
     i32::try_from(v).unwrap_or(0).max(0)
 }
@@ -187,7 +197,13 @@ mod tests {
         assert_eq!(required_fs() | optional_fs(), AccessFs::from_all(ABI_USED));
         assert!((required_fs() & optional_fs()).is_empty());
         // What the jail relies on: writing, making and removing anything.
-        for r in [AccessFs::WriteFile, AccessFs::MakeReg, AccessFs::MakeSock, AccessFs::RemoveFile, AccessFs::Execute] {
+        for r in [
+            AccessFs::WriteFile,
+            AccessFs::MakeReg,
+            AccessFs::MakeSock,
+            AccessFs::RemoveFile,
+            AccessFs::Execute,
+        ] {
             assert!(required_fs().contains(r), "{r:?} must be required");
         }
         for r in [AccessFs::Refer, AccessFs::Truncate, AccessFs::IoctlDev] {
@@ -200,13 +216,26 @@ mod tests {
         for abi in [-1, 0] {
             let e = kernel_plan(abi).unwrap_err();
             assert!(matches!(&e, JailError::Unenforceable { abi: a, .. } if *a == abi), "{e}");
-            assert!(e.to_string().contains("WriteFile") && e.to_string().contains(&format!("ABI {abi}")), "{e}");
+            assert!(
+                e.to_string().contains("WriteFile")
+                    && e.to_string().contains(&format!("ABI {abi}")),
+                "{e}"
+            );
         }
         // Debian 12's Linux 6.1 is ABI 2: jailed, warned about Truncate (and Refer on 1).
         let w = kernel_plan(1).unwrap();
-        assert!(w[0].contains("Refer") && w[0].contains("Truncate") && w[0].contains("IoctlDev"), "{w:?}");
+        assert!(
+            w[0].contains("Refer") && w[0].contains("Truncate") && w[0].contains("IoctlDev"),
+            "{w:?}"
+        );
         let w = kernel_plan(2).unwrap();
-        assert!(w.len() == 2 && w[0].contains("Truncate") && !w[0].contains("Refer") && w[1].contains("abstract"), "{w:?}");
+        assert!(
+            w.len() == 2
+                && w[0].contains("Truncate")
+                && !w[0].contains("Refer")
+                && w[1].contains("abstract"),
+            "{w:?}"
+        );
         let w = kernel_plan(3).unwrap();
         assert!(w.len() == 2 && w[0].contains("IoctlDev") && w[1].contains("abstract"), "{w:?}");
         assert_eq!(kernel_plan(4).unwrap().len(), 2);
@@ -220,7 +249,9 @@ mod tests {
     #[test]
     fn the_crate_accepts_the_hard_requirement_on_this_kernel_when_it_has_landlock() {
         let abi = kernel_abi();
-        let built = Ruleset::default().set_compatibility(CompatLevel::HardRequirement).handle_access(required_fs());
+        let built = Ruleset::default()
+            .set_compatibility(CompatLevel::HardRequirement)
+            .handle_access(required_fs());
         if abi >= 1 {
             built.expect("this kernel handles every required right");
         } else {

@@ -37,13 +37,17 @@ pub enum JailError {
     #[error("jail: landlock: {0}")]
     Landlock(String),
     /// The kernel does not enforce the ruleset (Landlock missing or disabled).
-    #[error("jail: landlock is not enforced by this kernel ({status}); refusing to run unjailed (set jail=off to override)")]
+    #[error(
+        "jail: landlock is not enforced by this kernel ({status}); refusing to run unjailed (set jail=off to override)"
+    )]
     NotEnforced {
         /// The status the kernel reported.
         status: String,
     },
     /// The kernel cannot enforce a filesystem right the jail relies on.
-    #[error("jail: landlock ABI {abi} cannot enforce {missing}, which the jail relies on (needs ABI 3); refusing to run with a weaker jail (set jail=off to override)")]
+    #[error(
+        "jail: landlock ABI {abi} cannot enforce {missing}, which the jail relies on (needs ABI 3); refusing to run with a weaker jail (set jail=off to override)"
+    )]
     Unenforceable {
         /// The kernel's Landlock ABI (0: none).
         abi: i32,
@@ -66,7 +70,8 @@ pub fn grant_dir(p: &PolicyPath) -> &Path {
 
 /// System paths the shim reads (libraries, the dynamic loader's cache, /proc and /sys
 /// for CPU topology). Missing ones are skipped.
-pub const SYSTEM_READ_ONLY: &[&str] = &["/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/proc", "/sys", "/opt"];
+pub const SYSTEM_READ_ONLY: &[&str] =
+    &["/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/proc", "/sys", "/opt"];
 
 /// Devices the VMM opens read-write.
 pub const SYSTEM_DEVICES: &[&str] = &["/dev/kvm", "/dev/null", "/dev/urandom", "/dev/random"];

@@ -44,8 +44,12 @@ pub fn alias_form(path: &Path, canon: Canonicalise<'_>) -> PathBuf {
 /// Each directory (alias and real) a socket path is reached through, deduplicated.
 fn socket_dirs(p: &PolicyPath, canon: Canonicalise<'_>) -> Vec<PathBuf> {
     let mut v = match &p.intent {
-        PolicyIntent::SymlinkToDirectory { target } => vec![alias_form(&p.path, canon), canon(target)],
-        PolicyIntent::Directory | PolicyIntent::File => vec![alias_form(&p.path, canon), canon(&p.path)],
+        PolicyIntent::SymlinkToDirectory { target } => {
+            vec![alias_form(&p.path, canon), canon(target)]
+        }
+        PolicyIntent::Directory | PolicyIntent::File => {
+            vec![alias_form(&p.path, canon), canon(&p.path)]
+        }
     };
     v.dedup();
     v
@@ -75,13 +79,24 @@ pub fn render(spec: &JailSpec, socket_names: &[&str], canon: Canonicalise<'_>) -
             }
             PolicyAccess::Sockets => {
                 for d in &dirs {
-                    let _ = writeln!(s, "(allow file-read* file-write* (literal {}) (subpath {}))", quote(d), quote(d));
+                    let _ = writeln!(
+                        s,
+                        "(allow file-read* file-write* (literal {}) (subpath {}))",
+                        quote(d),
+                        quote(d)
+                    );
                 }
                 for name in socket_names {
                     for d in &dirs {
                         let sock = quote(&d.join(name));
-                        let _ = writeln!(s, "(allow network-bind (local unix-socket (path-literal {sock})))");
-                        let _ = writeln!(s, "(allow network-outbound (remote unix-socket (path-literal {sock})))");
+                        let _ = writeln!(
+                            s,
+                            "(allow network-bind (local unix-socket (path-literal {sock})))"
+                        );
+                        let _ = writeln!(
+                            s,
+                            "(allow network-outbound (remote unix-socket (path-literal {sock})))"
+                        );
                     }
                 }
             }

@@ -4,10 +4,10 @@
 //! registered (it lands in main separately), the same shape is made by hand.
 #![allow(dead_code)]
 
-use boxsock_short_symlink as _;
-use std::sync::Arc;
 use boxsock_core::registry::{Registry, StrategyRegistration};
 use boxsock_core::{SocketBinding, StrategyConfig};
+use boxsock_short_symlink as _;
+use std::sync::Arc;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,8 +44,10 @@ impl Fixture {
         boxdir::create_box_dirs(&layout, &id).unwrap();
         std::fs::create_dir_all(layout.rootfs_dir(&id)).unwrap();
         let base_dir = tempfile::Builder::new().prefix("bs").tempdir_in("/tmp").unwrap();
-        let config = StrategyConfig { base_dir: base_dir.path().to_path_buf(), ..StrategyConfig::default() };
-        let strategy = Registry::<StrategyRegistration>::collected().build("short-symlink", &config).ok();
+        let config =
+            StrategyConfig { base_dir: base_dir.path().to_path_buf(), ..StrategyConfig::default() };
+        let strategy =
+            Registry::<StrategyRegistration>::collected().build("short-symlink", &config).ok();
         let link = match strategy.as_ref().and_then(|s| s.binding_path(&layout, &id)) {
             Some(l) => l,
             None => {
@@ -97,7 +99,11 @@ impl Fixture {
         LaunchSpec {
             id: self.id.clone(),
             layout: self.layout.clone(),
-            sockets: boxsock_core::backend::BoxSockets::new(addresses, None, boxsock_core::peer::PeerPolicy::unchecked()),
+            sockets: boxsock_core::backend::BoxSockets::new(
+                addresses,
+                None,
+                boxsock_core::peer::PeerPolicy::unchecked(),
+            ),
             log_file: self.layout.log_file(&self.id),
             network,
             policy: self.policy(),

@@ -25,9 +25,15 @@ impl Store {
 
     /// [`Store::insert`], recording in the same transaction the process whose end
     /// makes the box removable ([`Store::auto_remove_owners`]).
-    pub fn insert_owned(&self, rec: &BoxRecord, owner: Option<ProcessIdentity>) -> Result<(), StoreError> {
+    pub fn insert_owned(
+        &self,
+        rec: &BoxRecord,
+        owner: Option<ProcessIdentity>,
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(self.sq("begin insert"))?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sq("begin insert"))?;
         let exists: Option<String> = tx
             .query_row("SELECT id FROM boxes WHERE id = ?1", [rec.id.as_str()], |r| r.get(0))
             .optional()
@@ -79,14 +85,18 @@ impl Store {
             .prepare("SELECT box_id, pid, start_time FROM auto_remove ORDER BY box_id")
             .map_err(self.sq("list auto-remove owners"))?;
         let rows = st
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })
             .map_err(self.sq("list auto-remove owners"))?;
         let mut out = Vec::new();
         for row in rows {
             let (id, pid, start_time) = row.map_err(self.sq("read auto-remove owner"))?;
             match (i32::try_from(pid), u64::try_from(start_time)) {
                 (Ok(pid), Ok(start_time)) => out.push((id, ProcessIdentity { pid, start_time })),
-                _ => tracing::warn!(box_id = %id, pid, start_time, "auto-remove owner out of range; ignored"),
+                _ => {
+                    tracing::warn!(box_id = %id, pid, start_time, "auto-remove owner out of range; ignored")
+                }
             }
         }
         Ok(out)
@@ -108,13 +118,21 @@ impl Store {
     }
 
     fn get_raw(conn: &Connection, id: &str) -> rusqlite::Result<Option<RawRow>> {
-        conn.query_row(&format!("SELECT {COLUMNS} FROM boxes WHERE id = ?1"), [id], RawRow::from_row).optional()
+        conn.query_row(
+            &format!("SELECT {COLUMNS} FROM boxes WHERE id = ?1"),
+            [id],
+            RawRow::from_row,
+        )
+        .optional()
     }
 
     /// The box with this id. A corrupt row is [`StoreError::Corrupt`].
     pub fn get(&self, id: &BoxId) -> Result<Option<BoxRecord>, StoreError> {
         let conn = self.conn();
-        Self::get_raw(&conn, id.as_str()).map_err(self.sq("read box"))?.map(RawRow::decode).transpose()
+        Self::get_raw(&conn, id.as_str())
+            .map_err(self.sq("read box"))?
+            .map(RawRow::decode)
+            .transpose()
     }
 
     /// Find a box the way every verb names one: by id, else by name, else by a unique
@@ -137,7 +155,8 @@ impl Store {
             return Ok(None);
         }
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT id FROM boxes ORDER BY id").map_err(self.sq("list box ids"))?;
+        let mut stmt =
+            conn.prepare("SELECT id FROM boxes ORDER BY id").map_err(self.sq("list box ids"))?;
         let ids = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(self.sq("list box ids"))?;
         let mut found = Vec::new();
         for id in ids {
@@ -160,7 +179,11 @@ impl Store {
         let raw = match Self::get_raw(&conn, id_or_name).map_err(self.sq("read box"))? {
             Some(r) => Some(r),
             None => conn
-                .query_row(&format!("SELECT {COLUMNS} FROM boxes WHERE name = ?1"), [id_or_name], RawRow::from_row)
+                .query_row(
+                    &format!("SELECT {COLUMNS} FROM boxes WHERE name = ?1"),
+                    [id_or_name],
+                    RawRow::from_row,
+                )
                 .optional()
                 .map_err(self.sq("read box by name"))?,
         };
@@ -207,7 +230,9 @@ impl Store {
         edit: impl FnOnce(&mut BoxRecord),
     ) -> Result<BoxRecord, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(self.sq("begin transition"))?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sq("begin transition"))?;
         let mut rec = Self::get_raw(&tx, id.as_str())
             .map_err(self.sq("read box"))?
             .ok_or_else(|| StoreError::NotFound { id: id.clone() })?
@@ -236,21 +261,36 @@ impl Store {
     }
 
     /// Record the process of a box without changing its state.
-    pub fn set_process(&self, id: &BoxId, process: Option<ProcessIdentity>) -> Result<(), StoreError> {
+    pub fn set_process(
+        &self,
+        id: &BoxId,
+        process: Option<ProcessIdentity>,
+    ) -> Result<(), StoreError> {
         let conn = self.conn();
         let n = conn
             .execute(
                 "UPDATE boxes SET pid = ?2, start_time = ?3, updated_at_ms = ?4 WHERE id = ?1",
-                params![id.as_str(), process.map(|p| p.pid as i64), process.map(|p| p.start_time as i64), now_ms()],
+                params![
+                    id.as_str(),
+                    process.map(|p| p.pid as i64),
+                    process.map(|p| p.start_time as i64),
+                    now_ms()
+                ],
             )
             .map_err(self.sq("record process"))?;
         if n == 0 { Err(StoreError::NotFound { id: id.clone() }) } else { Ok(()) }
     }
 
     /// Replace the recorded companion processes of a box (empty: none).
-    pub fn set_companions(&self, id: &BoxId, companions: &[ProcessIdentity]) -> Result<(), StoreError> {
+    pub fn set_companions(
+        &self,
+        id: &BoxId,
+        companions: &[ProcessIdentity],
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(self.sq("begin companions"))?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sq("begin companions"))?;
         let exists: Option<String> = tx
             .query_row("SELECT id FROM boxes WHERE id = ?1", [id.as_str()], |r| r.get(0))
             .optional()
@@ -258,7 +298,8 @@ impl Store {
         if exists.is_none() {
             return Err(StoreError::NotFound { id: id.clone() });
         }
-        tx.execute("DELETE FROM companions WHERE box_id = ?1", [id.as_str()]).map_err(self.sq("clear companions"))?;
+        tx.execute("DELETE FROM companions WHERE box_id = ?1", [id.as_str()])
+            .map_err(self.sq("clear companions"))?;
         for c in companions {
             tx.execute(
                 "INSERT OR IGNORE INTO companions (box_id, pid, start_time) VALUES (?1, ?2, ?3)",
@@ -283,8 +324,15 @@ impl Store {
         for row in rows {
             let (pid, st) = row.map_err(self.sq("read companion"))?;
             match (i32::try_from(pid), u64::try_from(st)) {
-                (Ok(pid), Ok(start_time)) if pid > 0 => out.push(ProcessIdentity { pid, start_time }),
-                _ => tracing::warn!(box_id = id, pid, start_time = st, "skipping an out-of-range companion row"),
+                (Ok(pid), Ok(start_time)) if pid > 0 => {
+                    out.push(ProcessIdentity { pid, start_time })
+                }
+                _ => tracing::warn!(
+                    box_id = id,
+                    pid,
+                    start_time = st,
+                    "skipping an out-of-range companion row"
+                ),
             }
         }
         Ok(out)
@@ -296,9 +344,12 @@ impl Store {
         let conn = self.conn();
         // Explicitly too: a row deleted by a tool without foreign keys on must not leave
         // companions behind for the next box with that id.
-        conn.execute("DELETE FROM companions WHERE box_id = ?1", [id]).map_err(self.sq("delete companions"))?;
-        conn.execute("DELETE FROM auto_remove WHERE box_id = ?1", [id]).map_err(self.sq("delete auto-remove owner"))?;
-        let n = conn.execute("DELETE FROM boxes WHERE id = ?1", [id]).map_err(self.sq("delete box"))?;
+        conn.execute("DELETE FROM companions WHERE box_id = ?1", [id])
+            .map_err(self.sq("delete companions"))?;
+        conn.execute("DELETE FROM auto_remove WHERE box_id = ?1", [id])
+            .map_err(self.sq("delete auto-remove owner"))?;
+        let n =
+            conn.execute("DELETE FROM boxes WHERE id = ?1", [id]).map_err(self.sq("delete box"))?;
         Ok(n > 0)
     }
 

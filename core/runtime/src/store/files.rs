@@ -30,7 +30,9 @@ pub(super) fn create(dir: &OwnedFd, name: &OsStr, path: &Path) -> Result<bool, S
     match openat(dir.as_fd(), name, excl, Mode::from_bits_truncate(0o600)) {
         Ok(f) => {
             let st = fstat(&f).map_err(io(path, "inspect"))?;
-            secure_stat(&st, path).and_then(|()| tighten(&st, path, || fchmod(&f, Mode::from_bits_truncate(0o600))))?;
+            secure_stat(&st, path).and_then(|()| {
+                tighten(&st, path, || fchmod(&f, Mode::from_bits_truncate(0o600)))
+            })?;
             // A file this open created: no connection of this process has it, so
             // closing this descriptor drops nobody's lock.
             Ok(true)
@@ -77,7 +79,14 @@ pub(super) fn check(
     secure_stat(&st, path)?;
     let key = (st.st_dev, st.st_ino);
     if mode == StoreMode::ReadWrite {
-        tighten(&st, path, || fchmodat(dir.as_fd(), name, Mode::from_bits_truncate(0o600), FchmodatFlags::FollowSymlink))?;
+        tighten(&st, path, || {
+            fchmodat(
+                dir.as_fd(),
+                name,
+                Mode::from_bits_truncate(0o600),
+                FchmodatFlags::FollowSymlink,
+            )
+        })?;
     }
     // The schema version before SQLite sees the file (`journal_mode=WAL` and a
     // migration write): read through a descriptor only when no store of this
@@ -85,16 +94,28 @@ pub(super) fn check(
     // SQLite reports is checked again before any write (`open_sqlite`).
     if !in_use.contains_key(&key) {
         let nofollow = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let file = openat(dir.as_fd(), name, OFlag::O_RDONLY | nofollow, Mode::empty()).map_err(io(path, "open"))?;
+        let file = openat(dir.as_fd(), name, OFlag::O_RDONLY | nofollow, Mode::empty())
+            .map_err(io(path, "open"))?;
         let same = fstat(&file).map(|f| (f.st_dev, f.st_ino) == key).unwrap_or(false);
-        let header = read_header(&file).map_err(|e| StoreError::Io { path: path.to_path_buf(), op: "read header", source: e })?;
+        let header = read_header(&file).map_err(|e| StoreError::Io {
+            path: path.to_path_buf(),
+            op: "read header",
+            source: e,
+        })?;
         drop(file);
         if !same {
-            return Err(StoreError::Insecure { path: path.to_path_buf(), reason: "it was replaced while being checked".into() });
+            return Err(StoreError::Insecure {
+                path: path.to_path_buf(),
+                reason: "it was replaced while being checked".into(),
+            });
         }
         if let Some(found) = header_user_version(&header) {
             if found > SCHEMA_VERSION {
-                return Err(StoreError::FutureSchema { path: path.to_path_buf(), found, supported: SCHEMA_VERSION });
+                return Err(StoreError::FutureSchema {
+                    path: path.to_path_buf(),
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
             }
         }
     }
@@ -106,7 +127,14 @@ pub(super) fn check(
             match fstatat(dir.as_fd(), n.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(st) => {
                     secure_stat(&st, &p)?;
-                    tighten(&st, &p, || fchmodat(dir.as_fd(), n.as_os_str(), Mode::from_bits_truncate(0o600), FchmodatFlags::FollowSymlink))?;
+                    tighten(&st, &p, || {
+                        fchmodat(
+                            dir.as_fd(),
+                            n.as_os_str(),
+                            Mode::from_bits_truncate(0o600),
+                            FchmodatFlags::FollowSymlink,
+                        )
+                    })?;
                 }
                 Err(nix::errno::Errno::ENOENT) => {}
                 Err(e) => return Err(StoreError::Io { path: p, op: "inspect", source: e.into() }),
@@ -158,7 +186,10 @@ impl Drop for OpenStore {
 fn secure_stat(st: &nix::sys::stat::FileStat, path: &Path) -> Result<(), StoreError> {
     let euid = nix::unistd::geteuid().as_raw();
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(StoreError::Insecure { path: path.to_path_buf(), reason: format!("not a regular file (mode {:o})", st.st_mode) });
+        return Err(StoreError::Insecure {
+            path: path.to_path_buf(),
+            reason: format!("not a regular file (mode {:o})", st.st_mode),
+        });
     }
     if st.st_uid != euid {
         return Err(StoreError::Insecure {
@@ -170,9 +201,17 @@ fn secure_stat(st: &nix::sys::stat::FileStat, path: &Path) -> Result<(), StoreEr
 }
 
 /// Make a store file 0600 with `chmod` if it is not (files of an older boxsock).
-fn tighten(st: &nix::sys::stat::FileStat, path: &Path, chmod: impl FnOnce() -> nix::Result<()>) -> Result<(), StoreError> {
+fn tighten(
+    st: &nix::sys::stat::FileStat,
+    path: &Path,
+    chmod: impl FnOnce() -> nix::Result<()>,
+) -> Result<(), StoreError> {
     if st.st_mode & 0o777 != 0o600 {
-        chmod().map_err(|e| StoreError::Io { path: path.to_path_buf(), op: "make 0600", source: e.into() })?;
+        chmod().map_err(|e| StoreError::Io {
+            path: path.to_path_buf(),
+            op: "make 0600",
+            source: e.into(),
+        })?;
     }
     Ok(())
 }

@@ -81,15 +81,23 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
         let path = path.to_path_buf();
         move |source| StoreError::Sqlite { path, op, source }
     };
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq("begin migration"))?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sq("begin migration"))?;
     // Re-read inside the write lock: another process may have migrated meanwhile.
-    let v: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sq("read schema version"))?;
+    let v: i64 =
+        tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sq("read schema version"))?;
     if v > SCHEMA_VERSION {
-        return Err(StoreError::FutureSchema { path: path.to_path_buf(), found: v, supported: SCHEMA_VERSION });
+        return Err(StoreError::FutureSchema {
+            path: path.to_path_buf(),
+            found: v,
+            supported: SCHEMA_VERSION,
+        });
     }
     for (i, m) in MIGRATIONS.iter().enumerate().skip(v as usize) {
         tx.execute_batch(m).map_err(sq("migrate"))?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(sq("write schema version"))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(sq("write schema version"))?;
         tracing::debug!(path = %boxsock_core::echo::path(path), version = i + 1, "store migrated");
     }
     tx.commit().map_err(sq("commit migration"))

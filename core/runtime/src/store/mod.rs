@@ -93,7 +93,8 @@ fn enable_wal(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         let path = path.to_path_buf();
         move |source| StoreError::Sqlite { path, op, source }
     };
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).map_err(sq("read journal mode"))?;
+    let mode: String =
+        conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).map_err(sq("read journal mode"))?;
     if mode.eq_ignore_ascii_case("wal") {
         return Ok(());
     }
@@ -108,7 +109,10 @@ fn enable_wal(conn: &Connection, path: &Path) -> Result<(), StoreError> {
                 }
                 return Ok(());
             }
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline => {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
                 tracing::debug!(path = %path.display(), "another connection is switching the store to WAL; retrying");
                 std::thread::sleep(step);
                 step = (step * 2).min(Duration::from_millis(20));
@@ -130,8 +134,16 @@ impl Store {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let dir = nix::fcntl::open(parent, crate::sys::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|e| StoreError::Io { path: path.to_path_buf(), op: "open the directory of", source: e.into() })?;
+        let dir = nix::fcntl::open(
+            parent,
+            crate::sys::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| StoreError::Io {
+            path: path.to_path_buf(),
+            op: "open the directory of",
+            source: e.into(),
+        })?;
         Self::open_at(dir, path, StoreMode::ReadWrite)
     }
 
@@ -145,7 +157,10 @@ impl Store {
             .ok_or_else(|| StoreError::Io {
                 path: path.clone(),
                 op: "name",
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "the store path has no file name"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the store path has no file name",
+                ),
             })?
             .to_os_string();
         let created = match mode {
@@ -172,13 +187,20 @@ impl Store {
         Ok(Store { path, conn: Mutex::new(opened), _dir: Some(dir), _open: Some(guard) })
     }
 
-    fn open_sqlite(dir: &OwnedFd, path: &Path, name: &std::ffi::OsStr, mode: StoreMode) -> Result<Connection, StoreError> {
+    fn open_sqlite(
+        dir: &OwnedFd,
+        path: &Path,
+        name: &std::ffi::OsStr,
+        mode: StoreMode,
+    ) -> Result<Connection, StoreError> {
         let sq = |op| {
             let path = path.to_path_buf();
             move |source| StoreError::Sqlite { path, op, source }
         };
         let flags = match mode {
-            StoreMode::ReadWrite => OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+            StoreMode::ReadWrite => {
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+            }
             StoreMode::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
         } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = crate::sys::open_sqlite_in(dir, name, path, flags)
@@ -189,15 +211,22 @@ impl Store {
             .map_err(sq("open"))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sq("set busy timeout"))?;
         // Before anything that writes: `journal_mode=WAL` rewrites the header.
-        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sq("read schema version"))?;
+        let found: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sq("read schema version"))?;
         if found > SCHEMA_VERSION {
-            return Err(StoreError::FutureSchema { path: path.to_path_buf(), found, supported: SCHEMA_VERSION });
+            return Err(StoreError::FutureSchema {
+                path: path.to_path_buf(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
         }
         if mode == StoreMode::ReadOnly {
             return Ok(conn);
         }
         enable_wal(&conn, path)?;
-        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;").map_err(sq("set pragmas"))?;
+        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
+            .map_err(sq("set pragmas"))?;
         // Short-lived processes (each CLI call) would otherwise checkpoint and delete the
         // WAL at close, and the next one re-create it: two fsyncs per invocation for
         // nothing. Checkpoints still happen automatically as the WAL grows.
@@ -233,5 +262,4 @@ impl Store {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
-
 }

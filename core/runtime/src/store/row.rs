@@ -73,7 +73,8 @@ pub struct Listing {
     pub bad: Vec<BadRow>,
 }
 
-pub(super) const COLUMNS: &str = "id, name, state, config, pid, start_time, exit_code, created_at_ms, updated_at_ms";
+pub(super) const COLUMNS: &str =
+    "id, name, state, config, pid, start_time, exit_code, created_at_ms, updated_at_ms";
 
 /// A raw row, before decoding.
 pub(super) struct RawRow {
@@ -107,14 +108,19 @@ impl RawRow {
         let corrupt = |reason: String| StoreError::Corrupt { id: self.id.clone(), reason };
         let id = BoxId::parse(&self.id).map_err(|e| corrupt(e.to_string()))?;
         let state = self.state.parse::<BoxState>().map_err(|e| corrupt(e.to_string()))?;
-        let config: BoxConfig = serde_json::from_str(&self.config).map_err(|e| corrupt(format!("config JSON: {e}")))?;
+        let config: BoxConfig =
+            serde_json::from_str(&self.config).map_err(|e| corrupt(format!("config JSON: {e}")))?;
         if let Some(root) = config.settings.rootfs.as_deref().filter(|r| !r.is_absolute()) {
-            return Err(corrupt(format!("settings.rootfs {} is not an absolute path", boxsock_core::echo::path(root))));
+            return Err(corrupt(format!(
+                "settings.rootfs {} is not an absolute path",
+                boxsock_core::echo::path(root)
+            )));
         }
         let process = match (self.pid, self.start_time) {
             (Some(pid), Some(st)) => Some(ProcessIdentity {
                 pid: i32::try_from(pid).map_err(|_| corrupt(format!("pid {pid} out of range")))?,
-                start_time: u64::try_from(st).map_err(|_| corrupt(format!("start time {st} out of range")))?,
+                start_time: u64::try_from(st)
+                    .map_err(|_| corrupt(format!("start time {st} out of range")))?,
             }),
             (None, None) => None,
             _ => return Err(corrupt("pid and start time must be both set or both empty".into())),

@@ -13,7 +13,13 @@ use crate::process::ProcessIdentity;
 use crate::state::BoxState;
 
 fn cfg() -> BoxConfig {
-    BoxConfig { strategy: "short-symlink".into(), backend: "host".into(), network: false, env: vec![], settings: BoxSettings::default() }
+    BoxConfig {
+        strategy: "short-symlink".into(),
+        backend: "host".into(),
+        network: false,
+        env: vec![],
+        settings: BoxSettings::default(),
+    }
 }
 
 fn store() -> (tempfile::TempDir, Store) {
@@ -76,7 +82,9 @@ fn names_are_unique_and_cannot_shadow_ids() {
     let a = Store::new_record(BoxId::generate(), Some("web".into()), cfg());
     s.insert(&a).unwrap();
     let b = Store::new_record(BoxId::generate(), Some("web".into()), cfg());
-    assert!(matches!(s.insert(&b), Err(StoreError::NameTaken { ref by, .. }) if by == a.id.as_str()));
+    assert!(
+        matches!(s.insert(&b), Err(StoreError::NameTaken { ref by, .. }) if by == a.id.as_str())
+    );
     let c = Store::new_record(BoxId::generate(), Some(a.id.to_string()), cfg());
     assert!(matches!(s.insert(&c), Err(StoreError::NameTaken { .. })));
     assert!(matches!(s.insert(&a), Err(StoreError::IdTaken { .. })));
@@ -116,14 +124,17 @@ fn future_schema_is_refused_before_any_write_byte_for_byte() {
     }
     let before = std::fs::read(&p).unwrap();
     for mode in [StoreMode::ReadWrite, StoreMode::ReadOnly] {
-        let dir = nix::fcntl::open(d.path(), OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let dir =
+            nix::fcntl::open(d.path(), OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
         match Store::open_at(dir, &p, mode) {
             Err(StoreError::FutureSchema { found, .. }) => assert_eq!(found, SCHEMA_VERSION + 1),
             other => panic!("expected FutureSchema, got {other:?}"),
         }
         assert_eq!(std::fs::read(&p).unwrap(), before, "{mode:?}: the store's bytes changed");
-        let mut names: Vec<String> =
-            std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         assert_eq!(names, ["boxsock.db"], "{mode:?}: files appeared next to the store");
     }
@@ -175,7 +186,8 @@ fn a_store_opens_however_deep_its_directory() {
 fn a_read_only_store_of_a_missing_file_is_empty_and_creates_nothing() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("boxsock.db");
-    let dir = nix::fcntl::open(d.path(), OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+    let dir =
+        nix::fcntl::open(d.path(), OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
     let s = Store::open_at(dir, &p, StoreMode::ReadOnly).unwrap();
     assert!(s.list().unwrap().boxes.is_empty());
     assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
@@ -190,8 +202,13 @@ fn an_open_that_fails_removes_the_store_it_created() {
         Err(StoreError::Insecure { path, .. }) => assert_eq!(path, d.path().join("boxsock.db-wal")),
         other => panic!("expected Insecure, got {other:?}"),
     }
-    let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(names, [std::ffi::OsString::from("boxsock.db-wal")], "the new database was left behind");
+    let names: Vec<_> =
+        std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(
+        names,
+        [std::ffi::OsString::from("boxsock.db-wal")],
+        "the new database was left behind"
+    );
 }
 
 #[test]
@@ -205,7 +222,8 @@ fn a_symlinked_store_is_refused_and_a_failed_create_leaves_nothing() {
     std::fs::write(&p, vec![7u8; 4096]).unwrap();
     assert!(Store::open(&p).is_err());
     assert_eq!(std::fs::read(&p).unwrap(), vec![7u8; 4096]);
-    let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> =
+        std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, [std::ffi::OsString::from("boxsock.db")]);
 }
 
@@ -246,7 +264,9 @@ fn corrupt_rows_are_reported_by_id_and_skipped() {
     let mut bad: Vec<&str> = l.bad.iter().map(|b| b.id.as_str()).collect();
     bad.sort_unstable();
     assert_eq!(bad, ["../evil", "badstate", "missing", "trunc", "types"]);
-    assert!(matches!(s.get(&BoxId::parse("trunc").unwrap()), Err(StoreError::Corrupt { ref id, .. }) if id == "trunc"));
+    assert!(
+        matches!(s.get(&BoxId::parse("trunc").unwrap()), Err(StoreError::Corrupt { ref id, .. }) if id == "trunc")
+    );
     assert!(s.delete("trunc").unwrap());
 }
 
@@ -340,10 +360,12 @@ fn a_version_3_store_migrates_to_v4_and_box_settings_round_trip() {
     let s = Store::open(&p).unwrap();
     let v: i64 = s.conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(v, 4);
-    let raw: String = s.conn().query_row("SELECT config FROM boxes WHERE id = 'old3'", [], |r| r.get(0)).unwrap();
+    let raw: String =
+        s.conn().query_row("SELECT config FROM boxes WHERE id = 'old3'", [], |r| r.get(0)).unwrap();
     assert!(raw.contains(r#""settings":{}"#), "{raw}");
     assert_eq!(s.get(&BoxId::parse("old3").unwrap()).unwrap().unwrap().config, cfg());
-    let bad: String = s.conn().query_row("SELECT config FROM boxes WHERE id = 'bad3'", [], |r| r.get(0)).unwrap();
+    let bad: String =
+        s.conn().query_row("SELECT config FROM boxes WHERE id = 'bad3'", [], |r| r.get(0)).unwrap();
     assert_eq!(bad, "not json {");
     let listing = s.list().unwrap();
     assert_eq!(listing.boxes.len(), 1);
@@ -376,8 +398,14 @@ fn a_relative_stored_rootfs_is_a_reported_corrupt_row() {
         .unwrap();
     let listing = s.list().unwrap();
     assert!(listing.boxes.is_empty());
-    let reasons: Vec<String> = listing.bad.iter().map(|b| format!("{}: {}", b.id, b.error)).collect();
-    assert!(reasons.iter().any(|r| r.contains("rel") && r.contains("roots/x") && r.contains("not an absolute path")), "{reasons:?}");
+    let reasons: Vec<String> =
+        listing.bad.iter().map(|b| format!("{}: {}", b.id, b.error)).collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("rel")
+            && r.contains("roots/x")
+            && r.contains("not an absolute path")),
+        "{reasons:?}"
+    );
     assert!(reasons.iter().any(|r| r.contains("badvcpu") && r.contains("300")), "{reasons:?}");
 }
 
@@ -388,15 +416,25 @@ fn transitions_follow_the_state_machine_atomically() {
     s.insert(&rec).unwrap();
     let id = rec.id.clone();
     let ident = ProcessIdentity { pid: 42, start_time: 7 };
-    let r = s.transition(&id, Some(&[BoxState::Created]), BoxState::Starting, |r| r.process = Some(ident)).unwrap();
+    let r = s
+        .transition(&id, Some(&[BoxState::Created]), BoxState::Starting, |r| {
+            r.process = Some(ident)
+        })
+        .unwrap();
     assert_eq!(r.state, BoxState::Starting);
     assert_eq!(s.get(&id).unwrap().unwrap().process, Some(ident));
     let e = s.transition(&id, None, BoxState::Created, |_| {}).unwrap_err();
-    assert!(matches!(e, StoreError::IllegalTransition { from: BoxState::Starting, to: BoxState::Created, .. }));
+    assert!(matches!(
+        e,
+        StoreError::IllegalTransition { from: BoxState::Starting, to: BoxState::Created, .. }
+    ));
     // Expected-from mismatch is refused even if the edge exists elsewhere.
     let e = s.transition(&id, Some(&[BoxState::Stopped]), BoxState::Starting, |_| {}).unwrap_err();
     assert!(matches!(e, StoreError::IllegalTransition { .. }));
     assert_eq!(s.get(&id).unwrap().unwrap().state, BoxState::Starting);
     let missing = BoxId::generate();
-    assert!(matches!(s.transition(&missing, None, BoxState::Running, |_| {}), Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        s.transition(&missing, None, BoxState::Running, |_| {}),
+        Err(StoreError::NotFound { .. })
+    ));
 }

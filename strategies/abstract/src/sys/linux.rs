@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use boxsock_core::binding::{CrossUserProtection, PolicyIntent};
-use boxsock_core::peer::{Listener, PeerPolicy};
 use boxsock_core::boxbinding::derive_addresses;
+use boxsock_core::peer::{Listener, PeerPolicy};
 use boxsock_core::{
-    BindingError, BoxBinding, Opening, Socket, BoxId, BoxLayout, Capabilities, Platform, PolicyAccess, PolicyPath, SocketAddress, SocketBinding,
-    StrategyConfig, SweepReport, budget, catalogue,
+    BindingError, BoxBinding, BoxId, BoxLayout, Capabilities, Opening, Platform, PolicyAccess,
+    PolicyPath, Socket, SocketAddress, SocketBinding, StrategyConfig, SweepReport, budget,
+    catalogue,
 };
 
 use crate::NAME;
@@ -127,7 +128,8 @@ impl Abstract {
         let mut last = None;
         for attempt in 0..=MAX_ROTATIONS {
             let addr = self.address(layout, id, file_name)?;
-            let std_addr = addr.to_std().map_err(|e| BindingError::io("encode address", &addr, e))?;
+            let std_addr =
+                addr.to_std().map_err(|e| BindingError::io("encode address", &addr, e))?;
             match bind(&std_addr) {
                 Ok(s) => {
                     if attempt > 0 {
@@ -163,7 +165,10 @@ impl Abstract {
                     if let Err(e) = self.rotate(layout, id) {
                         return Err(BindingError::Occupied {
                             path: PathBuf::from(addr.display_string()),
-                            found: format!("{}; could not move box {id} to fresh names: {e}", squatters.join("; ")),
+                            found: format!(
+                                "{}; could not move box {id} to fresh names: {e}",
+                                squatters.join("; ")
+                            ),
                         });
                     }
                 }
@@ -270,12 +275,23 @@ impl SocketBinding for Abstract {
     /// secret on first use, then serves it from the cache; the epoch is re-read only
     /// when its file changed (one `lstat`), so every process agrees on the names of the
     /// box's current start.
-    fn address(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<SocketAddress, BindingError> {
-        catalogue::validate_file_name(file_name)
-            .map_err(|e| BindingError::Invalid { what: "socket file name".into(), reason: e.to_string() })?;
+    fn address(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+        file_name: &str,
+    ) -> Result<SocketAddress, BindingError> {
+        catalogue::validate_file_name(file_name).map_err(|e| BindingError::Invalid {
+            what: "socket file name".into(),
+            reason: e.to_string(),
+        })?;
         let keyed = self.keyed(layout)?;
         let epoch = self.current_epoch(layout, id)?;
-        let addr = SocketAddress::Abstract(keyed.deriver.derive_in(id.as_str(), epoch.as_ref(), file_name));
+        let addr = SocketAddress::Abstract(keyed.deriver.derive_in(
+            id.as_str(),
+            epoch.as_ref(),
+            file_name,
+        ));
         budget::check(file_name, &addr, Platform::Linux)?;
         Ok(addr)
     }
@@ -296,8 +312,16 @@ impl SocketBinding for Abstract {
     /// Only the secret file, read-only: a sandboxed process that derives addresses
     /// needs it; sockets themselves involve no path. (Landlock's abstract-socket scope
     /// is a separate matter: see `docs/strategies.md`.)
-    fn policy_paths(&self, layout: &BoxLayout, _id: &BoxId) -> Result<Vec<PolicyPath>, BindingError> {
-        Ok(vec![PolicyPath { path: Self::secret_path(layout), intent: PolicyIntent::File, access: PolicyAccess::Read }])
+    fn policy_paths(
+        &self,
+        layout: &BoxLayout,
+        _id: &BoxId,
+    ) -> Result<Vec<PolicyPath>, BindingError> {
+        Ok(vec![PolicyPath {
+            path: Self::secret_path(layout),
+            intent: PolicyIntent::File,
+            access: PolicyAccess::Read,
+        }])
     }
 
     /// A fresh random epoch in `<home>/boxes/<id>/abstract-epoch` (0600): every name
@@ -345,7 +369,12 @@ impl Abstract {
     /// Binds at the box's current name; a name found taken is reported (with the
     /// holder's uid, inode and pid from `sock_diag`) and the box's names are rotated
     /// (see `bind_recovering`).
-    pub fn bind_stream(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<Listener, BindingError> {
+    pub fn bind_stream(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+        file_name: &str,
+    ) -> Result<Listener, BindingError> {
         let (l, addr) = self.bind_recovering(layout, id, file_name, UnixListener::bind_addr)?;
         tracing::debug!(box_id = %id, socket = file_name, address = %addr, "bound stream");
         Ok(Listener::new(l, addr, file_name.to_owned(), self.policy.clone()))
@@ -353,7 +382,12 @@ impl Abstract {
 
     /// Binds with `SO_PASSCRED` on, so every datagram carries its sender's credentials
     /// and [`boxsock_core::peer::recv_checked`] can check it.
-    pub fn bind_datagram(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<UnixDatagram, BindingError> {
+    pub fn bind_datagram(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+        file_name: &str,
+    ) -> Result<UnixDatagram, BindingError> {
         // Create, enable SO_PASSCRED, then bind: no datagram can arrive without it.
         let (sock, addr) = self.bind_recovering(layout, id, file_name, |a| {
             let sock = UnixDatagram::unbound()?;
@@ -367,16 +401,28 @@ impl Abstract {
 
     /// Connect to `file_name` of box `id` at its current name, checking the listener's
     /// credentials against the strategy's policy.
-    pub fn connect_stream(&self, layout: &BoxLayout, id: &BoxId, file_name: &str) -> Result<UnixStream, BindingError> {
+    pub fn connect_stream(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+        file_name: &str,
+    ) -> Result<UnixStream, BindingError> {
         let addr = self.address(layout, id, file_name)?;
         boxsock_core::peer::connect_stream_at(&addr, file_name, &self.policy)
     }
 }
 
 /// An address of box `id` from a home's key and the box's epoch: no I/O.
-fn derive_with(keyed: &Keyed, id: &BoxId, epoch: Option<&Epoch>, file_name: &str) -> Result<SocketAddress, BindingError> {
-    catalogue::validate_file_name(file_name)
-        .map_err(|e| BindingError::Invalid { what: "socket file name".into(), reason: e.to_string() })?;
+fn derive_with(
+    keyed: &Keyed,
+    id: &BoxId,
+    epoch: Option<&Epoch>,
+    file_name: &str,
+) -> Result<SocketAddress, BindingError> {
+    catalogue::validate_file_name(file_name).map_err(|e| BindingError::Invalid {
+        what: "socket file name".into(),
+        reason: e.to_string(),
+    })?;
     let addr = SocketAddress::Abstract(keyed.deriver.derive_in(id.as_str(), epoch, file_name));
     budget::check(file_name, &addr, Platform::Linux)?;
     Ok(addr)
@@ -413,7 +459,8 @@ impl AbstractBox {
         let epoch = self.strategy.current_epoch(&self.layout, &self.id)?;
         let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
         let keyed = held.keyed.clone();
-        held.addresses = derive_addresses(|f| derive_with(&keyed, &self.id, epoch.as_ref(), f), &self.sockets)?;
+        held.addresses =
+            derive_addresses(|f| derive_with(&keyed, &self.id, epoch.as_ref(), f), &self.sockets)?;
         held.epoch = epoch;
         Ok(())
     }
@@ -502,7 +549,8 @@ fn describe(addr: &SocketAddress, who: Option<&diag::Holder>) -> String {
 fn bind_dgram(sock: &UnixDatagram, addr: &std::os::unix::net::SocketAddr) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     use std::os::linux::net::SocketAddrExt;
-    let name = addr.as_abstract_name().ok_or_else(|| io::Error::other("not an abstract address"))?;
+    let name =
+        addr.as_abstract_name().ok_or_else(|| io::Error::other("not an abstract address"))?;
     let ua = nix::sys::socket::UnixAddr::new_abstract(name)?;
     nix::sys::socket::bind(sock.as_raw_fd(), &ua)?;
     Ok(())

@@ -36,7 +36,8 @@ impl RawAddr {
         for (i, b) in name.iter().enumerate() {
             addr.sun_path[i + 1] = *b as libc::c_char;
         }
-        let len = (std::mem::offset_of!(libc::sockaddr_un, sun_path) + 1 + name.len()) as libc::socklen_t;
+        let len =
+            (std::mem::offset_of!(libc::sockaddr_un, sun_path) + 1 + name.len()) as libc::socklen_t;
         RawAddr { addr, len }
     }
 

@@ -19,5 +19,8 @@ use boxsock_core::registry::{BackendRegistration, Registry};
 
 fn main() {
     let backends = Registry::<BackendRegistration>::collected();
-    std::process::exit(boxsock_backend_conformance::cli::main_with(&backends, std::env::args().skip(1)));
+    std::process::exit(boxsock_backend_conformance::cli::main_with(
+        &backends,
+        std::env::args().skip(1),
+    ));
 }

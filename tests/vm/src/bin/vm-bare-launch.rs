@@ -14,13 +14,13 @@
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use boxsock_runtime::agent_client::{self, AgentClient};
 use boxsock_libkrun::ShimSpec;
+use boxsock_runtime::agent_client::{self, AgentClient};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -32,9 +32,10 @@ fn main() -> ExitCode {
         Some("start") if args.len() == 4 => rt.block_on(start(&args[2], &args[3])),
         Some("kill") if args.len() == 4 => kill(&args[2], &args[3]),
         Some("exec") if args.len() == 3 => rt.block_on(exec(&args[2])),
-        _ => Err(
-            "usage: vm-bare-launch start SPEC_JSON SHIM | kill PID SPEC_JSON | exec AGENT_SOCK".into(),
-        ),
+        _ => {
+            Err("usage: vm-bare-launch start SPEC_JSON SHIM | kill PID SPEC_JSON | exec AGENT_SOCK"
+                .into())
+        }
     };
     match r {
         Ok(code) => ExitCode::from(code),
@@ -56,15 +57,21 @@ async fn start(spec_path: &str, shim: &str) -> Result<u8, String> {
     let dir = match spec.socket_dir_fd {
         Some(n) => {
             let sockets = spec.box_dir.join("sockets");
-            let fd = nix::fcntl::open(&sockets, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY, nix::sys::stat::Mode::empty())
-                .map_err(|e| format!("opening {}: {e}", sockets.display()))?;
+            let fd = nix::fcntl::open(
+                &sockets,
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| format!("opening {}: {e}", sockets.display()))?;
             Some((fd, n))
         }
         None => None,
     };
     let ours = |p: &std::path::Path| -> std::path::PathBuf {
         match (&dir, p.file_name()) {
-            (Some((fd, _)), Some(name)) => std::path::Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name),
+            (Some((fd, _)), Some(name)) => {
+                std::path::Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name)
+            }
             _ => p.to_path_buf(),
         }
     };
@@ -72,7 +79,8 @@ async fn start(spec_path: &str, shim: &str) -> Result<u8, String> {
     let agent = ours(&spec.agent.host_path);
     let _ = std::fs::remove_file(&ready);
     let _ = std::fs::remove_file(&agent);
-    let listener = tokio::net::UnixListener::bind(&ready).map_err(|e| format!("binding {}: {e}", ready.display()))?;
+    let listener = tokio::net::UnixListener::bind(&ready)
+        .map_err(|e| format!("binding {}: {e}", ready.display()))?;
     let t0 = Instant::now();
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -89,7 +97,9 @@ async fn start(spec_path: &str, shim: &str) -> Result<u8, String> {
             cmd.pre_exec(move || {
                 if src == dst {
                     let flags = libc::fcntl(dst, libc::F_GETFD);
-                    if flags == -1 || libc::fcntl(dst, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1 {
+                    if flags == -1
+                        || libc::fcntl(dst, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1
+                    {
                         return Err(std::io::Error::last_os_error());
                     }
                 } else if libc::dup2(src, dst) == -1 {
@@ -145,10 +155,8 @@ fn kill(pid: &str, spec_path: &str) -> Result<u8, String> {
     if !String::from_utf8_lossy(&cmdline).contains("boxsock-krun-shim") {
         return Err(format!("pid {pid} is not a boxsock-krun-shim"));
     }
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    let _ =
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     let t0 = Instant::now();
     // Reparented to the init of the TCG host once `start` exited: wait until it is gone
     // or a zombie.
@@ -170,6 +178,9 @@ fn kill(pid: &str, spec_path: &str) -> Result<u8, String> {
 async fn exec(agent: &str) -> Result<u8, String> {
     let s = UnixStream::connect(agent).map_err(|e| format!("connecting {agent}: {e}"))?;
     let client = AgentClient::connect(s).map_err(|e| e.to_string())?;
-    let out = client.exec_output(&["/bin/busybox", "true"], &[], None).await.map_err(|e| e.to_string())?;
+    let out = client
+        .exec_output(&["/bin/busybox", "true"], &[], None)
+        .await
+        .map_err(|e| e.to_string())?;
     u8::try_from(out.status.shell_code()).map_err(|_| format!("{}", out.status))
 }

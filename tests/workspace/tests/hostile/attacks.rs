@@ -9,12 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use boxsock_conformance::util::ByFile;
 use boxsock_core::proto::{self, Frame, Request};
 use boxsock_core::{BindingError, BoxId, BoxLayout, SocketBinding, StrategyConfig, boxdir};
-use boxsock_conformance::util::ByFile;
 use boxsock_tests::reliability::{Outcome, measured};
 use boxsock_tests::scenario;
-
 
 /// uid and gid of `nobody`.
 pub(crate) const NOBODY: u32 = 65534;
@@ -72,10 +71,7 @@ pub(crate) mod nobody {
                 SocketAddress::Path(p) => (p.as_os_str().as_encoded_bytes(), 0),
                 SocketAddress::Abstract(n) => (n.as_slice(), 1),
             };
-            assert!(
-                lead + bytes.len() < addr.sun_path.len(),
-                "address {a} does not fit sun_path"
-            );
+            assert!(lead + bytes.len() < addr.sun_path.len(), "address {a} does not fit sun_path");
             for (i, b) in bytes.iter().enumerate() {
                 addr.sun_path[lead + i] = *b as libc::c_char;
             }
@@ -83,19 +79,12 @@ pub(crate) mod nobody {
                 SocketAddress::Path(_) => offset + bytes.len() + 1,
                 SocketAddress::Abstract(_) => offset + 1 + bytes.len(),
             };
-            RawAddr {
-                addr,
-                len: len as libc::socklen_t,
-            }
+            RawAddr { addr, len: len as libc::socklen_t }
         }
     }
 
     fn errno() -> i64 {
-        i64::from(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO),
-        )
+        i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
     }
 
     fn put(fd: RawFd, v: i64) {
@@ -191,10 +180,7 @@ pub(crate) mod nobody {
                             libc::close(fd);
                             e
                         } else {
-                            let tv = libc::timeval {
-                                tv_sec: 5,
-                                tv_usec: 0,
-                            };
+                            let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
                             libc::setsockopt(
                                 fd,
                                 libc::SOL_SOCKET,
@@ -245,11 +231,7 @@ pub(crate) mod nobody {
         let mut bytes = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let mut pfd = libc::pollfd {
-                fd: rd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
+            let mut pfd = libc::pollfd { fd: rd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
             // SAFETY: poll on one valid pollfd.
             let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as libc::c_int) };
             if n <= 0 || left.is_zero() {
@@ -283,9 +265,7 @@ pub(crate) mod nobody {
                 acts.len()
             )),
             Some((e, _)) => Err(format!("dropping to nobody failed: errno {}", -e)),
-            None => Err(format!(
-                "the nobody child reported nothing (status {status})"
-            )),
+            None => Err(format!("the nobody child reported nothing (status {status})")),
         }
     }
 }
@@ -326,10 +306,8 @@ pub(crate) struct World {
 
 impl World {
     pub(crate) fn new() -> World {
-        let root = tempfile::Builder::new()
-            .prefix("bsk-att-")
-            .tempdir_in("/tmp")
-            .expect("temp dir");
+        let root =
+            tempfile::Builder::new().prefix("bsk-att-").tempdir_in("/tmp").expect("temp dir");
         std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod root");
         let base = root.path().join("base");
@@ -340,18 +318,11 @@ impl World {
         std::fs::create_dir(&home).expect("mkdir home");
         std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755))
             .expect("chmod home");
-        World {
-            root,
-            base,
-            layout: BoxLayout::new(home),
-        }
+        World { root, base, layout: BoxLayout::new(home) }
     }
 
     pub(crate) fn config(&self) -> StrategyConfig {
-        StrategyConfig {
-            base_dir: self.base.clone(),
-            ..StrategyConfig::default()
-        }
+        StrategyConfig { base_dir: self.base.clone(), ..StrategyConfig::default() }
     }
 
     pub(crate) fn strategy(&self, name: &str) -> Arc<dyn SocketBinding> {
@@ -394,11 +365,7 @@ pub(crate) fn naive_landed_in(dir: &Path, name: &str) -> bool {
 /// The entries of a directory, sorted (empty if it cannot be read).
 pub(crate) fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     v.sort();
     v
@@ -412,10 +379,7 @@ fn ensure_then_bind(
     id: &BoxId,
     name: &str,
 ) -> Result<(), &'static str> {
-    s.ensure(l, id)
-        .and_then(|()| s.bind_stream(l, id, name))
-        .map(drop)
-        .map_err(|e| variant(&e))
+    s.ensure(l, id).and_then(|()| s.bind_stream(l, id, name)).map(drop).map_err(|e| variant(&e))
 }
 
 /// What the runtime does before it dials: ensure, then connect.
@@ -425,10 +389,7 @@ fn ensure_then_connect(
     id: &BoxId,
     name: &str,
 ) -> Result<(), &'static str> {
-    s.ensure(l, id)
-        .and_then(|()| s.connect_stream(l, id, name))
-        .map(drop)
-        .map_err(|e| variant(&e))
+    s.ensure(l, id).and_then(|()| s.connect_stream(l, id, name)).map(drop).map_err(|e| variant(&e))
 }
 
 /// The common end of the squatting scenarios: `ensure` never uses the squatted
@@ -445,7 +406,11 @@ fn assert_squat_refused(
     s.ensure(&w.layout, &id)
         .unwrap_or_else(|e| panic!("ensure over a squatted per-user directory: {e}"));
     let link = s.binding_path(&w.layout, &id).expect("short-symlink has a link");
-    assert!(!link.starts_with(w.per_uid()), "the link {} is in the squatted directory", link.display());
+    assert!(
+        !link.starts_with(w.per_uid()),
+        "the link {} is in the squatted directory",
+        link.display()
+    );
     let record = std::fs::read_to_string(w.layout.home().join(boxsock_runtime::squat::RECORD))
         .expect("the fallback is recorded in the home");
     let fallback = PathBuf::from(record.lines().next().unwrap_or(""));
@@ -477,25 +442,23 @@ fn assert_squat_refused(
             std::fs::remove_file(dir.join("naive.sock")).unwrap();
             "put its socket in nobody's directory".to_owned()
         }
-        (Ok(_), None) => panic!("control: the naive binder bound through a squat that should deny it"),
+        (Ok(_), None) => {
+            panic!("control: the naive binder bound through a squat that should deny it")
+        }
         (Err(e), Some(_)) => panic!("control: the naive binder was not captured by the squat: {e}"),
         (Err(e), None) => {
-            assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR), "control: the naive binder failed otherwise: {e}");
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::ENOTDIR),
+                "control: the naive binder failed otherwise: {e}"
+            );
             "was denied (ENOTDIR): this squat denies, it cannot capture".to_owned()
         }
     };
     format!(
         "ensure never used <base>/boxsock-<uid>: the link went into a fresh private <base>/boxsock.<random> recorded in <home>/binding-dir, whose note names {}; bind and connect worked through it{}; beside it, a naive binder (bind `<base>/boxsock-<uid>/naive.sock` by the path string) {control}",
-        facts
-            .iter()
-            .map(|f| format!("{f:?}"))
-            .collect::<Vec<_>>()
-            .join(" and "),
-        if watched.is_some() {
-            ", nothing created in the attacker's directory"
-        } else {
-            ""
-        }
+        facts.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(" and "),
+        if watched.is_some() { ", nothing created in the attacker's directory" } else { "" }
     )
 }
 
@@ -517,21 +480,14 @@ scenario!(
             ])
             .unwrap();
             assert_eq!(r, [0, 0], "nobody could not squat");
-            let text = assert_squat_refused(
-                &w,
-                &s,
-                &["owned by uid 65534", "mode 0777"],
-                Some(&p),
-            );
+            let text = assert_squat_refused(&w, &s, &["owned by uid 65534", "mode 0777"], Some(&p));
             let m = std::fs::symlink_metadata(&p).unwrap();
             assert_eq!(
                 (m.uid(), m.mode() & 0o7777),
                 (NOBODY, 0o777),
                 "the attacker's directory was changed"
             );
-            Outcome::Passed(format!(
-                "{text}; it is still nobody's, mode 0777 (not taken over)"
-            ))
+            Outcome::Passed(format!("{text}; it is still nobody's, mode 0777 (not taken over)"))
         })()
     }
 );
@@ -555,18 +511,9 @@ scenario!(
             ])
             .unwrap();
             assert_eq!(r, [0, 0, 0], "nobody could not squat");
-            let text = assert_squat_refused(
-                &w,
-                &s,
-                &["a symlink", "owned by uid 65534"],
-                Some(&evil),
-            );
-            assert!(
-                std::fs::symlink_metadata(w.per_uid())
-                    .unwrap()
-                    .file_type()
-                    .is_symlink()
-            );
+            let text =
+                assert_squat_refused(&w, &s, &["a symlink", "owned by uid 65534"], Some(&evil));
+            assert!(std::fs::symlink_metadata(w.per_uid()).unwrap().file_type().is_symlink());
             Outcome::Passed(format!("{text} (the link was not followed)"))
         })()
     }
@@ -585,17 +532,10 @@ scenario!(
             let s = w.strategy("short-symlink");
             let r = nobody::run(&[nobody::Act::CreateFile(cstr(&w.per_uid()))]).unwrap();
             assert_eq!(r, [0], "nobody could not squat");
-            let text = assert_squat_refused(
-                &w,
-                &s,
-                &["a regular file", "owned by uid 65534"],
-                None,
-            );
+            let text =
+                assert_squat_refused(&w, &s, &["a regular file", "owned by uid 65534"], None);
             let m = std::fs::symlink_metadata(w.per_uid()).unwrap();
-            assert!(
-                m.is_file() && m.len() == 0 && m.uid() == NOBODY,
-                "the file was changed"
-            );
+            assert!(m.is_file() && m.len() == 0 && m.uid() == NOBODY, "the file was changed");
             Outcome::Passed(format!("{text}; the file is untouched"))
         })()
     }
@@ -612,8 +552,7 @@ scenario!(
         std::fs::create_dir(&p).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
         let id = w.new_box();
-        s.ensure(&w.layout, &id)
-            .expect("ensure repairs our own directory");
+        s.ensure(&w.layout, &id).expect("ensure repairs our own directory");
         let mode = std::fs::metadata(&p).unwrap().mode() & 0o7777;
         assert_eq!(mode, 0o700, "mode not repaired");
         let l = s.bind_stream(&w.layout, &id, "agent.sock").unwrap();
@@ -657,13 +596,9 @@ scenario!(
             s.ensure(&w.layout, &id).unwrap();
             let live = s.bind_stream(&w.layout, &id, "agent.sock").unwrap();
             let evil = w.attacker_dir("evil");
-            let link = s
-                .binding_path(&w.layout, &id)
-                .expect("short-symlink has a link");
+            let link = s.binding_path(&w.layout, &id).expect("short-symlink has a link");
             swap_link(&link, &evil);
-            let err = s
-                .ensure(&w.layout, &id)
-                .expect_err("ensure over a swapped link");
+            let err = s.ensure(&w.layout, &id).expect_err("ensure over a swapped link");
             match &err {
                 BindingError::Occupied { path, found } => {
                     assert_eq!(path, &link, "{err}");
@@ -671,8 +606,8 @@ scenario!(
                 }
                 other => panic!("expected Occupied, got {other:?}"),
             }
-            let bind = ensure_then_bind(&s, &w.layout, &id, "ready.sock")
-                .expect_err("bind after swap");
+            let bind =
+                ensure_then_bind(&s, &w.layout, &id, "ready.sock").expect_err("bind after swap");
             let dial = ensure_then_connect(&s, &w.layout, &id, "agent.sock")
                 .expect_err("connect after swap");
             assert_eq!(
@@ -689,7 +624,10 @@ scenario!(
             // attacker's directory.
             let naive = std::os::unix::net::UnixListener::bind(link.join("naive.sock"))
                 .expect("control: the naive binder could not bind through the swapped link");
-            assert!(naive_landed_in(&evil, "naive.sock"), "control: the naive binder's socket is not in the attacker's directory");
+            assert!(
+                naive_landed_in(&evil, "naive.sock"),
+                "control: the naive binder's socket is not in the attacker's directory"
+            );
             drop(naive);
             std::fs::remove_file(evil.join("naive.sock")).unwrap();
             // The operator removes the bad link; the next ensure heals and the live box is reachable.
@@ -738,27 +676,36 @@ scenario!(
             assert_eq!(r, [0, 0, 0, 0, 0], "nobody could not set the trap");
             // The steady-state fast path holds a descriptor of the removed directory; it must
             // not be trusted, and the new directory must never be used.
-            s.ensure(&w.layout, &id).unwrap_or_else(|e| panic!("ensure over the attacker's per-user directory: {e}"));
+            s.ensure(&w.layout, &id)
+                .unwrap_or_else(|e| panic!("ensure over the attacker's per-user directory: {e}"));
             let link = s.binding_path(&w.layout, &id).expect("a link");
-            assert!(!link.starts_with(&p), "the link {} is in the attacker's directory", link.display());
-            let bind = ensure_then_bind(&s, &w.layout, &id, "ready.sock").map(|()| "Ok").unwrap_or_else(|v| v);
-            let dial = ensure_then_connect(&s, &w.layout, &id, "agent.sock").map(|()| "Ok").unwrap_or_else(|v| v);
+            assert!(
+                !link.starts_with(&p),
+                "the link {} is in the attacker's directory",
+                link.display()
+            );
+            let bind = ensure_then_bind(&s, &w.layout, &id, "ready.sock")
+                .map(|()| "Ok")
+                .unwrap_or_else(|v| v);
+            let dial = ensure_then_connect(&s, &w.layout, &id, "agent.sock")
+                .map(|()| "Ok")
+                .unwrap_or_else(|v| v);
             assert_eq!((bind, dial), ("Ok", "Ok"), "bind and connect through the fallback");
             assert_eq!(
                 entries(&evil),
                 Vec::<String>::new(),
                 "something was bound in the attacker's directory"
             );
-            assert_eq!(
-                entries(&p),
-                vec![id.to_string()],
-                "the attacker's directory was changed"
-            );
+            assert_eq!(entries(&p), vec![id.to_string()], "the attacker's directory was changed");
             // The positive control: a naive binder, trusting the box link's name, binds
             // in the attacker's target directory.
-            let naive = std::os::unix::net::UnixListener::bind(p.join(id.as_str()).join("naive.sock"))
-                .expect("control: the naive binder could not bind through the attacker's link");
-            assert!(naive_landed_in(&evil, "naive.sock"), "control: the naive binder's socket is not in the attacker's directory");
+            let naive =
+                std::os::unix::net::UnixListener::bind(p.join(id.as_str()).join("naive.sock"))
+                    .expect("control: the naive binder could not bind through the attacker's link");
+            assert!(
+                naive_landed_in(&evil, "naive.sock"),
+                "control: the naive binder's socket is not in the attacker's directory"
+            );
             drop(naive);
             std::fs::remove_file(evil.join("naive.sock")).unwrap();
             Outcome::Passed(format!(
@@ -777,17 +724,10 @@ pub(crate) struct ServedAgent {
 
 impl ServedAgent {
     pub(crate) fn start(s: &Arc<dyn SocketBinding>, l: &BoxLayout, id: &BoxId) -> ServedAgent {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let agent_addr = s.address(l, id, "agent.sock").unwrap();
         let ready_addr = s.address(l, id, "ready.sock").unwrap();
-        let allow_uids = s
-            .peer_policy()
-            .allowed_uids()
-            .map(<[u32]>::to_vec)
-            .unwrap_or_default();
+        let allow_uids = s.peer_policy().allowed_uids().map(<[u32]>::to_vec).unwrap_or_default();
         let config = boxsock_agent::AgentConfig {
             agent: boxsock_agent::AgentAddress::Unix(agent_addr),
             ready: boxsock_agent::AgentAddress::Unix(ready_addr),
@@ -803,10 +743,7 @@ impl ServedAgent {
                 eprintln!("agent: {e}");
             }
         });
-        ServedAgent {
-            thread: Some(thread),
-            stop,
-        }
+        ServedAgent { thread: Some(thread), stop }
     }
 }
 
@@ -821,9 +758,7 @@ impl Drop for ServedAgent {
 
 /// Hello, then exec `touch <marker>`: the frames a client sends to run a command.
 pub(crate) fn exec_touch_bytes(marker: &Path) -> Vec<u8> {
-    let mut b = proto::encode(&Frame::Control(Request::Hello {
-        version: proto::VERSION,
-    }));
+    let mut b = proto::encode(&Frame::Control(Request::Hello { version: proto::VERSION }));
     b.extend(proto::encode(&Frame::Control(Request::Exec {
         argv: vec!["/usr/bin/touch".into(), marker.display().to_string()],
         env: Vec::new(),
@@ -855,7 +790,9 @@ pub(crate) fn nobody_reaches_a_naive_server(w: &World, addr: &boxsock_core::Sock
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let naive = match addr {
-        SocketAddress::Abstract(_) => SocketAddress::Abstract(format!("boxsock-naive-{}-{n}", std::process::id()).into_bytes()),
+        SocketAddress::Abstract(_) => SocketAddress::Abstract(
+            format!("boxsock-naive-{}-{n}", std::process::id()).into_bytes(),
+        ),
         SocketAddress::Path(_) => SocketAddress::Path(w.base.join(format!("naive-{n}.sock"))),
     };
     let l = std::os::unix::net::UnixListener::bind_addr(&match &naive {
@@ -883,7 +820,9 @@ pub(crate) fn nobody_reaches_a_naive_server(w: &World, addr: &boxsock_core::Sock
             }
         }
     });
-    let r = nobody::run(&[nobody::Act::ConnectSend(nobody::RawAddr::of(&naive), b"hello".to_vec())]).unwrap();
+    let r =
+        nobody::run(&[nobody::Act::ConnectSend(nobody::RawAddr::of(&naive), b"hello".to_vec())])
+            .unwrap();
     server.join().unwrap();
     if let SocketAddress::Path(p) = &naive {
         let _ = std::fs::remove_file(p);
@@ -942,7 +881,10 @@ scenario!(
                     ),
                 };
                 let control = nobody_reaches_a_naive_server(&w, &addr);
-                assert!(control > 0, "{name}: control: nobody's probe got {control} from a naive server (no peer check) of the same address kind: the probe proves nothing");
+                assert!(
+                    control > 0,
+                    "{name}: control: nobody's probe got {control} from a naive server (no peer check) of the same address kind: the probe proves nothing"
+                );
                 seen.push(format!("{name}: {what} (a naive server at {} address answered the same probe with {} bytes)", if addr.as_path().is_some() { "a path" } else { "an abstract" }, measured(control)));
                 drop(agent);
             }
@@ -974,21 +916,14 @@ pub(crate) fn agent_dir() -> PathBuf {
 pub(crate) fn rt_options(w: &World) -> RuntimeOptions {
     let mut o = RuntimeOptions::new(boxsock::builtin_strategies(), boxsock::builtin_backends());
     o.strategy_config = w.config();
-    o.backend_config = BackendConfig {
-        helper_dir: Some(agent_dir()),
-        ..Default::default()
-    };
+    o.backend_config = BackendConfig { helper_dir: Some(agent_dir()), ..Default::default() };
     o.health_monitor = false;
     o.ready_timeout = Duration::from_secs(20);
     o
 }
 
 pub(crate) fn tokio_rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 pub(crate) async fn exec_code(rt: &Runtime, id: &str, argv: &[&str]) -> Result<i32, RuntimeError> {
@@ -997,11 +932,7 @@ pub(crate) async fn exec_code(rt: &Runtime, id: &str, argv: &[&str]) -> Result<i
         id,
         argv.iter().map(|s| s.to_string()).collect(),
         vec![],
-        ExecIo {
-            stdin: None,
-            stdout: &mut on_out,
-            stderr: &mut on_err,
-        },
+        ExecIo { stdin: None, stdout: &mut on_out, stderr: &mut on_err },
     )
     .await
 }
@@ -1082,13 +1013,7 @@ struct Stranger(std::process::Child);
 impl Stranger {
     fn spawn() -> Stranger {
         use std::os::unix::process::CommandExt;
-        Stranger(
-            std::process::Command::new("sleep")
-                .arg("300")
-                .process_group(0)
-                .spawn()
-                .unwrap(),
-        )
+        Stranger(std::process::Command::new("sleep").arg("300").process_group(0).spawn().unwrap())
     }
     fn pid(&self) -> i32 {
         self.0.id() as i32
@@ -1215,7 +1140,9 @@ fn squat_abstract(a: &boxsock_core::SocketAddress) -> boxsock_conformance::fork:
     loop {
         match boxsock_conformance::fork::listen_in_child(a) {
             Ok(c) => return c,
-            Err(boxsock_conformance::fork::PeerReport::SocketFailed(e)) if e == libc::EADDRINUSE && Instant::now() < deadline => {
+            Err(boxsock_conformance::fork::PeerReport::SocketFailed(e))
+                if e == libc::EADDRINUSE && Instant::now() < deadline =>
+            {
                 std::thread::sleep(Duration::from_millis(10))
             }
             Err(r) => panic!("nobody cannot squat {a}: {r:?}; held by {:?}", holders_of(a)),
@@ -1236,10 +1163,23 @@ fn holders_of(a: &boxsock_core::SocketAddress) -> Vec<String> {
     for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
         for fd in fds.flatten() {
-            if std::fs::read_link(fd.path()).is_ok_and(|t| inodes.iter().any(|i| t.as_os_str() == i.as_str())) {
+            if std::fs::read_link(fd.path())
+                .is_ok_and(|t| inodes.iter().any(|i| t.as_os_str() == i.as_str()))
+            {
                 let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
-                let ppid = std::fs::read_to_string(p.path().join("stat")).ok().and_then(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).map(str::to_owned));
-                out.push(format!("{} ({}) ppid {:?} fd {:?}", p.file_name().to_string_lossy(), comm.trim(), ppid, fd.file_name()));
+                let ppid = std::fs::read_to_string(p.path().join("stat")).ok().and_then(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .and_then(|r| r.split_whitespace().nth(1))
+                        .map(str::to_owned)
+                });
+                out.push(format!(
+                    "{} ({}) ppid {:?} fd {:?}",
+                    p.file_name().to_string_lossy(),
+                    comm.trim(),
+                    ppid,
+                    fd.file_name()
+                ));
             }
         }
     }

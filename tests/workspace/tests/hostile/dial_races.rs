@@ -142,12 +142,17 @@ fn recorded_fallback(home: &Path) -> Option<String> {
 fn window_during<T>(attacker: &Attacker, home: &Path, f: impl FnOnce() -> T) -> (T, bool) {
     let (rec, before) = (recorded_fallback(home), attacker.mark());
     let squatted_at_start = rec.as_ref().is_some_and(|d| {
-        std::fs::symlink_metadata(d).is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == NOBODY)
+        std::fs::symlink_metadata(d)
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == NOBODY)
     });
     let r = f();
     let (rec_after, after) = (recorded_fallback(home), attacker.mark());
     let at = if rec.is_some() { FALLBACK } else { PER_UID };
-    (r, (rec == rec_after && before.window_until(after, at)) || (rec != rec_after && squatted_at_start))
+    (
+        r,
+        (rec == rec_after && before.window_until(after, at))
+            || (rec != rec_after && squatted_at_start),
+    )
 }
 
 /// Where the naive victims of the runtime of `home` dial or bind: the directory the
@@ -183,7 +188,10 @@ unsafe fn listen_at(a: &(libc::sockaddr_un, libc::socklen_t)) -> RawFd {
     // SAFETY: plain system calls on a fresh socket and a prepared address.
     unsafe {
         let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
-        if fd < 0 || libc::bind(fd, (&a.0 as *const libc::sockaddr_un).cast(), a.1) != 0 || libc::listen(fd, 64) != 0 {
+        if fd < 0
+            || libc::bind(fd, (&a.0 as *const libc::sockaddr_un).cast(), a.1) != 0
+            || libc::listen(fd, 64) != 0
+        {
             return -1;
         }
         fd
@@ -203,7 +211,13 @@ unsafe fn drain(fd: RawFd, hits: &mut i64) {
                 return;
             }
             let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
-            libc::setsockopt(c, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as libc::socklen_t);
+            libc::setsockopt(
+                c,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
             let mut buf = [0u8; 512];
             if libc::recv(c, buf.as_mut_ptr().cast(), buf.len(), 0) > 0 {
                 *hits += 1;
@@ -261,7 +275,14 @@ unsafe fn stopped(stop: RawFd) -> bool {
     unsafe { libc::poll(&mut p, 1, 0) > 0 }
 }
 
-fn child(out: RawFd, stop: RawFd, prog: &Program, sock: Option<(libc::sockaddr_un, libc::socklen_t)>, until_ms: i64, shared: &Shared) -> ! {
+fn child(
+    out: RawFd,
+    stop: RawFd,
+    prog: &Program,
+    sock: Option<(libc::sockaddr_un, libc::socklen_t)>,
+    until_ms: i64,
+    shared: &Shared,
+) -> ! {
     // SAFETY: credential and file system calls in the forked (single-threaded) child,
     // on data prepared before the fork; the child ends with _exit.
     unsafe {
@@ -290,12 +311,15 @@ fn child(out: RawFd, stop: RawFd, prog: &Program, sock: Option<(libc::sockaddr_u
         let mut fb_name = [0u8; 256];
         let mut followed = false;
         match prog {
-            Program::Listen { .. } | Program::ListenAsOwner { .. } => lfd = listen_at(sock.as_ref().expect("address")),
+            Program::Listen { .. } | Program::ListenAsOwner { .. } => {
+                lfd = listen_at(sock.as_ref().expect("address"))
+            }
             Program::SwapIn { own, sub, base, .. } => {
                 libc::mkdir(own.as_ptr(), 0o777);
                 libc::mkdir(sub.as_ptr(), 0o777);
                 lfd = listen_at(sock.as_ref().expect("address"));
-                base_fd = libc::open(base.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
+                base_fd =
+                    libc::open(base.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
             }
             Program::Flip { .. } => {}
         }
@@ -311,7 +335,9 @@ fn child(out: RawFd, stop: RawFd, prog: &Program, sock: Option<(libc::sockaddr_u
                     if flip {
                         shared.in_place[PER_UID].store(0, Ordering::SeqCst);
                     }
-                    if libc::symlink(to.as_ptr(), tmp.as_ptr()) == 0 && libc::rename(tmp.as_ptr(), link.as_ptr()) == 0 {
+                    if libc::symlink(to.as_ptr(), tmp.as_ptr()) == 0
+                        && libc::rename(tmp.as_ptr(), link.as_ptr()) == 0
+                    {
                         hits += 1;
                         if !flip {
                             shared.placed[PER_UID].fetch_add(1, Ordering::SeqCst);
@@ -328,7 +354,11 @@ fn child(out: RawFd, stop: RawFd, prog: &Program, sock: Option<(libc::sockaddr_u
                     // Follow the runtime: a squatted fallback is replaced by a fresh one,
                     // whose name shows in the listing in turn.
                     followed = find_fallback(base_fd, &mut fb_name) || followed;
-                    let (at, to) = if followed { (FALLBACK, fb_name.as_ptr().cast::<libc::c_char>()) } else { (PER_UID, target.as_ptr()) };
+                    let (at, to) = if followed {
+                        (FALLBACK, fb_name.as_ptr().cast::<libc::c_char>())
+                    } else {
+                        (PER_UID, target.as_ptr())
+                    };
                     // In place only briefly, as a racing attacker would: long stays
                     // would only make `ensure` refuse (it checks the owner).
                     let before = hits;
@@ -359,7 +389,9 @@ impl Attacker {
     /// Fork the child, wait until it is set up (dropped, listening).
     fn start(prog: Program, limit: Duration) -> Attacker {
         let sock = match &prog {
-            Program::Listen { sock } | Program::ListenAsOwner { sock } | Program::SwapIn { sock, .. } => Some(sockaddr(sock)),
+            Program::Listen { sock }
+            | Program::ListenAsOwner { sock }
+            | Program::SwapIn { sock, .. } => Some(sockaddr(sock)),
             Program::Flip { .. } => None,
         };
         let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
@@ -423,7 +455,8 @@ impl Attacker {
         let mut got = 0;
         while got < 8 {
             // SAFETY: reading into a stack buffer from a pipe we own.
-            let n = unsafe { libc::read(self.rd.as_raw_fd(), b[got..].as_mut_ptr().cast(), 8 - got) };
+            let n =
+                unsafe { libc::read(self.rd.as_raw_fd(), b[got..].as_mut_ptr().cast(), 8 - got) };
             if n <= 0 {
                 return None;
             }
@@ -473,7 +506,8 @@ fn mkdir_mode(p: &Path, mode: u32, owner: Option<u32>) {
 /// victim's.
 fn naive_dial(path: &Path) -> Option<bool> {
     let s = std::os::unix::net::UnixStream::connect(path).ok()?;
-    let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials).expect("SO_PEERCRED");
+    let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
+        .expect("SO_PEERCRED");
     Some(cred.uid() == NOBODY)
 }
 
@@ -511,10 +545,13 @@ fn exec_race(
     naive_path: impl Fn() -> std::path::PathBuf,
 ) -> Race {
     let mut r = Race::default();
-    let done = |r: &Race| r.ran + r.refused >= EXECS && r.windows >= MIN_WINDOWS && r.hijacked >= MIN_NAIVE_HIJACKS;
+    let done = |r: &Race| {
+        r.ran + r.refused >= EXECS && r.windows >= MIN_WINDOWS && r.hijacked >= MIN_NAIVE_HIJACKS
+    };
     let home = rt.layout().home().to_owned();
     while !done(&r) && r.ran + r.refused < MAX_EXECS {
-        let (res, window) = window_during(attacker, &home, || tokio.block_on(exec_code(rt, id, &["/bin/true"])));
+        let (res, window) =
+            window_during(attacker, &home, || tokio.block_on(exec_code(rt, id, &["/bin/true"])));
         match res {
             Ok(0) => {
                 r.ran += 1;
@@ -540,7 +577,11 @@ fn exec_race(
 /// demonstrably landed on the naive victim and was in place at the runtime's directory
 /// during enough of the execs that ran. Refused execs are reported, not judged here.
 fn assert_race(r: &Race, hits: i64, where_: &str) {
-    assert_eq!(hits, 0, "{hits} exec request(s) reached the attacker's listener ({where_}{} ran, {} refused)", r.ran, r.refused);
+    assert_eq!(
+        hits, 0,
+        "{hits} exec request(s) reached the attacker's listener ({where_}{} ran, {} refused)",
+        r.ran, r.refused
+    );
     assert!(
         r.windows >= MIN_WINDOWS,
         "attack never landed where the runtime works: the attacker's object was in place at the runtime's directory during only {} of {} execs that ran (at least {MIN_WINDOWS} needed; {} refused, {} of them in such a window: {:?})",
@@ -606,7 +647,10 @@ scenario!(
                 Ok(b) => panic!("a link base nobody owns and flips was accepted (box {})", b.id),
                 Err(e) => e.to_string(),
             };
-            assert!(err.contains("65534"), "create was refused for another reason than the link's owner: {err}");
+            assert!(
+                err.contains("65534"),
+                "create was refused for another reason than the link's owner: {err}"
+            );
             let real_dir = w.base.join(format!("boxsock-{}", nix::unistd::geteuid())).join(id);
             std::fs::create_dir_all(&real_dir).unwrap();
             let real = std::os::unix::net::UnixListener::bind(real_dir.join("agent.sock")).unwrap();
@@ -614,12 +658,21 @@ scenario!(
             mkdir_mode(&uid_dir, 0o777, Some(NOBODY));
             mkdir_mode(&uid_dir.join(id), 0o777, Some(NOBODY));
             let race = Duration::from_secs(120);
-            let listener = Attacker::start(Program::Listen { sock: cstr(&uid_dir.join(id).join("agent.sock")) }, race);
-            let flipper = Attacker::start(
-                Program::Flip { link: cstr(&lnk), tmp: cstr(&w.base.join("lnk.tmp")), a: cstr(&w.base), b: cstr(&evil) },
+            let listener = Attacker::start(
+                Program::Listen { sock: cstr(&uid_dir.join(id).join("agent.sock")) },
                 race,
             );
-            let naive = lnk.join(format!("boxsock-{}", nix::unistd::geteuid())).join(id).join("agent.sock");
+            let flipper = Attacker::start(
+                Program::Flip {
+                    link: cstr(&lnk),
+                    tmp: cstr(&w.base.join("lnk.tmp")),
+                    a: cstr(&w.base),
+                    b: cstr(&evil),
+                },
+                race,
+            );
+            let naive =
+                lnk.join(format!("boxsock-{}", nix::unistd::geteuid())).join(id).join("agent.sock");
             let (mut dials, mut hijacked) = (0usize, 0usize);
             while hijacked < MIN_NAIVE_HIJACKS && dials < 10 * EXECS {
                 dials += 1;
@@ -683,11 +736,22 @@ scenario!(
             let [at_per_uid, at_fallback] = attacker.hits_at();
             let placed = attacker.mark().placed;
             let hits = attacker.finish();
-            assert_race(&r, hits, &format!("{at_per_uid} at <base>/boxsock-<uid>, {at_fallback} at the fallback; "));
+            assert_race(
+                &r,
+                hits,
+                &format!("{at_per_uid} at <base>/boxsock-<uid>, {at_fallback} at the fallback; "),
+            );
             let _ = tokio.block_on(rt.remove(&id, true));
             Outcome::Passed(format!(
                 "{}; {}",
-                race_text(&r, took, &format!("the cleaner removed root's binding directory (per-user or fallback) {} times", measured(removed))),
+                race_text(
+                    &r,
+                    took,
+                    &format!(
+                        "the cleaner removed root's binding directory (per-user or fallback) {} times",
+                        measured(removed)
+                    )
+                ),
                 binding_dir_text(&w, placed)
             ))
         })()
@@ -714,18 +778,31 @@ fn binding_dir_text(w: &crate::attacks::World, placed: [i64; 2]) -> String {
 /// The cleaner (root, as a /tmp cleaner is): keeps removing root's per-user directory
 /// `per_uid` and root's fallback directories `<base>/boxsock.*` (never the attacker's)
 /// until told to stop; returns how many times it removed one.
-fn start_cleaner(base: &Path, per_uid: &Path, period: Duration) -> (Arc<AtomicBool>, std::thread::JoinHandle<u32>) {
+fn start_cleaner(
+    base: &Path,
+    per_uid: &Path,
+    period: Duration,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<u32>) {
     let stop = Arc::new(AtomicBool::new(false));
     let (flag, base, per_uid) = (stop.clone(), base.to_owned(), per_uid.to_owned());
     let cleaner = std::thread::spawn(move || {
-        let base_fd = nix::fcntl::open(&base, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).expect("open the base");
+        let base_fd = nix::fcntl::open(
+            &base,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .expect("open the base");
         let per_uid_name = per_uid.file_name().expect("per-user name").to_owned();
         let mut removed = 0u32;
         while !flag.load(Ordering::Relaxed) {
             let mut names = vec![per_uid_name.clone()];
             if let Ok(listing) = std::fs::read_dir(&base) {
                 names.extend(listing.flatten().map(|e| e.file_name()).filter(|n| {
-                    n.to_str().is_some_and(|n| n.starts_with("boxsock.") && n.len() == "boxsock-4294967295".len())
+                    n.to_str().is_some_and(|n| {
+                        n.starts_with("boxsock.") && n.len() == "boxsock-4294967295".len()
+                    })
                 }));
             }
             for n in names {
@@ -745,14 +822,26 @@ fn start_cleaner(base: &Path, per_uid: &Path, period: Duration) -> (Arc<AtomicBo
 fn clean_root_dir(base: std::os::fd::BorrowedFd<'_>, name: &std::ffi::OsStr) -> bool {
     use nix::fcntl::OFlag;
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let Ok(mut dir) = nix::dir::Dir::openat(base, name, flags, nix::sys::stat::Mode::empty()) else { return false };
+    let Ok(mut dir) = nix::dir::Dir::openat(base, name, flags, nix::sys::stat::Mode::empty())
+    else {
+        return false;
+    };
     if !nix::sys::stat::fstat(dir.as_fd()).is_ok_and(|st| st.st_uid == 0) {
         return false;
     }
-    let entries: Vec<CString> = dir.iter().flatten().map(|e| e.file_name().to_owned()).filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..").collect();
+    let entries: Vec<CString> = dir
+        .iter()
+        .flatten()
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+        .collect();
     for e in &entries {
         // Root's binding directories hold links (and their temporaries) only.
-        let _ = nix::unistd::unlinkat(dir.as_fd(), e.as_c_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+        let _ = nix::unistd::unlinkat(
+            dir.as_fd(),
+            e.as_c_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
     }
     nix::unistd::unlinkat(base, name, nix::unistd::UnlinkatFlags::RemoveDir).is_ok()
 }
@@ -915,15 +1004,24 @@ scenario!(
             assert_eq!(r, [0, 0], "nobody could not squat");
             let tokio = tokio_rt();
             let (fallback, id) = {
-                let (rt, _) = tokio.block_on(Runtime::open(w.layout.home(), rt_options(&w))).unwrap();
-                let b = tokio.block_on(rt.create(CreateOptions::new("short-symlink", "host"))).unwrap_or_else(|e| panic!("create over a squatted per-user dir: {e}"));
+                let (rt, _) =
+                    tokio.block_on(Runtime::open(w.layout.home(), rt_options(&w))).unwrap();
+                let b = tokio
+                    .block_on(rt.create(CreateOptions::new("short-symlink", "host")))
+                    .unwrap_or_else(|e| panic!("create over a squatted per-user dir: {e}"));
                 let id = b.id.to_string();
                 tokio.block_on(rt.start(&id)).unwrap_or_else(|e| panic!("start: {e}"));
                 assert_eq!(tokio.block_on(exec_code(&rt, &id, &["/bin/true"])).unwrap(), 0);
-                let record = std::fs::read_to_string(w.layout.home().join(boxsock_runtime::squat::RECORD)).expect("the fallback is recorded in the home");
+                let record =
+                    std::fs::read_to_string(w.layout.home().join(boxsock_runtime::squat::RECORD))
+                        .expect("the fallback is recorded in the home");
                 let fallback = std::path::PathBuf::from(record.lines().next().unwrap_or(""));
                 let s = rt.strategy("short-symlink").unwrap();
-                assert_eq!(s.binding_dir().as_deref(), Some(fallback.as_path()), "the strategy uses the recorded fallback");
+                assert_eq!(
+                    s.binding_dir().as_deref(),
+                    Some(fallback.as_path()),
+                    "the strategy uses the recorded fallback"
+                );
                 let addr = s.address(rt.layout(), &b.id, "agent.sock").unwrap();
                 assert!(addr.as_path().unwrap().starts_with(&fallback), "{addr}");
                 tokio.block_on(rt.stop(&id, None)).unwrap();
@@ -935,16 +1033,28 @@ scenario!(
             assert_eq!(name.len(), "boxsock-4294967295".len(), "{name}");
             assert!(name.starts_with("boxsock.") && name != "boxsock.0000000000", "{name}");
             let m = std::fs::symlink_metadata(&fallback).unwrap();
-            assert!(m.is_dir() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o777 == 0o700, "{:o}", m.mode());
+            assert!(
+                m.is_dir()
+                    && m.uid() == nix::unistd::geteuid().as_raw()
+                    && m.mode() & 0o777 == 0o700,
+                "{:o}",
+                m.mode()
+            );
             // The squatter's directory was neither used nor touched.
             let sm = std::fs::symlink_metadata(&squatted).unwrap();
             assert_eq!((sm.uid(), sm.mode() & 0o777), (NOBODY, 0o777));
-            assert!(crate::attacks::entries(&squatted).is_empty(), "something was put in the squatter's directory");
+            assert!(
+                crate::attacks::entries(&squatted).is_empty(),
+                "something was put in the squatter's directory"
+            );
             // Another runtime over the home agrees, without a new fallback.
             let (rt, _) = tokio.block_on(Runtime::open(w.layout.home(), rt_options(&w))).unwrap();
             tokio.block_on(rt.start(&id)).unwrap_or_else(|e| panic!("second runtime: start: {e}"));
             assert_eq!(tokio.block_on(exec_code(&rt, &id, &["/bin/true"])).unwrap(), 0);
-            let dirs: Vec<String> = crate::attacks::entries(&w.base).into_iter().filter(|n| n.starts_with("boxsock.")).collect();
+            let dirs: Vec<String> = crate::attacks::entries(&w.base)
+                .into_iter()
+                .filter(|n| n.starts_with("boxsock."))
+                .collect();
             assert_eq!(dirs, std::slice::from_ref(&name), "one fallback for the home");
             let report = boxsock::doctor(w.layout.home(), &rt_options(&w));
             assert_eq!(report.binding_dir_fallback.as_deref(), Some(&*fallback.to_string_lossy()));
@@ -967,10 +1077,18 @@ scenario!(
             let tokio = tokio_rt();
             let mut seen = Vec::new();
             // Keyed on capabilities: every strategy whose agent address is a file.
-            let paths = boxsock::builtin_strategies().iter().filter(|r| (r.build)(&boxsock::StrategyConfig::default()).is_ok_and(|s| s.capabilities().path_addressable)).map(|r| r.name).collect::<Vec<_>>();
+            let paths = boxsock::builtin_strategies()
+                .iter()
+                .filter(|r| {
+                    (r.build)(&boxsock::StrategyConfig::default())
+                        .is_ok_and(|s| s.capabilities().path_addressable)
+                })
+                .map(|r| r.name)
+                .collect::<Vec<_>>();
             for name in paths {
                 let w = World::new();
-                let (rt, _) = tokio.block_on(Runtime::open(w.layout.home(), rt_options(&w))).unwrap();
+                let (rt, _) =
+                    tokio.block_on(Runtime::open(w.layout.home(), rt_options(&w))).unwrap();
                 let b = tokio.block_on(rt.create(CreateOptions::new(name, "host"))).unwrap();
                 let id = b.id.to_string();
                 tokio.block_on(rt.start(&id)).unwrap_or_else(|e| panic!("{name}: start: {e}"));
@@ -978,19 +1096,34 @@ scenario!(
                 let real = w.layout.sockets_dir(&b.id).join("agent.sock");
                 std::fs::remove_file(&real).unwrap();
                 // The impostor: a listener of the same uid, in another process.
-                let child = Attacker::start(Program::ListenAsOwner { sock: cstr(&real) }, Duration::from_secs(60));
-                let err = tokio.block_on(exec_code(&rt, &id, &["/bin/true"])).expect_err("exec through an impostor");
+                let child = Attacker::start(
+                    Program::ListenAsOwner { sock: cstr(&real) },
+                    Duration::from_secs(60),
+                );
+                let err = tokio
+                    .block_on(exec_code(&rt, &id, &["/bin/true"]))
+                    .expect_err("exec through an impostor");
                 let text = err.to_string();
                 assert!(
-                    text.contains(&format!("not the box's process: expected pid {agent_pid}")) && text.contains(&format!("pid {}", child.pid())),
+                    text.contains(&format!("not the box's process: expected pid {agent_pid}"))
+                        && text.contains(&format!("pid {}", child.pid())),
                     "{name}: {text}"
                 );
                 assert!(tokio.block_on(rt.ping(&id)).is_err());
                 // The positive control: a naive dialer (connect by the path string, no peer
                 // check) reaches the impostor.
-                let naive = std::os::unix::net::UnixStream::connect(&real).expect("control: the naive dialer reached nothing");
-                let cred = nix::sys::socket::getsockopt(&naive, nix::sys::socket::sockopt::PeerCredentials).unwrap();
-                assert_eq!(cred.pid(), child.pid(), "{name}: control: the naive dialer did not reach the impostor");
+                let naive = std::os::unix::net::UnixStream::connect(&real)
+                    .expect("control: the naive dialer reached nothing");
+                let cred = nix::sys::socket::getsockopt(
+                    &naive,
+                    nix::sys::socket::sockopt::PeerCredentials,
+                )
+                .unwrap();
+                assert_eq!(
+                    cred.pid(),
+                    child.pid(),
+                    "{name}: control: the naive dialer did not reach the impostor"
+                );
                 drop(naive);
                 let hits = child.finish();
                 assert_eq!(hits, 0, "{name}: the impostor received bytes of a request");
@@ -1028,9 +1161,17 @@ scenario!(
                 tokio.block_on(rt.start(&id)).unwrap_or_else(|e| panic!("start: {e}"));
                 let pid = rt.get(&id).unwrap().process.unwrap().pid;
                 let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-                let allowed_in_argv = argv.split(|b| *b == 0).collect::<Vec<_>>().windows(2).any(|w| w[0] == b"--allow-uid" && w[1] == b"65534");
+                let allowed_in_argv = argv
+                    .split(|b| *b == 0)
+                    .collect::<Vec<_>>()
+                    .windows(2)
+                    .any(|w| w[0] == b"--allow-uid" && w[1] == b"65534");
                 assert_eq!(allowed_in_argv, allow, "the agent's --allow-uid list");
-                let addr = rt.strategy("abstract").unwrap().address(rt.layout(), &b.id, "agent.sock").unwrap();
+                let addr = rt
+                    .strategy("abstract")
+                    .unwrap()
+                    .address(rt.layout(), &b.id, "agent.sock")
+                    .unwrap();
                 // A place nobody may write, so the marker proves the agent ran the command.
                 let marker = w.root.path().join("allowed-peer-ran-this");
                 let r = crate::attacks::nobody::run(&[crate::attacks::nobody::Act::ConnectSend(
@@ -1038,10 +1179,20 @@ scenario!(
                     crate::attacks::exec_touch_bytes(&marker),
                 )])
                 .unwrap();
-                let ran = crate::attacks::wait_exists(&marker, Duration::from_secs(if allow { 10 } else { 2 }));
-                assert_eq!(ran, allow, "allow={allow}: nobody's exec ran = {ran} (connect result {r:?})");
+                let ran = crate::attacks::wait_exists(
+                    &marker,
+                    Duration::from_secs(if allow { 10 } else { 2 }),
+                );
+                assert_eq!(
+                    ran, allow,
+                    "allow={allow}: nobody's exec ran = {ran} (connect result {r:?})"
+                );
                 tokio.block_on(rt.remove(&id, true)).unwrap();
-                served.push(format!("{}: {}", if allow { "allowed" } else { "not allowed" }, if ran { "served" } else { "dropped unserved" }));
+                served.push(format!(
+                    "{}: {}",
+                    if allow { "allowed" } else { "not allowed" },
+                    if ran { "served" } else { "dropped unserved" }
+                ));
             }
             Outcome::Passed(format!(
                 "uid 65534 {}; the agent's --allow-uid list carries the embedder's uids (before the fix it had only the owner's)",

@@ -63,8 +63,9 @@ fn recorded(home: &Path, record: &str) -> Option<PathBuf> {
 /// very name, read from `ls` of the base.
 fn clean_and_squat(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
-    let r = nobody::run(&[nobody::Act::Mkdir(cstr(dir), 0o777), nobody::Act::Chmod(cstr(dir), 0o777)])
-        .expect("run the squatter");
+    let r =
+        nobody::run(&[nobody::Act::Mkdir(cstr(dir), 0o777), nobody::Act::Chmod(cstr(dir), 0o777)])
+            .expect("run the squatter");
     assert_eq!(r, [0, 0], "uid 65534 could not squat {}", dir.display());
 }
 
@@ -108,11 +109,20 @@ scenario!(
             let home = w.layout.home();
             let squat = w.per_uid();
             clean_and_squat(&squat);
-            let o = cli(home, &w.base, "short-symlink").args(["create", "--name", "b"]).output().expect("spawn");
+            let o = cli(home, &w.base, "short-symlink")
+                .args(["create", "--name", "b"])
+                .output()
+                .expect("spawn");
             assert!(o.status.success(), "create: {}", String::from_utf8_lossy(&o.stderr));
             let first = recorded(home, "binding-dir").expect("a fallback is recorded");
-            let (mut worked, mut refused, mut squatted, mut replaced) = ([0usize; 4], 0usize, Vec::new(), 0usize);
-            let verbs: [&[&str]; 4] = [&["start", "b"], &["exec", "b", "--", "/bin/true"], &["run", "--rm", "--", "/bin/true"], &["sweep"]];
+            let (mut worked, mut refused, mut squatted, mut replaced) =
+                ([0usize; 4], 0usize, Vec::new(), 0usize);
+            let verbs: [&[&str]; 4] = [
+                &["start", "b"],
+                &["exec", "b", "--", "/bin/true"],
+                &["run", "--rm", "--", "/bin/true"],
+                &["sweep"],
+            ];
             for round in 0..ROUNDS {
                 for (i, args) in verbs.iter().enumerate() {
                     let dir = recorded(home, "binding-dir").expect("a fallback is recorded");
@@ -136,16 +146,38 @@ scenario!(
             }
             let attacks = ROUNDS * verbs.len();
             let _ = boxsock(home, &w.base, "short-symlink", &["rm", "-f", "b"]);
-            assert_eq!(refused, attacks, "control: the naive runtime was not refused every time: the attack did not land");
+            assert_eq!(
+                refused, attacks,
+                "control: the naive runtime was not refused every time: the attack did not land"
+            );
             let [start, exec, run, sweep] = worked;
-            assert_eq!(worked, [ROUNDS; 4], "start {start}, exec {exec}, run {run}, sweep {sweep} of {ROUNDS} worked");
+            assert_eq!(
+                worked, [ROUNDS; 4],
+                "start {start}, exec {exec}, run {run}, sweep {sweep} of {ROUNDS} worked"
+            );
             // `sweep` needs no directory: it finds nothing of ours in a squatted one and
             // leaves the record alone; every other command replaced it.
-            assert_eq!(replaced, attacks - ROUNDS, "start, exec and run each replaced the squatted record");
-            assert!(squatted.iter().chain([&squat]).all(|d| untouched(d)), "a squatter's directory was used or changed");
+            assert_eq!(
+                replaced,
+                attacks - ROUNDS,
+                "start, exec and run each replaced the squatted record"
+            );
+            assert!(
+                squatted.iter().chain([&squat]).all(|d| untouched(d)),
+                "a squatter's directory was used or changed"
+            );
             let doctor = boxsock(home, &w.base, "short-symlink", &["doctor"]).expect("doctor");
-            assert!(doctor.contains("replaced the recorded fallback") && doctor.contains("owned by uid 65534"), "{doctor}");
-            let line = doctor.lines().find(|l| l.trim_start().starts_with("replaced the recorded fallback")).unwrap_or("").trim().to_owned();
+            assert!(
+                doctor.contains("replaced the recorded fallback")
+                    && doctor.contains("owned by uid 65534"),
+                "{doctor}"
+            );
+            let line = doctor
+                .lines()
+                .find(|l| l.trim_start().starts_with("replaced the recorded fallback"))
+                .unwrap_or("")
+                .trim()
+                .to_owned();
             Outcome::Passed(format!(
                 "start {start}/{ROUNDS}, exec {exec}/{ROUNDS}, run {run}/{ROUNDS}, sweep {sweep}/{ROUNDS} worked; start, exec and run each through a fresh private directory replacing the squatted one ({replaced} replacements, the first fallback {}), sweep finding nothing of ours in the squatted one; control: the recorded directory opened with no fallback was refused {refused} of {attacks} times; no squatter's directory was used or changed; doctor says: {}",
                 boxsock_tests::reliability::measured(first.display()),
@@ -187,7 +219,10 @@ scenario!(
                     Err(e) => eprintln!("run {i}: {e}"),
                 }
             }
-            assert_eq!(refused, 10, "control: the squatted root opened with no fallback was not refused every time");
+            assert_eq!(
+                refused, 10,
+                "control: the squatted root opened with no fallback was not refused every time"
+            );
             assert_eq!(worked, 10, "{worked} of 10 runs worked");
             assert_eq!(resquats, 5, "the runtime never recorded a fallback root in {record}");
             assert!(untouched(&root), "the squatter's root was used or changed");

@@ -13,8 +13,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use boxsock::boxsock_runtime::{CRASH_ENV, CRASH_STEPS};
 use boxsock::boxsock_runtime::store::StoreError;
+use boxsock::boxsock_runtime::{CRASH_ENV, CRASH_STEPS};
 use boxsock::{
     BackendConfig, BindingError, BoxId, BoxLayout, BoxState, CreateOptions, ExecIo, LockMode,
     Runtime, RuntimeError, RuntimeOptions, SocketAddress, StrategyConfig, builtin_backends,
@@ -56,18 +56,11 @@ impl Env {
         let home = home.unwrap_or_else(|| root.path().join("home"));
         let link_base = root.path().join("links");
         std::fs::create_dir_all(&link_base).unwrap();
-        Env {
-            root,
-            home,
-            link_base,
-        }
+        Env { root, home, link_base }
     }
 
     fn strategy_config(&self) -> StrategyConfig {
-        StrategyConfig {
-            base_dir: self.link_base.clone(),
-            ..StrategyConfig::default()
-        }
+        StrategyConfig { base_dir: self.link_base.clone(), ..StrategyConfig::default() }
     }
 
     fn per_uid_dir(&self) -> PathBuf {
@@ -97,10 +90,7 @@ impl Env {
     fn options(&self, mode: LockMode) -> RuntimeOptions {
         let mut o = RuntimeOptions::new(builtin_strategies(), builtin_backends());
         o.strategy_config = self.strategy_config();
-        o.backend_config = BackendConfig {
-            helper_dir: Some(bin_dir()),
-            ..Default::default()
-        };
+        o.backend_config = BackendConfig { helper_dir: Some(bin_dir()), ..Default::default() };
         o.lock_mode = mode;
         o.lock_wait = Some(LIMIT);
         o
@@ -119,10 +109,7 @@ impl Env {
 
 fn names_in(dir: &Path) -> BTreeSet<String> {
     match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
+        Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
         Err(_) => BTreeSet::new(),
     }
 }
@@ -134,12 +121,7 @@ fn stderr(o: &Output) -> String {
 /// Run, require success, return stdout.
 fn ok(cmd: &mut Command) -> String {
     let o = cmd.output().expect("boxsock runs");
-    assert!(
-        o.status.success(),
-        "{cmd:?} failed ({}): {}",
-        o.status,
-        stderr(&o)
-    );
+    assert!(o.status.success(), "{cmd:?} failed ({}): {}", o.status, stderr(&o));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -161,20 +143,14 @@ fn crash_at(cmd: &mut Command, step: &str) {
 }
 
 fn steps(verb: &str) -> Vec<&'static str> {
-    CRASH_STEPS
-        .iter()
-        .copied()
-        .filter(|s| s.starts_with(&format!("{verb}:")))
-        .collect()
+    CRASH_STEPS.iter().copied().filter(|s| s.starts_with(&format!("{verb}:"))).collect()
 }
 
 /// Whether a process with this pid exists and is not a zombie.
 fn pid_running(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => {
-            let state = s
-                .rsplit_once(')')
-                .and_then(|(_, r)| r.trim_start().chars().next());
+            let state = s.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next());
             !matches!(state, Some('Z') | Some('X') | None)
         }
         Err(_) => false,
@@ -227,10 +203,7 @@ fn socket_files(env: &Env, id: &str) -> Vec<String> {
 fn reopen_and_check_truthful(env: &Env, ctx: &str) -> Vec<(String, String)> {
     ok(env.cli().arg("sweep"));
     let l = json(env.cli().args(["ls", "-a", "--json"]));
-    assert!(
-        l["bad"].as_array().unwrap().is_empty(),
-        "{ctx}: corrupt rows: {l}"
-    );
+    assert!(l["bad"].as_array().unwrap().is_empty(), "{ctx}: corrupt rows: {l}");
     let mut out = Vec::new();
     for b in l["boxes"].as_array().unwrap() {
         let id = b["id"].as_str().unwrap().to_owned();
@@ -239,10 +212,7 @@ fn reopen_and_check_truthful(env: &Env, ctx: &str) -> Vec<(String, String)> {
         match state.as_str() {
             "running" => {
                 let pid = pid.unwrap_or_else(|| panic!("{ctx}: running box {id} without a pid"));
-                assert!(
-                    pid_running(pid),
-                    "{ctx}: box {id} recorded running but pid {pid} is gone"
-                );
+                assert!(pid_running(pid), "{ctx}: box {id} recorded running but pid {pid} is gone");
                 assert_eq!(
                     socket_files(env, &id),
                     ["agent.sock"],
@@ -266,11 +236,7 @@ fn reopen_and_check_truthful(env: &Env, ctx: &str) -> Vec<(String, String)> {
         out.push((id, state));
     }
     let rows: BTreeSet<String> = out.iter().map(|(i, _)| i.clone()).collect();
-    assert_eq!(
-        env.box_dirs(),
-        rows,
-        "{ctx}: box directories and rows differ"
-    );
+    assert_eq!(env.box_dirs(), rows, "{ctx}: box directories and rows differ");
     for link in env.links() {
         assert!(rows.contains(&link), "{ctx}: link {link} belongs to no box");
         let p = env.per_uid_dir().join(&link);
@@ -288,11 +254,7 @@ fn use_and_remove(env: &Env, id: &str, state: &str, ctx: &str) {
     if state != "running" {
         assert_eq!(ok(env.cli().args(["start", id])).trim(), id, "{ctx}");
     }
-    assert_eq!(
-        ok(env.cli().args(["exec", id, "--", "echo", "alive"])),
-        "alive\n",
-        "{ctx}"
-    );
+    assert_eq!(ok(env.cli().args(["exec", id, "--", "echo", "alive"])), "alive\n", "{ctx}");
     ok(env.cli().args(["rm", "-f", id]));
     assert_nothing_left(env, &[id], ctx);
 }
@@ -304,16 +266,8 @@ fn assert_nothing_left(env: &Env, ids: &[&str], ctx: &str) {
         l["boxes"].as_array().unwrap().is_empty() && l["bad"].as_array().unwrap().is_empty(),
         "{ctx}: rows left: {l}"
     );
-    assert!(
-        env.box_dirs().is_empty(),
-        "{ctx}: box dirs left: {:?}",
-        env.box_dirs()
-    );
-    assert!(
-        env.links().is_empty(),
-        "{ctx}: links left: {:?}",
-        env.links()
-    );
+    assert!(env.box_dirs().is_empty(), "{ctx}: box dirs left: {:?}", env.box_dirs());
+    assert!(env.links().is_empty(), "{ctx}: links left: {:?}", env.links());
     for id in ids {
         let ps = processes_mentioning(id);
         assert!(ps.is_empty(), "{ctx}: processes of box {id} left: {ps:?}");
@@ -321,15 +275,11 @@ fn assert_nothing_left(env: &Env, ids: &[&str], ctx: &str) {
 }
 
 fn create(env: &Env) -> String {
-    ok(env.cli().args(["--backend", "host", "create"]))
-        .trim()
-        .to_owned()
+    ok(env.cli().args(["--backend", "host", "create"])).trim().to_owned()
 }
 
 fn pid_of(env: &Env, id: &str) -> i32 {
-    json(env.cli().args(["inspect", id, "--json"]))["pid"]
-        .as_i64()
-        .expect("a pid") as i32
+    json(env.cli().args(["inspect", id, "--json"]))["pid"].as_i64().expect("a pid") as i32
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -349,11 +299,7 @@ async fn exec_out(rt: &Runtime, id: &str, argv: &[&str]) -> Result<(i32, String)
             id,
             argv.iter().map(|s| s.to_string()).collect(),
             vec![],
-            ExecIo {
-                stdin: None,
-                stdout: &mut on_out,
-                stderr: &mut on_err,
-            },
+            ExecIo { stdin: None, stdout: &mut on_out, stderr: &mut on_err },
         )
         .await?;
     Ok((code, String::from_utf8_lossy(&out).into_owned()))
@@ -404,14 +350,12 @@ fn assert_left_at(env: &Env, step: &str, id: &str) {
     };
     match step {
         "create:dirs" => expect(dir && row.is_none() && !link, "a directory without a row"),
-        "create:row" => expect(
-            dir && state == Some("created") && !link,
-            "a created row without a link",
-        ),
-        "create:ensured" => expect(
-            dir && state == Some("created") && link,
-            "a created row with its link",
-        ),
+        "create:row" => {
+            expect(dir && state == Some("created") && !link, "a created row without a link")
+        }
+        "create:ensured" => {
+            expect(dir && state == Some("created") && link, "a created row with its link")
+        }
         "start:starting" => expect(
             state == Some("starting") && pid.is_none() && files.is_empty(),
             "starting, nothing bound",
@@ -420,10 +364,9 @@ fn assert_left_at(env: &Env, step: &str, id: &str) {
             state == Some("starting") && pid.is_none() && ready,
             "starting, the agent's agent.sock bound by the runtime",
         ),
-        "start:launched" | "start:ready" => expect(
-            state == Some("starting") && pid.is_some(),
-            "starting with a recorded process",
-        ),
+        "start:launched" | "start:ready" => {
+            expect(state == Some("starting") && pid.is_some(), "starting with a recorded process")
+        }
         "start:running" => expect(
             state == Some("running") && pid.is_some_and(pid_running),
             "running with a live process",
@@ -437,14 +380,12 @@ fn assert_left_at(env: &Env, step: &str, id: &str) {
             "stopping, process gone",
         ),
         "stop:stopped" => expect(state == Some("stopped") && pid.is_none(), "stopped"),
-        "remove:released" => expect(
-            dir && row.is_some() && !link,
-            "row and directory without the link",
-        ),
-        "remove:dir-removed" => expect(
-            !dir && row.is_some() && !link,
-            "a row without its directory",
-        ),
+        "remove:released" => {
+            expect(dir && row.is_some() && !link, "row and directory without the link")
+        }
+        "remove:dir-removed" => {
+            expect(!dir && row.is_some() && !link, "a row without its directory")
+        }
         "remove:row-deleted" => expect(!dir && row.is_none() && !link, "nothing"),
         other => panic!("no expectation for step {other}"),
     }
@@ -466,14 +407,7 @@ fn recover_and_finish(env: &Env, step: &str, ids: &[&str]) -> String {
         use_and_remove(env, id, state, step);
     }
     assert_nothing_left(env, ids, step);
-    format!(
-        "{step} → {}",
-        if states.is_empty() {
-            "gone".to_owned()
-        } else {
-            states.join(",")
-        }
-    )
+    format!("{step} → {}", if states.is_empty() { "gone".to_owned() } else { states.join(",") })
 }
 
 scenario!(
@@ -565,10 +499,7 @@ scenario!(
             let pid = pid_of(&env, &id);
             crash_at(env.cli().args(["rm", "-f", &id]), step);
             assert_left_at(&env, step, &id);
-            assert!(
-                !pid_running(pid),
-                "{step}: rm -f stops the box before removing it"
-            );
+            assert!(!pid_running(pid), "{step}: rm -f stops the box before removing it");
             seen.push(recover_and_finish(&env, step, &[&id]));
         }
         assert_eq!(seen.len(), 3);
@@ -592,8 +523,7 @@ scenario!(
             match state {
                 // The starter died after launching; the process waits forever for nothing.
                 "starting" => crash_at(
-                    env.cli_with(&fake)
-                        .args(["--ready-timeout", "60", "start", &id]),
+                    env.cli_with(&fake).args(["--ready-timeout", "60", "start", &id]),
                     "start:launched",
                 ),
                 "running" => {
@@ -629,17 +559,10 @@ scenario!(
                 .list()
                 .unwrap();
             let rec = listing.boxes.iter().find(|b| b.id.as_str() == id).unwrap();
-            assert_eq!(
-                rec.state.to_string(),
-                state,
-                "the box is {state} before the kill"
-            );
+            assert_eq!(rec.state.to_string(), state, "the box is {state} before the kill");
             let pid = rec.process.map(|p| p.pid);
             let pid = pid.unwrap_or_else(|| panic!("{state}: no process recorded"));
-            assert!(
-                pid_running(pid),
-                "{state}: box process {pid} not running before the kill"
-            );
+            assert!(pid_running(pid), "{state}: box process {pid} not running before the kill");
             nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -668,15 +591,10 @@ scenario!(
     {
         let env = Env::new();
         let ids: Vec<String> = block_on(async {
-            let (rt, _) = Runtime::open(&env.home, env.options(LockMode::Exclusive))
-                .await
-                .unwrap();
+            let (rt, _) = Runtime::open(&env.home, env.options(LockMode::Exclusive)).await.unwrap();
             let mut ids = Vec::new();
             for _ in 0..3 {
-                let b = rt
-                    .create(CreateOptions::new("short-symlink", "host"))
-                    .await
-                    .unwrap();
+                let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
                 rt.start(b.id.as_str()).await.unwrap();
                 ids.push(b.id.to_string());
             }
@@ -693,22 +611,12 @@ scenario!(
             ids
         });
         let mode = std::fs::symlink_metadata(env.per_uid_dir()).unwrap();
-        assert!(
-            mode.is_dir() && mode.permissions().mode() & 0o777 == 0o700,
-            "recreated 0700"
-        );
-        assert_eq!(
-            env.links(),
-            ids.iter().cloned().collect::<BTreeSet<_>>(),
-            "every link healed"
-        );
+        assert!(mode.is_dir() && mode.permissions().mode() & 0o777 == 0o700, "recreated 0700");
+        assert_eq!(env.links(), ids.iter().cloned().collect::<BTreeSet<_>>(), "every link healed");
         // Again, with short-lived CLI processes.
         std::fs::remove_dir_all(env.per_uid_dir()).unwrap();
         for id in &ids {
-            assert_eq!(
-                ok(env.cli().args(["exec", id, "--", "echo", "again"])),
-                "again\n"
-            );
+            assert_eq!(ok(env.cli().args(["exec", id, "--", "echo", "again"])), "again\n");
         }
         assert_eq!(env.links().len(), 3);
         reopen_and_check_truthful(&env, "after the cleaner");
@@ -730,13 +638,8 @@ scenario!(
     {
         let env = Env::new();
         let (variant, cli_err) = block_on(async {
-            let (rt, _) = Runtime::open(&env.home, env.options(LockMode::Exclusive))
-                .await
-                .unwrap();
-            let b = rt
-                .create(CreateOptions::new("short-symlink", "host"))
-                .await
-                .unwrap();
+            let (rt, _) = Runtime::open(&env.home, env.options(LockMode::Exclusive)).await.unwrap();
+            let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
             let id = b.id.to_string();
             let pid = rt.start(&id).await.unwrap().process.unwrap().pid;
             let sockets = rt.layout().sockets_dir(&b.id);
@@ -757,11 +660,7 @@ scenario!(
             assert!(pid_running(pid), "a failed exec does not kill the box");
             rt.close();
             // The CLI says the same in one line.
-            let o = env
-                .cli()
-                .args(["exec", &id, "--", "true"])
-                .output()
-                .unwrap();
+            let o = env.cli().args(["exec", &id, "--", "true"]).output().unwrap();
             assert_eq!(o.status.code(), Some(125));
             let err = stderr(&o);
             assert!(
@@ -811,9 +710,7 @@ impl Tmpfs {
             Some(opts),
         )
         .map_err(|e| format!("cannot mount a tmpfs here: {e}"))?;
-        Ok(Tmpfs {
-            dir: dir.to_owned(),
-        })
+        Ok(Tmpfs { dir: dir.to_owned() })
     }
 }
 
@@ -833,9 +730,7 @@ impl Bind {
         use nix::mount::{MsFlags, mount};
         std::fs::create_dir_all(dir).unwrap();
         mount(Some(src), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).expect("bind mount");
-        Bind {
-            dir: dir.to_owned(),
-        }
+        Bind { dir: dir.to_owned() }
     }
 
     fn set_read_only(&self, ro: bool) {
@@ -898,18 +793,10 @@ fn read_only_home_body() -> Outcome {
     let ro_dir = mnt.path().join("ro");
     let mut env = Env::at(tempfile::tempdir().unwrap(), Some(backing.dir.join("home")));
     let (running, created) = block_on(async {
-        let (rt, _) = Runtime::open(&env.home, env.options(LockMode::Exclusive))
-            .await
-            .unwrap();
-        let a = rt
-            .create(CreateOptions::new("short-symlink", "host"))
-            .await
-            .unwrap();
+        let (rt, _) = Runtime::open(&env.home, env.options(LockMode::Exclusive)).await.unwrap();
+        let a = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
         rt.start(a.id.as_str()).await.unwrap();
-        let b = rt
-            .create(CreateOptions::new("short-symlink", "host"))
-            .await
-            .unwrap();
+        let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
         rt.close();
         (a.id.to_string(), b.id.to_string())
     });
@@ -936,11 +823,9 @@ fn read_only_home_body() -> Outcome {
     let listed = json(env.cli().args(["ls", "-a", "--json"]));
     assert_eq!(listed["boxes"], before["boxes"], "ls on a read-only home");
     // ...and every verb that writes fails the same way, in one line, and writes nothing.
-    for args in [
-        &["--backend", "host", "create"][..],
-        &["start", &created],
-        &["rm", "-f", &running],
-    ] {
+    for args in
+        [&["--backend", "host", "create"][..], &["start", &created], &["rm", "-f", &running]]
+    {
         let o = env.cli().args(args).output().unwrap();
         assert_eq!(o.status.code(), Some(125), "{args:?}");
         let err = stderr(&o);
@@ -965,10 +850,7 @@ fn read_only_home_body() -> Outcome {
     let after = json(env.cli().args(["ls", "-a", "--json"]));
     assert_eq!(before["boxes"], after["boxes"], "the store is intact");
     reopen_and_check_truthful(&env, "after remounting read-write");
-    assert_eq!(
-        ok(env.cli().args(["exec", &running, "--", "echo", "still"])),
-        "still\n"
-    );
+    assert_eq!(ok(env.cli().args(["exec", &running, "--", "echo", "still"])), "still\n");
     ok(env.cli().args(["rm", "-f", &running]));
     use_and_remove(&env, &created, "created", "created box after rw");
     assert_nothing_left(&env, &[&running, &created], "read-only home");
@@ -1032,27 +914,16 @@ fn full_home_filesystem_body() -> Outcome {
     };
     let env = Env::at(tempfile::tempdir().unwrap(), Some(fs.dir.join("home")));
     let observed = block_on(async {
-        let (rt, _) = Runtime::open(&env.home, env.options(LockMode::Exclusive))
-            .await
-            .unwrap();
-        let a = rt
-            .create(CreateOptions::new("short-symlink", "host"))
-            .await
-            .unwrap();
+        let (rt, _) = Runtime::open(&env.home, env.options(LockMode::Exclusive)).await.unwrap();
+        let a = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
         rt.start(a.id.as_str()).await.unwrap();
-        let b = rt
-            .create(CreateOptions::new("short-symlink", "host"))
-            .await
-            .unwrap();
+        let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
         let before = rows_match_dirs(&rt, &env, "before");
         let mut observed = Vec::new();
 
         // 1. No free blocks.
         let filler = fill_blocks(&fs.dir);
-        let e = rt
-            .create(CreateOptions::new("short-symlink", "host"))
-            .await
-            .unwrap_err();
+        let e = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap_err();
         let what = match &e {
             RuntimeError::Store(StoreError::Sqlite { path, .. }) => {
                 assert_eq!(path, &env.home.join("boxsock.db"));
@@ -1071,43 +942,33 @@ fn full_home_filesystem_body() -> Outcome {
                 && (msg.contains("full") || msg.contains("No space left")),
             "{msg}"
         );
-        assert_eq!(
-            rows_match_dirs(&rt, &env, "blocks full"),
-            before,
-            "nothing half-written"
-        );
+        assert_eq!(rows_match_dirs(&rt, &env, "blocks full"), before, "nothing half-written");
         assert_eq!(
             exec_out(&rt, a.id.as_str(), &["echo", "ok"]).await.unwrap(),
             (0, "ok\n".into()),
             "a running box still works"
         );
-        observed.push(format!(
-            "blocks full: create failed with {what} `{}`",
-            os_error_text(&e)
-        ));
+        observed.push(format!("blocks full: create failed with {what} `{}`", os_error_text(&e)));
         std::fs::remove_file(&filler).unwrap();
 
         // 2. No free inodes.
         let inodes = fill_inodes(&fs.dir);
-        let e = rt
-            .create(CreateOptions::new("short-symlink", "host"))
-            .await
-            .unwrap_err();
+        let e = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap_err();
         match &e {
             RuntimeError::Io { op, path, source } => {
                 // The create journal entry is the first thing a create writes.
                 assert!(["create journal entry", "create box directory"].contains(op), "{e}");
-                assert!(path.starts_with(env.home.join("boxes")) || path.starts_with(env.home.join("journal")), "{e}");
+                assert!(
+                    path.starts_with(env.home.join("boxes"))
+                        || path.starts_with(env.home.join("journal")),
+                    "{e}"
+                );
                 assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{e}");
             }
             other => panic!("expected Io, got {other:?}"),
         }
         assert!(e.to_string().contains("No space left on device"), "{e}");
-        assert_eq!(
-            rows_match_dirs(&rt, &env, "inodes full"),
-            before,
-            "nothing half-written"
-        );
+        assert_eq!(rows_match_dirs(&rt, &env, "inodes full"), before, "nothing half-written");
         // Starting the created box needs a log file: refused clearly, the box left startable.
         let se = rt.start(b.id.as_str()).await;
         let start_seen = match &se {
@@ -1126,13 +987,7 @@ fn full_home_filesystem_body() -> Outcome {
                 "start failed naming ENOSPC, box left startable".to_owned()
             }
         };
-        assert_eq!(
-            exec_out(&rt, a.id.as_str(), &["echo", "ok"])
-                .await
-                .unwrap()
-                .1,
-            "ok\n"
-        );
+        assert_eq!(exec_out(&rt, a.id.as_str(), &["echo", "ok"]).await.unwrap().1, "ok\n");
         observed.push(format!("inodes full: create failed with Io `create box directory <home>/boxes/<id>: …: {}`; {start_seen}", os_error_text(&e)));
         std::fs::remove_dir_all(&inodes).unwrap();
 
@@ -1141,16 +996,10 @@ fn full_home_filesystem_body() -> Outcome {
         if rt.get(b.id.as_str()).unwrap().state != BoxState::Running {
             rt.start(b.id.as_str()).await.unwrap();
         }
-        let c = rt
-            .create(CreateOptions::new("short-symlink", "host"))
-            .await
-            .unwrap();
+        let c = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
         rt.start(c.id.as_str()).await.unwrap();
         for id in [&a.id, &b.id, &c.id] {
-            assert_eq!(
-                exec_out(&rt, id.as_str(), &["echo", "ok"]).await.unwrap().1,
-                "ok\n"
-            );
+            assert_eq!(exec_out(&rt, id.as_str(), &["echo", "ok"]).await.unwrap().1, "ok\n");
             rt.remove(id.as_str(), true).await.unwrap();
         }
         rt.close();
@@ -1185,10 +1034,7 @@ fn faults_shared_home_worker() {
         PathBuf::from(std::env::var_os("BOXSOCK_FAULTS_LINKS").expect("run by the parent test"));
     block_on(async {
         let mut o = RuntimeOptions::new(builtin_strategies(), builtin_backends());
-        o.strategy_config = StrategyConfig {
-            base_dir: links,
-            ..StrategyConfig::default()
-        };
+        o.strategy_config = StrategyConfig { base_dir: links, ..StrategyConfig::default() };
         o.lock_mode = LockMode::Shared;
         o.lock_wait = Some(LIMIT);
         o.health_monitor = false;
@@ -1258,22 +1104,14 @@ scenario!(
         assert_eq!(ids.len(), WORKERS * PER_WORKER, "every box got its own id");
         // Strict leftovers: no row (good or corrupt), no box directory, no link, no
         // temporary link, nothing in the link base but the per-uid directory, no process.
-        assert!(
-            env.box_dirs().is_empty(),
-            "leaked dirs: {:?}",
-            env.box_dirs()
-        );
+        assert!(env.box_dirs().is_empty(), "leaked dirs: {:?}", env.box_dirs());
         assert!(env.links().is_empty(), "leaked links: {:?}", env.links());
         assert_eq!(
             names_in(&env.link_base),
-            BTreeSet::from([env
-                .per_uid_dir()
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()])
+            BTreeSet::from([env.per_uid_dir().file_name().unwrap().to_string_lossy().into_owned()])
         );
-        let store = boxsock::boxsock_runtime::store::Store::open(env.home.join("boxsock.db")).unwrap();
+        let store =
+            boxsock::boxsock_runtime::store::Store::open(env.home.join("boxsock.db")).unwrap();
         let l = store.list().unwrap();
         assert!(l.boxes.is_empty() && l.bad.is_empty(), "rows left: {l:?}");
         let home_entries = names_in(&env.home);
@@ -1336,11 +1174,7 @@ scenario!(
                 .collect();
             let instances: Vec<_> = threads
                 .into_iter()
-                .map(|t| {
-                    t.join()
-                        .unwrap()
-                        .unwrap_or_else(|e| panic!("{}: ensure: {e}", reg.name))
-                })
+                .map(|t| t.join().unwrap().unwrap_or_else(|e| panic!("{}: ensure: {e}", reg.name)))
                 .collect();
             if let Some(dir) = shared.binding_dir() {
                 assert_eq!(
@@ -1351,10 +1185,7 @@ scenario!(
                 );
                 let link = shared.binding_path(&layout, &id).unwrap();
                 assert!(
-                    std::fs::symlink_metadata(&link)
-                        .unwrap()
-                        .file_type()
-                        .is_symlink(),
+                    std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(),
                     "{}",
                     reg.name
                 );
@@ -1388,9 +1219,7 @@ scenario!(
                     .unwrap_or_else(|e| panic!("{}: accept at {addr:?}: {e}", reg.name));
             }
             for d in dialers {
-                d.join()
-                    .unwrap()
-                    .unwrap_or_else(|e| panic!("{}: connect: {e}", reg.name));
+                d.join().unwrap().unwrap_or_else(|e| panic!("{}: connect: {e}", reg.name));
             }
             drop(listener);
             shared.release(&layout, &id).unwrap();
@@ -1439,9 +1268,7 @@ scenario!(
         };
         let lib_sweeper = {
             let stop = stop.clone();
-            let s = builtin_strategies()
-                .build("short-symlink", &env.strategy_config())
-                .unwrap();
+            let s = builtin_strategies().build("short-symlink", &env.strategy_config()).unwrap();
             std::thread::spawn(move || {
                 let mut n = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -1459,10 +1286,7 @@ scenario!(
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let (n_cli, n_lib) = (cli_sweeper.join().unwrap(), lib_sweeper.join().unwrap());
-        assert!(
-            n_cli > 0 && n_lib > 0,
-            "the sweepers ran ({n_cli}, {n_lib})"
-        );
+        assert!(n_cli > 0 && n_lib > 0, "the sweepers ran ({n_cli}, {n_lib})");
         // No live box lost its binding: every link is there and every box answers.
         assert_eq!(
             env.links(),
@@ -1470,16 +1294,10 @@ scenario!(
             "links of live boxes"
         );
         for id in &ids {
-            assert_eq!(
-                ok(env.cli().args(["exec", id, "--", "echo", id])),
-                format!("{id}\n")
-            );
+            assert_eq!(ok(env.cli().args(["exec", id, "--", "echo", id])), format!("{id}\n"));
         }
         let boxes = reopen_and_check_truthful(&env, "after sweeping");
-        assert!(
-            boxes.iter().all(|(_, s)| s == "running") && boxes.len() == 10,
-            "{boxes:?}"
-        );
+        assert!(boxes.iter().all(|(_, s)| s == "running") && boxes.len() == 10, "{boxes:?}");
         for id in &ids {
             ok(env.cli().args(["rm", "-f", id]));
         }
@@ -1518,9 +1336,10 @@ scenario!(
             let client = Reaped(client);
             let command = format!("sleep\0{marker}\0");
             let command_runs = || {
-                processes_mentioning(&marker)
-                    .into_iter()
-                    .any(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c == command.as_bytes()))
+                processes_mentioning(&marker).into_iter().any(|p| {
+                    std::fs::read(format!("/proc/{p}/cmdline"))
+                        .is_ok_and(|c| c == command.as_bytes())
+                })
             };
             let deadline = Instant::now() + LIMIT;
             while !command_runs() {
@@ -1530,7 +1349,8 @@ scenario!(
             let ids: Vec<String> = env.box_dirs().into_iter().collect();
             assert_eq!(ids.len(), 1, "{ids:?}");
             let id = ids[0].clone();
-            let agent = json(env.cli().args(["inspect", "--json", &id]))["pid"].as_i64().unwrap() as i32;
+            let agent =
+                json(env.cli().args(["inspect", "--json", &id]))["pid"].as_i64().unwrap() as i32;
             // The lifeline first (a child of the client running `boxsock … __lifeline`):
             // alive, it would remove the box at once.
             let lifelines: Vec<i32> = processes_mentioning("__lifeline")
@@ -1543,7 +1363,11 @@ scenario!(
             assert_eq!(lifelines.len(), 1, "the client's lifeline: {lifelines:?}");
             let sigkill = nix::sys::signal::Signal::SIGKILL;
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(lifelines[0]), sigkill).unwrap();
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(client.0.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(client.0.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
             drop(client);
             // Read-only verbs delete nothing.
             ok(env.cli().arg("ls"));
@@ -1552,12 +1376,21 @@ scenario!(
             ok(env.cli().args(next));
             let deadline = Instant::now() + LIMIT;
             while pid_running(agent) || command_runs() {
-                assert!(Instant::now() < deadline, "{next:?}: the abandoned box's processes survived");
+                assert!(
+                    Instant::now() < deadline,
+                    "{next:?}: the abandoned box's processes survived"
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
             let listed = json(env.cli().args(["ls", "-a", "--json"]));
-            assert!(listed["boxes"].as_array().unwrap().iter().all(|b| b["id"] != id.as_str()), "{listed}");
-            assert!(!env.links().contains(&id) && !env.box_dirs().contains(&id), "{next:?}: link or directory left");
+            assert!(
+                listed["boxes"].as_array().unwrap().iter().all(|b| b["id"] != id.as_str()),
+                "{listed}"
+            );
+            assert!(
+                !env.links().contains(&id) && !env.box_dirs().contains(&id),
+                "{next:?}: link or directory left"
+            );
             for b in listed["boxes"].as_array().unwrap() {
                 ok(env.cli().args(["rm", "-f", b["id"].as_str().unwrap()]));
             }

@@ -93,7 +93,8 @@ fn trials(root: &Path, links: &Path, procs: usize) -> Tally {
             } else {
                 failed += 1;
                 if t.failures.len() < 5 {
-                    let last = err.lines().rev().find(|l| !l.contains("DEBUG")).unwrap_or("").to_owned();
+                    let last =
+                        err.lines().rev().find(|l| !l.contains("DEBUG")).unwrap_or("").to_owned();
                     let last = last.replace(root.to_str().unwrap(), "<root>");
                     t.failures.push(format!("trial {trial}: {} ({})", last, o.status));
                 }

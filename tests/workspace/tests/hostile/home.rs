@@ -10,7 +10,9 @@ use boxsock::{CreateOptions, Runtime, RuntimeError};
 use boxsock_tests::reliability::Outcome;
 use boxsock_tests::scenario;
 
-use crate::attacks::{NEED_ROOT, NOBODY, World, cstr, exec_code, is_root, nobody, rt_options, tokio_rt};
+use crate::attacks::{
+    NEED_ROOT, NOBODY, World, cstr, exec_code, is_root, nobody, rt_options, tokio_rt,
+};
 
 /// Open `home` for writing and expect [`RuntimeError::InsecureHome`] naming `path`, its
 /// reason mentioning every one of `needles`. Returns the message.
@@ -31,7 +33,9 @@ fn expect_insecure(w: &World, home: &Path, path: &Path, needles: &[&str]) -> Str
 }
 
 fn boxsock_cli(home: &Path, w: &World) -> Command {
-    let mut c = Command::new(boxsock_host::dev::built_binaries(&["boxsock", "boxsock-agent"]).join("boxsock"));
+    let mut c = Command::new(
+        boxsock_host::dev::built_binaries(&["boxsock", "boxsock-agent"]).join("boxsock"),
+    );
     c.env("BOXSOCK_HOME", home)
         .env("BOXSOCK_LINK_BASE", &w.base)
         .env("BOXSOCK_HELPER_DIR", crate::attacks::agent_dir())
@@ -64,13 +68,21 @@ scenario!(
             let lib = expect_insecure(&w, &home, &home, &["owned by uid 65534"]);
             let o = boxsock_cli(&home, &w).args(["--backend", "host", "create"]).output().unwrap();
             let err = String::from_utf8_lossy(&o.stderr).into_owned();
-            assert!(!o.status.success() && err.contains("refusing home") && err.contains("65534"), "{err}");
-            let mut left: Vec<String> = std::fs::read_dir(&home).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+            assert!(
+                !o.status.success() && err.contains("refusing home") && err.contains("65534"),
+                "{err}"
+            );
+            let mut left: Vec<String> = std::fs::read_dir(&home)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
             left.sort();
             assert_eq!(left, ["boxes"], "root wrote into nobody's home");
             assert_eq!(std::fs::read_dir(home.join("boxes")).unwrap().count(), 0);
             let lib = lib.replace(w.root.path().to_str().unwrap(), "<root>");
-            Outcome::Passed(format!("refused before anything was written: {lib}; the CLI too, in one line"))
+            Outcome::Passed(format!(
+                "refused before anything was written: {lib}; the CLI too, in one line"
+            ))
         })()
     }
 );
@@ -89,11 +101,16 @@ scenario!(
             let link = w.base.join("link-by-nobody");
             let real = w.root.path().join("real-home");
             std::fs::create_dir(&real).unwrap();
-            let r = nobody::run(&[nobody::Act::Mkdir(cstr(&nest), 0o755), nobody::Act::Symlink(cstr(&real), cstr(&link))]).unwrap();
+            let r = nobody::run(&[
+                nobody::Act::Mkdir(cstr(&nest), 0o755),
+                nobody::Act::Symlink(cstr(&real), cstr(&link)),
+            ])
+            .unwrap();
             assert_eq!(r, [0, 0]);
             let home = nest.join("home");
             std::fs::create_dir(&home).unwrap();
-            let a = expect_insecure(&w, &home, &nest, &["owned by uid 65534", "rename the home away"]);
+            let a =
+                expect_insecure(&w, &home, &nest, &["owned by uid 65534", "rename the home away"]);
             let b = expect_insecure(&w, &link, &link, &["symlink", "65534"]);
             // The same home through a symlink of ours is fine.
             let ours = w.root.path().join("our-link");
@@ -101,7 +118,10 @@ scenario!(
             tokio_rt().block_on(Runtime::open(&ours, rt_options(&w))).unwrap();
             assert!(real.join(".boxsock-home").is_file());
             let r = w.root.path().to_str().unwrap().to_owned();
-            Outcome::Passed(format!("{a}; {b}; through root's own symlink the home opens").replace(&r, "<root>"))
+            Outcome::Passed(
+                format!("{a}; {b}; through root's own symlink the home opens")
+                    .replace(&r, "<root>"),
+            )
         })()
     }
 );
@@ -208,7 +228,12 @@ scenario!(
             };
             let id = cli(&["create", "-e", "DB_PASSWORD=hunter2"]);
             cli(&["start", &id]);
-            let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).mode() & 0o777;
+            let mode = |p: &Path| {
+                std::fs::symlink_metadata(p)
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+                    .mode()
+                    & 0o777
+            };
             let mut seen = Vec::new();
             for (rel, want) in [
                 ("", 0o700),
@@ -222,7 +247,11 @@ scenario!(
             ] {
                 let p = if rel.is_empty() { home.clone() } else { home.join(rel) };
                 assert_eq!(mode(&p), want, "{} under umask 000", p.display());
-                seen.push(format!("{} {:o}", if rel.is_empty() { "home" } else { rel.split('/').next_back().unwrap() }, want));
+                seen.push(format!(
+                    "{} {:o}",
+                    if rel.is_empty() { "home" } else { rel.split('/').next_back().unwrap() },
+                    want
+                ));
             }
             let r = nobody::run(&[nobody::Act::CreateFile(cstr(&home.join("planted")))]).unwrap();
             assert_eq!(r, [-i64::from(libc::EACCES)], "nobody could write into the home");
@@ -230,7 +259,10 @@ scenario!(
             assert!(o.status.success());
             assert_eq!(std::fs::metadata(&home).unwrap().uid(), 0);
             let _ = NOBODY;
-            Outcome::Passed(format!("{}; nobody's open(O_CREAT) in the home: EACCES", seen.join(", ")))
+            Outcome::Passed(format!(
+                "{}; nobody's open(O_CREAT) in the home: EACCES",
+                seen.join(", ")
+            ))
         })()
     }
 );

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
+use boxsock_conformance::util::ByFile;
 use boxsock_core::id::IdErrorReason;
 use boxsock_core::{BoxId, BoxLayout};
-use boxsock_conformance::util::ByFile;
 use boxsock_tests::reliability::Outcome;
 use boxsock_tests::scenario;
 
@@ -30,10 +30,7 @@ scenario!(
             seen.push(format!("{:?}", err.reason));
         }
         let long = "a".repeat(BoxId::MAX_LEN + 1);
-        assert_eq!(
-            BoxId::parse(&long).unwrap_err().reason,
-            IdErrorReason::TooLong
-        );
+        assert_eq!(BoxId::parse(&long).unwrap_err().reason, IdErrorReason::TooLong);
         // Every id that is accepted is a single component below <home>/boxes.
         let l = BoxLayout::new("/h");
         for ok in ["a", "a.b", "A-_9", &"z".repeat(BoxId::MAX_LEN)] {
@@ -65,10 +62,7 @@ use crate::attacks::{entries, variant};
 
 /// A private root in /tmp (0755) with `<root>/base` (1777) for the link base.
 fn root_and_base() -> (tempfile::TempDir, PathBuf) {
-    let root = tempfile::Builder::new()
-        .prefix("bsk-in-")
-        .tempdir_in("/tmp")
-        .expect("temp dir");
+    let root = tempfile::Builder::new().prefix("bsk-in-").tempdir_in("/tmp").expect("temp dir");
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let base = root.path().join("base");
     std::fs::create_dir(&base).unwrap();
@@ -80,16 +74,8 @@ fn root_and_base() -> (tempfile::TempDir, PathBuf) {
 fn refusal(strategy: &str, e: &BindingError) -> &'static str {
     let msg = e.to_string();
     match e {
-        BindingError::PathTooLong {
-            socket,
-            path,
-            len,
-            limit,
-        } => {
-            assert!(
-                len + 1 > *limit,
-                "{strategy}: PathTooLong for an address that fits: {msg}"
-            );
+        BindingError::PathTooLong { socket, path, len, limit } => {
+            assert!(len + 1 > *limit, "{strategy}: PathTooLong for an address that fits: {msg}");
             assert_eq!(path.len(), *len, "{strategy}: {msg}");
             assert!(
                 msg.contains(socket.as_str())
@@ -99,17 +85,15 @@ fn refusal(strategy: &str, e: &BindingError) -> &'static str {
             );
         }
         BindingError::Io { address, .. } => {
-            assert!(msg.contains(&address.to_string()), "{strategy}: {msg} does not name {address}");
+            assert!(
+                msg.contains(&address.to_string()),
+                "{strategy}: {msg} does not name {address}"
+            );
         }
         BindingError::MissingSocketDir { path, .. } | BindingError::Insecure { path, .. } => {
-            let last = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            assert!(
-                msg.contains(&last),
-                "{strategy}: {msg} does not name {last:?}"
-            );
+            let last =
+                path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            assert!(msg.contains(&last), "{strategy}: {msg} does not name {last:?}");
         }
         _ => assert!(!msg.is_empty(), "{strategy}: an empty message"),
     }
@@ -121,10 +105,7 @@ fn refusal(strategy: &str, e: &BindingError) -> &'static str {
 /// "works" or "refused: <variant>" (after checking the refusal names its problem).
 fn try_strategy(reg: &StrategyRegistration, base: &Path, layout: &BoxLayout) -> String {
     let name = reg.name;
-    let config = StrategyConfig {
-        base_dir: base.to_owned(),
-        ..StrategyConfig::default()
-    };
+    let config = StrategyConfig { base_dir: base.to_owned(), ..StrategyConfig::default() };
     let s = match (reg.build)(&config) {
         Ok(s) => s,
         Err(e) => return format!("refused at build: {}", refusal(name, &e)),
@@ -141,8 +122,7 @@ fn try_strategy(reg: &StrategyRegistration, base: &Path, layout: &BoxLayout) -> 
         }
         Err(e) => format!("refused: {}", refusal(name, &e)),
     };
-    s.release(layout, &id)
-        .unwrap_or_else(|e| panic!("{name}: release: {e}"));
+    s.release(layout, &id).unwrap_or_else(|e| panic!("{name}: release: {e}"));
     if dirs.is_ok() {
         boxdir::remove_box_dir(layout, &id).unwrap();
     }
@@ -157,7 +137,11 @@ fn try_strategy(reg: &StrategyRegistration, base: &Path, layout: &BoxLayout) -> 
     out
 }
 
-fn round_trip(s: &Arc<dyn SocketBinding>, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+fn round_trip(
+    s: &Arc<dyn SocketBinding>,
+    layout: &BoxLayout,
+    id: &BoxId,
+) -> Result<(), BindingError> {
     s.ensure(layout, id)?;
     let l = s.bind_stream(layout, id, "agent.sock")?;
     let mut c = s.connect_stream(layout, id, "agent.sock")?;
@@ -181,11 +165,7 @@ fn all_strategies(base: &Path, layout: &BoxLayout, watch: &Path) -> String {
         let r = reg.get(n).unwrap();
         out.push(format!("{n}: {}", try_strategy(r, base, layout)));
     }
-    assert_eq!(
-        entries(watch),
-        before,
-        "something was written beside the home and the base"
-    );
+    assert_eq!(entries(watch), before, "something was written beside the home and the base");
     out.join(", ")
 }
 
@@ -197,11 +177,7 @@ fn home_of_len(root: &Path, len: usize) -> PathBuf {
     let mut i = 0;
     while tail > 0 {
         // "/" + name; never leave a lone "/".
-        let take = if tail > 201 {
-            if tail - 201 == 1 { 199 } else { 200 }
-        } else {
-            tail - 1
-        };
+        let take = if tail > 201 { if tail - 201 == 1 { 199 } else { 200 } } else { tail - 1 };
         assert!(take > 0, "cannot split");
         p.push(format!("{}", (b'a' + (i % 26) as u8) as char).repeat(take));
         tail -= take + 1;
@@ -219,21 +195,10 @@ scenario!(
     {
         let (root, base) = root_and_base();
         let mut lines = Vec::new();
-        for len in [
-            20usize,
-            60,
-            90,
-            200,
-            1024,
-            3968,
-            libc::PATH_MAX as usize - 1,
-        ] {
+        for len in [20usize, 60, 90, 200, 1024, 3968, libc::PATH_MAX as usize - 1] {
             let layout = if len <= root.path().as_os_str().len() + 2 {
                 // Shorter than the private root allows: a short home directly in /tmp.
-                let d = tempfile::Builder::new()
-                    .prefix("h")
-                    .tempdir_in("/tmp")
-                    .unwrap();
+                let d = tempfile::Builder::new().prefix("h").tempdir_in("/tmp").unwrap();
                 let p = d.keep();
                 let short = PathBuf::from(format!(
                     "{}{}",
@@ -321,13 +286,7 @@ scenario!(
         let reg = boxsock::builtin_strategies();
         for n in reg.names() {
             let s = reg
-                .build(
-                    n,
-                    &StrategyConfig {
-                        base_dir: base.clone(),
-                        ..StrategyConfig::default()
-                    },
-                )
+                .build(n, &StrategyConfig { base_dir: base.clone(), ..StrategyConfig::default() })
                 .unwrap();
             let id = BoxId::generate();
             let (via_link, via_real) = (BoxLayout::new(&link), BoxLayout::new(&real));
@@ -365,11 +324,7 @@ scenario!(
         let cwd = std::env::current_dir().unwrap();
         let before = entries(&cwd);
         let r = all_strategies(&base, &BoxLayout::new(&rel), root.path());
-        assert_eq!(
-            entries(&cwd),
-            before,
-            "something was written in the working directory"
-        );
+        assert_eq!(entries(&cwd), before, "something was written in the working directory");
         Outcome::Passed(r)
     }
 );
@@ -391,12 +346,7 @@ scenario!(
             std::fs::create_dir(root.path().join("h")).unwrap();
             let records = tempfile::tempdir().unwrap();
             let mut child = Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "input::home_of_one_byte",
-                    "--exact",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
+                .args(["input::home_of_one_byte", "--exact", "--nocapture", "--test-threads=1"])
                 .env(ONE_BYTE_CHILD, &base)
                 .env("BOXSOCK_RELIABILITY_DIR", records.path())
                 .current_dir(root.path())
@@ -417,12 +367,7 @@ scenario!(
                 std::thread::sleep(Duration::from_millis(20));
             };
             let mut out = String::new();
-            child
-                .stdout
-                .take()
-                .unwrap()
-                .read_to_string(&mut out)
-                .unwrap();
+            child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
             assert!(status.success(), "child failed: {status}\n{out}");
             let r = out
                 .lines()
@@ -482,12 +427,7 @@ fn exchange(
         }
         at += used;
     }
-    assert_eq!(
-        at,
-        buf.len(),
-        "the agent sent bytes that are not frames: {:?}",
-        &buf[at..]
-    );
+    assert_eq!(at, buf.len(), "the agent sent bytes that are not frames: {:?}", &buf[at..]);
     out
 }
 
@@ -501,9 +441,7 @@ scenario!(
         let id = w.new_box();
         s.ensure(&w.layout, &id).unwrap();
         let _agent = crate::attacks::ServedAgent::start(&s, &w.layout, &id);
-        let hello = proto::encode(&Frame::Control(Request::Hello {
-            version: proto::VERSION,
-        }));
+        let hello = proto::encode(&Frame::Control(Request::Hello { version: proto::VERSION }));
         let exec = proto::encode(&Frame::Control(Request::Exec {
             argv: vec!["/bin/true".into()],
             env: vec![],
@@ -512,21 +450,13 @@ scenario!(
             tty: false,
             winsize: None,
         }));
-        let garbage: Vec<u8> = (0u8..64)
-            .map(|i| i.wrapping_mul(37).wrapping_add(0xa5))
-            .collect();
+        let garbage: Vec<u8> = (0u8..64).map(|i| i.wrapping_mul(37).wrapping_add(0xa5)).collect();
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("unknown tag", frame_bytes(1, 9, &[])),
             ("length 0", frame_bytes(0, 1, &[])),
-            (
-                "length MAX_FRAME+1",
-                frame_bytes(proto::MAX_FRAME as u32 + 1, 1, &[]),
-            ),
+            ("length MAX_FRAME+1", frame_bytes(proto::MAX_FRAME as u32 + 1, 1, &[])),
             ("malformed JSON", control(b"{\"type\":\"hello\",")),
-            (
-                "unknown field",
-                control(b"{\"type\":\"hello\",\"version\":1,\"evil\":true}"),
-            ),
+            ("unknown field", control(b"{\"type\":\"hello\",\"version\":1,\"evil\":true}")),
             ("exec before hello", exec.clone()),
             ("cut short", frame_bytes(100, 1, b"{\"type\"")),
             ("garbage", garbage),
@@ -690,9 +620,7 @@ scenario!(
 );
 
 fn listing_kinds(bad: &[BadRowSpec<'_>]) -> Vec<String> {
-    bad.iter()
-        .map(|b| format!("{}: names {:?}", b.0, b.5))
-        .collect()
+    bad.iter().map(|b| format!("{}: names {:?}", b.0, b.5)).collect()
 }
 
 scenario!(
@@ -703,12 +631,8 @@ scenario!(
         let w = World::new();
         let tokio = tokio_rt();
         tokio.block_on(async {
-            let (rt, _) = Runtime::open(w.layout.home(), rt_options(&w))
-                .await
-                .unwrap();
-            rt.create(CreateOptions::new("short-symlink", "host"))
-                .await
-                .unwrap();
+            let (rt, _) = Runtime::open(w.layout.home(), rt_options(&w)).await.unwrap();
+            rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
             rt.close();
         });
         let future = SCHEMA_VERSION + 1;
@@ -723,11 +647,7 @@ scenario!(
             .map(drop)
             .expect_err("a future schema must be refused");
         match &err {
-            RuntimeError::Store(StoreError::FutureSchema {
-                path,
-                found,
-                supported,
-            }) => {
+            RuntimeError::Store(StoreError::FutureSchema { path, found, supported }) => {
                 assert_eq!(
                     (path, *found, *supported),
                     (&w.layout.store_path(), future, SCHEMA_VERSION)

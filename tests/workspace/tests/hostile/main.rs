@@ -7,11 +7,11 @@ use boxsock_tests::reliability::{
 };
 
 mod attacks;
-mod home;
 mod dial_races;
 mod fallback;
 mod faults;
 mod first_use;
+mod home;
 mod input;
 mod lifeline;
 mod proc_watch;

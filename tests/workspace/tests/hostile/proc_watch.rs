@@ -22,7 +22,9 @@ use boxsock_core::SocketAddress;
 use boxsock_tests::reliability::{Outcome, measured};
 use boxsock_tests::scenario;
 
-use crate::attacks::{NEED_ROOT, NOBODY, World, agent_dir, exec_code, is_root, rt_options, tokio_rt};
+use crate::attacks::{
+    NEED_ROOT, NOBODY, World, agent_dir, exec_code, is_root, rt_options, tokio_rt,
+};
 
 /// Set (to anything) in the watcher's environment: [`proc_watcher_child`] runs only then.
 const WATCH_ENV: &str = "BOXSOCK_TEST_PROC_WATCHER";
@@ -97,7 +99,9 @@ fn proc_watcher_child() {
         let Ok(dir) = std::fs::read_dir("/proc") else { continue };
         let now = Instant::now();
         for e in dir.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
             // What runs before the watcher's first pass is old already.
             let seen = if passes == 1 { now.checked_sub(YOUNG * 2).unwrap_or(now) } else { now };
             if now.duration_since(*first_seen.entry(pid).or_insert(seen)) > YOUNG {
@@ -120,9 +124,13 @@ fn proc_watcher_child() {
                     if !tried.insert(name.clone()) {
                         continue;
                     }
-                    let bound = SocketAddr::from_abstract_name(&name).and_then(|a| UnixListener::bind_addr(&a));
+                    let bound = SocketAddr::from_abstract_name(&name)
+                        .and_then(|a| UnixListener::bind_addr(&a));
                     if let Ok(l) = bound {
-                        bound_lines.push(format!("BOUND {} from {what} of pid {pid}", String::from_utf8_lossy(&name)));
+                        bound_lines.push(format!(
+                            "BOUND {} from {what} of pid {pid}",
+                            String::from_utf8_lossy(&name)
+                        ));
                         held.push(l);
                     }
                 }
@@ -163,17 +171,26 @@ impl Watcher {
     fn start() -> Watcher {
         let (exe_dir, exe) = exe_for_nobody();
         let mut cmd = Command::new(exe);
-        cmd.args(["--exact", "proc_watch::proc_watcher_child", "--ignored", "--nocapture", "--test-threads=1"])
-            .env(WATCH_ENV, "1")
-            .current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        cmd.args([
+            "--exact",
+            "proc_watch::proc_watcher_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(WATCH_ENV, "1")
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
         // SAFETY: between fork and exec the closure only makes raw system calls
         // (setgroups, setgid, setuid), which are async-signal-safe; it allocates nothing.
         unsafe {
             cmd.pre_exec(|| {
-                if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(NOBODY) != 0 || libc::setuid(NOBODY) != 0 {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(NOBODY) != 0
+                    || libc::setuid(NOBODY) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -238,7 +255,9 @@ fn naive_agent(agent_bin: &std::path::Path) -> Naive {
     // The ready name is the test's, bound before the launch (the old runtime's part);
     // not of the strategy's form, so the watcher leaves it alone.
     let ready = format!("bsk-naive-ready-{}", random_hex(8));
-    let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(ready.as_bytes()).unwrap()).unwrap();
+    let listener =
+        UnixListener::bind_addr(&SocketAddr::from_abstract_name(ready.as_bytes()).unwrap())
+            .unwrap();
     listener.set_nonblocking(true).unwrap();
     let mut child = Command::new(agent_bin)
         .args(["--agent", &format!("abstract:{name}"), "--ready", &format!("abstract:{ready}")])
@@ -285,7 +304,8 @@ scenario!(
             let agent_bin = agent_dir().join("boxsock-agent");
             let watcher = Watcher::start();
             let rt_tokio = tokio_rt();
-            let (rt, _) = rt_tokio.block_on(Runtime::open(w.layout.home(), rt_options(&w))).unwrap();
+            let (rt, _) =
+                rt_tokio.block_on(Runtime::open(w.layout.home(), rt_options(&w))).unwrap();
             let b = rt_tokio.block_on(rt.create(CreateOptions::new("abstract", "host"))).unwrap();
             let id = b.id.to_string();
             let strategy = rt.strategy("abstract").unwrap();
@@ -296,7 +316,9 @@ scenario!(
                 naive.push(naive_agent(&agent_bin));
                 match rt_tokio.block_on(rt.start(&id)) {
                     Ok(_) => {
-                        if let Ok(SocketAddress::Abstract(n)) = strategy.address(&w.layout, &b.id, "agent.sock") {
+                        if let Ok(SocketAddress::Abstract(n)) =
+                            strategy.address(&w.layout, &b.id, "agent.sock")
+                        {
                             real_names.push(n);
                         }
                         match rt_tokio.block_on(exec_code(&rt, &id, &["true"])) {
@@ -310,13 +332,16 @@ scenario!(
             }
             let _ = rt_tokio.block_on(rt.remove(&id, true));
             let lines = watcher.finish();
-            let summary = lines.iter().find(|l| l.starts_with("WATCHED ")).cloned().unwrap_or_default();
+            let summary =
+                lines.iter().find(|l| l.starts_with("WATCHED ")).cloned().unwrap_or_default();
             let field = |k: &str| -> u64 {
                 summary
                     .split_whitespace()
                     .find_map(|f| f.strip_prefix(&format!("{k}=")))
                     .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(|| panic!("no {k} in the watcher's summary {summary:?} ({lines:?})"))
+                    .unwrap_or_else(|| {
+                        panic!("no {k} in the watcher's summary {summary:?} ({lines:?})")
+                    })
             };
             let bound: Vec<&String> = lines.iter().filter(|l| l.starts_with("BOUND ")).collect();
             let hit_real = bound
@@ -325,15 +350,24 @@ scenario!(
                 .count();
             let defeated = naive.iter().filter(|n| **n == Naive::Defeated).count();
             let served = naive.iter().filter(|n| **n == Naive::Served).count();
-            let other: Vec<&Naive> = naive.iter().filter(|n| matches!(n, Naive::Other(_))).collect();
-            assert!(other.is_empty(), "naive agents that neither served nor lost their name: {other:?}");
-            assert!(defeated >= 1, "control: the watcher never defeated the naive agent in {TRIALS} launches ({summary})");
+            let other: Vec<&Naive> =
+                naive.iter().filter(|n| matches!(n, Naive::Other(_))).collect();
+            assert!(
+                other.is_empty(),
+                "naive agents that neither served nor lost their name: {other:?}"
+            );
+            assert!(
+                defeated >= 1,
+                "control: the watcher never defeated the naive agent in {TRIALS} launches ({summary})"
+            );
             assert_eq!(hit_real, 0, "the watcher bound a name of the real box: {bound:?}");
             assert!(
                 failures.is_empty(),
                 "{} of {TRIALS} starts failed; the first: {}",
                 failures.len(),
-                boxsock_core::echo::echo(failures.first().map_or("", |f| f.lines().next().unwrap_or_default()))
+                boxsock_core::echo::echo(
+                    failures.first().map_or("", |f| f.lines().next().unwrap_or_default())
+                )
             );
             assert_eq!(started, TRIALS);
             Outcome::Passed(format!(
@@ -352,7 +386,10 @@ scenario!(
 #[test]
 fn names_are_found_in_an_argv_and_an_environment() {
     let argv = b"boxsock-agent\0--agent\0abstract:boxsock/0/0123456789abcdef\0--ready\0abstract:boxsock/0/fedcba9876543210\0";
-    assert_eq!(names_in(argv), [b"boxsock/0/0123456789abcdef".to_vec(), b"boxsock/0/fedcba9876543210".to_vec()]);
+    assert_eq!(
+        names_in(argv),
+        [b"boxsock/0/0123456789abcdef".to_vec(), b"boxsock/0/fedcba9876543210".to_vec()]
+    );
     assert_eq!(names_in(b"X=boxsock/65534/abcdef0123\0"), [b"boxsock/65534/abcdef0123".to_vec()]);
     assert!(names_in(b"/work/target/debug/boxsock-agent\0--agent-fd\x003\0").is_empty());
     assert!(names_in(b"/home/boxsock/boxes/x\0").is_empty());

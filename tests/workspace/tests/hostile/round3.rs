@@ -60,10 +60,8 @@ fn with_extra_fds(c: &mut Command) -> std::fs::File {
 
 /// The numbers in `ls /proc/$$/fd` output (a tty adds `\r`).
 fn fd_list(out: &[u8]) -> Vec<i32> {
-    let mut v: Vec<i32> = String::from_utf8_lossy(out)
-        .split_whitespace()
-        .filter_map(|t| t.parse().ok())
-        .collect();
+    let mut v: Vec<i32> =
+        String::from_utf8_lossy(out).split_whitespace().filter_map(|t| t.parse().ok()).collect();
     v.sort();
     v
 }
@@ -105,7 +103,11 @@ scenario!(
             let o = direct.output().unwrap();
             drop(keep);
             let control = fd_list(&o.stdout);
-            assert_eq!(control, [0, 1, 2, 10, 251], "control: the extra descriptors were not inherited");
+            assert_eq!(
+                control,
+                [0, 1, 2, 10, 251],
+                "control: the extra descriptors were not inherited"
+            );
 
             let mut run = cli(w.layout.home(), &w.base);
             run.args(["--backend", "host", "run", "--rm", "--", "sh", "-c", LIST_FDS]);
@@ -126,7 +128,10 @@ scenario!(
             let line = out.lines().find_map(|l| l.strip_prefix("R3-FDS ")).unwrap_or_else(|| {
                 panic!("library child failed: {out}{}", String::from_utf8_lossy(&o.stderr))
             });
-            assert_eq!(line, "pipes=[0, 1, 2] tty=[0, 1, 2]", "a command run by the library inherited more than stdio");
+            assert_eq!(
+                line, "pipes=[0, 1, 2] tty=[0, 1, 2]",
+                "a command run by the library inherited more than stdio"
+            );
             Outcome::Passed(format!(
                 "control (sh started directly): fds {control:?}; CLI `run --rm`: {via_cli:?}; library `Runtime::command`: {line}"
             ))
@@ -172,20 +177,33 @@ scenario!(
             assert_eq!(r, [0], "nobody could not squat");
             // Control: the path as the old messages showed it carries the sequences.
             let target = std::fs::read_link(&squat).unwrap();
-            let naive = format!("refusing insecure {}: it is a symlink to {}", squat.display(), target.display());
+            let naive = format!(
+                "refusing insecure {}: it is a symlink to {}",
+                squat.display(),
+                target.display()
+            );
             let control = controls(naive.as_bytes());
-            assert!(naive.as_bytes().contains(&0x1b) && control > 0, "control: no ESC in the plain Display");
+            assert!(
+                naive.as_bytes().contains(&0x1b) && control > 0,
+                "control: no ESC in the plain Display"
+            );
 
             let home = w.layout.home();
             let long = PathBuf::from(format!("/{}", "h".repeat(4999)));
             let esc = "\x1b]0;PWNED\x07\x1b[2J";
             let runs: Vec<(String, Vec<String>)> = vec![
-                ("run --rm".into(), ["--backend", "host", "run", "--rm", "--", "true"].map(String::from).to_vec()),
+                (
+                    "run --rm".into(),
+                    ["--backend", "host", "run", "--rm", "--", "true"].map(String::from).to_vec(),
+                ),
                 ("sweep".into(), vec!["sweep".into()]),
                 ("ls".into(), vec!["ls".into()]),
                 ("doctor".into(), vec!["doctor".into()]),
                 ("bad --lock-wait".into(), vec!["--lock-wait".into(), esc.into(), "ls".into()]),
-                ("bad --backend-option".into(), vec!["--backend-option".into(), esc.into(), "ls".into()]),
+                (
+                    "bad --backend-option".into(),
+                    vec!["--backend-option".into(), esc.into(), "ls".into()],
+                ),
                 ("bad --vcpus".into(), vec!["create".into(), "--vcpus".into(), esc.into()]),
                 ("unknown verb".into(), vec![esc.into()]),
             ];
@@ -193,8 +211,16 @@ scenario!(
             let mut check = |what: &str, o: &Output| {
                 for (stream, bytes) in [("stdout", &o.stdout), ("stderr", &o.stderr)] {
                     let n = controls(bytes);
-                    assert_eq!(n, 0, "{what}: {n} control characters on {stream}: {:?}", String::from_utf8_lossy(bytes));
-                    assert!(!bytes.contains(&0x1b) && !bytes.contains(&0x07), "{what}: ESC/BEL on {stream}");
+                    assert_eq!(
+                        n,
+                        0,
+                        "{what}: {n} control characters on {stream}: {:?}",
+                        String::from_utf8_lossy(bytes)
+                    );
+                    assert!(
+                        !bytes.contains(&0x1b) && !bytes.contains(&0x07),
+                        "{what}: ESC/BEL on {stream}"
+                    );
                     let longest = longest_line(bytes);
                     assert!(longest <= LINE_MAX, "{what}: a {longest}-byte line on {stream}");
                 }
@@ -216,7 +242,10 @@ scenario!(
             let o = cli(&long, &w.base).arg("ls").output().unwrap();
             assert!(!o.status.success());
             check("5 000-byte --home", &o);
-            let o = cli(home, &long).args(["--backend", "host", "run", "--rm", "--", "true"]).output().unwrap();
+            let o = cli(home, &long)
+                .args(["--backend", "host", "run", "--rm", "--", "true"])
+                .output()
+                .unwrap();
             assert!(!o.status.success());
             check("5 000-byte --link-base", &o);
             Outcome::Passed(format!(
@@ -248,22 +277,53 @@ scenario!(
             assert_eq!(r, [0], "nobody could not make the link");
 
             // Control: a naive open follows the link into the chosen directory.
-            let fd = nix::fcntl::open(&lb, nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).unwrap();
-            nix::sys::stat::mkdirat(&fd, "naive-0", nix::sys::stat::Mode::from_bits_truncate(0o700)).unwrap();
+            let fd = nix::fcntl::open(
+                &lb,
+                nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .unwrap();
+            nix::sys::stat::mkdirat(
+                &fd,
+                "naive-0",
+                nix::sys::stat::Mode::from_bits_truncate(0o700),
+            )
+            .unwrap();
             drop(fd);
-            assert!(chosen.join("naive-0").is_dir(), "control: the naive open did not land in the chosen directory");
+            assert!(
+                chosen.join("naive-0").is_dir(),
+                "control: the naive open did not land in the chosen directory"
+            );
             std::fs::remove_dir(chosen.join("naive-0")).unwrap();
 
             let mut refused = Vec::new();
             for (what, base, owner_path) in [("symlink", &lb, &lb), ("ancestor", &inner, &theirs)] {
-                let o = cli(w.layout.home(), base).args(["--backend", "host", "run", "--rm", "--", "true"]).output().unwrap();
+                let o = cli(w.layout.home(), base)
+                    .args(["--backend", "host", "run", "--rm", "--", "true"])
+                    .output()
+                    .unwrap();
                 let err = String::from_utf8_lossy(&o.stderr).into_owned();
-                assert!(!o.status.success(), "{what}: root ran a box with the link base {base:?}: {err}");
-                assert!(err.contains("65534") && err.contains(owner_path.to_str().unwrap()), "{what}: the error does not name the owner and path: {err}");
-                assert_eq!(std::fs::read_dir(&chosen).unwrap().count(), 0, "{what}: root wrote into the chosen directory");
-                assert_eq!(std::fs::read_dir(&inner).unwrap().count(), 0, "{what}: root wrote under nobody's directory");
+                assert!(
+                    !o.status.success(),
+                    "{what}: root ran a box with the link base {base:?}: {err}"
+                );
+                assert!(
+                    err.contains("65534") && err.contains(owner_path.to_str().unwrap()),
+                    "{what}: the error does not name the owner and path: {err}"
+                );
+                assert_eq!(
+                    std::fs::read_dir(&chosen).unwrap().count(),
+                    0,
+                    "{what}: root wrote into the chosen directory"
+                );
+                assert_eq!(
+                    std::fs::read_dir(&inner).unwrap().count(),
+                    0,
+                    "{what}: root wrote under nobody's directory"
+                );
                 // The library: every strategy with a shared directory refuses it too.
-                let config = StrategyConfig { base_dir: base.to_path_buf(), ..StrategyConfig::default() };
+                let config =
+                    StrategyConfig { base_dir: base.to_path_buf(), ..StrategyConfig::default() };
                 let s = boxsock::builtin_strategies().build("short-symlink", &config).unwrap();
                 let id = w.new_box();
                 match s.ensure(&w.layout, &id) {
@@ -277,8 +337,15 @@ scenario!(
             }
             assert_eq!(std::fs::read_dir(&chosen).unwrap().count(), 0);
             // The base itself (root-owned, 1777) stays accepted.
-            let o = cli(w.layout.home(), &w.base).args(["--backend", "host", "run", "--rm", "--", "true"]).output().unwrap();
-            assert!(o.status.success(), "a root-owned sticky base was refused: {}", String::from_utf8_lossy(&o.stderr));
+            let o = cli(w.layout.home(), &w.base)
+                .args(["--backend", "host", "run", "--rm", "--", "true"])
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "a root-owned sticky base was refused: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
             Outcome::Passed(format!(
                 "control: the naive open created its directory in the one nobody chose; boxsock refused {} of 2 redirected link bases ({}) naming uid 65534 and the path, CLI and library, and wrote nothing; the root-owned 1777 base still works",
                 refused.len(),

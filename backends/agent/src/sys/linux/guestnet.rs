@@ -120,8 +120,14 @@ pub fn parse_reply(b: &[u8], xid: u32) -> Option<(u8, Lease)> {
         return None;
     }
     let ip = |s: &[u8]| Ipv4Addr::new(s[0], s[1], s[2], s[3]);
-    let mut lease =
-        Lease { address: ip(&b[16..20]), netmask: Ipv4Addr::new(255, 255, 255, 0), router: None, dns: Vec::new(), server: None, mtu: None };
+    let mut lease = Lease {
+        address: ip(&b[16..20]),
+        netmask: Ipv4Addr::new(255, 255, 255, 0),
+        router: None,
+        dns: Vec::new(),
+        server: None,
+        mtu: None,
+    };
     let mut kind = None;
     let mut i = 240;
     while i < b.len() {
@@ -164,7 +170,8 @@ fn ipv4_of(sock: &UdpSocket, iface: &str) -> Option<Option<Ipv4Addr>> {
         return Some(None);
     }
     // SAFETY: SIOCGIFADDR filled ifru_addr with a sockaddr_in (AF_INET socket).
-    let sin: libc::sockaddr_in = unsafe { std::ptr::read_unaligned(std::ptr::addr_of!(ifr.ifr_ifru.ifru_addr).cast()) };
+    let sin: libc::sockaddr_in =
+        unsafe { std::ptr::read_unaligned(std::ptr::addr_of!(ifr.ifr_ifru.ifru_addr).cast()) };
     Some(Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
 }
 
@@ -192,8 +199,11 @@ fn sockaddr(a: Ipv4Addr) -> libc::sockaddr {
 /// Returns the lease applied, or `None` when there was nothing to do. Writes
 /// `resolv` (e.g. `/etc/resolv.conf`) when the server names resolvers.
 pub fn configure(iface: &str, resolv: &Path, timeout: Duration) -> Result<Option<Lease>, NetError> {
-    let err = |what: &'static str| move |source: io::Error| NetError::Io { iface: iface.to_owned(), what, source };
-    let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).map_err(err("socket"))?;
+    let err = |what: &'static str| {
+        move |source: io::Error| NetError::Io { iface: iface.to_owned(), what, source }
+    };
+    let sock =
+        UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).map_err(err("socket"))?;
     match ipv4_of(&sock, iface) {
         None => return Ok(None),
         Some(Some(a)) => {
@@ -203,12 +213,23 @@ pub fn configure(iface: &str, resolv: &Path, timeout: Duration) -> Result<Option
         Some(None) => {}
     }
     drop(sock);
-    let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)).map_err(err("bind to port 68"))?;
+    let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68))
+        .map_err(err("bind to port 68"))?;
     sock.set_broadcast(true).map_err(err("SO_BROADCAST"))?;
-    let name = CString::new(iface).map_err(|_| NetError::Io { iface: iface.to_owned(), what: "interface name", source: io::ErrorKind::InvalidInput.into() })?;
+    let name = CString::new(iface).map_err(|_| NetError::Io {
+        iface: iface.to_owned(),
+        what: "interface name",
+        source: io::ErrorKind::InvalidInput.into(),
+    })?;
     // SAFETY: name is a valid NUL-terminated string of the given length.
     if unsafe {
-        libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_BINDTODEVICE, name.as_ptr().cast(), name.as_bytes_with_nul().len() as libc::socklen_t)
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            name.as_ptr().cast(),
+            name.as_bytes_with_nul().len() as libc::socklen_t,
+        )
     } < 0
     {
         return Err(err("SO_BINDTODEVICE")(io::Error::last_os_error()));
@@ -231,7 +252,8 @@ pub fn configure(iface: &str, resolv: &Path, timeout: Duration) -> Result<Option
     }
     // SAFETY: SIOCGIFHWADDR filled ifru_hwaddr.
     let data = unsafe { hw.ifr_ifru.ifru_hwaddr.sa_data };
-    let mac = [data[0] as u8, data[1] as u8, data[2] as u8, data[3] as u8, data[4] as u8, data[5] as u8];
+    let mac =
+        [data[0] as u8, data[1] as u8, data[2] as u8, data[3] as u8, data[4] as u8, data[5] as u8];
     let xid = std::process::id() ^ 0x6273_0000;
     let dest = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
 
@@ -248,9 +270,12 @@ pub fn configure(iface: &str, resolv: &Path, timeout: Duration) -> Result<Option
             sent += 1;
             let resend = Instant::now() + Duration::from_millis(500);
             while Instant::now() < resend {
-                let wait = resend.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+                let wait =
+                    resend.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
                 match recv_timeout(&raw, &mut buf, wait) {
-                    Ok(n) => match udp_payload(&buf[..n], 68).and_then(|(p, from)| parse_reply(p, xid).map(|r| (r, from))) {
+                    Ok(n) => match udp_payload(&buf[..n], 68)
+                        .and_then(|(p, from)| parse_reply(p, xid).map(|r| (r, from)))
+                    {
                         Some(((k, mut l), from)) if k == want => {
                             l.server.get_or_insert(from);
                             return Ok(l);
@@ -258,7 +283,14 @@ pub fn configure(iface: &str, resolv: &Path, timeout: Duration) -> Result<Option
                         Some(((NAK, _), _)) => tracing::warn!(iface, "DHCP NAK; retrying"),
                         _ => {}
                     },
-                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => break,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(err("receive")(e)),
                 }
@@ -269,8 +301,12 @@ pub fn configure(iface: &str, resolv: &Path, timeout: Duration) -> Result<Option
     let offer = exchange(&discover(xid, mac), OFFER, "OFFER")?;
     let lease = exchange(&request(xid, mac, &offer), ACK, "ACK")?;
 
-    ioctl_ifr(&sock, iface, libc::SIOCSIFADDR, |r| r.ifr_ifru.ifru_addr = sockaddr(lease.address)).map_err(err("set the address"))?;
-    ioctl_ifr(&sock, iface, libc::SIOCSIFNETMASK, |r| r.ifr_ifru.ifru_netmask = sockaddr(lease.netmask)).map_err(err("set the netmask"))?;
+    ioctl_ifr(&sock, iface, libc::SIOCSIFADDR, |r| r.ifr_ifru.ifru_addr = sockaddr(lease.address))
+        .map_err(err("set the address"))?;
+    ioctl_ifr(&sock, iface, libc::SIOCSIFNETMASK, |r| {
+        r.ifr_ifru.ifru_netmask = sockaddr(lease.netmask)
+    })
+    .map_err(err("set the netmask"))?;
     // Only ever lower the MTU: passt offers 65520, but libkrun's virtio-net (boxsock
     // negotiates no offloads) gives the guest 1518-byte receive buffers, so a larger MTU
     // makes the guest advertise an MSS whose segments it then cannot receive.
@@ -325,7 +361,9 @@ fn packet_socket(iface: &str) -> io::Result<OwnedFd> {
     }
     let proto = (libc::ETH_P_IP as u16).to_be();
     // SAFETY: plain socket(2) call.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, i32::from(proto)) };
+    let fd = unsafe {
+        libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, i32::from(proto))
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -337,7 +375,14 @@ fn packet_socket(iface: &str) -> io::Result<OwnedFd> {
     sll.sll_protocol = proto;
     sll.sll_ifindex = index as i32;
     // SAFETY: sll is an initialised sockaddr_ll of the given size.
-    if unsafe { libc::bind(fd.as_raw_fd(), std::ptr::addr_of!(sll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t) } < 0 {
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::addr_of!(sll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    } < 0
+    {
         return Err(io::Error::last_os_error());
     }
     Ok(fd)
@@ -358,12 +403,21 @@ fn recv_timeout(fd: &OwnedFd, buf: &mut [u8], wait: Duration) -> io::Result<usiz
     }
 }
 
-fn ioctl_ifr(sock: &UdpSocket, iface: &str, req: libc::Ioctl, set: impl FnOnce(&mut libc::ifreq)) -> io::Result<()> {
+fn ioctl_ifr(
+    sock: &UdpSocket,
+    iface: &str,
+    req: libc::Ioctl,
+    set: impl FnOnce(&mut libc::ifreq),
+) -> io::Result<()> {
     let mut ifr = ifreq(iface);
     set(&mut ifr);
     // SAFETY: ifr is a valid ifreq for this request (name set, the union field the
     // request reads filled by `set`).
-    if unsafe { libc::ioctl(sock.as_raw_fd(), req, &mut ifr) } < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if unsafe { libc::ioctl(sock.as_raw_fd(), req, &mut ifr) } < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -384,7 +438,10 @@ mod tests {
 
     #[test]
     fn a_passt_like_offer_parses_into_a_lease() {
-        let opts = [1, 4, 255, 255, 255, 0, 3, 4, 10, 0, 9, 254, 6, 8, 10, 0, 9, 254, 9, 9, 9, 9, 54, 4, 10, 0, 9, 254, 26, 2, 0x05, 0xdc];
+        let opts = [
+            1, 4, 255, 255, 255, 0, 3, 4, 10, 0, 9, 254, 6, 8, 10, 0, 9, 254, 9, 9, 9, 9, 54, 4,
+            10, 0, 9, 254, 26, 2, 0x05, 0xdc,
+        ];
         let (k, l) = parse_reply(&reply(7, OFFER, &opts), 7).unwrap();
         assert_eq!(k, OFFER);
         assert_eq!(l.address, Ipv4Addr::new(10, 0, 9, 1));
@@ -427,7 +484,14 @@ mod tests {
         assert_eq!(&d[28..34], &mac);
         assert_eq!(&d[10..12], &[0x80, 0]);
         assert_eq!(&d[240..243], &[53, 1, DISCOVER]);
-        let offer = Lease { address: Ipv4Addr::new(10, 0, 9, 1), netmask: Ipv4Addr::BROADCAST, router: None, dns: vec![], server: Some(Ipv4Addr::new(10, 0, 9, 254)), mtu: None };
+        let offer = Lease {
+            address: Ipv4Addr::new(10, 0, 9, 1),
+            netmask: Ipv4Addr::BROADCAST,
+            router: None,
+            dns: vec![],
+            server: Some(Ipv4Addr::new(10, 0, 9, 254)),
+            mtu: None,
+        };
         let r = request(42, mac, &offer);
         assert_eq!(&r[240..243], &[53, 1, REQUEST]);
         assert!(r.windows(6).any(|w| w == [50, 4, 10, 0, 9, 1]));

@@ -28,7 +28,10 @@ pub const MOUNT_BASE: &str = "/.boxsock";
 #[derive(Debug, thiserror::Error)]
 pub enum GuestRootError {
     /// A mount failed.
-    #[error("cannot mount {what} ({fstype} {source_name}) on {}: {errno}", boxsock_core::echo::path(target))]
+    #[error(
+        "cannot mount {what} ({fstype} {source_name}) on {}: {errno}",
+        boxsock_core::echo::path(target)
+    )]
     Mount {
         /// Which layer.
         what: String,
@@ -68,13 +71,19 @@ pub enum GuestRootError {
     },
 }
 
-fn mount_err(what: impl Into<String>, fstype: &'static str, source_name: impl Into<String>, target: &Path) -> impl FnOnce(nix::Error) -> GuestRootError {
+fn mount_err(
+    what: impl Into<String>,
+    fstype: &'static str,
+    source_name: impl Into<String>,
+    target: &Path,
+) -> impl FnOnce(nix::Error) -> GuestRootError {
     let (what, source_name, target) = (what.into(), source_name.into(), target.to_path_buf());
     move |errno| GuestRootError::Mount { what, fstype, source_name, target, errno }
 }
 
 fn mkdir(p: &Path) -> Result<(), GuestRootError> {
-    std::fs::create_dir_all(p).map_err(|source| GuestRootError::Mkdir { path: p.to_path_buf(), source })
+    std::fs::create_dir_all(p)
+        .map_err(|source| GuestRootError::Mkdir { path: p.to_path_buf(), source })
 }
 
 /// The `lowerdir=` option for layers mounted at `dirs` (top first), with `:` `,` and
@@ -131,20 +140,58 @@ pub fn enter(tags: &[String]) -> Result<PathBuf, GuestRootError> {
 /// namespace outside a guest.
 pub fn enter_at(base: &Path, layers: &[Layer]) -> Result<PathBuf, GuestRootError> {
     if layers.is_empty() {
-        return Err(GuestRootError::Layers { tags: Vec::new(), reason: "at least one lower layer is needed" });
+        return Err(GuestRootError::Layers {
+            tags: Vec::new(),
+            reason: "at least one lower layer is needed",
+        });
     }
-    mount(Some("tmpfs"), base, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0700")).map_err(mount_err("the layer directory", "tmpfs", "tmpfs", base))?;
+    mount(
+        Some("tmpfs"),
+        base,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0700"),
+    )
+    .map_err(mount_err("the layer directory", "tmpfs", "tmpfs", base))?;
     let mut lowers = Vec::new();
     for (i, layer) in layers.iter().enumerate() {
         let dir = base.join(format!("lower{i}"));
         mkdir(&dir)?;
         match layer {
-            Layer::Virtiofs(tag) => mount(Some(tag.as_str()), &dir, Some("virtiofs"), MsFlags::MS_RDONLY | MsFlags::MS_NODEV, None::<&str>)
-                .map_err(mount_err(format!("lower layer {i}"), "virtiofs", tag.as_str(), &dir))?,
+            Layer::Virtiofs(tag) => mount(
+                Some(tag.as_str()),
+                &dir,
+                Some("virtiofs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+                None::<&str>,
+            )
+            .map_err(mount_err(
+                format!("lower layer {i}"),
+                "virtiofs",
+                tag.as_str(),
+                &dir,
+            ))?,
             Layer::Bind(from) => {
-                mount(Some(from.as_path()), &dir, None::<&OsStr>, MsFlags::MS_BIND, None::<&str>).map_err(mount_err(format!("lower layer {i}"), "bind", boxsock_core::echo::path(from).to_string(), &dir))?;
-                mount(None::<&OsStr>, &dir, None::<&OsStr>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
-                    .map_err(mount_err(format!("lower layer {i} (read-only)"), "bind", boxsock_core::echo::path(from).to_string(), &dir))?
+                mount(Some(from.as_path()), &dir, None::<&OsStr>, MsFlags::MS_BIND, None::<&str>)
+                    .map_err(mount_err(
+                    format!("lower layer {i}"),
+                    "bind",
+                    boxsock_core::echo::path(from).to_string(),
+                    &dir,
+                ))?;
+                mount(
+                    None::<&OsStr>,
+                    &dir,
+                    None::<&OsStr>,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    None::<&str>,
+                )
+                .map_err(mount_err(
+                    format!("lower layer {i} (read-only)"),
+                    "bind",
+                    boxsock_core::echo::path(from).to_string(),
+                    &dir,
+                ))?
             }
         }
         lowers.push(dir);
@@ -153,20 +200,44 @@ pub fn enter_at(base: &Path, layers: &[Layer]) -> Result<PathBuf, GuestRootError
     for d in [&upper, &work, &root] {
         mkdir(d)?;
     }
-    let opts = format!("lowerdir={},upperdir={},workdir={}", lowerdir_option(&lowers), upper.display(), work.display());
-    mount(Some("overlay"), &root, Some("overlay"), MsFlags::empty(), Some(opts.as_str())).map_err(mount_err("the box root", "overlay", opts.clone(), &root))?;
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowerdir_option(&lowers),
+        upper.display(),
+        work.display()
+    );
+    mount(Some("overlay"), &root, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
+        .map_err(mount_err("the box root", "overlay", opts.clone(), &root))?;
     for d in ["proc", "sys", "dev", "tmp", "etc"] {
         mkdir(&root.join(d))?;
     }
-    mount(Some("proc"), &root.join("proc"), Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>)
-        .map_err(mount_err("/proc", "proc", "proc", &root.join("proc")))?;
+    mount(
+        Some("proc"),
+        &root.join("proc"),
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(mount_err("/proc", "proc", "proc", &root.join("proc")))?;
     for d in ["dev", "sys"] {
         let from = Path::new("/").join(d);
         let to = root.join(d);
-        mount(Some(from.as_path()), &to, None::<&OsStr>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .map_err(mount_err(format!("/{d}"), "bind", boxsock_core::echo::path(&from).to_string(), &to))?;
+        mount(
+            Some(from.as_path()),
+            &to,
+            None::<&OsStr>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(mount_err(
+            format!("/{d}"),
+            "bind",
+            boxsock_core::echo::path(&from).to_string(),
+            &to,
+        ))?;
     }
-    nix::unistd::chroot(&root).map_err(|errno| GuestRootError::Enter { root: root.clone(), errno })?;
+    nix::unistd::chroot(&root)
+        .map_err(|errno| GuestRootError::Enter { root: root.clone(), errno })?;
     nix::unistd::chdir("/").map_err(|errno| GuestRootError::Enter { root: root.clone(), errno })?;
     tracing::info!(layers = ?layers, "entered the box root (overlay, tmpfs upper)");
     Ok(root)
@@ -203,12 +274,15 @@ mod tests {
             skip(Need::Root, "needs root for mount namespaces");
             return;
         }
-        let Some(busybox) = ["/usr/bin/busybox", "/bin/busybox"].into_iter().map(Path::new).find(|p| p.is_file()) else {
+        let Some(busybox) =
+            ["/usr/bin/busybox", "/bin/busybox"].into_iter().map(Path::new).find(|p| p.is_file())
+        else {
             skip(Need::Program { name: "busybox", package: "busybox-static" }, "no static busybox");
             return;
         };
         let d = tempfile::tempdir().unwrap();
-        let (user, layer, base) = (d.path().join("user-root"), d.path().join("box-layer"), d.path().join("mnt"));
+        let (user, layer, base) =
+            (d.path().join("user-root"), d.path().join("box-layer"), d.path().join("mnt"));
         for dir in [user.join("bin"), user.join("etc"), layer.clone(), base.clone()] {
             std::fs::create_dir_all(&dir).unwrap();
         }
@@ -239,8 +313,16 @@ mod tests {
         // holds no lock the child needs.
         unsafe {
             cmd.pre_exec(move || {
-                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(std::io::Error::from)?;
-                mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(std::io::Error::from)?;
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+                    .map_err(std::io::Error::from)?;
+                mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )
+                .map_err(std::io::Error::from)?;
                 enter_at(&base, &layers).map_err(std::io::Error::other)?;
                 Ok(())
             });

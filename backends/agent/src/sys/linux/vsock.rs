@@ -82,7 +82,9 @@ pub enum LoopbackError {
     #[error("socket(AF_VSOCK): {0}")]
     Socket(#[source] io::Error),
     /// `VMADDR_CID_LOCAL` cannot be bound.
-    #[error("bind(AF_VSOCK, VMADDR_CID_LOCAL, {port}): {source} (is the vsock_loopback transport loaded?)")]
+    #[error(
+        "bind(AF_VSOCK, VMADDR_CID_LOCAL, {port}): {source} (is the vsock_loopback transport loaded?)"
+    )]
     Bind {
         /// The port tried.
         port: u32,
@@ -188,7 +190,10 @@ impl VsockListener {
         loop {
             let mut guard = self.fd.readable().await?;
             match guard.try_io(|fd| {
-                let raw = socket::accept4(fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)?;
+                let raw = socket::accept4(
+                    fd.as_raw_fd(),
+                    SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                )?;
                 // SAFETY: accept4 just returned this descriptor; nothing else owns it.
                 Ok(unsafe { OwnedFd::from_raw_fd(raw) })
             }) {
@@ -236,7 +241,11 @@ impl VsockStream {
 }
 
 impl AsyncRead for VsockStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         loop {
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
@@ -253,7 +262,11 @@ impl AsyncRead for VsockStream {
 }
 
 impl AsyncWrite for VsockStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         loop {
             let mut guard = ready!(self.fd.poll_write_ready(cx))?;
             match guard.try_io(|fd| {
@@ -270,7 +283,9 @@ impl AsyncWrite for VsockStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(socket::shutdown(self.fd.as_raw_fd(), socket::Shutdown::Write).map_err(io::Error::from))
+        Poll::Ready(
+            socket::shutdown(self.fd.as_raw_fd(), socket::Shutdown::Write).map_err(io::Error::from),
+        )
     }
 }
 
@@ -300,7 +315,8 @@ pub fn connect_blocking(cid: u32, port: u32, send_timeout: Duration) -> io::Resu
 /// success and releases it at once.
 pub fn loopback_available(port: u32) -> Result<(), LoopbackError> {
     let fd = new_socket(false).map_err(LoopbackError::Socket)?;
-    socket::bind(fd.as_raw_fd(), &VsockAddr::new(CID_LOCAL, port)).map_err(|source| LoopbackError::Bind { port, source })?;
+    socket::bind(fd.as_raw_fd(), &VsockAddr::new(CID_LOCAL, port))
+        .map_err(|source| LoopbackError::Bind { port, source })?;
     Ok(())
 }
 
@@ -312,7 +328,10 @@ mod tests {
     #[test]
     fn parses_port_and_cid_port() {
         assert_eq!(VsockAddress::parse("vsock://1024"), Ok(VsockAddress { cid: None, port: 1024 }));
-        assert_eq!(VsockAddress::parse("vsock://2:1025"), Ok(VsockAddress { cid: Some(2), port: 1025 }));
+        assert_eq!(
+            VsockAddress::parse("vsock://2:1025"),
+            Ok(VsockAddress { cid: Some(2), port: 1025 })
+        );
         assert_eq!(VsockAddress::parse("vsock://1"), Ok(VsockAddress { cid: None, port: 1 }));
         assert_eq!(
             VsockAddress::parse("vsock://4294967295:4294967294"),
@@ -387,7 +406,10 @@ mod tests {
             a
         });
         let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(30), b.read_to_end(&mut got)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), b.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got.len(), expect.len());
         assert!(got == expect, "bytes differ");
         // The other direction still works after the half-close.

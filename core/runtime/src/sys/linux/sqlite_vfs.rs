@@ -32,7 +32,8 @@ const NAME: &CStr = c"boxsock-fd";
 /// Names kept as they are; everything else goes to the default VFS.
 const PREFIX: &[u8] = b"/proc/self/fd/";
 
-type FullPathname = unsafe extern "C" fn(*mut ffi::sqlite3_vfs, *const c_char, c_int, *mut c_char) -> c_int;
+type FullPathname =
+    unsafe extern "C" fn(*mut ffi::sqlite3_vfs, *const c_char, c_int, *mut c_char) -> c_int;
 static BASE_FULL_PATHNAME: OnceLock<FullPathname> = OnceLock::new();
 static REGISTERED: OnceLock<Result<(), VfsError>> = OnceLock::new();
 
@@ -53,7 +54,12 @@ enum VfsError {
     },
 }
 
-unsafe extern "C" fn full_pathname(vfs: *mut ffi::sqlite3_vfs, z_path: *const c_char, n_out: c_int, z_out: *mut c_char) -> c_int {
+unsafe extern "C" fn full_pathname(
+    vfs: *mut ffi::sqlite3_vfs,
+    z_path: *const c_char,
+    n_out: c_int,
+    z_out: *mut c_char,
+) -> c_int {
     // SAFETY: SQLite passes a NUL-terminated file name.
     let path = unsafe { CStr::from_ptr(z_path) }.to_bytes_with_nul();
     if path.starts_with(PREFIX) {
