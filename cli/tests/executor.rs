@@ -79,12 +79,8 @@ async fn an_ensure_blocked_on_its_lock_for_one_box_does_not_delay_an_exec_on_ano
     std::fs::remove_file(per_uid.join(a.as_str())).unwrap();
     let dir = std::fs::File::open(&per_uid).unwrap();
     // SAFETY: flock on a descriptor `dir` owns for the call; no memory is passed.
-    assert_eq!(
-        unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
-        0,
-        "lock {}",
-        per_uid.display()
-    );
+    let locked = unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(locked, 0, "lock {}", per_uid.display());
     let unlocker = std::thread::spawn(move || {
         std::thread::sleep(HOLD);
         drop(dir); // closing the only descriptor of the open file releases the flock

@@ -88,16 +88,10 @@ impl Terminal {
         let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
         // SAFETY: TIOCSWINSZ reads one `winsize` from a live local; the fd is the open
         // master. The kernel sends SIGWINCH to the terminal's foreground group.
-        assert_eq!(
-            unsafe {
-                libc::ioctl(
-                    self.master.as_raw_fd(),
-                    libc::TIOCSWINSZ as _,
-                    &ws as *const libc::winsize,
-                )
-            },
-            0
-        );
+        let r = unsafe {
+            libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ as _, &ws as *const libc::winsize)
+        };
+        assert_eq!(r, 0);
     }
 
     fn wait_exit(&mut self) -> (i32, Duration) {

@@ -223,9 +223,9 @@ impl ProcessHandle {
             // A duplicate per waiter: epoll refuses the same fd registered twice, and the
             // health monitor and `stop` may wait at the same time.
             let dup = fd.try_clone().ok();
-            // SAFETY: the AsyncFd takes ownership of `d`, an OwnedFd, which stays open
-            // and refers to the same pidfd until the AsyncFd is dropped.
             let afd = dup.and_then(|d| {
+                // SAFETY: the AsyncFd takes ownership of `d`, an OwnedFd, which stays open
+                // and refers to the same pidfd until the AsyncFd is dropped.
                 unsafe {
                     tokio::io::unix::AsyncFd::register_with_interest(
                         d,
