@@ -915,10 +915,10 @@ pub fn sweep_removes_only_dead_leftovers(k: &Kit) -> Outcome {
 pub fn released_address_is_bindable_again(k: &Kit) -> Outcome {
     let s = &k.strategy;
     let (layout, id) = setup(k);
-    drop(util::stream_round_trip(s, &layout, &id, AGENT));
+    util::close_listener(util::stream_round_trip(s, &layout, &id, AGENT));
     ok("release", s.release(&layout, &id));
     ok("ensure again", s.ensure(&layout, &id));
-    drop(util::stream_round_trip(s, &layout, &id, AGENT));
+    util::close_listener(util::stream_round_trip(s, &layout, &id, AGENT));
     ok("release", s.release(&layout, &id));
     boxdir::remove_box_dir(&layout, &id).expect("remove box");
     k.harness.create_box(&layout, &id);
@@ -988,7 +988,7 @@ pub fn homes_with_same_id_never_collide(k: &Kit) -> Outcome {
     let _ = k.fresh().ensure(&h2, &id);
     assert_binding_correct(k, &h1, &id);
     util::exchange(s, &h1, &id, AGENT, &l1, b"first home still served");
-    drop(l1);
+    util::close_listener(l1);
     boxdir::remove_box_dir(&h1, &id).expect("remove first box");
     ok("ensure of the second home once the first box is dead", s.ensure(&h2, &id));
     assert_binding_correct(k, &h2, &id);
@@ -1257,7 +1257,7 @@ pub fn connect_without_listener_fails(k: &Kit) -> Outcome {
         other => panic!("{}: connect {when}: expected Io, got {other:?}", sname(k)),
     };
     check("before any bind");
-    drop(ok("bind", s.bind_stream(&layout, &id, AGENT)));
+    util::close_listener(ok("bind", s.bind_stream(&layout, &id, AGENT)));
     check("after the listener is gone");
     Outcome::Passed
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -125,6 +126,19 @@ pub fn stream_round_trip(
     let listener = ok(&format!("bind_stream({name})"), s.bind_stream(layout, id, name));
     exchange(s, layout, id, name, &listener, name.as_bytes());
     listener
+}
+
+/// Close a listener so that its address is dead at once: `shutdown` first, then drop.
+///
+/// Dropping alone closes only this descriptor. A process another test's thread is
+/// spawning at that moment (a fork before its exec, which closes it) holds a copy of
+/// the listener, and a connect in that window succeeds: seen in CI as
+/// `connect_without_listener_fails` connecting after the drop, 3 runs in 60. `shutdown`
+/// acts on the socket itself, so every copy stops accepting (ECONNREFUSED).
+pub fn close_listener(listener: Listener) {
+    // SAFETY: shutdown of a descriptor the listener owns; it stays open until the drop.
+    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+    drop(listener);
 }
 
 /// Connect through the strategy to `listener` (already bound at `name`) and exchange
