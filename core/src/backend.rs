@@ -115,6 +115,32 @@ pub struct BoxSettings {
     /// its contents to the box and never modifies it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs: Option<PathBuf>,
+    /// The OCI image the box runs, pinned at create: a later `start` uses these very
+    /// layers even if the tag has moved. Exclusive with `rootfs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<BoxImage>,
+}
+
+/// The image a box was created from, as stored with the box (`$.settings.image` in the
+/// runtime store's config JSON; the image store's "is this image in use" query reads
+/// `$.settings.image.manifest`). Digests are `algorithm:hex` strings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct BoxImage {
+    /// The reference the user gave, normalised (`registry/repo:tag` or `…@digest`).
+    pub reference: String,
+    /// The manifest's digest: the image's identity.
+    pub manifest: String,
+    /// The layers' diff ids, bottom first: the unpacked, shared, read-only layer
+    /// directories the backend stacks (resolved under the home by the runtime).
+    pub layers: Vec<String>,
+}
+
+impl BoxImage {
+    /// An image record for a box.
+    pub fn new(reference: String, manifest: String, layers: Vec<String>) -> Self {
+        Self { reference, manifest, layers }
+    }
 }
 
 impl BoxSettings {
@@ -135,6 +161,9 @@ impl BoxSettings {
         }
         if self.rootfs.is_some() {
             v.push("rootfs");
+        }
+        if self.image.is_some() {
+            v.push("image");
         }
         v
     }
