@@ -512,6 +512,8 @@ build_image() {
 # import_image: the archive into the home's store, through the CLI's `image import` when
 # it has one, else vm-image-import (the same library call).
 import_image() {
+    # The home first (marked, 0700): a directory holding only images/ is no home.
+    bs sweep >/dev/null || return 1
     if boxsock image import --help >/dev/null 2>&1; then
         bs image import "$IMG_WORK/image.tar"
     else
