@@ -85,6 +85,25 @@ async fn a_backend_that_cannot_run_images_refuses_at_create_naming_those_that_ca
         other => panic!("expected ImagesUnsupported, got {other}"),
     }
     assert!(e.to_string().contains("libkrun"), "{e}");
+    // An image and a root filesystem together: refused whatever the backend.
+    let image = BoxImage::new(
+        "localhost/wh:1".into(),
+        format!("sha256:{}", "ab".repeat(32)),
+        vec![format!("sha256:{}", "cd".repeat(32))],
+    );
+    let both = CreateOptions::builder()
+        .strategy("short-symlink")
+        .backend("libkrun")
+        .image(image.clone())
+        .rootfs("/")
+        .build();
+    assert!(matches!(rt.create(both).await, Err(RuntimeError::ImageAndRootfs)));
+    // An image whose root the store never built: refused, naming the path.
+    let unbuilt =
+        CreateOptions::builder().strategy("short-symlink").backend("libkrun").image(image);
+    let e = rt.create(unbuilt.build()).await.unwrap_err();
+    assert!(matches!(&e, RuntimeError::BadImage { .. }), "{e}");
+    assert!(e.to_string().contains("images/roots/"), "{e}");
     assert!(env.box_dirs().is_empty());
     assert!(rt.list().unwrap().boxes.is_empty());
     assert!(!env.home.join("images").exists(), "nothing made for the image");
