@@ -10,7 +10,7 @@ use crate::error::AgentError;
 /// Check every inherited descriptor of `config` (`--agent-fd`: a listening Unix stream
 /// socket; `--ready-fd`: a connected one) without taking them over. The agent's binary
 /// calls it first, before anything it does opens a descriptor (its tokio runtime's
-/// epoll would take the number of one that was not inherited); [`Agent::bind`] checks
+/// epoll would take the number of one that was not inherited); [`Agent::bind`](crate::Agent::bind) checks
 /// again and takes them over.
 pub fn check_inherited(config: &AgentConfig) -> Result<(), AgentError> {
     check_distinct(config)?;
