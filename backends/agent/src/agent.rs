@@ -187,46 +187,7 @@ impl Agent {
     pub fn notify_ready(&self) -> Result<(), AgentError> {
         let ready = &self.config.ready;
         let fail = |reason: String| AgentError::Notify { address: ready.to_string(), reason };
-        let timeout = Duration::from_secs(10);
-        let mut stream: Box<dyn Write> = match ready {
-            AgentAddress::Inherited(_) => {
-                let s = self.ready_channel.lock().unwrap_or_else(|p| p.into_inner()).take();
-                let s = s.ok_or_else(|| fail("the ready channel was already used".into()))?;
-                // The same peer check as on a socket dialled by name: the channel's
-                // other end must be held by an allowed uid (the runtime).
-                if let Some(allowed) = self.policy.allowed_uids() {
-                    let cred = peer::peer_cred(s.as_fd())
-                        .map_err(|e| fail(format!("peer credentials: {e}")))?;
-                    if !allowed.contains(&cred.uid) {
-                        let (uid, pid) = (cred.uid, cred.pid);
-                        return Err(fail(format!(
-                            "its peer is uid {uid} (pid {pid}), not one of {allowed:?}"
-                        )));
-                    }
-                }
-                s.set_write_timeout(Some(timeout)).map_err(|e| fail(e.to_string()))?;
-                Box::new(s)
-            }
-            AgentAddress::Unix(a) => {
-                let s = peer::connect_stream_at(a, "ready", &self.policy)
-                    .map_err(|e| fail(e.to_string()))?;
-                s.set_write_timeout(Some(timeout)).map_err(|e| fail(e.to_string()))?;
-                Box::new(s)
-            }
-            AgentAddress::Vsock(v) => {
-                let cid = v.connect_cid();
-                if cid == vsock::CID_ANY {
-                    return Err(fail(
-                        "VMADDR_CID_ANY cannot be dialled; name a CID or omit it for the host (2)"
-                            .into(),
-                    ));
-                }
-                Box::new(
-                    vsock::connect_blocking(cid, v.port, timeout)
-                        .map_err(|e| fail(format!("connect to CID {cid} port {}: {e}", v.port)))?,
-                )
-            }
-        };
+        let mut stream = self.ready_stream().map_err(fail)?;
         let frame = proto::encode(&Frame::Control(Response::Ready {
             version: proto::VERSION,
             pid: self.state.pid,
@@ -234,6 +195,50 @@ impl Agent {
         stream.write_all(&frame).map_err(|e| fail(format!("write: {e}")))?;
         tracing::info!(address = %ready, pid = self.state.pid, "readiness sent");
         Ok(())
+    }
+
+    /// A stream to the ready address, with a write timeout; or why there is none.
+    fn ready_stream(&self) -> Result<Box<dyn Write>, String> {
+        let timeout = Duration::from_secs(10);
+        match &self.config.ready {
+            AgentAddress::Inherited(_) => {
+                let s = self.take_ready_channel()?;
+                s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+                Ok(Box::new(s))
+            }
+            AgentAddress::Unix(a) => {
+                let s =
+                    peer::connect_stream_at(a, "ready", &self.policy).map_err(|e| e.to_string())?;
+                s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+                Ok(Box::new(s))
+            }
+            AgentAddress::Vsock(v) => {
+                let cid = v.connect_cid();
+                if cid == vsock::CID_ANY {
+                    return Err("VMADDR_CID_ANY cannot be dialled; name a CID or omit it for the \
+                                host (2)"
+                        .into());
+                }
+                let s = vsock::connect_blocking(cid, v.port, timeout)
+                    .map_err(|e| format!("connect to CID {cid} port {}: {e}", v.port))?;
+                Ok(Box::new(s))
+            }
+        }
+    }
+
+    /// The inherited ready channel (usable once), with the same peer check as a socket
+    /// dialled by name: its other end must be held by an allowed uid (the runtime).
+    fn take_ready_channel(&self) -> Result<UnixStream, String> {
+        let s = self.ready_channel.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let s = s.ok_or("the ready channel was already used")?;
+        if let Some(allowed) = self.policy.allowed_uids() {
+            let cred = peer::peer_cred(s.as_fd()).map_err(|e| format!("peer credentials: {e}"))?;
+            if !allowed.contains(&cred.uid) {
+                let (uid, pid) = (cred.uid, cred.pid);
+                return Err(format!("its peer is uid {uid} (pid {pid}), not one of {allowed:?}"));
+            }
+        }
+        Ok(s)
     }
 
     /// Serve connections until a `Shutdown` request or [`StopHandle::stop`]. Then kill

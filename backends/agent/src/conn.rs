@@ -44,30 +44,13 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    match proto::read_frame::<Request, _>(rd).await {
-        Ok(Frame::Control(Request::Hello { version })) if version == proto::VERSION => {
-            send(wr, Response::Hello { version: proto::VERSION, pid: state.pid }).await?;
-        }
-        Ok(Frame::Control(Request::Hello { version })) => {
-            tracing::warn!(theirs = version, ours = proto::VERSION, "protocol version mismatch");
-            let msg = format!(
-                "agent speaks protocol version {}, the client speaks version {version}",
-                proto::VERSION
-            );
-            return send(wr, error(ErrorCode::Version, msg)).await;
-        }
-        Ok(other) => {
-            return send(
-                wr,
-                error(
-                    ErrorCode::BadRequest,
-                    format!("expected hello first, got {}", describe(&other)),
-                ),
-            )
-            .await;
-        }
-        Err(e) => return reject(wr, e).await,
+    if let Err(answer) = hello(rd).await {
+        return match answer {
+            Some(answer) => send(wr, answer).await,
+            None => Ok(()),
+        };
     }
+    send(wr, Response::Hello { version: proto::VERSION, pid: state.pid }).await?;
     match proto::read_frame::<Request, _>(rd).await {
         Ok(Frame::Control(Request::Ping {})) => send(wr, Response::Pong {}).await,
         Ok(Frame::Control(Request::Shutdown {})) => {
@@ -81,30 +64,50 @@ where
             exec(rd, wr, ExecSpec { argv, env, want_stdin: stdin, cwd, tty }, state).await
         }
         Ok(other) => {
-            send(
-                wr,
-                error(
-                    ErrorCode::BadRequest,
-                    format!("expected a request, got {}", describe(&other)),
-                ),
-            )
-            .await
+            let msg = format!("expected a request, got {}", describe(&other));
+            send(wr, error(ErrorCode::BadRequest, msg)).await
         }
         Err(e) => reject(wr, e).await,
     }
 }
 
-async fn reject<W: AsyncWrite + Unpin>(wr: &mut W, e: ProtoError) -> io::Result<()> {
-    match answer_to(&e) {
-        Some(answer) => {
-            tracing::warn!(error = %e, "bad frame; closing the connection");
-            send(wr, answer).await
+/// Read the client's `Hello`; `Err` holds the answer when it is not one of this
+/// protocol version (`None`: the client went away, nothing to answer).
+async fn hello<R: AsyncRead + Unpin>(rd: &mut R) -> Result<(), Option<Response>> {
+    match proto::read_frame::<Request, _>(rd).await {
+        Ok(Frame::Control(Request::Hello { version })) if version == proto::VERSION => Ok(()),
+        Ok(Frame::Control(Request::Hello { version })) => {
+            tracing::warn!(theirs = version, ours = proto::VERSION, "protocol version mismatch");
+            let msg = format!(
+                "agent speaks protocol version {}, the client speaks version {version}",
+                proto::VERSION
+            );
+            Err(Some(error(ErrorCode::Version, msg)))
         }
-        None => {
-            tracing::debug!(error = %e, "peer went away");
-            Ok(())
+        Ok(other) => {
+            let msg = format!("expected hello first, got {}", describe(&other));
+            Err(Some(error(ErrorCode::BadRequest, msg)))
         }
+        Err(e) => Err(rejection(e)),
     }
+}
+
+async fn reject<W: AsyncWrite + Unpin>(wr: &mut W, e: ProtoError) -> io::Result<()> {
+    match rejection(e) {
+        Some(answer) => send(wr, answer).await,
+        None => Ok(()),
+    }
+}
+
+/// The answer to a frame that could not be read, logged; `None` when the peer just
+/// went away.
+fn rejection(e: ProtoError) -> Option<Response> {
+    let answer = answer_to(&e);
+    match &answer {
+        Some(_) => tracing::warn!(error = %e, "bad frame; closing the connection"),
+        None => tracing::debug!(error = %e, "peer went away"),
+    }
+    answer
 }
 
 pub(crate) fn describe(f: &Frame<Request>) -> String {

@@ -70,18 +70,7 @@ fn check_socket(fd: RawFd, flag: &'static str, listening: bool) -> Result<(), Ag
             _ => bad(format!("fstat: {e}")),
         });
     }
-    let kind = match st.st_mode & libc::S_IFMT {
-        libc::S_IFSOCK => None,
-        libc::S_IFREG => Some("a regular file".to_owned()),
-        libc::S_IFDIR => Some("a directory".to_owned()),
-        libc::S_IFCHR => Some("a character device".to_owned()),
-        libc::S_IFIFO => Some("a pipe".to_owned()),
-        libc::S_IFBLK => Some("a block device".to_owned()),
-        other => Some(format!(
-            "a file of type {other:#o} (an epoll, event or other anonymous descriptor)"
-        )),
-    };
-    if let Some(kind) = kind {
+    if let Some(kind) = not_a_socket(st.st_mode) {
         return Err(bad(format!("it is {kind}, not a socket")));
     }
     // SAFETY: `fd` is open (fstat succeeded); borrowed only for these calls.
@@ -109,6 +98,21 @@ fn check_socket(fd: RawFd, flag: &'static str, listening: bool) -> Result<(), Ag
     nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
         .map_err(|e| bad(format!("F_SETFD: {e}")))?;
     Ok(())
+}
+
+/// What a file of `mode` is, when it is not a socket.
+fn not_a_socket(mode: libc::mode_t) -> Option<String> {
+    match mode & libc::S_IFMT {
+        libc::S_IFSOCK => None,
+        libc::S_IFREG => Some("a regular file".to_owned()),
+        libc::S_IFDIR => Some("a directory".to_owned()),
+        libc::S_IFCHR => Some("a character device".to_owned()),
+        libc::S_IFIFO => Some("a pipe".to_owned()),
+        libc::S_IFBLK => Some("a block device".to_owned()),
+        other => Some(format!(
+            "a file of type {other:#o} (an epoll, event or other anonymous descriptor)"
+        )),
+    }
 }
 
 /// An integer `SOL_SOCKET` option of `fd`.
