@@ -28,6 +28,11 @@
 //! socket file (only if it is still the one it bound) and returns. A process that
 //! leaves its group (`setsid`) escapes this; so does everything if the agent is
 //! SIGKILLed, which is why the runtime should ask for a shutdown first.
+//!
+//! One job per module: `config` (the addresses and whom it trusts), `inherited` (the
+//! descriptors it was handed), `agent` (listening, readiness, the accept loop), `conn`
+//! (one connection's protocol), `exec` (one command: spawn, input, output), `groups`
+//! (the process groups it started and the stop signal), [`pty`].
 
 // First: on a platform other than Linux the build stops here (docs/platforms.md).
 mod sys;
@@ -61,11 +66,25 @@ pub const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// Bind, notify readiness, and serve until shutdown, SIGTERM or SIGINT: the whole
 /// life of the `boxsock-agent` process. Must be called inside a tokio runtime.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
-    use tokio::signal::unix::{SignalKind, signal};
     let agent = Agent::bind(config)?;
-    // Install the handlers before notifying: from readiness on, SIGTERM is graceful.
-    let stop = agent.stop_handle();
-    let signals = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    // Installed before notifying: from readiness on, SIGTERM is graceful.
+    let signals = stop_on_signals(agent.stop_handle());
+    if let Err(e) = agent.notify_ready() {
+        agent.remove_own_socket();
+        return Err(e);
+    }
+    let r = agent.serve().await;
+    if let Some(s) = signals {
+        s.abort();
+    }
+    r
+}
+
+/// Stop the agent (through `stop`) on SIGTERM or SIGINT; `None` when the handlers
+/// cannot be installed.
+fn stop_on_signals(stop: StopHandle) -> Option<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(mut term), Ok(mut int)) => Some(tokio::spawn(async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM"),
@@ -79,14 +98,5 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             );
             None
         }
-    };
-    if let Err(e) = agent.notify_ready() {
-        agent.remove_own_socket();
-        return Err(e);
     }
-    let r = agent.serve().await;
-    if let Some(s) = signals {
-        s.abort();
-    }
-    r
 }
