@@ -16,7 +16,8 @@ use crate::pty::{self, PtyMaster};
 /// A started command. Its group is forgotten when it is dropped, unless processes the
 /// command left behind still live in it (a shutdown kills them).
 pub(super) struct Started<'a> {
-    // First: dropped before the child (and its pty) as when it was a local.
+    // Fields drop in this order: the group is checked, then the child is dropped
+    // (killed if still running), then the pty closes.
     _group: GroupGuard<'a>,
     pub(super) child: tokio::process::Child,
     pub(super) master: Option<Arc<PtyMaster>>,
