@@ -182,7 +182,7 @@ async fn launch_with_direct_addresses_ready_exec_then_kill_and_gone() {
     assert!(!alive(pid), "agent {pid} still exists after kill and reap");
 }
 
-/// Issue 18.1: the agent binds nothing and is told no name: it inherits the listener
+/// Decision 0010: the agent binds nothing and is told no name: it inherits the listener
 /// the runtime bound (descriptor 3) and its end of the ready channel (4), nothing else;
 /// it still checks peers with the box's policy, and the embedder's
 /// `allowed_peer_uids` reach it.

@@ -446,7 +446,7 @@ run overhead sc_overhead
 SC_TIMEOUT="$sc_timeout_saved"
 cleanup
 
-# Issue 13: a box from a static-busybox root (`create --rootfs`). The guest sees the
+# A box from a static-busybox root (`create --rootfs`). The guest sees the
 # user's directory read-only under a tmpfs upper (decision 0006): `/bin/sh -c` runs and
 # writes, the user's directory is unchanged, nothing of it is copied into the box, and
 # the writes last for one run of the box.
