@@ -321,6 +321,10 @@ impl Runtime {
     }
 
     /// Every box (good rows), plus corrupt rows reported by id.
+    ///
+    /// Also lets go of the bindings held for boxes that another process stopped or
+    /// removed meanwhile (no row, or a row whose process is not the one the binding was
+    /// held for): a long-lived runtime that lists holds nothing for dead boxes.
     pub fn list(&self) -> Result<Listing, RuntimeError> {
         let mut listing = self.inner.store.list()?;
         if self.inner.options.access == Access::ReadOnly {
@@ -328,7 +332,16 @@ impl Runtime {
                 self.inner.observe(rec);
             }
         }
+        let live: HashMap<&BoxId, Option<i32>> =
+            listing.boxes.iter().map(|r| (&r.id, r.process.map(|p| p.pid))).collect();
+        lock(&self.inner.bindings).retain(|id, (pid, _)| live.get(id) == Some(pid));
         Ok(listing)
+    }
+
+    /// How many box bindings this runtime holds (decision 0014), for tests and
+    /// `doctor`-style reports.
+    pub fn held_bindings(&self) -> usize {
+        lock(&self.inner.bindings).len()
     }
 
     /// The box with this id or name.
