@@ -360,6 +360,18 @@ pub const TARGETS: &[Target] = &[
         "floor-readdir",
         3.0,
     ),
+    ratio(
+        "host backend: create→ready→exec→remove vs spawning `true`",
+        "runtime/host-short-symlink/one",
+        "floor-spawn-true",
+        4.0,
+    ),
+    ratio(
+        "warm exec of `true` through Runtime::command vs one raw agent round trip",
+        "runtime/warm-exec-true/host-short-symlink",
+        "floor-raw-agent-round-trip",
+        1.2,
+    ),
     Target {
         what: "host backend: create→ready→exec→remove, p50",
         numerator: "runtime/host-short-symlink/one",
