@@ -190,6 +190,11 @@ pub(crate) enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// Manage images (import, inspect, save, prune).
+    Image {
+        #[command(subcommand)]
+        verb: ImageVerb,
+    },
     /// `run --rm`'s lifeline (started by `run --rm` with its pipe at descriptor 3; see
     /// cli/src/lifeline.rs): removes the box if the client dies first.
     #[command(name = lifeline::VERB, hide = true)]
@@ -203,6 +208,23 @@ pub(crate) enum Verb {
         /// The client's start time (clock ticks after boot, /proc/<pid>/stat field 22).
         #[arg(long, value_name = "TICKS")]
         owner_start: u64,
+    },
+}
+
+/// `boxsock image …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ImageVerb {
+    /// Import every image of an OCI image layout directory, an OCI archive or a `docker
+    /// save` tarball (gzip or zstd compressed too); prints each image's id and names.
+    Import {
+        /// The name for an image the archive names only by tag, or not at all.
+        #[arg(long, value_name = "REPO")]
+        name: Option<String>,
+        /// Print only the image ids.
+        #[arg(short, long)]
+        quiet: bool,
+        /// The layout directory or archive.
+        path: PathBuf,
     },
 }
 

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use boxsock::RuntimeError;
 use clap::Parser;
 
-use args::{Cli, Verb};
+use args::{Cli, ImageVerb, Verb};
 
 mod args;
 mod exit;
@@ -204,5 +204,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             verbs::lifeline(g, box_id, owner_pid, owner_start).await
         }
         Verb::Doctor { json } => verbs::doctor(g, json),
+        Verb::Image { verb } => match verb {
+            ImageVerb::Import { name, quiet, path } => {
+                verbs::image::import(g, path, name, quiet).await
+            }
+        },
     }
 }
