@@ -12,12 +12,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use boxsock_image::{Credentials, Digest, ImageError, ImageStore, Platform, Progress, PullOptions};
-use boxsock_test_support::{Need, skip};
 use corpus::{Layer, Tar};
 use registry::{Auth, BUSYBOX, ISSUER, Registry, SERVICE, have, tools};
 use serde_json::json;
