@@ -351,6 +351,26 @@ fn pull_and_login_against_a_real_registry_without_escape_codes_on_a_pipe() {
     let layer = env.home.join("images/layers/sha256").join(&diff["sha256:".len()..]);
     assert_eq!(std::fs::read_to_string(layer.join("root/hello")).unwrap(), "pulled\n");
 
+    // The positive control of "nothing on a pipe": the same pull on a terminal (a pty
+    // made by util-linux's `script`) draws its bars and notes there.
+    if have("script", "util-linux") {
+        let fresh = Env::new();
+        let cmd = format!("{} pull {reference}", env!("CARGO_BIN_EXE_boxsock"));
+        let o = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("BOXSOCK_HOME", &fresh.home)
+            .env("BOXSOCK_LINK_BASE", &fresh.link_base)
+            .env("DOCKER_CONFIG", fresh.root.path().join("no-docker"))
+            .env("TERM", "xterm")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let tty = common::text(&o.stdout);
+        assert!(o.status.success(), "{tty}");
+        assert!(tty.contains("unpacked") && tty.contains('\u{1b}'), "bars on a tty: {tty:?}");
+    }
+
     // Basic auth: refused without credentials (the control), pulled after `login`.
     let auth = registry::Registry::start(registry::Auth::Basic);
     auth.push(&dir, "v1", "priv/hello:v1", false);
