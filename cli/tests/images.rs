@@ -397,3 +397,32 @@ fn pull_and_login_against_a_real_registry_without_escape_codes_on_a_pipe() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).trim().ends_with(&format!(" {reference}")), "{}", stdout(&o));
 }
+
+#[test]
+fn a_corrupt_image_row_is_reported_and_the_good_ones_still_listed() {
+    let env = Env::new();
+    // A home that does not exist lists nothing and is not made.
+    let o = run(boxsock(&env).arg("images"));
+    assert!(o.status.success() && stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    assert!(!env.home.exists());
+
+    let dir = env.root.path().join("layout");
+    let id = layout(&dir, "good\n", "v1");
+    assert!(import(&env, &dir, &["--name", "localhost/good"]).status.success());
+    let db = rusqlite::Connection::open(env.home.join("boxsock.db")).unwrap();
+    db.execute_batch("INSERT INTO images VALUES ('sha256:not-hex\x1b[2J', 'x', '[]', 'p', 0, 1);")
+        .unwrap();
+    drop(db);
+    let o = run(boxsock(&env).args(["images", "--quiet"]));
+    assert!(o.status.success(), "never fatal: {}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), id, "the good row still listed");
+    let err = stderr(&o);
+    assert!(err.contains("stored row is corrupt") && err.contains("not-hex"), "{err}");
+    assert!(!err.contains('\u{1b}'), "escaped: {err:?}");
+    // Writes go on beside it.
+    let other = env.root.path().join("other");
+    layout(&other, "other\n", "v2");
+    assert!(import(&env, &other, &["--name", "localhost/other"]).status.success());
+    let o = run(boxsock(&env).args(["images", "--quiet"]));
+    assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
+}

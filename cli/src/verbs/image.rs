@@ -248,6 +248,15 @@ fn human(bytes: u64) -> String {
 
 /// `images`: one line per name (an image without one: `<none>`); `--quiet`: ids.
 pub(crate) async fn images(g: &Global, quiet: bool, as_json: bool) -> Result<u8, Failure> {
+    // Listing creates no home: one that does not exist lists nothing, and says so.
+    let home = g.home()?;
+    if !home.exists() {
+        errln!("boxsock: home {} does not exist (no images)", echo::path(&home));
+        if as_json {
+            return json(&serde_json::json!({ "images": [], "bad": [] }));
+        }
+        return Ok(0);
+    }
     let store = store(g).await?;
     let list = store.list_all()?;
     if as_json {
@@ -297,6 +306,17 @@ pub(crate) async fn images(g: &Global, quiet: bool, as_json: bool) -> Result<u8,
 
 /// `image inspect REF…`: JSON (an array when several are given).
 pub(crate) async fn inspect(g: &Global, refs: Vec<String>) -> Result<u8, Failure> {
+    let home = g.home()?;
+    if !home.exists() {
+        return Err(Failure(
+            format!(
+                "no image {}: home {} does not exist",
+                echo::echo(&refs.join(", ")),
+                echo::path(&home)
+            ),
+            exit::FAILED,
+        ));
+    }
     let store = store(g).await?;
     let mut found = Vec::new();
     let mut failed = false;

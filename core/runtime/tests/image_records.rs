@@ -174,3 +174,38 @@ fn an_images_json_of_the_library_alone_is_moved_in_once() {
     drop(ImageStore::open_with_records(&dir, Arc::new(records.clone())).unwrap());
     assert_eq!(records.read().unwrap().images.len(), 3);
 }
+
+/// "A concurrent create cannot slip between the check and the delete": while a removal's
+/// change runs (after it asked for the pinned boxes), another connection cannot insert
+/// a box row: the removal holds SQLite's write lock from before its read. Deterministic:
+/// the other connection does not wait (busy timeout 0), so it fails at once or not at all.
+#[test]
+fn no_box_row_can_be_inserted_between_the_check_and_the_removal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_store, records) = open(tmp.path());
+    add(&records, record('1', &["localhost/a:1"]));
+    let other = rusqlite::Connection::open(tmp.path().join("boxsock.db")).unwrap();
+    other.busy_timeout(std::time::Duration::ZERO).unwrap();
+    let insert = |id: &str| {
+        other.execute(
+            "INSERT INTO boxes (id, state, config, created_at_ms, updated_at_ms)
+             VALUES (?1, 'created', '{}', 0, 0)",
+            [id],
+        )
+    };
+    // The control: outside a removal the insert goes through.
+    insert("before").unwrap();
+    let mut during = None;
+    records
+        .update(&mut |images, users| {
+            assert!(users(&d('1'))?.is_empty());
+            during = Some(insert("during"));
+            images.clear();
+            Ok(())
+        })
+        .unwrap();
+    let err = during.unwrap().unwrap_err();
+    assert_eq!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy), "{err}");
+    insert("after").unwrap();
+    assert!(records.read().unwrap().images.is_empty());
+}
