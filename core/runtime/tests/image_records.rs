@@ -209,3 +209,30 @@ fn no_box_row_can_be_inserted_between_the_check_and_the_removal() {
     insert("after").unwrap();
     assert!(records.read().unwrap().images.is_empty());
 }
+
+/// The other half: a box row pinned to an image is inserted only while the image is
+/// recorded, checked in the insert's transaction (a create that resolved the image
+/// before an `rmi` committed fails instead of pinning a removed image).
+#[test]
+fn a_box_pinned_to_an_image_not_recorded_is_refused_at_insert() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, records) = open(tmp.path());
+    add(&records, record('1', &["localhost/a:1"]));
+    let pinned = |c: char| {
+        let mut settings = BoxSettings::default();
+        settings.image = Some(BoxImage::new("r".into(), d(c).to_string(), vec![]));
+        let config = BoxConfig {
+            strategy: "direct".into(),
+            backend: "host".into(),
+            network: false,
+            env: vec![],
+            settings,
+        };
+        Store::new_record(BoxId::generate(), None, config)
+    };
+    store.insert(&pinned('1')).unwrap();
+    let err = store.insert(&pinned('7')).unwrap_err();
+    assert!(matches!(err, boxsock_runtime::store::StoreError::ImageGone { .. }), "{err}");
+    assert!(err.to_string().contains(&"7".repeat(64)), "{err}");
+    assert_eq!(store.list().unwrap().boxes.len(), 1, "nothing written");
+}
