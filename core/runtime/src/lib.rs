@@ -320,6 +320,16 @@ impl Runtime {
         self.inner.backend(name)
     }
 
+    /// The home's image store (`<home>/images`), its records in this home's SQLite
+    /// store (decision 0019): `rmi` is refused while a box is pinned to the image, and
+    /// `prune` keeps what boxes are pinned to. Records an `images.json` there held are
+    /// moved in at the first open.
+    pub fn images(&self) -> Result<boxsock_image::ImageStore, RuntimeError> {
+        let records = Arc::new(store::HomeRecords::of_runtime(self.clone()));
+        let dir = self.inner.layout.home().join("images");
+        Ok(boxsock_image::ImageStore::open_with_records(dir, records)?)
+    }
+
     /// Every box (good rows), plus corrupt rows reported by id.
     ///
     /// Also lets go of the bindings held for boxes that another process stopped or
