@@ -31,7 +31,7 @@ pub fn build(config: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingE
 }
 
 /// The `abstract` strategy. Holds a cache of per-home secrets and of per-box epochs (so
-/// [`SocketBinding::address`] is a map lookup, one `lstat` of the box's epoch file and
+/// [`Abstract::address`] is a map lookup, one `lstat` of the box's epoch file and
 /// one HMAC) and one [`PeerPolicy`] whose rejection counter all its listeners and
 /// connectors share.
 #[derive(Debug)]
@@ -259,11 +259,52 @@ impl SocketBinding for Abstract {
         }
     }
 
+    /// Nothing to sweep, for the same reason as [`Abstract::release`]. The secret
+    /// is the home's, not a box's, and is kept.
+    fn sweep(&self, _layout: &BoxLayout) -> Result<SweepReport, BindingError> {
+        Ok(SweepReport::default())
+    }
+
+    fn open_box(
+        self: Arc<Self>,
+        layout: &BoxLayout,
+        id: &BoxId,
+        opening: Opening,
+        sockets: &[Socket],
+    ) -> Result<Arc<dyn BoxBinding>, BindingError> {
+        match opening {
+            Opening::Start => {
+                self.prepare_start(layout, id)?;
+                self.ensure(layout, id)?;
+            }
+            Opening::Use => self.ensure(layout, id)?,
+            Opening::Inspect => {}
+        }
+        let keyed = self.keyed(layout)?;
+        let epoch = self.current_epoch(layout, id)?;
+        let derive = |f: &str| derive_with(&keyed, id, epoch.as_ref(), f);
+        let addresses = derive_addresses(derive, sockets)?;
+        let policy = self.policy.clone();
+        Ok(Arc::new(AbstractBox {
+            strategy: self,
+            layout: layout.clone(),
+            id: id.clone(),
+            policy,
+            inspect_only: opening == Opening::Inspect,
+            sockets: sockets.to_vec(),
+            held: RwLock::new(HeldNames { keyed, epoch, addresses }),
+        }))
+    }
+}
+
+/// The per-box work of the strategy, which [`AbstractBox`] calls (and the crate's own
+/// tests); the runtime and the conformance kit go through `open_box`.
+impl Abstract {
     /// Creates the home's secret if needed and re-validates it on disk (owner, mode,
     /// not a symlink), and re-reads the box's epoch if it changed. A secret deleted while this instance uses it is written back
     /// from memory, so running boxes keep their names. Nothing else: abstract names need
     /// no filesystem entry.
-    fn ensure(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+    pub fn ensure(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
         self.load(layout)?;
         self.current_epoch(layout, id)?;
         tracing::debug!(box_id = %id, strategy = NAME, "ensured");
@@ -275,7 +316,7 @@ impl SocketBinding for Abstract {
     /// secret on first use, then serves it from the cache; the epoch is re-read only
     /// when its file changed (one `lstat`), so every process agrees on the names of the
     /// box's current start.
-    fn address(
+    pub fn address(
         &self,
         layout: &BoxLayout,
         id: &BoxId,
@@ -298,21 +339,15 @@ impl SocketBinding for Abstract {
 
     /// Nothing to remove: the kernel frees an abstract name when the last descriptor of
     /// the socket bound to it closes, so a dead box's names are free already.
-    fn release(&self, _layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+    pub fn release(&self, _layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
         tracing::debug!(box_id = %id, strategy = NAME, "released (nothing on disk)");
         Ok(())
-    }
-
-    /// Nothing to sweep, for the same reason as [`SocketBinding::release`]. The secret
-    /// is the home's, not a box's, and is kept.
-    fn sweep(&self, _layout: &BoxLayout) -> Result<SweepReport, BindingError> {
-        Ok(SweepReport::default())
     }
 
     /// Only the secret file, read-only: a sandboxed process that derives addresses
     /// needs it; sockets themselves involve no path. (Landlock's abstract-socket scope
     /// is a separate matter: see `docs/strategies.md`.)
-    fn policy_paths(
+    pub fn policy_paths(
         &self,
         layout: &BoxLayout,
         _id: &BoxId,
@@ -328,44 +363,17 @@ impl SocketBinding for Abstract {
     /// of the box changes, so names seen during an earlier run (an old argv,
     /// `/proc/net/unix`) reach nothing, and names another user bound after `stop` are
     /// simply not used again.
-    fn prepare_start(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+    pub fn prepare_start(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
         self.rotate(layout, id)?;
         tracing::debug!(box_id = %id, strategy = NAME, "rotated the box's abstract names for this start");
         Ok(())
     }
 
-    fn peer_policy(&self) -> PeerPolicy {
+    /// The policy every listener and connector of this instance enforces.
+    pub fn peer_policy(&self) -> PeerPolicy {
         self.policy.clone()
     }
 
-    fn open_box(
-        self: Arc<Self>,
-        layout: &BoxLayout,
-        id: &BoxId,
-        opening: Opening,
-        sockets: &[Socket],
-    ) -> Result<Arc<dyn BoxBinding>, BindingError> {
-        if opening == Opening::Start {
-            self.prepare_start(layout, id)?;
-        }
-        self.ensure(layout, id)?;
-        let keyed = self.keyed(layout)?;
-        let epoch = self.current_epoch(layout, id)?;
-        let derive = |f: &str| derive_with(&keyed, id, epoch.as_ref(), f);
-        let addresses = derive_addresses(derive, sockets)?;
-        let policy = self.policy.clone();
-        Ok(Arc::new(AbstractBox {
-            strategy: self,
-            layout: layout.clone(),
-            id: id.clone(),
-            policy,
-            sockets: sockets.to_vec(),
-            held: RwLock::new(HeldNames { keyed, epoch, addresses }),
-        }))
-    }
-}
-
-impl Abstract {
     /// Binds at the box's current name; a name found taken is reported (with the
     /// holder's uid, inode and pid from `sock_diag`) and the box's names are rotated
     /// (see `bind_recovering`).
@@ -445,6 +453,8 @@ struct AbstractBox {
     layout: BoxLayout,
     id: BoxId,
     policy: PeerPolicy,
+    /// Opened with [`Opening::Inspect`]: every use is refused.
+    inspect_only: bool,
     sockets: Vec<Socket>,
     held: RwLock<HeldNames>,
 }
@@ -471,11 +481,26 @@ impl BoxBinding for AbstractBox {
         &self.id
     }
 
-    fn address(&self, socket: &Socket) -> Result<SocketAddress, BindingError> {
+    fn derive(&self, file_name: &str) -> Result<SocketAddress, BindingError> {
         let held = self.names();
-        match held.addresses.get(socket.name) {
-            Some(a) => Ok(a.clone()),
-            None => derive_with(&held.keyed, &self.id, held.epoch.as_ref(), &socket.file_name()),
+        derive_with(&held.keyed, &self.id, held.epoch.as_ref(), file_name)
+    }
+
+    fn address(&self, socket: &Socket) -> Result<SocketAddress, BindingError> {
+        if let Some(a) = self.names().addresses.get(socket.name) {
+            return Ok(a.clone());
+        }
+        let own = derive_addresses(|f| self.derive(f), &[*socket])?;
+        own.into_values().next().ok_or_else(|| BindingError::Invalid {
+            what: "socket".into(),
+            reason: format!("no address derived for {socket}"),
+        })
+    }
+
+    fn check(&self) -> Result<(), BindingError> {
+        match self.inspect_only {
+            true => Err(boxsock_core::boxbinding::inspect_only(&self.id, "binding or dialling")),
+            false => Ok(()),
         }
     }
 
@@ -498,6 +523,7 @@ impl BoxBinding for AbstractBox {
     /// Binds at the box's held name; a name found squatted moves the box to fresh
     /// names (see `bind_recovering`), which this binding then holds.
     fn listen(&self, socket: &Socket) -> Result<Listener, BindingError> {
+        self.check()?;
         let held = self.address(socket)?;
         let l = self.strategy.bind_stream(&self.layout, &self.id, &socket.file_name())?;
         if *l.address() != held {
@@ -507,6 +533,7 @@ impl BoxBinding for AbstractBox {
     }
 
     fn listen_datagram(&self, socket: &Socket) -> Result<UnixDatagram, BindingError> {
+        self.check()?;
         let held = self.address(socket)?;
         let sock = self.strategy.bind_datagram(&self.layout, &self.id, &socket.file_name())?;
         let now = self.strategy.address(&self.layout, &self.id, &socket.file_name())?;
