@@ -1357,7 +1357,7 @@ mod sys {
         if let Some(p) = addr.as_path() {
             chmod(p, 0o777); // only the strategy's protection is tested, not the umask
         }
-        let policy = s.peer_policy();
+        let policy = ok("peer_policy", s.peer_policy(&layout, &id));
         peer::set_pass_cred(d.as_fd()).expect("SO_PASSCRED");
         let report = fork::send_from_child(&addr, b"intruder");
         let caps = k.caps();
@@ -1530,7 +1530,8 @@ pub fn socket_dir_is_verified_and_held(k: &Kit) -> Outcome {
     std::fs::rename(&real, &moved).expect("rename the sockets dir away");
     std::fs::create_dir(&real).expect("create the impostor directory");
     chmod(&real, 0o700);
-    let l = ok("bind through the held socket_dir", dir.bind_stream(AGENT, s.peer_policy()));
+    let policy = ok("peer_policy", s.peer_policy(&layout, &id));
+    let l = ok("bind through the held socket_dir", dir.bind_stream(AGENT, policy.clone()));
     assert!(
         moved.join(AGENT).exists(),
         "{}: the held socket_dir did not bind in the directory it verified",
@@ -1541,7 +1542,7 @@ pub fn socket_dir_is_verified_and_held(k: &Kit) -> Outcome {
         "{}: the held socket_dir bound at the re-resolved name",
         sname(k)
     );
-    let _c = ok("connect through the held socket_dir", dir.connect_stream(AGENT, &s.peer_policy()));
+    let _c = ok("connect through the held socket_dir", dir.connect_stream(AGENT, &policy));
     drop(l);
     std::fs::remove_dir(&real).expect("remove the impostor");
     std::fs::rename(&moved, &real).expect("put the real directory back");

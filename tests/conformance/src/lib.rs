@@ -24,6 +24,8 @@
 //! re-execute the test binary (see [`child`]).
 
 use boxsock_core::{BindingError, BoxId, BoxLayout, SocketBinding};
+use std::sync::Arc;
+use util::ByFile;
 
 pub mod checks;
 pub mod child;
@@ -59,7 +61,7 @@ pub enum Need {
 
 impl Need {
     /// Why `strategy` (on this machine) does not meet this need, if it does not.
-    pub fn unmet(self, strategy: &dyn SocketBinding) -> Option<String> {
+    pub fn unmet(self, strategy: &Arc<dyn SocketBinding>) -> Option<String> {
         let caps = strategy.capabilities();
         let probe = BoxLayout::new("/nonexistent-boxsock-kit-probe");
         let id = BoxId::parse("probe").expect("valid id");
@@ -198,7 +200,7 @@ pub fn run_check(check: &Check, ctor: Constructor) -> Outcome {
         );
     }
     for need in check.needs {
-        if let Some(reason) = need.unmet(&*kit.strategy) {
+        if let Some(reason) = need.unmet(&kit.strategy) {
             return skip(check, &name, reason);
         }
     }
