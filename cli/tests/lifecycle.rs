@@ -1408,8 +1408,7 @@ async fn a_companion_exiting_before_ready_fails_the_start_within_a_second_with_i
     rt.remove(b.id.as_str(), false).await.unwrap();
 }
 
-/// `direct` with the trait's default peer policy (unchecked), as a third-party strategy
-/// that does not override `peer_policy` would be.
+/// `direct` whose peer policy checks nothing, as a third-party strategy's might.
 static UNCHECKED: boxsock::boxsock_core::registry::StrategyRegistration =
     boxsock::boxsock_core::registry::StrategyRegistration {
         name: without::UNCHECKED,

@@ -91,7 +91,8 @@ fn registered_with_the_promised_capabilities_and_policy() {
     assert!(c.peer_credentials && c.netns_scoped && c.home_length_independent);
     assert_eq!(c.cross_user, CrossUserProtection::PeerCredentials);
     assert!(c.supported_here());
-    let layout = BoxLayout::new("/nonexistent-boxsock-abstract-probe");
+    let home = tempfile::tempdir().unwrap();
+    let layout = BoxLayout::new(home.path());
     let id = BoxId::parse("probe").unwrap();
     let looked = s.inspect_box(&layout, &id).unwrap();
     let p = looked.peer_policy().clone();

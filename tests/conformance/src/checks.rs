@@ -1494,7 +1494,7 @@ pub fn no_filesystem_entries(k: &Kit) -> Outcome {
     Outcome::Passed
 }
 
-/// A path strategy hands out a verified socket directory ([`SocketBinding::socket_dir`]):
+/// A path strategy hands out a verified socket directory ([`BoxBinding::dir`](boxsock_core::BoxBinding::dir)):
 /// the box's real `sockets` directory (same device and inode), owned by the owner; binds
 /// and connects through it keep reaching that directory even after the names on the way
 /// are changed (the directory is renamed away and another put in its place).

@@ -47,7 +47,7 @@ pub enum Need {
     /// The strategy keeps a predictable directory in a shared base
     /// (`SocketBinding::shared_dir`).
     SharedDir,
-    /// The strategy creates one filesystem entry per box (`SocketBinding::binding_path`).
+    /// The strategy creates one filesystem entry per box (a binding's `BoxBinding::binding_path`).
     BindingPath,
     /// Addresses are filesystem paths (`Capabilities::path_addressable`).
     PathAddressable,
