@@ -11,8 +11,8 @@ use boxsock_core::binding::{CrossUserProtection, PolicyIntent};
 use boxsock_core::catalogue::{self, SocketSpec};
 use boxsock_core::peer::Listener;
 use boxsock_core::{
-    BindingError, BoxId, BoxLayout, Platform, PolicyAccess, SocketAddress, SocketBinding, boxdir,
-    budget,
+    BindingError, BoxId, BoxLayout, Opening, Platform, PolicyAccess, SocketAddress, SocketBinding,
+    boxdir, budget,
 };
 
 use crate::Outcome;
@@ -1674,5 +1674,43 @@ pub fn socket_files_are_private_whatever_the_umask(k: &Kit) -> Outcome {
             p.display()
         );
     }
+    Outcome::Passed
+}
+
+/// A box opened to look ([`Opening::Inspect`]: what `inspect`, `doctor`, the budget
+/// check before a start and the release of a box nobody holds use) makes nothing for the
+/// box, refuses every bind and dial (`Unsupported`: nothing was ensured or verified),
+/// and shows the very addresses a binding opened for use holds (decision 0017).
+pub fn inspecting_a_box_makes_nothing_and_refuses_use(k: &Kit) -> Outcome {
+    let s = &k.strategy;
+    let layout = k.harness.new_home();
+    let id = k.harness.new_box(&layout);
+    let sockets = [catalogue::AGENT, catalogue::READY];
+    let looked =
+        ok("open_box(Inspect)", s.clone().open_box(&layout, &id, Opening::Inspect, &sockets));
+    if let Some(p) = looked.binding_path() {
+        assert!(
+            !exists_nofollow(&p),
+            "{}: opening box {id} to inspect made its binding {}",
+            sname(k),
+            p.display()
+        );
+    }
+    let refused = |what: &str, r: Result<(), BindingError>| match r {
+        Err(BindingError::Unsupported { .. }) => {}
+        other => panic!(
+            "{}: {what} through a binding opened to inspect: expected Unsupported, got {other:?}",
+            sname(k)
+        ),
+    };
+    refused("listen", looked.listen(&catalogue::AGENT).map(drop));
+    refused("connect", looked.connect(&catalogue::AGENT, None).map(drop));
+    let used = ok("open_box(Use)", s.clone().open_box(&layout, &id, Opening::Use, &sockets));
+    assert_eq!(
+        looked.addresses(),
+        used.addresses(),
+        "{}: box {id} opened to inspect shows other addresses than opened for use",
+        sname(k)
+    );
     Outcome::Passed
 }

@@ -142,6 +142,8 @@ enum Bug {
     /// A held binding dials through its directory without re-checking that its link
     /// still names it.
     HeldSkipsRecheck,
+    /// Opening a box to inspect opens it for use (`ensure`, the directory).
+    InspectOpensForUse,
 }
 
 /// A real strategy with one [`Bug`]: its stateless answers, and its boxes wrapped in a
@@ -494,6 +496,10 @@ impl SocketBinding for Broken {
         opening: Opening,
         sockets: &[Socket],
     ) -> Result<Arc<dyn BoxBinding>, BindingError> {
+        let opening = match (self.bug, opening) {
+            (Bug::InspectOpensForUse, Opening::Inspect) => Opening::Use,
+            (_, o) => o,
+        };
         // Through the (possibly broken) per-box methods.
         let inner = self.inner.clone().open_box(layout, id, opening, sockets)?;
         Ok(Arc::new(BrokenBox {
@@ -819,6 +825,8 @@ proofs! {
         => ["expected Insecure or Occupied, got Ok"];
     held_binding_refuses_a_link_swapped_between_dials: ShortSymlink with Bug::HeldSkipsRecheck
         => ["the second dial through a held binding whose link was swapped", "expected Insecure (refused at use), got Ok"];
+    inspecting_a_box_makes_nothing_and_refuses_use: ShortSymlink with Bug::InspectOpensForUse
+        => ["to inspect made its binding"];
     socket_files_are_private_whatever_the_umask: Direct with Bug::UmaskSockets
         => ["was created mode", "under umask 000"];
     invalid_file_names: Direct with Bug::NoValidation
