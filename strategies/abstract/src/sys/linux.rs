@@ -280,20 +280,23 @@ impl SocketBinding for Abstract {
             Opening::Use => self.ensure(layout, id)?,
             Opening::Inspect => {}
         }
-        let keyed = self.keyed(layout)?;
-        let epoch = self.current_epoch(layout, id)?;
-        let derive = |f: &str| derive_with(&keyed, id, epoch.as_ref(), f);
-        let addresses = derive_addresses(derive, sockets)?;
         let policy = self.policy.clone();
-        Ok(Arc::new(AbstractBox {
+        let b = AbstractBox {
             strategy: self,
             layout: layout.clone(),
             id: id.clone(),
             policy,
             inspect_only: opening == Opening::Inspect,
             sockets: sockets.to_vec(),
-            held: RwLock::new(HeldNames { keyed, epoch, addresses }),
-        }))
+            held: RwLock::new(None),
+        };
+        // A box opened to inspect for no socket (to release it, or to see its binding
+        // path) reads the home's key only when an address is asked for: releasing needs
+        // none, and a home too deep for the key's path must still be released.
+        if opening != Opening::Inspect || !sockets.is_empty() {
+            b.load()?;
+        }
+        Ok(Arc::new(b))
     }
 }
 
@@ -456,22 +459,42 @@ struct AbstractBox {
     /// Opened with [`Opening::Inspect`]: every use is refused.
     inspect_only: bool,
     sockets: Vec<Socket>,
-    held: RwLock<HeldNames>,
+    /// Loaded at the open, or at the first address asked of a box opened to inspect.
+    held: RwLock<Option<HeldNames>>,
 }
 
 impl AbstractBox {
-    fn names(&self) -> std::sync::RwLockReadGuard<'_, HeldNames> {
-        self.held.read().unwrap_or_else(|p| p.into_inner())
+    /// Read the home's key and the box's epoch, and derive the held names.
+    fn load(&self) -> Result<(), BindingError> {
+        let keyed = self.strategy.keyed(&self.layout)?;
+        let epoch = self.strategy.current_epoch(&self.layout, &self.id)?;
+        let derive = |f: &str| derive_with(&keyed, &self.id, epoch.as_ref(), f);
+        let addresses = derive_addresses(derive, &self.sockets)?;
+        let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
+        if held.is_none() {
+            *held = Some(HeldNames { keyed, epoch, addresses });
+        }
+        Ok(())
+    }
+
+    /// `f` of the held names, loading them first if the box was opened without.
+    fn names<T>(&self, f: impl FnOnce(&HeldNames) -> T) -> Result<T, BindingError> {
+        if let Some(h) = self.held.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(f(h));
+        }
+        self.load()?;
+        let held = self.held.read().unwrap_or_else(|p| p.into_inner());
+        Ok(f(held.as_ref().expect("loaded above")))
     }
 
     /// After a bind rotated the epoch: take the new one and derive every name again.
     fn follow_rotation(&self) -> Result<(), BindingError> {
         let epoch = self.strategy.current_epoch(&self.layout, &self.id)?;
-        let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
-        let keyed = held.keyed.clone();
-        held.addresses =
+        let keyed = self.names(|h| h.keyed.clone())?;
+        let addresses =
             derive_addresses(|f| derive_with(&keyed, &self.id, epoch.as_ref(), f), &self.sockets)?;
-        held.epoch = epoch;
+        let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
+        *held = Some(HeldNames { keyed, epoch, addresses });
         Ok(())
     }
 }
@@ -482,13 +505,12 @@ impl BoxBinding for AbstractBox {
     }
 
     fn derive(&self, file_name: &str) -> Result<SocketAddress, BindingError> {
-        let held = self.names();
-        derive_with(&held.keyed, &self.id, held.epoch.as_ref(), file_name)
+        self.names(|h| derive_with(&h.keyed, &self.id, h.epoch.as_ref(), file_name))?
     }
 
     fn address(&self, socket: &Socket) -> Result<SocketAddress, BindingError> {
-        if let Some(a) = self.names().addresses.get(socket.name) {
-            return Ok(a.clone());
+        if let Some(a) = self.names(|h| h.addresses.get(socket.name).cloned())? {
+            return Ok(a);
         }
         let own = derive_addresses(|f| self.derive(f), &[*socket])?;
         own.into_values().next().ok_or_else(|| BindingError::Invalid {
@@ -505,7 +527,9 @@ impl BoxBinding for AbstractBox {
     }
 
     fn addresses(&self) -> BTreeMap<String, SocketAddress> {
-        self.names().addresses.clone()
+        // Loaded at the open, unless opened to inspect for no socket: then none are held.
+        let held = self.held.read().unwrap_or_else(|p| p.into_inner());
+        held.as_ref().map(|h| h.addresses.clone()).unwrap_or_default()
     }
 
     fn peer_policy(&self) -> &PeerPolicy {
