@@ -325,19 +325,8 @@ impl Abstract {
         id: &BoxId,
         file_name: &str,
     ) -> Result<SocketAddress, BindingError> {
-        catalogue::validate_file_name(file_name).map_err(|e| BindingError::Invalid {
-            what: "socket file name".into(),
-            reason: e.to_string(),
-        })?;
         let keyed = self.keyed(layout)?;
-        let epoch = self.current_epoch(layout, id)?;
-        let addr = SocketAddress::Abstract(keyed.deriver.derive_in(
-            id.as_str(),
-            epoch.as_ref(),
-            file_name,
-        ));
-        budget::check(file_name, &addr, Platform::Linux)?;
-        Ok(addr)
+        derive_with(&keyed, id, self.current_epoch(layout, id)?.as_ref(), file_name)
     }
 
     /// Nothing to remove: the kernel frees an abstract name when the last descriptor of
