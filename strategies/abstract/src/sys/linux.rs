@@ -300,8 +300,8 @@ impl SocketBinding for Abstract {
     }
 }
 
-/// The per-box work of the strategy, which [`AbstractBox`] calls (and the crate's own
-/// tests); the runtime and the conformance kit go through `open_box`.
+/// The per-box work of the strategy, which its box binding (`AbstractBox`) calls (and
+/// the crate's own tests); the runtime and the conformance kit go through `open_box`.
 impl Abstract {
     /// Creates the home's secret if needed and re-validates it on disk (owner, mode,
     /// not a symlink), and re-reads the box's epoch if it changed. A secret deleted while this instance uses it is written back
