@@ -69,10 +69,13 @@ impl Subject {
         let layout = BoxLayout::new(home);
         let id = BoxId::generate();
         boxsock_core::boxdir::create_box_dirs(&layout, &id).expect("box dirs");
-        if let Err(e) = strategy
-            .ensure(&layout, &id)
-            .and_then(|()| strategy.address(&layout, &id, "agent.sock").map(drop))
-        {
+        let opened = strategy.clone().open_box(
+            &layout,
+            &id,
+            boxsock_core::Opening::Use,
+            &[boxsock_core::catalogue::AGENT],
+        );
+        if let Err(e) = opened {
             eprintln!("skipped {} under a {}-byte home: {e}", reg.name, home.as_os_str().len());
             return None;
         }

@@ -396,7 +396,7 @@ impl Runtime {
         // sockets, so a home too deep for this strategy is said first, whatever the
         // machine can run.
         let id = opts.id.clone().unwrap_or_else(BoxId::generate);
-        check_addresses(&*strategy, &inner.layout, &id, &socket_specs(&*backend, opts.network))?;
+        check_addresses(&strategy, &inner.layout, &id, &socket_specs(&*backend, opts.network))?;
         if let Availability::Unavailable { reason } = backend.available_for_launch() {
             return Err(RuntimeError::BackendUnavailable { backend: opts.backend.clone(), reason });
         }
@@ -449,7 +449,7 @@ impl Runtime {
         let prepared =
             ensured.and_then(|()| backend.prepare(&inner.layout, &id).map_err(RuntimeError::from));
         if let Err(e) = prepared {
-            let _ = strategy.release(&inner.layout, &id);
+            let _ = strategy.release_box(&inner.layout, &id);
             let _ = boxsock_core::boxdir::remove_box_dir(&inner.layout, &id);
             let _ = inner.store.delete(id.as_str());
             return Err(e);
@@ -777,7 +777,7 @@ impl Inner {
     fn release_everywhere(&self, id: &BoxId) {
         for reg in self.options.strategies.iter() {
             if let Ok(s) = self.strategy(reg.name) {
-                if let Err(e) = s.release(&self.layout, id) {
+                if let Err(e) = s.release_box(&self.layout, id) {
                     tracing::warn!(box_id = %id, strategy = reg.name, error = %e, "release failed");
                 }
             }
