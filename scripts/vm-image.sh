@@ -5,9 +5,9 @@
 #
 #   scripts/vm-image.sh BIN_DIR OUT_DIR
 #
-# BIN_DIR holds boxsock, boxsock-krun-shim, boxsock-agent, vm-bare-launch,
-# boxsock-backend-kit and vm-image-import. Every downloaded asset (the kernel, busybox
-# and passt packages, the wheel that carries libkrunfw) is pinned below by version and sha256 and checked before
+# BIN_DIR holds boxsock, boxsock-krun-shim, boxsock-agent, vm-bare-launch and
+# boxsock-backend-kit. Every downloaded asset (the kernel, busybox and passt packages, the
+# wheel that carries libkrunfw) is pinned below by version and sha256 and checked before
 # use; downloads are cached in $BOXSOCK_VM_CACHE (default: target/vm-cache) under their
 # hash. OUT_DIR gets vmlinuz, initrd.img and inputs.txt (what went in); the initramfs is
 # rebuilt only when the key of its inputs changes.
@@ -79,7 +79,7 @@ mkdir -p "$cache" "$out"
 for tool in cpio dpkg-deb apt-get apt-cache ldd strip sha256sum python3; do
     command -v "$tool" >/dev/null || unavailable "$tool not found (.ci/run installs it: apt-get install cpio binutils)"
 done
-for b in boxsock boxsock-krun-shim boxsock-agent vm-bare-launch boxsock-backend-kit vm-image-import; do
+for b in boxsock boxsock-krun-shim boxsock-agent vm-bare-launch boxsock-backend-kit; do
     [ -x "$bin_dir/$b" ] || die "$bin_dir/$b missing (cargo build --bins -p boxsock -p boxsock-libkrun -p boxsock-agent -p boxsock-vm-tests)"
 done
 
@@ -155,8 +155,7 @@ mv "$wdir/libkrunfw.so.5.tmp" "$wdir/libkrunfw.so.5"
 key="$( {
     echo "$KERNEL_SHA256 $BUSYBOX_SHA256 $PASST_SHA256 $WHEEL_SHA256"
     sha256sum "$bin_dir"/boxsock "$bin_dir"/boxsock-krun-shim "$bin_dir"/boxsock-agent \
-        "$bin_dir"/vm-bare-launch "$bin_dir"/boxsock-backend-kit "$bin_dir"/vm-image-import \
-        "$guest_dir"/* "$0" | cut -d' ' -f1
+        "$bin_dir"/vm-bare-launch "$bin_dir"/boxsock-backend-kit "$guest_dir"/* "$0" | cut -d' ' -f1
 } | sha256sum | cut -d' ' -f1)"
 if [ -f "$out/key" ] && [ "$(cat "$out/key")" = "$key" ] && [ -f "$out/initrd.img" ]; then
     echo "vm-image: up to date ($out, key ${key:0:12})"
@@ -169,7 +168,7 @@ mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,etc,mnt,newroo
 cp "$busybox_bin" "$stage/bin/busybox"
 for m in $MODULES; do cp "$moddir/$m" "$stage/lib/modules/"; done
 cp "$wdir/libkrunfw.so.5" "$stage/opt/krunfw/libkrunfw.so.5"
-for b in boxsock boxsock-krun-shim boxsock-agent vm-bare-launch boxsock-backend-kit vm-image-import; do
+for b in boxsock boxsock-krun-shim boxsock-agent vm-bare-launch boxsock-backend-kit; do
     strip --strip-debug -o "$stage/opt/boxsock/bin/$b" "$bin_dir/$b"
 done
 cp "$passt_bin" "$stage/usr/bin/passt"

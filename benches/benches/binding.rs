@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use boxsock_benches::{Subject, home_of_len, no_setup, paired, strategies};
-use boxsock_core::{Binder, BoxId, BoxLayout, Socket, SocketAddress, SocketKind};
+use boxsock_core::{Binder, BoxId, BoxLayout, Opening, Socket, SocketAddress, SocketKind};
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group};
 use nix::fcntl::{OFlag, open};
 use nix::sys::stat::Mode;
@@ -67,7 +67,12 @@ fn bench_ensure(c: &mut Criterion) {
         let Some(s) = Subject::new(reg, &root.path().join(reg.name), base.path()) else {
             continue;
         };
-        let mut ensure = || s.strategy.ensure(&s.layout, &s.id).expect("ensure");
+        // Steady: what a held binding pays before each use to know the box's binding is
+        // still good (its re-check: short-symlink's one `fstatat` of the link, as
+        // `ensure`'s steady state was). Cold: release, then open the box again
+        // (`ensure` making the link, the directory opened and verified).
+        let held = s.open();
+        let mut ensure = || held.check().expect("re-check");
         paired(
             &mut g,
             "ensure",
@@ -79,8 +84,8 @@ fn bench_ensure(c: &mut Criterion) {
         );
         g.bench_function(BenchmarkId::new(s.name, "cold"), |b| {
             b.iter_batched(
-                || s.strategy.release(&s.layout, &s.id).expect("release"),
-                |()| s.strategy.ensure(&s.layout, &s.id).expect("ensure"),
+                || s.strategy.release_box(&s.layout, &s.id).expect("release"),
+                |()| drop(s.open()),
                 BatchSize::PerIteration,
             )
         });
@@ -278,7 +283,7 @@ fn bench_walk(c: &mut Criterion) {
         let Some(s) = Subject::new(reg, &home, base.path()) else {
             continue;
         };
-        let link = s.strategy.binding_path(&s.layout, &s.id).expect("link");
+        let link = s.open().binding_path().expect("link");
         let real = s.layout.sockets_dir(&s.id);
         let mut via_link = || {
             std::hint::black_box(std::fs::metadata(&link).expect("stat link"));
@@ -372,10 +377,10 @@ impl SweepFixture {
         for i in 1..n {
             let id = BoxId::generate();
             boxsock_core::boxdir::create_box_dirs(&subject.layout, &id).expect("dirs");
-            subject.strategy.ensure(&subject.layout, &id).expect("ensure");
+            let opened = subject.strategy.clone().open_box(&subject.layout, &id, Opening::Use, &[]);
+            let opened = opened.expect("open the box");
             if i <= dangling {
-                let link =
-                    subject.strategy.binding_path(&subject.layout, &id).expect("binding path");
+                let link = opened.binding_path().expect("binding path");
                 let target = std::fs::read_link(&link).expect("readlink");
                 boxsock_core::boxdir::remove_box_dir(&subject.layout, &id).expect("rm");
                 dead.push((link, target));

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use boxsock::boxsock_runtime::agent_client::AgentClient;
 use boxsock::{
     BackendConfig, CreateOptions, ExecIo, Runtime, RuntimeOptions, StrategyConfig,
     builtin_backends, builtin_strategies,
@@ -89,9 +90,53 @@ fn bench_runtime(c: &mut Criterion) {
             })
         })
     });
+    bench_warm_exec(&mut g, &fx);
     g.finish();
     let left = fx.rt.list().expect("list");
     assert!(left.boxes.is_empty(), "boxes left behind: {:?}", left.boxes.len());
+}
+
+/// A warm exec of `true` in a running box through [`Runtime::command`] (the store read,
+/// the held binding's re-check, the verified connect and peer check, hello, exec),
+/// interleaved with its floor: one raw agent round trip (connect to the agent's path,
+/// hello, exec `true`, read the exit) with none of the runtime's checks.
+fn bench_warm_exec(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    fx: &Fixture,
+) {
+    let rec = fx.tokio.block_on(fx.rt.create(CreateOptions::new("short-symlink", "host")));
+    let id = rec.expect("create").id.to_string();
+    fx.tokio.block_on(fx.rt.start(&id)).expect("start");
+    let info = fx.rt.inspect(&id).expect("inspect");
+    let agent = info
+        .sockets
+        .iter()
+        .find(|s| s.socket == "agent")
+        .and_then(|s| s.address.clone())
+        .expect("the agent's address");
+    let agent = PathBuf::from(agent);
+    let mut via_runtime = || {
+        let st = fx.tokio.block_on(fx.rt.command(&id, "true").status()).expect("exec");
+        assert!(st.success(), "`true` through the runtime: {st:?}");
+    };
+    let mut raw = || {
+        fx.tokio.block_on(async {
+            let s = std::os::unix::net::UnixStream::connect(&agent).expect("connect the agent");
+            let client = AgentClient::connect(s).expect("client");
+            let out = client.exec_output(&["true"], &[], None).await.expect("raw exec");
+            assert!(out.status.success(), "raw `true`: {:?}", out.status);
+        })
+    };
+    paired(
+        g,
+        "runtime",
+        "warm-exec-true",
+        "host-short-symlink",
+        &mut no_setup,
+        &mut via_runtime,
+        &mut [("floor-raw-agent-round-trip", &mut raw)],
+    );
+    fx.tokio.block_on(fx.rt.remove(&id, true)).expect("remove");
 }
 
 criterion_group! {

@@ -69,10 +69,13 @@ impl Subject {
         let layout = BoxLayout::new(home);
         let id = BoxId::generate();
         boxsock_core::boxdir::create_box_dirs(&layout, &id).expect("box dirs");
-        if let Err(e) = strategy
-            .ensure(&layout, &id)
-            .and_then(|()| strategy.address(&layout, &id, "agent.sock").map(drop))
-        {
+        let opened = strategy.clone().open_box(
+            &layout,
+            &id,
+            boxsock_core::Opening::Use,
+            &[boxsock_core::catalogue::AGENT],
+        );
+        if let Err(e) = opened {
             eprintln!("skipped {} under a {}-byte home: {e}", reg.name, home.as_os_str().len());
             return None;
         }
@@ -359,6 +362,18 @@ pub const TARGETS: &[Target] = &[
         "sweep/short-symlink/10000",
         "floor-readdir",
         3.0,
+    ),
+    ratio(
+        "host backend: create→ready→exec→remove vs spawning `true`",
+        "runtime/host-short-symlink/one",
+        "floor-spawn-true",
+        4.0,
+    ),
+    ratio(
+        "warm exec of `true` through Runtime::command vs one raw agent round trip",
+        "runtime/warm-exec-true/host-short-symlink",
+        "floor-raw-agent-round-trip",
+        1.2,
     ),
     Target {
         what: "host backend: create→ready→exec→remove, p50",

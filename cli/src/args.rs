@@ -212,6 +212,55 @@ pub(crate) enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// Pull an image from a registry (registry v2; plain HTTP only for a loopback
+    /// registry or --insecure-registry). Credentials: `boxsock login`, else
+    /// ~/.docker/config.json. Prints the image's id and names.
+    Pull {
+        /// A registry reached over plain HTTP although not loopback (repeatable).
+        #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+        insecure_registry: Vec<String>,
+        /// No progress bars; print only the image id.
+        #[arg(short, long)]
+        quiet: bool,
+        /// `[registry/]repo[:tag]` or `…@sha256:…`.
+        reference: String,
+    },
+    /// Store a user name and password for a registry (read from stdin with
+    /// --password-stdin), kept 0600 in `<home>/auth.json` and used by `pull`.
+    Login {
+        /// The user name.
+        #[arg(short, long)]
+        username: String,
+        /// Read the password from stdin (one line).
+        #[arg(long)]
+        password_stdin: bool,
+        /// The registry (`host[:port]`; `docker.io` for Docker Hub).
+        registry: String,
+    },
+    /// List images (one line per name).
+    Images {
+        /// Only the image ids, one per line.
+        #[arg(short, long, conflicts_with = "json")]
+        quiet: bool,
+        /// JSON output: `{"images": [...], "bad": [...]}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove images (a name, or the image given by id or its last name): refused
+    /// while a box uses the image, unless -f. Frees nothing on disk: see `image prune`.
+    Rmi {
+        /// Remove an image boxes use too (their layers stay until they are gone).
+        #[arg(short, long)]
+        force: bool,
+        /// Image names, ids or unique id prefixes.
+        #[arg(required = true)]
+        refs: Vec<String>,
+    },
+    /// Manage images (import, inspect, save, prune).
+    Image {
+        #[command(subcommand)]
+        verb: ImageVerb,
+    },
     /// `run --rm`'s lifeline (started by `run --rm` with its pipe at descriptor 3; see
     /// cli/src/lifeline.rs): removes the box if the client dies first.
     #[command(name = lifeline::VERB, hide = true)]
@@ -226,6 +275,39 @@ pub(crate) enum Verb {
         #[arg(long, value_name = "TICKS")]
         owner_start: u64,
     },
+}
+
+/// `boxsock image …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ImageVerb {
+    /// Import every image of an OCI image layout directory, an OCI archive or a `docker
+    /// save` tarball (gzip or zstd compressed too); prints each image's id and names.
+    Import {
+        /// The name for an image the archive names only by tag, or not at all.
+        #[arg(long, value_name = "REPO")]
+        name: Option<String>,
+        /// Print only the image ids.
+        #[arg(short, long)]
+        quiet: bool,
+        /// The layout directory or archive.
+        path: PathBuf,
+    },
+    /// Show images as JSON: record, layers and config.
+    Inspect {
+        /// Image names, ids or unique id prefixes.
+        #[arg(required = true)]
+        refs: Vec<String>,
+    },
+    /// Write an image as an OCI archive.
+    Save {
+        /// The archive to write (replaced atomically once whole).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Image name, id or unique id prefix.
+        reference: String,
+    },
+    /// Remove every blob and layer no image and no box uses; prints the bytes freed.
+    Prune,
 }
 
 // `run`'s arguments: its help is the doc comment of `Verb::Run` (no doc comment

@@ -187,6 +187,7 @@ impl Global {
     /// get it; the store is not created to say so.
     pub(crate) fn image_box(
         &self,
+        rt: &Runtime,
         reference: &str,
         overrides: &boxsock_image::Overrides,
     ) -> Result<ImageBox, Failure> {
@@ -209,7 +210,8 @@ impl Global {
         let failed = |e: boxsock_image::ImageError| {
             Failure(format!("image {}: {e}", echo::echo(reference)), exit::FAILED)
         };
-        let store = boxsock_image::ImageStore::open(&dir).map_err(failed)?;
+        // The store with the home's records (SQLite, decision 0019).
+        let store = rt.images().map_err(|e| Failure(e.to_string(), exit::FAILED))?;
         let info = match store.inspect(reference) {
             Ok(i) => i,
             Err(boxsock_image::ImageError::NotFound { .. }) => return Err(missing()),

@@ -22,6 +22,7 @@ pub use boxsock_core::backend::{Availability, BackendConfig, BoxSettings, Isolat
 pub use boxsock_core::registry::Named;
 pub use boxsock_core::registry::{BackendRegistration, Registry, StrategyRegistration};
 pub use boxsock_core::{BindingError, BoxId, BoxLayout, SocketAddress, StrategyConfig};
+pub use boxsock_image;
 pub use boxsock_runtime;
 pub use boxsock_runtime::exec::{self, Child, Command, ExitStatus, Output, SpawnErrorKind};
 pub use boxsock_runtime::process::{Liveness, ProcessHandle, ProcessIdentity};

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use boxsock::RuntimeError;
 use clap::Parser;
 
-use args::{Cli, Verb};
+use args::{Cli, ImageVerb, Verb};
 
 mod args;
 mod exit;
@@ -204,5 +204,21 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             verbs::lifeline(g, box_id, owner_pid, owner_start).await
         }
         Verb::Doctor { json } => verbs::doctor(g, json),
+        Verb::Pull { insecure_registry, quiet, reference } => {
+            verbs::image::pull(g, reference, insecure_registry, quiet).await
+        }
+        Verb::Login { username, password_stdin, registry } => {
+            verbs::image::login(g, registry, username, password_stdin).await
+        }
+        Verb::Images { quiet, json } => verbs::image::images(g, quiet, json).await,
+        Verb::Rmi { force, refs } => verbs::image::rmi(g, force, refs).await,
+        Verb::Image { verb } => match verb {
+            ImageVerb::Import { name, quiet, path } => {
+                verbs::image::import(g, path, name, quiet).await
+            }
+            ImageVerb::Inspect { refs } => verbs::image::inspect(g, refs).await,
+            ImageVerb::Save { output, reference } => verbs::image::save(g, reference, output).await,
+            ImageVerb::Prune => verbs::image::prune(g).await,
+        },
     }
 }

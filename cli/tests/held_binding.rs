@@ -12,11 +12,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use boxsock::boxsock_core::binding::{Capabilities, PolicyPath, SweepReport};
 use boxsock::boxsock_core::peer::PeerPolicy;
-use boxsock::boxsock_core::{BoxBinding, Held, Opening, Socket, SocketBinding, SocketDir};
+use boxsock::boxsock_core::{PathStrategy, SocketBinding, SocketDir};
 use boxsock::{
     BindingError, BoxId, BoxLayout, CreateOptions, ExecIo, Registry, Runtime, RuntimeError,
-    SocketAddress, StrategyConfig, StrategyRegistration,
+    StrategyConfig, StrategyRegistration,
 };
+use boxsock_short_symlink::ShortSymlink;
 use common::Env;
 
 /// How often the counted strategy's per-box primitives ran (this test binary only).
@@ -25,45 +26,39 @@ static SOCKET_DIRS: AtomicUsize = AtomicUsize::new(0);
 
 const COUNTED: &str = "short-symlink-counted-test";
 
-/// short-symlink, counting `ensure` and `socket_dir`: the work of opening a box.
+/// short-symlink, counting `ensure` and `open_dir`: the work of opening a box.
 #[derive(Debug)]
-struct Counted(Arc<dyn SocketBinding>);
+struct Counted(ShortSymlink);
 
-impl SocketBinding for Counted {
+impl PathStrategy for Counted {
     fn name(&self) -> &str {
         COUNTED
     }
-    fn open_box(
-        self: Arc<Self>,
-        layout: &BoxLayout,
-        id: &BoxId,
-        opening: Opening,
-        sockets: &[Socket],
-    ) -> Result<Arc<dyn BoxBinding>, BindingError> {
-        Held::open(self, layout, id, opening, sockets)
-    }
     fn capabilities(&self) -> Capabilities {
-        self.0.capabilities()
+        PathStrategy::capabilities(&self.0)
+    }
+    fn sweep(&self, l: &BoxLayout) -> Result<SweepReport, BindingError> {
+        PathStrategy::sweep(&self.0, l)
+    }
+    fn binding_dir(&self) -> Option<std::path::PathBuf> {
+        PathStrategy::binding_dir(&self.0)
+    }
+    fn socket_base(&self, l: &BoxLayout, id: &BoxId) -> Result<std::path::PathBuf, BindingError> {
+        self.0.socket_base(l, id)
     }
     fn ensure(&self, l: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
         ENSURES.fetch_add(1, Ordering::SeqCst);
         self.0.ensure(l, id)
     }
-    fn address(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<SocketAddress, BindingError> {
-        self.0.address(l, id, f)
+    fn open_dir(&self, l: &BoxLayout, id: &BoxId) -> Result<SocketDir, BindingError> {
+        SOCKET_DIRS.fetch_add(1, Ordering::SeqCst);
+        self.0.open_dir(l, id)
     }
     fn release(&self, l: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
         self.0.release(l, id)
     }
-    fn sweep(&self, l: &BoxLayout) -> Result<SweepReport, BindingError> {
-        self.0.sweep(l)
-    }
     fn policy_paths(&self, l: &BoxLayout, id: &BoxId) -> Result<Vec<PolicyPath>, BindingError> {
         self.0.policy_paths(l, id)
-    }
-    fn socket_dir(&self, l: &BoxLayout, id: &BoxId) -> Result<Option<SocketDir>, BindingError> {
-        SOCKET_DIRS.fetch_add(1, Ordering::SeqCst);
-        self.0.socket_dir(l, id)
     }
     fn peer_policy(&self) -> PeerPolicy {
         self.0.peer_policy()
@@ -71,13 +66,10 @@ impl SocketBinding for Counted {
     fn binding_path(&self, l: &BoxLayout, id: &BoxId) -> Option<std::path::PathBuf> {
         self.0.binding_path(l, id)
     }
-    fn binding_dir(&self) -> Option<std::path::PathBuf> {
-        self.0.binding_dir()
-    }
 }
 
 fn counted(c: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
-    Ok(Arc::new(Counted((boxsock_short_symlink::REGISTRATION.build)(c)?)))
+    Ok(Arc::new(Counted(ShortSymlink::new(c)?)))
 }
 
 static COUNTED_REGISTRATION: StrategyRegistration = StrategyRegistration {
@@ -144,8 +136,13 @@ async fn a_link_swapped_after_the_start_is_refused_at_the_next_dial_and_the_deco
     let id = b.id.to_string();
     rt.start(&id).await.unwrap();
     assert_eq!(exec_out(&rt, &id, &["echo", "one"]).await.unwrap(), "one\n");
-    let link =
-        rt.strategy("short-symlink").unwrap().binding_path(rt.layout(), &b.id).expect("a link");
+    let link = rt
+        .strategy("short-symlink")
+        .unwrap()
+        .inspect_box(rt.layout(), &b.id)
+        .unwrap()
+        .binding_path();
+    let link = link.expect("a link");
     let real = std::fs::read_link(&link).unwrap();
     // The owner's own directory (0700), with a live listener at the agent's name.
     let decoy = env.root.path().join("decoy");

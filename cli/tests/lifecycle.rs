@@ -14,6 +14,7 @@ use boxsock::{
     Availability, BackendConfig, BackendRegistration, BindingError, BoxState, CreateOptions,
     ExecIo, LockMode, ProcessIdentity, Registry, Runtime, RuntimeError, builtin_backends,
 };
+use boxsock_conformance::util::ByFile;
 use boxsock_test_support::{Need, Unmakeable, skip, skip_allowed};
 use common::{Env, LIMIT, pid_running, wait_until};
 
@@ -940,7 +941,11 @@ async fn abstract_names_change_at_every_start_so_old_names_reach_nothing_and_squ
     }
     assert_eq!(exec_out(&rt, &id, &["echo", "ok"]).await.unwrap().1, "ok\n");
     // The squatted old agent name leads to the squatter, whom the policy refuses.
-    match peer::connect_stream_at(&second["agent"], "agent", &s.peer_policy()) {
+    match peer::connect_stream_at(
+        &second["agent"],
+        "agent",
+        &s.peer_policy(rt.layout(), &b.id).unwrap(),
+    ) {
         Err(BindingError::PeerRejected { uid, .. }) => assert_eq!(uid, 65534),
         other => panic!("expected the squatter to be refused, got {other:?}"),
     }
@@ -1040,9 +1045,8 @@ async fn twenty_thousand_rejected_connects_add_at_most_a_few_kb_to_the_box_log()
     rt.remove(&id, true).await.unwrap();
 }
 
-/// A built-in strategy with one hook left at the trait's default, so a test can see
-/// what the runtime does when a (third-party) strategy does not provide it. Everything
-/// else is delegated.
+/// A built-in strategy without one behaviour, so a test can see what the runtime does
+/// when a (third-party) strategy does not provide it. Everything else is delegated.
 #[derive(Debug)]
 struct Without {
     inner: Arc<dyn boxsock::boxsock_core::SocketBinding>,
@@ -1052,9 +1056,9 @@ struct Without {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Omit {
-    /// `prepare_start` (abstract's per-start rotation) is the default no-op.
+    /// The per-start rotation (abstract's `Opening::Start`) is not done.
     PrepareStart,
-    /// `peer_policy` is the default, which checks nothing.
+    /// The boxes' peer policy checks nothing.
     PeerPolicy,
 }
 
@@ -1063,10 +1067,9 @@ mod without {
     use boxsock::BindingError;
     use boxsock::boxsock_core::binding::{Capabilities, PolicyPath, SweepReport};
     use boxsock::boxsock_core::peer::PeerPolicy;
-    use boxsock::boxsock_core::{BoxBinding, Held, Opening, Socket};
-    use boxsock::boxsock_core::{
-        BoxId, BoxLayout, SocketAddress, SocketBinding, SocketDir, StrategyConfig,
-    };
+    use boxsock::boxsock_core::{BoxBinding, Opening, PathStrategy, Socket};
+    use boxsock::boxsock_core::{BoxId, BoxLayout, SocketBinding, SocketDir, StrategyConfig};
+    use std::path::PathBuf;
     use std::sync::Arc;
 
     impl SocketBinding for Without {
@@ -1076,40 +1079,8 @@ mod without {
         fn capabilities(&self) -> Capabilities {
             self.inner.capabilities()
         }
-        fn ensure(&self, l: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
-            self.inner.ensure(l, id)
-        }
-        fn prepare_start(&self, l: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
-            match self.omit {
-                Omit::PrepareStart => Ok(()),
-                _ => self.inner.prepare_start(l, id),
-            }
-        }
-        fn address(
-            &self,
-            l: &BoxLayout,
-            id: &BoxId,
-            f: &str,
-        ) -> Result<SocketAddress, BindingError> {
-            self.inner.address(l, id, f)
-        }
-        fn release(&self, l: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
-            self.inner.release(l, id)
-        }
         fn sweep(&self, l: &BoxLayout) -> Result<SweepReport, BindingError> {
             self.inner.sweep(l)
-        }
-        fn policy_paths(&self, l: &BoxLayout, id: &BoxId) -> Result<Vec<PolicyPath>, BindingError> {
-            self.inner.policy_paths(l, id)
-        }
-        fn socket_dir(&self, l: &BoxLayout, id: &BoxId) -> Result<Option<SocketDir>, BindingError> {
-            self.inner.socket_dir(l, id)
-        }
-        fn peer_policy(&self) -> PeerPolicy {
-            match self.omit {
-                Omit::PeerPolicy => PeerPolicy::unchecked(),
-                _ => self.inner.peer_policy(),
-            }
         }
         fn open_box(
             self: Arc<Self>,
@@ -1118,12 +1089,47 @@ mod without {
             opening: Opening,
             sockets: &[Socket],
         ) -> Result<Arc<dyn BoxBinding>, BindingError> {
-            match self.omit {
+            let opening = match (self.omit, opening) {
                 // The strategy's own binding (its rotation of a squatted name), never
-                // opened for a start.
-                Omit::PrepareStart => self.inner.clone().open_box(l, id, Opening::Use, sockets),
-                Omit::PeerPolicy => Held::open(self, l, id, opening, sockets),
-            }
+                // renewed for a start.
+                (Omit::PrepareStart, Opening::Start) => Opening::Use,
+                (_, o) => o,
+            };
+            self.inner.clone().open_box(l, id, opening, sockets)
+        }
+    }
+
+    /// `direct` whose boxes' peer policy checks nothing.
+    #[derive(Debug)]
+    struct UncheckedDirect(boxsock_direct::Direct);
+
+    impl PathStrategy for UncheckedDirect {
+        fn name(&self) -> &str {
+            UNCHECKED
+        }
+        fn capabilities(&self) -> Capabilities {
+            PathStrategy::capabilities(&self.0)
+        }
+        fn sweep(&self, l: &BoxLayout) -> Result<SweepReport, BindingError> {
+            PathStrategy::sweep(&self.0, l)
+        }
+        fn socket_base(&self, l: &BoxLayout, id: &BoxId) -> Result<PathBuf, BindingError> {
+            self.0.socket_base(l, id)
+        }
+        fn ensure(&self, l: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+            self.0.ensure(l, id)
+        }
+        fn open_dir(&self, l: &BoxLayout, id: &BoxId) -> Result<SocketDir, BindingError> {
+            self.0.open_dir(l, id)
+        }
+        fn release(&self, l: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+            self.0.release(l, id)
+        }
+        fn policy_paths(&self, l: &BoxLayout, id: &BoxId) -> Result<Vec<PolicyPath>, BindingError> {
+            self.0.policy_paths(l, id)
+        }
+        fn peer_policy(&self) -> PeerPolicy {
+            PeerPolicy::unchecked()
         }
     }
 
@@ -1140,7 +1146,7 @@ mod without {
 
     pub fn unchecked(c: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingError> {
         Ok(Arc::new(Without {
-            inner: Arc::new(boxsock_direct::Direct::new(c)),
+            inner: Arc::new(UncheckedDirect(boxsock_direct::Direct::new(c))),
             name: UNCHECKED,
             omit: Omit::PeerPolicy,
         }))
@@ -1402,8 +1408,7 @@ async fn a_companion_exiting_before_ready_fails_the_start_within_a_second_with_i
     rt.remove(b.id.as_str(), false).await.unwrap();
 }
 
-/// `direct` with the trait's default peer policy (unchecked), as a third-party strategy
-/// that does not override `peer_policy` would be.
+/// `direct` whose peer policy checks nothing, as a third-party strategy's might.
 static UNCHECKED: boxsock::boxsock_core::registry::StrategyRegistration =
     boxsock::boxsock_core::registry::StrategyRegistration {
         name: without::UNCHECKED,

@@ -1,42 +1,37 @@
 //! The [`SocketBinding`] trait: how a box's sockets get short, safe addresses.
 //!
 //! A strategy turns (home, box id, socket file name) into a [`SocketAddress`] that fits
-//! `sun_path` and that only the box's owner can reach. The runtime opens each box once
-//! ([`SocketBinding::open_box`]) and binds, dials and hands addresses to the box through
-//! the [`BoxBinding`] it gets; it asks the strategy itself only stateless questions
-//! (`capabilities`, `sweep`, `binding_dir`, `shared_dir`, `binding_path`, the addresses
-//! `inspect` shows) and `release` of a box it holds no binding of.
+//! `sun_path` and that only the box's owner can reach. The trait asks only what is the
+//! strategy's, not a box's (`name`, `capabilities`, `sweep`, `binding_dir`,
+//! `shared_dir`), and opens boxes ([`SocketBinding::open_box`]); everything about one box
+//! is asked of the [`BoxBinding`] that hands out (decision 0017). Path strategies
+//! implement the smaller [`PathStrategy`] and get the rest from the core.
 //!
-//! The per-box methods (`ensure`, `address`, `socket_dir`, `prepare_start`,
-//! `peer_policy`, `policy_paths`, `release`) are the strategy's primitives: [`Held`]
-//! calls each once when a box is opened, and the conformance kit checks each.
-//!
-//! ## Contract (checked by the `boxsock-conformance` kit)
-//! - `address` is pure arithmetic plus a budget check: it never touches the disk for
-//!   path strategies, and fails with [`BindingError::PathTooLong`] (naming the socket,
-//!   the address, its length and the limit) instead of returning an address that does
-//!   not fit.
-//! - `ensure` is idempotent and safe under concurrent callers, in threads and processes.
-//!   In the steady state it should cost about one syscall.
-//! - `release` removes what `ensure` made and nothing else; it is idempotent.
+//! ## Contract (checked by the `boxsock-conformance` kit, through `open_box`)
+//! - A binding's [`BoxBinding::derive`] is pure arithmetic plus a budget check: it
+//!   never touches the disk for path strategies, and fails with
+//!   [`BindingError::PathTooLong`] (naming the socket, the address, its length and the
+//!   limit) instead of returning an address that does not fit.
+//! - Opening a box (`ensure`) is idempotent and safe under concurrent callers, in
+//!   threads and processes. In the steady state it should cost about one syscall.
+//! - `release` removes what opening made and nothing else; it is idempotent.
 //! - `sweep` removes leftovers of dead boxes of *this* home, never a live box's binding
 //!   and never another home's.
-//! - Nothing about an address is persisted: it is derived again at every use.
-//! - Path strategies hand out a [`SocketDir`] ([`SocketBinding::socket_dir`]): the
-//!   box's socket directory opened and verified (owner, mode, identity) at the time of
-//!   use, through which every bind and connect goes. Binding or connecting by the
-//!   address string re-resolves directories others may change between a check and the
-//!   use; a [`BoxBinding`] therefore goes through its directory whenever it holds one,
-//!   and refuses a path address without one.
+//! - Nothing about an address is persisted: it is derived again at every open.
+//! - Path strategies hold a [`SocketDir`] ([`BoxBinding::dir`]): the box's socket
+//!   directory opened and verified (owner, mode, identity), through which every bind
+//!   and connect goes, re-checked before each use. Binding or connecting by the address
+//!   string re-resolves directories others may change between a check and the use; a
+//!   [`BoxBinding`] therefore goes through its directory whenever it holds one, and
+//!   refuses a path address without one.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::address::SocketAddress;
 #[allow(unused_imports)] // documentation links
-use crate::boxbinding::Held;
-use crate::boxbinding::{BoxBinding, Opening};
+use crate::address::SocketAddress;
+use crate::boxbinding::{BoxBinding, Held, Opening};
 use crate::budget::Platform;
 use crate::catalogue::Socket;
 use crate::error::BindingError;
@@ -189,19 +184,29 @@ pub struct SweepReport {
     pub kept: usize,
 }
 
-/// A socket strategy. See the module documentation for the contract.
+/// A socket strategy: the stateless questions, and [`SocketBinding::open_box`], which
+/// hands out the per-box object ([`BoxBinding`]) every per-box question is asked of.
+/// See the module documentation for the contract.
+///
+/// A path strategy does not implement this trait itself: it implements
+/// [`PathStrategy`] (where a box's directory is addressed, make it, open it) and gets
+/// this one, `open_box` included, from the core's blanket implementation. A strategy
+/// with other per-box state (`abstract`) implements it and its own [`BoxBinding`].
 pub trait SocketBinding: Send + Sync + fmt::Debug {
     /// The registered name (`short-symlink`, `direct`, `abstract`…).
     fn name(&self) -> &str;
 
-    /// Open box `id`'s sockets for use: run the per-box work once (`prepare_start` for
-    /// [`Opening::Start`], `ensure`), derive the addresses of `sockets` (every own and
-    /// derived name budget-checked), and hold the verified directory, the per-start
-    /// state and the peer policy in the returned [`BoxBinding`], through which the
-    /// runtime binds, dials and hands addresses to the box (decision 0014).
-    ///
-    /// A strategy whose per-box state is its verified directory writes one line:
-    /// `Held::open(self, layout, id, opening, sockets)` ([`Held`]).
+    /// What this strategy can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Open box `id`'s sockets: run the per-box work once (for [`Opening::Start`] the
+    /// per-start renewal; for `Start` and `Use` `ensure` and the verified directory; for
+    /// [`Opening::Inspect`] nothing on disk is made, opened or checked), derive the
+    /// addresses of `sockets` (every own and derived name budget-checked, through the
+    /// binding's one derivation, [`BoxBinding::derive`]), and hold the verified
+    /// directory, the per-start state and the peer policy in the returned
+    /// [`BoxBinding`] (decision 0014). Every per-box question — addresses, binds,
+    /// dials, policy paths, the binding path, release — is asked of it (decision 0017).
     fn open_box(
         self: Arc<Self>,
         layout: &BoxLayout,
@@ -210,35 +215,11 @@ pub trait SocketBinding: Send + Sync + fmt::Debug {
         sockets: &[Socket],
     ) -> Result<Arc<dyn BoxBinding>, BindingError>;
 
-    /// What this strategy can do.
-    fn capabilities(&self) -> Capabilities;
-
-    /// Make the box's sockets reachable at their addresses. Idempotent; safe under
-    /// concurrent callers in threads and processes. Requires the box's socket directory
-    /// (`<home>/boxes/<id>/sockets`) to exist where the strategy uses it.
-    fn ensure(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError>;
-
-    /// The address of socket `file_name` (e.g. `agent.sock`, or a derived name) of box
-    /// `id`. Fails with [`BindingError::PathTooLong`] if it would not fit.
-    fn address(
-        &self,
-        layout: &BoxLayout,
-        id: &BoxId,
-        file_name: &str,
-    ) -> Result<SocketAddress, BindingError>;
-
-    /// Remove what `ensure` made for this box. Idempotent.
-    fn release(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError>;
-
     /// Remove leftovers of dead boxes of this home: never a live box's binding, never
     /// another home's.
     fn sweep(&self, layout: &BoxLayout) -> Result<SweepReport, BindingError>;
 
-    /// What a sandbox must allow for this box's sockets, with directory intent explicit.
-    fn policy_paths(&self, layout: &BoxLayout, id: &BoxId)
-    -> Result<Vec<PolicyPath>, BindingError>;
-
-    /// The shared per-user directory in which `ensure` creates its entries (for
+    /// The shared per-user directory in which opening a box creates its entries (for
     /// `short-symlink`, `<base>/<prefix>-<uid>`), if the strategy has one. `doctor`
     /// shows it; the conformance kit attacks it (squatting, wrong modes), so a strategy
     /// that has one must say so here.
@@ -254,50 +235,128 @@ pub trait SocketBinding: Send + Sync + fmt::Debug {
     fn shared_dir(&self) -> Option<PathBuf> {
         self.binding_dir()
     }
+}
 
-    /// The filesystem entry `ensure` creates for this box (for `short-symlink`, the
-    /// link), if any. `release` removes exactly this. `inspect` shows it; the
-    /// conformance kit swaps and deletes it.
-    fn binding_path(&self, _layout: &BoxLayout, _id: &BoxId) -> Option<PathBuf> {
+impl dyn SocketBinding {
+    /// Open box `id` to look at it ([`Opening::Inspect`]: nothing on disk is made,
+    /// opened or checked): its addresses, policy paths and binding path, as a process
+    /// that holds no binding of the box sees them.
+    pub fn inspect_box(
+        self: &Arc<Self>,
+        layout: &BoxLayout,
+        id: &BoxId,
+    ) -> Result<Arc<dyn BoxBinding>, BindingError> {
+        self.clone().open_box(layout, id, Opening::Inspect, &[])
+    }
+
+    /// Remove what opening box `id` made (the link), for a box nobody holds a binding
+    /// of (removal in another process, recovery, a failed create). Idempotent.
+    pub fn release_box(
+        self: &Arc<Self>,
+        layout: &BoxLayout,
+        id: &BoxId,
+    ) -> Result<(), BindingError> {
+        self.inspect_box(layout, id)?.release()
+    }
+}
+
+/// A strategy whose addresses are paths into one directory per box (every path
+/// strategy: `direct`, `short-symlink`, `xdg-hashed`): it says through which path a
+/// box's directory is addressed, makes that path lead to it, and opens it verified.
+/// The core does the rest once for all of them — the addresses
+/// ([`path_address`](crate::boxbinding::path_address)), the per-box object ([`Held`])
+/// and [`SocketBinding`] itself (a blanket implementation whose `open_box` is
+/// `Held::open`) — so no path strategy writes `open_box` (decision 0017).
+///
+/// The per-box methods are called by [`Held`], once per open, and by the strategy's
+/// own crate; the runtime and the conformance kit go through `open_box`.
+pub trait PathStrategy: Send + Sync + fmt::Debug + 'static {
+    /// The registered name.
+    fn name(&self) -> &str;
+
+    /// What this strategy can do (`path_addressable: true`).
+    fn capabilities(&self) -> Capabilities;
+
+    /// See [`SocketBinding::sweep`].
+    fn sweep(&self, layout: &BoxLayout) -> Result<SweepReport, BindingError>;
+
+    /// See [`SocketBinding::binding_dir`].
+    fn binding_dir(&self) -> Option<PathBuf> {
         None
     }
 
-    /// Called by the runtime once per start of box `id`, after the box has moved to
-    /// `Starting` and before it derives the addresses it binds and hands to the
-    /// backend. A strategy whose addresses carry a per-start component (`abstract`)
-    /// replaces it here, so that addresses seen during an earlier run (in an old argv,
-    /// in `/proc/net/unix`) lead nowhere, and a name bound by someone else after `stop`
-    /// cannot block the next start. What it records must live where only the owner can
-    /// change it, so every process of the home derives the same addresses afterwards.
-    ///
-    /// Never call it for a box whose process is running: its sockets would become
-    /// unreachable by name. Default: nothing (path strategies need no rotation).
-    fn prepare_start(&self, _layout: &BoxLayout, _id: &BoxId) -> Result<(), BindingError> {
-        Ok(())
+    /// See [`SocketBinding::shared_dir`].
+    fn shared_dir(&self) -> Option<PathBuf> {
+        self.binding_dir()
     }
 
-    /// Which peers listeners and connectors accept. Strategies whose addresses are not
-    /// protected by the filesystem return a checking policy.
-    fn peer_policy(&self) -> PeerPolicy {
-        PeerPolicy::unchecked()
+    /// The directory box `id`'s sockets are addressed through: `short-symlink`'s link
+    /// `<per-uid dir>/<id>`, `direct`'s `<home>/boxes/<id>/sockets`. Arithmetic on the
+    /// home and the id (and the home's recorded fallback): nothing is made or checked.
+    fn socket_base(&self, layout: &BoxLayout, id: &BoxId) -> Result<PathBuf, BindingError>;
+
+    /// Make [`PathStrategy::socket_base`] lead to the box's socket directory.
+    /// Idempotent; safe under concurrent callers in threads and processes; about one
+    /// syscall in the steady state. Requires `<home>/boxes/<id>/sockets` to exist
+    /// ([`BindingError::MissingSocketDir`] otherwise).
+    fn ensure(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError>;
+
+    /// The box's socket directory, opened now through the strategy's path and verified
+    /// on the descriptor: owned by the configured uid, writable by nobody else, and the
+    /// very `<home>/boxes/<id>/sockets` (device + inode). Every bind and connect goes
+    /// through it ([`SocketDir`]). Called after `ensure`.
+    fn open_dir(&self, layout: &BoxLayout, id: &BoxId) -> Result<SocketDir, BindingError>;
+
+    /// Remove what `ensure` made for this box, and nothing else. Idempotent.
+    fn release(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError>;
+
+    /// What a sandbox must allow for this box's sockets, with directory intent
+    /// explicit (never read back from disk: a link reaped by a cleaner still gets
+    /// directory grants).
+    fn policy_paths(&self, layout: &BoxLayout, id: &BoxId)
+    -> Result<Vec<PolicyPath>, BindingError>;
+
+    /// Which peers listeners and connectors accept (the owner and the embedder's
+    /// `allowed_peer_uids`).
+    fn peer_policy(&self) -> PeerPolicy;
+
+    /// The filesystem entry `ensure` creates for this box (the link), if any;
+    /// `release` removes exactly this. `inspect` shows it; the kit swaps and deletes it.
+    fn binding_path(&self, _layout: &BoxLayout, _id: &BoxId) -> Option<PathBuf> {
+        None
+    }
+}
+
+/// Every path strategy is a [`SocketBinding`]; its boxes are [`Held`].
+impl<T: PathStrategy> SocketBinding for T {
+    fn name(&self) -> &str {
+        PathStrategy::name(self)
     }
 
-    /// The box's socket directory, opened now and verified on the descriptor: a
-    /// directory owned by the configured uid, writable by nobody else, and the very
-    /// `<home>/boxes/<id>/sockets` (device + inode). Every bind and connect of a path
-    /// strategy goes through it (see [`SocketDir`]); the runtime hands it to the
-    /// backend, which hands it to its children. Requires `ensure` to have run.
-    ///
-    /// Strategies whose addresses are not paths return `Ok(None)` (the default). A
-    /// `path_addressable` strategy must return one: the conformance kit checks it, and
-    /// the runtime refuses to bind or dial a path without it.
-    fn socket_dir(
-        &self,
+    fn capabilities(&self) -> Capabilities {
+        PathStrategy::capabilities(self)
+    }
+
+    fn open_box(
+        self: Arc<Self>,
         layout: &BoxLayout,
         id: &BoxId,
-    ) -> Result<Option<SocketDir>, BindingError> {
-        let _ = (layout, id);
-        Ok(None)
+        opening: Opening,
+        sockets: &[Socket],
+    ) -> Result<Arc<dyn BoxBinding>, BindingError> {
+        Held::open(self, layout, id, opening, sockets)
+    }
+
+    fn sweep(&self, layout: &BoxLayout) -> Result<SweepReport, BindingError> {
+        PathStrategy::sweep(self, layout)
+    }
+
+    fn binding_dir(&self) -> Option<PathBuf> {
+        PathStrategy::binding_dir(self)
+    }
+
+    fn shared_dir(&self) -> Option<PathBuf> {
+        PathStrategy::shared_dir(self)
     }
 }
 

@@ -1,8 +1,8 @@
 //! [`BoxBinding`]: one box's sockets, opened once by its strategy
 //! ([`SocketBinding::open_box`]) and held while they are used.
 //!
-//! Opening runs the strategy's per-box work once — `prepare_start` (at a start) and
-//! `ensure` — derives the addresses of the sockets asked for (every own and derived name
+//! Opening runs the strategy's per-box work once — the per-start renewal (at a start:
+//! `abstract`'s epoch) and `ensure` — derives the addresses of the sockets asked for (every own and derived name
 //! checked against the budget), and holds what every later use needs: the verified
 //! [`SocketDir`] (path strategies), the strategy's per-start state (the `abstract`
 //! epoch) and the [`PeerPolicy`]. Nothing is derived again at the point of use.
@@ -21,10 +21,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::os::fd::RawFd;
 use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::address::SocketAddress;
-use crate::binding::{PolicyPath, SocketBinding};
+#[allow(unused_imports)] // documentation links
+use crate::binding::SocketBinding;
+use crate::binding::{PathStrategy, PolicyPath};
 use crate::budget::{self, Platform};
 use crate::catalogue::Socket;
 use crate::error::BindingError;
@@ -37,11 +40,18 @@ use crate::sockdir::SocketDir;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Opening {
     /// For a start of the box: the strategy's per-start state is renewed first
-    /// ([`SocketBinding::prepare_start`]; `abstract` draws a fresh epoch). Never for a
-    /// box whose process is running: its sockets would become unreachable by name.
+    /// (`abstract` draws a fresh epoch, so names seen during an earlier run lead
+    /// nowhere). Never for a box whose process is running: its sockets would become
+    /// unreachable by name.
     Start,
     /// To use the box as it is (dial, create, tests).
     Use,
+    /// To look at the box, or release it: its addresses (each budget-checked), policy
+    /// paths and binding path, as a process that holds nothing sees them. Nothing on
+    /// disk is made, opened or checked (no `ensure`, no directory), so read-only verbs
+    /// (`inspect`, `doctor`) and the budget check before a start may use it; the
+    /// binding refuses to listen or connect ([`BindingError::Unsupported`]).
+    Inspect,
 }
 
 /// One box's sockets, held. See the module documentation.
@@ -53,6 +63,13 @@ pub enum Opening {
 pub trait BoxBinding: Send + Sync + fmt::Debug {
     /// The box.
     fn id(&self) -> &BoxId;
+
+    /// The address of socket file `file_name` (`agent.sock`, or a name a binder
+    /// derives) of this box: the strategy's one derivation, pure arithmetic on what the
+    /// binding holds plus the budget check. Fails with [`BindingError::PathTooLong`]
+    /// (naming `file_name`) when it does not fit, [`BindingError::Invalid`] for a name
+    /// that is not one file name. Every address the binding holds was made by it.
+    fn derive(&self, file_name: &str) -> Result<SocketAddress, BindingError>;
 
     /// The address of `socket`, as derived when the binding was opened (or, for a
     /// socket it was not opened for, derived and budget-checked now). Fails with
@@ -78,9 +95,16 @@ pub trait BoxBinding: Send + Sync + fmt::Debug {
     /// Remove what opening made (the link); idempotent. The binding is not used after.
     fn release(&self) -> Result<(), BindingError>;
 
+    /// The filesystem entry opening made for this box (short-symlink's link), if any:
+    /// what `release` removes, what `inspect` shows.
+    fn binding_path(&self) -> Option<PathBuf> {
+        None
+    }
+
     /// Whether the binding may still be used: the name it was opened through leads to
     /// the directory it holds ([`SocketDir::recheck`]). Called by the provided
-    /// `listen`, `listen_datagram` and `connect` before each use.
+    /// `listen`, `listen_datagram` and `connect` before each use. A binding opened with
+    /// [`Opening::Inspect`] refuses every use here.
     fn check(&self) -> Result<(), BindingError> {
         match self.dir() {
             Some(d) => d.recheck(),
@@ -162,16 +186,14 @@ fn through<'a, B: BoxBinding + ?Sized>(
     b: &'a B,
     addr: &SocketAddress,
 ) -> Result<Option<&'a SocketDir>, BindingError> {
+    b.check()?;
     match (b.dir(), addr) {
-        (Some(d), _) => {
-            b.check()?;
-            Ok(Some(d))
-        }
+        (Some(d), _) => Ok(Some(d)),
         (None, SocketAddress::Path(p)) => Err(BindingError::Unsupported {
             strategy: "(this binding)".into(),
             what: format!("binding or dialling {}", crate::echo::path(p)),
             reason: concat!(
-                "a path address needs a verified socket directory (SocketBinding::socket_dir); ",
+                "a path address needs a verified socket directory (BoxBinding::dir); ",
                 "re-resolving the path string lets whoever can change a directory on it ",
                 "receive the connection"
             )
@@ -237,57 +259,75 @@ pub fn each_address(
     out
 }
 
-/// The binding of a strategy whose per-box state is its verified directory (every path
-/// strategy): [`SocketBinding::open_box`] is one line, `Held::open(self, …)`.
+/// The address of `file_name` in the directory `base` a path strategy addresses a box's
+/// sockets through, checked against the budget of this platform: the derivation of every
+/// path strategy ([`BoxBinding::derive`] of [`Held`]).
+pub fn path_address(base: &Path, file_name: &str) -> Result<SocketAddress, BindingError> {
+    let addr = SocketAddress::Path(crate::binding::socket_path(base, file_name)?);
+    budget::check(file_name, &addr, Platform::current())?;
+    Ok(addr)
+}
+
+/// Refusal of a use of a binding opened with [`Opening::Inspect`].
+pub fn inspect_only(id: &BoxId, what: &str) -> BindingError {
+    BindingError::Unsupported {
+        strategy: "(this binding)".into(),
+        what: format!("{what} box {id}"),
+        reason:
+            "the binding was opened to look (Opening::Inspect): nothing was ensured or verified"
+                .into(),
+    }
+}
+
+/// The box binding of every path strategy ([`PathStrategy`]; the blanket
+/// [`SocketBinding`] implementation's `open_box` is [`Held::open`]): the directory the
+/// box's sockets are addressed through, the verified [`SocketDir`], the peer policy and
+/// the addresses derived from them.
 #[derive(Debug)]
 pub struct Held {
-    strategy: Arc<dyn SocketBinding>,
+    strategy: Arc<dyn PathStrategy>,
     layout: BoxLayout,
     id: BoxId,
+    opening: Opening,
+    /// [`PathStrategy::socket_base`], read once (after `ensure`, which may move the
+    /// home to a fallback directory).
+    base: PathBuf,
     addresses: BTreeMap<String, SocketAddress>,
     dir: Option<SocketDir>,
     peer: PeerPolicy,
 }
 
 impl Held {
-    /// Open box `id` through `strategy`'s per-box primitives, each once:
-    /// `prepare_start` (for [`Opening::Start`]), `ensure`, the addresses of `sockets`
-    /// (budget-checked), `socket_dir` and `peer_policy`. A strategy that gives path
-    /// addresses and no verified directory is refused ([`BindingError::Unsupported`]).
+    /// Open box `id` through `strategy`'s per-box methods, each once: for
+    /// [`Opening::Start`] and [`Opening::Use`] `ensure` then `open_dir`; then
+    /// `socket_base`, `peer_policy`, and the addresses of `sockets` (budget-checked).
+    /// [`Opening::Inspect`] makes, opens and checks nothing.
     pub fn open(
-        strategy: Arc<dyn SocketBinding>,
+        strategy: Arc<dyn PathStrategy>,
         layout: &BoxLayout,
         id: &BoxId,
         opening: Opening,
         sockets: &[Socket],
     ) -> Result<Arc<dyn BoxBinding>, BindingError> {
-        if opening == Opening::Start {
-            strategy.prepare_start(layout, id)?;
-        }
-        strategy.ensure(layout, id)?;
-        let addresses = derive_addresses(|f| strategy.address(layout, id, f), sockets)?;
-        let dir = strategy.socket_dir(layout, id)?;
-        if dir.is_none() && strategy.capabilities().path_addressable {
-            return Err(BindingError::Unsupported {
-                strategy: strategy.name().to_owned(),
-                what: format!("opening box {id}"),
-                reason: concat!(
-                    "a path strategy must provide a verified socket directory ",
-                    "(SocketBinding::socket_dir); re-resolving the path string lets whoever ",
-                    "can change a directory on it receive the connection"
-                )
-                .into(),
-            });
-        }
-        let peer = strategy.peer_policy();
-        Ok(Arc::new(Held {
+        let dir = match opening {
+            Opening::Start | Opening::Use => {
+                strategy.ensure(layout, id)?;
+                Some(strategy.open_dir(layout, id)?)
+            }
+            Opening::Inspect => None,
+        };
+        let mut held = Held {
+            base: strategy.socket_base(layout, id)?,
+            peer: strategy.peer_policy(),
             strategy,
             layout: layout.clone(),
             id: id.clone(),
-            addresses,
+            opening,
+            addresses: BTreeMap::new(),
             dir,
-            peer,
-        }))
+        };
+        held.addresses = derive_addresses(|f| held.derive(f), sockets)?;
+        Ok(Arc::new(held))
     }
 }
 
@@ -296,12 +336,15 @@ impl BoxBinding for Held {
         &self.id
     }
 
+    fn derive(&self, file_name: &str) -> Result<SocketAddress, BindingError> {
+        path_address(&self.base, file_name)
+    }
+
     fn address(&self, socket: &Socket) -> Result<SocketAddress, BindingError> {
         if let Some(a) = self.addresses.get(socket.name) {
             return Ok(a.clone());
         }
-        let own =
-            derive_addresses(|f| self.strategy.address(&self.layout, &self.id, f), &[*socket])?;
+        let own = derive_addresses(|f| self.derive(f), &[*socket])?;
         own.into_values().next().ok_or_else(|| BindingError::Invalid {
             what: "socket".into(),
             reason: format!("no address derived for {socket}"),
@@ -320,11 +363,23 @@ impl BoxBinding for Held {
         self.dir.as_ref()
     }
 
+    fn check(&self) -> Result<(), BindingError> {
+        match (&self.dir, self.opening) {
+            (_, Opening::Inspect) => Err(inspect_only(&self.id, "binding or dialling")),
+            (Some(d), _) => d.recheck(),
+            (None, _) => Ok(()),
+        }
+    }
+
     fn policy_paths(&self) -> Result<Vec<PolicyPath>, BindingError> {
         self.strategy.policy_paths(&self.layout, &self.id)
     }
 
     fn release(&self) -> Result<(), BindingError> {
         self.strategy.release(&self.layout, &self.id)
+    }
+
+    fn binding_path(&self) -> Option<PathBuf> {
+        self.strategy.binding_path(&self.layout, &self.id)
     }
 }

@@ -51,7 +51,8 @@ pub mod trust;
 pub use address::{SocketAddress, UriError};
 pub use backend::Backend;
 pub use binding::{
-    Capabilities, PolicyAccess, PolicyPath, SocketBinding, StrategyConfig, SweepReport,
+    Capabilities, PathStrategy, PolicyAccess, PolicyPath, SocketBinding, StrategyConfig,
+    SweepReport,
 };
 pub use boxbinding::{BoxBinding, Held, Opening};
 pub use budget::Platform;

@@ -20,10 +20,8 @@
 //! command's process group, or with a tty to the terminal's foreground group) and
 //! `Resize` (the tty's window size).
 //!
-//! Version 2 (this one) added to version 1: `Exec`'s `cwd`, `tty` and `winsize`;
-//! `Signal` and `Resize`; `Exit`'s `signal`; the spawn error kinds
-//! [`ErrorCode::NotFound`] and [`ErrorCode::PermissionDenied`]. Oversized, truncated or malformed frames are answered with an error
-//! frame and the connection is closed; decoding never panics.
+//! Oversized, truncated or malformed frames are answered with an error frame and the
+//! connection is closed; decoding never panics.
 //!
 //! The readiness notification is a single control frame `Response::Ready` sent by the
 //! agent on the `ready` socket.

@@ -3,8 +3,9 @@
 //! two threads pump its frames to and from passt's socket (qemu's stream protocol: a
 //! 4-byte big-endian length, then the frame). Needs root, `/dev/net/tun` and passt.
 //!
-//! Regression (issue 11): Debian 12's passt answers a DISCOVER with an OFFER, which
-//! libkrun's init (Rapid Commit only) ignores, so `--network` guests had no IPv4.
+//! Why the agent runs DHCP itself: Debian 12's passt answers a DISCOVER with an OFFER,
+//! which libkrun's init (Rapid Commit only) ignores, so without it a `--network` guest
+//! has no IPv4 (docs/backends.md, "The guest network").
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;

@@ -16,7 +16,7 @@ use boxsock_core::peer::{self, Listener, PeerPolicy};
 use boxsock_core::registry::{BackendRegistration, Registry};
 use boxsock_core::sockdir::SocketDir;
 use boxsock_core::{Backend, BoxId, BoxLayout, SocketAddress, SocketBinding, boxdir, catalogue};
-use boxsock_core::{BoxBinding, Opening, Socket, SocketKind};
+use boxsock_core::{BoxBinding, Opening, PathStrategy, Socket, SocketKind};
 use boxsock_direct as _;
 use boxsock_host::HostBackend;
 use boxsock_runtime::agent_client::{self, AgentClient};
@@ -138,7 +138,7 @@ async fn launch_with_direct_addresses_ready_exec_then_kill_and_gone() {
     let direct = boxsock_direct::Direct::default();
     direct.ensure(&h.layout, &h.id).unwrap();
     let agent = held(&h).listen(&sock("agent.sock")).unwrap();
-    let dir = direct.socket_dir(&h.layout, &h.id).unwrap();
+    let dir = Some(direct.open_dir(&h.layout, &h.id).unwrap());
     let (s, mut ready) =
         spec(&h, agent, dir, vec![("BOXSOCK_HOST_TEST".into(), "from spec".into())]);
 
@@ -182,7 +182,7 @@ async fn launch_with_direct_addresses_ready_exec_then_kill_and_gone() {
     assert!(!alive(pid), "agent {pid} still exists after kill and reap");
 }
 
-/// Issue 18.1: the agent binds nothing and is told no name: it inherits the listener
+/// Decision 0010: the agent binds nothing and is told no name: it inherits the listener
 /// the runtime bound (descriptor 3) and its end of the ready channel (4), nothing else;
 /// it still checks peers with the box's policy, and the embedder's
 /// `allowed_peer_uids` reach it.
@@ -199,7 +199,7 @@ async fn the_agent_inherits_its_listener_and_ready_channel_and_is_told_no_name()
         std::fs::metadata(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&agent)))
             .unwrap()
             .ino();
-    let dir = direct.socket_dir(&h.layout, &h.id).unwrap();
+    let dir = Some(direct.open_dir(&h.layout, &h.id).unwrap());
     let (mut s, mut ready) = spec(&h, agent, dir, Vec::new());
     s.sockets.peer = PeerPolicy::allow_uids([me, 65534]);
     let launched = backend().launch(&s).unwrap();

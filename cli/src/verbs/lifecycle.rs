@@ -19,7 +19,7 @@ pub(crate) async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
     // after `--` replaces Cmd, `-e` its Env, `-w` its WorkingDir. Its Env is also the
     // box's, so later `exec`s see it (PATH…).
     let (image, cmd, env, workdir, box_env) =
-        match image_box(g, &settings, image, &env, workdir.clone(), cmd.clone())? {
+        match image_box(g, &rt, &settings, image, &env, workdir.clone(), cmd.clone())? {
             Some((pinned, process)) => {
                 let env = process.env.iter().map(|kv| split_kv(kv)).collect::<Vec<_>>();
                 (Some(pinned), process.argv, env.clone(), Some(process.cwd), env)
@@ -131,7 +131,7 @@ pub(crate) async fn create(
     let rt = g.open(Writes::Yes).await?;
     // A box runs no command of its own: the image's Env (with `-e` applied) becomes the
     // box's environment, seen by every `exec`.
-    let (pinned, env) = match image_box(g, &settings, image, &env, None, Vec::new())? {
+    let (pinned, env) = match image_box(g, &rt, &settings, image, &env, None, Vec::new())? {
         Some((pinned, process)) => {
             (Some(pinned), process.env.iter().map(|kv| split_kv(kv)).collect())
         }
@@ -150,6 +150,7 @@ pub(crate) async fn create(
 /// refused together before anything is looked up.
 fn image_box(
     g: &Global,
+    rt: &Runtime,
     settings: &BoxArgs,
     image: ImageArgs,
     env: &[(String, String)],
@@ -171,7 +172,7 @@ fn image_box(
         working_dir: workdir,
         user,
     };
-    let b = g.image_box(&reference, &overrides)?;
+    let b = g.image_box(rt, &reference, &overrides)?;
     Ok(Some((b.image, b.process)))
 }
 

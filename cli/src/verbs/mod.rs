@@ -2,6 +2,7 @@
 //! the global options; `main`'s `run` dispatches to them.
 
 mod guardian;
+pub(crate) mod image;
 mod lifecycle;
 mod listing;
 mod report;

@@ -162,6 +162,22 @@ pub enum ImageError {
         /// What the parser said.
         reason: String,
     },
+    /// An image that boxes are pinned to, asked to be removed without force.
+    #[error(
+        "image {image} is used by {} box(es): {}{} (remove them first, or force)",
+        count, boxes.join(", "), if *count > boxes.len() { ", …" } else { "" }
+    )]
+    InUse {
+        /// The image (its id, or the name given), quoted.
+        image: String,
+        /// The boxes' names or ids (at most 16, quoted).
+        boxes: Vec<String>,
+        /// How many boxes use it.
+        count: usize,
+    },
+    /// The store that keeps the image records failed (the runtime's SQLite store).
+    #[error("image records: {0}")]
+    Records(String),
     /// A registry refused or failed a request.
     #[error("registry {registry}: {reason}")]
     Registry {

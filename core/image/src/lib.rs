@@ -24,8 +24,9 @@
 //!   (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` on the held directory
 //!   descriptor); hostile entries are refused with an error naming the entry.
 //!
-//! Image records are a JSON file in the store directory, replaced atomically; the
-//! runtime integration moves them to its SQLite store. Decision 0015 has the choices.
+//! Image records are kept through the [`Records`] trait: boxsock's homes keep them in
+//! the runtime's SQLite store (decision 0019), the library alone in a JSON file in the
+//! store directory ([`JsonRecords`]). Decision 0015 has the store's choices.
 
 mod sys;
 
@@ -50,7 +51,7 @@ pub use config::{ImageConfig, Overrides, Process};
 pub use digest::Digest;
 pub use error::{ImageError, Result};
 pub use import::ImportOptions;
-pub use index::{ImageRecord, LayerRecord};
+pub use index::{BadRecord, ImageRecord, JsonRecords, LayerRecord, RecordList, Records};
 pub use manifest::Platform;
 #[cfg(feature = "registry")]
 pub use pull::{Credentials, PullOptions, PullReport};

@@ -5,20 +5,21 @@
 //! <store>/layers/sha256/<diff>/root/  one unpacked layer (0555 wrapper; never written again)
 //! <store>/tmp/                        work in progress, each entry held by a flock
 //! <store>/locks/                      per-layer and per-blob locks (one unpack, one download)
-//! <store>/images.json                 image records (until the SQLite store has them)
+//! <store>/images.json                 image records of [`JsonRecords`] (the library alone)
 //! <store>/store.lock                  shared by additions, exclusive for prune
 //! ```
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::blobs::{Blobs, Expect, MAX_DOCUMENT};
 use crate::config::ImageConfig;
 use crate::digest::Digest;
 use crate::error::{ImageError, Result};
 use crate::fsutil::{self, LockMode, TempEntry};
-use crate::index::{ImageRecord, Index, LayerRecord};
+use crate::index::{ImageRecord, JsonRecords, LayerRecord, RecordList, Records};
 use crate::manifest::{self, Document};
 use crate::unpack::{self, UnpackLimits, UnpackReport};
 
@@ -114,12 +115,59 @@ pub struct ImageStore {
     dir: PathBuf,
     pub(crate) blobs: Blobs,
     limits: UnpackLimits,
+    records: Arc<dyn Records>,
 }
 
 impl ImageStore {
-    /// Open (creating if missing) the store in `dir`, and remove what interrupted
-    /// operations left in its `tmp/`.
+    /// Open (creating if missing) the store in `dir`, its records in
+    /// `<dir>/images.json` ([`JsonRecords`]), and remove what interrupted operations
+    /// left in its `tmp/`.
     pub fn open(dir: impl AsRef<Path>) -> Result<ImageStore> {
+        let records = Arc::new(JsonRecords::new(dir.as_ref()));
+        Self::open_in(dir, records)
+    }
+
+    /// Open the store in `dir` with its records kept by `records` (boxsock's homes: the
+    /// runtime's SQLite store). Records an `images.json` there holds (a store the
+    /// library kept on its own) are moved into `records` first, and the file is renamed
+    /// `images.json.migrated`; an image or name `records` has already is kept as it is.
+    pub fn open_with_records(
+        dir: impl AsRef<Path>,
+        records: Arc<dyn Records>,
+    ) -> Result<ImageStore> {
+        let store = Self::open_in(dir, records)?;
+        store.migrate_legacy()?;
+        Ok(store)
+    }
+
+    fn migrate_legacy(&self) -> Result<()> {
+        let Some(old) = crate::index::read_legacy(&self.dir)? else { return Ok(()) };
+        let _l = fsutil::lock(&self.dir.join("index.lock"), LockMode::Exclusive)?;
+        // Re-read under the lock: another process may have moved them meanwhile.
+        drop(old);
+        let Some(old) = crate::index::read_legacy(&self.dir)? else { return Ok(()) };
+        let count = old.len();
+        self.records.update(&mut |images, _| {
+            let taken: std::collections::HashSet<String> =
+                images.iter().flat_map(|i| i.names.clone()).collect();
+            for mut rec in old.clone() {
+                if images.iter().any(|i| i.id == rec.id) {
+                    continue;
+                }
+                rec.names.retain(|n| !taken.contains(n));
+                images.push(rec);
+            }
+            Ok(())
+        })?;
+        let from = self.dir.join("images.json");
+        let to = self.dir.join("images.json.migrated");
+        fs::rename(&from, &to).map_err(|e| ImageError::io("rename", &from, e))?;
+        fsutil::sync_dir(&self.dir)?;
+        tracing::info!(images = count, from = %from.display(), "image records moved from images.json");
+        Ok(())
+    }
+
+    fn open_in(dir: impl AsRef<Path>, records: Arc<dyn Records>) -> Result<ImageStore> {
         let dir = dir.as_ref().to_path_buf();
         for sub in ["blobs/sha256", "layers/sha256", "tmp", "locks"] {
             fsutil::ensure_dir(&dir.join(sub))?;
@@ -128,6 +176,7 @@ impl ImageStore {
             blobs: Blobs::new(dir.join("blobs/sha256"), dir.join("tmp")),
             dir,
             limits: UnpackLimits::default(),
+            records,
         };
         fsutil::sweep_tmp(&store.tmp())?;
         Ok(store)
@@ -152,10 +201,6 @@ impl ImageStore {
         self.dir.join("locks")
     }
 
-    fn index(&self) -> Index {
-        Index::new(&self.dir)
-    }
-
     /// Held (shared) by every addition; prune takes it exclusively, so that it never
     /// removes a blob an addition has stored but not yet recorded.
     pub(crate) fn adding(&self) -> Result<fsutil::Lock> {
@@ -178,7 +223,12 @@ impl ImageStore {
 
     /// Every image.
     pub fn list(&self) -> Result<Vec<ImageRecord>> {
-        Ok(self.index().read()?.images)
+        Ok(self.records.read()?.images)
+    }
+
+    /// Every image, and the stored records that could not be read (reported apart).
+    pub fn list_all(&self) -> Result<RecordList> {
+        self.records.read()
     }
 
     /// Find an image by name (normalised), full id, or unique id prefix (at least 4 hex
@@ -217,22 +267,46 @@ impl ImageStore {
             .collect()
     }
 
-    /// Remove a name, or (given an id, or the last name) the image record. Blobs and
-    /// layers are freed by [`ImageStore::prune`].
+    /// Remove a name, or (given an id, or the last name) the image record, refused
+    /// while boxes are pinned to the image ([`ImageError::InUse`] names them). Blobs
+    /// and layers are freed by [`ImageStore::prune`].
     pub fn remove(&self, reference: &str) -> Result<Removed> {
-        self.index().update(|file| {
-            let rec = find(&file.images, reference)?.clone();
+        self.remove_with(reference, false)
+    }
+
+    /// [`ImageStore::remove`]; with `force`, also an image boxes are pinned to (their
+    /// layers stay until no box is pinned to them). The check and the removal are one
+    /// transaction of the records.
+    pub fn remove_with(&self, reference: &str, force: bool) -> Result<Removed> {
+        let mut out = None;
+        self.records.update(&mut |images, users| {
+            let rec = find(images, reference)?.clone();
             let by_name = normalise(reference);
             if let Some(name) = by_name.filter(|n| rec.names.contains(n))
                 && rec.names.len() > 1
             {
-                let r = file.images.iter_mut().find(|i| i.id == rec.id).expect("found above");
+                let r = images.iter_mut().find(|i| i.id == rec.id).expect("found above");
                 r.names.retain(|n| *n != name);
-                return Ok(Removed::Untagged(name));
+                out = Some(Removed::Untagged(name));
+                return Ok(());
             }
-            file.images.retain(|i| i.id != rec.id);
-            Ok(Removed::Deleted(rec.id))
-        })
+            let using = users(&rec.id)?;
+            if !using.is_empty() && !force {
+                return Err(ImageError::InUse {
+                    image: boxsock_core::echo::echo(reference).to_string(),
+                    count: using.len(),
+                    boxes: using
+                        .iter()
+                        .take(16)
+                        .map(|b| boxsock_core::echo::echo(b).to_string())
+                        .collect(),
+                });
+            }
+            images.retain(|i| i.id != rec.id);
+            out = Some(Removed::Deleted(rec.id));
+            Ok(())
+        })?;
+        Ok(out.expect("set by a successful update"))
     }
 
     /// Remove every blob and layer no image references, and what interrupted operations
@@ -240,20 +314,42 @@ impl ImageStore {
     pub fn prune(&self) -> Result<PruneReport> {
         let _excl = fsutil::lock(&self.dir.join("store.lock"), LockMode::Exclusive)?;
         let images = self.list()?;
-        let mut keep_blobs = std::collections::HashSet::new();
-        let mut keep_layers = std::collections::HashSet::new();
+        // By hex: what boxes pin and bad records mention come as hex strings.
+        let pinned = self.records.pinned()?;
+        let mut keep_blobs: std::collections::HashSet<String> = pinned.clone();
+        let mut keep_layers = pinned.clone();
         for i in &images {
-            keep_blobs.insert(i.id.clone());
-            keep_blobs.insert(i.config.clone());
+            keep_blobs.insert(i.id.hex().to_owned());
+            keep_blobs.insert(i.config.hex().to_owned());
             for l in &i.layers {
-                keep_blobs.insert(l.blob.clone());
+                keep_blobs.insert(l.blob.hex().to_owned());
                 keep_layers.insert(l.diff_id.hex().to_owned());
+            }
+        }
+        // A manifest a box is pinned to keeps its config and layer blobs while it is
+        // here (the image record may be gone: `rmi -f`).
+        for hex in &pinned {
+            let Ok(d) = format!("sha256:{hex}").parse::<Digest>() else { continue };
+            if !self.blobs.has(&d) {
+                continue;
+            }
+            if let Ok(bytes) = self.blobs.read(&d)
+                && let Ok(Document::Manifest(m)) = manifest::parse_document(&bytes, None)
+            {
+                if let Ok(c) = manifest::descriptor_digest(m.config()) {
+                    keep_blobs.insert(c.hex().to_owned());
+                }
+                for l in m.layers() {
+                    if let Ok(b) = manifest::descriptor_digest(l) {
+                        keep_blobs.insert(b.hex().to_owned());
+                    }
+                }
             }
         }
         let mut report =
             PruneReport { bytes_freed: fsutil::sweep_tmp(&self.tmp())?, ..Default::default() };
         for b in self.blobs.all()? {
-            if !keep_blobs.contains(&b) {
+            if !keep_blobs.contains(b.hex()) {
                 report.bytes_freed += self.blobs.remove(&b)?;
                 report.blobs += 1;
             }
@@ -270,12 +366,15 @@ impl ImageStore {
                 }
             }
         }
-        // Image roots first: their files are links to layer files, freed with the last.
+        // Image roots first (their files are links to layer files, freed with the
+        // last): kept for a listed image and for a manifest a box is pinned to.
         let roots = self.dir.join("roots");
         if let Ok(rd) = fs::read_dir(&roots) {
             let ids: std::collections::HashSet<&str> = images.iter().map(|i| i.id.hex()).collect();
             for e in rd.flatten() {
-                if !e.file_name().to_str().is_some_and(|n| ids.contains(n)) {
+                let keep =
+                    e.file_name().to_str().is_some_and(|n| ids.contains(n) || pinned.contains(n));
+                if !keep {
                     report.bytes_freed += fsutil::remove_tree(&e.path())?;
                 }
             }
@@ -370,26 +469,29 @@ impl ImageStore {
             platform,
             added,
         };
-        let record = self.index().update(|file| {
-            for other in &mut file.images {
+        let mut stored = None;
+        self.records.update(&mut |images, _| {
+            for other in images.iter_mut() {
                 other.names.retain(|n| !names.contains(n));
             }
             // An image left without a name stays, addressable by id (docker's dangling).
-            match file.images.iter_mut().find(|i| i.id == record.id) {
+            stored = Some(match images.iter_mut().find(|i| i.id == record.id) {
                 Some(existing) => {
                     for n in names {
                         if !existing.names.contains(n) {
                             existing.names.push(n.clone());
                         }
                     }
-                    Ok(existing.clone())
+                    existing.clone()
                 }
                 None => {
-                    file.images.push(record.clone());
-                    Ok(record)
+                    images.push(record.clone());
+                    record.clone()
                 }
-            }
+            });
+            Ok(())
         })?;
+        let record = stored.expect("set by a successful update");
         tracing::info!(image = %record.id, names = ?record.names, "image added");
         Ok(AddReport { image: record, unpacked: report_unpacked, notes })
     }

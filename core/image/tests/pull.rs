@@ -6,168 +6,20 @@
 #![cfg(feature = "registry")]
 
 mod corpus;
+mod registry;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use boxsock_image::{Credentials, Digest, ImageError, ImageStore, Platform, Progress, PullOptions};
-use boxsock_test_support::{Need, skip};
 use corpus::{Layer, Tar};
+use registry::{Auth, BUSYBOX, ISSUER, Registry, SERVICE, have, tools};
 use serde_json::json;
-
-const BUSYBOX: &str = "/bin/busybox";
-
-fn have(program: &str, package: &'static str, name: &'static str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()));
-    if !found {
-        skip(Need::Program { name, package }, format!("{program} is not on PATH"));
-    }
-    found
-}
-
-fn tools() -> bool {
-    have("docker-registry", "docker-registry", "docker-registry")
-        && have("skopeo", "skopeo", "skopeo")
-        && {
-            let ok = Path::new(BUSYBOX).is_file();
-            if !ok {
-                skip(
-                    Need::Program { name: "busybox", package: "busybox-static" },
-                    "no /bin/busybox",
-                );
-            }
-            ok
-        }
-}
-
-/// How the registry authenticates.
-enum Auth {
-    None,
-    /// htpasswd: a basic realm.
-    Basic,
-    /// distribution's token auth: a bearer realm served by a [`TokenServer`] whose
-    /// certificate is the registry's `rootcertbundle`.
-    Token(TokenServer),
-}
-
-/// A registry process, killed (and reaped) on drop.
-struct Registry {
-    child: Child,
-    addr: String,
-    creds: Option<(String, String)>,
-    _dir: tempfile::TempDir,
-    _auth: Auth,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Registry {
-    fn start(auth: Auth) -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let creds =
-            (!matches!(auth, Auth::None)).then(|| ("boxsock".to_owned(), "s3cret-pw".to_owned()));
-        if let (Auth::Basic, Some((u, p))) = (&auth, &creds) {
-            assert!(
-                have("htpasswd", "apache2-utils", "htpasswd"),
-                "htpasswd needed for the auth registry"
-            );
-            let out = Command::new("htpasswd").args(["-Bbn", u, p]).output().unwrap();
-            assert!(out.status.success());
-            std::fs::write(dir.path().join("htpasswd"), out.stdout).unwrap();
-        }
-        // A free port: bind :0, read it, release it for the registry (retried below if
-        // another process takes it in between).
-        for _attempt in 0..5 {
-            let port =
-                std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let addr = format!("127.0.0.1:{port}");
-            let mut config = format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    \
-                 rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            );
-            match &auth {
-                Auth::None => {}
-                Auth::Basic => config.push_str(&format!(
-                    "auth:\n  htpasswd:\n    realm: boxsock-test\n    path: {}\n",
-                    dir.path().join("htpasswd").display()
-                )),
-                Auth::Token(t) => config.push_str(&format!(
-                    "auth:\n  token:\n    realm: http://{}/token\n    service: {SERVICE}\n    \
-                     issuer: {ISSUER}\n    rootcertbundle: {}\n",
-                    t.addr,
-                    t.cert_pem.display()
-                )),
-            }
-            let cfg = dir.path().join("config.yml");
-            std::fs::write(&cfg, config).unwrap();
-            let mut child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(&cfg)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            // Bounded wait for readiness: up to 300 × 100 ms for /v2/ to answer.
-            for _ in 0..300 {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // exited: most likely the port was taken; try another
-                }
-                if answers(&addr) {
-                    return Registry { child, addr, creds, _dir: dir, _auth: auth };
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("the registry never answered on a free port (5 tries)")
-    }
-
-    /// `skopeo copy` the layout's `tag` (every platform with `all`) to `<addr>/<repo>`.
-    fn push(&self, layout: &Path, tag: &str, repo: &str, all: bool) {
-        let mut c = Command::new("skopeo");
-        c.args(["--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false"]);
-        if all {
-            c.arg("--all");
-        }
-        if let Some((u, p)) = &self.creds {
-            c.arg(format!("--dest-creds={u}:{p}"));
-        }
-        c.arg(format!("oci:{}:{tag}", layout.display()));
-        c.arg(format!("docker://{}/{repo}", self.addr));
-        let out = c.output().unwrap();
-        assert!(out.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    fn reference(&self, repo: &str) -> String {
-        format!("{}/{repo}", self.addr)
-    }
-}
-
-/// Whether something at `addr` answers `GET /v2/` with HTTP.
-fn answers(addr: &str) -> bool {
-    let Ok(mut s) = TcpStream::connect(addr) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let req = format!("GET /v2/ HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 12];
-    s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.")
-}
 
 fn busybox_layer() -> Layer {
     let bb = std::fs::read(BUSYBOX).unwrap();
@@ -448,9 +300,6 @@ fn an_interrupted_pull_resumes_and_never_leaves_a_half_blob_that_looks_whole() {
     assert!(!partial.exists());
 }
 
-const SERVICE: &str = "boxsock-registry";
-const ISSUER: &str = "boxsock-test-issuer";
-
 /// The token endpoint of distribution's token auth: checks basic credentials and
 /// answers a JWT (RS256, its certificate in `x5c`) granting the scopes asked for.
 /// Serves from a thread until dropped.
@@ -654,7 +503,11 @@ fn the_bearer_token_flow_against_the_registrys_token_auth() {
     }
     let Some(tokens) = TokenServer::start("boxsock", "s3cret-pw") else { return };
     let issued = tokens.issued.clone();
-    let reg = Registry::start(Auth::Token(tokens));
+    let reg = Registry::start(Auth::Token {
+        realm: tokens.addr.clone(),
+        cert_pem: tokens.cert_pem.clone(),
+        _server: Box::new(tokens),
+    });
     let tmp = tempfile::tempdir().unwrap();
     reg.push(&layout_with(&tmp.path().join("l"), &[busybox_layer()], "1"), "1", "tok/bb:1", false);
     let pushed = issued.load(std::sync::atomic::Ordering::SeqCst);

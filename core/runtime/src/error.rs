@@ -139,6 +139,9 @@ pub enum RuntimeError {
     /// The store failed (including corrupt rows and taken names).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The image store failed (`Runtime::images`).
+    #[error(transparent)]
+    Image(#[from] boxsock_image::ImageError),
     /// An unknown or duplicate strategy or backend name.
     #[error(transparent)]
     Registry(#[from] RegistryError),

@@ -2,6 +2,7 @@
 //! address, with byte lengths and the limit.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -35,15 +36,22 @@ pub struct SocketReport {
     pub error: Option<String>,
 }
 
+/// Every address of `specs` for box `id`, asked of the box's binding opened to look
+/// ([`Opening::Inspect`](boxsock_core::boxbinding::Opening::Inspect): nothing is made or
+/// checked, so read-only runtimes use it too).
 fn socket_reports(
-    strategy: &dyn SocketBinding,
+    strategy: &Arc<dyn SocketBinding>,
     layout: &BoxLayout,
     id: &BoxId,
     specs: &[SocketSpec],
 ) -> Vec<SocketReport> {
     let limit = Platform::current().sun_len();
+    let binding = match strategy.inspect_box(layout, id) {
+        Ok(b) => b,
+        Err(e) => return vec![unknown(e.to_string())],
+    };
     let mut out = Vec::new();
-    for d in boxsock_core::boxbinding::each_address(|f| strategy.address(layout, id, f), specs) {
+    for d in boxsock_core::boxbinding::each_address(|f| binding.derive(f), specs) {
         let (label, file) = (d.label, d.file);
         out.push(match d.address {
             Ok(addr) => SocketReport {
@@ -75,6 +83,19 @@ fn socket_reports(
         });
     }
     out
+}
+
+/// The one report of a box whose sockets could not be asked about.
+fn unknown(error: String) -> SocketReport {
+    SocketReport {
+        socket: "*".into(),
+        file: String::new(),
+        address: None,
+        bytes: None,
+        limit: Platform::current().sun_len(),
+        fits: false,
+        error: Some(error),
+    }
 }
 
 /// A companion process of a box (passt…), as recorded with it.
@@ -143,21 +164,14 @@ pub(super) fn inspect(inner: &Inner, rec: BoxRecord) -> BoxInfo {
     let binding = inner
         .strategy(&rec.config.strategy)
         .ok()
-        .and_then(|s| s.binding_path(&inner.layout, &rec.id))
+        .and_then(|s| s.inspect_box(&inner.layout, &rec.id).ok())
+        .and_then(|b| b.binding_path())
         .map(|p| p.display().to_string());
     let sockets = match (inner.strategy(&rec.config.strategy), inner.backend(&rec.config.backend)) {
         (Ok(s), Ok(b)) => {
-            socket_reports(&*s, &inner.layout, &rec.id, &socket_specs(&*b, rec.config.network))
+            socket_reports(&s, &inner.layout, &rec.id, &socket_specs(&*b, rec.config.network))
         }
-        (Err(e), _) | (_, Err(e)) => vec![SocketReport {
-            socket: "*".into(),
-            file: String::new(),
-            address: None,
-            bytes: None,
-            limit: Platform::current().sun_len(),
-            fits: false,
-            error: Some(e.to_string()),
-        }],
+        (Err(e), _) | (_, Err(e)) => vec![unknown(e.to_string())],
     };
     let companions = inner
         .store
@@ -360,7 +374,7 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
         match options.strategies.build(reg.name, &config) {
             Ok(s) => {
                 let caps = s.capabilities();
-                let sockets = socket_reports(&*s, &layout, &sample, &specs);
+                let sockets = socket_reports(&s, &layout, &sample, &specs);
                 let all_fit = sockets.iter().all(|r| r.fits);
                 strategies.push(StrategyReport {
                     name: reg.name.into(),
@@ -402,7 +416,7 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
                     .map(|s| {
                         let r =
                             compatibility(&**s, &*b).map_err(PairingError::from).and_then(|()| {
-                                check_addresses(&**s, &layout, &sample, &socket_specs(&*b, true))
+                                check_addresses(s, &layout, &sample, &socket_specs(&*b, true))
                                     .map(drop)
                                     .map_err(|e| PairingError::Budget(std::sync::Arc::new(e)))
                             });

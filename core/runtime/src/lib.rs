@@ -320,7 +320,21 @@ impl Runtime {
         self.inner.backend(name)
     }
 
+    /// The home's image store (`<home>/images`), its records in this home's SQLite
+    /// store (decision 0019): `rmi` is refused while a box is pinned to the image, and
+    /// `prune` keeps what boxes are pinned to. Records an `images.json` there held are
+    /// moved in at the first open.
+    pub fn images(&self) -> Result<boxsock_image::ImageStore, RuntimeError> {
+        let records = Arc::new(store::HomeRecords::of_runtime(self.clone()));
+        let dir = self.inner.layout.home().join("images");
+        Ok(boxsock_image::ImageStore::open_with_records(dir, records)?)
+    }
+
     /// Every box (good rows), plus corrupt rows reported by id.
+    ///
+    /// Also lets go of the bindings held for boxes that another process stopped or
+    /// removed meanwhile (no row, or a row whose process is not the one the binding was
+    /// held for): a long-lived runtime that lists holds nothing for dead boxes.
     pub fn list(&self) -> Result<Listing, RuntimeError> {
         let mut listing = self.inner.store.list()?;
         if self.inner.options.access == Access::ReadOnly {
@@ -328,7 +342,16 @@ impl Runtime {
                 self.inner.observe(rec);
             }
         }
+        let live: HashMap<&BoxId, Option<i32>> =
+            listing.boxes.iter().map(|r| (&r.id, r.process.map(|p| p.pid))).collect();
+        lock(&self.inner.bindings).retain(|id, (pid, _)| live.get(id) == Some(pid));
         Ok(listing)
+    }
+
+    /// How many box bindings this runtime holds (decision 0014), for tests and
+    /// `doctor`-style reports.
+    pub fn held_bindings(&self) -> usize {
+        lock(&self.inner.bindings).len()
     }
 
     /// The box with this id or name.
@@ -387,7 +410,7 @@ impl Runtime {
         // sockets, so a home too deep for this strategy is said first, whatever the
         // machine can run.
         let id = opts.id.clone().unwrap_or_else(BoxId::generate);
-        check_addresses(&*strategy, &inner.layout, &id, &socket_specs(&*backend, opts.network))?;
+        check_addresses(&strategy, &inner.layout, &id, &socket_specs(&*backend, opts.network))?;
         if let Availability::Unavailable { reason } = backend.available_for_launch() {
             return Err(RuntimeError::BackendUnavailable { backend: opts.backend.clone(), reason });
         }
@@ -440,7 +463,7 @@ impl Runtime {
         let prepared =
             ensured.and_then(|()| backend.prepare(&inner.layout, &id).map_err(RuntimeError::from));
         if let Err(e) = prepared {
-            let _ = strategy.release(&inner.layout, &id);
+            let _ = strategy.release_box(&inner.layout, &id);
             let _ = boxsock_core::boxdir::remove_box_dir(&inner.layout, &id);
             let _ = inner.store.delete(id.as_str());
             return Err(e);
@@ -779,7 +802,7 @@ impl Inner {
     fn release_everywhere(&self, id: &BoxId) {
         for reg in self.options.strategies.iter() {
             if let Ok(s) = self.strategy(reg.name) {
-                if let Err(e) = s.release(&self.layout, id) {
+                if let Err(e) = s.release_box(&self.layout, id) {
                     tracing::warn!(box_id = %id, strategy = reg.name, error = %e, "release failed");
                 }
             }

@@ -134,7 +134,7 @@ pub(super) async fn recover(
             inner.forget_process(&rec.id);
             match inner.strategy(&rec.config.strategy) {
                 Ok(s) => {
-                    let _ = s.release(layout, &rec.id);
+                    let _ = s.release_box(layout, &rec.id);
                 }
                 Err(_) => inner.release_everywhere(&rec.id),
             }

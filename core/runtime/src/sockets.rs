@@ -3,10 +3,12 @@
 //! backend.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use boxsock_core::address::SocketAddress;
 use boxsock_core::backend::{AddressNeeds, Backend, Readiness};
 use boxsock_core::binding::SocketBinding;
+use boxsock_core::boxbinding::Opening;
 use boxsock_core::catalogue::{self, SocketSpec};
 use boxsock_core::error::BindingError;
 use boxsock_core::id::BoxId;
@@ -27,13 +29,17 @@ pub fn socket_specs(backend: &dyn Backend, network: bool) -> Vec<SocketSpec> {
 /// Check every address of `specs` (own and derived names) for box `id`, returning the
 /// own addresses by logical name. A miss is [`BindingError::PathTooLong`] labelled with
 /// the socket (and the derived name, when that is what missed).
+///
+/// Asked of the box's binding opened to look ([`Opening::Inspect`]: nothing is made,
+/// opened or checked, so it may run before a start changes the box's state): the
+/// addresses come from the same derivation as those the start's binding holds.
 pub fn check_addresses(
-    strategy: &dyn SocketBinding,
+    strategy: &Arc<dyn SocketBinding>,
     layout: &BoxLayout,
     id: &BoxId,
     specs: &[SocketSpec],
 ) -> Result<BTreeMap<String, SocketAddress>, BindingError> {
-    boxsock_core::boxbinding::derive_addresses(|f| strategy.address(layout, id, f), specs)
+    Ok(strategy.clone().open_box(layout, id, Opening::Inspect, specs)?.addresses())
 }
 
 /// Why a strategy cannot serve a backend ([`compatibility`]).

@@ -48,7 +48,7 @@ impl Inner {
                 let specs = socket_specs(&*backend, r.config.network);
                 // Fail fast on the budget, before the state changes (pure arithmetic);
                 // the box is opened for the start below, once it is `Starting`.
-                check_addresses(&*strategy, &i.layout, id, &specs)?;
+                check_addresses(&strategy, &i.layout, id, &specs)?;
                 i.store
                     .transition(
                         id,

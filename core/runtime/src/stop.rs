@@ -128,7 +128,7 @@ impl Inner {
             Ok(s) => {
                 let released = match held {
                     Some(b) => b.release(),
-                    None => s.release(&self.layout, id),
+                    None => s.release_box(&self.layout, id),
                 };
                 if let Err(e) = released {
                     if !force {

@@ -1,7 +1,7 @@
 //! The per-start epoch of a box: 16 random bytes, written as 32 hex digits to
 //! `<home>/boxes/<id>/abstract-epoch` (mode 0600, owned by the effective uid).
 //!
-//! Every start writes a fresh one ([`SocketBinding::prepare_start`](boxsock_core::SocketBinding::prepare_start)),
+//! Every start writes a fresh one (opening the box for a start, `Opening::Start`),
 //! and so does a bind that finds its name taken. The epoch is an input of the name
 //! derivation (see [`crate::name`]); it is not an address and not a secret (the home's
 //! key is), but it lives in the 0700 box directory so that only the owner can change

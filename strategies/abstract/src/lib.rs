@@ -13,14 +13,14 @@
 //!   by a 32-byte per-home secret kept 0600 in `<home>/abstract-socket.key` (see
 //!   `docs/decisions/0002-abstract-names.md`). The epoch is 128 random bits written
 //!   0600 to `<home>/boxes/<id>/abstract-epoch` by
-//!   [`SocketBinding::prepare_start`](boxsock_core::SocketBinding::prepare_start) at
+//!   opening the box for a start (`Opening::Start`, [`Abstract::prepare_start`]) at
 //!   every start. Nobody can pre-bind ("squat") a box's name before the box does or
 //!   predict the next one, and names seen during an earlier run (an old argv,
 //!   `/proc/net/unix`) lead nowhere. A bind that still finds its name taken names the
 //!   holder (`sock_diag`: uid, inode, pid) in a warning and moves the box to fresh
 //!   names ([`MAX_ROTATIONS`] times at most). Bound names are still *visible*, so names
 //!   alone are not access control; the next point is.
-//! - **Peer credentials on every connection.** [`SocketBinding::peer_policy`] allows
+//! - **Peer credentials on every connection.** [`Abstract::peer_policy`] allows
 //!   only the owner's uid plus [`StrategyConfig::allowed_peer_uids`]; every listener the
 //!   strategy hands out checks `SO_PEERCRED` on each accept and drops other uids, every
 //!   connect checks the listener's, and datagram sockets are bound with `SO_PASSCRED`

@@ -91,7 +91,11 @@ fn registered_with_the_promised_capabilities_and_policy() {
     assert!(c.peer_credentials && c.netns_scoped && c.home_length_independent);
     assert_eq!(c.cross_user, CrossUserProtection::PeerCredentials);
     assert!(c.supported_here());
-    let p = s.peer_policy();
+    let home = tempfile::tempdir().unwrap();
+    let layout = BoxLayout::new(home.path());
+    let id = BoxId::parse("probe").unwrap();
+    let looked = s.inspect_box(&layout, &id).unwrap();
+    let p = looked.peer_policy().clone();
     assert!(p.is_checked());
     let mut want = [me(), 4242];
     want.sort();
@@ -706,7 +710,8 @@ fn ensure_release_sweep_and_policy_touch_only_the_secret() {
     assert_eq!(p[0].path, Abstract::secret_path(&layout));
     assert_eq!(p[0].intent, PolicyIntent::File);
     assert_eq!(p[0].access, PolicyAccess::Read);
-    assert_eq!(s.binding_path(&layout, &b), None);
+    let s: std::sync::Arc<dyn SocketBinding> = std::sync::Arc::new(s);
+    assert_eq!(s.inspect_box(&layout, &b).unwrap().binding_path(), None);
 }
 
 /// The Landlock ABI version of this kernel (0 if Landlock is unavailable).

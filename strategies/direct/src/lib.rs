@@ -2,19 +2,19 @@
 //! `<home>/boxes/<id>/sockets/<name>`, with no indirection.
 //!
 //! It exists as the floor for the benches and to prove the budget check: for a deep home
-//! [`SocketBinding::address`] fails fast with [`BindingError::PathTooLong`] naming the
+//! opening a box (or asking its address) fails fast with [`BindingError::PathTooLong`] naming the
 //! socket, the path, its length and the limit, instead of a truncated or silent bind.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use boxsock_core::binding::{self, CrossUserProtection, PolicyIntent};
 use boxsock_core::peer::PeerPolicy;
 use boxsock_core::registry::StrategyRegistration;
 use boxsock_core::{
-    BindingError, BoxId, BoxLayout, Capabilities, Platform, PolicyAccess, PolicyPath,
-    SocketAddress, SocketBinding, StrategyConfig, SweepReport, budget,
+    BindingError, BoxId, BoxLayout, Capabilities, PathStrategy, Platform, PolicyAccess, PolicyPath,
+    SocketBinding, StrategyConfig, SweepReport,
 };
-use boxsock_core::{BoxBinding, Held, Opening, Socket};
 use boxsock_core::{DirExpectation, SocketDir};
 
 /// The registered name.
@@ -59,19 +59,9 @@ impl Direct {
     }
 }
 
-impl SocketBinding for Direct {
+impl PathStrategy for Direct {
     fn name(&self) -> &str {
         NAME
-    }
-
-    fn open_box(
-        self: Arc<Self>,
-        layout: &BoxLayout,
-        id: &BoxId,
-        opening: Opening,
-        sockets: &[Socket],
-    ) -> Result<Arc<dyn BoxBinding>, BindingError> {
-        Held::open(self, layout, id, opening, sockets)
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -90,28 +80,18 @@ impl SocketBinding for Direct {
         binding::require_socket_dir(layout, id).map(drop)
     }
 
-    fn address(
-        &self,
-        layout: &BoxLayout,
-        id: &BoxId,
-        file_name: &str,
-    ) -> Result<SocketAddress, BindingError> {
-        let addr = SocketAddress::Path(binding::socket_path(&layout.sockets_dir(id), file_name)?);
-        budget::check(file_name, &addr, Platform::current())?;
-        Ok(addr)
+    /// The real path, `<home>/boxes/<id>/sockets`.
+    fn socket_base(&self, layout: &BoxLayout, id: &BoxId) -> Result<PathBuf, BindingError> {
+        Ok(layout.sockets_dir(id))
     }
 
     /// `<home>/boxes/<id>/sockets` opened by its real path and verified on the
     /// descriptor (a directory owned by the uid, no group/other write). The address
     /// stays the real path (and fails fast when too long); binds and connects go
     /// through the held descriptor.
-    fn socket_dir(
-        &self,
-        layout: &BoxLayout,
-        id: &BoxId,
-    ) -> Result<Option<SocketDir>, BindingError> {
+    fn open_dir(&self, layout: &BoxLayout, id: &BoxId) -> Result<SocketDir, BindingError> {
         let dir = binding::require_socket_dir(layout, id)?;
-        SocketDir::open(&dir, DirExpectation { owner: self.uid, identity: None }).map(Some)
+        SocketDir::open(&dir, DirExpectation { owner: self.uid, identity: None })
     }
 
     /// The owner and the embedder's `allowed_peer_uids` (`SO_PEERCRED` on every accept
@@ -152,7 +132,8 @@ mod tests {
     fn deep_home_fails_fast_naming_the_socket() {
         let layout = BoxLayout::new(format!("/{}", "h".repeat(120)));
         let id = BoxId::parse("abc").unwrap();
-        let err = Direct::default().address(&layout, &id, "agent.sock").unwrap_err();
+        let direct: Arc<dyn SocketBinding> = Arc::new(Direct::default());
+        let err = direct.inspect_box(&layout, &id).unwrap().derive("agent.sock").unwrap_err();
         match err {
             BindingError::PathTooLong { socket, path, len, limit } => {
                 assert_eq!(socket, "agent.sock");

@@ -27,7 +27,7 @@
 //! the directory).
 //!
 //! ## Steady state
-//! After the first successful [`SocketBinding::ensure`] of (home, id), the (device, inode)
+//! After the first successful [`PathStrategy::ensure`] of (home, id), the (device, inode)
 //! of the box's sockets directory is cached, and later calls cost one `fstatat` of the
 //! link relative to the held per-user directory descriptor. See
 //! `docs/decisions/0001-short-symlink-steady-state.md` for what that proves and what it
@@ -49,15 +49,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use boxsock_core::binding::{self, CrossUserProtection, PolicyIntent};
+use boxsock_core::binding::{CrossUserProtection, PolicyIntent};
 use boxsock_core::fallback::SharedDir;
 use boxsock_core::peer::PeerPolicy;
 use boxsock_core::registry::StrategyRegistration;
 use boxsock_core::{
-    BindingError, BoxId, BoxLayout, Capabilities, Platform, PolicyAccess, PolicyPath,
-    SocketAddress, SocketBinding, StrategyConfig, SweepReport, budget,
+    BindingError, BoxId, BoxLayout, Capabilities, PathStrategy, Platform, PolicyAccess, PolicyPath,
+    SocketBinding, StrategyConfig, SweepReport,
 };
-use boxsock_core::{BoxBinding, Held, Opening, Socket};
 use boxsock_core::{DirExpectation, DirIdentity, SocketDir};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
@@ -217,7 +216,7 @@ impl ShortSymlink {
     /// A strategy for `config`. The base directory must be absolute and the prefix a
     /// plain name (`[A-Za-z0-9._-]`, not starting with `.`); neither is touched on disk
     /// here. A base too long to leave room for addresses fails at
-    /// [`SocketBinding::address`] with [`BindingError::PathTooLong`].
+    /// the box's address ([`BoxBinding::derive`](boxsock_core::BoxBinding::derive)) with [`BindingError::PathTooLong`].
     pub fn new(config: &StrategyConfig) -> Result<Self, BindingError> {
         if !config.base_dir.is_absolute() {
             return Err(BindingError::Invalid {
@@ -564,19 +563,9 @@ impl ShortSymlink {
     }
 }
 
-impl SocketBinding for ShortSymlink {
+impl PathStrategy for ShortSymlink {
     fn name(&self) -> &str {
         NAME
-    }
-
-    fn open_box(
-        self: Arc<Self>,
-        layout: &BoxLayout,
-        id: &BoxId,
-        opening: Opening,
-        sockets: &[Socket],
-    ) -> Result<Arc<dyn BoxBinding>, BindingError> {
-        Held::open(self, layout, id, opening, sockets)
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -605,15 +594,9 @@ impl SocketBinding for ShortSymlink {
         self.slow_ensure(layout, id)
     }
 
-    fn address(
-        &self,
-        layout: &BoxLayout,
-        id: &BoxId,
-        file_name: &str,
-    ) -> Result<SocketAddress, BindingError> {
-        let addr = SocketAddress::Path(binding::socket_path(&self.link_in(layout, id), file_name)?);
-        budget::check(file_name, &addr, Platform::current())?;
-        Ok(addr)
+    /// The link, `<per-uid dir>/<id>`, in the directory `layout`'s home uses.
+    fn socket_base(&self, layout: &BoxLayout, id: &BoxId) -> Result<PathBuf, BindingError> {
+        Ok(self.link_in(layout, id))
     }
 
     /// Remove the box's link if it resolves to this box's sockets directory or dangles.
@@ -780,11 +763,7 @@ impl SocketBinding for ShortSymlink {
     /// `ensure` last succeeded (or, without that, now). A link swapped to any other
     /// directory is refused with [`BindingError::Insecure`]; nothing is re-resolved
     /// from `/tmp` afterwards.
-    fn socket_dir(
-        &self,
-        layout: &BoxLayout,
-        id: &BoxId,
-    ) -> Result<Option<SocketDir>, BindingError> {
+    fn open_dir(&self, layout: &BoxLayout, id: &BoxId) -> Result<SocketDir, BindingError> {
         let (dir, cached) = {
             let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
             let home = layout.home();
@@ -812,13 +791,13 @@ impl SocketBinding for ShortSymlink {
                 // and made again since: look once more through a freshly checked one.
                 Err(BindingError::Io { source, .. })
                     if source.raw_os_error() == Some(libc::ENOENT) => {}
-                other => return other.map(Some),
+                other => return other,
             }
         }
         let (fresh, path) = self
             .open_dir(layout, false)?
             .ok_or_else(|| BindingError::errno("open", self.dir_path(layout), Errno::ENOENT))?;
-        SocketDir::open_at(fresh.as_fd(), id.as_str(), path.join(id.as_str()), expect).map(Some)
+        SocketDir::open_at(fresh.as_fd(), id.as_str(), path.join(id.as_str()), expect)
     }
 
     /// The owner and the embedder's `allowed_peer_uids`: the 0700 directories keep

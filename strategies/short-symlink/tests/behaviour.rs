@@ -9,13 +9,26 @@ use std::sync::{Arc, Barrier};
 use boxsock_core::binding::PolicyIntent;
 use boxsock_core::registry::{Registry, StrategyRegistration};
 use boxsock_core::{
-    BindingError, BoxId, BoxLayout, PolicyAccess, SocketAddress, SocketBinding, StrategyConfig,
-    boxdir,
+    BindingError, BoxId, BoxLayout, PathStrategy, PolicyAccess, SocketAddress, SocketBinding,
+    StrategyConfig, boxdir,
 };
 use boxsock_core::{BoxBinding, Opening, catalogue};
 use boxsock_short_symlink::{self as ss, ShortSymlink};
 use boxsock_test_support::{Need, skip};
 use tempfile::TempDir;
+
+/// A path strategy's address of socket file `f` of box `id`: the core's one derivation
+/// ([`boxsock_core::boxbinding::path_address`]) from the strategy's `socket_base`, as
+/// the box's binding holds it.
+trait Addr {
+    fn address(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<SocketAddress, BindingError>;
+}
+
+impl<S: PathStrategy> Addr for S {
+    fn address(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<SocketAddress, BindingError> {
+        boxsock_core::boxbinding::path_address(&self.socket_base(l, id)?, f)
+    }
+}
 
 struct Fixture {
     base: TempDir,
@@ -93,7 +106,7 @@ fn registered_under_its_name_and_builds() {
 #[test]
 fn capabilities_are_as_documented() {
     let f = Fixture::new();
-    let c = f.s.capabilities();
+    let c = PathStrategy::capabilities(&*f.s);
     assert!(c.path_addressable && c.filesystem_visible && c.home_length_independent);
     // 0700 directories *and* SO_PEERCRED on every accept and connect (issue 10).
     assert!(c.peer_credentials && !c.netns_scoped);
@@ -199,7 +212,7 @@ fn assert_falls_back(f: &Fixture, squatted: &Path, why: &[&str]) {
     // Another instance (another process) agrees, without a new fallback.
     f.fresh().ensure(&f.layout, &f.id).unwrap();
     assert_eq!(f.fresh().binding_path(&f.layout, &f.id).unwrap(), binding);
-    f.s.sweep(&f.layout).unwrap();
+    PathStrategy::sweep(&*f.s, &f.layout).unwrap();
     f.s.release(&f.layout, &f.id).unwrap();
     assert!(!binding.exists());
     assert_eq!(
@@ -315,7 +328,7 @@ fn a_symlinked_per_user_dir_is_never_used() {
     symlink(decoy.path(), &squatted).unwrap();
     // Nothing of ours is there: release and sweep have nothing to do.
     f.s.release(&f.layout, &f.id).unwrap();
-    assert_eq!(f.s.sweep(&f.layout).unwrap().removed.len(), 0);
+    assert_eq!(PathStrategy::sweep(&*f.s, &f.layout).unwrap().removed.len(), 0);
     assert_falls_back(&f, &squatted, &["a symlink to", &decoy.path().display().to_string()]);
     assert_eq!(
         std::fs::read_dir(decoy.path()).unwrap().count(),
@@ -364,7 +377,7 @@ fn root_only_per_user_dir_owned_by_another_uid_is_never_used() {
     let squatted = f.per_uid();
     std::os::unix::fs::chown(&squatted, Some(65534), Some(65534)).unwrap();
     f.s.release(&f.layout, &f.id).unwrap();
-    assert_eq!(f.s.sweep(&f.layout).unwrap().removed.len(), 0);
+    assert_eq!(PathStrategy::sweep(&*f.s, &f.layout).unwrap().removed.len(), 0);
     assert_falls_back(&f, &squatted, &["owned by uid 65534"]);
     assert_eq!(
         std::fs::read_dir(&squatted).unwrap().count(),
@@ -562,7 +575,7 @@ fn sweep_removes_only_dangling_links() {
     std::fs::create_dir_all(f.layout.box_dir(&half)).unwrap();
     symlink(f.layout.sockets_dir(&half), dir.join("half")).unwrap();
 
-    let report = f.s.sweep(&f.layout).unwrap();
+    let report = PathStrategy::sweep(&*f.s, &f.layout).unwrap();
     let mut removed: Vec<PathBuf> = report.removed.clone();
     removed.sort();
     let mut expected = vec![
@@ -590,9 +603,9 @@ fn sweep_removes_only_dangling_links() {
     assert!(same_file(&dir.join(other_id.as_str()), &other.sockets_dir(&other_id)));
     assert!(same_file(&f.link(), &f.layout.sockets_dir(&f.id)));
     // Sweeping again removes nothing; no per-user dir is not an error.
-    assert!(f.s.sweep(&f.layout).unwrap().removed.is_empty());
+    assert!(PathStrategy::sweep(&*f.s, &f.layout).unwrap().removed.is_empty());
     let g = Fixture::new();
-    assert_eq!(g.s.sweep(&g.layout).unwrap(), Default::default());
+    assert_eq!(PathStrategy::sweep(&*g.s, &g.layout).unwrap(), Default::default());
 }
 
 #[test]
@@ -705,7 +718,7 @@ fn a_sweep_racing_ensure_never_leaves_the_box_without_its_link() {
         std::thread::spawn(move || {
             let s = f.fresh();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                s.sweep(&f.layout).unwrap();
+                PathStrategy::sweep(&s, &f.layout).unwrap();
             }
         })
     };

@@ -4,10 +4,23 @@
 
 use boxsock_core::catalogue::{self, MAX_FILE_NAME_LEN};
 use boxsock_core::{
-    BindingError, BoxId, BoxLayout, Platform, SocketAddress, SocketBinding, StrategyConfig, budget,
+    BindingError, BoxId, BoxLayout, PathStrategy, Platform, SocketAddress, StrategyConfig, budget,
 };
 use boxsock_direct::Direct;
 use boxsock_short_symlink::ShortSymlink;
+
+/// A path strategy's address of socket file `f` of box `id`: the core's one derivation
+/// ([`boxsock_core::boxbinding::path_address`]) from the strategy's `socket_base`, as
+/// the box's binding holds it.
+trait Addr {
+    fn address(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<SocketAddress, BindingError>;
+}
+
+impl<S: PathStrategy> Addr for S {
+    fn address(&self, l: &BoxLayout, id: &BoxId, f: &str) -> Result<SocketAddress, BindingError> {
+        boxsock_core::boxbinding::path_address(&self.socket_base(l, id)?, f)
+    }
+}
 
 /// The longest name libkrun 1.19 derives for a unixgram net backend (`krun-net-<pid>-<n>.sock`
 /// with the largest pid and counter).

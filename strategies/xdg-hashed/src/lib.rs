@@ -50,10 +50,9 @@ use boxsock_core::fallback::SharedDir;
 use boxsock_core::peer::PeerPolicy;
 use boxsock_core::registry::StrategyRegistration;
 use boxsock_core::{
-    BindingError, BoxId, BoxLayout, Capabilities, Platform, PolicyPath, SocketAddress,
+    BindingError, BoxId, BoxLayout, Capabilities, PathStrategy, Platform, PolicyPath,
     SocketBinding, SocketDir, StrategyConfig, SweepReport,
 };
-use boxsock_core::{BoxBinding, Held, Opening, Socket};
 use boxsock_short_symlink::ShortSymlink;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -392,19 +391,11 @@ impl XdgHashed {
     }
 }
 
-impl SocketBinding for XdgHashed {
+/// A path strategy: the core's `Held` is its box binding and the core writes its
+/// `open_box`. Each per-box method hands the box to the home's short-symlink instance.
+impl PathStrategy for XdgHashed {
     fn name(&self) -> &str {
         NAME
-    }
-
-    fn open_box(
-        self: Arc<Self>,
-        layout: &BoxLayout,
-        id: &BoxId,
-        opening: Opening,
-        sockets: &[Socket],
-    ) -> Result<Arc<dyn BoxBinding>, BindingError> {
-        Held::open(self, layout, id, opening, sockets)
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -439,13 +430,9 @@ impl SocketBinding for XdgHashed {
         self.inner(layout)?.ensure(layout, id)
     }
 
-    fn address(
-        &self,
-        layout: &BoxLayout,
-        id: &BoxId,
-        file_name: &str,
-    ) -> Result<SocketAddress, BindingError> {
-        self.inner(layout)?.address(layout, id, file_name)
+    /// `<root>/<hash of the home>/<id>`, the box's link.
+    fn socket_base(&self, layout: &BoxLayout, id: &BoxId) -> Result<PathBuf, BindingError> {
+        self.inner(layout)?.socket_base(layout, id)
     }
 
     fn release(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
@@ -460,7 +447,7 @@ impl SocketBinding for XdgHashed {
         if !self.root_usable(layout)? {
             return Ok(SweepReport::default());
         }
-        self.inner(layout)?.sweep(layout)
+        PathStrategy::sweep(&*self.inner(layout)?, layout)
     }
 
     fn policy_paths(
@@ -475,12 +462,8 @@ impl SocketBinding for XdgHashed {
         self.inner(layout).ok()?.binding_path(layout, id)
     }
 
-    fn socket_dir(
-        &self,
-        layout: &BoxLayout,
-        id: &BoxId,
-    ) -> Result<Option<SocketDir>, BindingError> {
-        self.inner(layout)?.socket_dir(layout, id)
+    fn open_dir(&self, layout: &BoxLayout, id: &BoxId) -> Result<SocketDir, BindingError> {
+        self.inner(layout)?.open_dir(layout, id)
     }
 
     /// The predictable root in a shared base (`<base>/<prefix>-x-<uid>`) when

@@ -4,7 +4,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use boxsock_core::{BindingError, BoxId, BoxLayout, SocketBinding, StrategyConfig, boxdir};
-use boxsock_core::{Opening, catalogue};
+use boxsock_core::{Opening, PathStrategy, SocketAddress, catalogue};
 use boxsock_test_support::{Need, skip};
 use boxsock_xdg_hashed::{Root, XdgHashed, home_hash};
 
@@ -40,6 +40,12 @@ fn xdg(s: &Setup) -> XdgHashed {
     XdgHashed::with_root(&s.config, Root::Xdg { path: s.run.join("boxsock") }).unwrap()
 }
 
+/// The address of the box's agent socket: the core's derivation from the box's link.
+fn address(x: &XdgHashed, layout: &BoxLayout, id: &BoxId) -> SocketAddress {
+    let base = x.socket_base(layout, id).unwrap();
+    boxsock_core::boxbinding::path_address(&base, "agent.sock").unwrap()
+}
+
 #[test]
 fn ensure_makes_a_private_root_and_a_hashed_home_dir_linking_to_the_sockets() {
     let s = setup();
@@ -51,7 +57,7 @@ fn ensure_makes_a_private_root_and_a_hashed_home_dir_linking_to_the_sockets() {
     let home = std::path::absolute(s.layout.home()).unwrap();
     let link = root.join(home_hash(&home)).join(s.id.as_str());
     assert_eq!(std::fs::read_link(&link).unwrap(), s.layout.sockets_dir(&s.id));
-    let addr = x.address(&s.layout, &s.id, "agent.sock").unwrap();
+    let addr = address(&x, &s.layout, &s.id);
     assert_eq!(addr, boxsock_core::SocketAddress::Path(link.join("agent.sock")));
     // Bound through the hashed directory, the socket file is in the box's directory.
     let l = x
@@ -132,14 +138,11 @@ fn two_homes_with_one_id_get_two_directories() {
     let x = xdg(&s);
     x.ensure(&s.layout, &s.id).unwrap();
     x.ensure(&other, &s.id).unwrap();
-    assert_ne!(
-        x.address(&s.layout, &s.id, "agent.sock").unwrap(),
-        x.address(&other, &s.id, "agent.sock").unwrap()
-    );
+    assert_ne!(address(&x, &s.layout, &s.id), address(&x, &other, &s.id));
     // A sweep of one home looks only at that home's directory.
     std::fs::remove_dir_all(other.box_dir(&s.id)).unwrap();
-    assert!(x.sweep(&s.layout).unwrap().removed.is_empty());
-    assert_eq!(x.sweep(&other).unwrap().removed.len(), 1);
+    assert!(PathStrategy::sweep(&x, &s.layout).unwrap().removed.is_empty());
+    assert_eq!(PathStrategy::sweep(&x, &other).unwrap().removed.len(), 1);
 }
 
 #[test]

@@ -11,8 +11,8 @@ use boxsock_core::binding::{CrossUserProtection, PolicyIntent};
 use boxsock_core::catalogue::{self, SocketSpec};
 use boxsock_core::peer::Listener;
 use boxsock_core::{
-    BindingError, BoxId, BoxLayout, Platform, PolicyAccess, SocketAddress, SocketBinding, boxdir,
-    budget,
+    BindingError, BoxId, BoxLayout, Opening, Platform, PolicyAccess, SocketAddress, SocketBinding,
+    boxdir, budget,
 };
 
 use crate::Outcome;
@@ -1357,7 +1357,7 @@ mod sys {
         if let Some(p) = addr.as_path() {
             chmod(p, 0o777); // only the strategy's protection is tested, not the umask
         }
-        let policy = s.peer_policy();
+        let policy = ok("peer_policy", s.peer_policy(&layout, &id));
         peer::set_pass_cred(d.as_fd()).expect("SO_PASSCRED");
         let report = fork::send_from_child(&addr, b"intruder");
         let caps = k.caps();
@@ -1494,7 +1494,7 @@ pub fn no_filesystem_entries(k: &Kit) -> Outcome {
     Outcome::Passed
 }
 
-/// A path strategy hands out a verified socket directory ([`SocketBinding::socket_dir`]):
+/// A path strategy hands out a verified socket directory ([`BoxBinding::dir`](boxsock_core::BoxBinding::dir)):
 /// the box's real `sockets` directory (same device and inode), owned by the owner; binds
 /// and connects through it keep reaching that directory even after the names on the way
 /// are changed (the directory is renamed away and another put in its place).
@@ -1530,7 +1530,8 @@ pub fn socket_dir_is_verified_and_held(k: &Kit) -> Outcome {
     std::fs::rename(&real, &moved).expect("rename the sockets dir away");
     std::fs::create_dir(&real).expect("create the impostor directory");
     chmod(&real, 0o700);
-    let l = ok("bind through the held socket_dir", dir.bind_stream(AGENT, s.peer_policy()));
+    let policy = ok("peer_policy", s.peer_policy(&layout, &id));
+    let l = ok("bind through the held socket_dir", dir.bind_stream(AGENT, policy.clone()));
     assert!(
         moved.join(AGENT).exists(),
         "{}: the held socket_dir did not bind in the directory it verified",
@@ -1541,7 +1542,7 @@ pub fn socket_dir_is_verified_and_held(k: &Kit) -> Outcome {
         "{}: the held socket_dir bound at the re-resolved name",
         sname(k)
     );
-    let _c = ok("connect through the held socket_dir", dir.connect_stream(AGENT, &s.peer_policy()));
+    let _c = ok("connect through the held socket_dir", dir.connect_stream(AGENT, &policy));
     drop(l);
     std::fs::remove_dir(&real).expect("remove the impostor");
     std::fs::rename(&moved, &real).expect("put the real directory back");
@@ -1673,5 +1674,43 @@ pub fn socket_files_are_private_whatever_the_umask(k: &Kit) -> Outcome {
             p.display()
         );
     }
+    Outcome::Passed
+}
+
+/// A box opened to look ([`Opening::Inspect`]: what `inspect`, `doctor`, the budget
+/// check before a start and the release of a box nobody holds use) makes nothing for the
+/// box, refuses every bind and dial (`Unsupported`: nothing was ensured or verified),
+/// and shows the very addresses a binding opened for use holds (decision 0017).
+pub fn inspecting_a_box_makes_nothing_and_refuses_use(k: &Kit) -> Outcome {
+    let s = &k.strategy;
+    let layout = k.harness.new_home();
+    let id = k.harness.new_box(&layout);
+    let sockets = [catalogue::AGENT, catalogue::READY];
+    let looked =
+        ok("open_box(Inspect)", s.clone().open_box(&layout, &id, Opening::Inspect, &sockets));
+    if let Some(p) = looked.binding_path() {
+        assert!(
+            !exists_nofollow(&p),
+            "{}: opening box {id} to inspect made its binding {}",
+            sname(k),
+            p.display()
+        );
+    }
+    let refused = |what: &str, r: Result<(), BindingError>| match r {
+        Err(BindingError::Unsupported { .. }) => {}
+        other => panic!(
+            "{}: {what} through a binding opened to inspect: expected Unsupported, got {other:?}",
+            sname(k)
+        ),
+    };
+    refused("listen", looked.listen(&catalogue::AGENT).map(drop));
+    refused("connect", looked.connect(&catalogue::AGENT, None).map(drop));
+    let used = ok("open_box(Use)", s.clone().open_box(&layout, &id, Opening::Use, &sockets));
+    assert_eq!(
+        looked.addresses(),
+        used.addresses(),
+        "{}: box {id} opened to inspect shows other addresses than opened for use",
+        sname(k)
+    );
     Outcome::Passed
 }

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::util::ByFile;
 use boxsock_core::{BoxId, BoxLayout, SocketBinding, StrategyConfig};
 
 /// Names the role: `<strategy>\t<check>`.

@@ -24,6 +24,8 @@
 //! re-execute the test binary (see [`child`]).
 
 use boxsock_core::{BindingError, BoxId, BoxLayout, SocketBinding};
+use std::sync::Arc;
+use util::ByFile;
 
 pub mod checks;
 pub mod child;
@@ -45,7 +47,7 @@ pub enum Need {
     /// The strategy keeps a predictable directory in a shared base
     /// (`SocketBinding::shared_dir`).
     SharedDir,
-    /// The strategy creates one filesystem entry per box (`SocketBinding::binding_path`).
+    /// The strategy creates one filesystem entry per box (a binding's `BoxBinding::binding_path`).
     BindingPath,
     /// Addresses are filesystem paths (`Capabilities::path_addressable`).
     PathAddressable,
@@ -59,7 +61,7 @@ pub enum Need {
 
 impl Need {
     /// Why `strategy` (on this machine) does not meet this need, if it does not.
-    pub fn unmet(self, strategy: &dyn SocketBinding) -> Option<String> {
+    pub fn unmet(self, strategy: &Arc<dyn SocketBinding>) -> Option<String> {
         let caps = strategy.capabilities();
         let probe = BoxLayout::new("/nonexistent-boxsock-kit-probe");
         let id = BoxId::parse("probe").expect("valid id");
@@ -149,6 +151,7 @@ pub const CHECKS: &[Check] = &[
     check!(socket_dir_is_verified_and_held, PathAddressable),
     check!(swapped_binding_is_refused_at_use, BindingPath),
     check!(held_binding_refuses_a_link_swapped_between_dials, BindingPath),
+    check!(inspecting_a_box_makes_nothing_and_refuses_use),
     check!(socket_files_are_private_whatever_the_umask, PathAddressable),
     check!(invalid_file_names),
     check!(live_address_is_not_rebound),
@@ -198,7 +201,7 @@ pub fn run_check(check: &Check, ctor: Constructor) -> Outcome {
         );
     }
     for need in check.needs {
-        if let Some(reason) = need.unmet(&*kit.strategy) {
+        if let Some(reason) = need.unmet(&kit.strategy) {
             return skip(check, &name, reason);
         }
     }
@@ -301,6 +304,7 @@ macro_rules! conformance_tests {
                 socket_dir_is_verified_and_held,
                 swapped_binding_is_refused_at_use,
                 held_binding_refuses_a_link_swapped_between_dials,
+                inspecting_a_box_makes_nothing_and_refuses_use,
                 socket_files_are_private_whatever_the_umask,
                 invalid_file_names,
                 live_address_is_not_rebound,

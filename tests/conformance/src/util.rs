@@ -13,8 +13,11 @@ use boxsock_core::catalogue::{self, Binder, DerivedName, SocketKind, SocketSpec}
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 
-use boxsock_core::peer::Listener;
-use boxsock_core::{BindingError, BoxBinding, BoxId, BoxLayout, Opening, Socket, SocketBinding};
+use boxsock_core::peer::{Listener, PeerPolicy};
+use boxsock_core::{
+    BindingError, BoxBinding, BoxId, BoxLayout, Opening, PolicyPath, Socket, SocketAddress,
+    SocketBinding, SocketDir,
+};
 
 /// Generous I/O timeout: only there to turn a hang into a failure.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,10 +69,66 @@ pub fn socket(file: &str) -> Socket {
 }
 
 /// One use of a box through a binding opened for it ([`SocketBinding::open_box`]), by
-/// file name: what the checks do to a box's sockets.
+/// file name: what the checks do to a box's sockets. Each call opens the box afresh, as
+/// a process that holds nothing does (a CLI command), and asks the binding it gets;
+/// nothing here calls a strategy's per-box primitives, which the trait does not have.
 pub trait ByFile {
     /// Open box `id` for use (its binding: `ensure`, the directory, the policy).
     fn open(&self, layout: &BoxLayout, id: &BoxId) -> Result<Arc<dyn BoxBinding>, BindingError>;
+
+    /// Open box `id` to look ([`Opening::Inspect`]): nothing made, opened or checked.
+    fn look(&self, layout: &BoxLayout, id: &BoxId) -> Result<Arc<dyn BoxBinding>, BindingError>;
+
+    /// Open the box for use and drop the binding: what `ensure` was (the link made or
+    /// healed, the directory verified).
+    fn ensure(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+        self.open(layout, id).map(drop)
+    }
+
+    /// The address of socket file `file` of the box: its binding's derivation
+    /// ([`BoxBinding::derive`]), opened to look.
+    fn address(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+        file: &str,
+    ) -> Result<SocketAddress, BindingError> {
+        self.look(layout, id)?.derive(file)
+    }
+
+    /// Release the box through a binding opened to look (a box nobody holds).
+    fn release(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+        self.look(layout, id)?.release()
+    }
+
+    /// The box's policy paths, from a binding opened to look (before any `ensure`).
+    fn policy_paths(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+    ) -> Result<Vec<PolicyPath>, BindingError> {
+        self.look(layout, id)?.policy_paths()
+    }
+
+    /// The box's binding path (the link), from a binding opened to look.
+    fn binding_path(&self, layout: &BoxLayout, id: &BoxId) -> Option<PathBuf> {
+        self.look(layout, id).ok()?.binding_path()
+    }
+
+    /// The verified directory of a binding opened for use (`None`: the binding holds
+    /// none).
+    fn socket_dir(
+        &self,
+        layout: &BoxLayout,
+        id: &BoxId,
+    ) -> Result<Option<SocketDir>, BindingError> {
+        Ok(self.open(layout, id)?.dir().cloned())
+    }
+
+    /// The peer policy the box's binding enforces, opened to look.
+    fn peer_policy(&self, layout: &BoxLayout, id: &BoxId) -> Result<PeerPolicy, BindingError> {
+        Ok(self.look(layout, id)?.peer_policy().clone())
+    }
     /// Open the box and bind a stream listener at `file`.
     fn bind_stream(
         &self,
@@ -102,6 +161,10 @@ pub trait ByFile {
 impl ByFile for Arc<dyn SocketBinding> {
     fn open(&self, layout: &BoxLayout, id: &BoxId) -> Result<Arc<dyn BoxBinding>, BindingError> {
         self.clone().open_box(layout, id, Opening::Use, &[])
+    }
+
+    fn look(&self, layout: &BoxLayout, id: &BoxId) -> Result<Arc<dyn BoxBinding>, BindingError> {
+        self.inspect_box(layout, id)
     }
 }
 

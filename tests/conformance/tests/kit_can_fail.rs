@@ -23,10 +23,10 @@ use boxsock_conformance::{CHECKS, Constructor, Outcome, Report, check_named, chi
 use boxsock_core::binding::Capabilities;
 use boxsock_core::peer::{self, Listener, PeerPolicy};
 use boxsock_core::{
-    BindingError, BoxId, BoxLayout, DirExpectation, PolicyAccess, PolicyPath, SocketAddress,
-    SocketBinding, SocketDir, StrategyConfig, SweepReport,
+    BindingError, BoxId, BoxLayout, DirExpectation, PathStrategy, PolicyAccess, PolicyPath,
+    SocketAddress, SocketBinding, SocketDir, StrategyConfig, SweepReport,
 };
-use boxsock_core::{BoxBinding, Held, Opening, Socket};
+use boxsock_core::{BoxBinding, Opening, Socket};
 
 /// The real strategy a [`Broken`] wraps (and the control runs unbroken).
 #[derive(Debug, Clone, Copy)]
@@ -116,10 +116,10 @@ enum Bug {
     RecreatesOnOtherSpelling,
     /// `ensure` creates a missing sockets directory instead of failing.
     CreatesMissingSocketDir,
-    /// `socket_dir` returns none: binds and connects go by the address string.
+    /// The box's binding holds no directory: binds and connects go by the address string.
     NoSocketDir,
-    /// `socket_dir` opens the binding path, following whatever link is there, and
-    /// verifies only owner and mode.
+    /// `ensure` takes whatever link leads to a directory as the box's, and `open_dir`
+    /// opens the binding path following it, verifying only owner and mode.
     FollowsSwappedLink,
     /// Binds with std's `bind`, whose socket file mode comes from the umask.
     UmaskSockets,
@@ -142,13 +142,27 @@ enum Bug {
     /// A held binding dials through its directory without re-checking that its link
     /// still names it.
     HeldSkipsRecheck,
+    /// Opening a box to inspect opens it for use (`ensure`, the directory).
+    InspectOpensForUse,
 }
 
-/// A real strategy with one [`Bug`].
+/// A real strategy with one [`Bug`]: its stateless answers, and its boxes wrapped in a
+/// [`BrokenBox`]. A path strategy's per-box bugs are in [`Prims`], the broken
+/// [`PathStrategy`] it opens its boxes through (the core's `Held`, as every path
+/// strategy's).
 #[derive(Debug)]
 struct Broken {
     name: String,
+    /// What boxes are opened through: [`Prims`] around a path strategy, or the real
+    /// `abstract`.
     inner: Arc<dyn SocketBinding>,
+    bug: Bug,
+}
+
+/// A real path strategy whose per-box methods have one [`Bug`].
+#[derive(Debug)]
+struct Prims {
+    inner: Arc<dyn PathStrategy>,
     bug: Bug,
     uid: u32,
     /// Distinguishes instances (what [`Bug::PersistsState`] writes).
@@ -163,15 +177,23 @@ fn broken(
     c: &StrategyConfig,
 ) -> Result<Arc<dyn SocketBinding>, BindingError> {
     static INSTANCES: AtomicU64 = AtomicU64::new(0);
-    let inner = (base.build())(c)?;
-    Ok(Arc::new(Broken {
-        name: format!("{}-broken", inner.name()),
-        inner,
-        bug,
-        uid: c.uid,
-        instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
-        memory: Mutex::new(HashMap::new()),
-    }))
+    let real = (base.build())(c)?;
+    let path: Option<Arc<dyn PathStrategy>> = match base {
+        Base::Direct => Some(Arc::new(boxsock_direct::Direct::new(c))),
+        Base::ShortSymlink => Some(Arc::new(boxsock_short_symlink::ShortSymlink::new(c)?)),
+        Base::Abstract => None,
+    };
+    let inner: Arc<dyn SocketBinding> = match path {
+        Some(inner) => Arc::new(Prims {
+            inner,
+            bug,
+            uid: c.uid,
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
+            memory: Mutex::new(HashMap::new()),
+        }),
+        None => real.clone(),
+    };
+    Ok(Arc::new(Broken { name: format!("{}-broken", real.name()), inner, bug }))
 }
 
 fn io_err(op: &'static str, at: &Path, e: io::Error) -> BindingError {
@@ -203,7 +225,19 @@ fn shared_id() -> BoxId {
     BoxId::parse("shared").expect("a valid id")
 }
 
-impl Broken {
+/// The real path of socket `name` of box `id` (not through any link).
+fn socket_file(layout: &BoxLayout, id: &BoxId, name: &str) -> Result<PathBuf, BindingError> {
+    boxsock_core::binding::socket_path(&layout.sockets_dir(id), name)
+}
+
+fn leave_pid_file(layout: &BoxLayout, id: &BoxId, name: &str) {
+    let _ = std::fs::write(
+        layout.box_dir(id).join(format!("{name}.pid")),
+        std::process::id().to_string(),
+    );
+}
+
+impl Prims {
     fn binding(&self, layout: &BoxLayout, id: &BoxId) -> Option<PathBuf> {
         self.inner.binding_path(layout, id)
     }
@@ -311,52 +345,48 @@ impl Broken {
                     .mode(0o700)
                     .create(layout.sockets_dir(id));
             }
+            // Whatever link is there and leads to a directory is taken as the box's.
+            (Bug::FollowsSwappedLink, Some(p))
+                if std::fs::metadata(&p).is_ok_and(|m| m.is_dir()) =>
+            {
+                return Some(Ok(()));
+            }
             _ => {}
         }
         None
     }
-
-    fn socket_file(
-        &self,
-        layout: &BoxLayout,
-        id: &BoxId,
-        name: &str,
-    ) -> Result<PathBuf, BindingError> {
-        boxsock_core::binding::socket_path(&layout.sockets_dir(id), name)
-    }
-
-    fn path_of(
-        &self,
-        layout: &BoxLayout,
-        id: &BoxId,
-        name: &str,
-    ) -> Result<(SocketAddress, PathBuf), BindingError> {
-        let addr = self.address(layout, id, name)?;
-        let p = addr.as_path().map(Path::to_path_buf).expect("a path strategy");
-        Ok((addr, p))
-    }
-
-    fn leave_pid_file(&self, layout: &BoxLayout, id: &BoxId, name: &str) {
-        let _ = std::fs::write(
-            layout.box_dir(id).join(format!("{name}.pid")),
-            std::process::id().to_string(),
-        );
-    }
 }
 
-impl SocketBinding for Broken {
+impl PathStrategy for Prims {
     fn name(&self) -> &str {
-        &self.name
+        self.inner.name()
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut c = self.inner.capabilities();
+        self.inner.capabilities()
+    }
+
+    fn sweep(&self, layout: &BoxLayout) -> Result<SweepReport, BindingError> {
+        self.inner.sweep(layout)
+    }
+
+    fn binding_dir(&self) -> Option<PathBuf> {
+        self.inner.binding_dir()
+    }
+
+    fn shared_dir(&self) -> Option<PathBuf> {
+        self.inner.shared_dir()
+    }
+
+    fn socket_base(&self, layout: &BoxLayout, id: &BoxId) -> Result<PathBuf, BindingError> {
         match self.bug {
-            Bug::ClaimsHomeLengthIndependent => c.home_length_independent = true,
-            Bug::ClaimsNetns => c.netns_scoped = true,
-            _ => {}
+            Bug::AddressIgnoresId => self.inner.socket_base(layout, &shared_id()),
+            Bug::AddressIgnoresBox => {
+                self.inner.socket_base(&BoxLayout::new(ONE_HOME), &shared_id())
+            }
+            Bug::AddressIgnoresHome => self.inner.socket_base(&BoxLayout::new(ONE_HOME), id),
+            _ => self.inner.socket_base(layout, id),
         }
-        c
     }
 
     fn ensure(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
@@ -386,26 +416,12 @@ impl SocketBinding for Broken {
         Ok(())
     }
 
-    fn address(
-        &self,
-        layout: &BoxLayout,
-        id: &BoxId,
-        file_name: &str,
-    ) -> Result<SocketAddress, BindingError> {
-        match self.bug {
-            Bug::BudgetOffByOne => match self.inner.address(layout, id, file_name) {
-                Err(BindingError::PathTooLong { path, len, limit, .. }) if len == limit => {
-                    Ok(SocketAddress::Path(PathBuf::from(path)))
-                }
-                other => other,
-            },
-            Bug::AddressIgnoresId => self.inner.address(layout, &shared_id(), file_name),
-            Bug::AddressIgnoresBox => {
-                self.inner.address(&BoxLayout::new(ONE_HOME), &shared_id(), file_name)
+    fn open_dir(&self, layout: &BoxLayout, id: &BoxId) -> Result<SocketDir, BindingError> {
+        match (self.bug, self.binding(layout, id)) {
+            (Bug::FollowsSwappedLink, Some(p)) => {
+                SocketDir::open(&p, DirExpectation { owner: self.uid, identity: None })
             }
-            Bug::AddressIgnoresHome => self.inner.address(&BoxLayout::new(ONE_HOME), id, file_name),
-            Bug::NoValidation => Ok(SocketAddress::Path(layout.sockets_dir(id).join(file_name))),
-            _ => self.inner.address(layout, id, file_name),
+            _ => self.inner.open_dir(layout, id),
         }
     }
 
@@ -418,13 +434,6 @@ impl SocketBinding for Broken {
             _ => {}
         }
         self.inner.release(layout, id)
-    }
-
-    fn sweep(&self, layout: &BoxLayout) -> Result<SweepReport, BindingError> {
-        if self.bug == Bug::SweepsNothing {
-            return Ok(SweepReport::default());
-        }
-        self.inner.sweep(layout)
     }
 
     fn policy_paths(
@@ -441,41 +450,43 @@ impl SocketBinding for Broken {
         Ok(pp)
     }
 
+    fn peer_policy(&self) -> PeerPolicy {
+        self.inner.peer_policy()
+    }
+
+    fn binding_path(&self, layout: &BoxLayout, id: &BoxId) -> Option<PathBuf> {
+        self.inner.binding_path(layout, id)
+    }
+}
+
+impl SocketBinding for Broken {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = self.inner.capabilities();
+        match self.bug {
+            Bug::ClaimsHomeLengthIndependent => c.home_length_independent = true,
+            Bug::ClaimsNetns => c.netns_scoped = true,
+            _ => {}
+        }
+        c
+    }
+
+    fn sweep(&self, layout: &BoxLayout) -> Result<SweepReport, BindingError> {
+        if self.bug == Bug::SweepsNothing {
+            return Ok(SweepReport::default());
+        }
+        self.inner.sweep(layout)
+    }
+
     fn binding_dir(&self) -> Option<PathBuf> {
         self.inner.binding_dir()
     }
 
     fn shared_dir(&self) -> Option<PathBuf> {
         self.inner.shared_dir()
-    }
-
-    fn binding_path(&self, layout: &BoxLayout, id: &BoxId) -> Option<PathBuf> {
-        self.inner.binding_path(layout, id)
-    }
-
-    fn prepare_start(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
-        self.inner.prepare_start(layout, id)
-    }
-
-    fn peer_policy(&self) -> PeerPolicy {
-        match self.bug {
-            Bug::UncheckedDatagrams => PeerPolicy::unchecked(),
-            _ => self.inner.peer_policy(),
-        }
-    }
-
-    fn socket_dir(
-        &self,
-        layout: &BoxLayout,
-        id: &BoxId,
-    ) -> Result<Option<SocketDir>, BindingError> {
-        match (self.bug, self.binding(layout, id)) {
-            (Bug::NoSocketDir, _) => Ok(None),
-            (Bug::FollowsSwappedLink, Some(p)) => {
-                SocketDir::open(&p, DirExpectation { owner: self.uid, identity: None }).map(Some)
-            }
-            _ => self.inner.socket_dir(layout, id),
-        }
     }
 
     fn open_box(
@@ -485,25 +496,60 @@ impl SocketBinding for Broken {
         opening: Opening,
         sockets: &[Socket],
     ) -> Result<Arc<dyn BoxBinding>, BindingError> {
-        // Through the wrapper's (possibly broken) primitives.
-        let inner = Held::open(self.clone(), layout, id, opening, sockets)?;
-        Ok(Arc::new(BrokenBox { strategy: self, layout: layout.clone(), id: id.clone(), inner }))
+        let opening = match (self.bug, opening) {
+            (Bug::InspectOpensForUse, Opening::Inspect) => Opening::Use,
+            (_, o) => o,
+        };
+        // Through the (possibly broken) per-box methods.
+        let inner = self.inner.clone().open_box(layout, id, opening, sockets)?;
+        Ok(Arc::new(BrokenBox {
+            bug: self.bug,
+            layout: layout.clone(),
+            id: id.clone(),
+            inner,
+            unchecked: PeerPolicy::unchecked(),
+        }))
     }
 }
 
-/// A box opened by a [`Broken`] strategy: the core's binding, with the listen, connect
-/// and re-check bugs.
+/// A box opened by a [`Broken`] strategy: the real binding, with the derivation,
+/// listen, connect, policy and re-check bugs.
 #[derive(Debug)]
 struct BrokenBox {
-    strategy: Arc<Broken>,
+    bug: Bug,
     layout: BoxLayout,
     id: BoxId,
     inner: Arc<dyn BoxBinding>,
+    /// What [`Bug::UncheckedDatagrams`] hands out.
+    unchecked: PeerPolicy,
+}
+
+impl BrokenBox {
+    fn path_of(&self, name: &str) -> Result<(SocketAddress, PathBuf), BindingError> {
+        let addr = self.derive(name)?;
+        let p = addr.as_path().map(Path::to_path_buf).expect("a path strategy");
+        Ok((addr, p))
+    }
 }
 
 impl BoxBinding for BrokenBox {
     fn id(&self) -> &BoxId {
         &self.id
+    }
+
+    fn derive(&self, file_name: &str) -> Result<SocketAddress, BindingError> {
+        match self.bug {
+            Bug::BudgetOffByOne => match self.inner.derive(file_name) {
+                Err(BindingError::PathTooLong { path, len, limit, .. }) if len == limit => {
+                    Ok(SocketAddress::Path(PathBuf::from(path)))
+                }
+                other => other,
+            },
+            Bug::NoValidation => {
+                Ok(SocketAddress::Path(self.layout.sockets_dir(&self.id).join(file_name)))
+            }
+            _ => self.inner.derive(file_name),
+        }
     }
 
     fn address(&self, socket: &Socket) -> Result<SocketAddress, BindingError> {
@@ -515,11 +561,17 @@ impl BoxBinding for BrokenBox {
     }
 
     fn peer_policy(&self) -> &PeerPolicy {
-        self.inner.peer_policy()
+        match self.bug {
+            Bug::UncheckedDatagrams => &self.unchecked,
+            _ => self.inner.peer_policy(),
+        }
     }
 
     fn dir(&self) -> Option<&SocketDir> {
-        self.inner.dir()
+        match self.bug {
+            Bug::NoSocketDir => None,
+            _ => self.inner.dir(),
+        }
     }
 
     fn policy_paths(&self) -> Result<Vec<PolicyPath>, BindingError> {
@@ -530,32 +582,36 @@ impl BoxBinding for BrokenBox {
         self.inner.release()
     }
 
+    fn binding_path(&self) -> Option<PathBuf> {
+        self.inner.binding_path()
+    }
+
     fn check(&self) -> Result<(), BindingError> {
-        match self.strategy.bug {
+        match self.bug {
             Bug::HeldSkipsRecheck => Ok(()),
             _ => self.inner.check(),
         }
     }
 
     fn listen(&self, socket: &Socket) -> Result<Listener, BindingError> {
-        let (s, layout, id) = (&self.strategy, &self.layout, &self.id);
+        let (layout, id) = (&self.layout, &self.id);
         let file_name = &socket.file_name();
-        match s.bug {
+        match self.bug {
             Bug::NoStaleReplace => {
-                let p = s.socket_file(layout, id, file_name)?;
+                let p = socket_file(layout, id, file_name)?;
                 if std::fs::symlink_metadata(&p).is_ok() {
                     return Err(io_err("bind", &p, io::Error::from(io::ErrorKind::AddrInUse)));
                 }
                 self.inner.listen(socket)
             }
             Bug::UnlinksLiveSocket => {
-                let _ = std::fs::remove_file(s.socket_file(layout, id, file_name)?);
+                let _ = std::fs::remove_file(socket_file(layout, id, file_name)?);
                 self.inner.listen(socket)
             }
             Bug::UmaskSockets => {
-                let (addr, p) = s.path_of(layout, id, file_name)?;
+                let (addr, p) = self.path_of(file_name)?;
                 let l = UnixListener::bind(&p).map_err(|e| io_err("bind", &p, e))?;
-                Ok(Listener::new(l, addr, file_name.to_owned(), s.peer_policy()))
+                Ok(Listener::new(l, addr, file_name.to_owned(), self.peer_policy().clone()))
             }
             Bug::UncheckedAccept => {
                 let l = self.inner.listen(socket)?;
@@ -569,7 +625,7 @@ impl BoxBinding for BrokenBox {
             }
             Bug::BindLeavesFile => {
                 let l = self.inner.listen(socket)?;
-                s.leave_pid_file(layout, id, file_name);
+                leave_pid_file(layout, id, file_name);
                 Ok(l)
             }
             _ => self.inner.listen(socket),
@@ -577,9 +633,8 @@ impl BoxBinding for BrokenBox {
     }
 
     fn connect(&self, socket: &Socket, pid: Option<i32>) -> Result<UnixStream, BindingError> {
-        let (s, layout) = (&self.strategy, &self.layout);
         let file_name = &socket.file_name();
-        match s.bug {
+        match self.bug {
             Bug::ConnectRefused(name) if name == file_name => {
                 let addr = self.address(socket)?;
                 Err(BindingError::io(
@@ -590,8 +645,8 @@ impl BoxBinding for BrokenBox {
             }
             Bug::LazyConnect => match self.inner.connect(socket, pid) {
                 Err(BindingError::Io { .. }) => {
-                    let (nowhere, _) =
-                        UnixStream::pair().map_err(|e| io_err("socketpair", layout.home(), e))?;
+                    let (nowhere, _) = UnixStream::pair()
+                        .map_err(|e| io_err("socketpair", self.layout.home(), e))?;
                     Ok(nowhere)
                 }
                 other => other,
@@ -608,19 +663,19 @@ impl BoxBinding for BrokenBox {
     }
 
     fn listen_datagram(&self, socket: &Socket) -> Result<UnixDatagram, BindingError> {
-        let (s, layout, id) = (&self.strategy, &self.layout, &self.id);
+        let (layout, id) = (&self.layout, &self.id);
         let file_name = &socket.file_name();
-        match s.bug {
+        match self.bug {
             Bug::DatagramUnbound(name) if name == file_name => {
                 UnixDatagram::unbound().map_err(|e| io_err("socket", layout.home(), e))
             }
             Bug::UmaskSockets => {
-                let (_, p) = s.path_of(layout, id, file_name)?;
+                let (_, p) = self.path_of(file_name)?;
                 UnixDatagram::bind(&p).map_err(|e| io_err("bind", &p, e))
             }
             Bug::BindLeavesFile => {
                 let d = self.inner.listen_datagram(socket)?;
-                s.leave_pid_file(layout, id, file_name);
+                leave_pid_file(layout, id, file_name);
                 Ok(d)
             }
             _ => self.inner.listen_datagram(socket),
@@ -757,7 +812,7 @@ proofs! {
     restart_needs_nothing_persisted: Direct with Bug::PersistsState
         => ["a restart had to write", "binding-state"];
     ensure_heals_reaped_binding: ShortSymlink with Bug::TrustsItsCache
-        => ["connect_stream(agent.sock): unexpected error"];
+        => ["ensure after reaping (same instance): unexpected error"];
     policy_paths_cover_every_address: Direct with Bug::PolicyReadOnly
         => ["is not covered by a Sockets policy path with directory intent"];
     home_through_symlink: ShortSymlink with Bug::RecreatesOnOtherSpelling
@@ -770,6 +825,8 @@ proofs! {
         => ["expected Insecure or Occupied, got Ok"];
     held_binding_refuses_a_link_swapped_between_dials: ShortSymlink with Bug::HeldSkipsRecheck
         => ["the second dial through a held binding whose link was swapped", "expected Insecure (refused at use), got Ok"];
+    inspecting_a_box_makes_nothing_and_refuses_use: ShortSymlink with Bug::InspectOpensForUse
+        => ["to inspect made its binding"];
     socket_files_are_private_whatever_the_umask: Direct with Bug::UmaskSockets
         => ["was created mode", "under umask 000"];
     invalid_file_names: Direct with Bug::NoValidation

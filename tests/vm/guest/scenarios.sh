@@ -446,7 +446,7 @@ run overhead sc_overhead
 SC_TIMEOUT="$sc_timeout_saved"
 cleanup
 
-# Issue 13: a box from a static-busybox root (`create --rootfs`). The guest sees the
+# A box from a static-busybox root (`create --rootfs`). The guest sees the
 # user's directory read-only under a tmpfs upper (decision 0006): `/bin/sh -c` runs and
 # writes, the user's directory is unchanged, nothing of it is copied into the box, and
 # the writes last for one run of the box.
@@ -509,17 +509,9 @@ build_image() {
     (cd "$IMG_WORK/layout" && tar -cf ../image.tar .) || return 1
     echo "$m"
 }
-# import_image: the archive into the home's store, through the CLI's `image import` when
-# it has one, else vm-image-import (the same library call).
+# import_image: the archive into the home's store (`boxsock image import`).
 import_image() {
-    # The home first (marked, 0700): a directory holding only images/ is no home.
-    bs sweep >/dev/null || return 1
-    if boxsock image import --help >/dev/null 2>&1; then
-        bs image import "$IMG_WORK/image.tar"
-    else
-        echo "(the CLI has no image import: vm-image-import)"
-        vm-image-import "$HOME_" "$IMG_WORK/image.tar" localhost/vm-image
-    fi
+    bs image import "$IMG_WORK/image.tar"
 }
 
 sc_image_default_cmd() {

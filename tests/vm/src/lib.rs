@@ -471,7 +471,7 @@ pub struct RatioLimit {
     pub limit: f64,
 }
 
-/// Start→ready through the runtime against the shim alone (decision 0005, issue 17).
+/// Start→ready through the runtime against the shim alone (decision 0005).
 pub const START_READY: RatioLimit = RatioLimit {
     name: "start_ready",
     subject: "`boxsock start` (CLI, store, strategy, backend, shim, boot, agent readiness)",

@@ -3,7 +3,8 @@
 //! One test per rule there. The in-box agent and the libkrun shim run in every box: they
 //! must link neither SQLite nor the runtime. Backends see only `boxsock-core`, strategies
 //! the core and other strategies; the core sees no other boxsock crate, the runtime only
-//! the core, the image store only the core; the facade depends on every strategy and
+//! the core and the image store (without its registry client), the image store only the
+//! core; the facade depends on every strategy and
 //! backend. Checked on cargo's own resolution of the normal (non-dev) dependency graph,
 //! so a new dependency of one of them fails here, not in a review.
 
@@ -145,10 +146,13 @@ fn packages_under(parent: &str) -> Vec<String> {
     out
 }
 
-/// "The runtime depends on no strategy or backend": its only boxsock crate is the core.
+/// "The runtime depends on no strategy or backend": its boxsock crates are the core and
+/// the image store (whose records it keeps, decision 0019), and the image store comes
+/// without its network stack (pulling is the caller's choice).
 #[test]
 fn the_runtime_names_no_concrete_strategy_or_backend() {
-    assert_eq!(boxsock_deps("boxsock-runtime"), ["boxsock-core"]);
+    assert_eq!(boxsock_deps("boxsock-runtime"), ["boxsock-core", "boxsock-image"]);
+    assert_lacks("boxsock-runtime", &["oci-client", "reqwest", "rustls"]);
     // And it does sit on SQLite: the graph is the real one, not an empty answer.
     assert!(normal_deps("boxsock-runtime").iter().any(|d| d == "rusqlite"));
 }

@@ -48,7 +48,10 @@ impl Fixture {
             StrategyConfig { base_dir: base_dir.path().to_path_buf(), ..StrategyConfig::default() };
         let strategy =
             Registry::<StrategyRegistration>::collected().build("short-symlink", &config).ok();
-        let link = match strategy.as_ref().and_then(|s| s.binding_path(&layout, &id)) {
+        let link = match strategy
+            .as_ref()
+            .and_then(|s| s.inspect_box(&layout, &id).ok()?.binding_path())
+        {
             Some(l) => l,
             None => {
                 let per_uid = config.per_uid_dir();
@@ -59,9 +62,15 @@ impl Fixture {
         Fixture { home_dir, base_dir, layout, id, link, strategy }
     }
 
+    /// The box opened for use through `s` (its link made, its directory verified).
+    fn open(&self, s: &Arc<dyn SocketBinding>) -> Arc<dyn boxsock_core::BoxBinding> {
+        let opening = boxsock_core::Opening::Use;
+        s.clone().open_box(&self.layout, &self.id, opening, &[]).unwrap()
+    }
+
     pub fn ensure(&self) {
         if let Some(s) = &self.strategy {
-            return s.ensure(&self.layout, &self.id).unwrap();
+            return drop(self.open(s));
         }
         if std::fs::symlink_metadata(&self.link).is_err() {
             std::os::unix::fs::symlink(self.layout.sockets_dir(&self.id), &self.link).unwrap();
@@ -70,7 +79,7 @@ impl Fixture {
 
     pub fn addr(&self, name: &str) -> PathBuf {
         if let Some(s) = &self.strategy {
-            if let Ok(a) = s.address(&self.layout, &self.id, name) {
+            if let Ok(a) = s.inspect_box(&self.layout, &self.id).and_then(|b| b.derive(name)) {
                 return a.as_path().expect("short-symlink gives paths").to_path_buf();
             }
         }
@@ -79,7 +88,7 @@ impl Fixture {
 
     pub fn policy(&self) -> Vec<PolicyPath> {
         if let Some(s) = &self.strategy {
-            return s.policy_paths(&self.layout, &self.id).unwrap();
+            return s.inspect_box(&self.layout, &self.id).unwrap().policy_paths().unwrap();
         }
         vec![PolicyPath {
             path: self.link.clone(),
@@ -117,7 +126,7 @@ impl Fixture {
     pub fn launch_spec_verified(&self, network: bool) -> LaunchSpec {
         let mut spec = self.launch_spec(network);
         let s = self.strategy.as_ref().expect("short-symlink is registered");
-        spec.sockets.dir = s.socket_dir(&self.layout, &self.id).unwrap();
+        spec.sockets.dir = self.open(s).dir().cloned();
         assert!(spec.sockets.dir.is_some());
         spec
     }

@@ -52,6 +52,24 @@ impl Store {
                 return Err(StoreError::NameTaken { name: name.clone(), by });
             }
         }
+        // The image a box is pinned to must be recorded when the box is: checked in this
+        // (immediate) transaction, so it cannot pass between `rmi`'s check and delete.
+        if let Some(image) = &rec.config.settings.image {
+            let found: Option<String> = tx
+                .query_row("SELECT id FROM images WHERE id = ?1", [&image.manifest], |r| r.get(0))
+                .optional()
+                .map_err(self.sq("check image"))?;
+            if found.is_none() {
+                return Err(StoreError::ImageGone {
+                    id: rec.id.clone(),
+                    // A digest whole (71 bytes, one safe word); anything else quoted.
+                    image: match image.manifest.parse::<boxsock_image::Digest>() {
+                        Ok(d) => d.to_string(),
+                        Err(_) => boxsock_core::echo::echo(&image.manifest).to_string(),
+                    },
+                });
+            }
+        }
         let config = serde_json::to_string(&rec.config).expect("BoxConfig always serialises");
         tx.execute(
             &format!("INSERT INTO boxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),

@@ -71,6 +71,16 @@ pub enum StoreError {
         /// The box that has it.
         by: String,
     },
+    /// A box pinned to an image the store has no record of (removed by `rmi`
+    /// meanwhile, or never added): refused in the insert's transaction, so no box pins
+    /// an image whose removal has been committed.
+    #[error("image {image} is not in the store (removed meanwhile?): box {id} not created")]
+    ImageGone {
+        /// The box.
+        id: BoxId,
+        /// The image's manifest digest, quoted.
+        image: String,
+    },
     /// Another box already has this id.
     #[error("a box with id {id} already exists")]
     IdTaken {

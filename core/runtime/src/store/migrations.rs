@@ -44,6 +44,25 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // corrupt when read, never fatal).
     "UPDATE boxes SET config = json_set(config, '$.settings', json('{}'))
         WHERE json_valid(config) AND json_type(config) = 'object' AND json_type(config, '$.settings') IS NULL;",
+    // 5: image records (decision 0019): an image by its manifest digest, with its config
+    // digest, its layers as JSON (`[{blob, diff_id, media_type, size}]`, bottom first),
+    // its platform, the bytes of its layer blobs and when it entered the store; its
+    // names (`registry/repo:tag`, each naming one image) in their own table. Boxes pin
+    // an image through their config's `$.settings.image.manifest`.
+    "CREATE TABLE images (
+        id       TEXT PRIMARY KEY NOT NULL,
+        config   TEXT NOT NULL,
+        layers   TEXT NOT NULL,
+        platform TEXT NOT NULL,
+        size     INTEGER NOT NULL,
+        added_at INTEGER NOT NULL
+    );
+    CREATE TABLE image_names (
+        name     TEXT PRIMARY KEY NOT NULL,
+        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL
+    );
+    CREATE INDEX image_names_by_image ON image_names(image_id);",
 ];
 
 /// The schema version this build writes.

@@ -43,12 +43,14 @@ use rusqlite::{Connection, OpenFlags};
 mod crud;
 mod error;
 mod files;
+mod images;
 mod migrations;
 mod row;
 #[cfg(test)]
 mod tests;
 
 pub use error::StoreError;
+pub use images::HomeRecords;
 pub use migrations::SCHEMA_VERSION;
 pub use row::{BadRow, BoxConfig, BoxRecord, Listing, Resolved};
 

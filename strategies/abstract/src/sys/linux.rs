@@ -31,7 +31,7 @@ pub fn build(config: &StrategyConfig) -> Result<Arc<dyn SocketBinding>, BindingE
 }
 
 /// The `abstract` strategy. Holds a cache of per-home secrets and of per-box epochs (so
-/// [`SocketBinding::address`] is a map lookup, one `lstat` of the box's epoch file and
+/// [`Abstract::address`] is a map lookup, one `lstat` of the box's epoch file and
 /// one HMAC) and one [`PeerPolicy`] whose rejection counter all its listeners and
 /// connectors share.
 #[derive(Debug)]
@@ -259,11 +259,55 @@ impl SocketBinding for Abstract {
         }
     }
 
+    /// Nothing to sweep, for the same reason as [`Abstract::release`]. The secret
+    /// is the home's, not a box's, and is kept.
+    fn sweep(&self, _layout: &BoxLayout) -> Result<SweepReport, BindingError> {
+        Ok(SweepReport::default())
+    }
+
+    fn open_box(
+        self: Arc<Self>,
+        layout: &BoxLayout,
+        id: &BoxId,
+        opening: Opening,
+        sockets: &[Socket],
+    ) -> Result<Arc<dyn BoxBinding>, BindingError> {
+        match opening {
+            Opening::Start => {
+                self.prepare_start(layout, id)?;
+                self.ensure(layout, id)?;
+            }
+            Opening::Use => self.ensure(layout, id)?,
+            Opening::Inspect => {}
+        }
+        let policy = self.policy.clone();
+        let b = AbstractBox {
+            strategy: self,
+            layout: layout.clone(),
+            id: id.clone(),
+            policy,
+            inspect_only: opening == Opening::Inspect,
+            sockets: sockets.to_vec(),
+            held: RwLock::new(None),
+        };
+        // A box opened to inspect for no socket (to release it, or to see its binding
+        // path) reads the home's key only when an address is asked for: releasing needs
+        // none, and a home too deep for the key's path must still be released.
+        if opening != Opening::Inspect || !sockets.is_empty() {
+            b.load()?;
+        }
+        Ok(Arc::new(b))
+    }
+}
+
+/// The per-box work of the strategy, which its box binding (`AbstractBox`) calls (and
+/// the crate's own tests); the runtime and the conformance kit go through `open_box`.
+impl Abstract {
     /// Creates the home's secret if needed and re-validates it on disk (owner, mode,
     /// not a symlink), and re-reads the box's epoch if it changed. A secret deleted while this instance uses it is written back
     /// from memory, so running boxes keep their names. Nothing else: abstract names need
     /// no filesystem entry.
-    fn ensure(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+    pub fn ensure(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
         self.load(layout)?;
         self.current_epoch(layout, id)?;
         tracing::debug!(box_id = %id, strategy = NAME, "ensured");
@@ -275,44 +319,27 @@ impl SocketBinding for Abstract {
     /// secret on first use, then serves it from the cache; the epoch is re-read only
     /// when its file changed (one `lstat`), so every process agrees on the names of the
     /// box's current start.
-    fn address(
+    pub fn address(
         &self,
         layout: &BoxLayout,
         id: &BoxId,
         file_name: &str,
     ) -> Result<SocketAddress, BindingError> {
-        catalogue::validate_file_name(file_name).map_err(|e| BindingError::Invalid {
-            what: "socket file name".into(),
-            reason: e.to_string(),
-        })?;
         let keyed = self.keyed(layout)?;
-        let epoch = self.current_epoch(layout, id)?;
-        let addr = SocketAddress::Abstract(keyed.deriver.derive_in(
-            id.as_str(),
-            epoch.as_ref(),
-            file_name,
-        ));
-        budget::check(file_name, &addr, Platform::Linux)?;
-        Ok(addr)
+        derive_with(&keyed, id, self.current_epoch(layout, id)?.as_ref(), file_name)
     }
 
     /// Nothing to remove: the kernel frees an abstract name when the last descriptor of
     /// the socket bound to it closes, so a dead box's names are free already.
-    fn release(&self, _layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+    pub fn release(&self, _layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
         tracing::debug!(box_id = %id, strategy = NAME, "released (nothing on disk)");
         Ok(())
-    }
-
-    /// Nothing to sweep, for the same reason as [`SocketBinding::release`]. The secret
-    /// is the home's, not a box's, and is kept.
-    fn sweep(&self, _layout: &BoxLayout) -> Result<SweepReport, BindingError> {
-        Ok(SweepReport::default())
     }
 
     /// Only the secret file, read-only: a sandboxed process that derives addresses
     /// needs it; sockets themselves involve no path. (Landlock's abstract-socket scope
     /// is a separate matter: see `docs/strategies.md`.)
-    fn policy_paths(
+    pub fn policy_paths(
         &self,
         layout: &BoxLayout,
         _id: &BoxId,
@@ -328,44 +355,17 @@ impl SocketBinding for Abstract {
     /// of the box changes, so names seen during an earlier run (an old argv,
     /// `/proc/net/unix`) reach nothing, and names another user bound after `stop` are
     /// simply not used again.
-    fn prepare_start(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
+    pub fn prepare_start(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BindingError> {
         self.rotate(layout, id)?;
         tracing::debug!(box_id = %id, strategy = NAME, "rotated the box's abstract names for this start");
         Ok(())
     }
 
-    fn peer_policy(&self) -> PeerPolicy {
+    /// The policy every listener and connector of this instance enforces.
+    pub fn peer_policy(&self) -> PeerPolicy {
         self.policy.clone()
     }
 
-    fn open_box(
-        self: Arc<Self>,
-        layout: &BoxLayout,
-        id: &BoxId,
-        opening: Opening,
-        sockets: &[Socket],
-    ) -> Result<Arc<dyn BoxBinding>, BindingError> {
-        if opening == Opening::Start {
-            self.prepare_start(layout, id)?;
-        }
-        self.ensure(layout, id)?;
-        let keyed = self.keyed(layout)?;
-        let epoch = self.current_epoch(layout, id)?;
-        let derive = |f: &str| derive_with(&keyed, id, epoch.as_ref(), f);
-        let addresses = derive_addresses(derive, sockets)?;
-        let policy = self.policy.clone();
-        Ok(Arc::new(AbstractBox {
-            strategy: self,
-            layout: layout.clone(),
-            id: id.clone(),
-            policy,
-            sockets: sockets.to_vec(),
-            held: RwLock::new(HeldNames { keyed, epoch, addresses }),
-        }))
-    }
-}
-
-impl Abstract {
     /// Binds at the box's current name; a name found taken is reported (with the
     /// holder's uid, inode and pid from `sock_diag`) and the box's names are rotated
     /// (see `bind_recovering`).
@@ -445,23 +445,45 @@ struct AbstractBox {
     layout: BoxLayout,
     id: BoxId,
     policy: PeerPolicy,
+    /// Opened with [`Opening::Inspect`]: every use is refused.
+    inspect_only: bool,
     sockets: Vec<Socket>,
-    held: RwLock<HeldNames>,
+    /// Loaded at the open, or at the first address asked of a box opened to inspect.
+    held: RwLock<Option<HeldNames>>,
 }
 
 impl AbstractBox {
-    fn names(&self) -> std::sync::RwLockReadGuard<'_, HeldNames> {
-        self.held.read().unwrap_or_else(|p| p.into_inner())
+    /// Read the home's key and the box's epoch, and derive the held names.
+    fn load(&self) -> Result<(), BindingError> {
+        let keyed = self.strategy.keyed(&self.layout)?;
+        let epoch = self.strategy.current_epoch(&self.layout, &self.id)?;
+        let derive = |f: &str| derive_with(&keyed, &self.id, epoch.as_ref(), f);
+        let addresses = derive_addresses(derive, &self.sockets)?;
+        let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
+        if held.is_none() {
+            *held = Some(HeldNames { keyed, epoch, addresses });
+        }
+        Ok(())
+    }
+
+    /// `f` of the held names, loading them first if the box was opened without.
+    fn names<T>(&self, f: impl FnOnce(&HeldNames) -> T) -> Result<T, BindingError> {
+        if let Some(h) = self.held.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(f(h));
+        }
+        self.load()?;
+        let held = self.held.read().unwrap_or_else(|p| p.into_inner());
+        Ok(f(held.as_ref().expect("loaded above")))
     }
 
     /// After a bind rotated the epoch: take the new one and derive every name again.
     fn follow_rotation(&self) -> Result<(), BindingError> {
         let epoch = self.strategy.current_epoch(&self.layout, &self.id)?;
-        let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
-        let keyed = held.keyed.clone();
-        held.addresses =
+        let keyed = self.names(|h| h.keyed.clone())?;
+        let addresses =
             derive_addresses(|f| derive_with(&keyed, &self.id, epoch.as_ref(), f), &self.sockets)?;
-        held.epoch = epoch;
+        let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
+        *held = Some(HeldNames { keyed, epoch, addresses });
         Ok(())
     }
 }
@@ -471,16 +493,32 @@ impl BoxBinding for AbstractBox {
         &self.id
     }
 
+    fn derive(&self, file_name: &str) -> Result<SocketAddress, BindingError> {
+        self.names(|h| derive_with(&h.keyed, &self.id, h.epoch.as_ref(), file_name))?
+    }
+
     fn address(&self, socket: &Socket) -> Result<SocketAddress, BindingError> {
-        let held = self.names();
-        match held.addresses.get(socket.name) {
-            Some(a) => Ok(a.clone()),
-            None => derive_with(&held.keyed, &self.id, held.epoch.as_ref(), &socket.file_name()),
+        if let Some(a) = self.names(|h| h.addresses.get(socket.name).cloned())? {
+            return Ok(a);
+        }
+        let own = derive_addresses(|f| self.derive(f), &[*socket])?;
+        own.into_values().next().ok_or_else(|| BindingError::Invalid {
+            what: "socket".into(),
+            reason: format!("no address derived for {socket}"),
+        })
+    }
+
+    fn check(&self) -> Result<(), BindingError> {
+        match self.inspect_only {
+            true => Err(boxsock_core::boxbinding::inspect_only(&self.id, "binding or dialling")),
+            false => Ok(()),
         }
     }
 
     fn addresses(&self) -> BTreeMap<String, SocketAddress> {
-        self.names().addresses.clone()
+        // Loaded at the open, unless opened to inspect for no socket: then none are held.
+        let held = self.held.read().unwrap_or_else(|p| p.into_inner());
+        held.as_ref().map(|h| h.addresses.clone()).unwrap_or_default()
     }
 
     fn peer_policy(&self) -> &PeerPolicy {
@@ -498,6 +536,7 @@ impl BoxBinding for AbstractBox {
     /// Binds at the box's held name; a name found squatted moves the box to fresh
     /// names (see `bind_recovering`), which this binding then holds.
     fn listen(&self, socket: &Socket) -> Result<Listener, BindingError> {
+        self.check()?;
         let held = self.address(socket)?;
         let l = self.strategy.bind_stream(&self.layout, &self.id, &socket.file_name())?;
         if *l.address() != held {
@@ -507,6 +546,7 @@ impl BoxBinding for AbstractBox {
     }
 
     fn listen_datagram(&self, socket: &Socket) -> Result<UnixDatagram, BindingError> {
+        self.check()?;
         let held = self.address(socket)?;
         let sock = self.strategy.bind_datagram(&self.layout, &self.id, &socket.file_name())?;
         let now = self.strategy.address(&self.layout, &self.id, &socket.file_name())?;

@@ -727,7 +727,8 @@ impl ServedAgent {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let agent_addr = s.address(l, id, "agent.sock").unwrap();
         let ready_addr = s.address(l, id, "ready.sock").unwrap();
-        let allow_uids = s.peer_policy().allowed_uids().map(<[u32]>::to_vec).unwrap_or_default();
+        let allow_uids =
+            s.peer_policy(l, id).unwrap().allowed_uids().map(<[u32]>::to_vec).unwrap_or_default();
         let config = boxsock_agent::AgentConfig {
             agent: boxsock_agent::AgentAddress::Unix(agent_addr),
             ready: boxsock_agent::AgentAddress::Unix(ready_addr),
@@ -1229,7 +1230,7 @@ scenario!(
                 assert!(old.iter().zip(&new).all(|(o, n)| o != n), "names kept: {old:?} {new:?}");
                 assert_eq!(exec_code(&rt, &id, &["true"]).await.unwrap(), 0);
                 // The squatted agent name leads to nobody's socket, which the owner's side refuses.
-                let refused = match boxsock_core::peer::connect_stream_at(&old[0], "agent", &s.peer_policy()) {
+                let refused = match boxsock_core::peer::connect_stream_at(&old[0], "agent", &s.peer_policy(rt.layout(), &b.id).unwrap()) {
                     Err(BindingError::PeerRejected { uid, .. }) => uid,
                     other => panic!("dialling the old name: {other:?}"),
                 };

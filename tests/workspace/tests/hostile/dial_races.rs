@@ -5,6 +5,7 @@
 //! either run in the box or fail with an error; none may ever reach the attacker's
 //! listener.
 
+use boxsock_conformance::util::ByFile;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use boxsock_core::{BindingError, BoxLayout, SocketBinding, StrategyConfig, boxdir};
+use boxsock_core::{BindingError, BoxLayout, StrategyConfig, boxdir};
 use boxsock_short_symlink::ShortSymlink;
 use boxsock_tests::reliability::Outcome;
 use boxsock_tests::scenario;
@@ -84,7 +84,10 @@ fn naive_refused(w: &World, dir: &Path) -> bool {
     let layout = BoxLayout::new(home);
     let id = boxsock_core::BoxId::generate();
     boxdir::create_box_dirs(&layout, &id).expect("control box dirs");
-    matches!(s.ensure(&layout, &id), Err(BindingError::Insecure { .. }))
+    matches!(
+        boxsock_core::PathStrategy::ensure(&s, &layout, &id),
+        Err(BindingError::Insecure { .. })
+    )
 }
 
 /// Whether the squatter's `dir` is still theirs and empty.

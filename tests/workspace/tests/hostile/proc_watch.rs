@@ -6,6 +6,7 @@
 //! strategy, and, interleaved in the same run, 50 launches of a naive agent the old way
 //! (`boxsock-agent --agent abstract:<name> …`: the agent binds a name its argv shows).
 
+use boxsock_conformance::util::ByFile;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::linux::net::SocketAddrExt;

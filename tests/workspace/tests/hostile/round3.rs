@@ -1,6 +1,7 @@
 //! Security round three (issue 18): descriptors that leak into a box's commands, another
 //! user's escape sequences on the owner's terminal, and a link base another user chose.
 
+use boxsock_conformance::util::ByFile;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,135 @@
+//! Starting an exec's command: pipes, or a pty whose slave is the controlling terminal
+//! of the command's new session; each command in a process group of its own.
+
+use std::io;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use boxsock_core::echo::echo;
+use boxsock_core::proto::{ErrorCode, Response, WinSize};
+
+use super::ExecSpec;
+use crate::conn::error;
+use crate::groups::{GroupGuard, State, kill_exec};
+use crate::pty::{self, PtyMaster};
+
+/// A started command. Its group is forgotten when it is dropped, unless processes the
+/// command left behind still live in it (a shutdown kills them).
+pub(super) struct Started<'a> {
+    // Fields drop in this order: the group is checked, then the child is dropped
+    // (killed if still running), then the pty closes.
+    _group: GroupGuard<'a>,
+    pub(super) child: tokio::process::Child,
+    pub(super) master: Option<Arc<PtyMaster>>,
+    pub(super) pid: u32,
+    pub(super) pgid: i32,
+}
+
+impl Started<'_> {
+    /// Kill the command's group (and its terminal's foreground group) and reap it.
+    pub(super) async fn kill(&mut self) {
+        kill_exec(self.master.as_deref(), self.pgid);
+        let _ = self.child.wait().await;
+    }
+}
+
+/// Start `spec`'s command, recording its group in `state`; or the answer saying why it
+/// did not start.
+pub(super) fn start<'a>(spec: &ExecSpec, state: &'a State) -> Result<Started<'a>, Response> {
+    let program = check(spec)?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&spec.argv[1..]).envs(spec.env.iter().map(|(k, v)| (k, v))).kill_on_drop(true);
+    if let Some(d) = &spec.cwd {
+        cmd.current_dir(d);
+    }
+    let master = match spec.tty {
+        Some(size) => Some(on_pty(&mut cmd, size, &spec.env)?),
+        None => {
+            on_pipes(&mut cmd, spec.want_stdin);
+            None
+        }
+    };
+    let spawned = cmd.spawn();
+    // Close our copies of the pty slave: the master reads EOF when the command's go.
+    drop(cmd);
+    let child = spawned.map_err(|e| {
+        tracing::info!(program = %program, error = %e, "cannot spawn");
+        spawn_error(program, spec.cwd.as_deref(), &e)
+    })?;
+    let Some(pid) = child.id() else {
+        let msg = format!("{program:?} ended before it had a pid");
+        return Err(error(ErrorCode::Internal, msg));
+    };
+    let pgid = pid as i32;
+    state.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(pgid);
+    tracing::info!(
+        pid,
+        program = %program,
+        args = spec.argv.len() - 1,
+        tty = spec.tty.is_some(),
+        "exec started"
+    );
+    Ok(Started { _group: GroupGuard { state, pgid }, child, master, pid, pgid })
+}
+
+/// The program to run, once the request is known to be runnable.
+fn check(spec: &ExecSpec) -> Result<&str, Response> {
+    let Some(program) = spec.argv.first() else {
+        return Err(error(ErrorCode::BadRequest, "exec with an empty argv"));
+    };
+    if let Some(d) = spec.cwd.as_deref().filter(|d| !d.starts_with('/')) {
+        let msg = format!("working directory {} is not absolute", echo(d));
+        return Err(error(ErrorCode::BadRequest, msg));
+    }
+    Ok(program)
+}
+
+/// stdin (when asked for), stdout and stderr are pipes; the command leads a new process
+/// group. No `pre_exec`, so the spawn keeps `posix_spawn`'s semantics.
+fn on_pipes(cmd: &mut tokio::process::Command, want_stdin: bool) {
+    cmd.stdin(if want_stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+}
+
+/// The command's stdio is a new pty of `size`, its controlling terminal in a session of
+/// its own (so its group is its session's); returns the master.
+fn on_pty(
+    cmd: &mut tokio::process::Command,
+    size: WinSize,
+    env: &[(String, String)],
+) -> Result<Arc<PtyMaster>, Response> {
+    let pty = pty::open(size)
+        .map_err(|e| error(ErrorCode::Internal, format!("cannot open a pty: {e}")))?;
+    let [i, o, e] = pty.stdio;
+    cmd.stdin(i).stdout(o).stderr(e);
+    // SAFETY: the closure only makes async-signal-safe system calls (setsid,
+    // ioctl, close_range) in the forked child before exec.
+    unsafe {
+        cmd.pre_exec(pty::become_session_leader);
+        // Its stdio is the pty slave, nothing else (see `main`: the agent's
+        // inherited descriptors are close-on-exec already; this holds for an
+        // embedder of `serve` too).
+        cmd.pre_exec(|| boxsock_core::fds::cloexec_except(&[]));
+    }
+    if !env.iter().any(|(k, _)| k == "TERM") {
+        cmd.env("TERM", "xterm");
+    }
+    Ok(Arc::new(pty.master))
+}
+
+/// The error frame for a command that could not be started, with its kind: not found
+/// (ENOENT: the program or the working directory), permission denied (EACCES,
+/// ENOEXEC), or another reason.
+fn spawn_error(program: &str, cwd: Option<&str>, e: &io::Error) -> Response {
+    let code = match (e.kind(), e.raw_os_error()) {
+        (io::ErrorKind::NotFound, _) => ErrorCode::NotFound,
+        (io::ErrorKind::PermissionDenied, _) | (_, Some(libc::ENOEXEC | libc::EACCES)) => {
+            ErrorCode::PermissionDenied
+        }
+        _ => ErrorCode::Spawn,
+    };
+    let at = cwd.map(|d| format!(" in {}", echo(d))).unwrap_or_default();
+    error(code, format!("cannot run {}{at}: {e}", echo(program)))
+}
