@@ -70,6 +70,26 @@ pub(crate) struct BoxArgs {
     pub(crate) ram_mib: Option<u32>,
 }
 
+/// The image a new box runs, and docker's overrides of its config (`-e` and `-w` are
+/// the verb's own options).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct ImageArgs {
+    /// The OCI image to run (a name such as `alpine` or `registry:5000/team/app:1.2`, an
+    /// id or a unique id prefix), from this home's image store: get it with `boxsock
+    /// pull` or `boxsock image import`. Its Entrypoint, Cmd, Env, WorkingDir and User
+    /// apply, with docker's override rules. Not with --rootfs.
+    #[arg(value_name = "IMAGE")]
+    pub(crate) image: Option<String>,
+    /// Replace the image's Entrypoint with this program (its Cmd is then dropped; `""`
+    /// clears the entrypoint). Needs an IMAGE.
+    #[arg(long, value_name = "PROGRAM", requires = "image")]
+    pub(crate) entrypoint: Option<String>,
+    /// Run as this user (`uid`, `uid:gid`, a name); replaces the image's User. Needs an
+    /// IMAGE. Only root is supported yet.
+    #[arg(short, long, value_name = "USER", requires = "image")]
+    pub(crate) user: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum Verb {
     /// Create and start a box, run a command in it, print its output and exit with its
@@ -92,6 +112,8 @@ pub(crate) enum Verb {
         network: bool,
         #[command(flatten)]
         settings: BoxArgs,
+        #[command(flatten)]
+        image: ImageArgs,
     },
     /// Start created or stopped boxes (a running one is left as it is).
     Start {
@@ -311,6 +333,8 @@ pub(crate) struct RunArgs {
     pub(crate) interactive: bool,
     #[command(flatten)]
     pub(crate) settings: BoxArgs,
+    #[command(flatten)]
+    pub(crate) image: ImageArgs,
     /// Run the command on a pseudo-terminal in the box (with -i, this terminal goes
     /// into raw mode until the command ends).
     #[arg(short, long)]
@@ -318,8 +342,9 @@ pub(crate) struct RunArgs {
     /// Working directory of the command in the box (absolute).
     #[arg(short, long, value_name = "DIR")]
     pub(crate) workdir: Option<String>,
-    /// The command and its arguments.
-    #[arg(last = true, required_unless_present = "detach", value_name = "CMD")]
+    /// The command and its arguments (with an IMAGE: replaces its Cmd; without one, the
+    /// image's Entrypoint and Cmd run).
+    #[arg(last = true, required_unless_present_any = ["detach", "image"], value_name = "CMD")]
     pub(crate) cmd: Vec<String>,
 }
 

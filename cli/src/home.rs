@@ -8,6 +8,9 @@ use boxsock::{
     StrategyConfig, builtin_backends, builtin_strategies,
 };
 
+use boxsock::boxsock_core::backend::BoxImage;
+use boxsock::boxsock_core::layout::BoxLayout;
+
 use crate::args::{BoxArgs, Global, secs};
 use crate::{Failure, exit};
 
@@ -141,6 +144,7 @@ impl Global {
         env: Vec<(String, String)>,
         network: bool,
         settings: &BoxArgs,
+        image: Option<BoxImage>,
     ) -> CreateOptions {
         let mut b = CreateOptions::builder()
             .strategy(self.strategy.clone())
@@ -159,7 +163,85 @@ impl Global {
         if let Some(m) = settings.ram_mib {
             b = b.ram_mib(m);
         }
+        if let Some(i) = image {
+            b = b.image(i);
+        }
         b.build()
+    }
+}
+
+/// What a new box of an image is made of: the image pinned (manifest and layers) and
+/// what it runs by docker's rules.
+#[derive(Debug, Clone)]
+pub(crate) struct ImageBox {
+    /// Stored with the box.
+    pub(crate) image: BoxImage,
+    /// The image config with the user's overrides applied.
+    pub(crate) process: boxsock_image::Process,
+}
+
+impl Global {
+    /// Resolve `reference` in the home's image store (`<home>/images`), apply the
+    /// overrides to its config, and make sure its root (its layers merged, whiteouts
+    /// applied; shared by every box of the image) exists. A missing image says how to
+    /// get it; the store is not created to say so.
+    pub(crate) fn image_box(
+        &self,
+        rt: &Runtime,
+        reference: &str,
+        overrides: &boxsock_image::Overrides,
+    ) -> Result<ImageBox, Failure> {
+        use boxsock::boxsock_core::echo;
+        let dir = BoxLayout::new(self.home()?).images_dir();
+        let missing = || {
+            Failure(
+                format!(
+                    "no image {} in this home's image store: get it with `boxsock pull {}` or \
+                     `boxsock image import FILE`",
+                    echo::echo(reference),
+                    echo::echo(reference)
+                ),
+                exit::FAILED,
+            )
+        };
+        if !dir.is_dir() {
+            return Err(missing());
+        }
+        let failed = |e: boxsock_image::ImageError| {
+            Failure(format!("image {}: {e}", echo::echo(reference)), exit::FAILED)
+        };
+        // The store with the home's records (SQLite, decision 0019).
+        let store = rt.images().map_err(|e| Failure(e.to_string(), exit::FAILED))?;
+        let info = match store.inspect(reference) {
+            Ok(i) => i,
+            Err(boxsock_image::ImageError::NotFound { .. }) => return Err(missing()),
+            Err(e) => return Err(failed(e)),
+        };
+        let process = boxsock_image::config::resolve(&info.config, overrides).map_err(failed)?;
+        if !matches!(process.user.as_str(), "" | "root" | "0" | "0:0" | "root:root") {
+            return Err(Failure(
+                format!(
+                    "image {}: user {}: running as a user other than root is not supported yet \
+                     (pass -u 0 to run as root)",
+                    echo::echo(reference),
+                    echo::echo(&process.user)
+                ),
+                exit::FAILED,
+            ));
+        }
+        let diff_ids: Vec<boxsock_image::Digest> =
+            info.record.layers.iter().map(|l| l.diff_id.clone()).collect();
+        store.ensure_root(&info.record.id, &diff_ids).map_err(failed)?;
+        let named = reference
+            .parse::<boxsock_image::Reference>()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| info.record.id.to_string());
+        let image = BoxImage::new(
+            named,
+            info.record.id.to_string(),
+            diff_ids.iter().map(ToString::to_string).collect(),
+        );
+        Ok(ImageBox { image, process })
     }
 }
 

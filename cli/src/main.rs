@@ -185,8 +185,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     let g = &cli.global;
     match cli.verb {
         Verb::Run(args) => verbs::run(g, args).await,
-        Verb::Create { name, env, network, settings } => {
-            verbs::create(g, name, env, network, settings).await
+        Verb::Create { name, env, network, settings, image } => {
+            verbs::create(g, name, env, network, settings, image).await
         }
         Verb::Start { ids } => verbs::start(g, ids).await,
         Verb::Exec { env, interactive, tty, workdir, id, cmd } => {

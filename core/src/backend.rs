@@ -304,6 +304,17 @@ pub trait Backend: Send + Sync + fmt::Debug {
         }
     }
 
+    /// Whether boxes of this backend can run an OCI image ([`BoxSettings::image`]): show
+    /// the image's root (`BoxLayout::image_root` of its manifest: its layers merged,
+    /// whiteouts applied, read-only and shared by every box of the image) as the box's
+    /// root, with the box's own writable layer on top. Default: `false`. The runtime
+    /// asks before anything is written and refuses an image box of a backend that
+    /// cannot, naming the backends that can; a backend without a root of its own to
+    /// switch to (`host`) must answer `false`.
+    fn runs_images(&self) -> bool {
+        false
+    }
+
     /// Prepare a new box's files (for a VM, its guest root under
     /// [`BoxLayout::rootfs_dir`]). The runtime calls it from `create`, after the box's
     /// directories, row and binding exist; an error undoes the whole create. It must

@@ -11,6 +11,9 @@
 //!     sockets/          the real directory of the box's sockets (0700)
 //!     logs/box.log      the box's console / process log
 //!     rootfs/           a backend's guest root, when it has one
+//!   images/             the image store (`boxsock-image`)
+//!     roots/<hex>/root/ an image's root: its layers merged, whiteouts applied
+//!                       (hard links to the layer files; decision 0018)
 //! ```
 //!
 //! Socket *addresses* are not computed here: they come from the chosen
@@ -20,6 +23,16 @@
 use std::path::{Path, PathBuf};
 
 use crate::id::BoxId;
+
+/// `<store>/roots/<hex>/root` for the manifest digest `sha256:<hex>` (64 lowercase hex
+/// digits), `None` for any other string: the one rule both the image store (which
+/// builds an image's root) and a backend (which shows it to a box) use.
+pub fn image_root_in(store: &Path, manifest: &str) -> Option<PathBuf> {
+    let hex = manifest.strip_prefix("sha256:")?;
+    let ok =
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    ok.then(|| store.join("roots").join(hex).join("root"))
+}
 
 /// The layout of one runtime home.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -51,6 +64,19 @@ impl BoxLayout {
     /// `<home>/.boxsock-home`: the marker of a home.
     pub fn home_marker(&self) -> PathBuf {
         self.home.join(".boxsock-home")
+    }
+
+    /// `<home>/images`: the home's image store (`boxsock-image`).
+    pub fn images_dir(&self) -> PathBuf {
+        self.home.join("images")
+    }
+
+    /// `<home>/images/roots/<hex>/root`: the root of the image whose manifest digest is
+    /// `manifest` (`sha256:<64 hex digits>`), as the image store builds it
+    /// ([`image_root_in`]). `None` for anything else, so no stored string can name a
+    /// path outside the store.
+    pub fn image_root(&self, manifest: &str) -> Option<PathBuf> {
+        image_root_in(&self.images_dir(), manifest)
     }
 
     /// `<home>/journal`: the create journal.
@@ -122,5 +148,23 @@ mod tests {
         }
         assert_eq!(l.sockets_dir(&id), Path::new("/srv/home/boxes/abc/sockets"));
         assert!(l.store_path().starts_with(l.home()));
+    }
+
+    #[test]
+    fn an_image_root_is_one_digest_component_under_the_store() {
+        let l = BoxLayout::new("/srv/home");
+        let hex = "0123456789abcdef".repeat(4);
+        let root = l.image_root(&format!("sha256:{hex}")).unwrap();
+        assert_eq!(root, Path::new("/srv/home/images/roots").join(&hex).join("root"));
+        for bad in [
+            "",
+            "sha256:",
+            "sha256:../../etc",
+            "sha512:00",
+            &format!("sha256:{}", hex.to_uppercase()),
+        ] {
+            assert_eq!(l.image_root(bad), None, "{bad}");
+        }
+        assert_eq!(l.image_root(&format!("sha256:{hex}/..")), None);
     }
 }

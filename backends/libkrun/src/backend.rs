@@ -195,6 +195,29 @@ impl boxsock_core::registry::Named for Libkrun {
     const NAME: &'static str = NAME;
 }
 
+/// The root of the box's image (`BoxLayout::image_root` of its manifest), checked to be
+/// a directory; `None` for a box without an image.
+fn image_root(spec: &LaunchSpec) -> Result<Option<PathBuf>, BackendError> {
+    let Some(image) = &spec.settings.image else { return Ok(None) };
+    let root = spec.layout.image_root(&image.manifest).ok_or_else(|| {
+        bad(format!(
+            "box {}: image {} has a manifest digest that is not sha256:<64 hex digits>",
+            spec.id,
+            boxsock_core::echo::echo(&image.reference)
+        ))
+    })?;
+    if !root.is_dir() {
+        return Err(bad(format!(
+            "box {}: the root of image {} ({}) is missing: was the image removed and pruned? \
+             Pull or import it again, then create the box again",
+            spec.id,
+            boxsock_core::echo::echo(&image.reference),
+            boxsock_core::echo::path(&root)
+        )));
+    }
+    Ok(Some(root))
+}
+
 /// The guest base the box's last launch recorded, if it still exists.
 pub fn recorded_base(layout: &BoxLayout, id: &BoxId) -> Option<PathBuf> {
     let key = std::fs::read_to_string(layout.box_dir(id).join(crate::rootfs::BASE_RECORD)).ok()?;
@@ -269,10 +292,17 @@ impl Libkrun {
         // made before bases boots from its own full copy in `<box>/rootfs`.
         let (root_dir, shares) = match recorded_base(&spec.layout, &spec.id) {
             Some(base) => {
-                let lower = spec.settings.rootfs.clone().unwrap_or_else(|| base.clone());
+                // The lower layer: the image's root (its layers merged, whiteouts
+                // applied, shared by every box of the image: decision 0018), the user's
+                // directory, or the base.
+                let lower = match (image_root(spec)?, &spec.settings.rootfs) {
+                    (Some(image), _) => image,
+                    (None, Some(user)) => user.clone(),
+                    (None, None) => base.clone(),
+                };
                 read_only.push(base.clone());
-                if let Some(user) = &spec.settings.rootfs {
-                    read_only.push(user.clone());
+                if lower != base {
+                    read_only.push(lower.clone());
                 }
                 let shares = vec![
                     VirtiofsShare {
@@ -287,9 +317,9 @@ impl Libkrun {
                 }
                 (base, shares)
             }
-            None if spec.settings.rootfs.is_some() => {
+            None if spec.settings.rootfs.is_some() || spec.settings.image.is_some() => {
                 return Err(bad(format!(
-                    "box {}: a root filesystem needs the shared guest base, and {} records none (the box was not prepared by this backend)",
+                    "box {}: a root filesystem or an image needs the shared guest base, and {} records none (the box was not prepared by this backend)",
                     spec.id,
                     boxsock_core::echo::path(&box_dir.join(crate::rootfs::BASE_RECORD))
                 )));
@@ -346,6 +376,7 @@ impl Libkrun {
             }
             Err(reason)
                 if spec.settings.rootfs.is_some()
+                    || spec.settings.image.is_some()
                     || recorded_base(&spec.layout, &spec.id).is_some() =>
             {
                 return Err(bad(format!("box {}: no agent for the guest base: {reason}", spec.id)));
@@ -515,6 +546,12 @@ impl Backend for Libkrun {
 
     fn available(&self) -> Availability {
         self.config.probe.probe()
+    }
+
+    /// The image's root is the lower layer of the guest's overlay, as a `--rootfs`
+    /// directory is (decision 0018).
+    fn runs_images(&self) -> bool {
+        true
     }
 
     /// With `configure_only` nothing boots, so the probe does not apply: `Available`.

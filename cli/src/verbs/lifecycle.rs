@@ -6,16 +6,27 @@ use std::io::Write;
 use boxsock::{Runtime, RuntimeError};
 
 use super::interrupted;
-use crate::args::{BoxArgs, Global, RunArgs, secs};
+use crate::args::{BoxArgs, Global, ImageArgs, RunArgs, secs};
 use crate::home::Writes;
 use crate::{Failure, errln, exit, lifeline, outln, tty, write_out};
 
 /// `run`: create and start a box, run the command in it, then stop or remove it.
 pub(crate) async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
-    let RunArgs { rm, detach, name, env, interactive, tty, workdir, settings, cmd } = args;
+    let RunArgs { rm, detach, name, env, interactive, tty, workdir, settings, image, cmd } = args;
     let env: Vec<(String, String)> = env.into_iter().flatten().collect();
     let rt = g.open(Writes::Yes).await.map_err(|f| Failure(f.0, exit::FAILED))?;
-    let mut opts = g.create_options(name, Vec::new(), false, &settings);
+    // With an image, what runs is its config with docker's overrides: the command
+    // after `--` replaces Cmd, `-e` its Env, `-w` its WorkingDir. Its Env is also the
+    // box's, so later `exec`s see it (PATH…).
+    let (image, cmd, env, workdir, box_env) =
+        match image_box(g, &rt, &settings, image, &env, workdir.clone(), cmd.clone())? {
+            Some((pinned, process)) => {
+                let env = process.env.iter().map(|kv| split_kv(kv)).collect::<Vec<_>>();
+                (Some(pinned), process.argv, env.clone(), Some(process.cwd), env)
+            }
+            None => (None, cmd, env, workdir, Vec::new()),
+        };
+    let mut opts = g.create_options(name, box_env, false, &settings, image);
     // Tie the box to this process: a lifeline (a guardian process told the id
     // before the box exists) removes it as soon as this process dies without
     // removing it (kill -9); the owner recorded with the row lets the next
@@ -114,15 +125,63 @@ pub(crate) async fn create(
     env: Vec<Option<(String, String)>>,
     network: bool,
     settings: BoxArgs,
+    image: ImageArgs,
 ) -> Result<u8, Failure> {
     let env: Vec<(String, String)> = env.into_iter().flatten().collect();
     let rt = g.open(Writes::Yes).await?;
+    // A box runs no command of its own: the image's Env (with `-e` applied) becomes the
+    // box's environment, seen by every `exec`.
+    let (pinned, env) = match image_box(g, &rt, &settings, image, &env, None, Vec::new())? {
+        Some((pinned, process)) => {
+            (Some(pinned), process.env.iter().map(|kv| split_kv(kv)).collect())
+        }
+        None => (None, env),
+    };
     let b = rt
-        .create(g.create_options(name, env, network, &settings))
+        .create(g.create_options(name, env, network, &settings, pinned))
         .await
         .map_err(|e| backend_hint(e, g))?;
     outln!("{}", b.id);
     Ok(0)
+}
+
+/// The image of a new box (`create`/`run IMAGE`), resolved in the home's store with
+/// docker's overrides applied; `None` without an image. An image and `--rootfs` are
+/// refused together before anything is looked up.
+fn image_box(
+    g: &Global,
+    rt: &Runtime,
+    settings: &BoxArgs,
+    image: ImageArgs,
+    env: &[(String, String)],
+    workdir: Option<String>,
+    cmd: Vec<String>,
+) -> Result<Option<(boxsock::boxsock_core::backend::BoxImage, boxsock_image::Process)>, Failure> {
+    let ImageArgs { image, entrypoint, user } = image;
+    let Some(reference) = image else { return Ok(None) };
+    if settings.rootfs.is_some() {
+        return Err(Failure(
+            "a box runs an IMAGE or a --rootfs directory, not both".into(),
+            exit::FAILED,
+        ));
+    }
+    let overrides = boxsock_image::Overrides {
+        entrypoint: entrypoint.map(|e| if e.is_empty() { Vec::new() } else { vec![e] }),
+        cmd,
+        env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        working_dir: workdir,
+        user,
+    };
+    let b = g.image_box(rt, &reference, &overrides)?;
+    Ok(Some((b.image, b.process)))
+}
+
+/// `KEY=VALUE` as a pair (a bare `KEY` from an image's Env is `KEY=`).
+fn split_kv(kv: &str) -> (String, String) {
+    match kv.split_once('=') {
+        Some((k, v)) => (k.to_owned(), v.to_owned()),
+        None => (kv.to_owned(), String::new()),
+    }
 }
 
 /// `start`.

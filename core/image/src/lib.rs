@@ -42,6 +42,7 @@ pub mod manifest;
 #[cfg(feature = "registry")]
 pub mod pull;
 pub mod reference;
+pub mod root;
 mod save;
 pub mod store;
 pub mod unpack;
@@ -55,5 +56,6 @@ pub use manifest::Platform;
 #[cfg(feature = "registry")]
 pub use pull::{Credentials, PullOptions, PullReport};
 pub use reference::Reference;
+pub use root::RootReport;
 pub use store::{AddReport, ImageId, ImageInfo, ImageStore, Progress, PruneReport, Removed};
 pub use unpack::{UnpackLimits, UnpackReport};

@@ -366,6 +366,19 @@ impl ImageStore {
                 }
             }
         }
+        // Image roots first (their files are links to layer files, freed with the
+        // last): kept for a listed image and for a manifest a box is pinned to.
+        let roots = self.dir.join("roots");
+        if let Ok(rd) = fs::read_dir(&roots) {
+            let ids: std::collections::HashSet<&str> = images.iter().map(|i| i.id.hex()).collect();
+            for e in rd.flatten() {
+                let keep =
+                    e.file_name().to_str().is_some_and(|n| ids.contains(n) || pinned.contains(n));
+                if !keep {
+                    report.bytes_freed += fsutil::remove_tree(&e.path())?;
+                }
+            }
+        }
         let layers = self.dir.join("layers/sha256");
         for e in fs::read_dir(&layers).map_err(|e| ImageError::io("read", &layers, e))? {
             let e = e.map_err(|e| ImageError::io("read", &layers, e))?;

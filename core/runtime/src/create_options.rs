@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 
-use boxsock_core::backend::BoxSettings;
+use boxsock_core::backend::{BoxImage, BoxSettings};
 use boxsock_core::id::BoxId;
 use boxsock_core::registry::Named;
 
@@ -155,6 +155,16 @@ impl CreateOptionsBuilder {
         self
     }
 
+    /// Run this OCI image (stored with the box: its manifest and layers, so every start
+    /// uses the same ones). The image's root must exist in the home's image store
+    /// (`BoxLayout::image_root`); the facade's `image` module resolves a reference and
+    /// builds it. Exclusive with [`CreateOptionsBuilder::rootfs`]; the backend must
+    /// run images (`Backend::runs_images`).
+    pub fn image(mut self, image: BoxImage) -> Self {
+        self.opts.settings.image = Some(image);
+        self
+    }
+
     /// Tie the box to this process (see [`CreateOptions::auto_remove_owner`]).
     pub fn auto_remove_owner(mut self, owner: ProcessIdentity) -> Self {
         self.opts.auto_remove_owner = Some(owner);
@@ -194,6 +204,34 @@ pub(crate) fn canonical_settings(
         settings.rootfs = Some(canonical);
     }
     Ok(settings)
+}
+
+/// The root of a box's image (`BoxLayout::image_root` of its manifest) must be a
+/// directory: the image store builds it when the image is resolved for a box; a box is
+/// never created over a missing one.
+pub(crate) fn check_image_root(
+    layout: &boxsock_core::layout::BoxLayout,
+    image: &BoxImage,
+) -> Result<(), crate::RuntimeError> {
+    let bad = |reason: String| crate::RuntimeError::BadImage {
+        reference: boxsock_core::echo::echo(&image.reference).to_string(),
+        reason,
+    };
+    let Some(root) = layout.image_root(&image.manifest) else {
+        return Err(bad(format!(
+            "manifest digest {} is not sha256:<64 hex digits>",
+            boxsock_core::echo::echo(&image.manifest)
+        )));
+    };
+    match std::fs::metadata(&root) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(bad(format!("{} is not a directory", boxsock_core::echo::path(&root)))),
+        Err(e) => Err(bad(format!(
+            "its root {} is missing ({e}): the image store builds it when the image is \
+             resolved for a box (`boxsock create IMAGE`)",
+            boxsock_core::echo::path(&root)
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -85,6 +85,32 @@ pub enum RuntimeError {
         /// Why (missing, not a directory…).
         reason: String,
     },
+    /// An image box for a backend that cannot run images
+    /// ([`boxsock_core::backend::Backend::runs_images`]); nothing was written.
+    #[error(
+        "backend {backend:?} cannot run an image (it has no root of its own to show one as); {}",
+        match capable.as_slice() {
+            [] => "no registered backend can".to_owned(),
+            names => format!("backends that can: {} (choose one with --backend)", names.join(", ")),
+        }
+    )]
+    ImagesUnsupported {
+        /// The backend asked for.
+        backend: String,
+        /// The registered backends that can run images, by name.
+        capable: Vec<String>,
+    },
+    /// A box's image cannot be used (its root is missing, a bad digest).
+    #[error("image {reference}: {reason}")]
+    BadImage {
+        /// The reference, echoed.
+        reference: String,
+        /// Why, naming the path.
+        reason: String,
+    },
+    /// An image and a root filesystem directory given together.
+    #[error("a box runs an image or a root filesystem directory (--rootfs), not both")]
+    ImageAndRootfs,
     /// A read-only open of a home that does not exist.
     #[error("home {} does not exist", boxsock_core::echo::path(path))]
     NoHome {

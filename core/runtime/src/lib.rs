@@ -374,7 +374,21 @@ impl Runtime {
         let strategy = inner.strategy(&opts.strategy)?;
         let backend = inner.backend(&opts.backend)?;
         let mut opts = opts;
+        if opts.settings.image.is_some() {
+            if opts.settings.rootfs.is_some() {
+                return Err(RuntimeError::ImageAndRootfs);
+            }
+            if !backend.runs_images() {
+                return Err(RuntimeError::ImagesUnsupported {
+                    backend: opts.backend.clone(),
+                    capable: inner.image_backends(),
+                });
+            }
+        }
         opts.settings = create_options::canonical_settings(opts.settings)?;
+        if let Some(image) = &opts.settings.image {
+            create_options::check_image_root(&inner.layout, image)?;
+        }
         backend.check_settings(&opts.settings)?;
         let caps = strategy.capabilities();
         if !caps.supported_here() {
@@ -702,6 +716,17 @@ impl Inner {
             self.options.backends.build(name, &self.options.backend_config).map_err(build_err)?;
         lock(&self.backends).insert(name.to_owned(), b.clone());
         Ok(b)
+    }
+
+    /// The registered backends that can run images (each built to ask it; one that
+    /// cannot be built is left out).
+    fn image_backends(&self) -> Vec<String> {
+        let names: Vec<&str> = self.options.backends.names();
+        names
+            .into_iter()
+            .filter(|n| self.backend(n).is_ok_and(|b| b.runs_images()))
+            .map(str::to_owned)
+            .collect()
     }
 
     fn record(&self, id_or_name: &str) -> Result<BoxRecord, RuntimeError> {

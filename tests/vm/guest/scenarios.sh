@@ -480,6 +480,127 @@ sc_rootfs_busybox() {
 run rootfs-busybox sc_rootfs_busybox
 cleanup
 
+# Issue 20: OCI images. The guest builds a two-layer OCI image from its static busybox
+# (layer 1: busybox, /etc/keep, /etc/gone; layer 2: a whiteout of /etc/gone, /etc/top,
+# /srv), archives it, imports it into the home's store and runs it (decision 0018: the
+# layers merged once per image into hard links, whiteouts applied, shown as the read-only
+# lower layer of the guest's overlay).
+IMG=localhost/vm-image:1
+IMG_WORK="$WORK/oci"
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+size() { wc -c < "$1" | tr -d ' '; }
+# blob FILE: store FILE as a blob of the layout; prints its hex digest.
+blob() { h="$(sha "$1")"; cp "$1" "$IMG_WORK/layout/blobs/sha256/$h"; echo "$h"; }
+build_image() {
+    rm -rf "$IMG_WORK"; mkdir -p "$IMG_WORK/l1/bin" "$IMG_WORK/l1/etc" "$IMG_WORK/l2/etc" \
+        "$IMG_WORK/l2/srv" "$IMG_WORK/layout/blobs/sha256" || return 1
+    cp "$BUSYBOX" "$IMG_WORK/l1/bin/busybox" && ln -s busybox "$IMG_WORK/l1/bin/sh" || return 1
+    echo keep > "$IMG_WORK/l1/etc/keep"; echo gone > "$IMG_WORK/l1/etc/gone"
+    : > "$IMG_WORK/l2/etc/.wh.gone"; echo top > "$IMG_WORK/l2/etc/top"
+    (cd "$IMG_WORK/l1" && tar -cf ../l1.tar .) && (cd "$IMG_WORK/l2" && tar -cf ../l2.tar .) || return 1
+    d1="$(blob "$IMG_WORK/l1.tar")"; d2="$(blob "$IMG_WORK/l2.tar")"
+    printf '%s' "{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{\"Cmd\":[\"/bin/sh\",\"-c\",\"echo default-cmd; pwd; echo A=\$A\"],\"Env\":[\"PATH=/bin\",\"A=image\"],\"WorkingDir\":\"/srv\"},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[\"sha256:$d1\",\"sha256:$d2\"]}}" > "$IMG_WORK/config.json"
+    c="$(blob "$IMG_WORK/config.json")"
+    L=application/vnd.oci.image.layer.v1.tar
+    printf '%s' "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"sha256:$c\",\"size\":$(size "$IMG_WORK/config.json")},\"layers\":[{\"mediaType\":\"$L\",\"digest\":\"sha256:$d1\",\"size\":$(size "$IMG_WORK/l1.tar")},{\"mediaType\":\"$L\",\"digest\":\"sha256:$d2\",\"size\":$(size "$IMG_WORK/l2.tar")}]}" > "$IMG_WORK/manifest.json"
+    m="$(blob "$IMG_WORK/manifest.json")"
+    printf '%s' "{\"schemaVersion\":2,\"manifests\":[{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:$m\",\"size\":$(size "$IMG_WORK/manifest.json"),\"annotations\":{\"org.opencontainers.image.ref.name\":\"$IMG\"}}]}" > "$IMG_WORK/layout/index.json"
+    printf '{"imageLayoutVersion":"1.0.0"}' > "$IMG_WORK/layout/oci-layout"
+    (cd "$IMG_WORK/layout" && tar -cf ../image.tar .) || return 1
+    echo "$m"
+}
+# import_image: the archive into the home's store (`boxsock image import`).
+import_image() {
+    bs image import "$IMG_WORK/image.tar"
+}
+
+sc_image_default_cmd() {
+    m="$(build_image)" || fail "cannot build the OCI image"
+    echo "manifest sha256:$m"
+    import_image || fail "import of the archive failed"
+    out="$(bs run --rm "$IMG" 2>&1)" || fail "run $IMG failed: $out"
+    [ "$out" = "$(printf 'default-cmd\n/srv\nA=image')" ] || fail "the default Cmd printed '$out'"
+}
+
+sc_image_overrides() {
+    out="$(bs run --rm -e A=from-e -w /etc "$IMG" 2>&1)" || fail "run -e -w failed: $out"
+    [ "$out" = "$(printf 'default-cmd\n/etc\nA=from-e')" ] || fail "-e/-w: printed '$out'"
+    out="$(bs run --rm "$IMG" -- /bin/sh -c 'echo cmd; pwd' 2>&1)" || fail "run -- CMD failed: $out"
+    [ "$out" = "$(printf 'cmd\n/srv')" ] || fail "-- CMD with the image's WorkingDir: printed '$out'"
+    out="$(bs run --rm -w /etc "$IMG" -- /bin/sh -c 'echo cmd; cat top' 2>&1)" || fail "run -w -- CMD failed: $out"
+    [ "$out" = "$(printf 'cmd\ntop')" ] || fail "-- CMD: printed '$out'"
+}
+
+sc_image_whiteout() {
+    out="$(bs run --rm "$IMG" -- /bin/sh -c 'ls -a /etc; test -e /etc/gone && echo GONE-PRESENT; true' 2>&1)" \
+        || fail "run failed: $out"
+    echo "$out"
+    echo "$out" | grep -qx keep || fail "/etc/keep (lower layer) missing: $out"
+    echo "$out" | grep -qx top || fail "/etc/top (upper layer) missing: $out"
+    echo "$out" | grep -q 'GONE-PRESENT\|^gone$' && fail "/etc/gone, deleted by the upper layer's whiteout, is in the guest"
+    echo "$out" | grep -q '^\.wh\.' && fail "a whiteout marker is shown in the guest: $out"
+    # The layers keep their markers: the merge wrote nothing there.
+    ls -a "$HOME_"/images/layers/sha256/*/root/etc | grep -q '^\.wh\.gone$' || fail "the upper layer lost its marker"
+    true
+}
+
+sc_image_shared_layers() {
+    a="$(bs create "$IMG")" || fail "create 1 failed"
+    bs start "$a" >/dev/null || box_fail "$HOME_" "$a" "start 1 failed"
+    before="$(du -sk "$HOME_" | cut -f1)"
+    b="$(bs create "$IMG")" || fail "create 2 failed"
+    after="$(du -sk "$HOME_" | cut -f1)"
+    bs start "$b" >/dev/null || box_fail "$HOME_" "$b" "start 2 failed"
+    for x in "$a" "$b"; do
+        out="$(bs exec "$x" -- /bin/sh -c 'echo $A; cat /etc/keep')" || fail "exec in $x failed"
+        [ "$out" = "$(printf 'image\nkeep')" ] || fail "exec in $x printed '$out'"
+    done
+    growth=$(( (after - before) * 1024 ))
+    bb=$(size "$BUSYBOX")
+    echo "second box: the home grew by $growth bytes (busybox alone is $bb)"
+    echo "@@VM metric image_second_box_growth_bytes $growth"
+    [ "$growth" -lt "$bb" ] || fail "the second box grew the home by $growth bytes, more than busybox ($bb): its layers were copied"
+    # One root for the image, its busybox the layer's very inode.
+    [ "$(ls "$HOME_/images/roots" | wc -l)" = 1 ] || fail "more than one image root: $(ls "$HOME_/images/roots")"
+    [ "$(stat -c %h "$HOME_"/images/roots/*/root/bin/busybox)" = 2 ] || fail "busybox in the root is not the layer's inode"
+    bs rm -f "$a" "$b" >/dev/null || fail "rm failed"
+}
+
+# Start→ready of an image box (subject) against a --rootfs box of the very same tree
+# (floor: the image's root given as --rootfs), in alternating pairs; tests/vm asserts the
+# median of the per-pair ratios (≤ 1.05×).
+IMAGE_PAIRS=10
+sc_image_start_ready() {
+    root="$(ls -d "$HOME_"/images/roots/*/root | head -1)"
+    [ -d "$root" ] || fail "no image root"
+    s="$(bs create "$IMG")" || fail "create image box failed"
+    f="$(bs create --rootfs "$root")" || fail "create --rootfs box failed"
+    i=1
+    while [ $i -le $IMAGE_PAIRS ]; do
+        if [ $((i % 2)) -eq 1 ]; then order=subject-first; else order=floor-first; fi
+        for what in $( [ $order = subject-first ] && echo "s f" || echo "f s" ); do
+            eval "box=\$$what"
+            t0=$(now_ms)
+            bs start "$box" >/dev/null || box_fail "$HOME_" "$box" "start $i of $box failed"
+            ms=$(( $(now_ms) - t0 ))
+            bs stop "$box" >/dev/null || fail "stop $i failed"
+            if [ $what = s ]; then sub=$ms; else flo=$ms; fi
+        done
+        echo "@@VM pair image_start_ready $i $order $sub $flo"
+        i=$((i + 1))
+    done
+    bs rm -f "$s" "$f" >/dev/null || fail "rm failed"
+}
+
+run image-default-cmd sc_image_default_cmd
+run image-overrides sc_image_overrides
+run image-whiteout sc_image_whiteout
+run image-shared-layers sc_image_shared_layers
+sc_timeout_saved="$SC_TIMEOUT"; SC_TIMEOUT=$((SC_TIMEOUT * 3))
+run image-start-ready sc_image_start_ready
+SC_TIMEOUT="$sc_timeout_saved"
+cleanup
+
 # The backend conformance kit (tests/backend-conformance) on libkrun, with a network so
 # passt is a companion: every check must pass here, none may be skipped.
 sc_backend_kit() {

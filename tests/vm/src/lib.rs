@@ -481,6 +481,19 @@ pub const START_READY: RatioLimit = RatioLimit {
     limit: 1.10,
 };
 
+/// Start→ready of a box running an OCI image against a `--rootfs` box of the very same
+/// tree (the image's root given as the directory): what running an image adds to a
+/// start (issue 20; decision 0018). Not yet in the rendered report (`report::RATIOS`):
+/// the committed data has no run of it.
+pub const IMAGE_START_READY: RatioLimit = RatioLimit {
+    name: "image_start_ready",
+    subject: "`boxsock start` of a box created from an image (`create IMAGE`)",
+    floor: "`boxsock start` of a box created with `--rootfs` the image's root; both timed from \
+            spawn to exit",
+    min_pairs: 10,
+    limit: 1.05,
+};
+
 /// `exec … true` through the CLI against one raw agent round trip (decision 0005).
 pub const EXEC_TRUE: RatioLimit = RatioLimit {
     name: "exec_true",

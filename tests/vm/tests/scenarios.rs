@@ -3,7 +3,7 @@
 //! result. Scenario scripts: `tests/vm/guest/scenarios.sh`.
 
 use boxsock_vm_tests::{
-    EXEC_TRUE, START_READY, VmRun, assert_pairs, assert_scenario, report, vm_run,
+    EXEC_TRUE, IMAGE_START_READY, START_READY, VmRun, assert_pairs, assert_scenario, report, vm_run,
 };
 
 macro_rules! scenarios {
@@ -32,6 +32,17 @@ scenarios! {
     vm_landlock_enforced_in_shim => "landlock",
     vm_rootfs_busybox_runs_sh_and_leaves_the_users_dir_unchanged => "rootfs-busybox",
     vm_backend_kit_passes_on_libkrun => "backend-kit",
+    vm_image_from_an_archive_runs_its_default_cmd => "image-default-cmd",
+    vm_image_env_and_workdir_overridden_by_e_and_w => "image-overrides",
+    vm_image_whiteout_deletes_a_lower_file_in_the_guest => "image-whiteout",
+    vm_image_two_boxes_share_its_layers_on_disk => "image-shared-layers",
+}
+
+/// Start→ready of an image box within 1.05× of a `--rootfs` box of the same tree: the
+/// median of at least ten alternating per-pair ratios.
+#[test]
+fn vm_image_start_ready_measured() {
+    assert_pairs("image-start-ready", &IMAGE_START_READY);
 }
 
 /// Start→ready through the runtime within 1.10× of the shim alone: the median of at

@@ -1,0 +1,167 @@
+//! Issue 20 point 4 through the runtime and the binary: `create`/`run IMAGE`.
+//!
+//! - A backend that cannot run images (`host`) refuses an image box at create, naming
+//!   the backends that can, before anything is written.
+//! - `create IMAGE` on libkrun pins the image (manifest, layers) with the box, builds
+//!   the image's root once (layers merged, whiteouts applied) and a later `start` hands
+//!   that root to the real shim as the read-only lower share (`configure_only`: nothing
+//!   boots here; the VM tier boots it).
+//! - A second box of the image shares the root: the home grows by the box's own files.
+//!
+//! Real parts: the real runtime and `boxsock` binary on temp homes, the real image store
+//! filled by `boxsock image import` of an OCI layout the test builds, the real libkrun shim.
+
+mod common;
+#[path = "../../core/image/tests/corpus/mod.rs"]
+mod corpus;
+
+use std::path::Path;
+use std::process::Command;
+
+use boxsock::boxsock_core::backend::BoxImage;
+use boxsock::{CreateOptions, Runtime, RuntimeError};
+use common::{Env, agent_and_shim_dir, run, text};
+use corpus::{Layer, Tar};
+use serde_json::Value;
+
+fn boxsock(env: &Env) -> Command {
+    common::boxsock_in(env, &agent_and_shim_dir())
+}
+
+const KRUN: [&str; 6] = [
+    "--backend",
+    "libkrun",
+    "--strategy",
+    "short-symlink",
+    "--backend-option",
+    "configure_only=true",
+];
+
+/// Import a two-layer image (the upper layer deletes `/etc/gone`) as `localhost/wh:1`
+/// into the home's image store; returns its manifest digest.
+fn import(env: &Env) -> String {
+    let d = tempfile::tempdir().unwrap();
+    let layers = vec![
+        Layer::gzip(Tar::new().file("etc/keep", b"keep").file("etc/gone", b"x").finish()),
+        Layer::zstd(Tar::new().whiteout("etc", "gone").file("etc/top", b"top").finish()),
+    ];
+    corpus::simple_layout(d.path(), &layers, "1");
+    let o = run(boxsock(env).args(["image", "import", "--name", "localhost/wh"]).arg(d.path()));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    text(&o.stdout).split_whitespace().next().unwrap().to_owned()
+}
+
+fn du(dir: &Path) -> u64 {
+    let o = Command::new("du").args(["-s", "-B1"]).arg(dir).output().unwrap();
+    text(&o.stdout).split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// The capability: `host` has no root of its own to switch to, so an image box is
+/// refused at create with `ImagesUnsupported` naming `libkrun`, and nothing is written.
+#[tokio::test]
+async fn a_backend_that_cannot_run_images_refuses_at_create_naming_those_that_can() {
+    let env = Env::new();
+    let (rt, _) = Runtime::open(&env.home, env.options()).await.unwrap();
+    let image = BoxImage::new(
+        "localhost/wh:1".into(),
+        format!("sha256:{}", "ab".repeat(32)),
+        vec![format!("sha256:{}", "cd".repeat(32))],
+    );
+    let e = rt
+        .create(CreateOptions::builder().strategy("direct").backend("host").image(image).build())
+        .await
+        .unwrap_err();
+    match &e {
+        RuntimeError::ImagesUnsupported { backend, capable } => {
+            assert_eq!(backend, "host");
+            assert!(capable.iter().any(|c| c == "libkrun"), "{capable:?}");
+        }
+        other => panic!("expected ImagesUnsupported, got {other}"),
+    }
+    assert!(e.to_string().contains("libkrun"), "{e}");
+    // An image and a root filesystem together: refused whatever the backend.
+    let image = BoxImage::new(
+        "localhost/wh:1".into(),
+        format!("sha256:{}", "ab".repeat(32)),
+        vec![format!("sha256:{}", "cd".repeat(32))],
+    );
+    let both = CreateOptions::builder()
+        .strategy("short-symlink")
+        .backend("libkrun")
+        .image(image.clone())
+        .rootfs("/")
+        .build();
+    assert!(matches!(rt.create(both).await, Err(RuntimeError::ImageAndRootfs)));
+    // An image whose root the store never built: refused, naming the path.
+    let unbuilt =
+        CreateOptions::builder().strategy("short-symlink").backend("libkrun").image(image);
+    let e = rt.create(unbuilt.build()).await.unwrap_err();
+    assert!(matches!(&e, RuntimeError::BadImage { .. }), "{e}");
+    assert!(e.to_string().contains("images/roots/"), "{e}");
+    assert!(env.box_dirs().is_empty());
+    assert!(rt.list().unwrap().boxes.is_empty());
+    assert!(!env.home.join("images").exists(), "nothing made for the image");
+}
+
+/// The binary: `run IMAGE` on host says the same (exit 125); an IMAGE with `--rootfs`
+/// is refused; a missing image says how to get it.
+#[test]
+fn the_cli_refuses_clearly() {
+    let env = Env::new();
+    import(&env);
+    let o = run(boxsock(&env).args(["--backend", "host", "run", "--rm", "localhost/wh:1"]));
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("cannot run an image"), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("libkrun"), "{}", text(&o.stderr));
+    let o = run(boxsock(&env).args(KRUN).args(["create", "--rootfs", "/", "localhost/wh:1"]));
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("not both"), "{}", text(&o.stderr));
+    let o = run(boxsock(&env).args(KRUN).args(["create", "localhost/nope:2"]));
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("boxsock pull") && err.contains("boxsock image import"), "{err}");
+    assert!(env.box_dirs().is_empty());
+}
+
+/// `create IMAGE` pins the image and `start` hands its root to the shim as the
+/// read-only lower layer; the root has the whiteout applied; a second box of the image
+/// reuses the root, and the home grows only by the box's own files.
+#[test]
+fn create_image_pins_it_and_start_shares_its_root() {
+    let env = Env::new();
+    let manifest = import(&env);
+    let o = run(boxsock(&env).args(KRUN).args(["create", "-e", "A=1", "localhost/wh:1"]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let id = text(&o.stdout).trim().to_owned();
+    let info: Value =
+        serde_json::from_slice(&run(boxsock(&env).args(["inspect", "--json", &id])).stdout)
+            .unwrap();
+    let image = &info["settings"]["image"];
+    assert_eq!(image["manifest"], manifest.as_str(), "{info}");
+    assert_eq!(image["reference"], "localhost/wh:1", "{info}");
+    assert_eq!(image["layers"].as_array().unwrap().len(), 2, "{info}");
+    let root = env.home.join("images/roots").join(&manifest["sha256:".len()..]).join("root");
+    assert_eq!(corpus::tree(&root), ["etc", "etc/keep", "etc/top"]);
+
+    let o = run(boxsock(&env).args(KRUN).args(["--ready-timeout", "600", "start", &id]));
+    assert_eq!(o.status.code(), Some(125), "configure_only never reports ready");
+    let spec: Value = serde_json::from_str(
+        &std::fs::read_to_string(env.home.join("boxes").join(&id).join("shim-spec.json")).unwrap(),
+    )
+    .unwrap();
+    let lower = spec["shares"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(lower["host_path"], root.display().to_string(), "{spec}");
+    assert_eq!(lower["read_only"], true);
+    assert!(
+        spec["env"].as_array().unwrap().iter().any(|kv| kv[0] == "A" && kv[1] == "1"),
+        "the image's Env with -e applied is the box's: {spec}"
+    );
+
+    let before = du(&env.home);
+    let o = run(boxsock(&env).args(KRUN).args(["create", "localhost/wh:1"]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let growth = du(&env.home) - before;
+    // The box's directory, its row and its layer: far below the image's root.
+    assert!(growth < 256 * 1024, "the second box grew the home by {growth} bytes");
+    eprintln!("second box of the image: the home grew by {growth} bytes");
+}
