@@ -490,7 +490,7 @@ pub const IMAGE_START_READY: RatioLimit = RatioLimit {
     subject: "`boxsock start` of a box created from an image (`create IMAGE`)",
     floor: "`boxsock start` of a box created with `--rootfs` the image's root; both timed from \
             spawn to exit",
-    min_pairs: 10,
+    min_pairs: 20,
     limit: 1.05,
 };
 
