@@ -375,6 +375,13 @@ pub const TARGETS: &[Target] = &[
         "floor-raw-agent-round-trip",
         1.2,
     ),
+    // Issue 20: a pull from a local registry against the field's tools, same image.
+    ratio(
+        "pull + unpack of a ~100 MB image vs skopeo copy + umoci unpack",
+        "image/pull-unpack/100MB",
+        "floor-skopeo-copy-umoci-unpack",
+        1.0,
+    ),
     Target {
         what: "host backend: create→ready→exec→remove, p50",
         numerator: "runtime/host-short-symlink/one",

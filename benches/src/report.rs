@@ -1042,7 +1042,7 @@ mod tests {
             s["targets"]
         );
         assert!(
-            s["targets"].contains("0 of 14 targets met, 1 missed, 13 not run."),
+            s["targets"].contains("0 of 15 targets met, 1 missed, 14 not run."),
             "{}",
             s["targets"]
         );

@@ -1,7 +1,8 @@
 //! The registry harness the pull tests share (`tests/pull.rs` here, and the CLI's
-//! `cli/tests/images.rs` through `#[path]`): Debian's `docker-registry` (distribution
-//! 2.8) on 127.0.0.1:<free port>, its storage in a temporary directory, plain, behind
-//! htpasswd (basic) auth or behind a token realm; filled by `skopeo copy`.
+//! `cli/tests/images.rs` and the pull bench `benches/benches/image.rs` through
+//! `#[path]`): Debian's `docker-registry` (distribution 2.8) on 127.0.0.1:<free port>,
+//! its storage in a temporary directory, plain, behind htpasswd (basic) auth or behind a
+//! token realm; filled by `skopeo copy`.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
