@@ -111,20 +111,36 @@ fn only_the_published_crates_are_publishable() {
 /// `boxsock-krun-shim` as the packages build them (default features: no crash hook,
 /// no example strategy); any later cargo build of them, `dev::built_binaries`
 /// included, even a fresh one, links the test build's back.
+///
+/// The verification builds the packages from `<target-dir>/package/tmp-registry`, which
+/// cargo unpacks into `$CARGO_HOME/registry/src/-<hash of that path>/` and *reuses* for
+/// as long as that directory exists: every version here is 0.1.0, so a cargo home that
+/// outlives a checkout at the same path (CI's does) verifies this commit's crates
+/// against an older commit's sources. The project's CI failed that way (boxsock-abstract
+/// against a boxsock-core without `atomic`). So the target directory is named through a
+/// fresh symbolic link: a new registry path, a fresh unpack, the same build artifacts;
+/// the unpacked sources are removed afterwards.
 #[test]
 fn every_publishable_crate_packages_and_compiles_offline() {
     let Some(mut c) = cargo() else { return };
     let packages = workspace_packages();
     let publishable: Vec<&str> =
         packages.iter().filter(|(_, p)| *p).map(|(n, _)| n.as_str()).collect();
-    c.args(["package", "--offline", "--allow-dirty", "--target-dir"]).arg(target_dir());
+    let alias = tempfile::tempdir().unwrap();
+    let target = alias.path().join("target");
+    std::os::unix::fs::symlink(target_dir(), &target).unwrap();
+    // -v: the compiler lines name the directory the packages were unpacked into.
+    c.args(["package", "--offline", "--allow-dirty", "-v", "--target-dir"]).arg(&target);
     for p in &publishable {
         c.args(["-p", p]);
     }
     let started = std::time::Instant::now();
     let o = c.output().expect("cargo package runs");
     let log = text(&o);
+    let unpacked = Unpacked::named_in(&log);
     assert!(o.status.success(), "{c:?}: {}\n{log}", o.status);
+    // Every package compiled from the fresh unpack, not from one a run before left.
+    assert_eq!(unpacked.0.len(), 1, "unpacked into none or several directories:\n{log}");
     // What the verification cost, for CI's time budget (shown with --nocapture).
     let compiled = log.lines().filter(|l| l.trim_start().starts_with("Compiling ")).count();
     eprintln!(
@@ -278,4 +294,42 @@ fn cargo_install_gives_a_working_boxsock_with_its_helpers() {
         "installed\n"
     );
     ok(boxsock(&bin.join("boxsock")).args(["rm", "-f", &id]));
+}
+
+/// The directories under `$CARGO_HOME/registry/src/` that a verbose `cargo package` log
+/// names as holding this workspace's unpacked packages; removed on drop. Only a
+/// directory that holds nothing but `boxsock*` packages is removed: the fresh registry
+/// path makes it this run's own (see the test above).
+struct Unpacked(Vec<PathBuf>);
+
+impl Unpacked {
+    fn named_in(log: &str) -> Unpacked {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for word in log.split([' ', '`', '\'', '"']) {
+            let Some(at) = word.find("/registry/src/-") else { continue };
+            let rest = &word[at + "/registry/src/".len()..];
+            let Some(slash) = rest.find('/') else { continue };
+            if !rest[slash + 1..].starts_with("boxsock") {
+                continue;
+            }
+            let dir = PathBuf::from(&word[..at + "/registry/src/".len() + slash]);
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        Unpacked(dirs)
+    }
+}
+
+impl Drop for Unpacked {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            let ours =
+                entries.flatten().all(|e| e.file_name().to_string_lossy().starts_with("boxsock"));
+            if ours {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
 }
