@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use boxsock::{ByteSize, PortMapping, Volume};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{Failure, exit, lifeline};
@@ -63,11 +64,27 @@ pub(crate) struct BoxArgs {
     #[arg(long, value_name = "DIR")]
     pub(crate) rootfs: Option<PathBuf>,
     /// Virtual CPUs (libkrun).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    #[arg(long = "cpus", visible_alias = "vcpus", value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
     pub(crate) vcpus: Option<u8>,
     /// Guest memory in MiB (libkrun; at least 64).
-    #[arg(long = "ram-mib", value_name = "MIB", value_parser = clap::value_parser!(u32).range(64..))]
+    #[arg(long = "ram-mib", value_name = "MIB", value_parser = clap::value_parser!(u32).range(64..), conflicts_with = "memory")]
     pub(crate) ram_mib: Option<u32>,
+    /// Guest memory: a size such as 512m or 2g (libkrun; at least 64m).
+    #[arg(long, value_name = "SIZE")]
+    pub(crate) memory: Option<ByteSize>,
+    /// Show a host directory to the box at a guest path, read-only with `:ro`
+    /// (repeatable). Both paths absolute; the directory must exist.
+    #[arg(short = 'v', long = "volume", value_name = "HOST_DIR:GUEST_PATH[:ro]")]
+    pub(crate) volumes: Vec<Volume>,
+    /// Publish a box port on the host (repeatable). Bound on 127.0.0.1 unless a host
+    /// address is given (docker binds 0.0.0.0: here a box serves other machines only
+    /// when asked to).
+    #[arg(short = 'p', long = "publish", value_name = "[HOST_IP:]HOST_PORT:BOX_PORT[/tcp|/udp]")]
+    pub(crate) ports: Vec<PortMapping>,
+    /// The size of the box's persistent writable disk (libkrun), such as 2g; the disk
+    /// is sparse: only what the box writes takes space.
+    #[arg(long = "disk-size", value_name = "SIZE")]
+    pub(crate) disk_size: Option<ByteSize>,
 }
 
 /// The image a new box runs, and docker's overrides of its config (`-e` and `-w` are

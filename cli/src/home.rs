@@ -163,6 +163,18 @@ impl Global {
         if let Some(m) = settings.ram_mib {
             b = b.ram_mib(m);
         }
+        if let Some(m) = settings.memory {
+            b = b.memory(m);
+        }
+        for v in &settings.volumes {
+            b = b.volume(v.clone());
+        }
+        for p in &settings.ports {
+            b = b.port(*p);
+        }
+        if let Some(d) = settings.disk_size {
+            b = b.disk_size(d);
+        }
         if let Some(i) = image {
             b = b.image(i);
         }

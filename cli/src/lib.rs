@@ -21,6 +21,7 @@ pub use boxsock_core;
 pub use boxsock_core::backend::{Availability, BackendConfig, BoxSettings, Isolation};
 pub use boxsock_core::registry::Named;
 pub use boxsock_core::registry::{BackendRegistration, Registry, StrategyRegistration};
+pub use boxsock_core::settings::{ByteSize, PortMapping, Protocol, SettingError, Volume};
 pub use boxsock_core::{BindingError, BoxId, BoxLayout, SocketAddress, StrategyConfig};
 pub use boxsock_image;
 pub use boxsock_runtime;

@@ -199,3 +199,71 @@ fn walk(root: &std::path::Path) -> Vec<(PathBuf, u64, i64)> {
     v.sort();
     v
 }
+
+/// Issue 21's typed settings at the command line: malformed volumes, ports and sizes
+/// are refused by the parser naming the input and what was expected; a missing or
+/// relative host directory, a guest path that is not absolute and two volumes on one
+/// guest path are refused at create, before anything is written; a backend that cannot
+/// honour a setting names it. `--cpus` and `--memory 512m` are stored as the box's
+/// vCPUs and MiB.
+#[test]
+fn volumes_ports_and_sizes_are_checked_at_create_before_anything_is_written() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let host = ["--backend", "host", "--strategy", "direct"];
+    let krun = [
+        "--backend",
+        "libkrun",
+        "--strategy",
+        "short-symlink",
+        "--backend-option",
+        "configure_only=true",
+    ];
+    let refused = |args: &[&str], says: &[&str]| {
+        let o = run(boxsock(&env).args(args));
+        let err = text(&o.stderr);
+        assert!(!o.status.success(), "{args:?} was accepted: {}", text(&o.stdout));
+        for s in says {
+            assert!(err.contains(s), "{args:?}: {s:?} not in {err}");
+        }
+        assert!(env.box_dirs().is_empty(), "{args:?} left a box");
+    };
+    let d = data.to_str().unwrap();
+    let missing = format!("{}/missing:/data", dir.path().display());
+    let as_file = format!("{}:/data", file.display());
+    let twice_a = format!("{d}:/data");
+    let twice_b = format!("{d}:/data:ro");
+    let relative_guest = format!("{d}:data");
+    for (args, says) in [
+        (vec!["create", "-v", "data:/data"], vec!["volume", "not an absolute path"]),
+        (vec!["create", "-v", &relative_guest], vec!["guest path", "not an absolute path"]),
+        (vec!["create", "-v", &missing], vec!["volume", "missing", "cannot be used"]),
+        (vec!["create", "-v", &as_file], vec!["volume", "not a directory"]),
+        (vec!["create", "-v", &twice_a, "-v", &twice_b], vec!["one volume per guest path"]),
+        (vec!["create", "-p", "80"], vec!["publish", "expected"]),
+        (vec!["create", "-p", "8080:80/sctp"], vec!["protocol"]),
+        (vec!["create", "-p", "8080:80", "-p", "8080:81"], vec!["published twice"]),
+        (vec!["create", "--memory", "12q"], vec!["unit"]),
+        (vec!["create", "--disk-size", "lots"], vec!["size"]),
+    ] {
+        refused(&[&krun[..], &args[..]].concat(), &says);
+    }
+    // The host backend honours none of them and names each.
+    refused(
+        &[&host[..], &["create", "-v", &twice_a, "-p", "8080:80", "--memory", "1g"][..]].concat(),
+        &["\"host\"", "volumes", "ports", "ram_mib"],
+    );
+
+    let o = run(boxsock(&env).args(krun).args(["create", "--cpus", "2", "--memory", "512m"]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let id = text(&o.stdout).trim().to_owned();
+    let info: Value =
+        serde_json::from_slice(&run(boxsock(&env).args(["inspect", "--json", &id])).stdout)
+            .unwrap();
+    let s = &info["settings"];
+    assert_eq!((s["vcpus"].as_u64(), s["ram_mib"].as_u64()), (Some(2), Some(512)), "{info}");
+}

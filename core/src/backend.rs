@@ -19,6 +19,7 @@ use crate::error::BindingError;
 use crate::id::BoxId;
 use crate::layout::BoxLayout;
 pub use crate::process::OwnedProcess;
+pub use crate::settings::{ByteSize, PortMapping, Protocol, Volume};
 use crate::spawn::SpawnError;
 
 /// Configuration every backend is built from. Backends ignore what they do not use.
@@ -119,6 +120,17 @@ pub struct BoxSettings {
     /// layers even if the tag has moved. Exclusive with `rootfs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<BoxImage>,
+    /// Host directories shown to the box (`-v`), host paths canonical: at most one per
+    /// guest path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    /// Box ports published on the host (`-p`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
+    /// The size of the box's persistent writable layer where it is a disk image
+    /// (libkrun); `None` is the backend's stated default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_size: Option<ByteSize>,
 }
 
 /// The image a box was created from, as stored with the box (`$.settings.image` in the
@@ -149,7 +161,8 @@ impl BoxSettings {
         *self == BoxSettings::default()
     }
 
-    /// The names of the settings that are set (`vcpus`, `ram_mib`, `rootfs`), for
+    /// The names of the settings that are set (`vcpus`, `ram_mib`, `rootfs`, `image`,
+    /// `volumes`, `ports`, `disk_size`), for
     /// messages of backends that support none of them.
     pub fn set_names(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
@@ -164,6 +177,15 @@ impl BoxSettings {
         }
         if self.image.is_some() {
             v.push("image");
+        }
+        if !self.volumes.is_empty() {
+            v.push("volumes");
+        }
+        if !self.ports.is_empty() {
+            v.push("ports");
+        }
+        if self.disk_size.is_some() {
+            v.push("disk_size");
         }
         v
     }

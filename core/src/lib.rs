@@ -44,6 +44,7 @@ pub mod peer;
 pub mod process;
 pub mod proto;
 pub mod registry;
+pub mod settings;
 pub mod sockdir;
 pub mod spawn;
 pub mod trust;

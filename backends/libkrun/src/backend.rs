@@ -596,6 +596,24 @@ impl Backend for Libkrun {
                 }
             }
         }
+        // Issue 21 brings these to libkrun; until each is wired through the shim and
+        // the agent, refuse it rather than create a box that silently lacks it.
+        let mut pending = Vec::new();
+        if !settings.volumes.is_empty() {
+            pending.push("volumes");
+        }
+        if !settings.ports.is_empty() {
+            pending.push("ports");
+        }
+        if settings.disk_size.is_some() {
+            pending.push("disk_size");
+        }
+        if !pending.is_empty() {
+            return Err(BackendError::Unsupported {
+                backend: NAME.into(),
+                settings: pending.join(", "),
+            });
+        }
         Ok(())
     }
 

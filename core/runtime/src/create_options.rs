@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 
-use boxsock_core::backend::{BoxImage, BoxSettings};
+use boxsock_core::backend::{BoxImage, BoxSettings, ByteSize, PortMapping, Volume};
 use boxsock_core::id::BoxId;
 use boxsock_core::registry::Named;
 
@@ -148,6 +148,37 @@ impl CreateOptionsBuilder {
         self
     }
 
+    /// Virtual CPUs (stored with the box): `--cpus`, the same as [`Self::vcpus`].
+    pub fn cpus(self, n: u8) -> Self {
+        self.vcpus(n)
+    }
+
+    /// Guest memory (stored with the box in whole MiB, rounded up): `--memory 512m`.
+    pub fn memory(mut self, size: ByteSize) -> Self {
+        self.opts.settings.ram_mib = Some(u32::try_from(size.mib_ceil()).unwrap_or(u32::MAX));
+        self
+    }
+
+    /// Show a host directory to the box (repeatable; stored with the box, the host
+    /// directory canonicalised at create, which refuses a missing one and two volumes
+    /// on one guest path).
+    pub fn volume(mut self, volume: Volume) -> Self {
+        self.opts.settings.volumes.push(volume);
+        self
+    }
+
+    /// Publish a box port on the host (repeatable; stored with the box).
+    pub fn port(mut self, port: PortMapping) -> Self {
+        self.opts.settings.ports.push(port);
+        self
+    }
+
+    /// The size of the box's persistent writable layer where it is a disk image.
+    pub fn disk_size(mut self, size: ByteSize) -> Self {
+        self.opts.settings.disk_size = Some(size);
+        self
+    }
+
     /// Boot the box from this root filesystem directory (stored with the box after
     /// canonicalisation; never modified; writes in the box stay in the box).
     pub fn rootfs(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -202,6 +233,28 @@ pub(crate) fn canonical_settings(
             )));
         }
         settings.rootfs = Some(canonical);
+    }
+    boxsock_core::settings::check_volumes_and_ports(&settings.volumes, &settings.ports)?;
+    for v in &mut settings.volumes {
+        let bad = |reason: String| boxsock_core::settings::SettingError {
+            setting: "volume",
+            input: boxsock_core::echo::echo(&v.to_string()).to_string(),
+            reason,
+        };
+        let canonical = std::fs::canonicalize(&v.host).map_err(|e| {
+            bad(format!(
+                "the host directory {} cannot be used: {e}",
+                boxsock_core::echo::path(&v.host)
+            ))
+        })?;
+        if !std::fs::metadata(&canonical).is_ok_and(|m| m.is_dir()) {
+            return Err(bad(format!(
+                "the host path {} is not a directory",
+                boxsock_core::echo::path(&canonical)
+            ))
+            .into());
+        }
+        v.host = canonical;
     }
     Ok(settings)
 }

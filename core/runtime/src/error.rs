@@ -77,6 +77,11 @@ pub enum RuntimeError {
         /// `strategy` or `backend`.
         what: &'static str,
     },
+    /// A volume, port or size asked for at create is malformed, a volume's host
+    /// directory is missing or not a directory, or two volumes share a guest path;
+    /// nothing was written.
+    #[error(transparent)]
+    BadSetting(#[from] boxsock_core::settings::SettingError),
     /// The root filesystem asked for at create is not a usable directory.
     #[error("root filesystem {}: {reason}", boxsock_core::echo::path(path))]
     BadRootfs {
