@@ -59,6 +59,9 @@ pub enum Isolation {
     None,
     /// A hardware-virtualised guest.
     Vm,
+    /// Linux namespaces, a root of its own, cut capabilities, seccomp and Landlock:
+    /// the host's kernel is shared (`sandbox`; decision 0021).
+    Namespaces,
 }
 
 /// How a box's process tells the runtime it is ready.

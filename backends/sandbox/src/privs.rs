@@ -1,0 +1,125 @@
+//! The box's privileges: capabilities cut to docker's default set (all five sets),
+//! `no_new_privs`, and (later steps) seccomp and Landlock. Built before the fork,
+//! applied in the child with raw system calls ([`Privileges::apply`]).
+
+use std::io;
+
+use crate::child::fail;
+
+/// Docker's default capabilities (moby `oci/caps/defaults.go`), by number.
+pub const DOCKER_DEFAULT: &[(u32, &str)] = &[
+    (0, "CAP_CHOWN"),
+    (1, "CAP_DAC_OVERRIDE"),
+    (3, "CAP_FOWNER"),
+    (4, "CAP_FSETID"),
+    (5, "CAP_KILL"),
+    (6, "CAP_SETGID"),
+    (7, "CAP_SETUID"),
+    (8, "CAP_SETPCAP"),
+    (10, "CAP_NET_BIND_SERVICE"),
+    (13, "CAP_NET_RAW"),
+    (18, "CAP_SYS_CHROOT"),
+    (27, "CAP_MKNOD"),
+    (29, "CAP_AUDIT_WRITE"),
+    (31, "CAP_SETFCAP"),
+];
+
+/// `CAP_NET_RAW`: kept only for a box with a network (a box without one has only
+/// `lo`; raw sockets there serve nothing but probing the kernel).
+pub const CAP_NET_RAW: u32 = 13;
+
+/// The box's privileges, ready to apply.
+#[derive(Debug, Clone)]
+pub struct Privileges {
+    /// Capability numbers kept (a bit mask over 64 capabilities).
+    keep: u64,
+    /// The kernel's highest capability number (`/proc/sys/kernel/cap_last_cap`).
+    last_cap: u32,
+}
+
+impl Privileges {
+    /// Docker's default set; without `network`, less `CAP_NET_RAW`.
+    pub fn docker_default(network: bool) -> Privileges {
+        let mut keep = 0u64;
+        for &(n, _) in DOCKER_DEFAULT {
+            if n != CAP_NET_RAW || network {
+                keep |= 1 << n;
+            }
+        }
+        let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40);
+        Privileges { keep, last_cap }
+    }
+
+    /// The capability numbers kept.
+    pub fn kept(&self) -> Vec<u32> {
+        (0..64).filter(|n| self.keep & (1 << n) != 0).collect()
+    }
+
+    /// In the child: drop every other capability from the bounding set, clear the
+    /// ambient set, set effective = permitted = inheritable = the kept set, then
+    /// `no_new_privs`.
+    pub fn apply(&self) -> io::Result<()> {
+        for cap in 0..=self.last_cap.min(63) {
+            if self.keep & (1 << cap) != 0 {
+                continue;
+            }
+            // SAFETY: prctl(2) with integer arguments.
+            let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+            if r == -1 && errno() != libc::EINVAL {
+                return Err(fail("drop a capability from the bounding set"));
+            }
+        }
+        // SAFETY: prctl(2) with integer arguments.
+        let r = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        };
+        if r == -1 {
+            return Err(fail("clear the ambient capabilities"));
+        }
+        let header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+        let lo = self.keep as u32;
+        let hi = (self.keep >> 32) as u32;
+        let data = [
+            CapData { effective: lo, permitted: lo, inheritable: lo },
+            CapData { effective: hi, permitted: hi, inheritable: hi },
+        ];
+        // SAFETY: capset(2) with a v3 header and its two data words, both ours.
+        let r = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+        if r == -1 {
+            return Err(fail("set the capabilities"));
+        }
+        // SAFETY: prctl(2) with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == -1 {
+            return Err(fail("set no_new_privs"));
+        }
+        Ok(())
+    }
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
