@@ -31,6 +31,7 @@
 pub mod base;
 pub mod child;
 pub mod privs;
+pub mod seccomp;
 
 use std::fs::{self, File};
 use std::os::fd::{AsFd, AsRawFd};
@@ -300,8 +301,9 @@ impl Backend for SandboxBackend {
             merged: &merged,
             base: &base.dir,
         };
-        let plan =
-            child::Plan::new(&dirs, spec.id.as_str(), privs::Privileges::docker_default(false));
+        let privileges = privs::Privileges::docker_default(false)
+            .map_err(|e| self.spec_error(format!("box {}: {e}", spec.id)))?;
+        let plan = child::Plan::new(&dirs, spec.id.as_str(), privileges);
 
         let in_box = |name: &str| format!("{}/{name}", base::BOX_DIR);
         let mut cmd = if base.dynamic {

@@ -1,5 +1,5 @@
 //! The box's privileges: capabilities cut to docker's default set (all five sets),
-//! `no_new_privs`, and (later steps) seccomp and Landlock. Built before the fork,
+//! `no_new_privs`, docker's default seccomp profile ([`crate::seccomp`]). Built before the fork,
 //! applied in the child with raw system calls ([`Privileges::apply`]).
 
 use std::io;
@@ -31,6 +31,8 @@ pub const CAP_NET_RAW: u32 = 13;
 /// The box's privileges, ready to apply.
 #[derive(Debug, Clone)]
 pub struct Privileges {
+    /// The seccomp programs, applied in order after `no_new_privs`.
+    seccomp: Vec<seccompiler::BpfProgram>,
     /// Capability numbers kept (a bit mask over 64 capabilities).
     keep: u64,
     /// The kernel's highest capability number (`/proc/sys/kernel/cap_last_cap`).
@@ -38,8 +40,9 @@ pub struct Privileges {
 }
 
 impl Privileges {
-    /// Docker's default set; without `network`, less `CAP_NET_RAW`.
-    pub fn docker_default(network: bool) -> Privileges {
+    /// Docker's default set (without `network`, less `CAP_NET_RAW`) and its default
+    /// seccomp profile.
+    pub fn docker_default(network: bool) -> Result<Privileges, crate::seccomp::FilterError> {
         let mut keep = 0u64;
         for &(n, _) in DOCKER_DEFAULT {
             if n != CAP_NET_RAW || network {
@@ -50,7 +53,8 @@ impl Privileges {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(40);
-        Privileges { keep, last_cap }
+        let seccomp = crate::seccomp::programs()?.into();
+        Ok(Privileges { seccomp, keep, last_cap })
     }
 
     /// The capability numbers kept.
@@ -60,7 +64,7 @@ impl Privileges {
 
     /// In the child: drop every other capability from the bounding set, clear the
     /// ambient set, set effective = permitted = inheritable = the kept set, then
-    /// `no_new_privs`.
+    /// `no_new_privs`, then the seccomp filters.
     pub fn apply(&self) -> io::Result<()> {
         for cap in 0..=self.last_cap.min(63) {
             if self.keep & (1 << cap) != 0 {
@@ -100,6 +104,11 @@ impl Privileges {
         // SAFETY: prctl(2) with integer arguments.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == -1 {
             return Err(fail("set no_new_privs"));
+        }
+        for program in &self.seccomp {
+            if seccompiler::apply_filter(program).is_err() {
+                return Err(fail("install the seccomp filter"));
+            }
         }
         Ok(())
     }

@@ -1,0 +1,290 @@
+//! Escape attempts from a real `sandbox` box (a busybox root), each beside its positive
+//! control in the same run: the same action on the `host` backend (or a naive bind
+//! mount) succeeds, so a refusal in the box is the sandbox's doing, not a broken test.
+//! As root (CI and the build machines are root); the backend is unavailable otherwise.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use boxsock_core::backend::BackendConfig;
+use boxsock_core::binding::StrategyConfig;
+use boxsock_core::registry::Registry;
+use boxsock_runtime::{CreateOptions, Output, Runtime, RuntimeOptions};
+
+const APPLETS: &[&str] = &[
+    "sh",
+    "cat",
+    "echo",
+    "ls",
+    "mount",
+    "umount",
+    "kill",
+    "unshare",
+    "grep",
+    "hostname",
+    "insmod",
+    "ping",
+    "pivot_root",
+    "mkdir",
+    "touch",
+    "id",
+    "head",
+    "wc",
+    "tr",
+];
+
+struct Env {
+    tmp: tempfile::TempDir,
+    home: PathBuf,
+    root: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        assert!(nix::unistd::geteuid().is_root(), "the sandbox escape tests run as root");
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        let root = tmp.path().join("roots/busybox");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        for a in APPLETS {
+            symlink("busybox", root.join("bin").join(a)).unwrap();
+        }
+        std::fs::create_dir_all(tmp.path().join("links")).unwrap();
+        Env { tmp, home, root }
+    }
+
+    async fn runtime(&self) -> Runtime {
+        let helper_dir = boxsock_host::dev::built_binaries(&["boxsock-agent"]);
+        let backends = Registry::from_entries(
+            "backend",
+            [&boxsock_sandbox::REGISTRATION, &boxsock_host::REGISTRATION],
+        );
+        let strategies = Registry::from_entries("strategy", [&boxsock_short_symlink::REGISTRATION]);
+        let mut o = RuntimeOptions::new(strategies, backends);
+        o.strategy_config =
+            StrategyConfig { base_dir: self.tmp.path().join("links"), ..StrategyConfig::default() };
+        o.backend_config = BackendConfig { helper_dir: Some(helper_dir), ..Default::default() };
+        Runtime::open(&self.home, o).await.unwrap().0
+    }
+}
+
+async fn boxed(rt: &Runtime, env: &Env) -> String {
+    let opts = CreateOptions::builder()
+        .strategy("short-symlink")
+        .backend("sandbox")
+        .rootfs(&env.root)
+        .build();
+    let rec = rt.create(opts).await.unwrap();
+    rt.start(rec.id.as_str()).await.unwrap();
+    rec.id.as_str().to_owned()
+}
+
+async fn host_box(rt: &Runtime) -> String {
+    let opts = CreateOptions::builder().strategy("short-symlink").backend("host").build();
+    let rec = rt.create(opts).await.unwrap();
+    rt.start(rec.id.as_str()).await.unwrap();
+    rec.id.as_str().to_owned()
+}
+
+async fn sh(rt: &Runtime, id: &str, script: &str) -> Output {
+    rt.command(id, "/bin/sh").args(["-c", script]).output().await.unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn show(o: &Output) -> String {
+    format!("{:?}: stdout {:?} stderr {:?}", o.status, text(&o.stdout), text(&o.stderr))
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        v.push(e.path());
+        if e.file_type().unwrap().is_dir() {
+            v.extend(walk(&e.path()));
+        }
+    }
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_box_runs_in_its_own_root_and_its_writes_persist_in_its_own_layer() {
+    let env = Env::new();
+    let rt = env.runtime().await;
+    let before = walk(&env.root);
+    let id = boxed(&rt, &env).await;
+    let o = sh(&rt, &id, "echo hi > /made-in-box && cat /made-in-box && hostname && echo $$").await;
+    assert!(o.status.success(), "{}", show(&o));
+    let out = text(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "hi");
+    assert_eq!(lines[1], id, "the box's hostname is its id");
+    let o = sh(&rt, &id, "cat /proc/1/cmdline | tr '\\0' ' '").await;
+    assert!(text(&o.stdout).contains("boxsock-agent"), "PID 1 is the agent: {}", show(&o));
+    assert_eq!(walk(&env.root), before, "the --rootfs directory was written");
+    rt.stop(&id, None).await.unwrap();
+    rt.start(&id).await.unwrap();
+    let o = sh(&rt, &id, "cat /made-in-box").await;
+    assert_eq!(text(&o.stdout), "hi\n", "a write survives stop and start: {}", show(&o));
+    rt.remove(&id, true).await.unwrap();
+    assert!(!env.home.join("boxes").join(&id).exists(), "rm removes the box's layer");
+    assert_eq!(walk(&env.root), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_box_can_neither_see_nor_signal_host_pids_control_host_backend_can() {
+    let env = Env::new();
+    let rt = env.runtime().await;
+    let me = std::process::id();
+    let probe = format!("kill -0 {me} && echo signalled; ls /proc/{me} >/dev/null && echo seen");
+    let id = boxed(&rt, &env).await;
+    let host = host_box(&rt).await;
+    let control = sh(&rt, &host, &probe).await;
+    assert_eq!(text(&control.stdout), "signalled\nseen\n", "control: {}", show(&control));
+    let o = sh(&rt, &id, &probe).await;
+    assert_eq!(text(&o.stdout), "", "the box reached host pid {me}: {}", show(&o));
+    let o = sh(&rt, &id, "ls /proc | grep -c '^[0-9]'").await;
+    let n: u32 = text(&o.stdout).trim().parse().unwrap();
+    assert!(n <= 4, "the box sees {n} processes: only its own (agent, sh, ls, grep)");
+    for b in [&id, &host] {
+        rt.remove(b, true).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_box_cannot_write_its_rootfs_control_a_naive_bind_mount_can() {
+    let env = Env::new();
+    let rt = env.runtime().await;
+    let id = boxed(&rt, &env).await;
+    let o = sh(
+        &rt,
+        &id,
+        "echo x > /bin/planted; mount -o remount,rw / ; echo x > /bin/planted2; \
+         mkdir -p /m && mount --bind / /m && echo x > /m/bin/planted3; true",
+    )
+    .await;
+    for f in ["planted", "planted2", "planted3"] {
+        assert!(!env.root.join("bin").join(f).exists(), "{f} reached the rootfs: {}", show(&o));
+    }
+    // Control: the same root bound naively (read-write) into a mount namespace takes
+    // the write.
+    let mnt = env.tmp.path().join("naive");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let st = std::process::Command::new("unshare")
+        .arg("-m")
+        .arg("sh")
+        .arg("-c")
+        .arg(format!(
+            "mount --bind {} {} && echo x > {}/bin/planted",
+            env.root.display(),
+            mnt.display(),
+            mnt.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(env.root.join("bin/planted").exists(), "control: the naive bind did not write");
+    rt.remove(&id, true).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mount_unshare_and_pivot_root_are_refused_control_host_backend_allows() {
+    let env = Env::new();
+    let rt = env.runtime().await;
+    let id = boxed(&rt, &env).await;
+    let host = host_box(&rt).await;
+    let scratch = env.tmp.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let attempts = [
+        format!("mount -t tmpfs none {}", scratch.display()),
+        "unshare -m true".to_string(),
+        "umount -l /proc".to_string(),
+        "mkdir -p /n/old && pivot_root /n /n/old".to_string(),
+    ];
+    // Control: as a host process (root) the first two succeed.
+    for a in &attempts[..2] {
+        let o = sh(&rt, &host, &format!("unshare -m sh -c '{a}'")).await;
+        assert!(o.status.success(), "control {a}: {}", show(&o));
+    }
+    for a in &attempts {
+        let o = sh(&rt, &id, a).await;
+        assert!(!o.status.success(), "the box could {a}: {}", show(&o));
+    }
+    let o = sh(&rt, &id, "ls /proc/1 >/dev/null && echo still").await;
+    assert_eq!(text(&o.stdout), "still\n", "{}", show(&o));
+    for b in [&id, &host] {
+        rt.remove(b, true).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_file_outside_the_root_is_unreadable_control_host_backend_reads_it() {
+    let env = Env::new();
+    let rt = env.runtime().await;
+    let secret = env.tmp.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let id = boxed(&rt, &env).await;
+    let host = host_box(&rt).await;
+    let read = format!("cat {}; cat {}/boxsock.db", secret.display(), env.home.display());
+    let control = sh(&rt, &host, &read).await;
+    assert!(text(&control.stdout).starts_with("s3cret\n"), "control: {}", show(&control));
+    let o = sh(&rt, &id, &read).await;
+    assert!(!text(&o.stdout).contains("s3cret"), "the box read a host file: {}", show(&o));
+    assert!(o.stdout.is_empty(), "the box read the runtime's home: {}", show(&o));
+    for b in [&id, &host] {
+        rt.remove(b, true).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capabilities_are_docker_defaults_no_module_load_no_raw_socket_control_host() {
+    let env = Env::new();
+    let rt = env.runtime().await;
+    let id = boxed(&rt, &env).await;
+    let host = host_box(&rt).await;
+    // Docker's default set less CAP_NET_RAW (no network): bits 0 1 3 4 5 6 7 8 10 18 27
+    // 29 31.
+    let expected: u64 =
+        [0u32, 1, 3, 4, 5, 6, 7, 8, 10, 18, 27, 29, 31].iter().fold(0, |m, b| m | (1 << b));
+    let caps = "grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status; \
+                grep -E '^(NoNewPrivs|Seccomp)' /proc/self/status";
+    let o = sh(&rt, &id, caps).await;
+    let out = text(&o.stdout);
+    for set in ["CapPrm", "CapEff", "CapBnd"] {
+        assert!(
+            out.contains(&format!("{set}:\t{expected:016x}")),
+            "{set} is not docker's default: {out}"
+        );
+    }
+    assert!(out.contains("CapAmb:\t0000000000000000"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "no seccomp filter: {out}");
+    assert!(out.contains("Seccomp_filters:\t2"), "not both filters: {out}");
+    let control = sh(&rt, &host, caps).await;
+    let control = text(&control.stdout);
+    assert!(!control.contains(&format!("CapBnd:\t{expected:016x}")), "control: {control}");
+    assert!(control.contains("Seccomp:\t0"), "control: {control}");
+    // Loading a module (busybox itself as one): refused for lack of CAP_SYS_MODULE in
+    // the box; on the host the kernel gets as far as refusing its format.
+    let insmod = "insmod /bin/busybox";
+    let o = sh(&rt, &id, insmod).await;
+    assert!(text(&o.stderr).contains("not permitted"), "module load: {}", show(&o));
+    let control = sh(&rt, &host, "busybox insmod /bin/busybox").await;
+    assert!(
+        !control.status.success() && !text(&control.stderr).contains("not permitted"),
+        "control insmod: {}",
+        show(&control)
+    );
+    // A raw socket (busybox ping opens one): refused without --network.
+    let o = sh(&rt, &id, "ping -c 1 -W 1 127.0.0.1").await;
+    assert!(!o.status.success(), "ping in the box: {}", show(&o));
+    let control = sh(&rt, &host, "busybox ping -c 1 -W 1 127.0.0.1").await;
+    assert!(control.status.success(), "control ping: {}", show(&control));
+    for b in [&id, &host] {
+        rt.remove(b, true).await.unwrap();
+    }
+}
