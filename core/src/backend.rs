@@ -329,6 +329,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// The box has no process any more and is being removed: release what this backend
+    /// made for it outside the box directory (the sandbox's cgroups). Default: nothing.
+    /// Failures are the backend's to log; the removal goes on.
+    fn removing(&self, layout: &BoxLayout, id: &BoxId) {
+        let _ = (layout, id);
+    }
+
     /// Start the box's process, detached (own session; [`crate::spawn::Spawn`] does
     /// it). Returns once it is spawned, handing over the owned process and its
     /// companions; the runtime waits for readiness.

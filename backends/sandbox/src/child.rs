@@ -38,6 +38,8 @@ struct Mount {
 
 /// Everything the child needs, built before the fork.
 pub struct Plan {
+    /// `cgroup.procs` of the box's cgroups, open in the parent: the child joins each.
+    cgroup_procs: Vec<libc::c_int>,
     unshare: libc::c_int,
     /// Directories to create in the merged root before mounting (mode 0755).
     mkdirs: Vec<(CString, libc::mode_t)>,
@@ -75,7 +77,12 @@ pub fn overlay_unsafe(p: &Path) -> Option<char> {
 impl Plan {
     /// The plan for one box: `network` false leaves it a network namespace with only
     /// `lo`; `hostname` is the box's (its id, at most 64 bytes).
-    pub fn new(dirs: &Dirs<'_>, hostname: &str, privileges: Privileges) -> Plan {
+    pub fn new(
+        dirs: &Dirs<'_>,
+        hostname: &str,
+        privileges: Privileges,
+        cgroup_procs: Vec<libc::c_int>,
+    ) -> Plan {
         let m = |rel: &str| dirs.merged.join(rel);
         let ms = |rel: &str| cs(&m(rel));
         let nosuid = libc::MS_NOSUID | libc::MS_NODEV;
@@ -160,6 +167,7 @@ impl Plan {
         let mut hostname = hostname.as_bytes().to_vec();
         hostname.truncate(64);
         Plan {
+            cgroup_procs,
             unshare: libc::CLONE_NEWNS
                 | libc::CLONE_NEWUTS
                 | libc::CLONE_NEWIPC
@@ -200,6 +208,15 @@ impl Plan {
 
     /// Run in the child, between fork and exec. See the module documentation.
     pub fn run(&self) -> io::Result<()> {
+        // Join the box's cgroups before the cgroup namespace is made, so that the box
+        // sees its own cgroup as its root.
+        for &fd in &self.cgroup_procs {
+            // SAFETY: writes two bytes of a static buffer to a descriptor the parent
+            // opened before the fork.
+            if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+                return Err(fail("join the box's cgroup"));
+            }
+        }
         step(
             "unshare the namespaces",
             unsafe_call(|| {

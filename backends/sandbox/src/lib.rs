@@ -29,6 +29,7 @@
 //! ([`base`]), bound read-only at `/.boxsock`.
 
 pub mod base;
+pub mod cgroup;
 pub mod child;
 pub mod privs;
 pub mod seccomp;
@@ -61,6 +62,9 @@ pub const READY_FD: i32 = 4;
 
 /// The `agent` socket: bound by the runtime in the host's namespaces, handed over.
 pub const AGENT: SocketSpec = SocketSpec { binder: Binder::Handed, ..catalogue::AGENT };
+
+/// The least memory a box may be given (the agent alone needs a few MiB).
+pub const MIN_MEMORY_MIB: u32 = 16;
 
 /// The box's environment (the host's is never inherited).
 pub const BOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -108,6 +112,42 @@ impl SandboxBackend {
 
     fn spec_error(&self, reason: String) -> BackendError {
         BackendError::Spec { backend: NAME.into(), reason }
+    }
+
+    /// The box's pids limit: the `pids_max` option, or [`cgroup::DEFAULT_PIDS_MAX`].
+    fn pids_max(&self) -> Result<u64, BackendError> {
+        match self.config.options.get("pids_max") {
+            None => Ok(cgroup::DEFAULT_PIDS_MAX),
+            Some(v) => v.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                self.spec_error(format!("option pids_max={}: not a positive number", echo::echo(v)))
+            }),
+        }
+    }
+
+    /// The box's cgroups, made and limited; `None` only when the box asks for no
+    /// limit and no cgroup can be made here (the pids limit is then missing: logged).
+    fn cgroups(&self, spec: &LaunchSpec) -> Result<Option<cgroup::BoxCgroups>, BackendError> {
+        let limits = cgroup::Limits {
+            cpus: spec.settings.vcpus,
+            memory_mib: spec.settings.ram_mib,
+            pids_max: self.pids_max()?,
+        };
+        let asked = limits.cpus.is_some() || limits.memory_mib.is_some();
+        let home = spec.layout.home();
+        let made = cgroup::Hierarchy::detect().and_then(|h| {
+            h.check_writable()?;
+            let boxes = spec.layout.boxes_dir();
+            h.sweep(&cgroup::home_tag(home), |id| !boxes.join(id).exists());
+            cgroup::BoxCgroups::make(&h, &cgroup::cgroup_name(home, spec.id.as_str()), &limits)
+        });
+        match made {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if asked => Err(self.spec_error(format!("box {}: its limits: {e}", spec.id))),
+            Err(e) => {
+                tracing::warn!(box_id = %spec.id, error = %e, "no cgroup: the box runs without a pids limit");
+                Ok(None)
+            }
+        }
     }
 
     /// The read-only lower of the box's root.
@@ -211,21 +251,31 @@ impl Backend for SandboxBackend {
         Availability::Available
     }
 
-    /// `rootfs` (an existing directory) and `image`; CPU and memory limits are refused
-    /// until they are applied through cgroups, never ignored.
+    /// `rootfs` (an existing directory), `image`, and `vcpus` / `ram_mib` as cgroup
+    /// limits: refused, naming why, where no cgroup hierarchy this user may write
+    /// offers the controllers (never ignored).
     fn check_settings(&self, settings: &BoxSettings) -> Result<(), BackendError> {
-        let mut unsupported = Vec::new();
-        if settings.vcpus.is_some() {
-            unsupported.push("vcpus");
+        let bad =
+            |setting, reason| BackendError::BadSetting { backend: NAME.into(), setting, reason };
+        if settings.vcpus == Some(0) {
+            return Err(bad("vcpus", "0 CPUs: give at least 1".into()));
         }
-        if settings.ram_mib.is_some() {
-            unsupported.push("ram_mib");
+        if let Some(mib) = settings.ram_mib {
+            if mib < MIN_MEMORY_MIB {
+                return Err(bad(
+                    "ram_mib",
+                    format!("{mib} MiB is below the {MIN_MEMORY_MIB} MiB a box needs"),
+                ));
+            }
         }
-        if !unsupported.is_empty() {
-            return Err(BackendError::Unsupported {
-                backend: NAME.into(),
-                settings: unsupported.join(", "),
-            });
+        for (set, setting) in
+            [(settings.vcpus.is_some(), "vcpus"), (settings.ram_mib.is_some(), "ram_mib")]
+        {
+            if set {
+                cgroup::Hierarchy::detect()
+                    .and_then(|h| h.check_writable())
+                    .map_err(|e| bad(setting, format!("cannot be applied here: {e}")))?;
+            }
         }
         if let Some(rootfs) = &settings.rootfs {
             if !rootfs.is_dir() {
@@ -262,6 +312,14 @@ impl Backend for SandboxBackend {
                 echo::path(&layout.box_dir(id).join("sandbox"))
             ),
         })
+    }
+
+    /// Its cgroups go (the box has no tasks left); a later launch in the home sweeps
+    /// any a crash left.
+    fn removing(&self, layout: &BoxLayout, id: &BoxId) {
+        if let Ok(h) = cgroup::Hierarchy::detect() {
+            cgroup::remove(&h, &cgroup::cgroup_name(layout.home(), id.as_str()));
+        }
     }
 
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
@@ -303,7 +361,9 @@ impl Backend for SandboxBackend {
         };
         let privileges = privs::Privileges::docker_default(false)
             .map_err(|e| self.spec_error(format!("box {}: {e}", spec.id)))?;
-        let plan = child::Plan::new(&dirs, spec.id.as_str(), privileges);
+        let cgroups = self.cgroups(spec)?;
+        let procs = cgroups.as_ref().map(|c| c.raw_procs()).unwrap_or_default();
+        let plan = child::Plan::new(&dirs, spec.id.as_str(), privileges, procs);
 
         let in_box = |name: &str| format!("{}/{name}", base::BOX_DIR);
         let mut cmd = if base.dynamic {
@@ -347,6 +407,8 @@ impl Backend for SandboxBackend {
             })?;
             cmd.spawn().map_err(|e| BackendError::spawn(NAME, e))?
         };
+        // The child joined them; the runtime's descriptors go now.
+        drop(cgroups);
         tracing::info!(
             box_id = %spec.id,
             pid = process.pid(),
