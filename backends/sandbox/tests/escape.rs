@@ -268,6 +268,10 @@ async fn capabilities_are_docker_defaults_no_module_load_no_raw_socket_control_h
     let control = text(&control.stdout);
     assert!(!control.contains(&format!("CapBnd:\t{expected:016x}")), "control: {control}");
     assert!(control.contains("Seccomp:\t0"), "control: {control}");
+    let layout = boxsock_core::layout::BoxLayout::new(&env.home);
+    let log = layout.log_file(&boxsock_core::id::BoxId::parse(&id).unwrap());
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("boxsock-sandbox: landlock fully enforced"), "box log: {log}");
     // Loading a module (busybox itself as one): refused for lack of CAP_SYS_MODULE in
     // the box; on the host the kernel gets as far as refusing its format.
     let insmod = "insmod /bin/busybox";
