@@ -6,13 +6,13 @@
 //! commands use the box's own loader and libraries, and never see these through the
 //! environment.
 //!
-//! Built once per agent (content-addressed: SHA-256 of the agent's bytes) in a
+//! Built once per agent (keyed by the agent file's identity: device, inode, size, time) in a
 //! temporary directory renamed into place, so a base that exists is complete. The ELF
 //! walk (`PT_INTERP`, `DT_NEEDED` transitively, the cache-less loader's directories)
 //! reads program headers with the `object` crate, as libkrun's guest root does.
 
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -86,11 +86,13 @@ pub fn ensure(home: &Path, agent: &Path) -> Result<Base, BaseError> {
     fs::create_dir_all(&parent).map_err(io_err("create", &parent))?;
     let key = key(agent)?;
     let dir = parent.join(&key);
-    let agent_elf = Elf::read(agent)?;
-    let dynamic = agent_elf.interp.is_some();
     if dir.join(AGENT).is_file() {
+        // A complete base (it was renamed into place whole): a loader means dynamic.
+        let dynamic = dir.join(LOADER).is_file();
         return Ok(Base { dir, dynamic });
     }
+    let agent_elf = Elf::read(agent)?;
+    let dynamic = agent_elf.interp.is_some();
     let tmp = parent.join(format!(".tmp-{key}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     let built = fill(&tmp, agent, &agent_elf);
@@ -144,17 +146,18 @@ fn copy(from: &Path, to: &Path) -> Result<(), BaseError> {
         .map_err(io_err("set the mode of", to))
 }
 
+/// The base's key: the agent's identity on disk (device, inode, size, modification
+/// time, path), hashed. Cheap at every launch, unlike hashing its bytes; replacing the
+/// agent (a new inode or time) gives a new base.
 fn key(agent: &Path) -> Result<String, BaseError> {
     use sha2::{Digest, Sha256};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(agent).map_err(io_err("inspect", agent))?;
     let mut h = Sha256::new();
-    let mut f = fs::File::open(agent).map_err(io_err("open", agent))?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io_err("read", agent))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
+    h.update(agent.as_os_str().as_bytes());
+    for n in [m.dev(), m.ino(), m.size(), m.mtime() as u64, m.mtime_nsec() as u64] {
+        h.update(n.to_le_bytes());
     }
     Ok(h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect())
 }
