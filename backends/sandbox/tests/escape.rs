@@ -37,6 +37,19 @@ struct Env {
     tmp: tempfile::TempDir,
     home: PathBuf,
     root: PathBuf,
+    /// The boxes' processes, killed if a test fails before removing them.
+    pids: std::sync::Mutex<Vec<i32>>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for pid in self.pids.lock().unwrap().drain(..) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 impl Env {
@@ -51,7 +64,7 @@ impl Env {
             symlink("busybox", root.join("bin").join(a)).unwrap();
         }
         std::fs::create_dir_all(tmp.path().join("links")).unwrap();
-        Env { tmp, home, root }
+        Env { tmp, home, root, pids: Default::default() }
     }
 
     async fn runtime(&self) -> Runtime {
@@ -60,7 +73,10 @@ impl Env {
             "backend",
             [&boxsock_sandbox::REGISTRATION, &boxsock_host::REGISTRATION],
         );
-        let strategies = Registry::from_entries("strategy", [&boxsock_short_symlink::REGISTRATION]);
+        let strategies = Registry::from_entries(
+            "strategy",
+            [&boxsock_short_symlink::REGISTRATION, &boxsock_abstract::REGISTRATION],
+        );
         let mut o = RuntimeOptions::new(strategies, backends);
         o.strategy_config =
             StrategyConfig { base_dir: self.tmp.path().join("links"), ..StrategyConfig::default() };
@@ -75,16 +91,21 @@ async fn boxed(rt: &Runtime, env: &Env) -> String {
         .backend("sandbox")
         .rootfs(&env.root)
         .build();
+    started(rt, env, opts).await
+}
+
+async fn started(rt: &Runtime, env: &Env, opts: CreateOptions) -> String {
     let rec = rt.create(opts).await.unwrap();
     rt.start(rec.id.as_str()).await.unwrap();
+    if let Some(pid) = rt.inspect(rec.id.as_str()).unwrap().pid {
+        env.pids.lock().unwrap().push(pid);
+    }
     rec.id.as_str().to_owned()
 }
 
-async fn host_box(rt: &Runtime) -> String {
+async fn host_box(rt: &Runtime, env: &Env) -> String {
     let opts = CreateOptions::builder().strategy("short-symlink").backend("host").build();
-    let rec = rt.create(opts).await.unwrap();
-    rt.start(rec.id.as_str()).await.unwrap();
-    rec.id.as_str().to_owned()
+    started(rt, env, opts).await
 }
 
 async fn sh(rt: &Runtime, id: &str, script: &str) -> Output {
@@ -142,7 +163,7 @@ async fn a_box_can_neither_see_nor_signal_host_pids_control_host_backend_can() {
     let me = std::process::id();
     let probe = format!("kill -0 {me} && echo signalled; ls /proc/{me} >/dev/null && echo seen");
     let id = boxed(&rt, &env).await;
-    let host = host_box(&rt).await;
+    let host = host_box(&rt, &env).await;
     let control = sh(&rt, &host, &probe).await;
     assert_eq!(text(&control.stdout), "signalled\nseen\n", "control: {}", show(&control));
     let o = sh(&rt, &id, &probe).await;
@@ -196,7 +217,7 @@ async fn mount_unshare_and_pivot_root_are_refused_control_host_backend_allows() 
     let env = Env::new();
     let rt = env.runtime().await;
     let id = boxed(&rt, &env).await;
-    let host = host_box(&rt).await;
+    let host = host_box(&rt, &env).await;
     let scratch = env.tmp.path().join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     let attempts = [
@@ -228,7 +249,7 @@ async fn a_host_file_outside_the_root_is_unreadable_control_host_backend_reads_i
     let secret = env.tmp.path().join("secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
     let id = boxed(&rt, &env).await;
-    let host = host_box(&rt).await;
+    let host = host_box(&rt, &env).await;
     let read = format!("cat {}; cat {}/boxsock.db", secret.display(), env.home.display());
     let control = sh(&rt, &host, &read).await;
     assert!(text(&control.stdout).starts_with("s3cret\n"), "control: {}", show(&control));
@@ -245,7 +266,7 @@ async fn capabilities_are_docker_defaults_no_module_load_no_raw_socket_control_h
     let env = Env::new();
     let rt = env.runtime().await;
     let id = boxed(&rt, &env).await;
-    let host = host_box(&rt).await;
+    let host = host_box(&rt, &env).await;
     // Docker's default set less CAP_NET_RAW (no network): bits 0 1 3 4 5 6 7 8 10 18 27
     // 29 31.
     let expected: u64 =
@@ -288,6 +309,70 @@ async fn capabilities_are_docker_defaults_no_module_load_no_raw_socket_control_h
     assert!(!o.status.success(), "ping in the box: {}", show(&o));
     let control = sh(&rt, &host, "busybox ping -c 1 -W 1 127.0.0.1").await;
     assert!(control.status.success(), "control ping: {}", show(&control));
+    for b in [&id, &host] {
+        rt.remove(b, true).await.unwrap();
+    }
+}
+
+/// The probe's role, played by this very test binary inside a box (run by the box's
+/// copy of the agent's loader: it needs the same libraries as the agent): connect to
+/// the abstract name in `SANDBOX_PROBE_ABSTRACT` and say whether it worked.
+#[test]
+fn probe_role() {
+    let Some(name) = std::env::var_os("SANDBOX_PROBE_ABSTRACT") else { return };
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_encoded_bytes()).unwrap();
+    match std::os::unix::net::UnixStream::connect_addr(&addr) {
+        Ok(_) => println!("PROBE CONNECTED"),
+        Err(e) => println!("PROBE REFUSED {e}"),
+    }
+}
+
+async fn probe(rt: &Runtime, id: &str, in_box: bool, name: &str) -> String {
+    let me = std::env::current_exe().unwrap();
+    let mut c = if in_box {
+        let mut c = rt.command(id, "/.boxsock/ld.so");
+        c.args(["--library-path", "/.boxsock", "/bin/probe"]);
+        c
+    } else {
+        rt.command(id, me.to_str().unwrap())
+    };
+    let o = c
+        .args(["--exact", "probe_role", "--nocapture", "--test-threads=1"])
+        .env("SANDBOX_PROBE_ABSTRACT", name)
+        .output()
+        .await
+        .unwrap();
+    let out = text(&o.stdout);
+    let line = out.lines().find_map(|l| l.find("PROBE ").map(|i| &l[i..]));
+    line.unwrap_or_else(|| panic!("{}", show(&o))).into()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_abstract_sockets_and_the_box_own_agent_name_are_unreachable_control_host() {
+    let env = Env::new();
+    std::fs::copy(std::env::current_exe().unwrap(), env.root.join("bin/probe")).unwrap();
+    let rt = env.runtime().await;
+    // A host abstract socket (what containerd's shim listened on: CVE-2020-15257).
+    let name = format!("boxsock-sandbox-test-{}", std::process::id());
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    // The box's own agent under the abstract strategy: bound in the host's namespace.
+    let opts =
+        CreateOptions::builder().strategy("abstract").backend("sandbox").rootfs(&env.root).build();
+    let id = started(&rt, &env, opts).await;
+    let info = rt.inspect(&id).unwrap();
+    let agent =
+        info.sockets.iter().find(|s| s.socket == "agent").and_then(|s| s.address.clone()).unwrap();
+    let agent = agent.strip_prefix('@').unwrap_or_else(|| panic!("{agent}")).to_owned();
+    let host = host_box(&rt, &env).await;
+    for target in [&name, &agent] {
+        let control = probe(&rt, &host, false, target).await;
+        assert_eq!(control, "PROBE CONNECTED", "control: the host backend reaches {target}");
+        let o = probe(&rt, &id, true, target).await;
+        assert!(o.starts_with("PROBE REFUSED"), "the box reached {target}: {o}");
+    }
     for b in [&id, &host] {
         rt.remove(b, true).await.unwrap();
     }

@@ -19,6 +19,19 @@ struct Env {
     tmp: tempfile::TempDir,
     home: PathBuf,
     root: PathBuf,
+    /// The boxes' processes, killed if a test fails before removing them.
+    pids: std::sync::Mutex<Vec<i32>>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for pid in self.pids.lock().unwrap().drain(..) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 impl Env {
@@ -33,7 +46,7 @@ impl Env {
             symlink("busybox", root.join("bin").join(a)).unwrap();
         }
         std::fs::create_dir_all(tmp.path().join("links")).unwrap();
-        Env { tmp, home, root }
+        Env { tmp, home, root, pids: Default::default() }
     }
 
     async fn runtime(&self, options: &[(&str, &str)]) -> Runtime {
@@ -56,6 +69,9 @@ impl Env {
     async fn start(&self, rt: &Runtime, b: CreateOptions) -> String {
         let rec = rt.create(b).await.unwrap();
         rt.start(rec.id.as_str()).await.unwrap();
+        if let Some(pid) = rt.inspect(rec.id.as_str()).unwrap().pid {
+            self.pids.lock().unwrap().push(pid);
+        }
         rec.id.as_str().to_owned()
     }
 }
