@@ -31,6 +31,7 @@
 pub mod base;
 pub mod cgroup;
 pub mod child;
+pub mod net;
 pub mod privs;
 pub mod seccomp;
 
@@ -323,13 +324,6 @@ impl Backend for SandboxBackend {
     }
 
     fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
-        if spec.network {
-            return Err(self.spec_error(format!(
-                "box {}: --network is not built yet for the sandbox backend (pasta); \
-                 create the box without it or use --backend libkrun",
-                spec.id
-            )));
-        }
         let agent = spec.sockets.handed(AGENT.name)?;
         let ready = spec.sockets.ready_channel.as_ref().ok_or_else(|| {
             self.spec_error(format!("box {}: no ready channel to hand to the agent", spec.id))
@@ -359,7 +353,7 @@ impl Backend for SandboxBackend {
             merged: &merged,
             base: &base.dir,
         };
-        let privileges = privs::Privileges::docker_default(false)
+        let privileges = privs::Privileges::docker_default(spec.network)
             .map_err(|e| self.spec_error(format!("box {}: {e}", spec.id)))?;
         let cgroups = self.cgroups(spec)?;
         let procs = cgroups.as_ref().map(|c| c.raw_procs()).unwrap_or_default();
@@ -416,6 +410,26 @@ impl Backend for SandboxBackend {
             listener = agent.as_fd().as_raw_fd(),
             "launched sandboxed agent"
         );
-        Ok(Launched { process, companions: Vec::new() })
+        let mut companions = Vec::new();
+        if spec.network {
+            let netns = spec.layout.box_dir(&spec.id).join("sandbox").join("netns");
+            let log = spec.layout.logs_dir(&spec.id).join("pasta.log");
+            let made = fs::File::create(&netns).map_err(|e| {
+                self.spec_error(format!(
+                    "box {}: cannot create {}: {e}",
+                    spec.id,
+                    echo::path(&netns)
+                ))
+            });
+            let pasta = net::pasta_binary(self.config.options.get("pasta"));
+            match made.and_then(|_| net::start(&pasta, process.pid(), &netns, &log)) {
+                Ok(p) => companions.push(p),
+                Err(e) => {
+                    process.kill_and_reap();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Launched { process, companions })
     }
 }

@@ -377,3 +377,44 @@ async fn host_abstract_sockets_and_the_box_own_agent_name_are_unreachable_contro
         rt.remove(b, true).await.unwrap();
     }
 }
+
+/// `--network`: pasta connects the box (its gateway reaches the host's loopback); without
+/// it the same fetch finds no route. Both in one run, each the other's control.
+#[tokio::test(flavor = "multi_thread")]
+async fn network_only_with_the_flag_through_pasta() {
+    let env = Env::new();
+    for a in ["wget", "ip", "cut"] {
+        symlink("busybox", env.root.join("bin").join(a)).unwrap();
+    }
+    let rt = env.runtime().await;
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut s in server.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nfrom-host");
+        }
+    });
+    let fetch = format!(
+        "gw=$(ip route | grep default | cut -d' ' -f3); wget -q -O - http://${{gw:-192.0.2.1}}:{port}/"
+    );
+    let with = CreateOptions::builder()
+        .strategy("short-symlink")
+        .backend("sandbox")
+        .rootfs(&env.root)
+        .network(true)
+        .build();
+    let net = started(&rt, &env, with).await;
+    let o = sh(&rt, &net, &fetch).await;
+    assert_eq!(text(&o.stdout), "from-host", "with --network: {}", show(&o));
+    let info = rt.inspect(&net).unwrap();
+    assert_eq!(info.companions.len(), 1, "pasta is the box's companion");
+    let without = boxed(&rt, &env).await;
+    let o = sh(&rt, &without, &fetch).await;
+    assert!(!o.status.success() && o.stdout.is_empty(), "without --network: {}", show(&o));
+    for b in [&net, &without] {
+        rt.remove(b, true).await.unwrap();
+    }
+}

@@ -14,3 +14,12 @@ fn target() -> Target {
 }
 
 boxsock_backend_conformance::backend_conformance_tests!(sandbox_kit, target);
+
+/// With `--network`: pasta is the box's companion, so `companions_reaped` runs too.
+fn target_with_network() -> Target {
+    let mut t = target();
+    t.network = true;
+    t
+}
+
+boxsock_backend_conformance::backend_conformance_tests!(sandbox_kit_network, target_with_network);
