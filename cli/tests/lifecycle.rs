@@ -56,10 +56,7 @@ async fn full_lifecycle(env: &Env, rt: &Runtime, strategy: &str, backend: &str) 
         }
         opts.settings.rootfs = Some(root.path().canonicalize().unwrap());
     }
-    let b = rt
-        .create(opts)
-        .await
-        .unwrap_or_else(|e| panic!("{strategy}/{backend}: create: {e}"));
+    let b = rt.create(opts).await.unwrap_or_else(|e| panic!("{strategy}/{backend}: create: {e}"));
     let id = b.id.to_string();
     assert_eq!(b.state, BoxState::Created);
     let s = rt.strategy(strategy).unwrap();
