@@ -418,3 +418,33 @@ async fn network_only_with_the_flag_through_pasta() {
         rt.remove(b, true).await.unwrap();
     }
 }
+
+/// `exec -t`: a command on a pty of the box's own devpts, as its controlling terminal,
+/// with its window size.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_runs_on_a_pty_of_the_box() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::new();
+    symlink("busybox", env.root.join("bin/stty")).unwrap();
+    symlink("busybox", env.root.join("bin/tty")).unwrap();
+    let rt = env.runtime().await;
+    let id = boxed(&rt, &env).await;
+    let mut child = rt
+        .command(&id, "/bin/sh")
+        .tty(true)
+        .window_size(50, 132)
+        .stdin(boxsock_runtime::exec::Stdio::Piped)
+        .stdout(boxsock_runtime::exec::Stdio::Piped)
+        .spawn()
+        .await
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"tty; stty size; exit 7\n").await.unwrap();
+    let mut screen = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut screen).await.unwrap();
+    let status = child.wait().await.unwrap();
+    let screen = text(&screen);
+    assert_eq!(status.code(), Some(7), "{screen}");
+    assert!(screen.contains("/dev/pts/0"), "not on the box's devpts: {screen}");
+    assert!(screen.contains("50 132"), "window size: {screen}");
+    rt.remove(&id, true).await.unwrap();
+}
