@@ -12,6 +12,14 @@ use std::path::Path;
 
 use crate::privs::Privileges;
 
+/// `/proc` entries made read-only (docker's `ReadonlyPaths`).
+pub const PROC_READ_ONLY: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
+/// `/proc` files hidden behind `/dev/null` (docker's `MaskedPaths`).
+pub const PROC_MASKED_FILES: [&str; 6] =
+    ["kcore", "keys", "latency_stats", "timer_list", "timer_stats", "sched_debug"];
+/// `/proc` directories hidden behind an empty read-only tmpfs.
+pub const PROC_MASKED_DIRS: [&str; 3] = ["acpi", "scsi", "asound"];
+
 /// Devices bound from the host into the box's `/dev`.
 pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
@@ -33,6 +41,8 @@ struct Mount {
     data: Option<CString>,
     /// Remount read-only after a bind (a bind ignores MS_RDONLY on its first call).
     remount_ro: bool,
+    /// A missing target (a `/proc` entry this kernel lacks) is no failure.
+    optional: bool,
     what: &'static str,
 }
 
@@ -94,6 +104,7 @@ impl Plan {
                 flags: libc::MS_BIND,
                 data: None,
                 remount_ro: true,
+                optional: false,
                 what: "bind the agent's base",
             },
             Mount {
@@ -103,6 +114,7 @@ impl Plan {
                 flags: nosuid | libc::MS_NOEXEC,
                 data: None,
                 remount_ro: false,
+                optional: false,
                 what: "mount /proc",
             },
             Mount {
@@ -112,9 +124,48 @@ impl Plan {
                 flags: libc::MS_NOSUID | libc::MS_NOEXEC,
                 data: Some(cstr("mode=755,size=65536k")),
                 remount_ro: false,
+                optional: false,
                 what: "mount /dev",
             },
         ];
+        // As docker: what in /proc reaches the host's kernel is read-only (sysctls, the
+        // sysrq trigger, irq and bus settings) or hidden (kernel memory, keys, timers).
+        for entry in PROC_READ_ONLY {
+            mounts.push(Mount {
+                source: ms(&format!("proc/{entry}")),
+                target: ms(&format!("proc/{entry}")),
+                fstype: None,
+                flags: libc::MS_BIND | libc::MS_REC,
+                data: None,
+                remount_ro: true,
+                optional: true,
+                what: "make a /proc entry read-only",
+            });
+        }
+        for entry in PROC_MASKED_FILES {
+            mounts.push(Mount {
+                source: cstr("/dev/null"),
+                target: ms(&format!("proc/{entry}")),
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None,
+                remount_ro: false,
+                optional: true,
+                what: "mask a /proc file",
+            });
+        }
+        for entry in PROC_MASKED_DIRS {
+            mounts.push(Mount {
+                source: cstr("tmpfs"),
+                target: ms(&format!("proc/{entry}")),
+                fstype: Some(cstr("tmpfs")),
+                flags: libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                data: Some(cstr("size=0")),
+                remount_ro: false,
+                optional: true,
+                what: "mask a /proc directory",
+            });
+        }
         let mut mkfiles = Vec::new();
         let mut dev_mounts = Vec::new();
         for d in DEVICES {
@@ -127,6 +178,7 @@ impl Plan {
                 flags: libc::MS_BIND,
                 data: None,
                 remount_ro: false,
+                optional: false,
                 what: "bind a device",
             });
         }
@@ -138,6 +190,7 @@ impl Plan {
             flags: libc::MS_NOSUID | libc::MS_NOEXEC,
             data: Some(cstr("newinstance,ptmxmode=0666,mode=0620")),
             remount_ro: false,
+            optional: false,
             what: "mount /dev/pts",
         });
         mounts.push(Mount {
@@ -147,6 +200,7 @@ impl Plan {
             flags: nosuid | libc::MS_NOEXEC,
             data: Some(cstr("mode=1777,size=65536k")),
             remount_ro: false,
+            optional: false,
             what: "mount /dev/shm",
         });
         mounts.push(Mount {
@@ -156,6 +210,7 @@ impl Plan {
             flags: nosuid | libc::MS_NOEXEC | libc::MS_RDONLY,
             data: None,
             remount_ro: false,
+            optional: false,
             what: "mount /sys read-only",
         });
         let overlay_data = format!(
@@ -195,6 +250,7 @@ impl Plan {
                 flags: 0,
                 data: Some(CString::new(overlay_data).unwrap_or_default()),
                 remount_ro: false,
+                optional: false,
                 what: "mount the overlay root",
             },
             mounts,
@@ -341,6 +397,9 @@ fn mount(m: &Mount) -> io::Result<()> {
         )
     };
     if r == -1 {
+        if m.optional && errno() == libc::ENOENT {
+            return Ok(());
+        }
         return Err(fail(m.what));
     }
     if m.remount_ro {

@@ -235,6 +235,17 @@ async fn mount_unshare_and_pivot_root_are_refused_control_host_backend_allows() 
         let o = sh(&rt, &id, a).await;
         assert!(!o.status.success(), "the box could {a}: {}", show(&o));
     }
+    // What in /proc reaches the host's kernel is read-only: a sysctl (written back with
+    // its own value, so a write that lands changes nothing). Control: on the host
+    // backend it is writable. (This kernel has no /proc/sysrq-trigger or /proc/kcore;
+    // where they exist they are read-only and masked the same way.)
+    let sysctl = "/proc/sys/kernel/printk_ratelimit";
+    let control = sh(&rt, &host, &format!("[ -w {sysctl} ] && echo writable")).await;
+    assert_eq!(text(&control.stdout), "writable\n", "control: {}", show(&control));
+    let write_back = format!("v=$(cat {sysctl}) && echo $v > {sysctl} && echo written");
+    let o = sh(&rt, &id, &write_back).await;
+    assert_eq!(text(&o.stdout), "", "a host sysctl written from the box: {}", show(&o));
+    assert!(text(&o.stderr).contains("Read-only"), "{}", show(&o));
     let o = sh(&rt, &id, "ls /proc/1 >/dev/null && echo still").await;
     assert_eq!(text(&o.stdout), "still\n", "{}", show(&o));
     for b in [&id, &host] {
