@@ -121,7 +121,9 @@ impl Plan {
                 source: cstr("tmpfs"),
                 target: ms("dev"),
                 fstype: Some(cstr("tmpfs")),
-                flags: libc::MS_NOSUID | libc::MS_NOEXEC,
+                // The device nodes bound onto it keep their own mounts; one made here
+                // does not open.
+                flags: libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV,
                 data: Some(cstr("mode=755,size=65536k")),
                 remount_ro: false,
                 optional: false,
@@ -247,7 +249,9 @@ impl Plan {
                 source: cstr("overlay"),
                 target: cs(dirs.merged),
                 fstype: Some(cstr("overlay")),
-                flags: 0,
+                // No device node made in the box opens (there is no devices cgroup
+                // or filter: CAP_MKNOD alone must not reach the host's disks).
+                flags: libc::MS_NODEV,
                 data: Some(CString::new(overlay_data).unwrap_or_default()),
                 remount_ro: false,
                 optional: false,

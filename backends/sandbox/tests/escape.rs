@@ -459,3 +459,35 @@ async fn a_command_runs_on_a_pty_of_the_box() {
     assert!(screen.contains("50 132"), "window size: {screen}");
     rt.remove(&id, true).await.unwrap();
 }
+
+/// `CAP_MKNOD` is docker's, but no device node made in the box opens (every writable
+/// mount of the box is `nodev`; there is no devices cgroup), so a node of the host's
+/// disk would not either. The node made here is `/dev/zero`'s (1:5): the build
+/// machines refuse every open of a block device, so a disk node can show nothing there.
+/// Control: the same node made on the host backend (a plain ext4 directory) reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_node_made_in_the_box_does_not_open_control_host_backend_reads_it() {
+    let env = Env::new();
+    for a in ["mknod", "rm"] {
+        symlink("busybox", env.root.join("bin").join(a)).unwrap();
+    }
+    let rt = env.runtime().await;
+    let id = boxed(&rt, &env).await;
+    let host = host_box(&rt, &env).await;
+    let node = env.tmp.path().join("zero-node");
+    let read = |p: &str| format!("mknod {p} c 1 5 && head -c 4 {p} | wc -c; rm -f {p}");
+    let control = sh(&rt, &host, &read(&node.display().to_string())).await;
+    assert_eq!(text(&control.stdout).trim(), "4", "control: {}", show(&control));
+    for place in ["/tmp/zero", "/dev/zero2", "/dev/shm/zero"] {
+        let o = sh(&rt, &id, &read(place)).await;
+        assert_eq!(
+            text(&o.stdout).trim(),
+            "0",
+            "a node made in the box opened at {place}: {}",
+            show(&o)
+        );
+    }
+    for b in [&id, &host] {
+        rt.remove(b, true).await.unwrap();
+    }
+}
