@@ -20,6 +20,10 @@ pub const PROC_MASKED_FILES: [&str; 6] =
 /// `/proc` directories hidden behind an empty read-only tmpfs.
 pub const PROC_MASKED_DIRS: [&str; 3] = ["acpi", "scsi", "asound"];
 
+/// `/sys` directories hidden behind an empty read-only tmpfs (docker's `MaskedPaths`:
+/// firmware tables, power capping).
+pub const SYS_MASKED_DIRS: [&str; 2] = ["firmware", "devices/virtual/powercap"];
+
 /// Devices bound from the host into the box's `/dev`.
 pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
@@ -215,6 +219,18 @@ impl Plan {
             optional: false,
             what: "mount /sys read-only",
         });
+        for entry in SYS_MASKED_DIRS {
+            mounts.push(Mount {
+                source: cstr("tmpfs"),
+                target: ms(&format!("sys/{entry}")),
+                fstype: Some(cstr("tmpfs")),
+                flags: libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                data: Some(cstr("size=0")),
+                remount_ro: false,
+                optional: true,
+                what: "mask a /sys directory",
+            });
+        }
         let overlay_data = format!(
             "lowerdir={},upperdir={},workdir={}",
             dirs.lower.display(),

@@ -246,6 +246,12 @@ async fn mount_unshare_and_pivot_root_are_refused_control_host_backend_allows() 
     let o = sh(&rt, &id, &write_back).await;
     assert_eq!(text(&o.stdout), "", "a host sysctl written from the box: {}", show(&o));
     assert!(text(&o.stderr).contains("Read-only"), "{}", show(&o));
+    // Firmware tables are hidden (empty); control: the host backend lists them.
+    let firmware = "ls /sys/firmware | wc -l";
+    let control = sh(&rt, &host, firmware).await;
+    assert_ne!(text(&control.stdout).trim(), "0", "control: {}", show(&control));
+    let o = sh(&rt, &id, firmware).await;
+    assert_eq!(text(&o.stdout).trim(), "0", "/sys/firmware in the box: {}", show(&o));
     let o = sh(&rt, &id, "ls /proc/1 >/dev/null && echo still").await;
     assert_eq!(text(&o.stdout), "still\n", "{}", show(&o));
     for b in [&id, &host] {
