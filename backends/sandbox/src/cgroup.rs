@@ -302,14 +302,30 @@ pub fn home_tag(home: &Path) -> String {
     d[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Remove a box's cgroups once it has no tasks (`rmdir` of a cgroup with tasks fails
-/// with EBUSY, so a running box's cgroup is never removed).
+/// Remove a box's cgroups once it has no tasks. `rmdir` of a cgroup with tasks fails
+/// (EBUSY), so a running box's cgroup is never removed; a box whose agent just died
+/// may still have processes the kernel is killing (its PID namespace ends with them),
+/// so EBUSY is retried for at most [`REMOVE_WAIT`].
 pub fn remove(h: &Hierarchy, name: &str) {
+    let deadline = std::time::Instant::now() + REMOVE_WAIT;
     for (_, dir) in h.box_dirs(name) {
-        match fs::remove_dir(&dir) {
-            Ok(()) => tracing::debug!(cgroup = %echo::path(&dir), "removed"),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(cgroup = %echo::path(&dir), error = %e, "not removed"),
+        loop {
+            match fs::remove_dir(&dir) {
+                Ok(()) => tracing::debug!(cgroup = %echo::path(&dir), "removed"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                }
+                Err(e) => tracing::warn!(cgroup = %echo::path(&dir), error = %e, "not removed"),
+            }
+            break;
         }
     }
 }
+
+/// How long [`remove`] waits for a box's last processes to be gone.
+pub const REMOVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
