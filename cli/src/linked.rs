@@ -14,6 +14,7 @@ use boxsock_direct as _;
 use boxsock_host as _;
 #[cfg(feature = "libkrun")]
 use boxsock_libkrun as _;
+use boxsock_sandbox as _;
 use boxsock_short_symlink as _;
 #[cfg(feature = "boxsock-xdg-hashed")]
 use boxsock_xdg_hashed as _;

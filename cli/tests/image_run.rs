@@ -165,3 +165,47 @@ fn create_image_pins_it_and_start_shares_its_root() {
     assert!(growth < 256 * 1024, "the second box grew the home by {growth} bytes");
     eprintln!("second box of the image: the home grew by {growth} bytes");
 }
+
+/// Issue 22: `boxsock --backend sandbox run --rm IMAGE -- sh -c '…'` runs the image's
+/// root (its busybox, the upper layer's whiteout applied) in a sandbox, as root; a write
+/// goes to the box's own layer, never to the image's shared root.
+#[test]
+fn the_sandbox_backend_runs_an_image() {
+    if !nix::unistd::geteuid().is_root() {
+        // The sandbox backend is unavailable to other users until its rootless mode.
+        boxsock_test_support::skip(
+            boxsock_test_support::Need::Root,
+            "the_sandbox_backend_runs_an_image: the sandbox backend needs root",
+        );
+        return;
+    }
+    let env = Env::new();
+    let d = tempfile::tempdir().unwrap();
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let mut lower = Tar::new();
+    lower.file_mode("bin/busybox", &busybox, 0o755).symlink("bin/sh", "busybox");
+    for applet in ["cat", "ls", "echo", "touch"] {
+        lower.symlink(format!("bin/{applet}"), "busybox");
+    }
+    lower.file("etc/keep", b"keep").file("etc/gone", b"x");
+    let layers = vec![
+        Layer::gzip(lower.finish()),
+        Layer::zstd(Tar::new().whiteout("etc", "gone").file("etc/top", b"top").finish()),
+    ];
+    corpus::simple_layout(d.path(), &layers, "1");
+    let o = run(boxsock(&env).args(["image", "import", "--name", "localhost/bb"]).arg(d.path()));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let manifest = text(&o.stdout).split_whitespace().next().unwrap().to_owned();
+    let root = env.home.join("images/roots").join(&manifest["sha256:".len()..]).join("root");
+    let script = "cat /etc/keep /etc/top; ls /etc; echo w > /etc/written; cat /etc/written";
+    let o = run(boxsock(&env)
+        .args(["--backend", "sandbox", "run", "--rm", "localhost/bb:1"])
+        .args(["--", "sh", "-c", script]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "keeptopkeep\ntop\nw\n", "{}", text(&o.stderr));
+    // The root (built at create) holds the image's files only: the write went to the
+    // box's layer, removed with it.
+    let tree = corpus::tree(&root);
+    assert!(tree.contains(&"etc/top".to_string()) && !tree.contains(&"etc/gone".to_string()));
+    assert!(!tree.iter().any(|p| p.contains("written")), "the image's root was written: {tree:?}");
+}

@@ -60,6 +60,9 @@ pub enum Isolation {
     None,
     /// A hardware-virtualised guest.
     Vm,
+    /// Linux namespaces, a root of its own, cut capabilities, seccomp and Landlock:
+    /// the host's kernel is shared (`sandbox`; decision 0021).
+    Namespaces,
 }
 
 /// How a box's process tells the runtime it is ready.
@@ -346,6 +349,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn prepare(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BackendError> {
         let _ = (layout, id);
         Ok(())
+    }
+
+    /// The box has no process any more and is being removed: release what this backend
+    /// made for it outside the box directory (the sandbox's cgroups). Default: nothing.
+    /// Failures are the backend's to log; the removal goes on.
+    fn removing(&self, layout: &BoxLayout, id: &BoxId) {
+        let _ = (layout, id);
     }
 
     /// Start the box's process, detached (own session; [`crate::spawn::Spawn`] does

@@ -172,6 +172,32 @@ impl<'a> Spawn<'a> {
         self
     }
 
+    /// No environment but what [`Spawn::envs`] adds (a sandboxed process must not see
+    /// the caller's).
+    pub fn env_clear(&mut self) -> &mut Self {
+        self.cmd.env_clear();
+        self
+    }
+
+    /// Run `hook` in the forked child before everything this helper does there
+    /// (`setsid`, descriptor placement) and before exec; a backend that builds the
+    /// child's namespaces and root (the `sandbox` backend) does it here, so the
+    /// process it returns is the one it prepared.
+    ///
+    /// # Safety
+    ///
+    /// As for [`CommandExt::pre_exec`]: `hook` runs in a copy of a possibly
+    /// multi-threaded process between fork and exec, so it must only make
+    /// async-signal-safe calls (raw system calls on data built before the fork).
+    pub unsafe fn pre_exec<F>(&mut self, hook: F) -> &mut Self
+    where
+        F: FnMut() -> io::Result<()> + Send + Sync + 'static,
+    {
+        // SAFETY: the caller upholds `pre_exec`'s contract (see this function's).
+        unsafe { self.cmd.pre_exec(hook) };
+        self
+    }
+
     /// stdin.
     pub fn stdin(&mut self, stdin: Stdio) -> &mut Self {
         self.cmd.stdin(stdin);

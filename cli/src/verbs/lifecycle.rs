@@ -260,10 +260,14 @@ fn backend_hint(e: RuntimeError, g: &Global) -> Failure {
             | RuntimeError::BackendUnavailable { .. }
     ) && g.backend != "host"
         && msg.contains(&g.backend);
-    Failure(
-        if hint { format!("{msg}; try --backend host (no isolation)") } else { msg },
-        exit::FAILED,
-    )
+    // Never a silent fallback to less isolation: the user chooses, told what each gives.
+    let suggestion = if g.backend == "sandbox" {
+        "try --backend host (no isolation)"
+    } else {
+        "try --backend sandbox (namespaces on the host's kernel, no VM) or --backend host \
+         (no isolation)"
+    };
+    Failure(if hint { format!("{msg}; {suggestion}") } else { msg }, exit::FAILED)
 }
 
 /// How `run`/`exec` run the command: `-i`, `-t`, `-w`; `started` is set once the

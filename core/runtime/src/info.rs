@@ -434,6 +434,9 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
                             "none (the box is a plain host process; no isolation)".into()
                         }
                         Isolation::Vm => "vm".into(),
+                        Isolation::Namespaces => {
+                            "namespaces (a sandbox on the host's kernel, not a VM)".into()
+                        }
                     }),
                     address_needs: Some(match b.address_needs() {
                         AddressNeeds::PathOnly => "path-only".into(),

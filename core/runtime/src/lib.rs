@@ -572,6 +572,9 @@ impl Runtime {
             inner.stop_locked(rec.clone(), inner.options.stop_timeout).await?;
         }
         inner.stop_companions(&rec.id, &[]).await;
+        if let Ok(backend) = inner.backend(&rec.config.backend) {
+            backend.removing(&inner.layout, &rec.id);
+        }
         inner.purge(&rec.id, &rec.config.strategy, force)?;
         Ok(raw_id)
     }

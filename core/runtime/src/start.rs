@@ -256,7 +256,12 @@ impl Inner {
                         // The pid is the sender's own word, but a frame naming another
                         // process means the backend handed the channel on, or reported
                         // the wrong process: not the box's readiness.
-                        Ok(info) if i64::from(info.pid) != i64::from(ident.pid) => {
+                        // A process that is PID 1 of its own namespace (`sandbox`)
+                        // knows itself by its pid there: the innermost `NSpid`.
+                        Ok(info)
+                            if i64::from(info.pid) != i64::from(ident.pid)
+                                && Some(i64::from(info.pid)) != innermost_pid(ident.pid) =>
+                        {
                             Err(ClientError::Unexpected {
                                 expected: "a Ready frame from the box's process",
                                 got: format!(
@@ -326,6 +331,15 @@ impl Inner {
             }
         }
     }
+}
+
+/// `pid`'s number in its innermost PID namespace (the last field of `NSpid` in
+/// `/proc/<pid>/status`), for a box process that is the init of a namespace of its own.
+/// The process is the runtime's unreaped child here, so its pid cannot have been reused.
+fn innermost_pid(pid: i32) -> Option<i64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    line.split_whitespace().last()?.parse().ok()
 }
 
 /// Where the runtime waits for the box's `Ready` frame.

@@ -108,6 +108,7 @@ fn every_registering_crate_is_a_dependency_of_the_facade_and_linked() {
         "boxsock-direct",
         "boxsock-abstract",
         "boxsock-host",
+        "boxsock-sandbox",
         "boxsock-xdg-hashed",
     ];
     for builtin in expected {

@@ -1,0 +1,435 @@
+//! `sandbox`: the in-box agent as PID 1 of new mount, PID, IPC, UTS, cgroup and
+//! network namespaces, in a root of its own, with docker's default capabilities and
+//! `no_new_privs`. Real isolation where no VM can boot (CI runners, cloud VMs without
+//! nested virtualisation) — but the host's kernel is shared: a kernel bug is an escape.
+//! Decision 0021 says what it isolates and what a VM isolates that it does not.
+//!
+//! **The box's process is the agent itself.** The backend spawns it with the core's
+//! [`Spawn`] from a thread whose children go into a new PID namespace, so the process
+//! the runtime owns (pid, start time and pidfd captured at spawn) is the agent, PID 1
+//! of the box; it is the runtime's direct child, reaped by it, and it leads its own
+//! session. Between fork and exec the child builds the rest ([`child::Plan`]): the
+//! namespaces, the root and the privileges. When it dies, the kernel kills every
+//! process of the box (the PID namespace ends with its init).
+//!
+//! **Sockets, as `host`:** the runtime binds `agent` in the host's namespaces (through
+//! the strategy) and hands the listener at descriptor 3; readiness goes on an inherited
+//! socket pair end at 4 (decision 0010). The box's network namespace has its own
+//! abstract socket namespace: an abstract name bound inside would be unreachable from
+//! the host, and no host abstract socket (the box's own agent name included) is
+//! reachable from the box (containerd's CVE-2020-15257).
+//!
+//! **Root:** an overlay whose single read-only lower is the box's `--rootfs` directory,
+//! its image's root ([`BoxLayout::image_root`](boxsock_core::layout::BoxLayout)) or,
+//! with neither, the agent's base; its upper and work directories are the box's own
+//! (`<box>/sandbox/upper`, `…/work`), so writes persist across stop and start and go
+//! with `rm`. `/proc`, a minimal `/dev` (null, zero, full, random, urandom, tty, ptmx
+//! and a private devpts, shm) and a read-only `/sys`; `pivot_root` into it and the old
+//! root detached. The agent and its loader and libraries come from the agent's base
+//! ([`base`]), bound read-only at `/.boxsock`.
+
+pub mod base;
+pub mod cgroup;
+pub mod child;
+pub mod net;
+pub mod privs;
+pub mod seccomp;
+
+use std::fs::{self, File};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use boxsock_core::backend::{
+    AddressNeeds, Availability, BackendConfig, BackendError, BoxSettings, Isolation, LaunchSpec,
+    Launched, Readiness,
+};
+use boxsock_core::catalogue::Binder;
+use boxsock_core::echo;
+use boxsock_core::id::BoxId;
+use boxsock_core::layout::BoxLayout;
+use boxsock_core::registry::BackendRegistration;
+use boxsock_core::spawn::Spawn;
+use boxsock_core::{Backend, SocketSpec, catalogue};
+
+/// The registered name.
+pub const NAME: &str = "sandbox";
+
+/// The descriptor at which the agent inherits its listener (`--agent-fd`).
+pub const AGENT_FD: i32 = 3;
+/// The descriptor at which the agent inherits its end of the ready channel.
+pub const READY_FD: i32 = 4;
+
+/// The `agent` socket: bound by the runtime in the host's namespaces, handed over.
+pub const AGENT: SocketSpec = SocketSpec { binder: Binder::Handed, ..catalogue::AGENT };
+
+/// The least memory a box may be given (the agent alone needs a few MiB).
+pub const MIN_MEMORY_MIB: u32 = 16;
+
+/// The box's environment (the host's is never inherited).
+pub const BOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The registration, also usable in explicit registries.
+pub const REGISTRATION: BackendRegistration = BackendRegistration {
+    name: NAME,
+    summary: "the agent as PID 1 of Linux namespaces in a root of its own, docker's default capabilities: isolation without a VM (the host's kernel is shared)",
+    build,
+};
+
+inventory::submit!(REGISTRATION);
+
+fn build(config: &BackendConfig) -> Result<Arc<dyn Backend>, BackendError> {
+    Ok(Arc::new(SandboxBackend::new(config.clone())))
+}
+
+/// The `sandbox` backend. See the crate documentation.
+#[derive(Debug, Clone)]
+pub struct SandboxBackend {
+    config: BackendConfig,
+}
+
+impl boxsock_core::registry::Named for SandboxBackend {
+    const NAME: &'static str = NAME;
+}
+
+/// The box's own directories: `<box>/sandbox/{upper,work,merged}`.
+pub fn box_dirs(layout: &BoxLayout, id: &BoxId) -> [PathBuf; 3] {
+    let d = layout.box_dir(id).join("sandbox");
+    [d.join("upper"), d.join("work"), d.join("merged")]
+}
+
+impl SandboxBackend {
+    /// A backend that looks for the agent as configured.
+    pub fn new(config: BackendConfig) -> Self {
+        SandboxBackend { config }
+    }
+
+    /// The agent binary (the core's lookup, as `host` and libkrun use).
+    pub fn find_agent(&self) -> Result<PathBuf, BackendError> {
+        boxsock_core::helpers::find_agent(self.config.helper_dir.as_deref())
+            .map_err(|e| BackendError::Unavailable { backend: NAME.into(), reason: e.to_string() })
+    }
+
+    fn spec_error(&self, reason: String) -> BackendError {
+        BackendError::Spec { backend: NAME.into(), reason }
+    }
+
+    /// The box's pids limit: the `pids_max` option, or [`cgroup::DEFAULT_PIDS_MAX`].
+    fn pids_max(&self) -> Result<u64, BackendError> {
+        match self.config.options.get("pids_max") {
+            None => Ok(cgroup::DEFAULT_PIDS_MAX),
+            Some(v) => v.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                self.spec_error(format!("option pids_max={}: not a positive number", echo::echo(v)))
+            }),
+        }
+    }
+
+    /// The box's cgroups, made and limited; `None` only when the box asks for no
+    /// limit and no cgroup can be made here (the pids limit is then missing: logged).
+    fn cgroups(&self, spec: &LaunchSpec) -> Result<Option<cgroup::BoxCgroups>, BackendError> {
+        let limits = cgroup::Limits {
+            cpus: spec.settings.vcpus,
+            memory_mib: spec.settings.ram_mib,
+            pids_max: self.pids_max()?,
+        };
+        let asked = limits.cpus.is_some() || limits.memory_mib.is_some();
+        let home = spec.layout.home();
+        let made = cgroup::Hierarchy::detect().and_then(|h| {
+            h.check_writable()?;
+            let boxes = spec.layout.boxes_dir();
+            h.sweep(&cgroup::home_tag(home), |id| !boxes.join(id).exists());
+            cgroup::BoxCgroups::make(&h, &cgroup::cgroup_name(home, spec.id.as_str()), &limits)
+        });
+        match made {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if asked => Err(self.spec_error(format!("box {}: its limits: {e}", spec.id))),
+            Err(e) => {
+                tracing::warn!(box_id = %spec.id, error = %e, "no cgroup: the box runs without a pids limit");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The read-only lower of the box's root.
+    fn lower(&self, spec: &LaunchSpec, base: &Path) -> Result<PathBuf, BackendError> {
+        if let Some(image) = &spec.settings.image {
+            let root = spec.layout.image_root(&image.manifest).ok_or_else(|| {
+                self.spec_error(format!(
+                    "box {}: image {} has no root under the home",
+                    spec.id,
+                    echo::echo(&image.reference)
+                ))
+            })?;
+            if !root.is_dir() {
+                return Err(self.spec_error(format!(
+                    "box {}: the root of image {} is missing: {} (was the image pruned?)",
+                    spec.id,
+                    echo::echo(&image.reference),
+                    echo::path(&root)
+                )));
+            }
+            return Ok(root);
+        }
+        if let Some(rootfs) = &spec.settings.rootfs {
+            if !rootfs.is_dir() {
+                return Err(self.spec_error(format!(
+                    "box {}: its root filesystem {} is not a directory any more",
+                    spec.id,
+                    echo::path(rootfs)
+                )));
+            }
+            return Ok(rootfs.clone());
+        }
+        Ok(base.to_path_buf())
+    }
+}
+
+fn make_dirs(layout: &BoxLayout, id: &BoxId) -> std::io::Result<()> {
+    for d in box_dirs(layout, id) {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&d)?;
+    }
+    // The upper's root is the box's `/`: readable by the box's other users.
+    let [upper, ..] = box_dirs(layout, id);
+    fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
+}
+
+/// Restores the calling thread's namespace for new children when dropped.
+struct PidNsForChildren {
+    own: File,
+}
+
+impl PidNsForChildren {
+    /// From now on this thread's children are born into a new PID namespace.
+    fn enter_new() -> std::io::Result<Self> {
+        let own = File::open("/proc/thread-self/ns/pid")?;
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)?;
+        Ok(PidNsForChildren { own })
+    }
+}
+
+impl Drop for PidNsForChildren {
+    fn drop(&mut self) {
+        // Back to the thread's own PID namespace for its later children.
+        if let Err(e) = nix::sched::setns(self.own.as_fd(), nix::sched::CloneFlags::CLONE_NEWPID) {
+            tracing::error!(error = %e, "cannot restore the thread's PID namespace for children");
+        }
+    }
+}
+
+impl Backend for SandboxBackend {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn sockets(&self, _network: bool) -> Vec<SocketSpec> {
+        vec![AGENT]
+    }
+
+    fn readiness(&self) -> Readiness {
+        Readiness::Channel
+    }
+
+    fn address_needs(&self) -> AddressNeeds {
+        AddressNeeds::PathOrAbstract
+    }
+
+    fn isolation(&self) -> Isolation {
+        Isolation::Namespaces
+    }
+
+    fn available(&self) -> Availability {
+        if let Err(e) = self.find_agent() {
+            return Availability::Unavailable { reason: e.to_string() };
+        }
+        if !nix::unistd::geteuid().is_root() {
+            return Availability::Unavailable {
+                reason: "the sandbox backend needs root for now (its rootless mode, through a \
+                         user namespace, is not built yet); run as root or use --backend host"
+                    .into(),
+            };
+        }
+        Availability::Available
+    }
+
+    /// `rootfs` (an existing directory), `image`, and `vcpus` / `ram_mib` as cgroup
+    /// limits: refused, naming why, where no cgroup hierarchy this user may write
+    /// offers the controllers (never ignored).
+    fn check_settings(&self, settings: &BoxSettings) -> Result<(), BackendError> {
+        let bad =
+            |setting, reason| BackendError::BadSetting { backend: NAME.into(), setting, reason };
+        if settings.vcpus == Some(0) {
+            return Err(bad("vcpus", "0 CPUs: give at least 1".into()));
+        }
+        if let Some(mib) = settings.ram_mib {
+            if mib < MIN_MEMORY_MIB {
+                return Err(bad(
+                    "ram_mib",
+                    format!("{mib} MiB is below the {MIN_MEMORY_MIB} MiB a box needs"),
+                ));
+            }
+        }
+        for (set, setting) in
+            [(settings.vcpus.is_some(), "vcpus"), (settings.ram_mib.is_some(), "ram_mib")]
+        {
+            if set {
+                cgroup::Hierarchy::detect()
+                    .and_then(|h| h.check_writable())
+                    .map_err(|e| bad(setting, format!("cannot be applied here: {e}")))?;
+            }
+        }
+        if let Some(rootfs) = &settings.rootfs {
+            if !rootfs.is_dir() {
+                return Err(BackendError::BadSetting {
+                    backend: NAME.into(),
+                    setting: "rootfs",
+                    reason: format!("{} is not a directory", echo::path(rootfs)),
+                });
+            }
+            if let Some(c) = child::overlay_unsafe(rootfs) {
+                return Err(BackendError::BadSetting {
+                    backend: NAME.into(),
+                    setting: "rootfs",
+                    reason: format!(
+                        "{} holds {c:?}, which overlayfs's options cannot carry",
+                        echo::path(rootfs)
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn runs_images(&self) -> bool {
+        true
+    }
+
+    fn prepare(&self, layout: &BoxLayout, id: &BoxId) -> Result<(), BackendError> {
+        make_dirs(layout, id).map_err(|e| BackendError::Prepare {
+            backend: NAME.into(),
+            id: id.clone(),
+            reason: format!(
+                "cannot create {}: {e}",
+                echo::path(&layout.box_dir(id).join("sandbox"))
+            ),
+        })
+    }
+
+    /// Its cgroups go (the box has no tasks left); a later launch in the home sweeps
+    /// any a crash left.
+    fn removing(&self, layout: &BoxLayout, id: &BoxId) {
+        if let Ok(h) = cgroup::Hierarchy::detect() {
+            cgroup::remove(&h, &cgroup::cgroup_name(layout.home(), id.as_str()));
+        }
+    }
+
+    fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
+        let agent = spec.sockets.handed(AGENT.name)?;
+        let ready = spec.sockets.ready_channel.as_ref().ok_or_else(|| {
+            self.spec_error(format!("box {}: no ready channel to hand to the agent", spec.id))
+        })?;
+        let binary = self.find_agent()?;
+        let home = spec.layout.home();
+        let base = base::ensure(home, &binary)
+            .map_err(|e| self.spec_error(format!("box {}: the agent's base: {e}", spec.id)))?;
+        let lower = self.lower(spec, &base.dir)?;
+        make_dirs(&spec.layout, &spec.id).map_err(|e| {
+            self.spec_error(format!("box {}: cannot create its sandbox directories: {e}", spec.id))
+        })?;
+        let [upper, work, merged] = box_dirs(&spec.layout, &spec.id);
+        for p in [&lower, &upper, &work] {
+            if let Some(c) = child::overlay_unsafe(p) {
+                return Err(self.spec_error(format!(
+                    "box {}: {} holds {c:?}, which overlayfs's options cannot carry",
+                    spec.id,
+                    echo::path(p)
+                )));
+            }
+        }
+        let dirs = child::Dirs {
+            lower: &lower,
+            upper: &upper,
+            work: &work,
+            merged: &merged,
+            base: &base.dir,
+        };
+        let privileges = privs::Privileges::docker_default(spec.network)
+            .map_err(|e| self.spec_error(format!("box {}: {e}", spec.id)))?;
+        let cgroups = self.cgroups(spec)?;
+        let procs = cgroups.as_ref().map(|c| c.raw_procs()).unwrap_or_default();
+        let plan = child::Plan::new(&dirs, spec.id.as_str(), privileges, procs);
+
+        let in_box = |name: &str| format!("{}/{name}", base::BOX_DIR);
+        let mut cmd = if base.dynamic {
+            let mut c = Spawn::new(in_box(base::LOADER));
+            c.arg("--library-path").arg(base::BOX_DIR).arg(in_box(base::AGENT));
+            c
+        } else {
+            Spawn::new(in_box(base::AGENT))
+        };
+        cmd.arg("--agent-fd").arg(AGENT_FD.to_string()).arg("--ready-fd").arg(READY_FD.to_string());
+        let mut uids = spec.sockets.peer_uids().map(<[u32]>::to_vec).unwrap_or_default();
+        if uids.is_empty() {
+            uids.push(nix::unistd::geteuid().as_raw());
+        }
+        for uid in &uids {
+            cmd.arg("--allow-uid").arg(uid.to_string());
+        }
+        cmd.env_clear()
+            .envs([("PATH", BOX_PATH), ("HOME", "/root")])
+            .envs(spec.env.iter().map(|(k, v)| (k, v)));
+        if let Ok(filter) = std::env::var("RUST_LOG") {
+            cmd.envs([("RUST_LOG", filter)]);
+        }
+        cmd.log_file(&spec.log_file)
+            .map_err(|e| {
+                self.spec_error(format!(
+                    "box {}: cannot open log file {}: {}",
+                    spec.id,
+                    echo::path(&spec.log_file),
+                    e.into_io()
+                ))
+            })?
+            .hand(agent.as_fd(), AGENT_FD)
+            .hand(ready.as_fd(), READY_FD);
+        // SAFETY: `Plan::run` makes only raw system calls on data built before the fork
+        // (see the `child` module), as pre_exec requires.
+        unsafe { cmd.pre_exec(move || plan.run()) };
+        let process = {
+            let _pidns = PidNsForChildren::enter_new().map_err(|e| {
+                self.spec_error(format!("box {}: cannot make a PID namespace: {e}", spec.id))
+            })?;
+            cmd.spawn().map_err(|e| BackendError::spawn(NAME, e))?
+        };
+        // The child joined them; the runtime's descriptors go now.
+        drop(cgroups);
+        tracing::info!(
+            box_id = %spec.id,
+            pid = process.pid(),
+            root = %echo::path(&lower),
+            listener = agent.as_fd().as_raw_fd(),
+            "launched sandboxed agent"
+        );
+        let mut companions = Vec::new();
+        if spec.network {
+            let netns = spec.layout.box_dir(&spec.id).join("sandbox").join("netns");
+            let log = spec.layout.logs_dir(&spec.id).join("pasta.log");
+            let made = fs::File::create(&netns).map_err(|e| {
+                self.spec_error(format!(
+                    "box {}: cannot create {}: {e}",
+                    spec.id,
+                    echo::path(&netns)
+                ))
+            });
+            let pasta = net::pasta_binary(self.config.options.get("pasta"));
+            match made.and_then(|_| net::start(&pasta, process.pid(), &netns, &log)) {
+                Ok(p) => companions.push(p),
+                Err(e) => {
+                    process.kill_and_reap();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Launched { process, companions })
+    }
+}
