@@ -297,6 +297,24 @@ impl Backend for SandboxBackend {
                 });
             }
         }
+        // Not wired yet: volumes (bind mounts) and ports (pasta forwards). The writable
+        // layer is a directory in the box's directory, so it has no size to set.
+        let mut unsupported = Vec::new();
+        if !settings.volumes.is_empty() {
+            unsupported.push("volumes");
+        }
+        if !settings.ports.is_empty() {
+            unsupported.push("ports");
+        }
+        if settings.disk_size.is_some() {
+            unsupported.push("disk_size (the writable layer is a directory, not a disk)");
+        }
+        if !unsupported.is_empty() {
+            return Err(BackendError::Unsupported {
+                backend: NAME.into(),
+                settings: unsupported.join(", "),
+            });
+        }
         Ok(())
     }
 
