@@ -192,6 +192,7 @@ fn pin_box(env: &Env, name: &str, id: &str, diff: &str) -> String {
         network: false,
         env: vec![],
         settings,
+        process: Default::default(),
     };
     let box_id = boxsock::BoxId::generate();
     // Its directory too, as create makes it: a row without one is an interrupted

@@ -84,6 +84,7 @@ pub use lock::{LockGuard, LockMode};
 pub use options::{Access, ExecIo, RuntimeOptions};
 pub use recovery::{OpenReport, Recovered, SweepError};
 pub use sockets::{Incompatibility, check_addresses, compatibility, socket_specs};
+pub use store::BoxProcess;
 
 use crate::process::ProcessHandle;
 use crate::state::BoxState;
@@ -385,6 +386,7 @@ impl Runtime {
                 });
             }
         }
+        create_options::check_process(&opts.process)?;
         opts.settings = create_options::canonical_settings(opts.settings)?;
         if let Some(image) = &opts.settings.image {
             create_options::check_image_root(&inner.layout, image)?;
@@ -430,6 +432,7 @@ impl Runtime {
             network: opts.network,
             env: opts.env,
             settings: opts.settings,
+            process: opts.process,
         };
         let rec = Store::new_record(id.clone(), opts.name, config);
         // Journal, then directory (marker first), then row: recovery deletes only a
@@ -490,7 +493,7 @@ impl Runtime {
     }
 
     /// Run `argv` in a running box, streaming its output into `io`; returns its exit
-    /// code (or 128 + signal).
+    /// code (or 128 + signal). It runs as the box's user ([`BoxProcess::user`]), if any.
     pub async fn exec(
         &self,
         id_or_name: &str,
@@ -501,6 +504,7 @@ impl Runtime {
         let (rec, client, address) = self.inner.connect_agent(id_or_name).await?;
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         client
+            .with_user(rec.config.process.user.clone())
             .exec(&argv, &env, io.stdin, io.stdout, io.stderr)
             .await
             .map_err(|source| RuntimeError::Agent { id: rec.id, address, source })
