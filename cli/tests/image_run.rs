@@ -165,3 +165,36 @@ fn create_image_pins_it_and_start_shares_its_root() {
     assert!(growth < 256 * 1024, "the second box grew the home by {growth} bytes");
     eprintln!("second box of the image: the home grew by {growth} bytes");
 }
+
+/// `create IMAGE [-- CMD]` stores the box's own command (decision 0020): the image's
+/// Cmd by default, replaced by `-- CMD`, with its Env and `-u` as the box's user; what
+/// `inspect` shows and `start -a` runs (the VM tier runs it: scenario `image-user`).
+#[test]
+fn create_image_stores_its_command_and_user_with_the_box() {
+    let env = Env::new();
+    import(&env);
+    let inspect = |id: &str| -> Value {
+        serde_json::from_slice(&run(boxsock(&env).args(["inspect", "--json", id])).stdout).unwrap()
+    };
+    let o = run(boxsock(&env).args(KRUN).args(["create", "localhost/wh:1"]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let i = inspect(text(&o.stdout).trim());
+    assert_eq!(i["process"]["argv"], serde_json::json!(["sh"]), "the image's Cmd: {i}");
+    assert!(i["process"].get("user").is_none(), "{i}");
+    let o = run(boxsock(&env).args(KRUN).args([
+        "create",
+        "-u",
+        "65534:65534",
+        "-w",
+        "/etc",
+        "localhost/wh:1",
+        "--",
+        "cat",
+        "top",
+    ]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let i = inspect(text(&o.stdout).trim());
+    assert_eq!(i["process"]["argv"], serde_json::json!(["cat", "top"]), "{i}");
+    assert_eq!(i["process"]["user"], "65534:65534", "{i}");
+    assert_eq!(i["process"]["cwd"], "/etc", "{i}");
+}
