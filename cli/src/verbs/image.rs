@@ -31,6 +31,16 @@ async fn store(g: &Global) -> Result<ImageStore, Failure> {
     Ok(rt.images()?)
 }
 
+/// The home's image store opened read-only (`images`, `image inspect`, `image save`):
+/// the home is never created, recovered, upgraded or swept (as `ls`); `None` when it
+/// does not exist.
+async fn read_only_store(g: &Global) -> Result<Option<ImageStore>, Failure> {
+    match g.open_read_only().await? {
+        Some(rt) => Ok(Some(rt.images()?)),
+        None => Ok(None),
+    }
+}
+
 /// `image import PATH`: every image of an OCI layout directory, OCI archive or `docker
 /// save` tarball; prints each image's id and names.
 pub(crate) async fn import(
@@ -249,15 +259,13 @@ fn human(bytes: u64) -> String {
 /// `images`: one line per name (an image without one: `<none>`); `--quiet`: ids.
 pub(crate) async fn images(g: &Global, quiet: bool, as_json: bool) -> Result<u8, Failure> {
     // Listing creates no home: one that does not exist lists nothing, and says so.
-    let home = g.home()?;
-    if !home.exists() {
-        errln!("boxsock: home {} does not exist (no images)", echo::path(&home));
+    let Some(store) = read_only_store(g).await? else {
+        errln!("boxsock: home {} does not exist (no images)", echo::path(&g.home()?));
         if as_json {
             return json(&serde_json::json!({ "images": [], "bad": [] }));
         }
         return Ok(0);
-    }
-    let store = store(g).await?;
+    };
     let list = store.list_all()?;
     if as_json {
         return json(&serde_json::json!({ "images": list.images, "bad": list.bad }));
@@ -306,18 +314,16 @@ pub(crate) async fn images(g: &Global, quiet: bool, as_json: bool) -> Result<u8,
 
 /// `image inspect REF…`: JSON (an array when several are given).
 pub(crate) async fn inspect(g: &Global, refs: Vec<String>) -> Result<u8, Failure> {
-    let home = g.home()?;
-    if !home.exists() {
+    let Some(store) = read_only_store(g).await? else {
         return Err(Failure(
             format!(
                 "no image {}: home {} does not exist",
                 echo::echo(&refs.join(", ")),
-                echo::path(&home)
+                echo::path(&g.home()?)
             ),
             exit::FAILED,
         ));
-    }
-    let store = store(g).await?;
+    };
     let mut found = Vec::new();
     let mut failed = false;
     for r in &refs {
@@ -353,7 +359,16 @@ pub(crate) async fn inspect(g: &Global, refs: Vec<String>) -> Result<u8, Failure
 
 /// `image save REF -o FILE`: an OCI archive, renamed into place once whole.
 pub(crate) async fn save(g: &Global, reference: String, out: PathBuf) -> Result<u8, Failure> {
-    let store = store(g).await?;
+    let Some(store) = read_only_store(g).await? else {
+        return Err(Failure(
+            format!(
+                "no image {}: home {} does not exist",
+                echo::echo(&reference),
+                echo::path(&g.home()?)
+            ),
+            exit::FAILED,
+        ));
+    };
     store.save(&reference, &out).map_err(|e| {
         Failure(
             format!("save {} to {}: {e}", echo::echo(&reference), echo::path(&out)),

@@ -325,9 +325,16 @@ impl Runtime {
     /// store (decision 0019): `rmi` is refused while a box is pinned to the image, and
     /// `prune` keeps what boxes are pinned to. Records an `images.json` there held are
     /// moved in at the first open.
+    ///
+    /// A read-only runtime ([`Access::ReadOnly`]) opens it for reading only
+    /// ([`boxsock_image::ImageStore::open_read_only`]): nothing is created, swept or
+    /// moved, as for every read-only verb.
     pub fn images(&self) -> Result<boxsock_image::ImageStore, RuntimeError> {
         let records = Arc::new(store::HomeRecords::of_runtime(self.clone()));
         let dir = self.inner.layout.home().join("images");
+        if self.inner.options.access == Access::ReadOnly {
+            return Ok(boxsock_image::ImageStore::open_read_only(dir, records));
+        }
         Ok(boxsock_image::ImageStore::open_with_records(dir, records)?)
     }
 
