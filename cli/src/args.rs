@@ -244,8 +244,9 @@ pub(crate) enum Verb {
         /// `[registry/]repo[:tag]` or `…@sha256:…`.
         reference: String,
     },
-    /// Store a user name and password for a registry (read from stdin with
-    /// --password-stdin), kept 0600 in `<home>/auth.json` and used by `pull`.
+    /// Store a user name and password for a registry (prompted for on the terminal
+    /// without echo, or read from stdin with --password-stdin), kept 0600 in
+    /// `<home>/auth.json` and used by `pull`.
     Login {
         /// The user name.
         #[arg(short, long)]

@@ -3,7 +3,7 @@
 //! home's SQLite store (`Runtime::images`, decision 0019).
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -190,30 +190,35 @@ fn short(d: &Digest) -> &str {
     &d.hex()[..12]
 }
 
-/// `login REGISTRY -u USER --password-stdin`: the password is read from stdin (one
-/// line) and kept with the user name in `<home>/auth.json` (0600), for `pull`.
+/// `login REGISTRY -u USER [--password-stdin]`: the password is read from stdin (one
+/// line) with `--password-stdin`, else prompted for on the terminal without echo (stdin
+/// must then be a terminal); kept with the user name in `<home>/auth.json` (0600), for
+/// `pull`.
 pub(crate) async fn login(
     g: &Global,
     registry: String,
     username: String,
     password_stdin: bool,
 ) -> Result<u8, Failure> {
-    if !password_stdin {
+    if !password_stdin && !crate::tty::stdin_is_tty() {
         return Err(Failure(
-            "login reads the password from stdin: pass --password-stdin".into(),
+            "login prompts for the password on a terminal, and stdin is not one: pass \
+             --password-stdin to read it from stdin"
+                .into(),
             exit::FAILED,
         ));
     }
     let key = registry_of(&registry)?;
-    let mut password = String::new();
-    std::io::stdin()
-        .take(64 * 1024)
-        .read_to_string(&mut password)
-        .map_err(|e| Failure(format!("cannot read the password from stdin: {e}"), exit::FAILED))?;
+    let password = match password_stdin {
+        true => read_line_blocking().map_err(|e| {
+            Failure(format!("cannot read the password from stdin: {e}"), exit::FAILED)
+        })?,
+        false => prompt_password().await?,
+    };
     let password = password.strip_suffix('\n').unwrap_or(&password);
     let password = password.strip_suffix('\r').unwrap_or(password);
     if password.is_empty() {
-        return Err(Failure("no password on stdin".into(), exit::FAILED));
+        return Err(Failure("no password given".into(), exit::FAILED));
     }
     if username.is_empty() || username.contains(':') {
         return Err(Failure(
@@ -254,6 +259,52 @@ fn human(bytes: u64) -> String {
         u += 1;
     }
     if u == 0 { format!("{bytes}B") } else { format!("{v:.1}{}", units[u]) }
+}
+
+/// One line of stdin (at most 64 KiB).
+fn read_line_blocking() -> std::io::Result<String> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::stdin().lock().take(64 * 1024).read_line(&mut line)?;
+    Ok(line)
+}
+
+/// Ask for the password on the terminal (stdin), echo off until the line is read: the
+/// terminal is restored on every path, SIGINT and SIGTERM included (they end the prompt
+/// with 130 or 143 instead of killing this process with echo off).
+async fn prompt_password() -> Result<String, Failure> {
+    // Echo off before the prompt shows: nothing typed after it is ever echoed.
+    let quiet = crate::tty::NoEcho::enter()
+        .map_err(|e| Failure(format!("cannot turn the terminal's echo off: {e}"), exit::FAILED))?;
+    {
+        let mut e = std::io::stderr().lock();
+        let _ = e.write_all(b"Password: ").and_then(|()| e.flush());
+    }
+    // A thread of its own: a blocking read of stdin would hold up the runtime's
+    // shutdown after an interrupt.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("password".into())
+        .spawn(move || {
+            let _ = tx.send(read_line_blocking());
+        })
+        .map_err(|e| Failure(format!("cannot read the terminal: {e}"), exit::FAILED))?;
+    let read = tokio::select! {
+        r = rx => r,
+        sig = super::interrupted() => {
+            drop(quiet);
+            errln!("");
+            let code = if sig == "SIGINT" { 130 } else { 143 };
+            return Err(Failure(String::new(), code));
+        }
+    };
+    drop(quiet);
+    match read {
+        Ok(Ok(line)) if line.ends_with('\n') => Ok(line),
+        Ok(Ok(_)) => Err(Failure("no password given (end of input)".into(), exit::FAILED)),
+        Ok(Err(e)) => Err(Failure(format!("cannot read the password: {e}"), exit::FAILED)),
+        Err(_) => Err(Failure("cannot read the password".into(), exit::FAILED)),
+    }
 }
 
 /// `images`: one line per name (an image without one: `<none>`); `--quiet`: ids.

@@ -152,8 +152,11 @@ fn box_process(
         Some((pinned, p)) => {
             let env: Vec<(String, String)> = p.env.iter().map(|kv| split_kv(kv)).collect();
             let mut process = BoxProcess::new(p.argv);
-            process.env = env.clone();
-            process.cwd = Some(p.cwd).filter(|d| !d.is_empty());
+            // An image without Entrypoint and Cmd gives the box no command, only a user.
+            if process.has_command() {
+                process.env = env.clone();
+                process.cwd = Some(p.cwd).filter(|d| !d.is_empty());
+            }
             process.user = Some(p.user).filter(|u| !u.is_empty());
             Ok((Some(pinned), process, env))
         }
