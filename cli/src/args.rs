@@ -101,9 +101,10 @@ pub(crate) struct ImageArgs {
     /// clears the entrypoint). Needs an IMAGE.
     #[arg(long, value_name = "PROGRAM", requires = "image")]
     pub(crate) entrypoint: Option<String>,
-    /// Run as this user (`uid`, `uid:gid`, a name); replaces the image's User. Needs an
-    /// IMAGE. Only root is supported yet.
-    #[arg(short, long, value_name = "USER", requires = "image")]
+    /// Run as this user (`uid`, `uid:gid`, `name`, `name:group`, resolved in the box's
+    /// /etc/passwd and /etc/group); replaces the image's User. Stored with the box: its
+    /// command and every `exec` without -u run as this user.
+    #[arg(short, long, value_name = "USER")]
     pub(crate) user: Option<String>,
 }
 
@@ -115,7 +116,8 @@ pub(crate) enum Verb {
     /// Without --rm or -d the box is left stopped afterwards (like an exited
     /// container; its id is printed on stderr when interrupted).
     Run(RunArgs),
-    /// Create a box (prints its id).
+    /// Create a box (prints its id). A command after `--` (or an IMAGE's Entrypoint and
+    /// Cmd) is stored as the box's own: `start -a` runs it.
     Create {
         /// Name the box.
         #[arg(long)]
@@ -131,9 +133,22 @@ pub(crate) enum Verb {
         settings: BoxArgs,
         #[command(flatten)]
         image: ImageArgs,
+        /// Working directory of the box's command (absolute).
+        #[arg(short, long, value_name = "DIR")]
+        workdir: Option<String>,
+        /// The box's command and its arguments (with an IMAGE: replaces its Cmd).
+        #[arg(last = true, value_name = "CMD")]
+        cmd: Vec<String>,
     },
     /// Start created or stopped boxes (a running one is left as it is).
     Start {
+        /// Attach: run the box's own command (stored at create), print its output and
+        /// exit with its status; the box is stopped afterwards. One box only.
+        #[arg(short, long)]
+        attach: bool,
+        /// With -a: forward stdin to the command.
+        #[arg(short, long, requires = "attach")]
+        interactive: bool,
         /// Box ids, unique id prefixes or names.
         #[arg(required = true)]
         ids: Vec<String>,
@@ -154,6 +169,10 @@ pub(crate) enum Verb {
         /// Working directory of the command in the box (absolute).
         #[arg(short, long, value_name = "DIR")]
         workdir: Option<String>,
+        /// Run as this user (`uid`, `uid:gid`, `name`, `name:group`, resolved in the
+        /// box's /etc/passwd and /etc/group) [default: the box's user, else root].
+        #[arg(short, long, value_name = "USER")]
+        user: Option<String>,
         /// Box id or name.
         id: String,
         /// The command and its arguments.
@@ -242,8 +261,9 @@ pub(crate) enum Verb {
         /// `[registry/]repo[:tag]` or `…@sha256:…`.
         reference: String,
     },
-    /// Store a user name and password for a registry (read from stdin with
-    /// --password-stdin), kept 0600 in `<home>/auth.json` and used by `pull`.
+    /// Store a user name and password for a registry (prompted for on the terminal
+    /// without echo, or read from stdin with --password-stdin), kept 0600 in
+    /// `<home>/auth.json` and used by `pull`.
     Login {
         /// The user name.
         #[arg(short, long)]

@@ -145,6 +145,7 @@ impl Global {
         network: bool,
         settings: &BoxArgs,
         image: Option<BoxImage>,
+        process: boxsock::BoxProcess,
     ) -> CreateOptions {
         let mut b = CreateOptions::builder()
             .strategy(self.strategy.clone())
@@ -178,7 +179,7 @@ impl Global {
         if let Some(i) = image {
             b = b.image(i);
         }
-        b.build()
+        b.process(process).build()
     }
 }
 
@@ -230,17 +231,6 @@ impl Global {
             Err(e) => return Err(failed(e)),
         };
         let process = boxsock_image::config::resolve(&info.config, overrides).map_err(failed)?;
-        if !matches!(process.user.as_str(), "" | "root" | "0" | "0:0" | "root:root") {
-            return Err(Failure(
-                format!(
-                    "image {}: user {}: running as a user other than root is not supported yet \
-                     (pass -u 0 to run as root)",
-                    echo::echo(reference),
-                    echo::echo(&process.user)
-                ),
-                exit::FAILED,
-            ));
-        }
         let diff_ids: Vec<boxsock_image::Digest> =
             info.record.layers.iter().map(|l| l.diff_id.clone()).collect();
         store.ensure_root(&info.record.id, &diff_ids).map_err(failed)?;

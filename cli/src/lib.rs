@@ -28,7 +28,7 @@ pub use boxsock_runtime;
 pub use boxsock_runtime::exec::{self, Child, Command, ExitStatus, Output, SpawnErrorKind};
 pub use boxsock_runtime::process::{Liveness, ProcessHandle, ProcessIdentity};
 pub use boxsock_runtime::state::BoxState;
-pub use boxsock_runtime::store::{BoxConfig, BoxRecord, Listing};
+pub use boxsock_runtime::store::{BoxConfig, BoxProcess, BoxRecord, Listing};
 pub use boxsock_runtime::{
     Access, BoxInfo, ClientError, CompanionInfo, CreateOptions, CreateOptionsBuilder, DoctorReport,
     ExecIo, LockMode, OpenReport, OwnedRemoval, Runtime, RuntimeError, RuntimeOptions, doctor,

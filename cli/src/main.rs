@@ -185,12 +185,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     let g = &cli.global;
     match cli.verb {
         Verb::Run(args) => verbs::run(g, args).await,
-        Verb::Create { name, env, network, settings, image } => {
-            verbs::create(g, name, env, network, settings, image).await
+        Verb::Create { name, env, network, settings, image, workdir, cmd } => {
+            verbs::create(g, name, env, network, settings, image, workdir, cmd).await
         }
-        Verb::Start { ids } => verbs::start(g, ids).await,
-        Verb::Exec { env, interactive, tty, workdir, id, cmd } => {
-            verbs::exec(g, env, interactive, tty, workdir, id, cmd).await
+        Verb::Start { attach, interactive, ids } => verbs::start(g, attach, interactive, ids).await,
+        Verb::Exec { env, interactive, tty, workdir, user, id, cmd } => {
+            verbs::exec(g, env, interactive, tty, workdir, user, id, cmd).await
         }
         Verb::Stop { timeout, ids } => verbs::stop(g, timeout, ids).await,
         Verb::Rm { force, ids } => verbs::rm(g, force, ids).await,

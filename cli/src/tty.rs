@@ -73,6 +73,36 @@ impl Drop for RawMode {
     }
 }
 
+/// This terminal without echo (typed characters are not shown; the newline is) until
+/// dropped: what a password prompt reads from. Restored like [`RawMode`]: on drop and
+/// from the panic hook; the caller turns SIGINT and SIGTERM into a normal return.
+#[derive(Debug)]
+pub struct NoEcho {
+    saved: Termios,
+}
+
+impl NoEcho {
+    /// Turn echo off on stdin's terminal (line editing stays).
+    pub fn enter() -> nix::Result<NoEcho> {
+        use termios::LocalFlags;
+        let saved = termios::tcgetattr(stdin_fd())?;
+        *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved.clone());
+        install_panic_hook();
+        let mut quiet = saved.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        quiet.local_flags.insert(LocalFlags::ECHONL);
+        termios::tcsetattr(stdin_fd(), SetArg::TCSAFLUSH, &quiet)?;
+        Ok(NoEcho { saved })
+    }
+}
+
+impl Drop for NoEcho {
+    fn drop(&mut self) {
+        restore(&self.saved);
+        SAVED.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
 fn restore(t: &Termios) {
     if let Err(e) = termios::tcsetattr(stdin_fd().as_fd(), SetArg::TCSADRAIN, t) {
         tracing::warn!(error = %e, "cannot restore the terminal");

@@ -209,3 +209,76 @@ fn the_sandbox_backend_runs_an_image() {
     assert!(tree.contains(&"etc/top".to_string()) && !tree.contains(&"etc/gone".to_string()));
     assert!(!tree.iter().any(|p| p.contains("written")), "the image's root was written: {tree:?}");
 }
+
+/// `create IMAGE [-- CMD]` stores the box's own command (decision 0020): the image's
+/// Cmd by default, replaced by `-- CMD`, with its Env and `-u` as the box's user; what
+/// `inspect` shows and `start -a` runs (the VM tier runs it: scenario `image-user`).
+#[test]
+fn create_image_stores_its_command_and_user_with_the_box() {
+    let env = Env::new();
+    import(&env);
+    let inspect = |id: &str| -> Value {
+        serde_json::from_slice(&run(boxsock(&env).args(["inspect", "--json", id])).stdout).unwrap()
+    };
+    let o = run(boxsock(&env).args(KRUN).args(["create", "localhost/wh:1"]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let i = inspect(text(&o.stdout).trim());
+    assert_eq!(i["process"]["argv"], serde_json::json!(["sh"]), "the image's Cmd: {i}");
+    assert!(i["process"].get("user").is_none(), "{i}");
+    let o = run(boxsock(&env).args(KRUN).args([
+        "create",
+        "-u",
+        "65534:65534",
+        "-w",
+        "/etc",
+        "localhost/wh:1",
+        "--",
+        "cat",
+        "top",
+    ]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let i = inspect(text(&o.stdout).trim());
+    assert_eq!(i["process"]["argv"], serde_json::json!(["cat", "top"]), "{i}");
+    assert_eq!(i["process"]["user"], "65534:65534", "{i}");
+    assert_eq!(i["process"]["cwd"], "/etc", "{i}");
+}
+
+/// `rmi -f` of an image a box uses, then `image prune`: the image's root and layers
+/// stay (the box is pinned to them), and the box still starts on that root (the real
+/// shim configures libkrun with it: `configure_only`); once the box is removed, the
+/// next prune frees them (the control: prune does free what nothing pins).
+#[test]
+fn prune_keeps_the_root_and_layers_of_a_removed_image_a_box_still_uses() {
+    let env = Env::new();
+    let manifest = import(&env);
+    let o = run(boxsock(&env).args(KRUN).args(["create", "localhost/wh:1"]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let id = text(&o.stdout).trim().to_owned();
+    let root = env.home.join("images/roots").join(&manifest["sha256:".len()..]).join("root");
+    let layers = env.home.join("images/layers/sha256");
+    let layer_count = std::fs::read_dir(&layers).unwrap().count();
+    assert_eq!(layer_count, 2);
+    let o = run(boxsock(&env).args(["rmi", "-f", "localhost/wh:1"]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = run(boxsock(&env).args(["image", "prune"]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(corpus::tree(&root), ["etc", "etc/keep", "etc/top"], "{}", text(&o.stdout));
+    assert_eq!(std::fs::read_dir(&layers).unwrap().count(), layer_count);
+    // The box still starts on that root.
+    let o = run(boxsock(&env).args(KRUN).args(["--ready-timeout", "600", "start", &id]));
+    assert_eq!(o.status.code(), Some(125), "configure_only never reports ready");
+    assert!(!text(&o.stderr).contains("missing"), "{}", text(&o.stderr));
+    let spec: Value = serde_json::from_str(
+        &std::fs::read_to_string(env.home.join("boxes").join(&id).join("shim-spec.json")).unwrap(),
+    )
+    .unwrap();
+    let lower = spec["shares"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(lower["host_path"], root.display().to_string(), "{spec}");
+    // The control: with the box gone, prune frees them.
+    let o = run(boxsock(&env).args(["rm", "-f", &id]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = run(boxsock(&env).args(["image", "prune"]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!root.exists(), "the root outlived every user: {}", text(&o.stdout));
+    assert_eq!(std::fs::read_dir(&layers).unwrap().count(), 0, "{}", text(&o.stdout));
+}

@@ -192,6 +192,7 @@ fn pin_box(env: &Env, name: &str, id: &str, diff: &str) -> String {
         network: false,
         env: vec![],
         settings,
+        process: Default::default(),
     };
     let box_id = boxsock::BoxId::generate();
     // Its directory too, as create makes it: a row without one is an interrupted
@@ -425,4 +426,96 @@ fn a_corrupt_image_row_is_reported_and_the_good_ones_still_listed() {
     assert!(import(&env, &other, &["--name", "localhost/other"]).status.success());
     let o = run(boxsock(&env).args(["images", "--quiet"]));
     assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
+}
+
+/// Every file under `dir` with its mode and whole bytes (hashed), links with their
+/// targets, sorted; the SQLite shared-memory index, which a reader may create and
+/// SQLite rewrites, aside.
+fn bytes_of(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            if rel.ends_with("-shm") {
+                continue;
+            }
+            let what = if m.is_file() {
+                sha256(&std::fs::read(&p).unwrap())
+            } else if m.is_symlink() {
+                std::fs::read_link(&p).unwrap().display().to_string()
+            } else {
+                String::new()
+            };
+            out.push(format!("{rel} {:o} {what}", m.mode()));
+            if m.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `images`, `image inspect` and `image save` open the home read-only: a home with a
+/// dead box (which a writing open would record stopped and clean) and an image store
+/// missing its work directories (which a writing open would make) is left byte for
+/// byte as it was; a home of a future schema is refused naming both versions, and left
+/// as it was too.
+#[test]
+fn read_only_image_verbs_never_write_the_home() {
+    let env = Env::new();
+    let dir = env.root.path().join("layout");
+    let id = layout(&dir, "hello\n", "v1");
+    assert!(import(&env, &dir, &["--name", "localhost/hello"]).status.success());
+    // A host box whose process dies with no runtime watching.
+    let b = common::ok(common::boxsock(&env).args(["--backend", "host", "create"]));
+    let b = b.trim();
+    common::ok(common::boxsock(&env).args(["start", b]));
+    let i = common::json(common::boxsock(&env).args(["inspect", "--json", b]));
+    let pid = i["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    common::wait_until("the box process to die", || !common::pid_running(pid));
+    for sub in ["tmp", "locks"] {
+        std::fs::remove_dir_all(env.home.join("images").join(sub)).unwrap();
+    }
+    let before = bytes_of(&env.home);
+    let saved = env.root.path().join("saved.tar");
+    for args in [
+        &["images"][..],
+        &["images", "--json"],
+        &["images", "-q"],
+        &["image", "inspect", "localhost/hello:v1"],
+        &["image", "save", "-o", saved.to_str().unwrap(), "localhost/hello:v1"],
+    ] {
+        let o = run(boxsock(&env).args(args));
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert_eq!(bytes_of(&env.home), before, "{args:?} changed the home");
+    }
+    assert!(saved.is_file());
+    let o = run(boxsock(&env).args(["images", "-q"]));
+    assert_eq!(stdout(&o).trim(), id);
+    // The control: a writing verb records the dead box and makes the directories.
+    let o = run(boxsock(&env).args(["image", "prune"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(bytes_of(&env.home), before, "a writing verb changes this home");
+
+    // A future schema: refused naming the versions, nothing written.
+    let db = env.home.join("boxsock.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        c.pragma_update(None, "user_version", v + 1).unwrap();
+    }
+    let before = bytes_of(&env.home);
+    for args in [&["images"][..], &["image", "inspect", "localhost/hello:v1"]] {
+        let o = run(boxsock(&env).args(args));
+        assert_eq!(o.status.code(), Some(125), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("version"), "{args:?}: {}", stderr(&o));
+        assert_eq!(bytes_of(&env.home), before, "{args:?} changed a future-schema home");
+    }
 }

@@ -69,6 +69,14 @@ pub enum Request {
         /// The pty's initial window size (with `tty`; default 24×80).
         #[serde(default)]
         winsize: Option<WinSize>,
+        /// Run the command as this user: `uid`, `uid:gid`, `name` or `name:group`,
+        /// resolved by the agent against the box's own `/etc/passwd` and `/etc/group`
+        /// (docker's rules); default: the agent's own user. Left out of the frame when
+        /// unset, so a request without a user still decodes in an agent that predates
+        /// the field; a request with one is refused there as malformed (an unknown
+        /// field), never run as the agent's user.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
     },
     /// During an exec: deliver signal `signal` (a number, e.g. 2 for SIGINT) to the
     /// command's process group, or with a tty to the terminal's foreground group.
@@ -317,6 +325,7 @@ mod tests {
                 cwd: None,
                 tty: false,
                 winsize: None,
+                user: None,
             }),
             Frame::Control(Request::Exec {
                 argv: vec!["sh".into()],
@@ -325,6 +334,7 @@ mod tests {
                 cwd: Some("/tmp".into()),
                 tty: true,
                 winsize: Some(WinSize { rows: 50, cols: 132 }),
+                user: Some("65534:65534".into()),
             }),
             Frame::Control(Request::Signal { signal: 2 }),
             Frame::Control(Request::Resize { rows: 10, cols: 20 }),
@@ -374,6 +384,22 @@ mod tests {
         f.push(1);
         f.extend_from_slice(ping);
         assert!(matches!(decode::<Request>(&f), Ok(Some((Frame::Control(Request::Ping {}), _)))));
+    }
+
+    #[test]
+    fn an_exec_without_a_user_keeps_the_old_frame() {
+        let old = br#"{"type":"exec","argv":["id"],"env":[],"stdin":false,"cwd":null,"tty":false,"winsize":null}"#;
+        let req = Request::Exec {
+            argv: vec!["id".into()],
+            env: vec![],
+            stdin: false,
+            cwd: None,
+            tty: false,
+            winsize: None,
+            user: None,
+        };
+        assert_eq!(serde_json::to_vec(&req).unwrap(), old.to_vec());
+        assert_eq!(serde_json::from_slice::<Request>(old).unwrap(), req);
     }
 
     #[tokio::test]

@@ -26,14 +26,16 @@ fn request() -> impl Strategy<Value = Request> {
             proptest::option::of(
                 (any::<u16>(), any::<u16>()).prop_map(|(rows, cols)| WinSize { rows, cols })
             ),
+            proptest::option::of(text()),
         )
-            .prop_map(|(argv, env, stdin, cwd, tty, winsize)| Request::Exec {
+            .prop_map(|(argv, env, stdin, cwd, tty, winsize, user)| Request::Exec {
                 argv,
                 env,
                 stdin,
                 cwd,
                 tty,
-                winsize
+                winsize,
+                user
             }),
         any::<i32>().prop_map(|signal| Request::Signal { signal }),
         (any::<u16>(), any::<u16>()).prop_map(|(rows, cols)| Request::Resize { rows, cols }),

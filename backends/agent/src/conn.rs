@@ -59,9 +59,9 @@ where
             state.stop.send_replace(true);
             r
         }
-        Ok(Frame::Control(Request::Exec { argv, env, stdin, cwd, tty, winsize })) => {
+        Ok(Frame::Control(Request::Exec { argv, env, stdin, cwd, tty, winsize, user })) => {
             let tty = tty.then(|| winsize.unwrap_or_default());
-            exec(rd, wr, ExecSpec { argv, env, want_stdin: stdin, cwd, tty }, state).await
+            exec(rd, wr, ExecSpec { argv, env, want_stdin: stdin, cwd, tty, user }, state).await
         }
         Ok(other) => {
             let msg = format!("expected a request, got {}", describe(&other));

@@ -32,7 +32,8 @@
 //! One job per module: `config` (the addresses and whom it trusts), `inherited` (the
 //! descriptors it was handed), `agent` (listening, readiness, the accept loop), `conn`
 //! (one connection's protocol), `exec` (one command: spawn, input, output), `groups`
-//! (the process groups it started and the stop signal), [`pty`].
+//! (the process groups it started and the stop signal), `user` (whom an exec runs as,
+//! from the box's `/etc/passwd` and `/etc/group`), [`pty`].
 
 // First: on a platform other than Linux the build stops here (docs/platforms.md).
 mod sys;
@@ -48,6 +49,7 @@ mod error;
 mod exec;
 mod groups;
 mod inherited;
+mod user;
 
 use std::time::Duration;
 

@@ -298,6 +298,7 @@ async fn a_bad_frame_during_exec_kills_the_command() {
         cwd: None,
         tty: false,
         winsize: None,
+        user: None,
     };
     proto::write_frame(&mut s, &Frame::Control(exec)).await.unwrap();
     assert!(matches!(
@@ -332,6 +333,7 @@ async fn a_client_that_goes_away_gets_its_command_killed() {
         cwd: None,
         tty: false,
         winsize: None,
+        user: None,
     };
     proto::write_frame(&mut s, &Frame::Control(exec)).await.unwrap();
     let _hello = proto::read_frame::<Response, _>(&mut s).await.unwrap();
@@ -1079,4 +1081,46 @@ fn an_inherited_descriptor_that_is_not_the_right_socket_is_refused_naming_it() {
     let out =
         agent_with_fds(vec![], &["--agent", "abstract:x", "--agent-fd", "3", "--ready-fd", "4"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// An exec with a user runs as that user (the agent runs as root here, as in CI); one
+/// whose user does not resolve is refused naming it, and nothing runs. The agent has
+/// no box root here: names resolve against the host's /etc/passwd.
+#[tokio::test]
+async fn an_exec_runs_as_its_user_and_an_unknown_user_runs_nothing() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        boxsock_test_support::skip(boxsock_test_support::Need::Root, "setuid needs root");
+        return;
+    }
+    let a = Running::start(&[]).await;
+    let out = tokio::time::timeout(
+        LIMIT,
+        a.client().with_user(Some("65534:65534".into())).exec_output(
+            &["sh", "-c", "id -u; id -G"],
+            &[],
+            None,
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "65534\n65534\n");
+
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let req = agent_client::ExecRequest {
+        argv: vec!["touch".into(), marker.display().to_string()],
+        user: Some("no-such-user-here".into()),
+        ..Default::default()
+    };
+    match a.client().start_exec(req).await.unwrap().1.next().await {
+        Err(ClientError::Agent { code, message }) => {
+            assert_eq!(code, ErrorCode::BadRequest, "{message}");
+            assert!(message.contains("no user named \"no-such-user-here\""), "{message}");
+            assert!(message.contains("/etc/passwd"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!marker.exists(), "the command ran");
 }

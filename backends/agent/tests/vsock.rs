@@ -246,6 +246,7 @@ async fn round_trip_over_vsock_loopback() {
         cwd: None,
         tty: false,
         winsize: None,
+        user: None,
     };
     proto::write_frame(&mut c, &Frame::Control(exec)).await.unwrap();
     let mut out = Vec::new();

@@ -3,7 +3,7 @@
 //! home's SQLite store (`Runtime::images`, decision 0019).
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -29,6 +29,16 @@ impl From<ImageError> for Failure {
 async fn store(g: &Global) -> Result<ImageStore, Failure> {
     let rt = g.open(Writes::Yes).await?;
     Ok(rt.images()?)
+}
+
+/// The home's image store opened read-only (`images`, `image inspect`, `image save`):
+/// the home is never created, recovered, upgraded or swept (as `ls`); `None` when it
+/// does not exist.
+async fn read_only_store(g: &Global) -> Result<Option<ImageStore>, Failure> {
+    match g.open_read_only().await? {
+        Some(rt) => Ok(Some(rt.images()?)),
+        None => Ok(None),
+    }
 }
 
 /// `image import PATH`: every image of an OCI layout directory, OCI archive or `docker
@@ -180,30 +190,35 @@ fn short(d: &Digest) -> &str {
     &d.hex()[..12]
 }
 
-/// `login REGISTRY -u USER --password-stdin`: the password is read from stdin (one
-/// line) and kept with the user name in `<home>/auth.json` (0600), for `pull`.
+/// `login REGISTRY -u USER [--password-stdin]`: the password is read from stdin (one
+/// line) with `--password-stdin`, else prompted for on the terminal without echo (stdin
+/// must then be a terminal); kept with the user name in `<home>/auth.json` (0600), for
+/// `pull`.
 pub(crate) async fn login(
     g: &Global,
     registry: String,
     username: String,
     password_stdin: bool,
 ) -> Result<u8, Failure> {
-    if !password_stdin {
+    if !password_stdin && !crate::tty::stdin_is_tty() {
         return Err(Failure(
-            "login reads the password from stdin: pass --password-stdin".into(),
+            "login prompts for the password on a terminal, and stdin is not one: pass \
+             --password-stdin to read it from stdin"
+                .into(),
             exit::FAILED,
         ));
     }
     let key = registry_of(&registry)?;
-    let mut password = String::new();
-    std::io::stdin()
-        .take(64 * 1024)
-        .read_to_string(&mut password)
-        .map_err(|e| Failure(format!("cannot read the password from stdin: {e}"), exit::FAILED))?;
+    let password = match password_stdin {
+        true => read_line_blocking().map_err(|e| {
+            Failure(format!("cannot read the password from stdin: {e}"), exit::FAILED)
+        })?,
+        false => prompt_password().await?,
+    };
     let password = password.strip_suffix('\n').unwrap_or(&password);
     let password = password.strip_suffix('\r').unwrap_or(password);
     if password.is_empty() {
-        return Err(Failure("no password on stdin".into(), exit::FAILED));
+        return Err(Failure("no password given".into(), exit::FAILED));
     }
     if username.is_empty() || username.contains(':') {
         return Err(Failure(
@@ -246,18 +261,62 @@ fn human(bytes: u64) -> String {
     if u == 0 { format!("{bytes}B") } else { format!("{v:.1}{}", units[u]) }
 }
 
+/// One line of stdin (at most 64 KiB).
+fn read_line_blocking() -> std::io::Result<String> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::stdin().lock().take(64 * 1024).read_line(&mut line)?;
+    Ok(line)
+}
+
+/// Ask for the password on the terminal (stdin), echo off until the line is read: the
+/// terminal is restored on every path, SIGINT and SIGTERM included (they end the prompt
+/// with 130 or 143 instead of killing this process with echo off).
+async fn prompt_password() -> Result<String, Failure> {
+    // Echo off before the prompt shows: nothing typed after it is ever echoed.
+    let quiet = crate::tty::NoEcho::enter()
+        .map_err(|e| Failure(format!("cannot turn the terminal's echo off: {e}"), exit::FAILED))?;
+    {
+        let mut e = std::io::stderr().lock();
+        let _ = e.write_all(b"Password: ").and_then(|()| e.flush());
+    }
+    // A thread of its own: a blocking read of stdin would hold up the runtime's
+    // shutdown after an interrupt.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("password".into())
+        .spawn(move || {
+            let _ = tx.send(read_line_blocking());
+        })
+        .map_err(|e| Failure(format!("cannot read the terminal: {e}"), exit::FAILED))?;
+    let read = tokio::select! {
+        r = rx => r,
+        sig = super::interrupted() => {
+            drop(quiet);
+            errln!("");
+            let code = if sig == "SIGINT" { 130 } else { 143 };
+            return Err(Failure(String::new(), code));
+        }
+    };
+    drop(quiet);
+    match read {
+        Ok(Ok(line)) if line.ends_with('\n') => Ok(line),
+        Ok(Ok(_)) => Err(Failure("no password given (end of input)".into(), exit::FAILED)),
+        Ok(Err(e)) => Err(Failure(format!("cannot read the password: {e}"), exit::FAILED)),
+        Err(_) => Err(Failure("cannot read the password".into(), exit::FAILED)),
+    }
+}
+
 /// `images`: one line per name (an image without one: `<none>`); `--quiet`: ids.
 pub(crate) async fn images(g: &Global, quiet: bool, as_json: bool) -> Result<u8, Failure> {
     // Listing creates no home: one that does not exist lists nothing, and says so.
-    let home = g.home()?;
-    if !home.exists() {
-        errln!("boxsock: home {} does not exist (no images)", echo::path(&home));
+    let Some(store) = read_only_store(g).await? else {
+        errln!("boxsock: home {} does not exist (no images)", echo::path(&g.home()?));
         if as_json {
             return json(&serde_json::json!({ "images": [], "bad": [] }));
         }
         return Ok(0);
-    }
-    let store = store(g).await?;
+    };
     let list = store.list_all()?;
     if as_json {
         return json(&serde_json::json!({ "images": list.images, "bad": list.bad }));
@@ -306,18 +365,16 @@ pub(crate) async fn images(g: &Global, quiet: bool, as_json: bool) -> Result<u8,
 
 /// `image inspect REF…`: JSON (an array when several are given).
 pub(crate) async fn inspect(g: &Global, refs: Vec<String>) -> Result<u8, Failure> {
-    let home = g.home()?;
-    if !home.exists() {
+    let Some(store) = read_only_store(g).await? else {
         return Err(Failure(
             format!(
                 "no image {}: home {} does not exist",
                 echo::echo(&refs.join(", ")),
-                echo::path(&home)
+                echo::path(&g.home()?)
             ),
             exit::FAILED,
         ));
-    }
-    let store = store(g).await?;
+    };
     let mut found = Vec::new();
     let mut failed = false;
     for r in &refs {
@@ -353,7 +410,16 @@ pub(crate) async fn inspect(g: &Global, refs: Vec<String>) -> Result<u8, Failure
 
 /// `image save REF -o FILE`: an OCI archive, renamed into place once whole.
 pub(crate) async fn save(g: &Global, reference: String, out: PathBuf) -> Result<u8, Failure> {
-    let store = store(g).await?;
+    let Some(store) = read_only_store(g).await? else {
+        return Err(Failure(
+            format!(
+                "no image {}: home {} does not exist",
+                echo::echo(&reference),
+                echo::path(&g.home()?)
+            ),
+            exit::FAILED,
+        ));
+    };
     store.save(&reference, &out).map_err(|e| {
         Failure(
             format!("save {} to {}: {e}", echo::echo(&reference), echo::path(&out)),

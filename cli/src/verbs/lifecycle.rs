@@ -3,7 +3,8 @@
 
 use std::io::Write;
 
-use boxsock::{Runtime, RuntimeError};
+use boxsock::boxsock_core::backend::BoxImage;
+use boxsock::{BoxProcess, Runtime, RuntimeError};
 
 use super::interrupted;
 use crate::args::{BoxArgs, Global, ImageArgs, RunArgs, secs};
@@ -15,18 +16,13 @@ pub(crate) async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
     let RunArgs { rm, detach, name, env, interactive, tty, workdir, settings, image, cmd } = args;
     let env: Vec<(String, String)> = env.into_iter().flatten().collect();
     let rt = g.open(Writes::Yes).await.map_err(|f| Failure(f.0, exit::FAILED))?;
-    // With an image, what runs is its config with docker's overrides: the command
-    // after `--` replaces Cmd, `-e` its Env, `-w` its WorkingDir. Its Env is also the
-    // box's, so later `exec`s see it (PATH…).
-    let (image, cmd, env, workdir, box_env) =
-        match image_box(g, &rt, &settings, image, &env, workdir.clone(), cmd.clone())? {
-            Some((pinned, process)) => {
-                let env = process.env.iter().map(|kv| split_kv(kv)).collect::<Vec<_>>();
-                (Some(pinned), process.argv, env.clone(), Some(process.cwd), env)
-            }
-            None => (None, cmd, env, workdir, Vec::new()),
-        };
-    let mut opts = g.create_options(name, box_env, false, &settings, image);
+    // What runs is stored with the box as its own command (decision 0020). With an
+    // image, its config with docker's overrides: the command after `--` replaces Cmd,
+    // `-e` its Env, `-w` its WorkingDir, `-u` its User. Its Env is also the box's, so
+    // later `exec`s see it (PATH…). Without one, the command with `-e`, `-w` and `-u`.
+    let (image, process, box_env) =
+        box_process(g, &rt, &settings, image, &env, workdir.clone(), cmd.clone())?;
+    let mut opts = g.create_options(name, box_env, false, &settings, image, process);
     // Tie the box to this process: a lifeline (a guardian process told the id
     // before the box exists) removes it as soon as this process dies without
     // removing it (kill -9); the owner recorded with the row lets the next
@@ -70,19 +66,8 @@ pub(crate) async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
     let exec_started = std::sync::atomic::AtomicBool::new(false);
     let work = async {
         rt.start(&id).await.map_err(exec_failure)?;
-        exec_in(
-            &rt,
-            &id,
-            cmd,
-            env,
-            ExecOpts {
-                interactive,
-                tty,
-                workdir: workdir.as_deref(),
-                started: Some(&exec_started),
-            },
-        )
-        .await
+        let command = rt.main_command(&id).map_err(exec_failure)?;
+        run_command(command, &id, ExecOpts { interactive, tty, started: Some(&exec_started) }).await
     };
     tokio::pin!(work);
     let mut interrupted_by = None;
@@ -119,6 +104,7 @@ pub(crate) async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
 }
 
 /// `create`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn create(
     g: &Global,
     name: Option<String>,
@@ -126,28 +112,70 @@ pub(crate) async fn create(
     network: bool,
     settings: BoxArgs,
     image: ImageArgs,
+    workdir: Option<String>,
+    cmd: Vec<String>,
 ) -> Result<u8, Failure> {
     let env: Vec<(String, String)> = env.into_iter().flatten().collect();
     let rt = g.open(Writes::Yes).await?;
-    // A box runs no command of its own: the image's Env (with `-e` applied) becomes the
-    // box's environment, seen by every `exec`.
-    let (pinned, env) = match image_box(g, &rt, &settings, image, &env, None, Vec::new())? {
-        Some((pinned, process)) => {
-            (Some(pinned), process.env.iter().map(|kv| split_kv(kv)).collect())
-        }
-        None => (None, env),
-    };
+    // `-e` is the box's environment, seen by every `exec` and by its command; with an
+    // image, its Env with `-e` applied.
+    let (pinned, mut process, box_env) = box_process(g, &rt, &settings, image, &env, workdir, cmd)?;
+    if box_env.is_empty() {
+        process.env.clear();
+    }
+    let box_env = if box_env.is_empty() { env } else { box_env };
     let b = rt
-        .create(g.create_options(name, env, network, &settings, pinned))
+        .create(g.create_options(name, box_env, network, &settings, pinned, process))
         .await
         .map_err(|e| backend_hint(e, g))?;
     outln!("{}", b.id);
     Ok(0)
 }
 
-/// The image of a new box (`create`/`run IMAGE`), resolved in the home's store with
-/// docker's overrides applied; `None` without an image. An image and `--rootfs` are
-/// refused together before anything is looked up.
+/// A new box's image (`create`/`run IMAGE`), resolved in the home's store with
+/// docker's overrides applied, and its own process; the box's environment (an image's
+/// Env with `-e` applied; empty without an image). Without an image, the process is
+/// `cmd` with `env`, `workdir` and `-u`. An image and `--rootfs` are refused together
+/// before anything is looked up.
+#[allow(clippy::type_complexity)]
+fn box_process(
+    g: &Global,
+    rt: &Runtime,
+    settings: &BoxArgs,
+    image: ImageArgs,
+    env: &[(String, String)],
+    workdir: Option<String>,
+    cmd: Vec<String>,
+) -> Result<(Option<BoxImage>, BoxProcess, Vec<(String, String)>), Failure> {
+    let user = image.user.clone().filter(|u| !u.is_empty());
+    match image_box(g, rt, settings, image, env, workdir.clone(), cmd.clone())? {
+        Some((pinned, p)) => {
+            let env: Vec<(String, String)> = p.env.iter().map(|kv| split_kv(kv)).collect();
+            let mut process = BoxProcess::new(p.argv);
+            // An image without Entrypoint and Cmd gives the box no command, only a user.
+            if process.has_command() {
+                process.env = env.clone();
+                process.cwd = Some(p.cwd).filter(|d| !d.is_empty());
+            }
+            process.user = Some(p.user).filter(|u| !u.is_empty());
+            Ok((Some(pinned), process, env))
+        }
+        None => {
+            let mut process = BoxProcess::new(cmd);
+            if process.has_command() {
+                process.env = env.to_vec();
+                process.cwd = workdir;
+            } else if workdir.is_some() {
+                return Err(Failure("-w needs a command (after `--`)".into(), exit::FAILED));
+            }
+            process.user = user;
+            Ok((None, process, Vec::new()))
+        }
+    }
+}
+
+/// The image of a new box, resolved in the home's store with docker's overrides
+/// applied; `None` without an image.
 fn image_box(
     g: &Global,
     rt: &Runtime,
@@ -156,7 +184,7 @@ fn image_box(
     env: &[(String, String)],
     workdir: Option<String>,
     cmd: Vec<String>,
-) -> Result<Option<(boxsock::boxsock_core::backend::BoxImage, boxsock_image::Process)>, Failure> {
+) -> Result<Option<(BoxImage, boxsock_image::Process)>, Failure> {
     let ImageArgs { image, entrypoint, user } = image;
     let Some(reference) = image else { return Ok(None) };
     if settings.rootfs.is_some() {
@@ -185,32 +213,84 @@ fn split_kv(kv: &str) -> (String, String) {
 }
 
 /// `start`.
-pub(crate) async fn start(g: &Global, ids: Vec<String>) -> Result<u8, Failure> {
+pub(crate) async fn start(
+    g: &Global,
+    attach: bool,
+    interactive: bool,
+    ids: Vec<String>,
+) -> Result<u8, Failure> {
+    if attach {
+        return start_attached(g, interactive, ids).await;
+    }
     let rt = &g.open_existing(&ids.join(", "), Writes::Yes).await?;
     // A running box is left as it is (and its id printed), like docker.
     each(ids, |id| async move { Ok(rt.start(&id).await?.id.to_string()) }).await
 }
 
+/// `start -a`: start the box, run its own command attached (as `run` does), stop the
+/// box when it ends and exit with its status, as docker's `start -a` of a container
+/// whose main process ends. A box without a command, or one already running (its
+/// command runs only at a start), is refused before anything starts.
+async fn start_attached(g: &Global, interactive: bool, ids: Vec<String>) -> Result<u8, Failure> {
+    let [id] = ids.as_slice() else {
+        return Err(Failure(format!("start -a takes one box, not {}", ids.len()), exit::FAILED));
+    };
+    let rt = g.open_existing(id, Writes::Yes).await.map_err(|f| Failure(f.0, exit::FAILED))?;
+    let rec = rt.get(id).map_err(exec_failure)?;
+    if !rec.config.process.has_command() {
+        return Err(exec_failure(RuntimeError::NoCommand { id: rec.id }));
+    }
+    let id = rec.id.to_string();
+    if rec.state == boxsock::BoxState::Running {
+        return Err(Failure(
+            format!(
+                "box {id} is already running: its command runs when it starts (stop it \
+                 first, or run commands with exec)"
+            ),
+            exit::FAILED,
+        ));
+    }
+    rt.start(&id).await.map_err(exec_failure)?;
+    let result = match rt.main_command(&id) {
+        Ok(command) => {
+            run_command(command, &id, ExecOpts { interactive, tty: false, started: None }).await
+        }
+        Err(e) => Err(exec_failure(e)),
+    };
+    // Its command has ended: like an exited container, the box stays, stopped.
+    if let Err(e) = rt.stop(&id, None).await {
+        errln!("boxsock: stopping box {id}: {e}");
+    }
+    Ok(exit_byte(result?))
+}
+
 /// `exec`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn exec(
     g: &Global,
     env: Vec<Option<(String, String)>>,
     interactive: bool,
     tty: bool,
     workdir: Option<String>,
+    user: Option<String>,
     id: String,
     cmd: Vec<String>,
 ) -> Result<u8, Failure> {
     let env: Vec<(String, String)> = env.into_iter().flatten().collect();
     let rt = g.open_existing(&id, Writes::Yes).await.map_err(|f| Failure(f.0, exit::FAILED))?;
-    let code = exec_in(
-        &rt,
-        &id,
-        cmd,
-        env,
-        ExecOpts { interactive, tty, workdir: workdir.as_deref(), started: None },
-    )
-    .await?;
+    let Some((program, args)) = cmd.split_first() else {
+        return Err(Failure("no command given".into(), exit::FAILED));
+    };
+    let mut command = rt.command(&id, program.as_str());
+    command.args(args.iter().cloned()).envs(env);
+    if let Some(dir) = workdir {
+        command.current_dir(dir);
+    }
+    // Without -u, the box's user (stored at create), else the agent's.
+    if let Some(u) = user {
+        command.user(u);
+    }
+    let code = run_command(command, &id, ExecOpts { interactive, tty, started: None }).await?;
     Ok(exit_byte(code))
 }
 
@@ -270,13 +350,12 @@ fn backend_hint(e: RuntimeError, g: &Global) -> Failure {
     Failure(if hint { format!("{msg}; {suggestion}") } else { msg }, exit::FAILED)
 }
 
-/// How `run`/`exec` run the command: `-i`, `-t`, `-w`; `started` is set once the
+/// How `run`/`exec`/`start -a` run the command: `-i`, `-t`; `started` is set once the
 /// command runs and signals are forwarded to it.
 #[derive(Debug, Clone, Copy)]
 struct ExecOpts<'a> {
     interactive: bool,
     tty: bool,
-    workdir: Option<&'a str>,
     started: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
@@ -284,11 +363,9 @@ struct ExecOpts<'a> {
 /// raw mode and the signals forwarded to the command). When stdout's reader goes away
 /// (`| head`), the exec session is closed (the child dropped), so the agent kills the
 /// command's process group, and this returns the quiet broken-pipe failure.
-async fn exec_in(
-    rt: &Runtime,
+async fn run_command(
+    mut command: boxsock::Command<'_>,
     id: &str,
-    cmd: Vec<String>,
-    env: Vec<(String, String)>,
     attach: ExecOpts<'_>,
 ) -> Result<i32, Failure> {
     use boxsock::exec::Stdio;
@@ -299,22 +376,15 @@ async fn exec_in(
             exit::FAILED,
         ));
     }
-    let Some((program, args)) = cmd.split_first() else {
-        return Err(Failure("no command given".into(), exit::FAILED));
-    };
-    let mut command = rt.command(id, program.as_str());
+    let program = command.get_program().to_owned();
+    let program = program.as_str();
     command
-        .args(args.iter().cloned())
-        .envs(env)
         .stdin(if attach.interactive { Stdio::Inherit } else { Stdio::Null })
         .stdout(Stdio::Piped)
         .stderr(Stdio::Piped);
     if attach.tty {
         let (rows, cols) = tty::window_size().unwrap_or((24, 80));
         command.window_size(rows, cols);
-    }
-    if let Some(dir) = attach.workdir {
-        command.current_dir(dir);
     }
     // Raw mode before the command starts, so no typed byte is echoed locally.
     let raw = match attach.tty && attach.interactive {

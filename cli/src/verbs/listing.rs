@@ -141,6 +141,17 @@ fn print_info(i: &boxsock::BoxInfo) -> Result<(), Failure> {
     if let Some(c) = i.exit_code {
         outln!("exit code: {c}");
     }
+    if i.process.has_command() {
+        // As JSON strings: every argument visible, whatever it holds.
+        let argv = serde_json::to_string(&i.process.argv).unwrap_or_default();
+        outln!("command:   {argv}");
+        if let Some(d) = &i.process.cwd {
+            outln!("workdir:   {d}");
+        }
+    }
+    if let Some(u) = &i.process.user {
+        outln!("user:      {u}");
+    }
     for c in &i.companions {
         outln!(
             "companion: pid {} ({}), start time {}, {}",

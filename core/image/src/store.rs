@@ -167,6 +167,21 @@ impl ImageStore {
         Ok(())
     }
 
+    /// Open the store in `dir` for reading only (`images`, `image inspect`, `image
+    /// save`): nothing is created, swept or migrated, so a home a read-only verb looks
+    /// at is left byte for byte as it was. Only the reading methods may be used on it
+    /// (`list_all`, `list`, `resolve`, `inspect`, `layers`, `save`); records that an
+    /// `images.json` still holds are not read until a writing open moves them.
+    pub fn open_read_only(dir: impl AsRef<Path>, records: Arc<dyn Records>) -> ImageStore {
+        let dir = dir.as_ref().to_path_buf();
+        ImageStore {
+            blobs: Blobs::new(dir.join("blobs/sha256"), dir.join("tmp")),
+            dir,
+            limits: UnpackLimits::default(),
+            records,
+        }
+    }
+
     fn open_in(dir: impl AsRef<Path>, records: Arc<dyn Records>) -> Result<ImageStore> {
         let dir = dir.as_ref().to_path_buf();
         for sub in ["blobs/sha256", "layers/sha256", "tmp", "locks"] {

@@ -106,6 +106,9 @@ pub struct ExecRequest {
     pub cwd: Option<String>,
     /// Run on a pty of this initial size.
     pub tty: Option<WinSize>,
+    /// Run as this user (`uid`, `uid:gid`, `name`, `name:group`), resolved by the agent
+    /// in the box; `None`: the agent's own user.
+    pub user: Option<String>,
 }
 
 /// The end of a command, as the agent reported it.
@@ -195,6 +198,8 @@ impl ExecReader {
 pub struct AgentClient {
     stream: UnixStream,
     info: Option<AgentInfo>,
+    /// The user of [`AgentClient::exec`]'s command ([`AgentClient::with_user`]).
+    user: Option<String>,
 }
 
 impl AgentClient {
@@ -202,7 +207,14 @@ impl AgentClient {
     /// tokio runtime. No bytes are exchanged yet.
     pub fn connect(stream: std::os::unix::net::UnixStream) -> Result<Self, ClientError> {
         stream.set_nonblocking(true)?;
-        Ok(AgentClient { stream: UnixStream::from_std(stream)?, info: None })
+        Ok(AgentClient { stream: UnixStream::from_std(stream)?, info: None, user: None })
+    }
+
+    /// Run [`AgentClient::exec`]'s and [`AgentClient::exec_output`]'s commands as this
+    /// user (see [`ExecRequest::user`]); `None`: the agent's own.
+    pub fn with_user(mut self, user: Option<String>) -> Self {
+        self.user = user;
+        self
     }
 
     /// Exchange `Hello`s (once; later calls return the first answer). A version the
@@ -311,6 +323,7 @@ impl AgentClient {
             argv: argv.iter().map(|a| a.as_ref().to_owned()).collect(),
             env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             stdin: stdin.is_some(),
+            user: self.user.clone(),
             ..ExecRequest::default()
         };
         let (mut wr, mut rd) = self.start_exec(request).await?;
@@ -383,8 +396,9 @@ impl AgentClient {
     /// limit).
     async fn send_exec(&mut self, request: ExecRequest) -> Result<(), ClientError> {
         self.hello().await?;
-        let ExecRequest { argv, env, stdin, cwd, tty } = request;
-        let request = Request::Exec { argv, env, stdin, cwd, tty: tty.is_some(), winsize: tty };
+        let ExecRequest { argv, env, stdin, cwd, tty, user } = request;
+        let request =
+            Request::Exec { argv, env, stdin, cwd, tty: tty.is_some(), winsize: tty, user };
         // Check the size before sending: an oversized frame is refused by the agent,
         // which closes the connection mid-write (a bare "Broken pipe").
         let frame = proto::encode(&Frame::Control(request));

@@ -17,6 +17,7 @@ use boxsock_core::id::BoxId;
 use boxsock_core::registry::Named;
 
 use crate::process::ProcessIdentity;
+use crate::store::BoxProcess;
 
 /// What to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +49,10 @@ pub struct CreateOptions {
     /// at create; the backend refuses settings it does not support
     /// (`Backend::check_settings`).
     pub settings: BoxSettings,
+    /// The box's own command and user, stored with it (decision 0020): what
+    /// [`crate::Runtime::main_command`] runs, and the user of every command of the box
+    /// that names none. Not a backend setting: every backend takes it.
+    pub process: BoxProcess,
 }
 
 impl CreateOptions {
@@ -62,6 +67,7 @@ impl CreateOptions {
             env: Vec::new(),
             auto_remove_owner: None,
             settings: BoxSettings::default(),
+            process: BoxProcess::default(),
         }
     }
 
@@ -196,6 +202,38 @@ impl CreateOptionsBuilder {
         self
     }
 
+    /// The box's own command (stored with it; see [`CreateOptions::process`]).
+    pub fn command<S: Into<String>>(mut self, argv: impl IntoIterator<Item = S>) -> Self {
+        self.opts.process.argv = argv.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// One more environment variable for the box's command (on top of the box's).
+    pub fn command_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.opts.process.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The working directory of the box's command (absolute).
+    pub fn command_cwd(mut self, dir: impl Into<String>) -> Self {
+        self.opts.process.cwd = Some(dir.into());
+        self
+    }
+
+    /// The user the box's command and every command that names none run as (`uid`,
+    /// `uid:gid`, `name`, `name:group`, resolved in the box when a command starts).
+    pub fn user(mut self, spec: impl Into<String>) -> Self {
+        self.opts.process.user = Some(spec.into());
+        self
+    }
+
+    /// The box's whole process (replaces what `command`, `command_env`,
+    /// `command_cwd` and `user` set).
+    pub fn process(mut self, process: BoxProcess) -> Self {
+        self.opts.process = process;
+        self
+    }
+
     /// Tie the box to this process (see [`CreateOptions::auto_remove_owner`]).
     pub fn auto_remove_owner(mut self, owner: ProcessIdentity) -> Self {
         self.opts.auto_remove_owner = Some(owner);
@@ -259,6 +297,26 @@ pub(crate) fn canonical_settings(
     Ok(settings)
 }
 
+/// A box's own process is refused at create when it cannot run: a relative working
+/// directory, an empty user, or a working directory or environment without a command.
+pub(crate) fn check_process(p: &BoxProcess) -> Result<(), crate::RuntimeError> {
+    let bad = |reason: String| Err(crate::RuntimeError::BadProcess { reason });
+    let echo = |s: &str| boxsock_core::echo::echo(s).to_string();
+    if let Some(d) = p.cwd.as_deref().filter(|d| !d.starts_with('/')) {
+        return bad(format!("working directory {} is not absolute", echo(d)));
+    }
+    if p.user.as_deref().is_some_and(|u| u.is_empty()) {
+        return bad("the user is empty".into());
+    }
+    if !p.has_command() && (p.cwd.is_some() || !p.env.is_empty()) {
+        return bad("a working directory or environment without a command".into());
+    }
+    if p.argv.first().is_some_and(|a| a.is_empty()) {
+        return bad("the program name is empty".into());
+    }
+    Ok(())
+}
+
 /// The root of a box's image (`BoxLayout::image_root` of its manifest) must be a
 /// directory: the image store builds it when the image is resolved for a box; a box is
 /// never created over a missing one.
@@ -308,6 +366,10 @@ mod tests {
             .vcpus(2)
             .ram_mib(1024)
             .rootfs("/srv/root")
+            .command(["sh", "-c", "exit 3"])
+            .command_env("C", "3")
+            .command_cwd("/srv")
+            .user("65534:65534")
             .build();
         assert_eq!(o.strategy, "mine");
         assert_eq!(o.backend, "libkrun");
@@ -316,8 +378,13 @@ mod tests {
         assert_eq!(o.env, vec![("A".to_owned(), "1".to_owned()), ("B".to_owned(), "2".to_owned())]);
         assert_eq!((o.settings.vcpus, o.settings.ram_mib), (Some(2), Some(1024)));
         assert_eq!(o.settings.rootfs.as_deref(), Some(std::path::Path::new("/srv/root")));
+        assert_eq!(o.process.argv, ["sh", "-c", "exit 3"]);
+        assert_eq!(o.process.env, [("C".to_owned(), "3".to_owned())]);
+        assert_eq!(o.process.cwd.as_deref(), Some("/srv"));
+        assert_eq!(o.process.user.as_deref(), Some("65534:65534"));
         let plain = CreateOptions::builder().backend_of::<Mine>().build();
         assert_eq!((plain.strategy.as_str(), plain.backend.as_str()), ("", "mine"));
         assert!(plain.settings.is_default());
+        assert!(plain.process.is_empty());
     }
 }

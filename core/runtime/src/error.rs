@@ -199,6 +199,21 @@ pub enum RuntimeError {
         /// Its state.
         state: BoxState,
     },
+    /// The box has no command of its own to run (created without one).
+    #[error(
+        "box {id} has no command of its own (it was created without one: give a command \
+         after `--` at create, or run commands with exec)"
+    )]
+    NoCommand {
+        /// The box.
+        id: BoxId,
+    },
+    /// The box's own process (command, working directory, user) is not valid.
+    #[error("the box's command: {reason}")]
+    BadProcess {
+        /// What is wrong, input echoed.
+        reason: String,
+    },
     /// Removing a box that is running needs `force`.
     #[error("box {id} is {state}; stop it first or remove with force (-f)")]
     StillRunning {

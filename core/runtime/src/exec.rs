@@ -167,6 +167,7 @@ pub struct Command<'rt> {
     stdout: Option<Stdio>,
     stderr: Option<Stdio>,
     tty: Option<WinSize>,
+    user: Option<String>,
 }
 
 impl Runtime {
@@ -183,11 +184,35 @@ impl Runtime {
             stdout: None,
             stderr: None,
             tty: None,
+            user: None,
         }
+    }
+
+    /// The box's own command (stored at create: [`crate::CreateOptions::process`]),
+    /// with its environment and working directory, ready to run in the running box;
+    /// [`RuntimeError::NoCommand`] when the box has none. Streams and tty are the
+    /// caller's to choose, as for [`Runtime::command`].
+    pub fn main_command(&self, id_or_name: &str) -> Result<Command<'_>, RuntimeError> {
+        let rec = self.get(id_or_name)?;
+        let p = rec.config.process;
+        let Some((program, args)) = p.argv.split_first() else {
+            return Err(RuntimeError::NoCommand { id: rec.id });
+        };
+        let mut c = self.command(rec.id.as_str(), program.clone());
+        c.args(args.iter().cloned()).envs(p.env);
+        if let Some(d) = p.cwd {
+            c.current_dir(d);
+        }
+        Ok(c)
     }
 }
 
 impl<'rt> Command<'rt> {
+    /// The program (`argv[0]`).
+    pub fn get_program(&self) -> &str {
+        &self.argv[0]
+    }
+
     /// Add an argument.
     pub fn arg(&mut self, arg: impl Into<String>) -> &mut Self {
         self.argv.push(arg.into());
@@ -260,13 +285,23 @@ impl<'rt> Command<'rt> {
         self
     }
 
-    fn request(&self, stdin: Stdio) -> ExecRequest {
+    /// Run as this user (`uid`, `uid:gid`, `name`, `name:group`), resolved by the
+    /// agent against the box's own `/etc/passwd` and `/etc/group` (docker's rules; a
+    /// name it does not find fails the spawn, nothing runs). Default: the box's user
+    /// ([`crate::BoxProcess::user`]), else the agent's (root in a guest).
+    pub fn user(&mut self, spec: impl Into<String>) -> &mut Self {
+        self.user = Some(spec.into());
+        self
+    }
+
+    fn request(&self, stdin: Stdio, box_user: Option<&str>) -> ExecRequest {
         ExecRequest {
             argv: self.argv.clone(),
             env: self.env.clone(),
             stdin: stdin != Stdio::Null,
             cwd: self.cwd.clone(),
             tty: self.tty,
+            user: self.user.clone().or_else(|| box_user.map(str::to_owned)),
         }
     }
 
@@ -274,8 +309,9 @@ impl<'rt> Command<'rt> {
     /// failures (box id and agent address).
     async fn start(&self, stdin: Stdio) -> Result<(ExecWriter, ExecReader, Fail), RuntimeError> {
         let (rec, client, address) = self.rt.inner.connect_agent(&self.box_id).await?;
+        let request = self.request(stdin, rec.config.process.user.as_deref());
         let fail = Fail { id: rec.id, address };
-        match client.start_exec(self.request(stdin)).await {
+        match client.start_exec(request).await {
             Ok((w, r)) => Ok((w, r, fail)),
             Err(source) => Err(fail.error(source)),
         }

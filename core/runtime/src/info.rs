@@ -132,6 +132,9 @@ pub struct BoxInfo {
     /// omitted when all are the backend's defaults.
     #[serde(skip_serializing_if = "BoxSettings::is_default")]
     pub settings: BoxSettings,
+    /// The box's own command and user (decision 0020); omitted when it has neither.
+    #[serde(skip_serializing_if = "crate::BoxProcess::is_empty")]
+    pub process: crate::BoxProcess,
     /// The box process's pid, while it has one.
     pub pid: Option<i32>,
     /// Its start time (clock ticks since boot), the other half of its identity.
@@ -198,6 +201,7 @@ pub(super) fn inspect(inner: &Inner, rec: BoxRecord) -> BoxInfo {
         backend: rec.config.backend,
         network: rec.config.network,
         settings: rec.config.settings.clone(),
+        process: rec.config.process.clone(),
         pid: rec.process.map(|p| p.pid),
         start_time: rec.process.map(|p| p.start_time),
         alive: handle.as_ref().is_some_and(|h| h.is_alive()),

@@ -84,6 +84,7 @@ pub use lock::{LockGuard, LockMode};
 pub use options::{Access, ExecIo, RuntimeOptions};
 pub use recovery::{OpenReport, Recovered, SweepError};
 pub use sockets::{Incompatibility, check_addresses, compatibility, socket_specs};
+pub use store::BoxProcess;
 
 use crate::process::ProcessHandle;
 use crate::state::BoxState;
@@ -324,9 +325,16 @@ impl Runtime {
     /// store (decision 0019): `rmi` is refused while a box is pinned to the image, and
     /// `prune` keeps what boxes are pinned to. Records an `images.json` there held are
     /// moved in at the first open.
+    ///
+    /// A read-only runtime ([`Access::ReadOnly`]) opens it for reading only
+    /// ([`boxsock_image::ImageStore::open_read_only`]): nothing is created, swept or
+    /// moved, as for every read-only verb.
     pub fn images(&self) -> Result<boxsock_image::ImageStore, RuntimeError> {
         let records = Arc::new(store::HomeRecords::of_runtime(self.clone()));
         let dir = self.inner.layout.home().join("images");
+        if self.inner.options.access == Access::ReadOnly {
+            return Ok(boxsock_image::ImageStore::open_read_only(dir, records));
+        }
         Ok(boxsock_image::ImageStore::open_with_records(dir, records)?)
     }
 
@@ -385,6 +393,7 @@ impl Runtime {
                 });
             }
         }
+        create_options::check_process(&opts.process)?;
         opts.settings = create_options::canonical_settings(opts.settings)?;
         if let Some(image) = &opts.settings.image {
             create_options::check_image_root(&inner.layout, image)?;
@@ -430,6 +439,7 @@ impl Runtime {
             network: opts.network,
             env: opts.env,
             settings: opts.settings,
+            process: opts.process,
         };
         let rec = Store::new_record(id.clone(), opts.name, config);
         // Journal, then directory (marker first), then row: recovery deletes only a
@@ -490,7 +500,7 @@ impl Runtime {
     }
 
     /// Run `argv` in a running box, streaming its output into `io`; returns its exit
-    /// code (or 128 + signal).
+    /// code (or 128 + signal). It runs as the box's user ([`BoxProcess::user`]), if any.
     pub async fn exec(
         &self,
         id_or_name: &str,
@@ -501,6 +511,7 @@ impl Runtime {
         let (rec, client, address) = self.inner.connect_agent(id_or_name).await?;
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         client
+            .with_user(rec.config.process.user.clone())
             .exec(&argv, &env, io.stdin, io.stdout, io.stderr)
             .await
             .map_err(|source| RuntimeError::Agent { id: rec.id, address, source })

@@ -117,6 +117,7 @@ fn removal_asks_for_pinned_boxes_inside_its_transaction() {
         network: false,
         env: vec![],
         settings,
+        process: Default::default(),
     };
     store.insert(&Store::new_record(BoxId::generate(), Some("web".into()), config)).unwrap();
     // A box row whose config is not JSON but mentions image 2 counts as its user.
@@ -227,6 +228,7 @@ fn a_box_pinned_to_an_image_not_recorded_is_refused_at_insert() {
             network: false,
             env: vec![],
             settings,
+            process: Default::default(),
         };
         Store::new_record(BoxId::generate(), None, config)
     };

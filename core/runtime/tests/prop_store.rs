@@ -24,6 +24,7 @@ fn config() -> impl Strategy<Value = BoxConfig> {
             network,
             env,
             settings: Default::default(),
+            process: Default::default(),
         },
     )
 }
@@ -75,6 +76,7 @@ proptest! {
         let (_home, store) = fresh();
         let good = Store::new_record(BoxId::generate(), None, BoxConfig {
             strategy: "direct".into(), backend: "host".into(), network: false, env: vec![], settings: Default::default(),
+            process: Default::default(),
         });
         store.insert(&good).expect("insert good row");
         store

@@ -25,6 +25,7 @@ fn store_wal_and_shm_are_0600_under_umask_000_and_old_ones_are_tightened() {
         network: false,
         env: vec![("DB_PASSWORD".into(), "hunter2".into())],
         settings: Default::default(),
+        process: Default::default(),
     };
     s.insert(&Store::new_record(BoxId::generate(), None, cfg)).unwrap();
     for f in ["boxsock.db", "boxsock.db-wal", "boxsock.db-shm"] {

@@ -166,6 +166,7 @@ fn main() {
                 cwd: None,
                 tty: false,
                 winsize: None,
+                user: None,
             },
         ),
         (
@@ -177,6 +178,7 @@ fn main() {
                 cwd: Some("/tmp".into()),
                 tty: true,
                 winsize: Some(WinSize { rows: 24, cols: 80 }),
+                user: None,
             },
         ),
         ("req-signal", Request::Signal { signal: 2 }),

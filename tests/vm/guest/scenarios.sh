@@ -594,10 +594,59 @@ sc_image_start_ready() {
     bs rm -f "$s" "$f" >/dev/null || fail "rm failed"
 }
 
+# Issue 20: run as a user (decision 0020). A one-layer image of busybox with its own
+# /etc/passwd and /etc/group and `User: app`: the agent resolves the name in the box's
+# root (not the host's, which has no `app`); `-u` overrides it; it is the default of
+# `exec`; an unknown user runs nothing; `create IMAGE -- CMD` + `start -a` runs the
+# stored command as the image's user.
+UIMG=localhost/vm-user:1
+build_user_image() (
+    IMG_WORK="$WORK/oci-user"
+    rm -rf "$IMG_WORK"; mkdir -p "$IMG_WORK/l1/bin" "$IMG_WORK/l1/etc" "$IMG_WORK/l1/home/app" \
+        "$IMG_WORK/layout/blobs/sha256" || exit 1
+    cp "$BUSYBOX" "$IMG_WORK/l1/bin/busybox" || exit 1
+    for a in sh id touch; do ln -s busybox "$IMG_WORK/l1/bin/$a" || exit 1; done
+    printf 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n' > "$IMG_WORK/l1/etc/passwd"
+    printf 'root:x:0:\napp:x:1000:\nextra:x:2000:app\n' > "$IMG_WORK/l1/etc/group"
+    (cd "$IMG_WORK/l1" && tar -cf ../l1.tar .) || exit 1
+    d1="$(blob "$IMG_WORK/l1.tar")"
+    printf '%s' "{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{\"User\":\"app\",\"Cmd\":[\"/bin/sh\",\"-c\",\"id -u; id -G; echo \$HOME\"],\"Env\":[\"PATH=/bin\"]},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[\"sha256:$d1\"]}}" > "$IMG_WORK/config.json"
+    c="$(blob "$IMG_WORK/config.json")"
+    L=application/vnd.oci.image.layer.v1.tar
+    printf '%s' "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"sha256:$c\",\"size\":$(size "$IMG_WORK/config.json")},\"layers\":[{\"mediaType\":\"$L\",\"digest\":\"sha256:$d1\",\"size\":$(size "$IMG_WORK/l1.tar")}]}" > "$IMG_WORK/manifest.json"
+    m="$(blob "$IMG_WORK/manifest.json")"
+    printf '%s' "{\"schemaVersion\":2,\"manifests\":[{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:$m\",\"size\":$(size "$IMG_WORK/manifest.json"),\"annotations\":{\"org.opencontainers.image.ref.name\":\"$UIMG\"}}]}" > "$IMG_WORK/layout/index.json"
+    printf '{"imageLayoutVersion":"1.0.0"}' > "$IMG_WORK/layout/oci-layout"
+    (cd "$IMG_WORK/layout" && tar -cf ../image.tar .) || exit 1
+    echo "$IMG_WORK/image.tar"
+)
+
+sc_image_user() {
+    tarball="$(build_user_image)" || fail "cannot build the user image"
+    bs image import "$tarball" >/dev/null || fail "import of the user image failed"
+    out="$(bs run --rm "$UIMG" 2>&1)" || fail "run $UIMG failed: $out"
+    [ "$out" = "$(printf '1000\n1000 2000\n/home/app')" ] || fail "the image's User app: printed '$out'"
+    out="$(bs run --rm -u 0 "$UIMG" -- id -u 2>&1)" || fail "run -u 0 failed: $out"
+    [ "$out" = 0 ] || fail "-u 0 did not override the image's User: '$out'"
+    b="$(bs create "$UIMG" -- /bin/sh -c 'id -un; exit 4')" || fail "create IMAGE -- CMD failed"
+    out="$(bs start -a "$b" 2>&1)"; rc=$?
+    [ $rc = 4 ] && [ "$out" = app ] || box_fail "$HOME_" "$b" "start -a: status $rc, printed '$out'"
+    bs start "$b" >/dev/null || box_fail "$HOME_" "$b" "start failed"
+    out="$(bs exec "$b" -- id -u 2>&1)" || fail "exec failed: $out"
+    [ "$out" = 1000 ] || fail "exec without -u does not run as the image's User: '$out'"
+    out="$(bs exec -u 4242:7 "$b" -- /bin/sh -c 'id -u; id -G; echo $HOME' 2>&1)" || fail "exec -u failed: $out"
+    [ "$out" = "$(printf '4242\n7\n/')" ] || fail "exec -u 4242:7 printed '$out'"
+    out="$(bs exec -u ghost "$b" -- touch /ran 2>&1)" && fail "exec -u ghost succeeded: $out"
+    echo "$out" | grep -q 'no user named "ghost"'  || fail "exec -u ghost said '$out'"
+    bs exec "$b" -- /bin/sh -c 'test ! -e /ran' || fail "exec -u ghost ran its command"
+    bs rm -f "$b" >/dev/null || fail "rm failed"
+}
+
 run image-default-cmd sc_image_default_cmd
 run image-overrides sc_image_overrides
 run image-whiteout sc_image_whiteout
 run image-shared-layers sc_image_shared_layers
+run image-user sc_image_user
 sc_timeout_saved="$SC_TIMEOUT"; SC_TIMEOUT=$((SC_TIMEOUT * 3))
 run image-start-ready sc_image_start_ready
 SC_TIMEOUT="$sc_timeout_saved"

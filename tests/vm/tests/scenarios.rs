@@ -36,6 +36,7 @@ scenarios! {
     vm_image_env_and_workdir_overridden_by_e_and_w => "image-overrides",
     vm_image_whiteout_deletes_a_lower_file_in_the_guest => "image-whiteout",
     vm_image_two_boxes_share_its_layers_on_disk => "image-shared-layers",
+    vm_image_user_applies_and_u_overrides_it => "image-user",
 }
 
 /// Start→ready of an image box against a `--rootfs` box of the same tree: the median of

@@ -28,6 +28,8 @@ pub(crate) struct ExecSpec {
     pub(crate) cwd: Option<String>,
     /// With a pty of this initial size.
     pub(crate) tty: Option<WinSize>,
+    /// As this user (a spec resolved in the box's root); `None`: the agent's own.
+    pub(crate) user: Option<String>,
 }
 
 /// How the running phase of an exec ended.

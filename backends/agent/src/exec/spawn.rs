@@ -12,6 +12,7 @@ use super::ExecSpec;
 use crate::conn::error;
 use crate::groups::{GroupGuard, State, kill_exec};
 use crate::pty::{self, PtyMaster};
+use crate::user::Credentials;
 
 /// A started command. Its group is forgotten when it is dropped, unless processes the
 /// command left behind still live in it (a shutdown kills them).
@@ -37,6 +38,27 @@ impl Started<'_> {
 /// did not start.
 pub(super) fn start<'a>(spec: &ExecSpec, state: &'a State) -> Result<Started<'a>, Response> {
     let program = check(spec)?;
+    // Resolved before anything starts: a user that does not resolve runs nothing.
+    let creds = match spec.user.as_deref() {
+        Some(u) => Some(crate::user::resolve(std::path::Path::new("/"), u).map_err(|e| {
+            tracing::info!(program = %program, error = %e, "cannot resolve the user");
+            error(ErrorCode::BadRequest, e.to_string())
+        })?),
+        None => None,
+    };
+    if let Some(c) = creds.as_ref() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if me != 0 && c.uid != me {
+            let msg = format!(
+                "user {}: the agent runs as uid {me}, not root, so it cannot run commands \
+                 as uid {}",
+                echo(spec.user.as_deref().unwrap_or_default()),
+                c.uid
+            );
+            return Err(error(ErrorCode::BadRequest, msg));
+        }
+    }
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(&spec.argv[1..]).envs(spec.env.iter().map(|(k, v)| (k, v))).kill_on_drop(true);
     if let Some(d) = &spec.cwd {
@@ -49,12 +71,16 @@ pub(super) fn start<'a>(spec: &ExecSpec, state: &'a State) -> Result<Started<'a>
             None
         }
     };
+    // Last, so that the session and its terminal are set up with the agent's rights.
+    if let Some(c) = creds.as_ref() {
+        as_user(&mut cmd, c, &spec.env);
+    }
     let spawned = cmd.spawn();
     // Close our copies of the pty slave: the master reads EOF when the command's go.
     drop(cmd);
     let child = spawned.map_err(|e| {
         tracing::info!(program = %program, error = %e, "cannot spawn");
-        spawn_error(program, spec.cwd.as_deref(), &e)
+        spawn_error(program, spec.cwd.as_deref(), spec.user.as_deref(), &e)
     })?;
     let Some(pid) = child.id() else {
         let msg = format!("{program:?} ended before it had a pid");
@@ -67,6 +93,7 @@ pub(super) fn start<'a>(spec: &ExecSpec, state: &'a State) -> Result<Started<'a>
         program = %program,
         args = spec.argv.len() - 1,
         tty = spec.tty.is_some(),
+        uid = creds.as_ref().map(|c| c.uid),
         "exec started"
     );
     Ok(Started { _group: GroupGuard { state, pgid }, child, master, pid, pgid })
@@ -84,8 +111,37 @@ fn check(spec: &ExecSpec) -> Result<&str, Response> {
     Ok(program)
 }
 
+/// Run the command as `c`: supplementary groups, then the group, then the user, in
+/// the child before exec (a failure fails the spawn: the command never runs as the
+/// agent's user instead); `HOME` is the user's unless the exec's environment sets it.
+/// std's `uid`/`gid` are not used because std sets them before any `pre_exec` runs and
+/// offers no stable `setgroups`; the order here is the one that can succeed.
+fn as_user(cmd: &mut tokio::process::Command, c: &Credentials, env: &[(String, String)]) {
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        cmd.env("HOME", &c.home);
+    }
+    let (uid, gid, groups) = (c.uid, c.gid, c.groups.clone());
+    // SAFETY: the closure only makes async-signal-safe system calls (geteuid,
+    // setgroups, setgid, setuid) on data captured before the fork; it allocates
+    // nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            // An agent that is not root can only "become" itself: setgroups would
+            // fail, and setgid/setuid to its own ids succeed.
+            if libc::geteuid() == 0 && libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// stdin (when asked for), stdout and stderr are pipes; the command leads a new process
-/// group. No `pre_exec`, so the spawn keeps `posix_spawn`'s semantics.
+/// group. No `pre_exec` (unless a user is given), so the spawn keeps `posix_spawn`'s
+/// semantics.
 fn on_pipes(cmd: &mut tokio::process::Command, want_stdin: bool) {
     cmd.stdin(if want_stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
@@ -122,7 +178,7 @@ fn on_pty(
 /// The error frame for a command that could not be started, with its kind: not found
 /// (ENOENT: the program or the working directory), permission denied (EACCES,
 /// ENOEXEC), or another reason.
-fn spawn_error(program: &str, cwd: Option<&str>, e: &io::Error) -> Response {
+fn spawn_error(program: &str, cwd: Option<&str>, user: Option<&str>, e: &io::Error) -> Response {
     let code = match (e.kind(), e.raw_os_error()) {
         (io::ErrorKind::NotFound, _) => ErrorCode::NotFound,
         (io::ErrorKind::PermissionDenied, _) | (_, Some(libc::ENOEXEC | libc::EACCES)) => {
@@ -131,5 +187,6 @@ fn spawn_error(program: &str, cwd: Option<&str>, e: &io::Error) -> Response {
         _ => ErrorCode::Spawn,
     };
     let at = cwd.map(|d| format!(" in {}", echo(d))).unwrap_or_default();
-    error(code, format!("cannot run {}{at}: {e}", echo(program)))
+    let who = user.map(|u| format!(" as user {}", echo(u))).unwrap_or_default();
+    error(code, format!("cannot run {}{at}{who}: {e}", echo(program)))
 }

@@ -52,7 +52,7 @@ mod tests;
 pub use error::StoreError;
 pub use images::HomeRecords;
 pub use migrations::SCHEMA_VERSION;
-pub use row::{BadRow, BoxConfig, BoxRecord, Listing, Resolved};
+pub use row::{BadRow, BoxConfig, BoxProcess, BoxRecord, Listing, Resolved};
 
 use files::OpenStore;
 use migrations::migrate;

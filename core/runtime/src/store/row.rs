@@ -28,6 +28,50 @@ pub struct BoxConfig {
     /// `rootfs` is the user's directory, canonicalised at create: not a socket path.
     #[serde(default)]
     pub settings: BoxSettings,
+    /// The box's own process and user (decision 0020); rows written before it load
+    /// with none. Left out of the JSON when empty.
+    #[serde(default, skip_serializing_if = "BoxProcess::is_empty")]
+    pub process: BoxProcess,
+}
+
+/// A box's main process, stored with it at create (decision 0020): what `run` runs and
+/// `start --attach` runs again, and the user every command of the box runs as unless
+/// it names its own (docker's `Config.User`, the default of `exec` too).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct BoxProcess {
+    /// argv of the box's command; empty: the box has none (commands run only by
+    /// `exec`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub argv: Vec<String>,
+    /// The command's environment, on top of the box's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+    /// The command's working directory in the box (absolute); `None`: the agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// The user (`uid`, `uid:gid`, `name`, `name:group`, resolved in the box) the
+    /// command and every `exec` without a user of its own run as; `None`: the
+    /// agent's user (root in a guest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl BoxProcess {
+    /// A process running `argv` (the first element looked up on the box's `PATH`).
+    pub fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Self {
+        BoxProcess { argv: argv.into_iter().map(Into::into).collect(), ..Self::default() }
+    }
+
+    /// Whether nothing is set (no command, no user).
+    pub fn is_empty(&self) -> bool {
+        *self == BoxProcess::default()
+    }
+
+    /// Whether the box has a command of its own.
+    pub fn has_command(&self) -> bool {
+        !self.argv.is_empty()
+    }
 }
 
 /// One box as stored.

@@ -19,6 +19,7 @@ fn cfg() -> BoxConfig {
         network: false,
         env: vec![],
         settings: BoxSettings::default(),
+        process: Default::default(),
     }
 }
 

@@ -767,6 +767,7 @@ pub(crate) fn exec_touch_bytes(marker: &Path) -> Vec<u8> {
         cwd: None,
         tty: false,
         winsize: None,
+        user: None,
     })));
     b
 }
