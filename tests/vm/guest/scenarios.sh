@@ -480,6 +480,65 @@ sc_rootfs_busybox() {
 run rootfs-busybox sc_rootfs_busybox
 cleanup
 
+# Issue 21, published ports: busybox httpd in the box serves 1 MB through `-p` (which
+# implies the network; bound on 127.0.0.1 by default), fetched here on the TCG host with
+# busybox wget, sha256 intact; `ls` and `inspect` show the port; a second box asking for
+# the same host port is refused at start at once, naming the port and its holder (the
+# first box's passt).
+PORT=18080
+sc_port_publish() {
+    id="$(create_started -p "$PORT:80")" || exit 1
+    bs inspect "$id"
+    bs ls | grep -q "127.0.0.1:$PORT->80/tcp" || fail "ls does not show the port: $(bs ls)"
+    bs inspect "$id" --json | grep -q "\"host_port\": $PORT" || fail "inspect --json has no port"
+    bs exec "$id" -- /bin/sh -c '/bin/busybox mkdir -p /www && /bin/busybox dd if=/dev/urandom of=/www/big.bin bs=1024 count=1024 2>/dev/null' || box_fail "$HOME_" "$id" "cannot write the file in the box"
+    want="$(bs exec "$id" -- /bin/busybox sha256sum /www/big.bin | cut -d' ' -f1)"
+    [ ${#want} -eq 64 ] || fail "no sha256 in the box: '$want'"
+    bs exec "$id" -- /bin/busybox httpd -p 80 -h /www || box_fail "$HOME_" "$id" "httpd did not start in the box"
+    rm -f /tmp/got.bin
+    i=0
+    until "$BUSYBOX" wget -q -T 20 -O /tmp/got.bin "http://127.0.0.1:$PORT/big.bin"; do
+        i=$((i + 1)); [ $i -lt 10 ] || box_fail "$HOME_" "$id" "wget through 127.0.0.1:$PORT failed"
+        sleep 2
+    done
+    got="$(sha256sum /tmp/got.bin | cut -d" " -f1)"
+    echo "sizes: $(wc -c < /tmp/got.bin | tr -d " ") bytes; box $want; host $got"
+    [ "$(wc -c < /tmp/got.bin | tr -d " ")" = 1048576 ] || fail "got $(wc -c < /tmp/got.bin | tr -d " ") bytes, not 1 MiB"
+    [ "$got" = "$want" ] || fail "sha256 differs: box $want, host $got"
+    passt="$(bs inspect "$id" --json | sed -n '/"companions"/,$p' | sed -n 's/.*"pid": \([0-9]*\).*/\1/p' | head -1)"
+    two="$(bs create -p "$PORT:80")" || fail "create of the second box failed"
+    t0=$(now_ms)
+    err="$(bs start "$two" 2>&1)" && fail "the second box started on a taken port"
+    echo "second start refused in $(( $(now_ms) - t0 )) ms: $err"
+    echo "$err" | grep -q "127.0.0.1:$PORT/tcp" || fail "the refusal does not name the port: $err"
+    echo "$err" | grep -q "in use" || fail "the refusal does not say in use: $err"
+    echo "$err" | grep -q "pid $passt, command \"passt" || fail "the refusal does not name passt $passt: $err"
+    [ "$(bs inspect "$two" --json | json_field state)" = stopped ] || fail "the second box is not stopped"
+    # Still served after the refusal.
+    "$BUSYBOX" wget -q -T 20 -O /tmp/got.bin "http://127.0.0.1:$PORT/big.bin" || fail "the first box stopped serving"
+    [ "$(sha256sum /tmp/got.bin | cut -d" " -f1)" = "$want" ] || fail "second fetch differs"
+    bs rm -f "$two" "$id" || fail "rm failed"
+    [ -z "$(passts)" ] || fail "passt left after rm: $(passts)"
+}
+
+# Issue 21, resources: --cpus 2 --memory 300m are what the guest sees.
+sc_resources() {
+    id="$(create_started --cpus 2 --memory 300m)" || exit 1
+    n="$(bs exec "$id" -- /bin/busybox nproc)" || box_fail "$HOME_" "$id" "nproc failed"
+    kib="$(bs exec "$id" -- /bin/busybox awk '/^MemTotal:/ { print $2 }' /proc/meminfo)" || fail "meminfo failed"
+    echo "nproc $n, MemTotal $kib kB"
+    echo "@@VM metric resources_memtotal_kib $kib"
+    [ "$n" = 2 ] || fail "nproc is '$n', not 2"
+    # 300 MiB is 307200 kB; the kernel keeps its image and reserved pages out of
+    # MemTotal: at least 240 MiB (245760 kB) and never more than 300 MiB.
+    [ "$kib" -ge 245760 ] && [ "$kib" -le 307200 ] || fail "MemTotal $kib kB is outside 245760..307200"
+    bs rm -f "$id" || fail "rm failed"
+}
+
+run port-publish sc_port_publish
+run resources sc_resources
+cleanup
+
 # Issue 20: OCI images. The guest builds a two-layer OCI image from its static busybox
 # (layer 1: busybox, /etc/keep, /etc/gone; layer 2: a whiteout of /etc/gone, /etc/top,
 # /srv), archives it, imports it into the home's store and runs it (decision 0018: the
