@@ -421,15 +421,11 @@ impl Libkrun {
         let json = serde_json::to_vec(&shim_spec)
             .map_err(|e| bad(format!("cannot encode the shim spec: {e}")))?;
         let passt_err = |e: crate::passt::PasstError| match e {
-            crate::passt::PasstError::Port { cause, output } => BackendError::Port {
-                backend: NAME.into(),
-                port: *cause.port(),
-                reason: if output == crate::passt::NOT_STARTED {
-                    cause.to_string()
-                } else {
-                    format!("{cause}; passt's output: {output}")
-                },
-            },
+            crate::passt::PasstError::Port { cause, output } => {
+                let port = *cause.port();
+                let reason = crate::passt::PasstError::Port { cause, output }.to_string();
+                BackendError::Port { backend: NAME.into(), port, reason }
+            }
             e => BackendError::Spawn {
                 backend: NAME.into(),
                 what: boxsock_core::echo::path(&self.config.passt).to_string(),

@@ -17,9 +17,6 @@ pub const DEFAULT_PASST: &str = "passt";
 /// How long to wait for passt's socket to appear.
 pub const DEFAULT_PASST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// [`PasstError::Port`]'s output when passt was not started (the port was busy).
-pub const NOT_STARTED: &str = "(not started)";
-
 /// The descriptor at which passt inherits its end of the `net` socketpair.
 pub const PASST_FD: i32 = 3;
 
@@ -66,12 +63,15 @@ pub enum PasstError {
     },
     /// A published port could not be bound: found busy before passt ran, or passt
     /// exited (or never bound it) because another process took it first.
-    #[error("{cause}; passt's output: {output}")]
+    #[error(
+        "{cause}{}",
+        output.as_deref().map(|o| format!("; passt's output: {o}")).unwrap_or_default()
+    )]
     Port {
         /// Why, naming the address, port, protocol and holder.
         cause: crate::ports::PortError,
-        /// What passt wrote (tail), or "(not started)".
-        output: String,
+        /// What passt wrote (tail); `None` when it was not started (the check refused).
+        output: Option<String>,
     },
     /// The output log could not be opened.
     #[error("cannot open passt log {}: {source}", boxsock_core::echo::path(path))]
@@ -135,8 +135,8 @@ fn ids() -> (u32, u32) {
     (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw())
 }
 
-/// passt with `args`, in the foreground, quiet, running as the caller's uid/gid (it would otherwise
-/// drop to `nobody`), stdout and stderr appended to `log`, in its own session, with
+/// passt with `args` (which run it as the caller's uid/gid: it would otherwise drop to
+/// `nobody`), stdout and stderr appended to `log`, in its own session, with
 /// nothing inherited but stdio (and what the caller hands); with the log's length
 /// before this run, where its output starts.
 fn command<'a>(
@@ -249,7 +249,7 @@ impl Passt {
     ) -> Result<Passt, PasstError> {
         use std::os::fd::AsFd;
         crate::ports::check_all_free(ports)
-            .map_err(|cause| PasstError::Port { cause, output: NOT_STARTED.into() })?;
+            .map_err(|cause| PasstError::Port { cause, output: None })?;
         let (uid, gid) = ids();
         let (mut cmd, start_offset) = command(binary, log, fd_args(uid, gid, ports))?;
         cmd.hand(end.as_fd(), PASST_FD);
@@ -265,7 +265,8 @@ impl Passt {
                 passt.process = None;
                 // A port taken since the check: name it and its holder.
                 if let Some(cause) = ports.iter().find_map(|p| crate::ports::check_free(p).err()) {
-                    return Err(PasstError::Port { cause, output: read_tail(log, start_offset) });
+                    let output = Some(read_tail(log, start_offset));
+                    return Err(PasstError::Port { cause, output });
                 }
                 return Err(PasstError::NotBound {
                     binary: binary.to_path_buf(),
@@ -293,7 +294,7 @@ impl Passt {
                     }
                 }
                 if exited.is_some() || Instant::now() >= deadline {
-                    let output = read_tail(log, start_offset);
+                    let output = Some(read_tail(log, start_offset));
                     let cause = match crate::ports::check_free(p) {
                         Err(cause) => cause,
                         Ok(()) => crate::ports::PortError::NotBound {

@@ -481,8 +481,8 @@ run rootfs-busybox sc_rootfs_busybox
 cleanup
 
 # Issue 21, published ports: busybox httpd in the box serves 1 MB through `-p` (which
-# implies the network; bound on 127.0.0.1 by default), fetched here on the TCG host with
-# busybox wget, sha256 intact; `ls` and `inspect` show the port; a second box asking for
+# implies the network; bound on 127.0.0.1 by default), fetched here on the TCG host over
+# busybox nc, sha256 intact; `ls` and `inspect` show the port; a second box asking for
 # the same host port is refused at start at once, naming the port and its holder (the
 # first box's passt).
 PORT=18080
@@ -495,15 +495,25 @@ sc_port_publish() {
     want="$(bs exec "$id" -- /bin/busybox sha256sum /www/big.bin | cut -d' ' -f1)"
     [ ${#want} -eq 64 ] || fail "no sha256 in the box: '$want'"
     bs exec "$id" -- /bin/busybox httpd -p 80 -h /www || box_fail "$HOME_" "$id" "httpd did not start in the box"
-    rm -f /tmp/got.bin
+    # An HTTP/1.0 GET over busybox nc (the static busybox's wget segfaults here: glibc
+    # NSS from a static binary); the body is the last 1 MiB of the response, so a short
+    # or corrupted body changes the sha256.
+    fetch() {
+        rm -f /tmp/got.http
+        ( printf 'GET /big.bin HTTP/1.0\r\n\r\n'; "$BUSYBOX" sleep 5 ) \
+            | "$BUSYBOX" timeout 60 "$BUSYBOX" nc 127.0.0.1 "$PORT" > /tmp/got.http
+        head -1 /tmp/got.http | grep -q ' 200 ' || return 1
+        tail -c 1048576 /tmp/got.http > /tmp/got.bin
+    }
     i=0
-    until "$BUSYBOX" wget -q -T 20 -O /tmp/got.bin "http://127.0.0.1:$PORT/big.bin"; do
-        i=$((i + 1)); [ $i -lt 10 ] || box_fail "$HOME_" "$id" "wget through 127.0.0.1:$PORT failed"
+    until fetch; do
+        i=$((i + 1)); [ $i -lt 10 ] || box_fail "$HOME_" "$id" "GET through 127.0.0.1:$PORT failed: $(head -c 200 /tmp/got.http)"
         sleep 2
     done
     got="$(sha256sum /tmp/got.bin | cut -d" " -f1)"
-    echo "sizes: $(wc -c < /tmp/got.bin | tr -d " ") bytes; box $want; host $got"
-    [ "$(wc -c < /tmp/got.bin | tr -d " ")" = 1048576 ] || fail "got $(wc -c < /tmp/got.bin | tr -d " ") bytes, not 1 MiB"
+    total="$(wc -c < /tmp/got.http | tr -d " ")"
+    echo "response $total bytes; body sha256: box $want, host $got"
+    grep -aq 'Content-Length: 1048576' /tmp/got.http || fail "no Content-Length: 1048576 in $(head -c 300 /tmp/got.http)"
     [ "$got" = "$want" ] || fail "sha256 differs: box $want, host $got"
     passt="$(bs inspect "$id" --json | sed -n '/"companions"/,$p' | sed -n 's/.*"pid": \([0-9]*\).*/\1/p' | head -1)"
     two="$(bs create -p "$PORT:80")" || fail "create of the second box failed"
@@ -515,7 +525,7 @@ sc_port_publish() {
     echo "$err" | grep -q "pid $passt, command \"passt" || fail "the refusal does not name passt $passt: $err"
     [ "$(bs inspect "$two" --json | json_field state)" = stopped ] || fail "the second box is not stopped"
     # Still served after the refusal.
-    "$BUSYBOX" wget -q -T 20 -O /tmp/got.bin "http://127.0.0.1:$PORT/big.bin" || fail "the first box stopped serving"
+    fetch || fail "the first box stopped serving"
     [ "$(sha256sum /tmp/got.bin | cut -d" " -f1)" = "$want" ] || fail "second fetch differs"
     bs rm -f "$two" "$id" || fail "rm failed"
     [ -z "$(passts)" ] || fail "passt left after rm: $(passts)"
@@ -529,9 +539,11 @@ sc_resources() {
     echo "nproc $n, MemTotal $kib kB"
     echo "@@VM metric resources_memtotal_kib $kib"
     [ "$n" = 2 ] || fail "nproc is '$n', not 2"
-    # 300 MiB is 307200 kB; the kernel keeps its image and reserved pages out of
-    # MemTotal: at least 240 MiB (245760 kB) and never more than 300 MiB.
-    [ "$kib" -ge 245760 ] && [ "$kib" -le 307200 ] || fail "MemTotal $kib kB is outside 245760..307200"
+    # 300 MiB is 307200 kB. libkrun maps the guest kernel's image, and the RAM below its
+    # load address, beside the memory asked for (arch_memory_regions: RAM ends at
+    # load address + kernel size + size), and the kernel keeps reserved pages out of
+    # MemTotal: seen 316816 kB. The band: 300 MiB - 16 MiB .. 300 MiB + 32 MiB.
+    [ "$kib" -ge 290816 ] && [ "$kib" -le 339968 ] || fail "MemTotal $kib kB is outside 290816..339968"
     bs rm -f "$id" || fail "rm failed"
 }
 
