@@ -63,13 +63,14 @@ pub(crate) struct BoxArgs {
     /// to make one (busybox, debootstrap).
     #[arg(long, value_name = "DIR")]
     pub(crate) rootfs: Option<PathBuf>,
-    /// Virtual CPUs (libkrun).
+    /// Virtual CPUs (libkrun: 1 to 254).
     #[arg(long = "cpus", visible_alias = "vcpus", value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
     pub(crate) vcpus: Option<u8>,
     /// Guest memory in MiB (libkrun; at least 64).
     #[arg(long = "ram-mib", value_name = "MIB", value_parser = clap::value_parser!(u32).range(64..), conflicts_with = "memory")]
     pub(crate) ram_mib: Option<u32>,
-    /// Guest memory: a size such as 512m or 2g (libkrun; at least 64m).
+    /// Guest memory: a size such as 512m or 2g (libkrun; at least 64m, at most the
+    /// host's memory).
     #[arg(long, value_name = "SIZE")]
     pub(crate) memory: Option<ByteSize>,
     /// Show a host directory to the box at a guest path, read-only with `:ro`
@@ -78,7 +79,8 @@ pub(crate) struct BoxArgs {
     pub(crate) volumes: Vec<Volume>,
     /// Publish a box port on the host (repeatable). Bound on 127.0.0.1 unless a host
     /// address is given (docker binds 0.0.0.0: here a box serves other machines only
-    /// when asked to).
+    /// when asked to). Gives the box a network, as `--network` does; a host port in use
+    /// fails `start`, naming its holder.
     #[arg(short = 'p', long = "publish", value_name = "[HOST_IP:]HOST_PORT:BOX_PORT[/tcp|/udp]")]
     pub(crate) ports: Vec<PortMapping>,
     /// The size of the box's persistent writable disk (libkrun), such as 2g; the disk

@@ -9,10 +9,27 @@ pub fn listed(state: BoxState, all: bool) -> bool {
     all || state.has_process()
 }
 
+/// A box's published ports as docker's `ps` shows them:
+/// `127.0.0.1:8080->80/tcp, [::1]:53->53/udp`; `-` for none.
+pub fn ports(b: &BoxInfo) -> String {
+    if b.settings.ports.is_empty() {
+        return "-".into();
+    }
+    b.settings
+        .ports
+        .iter()
+        .map(|p| {
+            let host = std::net::SocketAddr::new(p.host_ip, p.host_port);
+            format!("{host}->{}/{}", p.box_port, p.protocol)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The rows of `ls`, aligned: each column is as wide as its widest cell.
 pub fn table(boxes: &[BoxInfo]) -> Vec<String> {
-    let header = ["ID", "NAME", "STATE", "STRATEGY", "BACKEND", "PID"];
-    let rows: Vec<[String; 6]> = boxes
+    let header = ["ID", "NAME", "STATE", "STRATEGY", "BACKEND", "PID", "PORTS"];
+    let rows: Vec<[String; 7]> = boxes
         .iter()
         .map(|b| {
             [
@@ -22,6 +39,7 @@ pub fn table(boxes: &[BoxInfo]) -> Vec<String> {
                 b.strategy.clone(),
                 b.backend.clone(),
                 b.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                ports(b),
             ]
         })
         .collect();
@@ -31,10 +49,11 @@ pub fn table(boxes: &[BoxInfo]) -> Vec<String> {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: [&str; 6]| {
-        let [id, name, state, strategy, backend, pid] = cells;
+    let line = |cells: [&str; 7]| {
+        let [id, name, state, strategy, backend, pid, ports] = cells;
         format!(
-            "{id:<w0$}  {name:<w1$}  {state:<w2$}  {strategy:<w3$}  {backend:<w4$}  {pid:>w5$}",
+            "{id:<w0$}  {name:<w1$}  {state:<w2$}  {strategy:<w3$}  {backend:<w4$}  {pid:>w5$}  \
+             {ports}",
             w0 = width[0],
             w1 = width[1],
             w2 = width[2],
@@ -46,7 +65,7 @@ pub fn table(boxes: &[BoxInfo]) -> Vec<String> {
         .to_owned()
     };
     let mut out = vec![line(header)];
-    out.extend(rows.iter().map(|r| line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]])));
+    out.extend(rows.iter().map(|r| line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6]])));
     out
 }
 

@@ -271,6 +271,18 @@ pub enum BackendError {
         /// Why, naming the value (a path, a number and its limits).
         reason: String,
     },
+    /// A published host port cannot be bound at start (in use, an address not on this
+    /// host, a privileged port): the start fails at once, naming the address, port,
+    /// protocol and, where it can be read, the holder.
+    #[error("backend {backend:?}: cannot publish {port}: {reason}")]
+    Port {
+        /// Backend name.
+        backend: String,
+        /// The mapping (`127.0.0.1:8080:80/tcp`).
+        port: crate::settings::PortMapping,
+        /// Why, naming the holder where it can be read.
+        reason: String,
+    },
     /// A new box's files (its guest root…) could not be prepared.
     #[error("backend {backend:?}: cannot prepare box {id}: {reason}")]
     Prepare {

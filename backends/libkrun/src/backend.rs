@@ -30,6 +30,25 @@ pub use crate::derived::NET;
 /// The descriptor at which the shim inherits the box's verified socket directory.
 pub const SHIM_SOCKET_DIR_FD: i32 = 3;
 
+/// The most vCPUs a libkrun guest boots with on x86_64: libkrun writes an MP table of at
+/// most 254 CPUs (`MAX_SUPPORTED_CPUS` in its `arch/x86_64/mptable.rs`) and fails to
+/// boot beyond it.
+pub const MAX_VCPUS: u8 = 254;
+
+/// How long a start waits, at most, for a live passt to hold every published port.
+const PORTS_BOUND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The least guest memory accepted: the guest kernel and the agent need it.
+pub const MIN_RAM_MIB: u32 = 64;
+
+/// This host's memory in MiB (`MemTotal` of `/proc/meminfo`); `None` when unreadable.
+fn host_memory_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
 /// The descriptor at which the shim inherits its end of the `net` socketpair.
 pub const SHIM_NET_FD: i32 = 4;
 
@@ -401,11 +420,24 @@ impl Libkrun {
         };
         let json = serde_json::to_vec(&shim_spec)
             .map_err(|e| bad(format!("cannot encode the shim spec: {e}")))?;
-        let passt_err = |e: crate::passt::PasstError| BackendError::Spawn {
-            backend: NAME.into(),
-            what: boxsock_core::echo::path(&self.config.passt).to_string(),
-            source: std::io::Error::other(e.to_string()),
+        let passt_err = |e: crate::passt::PasstError| match e {
+            crate::passt::PasstError::Port { cause, output } => {
+                let port = *cause.port();
+                let reason = crate::passt::PasstError::Port { cause, output }.to_string();
+                BackendError::Port { backend: NAME.into(), port, reason }
+            }
+            e => BackendError::Spawn {
+                backend: NAME.into(),
+                what: boxsock_core::echo::path(&self.config.passt).to_string(),
+                source: std::io::Error::other(e.to_string()),
+            },
         };
+        if !spec.settings.ports.is_empty() && shim_spec.net.is_none() {
+            return Err(bad(format!(
+                "box {}: published ports need the box's network, and it has none",
+                spec.id
+            )));
+        }
         let mut shim_net_end = None;
         let passt = match &shim_spec.net {
             Some(net) => {
@@ -421,8 +453,16 @@ impl Libkrun {
                         bad(format!("box {}: socketpair for the network: {e}", spec.id))
                     })?;
                     shim_net_end = Some(ours);
-                    Passt::start_fd(&self.config.passt, theirs, &log, crate::passt::PASST_SETTLE)
-                        .map_err(passt_err)?
+                    Passt::start_fd_forwarding(
+                        &self.config.passt,
+                        theirs,
+                        &log,
+                        crate::passt::PASST_SETTLE,
+                        &spec.settings.ports,
+                        // A live passt binds its ports at once; this bounds only a hung one.
+                        self.config.passt_timeout.max(PORTS_BOUND_TIMEOUT),
+                    )
+                    .map_err(passt_err)?
                 } else {
                     Passt::start(&self.config.passt, &net.path, &log, self.config.passt_timeout)
                         .map_err(passt_err)?
@@ -559,19 +599,37 @@ impl Backend for Libkrun {
         if self.config.configure_only { Availability::Available } else { self.available() }
     }
 
-    /// vcpus (1..=255), memory (at least 64 MiB) and a root filesystem (an absolute
-    /// directory; the runtime has canonicalised it).
+    /// vcpus (1..=[`MAX_VCPUS`]), memory (at least [`MIN_RAM_MIB`], at most the host's),
+    /// a root filesystem (an absolute directory; the runtime has canonicalised it) and
+    /// published ports (forwarded by passt; checked free at each start).
     fn check_settings(&self, settings: &BoxSettings) -> Result<(), BackendError> {
         let bad_setting = |setting, reason: String| BackendError::BadSetting {
             backend: NAME.into(),
             setting,
             reason,
         };
-        if settings.vcpus == Some(0) {
-            return Err(bad_setting("vcpus", "0: expected 1..=255".into()));
+        if let Some(n) = settings.vcpus.filter(|n| !(1..=MAX_VCPUS).contains(n)) {
+            return Err(bad_setting(
+                "vcpus",
+                format!("{n}: libkrun boots 1..={MAX_VCPUS} vCPUs (its x86_64 MP table's limit)"),
+            ));
         }
-        if let Some(m) = settings.ram_mib.filter(|m| *m < 64) {
-            return Err(bad_setting("ram_mib", format!("{m} MiB: expected at least 64")));
+        if let Some(m) = settings.ram_mib.filter(|m| *m < MIN_RAM_MIB) {
+            return Err(bad_setting(
+                "ram_mib",
+                format!("{m} MiB: expected at least {MIN_RAM_MIB} MiB"),
+            ));
+        }
+        if let (Some(m), Some(host)) = (settings.ram_mib, host_memory_mib()) {
+            if u64::from(m) > host {
+                return Err(bad_setting(
+                    "ram_mib",
+                    format!(
+                        "{m} MiB: more than this host's memory ({host} MiB in /proc/meminfo); \
+                         the guest's memory is the shim's"
+                    ),
+                ));
+            }
         }
         if let Some(root) = &settings.rootfs {
             if !root.is_absolute() {
@@ -601,9 +659,6 @@ impl Backend for Libkrun {
         let mut pending = Vec::new();
         if !settings.volumes.is_empty() {
             pending.push("volumes");
-        }
-        if !settings.ports.is_empty() {
-            pending.push("ports");
         }
         if settings.disk_size.is_some() {
             pending.push("disk_size");

@@ -9,6 +9,7 @@
 //!   both from the strategy's policy paths with explicit directory intent.
 //! - [`probe`]: whether a guest can really boot here (real KVM, not PVM; libkrunfw).
 //! - [`passt`]: one passt per box with a network.
+//! - [`ports`]: published ports: the passt options, the check that each is free.
 //! - [`derived`]: the name libkrun derives for a unixgram network, pinned by a test.
 //! - [`rootfs`]: prepares a box's guest root (the agent, its loader and libraries).
 //!
@@ -25,6 +26,7 @@ pub mod derived;
 pub mod ffi;
 pub mod jail;
 pub mod passt;
+pub mod ports;
 pub mod probe;
 pub mod rootfs;
 pub mod spec;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use boxsock_core::process::OwnedProcess;
+use boxsock_core::settings::PortMapping;
 use boxsock_core::spawn::{Spawn, SpawnError};
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,18 @@ pub enum PasstError {
         /// The path.
         path: PathBuf,
     },
+    /// A published port could not be bound: found busy before passt ran, or passt
+    /// exited (or never bound it) because another process took it first.
+    #[error(
+        "{cause}{}",
+        output.as_deref().map(|o| format!("; passt's output: {o}")).unwrap_or_default()
+    )]
+    Port {
+        /// Why, naming the address, port, protocol and holder.
+        cause: crate::ports::PortError,
+        /// What passt wrote (tail); `None` when it was not started (the check refused).
+        output: Option<String>,
+    },
     /// The output log could not be opened.
     #[error("cannot open passt log {}: {source}", boxsock_core::echo::path(path))]
     Log {
@@ -100,11 +113,37 @@ fn try_wait(pid: i32) -> Option<String> {
     }
 }
 
-/// passt in the foreground, quiet, running as the caller's uid/gid (it would otherwise
-/// drop to `nobody`), stdout and stderr appended to `log`, in its own session, with
+/// passt's arguments for a box's network on descriptor [`PASST_FD`] (`--fd`, which
+/// implies `--one-off`), running as `uid:gid`, forwarding `ports`
+/// ([`crate::ports::passt_args`]).
+pub fn fd_args(uid: u32, gid: u32, ports: &[PortMapping]) -> Vec<String> {
+    let mut v = base_args(uid, gid);
+    v.extend(["--fd".to_owned(), PASST_FD.to_string()]);
+    v.extend(crate::ports::passt_args(ports));
+    v
+}
+
+/// In the foreground, quiet, running as `uid:gid`.
+fn base_args(uid: u32, gid: u32) -> Vec<String> {
+    let mut v: Vec<String> = ["--foreground", "--quiet", "--runas"].map(String::from).into();
+    v.push(format!("{uid}:{gid}"));
+    v
+}
+
+/// The caller's effective uid and gid.
+fn ids() -> (u32, u32) {
+    (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw())
+}
+
+/// passt with `args` (which run it as the caller's uid/gid: it would otherwise drop to
+/// `nobody`), stdout and stderr appended to `log`, in its own session, with
 /// nothing inherited but stdio (and what the caller hands); with the log's length
 /// before this run, where its output starts.
-fn command<'a>(binary: &Path, log: &Path) -> Result<(Spawn<'a>, u64), PasstError> {
+fn command<'a>(
+    binary: &Path,
+    log: &Path,
+    args: Vec<String>,
+) -> Result<(Spawn<'a>, u64), PasstError> {
     let out = OpenOptions::new()
         .create(true)
         .append(true)
@@ -114,14 +153,8 @@ fn command<'a>(binary: &Path, log: &Path) -> Result<(Spawn<'a>, u64), PasstError
     let start_offset = out.metadata().map(|m| m.len()).unwrap_or(0);
     let err =
         out.try_clone().map_err(|source| PasstError::Log { path: log.to_path_buf(), source })?;
-    let uid = nix::unistd::geteuid();
-    let gid = nix::unistd::getegid();
     let mut cmd = Spawn::new(binary);
-    cmd.args(["--foreground", "--quiet", "--runas"])
-        .arg(format!("{uid}:{gid}"))
-        .stdin(Stdio::null())
-        .stdout(out.into())
-        .stderr(err.into());
+    cmd.args(args).stdin(Stdio::null()).stdout(out.into()).stderr(err.into());
     Ok((cmd, start_offset))
 }
 
@@ -145,7 +178,8 @@ impl Passt {
             Ok(_) => return Err(PasstError::Occupied { path: socket.to_path_buf() }),
             Err(_) => {}
         }
-        let (mut cmd, start_offset) = command(binary, log)?;
+        let (uid, gid) = ids();
+        let (mut cmd, start_offset) = command(binary, log, base_args(uid, gid))?;
         cmd.arg("--socket").arg(socket);
         let spawn_err =
             |e: SpawnError| PasstError::Spawn { binary: binary.to_path_buf(), source: e.into_io() };
@@ -197,9 +231,28 @@ impl Passt {
         log: &Path,
         settle: Duration,
     ) -> Result<Passt, PasstError> {
+        Passt::start_fd_forwarding(binary, end, log, settle, &[], DEFAULT_PASST_TIMEOUT)
+    }
+
+    /// [`Passt::start_fd`] forwarding `ports` to the guest. Each port is checked free
+    /// first ([`crate::ports::check_free`], naming its holder); then, past `settle`,
+    /// this waits (at most `timeout`) until passt holds every one. passt exiting or
+    /// never binding one (another process took it meanwhile) is [`PasstError::Port`],
+    /// naming the holder when it can be read, with passt's output.
+    pub fn start_fd_forwarding(
+        binary: &Path,
+        end: std::os::fd::OwnedFd,
+        log: &Path,
+        settle: Duration,
+        ports: &[PortMapping],
+        timeout: Duration,
+    ) -> Result<Passt, PasstError> {
         use std::os::fd::AsFd;
-        let (mut cmd, start_offset) = command(binary, log)?;
-        cmd.args(["--fd", &PASST_FD.to_string()]).hand(end.as_fd(), PASST_FD);
+        crate::ports::check_all_free(ports)
+            .map_err(|cause| PasstError::Port { cause, output: None })?;
+        let (uid, gid) = ids();
+        let (mut cmd, start_offset) = command(binary, log, fd_args(uid, gid, ports))?;
+        cmd.hand(end.as_fd(), PASST_FD);
         let spawned = cmd.spawn();
         drop(end);
         let socket = PathBuf::from(format!("fd:{PASST_FD}"));
@@ -210,6 +263,11 @@ impl Passt {
         while Instant::now() < deadline {
             if let Some(how) = try_wait(passt.pid) {
                 passt.process = None;
+                // A port taken since the check: name it and its holder.
+                if let Some(cause) = ports.iter().find_map(|p| crate::ports::check_free(p).err()) {
+                    let output = Some(read_tail(log, start_offset));
+                    return Err(PasstError::Port { cause, output });
+                }
                 return Err(PasstError::NotBound {
                     binary: binary.to_path_buf(),
                     socket,
@@ -219,7 +277,37 @@ impl Passt {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        tracing::debug!(pid = passt.pid, "passt serving its socketpair end");
+        let deadline = Instant::now() + timeout;
+        for p in ports {
+            loop {
+                let exited = try_wait(passt.pid);
+                if exited.is_some() {
+                    passt.process = None;
+                } else {
+                    match crate::sys::holds_port(passt.pid, p) {
+                        Some(true) => break,
+                        // passt's descriptors are hidden from us (it made itself
+                        // non-dumpable): the port busy while passt lives is the best
+                        // sign left that passt holds it.
+                        None if crate::ports::check_free(p).is_err() => break,
+                        _ => {}
+                    }
+                }
+                if exited.is_some() || Instant::now() >= deadline {
+                    let output = Some(read_tail(log, start_offset));
+                    let cause = match crate::ports::check_free(p) {
+                        Err(cause) => cause,
+                        Ok(()) => crate::ports::PortError::NotBound {
+                            port: *p,
+                            what: exited.unwrap_or_else(|| format!("timed out after {timeout:?}")),
+                        },
+                    };
+                    return Err(PasstError::Port { cause, output });
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        tracing::debug!(pid = passt.pid, ports = ports.len(), "passt serving its socketpair end");
         Ok(passt)
     }
 

@@ -161,6 +161,9 @@ fn print_info(i: &boxsock::BoxInfo) -> Result<(), Failure> {
             if c.alive { "alive" } else { "gone" }
         );
     }
+    outln!("cpus:      {}", i.settings.vcpus.map_or("default".into(), |n| n.to_string()));
+    outln!("memory:    {}", i.settings.ram_mib.map_or("default".into(), |m| format!("{m} MiB")));
+    outln!("ports:     {}", views::ports(i));
     outln!("dir:       {}", i.dir);
     outln!("log:       {}", i.log);
     if let Some(b) = &i.binding {

@@ -173,7 +173,8 @@ impl CreateOptionsBuilder {
         self
     }
 
-    /// Publish a box port on the host (repeatable; stored with the box).
+    /// Publish a box port on the host (repeatable; stored with the box). A box with a
+    /// published port has a network: `create` turns it on (decision 0024).
     pub fn port(mut self, port: PortMapping) -> Self {
         self.opts.settings.ports.push(port);
         self

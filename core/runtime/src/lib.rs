@@ -382,6 +382,12 @@ impl Runtime {
         let strategy = inner.strategy(&opts.strategy)?;
         let backend = inner.backend(&opts.backend)?;
         let mut opts = opts;
+        // A published port is served through the box's network (docker's `-p` implies
+        // one too): a box asked to publish gets it, rather than an error (decision 0024).
+        if !opts.settings.ports.is_empty() && !opts.network {
+            tracing::info!(ports = opts.settings.ports.len(), "published ports: network on");
+            opts.network = true;
+        }
         if opts.settings.image.is_some() {
             if opts.settings.rootfs.is_some() {
                 return Err(RuntimeError::ImageAndRootfs);

@@ -32,6 +32,8 @@ scenarios! {
     vm_landlock_enforced_in_shim => "landlock",
     vm_rootfs_busybox_runs_sh_and_leaves_the_users_dir_unchanged => "rootfs-busybox",
     vm_backend_kit_passes_on_libkrun => "backend-kit",
+    vm_port_publish_serves_1mb_and_refuses_a_taken_port => "port-publish",
+    vm_resources_cpus_and_memory_seen_in_guest => "resources",
     vm_image_from_an_archive_runs_its_default_cmd => "image-default-cmd",
     vm_image_env_and_workdir_overridden_by_e_and_w => "image-overrides",
     vm_image_whiteout_deletes_a_lower_file_in_the_guest => "image-whiteout",
