@@ -198,7 +198,11 @@ impl Passt {
                     Some(how)
                 }
                 None if Instant::now() >= deadline => {
-                    drop(passt.process.take());
+                    // Killed, not only let go: a passt that never bound must not outlive
+                    // the start that gave up on it.
+                    if let Some(p) = passt.process.take() {
+                        p.kill_and_reap();
+                    }
                     Some(format!("timed out after {timeout:?}"))
                 }
                 None => None,

@@ -124,6 +124,51 @@ fn passt_failures_name_the_binary_and_its_output() {
     assert_eq!(std::fs::read(f.addr("net.sock")).unwrap(), b"keep");
 }
 
+/// A passt that never binds is killed when `start` gives up on it, not left behind
+/// (a helper saw one orphaned under load). The stand-in writes its pid and sleeps; the
+/// control is the same stand-in started by hand, alive until killed.
+#[test]
+fn a_passt_that_never_binds_is_killed_when_start_times_out() {
+    let f = Fixture::new(0);
+    f.ensure();
+    let dir = tempfile::tempdir().unwrap();
+    let stand_in = dir.path().join("passt");
+    let pid_file = dir.path().join("pid");
+    std::fs::write(
+        &stand_in,
+        format!("#!/bin/sh\necho $$ > {}\nexec sleep 600\n", pid_file.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&stand_in, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    let log = f.layout.logs_dir(&f.id).join("passt.log");
+    let read_pid = || -> i32 {
+        for _ in 0..400 {
+            if let Some(p) =
+                std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse().ok())
+            {
+                return p;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the stand-in never started");
+    };
+    // Control: the stand-in lives on by itself.
+    let mut control = std::process::Command::new(&stand_in).spawn().unwrap();
+    let pid = read_pid();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!gone(pid), "the control stand-in died by itself");
+    control.kill().unwrap();
+    control.wait().unwrap();
+    std::fs::remove_file(&pid_file).unwrap();
+
+    let err =
+        Passt::start(&stand_in, &f.addr("net.sock"), &log, Duration::from_millis(300)).unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
+    let pid = read_pid();
+    assert!(gone(pid), "passt {pid} outlived the start that timed out");
+}
+
 #[test]
 fn launch_starts_passt_and_the_shim_configures_real_libkrun() {
     let Some(bin) = passt_bin() else {
