@@ -63,6 +63,26 @@ pub struct VirtiofsShare {
 pub const BOX_LAYER_TAG: &str = "boxsock-box";
 /// Tag of the box's root filesystem (the user's `--rootfs`, or the guest base).
 pub const LOWER_TAG: &str = "boxsock-lower";
+/// Tags of the box's volumes: `boxsock-vol0`, `boxsock-vol1`… in the order of
+/// `BoxSettings::volumes`.
+pub const VOLUME_TAG_PREFIX: &str = "boxsock-vol";
+
+/// The most volumes a libkrun box takes. Every virtio-fs share is a virtio-mmio device
+/// with its own interrupt line, and libkrun 1.19.7 on x86_64 has a fixed number of
+/// lines for all of a guest's devices (decision 0022 has the count measured in the VM
+/// tier). A box beyond it would fail at start inside libkrun; it is refused at create.
+pub const MAX_VOLUMES: usize = 4;
+
+/// The virtio-fs tag of the `i`th volume.
+pub fn volume_tag(i: usize) -> String {
+    format!("{VOLUME_TAG_PREFIX}{i}")
+}
+
+/// The agent's `--volume` argument for a volume shared as `tag`:
+/// `TAG:ro|rw:GUEST_PATH` (the guest path last, so it may hold `:`).
+pub fn volume_arg(tag: &str, guest: &Path, read_only: bool) -> String {
+    format!("{tag}:{}:{}", if read_only { "ro" } else { "rw" }, guest.display())
+}
 
 /// The program libkrun's init execs in the guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
