@@ -319,6 +319,15 @@ impl Libkrun {
                 // One share per volume, read-only to libkrun's file server where `:ro`;
                 // the jail grants exactly these host directories beside the box's own.
                 for (i, v) in spec.settings.volumes.iter().enumerate() {
+                    if !v.host.is_dir() {
+                        return Err(bad(format!(
+                            "box {}: volume {}: the host directory {} is gone or not a \
+                             directory (it was one at create)",
+                            spec.id,
+                            boxsock_core::echo::echo(&v.to_string()),
+                            boxsock_core::echo::path(&v.host)
+                        )));
+                    }
                     let tag = volume_tag(i);
                     args.extend(["--volume".to_owned(), volume_arg(&tag, &v.guest, v.read_only)]);
                     shares.push(VirtiofsShare {
@@ -579,8 +588,8 @@ impl Backend for Libkrun {
         if self.config.configure_only { Availability::Available } else { self.available() }
     }
 
-    /// vcpus (1..=255), memory (at least 64 MiB) and a root filesystem (an absolute
-    /// directory; the runtime has canonicalised it).
+    /// vcpus (1..=255), memory (at least 64 MiB), a root filesystem (an absolute
+    /// directory; the runtime has canonicalised it) and at most [`MAX_VOLUMES`] volumes.
     fn check_settings(&self, settings: &BoxSettings) -> Result<(), BackendError> {
         let bad_setting = |setting, reason: String| BackendError::BadSetting {
             backend: NAME.into(),

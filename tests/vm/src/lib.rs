@@ -501,6 +501,23 @@ pub const IMAGE_START_READY: RatioLimit = RatioLimit {
     limit: 1.15,
 };
 
+/// Sequential read of a 100 MB file from a `:ro` volume inside a libkrun box (the
+/// guest's page cache dropped first, so every byte crosses virtio-fs; timed inside the
+/// box) against the same `busybox dd` on the TCG host's tmpfs (issue 21, "Measured").
+///
+/// A loose guard, not the target: both sides run under TCG, the box's side one
+/// virtualisation level deeper (every virtio-fs request is a guest exit that the TCG host
+/// emulates), so the ratio measures the nesting more than boxsock. The target and the
+/// measured medians are in docs/backends.md ("Volumes"); the guard fails only a read
+/// path that is broken outright (a copy per request, a fallback to an emulated disk).
+pub const VOLUME_READ: RatioLimit = RatioLimit {
+    name: "volume_read",
+    subject: "`dd` of a 100 MB file from a volume inside the box, guest page cache dropped",
+    floor: "the same `busybox dd` of the same file on the TCG host (tmpfs)",
+    min_pairs: 5,
+    limit: 400.0,
+};
+
 /// `exec … true` through the CLI against one raw agent round trip (decision 0005).
 pub const EXEC_TRUE: RatioLimit = RatioLimit {
     name: "exec_true",
