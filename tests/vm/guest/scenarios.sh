@@ -727,7 +727,7 @@ sc_volume_read() {
         if [ $((i % 2)) -eq 1 ]; then order=subject-first; else order=floor-first; fi
         for what in $( [ $order = subject-first ] && echo "s f" || echo "f s" ); do
             if [ $what = s ]; then
-                t="$(bs exec "$id" -- /bin/sh -c 'sync; echo 3 > /proc/sys/vm/drop_caches; read a _ < /proc/uptime; /bin/busybox dd if=/vol/big of=/dev/null bs=1M 2>/dev/null || exit 1; read b _ < /proc/uptime; echo $a $b')" \
+                t="$(bs exec "$id" -- /bin/sh -c 'sync; echo 3 > /proc/sys/vm/drop_caches || exit 2; read a _ < /proc/uptime; /bin/busybox dd if=/vol/big of=/dev/null bs=1M 2>/dev/null || exit 1; read b _ < /proc/uptime; echo $a $b')" \
                     || box_fail "$HOME_" "$id" "read $i in the box failed"
                 sub=$(( $(up_ms "${t#* }") - $(up_ms "${t% *}") ))
             else
