@@ -504,18 +504,23 @@ pub const IMAGE_START_READY: RatioLimit = RatioLimit {
 /// Sequential read of a 100 MB file from a `:ro` volume inside a libkrun box (the
 /// guest's page cache dropped first, so every byte crosses virtio-fs; timed inside the
 /// box) against the same `busybox dd` on the TCG host's tmpfs (issue 21, "Measured").
+/// Not yet in the rendered report (`report::RATIOS`): the committed data has no run of
+/// it.
 ///
 /// A loose guard, not the target: both sides run under TCG, the box's side one
 /// virtualisation level deeper (every virtio-fs request is a guest exit that the TCG host
-/// emulates), so the ratio measures the nesting more than boxsock. The target and the
-/// measured medians are in docs/backends.md ("Volumes"); the guard fails only a read
-/// path that is broken outright (a copy per request, a fallback to an emulated disk).
+/// emulates), so the ratio measures the nesting more than boxsock. The first run
+/// measured a median of 15.5× over six pairs (14.2× to 20.5×; about 2 s in the box
+/// against 110–150 ms on the host, whose 10 ms clock makes the floor coarse). The target,
+/// ≤ 20×, is judged on the median each run prints (docs/backends.md, "Volumes"); the
+/// guard, 60×, fails only a read path that is broken outright (a request per page, a
+/// copy through the jail), never a slow run.
 pub const VOLUME_READ: RatioLimit = RatioLimit {
     name: "volume_read",
     subject: "`dd` of a 100 MB file from a volume inside the box, guest page cache dropped",
     floor: "the same `busybox dd` of the same file on the TCG host (tmpfs)",
     min_pairs: 5,
-    limit: 400.0,
+    limit: 60.0,
 };
 
 /// `exec … true` through the CLI against one raw agent round trip (decision 0005).
