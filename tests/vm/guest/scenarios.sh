@@ -712,7 +712,8 @@ sc_volume_limit() {
 # Sequential read of a 100 MB file from a volume in the box (the guest's page cache
 # dropped first, so every byte crosses virtio-fs; timed inside the box, without the
 # exec's own cost) against the same read with the same busybox dd on the TCG host (the
-# file is on the host's tmpfs), in alternating pairs. tests/vm asserts only a loose
+# file is on the host's tmpfs), in alternating pairs of each side's fastest of three.
+# tests/vm asserts only a loose
 # guard on the median (VOLUME_READ); docs/backends.md states the target.
 VOLUME_READ_PAIRS=6
 up_ms() { s=${1%.*}; c=${1#*.}; echo $((s * 1000 + ${c#0} * 10)); }
@@ -726,15 +727,22 @@ sc_volume_read() {
     while [ $i -le $VOLUME_READ_PAIRS ]; do
         if [ $((i % 2)) -eq 1 ]; then order=subject-first; else order=floor-first; fi
         for what in $( [ $order = subject-first ] && echo "s f" || echo "f s" ); do
-            if [ $what = s ]; then
-                t="$(bs exec "$id" -- /bin/sh -c 'sync; echo 3 > /proc/sys/vm/drop_caches || exit 2; read a _ < /proc/uptime; /bin/busybox dd if=/vol/big of=/dev/null bs=1M 2>/dev/null || exit 1; read b _ < /proc/uptime; echo $a $b')" \
-                    || box_fail "$HOME_" "$id" "read $i in the box failed"
-                sub=$(( $(up_ms "${t#* }") - $(up_ms "${t% *}") ))
-            else
-                t0=$(now_ms)
-                "$BUSYBOX" dd if="$v/big" of=/dev/null bs=1M 2>/dev/null || fail "read $i on the host failed"
-                flo=$(( $(now_ms) - t0 ))
-            fi
+            # Each side's fastest of three: the host's read is about 100 ms on a 10 ms
+            # clock, so one slow or coarse sample would move the ratio by a third.
+            best=""
+            for r in 1 2 3; do
+                if [ $what = s ]; then
+                    t="$(bs exec "$id" -- /bin/sh -c 'sync; echo 3 > /proc/sys/vm/drop_caches || exit 2; read a _ < /proc/uptime; /bin/busybox dd if=/vol/big of=/dev/null bs=1M 2>/dev/null || exit 1; read b _ < /proc/uptime; echo $a $b')" \
+                        || box_fail "$HOME_" "$id" "read $i.$r in the box failed"
+                    ms=$(( $(up_ms "${t#* }") - $(up_ms "${t% *}") ))
+                else
+                    t0=$(now_ms)
+                    "$BUSYBOX" dd if="$v/big" of=/dev/null bs=1M 2>/dev/null || fail "read $i.$r on the host failed"
+                    ms=$(( $(now_ms) - t0 ))
+                fi
+                if [ -z "$best" ] || [ "$ms" -lt "$best" ]; then best=$ms; fi
+            done
+            if [ $what = s ]; then sub=$best; else flo=$best; fi
         done
         echo "@@VM pair volume_read $i $order $sub $flo"
         i=$((i + 1))
