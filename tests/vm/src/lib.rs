@@ -509,9 +509,10 @@ pub const IMAGE_START_READY: RatioLimit = RatioLimit {
 ///
 /// A loose guard, not the target: both sides run under TCG, the box's side one
 /// virtualisation level deeper (every virtio-fs request is a guest exit that the TCG host
-/// emulates), so the ratio measures the nesting more than boxsock. The first run
-/// measured a median of 15.5× over six pairs (14.2× to 20.5×; about 2 s in the box
-/// against 110–150 ms on the host, whose 10 ms clock makes the floor coarse). The target,
+/// emulates), so the ratio measures the nesting more than boxsock. Measured medians over
+/// six pairs: 15.5× and 20.6× with one sample per side (the host's ~100 ms read on a
+/// 10 ms clock made the floor coarse), then 14.6× (12.9× to 16.7×) with each side's
+/// fastest of three, as the scenario now does. The target,
 /// ≤ 20×, is judged on the median each run prints (docs/backends.md, "Volumes"); the
 /// guard, 60×, fails only a read path that is broken outright (a request per page, a
 /// copy through the jail), never a slow run.
