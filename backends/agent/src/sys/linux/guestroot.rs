@@ -386,7 +386,12 @@ fn mount_volumes(
                 .map_err(mount_err(what, "bind", label, target))?;
             }
         }
-        tracing::info!(volume = %v.label(), guest = %target.display(), read_only = v.read_only, "volume mounted");
+        tracing::info!(
+            volume = %v.label(),
+            guest = %target.display(),
+            read_only = v.read_only,
+            "volume mounted"
+        );
     }
     Ok(())
 }
