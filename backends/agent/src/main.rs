@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! boxsock-agent (--agent <URI> | --agent-fd <N>) (--ready <URI> | --ready-fd <N>)
-//!               [--allow-uid UID]... [--overlay-lower TAG]...
+//!               [--allow-uid UID]... [--overlay-lower TAG]... [--volume TAG:ro|rw:PATH]...
 //! ```
 //!
 //! `--agent-fd` is a listening Unix stream socket the agent inherited (the host
@@ -62,6 +62,11 @@ struct Args {
     /// (repeatable; see `boxsock_agent::guestroot`).
     #[arg(long = "overlay-lower", value_name = "TAG")]
     overlay_lower: Vec<String>,
+    /// Inside a libkrun guest, with `--overlay-lower`: once in the box's root, mount the
+    /// virtio-fs share TAG at GUEST_PATH (read-only with `ro`), making a missing mount
+    /// point in the writable layer (repeatable).
+    #[arg(long = "volume", value_name = "TAG:ro|rw:GUEST_PATH", requires = "overlay_lower")]
+    volume: Vec<String>,
 }
 
 fn main() {
@@ -109,7 +114,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // In a libkrun guest: enter the box's root first, so the resolver configuration
     // below and every command see it.
     if !args.overlay_lower.is_empty() {
-        boxsock_agent::guestroot::enter(&args.overlay_lower)?;
+        let volumes = args
+            .volume
+            .iter()
+            .map(|v| boxsock_agent::guestroot::VolumeMount::parse(v))
+            .collect::<Result<Vec<_>, _>>()?;
+        boxsock_agent::guestroot::enter(&args.overlay_lower, &volumes)?;
     }
     // In a libkrun guest: configure the box network (if it has one) before reporting
     // ready, so a `--network` box is ready only with its address, route and resolver.

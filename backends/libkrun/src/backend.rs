@@ -20,8 +20,8 @@ use crate::passt::{DEFAULT_PASST, DEFAULT_PASST_TIMEOUT, Passt};
 use crate::probe::HostProbe;
 use crate::spec::{
     AGENT_VSOCK_PORT, BOX_LAYER_TAG, DEFAULT_RAM_MIB, DEFAULT_VCPUS, GUEST_MAC, GuestExec,
-    JailSpec, LOWER_TAG, NetSpec, READY_VSOCK_PORT, ShimSpec, VirtiofsShare, VsockMap, agent_args,
-    parent_of,
+    JailSpec, LOWER_TAG, MAX_VOLUMES, NetSpec, READY_VSOCK_PORT, ShimSpec, VirtiofsShare, VsockMap,
+    agent_args, parent_of, volume_arg, volume_tag,
 };
 use crate::{NAME, SHIM_BINARY};
 
@@ -305,6 +305,7 @@ impl Libkrun {
         let box_dir = spec.layout.box_dir(&spec.id);
         let mut read_only: Vec<PathBuf> = SYSTEM_READ_ONLY.iter().map(PathBuf::from).collect();
         read_only.extend(self.config.extra_read_only.iter().cloned());
+        let mut read_write = vec![box_dir.clone()];
         let box_layer = spec.layout.rootfs_dir(&spec.id);
         let mut args = agent_args(AGENT_VSOCK_PORT, READY_VSOCK_PORT);
         // The guest base this box launches from (recorded by `launch`/`prepare`); a box
@@ -323,7 +324,7 @@ impl Libkrun {
                 if lower != base {
                     read_only.push(lower.clone());
                 }
-                let shares = vec![
+                let mut shares = vec![
                     VirtiofsShare {
                         tag: BOX_LAYER_TAG.into(),
                         host_path: box_layer,
@@ -334,11 +335,39 @@ impl Libkrun {
                 for s in &shares {
                     args.extend(["--overlay-lower".to_owned(), s.tag.clone()]);
                 }
+                // One share per volume, read-only to libkrun's file server where `:ro`;
+                // the jail grants exactly these host directories beside the box's own.
+                for (i, v) in spec.settings.volumes.iter().enumerate() {
+                    if !v.host.is_dir() {
+                        return Err(bad(format!(
+                            "box {}: volume {}: the host directory {} is gone or not a \
+                             directory (it was one at create)",
+                            spec.id,
+                            boxsock_core::echo::echo(&v.to_string()),
+                            boxsock_core::echo::path(&v.host)
+                        )));
+                    }
+                    let tag = volume_tag(i);
+                    args.extend(["--volume".to_owned(), volume_arg(&tag, &v.guest, v.read_only)]);
+                    shares.push(VirtiofsShare {
+                        tag,
+                        host_path: v.host.clone(),
+                        read_only: v.read_only,
+                    });
+                    if v.read_only {
+                        read_only.push(v.host.clone());
+                    } else {
+                        read_write.push(v.host.clone());
+                    }
+                }
                 (base, shares)
             }
-            None if spec.settings.rootfs.is_some() || spec.settings.image.is_some() => {
+            None if spec.settings.rootfs.is_some()
+                || spec.settings.image.is_some()
+                || !spec.settings.volumes.is_empty() =>
+            {
                 return Err(bad(format!(
-                    "box {}: a root filesystem or an image needs the shared guest base, and {} records none (the box was not prepared by this backend)",
+                    "box {}: a root filesystem, an image or a volume needs the shared guest base, and {} records none (the box was not prepared by this backend)",
                     spec.id,
                     boxsock_core::echo::path(&box_dir.join(crate::rootfs::BASE_RECORD))
                 )));
@@ -367,7 +396,7 @@ impl Libkrun {
             jail: JailSpec {
                 enabled: self.config.jail,
                 read_only,
-                read_write: vec![box_dir],
+                read_write,
                 devices: SYSTEM_DEVICES.iter().map(PathBuf::from).collect(),
                 sockets: spec.policy.clone(),
                 socket_dir_fd,
@@ -600,8 +629,9 @@ impl Backend for Libkrun {
     }
 
     /// vcpus (1..=[`MAX_VCPUS`]), memory (at least [`MIN_RAM_MIB`], at most the host's),
-    /// a root filesystem (an absolute directory; the runtime has canonicalised it) and
-    /// published ports (forwarded by passt; checked free at each start).
+    /// a root filesystem (an absolute directory; the runtime has canonicalised it),
+    /// published ports (forwarded by passt; checked free at each start) and at most
+    /// [`MAX_VOLUMES`] volumes.
     fn check_settings(&self, settings: &BoxSettings) -> Result<(), BackendError> {
         let bad_setting = |setting, reason: String| BackendError::BadSetting {
             backend: NAME.into(),
@@ -654,12 +684,20 @@ impl Backend for Libkrun {
                 }
             }
         }
+        if settings.volumes.len() > MAX_VOLUMES {
+            return Err(bad_setting(
+                "volumes",
+                format!(
+                    "{} volumes: a libkrun box takes at most {MAX_VOLUMES} (each is a virtio-fs \
+                     device with its own interrupt line, and libkrun has a fixed number of \
+                     lines per guest)",
+                    settings.volumes.len()
+                ),
+            ));
+        }
         // Issue 21 brings these to libkrun; until each is wired through the shim and
         // the agent, refuse it rather than create a box that silently lacks it.
         let mut pending = Vec::new();
-        if !settings.volumes.is_empty() {
-            pending.push("volumes");
-        }
         if settings.disk_size.is_some() {
             pending.push("disk_size");
         }

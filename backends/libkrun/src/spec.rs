@@ -63,6 +63,27 @@ pub struct VirtiofsShare {
 pub const BOX_LAYER_TAG: &str = "boxsock-box";
 /// Tag of the box's root filesystem (the user's `--rootfs`, or the guest base).
 pub const LOWER_TAG: &str = "boxsock-lower";
+/// Tags of the box's volumes: `boxsock-vol0`, `boxsock-vol1`… in the order of
+/// `BoxSettings::volumes`.
+pub const VOLUME_TAG_PREFIX: &str = "boxsock-vol";
+
+/// The most volumes a libkrun box takes. Every virtio-fs share is a virtio-mmio device
+/// with its own interrupt line, and libkrun 1.19.7 on x86_64 has a fixed number of
+/// lines for all of a guest's devices. The limit is what a box *with* a network takes
+/// (the net device costs a line too), so no box that passed create fails its start for
+/// want of a line; the VM tier measures it (scenario `volume-limit`, decision 0022).
+pub const MAX_VOLUMES: usize = 3;
+
+/// The virtio-fs tag of the `i`th volume.
+pub fn volume_tag(i: usize) -> String {
+    format!("{VOLUME_TAG_PREFIX}{i}")
+}
+
+/// The agent's `--volume` argument for a volume shared as `tag`:
+/// `TAG:ro|rw:GUEST_PATH` (the guest path last, so it may hold `:`).
+pub fn volume_arg(tag: &str, guest: &Path, read_only: bool) -> String {
+    format!("{tag}:{}:{}", if read_only { "ro" } else { "rw" }, guest.display())
+}
 
 /// The program libkrun's init execs in the guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -339,7 +339,13 @@ fn backend_hint(e: RuntimeError, g: &Global) -> Failure {
             | RuntimeError::Backend(_)
             | RuntimeError::BackendUnavailable { .. }
     ) && g.backend != "host"
-        && msg.contains(&g.backend);
+        && msg.contains(&g.backend)
+        // A setting the backend refuses (too many volumes…) is not fixed by another
+        // backend that honours less.
+        && !matches!(
+            &e,
+            RuntimeError::Backend(boxsock_core::backend::BackendError::BadSetting { .. })
+        );
     // Never a silent fallback to less isolation: the user chooses, told what each gives.
     let suggestion = if g.backend == "sandbox" {
         "try --backend host (no isolation)"

@@ -3,7 +3,8 @@
 //! result. Scenario scripts: `tests/vm/guest/scenarios.sh`.
 
 use boxsock_vm_tests::{
-    EXEC_TRUE, IMAGE_START_READY, START_READY, VmRun, assert_pairs, assert_scenario, report, vm_run,
+    EXEC_TRUE, IMAGE_START_READY, START_READY, VOLUME_READ, VmRun, assert_pairs, assert_scenario,
+    report, vm_run,
 };
 
 macro_rules! scenarios {
@@ -39,6 +40,16 @@ scenarios! {
     vm_image_whiteout_deletes_a_lower_file_in_the_guest => "image-whiteout",
     vm_image_two_boxes_share_its_layers_on_disk => "image-shared-layers",
     vm_image_user_applies_and_u_overrides_it => "image-user",
+    vm_volume_rw_round_trips_and_its_mount_point_stays_in_the_box => "volume-rw",
+    vm_volume_ro_refuses_writes_with_erofs_and_a_file_target_fails_start => "volume-ro",
+    vm_volume_limit_measured_equals_the_enforced_limit => "volume-limit",
+}
+
+/// Sequential read of 100 MB from a volume in the box against the same read on the TCG
+/// host: the median of the per-pair ratios, under a loose guard only (`VOLUME_READ`).
+#[test]
+fn vm_volume_read_measured() {
+    assert_pairs("volume-read", &VOLUME_READ);
 }
 
 /// Start→ready of an image box against a `--rootfs` box of the same tree: the median of

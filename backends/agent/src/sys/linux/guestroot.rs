@@ -14,6 +14,13 @@
 //!
 //! Everything is mounted under a tmpfs at [`MOUNT_BASE`], because the base is
 //! read-only: the base holds only that empty directory.
+//!
+//! Volumes (`--volume TAG:ro|rw:GUEST_PATH`, decision 0022) are mounted once the agent
+//! is inside the box's root, so a guest path resolves there and nowhere else (an
+//! absolute symlink in the root stays in the root). A missing mount point is created
+//! through the merged root, so it lands in the writable upper layer and never in a
+//! lower; one that exists and is not a directory is an error. Parents are mounted
+//! before what nests in them.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -60,6 +67,26 @@ pub enum GuestRootError {
         root: PathBuf,
         /// The error.
         errno: nix::Error,
+    },
+    /// A volume's guest path exists in the box's root and is not a directory.
+    #[error(
+        "volume {tag}: the guest path {} exists in the box's root and is not a directory \
+         (a volume is mounted on a directory; choose another guest path)",
+        boxsock_core::echo::path(guest)
+    )]
+    VolumeTarget {
+        /// The volume's virtio-fs tag.
+        tag: String,
+        /// The guest path.
+        guest: PathBuf,
+    },
+    /// A `--volume` argument did not parse.
+    #[error("--volume {}: {reason}", boxsock_core::echo::echo(arg))]
+    VolumeArg {
+        /// The argument as given.
+        arg: String,
+        /// What was expected.
+        reason: &'static str,
     },
     /// No lower layer was given, or a tag is not usable.
     #[error("invalid overlay layers {tags:?}: {reason}")]
@@ -126,19 +153,70 @@ pub enum Layer {
     Bind(PathBuf),
 }
 
+/// A host directory shown in the box's root at `guest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    /// What is mounted: a virtio-fs share (in a guest) or a directory (tests).
+    pub source: Layer,
+    /// Where, inside the box's root (absolute, without `.` or `..`).
+    pub guest: PathBuf,
+    /// Mounted read-only (writes fail with `EROFS`).
+    pub read_only: bool,
+}
+
+impl VolumeMount {
+    /// Parse the agent's `--volume TAG:ro|rw:GUEST_PATH` (the guest path last, so it may
+    /// hold `:`).
+    pub fn parse(arg: &str) -> Result<Self, GuestRootError> {
+        let bad = |reason| GuestRootError::VolumeArg { arg: arg.to_owned(), reason };
+        let mut parts = arg.splitn(3, ':');
+        let (Some(tag), Some(mode), Some(guest)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("expected TAG:ro|rw:GUEST_PATH"));
+        };
+        check_tags(&[tag.to_owned()]).map_err(|_| bad("the tag is 1 to 36 bytes, no ','"))?;
+        let read_only = match mode {
+            "ro" => true,
+            "rw" => false,
+            _ => return Err(bad("the mode is not ro or rw")),
+        };
+        let guest = PathBuf::from(guest);
+        let plain = guest.is_absolute()
+            && guest.components().all(|c| {
+                matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_))
+            });
+        if !plain || guest == Path::new("/") {
+            return Err(bad("the guest path is not absolute without . or .., or is /"));
+        }
+        Ok(VolumeMount { source: Layer::Virtiofs(tag.to_owned()), guest, read_only })
+    }
+
+    fn label(&self) -> String {
+        match &self.source {
+            Layer::Virtiofs(tag) => tag.clone(),
+            Layer::Bind(p) => boxsock_core::echo::path(p).to_string(),
+        }
+    }
+}
+
 /// Mount the layers shared as `tags` (top first) read-only, a tmpfs upper, the overlay
-/// of them, `/proc`, `/dev` and `/sys` inside it, then `chroot` into it. Inside a
-/// libkrun guest only (root, before the agent opens anything by path).
-pub fn enter(tags: &[String]) -> Result<PathBuf, GuestRootError> {
+/// of them, `/proc`, `/dev` and `/sys` inside it, then `chroot` into it and mount the
+/// `volumes` there. Inside a libkrun guest only (root, before the agent opens anything
+/// by path).
+pub fn enter(tags: &[String], volumes: &[VolumeMount]) -> Result<PathBuf, GuestRootError> {
     check_tags(tags)?;
     let layers: Vec<Layer> = tags.iter().cloned().map(Layer::Virtiofs).collect();
-    enter_at(Path::new(MOUNT_BASE), &layers)
+    enter_at(Path::new(MOUNT_BASE), &layers, volumes)
 }
 
 /// [`enter`] with the layer directory at `base` (an existing directory) and any kind of
 /// [`Layer`]. Changes the calling process's mounts and root: call it in a private mount
 /// namespace outside a guest.
-pub fn enter_at(base: &Path, layers: &[Layer]) -> Result<PathBuf, GuestRootError> {
+pub fn enter_at(
+    base: &Path,
+    layers: &[Layer],
+    volumes: &[VolumeMount],
+) -> Result<PathBuf, GuestRootError> {
     if layers.is_empty() {
         return Err(GuestRootError::Layers {
             tags: Vec::new(),
@@ -236,11 +314,86 @@ pub fn enter_at(base: &Path, layers: &[Layer]) -> Result<PathBuf, GuestRootError
             &to,
         ))?;
     }
+    // A directory source (tests) is opened before the chroot hides it, and mounted
+    // from the descriptor afterwards.
+    let mut sources = Vec::new();
+    for v in volumes {
+        sources.push(match &v.source {
+            Layer::Virtiofs(_) => None,
+            Layer::Bind(from) => Some(
+                std::fs::File::open(from)
+                    .map_err(|source| GuestRootError::Mkdir { path: from.clone(), source })?,
+            ),
+        });
+    }
     nix::unistd::chroot(&root)
         .map_err(|errno| GuestRootError::Enter { root: root.clone(), errno })?;
     nix::unistd::chdir("/").map_err(|errno| GuestRootError::Enter { root: root.clone(), errno })?;
-    tracing::info!(layers = ?layers, "entered the box root (overlay, tmpfs upper)");
+    mount_volumes(volumes, &sources)?;
+    tracing::info!(layers = ?layers, volumes = volumes.len(), "entered the box root (overlay)");
     Ok(root)
+}
+
+/// Inside the box's root: each volume on its guest path, parents first (a volume at
+/// `/a` before one at `/a/b`, whose mount point is then made in `/a`'s volume).
+fn mount_volumes(
+    volumes: &[VolumeMount],
+    sources: &[Option<std::fs::File>],
+) -> Result<(), GuestRootError> {
+    let mut order: Vec<usize> = (0..volumes.len()).collect();
+    order.sort_by_key(|&i| volumes[i].guest.components().count());
+    for i in order {
+        let v = &volumes[i];
+        let target = &v.guest;
+        match std::fs::metadata(target) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(GuestRootError::VolumeTarget { tag: v.label(), guest: target.clone() });
+            }
+            // Made through the merged root: the new directories land in the upper layer.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => mkdir(target)?,
+            Err(source) => return Err(GuestRootError::Mkdir { path: target.clone(), source }),
+        }
+        let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+        if v.read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        let what = format!("volume {}", target.display());
+        match (&v.source, &sources[i]) {
+            (Layer::Virtiofs(tag), _) => {
+                mount(Some(tag.as_str()), target, Some("virtiofs"), flags, None::<&str>)
+                    .map_err(mount_err(what, "virtiofs", tag.as_str(), target))?
+            }
+            (Layer::Bind(from), file) => {
+                use std::os::fd::AsRawFd;
+                let Some(file) = file else {
+                    return Err(GuestRootError::Mkdir {
+                        path: from.clone(),
+                        source: std::io::Error::other("the source was not opened"),
+                    });
+                };
+                let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+                let label = boxsock_core::echo::path(from).to_string();
+                mount(Some(&fd_path), target, None::<&OsStr>, MsFlags::MS_BIND, None::<&str>)
+                    .map_err(mount_err(what.clone(), "bind", label.clone(), target))?;
+                mount(
+                    None::<&OsStr>,
+                    target,
+                    None::<&OsStr>,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+                    None::<&str>,
+                )
+                .map_err(mount_err(what, "bind", label, target))?;
+            }
+        }
+        tracing::info!(
+            volume = %v.label(),
+            guest = %target.display(),
+            read_only = v.read_only,
+            "volume mounted"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -323,7 +476,7 @@ mod tests {
                     None::<&str>,
                 )
                 .map_err(std::io::Error::from)?;
-                enter_at(&base, &layers).map_err(std::io::Error::other)?;
+                enter_at(&base, &layers, &[]).map_err(std::io::Error::other)?;
                 Ok(())
             });
         }
@@ -339,5 +492,139 @@ mod tests {
         assert_eq!(snapshot(&layer), before_layer, "the box layer changed");
         assert_eq!(std::fs::read_to_string(user.join("etc/hostname")).unwrap(), "user\n");
         assert!(std::fs::symlink_metadata(user.join("bin/sh")).is_ok());
+    }
+
+    /// `sh -c script` in a child that enters a box root of `layers` with `volumes` in
+    /// its own mount namespace. A failure to enter is printed on the child's stderr and
+    /// ends it with status 42 (a `pre_exec` error would lose the message).
+    fn run_in_root(
+        base: &Path,
+        layers: Vec<Layer>,
+        volumes: Vec<VolumeMount>,
+        script: &str,
+    ) -> std::process::Output {
+        use std::os::unix::process::CommandExt;
+        let base = base.to_path_buf();
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.args(["-c", script]);
+        // SAFETY: runs in the forked child before exec; it only makes syscalls (unshare,
+        // mount, chroot, write, _exit) and small allocations for paths and the message,
+        // and the parent test thread holds no lock the child needs.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+                    .map_err(std::io::Error::from)?;
+                mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )
+                .map_err(std::io::Error::from)?;
+                if let Err(e) = enter_at(&base, &layers, &volumes) {
+                    let msg = format!("enter: {e}\n");
+                    let _ = nix::unistd::write(std::io::stderr(), msg.as_bytes());
+                    nix::libc::_exit(42);
+                }
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    }
+
+    /// Volumes for real (root only; bind mounts standing in for virtio-fs): a rw volume
+    /// round-trips both ways, a `ro` one refuses a write with EROFS and its host
+    /// directory is unchanged, a missing mount point (`/data/rw`, two levels) is made in
+    /// the upper layer and never in the user's root, a nested volume is mounted after
+    /// its parent, and a guest path that is a file in the root is an error naming it.
+    #[test]
+    fn volumes_round_trip_ro_refuses_and_mount_points_stay_out_of_the_users_root() {
+        use boxsock_test_support::{Need, skip};
+        if !nix::unistd::geteuid().is_root() {
+            skip(Need::Root, "needs root for mount namespaces");
+            return;
+        }
+        let Some(busybox) =
+            ["/usr/bin/busybox", "/bin/busybox"].into_iter().map(Path::new).find(|p| p.is_file())
+        else {
+            skip(Need::Program { name: "busybox", package: "busybox-static" }, "no static busybox");
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        let p = |n: &str| d.path().join(n);
+        let (user, base, rw, ro, nested) = (p("user"), p("mnt"), p("rw"), p("ro"), p("nested"));
+        for dir in [user.join("bin"), user.join("etc"), base.clone(), rw.clone(), ro.clone()] {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        std::fs::create_dir_all(&nested).unwrap();
+        std::fs::copy(busybox, user.join("bin/busybox")).unwrap();
+        std::os::unix::fs::symlink("busybox", user.join("bin/sh")).unwrap();
+        std::fs::write(user.join("etc/not-a-dir"), "file\n").unwrap();
+        std::fs::write(rw.join("from-host"), "host\n").unwrap();
+        std::fs::write(ro.join("kept"), "ro\n").unwrap();
+        std::fs::write(nested.join("inner"), "nested\n").unwrap();
+        let vol = |from: &Path, guest: &str, read_only| VolumeMount {
+            source: Layer::Bind(from.to_path_buf()),
+            guest: PathBuf::from(guest),
+            read_only,
+        };
+        // The nested volume comes first on purpose: it is mounted after its parent.
+        let volumes = vec![
+            vol(&nested, "/data/rw/sub", false),
+            vol(&rw, "/data/rw", false),
+            vol(&ro, "/ro", true),
+        ];
+        let out = run_in_root(
+            &base,
+            vec![Layer::Bind(user.clone())],
+            volumes,
+            "cat /data/rw/from-host; echo box > /data/rw/from-box; cat /data/rw/sub/inner; \
+             cat /ro/kept; if echo x > /ro/new; then echo written; else echo refused; fi",
+        );
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "status {:?}, stderr {stderr}", out.status);
+        assert_eq!(stdout, "host\nnested\nro\nrefused\n", "stderr: {stderr}");
+        assert!(stderr.contains("Read-only file system"), "{stderr}");
+        assert_eq!(std::fs::read_to_string(rw.join("from-box")).unwrap(), "box\n");
+        assert!(rw.join("sub").is_dir(), "the nested mount point is made in its parent volume");
+        let names = |dir: &Path| {
+            let mut v: Vec<_> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&ro), ["kept"], "the ro volume's host directory changed");
+        assert_eq!(names(&user), ["bin", "etc"], "a mount point was made in the user's root");
+
+        let out = run_in_root(
+            &base,
+            vec![Layer::Bind(user.clone())],
+            vec![vol(&rw, "/etc/not-a-dir", false)],
+            "echo entered",
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(42), "stderr {stderr}");
+        assert!(
+            stderr.contains("\"/etc/not-a-dir\"") && stderr.contains("not a directory"),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+
+    #[test]
+    fn volume_args_parse_and_bad_ones_are_errors_naming_them() {
+        let v = VolumeMount::parse("boxsock-vol0:ro:/data/a:b").unwrap();
+        assert_eq!(v.source, Layer::Virtiofs("boxsock-vol0".into()));
+        assert_eq!(v.guest, Path::new("/data/a:b"));
+        assert!(v.read_only);
+        assert!(!VolumeMount::parse("t:rw:/x").unwrap().read_only);
+        for bad in ["t:rw", "t:xx:/x", "t:rw:x", "t:rw:/a/../b", "t:rw:/", ":rw:/x", "a,b:rw:/x"] {
+            let e = VolumeMount::parse(bad).unwrap_err();
+            assert!(e.to_string().contains(bad), "{bad}: {e}");
+        }
     }
 }
