@@ -877,6 +877,47 @@ run volume-limit sc_volume_limit
 run volume-read sc_volume_read
 cleanup
 
+# Issue 21's "done when", the README's web-server story end to end: a web server from an
+# image, with a read-only volume of the site and a published port; what the box writes
+# survives stop/start (its own disk), the volume stays the host's, and rm leaves nothing.
+sc_web_story() {
+    m="$(build_image)" || fail "cannot build the OCI image"
+    import_image >/dev/null || fail "import of the archive failed"
+    site="$WORK/site"; rm -rf "$site"; mkdir -p "$site" && echo "hello from the host" > "$site/index.html"
+    id="$(bs run -d --name web -p 18081:80 -v "$site:/srv/www:ro" --cpus 2 --memory 256m "$IMG")" \
+        || fail "run -d of the web box failed"
+    get() {
+        ( printf 'GET /index.html HTTP/1.0\r\n\r\n'; "$BUSYBOX" sleep 3 ) \
+            | "$BUSYBOX" timeout 30 "$BUSYBOX" nc 127.0.0.1 18081 > /tmp/web.http 2>/dev/null
+        head -1 /tmp/web.http | grep -q ' 200 ' && tail -1 /tmp/web.http
+    }
+    serve() {
+        bs exec web -- /bin/busybox httpd -p 80 -h /srv/www || box_fail "$HOME_" "$id" "httpd did not start"
+        i=0
+        until body="$(get)"; do
+            i=$((i + 1)); [ $i -lt 10 ] || box_fail "$HOME_" "$id" "GET failed: $(head -c 200 /tmp/web.http)"
+            sleep 2
+        done
+        echo "$body"
+    }
+    [ "$(serve)" = "hello from the host" ] || fail "the site was not served: $(cat /tmp/web.http | head -c 300)"
+    bs exec web -- /bin/sh -c 'echo kept > /etc/notes' || fail "cannot write in the box"
+    bs exec web -- /bin/sh -c 'echo x > /srv/www/x' 2>/dev/null && fail "the read-only volume took a write"
+    bs ls | grep -q '127.0.0.1:18081->80/tcp' || fail "ls does not show the port: $(bs ls)"
+    bs stop web >/dev/null || fail "stop failed"
+    echo "hello again" > "$site/index.html"
+    bs start web >/dev/null || box_fail "$HOME_" "$id" "second start failed"
+    [ "$(bs exec web -- /bin/busybox cat /etc/notes)" = kept ] || fail "the box's file did not survive stop/start"
+    [ "$(serve)" = "hello again" ] || fail "the volume is not the host's directory after restart"
+    [ ! -e "$site/x" ] || fail "a file appeared in the host's site directory"
+    bs rm -f web >/dev/null || fail "rm failed"
+    [ ! -e "$HOME_/boxes/$id" ] || fail "rm left the box directory: $(ls -la "$HOME_/boxes/$id")"
+    [ -z "$(passts)" ] || fail "passt left after rm: $(passts)"
+    [ -z "$(shims)" ] || fail "shims left after rm: $(shims)"
+}
+run web-story sc_web_story
+cleanup
+
 # The backend conformance kit (tests/backend-conformance) on libkrun, with a network so
 # passt is a companion: every check must pass here, none may be skipped.
 sc_backend_kit() {

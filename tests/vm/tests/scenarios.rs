@@ -43,6 +43,7 @@ scenarios! {
     vm_volume_rw_round_trips_and_its_mount_point_stays_in_the_box => "volume-rw",
     vm_volume_ro_refuses_writes_with_erofs_and_a_file_target_fails_start => "volume-ro",
     vm_volume_limit_measured_equals_the_enforced_limit => "volume-limit",
+    vm_web_story_image_volume_port_and_files_that_survive_a_restart => "web-story",
 }
 
 /// Sequential read of 100 MB from a volume in the box against the same read on the TCG
