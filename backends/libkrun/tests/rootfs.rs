@@ -175,10 +175,17 @@ fn a_non_elf_or_missing_agent_is_an_error_naming_it() {
     let script = d.path().join("agent.sh");
     std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
     let err = rootfs::prepare(&d.path().join("r1"), &script).unwrap_err();
-    assert!(matches!(err, RootfsError::NotElf { ref path } if *path == script), "{err}");
+    assert!(
+        matches!(err, RootfsError::Elf(boxsock_elf::ElfError::NotElf { ref path }) if *path == script),
+        "{err}"
+    );
     let missing = d.path().join("nope");
     let err = rootfs::prepare(&d.path().join("r2"), &missing).unwrap_err();
-    assert!(matches!(err, RootfsError::Io { ref path, .. } if *path == missing), "{err}");
+    assert!(
+        matches!(err, RootfsError::Elf(boxsock_elf::ElfError::Io { ref path, .. }) if *path == missing),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&missing.display().to_string()), "{err}");
 }
 
 /// A static executable (as a musl agent would be) is the only file copied, and runs

@@ -45,7 +45,7 @@ fn text(o: &Output) -> String {
 /// The crates published to crates.io: the libraries, the kits a third-party strategy
 /// or backend tests itself with, the agent, the example strategy (an optional
 /// dependency of the facade, so it must be published with it) and the facade.
-const PUBLISHED: [&str; 14] = [
+const PUBLISHED: [&str; 15] = [
     "boxsock",
     "boxsock-abstract",
     "boxsock-agent",
@@ -53,6 +53,7 @@ const PUBLISHED: [&str; 14] = [
     "boxsock-conformance",
     "boxsock-core",
     "boxsock-direct",
+    "boxsock-elf",
     "boxsock-host",
     "boxsock-image",
     "boxsock-libkrun",
