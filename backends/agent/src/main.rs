@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! boxsock-agent (--agent <URI> | --agent-fd <N>) (--ready <URI> | --ready-fd <N>)
-//!               [--allow-uid UID]... [--overlay-lower TAG]...
+//!               [--allow-uid UID]... [--overlay-lower TAG]... [--upper-disk LABEL]
 //! ```
 //!
 //! `--agent-fd` is a listening Unix stream socket the agent inherited (the host
@@ -62,6 +62,10 @@ struct Args {
     /// (repeatable; see `boxsock_agent::guestroot`).
     #[arg(long = "overlay-lower", value_name = "TAG")]
     overlay_lower: Vec<String>,
+    /// With `--overlay-lower`: keep the overlay's upper on the ext4 disk with this
+    /// label (the box's persistent writable layer) instead of a tmpfs.
+    #[arg(long = "upper-disk", value_name = "LABEL", requires = "overlay_lower")]
+    upper_disk: Option<String>,
 }
 
 fn main() {
@@ -109,7 +113,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // In a libkrun guest: enter the box's root first, so the resolver configuration
     // below and every command see it.
     if !args.overlay_lower.is_empty() {
-        boxsock_agent::guestroot::enter(&args.overlay_lower)?;
+        boxsock_agent::guestroot::enter(&args.overlay_lower, args.upper_disk.as_deref())?;
     }
     // In a libkrun guest: configure the box network (if it has one) before reporting
     // ready, so a `--network` box is ready only with its address, route and resolver.
