@@ -125,6 +125,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         )?;
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(boxsock_agent::run(config))?;
+    let served = rt.block_on(boxsock_agent::run(config));
+    // In a guest, the VM ends with this process and the guest's page cache with it:
+    // write the box's disk out first, so what a stopped box wrote is on the host's
+    // image (a killed VMM loses only what was not yet written; the journal keeps the
+    // filesystem whole).
+    if args.upper_disk.is_some() {
+        nix::unistd::sync();
+        tracing::info!("box disk synced");
+    }
+    served?;
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! result. Scenario scripts: `tests/vm/guest/scenarios.sh`.
 
 use boxsock_vm_tests::{
-    EXEC_TRUE, IMAGE_START_READY, START_READY, VmRun, assert_pairs, assert_scenario, report, vm_run,
+    DISK_READ, DISK_START_READY, EXEC_TRUE, IMAGE_START_READY, START_READY, VmRun, assert_pairs,
+    assert_scenario, report, vm_run,
 };
 
 macro_rules! scenarios {
@@ -36,6 +37,23 @@ scenarios! {
     vm_image_env_and_workdir_overridden_by_e_and_w => "image-overrides",
     vm_image_whiteout_deletes_a_lower_file_in_the_guest => "image-whiteout",
     vm_image_two_boxes_share_its_layers_on_disk => "image-shared-layers",
+    vm_disk_100mb_survives_stop_and_start => "disk-persists",
+    vm_disk_survives_a_killed_vmm => "disk-killed-vmm",
+    vm_disk_rm_leaves_no_image => "disk-rm",
+    vm_disk_full_is_enospc_and_the_box_still_runs => "disk-full",
+}
+
+/// Start→ready with the disk against the tmpfs upper: the median of at least ten
+/// alternating per-pair ratios, printed; guarded loosely (see `DISK_START_READY`).
+#[test]
+fn vm_disk_start_ready_measured() {
+    assert_pairs("disk-start-ready", &DISK_START_READY);
+}
+
+/// A 100 MB sequential read from the box's disk against the same read on the TCG host.
+#[test]
+fn vm_disk_read_measured() {
+    assert_pairs("disk-read", &DISK_READ);
 }
 
 /// Start→ready of an image box against a `--rootfs` box of the same tree: the median of
