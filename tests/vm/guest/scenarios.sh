@@ -361,7 +361,7 @@ sc_killed_vmm() {
 }
 
 sc_landlock() {
-    # Outside every grant of the jail (the grants: system dirs read-only, the box dir,
+    # Outside every grant of the jail (the grants: system dirs read-only, the box disk,
     # the socket directories), writable by this user without a jail.
     probe="$WORK/jail-probe-$$"
     id="$(BS_EXTRA="--backend-option jail_probe=$probe" bs create)" || fail "create failed"
