@@ -574,7 +574,7 @@ sc_disk_full() {
 # alternating pairs; both disks/boxes are started once before (the disk is made at the
 # first start: reported as disk_first_start_ms, not paired). tests/vm asserts a loose
 # guard on the median (DISK_START_READY).
-DISK_PAIRS=12
+DISK_PAIRS=10
 sc_disk_start_ready() {
     s="$(bs create)" || fail "create failed"; add_busybox "$HOME_" "$s"
     f="$(bs create)" || fail "create failed"; add_busybox "$HOME_" "$f"
@@ -605,7 +605,7 @@ sc_disk_start_ready() {
 # A sequential read of a 100 MB file from the box's disk (subject, timed inside the box
 # from /proc/uptime) against the same read of a file on the TCG host (floor), each after
 # dropping the page caches of the guest and of the TCG host, in alternating pairs.
-READ_PAIRS=6
+READ_PAIRS=5
 sc_disk_read() {
     id="$(create_started)" || exit 1
     in_box "$id" "$BB dd if=/dev/urandom of=/r.bin bs=1M count=100 2>/dev/null && $BB sync" || fail "write failed"
