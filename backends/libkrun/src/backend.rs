@@ -327,6 +327,9 @@ impl Libkrun {
                     (None, None) => base.clone(),
                 };
                 read_only.push(base.clone());
+                // The box's own layer is read-only to the guest and to the jail (the
+                // only read-write grant is the disk image, below).
+                read_only.push(box_layer.clone());
                 if lower != base {
                     read_only.push(lower.clone());
                 }
