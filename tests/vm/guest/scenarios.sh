@@ -485,13 +485,19 @@ disk_of() { echo "$HOME_/boxes/$1/disk.ext4"; }
 # in_box ID SCRIPT: run SCRIPT with the box's busybox sh.
 in_box() { bs exec "$1" -- /bin/busybox sh -c "$2"; }
 BB=/bin/busybox
-# fsck_clean IMAGE: a full e2fsck of a stopped box's disk finds nothing to fix (a journal
-# replay is not an error; any "Fix? yes" is).
+# fsck_clean IMAGE: a full e2fsck of a stopped box's disk finds nothing to fix but the
+# superblock's free block and inode totals. The agent syncs but cannot unmount the disk
+# (its root is the overlay on it), so the filesystem is not marked clean, and ext4 does
+# not keep those two totals current in the superblock of a mounted filesystem (it sums
+# the group descriptors at mount): e2fsck recomputes them. A journal replay is not an
+# error either; any other fix is, a group's counts included ("… for group #N").
 fsck_clean() {
     out="$(e2fsck -fy "$1" 2>&1)"; rc=$?
     echo "$out"
     [ $rc -le 1 ] || fail "e2fsck exit $rc on $1"
-    echo "$out" | grep -q '? yes' && fail "e2fsck had to fix $1: $(echo "$out" | grep '? yes' | head -3)"
+    fixes=$(echo "$out" | grep -c '? yes')
+    totals=$(echo "$out" | grep -c -E '^Free (blocks|inodes) count wrong \([0-9]+, counted=[0-9]+\)\.$')
+    [ "$fixes" -le "$totals" ] || fail "e2fsck had to fix $1 beyond the superblock totals: $(echo "$out" | grep -B2 '? yes' | head -9)"
     true
 }
 
