@@ -175,6 +175,9 @@ fn a_rootfs_box_hands_libkrun_the_users_dir_read_only_below_its_own_layer() {
         }
     );
     assert_eq!(shim.jail.read_write, [image]);
+    // …so the box's own layer needs its read-only grant (the guest cannot execute its
+    // busybox without it: found in the VM tier).
+    assert!(shim.jail.read_only.contains(&f.layout.rootfs_dir(&f.id)), "{:?}", shim.jail);
     // The jail: the base and the user's root read-only, never read-write.
     assert!(
         shim.jail.read_only.contains(&base) && shim.jail.read_only.contains(&user),
