@@ -507,8 +507,8 @@ pub const IMAGE_START_READY: RatioLimit = RatioLimit {
 /// issue's target is ≤ 1.10×, judged on the median each run prints; the assertion is a
 /// loose guard (1.5×) that fails only a start that formats, copies or checks the disk
 /// every time, never a noisy run under TCG. Medians measured (10 pairs each, the tier
-/// running only the disk scenarios on a loaded machine): 1.106× and 1.026×; single
-/// pairs ranged 0.93–1.47×. Not yet in the rendered report (`report::RATIOS`).
+/// running only the disk scenarios on a loaded machine): 1.106×, 1.026× and 1.063×;
+/// single pairs ranged 0.93–1.47×. Not yet in the rendered report (`report::RATIOS`).
 pub const DISK_START_READY: RatioLimit = RatioLimit {
     name: "disk_start_ready",
     subject: "`boxsock start` of a box with its disk (the default)",
@@ -523,7 +523,7 @@ pub const DISK_START_READY: RatioLimit = RatioLimit {
 /// host). The TCG host's files live in its initramfs (RAM), so the floor is a memory
 /// copy (about 1 GB/s here) while the subject pays virtio-blk requests through nested
 /// virtualization, ext4 and the overlay: the target is ≤ 10× on this tier (measured
-/// median 8.4×, pairs 4.9–10.6×, about 170 MB/s in the box); the assertion is a guard
+/// medians 8.4× and 6.0×, pairs 4.9–10.6×, 85–230 MB/s in the box); the assertion is a guard
 /// (20×) against a read path gone wrong (no readahead, 512-byte requests), not the
 /// target. Not yet in the rendered report (`report::RATIOS`).
 pub const DISK_READ: RatioLimit = RatioLimit {
