@@ -79,6 +79,12 @@ mkdir -p "$cache" "$out"
 for tool in cpio dpkg-deb apt-get apt-cache ldd strip sha256sum python3; do
     command -v "$tool" >/dev/null || unavailable "$tool not found (.ci/run installs it: apt-get install cpio binutils)"
 done
+# mkfs.ext4 formats each libkrun box's disk (decision 0023) and e2fsck checks one in the
+# disk-* scenarios: this machine's e2fsprogs (.ci/run installs it), copied like the
+# workspace's binaries, with its libraries.
+E2FS_BINS="$(command -v mke2fs || true) $(command -v e2fsck || true)"
+for b in $E2FS_BINS; do [ -x "$b" ] || unavailable "mke2fs/e2fsck not found (apt-get install e2fsprogs)"; done
+[ "$(echo $E2FS_BINS | wc -w)" = 2 ] || unavailable "mke2fs or e2fsck not found (apt-get install e2fsprogs)"
 for b in boxsock boxsock-krun-shim boxsock-agent vm-bare-launch boxsock-backend-kit; do
     [ -x "$bin_dir/$b" ] || die "$bin_dir/$b missing (cargo build --bins -p boxsock -p boxsock-libkrun -p boxsock-agent -p boxsock-vm-tests)"
 done
@@ -155,7 +161,8 @@ mv "$wdir/libkrunfw.so.5.tmp" "$wdir/libkrunfw.so.5"
 key="$( {
     echo "$KERNEL_SHA256 $BUSYBOX_SHA256 $PASST_SHA256 $WHEEL_SHA256"
     sha256sum "$bin_dir"/boxsock "$bin_dir"/boxsock-krun-shim "$bin_dir"/boxsock-agent \
-        "$bin_dir"/vm-bare-launch "$bin_dir"/boxsock-backend-kit "$guest_dir"/* "$0" | cut -d' ' -f1
+        "$bin_dir"/vm-bare-launch "$bin_dir"/boxsock-backend-kit "$guest_dir"/* "$0" $E2FS_BINS |
+        cut -d' ' -f1
 } | sha256sum | cut -d' ' -f1)"
 if [ -f "$out/key" ] && [ "$(cat "$out/key")" = "$key" ] && [ -f "$out/initrd.img" ]; then
     echo "vm-image: up to date ($out, key ${key:0:12})"
@@ -172,9 +179,12 @@ for b in boxsock boxsock-krun-shim boxsock-agent vm-bare-launch boxsock-backend-
     strip --strip-debug -o "$stage/opt/boxsock/bin/$b" "$bin_dir/$b"
 done
 cp "$passt_bin" "$stage/usr/bin/passt"
+for b in $E2FS_BINS; do cp "$b" "$stage/usr/sbin/"; done
+ln -s mke2fs "$stage/usr/sbin/mkfs.ext4"
 # Shared libraries at their host paths (the guest roots of the boxes copy the agent's
 # from here, with rootfs::prepare).
-for exe in "$stage"/opt/boxsock/bin/* "$stage/usr/bin/passt" "$stage/opt/krunfw/libkrunfw.so.5"; do
+for exe in "$stage"/opt/boxsock/bin/* "$stage/usr/bin/passt" "$stage/opt/krunfw/libkrunfw.so.5" \
+    "$stage/usr/sbin/mke2fs" "$stage/usr/sbin/e2fsck"; do
     { ldd "$exe" 2>/dev/null || true; } | { grep -o '/[^ ]*' || true; } | while read -r lib; do
         [ -e "$lib" ] || continue
         mkdir -p "$stage$(dirname "$lib")"
@@ -195,6 +205,7 @@ cp "$vmlinuz" "$out/vmlinuz"
     echo "busybox: $BUSYBOX_PKG $BUSYBOX_VERSION (sha256 $BUSYBOX_SHA256)"
     echo "passt: $PASST_PKG $PASST_VERSION (sha256 $PASST_SHA256)"
     echo "libkrunfw: $KRUNFW_MEMBER from $WHEEL_FILE (sha256 $WHEEL_SHA256)"
+    echo "e2fsprogs: this machine's $(dpkg-query -W -f '${Version}' e2fsprogs 2>/dev/null || echo '?') ($E2FS_BINS)"
     echo "initrd: $(du -h "$out/initrd.img" | cut -f1)"
 } > "$out/inputs.txt"
 echo "$key" > "$out/key"

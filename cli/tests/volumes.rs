@@ -116,9 +116,16 @@ fn each_volume_is_one_share_and_the_jail_grants_exactly_the_volumes() {
         env.home.join("boxes").join(&id).display().to_string(),
         env.home.join("boxes").join(&plain_id).display().to_string(),
     );
-    assert_eq!(paths(&plain["jail"]["read_write"]), BTreeSet::from([plain_box_dir]));
-    assert_eq!(paths(&jail["read_write"]), BTreeSet::from([box_dir, canon(&rw)]));
-    let (with, without) = (paths(&jail["read_only"]), paths(&plain["jail"]["read_only"]));
+    // Each box's own paths (its disk, read-write; its layer, read-only) named as the
+    // other box's, so the two jails compare.
+    let as_this_box = |set: BTreeSet<String>| -> BTreeSet<String> {
+        set.into_iter().map(|p| p.replace(&plain_box_dir, &box_dir)).collect()
+    };
+    let disk = format!("{box_dir}/disk.ext4");
+    assert_eq!(as_this_box(paths(&plain["jail"]["read_write"])), BTreeSet::from([disk.clone()]));
+    assert_eq!(paths(&jail["read_write"]), BTreeSet::from([disk, canon(&rw)]));
+    let (with, without) =
+        (paths(&jail["read_only"]), as_this_box(paths(&plain["jail"]["read_only"])));
     assert_eq!(with.difference(&without).cloned().collect::<Vec<_>>(), [canon(&ro)]);
     assert!(without.is_subset(&with));
     assert_eq!(jail["devices"], plain["jail"]["devices"]);

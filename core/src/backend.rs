@@ -136,6 +136,27 @@ pub struct BoxSettings {
     pub disk_size: Option<ByteSize>,
 }
 
+/// A box's writable layer as the host stores it (libkrun: its disk image), for
+/// `inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct WritableLayer {
+    /// The file or directory holding it.
+    pub path: PathBuf,
+    /// Its size (the most the box can write), in bytes.
+    pub size: u64,
+    /// Bytes the host has allocated to it (`st_blocks` × 512): what it costs the host,
+    /// an upper bound of what the box holds.
+    pub allocated: u64,
+}
+
+impl WritableLayer {
+    /// A layer at `path` of `size` bytes, `allocated` of them allocated on the host.
+    pub fn new(path: PathBuf, size: u64, allocated: u64) -> Self {
+        Self { path, size, allocated }
+    }
+}
+
 /// The image a box was created from, as stored with the box (`$.settings.image` in the
 /// runtime store's config JSON; the image store's "is this image in use" query reads
 /// `$.settings.image.manifest`). Digests are `algorithm:hex` strings.
@@ -368,6 +389,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Failures are the backend's to log; the removal goes on.
     fn removing(&self, layout: &BoxLayout, id: &BoxId) {
         let _ = (layout, id);
+    }
+
+    /// The box's writable layer as stored on the host, for `inspect`: read-only, it
+    /// makes nothing. Default: `None` (the backend keeps none).
+    fn writable_layer(&self, layout: &BoxLayout, id: &BoxId) -> Option<WritableLayer> {
+        let _ = (layout, id);
+        None
     }
 
     /// Start the box's process, detached (own session; [`crate::spawn::Spawn`] does

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! boxsock-agent (--agent <URI> | --agent-fd <N>) (--ready <URI> | --ready-fd <N>)
-//!               [--allow-uid UID]... [--overlay-lower TAG]... [--volume TAG:ro|rw:PATH]...
+//!               [--allow-uid UID]... [--overlay-lower TAG]... [--upper-disk LABEL]
+//!               [--volume TAG:ro|rw:PATH]...
 //! ```
 //!
 //! `--agent-fd` is a listening Unix stream socket the agent inherited (the host
@@ -67,6 +68,10 @@ struct Args {
     /// point in the writable layer (repeatable).
     #[arg(long = "volume", value_name = "TAG:ro|rw:GUEST_PATH", requires = "overlay_lower")]
     volume: Vec<String>,
+    /// With `--overlay-lower`: keep the overlay's upper on the ext4 disk with this
+    /// label (the box's persistent writable layer) instead of a tmpfs.
+    #[arg(long = "upper-disk", value_name = "LABEL", requires = "overlay_lower")]
+    upper_disk: Option<String>,
 }
 
 fn main() {
@@ -119,7 +124,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .map(|v| boxsock_agent::guestroot::VolumeMount::parse(v))
             .collect::<Result<Vec<_>, _>>()?;
-        boxsock_agent::guestroot::enter(&args.overlay_lower, &volumes)?;
+        boxsock_agent::guestroot::enter(&args.overlay_lower, args.upper_disk.as_deref(), &volumes)?;
     }
     // In a libkrun guest: configure the box network (if it has one) before reporting
     // ready, so a `--network` box is ready only with its address, route and resolver.
@@ -131,6 +136,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         )?;
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(boxsock_agent::run(config))?;
+    let served = rt.block_on(boxsock_agent::run(config));
+    // In a guest, the VM ends with this process and the guest's page cache with it:
+    // write the box's disk out first, so what a stopped box wrote is on the host's
+    // image (a killed VMM loses only what was not yet written; the journal keeps the
+    // filesystem whole).
+    if args.upper_disk.is_some() {
+        nix::unistd::sync();
+        tracing::info!("box disk synced");
+    }
+    served?;
     Ok(())
 }

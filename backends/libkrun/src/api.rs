@@ -58,6 +58,16 @@ pub trait KrunApi {
         path: &Path,
         read_only: bool,
     ) -> Result<(), KrunError>;
+    /// `krun_add_disk`: attach the raw disk image `path` as a virtio-blk device with
+    /// this `block_id`; the guest sees disks in the order they are added (`/dev/vda`
+    /// first). `read_only`: the device refuses writes.
+    fn add_disk(
+        &mut self,
+        ctx: KrunCtx,
+        block_id: &str,
+        path: &Path,
+        read_only: bool,
+    ) -> Result<(), KrunError>;
     /// `krun_disable_implicit_vsock`: drop the default vsock device (which has TSI on).
     fn disable_implicit_vsock(&mut self, ctx: KrunCtx) -> Result<(), KrunError>;
     /// `krun_add_vsock`: a vsock device with these TSI features (0: no TSI, so the
@@ -117,6 +127,7 @@ pub enum KrunCall {
     SetVmConfig { ctx: KrunCtx, vcpus: u8, ram_mib: u32 },
     SetRoot { ctx: KrunCtx, root: PathBuf },
     AddVirtiofs { ctx: KrunCtx, tag: String, path: PathBuf, read_only: bool },
+    AddDisk { ctx: KrunCtx, block_id: String, path: PathBuf, read_only: bool },
     DisableImplicitVsock { ctx: KrunCtx },
     AddVsock { ctx: KrunCtx, tsi_features: u32 },
     AddVsockPort2 { ctx: KrunCtx, port: u32, path: PathBuf, listen: bool },
@@ -136,6 +147,7 @@ impl KrunCall {
             KrunCall::SetVmConfig { .. } => "krun_set_vm_config",
             KrunCall::SetRoot { .. } => "krun_set_root",
             KrunCall::AddVirtiofs { .. } => "krun_add_virtiofs3",
+            KrunCall::AddDisk { .. } => "krun_add_disk",
             KrunCall::DisableImplicitVsock { .. } => "krun_disable_implicit_vsock",
             KrunCall::AddVsock { .. } => "krun_add_vsock",
             KrunCall::AddVsockPort2 { .. } => "krun_add_vsock_port2",
@@ -208,6 +220,20 @@ impl KrunApi for RecordingKrun {
         self.record(KrunCall::AddVirtiofs {
             ctx,
             tag: tag.to_owned(),
+            path: path.to_path_buf(),
+            read_only,
+        })
+    }
+    fn add_disk(
+        &mut self,
+        ctx: KrunCtx,
+        block_id: &str,
+        path: &Path,
+        read_only: bool,
+    ) -> Result<(), KrunError> {
+        self.record(KrunCall::AddDisk {
+            ctx,
+            block_id: block_id.to_owned(),
             path: path.to_path_buf(),
             read_only,
         })

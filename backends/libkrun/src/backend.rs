@@ -7,7 +7,7 @@ use std::time::Duration;
 use boxsock_core::atomic::AtomicWrite;
 use boxsock_core::backend::{
     AddressNeeds, Availability, BackendConfig, BackendError, BoxSettings, Isolation, LaunchSpec,
-    Launched,
+    Launched, WritableLayer,
 };
 use boxsock_core::catalogue::{self, SocketSpec};
 use boxsock_core::layout::BoxLayout;
@@ -19,9 +19,9 @@ use crate::jail::{SYSTEM_DEVICES, SYSTEM_READ_ONLY};
 use crate::passt::{DEFAULT_PASST, DEFAULT_PASST_TIMEOUT, Passt};
 use crate::probe::HostProbe;
 use crate::spec::{
-    AGENT_VSOCK_PORT, BOX_LAYER_TAG, DEFAULT_RAM_MIB, DEFAULT_VCPUS, GUEST_MAC, GuestExec,
-    JailSpec, LOWER_TAG, MAX_VOLUMES, NetSpec, READY_VSOCK_PORT, ShimSpec, VirtiofsShare, VsockMap,
-    agent_args, parent_of, volume_arg, volume_tag,
+    AGENT_VSOCK_PORT, BOX_LAYER_TAG, DEFAULT_RAM_MIB, DEFAULT_VCPUS, DiskSpec, GUEST_MAC,
+    GuestExec, JailSpec, LOWER_TAG, MAX_VOLUMES, NetSpec, READY_VSOCK_PORT, ShimSpec,
+    VirtiofsShare, VsockMap, agent_args, parent_of, volume_arg, volume_tag,
 };
 use crate::{NAME, SHIM_BINARY};
 
@@ -83,6 +83,7 @@ pub enum FindAgentError {
 /// | `jail` | `on` | `off` runs the shim without Landlock (diagnosis only) |
 /// | `configure_only` | `false` | the shim configures libkrun and exits 0 without booting; the availability probe is skipped (nothing boots), so the box process always exits before readiness |
 /// | `agent` | found like the `host` backend finds it | the host `boxsock-agent` copied into each new box's guest root |
+/// | `upper` | `disk` | where the box's writes go: `disk`, the box's ext4 disk image (kept across stop/start; decision 0023), or `tmpfs`, guest memory for one run (measurement and diagnosis) |
 /// | `jail_probe` | — | diagnosis: once jailed, the shim tries to create this file and logs `jail probe: writing "<path>" was denied` or `… succeeded` |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LibkrunConfig {
@@ -113,6 +114,19 @@ pub struct LibkrunConfig {
     pub helper_dir: Option<PathBuf>,
     /// Diagnosis: a file the jailed shim tries to create ([`ShimSpec::jail_probe`]).
     pub jail_probe: Option<PathBuf>,
+    /// Where the overlay's upper lives (`upper` option).
+    pub upper: Upper,
+}
+
+/// Where a box's writes go (the `upper` option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Upper {
+    /// The box's disk image, `<box>/disk.ext4` (decision 0023): kept until `rm`.
+    #[default]
+    Disk,
+    /// A tmpfs in guest memory, lost at `stop`: what boxes had before disks, kept to
+    /// measure the disk against and for diagnosis.
+    Tmpfs,
 }
 
 fn bad(reason: String) -> BackendError {
@@ -151,6 +165,7 @@ impl LibkrunConfig {
             agent: None,
             helper_dir: config.helper_dir.clone(),
             jail_probe: None,
+            upper: Upper::Disk,
         };
         for (k, v) in &config.options {
             match k.as_str() {
@@ -189,6 +204,15 @@ impl LibkrunConfig {
                 "jail" => c.jail = parse_bool(k, v)?,
                 "configure_only" => c.configure_only = parse_bool(k, v)?,
                 "agent" => c.agent = Some(PathBuf::from(v)),
+                "upper" => {
+                    c.upper = match v.as_str() {
+                        "disk" => Upper::Disk,
+                        "tmpfs" => Upper::Tmpfs,
+                        _ => {
+                            return Err(bad(format!("option upper={v:?}: expected disk or tmpfs")));
+                        }
+                    }
+                }
                 "jail_probe" => {
                     if !Path::new(v).is_absolute() {
                         return Err(bad(format!(
@@ -305,11 +329,12 @@ impl Libkrun {
         let box_dir = spec.layout.box_dir(&spec.id);
         let mut read_only: Vec<PathBuf> = SYSTEM_READ_ONLY.iter().map(PathBuf::from).collect();
         read_only.extend(self.config.extra_read_only.iter().cloned());
-        let mut read_write = vec![box_dir.clone()];
         let box_layer = spec.layout.rootfs_dir(&spec.id);
         let mut args = agent_args(AGENT_VSOCK_PORT, READY_VSOCK_PORT);
         // The guest base this box launches from (recorded by `launch`/`prepare`); a box
         // made before bases boots from its own full copy in `<box>/rootfs`.
+        let mut read_write = vec![box_dir.clone()];
+        let mut disk = None;
         let (root_dir, shares) = match recorded_base(&spec.layout, &spec.id) {
             Some(base) => {
                 // The lower layer: the image's root (its layers merged, whiteouts
@@ -321,6 +346,9 @@ impl Libkrun {
                     (None, None) => base.clone(),
                 };
                 read_only.push(base.clone());
+                // The box's own layer is read-only to the guest and to the jail (the
+                // only read-write grant is the disk image, below).
+                read_only.push(box_layer.clone());
                 if lower != base {
                     read_only.push(lower.clone());
                 }
@@ -334,6 +362,16 @@ impl Libkrun {
                 ];
                 for s in &shares {
                     args.extend(["--overlay-lower".to_owned(), s.tag.clone()]);
+                }
+                // The jail grants read-write on the disk image alone: nothing else of
+                // the box directory is written by the VMM (its log is a descriptor, its
+                // sockets are beneath the inherited socket directory).
+                read_write.clear();
+                if self.config.upper == Upper::Disk {
+                    let path = crate::disk::path_in(&box_dir);
+                    args.extend(["--upper-disk".to_owned(), crate::disk::LABEL.to_owned()]);
+                    read_write.push(path.clone());
+                    disk = Some(DiskSpec { block_id: crate::disk::LABEL.into(), path });
                 }
                 // One share per volume, read-only to libkrun's file server where `:ro`;
                 // the jail grants exactly these host directories beside the box's own.
@@ -379,6 +417,7 @@ impl Libkrun {
             box_dir: box_dir.clone(),
             root_dir,
             shares,
+            disk,
             exec: GuestExec { path: self.config.guest_agent.clone(), args, workdir: "/".into() },
             env: spec.env.clone(),
             console_log: spec.log_file.clone(),
@@ -432,6 +471,11 @@ impl Libkrun {
             Err(_) => {}
         }
         let shim_spec = self.shim_spec(spec)?;
+        if let Some(disk) = &shim_spec.disk {
+            let size = spec.settings.disk_size.unwrap_or(crate::disk::DEFAULT_SIZE);
+            crate::disk::ensure(&disk.path, size)
+                .map_err(|e| bad(format!("box {}: {e}", spec.id)))?;
+        }
         let guest_agent = shim_spec.root_dir.join(self.config.guest_agent.trim_start_matches('/'));
         if !guest_agent.exists() {
             return Err(bad(format!(
@@ -695,17 +739,8 @@ impl Backend for Libkrun {
                 ),
             ));
         }
-        // Issue 21 brings these to libkrun; until each is wired through the shim and
-        // the agent, refuse it rather than create a box that silently lacks it.
-        let mut pending = Vec::new();
-        if settings.disk_size.is_some() {
-            pending.push("disk_size");
-        }
-        if !pending.is_empty() {
-            return Err(BackendError::Unsupported {
-                backend: NAME.into(),
-                settings: pending.join(", "),
-            });
+        if let Some(size) = settings.disk_size {
+            crate::disk::check_size(size).map_err(|e| bad_setting("disk_size", e.to_string()))?;
         }
         Ok(())
     }
@@ -725,6 +760,14 @@ impl Backend for Libkrun {
         let base = self.ensure_base(layout, id, &agent)?;
         tracing::debug!(box_id = %id, base = %boxsock_core::echo::path(&base), agent = %boxsock_core::echo::path(&agent), "guest base shared");
         Ok(())
+    }
+
+    /// The disk image (`<box>/disk.ext4`) and its host allocation, once the box's first
+    /// start has made it.
+    fn writable_layer(&self, layout: &BoxLayout, id: &BoxId) -> Option<WritableLayer> {
+        let path = crate::disk::path_in(&layout.box_dir(id));
+        let u = crate::disk::usage(&path)?;
+        Some(WritableLayer::new(path, u.size, u.allocated))
     }
 
     /// Refuses with the probe's reason when no guest can boot, unless `configure_only`

@@ -86,6 +86,21 @@ impl KrunApi for LibKrun {
         check("krun_add_virtiofs3", rc).map(drop)
     }
 
+    fn add_disk(
+        &mut self,
+        ctx: KrunCtx,
+        block_id: &str,
+        path: &Path,
+        read_only: bool,
+    ) -> Result<(), KrunError> {
+        let id = cstr("krun_add_disk", "block_id", block_id.as_bytes())?;
+        let p = cpath("krun_add_disk", "disk_path", path)?;
+        // SAFETY: `id` and `p` are valid NUL-terminated strings that outlive the call;
+        // libkrun copies them into its block device configuration.
+        let rc = unsafe { sys::krun_add_disk(ctx.0, id.as_ptr(), p.as_ptr(), read_only) };
+        check("krun_add_disk", rc).map(drop)
+    }
+
     fn disable_implicit_vsock(&mut self, ctx: KrunCtx) -> Result<(), KrunError> {
         // SAFETY: plain integer argument.
         let rc = unsafe { sys::krun_disable_implicit_vsock(ctx.0) };

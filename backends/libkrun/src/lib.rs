@@ -23,6 +23,7 @@ mod sys;
 pub mod api;
 pub mod backend;
 pub mod derived;
+pub mod disk;
 pub mod ffi;
 pub mod jail;
 pub mod passt;

@@ -59,6 +59,17 @@ pub struct VirtiofsShare {
     pub read_only: bool,
 }
 
+/// The box's writable disk (decision 0023): a raw ext4 image in the box directory,
+/// attached read-write with `krun_add_disk`, holding the overlay's upper and work
+/// directories. The agent finds it by its filesystem label ([`crate::disk::LABEL`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    /// libkrun's block id (the device's serial in the guest).
+    pub block_id: String,
+    /// The image file (`<box>/disk.ext4`).
+    pub path: PathBuf,
+}
+
 /// Tag of the box's own layer (`<box>/rootfs`, read-only to the guest), the top lower.
 pub const BOX_LAYER_TAG: &str = "boxsock-box";
 /// Tag of the box's root filesystem (the user's `--rootfs`, or the guest base).
@@ -70,9 +81,10 @@ pub const VOLUME_TAG_PREFIX: &str = "boxsock-vol";
 /// The most volumes a libkrun box takes. Every virtio-fs share is a virtio-mmio device
 /// with its own interrupt line, and libkrun 1.19.7 on x86_64 has a fixed number of
 /// lines for all of a guest's devices. The limit is what a box *with* a network takes
-/// (the net device costs a line too), so no box that passed create fails its start for
-/// want of a line; the VM tier measures it (scenario `volume-limit`, decision 0022).
-pub const MAX_VOLUMES: usize = 3;
+/// (the net device costs a line too, and so does the box's disk), so no box that passed
+/// create fails its start for want of a line; the VM tier measures it (scenario
+/// `volume-limit`, decision 0022).
+pub const MAX_VOLUMES: usize = 2;
 
 /// The virtio-fs tag of the `i`th volume.
 pub fn volume_tag(i: usize) -> String {
@@ -131,6 +143,10 @@ pub struct ShimSpec {
     /// made before bases).
     #[serde(default)]
     pub shares: Vec<VirtiofsShare>,
+    /// The box's writable disk; `None`: the overlay's upper is a tmpfs (boxes made
+    /// before bases, and the `upper=tmpfs` option).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskSpec>,
     /// The agent, as exec'd in the guest.
     pub exec: GuestExec,
     /// The guest's complete environment.
@@ -247,6 +263,17 @@ impl ShimSpec {
                 });
             }
         }
+        if let Some(disk) = &self.disk {
+            if !disk.path.is_absolute() {
+                return Err(SpecError::NotAbsolute { what: "disk image", path: disk.path.clone() });
+            }
+            if disk.block_id.is_empty() || disk.block_id.len() > 20 {
+                return Err(SpecError::Invalid {
+                    what: "block id",
+                    reason: format!("{:?}: 1 to 20 bytes (a virtio-blk serial)", disk.block_id),
+                });
+            }
+        }
         if self.agent.port == self.ready.port {
             return Err(SpecError::Invalid {
                 what: "vsock ports",
@@ -276,7 +303,7 @@ impl ShimSpec {
 /// `krun_start_enter`. Pure: all effects go through `api`.
 ///
 /// Order: create_ctx, set_vm_config, set_root, add_virtiofs3 (each share, in order),
-/// disable_implicit_vsock, add_vsock(0)
+/// add_disk (the writable disk, read-write), disable_implicit_vsock, add_vsock(0)
 /// (no TSI: the guest has no implicit network), add_vsock_port2(agent, listen=true),
 /// add_vsock_port2(ready, listen=false), add_net_unixstream (with a network),
 /// set_workdir, set_exec (explicit env, never the host's), set_console_output.
@@ -286,6 +313,9 @@ pub fn configure(api: &mut dyn KrunApi, spec: &ShimSpec) -> Result<KrunCtx, Krun
     api.set_root(ctx, &spec.root_dir)?;
     for share in &spec.shares {
         api.add_virtiofs(ctx, &share.tag, &share.host_path, share.read_only)?;
+    }
+    if let Some(disk) = &spec.disk {
+        api.add_disk(ctx, &disk.block_id, &disk.path, false)?;
     }
     api.disable_implicit_vsock(ctx)?;
     api.add_vsock(ctx, 0)?;

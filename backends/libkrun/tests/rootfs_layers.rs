@@ -151,7 +151,33 @@ fn a_rootfs_box_hands_libkrun_the_users_dir_read_only_below_its_own_layer() {
     });
     let args = exec.unwrap();
     let tail: Vec<&str> = args.iter().map(String::as_str).skip(4).collect();
-    assert_eq!(tail, ["--overlay-lower", BOX_LAYER_TAG, "--overlay-lower", LOWER_TAG]);
+    assert_eq!(
+        tail,
+        [
+            "--overlay-lower",
+            BOX_LAYER_TAG,
+            "--overlay-lower",
+            LOWER_TAG,
+            "--upper-disk",
+            boxsock_libkrun::disk::LABEL
+        ]
+    );
+    // The box's disk is attached read-write after the shares, and is the jail's only
+    // read-write grant (decision 0023).
+    let image = f.layout.box_dir(&f.id).join(boxsock_libkrun::disk::FILE);
+    assert_eq!(
+        rec.calls[5],
+        KrunCall::AddDisk {
+            ctx: c,
+            block_id: boxsock_libkrun::disk::LABEL.into(),
+            path: image.clone(),
+            read_only: false
+        }
+    );
+    assert_eq!(shim.jail.read_write, [image]);
+    // …so the box's own layer needs its read-only grant (the guest cannot execute its
+    // busybox without it: found in the VM tier).
+    assert!(shim.jail.read_only.contains(&f.layout.rootfs_dir(&f.id)), "{:?}", shim.jail);
     // The jail: the base and the user's root read-only, never read-write.
     assert!(
         shim.jail.read_only.contains(&base) && shim.jail.read_only.contains(&user),

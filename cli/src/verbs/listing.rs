@@ -152,6 +152,15 @@ fn print_info(i: &boxsock::BoxInfo) -> Result<(), Failure> {
     if let Some(u) = &i.process.user {
         outln!("user:      {u}");
     }
+    if let Some(d) = &i.disk {
+        outln!(
+            "disk:      {} of {} allocated ({:.1} %), {}",
+            d.allocated,
+            d.size,
+            d.allocated as f64 * 100.0 / d.size.max(1) as f64,
+            boxsock::boxsock_core::echo::path(&d.path)
+        );
+    }
     for c in &i.companions {
         outln!(
             "companion: pid {} ({}), start time {}, {}",

@@ -10,7 +10,9 @@ use super::{Inner, RuntimeOptions};
 use crate::sockets::{Incompatibility, check_addresses, compatibility, socket_specs};
 use crate::state::BoxState;
 use crate::store::BoxRecord;
-use boxsock_core::backend::{AddressNeeds, Availability, Backend, BoxSettings, Isolation};
+use boxsock_core::backend::{
+    AddressNeeds, Availability, Backend, BoxSettings, Isolation, WritableLayer,
+};
 use boxsock_core::binding::SocketBinding;
 use boxsock_core::budget::{self, Platform};
 use boxsock_core::catalogue::SocketSpec;
@@ -160,6 +162,10 @@ pub struct BoxInfo {
     pub sockets: Vec<SocketReport>,
     /// Its recorded companion processes (empty when it has none).
     pub companions: Vec<CompanionInfo>,
+    /// Its writable layer on the host (libkrun: the disk image, its size and the bytes
+    /// allocated to it), when the backend keeps one and it exists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<WritableLayer>,
 }
 
 pub(super) fn inspect(inner: &Inner, rec: BoxRecord) -> BoxInfo {
@@ -170,6 +176,10 @@ pub(super) fn inspect(inner: &Inner, rec: BoxRecord) -> BoxInfo {
         .and_then(|s| s.inspect_box(&inner.layout, &rec.id).ok())
         .and_then(|b| b.binding_path())
         .map(|p| p.display().to_string());
+    let disk = inner
+        .backend(&rec.config.backend)
+        .ok()
+        .and_then(|b| b.writable_layer(&inner.layout, &rec.id));
     let sockets = match (inner.strategy(&rec.config.strategy), inner.backend(&rec.config.backend)) {
         (Ok(s), Ok(b)) => {
             socket_reports(&s, &inner.layout, &rec.id, &socket_specs(&*b, rec.config.network))
@@ -213,6 +223,7 @@ pub(super) fn inspect(inner: &Inner, rec: BoxRecord) -> BoxInfo {
         log: inner.layout.log_file(&rec.id).display().to_string(),
         binding,
         sockets,
+        disk,
         id: rec.id,
     }
 }

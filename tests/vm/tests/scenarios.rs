@@ -3,8 +3,8 @@
 //! result. Scenario scripts: `tests/vm/guest/scenarios.sh`.
 
 use boxsock_vm_tests::{
-    EXEC_TRUE, IMAGE_START_READY, START_READY, VOLUME_READ, VmRun, assert_pairs, assert_scenario,
-    report, vm_run,
+    DISK_READ, DISK_START_READY, EXEC_TRUE, IMAGE_START_READY, START_READY, VOLUME_READ, VmRun,
+    assert_pairs, assert_scenario, report, vm_run,
 };
 
 macro_rules! scenarios {
@@ -44,6 +44,10 @@ scenarios! {
     vm_volume_ro_refuses_writes_with_erofs_and_a_file_target_fails_start => "volume-ro",
     vm_volume_limit_measured_equals_the_enforced_limit => "volume-limit",
     vm_web_story_image_volume_port_and_files_that_survive_a_restart => "web-story",
+    vm_disk_100mb_survives_stop_and_start => "disk-persists",
+    vm_disk_survives_a_killed_vmm => "disk-killed-vmm",
+    vm_disk_rm_leaves_no_image => "disk-rm",
+    vm_disk_full_is_enospc_and_the_box_still_runs => "disk-full",
 }
 
 /// Sequential read of 100 MB from a volume in the box against the same read on the TCG
@@ -51,6 +55,19 @@ scenarios! {
 #[test]
 fn vm_volume_read_measured() {
     assert_pairs("volume-read", &VOLUME_READ);
+}
+
+/// Start→ready with the disk against the tmpfs upper: the median of at least ten
+/// alternating per-pair ratios, printed; guarded loosely (see `DISK_START_READY`).
+#[test]
+fn vm_disk_start_ready_measured() {
+    assert_pairs("disk-start-ready", &DISK_START_READY);
+}
+
+/// A 100 MB sequential read from the box's disk against the same read on the TCG host.
+#[test]
+fn vm_disk_read_measured() {
+    assert_pairs("disk-read", &DISK_READ);
 }
 
 /// Start→ready of an image box against a `--rootfs` box of the same tree: the median of

@@ -1,8 +1,9 @@
 //! Landlock for the shim (Linux). Handles every filesystem right of ABI 7 and scopes
 //! abstract Unix sockets and signals to the sandbox.
 //!
-//! Grants: read+execute beneath `read_only`; everything beneath `read_write` (the box
-//! directory); read, write and ioctl on `devices`; for each `Sockets` policy path, the
+//! Grants: read+execute beneath `read_only`; everything beneath `read_write` (the
+//! box's disk image, with a file's rights only; the box directory for a box made
+//! before bases); read, write and ioctl on `devices`; for each `Sockets` policy path, the
 //! rights to make, remove and resolve sockets beneath its grant directory (the target of
 //! a symlink leaf, see [`super::grant_dir`]), and the same on the inherited socket
 //! directory descriptor (`socket_dir_fd`). Connecting to a pathname socket is not a
@@ -154,7 +155,9 @@ pub fn apply(spec: &JailSpec) -> Result<(), JailError> {
         }
     }
     for p in &spec.read_write {
-        rs = rs.add_rule(PathBeneath::new(open(p, "read-write")?, all)).map_err(ll)?;
+        // A file (the box's disk image) takes only the rights that apply to files.
+        let access = if p.is_file() { AccessFs::from_file(ABI_USED) } else { all };
+        rs = rs.add_rule(PathBeneath::new(open(p, "read-write")?, access)).map_err(ll)?;
     }
     for p in &spec.devices {
         if p.exists() {

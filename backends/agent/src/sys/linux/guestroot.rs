@@ -7,10 +7,12 @@
 //!   (`krun_add_virtiofs3(…, read_only = true)`; the shim's Landlock jail grants it
 //!   read-only too): the user's `--rootfs` directory, or the base itself, and the box's
 //!   own `<box>/rootfs` layer on top;
-//! - the upper layer is a tmpfs in guest memory: writes stay in the box, the user's
-//!   directory is never written, and nothing is copied on the host. (Linux refuses a
-//!   virtio-fs directory as an overlay upper, "not supported as upperdir", so writes
-//!   last for one run of the box.)
+//! - the upper layer (upper and work directories) is on the box's disk, an ext4
+//!   virtio-blk device found by its label (`--upper-disk LABEL`, decision 0023), so
+//!   writes survive `stop`/`start`; without one, a tmpfs in guest memory, for one run.
+//!   Either way writes stay in the box, the user's directory is never written, and
+//!   nothing is copied on the host. (Linux refuses a virtio-fs directory as an overlay
+//!   upper, "not supported as upperdir".)
 //!
 //! Everything is mounted under a tmpfs at [`MOUNT_BASE`], because the base is
 //! read-only: the base holds only that empty directory.
@@ -88,6 +90,14 @@ pub enum GuestRootError {
         /// What was expected.
         reason: &'static str,
     },
+    /// No block device carries the disk's label.
+    #[error("no disk labelled {label:?} among the block devices ({seen})")]
+    NoDisk {
+        /// The label looked for.
+        label: String,
+        /// The devices seen, with their labels.
+        seen: String,
+    },
     /// No lower layer was given, or a tag is not usable.
     #[error("invalid overlay layers {tags:?}: {reason}")]
     Layers {
@@ -142,6 +152,55 @@ pub fn check_tags(tags: &[String]) -> Result<(), GuestRootError> {
         return bad("a tag must be 1 to 36 bytes without ',' or NUL");
     }
     Ok(())
+}
+
+/// Where the overlay's upper and work directories live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upper {
+    /// A tmpfs in guest memory (lost when the guest ends).
+    Tmpfs,
+    /// The ext4 filesystem on this block device (the box's disk).
+    Ext4(PathBuf),
+}
+
+/// Offset of the ext4 superblock on its device, and of its magic and volume name in it.
+const SUPERBLOCK: u64 = 1024;
+const MAGIC_AT: usize = 0x38;
+const LABEL_AT: usize = 0x78;
+const EXT_MAGIC: u16 = 0xEF53;
+
+/// The label of the ext2/3/4 filesystem at the start of `dev`, if it has one.
+pub fn ext4_label(dev: &Path) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(dev).ok()?;
+    let mut sb = [0u8; 256];
+    f.read_exact_at(&mut sb, SUPERBLOCK).ok()?;
+    if u16::from_le_bytes([sb[MAGIC_AT], sb[MAGIC_AT + 1]]) != EXT_MAGIC {
+        return None;
+    }
+    let name = &sb[LABEL_AT..LABEL_AT + 16];
+    let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    Some(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+/// The virtio-blk device (`/dev/vd*`, listed in `sys_block`) whose ext4 label is
+/// `label`: found by what the host wrote on it, not by the order devices appear in.
+pub fn find_disk(sys_block: &Path, dev: &Path, label: &str) -> Result<PathBuf, GuestRootError> {
+    let mut seen = Vec::new();
+    let mut names: Vec<String> = std::fs::read_dir(sys_block)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    for name in names.into_iter().filter(|n| n.starts_with("vd")) {
+        let path = dev.join(&name);
+        let found = ext4_label(&path);
+        if found.as_deref() == Some(label) {
+            return Ok(path);
+        }
+        seen.push(format!("{name}: {}", found.as_deref().unwrap_or("no ext4 label")));
+    }
+    let seen = if seen.is_empty() { "none".to_owned() } else { seen.join(", ") };
+    Err(GuestRootError::NoDisk { label: label.to_owned(), seen })
 }
 
 /// One lower layer of the box's root.
@@ -199,14 +258,22 @@ impl VolumeMount {
     }
 }
 
-/// Mount the layers shared as `tags` (top first) read-only, a tmpfs upper, the overlay
-/// of them, `/proc`, `/dev` and `/sys` inside it, then `chroot` into it and mount the
-/// `volumes` there. Inside a libkrun guest only (root, before the agent opens anything
-/// by path).
-pub fn enter(tags: &[String], volumes: &[VolumeMount]) -> Result<PathBuf, GuestRootError> {
+/// Mount the layers shared as `tags` (top first) read-only, the upper (the disk
+/// labelled `disk_label`, else a tmpfs), the overlay of them, `/proc`, `/dev` and `/sys`
+/// inside it, then `chroot` into it and mount the `volumes` there. Inside a libkrun
+/// guest only (root, before the agent opens anything by path).
+pub fn enter(
+    tags: &[String],
+    disk_label: Option<&str>,
+    volumes: &[VolumeMount],
+) -> Result<PathBuf, GuestRootError> {
     check_tags(tags)?;
     let layers: Vec<Layer> = tags.iter().cloned().map(Layer::Virtiofs).collect();
-    enter_at(Path::new(MOUNT_BASE), &layers, volumes)
+    let upper = match disk_label {
+        Some(label) => Upper::Ext4(find_disk(Path::new("/sys/block"), Path::new("/dev"), label)?),
+        None => Upper::Tmpfs,
+    };
+    enter_at(Path::new(MOUNT_BASE), &layers, &upper, volumes)
 }
 
 /// [`enter`] with the layer directory at `base` (an existing directory) and any kind of
@@ -215,6 +282,7 @@ pub fn enter(tags: &[String], volumes: &[VolumeMount]) -> Result<PathBuf, GuestR
 pub fn enter_at(
     base: &Path,
     layers: &[Layer],
+    upper: &Upper,
     volumes: &[VolumeMount],
 ) -> Result<PathBuf, GuestRootError> {
     if layers.is_empty() {
@@ -274,14 +342,30 @@ pub fn enter_at(
         }
         lowers.push(dir);
     }
-    let (upper, work, root) = (base.join("upper"), base.join("work"), base.join("root"));
-    for d in [&upper, &work, &root] {
+    let on = match upper {
+        Upper::Tmpfs => base.to_path_buf(),
+        Upper::Ext4(dev) => {
+            // The ext4 journal replays here after a killed VMM; a full disk is ENOSPC.
+            let disk = base.join("disk");
+            mkdir(&disk)?;
+            mount(Some(dev.as_path()), &disk, Some("ext4"), MsFlags::MS_NOATIME, None::<&str>)
+                .map_err(mount_err(
+                    "the box's disk",
+                    "ext4",
+                    boxsock_core::echo::path(dev).to_string(),
+                    &disk,
+                ))?;
+            disk
+        }
+    };
+    let (upper_dir, work, root) = (on.join("upper"), on.join("work"), base.join("root"));
+    for d in [&upper_dir, &work, &root] {
         mkdir(d)?;
     }
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         lowerdir_option(&lowers),
-        upper.display(),
+        upper_dir.display(),
         work.display()
     );
     mount(Some("overlay"), &root, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
@@ -330,7 +414,7 @@ pub fn enter_at(
         .map_err(|errno| GuestRootError::Enter { root: root.clone(), errno })?;
     nix::unistd::chdir("/").map_err(|errno| GuestRootError::Enter { root: root.clone(), errno })?;
     mount_volumes(volumes, &sources)?;
-    tracing::info!(layers = ?layers, volumes = volumes.len(), "entered the box root (overlay)");
+    tracing::info!(layers = ?layers, upper = ?upper, volumes = volumes.len(), "entered the box root (overlay)");
     Ok(root)
 }
 
@@ -406,6 +490,34 @@ mod tests {
         assert_eq!(lowerdir_option(&dirs), "/.boxsock/lower0:/a\\:b\\,c\\\\d");
     }
 
+    /// The disk is found by the label mkfs.ext4 wrote, whatever its device name; a
+    /// device with another label or none is passed over and named in the error.
+    #[test]
+    fn the_disk_is_found_by_its_ext4_label() {
+        use boxsock_test_support::{Need, skip};
+        let d = tempfile::tempdir().unwrap();
+        let (sys, dev) = (d.path().join("sys"), d.path().join("dev"));
+        for n in ["sys/vda", "sys/vdb", "sys/loop0", "dev"] {
+            std::fs::create_dir_all(d.path().join(n)).unwrap();
+        }
+        std::fs::write(dev.join("vda"), vec![0u8; 8192]).unwrap();
+        let img = dev.join("vdb");
+        std::fs::File::create(&img).unwrap().set_len(32 << 20).unwrap();
+        let mkfs = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "boxsock-upper"])
+            .arg(&img)
+            .status();
+        if !matches!(mkfs, Ok(s) if s.success()) {
+            skip(Need::Program { name: "mkfs.ext4", package: "e2fsprogs" }, "no mkfs.ext4");
+            return;
+        }
+        assert_eq!(ext4_label(&img).as_deref(), Some("boxsock-upper"));
+        assert_eq!(ext4_label(&dev.join("vda")), None);
+        assert_eq!(find_disk(&sys, &dev, "boxsock-upper").unwrap(), img);
+        let e = find_disk(&sys, &dev, "other").unwrap_err().to_string();
+        assert!(e.contains("vda: no ext4 label") && e.contains("vdb: boxsock-upper"), "{e}");
+    }
+
     #[test]
     fn bad_tags_are_errors_naming_them() {
         assert!(matches!(check_tags(&[]), Err(GuestRootError::Layers { .. })));
@@ -476,7 +588,7 @@ mod tests {
                     None::<&str>,
                 )
                 .map_err(std::io::Error::from)?;
-                enter_at(&base, &layers, &[]).map_err(std::io::Error::other)?;
+                enter_at(&base, &layers, &Upper::Tmpfs, &[]).map_err(std::io::Error::other)?;
                 Ok(())
             });
         }
@@ -522,7 +634,7 @@ mod tests {
                     None::<&str>,
                 )
                 .map_err(std::io::Error::from)?;
-                if let Err(e) = enter_at(&base, &layers, &volumes) {
+                if let Err(e) = enter_at(&base, &layers, &Upper::Tmpfs, &volumes) {
                     let msg = format!("enter: {e}\n");
                     let _ = nix::unistd::write(std::io::stderr(), msg.as_bytes());
                     nix::libc::_exit(42);
