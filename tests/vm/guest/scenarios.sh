@@ -447,9 +447,9 @@ SC_TIMEOUT="$sc_timeout_saved"
 cleanup
 
 # A box from a static-busybox root (`create --rootfs`). The guest sees the
-# user's directory read-only under a tmpfs upper (decision 0006): `/bin/sh -c` runs and
-# writes, the user's directory is unchanged, nothing of it is copied into the box, and
-# the writes last for one run of the box.
+# user's directory read-only under the box's own disk (decisions 0006, 0023): `/bin/sh -c`
+# runs and writes, the user's directory is unchanged, nothing of it is copied into the
+# box, and the writes outlive a stop and start.
 sc_rootfs_busybox() {
     root="$WORK/busybox-root"
     rm -rf "$root"; mkdir -p "$root/bin" "$root/etc" || fail "mkdir $root"
@@ -472,7 +472,8 @@ sc_rootfs_busybox() {
     bs stop "$id" >/dev/null || fail "stop failed"
     bs start "$id" >/dev/null || box_fail "$HOME_" "$id" "second start failed"
     out="$(bs exec "$id" -- /bin/sh -c 'cat /x 2>/dev/null || echo gone')" || fail "exec 3 failed"
-    [ "$out" = gone ] || fail "a write of the previous run is still there: '$out' (decision 0006 says one run)"
+    [ "$out" = hi ] || fail "a write of the previous run is gone after stop/start: '$out' (decision 0023: the box's disk keeps it)"
+    [ "$(snap "$root")" = "$before" ] || fail "the user's directory changed by the restart"
     bs rm -f "$id" || fail "rm failed"
     [ "$(snap "$root")" = "$before" ] || fail "the user's directory changed by rm"
 }
