@@ -170,6 +170,14 @@ pub fn run_check(check: &Check, target: &Target) -> Outcome {
     }
 }
 
+/// Whether this process is a kit child: the test binary re-executed to play one check
+/// of one backend ([`run_check`]). It replays the test, so every other check it meets,
+/// of this backend or of another, answers "another check": a caller that records
+/// skips must not record those as the run's.
+pub fn in_kit_child() -> bool {
+    std::env::var_os(ENV_CHECK).is_some()
+}
+
 /// The check itself, in this process.
 fn run_here(check: &Check, target: &Target) -> Outcome {
     if !procs::become_subreaper() {

@@ -26,8 +26,13 @@ pub const CAPABILITY_SKIPS: &[&str] = &[
 /// Record one kit skip of `check` on `subject` (a strategy or backend name).
 #[track_caller]
 pub fn kit_skip(subject: &str, check: &str, why: &str) {
-    if boxsock_conformance::child::request().is_some() {
-        // A kit child replays the test to play one role; its skips are not the run's.
+    if boxsock_conformance::child::request().is_some()
+        || boxsock_backend_conformance::in_kit_child()
+    {
+        // A kit child replays the test to play one role (the strategy kit's) or one
+        // check (the backend kit's); its skips of the others are not the run's. The
+        // backend kit's were recorded until a second available backend (sandbox) came
+        // after host in the registry: its children replayed host's checks as skips.
         return;
     }
     let detail = format!("{subject}::{check}: {why}");
