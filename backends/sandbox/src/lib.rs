@@ -417,7 +417,24 @@ impl Backend for SandboxBackend {
             let _pidns = PidNsForChildren::enter_new().map_err(|e| {
                 self.spec_error(format!("box {}: cannot make a PID namespace: {e}", spec.id))
             })?;
-            cmd.spawn().map_err(|e| BackendError::spawn(NAME, e))?
+            // ETXTBSY: the agent's loader is executed while some process holds it open
+            // for writing. That is another thread's fork child which inherited the
+            // descriptor of a base being copied (this home's or another's) and has not
+            // reached its exec yet; a sandbox child does a lot before its exec, so the
+            // window is wide when boxes start in parallel. It closes by itself: retry,
+            // bounded (CI failed once on it, `limits` tests in parallel).
+            let mut busy = 0;
+            loop {
+                match cmd.spawn() {
+                    Err(boxsock_core::spawn::SpawnError::Spawn { ref source, .. })
+                        if source.raw_os_error() == Some(libc::ETXTBSY) && busy < 200 =>
+                    {
+                        busy += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    r => break r.map_err(|e| BackendError::spawn(NAME, e))?,
+                }
+            }
         };
         // The child joined them; the runtime's descriptors go now.
         drop(cgroups);
