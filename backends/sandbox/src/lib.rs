@@ -27,12 +27,23 @@
 //! and a private devpts, shm) and a read-only `/sys`; `pivot_root` into it and the old
 //! root detached. The agent and its loader and libraries come from the agent's base
 //! ([`base`]), bound read-only at `/.boxsock`.
+//!
+//! **Linux only.** Namespaces, seccomp, Landlock and cgroups are Linux's: elsewhere the
+//! crate is empty, so the facade links it everywhere and registers the backend only on
+//! Linux.
+#![cfg(target_os = "linux")]
 
+#[cfg(target_os = "linux")]
 pub mod base;
+#[cfg(target_os = "linux")]
 pub mod cgroup;
+#[cfg(target_os = "linux")]
 pub mod child;
+#[cfg(target_os = "linux")]
 pub mod net;
+#[cfg(target_os = "linux")]
 pub mod privs;
+#[cfg(target_os = "linux")]
 pub mod seccomp;
 
 use std::fs::{self, File};
