@@ -89,7 +89,13 @@ impl FromStr for Reference {
             (None, Some(_)) => None,
             (None, None) => Some("latest".to_owned()),
         };
-        Ok(Reference { registry: registry.to_owned(), repository: path, tag, digest })
+        let r = Reference { registry: registry.to_owned(), repository: path, tag, digest };
+        // Normalising adds `docker.io/` and `library/`: the limit holds for the name a
+        // reference is stored and listed under, so that name always parses again.
+        if r.to_string().len() > MAX_REFERENCE {
+            return Err(bad("longer than 4096 bytes once normalised"));
+        }
+        Ok(r)
     }
 }
 
@@ -128,6 +134,20 @@ impl fmt::Display for Reference {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_length_limit_holds_for_the_normalised_name() {
+        // Found by the fuzzer (CI, session 7): 4090 bytes parse, but `docker.io/library/`
+        // made the listed name 4108 bytes, which did not parse again.
+        let long = format!("{}:t", "a".repeat(4088));
+        assert!(long.len() <= MAX_REFERENCE);
+        let err = long.parse::<Reference>().unwrap_err().to_string();
+        assert!(err.contains("once normalised"), "{err}");
+        let fits = format!("{}:t", "a".repeat(4096 - "docker.io/library/:t".len()));
+        let r: Reference = fits.parse().unwrap();
+        assert_eq!(r.name().len(), MAX_REFERENCE);
+        assert_eq!(r.name().parse::<Reference>().unwrap(), r);
+    }
 
     #[test]
     fn references_normalise_like_docker() {
