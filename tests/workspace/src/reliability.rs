@@ -477,6 +477,9 @@ suite in `core/tests/prop_*.rs`. Each target must never panic, and checks more t
 | proto_decode | arbitrary bytes as agent frames | `decode` and `read_frame` (whole and byte by byte) agree; the consumed length is within bounds; control messages re-encode to the same value |
 | address_uri | arbitrary `unix://` and `abstract:` URIs | accepted URIs round-trip exactly; rejections name the expected forms |
 | store_config | arbitrary text as a store row's config | the row loads exactly when serde accepts it, else it is listed as bad under its id; the good row beside it always loads |
+| image_manifest | arbitrary bytes as an OCI or docker manifest or index, under each media type | an accepted manifest's descriptors give a digest that is one safe path component (64 lower-case hex) or an error; an index yields one of its own entries for the host platform or an error naming a bounded list of platforms |
+| image_config | arbitrary bytes as an image config, with docker's override rules | the process resolves or says there is no command; with overrides the argv ends with the given command, the working directory and user are the given ones, every `-e` variable is set |
+| image_reference | arbitrary text as an image reference | an accepted reference's repository has no empty, `.` or `..` component, and the name it is listed under parses again to the same registry, repository and tag |
 
 - CI: `scripts/fuzz.sh 20` (20 s per target, run by `.ci/run`).
 - Longer: `scripts/fuzz.sh 3600` (an hour per target), or one target:
@@ -486,7 +489,32 @@ suite in `core/tests/prop_*.rs`. Each target must never panic, and checks more t
   `cargo +nightly fuzz run --fuzz-dir tests/fuzz <target> <file>`.
 - Measured here: 300 s per target gave 1.3 M (`proto_decode`) to 2.7 M runs per target
   with no crash; fuzzing found two unbounded error messages (fixed, with regression
-  tests).
+  tests). CI's 20 s of `image_reference` then found a 4090-byte name that parsed while
+  the name it is listed under (`docker.io/library/…`, 4108 bytes) did not (the limit
+  now holds for the normalised name; a unit test keeps the case).
+
+## The real-VM tier's host
+
+The real-VM tier (`tests/vm`) runs its scenarios in one QEMU TCG host with nested SVM.
+That host has been seen to freeze: after a dozen or more libkrun boots, the console
+stops and QEMU uses no CPU, so not even the host's timers run (each scenario's own
+timeout never fires). Seen twice in about ten full runs, each time in a different
+scenario. The harness does not wait out its 45-minute limit for it:
+
+- the host's `/init` prints a heartbeat (`@@VM tick`) every 10 s; a console silent
+  for 90 s is a frozen host;
+- the harness then records the registers (QMP `info registers`, in
+  `target/vm/console.freeze.txt`) and sends an NMI, which wakes a CPU that halted and
+  missed its interrupt;
+- if the console is still silent 30 s later, QEMU is killed and the host booted again
+  (at most twice) for the scenarios that had not reported (`VM_SKIP`); the scenario
+  that was running is run again from its start;
+- each freeze is printed (`REAL VM HOST FROZE`), listed by `vm_report_written` and
+  recorded in `target/vm/vm.json` (`host_freezes`); a third freeze fails the tier.
+
+A scenario's failure is never retried: only a host whose clock stopped is booted again.
+`BOXSOCK_VM_INJECT_FREEZE=<scenario>` pauses the host (QMP `stop`) when that scenario
+begins, to show the mechanism working.
 ";
 
 /// The scenario ids listed in a rendered document (first column of each table row).
