@@ -523,7 +523,21 @@ fn boot_once(spec: &BootSpec<'_>, t0: &Instant) -> Boot {
                             ],
                         );
                         let dump = spec.console.with_extension("freeze.txt");
-                        let _ = std::fs::write(&dump, format!("{regs:#?}\n"));
+                        let regs = match regs {
+                            // HMP's answer is a JSON string: written out as text.
+                            Ok(r) => r
+                                .iter()
+                                .map(|l| {
+                                    serde_json::from_str::<serde_json::Value>(l)
+                                        .ok()
+                                        .and_then(|v| v["return"].as_str().map(str::to_owned))
+                                        .unwrap_or_else(|| l.clone())
+                                })
+                                .collect::<Vec<_>>()
+                                .join("\n"),
+                            Err(e) => e,
+                        };
+                        let _ = std::fs::write(&dump, regs.replace("\r\n", "\n"));
                         eprintln!(
                             "[{:>5.0?}] console silent {:.0?} (QEMU CPU {cpu} meanwhile): NMI sent, registers in {}",
                             t0.elapsed(),
