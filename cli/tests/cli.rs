@@ -211,7 +211,19 @@ fn doctor_reports_every_strategy_socket_and_backend() {
     let host = d["backends"].as_array().unwrap().iter().find(|b| b["name"] == "host").unwrap();
     assert_eq!(host["available"], true);
     assert!(host["isolation"].as_str().unwrap().contains("no isolation"));
+    // The sandbox says what it checked: each feature a box is made of, with a finding.
+    #[cfg(target_os = "linux")]
+    {
+        let sb = d["backends"].as_array().unwrap().iter().find(|b| b["name"] == "sandbox").unwrap();
+        let probes: Vec<&str> =
+            sb["probes"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        for n in ["namespaces", "user namespaces", "cgroups", "seccomp", "landlock", "pasta"] {
+            assert!(probes.contains(&n), "sandbox probes lack {n}: {sb}");
+        }
+    }
     let human = ok(boxsock(&env).arg("doctor"));
+    #[cfg(target_os = "linux")]
+    assert!(human.contains("\n  seccomp: ok, docker's default profile"), "{human}");
     assert!(human.contains("strategy direct: SOME ADDRESSES DO NOT FIT"), "{human}");
     assert!(human.contains("strategy short-symlink: every address fits"), "{human}");
     // Doctor never creates the home.

@@ -53,6 +53,25 @@ pub enum Availability {
     },
 }
 
+/// One thing a backend checked on this machine, shown by `boxsock doctor`: the facts
+/// behind [`Backend::available`] (kernel features, helpers), each with what was found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Probe {
+    /// What was checked (`user namespaces`, `cgroups`, `seccomp`, `landlock`).
+    pub name: String,
+    /// Whether it is there and usable by this user.
+    pub ok: bool,
+    /// What was found, as a sentence a person can act on.
+    pub detail: String,
+}
+
+impl Probe {
+    /// A probe's finding.
+    pub fn new(name: &str, ok: bool, detail: impl Into<String>) -> Probe {
+        Probe { name: name.to_owned(), ok, detail: detail.into() }
+    }
+}
+
 /// How much a backend isolates the box from the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isolation {
@@ -339,6 +358,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Whether boxes can run here, with the reason when not.
     fn available(&self) -> Availability;
+
+    /// What this backend checked on this machine, for `doctor` (default: nothing beyond
+    /// [`Backend::available`]). Cheap and side-effect free: no process, no mount.
+    fn probes(&self) -> Vec<Probe> {
+        Vec::new()
+    }
 
     /// Whether `create` and `start` may go ahead here. Default: [`Backend::available`].
     /// A backend in a mode that never boots a guest (libkrun's `configure_only`) may

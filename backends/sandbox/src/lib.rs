@@ -44,6 +44,8 @@ pub mod net;
 #[cfg(target_os = "linux")]
 pub mod privs;
 #[cfg(target_os = "linux")]
+pub mod probe;
+#[cfg(target_os = "linux")]
 pub mod seccomp;
 
 use std::fs::{self, File};
@@ -247,6 +249,27 @@ impl Backend for SandboxBackend {
 
     fn isolation(&self) -> Isolation {
         Isolation::Namespaces
+    }
+
+    fn probes(&self) -> Vec<boxsock_core::backend::Probe> {
+        let root = nix::unistd::geteuid().is_root();
+        vec![
+            boxsock_core::backend::Probe::new(
+                "root",
+                root,
+                if root {
+                    "running as root"
+                } else {
+                    "not root: the rootless mode is not built yet"
+                },
+            ),
+            probe::namespaces(),
+            probe::user_namespaces(),
+            probe::cgroups(),
+            probe::seccomp(),
+            probe::landlock(),
+            probe::pasta(&net::pasta_binary(self.config.options.get("pasta"))),
+        ]
     }
 
     fn available(&self) -> Availability {

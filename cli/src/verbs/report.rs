@@ -142,6 +142,9 @@ pub(crate) fn doctor(g: &Global, as_json: bool) -> Result<u8, Failure> {
         if let Some(iso) = &b.isolation {
             outln!("  isolation: {iso}");
         }
+        for p in &b.probes {
+            outln!("  {}: {} {}", p.name, if p.ok { "ok," } else { "NO," }, p.detail);
+        }
         for (s, r) in &b.compatible {
             match r {
                 Ok(()) => outln!("  with {s}: ok"),

@@ -289,6 +289,8 @@ pub struct BackendReport {
     pub isolation: Option<String>,
     /// `path-only` or `path-or-abstract`.
     pub address_needs: Option<String>,
+    /// What the backend checked on this machine ([`Backend::probes`]).
+    pub probes: Vec<boxsock_core::backend::Probe>,
     /// Strategies it can be paired with, and for the others why not. Serialised as
     /// `"strategies": [{"strategy", "compatible", "reason"}]`, no `{"Ok":…}`.
     #[serde(rename = "strategies", serialize_with = "serialize_pairings")]
@@ -457,6 +459,7 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
                         AddressNeeds::PathOnly => "path-only".into(),
                         AddressNeeds::PathOrAbstract => "path-or-abstract".into(),
                     }),
+                    probes: b.probes(),
                     compatible,
                 }
             }
@@ -468,6 +471,7 @@ pub fn doctor(home: &Path, options: &RuntimeOptions) -> DoctorReport {
                 launch_available: false,
                 isolation: None,
                 address_needs: None,
+                probes: Vec::new(),
                 compatible: Vec::new(),
             },
         })
@@ -500,6 +504,7 @@ mod tests {
             launch_available: true,
             isolation: None,
             address_needs: None,
+            probes: Vec::new(),
             compatible: vec![
                 ("a".into(), Ok(())),
                 (
