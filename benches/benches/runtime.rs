@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use boxsock::boxsock_runtime::agent_client::AgentClient;
 use boxsock::{
-    BackendConfig, CreateOptions, ExecIo, Runtime, RuntimeOptions, StrategyConfig,
-    builtin_backends, builtin_strategies,
+    BackendConfig, CreateOptions, Runtime, RuntimeOptions, StrategyConfig, builtin_backends,
+    builtin_strategies,
 };
-use boxsock_benches::{no_setup, paired};
+use boxsock_benches::{box_life, no_setup, paired};
 use criterion::{BenchmarkId, Criterion, criterion_group};
 
 /// `target/<profile>` with a built `boxsock-agent` (`cargo bench -p boxsock-benches`
@@ -43,16 +43,8 @@ fn fixture() -> Fixture {
     Fixture { _root: root, rt: Arc::new(rt), tokio }
 }
 
-/// One box's whole life; panics on any error (a bench must not hide one).
 async fn one_life(rt: &Runtime) {
-    let rec = rt.create(CreateOptions::new("short-symlink", "host")).await.expect("create");
-    let id = rec.id.to_string();
-    rt.start(&id).await.expect("start");
-    let (mut out, mut err) = (|_: &[u8]| {}, |_: &[u8]| {});
-    let io = ExecIo { stdin: None, stdout: &mut out, stderr: &mut err };
-    let code = rt.exec(&id, vec!["true".into()], Vec::new(), io).await.expect("exec");
-    assert_eq!(code, 0, "`true` exited {code}");
-    rt.remove(&id, true).await.expect("remove");
+    box_life(rt, CreateOptions::new("short-symlink", "host")).await
 }
 
 fn bench_runtime(c: &mut Criterion) {

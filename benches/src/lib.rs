@@ -111,6 +111,19 @@ pub struct Paired {
     pub samples: Vec<(u64, f64, Vec<f64>)>,
 }
 
+/// One box's whole life through `rt`: create with `opts`, start (ready), exec `true`,
+/// remove. Panics on any error: a bench must not hide one.
+pub async fn box_life(rt: &boxsock::Runtime, opts: boxsock::CreateOptions) {
+    let rec = rt.create(opts).await.expect("create");
+    let id = rec.id.to_string();
+    rt.start(&id).await.expect("start");
+    let (mut out, mut err) = (|_: &[u8]| {}, |_: &[u8]| {});
+    let io = boxsock::ExecIo { stdin: None, stdout: &mut out, stderr: &mut err };
+    let code = rt.exec(&id, vec!["true".into()], Vec::new(), io).await.expect("exec");
+    assert_eq!(code, 0, "`true` exited {code} in box {id}");
+    rt.remove(&id, true).await.expect("remove");
+}
+
 /// Where [`Paired`] records and run manifests go: `<target>/criterion/boxsock-paired`
 /// (`$CARGO_TARGET_DIR`, else the workspace's `target`), beside criterion's own results.
 /// Only a measuring run writes there ([`run::measuring`]).
@@ -381,6 +394,20 @@ pub const TARGETS: &[Target] = &[
         "image/pull-unpack/100MB",
         "floor-skopeo-copy-umoci-unpack",
         1.0,
+    ),
+    // Issue 22: the sandbox backend's box life against the host backend's and against
+    // runc's, in the same samples.
+    ratio(
+        "sandbox backend: create→ready→exec→remove vs the host backend's",
+        "sandbox/life/busybox-root",
+        "floor-host-backend",
+        2.0,
+    ),
+    ratio(
+        "sandbox backend: create→ready→exec→remove vs `runc run` of the same root",
+        "sandbox/life/busybox-root",
+        "floor-runc-run",
+        1.5,
     ),
     Target {
         what: "host backend: create→ready→exec→remove, p50",
