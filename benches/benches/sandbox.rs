@@ -131,8 +131,68 @@ fn bench_sandbox(c: &mut Criterion) {
         &mut [("floor-host-backend", &mut host), ("floor-runc-run", &mut runc)],
     );
     g.finish();
+    idle_memory(&fx);
     let left = fx.rt.list().expect("list");
     assert!(left.boxes.is_empty(), "boxes left behind: {:?}", left.boxes.len());
+}
+
+/// Start `n` boxes on `backend` at once, let them settle, and return their resident
+/// memory per box (KiB; every process of each box), then remove them.
+fn memory_per_box(fx: &Fixture, backend: &str, rootfs: Option<&Path>, n: usize) -> f64 {
+    let ids: Vec<String> = fx.tokio.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let mut b = CreateOptions::builder().strategy("short-symlink").backend(backend);
+            if let Some(r) = rootfs {
+                b = b.rootfs(r);
+            }
+            let rt = &fx.rt;
+            tasks.push(async move {
+                let id = rt.create(b.build()).await.expect("create").id.to_string();
+                rt.start(&id).await.expect("start");
+                id
+            });
+        }
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await);
+        }
+        ids
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let total: u64 = ids
+        .iter()
+        .map(|id| {
+            let pid = fx.rt.inspect(id).expect("inspect").pid.expect("a running box's pid");
+            boxsock_benches::tree_rss_kib(pid as u32)
+        })
+        .sum();
+    for id in &ids {
+        fx.tokio.block_on(fx.rt.remove(id, true)).expect("remove");
+    }
+    total as f64 / n as f64
+}
+
+/// Idle memory: 100 sandbox boxes against 100 host boxes (a measuring run records it;
+/// test mode starts 3 of each and records nothing).
+fn idle_memory(fx: &Fixture) {
+    let measuring = boxsock_benches::run::measuring();
+    let n = if measuring { 100 } else { 3 };
+    let sandbox = memory_per_box(fx, "sandbox", Some(&fx.rootfs), n);
+    let host = memory_per_box(fx, "host", None, n);
+    eprintln!("idle memory per box, {n} at once: sandbox {sandbox:.0} KiB, host {host:.0} KiB");
+    assert!(sandbox > 0.0 && host > 0.0, "no resident memory read");
+    if let (true, Some(run)) = (measuring, boxsock_benches::run::current_run()) {
+        let rec = boxsock_benches::MemoryRecord {
+            id: format!("sandbox/idle-rss/{n}-boxes"),
+            run: run.id.clone(),
+            boxes: n,
+            per_box_kib: sandbox,
+            floor: "floor-host-backend".into(),
+            floor_per_box_kib: host,
+        };
+        rec.write(&boxsock_benches::paired_dir()).expect("write the memory record");
+    }
 }
 
 criterion_group! {

@@ -96,6 +96,74 @@ pub fn strategies() -> Vec<&'static StrategyRegistration> {
     reg.names().into_iter().filter_map(|n| reg.get(n).ok()).collect()
 }
 
+/// Idle memory of many boxes at once against the same number of its floor's boxes, in
+/// one measuring run: each side's resident memory per box (the sum of `VmRSS` over every
+/// process of its boxes, divided by their count). Written beside the paired samples as
+/// `mem-<id>.json` ([`MemoryRecord::write`]); `bench-report` renders the `memory`
+/// section from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryRecord {
+    /// `group/function/parameter`, like a benchmark's.
+    pub id: String,
+    /// The run that measured it ([`run::RunStart::id`]).
+    pub run: String,
+    /// Boxes running at once, on each side.
+    pub boxes: usize,
+    /// The subject's resident memory per box, KiB.
+    pub per_box_kib: f64,
+    /// What the floor is (`floor-…`).
+    pub floor: String,
+    /// The floor's resident memory per box, KiB.
+    pub floor_per_box_kib: f64,
+}
+
+impl MemoryRecord {
+    fn file(dir: &Path, id: &str) -> PathBuf {
+        dir.join(format!("mem-{}.json", id.replace('/', "__")))
+    }
+
+    /// Write it to `dir` (a measuring run's [`paired_dir`]).
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let json = serde_json::to_string(self).map_err(std::io::Error::other)?;
+        std::fs::write(Self::file(dir, &self.id), json)
+    }
+
+    /// Every record in `dir`, by id.
+    pub fn read_all(dir: &Path) -> BTreeMap<String, MemoryRecord> {
+        let mut out = BTreeMap::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if !e.file_name().to_string_lossy().starts_with("mem-") {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+            if let Ok(m) = serde_json::from_str::<MemoryRecord>(&text) {
+                out.insert(m.id.clone(), m);
+            }
+        }
+        out
+    }
+}
+
+/// The resident memory (`VmRSS`, KiB) of `pid` and every process below it, from /proc.
+pub fn tree_rss_kib(pid: u32) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        for t in std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            todo.extend(kids.split_whitespace().filter_map(|k| k.parse::<u32>().ok()));
+        }
+    }
+    total
+}
+
 /// The samples of one subject timed interleaved with its floors, in one measuring run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Paired {

@@ -22,7 +22,7 @@ use boxsock_core::echo::echo;
 use serde::{Deserialize, Serialize};
 
 use crate::run::{QUIET_MEAN, QUIET_WINDOW, RunRecord, SAMPLE_EVERY};
-use crate::{Limit, PAIRED_DIR, Paired, TARGETS, Target};
+use crate::{Limit, MemoryRecord, PAIRED_DIR, Paired, TARGETS, Target};
 
 /// The data file's format.
 pub const FORMAT: u32 = 1;
@@ -32,7 +32,7 @@ pub const FORMAT: u32 = 1;
 pub const MIN_SAMPLES: usize = 10;
 
 /// The sections this report owns, in doc order.
-pub const SECTIONS: &[&str] = &["runs", "targets", "benchmarks", "rootfs"];
+pub const SECTIONS: &[&str] = &["runs", "targets", "benchmarks", "rootfs", "memory"];
 
 /// The group whose benchmarks and targets have a section of their own ([`SECTIONS`]).
 const ROOTFS: &str = "rootfs/";
@@ -47,11 +47,19 @@ pub struct Data {
     pub runs: BTreeMap<String, RunRecord>,
     /// By benchmark id, `group/function/parameter`.
     pub benchmarks: BTreeMap<String, Bench>,
+    /// Idle-memory measurements by id ([`MemoryRecord`]); absent in older data.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub memory: BTreeMap<String, MemoryRecord>,
 }
 
 impl Default for Data {
     fn default() -> Self {
-        Data { format: FORMAT, runs: BTreeMap::new(), benchmarks: BTreeMap::new() }
+        Data {
+            format: FORMAT,
+            runs: BTreeMap::new(),
+            benchmarks: BTreeMap::new(),
+            memory: BTreeMap::new(),
+        }
     }
 }
 
@@ -235,6 +243,8 @@ pub struct Collected {
     pub runs: BTreeMap<String, RunRecord>,
     /// The benchmarks, by id.
     pub benchmarks: BTreeMap<String, Bench>,
+    /// The idle-memory measurements of those runs, by id.
+    pub memory: BTreeMap<String, MemoryRecord>,
 }
 
 /// One criterion result: `<dir>/<group>/<function>/<param>/new/`.
@@ -405,7 +415,11 @@ pub fn collect(criterion_dir: &Path, only: &[String]) -> Result<Collected, Repor
     if !problems.is_empty() {
         return Err(ReportError::Refused { problems });
     }
-    Ok(Collected { runs, benchmarks })
+    let memory = MemoryRecord::read_all(&paired_dir)
+        .into_iter()
+        .filter(|(_, m)| runs.contains_key(&m.run))
+        .collect();
+    Ok(Collected { runs, benchmarks, memory })
 }
 
 /// Fold `new` into `data`: each benchmark measured takes its new values, unless the data
@@ -430,6 +444,16 @@ pub fn merge(data: &mut Data, new: Collected) -> Vec<String> {
             }
         }
     }
+    for (id, m) in new.memory {
+        let newer =
+            data.memory.get(&id).filter(|old| started(data, &old.run) > started(data, &m.run));
+        match newer {
+            Some(old) => notes.push(format!("kept {id} from the newer run {}", old.run)),
+            None => {
+                data.memory.insert(id, m);
+            }
+        }
+    }
     for run in new.runs.values().filter(|r| r.args.is_empty()) {
         let stale: Vec<String> =
             data.benchmarks
@@ -450,7 +474,12 @@ pub fn merge(data: &mut Data, new: Collected) -> Vec<String> {
             data.benchmarks.remove(&id);
         }
     }
-    let used: Vec<String> = data.benchmarks.values().map(|b| b.run.clone()).collect();
+    let used: Vec<String> = data
+        .benchmarks
+        .values()
+        .map(|b| b.run.clone())
+        .chain(data.memory.values().map(|m| m.run.clone()))
+        .collect();
     data.runs.retain(|id, _| used.contains(id));
     notes
 }
@@ -661,6 +690,32 @@ fn runs_section(data: &Data) -> String {
     out
 }
 
+/// The `memory` section: each idle-memory measurement, per box, beside its floor.
+fn memory_table(data: &Data) -> String {
+    let mut out = String::from(
+        "| measurement | boxes at once | resident memory per box | floor | its memory per box \
+         | difference per box | ratio | run |\n|---|---:|---:|---|---:|---:|---:|---|\n",
+    );
+    if data.memory.is_empty() {
+        out.push_str("| — | — | — | — | — | — | — | not measured |\n");
+    }
+    for (id, m) in &data.memory {
+        let mib = |k: f64| format!("{:.2} MiB", k / 1024.0);
+        let _ = writeln!(
+            out,
+            "| {id} | {} | {} | {} | {} | {} | {} | {} |",
+            m.boxes,
+            mib(m.per_box_kib),
+            m.floor,
+            mib(m.floor_per_box_kib),
+            mib(m.per_box_kib - m.floor_per_box_kib),
+            times(m.per_box_kib / m.floor_per_box_kib),
+            data.run_label(&m.run)
+        );
+    }
+    out
+}
+
 /// Every section this report owns ([`SECTIONS`]), rendered from `data`: each ends with
 /// a newline.
 pub fn render(data: &Data) -> Vec<(&'static str, String)> {
@@ -672,6 +727,7 @@ pub fn render(data: &Data) -> Vec<(&'static str, String)> {
         ("targets", targets_table(data, false)),
         ("benchmarks", bench_table(data, false)),
         ("rootfs", rootfs),
+        ("memory", memory_table(data)),
     ]
 }
 
@@ -990,6 +1046,7 @@ mod tests {
         let c = Collected {
             runs: [(sub.id.clone(), sub.clone())].into(),
             benchmarks: [("bind/a/x".to_owned(), bench(&sub.id, 2.0))].into(),
+            memory: BTreeMap::new(),
         };
         assert!(merge(&mut data, c).is_empty());
         assert_eq!(data.benchmarks["bind/a/x"].floors[0].ratio, 2.0);
@@ -999,6 +1056,7 @@ mod tests {
         let c = Collected {
             runs: [(old.id.clone(), old.clone())].into(),
             benchmarks: [("bind/a/x".to_owned(), bench(&old.id, 9.0))].into(),
+            memory: BTreeMap::new(),
         };
         let notes = merge(&mut data, c);
         assert_eq!(data.benchmarks["bind/a/x"].floors[0].ratio, 2.0, "{notes:?}");
@@ -1007,6 +1065,7 @@ mod tests {
         let c = Collected {
             runs: [(full.id.clone(), full.clone())].into(),
             benchmarks: [("bind/a/x".to_owned(), bench(&full.id, 3.0))].into(),
+            memory: BTreeMap::new(),
         };
         let notes = merge(&mut data, c);
         assert!(notes.iter().any(|n| n.starts_with("dropped bind/b/x")), "{notes:?}");
@@ -1031,6 +1090,41 @@ mod tests {
     }
 
     #[test]
+    fn memory_renders_per_box_with_its_floor_and_keeps_its_run() {
+        let mut data = sample_data();
+        assert!(render(&data)[4].1.contains("| not measured |"));
+        let run = data.runs.keys().next().unwrap().clone();
+        let m = MemoryRecord {
+            id: "sandbox/idle-rss/100-boxes".into(),
+            run: run.clone(),
+            boxes: 100,
+            per_box_kib: 8192.0,
+            floor: "floor-host-backend".into(),
+            floor_per_box_kib: 4096.0,
+        };
+        let mut only_memory = Data { runs: data.runs.clone(), ..Data::default() };
+        merge(
+            &mut only_memory,
+            Collected {
+                runs: data.runs.clone(),
+                benchmarks: BTreeMap::new(),
+                memory: [(m.id.clone(), m.clone())].into(),
+            },
+        );
+        assert!(only_memory.runs.contains_key(&run), "a run only memory refers to is kept");
+        data.memory.insert(m.id.clone(), m);
+        let (name, table) = &render(&data)[4];
+        assert_eq!(*name, "memory");
+        assert!(
+            table.contains(
+                "| sandbox/idle-rss/100-boxes | 100 | 8.00 MiB | floor-host-backend | 4.00 MiB | \
+                 4.00 MiB | 2.00× | #1 |"
+            ),
+            "{table}"
+        );
+    }
+
+    #[test]
     fn render_gives_verdicts_from_the_data_and_says_the_machine_was_busy() {
         let data = sample_data();
         let s: BTreeMap<&str, String> = render(&data).into_iter().collect();
@@ -1042,7 +1136,11 @@ mod tests {
             s["targets"]
         );
         assert!(
-            s["targets"].contains("0 of 15 targets met, 1 missed, 14 not run."),
+            s["targets"].contains(&format!(
+                "0 of {} targets met, 1 missed, {} not run.",
+                TARGETS.len() - 2,
+                TARGETS.len() - 3
+            )),
             "{}",
             s["targets"]
         );
@@ -1067,7 +1165,8 @@ mod tests {
         <!-- generated:begin vm -->\nthe VM tier's\n<!-- generated:end vm -->\n\
         <!-- generated:begin targets -->\n<!-- generated:end targets -->\n\
         <!-- generated:begin benchmarks -->\nx\ny\n<!-- generated:end benchmarks -->\n\
-        text\n<!-- generated:begin rootfs -->\n<!-- generated:end rootfs -->\ntail\n";
+        text\n<!-- generated:begin rootfs -->\n<!-- generated:end rootfs -->\n\
+        <!-- generated:begin memory -->\n<!-- generated:end memory -->\ntail\n";
 
     #[test]
     fn splice_then_check_round_trips_and_leaves_other_sections_alone() {
@@ -1080,7 +1179,7 @@ mod tests {
             doc.contains("<!-- generated:begin vm -->\nthe VM tier's\n<!-- generated:end vm -->\n")
         );
         assert!(doc.starts_with("# Perf\nprose\n<!-- generated:begin runs -->\n**Not a quiet"));
-        assert!(doc.ends_with("<!-- generated:end rootfs -->\ntail\n"));
+        assert!(doc.ends_with("<!-- generated:end memory -->\ntail\n"));
         assert_eq!(splice(p, &doc, &rendered).unwrap(), doc, "splicing is idempotent");
     }
 
