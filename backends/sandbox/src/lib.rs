@@ -45,9 +45,12 @@ pub mod net;
 pub mod privs;
 #[cfg(target_os = "linux")]
 pub mod seccomp;
+#[cfg(target_os = "linux")]
+pub mod volume;
 
 use std::fs::{self, File};
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -263,9 +266,11 @@ impl Backend for SandboxBackend {
         Availability::Available
     }
 
-    /// `rootfs` (an existing directory), `image`, and `vcpus` / `ram_mib` as cgroup
-    /// limits: refused, naming why, where no cgroup hierarchy this user may write
-    /// offers the controllers (never ignored).
+    /// `rootfs` (an existing directory), `image`, `vcpus` / `ram_mib` as cgroup
+    /// limits (refused, naming why, where no cgroup hierarchy this user may write
+    /// offers the controllers: never ignored), `volumes` (bind mounts; not over the
+    /// agent's `/.boxsock`) and `ports` (pasta's forwards, checked free at each start).
+    /// `disk_size` is refused: the writable layer is a directory.
     fn check_settings(&self, settings: &BoxSettings) -> Result<(), BackendError> {
         let bad =
             |setting, reason| BackendError::BadSetting { backend: NAME.into(), setting, reason };
@@ -308,22 +313,32 @@ impl Backend for SandboxBackend {
                 });
             }
         }
-        // Not wired yet: volumes (bind mounts) and ports (pasta forwards). The writable
-        // layer is a directory in the box's directory, so it has no size to set.
-        let mut unsupported = Vec::new();
-        if !settings.volumes.is_empty() {
-            unsupported.push("volumes");
+        for v in &settings.volumes {
+            let nul = |p: &Path| p.as_os_str().as_bytes().contains(&0);
+            if nul(&v.host) || nul(&v.guest) {
+                return Err(bad(
+                    "volumes",
+                    format!("{}: a path holds a NUL byte", echo::echo(&v.to_string())),
+                ));
+            }
+            if volume::reserved(&v.guest) {
+                return Err(bad(
+                    "volumes",
+                    format!(
+                        "{}: the guest path {} is where the box's agent lives ({}); \
+                         choose another",
+                        echo::echo(&v.to_string()),
+                        echo::path(&v.guest),
+                        volume::RESERVED
+                    ),
+                ));
+            }
         }
-        if !settings.ports.is_empty() {
-            unsupported.push("ports");
-        }
+        // The writable layer is a directory in the box's directory: it has no size.
         if settings.disk_size.is_some() {
-            unsupported.push("disk_size (the writable layer is a directory, not a disk)");
-        }
-        if !unsupported.is_empty() {
             return Err(BackendError::Unsupported {
                 backend: NAME.into(),
-                settings: unsupported.join(", "),
+                settings: "disk_size (the writable layer is a directory, not a disk)".into(),
             });
         }
         Ok(())
@@ -357,6 +372,12 @@ impl Backend for SandboxBackend {
         let ready = spec.sockets.ready_channel.as_ref().ok_or_else(|| {
             self.spec_error(format!("box {}: no ready channel to hand to the agent", spec.id))
         })?;
+        if !spec.settings.ports.is_empty() && !spec.network {
+            return Err(self.spec_error(format!(
+                "box {}: published ports need the box's network, and it has none",
+                spec.id
+            )));
+        }
         let binary = self.find_agent()?;
         let home = spec.layout.home();
         let base = base::ensure(home, &binary)
@@ -386,7 +407,9 @@ impl Backend for SandboxBackend {
             .map_err(|e| self.spec_error(format!("box {}: {e}", spec.id)))?;
         let cgroups = self.cgroups(spec)?;
         let procs = cgroups.as_ref().map(|c| c.raw_procs()).unwrap_or_default();
-        let plan = child::Plan::new(&dirs, spec.id.as_str(), privileges, procs);
+        let volumes = volume::prepare(&spec.settings.volumes)
+            .map_err(|e| self.spec_error(format!("box {}: {e}", spec.id)))?;
+        let plan = child::Plan::new(&dirs, spec.id.as_str(), privileges, procs, volumes);
 
         let in_box = |name: &str| format!("{}/{name}", base::BOX_DIR);
         let mut cmd = if base.dynamic {
@@ -468,7 +491,9 @@ impl Backend for SandboxBackend {
                 ))
             });
             let pasta = net::pasta_binary(self.config.options.get("pasta"));
-            match made.and_then(|_| net::start(&pasta, process.pid(), &netns, &log)) {
+            match made
+                .and_then(|_| net::start(&pasta, process.pid(), &netns, &log, &spec.settings.ports))
+            {
                 Ok(p) => companions.push(p),
                 Err(e) => {
                     process.kill_and_reap();
