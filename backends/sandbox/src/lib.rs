@@ -26,7 +26,9 @@
 //! with `rm`. `/proc`, a minimal `/dev` (null, zero, full, random, urandom, tty, ptmx
 //! and a private devpts, shm) and a read-only `/sys`; `pivot_root` into it and the old
 //! root detached. The agent and its loader and libraries come from the agent's base
-//! ([`base`]), bound read-only at `/.boxsock`.
+//! ([`base`]), bound read-only at `/.boxsock`. Volumes are bind mounts made from a
+//! descriptor of the host directory onto a guest path resolved inside the root
+//! ([`volume`], decision 0025); published ports are pasta's forwards ([`net`]).
 //!
 //! **Linux only.** Namespaces, seccomp, Landlock and cgroups are Linux's: elsewhere the
 //! crate is empty, so the facade links it everywhere and registers the backend only on
