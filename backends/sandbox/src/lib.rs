@@ -201,6 +201,38 @@ impl SandboxBackend {
     }
 }
 
+/// A failed spawn: the setup's own lines (`boxsock-sandbox: …`, written by the child
+/// to the box log past `from`) say which step failed, and for a volume which path; the
+/// spawn error alone names only the agent's loader.
+fn setup_error(log: &Path, from: u64, e: boxsock_core::spawn::SpawnError) -> BackendError {
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(log) {
+        if f.seek(std::io::SeekFrom::Start(from)).is_ok() {
+            let _ = f.take(64 * 1024).read_to_string(&mut text);
+        }
+    }
+    let lines: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("boxsock-sandbox: ")).rev().take(4).collect();
+    if lines.is_empty() {
+        return BackendError::spawn(NAME, e);
+    }
+    let steps: Vec<String> = lines
+        .into_iter()
+        .rev()
+        .map(|l| echo::os(l.strip_prefix("boxsock-sandbox: ").unwrap_or(l).as_ref()).to_string())
+        .collect();
+    let source = e.into_io();
+    BackendError::Spawn {
+        backend: NAME.into(),
+        what: "the box (its setup in the child)".into(),
+        source: std::io::Error::new(
+            source.kind(),
+            format!("{}: {source} (log {})", steps.join("; "), echo::path(log)),
+        ),
+    }
+}
+
 fn make_dirs(layout: &BoxLayout, id: &BoxId) -> std::io::Result<()> {
     for d in box_dirs(layout, id) {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&d)?;
@@ -449,6 +481,8 @@ impl Backend for SandboxBackend {
         // SAFETY: `Plan::run` makes only raw system calls on data built before the fork
         // (see the `child` module), as pre_exec requires.
         unsafe { cmd.pre_exec(move || plan.run()) };
+        // The child's setup writes its failing step to the log: read from here on.
+        let log_len = fs::metadata(&spec.log_file).map(|m| m.len()).unwrap_or(0);
         let process = {
             let _pidns = PidNsForChildren::enter_new().map_err(|e| {
                 self.spec_error(format!("box {}: cannot make a PID namespace: {e}", spec.id))
@@ -468,7 +502,7 @@ impl Backend for SandboxBackend {
                         busy += 1;
                         std::thread::sleep(std::time::Duration::from_millis(10));
                     }
-                    r => break r.map_err(|e| BackendError::spawn(NAME, e))?,
+                    r => break r.map_err(|e| setup_error(&spec.log_file, log_len, e))?,
                 }
             }
         };

@@ -18,7 +18,7 @@ use boxsock_core::settings::{PortMapping, Volume};
 use boxsock_runtime::{CreateOptions, Output, Runtime, RuntimeError, RuntimeOptions};
 
 const APPLETS: &[&str] =
-    &["sh", "cat", "echo", "ls", "mkdir", "touch", "grep", "httpd", "sleep", "wc", "rm"];
+    &["sh", "cat", "echo", "ls", "mkdir", "touch", "grep", "httpd", "sleep", "wc", "rm", "mount"];
 
 struct Env {
     tmp: tempfile::TempDir,
@@ -156,6 +156,9 @@ async fn a_volume_is_shared_both_ways_and_ro_refuses_writes() {
         sh(&rt, &id, "echo changed > /srv/ro/kept; echo new > /srv/ro/new; rm /srv/ro/kept").await;
     let err = text(&o.stderr);
     assert_eq!(err.matches("Read-only file system").count(), 3, "{}", show(&o));
+    // Nor can the box make it writable again (no CAP_SYS_ADMIN, mount refused).
+    let o = sh(&rt, &id, "mount -o remount,bind,rw /srv/ro; echo changed > /srv/ro/kept").await;
+    assert!(text(&o.stderr).contains("Read-only file system"), "{}", show(&o));
     assert_eq!(snapshot(&ro), ro_before, "the :ro volume's host copy changed");
     // Both are nosuid,nodev; the :ro one read-only.
     let o = sh(&rt, &id, "grep -E ' /(data|srv/ro) ' /proc/self/mounts").await;
@@ -264,6 +267,7 @@ async fn a_symlink_planted_in_the_upper_cannot_move_the_mount_out_of_the_root() 
         log.contains("volume path /planted") && log.contains("guest path inside the box's root"),
         "the failure does not name the volume: {e}; log: {log}"
     );
+    assert!(e.to_string().contains("volume path /planted"), "{e}");
     assert_eq!(snapshot(&victim), victim_before, "the host directory behind the link changed");
     // The link resolved inside the root, where it names nothing: the failure is not a
     // partial mount there either.
@@ -321,6 +325,40 @@ async fn a_host_dir_swapped_for_a_symlink_after_create_is_refused() {
     let o = sh(&rt, &id, "cat /data/which").await;
     assert_eq!(text(&o.stdout), "original\n", "{}", show(&o));
     rt.remove(&id, true).await.unwrap();
+}
+
+/// A volume inside another: mounted after its parent, its mount point made in the parent
+/// volume (as docker does). A guest path that is a file in the root fails the start,
+/// naming the path in the box log.
+#[tokio::test(flavor = "multi_thread")]
+async fn nested_volumes_mount_parents_first_and_a_file_guest_path_fails_the_start() {
+    let env = Env::new();
+    let rt = env.runtime().await;
+    let outer = env.dir("outer");
+    let inner = env.dir("inner");
+    std::fs::write(inner.join("which"), "inner\n").unwrap();
+    // Given inner first: the order of mounting is by depth, not as listed.
+    let opts = env
+        .opts()
+        .volume(Volume::new(&inner, "/data/sub", true))
+        .volume(Volume::new(&outer, "/data", false))
+        .build();
+    let id = env.started(&rt, opts).await;
+    let o = sh(&rt, &id, "cat /data/sub/which && echo o > /data/o").await;
+    assert_eq!(text(&o.stdout), "inner\n", "{}", show(&o));
+    assert!(outer.join("sub").is_dir() && outer.join("o").is_file());
+    rt.remove(&id, true).await.unwrap();
+
+    std::fs::write(env.root.join("afile"), "not a directory\n").unwrap();
+    let opts = env.opts().volume(Volume::new(&outer, "/afile", false)).build();
+    let rec = rt.create(opts).await.unwrap();
+    let e = rt.start(rec.id.as_str()).await.expect_err("a volume mounted on a file");
+    let log = std::fs::read_to_string(rt.inspect(rec.id.as_str()).unwrap().log).unwrap();
+    assert!(log.contains("volume path /afile"), "{e}; log: {log}");
+    // The start's error says it too, not only the agent's loader.
+    let msg = e.to_string();
+    assert!(msg.contains("volume path /afile") && msg.contains("guest path"), "{msg}");
+    rt.remove(rec.id.as_str(), true).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -454,7 +492,7 @@ async fn without_publish_the_box_port_is_unreachable_control_a_host_server_is_re
     let serve = format!("httpd -p {port} -h /www && wget -q -O - http://127.0.0.1:{port}/file");
     let o = sh(&rt, &id, &serve).await;
     assert_eq!(text(&o.stdout), "served\n", "the box's own server: {}", show(&o));
-    let r = tokio::task::spawn_blocking(move || get(port, "/file", Duration::from_secs(2)))
+    let r = tokio::task::spawn_blocking(move || get(port, "/file", Duration::from_secs(5)))
         .await
         .unwrap();
     assert!(r.is_err(), "the box's unpublished port {port} was reached from the host");
