@@ -412,6 +412,9 @@ impl Backend for SandboxBackend {
                 spec.id
             )));
         }
+        // Before anything is spawned: a port another process holds fails the start at
+        // once, naming its holder (checked again just before pasta binds them).
+        boxsock_core::ports::check_all_free(&spec.settings.ports).map_err(net::port_error)?;
         let binary = self.find_agent()?;
         let home = spec.layout.home();
         let base = base::ensure(home, &binary)

@@ -50,7 +50,8 @@ pub fn forward_args(published: &[PortMapping]) -> Vec<String> {
     v
 }
 
-fn port_error(cause: PortError) -> BackendError {
+/// [`BackendError::Port`] for `cause`, naming the port and why (its holder).
+pub(crate) fn port_error(cause: PortError) -> BackendError {
     BackendError::Port { backend: NAME.into(), port: *cause.port(), reason: cause.to_string() }
 }
 
