@@ -154,3 +154,27 @@ fn has_default_route(route: &Path) -> bool {
         .map(|t| t.lines().skip(1).any(|l| l.split_whitespace().nth(1) == Some("00000000")))
         .unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(ports: &[&str]) -> String {
+        let ports: Vec<PortMapping> = ports.iter().map(|p| p.parse().unwrap()).collect();
+        forward_args(&ports).join(" ")
+    }
+
+    #[test]
+    fn pasta_forwards_exactly_the_published_ports() {
+        assert_eq!(args(&[]), "-t none -u none -T none -U none");
+        assert_eq!(
+            args(&["8080:80"]),
+            "--tcp-ports 127.0.0.1/8080:80 -u none -T none -U none",
+            "loopback unless an address is given; no UDP forwarded"
+        );
+        assert_eq!(
+            args(&["0.0.0.0:8080:80", "[::1]:5353:53/udp"]),
+            "--tcp-ports 0.0.0.0/8080:80 --udp-ports ::1/5353:53 -T none -U none"
+        );
+    }
+}
