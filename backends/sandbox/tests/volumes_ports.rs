@@ -85,6 +85,18 @@ impl Env {
         rec.id.as_str().to_owned()
     }
 
+    /// `start`, expected to fail: its error. A box that started anyway is killed with
+    /// the test's other boxes before the test fails.
+    async fn start_refused(&self, rt: &Runtime, id: &str, why: &str) -> RuntimeError {
+        match rt.start(id).await {
+            Ok(_) => {
+                self.track(rt, id);
+                panic!("{why}: box {id} started");
+            }
+            Err(e) => e,
+        }
+    }
+
     fn track(&self, rt: &Runtime, id: &str) {
         if let Some(pid) = rt.inspect(id).unwrap().pid {
             self.pids.lock().unwrap().push(pid);
@@ -265,7 +277,7 @@ async fn a_symlink_planted_in_the_upper_cannot_move_the_mount_out_of_the_root() 
     assert_eq!(shown, "the volume\n", "control: the naive bind did not follow the link");
     assert_eq!(snapshot(&victim), victim_before, "the control leaked");
 
-    let e = rt.start(&id).await.expect_err("a box started with its mount point dangling");
+    let e = env.start_refused(&rt, &id, "its mount point dangles").await;
     let log = std::fs::read_to_string(rt.inspect(&id).unwrap().log).unwrap_or_default();
     assert!(
         log.contains("volume path /planted") && log.contains("guest path inside the box's root"),
@@ -313,7 +325,7 @@ async fn a_host_dir_swapped_for_a_symlink_after_create_is_refused() {
     // Control: the swap lands for anyone who opens the stored path by name.
     assert_eq!(std::fs::read_to_string(stored.join("which")).unwrap(), "secret\n");
 
-    let e = rt.start(&id).await.expect_err("a box started on a swapped volume");
+    let e = env.start_refused(&rt, &id, "a swapped volume").await;
     let msg = e.to_string();
     assert!(
         msg.contains("volume") && msg.contains("without following a symlink"),
@@ -356,7 +368,7 @@ async fn nested_volumes_mount_parents_first_and_a_file_guest_path_fails_the_star
     std::fs::write(env.root.join("afile"), "not a directory\n").unwrap();
     let opts = env.opts().volume(Volume::new(&outer, "/afile", false)).build();
     let rec = rt.create(opts).await.unwrap();
-    let e = rt.start(rec.id.as_str()).await.expect_err("a volume mounted on a file");
+    let e = env.start_refused(&rt, rec.id.as_str(), "a volume on a file").await;
     let log = std::fs::read_to_string(rt.inspect(rec.id.as_str()).unwrap().log).unwrap();
     assert!(log.contains("volume path /afile"), "{e}; log: {log}");
     // The start's error says it too, not only the agent's loader.
@@ -447,7 +459,7 @@ async fn a_published_port_serves_the_host_and_a_taken_one_fails_start() {
     // holder (the first box's pasta).
     let rec = rt.create(env.opts().port(mapping).build()).await.unwrap();
     let second = rec.id.as_str().to_owned();
-    let e = rt.start(&second).await.expect_err("a second box took a published port");
+    let e = env.start_refused(&rt, &second, "a taken published port").await;
     match &e {
         RuntimeError::Backend(BackendError::Port { port: p, reason, .. }) => {
             assert_eq!(*p, mapping);
