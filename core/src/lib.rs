@@ -41,6 +41,7 @@ pub mod helpers;
 pub mod id;
 pub mod layout;
 pub mod peer;
+pub mod ports;
 pub mod process;
 pub mod proto;
 pub mod registry;

@@ -288,7 +288,7 @@ impl Passt {
                 if exited.is_some() {
                     passt.process = None;
                 } else {
-                    match crate::sys::holds_port(passt.pid, p) {
+                    match crate::ports::holds_port(passt.pid, p) {
                         Some(true) => break,
                         // passt's descriptors are hidden from us (it made itself
                         // non-dumpable): the port busy while passt lives is the best

@@ -67,6 +67,8 @@ pub struct Plan {
     dot: CString,
     slash: CString,
     privileges: Privileges,
+    /// The box's volumes, their host sides already opened ([`crate::volume`]).
+    volumes: Vec<crate::volume::Prepared>,
 }
 
 /// The box's directories on the host.
@@ -96,6 +98,7 @@ impl Plan {
         hostname: &str,
         privileges: Privileges,
         cgroup_procs: Vec<libc::c_int>,
+        volumes: Vec<crate::volume::Prepared>,
     ) -> Plan {
         let m = |rel: &str| dirs.merged.join(rel);
         let ms = |rel: &str| cs(&m(rel));
@@ -279,6 +282,7 @@ impl Plan {
             dot: cstr("."),
             slash: cstr("/"),
             privileges,
+            volumes,
         }
     }
 
@@ -360,6 +364,8 @@ impl Plan {
                 }
             }
         }
+        // After the box's own mounts, so that a volume may sit under /dev or /tmp.
+        crate::volume::mount_all(&self.merged, &self.volumes)?;
         // pivot_root(".", "."): the old root ends up stacked on the new one and is
         // detached at once, so no path from inside leads back to the host's root.
         step(

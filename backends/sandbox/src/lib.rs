@@ -26,7 +26,9 @@
 //! with `rm`. `/proc`, a minimal `/dev` (null, zero, full, random, urandom, tty, ptmx
 //! and a private devpts, shm) and a read-only `/sys`; `pivot_root` into it and the old
 //! root detached. The agent and its loader and libraries come from the agent's base
-//! ([`base`]), bound read-only at `/.boxsock`.
+//! ([`base`]), bound read-only at `/.boxsock`. Volumes are bind mounts made from a
+//! descriptor of the host directory onto a guest path resolved inside the root
+//! ([`volume`], decision 0025); published ports are pasta's forwards ([`net`]).
 //!
 //! **Linux only.** Namespaces, seccomp, Landlock and cgroups are Linux's: elsewhere the
 //! crate is empty, so the facade links it everywhere and registers the backend only on
@@ -47,9 +49,12 @@ pub mod privs;
 pub mod probe;
 #[cfg(target_os = "linux")]
 pub mod seccomp;
+#[cfg(target_os = "linux")]
+pub mod volume;
 
 use std::fs::{self, File};
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -198,6 +203,38 @@ impl SandboxBackend {
     }
 }
 
+/// A failed spawn: the setup's own lines (`boxsock-sandbox: …`, written by the child
+/// to the box log past `from`) say which step failed, and for a volume which path; the
+/// spawn error alone names only the agent's loader.
+fn setup_error(log: &Path, from: u64, e: boxsock_core::spawn::SpawnError) -> BackendError {
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(log) {
+        if f.seek(std::io::SeekFrom::Start(from)).is_ok() {
+            let _ = f.take(64 * 1024).read_to_string(&mut text);
+        }
+    }
+    let lines: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("boxsock-sandbox: ")).rev().take(4).collect();
+    if lines.is_empty() {
+        return BackendError::spawn(NAME, e);
+    }
+    let steps: Vec<String> = lines
+        .into_iter()
+        .rev()
+        .map(|l| echo::os(l.strip_prefix("boxsock-sandbox: ").unwrap_or(l).as_ref()).to_string())
+        .collect();
+    let source = e.into_io();
+    BackendError::Spawn {
+        backend: NAME.into(),
+        what: "the box (its setup in the child)".into(),
+        source: std::io::Error::new(
+            source.kind(),
+            format!("{}: {source} (log {})", steps.join("; "), echo::path(log)),
+        ),
+    }
+}
+
 fn make_dirs(layout: &BoxLayout, id: &BoxId) -> std::io::Result<()> {
     for d in box_dirs(layout, id) {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&d)?;
@@ -286,9 +323,11 @@ impl Backend for SandboxBackend {
         Availability::Available
     }
 
-    /// `rootfs` (an existing directory), `image`, and `vcpus` / `ram_mib` as cgroup
-    /// limits: refused, naming why, where no cgroup hierarchy this user may write
-    /// offers the controllers (never ignored).
+    /// `rootfs` (an existing directory), `image`, `vcpus` / `ram_mib` as cgroup
+    /// limits (refused, naming why, where no cgroup hierarchy this user may write
+    /// offers the controllers: never ignored), `volumes` (bind mounts; not over the
+    /// agent's `/.boxsock`) and `ports` (pasta's forwards, checked free at each start).
+    /// `disk_size` is refused: the writable layer is a directory.
     fn check_settings(&self, settings: &BoxSettings) -> Result<(), BackendError> {
         let bad =
             |setting, reason| BackendError::BadSetting { backend: NAME.into(), setting, reason };
@@ -331,22 +370,32 @@ impl Backend for SandboxBackend {
                 });
             }
         }
-        // Not wired yet: volumes (bind mounts) and ports (pasta forwards). The writable
-        // layer is a directory in the box's directory, so it has no size to set.
-        let mut unsupported = Vec::new();
-        if !settings.volumes.is_empty() {
-            unsupported.push("volumes");
+        for v in &settings.volumes {
+            let nul = |p: &Path| p.as_os_str().as_bytes().contains(&0);
+            if nul(&v.host) || nul(&v.guest) {
+                return Err(bad(
+                    "volumes",
+                    format!("{}: a path holds a NUL byte", echo::echo(&v.to_string())),
+                ));
+            }
+            if volume::reserved(&v.guest) {
+                return Err(bad(
+                    "volumes",
+                    format!(
+                        "{}: the guest path {} is where the box's agent lives ({}); \
+                         choose another",
+                        echo::echo(&v.to_string()),
+                        echo::path(&v.guest),
+                        volume::RESERVED
+                    ),
+                ));
+            }
         }
-        if !settings.ports.is_empty() {
-            unsupported.push("ports");
-        }
+        // The writable layer is a directory in the box's directory: it has no size.
         if settings.disk_size.is_some() {
-            unsupported.push("disk_size (the writable layer is a directory, not a disk)");
-        }
-        if !unsupported.is_empty() {
             return Err(BackendError::Unsupported {
                 backend: NAME.into(),
-                settings: unsupported.join(", "),
+                settings: "disk_size (the writable layer is a directory, not a disk)".into(),
             });
         }
         Ok(())
@@ -380,6 +429,15 @@ impl Backend for SandboxBackend {
         let ready = spec.sockets.ready_channel.as_ref().ok_or_else(|| {
             self.spec_error(format!("box {}: no ready channel to hand to the agent", spec.id))
         })?;
+        if !spec.settings.ports.is_empty() && !spec.network {
+            return Err(self.spec_error(format!(
+                "box {}: published ports need the box's network, and it has none",
+                spec.id
+            )));
+        }
+        // Before anything is spawned: a port another process holds fails the start at
+        // once, naming its holder (checked again just before pasta binds them).
+        boxsock_core::ports::check_all_free(&spec.settings.ports).map_err(net::port_error)?;
         let binary = self.find_agent()?;
         let home = spec.layout.home();
         let base = base::ensure(home, &binary)
@@ -409,7 +467,9 @@ impl Backend for SandboxBackend {
             .map_err(|e| self.spec_error(format!("box {}: {e}", spec.id)))?;
         let cgroups = self.cgroups(spec)?;
         let procs = cgroups.as_ref().map(|c| c.raw_procs()).unwrap_or_default();
-        let plan = child::Plan::new(&dirs, spec.id.as_str(), privileges, procs);
+        let volumes = volume::prepare(&spec.settings.volumes)
+            .map_err(|e| self.spec_error(format!("box {}: {e}", spec.id)))?;
+        let plan = child::Plan::new(&dirs, spec.id.as_str(), privileges, procs, volumes);
 
         let in_box = |name: &str| format!("{}/{name}", base::BOX_DIR);
         let mut cmd = if base.dynamic {
@@ -447,6 +507,8 @@ impl Backend for SandboxBackend {
         // SAFETY: `Plan::run` makes only raw system calls on data built before the fork
         // (see the `child` module), as pre_exec requires.
         unsafe { cmd.pre_exec(move || plan.run()) };
+        // The child's setup writes its failing step to the log: read from here on.
+        let log_len = fs::metadata(&spec.log_file).map(|m| m.len()).unwrap_or(0);
         let process = {
             let _pidns = PidNsForChildren::enter_new().map_err(|e| {
                 self.spec_error(format!("box {}: cannot make a PID namespace: {e}", spec.id))
@@ -466,7 +528,7 @@ impl Backend for SandboxBackend {
                         busy += 1;
                         std::thread::sleep(std::time::Duration::from_millis(10));
                     }
-                    r => break r.map_err(|e| BackendError::spawn(NAME, e))?,
+                    r => break r.map_err(|e| setup_error(&spec.log_file, log_len, e))?,
                 }
             }
         };
@@ -491,7 +553,9 @@ impl Backend for SandboxBackend {
                 ))
             });
             let pasta = net::pasta_binary(self.config.options.get("pasta"));
-            match made.and_then(|_| net::start(&pasta, process.pid(), &netns, &log)) {
+            match made
+                .and_then(|_| net::start(&pasta, process.pid(), &netns, &log, &spec.settings.ports))
+            {
                 Ok(p) => companions.push(p),
                 Err(e) => {
                     process.kill_and_reap();

@@ -1,9 +1,13 @@
 //! `--network`: `pasta` (Debian's `passt` package, as rootless podman uses it) connects
 //! the box's network namespace to the host's network: an interface with the host's
 //! address and routes (`--config-net`), traffic carried by pasta as the host's own
-//! connections; the gateway's address reaches the host's loopback. No port of the host
-//! is forwarded into the box (`-t none -u none`), nor of the box to the host
-//! (`-T none -U none`).
+//! connections; the gateway's address reaches the host's loopback. Only the published
+//! ports (`-p`) are forwarded from the host into the box (`-t ADDR/HOST_PORT:BOX_PORT`,
+//! `-u` for UDP, bound on loopback unless the user named an address: decision 0024),
+//! else none (`-t none -u none`); no port of the box's namespace reaches the host's
+//! (`-T none -U none`). Each published port is checked free before pasta starts, naming
+//! its holder ([`boxsock_core::ports`], shared with libkrun's passt), and `start`
+//! returns only once pasta holds every one.
 //!
 //! pasta is a companion of the box (the runtime kills and reaps it with the box). It is
 //! pointed at the box's namespace by a file: pasta cannot open `/proc/<pid>/ns/net`
@@ -19,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use boxsock_core::backend::{BackendError, OwnedProcess};
 use boxsock_core::echo;
+use boxsock_core::ports::{self, PortError};
+use boxsock_core::settings::{PortMapping, Protocol};
 use boxsock_core::spawn::Spawn;
 
 use crate::NAME;
@@ -31,21 +37,43 @@ pub fn pasta_binary(option: Option<&String>) -> PathBuf {
     option.map(PathBuf::from).unwrap_or_else(|| PathBuf::from("pasta"))
 }
 
-/// Start pasta on the network namespace of `pid` (the box's agent); wait until the
-/// box has a default route. `netns_file` is an existing empty file in the box's
-/// directory; `log` pasta's log.
+/// pasta's forwarding options: each published port, else `none`, per protocol; and
+/// nothing from the box's namespace to the host's.
+pub fn forward_args(published: &[PortMapping]) -> Vec<String> {
+    let mut v = ports::passt_args(published);
+    for (proto, flag) in [(Protocol::Tcp, "-t"), (Protocol::Udp, "-u")] {
+        if !published.iter().any(|p| p.protocol == proto) {
+            v.extend([flag.to_owned(), "none".to_owned()]);
+        }
+    }
+    v.extend(["-T", "none", "-U", "none"].map(String::from));
+    v
+}
+
+/// [`BackendError::Port`] for `cause`, naming the port and why (its holder).
+pub(crate) fn port_error(cause: PortError) -> BackendError {
+    BackendError::Port { backend: NAME.into(), port: *cause.port(), reason: cause.to_string() }
+}
+
+/// Start pasta on the network namespace of `pid` (the box's agent), forwarding
+/// `published`; wait until the box has a default route and pasta holds every port.
+/// A port that cannot be bound is [`BackendError::Port`], naming it and its holder.
+/// `netns_file` is an existing empty file in the box's directory; `log` pasta's log.
 pub fn start(
     pasta: &Path,
     pid: i32,
     netns_file: &Path,
     log: &Path,
+    published: &[PortMapping],
 ) -> Result<OwnedProcess, BackendError> {
+    ports::check_all_free(published).map_err(port_error)?;
     let spawn_err = |e| BackendError::spawn(NAME, e);
     let source = CString::new(format!("/proc/{pid}/ns/net")).unwrap_or_default();
     let target = CString::new(netns_file.as_os_str().as_bytes()).unwrap_or_default();
     let mut cmd = Spawn::new(pasta);
     cmd.args(["--foreground", "--quiet", "--runas", "0", "--config-net"])
-        .args(["-t", "none", "-u", "none", "-T", "none", "-U", "none", "--netns"])
+        .args(forward_args(published))
+        .arg("--netns")
         .arg(netns_file)
         .log_file(log)
         .map_err(spawn_err)?;
@@ -75,20 +103,42 @@ pub fn start(
     let pasta_proc = cmd.spawn().map_err(spawn_err)?;
     let route = PathBuf::from(format!("/proc/{pid}/net/route"));
     let deadline = Instant::now() + NET_TIMEOUT;
+    let mut waiting = published.iter();
+    let mut port = waiting.next();
+    let mut routed = false;
     loop {
-        if has_default_route(&route) {
+        routed = routed || has_default_route(&route);
+        while let Some(p) = port.filter(|_| routed) {
+            match ports::holds_port(pasta_proc.pid(), p) {
+                Some(true) => port = waiting.next(),
+                // pasta's descriptors hidden from us: the port busy while it lives is
+                // the best sign left that it holds it.
+                None if ports::check_free(p).is_err() => port = waiting.next(),
+                _ => break,
+            }
+        }
+        if routed && port.is_none() {
             return Ok(pasta_proc);
         }
         let exited = !pasta_proc.identity().is_alive();
         if exited || Instant::now() >= deadline {
             pasta_proc.kill_and_reap();
+            // A port taken between the check and pasta's bind: name it and its holder.
+            if let Some(cause) = published.iter().find_map(|p| ports::check_free(p).err()) {
+                return Err(port_error(cause));
+            }
             let tail = std::fs::read_to_string(log).unwrap_or_default();
             let tail: String = tail.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+            let what = if routed {
+                "before it held every published port"
+            } else {
+                "before the box had a default route"
+            };
             return Err(BackendError::Spawn {
                 backend: NAME.into(),
                 what: echo::path(pasta).to_string(),
                 source: std::io::Error::other(format!(
-                    "{} before the box had a default route (log {}: {})",
+                    "{} {what} (log {}: {})",
                     if exited { "pasta exited" } else { "timed out" },
                     echo::path(log),
                     echo::echo(&tail)
@@ -103,4 +153,28 @@ fn has_default_route(route: &Path) -> bool {
     std::fs::read_to_string(route)
         .map(|t| t.lines().skip(1).any(|l| l.split_whitespace().nth(1) == Some("00000000")))
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(ports: &[&str]) -> String {
+        let ports: Vec<PortMapping> = ports.iter().map(|p| p.parse().unwrap()).collect();
+        forward_args(&ports).join(" ")
+    }
+
+    #[test]
+    fn pasta_forwards_exactly_the_published_ports() {
+        assert_eq!(args(&[]), "-t none -u none -T none -U none");
+        assert_eq!(
+            args(&["8080:80"]),
+            "--tcp-ports 127.0.0.1/8080:80 -u none -T none -U none",
+            "loopback unless an address is given; no UDP forwarded"
+        );
+        assert_eq!(
+            args(&["0.0.0.0:8080:80", "[::1]:5353:53/udp"]),
+            "--tcp-ports 0.0.0.0/8080:80 --udp-ports ::1/5353:53 -T none -U none"
+        );
+    }
 }

@@ -7,7 +7,10 @@
 //! sockets and signals: a path that resolves outside the box's tree (a magic link, a
 //! descriptor leaked from outside) is denied, and no process of the box connects to an
 //! abstract socket or signals a process outside its domain, whatever namespace it
-//! reaches. Best effort: an older kernel enforces what it has; the box log says which
+//! reaches. Volumes are covered by the rule beneath `/` (Landlock walks the mount
+//! hierarchy); a `:ro` volume is read-only by its mount's flag, which the box cannot
+//! change (no `CAP_SYS_ADMIN`, `mount` refused by seccomp): Landlock rules only add, so
+//! none could take writes away from one path beneath a rule granting `/`. Best effort: an older kernel enforces what it has; the box log says which
 //! (`boxsock-sandbox: landlock fully enforced`, `partially enforced`, `not enforced`). Built before the fork,
 //! applied in the child with raw system calls ([`Privileges::apply`]).
 

@@ -57,3 +57,13 @@ pub(crate) fn abstract_unix_addr(_n: &[u8]) -> io::Result<nix::sys::socket::Unix
 pub(crate) fn close_range_cloexec(_first: RawFd, _last: Option<RawFd>) -> io::Result<()> {
     Err(io::Error::from_raw_os_error(libc::ENOSYS))
 }
+
+/// No `/proc`: the holder of a busy port is not read.
+pub(crate) fn port_holder(_p: &crate::settings::PortMapping) -> crate::ports::Holder {
+    crate::ports::Holder::Unknown
+}
+
+/// No `/proc`: whether a process holds a port is not known.
+pub(crate) fn holds_port(_pid: i32, _p: &crate::settings::PortMapping) -> Option<bool> {
+    None
+}
