@@ -5,6 +5,14 @@
 #   scripts/fuzz.sh 3600                    a long run: one hour per target
 #   FUZZ_TARGETS="proto_decode" scripts/fuzz.sh 600    only some targets
 #   scripts/fuzz.sh --regen-seeds           rewrite the committed seed inputs (tests/fuzz/examples/gen_seeds.rs)
+#   scripts/fuzz.sh --ci                    CI's run: reproducible (see below)
+#
+# --ci: each target runs a fixed number of inputs (FUZZ_CI_RUNS, default 200000) from a
+# fixed seed (-seed=1), from the committed seeds only, capped at 60 s: the same commit
+# fuzzes the same inputs on every run, so CI fails or passes the same way each time and
+# a failure replays here with the same command. Finding new bugs is the long runs' job
+# (`scripts/fuzz.sh 3600`), run before a change lands: a time-bounded run from a random
+# seed in CI made a landing depend on luck (session 7's CI found a real bug that way).
 #
 # Targets (tests/fuzz/fuzz_targets/): box_id (id parser + layout paths), socket_name
 # (socket file names + socket_path), proto_decode (agent frames: decode, read_frame,
@@ -30,10 +38,16 @@ if [ "${1:-}" = "--regen-seeds" ]; then
     exit 0
 fi
 
+ci=0
+if [ "${1:-}" = "--ci" ]; then
+    ci=1
+    shift
+fi
 secs=${1:-20}
 case $secs in
-    ''|*[!0-9]*) echo "usage: $0 [SECONDS_PER_TARGET] | --regen-seeds" >&2; exit 2 ;;
+    ''|*[!0-9]*) echo "usage: $0 [SECONDS_PER_TARGET] | --ci | --regen-seeds" >&2; exit 2 ;;
 esac
+runs=${FUZZ_CI_RUNS:-200000}
 if [ -n "${FUZZ_TARGETS:-}" ]; then
     read -r -a TARGETS <<<"$FUZZ_TARGETS"
 fi
@@ -53,13 +67,23 @@ for t in "${TARGETS[@]}"; do
     mkdir -p "$fuzz_dir/corpus/$t" "$fuzz_dir/artifacts/$t"
     dict=()
     [ -f "$fuzz_dir/dicts/$t.dict" ] && dict=(-dict="$fuzz_dir/dicts/$t.dict")
-    echo "fuzz: $t for ${secs}s" >&2
     log=$(mktemp)
+    if [ $ci = 1 ]; then
+        # A scratch corpus (libFuzzer writes new inputs to the first directory) seeded by
+        # the committed seeds alone: nothing from an earlier run changes what runs.
+        corpus=$(mktemp -d)
+        bound=(-seed=1 -runs="$runs" -max_total_time=60)
+        echo "fuzz: $t, $runs inputs from seed 1" >&2
+    else
+        corpus="$fuzz_dir/corpus/$t"
+        bound=(-max_total_time="$secs")
+        echo "fuzz: $t for ${secs}s" >&2
+    fi
     # -rss_limit_mb bounds memory; -max_len lets inputs reach past every length limit
     # (ids 32 bytes, socket names 46, a frame header plus a body).
     if ! cargo +nightly fuzz run --fuzz-dir "$fuzz_dir" "$t" \
-        "$fuzz_dir/corpus/$t" "$fuzz_dir/seeds/$t" \
-        -- -max_total_time="$secs" -max_len=8192 -rss_limit_mb=2048 -print_final_stats=1 "${dict[@]}" \
+        "$corpus" "$fuzz_dir/seeds/$t" \
+        -- "${bound[@]}" -max_len=8192 -rss_limit_mb=2048 -print_final_stats=1 "${dict[@]}" \
         2>&1 | tee "$log" >&2; then
         repro=$(grep -oE "$fuzz_dir/artifacts/$t/[A-Za-z0-9_.-]+" "$log" | tail -n 1 || true)
         [ -z "$repro" ] && repro=$(ls -t "$fuzz_dir/artifacts/$t/"* 2>/dev/null | head -n 1 || true)
@@ -67,9 +91,15 @@ for t in "${TARGETS[@]}"; do
         echo "fuzz: target $t FAILED" >&2
         echo "fuzz: reproducer: ${repro:-<none written; see the log above>}" >&2
         [ -n "$repro" ] && echo "fuzz: replay with: cargo +nightly fuzz run --fuzz-dir $fuzz_dir $t $repro" >&2
+        [ $ci = 1 ] && echo "fuzz: CI's run; replay it with: scripts/fuzz.sh --ci (FUZZ_TARGETS=$t)" >&2
         rm -f "$log"
         exit 1
     fi
     rm -f "$log"
+    [ $ci = 1 ] && rm -rf "$corpus"
 done
-echo "fuzz: all ${#TARGETS[@]} targets ran ${secs}s each without a crash" >&2
+if [ $ci = 1 ]; then
+    echo "fuzz: all ${#TARGETS[@]} targets ran $runs inputs each from seed 1 without a crash" >&2
+else
+    echo "fuzz: all ${#TARGETS[@]} targets ran ${secs}s each without a crash" >&2
+fi

@@ -481,7 +481,9 @@ suite in `core/tests/prop_*.rs`. Each target must never panic, and checks more t
 | image_config | arbitrary bytes as an image config, with docker's override rules | the process resolves or says there is no command; with overrides the argv ends with the given command, the working directory and user are the given ones, every `-e` variable is set |
 | image_reference | arbitrary text as an image reference | an accepted reference's repository has no empty, `.` or `..` component, and the name it is listed under parses again to the same registry, repository and tag |
 
-- CI: `scripts/fuzz.sh 20` (20 s per target, run by `.ci/run`).
+- CI: `scripts/fuzz.sh --ci` (run by `.ci/run`): 200 000 inputs per target from a fixed
+  seed and the committed seeds only, so a commit fuzzes the same way on every run and a
+  failure replays with the same command; finding new bugs is the long runs' job.
 - Longer: `scripts/fuzz.sh 3600` (an hour per target), or one target:
   `FUZZ_TARGETS=proto_decode scripts/fuzz.sh 600`.
 - Seeds are generated (`scripts/fuzz.sh --regen-seeds`); a crash is written to
