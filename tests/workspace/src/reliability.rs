@@ -482,8 +482,8 @@ suite in `core/tests/prop_*.rs`. Each target must never panic, and checks more t
 | image_reference | arbitrary text as an image reference | an accepted reference's repository has no empty, `.` or `..` component, and the name it is listed under parses again to the same registry, repository and tag |
 
 - CI: `scripts/fuzz.sh --ci` (run by `.ci/run`): 200 000 inputs per target from a fixed
-  seed and the committed seeds only, so a commit fuzzes the same way on every run and a
-  failure replays with the same command; finding new bugs is the long runs' job.
+  seed and the committed seeds only (not bit-for-bit repeatable: the targets' hash maps
+  are randomly seeded); finding new bugs is the long runs' job, before a change lands.
 - Longer: `scripts/fuzz.sh 3600` (an hour per target), or one target:
   `FUZZ_TARGETS=proto_decode scripts/fuzz.sh 600`.
 - Seeds are generated (`scripts/fuzz.sh --regen-seeds`); a crash is written to
