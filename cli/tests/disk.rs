@@ -176,3 +176,27 @@ fn disk_sizes_out_of_range_are_refused_at_create_naming_the_limits() {
         assert!(env.box_dirs().is_empty(), "--disk-size {size} left a box");
     }
 }
+
+/// A backend that keeps its writes in a directory refuses `--disk-size`, naming it, and
+/// suggests no other backend: `host` refuses it too (a hint to less isolation that would
+/// not even take the setting misleads). The control: a backend that cannot run here at
+/// all still gets its hint.
+#[test]
+fn a_refused_disk_size_names_the_setting_and_suggests_no_backend_that_refuses_it_too() {
+    let env = Env::new();
+    let o = run(boxsock(&env).args(["--backend", "sandbox", "create", "--disk-size", "1g"]));
+    let err = text(&o.stderr);
+    assert!(!o.status.success(), "sandbox took --disk-size: {err}");
+    assert!(err.contains("disk_size"), "{err}");
+    assert!(!err.contains("try --backend"), "a refused setting got a backend hint: {err}");
+    assert!(env.box_dirs().is_empty(), "the refused create left a box");
+    let o = run(boxsock(&env).args([
+        "--backend",
+        "libkrun",
+        "--backend-option",
+        "shim=/nonexistent/boxsock-krun-shim",
+        "create",
+    ]));
+    let err = text(&o.stderr);
+    assert!(!o.status.success() && err.contains("try --backend sandbox"), "{err}");
+}

@@ -340,11 +340,14 @@ fn backend_hint(e: RuntimeError, g: &Global) -> Failure {
             | RuntimeError::BackendUnavailable { .. }
     ) && g.backend != "host"
         && msg.contains(&g.backend)
-        // A setting the backend refuses (too many volumes…) is not fixed by another
-        // backend that honours less.
+        // A setting the backend refuses (too many volumes, a disk size where writes go
+        // to a directory…) is not fixed by another backend that honours less.
         && !matches!(
             &e,
-            RuntimeError::Backend(boxsock_core::backend::BackendError::BadSetting { .. })
+            RuntimeError::Backend(
+                boxsock_core::backend::BackendError::BadSetting { .. }
+                    | boxsock_core::backend::BackendError::Unsupported { .. }
+            )
         );
     // Never a silent fallback to less isolation: the user chooses, told what each gives.
     let suggestion = if g.backend == "sandbox" {
