@@ -203,6 +203,14 @@ fn create_with_a_command_stores_it_and_start_a_runs_it_with_its_env_and_workdir(
         assert_eq!(stderr(&o), "err\n");
         assert_eq!(json(boxsock(&env).args(["inspect", "--json", &id]))["state"], "stopped");
     }
+    // An exec without -w runs in the box's working directory, as `docker exec` does;
+    // -w still wins.
+    ok(boxsock(&env).args(["start", &id]));
+    let o = run(boxsock(&env).args(["exec", "job", "--", "pwd"]));
+    assert_eq!(stdout(&o), format!("{}\n", dir.display()), "{}", stderr(&o));
+    let o = run(boxsock(&env).args(["exec", "-w", "/", "job", "--", "pwd"]));
+    assert_eq!(stdout(&o), "/\n", "{}", stderr(&o));
+    ok(boxsock(&env).args(["stop", "job"]));
     // -i forwards stdin to it.
     let cat = host_box(&env, &["--", "tr", "a-z", "A-Z"]);
     let mut child = boxsock(&env)

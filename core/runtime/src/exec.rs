@@ -246,7 +246,9 @@ impl<'rt> Command<'rt> {
         self
     }
 
-    /// The working directory in the box (absolute).
+    /// The working directory in the box (absolute). Default: the box's own
+    /// ([`crate::BoxProcess::cwd`], an image's `WorkingDir` or `create -w`), else the
+    /// agent's.
     pub fn current_dir(&mut self, dir: impl Into<String>) -> &mut Self {
         self.cwd = Some(dir.into());
         self
@@ -294,14 +296,16 @@ impl<'rt> Command<'rt> {
         self
     }
 
-    fn request(&self, stdin: Stdio, box_user: Option<&str>) -> ExecRequest {
+    /// The request, with the box's own process's user and working directory
+    /// ([`crate::BoxProcess`]) where this command sets none, as `docker exec` does.
+    fn request(&self, stdin: Stdio, box_process: &crate::BoxProcess) -> ExecRequest {
         ExecRequest {
             argv: self.argv.clone(),
             env: self.env.clone(),
             stdin: stdin != Stdio::Null,
-            cwd: self.cwd.clone(),
+            cwd: self.cwd.clone().or_else(|| box_process.cwd.clone()),
             tty: self.tty,
-            user: self.user.clone().or_else(|| box_user.map(str::to_owned)),
+            user: self.user.clone().or_else(|| box_process.user.clone()),
         }
     }
 
@@ -309,7 +313,7 @@ impl<'rt> Command<'rt> {
     /// failures (box id and agent address).
     async fn start(&self, stdin: Stdio) -> Result<(ExecWriter, ExecReader, Fail), RuntimeError> {
         let (rec, client, address) = self.rt.inner.connect_agent(&self.box_id).await?;
-        let request = self.request(stdin, rec.config.process.user.as_deref());
+        let request = self.request(stdin, &rec.config.process);
         let fail = Fail { id: rec.id, address };
         match client.start_exec(request).await {
             Ok((w, r)) => Ok((w, r, fail)),

@@ -518,7 +518,7 @@ mod tests {
         let s = serde_json::to_string(&b).unwrap();
         assert!(!s.contains("\"Ok\"") && !s.contains("\"Err\""), "{s}");
         let want = format!(
-            r#"{{"name":"x","summary":"s","available":true,"reason":null,"launch_available":true,"isolation":null,"address_needs":null,"strategies":[{{"strategy":"a","compatible":true,"reason":null}},{{"strategy":"b","compatible":false,"reason":{}}}]}}"#,
+            r#"{{"name":"x","summary":"s","available":true,"reason":null,"launch_available":true,"isolation":null,"address_needs":null,"probes":[],"strategies":[{{"strategy":"a","compatible":true,"reason":null}},{{"strategy":"b","compatible":false,"reason":{}}}]}}"#,
             serde_json::to_string(&why).unwrap()
         );
         assert_eq!(s, want);

@@ -47,7 +47,8 @@ pub struct BoxProcess {
     /// The command's environment, on top of the box's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<(String, String)>,
-    /// The command's working directory in the box (absolute); `None`: the agent's.
+    /// The command's working directory in the box (absolute), and every `exec`'s
+    /// without one of its own (as `docker exec`); `None`: the agent's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
     /// The user (`uid`, `uid:gid`, `name`, `name:group`, resolved in the box) the
