@@ -326,12 +326,29 @@ impl Inner {
                 log_tail: log_tail(),
             }),
             i = first_exit(&companion_handles) => {
+                // A box process that ends takes its companions with it (passt exits
+                // when the VMM's end of its socket closes), and which exit is seen
+                // first is a race: when the box's process ends too, within a moment,
+                // it is the cause and is reported as such.
+                if tokio::time::timeout(COMPANION_EXIT_GRACE, handle.wait_exit()).await.is_ok() {
+                    return Err(RuntimeError::ExitedBeforeReady {
+                        id: id.clone(),
+                        pid: ident.pid,
+                        exit_code: handle.exit_code(),
+                        address: ready_addr,
+                        log_tail: log_tail(),
+                    });
+                }
                 let h = &companion_handles[i];
                 Err(companion_exited(h.identity().pid, h.exit_code()))
             }
         }
     }
 }
+
+/// How long a companion's exit before readiness waits for the box's process to be seen
+/// exiting too (then the box's exit is what `start` reports).
+const COMPANION_EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// `pid`'s number in its innermost PID namespace (the last field of `NSpid` in
 /// `/proc/<pid>/status`), for a box process that is the init of a namespace of its own.
