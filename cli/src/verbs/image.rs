@@ -273,6 +273,19 @@ fn read_line_blocking() -> std::io::Result<String> {
 /// terminal is restored on every path, SIGINT and SIGTERM included (they end the prompt
 /// with 130 or 143 instead of killing this process with echo off).
 async fn prompt_password() -> Result<String, Failure> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // The handlers first: a Ctrl-C typed as soon as the prompt shows must reach them,
+    // not the default action, which would end this process with echo still off.
+    let (mut int, mut term) =
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(i), Ok(t)) => (i, t),
+            (Err(e), _) | (_, Err(e)) => {
+                return Err(Failure(
+                    format!("cannot handle SIGINT and SIGTERM: {e}"),
+                    exit::FAILED,
+                ));
+            }
+        };
     // Echo off before the prompt shows: nothing typed after it is ever echoed.
     let quiet = crate::tty::NoEcho::enter()
         .map_err(|e| Failure(format!("cannot turn the terminal's echo off: {e}"), exit::FAILED))?;
@@ -291,11 +304,15 @@ async fn prompt_password() -> Result<String, Failure> {
         .map_err(|e| Failure(format!("cannot read the terminal: {e}"), exit::FAILED))?;
     let read = tokio::select! {
         r = rx => r,
-        sig = super::interrupted() => {
+        _ = int.recv() => {
             drop(quiet);
             errln!("");
-            let code = if sig == "SIGINT" { 130 } else { 143 };
-            return Err(Failure(String::new(), code));
+            return Err(Failure(String::new(), 130));
+        }
+        _ = term.recv() => {
+            drop(quiet);
+            errln!("");
+            return Err(Failure(String::new(), 143));
         }
     };
     drop(quiet);
