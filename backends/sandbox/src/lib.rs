@@ -42,6 +42,8 @@ pub mod cgroup;
 #[cfg(target_os = "linux")]
 pub mod child;
 #[cfg(target_os = "linux")]
+pub mod clone;
+#[cfg(target_os = "linux")]
 pub mod net;
 #[cfg(target_os = "linux")]
 pub mod privs;
@@ -68,7 +70,6 @@ use boxsock_core::echo;
 use boxsock_core::id::BoxId;
 use boxsock_core::layout::BoxLayout;
 use boxsock_core::registry::BackendRegistration;
-use boxsock_core::spawn::Spawn;
 use boxsock_core::{Backend, SocketSpec, catalogue};
 
 /// The registered name.
@@ -244,25 +245,53 @@ fn make_dirs(layout: &BoxLayout, id: &BoxId) -> std::io::Result<()> {
     fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
 }
 
-/// Restores the calling thread's namespace for new children when dropped.
-struct PidNsForChildren {
-    own: File,
-}
-
-impl PidNsForChildren {
-    /// From now on this thread's children are born into a new PID namespace.
-    fn enter_new() -> std::io::Result<Self> {
-        let own = File::open("/proc/thread-self/ns/pid")?;
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)?;
-        Ok(PidNsForChildren { own })
+/// Make every directory under `dir` (not following symlinks) readable, writable and
+/// searchable by its owner, so that a user who is not root can remove the tree.
+fn open_up(dir: &Path) {
+    let Ok(meta) = fs::symlink_metadata(dir) else { return };
+    if !meta.is_dir() {
+        return;
+    }
+    if meta.permissions().mode() & 0o700 != 0o700 {
+        let mode = meta.permissions().mode() | 0o700;
+        if let Err(e) = fs::set_permissions(dir, fs::Permissions::from_mode(mode)) {
+            tracing::warn!(dir = %echo::path(dir), error = %e, "cannot open up for removal");
+            return;
+        }
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                open_up(&e.path());
+            }
+        }
     }
 }
 
-impl Drop for PidNsForChildren {
-    fn drop(&mut self) {
-        // Back to the thread's own PID namespace for its later children.
-        if let Err(e) = nix::sched::setns(self.own.as_fd(), nix::sched::CloneFlags::CLONE_NEWPID) {
-            tracing::error!(error = %e, "cannot restore the thread's PID namespace for children");
+/// Whether this runtime runs boxes rootless: in a user namespace of their own, where
+/// the runtime's user is root and nobody else is mapped (decision 0026).
+pub fn rootless() -> bool {
+    !nix::unistd::geteuid().is_root()
+}
+
+/// The uids the agent accepts as peers, as the agent sees them. As root, the runtime's
+/// allowed uids (the runtime's own when none). Rootless, the agent sees the runtime's
+/// user as 0 and every other host user as the overflow uid (65534): only 0 is allowed,
+/// and a host uid that is not the runtime's cannot be told apart inside, so it is
+/// dropped (logged), never passed through as a number the overflow uid could match.
+pub fn allowed_uids(peer_uids: &[u32], user: Option<clone::UserMap>) -> Vec<u32> {
+    match user {
+        None if peer_uids.is_empty() => vec![nix::unistd::geteuid().as_raw()],
+        None => peer_uids.to_vec(),
+        Some(u) => {
+            for &other in peer_uids.iter().filter(|&&p| p != u.uid) {
+                tracing::warn!(
+                    uid = other,
+                    "a rootless box's agent cannot tell this user from any other host user \
+                     (only the runtime's user is mapped): not allowed"
+                );
+            }
+            vec![0]
         }
     }
 }
@@ -293,11 +322,12 @@ impl Backend for SandboxBackend {
         vec![
             boxsock_core::backend::Probe::new(
                 "root",
-                root,
+                true,
                 if root {
-                    "running as root"
+                    "running as root: boxes run in the host's user namespace"
                 } else {
-                    "not root: the rootless mode is not built yet"
+                    "not root: boxes run rootless, in a user namespace of their own where \
+                     this user is root (only it is mapped)"
                 },
             ),
             probe::namespaces(),
@@ -313,12 +343,15 @@ impl Backend for SandboxBackend {
         if let Err(e) = self.find_agent() {
             return Availability::Unavailable { reason: e.to_string() };
         }
-        if !nix::unistd::geteuid().is_root() {
-            return Availability::Unavailable {
-                reason: "the sandbox backend needs root for now (its rootless mode, through a \
-                         user namespace, is not built yet); run as root or use --backend host"
-                    .into(),
-            };
+        if rootless() {
+            if let Err(why) = probe::unprivileged_userns() {
+                return Availability::Unavailable {
+                    reason: format!(
+                        "not root, and the rootless mode needs a user namespace: {why}; \
+                         run as root or use --backend host"
+                    ),
+                };
+            }
         }
         Availability::Available
     }
@@ -370,6 +403,14 @@ impl Backend for SandboxBackend {
                 });
             }
         }
+        if rootless() && !settings.volumes.is_empty() {
+            return Err(bad(
+                "volumes",
+                "not yet in a rootless box (not root: a volume's detached mount is made \
+                 before the box's user namespace exists, which needs root); run as root"
+                    .into(),
+            ));
+        }
         for v in &settings.volumes {
             let nul = |p: &Path| p.as_os_str().as_bytes().contains(&0);
             if nul(&v.host) || nul(&v.guest) {
@@ -419,6 +460,12 @@ impl Backend for SandboxBackend {
     /// Its cgroups go (the box has no tasks left); a later launch in the home sweeps
     /// any a crash left.
     fn removing(&self, layout: &BoxLayout, id: &BoxId) {
+        if rootless() {
+            // The box's root made directories the user cannot list or write (overlay's
+            // `work/work` is mode 0; `mkdir -m 0` in the box): all are the user's (no
+            // other uid is mapped), so opening them up lets the box's directory go.
+            open_up(&layout.box_dir(id).join("sandbox"));
+        }
         if let Ok(h) = cgroup::Hierarchy::detect() {
             cgroup::remove(&h, &cgroup::cgroup_name(layout.home(), id.as_str()));
         }
@@ -473,25 +520,23 @@ impl Backend for SandboxBackend {
 
         let in_box = |name: &str| format!("{}/{name}", base::BOX_DIR);
         let mut cmd = if base.dynamic {
-            let mut c = Spawn::new(in_box(base::LOADER));
+            let mut c = clone::BoxExec::new(in_box(base::LOADER));
             c.arg("--library-path").arg(base::BOX_DIR).arg(in_box(base::AGENT));
             c
         } else {
-            Spawn::new(in_box(base::AGENT))
+            clone::BoxExec::new(in_box(base::AGENT))
         };
         cmd.arg("--agent-fd").arg(AGENT_FD.to_string()).arg("--ready-fd").arg(READY_FD.to_string());
-        let mut uids = spec.sockets.peer_uids().map(<[u32]>::to_vec).unwrap_or_default();
-        if uids.is_empty() {
-            uids.push(nix::unistd::geteuid().as_raw());
-        }
-        for uid in &uids {
+        let user = rootless().then(clone::UserMap::current);
+        for uid in allowed_uids(spec.sockets.peer_uids().unwrap_or_default(), user) {
             cmd.arg("--allow-uid").arg(uid.to_string());
         }
-        cmd.env_clear()
-            .envs([("PATH", BOX_PATH), ("HOME", "/root")])
-            .envs(spec.env.iter().map(|(k, v)| (k, v)));
+        cmd.env("PATH", BOX_PATH).env("HOME", "/root");
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
         if let Ok(filter) = std::env::var("RUST_LOG") {
-            cmd.envs([("RUST_LOG", filter)]);
+            cmd.env("RUST_LOG", filter);
         }
         cmd.log_file(&spec.log_file)
             .map_err(|e| {
@@ -502,17 +547,11 @@ impl Backend for SandboxBackend {
                     e.into_io()
                 ))
             })?
-            .hand(agent.as_fd(), AGENT_FD)
-            .hand(ready.as_fd(), READY_FD);
-        // SAFETY: `Plan::run` makes only raw system calls on data built before the fork
-        // (see the `child` module), as pre_exec requires.
-        unsafe { cmd.pre_exec(move || plan.run()) };
+            .hand(agent.as_fd().as_raw_fd(), AGENT_FD)
+            .hand(ready.as_fd().as_raw_fd(), READY_FD);
         // The child's setup writes its failing step to the log: read from here on.
         let log_len = fs::metadata(&spec.log_file).map(|m| m.len()).unwrap_or(0);
         let process = {
-            let _pidns = PidNsForChildren::enter_new().map_err(|e| {
-                self.spec_error(format!("box {}: cannot make a PID namespace: {e}", spec.id))
-            })?;
             // ETXTBSY: the agent's loader is executed while some process holds it open
             // for writing. That is another thread's fork child which inherited the
             // descriptor of a base being copied (this home's or another's) and has not
@@ -521,7 +560,9 @@ impl Backend for SandboxBackend {
             // bounded (CI failed once on it, `limits` tests in parallel).
             let mut busy = 0;
             loop {
-                match cmd.spawn() {
+                // `Plan::run` makes only raw system calls on data built before the
+                // clone (see the `child` module), as the child requires.
+                match clone::spawn(&cmd, libc::CLONE_NEWPID, user, &|| plan.run()) {
                     Err(boxsock_core::spawn::SpawnError::Spawn { ref source, .. })
                         if source.raw_os_error() == Some(libc::ETXTBSY) && busy < 200 =>
                     {
