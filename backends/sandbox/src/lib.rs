@@ -482,6 +482,15 @@ impl Backend for SandboxBackend {
                 spec.id
             )));
         }
+        if spec.network && rootless() {
+            net::rootless_tun().map_err(|why| {
+                self.spec_error(format!(
+                    "box {}: a rootless box's network (pasta) cannot run here: {why}; run \
+                     as root, or without --network and ports",
+                    spec.id
+                ))
+            })?;
+        }
         // Before anything is spawned: a port another process holds fails the start at
         // once, naming its holder (checked again just before pasta binds them).
         boxsock_core::ports::check_all_free(&spec.settings.ports).map_err(net::port_error)?;
@@ -594,9 +603,9 @@ impl Backend for SandboxBackend {
                 ))
             });
             let pasta = net::pasta_binary(self.config.options.get("pasta"));
-            match made
-                .and_then(|_| net::start(&pasta, process.pid(), &netns, &log, &spec.settings.ports))
-            {
+            match made.and_then(|_| {
+                net::start(&pasta, process.pid(), &netns, &log, &spec.settings.ports, rootless())
+            }) {
                 Ok(p) => companions.push(p),
                 Err(e) => {
                     process.kill_and_reap();

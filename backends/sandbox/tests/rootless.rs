@@ -152,6 +152,9 @@ fn run_as_user(env: &Env, test: &str) -> String {
     let o = env.as_user(USER, test, "user").output().unwrap();
     let out = text(&o.stdout);
     assert!(o.status.success() && out.contains("ROLE OK"), "{}", show(&o));
+    for l in out.lines().filter(|l| l.contains("refused") || l.contains("failed:")) {
+        println!("as uid {USER}: {l}");
+    }
     out
 }
 
@@ -400,4 +403,42 @@ fn naive_agent_is_reached(env: &Env) -> String {
         eprintln!("naive agent: {}", text(&o.stderr));
     }
     result
+}
+
+/// `--network` rootless: pasta must open `/dev/net/tun` inside the box's user
+/// namespace, where a device only root may open (mode 0600, as on the build machines)
+/// opens for nobody. Then the start fails naming the device and why; where the device
+/// is open to all, the box gets its default route.
+#[test]
+fn a_rootless_network_runs_or_is_refused_naming_dev_net_tun() {
+    let Some((_, user)) = User::from_env() else {
+        let env = Env::new();
+        run_as_user(&env, "a_rootless_network_runs_or_is_refused_naming_dev_net_tun");
+        return;
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let open_to_all =
+        std::fs::metadata("/dev/net/tun").is_ok_and(|m| m.permissions().mode() & 0o006 == 0o006);
+    block_on(async {
+        let rt = user.runtime().await;
+        let mut opts = user.sandbox("short-symlink");
+        opts.network = true;
+        let rec = rt.create(opts).await.unwrap();
+        let id = rec.id.as_str().to_owned();
+        match rt.start(&id).await {
+            Ok(_) => {
+                assert!(open_to_all, "started though /dev/net/tun is not open to all");
+                let o = sh(&rt, &id, "cat /proc/net/route").await;
+                assert!(text(&o.stdout).contains("00000000"), "{}", shown(&o));
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(!open_to_all, "/dev/net/tun is open to all, yet: {msg}");
+                assert!(msg.contains("/dev/net/tun") && msg.contains("0600"), "{msg}");
+                println!("refused: {msg}");
+            }
+        }
+        rt.remove(&id, true).await.unwrap();
+    });
+    println!("ROLE OK");
 }
