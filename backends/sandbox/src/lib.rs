@@ -4,11 +4,15 @@
 //! nested virtualisation) — but the host's kernel is shared: a kernel bug is an escape.
 //! Decision 0021 says what it isolates and what a VM isolates that it does not.
 //!
-//! **The box's process is the agent itself.** The backend spawns it with the core's
-//! [`Spawn`] from a thread whose children go into a new PID namespace, so the process
-//! the runtime owns (pid, start time and pidfd captured at spawn) is the agent, PID 1
-//! of the box; it is the runtime's direct child, reaped by it, and it leads its own
-//! session. Between fork and exec the child builds the rest ([`child::Plan`]): the
+//! **The box's process is the agent itself.** The backend spawns it with `clone(2)`
+//! carrying its PID namespace ([`clone`]), so the process the runtime owns (pid, start
+//! time and pidfd captured at spawn) is the agent, PID 1 of the box; it is the
+//! runtime's direct child, reaped by it, and it leads its own session.
+//!
+//! **Rootless** ([`rootless`]): a runtime that is not root gives the box a user
+//! namespace of its own in the same `clone`, where the runtime's user is root and
+//! nobody else is mapped; the agent then accepts only that peer (uid 0), never the
+//! overflow uid every other host user reads as (decision 0026). Between fork and exec the child builds the rest ([`child::Plan`]): the
 //! namespaces, the root and the privileges. When it dies, the kernel kills every
 //! process of the box (the PID namespace ends with its init).
 //!
