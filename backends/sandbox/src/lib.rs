@@ -407,14 +407,6 @@ impl Backend for SandboxBackend {
                 });
             }
         }
-        if rootless() && !settings.volumes.is_empty() {
-            return Err(bad(
-                "volumes",
-                "not yet in a rootless box (not root: a volume's detached mount is made \
-                 before the box's user namespace exists, which needs root); run as root"
-                    .into(),
-            ));
-        }
         for v in &settings.volumes {
             let nul = |p: &Path| p.as_os_str().as_bytes().contains(&0);
             if nul(&v.host) || nul(&v.guest) {
@@ -527,7 +519,7 @@ impl Backend for SandboxBackend {
             .map_err(|e| self.spec_error(format!("box {}: {e}", spec.id)))?;
         let cgroups = self.cgroups(spec)?;
         let procs = cgroups.as_ref().map(|c| c.raw_procs()).unwrap_or_default();
-        let volumes = volume::prepare(&spec.settings.volumes)
+        let volumes = volume::prepare(&spec.settings.volumes, rootless())
             .map_err(|e| self.spec_error(format!("box {}: {e}", spec.id)))?;
         let plan = child::Plan::new(&dirs, spec.id.as_str(), privileges, procs, volumes);
 

@@ -442,3 +442,74 @@ fn a_rootless_network_runs_or_is_refused_naming_dev_net_tun() {
     });
     println!("ROLE OK");
 }
+
+/// Volumes rootless: a directory of the user's, bound into the box (cloned in the
+/// box's own mount namespace after the same no-symlink open; decision 0026): the box
+/// writes the rw one (the file is the user's on the host) and cannot write the `:ro`
+/// one, whose host copy stays unchanged; a host directory swapped for a symlink after
+/// create fails the start naming the volume, the target never shown.
+#[test]
+fn rootless_volumes_are_bound_rw_and_ro_and_a_swapped_one_fails() {
+    let Some((_, user)) = User::from_env() else {
+        let env = Env::new();
+        for d in ["rw", "ro", "swap", "target"] {
+            let p = env.tmp.path().join("vol").join(d);
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::write(p.join("host-file"), format!("{d}\n")).unwrap();
+        }
+        chown_tree(&env.tmp.path().join("vol"), USER);
+        run_as_user(&env, "rootless_volumes_are_bound_rw_and_ro_and_a_swapped_one_fails");
+        return;
+    };
+    use boxsock_core::settings::Volume;
+    let vol = user.dir.join("vol");
+    block_on(async {
+        let rt = user.runtime().await;
+        let opts = CreateOptions::builder()
+            .strategy("short-symlink")
+            .backend("sandbox")
+            .rootfs(user.root())
+            .volume(Volume::new(vol.join("rw"), "/data", false))
+            .volume(Volume::new(vol.join("ro"), "/srv/ro", true))
+            .build();
+        let rec = rt.create(opts).await.unwrap();
+        let id = rec.id.as_str().to_owned();
+        rt.start(&id).await.unwrap();
+        let o = sh(&rt, &id, "cat /data/host-file /srv/ro/host-file; echo box > /data/made").await;
+        assert_eq!(text(&o.stdout), "rw\nro\n", "{}", shown(&o));
+        let m = std::fs::metadata(vol.join("rw/made")).unwrap();
+        assert_eq!(
+            (m.uid(), std::fs::read_to_string(vol.join("rw/made")).unwrap()),
+            (USER, "box\n".into())
+        );
+        let o = sh(
+            &rt,
+            &id,
+            "echo x > /srv/ro/host-file || echo REFUSED; touch /srv/ro/new || echo REFUSED",
+        )
+        .await;
+        assert_eq!(text(&o.stdout), "REFUSED\nREFUSED\n", "{}", shown(&o));
+        assert_eq!(std::fs::read_to_string(vol.join("ro/host-file")).unwrap(), "ro\n");
+        assert!(!vol.join("ro/new").exists());
+        rt.remove(&id, true).await.unwrap();
+        // A host directory swapped for a symlink after create.
+        let opts = CreateOptions::builder()
+            .strategy("short-symlink")
+            .backend("sandbox")
+            .rootfs(user.root())
+            .volume(Volume::new(vol.join("swap"), "/data", false))
+            .build();
+        let rec = rt.create(opts).await.unwrap();
+        std::fs::rename(vol.join("swap"), vol.join("swap-old")).unwrap();
+        symlink(vol.join("target"), vol.join("swap")).unwrap();
+        // Control: a path-based open of the stored path reaches the link's target.
+        let naive = std::fs::read_to_string(vol.join("swap/host-file")).unwrap();
+        assert_eq!(naive, "target\n", "control: the swap redirects a path-based open");
+        let e = rt.start(rec.id.as_str()).await.expect_err("started through a swapped volume");
+        let msg = e.to_string();
+        assert!(msg.contains("without following a") && msg.contains("swap"), "{msg}");
+        println!("refused: {msg}");
+        rt.remove(rec.id.as_str(), true).await.unwrap();
+    });
+    println!("ROLE OK");
+}
