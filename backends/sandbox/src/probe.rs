@@ -164,7 +164,18 @@ pub fn pasta(binary: &Path) -> Probe {
             .and_then(|p| std::env::split_paths(&p).map(|d| d.join(binary)).find(|c| c.is_file()))
     };
     match found {
-        Some(p) => Probe::new("pasta", true, format!("{} (for --network and -p)", p.display())),
+        Some(p) => match (nix::unistd::geteuid().is_root(), crate::net::rootless_tun()) {
+            (false, Err(why)) => Probe::new(
+                "pasta",
+                false,
+                format!(
+                    "{}, but a rootless box cannot use it: {why}; boxes run, but not with \
+                     --network or -p",
+                    p.display()
+                ),
+            ),
+            _ => Probe::new("pasta", true, format!("{} (for --network and -p)", p.display())),
+        },
         None => Probe::new(
             "pasta",
             false,
