@@ -249,29 +249,6 @@ fn make_dirs(layout: &BoxLayout, id: &BoxId) -> std::io::Result<()> {
     fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
 }
 
-/// Make every directory under `dir` (not following symlinks) readable, writable and
-/// searchable by its owner, so that a user who is not root can remove the tree.
-fn open_up(dir: &Path) {
-    let Ok(meta) = fs::symlink_metadata(dir) else { return };
-    if !meta.is_dir() {
-        return;
-    }
-    if meta.permissions().mode() & 0o700 != 0o700 {
-        let mode = meta.permissions().mode() | 0o700;
-        if let Err(e) = fs::set_permissions(dir, fs::Permissions::from_mode(mode)) {
-            tracing::warn!(dir = %echo::path(dir), error = %e, "cannot open up for removal");
-            return;
-        }
-    }
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                open_up(&e.path());
-            }
-        }
-    }
-}
-
 /// Whether this runtime runs boxes rootless: in a user namespace of their own, where
 /// the runtime's user is root and nobody else is mapped (decision 0026).
 pub fn rootless() -> bool {
@@ -456,12 +433,6 @@ impl Backend for SandboxBackend {
     /// Its cgroups go (the box has no tasks left); a later launch in the home sweeps
     /// any a crash left.
     fn removing(&self, layout: &BoxLayout, id: &BoxId) {
-        if rootless() {
-            // The box's root made directories the user cannot list or write (overlay's
-            // `work/work` is mode 0; `mkdir -m 0` in the box): all are the user's (no
-            // other uid is mapped), so opening them up lets the box's directory go.
-            open_up(&layout.box_dir(id).join("sandbox"));
-        }
         if let Ok(h) = cgroup::Hierarchy::detect() {
             cgroup::remove(&h, &cgroup::cgroup_name(layout.home(), id.as_str()));
         }

@@ -29,7 +29,8 @@ const DIR: &str = "SANDBOX_ROOTLESS_DIR";
 const HELPERS: &str = "SANDBOX_ROOTLESS_HELPERS";
 const NAME: &str = "SANDBOX_ROOTLESS_NAME";
 
-const APPLETS: &[&str] = &["sh", "cat", "echo", "ls", "kill", "id", "touch", "grep", "wc", "stat"];
+const APPLETS: &[&str] =
+    &["sh", "cat", "echo", "ls", "kill", "id", "touch", "grep", "wc", "stat", "mkdir", "chmod"];
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -195,6 +196,10 @@ fn a_rootless_box_is_root_inside_isolated_and_the_user_outside() {
             sh(&rt, &id, "echo w > /bin/made-here && touch /made-here && cat /bin/made-here").await;
         assert_eq!(text(&o.stdout), "w\n", "{}", shown(&o));
         assert!(!user.root().join("bin/made-here").exists(), "the lower was written");
+        // A directory the user cannot list on the host (the box's root may make one):
+        // the removal below still takes the box's directory.
+        let o = sh(&rt, &id, "mkdir -p /locked/in && chmod 0 /locked && echo LOCKED").await;
+        assert_eq!(text(&o.stdout), "LOCKED\n", "{}", shown(&o));
         let upper = user.home().join("boxes").join(&id).join("sandbox/upper");
         for f in ["bin/made-here", "made-here"] {
             let m = std::fs::metadata(upper.join(f)).unwrap();
@@ -214,6 +219,7 @@ fn a_rootless_box_is_root_inside_isolated_and_the_user_outside() {
         let o = rt.command(&id, "/bin/id").arg("-u").user("0").output().await.unwrap();
         assert_eq!(text(&o.stdout), "0\n", "{}", shown(&o));
         rt.remove(&id, true).await.unwrap();
+        assert!(!user.home().join("boxes").join(&id).exists(), "the box's directory stayed");
     });
     println!("ROLE OK");
 }
