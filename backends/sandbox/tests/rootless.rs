@@ -91,6 +91,24 @@ impl Env {
 struct User {
     dir: PathBuf,
     helpers: PathBuf,
+    /// The boxes' processes, killed if the test fails before removing them (a box
+    /// outlives the role's process otherwise).
+    pids: std::sync::Mutex<Vec<i32>>,
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        // Only on a failure: after a test's own removals the pids may be reused.
+        if !std::thread::panicking() {
+            return;
+        }
+        for pid in self.pids.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 impl User {
@@ -99,7 +117,7 @@ impl User {
         assert_eq!(nix::unistd::geteuid().as_raw() as u64, role_uid(&role), "role {role}");
         let dir = std::env::var_os(DIR).unwrap().into();
         let helpers = std::env::var_os(HELPERS).unwrap().into();
-        Some((role, User { dir, helpers }))
+        Some((role, User { dir, helpers, pids: Default::default() }))
     }
 
     fn root(&self) -> PathBuf {
@@ -125,6 +143,15 @@ impl User {
         o.backend_config =
             BackendConfig { helper_dir: Some(self.helpers.clone()), ..Default::default() };
         Runtime::open(&self.home(), o).await.unwrap().0
+    }
+
+    /// Start box `id` and remember its process.
+    async fn start(&self, rt: &Runtime, id: &str) -> Result<(), boxsock_runtime::RuntimeError> {
+        rt.start(id).await?;
+        if let Some(pid) = rt.inspect(id).ok().and_then(|i| i.pid) {
+            self.pids.lock().unwrap().push(pid);
+        }
+        Ok(())
     }
 
     fn sandbox(&self, strategy: &str) -> CreateOptions {
@@ -174,7 +201,7 @@ fn a_rootless_box_is_root_inside_isolated_and_the_user_outside() {
         let rt = user.runtime().await;
         let rec = rt.create(user.sandbox("short-symlink")).await.unwrap();
         let id = rec.id.as_str().to_owned();
-        rt.start(&id).await.unwrap();
+        user.start(&rt, &id).await.unwrap();
         let me = std::process::id();
         let o = sh(&rt, &id, "id -u; id -g").await;
         assert_eq!(text(&o.stdout), "0\n0\n", "{}", shown(&o));
@@ -187,7 +214,7 @@ fn a_rootless_box_is_root_inside_isolated_and_the_user_outside() {
         // Control: the same user's `host` box signals and sees this process.
         let host = CreateOptions::builder().strategy("short-symlink").backend("host").build();
         let h = rt.create(host).await.unwrap();
-        rt.start(h.id.as_str()).await.unwrap();
+        user.start(&rt, h.id.as_str()).await.unwrap();
         let o = sh(&rt, h.id.as_str(), &format!("kill -0 {me} && ls -d /proc/{me}")).await;
         assert!(o.status.success(), "control: a host box signals {me}: {}", shown(&o));
         rt.remove(h.id.as_str(), true).await.unwrap();
@@ -317,7 +344,7 @@ fn another_user_cannot_reach_a_rootless_box_agent_control_own_user_and_naive_age
             let rt = user.runtime().await;
             let rec = rt.create(user.sandbox("abstract")).await.unwrap();
             let id = rec.id.as_str().to_owned();
-            rt.start(&id).await.unwrap();
+            user.start(&rt, &id).await.unwrap();
             let info = rt.inspect(&id).unwrap();
             let agent = info
                 .sockets
@@ -430,7 +457,7 @@ fn a_rootless_network_runs_or_is_refused_naming_dev_net_tun() {
         opts.network = true;
         let rec = rt.create(opts).await.unwrap();
         let id = rec.id.as_str().to_owned();
-        match rt.start(&id).await {
+        match user.start(&rt, &id).await {
             Ok(_) => {
                 assert!(open_to_all, "started though /dev/net/tun is not open to all");
                 let o = sh(&rt, &id, "cat /proc/net/route").await;
@@ -479,7 +506,7 @@ fn rootless_volumes_are_bound_rw_and_ro_and_a_swapped_one_fails() {
             .build();
         let rec = rt.create(opts).await.unwrap();
         let id = rec.id.as_str().to_owned();
-        rt.start(&id).await.unwrap();
+        user.start(&rt, &id).await.unwrap();
         let o = sh(&rt, &id, "cat /data/host-file /srv/ro/host-file; echo box > /data/made").await;
         assert_eq!(text(&o.stdout), "rw\nro\n", "{}", shown(&o));
         let m = std::fs::metadata(vol.join("rw/made")).unwrap();
@@ -510,7 +537,8 @@ fn rootless_volumes_are_bound_rw_and_ro_and_a_swapped_one_fails() {
         // Control: a path-based open of the stored path reaches the link's target.
         let naive = std::fs::read_to_string(vol.join("swap/host-file")).unwrap();
         assert_eq!(naive, "target\n", "control: the swap redirects a path-based open");
-        let e = rt.start(rec.id.as_str()).await.expect_err("started through a swapped volume");
+        let e =
+            user.start(&rt, rec.id.as_str()).await.expect_err("started through a swapped volume");
         let msg = e.to_string();
         assert!(msg.contains("without following a") && msg.contains("swap"), "{msg}");
         println!("refused: {msg}");
