@@ -172,10 +172,10 @@ fn create_image_pins_it_and_start_shares_its_root() {
 #[test]
 fn the_sandbox_backend_runs_an_image() {
     if !nix::unistd::geteuid().is_root() {
-        // The sandbox backend is unavailable to other users until its rootless mode.
+        // Its rootless twin is the test below (run by root, playing uid 65534).
         boxsock_test_support::skip(
             boxsock_test_support::Need::Root,
-            "the_sandbox_backend_runs_an_image: the sandbox backend needs root",
+            "the_sandbox_backend_runs_an_image: this one runs the box as root",
         );
         return;
     }
@@ -208,6 +208,61 @@ fn the_sandbox_backend_runs_an_image() {
     let tree = corpus::tree(&root);
     assert!(tree.contains(&"etc/top".to_string()) && !tree.contains(&"etc/gone".to_string()));
     assert!(!tree.iter().any(|p| p.contains("written")), "the image's root was written: {tree:?}");
+}
+
+/// Issue 22's "done when", rootless (decision 0026): `boxsock --backend sandbox run --rm
+/// IMAGE -- sh -c 'id -u; echo hi'` run by uid 65534 (a child that really drops its
+/// groups, gid and uid) on a home and link base it owns, the image imported by that
+/// user too: the box's user is root in the box (`0`), and the box is gone afterwards.
+#[test]
+fn the_sandbox_backend_runs_an_image_as_an_unprivileged_user() {
+    use std::os::unix::process::CommandExt;
+    const USER: u32 = 65534;
+    assert!(nix::unistd::geteuid().is_root(), "CI runs as root; the test plays the user");
+    let env = Env::new();
+    let d = tempfile::tempdir().unwrap();
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let mut lower = Tar::new();
+    lower.file_mode("bin/busybox", &busybox, 0o755).symlink("bin/sh", "busybox");
+    for applet in ["id", "echo", "ls"] {
+        lower.symlink(format!("bin/{applet}"), "busybox");
+    }
+    corpus::simple_layout(d.path(), &[Layer::gzip(lower.finish())], "1");
+    for p in [env.root.path(), &env.link_base, d.path()] {
+        chown_tree(p, USER);
+    }
+    let as_user = |c: &mut Command| -> std::process::Output {
+        run(c.uid(USER).gid(USER).current_dir("/").env("HOME", "/tmp"))
+    };
+    let o =
+        as_user(boxsock(&env).args(["image", "import", "--name", "localhost/bb"]).arg(d.path()));
+    assert!(o.status.success(), "import as uid {USER}: {}", text(&o.stderr));
+    let o = as_user(
+        boxsock(&env).args(["--backend", "sandbox", "run", "--rm", "localhost/bb:1"]).args([
+            "--",
+            "sh",
+            "-c",
+            "id -u; echo hi",
+        ]),
+    );
+    assert!(o.status.success(), "run as uid {USER}: {}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "0\nhi\n", "{}", text(&o.stderr));
+    let o = as_user(boxsock(&env).args(["ls", "-a"]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        !text(&o.stdout).contains("localhost/bb"),
+        "run --rm left its box: {}",
+        text(&o.stdout)
+    );
+}
+
+fn chown_tree(p: &Path, uid: u32) {
+    std::os::unix::fs::lchown(p, Some(uid), Some(uid)).unwrap();
+    if p.is_dir() && !p.is_symlink() {
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            chown_tree(&e.path(), uid);
+        }
+    }
 }
 
 /// `create IMAGE [-- CMD]` stores the box's own command (decision 0020): the image's

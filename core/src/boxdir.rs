@@ -92,10 +92,45 @@ pub fn create_new_box_dir(layout: &BoxLayout, id: &BoxId) -> Result<(), BoxDirEr
 }
 
 /// Remove `<home>/boxes/<id>` and everything below it. Missing is not an error.
+///
+/// A box can leave directories its owner cannot list or write (a rootless sandbox's
+/// overlay `work/work` is mode 0, and a box may `mkdir -m 0`; root is not stopped by
+/// modes, another user is): on `EACCES`, every directory below that this user owns is
+/// given `u+rwx` (symlinks never followed) and the removal tried once more.
 pub fn remove_box_dir(layout: &BoxLayout, id: &BoxId) -> io::Result<()> {
-    match std::fs::remove_dir_all(layout.box_dir(id)) {
+    let dir = layout.box_dir(id);
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            open_up(&dir, nix::unistd::geteuid().as_raw());
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        }
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// Give every directory under `dir` owned by `uid` (not following symlinks) `u+rwx`.
+fn open_up(dir: &std::path::Path, uid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir) else { return };
+    if !meta.is_dir() || meta.uid() != uid {
+        return;
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o700 != 0o700
+        && std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o700)).is_err()
+    {
+        return;
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                open_up(&e.path(), uid);
+            }
+        }
     }
 }
 

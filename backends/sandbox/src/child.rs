@@ -429,8 +429,19 @@ fn mount(m: &Mount) -> io::Result<()> {
         return Err(fail(m.what));
     }
     if m.remount_ro {
-        let flags =
+        let mut flags =
             libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+        // Keep the flags the bind copied (noexec, the atime mode): in a user namespace
+        // they are locked, and a remount that drops one is refused (EPERM).
+        // glibc answers from statfs(2)'s flags (the kernel sets ST_VALID since 2.6.36;
+        // only before that would it read /proc/mounts).
+        // SAFETY: statvfs is plain data; all-zero is a valid value.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: statvfs on a NUL-terminated path into a struct of ours.
+        if unsafe { libc::statvfs(m.target.as_ptr(), &mut st) } == 0 {
+            let keep = libc::MS_NOEXEC | libc::MS_NOATIME | libc::MS_NODIRATIME | libc::MS_RELATIME;
+            flags |= st.f_flag as libc::c_ulong & keep;
+        }
         // SAFETY: as above.
         let r = unsafe {
             libc::mount(

@@ -4,11 +4,15 @@
 //! nested virtualisation) — but the host's kernel is shared: a kernel bug is an escape.
 //! Decision 0021 says what it isolates and what a VM isolates that it does not.
 //!
-//! **The box's process is the agent itself.** The backend spawns it with the core's
-//! [`Spawn`] from a thread whose children go into a new PID namespace, so the process
-//! the runtime owns (pid, start time and pidfd captured at spawn) is the agent, PID 1
-//! of the box; it is the runtime's direct child, reaped by it, and it leads its own
-//! session. Between fork and exec the child builds the rest ([`child::Plan`]): the
+//! **The box's process is the agent itself.** The backend spawns it with `clone(2)`
+//! carrying its PID namespace ([`clone`]), so the process the runtime owns (pid, start
+//! time and pidfd captured at spawn) is the agent, PID 1 of the box; it is the
+//! runtime's direct child, reaped by it, and it leads its own session.
+//!
+//! **Rootless** ([`rootless`]): a runtime that is not root gives the box a user
+//! namespace of its own in the same `clone`, where the runtime's user is root and
+//! nobody else is mapped; the agent then accepts only that peer (uid 0), never the
+//! overflow uid every other host user reads as (decision 0026). Between fork and exec the child builds the rest ([`child::Plan`]): the
 //! namespaces, the root and the privileges. When it dies, the kernel kills every
 //! process of the box (the PID namespace ends with its init).
 //!
@@ -42,6 +46,8 @@ pub mod cgroup;
 #[cfg(target_os = "linux")]
 pub mod child;
 #[cfg(target_os = "linux")]
+pub mod clone;
+#[cfg(target_os = "linux")]
 pub mod net;
 #[cfg(target_os = "linux")]
 pub mod privs;
@@ -68,7 +74,6 @@ use boxsock_core::echo;
 use boxsock_core::id::BoxId;
 use boxsock_core::layout::BoxLayout;
 use boxsock_core::registry::BackendRegistration;
-use boxsock_core::spawn::Spawn;
 use boxsock_core::{Backend, SocketSpec, catalogue};
 
 /// The registered name.
@@ -244,25 +249,30 @@ fn make_dirs(layout: &BoxLayout, id: &BoxId) -> std::io::Result<()> {
     fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
 }
 
-/// Restores the calling thread's namespace for new children when dropped.
-struct PidNsForChildren {
-    own: File,
+/// Whether this runtime runs boxes rootless: in a user namespace of their own, where
+/// the runtime's user is root and nobody else is mapped (decision 0026).
+pub fn rootless() -> bool {
+    !nix::unistd::geteuid().is_root()
 }
 
-impl PidNsForChildren {
-    /// From now on this thread's children are born into a new PID namespace.
-    fn enter_new() -> std::io::Result<Self> {
-        let own = File::open("/proc/thread-self/ns/pid")?;
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)?;
-        Ok(PidNsForChildren { own })
-    }
-}
-
-impl Drop for PidNsForChildren {
-    fn drop(&mut self) {
-        // Back to the thread's own PID namespace for its later children.
-        if let Err(e) = nix::sched::setns(self.own.as_fd(), nix::sched::CloneFlags::CLONE_NEWPID) {
-            tracing::error!(error = %e, "cannot restore the thread's PID namespace for children");
+/// The uids the agent accepts as peers, as the agent sees them. As root, the runtime's
+/// allowed uids (the runtime's own when none). Rootless, the agent sees the runtime's
+/// user as 0 and every other host user as the overflow uid (65534): only 0 is allowed,
+/// and a host uid that is not the runtime's cannot be told apart inside, so it is
+/// dropped (logged), never passed through as a number the overflow uid could match.
+pub fn allowed_uids(peer_uids: &[u32], user: Option<clone::UserMap>) -> Vec<u32> {
+    match user {
+        None if peer_uids.is_empty() => vec![nix::unistd::geteuid().as_raw()],
+        None => peer_uids.to_vec(),
+        Some(u) => {
+            for &other in peer_uids.iter().filter(|&&p| p != u.uid) {
+                tracing::warn!(
+                    uid = other,
+                    "a rootless box's agent cannot tell this user from any other host user \
+                     (only the runtime's user is mapped): not allowed"
+                );
+            }
+            vec![0]
         }
     }
 }
@@ -293,11 +303,12 @@ impl Backend for SandboxBackend {
         vec![
             boxsock_core::backend::Probe::new(
                 "root",
-                root,
+                true,
                 if root {
-                    "running as root"
+                    "running as root: boxes run in the host's user namespace"
                 } else {
-                    "not root: the rootless mode is not built yet"
+                    "not root: boxes run rootless, in a user namespace of their own where \
+                     this user is root (only it is mapped)"
                 },
             ),
             probe::namespaces(),
@@ -313,12 +324,15 @@ impl Backend for SandboxBackend {
         if let Err(e) = self.find_agent() {
             return Availability::Unavailable { reason: e.to_string() };
         }
-        if !nix::unistd::geteuid().is_root() {
-            return Availability::Unavailable {
-                reason: "the sandbox backend needs root for now (its rootless mode, through a \
-                         user namespace, is not built yet); run as root or use --backend host"
-                    .into(),
-            };
+        if rootless() {
+            if let Err(why) = probe::unprivileged_userns() {
+                return Availability::Unavailable {
+                    reason: format!(
+                        "not root, and the rootless mode needs a user namespace: {why}; \
+                         run as root or use --backend host"
+                    ),
+                };
+            }
         }
         Availability::Available
     }
@@ -435,6 +449,15 @@ impl Backend for SandboxBackend {
                 spec.id
             )));
         }
+        if spec.network && rootless() {
+            net::rootless_tun().map_err(|why| {
+                self.spec_error(format!(
+                    "box {}: a rootless box's network (pasta) cannot run here: {why}; run \
+                     as root, or without --network and ports",
+                    spec.id
+                ))
+            })?;
+        }
         // Before anything is spawned: a port another process holds fails the start at
         // once, naming its holder (checked again just before pasta binds them).
         boxsock_core::ports::check_all_free(&spec.settings.ports).map_err(net::port_error)?;
@@ -467,31 +490,29 @@ impl Backend for SandboxBackend {
             .map_err(|e| self.spec_error(format!("box {}: {e}", spec.id)))?;
         let cgroups = self.cgroups(spec)?;
         let procs = cgroups.as_ref().map(|c| c.raw_procs()).unwrap_or_default();
-        let volumes = volume::prepare(&spec.settings.volumes)
+        let volumes = volume::prepare(&spec.settings.volumes, rootless())
             .map_err(|e| self.spec_error(format!("box {}: {e}", spec.id)))?;
         let plan = child::Plan::new(&dirs, spec.id.as_str(), privileges, procs, volumes);
 
         let in_box = |name: &str| format!("{}/{name}", base::BOX_DIR);
         let mut cmd = if base.dynamic {
-            let mut c = Spawn::new(in_box(base::LOADER));
+            let mut c = clone::BoxExec::new(in_box(base::LOADER));
             c.arg("--library-path").arg(base::BOX_DIR).arg(in_box(base::AGENT));
             c
         } else {
-            Spawn::new(in_box(base::AGENT))
+            clone::BoxExec::new(in_box(base::AGENT))
         };
         cmd.arg("--agent-fd").arg(AGENT_FD.to_string()).arg("--ready-fd").arg(READY_FD.to_string());
-        let mut uids = spec.sockets.peer_uids().map(<[u32]>::to_vec).unwrap_or_default();
-        if uids.is_empty() {
-            uids.push(nix::unistd::geteuid().as_raw());
-        }
-        for uid in &uids {
+        let user = rootless().then(clone::UserMap::current);
+        for uid in allowed_uids(spec.sockets.peer_uids().unwrap_or_default(), user) {
             cmd.arg("--allow-uid").arg(uid.to_string());
         }
-        cmd.env_clear()
-            .envs([("PATH", BOX_PATH), ("HOME", "/root")])
-            .envs(spec.env.iter().map(|(k, v)| (k, v)));
+        cmd.env("PATH", BOX_PATH).env("HOME", "/root");
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
         if let Ok(filter) = std::env::var("RUST_LOG") {
-            cmd.envs([("RUST_LOG", filter)]);
+            cmd.env("RUST_LOG", filter);
         }
         cmd.log_file(&spec.log_file)
             .map_err(|e| {
@@ -502,17 +523,11 @@ impl Backend for SandboxBackend {
                     e.into_io()
                 ))
             })?
-            .hand(agent.as_fd(), AGENT_FD)
-            .hand(ready.as_fd(), READY_FD);
-        // SAFETY: `Plan::run` makes only raw system calls on data built before the fork
-        // (see the `child` module), as pre_exec requires.
-        unsafe { cmd.pre_exec(move || plan.run()) };
+            .hand(agent.as_fd().as_raw_fd(), AGENT_FD)
+            .hand(ready.as_fd().as_raw_fd(), READY_FD);
         // The child's setup writes its failing step to the log: read from here on.
         let log_len = fs::metadata(&spec.log_file).map(|m| m.len()).unwrap_or(0);
         let process = {
-            let _pidns = PidNsForChildren::enter_new().map_err(|e| {
-                self.spec_error(format!("box {}: cannot make a PID namespace: {e}", spec.id))
-            })?;
             // ETXTBSY: the agent's loader is executed while some process holds it open
             // for writing. That is another thread's fork child which inherited the
             // descriptor of a base being copied (this home's or another's) and has not
@@ -521,7 +536,9 @@ impl Backend for SandboxBackend {
             // bounded (CI failed once on it, `limits` tests in parallel).
             let mut busy = 0;
             loop {
-                match cmd.spawn() {
+                // `Plan::run` makes only raw system calls on data built before the
+                // clone (see the `child` module), as the child requires.
+                match clone::spawn(&cmd, libc::CLONE_NEWPID, user, &|| plan.run()) {
                     Err(boxsock_core::spawn::SpawnError::Spawn { ref source, .. })
                         if source.raw_os_error() == Some(libc::ETXTBSY) && busy < 200 =>
                     {
@@ -553,9 +570,9 @@ impl Backend for SandboxBackend {
                 ))
             });
             let pasta = net::pasta_binary(self.config.options.get("pasta"));
-            match made
-                .and_then(|_| net::start(&pasta, process.pid(), &netns, &log, &spec.settings.ports))
-            {
+            match made.and_then(|_| {
+                net::start(&pasta, process.pid(), &netns, &log, &spec.settings.ports, rootless())
+            }) {
                 Ok(p) => companions.push(p),
                 Err(e) => {
                     process.kill_and_reap();

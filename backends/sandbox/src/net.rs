@@ -59,24 +59,37 @@ pub(crate) fn port_error(cause: PortError) -> BackendError {
 /// `published`; wait until the box has a default route and pasta holds every port.
 /// A port that cannot be bound is [`BackendError::Port`], naming it and its holder.
 /// `netns_file` is an existing empty file in the box's directory; `log` pasta's log.
+/// `rootless`: the box has its own user namespace, which pasta joins.
 pub fn start(
     pasta: &Path,
     pid: i32,
     netns_file: &Path,
     log: &Path,
     published: &[PortMapping],
+    rootless: bool,
 ) -> Result<OwnedProcess, BackendError> {
     ports::check_all_free(published).map_err(port_error)?;
     let spawn_err = |e| BackendError::spawn(NAME, e);
     let source = CString::new(format!("/proc/{pid}/ns/net")).unwrap_or_default();
     let target = CString::new(netns_file.as_os_str().as_bytes()).unwrap_or_default();
     let mut cmd = Spawn::new(pasta);
-    cmd.args(["--foreground", "--quiet", "--runas", "0", "--config-net"])
-        .args(forward_args(published))
-        .arg("--netns")
-        .arg(netns_file)
-        .log_file(log)
-        .map_err(spawn_err)?;
+    cmd.args(["--foreground", "--quiet"]);
+    if rootless {
+        // Not root: pasta joins the box's user and network namespaces by their /proc
+        // files, opened before it isolates itself (no bind mount: that needs root).
+        cmd.arg("--config-net")
+            .args(forward_args(published))
+            .arg("--userns")
+            .arg(format!("/proc/{pid}/ns/user"))
+            .arg("--netns")
+            .arg(format!("/proc/{pid}/ns/net"));
+    } else {
+        cmd.args(["--runas", "0", "--config-net"])
+            .args(forward_args(published))
+            .arg("--netns")
+            .arg(netns_file);
+    }
+    cmd.log_file(log).map_err(spawn_err)?;
     let hook = move || {
         // SAFETY: raw unshare(2) and mount(2) on strings built before the fork.
         let failed = unsafe {
@@ -98,8 +111,10 @@ pub fn start(
         };
         if failed { Err(std::io::Error::last_os_error()) } else { Ok(()) }
     };
-    // SAFETY: the hook makes only raw system calls on data built before the fork.
-    unsafe { cmd.pre_exec(hook) };
+    if !rootless {
+        // SAFETY: the hook makes only raw system calls on data built before the fork.
+        unsafe { cmd.pre_exec(hook) };
+    }
     let pasta_proc = cmd.spawn().map_err(spawn_err)?;
     let route = PathBuf::from(format!("/proc/{pid}/net/route"));
     let deadline = Instant::now() + NET_TIMEOUT;
@@ -153,6 +168,29 @@ fn has_default_route(route: &Path) -> bool {
     std::fs::read_to_string(route)
         .map(|t| t.lines().skip(1).any(|l| l.split_whitespace().nth(1) == Some("00000000")))
         .unwrap_or(false)
+}
+
+/// Rootless, pasta opens `/dev/net/tun` in the box's user namespace, where a device
+/// owned by an unmapped user (root) opens only if its mode lets everybody: `Err` says
+/// why it does not here.
+pub fn rootless_tun() -> Result<(), String> {
+    let tun = Path::new("/dev/net/tun");
+    match std::fs::metadata(tun) {
+        Err(e) => Err(format!("{} is missing ({e})", tun.display())),
+        Ok(m) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o006 == 0o006 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} is mode {mode:04o}: only its owner may open it, and in the box's \
+                     user namespace nobody is (pasta needs it)",
+                    tun.display()
+                ))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

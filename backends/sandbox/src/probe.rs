@@ -34,32 +34,54 @@ pub fn namespaces() -> Probe {
     }
 }
 
-/// User namespaces: what rootless boxes will need (not built yet; reported so a user
-/// knows whether this machine could).
-pub fn user_namespaces() -> Probe {
+/// Whether a user who is not root may make user namespaces here (what a rootless box
+/// is made in), from the kernel's switches: `Err` says which one refuses.
+pub fn unprivileged_userns() -> Result<String, String> {
     let max =
         read_trimmed("/proc/sys/user/max_user_namespaces").and_then(|s| s.parse::<u64>().ok());
-    // Debian's switch; absent on kernels without the patch (then allowed).
-    let unpriv = read_trimmed("/proc/sys/kernel/unprivileged_userns_clone");
     match max {
-        Some(0) => Probe::new(
-            "user namespaces",
-            false,
-            "disabled (user.max_user_namespaces = 0); rootless boxes could not run here",
-        ),
-        None => Probe::new("user namespaces", false, "this kernel has none"),
-        Some(n) => Probe::new(
+        None => return Err("this kernel has no user namespaces".into()),
+        Some(0) => return Err("user namespaces are disabled (user.max_user_namespaces = 0)".into()),
+        Some(_) => {}
+    }
+    // Debian's switch; absent on kernels without the patch (then allowed).
+    if read_trimmed("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        return Err("unprivileged users may not make user namespaces \
+                    (kernel.unprivileged_userns_clone = 0)"
+            .into());
+    }
+    // Ubuntu's AppArmor switch: set, an unconfined program gets a namespace without
+    // capabilities in it.
+    if read_trimmed("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref()
+        == Some("1")
+    {
+        return Err("AppArmor restricts unprivileged user namespaces \
+                    (kernel.apparmor_restrict_unprivileged_userns = 1)"
+            .into());
+    }
+    Ok(format!("up to {}; unprivileged users may make them", max.unwrap_or(0)))
+}
+
+/// User namespaces: what boxes of a user who is not root are made in (rootless mode).
+pub fn user_namespaces() -> Probe {
+    let root = nix::unistd::geteuid().is_root();
+    match unprivileged_userns() {
+        Ok(found) => Probe::new(
             "user namespaces",
             true,
-            format!(
-                "up to {n}; unprivileged users {} (rootless boxes are not built yet: the \
-                 backend runs as root)",
-                match unpriv.as_deref() {
-                    Some("0") => "may not make them (kernel.unprivileged_userns_clone = 0)",
-                    _ => "may make them",
-                }
-            ),
+            if root {
+                format!("{found} (boxes of other users run rootless)")
+            } else {
+                format!("{found}: this user's boxes run rootless, the user mapped to root")
+            },
         ),
+        // As root, boxes need no user namespace: only other users' boxes are refused.
+        Err(why) if root => Probe::new(
+            "user namespaces",
+            true,
+            format!("{why}: only root can run sandbox boxes here"),
+        ),
+        Err(why) => Probe::new("user namespaces", false, format!("{why}: no rootless boxes")),
     }
 }
 
@@ -142,7 +164,18 @@ pub fn pasta(binary: &Path) -> Probe {
             .and_then(|p| std::env::split_paths(&p).map(|d| d.join(binary)).find(|c| c.is_file()))
     };
     match found {
-        Some(p) => Probe::new("pasta", true, format!("{} (for --network and -p)", p.display())),
+        Some(p) => match (nix::unistd::geteuid().is_root(), crate::net::rootless_tun()) {
+            (false, Err(why)) => Probe::new(
+                "pasta",
+                false,
+                format!(
+                    "{}, but a rootless box cannot use it: {why}; boxes run, but not with \
+                     --network or -p",
+                    p.display()
+                ),
+            ),
+            _ => Probe::new("pasta", true, format!("{} (for --network and -p)", p.display())),
+        },
         None => Probe::new(
             "pasta",
             false,

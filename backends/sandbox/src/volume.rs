@@ -76,12 +76,26 @@ pub enum VolumeError {
 /// One volume, ready for the child.
 #[derive(Debug)]
 pub struct Prepared {
-    /// The detached mount of the host directory (flags already set).
-    tree: OwnedFd,
+    /// As root: the detached mount of the host directory (flags already set).
+    tree: Option<OwnedFd>,
+    /// Rootless: the host directory, held open, cloned in the child (see [`prepare`]).
+    host: Option<HostSide>,
+    read_only: bool,
     /// Each prefix of the guest path, relative to the root: `a`, `a/b`, `a/b/c`.
     prefixes: Vec<CString>,
     /// Each component: `a`, `b`, `c`.
     names: Vec<CString>,
+}
+
+/// A rootless volume's host side: the directory opened before the fork, its path to
+/// open again in the child and the identity the child's open must have.
+#[derive(Debug)]
+struct HostSide {
+    path: CString,
+    dev: u64,
+    ino: u64,
+    /// Held so that the directory (its inode) stays what was checked.
+    _held: OwnedFd,
 }
 
 /// The guest path's components (it is absolute and plain: `Volume::check`).
@@ -102,13 +116,20 @@ pub fn reserved(guest: &Path) -> bool {
 
 /// Open each volume's host directory and clone it into a detached mount, in mount
 /// order (parents first). See the module documentation.
-pub fn prepare(volumes: &[Volume]) -> Result<Vec<Prepared>, VolumeError> {
+///
+/// `rootless`: cloning a mount needs `CAP_SYS_ADMIN` over the mount namespace, which a
+/// user who is not root has only in the box's own. The directory is opened here all the
+/// same (no symlink followed) and its identity kept; the child, in its own user and
+/// mount namespaces, opens the same path again without following a symlink, requires
+/// the same device and inode (a swap in between fails the start), and clones that
+/// (decision 0026).
+pub fn prepare(volumes: &[Volume], rootless: bool) -> Result<Vec<Prepared>, VolumeError> {
     let mut ordered: Vec<&Volume> = volumes.iter().collect();
     ordered.sort_by_key(|v| components(&v.guest).len());
-    ordered.into_iter().map(prepare_one).collect()
+    ordered.into_iter().map(|v| prepare_one(v, rootless)).collect()
 }
 
-fn prepare_one(v: &Volume) -> Result<Prepared, VolumeError> {
+fn prepare_one(v: &Volume, rootless: bool) -> Result<Prepared, VolumeError> {
     use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
     let volume = echo::echo(&v.to_string()).to_string();
     let path = echo::path(&v.host).to_string();
@@ -125,8 +146,17 @@ fn prepare_one(v: &Volume) -> Result<Prepared, VolumeError> {
         what,
         source,
     };
-    let tree = clone_tree(host.as_raw_fd()).map_err(|e| clone_err("clone a mount", e))?;
-    set_flags(tree.as_raw_fd(), v.read_only).map_err(|e| clone_err("set the mount's flags", e))?;
+    let (tree, host) = if rootless {
+        let st = nix::sys::stat::fstat(&host).map_err(|e| clone_err("stat", e.into()))?;
+        let cpath = CString::new(v.host.as_os_str().as_bytes()).map_err(|_| nul())?;
+        let side = HostSide { path: cpath, dev: st.st_dev, ino: st.st_ino, _held: host };
+        (None, Some(side))
+    } else {
+        let tree = clone_tree(host.as_raw_fd()).map_err(|e| clone_err("clone a mount", e))?;
+        set_flags(tree.as_raw_fd(), v.read_only)
+            .map_err(|e| clone_err("set the mount's flags", e))?;
+        (Some(tree), None)
+    };
     let names = components(&v.guest);
     let mut prefixes = Vec::with_capacity(names.len());
     let mut prefix = PathBuf::new();
@@ -138,7 +168,7 @@ fn prepare_one(v: &Volume) -> Result<Prepared, VolumeError> {
         .iter()
         .map(|n| CString::new(n.as_bytes()).map_err(|_| nul()))
         .collect::<Result<_, _>>()?;
-    Ok(Prepared { tree, prefixes, names })
+    Ok(Prepared { tree, host, read_only: v.read_only, prefixes, names })
 }
 
 /// `open_tree(fd, "", OPEN_TREE_CLONE)`: a detached copy of the mount at `fd`.
@@ -245,22 +275,76 @@ fn mount_one(root: RawFd, v: &Prepared) -> io::Result<()> {
         release(parent, root);
         parent = fd;
     }
+    let tree = match (&v.tree, &v.host) {
+        (Some(tree), _) => tree.as_raw_fd(),
+        (None, Some(host)) => match clone_in_child(host, v.read_only) {
+            Ok(fd) => fd,
+            Err(e) => {
+                release(parent, root);
+                return Err(e);
+            }
+        },
+        (None, None) => -1,
+    };
     let flags = libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH;
-    // SAFETY: move_mount(2) from the detached mount made before the fork onto a
-    // descriptor resolved here, with static empty paths.
+    // SAFETY: move_mount(2) from the detached mount (made before the fork, or just
+    // now) onto a descriptor resolved here, with static empty paths.
     let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            v.tree.as_raw_fd(),
-            c"".as_ptr(),
-            parent,
-            c"".as_ptr(),
-            flags,
-        )
+        libc::syscall(libc::SYS_move_mount, tree, c"".as_ptr(), parent, c"".as_ptr(), flags)
     };
     let e = if r == -1 { Err(fail("mount a volume")) } else { Ok(()) };
+    if v.tree.is_none() {
+        close(tree);
+    }
     release(parent, root);
     e
+}
+
+/// Rootless, in the child (its own user and mount namespaces): open the host
+/// directory again without following a symlink, require the identity seen before the
+/// fork, and clone it into a detached mount with the volume's flags. Raw system calls.
+fn clone_in_child(host: &HostSide, read_only: bool) -> io::Result<RawFd> {
+    // SAFETY: open_how is plain data; all-zero is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: openat2(2) with a NUL-terminated path built before the fork and an
+    // open_how of ours with its size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            host.path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        ) as RawFd
+    };
+    if fd == -1 {
+        return Err(fail("open a volume's host directory without following a symlink"));
+    }
+    // SAFETY: stat is plain data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat(2) on a descriptor opened here into a struct of ours.
+    if unsafe { libc::fstat(fd, &mut st) } == -1 {
+        close(fd);
+        return Err(fail("stat a volume's host directory"));
+    }
+    if st.st_dev != host.dev || st.st_ino != host.ino {
+        close(fd);
+        // SAFETY: sets this thread's errno, read by `fail` below.
+        unsafe { *libc::__errno_location() = libc::ESTALE };
+        return Err(fail("mount a volume: its host directory was replaced during the start"));
+    }
+    let tree = clone_tree(fd);
+    close(fd);
+    let tree = match tree {
+        Ok(t) => t,
+        Err(_) => return Err(fail("clone a volume's host directory")),
+    };
+    if set_flags(tree.as_raw_fd(), read_only).is_err() {
+        return Err(fail("set a volume's mount flags"));
+    }
+    Ok(std::os::fd::IntoRawFd::into_raw_fd(tree))
 }
 
 /// Write `boxsock-sandbox: volume path /<prefix>` to stderr (the box log) without

@@ -1,7 +1,7 @@
 //! Escape attempts from a real `sandbox` box (a busybox root), each beside its positive
 //! control in the same run: the same action on the `host` backend (or a naive bind
 //! mount) succeeds, so a refusal in the box is the sandbox's doing, not a broken test.
-//! As root (CI and the build machines are root); the backend is unavailable otherwise.
+//! As root (CI and the build machines are root); rootless boxes: `tests/rootless.rs`.
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 //! Volumes and published ports on a real `sandbox` box (a busybox root), as root (CI
-//! and the build machines are root; the backend is unavailable otherwise).
+//! and the build machines are root; rootless volumes: `tests/rootless.rs`).
 //!
 //! The attack tests run their positive control in the same run: a naive path-based
 //! bind mount that follows the planted symlink lands outside the root, and a naive

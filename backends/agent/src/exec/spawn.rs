@@ -59,6 +59,12 @@ pub(super) fn start<'a>(spec: &ExecSpec, state: &'a State) -> Result<Started<'a>
             return Err(error(ErrorCode::BadRequest, msg));
         }
     }
+    if let Some(c) = creds.as_ref() {
+        if let Some(msg) = unmapped(c) {
+            let msg = format!("user {}: {msg}", echo(spec.user.as_deref().unwrap_or_default()));
+            return Err(error(ErrorCode::BadRequest, msg));
+        }
+    }
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(&spec.argv[1..]).envs(spec.env.iter().map(|(k, v)| (k, v))).kill_on_drop(true);
     if let Some(d) = &spec.cwd {
@@ -121,6 +127,10 @@ fn as_user(cmd: &mut tokio::process::Command, c: &Credentials, env: &[(String, S
         cmd.env("HOME", &c.home);
     }
     let (uid, gid, groups) = (c.uid, c.gid, c.groups.clone());
+    // In a user namespace whose setgroups is denied (a rootless sandbox box), no
+    // supplementary group can be set, and none but gid 0 is mapped: the command keeps
+    // the agent's (the runtime user's own, unmapped).
+    let set_groups = !setgroups_denied();
     // SAFETY: the closure only makes async-signal-safe system calls (geteuid,
     // setgroups, setgid, setuid) on data captured before the fork; it allocates
     // nothing.
@@ -128,7 +138,10 @@ fn as_user(cmd: &mut tokio::process::Command, c: &Credentials, env: &[(String, S
         cmd.pre_exec(move || {
             // An agent that is not root can only "become" itself: setgroups would
             // fail, and setgid/setuid to its own ids succeed.
-            if libc::geteuid() == 0 && libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+            if set_groups
+                && libc::geteuid() == 0
+                && libc::setgroups(groups.len(), groups.as_ptr()) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             if libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
@@ -189,4 +202,56 @@ fn spawn_error(program: &str, cwd: Option<&str>, user: Option<&str>, e: &io::Err
     let at = cwd.map(|d| format!(" in {}", echo(d))).unwrap_or_default();
     let who = user.map(|u| format!(" as user {}", echo(u))).unwrap_or_default();
     error(code, format!("cannot run {}{at}{who}: {e}", echo(program)))
+}
+
+/// Whether `/proc/self/setgroups` says `deny` (a user namespace made by a user who is
+/// not root: decision 0026).
+fn setgroups_denied() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
+}
+
+/// Why `c`'s uid or gid cannot be switched to in the agent's user namespace (not in
+/// `/proc/self/uid_map` / `gid_map`), or `None`. Unreadable maps: no answer here (the
+/// switch itself then says).
+fn unmapped(c: &Credentials) -> Option<String> {
+    for (what, id, file) in
+        [("uid", c.uid, "/proc/self/uid_map"), ("gid", c.gid, "/proc/self/gid_map")]
+    {
+        let Ok(map) = std::fs::read_to_string(file) else { continue };
+        if !id_mapped(&map, id) {
+            return Some(format!(
+                "{what} {id} is not mapped in the box's user namespace (its {file}: {}); \
+                 a rootless sandbox box maps only root",
+                echo(map.split_whitespace().collect::<Vec<_>>().join(" ").as_str())
+            ));
+        }
+    }
+    None
+}
+
+/// Whether `id` falls in a range of a `uid_map`/`gid_map` text (`inside outside count`
+/// per line). A line that does not parse maps nothing.
+fn id_mapped(map: &str, id: u32) -> bool {
+    map.lines().any(|l| {
+        let f: Vec<u64> = l.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+        matches!(f.as_slice(), [inside, _, count] if *inside <= id as u64 && (id as u64) < inside + count)
+    })
+}
+
+#[cfg(test)]
+mod map_tests {
+    use super::id_mapped;
+
+    #[test]
+    fn a_rootless_map_maps_only_zero_and_the_initial_one_everything() {
+        let rootless = "         0      65534          1\n";
+        assert!(id_mapped(rootless, 0));
+        assert!(!id_mapped(rootless, 1000));
+        assert!(!id_mapped(rootless, 65534));
+        let initial = "         0          0 4294967295\n";
+        assert!(
+            id_mapped(initial, 0) && id_mapped(initial, 1000) && id_mapped(initial, u32::MAX - 1)
+        );
+        assert!(!id_mapped("garbage\n", 0));
+    }
 }
