@@ -118,8 +118,9 @@ impl BoxExec {
 
 /// Start `exec` as a child in new namespaces `flags` (`CLONE_NEWPID`, and
 /// `CLONE_NEWUSER` when `user` is given: the child then maps `user` to root in it
-/// before anything else), run `setup` in it (after the streams and descriptors are
-/// placed, before exec), and exec. Returns once the program has been exec'ed; a failed
+/// before anything else), run `setup` in it (after the standard streams, before the
+/// handed descriptors are placed, so none of its own is closed by a placement), and
+/// exec. Returns once the program has been exec'ed; a failed
 /// step or exec is an error with its errno (`setup` writes its own line to the log).
 pub fn spawn(
     exec: &BoxExec,
@@ -307,6 +308,14 @@ fn child(a: ChildArgs<'_>) -> io::Error {
                 }
             }
         }
+        // The set-up before the handed descriptors are placed (as the `pre_exec` hook
+        // ran before the core's `Spawn` placed them): the set-up's own descriptors (the
+        // Landlock ruleset, a volume's detached mount) may be numbered like a target,
+        // and a `dup2` onto that number would close them under it ("cannot enforce
+        // Landlock (errno 77)" in CI, where nothing else holds the low numbers).
+        if let Err(e) = (a.setup)() {
+            return e;
+        }
         for (temp, &src) in a.temps.iter_mut().zip(a.sources) {
             *temp = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, a.floor);
             if *temp == -1 {
@@ -318,12 +327,8 @@ fn child(a: ChildArgs<'_>) -> io::Error {
                 return last();
             }
         }
-        // Marks only: the report pipe and the setup's descriptors stay usable until
-        // the exec closes them.
+        // Marks only: the report pipe stays usable until the exec closes it.
         if let Err(e) = boxsock_core::fds::cloexec_except(a.keep) {
-            return e;
-        }
-        if let Err(e) = (a.setup)() {
             return e;
         }
         libc::execve(a.path.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
