@@ -6,10 +6,7 @@
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use boxsock_core::backend::BackendConfig;
-use boxsock_core::binding::StrategyConfig;
-use boxsock_core::registry::Registry;
-use boxsock_runtime::{CreateOptions, Output, Runtime, RuntimeOptions};
+use boxsock_runtime::{CreateOptions, Output, Runtime};
 
 const APPLETS: &[&str] = &[
     "sh",
@@ -33,55 +30,16 @@ const APPLETS: &[&str] = &[
     "tr",
 ];
 
-struct Env {
-    tmp: tempfile::TempDir,
-    home: PathBuf,
-    root: PathBuf,
-    /// The boxes' processes, killed if a test fails before removing them.
-    pids: std::sync::Mutex<Vec<i32>>,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        for pid in self.pids.lock().unwrap().drain(..) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
+mod common;
+use common::Env;
 
 impl Env {
     fn new() -> Env {
-        assert!(nix::unistd::geteuid().is_root(), "the sandbox escape tests run as root");
-        let tmp = tempfile::tempdir().unwrap();
-        let home = tmp.path().join("home");
-        let root = tmp.path().join("roots/busybox");
-        std::fs::create_dir_all(root.join("bin")).unwrap();
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for a in APPLETS {
-            symlink("busybox", root.join("bin").join(a)).unwrap();
-        }
-        std::fs::create_dir_all(tmp.path().join("links")).unwrap();
-        Env { tmp, home, root, pids: Default::default() }
+        Env::with_root("escape", "roots/busybox", APPLETS)
     }
 
     async fn runtime(&self) -> Runtime {
-        let helper_dir = boxsock_host::dev::built_binaries(&["boxsock-agent"]);
-        let backends = Registry::from_entries(
-            "backend",
-            [&boxsock_sandbox::REGISTRATION, &boxsock_host::REGISTRATION],
-        );
-        let strategies = Registry::from_entries(
-            "strategy",
-            [&boxsock_short_symlink::REGISTRATION, &boxsock_abstract::REGISTRATION],
-        );
-        let mut o = RuntimeOptions::new(strategies, backends);
-        o.strategy_config =
-            StrategyConfig { base_dir: self.tmp.path().join("links"), ..StrategyConfig::default() };
-        o.backend_config = BackendConfig { helper_dir: Some(helper_dir), ..Default::default() };
-        Runtime::open(&self.home, o).await.unwrap().0
+        self.open_runtime(&[], true).await
     }
 }
 

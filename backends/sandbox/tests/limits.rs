@@ -4,74 +4,30 @@
 //! (control: the host backend forks 100 processes), `vcpus` is a CFS quota, and a limit that
 //! cannot be applied (another user, no delegation) is refused at create.
 
-use std::os::unix::fs::symlink;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use boxsock_core::Backend;
 use boxsock_core::backend::{BackendConfig, BackendError, BoxSettings};
-use boxsock_core::binding::StrategyConfig;
-use boxsock_core::registry::Registry;
-use boxsock_runtime::{CreateOptions, Runtime, RuntimeOptions};
+use boxsock_runtime::{CreateOptions, Runtime};
 use boxsock_sandbox::cgroup::Hierarchy;
 
-struct Env {
-    tmp: tempfile::TempDir,
-    home: PathBuf,
-    root: PathBuf,
-    /// The boxes' processes, killed if a test fails before removing them.
-    pids: std::sync::Mutex<Vec<i32>>,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        for pid in self.pids.lock().unwrap().drain(..) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
+mod common;
+use common::Env;
 
 impl Env {
     fn new() -> Env {
-        assert!(nix::unistd::geteuid().is_root(), "the sandbox limit tests run as root");
-        let tmp = tempfile::tempdir().unwrap();
-        let home = tmp.path().join("home");
-        let root = tmp.path().join("root");
-        std::fs::create_dir_all(root.join("bin")).unwrap();
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for a in ["sh", "dd", "sleep", "seq", "echo", "cat"] {
-            symlink("busybox", root.join("bin").join(a)).unwrap();
-        }
-        std::fs::create_dir_all(tmp.path().join("links")).unwrap();
-        Env { tmp, home, root, pids: Default::default() }
+        Env::with_root("limit", "root", &["sh", "dd", "sleep", "seq", "echo", "cat"])
     }
 
     async fn runtime(&self, options: &[(&str, &str)]) -> Runtime {
-        let helper_dir = boxsock_host::dev::built_binaries(&["boxsock-agent"]);
-        let backends = Registry::from_entries(
-            "backend",
-            [&boxsock_sandbox::REGISTRATION, &boxsock_host::REGISTRATION],
-        );
-        let strategies = Registry::from_entries("strategy", [&boxsock_short_symlink::REGISTRATION]);
-        let mut o = RuntimeOptions::new(strategies, backends);
-        o.strategy_config =
-            StrategyConfig { base_dir: self.tmp.path().join("links"), ..StrategyConfig::default() };
-        o.backend_config = BackendConfig {
-            helper_dir: Some(helper_dir),
-            options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        };
-        Runtime::open(&self.home, o).await.unwrap().0
+        self.open_runtime(options, false).await
     }
 
     async fn start(&self, rt: &Runtime, b: CreateOptions) -> String {
         let rec = rt.create(b).await.unwrap();
         rt.start(rec.id.as_str()).await.unwrap();
-        if let Some(pid) = rt.inspect(rec.id.as_str()).unwrap().pid {
-            self.pids.lock().unwrap().push(pid);
-        }
+        self.track(rt, rec.id.as_str());
         rec.id.as_str().to_owned()
     }
 }

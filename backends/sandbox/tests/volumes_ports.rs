@@ -11,47 +11,19 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use boxsock_core::backend::{BackendConfig, BackendError};
-use boxsock_core::binding::StrategyConfig;
-use boxsock_core::registry::Registry;
+use boxsock_core::backend::BackendError;
 use boxsock_core::settings::{PortMapping, Volume};
-use boxsock_runtime::{CreateOptions, Output, Runtime, RuntimeError, RuntimeOptions};
+use boxsock_runtime::{CreateOptions, Output, Runtime, RuntimeError};
 
 const APPLETS: &[&str] =
     &["sh", "cat", "echo", "ls", "mkdir", "touch", "grep", "httpd", "sleep", "wc", "rm", "mount"];
 
-struct Env {
-    tmp: tempfile::TempDir,
-    home: PathBuf,
-    root: PathBuf,
-    /// The boxes' processes, killed if a test fails before removing them.
-    pids: std::sync::Mutex<Vec<i32>>,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        for pid in self.pids.lock().unwrap().drain(..) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
+mod common;
+use common::Env;
 
 impl Env {
     fn new() -> Env {
-        assert!(nix::unistd::geteuid().is_root(), "the sandbox volume tests run as root");
-        let tmp = tempfile::tempdir().unwrap();
-        let home = tmp.path().join("home");
-        let root = tmp.path().join("roots/busybox");
-        std::fs::create_dir_all(root.join("bin")).unwrap();
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for a in APPLETS {
-            symlink("busybox", root.join("bin").join(a)).unwrap();
-        }
-        std::fs::create_dir_all(tmp.path().join("links")).unwrap();
-        Env { tmp, home, root, pids: Default::default() }
+        Env::with_root("volume", "roots/busybox", APPLETS)
     }
 
     fn dir(&self, name: &str) -> PathBuf {
@@ -61,17 +33,7 @@ impl Env {
     }
 
     async fn runtime(&self) -> Runtime {
-        let helper_dir = boxsock_host::dev::built_binaries(&["boxsock-agent"]);
-        let backends = Registry::from_entries(
-            "backend",
-            [&boxsock_sandbox::REGISTRATION, &boxsock_host::REGISTRATION],
-        );
-        let strategies = Registry::from_entries("strategy", [&boxsock_short_symlink::REGISTRATION]);
-        let mut o = RuntimeOptions::new(strategies, backends);
-        o.strategy_config =
-            StrategyConfig { base_dir: self.tmp.path().join("links"), ..StrategyConfig::default() };
-        o.backend_config = BackendConfig { helper_dir: Some(helper_dir), ..Default::default() };
-        Runtime::open(&self.home, o).await.unwrap().0
+        self.open_runtime(&[], false).await
     }
 
     fn opts(&self) -> boxsock_runtime::CreateOptionsBuilder {
@@ -94,12 +56,6 @@ impl Env {
                 panic!("{why}: box {id} started");
             }
             Err(e) => e,
-        }
-    }
-
-    fn track(&self, rt: &Runtime, id: &str) {
-        if let Some(pid) = rt.inspect(id).unwrap().pid {
-            self.pids.lock().unwrap().push(pid);
         }
     }
 }
