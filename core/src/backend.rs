@@ -153,6 +153,14 @@ pub struct BoxSettings {
     /// (libkrun); `None` is the backend's stated default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_size: Option<ByteSize>,
+    /// The box's hostname; `None`: the backend's (its id, where it sets one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// A network namespace the box joins instead of having its own (an OCI engine's:
+    /// `linux.namespaces` `network` with a `path`), opened at each start. Exclusive
+    /// with a network of the box's own and with published ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_namespace: Option<PathBuf>,
 }
 
 /// A box's writable layer as the host stores it (libkrun: its disk image), for
@@ -205,7 +213,7 @@ impl BoxSettings {
     }
 
     /// The names of the settings that are set (`vcpus`, `ram_mib`, `rootfs`, `image`,
-    /// `volumes`, `ports`, `disk_size`), for
+    /// `volumes`, `ports`, `disk_size`, `hostname`, `network_namespace`), for
     /// messages of backends that support none of them.
     pub fn set_names(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
@@ -229,6 +237,12 @@ impl BoxSettings {
         }
         if self.disk_size.is_some() {
             v.push("disk_size");
+        }
+        if self.hostname.is_some() {
+            v.push("hostname");
+        }
+        if self.network_namespace.is_some() {
+            v.push("network_namespace");
         }
         v
     }

@@ -405,6 +405,12 @@ impl Backend for SandboxBackend {
                 ));
             }
         }
+        if settings.network_namespace.is_some() || settings.hostname.is_some() {
+            return Err(BackendError::Unsupported {
+                backend: NAME.into(),
+                settings: "hostname, network_namespace (not built yet)".into(),
+            });
+        }
         // The writable layer is a directory in the box's directory: it has no size.
         if settings.disk_size.is_some() {
             return Err(BackendError::Unsupported {

@@ -186,6 +186,19 @@ impl CreateOptionsBuilder {
         self
     }
 
+    /// The box's hostname (stored with the box; at most 64 bytes, no NUL or `/`).
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.opts.settings.hostname = Some(name.into());
+        self
+    }
+
+    /// Join this network namespace (a path such as `/run/netns/NAME` or
+    /// `/proc/PID/ns/net`, opened at each start) instead of the box's own network.
+    pub fn network_namespace(mut self, path: impl Into<PathBuf>) -> Self {
+        self.opts.settings.network_namespace = Some(path.into());
+        self
+    }
+
     /// Boot the box from this root filesystem directory (stored with the box after
     /// canonicalisation; never modified; writes in the box stay in the box).
     pub fn rootfs(mut self, dir: impl Into<PathBuf>) -> Self {

@@ -1,0 +1,1 @@
+//! The process engines supervise: see the crate documentation.
