@@ -67,7 +67,6 @@ impl Env {
                 "cwd": "/",
                 "user": { "uid": 0, "gid": 0 },
             },
-            "hostname": "box",
             "mounts": [
                 { "destination": "/proc", "type": "proc", "source": "proc" },
                 { "destination": "/dev", "type": "tmpfs", "source": "tmpfs" },
