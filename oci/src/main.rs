@@ -27,6 +27,12 @@ use liboci_cli::{CommonCmd, GlobalOpts, StandardCmd};
 struct Cli {
     #[command(flatten)]
     global: GlobalOpts,
+    /// A backend option, KEY=VALUE (repeatable), as boxsock's --backend-option.
+    #[arg(long = "backend-option", global = true, value_name = "KEY=VALUE")]
+    backend_options: Vec<String>,
+    /// Where the backends' helper binaries are (default: beside this executable).
+    #[arg(long, global = true, env = "BOXSOCK_HELPER_DIR", value_name = "DIR")]
+    helper_dir: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -128,7 +134,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let ctx = Ctx::new(root, exe, pass);
+    let mut backend_config = boxsock::BackendConfig::default();
+    for kv in &cli.backend_options {
+        let Some((k, v)) = kv.split_once('=') else {
+            log.error(&format!("--backend-option {}: expected KEY=VALUE", echo::echo(kv)));
+            return ExitCode::FAILURE;
+        };
+        backend_config.options.insert(k.to_owned(), v.to_owned());
+        pass.extend(["--backend-option".into(), kv.into()]);
+    }
+    if let Some(d) = &cli.helper_dir {
+        backend_config.helper_dir = Some(d.clone());
+        pass.extend(["--helper-dir".into(), d.as_os_str().to_owned()]);
+    }
+    let mut ctx = Ctx::new(root, exe, pass);
+    ctx.backend_config = backend_config;
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -205,11 +225,11 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<i32, OciError> {
         },
         Cmd::Supervise { id, tty } => {
             let id = ContainerId::new(&id)?;
-            Ok(supervise::main_supervisor(&ctx.root, &id, tty).await)
+            Ok(supervise::main_supervisor(ctx, &id, tty).await)
         }
         Cmd::SuperviseExec { id } => {
             let id = ContainerId::new(&id)?;
-            Ok(supervise::exec_supervisor(&ctx.root, &id).await)
+            Ok(supervise::exec_supervisor(ctx, &id).await)
         }
     }
 }

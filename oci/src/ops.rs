@@ -12,8 +12,8 @@ use boxsock::boxsock_core::echo;
 use boxsock::boxsock_core::process::OwnedProcess;
 use boxsock::boxsock_core::spawn::Spawn;
 use boxsock::{
-    CreateOptions, LockMode, ProcessIdentity, Runtime, RuntimeOptions, builtin_backends,
-    builtin_strategies,
+    BackendConfig, CreateOptions, LockMode, ProcessIdentity, Runtime, RuntimeOptions,
+    builtin_backends, builtin_strategies,
 };
 use nix::sys::stat::Mode;
 
@@ -30,22 +30,27 @@ pub struct Ctx {
     pub root: StateRoot,
     /// This executable.
     pub exe: PathBuf,
-    /// The global options to pass on (`--log`, `--log-format`, `--debug`).
+    /// The global options to pass on (`--root`, `--log`, `--log-format`, `--debug`,
+    /// `--backend-option`, `--helper-dir`).
     pub global_args: Vec<OsString>,
+    /// The backends' options and helper directory (`--backend-option`, `--helper-dir`).
+    pub backend_config: BackendConfig,
 }
 
 impl Ctx {
     /// A context for `root`, running `exe` for supervisors.
     pub fn new(root: StateRoot, exe: PathBuf, global_args: Vec<OsString>) -> Ctx {
-        Ctx { root, exe, global_args }
+        Ctx { root, exe, global_args, backend_config: BackendConfig::default() }
     }
 }
 
 /// Open boxsock's home under the root, as the CLI does (a lock per operation, so
 /// every `boxsock-oci` process and supervisor works on it at once).
-pub async fn open_runtime(root: &StateRoot) -> Result<Runtime, OciError> {
+pub async fn open_runtime(ctx: &Ctx) -> Result<Runtime, OciError> {
+    let root = &ctx.root;
     root.ensure()?;
     let mut o = RuntimeOptions::new(builtin_strategies(), builtin_backends());
+    o.backend_config = ctx.backend_config.clone();
     o.lock_mode = LockMode::Shared;
     o.lock_wait = Some(Duration::from_secs(30));
     o.health_monitor = false;
@@ -96,7 +101,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<(), OciError> {
     let mut made = Made { dir: Some(dir.clone()), box_id: None };
     let result = create_in(ctx, &id, &a, &spec, &dir, &mut made).await;
     if result.is_err() {
-        made.undo(&ctx.root).await;
+        made.undo(ctx).await;
     }
     result
 }
@@ -108,9 +113,9 @@ struct Made {
 }
 
 impl Made {
-    async fn undo(self, root: &StateRoot) {
+    async fn undo(self, ctx: &Ctx) {
         if let Some(b) = self.box_id {
-            if let Ok(rt) = open_runtime(root).await {
+            if let Ok(rt) = open_runtime(ctx).await {
                 if let Err(e) = rt.remove(&b, true).await {
                     tracing::warn!(box_id = %b, error = %e, "cannot remove the box of a failed create");
                 }
@@ -130,7 +135,7 @@ async fn create_in(
     dir: &Path,
     made: &mut Made,
 ) -> Result<(), OciError> {
-    let rt = open_runtime(&ctx.root).await?;
+    let rt = open_runtime(ctx).await?;
     let mut b = CreateOptions::builder()
         .strategy(boxsock::DEFAULT_STRATEGY)
         .backend(spec.backend.clone())
@@ -373,7 +378,7 @@ pub async fn delete(ctx: &Ctx, id: &str, force: bool) -> Result<(), OciError> {
     {
         kill_supervisor(s);
     }
-    let rt = open_runtime(&ctx.root).await?;
+    let rt = open_runtime(ctx).await?;
     match rt.remove(&c.record.box_id, true).await {
         Ok(_) => {}
         Err(boxsock::RuntimeError::NotFound { .. }) => {}
@@ -451,7 +456,7 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32, OciError> {
     if let Some(p) = &a.pid_file {
         write_pid_file(p, std::process::id() as i32)?;
     }
-    let rt = open_runtime(&ctx.root).await?;
+    let rt = open_runtime(ctx).await?;
     let command = crate::supervise::command_of(&rt, &c.record.box_id, &a.process);
     Ok(crate::supervise::run_attached(command, a.process.terminal).await)
 }
@@ -497,7 +502,7 @@ pub async fn ps(ctx: &Ctx, id: &str, json: bool) -> Result<String, OciError> {
     if let (Status::Created | Status::Running, Some(s)) = (c.status(), c.record.supervisor) {
         pids.push(s.pid);
     }
-    let rt = open_runtime(&ctx.root).await?;
+    let rt = open_runtime(ctx).await?;
     if let Ok(Some(h)) = rt.process(&c.record.box_id) {
         let root = h.identity().pid;
         pids.push(root);

@@ -28,8 +28,9 @@ use tokio::net::unix::pipe;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::OciError;
+use crate::ops::Ctx;
 use crate::spec::ProcessSpec;
-use crate::state::{ContainerId, StateRoot};
+use crate::state::ContainerId;
 
 /// Where the supervisor says it is ready (`ok`) or why it is not.
 pub const READY_FD: RawFd = 3;
@@ -138,7 +139,8 @@ async fn futures_lite_select(
 }
 
 /// `supervise ID`: the container's supervisor; returns its exit status.
-pub async fn main_supervisor(root: &StateRoot, id: &ContainerId, tty: bool) -> i32 {
+pub async fn main_supervisor(ctx: &Ctx, id: &ContainerId, tty: bool) -> i32 {
+    let root = &ctx.root;
     let mut ready = Ready::take();
     let setup = async {
         let c = root.load(id)?;
@@ -150,7 +152,7 @@ pub async fn main_supervisor(root: &StateRoot, id: &ContainerId, tty: bool) -> i
         };
         let start = open(c.start_fifo())?;
         let ctl = open(c.ctl_fifo())?;
-        let rt = crate::ops::open_runtime(root).await?;
+        let rt = crate::ops::open_runtime(ctx).await?;
         rt.start(&c.record.box_id).await?;
         let signals = Signals::new(Some(ctl)).map_err(|e| OciError::io("watch signals", "", e))?;
         Ok::<_, OciError>((c, start, signals, rt))
@@ -199,7 +201,8 @@ pub async fn main_supervisor(root: &StateRoot, id: &ContainerId, tty: bool) -> i
 }
 
 /// `supervise-exec ID`: one command of `exec --detach`; returns its exit status.
-pub async fn exec_supervisor(root: &StateRoot, id: &ContainerId) -> i32 {
+pub async fn exec_supervisor(ctx: &Ctx, id: &ContainerId) -> i32 {
+    let root = &ctx.root;
     let mut ready = Ready::take();
     // SAFETY: descriptor 4 was handed by `exec` (the core's `Spawn` placed it);
     // nothing else in this process owns it.
@@ -215,7 +218,7 @@ pub async fn exec_supervisor(root: &StateRoot, id: &ContainerId) -> i32 {
     };
     let setup = async {
         let c = root.load(id)?;
-        let rt = crate::ops::open_runtime(root).await?;
+        let rt = crate::ops::open_runtime(ctx).await?;
         let signals = Signals::new(None).map_err(|e| OciError::io("watch signals", "", e))?;
         Ok::<_, OciError>((c, rt, signals))
     };
