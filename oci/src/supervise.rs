@@ -310,9 +310,12 @@ async fn run(
     };
     match status {
         Ok(s) => s.shell_code(),
+        // The agent answers a command it cannot start with an error instead of its
+        // exit: said here, on the command's stderr, with a shell's status.
         Err(e) => {
-            eprintln!("boxsock-oci: {}: {e}", echo::echo(&program));
-            125
+            let (msg, code) = spawn_failure(&e, Some(&program));
+            eprintln!("boxsock-oci: {msg}");
+            code
         }
     }
 }
