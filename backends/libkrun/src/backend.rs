@@ -682,12 +682,18 @@ impl Backend for Libkrun {
             setting,
             reason,
         };
-        if settings.network_namespace.is_some() || settings.hostname.is_some() {
+        if settings.network_namespace.is_some() {
             return Err(BackendError::Unsupported {
                 backend: NAME.into(),
-                settings: "hostname, network_namespace (a guest has its own kernel: it \
-                           cannot join a host network namespace)"
+                settings: "network_namespace (a guest has its own kernel: it cannot join a \
+                           host network namespace)"
                     .into(),
+            });
+        }
+        if settings.hostname.is_some() {
+            return Err(BackendError::Unsupported {
+                backend: NAME.into(),
+                settings: "hostname (not built yet: the guest's agent sets none)".into(),
             });
         }
         if let Some(n) = settings.vcpus.filter(|n| !(1..=MAX_VCPUS).contains(n)) {
