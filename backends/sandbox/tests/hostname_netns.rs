@@ -262,3 +262,81 @@ fn the_backend_refuses_ports_with_a_joined_namespace() {
     let e = b.check_settings(&s).unwrap_err().to_string();
     assert!(e.contains("no network of its own to publish ports from"), "{e}");
 }
+
+/// The probe's role, played by this very test binary inside a box (run by the box's
+/// copy of the agent's loader, as in `escape.rs`): connect to the abstract name in
+/// `SANDBOX_PROBE_ABSTRACT` and say whether it worked.
+#[test]
+fn probe_role() {
+    let Some(name) = std::env::var_os("SANDBOX_PROBE_ABSTRACT") else { return };
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_encoded_bytes()).unwrap();
+    match std::os::unix::net::UnixStream::connect_addr(&addr) {
+        Ok(_) => println!("PROBE CONNECTED"),
+        Err(e) => println!("PROBE REFUSED {e}"),
+    }
+}
+
+async fn probe(rt: &Runtime, id: &str, in_box: bool, name: &str) -> String {
+    let me = std::env::current_exe().unwrap();
+    let mut c = if in_box {
+        let mut c = rt.command(id, "/.boxsock/ld.so");
+        c.args(["--library-path", "/.boxsock", "/bin/probe"]);
+        c
+    } else {
+        rt.command(id, me.to_str().unwrap())
+    };
+    let o = c
+        .args(["--exact", "probe_role", "--nocapture", "--test-threads=1"])
+        .env("SANDBOX_PROBE_ABSTRACT", name)
+        .output()
+        .await
+        .unwrap();
+    let out = text(&o.stdout);
+    let line = out.lines().find_map(|l| l.find("PROBE ").map(|i| &l[i..]));
+    line.unwrap_or_else(|| panic!("{}", show(&o))).into()
+}
+
+/// A box that joins the host's own network namespace shares its abstract socket
+/// namespace, which a box's own namespace otherwise keeps apart (containerd's
+/// CVE-2020-15257): Landlock's scope still refuses a host abstract socket and the box's
+/// own agent name. Control: a `host` box reaches both.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_box_in_the_host_network_namespace_cannot_reach_host_abstract_sockets() {
+    let env = Env::new();
+    std::fs::copy(std::env::current_exe().unwrap(), env.root.join("bin/probe")).unwrap();
+    let rt = env.open_runtime(&[], true).await;
+    let name = format!("boxsock-netns-test-{}", std::process::id());
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    let opts = CreateOptions::builder()
+        .strategy("abstract")
+        .backend("sandbox")
+        .rootfs(&env.root)
+        .network_namespace("/proc/self/ns/net")
+        .build();
+    let id = env.started(&rt, opts).await;
+    let o = sh(&rt, &id, "readlink /proc/self/ns/net").await;
+    let host_ns = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_eq!(text(&o.stdout).trim(), host_ns.to_str().unwrap(), "{}", show(&o));
+    let info = rt.inspect(&id).unwrap();
+    let agent =
+        info.sockets.iter().find(|s| s.socket == "agent").and_then(|s| s.address.clone()).unwrap();
+    let agent = agent.strip_prefix('@').unwrap_or_else(|| panic!("{agent}")).to_owned();
+    let host = env
+        .started(&rt, CreateOptions::builder().strategy("short-symlink").backend("host").build())
+        .await;
+    for target in [&name, &agent] {
+        let control = probe(&rt, &host, false, target).await;
+        assert_eq!(control, "PROBE CONNECTED", "control: the host backend reaches {target}");
+        let o = probe(&rt, &id, true, target).await;
+        // EPERM: the name is there (the same namespace), Landlock refuses it.
+        assert!(o.starts_with("PROBE REFUSED"), "the box reached {target}: {o}");
+        assert!(o.contains("Operation not permitted"), "not Landlock's refusal: {o}");
+        println!("{target}: {o}");
+    }
+    for b in [&id, &host] {
+        rt.remove(b, true).await.unwrap();
+    }
+}
