@@ -78,7 +78,10 @@ pub enum NamespaceError {
         fs: String,
     },
     /// A namespace of another type.
-    #[error("network namespace {}: it is a {kind} namespace, not a network namespace", echo::path(.path))]
+    #[error(
+        "network namespace {}: it is a {kind} namespace, not a network namespace",
+        echo::path(.path)
+    )]
     OtherType {
         /// The path as given.
         path: PathBuf,
