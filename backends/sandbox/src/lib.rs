@@ -16,6 +16,11 @@
 //! namespaces, the root and the privileges. When it dies, the kernel kills every
 //! process of the box (the PID namespace ends with its init).
 //!
+//! **A given hostname and network namespace** (decision 0027): the box's hostname is its
+//! `hostname` setting, else its id; with `network_namespace` the child joins that
+//! namespace ([`netns`], opened by the runtime at each start) instead of making one,
+//! and leaves it as it is (no `lo` brought up, no pasta).
+//!
 //! **Sockets, as `host`:** the runtime binds `agent` in the host's namespaces (through
 //! the strategy) and hands the listener at descriptor 3; readiness goes on an inherited
 //! socket pair end at 4 (decision 0010). The box's network namespace has its own
