@@ -153,12 +153,18 @@ pub struct BoxSettings {
     /// (libkrun); `None` is the backend's stated default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_size: Option<ByteSize>,
-    /// The box's hostname; `None`: the backend's (its id, where it sets one).
+    /// The box's hostname: 1 to 64 bytes, no NUL, no `/` (the backend checks);
+    /// `None`: the backend's (its id, where it sets one). `sandbox` sets it; `libkrun`
+    /// and `host` refuse it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     /// A network namespace the box joins instead of having its own (an OCI engine's:
-    /// `linux.namespaces` `network` with a `path`), opened at each start. Exclusive
-    /// with a network of the box's own and with published ports.
+    /// `linux.namespaces` `network` with a `path`): an absolute path such as
+    /// `/run/netns/NAME` or `/proc/PID/ns/net`, stored as given and opened at each start
+    /// (a namespace removed since fails that start). Exclusive with a network of the
+    /// box's own and with published ports (the runtime refuses both at create).
+    /// `sandbox` joins it as root and refuses it rootless; `libkrun` and `host` refuse
+    /// it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_namespace: Option<PathBuf>,
 }

@@ -682,13 +682,24 @@ impl Backend for Libkrun {
             setting,
             reason,
         };
-        if settings.network_namespace.is_some() || settings.hostname.is_some() {
-            return Err(BackendError::Unsupported {
-                backend: NAME.into(),
-                settings: "hostname, network_namespace (a guest has its own kernel: it \
-                           cannot join a host network namespace)"
+        // Not `Unsupported`: its message points to libkrun. The sandbox backend does both.
+        if let Some(ns) = &settings.network_namespace {
+            return Err(bad_setting(
+                "network_namespace",
+                format!(
+                    "{}: a guest has its own kernel, it cannot join a host network \
+                     namespace (the sandbox backend can)",
+                    boxsock_core::echo::path(ns)
+                ),
+            ));
+        }
+        if settings.hostname.is_some() {
+            return Err(bad_setting(
+                "hostname",
+                "not built on libkrun yet: the guest's agent sets none (the sandbox backend \
+                 sets one)"
                     .into(),
-            });
+            ));
         }
         if let Some(n) = settings.vcpus.filter(|n| !(1..=MAX_VCPUS).contains(n)) {
             return Err(bad_setting(

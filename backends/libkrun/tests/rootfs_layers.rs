@@ -304,6 +304,24 @@ fn bad_settings_are_refused_naming_the_setting_and_value() {
             "rootfs",
             "not an absolute path".into(),
         ),
+        (
+            {
+                let mut s = BoxSettings::default();
+                s.network_namespace = Some("/run/netns/x".into());
+                s
+            },
+            "network_namespace",
+            "\"/run/netns/x\": a guest has its own kernel".into(),
+        ),
+        (
+            {
+                let mut s = BoxSettings::default();
+                s.hostname = Some("web-1".into());
+                s
+            },
+            "hostname",
+            "not built on libkrun yet".into(),
+        ),
     ];
     for (settings, setting, needle) in cases {
         let e = b.check_settings(&settings).unwrap_err();

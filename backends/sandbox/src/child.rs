@@ -7,6 +7,7 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -64,6 +65,9 @@ pub struct Plan {
     mounts: Vec<Mount>,
     merged: CString,
     hostname: Vec<u8>,
+    /// A network namespace to join instead of making one ([`crate::netns`]), opened in
+    /// the parent; held here until the plan is dropped after the spawn.
+    netns: Option<OwnedFd>,
     dot: CString,
     slash: CString,
     privileges: Privileges,
@@ -91,14 +95,17 @@ pub fn overlay_unsafe(p: &Path) -> Option<char> {
 }
 
 impl Plan {
-    /// The plan for one box: `network` false leaves it a network namespace with only
-    /// `lo`; `hostname` is the box's (its id, at most 64 bytes).
+    /// The plan for one box: `hostname` is the box's (its setting or its id; at most
+    /// 64 bytes are used). Without `netns` the box gets a network namespace of its own
+    /// with `lo` up (pasta adds the rest for `--network`); with it, the box joins that
+    /// namespace (an engine's, [`crate::netns::open`]) and changes nothing in it.
     pub fn new(
         dirs: &Dirs<'_>,
         hostname: &str,
         privileges: Privileges,
         cgroup_procs: Vec<libc::c_int>,
         volumes: Vec<crate::volume::Prepared>,
+        netns: Option<OwnedFd>,
     ) -> Plan {
         let m = |rel: &str| dirs.merged.join(rel);
         let ms = |rel: &str| cs(&m(rel));
@@ -242,12 +249,13 @@ impl Plan {
         );
         let mut hostname = hostname.as_bytes().to_vec();
         hostname.truncate(64);
+        let own_net = if netns.is_some() { 0 } else { libc::CLONE_NEWNET };
         Plan {
             cgroup_procs,
             unshare: libc::CLONE_NEWNS
                 | libc::CLONE_NEWUTS
                 | libc::CLONE_NEWIPC
-                | libc::CLONE_NEWNET
+                | own_net
                 | libc::CLONE_NEWCGROUP,
             mkdirs: vec![
                 (ms(".boxsock"), 0o755),
@@ -279,6 +287,7 @@ impl Plan {
             mounts,
             merged: cs(dirs.merged),
             hostname,
+            netns,
             dot: cstr("."),
             slash: cstr("/"),
             privileges,
@@ -288,6 +297,19 @@ impl Plan {
 
     /// Run in the child, between fork and exec. See the module documentation.
     pub fn run(&self) -> io::Result<()> {
+        // First, so that everything after (sysfs, the box's sockets) is in the
+        // namespace the box joins. The descriptor was opened before the clone and the
+        // handed descriptors are placed only after this set-up (`clone::spawn`), so
+        // none is placed over it.
+        if let Some(fd) = &self.netns {
+            step(
+                "join the network namespace",
+                unsafe_call(|| {
+                    // SAFETY: setns(2) on a descriptor the parent opened and holds.
+                    unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) }
+                }),
+            )?;
+        }
         // Join the box's cgroups before the cgroup namespace is made, so that the box
         // sees its own cgroup as its root.
         for &fd in &self.cgroup_procs {
@@ -405,7 +427,10 @@ impl Plan {
                 unsafe { libc::sethostname(self.hostname.as_ptr().cast(), self.hostname.len()) }
             }),
         )?;
-        loopback_up()?;
+        // A joined namespace is the engine's: its `lo` is its business.
+        if self.netns.is_none() {
+            loopback_up()?;
+        }
         self.privileges.apply()
     }
 }

@@ -16,6 +16,11 @@
 //! namespaces, the root and the privileges. When it dies, the kernel kills every
 //! process of the box (the PID namespace ends with its init).
 //!
+//! **A given hostname and network namespace** (decision 0027): the box's hostname is its
+//! `hostname` setting, else its id; with `network_namespace` the child joins that
+//! namespace ([`netns`], opened by the runtime at each start) instead of making one,
+//! and leaves it as it is (no `lo` brought up, no pasta).
+//!
 //! **Sockets, as `host`:** the runtime binds `agent` in the host's namespaces (through
 //! the strategy) and hands the listener at descriptor 3; readiness goes on an inherited
 //! socket pair end at 4 (decision 0010). The box's network namespace has its own
@@ -49,6 +54,8 @@ pub mod child;
 pub mod clone;
 #[cfg(target_os = "linux")]
 pub mod net;
+#[cfg(target_os = "linux")]
+pub mod netns;
 #[cfg(target_os = "linux")]
 pub mod privs;
 #[cfg(target_os = "linux")]
@@ -249,6 +256,27 @@ fn make_dirs(layout: &BoxLayout, id: &BoxId) -> std::io::Result<()> {
     fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
 }
 
+/// A hostname the kernel takes and a user can read back: 1 to 64 bytes
+/// (`HOST_NAME_MAX`), no NUL (the kernel would keep the bytes after it, every reader
+/// would stop there) and no `/` (hostnames end up in file names, where it would make a
+/// path). `Err` says why not.
+pub fn check_hostname(name: &str) -> Result<(), String> {
+    const MAX: usize = 64;
+    if name.is_empty() {
+        return Err("empty: give 1 to 64 bytes".into());
+    }
+    if name.len() > MAX {
+        return Err(format!("{} bytes, above the kernel's limit of {MAX}", name.len()));
+    }
+    if name.contains('\0') {
+        return Err("holds a NUL byte".into());
+    }
+    if name.contains('/') {
+        return Err("holds a '/'".into());
+    }
+    Ok(())
+}
+
 /// Whether this runtime runs boxes rootless: in a user namespace of their own, where
 /// the runtime's user is root and nobody else is mapped (decision 0026).
 pub fn rootless() -> bool {
@@ -340,7 +368,9 @@ impl Backend for SandboxBackend {
     /// `rootfs` (an existing directory), `image`, `vcpus` / `ram_mib` as cgroup
     /// limits (refused, naming why, where no cgroup hierarchy this user may write
     /// offers the controllers: never ignored), `volumes` (bind mounts; not over the
-    /// agent's `/.boxsock`) and `ports` (pasta's forwards, checked free at each start).
+    /// agent's `/.boxsock`) and `ports` (pasta's forwards, checked free at each start),
+    /// `hostname` ([`check_hostname`]) and `network_namespace` (a network namespace's
+    /// file, opened now and at each start; not with ports, not rootless: [`netns`]).
     /// `disk_size` is refused: the writable layer is a directory.
     fn check_settings(&self, settings: &BoxSettings) -> Result<(), BackendError> {
         let bad =
@@ -405,11 +435,35 @@ impl Backend for SandboxBackend {
                 ));
             }
         }
-        if settings.network_namespace.is_some() || settings.hostname.is_some() {
-            return Err(BackendError::Unsupported {
-                backend: NAME.into(),
-                settings: "hostname, network_namespace (not built yet)".into(),
-            });
+        if let Some(name) = &settings.hostname {
+            check_hostname(name)
+                .map_err(|reason| bad("hostname", format!("{}: {reason}", echo::echo(name))))?;
+        }
+        if let Some(path) = &settings.network_namespace {
+            let shown = echo::path(path);
+            if rootless() {
+                return Err(bad(
+                    "network_namespace",
+                    format!(
+                        "{shown}: a rootless box runs in a user namespace of its own, and \
+                         joining a network namespace needs privilege over the user \
+                         namespace that owns it, which the box has not; run as root"
+                    ),
+                ));
+            }
+            if !settings.ports.is_empty() {
+                return Err(bad(
+                    "network_namespace",
+                    format!(
+                        "{shown}: the box joins that namespace, so it has no network of its \
+                         own to publish ports from ({} given); publish them where the \
+                         namespace is made",
+                        settings.ports.len()
+                    ),
+                ));
+            }
+            // At create too, so that a wrong path is said now rather than at each start.
+            netns::open(path).map_err(|e| bad("network_namespace", e.to_string()))?;
         }
         // The writable layer is a directory in the box's directory: it has no size.
         if settings.disk_size.is_some() {
@@ -449,6 +503,14 @@ impl Backend for SandboxBackend {
         let ready = spec.sockets.ready_channel.as_ref().ok_or_else(|| {
             self.spec_error(format!("box {}: no ready channel to hand to the agent", spec.id))
         })?;
+        if let Some(path) = spec.settings.network_namespace.as_ref().filter(|_| spec.network) {
+            return Err(self.spec_error(format!(
+                "box {}: it joins the network namespace {} and cannot also have a network \
+                 of its own",
+                spec.id,
+                echo::path(path)
+            )));
+        }
         if !spec.settings.ports.is_empty() && !spec.network {
             return Err(self.spec_error(format!(
                 "box {}: published ports need the box's network, and it has none",
@@ -498,7 +560,16 @@ impl Backend for SandboxBackend {
         let procs = cgroups.as_ref().map(|c| c.raw_procs()).unwrap_or_default();
         let volumes = volume::prepare(&spec.settings.volumes, rootless())
             .map_err(|e| self.spec_error(format!("box {}: {e}", spec.id)))?;
-        let plan = child::Plan::new(&dirs, spec.id.as_str(), privileges, procs, volumes);
+        // Opened at each start, as stored: a namespace removed since create fails here,
+        // naming the path.
+        let joined = match &spec.settings.network_namespace {
+            None => None,
+            Some(path) => Some(
+                netns::open(path).map_err(|e| self.spec_error(format!("box {}: {e}", spec.id)))?,
+            ),
+        };
+        let hostname = spec.settings.hostname.as_deref().unwrap_or(spec.id.as_str());
+        let plan = child::Plan::new(&dirs, hostname, privileges, procs, volumes, joined);
 
         let in_box = |name: &str| format!("{}/{name}", base::BOX_DIR);
         let mut cmd = if base.dynamic {

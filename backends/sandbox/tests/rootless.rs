@@ -277,6 +277,33 @@ fn a_rootless_memory_limit_without_delegation_is_refused_at_create() {
     println!("ROLE OK");
 }
 
+/// A network namespace cannot be joined by a rootless box (it has no privilege over
+/// the user namespace that owns one): refused at create, saying why; as root (the
+/// control) the same setting is accepted.
+#[test]
+fn a_rootless_box_joining_a_network_namespace_is_refused_at_create() {
+    const NS: &str = "/proc/self/ns/net";
+    let Some((_, user)) = User::from_env() else {
+        let env = Env::new();
+        run_as_user(&env, "a_rootless_box_joining_a_network_namespace_is_refused_at_create");
+        let b = boxsock_sandbox::SandboxBackend::new(BackendConfig::default());
+        let mut s = boxsock_core::backend::BoxSettings::default();
+        s.network_namespace = Some(NS.into());
+        boxsock_core::Backend::check_settings(&b, &s).expect("control: root joins one");
+        return;
+    };
+    block_on(async {
+        let rt = user.runtime().await;
+        let mut opts = user.sandbox("short-symlink");
+        opts.settings.network_namespace = Some(NS.into());
+        let e = rt.create(opts).await.expect_err("a rootless box joining a namespace");
+        let msg = e.to_string();
+        assert!(msg.contains("a rootless box") && msg.contains(NS), "{msg}");
+        println!("refused: {msg}");
+    });
+    println!("ROLE OK");
+}
+
 /// Ping the agent at abstract `name`: `PONG`, or `REFUSED …`.
 fn ping(name: &str) -> String {
     use boxsock_core::proto::{Frame, Request, Response, decode, encode};

@@ -382,6 +382,27 @@ impl Runtime {
         let strategy = inner.strategy(&opts.strategy)?;
         let backend = inner.backend(&opts.backend)?;
         let mut opts = opts;
+        // A box that joins a network namespace (an engine's) has no network of its own:
+        // neither `network` nor published ports, which would turn one on below.
+        if let Some(ns) = &opts.settings.network_namespace {
+            let own = if opts.network {
+                Some("a network of its own (network) was asked for too")
+            } else if !opts.settings.ports.is_empty() {
+                Some("ports are published, which needs a network of the box's own")
+            } else {
+                None
+            };
+            if let Some(why) = own {
+                return Err(boxsock_core::settings::SettingError {
+                    setting: "network namespace",
+                    input: boxsock_core::echo::path(ns).to_string(),
+                    reason: format!(
+                        "the box joins it instead of having a network, but {why}; choose one"
+                    ),
+                }
+                .into());
+            }
+        }
         // A published port is served through the box's network (docker's `-p` implies
         // one too): a box asked to publish gets it, rather than an error (decision 0024).
         if !opts.settings.ports.is_empty() && !opts.network {

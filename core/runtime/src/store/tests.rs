@@ -387,6 +387,42 @@ fn a_version_3_store_migrates_to_v4_and_box_settings_round_trip() {
     assert_eq!(s.get(&rec.id).unwrap().unwrap().config, config);
 }
 
+/// `hostname` and `network_namespace` (issue 23) are optional keys of the stored
+/// settings: a row written before them loads with neither, and they round-trip under
+/// these names when set (and are absent when not).
+#[test]
+fn hostname_and_network_namespace_are_optional_stored_settings() {
+    let (_d, s) = store();
+    s.conn()
+        .execute_batch(
+            r#"INSERT INTO boxes (id, name, state, config, created_at_ms, updated_at_ms)
+               VALUES ('pre23', NULL, 'stopped', '{"strategy":"short-symlink","backend":"sandbox","network":false,"env":[],"settings":{"vcpus":2}}', 1, 1);"#,
+        )
+        .unwrap();
+    let old = s.get(&BoxId::parse("pre23").unwrap()).unwrap().unwrap();
+    assert_eq!(old.config.settings.vcpus, Some(2));
+    assert_eq!((old.config.settings.hostname, old.config.settings.network_namespace), (None, None));
+    let raw = |id: &BoxId| -> String {
+        s.conn()
+            .query_row("SELECT config FROM boxes WHERE id = ?1", [id.as_str()], |r| r.get(0))
+            .unwrap()
+    };
+    let plain = Store::new_record(BoxId::generate(), None, cfg());
+    s.insert(&plain).unwrap();
+    let text = raw(&plain.id);
+    assert!(!text.contains("hostname") && !text.contains("network_namespace"), "{text}");
+    let mut config = cfg();
+    config.backend = "sandbox".into();
+    config.settings.hostname = Some("web-1".into());
+    config.settings.network_namespace = Some(PathBuf::from("/run/netns/x"));
+    let rec = Store::new_record(BoxId::generate(), None, config.clone());
+    s.insert(&rec).unwrap();
+    let text = raw(&rec.id);
+    assert!(text.contains(r#""hostname":"web-1""#), "{text}");
+    assert!(text.contains(r#""network_namespace":"/run/netns/x""#), "{text}");
+    assert_eq!(s.get(&rec.id).unwrap().unwrap().config, config);
+}
+
 /// A stored rootfs that is not absolute cannot be what create canonicalised: the
 /// row is reported corrupt with the path, and the others still list.
 #[test]
