@@ -35,6 +35,8 @@ pub use boxsock_runtime::{
 };
 
 mod linked;
+/// Escaping what boxsock's programs print themselves (the CLI, `boxsock-oci`).
+pub mod term;
 
 /// The default strategy.
 pub const DEFAULT_STRATEGY: &str = boxsock_short_symlink::NAME;

@@ -15,6 +15,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use boxsock::RuntimeError;
+use boxsock::term;
 use clap::Parser;
 
 use args::{Cli, ImageVerb, Verb};
@@ -24,7 +25,6 @@ mod exit;
 mod home;
 mod lifeline;
 mod logs;
-mod term;
 mod tty;
 mod verbs;
 mod views;
@@ -70,7 +70,7 @@ use outln;
 macro_rules! errln {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), "{}", $crate::term::for_terminal(&format!($($t)*)));
+        let _ = writeln!(std::io::stderr(), "{}", ::boxsock::term::for_terminal(&format!($($t)*)));
     }};
 }
 // Imported by path (`use crate::errln`) in the verb modules.

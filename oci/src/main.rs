@@ -63,7 +63,7 @@ struct Log {
 
 impl Log {
     fn error(&self, msg: &str) {
-        eprintln!("boxsock-oci: {msg}");
+        eprintln!("{}", boxsock::term::for_terminal(&format!("boxsock-oci: {msg}")));
         self.write("error", msg);
     }
 
@@ -83,9 +83,15 @@ impl Log {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
+        // Help and version as clap prints them; its errors, which quote the command
+        // line, escaped line by line (decision 0009).
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprint!("{}", boxsock::term::for_terminal(&e.render().to_string()));
+            return ExitCode::from(2);
         }
     };
     let g = &cli.global;

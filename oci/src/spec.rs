@@ -427,3 +427,147 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
     }
     serde_json::from_slice(&buf).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: serde_json::Value) -> Result<BoxSpec, OciError> {
+        let mut v = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": { "path": "rootfs" },
+            "process": { "args": ["sh"], "cwd": "/", "user": { "uid": 0, "gid": 0 } },
+        });
+        if let (Some(a), serde_json::Value::Object(b)) = (v.as_object_mut(), extra) {
+            for (k, x) in b {
+                a.insert(k, x);
+            }
+        }
+        let s: Spec = serde_json::from_value(v).unwrap();
+        BoxSpec::from_spec(&s, Path::new("/bundle"))
+    }
+
+    fn refused(extra: serde_json::Value, field: &str, words: &str) {
+        match spec(extra.clone()) {
+            Err(OciError::Unsupported { field: f, reason }) => {
+                assert_eq!(f, field, "{extra}: {reason}");
+                assert!(reason.contains(words), "{extra}: {reason:?} lacks {words:?}");
+            }
+            other => panic!("{extra}: expected {field} refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bundle_maps_onto_a_box() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = dir.path().to_str().unwrap();
+        let s = spec(serde_json::json!({
+            "process": {
+                "args": ["sh", "-c", "x"], "env": ["A=1", "B=x=y"], "cwd": "/w",
+                "user": { "uid": 1000, "gid": 7, "additionalGids": [9] },
+                "rlimits": [{ "type": "RLIMIT_NOFILE", "soft": 1024, "hard": 2048 }],
+                "terminal": true, "consoleSize": { "height": 30, "width": 100 },
+            },
+            "hostname": "web",
+            "annotations": { "io.boxsock.backend": "libkrun", "k": "v" },
+            "mounts": [
+                { "destination": "/proc", "type": "proc", "source": "proc" },
+                { "destination": "/dev/shm", "type": "bind", "source": vol, "options": ["rbind"] },
+                { "destination": "/etc/hosts", "type": "bind", "source": "/etc/hosts" },
+                { "destination": "/data", "type": "bind", "source": vol, "options": ["rbind", "ro"] },
+                { "destination": "/rw", "source": vol, "options": ["bind"] },
+            ],
+            "linux": {
+                "resources": { "memory": { "limit": 268435456 },
+                               "cpu": { "quota": 150000, "period": 100000 } },
+                "namespaces": [{ "type": "pid" }, { "type": "network", "path": "/run/netns/x" }],
+                "maskedPaths": ["/proc/kcore"],
+            },
+        }))
+        .unwrap();
+        assert_eq!(s.backend, "libkrun");
+        assert_eq!(s.rootfs, Path::new("/bundle/rootfs"));
+        let p = &s.process.process;
+        assert_eq!(p.argv, ["sh", "-c", "x"]);
+        assert_eq!(p.env, [("A".into(), "1".into()), ("B".into(), "x=y".into())]);
+        assert_eq!((p.cwd.as_deref(), p.user.as_deref()), (Some("/w"), Some("1000:7")));
+        assert!(s.process.terminal);
+        assert_eq!(s.process.console_size, Some((30, 100)));
+        assert_eq!(s.process.rlimits[0].name, "RLIMIT_NOFILE");
+        assert_eq!((s.process.rlimits[0].soft, s.process.rlimits[0].hard), (1024, 2048));
+        assert_eq!(s.hostname.as_deref(), Some("web"));
+        assert_eq!(s.cpus, Some(2), "1.5 CPUs round up");
+        assert_eq!(s.memory, Some(ByteSize(256 << 20)));
+        assert_eq!(s.network_namespace.as_deref(), Some(Path::new("/run/netns/x")));
+        assert_eq!(
+            s.volumes,
+            [Volume::new(vol, "/data", true), Volume::new(vol, "/rw", false)],
+            "binds of directories are volumes; /dev, /proc and the engine's files are not"
+        );
+        assert_eq!(s.annotations.get("k").map(String::as_str), Some("v"));
+        for word in ["mounts[0]", "mounts[1]", "mounts[2]", "maskedPaths", "additionalGids"] {
+            assert!(s.ignored.iter().any(|i| i.contains(word)), "{word} in {:?}", s.ignored);
+        }
+        assert_eq!(spec(serde_json::json!({})).unwrap().backend, "sandbox");
+    }
+
+    #[test]
+    fn what_a_box_cannot_honour_is_refused_naming_the_field() {
+        refused(
+            serde_json::json!({ "root": { "path": "r", "readonly": true } }),
+            "root.readonly",
+            "writable layer",
+        );
+        refused(
+            serde_json::json!({ "annotations": { "io.boxsock.backend": "host\u{1b}[2J" } }),
+            "annotations[io.boxsock.backend]",
+            "\\u{1b}",
+        );
+        refused(
+            serde_json::json!({ "process": { "args": [], "cwd": "/", "user": { "uid": 0, "gid": 0 } } }),
+            "process.args",
+            "empty",
+        );
+        refused(
+            serde_json::json!({ "process": { "args": ["sh"], "cwd": "rel", "user": { "uid": 0, "gid": 0 } } }),
+            "process.cwd",
+            "absolute",
+        );
+        refused(
+            serde_json::json!({ "process": { "args": ["sh"], "cwd": "/", "env": ["NOEQ"], "user": { "uid": 0, "gid": 0 } } }),
+            "process.env[0]",
+            "NAME=value",
+        );
+        refused(
+            serde_json::json!({ "mounts": [{ "destination": "/t", "type": "tmpfs", "source": "tmpfs" }] }),
+            "mounts[0]",
+            "bind mounts of directories",
+        );
+        refused(
+            serde_json::json!({ "mounts": [{ "destination": "/f", "type": "bind", "source": "/etc/passwd" }] }),
+            "mounts[0]",
+            "not a directory",
+        );
+        refused(
+            serde_json::json!({ "mounts": [{ "destination": "/f", "type": "bind", "source": "/no/such/dir" }] }),
+            "mounts[0].source",
+            "No such file",
+        );
+        refused(
+            serde_json::json!({ "linux": { "namespaces": [{ "type": "user" }] } }),
+            "linux.namespaces[0]",
+            "user namespace",
+        );
+        refused(
+            serde_json::json!({ "linux": { "namespaces": [{ "type": "pid" }, { "type": "ipc", "path": "/proc/1/ns/ipc" }] } }),
+            "linux.namespaces[1].path",
+            "only a network one",
+        );
+        refused(
+            serde_json::json!({ "hooks": { "prestart": [{ "path": "/bin/true" }] } }),
+            "hooks",
+            "no hooks",
+        );
+        refused(serde_json::json!({ "hostname": "a/b" }), "hostname", "64 bytes");
+    }
+}

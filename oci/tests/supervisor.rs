@@ -62,14 +62,18 @@ fn an_engine_creates_starts_signals_and_deletes_containers() {
 
     // create → created, the pid the supervisor's; start → its command runs; the
     // supervisor exits with its status; then stopped, and delete forgets it.
-    let b = env.bundle("hi", &["sh", "-c", "echo hi"], serde_json::json!({}));
+    let b = env.bundle(
+        "hi",
+        &["sh", "-c", "echo hi; hostname"],
+        serde_json::json!({ "hostname": "box" }),
+    );
     let pid = create(&env, "hi", &b);
     let st = env.state("hi");
     assert_eq!((st["status"].as_str(), st["pid"].as_i64()), (Some("created"), Some(pid.into())));
     assert_eq!(st["bundle"].as_str(), b.to_str());
     ok("start", &env.oci(&["start", "hi"]));
     assert_eq!(reap(pid, Duration::from_secs(30)), WaitStatus::Exited(Pid::from_raw(pid), 0));
-    assert_eq!(output(&env, "hi"), "hi\n");
+    assert_eq!(output(&env, "hi"), "hi\nbox\n");
     assert_eq!(env.state("hi")["status"], "stopped");
     ok("delete", &env.oci(&["delete", "hi"]));
     let gone = env.oci(&["state", "hi"]);
