@@ -81,6 +81,14 @@ impl Log {
 }
 
 fn main() -> ExitCode {
+    // Engines run runtimes with signals blocked (podman's cleanup `delete` has SIGUSR1
+    // blocked): a supervisor must receive what it forwards, and what it spawns (the
+    // box's agent, its VMM) must not inherit a mask.
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         // Help and version as clap prints them; its errors, which quote the command

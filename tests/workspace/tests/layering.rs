@@ -210,3 +210,14 @@ fn the_facade_depends_on_every_strategy_and_backend() {
         );
     }
 }
+
+/// "boxsock-oci ──> boxsock (the facade) only": a front end like the CLI, it reaches
+/// strategies, backends and the runtime through the facade and adds no boxsock crate of
+/// its own.
+#[test]
+fn the_oci_runtime_is_a_front_end_over_the_facade() {
+    let mut expected = boxsock_deps("boxsock");
+    expected.push("boxsock".into());
+    expected.sort();
+    assert_eq!(boxsock_deps("boxsock-oci"), expected);
+}
