@@ -364,7 +364,21 @@ pub fn kill(ctx: &Ctx, id: &str, signal: &str) -> Result<(), OciError> {
 /// `--force` (its supervisor killed first).
 pub async fn delete(ctx: &Ctx, id: &str, force: bool) -> Result<(), OciError> {
     let id = ContainerId::new(id)?;
-    let c = ctx.root.load(&id)?;
+    let c = match ctx.root.load(&id) {
+        // As runc: --force of a container that does not exist succeeds (engines clean up
+        // after a failed create with it); a directory without a record is a create that
+        // was killed before writing one, removed with it.
+        Err(OciError::NotFound { .. }) if force => {
+            let dir = ctx.root.dir(&id);
+            return match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(OciError::io("remove", dir, e))
+                }
+                _ => Ok(()),
+            };
+        }
+        r => r?,
+    };
     let status = c.status();
     if status == Status::Running && !force {
         return Err(OciError::WrongStatus {
