@@ -92,9 +92,29 @@ fn an_engine_creates_starts_signals_and_deletes_containers() {
     let pid = create(&env, "sleeper", &b);
     ok("start", &env.oci(&["start", "sleeper"]));
     assert_eq!(env.state("sleeper")["status"], "running");
+    // ps: the supervisor, the box's agent and the command under it (containerd's
+    // `ctr task ps` reads the JSON array).
+    let out = env.oci(&["ps", "--format", "json", "sleeper"]);
+    ok("ps", &out);
+    let pids: Vec<i32> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pids.first(), Some(&pid), "{pids:?}");
+    let comms: Vec<String> = pids
+        .iter()
+        .map(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default())
+        .collect();
+    assert!(comms.iter().any(|c| c.trim() == "sleep"), "{comms:?}");
+    let listed = String::from_utf8(env.oci(&["list"]).stdout).unwrap();
+    assert!(listed.lines().any(|l| l.starts_with("sleeper ") && l.contains("running")), "{listed}");
     ok("kill", &env.oci(&["kill", "sleeper", "KILL"]));
     assert_eq!(reap(pid, Duration::from_secs(30)), WaitStatus::Exited(Pid::from_raw(pid), 137));
     let again = env.oci(&["kill", "sleeper", "TERM"]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("not running"), "{again:?}");
     ok("delete", &env.oci(&["delete", "sleeper"]));
+
+    // features: the runtime spec's JSON, naming the backend annotation.
+    let out = env.oci(&["features"]);
+    ok("features", &out);
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(f["ociVersionMin"], "1.0.0");
+    assert_eq!(f["annotations"]["io.boxsock.backend"], "sandbox,libkrun");
 }
