@@ -372,6 +372,11 @@ fn volumes(mounts: &[Mount], ignored: &mut Vec<String>) -> Result<Vec<Volume>, O
             ignored.push(format!("{field} ({typ} at {})", dest.display()));
             continue;
         }
+        if typ == "tmpfs" && dest == Path::new("/run") {
+            // containerd's default spec mounts one; a box's /run is in its writable layer.
+            ignored.push(format!("{field} (tmpfs at /run)"));
+            continue;
+        }
         if !bind {
             return Err(unsupported(
                 field,
