@@ -72,6 +72,10 @@ struct Args {
     /// label (the box's persistent writable layer) instead of a tmpfs.
     #[arg(long = "upper-disk", value_name = "LABEL", requires = "overlay_lower")]
     upper_disk: Option<String>,
+    /// Inside a libkrun guest, with `--overlay-lower`: the box's hostname (1 to 64
+    /// bytes), set once the box's root is entered.
+    #[arg(long, value_name = "NAME", requires = "overlay_lower")]
+    hostname: Option<String>,
 }
 
 fn main() {
@@ -125,6 +129,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .map(|v| boxsock_agent::guestroot::VolumeMount::parse(v))
             .collect::<Result<Vec<_>, _>>()?;
         boxsock_agent::guestroot::enter(&args.overlay_lower, args.upper_disk.as_deref(), &volumes)?;
+        if let Some(name) = &args.hostname {
+            nix::unistd::sethostname(name)
+                .map_err(|e| format!("cannot set the hostname {name:?}: {e}"))?;
+        }
     }
     // In a libkrun guest: configure the box network (if it has one) before reporting
     // ready, so a `--network` box is ready only with its address, route and resolver.

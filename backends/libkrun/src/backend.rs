@@ -331,6 +331,10 @@ impl Libkrun {
         read_only.extend(self.config.extra_read_only.iter().cloned());
         let box_layer = spec.layout.rootfs_dir(&spec.id);
         let mut args = agent_args(AGENT_VSOCK_PORT, READY_VSOCK_PORT);
+        if let Some(name) = &spec.settings.hostname {
+            // The guest's agent sets it once in the box's root (checked at create).
+            args.extend(["--hostname".to_owned(), name.clone()]);
+        }
         // The guest base this box launches from (recorded by `launch`/`prepare`); a box
         // made before bases boots from its own full copy in `<box>/rootfs`.
         let mut read_write = vec![box_dir.clone()];
@@ -693,13 +697,10 @@ impl Backend for Libkrun {
                 ),
             ));
         }
-        if settings.hostname.is_some() {
-            return Err(bad_setting(
-                "hostname",
-                "not built on libkrun yet: the guest's agent sets none (the sandbox backend \
-                 sets one)"
-                    .into(),
-            ));
+        if let Some(name) = &settings.hostname {
+            boxsock_core::settings::check_hostname(name).map_err(|reason| {
+                bad_setting("hostname", format!("{}: {reason}", boxsock_core::echo::echo(name)))
+            })?;
         }
         if let Some(n) = settings.vcpus.filter(|n| !(1..=MAX_VCPUS).contains(n)) {
             return Err(bad_setting(

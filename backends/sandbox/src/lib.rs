@@ -256,26 +256,7 @@ fn make_dirs(layout: &BoxLayout, id: &BoxId) -> std::io::Result<()> {
     fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
 }
 
-/// A hostname the kernel takes and a user can read back: 1 to 64 bytes
-/// (`HOST_NAME_MAX`), no NUL (the kernel would keep the bytes after it, every reader
-/// would stop there) and no `/` (hostnames end up in file names, where it would make a
-/// path). `Err` says why not.
-pub fn check_hostname(name: &str) -> Result<(), String> {
-    const MAX: usize = 64;
-    if name.is_empty() {
-        return Err("empty: give 1 to 64 bytes".into());
-    }
-    if name.len() > MAX {
-        return Err(format!("{} bytes, above the kernel's limit of {MAX}", name.len()));
-    }
-    if name.contains('\0') {
-        return Err("holds a NUL byte".into());
-    }
-    if name.contains('/') {
-        return Err("holds a '/'".into());
-    }
-    Ok(())
-}
+pub use boxsock_core::settings::check_hostname;
 
 /// Whether this runtime runs boxes rootless: in a user namespace of their own, where
 /// the runtime's user is root and nobody else is mapped (decision 0026).
