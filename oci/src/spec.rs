@@ -477,6 +477,7 @@ mod tests {
             "annotations": { "io.boxsock.backend": "libkrun", "k": "v" },
             "mounts": [
                 { "destination": "/proc", "type": "proc", "source": "proc" },
+                { "destination": "/run", "type": "tmpfs", "source": "tmpfs" },
                 { "destination": "/dev/shm", "type": "bind", "source": vol, "options": ["rbind"] },
                 { "destination": "/etc/hosts", "type": "bind", "source": "/etc/hosts" },
                 { "destination": "/data", "type": "bind", "source": vol, "options": ["rbind", "ro"] },
@@ -510,7 +511,9 @@ mod tests {
             "binds of directories are volumes; /dev, /proc and the engine's files are not"
         );
         assert_eq!(s.annotations.get("k").map(String::as_str), Some("v"));
-        for word in ["mounts[0]", "mounts[1]", "mounts[2]", "maskedPaths", "additionalGids"] {
+        for word in
+            ["mounts[0]", "mounts[1]", "mounts[2]", "mounts[3]", "maskedPaths", "additionalGids"]
+        {
             assert!(s.ignored.iter().any(|i| i.contains(word)), "{word} in {:?}", s.ignored);
         }
         assert_eq!(spec(serde_json::json!({})).unwrap().backend, "sandbox");
