@@ -96,6 +96,9 @@ fn commands_on_missing_or_wrong_status_containers_are_refused() {
         let e = err(&env.oci(args));
         assert!(e.contains("container \"nope\" does not exist"), "{args:?}: {e}");
     }
+    // --systemd-cgroup is accepted (a box's cgroup is its backend's).
+    let e = err(&env.oci(&["--systemd-cgroup", "state", "nope"]));
+    assert!(e.contains("does not exist"), "{e}");
     // As runc: delete --force of a container that does not exist succeeds silently.
     let out = env.oci(&["delete", "--force", "nope"]);
     assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");

@@ -65,12 +65,13 @@ fn an_engine_creates_starts_signals_and_deletes_containers() {
     let b = env.bundle(
         "hi",
         &["sh", "-c", "echo hi; hostname"],
-        serde_json::json!({ "hostname": "box" }),
+        serde_json::json!({ "hostname": "box", "annotations": { "org.example/k": "v" } }),
     );
     let pid = create(&env, "hi", &b);
     let st = env.state("hi");
     assert_eq!((st["status"].as_str(), st["pid"].as_i64()), (Some("created"), Some(pid.into())));
     assert_eq!(st["bundle"].as_str(), b.to_str());
+    assert_eq!(st["annotations"]["org.example/k"], "v");
     ok("start", &env.oci(&["start", "hi"]));
     assert_eq!(reap(pid, Duration::from_secs(30)), WaitStatus::Exited(Pid::from_raw(pid), 0));
     assert_eq!(output(&env, "hi"), "hi\nbox\n");
