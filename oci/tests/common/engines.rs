@@ -721,10 +721,18 @@ impl Terminal {
         String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
     }
 
-    /// Wait until the screen satisfies `pred`.
-    pub fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) {
+    /// Wait until the screen satisfies `pred`; fails at once if the client exits first.
+    pub fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) {
         let t0 = Instant::now();
         while !pred(&self.text()) {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                // What it wrote before exiting may still be on its way to the screen.
+                std::thread::sleep(Duration::from_millis(200));
+                if !pred(&self.text()) {
+                    panic!("the client exited ({s}) before {what}: {:?}", self.text());
+                }
+                return;
+            }
             assert!(t0.elapsed() < LIMIT, "no {what} on the terminal: {:?}", self.text());
             std::thread::sleep(Duration::from_millis(20));
         }
