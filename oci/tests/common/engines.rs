@@ -294,12 +294,75 @@ fn processes_naming(needle: &str) -> Vec<i32> {
         .collect()
 }
 
+/// The time since boot in clock ticks, the unit of a process's start time in
+/// `/proc/<pid>/stat`.
+fn ticks_now() -> u64 {
+    // SAFETY: sysconf reads a constant; no pointers.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let up = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let secs: f64 = up.split_whitespace().next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    (secs * hz) as u64
+}
+
+/// A process's start time in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+fn started_at(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold anything.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// SIGKILL the processes named by the pid files a runtime wrote under our directory
+/// (the container's process, or boxsock-oci's supervisor), when the engine's own
+/// clean-up left them alive (a runtime whose `kill` or `delete` failed). A pid is
+/// ours only if its process started after `since` (not a reused pid).
+fn kill_pid_files(files: impl IntoIterator<Item = PathBuf>, since: u64) {
+    for f in files {
+        let Some(pid) = std::fs::read_to_string(&f).ok().and_then(|s| s.trim().parse().ok()) else {
+            continue;
+        };
+        if pid > 1 && started_at(pid).is_some_and(|t| t >= since) {
+            kill_all(&[pid]);
+        }
+    }
+}
+
+/// The entries of `dir` (none if it cannot be read).
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+}
+
+/// `pid` and all its descendants (children lists of every thread, recursively),
+/// descendants first. conmon and the containerd shim are subreapers: a container's
+/// processes (runc's init, boxsock-oci's supervisor) end up as their children.
+fn tree(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in entries(Path::new(&format!("/proc/{pid}/task"))) {
+        let children = std::fs::read_to_string(task.join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            out.extend(tree(child));
+        }
+    }
+    out.push(pid);
+    out
+}
+
+/// SIGKILL `pids`, then wait (a little) until each is gone or a zombie: a cgroup holding
+/// a dying process cannot be removed yet.
 fn kill_all(pids: &[i32]) {
     for &pid in pids {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         );
+    }
+    let alive = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rfind(')').and_then(|i| s.get(i + 2..i + 3)) != Some("Z"))
+    };
+    let t0 = Instant::now();
+    while pids.iter().any(alive) && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -326,6 +389,8 @@ pub const ULIMITS: [&str; 4] = ["--ulimit", "nofile=1024:1024", "--ulimit", "npr
 pub struct Podman {
     dir: tempfile::TempDir,
     runtime: PathBuf,
+    /// When it was made, in clock ticks since boot.
+    since: u64,
 }
 
 impl Podman {
@@ -340,6 +405,7 @@ impl Podman {
         {
             return None;
         }
+        let since = ticks_now();
         let dir = tempfile::Builder::new().prefix("podman").tempdir().unwrap();
         let d = dir.path();
         for sub in ["root", "run", "tmp"] {
@@ -365,7 +431,7 @@ impl Podman {
         )
         .unwrap();
         std::fs::write(d.join("registries.conf"), "unqualified-search-registries = []\n").unwrap();
-        let p = Podman { dir, runtime: runtime.to_owned() };
+        let p = Podman { dir, runtime: runtime.to_owned(), since };
         let archive = p.dir.path().join("image.tar");
         image_archive(&archive);
         p.ok(&["load", "-q", "-i", archive.to_str().unwrap()]);
@@ -444,16 +510,36 @@ impl Podman {
 
 impl Drop for Podman {
     fn drop(&mut self) {
+        let ids = try_run(&mut self.command(&["ps", "-a", "-q", "--no-trunc"]), LIMIT)
+            .map(|o| stdout(&o).split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .unwrap_or_default();
         // Every container, running or not, through the runtime (`delete --force`).
         let rm = try_run(&mut self.command(&["rm", "--all", "--force", "--time", "0"]), LIMIT);
         if let Err(e) = rm {
             eprintln!("podman cleanup: {e}");
         }
         // A conmon that outlived that (a runtime that never let its container die) names
-        // our directory in its arguments; nothing else does.
+        // our directory in its arguments; nothing else does. Its tree holds the container.
         let d = self.dir.path().to_string_lossy().into_owned();
-        kill_all(&processes_naming(&format!("{d}/")));
+        for conmon in processes_naming(&format!("{d}/")) {
+            kill_all(&tree(conmon));
+        }
+        // Containers (and execs) the runtime did not end: their pid files.
+        let run = entries(&self.dir.path().join("run/overlay-containers"));
+        let root = entries(&self.dir.path().join("root/overlay-containers"));
+        let execs = root.iter().flat_map(|c| entries(&c.join("userdata")));
+        let files = run.iter().map(|c| c.join("userdata/pidfile"));
+        kill_pid_files(files.chain(execs.map(|e| e.join("exec_pid"))), self.since);
         unmount_under(self.dir.path());
+        // The cgroups runc makes under cgroupfs (`libpod_parent/libpod-<id>`) stay when
+        // its `delete` failed; those of our containers go once empty.
+        for controller in entries(Path::new("/sys/fs/cgroup")) {
+            for id in &ids {
+                let _ = std::fs::remove_dir(
+                    controller.join("libpod_parent").join(format!("libpod-{id}")),
+                );
+            }
+        }
     }
 }
 
@@ -479,6 +565,8 @@ pub struct Containerd {
     daemon: Child,
     runtime: PathBuf,
     namespace: String,
+    /// When it was made, in clock ticks since boot.
+    since: u64,
 }
 
 impl Containerd {
@@ -492,6 +580,7 @@ impl Containerd {
         {
             return None;
         }
+        let since = ticks_now();
         let dir = tempfile::Builder::new().prefix("bsc").tempdir_in("/tmp").unwrap();
         let d = dir.path();
         let suffix = d.file_name().unwrap().to_string_lossy()["bsc".len()..].to_lowercase();
@@ -519,7 +608,7 @@ impl Containerd {
         cmd.arg("--config").arg(d.join("config.toml"));
         cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
         let daemon = cmd.spawn().expect("spawn containerd");
-        let c = Containerd { dir, daemon, runtime: runtime.to_owned(), namespace };
+        let c = Containerd { dir, daemon, runtime: runtime.to_owned(), namespace, since };
         c.wait_ready();
         let archive = c.dir.path().join("image.tar");
         image_archive(&archive);
@@ -656,18 +745,31 @@ impl Drop for Containerd {
         // Past the limit, wait_limited kills and reaps it.
         let _ = wait_limited(&mut self.daemon, Duration::from_secs(10));
         // Shims it started name our socket (`-address /tmp/bscXXXXXX/s`); they outlive
-        // the daemon by design.
+        // the daemon by design. Their trees hold the tasks a runtime did not end.
         let sock = self.dir.path().join("s").to_string_lossy().into_owned();
-        kill_all(&processes_naming(&format!("-address {sock} ")));
-        unmount_under(self.dir.path());
-        // The cgroups runc made for this namespace (`/<namespace>/<id>`, removed on
-        // delete) leave their namespace directory; ours alone, removed when empty.
-        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
-            for c in controllers.flatten() {
-                let _ = std::fs::remove_dir(c.path().join(&self.namespace));
-            }
+        for shim in processes_naming(&format!("-address {sock} ")) {
+            kill_all(&tree(shim));
         }
-        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&self.namespace));
+        // Tasks (and execs) the runtime did not end: the pid files in their bundles.
+        let tasks = self.dir.path().join("state/io.containerd.runtime.v2.task");
+        let files = entries(&tasks.join(&self.namespace))
+            .into_iter()
+            .flat_map(|bundle| entries(&bundle))
+            .filter(|f| f.extension().is_some_and(|e| e == "pid"));
+        kill_pid_files(files, self.since);
+        unmount_under(self.dir.path());
+        // The cgroups runc made for this namespace (`/<namespace>/<id>`: the id's is
+        // removed by a `delete` that worked, the namespace's never); ours alone, removed
+        // when empty.
+        let cgroups = Path::new("/sys/fs/cgroup");
+        for ns in
+            entries(cgroups).iter().chain([&cgroups.to_path_buf()]).map(|c| c.join(&self.namespace))
+        {
+            for task in entries(&ns).into_iter().filter(|t| t.is_dir()) {
+                let _ = std::fs::remove_dir(task);
+            }
+            let _ = std::fs::remove_dir(ns);
+        }
     }
 }
 
