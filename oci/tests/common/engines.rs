@@ -761,10 +761,10 @@ impl Drop for Containerd {
         // The cgroups runc made for this namespace (`/<namespace>/<id>`: the id's is
         // removed by a `delete` that worked, the namespace's never); ours alone, removed
         // when empty.
-        let cgroups = Path::new("/sys/fs/cgroup");
-        for ns in
-            entries(cgroups).iter().chain([&cgroups.to_path_buf()]).map(|c| c.join(&self.namespace))
-        {
+        let cgroups = PathBuf::from("/sys/fs/cgroup");
+        let mut hierarchies = entries(&cgroups);
+        hierarchies.push(cgroups);
+        for ns in hierarchies.iter().map(|c| c.join(&self.namespace)) {
             for task in entries(&ns).into_iter().filter(|t| t.is_dir()) {
                 let _ = std::fs::remove_dir(task);
             }
