@@ -173,15 +173,22 @@ pub async fn main_supervisor(ctx: &Ctx, id: &ContainerId, tty: bool) -> i32 {
     }
     ready.ok();
     let mut byte = [0u8; 1];
-    let before = tokio::select! {
-        r = start.read_exact(&mut byte) => match r {
-            Ok(_) => None,
-            Err(e) => {
-                tracing::error!(error = %e, "start.fifo failed");
-                Some(libc::SIGKILL)
-            }
-        },
-        s = signals.next() => Some(s.unwrap_or(libc::SIGKILL)),
+    let before = loop {
+        tokio::select! {
+            r = start.read_exact(&mut byte) => match r {
+                Ok(_) => break None,
+                Err(e) => {
+                    tracing::error!(error = %e, "start.fifo failed");
+                    break Some(libc::SIGKILL);
+                }
+            },
+            s = signals.next() => match s {
+                // What would not end runc's waiting init does not end this either: the
+                // engine resizing the pty (SIGWINCH) before `start`, a SIGCONT.
+                Some(n) if !ends_a_process(n) => continue,
+                s => break Some(s.unwrap_or(libc::SIGKILL)),
+            },
+        }
     };
     if let Some(sig) = before {
         // Killed before it started: like runc's init, it ends by that signal.
@@ -198,6 +205,22 @@ pub async fn main_supervisor(ctx: &Ctx, id: &ContainerId, tty: bool) -> i32 {
     };
     stop(&rt, &box_id).await;
     code
+}
+
+/// Whether `signal`'s default action ends a process (not one that is ignored, or stops
+/// or continues it).
+fn ends_a_process(signal: libc::c_int) -> bool {
+    !matches!(
+        signal,
+        libc::SIGWINCH
+            | libc::SIGCHLD
+            | libc::SIGCONT
+            | libc::SIGURG
+            | libc::SIGSTOP
+            | libc::SIGTSTP
+            | libc::SIGTTIN
+            | libc::SIGTTOU
+    )
 }
 
 /// `supervise-exec ID`: one command of `exec --detach`; returns its exit status.

@@ -84,6 +84,12 @@ fn an_engine_creates_starts_signals_and_deletes_containers() {
     // Exit statuses pass through.
     let b = env.bundle("three", &["sh", "-c", "exit 3"], serde_json::json!({}));
     let pid = create(&env, "three", &b);
+    // A created container outlives what would not end runc's waiting init: conmon
+    // resizes the pty (SIGWINCH to the supervisor) before `start`, and `kill ID WINCH`.
+    nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGWINCH).unwrap();
+    ok("kill WINCH", &env.oci(&["kill", "three", "WINCH"]));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(env.state("three")["status"], "created");
     ok("start", &env.oci(&["start", "three"]));
     assert_eq!(reap(pid, Duration::from_secs(30)), WaitStatus::Exited(Pid::from_raw(pid), 3));
     ok("delete", &env.oci(&["delete", "three"]));
