@@ -347,16 +347,7 @@ pub fn kill(ctx: &Ctx, id: &str, signal: &str) -> Result<(), OciError> {
     let id = ContainerId::new(id)?;
     let sig = parse_signal(signal)?;
     let c = ctx.root.load(&id)?;
-    match c.status() {
-        Status::Created | Status::Running => {}
-        s => {
-            return Err(OciError::WrongStatus {
-                id: id.to_string(),
-                status: s.as_str(),
-                what: "the container is not running".into(),
-            });
-        }
-    }
+    live(&c, "the container is not running")?;
     write_fifo(&c, &c.ctl_fifo(), &sig.to_ne_bytes())
 }
 
@@ -412,6 +403,18 @@ fn kill_supervisor(s: ProcessIdentity) {
     }
 }
 
+/// `Ok` when `c` is created or running (its supervisor alive), else why not.
+fn live(c: &Container, what: &str) -> Result<(), OciError> {
+    match c.status() {
+        Status::Created | Status::Running => Ok(()),
+        s => Err(OciError::WrongStatus {
+            id: c.record.id.clone(),
+            status: s.as_str(),
+            what: what.into(),
+        }),
+    }
+}
+
 /// `exec`'s arguments.
 #[derive(Debug, Clone)]
 pub struct ExecArgs {
@@ -432,16 +435,7 @@ pub struct ExecArgs {
 pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32, OciError> {
     let id = ContainerId::new(&a.id)?;
     let c = ctx.root.load(&id)?;
-    match c.status() {
-        Status::Created | Status::Running => {}
-        s => {
-            return Err(OciError::WrongStatus {
-                id: id.to_string(),
-                status: s.as_str(),
-                what: "exec needs a created or running container".into(),
-            });
-        }
-    }
+    live(&c, "exec needs a created or running container")?;
     if a.process.terminal && a.console_socket.is_none() && a.detach {
         return Err(OciError::Usage(
             "--tty with --detach: a --console-socket is needed to receive the pty".into(),

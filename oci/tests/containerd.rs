@@ -11,31 +11,12 @@
 
 mod common;
 #[path = "common/engines.rs"]
+#[macro_use]
 mod engines;
 
 use std::path::Path;
 
 use engines::{Containerd, code, eventually, stderr, stdout};
-
-/// Each scenario as a test under boxsock-oci and under runc.
-macro_rules! under_both_runtimes {
-    ($($name:ident),* $(,)?) => {
-        mod boxsock_oci {
-            $(#[test]
-            fn $name() {
-                super::$name(&crate::common::oci_bin());
-            })*
-        }
-        mod runc {
-            $(#[test]
-            fn $name() {
-                if let Some(r) = crate::engines::runc() {
-                    super::$name(&r);
-                }
-            })*
-        }
-    };
-}
 
 under_both_runtimes!(ctr_run_rm_prints_the_output_and_exit_status, task_kill_and_task_exec);
 

@@ -10,31 +10,12 @@
 
 mod common;
 #[path = "common/engines.rs"]
+#[macro_use]
 mod engines;
 
 use std::path::Path;
 
 use engines::{Podman, Terminal, code, eventually, free_port, http_get, stderr, stdout};
-
-/// Each scenario as a test under boxsock-oci and under runc.
-macro_rules! under_both_runtimes {
-    ($($name:ident),* $(,)?) => {
-        mod boxsock_oci {
-            $(#[test]
-            fn $name() {
-                super::$name(&crate::common::oci_bin());
-            })*
-        }
-        mod runc {
-            $(#[test]
-            fn $name() {
-                if let Some(r) = crate::engines::runc() {
-                    super::$name(&r);
-                }
-            })*
-        }
-    };
-}
 
 under_both_runtimes!(
     run_rm_prints_the_output,

@@ -878,3 +878,24 @@ pub fn http_get(port: u16) -> Option<String> {
     s.read_to_end(&mut v).ok()?;
     (!v.is_empty()).then(|| String::from_utf8_lossy(&v).into_owned())
 }
+
+/// Each scenario as a test under boxsock-oci and under runc.
+#[allow(unused_macros)]
+macro_rules! under_both_runtimes {
+    ($($name:ident),* $(,)?) => {
+        mod boxsock_oci {
+            $(#[test]
+            fn $name() {
+                super::$name(&crate::common::oci_bin());
+            })*
+        }
+        mod runc {
+            $(#[test]
+            fn $name() {
+                if let Some(r) = crate::engines::runc() {
+                    super::$name(&r);
+                }
+            })*
+        }
+    };
+}
