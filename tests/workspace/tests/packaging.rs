@@ -44,8 +44,9 @@ fn text(o: &Output) -> String {
 
 /// The crates published to crates.io: the libraries, the kits a third-party strategy
 /// or backend tests itself with, the agent, the example strategy (an optional
-/// dependency of the facade, so it must be published with it) and the facade.
-const PUBLISHED: [&str; 15] = [
+/// dependency of the facade, so it must be published with it), the facade and the OCI
+/// runtime (`cargo install boxsock-oci`, as engines need it).
+const PUBLISHED: [&str; 16] = [
     "boxsock",
     "boxsock-abstract",
     "boxsock-agent",
@@ -57,6 +58,7 @@ const PUBLISHED: [&str; 15] = [
     "boxsock-host",
     "boxsock-image",
     "boxsock-libkrun",
+    "boxsock-oci",
     "boxsock-runtime",
     "boxsock-sandbox",
     "boxsock-short-symlink",
