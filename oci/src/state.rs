@@ -167,14 +167,60 @@ impl StateRoot {
         self.root.join("containers")
     }
 
-    /// Make the root and `containers/` (0700) if missing.
+    /// Make the root and `containers/` (0700) if missing, and check that no other user
+    /// can change them: every directory above `containers/` owned by root or this user
+    /// and, if writable by others, sticky; `containers/` this user's and writable by no
+    /// one else (`boxsock_core::trust`, the rule of the home and the link base). Paths
+    /// under it are then this user's alone, so they are used by name.
     pub fn ensure(&self) -> Result<(), OciError> {
+        use boxsock::boxsock_core::trust;
         let dir = self.containers();
+        let me = nix::unistd::geteuid().as_raw();
+        let what = "boxsock-oci's state directory";
+        // Before making anything: the nearest existing directory on the way, and all
+        // above it, are trusted.
+        let mut existing = dir.as_path();
+        while std::fs::symlink_metadata(existing).is_err() {
+            existing = existing.parent().unwrap_or(Path::new("/"));
+        }
+        let (_, st) = trust::open_dir(existing, me, what)
+            .map_err(|e| OciError::Usage(format!("--root: {e}")))?;
+        trust::check_dir(&st, me).map_err(|d| {
+            OciError::Usage(format!(
+                "--root: {}: {}",
+                boxsock::boxsock_core::echo::path(existing),
+                d.explain(what, me)
+            ))
+        })?;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .map_err(|e| OciError::io("create the state directory", &dir, e))
+            .map_err(|e| OciError::io("create the state directory", &dir, e))?;
+        self.trusted()
+    }
+
+    /// Check, without making anything, that no other user can change `containers/`
+    /// (see [`StateRoot::ensure`]): every command that reads a record checks this
+    /// first, so no record another user wrote (a supervisor pid `delete` would kill) is
+    /// ever believed.
+    pub fn trusted(&self) -> Result<(), OciError> {
+        use boxsock::boxsock_core::trust;
+        let dir = self.containers();
+        let me = nix::unistd::geteuid().as_raw();
+        let what = "boxsock-oci's state directory";
+        let (_, st) =
+            trust::open_dir(&dir, me, what).map_err(|e| OciError::Usage(format!("--root: {e}")))?;
+        if st.st_uid != me || st.st_mode & 0o022 != 0 {
+            return Err(OciError::Usage(format!(
+                "--root: {} is owned by uid {} with mode {:o}: it must be uid {me}'s and \
+                 writable by no one else",
+                boxsock::boxsock_core::echo::path(&dir),
+                st.st_uid,
+                st.st_mode & 0o7777
+            )));
+        }
+        Ok(())
     }
 
     /// Make a new container's directory: the id is taken here, once.
@@ -197,6 +243,12 @@ impl StateRoot {
 
     /// Load a container.
     pub fn load(&self, id: &ContainerId) -> Result<Container, OciError> {
+        match std::fs::symlink_metadata(self.containers()) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(OciError::NotFound { id: id.to_string() });
+            }
+            _ => self.trusted()?,
+        }
         let dir = self.dir(id);
         let path = dir.join("state.json");
         let text = match std::fs::read(&path) {
