@@ -1328,7 +1328,5 @@ sc_oci_bundle() {
     fi
     exit $rc
 }
-# Two libkrun boots and stops (about 90 s in the TCG host): a longer bound.
-sc_timeout_saved="$SC_TIMEOUT"; SC_TIMEOUT=$((SC_TIMEOUT * 2))
+# Two libkrun boots and stops: 15-20 s in the TCG host.
 run oci-bundle sc_oci_bundle
-SC_TIMEOUT="$sc_timeout_saved"
