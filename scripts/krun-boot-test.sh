@@ -27,7 +27,7 @@ busybox="${BUSYBOX:-$(command -v busybox || true)}"
 [ -x "$busybox" ] || die "no busybox: apt-get install busybox-static or set BUSYBOX"
 { ldd "$busybox" 2>&1 || true; } | grep -q 'not a dynamic' || die "$busybox is not static (install busybox-static)"
 
-cargo build --bins -p boxsock -p boxsock-libkrun -p boxsock-agent -p boxsock-vm-tests
+cargo build --bins -p boxsock -p boxsock-libkrun -p boxsock-agent -p boxsock-vm-tests -p boxsock-oci
 bin="$PWD/target/debug"
 if [ -z "${LIBKRUNFW_DIR:-}" ]; then
     # The image builder fetches and checks the pinned libkrunfw (and the rest of the TCG

@@ -5,7 +5,7 @@
 #
 #   scripts/vm-image.sh BIN_DIR OUT_DIR
 #
-# BIN_DIR holds boxsock, boxsock-krun-shim, boxsock-agent, vm-bare-launch and
+# BIN_DIR holds boxsock, boxsock-krun-shim, boxsock-agent, boxsock-oci, vm-bare-launch and
 # boxsock-backend-kit. Every downloaded asset (the kernel, busybox and passt packages, the
 # wheel that carries libkrunfw) is pinned below by version and sha256 and checked before
 # use; downloads are cached in $BOXSOCK_VM_CACHE (default: target/vm-cache) under their
@@ -85,8 +85,8 @@ done
 E2FS_BINS="$(command -v mke2fs || true) $(command -v e2fsck || true)"
 for b in $E2FS_BINS; do [ -x "$b" ] || unavailable "mke2fs/e2fsck not found (apt-get install e2fsprogs)"; done
 [ "$(echo $E2FS_BINS | wc -w)" = 2 ] || unavailable "mke2fs or e2fsck not found (apt-get install e2fsprogs)"
-for b in boxsock boxsock-krun-shim boxsock-agent vm-bare-launch boxsock-backend-kit; do
-    [ -x "$bin_dir/$b" ] || die "$bin_dir/$b missing (cargo build --bins -p boxsock -p boxsock-libkrun -p boxsock-agent -p boxsock-vm-tests)"
+for b in boxsock boxsock-krun-shim boxsock-agent boxsock-oci vm-bare-launch boxsock-backend-kit; do
+    [ -x "$bin_dir/$b" ] || die "$bin_dir/$b missing (cargo build --bins -p boxsock -p boxsock-libkrun -p boxsock-agent -p boxsock-vm-tests -p boxsock-oci)"
 done
 
 # verify NAME FILE SHA256: refuse (exit 1) a file whose hash is not the pinned one.
@@ -161,7 +161,8 @@ mv "$wdir/libkrunfw.so.5.tmp" "$wdir/libkrunfw.so.5"
 key="$( {
     echo "$KERNEL_SHA256 $BUSYBOX_SHA256 $PASST_SHA256 $WHEEL_SHA256"
     sha256sum "$bin_dir"/boxsock "$bin_dir"/boxsock-krun-shim "$bin_dir"/boxsock-agent \
-        "$bin_dir"/vm-bare-launch "$bin_dir"/boxsock-backend-kit "$guest_dir"/* "$0" $E2FS_BINS |
+        "$bin_dir"/boxsock-oci "$bin_dir"/vm-bare-launch "$bin_dir"/boxsock-backend-kit \
+        "$guest_dir"/* "$0" $E2FS_BINS |
         cut -d' ' -f1
 } | sha256sum | cut -d' ' -f1)"
 if [ -f "$out/key" ] && [ "$(cat "$out/key")" = "$key" ] && [ -f "$out/initrd.img" ]; then
@@ -175,7 +176,7 @@ mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,etc,mnt,newroo
 cp "$busybox_bin" "$stage/bin/busybox"
 for m in $MODULES; do cp "$moddir/$m" "$stage/lib/modules/"; done
 cp "$wdir/libkrunfw.so.5" "$stage/opt/krunfw/libkrunfw.so.5"
-for b in boxsock boxsock-krun-shim boxsock-agent vm-bare-launch boxsock-backend-kit; do
+for b in boxsock boxsock-krun-shim boxsock-agent boxsock-oci vm-bare-launch boxsock-backend-kit; do
     strip --strip-debug -o "$stage/opt/boxsock/bin/$b" "$bin_dir/$b"
 done
 cp "$passt_bin" "$stage/usr/bin/passt"

@@ -33,6 +33,10 @@ struct Cli {
     /// Where the backends' helper binaries are (default: beside this executable).
     #[arg(long, global = true, env = "BOXSOCK_HELPER_DIR", value_name = "DIR")]
     helper_dir: Option<PathBuf>,
+    /// How long starting a box waits for its agent, in seconds (boxsock's
+    /// --ready-timeout; default 10).
+    #[arg(long, global = true, env = "BOXSOCK_READY_TIMEOUT", value_name = "SECS")]
+    ready_timeout: Option<f64>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -161,8 +165,20 @@ fn main() -> ExitCode {
         backend_config.helper_dir = Some(d.clone());
         pass.extend(["--helper-dir".into(), d.as_os_str().to_owned()]);
     }
+    let mut ready_timeout = None;
+    if let Some(t) = cli.ready_timeout {
+        match std::time::Duration::try_from_secs_f64(t) {
+            Ok(d) if !d.is_zero() => ready_timeout = Some(d),
+            _ => {
+                log.error(&format!("--ready-timeout {t}: expected a positive number of seconds"));
+                return ExitCode::FAILURE;
+            }
+        }
+        pass.extend(["--ready-timeout".into(), t.to_string().into()]);
+    }
     let mut ctx = Ctx::new(root, exe, pass);
     ctx.backend_config = backend_config;
+    ctx.ready_timeout = ready_timeout;
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

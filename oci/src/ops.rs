@@ -35,12 +35,20 @@ pub struct Ctx {
     pub global_args: Vec<OsString>,
     /// The backends' options and helper directory (`--backend-option`, `--helper-dir`).
     pub backend_config: BackendConfig,
+    /// `--ready-timeout` (the runtime's default when `None`).
+    pub ready_timeout: Option<Duration>,
 }
 
 impl Ctx {
     /// A context for `root`, running `exe` for supervisors.
     pub fn new(root: StateRoot, exe: PathBuf, global_args: Vec<OsString>) -> Ctx {
-        Ctx { root, exe, global_args, backend_config: BackendConfig::default() }
+        Ctx {
+            root,
+            exe,
+            global_args,
+            backend_config: BackendConfig::default(),
+            ready_timeout: None,
+        }
     }
 }
 
@@ -51,6 +59,9 @@ pub async fn open_runtime(ctx: &Ctx) -> Result<Runtime, OciError> {
     root.ensure()?;
     let mut o = RuntimeOptions::new(builtin_strategies(), builtin_backends());
     o.backend_config = ctx.backend_config.clone();
+    if let Some(t) = ctx.ready_timeout {
+        o.ready_timeout = t;
+    }
     o.lock_mode = LockMode::Shared;
     o.lock_wait = Some(Duration::from_secs(30));
     o.health_monitor = false;

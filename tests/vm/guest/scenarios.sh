@@ -1108,3 +1108,225 @@ sc_backend_kit() {
 sc_timeout_saved="$SC_TIMEOUT"; SC_TIMEOUT=$((SC_TIMEOUT * 2))
 run backend-kit sc_backend_kit
 SC_TIMEOUT="$sc_timeout_saved"
+cleanup
+
+# --- boxsock-oci (issue 23 item 3) ------------------------------------------------------------
+
+# boxsock-oci driven on a bundle exactly as containerd's runc shim drives runc, the box a
+# libkrun guest: `vm-bare-launch reap` is the shim's part (a child subreaper that runs
+# `create` with the container's stdio, inherits the supervisor whose pid `--pid-file`
+# names once `create` exits, and reaps it: its status is the container's). The shim's
+# calls, with its global flags (`--root`, deep here; `--log … --log-format json`):
+# create --bundle B --pid-file P ID, state, start, state, kill ID 15 (a number, as the
+# shim sends it), delete. The short container's output (the guest kernel's release, not
+# this TCG host's) reaches the file that was create's stdout, and its status (3)
+# reaches the subreaper; the long one streams while running, ends by the signal (143).
+OCI_W="$WORK/oci-bundle"
+# The shim's --root for the namespace "default" (/run/containerd/runc/default), deep.
+OCI_ROOT="$WORK/oci-root"
+while [ ${#OCI_ROOT} -lt 200 ]; do OCI_ROOT="$OCI_ROOT/deeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeep"; done
+OCI_ROOT="$OCI_ROOT/run/containerd/runc/default"
+# The global flags: the shim's, and the libkrun options of this machine (as `bs`).
+OCI_ARGS="--root $OCI_ROOT --log $OCI_W/log.json --log-format json --helper-dir $BIN
+    --backend-option read_only=$KRUNFW --backend-option agent=$BIN/boxsock-agent
+    --ready-timeout $READY_TIMEOUT"
+oci() { boxsock-oci $OCI_ARGS "$@"; }
+# oci_bundle NAME ARGS_JSON: a bundle as containerd writes one (its default spec's
+# process, rlimits, namespaces, masked paths and kernel mounts, less its tmpfs at /run),
+# the busybox root at rootfs/, and the annotation that picks libkrun.
+oci_bundle() {
+    b="$OCI_W/$1"; mkdir -p "$b/rootfs/bin" "$b/rootfs/etc" || return 1
+    cp "$BUSYBOX" "$b/rootfs/bin/busybox" || return 1
+    chroot "$b/rootfs" /bin/busybox --install -s /bin || return 1
+    echo 'root:x:0:0:root:/root:/bin/sh' > "$b/rootfs/etc/passwd"
+    nx='"nosuid","noexec","nodev"'
+    cat > "$b/config.json" <<JSON
+{
+  "ociVersion": "1.1.0",
+  "process": {
+    "terminal": false,
+    "user": { "uid": 0, "gid": 0 },
+    "args": $2,
+    "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+    "cwd": "/",
+    "capabilities": { "bounding": ["CAP_KILL"], "effective": ["CAP_KILL"],
+                      "permitted": ["CAP_KILL"] },
+    "rlimits": [ { "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 } ],
+    "noNewPrivileges": true
+  },
+  "root": { "path": "rootfs", "readonly": false },
+  "mounts": [
+    { "destination": "/proc", "type": "proc", "source": "proc", "options": [$nx] },
+    { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+      "options": ["nosuid","strictatime","mode=755","size=65536k"] },
+    { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+      "options": ["nosuid","noexec","newinstance","ptmxmode=0666","mode=0620","gid=5"] },
+    { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+      "options": [$nx,"mode=1777","size=65536k"] },
+    { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": [$nx] },
+    { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": [$nx,"ro"] }
+  ],
+  "linux": {
+    "resources": { "devices": [ { "allow": false, "access": "rwm" } ] },
+    "cgroupsPath": "/default/$1",
+    "namespaces": [ { "type": "pid" }, { "type": "ipc" }, { "type": "uts" },
+                    { "type": "mount" }, { "type": "network" } ],
+    "maskedPaths": ["/proc/kcore", "/sys/firmware"],
+    "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]
+  },
+  "annotations": { "io.boxsock.backend": "libkrun" }
+}
+JSON
+}
+# oci_fail MSG: fail, after the runtime's log, create's stderr and the boxes' logs.
+oci_fail() {
+    echo "--- $OCI_W/log.json"; tail -20 "$OCI_W/log.json" 2>/dev/null
+    for f in "$OCI_W"/*.err "$OCI_W"/*.reaped; do echo "--- $f"; tail -10 "$f"; done
+    for l in "$OCI_ROOT"/home/boxes/*/logs/*; do
+        [ -f "$l" ] && { echo "--- $l"; tail -20 "$l"; }
+    done
+    fail "$1"
+}
+# oci_create ID: the shim's `create` of bundle ID, its stdio files, under a new
+# subreaper (REAPER; its log REAPED); returns when create has. PIDF: the pid file.
+oci_create() {
+    PIDF="$OCI_W/$1.pid"; REAPED="$OCI_W/$1.reaped"
+    vm-bare-launch reap "$REAPED" -- boxsock-oci $OCI_ARGS \
+        create --bundle "$OCI_W/$1" --pid-file "$PIDF" "$1" \
+        < /dev/null > "$OCI_W/$1.out" 2> "$OCI_W/$1.err" &
+    REAPER=$!
+    echo "$REAPER" >> "$OCI_W/reapers"
+    t0=$(now_ms)
+    until grep -q '^child ' "$REAPED" 2>/dev/null; do
+        [ $(( $(now_ms) - t0 )) -lt $((READY_TIMEOUT * 1000 + 30000)) ] \
+            || oci_fail "create $1 did not return"
+        alive "$REAPER" || oci_fail "the subreaper of create $1 ended: $(cat "$REAPED" 2>&1)"
+        sleep 0.2
+    done
+    echo "create $1: returned after $(( $(now_ms) - t0 )) ms"
+    echo "@@VM metric oci_create_ms $(( $(now_ms) - t0 ))"
+    grep -q '^child [0-9]* exited 0$' "$REAPED" || oci_fail "create $1: $(cat "$REAPED")"
+}
+# oci_state ID FIELD: one field of `state ID`.
+oci_state() { oci state "$1" | json_field "$2"; }
+# oci_reaped PID: wait until the subreaper has reaped PID; HOW: how it ended.
+oci_reaped() {
+    t0=$(now_ms)
+    until HOW="$(grep "^reaped $1 " "$REAPED")"; do
+        [ $(( $(now_ms) - t0 )) -lt 120000 ] || oci_fail "supervisor $1 not reaped within 120 s"
+        sleep 0.2
+    done
+    HOW="${HOW#reaped $1 }"
+    echo "supervisor $1 $HOW, reaped by the engine's subreaper"
+}
+# oci_procs: the live boxsock-oci processes of this --root.
+oci_procs() {
+    for p in $(pidof boxsock-oci); do
+        alive "$p" && tr '\0' ' ' < "/proc/$p/cmdline" | grep -qF -- "--root $OCI_ROOT " && echo "$p"
+    done
+}
+# oci_gone ID: after delete: state refuses the id, the subreaper has nothing left to
+# reap and ends, and no process or file of the container is left.
+oci_gone() {
+    out="$(oci state "$1" 2>&1)" && fail "state $1 after delete succeeded: $out"
+    echo "$out" | grep -q 'does not exist' || fail "state $1 after delete: $out"
+    t0=$(now_ms)
+    while alive "$REAPER"; do
+        if [ $(( $(now_ms) - t0 )) -ge 30000 ]; then
+            left="$(for s in /proc/[0-9]*/status; do
+                grep -q "^PPid:[[:space:]]*$REAPER\$" "$s" 2>/dev/null \
+                    && echo "${s%/status} $(sed -n 's/^Name:[[:space:]]*//p' "$s")"
+            done)"
+            oci_fail "processes left under the engine's subreaper 30 s after delete $1: $left"
+        fi
+        sleep 0.2
+    done
+    wait "$REAPER" || fail "the subreaper of $1 failed: $(cat "$REAPED")"
+    [ -z "$(shims)" ] || fail "shims left after delete $1: $(shims)"
+    [ -z "$(passts)" ] || fail "passt left after delete $1: $(passts)"
+    [ -z "$(oci_procs)" ] || fail "boxsock-oci left after delete $1: $(oci_procs)"
+    [ ! -e "$OCI_ROOT/containers/$1" ] || fail "the container's directory is left"
+    [ -z "$(ls "$OCI_ROOT/home/boxes" 2>/dev/null)" ] \
+        || fail "boxes left in the home: $(ls "$OCI_ROOT/home/boxes")"
+}
+
+oci_steps() {
+    rm -rf "$OCI_W"; mkdir -p "$OCI_W" "$OCI_ROOT" || fail "mkdir $OCI_W $OCI_ROOT"
+    echo "--root: ${#OCI_ROOT} bytes"
+    [ ${#OCI_ROOT} -gt 108 ] || fail "--root is only ${#OCI_ROOT} bytes"
+    host_kernel="$(uname -r)"
+
+    # A short command: its output on create's stdout and stderr, its status (3).
+    oci_bundle oci-short '["/bin/sh", "-c", "uname -r; echo on-stderr >&2; exit 3"]' \
+        || fail "cannot make the bundle"
+    oci_create oci-short
+    pid="$(cat "$PIDF")"
+    [ "$(oci_state oci-short status)" = created ] || oci_fail "after create: $(oci state oci-short)"
+    [ "$(oci_state oci-short pid)" = "$pid" ] \
+        || fail "state's pid is not the pid file's ($pid): $(oci state oci-short)"
+    ppid="$(sed -n 's/^PPid:[[:space:]]*//p' "/proc/$pid/status")"
+    [ "$ppid" = "$REAPER" ] || fail "supervisor $pid has parent $ppid, not the subreaper $REAPER"
+    [ "$(shims | wc -l)" -eq 1 ] || fail "a created container has shims '$(shims)', not one"
+    box="$(sed -n 's/.*"box_id":"\([^"]*\)".*/\1/p' "$OCI_ROOT/containers/oci-short/state.json")"
+    n=0
+    for a in $(bs --home "$OCI_ROOT/home" inspect "$box" --json \
+        | sed -n 's/.*"address": "\(.*\)".*/\1/p'); do
+        echo "box $box socket: $a (${#a} bytes)"
+        [ ${#a} -lt 108 ] || fail "socket address $a is ${#a} bytes"
+        n=$((n + 1))
+    done
+    [ $n -ge 1 ] || fail "inspect of box $box shows no socket address"
+    oci start oci-short || oci_fail "start failed"
+    oci_reaped "$pid"
+    [ "$HOW" = "exited 3" ] || oci_fail "the supervisor $HOW; the command exited 3"
+    [ "$(oci_state oci-short status)" = stopped ] || fail "after the exit: $(oci state oci-short)"
+    [ "$(oci_state oci-short pid)" = 0 ] || fail "a stopped container has a pid: $(oci state oci-short)"
+    guest_kernel="$(cat "$OCI_W/oci-short.out")"
+    echo "guest kernel: $guest_kernel; TCG host kernel: $host_kernel"
+    [ -n "$guest_kernel" ] || oci_fail "nothing reached create's stdout"
+    [ "$guest_kernel" != "$host_kernel" ] \
+        || fail "uname -r printed the TCG host's kernel: it did not run in a libkrun guest"
+    grep -qx on-stderr "$OCI_W/oci-short.err" \
+        || fail "create's stderr has no on-stderr: $(cat "$OCI_W/oci-short.err")"
+    oci delete oci-short || oci_fail "delete failed"
+    oci_gone oci-short
+
+    # A long-running one: it streams while it runs, and kill ends it (143).
+    oci_bundle oci-long '["/bin/sh", "-c", "while :; do echo tick; sleep 1; done"]' \
+        || fail "cannot make the bundle"
+    oci_create oci-long
+    pid="$(cat "$PIDF")"
+    [ "$(oci_state oci-long status)" = created ] || oci_fail "after create: $(oci state oci-long)"
+    oci start oci-long || oci_fail "start failed"
+    [ "$(oci_state oci-long status)" = running ] || oci_fail "after start: $(oci state oci-long)"
+    [ "$(oci_state oci-long pid)" = "$pid" ] \
+        || fail "state's pid is not the pid file's ($pid): $(oci state oci-long)"
+    t0=$(now_ms)
+    until [ "$(grep -c '^tick$' "$OCI_W/oci-long.out")" -ge 2 ]; do
+        [ $(( $(now_ms) - t0 )) -lt 60000 ] \
+            || oci_fail "no two ticks on create's stdout within 60 s: $(cat "$OCI_W/oci-long.out")"
+        sleep 0.5
+    done
+    [ "$(oci_state oci-long status)" = running ] || oci_fail "while it ticks: $(oci state oci-long)"
+    oci kill oci-long 15 || oci_fail "kill failed"
+    oci_reaped "$pid"
+    [ "$HOW" = "exited 143" ] || oci_fail "the supervisor $HOW after kill 15; expected exited 143"
+    [ "$(oci_state oci-long status)" = stopped ] || fail "after kill: $(oci state oci-long)"
+    out="$(oci kill oci-long 15 2>&1)" && fail "kill of a stopped container succeeded"
+    echo "$out" | grep -q 'not running' || fail "kill of a stopped container: $out"
+    oci delete oci-long || oci_fail "delete failed"
+    oci_gone oci-long
+    echo "ticks before the kill: $(grep -c '^tick$' "$OCI_W/oci-long.out")"
+}
+sc_oci_bundle() {
+    ( oci_steps ); rc=$?
+    if [ $rc -ne 0 ]; then
+        for d in "$OCI_ROOT"/containers/*; do
+            [ -d "$d" ] && oci delete --force "${d##*/}"
+        done
+        for r in $(cat "$OCI_W/reapers" 2>/dev/null); do kill "$r" 2>/dev/null; done
+    fi
+    exit $rc
+}
+# Two libkrun boots and stops: 15-20 s in the TCG host.
+run oci-bundle sc_oci_bundle

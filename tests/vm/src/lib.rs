@@ -3,7 +3,8 @@
 //! run, on machines whose own `/dev/kvm` cannot boot a guest (PVM).
 //!
 //! [`vm_run`] runs the VM once per test process (a [`OnceLock`]):
-//! 1. builds the workspace's binaries (`boxsock`, the shim, the agent, `vm-bare-launch`);
+//! 1. builds the workspace's binaries (`boxsock`, the shim, the agent, `boxsock-oci`,
+//!    `vm-bare-launch`);
 //! 2. builds the TCG host image with `scripts/vm-image.sh` (Debian kernel and
 //!    busybox/passt, libkrunfw from the pinned `microsandbox` wheel; cached under
 //!    `target/vm-cache`, keyed by its inputs);
@@ -231,6 +232,8 @@ fn run_vm() -> VmRun {
         "boxsock-agent",
         "-p",
         "boxsock-vm-tests",
+        "-p",
+        "boxsock-oci",
     ]);
     match build.current_dir(&root).status() {
         Ok(s) if s.success() => {}

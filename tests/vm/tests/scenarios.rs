@@ -48,6 +48,7 @@ scenarios! {
     vm_disk_survives_a_killed_vmm => "disk-killed-vmm",
     vm_disk_rm_leaves_no_image => "disk-rm",
     vm_disk_full_is_enospc_and_the_box_still_runs => "disk-full",
+    vm_oci_bundle_driven_as_containerds_shim_runs_in_a_libkrun_guest => "oci-bundle",
 }
 
 /// Sequential read of 100 MB from a volume in the box against the same read on the TCG

@@ -11,6 +11,13 @@
 //!   is gone, and remove the `ready` and `agent` sockets it left in the box.
 //! - `vm-bare-launch exec AGENT_SOCK`: one `exec` of `/bin/busybox true` over a raw
 //!   agent connection (no CLI, no store, no strategy), exit code of the command.
+//! - `vm-bare-launch reap LOG -- CMD ARGS…`: what containerd's runc shim is to `runc
+//!   create`: a child subreaper that runs CMD with its stdio, then reaps every process
+//!   that ends under it (CMD, and whatever CMD left behind and is reparented here, as
+//!   the pid of `--pid-file`), one line each to LOG (`child PID exited N` for CMD,
+//!   `reaped PID exited N` or `reaped PID signaled N` for the others). It exits 0 once
+//!   nothing is left under it. A shell cannot do this: it never reaps a process that
+//!   is not its own child, and busybox has no subreaper.
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -32,10 +39,10 @@ fn main() -> ExitCode {
         Some("start") if args.len() == 4 => rt.block_on(start(&args[2], &args[3])),
         Some("kill") if args.len() == 4 => kill(&args[2], &args[3]),
         Some("exec") if args.len() == 3 => rt.block_on(exec(&args[2])),
-        _ => {
-            Err("usage: vm-bare-launch start SPEC_JSON SHIM | kill PID SPEC_JSON | exec AGENT_SOCK"
-                .into())
-        }
+        Some("reap") if args.len() >= 5 && args[3] == "--" => reap(&args[2], &args[4..]),
+        _ => Err("usage: vm-bare-launch start SPEC_JSON SHIM | kill PID SPEC_JSON | exec \
+                  AGENT_SOCK | reap LOG -- CMD ARGS..."
+            .into()),
     };
     match r {
         Ok(code) => ExitCode::from(code),
@@ -183,4 +190,34 @@ async fn exec(agent: &str) -> Result<u8, String> {
         .await
         .map_err(|e| e.to_string())?;
     u8::try_from(out.status.shell_code()).map_err(|_| format!("{}", out.status))
+}
+
+fn reap(log: &str, cmd: &[String]) -> Result<u8, String> {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(format!("PR_SET_CHILD_SUBREAPER: {}", std::io::Error::last_os_error()));
+    }
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("{log}: {e}"))?;
+    let child = Command::new(&cmd[0]).args(&cmd[1..]).spawn();
+    let child = child.map_err(|e| format!("spawning {}: {e}", cmd[0]))?;
+    let first = child.id() as i32;
+    loop {
+        // Blocks until any process under this one ends; ECHILD once none is left.
+        let (pid, what) = match waitpid(None, None) {
+            Ok(WaitStatus::Exited(p, c)) => (p.as_raw(), format!("exited {c}")),
+            Ok(WaitStatus::Signaled(p, s, _)) => (p.as_raw(), format!("signaled {}", s as i32)),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::ECHILD) => return Ok(0),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("waitpid: {e}")),
+        };
+        let who = if pid == first { "child" } else { "reaped" };
+        // Line by line, so the caller can read each as it comes.
+        writeln!(out, "{who} {pid} {what}").map_err(|e| format!("{log}: {e}"))?;
+    }
 }
