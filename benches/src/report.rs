@@ -34,10 +34,13 @@ pub const MIN_SAMPLES: usize = 10;
 /// The sections this report owns, in doc order.
 pub const SECTIONS: &[&str] = &["runs", "targets", "benchmarks", "rootfs", "memory", "oci"];
 
-/// The groups whose benchmarks and targets have a section of their own ([`SECTIONS`]):
-/// the section's name and the benchmark ids' prefix. The `targets` and `benchmarks`
-/// sections hold every other group's.
-const OWN_SECTIONS: &[(&str, &str)] = &[("rootfs", "rootfs/"), ("oci", "oci/")];
+/// The `rootfs` section's group (benchmark ids' prefix).
+const ROOTFS: &str = "rootfs/";
+/// The `oci` section's group.
+const OCI: &str = "oci/";
+/// The groups whose benchmarks and targets have a section of their own ([`SECTIONS`]);
+/// the `targets` and `benchmarks` sections hold every other group's.
+const OWN_GROUPS: &[&str] = &[ROOTFS, OCI];
 
 /// Which rows a table holds: one own section's group, or every group without one.
 #[derive(Clone, Copy)]
@@ -50,7 +53,7 @@ impl Rows {
     fn holds(self, id: &str) -> bool {
         match self {
             Rows::Group(prefix) => id.starts_with(prefix),
-            Rows::Others => !OWN_SECTIONS.iter().any(|(_, p)| id.starts_with(p)),
+            Rows::Others => !OWN_GROUPS.iter().any(|p| id.starts_with(p)),
         }
     }
 }
@@ -746,9 +749,9 @@ pub fn render(data: &Data) -> Vec<(&'static str, String)> {
         ("runs", runs_section(data)),
         ("targets", targets_table(data, Rows::Others)),
         ("benchmarks", bench_table(data, Rows::Others)),
-        ("rootfs", own("rootfs/")),
+        ("rootfs", own(ROOTFS)),
         ("memory", memory_table(data)),
-        ("oci", own("oci/")),
+        ("oci", own(OCI)),
     ]
 }
 
