@@ -170,6 +170,10 @@ fn fixture() -> Option<Fixture> {
         .output()
         .expect("run podman import");
     assert!(out.status.success(), "podman import: {}", show(&out));
+    // A box's exit unmounts its overlay, which syncs the filesystem of its upper (and so
+    // writes back everyone's dirty pages there): the build above must not be flushed
+    // inside the first samples.
+    nix::unistd::sync();
     Some(fx)
 }
 
