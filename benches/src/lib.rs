@@ -495,6 +495,13 @@ pub const TARGETS: &[Target] = &[
         "floor-cp-a-200MB",
         0.10,
     ),
+    // Issue 23: boxsock-oci as podman drives it, against runc for the same image.
+    ratio(
+        "`podman run --rm IMAGE true` through boxsock-oci (sandbox) vs through runc",
+        "oci/podman-run-rm-true/busybox-image",
+        "floor-podman-runc",
+        1.5,
+    ),
 ];
 
 #[cfg(test)]

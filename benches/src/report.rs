@@ -32,10 +32,31 @@ pub const FORMAT: u32 = 1;
 pub const MIN_SAMPLES: usize = 10;
 
 /// The sections this report owns, in doc order.
-pub const SECTIONS: &[&str] = &["runs", "targets", "benchmarks", "rootfs", "memory"];
+pub const SECTIONS: &[&str] = &["runs", "targets", "benchmarks", "rootfs", "memory", "oci"];
 
-/// The group whose benchmarks and targets have a section of their own ([`SECTIONS`]).
+/// The `rootfs` section's group (benchmark ids' prefix).
 const ROOTFS: &str = "rootfs/";
+/// The `oci` section's group.
+const OCI: &str = "oci/";
+/// The groups whose benchmarks and targets have a section of their own ([`SECTIONS`]);
+/// the `targets` and `benchmarks` sections hold every other group's.
+const OWN_GROUPS: &[&str] = &[ROOTFS, OCI];
+
+/// Which rows a table holds: one own section's group, or every group without one.
+#[derive(Clone, Copy)]
+enum Rows {
+    Group(&'static str),
+    Others,
+}
+
+impl Rows {
+    fn holds(self, id: &str) -> bool {
+        match self {
+            Rows::Group(prefix) => id.starts_with(prefix),
+            Rows::Others => !OWN_GROUPS.iter().any(|p| id.starts_with(p)),
+        }
+    }
+}
 
 /// What `docs/data/benches.json` holds: the runs, and per benchmark its medians and
 /// ratios.
@@ -544,10 +565,9 @@ pub fn verdict(t: &Target, data: &Data) -> (String, String, Verdict, Option<Stri
     }
 }
 
-fn targets_table(data: &Data, rootfs: bool) -> String {
+fn targets_table(data: &Data, rows: Rows) -> String {
     let mut out = String::new();
-    let chosen: Vec<&Target> =
-        TARGETS.iter().filter(|t| t.numerator.starts_with(ROOTFS) == rootfs).collect();
+    let chosen: Vec<&Target> = TARGETS.iter().filter(|t| rows.holds(t.numerator)).collect();
     let (mut pass, mut miss, mut not_run) = (0, 0, 0);
     out.push_str("| target | measured | limit | verdict | run |\n|---|---:|---:|---|---|\n");
     for t in &chosen {
@@ -577,12 +597,12 @@ fn targets_table(data: &Data, rootfs: bool) -> String {
     out
 }
 
-fn bench_table(data: &Data, rootfs: bool) -> String {
+fn bench_table(data: &Data, rows: Rows) -> String {
     let mut out = String::from(
         "| benchmark | median | floor (same samples) | its median | ratio | samples | run |\n\
          |---|---:|---|---:|---:|---:|---|\n",
     );
-    for (id, b) in data.benchmarks.iter().filter(|(id, _)| id.starts_with(ROOTFS) == rootfs) {
+    for (id, b) in data.benchmarks.iter().filter(|(id, _)| rows.holds(id)) {
         let run = data.run_label(&b.run);
         if b.floors.is_empty() {
             let _ = writeln!(
@@ -719,15 +739,19 @@ fn memory_table(data: &Data) -> String {
 /// Every section this report owns ([`SECTIONS`]), rendered from `data`: each ends with
 /// a newline.
 pub fn render(data: &Data) -> Vec<(&'static str, String)> {
-    let mut rootfs = targets_table(data, true);
-    rootfs.push('\n');
-    rootfs.push_str(&bench_table(data, true));
+    let own = |prefix| {
+        let mut s = targets_table(data, Rows::Group(prefix));
+        s.push('\n');
+        s.push_str(&bench_table(data, Rows::Group(prefix)));
+        s
+    };
     vec![
         ("runs", runs_section(data)),
-        ("targets", targets_table(data, false)),
-        ("benchmarks", bench_table(data, false)),
-        ("rootfs", rootfs),
+        ("targets", targets_table(data, Rows::Others)),
+        ("benchmarks", bench_table(data, Rows::Others)),
+        ("rootfs", own(ROOTFS)),
         ("memory", memory_table(data)),
+        ("oci", own(OCI)),
     ]
 }
 
@@ -1135,12 +1159,11 @@ mod tests {
             "{}",
             s["targets"]
         );
+        let others = TARGETS.iter().filter(|t| Rows::Others.holds(t.numerator)).count();
+        assert_eq!(others, TARGETS.len() - 3, "two rootfs targets and one oci target");
         assert!(
-            s["targets"].contains(&format!(
-                "0 of {} targets met, 1 missed, {} not run.",
-                TARGETS.len() - 2,
-                TARGETS.len() - 3
-            )),
+            s["targets"]
+                .contains(&format!("0 of {others} targets met, 1 missed, {} not run.", others - 1)),
             "{}",
             s["targets"]
         );
@@ -1155,6 +1178,8 @@ mod tests {
             "{}",
             s["rootfs"]
         );
+        assert!(s["oci"].contains("0 of 1 targets met, 0 missed, 1 not run."), "{}", s["oci"]);
+        assert!(!s["targets"].contains("podman"), "{}", s["targets"]);
         let mut quiet = data.clone();
         quiet.runs.values_mut().for_each(|r| r.quiet = true);
         assert!(!render(&quiet)[0].1.contains("Not a quiet machine"));
@@ -1166,7 +1191,8 @@ mod tests {
         <!-- generated:begin targets -->\n<!-- generated:end targets -->\n\
         <!-- generated:begin benchmarks -->\nx\ny\n<!-- generated:end benchmarks -->\n\
         text\n<!-- generated:begin rootfs -->\n<!-- generated:end rootfs -->\n\
-        <!-- generated:begin memory -->\n<!-- generated:end memory -->\ntail\n";
+        <!-- generated:begin memory -->\n<!-- generated:end memory -->\n\
+        <!-- generated:begin oci -->\n<!-- generated:end oci -->\ntail\n";
 
     #[test]
     fn splice_then_check_round_trips_and_leaves_other_sections_alone() {
@@ -1179,7 +1205,7 @@ mod tests {
             doc.contains("<!-- generated:begin vm -->\nthe VM tier's\n<!-- generated:end vm -->\n")
         );
         assert!(doc.starts_with("# Perf\nprose\n<!-- generated:begin runs -->\n**Not a quiet"));
-        assert!(doc.ends_with("<!-- generated:end memory -->\ntail\n"));
+        assert!(doc.ends_with("<!-- generated:end oci -->\ntail\n"));
         assert_eq!(splice(p, &doc, &rendered).unwrap(), doc, "splicing is idempotent");
     }
 

@@ -27,7 +27,7 @@ struct Args {
     /// or of the rendering); reads nothing under target/.
     #[arg(long, conflicts_with_all = ["bench", "criterion"])]
     from_data: bool,
-    /// Take only this bench binary's last run (`binding`, `runtime`, `rootfs`);
+    /// Take only this bench binary's last run (`binding`, `oci`, `rootfs`, …);
     /// repeatable. Default: the last run of each bench binary found.
     #[arg(long, value_name = "NAME")]
     bench: Vec<String>,
