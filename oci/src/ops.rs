@@ -105,9 +105,15 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<(), OciError> {
             "process.terminal is true: a --console-socket is needed to receive the pty".into(),
         ));
     }
-    // runc sets the limits in the container's first process; here the supervisor
-    // (and the box it starts) inherit them from this process.
-    set_rlimits(&spec.process.rlimits)?;
+    // runc sets the limits in the container's first process; here the supervisor and
+    // the sandbox box it starts inherit them from this process. A libkrun guest's
+    // processes do not (its kernel starts them with its own), and the VMM on the host
+    // must not have an engine's open-file limit: there they are not applied.
+    if spec.backend == "sandbox" {
+        set_rlimits(&spec.process.rlimits)?;
+    } else if !spec.process.rlimits.is_empty() {
+        tracing::debug!(container = %id, backend = %spec.backend, "process.rlimits ignored");
+    }
     let dir = ctx.root.claim(&id)?;
     let mut made = Made { dir: Some(dir.clone()), box_id: None };
     let result = create_in(ctx, &id, &a, &spec, &dir, &mut made).await;

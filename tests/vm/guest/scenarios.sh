@@ -1132,8 +1132,9 @@ OCI_ARGS="--root $OCI_ROOT --log $OCI_W/log.json --log-format json --helper-dir 
     --ready-timeout $READY_TIMEOUT"
 oci() { boxsock-oci $OCI_ARGS "$@"; }
 # oci_bundle NAME ARGS_JSON: a bundle as containerd writes one (its default spec's
-# process, rlimits, namespaces, masked paths and kernel mounts, less its tmpfs at /run),
-# the busybox root at rootfs/, and the annotation that picks libkrun.
+# process, rlimits, namespaces, masked paths and kernel mounts, its tmpfs at /run), a
+# hostname (as CRI sets one), the busybox root at rootfs/, and the annotation that
+# picks libkrun.
 oci_bundle() {
     b="$OCI_W/$1"; mkdir -p "$b/rootfs/bin" "$b/rootfs/etc" || return 1
     cp "$BUSYBOX" "$b/rootfs/bin/busybox" || return 1
@@ -1155,6 +1156,7 @@ oci_bundle() {
     "noNewPrivileges": true
   },
   "root": { "path": "rootfs", "readonly": false },
+  "hostname": "$1",
   "mounts": [
     { "destination": "/proc", "type": "proc", "source": "proc", "options": [$nx] },
     { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
@@ -1164,7 +1166,8 @@ oci_bundle() {
     { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
       "options": [$nx,"mode=1777","size=65536k"] },
     { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": [$nx] },
-    { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": [$nx,"ro"] }
+    { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": [$nx,"ro"] },
+    { "destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": [$nx] }
   ],
   "linux": {
     "resources": { "devices": [ { "allow": false, "access": "rwm" } ] },
@@ -1257,7 +1260,7 @@ oci_steps() {
     host_kernel="$(uname -r)"
 
     # A short command: its output on create's stdout and stderr, its status (3).
-    oci_bundle oci-short '["/bin/sh", "-c", "uname -r; echo on-stderr >&2; exit 3"]' \
+    oci_bundle oci-short '["/bin/sh", "-c", "uname -r; hostname; echo on-stderr >&2; exit 3"]' \
         || fail "cannot make the bundle"
     oci_create oci-short
     pid="$(cat "$PIDF")"
@@ -1281,7 +1284,10 @@ oci_steps() {
     [ "$HOW" = "exited 3" ] || oci_fail "the supervisor $HOW; the command exited 3"
     [ "$(oci_state oci-short status)" = stopped ] || fail "after the exit: $(oci state oci-short)"
     [ "$(oci_state oci-short pid)" = 0 ] || fail "a stopped container has a pid: $(oci state oci-short)"
-    guest_kernel="$(cat "$OCI_W/oci-short.out")"
+    guest_kernel="$(sed -n 1p "$OCI_W/oci-short.out")"
+    guest_name="$(sed -n 2p "$OCI_W/oci-short.out")"
+    [ "$guest_name" = oci-short ] \
+        || oci_fail "the guest's hostname is '$guest_name', not config.json's oci-short"
     echo "guest kernel: $guest_kernel; TCG host kernel: $host_kernel"
     [ -n "$guest_kernel" ] || oci_fail "nothing reached create's stdout"
     [ "$guest_kernel" != "$host_kernel" ] \
