@@ -77,6 +77,13 @@ pub enum Request {
         /// field), never run as the agent's user.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         user: Option<String>,
+        /// Resource limits the command starts with (`setrlimit` in the child before
+        /// exec, before any user switch), as an OCI `process.rlimits` gives them. Left
+        /// out of the frame when empty, so an agent that predates the field still
+        /// decodes every request without limits, and refuses one with them as
+        /// malformed rather than run the command without.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        rlimits: Vec<Rlimit>,
     },
     /// During an exec: deliver signal `signal` (a number, e.g. 2 for SIGINT) to the
     /// command's process group, or with a tty to the terminal's foreground group.
@@ -95,6 +102,21 @@ pub enum Request {
     /// Stop the agent (and so the box) gracefully.
     Shutdown {},
 }
+
+/// A resource limit for a command ([`Request::Exec`]'s `rlimits`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rlimit {
+    /// The resource as `setrlimit(2)` names it: `RLIMIT_NOFILE`, `RLIMIT_NPROC`…
+    pub resource: String,
+    /// The soft limit (`u64::MAX`: unlimited).
+    pub soft: u64,
+    /// The hard limit (`u64::MAX`: unlimited).
+    pub hard: u64,
+}
+
+/// The most resource limits one command takes (Linux has 16 resources).
+pub const MAX_RLIMITS: usize = 16;
 
 /// Agent → runtime control messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,6 +348,7 @@ mod tests {
                 tty: false,
                 winsize: None,
                 user: None,
+                rlimits: vec![],
             }),
             Frame::Control(Request::Exec {
                 argv: vec!["sh".into()],
@@ -335,6 +358,7 @@ mod tests {
                 tty: true,
                 winsize: Some(WinSize { rows: 50, cols: 132 }),
                 user: Some("65534:65534".into()),
+                rlimits: vec![Rlimit { resource: "RLIMIT_NOFILE".into(), soft: 64, hard: 128 }],
             }),
             Frame::Control(Request::Signal { signal: 2 }),
             Frame::Control(Request::Resize { rows: 10, cols: 20 }),
@@ -397,6 +421,7 @@ mod tests {
             tty: false,
             winsize: None,
             user: None,
+            rlimits: vec![],
         };
         assert_eq!(serde_json::to_vec(&req).unwrap(), old.to_vec());
         assert_eq!(serde_json::from_slice::<Request>(old).unwrap(), req);

@@ -5,7 +5,8 @@
 //! `read_frame`; a message of one direction never decodes as the other.
 
 use boxsock_core::proto::{
-    ErrorCode, Frame, MAX_FRAME, ProtoError, Request, Response, WinSize, decode, encode, read_frame,
+    ErrorCode, Frame, MAX_FRAME, ProtoError, Request, Response, Rlimit, WinSize, decode, encode,
+    read_frame,
 };
 use proptest::prelude::*;
 
@@ -27,15 +28,17 @@ fn request() -> impl Strategy<Value = Request> {
                 (any::<u16>(), any::<u16>()).prop_map(|(rows, cols)| WinSize { rows, cols })
             ),
             proptest::option::of(text()),
+            proptest::collection::vec(
+                (text(), any::<u64>(), any::<u64>()).prop_map(|(resource, soft, hard)| Rlimit {
+                    resource,
+                    soft,
+                    hard
+                }),
+                0..3,
+            ),
         )
-            .prop_map(|(argv, env, stdin, cwd, tty, winsize, user)| Request::Exec {
-                argv,
-                env,
-                stdin,
-                cwd,
-                tty,
-                winsize,
-                user
+            .prop_map(|(argv, env, stdin, cwd, tty, winsize, user, rlimits)| {
+                Request::Exec { argv, env, stdin, cwd, tty, winsize, user, rlimits }
             }),
         any::<i32>().prop_map(|signal| Request::Signal { signal }),
         (any::<u16>(), any::<u16>()).prop_map(|(rows, cols)| Request::Resize { rows, cols }),

@@ -105,14 +105,14 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<(), OciError> {
             "process.terminal is true: a --console-socket is needed to receive the pty".into(),
         ));
     }
-    // runc sets the limits in the container's first process; here the supervisor and
-    // the sandbox box it starts inherit them from this process. A libkrun guest's
-    // processes do not (its kernel starts them with its own), and the VMM on the host
-    // must not have an engine's open-file limit: there they are not applied.
+    // runc sets the limits in the container's first process; the box's agent sets them
+    // in the command before exec (they are the box process's). A sandbox box's agent
+    // runs with docker's capabilities, without the one that raises a hard limit: so on
+    // the sandbox they are also set here, failing as runc fails, and the supervisor
+    // and the box inherit them. Not on libkrun: the VMM on the host must not take an
+    // engine's open-file limit (a guest's agent is root in its own kernel).
     if spec.backend == "sandbox" {
         set_rlimits(&spec.process.rlimits)?;
-    } else if !spec.process.rlimits.is_empty() {
-        tracing::debug!(container = %id, backend = %spec.backend, "process.rlimits ignored");
     }
     let dir = ctx.root.claim(&id)?;
     let mut made = Made { dir: Some(dir.clone()), box_id: None };

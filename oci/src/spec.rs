@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `root.path` | the box's root: the read-only lower, the box's writes in its own layer |
 //! | `process` | the box's command: args, env, cwd, `user.uid:gid`; `terminal` a pty |
-//! | `process.rlimits` | set on the supervisor, which the box's processes inherit |
+//! | `process.rlimits` | set by the box's agent in the command before exec (`sandbox`: also on the supervisor) |
 //! | `mounts` of type `bind` of a directory | volumes (`ro` read-only) |
 //! | `linux.resources.memory.limit`, `cpu.quota/period` | memory, cpus (rounded up) |
 //! | `hostname` | the box's hostname |
@@ -321,6 +321,15 @@ impl ProcessSpec {
         process.env = env;
         process.cwd = Some(cwd);
         process.user = Some(format!("{}:{}", user.uid(), user.gid()));
+        // The box's agent sets them in the command before exec, as runc's init does.
+        process.rlimits = rlimits
+            .iter()
+            .map(|r: &Rlimit| boxsock::boxsock_core::proto::Rlimit {
+                resource: r.name.clone(),
+                soft: r.soft,
+                hard: r.hard,
+            })
+            .collect();
         let console_size = p
             .console_size()
             .map(|b| {

@@ -283,6 +283,9 @@ pub fn command_of<'rt>(rt: &'rt Runtime, box_id: &str, spec: &ProcessSpec) -> Co
     if let Some(u) = &p.user {
         command.user(u.clone());
     }
+    for r in &p.rlimits {
+        command.rlimit(r.resource.clone(), r.soft, r.hard);
+    }
     command
 }
 

@@ -134,7 +134,8 @@ fn exec_and_terminals_as_an_engine_drives_them() {
     std::fs::write(
         &proc_json,
         serde_json::json!({
-            "args": ["sh", "-c", "echo from-exec $FOO; pwd; exit 5"],
+            "args": ["sh", "-c", "echo from-exec $FOO; pwd; ulimit -n; exit 5"],
+            "rlimits": [{ "type": "RLIMIT_NOFILE", "soft": 444, "hard": 444 }],
             "env": ["PATH=/bin", "FOO=bar"],
             "cwd": "/tmp",
             "user": { "uid": 0, "gid": 0 },
@@ -155,7 +156,7 @@ fn exec_and_terminals_as_an_engine_drives_them() {
     assert!(st.success(), "exec: {}", std::fs::read_to_string(t.join("exec.err")).unwrap());
     let pid = pid_of(&exec_pid);
     assert_eq!(reap(pid, Duration::from_secs(30)), WaitStatus::Exited(Pid::from_raw(pid), 5));
-    assert_eq!(std::fs::read_to_string(t.join("exec.out")).unwrap(), "from-exec bar\n/tmp\n");
+    assert_eq!(std::fs::read_to_string(t.join("exec.out")).unwrap(), "from-exec bar\n/tmp\n444\n");
 
     // Attached: its status is exec's own.
     let out = env.oci(&["exec", "main", "sh", "-c", "echo attached; exit 4"]);

@@ -82,7 +82,13 @@ fn an_engine_creates_starts_signals_and_deletes_containers() {
     assert!(String::from_utf8_lossy(&gone.stderr).contains("does not exist"), "{gone:?}");
 
     // Exit statuses pass through.
-    let b = env.bundle("three", &["sh", "-c", "exit 3"], serde_json::json!({}));
+    // process.rlimits are the command's.
+    let b = env.bundle(
+        "three",
+        &["sh", "-c", "ulimit -n; exit 3"],
+        serde_json::json!({ "process": { "rlimits": [
+            { "type": "RLIMIT_NOFILE", "soft": 555, "hard": 555 } ] } }),
+    );
     let pid = create(&env, "three", &b);
     // A created container outlives what would not end runc's waiting init: conmon
     // resizes the pty (SIGWINCH to the supervisor) before `start`, and `kill ID WINCH`.
@@ -92,6 +98,7 @@ fn an_engine_creates_starts_signals_and_deletes_containers() {
     assert_eq!(env.state("three")["status"], "created");
     ok("start", &env.oci(&["start", "three"]));
     assert_eq!(reap(pid, Duration::from_secs(30)), WaitStatus::Exited(Pid::from_raw(pid), 3));
+    assert_eq!(output(&env, "three"), "555\n");
     ok("delete", &env.oci(&["delete", "three"]));
 
     // kill delivers the signal to the command in the box: 128+N.

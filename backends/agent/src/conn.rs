@@ -59,9 +59,19 @@ where
             state.stop.send_replace(true);
             r
         }
-        Ok(Frame::Control(Request::Exec { argv, env, stdin, cwd, tty, winsize, user })) => {
+        Ok(Frame::Control(Request::Exec {
+            argv,
+            env,
+            stdin,
+            cwd,
+            tty,
+            winsize,
+            user,
+            rlimits,
+        })) => {
             let tty = tty.then(|| winsize.unwrap_or_default());
-            exec(rd, wr, ExecSpec { argv, env, want_stdin: stdin, cwd, tty, user }, state).await
+            let spec = ExecSpec { argv, env, want_stdin: stdin, cwd, tty, user, rlimits };
+            exec(rd, wr, spec, state).await
         }
         Ok(other) => {
             let msg = format!("expected a request, got {}", describe(&other));

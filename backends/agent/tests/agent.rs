@@ -299,6 +299,7 @@ async fn a_bad_frame_during_exec_kills_the_command() {
         tty: false,
         winsize: None,
         user: None,
+        rlimits: vec![],
     };
     proto::write_frame(&mut s, &Frame::Control(exec)).await.unwrap();
     assert!(matches!(
@@ -334,6 +335,7 @@ async fn a_client_that_goes_away_gets_its_command_killed() {
         tty: false,
         winsize: None,
         user: None,
+        rlimits: vec![],
     };
     proto::write_frame(&mut s, &Frame::Control(exec)).await.unwrap();
     let _hello = proto::read_frame::<Response, _>(&mut s).await.unwrap();
@@ -1123,4 +1125,49 @@ async fn an_exec_runs_as_its_user_and_an_unknown_user_runs_nothing() {
         other => panic!("{other:?}"),
     }
     assert!(!marker.exists(), "the command ran");
+}
+
+/// `rlimits`: set in the command before exec (its own `ulimit -n`, soft and hard);
+/// without them the command has the agent's; an unknown resource or a soft limit above
+/// its hard one is refused before anything runs, naming it.
+#[tokio::test]
+async fn resource_limits_are_the_commands() {
+    let a = Running::start(&[]).await;
+    let limits = |soft, hard| {
+        vec![boxsock_core::proto::Rlimit { resource: "RLIMIT_NOFILE".into(), soft, hard }]
+    };
+    let run = |rlimits: Vec<boxsock_core::proto::Rlimit>| async {
+        let req = agent_client::ExecRequest {
+            argv: vec!["sh".into(), "-c".into(), "ulimit -Sn; ulimit -Hn".into()],
+            rlimits,
+            ..Default::default()
+        };
+        let (_w, mut r) = a.client().start_exec(req).await.unwrap();
+        let mut seen = Vec::new();
+        read_until(&mut r, &mut seen, |s| s.lines().count() >= 2).await;
+        String::from_utf8_lossy(&seen).into_owned()
+    };
+    assert_eq!(run(limits(321, 654)).await, "321\n654\n");
+    let own = {
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes one `rlimit` through the pointer, a live local.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) };
+        l
+    };
+    assert_eq!(run(vec![]).await, format!("{}\n{}\n", own.rlim_cur, own.rlim_max));
+    let refused = |rlimits: Vec<boxsock_core::proto::Rlimit>| async {
+        let req =
+            agent_client::ExecRequest { argv: vec!["true".into()], rlimits, ..Default::default() };
+        match a.client().start_exec(req).await.unwrap().1.next().await {
+            Err(ClientError::Agent { code, message }) => (code, message),
+            other => panic!("{other:?}"),
+        }
+    };
+    let (code, msg) = refused(limits(10, 5)).await;
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert!(msg.contains("soft 10 is above hard 5"), "{msg}");
+    let bogus = vec![boxsock_core::proto::Rlimit { resource: "RLIMIT_X".into(), soft: 1, hard: 1 }];
+    let (code, msg) = refused(bogus).await;
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert!(msg.contains("\"RLIMIT_X\": not a resource"), "{msg}");
 }

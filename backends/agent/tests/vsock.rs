@@ -247,6 +247,7 @@ async fn round_trip_over_vsock_loopback() {
         tty: false,
         winsize: None,
         user: None,
+        rlimits: vec![],
     };
     proto::write_frame(&mut c, &Frame::Control(exec)).await.unwrap();
     let mut out = Vec::new();

@@ -109,6 +109,8 @@ pub struct ExecRequest {
     /// Run as this user (`uid`, `uid:gid`, `name`, `name:group`), resolved by the agent
     /// in the box; `None`: the agent's own user.
     pub user: Option<String>,
+    /// Resource limits the command starts with (set by the agent before exec).
+    pub rlimits: Vec<proto::Rlimit>,
 }
 
 /// The end of a command, as the agent reported it.
@@ -396,9 +398,17 @@ impl AgentClient {
     /// limit).
     async fn send_exec(&mut self, request: ExecRequest) -> Result<(), ClientError> {
         self.hello().await?;
-        let ExecRequest { argv, env, stdin, cwd, tty, user } = request;
-        let request =
-            Request::Exec { argv, env, stdin, cwd, tty: tty.is_some(), winsize: tty, user };
+        let ExecRequest { argv, env, stdin, cwd, tty, user, rlimits } = request;
+        let request = Request::Exec {
+            argv,
+            env,
+            stdin,
+            cwd,
+            tty: tty.is_some(),
+            winsize: tty,
+            user,
+            rlimits,
+        };
         // Check the size before sending: an oversized frame is refused by the agent,
         // which closes the connection mid-write (a bare "Broken pipe").
         let frame = proto::encode(&Frame::Control(request));

@@ -168,6 +168,7 @@ pub struct Command<'rt> {
     stderr: Option<Stdio>,
     tty: Option<WinSize>,
     user: Option<String>,
+    rlimits: Vec<boxsock_core::proto::Rlimit>,
 }
 
 impl Runtime {
@@ -185,6 +186,7 @@ impl Runtime {
             stderr: None,
             tty: None,
             user: None,
+            rlimits: Vec::new(),
         }
     }
 
@@ -203,6 +205,7 @@ impl Runtime {
         if let Some(d) = p.cwd {
             c.current_dir(d);
         }
+        c.rlimits = p.rlimits;
         Ok(c)
     }
 }
@@ -296,6 +299,17 @@ impl<'rt> Command<'rt> {
         self
     }
 
+    /// Start the command with this resource limit (`RLIMIT_NOFILE`…, soft and hard;
+    /// `u64::MAX` is unlimited), set by the agent before exec and before any user
+    /// switch. A limit the box cannot set fails the spawn; an agent that predates
+    /// limits refuses the request. Repeatable.
+    pub fn rlimit(&mut self, resource: impl Into<String>, soft: u64, hard: u64) -> &mut Self {
+        let resource = resource.into();
+        self.rlimits.retain(|r| r.resource != resource);
+        self.rlimits.push(boxsock_core::proto::Rlimit { resource, soft, hard });
+        self
+    }
+
     /// The request, with the box's own process's user and working directory
     /// ([`crate::BoxProcess`]) where this command sets none, as `docker exec` does.
     fn request(&self, stdin: Stdio, box_process: &crate::BoxProcess) -> ExecRequest {
@@ -306,6 +320,7 @@ impl<'rt> Command<'rt> {
             cwd: self.cwd.clone().or_else(|| box_process.cwd.clone()),
             tty: self.tty,
             user: self.user.clone().or_else(|| box_process.user.clone()),
+            rlimits: self.rlimits.clone(),
         }
     }
 

@@ -167,6 +167,7 @@ fn main() {
                 tty: false,
                 winsize: None,
                 user: None,
+                rlimits: vec![],
             },
         ),
         (
@@ -179,6 +180,7 @@ fn main() {
                 tty: true,
                 winsize: Some(WinSize { rows: 24, cols: 80 }),
                 user: None,
+                rlimits: vec![],
             },
         ),
         ("req-signal", Request::Signal { signal: 2 }),

@@ -1152,7 +1152,7 @@ oci_bundle() {
     "cwd": "/",
     "capabilities": { "bounding": ["CAP_KILL"], "effective": ["CAP_KILL"],
                       "permitted": ["CAP_KILL"] },
-    "rlimits": [ { "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 } ],
+    "rlimits": [ { "type": "RLIMIT_NOFILE", "hard": 777, "soft": 777 } ],
     "noNewPrivileges": true
   },
   "root": { "path": "rootfs", "readonly": false },
@@ -1260,7 +1260,7 @@ oci_steps() {
     host_kernel="$(uname -r)"
 
     # A short command: its output on create's stdout and stderr, its status (3).
-    oci_bundle oci-short '["/bin/sh", "-c", "uname -r; hostname; echo on-stderr >&2; exit 3"]' \
+    oci_bundle oci-short '["/bin/sh", "-c", "uname -r; hostname; ulimit -n; echo on-stderr >&2; exit 3"]' \
         || fail "cannot make the bundle"
     oci_create oci-short
     pid="$(cat "$PIDF")"
@@ -1288,6 +1288,9 @@ oci_steps() {
     guest_name="$(sed -n 2p "$OCI_W/oci-short.out")"
     [ "$guest_name" = oci-short ] \
         || oci_fail "the guest's hostname is '$guest_name', not config.json's oci-short"
+    guest_nofile="$(sed -n 3p "$OCI_W/oci-short.out")"
+    [ "$guest_nofile" = 777 ] \
+        || oci_fail "the command's open-file limit in the guest is '$guest_nofile', not process.rlimits' 777"
     echo "guest kernel: $guest_kernel; TCG host kernel: $host_kernel"
     [ -n "$guest_kernel" ] || oci_fail "nothing reached create's stdout"
     [ "$guest_kernel" != "$host_kernel" ] \

@@ -30,6 +30,8 @@ pub(crate) struct ExecSpec {
     pub(crate) tty: Option<WinSize>,
     /// As this user (a spec resolved in the box's root); `None`: the agent's own.
     pub(crate) user: Option<String>,
+    /// With these resource limits.
+    pub(crate) rlimits: Vec<boxsock_core::proto::Rlimit>,
 }
 
 /// How the running phase of an exec ended.

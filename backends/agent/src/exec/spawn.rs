@@ -65,6 +65,7 @@ pub(super) fn start<'a>(spec: &ExecSpec, state: &'a State) -> Result<Started<'a>
             return Err(error(ErrorCode::BadRequest, msg));
         }
     }
+    let limits = rlimits(&spec.rlimits)?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(&spec.argv[1..]).envs(spec.env.iter().map(|(k, v)| (k, v))).kill_on_drop(true);
     if let Some(d) = &spec.cwd {
@@ -77,6 +78,10 @@ pub(super) fn start<'a>(spec: &ExecSpec, state: &'a State) -> Result<Started<'a>
             None
         }
     };
+    // Before the user switch: raising a hard limit needs the agent's rights.
+    if !limits.is_empty() {
+        with_rlimits(&mut cmd, limits);
+    }
     // Last, so that the session and its terminal are set up with the agent's rights.
     if let Some(c) = creds.as_ref() {
         as_user(&mut cmd, c, &spec.env);
@@ -103,6 +108,80 @@ pub(super) fn start<'a>(spec: &ExecSpec, state: &'a State) -> Result<Started<'a>
         "exec started"
     );
     Ok(Started { _group: GroupGuard { state, pgid }, child, master, pid, pgid })
+}
+
+/// The resource limits of a request, by number; or why they cannot be set: an
+/// unknown resource, a soft limit above its hard limit, too many.
+fn rlimits(
+    asked: &[boxsock_core::proto::Rlimit],
+) -> Result<Vec<(libc::c_int, libc::rlimit)>, Response> {
+    if asked.len() > boxsock_core::proto::MAX_RLIMITS {
+        let msg = format!(
+            "{} resource limits: at most {}",
+            asked.len(),
+            boxsock_core::proto::MAX_RLIMITS
+        );
+        return Err(error(ErrorCode::BadRequest, msg));
+    }
+    let mut out = Vec::new();
+    for r in asked {
+        let Some(n) = resource(&r.resource) else {
+            let msg =
+                format!("resource limit {}: not a resource of this system", echo(&r.resource));
+            return Err(error(ErrorCode::BadRequest, msg));
+        };
+        if r.soft > r.hard {
+            let msg = format!(
+                "resource limit {}: soft {} is above hard {}",
+                echo(&r.resource),
+                r.soft,
+                r.hard
+            );
+            return Err(error(ErrorCode::BadRequest, msg));
+        }
+        out.push((n as libc::c_int, libc::rlimit { rlim_cur: r.soft, rlim_max: r.hard }));
+    }
+    Ok(out)
+}
+
+/// `setrlimit`'s number for `RLIMIT_*`.
+fn resource(name: &str) -> Option<libc::__rlimit_resource_t> {
+    Some(match name {
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        _ => return None,
+    })
+}
+
+/// Set `limits` in the child before exec (a failure fails the spawn: the command never
+/// runs without them).
+fn with_rlimits(cmd: &mut tokio::process::Command, limits: Vec<(libc::c_int, libc::rlimit)>) {
+    // SAFETY: the closure only calls setrlimit, async-signal-safe, on data captured
+    // before the fork; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (n, l) in &limits {
+                if libc::setrlimit(*n as _, l) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// The program to run, once the request is known to be runnable.

@@ -56,6 +56,10 @@ pub struct BoxProcess {
     /// agent's user (root in a guest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The resource limits the command starts with (an OCI bundle's
+    /// `process.rlimits`); not those of other commands of the box.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rlimits: Vec<boxsock_core::proto::Rlimit>,
 }
 
 impl BoxProcess {

@@ -768,6 +768,7 @@ pub(crate) fn exec_touch_bytes(marker: &Path) -> Vec<u8> {
         tty: false,
         winsize: None,
         user: None,
+        rlimits: vec![],
     })));
     b
 }

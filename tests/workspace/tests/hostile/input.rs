@@ -450,6 +450,7 @@ scenario!(
             tty: false,
             winsize: None,
             user: None,
+            rlimits: vec![],
         }));
         let garbage: Vec<u8> = (0u8..64).map(|i| i.wrapping_mul(37).wrapping_add(0xa5)).collect();
         let cases: Vec<(&str, Vec<u8>)> = vec![
