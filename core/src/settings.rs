@@ -348,6 +348,27 @@ pub fn check_volumes_and_ports(
     Ok(())
 }
 
+/// A hostname the kernel takes and a user can read back: 1 to 64 bytes
+/// (`HOST_NAME_MAX`), no NUL (the kernel would keep the bytes after it, every reader
+/// would stop there) and no `/` (hostnames end up in file names, where it would make a
+/// path). `Err` says why not.
+pub fn check_hostname(name: &str) -> Result<(), String> {
+    const MAX: usize = 64;
+    if name.is_empty() {
+        return Err("empty: give 1 to 64 bytes".into());
+    }
+    if name.len() > MAX {
+        return Err(format!("{} bytes, above the kernel's limit of {MAX}", name.len()));
+    }
+    if name.contains('\0') {
+        return Err("holds a NUL byte".into());
+    }
+    if name.contains('/') {
+        return Err("holds a '/'".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,25 +464,4 @@ mod tests {
         let e = long.parse::<Volume>().unwrap_err().to_string();
         assert!(!e.contains('\u{1b}') && e.len() < 2_000, "{}", e.len());
     }
-}
-
-/// A hostname the kernel takes and a user can read back: 1 to 64 bytes
-/// (`HOST_NAME_MAX`), no NUL (the kernel would keep the bytes after it, every reader
-/// would stop there) and no `/` (hostnames end up in file names, where it would make a
-/// path). `Err` says why not.
-pub fn check_hostname(name: &str) -> Result<(), String> {
-    const MAX: usize = 64;
-    if name.is_empty() {
-        return Err("empty: give 1 to 64 bytes".into());
-    }
-    if name.len() > MAX {
-        return Err(format!("{} bytes, above the kernel's limit of {MAX}", name.len()));
-    }
-    if name.contains('\0') {
-        return Err("holds a NUL byte".into());
-    }
-    if name.contains('/') {
-        return Err("holds a '/'".into());
-    }
-    Ok(())
 }
