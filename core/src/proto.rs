@@ -118,6 +118,34 @@ pub struct Rlimit {
 /// The most resource limits one command takes (Linux has 16 resources).
 pub const MAX_RLIMITS: usize = 16;
 
+impl Rlimit {
+    /// `setrlimit(2)`'s number for [`Rlimit::resource`]; `None` for a name this system
+    /// does not have. The one table of names: the agent sets limits by it, and
+    /// `boxsock-oci` checks an engine's against the host with it.
+    #[cfg(target_os = "linux")]
+    pub fn number(&self) -> Option<libc::c_int> {
+        Some(match self.resource.as_str() {
+            "RLIMIT_CPU" => libc::RLIMIT_CPU,
+            "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+            "RLIMIT_DATA" => libc::RLIMIT_DATA,
+            "RLIMIT_STACK" => libc::RLIMIT_STACK,
+            "RLIMIT_CORE" => libc::RLIMIT_CORE,
+            "RLIMIT_RSS" => libc::RLIMIT_RSS,
+            "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+            "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+            "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+            "RLIMIT_AS" => libc::RLIMIT_AS,
+            "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+            "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+            "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+            "RLIMIT_NICE" => libc::RLIMIT_NICE,
+            "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+            "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+            _ => return None,
+        } as libc::c_int)
+    }
+}
+
 /// Agent → runtime control messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]

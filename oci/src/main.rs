@@ -273,7 +273,7 @@ fn exec_process(e: &liboci_cli::Exec) -> Result<ProcessSpec, OciError> {
     p.env = e.env.clone();
     p.cwd = e.cwd.as_ref().map(|c| c.to_string_lossy().into_owned());
     p.user = e.user.map(|(u, g)| format!("{u}:{}", g.unwrap_or(0)));
-    Ok(ProcessSpec { process: p, terminal: e.tty, console_size: None, rlimits: Vec::new() })
+    Ok(ProcessSpec { process: p, terminal: e.tty, console_size: None })
 }
 
 fn command_name(c: &CommonCmd) -> &'static str {

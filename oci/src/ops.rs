@@ -18,7 +18,7 @@ use boxsock::{
 use nix::sys::stat::Mode;
 
 use crate::OciError;
-use crate::spec::{BoxSpec, ProcessSpec, Rlimit};
+use crate::spec::{BoxSpec, ProcessSpec};
 use crate::state::{Container, ContainerId, Record, StateRoot, Status};
 use crate::supervise::{READY_FD, SPEC_FD, read_ready};
 
@@ -112,7 +112,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<(), OciError> {
     // and the box inherit them. Not on libkrun: the VMM on the host must not take an
     // engine's open-file limit (a guest's agent is root in its own kernel).
     if spec.backend == "sandbox" {
-        set_rlimits(&spec.process.rlimits)?;
+        set_rlimits(&spec.process.process.rlimits)?;
     }
     let dir = ctx.root.claim(&id)?;
     let mut made = Made { dir: Some(dir.clone()), box_id: None };
@@ -274,22 +274,24 @@ fn write_pid_file(path: &Path, pid: i32) -> Result<(), OciError> {
 
 /// Set `limits` on this process, failing as runc does, naming the limit and what the
 /// host allows.
-pub fn set_rlimits(limits: &[Rlimit]) -> Result<(), OciError> {
+pub fn set_rlimits(limits: &[boxsock::boxsock_core::proto::Rlimit]) -> Result<(), OciError> {
     for l in limits {
+        // Every name comes from oci-spec's closed list, which this system has.
+        let Some(n) = l.number() else { continue };
         let lim = libc::rlimit { rlim_cur: l.soft, rlim_max: l.hard };
         // SAFETY: setrlimit reads one `rlimit` through the pointer, a live local.
-        let r = unsafe { libc::setrlimit(l.resource as _, &lim) };
+        let r = unsafe { libc::setrlimit(n as _, &lim) };
         if r != 0 {
             let errno = nix::errno::Errno::last();
             let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
             // SAFETY: getrlimit writes one `rlimit` through the pointer, a live local.
-            unsafe { libc::getrlimit(l.resource as _, &mut cur) };
+            unsafe { libc::getrlimit(n as _, &mut cur) };
             let show = |v: u64| match v {
                 libc::RLIM_INFINITY => "unlimited".to_owned(),
                 v => v.to_string(),
             };
             return Err(OciError::Rlimit {
-                name: l.name.clone(),
+                name: l.resource.clone(),
                 soft: l.soft,
                 hard: l.hard,
                 cur_soft: show(cur.rlim_cur),
@@ -458,7 +460,7 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32, OciError> {
             "--tty with --detach: a --console-socket is needed to receive the pty".into(),
         ));
     }
-    set_rlimits(&a.process.rlimits)?;
+    set_rlimits(&a.process.process.rlimits)?;
     let pty = match (&a.console_socket, a.process.terminal) {
         (Some(sock), true) => Some(console::open_and_send(sock, a.process.console_size)?),
         _ => None,

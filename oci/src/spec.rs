@@ -76,21 +76,6 @@ pub struct ProcessSpec {
     pub terminal: bool,
     /// `consoleSize` (rows, columns), the pty's first size.
     pub console_size: Option<(u16, u16)>,
-    /// `rlimits`.
-    pub rlimits: Vec<Rlimit>,
-}
-
-/// One of `process.rlimits`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Rlimit {
-    /// `RLIMIT_NOFILE`…
-    pub name: String,
-    /// The resource number (`libc::RLIMIT_*`).
-    pub resource: i32,
-    /// Soft limit.
-    pub soft: u64,
-    /// Hard limit.
-    pub hard: u64,
 }
 
 impl BoxSpec {
@@ -313,55 +298,47 @@ impl ProcessSpec {
                 ignored.push(f(what));
             }
         }
-        let mut rlimits = Vec::new();
-        for r in p.rlimits().as_deref().unwrap_or_default() {
-            rlimits.push(Rlimit::of(r));
-        }
         let mut process = BoxProcess::new(argv);
         process.env = env;
         process.cwd = Some(cwd);
         process.user = Some(format!("{}:{}", user.uid(), user.gid()));
         // The box's agent sets them in the command before exec, as runc's init does.
-        process.rlimits = rlimits
-            .iter()
-            .map(|r: &Rlimit| boxsock::boxsock_core::proto::Rlimit {
-                resource: r.name.clone(),
-                soft: r.soft,
-                hard: r.hard,
-            })
-            .collect();
+        process.rlimits = p.rlimits().as_deref().unwrap_or_default().iter().map(rlimit).collect();
         let console_size = p
             .console_size()
             .map(|b| {
                 (b.height().min(u16::MAX.into()) as u16, b.width().min(u16::MAX.into()) as u16)
             })
             .filter(|(r, c)| *r > 0 && *c > 0);
-        Ok(ProcessSpec { process, terminal: p.terminal().unwrap_or(false), console_size, rlimits })
+        Ok(ProcessSpec { process, terminal: p.terminal().unwrap_or(false), console_size })
     }
 }
 
-impl Rlimit {
-    fn of(r: &PosixRlimit) -> Rlimit {
-        use PosixRlimitType as T;
-        let (name, resource) = match r.typ() {
-            T::RlimitCpu => ("RLIMIT_CPU", libc::RLIMIT_CPU),
-            T::RlimitFsize => ("RLIMIT_FSIZE", libc::RLIMIT_FSIZE),
-            T::RlimitData => ("RLIMIT_DATA", libc::RLIMIT_DATA),
-            T::RlimitStack => ("RLIMIT_STACK", libc::RLIMIT_STACK),
-            T::RlimitCore => ("RLIMIT_CORE", libc::RLIMIT_CORE),
-            T::RlimitRss => ("RLIMIT_RSS", libc::RLIMIT_RSS),
-            T::RlimitNproc => ("RLIMIT_NPROC", libc::RLIMIT_NPROC),
-            T::RlimitNofile => ("RLIMIT_NOFILE", libc::RLIMIT_NOFILE),
-            T::RlimitMemlock => ("RLIMIT_MEMLOCK", libc::RLIMIT_MEMLOCK),
-            T::RlimitAs => ("RLIMIT_AS", libc::RLIMIT_AS),
-            T::RlimitLocks => ("RLIMIT_LOCKS", libc::RLIMIT_LOCKS),
-            T::RlimitSigpending => ("RLIMIT_SIGPENDING", libc::RLIMIT_SIGPENDING),
-            T::RlimitMsgqueue => ("RLIMIT_MSGQUEUE", libc::RLIMIT_MSGQUEUE),
-            T::RlimitNice => ("RLIMIT_NICE", libc::RLIMIT_NICE),
-            T::RlimitRtprio => ("RLIMIT_RTPRIO", libc::RLIMIT_RTPRIO),
-            T::RlimitRttime => ("RLIMIT_RTTIME", libc::RLIMIT_RTTIME),
-        };
-        Rlimit { name: name.into(), resource: resource as i32, soft: r.soft(), hard: r.hard() }
+/// One of `process.rlimits`, named as `setrlimit(2)` names it.
+fn rlimit(r: &PosixRlimit) -> boxsock::boxsock_core::proto::Rlimit {
+    use PosixRlimitType as T;
+    let resource = match r.typ() {
+        T::RlimitCpu => "RLIMIT_CPU",
+        T::RlimitFsize => "RLIMIT_FSIZE",
+        T::RlimitData => "RLIMIT_DATA",
+        T::RlimitStack => "RLIMIT_STACK",
+        T::RlimitCore => "RLIMIT_CORE",
+        T::RlimitRss => "RLIMIT_RSS",
+        T::RlimitNproc => "RLIMIT_NPROC",
+        T::RlimitNofile => "RLIMIT_NOFILE",
+        T::RlimitMemlock => "RLIMIT_MEMLOCK",
+        T::RlimitAs => "RLIMIT_AS",
+        T::RlimitLocks => "RLIMIT_LOCKS",
+        T::RlimitSigpending => "RLIMIT_SIGPENDING",
+        T::RlimitMsgqueue => "RLIMIT_MSGQUEUE",
+        T::RlimitNice => "RLIMIT_NICE",
+        T::RlimitRtprio => "RLIMIT_RTPRIO",
+        T::RlimitRttime => "RLIMIT_RTTIME",
+    };
+    boxsock::boxsock_core::proto::Rlimit {
+        resource: resource.into(),
+        soft: r.soft(),
+        hard: r.hard(),
     }
 }
 
@@ -508,8 +485,9 @@ mod tests {
         assert_eq!((p.cwd.as_deref(), p.user.as_deref()), (Some("/w"), Some("1000:7")));
         assert!(s.process.terminal);
         assert_eq!(s.process.console_size, Some((30, 100)));
-        assert_eq!(s.process.rlimits[0].name, "RLIMIT_NOFILE");
-        assert_eq!((s.process.rlimits[0].soft, s.process.rlimits[0].hard), (1024, 2048));
+        let l = &s.process.process.rlimits[0];
+        assert_eq!(l.resource, "RLIMIT_NOFILE");
+        assert_eq!((l.soft, l.hard), (1024, 2048));
         assert_eq!(s.hostname.as_deref(), Some("web"));
         assert_eq!(s.cpus, Some(2), "1.5 CPUs round up");
         assert_eq!(s.memory, Some(ByteSize(256 << 20)));

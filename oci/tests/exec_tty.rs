@@ -11,27 +11,10 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Env, ok};
+use common::{Env, ok, pid_of, reap};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
-
-fn reap(pid: i32, limit: Duration) -> WaitStatus {
-    let t0 = Instant::now();
-    loop {
-        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).unwrap() {
-            WaitStatus::StillAlive => {
-                assert!(t0.elapsed() < limit, "process {pid} still running after {limit:?}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            s => return s,
-        }
-    }
-}
-
-fn pid_of(path: &Path) -> i32 {
-    std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
-}
 
 /// `create` then `start` of `id` running `args`; its supervisor's pid.
 fn started(

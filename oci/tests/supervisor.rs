@@ -7,29 +7,11 @@
 mod common;
 
 use std::fs::File;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Env, ok};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use common::{Env, ok, pid_of, reap};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
-
-/// Reap `pid` (our child once `create` exited), within `limit`.
-fn reap(pid: i32, limit: Duration) -> WaitStatus {
-    let t0 = Instant::now();
-    loop {
-        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).unwrap() {
-            WaitStatus::StillAlive => {
-                assert!(t0.elapsed() < limit, "supervisor {pid} still running after {limit:?}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            s => return s,
-        }
-    }
-}
-
-fn pid_file(path: &std::path::Path) -> i32 {
-    std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
-}
 
 /// Create `id` of `bundle` with its stdout and stderr in files; the supervisor's pid.
 fn create(env: &Env, id: &str, bundle: &std::path::Path) -> i32 {
@@ -45,7 +27,7 @@ fn create(env: &Env, id: &str, bundle: &std::path::Path) -> i32 {
         .unwrap();
     let err = std::fs::read_to_string(env.tmp.path().join(format!("{id}.err"))).unwrap();
     assert!(out.success(), "create {id}: {out:?}: {err}");
-    pid_file(&pid_path)
+    pid_of(&pid_path)
 }
 
 fn output(env: &Env, id: &str) -> String {

@@ -120,3 +120,24 @@ pub fn ok(what: &str, out: &Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Reap `pid` (a process this subreaper inherited: a supervisor once `create` or `exec`
+/// exited), within `limit`.
+pub fn reap(pid: i32, limit: std::time::Duration) -> nix::sys::wait::WaitStatus {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let t0 = std::time::Instant::now();
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).unwrap() {
+            WaitStatus::StillAlive => {
+                assert!(t0.elapsed() < limit, "process {pid} still running after {limit:?}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            s => return s,
+        }
+    }
+}
+
+/// The pid in a `--pid-file`.
+pub fn pid_of(path: &Path) -> i32 {
+    std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
+}

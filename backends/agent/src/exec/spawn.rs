@@ -125,7 +125,7 @@ fn rlimits(
     }
     let mut out = Vec::new();
     for r in asked {
-        let Some(n) = resource(&r.resource) else {
+        let Some(n) = r.number() else {
             let msg =
                 format!("resource limit {}: not a resource of this system", echo(&r.resource));
             return Err(error(ErrorCode::BadRequest, msg));
@@ -139,32 +139,9 @@ fn rlimits(
             );
             return Err(error(ErrorCode::BadRequest, msg));
         }
-        out.push((n as libc::c_int, libc::rlimit { rlim_cur: r.soft, rlim_max: r.hard }));
+        out.push((n, libc::rlimit { rlim_cur: r.soft, rlim_max: r.hard }));
     }
     Ok(out)
-}
-
-/// `setrlimit`'s number for `RLIMIT_*`.
-fn resource(name: &str) -> Option<libc::__rlimit_resource_t> {
-    Some(match name {
-        "RLIMIT_CPU" => libc::RLIMIT_CPU,
-        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
-        "RLIMIT_DATA" => libc::RLIMIT_DATA,
-        "RLIMIT_STACK" => libc::RLIMIT_STACK,
-        "RLIMIT_CORE" => libc::RLIMIT_CORE,
-        "RLIMIT_RSS" => libc::RLIMIT_RSS,
-        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
-        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
-        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
-        "RLIMIT_AS" => libc::RLIMIT_AS,
-        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
-        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
-        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
-        "RLIMIT_NICE" => libc::RLIMIT_NICE,
-        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
-        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
-        _ => return None,
-    })
 }
 
 /// Set `limits` in the child before exec (a failure fails the spawn: the command never
