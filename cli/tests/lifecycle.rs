@@ -305,6 +305,60 @@ async fn health_monitor_marks_a_killed_box_stopped_and_the_process_is_really_gon
     assert!(env.links().is_empty() && env.box_dirs().is_empty());
 }
 
+/// A VM backend's box log is its guest's console: when the box dies before ready and
+/// this start's part of the log shows a kernel crash, the error names the crash's
+/// headline (which a 20-line tail of register dumps hides); an earlier start's crash,
+/// still in the appended log, is not this start's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_box_that_dies_before_ready_names_the_kernel_crash_its_log_shows_from_this_start() {
+    let env = Env::new();
+    let d = env.root.path().join("crashing-helpers");
+    std::fs::create_dir_all(&d).unwrap();
+    let script = d.join("boxsock-agent");
+    // First start: a guest console with an oops and 25 lines of registers; then exit 0,
+    // as libkrun's VMM does when its guest reboots. Later starts: a clean exit 3.
+    let regs = "echo '[    1.840000] R13: ffff888000148598 R14: ffffc9000000bf58'\n".repeat(25);
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nm=\"$(dirname \"$0\")/started\"\nif [ -e \"$m\" ]; then echo 'agent: no'; exit 3; fi\n\
+             : > \"$m\"\necho '[    0.000000] Linux version 6.12.113'\n\
+             echo '[    1.790112] BUG: kernel NULL pointer dereference, address: 0000000000000008'\n\
+             {regs}echo '[    1.898929] reboot: machine restart'\nexit 0\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (rt, _) = Runtime::open(&env.home, env.options_with_helpers(d)).await.unwrap();
+    let b = rt.create(CreateOptions::new("short-symlink", "host")).await.unwrap();
+    let e = rt.start(b.id.as_str()).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(&e, RuntimeError::ExitedBeforeReady { exit_code: Some(0), .. }), "{msg}");
+    assert!(
+        msg.contains(
+            "before reporting ready on the ready channel (an inherited descriptor). The kernel \
+             in the box crashed: \"BUG: kernel NULL pointer dereference, address: \
+             0000000000000008\". Last lines of its log:"
+        ),
+        "{msg}"
+    );
+    // The headline is not among the quoted last lines: only the sentence names it.
+    let tail = msg.split_once("Last lines of its log:").unwrap().1;
+    assert!(!tail.contains("BUG:") && tail.contains("machine restart"), "{msg}");
+
+    let e = rt.start(b.id.as_str()).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(
+            &e,
+            RuntimeError::ExitedBeforeReady { exit_code: Some(3), kernel_crash: None, .. }
+        ),
+        "{msg}"
+    );
+    assert!(!msg.contains("crashed") && msg.contains("agent: no"), "{msg}");
+    rt.remove(b.id.as_str(), true).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_timeout_names_the_address_quotes_the_log_and_kills_the_box() {
     let env = Env::new();

@@ -224,7 +224,8 @@ pub enum RuntimeError {
     },
     /// The agent did not report ready in time. The box was stopped.
     #[error(
-        "box {id}: timed out after {after:?} waiting for {waited_for}; the box was stopped. Last lines of its log:\n{log_tail}"
+        "box {id}: timed out after {after:?} waiting for {waited_for}; the box was stopped.{} Last lines of its log:\n{log_tail}",
+        crashed_sentence(kernel_crash)
     )]
     ReadyTimeout {
         /// The box.
@@ -233,11 +234,14 @@ pub enum RuntimeError {
         waited_for: String,
         /// How long.
         after: Duration,
+        /// The headline of the kernel crash the box's log shows since this start (a VM
+        /// backend's guest console), if any.
+        kernel_crash: Option<String>,
         /// The last lines of the box log.
         log_tail: String,
     },
     /// The box process exited before reporting ready.
-    #[error("box {id}: its process (pid {pid}) exited with {} before reporting ready on {address}. Last lines of its log:\n{log_tail}", match exit_code { Some(c) => format!("code {c}"), None => "an unknown status".to_string() })]
+    #[error("box {id}: its process (pid {pid}) exited with {} before reporting ready on {address}.{} Last lines of its log:\n{log_tail}", match exit_code { Some(c) => format!("code {c}"), None => "an unknown status".to_string() }, crashed_sentence(kernel_crash))]
     ExitedBeforeReady {
         /// The box.
         id: BoxId,
@@ -247,6 +251,8 @@ pub enum RuntimeError {
         exit_code: Option<i32>,
         /// The ready address.
         address: String,
+        /// The headline of the kernel crash the box's log shows since this start.
+        kernel_crash: Option<String>,
         /// The last lines of the box log.
         log_tail: String,
     },
@@ -297,4 +303,12 @@ impl RuntimeError {
             e => RuntimeError::Store(e),
         }
     }
+}
+
+/// " The kernel in the box crashed: <headline>." when its log shows that it did.
+fn crashed_sentence(kernel_crash: &Option<String>) -> String {
+    kernel_crash
+        .as_deref()
+        .map(|l| format!(" The kernel in the box crashed: {l}."))
+        .unwrap_or_default()
 }

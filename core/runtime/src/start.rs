@@ -201,6 +201,8 @@ impl Inner {
             env: rec.config.env.clone(),
             settings: rec.config.settings.clone(),
         };
+        // Where this start's part of the (appended) box log begins.
+        let log_start = std::fs::metadata(layout.log_file(id)).map(|m| m.len()).unwrap_or(0);
         let launched = backend.launch(&spec);
         // The runtime's copies of what it handed (listeners, the box's end of the ready
         // channel) close now: a box process that dies must leave no listener behind it
@@ -214,6 +216,7 @@ impl Inner {
             launched.companions.into_iter().map(|c| ProcessHandle::from_owned(c, false)).collect();
         companions_out.extend(companion_handles.iter().map(ProcessHandle::identity));
         let log_tail = || tail_lines(&layout.log_file(id), LOG_TAIL_LINES);
+        let kernel_crash = || kernel_crash(&layout.log_file(id), log_start);
         let companion_exited = |pid: i32, exit_code: Option<i32>| RuntimeError::CompanionExited {
             id: id.clone(),
             pid,
@@ -310,6 +313,7 @@ impl Inner {
                     id: id.clone(),
                     waited_for: format!("agent readiness on {ready_addr}"),
                     after: timeout,
+                    kernel_crash: kernel_crash(),
                     log_tail: log_tail(),
                 }),
                 Ok(Ok(info)) => {
@@ -323,6 +327,7 @@ impl Inner {
                 pid: ident.pid,
                 exit_code: handle.exit_code(),
                 address: ready_addr,
+                kernel_crash: kernel_crash(),
                 log_tail: log_tail(),
             }),
             i = first_exit(&companion_handles) => {
@@ -336,6 +341,7 @@ impl Inner {
                         pid: ident.pid,
                         exit_code: handle.exit_code(),
                         address: ready_addr,
+                        kernel_crash: kernel_crash(),
                         log_tail: log_tail(),
                     });
                 }
@@ -427,6 +433,47 @@ fn tail_lines(path: &Path, n: usize) -> String {
     }
 }
 
+/// How a Linux kernel's console begins the report of a crash (an oops or a panic).
+const KERNEL_CRASH_HEADLINES: [&str; 5] =
+    ["Kernel panic - not syncing", "BUG: ", "Oops", "general protection fault", "kernel BUG at"];
+/// Bytes of the box log searched for a kernel crash, and of the headline quoted.
+const KERNEL_CRASH_SCAN: u64 = 1 << 20;
+const KERNEL_CRASH_HEADLINE_MAX: usize = 200;
+
+/// The headline of the first kernel crash in the box log from byte `from` on (a VM
+/// backend logs its guest's console there): the line after its `[ seconds]` stamp,
+/// quoted, bounded and with control characters escaped. `None` when there is none, or no log.
+fn kernel_crash(path: &Path, from: u64) -> Option<String> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    f.seek(SeekFrom::Start(from)).ok()?;
+    let mut bytes = Vec::new();
+    f.take(KERNEL_CRASH_SCAN).read_to_end(&mut bytes).ok()?;
+    kernel_crash_in(&String::from_utf8_lossy(&bytes))
+}
+
+fn kernel_crash_in(text: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let rest = line.trim_start().strip_prefix('[')?;
+        let (stamp, msg) = rest.split_once(']')?;
+        let stamp = stamp.trim();
+        let (secs, frac) = stamp.split_once('.')?;
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(secs) || !digits(frac) {
+            return None;
+        }
+        let msg = msg.strip_prefix(' ')?.trim_end();
+        KERNEL_CRASH_HEADLINES.iter().any(|h| msg.starts_with(h)).then(|| {
+            let mut end = msg.len().min(KERNEL_CRASH_HEADLINE_MAX);
+            while !msg.is_char_boundary(end) {
+                end -= 1;
+            }
+            let ellipsis = if end < msg.len() { "…" } else { "" };
+            format!("{:?}{ellipsis}", &msg[..end])
+        })
+    })
+}
+
 /// Index of the first of `handles` to exit; never resolves when there are none.
 async fn first_exit(handles: &[ProcessHandle]) -> usize {
     if handles.is_empty() {
@@ -465,5 +512,52 @@ fn companion_logs(box_log: &Path) -> String {
         format!("(no companion log in {})", boxsock_core::echo::path(dir))
     } else {
         parts.join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The guest console of a libkrun box whose kernel crashed while it booted (CI,
+    /// 2026-12-07: a page fault in `mt_find` under the TCG-emulated nested SVM), after
+    /// an earlier, clean start in the same (appended) log.
+    const EARLIER: &str = "[    0.000000] Linux version 6.12.113\n[    0.512000] Run /init as init process\nboxsock-agent: ready\n";
+    const CRASHED: &str = "[    0.000000] Linux version 6.12.113\n\
+[    1.790112] BUG: kernel NULL pointer dereference, address: 0000000000000008\n\
+[    1.791000] #PF: supervisor read access in kernel mode\n\
+[    1.792000] Oops: Oops: 0000 [#1] PREEMPT SMP NOPTI\n\
+[    1.856654] RIP: 0010:mt_find+0x87/0x3c0\n\
+[    1.893344] reboot: Failed to start orderly reboot: forcing the issue\n";
+
+    #[test]
+    fn a_kernel_crash_is_found_from_this_starts_part_of_the_log_and_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("box.log");
+        std::fs::write(&log, format!("{EARLIER}{CRASHED}")).unwrap();
+        assert_eq!(
+            kernel_crash(&log, EARLIER.len() as u64).as_deref(),
+            Some(r#""BUG: kernel NULL pointer dereference, address: 0000000000000008""#)
+        );
+        // A crash before this start's offset is not this start's.
+        std::fs::write(&log, format!("{CRASHED}{EARLIER}")).unwrap();
+        assert_eq!(kernel_crash(&log, CRASHED.len() as u64), None);
+        assert_eq!(kernel_crash(&dir.path().join("missing.log"), 0), None);
+    }
+
+    #[test]
+    fn only_a_stamped_kernel_headline_counts_and_it_is_bounded_and_escaped() {
+        assert_eq!(kernel_crash_in(EARLIER), None);
+        // Output of the box's own programs that merely says the words.
+        assert_eq!(kernel_crash_in("BUG: in my program\nOops\n[x] Oops\n[ 1.0]BUG: \n"), None);
+        assert_eq!(
+            kernel_crash_in("[    2.5] Kernel panic - not syncing: Attempted to kill init!\n")
+                .as_deref(),
+            Some(r#""Kernel panic - not syncing: Attempted to kill init!""#)
+        );
+        let long = format!("[12.000001] general protection fault \u{1b}[31m{}\n", "é".repeat(300));
+        let q = kernel_crash_in(&long).unwrap();
+        assert!(q.starts_with(r#""general protection fault \u{1b}[31m"#), "{q}");
+        assert!(q.ends_with('…') && q.len() < 260, "{} bytes: {q}", q.len());
     }
 }

@@ -88,6 +88,9 @@ pub enum VmRun {
         /// Each time the TCG host froze and was booted again for the scenarios that had
         /// not reported (empty on a run without a freeze).
         freezes: Vec<String>,
+        /// Each scenario run again because a libkrun guest's kernel crashed while it
+        /// failed (`<scenario> <the kernel's crash line>`; see [`guest_crashes`]).
+        guest_crashes: Vec<String>,
     },
 }
 
@@ -117,10 +120,16 @@ pub fn vm_run() -> &'static VmRun {
             VmRun::Broken(r) => {
                 let _ = writeln!(std::io::stderr(), "\n===== REAL VM BROKEN: {r} =====\n");
             }
-            VmRun::Ran { vm_wall, results, freezes, .. } => {
+            VmRun::Ran { vm_wall, results, freezes, guest_crashes, .. } => {
                 eprintln!("real VM: {} scenarios reported in {:.0?}", results.len(), vm_wall);
                 for f in freezes {
                     let _ = writeln!(std::io::stderr(), "real VM: the TCG host froze, {f}");
+                }
+                for c in guest_crashes {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "real VM: a guest kernel crashed, its scenario was run again: {c}"
+                    );
                 }
             }
         }
@@ -268,6 +277,7 @@ fn run_vm() -> VmRun {
     let only = std::env::var("BOXSOCK_VM_ONLY").unwrap_or_default();
     let smp = std::env::var("BOXSOCK_VM_SMP").unwrap_or_else(|_| "1".into());
     let inject = std::env::var(INJECT_FREEZE_ENV).unwrap_or_default();
+    let inject_crash = std::env::var(INJECT_GUEST_CRASH_ENV).unwrap_or_default();
     let t0 = Instant::now();
     let mut text = String::new();
     let mut freezes = Vec::new();
@@ -280,6 +290,9 @@ fn run_vm() -> VmRun {
         }
         if !done.is_empty() {
             append.push_str(&format!(" VM_SKIP={}", done.join(",")));
+        }
+        if boot == 1 && !inject_crash.is_empty() {
+            append.push_str(&format!(" VM_INJECT_CRASH={inject_crash}"));
         }
         console = if boot == 1 {
             target.join("vm/console.log")
@@ -332,7 +345,23 @@ fn run_vm() -> VmRun {
             console_tail(&console, 60)
         ));
     }
-    VmRun::Ran { results, metrics, pairs, vm_wall, console, inputs, freezes }
+    let guest_crashes = guest_crashes(&text);
+    VmRun::Ran { results, metrics, pairs, vm_wall, console, inputs, freezes, guest_crashes }
+}
+
+/// Environment variable: `SCENARIO` makes a libkrun guest's kernel panic (out of memory
+/// with `panic_on_oom`) in place of that scenario's first attempt, the first boot only, to
+/// show that the scenario is run again (docs/reliability.md).
+pub const INJECT_GUEST_CRASH_ENV: &str = "BOXSOCK_VM_INJECT_GUEST_CRASH";
+
+/// The `@@VM guest-crash <scenario> <line>` records of a console log: each scenario that
+/// failed while a guest's kernel crashed, and was therefore run once more (by the
+/// host's scenario runner, at most three times a run).
+pub fn guest_crashes(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.find("@@VM guest-crash ").map(|i| &l[i + 17..]))
+        .map(|c| c.trim_end_matches('\r').to_owned())
+        .collect()
 }
 
 /// Environment variable: `SCENARIO` makes the harness pause the TCG host (QMP `stop`)
@@ -477,6 +506,7 @@ fn boot_once(spec: &BootSpec<'_>, t0: &Instant) -> Boot {
         for line in text.lines().skip(seen) {
             if line.starts_with("@@VM ")
                 && !line.starts_with("@@VM log ")
+                && !line.starts_with("@@VM crash-log ")
                 && !line.starts_with("@@VM tick")
             {
                 eprintln!("[{:>5.0?}] {line}", t0.elapsed());
@@ -929,6 +959,59 @@ pub fn assert_pairs(scenario: &str, lim: &RatioLimit) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scenario_rerun_after_a_guest_crash_counts_its_second_run_and_is_recorded() {
+        // What the host's runner prints when a guest kernel crashed during the first
+        // attempt: no result for it, the crash, then the second attempt's result.
+        let text = "@@VM begin d uptime=1\n@@VM guest-crash d [    1.79] BUG: kernel NULL pointer\r\n\
+                    @@VM crash-log d | FAIL: start 2 of X failed\n@@VM begin d uptime=30\n\
+                    @@VM result d pass 9ms\n@@VM pair p 1 subject-first 10 10\n";
+        let (r, _, p) = parse_console(text);
+        assert_eq!(r["d"].status, "pass");
+        assert_eq!(p["p"].len(), 1);
+        assert_eq!(guest_crashes(text), vec!["d [    1.79] BUG: kernel NULL pointer".to_owned()]);
+        assert!(guest_crashes("@@VM result d fail 1ms: FAIL: x\n").is_empty());
+    }
+
+    /// The runner's pattern (guest/scenarios.sh, `guest_crash_line`) finds the crash of
+    /// the CI run that made it, and not a box's own output or a clean boot.
+    #[test]
+    fn the_runners_crash_pattern_matches_a_guest_oops_and_nothing_else() {
+        let script = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/scenarios.sh"),
+        )
+        .unwrap();
+        let pattern = script
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("grep -hE '"))
+            .and_then(|l| l.split('\'').next())
+            .expect("guest_crash_line's grep -hE pattern");
+        let grep = |text: &str| {
+            use std::io::Write as _;
+            let mut c = Command::new("grep")
+                .arg("-hE")
+                .arg(pattern)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            let o = c.wait_with_output().unwrap();
+            String::from_utf8_lossy(&o.stdout).trim().to_owned()
+        };
+        let oops = "[    1.790112] BUG: kernel NULL pointer dereference, address: 0000000000000008\n\
+                    [    1.856654] RIP: 0010:mt_find+0x87/0x3c0\n";
+        assert_eq!(
+            grep(oops),
+            "[    1.790112] BUG: kernel NULL pointer dereference, address: 0000000000000008"
+        );
+        assert!(
+            grep("[  887.77] kvm [4726]: vcpu0, Unhandled WRMSR\nBUG: mine\n[ 0.5] Run /init\n")
+                .is_empty()
+        );
+        assert!(!grep("[    2.5] Kernel panic - not syncing: sysrq triggered crash\n").is_empty());
+    }
 
     #[test]
     fn parses_results_logs_and_metrics() {

@@ -42,6 +42,8 @@ pub struct RunFacts<'a> {
     pub inputs: &'a str,
     /// Each freeze of the TCG host, and what was rerun (`VmRun::Ran::freezes`).
     pub freezes: &'a [String],
+    /// Each scenario run again after a guest kernel crash (`VmRun::Ran::guest_crashes`).
+    pub guest_crashes: &'a [String],
 }
 
 fn cmd_out(prog: &str, args: &[&str], dir: &Path) -> String {
@@ -120,6 +122,7 @@ pub fn report_json(f: &RunFacts<'_>) -> Value {
             "scenarios": scenarios,
             "assets": f.inputs.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>(),
             "host_freezes": f.freezes,
+            "guest_crashes": f.guest_crashes,
         },
         "ratios": ratios,
         "metrics": f.metrics,
@@ -227,6 +230,17 @@ pub fn render_section(d: &Value) -> String {
             o.push_str(&format!("- {}\n", x.as_str().unwrap_or("?")));
         }
     }
+    if let Some(c) = ran["guest_crashes"].as_array().filter(|c| !c.is_empty()) {
+        o.push_str(&format!(
+            "\nA libkrun guest's kernel crashed in {} scenario(s) of this run (memory \
+             corrupted under the TCG-emulated nested SVM, docs/reliability.md); each was \
+             run once more, and its measurements are the second run's:\n\n",
+            c.len()
+        ));
+        for x in c {
+            o.push_str(&format!("- {}\n", x.as_str().unwrap_or("?")));
+        }
+    }
     if let Some(m) = d["metrics"].as_object().filter(|m| !m.is_empty()) {
         o.push_str(
             "\nOther measurements of the same run (one value per occurrence):\n\n\
@@ -330,9 +344,16 @@ mod tests {
         let mut missed = data(1050);
         missed["ratios"][0]["target"] = json!(1.0);
         missed["ran"]["host_freezes"] = json!(["boot 1: froze during x"]);
+        missed["ran"]["guest_crashes"] = json!(["disk-x [    1.8] BUG: kernel NULL pointer"]);
         let missed = render_section(&missed);
         assert!(missed.contains("| ≤ 1.00× | ≤ 1.10× | PASS (target missed) |"), "{missed}");
         assert!(missed.contains("froze 1 time(s)") && missed.contains("- boot 1: froze during x"));
+        assert!(
+            missed.contains("crashed in 1 scenario(s)")
+                && missed.contains("- disk-x [    1.8] BUG: kernel NULL pointer"),
+            "{missed}"
+        );
+        assert!(!pass.contains("crashed in"), "{pass}");
         let fail = render_section(&data(1200));
         assert!(fail.contains("1.200×") && fail.contains("| FAIL |"), "{fail}");
         let doc = format!("head\n{BEGIN}\nold\n{END}\ntail\n<!-- generated:begin other -->\nx\n");

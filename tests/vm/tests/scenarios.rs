@@ -98,10 +98,20 @@ fn vm_exec_latency_measured() {
 /// `docs/data/vm.json` and the section between the `vm` markers of docs/performance.md.
 #[test]
 fn vm_report_written() {
-    let VmRun::Ran { results, metrics, pairs, vm_wall, console, inputs, freezes } = vm_run() else {
+    let VmRun::Ran { results, metrics, pairs, vm_wall, console, inputs, freezes, guest_crashes } =
+        vm_run()
+    else {
         return;
     };
-    let facts = report::RunFacts { results, metrics, pairs, vm_wall: *vm_wall, inputs, freezes };
+    let facts = report::RunFacts {
+        results,
+        metrics,
+        pairs,
+        vm_wall: *vm_wall,
+        inputs,
+        freezes,
+        guest_crashes,
+    };
     let update = std::env::var("BOXSOCK_UPDATE_DOCS").as_deref() == Ok("1");
     let dir = console.parent().expect("target/vm");
     match report::write_report(&facts, dir, update) {
