@@ -77,9 +77,10 @@ create_started() {
 }
 
 # guest_crash_line FILE...: the first line in which a libkrun guest's kernel reports that
-# it crashed (the headline of an oops or a panic), from the box logs (guest consoles).
+# it crashed (the headline of an oops or a panic), from the box logs (guest consoles), or
+# in which boxsock said so (a start's error: the box and its log may be gone since).
 guest_crash_line() {
-    grep -hE '^\[ *[0-9]+\.[0-9]+\] (Kernel panic - not syncing|BUG: |Oops|general protection fault|kernel BUG at)' \
+    grep -hE '^\[ *[0-9]+\.[0-9]+\] (Kernel panic - not syncing|BUG: |Oops|general protection fault|kernel BUG at)|The kernel in the box crashed: ' \
         "$@" 2>/dev/null | head -1
 }
 # A scenario that failed while a guest's kernel crashed is run once more (at most

@@ -975,7 +975,8 @@ mod tests {
     }
 
     /// The runner's pattern (guest/scenarios.sh, `guest_crash_line`) finds the crash of
-    /// the CI run that made it, and not a box's own output or a clean boot.
+    /// the CI run that made it, and boxsock's error naming one, and not a box's own
+    /// output or a clean boot.
     #[test]
     fn the_runners_crash_pattern_matches_a_guest_oops_and_nothing_else() {
         let script = std::fs::read_to_string(
@@ -1011,6 +1012,11 @@ mod tests {
                 .is_empty()
         );
         assert!(!grep("[    2.5] Kernel panic - not syncing: sysrq triggered crash\n").is_empty());
+        // boxsock's own words for it, in a start's error (boxsock-oci removes a box
+        // whose create failed, its log with it).
+        let said = "Error: box x: its process (pid 9) exited with code 0 before reporting ready \
+                    on @a. The kernel in the box crashed: \"BUG: kernel NULL pointer\". Last lines";
+        assert_eq!(grep(said), said);
     }
 
     #[test]
