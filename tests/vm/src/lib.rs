@@ -369,7 +369,7 @@ pub fn guest_crashes(text: &str) -> Vec<String> {
 /// that the freeze is detected and the remaining scenarios rerun (docs/reliability.md).
 pub const INJECT_FREEZE_ENV: &str = "BOXSOCK_VM_INJECT_FREEZE";
 /// Boots at most (the first, and one per freeze).
-pub const MAX_BOOTS: u32 = 5;
+pub const MAX_BOOTS: u32 = 8;
 /// A console silent this long, while the guest's heartbeat (`@@VM tick`, every 10 s
 /// from its /init) is armed, is a frozen host: not even its timers run, so no scenario
 /// can be what is slow (each has its own timeout, which prints).
