@@ -84,7 +84,7 @@ guest_crash_line() {
         "$@" 2>/dev/null | head -1
 }
 # A scenario that failed while a guest's kernel crashed is run once more (at most
-# GUEST_CRASH_RERUNS times in a tier run): the nested, TCG-emulated SVM under these
+# GUEST_CRASH_RERUNS times per boot of this host): the nested, TCG-emulated SVM under these
 # guests has been seen to corrupt a guest's memory while it boots (docs/reliability.md).
 # Any other failure stands. "@@VM guest-crash <name> <line>" records each rerun.
 GUEST_CRASH_RERUNS=3

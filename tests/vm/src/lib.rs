@@ -356,7 +356,7 @@ pub const INJECT_GUEST_CRASH_ENV: &str = "BOXSOCK_VM_INJECT_GUEST_CRASH";
 
 /// The `@@VM guest-crash <scenario> <line>` records of a console log: each scenario that
 /// failed while a guest's kernel crashed, and was therefore run once more (by the
-/// host's scenario runner, at most three times a run).
+/// host's scenario runner, at most three times per boot of that host).
 pub fn guest_crashes(text: &str) -> Vec<String> {
     text.lines()
         .filter_map(|l| l.find("@@VM guest-crash ").map(|i| &l[i + 17..]))
